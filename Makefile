@@ -1,0 +1,28 @@
+# Two entry points a new user needs; each creates (or reuses) the virtualenv in .venv itself.
+#   make demo   the whole pipeline on built-in synthetic data -> demo-out/index.html
+#   make test   the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lowprec-installed
+
+.PHONY: demo test env clean
+
+env: $(STAMP)
+
+# torch==2.13.0 first: pip then keeps the CPU build for the `torch>=2.13,<2.14` requirement.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lowprec demo --out demo-out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,1 @@
+"""Checkpoints: the float model directory, the quantized artifact, and loading either by path."""

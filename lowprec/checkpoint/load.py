@@ -1,0 +1,36 @@
+"""Load whatever a user points `--model` at: a float model directory or a quantized artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowprec.errors import InputError
+from lowprec.model.config import DLRMConfig
+
+
+def model_kind(path: str | Path) -> str:
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return "artifact"
+    if (path / "config.json").is_file():
+        return "float"
+    if not path.exists():
+        raise InputError(f"model not found: {path}")
+    raise InputError(f"{path} is neither a float model (config.json) nor a quantized artifact "
+                     f"(manifest.json)")
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, DLRMConfig, dict[str, Any]]:
+    """(scorer module returning logits, its DLRMConfig, provenance) for a float model or artifact."""
+    if model_kind(path) == "artifact":
+        from lowprec.checkpoint.artifact import load_artifact
+
+        runtime, manifest = load_artifact(path)
+        return runtime, runtime.config, manifest
+    from lowprec.checkpoint.float_model import load_float_model
+
+    model, info = load_float_model(path)
+    return model, model.config, info

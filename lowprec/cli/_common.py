@@ -1,0 +1,43 @@
+"""Shared CLI pieces: progress bars on stderr, window options, parsing helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Callable, Iterator
+
+import click
+from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, desc: str, unit: str = "rows") -> Iterator[Callable[[int], Any]]:
+    """A tqdm bar on stderr; yields the `update(n)` callback library functions accept."""
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
+               mininterval=0.5, leave=False, dynamic_ncols=True)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def int_list(text: str, what: str) -> tuple[int, ...]:
+    """'64,32' -> (64, 32); an empty string -> ()."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def name_value_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise click.BadParameter(f"{what} takes NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    return "nan" if x != x else f"{x:.{digits}f}"

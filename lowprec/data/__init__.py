@@ -1,0 +1,1 @@
+"""Data: the prepared-dataset format (TorchRec per-day Criteo layout), readers, generators, batching."""

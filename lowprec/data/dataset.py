@@ -1,0 +1,277 @@
+"""The prepared-dataset format: TorchRec's per-day Criteo layout plus `dataset.json`.
+
+A prepared dataset is a directory with, per time window i,
+
+    day_{i}_dense.npy    float32 (rows, n_dense)   model-ready dense features
+    day_{i}_sparse.npy   int32/int64 (rows, slots) categorical ids; -1 pads unused multi-hot slots
+    day_{i}_labels.npy   int32 (rows, 1) or (rows,) 0/1 labels
+
+and `dataset.json` naming the features, num_embeddings per table, the multi-hot layout (how many
+slots each sparse feature owns, pooled by sum over the ids that are not -1), each window's time range
+and row count, and provenance. With one slot per feature this is exactly TorchRec's preprocessed
+Criteo layout, so such a directory plus a `dataset.json` is a lowprec dataset.
+
+Writing streams: `DatasetWriter` appends chunks to each .npy and patches the header when the window
+closes, so preparing a dataset never holds a whole window in memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowprec.errors import InputError
+from lowprec.fileio import read_json, write_json
+
+FORMAT = "lowprec-dataset"
+FORMAT_VERSION = 1
+PAD_ID = -1
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    name: str
+    num_embeddings: int
+    hotness: int = 1  # slots this feature owns in the sparse matrix
+
+    def __post_init__(self) -> None:
+        if self.num_embeddings < 1:
+            raise InputError(f"sparse feature {self.name!r}: num_embeddings must be >= 1")
+        if self.hotness < 1:
+            raise InputError(f"sparse feature {self.name!r}: hotness must be >= 1")
+
+
+@dataclass(frozen=True)
+class WindowInfo:
+    index: int
+    rows: int
+    label: str = ""
+    start: str | None = None  # ISO-8601 time (or a row offset) where the window starts
+    end: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    dense_names: tuple[str, ...]
+    sparse: tuple[SparseFeature, ...]
+    windows: tuple[WindowInfo, ...]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sparse_names(self) -> list[str]:
+        return [f.name for f in self.sparse]
+
+    @property
+    def num_embeddings(self) -> list[int]:
+        return [f.num_embeddings for f in self.sparse]
+
+    @property
+    def hotness(self) -> list[int]:
+        return [f.hotness for f in self.sparse]
+
+    @property
+    def slots(self) -> int:
+        return sum(self.hotness)
+
+    @property
+    def slot_offsets(self) -> list[int]:
+        """Column where each sparse feature's slots start; the last entry is the total."""
+        out = [0]
+        for h in self.hotness:
+            out.append(out[-1] + h)
+        return out
+
+    @property
+    def window_indices(self) -> list[int]:
+        return [w.index for w in self.windows]
+
+    def window(self, index: int) -> WindowInfo:
+        for w in self.windows:
+            if w.index == index:
+                return w
+        raise InputError(f"window {index} not in the dataset")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "dense_features": list(self.dense_names),
+            "sparse_features": self.sparse_names,
+            "num_embeddings": self.num_embeddings,
+            "multi_hot": {"hotness": self.hotness, "padding_id": PAD_ID, "pooling": "sum"},
+            "windows": [asdict(w) for w in self.windows],
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str) -> "DatasetMeta":
+        try:
+            if obj.get("format") != FORMAT:
+                raise InputError(f"{where}: not a lowprec dataset (format {obj.get('format')!r})")
+            if obj.get("version") != FORMAT_VERSION:
+                raise InputError(
+                    f"{where}: dataset format version {obj.get('version')} is not supported "
+                    f"(this lowprec reads version {FORMAT_VERSION})"
+                )
+            names, nums = obj["sparse_features"], obj["num_embeddings"]
+            hot = obj.get("multi_hot", {}).get("hotness", [1] * len(names))
+            if not (len(names) == len(nums) == len(hot)):
+                raise InputError(f"{where}: sparse_features, num_embeddings and hotness differ in length")
+            sparse = tuple(SparseFeature(n, int(e), int(h)) for n, e, h in zip(names, nums, hot))
+            windows = tuple(
+                WindowInfo(int(w["index"]), int(w["rows"]), w.get("label", ""), w.get("start"), w.get("end"))
+                for w in obj["windows"]
+            )
+            return cls(tuple(obj["dense_features"]), sparse, windows, obj.get("provenance", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: malformed dataset.json ({exc!r})") from exc
+
+
+def window_files(root: Path, index: int) -> dict[str, Path]:
+    return {k: root / f"day_{index}_{k}.npy" for k in ("dense", "sparse", "labels")}
+
+
+class Dataset:
+    """A prepared dataset on disk; arrays are memory-mapped, never loaded whole."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"dataset directory not found: {self.root}")
+        self.meta = DatasetMeta.from_json(
+            read_json(self.root / "dataset.json", "dataset.json"), str(self.root / "dataset.json")
+        )
+
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dense, sparse, labels) of one window as read-only memmaps, shape-checked."""
+        info = self.meta.window(index)
+        files = window_files(self.root, index)
+        out = []
+        for kind, path in files.items():
+            if not path.is_file():
+                raise InputError(f"window {index}: missing {path}")
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise InputError(f"{path}: unreadable .npy ({exc})") from exc
+            out.append(arr)
+        dense, sparse, labels = out
+        n_dense, slots = len(self.meta.dense_names), self.meta.slots
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        checks = [
+            (dense, (info.rows, n_dense), files["dense"]),
+            (sparse, (info.rows, slots), files["sparse"]),
+            (labels, (info.rows,), files["labels"]),
+        ]
+        for arr, shape, path in checks:
+            if arr.shape != shape:
+                raise InputError(f"{path}: shape {arr.shape}, dataset.json says {shape}")
+        if sparse.dtype.kind != "i":
+            raise InputError(f"{files['sparse']}: ids must be integers, found {sparse.dtype}")
+        return dense, sparse, labels
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """A fixed 128-byte .npy v1 header, so it can be patched in place once the row count is known."""
+    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    text = repr(d)
+    total = 128
+    text = text + " " * (total - 10 - len(text) - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+class _NpyAppender:
+    def __init__(self, path: Path, dtype: Any, width: int | None):
+        self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
+        self.fh = open(path, "wb")
+        self.fh.write(_npy_header(self.dtype, (0,) if width is None else (0, width)))
+
+    def append(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        expected = 1 if self.width is None else 2
+        if arr.ndim != expected or (self.width is not None and arr.shape[1] != self.width):
+            raise ValueError(f"{self.path.name}: chunk shape {arr.shape} does not match width {self.width}")
+        self.fh.write(arr.tobytes())
+        self.rows += arr.shape[0]
+
+    def close(self) -> None:
+        shape = (self.rows,) if self.width is None else (self.rows, self.width)
+        self.fh.seek(0)
+        self.fh.write(_npy_header(self.dtype, shape))
+        self.fh.close()
+
+
+class WindowWriter:
+    """Streams one window's rows to disk in chunks."""
+
+    def __init__(self, root: Path, index: int, n_dense: int, slots: int, info: dict[str, Any]):
+        files = window_files(root, index)
+        self.index, self.info = index, info
+        self._dense = _NpyAppender(files["dense"], np.float32, n_dense)
+        self._sparse = _NpyAppender(files["sparse"], np.int32, slots)
+        self._labels = _NpyAppender(files["labels"], np.int32, 1)
+
+    def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> None:
+        if not (len(dense) == len(sparse) == len(labels)):
+            raise ValueError("dense, sparse and labels chunks differ in length")
+        if len(dense) == 0:
+            return
+        self._dense.append(dense)
+        self._sparse.append(sparse)
+        self._labels.append(np.asarray(labels).reshape(-1, 1))
+
+    @property
+    def rows(self) -> int:
+        return self._dense.rows
+
+    def close(self) -> WindowInfo:
+        for a in (self._dense, self._sparse, self._labels):
+            a.close()
+        return WindowInfo(self.index, self.rows, **self.info)
+
+
+class DatasetWriter:
+    """Writes a dataset into `root` (normally the temporary dir of `fileio.atomic_dir`)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        dense_names: list[str],
+        sparse: list[SparseFeature],
+        provenance: dict[str, Any] | None = None,
+    ):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.dense_names, self.sparse = tuple(dense_names), tuple(sparse)
+        self.provenance = dict(provenance or {})
+        self.windows: list[WindowInfo] = []
+
+    @property
+    def slots(self) -> int:
+        return sum(f.hotness for f in self.sparse)
+
+    def window(self, label: str = "", start: str | None = None, end: str | None = None) -> WindowWriter:
+        """Open the next window; call `.close()` on it (or use `add_window`) when done."""
+        return WindowWriter(
+            self.root, len(self.windows), len(self.dense_names), self.slots,
+            {"label": label, "start": start, "end": end},
+        )
+
+    def add_window(self, writer: WindowWriter) -> WindowInfo:
+        info = writer.close()
+        self.windows.append(info)
+        return info
+
+    def finish(self, num_embeddings: list[int] | None = None) -> DatasetMeta:
+        """Write dataset.json. `num_embeddings` overrides the declared sizes (e.g. after id remapping)."""
+        sparse = self.sparse
+        if num_embeddings is not None:
+            sparse = tuple(SparseFeature(f.name, int(n), f.hotness) for f, n in zip(sparse, num_embeddings))
+        meta = DatasetMeta(self.dense_names, sparse, tuple(self.windows), self.provenance)
+        write_json(self.root / "dataset.json", meta.to_json())
+        return meta

@@ -1,0 +1,49 @@
+"""Scoring a model (float or quantized) over windows into per-window and overall BinaryStats.
+
+Any scorer works: a module mapping (dense (B, F), sparse (B, slots)) to logits (B,). Windows are
+streamed batch by batch; each window's statistics are merged into the overall ones by addition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from lowprec.data.batches import iter_batches
+from lowprec.data.dataset import Dataset
+from lowprec.metrics import BinaryStats
+
+
+@dataclass
+class EvalResult:
+    per_window: dict[int, dict[str, float]]
+    overall: BinaryStats
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.overall.summary())
+        out["windows"] = [{"window": w, **m} for w, m in sorted(self.per_window.items())]
+        return out
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, dense: torch.Tensor, sparse: torch.Tensor) -> np.ndarray:
+    return torch.sigmoid(model(dense, sparse).float()).numpy()
+
+
+def evaluate(model: torch.nn.Module, ds: Dataset, windows: list[int], batch_size: int = 4096,
+             progress: Callable[[int], Any] | None = None) -> EvalResult:
+    model.eval()
+    overall = BinaryStats()
+    per_window: dict[int, dict[str, float]] = {}
+    for w in windows:
+        stats = BinaryStats()
+        for batch in iter_batches(ds, [w], batch_size):
+            stats.update(predict(model, batch.dense, batch.sparse), batch.labels.numpy())
+            if progress is not None:
+                progress(len(batch))
+        per_window[w] = stats.summary()
+        overall = overall + stats
+    return EvalResult(per_window, overall)

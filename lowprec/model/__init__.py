@@ -1,0 +1,1 @@
+"""Models: the float DLRM, its embedding backends, and (in `quantized`) the FBGEMM runtime."""

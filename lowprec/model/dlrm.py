@@ -1,0 +1,69 @@
+"""The float DLRM (Naumov et al. 2019): bottom MLP, pooled embeddings, dot interaction, top MLP.
+
+    z0 = bottom(dense)                       (B, D)
+    e_t = sum of table t's rows for its ids   (B, D) per table
+    x = [z0, dot(u, v) for u < v over (z0, e_1..e_T)]
+    logit = top(x)
+
+`interact` is a pure function shared with the quantized runtime, so both compute the same graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowprec.model.config import DLRMConfig
+from lowprec.model.embedding import build_table
+
+
+def interact(z0: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Dot interaction: z0 (B, D), pooled (B, T, D) -> (B, D + F(F-1)/2) with F = T + 1."""
+    feats = torch.cat([z0.unsqueeze(1), pooled], dim=1)
+    dots = torch.bmm(feats, feats.transpose(1, 2))
+    f = feats.shape[1]
+    rows, cols = torch.triu_indices(f, f, offset=1)
+    return torch.cat([z0, dots[:, rows, cols]], dim=1)
+
+
+def mlp_forward(layers: nn.ModuleList, x: torch.Tensor, relu_last: bool) -> torch.Tensor:
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i < len(layers) - 1 or relu_last:
+            x = torch.relu(x)
+    return x
+
+
+def split_sparse(sparse: torch.Tensor, hotness: list[int]) -> list[torch.Tensor]:
+    """(B, slots) -> per-table (B, hotness_t) views."""
+    return list(torch.split(sparse, hotness, dim=1))
+
+
+class DLRM(nn.Module):
+    def __init__(self, config: DLRMConfig):
+        super().__init__()
+        self.config = config
+        shapes = config.layer_shapes()
+        self.bottom = nn.ModuleList(
+            nn.Linear(i, o) for name, (i, o) in shapes.items() if name.startswith("bottom.")
+        )
+        self.top = nn.ModuleList(
+            nn.Linear(i, o) for name, (i, o) in shapes.items() if name.startswith("top.")
+        )
+        self.embeddings = nn.ModuleList(build_table(t, config.embedding_dim) for t in config.tables)
+        self.hotness = [t.hotness for t in config.tables]
+
+    def pooled(self, sparse: torch.Tensor) -> torch.Tensor:
+        parts = split_sparse(sparse, self.hotness)
+        return torch.stack([emb(ids) for emb, ids in zip(self.embeddings, parts)], dim=1)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        z0 = mlp_forward(self.bottom, dense, relu_last=True)
+        x = interact(z0, self.pooled(sparse))
+        return mlp_forward(self.top, x, relu_last=False).squeeze(1)
+
+    def linear_layers(self) -> dict[str, nn.Linear]:
+        """Name -> Linear, names as in DLRMConfig.layer_shapes()."""
+        out = {f"bottom.{i}": m for i, m in enumerate(self.bottom)}
+        out.update({f"top.{i}": m for i, m in enumerate(self.top)})
+        return out

@@ -1,0 +1,73 @@
+"""Embedding backends of the float model, one module per table.
+
+Every backend maps padded ids (B, hotness) with -1 for empty slots to pooled vectors (B, D) by
+summing the embeddings of the valid ids. `build_table` picks the backend from the table's SPEC
+string (`dense` here; hash-sharing backends register themselves in `BACKENDS`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lowprec.data.dataset import PAD_ID
+from lowprec.errors import InputError
+from lowprec.model.config import TableConfig
+
+
+def pad_mask(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids with pads replaced by 0, float weights 1 for valid slots and 0 for pads)."""
+    valid = ids != PAD_ID
+    return torch.where(valid, ids, torch.zeros_like(ids)), valid.to(torch.float32)
+
+
+class DenseBag(nn.Module):
+    """A plain table: one row per id, sum-pooled over the valid ids of a bag."""
+
+    def __init__(self, num_embeddings: int, dim: int):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(num_embeddings, dim, mode="sum", sparse=True)
+        bound = 1.0 / math.sqrt(dim)
+        nn.init.uniform_(self.bag.weight, -0.1 * bound, 0.1 * bound)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.bag.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        safe, w = pad_mask(ids)
+        return self.bag(safe, per_sample_weights=w)
+
+
+def _dense(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
+    if options:
+        raise InputError(f"table {table.name!r}: `dense` takes no options, got {options}")
+    return DenseBag(table.num_embeddings, dim)
+
+
+# SPEC kind -> constructor(table, dim, options). Hash-sharing backends add entries here.
+BACKENDS: dict[str, Callable[[TableConfig, int, dict[str, str]], nn.Module]] = {"dense": _dense}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`robe:ratio=16,z=32` -> ('robe', {'ratio': '16', 'z': '32'})."""
+    kind, _, rest = spec.strip().partition(":")
+    options: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise InputError(f"embedding SPEC {spec!r}: option {part!r} is not key=value")
+        options[key.strip()] = value.strip()
+    return kind, options
+
+
+def build_table(table: TableConfig, dim: int) -> nn.Module:
+    kind, options = parse_spec(table.embedding)
+    if kind not in BACKENDS:
+        raise InputError(
+            f"table {table.name!r}: unknown embedding backend {kind!r} (known: {sorted(BACKENDS)})"
+        )
+    return BACKENDS[kind](table, dim, options)

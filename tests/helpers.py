@@ -1,0 +1,41 @@
+"""Small builders shared by tests: a tiny prepared dataset with a learnable signal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lowprec.data.dataset import DatasetWriter, SparseFeature
+from lowprec.fileio import atomic_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def make_tiny_dataset(out: Path, windows: int = 3, rows: int = 2000, seed: int = 0,
+                      tables: tuple[int, ...] = (50, 20, 8), hotness: tuple[int, ...] | None = None,
+                      n_dense: int = 4) -> Path:
+    """Write a dataset whose labels depend on dense features and per-id weights."""
+    rng = np.random.default_rng(seed)
+    hotness = hotness or tuple(1 for _ in tables)
+    feats = [SparseFeature(f"t{i}", n, h) for i, (n, h) in enumerate(zip(tables, hotness))]
+    id_weight = [rng.normal(0, 1.0, n) for n in tables]
+    dense_w = rng.normal(0, 1.0, n_dense)
+    with atomic_dir(out) as tmp:
+        writer = DatasetWriter(tmp, [f"d{i}" for i in range(n_dense)], feats, {"source": "tests"})
+        for w in range(windows):
+            ww = writer.window(label=f"w{w}", start=f"2020-01-{w + 1:02d}", end=f"2020-01-{w + 2:02d}")
+            dense = rng.normal(0, 1, (rows, n_dense)).astype(np.float32)
+            cols, logit = [], dense @ dense_w
+            for f, wt in zip(feats, id_weight):
+                ids = rng.integers(0, f.num_embeddings, (rows, f.hotness))
+                if f.hotness > 1:
+                    ids[:, 1:][rng.random((rows, f.hotness - 1)) < 0.5] = -1
+                logit = logit + np.where(ids >= 0, wt[np.maximum(ids, 0)], 0).sum(1)
+                cols.append(ids)
+            labels = (rng.random(rows) < 1 / (1 + np.exp(-(logit - 0.5)))).astype(np.int32)
+            ww.append(dense, np.concatenate(cols, 1), labels)
+            writer.add_window(ww)
+        writer.finish()
+    return out
