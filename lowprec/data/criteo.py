@@ -1,0 +1,375 @@
+"""The raw Criteo TSV reader, plus the line-oriented ingest helpers the CSV reader shares.
+
+Criteo Kaggle / Terabyte rows are `label \\t I1..I13 \\t C1..C26`: a 0/1 label, 13 integer counts and
+26 categoricals given as hex hashes; every field but the label may be empty. Encoding:
+
+- dense: empty -> 0, negative -> 0, then log1p (what TorchRec's and the reference DLRM's
+  preprocessing do), stored as float32;
+- sparse: empty -> the reserved id 0; otherwise id = 1 + int(hex, 16) mod (n - 1) for a table of n rows,
+  so the hash is stable across runs and machines (never Python's salted `hash()`), and 0 only ever
+  means "missing".
+
+A line is malformed when it has other than 40 fields, a label other than `0`/`1`, an integer field
+that is not `-?[0-9]+` of at most 18 characters, or a categorical that is not 1-64 hex digits.
+
+Rows are read line by line (plain or gzip, detected by the magic bytes), parsed PARSE_ROWS at a time by
+a vectorized parser (`parse_chunk`, checked against the one-line reference `parse_line`) and written in
+chunks, so memory stays bounded whatever the input size. Malformed lines are skipped, counted and
+reported with file and line through `BadRows`; past `max_bad` it raises `InputError`. Blank lines are
+ignored. Windows: one per input file (a file without valid rows gives an empty window), or every
+`rows_per_window` good rows across the inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import hashlib
+import io
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature, WindowWriter
+from lowprec.data.synth import KAGGLE_CARDINALITIES
+from lowprec.errors import InputError
+
+N_DENSE, N_SPARSE = 13, 26
+DENSE_NAMES = [f"int_{i}" for i in range(N_DENSE)]
+SPARSE_NAMES = [f"cat_{i}" for i in range(N_SPARSE)]
+DEFAULT_TABLE_SIZE = 1_000_000
+MAX_TABLE = 2**31 - 1  # ids are stored as int32
+DEFAULT_MAX_BAD_ROWS = 1000
+CHUNK_ROWS = 1 << 16
+PARSE_ROWS = 8192  # lines parsed per vectorized step
+MISSING_ID = 0
+N_FIELDS = 1 + N_DENSE + N_SPARSE
+_HEX = b"0123456789abcdefABCDEF"
+_INT_MAX, _HEX_MAX = 18, 64  # longest integer field (chars) and hex field (digits) accepted
+_NIBBLE = np.full(256, -1, np.int8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+_DUMMY = [b"0"] * N_FIELDS
+
+Reporter = Callable[[str], None]
+# progress(name, total, unit) -> update(n): the caller (the CLI) owns the bar; None shows nothing
+Progress = Callable[[str, "int | None", str], Callable[[int], Any]]
+
+
+@dataclass
+class BadRows:
+    """Counts malformed rows; reports each as `file:line: reason`; raises past `max_bad`."""
+
+    max_bad: int | None = DEFAULT_MAX_BAD_ROWS
+    report: Reporter | None = None
+    count: int = 0
+    by_reason: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, path: Path | str, line: int, kind: str, detail: str) -> None:
+        self.count += 1
+        self.by_reason[kind] += 1
+        msg = f"{path}:{line}: {detail}"
+        if len(self.examples) < 20:
+            self.examples.append(msg)
+        if self.report is not None:
+            self.report(msg)
+        if self.max_bad is not None and self.count > self.max_bad:
+            raise InputError(
+                f"{msg}\n{self.count} bad rows exceed --max-bad-rows {self.max_bad}; "
+                f"nothing was written"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "max_bad_rows": self.max_bad,
+                "by_reason": dict(sorted(self.by_reason.items())), "examples": self.examples}
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes bytes through while hashing them (sha256) and counting them (for the progress bar)."""
+
+    def __init__(self, raw: io.BufferedReader):
+        self.raw, self.sha, self.nbytes = raw, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self.raw.readinto(buf)
+        if n:
+            self.sha.update(memoryview(buf)[:n])
+            self.nbytes += n
+        return n or 0
+
+
+@dataclass
+class InputStats:
+    path: str
+    sha256: str = ""
+    lines: int = 0
+    rows: int = 0
+    bad_rows: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@contextlib.contextmanager
+def open_input(
+    path: Path, stats: InputStats, progress: Progress | None
+) -> Iterator[tuple[io.BufferedIOBase, Callable[[], None]]]:
+    """Yield (decompressed binary stream, tick) for a plain or gzip file; sha256 lands in `stats`.
+
+    `tick()` reports the compressed bytes read so far to `progress`; call it every few thousand lines.
+    Iterate the stream through `guarded` so read errors name the file and line.
+    """
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    with open(path, "rb") as raw:
+        is_gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        hashing = _HashingReader(raw)
+        buffered = io.BufferedReader(hashing, buffer_size=1 << 20)
+        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=buffered, mode="rb") if is_gz else buffered
+        update = progress(path.name, path.stat().st_size, "B") if progress else None
+        done = [0]
+
+        def tick() -> None:
+            if update is not None:
+                update(hashing.nbytes - done[0])
+                done[0] = hashing.nbytes
+
+        yield stream, tick
+        while buffered.read(1 << 20):  # hash whatever the reader did not consume
+            pass
+        tick()
+        stats.sha256 = hashing.sha.hexdigest()
+
+
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error)
+
+
+def guarded(items: Iterator[Any], path: Path, line: Callable[[], int]) -> Iterator[Any]:
+    """Re-raise read errors (truncated gzip, bad UTF-8, ...) of `items` as InputError naming file:line."""
+    it = iter(items)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except READ_ERRORS as exc:
+            raise InputError(f"{path}:{line()}: cannot read ({exc})") from exc
+        yield item
+
+
+class SequentialWindows:
+    """Writes rows into windows in input order: one window per input file, or every `rows_per_window` rows."""
+
+    def __init__(self, writer: DatasetWriter, rows_per_window: int | None):
+        self.writer, self.rows_per_window = writer, rows_per_window
+        self.current: WindowWriter | None = None
+        self.offset = 0  # good rows written before the current window
+
+    def start_file(self, path: Path) -> None:
+        if self.rows_per_window is None:
+            self._close()
+            self.current = self.writer.window(label=path.name)
+
+    def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, times: Any = None) -> None:
+        i = 0
+        while i < len(labels):
+            if self.current is None:
+                self.current = self.writer.window()
+            room = len(labels) - i
+            if self.rows_per_window is not None:
+                room = min(room, self.rows_per_window - self.current.rows)
+            self.current.append(dense[i : i + room], sparse[i : i + room], labels[i : i + room])
+            i += room
+            if self.rows_per_window is not None and self.current.rows >= self.rows_per_window:
+                self._close()
+
+    def _close(self) -> None:
+        if self.current is None:
+            return
+        w, self.current = self.current, None
+        if self.rows_per_window is not None:
+            w.info.update(label=f"rows {self.offset}-{self.offset + w.rows - 1}",
+                          start=str(self.offset), end=str(self.offset + w.rows))
+        self.offset += w.rows
+        self.writer.add_window(w)
+
+    def finish(self) -> None:
+        self._close()
+
+
+def parse_table_sizes(text: str | int, n: int = N_SPARSE) -> list[int]:
+    """Table sizes from `N` (every table), `N1,...,N26` (per table), or `kaggle[:N]`: per table
+    min(N, Kaggle cardinality + 1), TorchRec's num_embeddings_per_feature plus the reserved id 0.
+    Each size must be in [2, MAX_TABLE] (id 0 is reserved for empty; ids are int32)."""
+    text = str(text).strip()
+    try:
+        if text == "kaggle" or text.startswith("kaggle:"):
+            cap = int(text[7:]) if text != "kaggle" else MAX_TABLE
+            sizes = [min(cap, c + 1) for c in KAGGLE_CARDINALITIES]
+        else:
+            sizes = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise InputError(f"--table-size {text!r}: give N, {n} comma-separated N, or kaggle[:N]") from None
+    if len(sizes) == 1:
+        sizes = sizes * n
+    if len(sizes) != n or min(sizes) < 2 or max(sizes) > MAX_TABLE:
+        raise InputError(f"--table-size {text!r}: need 1 or {n} integers, each in [2, {MAX_TABLE}]")
+    return sizes
+
+
+def parse_line(parts: list[bytes], mods: list[int]) -> tuple[int, list[int], list[int]] | tuple[str, str]:
+    """Reference parser of one split line: (label, ints, ids), or (kind, detail) when malformed.
+
+    `parse_chunk` is the fast path and must agree with it; this one also explains bad rows."""
+    if len(parts) != N_FIELDS:
+        return "field count", f"{len(parts)} tab-separated fields, expected {N_FIELDS}"
+    lab = parts[0]
+    if lab not in (b"0", b"1"):
+        return "label", f"label {lab.decode(errors='replace')!r} is not 0 or 1"
+    ints = []
+    for j, x in enumerate(parts[1 : 1 + N_DENSE]):
+        if not x:
+            ints.append(0)
+        elif (x.isdigit() or (x[:1] == b"-" and x[1:].isdigit())) and len(x) <= _INT_MAX:
+            ints.append(int(x))
+        else:
+            return "integer", f"{DENSE_NAMES[j]} = {x[:40].decode(errors='replace')!r} is not an integer"
+    ids = []
+    for j, x in enumerate(parts[1 + N_DENSE :]):
+        if not x:
+            ids.append(MISSING_ID)
+        elif not x.translate(None, _HEX) and len(x) <= _HEX_MAX:
+            ids.append(1 + int(x, 16) % mods[j])
+        else:
+            return "hex", f"{SPARSE_NAMES[j]} = {x[:70].decode(errors='replace')!r} is not hexadecimal (<= 64 digits)"
+    return int(lab), ints, ids
+
+
+def _decode(c: np.ndarray, base: int, mods: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """NUL-padded fields as a (rows, fields, width) uint8 array -> (values, ok). Empty -> 0.
+
+    base 10: optional leading '-', at most _INT_MAX chars, negative -> 0.
+    base 16: at most _HEX_MAX hex digits, value 1 + int(hex, 16) % mods."""
+    c = np.ascontiguousarray(np.moveaxis(c, -1, 0))  # (width, rows, fields): contiguous per position
+    present = c != 0
+    nib = _NIBBLE[c]
+    length = present.sum(0)
+    prefix = (present[:-1] >= present[1:]).all(0)
+    if base == 10:
+        neg = c[0] == ord("-")
+        char_ok = ((nib >= 0) & (nib < 10)) | ~present
+        char_ok[0] |= neg
+        ok = char_ok.all(0) & prefix & (length <= _INT_MAX) & ~(neg & (length == 1))
+    else:
+        ok = ((nib >= 0) | ~present).all(0) & prefix & (length <= _HEX_MAX)
+    exact = mods is None or c.shape[0] <= 16  # 16 hex digits fit in uint64: reduce once at the end
+    v = np.zeros(c.shape[1:], np.uint64 if exact else np.int64)
+    digit = np.where(present & (nib >= 0), nib, 0).astype(v.dtype)
+    use = present & (nib >= 0)
+    for k in range(c.shape[0]):
+        step = v * v.dtype.type(base) + digit[k]
+        v = np.where(use[k], step if exact else step % mods, v)
+    if base == 10:
+        return np.where(neg, 0, v.astype(np.int64)), ok
+    v = v % mods.astype(np.uint64) if exact else v
+    return np.where(length > 0, 1 + v.astype(np.int64), MISSING_ID), ok
+
+
+def parse_chunk(parts: list[list[bytes]], mods: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorized parse of split lines: (labels, ints, ids, ok); rows with ok False are malformed."""
+    n = len(parts)
+    ok = np.fromiter((len(p) == N_FIELDS for p in parts), bool, n)
+    shaped = parts if ok.all() else [p if len(p) == N_FIELDS else _DUMMY for p in parts]
+    arr = np.array(shaped, dtype=f"S{_HEX_MAX + 1}").reshape(n, N_FIELDS)
+    c = arr.view(np.uint8).reshape(n, N_FIELDS, _HEX_MAX + 1)
+    width = int(np.flatnonzero(c.any(axis=(0, 1))).max(initial=1)) + 2  # drop all-NUL columns
+    c = c[..., : min(width, _HEX_MAX + 1)]
+    ok &= ((c[:, 0, 0] == ord("0")) | (c[:, 0, 0] == ord("1"))) & (c[:, 0, 1] == 0)
+    ints, ok_i = _decode(c[:, 1 : 1 + N_DENSE], 10, None)
+    ids, ok_c = _decode(c[:, 1 + N_DENSE :], 16, mods)
+    ok &= ok_i.all(1) & ok_c.all(1)
+    return (c[:, 0, 0] == ord("1")).astype(np.int32), ints, ids.astype(np.int32), ok
+
+
+def encode_dense(ints: np.ndarray) -> np.ndarray:
+    """Criteo integer counts -> model-ready floats: negative -> 0, then log1p."""
+    return np.log1p(np.maximum(ints.astype(np.float64), 0.0)).astype(np.float32)
+
+
+def _read_file(path: Path, stats: InputStats, mods: list[int], out: SequentialWindows,
+               bad: BadRows, progress: Progress | None) -> None:
+    parts: list[list[bytes]] = []
+    line_nos: list[int] = []
+    mods_arr = np.asarray(mods, dtype=np.int64)
+
+    def flush() -> None:
+        if not parts:
+            return
+        labels, ints, ids, ok = parse_chunk(parts, mods_arr)
+        for i in np.flatnonzero(~ok):
+            why = parse_line(parts[i], mods)
+            bad.add(path, line_nos[i], *(why if isinstance(why[0], str) else ("field", "malformed field")))
+        stats.rows += int(ok.sum())
+        stats.bad_rows += int((~ok).sum())
+        out.append(encode_dense(ints[ok]), ids[ok], labels[ok])
+        parts.clear(), line_nos.clear()
+
+    with open_input(path, stats, progress) as (stream, tick):
+        for line in guarded(stream, path, lambda: stats.lines + 1):
+            stats.lines += 1
+            line = line.rstrip(b"\r\n")
+            if line:
+                parts.append(line.split(b"\t"))
+                line_nos.append(stats.lines)
+            if len(parts) >= PARSE_ROWS:
+                flush()
+                tick()
+        flush()
+
+
+def prepare_criteo(
+    inputs: list[Path],
+    root: Path,
+    table_sizes: list[int] | None = None,
+    rows_per_window: int | None = None,
+    max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS,
+    report: Reporter | None = None,
+    progress: Progress | None = None,
+) -> tuple[DatasetMeta, BadRows]:
+    """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir)."""
+    if not inputs:
+        raise InputError("no input files given")
+    sizes = table_sizes or [DEFAULT_TABLE_SIZE] * N_SPARSE
+    if len(sizes) != N_SPARSE or min(sizes) < 2 or max(sizes) > MAX_TABLE:
+        raise InputError(f"need {N_SPARSE} table sizes, each in [2, {MAX_TABLE}]")
+    if rows_per_window is not None and rows_per_window < 1:
+        raise InputError("--rows-per-window must be >= 1")
+    bad = BadRows(max_bad_rows, report)
+    writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)])
+    out = SequentialWindows(writer, rows_per_window)
+    stats = [InputStats(str(p)) for p in inputs]
+    for path, st in zip(inputs, stats):
+        out.start_file(path)
+        _read_file(path, st, [s - 1 for s in sizes], out, bad, progress)
+    out.finish()
+    if sum(s.rows for s in stats) == 0:
+        raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
+    writer.provenance.update({
+        "source": "criteo-tsv",
+        "inputs": [s.to_json() for s in stats],
+        "windows": "per input file" if rows_per_window is None else f"every {rows_per_window} rows",
+        "dense_transform": "log1p(max(x, 0)); empty -> 0",
+        "sparse_hash": "empty -> 0; else 1 + int(hex, 16) % (num_embeddings - 1)",
+        "bad_rows": bad.to_json(),
+    })
+    return writer.finish(), bad

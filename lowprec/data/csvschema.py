@@ -1,0 +1,402 @@
+"""Any CSV + a TOML schema -> a prepared dataset. The schema format is documented in docs/csv-schema.md.
+
+The schema (read with tomllib, validated with errors naming the offending key) declares the label column
+and its positive rule, dense columns (transform none or log1p(max(x, 0)), a fill for empty cells),
+categorical columns (hashed, or vocabulary-mapped in order of first appearance; optionally multi-hot
+with a separator and a hotness), and an optional time column (unix seconds, unix milliseconds or ISO
+8601; naive ISO times are UTC) used for calendar windows.
+
+Categorical ids: id 0 is reserved for an empty cell (single-hot), or for a new value once a capped
+vocabulary is full; hashing is id = 1 + blake2b-64(utf-8 value) mod (num_embeddings - 1), stable across
+runs and machines. Multi-hot cells are split on `sep`, empty items dropped, the first `hotness` items
+kept (the rest counted as truncated) and padded with -1; an empty cell is an empty bag.
+
+Windows: `file` (one per input file), `rows:N`, or `year|month|day` of the time column. Calendar
+windows spool rows per period inside the output's temporary directory and then write the periods in
+time order, each sorted by time (stable), so the input need not be sorted and memory stays bounded.
+Malformed rows are skipped, counted and reported with file:line like the Criteo reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowprec.data.criteo import (
+    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Progress, Reporter, SequentialWindows, guarded, open_input,
+)
+from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
+from lowprec.data.movielens import CalendarWindows
+from lowprec.errors import InputError
+from lowprec.fileio import sha256_file
+
+CHUNK_ROWS = 1 << 16
+TIME_FORMATS = ("auto", "unix", "unix_ms", "iso")
+CALENDAR = ("year", "month", "day")
+_COMPARE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$")
+_TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TOP_KEYS = {"label", "positive", "time", "time_format", "delimiter", "description", "dense", "categorical"}
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    column: str
+    op: str | None = None  # comparison against `threshold`
+    threshold: float = 0.0
+    values: frozenset[str] | None = None  # positive values
+
+    def __call__(self, text: str) -> int | None:
+        """0/1, or None when the value cannot be read under this rule."""
+        v = text.strip()
+        if self.values is not None:
+            return int(v in self.values) if v else None
+        if self.op is None:
+            low = v.lower()
+            return 1 if low in _TRUE else 0 if low in _FALSE else None
+        try:
+            x = float(v)
+        except ValueError:
+            return None
+        ops = {">=": x >= self.threshold, "<=": x <= self.threshold, ">": x > self.threshold,
+               "<": x < self.threshold, "==": x == self.threshold, "!=": x != self.threshold}
+        return int(ops[self.op]) if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class DenseColumn:
+    name: str
+    column: str
+    transform: str = "none"
+    fill: float = 0.0
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    name: str
+    column: str
+    num_embeddings: int | None
+    encoding: str = "hash"
+    sep: str | None = None
+    hotness: int = 1
+
+
+@dataclass(frozen=True)
+class CsvSchema:
+    label: LabelRule
+    dense: tuple[DenseColumn, ...]
+    categorical: tuple[CategoricalColumn, ...]
+    time: str | None = None
+    time_format: str = "auto"
+    delimiter: str = ","
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _err(where: str, msg: str) -> InputError:
+    return InputError(f"{where}: {msg}")
+
+
+def _check_keys(where: str, table: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise _err(where, f"must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _err(where, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    return table
+
+
+def _get(where: str, table: dict, key: str, kind: type | tuple, default: Any = None, required: bool = False) -> Any:
+    if key not in table:
+        if required:
+            raise _err(where, f"missing required key {key!r}")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _err(where, f"key {key!r} must be {name}, got {value!r}")
+    return value
+
+
+def _label_rule(where: str, top: dict) -> LabelRule:
+    column = _get(where, top, "label", str, required=True)
+    positive = top.get("positive")
+    if positive is None:
+        return LabelRule(column)
+    if isinstance(positive, str) and (m := _COMPARE.match(positive)):
+        return LabelRule(column, op=m.group(1), threshold=float(m.group(2)))
+    if isinstance(positive, str):
+        positive = [positive]
+    if isinstance(positive, list) and positive and all(isinstance(v, str) for v in positive):
+        return LabelRule(column, values=frozenset(v.strip() for v in positive))
+    raise _err(where, f"key 'positive' must be a comparison like \">= 4\" or a list of strings, got {positive!r}")
+
+
+def _dense(where: str, name: str, table: Any) -> DenseColumn:
+    where = f"{where} [dense.{name}]"
+    t = _check_keys(where, table, {"column", "transform", "fill"})
+    transform = _get(where, t, "transform", str, "none")
+    if transform not in ("none", "log1p"):
+        raise _err(where, f"key 'transform' must be \"none\" or \"log1p\", got {transform!r}")
+    fill = float(_get(where, t, "fill", (int, float), 0.0))
+    if not math.isfinite(fill):
+        raise _err(where, "key 'fill' must be finite")
+    return DenseColumn(name, _get(where, t, "column", str, name), transform, fill)
+
+
+def _categorical(where: str, name: str, table: Any) -> CategoricalColumn:
+    where = f"{where} [categorical.{name}]"
+    t = _check_keys(where, table, {"column", "num_embeddings", "encoding", "sep", "hotness"})
+    encoding = _get(where, t, "encoding", str, "hash")
+    if encoding not in ("hash", "vocab"):
+        raise _err(where, f"key 'encoding' must be \"hash\" or \"vocab\", got {encoding!r}")
+    n = _get(where, t, "num_embeddings", int, None, required=encoding == "hash")
+    if n is not None and not 2 <= n < 2**31:
+        raise _err(where, f"key 'num_embeddings' must be in [2, 2**31), got {n}")
+    sep = _get(where, t, "sep", str, None)
+    if sep == "":
+        raise _err(where, "key 'sep' must not be empty")
+    hotness = _get(where, t, "hotness", int, None, required=sep is not None)
+    if hotness is not None and sep is None:
+        raise _err(where, "key 'hotness' needs 'sep' (it is the most items a multi-hot cell keeps)")
+    if hotness is not None and hotness < 1:
+        raise _err(where, f"key 'hotness' must be >= 1, got {hotness}")
+    return CategoricalColumn(name, _get(where, t, "column", str, name), n, encoding, sep, hotness or 1)
+
+
+def load_schema(path: str | Path) -> CsvSchema:
+    """Read and validate a TOML schema; every error names the file and the key at fault."""
+    path = Path(path)
+    where = str(path)
+    try:
+        top = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"schema file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise _err(where, f"not valid TOML ({exc})") from exc
+    _check_keys(where, top, _TOP_KEYS)
+    label = _label_rule(where, top)
+    dense = tuple(_dense(where, k, v) for k, v in _get(where, top, "dense", dict, {}).items())
+    cats = tuple(_categorical(where, k, v) for k, v in _get(where, top, "categorical", dict, {}).items())
+    if not dense or not cats:
+        raise _err(where, "declare at least one [dense.NAME] and one [categorical.NAME] table (a DLRM needs both)")
+    for name in [c.name for c in dense + cats]:
+        if not _NAME.match(name) or [c.name for c in dense + cats].count(name) > 1:
+            raise _err(where, f"feature name {name!r} must be unique and use only letters, digits, _ . -")
+    used = [c.column for c in dense + cats]
+    if label.column in used:
+        raise _err(where, f"label column {label.column!r} is also used as a feature")
+    time_format = _get(where, top, "time_format", str, "auto")
+    if time_format not in TIME_FORMATS:
+        raise _err(where, f"key 'time_format' must be one of {list(TIME_FORMATS)}, got {time_format!r}")
+    delimiter = _get(where, top, "delimiter", str, ",")
+    if len(delimiter) != 1:
+        raise _err(where, f"key 'delimiter' must be one character, got {delimiter!r}")
+    source = json.loads(json.dumps(top, default=str))
+    return CsvSchema(label, dense, cats, _get(where, top, "time", str, None), time_format, delimiter, source)
+
+
+def parse_time(text: str, fmt: str) -> float | None:
+    """Unix seconds of a time cell, or None if unreadable."""
+    v = text.strip()
+    if fmt in ("auto", "unix", "unix_ms"):
+        try:
+            x = float(v)
+            return (x / 1000.0 if fmt == "unix_ms" else x) if math.isfinite(x) else None
+        except ValueError:
+            if fmt != "auto":
+                return None
+    try:
+        t = dt.datetime.fromisoformat(v)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+class _Encoder:
+    """Maps one categorical cell to `hotness` ids (padded with -1)."""
+
+    def __init__(self, col: CategoricalColumn):
+        self.col = col
+        self.vocab: dict[str, int] = {}
+        self.oov = self.truncated = 0
+
+    def ids(self, cell: str) -> list[int]:
+        col = self.col
+        if col.sep is None:
+            v = cell.strip()
+            return [self._id(v) if v else 0]
+        items = [v for v in (s.strip() for s in cell.split(col.sep)) if v]
+        if len(items) > col.hotness:
+            self.truncated += 1
+            items = items[: col.hotness]
+        return [self._id(v) for v in items] + [-1] * (col.hotness - len(items))
+
+    def _id(self, v: str) -> int:
+        if self.col.encoding == "hash":
+            h = int.from_bytes(hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest(), "little")
+            return 1 + h % (self.col.num_embeddings - 1)
+        got = self.vocab.get(v)
+        if got is None:
+            if self.col.num_embeddings is not None and len(self.vocab) + 1 >= self.col.num_embeddings:
+                self.oov += 1
+                return 0
+            got = self.vocab[v] = len(self.vocab) + 1
+        return got
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.col.num_embeddings or len(self.vocab) + 1
+
+
+class _RowParser:
+    """Turns CSV records into (dense, ids, label, time) or a (kind, detail) complaint."""
+
+    def __init__(self, schema: CsvSchema):
+        self.schema = schema
+        self.encoders = [_Encoder(c) for c in schema.categorical]
+        self.index: dict[str, int] = {}
+        self.width = 0
+
+    def bind(self, path: Path, header: list[str] | None) -> None:
+        if header is None:
+            raise InputError(f"{path}: empty file (expected a header row)")
+        header = [h.strip() for h in header]
+        s = self.schema
+        need = [s.label.column] + [c.column for c in s.dense + s.categorical] + ([s.time] if s.time else [])
+        missing = [c for c in dict.fromkeys(need) if c not in header]
+        if missing:
+            raise InputError(f"{path}:1: header lacks column(s) {missing} named in the schema")
+        self.index = {c: header.index(c) for c in need}
+        self.width = len(header)
+
+    def parse(self, row: list[str]) -> tuple:
+        if len(row) != self.width:
+            return "field count", f"{len(row)} fields, the header has {self.width}"
+        s, ix = self.schema, self.index
+        label = s.label(row[ix[s.label.column]])
+        if label is None:
+            return "label", f"label {row[ix[s.label.column]]!r} does not fit the schema's positive rule"
+        dense = []
+        for c in s.dense:
+            v = row[ix[c.column]].strip()
+            try:
+                x = float(v) if v else c.fill
+            except ValueError:
+                x = math.nan
+            if not math.isfinite(x):
+                return "dense", f"{c.column} = {v!r} is not a finite number"
+            dense.append(x)
+        t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
+        if t is None:
+            return "time", f"{s.time} = {row[ix[s.time]]!r} is not a {s.time_format} time"
+        ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
+        return dense, ids, label, t
+
+    def encode_dense(self, dense: list[list[float]]) -> np.ndarray:
+        x = np.asarray(dense, dtype=np.float64).reshape(len(dense), len(self.schema.dense))
+        for j, c in enumerate(self.schema.dense):
+            if c.transform == "log1p":
+                x[:, j] = np.log1p(np.maximum(x[:, j], 0.0))
+        return x.astype(np.float32)
+
+
+def parse_window_option(text: str) -> tuple[str, int | None]:
+    """`file`, `rows:N`, `year`, `month` or `day` -> (kind, N)."""
+    if text in ("file",) + CALENDAR:
+        return text, None
+    if text.startswith("rows:"):
+        try:
+            n = int(text[5:])
+        except ValueError:
+            n = 0
+        if n >= 1:
+            return "rows", n
+    raise InputError(f"--window {text!r}: use file, rows:N (N >= 1), year, month or day")
+
+
+def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: InputStats,
+              progress: Progress | None) -> None:
+    buf: tuple[list, list, list, list] = ([], [], [], [])
+
+    def flush() -> None:
+        if buf[0]:
+            sink.append(parser.encode_dense(buf[0]), np.asarray(buf[1], np.int32),
+                        np.asarray(buf[2], np.int32), np.asarray(buf[3], np.float64))
+            for b in buf:
+                b.clear()
+
+    with open_input(path, stats, progress) as (stream, tick):
+        reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""),
+                            delimiter=parser.schema.delimiter)
+        rows = guarded(reader, path, lambda: reader.line_num + 1)
+        parser.bind(path, next(rows, None))
+        for row in rows:
+            stats.lines = reader.line_num
+            if not row or row == [""]:
+                continue
+            parsed = parser.parse(row)
+            if isinstance(parsed[0], str):
+                stats.bad_rows += 1
+                bad.add(path, reader.line_num, *parsed)
+                continue
+            for b, v in zip(buf, parsed):
+                b.append(v)
+            stats.rows += 1
+            if len(buf[0]) >= CHUNK_ROWS:
+                flush()
+                tick()
+        flush()
+
+
+def prepare_csv(
+    inputs: list[Path], root: Path, schema_path: Path, window: str = "file",
+    max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS, report: Reporter | None = None,
+    progress: Progress | None = None,
+) -> tuple[DatasetMeta, BadRows]:
+    """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`."""
+    schema = load_schema(schema_path)
+    kind, rows_per_window = parse_window_option(window)
+    if kind in CALENDAR and schema.time is None:
+        raise InputError(f"--window {window}: the schema {schema_path} declares no `time` column")
+    if not inputs:
+        raise InputError("no input files given")
+    parser = _RowParser(schema)
+    sparse = [SparseFeature(c.name, c.num_embeddings or 2**31 - 1, c.hotness) for c in schema.categorical]
+    writer = DatasetWriter(root, [c.name for c in schema.dense], sparse)
+    sink = CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window)
+    bad = BadRows(max_bad_rows, report)
+    stats = [InputStats(str(p)) for p in inputs]
+    for path, st in zip(inputs, stats):
+        sink.start_file(path)
+        _read_csv(path, parser, sink, bad, st, progress)
+    sink.finish()
+    if sum(s.rows for s in stats) == 0:
+        raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
+    vocab_files = {}
+    for e in parser.encoders:
+        if e.col.encoding == "vocab":
+            vocab_files[e.col.name] = f"vocab_{e.col.name}.json"
+            (root / vocab_files[e.col.name]).write_text(json.dumps(["<missing or unknown>", *e.vocab]) + "\n")
+    writer.provenance.update({
+        "source": "csv",
+        "inputs": [s.to_json() for s in stats],
+        "schema": {"path": str(schema_path), "sha256": sha256_file(schema_path), "toml": schema.source},
+        "windows": window,
+        "sparse_hash": "empty -> 0; else 1 + blake2b-64(utf-8 value) % (num_embeddings - 1)",
+        "vocabularies": vocab_files,
+        "multi_hot_truncated": {e.col.name: e.truncated for e in parser.encoders if e.col.sep},
+        "vocab_overflow": {e.col.name: e.oov for e in parser.encoders if e.col.encoding == "vocab"},
+        "bad_rows": bad.to_json(),
+    })
+    return writer.finish([e.num_embeddings for e in parser.encoders]), bad
