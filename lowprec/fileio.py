@@ -39,6 +39,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
 
         raise InputError(f"{out} exists and is not a directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should read like any directory
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -50,6 +51,12 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from lowprec.model.config import DLRMConfig
 from lowprec.model.embedding import build_table
+from lowprec.model.sharing import link_shared
 
 
 def interact(z0: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -26,12 +29,41 @@ def interact(z0: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     return torch.cat([z0, dots[:, rows, cols]], dim=1)
 
 
-def mlp_forward(layers: nn.ModuleList, x: torch.Tensor, relu_last: bool) -> torch.Tensor:
+Record = Callable[[str, torch.Tensor], None] | None
+
+
+def mlp_forward(layers: nn.ModuleList, x: torch.Tensor, relu_last: bool, prefix: str,
+                record: Record = None) -> torch.Tensor:
     for i, layer in enumerate(layers):
         x = layer(x)
+        if record is not None:
+            record(f"layer:{prefix}.{i}", x)
         if i < len(layers) - 1 or relu_last:
             x = torch.relu(x)
     return x
+
+
+def dlrm_forward(bottom: nn.ModuleList, top: nn.ModuleList, pooled: torch.Tensor | Callable,
+                 dense: torch.Tensor, table_names: list[str], record: Record = None) -> torch.Tensor:
+    """The DLRM graph, shared by the float model and the quantized runtime.
+
+    `record(name, tensor)`, when given, sees every table's pooled output (`table:NAME`) and every
+    layer's output before its ReLU (`layer:bottom.i`, `layer:top.i`): the numeric debugger's taps.
+    """
+    z0 = mlp_forward(bottom, dense, True, "bottom", record)
+    if record is not None:
+        for t, name in enumerate(table_names):
+            record(f"table:{name}", pooled[:, t])
+    x = interact(z0, pooled)
+    return mlp_forward(top, x, False, "top", record).squeeze(1)
+
+
+def trace(model: nn.Module, dense: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every tap of `dlrm_forward` plus the final logits, in forward order."""
+    taps: dict[str, torch.Tensor] = {}
+    logits = model(dense, sparse, record=lambda name, t: taps.__setitem__(name, t.detach().clone()))
+    taps["output"] = logits.detach()
+    return taps
 
 
 def split_sparse(sparse: torch.Tensor, hotness: list[int]) -> list[torch.Tensor]:
@@ -51,16 +83,18 @@ class DLRM(nn.Module):
             nn.Linear(i, o) for name, (i, o) in shapes.items() if name.startswith("top.")
         )
         self.embeddings = nn.ModuleList(build_table(t, config.embedding_dim) for t in config.tables)
+        # Parameters shared across tables (ROBE's one array): registered once, in the first
+        # table that uses them, and referenced by the others (lowprec.model.sharing).
+        link_shared(self.embeddings, config)
         self.hotness = [t.hotness for t in config.tables]
 
     def pooled(self, sparse: torch.Tensor) -> torch.Tensor:
         parts = split_sparse(sparse, self.hotness)
         return torch.stack([emb(ids) for emb, ids in zip(self.embeddings, parts)], dim=1)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        z0 = mlp_forward(self.bottom, dense, relu_last=True)
-        x = interact(z0, self.pooled(sparse))
-        return mlp_forward(self.top, x, relu_last=False).squeeze(1)
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor, record: Record = None) -> torch.Tensor:
+        return dlrm_forward(self.bottom, self.top, self.pooled(sparse), dense,
+                            self.config.table_names, record)
 
     def linear_layers(self) -> dict[str, nn.Linear]:
         """Name -> Linear, names as in DLRMConfig.layer_shapes()."""

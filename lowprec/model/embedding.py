@@ -16,6 +16,7 @@ from torch import nn
 from lowprec.data.dataset import PAD_ID
 from lowprec.errors import InputError
 from lowprec.model.config import TableConfig
+from lowprec.model.deploy import DeployForm, dense_form
 
 
 def pad_mask(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +41,9 @@ class DenseBag(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         safe, w = pad_mask(ids)
         return self.bag(safe, per_sample_weights=w)
+
+    def deploy_form(self, key: str) -> DeployForm:
+        return dense_form(key, self.weight.detach())
 
 
 def _dense(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
@@ -71,3 +75,6 @@ def build_table(table: TableConfig, dim: int) -> nn.Module:
             f"table {table.name!r}: unknown embedding backend {kind!r} (known: {sorted(BACKENDS)})"
         )
     return BACKENDS[kind](table, dim, options)
+
+
+import lowprec.model.sharing  # noqa: E402,F401  (registers the hash, qr and robe backends)

@@ -1,0 +1,105 @@
+"""The quantized artifact: ARTIFACT_DIR/weights.safetensors + manifest.json, and loading it.
+
+manifest.json records the format version; lowprec, torch and fbgemm versions; the model config;
+the plan; per logical table its rows, dim, precision, sharing and bytes; the physical TBE tables,
+TBE features (physical table + id transform) and how each logical table combines them; per layer
+its precision and activation qparams; and the sha256 of every other file. Loading verifies every
+hash before reading a byte of weights, then builds `QuantizedDLRM` (torch + fbgemm_gpu only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from lowprec.errors import InputError
+from lowprec.fileio import read_json, sha256_file
+from lowprec.model.config import DLRMConfig
+from lowprec.model.deploy import Feature
+from lowprec.model.quantized import (
+    Int8Linear, PhysicalTable, QuantizedDLRM, QuantizedEmbeddings, TableServing,
+)
+from lowprec.precision import Precision
+
+FORMAT = "lowprec-artifact"
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+MANIFEST = "manifest.json"
+
+
+def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Parse manifest.json, check format and version, and (by default) every file's sha256."""
+    root = Path(path)
+    manifest = read_json(root / MANIFEST, "artifact manifest.json")
+    where = str(root / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{where}: not a lowprec artifact manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise InputError(f"{where}: artifact format version {manifest.get('version')!r} is not "
+                         f"supported by this lowprec (it reads version {FORMAT_VERSION})")
+    if verify:
+        verify_files(root, manifest)
+    return manifest
+
+
+def verify_files(root: Path, manifest: dict[str, Any]) -> None:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or WEIGHTS not in files:
+        raise InputError(f"{root / MANIFEST}: no sha256 recorded for {WEIGHTS}")
+    for name, expected in files.items():
+        f = root / name
+        if not f.is_file():
+            raise InputError(f"{f}: missing (listed in {MANIFEST})")
+        if sha256_file(f) != expected:
+            raise InputError(f"{f}: sha256 does not match {MANIFEST}; the file was modified or "
+                             f"truncated after conversion. Re-run `lowprec convert`.")
+
+
+def _layer_module(name: str, spec: dict[str, Any], src: Any) -> torch.nn.Module:
+    precision = Precision.parse(spec["precision"], f"layer {name}")
+    bias = src.get_tensor(f"layers.{name}.bias").float()
+    if precision is Precision.INT8:
+        qp = spec.get("input_qparams")
+        return Int8Linear(src.get_tensor(f"layers.{name}.weight"),
+                          src.get_tensor(f"layers.{name}.scale").float(), bias,
+                          (float(qp[0]), int(qp[1])) if qp else None)
+    weight = src.get_tensor(f"layers.{name}.weight").float()  # fp16 storage computes in fp32
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer
+
+
+def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDLRM:
+    config = DLRMConfig.from_json(manifest["model"], where)
+    tables = [PhysicalTable(t["key"], int(t["rows"]), int(t["dim"]), Precision.parse(t["precision"]))
+              for t in manifest["physical_tables"]]
+    features = [Feature(f["table"], f["transform"]) for f in manifest["features"]]
+    serving = [TableServing(s["name"], int(s["hotness"]), tuple(tuple(g) for g in s["groups"]))
+               for s in manifest["serving"]]
+    layers = {name: _layer_module(name, spec, src) for name, spec in manifest["layers"].items()}
+    buffers = {name: src.get_tensor(f"buffers.{name}") for name in manifest.get("buffers", [])}
+    embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers)
+    try:
+        embeddings.load_rows(lambda key: src.get_tensor(f"tables.{key}"))
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from exc
+    runtime = QuantizedDLRM(config, embeddings, layers)
+    runtime.eval()
+    return runtime
+
+
+def load_artifact(path: str | Path) -> tuple[QuantizedDLRM, dict[str, Any]]:
+    """Verify and load an artifact into the FBGEMM runtime module."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    where = str(root / MANIFEST)
+    try:
+        with safe_open(str(root / WEIGHTS), framework="pt") as src:
+            return build_runtime(manifest, src, where), manifest
+    except (SafetensorError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{where}: artifact is inconsistent with {WEIGHTS} ({exc!r})") from exc

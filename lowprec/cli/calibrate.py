@@ -1,0 +1,54 @@
+"""`lowprec calibrate`."""
+
+from __future__ import annotations
+
+import click
+
+from lowprec.cli import emit_json
+from lowprec.cli._common import progress_bar
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--windows", required=True, help="Calibration windows: `3`, `0-4`, `5,7,9` or `all`.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CALIB.json to write (row counts go beside it).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy"]), default="minmax",
+              show_default=True, help="How each int8 layer's activation range is chosen.")
+@click.option("--percentile", default=99.99, show_default=True, help="For --method percentile.")
+@click.option("--max-rows", type=int, help="Use at most this many rows per pass.")
+@click.option("--json", "as_json", is_flag=True)
+def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, as_json):
+    """Measure activation ranges, clipping rates and row access counts on calibration windows."""
+    from lowprec.calibrate import CalibConfig, save_calibration
+    from lowprec.calibrate import calibrate as run_calibrate
+    from lowprec.checkpoint.float_model import load_float_model
+    from lowprec.data.batches import count_rows
+    from lowprec.data.dataset import Dataset
+    from lowprec.data.windows import parse_windows
+    from lowprec.fileio import sha256_file
+    from lowprec.train import check_compatible
+
+    ds = Dataset(data_dir)
+    cfg = CalibConfig(tuple(parse_windows(windows, ds.meta.window_indices)), method, percentile,
+                      max_rows=max_rows)
+    model, _ = load_float_model(model_dir)
+    check_compatible(model.config, ds.meta, model_dir)
+    rows = count_rows(ds, list(cfg.windows))
+    with progress_bar(2 * (min(rows, max_rows) if max_rows else rows), "calibrate") as update:
+        calib = run_calibrate(model, ds, cfg, update)
+    from pathlib import Path
+
+    save_calibration(calib, out, sha256_file(Path(model_dir) / "model.safetensors"))
+    summary = {"out": out, "method": method, "rows": calib["rows"],
+               "layers": {n: {k: v[k] for k in ("min", "max", "clip_rate")} for n, v in calib["layers"].items()}}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"calibrated on {calib['rows']:,} rows with {method}:")
+    for name, v in summary["layers"].items():
+        click.echo(f"  {name:<10} range [{v['min']:.4g}, {v['max']:.4g}]  clip rate {v['clip_rate']:.2e}")
+    click.echo(f"-> {out}")
+
+
+COMMANDS = [calibrate]

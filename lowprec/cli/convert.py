@@ -1,0 +1,140 @@
+"""`lowprec convert`, `lowprec inspect`, `lowprec compare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from lowprec.cli import emit_json
+from lowprec.cli._common import fmt, progress_bar
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory.")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Plan JSON (from `lowprec search`).")
+@click.option("--precision", help="Shortcut: one precision (fp32|fp16|int8|int4|int2) for every table.")
+@click.option("--layer-precision", help="With --precision: one precision (fp32|fp16|int8) for every MLP layer (default fp32).")
+@click.option("--range-method", type=click.Choice(["minmax", "l2"]), default="minmax", show_default=True,
+              help="With --precision: row range of integer tables (min/max or L2-optimal clipping).")
+@click.option("--calibration", "calib_path", type=click.Path(dir_okay=False), help="CALIB.json from `lowprec calibrate`.")
+@click.option("--out", required=True, type=click.Path(), help="Artifact directory to write (atomically).")
+@click.option("--export", type=click.Choice(["torchscript"]), help="Also write a TorchScript module.")
+@click.option("--json", "as_json", is_flag=True)
+def convert(model_dir, plan_path, precision, layer_precision, range_method, calib_path, out, export, as_json):
+    """Quantize a float model into a verified FBGEMM artifact (weights.safetensors + manifest.json)."""
+    from lowprec.checkpoint.convert import convert as run_convert
+    from lowprec.checkpoint.float_model import read_float_config
+    from lowprec.errors import InputError
+    from lowprec.calibrate import load_calibration
+    from lowprec.plan import Plan
+    from lowprec.precision import Precision
+
+    if (plan_path is None) == (precision is None):
+        raise InputError("give exactly one of --plan PLAN.json or --precision P")
+    if plan_path:
+        plan = Plan.load(plan_path)
+    else:
+        plan = Plan.uniform(Precision.parse(precision, "--precision"),
+                            Precision.parse(layer_precision, "--layer-precision") if layer_precision else None,
+                            range_method)
+    calibration = load_calibration(calib_path) if calib_path else None
+    config, _ = read_float_config(model_dir)
+    with progress_bar(len(config.tables), "convert", unit="tables") as update:
+        manifest = run_convert(model_dir, plan, out, calibration, progress=update)
+    if export == "torchscript":
+        from lowprec.checkpoint.export import export_torchscript
+
+        export_torchscript(out)
+    if as_json:
+        emit_json(_summary(manifest, out))
+    else:
+        click.echo(f"wrote {out}: tables {_human(manifest['embedding_bytes'])} "
+                   f"(fp32 {_human(manifest['fp32_embedding_bytes'])}, "
+                   f"{manifest['compression']:.1f}x smaller)")
+
+
+def _summary(manifest: dict, path: str) -> dict:
+    tables = [{k: t[k] for k in ("name", "rows", "precision", "sharing", "bytes")} |
+              {"dim": manifest["model"]["embedding_dim"]} for t in manifest["tables"]]
+    return {
+        "artifact": str(path),
+        "format_version": manifest["version"],
+        "tables": tables,
+        "layers": {n: {"precision": v["precision"], "static": v["input_qparams"] is not None}
+                   for n, v in manifest["layers"].items()},
+        "embedding_bytes": manifest["embedding_bytes"],
+        "fp32_embedding_bytes": manifest["fp32_embedding_bytes"],
+        "compression": manifest["compression"],
+        "layer_bytes": manifest["layer_bytes"],
+        "versions": {k: manifest[k] for k in ("lowprec_version", "torch_version", "fbgemm_version")},
+    }
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check (faster on huge artifacts).")
+def inspect(artifact, as_json, no_verify):
+    """Show an artifact's tables (rows, dim, precision, bytes), layers and compression."""
+    from lowprec.checkpoint.artifact import read_manifest
+
+    s = _summary(read_manifest(artifact, verify=not no_verify), artifact)
+    if as_json:
+        emit_json(s)
+        return
+    click.echo(f"{'table':<16} {'rows':>10} {'dim':>4} {'precision':>9} {'sharing':>14} {'bytes':>11}")
+    for t in s["tables"]:
+        sharing = t["sharing"]["kind"] if t["sharing"] else "-"
+        click.echo(f"{t['name']:<16} {t['rows']:>10} {t['dim']:>4} {t['precision']:>9} {sharing:>14} "
+                   f"{_human(t['bytes']):>11}")
+    for name, v in s["layers"].items():
+        click.echo(f"layer {name:<10} {v['precision']:>5}{' (static)' if v['static'] else ''}")
+    click.echo(f"embedding bytes {_human(s['embedding_bytes'])}, fp32 {_human(s['fp32_embedding_bytes'])}, "
+               f"compression {s['compression']:.2f}x")
+
+
+@click.command()
+@click.option("--reference", required=True, type=click.Path(), help="Float model directory.")
+@click.option("--candidate", required=True, type=click.Path(), help="Quantized artifact (or another model).")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--windows", required=True)
+@click.option("--threshold-db", default=20.0, show_default=True, help="SQNR below this marks a tap as broken.")
+@click.option("--max-rows", default=50_000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, as_json):
+    """Numeric debugger: SQNR of every table and layer output, float vs quantized."""
+    from lowprec.checkpoint.load import load_model
+    from lowprec.data.dataset import Dataset
+    from lowprec.data.windows import parse_windows
+    from lowprec.debugger import compare as run_compare
+    from lowprec.train import check_compatible
+
+    ds = Dataset(data_dir)
+    chosen = parse_windows(windows, ds.meta.window_indices)
+    ref, ref_cfg, _ = load_model(reference)
+    cand, cand_cfg, _ = load_model(candidate)
+    check_compatible(ref_cfg, ds.meta, reference)
+    check_compatible(cand_cfg, ds.meta, candidate)
+    with progress_bar(max_rows, "compare") as update:
+        result = run_compare(ref, cand, ds, chosen, threshold_db, max_rows, progress=update)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    click.echo(f"{'tap':<24} {'SQNR dB':>8} {'max |err|':>10}")
+    for t in result.taps:
+        mark = "  <-- below threshold" if t["name"] == result.first_below else ""
+        click.echo(f"{t['name']:<24} {fmt(t['sqnr_db'], 1):>8} {t['max_abs_err']:>10.3g}{mark}")
+    click.echo(f"first tap below {threshold_db} dB: {result.first_below or 'none'} ({result.rows} rows)")
+
+
+COMMANDS = [convert, inspect, compare]

@@ -1,0 +1,524 @@
+"""Hash-sharing embedding backends, their FBGEMM serving forms, and post-training sharing.
+
+SPEC grammar (TableConfig.embedding, parsed by `embedding.parse_spec`; R = parameter reduction vs a
+dense n x D table, a float >= 1):
+
+    hash:ratio=R[,seed=S]                          hashing trick: row h(e, x) mod ceil(n/R)
+    qr:ratio=R                                     quotient-remainder, Q[x // c] + R[x % c]
+    robe:ratio=R[,z=Z][,sign=0|1][,align=0|1][,seed=S]   ROBE-Z over one array shared by all robe tables
+
+h is `lowprec.quant.hashing` (Carter-Wegman mod 2^61-1), e the stable id of the table's name.
+
+- hash: one EmbeddingBag(ceil(n/R), D). Serves as one feature with a `hash` transform. Exact.
+- qr (Shi et al., KDD 2020): Q has ceil(n/c) rows and R c rows; `qr_collisions` picks the c whose
+  total ceil(n/c)+c is the largest not above max(2, n/R) (the smallest total, ~2 sqrt(n), when n/R
+  is below that). The combination is additive, so it commutes with sum pooling over multi-hot bags:
+  pooled = Q-bag + R-bag, two TBE groups summed. The paper's multiplicative (element-wise product)
+  variant does not distribute over a pooled sum, so a TBE could not serve it; it is not offered.
+- robe (Desai et al., MLSys 2022): one array M of |M| = Z * round(sum_t n_t D / R_t / Z) (>= Z)
+  elements is shared by every robe table of the model. Element i of value x in table e is
+      M[(o(e, x, i // Z) + i mod Z) mod |M|] * s(e, x, i // Z)      (s = 1 unless sign=1)
+  *exact* (default, align=0): o = h mod |M|, any element offset, as in the paper;
+  *aligned* (align=1):        o = Z * (h mod |M|/Z), so every block is one row of M viewed as
+  (|M|/Z, Z). Z defaults to min(32, D), must divide D, and must be a multiple of 4 to deploy.
+  Aligned ROBE serves on the TBE exactly: one physical table `robe.shared` (|M|/Z, Z) and per
+  logical table one group of D/Z features with a `robe` transform; the sign is a per-sample weight.
+  An exact (unaligned) block straddles two TBE rows, so it has no exact TBE form. Its deploy form
+  (exact=False) is the aligned array closest in least squares to the trained embeddings of all
+  robe tables (each row = mean of the signed blocks hashed to it); `realign` turns a model into an
+  align=1 model initialised that way, to fine-tune with `lowprec.train.train(init=...)`, and
+  `RobeExact` serves the exact form in plain torch. Train with align=1 to deploy without loss.
+
+Storage of M: DLRM calls `link_shared` after building its tables. It creates one `RobeArray`
+(an EmbeddingBag(|M|, 1, sparse=True), so SparseAdam trains M with sparse gradients), registers it
+in the first robe table only (state-dict key `embeddings.<first>.shared.bag.weight`) and gives the
+other robe tables an unregistered reference: the state dict and safetensors hold M once.
+`load_table_module` rebuilds one table (with M) from a checkpoint for table-by-table conversion.
+
+Post-training sharing "hot" ({"kind": "hot", "ratio": R, "hot": F, "lookup": ..., "seed": S}) turns
+a trained dense table into K + B = ceil(n/R) rows: the K = round(F * budget) (at most budget - 1)
+most accessed rows kept exactly, every other row hashed into one of B buckets initialised to the
+count-weighted mean of its rows (the plain mean where none of them was accessed).
+lookup="search" (default) stores only the sorted hot ids (4 bytes each, 8 past 2^31 rows) and
+finds hot ids by binary search, hashing the rest (`hot_hash` transform); lookup="remap" stores an
+old id -> new row int32 array: 4 bytes for every original row, which at high ratios costs more than
+the rows it saves (an int8 row of D=16 is 20 bytes, so at R=8 the shared rows take 2.5 bytes per
+original row and the remap 4). Both lookups give the same rows; neither is exact
+(DeployForm.exact=False): cold ids serve their bucket's mean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowprec.errors import InputError
+from lowprec.model.config import DLRMConfig, TableConfig
+from lowprec.model.deploy import POST_TRAINING, TRANSFORMS, DeployForm, Feature
+from lowprec.model.embedding import BACKENDS, build_table, pad_mask, parse_spec
+from lowprec.quant.hashing import DEFAULT_SEED, FAMILY, hash_ids, hash_rows, sign_hash, table_id
+
+ROBE_KEY = "robe.shared"  # physical TBE table of the shared ROBE array
+ROBE_STATE = "shared.bag.weight"  # key of M inside the owning table's state dict
+
+
+def _init(weight: torch.Tensor, dim: int) -> None:
+    bound = 0.1 / math.sqrt(dim)  # as DenseBag
+    nn.init.uniform_(weight, -bound, bound)
+
+
+def _options(table: TableConfig, kind: str, options: dict[str, str],
+             allowed: dict[str, Callable]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InputError(f"table {table.name!r}: `{kind}` takes options {sorted(allowed)}, got {unknown}")
+    if "ratio" not in options:
+        raise InputError(f"table {table.name!r}: `{kind}` needs ratio=R (parameter reduction)")
+    out = {}
+    for key, value in options.items():
+        try:
+            out[key] = allowed[key](value)
+        except ValueError:
+            raise InputError(f"table {table.name!r}: `{kind}` option {key}={value!r} is not valid") from None
+    if not (out["ratio"] >= 1 and math.isfinite(out["ratio"])):
+        raise InputError(f"table {table.name!r}: ratio must be a finite number >= 1, got {options['ratio']}")
+    return out
+
+
+def _flag(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise ValueError(value)
+    return value == "1"
+
+
+# --- hashing trick -----------------------------------------------------------------------------
+
+class HashBag(nn.Module):
+    """Hashing trick: id x of table e uses row h(e, x) mod m of one (m, D) table."""
+
+    def __init__(self, name: str, num_embeddings: int, dim: int, ratio: float, seed: int = DEFAULT_SEED):
+        super().__init__()
+        self.table, self.seed = table_id(name), seed
+        self.rows = math.ceil(num_embeddings / ratio)
+        self.bag = nn.EmbeddingBag(self.rows, dim, mode="sum", sparse=True)
+        _init(self.bag.weight, dim)
+
+    def row_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return hash_rows(ids, self.table, self.rows, 0, self.seed)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        safe, w = pad_mask(ids)
+        return self.bag(self.row_ids(safe), per_sample_weights=w)
+
+    def deploy_form(self, key: str) -> DeployForm:
+        spec = {"kind": "hash", "family": FAMILY, "table": self.table, "seed": self.seed, "rows": self.rows}
+        return DeployForm({key: self.bag.weight.detach()}, [[Feature(key, spec)]])
+
+
+# --- quotient-remainder -------------------------------------------------------------------------
+
+def qr_collisions(n: int, ratio: float) -> int:
+    """c for QR: largest total ceil(n/c) + c <= max(2, n/ratio), else the smallest total."""
+    cap = max(2.0, n / ratio)
+    s = math.isqrt(n) + 1
+    q = np.arange(1, s + 1, dtype=np.int64)
+    # c <= sqrt(n), and for every Q size q the c in [ceil(n/q), ceil(n/(q-1))) closest to cap - q
+    hi = np.where(q > 1, -(-n // np.maximum(q - 1, 1)) - 1, max(n, 1))
+    big = np.clip(int(math.floor(cap)) - q, -(-n // q), hi)
+    cands = np.unique(np.concatenate([q, big]))
+    cands = cands[cands >= 1]
+    totals = -(-n // cands) + cands
+    fits = totals <= cap
+    if fits.any():
+        return int(cands[fits][np.argmax(totals[fits])])
+    return int(cands[np.argmin(totals)])
+
+
+class QRBag(nn.Module):
+    """Embedding of x = Q[x // c] + R[x % c]; pooled = Q-bag + R-bag."""
+
+    def __init__(self, num_embeddings: int, dim: int, ratio: float):
+        super().__init__()
+        self.c = qr_collisions(num_embeddings, ratio)
+        self.q = nn.EmbeddingBag(-(-num_embeddings // self.c), dim, mode="sum", sparse=True)
+        self.r = nn.EmbeddingBag(self.c, dim, mode="sum", sparse=True)
+        for bag in (self.q, self.r):
+            _init(bag.weight, dim)
+            bag.weight.data /= math.sqrt(2.0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        safe, w = pad_mask(ids)
+        return self.q(safe // self.c, per_sample_weights=w) + self.r(safe % self.c, per_sample_weights=w)
+
+    def deploy_form(self, key: str) -> DeployForm:
+        q, r = f"{key}.q", f"{key}.r"
+        return DeployForm({q: self.q.weight.detach(), r: self.r.weight.detach()},
+                          [[Feature(q, {"kind": "qr_q", "c": self.c})],
+                           [Feature(r, {"kind": "qr_r", "c": self.c})]])
+
+
+# --- ROBE-Z -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RobeMember:
+    """What the shared array needs to know about one robe table."""
+
+    name: str
+    table: int
+    rows: int
+    dim: int
+    ratio: float
+    sign: bool
+    align: bool
+
+
+class RobeArray(nn.Module):
+    """The one array M of a model's robe tables, as an EmbeddingBag(|M|, 1) for sparse gradients."""
+
+    def __init__(self, members: list[RobeMember], z: int, seed: int, init: bool = True):
+        super().__init__()
+        self.members, self.z, self.seed = tuple(members), z, seed
+        target = sum(m.rows * m.dim / m.ratio for m in members)
+        self.size = max(z, z * math.floor(target / z + 0.5))
+        self.bag = nn.EmbeddingBag(self.size, 1, mode="sum", sparse=True)
+        if init:
+            _init(self.bag.weight, members[0].dim)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.bag.weight
+
+    def aligned_array(self) -> torch.Tensor:
+        """(|M|/Z, Z) rows for the TBE: M itself if every table is aligned, else its projection."""
+        m = self.weight.detach().reshape(-1, self.z)
+        if all(x.align for x in self.members):
+            return m
+        return _cached_projection(self)
+
+
+def robe_offsets(ids: torch.Tensor, m: RobeMember, z: int, size: int, seed: int) -> torch.Tensor:
+    """ids (...) -> block start in M for each chunk, (..., D/Z)."""
+    h = hash_ids(ids, m.table, range(m.dim // z), seed)
+    return z * torch.remainder(h, size // z) if m.align else torch.remainder(h, size)
+
+
+def robe_bags(ids: torch.Tensor, m: RobeMember, z: int, size: int, seed: int):
+    """Padded ids (B, h) -> (indices into M, weights), each (B*D, h): one sum-bag per output element."""
+    safe, valid = pad_mask(ids)
+    b, hot = safe.shape
+    off = robe_offsets(safe, m, z, size, seed)  # (B, h, C)
+    idx = torch.remainder(off.unsqueeze(-1) + torch.arange(z), size).reshape(b, hot, m.dim)
+    w = valid.unsqueeze(-1)
+    if m.sign:
+        w = w * sign_hash(safe, m.table, range(m.dim // z), seed)  # (B, h, C)
+    w = w.repeat_interleave(z, dim=-1) if m.sign else w.expand(b, hot, m.dim)
+    return idx.transpose(1, 2).reshape(b * m.dim, hot), w.transpose(1, 2).reshape(b * m.dim, hot)
+
+
+class RobeBag(nn.Module):
+    """One robe table: hashes ids into the model's shared `RobeArray` (see the module docstring)."""
+
+    def __init__(self, name: str, num_embeddings: int, dim: int, ratio: float, z: int,
+                 sign: bool, align: bool, seed: int):
+        super().__init__()
+        self.member = RobeMember(name, table_id(name), num_embeddings, dim, ratio, sign, align)
+        self.z, self.seed = z, seed
+        object.__setattr__(self, "_array", None)  # unregistered reference (registered once, in `shared`)
+
+    def attach(self, array: RobeArray, own: bool) -> None:
+        object.__setattr__(self, "_array", array)
+        if own:
+            self.shared = array
+
+    @property
+    def array(self) -> RobeArray:
+        if self._array is None:
+            raise InputError(
+                f"table {self.member.name!r}: ROBE table is not linked to its shared array; build it "
+                f"inside a DLRM or with lowprec.model.sharing.load_table_module")
+        return self._array
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        a = self.array
+        idx, w = robe_bags(ids, self.member, self.z, a.size, self.seed)
+        return a.bag(idx, per_sample_weights=w).view(ids.shape[0], self.member.dim)
+
+    def exact_runtime(self) -> "RobeExact":
+        return RobeExact(self.array.weight.detach().reshape(-1).clone(), self.member, self.z, self.seed)
+
+    def deploy_form(self, key: str) -> DeployForm:
+        m, a = self.member, self.array
+        if self.z % 4:
+            raise InputError(f"table {m.name!r}: ROBE z={self.z} is not a multiple of 4, which the "
+                             f"FBGEMM TBE needs for the shared table; train with z a multiple of 4")
+        exact = all(x.align for x in a.members)
+        if not exact:
+            warnings.warn(f"table {m.name!r}: the model's ROBE array was trained unaligned; serving its "
+                          f"least-squares aligned projection (approximate). Train with align=1, or "
+                          f"fine-tune `sharing.realign(model)`, to deploy without this loss")
+        feats = [Feature(ROBE_KEY, {"kind": "robe", "family": FAMILY, "table": m.table, "chunk": c,
+                                    "rows": a.size // self.z, "seed": self.seed, "sign": m.sign})
+                 for c in range(m.dim // self.z)]
+        return DeployForm({ROBE_KEY: a.aligned_array()}, [feats], exact=exact)
+
+
+class RobeExact(nn.Module):
+    """Frozen exact ROBE lookup in plain torch, for tables whose unaligned form a TBE cannot serve."""
+
+    def __init__(self, array: torch.Tensor, member: RobeMember, z: int, seed: int):
+        super().__init__()
+        self.register_buffer("array", array.reshape(-1, 1))
+        self.member, self.z, self.seed = member, z, seed
+
+    def exact_pooled(self, ids: torch.Tensor) -> torch.Tensor:
+        idx, w = robe_bags(ids, self.member, self.z, self.array.shape[0], self.seed)
+        out = nn.functional.embedding_bag(idx, self.array, per_sample_weights=w, mode="sum")
+        return out.view(ids.shape[0], self.member.dim)
+
+    forward = exact_pooled
+
+
+def _robe_array(bags: list[RobeBag], init: bool = True) -> RobeArray:
+    zs, seeds = {b.z for b in bags}, {b.seed for b in bags}
+    if len(zs) > 1 or len(seeds) > 1:
+        raise InputError(f"robe tables {[b.member.name for b in bags]} share one array and must use "
+                         f"the same z and seed (got z {sorted(zs)}, seed {sorted(seeds)})")
+    return RobeArray([b.member for b in bags], zs.pop(), seeds.pop(), init)
+
+
+def link_shared(modules: nn.ModuleList, config: DLRMConfig) -> None:
+    """Create the model's shared ROBE array: registered in the first robe table, referenced by all."""
+    bags = [m for m in modules if isinstance(m, RobeBag)]
+    if bags:
+        array = _robe_array(bags)
+        for i, bag in enumerate(bags):
+            bag.attach(array, own=i == 0)
+
+
+def load_table_module(config: DLRMConfig, index: int, get_tensor: Callable[[str], torch.Tensor]) -> nn.Module:
+    """Rebuild logical table `index` from a DLRM state (tensor getter by name), shared array included."""
+    tables = config.tables
+    module = build_table(tables[index], config.embedding_dim)
+    if not isinstance(module, RobeBag):
+        prefix = f"embeddings.{index}."
+        module.load_state_dict({k: get_tensor(prefix + k) for k in module.state_dict()})
+        return module
+    robe = [i for i, t in enumerate(tables) if parse_spec(t.embedding)[0] == "robe"]
+    bags = [module if i == index else build_table(tables[i], config.embedding_dim) for i in robe]
+    array = _robe_array(bags, init=False)
+    with torch.no_grad():
+        array.bag.weight.copy_(get_tensor(f"embeddings.{robe[0]}.{ROBE_STATE}"))
+    module.attach(array, own=index == robe[0])
+    return module
+
+
+_PROJECTION: dict[str, torch.Tensor] = {}  # one entry: conversion asks once per robe table
+
+
+def _cached_projection(array: RobeArray) -> torch.Tensor:
+    w = array.weight.detach().contiguous()
+    key = hashlib.sha256(repr((array.members, array.z, array.seed)).encode()
+                         + w.numpy().tobytes()).hexdigest()
+    if key not in _PROJECTION:
+        _PROJECTION.clear()
+        _PROJECTION[key] = aligned_projection(array)
+    return _PROJECTION[key]
+
+
+@torch.no_grad()
+def aligned_projection(array: RobeArray, batch: int = 1 << 14) -> torch.Tensor:
+    """The aligned (|M|/Z, Z) array nearest (least squares over every id of every robe table) to
+    the embeddings the current array gives: each row is the mean of the signed blocks mapped to it."""
+    z, rows = array.z, array.size // array.z
+    acc = torch.zeros(rows, z, dtype=torch.float64)
+    cnt = torch.zeros(rows, dtype=torch.float64)
+    weight = array.weight.detach()
+    for m in array.members:
+        aligned = RobeMember(m.name, m.table, m.rows, m.dim, m.ratio, m.sign, True)
+        for start in range(0, m.rows, batch):
+            ids = torch.arange(start, min(start + batch, m.rows)).unsqueeze(1)
+            idx, w = robe_bags(ids, m, z, array.size, array.seed)
+            emb = nn.functional.embedding_bag(idx, weight, per_sample_weights=w, mode="sum")
+            emb = emb.view(len(ids), m.dim // z, z).double()
+            target = robe_offsets(ids[:, 0], aligned, z, array.size, array.seed) // z  # (n, C)
+            if m.sign:
+                emb = emb * sign_hash(ids[:, 0], m.table, range(m.dim // z), array.seed).unsqueeze(-1)
+            acc.index_add_(0, target.reshape(-1), emb.reshape(-1, z))
+            cnt.index_add_(0, target.reshape(-1), torch.ones(target.numel(), dtype=torch.float64))
+    out = weight.reshape(rows, z).clone()
+    hit = cnt > 0
+    out[hit] = (acc[hit] / cnt[hit, None]).to(out.dtype)
+    return out
+
+
+def realign(model: nn.Module) -> nn.Module:
+    """A copy of a DLRM whose robe tables use align=1, M initialised to `aligned_projection`.
+    Its deploy form is exact; fine-tune it (lowprec.train.train(..., init=...)) to recover accuracy."""
+    from lowprec.model.dlrm import DLRM
+
+    tables = []
+    for t in model.config.tables:
+        kind, opts = parse_spec(t.embedding)
+        if kind == "robe":
+            opts["align"] = "1"
+            t = TableConfig(t.name, t.num_embeddings, t.hotness,
+                            "robe:" + ",".join(f"{k}={v}" for k, v in opts.items()))
+        tables.append(t)
+    out = DLRM(model.config.replace_tables(tables))
+    state = model.state_dict()
+    for i, m in enumerate(model.embeddings):
+        if isinstance(m, RobeBag) and hasattr(m, "shared"):
+            state[f"embeddings.{i}.{ROBE_STATE}"] = aligned_projection(m.array).reshape(-1, 1)
+    out.load_state_dict(state)
+    return out
+
+
+def _build_hash(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
+    o = _options(table, "hash", options, {"ratio": float, "seed": int})
+    return HashBag(table.name, table.num_embeddings, dim, o["ratio"], o.get("seed", DEFAULT_SEED))
+
+
+def _build_qr(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
+    return QRBag(table.num_embeddings, dim, _options(table, "qr", options, {"ratio": float})["ratio"])
+
+
+def _build_robe(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
+    o = _options(table, "robe", options,
+                 {"ratio": float, "z": int, "sign": _flag, "align": _flag, "seed": int})
+    z = o.get("z", min(32, dim))
+    if z < 1 or dim % z:
+        raise InputError(f"table {table.name!r}: ROBE z={z} must divide the embedding dim {dim}")
+    if o.get("align", False) and z % 4:
+        raise InputError(f"table {table.name!r}: aligned ROBE needs z a multiple of 4 (FBGEMM rows), got {z}")
+    return RobeBag(table.name, table.num_embeddings, dim, o["ratio"], z, o.get("sign", False),
+                   o.get("align", False), o.get("seed", DEFAULT_SEED))
+
+
+# --- post-training "hot" sharing ----------------------------------------------------------------
+
+def _hot_options(spec: dict[str, Any], table: str) -> tuple[float, float, str, int]:
+    unknown = sorted(set(spec) - {"kind", "ratio", "hot", "lookup", "seed"})
+    try:
+        ratio, hot = float(spec["ratio"]), float(spec.get("hot", 0.5))
+        lookup, seed = str(spec.get("lookup", "search")), int(spec.get("seed", DEFAULT_SEED))
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"table {table!r}: sharing {spec} needs a numeric ratio (and numeric "
+                         f"hot/seed if given)") from None
+    if unknown or not ratio >= 1 or not 0 <= hot <= 1 or lookup not in ("search", "remap"):
+        raise InputError(f"table {table!r}: bad sharing {spec}: takes ratio >= 1, hot in [0, 1], "
+                         f"lookup 'search' or 'remap', seed" + (f"; unknown {unknown}" if unknown else ""))
+    return ratio, hot, lookup, seed
+
+
+def _check_counts(row_counts: torch.Tensor | None, n: int, table: str) -> torch.Tensor:
+    if row_counts is None:
+        raise InputError(f"table {table!r}: hot sharing needs row access counts from calibration "
+                         f"(run `lowprec calibrate` and pass --calibration)")
+    counts = torch.as_tensor(row_counts).double().reshape(-1)
+    if len(counts) != n:
+        raise InputError(f"table {table!r}: {len(counts)} row counts for a table of {n} rows")
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        raise InputError(f"table {table!r}: row counts must be finite and >= 0")
+    return counts
+
+
+def hot_split(n: int, ratio: float, hot: float) -> tuple[int, int]:
+    """(K hot rows, B buckets) with K + B = ceil(n / ratio) and at least one bucket if rows go cold."""
+    budget = math.ceil(n / ratio)
+    if budget >= n:
+        return n, 0
+    k = min(budget - 1, int(math.floor(hot * budget + 0.5)))
+    return k, budget - k
+
+
+def hot_sharing(form: DeployForm, spec: dict[str, Any], row_counts: torch.Tensor | None,
+                table: str) -> DeployForm:
+    """Dense form -> K exact hot rows + B hashed buckets of cold rows (see the module docstring)."""
+    ratio, hot, lookup, seed = _hot_options(spec, table)
+    simple = len(form.groups) == 1 and len(form.groups[0]) == 1
+    if not simple or form.groups[0][0].transform.get("kind") != "identity":
+        raise InputError(f"table {table!r}: hot sharing applies to dense tables, not this table's form")
+    key = form.groups[0][0].table
+    weight = form.tables[key]
+    n = weight.shape[0]
+    counts = _check_counts(row_counts, n, table)
+    k, b = hot_split(n, ratio, hot)
+    if b == 0:
+        return form
+    order = torch.sort(counts, descending=True, stable=True).indices
+    hot_ids = torch.sort(order[:k]).values
+    is_hot = torch.zeros(n, dtype=torch.bool)
+    is_hot[hot_ids] = True
+    cold = torch.nonzero(~is_hot).squeeze(1)
+    tid = table_id(table)
+    bucket = hash_rows(cold, tid, b, 0, seed)
+    w = weight[cold].double()
+    c = counts[cold]
+    num = torch.zeros(b, weight.shape[1], dtype=torch.float64).index_add_(0, bucket, w * c[:, None])
+    den = torch.zeros(b, dtype=torch.float64).index_add_(0, bucket, c)
+    plain = torch.zeros_like(num).index_add_(0, bucket, w)
+    size = torch.zeros(b, dtype=torch.float64).index_add_(0, bucket, torch.ones_like(c))
+    buckets = torch.where(den[:, None] > 0, num / den.clamp(min=1e-300)[:, None],
+                          plain / size.clamp(min=1)[:, None])
+    shared = torch.cat([weight[hot_ids], buckets.to(weight.dtype)])
+    if k == 0:
+        spec_t = {"kind": "hash", "family": FAMILY, "table": tid, "seed": seed, "rows": b}
+        return DeployForm({key: shared}, [[Feature(key, spec_t)]], exact=False)
+    if lookup == "remap":
+        remap = torch.empty(n, dtype=torch.int32)
+        remap[hot_ids] = torch.arange(k, dtype=torch.int32)
+        remap[cold] = (k + bucket).to(torch.int32)
+        name = f"{table}.remap"
+        return DeployForm({key: shared}, [[Feature(key, {"kind": "remap", "buffer": name})]],
+                          {name: remap}, exact=False)
+    name = f"{table}.hot_ids"
+    ids = hot_ids.to(torch.int32 if n <= 2**31 - 1 else torch.int64)
+    spec_t = {"kind": "hot_hash", "family": FAMILY, "buffer": name, "hot": k, "buckets": b,
+              "table": tid, "seed": seed}
+    return DeployForm({key: shared}, [[Feature(key, spec_t)]], {name: ids}, exact=False)
+
+
+# --- id transforms (serving) --------------------------------------------------------------------
+
+def _t_hash(ids, spec, buffers):
+    return hash_rows(ids, int(spec["table"]), int(spec["rows"]), 0, int(spec["seed"])), None
+
+
+def _t_qr_q(ids, spec, buffers):
+    return torch.div(ids, int(spec["c"]), rounding_mode="floor"), None
+
+
+def _t_qr_r(ids, spec, buffers):
+    return torch.remainder(ids, int(spec["c"])), None
+
+
+def _t_robe(ids, spec, buffers):
+    table, chunk, seed = int(spec["table"]), int(spec["chunk"]), int(spec["seed"])
+    rows = hash_rows(ids, table, int(spec["rows"]), chunk, seed)
+    return rows, (sign_hash(ids, table, chunk, seed) if spec.get("sign") else None)
+
+
+def _t_remap(ids, spec, buffers):
+    return buffers[spec["buffer"]][ids].to(torch.int64), None
+
+
+def _t_hot_hash(ids, spec, buffers):
+    hot = buffers[spec["buffer"]].to(torch.int64)
+    k = int(spec["hot"])
+    pos = torch.searchsorted(hot, ids.to(torch.int64))
+    is_hot = (pos < k) & (hot[pos.clamp(max=k - 1)] == ids)
+    cold = k + hash_rows(ids, int(spec["table"]), int(spec["buckets"]), 0, int(spec["seed"]))
+    return torch.where(is_hot, pos, cold), None
+
+
+BACKENDS.update(hash=_build_hash, qr=_build_qr, robe=_build_robe)
+TRANSFORMS.update(hash=_t_hash, qr_q=_t_qr_q, qr_r=_t_qr_r, robe=_t_robe, remap=_t_remap,
+                  hot_hash=_t_hot_hash)
+POST_TRAINING["hot"] = hot_sharing

@@ -1,0 +1,142 @@
+"""The precision plan: one serialisable object that search writes and convert reads.
+
+    {"format": "lowprec-plan", "version": 1,
+     "tables": {"cat_3": {"precision": "int4", "sharing": null}, "cat_*": {"precision": "int8"},
+                "*": {"precision": "fp16"}},
+     "layers": {"top.2": {"precision": "fp32"}, "*": {"precision": "int8"}},
+     "budgets": {...}, "predicted": {...}, "validated": {...}, "total_bytes": ..., "notes": ...}
+
+Resolution for a name: the exact key, else the first glob pattern (fnmatch, in file order) that
+matches, else "*", else fp32 (as torchao's FqnToConfig and TorchRec's per-table dtypes do). A plan
+naming a table or layer the model lacks is an error; so is a precision a layer cannot take.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowprec.errors import InputError
+from lowprec.fileio import read_json
+from lowprec.precision import Precision
+
+FORMAT = "lowprec-plan"
+FORMAT_VERSION = 1
+RANGE_METHODS = ("minmax", "l2")
+
+
+@dataclass(frozen=True)
+class TableChoice:
+    precision: Precision = Precision.FP32
+    sharing: dict[str, Any] | None = None  # e.g. {"kind": "hot", "ratio": 8}; see model.sharing
+    range_method: str = "minmax"  # row range for integer precisions: min/max or L2-optimal
+
+    def __post_init__(self) -> None:
+        if self.range_method not in RANGE_METHODS:
+            raise InputError(f"range_method {self.range_method!r} is not one of {RANGE_METHODS}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"precision": self.precision.value, "sharing": self.sharing, "range_method": self.range_method}
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    precision: Precision = Precision.FP32
+
+    def __post_init__(self) -> None:
+        if self.precision not in Precision.for_layers():
+            raise InputError(f"layers take {[p.value for p in Precision.for_layers()]}, "
+                             f"not {self.precision.value}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"precision": self.precision.value}
+
+
+def _resolve(rules: dict[str, Any], name: str, default: Any) -> Any:
+    if name in rules:
+        return rules[name]
+    for key, value in rules.items():
+        if key != "*" and any(c in key for c in "*?[") and fnmatch.fnmatchcase(name, key):
+            return value
+    return rules.get("*", default)
+
+
+@dataclass(frozen=True)
+class Plan:
+    tables: dict[str, TableChoice] = field(default_factory=dict)
+    layers: dict[str, LayerChoice] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # budgets, predicted/validated metrics, bytes
+
+    def table(self, name: str) -> TableChoice:
+        return _resolve(self.tables, name, TableChoice())
+
+    def layer(self, name: str) -> LayerChoice:
+        return _resolve(self.layers, name, LayerChoice())
+
+    @classmethod
+    def uniform(cls, table_precision: Precision, layer_precision: Precision | None = None,
+                range_method: str = "minmax") -> "Plan":
+        layers = {"*": LayerChoice(layer_precision)} if layer_precision else {}
+        return cls({"*": TableChoice(table_precision, None, range_method)}, layers,
+                   {"kind": f"uniform {table_precision.value}"})
+
+    def check_against(self, table_names: list[str], layer_names: list[str], where: str) -> None:
+        for kind, rules, names in (("table", self.tables, table_names), ("layer", self.layers, layer_names)):
+            exact = [k for k in rules if k != "*" and not any(c in k for c in "*?[")]
+            missing = [k for k in exact if k not in names]
+            if missing:
+                raise InputError(f"{where}: plan names {kind}(s) the model lacks: {missing} "
+                                 f"(model {kind}s: {names[:30]})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "tables": {k: v.to_json() for k, v in self.tables.items()},
+            "layers": {k: v.to_json() for k, v in self.layers.items()},
+            **self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str = "plan") -> "Plan":
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise InputError(f"{where}: not a lowprec plan (format {obj.get('format') if isinstance(obj, dict) else None!r})")
+        if obj.get("version") != FORMAT_VERSION:
+            raise InputError(f"{where}: plan version {obj.get('version')} is not supported (expected {FORMAT_VERSION})")
+        try:
+            tables = {k: _table_choice(v, f"{where}: table {k!r}") for k, v in obj.get("tables", {}).items()}
+            layers = {k: _layer_choice(v, f"{where}: layer {k!r}") for k, v in obj.get("layers", {}).items()}
+        except (AttributeError, TypeError) as exc:
+            raise InputError(f"{where}: malformed plan ({exc})") from exc
+        meta = {k: v for k, v in obj.items() if k not in ("format", "version", "tables", "layers")}
+        return cls(tables, layers, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        return cls.from_json(read_json(path, "plan"), str(path))
+
+
+def _table_choice(v: dict[str, Any], where: str) -> TableChoice:
+    unknown = set(v) - {"precision", "sharing", "range_method"}
+    if unknown:
+        raise InputError(f"{where}: unknown keys {sorted(unknown)}")
+    sharing = v.get("sharing")
+    if sharing is not None and not (isinstance(sharing, dict) and "kind" in sharing):
+        raise InputError(f"{where}: sharing must be null or an object with a `kind`")
+    try:
+        return TableChoice(Precision.parse(v.get("precision", "fp32"), where), sharing,
+                           v.get("range_method", "minmax"))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _layer_choice(v: dict[str, Any], where: str) -> LayerChoice:
+    unknown = set(v) - {"precision"}
+    if unknown:
+        raise InputError(f"{where}: unknown keys {sorted(unknown)}")
+    try:
+        return LayerChoice(Precision.parse(v.get("precision", "fp32"), where))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None

@@ -1,0 +1,203 @@
+"""Quantized artifacts: exact bytes, TBE lookups vs dequantized tables, bad input, atomicity."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import REPO, make_tiny_dataset
+from lowprec.checkpoint.artifact import load_artifact
+from lowprec.checkpoint.convert import convert
+from lowprec.checkpoint.float_model import load_float_model, save_float_model
+from lowprec.cli import main
+from lowprec.data.batches import iter_batches
+from lowprec.data.dataset import Dataset
+from lowprec.model.dlrm import DLRM
+from lowprec.plan import Plan
+from lowprec.precision import Precision
+from lowprec.quant.rowwise import fused_rows, fused_to_float
+from lowprec.train import TrainConfig, model_config_for, train
+
+PRECISIONS = [p for p in Precision]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("art")
+    ds = Dataset(make_tiny_dataset(root / "data", windows=3, rows=1500, hotness=(1, 3, 1)))
+    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=2))
+    save_float_model(model, root / "model", info)
+    return root, ds
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def pooled_reference(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Sum of rows over the valid ids of each bag: the slow, obvious reference."""
+    out = torch.zeros(ids.shape[0], weight.shape[1])
+    for b in range(ids.shape[0]):
+        for i in ids[b].tolist():
+            if i >= 0:
+                out[b] += weight[i]
+    return out
+
+
+@pytest.mark.parametrize("precision", PRECISIONS, ids=[p.value for p in PRECISIONS])
+def test_tbe_lookups_equal_dequantized_tables(trained, tmp_path, precision):
+    root, ds = trained
+    convert(root / "model", Plan.uniform(precision), tmp_path / "a")
+    runtime, manifest = load_artifact(tmp_path / "a")
+    float_model, _ = load_float_model(root / "model")
+    batch = next(iter(iter_batches(ds, [2], batch_size=64)))
+    pooled = runtime.pooled(batch.sparse)
+    offsets = [0, 1, 4, 5]
+    for t, stored in enumerate(runtime.embeddings.table_weights()):
+        source = float_model.embeddings[t].weight.detach()
+        # the bytes in the TBE are exactly what the row-wise quantizer writes for this table
+        expected = fused_rows(source, precision.bits, "minmax")
+        assert torch.equal(stored[:, : expected.shape[1]], expected)
+        deq = fused_to_float(stored, precision.bits, source.shape[1])
+        ref = pooled_reference(deq, batch.sparse[:, offsets[t]:offsets[t + 1]])
+        torch.testing.assert_close(pooled[:, t], ref, rtol=1e-5, atol=1e-6)
+    assert manifest["tables"][0]["precision"] == precision.value
+
+
+def test_fp32_artifact_scores_like_the_float_model(trained, tmp_path):
+    root, ds = trained
+    convert(root / "model", Plan.uniform(Precision.FP32), tmp_path / "a")
+    runtime, _ = load_artifact(tmp_path / "a")
+    model, _ = load_float_model(root / "model")
+    for batch in iter_batches(ds, [2], batch_size=500):
+        torch.testing.assert_close(runtime(batch.dense, batch.sparse), model(batch.dense, batch.sparse),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_int8_layers_and_tables_stay_close(trained, tmp_path):
+    root, ds = trained
+    convert(root / "model", Plan.uniform(Precision.INT8, Precision.INT8), tmp_path / "a")
+    runtime, manifest = load_artifact(tmp_path / "a")
+    model, _ = load_float_model(root / "model")
+    batch = next(iter(iter_batches(ds, [2], batch_size=1500)))
+    diff = (torch.sigmoid(runtime(batch.dense, batch.sparse)) - torch.sigmoid(model(batch.dense, batch.sparse)))
+    assert diff.abs().max() < 0.02
+    assert all(v["precision"] == "int8" for v in manifest["layers"].values())
+
+
+def test_inspect_reports_bytes_and_compression(trained, tmp_path):
+    root, _ = trained
+    assert run("convert", "--model", root / "model", "--precision", "int4", "--out", tmp_path / "a").exit_code == 0
+    r = run("inspect", tmp_path / "a", "--json")
+    out = json.loads(r.output.strip().splitlines()[-1])
+    rows = [50, 20, 8]
+    assert [t["rows"] for t in out["tables"]] == rows and all(t["dim"] == 16 for t in out["tables"])
+    assert out["embedding_bytes"] == sum(r * (8 + 4) for r in rows)
+    assert out["fp32_embedding_bytes"] == sum(r * 64 for r in rows)
+    assert out["compression"] == pytest.approx(64 / 12)
+
+
+def test_flipped_byte_truncation_and_version_exit_2(trained, tmp_path):
+    root, _ = trained
+    art = tmp_path / "a"
+    assert run("convert", "--model", root / "model", "--precision", "int8", "--out", art).exit_code == 0
+    w = art / "weights.safetensors"
+    good = w.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0x01
+    w.write_bytes(bytes(data))
+    r = run("eval", "--model", art, "--data", root / "data", "--windows", "2")
+    assert r.exit_code == 2 and "sha256 does not match" in r.output and "weights.safetensors" in r.output
+    w.write_bytes(good[: len(good) // 2])
+    assert run("eval", "--model", art, "--data", root / "data", "--windows", "2").exit_code == 2
+    w.write_bytes(good)
+    m = json.loads((art / "manifest.json").read_text())
+    m["version"] = 99
+    (art / "manifest.json").write_text(json.dumps(m))
+    r = run("inspect", art)
+    assert r.exit_code == 2 and "version 99" in r.output
+
+
+def test_plan_naming_missing_table_and_nan_table_exit_2(trained, tmp_path):
+    root, _ = trained
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1,
+                                "tables": {"nosuch": {"precision": "int4"}}}))
+    r = run("convert", "--model", root / "model", "--plan", plan, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "nosuch" in r.output and not (tmp_path / "a").exists()
+    plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1,
+                                "layers": {"*": {"precision": "int4"}}}))
+    r = run("convert", "--model", root / "model", "--plan", plan, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "layers take" in r.output
+    model, info = load_float_model(root / "model")
+    with torch.no_grad():
+        model.embeddings[1].weight[7, 3] = float("inf")
+    save_float_model(model, tmp_path / "bad", info)
+    r = run("convert", "--model", tmp_path / "bad", "--precision", "int8", "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "table 't1'" in r.output and "row 7" in r.output
+
+
+def test_dim_not_multiple_of_4_is_padded(tmp_path):
+    ds = Dataset(make_tiny_dataset(tmp_path / "d", windows=1, rows=300))
+    cfg = TrainConfig(windows=(0,), embedding_dim=6, bottom_mlp=(8, 6))
+    model = DLRM(model_config_for(ds.meta, cfg))
+    save_float_model(model, tmp_path / "m")
+    with pytest.warns(UserWarning, match="padding"):
+        manifest = convert(tmp_path / "m", Plan.uniform(Precision.INT4), tmp_path / "a")
+    assert manifest["physical_tables"][0]["dim"] == 8 and manifest["physical_tables"][0]["padded_from"] == 6
+    runtime, _ = load_artifact(tmp_path / "a")
+    batch = next(iter(iter_batches(ds, [0], batch_size=32)))
+    for t, stored in enumerate(runtime.embeddings.table_weights()):
+        deq = fused_to_float(stored, 4, 8)[:, :6]
+        ids = batch.sparse[:, t:t + 1]
+        torch.testing.assert_close(runtime.pooled(batch.sparse)[:, t], pooled_reference(deq, ids))
+
+
+def test_compare_finds_first_broken_tap(trained, tmp_path):
+    root, _ = trained
+    run("convert", "--model", root / "model", "--precision", "int2", "--out", tmp_path / "a")
+    r = run("compare", "--reference", root / "model", "--candidate", tmp_path / "a",
+            "--data", root / "data", "--windows", "2", "--threshold-db", "30", "--json")
+    out = json.loads(r.output.strip().splitlines()[-1])
+    names = [t["name"] for t in out["taps"]]
+    assert names[:2] == ["layer:bottom.0", "layer:bottom.1"] and names[-1] == "output"
+    assert out["first_below"].startswith("table:")  # int2 tables break first; fp32 layers do not
+    assert all(t["sqnr_db"] == float("inf") for t in out["taps"] if t["name"].startswith("layer:bottom"))
+
+
+def _big_model(path):
+    from lowprec.model.config import DLRMConfig, TableConfig
+
+    cfg = DLRMConfig(4, (TableConfig("big", 3_000_000), TableConfig("small", 10)), 16, (16,), (8,))
+    torch.manual_seed(0)
+    save_float_model(DLRM(cfg), path)
+
+
+def test_sigkill_during_convert_keeps_existing_artifact(tmp_path):
+    _big_model(tmp_path / "m")
+    out = tmp_path / "a"
+    assert run("convert", "--model", tmp_path / "m", "--precision", "int8", "--out", out).exit_code == 0
+    before = (out / "weights.safetensors").read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "lowprec.cli", "convert", "--model", str(tmp_path / "m"),
+                             "--precision", "int4", "--range-method", "l2", "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".a.tmp-") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-convert, not finished
+    assert (out / "weights.safetensors").read_bytes() == before
+    runtime, manifest = load_artifact(out)
+    assert manifest["tables"][0]["precision"] == "int8"
+    # the next convert cleans up and succeeds
+    assert run("convert", "--model", tmp_path / "m", "--precision", "int4", "--out", out).exit_code == 0
+    assert load_artifact(out)[1]["tables"][0]["precision"] == "int4"
