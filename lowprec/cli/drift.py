@@ -1,0 +1,87 @@
+"""`lowprec drift`: the scheduled accuracy-drift job (thin: parse, build a DriftJob, run, render)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lowprec.cli import emit_json
+from lowprec.cli._common import progress_bar
+
+
+@click.command()
+@click.option("--reference", required=True, type=click.Path(path_type=Path), help="Float model directory.")
+@click.option("--candidate", required=True, type=click.Path(path_type=Path),
+              help="Quantized artifact directory (the deployed one; never modified).")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--windows", required=True, help="Windows to monitor: `3`, `0-4`, `5,7,9` or `all`.")
+@click.option("--db", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite history (created if missing); windows already in it are not recomputed.")
+@click.option("--report", "report_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Report directory (report.md, index.html, PNGs), regenerated every run.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="THRESHOLDS.toml overriding [alarm], [bootstrap], [recalibrate] defaults (docs/drift.md).")
+@click.option("--on-alarm", type=click.Choice(["none", "recalibrate"]), default="none", show_default=True,
+              help="recalibrate: write a recalibrated artifact beside the deployed one and re-score the "
+                   "first alarmed window with it.")
+@click.option("--recalibrate-on", type=click.Choice(["healthy", "alarmed", "both"]),
+              help="Windows to recalibrate on (overrides recalibrate.source): the latest healthy windows "
+                   "before the first alarm, the alarmed window itself, or both.")
+@click.option("--calibration", "calib_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The candidate's CALIB.json: calibration-time clipping rates and method.")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
+def drift(reference, candidate, data_dir, windows, db, report_dir, config_path, on_alarm, recalibrate_on,
+          calib_path, batch_size, as_json):
+    """Monitor a quantized candidate against its float reference, window by window.
+
+    For every window not yet in --db: one streamed pass scores both models on the same rows and
+    records NE, log-loss, AUC and calibration of each, the paired NE gap with a Poisson-bootstrap
+    interval, DeLong's AUC test, the calibration gap, PSI of the scores, per-layer clipping and
+    per-table quantization error; a CUSUM + hard-limit rule decides the alarm.
+
+    \b
+    Exit codes: 0 healthy; 1 alarm (a window processed in this run, or the latest requested
+    window, is in alarm); 2 bad input, or another run holds --db.
+    Example:
+        lowprec drift --reference model --candidate art --data data --windows 5-13 \\
+            --db drift.sqlite --report drift-report --calibration CALIB.json
+    """
+    import dataclasses
+
+    from lowprec.drift.alarm import load_config
+    from lowprec.drift.job import DriftJob, run
+
+    config = load_config(config_path)
+    if recalibrate_on:
+        config = dataclasses.replace(
+            config, recalibrate=dataclasses.replace(config.recalibrate, source=recalibrate_on))
+    job = DriftJob(reference, candidate, data_dir, windows, db, report_dir, config, on_alarm, calib_path,
+                   batch_size)
+    outcome = run(job, progress=lambda desc, rows: progress_bar(rows, desc))
+    if as_json:
+        emit_json(outcome.to_json())
+    else:
+        _render(outcome)
+    sys.exit(outcome.exit_code)
+
+
+def _render(outcome) -> None:
+    from lowprec.drift.alarm import pct
+
+    for w in outcome.windows:
+        new = "*" if w["processed"] else " "
+        click.echo(f"{new}window {w['window']:>4} {w['label'] or '':>10}  NE gap {pct(w['ne_gap']):>8} "
+                   f"[{pct(w['ne_gap_lo'])}, {pct(w['ne_gap_hi'])}]  {'ALARM' if w['alarm'] else 'ok   '}  "
+                   f"{w['reason'] if w['alarm'] else ''}")
+        for s in w["staleness"]:
+            click.echo(f"              staleness: {s}")
+    for r in outcome.recalibrations:
+        click.echo(f"recalibration ({r['source']}): {r.get('reason') or r.get('skipped')}")
+    click.echo(f"{len(outcome.processed)} window(s) processed; first alarm: "
+               f"{outcome.first_alarm if outcome.first_alarm is not None else 'none'}; report {outcome.report}")
+
+
+COMMANDS = [drift]

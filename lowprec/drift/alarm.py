@@ -1,0 +1,265 @@
+"""Alarm thresholds (defaults, TOML overrides) and the sequential decision rule of `lowprec drift`.
+
+Configuration: `DriftConfig` = [alarm] `Thresholds` + [bootstrap] + [recalibrate], frozen and validated;
+a THRESHOLDS.toml may set any key of those three tables, and an unknown table or key is an error
+naming it. Defaults and their rationale are in docs/drift.md.
+
+The rule for window t (pure: signals in, decision out), with gap_t = NE_cand/NE_ref - 1 and se_t
+the standard deviation of its Poisson-bootstrap replicates:
+
+  CUSUM (Page 1954), one-sided per direction, floored at 0 and capped at `cusum_cap`:
+      S⁺_t = min(cap, max(0, S⁺_{t-1} + ( gap_t - allowance) / se_t))   candidate worse
+      S⁻_t = min(cap, max(0, S⁻_{t-1} + (-gap_t - allowance) / se_t))   candidate diverges (better)
+  ALARM when any of
+      S⁺_t > h                      (or S⁻_t > h when `two_sided`)
+      CI_lo(gap_t) > ne_gap_limit   (or CI_hi(gap_t) < -ne_gap_limit when `two_sided`)
+      AUC_ref - AUC_cand > auc_drop_limit and DeLong's one-sided p < auc_alpha
+      the CI of the calibration ratio gap (Σp_cand/Σp_ref - 1) lies outside ±calibration_gap_limit.
+One noisy window moves S by a few units at most, a persistent gap above the allowance accumulates,
+and the cap makes an alarm clear within a few healthy windows once the gap is gone.
+Warnings (recorded, never an alarm by themselves): activation clipping above `clip_rate_ratio` x its
+calibration-time rate, PSI of the score distributions above `psi_limit`. Staleness of the float
+model against its baseline window is reported apart: it is not quantization's fault.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lowprec.errors import InputError
+
+CONFIG_VERSION = 1
+RECAL_SOURCES = ("healthy", "alarmed", "both")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise InputError(f"drift config: {msg}")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    ne_gap_limit: float = 0.002  # hard limit on |NE_cand/NE_ref - 1| (0.2%)
+    ne_gap_allowance: float = 0.001  # CUSUM reference value: gap tolerated indefinitely (0.1%)
+    cusum_h: float = 5.0  # CUSUM decision interval (in standard errors)
+    cusum_cap: float = 10.0  # CUSUM ceiling, so an alarm clears once the gap is gone
+    two_sided: bool = True  # also alarm when the candidate's NE is far BETTER (divergence)
+    auc_drop_limit: float = 0.002  # AUC_ref - AUC_cand beyond which a significant drop alarms
+    auc_alpha: float = 0.01  # one-sided DeLong level for the AUC drop
+    calibration_gap_limit: float = 0.02  # |Σp_cand/Σp_ref - 1|
+    clip_rate_ratio: float = 10.0  # warn when clip rate > ratio x max(calibration rate, floor)
+    clip_rate_floor: float = 1e-4
+    psi_limit: float = 0.1  # warn when PSI(candidate scores | reference deciles) exceeds it
+    staleness_ne_limit: float = 0.02  # float NE vs its baseline window: reported, not alarmed
+    staleness_calibration_limit: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.type == "float":
+                v = getattr(self, f.name)
+                _check(math.isfinite(v) and v >= 0, f"alarm.{f.name} must be a finite number >= 0, got {v}")
+        _check(self.ne_gap_allowance < self.ne_gap_limit,
+               "alarm.ne_gap_allowance must be below alarm.ne_gap_limit")
+        _check(self.cusum_h > 0, "alarm.cusum_h must be > 0")
+        _check(self.cusum_cap >= self.cusum_h, "alarm.cusum_cap must be >= alarm.cusum_h")
+        _check(0 < self.auc_alpha < 1, "alarm.auc_alpha must be in (0, 1)")
+        _check(self.clip_rate_ratio >= 1, "alarm.clip_rate_ratio must be >= 1")
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    replicates: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(20 <= self.replicates <= 5000, f"bootstrap.replicates must be in [20, 5000], got {self.replicates}")
+        _check(0.5 <= self.confidence < 1, f"bootstrap.confidence must be in [0.5, 1), got {self.confidence}")
+        _check(self.seed >= 0, "bootstrap.seed must be >= 0")
+
+
+@dataclass(frozen=True)
+class RecalConfig:
+    source: str = "healthy"  # healthy | alarmed | both
+    healthy_windows: int = 3  # the latest healthy windows before the first alarm
+    method: str = ""  # "" = the method recorded in --calibration CALIB.json, else minmax
+    percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        _check(self.source in RECAL_SOURCES, f"recalibrate.source must be one of {RECAL_SOURCES}")
+        _check(self.healthy_windows >= 1, "recalibrate.healthy_windows must be >= 1")
+        _check(self.method in ("", "minmax", "percentile", "mse", "entropy"),
+               f"recalibrate.method {self.method!r} is not a calibration method")
+
+
+_SECTIONS = {"alarm": Thresholds, "bootstrap": BootstrapConfig, "recalibrate": RecalConfig}
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    alarm: Thresholds = field(default_factory=Thresholds)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    recalibrate: RecalConfig = field(default_factory=RecalConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": CONFIG_VERSION, **{k: asdict(getattr(self, k)) for k in _SECTIONS}}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str = "drift config") -> "DriftConfig":
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected a table of sections {sorted(_SECTIONS)}")
+        body = {k: v for k, v in obj.items() if k != "version"}
+        if "version" in obj and obj["version"] != CONFIG_VERSION:
+            raise InputError(f"{where}: config version {obj['version']} is not supported")
+        unknown = sorted(set(body) - set(_SECTIONS))
+        if unknown:
+            raise InputError(f"{where}: unknown section {unknown[0]!r} (known: {sorted(_SECTIONS)})")
+        return cls(**{k: _section(k, body.get(k, {}), where) for k in _SECTIONS})
+
+
+def _section(name: str, table: Any, where: str) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: [{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key, value in table.items():
+        if key not in known:
+            raise InputError(f"{where}: unknown key {name}.{key!r} (known: {sorted(known)})")
+        want = known[key].type
+        ok = {"bool": isinstance(value, bool), "str": isinstance(value, str),
+              "int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool)}[want]
+        if not ok:
+            raise InputError(f"{where}: {name}.{key} must be a {want}, got {value!r}")
+    return cls(**{k: (float(v) if known[k].type == "float" else v) for k, v in table.items()})
+
+
+def load_config(path: str | Path | None) -> DriftConfig:
+    """Defaults, overridden by a THRESHOLDS.toml when given."""
+    if path is None:
+        return DriftConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"drift config not found: {path}")
+    try:
+        obj = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from exc
+    return DriftConfig.from_json(obj, str(path))
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the rule looks at for one window (all from `paired.WindowMeasure`)."""
+
+    ne_gap: float
+    ne_gap_lo: float
+    ne_gap_hi: float
+    ne_gap_se: float
+    auc_diff: float  # auc_cand - auc_ref
+    auc_p_drop: float
+    cal_gap: float
+    cal_gap_lo: float
+    cal_gap_hi: float
+    psi: float
+    clipping: dict[str, tuple[float, float | None]] = field(default_factory=dict)  # rate, calib rate
+    stale_ne: float | None = None
+    stale_calibration: float | None = None
+
+
+@dataclass(frozen=True)
+class CusumState:
+    up: float = 0.0
+    down: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    alarm: bool
+    state: CusumState
+    triggers: tuple[str, ...]
+    reason: str
+    warnings: tuple[str, ...] = ()
+    staleness: tuple[str, ...] = ()
+
+
+def _step(prev: float, x: float, se: float, cap: float) -> float:
+    if not math.isfinite(x) or not (se >= 0):  # no information (e.g. an empty window)
+        return prev
+    z = x / se if se > 0 else (0.0 if x == 0 else math.copysign(math.inf, x))
+    return min(cap, max(0.0, prev + z))
+
+
+def cusum_step(prev: CusumState, s: Signals, t: Thresholds) -> CusumState:
+    k = t.ne_gap_allowance
+    return CusumState(_step(prev.up, s.ne_gap - k, s.ne_gap_se, t.cusum_cap),
+                      _step(prev.down, -s.ne_gap - k, s.ne_gap_se, t.cusum_cap))
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.{digits}f}%"
+
+
+def _triggers(s: Signals, st: CusumState, t: Thresholds) -> list[tuple[str, str]]:
+    out = []
+    ci = f"{pct(s.ne_gap)} [CI {pct(s.ne_gap_lo)}, {pct(s.ne_gap_hi)}]"
+    if s.ne_gap_lo > t.ne_gap_limit:
+        out.append(("ne_gap_ci", f"candidate NE worse by {ci}, beyond the {pct(t.ne_gap_limit)} limit"))
+    if t.two_sided and s.ne_gap_hi < -t.ne_gap_limit:
+        out.append(("ne_gap_ci", f"candidate NE departs from the reference by {ci} (better): it no "
+                                 f"longer tracks the reference beyond the ±{100 * t.ne_gap_limit:.2f}% limit"))
+    if st.up > t.cusum_h:
+        out.append(("cusum_up", f"persistent NE gap above the {pct(t.ne_gap_allowance)} allowance "
+                                f"(CUSUM {st.up:.1f} > h={t.cusum_h:g})"))
+    if t.two_sided and st.down > t.cusum_h:
+        out.append(("cusum_down", f"persistent NE gap below -{100 * t.ne_gap_allowance:.2f}% "
+                                  f"(CUSUM {st.down:.1f} > h={t.cusum_h:g})"))
+    if -s.auc_diff > t.auc_drop_limit and s.auc_p_drop < t.auc_alpha:
+        out.append(("auc_drop", f"AUC drop {-s.auc_diff:.4f} > {t.auc_drop_limit:g} "
+                                f"(DeLong one-sided p={s.auc_p_drop:.2g})"))
+    lim = t.calibration_gap_limit
+    if s.cal_gap_lo > lim or s.cal_gap_hi < -lim:
+        out.append(("calibration_gap", f"calibration ratio gap {pct(s.cal_gap)} [CI {pct(s.cal_gap_lo)}, "
+                                       f"{pct(s.cal_gap_hi)}] beyond ±{100 * lim:.2f}%"))
+    return out
+
+
+def _warnings(s: Signals, t: Thresholds) -> list[str]:
+    out, hot = [], []
+    for layer, (rate, calib) in sorted(s.clipping.items()):
+        if rate > t.clip_rate_ratio * max(calib if calib is not None else 0.0, t.clip_rate_floor):
+            hot.append(f"{layer} {rate:.2%} (calibration {'unknown' if calib is None else f'{calib:.2%}'})")
+    if hot:
+        out.append(f"activation clipping above {t.clip_rate_ratio:g}x its calibration-time rate: "
+                   f"{', '.join(hot)}; the static int8 ranges no longer cover the inputs")
+    if math.isfinite(s.psi) and s.psi > t.psi_limit:
+        out.append(f"score distributions differ: PSI {s.psi:.3f} > {t.psi_limit:g}")
+    return out
+
+
+def _staleness(s: Signals, t: Thresholds) -> list[str]:
+    out = []
+    if s.stale_ne is not None and math.isfinite(s.stale_ne) and abs(s.stale_ne) > t.staleness_ne_limit:
+        out.append(f"float model NE {pct(s.stale_ne, 1)} vs its baseline window (staleness: retrain; "
+                   f"not a quantization alarm)")
+    sc = s.stale_calibration
+    if sc is not None and math.isfinite(sc) and abs(sc) > t.staleness_calibration_limit:
+        out.append(f"float model calibration {pct(sc, 1)} vs its baseline window")
+    return out
+
+
+def decide(s: Signals, prev: CusumState, t: Thresholds) -> Decision:
+    """The sequential rule for one window, given the CUSUM state after the previous window."""
+    state = cusum_step(prev, s, t)
+    trig = _triggers(s, state, t)
+    if trig:
+        reason = "ALARM: " + "; ".join(msg for _, msg in trig)
+    else:
+        reason = (f"healthy: NE gap {pct(s.ne_gap)} [CI {pct(s.ne_gap_lo)}, {pct(s.ne_gap_hi)}], "
+                  f"CUSUM up {state.up:.1f} / down {state.down:.1f} <= {t.cusum_h:g}")
+    return Decision(bool(trig), state, tuple(dict.fromkeys(c for c, _ in trig)), reason,
+                    tuple(_warnings(s, t)), tuple(_staleness(s, t)))

@@ -1,0 +1,369 @@
+"""`lowprec drift` orchestration: windows -> paired evaluation -> decision -> SQLite -> report.
+
+For every requested window not yet in the database (in window order): one streamed paired pass
+(`paired.evaluate_window`), the sequential rule (`alarm.decide`, fed with the CUSUM state of the
+previous recorded window), and one transaction (`store.record_window`). Then, with
+`on_alarm="recalibrate"`, new artifacts beside the deployed one for the first alarmed window; then
+the report is regenerated from the database. Everything runs under the database's lock.
+
+Exit-code rule (`DriftOutcome.exit_code`): 1 when a window processed in this run is in alarm OR the
+latest requested window is in alarm (so a new alarm is never missed, and a rerun with nothing new
+still reports the current state); else 0. Bad input raises InputError (exit 2) before any window
+is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import lowprec
+from lowprec.checkpoint.load import load_model, model_kind
+from lowprec.data.dataset import Dataset
+from lowprec.data.windows import parse_windows
+from lowprec.drift import report
+from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
+from lowprec.drift.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
+from lowprec.drift.store import DriftStore
+from lowprec.errors import InputError
+from lowprec.fileio import read_json, sha256_file
+from lowprec.train import check_compatible
+
+Progress = Callable[[str, int], ContextManager[Callable[[int], Any]]]  # (description, rows) -> update
+ON_ALARM = ("none", "recalibrate")
+
+
+@dataclass(frozen=True)
+class DriftJob:
+    reference: Path
+    candidate: Path
+    data: Path
+    windows: str
+    db: Path
+    report: Path
+    config: DriftConfig = field(default_factory=DriftConfig)
+    on_alarm: str = "none"
+    calibration: Path | None = None
+    batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.on_alarm not in ON_ALARM:
+            raise InputError(f"--on-alarm must be one of {ON_ALARM}, got {self.on_alarm!r}")
+        if self.batch_size < 1:
+            raise InputError("--batch-size must be >= 1")
+
+    @property
+    def paired(self) -> PairedConfig:
+        b = self.config.bootstrap
+        return PairedConfig(self.batch_size, b.replicates, b.confidence, b.seed)
+
+    @property
+    def spill_prefix(self) -> Path:
+        return self.db.with_name(f".{self.db.name}.spill-")
+
+
+@dataclass
+class DriftOutcome:
+    windows: list[dict[str, Any]]
+    processed: list[int]
+    exit_code: int
+    recalibrations: list[dict[str, Any]]
+    db: Path
+    report: Path
+
+    @property
+    def first_alarm(self) -> int | None:
+        return next((w["window"] for w in self.windows if w["alarm"]), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"db": str(self.db), "report": str(self.report), "exit_code": self.exit_code,
+                "processed": self.processed, "first_alarm": self.first_alarm,
+                "alarms": [w["window"] for w in self.windows if w["alarm"]],
+                "windows": self.windows, "recalibrations": self.recalibrations}
+
+
+def _null_progress(desc: str, rows: int) -> ContextManager[Callable[[int], Any]]:
+    return contextlib.nullcontext(lambda n: None)
+
+
+def read_calibration(path: Path | None) -> dict[str, Any] | None:
+    """CALIB.json's layers and method (the row-count sidecar is not needed here)."""
+    if path is None:
+        return None
+    obj = read_json(path, "calibration file")
+    if not isinstance(obj, dict) or obj.get("format") != "lowprec-calibration":
+        raise InputError(f"{path}: not a lowprec calibration file")
+    return obj
+
+
+@dataclass
+class _Models:
+    reference: Any
+    candidate: Any
+    manifest: dict[str, Any] | None
+    reference_sha: str
+    candidate_sha: str
+
+
+def load_pair(job: DriftJob, ds: Dataset) -> _Models:
+    if model_kind(job.reference) != "float":
+        raise InputError(f"--reference {job.reference}: must be a float model directory (config.json)")
+    reference, ref_cfg, _ = load_model(job.reference)
+    candidate, cand_cfg, manifest = load_model(job.candidate)
+    check_compatible(ref_cfg, ds.meta, str(job.reference))
+    check_compatible(cand_cfg, ds.meta, str(job.candidate))
+    is_artifact = model_kind(job.candidate) == "artifact"
+    cand_file = job.candidate / ("manifest.json" if is_artifact else "model.safetensors")
+    return _Models(reference, candidate, manifest if is_artifact else None,
+                   sha256_file(job.reference / "model.safetensors"), sha256_file(cand_file))
+
+
+def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
+    """A recorded window must still be the same period of the dataset."""
+    for row in store.windows():
+        w = row["window"]
+        if w in chosen and ds.meta.window(w).label != (row["label"] or ""):
+            raise InputError(f"--db {store.path}: window {w} was recorded as {row['label']!r} but the "
+                             f"dataset's window {w} is {ds.meta.window(w).label!r}; use a new --db")
+
+
+def run(job: DriftJob, progress: Progress | None = None) -> DriftOutcome:
+    """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report."""
+    progress = progress or _null_progress
+    ds = Dataset(job.data)
+    chosen = parse_windows(job.windows, ds.meta.window_indices)
+    calib = read_calibration(job.calibration)
+    report.check_report_dir(job.report)
+    models = load_pair(job, ds)
+    if calib is not None and calib.get("model_sha256") not in (None, models.reference_sha):
+        raise InputError(f"--calibration {job.calibration} was measured on another float model "
+                         f"(its model_sha256 is not the sha256 of --reference {job.reference})")
+    if job.on_alarm == "recalibrate" and models.manifest is None:
+        raise InputError("--on-alarm recalibrate needs --candidate to be a quantized artifact")
+    with DriftStore(job.db) as store:
+        store.check_pair(str(job.reference), models.reference_sha, str(job.candidate), models.candidate_sha)
+        _check_labels(store, ds, chosen)
+        for leftover in job.db.parent.glob(job.spill_prefix.name + "*"):
+            leftover.unlink(missing_ok=True)  # from a killed run; we hold the lock
+        run_id = store.start_run(_run_info(job, models, chosen))
+        try:
+            todo = [w for w in chosen if w not in store.recorded()]
+            table_err = TableError.from_models(models.reference, models.candidate) if todo else None
+            for w in todo:
+                process_window(job, store, ds, models, w, run_id, calib, table_err, progress)
+            recal = []
+            if job.on_alarm == "recalibrate":
+                recal = recalibrate(job, store, ds, models, chosen, calib, run_id, progress)
+            outcome = _outcome(job, store, chosen, todo, recal)
+            store.finish_run(run_id, "done")
+            report.write_report(job.report, report.gather(store, job.config))
+        except BaseException:
+            store.finish_run(run_id, "failed")
+            raise
+    return outcome
+
+
+def _run_info(job: DriftJob, m: _Models, chosen: list[int]) -> dict[str, Any]:
+    return {"reference": str(job.reference), "reference_sha256": m.reference_sha,
+            "candidate": str(job.candidate), "candidate_sha256": m.candidate_sha, "data": str(job.data),
+            "windows": json.dumps(chosen), "calibration": str(job.calibration) if job.calibration else None,
+            "config": json.dumps({**job.config.to_json(), "on_alarm": job.on_alarm,
+                                  "batch_size": job.batch_size}),
+            "lowprec_version": lowprec.__version__}
+
+
+def calib_rates(calib: dict[str, Any] | None, layers: list[str]) -> dict[str, float | None]:
+    known = (calib or {}).get("layers", {})
+    return {n: (float(known[n]["clip_rate"]) if n in known and known[n].get("clip_rate") is not None
+                else None) for n in layers}
+
+
+def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
+                calib: dict[str, float | None]) -> Signals:
+    ref = m.reference
+    stale_ne = stale_cal = 0.0
+    if baseline is not None:
+        stale_ne = _ratio(ref["ne"], baseline["ref_ne"])
+        stale_cal = _ratio(ref["calibration"], baseline["ref_calibration"])
+    clipping = {n: (c["clip_rate"], calib.get(n)) for n, c in m.clipping.items() if c["clip_rate"] is not None}
+    return Signals(m.ne_gap.estimate, m.ne_gap.lo, m.ne_gap.hi, m.ne_gap.se,
+                   m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo, m.cal_gap.hi,
+                   m.psi, clipping, stale_ne, stale_cal)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return None
+    return a / b - 1
+
+
+def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, w: int, run_id: int,
+                   calib: dict[str, Any] | None, table_err: TableError | None, progress: Progress) -> None:
+    """Measure, decide and record one window (one transaction)."""
+    info = ds.meta.window(w)
+    with progress(f"drift window {w}", info.rows) as update:
+        m = evaluate_window(models.reference, models.candidate, ds, w, job.paired, job.spill_prefix,
+                            table_err, update)
+    rates = calib_rates(calib, list(m.clipping))
+    base = store.baseline()
+    s = signals_for(m, base, rates)
+    d = decide(s, store.previous_state(w), job.config.alarm)
+    row = {
+        "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
+        "rows": m.rows, "ctr": m.reference["ctr"], "seconds": m.seconds,
+        **{f"ref_{k}": m.reference[k] for k in ("ne", "logloss", "auc", "calibration")},
+        **{f"cand_{k}": m.candidate[k] for k in ("ne", "logloss", "auc", "calibration")},
+        "ne_gap": m.ne_gap.estimate, "ne_gap_lo": m.ne_gap.lo, "ne_gap_hi": m.ne_gap.hi,
+        "ne_gap_se": m.ne_gap.se, "ne_gap_se_delta": m.ne_gap_se_delta,
+        "auc_diff": m.delong.diff, "auc_se": math.sqrt(m.delong.var) if m.delong.var >= 0 else None,
+        "auc_z": m.delong.z, "auc_p": m.delong.p_two_sided, "auc_p_drop": m.delong.p_drop,
+        "cal_gap": m.cal_gap.estimate, "cal_gap_lo": m.cal_gap.lo, "cal_gap_hi": m.cal_gap.hi, "psi": m.psi,
+        "baseline_window": base["window"] if base else w, "stale_ne": s.stale_ne,
+        "stale_calibration": s.stale_calibration, "cusum_up": d.state.up, "cusum_down": d.state.down,
+        "alarm": int(d.alarm), "triggers": d.triggers, "reason": d.reason, "warnings": d.warnings,
+        "staleness": d.staleness,
+    }
+    clip_rows = [{"window": w, "layer": n, "clip_rate": c["clip_rate"], "calib_clip_rate": rates.get(n),
+                  "clipped": c["clipped"], "elements": c["elements"], "range_lo": c["range"][0],
+                  "range_hi": c["range"][1], "observed_min": (c["observed"] or [None, None])[0],
+                  "observed_max": (c["observed"] or [None, None])[1]} for n, c in m.clipping.items()]
+    notes = table_err.notes if table_err is not None else {}
+    table_rows = [{"window": w, "table_name": n, **(e or {}), "note": notes.get(n)}
+                  for n, e in m.table_error.items()]
+    store.record_window(_finite(row), [_finite(r) for r in clip_rows], [_finite(r) for r in table_rows])
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN/inf -> None (SQLite NULL; JSON null)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def window_summary(row: dict[str, Any], processed: bool) -> dict[str, Any]:
+    keys = ("label", "rows", "ref_ne", "cand_ne", "ne_gap", "ne_gap_lo", "ne_gap_hi", "ne_gap_se",
+            "ref_auc", "cand_auc", "auc_diff", "auc_p_drop", "ref_calibration", "cand_calibration",
+            "cal_gap", "psi", "cusum_up", "cusum_down", "stale_ne", "stale_calibration", "triggers",
+            "reason", "warnings", "staleness")
+    return {"window": row["window"], "alarm": bool(row["alarm"]), "processed": processed,
+            **{k: row[k] for k in keys}}
+
+
+def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int],
+             recal: list[dict[str, Any]]) -> DriftOutcome:
+    rows = [r for r in store.windows() if r["window"] in set(chosen)]
+    summaries = [window_summary(r, r["window"] in todo) for r in rows]
+    new_alarm = any(s["alarm"] for s in summaries if s["processed"])
+    latest_alarm = bool(summaries) and summaries[-1]["alarm"]
+    return DriftOutcome(summaries, todo, 1 if (new_alarm or latest_alarm) else 0, recal, job.db, job.report)
+
+
+def recalibrate(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, chosen: list[int],
+                calib: dict[str, Any] | None, run_id: int, progress: Progress) -> list[dict[str, Any]]:
+    """New artifacts for the first alarmed window, calibrated on healthy and/or the alarmed window."""
+    rows = store.windows()
+    alarmed = [r["window"] for r in rows if r["alarm"] and r["window"] in chosen]
+    if not alarmed:
+        return []
+    target, rc = alarmed[0], job.config.recalibrate
+    out: list[dict[str, Any]] = []
+    for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
+        done = store.recalibration(target, source)
+        if done is not None:
+            out.append(done)
+            continue
+        windows = [target] if source == "alarmed" else \
+            [r["window"] for r in rows if r["window"] < target and not r["alarm"]][-rc.healthy_windows:]
+        skip = _recal_obstacle(job, models, target, source, windows)
+        if skip:
+            out.append({"alarm_window": target, "source": source, "skipped": skip})
+            continue
+        out.append(_recalibrate_one(job, store, ds, models, target, source, windows, calib, run_id, progress))
+    return out
+
+
+def recal_dir(candidate: Path, target: int, source: str) -> Path:
+    return candidate.with_name(f"{candidate.name}.recal-w{target}{'' if source == 'healthy' else '-alarmed'}")
+
+
+def _recal_obstacle(job: DriftJob, models: _Models, target: int, source: str, windows: list[int]) -> str:
+    if not windows:
+        return f"no healthy window before the first alarm (window {target}) to calibrate on"
+    src = (models.manifest or {}).get("source", {}).get("sha256")
+    if src is not None and src != models.reference_sha:
+        return "the deployed artifact was not converted from this --reference (sha256 differs)"
+    out = recal_dir(job.candidate, target, source)
+    if out.exists() and not (out / "manifest.json").is_file():
+        return f"{out} exists and is not a lowprec artifact; not replacing it"
+    return ""
+
+
+def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, target: int,
+                     source: str, windows: list[int], calib: dict[str, Any] | None, run_id: int,
+                     progress: Progress) -> dict[str, Any]:
+    from lowprec.calibrate import CalibConfig, calibrate, save_calibration
+    from lowprec.checkpoint.artifact import load_artifact
+    from lowprec.checkpoint.convert import convert
+    from lowprec.checkpoint.float_model import load_float_model
+    from lowprec.plan import Plan
+
+    rc = job.config.recalibrate
+    method = rc.method or (calib or {}).get("method") or "minmax"
+    percentile = rc.percentile if rc.method else float((calib or {}).get("percentile", rc.percentile))
+    float_model, _ = load_float_model(job.reference)
+    rows = sum(ds.meta.window(w).rows for w in windows)
+    with progress(f"recalibrate on windows {windows}", 2 * rows) as update:
+        c = calibrate(float_model, ds, CalibConfig(tuple(windows), method, percentile, job.batch_size), update)
+    out_dir = recal_dir(job.candidate, target, source)
+    convert(job.reference, Plan.from_json(models.manifest["plan"], "deployed artifact's plan"), out_dir, c)
+    calib_path = out_dir.with_name(out_dir.name + ".calib.json")
+    save_calibration(c, calib_path, models.reference_sha)
+    runtime, _ = load_artifact(out_dir)
+    with progress(f"rescore window {target}", ds.meta.window(target).rows) as update:
+        m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None, update)
+    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping))), CusumState(), job.config.alarm)
+    t = job.config.alarm
+    closes = not d.alarm and m.ne_gap.lo <= t.ne_gap_allowance and \
+        (not t.two_sided or m.ne_gap.hi >= -t.ne_gap_allowance)
+    before = next(r for r in store.windows() if r["window"] == target)
+    row = _finite({
+        "run_id": run_id, "alarm_window": target, "source": source, "calib_windows": json.dumps(windows),
+        "method": method, "artifact": str(out_dir), "artifact_sha256": sha256_file(out_dir / "manifest.json"),
+        "calibration": str(calib_path), "ne_gap": m.ne_gap.estimate, "ne_gap_lo": m.ne_gap.lo,
+        "ne_gap_hi": m.ne_gap.hi, "auc_diff": m.delong.diff, "cal_gap": m.cal_gap.estimate,
+        "alarm": int(d.alarm), "closes": int(closes),
+        "reason": _recal_reason(source, windows, target, closes, before, m.ne_gap.estimate, t),
+    })
+    store.record_recalibration(row)
+    return store.recalibration(target, source) or row
+
+
+def _recal_reason(source: str, windows: list[int], target: int, closes: bool, before: dict[str, Any],
+                  gap_after: float, t: Any) -> str:
+    from lowprec.drift.alarm import pct
+
+    change = f"NE gap {pct(before['ne_gap'])} -> {pct(gap_after)}"
+    if source == "healthy" and closes:
+        text = (f"recalibrating on healthy windows {windows} closes the gap ({change}): the activation "
+                f"ranges had gone stale; review and deploy the new artifact")
+    elif source == "healthy":
+        text = (f"recalibrating on healthy windows {windows} does not close the gap ({change}). "
+                f"Recalibration can only help when the calibration (activation ranges) went stale; the "
+                f"healthy windows' ranges do not cover window {target}'s inputs: the data changed after them")
+    elif closes:
+        text = (f"recalibrating on the alarmed window {target} itself closes the gap ({change}): the ranges "
+                f"now cover the drifted inputs (calibrated and scored on the same rows, so optimistic: "
+                f"confirm on the next window)")
+    elif abs(gap_after) < 0.5 * abs(before["ne_gap"] or 0.0):
+        text = (f"ranges fitted to the alarmed window {target} shrink but do not close the gap ({change}): "
+                f"the drifted inputs need ranges so wide that int8 loses resolution")
+    else:
+        text = (f"even ranges fitted to the alarmed window {target} do not close the gap ({change}): the "
+                f"activation ranges are not the cause (see the per-table errors and layer precisions)")
+    stale = before.get("stale_ne")
+    if stale is not None and abs(stale) > t.staleness_ne_limit:
+        text += (f". Note the float reference itself is stale on window {target} (NE {pct(stale, 1)} vs its "
+                 f"baseline): retraining, not recalibration, fixes that")
+    return text

@@ -1,0 +1,275 @@
+"""The streamed paired evaluation of one window: reference and candidate scored on the same rows.
+
+One pass over the window's batches scores both models and accumulates, in memory that does not
+grow with the window: each model's `BinaryStats` (NE, log-loss, AUC, calibration; fixed-size score
+histograms), the K Poisson-bootstrap replicate sums of the paired NE and calibration gaps, the
+delta-method moments, the activation clipping counts of every statically calibrated int8 layer of
+the candidate (forward pre-hooks), and this window's id frequencies per table.
+
+DeLong's test needs each row's placement among the other class, which is only known once the
+window's histograms are complete. The pass therefore spills (score_ref, score_cand, label) as
+9-byte records to a temporary file beside the database, and a second pass reads it back in chunks
+(`np.fromfile`, no memory map, so resident memory stays at one chunk) and looks each score's
+placement up in tables derived from the histograms. The file is deleted when the window is done;
+a leftover from a killed run is removed by the next run.
+
+The per-table quantization error is computed once per run (`TableError`): per row, the squared
+distance between the float table and the artifact's dequantized TBE rows; each window weights it
+by its own id frequencies (`stats.weighted_row_error`). Only tables served dense (one physical
+table, identity ids) are compared; other serving forms report null.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from lowprec.data.batches import iter_batches
+from lowprec.data.dataset import PAD_ID, Dataset
+from lowprec.drift import stats
+from lowprec.evaluate import predict
+from lowprec.metrics import BinaryStats, score_bins
+from lowprec.precision import Precision
+
+SPILL_DTYPE = np.dtype([("ref", "<f4"), ("cand", "<f4"), ("y", "u1")])
+SPILL_CHUNK = 1 << 16
+ROW_CHUNK = 1 << 18  # table rows dequantized at a time
+
+
+@dataclass(frozen=True)
+class PairedConfig:
+    batch_size: int = 4096
+    replicates: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Layer name (bottom.i / top.i) -> module, for the float DLRM and the quantized runtime."""
+    if hasattr(model, "linear_layers"):
+        return dict(model.linear_layers())
+    out = {f"bottom.{i}": m for i, m in enumerate(model.bottom)}
+    out.update({f"top.{i}": m for i, m in enumerate(model.top)})
+    return out
+
+
+def representable_range(qparams: tuple[float, int]) -> tuple[float, float]:
+    scale, zp = qparams
+    return (0 - zp) * scale, (255 - zp) * scale
+
+
+class ClipMonitor:
+    """Counts input elements outside each static int8 layer's representable range (pre-hooks)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.ranges = {name: representable_range(m.input_qparams) for name, m in linear_layers(model).items()
+                       if getattr(m, "input_qparams", None) is not None}
+        self.modules = {n: m for n, m in linear_layers(model).items() if n in self.ranges}
+        self.counts: dict[str, list[float]] = {}
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> "ClipMonitor":
+        self.counts = {n: [0, 0, np.inf, -np.inf] for n in self.ranges}  # clipped, total, min, max
+        self._hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: self._see(n, args[0]))
+                       for n, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _see(self, name: str, x: torch.Tensor) -> None:
+        lo, hi = self.ranges[name]
+        c = self.counts[name]
+        c[0] += int(((x < lo) | (x > hi)).sum())
+        c[1] += x.numel()
+        if x.numel():
+            c[2], c[3] = min(c[2], float(x.min())), max(c[3], float(x.max()))
+
+    def rates(self) -> dict[str, dict[str, Any]]:
+        return {n: {"clip_rate": c[0] / c[1] if c[1] else None, "clipped": c[0], "elements": c[1],
+                    "range": list(self.ranges[n]),
+                    "observed": [c[2], c[3]] if c[1] else None} for n, c in self.counts.items()}
+
+
+def dequantize_rows(raw: torch.Tensor, precision: Precision, dim: int) -> torch.Tensor:
+    """FBGEMM inference-TBE rows (uint8) of a physical table -> float rows (rows, dim)."""
+    from lowprec.quant.rowwise import fused_to_float
+
+    return fused_to_float(raw, precision.bits, dim).float()
+
+
+@dataclass
+class TableError:
+    """Per-row squared quantization error of every dense-served table (None where not comparable)."""
+
+    rows: dict[str, tuple[np.ndarray, np.ndarray] | None]  # name -> (row error, row norm²)
+    dim: int
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_models(cls, reference: torch.nn.Module, candidate: torch.nn.Module) -> "TableError":
+        config = candidate.config
+        names = config.table_names
+        emb = getattr(candidate, "embeddings", candidate)
+        if not hasattr(emb, "table_weights") or not hasattr(reference, "embeddings"):
+            return cls({n: None for n in names}, config.embedding_dim,
+                       {n: "models do not expose float and TBE tables" for n in names})
+        weights = emb.table_weights()
+        index = {t.key: i for i, t in enumerate(emb.physical)}
+        out, notes = {}, {}
+        for t, name in enumerate(names):
+            try:
+                out[name] = _table_rows_error(reference, emb, weights, index, t, config.embedding_dim)
+            except (_NotComparable, ImportError) as exc:
+                out[name], notes[name] = None, str(exc)
+        return cls(out, config.embedding_dim, notes)
+
+    def zero_counts(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros(len(v[0]), dtype=np.float64) for n, v in self.rows.items() if v is not None}
+
+    def weighted(self, counts: dict[str, np.ndarray]) -> dict[str, dict[str, Any] | None]:
+        return {n: (None if v is None else stats.weighted_row_error(v[0], v[1], counts[n], self.dim))
+                for n, v in self.rows.items()}
+
+
+class _NotComparable(Exception):
+    pass
+
+
+def _table_rows_error(reference, emb, weights, index, t: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    serving = emb.serving[t]
+    if len(serving.groups) != 1 or len(serving.groups[0]) != 1:
+        raise _NotComparable("served by several features (a sharing form)")
+    feature = emb.features[serving.groups[0][0]]
+    if feature.transform.get("kind") != "identity":
+        raise _NotComparable(f"served through a {feature.transform.get('kind')!r} id transform")
+    module = reference.embeddings[t]
+    if reference.config.tables[t].embedding != "dense" or not hasattr(module, "weight"):
+        raise _NotComparable("the reference table is not a dense table")
+    w = module.weight.detach()
+    phys = emb.physical[index[feature.table]]
+    if phys.rows != w.shape[0]:
+        raise _NotComparable(f"physical table has {phys.rows} rows, the float table {w.shape[0]}")
+    raw = weights[index[feature.table]]
+    err, norm = np.empty(phys.rows), np.empty(phys.rows)
+    for a in range(0, phys.rows, ROW_CHUNK):  # bounded temporaries on huge tables
+        wa = w[a: a + ROW_CHUNK].double()
+        q = dequantize_rows(raw[a: a + ROW_CHUNK], phys.precision, phys.dim)[:, :dim].double()
+        err[a: a + ROW_CHUNK] = ((wa - q) ** 2).sum(1).numpy()
+        norm[a: a + ROW_CHUNK] = (wa ** 2).sum(1).numpy()
+    return err, norm
+
+
+@dataclass(frozen=True)
+class WindowMeasure:
+    window: int
+    rows: int
+    reference: dict[str, float]
+    candidate: dict[str, float]
+    ne_gap: stats.Interval
+    ne_gap_se_delta: float
+    cal_gap: stats.Interval
+    delong: stats.DeLongResult
+    psi: float
+    clipping: dict[str, dict[str, Any]]
+    table_error: dict[str, dict[str, Any] | None]
+    seconds: float
+
+
+class _Accumulators:
+    def __init__(self, cfg: PairedConfig, window: int, table_err: TableError | None):
+        self.ref, self.cand = BinaryStats(), BinaryStats()
+        self.boot = stats.PoissonBootstrap(cfg.replicates, cfg.seed, stream=window)
+        self.moments = stats.RatioMoments()
+        self.counts = table_err.zero_counts() if table_err is not None else {}
+
+    def update(self, pr: np.ndarray, pc: np.ndarray, y: np.ndarray, sparse: torch.Tensor,
+               names: list[str], hotness: list[int]) -> None:
+        self.ref.update(pr, y)
+        self.cand.update(pc, y)
+        llr, llc = stats.row_logloss(pr, y), stats.row_logloss(pc, y)
+        self.boot.update(y, llr, llc, pr, pc)
+        self.moments.update(llr, llc)
+        if self.counts:
+            for name, ids in zip(names, torch.split(sparse, hotness, dim=1)):
+                if name in self.counts:
+                    valid = ids[ids != PAD_ID].numpy()
+                    self.counts[name] += np.bincount(valid, minlength=len(self.counts[name]))
+
+
+def _delong_pass(spill: Path, acc: _Accumulators) -> stats.DeLongResult:
+    d = stats.DeLongAccumulator((acc.ref.hist_pos, acc.ref.hist_neg), (acc.cand.hist_pos, acc.cand.hist_neg),
+                                acc.ref.auc, acc.cand.auc)
+    with open(spill, "rb") as fh:
+        while True:
+            rec = np.fromfile(fh, dtype=SPILL_DTYPE, count=SPILL_CHUNK)
+            if len(rec) == 0:
+                break
+            d.update(score_bins(rec["ref"]), score_bins(rec["cand"]), rec["y"])
+    return d.result()
+
+
+def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: Dataset,
+                    window: int | list[int], cfg: PairedConfig, spill_prefix: Path,
+                    table_err: TableError | None = None,
+                    progress: Callable[[int], Any] | None = None) -> WindowMeasure:
+    """Score both models on `window` in one streamed pass (+ one pass over the spilled scores).
+
+    `window` may be a list: the windows are then pooled into one paired measurement (search
+    validation does this over its evaluation windows). The spill file is
+    `{spill_prefix}w{first window}-{pid}` (the job puts it beside the database)."""
+    windows = [window] if isinstance(window, int) else list(window)
+    window = windows[0]
+    t0 = time.perf_counter()
+    reference.eval()
+    candidate.eval()
+    acc = _Accumulators(cfg, window, table_err)
+    names, hotness = candidate.config.table_names, ds.meta.hotness
+    spill = Path(f"{spill_prefix}w{window}-{os.getpid()}")
+    clip = ClipMonitor(candidate)
+    try:
+        with open(spill, "wb") as fh, clip:
+            for batch in iter_batches(ds, windows, cfg.batch_size):
+                pr = predict(reference, batch.dense, batch.sparse)
+                pc = predict(candidate, batch.dense, batch.sparse)
+                y = batch.labels.numpy()
+                acc.update(pr, pc, y, batch.sparse, names, hotness)
+                rec = np.empty(len(y), dtype=SPILL_DTYPE)
+                rec["ref"], rec["cand"], rec["y"] = pr, pc, y
+                fh.write(rec.tobytes())
+                if progress is not None:
+                    progress(len(y))
+        delong = _delong_pass(spill, acc)
+    finally:
+        spill.unlink(missing_ok=True)
+    return _measure(window, acc, cfg, delong, clip, table_err, time.perf_counter() - t0)
+
+
+def _measure(window: int, acc: _Accumulators, cfg: PairedConfig, delong: stats.DeLongResult,
+             clip: ClipMonitor, table_err: TableError | None, seconds: float) -> WindowMeasure:
+    gap = acc.cand.logloss_sum / acc.ref.logloss_sum - 1 if acc.ref.logloss_sum > 0 else float("nan")
+    cal = acc.cand.pred_sum / acc.ref.pred_sum - 1 if acc.ref.pred_sum > 0 else float("nan")
+    return WindowMeasure(
+        window=window, rows=int(acc.ref.weight),
+        reference=acc.ref.summary(), candidate=acc.cand.summary(),
+        ne_gap=stats.percentile_interval(gap, acc.boot.ratio("ll_cand", "ll_ref"), cfg.confidence),
+        ne_gap_se_delta=acc.moments.ratio_se(),
+        cal_gap=stats.percentile_interval(cal, acc.boot.ratio("pred_cand", "pred_ref"), cfg.confidence),
+        delong=delong,
+        psi=stats.psi(acc.ref.hist_pos + acc.ref.hist_neg, acc.cand.hist_pos + acc.cand.hist_neg),
+        clipping=clip.rates(),
+        table_error=table_err.weighted(acc.counts) if table_err is not None else {},
+        seconds=round(seconds, 3),
+    )

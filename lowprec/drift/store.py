@@ -1,0 +1,267 @@
+"""The drift history: one SQLite file (stdlib sqlite3), one transaction per window, one run at a time.
+
+Guarantees:
+- a window is either fully recorded (its row, its layer-clipping rows and its table-error rows,
+  committed in one `BEGIN IMMEDIATE ... COMMIT`) or absent: SQLite's rollback journal undoes a
+  transaction cut short by a SIGKILL the next time the file is opened;
+- one run at a time: `fcntl.flock(LOCK_EX | LOCK_NB)` on `FILE.sqlite.lock`, held for the whole
+  run. The kernel drops the lock when the process dies (even on SIGKILL), so there is never a stale
+  lock; a second run meanwhile is refused with the holder's pid;
+- one (reference, candidate) pair per database, identified by the sha256 of the reference's
+  model.safetensors and of the candidate's manifest.json (which lists the sha256 of its weights);
+  a run for another pair is refused rather than mixed into the history.
+
+Schema (version 1): `meta` (key/value: schema version, the pair, the baseline window), `runs`
+(one row per invocation: paths, hashes, start/finish, status, config JSON), `windows` (one row per
+window: both models' metrics, the paired gaps with intervals, DeLong, PSI, staleness, CUSUM state,
+decision and reason), `layer_clipping` and `table_error` (per window x layer / table),
+`recalibrations` (artifacts written by --on-alarm recalibrate and how they score).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from lowprec.drift.alarm import CusumState
+from lowprec.errors import InputError
+
+SCHEMA_VERSION = 1
+WINDOW_COLUMNS = (
+    "window", "run_id", "recorded", "label", "start", "end", "rows",
+    "ref_ne", "ref_logloss", "ref_auc", "ref_calibration", "ctr",
+    "cand_ne", "cand_logloss", "cand_auc", "cand_calibration",
+    "ne_gap", "ne_gap_lo", "ne_gap_hi", "ne_gap_se", "ne_gap_se_delta",
+    "auc_diff", "auc_se", "auc_z", "auc_p", "auc_p_drop",
+    "cal_gap", "cal_gap_lo", "cal_gap_hi", "psi",
+    "baseline_window", "stale_ne", "stale_calibration",
+    "cusum_up", "cusum_down", "alarm", "triggers", "reason", "warnings", "staleness", "seconds",
+)
+CLIP_COLUMNS = ("window", "layer", "clip_rate", "calib_clip_rate", "clipped", "elements",
+                "range_lo", "range_hi", "observed_min", "observed_max")
+TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "note")
+RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows", "method", "artifact",
+                 "artifact_sha256", "calibration", "ne_gap", "ne_gap_lo", "ne_gap_hi", "auc_diff",
+                 "cal_gap", "alarm", "closes", "reason")
+_TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", "staleness", "layer",
+         "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
+         "calibration"}
+_INT = {"id", "window", "run_id", "rows", "baseline_window", "alarm", "clipped", "elements", "alarm_window", "closes"}
+
+
+def _coltype(c: str) -> str:
+    return "TEXT" if c in _TEXT else "INTEGER" if c in _INT else "REAL"
+
+
+def _create(table: str, cols: tuple[str, ...], tail: str = "", primary: str | None = None) -> str:
+    body = ", ".join(f'"{c}" {_coltype(c)}{" PRIMARY KEY" if c == primary else ""}' for c in cols)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({body}{', ' + tail if tail else ''})"
+
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started TEXT NOT NULL, "
+    "finished TEXT, status TEXT NOT NULL, pid INTEGER, reference TEXT, reference_sha256 TEXT, "
+    "candidate TEXT, candidate_sha256 TEXT, data TEXT, windows TEXT, calibration TEXT, config TEXT, "
+    "lowprec_version TEXT)",
+    _create("windows", WINDOW_COLUMNS, primary="window"),
+    _create("layer_clipping", CLIP_COLUMNS, 'PRIMARY KEY ("window", layer)'),
+    _create("table_error", TABLE_COLUMNS, 'PRIMARY KEY ("window", table_name)'),
+    _create("recalibrations", ("id",) + RECAL_COLUMNS, "UNIQUE (alarm_window, source)", primary="id"),
+]
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+class DriftStore:
+    """An open, locked drift database. Use as a context manager."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise InputError(f"--db {self.path} exists and is not a file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _acquire_lock(lock_path(self.path), self.path)
+        try:
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            self.conn.row_factory = sqlite3.Row
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            os.close(self._lock_fd)
+            raise InputError(f"--db {self.path}: not a usable SQLite database ({exc})") from exc
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def __enter__(self) -> "DriftStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            self.conn.close()
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _init_schema(self) -> None:
+        with self.transaction():
+            for stmt in SCHEMA:
+                self.conn.execute(stmt)
+            version = self.meta("schema_version")
+            if version is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+            elif version != str(SCHEMA_VERSION):
+                raise InputError(f"{self.path}: drift database schema version {version} is not "
+                                 f"supported (this lowprec writes version {SCHEMA_VERSION})")
+            # We hold the lock, so a run still marked running was killed.
+            self.conn.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+
+    def transaction(self) -> "_Transaction":
+        return _Transaction(self.conn)
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def check_pair(self, reference: str, reference_sha: str, candidate: str, candidate_sha: str) -> None:
+        """Bind an empty database to this pair, or refuse a different pair."""
+        with self.transaction():
+            ref, cand = self.meta("reference_sha256"), self.meta("candidate_sha256")
+            if ref is None and cand is None:
+                for k, v in (("reference", reference), ("reference_sha256", reference_sha),
+                             ("candidate", candidate), ("candidate_sha256", candidate_sha)):
+                    self.set_meta(k, v)
+                return
+        if (ref, cand) != (reference_sha, candidate_sha):
+            which = [w for w, a, b in (("reference", ref, reference_sha), ("candidate", cand, candidate_sha))
+                     if a != b]
+            raise InputError(
+                f"--db {self.path} holds the history of another pair (reference {self.meta('reference')}, "
+                f"candidate {self.meta('candidate')}); this run's {' and '.join(which)} differ(s) by sha256. "
+                f"Use a new --db for a new pair instead of mixing histories.")
+
+    def start_run(self, info: dict[str, Any]) -> int:
+        cols = ("started", "status", "pid", "reference", "reference_sha256", "candidate",
+                "candidate_sha256", "data", "windows", "calibration", "config", "lowprec_version")
+        row = {"started": now(), "status": "running", "pid": os.getpid(), **info}
+        with self.transaction():
+            cur = self.conn.execute(
+                f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [row.get(c) for c in cols])
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE runs SET finished = ?, status = ? WHERE id = ?", (now(), status, run_id))
+
+    def recorded(self) -> set[int]:
+        return {r[0] for r in self.conn.execute('SELECT "window" FROM windows')}
+
+    def windows(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute('SELECT * FROM windows ORDER BY "window"').fetchall()
+        out = [dict(r) for r in rows]
+        for r in out:
+            for k in ("triggers", "warnings", "staleness"):
+                r[k] = json.loads(r[k]) if r[k] else []
+        return out
+
+    def previous_state(self, window: int) -> CusumState:
+        row = self.conn.execute('SELECT cusum_up, cusum_down FROM windows WHERE "window" < ? '
+                                'ORDER BY "window" DESC LIMIT 1', (window,)).fetchone()
+        return CusumState() if row is None else CusumState(row[0] or 0.0, row[1] or 0.0)
+
+    def baseline(self) -> dict[str, Any] | None:
+        """The first window ever recorded (the float model's staleness baseline)."""
+        b = self.meta("baseline_window")
+        if b is None:
+            return None
+        row = self.conn.execute('SELECT * FROM windows WHERE "window" = ?', (int(b),)).fetchone()
+        return None if row is None else dict(row)
+
+    def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
+                      tables: list[dict[str, Any]]) -> None:
+        """All of one window in one transaction."""
+        row = dict(row, recorded=now())
+        for k in ("triggers", "warnings", "staleness"):
+            row[k] = json.dumps(list(row.get(k) or []))
+        with self.transaction():
+            _insert(self.conn, "windows", WINDOW_COLUMNS, [row])
+            _insert(self.conn, "layer_clipping", CLIP_COLUMNS, clipping)
+            _insert(self.conn, "table_error", TABLE_COLUMNS, tables)
+            if self.meta("baseline_window") is None:
+                self.set_meta("baseline_window", str(row["window"]))
+
+    def clipping(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute('SELECT * FROM layer_clipping ORDER BY "window", rowid')]
+
+    def table_errors(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute('SELECT * FROM table_error ORDER BY "window", rowid')]
+
+    def recalibration(self, alarm_window: int, source: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM recalibrations WHERE alarm_window = ? AND source = ?",
+                                (alarm_window, source)).fetchone()
+        return None if row is None else dict(row)
+
+    def recalibrations(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM recalibrations ORDER BY alarm_window, id")]
+
+    def record_recalibration(self, row: dict[str, Any]) -> None:
+        with self.transaction():
+            _insert(self.conn, "recalibrations", RECAL_COLUMNS, [dict(row, recorded=now())])
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
+
+
+def _insert(conn: sqlite3.Connection, table: str, cols: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    names = ", ".join(f'"{c}"' for c in cols)
+    conn.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(cols))})",
+                     [[r.get(c) for c in cols] for r in rows])
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _acquire_lock(path: Path, db: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise InputError(f"--db {db} is in use by another `lowprec drift` run ({holder}); refusing "
+                             f"to run concurrently. The lock is released when that run ends.") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {now()}".encode(), 0)
+    os.fsync(fd)
+    return fd

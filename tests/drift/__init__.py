@@ -1,0 +1,1 @@
+"""Tests of `lowprec drift` (lowprec/drift, lowprec/cli/drift.py)."""

@@ -1,0 +1,111 @@
+"""Thresholds config (TOML, validation, JSON round trip) and the sequential alarm rule."""
+
+import dataclasses
+
+import pytest
+
+from lowprec.drift.alarm import CusumState, DriftConfig, Signals, Thresholds, decide, load_config
+from lowprec.errors import InputError
+
+T = Thresholds()
+
+
+def sig(gap=0.0, se=0.0004, half=None, **kw):
+    half = 1.96 * se if half is None else half
+    base = dict(ne_gap=gap, ne_gap_lo=gap - half, ne_gap_hi=gap + half, ne_gap_se=se, auc_diff=0.0,
+                auc_p_drop=0.5, cal_gap=0.0, cal_gap_lo=-0.001, cal_gap_hi=0.001, psi=0.0)
+    base.update(kw)
+    return Signals(**base)
+
+
+def run(seq, t=T):
+    state, out = CusumState(), []
+    for s in seq:
+        d = decide(s, state, t)
+        state = d.state
+        out.append(d)
+    return out
+
+
+def test_defaults_and_toml_overrides(tmp_path):
+    assert load_config(None) == DriftConfig()
+    p = tmp_path / "t.toml"
+    p.write_text("[alarm]\nne_gap_limit = 0.005\ncusum_h = 4\ntwo_sided = false\n"
+                 "[bootstrap]\nreplicates = 100\n[recalibrate]\nsource = 'both'\n")
+    c = load_config(p)
+    assert c.alarm.ne_gap_limit == 0.005 and c.alarm.cusum_h == 4.0 and not c.alarm.two_sided
+    assert c.bootstrap.replicates == 100 and c.recalibrate.source == "both"
+    assert c.alarm.ne_gap_allowance == T.ne_gap_allowance  # untouched keys keep their defaults
+    assert DriftConfig.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[alarm]\nne_gap_limt = 0.01\n", ["alarm", "ne_gap_limt"]),
+    ("[alarms]\nne_gap_limit = 0.01\n", ["alarms"]),
+    ("[alarm]\ncusum_h = 'five'\n", ["cusum_h", "float"]),
+    ("[alarm]\ntwo_sided = 1\n", ["two_sided", "bool"]),
+    ("[bootstrap]\nreplicates = 2.5\n", ["replicates", "int"]),
+    ("[alarm]\nne_gap_allowance = 0.01\n", ["ne_gap_allowance", "below"]),
+    ("[alarm]\nne_gap_limit = -1\n", ["ne_gap_limit"]),
+    ("[recalibrate]\nsource = 'never'\n", ["recalibrate.source"]),
+    ("[alarm\n", ["not valid TOML"]),
+])
+def test_bad_config_names_the_key(tmp_path, text, words):
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_one_noisy_window_does_not_alarm_but_a_persistent_gap_does():
+    noisy = [sig(0.0), sig(0.0025, se=0.0008), sig(0.0), sig(0.0003), sig(0.0)]
+    assert not any(d.alarm for d in run(noisy))
+    # a gap of 0.15% (between the 0.1% allowance and the 0.2% limit), se 0.02%: z = 2.5 per window
+    small = run([sig(0.0015, se=0.0002, half=0.0004)] * 4)
+    assert [d.alarm for d in small] == [False, False, True, True]
+    assert small[2].triggers == ("cusum_up",) and "persistent" in small[2].reason
+    assert [round(d.state.up, 6) for d in small] == [2.5, 5.0, 7.5, 10.0]
+
+
+def test_hard_limit_alarms_at_once_and_alarm_clears_after_the_gap_goes():
+    seq = [sig(0.004, se=0.0002, half=0.001)] + [sig(0.0, se=0.0004)] * 3
+    ds = run(seq)
+    assert ds[0].alarm and "ne_gap_ci" in ds[0].triggers and "beyond" in ds[0].reason
+    assert ds[0].state.up == T.cusum_cap  # 15 standard errors, capped
+    # back to zero gap: z = -0.001/0.0004 = -2.5 per window: 10 -> 7.5 (alarm) -> 5.0 (clear)
+    assert [d.alarm for d in ds[1:]] == [True, False, False]
+
+
+def test_two_sided_divergence():
+    better = sig(-0.05, se=0.003, half=0.005)
+    d = run([better])[0]
+    assert d.alarm and set(d.triggers) == {"ne_gap_ci", "cusum_down"} and "better" in d.reason
+    one = dataclasses.replace(T, two_sided=False)
+    assert not run([better] * 3, one)[-1].alarm
+
+
+def test_auc_and_calibration_rules():
+    assert run([sig(auc_diff=-0.003, auc_p_drop=0.001)])[0].triggers == ("auc_drop",)
+    assert not run([sig(auc_diff=-0.003, auc_p_drop=0.2)])[0].alarm  # not significant
+    assert not run([sig(auc_diff=-0.001, auc_p_drop=1e-6)])[0].alarm  # significant but small
+    cal = sig(cal_gap=0.03, cal_gap_lo=0.025, cal_gap_hi=0.035)
+    assert run([cal])[0].triggers == ("calibration_gap",)
+    assert not run([sig(cal_gap=0.03, cal_gap_lo=0.015, cal_gap_hi=0.045)])[0].alarm
+
+
+def test_warnings_and_staleness_never_alarm():
+    s = sig(clipping={"bottom.0": (0.18, 0.0), "top.0": (0.00001, 0.0), "top.1": (0.02, None)},
+            psi=0.4, stale_ne=0.37, stale_calibration=-0.4)
+    d = run([s])[0]
+    assert not d.alarm
+    assert len(d.warnings) == 2
+    assert "bottom.0 18.00%" in d.warnings[0] and "top.1" in d.warnings[0] and "top.0" not in d.warnings[0]
+    assert "PSI" in d.warnings[1]
+    assert len(d.staleness) == 2 and "not a quantization alarm" in d.staleness[0]
+
+
+def test_missing_standard_error_leaves_the_cusum_alone():
+    d = decide(sig(0.01, se=float("nan"), half=float("nan")), CusumState(3.0, 1.0), T)
+    assert d.state == CusumState(3.0, 1.0) and not d.alarm

@@ -1,0 +1,224 @@
+"""`lowprec drift` end to end on a tiny float pair: DB vs `lowprec.evaluate`, reruns, SIGKILL,
+concurrency, refusals, the report, bounded memory."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import make_tiny_dataset
+from lowprec.checkpoint.load import load_model
+from lowprec.cli import main
+from lowprec.data.dataset import Dataset, DatasetWriter, SparseFeature
+from lowprec.drift.paired import PairedConfig, evaluate_window
+from lowprec.drift.store import DriftStore
+from lowprec.evaluate import evaluate, predict
+from lowprec.fileio import atomic_dir
+from lowprec.metrics import score_bins
+
+from .test_stats import brute_delong
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def last_json(result):
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two cores shared with other jobs: torch's intra-op threads only add contention here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("drift_pair")
+    data = make_tiny_dataset(root / "data", windows=6, rows=3000)
+    for name, seed in (("ref", 0), ("cand", 1)):
+        r = cli("train", "--data", data, "--windows", "0-1", "--out", root / name, "--seed", seed, "--epochs", 1)
+        assert r.exit_code == 0, r.output
+    return root
+
+
+def drift(root, db, *extra, windows="2-5", data=None):
+    return cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", data or root / "data",
+               "--windows", windows, "--db", db, "--report", db.with_suffix(".report"), "--json", *extra)
+
+
+def test_db_matches_evaluate_and_delong_matches_brute_force(pair, tmp_path):
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db)
+    assert r.exit_code in (0, 1), r.output
+    out = last_json(r)
+    assert [w["window"] for w in out["windows"]] == [2, 3, 4, 5] and out["processed"] == [2, 3, 4, 5]
+    assert all(isinstance(w["alarm"], bool) for w in out["windows"])
+    assert out["exit_code"] == r.exit_code
+    ds = Dataset(pair / "data")
+    rows = {row["window"]: row for row in stored_rows(db)}
+    for side in ("ref", "cand"):
+        model, _, _ = load_model(pair / side)
+        ev = evaluate(model, ds, [2, 3, 4, 5]).per_window
+        for w in (2, 3, 4, 5):
+            for k in ("ne", "logloss", "auc", "calibration"):
+                assert rows[w][f"{side}_{k}"] == pytest.approx(ev[w][k], abs=1e-9, rel=0)
+    # DeLong on the binned scores, brute force O(n^2)
+    ref, _, _ = load_model(pair / "ref")
+    cand, _, _ = load_model(pair / "cand")
+    dense, sparse, labels = (torch.from_numpy(np.array(a)) for a in ds.arrays(3))
+    y = labels.numpy().astype(int)
+    a1, a2, var = brute_delong(score_bins(predict(ref, dense.float(), sparse.long())),
+                               score_bins(predict(cand, dense.float(), sparse.long())), y)
+    assert rows[3]["auc_diff"] == pytest.approx(a2 - a1, abs=1e-12)
+    assert rows[3]["auc_se"] == pytest.approx(np.sqrt(var), rel=1e-7)
+    assert rows[3]["ne_gap"] == pytest.approx(rows[3]["cand_ne"] / rows[3]["ref_ne"] - 1, rel=1e-9)
+    assert rows[3]["ne_gap_lo"] < rows[3]["ne_gap"] < rows[3]["ne_gap_hi"]
+    assert rows[3]["ne_gap_se"] == pytest.approx(rows[3]["ne_gap_se_delta"], rel=0.25)
+
+
+def stored_rows(db):
+    with DriftStore(db) as s:
+        return s.windows()
+
+
+def test_rerun_processes_nothing_new(pair, tmp_path):
+    db = tmp_path / "h.sqlite"
+    first = drift(pair, db, windows="2-3")
+    again = drift(pair, db, windows="2-4")
+    assert last_json(again)["processed"] == [4]
+    third = drift(pair, db, windows="2-4")
+    assert last_json(third)["processed"] == [] and third.exit_code == again.exit_code
+    with DriftStore(db) as s:
+        assert [r["status"] for r in s.runs()] == ["done"] * 3
+        assert [r["run_id"] for r in s.windows()] == [1, 1, 2]
+    assert first.exit_code in (0, 1)
+    report = db.with_suffix(".report")
+    html = (report / "index.html").read_text()
+    for png in ("metrics.png", "gap.png", "staleness.png"):
+        assert f'src="{png}"' in html and (report / png).stat().st_size > 1000
+    md = (report / "report.md").read_text()
+    for w in (2, 3, 4):
+        assert f"| {w} | w{w} | 3000 |" in md  # both models' metrics per window
+
+
+def test_concurrent_run_is_refused(pair, tmp_path):
+    db = tmp_path / "h.sqlite"
+    with DriftStore(db):
+        r = drift(pair, db)
+    assert r.exit_code == 2 and "in use by another `lowprec drift` run" in r.output
+    assert drift(pair, db, windows="2").exit_code in (0, 1)
+
+
+def test_other_pair_bad_config_and_bad_report_dir_exit_2(pair, tmp_path):
+    db = tmp_path / "h.sqlite"
+    assert drift(pair, db, windows="2").exit_code in (0, 1)
+    swapped = cli("drift", "--reference", pair / "cand", "--candidate", pair / "ref", "--data", pair / "data",
+                  "--windows", "3", "--db", db, "--report", tmp_path / "r2")
+    assert swapped.exit_code == 2 and "another pair" in swapped.output
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[alarm]\ncusum_hh = 3\n")
+    r = drift(pair, tmp_path / "x.sqlite", "--config", cfg)
+    assert r.exit_code == 2 and "alarm.'cusum_hh'" in r.output and not (tmp_path / "x.sqlite").exists()
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    r = cli("drift", "--reference", pair / "ref", "--candidate", pair / "cand", "--data", pair / "data",
+            "--windows", "2", "--db", tmp_path / "y.sqlite", "--report", keep)
+    assert r.exit_code == 2 and "not a lowprec drift report" in r.output
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_thresholds_from_toml_decide_and_are_recorded(pair, tmp_path):
+    cfg = tmp_path / "t.toml"
+    # candidate and reference are different trainings: a near-zero limit must alarm
+    cfg.write_text("[alarm]\nne_gap_limit = 1e-9\nne_gap_allowance = 0\ncusum_h = 0.001\n"
+                   "[bootstrap]\nreplicates = 50\n")
+    r = drift(pair, tmp_path / "h.sqlite", "--config", cfg, windows="2-3")
+    assert r.exit_code == 1 and last_json(r)["first_alarm"] == 2
+    with DriftStore(tmp_path / "h.sqlite") as s:
+        recorded = json.loads(s.runs()[0]["config"])
+    assert recorded["alarm"]["cusum_h"] == 0.001 and recorded["bootstrap"]["replicates"] == 50
+
+
+def test_sigkill_mid_run_then_rerun_leaves_one_record_per_window(pair, tmp_path):
+    data = make_tiny_dataset(tmp_path / "big", windows=8, rows=40_000)
+    db = tmp_path / "h.sqlite"
+    cmd = [sys.executable, "-c", "from lowprec.cli import main; main()", "drift", "--reference", str(pair / "ref"), "--candidate",
+           str(pair / "cand"), "--data", str(data), "--windows", "all", "--db", str(db),
+           "--report", str(tmp_path / "rep")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed, deadline = 0, time.time() + 120
+    while committed < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                committed = con.execute("SELECT count(*) FROM windows").fetchone()[0]
+        except sqlite3.OperationalError:
+            pass
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert committed >= 1
+    with sqlite3.connect(db) as con:
+        before = dict(con.execute('SELECT "window", recorded FROM windows').fetchall())
+    assert 1 <= len(before) < 8, "the run finished before it could be killed"
+    r = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1), r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert sorted(out["processed"]) == sorted(set(range(8)) - set(before))
+    with DriftStore(db) as s:
+        rows = s.windows()
+        assert [row["window"] for row in rows] == list(range(8))  # exactly one record per window
+        assert {row["window"]: row["recorded"] for row in rows if row["window"] in before} == before
+        assert [run["status"] for run in s.runs()] == ["interrupted", "done"]
+        assert len({(c["window"], c["layer"]) for c in s.clipping()}) == len(s.clipping())
+    assert not list(tmp_path.glob(".h.sqlite.spill-*"))
+
+
+def _dataset(root: Path, sizes: list[int]) -> Dataset:
+    rng = np.random.default_rng(0)
+    feats = [SparseFeature(f"t{i}", n) for i, n in enumerate((50, 20, 8))]
+    with atomic_dir(root) as tmp:
+        writer = DatasetWriter(tmp, [f"d{i}" for i in range(4)], feats)
+        for rows in sizes:
+            ww = writer.window(label=f"{rows}")
+            for start in range(0, rows, 50_000):
+                n = min(50_000, rows - start)
+                ids = np.stack([rng.integers(0, f.num_embeddings, n) for f in feats], 1)
+                ww.append(rng.normal(0, 1, (n, 4)).astype(np.float32), ids, rng.integers(0, 2, n))
+            writer.add_window(ww)
+        writer.finish()
+    return Dataset(root)
+
+
+def test_memory_does_not_grow_with_the_window(pair, tmp_path):
+    ds = _dataset(tmp_path / "d", [70_000, 420_000])
+    ref, _, _ = load_model(pair / "ref")
+    cand, _, _ = load_model(pair / "cand")
+    peaks = []
+    for w in (0, 1):
+        tracemalloc.start()
+        m = evaluate_window(ref, cand, ds, w, PairedConfig(batch_size=4096, replicates=50), tmp_path / "sp-")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert m.rows == (70_000, 420_000)[w]
+    # 350k more rows would take >= 8 MB if scores, labels or weights were kept per row
+    print("tracemalloc peaks", peaks)
+    assert peaks[1] - peaks[0] < 2_000_000, peaks
+    assert not list(tmp_path.glob("sp-*"))

@@ -1,0 +1,88 @@
+"""The SQLite history: atomic windows, the run lock, one pair per database."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from lowprec.drift.alarm import CusumState
+from lowprec.drift.store import DriftStore, lock_path
+from lowprec.errors import InputError
+
+
+def window_row(w, run_id, up=0.0):
+    return {"window": w, "run_id": run_id, "label": f"w{w}", "rows": 10, "ref_ne": 0.9, "cand_ne": 0.91,
+            "ne_gap": 0.01, "cusum_up": up, "cusum_down": 0.0, "alarm": 0, "reason": "healthy",
+            "triggers": [], "warnings": ["w"], "staleness": []}
+
+
+def test_windows_commit_whole_or_not_at_all(tmp_path):
+    db = tmp_path / "h.sqlite"
+    with DriftStore(db) as s:
+        run = s.start_run({"reference": "r"})
+        s.record_window(window_row(3, run, up=1.5), [{"window": 3, "layer": "bottom.0", "clip_rate": 0.1}],
+                        [{"window": 3, "table_name": "t0", "rel": 1e-4}])
+        dup = [{"window": 4, "layer": "x"}, {"window": 4, "layer": "x"}]  # violates the primary key
+        with pytest.raises(sqlite3.IntegrityError):
+            s.record_window(window_row(4, run), dup, [])
+        assert s.recorded() == {3}
+        assert [c["layer"] for c in s.clipping()] == ["bottom.0"]
+        assert s.previous_state(9) == CusumState(1.5, 0.0) and s.previous_state(3) == CusumState()
+        assert s.baseline()["window"] == 3
+        assert s.windows()[0]["warnings"] == ["w"]
+
+
+def test_second_opener_is_refused_until_the_first_closes(tmp_path):
+    db = tmp_path / "h.sqlite"
+    first = DriftStore(db)
+    with pytest.raises(InputError, match=r"in use by another `lowprec drift` run \(pid"):
+        DriftStore(db)
+    first.close()
+    DriftStore(db).close()
+
+
+def test_lock_dies_with_a_killed_process(tmp_path):
+    db = tmp_path / "h.sqlite"
+    code = textwrap.dedent(f"""
+        import time
+        from lowprec.drift.store import DriftStore
+        s = DriftStore({str(db)!r})
+        s.start_run({{}})
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match=f"pid {proc.pid}"):
+            DriftStore(db)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert lock_path(db).exists()  # the file stays; the lock does not
+    t0 = time.time()
+    with DriftStore(db) as s:
+        assert [r["status"] for r in s.runs()] == ["interrupted"]
+    assert time.time() - t0 < 5
+
+
+def test_a_database_holds_one_pair(tmp_path):
+    db = tmp_path / "h.sqlite"
+    with DriftStore(db) as s:
+        s.check_pair("ref", "aaa", "cand", "bbb")
+        s.check_pair("moved/ref", "aaa", "moved/cand", "bbb")  # same files elsewhere: fine
+        with pytest.raises(InputError, match="another pair.*candidate differ"):
+            s.check_pair("ref", "aaa", "cand2", "ccc")
+
+
+def test_not_a_database(tmp_path):
+    bad = tmp_path / "x.sqlite"
+    bad.write_text("this is not sqlite " * 100)
+    for _ in range(2):  # the second time proves the failed open released its lock
+        with pytest.raises(InputError, match="not a usable SQLite database"):
+            DriftStore(bad)
