@@ -201,3 +201,20 @@ def test_sigkill_during_convert_keeps_existing_artifact(tmp_path):
     # the next convert cleans up and succeeds
     assert run("convert", "--model", tmp_path / "m", "--precision", "int4", "--out", out).exit_code == 0
     assert load_artifact(out)[1]["tables"][0]["precision"] == "int4"
+
+
+def test_multi_hot_fast_path_equals_general_path(tmp_path):
+    ds = Dataset(make_tiny_dataset(tmp_path / "d", windows=1, rows=200, hotness=(4, 4, 4)))
+    model = DLRM(model_config_for(ds.meta, TrainConfig(windows=(0,))))
+    save_float_model(model, tmp_path / "m")
+    convert(tmp_path / "m", Plan.uniform(Precision.INT4), tmp_path / "a")
+    runtime, _ = load_artifact(tmp_path / "a")
+    emb = runtime.embeddings
+    assert emb._simple
+    sparse = torch.randint(0, 8, (64, 12))  # no pads: the fast path applies
+    fast = emb(sparse)
+    emb._simple = False
+    torch.testing.assert_close(fast, emb(sparse), rtol=0, atol=0)
+    for t in range(3):
+        deq = fused_to_float(emb.table_weights()[t], 4, 16)
+        torch.testing.assert_close(fast[:, t], pooled_reference(deq, sparse[:, 4 * t:4 * t + 4]))

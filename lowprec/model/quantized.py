@@ -94,8 +94,11 @@ class QuantizedEmbeddings(nn.Module):
         self.tbe.initialize_weights()
         by_key = {t.key: t for t in tables}
         self._slices = _slices(features, by_key)
+        # Fast path: every table one identity feature of width D, all with the same hotness, so a
+        # pad-free id matrix is already the TBE's input up to a transpose.
+        self._hotness = serving[0].hotness if serving else 1
         self._simple = all(
-            len(s.groups) == 1 and len(s.groups[0]) == 1 and s.hotness == 1
+            len(s.groups) == 1 and len(s.groups[0]) == 1 and s.hotness == self._hotness
             and features[s.groups[0][0]].transform.get("kind") == "identity"
             and by_key[features[s.groups[0][0]].table].dim == dim
             for s in serving) and [s.groups[0][0] for s in serving] == list(range(len(features)))
@@ -121,8 +124,10 @@ class QuantizedEmbeddings(nn.Module):
     def tbe_inputs(self, sparse: torch.Tensor):
         """(indices, offsets, per-sample weights or None) for a padded id matrix."""
         if self._simple and not bool((sparse == PAD_ID).any()):
-            b, t = sparse.shape
-            return sparse.t().reshape(-1).int(), torch.arange(0, b * t + 1, dtype=torch.int32), None
+            b, h = sparse.shape[0], self._hotness
+            t = sparse.shape[1] // h
+            indices = sparse.view(b, t, h).transpose(0, 1).reshape(-1).int()
+            return indices, torch.arange(0, b * t * h + 1, h, dtype=torch.int32), None
         parts = split_sparse(sparse, [s.hotness for s in self.serving])
         idx, lens, wts, any_w = [], [], [], False
         for serving, ids in zip(self.serving, parts):
