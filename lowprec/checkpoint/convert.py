@@ -174,7 +174,7 @@ class _Builder:
 def _convert_layer(writer: TensorFileWriter, name: str, weight: torch.Tensor, bias: torch.Tensor,
                    precision: Precision, calib: dict[str, Any] | None) -> dict[str, Any]:
     check_table_finite(weight, f"layer {name!r} weight")
-    writer.add(f"layers.{name}.bias", bias.float())
+    bias_bytes = writer.add(f"layers.{name}.bias", bias.float())
     entry: dict[str, Any] = {"precision": precision.value, "in": weight.shape[1], "out": weight.shape[0],
                              "input_qparams": None, "input_range": None}
     if precision is Precision.INT8:
@@ -185,11 +185,11 @@ def _convert_layer(writer: TensorFileWriter, name: str, weight: torch.Tensor, bi
             lo, hi = float(calib["min"]), float(calib["max"])
             entry["input_range"] = [lo, hi]
             entry["input_qparams"] = list(activation_qparams(lo, hi))
-        entry["bytes"] = codes.numel() + 4 * scale.numel()
+        entry["bytes"] = codes.numel() + 4 * scale.numel() + bias_bytes
     else:
         stored = weight.half() if precision is Precision.FP16 else weight.float()
         writer.add(f"layers.{name}.weight", stored)
-        entry["bytes"] = stored.numel() * stored.element_size()
+        entry["bytes"] = stored.numel() * stored.element_size() + bias_bytes
     return entry
 
 

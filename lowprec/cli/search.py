@@ -1,0 +1,71 @@
+"""`lowprec search`: the accuracy-budgeted precision search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lowprec.cli import emit_json
+from lowprec.cli._common import StageBars, fmt
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (calibration/*.toml); flags override it.")
+@click.option("--calib-windows", help="Windows that measure sensitivity (SPEC or label:A..B).")
+@click.option("--eval-windows", help="Windows that validate the chosen plan.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PLAN.json to write.")
+@click.option("--max-ne-increase", help="Relative NE increase allowed, e.g. 0.1% or 0.001 [recipe or 0.1%].")
+@click.option("--max-auc-drop", help="AUC drop allowed, e.g. 0.001 [recipe or 0.001].")
+@click.option("--memory-budget", type=int, help="Upper bound on table + layer bytes.")
+@click.option("--objective", type=click.Choice(["bytes", "latency"]), help="What the plan minimises [bytes].")
+@click.option("--precisions", help="Table precisions to consider, e.g. fp16,int8,int4 [all].")
+@click.option("--layer-precisions", help="Layer precisions to consider, e.g. fp32,int8 [fp32,fp16,int8].")
+@click.option("--sharing-ratios", help="Post-training sharing ratios to consider, e.g. 4,16 (needs row counts).")
+@click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
+              help="CALIB.json; without it the search calibrates on --calib-windows itself.")
+@click.option("--max-rows", type=int, help="Calibration rows cached for sensitivity [50000].")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md + index.html here.")
+@click.option("--json", "as_json", is_flag=True)
+def search(model_dir, data_dir, recipe, calib_windows, eval_windows, out, max_ne_increase, max_auc_drop,
+           memory_budget, objective, precisions, layer_precisions, sharing_ratios, calib_path, max_rows,
+           report_dir, as_json):
+    """Search a precision (and sharing) per table and per layer under an accuracy budget.
+
+    Measures each option's NE/AUC effect alone on the calibration windows, picks the cheapest
+    plan with an integer program, then converts and validates it on the eval windows, backing
+    off the most sensitive choices until the measured loss fits. Cached measurements live beside
+    PLAN.json (PLAN.cache.json): an interrupted search resumes from them.
+    """
+    from lowprec.search.driver import SearchRequest, run_search
+
+    req = SearchRequest(
+        model_dir=Path(model_dir), data_dir=Path(data_dir), out=Path(out), recipe=recipe,
+        calib_windows=calib_windows, eval_windows=eval_windows, max_ne_increase=max_ne_increase,
+        max_auc_drop=max_auc_drop, memory_budget=memory_budget, objective=objective,
+        precisions=precisions, layer_precisions=layer_precisions, sharing_ratios=sharing_ratios,
+        calib_path=calib_path, max_rows=max_rows, report_dir=report_dir)
+    with StageBars() as stages:
+        result, summary = run_search(req, stages)
+    if as_json:
+        emit_json(summary)
+        return
+    v = result.validation
+    click.echo(f"plan -> {out}")
+    click.echo(f"  bytes: tables {summary['table_bytes']:,}, layers {summary['layer_bytes']:,} "
+               f"(fp32 {summary['fp32_bytes']:,}; {summary['compression']:.1f}x smaller)")
+    if v is not None:
+        click.echo(f"  validated on {v.rows:,} rows: NE +{100 * v.ne_increase:.4f}% "
+                   f"[{100 * v.ne_increase_ci[0]:.4f}, {100 * v.ne_increase_ci[1]:.4f}], "
+                   f"AUC drop {fmt(v.auc_drop, 5)} [{fmt(v.auc_drop_ci[0], 5)}, {fmt(v.auc_drop_ci[1], 5)}]")
+    else:
+        click.echo("  no quantized plan validated within budget: the plan keeps everything fp32")
+    click.echo(f"  {result.evaluations} evaluations, {len(result.rounds)} validation round(s), "
+               f"{result.seconds:.1f}s")
+    if report_dir:
+        click.echo(f"  report: {Path(report_dir) / 'index.html'}")
+
+
+COMMANDS = [search]

@@ -1,0 +1,125 @@
+"""From CLI-level requests (flags + recipe) to a search run, a PLAN.json and a report.
+
+Kept apart from the click layer so `lowprec demo` and the benchmarks call the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lowprec.calibrate import CalibConfig, calibrate, load_calibration
+from lowprec.checkpoint.float_model import load_float_model
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
+from lowprec.fileio import atomic_write_text, sha256_file
+from lowprec.precision import Precision
+from lowprec.recipe import load_recipe, parse_fraction, pick, resolve_windows
+from lowprec.search.run import SearchConfig, SearchResult, search
+from lowprec.search.solver import Budget
+from lowprec.search.space import DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace
+from lowprec.train import check_compatible
+
+
+@dataclass
+class SearchRequest:
+    model_dir: Path
+    data_dir: Path
+    out: Path
+    recipe: str | None = None
+    calib_windows: str | None = None
+    eval_windows: str | None = None
+    max_ne_increase: str | None = None
+    max_auc_drop: str | None = None
+    memory_budget: int | None = None
+    objective: str | None = None
+    precisions: str | None = None
+    layer_precisions: str | None = None
+    sharing_ratios: str | None = None
+    calib_path: str | None = None
+    max_rows: int | None = None
+    report_dir: str | None = None
+
+
+def _list(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(str(v) for v in value)
+
+
+def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[str, Any]]:
+    r = load_recipe(req.recipe)
+    calib = resolve_windows(pick(req.calib_windows, r, "windows", "calibrate"), ds.meta, "calibrate")
+    evaluate = resolve_windows(pick(req.eval_windows, r, "windows", "evaluate"), ds.meta, "evaluate")
+    memory = pick(req.memory_budget, r, "budgets", "memory_budget")
+    budget = Budget(parse_fraction(pick(req.max_ne_increase, r, "budgets", "max_ne_increase", "0.1%"),
+                                   "--max-ne-increase"),
+                    parse_fraction(pick(req.max_auc_drop, r, "budgets", "max_auc_drop", 0.001), "--max-auc-drop"),
+                    int(memory) if memory else None)
+    space = SearchSpace(
+        table_precisions=tuple(Precision.parse(p, "--precisions") for p in
+                               _list(pick(req.precisions, r, "candidates", "table_precisions"), DEFAULT_TABLE_PRECISIONS)),
+        layer_precisions=tuple(Precision.parse(p, "--layer-precisions") for p in
+                               _list(pick(req.layer_precisions, r, "candidates", "layer_precisions"), DEFAULT_LAYER_PRECISIONS)),
+        sharing_ratios=tuple(float(x) for x in _list(pick(req.sharing_ratios, r, "candidates", "sharing_ratios"), ())),
+        range_method=r.get("search", {}).get("range_method", "l2"),
+    )
+    s = r.get("search", {})
+    cfg = SearchConfig(tuple(calib), tuple(evaluate), budget, space,
+                       objective=pick(req.objective, r, "search", "objective", "bytes"),
+                       max_rows=int(pick(req.max_rows, r, "search", "max_rows", 50_000)),
+                       max_rounds=int(s.get("max_rounds", 6)), margin=float(s.get("margin", 0.9)))
+    return cfg, r
+
+
+def run_search(req: SearchRequest, stages: Callable[[str, int | None], Callable[[int], Any]] | None = None
+               ) -> tuple[SearchResult, dict[str, Any]]:
+    """Search per `req`; `stages(name, total)` returns a progress callback for each stage."""
+    ds = Dataset(req.data_dir)
+    cfg, recipe = build_config(req, ds)
+    overlap = set(cfg.calib_windows) & set(cfg.eval_windows)
+    if overlap:
+        raise InputError(f"calibration and evaluation windows overlap at {sorted(overlap)}; the "
+                         f"budget must be checked on held-out windows")
+    model, _ = load_float_model(req.model_dir)
+    check_compatible(model.config, ds.meta, str(req.model_dir))
+    if req.calib_path:
+        calibration, calib_sha = load_calibration(req.calib_path), sha256_file(req.calib_path)
+    else:
+        c = recipe.get("calibrate", {})
+        ccfg = CalibConfig(cfg.calib_windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)),
+                           max_rows=c.get("max_rows"))
+        calibration = calibrate(model, ds, ccfg, stages("calibrate", None) if stages else None)
+        calibration["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32)
+                                     for k, v in calibration["row_counts"].items()}
+        calib_sha = f"inline:{ccfg.method}:{list(ccfg.windows)}"
+    cache_path = req.out.with_name(req.out.stem + ".cache.json")
+    result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages)
+    atomic_write_text(req.out, json.dumps(result.plan.to_json(), indent=2) + "\n")
+    summary = summarize(result, model)
+    if req.report_dir:
+        from lowprec.search.report import write_report
+
+        write_report(result, summary, Path(req.report_dir))
+    return result, summary
+
+
+def summarize(result: SearchResult, model) -> dict[str, Any]:
+    meta = result.plan.meta
+    fp32 = sum(o[0].bytes for o in result.items.values())
+    total = meta["total_bytes"]
+    v = result.validation
+    return {
+        "plan": result.plan.to_json(),
+        "table_bytes": meta["table_bytes"], "layer_bytes": meta["layer_bytes"],
+        "total_bytes": total, "fp32_bytes": fp32, "compression": fp32 / total if total else float("nan"),
+        "validated": v.to_json() if v else None, "predicted": meta["predicted"],
+        "evaluations": result.evaluations, "rounds": result.rounds, "seconds": result.seconds,
+        "ne_increase": v.ne_increase if v else 0.0, "auc_drop": v.auc_drop if v else 0.0,
+    }

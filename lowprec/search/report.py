@@ -1,0 +1,116 @@
+"""The search report: sensitivity per item, the bytes-vs-NE frontier, the plan, validation, cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from lowprec.report import Doc, save_figure
+from lowprec.search.run import SearchResult
+from lowprec.search.solver import Budget, predicted, solve
+
+
+def _sensitivity_figure(result: SearchResult, directory: Path) -> str:
+    items = list(result.items)
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(items))))
+    labels = sorted({o.key.split("|", 1)[1] for opts in result.items.values() for o in opts
+                     if not o.is_float_baseline})
+    cmap = plt.get_cmap("tab10")
+    for j, label in enumerate(labels):
+        ys, xs = [], []
+        for i, item in enumerate(items):
+            for o in result.items[item]:
+                if o.key.split("|", 1)[1] == label:
+                    ys.append(i)
+                    xs.append(100 * result.sensitivity[o.key].d_ne)
+        ax.scatter(xs, ys, label=label, color=cmap(j % 10), s=18)
+    ax.set_yticks(range(len(items)), items, fontsize=7)
+    ax.set_xscale("symlog", linthresh=1e-4)
+    ax.axvline(100 * result.plan.meta["budgets"]["max_ne_increase"], color="red", ls="--", lw=1,
+               label="NE budget")
+    ax.set_xlabel("NE increase vs float, % (each option alone, calibration windows)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, directory, "sensitivity.png")
+
+
+def frontier(result: SearchResult, points: int = 16) -> list[tuple[float, int, float]]:
+    """(NE budget, bytes, predicted NE) of the MILP optimum for a sweep of NE budgets (AUC free)."""
+    b = result.plan.meta["budgets"]
+    out = []
+    for k in range(points):
+        ne = b["max_ne_increase"] * (10 ** (-2 + 3 * k / (points - 1)))
+        try:
+            chosen = solve(result.items, result.sensitivity, Budget(ne, 1.0, b["memory_bytes"]))
+        except Exception:  # infeasible memory budget at this point
+            continue
+        out.append((ne, sum(o.bytes for o in chosen.values()), predicted(chosen, result.sensitivity).d_ne))
+    return out
+
+
+def _frontier_figure(result: SearchResult, summary: dict[str, Any], directory: Path) -> str:
+    pts = frontier(result)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if pts:
+        ax.plot([100 * p[2] for p in pts], [p[1] for p in pts], "o-", ms=3, label="MILP frontier (predicted)")
+    for r in result.rounds:
+        v = r["validated"]
+        ax.errorbar(100 * v["ne_increase"], r["bytes"],
+                    xerr=[[100 * (v["ne_increase"] - v["ne_increase_ci"][0])],
+                          [100 * (v["ne_increase_ci"][1] - v["ne_increase"])]],
+                    fmt="s", color="green" if r["fits"] else "red", ms=6,
+                    label=f"round {r['round']} validated ({'fits' if r['fits'] else 'over budget'})")
+    ax.axvline(100 * result.plan.meta["budgets"]["max_ne_increase"], color="red", ls="--", lw=1)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_yscale("log")
+    ax.set_xlabel("NE increase vs float, %")
+    ax.set_ylabel("table + layer bytes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, directory, "frontier.png")
+
+
+def write_report(result: SearchResult, summary: dict[str, Any], directory: Path) -> Path:
+    doc = Doc("lowprec search report")
+    meta = result.plan.meta
+    b = meta["budgets"]
+    doc.para(f"Budgets: NE increase <= {100 * b['max_ne_increase']:.3f}%, AUC drop <= {b['max_auc_drop']}"
+             + (f", memory <= {b['memory_bytes']:,} bytes" if b["memory_bytes"] else "")
+             + f". Calibration windows {meta['windows']['calibration']}, evaluation windows "
+               f"{meta['windows']['evaluation']}.")
+    doc.para(f"Result: {summary['total_bytes']:,} bytes (tables {summary['table_bytes']:,}, layers "
+             f"{summary['layer_bytes']:,}) vs {summary['fp32_bytes']:,} in fp32: "
+             f"{summary['compression']:.2f}x smaller. {result.evaluations} evaluations "
+             f"({sum(len(v) - 1 for v in result.items.values())} sensitivity + {len(result.rounds)} "
+             f"validation), {result.seconds:.1f} s wall time.")
+    v = result.validation
+    if v is not None:
+        doc.heading("Validated on the evaluation windows")
+        doc.table(["metric", "float", "plan", "change", "95% interval"], [
+            ["NE", v.float_ne, v.plan_ne, f"{100 * v.ne_increase:+.4f}%",
+             f"[{100 * v.ne_increase_ci[0]:+.4f}%, {100 * v.ne_increase_ci[1]:+.4f}%]"],
+            ["AUC", v.float_auc, v.plan_auc, f"{-v.auc_drop:+.5f}",
+             f"[{-v.auc_drop_ci[1]:+.5f}, {-v.auc_drop_ci[0]:+.5f}]"],
+        ])
+    else:
+        doc.para("No quantized plan validated within the budgets; the plan keeps every item in fp32.")
+    doc.heading("Chosen plan")
+    rows = []
+    for item, o in result.chosen.items():
+        s = result.sensitivity[o.key]
+        rows.append([item, o.key.split("|", 1)[1], o.bytes, result.items[item][0].bytes,
+                     f"{100 * s.d_ne:+.4f}%", f"{s.d_auc:+.5f}"])
+    doc.table(["item", "choice", "bytes", "fp32 bytes", "NE alone", "AUC drop alone"], rows)
+    doc.heading("Sensitivity")
+    doc.figure(_sensitivity_figure(result, directory), "NE increase of each option alone")
+    doc.heading("Frontier")
+    doc.figure(_frontier_figure(result, summary, directory),
+               "Bytes vs NE increase: MILP optimum per NE budget (predicted), and validated plans")
+    doc.heading("Validation rounds")
+    doc.table(["round", "bytes", "predicted NE", "validated NE", "validated AUC drop", "fits"],
+              [[r["round"], r["bytes"], f"{100 * r['predicted']['d_ne']:+.4f}%",
+                f"{100 * r['validated']['ne_increase']:+.4f}%", f"{r['validated']['auc_drop']:+.5f}",
+                "yes" if r["fits"] else "no"] for r in result.rounds])
+    return doc.write(directory)

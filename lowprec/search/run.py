@@ -1,0 +1,239 @@
+"""`lowprec search` orchestration: sensitivity -> MILP -> validation -> back-off, resumable.
+
+1. Float activations of the calibration windows are cached (`FloatCache`); each candidate option is
+   measured alone on them (`Emulator`), and every measurement is appended to a JSON cache file
+   keyed by a fingerprint of (model, data, windows, calibration, settings), so an interrupted
+   search resumes where it stopped.
+2. The MILP picks the cheapest plan whose summed (predicted) loss fits the budget.
+3. The plan is converted for real and validated on the eval windows (`refine`): the budget
+   multiplier handed to the solver moves up while plans validate (spending slack the additive
+   model did not see) and down when they fail, where the first failures also forbid the most
+   sensitive choice. Stop rule: the multiplier interval closes, nothing cheaper exists, or
+   `max_rounds` validations are spent; the cheapest validated plan wins (none: all fp32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
+from lowprec.fileio import atomic_write_text, sha256_file
+from lowprec.metrics import BinaryStats
+from lowprec.model.dlrm import DLRM
+from lowprec.plan import Plan
+from lowprec.search.sensitivity import Emulator, FloatCache
+from lowprec.search.solver import Budget, Sensitivity, predicted, solve
+from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
+from lowprec.search.validate import Validation, validate
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    calib_windows: tuple[int, ...]
+    eval_windows: tuple[int, ...]
+    budget: Budget
+    space: SearchSpace = field(default_factory=SearchSpace)
+    objective: str = "bytes"
+    max_rows: int = 50_000
+    max_rounds: int = 8
+    margin: float = 0.9  # solve for this share of the budget; validation checks the rest
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("bytes", "latency"):
+            raise InputError(f"objective must be bytes or latency, not {self.objective!r}")
+        if not 0 < self.margin <= 1:
+            raise InputError("margin must be in (0, 1]")
+        if self.budget.max_ne_increase < 0 or self.budget.max_auc_drop < 0:
+            raise InputError("budgets must be >= 0")
+
+
+@dataclass
+class SearchResult:
+    plan: Plan
+    chosen: dict[str, Option]
+    validation: Validation | None
+    items: dict[str, list[Option]]
+    sensitivity: dict[str, Sensitivity]
+    rounds: list[dict[str, Any]]
+    evaluations: int
+    seconds: float
+    float_stats: dict[str, float]
+
+
+class MeasurementCache:
+    """Option key -> {ne, auc, rows} on disk, flushed after every measurement."""
+
+    def __init__(self, path: Path | None, fingerprint: str):
+        self.path, self.fingerprint, self.data = path, fingerprint, {}
+        if path is not None and path.is_file():
+            try:
+                obj = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                obj = {}
+            if obj.get("fingerprint") == fingerprint:
+                self.data = obj.get("measurements", {})
+
+    def get(self, key: str) -> dict[str, float] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, stats: BinaryStats) -> None:
+        self.data[key] = {"ne": stats.ne, "auc": stats.auc, "rows": stats.weight}
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps(
+                {"fingerprint": self.fingerprint, "measurements": self.data}, indent=1))
+
+
+def fingerprint(model_dir: Path, ds: Dataset, cfg: SearchConfig, calib_sha: str | None) -> str:
+    parts = [sha256_file(model_dir / "model.safetensors"), str(ds.root.resolve()),
+             json.dumps(ds.meta.to_json()["windows"]), str(cfg.calib_windows), str(cfg.max_rows),
+             json.dumps(cfg.space.to_json()), str(calib_sha)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def measure_sensitivity(emulator: Emulator, items: dict[str, list[Option]], cache: MeasurementCache,
+                        range_method: str, progress: Callable[[int], Any] | None) -> dict[str, Sensitivity]:
+    def stats_of(key: str, options: list[Option]) -> dict[str, float]:
+        hit = cache.get(key)
+        if hit is None:
+            cache.put(key, emulator.run(options, range_method))
+            hit = cache.get(key)
+        return hit
+
+    base = stats_of("float", [])
+    sens = {}
+    for opts in items.values():
+        for o in opts:
+            m = base if o.is_float_baseline else stats_of(o.key, [o])
+            sens[o.key] = Sensitivity(m["ne"] / base["ne"] - 1.0, base["auc"] - m["auc"])
+            if progress is not None:
+                progress(1)
+    return sens
+
+
+@dataclass
+class _Bounds:
+    """Budget multipliers known to validate (lo) and to fail (hi); the next one to try."""
+
+    lo: float | None = None
+    hi: float | None = None
+
+    def next(self, m: float) -> float | None:
+        if self.hi is None:
+            return m * 4 if m < 1e4 else None
+        if self.lo is None:
+            return m / 4
+        return None if self.hi / self.lo < 1.25 else math.sqrt(self.lo * self.hi)
+
+
+def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: SearchConfig,
+           cost: dict[str, float] | None, check: Callable[[dict[str, Option], int], Validation]):
+    """Validation-guided search over the budget multiplier m given to the solver.
+
+    The additive model mispredicts the joint loss in both directions. Starting at m = margin, a plan
+    that validates within budget raises m (x4, then bisection), so slack the model did not see is
+    spent; a plan over budget lowers m and, while nothing has validated yet, also forbids the most
+    sensitive choice (and its cheaper alternatives). Plans already validated are not re-run.
+    Returns the cheapest validated plan (or None) and the validation rounds.
+    """
+    bounds, forbidden, seen = _Bounds(), set(), {}
+    best: tuple[dict[str, Option], Validation] | None = None
+    rounds: list[dict[str, Any]] = []
+    m: float | None = cfg.margin
+    for _ in range(4 * cfg.max_rounds):
+        if m is None or len(rounds) >= cfg.max_rounds:
+            break
+        chosen = solve(items, sens, cfg.budget, cost, forbidden, m)
+        key = tuple(sorted(o.key for o in chosen.values()))
+        if key not in seen:
+            val = check(chosen, len(rounds) + 1)
+            seen[key] = val.fits(cfg.budget.max_ne_increase, cfg.budget.max_auc_drop)
+            rounds.append({"round": len(rounds) + 1, "multiplier": m, "bytes": total_bytes(chosen),
+                           "predicted": asdict(predicted(chosen, sens)), "validated": val.to_json(),
+                           "fits": seen[key], "choices": {o.item: o.key.split("|", 1)[1] for o in chosen.values()}})
+            if seen[key] and (best is None or total_bytes(chosen) < total_bytes(best[0])):
+                best = (chosen, val)
+        if seen[key]:
+            bounds.lo = max(bounds.lo or 0.0, m)
+            if all(o.bytes == min(x.bytes for x in items[o.item]) for o in chosen.values()):
+                break  # nothing cheaper exists
+        else:
+            bounds.hi = min(bounds.hi or math.inf, m)
+            if bounds.lo is None:
+                forbidden |= back_off(chosen, items, sens, cfg.budget)
+        m = bounds.next(m)
+    return best, rounds
+
+
+def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: dict[str, Sensitivity],
+             budget: Budget) -> set[str]:
+    """Forbid the chosen option with the largest predicted share of the budget, and cheaper ones."""
+    def share(o: Option) -> float:
+        s = sens[o.key]
+        return max(s.d_ne / max(budget.max_ne_increase, 1e-12), s.d_auc / max(budget.max_auc_drop, 1e-12))
+
+    candidates = [o for o in chosen.values() if not o.is_float_baseline]
+    if not candidates:
+        return set()
+    worst = max(candidates, key=share)
+    return {o.key for o in items[worst.item] if o.bytes <= worst.bytes and not o.is_float_baseline}
+
+
+def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
+           calibration: dict[str, Any] | None, calib_sha: str | None = None,
+           cache_path: Path | None = None, cost: dict[str, float] | None = None,
+           progress: Callable[[str, int | None], Callable[[int], Any]] | None = None) -> SearchResult:
+    """Run the whole search; `progress(stage, total)` returns an update callback (or None)."""
+    started = time.time()
+    model_dir = Path(model_dir)
+    rm = cfg.space.range_method
+    cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)
+    if cache.rows == 0:
+        raise InputError(f"calibration windows {list(cfg.calib_windows)} hold no rows")
+    emulator = Emulator(model, cache, calibration)
+
+    def sharing_bytes(name: str, p, ratio: float) -> int:
+        share = (("kind", "hot"), ("ratio", ratio))
+        return emulator.table_form(Option(f"table:{name}", p, share), rm).bytes()
+
+    has_counts = bool((calibration or {}).get("row_counts"))
+    items = options_for(model.config, cfg.space, sharing_bytes if has_counts else None)
+    measurements = MeasurementCache(cache_path, fingerprint(model_dir, ds, cfg, calib_sha))
+    n_options = sum(len(v) for v in items.values())
+    update = progress("sensitivity", n_options) if progress else None
+    sens = measure_sensitivity(emulator, items, measurements, rm, update)
+    float_stats = measurements.get("float") or {}
+    evaluations = sum(1 for opts in items.values() for o in opts if not o.is_float_baseline)
+
+    def check(chosen: dict[str, Option], round_no: int) -> Validation:
+        update = progress(f"validate round {round_no}", None) if progress else None
+        plan = plan_from_options(chosen, rm, {})
+        return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update)
+
+    best, rounds = refine(items, sens, cfg, cost, check)
+    evaluations += len(rounds)
+    if best is None:  # nothing validated within budget: serve float
+        chosen = {item: opts[0] for item, opts in items.items()}
+        best = (chosen, None)
+    chosen, val = best
+    meta = {
+        "budgets": {"max_ne_increase": cfg.budget.max_ne_increase, "max_auc_drop": cfg.budget.max_auc_drop,
+                    "memory_bytes": cfg.budget.memory_bytes},
+        "predicted": asdict(predicted(chosen, sens)),
+        "validated": val.to_json() if val else None,
+        "total_bytes": total_bytes(chosen),
+        "table_bytes": total_bytes(chosen, "table"),
+        "layer_bytes": total_bytes(chosen, "layer"),
+        "windows": {"calibration": list(cfg.calib_windows), "evaluation": list(cfg.eval_windows)},
+        "objective": cfg.objective,
+        "evaluations": evaluations,
+        "rounds": len(rounds),
+    }
+    plan = plan_from_options(chosen, rm, meta)
+    return SearchResult(plan, chosen, val, items, sens, rounds, evaluations, time.time() - started, float_stats)

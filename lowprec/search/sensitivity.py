@@ -1,0 +1,180 @@
+"""Sensitivity: the effect of each option on NE and AUC, everything else in float.
+
+`FloatCache` runs the float model once over the calibration rows and keeps, per batch, the inputs
+and every intermediate the options can change from: the bottom MLP's output z0, the pooled
+embeddings of every table, and every layer's input. An option then costs only the part of the
+forward pass downstream of what it changes:
+- a table option swaps one table's pooled column (looked up in a real FBGEMM TBE holding that
+  table at the option's precision/sharing) and reruns the interaction and top MLP;
+- a layer option reruns from that layer's cached input with the quantized layer (FBGEMM int8).
+`Emulator.run` evaluates any combination the same way, which validation and the exhaustive
+comparison reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lowprec.checkpoint.convert import QuantizedForm, embeddings_from_forms, quantize_form
+from lowprec.data.batches import iter_batches
+from lowprec.data.dataset import Dataset
+from lowprec.metrics import BinaryStats
+from lowprec.model.deploy import post_training_form
+from lowprec.model.dlrm import DLRM, interact, split_sparse
+from lowprec.model.quantized import Int8Linear
+from lowprec.plan import TableChoice
+from lowprec.precision import Precision
+from lowprec.quant.linear import activation_qparams, quantize_weight_per_channel
+from lowprec.search.space import Option
+
+
+@dataclass
+class CachedBatch:
+    dense: torch.Tensor
+    sparse: list[torch.Tensor]  # per table (B, hotness)
+    labels: torch.Tensor
+    z0: torch.Tensor
+    pooled: torch.Tensor  # (B, T, D)
+    layer_in: dict[str, torch.Tensor]
+
+
+class FloatCache:
+    """Float activations of `max_rows` rows of the given windows (memory ~ rows x activations)."""
+
+    @torch.inference_mode()
+    def __init__(self, model: DLRM, ds: Dataset, windows: list[int], max_rows: int = 50_000,
+                 batch_size: int = 4096):
+        self.batches: list[CachedBatch] = []
+        layers = model.linear_layers()
+        rows = 0
+        for batch in iter_batches(ds, windows, batch_size):
+            taps: dict[str, torch.Tensor] = {}
+            hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: taps.__setitem__(n, a[0]))
+                     for n, m in layers.items()]
+            try:
+                pooled = model.pooled(batch.sparse)
+                model(batch.dense, batch.sparse)
+            finally:
+                for h in hooks:
+                    h.remove()
+            z0 = taps["top.0"][:, : model.config.embedding_dim]
+            self.batches.append(CachedBatch(batch.dense, split_sparse(batch.sparse, model.hotness),
+                                            batch.labels, z0, pooled, taps))
+            rows += len(batch)
+            if rows >= max_rows:
+                break
+        self.rows = rows
+
+
+def quantized_layer(layer: nn.Linear, precision: Precision, calib: dict[str, Any] | None) -> nn.Module:
+    """The runtime's module for a layer at `precision` (same math as the artifact loader)."""
+    if precision is Precision.FP32:
+        return layer
+    if precision is Precision.FP16:
+        out = nn.Linear(layer.in_features, layer.out_features)
+        with torch.no_grad():
+            out.weight.copy_(layer.weight.half().float())
+            out.bias.copy_(layer.bias)
+        return out
+    codes, scale = quantize_weight_per_channel(layer.weight)
+    qp = activation_qparams(calib["min"], calib["max"]) if calib else None
+    return Int8Linear(codes, scale, layer.bias.detach(), qp)
+
+
+class Emulator:
+    """Scores combinations of options on a FloatCache, reusing everything they do not change."""
+
+    def __init__(self, model: DLRM, cache: FloatCache, calibration: dict[str, Any] | None = None):
+        self.model, self.cache = model, cache
+        self.calibration = calibration or {}
+        self.names = model.config.table_names
+        self._forms: dict[str, QuantizedForm] = {}
+        self._pooled: dict[str, list[torch.Tensor]] = {}
+        self._layers: dict[str, nn.Module] = {}
+        self.evaluations = 0
+
+    def table_form(self, option: Option, range_method: str) -> QuantizedForm:
+        if option.key not in self._forms:
+            t = self.names.index(option.name)
+            weight = self.model.embeddings[t].deploy_form(option.name)
+            counts = self.calibration.get("row_counts", {}).get(option.name)
+            if option.sharing is not None:
+                weight = post_training_form(weight, option.sharing_dict(), counts, option.name)
+            choice = TableChoice(option.precision, option.sharing_dict(), range_method)
+            self._forms[option.key] = quantize_form(weight, choice, counts)
+        return self._forms[option.key]
+
+    @torch.inference_mode()
+    def table_pooled(self, option: Option, range_method: str) -> list[torch.Tensor]:
+        if option.key not in self._pooled:
+            t = self.names.index(option.name)
+            hot = self.model.config.tables[t].hotness
+            emb = embeddings_from_forms(self.model.config.embedding_dim, [(option.name, hot)],
+                                        [self.table_form(option, range_method)])
+            self._pooled[option.key] = [emb(b.sparse[t])[:, 0] for b in self.cache.batches]
+        return self._pooled[option.key]
+
+    def layer_module(self, option: Option) -> nn.Module:
+        if option.key not in self._layers:
+            layer = self.model.linear_layers()[option.name]
+            calib = self.calibration.get("layers", {}).get(option.name)
+            self._layers[option.key] = quantized_layer(layer, option.precision, calib)
+        return self._layers[option.key]
+
+    @torch.inference_mode()
+    def run(self, options: list[Option], range_method: str = "l2") -> BinaryStats:
+        """Stats of the float model with `options` applied (others float) on the cached rows."""
+        self.evaluations += 1
+        tables = {self.names.index(o.name): self.table_pooled(o, range_method)
+                  for o in options if o.kind == "table" and not o.is_float_baseline}
+        layers = {o.name: self.layer_module(o) for o in options
+                  if o.kind == "layer" and not o.is_float_baseline}
+        stats = BinaryStats()
+        for i, b in enumerate(self.cache.batches):
+            pooled = None
+            if tables:
+                pooled = b.pooled.clone()
+                for t, outs in tables.items():
+                    pooled[:, t] = outs[i]
+            logits = self._forward(b, pooled, layers)
+            stats.update(torch.sigmoid(logits).numpy(), b.labels.numpy())
+        return stats
+
+    def _forward(self, b: CachedBatch, pooled: torch.Tensor | None,
+                 layers: dict[str, nn.Module]) -> torch.Tensor:
+        """Rerun only downstream of the earliest change (pooled=None: tables unchanged)."""
+        m = self.model
+        bottom = [f"bottom.{i}" for i in range(len(m.bottom))]
+        top = [f"top.{i}" for i in range(len(m.top))]
+        first_bottom = next((i for i, n in enumerate(bottom) if n in layers), None)
+        if first_bottom is None and pooled is None:
+            start = next((i for i, n in enumerate(top) if n in layers), len(top) - 1)
+            x = b.layer_in[top[start]]
+        else:
+            z0 = b.z0
+            if first_bottom is not None:
+                z0 = b.layer_in[bottom[first_bottom]]
+                for i in range(first_bottom, len(bottom)):
+                    z0 = torch.relu(layers.get(bottom[i], m.bottom[i])(z0))
+            start, x = 0, interact(z0, b.pooled if pooled is None else pooled)
+        for i in range(start, len(top)):
+            x = layers.get(top[i], m.top[i])(x)
+            if i < len(top) - 1:
+                x = torch.relu(x)
+        return x.squeeze(1)
+
+
+def measure(emulator: Emulator, options: list[Option], range_method: str,
+            progress: Callable[[int], Any] | None = None) -> dict[str, BinaryStats]:
+    """Stats of each option alone (the float baseline under the key 'float')."""
+    out = {"float": emulator.run([], range_method)}
+    for o in options:
+        if not o.is_float_baseline:
+            out[o.key] = emulator.run([o], range_method)
+        if progress is not None:
+            progress(1)
+    return out

@@ -1,0 +1,80 @@
+"""Plan selection as a 0/1 integer program (scipy.optimize.milp, HiGHS).
+
+Variables x[i,o] = 1 when item i (a table or layer) takes option o.
+
+    minimise   Σ cost[i,o] x[i,o]                        (bytes, or measured latency)
+    subject to Σ_o x[i,o] = 1                  for every item i
+               Σ max(dNE[i,o], 0)  x[i,o] <= NE budget    (relative NE increase, additive model)
+               Σ max(dAUC[i,o], 0) x[i,o] <= AUC budget   (AUC drop)
+               Σ bytes[i,o] x[i,o] <= memory budget       (when given)
+               x[i,o] = 0                                 for options backed off by validation
+
+Sensitivities are measured one option at a time with everything else in float, so the sums are a
+first-order (additive) model of the joint effect; validation measures the truth and backs off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from lowprec.errors import InputError
+from lowprec.search.space import Option
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_ne_increase: float  # relative, e.g. 0.001 for 0.1%
+    max_auc_drop: float
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    d_ne: float  # relative NE change vs float (positive = worse)
+    d_auc: float  # AUC drop vs float (positive = worse)
+
+
+def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: Budget,
+          cost: dict[str, float] | None = None, forbidden: set[str] = frozenset(),
+          margin: float = 1.0) -> dict[str, Option]:
+    """The cheapest option per item whose predicted loss fits `margin` x the budget."""
+    flat = [o for opts in items.values() for o in opts]
+    n = len(flat)
+    c = np.array([cost[o.key] if cost is not None else o.bytes for o in flat], dtype=np.float64)
+    # Break ties toward the more precise option (then fewer bytes) with a vanishing penalty.
+    c = c + 1e-9 * np.array([max(sens[o.key].d_ne, 0) for o in flat]) * (abs(c).max() + 1)
+    rows, lo, hi = [], [], []
+    start = 0
+    for opts in items.values():
+        row = np.zeros(n)
+        row[start:start + len(opts)] = 1
+        rows.append(row), lo.append(1), hi.append(1)
+        start += len(opts)
+    # An option measured as *improving* NE or AUC (often noise, or a lucky regularisation) earns
+    # no budget for the others: losses are clipped at 0 so the model stays conservative.
+    rows.append(np.array([max(sens[o.key].d_ne, 0.0) for o in flat]))
+    lo.append(-np.inf), hi.append(budget.max_ne_increase * margin)
+    rows.append(np.array([max(sens[o.key].d_auc, 0.0) for o in flat]))
+    lo.append(-np.inf), hi.append(budget.max_auc_drop * margin)
+    if budget.memory_bytes is not None:
+        rows.append(np.array([o.bytes for o in flat], dtype=np.float64))
+        lo.append(-np.inf), hi.append(budget.memory_bytes)
+    upper = np.array([0.0 if o.key in forbidden else 1.0 for o in flat])
+    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(n),
+               bounds=Bounds(np.zeros(n), upper))
+    if res.status != 0 or res.x is None:
+        raise InputError(
+            "no plan meets the budgets"
+            + (f" within --memory-budget {budget.memory_bytes} bytes" if budget.memory_bytes else "")
+            + f" (solver: {res.message})")
+    chosen = [o for o, x in zip(flat, res.x) if x > 0.5]
+    return {o.item: o for o in chosen}
+
+
+def predicted(chosen: dict[str, Option], sens: dict[str, Sensitivity]) -> Sensitivity:
+    """The loss the solver budgets for (each option's measured loss, improvements counted as 0)."""
+    return Sensitivity(sum(max(sens[o.key].d_ne, 0.0) for o in chosen.values()),
+                       sum(max(sens[o.key].d_auc, 0.0) for o in chosen.values()))

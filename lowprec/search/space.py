@@ -1,0 +1,129 @@
+"""The candidate space: per table (precision x sharing) and per MLP layer (precision), with costs.
+
+An `Option` is one choice for one item (`table:NAME` or `layer:NAME`). Its byte cost is what the
+artifact will store for it: a table's physical rows at FBGEMM's row size for the precision (plus
+id-transform buffers for shared tables, priced from the real serving form), a layer's weight (int8 codes + fp32 per-channel scales, or
+fp16/fp32 values) plus its fp32 bias.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lowprec.errors import InputError
+from lowprec.model.config import DLRMConfig
+from lowprec.plan import LayerChoice, Plan, TableChoice
+from lowprec.precision import DIM_ALIGNMENT, Precision
+
+DEFAULT_TABLE_PRECISIONS = ("fp32", "fp16", "int8", "int4", "int2")
+DEFAULT_LAYER_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    table_precisions: tuple[Precision, ...] = tuple(Precision(p) for p in DEFAULT_TABLE_PRECISIONS)
+    layer_precisions: tuple[Precision, ...] = tuple(Precision(p) for p in DEFAULT_LAYER_PRECISIONS)
+    sharing_ratios: tuple[float, ...] = ()  # post-training "hot" sharing ratios to consider
+    sharing_precisions: tuple[Precision, ...] = (Precision.INT8, Precision.INT4)
+    sharing_min_rows: int = 1000  # tables smaller than this are not worth sharing
+    range_method: str = "l2"
+
+    def __post_init__(self) -> None:
+        bad = [p.value for p in self.layer_precisions if p not in Precision.for_layers()]
+        if bad:
+            raise InputError(f"layers cannot take {bad}")
+        if any(r <= 1 for r in self.sharing_ratios):
+            raise InputError("sharing ratios must be > 1")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table_precisions": [p.value for p in self.table_precisions],
+                "layer_precisions": [p.value for p in self.layer_precisions],
+                "sharing_ratios": list(self.sharing_ratios),
+                "sharing_precisions": [p.value for p in self.sharing_precisions],
+                "range_method": self.range_method}
+
+
+@dataclass(frozen=True)
+class Option:
+    item: str  # "table:NAME" or "layer:NAME"
+    precision: Precision
+    sharing: tuple[tuple[str, Any], ...] | None = None  # sorted (key, value) pairs
+    bytes: int = field(default=0, compare=False)
+
+    @property
+    def kind(self) -> str:
+        return self.item.split(":", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.item.split(":", 1)[1]
+
+    @property
+    def key(self) -> str:
+        share = "" if self.sharing is None else "|" + ",".join(f"{k}={v}" for k, v in self.sharing)
+        return f"{self.item}|{self.precision.value}{share}"
+
+    @property
+    def is_float_baseline(self) -> bool:
+        return self.precision is Precision.FP32 and self.sharing is None
+
+    def sharing_dict(self) -> dict[str, Any] | None:
+        return None if self.sharing is None else dict(self.sharing)
+
+
+def _padded(dim: int) -> int:
+    return dim + (-dim % DIM_ALIGNMENT)
+
+
+def table_bytes(rows: int, dim: int, precision: Precision) -> int:
+    return precision.table_bytes(rows, _padded(dim))
+
+
+def layer_bytes(shape: tuple[int, int], precision: Precision) -> int:
+    n_in, n_out = shape
+    weight = {Precision.FP32: 4 * n_in * n_out, Precision.FP16: 2 * n_in * n_out,
+              Precision.INT8: n_in * n_out + 4 * n_out}[precision]
+    return weight + 4 * n_out
+
+
+def options_for(config: DLRMConfig, space: SearchSpace,
+                sharing_bytes: Callable[[str, Precision, float], int] | None = None) -> dict[str, list[Option]]:
+    """Every item's options, the fp32 baseline first.
+
+    `sharing_bytes(table, precision, ratio)` prices a post-training sharing option (it depends on
+    the table's serving form, so the caller builds it); without it no sharing option is offered.
+    """
+    items: dict[str, list[Option]] = {}
+    dim = config.embedding_dim
+    for t in config.tables:
+        item = f"table:{t.name}"
+        opts = [Option(item, p, None, table_bytes(t.num_embeddings, dim, p))
+                for p in dict.fromkeys((Precision.FP32,) + space.table_precisions)]
+        if sharing_bytes and t.embedding == "dense" and t.num_embeddings >= space.sharing_min_rows:
+            for ratio in space.sharing_ratios:
+                for p in space.sharing_precisions:
+                    share = (("kind", "hot"), ("ratio", ratio))
+                    opts.append(Option(item, p, share, sharing_bytes(t.name, p, ratio)))
+        items[item] = opts
+    for name, shape in config.layer_shapes().items():
+        item = f"layer:{name}"
+        items[item] = [Option(item, p, None, layer_bytes(shape, p))
+                       for p in dict.fromkeys((Precision.FP32,) + space.layer_precisions)]
+    return items
+
+
+def plan_from_options(chosen: dict[str, Option], range_method: str, meta: dict[str, Any]) -> Plan:
+    tables = {o.name: TableChoice(o.precision, o.sharing_dict(), range_method)
+              for o in chosen.values() if o.kind == "table"}
+    layers = {o.name: LayerChoice(o.precision) for o in chosen.values() if o.kind == "layer"}
+    return Plan(tables, layers, meta)
+
+
+def total_bytes(chosen: dict[str, Option], kind: str | None = None) -> int:
+    return sum(o.bytes for o in chosen.values() if kind is None or o.kind == kind)
+
+
+def ceil_div(a: int, b: float) -> int:
+    return int(math.ceil(a / b))

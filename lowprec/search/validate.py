@@ -1,0 +1,68 @@
+"""End-to-end validation of a plan: convert it for real, score float and artifact on the eval windows.
+
+The artifact is written to a temporary directory, loaded through the same loader users get, and
+scored beside the float model on the same rows with the drift job's paired evaluation
+(`lowprec.drift.paired`): the relative NE increase gets a paired Poisson-bootstrap interval, the
+AUC drop DeLong's paired normal interval.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from statistics import NormalDist
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lowprec.checkpoint.artifact import load_artifact
+from lowprec.checkpoint.convert import convert
+from lowprec.data.dataset import Dataset
+from lowprec.model.dlrm import DLRM
+from lowprec.plan import Plan
+from lowprec.drift.paired import PairedConfig, evaluate_window
+
+CONFIDENCE = 0.95  # PairedConfig's bootstrap interval uses the same level
+
+
+@dataclass(frozen=True)
+class Validation:
+    ne_increase: float  # relative
+    ne_increase_ci: tuple[float, float]
+    auc_drop: float
+    auc_drop_ci: tuple[float, float]
+    float_ne: float
+    float_auc: float
+    plan_ne: float
+    plan_auc: float
+    embedding_bytes: int
+    layer_bytes: int
+    rows: int
+
+    def fits(self, max_ne_increase: float, max_auc_drop: float) -> bool:
+        return self.ne_increase <= max_ne_increase and self.auc_drop <= max_auc_drop
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, windows: list[int],
+             calibration: dict[str, Any] | None,
+             progress: Callable[[int], Any] | None = None) -> Validation:
+    with tempfile.TemporaryDirectory(prefix="lowprec-validate-") as tmp:
+        out = Path(tmp) / "artifact"
+        manifest = convert(model_dir, plan, out, calibration)
+        runtime, _ = load_artifact(out)
+        m = evaluate_window(float_model, runtime, ds, windows, PairedConfig(), Path(tmp) / "spill-",
+                            progress=progress)
+    z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
+    half = z * math.sqrt(max(m.delong.var, 0.0))
+    drop = -m.delong.diff
+    return Validation(
+        ne_increase=m.ne_gap.estimate, ne_increase_ci=(m.ne_gap.lo, m.ne_gap.hi),
+        auc_drop=drop, auc_drop_ci=(drop - half, drop + half),
+        float_ne=m.reference["ne"], float_auc=m.reference["auc"],
+        plan_ne=m.candidate["ne"], plan_auc=m.candidate["auc"],
+        embedding_bytes=int(manifest["embedding_bytes"]), layer_bytes=int(manifest["layer_bytes"]),
+        rows=m.rows,
+    )

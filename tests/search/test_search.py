@@ -1,0 +1,168 @@
+"""Precision search: solver optimality, byte costs, emulator fidelity, resume, CLI and report."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import make_tiny_dataset
+from lowprec.calibrate import CalibConfig, calibrate
+from lowprec.checkpoint.artifact import load_artifact
+from lowprec.checkpoint.convert import convert
+from lowprec.checkpoint.float_model import save_float_model
+from lowprec.cli import main
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
+from lowprec.evaluate import evaluate
+from lowprec.precision import Precision
+from lowprec.recipe import load_recipe, parse_fraction, resolve_windows
+from lowprec.search import run as search_run
+from lowprec.search.sensitivity import Emulator, FloatCache
+from lowprec.search.solver import Budget, Sensitivity, solve
+from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options
+from lowprec.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=3000, tables=(300, 40, 8), hotness=(1, 2, 1)))
+    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=3))
+    save_float_model(model, root / "model", info)
+    calib = calibrate(model, ds, CalibConfig((2,)))
+    calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
+    return root, ds, model, calib
+
+
+def test_milp_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        items = {}
+        sens = {}
+        for i in range(4):
+            opts = []
+            for j, p in enumerate([Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4]):
+                o = Option(f"table:t{i}", p, None, int(1000 / (j + 1)) + int(rng.integers(0, 50)))
+                opts.append(o)
+                sens[o.key] = Sensitivity(0.0 if j == 0 else float(rng.random() * 0.001 * j),
+                                          0.0 if j == 0 else float(rng.random() * 0.001 * j))
+            items[f"table:t{i}"] = opts
+        budget = Budget(0.0015, 0.0015)
+        chosen = solve(items, sens, budget)
+        best = min((c for c in itertools.product(*items.values())
+                    if sum(sens[o.key].d_ne for o in c) <= 0.0015 and sum(sens[o.key].d_auc for o in c) <= 0.0015),
+                   key=lambda c: sum(o.bytes for o in c))
+        assert sum(o.bytes for o in chosen.values()) == sum(o.bytes for o in best), trial
+
+
+def test_memory_budget_infeasible_is_input_error():
+    o = Option("table:t", Precision.FP32, None, 100)
+    with pytest.raises(InputError, match="memory-budget"):
+        solve({"table:t": [o]}, {o.key: Sensitivity(0, 0)}, Budget(0.1, 0.1, memory_bytes=10))
+
+
+def test_option_bytes_equal_artifact_bytes(setup, tmp_path):
+    root, ds, model, calib = setup
+    emu = Emulator(model, FloatCache(model, ds, [2], 1000), calib)
+    space = SearchSpace(sharing_ratios=(4.0,))
+    items = options_for(model.config, space, lambda name, p, r: emu.table_form(
+        Option(f"table:{name}", p, (("kind", "hot"), ("ratio", r))), "l2").bytes())
+    for item in ("table:t0",):
+        for o in items[item]:
+            chosen = {k: v[0] for k, v in items.items()}
+            chosen[item] = o
+            manifest = convert(root / "model", plan_from_options(chosen, "l2", {}), tmp_path / o.key.replace("|", "_"), calib)
+            table = next(t for t in manifest["tables"] if t["name"] == "t0")
+            assert table["bytes"] == o.bytes, o.key
+    layer_items = {k: v for k, v in items.items() if k.startswith("layer:")}
+    chosen = {k: v[0] for k, v in items.items()} | {k: v[-1] for k, v in layer_items.items()}
+    manifest = convert(root / "model", plan_from_options(chosen, "l2", {}), tmp_path / "layers", calib)
+    assert manifest["layer_bytes"] == sum(v[-1].bytes for v in layer_items.values())
+
+
+def test_emulator_scores_like_the_real_artifact(setup, tmp_path):
+    root, ds, model, calib = setup
+    emu = Emulator(model, FloatCache(model, ds, [3], 10**9), calib)
+    items = options_for(model.config, SearchSpace())
+    chosen = {"table:t0": items["table:t0"][3], "table:t1": items["table:t1"][4],
+              "table:t2": items["table:t2"][1], "layer:bottom.0": items["layer:bottom.0"][2],
+              "layer:top.1": items["layer:top.1"][1]}
+    full = {k: v[0] for k, v in items.items()} | chosen
+    emulated = emu.run(list(chosen.values()), "l2")
+    convert(root / "model", plan_from_options(full, "l2", {}), tmp_path / "a", calib)
+    runtime, _ = load_artifact(tmp_path / "a")
+    real = evaluate(runtime, ds, [3]).overall
+    assert emulated.ne == pytest.approx(real.ne, rel=1e-5)
+    assert emulated.auc == pytest.approx(real.auc, abs=1e-5)
+
+
+def test_search_meets_budget_and_resumes(setup, tmp_path, monkeypatch):
+    root, ds, model, calib = setup
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(sharing_ratios=(4.0,)))
+    cache = tmp_path / "plan.cache.json"
+    calls, interrupt = [], [True]
+    real_run = Emulator.run
+
+    def counting(self, options, rm="l2"):
+        calls.append(len(options))
+        if interrupt[0] and len(calls) == 5:
+            interrupt[0] = False
+            raise KeyboardInterrupt  # interrupted mid-sensitivity, after 4 flushed measurements
+        return real_run(self, options, rm)
+
+    monkeypatch.setattr(Emulator, "run", counting)
+    with pytest.raises(KeyboardInterrupt):
+        search_run.search(root / "model", model, ds, cfg, calib, "c", cache)
+    assert len(json.loads(cache.read_text())["measurements"]) == 4
+    calls.clear()
+    result = search_run.search(root / "model", model, ds, cfg, calib, "c", cache)
+    measured = sum(len(v) for v in result.items.values()) - len(result.items) + 1
+    assert len(calls) == measured - 4  # the 4 cached measurements were not redone
+    v = result.validation
+    assert v is not None and v.fits(0.001, 0.001)
+    assert result.plan.meta["table_bytes"] < sum(v[0].bytes for k, v in result.items.items() if k.startswith("table:"))
+    assert result.evaluations <= 2 * len(result.items) * 5
+
+
+def test_cli_search_writes_plan_report_and_json(setup, tmp_path):
+    root, _, _, _ = setup
+    r = CliRunner().invoke(main, ["search", "--model", str(root / "model"), "--data", str(root / "data"),
+                                  "--calib-windows", "2", "--eval-windows", "3", "--out", str(tmp_path / "plan.json"),
+                                  "--max-ne-increase", "0.1%", "--max-auc-drop", "0.001",
+                                  "--report", str(tmp_path / "rep"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["ne_increase"] <= 0.001 and out["auc_drop"] <= 0.001
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["format"] == "lowprec-plan" and plan["validated"]["ne_increase"] == out["ne_increase"]
+    html = (tmp_path / "rep" / "index.html").read_text()
+    for fig in ("sensitivity.png", "frontier.png"):
+        assert fig in html and (tmp_path / "rep" / fig).stat().st_size > 1000
+    r = CliRunner().invoke(main, ["convert", "--model", str(root / "model"), "--plan", str(tmp_path / "plan.json"),
+                                  "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+
+
+def test_overlapping_windows_and_bad_recipe_exit_2(setup, tmp_path):
+    root, _, _, _ = setup
+    args = ["search", "--model", str(root / "model"), "--data", str(root / "data"), "--out", str(tmp_path / "p.json")]
+    r = CliRunner().invoke(main, args + ["--calib-windows", "2", "--eval-windows", "2-3"])
+    assert r.exit_code == 2 and "overlap" in r.output
+    bad = tmp_path / "r.toml"
+    bad.write_text("[windows]\ncalibrate = '2'\n[budgets]\nmax_ne = 1\n")
+    r = CliRunner().invoke(main, args + ["--recipe", str(bad)])
+    assert r.exit_code == 2 and "max_ne" in r.output
+
+
+def test_recipe_values_and_label_windows(setup, tmp_path):
+    _, ds, _, _ = setup
+    assert parse_fraction("0.1%", "x") == pytest.approx(0.001) and parse_fraction(0.002, "x") == 0.002
+    assert resolve_windows("label:w1..w2", ds.meta, "evaluate") == [1, 2]
+    assert resolve_windows("0-1", ds.meta, "evaluate") == [0, 1]
+    with pytest.raises(InputError, match="match no window label"):
+        resolve_windows("label:1999", ds.meta, "evaluate")
+    for recipe in ("movielens", "synthetic", "criteo-kaggle"):
+        assert load_recipe(f"calibration/{recipe}.toml")["windows"]["calibrate"]
