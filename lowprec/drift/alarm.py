@@ -169,6 +169,7 @@ class Signals:
     clipping: dict[str, tuple[float, float | None]] = field(default_factory=dict)  # rate, calib rate
     stale_ne: float | None = None
     stale_calibration: float | None = None
+    expected_gap: float = 0.0  # the NE gap the plan was validated with; ne_gap* are relative to it
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,8 @@ def pct(x: float | None, digits: int = 2) -> str:
 def _triggers(s: Signals, st: CusumState, t: Thresholds) -> list[tuple[str, str]]:
     out = []
     ci = f"{pct(s.ne_gap)} [CI {pct(s.ne_gap_lo)}, {pct(s.ne_gap_hi)}]"
+    if s.expected_gap:
+        ci += f" beyond the validated gap {pct(s.expected_gap)}"
     if s.ne_gap_lo > t.ne_gap_limit:
         out.append(("ne_gap_ci", f"candidate NE worse by {ci}, beyond the {pct(t.ne_gap_limit)} limit"))
     if t.two_sided and s.ne_gap_hi < -t.ne_gap_limit:

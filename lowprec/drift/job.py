@@ -182,17 +182,27 @@ def calib_rates(calib: dict[str, Any] | None, layers: list[str]) -> dict[str, fl
                 else None) for n in layers}
 
 
+def expected_gap(manifest: dict[str, Any] | None) -> float:
+    """The relative NE gap the deployed plan was accepted with (search validation), else 0.
+
+    The alarm asks whether quantization went stale, i.e. whether the gap *moved* since deployment:
+    a plan validated at -0.7% (sharing can regularise) is healthy at -0.7% and drifting at -4%."""
+    validated = ((manifest or {}).get("plan") or {}).get("validated") or {}
+    value = validated.get("ne_increase")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
 def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
-                calib: dict[str, float | None]) -> Signals:
+                calib: dict[str, float | None], expected: float = 0.0) -> Signals:
     ref = m.reference
     stale_ne = stale_cal = 0.0
     if baseline is not None:
         stale_ne = _ratio(ref["ne"], baseline["ref_ne"])
         stale_cal = _ratio(ref["calibration"], baseline["ref_calibration"])
     clipping = {n: (c["clip_rate"], calib.get(n)) for n, c in m.clipping.items() if c["clip_rate"] is not None}
-    return Signals(m.ne_gap.estimate, m.ne_gap.lo, m.ne_gap.hi, m.ne_gap.se,
-                   m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo, m.cal_gap.hi,
-                   m.psi, clipping, stale_ne, stale_cal)
+    return Signals(m.ne_gap.estimate - expected, m.ne_gap.lo - expected, m.ne_gap.hi - expected,
+                   m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo,
+                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -210,7 +220,7 @@ def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Model
                             table_err, update)
     rates = calib_rates(calib, list(m.clipping))
     base = store.baseline()
-    s = signals_for(m, base, rates)
+    s = signals_for(m, base, rates, expected_gap(models.manifest))
     d = decide(s, store.previous_state(w), job.config.alarm)
     row = {
         "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
@@ -323,10 +333,11 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     runtime, _ = load_artifact(out_dir)
     with progress(f"rescore window {target}", ds.meta.window(target).rows) as update:
         m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None, update)
-    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping))), CusumState(), job.config.alarm)
+    expected = expected_gap(models.manifest)
+    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected), CusumState(), job.config.alarm)
     t = job.config.alarm
-    closes = not d.alarm and m.ne_gap.lo <= t.ne_gap_allowance and \
-        (not t.two_sided or m.ne_gap.hi >= -t.ne_gap_allowance)
+    closes = not d.alarm and m.ne_gap.lo - expected <= t.ne_gap_allowance and \
+        (not t.two_sided or m.ne_gap.hi - expected >= -t.ne_gap_allowance)
     before = next(r for r in store.windows() if r["window"] == target)
     row = _finite({
         "run_id": run_id, "alarm_window": target, "source": source, "calib_windows": json.dumps(windows),

@@ -109,3 +109,27 @@ def test_warnings_and_staleness_never_alarm():
 def test_missing_standard_error_leaves_the_cusum_alone():
     d = decide(sig(0.01, se=float("nan"), half=float("nan")), CusumState(3.0, 1.0), T)
     assert d.state == CusumState(3.0, 1.0) and not d.alarm
+
+
+def test_gap_is_judged_against_the_validated_gap():
+    from types import SimpleNamespace
+
+    from lowprec.drift.job import expected_gap, signals_for
+    from lowprec.drift.stats import Interval
+
+    assert expected_gap({"plan": {"validated": {"ne_increase": -0.007}}}) == -0.007
+    assert expected_gap({"plan": {"validated": None}}) == 0.0 and expected_gap(None) == 0.0
+
+    def measure(gap):  # a window whose paired NE gap is `gap` with a tight interval
+        return SimpleNamespace(
+            reference={"ne": 0.9, "calibration": 1.0}, clipping={}, psi=0.0,
+            ne_gap=Interval(gap, gap - 0.001, gap + 0.001, 0.0005),
+            delong=SimpleNamespace(diff=0.0, p_drop=0.5), cal_gap=Interval(0.0, -0.001, 0.001, 0.0005))
+
+    # A plan accepted at -0.7% (sharing regularised it) stays healthy while the gap stays there ...
+    steady = run([signals_for(measure(-0.007), None, {}, -0.007) for _ in range(6)])
+    assert not any(d.alarm for d in steady)
+    # ... but the same windows judged against zero alarm, and a move of the gap alarms either way.
+    assert run([signals_for(measure(-0.007), None, {}, 0.0)])[0].alarm
+    moved = run([signals_for(measure(-0.047), None, {}, -0.007)])[0]
+    assert moved.alarm and "validated gap -0.70%" in moved.reason
