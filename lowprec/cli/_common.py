@@ -41,3 +41,25 @@ def name_value_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
 
 def fmt(x: float, digits: int = 4) -> str:
     return "nan" if x != x else f"{x:.{digits}f}"
+
+
+class StageBars:
+    """One progress bar per stage of a multi-stage job; `bars(name, total)` returns its update."""
+
+    def __init__(self) -> None:
+        self.bars: list[tqdm] = []
+
+    def __call__(self, name: str, total: int | None) -> Callable[[int], Any]:
+        if self.bars:
+            self.bars[-1].close()
+        bar = tqdm(total=total, desc=name, unit="it" if total else "rows", unit_scale=True,
+                   file=sys.stderr, mininterval=0.5, leave=False, dynamic_ncols=True)
+        self.bars.append(bar)
+        return bar.update
+
+    def __enter__(self) -> "StageBars":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for bar in self.bars:
+            bar.close()
