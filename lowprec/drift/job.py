@@ -146,6 +146,8 @@ def run(job: DriftJob, progress: Progress | None = None) -> DriftOutcome:
         raise InputError("--on-alarm recalibrate needs --candidate to be a quantized artifact")
     with DriftStore(job.db) as store:
         store.check_pair(str(job.reference), models.reference_sha, str(job.candidate), models.candidate_sha)
+        with store.transaction():
+            store.set_meta("expected_gap", repr(expected_gap(models.manifest)))
         _check_labels(store, ds, chosen)
         for leftover in job.db.parent.glob(job.spill_prefix.name + "*"):
             leftover.unlink(missing_ok=True)  # from a killed run; we hold the lock

@@ -41,7 +41,7 @@ class ReportData:
 
 def gather(store: Any, config: DriftConfig) -> ReportData:
     meta = {k: store.meta(k) or "" for k in ("reference", "reference_sha256", "candidate",
-                                            "candidate_sha256", "baseline_window")}
+                                            "candidate_sha256", "baseline_window", "expected_gap")}
     return ReportData(store.windows(), store.clipping(), store.table_errors(), store.recalibrations(),
                       store.runs(), meta, config, str(store.path))
 
@@ -115,10 +115,13 @@ def _fig_gap(d: ReportData, xs: list[int], alarms: list[int], path: Path) -> Non
     ax.fill_between(xs, _col(rows, "ne_gap_lo", 100), _col(rows, "ne_gap_hi", 100), alpha=0.3,
                     label="bootstrap CI")
     ax.plot(xs, _col(rows, "ne_gap", 100), "o-", label="NE_cand / NE_ref - 1")
+    centre = float(d.meta.get("expected_gap") or 0.0)  # limits sit around the validated gap
     for y, style in ((t.ne_gap_limit, "r--"), (t.ne_gap_allowance, "y:")):
         for sign in ((1, -1) if t.two_sided else (1,)):
-            ax.plot([xs[0], xs[-1]], [sign * 100 * y] * 2, style)
+            ax.plot([xs[0], xs[-1]], [100 * (centre + sign * y)] * 2, style)
     ax.axhline(0, color="k", lw=0.5)
+    if centre:
+        ax.axhline(100 * centre, color="g", lw=1, label="validated gap of the plan")
     ax.set_ylabel("NE gap (%)")
     ax.legend(loc="best")
     _axes_alarm(ax, xs, alarms)
