@@ -203,6 +203,26 @@ def test_sigkill_during_convert_keeps_existing_artifact(tmp_path):
     assert load_artifact(out)[1]["tables"][0]["precision"] == "int4"
 
 
+@pytest.mark.parametrize("precision", PRECISIONS, ids=[p.value for p in PRECISIONS])
+def test_fast_path_with_pads_equals_reference(tmp_path, precision):
+    """The fast path hands -1 pads straight to the TBE, which skips them (its pruned-row marker)."""
+    ds = Dataset(make_tiny_dataset(tmp_path / "d", windows=1, rows=50, hotness=(4, 4, 4)))
+    save_float_model(DLRM(model_config_for(ds.meta, TrainConfig(windows=(0,)))), tmp_path / "m")
+    convert(tmp_path / "m", Plan.uniform(precision), tmp_path / "a")
+    emb = load_artifact(tmp_path / "a")[0].embeddings
+    sparse = torch.randint(0, 8, (64, 12))
+    sparse[torch.rand(64, 12) < 0.4] = -1
+    sparse[5] = -1  # a sample whose bags are all empty
+    assert emb._simple
+    fast = emb(sparse)
+    emb._simple = False
+    torch.testing.assert_close(fast, emb(sparse), rtol=1e-6, atol=1e-6)
+    for t in range(3):
+        deq = fused_to_float(emb.table_weights()[t], precision.bits, 16)
+        torch.testing.assert_close(fast[:, t], pooled_reference(deq, sparse[:, 4 * t:4 * t + 4]))
+    assert (fast[5] == 0).all()
+
+
 def test_multi_hot_fast_path_equals_general_path(tmp_path):
     ds = Dataset(make_tiny_dataset(tmp_path / "d", windows=1, rows=200, hotness=(4, 4, 4)))
     model = DLRM(model_config_for(ds.meta, TrainConfig(windows=(0,))))

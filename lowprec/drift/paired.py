@@ -35,6 +35,7 @@ from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.drift import stats
 from lowprec.evaluate import predict
 from lowprec.metrics import BinaryStats, score_bins
+from lowprec.model.dlrm import named_layers
 from lowprec.precision import Precision
 
 SPILL_DTYPE = np.dtype([("ref", "<f4"), ("cand", "<f4"), ("y", "u1")])
@@ -56,11 +57,7 @@ class PairedConfig:
 
 def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """Layer name (bottom.i / top.i) -> module, for the float DLRM and the quantized runtime."""
-    if hasattr(model, "linear_layers"):
-        return dict(model.linear_layers())
-    out = {f"bottom.{i}": m for i, m in enumerate(model.bottom)}
-    out.update({f"top.{i}": m for i, m in enumerate(model.top)})
-    return out
+    return named_layers(model.bottom, model.top)
 
 
 def representable_range(qparams: tuple[float, int]) -> tuple[float, float]:

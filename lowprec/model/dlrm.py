@@ -58,6 +58,13 @@ def dlrm_forward(bottom: nn.ModuleList, top: nn.ModuleList, pooled: torch.Tensor
     return mlp_forward(top, x, False, "top", record).squeeze(1)
 
 
+def named_layers(bottom: nn.ModuleList, top: nn.ModuleList) -> dict[str, nn.Module]:
+    """Name -> layer module, names as in DLRMConfig.layer_shapes() (bottom.i, then top.i)."""
+    out = {f"bottom.{i}": m for i, m in enumerate(bottom)}
+    out.update({f"top.{i}": m for i, m in enumerate(top)})
+    return out
+
+
 def trace(model: nn.Module, dense: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every tap of `dlrm_forward` plus the final logits, in forward order."""
     taps: dict[str, torch.Tensor] = {}
@@ -96,8 +103,5 @@ class DLRM(nn.Module):
         return dlrm_forward(self.bottom, self.top, self.pooled(sparse), dense,
                             self.config.table_names, record)
 
-    def linear_layers(self) -> dict[str, nn.Linear]:
-        """Name -> Linear, names as in DLRMConfig.layer_shapes()."""
-        out = {f"bottom.{i}": m for i, m in enumerate(self.bottom)}
-        out.update({f"top.{i}": m for i, m in enumerate(self.top)})
-        return out
+    def linear_layers(self) -> dict[str, nn.Module]:
+        return named_layers(self.bottom, self.top)
