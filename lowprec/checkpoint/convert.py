@@ -46,11 +46,13 @@ def table_rows_bytes(weight: torch.Tensor, choice: TableChoice,
     return fused_rows(weight.float(), p.bits, choice.range_method, row_weights)
 
 
-def check_table_finite(weight: torch.Tensor, what: str) -> None:
-    bad = ~torch.isfinite(weight)
-    if bad.any():
-        row = int(torch.nonzero(bad)[0][0])
-        raise InputError(f"{what}: row {row} holds NaN or Inf; fix the float model before converting")
+def check_table_finite(weight: torch.Tensor, what: str, chunk_rows: int = 1 << 16) -> None:
+    """InputError naming the first row with NaN/Inf; checks in row chunks to keep memory flat."""
+    for start in range(0, weight.shape[0], chunk_rows):
+        bad = ~torch.isfinite(weight[start:start + chunk_rows])
+        if bad.any():
+            row = start + int(torch.nonzero(bad)[0][0])
+            raise InputError(f"{what}: row {row} holds NaN or Inf; fix the float model before converting")
 
 
 def pad_dim(weight: torch.Tensor, key: str) -> torch.Tensor:

@@ -34,11 +34,13 @@ class TensorFileWriter:
         if any(e[0] == name for e in self.entries):
             raise ValueError(f"tensor {name!r} written twice")
         t = tensor.detach().contiguous().cpu()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
         spool_file = self.spool / f"{len(self.entries)}.bin"
-        spool_file.write_bytes(raw)
-        self.entries.append((name, _DTYPES[t.dtype], list(t.shape), spool_file, len(raw)))
-        return len(raw)
+        size = t.numel() * t.element_size()
+        with open(spool_file, "wb") as fh:  # straight from the tensor's buffer, no bytes copy
+            if size:
+                t.reshape(-1).view(torch.uint8).numpy().tofile(fh)
+        self.entries.append((name, _DTYPES[t.dtype], list(t.shape), spool_file, size))
+        return size
 
     def close(self) -> None:
         header: dict[str, object] = {"__metadata__": self.metadata} if self.metadata else {}

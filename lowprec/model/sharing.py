@@ -305,11 +305,15 @@ def link_shared(modules: nn.ModuleList, config: DLRMConfig) -> None:
 def load_table_module(config: DLRMConfig, index: int, get_tensor: Callable[[str], torch.Tensor]) -> nn.Module:
     """Rebuild logical table `index` from a DLRM state (tensor getter by name), shared array included."""
     tables = config.tables
-    module = build_table(tables[index], config.embedding_dim)
-    if not isinstance(module, RobeBag):
+    if parse_spec(tables[index].embedding)[0] != "robe":
+        # Built on the meta device and loaded with assign=True: the checkpoint's tensors become the
+        # parameters, so converting never holds a randomly initialised copy of the table as well.
+        with torch.device("meta"):
+            module = build_table(tables[index], config.embedding_dim)
         prefix = f"embeddings.{index}."
-        module.load_state_dict({k: get_tensor(prefix + k) for k in module.state_dict()})
+        module.load_state_dict({k: get_tensor(prefix + k) for k in module.state_dict()}, assign=True)
         return module
+    module = build_table(tables[index], config.embedding_dim)
     robe = [i for i, t in enumerate(tables) if parse_spec(t.embedding)[0] == "robe"]
     bags = [module if i == index else build_table(tables[i], config.embedding_dim) for i in robe]
     array = _robe_array(bags, init=False)
