@@ -69,7 +69,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
     save_calibration(calib, out / "calib.json", sha256_file(out / "model" / "model.safetensors"))
     result, summary = run_search(SearchRequest(
         model_dir=out / "model", data_dir=data, out=out / "plan.json", calib_windows="4", eval_windows="5-7",
-        max_ne_increase=cfg.max_ne_increase, max_auc_drop=cfg.max_auc_drop, sharing_ratios="4,16",
+        max_ne_increase=cfg.max_ne_increase, max_auc_drop=cfg.max_auc_drop, sharing_ratios="16",
         calib_path=str(out / "calib.json"), report_dir=str(out / "search")), stages)
     manifest = convert(out / "model", result.plan, out / "artifact", load_calibration(out / "calib.json"))
     outcome = drift_job.run(drift_job.DriftJob(
