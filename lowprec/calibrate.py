@@ -136,6 +136,7 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
     import json
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     side = counts_path(path)
     tmp = side.with_name("." + side.name + ".tmp")
     save_file({k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in calib["row_counts"].items()},

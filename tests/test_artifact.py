@@ -238,3 +238,11 @@ def test_multi_hot_fast_path_equals_general_path(tmp_path):
     for t in range(3):
         deq = fused_to_float(emb.table_weights()[t], 4, 16)
         torch.testing.assert_close(fast[:, t], pooled_reference(deq, sparse[:, 4 * t:4 * t + 4]))
+
+
+def test_calibrate_creates_the_output_directory(trained, tmp_path):
+    root, _ = trained
+    out = tmp_path / "new" / "dir" / "calib.json"
+    r = run("calibrate", "--model", root / "model", "--data", root / "data", "--windows", "2", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and (out.parent / "calib.counts.safetensors").is_file()

@@ -807,6 +807,7 @@ def compare_runs(mine: dict[str, Any], other_path: Path) -> dict[str, Any]:
     diffs = diff_numbers(strip_timing(mine["datasets"]), strip_timing(other["datasets"]))
     leaves = _count_leaves(strip_timing(mine["datasets"]))
     return {"kind": "full rerun", "other": str(other_path), "other_created": other["tool"]["created"],
+            "other_command": other["tool"]["command"], "other_minutes": round(other["tool"]["seconds"] / 60, 1),
             "compared_numbers": leaves, "differences": diffs[:50], "identical": not diffs}
 
 
@@ -1011,6 +1012,16 @@ def breakdown(ds: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _paras(lines: list[str]) -> list[str]:
+    """TEXT paragraphs as Markdown: a blank line after each one that is not a list item."""
+    out: list[str] = []
+    for line in lines:
+        out.append(line)
+        if not line.startswith("- "):
+            out.append("")
+    return out
+
+
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -1099,8 +1110,32 @@ def _summary_section(res: dict[str, Any], acc: dict[str, Any]) -> list[str]:
         L.append(f"- **{name}**: dense fp32 baseline AUC {dense['float']['auc']:.4f}, NE "
                  f"{dense['float']['ne']:.4f}, {_bytes(dense['variants']['fp32']['embedding_bytes'])} of tables. "
                  + _best_sentence(ds))
-    L += [""] + TEXT.get("summary", []) + [""]
+    facts = _speed_facts(res)
+    L += [""] + _paras([t.format(**facts) if facts else t for t in TEXT.get("summary", [])]) + [""]
     return L
+
+
+def _speed_facts(res: dict[str, Any]) -> dict[str, Any]:
+    """Numbers the speed paragraphs quote, from the JSON (timings differ from run to run)."""
+    sp = res.get("speed")
+    if not sp:
+        return {}
+    ms = {k: v["median"] for k, v in sp["ms_per_call"].items()}
+    exact = ms["exact torch runtime (RobeExact.exact_pooled)"]
+    tbe32, tbe_only = ms["aligned TBE fp32 (hash transform + TBE)"], ms["aligned: TBE lookup only, fp32"]
+    hash_ms = ms["aligned: hash transform only (tbe_inputs)"]
+    exact_hash = ms.get("exact: hash only (robe_offsets)", float("nan"))
+    syn = res["datasets"].get("synth", {"runs": []})["runs"]
+
+    def span(methods: tuple[str, ...]) -> str:
+        t = [r["seconds_train"] for r in syn if r["method"] in methods and "seconds_train" in r and r["group"] == "sweep"]
+        return f"{min(t):.0f}-{max(t):.0f}" if t else "?"
+
+    return {"exact_ms": exact, "tbe32_ms": tbe32, "tbe8_ms": ms["aligned TBE int8 (hash transform + TBE)"],
+            "speedup": exact / tbe32, "tbe_only_ms": tbe_only, "tbe_x": exact / tbe_only, "hash_ms": hash_ms,
+            "hash_share": 100 * hash_ms / tbe32, "ns_per_id": hash_ms * 1e6 / (sp["batch"] * sp["tables"]),
+            "exact_hash_ms": exact_hash, "gather_ms": exact - exact_hash,
+            "robe_train": span(("robe", "robe_exact")), "hq_train": span(("hash", "qr"))}
 
 
 def _best_sentence(ds: dict[str, Any]) -> str:
@@ -1142,7 +1177,7 @@ def _acceptance_section(res: dict[str, Any], acc: dict[str, Any]) -> list[str]:
               f"largest max |Δp| int8 vs float {w['max_abs_dprob_int8']:.5f} ({w['dataset']} {w['id']}), "
               f"largest |ΔAUC| {abs(wa['dauc_int8_vs_float']):.5f} ({wa['dataset']} {wa['id']}); fp32 artifacts "
               f"of exact forms: max |Δp| {max(b['max_abs_dprob_fp32'] for b in exact_forms):.2e}.", ""]
-    L += TEXT.get("check1", []) + [""]
+    L += _paras(TEXT.get("check1", [])) + [""]
     L += [f"**2. `--embedding robe:ratio=16` on MovieLens: AUC within {AUC_TOL} of dense, its int8 artifact "
           f"within {INT8_AUC_TOL}, `inspect` compression >= {MIN_COMPRESSION:g}x.** Drops are dense minus model "
           "(a negative drop means better than dense); DeLong is the paired test against the dense float model "
@@ -1157,7 +1192,7 @@ def _acceptance_section(res: dict[str, Any], acc: dict[str, Any]) -> list[str]:
                      "pass" if r["pass_compression"] else "FAIL"])
     L += md_table(["SPEC", "dense AUC", "float AUC (drop, p)", f"<= {AUC_TOL}", "int8 AUC (drop, p)",
                    f"<= {INT8_AUC_TOL}", "int8 compression", f">= {MIN_COMPRESSION:g}x"], rows)
-    L += TEXT.get("check2", []) + [""]
+    L += _paras(TEXT.get("check2", [])) + [""]
     L += ["**3. Post-training hot sharing of the MovieLens `movie` table at 8x keeps AUC within "
           f"{AUC_TOL} of dense.** Plan `{{\"tables\": {{\"movie\": {{\"precision\": P, \"sharing\": "
           "{\"kind\": \"hot\", \"ratio\": 8}}, \"*\": {\"precision\": P}}}` (other tables stay dense at P), "
@@ -1170,22 +1205,24 @@ def _acceptance_section(res: dict[str, Any], acc: dict[str, Any]) -> list[str]:
                      f"{h['compression']:.2f}x", "pass" if h["pass"] else "FAIL"])
     L += md_table(["run", "precision", "count windows", "hot", "AUC", "drop vs dense (p)", "NE",
                    "compression (all tables)", f"drop <= {AUC_TOL}"], rows)
-    L += TEXT.get("check3", []) + [""]
+    L += _paras(TEXT.get("check3", [])) + [""]
     L += ["**4. The numbers come back when the commands are rerun.**", ""]
     rep = res.get("reproducibility") or {}
     if not rep:
         L += ["Not checked in this run.", ""]
     for kind, r in rep.items():
         if kind == "full":
-            L += [f"- Full rerun ({r['other']}, made {r['other_created']}): {r['compared_numbers']} numbers "
-                  f"compared, {'all identical' if r['identical'] else str(len(r['differences'])) + ' differ'}."]
+            L += [f"- Full rerun `{r.get('other_command', r['other'])}` (made {r['other_created']}, "
+                  f"{r.get('other_minutes', '?')} min under heavier load) against this run: "
+                  f"{r['compared_numbers']} numbers compared (every metric, byte count, Δp, DeLong value of "
+                  f"every row), {'all identical' if r['identical'] else str(len(r['differences'])) + ' differ'}."]
             L += [f"  - {d}" for d in r["differences"][:10]]
         elif kind == "cli":
             for row in r["rows"]:
                 L += [f"- CLI rerun of `{row['dataset']}` `{row['id']}` ({', '.join(row['variants'])}) from its "
                       f"recorded commands in a fresh directory: "
                       f"{'AUC, NE and bytes identical' if row['identical'] else 'differs: ' + '; '.join(row['mismatches'])}."]
-    L += [""] + TEXT.get("check4", []) + [""]
+    L += [""] + _paras(TEXT.get("check4", [])) + [""]
     return L
 
 
@@ -1197,14 +1234,14 @@ def _meaning_section(res: dict[str, Any]) -> list[str]:
     for name, ds in res["datasets"].items():
         L += [f"**{name}**", ""]
         L += md_table(["method", "precision", f"within {AUC_TOL} of dense", "below the bar"], breakdown(ds))
-    L += TEXT.get("breakdown", []) + [""]
+    L += _paras(TEXT.get("breakdown", [])) + [""]
     return L
 
 
 def _speed_section(res: dict[str, Any]) -> list[str]:
     sp = res.get("speed")
     L = ["## Exact vs aligned ROBE", ""]
-    L += TEXT.get("exact_vs_aligned", []) + [""]
+    L += _paras(TEXT.get("exact_vs_aligned", [])) + [""]
     acc_rows = []
     for name, ds in res["datasets"].items():
         for rid_e, rid_a in ((f"robe_exact-{r}", f"robe-{r}") for r in res["settings"]["ratios"]):
@@ -1241,7 +1278,7 @@ def _speed_section(res: dict[str, Any]) -> list[str]:
         L += md_table(["method", "median ms", "IQR", "min - max", "exact / this"], rows)
         L += [f"Sanity: {'; '.join(f'{k} = {v:.2e}' for k, v in sp['checks'].items())}.", "",
               "![lookup time](hash_sharing_robe_speed.png)", ""]
-        L += TEXT.get("speed", []) + [""]
+        L += _paras([t.format(**_speed_facts(res)) for t in TEXT.get("speed", [])]) + [""]
     return L
 
 
@@ -1282,10 +1319,10 @@ def _dataset_section(name: str, ds: dict[str, Any]) -> list[str]:
               f"{noemb['float']['auc']:.4f}, NE {noemb['float']['ne']:.4f} (dotted grey line in the plots): "
               f"what the model knows without those tables. Command: `{_short(noemb['commands'][0], ds)}`, "
               "then eval as below.", ""]
-    L += ["Per model: the train command, then per precision P: `lowprec convert --model $W/models/ID "
-          "--precision P --out $W/artifacts/ID-P`, `lowprec inspect $W/artifacts/ID-P --json` (table bytes, "
-          "compression) and `lowprec eval --model $W/artifacts/ID-P --data $D --windows "
-          f"{ds['eval']} --json` (AUC, NE); the float row is `lowprec eval --model $W/models/ID ...`. "
+    L += [f"Per model: the train command, then per precision P: `lowprec convert --model $W/{name}/models/ID "
+          f"--precision P --out $W/{name}/artifacts/ID-P`, `lowprec inspect $W/{name}/artifacts/ID-P --json` "
+          f"(table bytes, compression) and `lowprec eval --model $W/{name}/artifacts/ID-P --data $D --windows "
+          f"{ds['eval']} --json` (AUC, NE); the float row is `lowprec eval --model $W/{name}/models/ID ...`. "
           "Hot sharing converts the dense model with a plan and the counts of "
           f"`{_short(dense['calibrations'][ds['calib']], ds)}`. Every row's full commands are in "
           "reports/hash_sharing.json (`commands`).", ""]
@@ -1345,12 +1382,12 @@ def _seeds_section(res: dict[str, Any]) -> list[str]:
                          f"{statistics.mean(paired):+.4f} (min {min(paired):+.4f})" if k != "dense" else "-"])
     L += md_table(["data", "model", "seeds", "float AUC mean ± sd", "int8 AUC mean ± sd", "int8 AUC range",
                    "paired Δ int8 AUC vs dense (worst seed)"], rows)
-    L += TEXT.get("seeds", []) + [""]
+    L += _paras(TEXT.get("seeds", [])) + [""]
     return L
 
 
 def _method_notes(res: dict[str, Any]) -> list[str]:
-    return ["## Method notes", ""] + TEXT.get("notes", []) + [""]
+    return ["## Method notes", ""] + _paras(TEXT.get("notes", [])) + [""]
 
 
 # Interpretation written after reading the committed JSON (a rerun reproduces it exactly: see check
@@ -1385,9 +1422,9 @@ TEXT: dict[str, list[str]] = {
         "and at extreme ratios each row averages so many ids that it becomes a population mean.",
         "- **Default (exact) ROBE does not deploy what it trained; aligned ROBE does.** Its artifact is a "
         "least-squares projection that moves predictions by up to 0.41 (MovieLens) and 0.77 (synthetic) "
-        "already at fp32; train with `align=1`. Aligned ROBE serves 2.0x faster than the exact torch "
-        "runtime, and the TBE lookup itself is 34x faster; lowprec's id hashing is now 80% of the aligned "
-        "serving time (see 'Exact vs aligned ROBE').",
+        "already at fp32; train with `align=1`. Aligned ROBE serves {speedup:.1f}x faster than the exact "
+        "torch runtime, and the TBE lookup itself is {tbe_x:.0f}x faster; lowprec's id hashing is now "
+        "{hash_share:.0f}% of the aligned serving time (see 'Exact vs aligned ROBE').",
         "- **Post-training hot sharing** needs no retraining and stays within 0.0003 AUC of dense at 16x "
         "on both data sets (all tables on MovieLens, the 8 big tables on synthetic); on MovieLens it "
         "falls at 4x like the trained methods.",
@@ -1428,7 +1465,8 @@ TEXT: dict[str, list[str]] = {
         "torch.set_num_threads(1)) and evaluates with the same batches and merge order as `lowprec eval`, "
         "so the numbers do not depend on `--jobs` or on job order. `--check` reruns the recorded CLI "
         "commands of four rows (two ROBE models, one hot-sharing conversion, one synthetic hash model) in a "
-        "fresh directory; `--compare-json` records a comparison against a second full run. Timings "
+        "fresh directory; `--compare-json` records a comparison against a second full run (here made by a "
+        "revision of this tool that differed only in report text and recorded command strings). Timings "
         "(`seconds*`, the speed section) are excluded: they are facts of a shared machine, not results.",
     ],
     "breakdown": [
@@ -1465,15 +1503,17 @@ TEXT: dict[str, list[str]] = {
         "train `align=1` (or realign and fine-tune); treat the exact form as a research setting.",
     ],
     "speed": [
-        "Exact torch runtime 8.1 ms against aligned TBE serving 4.0 ms (fp32) / 3.9 ms (int8) for the same "
-        "2048 x 26 lookups: 2.0x. The TBE kernel alone takes 0.24 ms, 34x less than the exact runtime; the "
-        "rest of aligned serving (3.3 ms, 80%) is lowprec's id transform: the Carter-Wegman hash mod "
-        "2^61-1 in int64 torch ops (~60 ns per id) plus assembling TBE indices. The exact runtime is its "
-        "own hashing (2.4 ms) plus gathering 16 scalars per id through `embedding_bag` over an (|M|, 1) "
-        "view (~5.7 ms). The training module costs the same aligned or not (`RobeBag` always gathers "
-        "element-wise), which is why ROBE trains 2-3x slower than hash/QR (synthetic jobs 39-76 s vs "
-        "17-26 s). The IQRs are within about +-6% of the medians except for the sub-millisecond TBE-only "
-        "call (0.22-0.29 ms); the machine was shared (load average ~3 on 2 cores).",
+        "Exact torch runtime {exact_ms:.1f} ms against aligned TBE serving {tbe32_ms:.1f} ms (fp32) / "
+        "{tbe8_ms:.1f} ms (int8) for the same 2048 x 26 lookups: {speedup:.1f}x. The TBE kernel alone takes "
+        "{tbe_only_ms:.2f} ms, {tbe_x:.0f}x less than the exact runtime. {hash_ms:.1f} ms ({hash_share:.0f}%) "
+        "of aligned serving is lowprec's id transform (the Carter-Wegman hash mod 2^61-1 in int64 torch ops, "
+        "~{ns_per_id:.0f} ns per id, plus assembling the TBE indices); the remainder is slicing the TBE "
+        "output back into tables. The exact runtime "
+        "is its own hashing ({exact_hash_ms:.1f} ms) plus gathering 16 scalars per id through "
+        "`embedding_bag` over an (|M|, 1) view (~{gather_ms:.1f} ms). The training module costs the same "
+        "aligned or not (`RobeBag` always gathers element-wise), which is why ROBE trains ~3x slower than "
+        "hash/QR (synthetic training {robe_train} s per ROBE model vs {hq_train} s for hash/QR). Spread: "
+        "the interquartile ranges are in the table; the machine was shared with other jobs.",
     ],
     "seeds": [
         "MovieLens: every 16x shared model beats the dense model of the same seed on every seed, and hot "
@@ -1556,7 +1596,8 @@ def main(argv: list[str] | None = None) -> int:
     write_report(res, out_dir)
     json_path.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {json_path} and {out_dir / 'hash_sharing.md'}"
-          + (f" in {res['tool']['seconds'] / 60:.1f} min" if not (args.report_only or args.check) else ""))
+          + (f" in {res['tool']['seconds'] / 60:.1f} min" if not (args.report_only or args.check
+                                                                  or args.compare_json) else ""))
     return 0
 
 
