@@ -216,6 +216,10 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         plan = plan_from_options(chosen, rm, {})
         return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update)
 
+    if cfg.objective == "latency" and cost is None:
+        from lowprec.search.latency import measure_costs
+
+        cost = measure_costs(emulator, items, rm)
     best, rounds = refine(items, sens, cfg, cost, check)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
@@ -232,6 +236,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         "layer_bytes": total_bytes(chosen, "layer"),
         "windows": {"calibration": list(cfg.calib_windows), "evaluation": list(cfg.eval_windows)},
         "objective": cfg.objective,
+        "predicted_latency_us": sum(cost[o.key] for o in chosen.values()) if cost else None,
         "evaluations": evaluations,
         "rounds": len(rounds),
     }

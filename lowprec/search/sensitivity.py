@@ -108,13 +108,18 @@ class Emulator:
             self._forms[option.key] = quantize_form(weight, choice, counts)
         return self._forms[option.key]
 
+    def table_module(self, option: Option, range_method: str) -> nn.Module:
+        """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D))."""
+        t = self.names.index(option.name)
+        hot = self.model.config.tables[t].hotness
+        return embeddings_from_forms(self.model.config.embedding_dim, [(option.name, hot)],
+                                     [self.table_form(option, range_method)])
+
     @torch.inference_mode()
     def table_pooled(self, option: Option, range_method: str) -> list[torch.Tensor]:
         if option.key not in self._pooled:
             t = self.names.index(option.name)
-            hot = self.model.config.tables[t].hotness
-            emb = embeddings_from_forms(self.model.config.embedding_dim, [(option.name, hot)],
-                                        [self.table_form(option, range_method)])
+            emb = self.table_module(option, range_method)
             self._pooled[option.key] = [emb(b.sparse[t])[:, 0] for b in self.cache.batches]
         return self._pooled[option.key]
 

@@ -166,3 +166,14 @@ def test_recipe_values_and_label_windows(setup, tmp_path):
         resolve_windows("label:1999", ds.meta, "evaluate")
     for recipe in ("movielens", "synthetic", "criteo-kaggle"):
         assert load_recipe(f"calibration/{recipe}.toml")["windows"]["calibrate"]
+
+
+def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkeypatch):
+    root, ds, model, calib = setup
+    monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(), objective="latency")
+    result = search_run.search(root / "model", model, ds, cfg, calib)
+    cached = json.loads((tmp_path / "cache" / "latency.json").read_text())
+    assert len(cached) == sum(len(v) for v in result.items.values())
+    assert all(v > 0 for v in cached.values())
+    assert result.plan.meta["predicted_latency_us"] > 0 and result.validation.fits(0.001, 0.001)
