@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -63,7 +64,7 @@ NOTES = [
     "`lowprec/quant/range_search.py`.",
     "- ATen's optimized path is a greedy L2 walk (200 bins, up to 16% of the range) run "
     "row by row in one thread; lowprec uses torch's intra-op threads (the 1-thread row is the "
-    "like-for-like comparison). At these table sizes (>= 2**26 values) the l2 search runs its "
+    "like-for-like comparison). At these table sizes (>= 2**25 values) the l2 search runs its "
     "error passes through torch.compile (backend 'auto'); the one-off compile happens in the "
     "untimed warm-up call and is part of the RSS growth. The machine is shared with other "
     "jobs (load average above): wall-clock numbers move with the load, MB per CPU-second much less.",
@@ -274,7 +275,8 @@ def main() -> None:
         return worker(args)
     if args.sweep:
         return sweep_worker(args)
-    command = " ".join(["python tools/bench_quantize.py", *sys.argv[1:]])
+    interp = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    command = shlex.join([interp, sys.argv[0], *sys.argv[1:]]) + "   # from the repository root"
     load0 = os.getloadavg()
     rows = []
     for table in TABLES:

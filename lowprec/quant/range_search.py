@@ -15,8 +15,9 @@ L2 search: minimise E(lo, hi) = sum_j (q_j s + b - x_j)^2 per row, with the fp16
 that are actually stored. Vectorised over rows (no Python loop over rows), in chunks of ~1M
 values that stay in cache:
 
-1. candidates: E at lo = min + a R, hi = max - c R for a small grid of cuts (a, c) (R = max - min,
-   `RangeSearchConfig.for_bits`); (0, 0) is FBGEMM's min/max. Keep the best per row.
+1. candidates: E at lo = min + a R, hi = max - c R for a small set of cuts (a, c) (R = max - min;
+   6 pairs from {0, 2%, 4%}^2 at int4 for rows up to 64 values, see `RangeSearchConfig.for_bits`);
+   (0, 0) is FBGEMM's int4/int2 min/max. Keep the best per row.
 2. refine: alternating least squares (Lloyd) from the best candidate. With codes q fixed, E is a
    quadratic in (s, b) minimised by the line fit x ~ s q + b: s = cov(q, x) / var(q),
    b = mean(x) - s mean(q). Each step is over-relaxed (w = 1.5), rounded to fp16, the codes are
@@ -69,6 +70,20 @@ def codes_into(x: Tensor, sub: Tensor, mul: Tensor, bits: int, out: Tensor) -> T
     return out.clamp_(0, levels(bits))
 
 
+def pack_float_codes(q: Tensor, bits: int) -> Tensor:
+    """Integer-valued float codes [rows, dim] -> uint8 [rows, dim * bits / 8], low bits first.
+
+    Element i of a row goes to byte i // (8 / bits) at bit (i % (8 / bits)) * bits; the byte is
+    formed in float (exact below 256) so only a quarter/half of the values are converted.
+    """
+    per = 8 // bits
+    grouped = q.view(q.shape[0], q.shape[1] // per, per)
+    acc = grouped[..., 0] if per == 1 else torch.add(grouped[..., 0], grouped[..., 1], alpha=1 << bits)
+    for i in range(2, per):
+        acc.add_(grouped[..., i], alpha=1 << (bits * i))
+    return acc.to(torch.int32).to(torch.uint8)  # float -> int32 -> uint8 is ~2x faster than direct
+
+
 @dataclass(frozen=True)
 class RangeSearchConfig:
     """Knobs of the L2 range search; `for_bits` gives the measured defaults.
@@ -82,6 +97,7 @@ class RangeSearchConfig:
     refine_steps: int = 2  # least-squares refinement steps after the candidates
     relaxation: float = 1.5  # over-relaxation w of each refinement step (1 = plain Lloyd)
     chunk_elems: int = 1 << 20  # elements per chunk (working set of a few MB stays in cache)
+    backend: str = "auto"  # "eager", "compile" (torch.compile'd error passes) or "auto": `_Kernels`
 
     def __post_init__(self) -> None:
         cands = self.candidates
@@ -91,6 +107,8 @@ class RangeSearchConfig:
             raise ValueError(f"candidate cuts must be >= 0 and leave a non-empty range, got {cands}")
         if self.refine_steps < 0 or not 0.0 < self.relaxation < 2.0 or self.chunk_elems < 1:
             raise ValueError(f"invalid RangeSearchConfig: {self}")
+        if self.backend not in ("auto", "eager", "compile"):
+            raise ValueError(f"backend must be 'auto', 'eager' or 'compile', got {self.backend!r}")
 
     @classmethod
     def grid(cls, cuts: tuple[float, ...], **kw) -> RangeSearchConfig:
@@ -129,42 +147,107 @@ def _error(x: Tensor, s: Tensor, b: Tensor, bits: int, buf: tuple[Tensor, ...], 
     return torch.linalg.vector_norm(t.sub_(q), dim=1, keepdim=True).square_()
 
 
-def _refit(moments, s: Tensor, b: Tensor, resid: Tensor, q: Tensor, w: float):
-    """One over-relaxed least-squares step for (s, b), given the codes q left by `_error`.
+def _fused_grid(x: Tensor, bias: Tensor, inv: Tensor, top: float) -> Tensor:
+    """[K, rows] sum_j (t - q)^2 of every candidate in one pass (compiled by torch.compile)."""
+    t = (x.unsqueeze(0) - bias.unsqueeze(2)) * inv.unsqueeze(2)
+    return (t - t.clamp(0.0, top).round()).square().sum(2)
+
+
+def _fused_step(x: Tensor, b: Tensor, inv: Tensor, top: float) -> tuple[Tensor, Tensor, Tensor]:
+    """sum (t - q)^2, sum q, sum q^2 per row for one (s, b) in one pass (compiled)."""
+    t = (x - b) * inv
+    q = t.clamp(0.0, top).round()
+    return (t - q).square().sum(1, keepdim=True), q.sum(1, keepdim=True), q.square().sum(1, keepdim=True)
+
+
+class _Kernels:
+    """The two passes over the rows the search makes, eager or torch.compile'd.
+
+    The compiled versions fuse each candidate's 5 passes into one (the search runs ~1.8x faster)
+    but cost a one-off compile per process (~5 s with torch's disk cache warm, 10-20 s cold) and
+    sum in another order, so near-tie rows may pick another, equally good range. "auto" compiles
+    only for tables of >= 2**25 values (128 MB of fp32): small tables and tests stay eager. The
+    compiled code holds no fp16 casts (torch.compile drops float -> half -> float round trips):
+    every fp16 rounding, and the final codes, stay eager.
+    """
+
+    _compiled: dict[str, object] = {}
+    _failed = False
+
+    def __init__(self, backend: str, numel: int):
+        self.fused = (backend == "compile" or (backend == "auto" and numel >= 1 << 25)) and self._ready()
+
+    @classmethod
+    def _ready(cls) -> bool:
+        if not cls._compiled and not cls._failed:
+            try:
+                cls._compiled = {f.__name__: torch.compile(f, dynamic=True) for f in (_fused_grid, _fused_step)}
+            except Exception as exc:  # noqa: BLE001 - any compiler problem falls back to eager
+                cls._fail(exc)
+        return not cls._failed
+
+    @classmethod
+    def _fail(cls, exc: Exception) -> None:
+        import warnings
+
+        cls._failed = True
+        warnings.warn(f"torch.compile unavailable for the L2 range search, using eager ops: {exc}", stacklevel=3)
+
+    def grid(self, x, bias, scale, bits, cfg, buf) -> Tensor:
+        if self.fused:
+            try:
+                return self._compiled["_fused_grid"](x, bias, torch.reciprocal(scale), float(levels(bits)))
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+                self.fused = False
+        err = x.new_empty(len(cfg.candidates), x.shape[0])
+        prev = None
+        for k, (a, _) in enumerate(cfg.candidates):
+            err[k] = _error(x, scale[k].unsqueeze(1), bias[k].unsqueeze(1), bits, buf, a == prev)[:, 0]
+            prev = a
+        return err
+
+    def step(self, x, s, b, bits, buf) -> tuple[Tensor, Tensor, Tensor]:
+        if self.fused:
+            try:
+                return self._compiled["_fused_step"](x, b, torch.reciprocal(s), float(levels(bits)))
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+                self.fused = False
+        resid = _error(x, s, b, bits, buf, False)
+        q = buf[2]
+        return resid, q.sum(1, keepdim=True), torch.linalg.vector_norm(q, dim=1, keepdim=True).square_()
+
+
+def _refit(moments, s: Tensor, b: Tensor, sums: tuple[Tensor, Tensor, Tensor], w: float):
+    """One over-relaxed least-squares step for (s, b), given sum (t - q)^2, sum q, sum q^2.
 
     With codes fixed, E is minimised by the line fit t ~ alpha q + beta in t = (x - b) / s units.
-    sum t and sum t^2 follow from the row moments and sum t q = (sum t^2 + sum q^2 - resid) / 2,
-    so only sum q and sum q^2 need a pass over the codes.
+    Means over the row: E[t] and E[t^2] follow from the row moments, and
+    E[t q] = (E[t^2] + E[q^2] - resid / n) / 2, so only sum q and sum q^2 need a pass over q.
     """
-    n, mean, m2 = moments
+    n, mean, var = moments  # var = E[(x - mean)^2]
+    resid, sum_q, sum_qq = sums
     inv = torch.reciprocal(s)
-    sum_q = q.sum(1, keepdim=True)
-    sum_qq = torch.linalg.vector_norm(q, dim=1, keepdim=True).square_()
-    sum_t = (mean - b).mul_(inv * n)
-    sum_tt = (m2 + n * (mean - b).square_()).mul_(inv * inv)
-    cov = (sum_tt + sum_qq - resid) / 2 - sum_t * sum_q / n
-    var_q = sum_qq - sum_q * sum_q / n
-    ok = var_q > 0
-    alpha = cov / torch.where(ok, var_q, 1.0)
-    beta = (sum_t - alpha * sum_q) / n
-    new_s = fp16_round(s + w * (s * alpha - s))
-    new_b = fp16_round(b + w * (s * beta))
-    ok &= torch.isfinite(new_s) & torch.isfinite(new_b) & (new_s != 0)
+    m_q, m_qq = sum_q / n, sum_qq / n
+    m_t = (mean - b).mul_(inv)
+    m_tt = (var * inv * inv).add_(m_t * m_t)
+    var_q = m_qq - m_q * m_q
+    cov = (m_tt + m_qq - resid / n).mul_(0.5).sub_(m_t * m_q)
+    alpha = cov / var_q  # inf/nan where all codes are equal: rejected below
+    new_s = fp16_round(s * (1 + w * (alpha - 1)))
+    new_b = fp16_round(b + w * s * (m_t - alpha * m_q))
+    ok = torch.isfinite(new_s * new_b) & (new_s != 0) & (var_q > 0)
     return torch.where(ok, new_s, s), torch.where(ok, new_b, b)
 
 
-def _candidates(x, lo0, hi0, bits, cfg, buf) -> tuple[Tensor, ...]:
+def _candidates(x, lo0, hi0, bits, cfg, buf, kernels: _Kernels) -> tuple[Tensor, ...]:
     """Errors of every candidate range; returns (scale, bias, err) of the best and err of (0, 0)."""
     cuts = torch.tensor(cfg.candidates, dtype=torch.float32)
     lo0, hi0 = lo0.reshape(1, -1), hi0.reshape(1, -1)  # candidates along dim 0: [K, rows]
     rng = hi0 - lo0
     scale, bias = qparams_from_range(lo0 + cuts[:, :1] * rng, hi0 - cuts[:, 1:] * rng, bits)
-    err = x.new_empty(len(cfg.candidates), x.shape[0])
-    prev = None
-    for k, (a, _) in enumerate(cfg.candidates):
-        s_k = scale[k].unsqueeze(1)
-        err[k] = _error(x, s_k, bias[k].unsqueeze(1), bits, buf, a == prev).mul_(s_k * s_k)[:, 0]
-        prev = a
+    err = kernels.grid(x, bias, scale, bits, cfg, buf).mul_(scale * scale)
     best = _argmin_dim0(err)
     pick = [t.gather(0, best).reshape(-1, 1) for t in (scale, bias, err)]
     return (*pick, err[0].reshape(-1, 1))
@@ -181,25 +264,24 @@ def _argmin_dim0(err: Tensor) -> Tensor:
     return tagged.amin(0, keepdim=True).bitwise_and_(15).long()
 
 
-def _search_chunk(x, lo0, hi0, bits, cfg, buf, codes) -> tuple[Tensor, ...]:
-    """Best (scale, bias, err) and min/max err [rows, 1] for one chunk; the codes go to `codes`."""
-    best_s, best_b, best_e, err_mm = _candidates(x, lo0, hi0, bits, cfg, buf)
+def _search_chunk(x, lo0, hi0, bits, cfg, buf, packed, kernels: _Kernels) -> tuple[Tensor, ...]:
+    """Best (scale, bias, err) and min/max err [rows, 1] for one chunk; its codes go to `packed`."""
+    best_s, best_b, best_e, err_mm = _candidates(x, lo0, hi0, bits, cfg, buf, kernels)
     if cfg.refine_steps:
         n = x.shape[1]
         mean = x.sum(1, keepdim=True).div_(n)  # torch.var_mean over dim 1 is ~20x slower
-        m2 = torch.linalg.vector_norm(torch.sub(x, mean, out=buf[0]), dim=1, keepdim=True).square_()
-        moments = (n, mean, m2)
+        var = torch.linalg.vector_norm(torch.sub(x, mean, out=buf[0]), dim=1, keepdim=True).square_().div_(n)
+        moments = (n, mean, var)
         s, b = best_s, best_b
-        codes_into(x, b, torch.reciprocal(s), bits, buf[2])  # its error is known: best_e
-        resid = best_e / (s * s)
+        sums = kernels.step(x, s, b, bits, buf)
         for _ in range(cfg.refine_steps):
-            s, b = _refit(moments, s, b, resid, buf[2], cfg.relaxation)
-            resid = _error(x, s, b, bits, buf, False)
+            s, b = _refit(moments, s, b, sums, cfg.relaxation)
+            sums = kernels.step(x, s, b, bits, buf)
+            resid = sums[0]
             better = resid * s * s < best_e
             best_e = torch.where(better, resid * s * s, best_e)
             best_s, best_b = torch.where(better, s, best_s), torch.where(better, b, best_b)
-    q = codes_into(x, best_b, torch.reciprocal(best_s), bits, buf[1])
-    codes.copy_(q.to(torch.int32))  # float -> int32 -> uint8 is ~2x faster than float -> uint8
+    packed.copy_(pack_float_codes(codes_into(x, best_b, torch.reciprocal(best_s), bits, buf[1]), bits))
     return best_s, best_b, best_e, err_mm
 
 
@@ -210,29 +292,37 @@ class SearchResult(NamedTuple):
     bias: Tensor
     err: Tensor
     err_minmax: Tensor
-    codes: Tensor  # uint8 [rows, dim], FBGEMM's rounding rule for (scale, bias)
+    packed: Tensor  # uint8 [rows, dim * bits / 8]: FBGEMM's codes for (scale, bias), packed
 
 
 def search_ranges(
-    x: Tensor, bits: int, cfg: RangeSearchConfig | None = None, lo: Tensor | None = None, hi: Tensor | None = None
+    x: Tensor,
+    bits: int,
+    cfg: RangeSearchConfig | None = None,
+    lo: Tensor | None = None,
+    hi: Tensor | None = None,
+    packed: Tensor | None = None,
 ) -> SearchResult:
     """L2 search over rows of finite float32 `x` [rows, dim] (row min/max may be passed in).
 
     err and err_minmax are the (fp32, approximate) squared errors of the chosen qparams and of
-    FBGEMM's min/max qparams.
+    FBGEMM's min/max qparams. The packed codes are written to `packed` if given (it may be a
+    strided view, e.g. the code bytes of fused rows).
     """
     rows, dim = x.shape
     cfg = cfg or RangeSearchConfig.for_bits(bits, dim)
     lo = x.amin(1, keepdim=True) if lo is None else lo
     hi = x.amax(1, keepdim=True) if hi is None else hi
     out = [x.new_empty(rows, 1) for _ in range(4)]
-    codes = torch.empty(rows, dim, dtype=torch.uint8)
+    if packed is None:
+        packed = torch.empty(rows, dim * bits // 8, dtype=torch.uint8)
     step = max(1, cfg.chunk_elems // dim)
     buf = tuple(x.new_empty(min(step, rows), dim) for _ in range(3))
+    kernels = _Kernels(cfg.backend, x.numel())
     for i in range(0, rows, step):
         n = min(step, rows - i)
         chunk = (x[i : i + n], lo[i : i + n], hi[i : i + n])
-        parts = _search_chunk(*chunk, bits, cfg, tuple(t[:n] for t in buf), codes[i : i + n])
+        parts = _search_chunk(*chunk, bits, cfg, tuple(t[:n] for t in buf), packed[i : i + n], kernels)
         for dst, src in zip(out, parts):
             dst[i : i + n] = src
-    return SearchResult(*out, codes)
+    return SearchResult(*out, packed)

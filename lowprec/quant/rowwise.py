@@ -37,6 +37,7 @@ from lowprec.quant.range_search import (
     codes_into,
     fp16_round,
     levels,
+    pack_float_codes,
     qparams_from_range,
     search_ranges,
 )
@@ -104,7 +105,9 @@ def rowwise_qparams_l2(
 ) -> tuple[Tensor, Tensor]:
     """(scale, bias) float16 [rows] minimising each row's L2 error; see `fused_rows` for weights."""
     _check_bits(bits, INT_BITS)
-    enc, _ = _encode_l2(_as_rows(x), bits, weights, config)
+    x = _as_rows(x)
+    codes = torch.empty(x.shape[0], x.shape[1] * bits // 8, dtype=torch.uint8)
+    enc = _encode_l2(x, bits, weights, config, codes)
     return enc.scale[:, 0].half(), enc.bias[:, 0].half()
 
 
@@ -190,11 +193,15 @@ def fused_rows(
     x = _as_rows(x)
     if bits in (32, 16):
         return _fused_float(x, bits)
+    out = torch.empty(x.shape[0], fused_row_bytes(x.shape[1], bits), dtype=torch.uint8)
+    codes = out[:, _SB_BYTES:]  # packed codes are written straight into the rows
     if method == "minmax":
         enc = _encode_minmax(x, bits)
-        return _assemble(enc, _pack(_codes(x, bits, enc), bits))
-    enc, codes = _encode_l2(x, bits, weights, config)
-    return _assemble(enc, _pack(codes, bits))
+        _packed_codes(x, bits, enc, codes)
+    else:
+        enc = _encode_l2(x, bits, weights, config, codes)
+    out[:, :_SB_BYTES] = torch.cat((enc.scale, enc.bias), 1).half().view(torch.uint8)
+    return out
 
 
 def fused_to_float(fused: Tensor, bits: int, dim: int) -> Tensor:
@@ -278,47 +285,47 @@ def _encode_minmax(x: Tensor, bits: int, ranges: tuple[Tensor, Tensor] | None = 
     return _check_fp16(_Encoding(scale, bias, bias, torch.reciprocal(scale)))
 
 
-def _encode_l2(x: Tensor, bits: int, weights: Tensor | None, cfg: RangeSearchConfig | None):
-    """(encoding, codes uint8 [rows, dim]) of the L2 search, min/max on zero-weight rows."""
+def _encode_l2(x: Tensor, bits: int, weights: Tensor | None, cfg: RangeSearchConfig | None, codes: Tensor):
+    """Encoding of the L2 search (min/max on rows with zero weight); packed codes go to `codes`."""
     lo, hi = _row_ranges(x)
     minmax = _encode_minmax(x, bits, (lo, hi))
     active = _active_rows(weights, x.shape[0])
-    if active is not None and active.numel() == 0:
-        return minmax, _codes(x, bits, minmax)
     if active is not None:
-        codes = _codes(x, bits, minmax)
+        _packed_codes(x, bits, minmax, codes)
+        if active.numel() == 0:
+            return minmax
         x, mm, lo, hi = x.index_select(0, active), minmax.take(active), lo[active], hi[active]
     else:
         mm = minmax
-    res = search_ranges(x, bits, cfg, lo, hi)
+    res = search_ranges(x, bits, cfg, lo, hi, packed=codes if active is None else None)
     found = _Encoding(res.scale, res.bias, res.bias, torch.reciprocal(res.scale))
     revert = _guard(x, bits, found, mm, res.err, res.err_minmax)
     found = found.put(revert, mm.take(revert))
-    res.codes[revert] = _codes(x.index_select(0, revert), bits, mm.take(revert))
+    res.packed[revert] = _packed_codes(x.index_select(0, revert), bits, mm.take(revert))
     if active is None:
-        return found, res.codes
-    codes[active] = res.codes
-    return minmax.put(active, found), codes
+        return found
+    codes[active] = res.packed
+    return minmax.put(active, found)
 
 
 def _guard(x: Tensor, bits: int, found: _Encoding, mm: _Encoding, err: Tensor, err_mm: Tensor) -> Tensor:
     """Indices of rows where min/max is not worse than `found`, near-ties decided exactly.
 
-    The search ranks candidates with an fp32 approximation of the error, within ~1e-4 relative
-    of the exact error when |bias| <= 100 |scale|. Rows within 0.1% of min/max, or with a larger
-    bias, are re-scored exactly. int8 min/max has codes of its own, so its error is recomputed.
+    The search scores rows with an fp32 approximation of the error. While |bias| <= 200 |scale|,
+    it is within 1e-4 per value (in units of scale^2) and 4e-4 relative of the exact error, so
+    rows clear of min/max by 0.1% plus that slack are safe; the rest are re-scored exactly.
+    int8 min/max has codes of its own (FBGEMM's recipe), so its error is recomputed first.
     """
     if bits == 8:
         err_mm = _row_err(x, bits, mm, exact=False)
     same = (found.scale == mm.scale) & (found.bias == mm.bias) & (bits != 8)
-    slack = 1e-4 * x.shape[1] * mm.scale * mm.scale
-    unsure = (err >= 0.999 * err_mm - slack) | (mm.bias.abs() > 100 * mm.scale.abs())
+    slack = 2e-4 * x.shape[1] * mm.scale * mm.scale
+    unsure = (err >= 0.999 * err_mm - slack) | (mm.bias.abs() > 200 * mm.scale.abs())
     revert = same[:, 0].clone()
     check = (unsure & ~same)[:, 0].nonzero()[:, 0]
-    if check.numel():
-        xc = x.index_select(0, check)
-        enc_mm, enc_found = mm.take(check), found.take(check)
-        revert[check] = (_row_err(xc, bits, enc_mm, exact=True) <= _row_err(xc, bits, enc_found, exact=True))[:, 0]
+    for block in check.split(1 << 16):  # bounded memory when many rows need a look
+        xc, enc_mm, enc_found = x.index_select(0, block), mm.take(block), found.take(block)
+        revert[block] = (_row_err(xc, bits, enc_mm, exact=True) <= _row_err(xc, bits, enc_found, exact=True))[:, 0]
     return revert.nonzero()[:, 0]
 
 
@@ -358,10 +365,15 @@ def _codes(x: Tensor, bits: int, enc: _Encoding) -> Tensor:
     return out
 
 
-def _assemble(enc: _Encoding, packed: Tensor) -> Tensor:
-    out = torch.empty(packed.shape[0], _SB_BYTES + packed.shape[1], dtype=torch.uint8)
-    out[:, :_SB_BYTES] = torch.cat((enc.scale, enc.bias), 1).half().view(torch.uint8)
-    out[:, _SB_BYTES:] = packed
+def _packed_codes(x: Tensor, bits: int, enc: _Encoding, out: Tensor | None = None) -> Tensor:
+    """Codes of `enc` for x, packed as the TBE stores them, into `out` [rows, dim * bits / 8]."""
+    if out is None:
+        out = torch.empty(x.shape[0], x.shape[1] * bits // 8, dtype=torch.uint8)
+    step = max(1, _CHUNK_ELEMS // x.shape[1])
+    buf = torch.empty(min(step, x.shape[0]), x.shape[1])
+    for i in range(0, x.shape[0], step):
+        xc, part = x[i : i + step], enc.take(slice(i, i + step))
+        out[i : i + step] = pack_float_codes(codes_into(xc, part.sub, part.mul, bits, buf[: xc.shape[0]]), bits)
     return out
 
 

@@ -237,6 +237,20 @@ def test_l2_reduces_error_on_realistic_tables(bits, most):
         assert err_l2 < most * err_mm
 
 
+def test_compiled_search_matches_eager_quality():
+    """backend='compile' (torch.compile'd error passes) keeps every guarantee of the eager path."""
+    x, heavy = _gaussian_and_heavy(rows=3000)
+    for t in (x, heavy):
+        base = RangeSearchConfig.for_bits(4, 64)
+        eager = fused_rows(t, 4, "l2", config=RangeSearchConfig(base.candidates, backend="eager"))
+        compiled = fused_rows(t, 4, "l2", config=RangeSearchConfig(base.candidates, backend="compile"))
+        err_c, err_e = row_errors(compiled, t.numpy(), 4), row_errors(eager, t.numpy(), 4)
+        assert np.all(err_c <= row_errors(fused_rows(t, 4), t.numpy(), 4) * (1 + 1e-12))
+        assert abs(err_c.sum() / err_e.sum() - 1) < 1e-3  # only near-ties may differ
+    with pytest.raises(ValueError, match="backend"):
+        RangeSearchConfig(base.candidates, backend="jit")
+
+
 def test_zero_weight_rows_use_minmax():
     x, _ = _gaussian_and_heavy(rows=200)
     weights = torch.zeros(200)
