@@ -34,7 +34,7 @@ from lowprec.report import Doc
 from lowprec.search.run import SearchConfig, search
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget
-from lowprec.search.space import SearchSpace, options_for
+from lowprec.search.space import SearchSpace
 from lowprec.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]

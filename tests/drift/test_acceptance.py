@@ -10,37 +10,20 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from click.testing import CliRunner
 
 from helpers import SHARED_DATA
-from lowprec.cli import main
 from lowprec.drift.store import DriftStore
 from lowprec.fileio import sha256_file
 
+from .conftest import cli, last_json
+
 ROWS = 10_000
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def ok(*args):
     r = cli(*args)
     assert r.exit_code == 0, r.output
     return r
-
-
-def last_json(result):
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ import time
 import tracemalloc
 from pathlib import Path
 
+
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from helpers import make_tiny_dataset
 from lowprec.checkpoint.load import load_model
-from lowprec.cli import main
 from lowprec.data.dataset import Dataset, DatasetWriter, SparseFeature
 from lowprec.drift.paired import PairedConfig, evaluate_window
 from lowprec.drift.store import DriftStore
@@ -28,22 +27,7 @@ from lowprec.metrics import score_bins
 
 from .test_stats import brute_delong
 
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def last_json(result):
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: torch's intra-op threads only add contention here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from .conftest import cli, last_json
 
 
 @pytest.fixture(scope="module")
