@@ -24,7 +24,7 @@ from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.metrics import BinaryStats
 from lowprec.model.deploy import post_training_form
-from lowprec.model.dlrm import DLRM, interact, split_sparse
+from lowprec.model.dlrm import DLRM, dlrm_forward, interact, split_sparse
 from lowprec.model.quantized import Int8Linear
 from lowprec.plan import TableChoice
 from lowprec.precision import Precision
@@ -56,8 +56,8 @@ class FloatCache:
             hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: taps.__setitem__(n, a[0]))
                      for n, m in layers.items()]
             try:
-                pooled = model.pooled(batch.sparse)
-                model(batch.dense, batch.sparse)
+                pooled = model.pooled(batch.sparse)  # looked up once, reused by the forward
+                dlrm_forward(model.bottom, model.top, pooled, batch.dense, model.config.table_names)
             finally:
                 for h in hooks:
                     h.remove()
