@@ -17,7 +17,7 @@ from typing import Any, Callable
 from lowprec.fileio import atomic_dir, atomic_write_text
 from lowprec.report import Doc
 
-Stages = Callable[[str, int | None], Callable[[int], Any]]
+Stages = Callable[..., Callable[[int], Any]]  # (name, total[, unit]) -> update(n)
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,13 @@ class DemoConfig:
     max_auc_drop: str = "0.001"
 
 
-def _stage_progress(stages: Stages | None):
-    """Adapters from one `stages(name, total)` callback to each library's progress signature."""
-    def synth(name: str, total: int | None, unit: str) -> Callable[[int], Any]:
-        return stages(f"synth {name}", total) if stages else (lambda n: None)
-
+def _drift_progress(stages: Stages | None):
+    """The drift job takes `progress(desc, rows)` as a context manager; adapt `stages` to it."""
     @contextlib.contextmanager
     def drift(desc: str, rows: int):
         yield stages(desc, rows) if stages else (lambda n: None)
 
-    return synth, drift
+    return drift
 
 
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | None = None) -> dict[str, Any]:
@@ -56,11 +53,11 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    synth_progress, drift_progress = _stage_progress(stages)
+    drift_progress = _drift_progress(stages)
     data = out / "data"
     with atomic_dir(data) as tmp:
         generate(SynthConfig(cfg.windows, cfg.rows_per_window, cfg.seed, 0.001, cfg.drift, cfg.drift_start),
-                 tmp, progress=synth_progress)
+                 tmp, progress=stages)
     ds = Dataset(data)
     model, info = train(ds, TrainConfig(windows=(0, 1, 2, 3), seed=cfg.seed),
                         progress=stages("train", 2 * 4 * cfg.rows_per_window) if stages else None)

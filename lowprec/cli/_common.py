@@ -49,10 +49,11 @@ class StageBars:
     def __init__(self) -> None:
         self.bars: list[tqdm] = []
 
-    def __call__(self, name: str, total: int | None) -> Callable[[int], Any]:
+    def __call__(self, name: str, total: int | None, unit: str | None = None) -> Callable[[int], Any]:
         if self.bars:
             self.bars[-1].close()
-        bar = tqdm(total=total, desc=name, unit="it" if total else "rows", unit_scale=True,
+        unit = unit or ("it" if total else "rows")
+        bar = tqdm(total=total, desc=name, unit=unit, unit_scale=True,
                    file=sys.stderr, mininterval=0.5, leave=False, dynamic_ncols=True)
         self.bars.append(bar)
         return bar.update

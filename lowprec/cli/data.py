@@ -15,6 +15,7 @@ import click
 from tqdm import tqdm
 
 from lowprec.cli import emit_json
+from lowprec.cli._common import StageBars
 from lowprec.data.criteo import DEFAULT_MAX_BAD_ROWS, BadRows, parse_table_sizes, prepare_criteo
 from lowprec.data.csvschema import parse_window_option, prepare_csv
 from lowprec.data.dataset import DatasetMeta
@@ -61,24 +62,6 @@ def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, e
     click.echo(f"wrote {out}: {n_win} window{'s' * (n_win != 1)}{span}, {rows:,} rows, {n_bad:,} bad rows skipped")
 
 
-class _Bars:
-    """Progress bars on stderr, one at a time: the library calls `bars(name, total, unit)` -> update(n)."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-
-    def __call__(self, name: str, total: int | None, unit: str) -> Callable[[int], Any]:
-        self.close()
-        self.bar = tqdm(total=total, desc=name, unit=unit, unit_scale=True, file=sys.stderr,
-                        mininterval=0.5, leave=False, dynamic_ncols=True)
-        return self.bar.update
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def _reporter() -> Callable[[str], None]:
     shown = [0]
 
@@ -121,12 +104,8 @@ def synth(out: Path, windows: int, rows_per_window: int, seed: int, scale: float
     """
     cfg = SynthConfig(windows, rows_per_window, seed, scale, drift, drift_start)
     _check_out(out, [])
-    bars = _Bars()
-    try:
-        with atomic_dir(out) as tmp:
-            meta = generate(cfg, tmp, progress=bars)
-    finally:
-        bars.close()
+    with StageBars() as bars, atomic_dir(out) as tmp:
+        meta = generate(cfg, tmp, progress=bars)
     _summary(out, meta, None, as_json, {"command": "data synth", "drift": drift, "drift_start": cfg.start})
 
 
@@ -203,13 +182,9 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     paths = list(inputs) + list(more_inputs)
     func, kwargs = _prepare_call(fmt, paths, schema, window, table_size, rows_per_window)
     _check_out(out, paths + ([schema] if schema else []))
-    bars = _Bars()
-    try:
-        with atomic_dir(out) as tmp:
-            meta, bad = func(root=tmp, max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
-                             report=_reporter(), progress=bars, **kwargs)
-    finally:
-        bars.close()
+    with StageBars() as bars, atomic_dir(out) as tmp:
+        meta, bad = func(root=tmp, max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
+                         report=_reporter(), progress=bars, **kwargs)
     if bad.count:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.by_reason.items()))
         click.echo(f"skipped {bad.count:,} bad rows ({reasons})", err=True)
