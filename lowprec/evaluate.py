@@ -1,6 +1,7 @@
 """Scoring a model (float or quantized) over windows into per-window and overall BinaryStats.
 
-Any scorer works: a module mapping (dense (B, F), sparse (B, slots)) to logits (B,). Windows are
+Any scorer works: a module mapping (dense (B, F), sparse (B, slots)) to logits (B,); the quantized
+runtime gets its ids from the loader in FBGEMM's layout (`Batch.ids_for`). Windows are
 streamed batch by batch; each window's statistics are merged into the overall ones by addition.
 """
 
@@ -12,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lowprec.data.batches import iter_batches
+from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
 from lowprec.metrics import BinaryStats
 
@@ -40,8 +41,8 @@ def evaluate(model: torch.nn.Module, ds: Dataset, windows: list[int], batch_size
     per_window: dict[int, dict[str, float]] = {}
     for w in windows:
         stats = BinaryStats()
-        for batch in iter_batches(ds, [w], batch_size):
-            stats.update(predict(model, batch.dense, batch.sparse), batch.labels.numpy())
+        for batch in iter_batches(ds, [w], batch_size, feature_ids=reads_feature_ids(model)):
+            stats.update(predict(model, batch.dense, batch.ids_for(model)), batch.labels.numpy())
             if progress is not None:
                 progress(len(batch))
         per_window[w] = stats.summary()

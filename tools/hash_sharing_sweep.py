@@ -487,7 +487,8 @@ def speed_job(ctx: dict[str, Any], ratio: float, rounds: int, calls: int, batch:
     hot = models["exact"].hotness
     parts = split_sparse(sparse, hot)
     exact_rt = [m.exact_runtime() for m in models["exact"].embeddings]
-    inputs = runtimes["fp32"].tbe_inputs(sparse)
+    fids = runtimes["fp32"].feature_ids(sparse)
+    inputs = runtimes["fp32"].tbe_inputs(fids)
 
     def exact() -> torch.Tensor:
         return torch.stack([m.exact_pooled(ids) for m, ids in zip(exact_rt, parts)], 1)
@@ -506,8 +507,8 @@ def speed_job(ctx: dict[str, Any], ratio: float, rounds: int, calls: int, batch:
         "exact: hash only (robe_offsets)": exact_hash,
         "aligned TBE fp32 (hash transform + TBE)": lambda: runtimes["fp32"](sparse),
         "aligned TBE int8 (hash transform + TBE)": lambda: runtimes["int8"](sparse),
-        "aligned: hash transform only (tbe_inputs)": lambda: runtimes["fp32"].tbe_inputs(sparse),
-        "aligned: TBE lookup only, fp32": lambda: runtimes["fp32"].lookup(*inputs),
+        "aligned: hash transform only (tbe_inputs)": lambda: runtimes["fp32"].tbe_inputs(fids),
+        "aligned: TBE lookup only, fp32": lambda: runtimes["fp32"].tbe(*inputs),
         "training module, exact (RobeBag forward)": train_module("exact"),
         "training module, aligned (RobeBag forward)": train_module("aligned"),
     }

@@ -4,7 +4,9 @@ Memory stays bounded by one chunk whatever the window size: windows are memory-m
 chunks of `chunk_rows`. Training shuffles the order of chunks (across all chosen windows) and the rows
 inside each chunk, from a seeded generator, so a seed fixes the order exactly.
 Every batch's ids are checked against num_embeddings; an out-of-range id is an InputError naming the
-window, row, feature and value.
+window, row, feature and value. With `feature_ids=True` each batch also carries its ids in the
+quantized runtime's input layout (`FeatureIds`, see lowprec/data/ids.py), built here in the loader so
+that the runtime passes them to FBGEMM untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from lowprec.data.dataset import PAD_ID, Dataset
+from lowprec.data.ids import FeatureIds, transpose_ids
 from lowprec.errors import InputError
 
 
@@ -25,9 +28,20 @@ class Batch:
     sparse: torch.Tensor  # int64 (B, slots), PAD_ID where a multi-hot slot is empty
     labels: torch.Tensor  # float32 (B,)
     window: int
+    ids: FeatureIds | None = None  # the same ids table-major, when the loader was asked for them
+
+    def ids_for(self, model: torch.nn.Module) -> torch.Tensor | FeatureIds:
+        """The ids in the layout `model` reads best: FeatureIds for the quantized runtime (when
+        this batch carries them), else the id matrix."""
+        return self.ids if self.ids is not None and reads_feature_ids(model) else self.sparse
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+
+def reads_feature_ids(model: torch.nn.Module) -> bool:
+    """Whether `model` takes FeatureIds (the quantized runtime does; float models read the matrix)."""
+    return bool(getattr(model, "reads_feature_ids", False))
 
 
 def _check_chunk(ds: Dataset, window: int, row0: int, dense, sparse, labels) -> None:
@@ -56,8 +70,11 @@ def iter_batches(
     shuffle: bool = False,
     seed: int = 0,
     chunk_rows: int = 1 << 16,
+    feature_ids: bool = False,
 ) -> Iterator[Batch]:
-    """Yield batches over `windows` in order (or shuffled by chunk, then by row within a chunk)."""
+    """Yield batches over `windows` in order (or shuffled by chunk, then by row within a chunk);
+    with `feature_ids`, each batch also carries `Batch.ids` (see `Batch.ids_for`)."""
+    hotness = tuple(ds.meta.hotness)
     chunks = [
         (w, start)
         for w in windows
@@ -73,6 +90,8 @@ def iter_batches(
         sparse = np.array(sparse_m[start:stop], dtype=np.int64)
         labels = np.array(labels_m[start:stop])
         _check_chunk(ds, w, start, dense, sparse, labels)
+        # the chunk's ids transposed once to int32 (slots, rows): a batch's FeatureIds is then one copy
+        columns = transpose_ids(sparse) if feature_ids else None
         order = rng.permutation(len(labels)) if shuffle else None
         for b in range(0, len(labels), batch_size):
             idx = slice(b, b + batch_size) if order is None else order[b : b + batch_size]
@@ -81,6 +100,7 @@ def iter_batches(
                 torch.from_numpy(np.ascontiguousarray(sparse[idx])),
                 torch.from_numpy(labels[idx].astype(np.float32)),
                 w,
+                FeatureIds.from_columns(columns[:, idx], hotness) if columns is not None else None,
             )
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lowprec.data.batches import iter_batches
+from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.drift import stats
 from lowprec.evaluate import predict
@@ -238,9 +238,10 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
     clip = ClipMonitor(candidate)
     try:
         with open(spill, "wb") as fh, clip:
-            for batch in iter_batches(ds, windows, cfg.batch_size):
-                pr = predict(reference, batch.dense, batch.sparse)
-                pc = predict(candidate, batch.dense, batch.sparse)
+            for batch in iter_batches(ds, windows, cfg.batch_size,
+                                      feature_ids=reads_feature_ids(reference) or reads_feature_ids(candidate)):
+                pr = predict(reference, batch.dense, batch.ids_for(reference))
+                pc = predict(candidate, batch.dense, batch.ids_for(candidate))
                 y = batch.labels.numpy()
                 acc.update(pr, pc, y, batch.sparse, names, hotness)
                 rec = np.empty(len(y), dtype=SPILL_DTYPE)

@@ -22,9 +22,10 @@ from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode, EmbeddingLoc
 from torch import nn
 
 from lowprec.data.dataset import PAD_ID
+from lowprec.data.ids import FeatureIds
 from lowprec.model.config import DLRMConfig
 from lowprec.model.deploy import Feature, apply_transform
-from lowprec.model.dlrm import Record, dlrm_forward, named_layers, split_sparse
+from lowprec.model.dlrm import Record, dlrm_forward, named_layers
 from lowprec.precision import Precision
 
 torch.backends.quantized.engine = "fbgemm"
@@ -79,7 +80,7 @@ def _slices(features: list[Feature], tables: dict[str, PhysicalTable]) -> list[t
 
 
 class QuantizedEmbeddings(nn.Module):
-    """Every logical table served by one TBE: ids (B, slots) -> pooled (B, T, D)."""
+    """Every logical table served by one TBE: ids -> pooled (B, T, D)."""
 
     def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
                  serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None):
@@ -94,12 +95,11 @@ class QuantizedEmbeddings(nn.Module):
         self.tbe.initialize_weights()
         by_key = {t.key: t for t in tables}
         self._slices = _slices(features, by_key)
-        # Fast path: every table one identity feature of width D, all with the same hotness, so the
-        # id matrix is already the TBE's input up to a transpose (pads included, see tbe_inputs).
-        self._hotness = serving[0].hotness if serving else 1
-        self._offsets = torch.zeros(1, dtype=torch.int32)  # the fast path's offsets, cached by size
+        self.hotness = tuple(s.hotness for s in serving)
+        # Fast path: every table is one identity feature of width D in table order, so the ids in
+        # FBGEMM's layout (FeatureIds, pads included) are already the TBE's input.
         self._simple = all(
-            len(s.groups) == 1 and len(s.groups[0]) == 1 and s.hotness == self._hotness
+            len(s.groups) == 1 and len(s.groups[0]) == 1
             and features[s.groups[0][0]].transform.get("kind") == "identity"
             and by_key[features[s.groups[0][0]].table].dim == dim
             for s in serving) and [s.groups[0][0] for s in serving] == list(range(len(features)))
@@ -117,30 +117,29 @@ class QuantizedEmbeddings(nn.Module):
                                  f"{table.rows} rows of <= {dst.shape[1]} bytes")
             dst[:, : rows.shape[1]].copy_(rows)
 
-    def lookup(self, indices: torch.Tensor, offsets: torch.Tensor,
-               per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw TBE call: indices/offsets in feature-major order -> (B, sum of feature dims)."""
-        return self.tbe(indices, offsets, per_sample_weights)
+    def feature_ids(self, sparse: torch.Tensor | FeatureIds) -> FeatureIds:
+        """The ids as FeatureIds (an id matrix is converted here: the data loader can do it instead,
+        `iter_batches(..., feature_ids=True)`, which keeps that work off the serving path)."""
+        if isinstance(sparse, FeatureIds):
+            if sparse.hotness != self.hotness:
+                raise ValueError(f"ids hold {len(sparse.hotness)} tables with hotness {list(sparse.hotness)}; "
+                                 f"this model serves {len(self.hotness)} with {list(self.hotness)}")
+            return sparse
+        if sparse.dim() != 2 or sparse.shape[1] != sum(self.hotness):
+            raise ValueError(f"id matrix of shape {tuple(sparse.shape)}; this model reads "
+                             f"(batch, {sum(self.hotness)}) ids")
+        return FeatureIds.from_matrix(sparse, self.hotness)
 
-    def tbe_inputs(self, sparse: torch.Tensor):
-        """(indices, offsets, per-sample weights or None) for a padded id matrix."""
+    def tbe_inputs(self, ids: FeatureIds):
+        """(indices, offsets, per-sample weights or None) of the TBE call for these ids."""
         if self._simple:
-            # Cast to int32 (a contiguous pass), then transpose to the TBE's feature-major order
-            # (int32): about twice as fast as one strided int64 -> int32 copy. Pads need no mask:
-            # FBGEMM's inference TBE skips index -1 (its pruned-row marker, = PAD_ID) at every
-            # precision, which is exactly the sum over the valid ids of each bag.
-            b, h = sparse.shape[0], self._hotness
-            t = sparse.shape[1] // h
-            indices = sparse.to(torch.int32).reshape(b, t, h).transpose(0, 1).contiguous()
-            if self._offsets.numel() != b * t + 1:
-                self._offsets = torch.arange(0, b * t * h + 1, h, dtype=torch.int32)
-            return indices.view(-1), self._offsets, None
-        parts = split_sparse(sparse, [s.hotness for s in self.serving])
+            return ids.indices, ids.offsets, None
         idx, lens, wts, any_w = [], [], [], False
-        for serving, ids in zip(self.serving, parts):
-            valid = ids != PAD_ID
+        for t, serving in enumerate(self.serving):
+            table_ids = ids.table(t).long()
+            valid = table_ids != PAD_ID
             lengths = valid.sum(1)
-            safe = torch.where(valid, ids, torch.zeros_like(ids))
+            safe = torch.where(valid, table_ids, torch.zeros_like(table_ids))
             for group in serving.groups:
                 for f in group:
                     mapped, w = apply_transform(self.features[f].transform, safe, self.id_buffers)
@@ -152,10 +151,12 @@ class QuantizedEmbeddings(nn.Module):
         torch.cumsum(torch.cat(lens), 0, out=offsets[1:])
         return torch.cat(idx).int(), offsets, (torch.cat(wts).float() if any_w else None)
 
-    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
-        out = self.lookup(*self.tbe_inputs(sparse))
+    def forward(self, sparse: torch.Tensor | FeatureIds) -> torch.Tensor:
+        """ids -> pooled (B, T, D); `sparse` is FeatureIds or a (B, slots) id matrix."""
+        ids = self.feature_ids(sparse)
+        out = self.tbe(*self.tbe_inputs(ids))
         if self._simple:
-            return out.view(out.shape[0], len(self.serving), self.dim)
+            return out.view(ids.batch, len(self.serving), self.dim)
         per_table = []
         for serving in self.serving:
             acc = None
@@ -167,7 +168,11 @@ class QuantizedEmbeddings(nn.Module):
 
 
 class QuantizedDLRM(nn.Module):
-    """The DLRM graph over `QuantizedEmbeddings` and per-layer (possibly int8) linears."""
+    """The DLRM graph over `QuantizedEmbeddings` and per-layer (possibly int8) linears.
+
+    `sparse` may be the (B, slots) id matrix or, faster, the same ids as FeatureIds."""
+
+    reads_feature_ids = True  # Batch.ids_for hands this model the loader's FeatureIds
 
     def __init__(self, config: DLRMConfig, embeddings: QuantizedEmbeddings, layers: dict[str, nn.Module]):
         super().__init__()
@@ -176,10 +181,10 @@ class QuantizedDLRM(nn.Module):
         self.bottom = nn.ModuleList(layers[f"bottom.{i}"] for i in range(len(config.bottom_mlp)))
         self.top = nn.ModuleList(layers[f"top.{i}"] for i in range(len(config.top_mlp) + 1))
 
-    def pooled(self, sparse: torch.Tensor) -> torch.Tensor:
+    def pooled(self, sparse: torch.Tensor | FeatureIds) -> torch.Tensor:
         return self.embeddings(sparse)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor, record: Record = None) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor | FeatureIds, record: Record = None) -> torch.Tensor:
         return dlrm_forward(self.bottom, self.top, self.pooled(sparse), dense,
                             self.config.table_names, record)
 

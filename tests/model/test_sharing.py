@@ -387,8 +387,11 @@ def test_convert_int8_matches_float(tiny, spec, tmp_path, monkeypatch):
         return
     manifest = convert(tmp_path / "float", plan, tmp_path / "art", calibration)
     runtime, _ = load_artifact(tmp_path / "art")
-    batch = next(iter_batches(tiny, [2], 4096))
+    batch = next(iter_batches(tiny, [2], 4096, feature_ids=True))
     with torch.no_grad():
+        # the general (transforming) path reads the loader's FeatureIds as it reads the matrix
+        torch.testing.assert_close(runtime(batch.dense, batch.ids), runtime(batch.dense, batch.sparse),
+                                   rtol=0, atol=0)
         want = model(batch.dense, batch.sparse)
         if hot:  # the reference is the float model serving the shared table
             form = post_training_form(model.embeddings[0].deploy_form("t0"),
