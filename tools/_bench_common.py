@@ -1,8 +1,8 @@
 """Shared helpers of the benchmark tools: machine description, interleaved timing, spread, tables.
 
 Every benchmark here reports RATIOS of variants measured side by side in one process and one run:
-`interleaved` times short blocks of calls of the variants A B C, C B A, A B C, ... within every
-repeat (the direction alternates so a variant is not always first after a slow neighbour), after
+`interleaved` times short blocks of calls of the variants, in a fresh random order every round
+(B C A, A C B, ...; so no variant always follows the same neighbour) within every repeat, after
 warm-up, so a change in machine load during the run hits every variant alike; `paired_ratio` then
 divides the variants repeat by repeat. Spread is
 reported as median [min-max] over the repeats (and IQR in the JSON). Nothing here asserts a
@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -126,24 +127,33 @@ def set_threads(n: int) -> int:
 # timing
 
 
-def _calls_for(fn: Callable[[], Any], seconds: float, max_calls: int) -> int:
-    t0 = time.perf_counter()
-    fn()
-    t = max(time.perf_counter() - t0, 1e-7)
+def _calls_for(fn: Callable[[], Any], seconds: float, max_calls: int, probes: int = 8) -> int:
+    """Calls that last about `seconds`, from the median of `probes` calls after `probes` untimed
+    ones. (Sizing from one call, right after another variant, gave variants of equal speed blocks
+    of 32 and 63 calls, and the shorter blocks paid the switch more often: a 2-4% bias.)"""
+    for _ in range(probes):
+        fn()
+    times = []
+    for _ in range(probes):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    t = max(statistics.median(times), 1e-7)
     return max(1, min(max_calls, math.ceil(seconds / t)))
 
 
 def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                 min_seconds: float = 0.05, block_seconds: float = 0.01,
-                max_calls: int = 2000, rewarm: bool = True) -> dict[str, list[float]]:
+                max_calls: int = 2000, rewarm: bool = True, seed: int = 0) -> dict[str, list[float]]:
     """Seconds per call of every variant, one value per repeat, the variants finely interleaved.
 
     Each variant first runs `warmup` times. A *block* is `k` back-to-back calls of one variant,
     `k` fixed per variant so a block lasts about `block_seconds`, preceded (with `rewarm`) by one
     untimed call, so the timed calls find the variant's own data warm in cache as in serving, where
     one model sees batch after batch, not wherever the previous variant left the cache. A
-    *round* runs one block of every variant, forward on even rounds and backward on odd ones; a
-    repeat is as many rounds as make each variant's share last about `min_seconds`. A repeat's
+    *round* runs one block of every variant in a fresh random order (seeded), so no variant
+    systematically follows one that warmed or flushed the cache for it (a fixed A B C, C B A order
+    made raw FBGEMM fp32 always follow a variant reading the same rows: a 4% bias); a repeat is as many rounds as make each variant's share last about `min_seconds`. A repeat's
     value is the variant's mean seconds per call over that repeat, so variants compared in one
     repeat were measured within milliseconds of each other, under the same machine load.
     """
@@ -153,6 +163,7 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: in
     block = {name: _calls_for(fn, block_seconds, max_calls) for name, fn in variants.items()}
     rounds = max(1, math.ceil(min_seconds / block_seconds)) if block_seconds > 0 else 1
     names = list(variants)
+    rng = random.Random(seed)
     out: dict[str, list[float]] = {name: [] for name in variants}
     gc.collect()
     was_enabled = gc.isenabled()
@@ -161,8 +172,8 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: in
         for _ in range(repeats):
             spent = dict.fromkeys(names, 0.0)
             calls = dict.fromkeys(names, 0)
-            for r in range(rounds):
-                for name in (names if r % 2 == 0 else names[::-1]):
+            for _ in range(rounds):
+                for name in rng.sample(names, len(names)):
                     fn, k = variants[name], block[name]
                     if rewarm:
                         fn()  # untimed: re-warms this variant's data after the previous variant's

@@ -146,7 +146,7 @@ def render(reports: Path, seconds: dict[str, float] | None, total: float | None,
     md += [f"Machine: {bc.machine_line(m)}. 1-min load average at the start of each tool: "
            + ", ".join(f"{k} {res['machine']['loadavg_1min']}" for k, res in results.items()) + ".", "",
            "Method: every number is a ratio of variants measured side by side in one process and one run, "
-           "interleaved within each repeat (A B C, C B A, ...) after warm-up, so a change in machine load hits "
+           "interleaved within each repeat (short blocks of each, in a fresh random order every round) after warm-up, so a change in machine load hits "
            "them alike; spreads are median [min-max] over repeats (IQR in the JSON). Torch threads are pinned "
            f"to {m['torch_threads']} for every variant. The machine is shared, so absolute times move between "
            "runs; the ratios are the result. Per-tool JSON (every repeat's raw time): `reports/bench_*.json`.", ""]
