@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lowprec.data.dataset import PAD_ID, Dataset
-from lowprec.data.ids import FeatureIds, transpose_ids
+from lowprec.data.ids import FeatureIds, TableMajor
 from lowprec.errors import InputError
 
 
@@ -90,8 +90,8 @@ def iter_batches(
         sparse = np.array(sparse_m[start:stop], dtype=np.int64)
         labels = np.array(labels_m[start:stop])
         _check_chunk(ds, w, start, dense, sparse, labels)
-        # the chunk's ids transposed once to int32 (slots, rows): a batch's FeatureIds is then one copy
-        columns = transpose_ids(sparse) if feature_ids else None
+        # the chunk's ids regrouped table by table once: a batch's FeatureIds is then one copy
+        table_major = TableMajor(sparse_m[start:stop], hotness) if feature_ids else None
         order = rng.permutation(len(labels)) if shuffle else None
         for b in range(0, len(labels), batch_size):
             idx = slice(b, b + batch_size) if order is None else order[b : b + batch_size]
@@ -100,7 +100,7 @@ def iter_batches(
                 torch.from_numpy(np.ascontiguousarray(sparse[idx])),
                 torch.from_numpy(labels[idx].astype(np.float32)),
                 w,
-                FeatureIds.from_columns(columns[:, idx], hotness) if columns is not None else None,
+                table_major.take(idx) if table_major is not None else None,
             )
 
 

@@ -4,7 +4,8 @@ lowprec's batches hold ids as a (B, slots) matrix: row b is one sample, table t 
 consecutive slots, PAD_ID (-1) marks an empty multi-hot slot. FBGEMM's TBE wants them table-major:
 all of table 0's ids (sample by sample), then table 1's, ..., as int32 `indices` with int32
 `offsets` bounding each (table, sample) bag. Going from one layout to the other is a transpose and
-a cast, about 0.5 ns per id, which is 5-20% of an embedding lookup here (reports/benchmarks.md a).
+a cast, 0.5-0.7 ns per id plus the cache lines it evicts: 10-50% of an embedding lookup here
+(reports/benchmarks.md a).
 
 `FeatureIds` is that second layout. The data loader builds it once per batch
 (`iter_batches(..., feature_ids=True)`), as TorchRec's loaders build a KeyedJaggedTensor, so the
@@ -31,15 +32,6 @@ def bag_offsets(batch: int, hotness: tuple[int, ...]) -> torch.Tensor:
     return offsets
 
 
-def transpose_ids(sparse: np.ndarray, block_rows: int = 2048) -> np.ndarray:
-    """(rows, slots) integer ids -> (slots, rows) int32, in blocks of rows that stay in cache
-    (0.3-0.4 ns per id here; one whole-array transpose took 0.6-1.2)."""
-    out = np.empty((sparse.shape[1], sparse.shape[0]), dtype=np.int32)
-    for i in range(0, sparse.shape[0], block_rows):
-        out[:, i : i + block_rows] = sparse[i : i + block_rows].T
-    return out
-
-
 @dataclass(frozen=True)
 class FeatureIds:
     """Ids table-major: indices int32 (sum_t batch * hotness[t],), offsets int32 (T * batch + 1,)."""
@@ -50,24 +42,9 @@ class FeatureIds:
     hotness: tuple[int, ...]
 
     @classmethod
-    def from_columns(cls, columns: np.ndarray, hotness: tuple[int, ...]) -> "FeatureIds":
-        """From int32 ids slot-major, (slots, B) as `transpose_ids` makes them: one copy."""
-        batch = int(columns.shape[1])
-        if len(set(hotness)) == 1:  # one strided copy (T, h, B) -> (T, B, h)
-            blocks = columns.reshape(len(hotness), hotness[0], batch).transpose(0, 2, 1)
-            indices = np.ascontiguousarray(blocks).reshape(-1)
-        else:  # table by table: table t's (B, h) block, then one concatenation
-            parts, start = [], 0
-            for h in hotness:
-                parts.append(columns[start : start + h].T.reshape(-1))
-                start += h
-            indices = np.concatenate(parts)
-        return cls(torch.from_numpy(indices), bag_offsets(batch, hotness), batch, hotness)
-
-    @classmethod
     def from_matrix(cls, sparse: torch.Tensor | np.ndarray, hotness: tuple[int, ...]) -> "FeatureIds":
         """From a (B, slots) id matrix (any integer dtype)."""
-        return cls.from_columns(transpose_ids(np.asarray(sparse)), hotness)
+        return TableMajor(np.asarray(sparse), hotness).take(slice(None))
 
     def table(self, t: int) -> torch.Tensor:
         """Table t's ids as a (B, hotness[t]) int32 view."""
@@ -77,3 +54,36 @@ class FeatureIds:
     def to_matrix(self) -> torch.Tensor:
         """Back to the (B, slots) int64 matrix."""
         return torch.cat([self.table(t).long() for t in range(len(self.hotness))], dim=1)
+
+
+class TableMajor:
+    """Ids of many rows regrouped table by table once (int32), from which batches are cut.
+
+    The data loader builds one per chunk: the regrouping is the only strided pass (done in blocks of
+    rows that stay in cache); each batch's FeatureIds is then one contiguous copy per table."""
+
+    def __init__(self, sparse: np.ndarray, hotness: tuple[int, ...], block_rows: int = 1024):
+        rows, self.hotness = sparse.shape[0], tuple(hotness)
+        if len(set(self.hotness)) == 1:  # one (T, rows, h) array
+            t, h = len(self.hotness), self.hotness[0]
+            self.uniform: np.ndarray | None = np.empty((t, rows, h), dtype=np.int32)
+            for i in range(0, rows, block_rows):
+                self.uniform[:, i : i + block_rows] = sparse[i : i + block_rows].reshape(-1, t, h).transpose(1, 0, 2)
+            self.tables = list(self.uniform)
+        else:  # per table a (rows, h_t) array
+            self.uniform = None
+            bounds = np.cumsum((0,) + self.hotness)
+            self.tables = [np.empty((rows, h), dtype=np.int32) for h in self.hotness]
+            for i in range(0, rows, block_rows):
+                block = sparse[i : i + block_rows]
+                for out, a, b in zip(self.tables, bounds, bounds[1:]):
+                    out[i : i + block_rows] = block[:, a:b]
+
+    def take(self, rows: slice | np.ndarray) -> FeatureIds:
+        """The FeatureIds of `rows` (a slice, or an index array for a shuffled batch)."""
+        if self.uniform is not None:
+            indices = self.uniform[:, rows].reshape(-1)  # a view when `rows` is everything
+        else:
+            indices = np.concatenate([t[rows].reshape(-1) for t in self.tables])
+        batch = indices.size // max(sum(self.hotness), 1)
+        return FeatureIds(torch.from_numpy(indices), bag_offsets(batch, self.hotness), batch, self.hotness)
