@@ -123,24 +123,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         float_model, _ = load_float_model(built["model_dir"])
         models = {"float": float_model, **{k: v["runtime"] for k, v in arts.items()}}
         batches = []
-        for b in iter_batches(built["ds"], [5], args.batch):
+        for b in iter_batches(built["ds"], [5], args.batch, feature_ids=True):
             if len(b) == args.batch:
-                batches.append((b.dense, b.sparse))
+                batches.append(b)
             if len(batches) == args.batches:
                 break
         if not batches:
             raise SystemExit(f"window 5 holds fewer than --batch {args.batch} rows")
         with torch.inference_mode():
-            ref = float_model(*batches[0])
-            diffs = {k: float((m(*batches[0]) - ref).abs().max()) for k, m in models.items()}
+            # every model gets the ids in the layout it reads (the quantized runtime: the loader's
+            # FeatureIds), as `lowprec eval` and the drift job hand them over
+            inputs = {k: [(b.dense, b.ids_for(m)) for b in batches] for k, m in models.items()}
+            ref = float_model(*inputs["float"][0])
+            diffs = {k: float((m(*inputs[k][0]) - ref).abs().max()) for k, m in models.items()}
             variants = {}
             for name, m in models.items():
                 state = [0]
 
-                def call(m=m, state=state):
+                def call(m=m, state=state, xs=inputs[name]):
                     k = state[0]
-                    state[0] = (k + 1) % len(batches)
-                    return m(*batches[k])
+                    state[0] = (k + 1) % len(xs)
+                    return m(*xs[k])
                 variants[name] = call
             times = bc.interleaved(variants, args.repeats, args.warmup, args.min_seconds, args.block_seconds)
         quality = {k: evaluate(m, built["ds"], [5, 6]).overall.summary() for k, m in models.items()}
@@ -241,7 +244,9 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
           f"validation on window 4: {srch['evaluations']} evaluations in {srch['seconds']:.0f} s, "
           f"{srch['compression']:.1f}x smaller than fp32 (validated NE {100 * srch['ne_increase']:+.3f}%, "
           f"AUC drop {srch['auc_drop']:+.4f}). Timed on {s['batches']} batches of {result['batch']} from "
-          f"window 5, {s['repeats']} interleaved repeats; ratios paired per repeat, median [min-max].", ""]
+          f"window 5, {s['repeats']} interleaved repeats; ratios paired per repeat, median [min-max]. Each model "
+          "gets the batch as `lowprec eval` and the drift job hand it over: the float model the id matrix, the "
+          "artifacts the loader's FeatureIds (section a).", ""]
     rows = []
     for n in VARIANTS:
         a = arts.get(n, {})

@@ -11,18 +11,19 @@ every repeat:
   EmbeddingBag fp32   one torch nn.EmbeddingBag(mode="sum") per table, 26 calls on prebuilt
                       per-table (B, pooling) id tensors, over the rows of lowprec's fp32 TBE (views)
   fbgemm P            raw FBGEMM: an IntNBitTableBatchedEmbeddingBagsCodegen (all 26 tables at
-                      precision P, BoundsCheckMode.NONE) called directly with prebuilt int32
-                      indices/offsets in its feature-major layout. It is the very module lowprec
-                      holds (`QuantizedEmbeddings.tbe`), so the comparison is not swayed by where in
-                      memory each copy of the tables landed (which moves a lookup by up to ~30% here)
+                      precision P, BoundsCheckMode.NONE) called directly with int32 indices/offsets
+                      in its feature-major layout. It is the very module lowprec holds
+                      (`QuantizedEmbeddings.tbe`), and its indices/offsets are the very tensors of the
+                      FeatureIds lowprec gets, so only the calling path differs (where in memory a
+                      copy of the tables lands moves a lookup by up to ~30% here)
   fbgemm fp32, separate module   the same, but an independent module holding a byte copy: shows
                       that placement effect
-  lowprec P           QuantizedEmbeddings.forward on the (B, 26 x pooling) int64 id matrix (what
-                      QuantizedDLRM calls): input preparation (`tbe_inputs`) + the same TBE kernel
+  lowprec P           QuantizedEmbeddings.forward on the batch's FeatureIds (what QuantizedDLRM
+                      gets from the data loader: `iter_batches(..., feature_ids=True)`)
   fbgemm/lowprec plan the same, every table at its own precision from a plan (mixed precision)
-  lowprec tbe_inputs  the input preparation alone (the runtime's overhead over raw FBGEMM)
-  tbe_inputs, then fbgemm on prebuilt input   control: the preparation's time plus its effect on
-                      the cache of the kernel call after it
+  lowprec P, id matrix   QuantizedEmbeddings.forward on the (B, 26 x pooling) int64 id matrix,
+                      which it converts to FeatureIds itself (first precision only)
+  id matrix -> FeatureIds   that conversion alone: the work the loader takes off the serving path
 
 lowprec's tables are built the way `lowprec convert` builds them (`quantize_form` of each float
 table, min/max ranges, then `embeddings_from_forms`); lowprec's outputs are checked equal to raw
@@ -50,6 +51,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (  # noqa: E
 from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode, EmbeddingLocation  # noqa: E402
 
 from lowprec.checkpoint.convert import embeddings_from_forms, quantize_form  # noqa: E402
+from lowprec.data.ids import FeatureIds  # noqa: E402
 from lowprec.data.synth import KAGGLE_CARDINALITIES, SPARSE_NAMES, zipf_ranks  # noqa: E402
 from lowprec.model.deploy import dense_form  # noqa: E402
 from lowprec.model.quantized import QuantizedEmbeddings  # noqa: E402
@@ -59,8 +61,7 @@ from lowprec.precision import Precision  # noqa: E402
 TOOL = "bench_lookup.py"
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "int2")
 EB = "EmbeddingBag fp32"
-INPUTS = "lowprec tbe_inputs"
-CONTROL = "tbe_inputs, then fbgemm on prebuilt input"
+INPUTS = "id matrix -> FeatureIds"
 SEPARATE = "fbgemm fp32, separate module"
 
 
@@ -120,14 +121,6 @@ def raw_fbgemm(emb: QuantizedEmbeddings) -> IntNBitTableBatchedEmbeddingBagsCode
     return tbe
 
 
-def feature_major(sparse: torch.Tensor, tables: int, pooling: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw FBGEMM's input, built once outside the timed region."""
-    b = sparse.shape[0]
-    indices = sparse.view(b, tables, pooling).transpose(0, 1).reshape(-1).to(torch.int32).contiguous()
-    offsets = torch.arange(0, b * tables * pooling + 1, pooling, dtype=torch.int32)
-    return indices, offsets
-
-
 def cycling(fn, n: int):
     """A no-argument callable calling fn(0), fn(1), ..., fn(n - 1), fn(0), ..."""
     state = [0]
@@ -139,7 +132,7 @@ def cycling(fn, n: int):
     return call
 
 
-def profile_forward(emb: QuantizedEmbeddings, sparse: torch.Tensor, calls: int) -> dict[str, float]:
+def profile_forward(emb: QuantizedEmbeddings, sparse: FeatureIds, calls: int) -> dict[str, float]:
     """Milliseconds per forward by top-level op (torch.profiler), lowprec's forward only."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -163,8 +156,9 @@ def bench_config(args: argparse.Namespace, dim: int, pooling: int, dist: str,
     # serving (one batch reused would leave its indices and rows hot in cache for raw FBGEMM only).
     batches = [make_ids(rows, args.batch, pooling, dist, args.seed + 1 + k) for k in range(args.batches)]
     per_table = [[c.contiguous() for c in torch.split(s, pooling, dim=1)] for s in batches]
-    fm = [feature_major(s, n_tables, pooling) for s in batches]
-    sparse, (indices, offsets) = batches[0], fm[0]
+    hotness = (pooling,) * n_tables
+    fids = [FeatureIds.from_matrix(s, hotness) for s in batches]  # what the data loader hands over
+    sparse, ids = batches[0], fids[0]
 
     precisions = {p: [Precision(p)] * n_tables for p in args.precisions}
     precisions["plan"] = [Precision(plan[n]) for n in SPARSE_NAMES]
@@ -183,25 +177,25 @@ def bench_config(args: argparse.Namespace, dim: int, pooling: int, dist: str,
         separate = raw_fbgemm(fp32)  # an independent FBGEMM module holding a byte copy
         del tables
         for name in precisions:
-            a = lp[name](sparse)
-            check[name] = float((a - lp[name].lookup(indices, offsets).view_as(a)).abs().max())
-        a = fp32(sparse)
-        check["separate fbgemm fp32"] = float((a - separate(indices, offsets).view_as(a)).abs().max())
+            a = lp[name](ids)
+            check[name] = float((a - lp[name].tbe(ids.indices, ids.offsets).view_as(a)).abs().max())
+        first = next(iter(precisions))
+        check[f"{first}: id matrix vs FeatureIds input"] = float((lp[first](sparse) - lp[first](ids)).abs().max())
+        a = fp32(ids)
+        check["separate fbgemm fp32"] = float((a - separate(ids.indices, ids.offsets).view_as(a)).abs().max())
         fp32_ref = torch.stack([bag(ids) for bag, ids in zip(bags, per_table[0])], dim=1)
         check["EmbeddingBag vs lowprec fp32"] = float((fp32_ref - a).abs().max())
 
-        variants = {EB: cycling(lambda k: [bag(ids) for bag, ids in zip(bags, per_table[k])], len(batches))}
-        for name in precisions:  # raw FBGEMM: the TBE module lowprec holds, called directly
-            variants[f"fbgemm {name}"] = cycling(lambda k, t=lp[name].tbe: t(*fm[k]), len(batches))
-            variants[f"lowprec {name}"] = cycling(lambda k, m=lp[name]: m(batches[k]), len(batches))
-        variants[SEPARATE] = cycling(lambda k: separate(*fm[k]), len(batches))
-        first = lp[next(iter(precisions))]
-        variants[INPUTS] = cycling(lambda k: first.tbe_inputs(batches[k]), len(batches))
-        # control: raw FBGEMM on its prebuilt input, right after lowprec's input preparation of the
-        # same batch (result discarded): the preparation's time plus its effect on the cache
-        variants[CONTROL] = cycling(lambda k: (first.tbe_inputs(batches[k]), first.tbe(*fm[k])), len(batches))
+        n = len(batches)
+        variants = {EB: cycling(lambda k: [bag(ids) for bag, ids in zip(bags, per_table[k])], n)}
+        for name in precisions:  # raw FBGEMM: the TBE module lowprec holds, on the same index tensors
+            variants[f"fbgemm {name}"] = cycling(lambda k, t=lp[name].tbe: t(fids[k].indices, fids[k].offsets), n)
+            variants[f"lowprec {name}"] = cycling(lambda k, m=lp[name]: m(fids[k]), n)
+        variants[SEPARATE] = cycling(lambda k: separate(fids[k].indices, fids[k].offsets), n)
+        variants[f"lowprec {first}, id matrix"] = cycling(lambda k: lp[first](batches[k]), n)
+        variants[INPUTS] = cycling(lambda k: FeatureIds.from_matrix(batches[k], hotness), n)
         times = bc.interleaved(variants, args.repeats, args.warmup, args.min_seconds, args.block_seconds)
-        prof = {name: profile_forward(lp[name], sparse, args.profile_calls)
+        prof = {name: profile_forward(lp[name], ids, args.profile_calls)
                 for name in ("fp32", "int4") if name in lp} if args.profile_calls else {}
 
     # raw time / lowprec time = lowprec throughput / raw FBGEMM throughput
@@ -218,8 +212,8 @@ def bench_config(args: argparse.Namespace, dim: int, pooling: int, dist: str,
                              for name in precisions} if "fp32" in precisions else {},
         "separate_over_same_fbgemm_fp32": bc.paired_ratio(times["fbgemm fp32"], times[SEPARATE])
         if "fp32" in precisions else None,
-        "inputs_share": bc.paired_ratio(times[INPUTS], times[f"lowprec {next(iter(precisions))}"]),
-        "overhead_ms": _overhead(times, next(iter(precisions))),
+        "matrix_over_feature_ids": bc.paired_ratio(times[f"lowprec {first}"], times[f"lowprec {first}, id matrix"]),
+        "overhead_ms": _overhead(times, first),
         "profile_ms_per_call": prof,
         "max_abs_diff": check,
     }
@@ -229,14 +223,12 @@ def bench_config(args: argparse.Namespace, dim: int, pooling: int, dist: str,
 
 
 def _overhead(times: dict[str, list[float]], p: str) -> dict[str, dict[str, float]]:
-    """lowprec's time over raw FBGEMM at precision p, split per repeat (ms per batch):
-    input preparation alone; its cost to the kernel (cache); the rest (Python, dispatch)."""
-    raw, lp = times[f"fbgemm {p}"], times[f"lowprec {p}"]
-    inputs, control = times[INPUTS], times[CONTROL]
+    """ms per batch at precision p, per repeat: lowprec's time over raw FBGEMM (Python and
+    dispatch), the id-matrix conversion alone, and what the id-matrix input adds to a call."""
+    raw, lp, matrix = times[f"fbgemm {p}"], times[f"lowprec {p}"], times[f"lowprec {p}, id matrix"]
     return {"total": bc.spread([1e3 * (a - b) for a, b in zip(lp, raw)]),
-            "tbe_inputs": bc.spread([1e3 * x for x in inputs]),
-            "cache_effect": bc.spread([1e3 * (c - r - i) for c, r, i in zip(control, raw, inputs)]),
-            "rest": bc.spread([1e3 * (a - c) for a, c in zip(lp, control)])}
+            "conversion": bc.spread([1e3 * x for x in times[INPUTS]]),
+            "matrix_input": bc.spread([1e3 * (m - a) for m, a in zip(matrix, lp)])}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -344,22 +336,25 @@ def meaning(result: dict[str, Any]) -> list[str]:
     cells = [(med(c, "lowprec_over_fbgemm", n), _cfg_name(c), n) for c in cfgs for n in names]
     ok = sum(1 for r, _, _ in cells if r >= 0.95)
     worst = min(cells)
-    ns = [1e6 * c["overhead_ms"]["tbe_inputs"]["median"] / c["lookups_per_call"] for c in cfgs if c["pooling"] > 1]
-    share = [c["overhead_ms"]["tbe_inputs"]["median"] / max(c["overhead_ms"]["total"]["median"], 1e-9) for c in cfgs
-             if c["pooling"] > 1]
+    ns = [1e6 * c["overhead_ms"]["conversion"]["median"] / c["lookups_per_call"] for c in cfgs if c["pooling"] > 1]
+    mx = [c["matrix_over_feature_ids"]["median"] for c in cfgs]
+    us = [1e3 * c["overhead_ms"]["total"]["median"] for c in cfgs]
     md = ["**What it means.**", "",
-          f"- The target (lowprec >= 0.95x raw FBGEMM) is met in {ok} of {len(cells)} cells; the worst is "
-          f"{worst[0]:.2f}x ({worst[2]} at {worst[1]}). lowprec adds one step to raw FBGEMM: `tbe_inputs` casts the "
-          "(batch, 26 x ids per bag) int64 id matrix to int32 and transposes it into FBGEMM's feature-major order "
-          "(pads need no mask: FBGEMM's inference TBE skips index -1). At 20 ids per bag that costs "
-          f"{min(ns or [0]):.2f}-{max(ns or [0]):.2f} ns per id (memory-bound), and its memory traffic evicts table "
-          "rows the next kernel call would have found in cache (the cache-effect column; "
-          f"the preparation itself is {100 * min(share or [0]):.0f}-{100 * max(share or [0]):.0f}% of the gap). "
-          "The gap is smallest where a lookup call does the most work per id (D=128) and largest where it does the "
-          "least per id (D=16, fp32/fp16). Raw FBGEMM is handed ids already in int32 feature-major form; whoever "
-          "builds them pays a similar pass. A caller holding feature-major ids (TorchRec's KeyedJaggedTensor is "
-          "feature-major) can call `QuantizedEmbeddings.lookup(indices, offsets)` and skip it; the model's "
-          "(batch, slots) interface cannot.",
+          f"- The target (lowprec >= 0.95x raw FBGEMM) is met in {ok} of {len(cells)} cells; the lowest median is "
+          f"{worst[0]:.2f}x ({worst[2]} at {worst[1]}). lowprec's forward hands the loader's FeatureIds to the very "
+          "kernel call raw FBGEMM makes; what it adds is Python (a layout check and a view of the output), "
+          f"{min(us):+.0f} to {max(us):+.0f} us per batch here (medians; 1-2 us in a tight loop on tiny "
+          "batches), about the spread between repeats on a shared machine.",
+          "- The id layout is where the time was. lowprec's batches hold ids as a (batch, 26 x ids per bag) int64 "
+          "matrix; FBGEMM reads int32 ids table by table. Converting one into the other (cast, transpose; pads need no "
+          "mask, the inference TBE skips index -1) costs "
+          f"{min(ns or [0]):.2f}-{max(ns or [0]):.2f} ns per id at 20 ids per bag (memory-bound) and evicts table "
+          "rows the kernel would have found in cache: a runtime that takes the matrix runs at "
+          f"{_range(mx)} the speed of one that takes FeatureIds (the `id matrix` row; the previous runtime did "
+          "this inside forward and measured 0.75-0.93x raw FBGEMM). So the conversion moved to the data loader "
+          "(`iter_batches(..., feature_ids=True)`, which regroups each chunk's ids table by table once, in "
+          "cache-sized blocks of rows, and cuts each batch out with one copy), as TorchRec's loaders build KeyedJaggedTensors; the runtime still accepts the "
+          "matrix for convenience.",
           ]
     eb = [med(c, "tbe_over_embeddingbag", "fp32") for c in cfgs if "fp32" in c["tbe_over_embeddingbag"]]
     small = next((c for c in cfgs if c["dim"] == min(x["dim"] for x in cfgs) and c["pooling"] == 1), None)
@@ -405,9 +400,10 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
         f"largest {max(cfgs[0]['rows']):,}), batch {s['batch']}, Zipf ids (plus uniform ids where "
         f"marked); {s['repeats']} interleaved repeats after {s['warmup']} warm-up calls, each repeat "
         f">= {s['min_seconds']} s per variant in blocks of ~{s['block_seconds']} s; every variant cycles "
-        f"through the same {s['batches']} distinct id batches. Raw FBGEMM is the TBE module lowprec itself "
-        "holds, called with prebuilt int32 indices/offsets (same bytes in the same memory: only the calling "
-        "path differs); the EmbeddingBags read the same fp32 rows. Mixed-precision variant: "
+        f"through the same {s['batches']} distinct id batches. lowprec's runtime is called on the batch's "
+        "FeatureIds (ids already in FBGEMM's int32 table-major layout, as the data loader hands them over); "
+        "raw FBGEMM is the TBE module lowprec itself holds, called with those same indices/offsets tensors "
+        "(same bytes in the same memory: only the calling path differs); the EmbeddingBags read the same fp32 rows. Mixed-precision variant: "
         f"{result['plan']['source']}. Ratios are paired per repeat: median [min-max].", "",
         "**lowprec / raw FBGEMM throughput** (raw time / lowprec time; target >= 0.95):", "",
     ]
@@ -422,7 +418,7 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
     md += ["(bold: below the 0.95 target)", "",
            f"![lowprec vs FBGEMM]({figs[0]})", "",
            "**Time per batch, ms** (median [min-max]):", ""]
-    variants = [EB] + [f"fbgemm {n}" for n in names] + [f"lowprec {n}" for n in names] + [SEPARATE, INPUTS, CONTROL]
+    variants = [EB] + [f"fbgemm {n}" for n in names] + [f"lowprec {n}" for n in names] + [SEPARATE, f"lowprec {names[0]}, id matrix", INPUTS]
     rows = [[v] + [bc.fmt_spread(bc.spread(c["times"][v]), 1e3, 3) for c in cfgs] for v in variants]
     md += bc.md_table(["variant"] + [_cfg_name(c) for c in cfgs], rows)
     md += [f"![lookup times]({figs[1]})", "",
@@ -438,11 +434,10 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
                       + [f"FBGEMM {n} vs fp32" for n in names if n != "fp32"]
                       + ["fp32: separate module / lowprec's module (same bytes)"], rows)
     p0 = names[0]
-    md += [f"**Where lowprec's extra time goes** ({p0}; ms per batch, median [min-max] over repeats): "
-           "`tbe_inputs` = the input preparation alone (the id matrix cast to int32 and transposed to "
-           "FBGEMM's feature-major order); cache effect = how much slower the same raw FBGEMM call on "
-           "its prebuilt input runs right after that preparation (its memory traffic evicts the "
-           "tables' hot rows) minus the preparation's own time; rest = Python and dispatch. "
+    md += [f"**Where the time goes** ({p0}; ms per batch, median [min-max] over repeats): lowprec - raw = "
+           "lowprec's forward on FeatureIds minus raw FBGEMM on the same tensors (Python); conversion = the id "
+           "matrix turned into FeatureIds alone (now the loader's work); id matrix input = what handing the "
+           "runtime the matrix instead adds to a call (the conversion plus the cache lines it evicts). "
            "Last column: top-level ops of lowprec's forward under torch.profiler.", ""]
     rows = []
     for c in cfgs:
@@ -451,9 +446,9 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
         total = sum(ops.values()) or 1.0
         top = ", ".join(f"`{k}` {v:.3f} ({100 * v / total:.0f}%)" for k, v in list(ops.items())[:3])
         rows.append([_cfg_name(c), bc.fmt_spread(bc.spread([1e3 * x for x in c["times"][f"fbgemm {p0}"]]), 1, 3),
-                     bc.fmt_spread(o["total"], 1, 3), bc.fmt_spread(o["tbe_inputs"], 1, 3),
-                     bc.fmt_spread(o["cache_effect"], 1, 3), bc.fmt_spread(o["rest"], 1, 3), top])
-    md += bc.md_table(["config", f"raw FBGEMM {p0}", "lowprec - raw", "tbe_inputs", "cache effect", "rest",
+                     bc.fmt_spread(o["total"], 1, 3), bc.fmt_spread(o["conversion"], 1, 3),
+                     bc.fmt_spread(o["matrix_input"], 1, 3), top])
+    md += bc.md_table(["config", f"raw FBGEMM {p0}", "lowprec - raw", "conversion", "id matrix input",
                        "profiler, lowprec forward"], rows)
     md += meaning(result)
     bad = {k: v for c in cfgs for k, v in c["max_abs_diff"].items() if not k.startswith("EmbeddingBag") and v != 0}
