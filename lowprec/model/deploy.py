@@ -33,14 +33,14 @@ def _identity(ids: torch.Tensor, spec: dict[str, Any], buffers: dict[str, torch.
     return ids, None
 
 
+# id transform kind -> function; the hashing kinds are added by `lowprec.model.sharing`, which the
+# package imports (lowprec/model/__init__.py), so the table is full wherever this module is used
 TRANSFORMS: dict[str, Transform] = {"identity": _identity}
 IDENTITY: dict[str, Any] = {"kind": "identity"}
 
 
 def apply_transform(spec: dict[str, Any], ids: torch.Tensor, buffers: dict[str, torch.Tensor]):
     """Map valid ids (>= 0) through a transform; callers mask pads themselves."""
-    import lowprec.model.sharing  # noqa: F401  (registers the hashing transforms)
-
     fn = TRANSFORMS.get(spec.get("kind", ""))
     if fn is None:
         raise InputError(f"unknown id transform {spec.get('kind')!r} (known: {sorted(TRANSFORMS)})")
@@ -74,14 +74,12 @@ def dense_form(key: str, weight: torch.Tensor) -> DeployForm:
 
 
 # Post-training sharing: sharing kind -> function(dense form, spec, row access counts, table name)
-# returning a smaller form. Registered by `lowprec.model.sharing`.
+# returning a smaller form. Registered by `lowprec.model.sharing` (imported with the package).
 POST_TRAINING: dict[str, Callable[..., DeployForm]] = {}
 
 
 def post_training_form(form: DeployForm, spec: dict[str, Any], row_counts: torch.Tensor | None,
                        table: str) -> DeployForm:
-    import lowprec.model.sharing  # noqa: F401  (registers the sharing kinds)
-
     fn = POST_TRAINING.get(spec.get("kind", ""))
     if fn is None:
         raise InputError(f"table {table!r}: unknown sharing kind {spec.get('kind')!r} "

@@ -76,5 +76,3 @@ def build_table(table: TableConfig, dim: int) -> nn.Module:
         )
     return BACKENDS[kind](table, dim, options)
 
-
-import lowprec.model.sharing  # noqa: E402,F401  (registers the hash, qr and robe backends)
