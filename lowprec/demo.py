@@ -68,7 +68,8 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
         model_dir=out / "model", data_dir=data, out=out / "plan.json", calib_windows="4", eval_windows="5-7",
         max_ne_increase=cfg.max_ne_increase, max_auc_drop=cfg.max_auc_drop, sharing_ratios="16",
         calib_path=str(out / "calib.json"), report_dir=str(out / "search")), stages)
-    manifest = convert(out / "model", result.plan, out / "artifact", load_calibration(out / "calib.json"))
+    manifest = convert(out / "model", result.plan, out / "artifact", load_calibration(out / "calib.json"),
+                       progress=stages("convert", len(model.config.tables), "tables") if stages else None)
     outcome = drift_job.run(drift_job.DriftJob(
         reference=out / "model", candidate=out / "artifact", data=data, windows=f"5-{cfg.windows - 1}",
         db=out / "drift.sqlite", report=out / "drift", calibration=out / "calib.json"), drift_progress)

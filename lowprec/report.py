@@ -21,7 +21,7 @@ from lowprec.fileio import atomic_write_text  # noqa: E402
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+th{background:#f3f3f3}td:first-child,th:first-child,td.text{text-align:left}img{max-width:100%;border:1px solid #eee}
 code,pre{background:#f6f6f6;padding:2px 4px}pre{padding:8px;overflow-x:auto}.alarm{color:#b00;font-weight:bold}"""
 
 
@@ -79,8 +79,8 @@ class Doc:
             elif kind == "table":
                 header, rows = value
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                trs = "".join("<tr>" + "".join(f"<td>{_inline(_cell(c))}</td>" for c in row) + "</tr>"
-                              for row in rows)
+                trs = "".join("<tr>" + "".join(f"<td{_align(c)}>{_inline(_cell(c))}</td>" for c in row)
+                              + "</tr>" for row in rows)
                 body.append(f"<table><tr>{head}</tr>{trs}</table>")
             elif kind == "figure":
                 body.append(f'<figure><img src="{html.escape(value[0])}" alt="{html.escape(value[1])}">'
@@ -98,6 +98,11 @@ class Doc:
         atomic_write_text(directory / "report.md", self.markdown())
         atomic_write_text(directory / "index.html", self.html())
         return directory / "index.html"
+
+
+def _align(c: Any) -> str:
+    """Cells align right (numbers); a cell of prose (an alarm's reason, say) reads better left."""
+    return ' class="text"' if isinstance(c, str) and len(c) > 40 else ""
 
 
 def _cell(c: Any) -> str:
