@@ -1,7 +1,8 @@
 """Latency costs for `--objective latency`: each option timed on this machine, cached on disk.
 
-A table option is timed as the lookup of one batch of its real calibration ids through a
-single-table FBGEMM TBE at the option's precision and sharing (what the runtime calls); a layer
+A table option is timed as the lookup of one batch of its real calibration ids (already in the
+runtime's FeatureIds layout, as the data loader hands them over) through a single-table FBGEMM TBE
+at the option's precision and sharing (what the runtime calls); a layer
 option as its forward on the layer's real cached input (FBGEMM int8 or fp32 GEMM). Costs are the
 median of `repeats` timings in microseconds, keyed by the CPU model, torch version and the option's
 shape, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times only
@@ -20,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from lowprec.data.ids import FeatureIds
 from lowprec.fileio import atomic_write_text
 from lowprec.search.sensitivity import Emulator
 from lowprec.search.space import Option
@@ -63,8 +65,10 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
         for o in opts:
             if o.kind == "table":
                 t = names.index(o.name)
-                ids = batch.sparse[t]
-                key = f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}|b={len(ids)}"
+                # ids as the loader hands them to the runtime (FeatureIds), so the cost is the lookup's
+                ids = FeatureIds.from_matrix(batch.sparse[t], (emulator.model.config.tables[t].hotness,))
+                key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}|b={ids.batch}"
+                       "|feature-ids")
                 run = lambda o=o, ids=ids: emulator.table_module(o, range_method)(ids)  # noqa: E731
             else:
                 x = batch.layer_in[o.name]
