@@ -4,15 +4,19 @@ Every directory lowprec writes (datasets, models, artifacts, reports) is built i
 and renamed into place, so a crash or SIGKILL never leaves half an output and never destroys a good
 one already there. The old directory is moved aside first and removed only after the new one is in
 place; if we die between the two renames, `recover` puts the old one back on the next write.
+Temporary siblings are named `.NAME.tmp-HOST-PID-XXXX`: the next write of NAME removes those of
+writers on this host that are no longer running (a SIGKILLed convert, say) and leaves the others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,17 +32,45 @@ def _recover(out: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sweep_stale(out: Path) -> None:
+    """Remove temporary siblings of `out` left by writers on this host that have died."""
+    head = f".{out.name}.tmp-{socket.gethostname()}-"
+    for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        pid = p.name[len(head):].split("-", 1)[0] if p.name.startswith(head) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `out` atomically, on error it vanishes."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _recover(out)
+    _sweep_stale(out)
     if out.exists() and not out.is_dir():
         from lowprec.errors import InputError
 
         raise InputError(f"{out} exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out.name), dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should read like any directory
     try:
         yield tmp
@@ -63,7 +95,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a file via a temporary sibling and rename, so readers never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    _sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

@@ -198,9 +198,11 @@ def test_sigkill_during_convert_keeps_existing_artifact(tmp_path):
     assert (out / "weights.safetensors").read_bytes() == before
     runtime, manifest = load_artifact(out)
     assert manifest["tables"][0]["precision"] == "int8"
+    assert any(p.name.startswith(".a.tmp-") for p in tmp_path.iterdir())  # the killed writer's leftovers
     # the next convert cleans up and succeeds
     assert run("convert", "--model", tmp_path / "m", "--precision", "int4", "--out", out).exit_code == 0
     assert load_artifact(out)[1]["tables"][0]["precision"] == "int4"
+    assert not any(p.name.startswith(".a.") for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("precision", PRECISIONS, ids=[p.value for p in PRECISIONS])

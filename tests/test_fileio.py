@@ -1,0 +1,44 @@
+"""Atomic outputs: temporary siblings of dead writers are swept, everyone else's are left."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from lowprec.fileio import atomic_dir, atomic_write_text
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    host = socket.gethostname()
+    name = "out[1]"  # glob characters in the name must not confuse the sweep
+    dead = tmp_path / f".{name}.tmp-{host}-{dead_pid()}-abc"
+    alive = tmp_path / f".{name}.tmp-{host}-{os.getppid()}-def"  # a running process's
+    other_host = tmp_path / f".{name}.tmp-elsewhere-{dead_pid()}-ghi"  # can't tell: leave it
+    old_style = tmp_path / f".{name}.tmp-k2j3h4"
+    other_name = tmp_path / f".other.tmp-{host}-{dead_pid()}-jkl"
+    for d in (dead, alive, other_host, old_style, other_name):
+        d.mkdir()
+        (d / "f").write_text("x")
+    stale_file = tmp_path / f".{name}.tmp-{host}-{dead_pid()}-mno"
+    stale_file.write_text("half")
+
+    with atomic_dir(tmp_path / name) as tmp:
+        (tmp / "done").write_text("yes")
+    assert (tmp_path / name / "done").read_text() == "yes"
+    assert not dead.exists() and not stale_file.exists()
+    assert alive.exists() and other_host.exists() and old_style.exists() and other_name.exists()
+
+
+def test_atomic_write_text_sweeps_its_own_stale_temporaries(tmp_path):
+    stale = tmp_path / f".plan.json.tmp-{socket.gethostname()}-{dead_pid()}-x"
+    stale.write_text("{")
+    atomic_write_text(tmp_path / "plan.json", "{}\n")
+    assert (tmp_path / "plan.json").read_text() == "{}\n"
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
