@@ -140,8 +140,15 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
     that validates within budget raises m (x4, then bisection), so slack the model did not see is
     spent; a plan over budget lowers m and, while nothing has validated yet, also forbids the most
     sensitive choice (and its cheaper alternatives). Plans already validated are not re-run.
-    Returns the cheapest validated plan (or None) and the validation rounds.
+    Returns the cheapest validated plan (or None) and the validation rounds. Cheapest is by the
+    objective: bytes, or with `cost` (the latency objective) the plan's predicted time.
     """
+    def price(o: Option) -> float:
+        return cost[o.key] if cost is not None else o.bytes
+
+    def plan_price(chosen: dict[str, Option]) -> float:
+        return sum(price(o) for o in chosen.values())
+
     bounds, forbidden, seen = _Bounds(), set(), {}
     best: tuple[dict[str, Option], Validation] | None = None
     rounds: list[dict[str, Any]] = []
@@ -157,11 +164,11 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
             rounds.append({"round": len(rounds) + 1, "multiplier": m, "bytes": total_bytes(chosen),
                            "predicted": asdict(predicted(chosen, sens)), "validated": val.to_json(),
                            "fits": seen[key], "choices": {o.item: o.key.split("|", 1)[1] for o in chosen.values()}})
-            if seen[key] and (best is None or total_bytes(chosen) < total_bytes(best[0])):
+            if seen[key] and (best is None or plan_price(chosen) < plan_price(best[0])):
                 best = (chosen, val)
         if seen[key]:
             bounds.lo = max(bounds.lo or 0.0, m)
-            if all(o.bytes == min(x.bytes for x in items[o.item]) for o in chosen.values()):
+            if all(price(o) == min(price(x) for x in items[o.item]) for o in chosen.values()):
                 break  # nothing cheaper exists
         else:
             bounds.hi = min(bounds.hi or math.inf, m)

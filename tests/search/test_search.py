@@ -177,3 +177,33 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     assert len(cached) == sum(len(v) for v in result.items.values())
     assert all(v > 0 for v in cached.values())
     assert result.plan.meta["predicted_latency_us"] > 0 and result.validation.fits(0.001, 0.001)
+
+
+class _AlwaysFits:
+    def fits(self, max_ne_increase, max_auc_drop):
+        return True
+
+    def to_json(self):
+        return {}
+
+
+@pytest.mark.parametrize("objective", ["bytes", "latency"])
+def test_refine_returns_the_cheapest_validated_plan_by_the_objective(objective):
+    """Two plans validate: {L int8, T int2} (fewest bytes) and, with more budget, {L int8, T fp16}
+    (fastest). The latency objective must return the fastest, the bytes objective the smallest."""
+    L, T = "layer:L", "table:T"
+    opts = {L: [Option(L, Precision.FP32, bytes=100), Option(L, Precision.INT8, bytes=25)],
+            T: [Option(T, Precision.FP32, bytes=1000), Option(T, Precision.FP16, bytes=500),
+                Option(T, Precision.INT2, bytes=100)]}
+    loss = {f"{L}|fp32": 0.0, f"{L}|int8": 0.4, f"{T}|fp32": 0.0, f"{T}|fp16": 1.0, f"{T}|int2": 0.0}
+    micros = {f"{L}|fp32": 10.0, f"{L}|int8": 2.0, f"{T}|fp32": 5.0, f"{T}|fp16": 1.0, f"{T}|int2": 4.0}
+    sens = {k: Sensitivity(v, 0.0) for k, v in loss.items()}
+    cfg = search_run.SearchConfig((0,), (1,), Budget(1.0, 1.0), objective=objective)
+    best, rounds = search_run.refine(opts, sens, cfg, micros if objective == "latency" else None,
+                                     lambda chosen, n: _AlwaysFits())
+    got = {o.item: o.precision.value for o in best[0].values()}
+    if objective == "latency":
+        assert len(rounds) == 2  # both plans were validated; the faster one wins
+        assert got == {L: "int8", T: "fp16"}
+    else:
+        assert got == {L: "int8", T: "int2"}
