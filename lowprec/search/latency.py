@@ -8,6 +8,13 @@ median of `repeats` timings in microseconds, keyed by the CPU model, torch versi
 shape, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times only
 what it has not seen. The model is additive, like the accuracy model: the plan's predicted latency
 is the sum of its options' latencies.
+
+`significant_costs` is what the solver minimises: an option saving less than a small share of the
+float model's predicted time is priced as its float baseline. Such savings (one small table's lookup
+at int2 instead of fp32, a few microseconds) are within timing noise, and spending accuracy budget
+on them crowds out the options that do save time: in tools/bench_e2e.py the latency search put 20
+tables at int2 for ~0.1% of the time, failed validation on them, and never reached the int8 layer
+that halves the forward.
 """
 
 from __future__ import annotations
@@ -63,22 +70,43 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
     out, machine, dirty = {}, _machine(), False
     for opts in items.values():
         for o in opts:
+            # `prepare` builds the module outside the timing (building a table quantizes and
+            # copies it: milliseconds that a lookup does not pay) and returns the timed call
             if o.kind == "table":
                 t = names.index(o.name)
                 # ids as the loader hands them to the runtime (FeatureIds), so the cost is the lookup's
                 ids = FeatureIds.from_matrix(batch.sparse[t], (emulator.model.config.tables[t].hotness,))
                 key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}|b={ids.batch}"
-                       "|feature-ids")
-                run = lambda o=o, ids=ids: emulator.table_module(o, range_method)(ids)  # noqa: E731
+                       "|lookup-only")
+
+                def prepare(o=o, ids=ids):
+                    emb = emulator.table_module(o, range_method)
+                    return lambda: emb(ids)
             else:
                 x = batch.layer_in[o.name]
                 key = f"{machine}|{o.key}|shape={tuple(x.shape)}"
-                run = lambda o=o, x=x: emulator.layer_module(o)(x)  # noqa: E731
+
+                def prepare(o=o, x=x):
+                    layer = emulator.layer_module(o)
+                    return lambda: layer(x)
             if key not in cache:
                 with torch.inference_mode():
-                    cache[key] = _median_us(run, repeats)
+                    cache[key] = _median_us(prepare(), repeats)
                 dirty = True
             out[o.key] = cache[key]
     if dirty:
         atomic_write_text(path, json.dumps(cache, indent=1))
+    return out
+
+
+def significant_costs(cost: dict[str, float], items: dict[str, list[Option]],
+                      share: float = 0.005) -> dict[str, float]:
+    """`cost` with every saving under `share` x the float plan's time priced as no saving."""
+    base = {item: next((o for o in opts if o.is_float_baseline), opts[0]) for item, opts in items.items()}
+    floor = share * sum(cost[o.key] for o in base.values())
+    out = {}
+    for item, opts in items.items():
+        b = cost[base[item].key]
+        for o in opts:
+            out[o.key] = cost[o.key] if b - cost[o.key] >= floor else max(b, cost[o.key])
     return out

@@ -227,7 +227,12 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         from lowprec.search.latency import measure_costs
 
         cost = measure_costs(emulator, items, rm)
-    best, rounds = refine(items, sens, cfg, cost, check)
+    if cost is not None:
+        from lowprec.search.latency import significant_costs
+
+        best, rounds = refine(items, sens, cfg, significant_costs(cost, items), check)
+    else:
+        best, rounds = refine(items, sens, cfg, None, check)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
         chosen = {item: opts[0] for item, opts in items.items()}

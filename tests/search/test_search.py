@@ -171,9 +171,17 @@ def test_recipe_values_and_label_windows(setup, tmp_path):
 def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkeypatch):
     root, ds, model, calib = setup
     monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))
+    built = []  # each table option's module is built once, outside the timed calls
+    real = Emulator.table_module
+    monkeypatch.setattr(Emulator, "table_module", lambda self, o, rm: built.append(o.key) or real(self, o, rm))
     cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(), objective="latency")
     result = search_run.search(root / "model", model, ds, cfg, calib)
     cached = json.loads((tmp_path / "cache" / "latency.json").read_text())
+    table_options = [o.key for opts in result.items.values() for o in opts if o.kind == "table"]
+    timed = [k for k in built if k in table_options]
+    assert sorted(set(timed)) == sorted(table_options)
+    # once for its sensitivity, once for its timing (not once per timed call)
+    assert max(timed.count(k) for k in table_options) <= 2
     assert len(cached) == sum(len(v) for v in result.items.values())
     assert all(v > 0 for v in cached.values())
     assert result.plan.meta["predicted_latency_us"] > 0 and result.validation.fits(0.001, 0.001)
@@ -207,3 +215,21 @@ def test_refine_returns_the_cheapest_validated_plan_by_the_objective(objective):
         assert got == {L: "int8", T: "fp16"}
     else:
         assert got == {L: "int8", T: "int2"}
+
+
+def test_latency_savings_within_noise_are_priced_as_none():
+    from lowprec.search.latency import significant_costs
+
+    L, T = "layer:L", "table:T"
+    items = {L: [Option(L, Precision.FP32), Option(L, Precision.INT8)],
+             T: [Option(T, Precision.FP32), Option(T, Precision.INT2), Option(T, Precision.FP16)]}
+    cost = {f"{L}|fp32": 1000.0, f"{L}|int8": 200.0,   # saves 80% of the model's time: kept
+            f"{T}|fp32": 50.0, f"{T}|int2": 47.0,       # saves 3 us of 1050 (< 0.5%): no saving
+            f"{T}|fp16": 60.0}                          # slower than fp32: stays slower
+    got = significant_costs(cost, items, share=0.005)
+    assert got == {f"{L}|fp32": 1000.0, f"{L}|int8": 200.0, f"{T}|fp32": 50.0, f"{T}|int2": 50.0,
+                   f"{T}|fp16": 60.0}
+    # priced alike, the solver's tie-break keeps the precise option
+    sens = {k: Sensitivity(0.0 if k.endswith("fp32") else 0.1, 0.0) for k in cost}
+    chosen = solve(items, sens, Budget(1.0, 1.0), got)
+    assert {o.item: o.precision.value for o in chosen.values()} == {L: "int8", T: "fp32"}
