@@ -30,6 +30,7 @@ import lowprec
 from lowprec.checkpoint.artifact import MANIFEST, load_artifact, read_manifest
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, sha256_file, write_json
+from lowprec.model.dlrm import upper_pairs
 from lowprec.model.quantized import Int8Linear, QuantizedDLRM, QuantizedEmbeddings
 
 TORCHSCRIPT = "model.torchscript.pt"
@@ -173,9 +174,7 @@ class ScriptableDLRM(nn.Module):
         self.top = nn.ModuleList(top)
         self.n_top = len(top)
         f = embeddings.n_tables + 1
-        rows, cols = torch.triu_indices(f, f, offset=1)
-        self.register_buffer("rows", rows)
-        self.register_buffer("cols", cols)
+        self.register_buffer("pairs", upper_pairs(f).clone())
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         z0 = dense.float()
@@ -184,7 +183,7 @@ class ScriptableDLRM(nn.Module):
         pooled = self.embeddings(sparse)
         feats = torch.cat([z0.unsqueeze(1), pooled], dim=1)
         dots = torch.bmm(feats, feats.transpose(1, 2))
-        x = torch.cat([z0, dots[:, self.rows, self.cols]], dim=1)
+        x = torch.cat([z0, dots.flatten(1).index_select(1, self.pairs)], dim=1)
         for i, layer in enumerate(self.top):
             x = layer(x)
             if i < self.n_top - 1:
