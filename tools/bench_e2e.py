@@ -222,11 +222,25 @@ def check_latency_model(args: argparse.Namespace, built: dict[str, Any],
         return call
     times = bc.interleaved({k: cycling(m) for k, m in plans.items()}, args.repeats, args.warmup,
                            args.min_seconds, args.block_seconds)
+    ops = self_time_by_op(cycling(plans["latency plan"]), max(4, args.batches))
     predicted = json.loads(built["latency_plan"].read_text())["predicted_latency_us"]
     return {"batch": SEARCH_BATCH, "predicted_us": predicted,
             "measured_us": {k: bc.spread([1e6 * t for t in v]) for k, v in times.items()},
             "measured_over_predicted": bc.spread([1e6 * t / predicted for t in times["latency plan"]]),
-            "latency_plan_speedup": bc.speedup(times["searched plan"], times["latency plan"])}
+            "latency_plan_speedup": bc.speedup(times["searched plan"], times["latency plan"]),
+            "latency_plan_ops_ms": ops}
+
+
+def self_time_by_op(call, calls: int) -> dict[str, float]:
+    """Milliseconds per call by op, self CPU time under torch.profiler, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            call()
+    ops = {e.key: e.self_cpu_time_total / 1e3 / calls for e in prof.key_averages()}
+    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
 
 
 def _ints(text: str) -> list[int]:
@@ -361,10 +375,13 @@ def latency_section(result: dict[str, Any]) -> list[str]:
     differ = [k for k, v in arts["latency plan"]["layers"].items() if v != arts["searched plan"]["layers"][k]]
     gap_ms = (lm["measured_us"]["latency plan"]["median"] - lm["predicted_us"]) / 1e3
     if ratio > 1.1:
+        ops = lm.get("latency_plan_ops_ms", {})
+        top = ", ".join(f"`{k}` {v:.2f}" for k, v in list(ops.items())[:6])
         fit = (f"The additive model under-predicts the whole plan: measured {ratio:.2f}x its prediction, "
-               f"{gap_ms:.1f} ms per batch it does not see (the interaction, the activations and copies between "
-               "layers, and whatever options timed alone with their inputs hot in cache do not pay; not broken "
-               "down yet). It ranks options by their own time, which is what the solver uses.")
+               f"{gap_ms:.1f} ms per batch it does not see: what lies between the options (the interaction's "
+               "batched matmul and gather, the ReLUs, the concatenations). torch.profiler on the latency plan's "
+               f"forward, self time in ms per batch: {top}. The solver needs only the options' relative times, "
+               "which the gap does not change.")
     elif ratio < 0.9:
         fit = (f"The additive model over-predicts the whole plan: measured {ratio:.2f}x its prediction "
                "(per-option fixed costs that one TBE call and one forward pay once).")
