@@ -119,3 +119,14 @@ def test_fast_path_with_pads_equals_general_path(precision):
     emb._simple = False
     torch.testing.assert_close(fast, emb(sparse), rtol=0, atol=0)
     assert torch.equal(fast[0], torch.zeros_like(fast[0]))
+
+
+def test_allocator_tool_compares_modes_in_child_processes(tmp_path):
+    import bench_allocator
+
+    res = bench_allocator.main(["--tiny", "--out", str(tmp_path / "allocator.md")])
+    for modes in res["models"].values():
+        assert modes["tuned"]["applied"] is True and modes["default"]["applied"] is False
+        assert modes["default"]["ms"]["n"] == modes["tuned"]["ms"]["n"] == 1
+    assert "| layers int8 | tuned |" in (tmp_path / "allocator.md").read_text()
+    assert json.loads((tmp_path / "allocator.json").read_text())["tool"] == "bench_allocator.py"

@@ -117,8 +117,13 @@ def machine_line(m: dict[str, Any]) -> str:
 
 
 def set_threads(n: int) -> int:
+    """Pin torch to n threads and apply the CLI's malloc settings (lowprec/allocator.py), so every
+    tool measures the process `lowprec` runs (tools/bench_allocator.py measures the settings)."""
     import torch
 
+    from lowprec.allocator import keep_buffers_in_heap
+
+    keep_buffers_in_heap()
     torch.set_num_threads(n)
     return torch.get_num_threads()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from lowprec.allocator import keep_buffers_in_heap
 from lowprec.errors import InputError
 
 
@@ -41,6 +42,7 @@ def main() -> None:
     Typical flow: `data synth|prepare` -> `train` -> `calibrate` -> `search` -> `convert` ->
     `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input.
     """
+    keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
 
 
 def emit_json(obj: dict[str, Any]) -> None:
