@@ -8,7 +8,6 @@ alarms. Every stage is a library call the CLI also makes; nothing here is demo-o
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +30,6 @@ class DemoConfig:
     max_auc_drop: str = "0.001"
 
 
-def _drift_progress(stages: Stages | None):
-    """The drift job takes `progress(desc, rows)` as a context manager; adapt `stages` to it."""
-    @contextlib.contextmanager
-    def drift(desc: str, rows: int):
-        yield stages(desc, rows) if stages else (lambda n: None)
-
-    return drift
-
-
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | None = None) -> dict[str, Any]:
     from lowprec.calibrate import CalibConfig, calibrate, load_calibration, save_calibration
     from lowprec.checkpoint.convert import convert
@@ -53,7 +43,6 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    drift_progress = _drift_progress(stages)
     data = out / "data"
     with atomic_dir(data) as tmp:
         generate(SynthConfig(cfg.windows, cfg.rows_per_window, cfg.seed, 0.001, cfg.drift, cfg.drift_start),
@@ -72,7 +61,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
                        progress=stages("convert", len(model.config.tables), "tables") if stages else None)
     outcome = drift_job.run(drift_job.DriftJob(
         reference=out / "model", candidate=out / "artifact", data=data, windows=f"5-{cfg.windows - 1}",
-        db=out / "drift.sqlite", report=out / "drift", calibration=out / "calib.json"), drift_progress)
+        db=out / "drift.sqlite", report=out / "drift", calibration=out / "calib.json"), stages)
     facts = {"search": summary, "artifact": {k: manifest[k] for k in
                                              ("embedding_bytes", "fp32_embedding_bytes", "compression", "layer_bytes")},
              "drift": outcome.to_json(), "config": cfg.__dict__}

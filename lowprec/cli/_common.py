@@ -44,7 +44,11 @@ def fmt(x: float, digits: int = 4) -> str:
 
 
 class StageBars:
-    """One progress bar per stage of a multi-stage job; `bars(name, total)` returns its update."""
+    """One progress bar per stage of a multi-stage job; `bars(name, total[, unit])` returns its update.
+
+    The progress convention: a multi-stage job (data synth/prepare, search, drift, demo) takes such a
+    `stages` callable; a single-stage library function (train, calibrate, evaluate, convert) takes
+    the `update(n)` callback itself (`progress_bar` yields one)."""
 
     def __init__(self) -> None:
         self.bars: list[tqdm] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import progress_bar
+from lowprec.cli._common import StageBars
 
 
 @click.command()
@@ -60,7 +60,8 @@ def drift(reference, candidate, data_dir, windows, db, report_dir, config_path, 
             config, recalibrate=dataclasses.replace(config.recalibrate, source=recalibrate_on))
     job = DriftJob(reference, candidate, data_dir, windows, db, report_dir, config, on_alarm, calib_path,
                    batch_size)
-    outcome = run(job, progress=lambda desc, rows: progress_bar(rows, desc))
+    with StageBars() as stages:
+        outcome = run(job, stages)
     if as_json:
         emit_json(outcome.to_json())
     else:

@@ -14,12 +14,11 @@ is recorded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable
 
 import lowprec
 from lowprec.checkpoint.load import load_model, model_kind
@@ -33,7 +32,9 @@ from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.train import check_compatible
 
-Progress = Callable[[str, int], ContextManager[Callable[[int], Any]]]  # (description, rows) -> update
+# (stage name, total, unit) -> update(n): one progress bar per stage, as `data synth` takes them
+# (the CLI's StageBars closes each stage's bar when the next begins)
+Stages = Callable[[str, int, str], Callable[[int], Any]]
 ON_ALARM = ("none", "recalibrate")
 
 
@@ -86,8 +87,8 @@ class DriftOutcome:
                 "windows": self.windows, "recalibrations": self.recalibrations}
 
 
-def _null_progress(desc: str, rows: int) -> ContextManager[Callable[[int], Any]]:
-    return contextlib.nullcontext(lambda n: None)
+def _no_bars(name: str, total: int, unit: str) -> Callable[[int], Any]:
+    return lambda n: None
 
 
 def read_calibration(path: Path | None) -> dict[str, Any] | None:
@@ -131,9 +132,9 @@ def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
                              f"dataset's window {w} is {ds.meta.window(w).label!r}; use a new --db")
 
 
-def run(job: DriftJob, progress: Progress | None = None) -> DriftOutcome:
+def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
     """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report."""
-    progress = progress or _null_progress
+    stages = stages or _no_bars
     ds = Dataset(job.data)
     chosen = parse_windows(job.windows, ds.meta.window_indices)
     calib = read_calibration(job.calibration)
@@ -156,10 +157,10 @@ def run(job: DriftJob, progress: Progress | None = None) -> DriftOutcome:
             todo = [w for w in chosen if w not in store.recorded()]
             table_err = TableError.from_models(models.reference, models.candidate) if todo else None
             for w in todo:
-                process_window(job, store, ds, models, w, run_id, calib, table_err, progress)
+                process_window(job, store, ds, models, w, run_id, calib, table_err, stages)
             recal = []
             if job.on_alarm == "recalibrate":
-                recal = recalibrate(job, store, ds, models, chosen, calib, run_id, progress)
+                recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
             outcome = _outcome(job, store, chosen, todo, recal)
             store.finish_run(run_id, "done")
             report.write_report(job.report, report.gather(store, job.config))
@@ -214,12 +215,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, w: int, run_id: int,
-                   calib: dict[str, Any] | None, table_err: TableError | None, progress: Progress) -> None:
+                   calib: dict[str, Any] | None, table_err: TableError | None, stages: Stages) -> None:
     """Measure, decide and record one window (one transaction)."""
     info = ds.meta.window(w)
-    with progress(f"drift window {w}", info.rows) as update:
-        m = evaluate_window(models.reference, models.candidate, ds, w, job.paired, job.spill_prefix,
-                            table_err, update)
+    m = evaluate_window(models.reference, models.candidate, ds, w, job.paired, job.spill_prefix,
+                        table_err, stages(f"drift window {w}", info.rows, "rows"))
     rates = calib_rates(calib, list(m.clipping))
     base = store.baseline()
     s = signals_for(m, base, rates, expected_gap(models.manifest))
@@ -273,7 +273,7 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
 
 
 def recalibrate(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, chosen: list[int],
-                calib: dict[str, Any] | None, run_id: int, progress: Progress) -> list[dict[str, Any]]:
+                calib: dict[str, Any] | None, run_id: int, stages: Stages) -> list[dict[str, Any]]:
     """New artifacts for the first alarmed window, calibrated on healthy and/or the alarmed window."""
     rows = store.windows()
     alarmed = [r["window"] for r in rows if r["alarm"] and r["window"] in chosen]
@@ -292,7 +292,7 @@ def recalibrate(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, 
         if skip:
             out.append({"alarm_window": target, "source": source, "skipped": skip})
             continue
-        out.append(_recalibrate_one(job, store, ds, models, target, source, windows, calib, run_id, progress))
+        out.append(_recalibrate_one(job, store, ds, models, target, source, windows, calib, run_id, stages))
     return out
 
 
@@ -314,7 +314,7 @@ def _recal_obstacle(job: DriftJob, models: _Models, target: int, source: str, wi
 
 def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, target: int,
                      source: str, windows: list[int], calib: dict[str, Any] | None, run_id: int,
-                     progress: Progress) -> dict[str, Any]:
+                     stages: Stages) -> dict[str, Any]:
     from lowprec.calibrate import CalibConfig, calibrate, save_calibration
     from lowprec.checkpoint.artifact import load_artifact
     from lowprec.checkpoint.convert import convert
@@ -326,15 +326,15 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     percentile = rc.percentile if rc.method else float((calib or {}).get("percentile", rc.percentile))
     float_model, _ = load_float_model(job.reference)
     rows = sum(ds.meta.window(w).rows for w in windows)
-    with progress(f"recalibrate on windows {windows}", 2 * rows) as update:
-        c = calibrate(float_model, ds, CalibConfig(tuple(windows), method, percentile, job.batch_size), update)
+    c = calibrate(float_model, ds, CalibConfig(tuple(windows), method, percentile, job.batch_size),
+                  stages(f"recalibrate on windows {windows}", 2 * rows, "rows"))
     out_dir = recal_dir(job.candidate, target, source)
     convert(job.reference, Plan.from_json(models.manifest["plan"], "deployed artifact's plan"), out_dir, c)
     calib_path = out_dir.with_name(out_dir.name + ".calib.json")
     save_calibration(c, calib_path, models.reference_sha)
     runtime, _ = load_artifact(out_dir)
-    with progress(f"rescore window {target}", ds.meta.window(target).rows) as update:
-        m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None, update)
+    m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None,
+                        stages(f"rescore window {target}", ds.meta.window(target).rows, "rows"))
     expected = expected_gap(models.manifest)
     d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected), CusumState(), job.config.alarm)
     t = job.config.alarm
