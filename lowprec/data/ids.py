@@ -69,7 +69,6 @@ class TableMajor:
             self.uniform: np.ndarray | None = np.empty((t, rows, h), dtype=np.int32)
             for i in range(0, rows, block_rows):
                 self.uniform[:, i : i + block_rows] = sparse[i : i + block_rows].reshape(-1, t, h).transpose(1, 0, 2)
-            self.tables = list(self.uniform)
         else:  # per table a (rows, h_t) array
             self.uniform = None
             bounds = np.cumsum((0,) + self.hotness)
