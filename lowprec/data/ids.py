@@ -24,12 +24,17 @@ import torch
 
 
 @lru_cache(maxsize=16)
-def bag_offsets(batch: int, hotness: tuple[int, ...]) -> torch.Tensor:
-    """int32 offsets of `batch` bags per table, table t's bags holding hotness[t] slots each."""
-    sizes = torch.tensor(hotness, dtype=torch.int32).repeat_interleave(batch)
-    offsets = torch.zeros(len(sizes) + 1, dtype=torch.int32)
-    torch.cumsum(sizes, 0, out=offsets[1:])
+def _bag_offsets(batch: int, hotness: tuple[int, ...]) -> np.ndarray:
+    offsets = np.zeros(batch * len(hotness) + 1, dtype=np.int32)
+    np.cumsum(np.repeat(np.asarray(hotness, dtype=np.int32), batch), out=offsets[1:])
     return offsets
+
+
+def bag_offsets(batch: int, hotness: tuple[int, ...]) -> torch.Tensor:
+    """int32 offsets of `batch` bags per table, table t's bags holding hotness[t] slots each.
+    Shared between batches of one shape (read-only by convention; FBGEMM does not write it). Cached
+    as numpy: a cached tensor first made under inference_mode would be an inference tensor."""
+    return torch.from_numpy(_bag_offsets(batch, hotness))
 
 
 @dataclass(frozen=True)

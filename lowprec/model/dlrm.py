@@ -14,6 +14,7 @@ import functools
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,10 +24,17 @@ from lowprec.model.sharing import link_shared
 
 
 @functools.lru_cache(maxsize=8)
-def upper_pairs(f: int) -> torch.Tensor:
-    """Flat positions in an f x f matrix of its upper triangle (offset 1), row by row."""
-    rows, cols = torch.triu_indices(f, f, offset=1)
+def _upper_pairs(f: int) -> np.ndarray:
+    rows, cols = np.triu_indices(f, k=1)
     return rows * f + cols
+
+
+def upper_pairs(f: int) -> torch.Tensor:
+    """Flat positions in an f x f matrix of its upper triangle (offset 1), row by row.
+
+    The cache holds numpy, not a tensor: a tensor first made under inference_mode is an inference
+    tensor, and training's index_select could not save it for backward."""
+    return torch.from_numpy(_upper_pairs(f))
 
 
 def interact(z0: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:

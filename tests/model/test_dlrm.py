@@ -23,3 +23,13 @@ def test_interact_equals_reference():
         got = interact(z0, pooled)
         assert got.shape == (batch, dim + (tables + 1) * tables // 2)
         torch.testing.assert_close(got, interact_reference(z0, pooled), rtol=1e-5, atol=1e-5)
+
+
+def test_pair_index_first_made_in_inference_mode_still_trains():
+    """The pair index is cached; made first under inference_mode it must still serve autograd."""
+    z0, pooled = torch.randn(4, 8), torch.randn(4, 12, 8)  # F = 13: no other test uses it
+    with torch.inference_mode():
+        interact(z0, pooled)
+    z0.requires_grad_(True)
+    interact(z0, pooled).sum().backward()
+    assert z0.grad is not None and torch.isfinite(z0.grad).all()
