@@ -195,6 +195,17 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: in
     return out
 
 
+def cycling(fn: Callable[[int], Any], n: int) -> Callable[[], Any]:
+    """A no-argument callable calling fn(0), fn(1), ..., fn(n - 1), fn(0), ..."""
+    state = [0]
+
+    def call():
+        k = state[0]
+        state[0] = (k + 1) % n
+        return fn(k)
+    return call
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     result = fn()

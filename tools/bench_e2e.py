@@ -158,15 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             inputs = {k: [(b.dense, b.ids_for(m)) for b in batches] for k, m in models.items()}
             ref = float_model(*inputs["float"][0])
             diffs = {k: float((m(*inputs[k][0]) - ref).abs().max()) for k, m in models.items()}
-            variants = {}
-            for name, m in models.items():
-                state = [0]
-
-                def call(m=m, state=state, xs=inputs[name]):
-                    k = state[0]
-                    state[0] = (k + 1) % len(xs)
-                    return m(*xs[k])
-                variants[name] = call
+            variants = {name: bc.cycling(lambda k, m=m, xs=inputs[name]: m(*xs[k]), len(batches))
+                        for name, m in models.items()}
             times = bc.interleaved(variants, args.repeats, args.warmup, args.min_seconds, args.block_seconds)
             latency_check = check_latency_model(args, built, {k: models[k] for k in ("searched plan", "latency plan")})
         quality = {k: evaluate(m, built["ds"], [5, 6]).overall.summary() for k, m in models.items()}
@@ -213,13 +206,7 @@ def check_latency_model(args: argparse.Namespace, built: dict[str, Any],
         return {}
 
     def cycling(m):
-        state = [0]
-
-        def call():
-            k = state[0]
-            state[0] = (k + 1) % len(batches)
-            return m(*batches[k])
-        return call
+        return bc.cycling(lambda k: m(*batches[k]), len(batches))
     times = bc.interleaved({k: cycling(m) for k, m in plans.items()}, args.repeats, args.warmup,
                            args.min_seconds, args.block_seconds)
     ops = self_time_by_op(cycling(plans["latency plan"]), max(4, args.batches))

@@ -121,17 +121,6 @@ def raw_fbgemm(emb: QuantizedEmbeddings) -> IntNBitTableBatchedEmbeddingBagsCode
     return tbe
 
 
-def cycling(fn, n: int):
-    """A no-argument callable calling fn(0), fn(1), ..., fn(n - 1), fn(0), ..."""
-    state = [0]
-
-    def call():
-        k = state[0]
-        state[0] = (k + 1) % n
-        return fn(k)
-    return call
-
-
 def profile_forward(emb: QuantizedEmbeddings, sparse: FeatureIds, calls: int) -> dict[str, float]:
     """Milliseconds per forward by top-level op (torch.profiler), lowprec's forward only."""
     from torch.profiler import ProfilerActivity, profile
@@ -187,13 +176,13 @@ def bench_config(args: argparse.Namespace, dim: int, pooling: int, dist: str,
         check["EmbeddingBag vs lowprec fp32"] = float((fp32_ref - a).abs().max())
 
         n = len(batches)
-        variants = {EB: cycling(lambda k: [bag(ids) for bag, ids in zip(bags, per_table[k])], n)}
+        variants = {EB: bc.cycling(lambda k: [bag(ids) for bag, ids in zip(bags, per_table[k])], n)}
         for name in precisions:  # raw FBGEMM: the TBE module lowprec holds, on the same index tensors
-            variants[f"fbgemm {name}"] = cycling(lambda k, t=lp[name].tbe: t(fids[k].indices, fids[k].offsets), n)
-            variants[f"lowprec {name}"] = cycling(lambda k, m=lp[name]: m(fids[k]), n)
-        variants[SEPARATE] = cycling(lambda k: separate(fids[k].indices, fids[k].offsets), n)
-        variants[f"lowprec {first}, id matrix"] = cycling(lambda k: lp[first](batches[k]), n)
-        variants[INPUTS] = cycling(lambda k: FeatureIds.from_matrix(batches[k], hotness), n)
+            variants[f"fbgemm {name}"] = bc.cycling(lambda k, t=lp[name].tbe: t(fids[k].indices, fids[k].offsets), n)
+            variants[f"lowprec {name}"] = bc.cycling(lambda k, m=lp[name]: m(fids[k]), n)
+        variants[SEPARATE] = bc.cycling(lambda k: separate(fids[k].indices, fids[k].offsets), n)
+        variants[f"lowprec {first}, id matrix"] = bc.cycling(lambda k: lp[first](batches[k]), n)
+        variants[INPUTS] = bc.cycling(lambda k: FeatureIds.from_matrix(batches[k], hotness), n)
         times = bc.interleaved(variants, args.repeats, args.warmup, args.min_seconds, args.block_seconds)
         prof = {name: profile_forward(lp[name], ids, args.profile_calls)
                 for name in ("fp32", "int4") if name in lp} if args.profile_calls else {}
