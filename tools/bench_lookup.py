@@ -441,7 +441,7 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
                        "profiler, lowprec forward"], rows)
     md += meaning(result)
     bad = {k: v for c in cfgs for k, v in c["max_abs_diff"].items() if not k.startswith("EmbeddingBag") and v != 0}
-    md += [f"Correctness: lowprec's outputs and raw FBGEMM's (same and separate module) are identical on every configuration"
+    md += ["Correctness: lowprec's outputs and raw FBGEMM's (same and separate module) are identical on every configuration"
            + ("." if not bad else f" except {bad}.") +
            f" lowprec fp32 vs the EmbeddingBags: max |diff| "
            f"{max(c['max_abs_diff']['EmbeddingBag vs lowprec fp32'] for c in cfgs):.2g} (summation order).", ""]

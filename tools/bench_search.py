@@ -29,9 +29,6 @@ import _bench_common as bc  # noqa: E402
 import search_vs_exhaustive as svx  # noqa: E402
 
 from lowprec.checkpoint.float_model import save_float_model  # noqa: E402
-from lowprec.data.dataset import Dataset  # noqa: E402
-from lowprec.data.synth import SynthConfig, generate  # noqa: E402
-from lowprec.fileio import atomic_dir  # noqa: E402
 from lowprec.precision import Precision  # noqa: E402
 from lowprec.search.run import SearchConfig, search  # noqa: E402
 from lowprec.search.solver import Budget  # noqa: E402
@@ -72,12 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "exhaustive_scorer": "tools/search_vs_exhaustive.py: score_all + cheapest_within"}
     with tempfile.TemporaryDirectory(prefix="lowprec-bench-search-") as tmp:
         tmp = Path(tmp)
-        with atomic_dir(tmp / "full") as d:
-            generate(SynthConfig(8, args.rows_per_window, args.seed, args.scale), d)
-        full = Dataset(tmp / "full")
-        keep = args.tables.split(",")
-        feats = [f for f in full.meta.sparse if f.name in keep]
-        ds = svx.subset_dataset(full, [f.name for f in feats], tmp / "small")
+        ds = svx.small_synthetic(tmp, args.rows_per_window, args.seed, args.scale, args.tables)
+        feats = list(ds.meta.sparse)
         torch.manual_seed(args.seed)
         model, info = train(ds, TrainConfig(windows=(0, 1, 2, 3), seed=args.seed))
         save_float_model(model, tmp / "model", info)

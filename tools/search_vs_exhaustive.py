@@ -56,6 +56,15 @@ def subset_dataset(src: Dataset, keep: list[str], out: Path) -> Dataset:
     return Dataset(out)
 
 
+def small_synthetic(tmp: Path, rows_per_window: int, seed: int, scale: float, tables: str) -> Dataset:
+    """8 synthetic windows, keeping only the sparse features named in `tables` (comma-separated)."""
+    with atomic_dir(tmp / "full") as d:
+        generate(SynthConfig(8, rows_per_window, seed, scale), d)
+    full = Dataset(tmp / "full")
+    keep = tables.split(",")
+    return subset_dataset(full, [f.name for f in full.meta.sparse if f.name in keep], tmp / "small")
+
+
 def score_all(model, ds, eval_windows, items, range_method):
     """(bytes, choices, NE increase, AUC drop) of every combination, scored on the eval windows."""
     cache = FloatCache(model, ds, eval_windows, max_rows=10**9)
@@ -91,12 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     precisions = tuple(Precision.parse(p) for p in args.precisions.split(","))
     with tempfile.TemporaryDirectory(prefix="lowprec-svx-") as tmp:
         tmp = Path(tmp)
-        with atomic_dir(tmp / "full") as d:
-            generate(SynthConfig(8, args.rows_per_window, args.seed, args.scale), d)
-        full = Dataset(tmp / "full")
-        keep = args.tables.split(",")
-        largest = [f for f in full.meta.sparse if f.name in keep]
-        ds = subset_dataset(full, [f.name for f in largest], tmp / "small")
+        ds = small_synthetic(tmp, args.rows_per_window, args.seed, args.scale, args.tables)
+        largest = list(ds.meta.sparse)
         model, info = train(ds, TrainConfig(windows=(0, 1, 2, 3), seed=args.seed))
         save_float_model(model, tmp / "model", info)
         space = SearchSpace(table_precisions=precisions, layer_precisions=(Precision.FP32,))
