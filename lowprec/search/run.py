@@ -28,8 +28,9 @@ from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
+from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
-from lowprec.search.solver import Budget, Sensitivity, predicted, solve
+from lowprec.search.solver import Budget, Sensitivity, predicted, price, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
 from lowprec.search.validate import Validation, validate
 
@@ -143,11 +144,8 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
     Returns the cheapest validated plan (or None) and the validation rounds. Cheapest is by the
     objective: bytes, or with `cost` (the latency objective) the plan's predicted time.
     """
-    def price(o: Option) -> float:
-        return cost[o.key] if cost is not None else o.bytes
-
     def plan_price(chosen: dict[str, Option]) -> float:
-        return sum(price(o) for o in chosen.values())
+        return sum(price(o, cost) for o in chosen.values())
 
     bounds, forbidden, seen = _Bounds(), set(), {}
     best: tuple[dict[str, Option], Validation] | None = None
@@ -168,7 +166,7 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
                 best = (chosen, val)
         if seen[key]:
             bounds.lo = max(bounds.lo or 0.0, m)
-            if all(price(o) == min(price(x) for x in items[o.item]) for o in chosen.values()):
+            if all(price(o, cost) == min(price(x, cost) for x in items[o.item]) for o in chosen.values()):
                 break  # nothing cheaper exists
         else:
             bounds.hi = min(bounds.hi or math.inf, m)
@@ -224,15 +222,8 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update)
 
     if cfg.objective == "latency" and cost is None:
-        from lowprec.search.latency import measure_costs
-
         cost = measure_costs(emulator, items, rm)
-    if cost is not None:
-        from lowprec.search.latency import significant_costs
-
-        best, rounds = refine(items, sens, cfg, significant_costs(cost, items), check)
-    else:
-        best, rounds = refine(items, sens, cfg, None, check)
+    best, rounds = refine(items, sens, cfg, significant_costs(cost, items) if cost is not None else None, check)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
         chosen = {item: opts[0] for item, opts in items.items()}

@@ -37,13 +37,18 @@ class Sensitivity:
     d_auc: float  # AUC drop vs float (positive = worse)
 
 
+def price(o: Option, cost: dict[str, float] | None) -> float:
+    """What the objective charges for an option: its bytes, or its time when `cost` is given."""
+    return cost[o.key] if cost is not None else o.bytes
+
+
 def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: Budget,
           cost: dict[str, float] | None = None, forbidden: set[str] = frozenset(),
           margin: float = 1.0) -> dict[str, Option]:
     """The cheapest option per item whose predicted loss fits `margin` x the budget."""
     flat = [o for opts in items.values() for o in opts]
     n = len(flat)
-    c = np.array([cost[o.key] if cost is not None else o.bytes for o in flat], dtype=np.float64)
+    c = np.array([price(o, cost) for o in flat], dtype=np.float64)
     # Break ties toward the more precise option (then fewer bytes) with a vanishing penalty.
     c = c + 1e-9 * np.array([max(sens[o.key].d_ne, 0) for o in flat]) * (abs(c).max() + 1)
     rows, lo, hi = [], [], []
