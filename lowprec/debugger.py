@@ -1,6 +1,6 @@
 """The numeric debugger: float vs quantized, tap by tap, on real batches.
 
-For every table's pooled output and every layer's output (see `dlrm_forward`) it accumulates
+For every table's pooled output and every layer's output (see `lowprec.graph.trace`) it accumulates
 SQNR = 10 log10(Σ ref² / Σ (ref - cand)²) over the batches and reports the first tap, in forward
 order, whose SQNR falls below a threshold: the place where accuracy broke (Deng et al. 2021 describe
 this layer-by-layer comparison as the core of Meta's low-precision debugging).
@@ -16,7 +16,7 @@ import torch
 
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
-from lowprec.model.dlrm import trace
+from lowprec.graph import trace
 
 
 def sqnr_db(signal: float, noise: float) -> float:

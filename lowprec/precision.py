@@ -1,10 +1,13 @@
 """`Precision`: the one place that knows each precision's facts.
 
-Every fact about a precision (bits per element, FBGEMM `SparseType`, bytes a row takes in FBGEMM's
-inference layout, whether it needs row-wise scale/bias, which layers may use it) lives in the
-`_FACTS` table below, not in if/elif chains spread around the code (FBGEMM's SparseType does the
-same). Integer rows in the inference TBE carry an fp16 scale and fp16 bias (4 bytes) beside the
-packed codes; FBGEMM requires the embedding dim to be a multiple of 4 for every precision.
+Every fact about a precision (bits per element, FBGEMM `SparseType`, whether it needs row-wise
+scale/bias, whether layers may use it) lives in the `_FACTS` table below, not in if/elif chains
+spread around the code (FBGEMM's SparseType does the same); the bytes a row takes in the inference
+TBE come from FBGEMM's own `unpadded_row_size_in_bytes`. Integer rows carry an fp16 scale and fp16
+bias (4 bytes) beside the packed codes; FP8 rows are FBGEMM's HFP8 codes (1 sign, 4 exponent, 3
+mantissa bits, exponent bias 7) with no per-row scale; FBGEMM requires the embedding dim to be a
+multiple of 4 for every precision. How each precision encodes and serves a table or a layer is its
+handler in `lowprec.serve`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import enum
 from dataclasses import dataclass
 
 from fbgemm_gpu.split_embedding_configs import SparseType
+from fbgemm_gpu.split_table_batched_embeddings_ops_inference import unpadded_row_size_in_bytes
 
 from lowprec.errors import InputError
 
 DIM_ALIGNMENT = 4  # FBGEMM's inference TBE takes only dims that are multiples of 4
-SCALE_BIAS_BYTES = 4  # fp16 scale + fp16 bias per integer row
 
 
 @dataclass(frozen=True)
@@ -25,13 +28,13 @@ class _Facts:
     bits: int
     sparse_type: SparseType
     integer: bool  # row-wise affine codes with scale/bias
-    for_tables: bool
     for_layers: bool
 
 
 class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
+    FP8 = "fp8"
     INT8 = "int8"
     INT4 = "int4"
     INT2 = "int2"
@@ -52,14 +55,11 @@ class Precision(str, enum.Enum):
     def is_integer(self) -> bool:
         return self.facts.integer
 
-    def data_bytes_per_row(self, dim: int) -> int:
-        """Bytes of codes or values for one row of `dim` elements (no scale/bias, no padding)."""
-        check_dim(dim, "row")
-        return dim * self.bits // 8
-
     def bytes_per_row(self, dim: int) -> int:
-        """Unpadded bytes one row takes in the inference TBE: data plus fp16 scale/bias if integer."""
-        return self.data_bytes_per_row(dim) + (SCALE_BIAS_BYTES if self.is_integer else 0)
+        """Unpadded bytes one row takes in the inference TBE (FBGEMM's own count): data plus fp16
+        scale/bias if integer."""
+        check_dim(dim, "row")
+        return unpadded_row_size_in_bytes(dim, self.sparse_type)
 
     def table_bytes(self, rows: int, dim: int) -> int:
         return rows * self.bytes_per_row(dim)
@@ -73,20 +73,17 @@ class Precision(str, enum.Enum):
                              f"(choose from {', '.join(p.value for p in cls)})") from None
 
     @classmethod
-    def for_tables(cls) -> list["Precision"]:
-        return [p for p in cls if p.facts.for_tables]
-
-    @classmethod
     def for_layers(cls) -> list["Precision"]:
         return [p for p in cls if p.facts.for_layers]
 
 
 _FACTS = {
-    Precision.FP32: _Facts(32, SparseType.FP32, False, True, True),
-    Precision.FP16: _Facts(16, SparseType.FP16, False, True, True),
-    Precision.INT8: _Facts(8, SparseType.INT8, True, True, True),
-    Precision.INT4: _Facts(4, SparseType.INT4, True, True, False),
-    Precision.INT2: _Facts(2, SparseType.INT2, True, True, False),
+    Precision.FP32: _Facts(32, SparseType.FP32, False, True),
+    Precision.FP16: _Facts(16, SparseType.FP16, False, True),
+    Precision.FP8: _Facts(8, SparseType.FP8, False, False),
+    Precision.INT8: _Facts(8, SparseType.INT8, True, True),
+    Precision.INT4: _Facts(4, SparseType.INT4, True, False),
+    Precision.INT2: _Facts(2, SparseType.INT2, True, False),
 }
 
 

@@ -23,6 +23,7 @@ from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
 from lowprec.precision import Precision
 from lowprec.quant.rowwise import fused_rows, fused_to_float
+from lowprec.serve.tables import table_codec
 from lowprec.train import TrainConfig, model_config_for, train
 
 PRECISIONS = [p for p in Precision]
@@ -63,9 +64,10 @@ def test_tbe_lookups_equal_dequantized_tables(trained, tmp_path, precision):
     for t, stored in enumerate(runtime.embeddings.table_weights()):
         source = float_model.embeddings[t].weight.detach()
         # the bytes in the TBE are exactly what the row-wise quantizer writes for this table
-        expected = fused_rows(source, precision.bits, "minmax")
+        codec = table_codec(precision)
+        expected = codec.encode(source, "minmax")
         assert torch.equal(stored[:, : expected.shape[1]], expected)
-        deq = fused_to_float(stored, precision.bits, source.shape[1])
+        deq = codec.decode(stored, source.shape[1])
         ref = pooled_reference(deq, batch.sparse[:, offsets[t]:offsets[t + 1]])
         torch.testing.assert_close(pooled[:, t], ref, rtol=1e-5, atol=1e-6)
     assert manifest["tables"][0]["precision"] == precision.value
@@ -215,12 +217,13 @@ def test_fast_path_with_pads_equals_reference(tmp_path, precision):
     sparse = torch.randint(0, 8, (64, 12))
     sparse[torch.rand(64, 12) < 0.4] = -1
     sparse[5] = -1  # a sample whose bags are all empty
-    assert emb._simple
+    # FP8's kernel does not skip pads: the runtime masks them itself (the general path)
+    assert emb.simple == table_codec(precision).skips_pads
     fast = emb(sparse)
-    emb._simple = False
+    emb.simple = False
     torch.testing.assert_close(fast, emb(sparse), rtol=1e-6, atol=1e-6)
     for t in range(3):
-        deq = fused_to_float(emb.table_weights()[t], precision.bits, 16)
+        deq = table_codec(precision).decode(emb.table_weights()[t], 16)
         torch.testing.assert_close(fast[:, t], pooled_reference(deq, sparse[:, 4 * t:4 * t + 4]))
     assert (fast[5] == 0).all()
 
@@ -232,10 +235,10 @@ def test_multi_hot_fast_path_equals_general_path(tmp_path):
     convert(tmp_path / "m", Plan.uniform(Precision.INT4), tmp_path / "a")
     runtime, _ = load_artifact(tmp_path / "a")
     emb = runtime.embeddings
-    assert emb._simple
+    assert emb.simple
     sparse = torch.randint(0, 8, (64, 12))  # no pads: the fast path applies
     fast = emb(sparse)
-    emb._simple = False
+    emb.simple = False
     torch.testing.assert_close(fast, emb(sparse), rtol=0, atol=0)
     for t in range(3):
         deq = fused_to_float(emb.table_weights()[t], 4, 16)

@@ -96,8 +96,8 @@ def test_bench_all_renders_report_and_figures(reports):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4", "int2"])
 def test_fast_path_with_pads_equals_general_path(precision):
     """Multi-hot ids with pads: the fast path (pads passed to FBGEMM as -1) == the masked general path."""
-    from lowprec.model.deploy import Feature
-    from lowprec.model.quantized import PhysicalTable, QuantizedEmbeddings, TableServing
+    from lowprec.serve.forms import Feature
+    from lowprec.serve.runtime import PhysicalTable, QuantizedEmbeddings, TableServing
     from lowprec.precision import Precision
 
     p = Precision(precision)
@@ -114,9 +114,9 @@ def test_fast_path_with_pads_equals_general_path(precision):
     sparse = torch.randint(0, 50, (32, 12), generator=g)
     sparse[torch.rand(sparse.shape, generator=g) < 0.4] = -1
     sparse[0] = -1  # a sample with every slot empty
-    assert emb._simple
+    assert emb.simple
     fast = emb(sparse)
-    emb._simple = False
+    emb.simple = False
     torch.testing.assert_close(fast, emb(sparse), rtol=0, atol=0)
     assert torch.equal(fast[0], torch.zeros_like(fast[0]))
 

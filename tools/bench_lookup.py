@@ -18,7 +18,7 @@ every repeat:
                       copy of the tables lands moves a lookup by up to ~30% here)
   fbgemm fp32, separate module   the same, but an independent module holding a byte copy: shows
                       that placement effect
-  lowprec P           QuantizedEmbeddings.forward on the batch's FeatureIds (what QuantizedDLRM
+  lowprec P           QuantizedEmbeddings.lookup_ids on the batch's FeatureIds (what QuantizedDLRM
                       gets from the data loader: `iter_batches(..., feature_ids=True)`)
   fbgemm/lowprec plan the same, every table at its own precision from a plan (mixed precision)
   lowprec P, id matrix   QuantizedEmbeddings.forward on the (B, 26 x pooling) int64 id matrix,
@@ -50,11 +50,11 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (  # noqa: E
 )
 from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode, EmbeddingLocation  # noqa: E402
 
-from lowprec.checkpoint.convert import embeddings_from_forms, quantize_form  # noqa: E402
+from lowprec.serve.quantize import embeddings_from_forms, quantize_form  # noqa: E402
 from lowprec.data.ids import FeatureIds  # noqa: E402
 from lowprec.data.synth import KAGGLE_CARDINALITIES, SPARSE_NAMES, zipf_ranks  # noqa: E402
-from lowprec.model.deploy import dense_form  # noqa: E402
-from lowprec.model.quantized import QuantizedEmbeddings  # noqa: E402
+from lowprec.serve.forms import dense_form  # noqa: E402
+from lowprec.serve.runtime import QuantizedEmbeddings  # noqa: E402
 from lowprec.plan import Plan, TableChoice  # noqa: E402
 from lowprec.precision import Precision  # noqa: E402
 
@@ -125,10 +125,10 @@ def profile_forward(emb: QuantizedEmbeddings, sparse: FeatureIds, calls: int) ->
     """Milliseconds per forward by top-level op (torch.profiler), lowprec's forward only."""
     from torch.profiler import ProfilerActivity, profile
 
-    emb(sparse)
+    emb.lookup_ids(sparse)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
-            emb(sparse)
+            emb.lookup_ids(sparse)
     totals: dict[str, float] = {}
     for evt in prof.events():
         if evt.cpu_parent is None:
@@ -166,11 +166,11 @@ def bench_config(args: argparse.Namespace, dim: int, pooling: int, dist: str,
         separate = raw_fbgemm(fp32)  # an independent FBGEMM module holding a byte copy
         del tables
         for name in precisions:
-            a = lp[name](ids)
+            a = lp[name].lookup_ids(ids)
             check[name] = float((a - lp[name].tbe(ids.indices, ids.offsets).view_as(a)).abs().max())
         first = next(iter(precisions))
-        check[f"{first}: id matrix vs FeatureIds input"] = float((lp[first](sparse) - lp[first](ids)).abs().max())
-        a = fp32(ids)
+        check[f"{first}: id matrix vs FeatureIds input"] = float((lp[first](sparse) - lp[first].lookup_ids(ids)).abs().max())
+        a = fp32.lookup_ids(ids)
         check["separate fbgemm fp32"] = float((a - separate(ids.indices, ids.offsets).view_as(a)).abs().max())
         fp32_ref = torch.stack([bag(ids) for bag, ids in zip(bags, per_table[0])], dim=1)
         check["EmbeddingBag vs lowprec fp32"] = float((fp32_ref - a).abs().max())
@@ -179,7 +179,7 @@ def bench_config(args: argparse.Namespace, dim: int, pooling: int, dist: str,
         variants = {EB: bc.cycling(lambda k: [bag(ids) for bag, ids in zip(bags, per_table[k])], n)}
         for name in precisions:  # raw FBGEMM: the TBE module lowprec holds, on the same index tensors
             variants[f"fbgemm {name}"] = bc.cycling(lambda k, t=lp[name].tbe: t(fids[k].indices, fids[k].offsets), n)
-            variants[f"lowprec {name}"] = bc.cycling(lambda k, m=lp[name]: m(fids[k]), n)
+            variants[f"lowprec {name}"] = bc.cycling(lambda k, m=lp[name]: m.lookup_ids(fids[k]), n)
         variants[SEPARATE] = bc.cycling(lambda k: separate(fids[k].indices, fids[k].offsets), n)
         variants[f"lowprec {first}, id matrix"] = bc.cycling(lambda k: lp[first](batches[k]), n)
         variants[INPUTS] = bc.cycling(lambda k: FeatureIds.from_matrix(batches[k], hotness), n)

@@ -322,7 +322,7 @@ def run_job(job: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
             # the documented way to deploy an exact-ROBE model without the projection loss
             from dataclasses import replace
 
-            from lowprec.model.sharing import realign
+            from lowprec.model.realign import realign
 
             model, info = train(ds, replace(cfg, epochs=1), init=realign(model))
             train_cmd = (f"# python: m, _ = lowprec.train.train(Dataset({ctx['data']!r}), TrainConfig("
@@ -405,7 +405,8 @@ def _weighted_projection_model(job: dict[str, Any], ctx: dict[str, Any], ds: Any
 
     from lowprec.calibrate import load_calibration
     from lowprec.checkpoint.float_model import load_float_model, save_float_model
-    from lowprec.model.sharing import RobeBag, realign
+    from lowprec.model.realign import realign
+    from lowprec.model.sharing import RobeBag
 
     src = f"robe_exact-{job['ratio']}"
     exact, _ = load_float_model(Path(ctx["work"]) / "models" / src)

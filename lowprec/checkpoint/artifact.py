@@ -4,7 +4,8 @@ manifest.json records the format version; lowprec, torch and fbgemm versions; th
 the plan; per logical table its rows, dim, precision, sharing and bytes; the physical TBE tables,
 TBE features (physical table + id transform) and how each logical table combines them; per layer
 its precision and activation qparams; and the sha256 of every other file. Loading verifies every
-hash before reading a byte of weights, then builds `QuantizedDLRM` (torch + fbgemm_gpu only).
+hash before reading a byte of weights, then builds `QuantizedDLRM` (torch + fbgemm_gpu only) through
+the serving handlers (lowprec.serve).
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from safetensors import SafetensorError, safe_open
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
-from lowprec.model.deploy import Feature
-from lowprec.model.quantized import (
-    Int8Linear, PhysicalTable, QuantizedDLRM, QuantizedEmbeddings, TableServing,
-)
 from lowprec.precision import Precision
+from lowprec.serve.forms import Feature
+from lowprec.serve.layers import layer_codec
+from lowprec.serve.runtime import PhysicalTable, QuantizedDLRM, QuantizedEmbeddings, TableServing
 
 FORMAT = "lowprec-artifact"
 FORMAT_VERSION = 1
@@ -60,18 +60,8 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
 
 def _layer_module(name: str, spec: dict[str, Any], src: Any) -> torch.nn.Module:
     precision = Precision.parse(spec["precision"], f"layer {name}")
-    bias = src.get_tensor(f"layers.{name}.bias").float()
-    if precision is Precision.INT8:
-        qp = spec.get("input_qparams")
-        return Int8Linear(src.get_tensor(f"layers.{name}.weight"),
-                          src.get_tensor(f"layers.{name}.scale").float(), bias,
-                          (float(qp[0]), int(qp[1])) if qp else None)
-    weight = src.get_tensor(f"layers.{name}.weight").float()  # fp16 storage computes in fp32
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        layer.bias.copy_(bias)
-    return layer
+    return layer_codec(precision, f"layer {name!r}").build(
+        lambda suffix: src.get_tensor(f"layers.{name}.{suffix}"), spec)
 
 
 def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDLRM:

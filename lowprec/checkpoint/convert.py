@@ -10,8 +10,6 @@ largest table plus its quantized copy. Everything lands in a temporary directory
 from __future__ import annotations
 
 import datetime as _dt
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,114 +23,20 @@ from lowprec.checkpoint.float_model import read_float_config
 from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, sha256_file, write_json
+from lowprec.model.backends import load_table_module
 from lowprec.model.config import DLRMConfig
-from lowprec.model.deploy import DeployForm, Feature, post_training_form
-from lowprec.model.quantized import PhysicalTable, QuantizedEmbeddings, TableServing
-from lowprec.model.sharing import load_table_module
 from lowprec.plan import Plan, TableChoice
-from lowprec.precision import DIM_ALIGNMENT, Precision
-from lowprec.quant.linear import activation_qparams, quantize_weight_per_channel
-from lowprec.quant.rowwise import fused_rows
-
-
-def table_rows_bytes(weight: torch.Tensor, choice: TableChoice,
-                     row_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Float table (rows, dim % 4 == 0) -> uint8 rows exactly as FBGEMM's inference TBE stores them."""
-    p = choice.precision
-    if p is Precision.FP32:
-        return weight.float().contiguous().view(torch.uint8)
-    if p is Precision.FP16:
-        return weight.half().contiguous().view(torch.uint8)
-    return fused_rows(weight.float(), p.bits, choice.range_method, row_weights)
-
-
-def check_table_finite(weight: torch.Tensor, what: str, chunk_rows: int = 1 << 16) -> None:
-    """InputError naming the first row with NaN/Inf; checks in row chunks to keep memory flat."""
-    for start in range(0, weight.shape[0], chunk_rows):
-        bad = ~torch.isfinite(weight[start:start + chunk_rows])
-        if bad.any():
-            row = start + int(torch.nonzero(bad)[0][0])
-            raise InputError(f"{what}: row {row} holds NaN or Inf; fix the float model before converting")
-
-
-def pad_dim(weight: torch.Tensor, key: str) -> torch.Tensor:
-    extra = -weight.shape[1] % DIM_ALIGNMENT
-    if not extra:
-        return weight
-    warnings.warn(f"table {key!r}: dim {weight.shape[1]} is not a multiple of {DIM_ALIGNMENT}; "
-                  f"padding rows with {extra} zero columns for FBGEMM (recorded in the manifest)")
-    return torch.nn.functional.pad(weight, (0, extra))
+from lowprec.precision import Precision
+from lowprec.serve.forms import ServingForm
+from lowprec.serve.layers import layer_codec
+from lowprec.serve.quantize import check_finite, quantize_form, table_form
 
 
 def load_table_form(src: Any, index: int, config: DLRMConfig, choice: TableChoice,
-                    row_counts: torch.Tensor | None) -> DeployForm:
+                    row_counts: torch.Tensor | None) -> ServingForm:
     """Rebuild one logical table's float module from the checkpoint and return its serving form."""
-    tcfg = config.tables[index]
     module = load_table_module(config, index, src.get_tensor)
-    for name, p in module.state_dict().items():
-        check_table_finite(p.reshape(p.shape[0], -1) if p.ndim else p.reshape(1, 1),
-                           f"table {tcfg.name!r} ({name})")
-    form = module.deploy_form(tcfg.name)
-    if choice.sharing is not None:
-        form = post_training_form(form, choice.sharing, row_counts, tcfg.name)
-    return form
-
-
-@dataclass
-class QuantizedForm:
-    """One logical table quantized: physical tables with their FBGEMM rows, features, buffers."""
-
-    physical: list[tuple[PhysicalTable, torch.Tensor]]  # (table, uint8 rows)
-    groups: list[list[Feature]]
-    buffers: dict[str, torch.Tensor]
-    exact: bool
-    padded_from: dict[str, int]
-
-    def bytes(self) -> int:
-        rows = sum(r.numel() for _, r in self.physical)
-        return rows + sum(b.numel() * b.element_size() for b in self.buffers.values())
-
-
-def _rows_are_ids(form: DeployForm) -> bool:
-    return (len(form.tables) == 1 and len(form.groups) == 1 and len(form.groups[0]) == 1
-            and form.groups[0][0].transform.get("kind") == "identity")
-
-
-def quantize_form(form: DeployForm, choice: TableChoice, row_counts: torch.Tensor | None,
-                  skip: set[str] = frozenset()) -> QuantizedForm:
-    """Quantize every physical table of `form` (except keys in `skip`, already done elsewhere)."""
-    physical, padded_from = [], {}
-    for key, weight in form.tables.items():
-        if key in skip:
-            continue
-        padded = pad_dim(weight.detach().float(), key)
-        if padded.shape[1] != weight.shape[1]:
-            padded_from[key] = int(weight.shape[1])
-        # Access counts weight a table's rows only where physical rows are the logical ids.
-        counts = row_counts if row_counts is not None and _rows_are_ids(form) else None
-        table = PhysicalTable(key, int(padded.shape[0]), int(padded.shape[1]), choice.precision)
-        physical.append((table, table_rows_bytes(padded, choice, counts)))
-    return QuantizedForm(physical, form.groups, dict(form.buffers), form.exact, padded_from)
-
-
-def embeddings_from_forms(dim: int, names_hotness: list[tuple[str, int]],
-                          forms: list[QuantizedForm]) -> QuantizedEmbeddings:
-    """A runtime embedding module straight from quantized forms (no file in between)."""
-    tables, rows, features, serving = [], {}, [], []
-    for (name, hotness), qf in zip(names_hotness, forms):
-        for table, r in qf.physical:
-            if table.key not in rows:
-                tables.append(table)
-                rows[table.key] = r
-        groups = []
-        for group in qf.groups:
-            groups.append(tuple(len(features) + i for i in range(len(group))))
-            features.extend(group)
-        serving.append(TableServing(name, hotness, tuple(groups)))
-    buffers = {k: v for qf in forms for k, v in qf.buffers.items()}
-    emb = QuantizedEmbeddings(dim, tables, features, serving, buffers)
-    emb.load_rows(rows.__getitem__)
-    return emb
+    return table_form(module, config.tables[index], choice, row_counts)
 
 
 class _Builder:
@@ -147,7 +51,7 @@ class _Builder:
         self.buffers: list[str] = []
         self.buffer_bytes = 0
 
-    def add_table(self, tcfg, form: DeployForm, choice: TableChoice, row_counts) -> None:
+    def add_table(self, tcfg, form: ServingForm, choice: TableChoice, row_counts) -> None:
         qf = quantize_form(form, choice, row_counts, skip=set(self.physical))
         for table, rows in qf.physical:
             nbytes = self.writer.add(f"tables.{table.key}", rows)
@@ -175,24 +79,14 @@ class _Builder:
 
 def _convert_layer(writer: TensorFileWriter, name: str, weight: torch.Tensor, bias: torch.Tensor,
                    precision: Precision, calib: dict[str, Any] | None) -> dict[str, Any]:
-    check_table_finite(weight, f"layer {name!r} weight")
-    bias_bytes = writer.add(f"layers.{name}.bias", bias.float())
-    entry: dict[str, Any] = {"precision": precision.value, "in": weight.shape[1], "out": weight.shape[0],
-                             "input_qparams": None, "input_range": None}
-    if precision is Precision.INT8:
-        codes, scale = quantize_weight_per_channel(weight)
-        writer.add(f"layers.{name}.weight", codes)
-        writer.add(f"layers.{name}.scale", scale)
-        if calib is not None:
-            lo, hi = float(calib["min"]), float(calib["max"])
-            entry["input_range"] = [lo, hi]
-            entry["input_qparams"] = list(activation_qparams(lo, hi))
-        entry["bytes"] = codes.numel() + 4 * scale.numel() + bias_bytes
-    else:
-        stored = weight.half() if precision is Precision.FP16 else weight.float()
-        writer.add(f"layers.{name}.weight", stored)
-        entry["bytes"] = stored.numel() * stored.element_size() + bias_bytes
-    return entry
+    check_finite(weight, f"layer {name!r} weight")
+    try:
+        tensors, entry = layer_codec(precision, f"layer {name!r}").encode(weight, bias, calib)
+    except InputError as exc:
+        raise InputError(f"layer {name!r}: {exc}") from None
+    nbytes = sum(writer.add(f"layers.{name}.{suffix}", t) for suffix, t in tensors.items())
+    return {"precision": precision.value, "in": weight.shape[1], "out": weight.shape[0], **entry,
+            "bytes": nbytes}
 
 
 def convert(model_dir: str | Path, plan: Plan, out: str | Path,

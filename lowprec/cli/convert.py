@@ -50,7 +50,7 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
     with progress_bar(len(config.tables), "convert", unit="tables") as update:
         manifest = run_convert(model_dir, plan, out, calibration, progress=update)
     if export == "torchscript":
-        from lowprec.checkpoint.export import export_torchscript
+        from lowprec.serve.export import export_torchscript
 
         export_torchscript(out)
     if as_json:

@@ -35,7 +35,7 @@ from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.drift import stats
 from lowprec.evaluate import predict
 from lowprec.metrics import BinaryStats, score_bins
-from lowprec.model.dlrm import named_layers
+from lowprec.serve.tables import table_codec
 from lowprec.precision import Precision
 
 SPILL_DTYPE = np.dtype([("ref", "<f4"), ("cand", "<f4"), ("y", "u1")])
@@ -55,11 +55,6 @@ class PairedConfig:
             raise ValueError("batch_size must be >= 1")
 
 
-def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Layer name (bottom.i / top.i) -> module, for the float DLRM and the quantized runtime."""
-    return named_layers(model.bottom, model.top)
-
-
 def representable_range(qparams: tuple[float, int]) -> tuple[float, float]:
     scale, zp = qparams
     return (0 - zp) * scale, (255 - zp) * scale
@@ -69,9 +64,9 @@ class ClipMonitor:
     """Counts input elements outside each static int8 layer's representable range (pre-hooks)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.ranges = {name: representable_range(m.input_qparams) for name, m in linear_layers(model).items()
+        self.ranges = {name: representable_range(m.input_qparams) for name, m in model.linear_layers().items()
                        if getattr(m, "input_qparams", None) is not None}
-        self.modules = {n: m for n, m in linear_layers(model).items() if n in self.ranges}
+        self.modules = {n: m for n, m in model.linear_layers().items() if n in self.ranges}
         self.counts: dict[str, list[float]] = {}
         self._hooks: list[Any] = []
 
@@ -102,9 +97,7 @@ class ClipMonitor:
 
 def dequantize_rows(raw: torch.Tensor, precision: Precision, dim: int) -> torch.Tensor:
     """FBGEMM inference-TBE rows (uint8) of a physical table -> float rows (rows, dim)."""
-    from lowprec.quant.rowwise import fused_to_float
-
-    return fused_to_float(raw, precision.bits, dim).float()
+    return table_codec(precision).decode(raw, dim).float()
 
 
 @dataclass

@@ -1,22 +1,18 @@
-"""Embedding backends of the float model, one module per table.
+"""The dense embedding backend, the SPEC parser and the pad mask every backend uses.
 
 Every backend maps padded ids (B, hotness) with -1 for empty slots to pooled vectors (B, D) by
-summing the embeddings of the valid ids. `build_table` picks the backend from the table's SPEC
-string (`dense` here; hash-sharing backends register themselves in `BACKENDS`).
+summing the embeddings of the valid ids. `lowprec.model.backends` picks the backend from the
+table's SPEC string (`dense` here; hash, qr, robe in `lowprec.model.sharing`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 from torch import nn
 
 from lowprec.data.dataset import PAD_ID
 from lowprec.errors import InputError
-from lowprec.model.config import TableConfig
-from lowprec.model.deploy import DeployForm, dense_form
 
 
 def pad_mask(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,19 +38,6 @@ class DenseBag(nn.Module):
         safe, w = pad_mask(ids)
         return self.bag(safe, per_sample_weights=w)
 
-    def deploy_form(self, key: str) -> DeployForm:
-        return dense_form(key, self.weight.detach())
-
-
-def _dense(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
-    if options:
-        raise InputError(f"table {table.name!r}: `dense` takes no options, got {options}")
-    return DenseBag(table.num_embeddings, dim)
-
-
-# SPEC kind -> constructor(table, dim, options). Hash-sharing backends add entries here.
-BACKENDS: dict[str, Callable[[TableConfig, int, dict[str, str]], nn.Module]] = {"dense": _dense}
-
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """`robe:ratio=16,z=32` -> ('robe', {'ratio': '16', 'z': '32'})."""
@@ -66,13 +49,3 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             raise InputError(f"embedding SPEC {spec!r}: option {part!r} is not key=value")
         options[key.strip()] = value.strip()
     return kind, options
-
-
-def build_table(table: TableConfig, dim: int) -> nn.Module:
-    kind, options = parse_spec(table.embedding)
-    if kind not in BACKENDS:
-        raise InputError(
-            f"table {table.name!r}: unknown embedding backend {kind!r} (known: {sorted(BACKENDS)})"
-        )
-    return BACKENDS[kind](table, dim, options)
-

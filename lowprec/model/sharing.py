@@ -1,4 +1,4 @@
-"""Hash-sharing embedding backends, their FBGEMM serving forms, and post-training sharing.
+"""Hash-sharing embedding backends (training side): hashing trick, QR, ROBE-Z.
 
 SPEC grammar (TableConfig.embedding, parsed by `embedding.parse_spec`; R = parameter reduction vs a
 dense n x D table, a float >= 1):
@@ -33,16 +33,16 @@ Storage of M: DLRM calls `link_shared` after building its tables. It creates one
 (an EmbeddingBag(|M|, 1, sparse=True), so SparseAdam trains M with sparse gradients), registers it
 in the first robe table only (state-dict key `embeddings.<first>.shared.bag.weight`) and gives the
 other robe tables an unregistered reference: the state dict and safetensors hold M once.
-`load_table_module` rebuilds one table (with M) from a checkpoint for table-by-table conversion.
+`lowprec.model.backends.load_table_module` rebuilds one table (with M) from a checkpoint.
 
-Post-training sharing of a trained dense table ("hot") lives in `lowprec.model.hot_sharing`.
+How each backend serves (its FBGEMM form and id transforms) and post-training sharing ("hot") live
+in `lowprec.serve.sharing` and `lowprec.serve.transforms`; `realign` in `lowprec.model.realign`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -51,10 +51,9 @@ import torch
 from torch import nn
 
 from lowprec.errors import InputError
-from lowprec.model.config import DLRMConfig, TableConfig
-from lowprec.model.deploy import TRANSFORMS, DeployForm, Feature
-from lowprec.model.embedding import BACKENDS, build_table, pad_mask, parse_spec
-from lowprec.quant.hashing import DEFAULT_SEED, FAMILY, hash_ids, hash_rows, sign_hash, table_id
+from lowprec.model.config import TableConfig
+from lowprec.model.embedding import pad_mask
+from lowprec.quant.hashing import DEFAULT_SEED, hash_ids, hash_rows, sign_hash, table_id
 
 ROBE_KEY = "robe.shared"  # physical TBE table of the shared ROBE array
 ROBE_STATE = "shared.bag.weight"  # key of M inside the owning table's state dict
@@ -108,9 +107,6 @@ class HashBag(nn.Module):
         safe, w = pad_mask(ids)
         return self.bag(self.row_ids(safe), per_sample_weights=w)
 
-    def deploy_form(self, key: str) -> DeployForm:
-        spec = {"kind": "hash", "family": FAMILY, "table": self.table, "seed": self.seed, "rows": self.rows}
-        return DeployForm({key: self.bag.weight.detach()}, [[Feature(key, spec)]])
 
 
 # --- quotient-remainder -------------------------------------------------------------------------
@@ -148,11 +144,6 @@ class QRBag(nn.Module):
         safe, w = pad_mask(ids)
         return self.q(safe // self.c, per_sample_weights=w) + self.r(safe % self.c, per_sample_weights=w)
 
-    def deploy_form(self, key: str) -> DeployForm:
-        q, r = f"{key}.q", f"{key}.r"
-        return DeployForm({q: self.q.weight.detach(), r: self.r.weight.detach()},
-                          [[Feature(q, {"kind": "qr_q", "c": self.c})],
-                           [Feature(r, {"kind": "qr_r", "c": self.c})]])
 
 
 # --- ROBE-Z -------------------------------------------------------------------------------------
@@ -170,14 +161,18 @@ class RobeMember:
     align: bool
 
 
+def robe_size(target_elements: float, z: int) -> int:
+    """|M|: the multiple of Z nearest the target number of elements (at least Z)."""
+    return max(z, z * math.floor(target_elements / z + 0.5))
+
+
 class RobeArray(nn.Module):
     """The one array M of a model's robe tables, as an EmbeddingBag(|M|, 1) for sparse gradients."""
 
     def __init__(self, members: list[RobeMember], z: int, seed: int, init: bool = True):
         super().__init__()
         self.members, self.z, self.seed = tuple(members), z, seed
-        target = sum(m.rows * m.dim / m.ratio for m in members)
-        self.size = max(z, z * math.floor(target / z + 0.5))
+        self.size = robe_size(sum(m.rows * m.dim / m.ratio for m in members), z)
         self.bag = nn.EmbeddingBag(self.size, 1, mode="sum", sparse=True)
         if init:
             _init(self.bag.weight, members[0].dim)
@@ -244,20 +239,6 @@ class RobeBag(nn.Module):
     def exact_runtime(self) -> "RobeExact":
         return RobeExact(self.array.weight.detach().reshape(-1).clone(), self.member, self.z, self.seed)
 
-    def deploy_form(self, key: str) -> DeployForm:
-        m, a = self.member, self.array
-        if self.z % 4:
-            raise InputError(f"table {m.name!r}: ROBE z={self.z} is not a multiple of 4, which the "
-                             f"FBGEMM TBE needs for the shared table; train with z a multiple of 4")
-        exact = all(x.align for x in a.members)
-        if not exact:
-            warnings.warn(f"table {m.name!r}: the model's ROBE array was trained unaligned; serving its "
-                          f"least-squares aligned projection (approximate). Train with align=1, or "
-                          f"fine-tune `sharing.realign(model)`, to deploy without this loss")
-        feats = [Feature(ROBE_KEY, {"kind": "robe", "family": FAMILY, "table": m.table, "chunk": c,
-                                    "rows": a.size // self.z, "seed": self.seed, "sign": m.sign})
-                 for c in range(m.dim // self.z)]
-        return DeployForm({ROBE_KEY: a.aligned_array()}, [feats], exact=exact)
 
 
 class RobeExact(nn.Module):
@@ -276,7 +257,7 @@ class RobeExact(nn.Module):
     forward = exact_pooled
 
 
-def _robe_array(bags: list[RobeBag], init: bool = True) -> RobeArray:
+def robe_array(bags: list[RobeBag], init: bool = True) -> RobeArray:
     zs, seeds = {b.z for b in bags}, {b.seed for b in bags}
     if len(zs) > 1 or len(seeds) > 1:
         raise InputError(f"robe tables {[b.member.name for b in bags]} share one array and must use "
@@ -284,34 +265,13 @@ def _robe_array(bags: list[RobeBag], init: bool = True) -> RobeArray:
     return RobeArray([b.member for b in bags], zs.pop(), seeds.pop(), init)
 
 
-def link_shared(modules: nn.ModuleList, config: DLRMConfig) -> None:
+def link_shared(modules: nn.ModuleList) -> None:
     """Create the model's shared ROBE array: registered in the first robe table, referenced by all."""
     bags = [m for m in modules if isinstance(m, RobeBag)]
     if bags:
-        array = _robe_array(bags)
+        array = robe_array(bags)
         for i, bag in enumerate(bags):
             bag.attach(array, own=i == 0)
-
-
-def load_table_module(config: DLRMConfig, index: int, get_tensor: Callable[[str], torch.Tensor]) -> nn.Module:
-    """Rebuild logical table `index` from a DLRM state (tensor getter by name), shared array included."""
-    tables = config.tables
-    if parse_spec(tables[index].embedding)[0] != "robe":
-        # Built on the meta device and loaded with assign=True: the checkpoint's tensors become the
-        # parameters, so converting never holds a randomly initialised copy of the table as well.
-        with torch.device("meta"):
-            module = build_table(tables[index], config.embedding_dim)
-        prefix = f"embeddings.{index}."
-        module.load_state_dict({k: get_tensor(prefix + k) for k in module.state_dict()}, assign=True)
-        return module
-    module = build_table(tables[index], config.embedding_dim)
-    robe = [i for i, t in enumerate(tables) if parse_spec(t.embedding)[0] == "robe"]
-    bags = [module if i == index else build_table(tables[i], config.embedding_dim) for i in robe]
-    array = _robe_array(bags, init=False)
-    with torch.no_grad():
-        array.bag.weight.copy_(get_tensor(f"embeddings.{robe[0]}.{ROBE_STATE}"))
-    module.attach(array, own=index == robe[0])
-    return module
 
 
 _PROJECTION: dict[str, torch.Tensor] = {}  # one entry: conversion asks once per robe table
@@ -353,38 +313,16 @@ def aligned_projection(array: RobeArray, batch: int = 1 << 14) -> torch.Tensor:
     return out
 
 
-def realign(model: nn.Module) -> nn.Module:
-    """A copy of a DLRM whose robe tables use align=1, M initialised to `aligned_projection`.
-    Its deploy form is exact; fine-tune it (lowprec.train.train(..., init=...)) to recover accuracy."""
-    from lowprec.model.dlrm import DLRM
-
-    tables = []
-    for t in model.config.tables:
-        kind, opts = parse_spec(t.embedding)
-        if kind == "robe":
-            opts["align"] = "1"
-            t = TableConfig(t.name, t.num_embeddings, t.hotness,
-                            "robe:" + ",".join(f"{k}={v}" for k, v in opts.items()))
-        tables.append(t)
-    out = DLRM(model.config.replace_tables(tables))
-    state = model.state_dict()
-    for i, m in enumerate(model.embeddings):
-        if isinstance(m, RobeBag) and hasattr(m, "shared"):
-            state[f"embeddings.{i}.{ROBE_STATE}"] = aligned_projection(m.array).reshape(-1, 1)
-    out.load_state_dict(state)
-    return out
-
-
-def _build_hash(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
+def build_hash(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
     o = _options(table, "hash", options, {"ratio": float, "seed": int})
     return HashBag(table.name, table.num_embeddings, dim, o["ratio"], o.get("seed", DEFAULT_SEED))
 
 
-def _build_qr(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
+def build_qr(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
     return QRBag(table.num_embeddings, dim, _options(table, "qr", options, {"ratio": float})["ratio"])
 
 
-def _build_robe(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
+def build_robe(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Module:
     o = _options(table, "robe", options,
                  {"ratio": float, "z": int, "sign": _flag, "align": _flag, "seed": int})
     z = o.get("z", min(32, dim))
@@ -394,29 +332,3 @@ def _build_robe(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Mod
         raise InputError(f"table {table.name!r}: aligned ROBE needs z a multiple of 4 (FBGEMM rows), got {z}")
     return RobeBag(table.name, table.num_embeddings, dim, o["ratio"], z, o.get("sign", False),
                    o.get("align", False), o.get("seed", DEFAULT_SEED))
-
-
-# --- id transforms (serving) --------------------------------------------------------------------
-
-def _t_hash(ids, spec, buffers):
-    return hash_rows(ids, int(spec["table"]), int(spec["rows"]), 0, int(spec["seed"])), None
-
-
-def _t_qr_q(ids, spec, buffers):
-    return torch.div(ids, int(spec["c"]), rounding_mode="floor"), None
-
-
-def _t_qr_r(ids, spec, buffers):
-    return torch.remainder(ids, int(spec["c"])), None
-
-
-def _t_robe(ids, spec, buffers):
-    table, chunk, seed = int(spec["table"]), int(spec["chunk"]), int(spec["seed"])
-    rows = hash_rows(ids, table, int(spec["rows"]), chunk, seed)
-    return rows, (sign_hash(ids, table, chunk, seed) if spec.get("sign") else None)
-
-
-BACKENDS.update(hash=_build_hash, qr=_build_qr, robe=_build_robe)
-TRANSFORMS.update(hash=_t_hash, qr_q=_t_qr_q, qr_r=_t_qr_r, robe=_t_robe)
-
-from lowprec.model.hot_sharing import hot_sharing, hot_split  # noqa: E402,F401  (registers "hot")

@@ -19,7 +19,6 @@ and any two distinct ids collide in one of them with probability ~1/m after `mod
 Pure functions: tensors in, tensors out; no modules, no I/O.
 """
 
-from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
@@ -30,8 +29,6 @@ FAMILY = "cw61"  # recorded in deploy transforms; change it if the family ever c
 P61 = (1 << 61) - 1
 DEFAULT_SEED = 20220906
 MASK64 = (1 << 64) - 1
-_MASK31 = (1 << 31) - 1
-_MASK30 = (1 << 30) - 1
 
 ROW = 0  # purpose: which row / offset
 SIGN = 1  # purpose: +-1 sign
@@ -70,27 +67,34 @@ def reference_hash(x: int, table: int, chunk: int = 0, seed: int = DEFAULT_SEED,
     return (a * ((int(x) & MASK64) % P61) + b) % P61
 
 
+# The tensor functions below are TorchScript-compatible (the serving transforms script them), which
+# cannot close over module globals: the constants are spelled as locals (p = P61 = 2^61 - 1,
+# m31 = 2^31 - 1, m30 = 2^30 - 1).
+
 def _fold(x: torch.Tensor) -> torch.Tensor:
     """x in [0, 2^63) -> x mod p (one fold plus a conditional subtraction)."""
-    x = (x & P61) + (x >> 61)
-    return torch.where(x >= P61, x - P61, x)
+    p = 2305843009213693951
+    x = (x & p) + (x >> 61)
+    return torch.where(x >= p, x - p, x)
 
 
 def reduce_ids(ids: torch.Tensor) -> torch.Tensor:
     """int64 ids (read as uint64 bit patterns) -> value mod p, in [0, p)."""
+    p = 2305843009213693951
     ids = ids.to(torch.int64)
-    return _fold((ids & P61) + ((ids >> 61) & 7))
+    return _fold((ids & p) + ((ids >> 61) & 7))
 
 
 def mulmod(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(a * x) mod p for int64 a, x in [0, p) (broadcasting), with no intermediate above 2^63."""
-    a0, a1 = a & _MASK31, a >> 31
-    x0, x1 = x & _MASK31, x >> 31
+    p, m31, m30 = 2305843009213693951, 2147483647, 1073741823
+    a0, a1 = a & m31, a >> 31
+    x0, x1 = x & m31, x >> 31
     hi = a1 * x1  # < 2^60, weight 2^62 = 2 (mod p)
     mid = a0 * x1 + a1 * x0  # < 2^62, weight 2^31
     lo = a0 * x0  # < 2^62
     # mid * 2^31 = (mid >> 30) * 2^61 + (mid & (2^30-1)) * 2^31 = (mid >> 30) + (mid & ...) * 2^31
-    s = 2 * hi + (mid >> 30) + ((mid & _MASK30) << 31) + (lo & P61) + (lo >> 61)
+    s = 2 * hi + (mid >> 30) + ((mid & m30) << 31) + (lo & p) + (lo >> 61)
     return _fold(s)
 
 
@@ -98,6 +102,14 @@ def _params(table: int, chunks: Sequence[int], seed: int, purpose: int) -> tuple
     ab = [coefficients(table, c, seed, purpose) for c in chunks]
     return (torch.tensor([a for a, _ in ab], dtype=torch.int64),
             torch.tensor([b for _, b in ab], dtype=torch.int64))
+
+
+def affine_hash(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(a * x + b) mod p for every id x, with int64 coefficient tensors a, b broadcast against ids.
+    TorchScript-compatible: the serving transforms (lowprec.serve.transforms) call it."""
+    p = 2305843009213693951
+    h = mulmod(a, reduce_ids(ids)) + b
+    return torch.where(h >= p, h - p, h)
 
 
 def hash_ids(ids: torch.Tensor, table: int, chunk: int | Sequence[int] = 0, seed: int = DEFAULT_SEED,
@@ -108,9 +120,7 @@ def hash_ids(ids: torch.Tensor, table: int, chunk: int | Sequence[int] = 0, seed
     """
     single = isinstance(chunk, int)
     a, b = _params(table, [chunk] if single else list(chunk), seed, purpose)
-    x = reduce_ids(ids).unsqueeze(-1)
-    h = mulmod(a, x) + b
-    h = torch.where(h >= P61, h - P61, h)
+    h = affine_hash(ids.unsqueeze(-1), a, b)
     return h.squeeze(-1) if single else h
 
 

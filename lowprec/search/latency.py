@@ -81,7 +81,7 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
 
                 def prepare(o=o, ids=ids):
                     emb = emulator.table_module(o, range_method)
-                    return lambda: emb(ids)
+                    return lambda: emb.lookup_ids(ids)
             else:
                 x = batch.layer_in[o.name]
                 key = f"{machine}|{o.key}|shape={tuple(x.shape)}"

@@ -202,13 +202,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     if cache.rows == 0:
         raise InputError(f"calibration windows {list(cfg.calib_windows)} hold no rows")
     emulator = Emulator(model, cache, calibration)
-
-    def sharing_bytes(name: str, p, ratio: float) -> int:
-        share = (("kind", "hot"), ("ratio", ratio))
-        return emulator.table_form(Option(f"table:{name}", p, share), rm).bytes()
-
-    has_counts = bool((calibration or {}).get("row_counts"))
-    items = options_for(model.config, cfg.space, sharing_bytes if has_counts else None)
+    items = options_for(model.config, cfg.space, sharing=bool((calibration or {}).get("row_counts")))
     measurements = MeasurementCache(cache_path, fingerprint(model_dir, ds, cfg, calib_sha))
     n_options = sum(len(v) for v in items.values())
     update = progress("sensitivity", n_options) if progress else None

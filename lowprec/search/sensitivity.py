@@ -8,28 +8,27 @@ forward pass downstream of what it changes:
   table at the option's precision/sharing) and reruns the interaction and top MLP;
 - a layer option reruns from that layer's cached input with the quantized layer (FBGEMM int8).
 `Emulator.run` evaluates any combination the same way, which validation and the exhaustive
-comparison reuse.
+comparison reuse. Tables and layers are built by the serving handlers (lowprec.serve) exactly as
+conversion builds them, and the graph is lowprec.graph's, rerun from the earliest change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from lowprec.checkpoint.convert import QuantizedForm, embeddings_from_forms, quantize_form
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
+from lowprec.graph import DLRMGraph
 from lowprec.metrics import BinaryStats
-from lowprec.model.deploy import post_training_form
-from lowprec.model.dlrm import DLRM, dlrm_forward, interact, split_sparse
-from lowprec.model.quantized import Int8Linear
+from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.plan import TableChoice
-from lowprec.precision import Precision
-from lowprec.quant.linear import activation_qparams, quantize_weight_per_channel
 from lowprec.search.space import Option
+from lowprec.serve.layers import layer_codec
+from lowprec.serve.quantize import QuantizedForm, embeddings_from_forms, quantize_form, table_form
 
 
 @dataclass
@@ -57,7 +56,7 @@ class FloatCache:
                      for n, m in layers.items()]
             try:
                 pooled = model.pooled(batch.sparse)  # looked up once, reused by the forward
-                dlrm_forward(model.bottom, model.top, pooled, batch.dense, model.config.table_names)
+                model.logits(batch.dense, pooled)
             finally:
                 for h in hooks:
                     h.remove()
@@ -68,21 +67,6 @@ class FloatCache:
             if rows >= max_rows:
                 break
         self.rows = rows
-
-
-def quantized_layer(layer: nn.Linear, precision: Precision, calib: dict[str, Any] | None) -> nn.Module:
-    """The runtime's module for a layer at `precision` (same math as the artifact loader)."""
-    if precision is Precision.FP32:
-        return layer
-    if precision is Precision.FP16:
-        out = nn.Linear(layer.in_features, layer.out_features)
-        with torch.no_grad():
-            out.weight.copy_(layer.weight.half().float())
-            out.bias.copy_(layer.bias)
-        return out
-    codes, scale = quantize_weight_per_channel(layer.weight)
-    qp = activation_qparams(calib["min"], calib["max"]) if calib else None
-    return Int8Linear(codes, scale, layer.bias.detach(), qp)
 
 
 class Emulator:
@@ -96,16 +80,16 @@ class Emulator:
         self._pooled: dict[str, list[torch.Tensor]] = {}
         self._layers: dict[str, nn.Module] = {}
         self.evaluations = 0
+        self._graph_key: tuple | None = None
+        self._graph_cache: DLRMGraph | None = None
 
     def table_form(self, option: Option, range_method: str) -> QuantizedForm:
         if option.key not in self._forms:
             t = self.names.index(option.name)
-            weight = self.model.embeddings[t].deploy_form(option.name)
             counts = self.calibration.get("row_counts", {}).get(option.name)
-            if option.sharing is not None:
-                weight = post_training_form(weight, option.sharing_dict(), counts, option.name)
             choice = TableChoice(option.precision, option.sharing_dict(), range_method)
-            self._forms[option.key] = quantize_form(weight, choice, counts)
+            form = table_form(self.model.embeddings[t], self.model.config.tables[t], choice, counts)
+            self._forms[option.key] = quantize_form(form, choice, counts)
         return self._forms[option.key]
 
     def table_module(self, option: Option, range_method: str) -> nn.Module:
@@ -127,7 +111,7 @@ class Emulator:
         if option.key not in self._layers:
             layer = self.model.linear_layers()[option.name]
             calib = self.calibration.get("layers", {}).get(option.name)
-            self._layers[option.key] = quantized_layer(layer, option.precision, calib)
+            self._layers[option.key] = layer_codec(option.precision).module(layer, calib)
         return self._layers[option.key]
 
     @torch.inference_mode()
@@ -149,37 +133,24 @@ class Emulator:
             stats.update(torch.sigmoid(logits).numpy(), b.labels.numpy())
         return stats
 
+    def _graph(self, layers: dict[str, nn.Module]) -> DLRMGraph:
+        """The float model's graph with `layers` swapped in (built once per set of layers)."""
+        key = tuple(sorted((n, id(m)) for n, m in layers.items()))
+        if self._graph_key != key:
+            m = self.model
+            self._graph_cache = DLRMGraph(
+                [layers.get(f"bottom.{i}", layer) for i, layer in enumerate(m.bottom)],
+                [layers.get(f"top.{i}", layer) for i, layer in enumerate(m.top)], len(m.embeddings))
+            self._graph_key = key
+        return self._graph_cache
+
     def _forward(self, b: CachedBatch, pooled: torch.Tensor | None,
                  layers: dict[str, nn.Module]) -> torch.Tensor:
-        """Rerun only downstream of the earliest change (pooled=None: tables unchanged)."""
-        m = self.model
-        bottom = [f"bottom.{i}" for i in range(len(m.bottom))]
-        top = [f"top.{i}" for i in range(len(m.top))]
-        first_bottom = next((i for i, n in enumerate(bottom) if n in layers), None)
+        """Rerun the graph only downstream of the earliest change (pooled=None: tables unchanged)."""
+        m, graph = self.model, self._graph(layers)
+        first_bottom = next((i for i in range(len(m.bottom)) if f"bottom.{i}" in layers), None)
         if first_bottom is None and pooled is None:
-            start = next((i for i, n in enumerate(top) if n in layers), len(top) - 1)
-            x = b.layer_in[top[start]]
-        else:
-            z0 = b.z0
-            if first_bottom is not None:
-                z0 = b.layer_in[bottom[first_bottom]]
-                for i in range(first_bottom, len(bottom)):
-                    z0 = torch.relu(layers.get(bottom[i], m.bottom[i])(z0))
-            start, x = 0, interact(z0, b.pooled if pooled is None else pooled)
-        for i in range(start, len(top)):
-            x = layers.get(top[i], m.top[i])(x)
-            if i < len(top) - 1:
-                x = torch.relu(x)
-        return x.squeeze(1)
-
-
-def measure(emulator: Emulator, options: list[Option], range_method: str,
-            progress: Callable[[int], Any] | None = None) -> dict[str, BinaryStats]:
-    """Stats of each option alone (the float baseline under the key 'float')."""
-    out = {"float": emulator.run([], range_method)}
-    for o in options:
-        if not o.is_float_baseline:
-            out[o.key] = emulator.run([o], range_method)
-        if progress is not None:
-            progress(1)
-    return out
+            start = next((i for i in range(len(m.top)) if f"top.{i}" in layers), len(m.top) - 1)
+            return graph.top_from(b.layer_in[f"top.{start}"], start)
+        z0 = b.z0 if first_bottom is None else graph.bottom_from(b.layer_in[f"bottom.{first_bottom}"], first_bottom)
+        return graph.top_from(graph.interact(z0, b.pooled if pooled is None else pooled))

@@ -1,21 +1,23 @@
 """The candidate space: per table (precision x sharing) and per MLP layer (precision), with costs.
 
 An `Option` is one choice for one item (`table:NAME` or `layer:NAME`). Its byte cost is what the
-artifact will store for it: a table's physical rows at FBGEMM's row size for the precision (plus
-id-transform buffers for shared tables, priced from the real serving form), a layer's weight (int8 codes + fp32 per-channel scales, or
-fp16/fp32 values) plus its fp32 bias.
+artifact will store for it, as the serving handlers count it (lowprec.serve): a table's physical
+rows at FBGEMM's row size for the precision under its sharing kind (plus id-transform buffers), a
+layer's stored weight plus its fp32 bias.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from lowprec.errors import InputError
 from lowprec.model.config import DLRMConfig
 from lowprec.plan import LayerChoice, Plan, TableChoice
-from lowprec.precision import DIM_ALIGNMENT, Precision
+from lowprec.precision import Precision
+from lowprec.serve.layers import layer_codec
+from lowprec.serve.sharing import serving_bytes
+from lowprec.serve.tables import table_codec
 
 DEFAULT_TABLE_PRECISIONS = ("fp32", "fp16", "int8", "int4", "int2")
 DEFAULT_LAYER_PRECISIONS = ("fp32", "fp16", "int8")
@@ -73,43 +75,24 @@ class Option:
         return None if self.sharing is None else dict(self.sharing)
 
 
-def _padded(dim: int) -> int:
-    return dim + (-dim % DIM_ALIGNMENT)
-
-
-def table_bytes(rows: int, dim: int, precision: Precision) -> int:
-    return precision.table_bytes(rows, _padded(dim))
-
-
-def layer_bytes(shape: tuple[int, int], precision: Precision) -> int:
-    n_in, n_out = shape
-    weight = {Precision.FP32: 4 * n_in * n_out, Precision.FP16: 2 * n_in * n_out,
-              Precision.INT8: n_in * n_out + 4 * n_out}[precision]
-    return weight + 4 * n_out
-
-
-def options_for(config: DLRMConfig, space: SearchSpace,
-                sharing_bytes: Callable[[str, Precision, float], int] | None = None) -> dict[str, list[Option]]:
-    """Every item's options, the fp32 baseline first.
-
-    `sharing_bytes(table, precision, ratio)` prices a post-training sharing option (it depends on
-    the table's serving form, so the caller builds it); without it no sharing option is offered.
-    """
+def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -> dict[str, list[Option]]:
+    """Every item's options, the fp32 baseline first; post-training sharing options only when
+    `sharing` (they need row access counts from calibration)."""
     items: dict[str, list[Option]] = {}
     dim = config.embedding_dim
     for t in config.tables:
         item = f"table:{t.name}"
-        opts = [Option(item, p, None, table_bytes(t.num_embeddings, dim, p))
+        opts = [Option(item, p, None, serving_bytes(t, dim, table_codec(p), None))
                 for p in dict.fromkeys((Precision.FP32,) + space.table_precisions)]
-        if sharing_bytes and t.embedding == "dense" and t.num_embeddings >= space.sharing_min_rows:
+        if sharing and t.embedding == "dense" and t.num_embeddings >= space.sharing_min_rows:
             for ratio in space.sharing_ratios:
                 for p in space.sharing_precisions:
                     share = (("kind", "hot"), ("ratio", ratio))
-                    opts.append(Option(item, p, share, sharing_bytes(t.name, p, ratio)))
+                    opts.append(Option(item, p, share, serving_bytes(t, dim, table_codec(p), dict(share))))
         items[item] = opts
     for name, shape in config.layer_shapes().items():
         item = f"layer:{name}"
-        items[item] = [Option(item, p, None, layer_bytes(shape, p))
+        items[item] = [Option(item, p, None, layer_codec(p).bytes(shape))
                        for p in dict.fromkeys((Precision.FP32,) + space.layer_precisions)]
     return items
 
@@ -123,7 +106,3 @@ def plan_from_options(chosen: dict[str, Option], range_method: str, meta: dict[s
 
 def total_bytes(chosen: dict[str, Option], kind: str | None = None) -> int:
     return sum(o.bytes for o in chosen.values() if kind is None or o.kind == kind)
-
-
-def ceil_div(a: int, b: float) -> int:
-    return int(math.ceil(a / b))

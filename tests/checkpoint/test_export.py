@@ -1,4 +1,5 @@
-"""TorchScript export: same logits as the runtime, runs with only torch + fbgemm_gpu, hashed, atomic."""
+"""TorchScript export: same logits as the runtime for every serving form, runs with only torch +
+fbgemm_gpu, hashed, atomic."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import lowprec.model.sharing  # noqa: F401  (registers the qr/hash backends and hot sharing)
 from helpers import make_tiny_dataset
 from lowprec.checkpoint.artifact import load_artifact, read_manifest
 from lowprec.checkpoint.convert import convert
-from lowprec.checkpoint.export import TORCHSCRIPT, export_torchscript, load_torchscript
+from lowprec.serve.export import TORCHSCRIPT, export_torchscript, load_torchscript
 from lowprec.checkpoint.float_model import save_float_model
 from lowprec.cli import main
 from lowprec.data.batches import iter_batches
@@ -58,7 +58,7 @@ def assert_matches_runtime(path, ds, tol=1e-5):
     with torch.no_grad():
         want, got = runtime(b.dense, b.sparse), module(b.dense, b.sparse)
     assert want.shape == got.shape == (len(b),)
-    assert (got - want).abs().max() < tol
+    assert (got - want).abs().max() <= tol
     return want
 
 
@@ -90,14 +90,12 @@ def test_padded_dim_and_qr_tables_export(ds, tmp_path):
     assert_matches_runtime(tmp_path / "art", ds)
 
 
-def test_hashed_tables_are_refused_with_the_sharing_kind(ds, tmp_path):
-    model = float_model(ds, tmp_path / "model", embeddings=("dense", "hash:ratio=4", "dense"))
+@pytest.mark.parametrize("spec", ["hash:ratio=4", "robe:ratio=4,z=4,align=1,sign=1", "qr:ratio=3"])
+def test_hashed_tables_export_exactly(ds, tmp_path, spec):
+    model = float_model(ds, tmp_path / "model", embeddings=("dense", spec, "dense"))
     convert(model, Plan.uniform(Precision.INT8), tmp_path / "art")
-    before = (tmp_path / "art" / "manifest.json").read_bytes()
-    with pytest.raises(InputError, match="does not support sharing kind 'hash' yet .*table 't1'"):
-        export_torchscript(tmp_path / "art")
-    assert (tmp_path / "art" / "manifest.json").read_bytes() == before
-    assert not (tmp_path / "art" / TORCHSCRIPT).exists()
+    export_torchscript(tmp_path / "art")
+    assert_matches_runtime(tmp_path / "art", ds, tol=0)
 
 
 def test_one_hot_tables_fast_path_with_and_without_pads(tmp_path):
@@ -116,15 +114,11 @@ def test_one_hot_tables_fast_path_with_and_without_pads(tmp_path):
 
 
 @pytest.mark.parametrize("lookup", ["remap", "search"])
-def test_hot_sharing_exports_with_remap_and_is_refused_with_search(ds, tmp_path, lookup):
+def test_hot_sharing_exports_with_either_lookup(ds, tmp_path, lookup):
     counts = torch.arange(ds.meta.num_embeddings[0], dtype=torch.float32) ** 2
     plan = Plan({"t0": TableChoice(Precision.INT8, {"kind": "hot", "ratio": 4, "lookup": lookup}),
                  "*": TableChoice(Precision.INT8)})
     convert(float_model(ds, tmp_path / "model"), plan, tmp_path / "art", {"row_counts": {"t0": counts}})
-    if lookup == "search":
-        with pytest.raises(InputError, match="sharing kind 'hot' yet .*'hot_hash'"):
-            export_torchscript(tmp_path / "art")
-        return
     export_torchscript(tmp_path / "art")
     assert_matches_runtime(tmp_path / "art", ds)
 

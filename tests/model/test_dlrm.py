@@ -2,7 +2,11 @@
 
 import torch
 
-from lowprec.model.dlrm import interact
+from lowprec.graph import DLRMGraph
+
+
+def interact(z0: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    return DLRMGraph([], [], pooled.shape[1]).interact(z0, pooled)
 
 
 def interact_reference(z0: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:

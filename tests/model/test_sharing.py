@@ -19,9 +19,13 @@ from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.model.config import DLRMConfig, TableConfig
-from lowprec.model.deploy import DeployForm, apply_transform, dense_form, post_training_form
+from lowprec.model.backends import load_table_module
 from lowprec.model.dlrm import DLRM
 from lowprec.model import sharing
+from lowprec.model.realign import realign
+from lowprec.serve.forms import ServingForm as DeployForm, dense_form
+from lowprec.serve.sharing import SHARING_KINDS, hot_split, post_training_form
+from lowprec.serve.transforms import build_transform
 from lowprec.quant.hashing import (P61, SIGN, hash_ids, mulmod, reference_hash, sign_hash,
                                    table_id)
 from lowprec.train import TrainConfig, model_config_for, train
@@ -51,6 +55,12 @@ def padded_ids(n: int, b: int = 7, h: int = 4, seed: int = 0) -> torch.Tensor:
     return ids
 
 
+def deploy_form(module: torch.nn.Module, key: str) -> DeployForm:
+    """The serving form of a trained table module (by its backend class)."""
+    kind = {sharing.HashBag: "hash", sharing.QRBag: "qr", sharing.RobeBag: "robe"}.get(type(module), "dense")
+    return SHARING_KINDS[kind].form(module, key)
+
+
 def serve(form: DeployForm, ids: torch.Tensor) -> torch.Tensor:
     """Emulate the runtime: sum over groups of concat over features of weighted, sum-pooled rows."""
     valid = ids >= 0
@@ -59,7 +69,7 @@ def serve(form: DeployForm, ids: torch.Tensor) -> torch.Tensor:
     for group in form.groups:
         cols = []
         for f in group:
-            mapped, w = apply_transform(f.transform, safe, form.buffers)
+            mapped, w = build_transform(f.transform, form.buffers)(safe)
             w = valid.float() * (w if w is not None else 1.0)
             cols.append((form.tables[f.table][mapped] * w[..., None]).sum(1))
         g = torch.cat(cols, 1)
@@ -186,7 +196,7 @@ def test_deploy_form_is_exact(spec):
     n = 300
     m = model_with(TableConfig("t", n, 4, spec), TableConfig("u", 40, 1, "dense"))
     bag, ids = m.embeddings[0], padded_ids(n)
-    form = bag.deploy_form("t")
+    form = deploy_form(bag, "t")
     assert form.exact and all(w.shape[1] % 4 == 0 for w in form.tables.values())
     torch.testing.assert_close(serve(form, ids), bag(ids).detach(), rtol=1e-5, atol=1e-6)
 
@@ -196,15 +206,15 @@ def test_unaligned_robe_deploys_approximately_and_realigns():
     m = model_with(TableConfig("a", 200, 3, specs[0]), TableConfig("b", 90, 1, specs[1]))
     ids = padded_ids(200, h=3)
     with pytest.warns(UserWarning, match="unaligned"):
-        form = m.embeddings[0].deploy_form("a")
+        form = deploy_form(m.embeddings[0], "a")
     assert not form.exact
     exact = m.embeddings[0].exact_runtime()
     torch.testing.assert_close(exact.exact_pooled(ids), m.embeddings[0](ids).detach())
-    aligned = sharing.realign(m)
+    aligned = realign(m)
     assert aligned.config.tables[0].embedding.endswith("align=1")
     # the approximate form serves exactly what the realigned model computes
     torch.testing.assert_close(serve(form, ids), aligned.embeddings[0](ids).detach(), rtol=1e-5, atol=1e-6)
-    form2 = aligned.embeddings[0].deploy_form("a")
+    form2 = deploy_form(aligned.embeddings[0], "a")
     assert form2.exact
     torch.testing.assert_close(form2.tables["robe.shared"], form.tables["robe.shared"])
     # the projection is a least-squares fit: no worse than serving the raw array aligned
@@ -225,8 +235,8 @@ def test_robe_state_dict_round_trip_and_table_loading(tmp_path):
     ids = padded_ids(60, h=2)
     torch.testing.assert_close(m2.embeddings[2](ids), m.embeddings[2](ids))
     for i, key in ((2, "b"), (1, "d")):
-        module = sharing.load_table_module(m.config, i, state.__getitem__)
-        want, got = m.embeddings[i].deploy_form(key), module.deploy_form(key)
+        module = load_table_module(m.config, i, state.__getitem__)
+        want, got = deploy_form(m.embeddings[i], key), deploy_form(module, key)
         for k in want.tables:
             torch.testing.assert_close(got.tables[k], want.tables[k])
     with pytest.raises(InputError, match="'b'.*not linked"):
@@ -269,7 +279,7 @@ def test_hot_sharing_serves_the_shared_table(lookup, hot):
     counts = torch.randint(0, 5, (n,), generator=g).float() ** 3
     form = post_training_form(dense_form("cat", weight), {"kind": "hot", "ratio": ratio, "hot": hot,
                                                           "lookup": lookup}, counts, "cat")
-    k, b = sharing.hot_split(n, ratio, hot)
+    k, b = hot_split(n, ratio, hot)
     assert k + b == math.ceil(n / ratio) and form.tables["cat"].shape == (k + b, 12)
     table, where = ref_hot_table(weight.double(), counts.tolist(), k, b, sharing.DEFAULT_SEED, "cat")
     torch.testing.assert_close(form.tables["cat"].double(), table, rtol=1e-6, atol=1e-6)
@@ -290,7 +300,7 @@ def test_hot_sharing_needs_counts_and_dense():
         post_training_form(dense_form("cat", w), {"kind": "hot", "ratio": 4}, None, "cat")
     with pytest.raises(InputError, match="'cat'.*3 row counts"):
         post_training_form(dense_form("cat", w), {"kind": "hot", "ratio": 4}, torch.ones(3), "cat")
-    qr = model_with(TableConfig("q", 40, 1, "qr:ratio=2")).embeddings[0].deploy_form("q")
+    qr = deploy_form(model_with(TableConfig("q", 40, 1, "qr:ratio=2")).embeddings[0], "q")
     with pytest.raises(InputError, match="'q'.*dense tables"):
         post_training_form(qr, {"kind": "hot", "ratio": 4}, torch.ones(40), "q")
     with pytest.raises(InputError, match="'cat'.*lookup"):
@@ -345,8 +355,8 @@ def _convert_patch(monkeypatch):
 
     def load_table_form(src, index, config, choice, row_counts):
         tcfg = config.tables[index]
-        module = sharing.load_table_module(config, index, src.get_tensor)
-        form = module.deploy_form(tcfg.name)
+        module = load_table_module(config, index, src.get_tensor)
+        form = deploy_form(module, tcfg.name)
         if choice.sharing is not None:
             form = post_training_form(form, choice.sharing, row_counts, tcfg.name)
         return form
@@ -394,13 +404,11 @@ def test_convert_int8_matches_float(tiny, spec, tmp_path, monkeypatch):
                                    rtol=0, atol=0)
         want = model(batch.dense, batch.sparse)
         if hot:  # the reference is the float model serving the shared table
-            form = post_training_form(model.embeddings[0].deploy_form("t0"),
+            form = post_training_form(deploy_form(model.embeddings[0], "t0"),
                                       {"kind": "hot", "ratio": 2}, counts, "t0")
             pooled = model.pooled(batch.sparse)
             pooled[:, 0] = serve(form, batch.sparse[:, :1])
-            from lowprec.model.dlrm import interact, mlp_forward
-            z0 = mlp_forward(model.bottom, batch.dense, True, "bottom")
-            want = mlp_forward(model.top, interact(z0, pooled), False, "top").squeeze(1)
+            want = model.logits(batch.dense, pooled)
         got = runtime(batch.dense, batch.sparse)
     err = float((got - want).abs().max())
     assert err < 0.05, err

@@ -68,8 +68,7 @@ def test_option_bytes_equal_artifact_bytes(setup, tmp_path):
     root, ds, model, calib = setup
     emu = Emulator(model, FloatCache(model, ds, [2], 1000), calib)
     space = SearchSpace(sharing_ratios=(4.0,))
-    items = options_for(model.config, space, lambda name, p, r: emu.table_form(
-        Option(f"table:{name}", p, (("kind", "hot"), ("ratio", r))), "l2").bytes())
+    items = options_for(model.config, space, sharing=True)
     for item in ("table:t0",):
         for o in items[item]:
             chosen = {k: v[0] for k, v in items.items()}

@@ -1,0 +1,123 @@
+"""TorchScript export of a quantized artifact: `model.torchscript.pt` that runs on torch + fbgemm_gpu alone.
+
+The exported module is the runtime itself: `ServingDLRM` is the DLRM graph (lowprec.graph) over the
+runtime's own `QuantizedEmbeddings` (one FBGEMM TBE plus one id-transform module per feature) and its
+layer modules, all TorchScript-compatible, so every serving form (dense, hash, QR, ROBE, hot sharing,
+any precision) exports and computes exactly what the runtime computes:
+
+    forward(dense: float32 (B, n_dense), sparse: int (B, slots), -1 pads) -> logits (B,)
+
+Consumers load with `import torch, fbgemm_gpu` then `torch.jit.load(path)` (set
+`torch.backends.quantized.engine = "fbgemm"` as lowprec does).
+
+Writing is atomic: the new artifact (hard links to the existing files, the .pt, and a manifest whose
+"files" map covers the .pt) is built in a temporary sibling and swapped in by `fileio.atomic_dir`, so
+a crash leaves the old, valid artifact. Export checks the saved module against the runtime first.
+"""
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Tuple
+
+import torch
+
+import lowprec
+from lowprec.checkpoint.artifact import MANIFEST, load_artifact, read_manifest
+from lowprec.errors import InputError
+from lowprec.fileio import atomic_dir, sha256_file, write_json
+from lowprec.graph import DLRMGraph
+from lowprec.serve.runtime import QuantizedDLRM, QuantizedEmbeddings
+
+TORCHSCRIPT = "model.torchscript.pt"
+SIGNATURE = "forward(dense: float32 (B, n_dense), sparse: int64 (B, slots), -1 pads) -> logits (B,)"
+CHECK_TOLERANCE = 1e-4
+
+
+class ServingDLRM(DLRMGraph):
+    """The runtime's graph with its embeddings and layers, taking the id matrix (scriptable)."""
+
+    def __init__(self, runtime: QuantizedDLRM):
+        super().__init__(list(runtime.bottom), list(runtime.top), runtime.embeddings.n_tables)
+        self.embeddings: QuantizedEmbeddings = runtime.embeddings
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return self.logits(dense, self.embeddings(sparse))
+
+
+def scriptable(runtime: QuantizedDLRM) -> ServingDLRM:
+    """A TorchScript-friendly module computing exactly `runtime`'s logits."""
+    module = ServingDLRM(runtime)
+    module.eval()
+    return module
+
+
+def example_batch(runtime: QuantizedDLRM, rows: int = 64, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random dense features and ids in range, with -1 pads in multi-hot slots and one empty row."""
+    g = torch.Generator().manual_seed(seed)
+    config = runtime.config
+    dense = torch.randn(rows, config.dense_in, generator=g)
+    cols = []
+    for t in config.tables:
+        ids = torch.randint(0, t.num_embeddings, (rows, t.hotness), generator=g)
+        if t.hotness > 1:
+            ids[:, 1:][torch.rand(rows, t.hotness - 1, generator=g) < 0.4] = -1
+        ids[0] = -1
+        cols.append(ids)
+    return dense, torch.cat(cols, dim=1)
+
+
+def _check(module: Any, runtime: QuantizedDLRM, what: str) -> None:
+    dense, sparse = example_batch(runtime)
+    with torch.no_grad():
+        want = runtime(dense, sparse)
+        got = module(dense, sparse)
+        # and the fast path: no pads, one id per table
+        dense1, sparse1 = example_batch(runtime, seed=1)
+        sparse1 = sparse1.clamp(min=0)
+        diff = max(float((got - want).abs().max()),
+                   float((module(dense1, sparse1) - runtime(dense1, sparse1)).abs().max()))
+    if not diff <= CHECK_TOLERANCE:
+        raise RuntimeError(f"torchscript export: the {what} module differs from the runtime by {diff:g}")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def export_torchscript(artifact_dir: str | Path) -> Path:
+    """Add `model.torchscript.pt` to a verified artifact, covered by its manifest's sha256 map."""
+    root = Path(artifact_dir)
+    runtime, manifest = load_artifact(root)
+    scripted = torch.jit.script(scriptable(runtime))
+    _check(scripted, runtime, "scripted")
+    with atomic_dir(root) as tmp:
+        shutil.copytree(root, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=lambda d, names: [n for n in names if Path(d) == root
+                                                 and n in (MANIFEST, TORCHSCRIPT)])
+        torch.jit.save(scripted, str(tmp / TORCHSCRIPT))
+        _check(torch.jit.load(str(tmp / TORCHSCRIPT), map_location="cpu"), runtime, "saved")
+        manifest["files"] = {**manifest["files"], TORCHSCRIPT: sha256_file(tmp / TORCHSCRIPT)}
+        manifest["torchscript"] = {
+            "file": TORCHSCRIPT, "signature": SIGNATURE, "torch_version": lowprec.TORCH_VERSION,
+            "fbgemm_version": lowprec.FBGEMM_VERSION, "needs": "import torch, fbgemm_gpu",
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return root / TORCHSCRIPT
+
+
+def load_torchscript(artifact_dir: str | Path) -> torch.jit.ScriptModule:
+    """Verify the artifact's hashes (the .pt included) and load its TorchScript module."""
+    root = Path(artifact_dir)
+    manifest = read_manifest(root)
+    if TORCHSCRIPT not in manifest.get("files", {}):
+        raise InputError(f"{root}: the artifact has no TorchScript export; add it with "
+                         f"`lowprec convert ... --export torchscript`")
+    info = manifest.get("torchscript", {})
+    if info.get("torch_version") not in (None, lowprec.TORCH_VERSION):
+        raise InputError(f"{root / TORCHSCRIPT}: exported with torch {info['torch_version']}, "
+                         f"running torch {lowprec.TORCH_VERSION}; re-export with this torch")
+    return torch.jit.load(str(root / TORCHSCRIPT), map_location="cpu")

@@ -1,0 +1,132 @@
+"""MLP layer precision handlers: how each precision stores a Linear and which module serves it.
+
+One handler per layer precision in the literal `LAYER_CODECS`:
+  fp32  weight and bias as fp32; served by nn.Linear;
+  fp16  weight stored fp16, computed in fp32 (fp16 compute is slower than fp32 on these CPUs);
+  int8  symmetric per-output-channel int8 weights (lowprec.quant.linear) on FBGEMM's int8 GEMM,
+        activations quantized dynamically per batch, or statically with a calibrated range.
+`encode` gives the tensors an artifact stores and the manifest entry; `build` makes the serving
+module from them. Conversion calls `encode`, the artifact loader `build`, the search's emulator
+`build(encode(...))`, so all three serve a layer the same way; `bytes` prices it for the search.
+All serving modules are TorchScript-compatible (the export scripts them as they are).
+"""
+
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lowprec.errors import InputError
+from lowprec.precision import Precision
+from lowprec.quant.linear import activation_qparams, quantize_weight_per_channel
+
+torch.backends.quantized.engine = "fbgemm"
+
+Tensors = dict[str, torch.Tensor]  # suffix ("weight", "bias", "scale") -> tensor
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b on FBGEMM's int8 GEMM; static input qparams when calibrated, else dynamic."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                 input_qparams: tuple[float, int] | None = None):
+        super().__init__()
+        with warnings.catch_warnings():  # quantized tensor creation is deprecated; the kernels are not
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(
+                codes.float() * scale[:, None], scale.double(),
+                torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, bias.float())
+        self.static = input_qparams is not None
+        self.scale, self.zero_point = (float(input_qparams[0]), int(input_qparams[1])) if self.static else (1.0, 0)
+
+    @property
+    def input_qparams(self) -> tuple[float, int] | None:
+        return (self.scale, self.zero_point) if self.static else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static:
+            return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                x, self.scale, self.zero_point, self.packed)
+        return torch.ops.quantized.linear_dynamic(x, self.packed)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight.float())
+        layer.bias.copy_(bias.float())
+    return layer
+
+
+@dataclass(frozen=True)
+class LayerCodec:
+    """fp32 layers (the base) and fp16-stored layers: the weight in `storage`, computed in fp32."""
+
+    precision: Precision
+    storage: torch.dtype = torch.float32
+
+    def encode(self, weight: torch.Tensor, bias: torch.Tensor,
+               calib: dict[str, Any] | None = None) -> tuple[Tensors, dict[str, Any]]:
+        """(tensors to store, manifest fields) for one Linear."""
+        return ({"weight": weight.detach().to(self.storage), "bias": bias.detach().float()},
+                {"input_qparams": None, "input_range": None})
+
+    def build(self, tensor: Callable[[str], torch.Tensor], entry: dict[str, Any]) -> nn.Module:
+        """The serving module from stored tensors (`tensor(suffix)`) and the manifest entry."""
+        return _linear(tensor("weight"), tensor("bias"))
+
+    def bytes(self, shape: tuple[int, int]) -> int:
+        n_in, n_out = shape
+        return n_in * n_out * torch.finfo(self.storage).bits // 8 + 4 * n_out
+
+    def module(self, layer: nn.Linear, calib: dict[str, Any] | None = None) -> nn.Module:
+        """The serving module of a float layer, as conversion then loading would make it."""
+        tensors, entry = self.encode(layer.weight, layer.bias, calib)
+        return self.build(tensors.__getitem__, entry)
+
+
+def _input_range(calib: dict[str, Any] | None) -> tuple[float, float] | None:
+    if calib is None:
+        return None
+    lo, hi = float(calib["min"]), float(calib["max"])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise InputError(f"calibration range [{lo}, {hi}] is not a finite interval")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Int8Codec(LayerCodec):
+    def encode(self, weight: torch.Tensor, bias: torch.Tensor,
+               calib: dict[str, Any] | None = None) -> tuple[Tensors, dict[str, Any]]:
+        codes, scale = quantize_weight_per_channel(weight)
+        rng = _input_range(calib)
+        return ({"weight": codes, "scale": scale, "bias": bias.detach().float()},
+                {"input_range": list(rng) if rng else None,
+                 "input_qparams": list(activation_qparams(*rng)) if rng else None})
+
+    def build(self, tensor: Callable[[str], torch.Tensor], entry: dict[str, Any]) -> nn.Module:
+        qp = entry.get("input_qparams")
+        return Int8Linear(tensor("weight"), tensor("scale").float(), tensor("bias").float(),
+                          (float(qp[0]), int(qp[1])) if qp else None)
+
+    def bytes(self, shape: tuple[int, int]) -> int:
+        n_in, n_out = shape
+        return n_in * n_out + 4 * n_out + 4 * n_out  # codes, fp32 scales, fp32 bias
+
+
+LAYER_CODECS: dict[Precision, LayerCodec] = {
+    Precision.FP32: LayerCodec(Precision.FP32, torch.float32),
+    Precision.FP16: LayerCodec(Precision.FP16, torch.float16),
+    Precision.INT8: Int8Codec(Precision.INT8, torch.int8),
+}
+
+
+def layer_codec(precision: Precision, where: str = "layer") -> LayerCodec:
+    if precision not in LAYER_CODECS:
+        raise InputError(f"{where}: layers take {[p.value for p in LAYER_CODECS]}, not {precision.value}")
+    return LAYER_CODECS[precision]

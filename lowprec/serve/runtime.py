@@ -1,0 +1,176 @@
+"""The quantized runtime: one FBGEMM inference TBE for every table, FBGEMM int8 linears for the MLPs.
+
+`QuantizedDLRM` is `lowprec.graph.DLRMGraph` over `QuantizedEmbeddings` and per-layer serving
+modules (lowprec.serve.layers). `QuantizedEmbeddings` holds one
+`IntNBitTableBatchedEmbeddingBagsCodegen` with every physical table at its own precision (declared
+by its handler, lowprec.serve.tables) and one id-transform module per TBE feature
+(lowprec.serve.transforms). It needs only torch and fbgemm_gpu plus the tensors of an artifact,
+and it is TorchScript-compatible: the export scripts this very module.
+
+Ids come either as the (B, slots) matrix (`forward`, scriptable) or, faster, as `FeatureIds`
+built by the data loader in FBGEMM's own layout (`lookup_ids`). Pads (-1) are skipped by the TBE.
+"""
+
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from fbgemm_gpu.split_embedding_configs import SparseType
+from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+    IntNBitTableBatchedEmbeddingBagsCodegen,
+)
+from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode
+from torch import nn
+
+from lowprec.data.ids import FeatureIds
+from lowprec.graph import DLRMGraph
+from lowprec.model.config import DLRMConfig
+from lowprec.precision import Precision
+from lowprec.serve.forms import Feature
+from lowprec.serve.tables import table_codec
+from lowprec.serve.transforms import build_transform
+
+
+@dataclass(frozen=True)
+class PhysicalTable:
+    key: str
+    rows: int
+    dim: int  # stored dim (a multiple of 4; >= the model's dim when padded)
+    precision: Precision
+
+
+@dataclass(frozen=True)
+class TableServing:
+    """How logical table t serves: feature groups (indices into the TBE's feature list)."""
+
+    name: str
+    hotness: int
+    groups: tuple[tuple[int, ...], ...]
+
+
+class QuantizedEmbeddings(nn.Module):
+    """Every logical table served by one TBE: ids -> pooled (B, T, D)."""
+
+    hotness: List[int]
+    feature_table: List[int]
+    group_slices: List[List[List[Tuple[int, int]]]]
+
+    def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
+                 serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.dim, self.n_tables = dim, len(serving)
+        self.physical, self.features, self.serving = tables, features, serving
+        index = {t.key: i for i, t in enumerate(tables)}
+        self.tbe = IntNBitTableBatchedEmbeddingBagsCodegen(
+            [table_codec(t.precision).tbe_spec(t.key, t.rows, t.dim) for t in tables],
+            feature_table_map=[index[f.table] for f in features],
+            output_dtype=SparseType.FP32, device="cpu", bounds_check_mode=BoundsCheckMode.NONE)
+        self.tbe.initialize_weights()
+        self.id_maps = nn.ModuleList(build_transform(f.transform, buffers or {}, f"feature {i}")
+                                     for i, f in enumerate(features))
+        self.hotness = [s.hotness for s in serving]
+        owner = {f: t for t, s in enumerate(serving) for g in s.groups for f in g}
+        self.feature_table = [owner[f] for f in range(len(features))]
+        dims, start, slices = {t.key: t.dim for t in tables}, 0, []
+        for f in features:
+            slices.append((start, start + dims[f.table]))
+            start += dims[f.table]
+        self.group_slices = [[[slices[f] for f in g] for g in s.groups] for s in serving]
+        # Fast path: every table is one identity feature of width D in table order, so the ids in
+        # FBGEMM's layout (pads included: the kernels skip -1) are already the TBE's input.
+        self.simple = all(table_codec(t.precision).skips_pads for t in tables) and \
+            self.feature_table == list(range(len(serving))) and all(
+            len(s.groups) == 1 and features[s.groups[0][0]].transform.get("kind") == "identity"
+            and dims[features[s.groups[0][0]].table] == dim for s in serving)
+
+    def table_weights(self) -> list[torch.Tensor]:
+        """The TBE's storage per physical table (uint8 rows, FBGEMM layout): write-through views."""
+        return [w for w, _ in self.tbe.split_embedding_weights(split_scale_shifts=False)]
+
+    def load_rows(self, get_rows: Callable[[str], torch.Tensor]) -> None:
+        """Copy each physical table's FBGEMM-layout rows (fetched one table at a time) into the TBE."""
+        for table, dst in zip(self.physical, self.table_weights()):
+            rows = get_rows(table.key)
+            if rows.dim() != 2 or rows.shape[0] != table.rows or rows.shape[1] > dst.shape[1]:
+                raise ValueError(f"table {table.key!r}: rows of shape {tuple(rows.shape)} do not fit "
+                                 f"{table.rows} rows of <= {dst.shape[1]} bytes")
+            dst[:, : rows.shape[1]].copy_(rows)
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
+        """(B, slots) id matrix, -1 pads -> pooled (B, T, D)."""
+        b = sparse.shape[0]
+        tables = torch.split(sparse, self.hotness, dim=1)
+        if self.simple:
+            indices = torch.cat([t.reshape(-1) for t in tables]).int()
+            lengths = torch.tensor(self.hotness, dtype=torch.int32).repeat_interleave(b)
+            offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int32)
+            offsets[1:] = torch.cumsum(lengths, 0)
+            return self.tbe(indices, offsets).view(b, self.n_tables, self.dim)
+        return self.lookup_tables(list(tables))
+
+    def lookup_tables(self, tables: List[torch.Tensor]) -> torch.Tensor:
+        """Per table a (B, hotness) id matrix -> pooled (B, T, D), through every id transform."""
+        b = tables[0].shape[0] if len(tables) > 0 else 0
+        idx: List[torch.Tensor] = []
+        lens: List[torch.Tensor] = []
+        wts: List[torch.Tensor] = []
+        any_weight = False
+        for f, id_map in enumerate(self.id_maps):
+            ids = tables[self.feature_table[f]].long()
+            valid = ids != -1
+            mapped, w = id_map(torch.where(valid, ids, torch.zeros_like(ids)))
+            idx.append(mapped[valid])
+            lens.append(valid.sum(1))
+            if w is not None:
+                any_weight = True
+                wts.append(w[valid])
+            else:
+                wts.append(torch.ones(idx[-1].shape[0]))
+        offsets = torch.zeros(b * len(lens) + 1, dtype=torch.int32)
+        offsets[1:] = torch.cumsum(torch.cat(lens), 0)
+        weights: Optional[torch.Tensor] = torch.cat(wts).float() if any_weight else None
+        out = self.tbe(torch.cat(idx).int(), offsets, weights)
+        per_table: List[torch.Tensor] = []
+        for groups in self.group_slices:
+            acc = torch.zeros(b, self.dim)
+            for group in groups:
+                cols = torch.cat([out[:, a:z] for a, z in group], dim=1)
+                acc = acc + cols[:, : self.dim]
+            per_table.append(acc)
+        return torch.stack(per_table, dim=1)
+
+    def lookup_ids(self, ids: FeatureIds) -> torch.Tensor:
+        """The same lookup from ids already in FBGEMM's layout (the data loader builds them)."""
+        if list(ids.hotness) != self.hotness:
+            raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
+                             f"this model serves {len(self.hotness)} with {self.hotness}")
+        if self.simple:
+            return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
+        return self.lookup_tables([ids.table(t) for t in range(self.n_tables)])
+
+
+class QuantizedDLRM(DLRMGraph):
+    """The DLRM graph over `QuantizedEmbeddings` and per-layer serving modules.
+
+    `sparse` may be the (B, slots) id matrix or, faster, the same ids as FeatureIds."""
+
+    reads_feature_ids = True  # Batch.ids_for hands this model the loader's FeatureIds
+
+    def __init__(self, config: DLRMConfig, embeddings: QuantizedEmbeddings, layers: dict[str, nn.Module]):
+        super().__init__([layers[f"bottom.{i}"] for i in range(len(config.bottom_mlp))],
+                         [layers[f"top.{i}"] for i in range(len(config.top_mlp) + 1)],
+                         len(config.tables))
+        self.config = config
+        self.embeddings = embeddings
+
+    def pooled(self, sparse: torch.Tensor | FeatureIds) -> torch.Tensor:
+        if isinstance(sparse, FeatureIds):
+            return self.embeddings.lookup_ids(sparse)
+        if sparse.dim() != 2 or sparse.shape[1] != sum(self.embeddings.hotness):
+            raise ValueError(f"id matrix of shape {tuple(sparse.shape)}; this model reads "
+                             f"(batch, {sum(self.embeddings.hotness)}) ids")
+        return self.embeddings(sparse)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor | FeatureIds) -> torch.Tensor:
+        return self.logits(dense, self.pooled(sparse))

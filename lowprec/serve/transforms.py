@@ -1,0 +1,146 @@
+"""Id transforms of the serving forms: one TorchScript-compatible module per transform kind.
+
+A serving form's feature looks a physical table up after a transform of the logical ids (see
+`lowprec.serve.forms`); its JSON spec, recorded in the artifact's manifest, is built here into a
+module `ids (int64, valid ids only) -> (row ids, per-sample weights or None)`. The runtime and the
+TorchScript export run these same modules, so every serving form exports.
+
+    identity   x
+    hash       h(e, x) mod rows                         hashing trick, hot sharing with no hot rows
+    qr_q, qr_r x // c, x mod c                          quotient-remainder
+    robe       h(e, x, chunk) mod rows, sign s(e, x, chunk) if sign   one chunk of aligned ROBE
+    remap      buffer[x]                                hot sharing, lookup="remap"
+    hot_hash   position of x in the sorted hot ids, else K + h(e, x) mod buckets   hot sharing
+
+h is lowprec.quant.hashing's family; its coefficients are computed when the module is built.
+`TRANSFORMS` is the one registry (a literal: nothing is added at import time).
+"""
+
+
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import nn
+
+from lowprec.errors import InputError
+from lowprec.quant.hashing import DEFAULT_SEED, FAMILY, ROW, SIGN, affine_hash, coefficients
+
+Mapped = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+def _int(spec: dict[str, Any], key: str, where: str, low: int = 0, default: int | None = None) -> int:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{where}: id transform {spec.get('kind')!r} needs an integer {key} >= {low}, "
+                         f"got {value!r}")
+    return value
+
+
+def _coeffs(spec: dict[str, Any], where: str, chunk: int, purpose: int) -> torch.Tensor:
+    if spec.get("family", FAMILY) != FAMILY:
+        raise InputError(f"{where}: hash family {spec.get('family')!r} is not {FAMILY!r}")
+    a, b = coefficients(_int(spec, "table", where), chunk, _int(spec, "seed", where, 0, DEFAULT_SEED), purpose)
+    return torch.tensor([a, b], dtype=torch.int64)
+
+
+class Identity(nn.Module):
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        return ids, None
+
+
+class HashRows(nn.Module):
+    def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
+        super().__init__()
+        self.rows = _int(spec, "rows", where, 1)
+        self.register_buffer("ab", _coeffs(spec, where, 0, ROW))
+
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        return torch.remainder(affine_hash(ids, self.ab[0], self.ab[1]), self.rows), None
+
+
+class Quotient(nn.Module):
+    def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
+        super().__init__()
+        self.c = _int(spec, "c", where, 1)
+
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        return torch.div(ids, self.c, rounding_mode="floor"), None
+
+
+class Remainder(Quotient):
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        return torch.remainder(ids, self.c), None
+
+
+class RobeChunk(nn.Module):
+    def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
+        super().__init__()
+        chunk = _int(spec, "chunk", where)
+        self.rows = _int(spec, "rows", where, 1)
+        self.sign = bool(spec.get("sign", False))
+        self.register_buffer("ab", _coeffs(spec, where, chunk, ROW))
+        self.register_buffer("sign_ab", _coeffs(spec, where, chunk, SIGN))
+
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        rows = torch.remainder(affine_hash(ids, self.ab[0], self.ab[1]), self.rows)
+        if not self.sign:
+            return rows, None
+        h = affine_hash(ids, self.sign_ab[0], self.sign_ab[1])
+        return rows, 1.0 - 2.0 * (h >> 60).to(torch.float32)
+
+
+def _buffer(spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str) -> torch.Tensor:
+    name = spec.get("buffer")
+    if name not in buffers:
+        raise InputError(f"{where}: id transform {spec.get('kind')!r} names buffer {name!r}, which "
+                         f"the artifact does not hold")
+    buf = buffers[name]
+    if buf.dim() != 1 or buf.dtype not in (torch.int32, torch.int64):
+        raise InputError(f"{where}: buffer {name!r} must be a 1-d int32/int64 tensor, "
+                         f"got {buf.dtype} of shape {tuple(buf.shape)}")
+    return buf.to(torch.int64)
+
+
+class Remap(nn.Module):
+    def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
+        super().__init__()
+        self.register_buffer("remap", _buffer(spec, buffers, where))
+
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        return self.remap[ids], None
+
+
+class HotHash(nn.Module):
+    def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
+        super().__init__()
+        self.register_buffer("hot", _buffer(spec, buffers, where))
+        self.k = _int(spec, "hot", where, 1)
+        if self.k != self.hot.numel():
+            raise InputError(f"{where}: hot_hash says {self.k} hot ids, its buffer holds {self.hot.numel()}")
+        self.buckets = _int(spec, "buckets", where, 1)
+        self.register_buffer("ab", _coeffs(spec, where, 0, ROW))
+
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        pos = torch.searchsorted(self.hot, ids)
+        is_hot = (pos < self.k) & (self.hot[pos.clamp(max=self.k - 1)] == ids)
+        cold = self.k + torch.remainder(affine_hash(ids, self.ab[0], self.ab[1]), self.buckets)
+        return torch.where(is_hot, pos, cold), None
+
+
+TRANSFORMS = {
+    "identity": lambda spec, buffers, where: Identity(),
+    "hash": HashRows,
+    "qr_q": Quotient,
+    "qr_r": Remainder,
+    "robe": RobeChunk,
+    "remap": Remap,
+    "hot_hash": HotHash,
+}
+
+
+def build_transform(spec: Any, buffers: dict[str, torch.Tensor], where: str = "id transform") -> nn.Module:
+    """The module for one transform spec; InputError naming `where` on anything malformed."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in TRANSFORMS:
+        raise InputError(f"{where}: unknown id transform {kind!r} (known: {sorted(TRANSFORMS)})")
+    return TRANSFORMS[kind](spec, buffers, where)
