@@ -21,9 +21,9 @@ from lowprec.checkpoint.float_model import save_float_model
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.data.movielens import prepare_movielens
-from lowprec.evaluate import predict
+from lowprec.evaluation.scoring import predict
 from lowprec.fileio import atomic_dir
-from lowprec.metrics import BinaryStats
+from lowprec.evaluation.metrics import BinaryStats
 from lowprec.plan import Plan
 from lowprec.precision import Precision
 from lowprec.train import TrainConfig, train

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = bc.set_threads(args.threads)
     from lowprec.checkpoint.float_model import load_float_model
     from lowprec.data.batches import iter_batches
-    from lowprec.evaluate import evaluate
+    from lowprec.evaluation.scoring import evaluate
 
     result: dict[str, Any] = {"tool": TOOL, "command": bc.command_line(TOOL, argv), "machine": bc.machine(threads),
                               "settings": {k: v for k, v in vars(args).items() if k != "out"}}

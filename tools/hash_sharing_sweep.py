@@ -175,8 +175,8 @@ def _worker_init() -> None:
 def score(model: Any, ds: Any, windows: list[int]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """What `lowprec eval --json` computes (same batches, same merge order), plus the predictions."""
     from lowprec.data.batches import iter_batches
-    from lowprec.evaluate import predict
-    from lowprec.metrics import BinaryStats
+    from lowprec.evaluation.scoring import predict
+    from lowprec.evaluation.metrics import BinaryStats
 
     model.eval()
     overall, probs, labels = BinaryStats(), [], []
@@ -194,9 +194,9 @@ def score(model: Any, ds: Any, windows: list[int]) -> tuple[dict[str, float], np
 
 
 def delong(p_ref: np.ndarray, p_cand: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Paired DeLong test of AUC(cand) - AUC(ref) on the same rows (lowprec.drift.stats)."""
-    from lowprec.drift.stats import DeLongAccumulator
-    from lowprec.metrics import BinaryStats, score_bins
+    """Paired DeLong test of AUC(cand) - AUC(ref) on the same rows (lowprec.evaluation.stats)."""
+    from lowprec.evaluation.stats import DeLongAccumulator
+    from lowprec.evaluation.metrics import BinaryStats, score_bins
 
     r, c = BinaryStats().update(p_ref, y), BinaryStats().update(p_cand, y)
     acc = DeLongAccumulator((r.hist_pos, r.hist_neg), (c.hist_pos, c.hist_neg), r.auc, c.auc)
@@ -355,7 +355,7 @@ def run_job(job: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
 
 def _saved_float(ctx: dict[str, Any], rid: str, seed: int) -> tuple[np.ndarray, float]:
     """A finished job's float predictions and their AUC."""
-    from lowprec.metrics import BinaryStats
+    from lowprec.evaluation.metrics import BinaryStats
 
     p = np.load(_probs_path(ctx, rid, "float"))
     y = np.load(_probs_path(ctx, f"labels-s{seed}", "y"))
@@ -1529,7 +1529,7 @@ TEXT: dict[str, list[str]] = {
         "(`lowprec/model/sharing.py`); 'compression' and 'table bytes' are `inspect`'s `compression` and "
         "`embedding_bytes`: every physical table once plus id-transform buffers (hot ids), against all "
         "tables dense in fp32. MLP layers stay fp32 in every artifact, so differences are the tables'.",
-        "- ΔAUC vs dense and its p-value: paired DeLong test (`lowprec.drift.stats`) against the dense "
+        "- ΔAUC vs dense and its p-value: paired DeLong test (`lowprec.evaluation.stats`) against the dense "
         "float model of the same seed on the same evaluation rows. With 21k (MovieLens) or 50k "
         "(synthetic) rows, differences of ~0.003 are already significant for one model; the seed spread "
         "is the larger uncertainty.",

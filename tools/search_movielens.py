@@ -26,7 +26,7 @@ from lowprec.checkpoint.convert import convert
 from lowprec.checkpoint.float_model import save_float_model
 from lowprec.data.dataset import Dataset
 from lowprec.data.movielens import prepare_movielens
-from lowprec.drift.paired import PairedConfig, evaluate_window
+from lowprec.evaluation.paired import PairedConfig, evaluate_window
 from lowprec.fileio import atomic_dir, sha256_file
 from lowprec.plan import Plan
 from lowprec.precision import Precision

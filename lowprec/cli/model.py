@@ -63,7 +63,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import parse_windows
-    from lowprec.evaluate import evaluate
+    from lowprec.evaluation.scoring import evaluate
     from lowprec.train import check_compatible
 
     ds = Dataset(data_dir)

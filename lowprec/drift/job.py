@@ -26,7 +26,7 @@ from lowprec.data.dataset import Dataset
 from lowprec.data.windows import parse_windows
 from lowprec.drift import report
 from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
-from lowprec.drift.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
+from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
-from lowprec.metrics import BinaryStats
+from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
 from lowprec.search.latency import measure_costs, significant_costs

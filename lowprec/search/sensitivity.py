@@ -23,7 +23,7 @@ from torch import nn
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.graph import DLRMGraph
-from lowprec.metrics import BinaryStats
+from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.plan import TableChoice
 from lowprec.search.space import Option

@@ -2,7 +2,7 @@
 
 The artifact is written to a temporary directory, loaded through the same loader users get, and
 scored beside the float model on the same rows with the drift job's paired evaluation
-(`lowprec.drift.paired`): the relative NE increase gets a paired Poisson-bootstrap interval, the
+(`lowprec.evaluation.paired`): the relative NE increase gets a paired Poisson-bootstrap interval, the
 AUC drop DeLong's paired normal interval.
 """
 
@@ -20,7 +20,7 @@ from lowprec.checkpoint.convert import convert
 from lowprec.data.dataset import Dataset
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
-from lowprec.drift.paired import PairedConfig, evaluate_window
+from lowprec.evaluation.paired import PairedConfig, evaluate_window
 
 CONFIDENCE = 0.95  # PairedConfig's bootstrap interval uses the same level
 

@@ -11,7 +11,7 @@ from lowprec.checkpoint.float_model import save_float_model
 from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
 from lowprec.data.ids import FeatureIds
-from lowprec.evaluate import evaluate
+from lowprec.evaluation.scoring import evaluate
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
 from lowprec.precision import Precision

@@ -115,7 +115,7 @@ def test_gap_is_judged_against_the_validated_gap():
     from types import SimpleNamespace
 
     from lowprec.drift.job import expected_gap, signals_for
-    from lowprec.drift.stats import Interval
+    from lowprec.evaluation.stats import Interval
 
     assert expected_gap({"plan": {"validated": {"ne_increase": -0.007}}}) == -0.007
     assert expected_gap({"plan": {"validated": None}}) == 0.0 and expected_gap(None) == 0.0

@@ -1,4 +1,4 @@
-"""`lowprec drift` end to end on a tiny float pair: DB vs `lowprec.evaluate`, reruns, SIGKILL,
+"""`lowprec drift` end to end on a tiny float pair: DB vs `lowprec.evaluation.scoring`, reruns, SIGKILL,
 concurrency, refusals, the report, bounded memory."""
 
 import json
@@ -19,11 +19,11 @@ import torch
 from helpers import make_tiny_dataset
 from lowprec.checkpoint.load import load_model
 from lowprec.data.dataset import Dataset, DatasetWriter, SparseFeature
-from lowprec.drift.paired import PairedConfig, evaluate_window
+from lowprec.evaluation.paired import PairedConfig, evaluate_window
 from lowprec.drift.store import DriftStore
-from lowprec.evaluate import evaluate, predict
+from lowprec.evaluation.scoring import evaluate, predict
 from lowprec.fileio import atomic_dir
-from lowprec.metrics import score_bins
+from lowprec.evaluation.metrics import score_bins
 
 from .test_stats import brute_delong
 

@@ -373,7 +373,7 @@ def test_convert_int8_matches_float(tiny, spec, tmp_path, monkeypatch):
         from lowprec.checkpoint.float_model import save_float_model
     except ImportError as exc:
         pytest.skip(f"row-wise quantization / conversion not available yet: {exc}")
-    from lowprec.evaluate import evaluate
+    from lowprec.evaluation.scoring import evaluate
     from lowprec.plan import Plan, TableChoice
     from lowprec.precision import Precision
 

@@ -16,7 +16,7 @@ from lowprec.checkpoint.float_model import save_float_model
 from lowprec.cli import main
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
-from lowprec.evaluate import evaluate
+from lowprec.evaluation.scoring import evaluate
 from lowprec.precision import Precision
 from lowprec.recipe import load_recipe, parse_fraction, resolve_windows
 from lowprec.search import run as search_run

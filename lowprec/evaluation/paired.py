@@ -32,9 +32,9 @@ import torch
 
 from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import PAD_ID, Dataset
-from lowprec.drift import stats
-from lowprec.evaluate import predict
-from lowprec.metrics import BinaryStats, score_bins
+from lowprec.evaluation import stats
+from lowprec.evaluation.scoring import predict
+from lowprec.evaluation.metrics import BinaryStats, score_bins
 from lowprec.serve.tables import table_codec
 from lowprec.precision import Precision
 

@@ -4,7 +4,7 @@ Everything here accumulates over mini-batches in memory that does not grow with 
 
 - Paired relative NE gap. On the same rows the entropy normaliser of NE is shared, so
       gap = NE_cand / NE_ref - 1 = Σ ll_cand / Σ ll_ref - 1,
-  ll the per-row log-loss (probabilities clipped as in `lowprec.metrics`).
+  ll the per-row log-loss (probabilities clipped as in `lowprec.evaluation.metrics`).
 - Poisson bootstrap (Hanley & MacGibbon 2006; Chamandy et al. 2012, "Estimating uncertainty for
   massive data streams"): every row gets K independent weights w_ik ~ Poisson(1) from a seeded
   generator and only the K weighted sums are kept, so a replicate statistic (the gap, the
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowprec.metrics import _EPS as PROB_EPS
+from lowprec.evaluation.metrics import _EPS as PROB_EPS
 
 # Columns of the Poisson-bootstrap sums.
 COLS = ("weight", "positives", "ll_ref", "ll_cand", "pred_ref", "pred_cand")

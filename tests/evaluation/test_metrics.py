@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowprec.metrics import BinaryStats, auc_exact, score_bins
+from lowprec.evaluation.metrics import BinaryStats, auc_exact, score_bins
 
 
 def brute_auc(p, y):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowprec.drift import stats
-from lowprec.metrics import BinaryStats, score_bins
+from lowprec.evaluation import stats
+from lowprec.evaluation.metrics import BinaryStats, score_bins
 
 
 def brute_delong(sr, sc, y):

@@ -15,7 +15,7 @@ import torch
 
 from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
-from lowprec.metrics import BinaryStats
+from lowprec.evaluation.metrics import BinaryStats
 
 
 @dataclass
