@@ -25,7 +25,7 @@ from lowprec.evaluation.scoring import evaluate, predict
 from lowprec.fileio import atomic_dir
 from lowprec.evaluation.metrics import score_bins
 
-from .test_stats import brute_delong
+from evaluation.test_stats import brute_delong
 
 from .conftest import cli, last_json
 
