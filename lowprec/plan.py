@@ -6,6 +6,10 @@
      "layers": {"top.2": {"precision": "fp32"}, "*": {"precision": "int8"}},
      "budgets": {...}, "predicted": {...}, "validated": {...}, "total_bytes": ..., "notes": ...}
 
+Everything beside the rules is `PlanInfo` (typed; unknown keys are refused): what kind of plan it is,
+the budgets it was searched under, the loss the solver predicted, what validation measured
+(`Validation`), its bytes, windows and objective.
+
 Resolution for a name: the exact key, else the first glob pattern (fnmatch, in file order) that
 matches, else "*", else fp32 (as torchao's FqnToConfig and TorchRec's per-table dtypes do). A plan
 naming a table or layer the model lacks is an error; so is a precision a layer cannot take.
@@ -14,7 +18,7 @@ naming a table or layer the model lacks is an error; so is a precision a layer c
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,102 @@ class LayerChoice:
         return {"precision": self.precision.value}
 
 
+@dataclass(frozen=True)
+class Budgets:
+    max_ne_increase: float  # relative, e.g. 0.001 for 0.1%
+    max_auc_drop: float
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """The loss the solver budgeted for: each chosen option's measured loss, summed."""
+
+    d_ne: float
+    d_auc: float
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The plan's converted artifact against the float model on held-out windows (paired)."""
+
+    ne_increase: float  # relative
+    ne_increase_ci: tuple[float, float]
+    auc_drop: float
+    auc_drop_ci: tuple[float, float]
+    float_ne: float
+    float_auc: float
+    plan_ne: float
+    plan_auc: float
+    embedding_bytes: int
+    layer_bytes: int
+    rows: int
+
+    def fits(self, max_ne_increase: float, max_auc_drop: float) -> bool:
+        return self.ne_increase <= max_ne_increase and self.auc_drop <= max_auc_drop
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchWindows:
+    calibration: tuple[int, ...]
+    evaluation: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    kind: str | None = None  # "uniform int4", "search", ...
+    budgets: Budgets | None = None
+    predicted: Predicted | None = None
+    validated: Validation | None = None
+    total_bytes: int | None = None
+    table_bytes: int | None = None
+    layer_bytes: int | None = None
+    windows: SearchWindows | None = None
+    objective: str | None = None
+    predicted_latency_us: float | None = None
+    evaluations: int | None = None
+    rounds: int | None = None
+    notes: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str) -> "PlanInfo":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise InputError(f"{where}: unknown plan keys {unknown} (known: {sorted(known)})")
+        parts = {"budgets": Budgets, "predicted": Predicted, "validated": Validation, "windows": SearchWindows}
+        try:
+            values = {k: _typed(parts[k], v) if k in parts and v is not None else v for k, v in obj.items()}
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: malformed plan information ({exc})") from None
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def _typed(kind: type, value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise TypeError(f"{kind.__name__} must be an object, got {type(value).__name__}")
+    out = {}
+    for f in fields(kind):
+        if f.name not in value and f.default is MISSING:
+            raise TypeError(f"{kind.__name__} needs {f.name!r}")
+        v = value.get(f.name, f.default)
+        out[f.name] = tuple(v) if isinstance(v, list) else v
+    unknown = set(value) - {f.name for f in fields(kind)}
+    if unknown:
+        raise TypeError(f"{kind.__name__} has no fields {sorted(unknown)}")
+    return kind(**out)
+
+
 def _resolve(rules: dict[str, Any], name: str, default: Any) -> Any:
     if name in rules:
         return rules[name]
@@ -67,7 +167,7 @@ def _resolve(rules: dict[str, Any], name: str, default: Any) -> Any:
 class Plan:
     tables: dict[str, TableChoice] = field(default_factory=dict)
     layers: dict[str, LayerChoice] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)  # budgets, predicted/validated metrics, bytes
+    info: PlanInfo = field(default_factory=PlanInfo)
 
     def table(self, name: str) -> TableChoice:
         return _resolve(self.tables, name, TableChoice())
@@ -80,7 +180,7 @@ class Plan:
                 range_method: str = "minmax") -> "Plan":
         layers = {"*": LayerChoice(layer_precision)} if layer_precision else {}
         return cls({"*": TableChoice(table_precision, None, range_method)}, layers,
-                   {"kind": f"uniform {table_precision.value}"})
+                   PlanInfo(kind=f"uniform {table_precision.value}"))
 
     def check_against(self, table_names: list[str], layer_names: list[str], where: str) -> None:
         for kind, rules, names in (("table", self.tables, table_names), ("layer", self.layers, layer_names)):
@@ -96,7 +196,7 @@ class Plan:
             "version": FORMAT_VERSION,
             "tables": {k: v.to_json() for k, v in self.tables.items()},
             "layers": {k: v.to_json() for k, v in self.layers.items()},
-            **self.meta,
+            **self.info.to_json(),
         }
 
     @classmethod
@@ -110,8 +210,8 @@ class Plan:
             layers = {k: _layer_choice(v, f"{where}: layer {k!r}") for k, v in obj.get("layers", {}).items()}
         except (AttributeError, TypeError) as exc:
             raise InputError(f"{where}: malformed plan ({exc})") from exc
-        meta = {k: v for k, v in obj.items() if k not in ("format", "version", "tables", "layers")}
-        return cls(tables, layers, meta)
+        rest = {k: v for k, v in obj.items() if k not in ("format", "version", "tables", "layers")}
+        return cls(tables, layers, PlanInfo.from_json(rest, where))
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

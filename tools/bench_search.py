@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res = search(tmp / "model", model, ds, cfg, None)
             secs = time.perf_counter() - t0
             runs.append({"seconds": secs, "evaluations": res.evaluations, "rounds": len(res.rounds),
-                         "table_bytes": res.plan.meta["table_bytes"],
+                         "table_bytes": res.plan.info.table_bytes,
                          "choices": {n: c.precision.value for n, c in res.plan.tables.items()},
                          "validated": res.validation.to_json() if res.validation else None})
             print(f"  search run {r + 1}: {secs:.1f} s, {res.evaluations} evaluations", file=sys.stderr)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for b, result, secs in runs:
         best = cheapest_within(scored, Budget(b, b))
-        found = result.plan.meta["table_bytes"]
+        found = result.plan.info.table_bytes
         facts["budgets"].append({
             "budget": b,
             "search": {"table_bytes": found, "evaluations": result.evaluations, "seconds": round(secs, 1),

@@ -20,10 +20,6 @@ def quantize_weight_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return codes, scale.to(torch.float32)
 
 
-def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return codes.float() * scale[:, None]
-
-
 def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
     """uint8 (scale, zero_point) covering [lo, hi] (widened to include 0, as FBGEMM requires)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
@@ -32,9 +28,3 @@ def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
     scale = (hi - lo) / 255.0
     zero_point = int(min(max(round(-lo / scale), 0), 255))
     return scale, zero_point
-
-
-def fake_quantize_activation(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """Reference: quantize to uint8 with (scale, zero_point) and back."""
-    q = torch.clamp(torch.round(x / scale) + zero_point, 0, 255)
-    return (q - zero_point) * scale

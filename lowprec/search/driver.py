@@ -111,15 +111,15 @@ def run_search(req: SearchRequest, stages: Callable[[str, int | None], Callable[
 
 
 def summarize(result: SearchResult, model) -> dict[str, Any]:
-    meta = result.plan.meta
+    info = result.plan.info
     fp32 = sum(o[0].bytes for o in result.items.values())
-    total = meta["total_bytes"]
+    total = info.total_bytes
     v = result.validation
     return {
         "plan": result.plan.to_json(),
-        "table_bytes": meta["table_bytes"], "layer_bytes": meta["layer_bytes"],
+        "table_bytes": info.table_bytes, "layer_bytes": info.layer_bytes,
         "total_bytes": total, "fp32_bytes": fp32, "compression": fp32 / total if total else float("nan"),
-        "validated": v.to_json() if v else None, "predicted": meta["predicted"],
+        "validated": v.to_json() if v else None, "predicted": info.to_json()["predicted"],
         "evaluations": result.evaluations, "rounds": result.rounds, "seconds": result.seconds,
         "ne_increase": v.ne_increase if v else 0.0, "auc_drop": v.auc_drop if v else 0.0,
     }

@@ -28,7 +28,7 @@ def _sensitivity_figure(result: SearchResult, directory: Path) -> str:
         ax.scatter(xs, ys, label=label, color=cmap(j % 10), s=18)
     ax.set_yticks(range(len(items)), items, fontsize=7)
     ax.set_xscale("symlog", linthresh=1e-4)
-    ax.axvline(100 * result.plan.meta["budgets"]["max_ne_increase"], color="red", ls="--", lw=1,
+    ax.axvline(100 * result.plan.info.budgets.max_ne_increase, color="red", ls="--", lw=1,
                label="NE budget")
     ax.set_xlabel("NE increase vs float, % (each option alone, calibration windows)")
     ax.legend(fontsize=7, loc="lower right")
@@ -38,12 +38,12 @@ def _sensitivity_figure(result: SearchResult, directory: Path) -> str:
 
 def frontier(result: SearchResult, points: int = 16) -> list[tuple[float, int, float]]:
     """(NE budget, bytes, predicted NE) of the MILP optimum for a sweep of NE budgets (AUC free)."""
-    b = result.plan.meta["budgets"]
+    b = result.plan.info.budgets
     out = []
     for k in range(points):
-        ne = b["max_ne_increase"] * (10 ** (-2 + 3 * k / (points - 1)))
+        ne = b.max_ne_increase * (10 ** (-2 + 3 * k / (points - 1)))
         try:
-            chosen = solve(result.items, result.sensitivity, Budget(ne, 1.0, b["memory_bytes"]))
+            chosen = solve(result.items, result.sensitivity, Budget(ne, 1.0, b.memory_bytes))
         except Exception:  # infeasible memory budget at this point
             continue
         out.append((ne, sum(o.bytes for o in chosen.values()), predicted(chosen, result.sensitivity).d_ne))
@@ -62,7 +62,7 @@ def _frontier_figure(result: SearchResult, summary: dict[str, Any], directory: P
                           [100 * (v["ne_increase_ci"][1] - v["ne_increase"])]],
                     fmt="s", color="green" if r["fits"] else "red", ms=6,
                     label=f"round {r['round']} validated ({'fits' if r['fits'] else 'over budget'})")
-    ax.axvline(100 * result.plan.meta["budgets"]["max_ne_increase"], color="red", ls="--", lw=1)
+    ax.axvline(100 * result.plan.info.budgets.max_ne_increase, color="red", ls="--", lw=1)
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_yscale("log")
     ax.set_xlabel("NE increase vs float, %")
@@ -74,12 +74,12 @@ def _frontier_figure(result: SearchResult, summary: dict[str, Any], directory: P
 
 def write_report(result: SearchResult, summary: dict[str, Any], directory: Path) -> Path:
     doc = Doc("lowprec search report")
-    meta = result.plan.meta
-    b = meta["budgets"]
-    doc.para(f"Budgets: NE increase <= {100 * b['max_ne_increase']:.3f}%, AUC drop <= {b['max_auc_drop']}"
-             + (f", memory <= {b['memory_bytes']:,} bytes" if b["memory_bytes"] else "")
-             + f". Calibration windows {meta['windows']['calibration']}, evaluation windows "
-               f"{meta['windows']['evaluation']}.")
+    info = result.plan.info
+    b = info.budgets
+    doc.para(f"Budgets: NE increase <= {100 * b.max_ne_increase:.3f}%, AUC drop <= {b.max_auc_drop}"
+             + (f", memory <= {b.memory_bytes:,} bytes" if b.memory_bytes else "")
+             + f". Calibration windows {list(info.windows.calibration)}, evaluation windows "
+               f"{list(info.windows.evaluation)}.")
     doc.para(f"Result: {summary['total_bytes']:,} bytes (tables {summary['table_bytes']:,}, layers "
              f"{summary['layer_bytes']:,}) vs {summary['fp32_bytes']:,} in fp32: "
              f"{summary['compression']:.2f}x smaller. {result.evaluations} evaluations "

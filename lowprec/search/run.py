@@ -27,12 +27,12 @@ from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
-from lowprec.plan import Plan
+from lowprec.plan import Budgets, Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, predicted, price, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
-from lowprec.search.validate import Validation, validate
+from lowprec.search.validate import validate
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
 
     def check(chosen: dict[str, Option], round_no: int) -> Validation:
         update = progress(f"validate round {round_no}", None) if progress else None
-        plan = plan_from_options(chosen, rm, {})
+        plan = plan_from_options(chosen, rm)
         return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update)
 
     if cfg.objective == "latency" and cost is None:
@@ -223,19 +223,15 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         chosen = {item: opts[0] for item, opts in items.items()}
         best = (chosen, None)
     chosen, val = best
-    meta = {
-        "budgets": {"max_ne_increase": cfg.budget.max_ne_increase, "max_auc_drop": cfg.budget.max_auc_drop,
-                    "memory_bytes": cfg.budget.memory_bytes},
-        "predicted": asdict(predicted(chosen, sens)),
-        "validated": val.to_json() if val else None,
-        "total_bytes": total_bytes(chosen),
-        "table_bytes": total_bytes(chosen, "table"),
-        "layer_bytes": total_bytes(chosen, "layer"),
-        "windows": {"calibration": list(cfg.calib_windows), "evaluation": list(cfg.eval_windows)},
-        "objective": cfg.objective,
-        "predicted_latency_us": sum(cost[o.key] for o in chosen.values()) if cost else None,
-        "evaluations": evaluations,
-        "rounds": len(rounds),
-    }
-    plan = plan_from_options(chosen, rm, meta)
+    info = PlanInfo(
+        kind="search",
+        budgets=Budgets(cfg.budget.max_ne_increase, cfg.budget.max_auc_drop, cfg.budget.memory_bytes),
+        predicted=Predicted(**asdict(predicted(chosen, sens))), validated=val,
+        total_bytes=total_bytes(chosen), table_bytes=total_bytes(chosen, "table"),
+        layer_bytes=total_bytes(chosen, "layer"),
+        windows=SearchWindows(tuple(cfg.calib_windows), tuple(cfg.eval_windows)),
+        objective=cfg.objective,
+        predicted_latency_us=sum(cost[o.key] for o in chosen.values()) if cost else None,
+        evaluations=evaluations, rounds=len(rounds))
+    plan = plan_from_options(chosen, rm, info)
     return SearchResult(plan, chosen, val, items, sens, rounds, evaluations, time.time() - started, float_stats)

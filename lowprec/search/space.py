@@ -13,7 +13,7 @@ from typing import Any
 
 from lowprec.errors import InputError
 from lowprec.model.config import DLRMConfig
-from lowprec.plan import LayerChoice, Plan, TableChoice
+from lowprec.plan import LayerChoice, Plan, PlanInfo, TableChoice
 from lowprec.precision import Precision
 from lowprec.serve.layers import layer_codec
 from lowprec.serve.sharing import serving_bytes
@@ -97,11 +97,11 @@ def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -
     return items
 
 
-def plan_from_options(chosen: dict[str, Option], range_method: str, meta: dict[str, Any]) -> Plan:
+def plan_from_options(chosen: dict[str, Option], range_method: str, info: PlanInfo = PlanInfo()) -> Plan:
     tables = {o.name: TableChoice(o.precision, o.sharing_dict(), range_method)
               for o in chosen.values() if o.kind == "table"}
     layers = {o.name: LayerChoice(o.precision) for o in chosen.values() if o.kind == "layer"}
-    return Plan(tables, layers, meta)
+    return Plan(tables, layers, info)
 
 
 def total_bytes(chosen: dict[str, Option], kind: str | None = None) -> int:

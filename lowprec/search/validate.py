@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import tempfile
 from statistics import NormalDist
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,31 +18,10 @@ from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
 from lowprec.data.dataset import Dataset
 from lowprec.model.dlrm import DLRM
-from lowprec.plan import Plan
+from lowprec.plan import Plan, Validation
 from lowprec.evaluation.paired import PairedConfig, evaluate_window
 
 CONFIDENCE = 0.95  # PairedConfig's bootstrap interval uses the same level
-
-
-@dataclass(frozen=True)
-class Validation:
-    ne_increase: float  # relative
-    ne_increase_ci: tuple[float, float]
-    auc_drop: float
-    auc_drop_ci: tuple[float, float]
-    float_ne: float
-    float_auc: float
-    plan_ne: float
-    plan_auc: float
-    embedding_bytes: int
-    layer_bytes: int
-    rows: int
-
-    def fits(self, max_ne_increase: float, max_auc_drop: float) -> bool:
-        return self.ne_increase <= max_ne_increase and self.auc_drop <= max_auc_drop
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, windows: list[int],

@@ -73,12 +73,12 @@ def test_option_bytes_equal_artifact_bytes(setup, tmp_path):
         for o in items[item]:
             chosen = {k: v[0] for k, v in items.items()}
             chosen[item] = o
-            manifest = convert(root / "model", plan_from_options(chosen, "l2", {}), tmp_path / o.key.replace("|", "_"), calib)
+            manifest = convert(root / "model", plan_from_options(chosen, "l2"), tmp_path / o.key.replace("|", "_"), calib)
             table = next(t for t in manifest["tables"] if t["name"] == "t0")
             assert table["bytes"] == o.bytes, o.key
     layer_items = {k: v for k, v in items.items() if k.startswith("layer:")}
     chosen = {k: v[0] for k, v in items.items()} | {k: v[-1] for k, v in layer_items.items()}
-    manifest = convert(root / "model", plan_from_options(chosen, "l2", {}), tmp_path / "layers", calib)
+    manifest = convert(root / "model", plan_from_options(chosen, "l2"), tmp_path / "layers", calib)
     assert manifest["layer_bytes"] == sum(v[-1].bytes for v in layer_items.values())
 
 
@@ -91,7 +91,7 @@ def test_emulator_scores_like_the_real_artifact(setup, tmp_path):
               "layer:top.1": items["layer:top.1"][1]}
     full = {k: v[0] for k, v in items.items()} | chosen
     emulated = emu.run(list(chosen.values()), "l2")
-    convert(root / "model", plan_from_options(full, "l2", {}), tmp_path / "a", calib)
+    convert(root / "model", plan_from_options(full, "l2"), tmp_path / "a", calib)
     runtime, _ = load_artifact(tmp_path / "a")
     real = evaluate(runtime, ds, [3]).overall
     assert emulated.ne == pytest.approx(real.ne, rel=1e-5)
@@ -122,7 +122,7 @@ def test_search_meets_budget_and_resumes(setup, tmp_path, monkeypatch):
     assert len(calls) == measured - 4  # the 4 cached measurements were not redone
     v = result.validation
     assert v is not None and v.fits(0.001, 0.001)
-    assert result.plan.meta["table_bytes"] < sum(v[0].bytes for k, v in result.items.items() if k.startswith("table:"))
+    assert result.plan.info.table_bytes < sum(v[0].bytes for k, v in result.items.items() if k.startswith("table:"))
     assert result.evaluations <= 2 * len(result.items) * 5
 
 
@@ -183,7 +183,7 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     assert max(timed.count(k) for k in table_options) <= 2
     assert len(cached) == sum(len(v) for v in result.items.values())
     assert all(v > 0 for v in cached.values())
-    assert result.plan.meta["predicted_latency_us"] > 0 and result.validation.fits(0.001, 0.001)
+    assert result.plan.info.predicted_latency_us > 0 and result.validation.fits(0.001, 0.001)
 
 
 class _AlwaysFits:

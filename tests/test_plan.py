@@ -1,0 +1,51 @@
+"""The plan is one typed, versioned object: rules plus PlanInfo, round-tripped through JSON."""
+
+import json
+
+import pytest
+
+from lowprec.errors import InputError
+from lowprec.plan import Budgets, LayerChoice, Plan, PlanInfo, Predicted, SearchWindows, TableChoice, Validation
+from lowprec.precision import Precision
+
+
+def full_plan() -> Plan:
+    v = Validation(0.001, (-0.0005, 0.002), 0.0002, (-0.001, 0.0013), 0.9, 0.75, 0.9009, 0.7498, 1234, 567, 9000)
+    info = PlanInfo(kind="search", budgets=Budgets(0.002, 0.001, 10_000), predicted=Predicted(0.0008, 0.0001),
+                    validated=v, total_bytes=1801, table_bytes=1234, layer_bytes=567,
+                    windows=SearchWindows((4,), (5, 6, 7)), objective="bytes", evaluations=31, rounds=2,
+                    notes="hello")
+    return Plan({"cat_1": TableChoice(Precision.FP8), "cat_*": TableChoice(Precision.INT4, {"kind": "hot", "ratio": 8.0}, "l2"),
+                 "*": TableChoice(Precision.INT8)}, {"top.2": LayerChoice(Precision.FP32), "*": LayerChoice(Precision.INT8)}, info)
+
+
+def test_round_trip_through_json():
+    plan = full_plan()
+    again = Plan.from_json(json.loads(json.dumps(plan.to_json())))
+    assert again == plan
+    assert again.info.validated.fits(0.002, 0.001) and again.table("cat_7").sharing == {"kind": "hot", "ratio": 8.0}
+    assert again.table("cat_1").precision is Precision.FP8 and again.table("x").precision is Precision.INT8
+
+
+def test_uniform_plan_and_empty_info_round_trip():
+    plan = Plan.uniform(Precision.INT4, Precision.INT8)
+    assert plan.to_json()["kind"] == "uniform int4" and "validated" not in plan.to_json()
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"validatd": {}}, "unknown plan keys"),
+    ({"budgets": {"max_ne_increase": 0.1}}, "malformed plan information"),
+    ({"budgets": [1, 2]}, "malformed plan information"),
+    ({"predicted": {"d_ne": 0, "d_auc": 0, "extra": 1}}, "malformed plan information"),
+    ({"version": 2}, "version 2 is not supported"),
+])
+def test_bad_plans_are_refused_naming_the_problem(change, match):
+    obj = full_plan().to_json() | change
+    with pytest.raises(InputError, match=match):
+        Plan.from_json(obj, "p.json")
+
+
+def test_layers_cannot_take_table_only_precisions():
+    with pytest.raises(InputError, match="layers take"):
+        LayerChoice(Precision.FP8)
