@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.graph import trace
+from lowprec.progress import Update
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -42,7 +43,7 @@ class CompareResult:
 @torch.inference_mode()
 def compare(reference: torch.nn.Module, candidate: torch.nn.Module, ds: Dataset, windows: list[int],
             threshold_db: float = 20.0, max_rows: int = 50_000, batch_size: int = 4096,
-            progress: Callable[[int], Any] | None = None) -> CompareResult:
+            progress: Update | None = None) -> CompareResult:
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
     max_err: dict[str, float] = {}

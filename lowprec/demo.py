@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lowprec.fileio import atomic_dir, atomic_write_text
+from lowprec.progress import Stages, stage
 from lowprec.report import Doc
-
-Stages = Callable[..., Callable[[int], Any]]  # (name, total[, unit]) -> update(n)
 
 
 @dataclass(frozen=True)
@@ -49,16 +48,16 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
                  tmp, progress=stages)
     ds = Dataset(data)
     model, info = train(ds, TrainConfig(windows=(0, 1, 2, 3), seed=cfg.seed),
-                        progress=stages("train", 2 * 4 * cfg.rows_per_window) if stages else None)
+                        progress=stage(stages, "train", 2 * 4 * cfg.rows_per_window))
     save_float_model(model, out / "model", info)
-    calib = calibrate(model, ds, CalibConfig((4,)), stages("calibrate", 2 * cfg.rows_per_window) if stages else None)
+    calib = calibrate(model, ds, CalibConfig((4,)), stage(stages, "calibrate", 2 * cfg.rows_per_window))
     save_calibration(calib, out / "calib.json", sha256_file(out / "model" / "model.safetensors"))
     result, summary = run_search(SearchRequest(
         model_dir=out / "model", data_dir=data, out=out / "plan.json", calib_windows="4", eval_windows="5-7",
         max_ne_increase=cfg.max_ne_increase, max_auc_drop=cfg.max_auc_drop, sharing_ratios="16",
         calib_path=str(out / "calib.json"), report_dir=str(out / "search")), stages)
     manifest = convert(out / "model", result.plan, out / "artifact", load_calibration(out / "calib.json"),
-                       progress=stages("convert", len(model.config.tables), "tables") if stages else None)
+                       progress=stage(stages, "convert", len(model.config.tables), "tables"))
     outcome = drift_job.run(drift_job.DriftJob(
         reference=out / "model", candidate=out / "artifact", data=data, windows=f"5-{cfg.windows - 1}",
         db=out / "drift.sqlite", report=out / "drift", calibration=out / "calib.json"), stages)

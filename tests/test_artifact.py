@@ -22,7 +22,7 @@ from lowprec.data.dataset import Dataset
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
 from lowprec.precision import Precision
-from lowprec.quant.rowwise import fused_rows, fused_to_float
+from lowprec.quant.rowwise import fused_to_float
 from lowprec.serve.tables import table_codec
 from lowprec.train import TrainConfig, model_config_for, train
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import click
 from tqdm import tqdm
 
+from lowprec.progress import Update
+
 
 @contextlib.contextmanager
-def progress_bar(total: int | None, desc: str, unit: str = "rows") -> Iterator[Callable[[int], Any]]:
+def progress_bar(total: int | None, desc: str, unit: str = "rows") -> Iterator[Update]:
     """A tqdm bar on stderr; yields the `update(n)` callback library functions accept."""
     bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
                mininterval=0.5, leave=False, dynamic_ncols=True)
@@ -44,16 +46,12 @@ def fmt(x: float, digits: int = 4) -> str:
 
 
 class StageBars:
-    """One progress bar per stage of a multi-stage job; `bars(name, total[, unit])` returns its update.
-
-    The progress convention: a multi-stage job (data synth/prepare, search, drift, demo) takes such a
-    `stages` callable; a single-stage library function (train, calibrate, evaluate, convert) takes
-    the `update(n)` callback itself (`progress_bar` yields one)."""
+    """One progress bar per stage of a multi-stage job: the `Stages` of lowprec.progress."""
 
     def __init__(self) -> None:
         self.bars: list[tqdm] = []
 
-    def __call__(self, name: str, total: int | None, unit: str | None = None) -> Callable[[int], Any]:
+    def __call__(self, name: str, total: int | None, unit: str | None = None) -> Update:
         if self.bars:
             self.bars[-1].close()
         unit = unit or ("it" if total else "rows")

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lowprec
 from lowprec.checkpoint.load import load_model, model_kind
@@ -29,12 +29,11 @@ from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
+from lowprec.progress import Stages
 from lowprec.fileio import read_json, sha256_file
 from lowprec.train import check_compatible
 
-# (stage name, total, unit) -> update(n): one progress bar per stage, as `data synth` takes them
 # (the CLI's StageBars closes each stage's bar when the next begins)
-Stages = Callable[[str, int, str], Callable[[int], Any]]
 ON_ALARM = ("none", "recalibrate")
 
 
@@ -87,10 +86,6 @@ class DriftOutcome:
                 "windows": self.windows, "recalibrations": self.recalibrations}
 
 
-def _no_bars(name: str, total: int, unit: str) -> Callable[[int], Any]:
-    return lambda n: None
-
-
 def read_calibration(path: Path | None) -> dict[str, Any] | None:
     """CALIB.json's layers and method (the row-count sidecar is not needed here)."""
     if path is None:
@@ -134,7 +129,7 @@ def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
 
 def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
     """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report."""
-    stages = stages or _no_bars
+    stages = stages or (lambda name, total, unit: None)
     ds = Dataset(job.data)
     chosen = parse_windows(job.windows, ds.meta.window_indices)
     calib = read_calibration(job.calibration)

@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.evaluation import stats
 from lowprec.evaluation.scoring import predict
 from lowprec.evaluation.metrics import BinaryStats, score_bins
+from lowprec.progress import Update
 from lowprec.serve.tables import table_codec
 from lowprec.precision import Precision
 
@@ -214,7 +215,7 @@ def _delong_pass(spill: Path, acc: _Accumulators) -> stats.DeLongResult:
 def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: Dataset,
                     window: int | list[int], cfg: PairedConfig, spill_prefix: Path,
                     table_err: TableError | None = None,
-                    progress: Callable[[int], Any] | None = None) -> WindowMeasure:
+                    progress: Update | None = None) -> WindowMeasure:
     """Score both models on `window` in one streamed pass (+ one pass over the spilled scores).
 
     `window` may be a list: the windows are then pooled into one paired measurement (search

@@ -8,7 +8,7 @@ streamed batch by batch; each window's statistics are merged into the overall on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch
 from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
 from lowprec.evaluation.metrics import BinaryStats
+from lowprec.progress import Update
 
 
 @dataclass
@@ -35,7 +36,7 @@ def predict(model: torch.nn.Module, dense: torch.Tensor, sparse: torch.Tensor) -
 
 
 def evaluate(model: torch.nn.Module, ds: Dataset, windows: list[int], batch_size: int = 4096,
-             progress: Callable[[int], Any] | None = None) -> EvalResult:
+             progress: Update | None = None) -> EvalResult:
     model.eval()
     overall = BinaryStats()
     per_window: dict[int, dict[str, float]] = {}

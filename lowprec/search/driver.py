@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -18,6 +18,7 @@ from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.precision import Precision
+from lowprec.progress import Stages, stage
 from lowprec.recipe import load_recipe, parse_fraction, pick, resolve_windows
 from lowprec.search.run import SearchConfig, SearchResult, search
 from lowprec.search.solver import Budget
@@ -78,9 +79,9 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     return cfg, r
 
 
-def run_search(req: SearchRequest, stages: Callable[[str, int | None], Callable[[int], Any]] | None = None
+def run_search(req: SearchRequest, stages: Stages | None = None
                ) -> tuple[SearchResult, dict[str, Any]]:
-    """Search per `req`; `stages(name, total)` returns a progress callback for each stage."""
+    """Search per `req`, one progress stage per step (lowprec.progress)."""
     ds = Dataset(req.data_dir)
     cfg, recipe = build_config(req, ds)
     overlap = set(cfg.calib_windows) & set(cfg.eval_windows)
@@ -95,7 +96,7 @@ def run_search(req: SearchRequest, stages: Callable[[str, int | None], Callable[
         c = recipe.get("calibrate", {})
         ccfg = CalibConfig(cfg.calib_windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)),
                            max_rows=c.get("max_rows"))
-        calibration = calibrate(model, ds, ccfg, stages("calibrate", None) if stages else None)
+        calibration = calibrate(model, ds, ccfg, stage(stages, "calibrate", None))
         calibration["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32)
                                      for k, v in calibration["row_counts"].items()}
         calib_sha = f"inline:{ccfg.method}:{list(ccfg.windows)}"

@@ -28,6 +28,7 @@ from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Budgets, Plan, PlanInfo, Predicted, SearchWindows, Validation
+from lowprec.progress import Stages, Update, stage
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, predicted, price, solve
@@ -99,7 +100,7 @@ def fingerprint(model_dir: Path, ds: Dataset, cfg: SearchConfig, calib_sha: str 
 
 
 def measure_sensitivity(emulator: Emulator, items: dict[str, list[Option]], cache: MeasurementCache,
-                        range_method: str, progress: Callable[[int], Any] | None) -> dict[str, Sensitivity]:
+                        range_method: str, progress: Update | None) -> dict[str, Sensitivity]:
     def stats_of(key: str, options: list[Option]) -> dict[str, float]:
         hit = cache.get(key)
         if hit is None:
@@ -193,8 +194,8 @@ def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: di
 def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
            calibration: dict[str, Any] | None, calib_sha: str | None = None,
            cache_path: Path | None = None, cost: dict[str, float] | None = None,
-           progress: Callable[[str, int | None], Callable[[int], Any]] | None = None) -> SearchResult:
-    """Run the whole search; `progress(stage, total)` returns an update callback (or None)."""
+           stages: Stages | None = None) -> SearchResult:
+    """Run the whole search, one progress stage for the sensitivity and one per validation round."""
     started = time.time()
     model_dir = Path(model_dir)
     rm = cfg.space.range_method
@@ -205,13 +206,13 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     items = options_for(model.config, cfg.space, sharing=bool((calibration or {}).get("row_counts")))
     measurements = MeasurementCache(cache_path, fingerprint(model_dir, ds, cfg, calib_sha))
     n_options = sum(len(v) for v in items.values())
-    update = progress("sensitivity", n_options) if progress else None
+    update = stage(stages, "sensitivity", n_options, "options")
     sens = measure_sensitivity(emulator, items, measurements, rm, update)
     float_stats = measurements.get("float") or {}
     evaluations = sum(1 for opts in items.values() for o in opts if not o.is_float_baseline)
 
     def check(chosen: dict[str, Option], round_no: int) -> Validation:
-        update = progress(f"validate round {round_no}", None) if progress else None
+        update = stage(stages, f"validate round {round_no}", None)
         plan = plan_from_options(chosen, rm)
         return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update)
 

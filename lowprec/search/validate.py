@@ -12,7 +12,7 @@ import math
 import tempfile
 from statistics import NormalDist
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
@@ -20,13 +20,14 @@ from lowprec.data.dataset import Dataset
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, Validation
 from lowprec.evaluation.paired import PairedConfig, evaluate_window
+from lowprec.progress import Update
 
 CONFIDENCE = 0.95  # PairedConfig's bootstrap interval uses the same level
 
 
 def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, windows: list[int],
              calibration: dict[str, Any] | None,
-             progress: Callable[[int], Any] | None = None) -> Validation:
+             progress: Update | None = None) -> Validation:
     with tempfile.TemporaryDirectory(prefix="lowprec-validate-") as tmp:
         out = Path(tmp) / "artifact"
         manifest = convert(model_dir, plan, out, calibration)

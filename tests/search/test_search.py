@@ -66,7 +66,6 @@ def test_memory_budget_infeasible_is_input_error():
 
 def test_option_bytes_equal_artifact_bytes(setup, tmp_path):
     root, ds, model, calib = setup
-    emu = Emulator(model, FloatCache(model, ds, [2], 1000), calib)
     space = SearchSpace(sharing_ratios=(4.0,))
     items = options_for(model.config, space, sharing=True)
     for item in ("table:t0",):

@@ -4,7 +4,6 @@ and end to end: searchable, convertible, served, exported."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
