@@ -20,7 +20,7 @@ def _human(n: float) -> str:
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Plan JSON (from `lowprec search`).")
-@click.option("--precision", help="Shortcut: one precision (fp32|fp16|int8|int4|int2) for every table.")
+@click.option("--precision", help="Shortcut: one precision (fp32|fp16|fp8|int8|int4|int2) for every table.")
 @click.option("--layer-precision", help="With --precision: one precision (fp32|fp16|int8) for every MLP layer (default fp32).")
 @click.option("--range-method", type=click.Choice(["minmax", "l2"]), default="minmax", show_default=True,
               help="With --precision: row range of integer tables (min/max or L2-optimal clipping).")

@@ -19,7 +19,7 @@ from lowprec.serve.layers import layer_codec
 from lowprec.serve.sharing import serving_bytes
 from lowprec.serve.tables import table_codec
 
-DEFAULT_TABLE_PRECISIONS = ("fp32", "fp16", "int8", "int4", "int2")
+DEFAULT_TABLE_PRECISIONS = ("fp32", "fp16", "fp8", "int8", "int4", "int2")
 DEFAULT_LAYER_PRECISIONS = ("fp32", "fp16", "int8")
 
 
