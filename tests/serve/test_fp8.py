@@ -70,3 +70,44 @@ def test_lookups_equal_the_decoded_table():
     table = fp8_to_float(fp8_rows(w))
     want = torch.stack([table[[i for i in row if i >= 0]].sum(0) for row in ids.tolist()])
     torch.testing.assert_close(emb(ids)[:, 0], want, rtol=1e-6, atol=1e-6)
+
+
+def test_fp8_end_to_end_through_the_cli(tmp_path):
+    """convert --precision fp8 (and a plan mixing it), inspect, eval, export: FP8 is one more precision."""
+    import json
+
+    from click.testing import CliRunner
+
+    from helpers import make_tiny_dataset
+    from lowprec.checkpoint.artifact import load_artifact
+    from lowprec.checkpoint.float_model import save_float_model
+    from lowprec.cli import main
+    from lowprec.data.dataset import Dataset
+    from lowprec.model.dlrm import DLRM
+    from lowprec.serve.export import load_torchscript
+    from lowprec.train import TrainConfig, model_config_for
+
+    ds = Dataset(make_tiny_dataset(tmp_path / "data", windows=1, rows=200, hotness=(1, 2, 1)))
+    torch.manual_seed(0)
+    save_float_model(DLRM(model_config_for(ds.meta, TrainConfig(windows=(0,)))), tmp_path / "m")
+
+    def run(*args):
+        res = CliRunner().invoke(main, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output.strip().splitlines()[-1])
+
+    run("convert", "--model", tmp_path / "m", "--precision", "fp8", "--out", tmp_path / "a",
+        "--export", "torchscript", "--json")
+    info = run("inspect", tmp_path / "a", "--json")
+    assert {t["precision"] for t in info["tables"]} == {"fp8"}
+    rows = ds.meta.sparse[0].num_embeddings
+    assert info["tables"][0]["bytes"] == rows * Precision.FP8.bytes_per_row(16)
+    metrics = run("eval", "--model", tmp_path / "a", "--data", tmp_path / "data", "--windows", "0", "--json")
+    assert 0 < metrics["ne"] < 2
+    runtime, _ = load_artifact(tmp_path / "a")
+    scripted = load_torchscript(tmp_path / "a")
+    sparse = torch.randint(0, 8, (32, 4))
+    sparse[::3, 2] = -1
+    dense = torch.randn(32, len(ds.meta.dense_names))
+    with torch.no_grad():
+        assert torch.equal(runtime(dense, sparse), scripted(dense, sparse))
