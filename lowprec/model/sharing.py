@@ -40,6 +40,7 @@ Post-training sharing of a trained dense table ("hot") lives in `lowprec.model.h
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -363,8 +364,7 @@ def realign(model: nn.Module) -> nn.Module:
         kind, opts = parse_spec(t.embedding)
         if kind == "robe":
             opts["align"] = "1"
-            t = TableConfig(t.name, t.num_embeddings, t.hotness,
-                            "robe:" + ",".join(f"{k}={v}" for k, v in opts.items()))
+            t = dataclasses.replace(t, embedding="robe:" + ",".join(f"{k}={v}" for k, v in opts.items()))
         tables.append(t)
     out = DLRM(model.config.replace_tables(tables))
     state = model.state_dict()
