@@ -24,6 +24,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -66,7 +67,31 @@ def user_os_errors(path: str | os.PathLike) -> Iterator[None]:
     except OSError as exc:
         if exc.errno in USER_ERRNOS:
             raise os_error(exc, path) from exc
+        if exc.errno is None and _disk_full(Path(path)):  # a short write ("N requested and 0 written")
+            raise os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from exc
         raise
+    except Exception as exc:  # safetensors reports I/O failures as SafetensorError("... (os error N)")
+        code = _os_error_code(exc)
+        if code in USER_ERRNOS:
+            raise os_error(OSError(code, os.strerror(code)), path) from exc
+        raise
+
+
+def _disk_full(path: Path) -> bool:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < (64 << 10)
+    except OSError:
+        return False
+
+
+def _os_error_code(exc: Exception) -> int | None:
+    if type(exc).__name__ != "SafetensorError":
+        return None
+    m = re.search(r"os error (\d+)", str(exc))
+    return int(m.group(1)) if m else None
 
 
 def _live_writer(out: Path) -> bool:
@@ -157,9 +182,9 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
     kinds = [kind] if kind is not None else list(KINDS)
     if not empty and not any(_is_kind(out, k) for k in kinds):
         found = next((k for k in KINDS if _is_kind(out, k)), None)
-        what_it_is = f"a lowprec {found}" if found else "not a lowprec output"
-        raise InputError(f"{what} {out} exists and is {what_it_is}, not a lowprec {kind or 'output'}; "
-                         f"refusing to replace it (remove it or choose an empty or new directory)")
+        it_is = f" (it is a lowprec {found.replace('-', ' ')})" if found else ""
+        raise InputError(f"{what} {out} exists and is not a lowprec {(kind or 'output').replace('-', ' ')}"
+                         f"{it_is}; refusing to replace it (remove it or choose an empty or new directory)")
     return out
 
 

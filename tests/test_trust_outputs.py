@@ -45,7 +45,7 @@ def untouched(path):
 def test_convert_into_a_users_directory_is_refused(base, tmp_path):
     target = user_dir(tmp_path / "mine")
     r = run("convert", "--model", base / "model", "--precision", "int8", "--out", target)
-    assert r.exit_code == 2 and "not a lowprec output" in r.output and untouched(target)
+    assert r.exit_code == 2 and "not a lowprec artifact" in r.output and untouched(target)
 
 
 def test_convert_onto_its_own_model_is_refused(base):
@@ -59,7 +59,7 @@ def test_train_onto_a_dataset_is_refused(base, tmp_path):
     data = make_tiny_dataset(tmp_path / "other", windows=1, rows=100)
     before = sorted(p.name for p in data.iterdir())
     r = run("train", "--data", base / "data", "--windows", "0", "--out", data, "--epochs", 1)
-    assert r.exit_code == 2 and "a lowprec dataset, not a lowprec model" in r.output
+    assert r.exit_code == 2 and "not a lowprec model (it is a lowprec dataset)" in r.output
     assert sorted(p.name for p in data.iterdir()) == before
 
 

@@ -1,0 +1,69 @@
+"""Precision fields of an artifact manifest: present, known, fit for their role, and agreeing with
+the bytes in weights.safetensors.
+
+A manifest edited by hand (or corrupted) must not load into a runtime that reads int4 rows as fp16 or
+int8 layer weights as floats: every table, physical table and layer precision must parse
+(`Precision.parse`), be one a table or layer can take, and match what is stored -- a physical
+table's row width is `Precision.bytes_per_row(dim)`, a layer's weight dtype is int8 / float16 /
+float32 for int8 / fp16 / fp32. A logical table stored whole in one physical table has its precision.
+Anything else is an InputError naming the manifest and the entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lowprec.errors import InputError
+from lowprec.precision import Precision
+
+LAYER_DTYPES = {Precision.INT8: "I8", Precision.FP16: "F16", Precision.FP32: "F32"}
+
+
+def _precision(value: Any, where: str, role: str) -> Precision:
+    if not isinstance(value, str):
+        raise InputError(f"{where}: precision {value!r} is not a string")
+    p = Precision.parse(value, where)
+    if not (p.facts.for_tables if role == "table" else p.facts.for_layers):
+        raise InputError(f"{where}: a {role} cannot be stored in {p.value}")
+    return p
+
+
+def _entries(manifest: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = manifest.get(key)
+    items = list(value.values()) if isinstance(value, dict) else value
+    if not isinstance(items, list) or not all(isinstance(v, dict) for v in items):
+        raise InputError(f"{where}: `{key}` must be a list or object of objects")
+    return items
+
+
+def check_precisions(manifest: dict[str, Any], where: str, shapes: dict[str, tuple[list[int], str]] | None = None
+                     ) -> None:
+    """Raise InputError on a bad precision; `shapes` (tensor name -> (shape, dtype)) adds the byte checks."""
+    model = manifest.get("model")
+    dim = model.get("embedding_dim") if isinstance(model, dict) else None
+    physical: dict[str, Precision] = {}
+    for t in _entries(manifest, "physical_tables", where):
+        key = t.get("key")
+        p = physical[str(key)] = _precision(t.get("precision"), f"{where}: physical table {key!r}", "table")
+        got = shapes.get(f"tables.{key}") if shapes is not None else None
+        d = t.get("dim", dim)
+        if got is not None and isinstance(d, int) and d > 0 and got[0][1:] != [p.bytes_per_row(d)]:
+            raise InputError(f"{where}: physical table {key!r} says {p.value} ({p.bytes_per_row(d)} bytes a row "
+                             f"at dim {d}) but weights.safetensors stores rows of {got[0][1:]} bytes")
+    for t in _entries(manifest, "tables", where):
+        name = t.get("name")
+        p = _precision(t.get("precision"), f"{where}: table {name!r}", "table")
+        parts = t.get("physical")
+        if t.get("exact") and isinstance(parts, list) and len(parts) == 1 and physical.get(str(parts[0]), p) != p:
+            raise InputError(f"{where}: table {name!r} says {p.value} but its physical table {parts[0]!r} "
+                             f"is {physical[str(parts[0])].value}")
+    layers = manifest.get("layers")
+    if not isinstance(layers, dict):
+        raise InputError(f"{where}: `layers` must be an object of layer name -> spec")
+    for name, spec in layers.items():
+        if not isinstance(spec, dict):
+            raise InputError(f"{where}: layer {name!r} must be an object")
+        p = _precision(spec.get("precision"), f"{where}: layer {name!r}", "layer")
+        got = shapes.get(f"layers.{name}.weight") if shapes is not None else None
+        if got is not None and got[1] != LAYER_DTYPES[p]:
+            raise InputError(f"{where}: layer {name!r} says {p.value} but its weight is stored as {got[1]}")
