@@ -52,7 +52,7 @@ def train(data_dir, windows, recipe, out, seed, epochs, batch_size, lr, sparse_l
     save_float_model(model, out, info, inputs=[data_dir])
     params = sum(p.numel() for p in model.parameters())
     if as_json:
-        emit_json({"out": out, "parameters": params, **info})
+        emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info})
     else:
         click.echo(f"trained on {info['rows_seen']:,} rows ({epochs} epochs) in {info['seconds']}s; "
                    f"final log-loss {fmt(info['final_epoch_logloss'])}; {params:,} parameters -> {out}")
