@@ -167,15 +167,26 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
             old.unlink(missing_ok=True)
 
 
+def _check_layers(layers: Any, path: Path) -> None:
+    """Every layer entry is an object with finite numbers min <= max."""
+    import math
+
+    if not isinstance(layers, dict):
+        raise InputError(f"{path}: `layers` must be an object of per-layer objects")
+    for name, v in layers.items():
+        lo, hi = (v.get("min"), v.get("max")) if isinstance(v, dict) else (None, None)
+        ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi))
+        if not ok or lo > hi:
+            raise InputError(f"{path}: layer {name!r} needs finite numbers min <= max, got {v!r}")
+
+
 def load_calibration(path: str | Path) -> dict[str, Any]:
     """Read CALIB.json and its sidecar; row counts come back as float tensors per table."""
     path = Path(path)
     obj = read_json(path, "calibration file")
     if obj.get("format") != FORMAT or obj.get("version") != FORMAT_VERSION:
         raise InputError(f"{path}: not a lowprec calibration file of version {FORMAT_VERSION}")
-    layers = obj.get("layers")
-    if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
-        raise InputError(f"{path}: `layers` must be an object of per-layer objects")
+    _check_layers(obj.get("layers"), path)
     side_info = obj.get("row_counts") or {}
     name = side_info.get("file", counts_path(path).name) if isinstance(side_info, dict) else None
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):

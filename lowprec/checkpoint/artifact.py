@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lowprec.checkpoint.manifest_check import check_precisions
+from lowprec.checkpoint.manifest_check import check_precisions, check_serving
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -42,6 +42,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise InputError(f"{where}: artifact format version {manifest.get('version')!r} is not "
                          f"supported by this lowprec (it reads version {FORMAT_VERSION})")
     check_precisions(manifest, where)
+    check_serving(manifest, where)
     if verify:
         verify_files(root, manifest)
         check_precisions(manifest, where, stored_shapes(root / WEIGHTS))

@@ -78,17 +78,22 @@ def check_finite(state: dict[str, torch.Tensor], where: Path) -> None:
             raise InputError(f"{where}: tensor {name!r} holds NaN/Inf (first at index {bad})")
 
 
+def _expected_state(config: DLRMConfig, where: Path) -> dict[str, torch.Tensor]:
+    """Names and shapes config.json implies, built on the meta device (nothing allocated)."""
+    try:
+        with torch.device("meta"):
+            return DLRM(config).state_dict()
+    except (RuntimeError, NotImplementedError, ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"{where}: describes a model that cannot be built ({exc})") from exc
+
+
 def load_float_model(model_dir: str | Path) -> tuple[DLRM, dict[str, Any]]:
     """Rebuild the DLRM from its directory; raises InputError on anything inconsistent."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
     state = load_state(model_dir / WEIGHTS, obj.get("sha256", {}).get(WEIGHTS))
     check_finite(state, model_dir / WEIGHTS)
-    try:
-        with torch.device("meta"):  # shapes first, without allocating what config.json claims
-            expected = DLRM(config).state_dict()
-    except (RuntimeError, NotImplementedError):  # a backend that cannot be built on "meta"
-        expected = DLRM(config).state_dict()
+    expected = _expected_state(config, model_dir / "config.json")
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:

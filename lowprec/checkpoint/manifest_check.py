@@ -36,6 +36,32 @@ def _entries(manifest: dict[str, Any], key: str, where: str) -> list[dict[str, A
     return items
 
 
+def check_serving(manifest: dict[str, Any], where: str) -> None:
+    """Features name a physical table; each model table is served by non-empty groups of features."""
+    keys = {str(t.get("key")) for t in _entries(manifest, "physical_tables", where)}
+    features = _entries(manifest, "features", where)
+    for i, f in enumerate(features):
+        transform = f.get("transform")
+        if str(f.get("table")) not in keys or not isinstance(transform, dict) or \
+                not isinstance(transform.get("kind", ""), str):
+            raise InputError(f"{where}: feature {i} must name a physical table and carry a transform "
+                             f"object with a string `kind`")
+    model = manifest.get("model")
+    tables = model.get("tables") if isinstance(model, dict) else None
+    serving = _entries(manifest, "serving", where)
+    if not isinstance(tables, list) or len(serving) != len(tables):
+        raise InputError(f"{where}: `serving` must have one entry per model table")
+    for s, t in zip(serving, tables):
+        groups = s.get("groups")
+        ok = (isinstance(t, dict) and s.get("name") == t.get("name") and s.get("hotness") == t.get("hotness")
+              and isinstance(groups, list) and groups
+              and all(isinstance(g, list) and g and all(isinstance(i, int) and not isinstance(i, bool)
+                                                        and 0 <= i < len(features) for i in g) for g in groups))
+        if not ok:
+            raise InputError(f"{where}: serving entry {s.get('name')!r} does not match its model table or "
+                             f"names features outside 0..{len(features) - 1}")
+
+
 def check_precisions(manifest: dict[str, Any], where: str, shapes: dict[str, tuple[list[int], str]] | None = None
                      ) -> None:
     """Raise InputError on a bad precision; `shapes` (tensor name -> (shape, dtype)) adds the byte checks."""

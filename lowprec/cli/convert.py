@@ -88,8 +88,16 @@ def _summary(manifest: dict, path: str) -> dict:
 def inspect(artifact, as_json, no_verify):
     """Show an artifact's tables (rows, dim, precision, bytes), layers and compression."""
     from lowprec.checkpoint.artifact import read_manifest
+    from lowprec.errors import InputError
 
-    s = _summary(read_manifest(artifact, verify=not no_verify), artifact)
+    manifest = read_manifest(artifact, verify=not no_verify)
+    try:  # everything shown comes from the manifest: a field of the wrong type is bad input
+        _show(_summary(manifest, artifact), as_json)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise InputError(f"{artifact}/manifest.json: malformed ({exc!r})") from exc
+
+
+def _show(s: dict, as_json: bool) -> None:
     if as_json:
         emit_json(s)
         return

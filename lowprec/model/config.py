@@ -97,5 +97,5 @@ class DLRMConfig:
                 top_mlp=tuple(int(x) for x in obj["top_mlp"]),
                 dense_names=tuple(obj.get("dense_names", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}: malformed model config ({exc!r})") from exc
