@@ -74,7 +74,7 @@ def select_windows(spec: Any, meta: Any, what: str = "--windows") -> list[int]:
         hi = hi or lo
         chosen += [w.index for w in meta.windows if lo <= w.label <= hi and len(w.label) == len(lo)]
     if not chosen:
-        raise InputError(f"{what} windows {text!r} match no window label "
+        raise InputError(f"{what}: {text!r} matches no window label "
                          f"(labels: {[w.label for w in meta.windows][:20]})")
     return sorted(set(chosen))
 
