@@ -83,7 +83,7 @@ def _expected_state(config: DLRMConfig, where: Path) -> dict[str, torch.Tensor]:
     try:
         with torch.device("meta"):
             return DLRM(config).state_dict()
-    except (RuntimeError, NotImplementedError, ValueError, TypeError, OverflowError) as exc:
+    except (RuntimeError, NotImplementedError, ValueError, TypeError, OverflowError, AttributeError) as exc:
         raise InputError(f"{where}: describes a model that cannot be built ({exc})") from exc
 
 
