@@ -11,17 +11,23 @@ The implied clipping rate on the calibration data is recorded per layer: the dri
 the rate it sees on new windows against it.
 
 CALIB.json holds ranges and metadata; row counts (one number per embedding row, possibly millions)
-go to a sidecar safetensors file next to it, named and hashed in the JSON.
+go to a sidecar safetensors file next to it, named and hashed in the JSON. The pair commits as one:
+the sidecar's name carries its content hash (`CALIB.counts-<sha16>.safetensors`) and is written
+first, then CALIB.json is renamed over the old one, then older sidecars are removed; a kill at any
+point leaves a CALIB.json whose sidecar exists and verifies. Both get normal (umask) permissions.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lowprec.data.batches import iter_batches
@@ -127,25 +133,51 @@ def calibrate(model: DLRM, ds: Dataset, cfg: CalibConfig,
     }
 
 
-def counts_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".counts.safetensors")
+def counts_path(path: Path, sha: str | None = None) -> Path:
+    """The row-count sidecar of CALIB.json: `CALIB.counts-<sha16>.safetensors` (legacy: no hash)."""
+    return path.with_name(path.stem + (f".counts-{sha[:16]}" if sha else ".counts") + ".safetensors")
 
 
-def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | None = None) -> None:
-    """CALIB.json plus the row-count sidecar; both written via temporary files and renames."""
+def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | None = None,
+                     inputs: tuple = ()) -> None:
+    """CALIB.json plus its content-named row-count sidecar, committed as one (see module doc)."""
     import json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    side = counts_path(path)
-    tmp = side.with_name("." + side.name + ".tmp")
-    save_file({k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in calib["row_counts"].items()},
-              str(tmp))
-    tmp.replace(side)
+    from lowprec.fileio import _umask, claim_output, user_os_errors
+
+    path = claim_output(path, "calibration", inputs)
+    with user_os_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.counts.tmp-{os.getpid()}.safetensors")
+        try:
+            save_file({k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in calib["row_counts"].items()},
+                      str(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; read like any output
+            sha = sha256_file(tmp)
+            side = counts_path(path, sha)
+            tmp.replace(side)
+        finally:
+            tmp.unlink(missing_ok=True)
     obj = {k: v for k, v in calib.items() if k != "row_counts"}
     obj["model_sha256"] = model_sha
-    obj["row_counts"] = {"file": side.name, "sha256": sha256_file(side)}
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    obj["row_counts"] = {"file": side.name, "sha256": sha}
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", kind="calibration")
+    for old in path.parent.glob(glob.escape(path.stem) + ".counts*.safetensors"):
+        if old.name != side.name:
+            old.unlink(missing_ok=True)
+
+
+def _check_layers(layers: Any, path: Path) -> None:
+    """Every layer entry is an object with finite numbers min <= max."""
+    import math
+
+    if not isinstance(layers, dict):
+        raise InputError(f"{path}: `layers` must be an object of per-layer objects")
+    for name, v in layers.items():
+        lo, hi = (v.get("min"), v.get("max")) if isinstance(v, dict) else (None, None)
+        ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi))
+        if not ok or lo > hi:
+            raise InputError(f"{path}: layer {name!r} needs finite numbers min <= max, got {v!r}")
 
 
 def load_calibration(path: str | Path) -> dict[str, Any]:
@@ -154,11 +186,18 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
     obj = read_json(path, "calibration file")
     if obj.get("format") != FORMAT or obj.get("version") != FORMAT_VERSION:
         raise InputError(f"{path}: not a lowprec calibration file of version {FORMAT_VERSION}")
+    _check_layers(obj.get("layers"), path)
     side_info = obj.get("row_counts") or {}
-    side = path.with_name(side_info.get("file", counts_path(path).name))
+    name = side_info.get("file", counts_path(path).name) if isinstance(side_info, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise InputError(f"{path}: row_counts.file must name a file beside it, got {name!r}")
+    side = path.with_name(name)
     if not side.is_file():
         raise InputError(f"{path}: row-count file {side} is missing")
     if sha256_file(side) != side_info.get("sha256"):
         raise InputError(f"{side}: sha256 does not match {path.name}; the file was modified")
-    obj["row_counts"] = {k: v.float() for k, v in load_file(str(side)).items()}
+    try:
+        obj["row_counts"] = {k: v.float() for k, v in load_file(str(side)).items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{side}: not a readable safetensors file ({exc})") from exc
     return obj

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowprec.fileio import atomic_dir, atomic_write_text
+from lowprec.fileio import MARKER, atomic_dir, atomic_write_text, claim_output
 from lowprec.progress import Stages, stage
 from lowprec.report import Doc
 
@@ -40,10 +40,11 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
     from lowprec.search.driver import SearchRequest, run_search
     from lowprec.train import TrainConfig, train
 
-    out = Path(out)
+    out = claim_output(out, "demo")
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("demo\n")
     data = out / "data"
-    with atomic_dir(data) as tmp:
+    with atomic_dir(data, "dataset") as tmp:
         generate(SynthConfig(cfg.windows, cfg.rows_per_window, cfg.seed, 0.001, cfg.drift, cfg.drift_start),
                  tmp, progress=stages)
     ds = Dataset(data)
@@ -65,7 +66,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
                                              ("embedding_bytes", "fp32_embedding_bytes", "compression", "layer_bytes")},
              "drift": outcome.to_json(), "config": cfg.__dict__}
     atomic_write_text(out / "summary.json", json.dumps(facts, indent=2, default=float) + "\n")
-    _index(facts, cfg).write(out)
+    _index(facts, cfg).write(out, kind="demo")
     return facts
 
 

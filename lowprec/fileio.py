@@ -1,35 +1,191 @@
-"""Atomic outputs and small JSON helpers.
+"""Atomic outputs, the output-directory rule, recovery on read, and small JSON helpers.
 
 Every directory lowprec writes (datasets, models, artifacts, reports) is built in a temporary sibling
 and renamed into place, so a crash or SIGKILL never leaves half an output and never destroys a good
 one already there. The old directory is moved aside first and removed only after the new one is in
-place; if we die between the two renames, `recover` puts the old one back on the next write.
-Temporary siblings are named `.NAME.tmp-HOST-PID-XXXX`: the next write of NAME removes those of
-writers on this host that are no longer running (a SIGKILLed convert, say) and leaves the others.
+place; if we die between the two renames, `resolve_output` puts the old one back the next time
+anything reads or writes the path (every reader of outputs goes through it: `read_json`, `Dataset`,
+`load_model`). Temporary siblings are named `.NAME.tmp-HOST-PID-XXXX`: the next write of NAME
+removes those of writers on this host that are no longer running and leaves the others.
+
+The output rule (`claim_output`, called by `atomic_dir` with the kind it writes): an output path
+is replaced only if it is absent, an empty directory, or a lowprec output of the same kind (its
+`.lowprec-output` marker, or for outputs written before markers the kind's own file: dataset.json,
+config.json, manifest.json, ...), and never if it is or contains one of the command's inputs.
+Anything else is an InputError (exit 2) and nothing is touched. Write failures a user can fix
+(disk full, read-only file system, permission denied) become InputErrors naming the path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+from lowprec.errors import InputError
 
 _BACKUP_SUFFIX = ".lowprec-old"
+MARKER = ".lowprec-output"
+# kind -> (the file that identifies an output of that kind, the "format" it declares or None)
+KINDS: dict[str, tuple[str, str | None]] = {
+    "dataset": ("dataset.json", "lowprec-dataset"),
+    "model": ("config.json", "lowprec-float-model"),
+    "artifact": ("manifest.json", "lowprec-artifact"),
+    "report": ("index.html", None),
+    "drift-report": (".lowprec-drift-report", None),
+    "demo": ("summary.json", None),
+}
+# file kinds -> the "format" their JSON declares
+FILE_KINDS: dict[str, str] = {"calibration": "lowprec-calibration", "plan": "lowprec-plan"}
+# errors a user fixes on their side: reported as exit 2 naming the path, not as a traceback
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+               errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR}
+
+
+def os_error(exc: OSError, path: str | os.PathLike) -> InputError:
+    """An InputError for a write failure the user can fix, naming the file."""
+    where = exc.filename or path
+    return InputError(f"cannot write {where}: {os.strerror(exc.errno) if exc.errno else exc} "
+                      f"[{errno.errorcode.get(exc.errno or 0, 'OSError')}]; nothing was replaced")
+
+
+@contextlib.contextmanager
+def user_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn disk-full / read-only / permission errors raised inside into InputErrors naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in USER_ERRNOS:
+            raise os_error(exc, path) from exc
+        if exc.errno is None and _disk_full(Path(path)):  # a short write ("N requested and 0 written")
+            raise os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from exc
+        raise
+    except Exception as exc:  # safetensors reports I/O failures as SafetensorError("... (os error N)")
+        code = _os_error_code(exc)
+        if code in USER_ERRNOS:
+            raise os_error(OSError(code, os.strerror(code)), path) from exc
+        raise
+
+
+def _disk_full(path: Path) -> bool:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < (64 << 10)
+    except OSError:
+        return False
+
+
+def _os_error_code(exc: Exception) -> int | None:
+    if type(exc).__name__ != "SafetensorError":
+        return None
+    m = re.search(r"os error (\d+)", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def _live_writer(out: Path) -> bool:
+    head = f".{out.name}.tmp-{socket.gethostname()}-"
+    for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        pid = p.name[len(head):].split("-", 1)[0] if p.name.startswith(head) else ""
+        if pid.isdigit() and _alive(int(pid)):
+            return True
+    return False
+
+
+def resolve_output(path: str | os.PathLike, wait: float = 5.0) -> Path:
+    """The output at `path`, restoring it if a writer died between the two renames of a swap.
+
+    If only the moved-aside copy (`NAME.lowprec-old`) exists, a live writer on this host is given
+    `wait` seconds to finish its swap; otherwise the old copy is renamed back. Returns `path`."""
+    out = Path(path)
+    backup = out.with_name(out.name + _BACKUP_SUFFIX)
+    if out.exists() or not backup.exists():
+        return out
+    deadline = time.monotonic() + wait
+    while _live_writer(out) and time.monotonic() < deadline and not out.exists():
+        time.sleep(0.05)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        if not out.exists():
+            backup.rename(out)
+    return out
 
 
 def _recover(out: Path) -> None:
+    resolve_output(out, wait=0.0)
     backup = out.with_name(out.name + _BACKUP_SUFFIX)
-    if backup.exists() and not out.exists():
-        backup.rename(out)
-    elif backup.exists():
+    if backup.exists() and out.exists():
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def _declared_format(f: Path) -> str | None:
+    try:
+        obj = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj.get("format") if isinstance(obj, dict) else None
+
+
+def _is_kind(d: Path, kind: str) -> bool:
+    marker = d / MARKER
+    if marker.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return marker.read_text(encoding="utf-8").strip() == kind
+        return False
+    name, fmt = KINDS[kind]
+    f = d / name
+    return f.is_file() and (fmt is None or _declared_format(f) == fmt)
+
+
+def _check_inputs(out: Path, inputs: Iterable[str | os.PathLike], what: str) -> None:
+    o = out.resolve()
+    for p in inputs:
+        r = Path(p).resolve()
+        if r == o or o in r.parents:
+            raise InputError(f"{what} {out} would replace the input {p}; choose another path")
+
+
+def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str | os.PathLike] = (),
+                 what: str = "--out") -> Path:
+    """Refuse (InputError, nothing touched) unless `out` may be replaced by an output of `kind`.
+
+    Directory kinds (KINDS): absent, an empty directory, or a lowprec output of the same kind.
+    File kinds (FILE_KINDS): absent, or a JSON file declaring that kind's format. `kind=None`
+    accepts a lowprec output of any kind. Never an input of the command, nor a directory holding one."""
+    out = resolve_output(out, wait=0.0)
+    _check_inputs(out, inputs, what)
+    if kind in FILE_KINDS:
+        if out.is_dir():
+            raise InputError(f"{what} {out} is a directory; give a file path")
+        if out.exists() and _declared_format(out) != FILE_KINDS[kind]:
+            raise InputError(f"{what} {out} exists and is not a lowprec {kind} file; refusing to "
+                             f"replace it (remove it or choose another path)")
+        return out
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise InputError(f"{what} {out} exists and is not a directory")
+    try:
+        empty = not any(p for p in out.iterdir() if p.name != MARKER)
+    except OSError as exc:
+        raise os_error(exc, out) from exc
+    kinds = [kind] if kind is not None else list(KINDS)
+    if not empty and not any(_is_kind(out, k) for k in kinds):
+        found = next((k for k in KINDS if _is_kind(out, k)), None)
+        it_is = f" (it is a lowprec {found.replace('-', ' ')})" if found else ""
+        raise InputError(f"{what} {out} exists and is not a lowprec {(kind or 'output').replace('-', ' ')}"
+                         f"{it_is}; refusing to replace it (remove it or choose an empty or new directory)")
+    return out
 
 
 def _tmp_prefix(name: str) -> str:
@@ -60,29 +216,46 @@ def _sweep_stale(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `out` atomically, on error it vanishes."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _recover(out)
-    _sweep_stale(out)
-    if out.exists() and not out.is_dir():
-        from lowprec.errors import InputError
+def atomic_dir(out: str | os.PathLike, kind: str | None = None,
+               inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `out` atomically, on error it vanishes.
 
-        raise InputError(f"{out} exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out.name), dir=out.parent))
+    `out` must pass `claim_output(out, kind, inputs)` first; the new directory gets a marker naming
+    its kind so a later write of the same kind recognises it."""
+    out = Path(out)
+    _recover(out)
+    claim_output(out, kind, inputs)
+    with user_os_errors(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(out)
+    with user_os_errors(out):
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out.name), dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should read like any directory
     try:
-        yield tmp
-        _fsync_tree(tmp)
-        backup = out.with_name(out.name + _BACKUP_SUFFIX)
-        if out.exists():
-            out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
+        with user_os_errors(out):
+            yield tmp
+            if kind is not None:
+                (tmp / MARKER).write_text(kind + "\n")
+            _fsync_tree(tmp)
+            _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    backup = out.with_name(out.name + _BACKUP_SUFFIX)
+    for _ in range(3):  # a reader may restore the old copy between our renames: move it aside again
+        if out.exists():
+            out.rename(backup)
+        try:
+            tmp.rename(out)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not out.exists():
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -91,18 +264,26 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file via a temporary sibling and rename, so readers never see half of it."""
+def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = None,
+                      inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Write a file via a temporary sibling and rename, so readers never see half of it.
+
+    With a file `kind` (FILE_KINDS), `claim_output` must allow replacing `path` first. The file
+    gets normal permissions (0666 minus the umask), not mkstemp's 0600."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
+    if kind is not None:
+        claim_output(path, kind, inputs)
+    with user_os_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with user_os_errors(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -120,17 +301,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Read JSON, turning a missing or malformed file into an InputError naming it."""
-    from lowprec.errors import InputError
+def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) -> Any:
+    """Read JSON, turning a missing or malformed file into an InputError naming it.
 
+    The directory holding it is first restored if a writer died mid-swap (`resolve_output`); the
+    top-level value must be an `expect` (a JSON object by default)."""
     path = Path(path)
+    resolve_output(path.parent)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    if expect is not None and not isinstance(obj, expect):
+        raise InputError(f"{path}: {what} must hold a JSON {'object' if expect is dict else expect.__name__}, "
+                         f"found {type(obj).__name__}")
+    return obj
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -6,6 +6,12 @@
     [calibrate]  method = "minmax"   percentile = 99.99
     [search]     max_rows = 50000   range_method = "l2"   objective = "bytes"
 
+Who reads what: `lowprec train --recipe` takes [windows] train; `lowprec search --recipe` takes
+[windows] calibrate and evaluate, [budgets], [candidates] (sharing_precisions: the precisions a
+shared table may take), [calibrate] and [search]; `lowprec drift --recipe` takes [windows] monitor;
+[recipe] is description only. Every key is typed here; an unknown section or key, or a value of the
+wrong type, is an InputError naming the key and the file.
+
 Commands take `--recipe FILE`; any flag given explicitly overrides the recipe's value. Window
 values are SPEC strings (`4`, `0-3`, `5,7`, `all`) or, for data prepared by year/month, resolved
 against window labels with `label:2015` / `label:2016..2018` / `label:2016-01..2016-06`.
@@ -27,6 +33,29 @@ SCHEMA: dict[str, set[str]] = {
     "search": {"max_rows", "range_method", "objective", "max_rounds", "margin"},
     "recipe": {"name", "description", "data"},
 }
+_NUM = (int, float)
+_STR_OR_LIST = (str, list)
+TYPES: dict[str, tuple[type, ...]] = {  # "section.key" -> accepted TOML value types (default: str or int)
+    "budgets.max_ne_increase": (str, *_NUM), "budgets.max_auc_drop": (str, *_NUM),
+    "budgets.memory_budget": (int,), "candidates.table_precisions": _STR_OR_LIST,
+    "candidates.layer_precisions": _STR_OR_LIST, "candidates.sharing_ratios": _STR_OR_LIST,
+    "candidates.sharing_precisions": _STR_OR_LIST, "calibrate.method": (str,),
+    "calibrate.percentile": _NUM, "calibrate.max_rows": (int,), "search.max_rows": (int,),
+    "search.range_method": (str,), "search.objective": (str,), "search.max_rounds": (int,),
+    "search.margin": _NUM, "recipe.name": (str,), "recipe.description": (str,), "recipe.data": (str,),
+}
+
+
+def _check_value(path: Path, section: str, key: str, value: Any) -> None:
+    kinds = TYPES.get(f"{section}.{key}", (str, int))
+    ok = isinstance(value, kinds) and not isinstance(value, bool)
+    if ok and isinstance(value, list):
+        ok = all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)
+    if ok and isinstance(value, int) and value < 0:
+        ok = False
+    if not ok:
+        names = " or ".join("list" if k is list else k.__name__ for k in kinds)
+        raise InputError(f"{path}: [{section}] {key} = {value!r}: expected a non-negative {names}")
 
 
 def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
@@ -36,9 +65,11 @@ def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"recipe not found: {path}")
     try:
-        obj = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc})") from exc
+        obj = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid UTF-8 TOML recipe ({exc})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the recipe ({exc.strerror})") from exc
     for section, values in obj.items():
         if section not in SCHEMA:
             raise InputError(f"{path}: unknown section [{section}] (known: {sorted(SCHEMA)})")
@@ -48,6 +79,8 @@ def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
         if unknown:
             raise InputError(f"{path}: unknown key(s) {sorted(unknown)} in [{section}] "
                              f"(known: {sorted(SCHEMA[section])})")
+        for key, value in values.items():
+            _check_value(path, section, key, value)
     return obj
 
 
@@ -69,19 +102,8 @@ def parse_fraction(value: Any, what: str) -> float:
 
 def resolve_windows(spec: Any, meta, what: str) -> list[int]:
     """A window SPEC, or `label:A` / `label:A..B` matched against window labels (years, months)."""
-    from lowprec.data.windows import parse_windows
+    from lowprec.data.windows import select_windows
 
     if spec is None:
         raise InputError(f"no {what} windows: give the flag or a recipe with [windows] {what}")
-    text = str(spec)
-    if not text.startswith("label:"):
-        return parse_windows(text, meta.window_indices)
-    chosen = []
-    for part in text[len("label:"):].split(","):
-        lo, _, hi = part.partition("..")
-        hi = hi or lo
-        chosen += [w.index for w in meta.windows if lo <= w.label <= hi and len(w.label) == len(lo)]
-    if not chosen:
-        raise InputError(f"{what} windows {text!r} match no window label "
-                         f"(labels: {[w.label for w in meta.windows][:20]})")
-    return sorted(set(chosen))
+    return select_windows(spec, meta, f"{what} windows")

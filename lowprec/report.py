@@ -92,9 +92,8 @@ class Doc:
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}"
                 f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
-    def write(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def write(self, directory: str | Path, kind: str = "report") -> Path:
+        directory = open_report_dir(directory, kind)
         atomic_write_text(directory / "report.md", self.markdown())
         atomic_write_text(directory / "index.html", self.html())
         return directory / "index.html"
@@ -121,9 +120,19 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def save_figure(fig: plt.Figure, directory: str | Path, filename: str) -> str:
-    directory = Path(directory)
+def open_report_dir(directory: str | Path, kind: str = "report") -> Path:
+    """Claim `directory` for a report (fileio.claim_output: absent, empty or a report), mark it."""
+    from lowprec.fileio import MARKER, claim_output
+
+    directory = claim_output(directory, kind, what="report directory")
     directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / MARKER).exists():
+        (directory / MARKER).write_text(kind + "\n")
+    return directory
+
+
+def save_figure(fig: plt.Figure, directory: str | Path, filename: str, kind: str = "report") -> str:
+    directory = open_report_dir(directory, kind)
     tmp = directory / f".{filename}.tmp.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -51,7 +51,8 @@ def model_config_for(meta: DatasetMeta, cfg: TrainConfig) -> DLRMConfig:
         raise InputError(f"--table-embedding names tables the dataset lacks: {unknown} "
                          f"(tables: {meta.sparse_names})")
     tables = tuple(
-        TableConfig(f.name, f.num_embeddings, f.hotness, cfg.table_embedding.get(f.name, cfg.embedding))
+        TableConfig(f.name, f.num_embeddings, f.hotness, cfg.table_embedding.get(f.name, cfg.embedding),
+                    f.encoding)
         for f in meta.sparse
     )
     bottom = tuple(cfg.bottom_mlp[:-1]) + (cfg.embedding_dim,) if cfg.bottom_mlp else (cfg.embedding_dim,)
@@ -72,6 +73,9 @@ def check_compatible(config: DLRMConfig, meta: DatasetMeta, where: str) -> None:
             raise InputError(
                 f"{where}: table {t.name!r} ({t.num_embeddings} rows, hotness {t.hotness}) does not "
                 f"match dataset feature {f.name!r} ({f.num_embeddings} rows, hotness {f.hotness})")
+    from lowprec.data.encoding import check_encodings
+
+    check_encodings([getattr(t, "encoding", None) for t in config.tables], meta, where)
 
 
 def _optimizers(model: DLRM, cfg: TrainConfig) -> list[torch.optim.Optimizer]:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from lowprec.checkpoint.manifest_check import check_precisions, check_serving
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -40,9 +41,21 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise InputError(f"{where}: artifact format version {manifest.get('version')!r} is not "
                          f"supported by this lowprec (it reads version {FORMAT_VERSION})")
+    check_precisions(manifest, where)
+    check_serving(manifest, where)
     if verify:
         verify_files(root, manifest)
+        check_precisions(manifest, where, stored_shapes(root / WEIGHTS))
     return manifest
+
+
+def stored_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
+    """Tensor name -> (shape, dtype) from the safetensors header, reading no tensor data."""
+    try:
+        with safe_open(str(path), framework="pt") as src:
+            return {k: (src.get_slice(k).get_shape(), src.get_slice(k).get_dtype()) for k in src.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
 def verify_files(root: Path, manifest: dict[str, Any]) -> None:
@@ -91,5 +104,5 @@ def load_artifact(path: str | Path) -> tuple[QuantizedDLRM, dict[str, Any]]:
     try:
         with safe_open(str(root / WEIGHTS), framework="pt") as src:
             return build_runtime(manifest, src, where), manifest
-    except (SafetensorError, KeyError, TypeError, ValueError) as exc:
+    except (SafetensorError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InputError(f"{where}: artifact is inconsistent with {WEIGHTS} ({exc!r})") from exc

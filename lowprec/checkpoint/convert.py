@@ -105,7 +105,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
     plan.check_against(config.table_names, list(layer_shapes), "plan")
     calibration = calibration or {}
     counts_all = calibration.get("row_counts", {})
-    with atomic_dir(out) as tmp, safe_open(str(weights_path), framework="pt") as src:
+    with atomic_dir(out, "artifact", [model_dir]) as tmp, safe_open(str(weights_path), framework="pt") as src:
         writer = TensorFileWriter(tmp / WEIGHTS)
         builder = _Builder(writer)
         for i, tcfg in enumerate(config.tables):

@@ -25,9 +25,10 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 
 
-def save_float_model(model: DLRM, out: str | Path, info: dict[str, Any] | None = None) -> Path:
+def save_float_model(model: DLRM, out: str | Path, info: dict[str, Any] | None = None,
+                     inputs: tuple | list = ()) -> Path:
     """Write the model atomically; `info` (training provenance, metrics) goes into config.json."""
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model", inputs) as tmp:
         tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS))
         write_json(tmp / "config.json", {
@@ -51,6 +52,9 @@ def read_float_config(model_dir: str | Path) -> tuple[DLRMConfig, dict[str, Any]
     if obj.get("version") != FORMAT_VERSION:
         raise InputError(f"{cfg_path}: float model format version {obj.get('version')} is not "
                          f"supported (expected {FORMAT_VERSION})")
+    for key in ("model", "sha256", "info"):
+        if not isinstance(obj.get(key, {}), dict):
+            raise InputError(f"{cfg_path}: `{key}` must be a JSON object")
     return DLRMConfig.from_json(obj.get("model", {}), str(cfg_path)), obj
 
 
@@ -74,14 +78,22 @@ def check_finite(state: dict[str, torch.Tensor], where: Path) -> None:
             raise InputError(f"{where}: tensor {name!r} holds NaN/Inf (first at index {bad})")
 
 
+def _expected_state(config: DLRMConfig, where: Path) -> dict[str, torch.Tensor]:
+    """Names and shapes config.json implies, built on the meta device (nothing allocated)."""
+    try:
+        with torch.device("meta"):
+            return DLRM(config).state_dict()
+    except (RuntimeError, NotImplementedError, ValueError, TypeError, OverflowError, AttributeError) as exc:
+        raise InputError(f"{where}: describes a model that cannot be built ({exc})") from exc
+
+
 def load_float_model(model_dir: str | Path) -> tuple[DLRM, dict[str, Any]]:
     """Rebuild the DLRM from its directory; raises InputError on anything inconsistent."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
     state = load_state(model_dir / WEIGHTS, obj.get("sha256", {}).get(WEIGHTS))
     check_finite(state, model_dir / WEIGHTS)
-    model = DLRM(config)
-    expected = model.state_dict()
+    expected = _expected_state(config, model_dir / "config.json")
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
@@ -91,6 +103,7 @@ def load_float_model(model_dir: str | Path) -> tuple[DLRM, dict[str, Any]]:
         if tuple(t.shape) != tuple(expected[name].shape):
             raise InputError(f"{model_dir / WEIGHTS}: tensor {name!r} has shape {tuple(t.shape)}, "
                              f"config.json implies {tuple(expected[name].shape)}")
+    model = DLRM(config)
     model.load_state_dict(state)
     model.eval()
     return model, obj.get("info", {})

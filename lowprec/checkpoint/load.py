@@ -12,7 +12,9 @@ from lowprec.model.config import DLRMConfig
 
 
 def model_kind(path: str | Path) -> str:
-    path = Path(path)
+    from lowprec.fileio import resolve_output
+
+    path = resolve_output(path)
     if (path / "manifest.json").is_file():
         return "artifact"
     if (path / "config.json").is_file():

@@ -3,7 +3,8 @@
 Each module in this package owns a few commands and lists them in `COMMANDS`; they are registered
 here by discovery, so adding a command never touches this file. Commands parse options, build a
 config, make one library call and render the result. `InputError` from the library becomes exit
-code 2 with its message; `--json` output is one JSON object on the last line of stdout.
+code 2 with its message, and so does an OSError the user can fix (disk full, read-only file system,
+permission denied: `fileio.USER_ERRNOS`), naming the file; the messages are listed in docs/errors.md; `--json` output is one JSON object on the last line of stdout.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class LowprecGroup(click.Group):
             return super().invoke(ctx)
         except InputError as exc:
             raise BadInput(str(exc)) from exc
+        except OSError as exc:  # disk full, read-only, permission denied: the user's to fix
+            from lowprec.fileio import USER_ERRNOS, os_error
+
+            if exc.errno not in USER_ERRNOS:
+                raise
+            raise BadInput(str(os_error(exc, exc.filename or "an output"))) from exc
 
 
 @click.group(cls=LowprecGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,22 +16,23 @@ from lowprec.cli._common import progress_bar
 @click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy"]), default="minmax",
               show_default=True, help="How each int8 layer's activation range is chosen.")
 @click.option("--percentile", default=99.99, show_default=True, help="For --method percentile.")
-@click.option("--max-rows", type=int, help="Use at most this many rows per pass.")
+@click.option("--max-rows", type=click.IntRange(min=1), help="Use at most this many rows per pass.")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
-def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, as_json):
+def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, batch_size, as_json):
     """Measure activation ranges, clipping rates and row access counts on calibration windows."""
     from lowprec.calibrate import CalibConfig, save_calibration
     from lowprec.calibrate import calibrate as run_calibrate
     from lowprec.checkpoint.float_model import load_float_model
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
-    from lowprec.data.windows import parse_windows
-    from lowprec.fileio import sha256_file
+    from lowprec.data.windows import select_windows
+    from lowprec.fileio import claim_output, sha256_file
     from lowprec.train import check_compatible
 
+    claim_output(out, "calibration", [model_dir, data_dir])
     ds = Dataset(data_dir)
-    cfg = CalibConfig(tuple(parse_windows(windows, ds.meta.window_indices)), method, percentile,
-                      max_rows=max_rows)
+    cfg = CalibConfig(tuple(select_windows(windows, ds.meta)), method, percentile, batch_size, max_rows=max_rows)
     model, _ = load_float_model(model_dir)
     check_compatible(model.config, ds.meta, model_dir)
     rows = count_rows(ds, list(cfg.windows))
@@ -39,7 +40,7 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, a
         calib = run_calibrate(model, ds, cfg, update)
     from pathlib import Path
 
-    save_calibration(calib, out, sha256_file(Path(model_dir) / "model.safetensors"))
+    save_calibration(calib, out, sha256_file(Path(model_dir) / "model.safetensors"), (model_dir, data_dir))
     summary = {"out": out, "method": method, "rows": calib["rows"],
                "layers": {n: {k: v[k] for k in ("min", "max", "clip_rate")} for n, v in calib["layers"].items()}}
     if as_json:

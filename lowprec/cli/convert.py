@@ -37,8 +37,11 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
     from lowprec.plan import Plan
     from lowprec.precision import Precision
 
+    from lowprec.fileio import claim_output
+
     if (plan_path is None) == (precision is None):
         raise InputError("give exactly one of --plan PLAN.json or --precision P")
+    claim_output(out, "artifact", [p for p in (model_dir, plan_path, calib_path) if p])
     if plan_path:
         plan = Plan.load(plan_path)
     else:
@@ -85,8 +88,16 @@ def _summary(manifest: dict, path: str) -> dict:
 def inspect(artifact, as_json, no_verify):
     """Show an artifact's tables (rows, dim, precision, bytes), layers and compression."""
     from lowprec.checkpoint.artifact import read_manifest
+    from lowprec.errors import InputError
 
-    s = _summary(read_manifest(artifact, verify=not no_verify), artifact)
+    manifest = read_manifest(artifact, verify=not no_verify)
+    try:  # everything shown comes from the manifest: a field of the wrong type is bad input
+        _show(_summary(manifest, artifact), as_json)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise InputError(f"{artifact}/manifest.json: malformed ({exc!r})") from exc
+
+
+def _show(s: dict, as_json: bool) -> None:
     if as_json:
         emit_json(s)
         return
@@ -107,18 +118,18 @@ def inspect(artifact, as_json, no_verify):
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--windows", required=True)
 @click.option("--threshold-db", default=20.0, show_default=True, help="SQNR below this marks a tap as broken.")
-@click.option("--max-rows", default=50_000, show_default=True)
+@click.option("--max-rows", default=50_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, as_json):
     """Numeric debugger: SQNR of every table and layer output, float vs quantized."""
     from lowprec.checkpoint.load import load_model
     from lowprec.data.dataset import Dataset
-    from lowprec.data.windows import parse_windows
+    from lowprec.data.windows import select_windows
     from lowprec.debugger import compare as run_compare
     from lowprec.train import check_compatible
 
     ds = Dataset(data_dir)
-    chosen = parse_windows(windows, ds.meta.window_indices)
+    chosen = select_windows(windows, ds.meta)
     ref, ref_cfg, _ = load_model(reference)
     cand, cand_cfg, _ = load_model(candidate)
     check_compatible(ref_cfg, ds.meta, reference)

@@ -21,7 +21,6 @@ from lowprec.data.csvschema import parse_window_option, prepare_csv
 from lowprec.data.dataset import DatasetMeta
 from lowprec.data.movielens import prepare_movielens
 from lowprec.data.synth import DRIFTS, SynthConfig, generate
-from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir
 
 BAD_ROWS_SHOWN = 20
@@ -35,17 +34,6 @@ def data() -> None:
     `synth` generates Criteo-shaped data with a known ground truth and optional drift; `prepare`
     converts raw Criteo TSV, MovieLens, or any CSV described by a TOML schema.
     """
-
-
-def _check_out(out: Path, inputs: list[Path]) -> None:
-    """Refuse outputs that would replace an input or a directory that is not a lowprec dataset."""
-    o = out.resolve()
-    for p in inputs:
-        r = p.resolve()
-        if r == o or o in r.parents:
-            raise InputError(f"--out {out} would replace the input {p}; choose another directory")
-    if o.is_dir() and any(o.iterdir()) and not (o / "dataset.json").is_file():
-        raise InputError(f"--out {out} exists and is not a lowprec dataset; refusing to replace it")
 
 
 def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, extra: dict[str, Any]) -> None:
@@ -62,14 +50,14 @@ def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, e
     click.echo(f"wrote {out}: {n_win} window{'s' * (n_win != 1)}{span}, {rows:,} rows, {n_bad:,} bad rows skipped")
 
 
-def _reporter() -> Callable[[str], None]:
+def _reporter(limit: int | None = BAD_ROWS_SHOWN) -> Callable[[str], None]:
     shown = [0]
 
     def report(msg: str) -> None:
-        if shown[0] < BAD_ROWS_SHOWN:
+        if limit is None or shown[0] < limit:
             tqdm.write(f"bad row: {msg}", file=sys.stderr)  # keeps the progress bar intact
-        elif shown[0] == BAD_ROWS_SHOWN:
-            tqdm.write("(further bad rows are counted, not shown)", file=sys.stderr)
+        elif shown[0] == limit:
+            tqdm.write("(further bad rows are counted, not shown; --show-bad-rows N shows more)", file=sys.stderr)
         shown[0] += 1
 
     return report
@@ -103,14 +91,14 @@ def synth(out: Path, windows: int, rows_per_window: int, seed: int, scale: float
         lowprec data synth --out data/synth --windows 8 --rows-per-window 100000 --drift popularity
     """
     cfg = SynthConfig(windows, rows_per_window, seed, scale, drift, drift_start)
-    _check_out(out, [])
-    with StageBars() as bars, atomic_dir(out) as tmp:
+    with StageBars() as bars, atomic_dir(out, "dataset") as tmp:
         meta = generate(cfg, tmp, progress=bars)
     _summary(out, meta, None, as_json, {"command": "data synth", "drift": drift, "drift_start": cfg.start})
 
 
 def _prepare_call(fmt: str, inputs: list[Path], schema: Path | None, window: str | None,
-                  table_size: str | None, rows_per_window: int | None) -> tuple[Callable, dict[str, Any]]:
+                  table_size: str | None, rows_per_window: int | None,
+                  vocab_from: Path | None = None) -> tuple[Callable, dict[str, Any]]:
     """Check the options against the format; return the library function and its keyword arguments."""
     def forbid(name: str, value: Any) -> None:
         if value is not None:
@@ -120,6 +108,8 @@ def _prepare_call(fmt: str, inputs: list[Path], schema: Path | None, window: str
         if window is not None:
             raise click.UsageError("give --window rows:N or --rows-per-window N, not both")
         window = f"rows:{rows_per_window}"
+    if fmt != "csv":
+        forbid("--vocab-from", vocab_from)
     if fmt == "movielens":
         forbid("--schema", schema)
         forbid("--table-size", table_size)
@@ -138,7 +128,8 @@ def _prepare_call(fmt: str, inputs: list[Path], schema: Path | None, window: str
     forbid("--table-size", table_size)
     if schema is None:
         raise click.UsageError("--format csv needs --schema FILE.toml (see docs/csv-schema.md)")
-    return prepare_csv, {"inputs": inputs, "schema_path": schema, "window": window or "file"}
+    return prepare_csv, {"inputs": inputs, "schema_path": schema, "window": window or "file",
+                         "vocab_from": vocab_from}
 
 
 @data.command("prepare")
@@ -158,10 +149,15 @@ def _prepare_call(fmt: str, inputs: list[Path], schema: Path | None, window: str
                    "min(N, Kaggle cardinality + 1))  [default: 1000000]")
 @click.option("--max-bad-rows", default=DEFAULT_MAX_BAD_ROWS, show_default=True, type=click.IntRange(min=-1),
               help="Stop (exit 2, nothing written) when more malformed rows are found; -1: no limit.")
+@click.option("--show-bad-rows", default=BAD_ROWS_SHOWN, show_default=True, type=click.IntRange(min=-1),
+              help="Bad rows located as FILE:LINE on stderr and in dataset.json provenance; -1: all.")
+@click.option("--vocab-from", type=click.Path(file_okay=False, path_type=Path),
+              help="csv: reuse this prepared dataset's vocabularies for `encoding = \"vocab\"` columns "
+                   "(unseen values -> reserved id 0, counted), so ids mean what they meant in training.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object as the last stdout line.")
 def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], out: Path, schema: Path | None,
             window: str | None, rows_per_window: int | None, table_size: str | None, max_bad_rows: int,
-            as_json: bool) -> None:
+            show_bad_rows: int, vocab_from: Path | None, as_json: bool) -> None:
     """Convert raw data into a prepared dataset.
 
     \b
@@ -180,11 +176,12 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
         lowprec data prepare --format csv --input clicks.csv --schema clicks.toml --out data/c --window month
     """
     paths = list(inputs) + list(more_inputs)
-    func, kwargs = _prepare_call(fmt, paths, schema, window, table_size, rows_per_window)
-    _check_out(out, paths + ([schema] if schema else []))
-    with StageBars() as bars, atomic_dir(out) as tmp:
+    func, kwargs = _prepare_call(fmt, paths, schema, window, table_size, rows_per_window, vocab_from)
+    shown = None if show_bad_rows < 0 else show_bad_rows
+    sources = paths + [p for p in (schema, vocab_from) if p is not None]
+    with StageBars() as bars, atomic_dir(out, "dataset", inputs=sources) as tmp:
         meta, bad = func(root=tmp, max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
-                         report=_reporter(), progress=bars, **kwargs)
+                         report=_reporter(shown), progress=bars, show_bad_rows=shown, **kwargs)
     if bad.count:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.by_reason.items()))
         click.echo(f"skipped {bad.count:,} bad rows ({reasons})", err=True)

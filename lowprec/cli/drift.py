@@ -16,7 +16,10 @@ from lowprec.cli._common import StageBars
 @click.option("--candidate", required=True, type=click.Path(path_type=Path),
               help="Quantized artifact directory (the deployed one; never modified).")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--windows", required=True, help="Windows to monitor: `3`, `0-4`, `5,7,9` or `all`.")
+@click.option("--windows", help="Windows to monitor: `3`, `0-4`, `5,7,9`, `all` or `label:A..B` "
+                                "[the recipe's [windows] monitor].")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
+              help="Recipe TOML; its [windows] monitor applies when --windows is not given.")
 @click.option("--db", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite history (created if missing); windows already in it are not recomputed.")
 @click.option("--report", "report_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -33,7 +36,7 @@ from lowprec.cli._common import StageBars
               help="The candidate's CALIB.json: calibration-time clipping rates and method.")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
-def drift(reference, candidate, data_dir, windows, db, report_dir, config_path, on_alarm, recalibrate_on,
+def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, config_path, on_alarm, recalibrate_on,
           calib_path, batch_size, as_json):
     """Monitor a quantized candidate against its float reference, window by window.
 
@@ -53,7 +56,15 @@ def drift(reference, candidate, data_dir, windows, db, report_dir, config_path, 
 
     from lowprec.drift.alarm import load_config
     from lowprec.drift.job import DriftJob, run
+    from lowprec.errors import InputError
+    from lowprec.fileio import claim_output
+    from lowprec.recipe import load_recipe, pick
 
+    windows = pick(windows, load_recipe(recipe), "windows", "monitor")
+    windows = None if windows is None else str(windows)
+    if windows is None:
+        raise InputError("no windows to monitor: give --windows or a --recipe with [windows] monitor")
+    claim_output(report_dir, "drift-report", [reference, candidate, data_dir, db], what="--report")
     config = load_config(config_path)
     if recalibrate_on:
         config = dataclasses.replace(

@@ -31,11 +31,14 @@ def import_cmd(source_format, state_dict, data_dir, out, table_map, feature_orde
     from lowprec.checkpoint.torchrec_import import import_torchrec
     from lowprec.data.dataset import Dataset
 
+    from lowprec.fileio import claim_output
+
+    claim_output(out, "model", [state_dict, data_dir])
     ds = Dataset(data_dir)
     order = [x.strip() for x in feature_order.split(",") if x.strip()] if feature_order else None
     mapping = name_value_pairs(table_map, "--table-map")
     model, info = import_torchrec(state_dict, ds.meta, mapping, order)
-    save_float_model(model, out, {"imported": info})
+    save_float_model(model, out, {"imported": info}, inputs=[state_dict, data_dir])
     cfg = model.config
     summary = {
         "out": str(out), "format": source_format, "tables": info["tables"],

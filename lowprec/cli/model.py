@@ -10,11 +10,14 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 
 @click.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Prepared dataset directory.")
-@click.option("--windows", required=True, help="Training windows: `3`, `0-4`, `5,7,9` or `all`.")
+@click.option("--windows", help="Training windows: `3`, `0-4`, `5,7,9`, `all` or `label:A..B` "
+                                "[the recipe's [windows] train].")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML; its [windows] train applies "
+                                                                "when --windows is not given.")
 @click.option("--out", required=True, type=click.Path(), help="Model directory to write (model.safetensors + config.json).")
 @click.option("--seed", default=0, show_default=True, help="Seed for init and data order; same seed, same weights.")
-@click.option("--epochs", default=2, show_default=True)
-@click.option("--batch-size", default=512, show_default=True)
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate of the MLPs.")
 @click.option("--sparse-lr", default=1e-2, show_default=True, help="SparseAdam learning rate of the tables.")
 @click.option("--embedding-dim", default=16, show_default=True, help="D; a multiple of 4 serves on FBGEMM.")
@@ -23,18 +26,22 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--embedding", default="dense", show_default=True, help="Backend SPEC for every table.")
 @click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
-def train(data_dir, windows, out, seed, epochs, batch_size, lr, sparse_lr, embedding_dim,
+def train(data_dir, windows, recipe, out, seed, epochs, batch_size, lr, sparse_lr, embedding_dim,
           bottom_mlp, top_mlp, embedding, table_embedding, as_json):
     """Train a float DLRM on WINDOWS of a prepared dataset and save it to OUT."""
     from lowprec.checkpoint.float_model import save_float_model
-    from lowprec.data.dataset import Dataset
-    from lowprec.data.windows import parse_windows
+    from lowprec.data.dataset import Dataset, check_table_bytes
+    from lowprec.fileio import claim_output
+    from lowprec.recipe import load_recipe, pick, resolve_windows
     from lowprec.train import TrainConfig, total_steps_rows
     from lowprec.train import train as run_train
 
+    claim_output(out, "model", [data_dir])
     ds = Dataset(data_dir)
+    chosen = resolve_windows(pick(windows, load_recipe(recipe), "windows", "train"), ds.meta, "train")
+    check_table_bytes(ds.meta, embedding_dim)
     cfg = TrainConfig(
-        windows=tuple(parse_windows(windows, ds.meta.window_indices)), epochs=epochs,
+        windows=tuple(chosen), epochs=epochs,
         batch_size=batch_size, lr=lr, sparse_lr=sparse_lr, seed=seed, embedding_dim=embedding_dim,
         bottom_mlp=int_list(bottom_mlp, "--bottom-mlp") + (embedding_dim,),
         top_mlp=int_list(top_mlp, "--top-mlp"), embedding=embedding,
@@ -42,10 +49,10 @@ def train(data_dir, windows, out, seed, epochs, batch_size, lr, sparse_lr, embed
     )
     with progress_bar(total_steps_rows(ds, cfg), "train") as update:
         model, info = run_train(ds, cfg, progress=update)
-    save_float_model(model, out, info)
+    save_float_model(model, out, info, inputs=[data_dir])
     params = sum(p.numel() for p in model.parameters())
     if as_json:
-        emit_json({"out": out, "parameters": params, **info})
+        emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info})
     else:
         click.echo(f"trained on {info['rows_seen']:,} rows ({epochs} epochs) in {info['seconds']}s; "
                    f"final log-loss {fmt(info['final_epoch_logloss'])}; {params:,} parameters -> {out}")
@@ -54,20 +61,20 @@ def train(data_dir, windows, out, seed, epochs, batch_size, lr, sparse_lr, embed
 @click.command(name="eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory or quantized artifact.")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--windows", required=True, help="Windows to score: `3`, `0-4`, `5,7,9` or `all`.")
-@click.option("--batch-size", default=4096, show_default=True)
+@click.option("--windows", required=True, help="Windows to score: `3`, `0-4`, `5,7,9`, `all` or `label:A..B`.")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (overall `auc`, `ne`, ... and `windows`).")
 def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     """Score a model per window and overall: NE, log-loss, AUC, calibration."""
     from lowprec.checkpoint.load import load_model
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
-    from lowprec.data.windows import parse_windows
+    from lowprec.data.windows import select_windows
     from lowprec.evaluation.scoring import evaluate
     from lowprec.train import check_compatible
 
     ds = Dataset(data_dir)
-    chosen = parse_windows(windows, ds.meta.window_indices)
+    chosen = select_windows(windows, ds.meta)
     model, config, _ = load_model(model_dir)
     check_compatible(config, ds.meta, str(model_dir))
     with progress_bar(count_rows(ds, chosen), "eval") as update:

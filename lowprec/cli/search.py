@@ -39,8 +39,13 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, out, max_ne
     off the most sensitive choices until the measured loss fits. Cached measurements live beside
     PLAN.json (PLAN.cache.json): an interrupted search resumes from them.
     """
+    from lowprec.fileio import claim_output
     from lowprec.search.driver import SearchRequest, run_search
 
+    inputs = [p for p in (model_dir, data_dir, recipe, calib_path) if p]
+    claim_output(out, "plan", inputs)
+    if report_dir:
+        claim_output(report_dir, "report", inputs, what="--report")
     req = SearchRequest(
         model_dir=Path(model_dir), data_dir=Path(data_dir), out=Path(out), recipe=recipe,
         calib_windows=calib_windows, eval_windows=eval_windows, max_ne_increase=max_ne_increase,

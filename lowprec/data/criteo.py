@@ -70,12 +70,13 @@ class BadRows:
     count: int = 0
     by_reason: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    keep: int | None = 20  # bad rows located in provenance (`examples`); None: all
 
     def add(self, path: Path | str, line: int, kind: str, detail: str) -> None:
         self.count += 1
         self.by_reason[kind] += 1
         msg = f"{path}:{line}: {detail}"
-        if len(self.examples) < 20:
+        if self.keep is None or len(self.examples) < self.keep:
             self.examples.append(msg)
         if self.report is not None:
             self.report(msg)
@@ -345,6 +346,7 @@ def prepare_criteo(
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS,
     report: Reporter | None = None,
     progress: Progress | None = None,
+    show_bad_rows: int | None = 20,
 ) -> tuple[DatasetMeta, BadRows]:
     """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir)."""
     if not inputs:
@@ -354,7 +356,7 @@ def prepare_criteo(
         raise InputError(f"need {N_SPARSE} table sizes, each in [2, {MAX_TABLE}]")
     if rows_per_window is not None and rows_per_window < 1:
         raise InputError("--rows-per-window must be >= 1")
-    bad = BadRows(max_bad_rows, report)
+    bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
     writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)])
     out = SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
@@ -372,4 +374,6 @@ def prepare_criteo(
         "sparse_hash": "empty -> 0; else 1 + int(hex, 16) % (num_embeddings - 1)",
         "bad_rows": bad.to_json(),
     })
-    return writer.finish(), bad
+    from lowprec.data.encoding import hashed
+
+    return writer.finish(encodings=[hashed("criteo-hex-mod", n) for n in sizes]), bad

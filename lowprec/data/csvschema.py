@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import io
 import json
 import math
@@ -36,12 +35,15 @@ import numpy as np
 from lowprec.data.criteo import (
     DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Progress, Reporter, SequentialWindows, guarded, open_input,
 )
+from lowprec.data.csvencode import Encoder, load_vocabularies
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 
 CHUNK_ROWS = 1 << 16
+TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()  # unix seconds of years 1..9999
+TIME_MAX = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc).timestamp()
 TIME_FORMATS = ("auto", "unix", "unix_ms", "iso")
 CALENDAR = ("year", "month", "day")
 _COMPARE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$")
@@ -207,12 +209,14 @@ def load_schema(path: str | Path) -> CsvSchema:
 
 
 def parse_time(text: str, fmt: str) -> float | None:
-    """Unix seconds of a time cell, or None if unreadable."""
+    """Unix seconds of a time cell, or None if unreadable or outside years 1-9999 (no window could
+    be labelled by such a time: a millisecond column read as seconds lands there)."""
     v = text.strip()
     if fmt in ("auto", "unix", "unix_ms"):
         try:
             x = float(v)
-            return (x / 1000.0 if fmt == "unix_ms" else x) if math.isfinite(x) else None
+            x = x / 1000.0 if fmt == "unix_ms" else x
+            return x if math.isfinite(x) and TIME_MIN <= x < TIME_MAX else None
         except ValueError:
             if fmt != "auto":
                 return None
@@ -223,48 +227,13 @@ def parse_time(text: str, fmt: str) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
-class _Encoder:
-    """Maps one categorical cell to `hotness` ids (padded with -1)."""
-
-    def __init__(self, col: CategoricalColumn):
-        self.col = col
-        self.vocab: dict[str, int] = {}
-        self.oov = self.truncated = 0
-
-    def ids(self, cell: str) -> list[int]:
-        col = self.col
-        if col.sep is None:
-            v = cell.strip()
-            return [self._id(v) if v else 0]
-        items = [v for v in (s.strip() for s in cell.split(col.sep)) if v]
-        if len(items) > col.hotness:
-            self.truncated += 1
-            items = items[: col.hotness]
-        return [self._id(v) for v in items] + [-1] * (col.hotness - len(items))
-
-    def _id(self, v: str) -> int:
-        if self.col.encoding == "hash":
-            h = int.from_bytes(hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest(), "little")
-            return 1 + h % (self.col.num_embeddings - 1)
-        got = self.vocab.get(v)
-        if got is None:
-            if self.col.num_embeddings is not None and len(self.vocab) + 1 >= self.col.num_embeddings:
-                self.oov += 1
-                return 0
-            got = self.vocab[v] = len(self.vocab) + 1
-        return got
-
-    @property
-    def num_embeddings(self) -> int:
-        return self.col.num_embeddings or len(self.vocab) + 1
-
-
 class _RowParser:
     """Turns CSV records into (dense, ids, label, time) or a (kind, detail) complaint."""
 
-    def __init__(self, schema: CsvSchema):
+    def __init__(self, schema: CsvSchema, vocabularies: dict[str, tuple[list[str], int]] | None = None):
         self.schema = schema
-        self.encoders = [_Encoder(c) for c in schema.categorical]
+        vocabularies = vocabularies or {}
+        self.encoders = [Encoder(c, vocabularies.get(c.name)) for c in schema.categorical]
         self.index: dict[str, int] = {}
         self.width = 0
 
@@ -299,7 +268,8 @@ class _RowParser:
             dense.append(x)
         t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
         if t is None:
-            return "time", f"{s.time} = {row[ix[s.time]]!r} is not a {s.time_format} time"
+            return "time", (f"{s.time} = {row[ix[s.time]][:40]!r} is not a {s.time_format} time in years "
+                            f"1-9999 (is the column in milliseconds? set time_format = \"unix_ms\")")
         ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
         return dense, ids, label, t
 
@@ -325,6 +295,19 @@ def parse_window_option(text: str) -> tuple[str, int | None]:
     raise InputError(f"--window {text!r}: use file, rows:N (N >= 1), year, month or day")
 
 
+def _bad_utf8(row: list[str]) -> str | None:
+    """None if every cell decoded as UTF-8, else which bytes did not (cells carry them escaped)."""
+    text = "\x00".join(row)
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = text[exc.start:exc.end].encode("utf-8", "surrogateescape")
+        return f"byte(s) {raw!r} at character {exc.start + 1} of the row"
+    return None
+
+
 def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: InputStats,
               progress: Progress | None) -> None:
     buf: tuple[list, list, list, list] = ([], [], [], [])
@@ -337,15 +320,20 @@ def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: In
                 b.clear()
 
     with open_input(path, stats, progress) as (stream, tick):
-        reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""),
+        # surrogateescape: a bad byte is found row by row below, so its error names the real line
+        reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=""),
                             delimiter=parser.schema.delimiter)
         rows = guarded(reader, path, lambda: reader.line_num + 1)
-        parser.bind(path, next(rows, None))
+        header = next(rows, None)
+        if header is not None and _bad_utf8(header):
+            raise InputError(f"{path}:{reader.line_num}: the header is not valid UTF-8 ({_bad_utf8(header)})")
+        parser.bind(path, header)
         for row in rows:
             stats.lines = reader.line_num
             if not row or row == [""]:
                 continue
-            parsed = parser.parse(row)
+            why = _bad_utf8(row)
+            parsed = ("encoding", f"not valid UTF-8 ({why})") if why else parser.parse(row)
             if isinstance(parsed[0], str):
                 stats.bad_rows += 1
                 bad.add(path, reader.line_num, *parsed)
@@ -362,20 +350,23 @@ def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: In
 def prepare_csv(
     inputs: list[Path], root: Path, schema_path: Path, window: str = "file",
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS, report: Reporter | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, vocab_from: Path | None = None, show_bad_rows: int | None = 20,
 ) -> tuple[DatasetMeta, BadRows]:
-    """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`."""
+    """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`.
+
+    `vocab_from`: an earlier dataset whose vocabularies the vocab columns reuse (frozen)."""
     schema = load_schema(schema_path)
+    vocabularies = load_vocabularies(Path(vocab_from), schema) if vocab_from is not None else None
     kind, rows_per_window = parse_window_option(window)
     if kind in CALENDAR and schema.time is None:
         raise InputError(f"--window {window}: the schema {schema_path} declares no `time` column")
     if not inputs:
         raise InputError("no input files given")
-    parser = _RowParser(schema)
+    parser = _RowParser(schema, vocabularies)
     sparse = [SparseFeature(c.name, c.num_embeddings or 2**31 - 1, c.hotness) for c in schema.categorical]
     writer = DatasetWriter(root, [c.name for c in schema.dense], sparse)
     sink = CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window)
-    bad = BadRows(max_bad_rows, report)
+    bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
     stats = [InputStats(str(p)) for p in inputs]
     for path, st in zip(inputs, stats):
         sink.start_file(path)
@@ -397,6 +388,9 @@ def prepare_csv(
         "vocabularies": vocab_files,
         "multi_hot_truncated": {e.col.name: e.truncated for e in parser.encoders if e.col.sep},
         "vocab_overflow": {e.col.name: e.oov for e in parser.encoders if e.col.encoding == "vocab"},
+        "vocab_from": str(vocab_from) if vocab_from is not None else None,
+        "vocab_unseen": {e.col.name: e.unseen for e in parser.encoders if e.frozen},
+        "hash_collisions": {e.col.name: e.collisions() for e in parser.encoders if e.col.encoding == "hash"},
         "bad_rows": bad.to_json(),
     })
-    return writer.finish([e.num_embeddings for e in parser.encoders]), bad
+    return writer.finish([e.num_embeddings for e in parser.encoders], [e.fingerprint for e in parser.encoders]), bad

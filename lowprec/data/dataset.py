@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from lowprec.errors import InputError
-from lowprec.fileio import read_json, write_json
+from lowprec.fileio import read_json, resolve_output, write_json
 
 FORMAT = "lowprec-dataset"
 FORMAT_VERSION = 1
 PAD_ID = -1
+MAX_NUM_EMBEDDINGS = 2**31 - 1  # ids are int32 in prepared datasets (TorchRec's layout)
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,16 @@ class SparseFeature:
     name: str
     num_embeddings: int
     hotness: int = 1  # slots this feature owns in the sparse matrix
+    encoding: str | None = None  # fingerprint of how values became ids (lowprec.data.encoding)
 
     def __post_init__(self) -> None:
-        if self.num_embeddings < 1:
-            raise InputError(f"sparse feature {self.name!r}: num_embeddings must be >= 1")
-        if self.hotness < 1:
-            raise InputError(f"sparse feature {self.name!r}: hotness must be >= 1")
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"sparse feature name {self.name!r} must be a non-empty string")
+        if not 1 <= self.num_embeddings <= MAX_NUM_EMBEDDINGS:
+            raise InputError(f"sparse feature {self.name!r}: num_embeddings {self.num_embeddings} must be in "
+                             f"[1, {MAX_NUM_EMBEDDINGS}] (ids are int32)")
+        if not 1 <= self.hotness <= 4096:
+            raise InputError(f"sparse feature {self.name!r}: hotness {self.hotness} must be in [1, 4096]")
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class DatasetMeta:
             "sparse_features": self.sparse_names,
             "num_embeddings": self.num_embeddings,
             "multi_hot": {"hotness": self.hotness, "padding_id": PAD_ID, "pooling": "sum"},
+            **({"encodings": [f.encoding for f in self.sparse]} if any(f.encoding for f in self.sparse) else {}),
             "windows": [asdict(w) for w in self.windows],
             "provenance": self.provenance,
         }
@@ -117,18 +123,54 @@ class DatasetMeta:
                     f"{where}: dataset format version {obj.get('version')} is not supported "
                     f"(this lowprec reads version {FORMAT_VERSION})"
                 )
-            names, nums = obj["sparse_features"], obj["num_embeddings"]
-            hot = obj.get("multi_hot", {}).get("hotness", [1] * len(names))
-            if not (len(names) == len(nums) == len(hot)):
-                raise InputError(f"{where}: sparse_features, num_embeddings and hotness differ in length")
-            sparse = tuple(SparseFeature(n, int(e), int(h)) for n, e, h in zip(names, nums, hot))
+            names, nums = _list(obj, "sparse_features", where), _list(obj, "num_embeddings", where)
+            hot = (obj.get("multi_hot") or {}).get("hotness", [1] * len(names))
+            enc = obj.get("encodings") or [None] * len(names)
+            if not (len(names) == len(nums) == len(hot) == len(enc)):
+                raise InputError(f"{where}: sparse_features, num_embeddings, hotness and encodings differ in length")
+            sparse = tuple(SparseFeature(n, _int(e), _int(h), None if c is None else str(c))
+                           for n, e, h, c in zip(names, nums, hot, enc))
             windows = tuple(
-                WindowInfo(int(w["index"]), int(w["rows"]), w.get("label", ""), w.get("start"), w.get("end"))
-                for w in obj["windows"]
+                WindowInfo(_int(w["index"]), _int(w["rows"]), str(w.get("label") or ""), w.get("start"), w.get("end"))
+                for w in _list(obj, "windows", where)
             )
-            return cls(tuple(obj["dense_features"]), sparse, windows, obj.get("provenance", {}))
-        except (KeyError, TypeError, ValueError) as exc:
+            dense = _list(obj, "dense_features", where)
+            if not all(isinstance(d, str) for d in dense) or any(w.rows < 0 for w in windows):
+                raise InputError(f"{where}: dense_features must be names and window rows >= 0")
+            if len({w.index for w in windows}) != len(windows):
+                raise InputError(f"{where}: window indices repeat")
+            prov = obj.get("provenance") or {}
+            return cls(tuple(dense), sparse, windows, prov if isinstance(prov, dict) else {})
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise InputError(f"{where}: malformed dataset.json ({exc!r})") from exc
+
+
+def _int(x: Any) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != int(x):
+        raise ValueError(f"{x!r} is not an integer")
+    return int(x)
+
+
+def _list(obj: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = obj[key]
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {key} must be a list, found {type(value).__name__}")
+    return value
+
+
+def check_table_bytes(meta: DatasetMeta, dim: int, where: str = "--data") -> None:
+    """Refuse tables that cannot fit this machine's memory before allocating them (float32, D=dim)."""
+    import os
+
+    total = sum(meta.num_embeddings) * max(int(dim), 1) * 4
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    if total > ram:
+        big = max(meta.sparse, key=lambda f: f.num_embeddings)
+        raise InputError(f"{where}: the tables need {total / 2**30:.1f} GiB in fp32 at dim {dim} (largest: "
+                         f"{big.name!r}, {big.num_embeddings:,} rows) but this machine has {ram / 2**30:.1f} GiB")
 
 
 def window_files(root: Path, index: int) -> dict[str, Path]:
@@ -139,7 +181,7 @@ class Dataset:
     """A prepared dataset on disk; arrays are memory-mapped, never loaded whole."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = resolve_output(root)
         if not self.root.is_dir():
             raise InputError(f"dataset directory not found: {self.root}")
         self.meta = DatasetMeta.from_json(
@@ -267,11 +309,14 @@ class DatasetWriter:
         self.windows.append(info)
         return info
 
-    def finish(self, num_embeddings: list[int] | None = None) -> DatasetMeta:
-        """Write dataset.json. `num_embeddings` overrides the declared sizes (e.g. after id remapping)."""
+    def finish(self, num_embeddings: list[int] | None = None,
+               encodings: list[str | None] | None = None) -> DatasetMeta:
+        """Write dataset.json. `num_embeddings` overrides the declared sizes (e.g. after id remapping);
+        `encodings` records each feature's encoding fingerprint (lowprec.data.encoding)."""
         sparse = self.sparse
-        if num_embeddings is not None:
-            sparse = tuple(SparseFeature(f.name, int(n), f.hotness) for f, n in zip(sparse, num_embeddings))
+        nums = num_embeddings if num_embeddings is not None else [f.num_embeddings for f in sparse]
+        encs = encodings if encodings is not None else [f.encoding for f in sparse]
+        sparse = tuple(SparseFeature(f.name, int(n), f.hotness, e) for f, n, e in zip(sparse, nums, encs))
         meta = DatasetMeta(self.dense_names, sparse, tuple(self.windows), self.provenance)
         write_json(self.root / "dataset.json", meta.to_json())
         return meta

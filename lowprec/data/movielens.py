@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from lowprec.data.criteo import CHUNK_ROWS, BadRows, InputStats, Progress, Reporter, guarded, open_input
+from lowprec.data import encoding as fingerprint
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.errors import InputError
 
@@ -291,14 +292,14 @@ class CalendarWindows:
 
 def prepare_movielens(
     root_in: Path, root: Path, period: str = "year", max_bad_rows: int | None = 1000,
-    report: Reporter | None = None, progress: Progress | None = None,
+    report: Reporter | None = None, progress: Progress | None = None, show_bad_rows: int | None = 20,
 ) -> tuple[DatasetMeta, BadRows]:
     """Build the windowed dataset from the MovieLens directory `root_in` into `root`."""
     if period not in PERIODS:
         raise InputError(f"--window {period!r}: movielens windows are year or month")
     if not root_in.is_dir():
         raise InputError(f"--input {root_in}: not a directory (give the MovieLens directory)")
-    bad = BadRows(max_bad_rows, report)
+    bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
     paths = [find_file(root_in, "ratings.csv"), find_file(root_in, "movies.csv")]
     stats = [InputStats(str(p)) for p in paths]
     r = read_ratings(paths[0], bad, stats[0], progress)
@@ -326,7 +327,10 @@ def prepare_movielens(
     np.save(root / "ids_movie.npy", movie_ids)
     (root / "genres.json").write_text(json.dumps(vocab) + "\n")
     writer.provenance.update(_provenance(stats, period, bad))
-    return writer.finish(), bad
+    encodings = [fingerprint.vocabulary(users.tolist(), len(users)),
+                 fingerprint.vocabulary(movie_ids.tolist(), len(movie_ids)),
+                 fingerprint.vocabulary(vocab, max(len(vocab), 1))]
+    return writer.finish(encodings=encodings), bad
 
 
 def _movie_tables(movie_ids: np.ndarray, movies: dict) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from typing import Any
 import lowprec
 from lowprec.checkpoint.load import load_model, model_kind
 from lowprec.data.dataset import Dataset
-from lowprec.data.windows import parse_windows
+from lowprec.data.windows import select_windows
 from lowprec.drift import report
 from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
@@ -131,7 +131,7 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
     """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report."""
     stages = stages or (lambda name, total, unit: None)
     ds = Dataset(job.data)
-    chosen = parse_windows(job.windows, ds.meta.window_indices)
+    chosen = select_windows(job.windows, ds.meta)
     calib = read_calibration(job.calibration)
     report.check_report_dir(job.report)
     models = load_pair(job, ds)

@@ -61,7 +61,7 @@ def _ci(row: dict[str, Any], key: str) -> str:
 
 def write_report(out: Path, d: ReportData) -> None:
     check_report_dir(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "drift-report") as tmp:
         figs = draw_figures(d, tmp)
         blocks = build_blocks(d, figs)
         (tmp / "report.md").write_text(to_markdown(blocks))

@@ -20,6 +20,7 @@ class TableConfig:
     num_embeddings: int
     hotness: int = 1  # id slots per sample in the dataset's sparse matrix (pooled by sum)
     embedding: str = "dense"  # backend SPEC, see lowprec.model.embedding
+    encoding: str | None = None  # the training data's id encoding fingerprint (lowprec.data.encoding)
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 1 or self.hotness < 1:
@@ -96,5 +97,5 @@ class DLRMConfig:
                 top_mlp=tuple(int(x) for x in obj["top_mlp"]),
                 dense_names=tuple(obj.get("dense_names", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}: malformed model config ({exc!r})") from exc

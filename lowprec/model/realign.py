@@ -7,7 +7,8 @@ aligned projection of the trained one. Fine-tune it (`lowprec.train.train(..., i
 
 from __future__ import annotations
 
-from lowprec.model.config import TableConfig
+import dataclasses
+
 from lowprec.model.dlrm import DLRM
 from lowprec.model.embedding import parse_spec
 from lowprec.model.sharing import ROBE_STATE, RobeBag, aligned_projection
@@ -20,8 +21,7 @@ def realign(model: DLRM) -> DLRM:
         kind, opts = parse_spec(t.embedding)
         if kind == "robe":
             opts["align"] = "1"
-            t = TableConfig(t.name, t.num_embeddings, t.hotness,
-                            "robe:" + ",".join(f"{k}={v}" for k, v in opts.items()))
+            t = dataclasses.replace(t, embedding="robe:" + ",".join(f"{k}={v}" for k, v in opts.items()))
         tables.append(t)
     out = DLRM(model.config.replace_tables(tables))
     state = model.state_dict()

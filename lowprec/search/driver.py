@@ -54,6 +54,13 @@ def _list(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _ratios(values: tuple[str, ...]) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in values)
+    except ValueError:
+        raise InputError(f"sharing ratios must be numbers, got {list(values)}") from None
+
+
 def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[str, Any]]:
     r = load_recipe(req.recipe)
     calib = resolve_windows(pick(req.calib_windows, r, "windows", "calibrate"), ds.meta, "calibrate")
@@ -68,7 +75,9 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
                                _list(pick(req.precisions, r, "candidates", "table_precisions"), DEFAULT_TABLE_PRECISIONS)),
         layer_precisions=tuple(Precision.parse(p, "--layer-precisions") for p in
                                _list(pick(req.layer_precisions, r, "candidates", "layer_precisions"), DEFAULT_LAYER_PRECISIONS)),
-        sharing_ratios=tuple(float(x) for x in _list(pick(req.sharing_ratios, r, "candidates", "sharing_ratios"), ())),
+        sharing_ratios=_ratios(_list(pick(req.sharing_ratios, r, "candidates", "sharing_ratios"), ())),
+        sharing_precisions=tuple(Precision.parse(p, "[candidates] sharing_precisions") for p in
+                                 _list(r.get("candidates", {}).get("sharing_precisions"), ("int8", "int4"))),
         range_method=r.get("search", {}).get("range_method", "l2"),
     )
     s = r.get("search", {})
@@ -102,7 +111,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         calib_sha = f"inline:{ccfg.method}:{list(ccfg.windows)}"
     cache_path = req.out.with_name(req.out.stem + ".cache.json")
     result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages)
-    atomic_write_text(req.out, json.dumps(result.plan.to_json(), indent=2) + "\n")
+    atomic_write_text(req.out, json.dumps(result.plan.to_json(), indent=2) + "\n", kind="plan")
     summary = summarize(result, model)
     if req.report_dir:
         from lowprec.search.report import write_report

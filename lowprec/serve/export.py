@@ -94,7 +94,7 @@ def export_torchscript(artifact_dir: str | Path) -> Path:
     runtime, manifest = load_artifact(root)
     scripted = torch.jit.script(scriptable(runtime))
     _check(scripted, runtime, "scripted")
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, "artifact") as tmp:
         shutil.copytree(root, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
                         ignore=lambda d, names: [n for n in names if Path(d) == root
                                                  and n in (MANIFEST, TORCHSCRIPT)])

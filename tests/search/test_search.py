@@ -160,7 +160,7 @@ def test_recipe_values_and_label_windows(setup, tmp_path):
     assert parse_fraction("0.1%", "x") == pytest.approx(0.001) and parse_fraction(0.002, "x") == 0.002
     assert resolve_windows("label:w1..w2", ds.meta, "evaluate") == [1, 2]
     assert resolve_windows("0-1", ds.meta, "evaluate") == [0, 1]
-    with pytest.raises(InputError, match="match no window label"):
+    with pytest.raises(InputError, match="matches no window label"):
         resolve_windows("label:1999", ds.meta, "evaluate")
     for recipe in ("movielens", "synthetic", "criteo-kaggle"):
         assert load_recipe(f"calibration/{recipe}.toml")["windows"]["calibrate"]

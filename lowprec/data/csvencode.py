@@ -1,0 +1,117 @@
+"""Categorical encoders of the CSV reader: hashing, vocabularies, and reusing an earlier vocabulary.
+
+Hashing (`encoding = "hash"`): id = 1 + blake2b-64(utf-8 value) mod (num_embeddings - 1); id 0 is an
+empty cell. Distinct values are counted (up to COLLISION_CAP per column) with the distinct ids
+they hash to, so provenance records how many values share an id (`hash_collisions`).
+
+Vocabulary (`encoding = "vocab"`): ids in order of first appearance from 1; id 0 is an empty cell,
+or a new value once a capped vocabulary is full. With a frozen vocabulary (`data prepare
+--vocab-from DIR`: the earlier dataset's `vocab_NAME.json`), known values keep their ids and an
+unseen value goes to the reserved row 0, counted in provenance (`vocab_unseen`), so a second day
+prepared on its own means the same thing by every id as the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from lowprec.data import encoding
+from lowprec.errors import InputError
+
+COLLISION_CAP = 1 << 20  # distinct values remembered per hashed column for the collision count
+HASH_FUNCTION = "blake2b-64-utf8"
+
+
+class Encoder:
+    """Maps one categorical cell to `hotness` ids (padded with -1)."""
+
+    def __init__(self, col: Any, frozen: tuple[list[str], int] | None = None):
+        """`frozen`: (values of ids 1.., num_embeddings) of an earlier dataset's vocabulary."""
+        self.col = col
+        self.frozen = frozen is not None
+        self.frozen_rows = frozen[1] if frozen else None
+        self.vocab: dict[str, int] = {v: i + 1 for i, v in enumerate(frozen[0] if frozen else [])}
+        self.oov = self.truncated = self.unseen = 0
+        self.hash_values: dict[str, int] = {}
+        self.hash_capped = False
+
+    def ids(self, cell: str) -> list[int]:
+        col = self.col
+        if col.sep is None:
+            v = cell.strip()
+            return [self._id(v) if v else 0]
+        items = [v for v in (s.strip() for s in cell.split(col.sep)) if v]
+        if len(items) > col.hotness:
+            self.truncated += 1
+            items = items[: col.hotness]
+        return [self._id(v) for v in items] + [-1] * (col.hotness - len(items))
+
+    def _id(self, v: str) -> int:
+        if self.col.encoding == "hash":
+            h = int.from_bytes(hashlib.blake2b(v.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                               "little")
+            got = 1 + h % (self.col.num_embeddings - 1)
+            if len(self.hash_values) < COLLISION_CAP:
+                self.hash_values.setdefault(v, got)
+            elif v not in self.hash_values:
+                self.hash_capped = True
+            return got
+        got = self.vocab.get(v)
+        if got is None:
+            if self.frozen:
+                self.unseen += 1
+                return 0
+            if self.col.num_embeddings is not None and len(self.vocab) + 1 >= self.col.num_embeddings:
+                self.oov += 1
+                return 0
+            got = self.vocab[v] = len(self.vocab) + 1
+        return got
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.col.num_embeddings or self.frozen_rows or len(self.vocab) + 1
+
+    @property
+    def fingerprint(self) -> str:
+        if self.col.encoding == "hash":
+            return encoding.hashed(HASH_FUNCTION, self.num_embeddings)
+        return encoding.vocabulary(self.vocab, self.num_embeddings)
+
+    def collisions(self) -> dict[str, Any]:
+        """Distinct values seen, distinct ids they took, and values that share an id with another."""
+        values, ids = len(self.hash_values), len(set(self.hash_values.values()))
+        return {"distinct_values": values, "distinct_ids": ids, "colliding_values": values - ids,
+                "counted_all_values": not self.hash_capped}
+
+
+def load_vocabularies(src: Path, schema: Any) -> dict[str, tuple[list[str], int]]:
+    """The vocabularies of the dataset at `src` for the schema's vocab columns (--vocab-from)."""
+    from lowprec.data.dataset import Dataset
+
+    meta = Dataset(src).meta
+    files = meta.provenance.get("vocabularies") or {}
+    sizes = dict(zip(meta.sparse_names, meta.num_embeddings))
+    out = {}
+    for col in schema.categorical:
+        if col.encoding != "vocab":
+            continue
+        name = files.get(col.name) if isinstance(files, dict) else None
+        if not isinstance(name, str) or Path(name).name != name:
+            raise InputError(f"--vocab-from {src}: the dataset has no vocabulary for {col.name!r}")
+        path = src / name
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable vocabulary ({exc})") from exc
+        if not (isinstance(vocab, list) and vocab and all(isinstance(v, str) for v in vocab)):
+            raise InputError(f"{path}: a vocabulary must be a JSON list of strings")
+        if col.num_embeddings is not None and col.num_embeddings != sizes.get(col.name):
+            raise InputError(f"--vocab-from {src}: {col.name!r} has {sizes.get(col.name)} rows there, the "
+                             f"schema says num_embeddings = {col.num_embeddings}")
+        if col.name not in sizes or len(vocab) > sizes[col.name]:
+            raise InputError(f"{path}: {len(vocab)} entries exceed {col.name!r}'s {sizes.get(col.name)} rows")
+        out[col.name] = (vocab[1:], sizes[col.name])  # entry 0 is the reserved "<missing or unknown>" row
+    return out

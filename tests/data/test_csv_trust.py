@@ -1,0 +1,134 @@
+"""Issue 15, data: out-of-range times, real line numbers of bad bytes, more located bad rows, and
+vocabularies that mean the same thing on every day (--vocab-from, encoding fingerprints)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lowprec.cli import main
+from lowprec.data.dataset import Dataset
+
+SCHEMA = """
+label = "click"
+time = "ts"
+
+[dense.price]
+
+[categorical.item]
+encoding = "vocab"
+
+[categorical.user]
+num_embeddings = 3
+"""
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def write_csv(path, rows, header="click,ts,price,item,user"):
+    path.write_bytes((header + "\n").encode() + b"".join(r if isinstance(r, bytes) else (r + "\n").encode()
+                                                          for r in rows))
+    return path
+
+
+@pytest.fixture
+def schema(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text(SCHEMA)
+    return p
+
+
+def day_rows(items, ts0, n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    return [f"{int(rng.random() < 0.4)},{ts0 + i},{rng.random():.3f},{items[i % len(items)]},u{i % 5}"
+            for i in range(n)]
+
+
+def test_times_far_out_of_range_are_bad_rows_not_nat_windows(tmp_path, schema):
+    rows = day_rows(["a", "b"], 1_700_000_000, 20)
+    rows[2] = "1,1700000000000000,1.0,a,u1"  # milliseconds read as seconds: year ~53 million
+    rows[4] = "1,-1e300,1.0,a,u1"
+    csv = write_csv(tmp_path / "t.csv", rows)
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d",
+            "--window", "month", "--json")
+    assert r.exit_code == 0, r.output
+    assert f"{csv}:4: ts = '1700000000000000' is not a auto time in years 1-9999" in r.output
+    assert f"{csv}:6:" in r.output
+    meta = Dataset(tmp_path / "d").meta
+    assert [w.label for w in meta.windows] == ["2023-11"] and sum(w.rows for w in meta.windows) == 18
+
+
+def test_a_bad_utf8_byte_is_reported_at_its_line(tmp_path, schema):
+    rows = day_rows(["a", "b"], 1_700_000_000, 400)
+    rows[300] = b"0,1700000300,1.0,caf\xe9,u1\n"  # line 302 (header is line 1), far past the first read
+    csv = write_csv(tmp_path / "t.csv", rows)
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d")
+    assert r.exit_code == 0, r.output
+    assert f"{csv}:302: not valid UTF-8 (byte(s) b'\\xe9'" in r.output
+    assert json.loads((tmp_path / "d" / "dataset.json").read_text())["provenance"]["bad_rows"]["count"] == 1
+
+
+def test_more_bad_rows_can_be_located(tmp_path, schema):
+    rows = day_rows(["a"], 1_700_000_000, 100)
+    for i in range(0, 60, 2):
+        rows[i] = f"maybe,{1_700_000_000 + i},1,a,u1"
+    csv = write_csv(tmp_path / "t.csv", rows)
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d",
+            "--show-bad-rows", "25")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("bad row: ") == 25
+    examples = json.loads((tmp_path / "d" / "dataset.json").read_text())["provenance"]["bad_rows"]["examples"]
+    assert len(examples) == 25 and examples[-1].startswith(f"{csv}:50:")
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "e",
+            "--show-bad-rows", "-1")
+    assert r.output.count("bad row: ") == 30
+
+
+def test_vocab_from_keeps_ids_and_mismatched_encodings_are_refused(tmp_path, schema):
+    day1 = write_csv(tmp_path / "day1.csv", day_rows(["apple", "pear", "fig"], 1_700_000_000))
+    day2 = write_csv(tmp_path / "day2.csv", day_rows(["fig", "kiwi", "apple"], 1_700_100_000, seed=1))
+    assert run("data", "prepare", "--format", "csv", "--input", day1, "--schema", schema,
+               "--out", tmp_path / "d1").exit_code == 0
+    assert run("train", "--data", tmp_path / "d1", "--windows", "0", "--out", tmp_path / "m",
+               "--epochs", 1).exit_code == 0
+    # day 2 on its own: "fig" takes id 1, which meant "apple" in training -> refused
+    assert run("data", "prepare", "--format", "csv", "--input", day2, "--schema", schema,
+               "--out", tmp_path / "alone").exit_code == 0
+    r = run("eval", "--model", tmp_path / "m", "--data", tmp_path / "alone", "--windows", "0")
+    assert r.exit_code == 2 and "table 'item' was trained on ids encoded as vocab:" in r.output
+    assert "--vocab-from" in r.output
+    # with the training vocabulary: same ids, unseen "kiwi" -> reserved row 0, counted
+    r = run("data", "prepare", "--format", "csv", "--input", day2, "--schema", schema,
+            "--out", tmp_path / "d2", "--vocab-from", tmp_path / "d1", "--json")
+    assert r.exit_code == 0, r.output
+    d1, d2 = Dataset(tmp_path / "d1"), Dataset(tmp_path / "d2")
+    assert d2.meta.sparse[0].encoding == d1.meta.sparse[0].encoding
+    assert d2.meta.num_embeddings == d1.meta.num_embeddings == [4, 3]
+    items2 = np.asarray(d2.arrays(0)[1][:, 0])
+    assert items2[:3].tolist() == [3, 0, 1]  # fig, kiwi (unseen), apple as numbered on day 1
+    prov = d2.meta.provenance
+    assert prov["vocab_unseen"] == {"item": 67} and prov["vocab_from"] == str(tmp_path / "d1")
+    r = run("eval", "--model", tmp_path / "m", "--data", tmp_path / "d2", "--windows", "0")
+    assert r.exit_code == 0, r.output
+    # files written before fingerprints (no "encodings") still load and are not compared
+    meta = json.loads((tmp_path / "alone" / "dataset.json").read_text())
+    del meta["encodings"]
+    (tmp_path / "alone" / "dataset.json").write_text(json.dumps(meta))
+    assert run("eval", "--model", tmp_path / "m", "--data", tmp_path / "alone", "--windows", "0").exit_code == 0
+
+
+def test_hash_collisions_are_counted_in_provenance(tmp_path, schema):
+    csv = write_csv(tmp_path / "t.csv", day_rows(["a"], 1_700_000_000, 50))  # users u0..u4 -> 2 ids
+    assert run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema,
+               "--out", tmp_path / "d").exit_code == 0
+    meta = Dataset(tmp_path / "d").meta
+    ids = np.unique(np.asarray(Dataset(tmp_path / "d").arrays(0)[1][:, 1]))
+    assert meta.provenance["hash_collisions"]["user"] == {
+        "distinct_values": 5, "distinct_ids": len(ids), "colliding_values": 5 - len(ids),
+        "counted_all_values": True}
+    assert len(ids) <= 2 and meta.sparse[1].encoding == "hash:blake2b-64-utf8:n=3"

@@ -1,0 +1,83 @@
+"""Issue 15, recipes: every key is used or refused. [windows] train reaches `train`, [windows] monitor
+reaches `drift`, [candidates] sharing_precisions reaches the search space; unknown keys and values of
+the wrong type are refused naming the key and the file; eval takes `label:` windows like search."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import make_tiny_dataset
+from lowprec.cli import main
+from lowprec.data.dataset import Dataset
+from lowprec.precision import Precision
+from lowprec.search.driver import SearchRequest, build_config
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("recipe") / "data", windows=4, rows=300)
+
+
+def recipe(tmp_path, text, name="r.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_train_takes_the_recipes_train_windows(data, tmp_path):
+    r = run("train", "--data", data, "--recipe", recipe(tmp_path, '[windows]\ntrain = "1-2"\n'),
+            "--out", tmp_path / "m", "--epochs", 1, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["windows"] == [1, 2]
+    r = run("train", "--data", data, "--recipe", recipe(tmp_path, '[windows]\ntrain = "label:w0..w1"\n'),
+            "--windows", "3", "--out", tmp_path / "m", "--epochs", 1, "--json")  # the flag wins
+    assert json.loads(r.output.strip().splitlines()[-1])["windows"] == [3]
+    r = run("train", "--data", data, "--out", tmp_path / "m2")
+    assert r.exit_code == 2 and "no train windows" in r.output
+
+
+def test_drift_takes_the_recipes_monitor_windows(data, tmp_path):
+    assert run("train", "--data", data, "--windows", "0", "--out", tmp_path / "m", "--epochs", 1).exit_code == 0
+    r = run("drift", "--reference", tmp_path / "m", "--candidate", tmp_path / "m", "--data", data,
+            "--recipe", recipe(tmp_path, '[windows]\nmonitor = "3"\n'), "--db", tmp_path / "d.sqlite",
+            "--report", tmp_path / "rep", "--json")
+    assert r.exit_code in (0, 1), r.output
+    assert [w["window"] for w in json.loads(r.output.strip().splitlines()[-1])["windows"]] == [3]
+    r = run("drift", "--reference", tmp_path / "m", "--candidate", tmp_path / "m", "--data", data,
+            "--db", tmp_path / "e.sqlite", "--report", tmp_path / "rep2")
+    assert r.exit_code == 2 and "no windows to monitor" in r.output
+
+
+def test_sharing_precisions_reach_the_search_space(data, tmp_path):
+    p = recipe(tmp_path, '[windows]\ncalibrate = "1"\nevaluate = "2"\n'
+                         '[candidates]\nsharing_ratios = [4]\nsharing_precisions = ["int8"]\n')
+    cfg, _ = build_config(SearchRequest(model_dir=tmp_path, data_dir=data, out=tmp_path / "p.json",
+                                        recipe=str(p)), Dataset(data))
+    assert cfg.space.sharing_precisions == (Precision.INT8,) and cfg.space.sharing_ratios == (4.0,)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[windows]\ntrian = "0"\n', "unknown key(s) ['trian'] in [windows]"),
+    ('[extra]\nx = 1\n', "unknown section [extra]"),
+    ('[budgets]\nmemory_budget = "lots"\n', "[budgets] memory_budget = 'lots'"),
+    ('[candidates]\nsharing_precisions = ["int9"]\n', "unknown precision 'int9'"),
+    ('[candidates]\nsharing_ratios = "4,x"\n', "sharing ratios must be numbers"),
+    ('[windows]\ncalibrate = ["1"]\n', "[windows] calibrate = ['1']"),
+])
+def test_unknown_keys_and_bad_values_are_refused_naming_key_and_file(data, tmp_path, text, message):
+    p = recipe(tmp_path, '[windows]\ncalibrate = "1"\nevaluate = "2"\n' * ("[windows]" not in text) + text)
+    r = run("search", "--model", tmp_path / "none", "--data", data, "--recipe", p, "--out", tmp_path / "p.json")
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert str(p) in r.output or message.startswith(("unknown precision", "sharing ratios"))
+
+
+def test_eval_accepts_label_windows_like_search(data, tmp_path):
+    assert run("train", "--data", data, "--windows", "0", "--out", tmp_path / "m", "--epochs", 1).exit_code == 0
+    r = run("eval", "--model", tmp_path / "m", "--data", data, "--windows", "label:w2..w3", "--json")
+    assert r.exit_code == 0, r.output
+    assert [w["window"] for w in json.loads(r.output.strip().splitlines()[-1])["windows"]] == [2, 3]

@@ -1,0 +1,160 @@
+"""Issue 15, tracebacks instead of exit 2: each bad input or fault below exits 2 with a message
+naming the file (before: a Python traceback, exit 1, or NaN printed with exit 0)."""
+
+import contextlib
+import json
+import subprocess
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import make_tiny_dataset
+from lowprec.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trust-err")
+    data = make_tiny_dataset(root / "data", windows=3, rows=400)
+    assert run("train", "--data", data, "--windows", "0", "--out", root / "model", "--epochs", 1).exit_code == 0
+    r = run("convert", "--model", root / "model", "--precision", "int4", "--layer-precision", "int8",
+            "--out", root / "art")
+    assert r.exit_code == 0, r.output
+    assert run("calibrate", "--model", root / "model", "--data", data, "--windows", "1",
+               "--out", root / "calib.json").exit_code == 0
+    return root
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_batch_size_must_be_positive(base, size):
+    for cmd in (["eval", "--model", base / "model"], ["calibrate", "--model", base / "model", "--out", base / "c.json"],
+                ["train", "--out", base / "never"]):
+        r = run(*cmd, "--data", base / "data", "--windows", "2", "--batch-size", size)
+        assert r.exit_code == 2 and "--batch-size" in r.output and "nan" not in r.output.lower(), (cmd, r.output)
+    assert not (base / "never").exists() and not (base / "c.json").exists()
+
+
+def copy_with(src, dst, name, text):
+    import shutil
+
+    shutil.copytree(src, dst)
+    (dst / name).write_text(text)
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["dataset", "config", "manifest", "calibration", "plan"])
+def test_a_json_list_where_an_object_is_expected(base, tmp_path, kind):
+    data, model, art = base / "data", base / "model", base / "art"
+    if kind == "dataset":
+        data = copy_with(data, tmp_path / "d", "dataset.json", "[1, 2]")
+        r = run("eval", "--model", model, "--data", data, "--windows", "2")
+    elif kind == "config":
+        model = copy_with(model, tmp_path / "m", "config.json", "[]")
+        r = run("eval", "--model", model, "--data", data, "--windows", "2")
+    elif kind == "manifest":
+        art = copy_with(art, tmp_path / "a", "manifest.json", '["x"]')
+        r = run("inspect", art)
+    else:
+        path = tmp_path / f"{kind}.json"
+        path.write_text("[]")
+        flag = "--calibration" if kind == "calibration" else "--plan"
+        extra = ["--precision", "int8"] if kind == "calibration" else []
+        r = run("convert", "--model", model, flag, path, *extra, "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "must hold a JSON object, found list" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize("where", ["model", "manifest"])
+def test_nested_structures_of_the_wrong_type(base, tmp_path, where):
+    if where == "model":
+        cfg = json.loads((base / "model" / "config.json").read_text())
+        cfg["model"]["tables"] = "t0"
+        model = copy_with(base / "model", tmp_path / "m", "config.json", json.dumps(cfg))
+        r = run("eval", "--model", model, "--data", base / "data", "--windows", "2")
+    else:
+        man = json.loads((base / "art" / "manifest.json").read_text())
+        man["layers"] = [1]
+        art = copy_with(base / "art", tmp_path / "a", "manifest.json", json.dumps(man))
+        r = run("eval", "--model", art, "--data", base / "data", "--windows", "2")
+    assert r.exit_code == 2, r.output
+
+
+def test_huge_num_embeddings_are_refused_before_allocating(base, tmp_path):
+    meta = json.loads((base / "data" / "dataset.json").read_text())
+    meta["num_embeddings"][0] = 10**12
+    data = copy_with(base / "data", tmp_path / "d", "dataset.json", json.dumps(meta))
+    r = run("train", "--data", data, "--windows", "0", "--out", tmp_path / "m")
+    assert r.exit_code == 2 and "num_embeddings 1000000000000" in r.output
+    meta["num_embeddings"][0] = 2**31 - 1  # fits int32, not this machine at dim 16
+    (data / "dataset.json").write_text(json.dumps(meta))
+    r = run("train", "--data", data, "--windows", "0", "--out", tmp_path / "m", "--embedding-dim", 4096)
+    assert r.exit_code == 2 and "GiB" in r.output and "'t0'" in r.output
+    cfg = json.loads((base / "model" / "config.json").read_text())
+    cfg["model"]["tables"][0]["num_embeddings"] = 10**12
+    model = copy_with(base / "model", tmp_path / "m2", "config.json", json.dumps(cfg))
+    r = run("eval", "--model", model, "--data", base / "data", "--windows", "2")
+    assert r.exit_code == 2 and "config.json implies" in r.output
+
+
+def test_a_non_utf8_recipe(base, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_bytes(b"[windows]\ncalibrate = \"1\"\n# caf\xe9\n")
+    r = run("search", "--model", base / "model", "--data", base / "data", "--recipe", recipe,
+            "--out", tmp_path / "plan.json")
+    assert r.exit_code == 2 and "r.toml" in r.output and "UTF-8" in r.output
+
+
+@pytest.mark.parametrize("value", ["int9", 5, None, "fp16", "int2"])
+def test_a_corrupt_precision_in_a_manifest(base, tmp_path, value):
+    man = json.loads((base / "art" / "manifest.json").read_text())
+    man["layers"]["top.0"]["precision"] = value  # int8 weights on disk
+    art = copy_with(base / "art", tmp_path / "a", "manifest.json", json.dumps(man))
+    for cmd in (["inspect", art], ["eval", "--model", art, "--data", base / "data", "--windows", "2"]):
+        r = run(*cmd)
+        assert r.exit_code == 2 and "layer 'top.0'" in r.output, (cmd, r.output)
+    man = json.loads((base / "art" / "manifest.json").read_text())
+    man["physical_tables"][0]["precision"] = "fp16"  # int4 rows on disk
+    (art / "manifest.json").write_text(json.dumps(man))
+    r = run("eval", "--model", art, "--data", base / "data", "--windows", "2")
+    assert r.exit_code == 2 and "physical table 't0'" in r.output
+
+
+@contextlib.contextmanager
+def tmpfs(path, options):
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_disk_full_names_the_output_and_leaves_nothing(base, tmp_path):
+    with tmpfs(tmp_path / f"small-{uuid.uuid4().hex[:6]}", "size=256k") as small:
+        r = run("data", "synth", "--out", small / "d", "--windows", "2", "--rows-per-window", "20000")
+        assert r.exit_code == 2 and "No space left on device" in r.output and str(small / "d") in r.output
+        r = run("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1",
+                "--out", small / "sub" / "calib.json")
+        assert r.exit_code in (0, 2)  # small enough to fit; then fill the disk and retry
+        filler = small / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as fh:
+            fh.write(b"\0" * (1 << 20))
+        r = run("convert", "--model", base / "model", "--precision", "fp32", "--out", small / "art")
+        assert r.exit_code == 2 and "ENOSPC" in r.output and "art" in r.output, r.output
+        assert sorted(p.name for p in small.iterdir() if not p.name.startswith("filler")) in (["sub"], [])
+
+
+def test_a_read_only_output_directory(base, tmp_path):
+    with tmpfs(tmp_path / f"ro-{uuid.uuid4().hex[:6]}", "size=1m,ro") as ro:
+        for cmd in (["data", "synth", "--out", ro / "d", "--windows", "1", "--rows-per-window", "10"],
+                    ["convert", "--model", base / "model", "--precision", "int8", "--out", ro / "a"],
+                    ["calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1",
+                     "--out", ro / "c.json"]):
+            r = run(*cmd)
+            assert r.exit_code == 2 and "Read-only file system" in r.output and str(ro) in r.output, (cmd, r.output)

@@ -1,0 +1,180 @@
+"""Issue 15, lost data: outputs never replace what is not theirs; readers recover a half-done swap.
+
+Every command's --out/--report is refused (exit 2, nothing touched) unless it is absent, empty or
+a lowprec output of the same kind (fileio.claim_output); window SPECs are checked against the
+dataset before anything is allocated; CALIB.json and its row counts commit as one.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import REPO, make_tiny_dataset
+from lowprec.cli import main
+from lowprec.fileio import MARKER, atomic_dir, resolve_output
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trust-out")
+    data = make_tiny_dataset(root / "data", windows=3, rows=600)
+    r = run("train", "--data", data, "--windows", "0", "--out", root / "model", "--epochs", 1)
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def user_dir(path):
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("mine")
+    return path
+
+
+def untouched(path):
+    return sorted(p.name for p in path.iterdir()) == ["notes.txt"] and (path / "notes.txt").read_text() == "mine"
+
+
+def test_convert_into_a_users_directory_is_refused(base, tmp_path):
+    target = user_dir(tmp_path / "mine")
+    r = run("convert", "--model", base / "model", "--precision", "int8", "--out", target)
+    assert r.exit_code == 2 and "not a lowprec artifact" in r.output and untouched(target)
+
+
+def test_convert_onto_its_own_model_is_refused(base):
+    before = sorted(p.name for p in (base / "model").iterdir())
+    r = run("convert", "--model", base / "model", "--precision", "int8", "--out", base / "model")
+    assert r.exit_code == 2 and "would replace the input" in r.output
+    assert sorted(p.name for p in (base / "model").iterdir()) == before
+
+
+def test_train_onto_a_dataset_is_refused(base, tmp_path):
+    data = make_tiny_dataset(tmp_path / "other", windows=1, rows=100)
+    before = sorted(p.name for p in data.iterdir())
+    r = run("train", "--data", base / "data", "--windows", "0", "--out", data, "--epochs", 1)
+    assert r.exit_code == 2 and "not a lowprec model (it is a lowprec dataset)" in r.output
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_each_writer_refuses_a_users_directory(base, tmp_path):
+    cases = {
+        "synth": ["data", "synth", "--out", "{t}", "--windows", "1", "--rows-per-window", "10"],
+        "train": ["train", "--data", base / "data", "--windows", "0", "--out", "{t}"],
+        "import": ["import", "--format", "torchrec", "--state-dict", base / "model" / "model.safetensors",
+                   "--data", base / "data", "--out", "{t}"],
+        "demo": ["demo", "--out", "{t}"],
+        "search-report": ["search", "--model", base / "model", "--data", base / "data", "--calib-windows", "1",
+                          "--eval-windows", "2", "--out", tmp_path / "plan.json", "--report", "{t}"],
+        "drift-report": ["drift", "--reference", base / "model", "--candidate", base / "model", "--data",
+                         base / "data", "--windows", "2", "--db", tmp_path / "d.sqlite", "--report", "{t}"],
+    }
+    for name, args in cases.items():
+        target = user_dir(tmp_path / name)
+        r = run(*[str(a).replace("{t}", str(target)) for a in args])
+        assert r.exit_code == 2 and "refusing to replace it" in r.output, (name, r.output[-300:])
+        assert untouched(target), name
+    assert not (tmp_path / "plan.json").exists() and not (tmp_path / "d.sqlite").exists()
+
+
+def test_calibrate_and_search_refuse_to_overwrite_a_users_file(base, tmp_path):
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}\n')
+    r = run("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1", "--out", mine)
+    assert r.exit_code == 2 and "not a lowprec calibration file" in r.output
+    r = run("search", "--model", base / "model", "--data", base / "data", "--calib-windows", "1",
+            "--eval-windows", "2", "--out", mine)
+    assert r.exit_code == 2 and "not a lowprec plan file" in r.output
+    assert mine.read_text() == '{"mine": true}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["notes.json"]
+
+
+def test_the_same_kind_is_replaced_and_empty_directories_are_used(base, tmp_path):
+    (tmp_path / "art").mkdir()
+    for _ in range(2):
+        r = run("convert", "--model", base / "model", "--precision", "int8", "--out", tmp_path / "art")
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "art" / MARKER).read_text().strip() == "artifact"
+    legacy = tmp_path / "legacy"  # a model written before markers: recognised by its config.json
+    r = run("train", "--data", base / "data", "--windows", "0", "--out", legacy, "--epochs", 1)
+    (legacy / MARKER).unlink()
+    r = run("train", "--data", base / "data", "--windows", "0", "--out", legacy, "--epochs", 1)
+    assert r.exit_code == 0, r.output
+
+
+def test_a_huge_window_spec_is_refused_before_any_allocation(base):
+    """`0-99999999999` once built a set of 10**11 ints (20 GB, OOM-killed). Run it in a child
+    limited to 3 GB of data: exit 2 with the dataset's range, not MemoryError."""
+    limit = 3 << 30
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "lowprec.cli", "eval", "--model", str(base / "model"),
+                           "--data", str(base / "data"), "--windows", "0-99999999999"],
+                          capture_output=True, text=True, preexec_fn=cap, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert "it has windows 0-2" in proc.stderr
+
+
+def test_calibration_pair_commits_as_one(base, tmp_path, monkeypatch):
+    """A writer that dies after the row counts are written but before CALIB.json leaves the old,
+    verifying pair (before: the counts were replaced first and the old JSON no longer verified)."""
+    import lowprec.calibrate as cal
+
+    out = tmp_path / "calib.json"
+    r = run("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1", "--out", out)
+    assert r.exit_code == 0, r.output
+    first = cal.load_calibration(out)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # stands in for SIGKILL between the two writes
+
+    monkeypatch.setattr(cal, "atomic_write_text", killed)
+    r = run("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "2", "--out", out)
+    assert r.exit_code != 0
+    again = cal.load_calibration(out)  # still verifies, still the first calibration
+    assert again["windows"] == first["windows"] == [1]
+
+
+def test_calibration_files_get_normal_permissions(base, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "calib.json"
+        r = run("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1", "--out", out)
+        assert r.exit_code == 0, r.output
+    finally:
+        os.umask(old)
+    side = out.parent / json.loads(out.read_text())["row_counts"]["file"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+    assert oct(side.stat().st_mode & 0o777) == oct(0o644)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["calib.json", side.name])
+
+
+def test_a_kill_between_the_two_renames_is_recovered_on_read(base, tmp_path):
+    """The writer moved the old dataset aside and died before renaming the new one in: the next
+    reader (not only the next writer) puts the old one back."""
+    data = make_tiny_dataset(tmp_path / "data", windows=3, rows=600)
+    data.rename(tmp_path / "data.lowprec-old")
+    r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 0, r.output
+    assert (data / "dataset.json").is_file() and not (tmp_path / "data.lowprec-old").exists()
+    model = tmp_path / "model"
+    r = run("train", "--data", data, "--windows", "0", "--out", model, "--epochs", 1)
+    model.rename(tmp_path / "model.lowprec-old")
+    r = run("eval", "--model", model, "--data", data, "--windows", "2")
+    assert r.exit_code == 0, r.output
+
+
+def test_resolve_output_leaves_complete_outputs_alone(tmp_path):
+    with atomic_dir(tmp_path / "x", "report") as t:
+        (t / "index.html").write_text("new")
+    (tmp_path / "x.lowprec-old").mkdir()  # a stale backup beside a complete output: the output wins
+    assert resolve_output(tmp_path / "x") == tmp_path / "x"
+    assert (tmp_path / "x" / "index.html").read_text() == "new"
