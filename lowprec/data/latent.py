@@ -270,12 +270,16 @@ class LatentTruth:
         lam = np.exp(self.mu + self.sigma * rng.standard_normal((rows, N_DENSE)))
         return np.log1p(rng.poisson(lam)).astype(np.float64), ids
 
-    def raw_logit(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """dense·β (standardised) + per-id biases + factor interactions, before scale and base."""
+    def raw_logit(self, dense: np.ndarray, ids: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """dense·β (standardised) + per-id biases + factor interactions, before scale and base.
+        `known` (rows, tables) bool: ids whose parameters count; the others get their prior mean, 0."""
         z = np.sqrt(DENSE_VAR) * (dense @ self.beta - self.dense_shift) / self.dense_sd
         factors = {}
         for t, tab in enumerate(self.tables):
             bias, factors[t] = tab.params(ids[:, t], t in LARGE_TABLES)
+            if known is not None:
+                bias = bias * known[:, t]
+                factors[t] = None if factors[t] is None else factors[t] * known[:, t, None]
             z += bias
         for u, i in PAIRS:
             z += np.einsum("rd,rd->r", factors[u], factors[i]) / np.sqrt(self.cfg.dim)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,14 @@ def test_eval_and_drift_report_distance_to_bayes(tmp_path):
     assert len(line) == 1 and f"window 1 {bayes1:.4f} (gap {bayes1 - out['auc']:.4f})" in line[0]
     tiny = make_tiny_dataset(tmp_path / "tiny", windows=2, rows=500)  # no true probabilities: no fields
     assert bayes_stats(Dataset(tiny), [0]) is None
+
+
+def test_ids_carry_most_of_the_signal(drifted):
+    """The truth restricted to what a model can know (tools/latent_oracle.py): memorising ids matters."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from latent_oracle import oracle_aucs
+
+    res = oracle_aucs(drifted["none"], [0, 1], 2, min_count=1)
+    assert res["bayes"] == pytest.approx(window_bayes_auc(drifted["none"].meta)[2], abs=2e-4)
+    assert res["dense_only"] < 0.66 and res["small_tables"] < 0.68  # ids of the large tables matter
+    assert res["seen_ids"] > res["small_tables"] + 0.1 and res["seen_ids"] < res["bayes"]
