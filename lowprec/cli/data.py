@@ -20,7 +20,8 @@ from lowprec.data.criteo import DEFAULT_MAX_BAD_ROWS, BadRows, parse_table_sizes
 from lowprec.data.csvschema import parse_window_option, prepare_csv
 from lowprec.data.dataset import DatasetMeta
 from lowprec.data.movielens import prepare_movielens
-from lowprec.data.synth import DRIFTS, SynthConfig, generate
+from lowprec.data.latent import synth_config
+from lowprec.data.synth import DRIFTS
 from lowprec.fileio import atomic_dir
 
 BAD_ROWS_SHOWN = 20
@@ -79,9 +80,13 @@ def _reporter(limit: int | None = BAD_ROWS_SHOWN) -> Callable[[str], None]:
                    "dense-scale: dense features x3.5; ctr: base click rate ~0.25 -> ~0.38.")
 @click.option("--drift-start", default=None, type=click.IntRange(min=0),
               help="First drifted window  [default: windows // 2]")
+@click.option("--kind", default="dense", show_default=True,
+              help="dense: the generator above; latent[:zipf=1.1,rate=0.25,auc=0.8,dim=8]: per-id biases and "
+                   "latent factors where memorising ids matters, with true probabilities (day_{i}_prob.npy) "
+                   "and Bayes AUC/NE per window (lowprec/data/latent.py).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object as the last stdout line.")
 def synth(out: Path, windows: int, rows_per_window: int, seed: int, scale: float, drift: str,
-          drift_start: int | None, as_json: bool) -> None:
+          drift_start: int | None, kind: str, as_json: bool) -> None:
     """Generate Criteo-shaped synthetic data (13 dense, 26 sparse) with a hidden ground truth.
 
     Ids are Zipf-distributed (hot ids permuted per table); labels come from a hidden logistic model
@@ -90,10 +95,12 @@ def synth(out: Path, windows: int, rows_per_window: int, seed: int, scale: float
 
         lowprec data synth --out data/synth --windows 8 --rows-per-window 100000 --drift popularity
     """
-    cfg = SynthConfig(windows, rows_per_window, seed, scale, drift, drift_start)
+    cfg, generate = synth_config(kind, windows=windows, rows_per_window=rows_per_window, seed=seed, scale=scale,
+                                 drift=drift, drift_start=drift_start)
     with StageBars() as bars, atomic_dir(out, "dataset") as tmp:
         meta = generate(cfg, tmp, progress=bars)
-    _summary(out, meta, None, as_json, {"command": "data synth", "drift": drift, "drift_start": cfg.start})
+    _summary(out, meta, None, as_json, {"command": "data synth", "kind": kind.partition(":")[0], "drift": drift,
+                                        "drift_start": cfg.start})
 
 
 def _prepare_call(fmt: str, inputs: list[Path], schema: Path | None, window: str | None,

@@ -69,6 +69,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     from lowprec.checkpoint.load import load_model
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
+    from lowprec.data.latent import bayes_fields
     from lowprec.data.windows import select_windows
     from lowprec.evaluation.scoring import evaluate
     from lowprec.train import check_compatible
@@ -79,8 +80,9 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     check_compatible(config, ds.meta, str(model_dir))
     with progress_bar(count_rows(ds, chosen), "eval") as update:
         result = evaluate(model, ds, chosen, batch_size, progress=update)
+    bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
     if as_json:
-        emit_json(result.to_json())
+        emit_json({**result.to_json(), **bayes})
         return
     click.echo(f"{'window':>8} {'label':>10} {'rows':>9} {'NE':>8} {'logloss':>8} {'AUC':>8} {'calib':>7}")
     for w, m in sorted(result.per_window.items()):
@@ -90,6 +92,9 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     o = result.overall
     click.echo(f"{'overall':>8} {'':>10} {int(o.weight):>9} {fmt(o.ne):>8} {fmt(o.logloss):>8} "
                f"{fmt(o.auc):>8} {fmt(o.calibration, 3):>7}")
+    if bayes:
+        click.echo(f"Bayes-optimal (the data's true probabilities): AUC {fmt(bayes['bayes_auc'])}, NE "
+                   f"{fmt(bayes['bayes_ne'])}; this model's AUC gap to Bayes {fmt(bayes['auc_gap_to_bayes'])}")
 
 
 COMMANDS = [train, eval_cmd]

@@ -23,6 +23,7 @@ from typing import Any
 import lowprec
 from lowprec.checkpoint.load import load_model, model_kind
 from lowprec.data.dataset import Dataset
+from lowprec.data.latent import window_bayes_auc
 from lowprec.data.windows import select_windows
 from lowprec.drift import report
 from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
@@ -158,7 +159,9 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
                 recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
             outcome = _outcome(job, store, chosen, todo, recal)
             store.finish_run(run_id, "done")
-            report.write_report(job.report, report.gather(store, job.config))
+            data = report.gather(store, job.config)
+            data.bayes_auc = window_bayes_auc(ds.meta)  # {} unless the data has true probabilities
+            report.write_report(job.report, data)
         except BaseException:
             store.finish_run(run_id, "failed")
             raise

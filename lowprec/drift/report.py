@@ -15,7 +15,7 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class ReportData:
     meta: dict[str, str]
     config: DriftConfig
     db: str
+    bayes_auc: dict[int, float] = field(default_factory=dict)  # per window, when the data knows its truth
 
 
 def gather(store: Any, config: DriftConfig) -> ReportData:
@@ -211,7 +212,14 @@ def _models_section(d: ReportData, figs: dict[str, str]) -> list[Block]:
     body = [[r["window"], r["label"], r["rows"], _f(r["ref_ne"]), _f(r["cand_ne"]), _f(r["ref_auc"]),
              _f(r["cand_auc"]), _f(r["ref_calibration"], 3), _f(r["cand_calibration"], 3)] for r in d.windows]
     img = [("img", figs["metrics"], "NE, AUC and calibration of both models")] if "metrics" in figs else []
-    return [("h2", "Both models per window"), *img, ("table", head, body)]
+    return [("h2", "Both models per window"), *img, ("table", head, body), *_bayes_line(d)]
+
+
+def _bayes_line(d: ReportData) -> list[Block]:
+    rows = [r for r in d.windows if r["window"] in d.bayes_auc and r["ref_auc"] is not None]
+    return [("p", "Bayes-optimal AUC (the data's true click probabilities) and the float model's gap to it: "
+                  + "; ".join(f"window {r['window']} {_f(d.bayes_auc[r['window']])} (gap "
+                              f"{_f(d.bayes_auc[r['window']] - r['ref_auc'])})" for r in rows))] if rows else []
 
 
 def _gap_section(d: ReportData, figs: dict[str, str]) -> list[Block]:
