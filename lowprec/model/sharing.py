@@ -35,6 +35,11 @@ in the first robe table only (state-dict key `embeddings.<first>.shared.bag.weig
 other robe tables an unregistered reference: the state dict and safetensors hold M once.
 `load_table_module` rebuilds one table (with M) from a checkpoint for table-by-table conversion.
 
+Training: these modules' forwards are the reference (and the `--optimizer sparse-adam` path);
+`lowprec train` by default trains hash, QR and aligned-ROBE tables as tables of one FBGEMM training
+TBE with the id transform applied first, and exact ROBE tables together in one batched lookup
+(`lowprec.training.fused_tables`, `robe_batched`), then writes the weights back into these modules.
+
 Post-training sharing of a trained dense table ("hot") lives in `lowprec.model.hot_sharing`.
 """
 

@@ -65,6 +65,8 @@ class FeatureIds:
         cols = [starts[f.source] + j for f in features for j in range(hotness[f.source])]
         per_col = [f for f in features for _ in range(hotness[f.source])]
         self.src = torch.tensor(cols, dtype=torch.int64)
+        self.identity_cols = cols == list(range(len(cols)))
+        self.plain = all(f.kind == "id" and not f.sign for f in features)
         self.hash_cols = self._cols(per_col, "hash")
         self.q_cols, self.r_cols = self._cols(per_col, "qr_q"), self._cols(per_col, "qr_r")
         self.sign_cols = torch.tensor([i for i, f in enumerate(per_col) if f.sign], dtype=torch.int64)
@@ -88,9 +90,11 @@ class FeatureIds:
 
     def rows_and_signs(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(B, slots) -> (B, columns) rows, valid mask, signs (or None), columns feature by feature."""
-        x = sparse.index_select(1, self.src)
+        x = sparse if self.identity_cols and sparse.shape[1] == len(self.src) else sparse.index_select(1, self.src)
         valid = x >= 0
         safe = x.clamp_min(0)
+        if self.plain:
+            return safe, valid, None
         out = safe.clone()
         if len(self.hash_cols):
             h = _hash(safe.index_select(1, self.hash_cols), self.a, self.b)
@@ -111,10 +115,11 @@ class FeatureIds:
         rows, valid, signs = self.rows_and_signs(sparse)
         batch = rows.shape[0]
         perm, bag, dense_offsets = map(torch.from_numpy, _layout(batch, tuple(self.hotness)))
-        flat, ok = rows.reshape(-1)[perm], valid.reshape(-1)[perm]
-        weights = signs.reshape(-1)[perm] if signs is not None else None
-        if bool(ok.all()):
+        flat = rows.reshape(-1).index_select(0, perm)
+        weights = signs.reshape(-1).index_select(0, perm) if signs is not None else None
+        if bool(valid.all()):
             return flat, dense_offsets, weights
+        ok = valid.reshape(-1).index_select(0, perm)
         counts = torch.bincount(bag[ok], minlength=len(self.hotness) * batch)
         offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
         torch.cumsum(counts, 0, out=offsets[1:])
