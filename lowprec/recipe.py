@@ -1,6 +1,6 @@
 """Recipes: one TOML per data set / model family with windows, budgets, candidates and observer.
 
-    [windows]    train = "0-3"   calibrate = "4"   evaluate = "5-7"   monitor = "5-13"
+    [windows]    train = "0-3"   validate = "4"   calibrate = "4"   evaluate = "5-7"   monitor = "5-13"
     [budgets]    max_ne_increase = "0.1%"   max_auc_drop = 0.001   memory_budget = 0 (0: none)
     [candidates] table_precisions = ["fp32", ...]   layer_precisions = [...]   sharing_ratios = [4, 16]
     [calibrate]  method = "minmax"   percentile = 99.99
@@ -26,7 +26,7 @@ from typing import Any
 from lowprec.errors import InputError
 
 SCHEMA: dict[str, set[str]] = {
-    "windows": {"train", "calibrate", "evaluate", "monitor"},
+    "windows": {"train", "validate", "calibrate", "evaluate", "monitor"},
     "budgets": {"max_ne_increase", "max_auc_drop", "memory_budget"},
     "candidates": {"table_precisions", "layer_precisions", "sharing_ratios", "sharing_precisions"},
     "calibrate": {"method", "percentile", "max_rows"},

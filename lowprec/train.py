@@ -1,24 +1,38 @@
 """Training the float DLRM on chosen windows of a prepared dataset.
 
-Dense parameters use Adam; embedding tables get sparse gradients and SparseAdam, so a step touches
-only the rows in the batch (the tables can have millions of rows). Everything random (init, chunk
-and row order) comes from `seed`, so the same data, config and seed give the same weights.
+Tables train in FBGEMM's fused CPU training TBE with row-wise Adagrad by default
+(`optimizer="rowwise-adagrad"`, lowprec.training.fused_tables), or, for comparison, as per-table
+EmbeddingBags with sparse gradients and SparseAdam (`optimizer="sparse-adam"`); the MLPs use Adam.
+Either way the saved model has the same per-table modules and state-dict keys.
+
+A new model's output bias starts at the logit of the training windows' positive rate. With
+`val_windows`, every epoch is scored there; training stops after `patience` epochs without a
+lower validation NE and the best epoch's weights are kept. The provenance (`info`) holds each
+epoch's training NE/AUC (over the epoch's own batches, as they were scored while training) and
+validation NE/AUC, and the chosen epoch's. Everything random (init, chunk and row order) comes
+from `seed`, so the same data, config and seed give the same weights.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
-from torch import nn
 
 from lowprec.data.batches import count_rows, iter_batches
 from lowprec.data.dataset import Dataset, DatasetMeta
 from lowprec.errors import InputError
+from lowprec.evaluation.scoring import evaluate
+from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.config import DLRMConfig, TableConfig
 from lowprec.model.dlrm import DLRM
+from lowprec.training.steps import OPTIMIZERS, make_step
+
+DEFAULT_TABLE_LR = {"rowwise-adagrad": 5e-2, "sparse-adam": 1e-2}
 
 
 @dataclass(frozen=True)
@@ -27,7 +41,7 @@ class TrainConfig:
     epochs: int = 2
     batch_size: int = 512
     lr: float = 1e-3
-    sparse_lr: float = 1e-2
+    sparse_lr: float | None = None  # the tables' learning rate; None: DEFAULT_TABLE_LR[optimizer]
     weight_decay: float = 0.0
     seed: int = 0
     embedding_dim: int = 16
@@ -35,14 +49,28 @@ class TrainConfig:
     top_mlp: tuple[int, ...] = (64, 32)
     embedding: str = "dense"  # backend SPEC for every table ...
     table_embedding: dict[str, str] = field(default_factory=dict)  # ... unless named here
+    optimizer: str = "rowwise-adagrad"  # tables: FBGEMM fused TBE, or "sparse-adam"
+    val_windows: tuple[int, ...] = ()  # score each epoch here; keep the best epoch
+    patience: int = 1  # stop after this many epochs without a better validation NE
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("epochs and batch size must be >= 1")
-        if self.lr <= 0 or self.sparse_lr <= 0:
+        if self.lr <= 0 or (self.sparse_lr is not None and self.sparse_lr <= 0):
             raise InputError("learning rates must be > 0")
         if not self.windows:
             raise InputError("no training windows selected")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+        if self.patience < 1:
+            raise InputError("patience must be >= 1")
+        overlap = sorted(set(self.windows) & set(self.val_windows))
+        if overlap:
+            raise InputError(f"validation windows {overlap} are also training windows")
+
+    @property
+    def table_lr(self) -> float:
+        return self.sparse_lr if self.sparse_lr is not None else DEFAULT_TABLE_LR[self.optimizer]
 
 
 def model_config_for(meta: DatasetMeta, cfg: TrainConfig) -> DLRMConfig:
@@ -78,19 +106,55 @@ def check_compatible(config: DLRMConfig, meta: DatasetMeta, where: str) -> None:
     check_encodings([getattr(t, "encoding", None) for t in config.tables], meta, where)
 
 
-def _optimizers(model: DLRM, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    sparse = [p for m in model.embeddings for p in m.parameters() if _is_sparse(m, p)]
-    ids = {id(p) for p in sparse}
-    dense = [p for p in model.parameters() if id(p) not in ids]
-    opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.sparse_lr))
-    return opts
+def positive_rate(ds: Dataset, windows: tuple[int, ...]) -> float:
+    """Fraction of positive labels over `windows` (read from the memory-mapped label arrays)."""
+    pos = rows = 0
+    for w in windows:
+        labels = ds.arrays(w)[2]
+        pos += int(np.count_nonzero(np.asarray(labels)))
+        rows += len(labels)
+    return pos / rows if rows else 0.5
 
 
-def _is_sparse(module: nn.Module, p: torch.nn.Parameter) -> bool:
-    return any(getattr(m, "sparse", False) and m.weight is p for m in module.modules()
-               if isinstance(m, nn.EmbeddingBag))
+@torch.no_grad()
+def init_output_bias(model: DLRM, rate: float) -> None:
+    """Start the output logit at the prior: bias = log(rate / (1 - rate)) (rate clipped to 1e-6)."""
+    rate = min(max(rate, 1e-6), 1 - 1e-6)
+    model.top[-1].bias.fill_(math.log(rate / (1 - rate)))
+
+
+class _EpochStats:
+    """Training NE/AUC over an epoch's batches, merged in blocks (a histogram per batch is slow)."""
+
+    def __init__(self, block: int = 1 << 16):
+        self.stats, self.block, self._p, self._y, self._n = BinaryStats(), block, [], [], 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self._p.append(torch.sigmoid(logits).numpy())
+        self._y.append(labels.numpy())
+        self._n += len(labels)
+        if self._n >= self.block:
+            self.flush()
+
+    def flush(self) -> BinaryStats:
+        if self._p:
+            self.stats.update(np.concatenate(self._p), np.concatenate(self._y))
+            self._p, self._y, self._n = [], [], 0
+        return self.stats
+
+
+def _metrics(stats: BinaryStats) -> dict[str, float]:
+    return {"ne": stats.ne, "auc": stats.auc, "logloss": stats.logloss}
+
+
+def _run_epoch(step, ds: Dataset, cfg: TrainConfig, epoch: int, progress) -> BinaryStats:
+    stats = _EpochStats()
+    for batch in iter_batches(ds, list(cfg.windows), cfg.batch_size, shuffle=True,
+                              seed=cfg.seed * 1000 + epoch):
+        stats.add(step.step(batch.dense, batch.sparse, batch.labels), batch.labels)
+        if progress is not None:
+            progress(len(batch))
+    return stats.flush()
 
 
 def train(ds: Dataset, cfg: TrainConfig, progress: Callable[[int], Any] | None = None,
@@ -99,32 +163,42 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Callable[[int], Any] | None =
     torch.manual_seed(cfg.seed)
     model = init if init is not None else DLRM(model_config_for(ds.meta, cfg))
     check_compatible(model.config, ds.meta, str(ds.root))
-    opts = _optimizers(model, cfg)
-    loss_fn = nn.BCEWithLogitsLoss()
-    model.train()
-    started, seen, last_loss = time.time(), 0, float("nan")
+    rate = positive_rate(ds, cfg.windows)
+    if init is None:
+        init_output_bias(model, rate)
+    step = make_step(model, cfg.optimizer, cfg.lr, cfg.table_lr, cfg.weight_decay)
+    started, seen, history, best, since_best = time.time(), 0, [], None, 0
     for epoch in range(cfg.epochs):
-        running, n = 0.0, 0
-        for batch in iter_batches(ds, list(cfg.windows), cfg.batch_size, shuffle=True,
-                                  seed=cfg.seed * 1000 + epoch):
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss = loss_fn(model(batch.dense, batch.sparse), batch.labels)
-            loss.backward()
-            for o in opts:
-                o.step()
-            running += float(loss.detach()) * len(batch)
-            n += len(batch)
-            if progress is not None:
-                progress(len(batch))
-        last_loss = running / max(n, 1)
-        seen += n
+        step.scorer.train()
+        train_stats = _run_epoch(step, ds, cfg, epoch, progress)
+        seen += int(train_stats.weight)
+        record = {"epoch": epoch + 1, "train": _metrics(train_stats)}
+        if cfg.val_windows:
+            val = evaluate(step.scorer, ds, list(cfg.val_windows)).overall
+            record["validation"] = _metrics(val)
+            if best is None or val.ne < best["validation"]["ne"]:
+                best, since_best = record, 0
+                step.keep()
+            else:
+                since_best += 1
+        history.append(record)
+        if since_best >= cfg.patience:
+            break
+    model = step.finish(restore_best=bool(cfg.val_windows))
+    best = best if cfg.val_windows else history[-1]
     model.eval()
     info = {
-        "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+        | {"sparse_lr": cfg.table_lr},
         "data": str(ds.root),
         "rows_seen": seen,
-        "final_epoch_logloss": last_loss,
+        "train_positive_rate": rate,
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "metrics": {k: v for k, v in best.items() if k != "epoch"},
+        "history": history,
+        "table_optimizer_state_bytes": step.state_bytes(),
+        "final_epoch_logloss": history[-1]["train"]["logloss"],
         "seconds": round(time.time() - started, 2),
     }
     return model, info

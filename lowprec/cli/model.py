@@ -12,22 +12,27 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Prepared dataset directory.")
 @click.option("--windows", help="Training windows: `3`, `0-4`, `5,7,9`, `all` or `label:A..B` "
                                 "[the recipe's [windows] train].")
-@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML; its [windows] train applies "
-                                                                "when --windows is not given.")
 @click.option("--out", required=True, type=click.Path(), help="Model directory to write (model.safetensors + config.json).")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML: [windows] train and validate; flags override it.")
+@click.option("--val-windows", help="Validation windows: score every epoch there, stop early, keep the best epoch [recipe's `validate`].")
+@click.option("--patience", default=1, show_default=True, help="Stop after this many epochs without a lower validation NE.")
 @click.option("--seed", default=0, show_default=True, help="Seed for init and data order; same seed, same weights.")
-@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Epochs (at most, with --val-windows).")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option("--optimizer", type=click.Choice(["rowwise-adagrad", "sparse-adam"]), default="rowwise-adagrad",
+              show_default=True, help="Tables: FBGEMM's fused training TBE with row-wise Adagrad, or "
+                                      "per-table EmbeddingBags with SparseAdam (the previous path).")
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate of the MLPs.")
-@click.option("--sparse-lr", default=1e-2, show_default=True, help="SparseAdam learning rate of the tables.")
+@click.option("--sparse-lr", type=float, help="Learning rate of the tables [0.05 rowwise-adagrad, 0.01 sparse-adam].")
 @click.option("--embedding-dim", default=16, show_default=True, help="D; a multiple of 4 serves on FBGEMM.")
 @click.option("--bottom-mlp", default="64", show_default=True, help="Hidden widths of the bottom MLP (it always ends at D).")
 @click.option("--top-mlp", default="64,32", show_default=True, help="Hidden widths of the top MLP (a 1-wide output is added).")
 @click.option("--embedding", default="dense", show_default=True, help="Backend SPEC for every table.")
 @click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
-def train(data_dir, windows, recipe, out, seed, epochs, batch_size, lr, sparse_lr, embedding_dim,
-          bottom_mlp, top_mlp, embedding, table_embedding, as_json):
+def train(data_dir, windows, out, recipe, val_windows, patience, seed, epochs, batch_size, optimizer, lr,
+          sparse_lr, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding, as_json):
     """Train a float DLRM on WINDOWS of a prepared dataset and save it to OUT."""
     from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset, check_table_bytes
@@ -38,14 +43,18 @@ def train(data_dir, windows, recipe, out, seed, epochs, batch_size, lr, sparse_l
 
     claim_output(out, "model", [data_dir])
     ds = Dataset(data_dir)
-    chosen = resolve_windows(pick(windows, load_recipe(recipe), "windows", "train"), ds.meta, "train")
+    rec = load_recipe(recipe)
+    train_w = resolve_windows(pick(windows, rec, "windows", "train"), ds.meta, "train")
+    val_spec = pick(val_windows, rec, "windows", "validate")
+    val_w = resolve_windows(val_spec, ds.meta, "validate") if val_spec else []
     check_table_bytes(ds.meta, embedding_dim)
     cfg = TrainConfig(
-        windows=tuple(chosen), epochs=epochs,
-        batch_size=batch_size, lr=lr, sparse_lr=sparse_lr, seed=seed, embedding_dim=embedding_dim,
+        windows=tuple(train_w), epochs=epochs, batch_size=batch_size, lr=lr, sparse_lr=sparse_lr,
+        seed=seed, embedding_dim=embedding_dim,
         bottom_mlp=int_list(bottom_mlp, "--bottom-mlp") + (embedding_dim,),
         top_mlp=int_list(top_mlp, "--top-mlp"), embedding=embedding,
         table_embedding=name_value_pairs(table_embedding, "--table-embedding"),
+        optimizer=optimizer, val_windows=tuple(val_w), patience=patience,
     )
     with progress_bar(total_steps_rows(ds, cfg), "train") as update:
         model, info = run_train(ds, cfg, progress=update)
@@ -53,9 +62,13 @@ def train(data_dir, windows, recipe, out, seed, epochs, batch_size, lr, sparse_l
     params = sum(p.numel() for p in model.parameters())
     if as_json:
         emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info})
-    else:
-        click.echo(f"trained on {info['rows_seen']:,} rows ({epochs} epochs) in {info['seconds']}s; "
-                   f"final log-loss {fmt(info['final_epoch_logloss'])}; {params:,} parameters -> {out}")
+        return
+    m = info["metrics"]
+    val = (f"; validation NE {fmt(m['validation']['ne'])} AUC {fmt(m['validation']['auc'])}"
+           if "validation" in m else "")
+    click.echo(f"trained on {info['rows_seen']:,} rows ({info['epochs_run']} epochs, kept epoch "
+               f"{info['best_epoch']}) in {info['seconds']}s; training NE {fmt(m['train']['ne'])} "
+               f"AUC {fmt(m['train']['auc'])}{val}; {params:,} parameters -> {out}")
 
 
 @click.command(name="eval")

@@ -3,6 +3,8 @@
 Every backend maps padded ids (B, hotness) with -1 for empty slots to pooled vectors (B, D) by
 summing the embeddings of the valid ids. `lowprec.model.backends` picks the backend from the
 table's SPEC string (`dense` here; hash, qr, robe in `lowprec.model.sharing`).
+The modules hold the weights a checkpoint saves; `lowprec train` trains them in FBGEMM's fused
+training TBE by default (`lowprec.training.fused_tables`) and writes the result back here.
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ in the first robe table only (state-dict key `embeddings.<first>.shared.bag.weig
 other robe tables an unregistered reference: the state dict and safetensors hold M once.
 `lowprec.model.backends.load_table_module` rebuilds one table (with M) from a checkpoint.
 
+Training: these modules' forwards are the reference (and the `--optimizer sparse-adam` path);
+`lowprec train` by default trains hash, QR and aligned-ROBE tables as tables of one FBGEMM training
+TBE with the id transform applied first, and exact ROBE tables together in one batched lookup
+(`lowprec.training.fused_tables`, `robe_batched`), then writes the weights back into these modules.
+
 How each backend serves (its FBGEMM form and id transforms) and post-training sharing ("hot") live
 in `lowprec.serve.sharing` and `lowprec.serve.transforms`; `realign` in `lowprec.model.realign`.
 """

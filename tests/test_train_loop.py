@@ -1,0 +1,104 @@
+"""The training loop: output-bias init, validation epoch choice / early stopping, determinism,
+unchanged checkpoint keys, and the CLI's new options."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import make_tiny_dataset
+from lowprec.checkpoint.float_model import load_float_model
+from lowprec.cli import main
+from lowprec.data.dataset import Dataset, window_files
+from lowprec.evaluation.scoring import evaluate
+from lowprec.model.dlrm import DLRM
+from lowprec.train import TrainConfig, model_config_for, positive_rate, train
+
+MIXED = {"t0": "hash:ratio=3", "t1": "qr:ratio=2", "t2": "robe:ratio=2,z=8"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Windows 0-1 train; window 2's labels are inverted, so what training learns hurts there."""
+    root = make_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny", windows=4, rows=800, hotness=(1, 3, 1))
+    labels = np.load(window_files(root, 2)["labels"], mmap_mode="r+")
+    labels[:] = 1 - labels
+    labels.flush()
+    return Dataset(root)
+
+
+def test_output_bias_starts_at_the_training_prior(tiny):
+    labels = np.concatenate([np.asarray(tiny.arrays(w)[2]) for w in (0, 1)])
+    assert positive_rate(tiny, (0, 1)) == pytest.approx(labels.mean())
+    cfg = TrainConfig(windows=(0, 1), epochs=1, lr=1e-9, sparse_lr=1e-9)
+    model, info = train(tiny, cfg)
+    rate = labels.mean()
+    assert info["train_positive_rate"] == pytest.approx(rate)
+    assert float(model.top[-1].bias.detach()) == pytest.approx(math.log(rate / (1 - rate)), abs=1e-5)
+    fresh = DLRM(model_config_for(tiny.meta, cfg))
+    assert abs(float(fresh.top[-1].bias.detach()) - math.log(rate / (1 - rate))) > 1e-3  # it was not already
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise-adagrad", "sparse-adam"])
+def test_validation_keeps_the_best_epoch(tiny, optimizer):
+    cfg = TrainConfig(windows=(0, 1), epochs=3, patience=3, val_windows=(2,), optimizer=optimizer,
+                      embedding="dense", table_embedding=MIXED if optimizer == "rowwise-adagrad" else {})
+    model, info = train(tiny, cfg)
+    val_ne = [h["validation"]["ne"] for h in info["history"]]
+    assert info["epochs_run"] == 3 and len(val_ne) == 3
+    assert info["best_epoch"] == 1 + int(np.argmin(val_ne)) < 3  # inverted labels: later is worse
+    kept = evaluate(model, tiny, [2]).overall
+    assert kept.ne == pytest.approx(info["metrics"]["validation"]["ne"], rel=1e-6)
+    assert kept.ne == pytest.approx(min(val_ne), rel=1e-6)
+    assert info["metrics"]["train"]["ne"] == info["history"][info["best_epoch"] - 1]["train"]["ne"]
+
+
+def test_patience_stops_early(tiny):
+    cfg = TrainConfig(windows=(0, 1), epochs=5, patience=1, val_windows=(2,))
+    _, info = train(tiny, cfg)
+    assert info["epochs_run"] == info["best_epoch"] + 1 < 5
+
+
+def test_training_is_deterministic_per_seed_and_keys_unchanged(tiny):
+    cfg = TrainConfig(windows=(0, 1), epochs=1, table_embedding=MIXED)
+    a, _ = train(tiny, cfg)
+    b, _ = train(tiny, cfg)
+    c, _ = train(tiny, TrainConfig(windows=(0, 1), epochs=1, table_embedding=MIXED, seed=1))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    old, _ = train(tiny, TrainConfig(windows=(0, 1), epochs=1, table_embedding=MIXED, optimizer="sparse-adam"))
+    fresh = DLRM(model_config_for(tiny.meta, cfg)).state_dict()
+    assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in old.state_dict().items()} \
+        == {k: v.shape for k, v in fresh.items()}
+    assert "embeddings.1.q.weight" in sa and "embeddings.2.shared.bag.weight" in sa
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_validation_from_recipe_reports_ne(tiny, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[windows]\ntrain = "0-1"\nvalidate = "3"\n')
+    r = run("train", "--data", tiny.root, "--recipe", recipe, "--out", tmp_path / "m", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["train"]["windows"] == [0, 1] and out["train"]["val_windows"] == [3]
+    assert out["train"]["optimizer"] == "rowwise-adagrad"
+    for part in ("train", "validation"):
+        assert 0 < out["metrics"][part]["ne"] < 1 and 0.5 < out["metrics"][part]["auc"] <= 1
+    _, saved = load_float_model(tmp_path / "m")
+    assert saved["metrics"] == out["metrics"] and saved["best_epoch"] == out["best_epoch"]
+    r = run("train", "--data", tiny.root, "--windows", "0-1", "--val-windows", "1", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "also training windows" in r.output
+    r = run("train", "--data", tiny.root, "--windows", "0", "--embedding-dim", "6", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "multiple of 4" in r.output
+    r = run("train", "--data", tiny.root, "--windows", "0", "--embedding-dim", "6", "--out", tmp_path / "x",
+            "--optimizer", "sparse-adam", "--epochs", "1")
+    assert r.exit_code == 0, r.output
