@@ -111,7 +111,7 @@ TEXT: dict[str, list[str]] = {
         "0.77 (mean 0.084 / 0.109) at fp32. A count-weighted projection (prototype in this tool, weights "
         "= calibration row counts) tracks the exact model's AUC (0.7943 vs 0.7933, 0.7183 vs 0.7181) and "
         "cuts the mean |Δp| to 0.071 / 0.013, but the maximum stays ~0.5: with ~16 ids per aligned row, "
-        "no projection can be exact for more than one of them. `sharing.realign` + one epoch of "
+        "no projection can be exact for more than one of them. `lowprec.model.realign.realign` + one epoch of "
         "fine-tuning (MovieLens) gives an aligned model (0.8084) that then serves exactly. Conclusion: "
         "train `align=1` (or realign and fine-tune); treat the exact form as a research setting.",
     ],
