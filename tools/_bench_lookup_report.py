@@ -92,6 +92,15 @@ def meaning(result: dict[str, Any]) -> list[str]:
           "cache-sized blocks of rows, and cuts each batch out with one copy), as TorchRec's loaders build KeyedJaggedTensors; the runtime still accepts the "
           "matrix for convenience.",
           ]
+    return md + _tbe_precision_placement(result)
+
+
+def _tbe_precision_placement(result: dict[str, Any]) -> list[str]:
+    """The interpretation's last bullets: one TBE vs 26 EmbeddingBags, precision, placement."""
+    cfgs = result["configs"]
+    names = list(cfgs[0]["lowprec_over_fbgemm"])
+    med = lambda c, key, n: c[key][n]["median"]  # noqa: E731
+    md = []
     eb = [med(c, "tbe_over_embeddingbag", "fp32") for c in cfgs if "fp32" in c["tbe_over_embeddingbag"]]
     small = next((c for c in cfgs if c["dim"] == min(x["dim"] for x in cfgs) and c["pooling"] == 1), None)
     if eb:
@@ -127,7 +136,6 @@ def meaning(result: dict[str, Any]) -> list[str]:
 def render(result: dict[str, Any], out_dir: Path) -> list[str]:
     figs = figures(result, out_dir)
     cfgs = result["configs"]
-    names = list(cfgs[0]["lowprec_over_fbgemm"])
     s = result["settings"]
     total_rows = sum(cfgs[0]["rows"])
     md = [
@@ -143,6 +151,13 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
         f"{result['plan']['source']}. Ratios are paired per repeat: median [min-max].", "",
         "**lowprec / raw FBGEMM throughput** (raw time / lowprec time; target >= 0.95):", "",
     ]
+    return (md + _ratio_table(result) + _time_tables(result, figs) + _where_time_goes(result) + meaning(result)
+            + _correctness(cfgs))
+
+
+def _ratio_table(result: dict[str, Any]) -> list[str]:
+    cfgs = result["configs"]
+    names = list(cfgs[0]["lowprec_over_fbgemm"])
     rows = []
     for c in cfgs:
         cells = []
@@ -150,10 +165,14 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
             r = c["lowprec_over_fbgemm"][n]
             cells.append(("**" if r["median"] < 0.95 else "") + bc.fmt_ratio(r) + ("**" if r["median"] < 0.95 else ""))
         rows.append([_cfg_name(c)] + cells)
-    md += bc.md_table(["config"] + names, rows)
-    md += ["(bold: below the 0.95 target)", "",
-           f"![lowprec vs FBGEMM]({figs[0]})", "",
-           "**Time per batch, ms** (median [min-max]):", ""]
+    return bc.md_table(["config"] + names, rows) + ["(bold: below the 0.95 target)", ""]
+
+
+def _time_tables(result: dict[str, Any], figs: list[str]) -> list[str]:
+    cfgs = result["configs"]
+    names = list(cfgs[0]["lowprec_over_fbgemm"])
+    md = [f"![lowprec vs FBGEMM]({figs[0]})", "",
+          "**Time per batch, ms** (median [min-max]):", ""]
     variants = [EB] + [f"fbgemm {n}" for n in names] + [f"lowprec {n}" for n in names] + [SEPARATE, f"lowprec {names[0]}, id matrix", INPUTS]
     rows = [[v] + [bc.fmt_spread(bc.spread(c["times"][v]), 1e3, 3) for c in cfgs] for v in variants]
     md += bc.md_table(["variant"] + [_cfg_name(c) for c in cfgs], rows)
@@ -169,12 +188,17 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
     md += bc.md_table(["config", "raw TBE fp32 / 26 EmbeddingBags", "lowprec fp32 / 26 EmbeddingBags"]
                       + [f"FBGEMM {n} vs fp32" for n in names if n != "fp32"]
                       + ["fp32: separate module / lowprec's module (same bytes)"], rows)
-    p0 = names[0]
-    md += [f"**Where the time goes** ({p0}; ms per batch, median [min-max] over repeats): lowprec - raw = "
-           "lowprec's forward on FeatureIds minus raw FBGEMM on the same tensors (Python); conversion = the id "
-           "matrix turned into FeatureIds alone (now the loader's work); id matrix input = what handing the "
-           "runtime the matrix instead adds to a call (the conversion plus the cache lines it evicts). "
-           "Last column: top-level ops of lowprec's forward under torch.profiler.", ""]
+    return md
+
+
+def _where_time_goes(result: dict[str, Any]) -> list[str]:
+    cfgs = result["configs"]
+    p0 = next(iter(cfgs[0]["lowprec_over_fbgemm"]))
+    md = [f"**Where the time goes** ({p0}; ms per batch, median [min-max] over repeats): lowprec - raw = "
+          "lowprec's forward on FeatureIds minus raw FBGEMM on the same tensors (Python); conversion = the id "
+          "matrix turned into FeatureIds alone (now the loader's work); id matrix input = what handing the "
+          "runtime the matrix instead adds to a call (the conversion plus the cache lines it evicts). "
+          "Last column: top-level ops of lowprec's forward under torch.profiler.", ""]
     rows = []
     for c in cfgs:
         o = c["overhead_ms"]
@@ -186,12 +210,14 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
                      bc.fmt_spread(o["matrix_input"], 1, 3), top])
     md += bc.md_table(["config", f"raw FBGEMM {p0}", "lowprec - raw", "conversion", "id matrix input",
                        "profiler, lowprec forward"], rows)
-    md += meaning(result)
-    bad = {k: v for c in cfgs for k, v in c["max_abs_diff"].items() if not k.startswith("EmbeddingBag") and v != 0}
-    md += ["Correctness: lowprec's outputs and raw FBGEMM's (same and separate module) are identical on every configuration"
-           + ("." if not bad else f" except {bad}.") +
-           f" lowprec fp32 vs the EmbeddingBags: max |diff| "
-           f"{max(c['max_abs_diff']['EmbeddingBag vs lowprec fp32'] for c in cfgs):.2g} (summation order).", ""]
     return md
+
+
+def _correctness(cfgs: list[dict[str, Any]]) -> list[str]:
+    bad = {k: v for c in cfgs for k, v in c["max_abs_diff"].items() if not k.startswith("EmbeddingBag") and v != 0}
+    return ["Correctness: lowprec's outputs and raw FBGEMM's (same and separate module) are identical on every configuration"
+            + ("." if not bad else f" except {bad}.") +
+            f" lowprec fp32 vs the EmbeddingBags: max |diff| "
+            f"{max(c['max_abs_diff']['EmbeddingBag vs lowprec fp32'] for c in cfgs):.2g} (summation order).", ""]
 
 
