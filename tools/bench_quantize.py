@@ -2,8 +2,11 @@
 
 Owns the side-by-side comparison behind reports/quantize.md: FBGEMM's own quantize ops, ATen's
 embedding_bag_4bit_prepack (with and without its L2-greedy `optimized_qparams`) and lowprec's
-`fused_rows` (min/max and L2 search) at 8/4/2 bits, on a Gaussian table and a trained-like
-heavy-tailed one (Student-t(3) values times a log-normal per-row scale).
+`fused_rows` (min/max and L2 search) at 8/4/2 bits, and the fp16 and fp8 table handlers
+(`lowprec.serve.tables.table_codec`), on a Gaussian table and a trained-like heavy-tailed one
+(Student-t(3) values times a log-normal per-row scale). A second, errors-only sweep compares every
+table precision (fp32, fp16, fp8, int8, int4, int2, min/max) on Gaussian tables of decreasing
+magnitude: fp8 has no per-row scale, so its error depends on the values' size, the others' does not.
 
 Measured per method, each in its own subprocess (so peak RSS is its own):
   GB/s   = fp32 input bytes / wall seconds per call (median of --repeats, after one warm-up call)
@@ -13,6 +16,8 @@ The slow ATen optimized path runs on the first --aten-rows rows only (normalised
 method's MSE is also reported on those same rows, so error ratios compare like with like.
 
 Usage: .venv/bin/python tools/bench_quantize.py [--rows 1000000] [--dim 64] [--out reports/quantize.md]
+       .venv/bin/python tools/bench_quantize.py --precisions-only --out reports/quantize.md   # only the
+           table-precision error sweep (seconds): replaces its marked block in the report
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _table_precisions import precision_errors, precisions_md, replace_block  # noqa: E402
+
 # name -> (bits, description); the worker knows how to run and decode each
 METHODS = {
     "fbgemm_int8": (8, "fbgemm FloatToFused8BitRowwiseQuantized"),
@@ -46,6 +54,8 @@ METHODS = {
     "lowprec_l2_4": (4, "lowprec fused_rows(bits=4, 'l2')"),
     "lowprec_l2_2": (2, "lowprec fused_rows(bits=2, 'l2')"),
     "lowprec_l2_4_1t": (4, "lowprec fused_rows(bits=4, 'l2'), 1 thread"),
+    "lowprec_fp16": (16, "lowprec table_codec(fp16)"),
+    "lowprec_fp8": (8, "lowprec table_codec(fp8): HFP8 1-4-3, bias 7, no scale"),
 }
 TABLES = ("gauss", "heavy")
 NOTES = [
@@ -58,6 +68,9 @@ NOTES = [
     "FloatToFused8BitRowwiseQuantized codes (from fp32 scale/bias), scale/bias cast to fp16. "
     "FloatToFusedNBitRowwiseQuantizedSBHalf(8) instead rounds scale/bias to fp16 before coding "
     "(its row shows the difference).",
+    "- fp16 and fp8 rows go through the table handlers the converter uses (`table_codec(P).encode`, "
+    "decoded with `.decode`, which is what the TBE's lookup returns); 'vs min/max' compares fp8 with "
+    "int8 min/max (the same 8 bits a value; int8 adds 4 bytes of scale/bias per row).",
     "- lowprec l2: per row, the best of a small grid of clipping ranges [min + aR, max - cR], then two "
     "over-relaxed least-squares (Lloyd) steps on (scale, bias), all with the fp16 values stored; "
     "near-ties with min/max re-scored exactly, so no row is worse than min/max. See "
@@ -112,6 +125,12 @@ def run_method(name: str, x: torch.Tensor):
         opt = name.endswith("opt")
         return (lambda: torch.ops.quantized.embedding_bag_4bit_prepack(x, opt)), (
             lambda o: decode_codes_last(o, 4, dim))
+    if name in ("lowprec_fp16", "lowprec_fp8"):
+        from lowprec.precision import Precision
+        from lowprec.serve.tables import table_codec
+
+        codec = table_codec(Precision(name.removeprefix("lowprec_")))
+        return (lambda: codec.encode(x)), (lambda o: codec.decode(o, dim))
     method = "l2" if "_l2_" in name else "minmax"  # lowprec_l2_4_1t: same call, 1 torch thread
     return (lambda: fused_rows(x, bits, method)), (lambda o: fused_to_float(o, bits, dim))
 
@@ -152,7 +171,8 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def sweep_worker(args: argparse.Namespace) -> None:
-    """int4 MSE of lowprec l2 and min/max vs ATen optimized over embedding dims (errors only)."""
+    """int4 MSE of lowprec l2 and min/max vs ATen optimized over embedding dims, and every table
+    precision's error over value magnitudes (errors only)."""
     import fbgemm_gpu  # noqa: F401
 
     from lowprec.quant.rowwise import fused_rows, fused_to_float
@@ -164,7 +184,8 @@ def sweep_worker(args: argparse.Namespace) -> None:
             aten = decode_codes_last(torch.ops.quantized.embedding_bag_4bit_prepack(x, True), 4, dim)
             mse = {m: (fused_to_float(fused_rows(x, 4, m), 4, dim) - x).square().mean().item() for m in ("minmax", "l2")}
             res.append({"dim": dim, "table": table, "aten": (aten - x).square().mean().item(), **mse})
-    print(json.dumps(res))
+    precisions = precision_errors(make_table("gauss", args.sweep_rows, args.dim, seed=2))
+    print(json.dumps({"dims": res, "precisions": precisions}))
 
 
 def machine() -> dict[str, str]:
@@ -215,7 +236,7 @@ def fmt_gbs(gbs: list[float]) -> str:
 
 def table_md(rows: list[Row], table: str) -> list[str]:
     by = {r.method: r for r in rows if r.table == table}
-    minmax = {b: by[f"lowprec_minmax{b}"].mse_shared for b in (8, 4, 2)}
+    minmax = {b: by[f"lowprec_minmax{b}"].mse_shared for b in (8, 4, 2)}  # fp16: no min/max row
     aten = by["aten_4bit_opt"]
     out = [f"### {table} table", "",
            "| method | bits | rows timed | GB/s fp32 in, median [min-max] | GB per CPU-s | MSE (all rows) | "
@@ -225,15 +246,16 @@ def table_md(rows: list[Row], table: str) -> list[str]:
         r = by[name]
         speed = statistics.median(r.gbs) / statistics.median(aten.gbs)
         vs_aten = f"{r.mse_shared / aten.mse_shared:.4f}" if bits == 4 else ""
+        vs_minmax = f"{r.mse_shared / minmax[bits]:.4f}" if bits in minmax else ""
         out.append(f"| {desc} | {bits} | {r.rows:,} | {fmt_gbs(r.gbs)} | {r.gb_per_cpu_s:.3f} | {r.mse:.4g} | {r.mse_shared:.4g} | "
-                   f"{r.mse_shared / minmax[bits]:.4f} | {vs_aten} | {speed:.0f}x | {r.hwm_mb:.0f} (+{r.hwm_growth_mb:.0f}) |")
+                   f"{vs_minmax} | {vs_aten} | {speed:.0f}x | {r.hwm_mb:.0f} (+{r.hwm_growth_mb:.0f}) |")
     return out + [""]
 
 
 def sweep_md(sweep: list[dict]) -> list[str]:
     out = ["### int4 error across embedding dims (lowprec l2 vs ATen optimized, same rows)", "",
            "| dim | table | ATen opt / min-max | lowprec l2 / min-max | lowprec l2 / ATen opt |", "|---|---|---|---|---|"]
-    for s in sweep:
+    for s in sweep["dims"]:
         out.append(f"| {s['dim']} | {s['table']} | {s['aten'] / s['minmax']:.4f} | {s['l2'] / s['minmax']:.4f} | {s['l2'] / s['aten']:.4f} |")
     return out + [""]
 
@@ -254,6 +276,44 @@ def headline(rows: list[Row]) -> list[str]:
     return out
 
 
+def full_report(args: argparse.Namespace, command: str) -> list[str]:
+    """Every method on both tables, each in its own process, then the error sweeps: the whole report."""
+    load0 = os.getloadavg()
+    rows = []
+    for table in TABLES:
+        for name in METHODS:
+            rows.append(Row(**json.loads(spawn(args, "--worker", "--method", name, "--table", table))))
+            print(f"  {table:5s} {name:16s} {fmt_gbs(rows[-1].gbs)} GB/s  mse {rows[-1].mse:.4g}", file=sys.stderr)
+    sweep = json.loads(spawn(args, "--sweep"))
+    m = machine()
+    m["threads"] = str(rows[0].threads)
+    load = f"{load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end"
+    return [f"# Row-wise quantization benchmark", "", "```", command, "```", "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, fbgemm-gpu-cpu {m['fbgemm']}, "
+            f"python {m['python']}, {m['threads']} torch threads per worker (OMP_WAIT_POLICY="
+            f"{args.omp_wait_policy or 'unset'}); {m['date']}; 1-min load average {load}.",
+            f"Tables: {args.rows:,} x {args.dim} fp32 (ATen optimized: first {args.aten_rows:,} rows); "
+            f"{args.repeats} timed calls after one warm-up, each method in its own process.", "",
+            "## Headline", "", *headline(rows), "", *NOTES, "", "## Results", "",
+            *table_md(rows, "gauss"), *table_md(rows, "heavy"), *sweep_md(sweep),
+            *precisions_md(sweep["precisions"], args.sweep_rows, args.dim)]
+
+
+def precisions_only(args: argparse.Namespace, command: str) -> list[str]:
+    """Only the table-precision error sweep (errors only, in this process): its block of the report."""
+    import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+
+    m = machine()
+    partial = (f"Measured on its own: `{command}` ({m['date']}, {m['cpu']}, 1-min load average "
+               f"{os.getloadavg()[0]:.2f}); errors only, which the machine's load does not move. The sections "
+               "above come from the full run recorded at the top of this file; fp16 and fp8 rows join their "
+               "throughput/RSS tables at the next full run (`.venv/bin/python tools/bench_quantize.py "
+               "--out reports/quantize.md`: 30 worker processes, over 15 min on a busy 2-core machine, "
+               "whose wall-clock columns a busy machine would distort).")
+    errors = precision_errors(make_table("gauss", args.sweep_rows, args.dim, seed=2))
+    return precisions_md(errors, args.sweep_rows, args.dim, partial)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -266,6 +326,8 @@ def main() -> None:
                    help="OMP_WAIT_POLICY for the workers ('' keeps the environment's): on a shared machine "
                    "OpenMP's default spin-waiting collapses multi-threaded ops when another process holds a core")
     p.add_argument("--out", default=None, help="write the Markdown report here")
+    p.add_argument("--precisions-only", action="store_true",
+                   help="run only the table-precision error sweep and replace its block in --out")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", choices=sorted(METHODS), help=argparse.SUPPRESS)
@@ -277,27 +339,12 @@ def main() -> None:
         return sweep_worker(args)
     interp = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
     command = shlex.join([interp, sys.argv[0], *sys.argv[1:]]) + "   # from the repository root"
-    load0 = os.getloadavg()
-    rows = []
-    for table in TABLES:
-        for name in METHODS:
-            rows.append(Row(**json.loads(spawn(args, "--worker", "--method", name, "--table", table))))
-            print(f"  {table:5s} {name:16s} {fmt_gbs(rows[-1].gbs)} GB/s  mse {rows[-1].mse:.4g}", file=sys.stderr)
-    sweep = json.loads(spawn(args, "--sweep"))
-    m = machine()
-    m["threads"] = str(rows[0].threads)
-    load = f"{load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end"
-    md = [f"# Row-wise quantization benchmark", "", "```", command, "```", "",
-          f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, fbgemm-gpu-cpu {m['fbgemm']}, "
-          f"python {m['python']}, {m['threads']} torch threads per worker (OMP_WAIT_POLICY="
-          f"{args.omp_wait_policy or 'unset'}); {m['date']}; 1-min load average {load}.",
-          f"Tables: {args.rows:,} x {args.dim} fp32 (ATen optimized: first {args.aten_rows:,} rows); "
-          f"{args.repeats} timed calls after one warm-up, each method in its own process.", "",
-          "## Headline", "", *headline(rows), "", *NOTES, "", "## Results", "",
-          *table_md(rows, "gauss"), *table_md(rows, "heavy"), *sweep_md(sweep)]
+    md = precisions_only(args, command.split("   #")[0]) if args.precisions_only else full_report(args, command)
     text = "\n".join(md)
     print(text)
-    if args.out:
+    if args.out and args.precisions_only:
+        replace_block(args.out, md)
+    elif args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
 
