@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
+from lowprec.checkpoint.mapped import open_tensors
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -98,8 +98,7 @@ def load_artifact(path: str | Path) -> tuple[QuantizedDLRM, dict[str, Any]]:
     root = Path(path)
     manifest = read_manifest(root)
     where = str(root / MANIFEST)
-    try:
-        with safe_open(str(root / WEIGHTS), framework="pt") as src:
-            return build_runtime(manifest, src, where), manifest
-    except (SafetensorError, KeyError, TypeError, ValueError) as exc:
+    try:  # read-only mapping (lowprec.checkpoint.mapped): works for files larger than RAM
+        return build_runtime(manifest, open_tensors(root / WEIGHTS), where), manifest
+    except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{where}: artifact is inconsistent with {WEIGHTS} ({exc!r})") from exc
