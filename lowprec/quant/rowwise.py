@@ -13,7 +13,9 @@ Row layout the TBE expects (verified on fbgemm-gpu-cpu 1.8.0 by filling a TBE an
   (`pad_rows`). FBGEMM's quantize ops put (scale, bias) at the END of each row instead; the TBE's
   default (reverse_qparam=False) wants them first, which is what `fused_rows` writes.
 
-Min/max codes, bit-exact with FBGEMM (L = 2**bits - 1, fp16() rounds to nearest even):
+Min/max rows are made by FBGEMM's own ops (`_fbgemm_minmax`; the reference path below is used
+for rows they cannot take and to name bad rows), bit-exact with (L = 2**bits - 1, fp16() rounds
+to nearest even):
   int4/int2 (FloatToFusedNBitRowwiseQuantizedSBHalf): b = fp16(min); s = fp16((max - b) / L)
       (1 if that range or s is 0); q = clamp(rint((x - b) * (1 / s)), 0, L).
   int8 (FBGEMM's TBE recipe `fbgemm_gpu.tbe.utils.quantize.quantize_embs`): codes of
@@ -46,6 +48,7 @@ SUPPORTED_BITS = (32, 16, 8, 4, 2)
 INT_BITS = (8, 4, 2)
 METHODS = ("minmax", "l2")
 _CHUNK_ELEMS = 1 << 19
+_FBGEMM_BLOCK = 1 << 20  # values per block through FBGEMM's quantize ops (4 MB of fp32)
 _SB_BYTES = 4  # fp16 scale + fp16 bias
 _FP16_INF_FROM = 65520.0  # the smallest magnitude that rounds to fp16 infinity
 
@@ -193,6 +196,8 @@ def fused_rows(
     x = _as_rows(x)
     if bits in (32, 16):
         return _fused_float(x, bits)
+    if method == "minmax" and (out := _fbgemm_minmax(x, bits)) is not None:
+        return out
     out = torch.empty(x.shape[0], fused_row_bytes(x.shape[1], bits), dtype=torch.uint8)
     codes = out[:, _SB_BYTES:]  # packed codes are written straight into the rows
     if method == "minmax":
@@ -201,6 +206,50 @@ def fused_rows(
     else:
         enc = _encode_l2(x, bits, weights, config, codes)
     out[:, :_SB_BYTES] = torch.cat((enc.scale, enc.bias), 1).half().view(torch.uint8)
+    return out
+
+
+def _fbgemm_minmax(x: Tensor, bits: int) -> Tensor | None:
+    """min/max rows through FBGEMM's own quantize ops, rearranged to (scale, bias) first.
+
+    FBGEMM's ops ignore NaN and do not check fp16 range: each block's sum (non-finite whenever a
+    value is NaN/Inf) and the stored fp16 (scale, bias) are checked, and None (use the reference
+    path, which names the bad row) is returned on any doubt, or where the op does not apply (no
+    rows; int2 rows of an odd byte count; rows that are not whole 4-byte words)."""
+    rows, dim = x.shape
+    cb = dim * bits // 8
+    if rows == 0 or cb % 4:
+        return None
+    import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+
+    width = _SB_BYTES + cb
+    step = max(1, _FBGEMM_BLOCK // dim)  # blocks of 4 MB of fp32: few Python calls per chunk
+    sums = torch.empty(-(-rows // step))
+    if bits == 8:
+        out = torch.empty(rows, width, dtype=torch.uint8)
+        q = torch.empty(min(step, rows), dim + 8, dtype=torch.uint8)
+        for k, i in enumerate(range(0, rows, step)):
+            block = x[i : i + step]
+            qb = torch.ops.fbgemm.FloatToFused8BitRowwiseQuantizedOut(q[: block.shape[0]], block)
+            torch.sum(block, dim=None, out=sums[k])
+            out[i : i + step, :_SB_BYTES] = qb[:, dim:].view(torch.float32).half().view(torch.uint8)
+            out[i : i + step, _SB_BYTES:].view(torch.int32).copy_(qb[:, :dim].view(torch.int32))
+    else:
+        # Each FBGEMM row [codes | sb] is copied whole, 4 bytes later than its row starts, so its
+        # codes land in place and its sb in the next row's sb slot; one column shift fixes that.
+        flat = torch.empty((rows + 1) * width, dtype=torch.uint8)
+        for k, i in enumerate(range(0, rows, step)):
+            block = x[i : i + step]
+            qb = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(block, bits)
+            torch.sum(block, dim=None, out=sums[k])
+            flat[_SB_BYTES + i * width : _SB_BYTES + (i + block.shape[0]) * width] = qb.view(-1)
+        words = flat.view(torch.int32).view(rows + 1, width // 4)
+        words[:rows, 0] = words[1:, 0].clone()
+        out = flat[: rows * width].view(rows, width)
+    if not bool(torch.isfinite(sums).all()):
+        return None
+    if not bool(torch.isfinite(_dense(out[:, :_SB_BYTES]).view(torch.float16)).all()):
+        return None
     return out
 
 
