@@ -4,7 +4,8 @@ manifest.json records the format version; lowprec, torch and fbgemm versions; th
 the plan; per logical table its rows, dim, precision, sharing and bytes; the physical TBE tables,
 TBE features (physical table + id transform) and how each logical table combines them; per layer
 its precision and activation qparams; and the sha256 of every other file. Loading verifies every
-hash before reading a byte of weights, then builds `QuantizedDLRM` (torch + fbgemm_gpu only).
+hash before reading a byte of weights, then builds `QuantizedDLRM` (torch + fbgemm_gpu only). The
+TBE looks rows up in place in a read-only mapping of weights.safetensors (no copy of the tables).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lowprec.checkpoint.mapped import open_tensors
+from lowprec.checkpoint.mapped import MappedTensors, open_tensors
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -23,6 +24,7 @@ from lowprec.model.quantized import (
     Int8Linear, PhysicalTable, QuantizedDLRM, QuantizedEmbeddings, TableServing,
 )
 from lowprec.precision import Precision
+from lowprec.quant.rowwise import fused_row_bytes
 
 FORMAT = "lowprec-artifact"
 FORMAT_VERSION = 1
@@ -74,6 +76,24 @@ def _layer_module(name: str, spec: dict[str, Any], src: Any) -> torch.nn.Module:
     return layer
 
 
+def in_place_offsets(src: Any, tables: list[PhysicalTable]) -> tuple[torch.Tensor, list[int]] | None:
+    """(file bytes, offset of each table) when every table is stored in one mapped file exactly
+    as the CPU TBE lays rows out (unpadded), else None (the rows are then copied into the TBE)."""
+    if not isinstance(src, MappedTensors) or not tables:
+        return None
+    flat, offsets = None, []
+    for t in tables:
+        name = f"tables.{t.key}"
+        if name not in src or src.shape(name) != (t.rows, fused_row_bytes(t.dim, t.precision.bits)):
+            return None
+        data, offset = src.file_bytes(name)
+        if flat is not None and data.data_ptr() != flat.data_ptr():
+            return None
+        flat = data
+        offsets.append(offset)
+    return flat, offsets
+
+
 def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDLRM:
     config = DLRMConfig.from_json(manifest["model"], where)
     tables = [PhysicalTable(t["key"], int(t["rows"]), int(t["dim"]), Precision.parse(t["precision"]))
@@ -83,9 +103,14 @@ def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDL
                for s in manifest["serving"]]
     layers = {name: _layer_module(name, spec, src) for name, spec in manifest["layers"].items()}
     buffers = {name: src.get_tensor(f"buffers.{name}") for name in manifest.get("buffers", [])}
-    embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers)
+    in_place = in_place_offsets(src, tables)
+    embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers,
+                                     allocate=in_place is None)
     try:
-        embeddings.load_rows(lambda key: src.get_tensor(f"tables.{key}"))
+        if in_place is not None:  # the TBE reads the mapped artifact: no copy of the tables
+            embeddings.serve_from(*in_place)
+        else:
+            embeddings.load_rows(lambda key: src.get_tensor(f"tables.{key}"))
     except ValueError as exc:
         raise InputError(f"{where}: {exc}") from exc
     runtime = QuantizedDLRM(config, embeddings, layers)

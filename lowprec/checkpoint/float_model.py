@@ -11,13 +11,14 @@ of tensor names and shapes, and that every weight is finite, and never unpickles
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import save_file
 
 import lowprec
 from lowprec.checkpoint.mapped import MappedTensors, open_tensors
+from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.model.config import DLRMConfig
@@ -41,6 +42,29 @@ def save_float_model(model: DLRM, out: str | Path, info: dict[str, Any] | None =
             "torch_version": lowprec.TORCH_VERSION,
             "model": model.config.to_json(),
             "info": info or {},
+            "sha256": {WEIGHTS: sha256_file(tmp / WEIGHTS)},
+        })
+    return Path(out)
+
+
+def write_float_model(out: str | Path, config: DLRMConfig,
+                      pieces: Callable[[str, tuple[int, ...]], Iterator[torch.Tensor]],
+                      info: dict[str, Any] | None = None) -> Path:
+    """Write a float model tensor by tensor without holding it: `pieces(name, shape)` yields each
+    tensor's fp32 values in consecutive row blocks (for models larger than RAM: imports, tests,
+    benchmarks). The sha256 is computed while writing would need a second pass; it is read back."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in DLRM(config).state_dict().items()}
+    with atomic_dir(out) as tmp:
+        writer = TensorFileWriter(tmp / WEIGHTS)
+        for name in sorted(shapes):
+            with writer.stream(name, torch.float32, shapes[name]) as put:
+                for piece in pieces(name, shapes[name]):
+                    put(piece.float())
+        writer.close()
+        write_json(tmp / "config.json", {
+            "format": FORMAT, "version": FORMAT_VERSION, "lowprec_version": lowprec.__version__,
+            "torch_version": lowprec.TORCH_VERSION, "model": config.to_json(), "info": info or {},
             "sha256": {WEIGHTS: sha256_file(tmp / WEIGHTS)},
         })
     return Path(out)
@@ -78,11 +102,21 @@ def open_weights(model_dir: Path, recorded: dict[str, str] | None,
 
 
 def check_finite_chunk(where: Path, name: str, row: int, chunk: torch.Tensor) -> None:
-    """InputError naming the tensor and the first index of a NaN/Inf in a row chunk."""
-    if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
-        bad = torch.nonzero(~torch.isfinite(chunk.reshape(chunk.shape or (1,))))[0].tolist()
-        bad[0] += row
-        raise InputError(f"{where}: tensor {name!r} holds NaN/Inf (first at index {bad})")
+    """InputError naming the tensor and the first index of a NaN/Inf in a row chunk.
+
+    A sum (one pass, no temporary; NaN/Inf always make it non-finite) clears almost every chunk;
+    only then is the chunk searched, in blocks (torch.isfinite allocates several copies)."""
+    if not chunk.is_floating_point() or bool(torch.isfinite(chunk.sum())):
+        return
+    flat = chunk.reshape(chunk.shape[0], -1) if chunk.dim() else chunk.reshape(1, 1)
+    for start in range(0, flat.shape[0], 1 << 14):
+        bad = ~torch.isfinite(flat[start:start + (1 << 14)])
+        if bad.any():
+            r, c = torch.nonzero(bad)[0].tolist()
+            index = [row + start + r, *([c] if chunk.dim() == 2 else [])] if chunk.dim() <= 2 else \
+                [row + start + r, *torch.unravel_index(torch.tensor(c), chunk.shape[1:])]
+            raise InputError(f"{where}: tensor {name!r} holds NaN/Inf (first at index "
+                             f"{[int(i) for i in index]})")
 
 
 def check_finite(state: dict[str, torch.Tensor], where: Path) -> None:

@@ -364,6 +364,15 @@ class MappedTensors:
             return as_tensor(self.files[p.file].buf, p)
         return self.table(name).tensor()
 
+    def file_bytes(self, name: str) -> tuple[torch.Tensor, int]:
+        """(the whole file holding tensor `name` as a flat read-only uint8 view, the tensor's byte
+        offset in it): for consumers that address several tensors of one file by offset."""
+        e = self._need(name)
+        if not isinstance(e, Entry):
+            raise InputError(f"{self.path}: {name!r} is stored in row shards, not in one file")
+        flat = Entry(e.file, "", "U8", (self.files[e.file].size,), 0, self.files[e.file].size)
+        return as_tensor(self.files[e.file].buf, flat), e.start
+
     get_tensor = tensor  # the name safetensors' safe_open uses, for code written against it
 
     def entries_in_file_order(self) -> list[tuple[str, Entry]]:

@@ -65,7 +65,8 @@ class TensorFileWriter:
     @contextlib.contextmanager
     def stream(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> Iterator[Callable[[torch.Tensor], None]]:
         """Write tensor `name` of `shape` in pieces: `put(piece)` for consecutive row blocks, in order.
-        On leaving the block exactly shape's bytes must have been put (ValueError otherwise)."""
+        On leaving the block exactly shape's bytes must have been put (ValueError otherwise); on any
+        error the partial tensor is dropped."""
         self._check_new(name)
         start, need = self.offset, math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
         self._open_stream = True
@@ -79,10 +80,15 @@ class TensorFileWriter:
 
         try:
             yield put
+            if self.offset - start != need:
+                raise ValueError(f"tensor {name!r}: {self.offset - start} bytes written, shape needs {need}")
+        except BaseException:  # drop the partial tensor: the file stays consistent
+            self.fh.seek(8 + self.reserve + start)
+            self.fh.truncate()
+            self.offset = start
+            raise
         finally:
             self._open_stream = False
-        if self.offset - start != need:
-            raise ValueError(f"tensor {name!r}: {self.offset - start} bytes written, shape needs {need}")
         self.entries.append((name, _DTYPES[dtype], list(shape), start, self.offset))
 
     def _header(self) -> bytes:

@@ -83,7 +83,8 @@ class QuantizedEmbeddings(nn.Module):
     """Every logical table served by one TBE: ids -> pooled (B, T, D)."""
 
     def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
-                 serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None):
+                 serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None,
+                 allocate: bool = True):
         super().__init__()
         self.dim, self.physical, self.features, self.serving = dim, tables, features, serving
         self.id_buffers = dict(buffers or {})
@@ -92,7 +93,8 @@ class QuantizedEmbeddings(nn.Module):
             [(t.key, t.rows, t.dim, t.precision.sparse_type, EmbeddingLocation.HOST) for t in tables],
             feature_table_map=[index[f.table] for f in features],
             output_dtype=SparseType.FP32, device="cpu", bounds_check_mode=BoundsCheckMode.NONE)
-        self.tbe.initialize_weights()
+        if allocate:  # else the caller serves the TBE from existing bytes (`serve_from`)
+            self.tbe.initialize_weights()
         by_key = {t.key: t for t in tables}
         self._slices = _slices(features, by_key)
         self.hotness = tuple(s.hotness for s in serving)
@@ -116,6 +118,14 @@ class QuantizedEmbeddings(nn.Module):
                 raise ValueError(f"table {table.key!r}: rows of shape {tuple(rows.shape)} do not fit "
                                  f"{table.rows} rows of <= {dst.shape[1]} bytes")
             dst[:, : rows.shape[1]].copy_(rows)
+
+    def serve_from(self, flat: torch.Tensor, offsets: list[int]) -> None:
+        """Look rows up in place in `flat` (uint8, e.g. a read-only mapping of the artifact file),
+        physical table t's rows starting at byte offsets[t]: no copy. Build with allocate=False."""
+        self.tbe.weights_host = flat
+        self.tbe.weights_physical_offsets = [int(o) for o in offsets]
+        self.tbe.initialize_logical_weights_placements_and_offsets()
+        self.tbe.weight_initialized = True
 
     def feature_ids(self, sparse: torch.Tensor | FeatureIds) -> FeatureIds:
         """The ids as FeatureIds (an id matrix is converted here: the data loader can do it instead,
