@@ -101,7 +101,8 @@ class QuantizedForm:
         return rows + sum(b.numel() * b.element_size() for b in self.buffers.values())
 
 
-def _rows_are_ids(form: DeployForm) -> bool:
+def rows_are_ids(form: DeployForm) -> bool:
+    """One physical table looked up by the logical ids themselves (a dense table kept dense)."""
     return (len(form.tables) == 1 and len(form.groups) == 1 and len(form.groups[0]) == 1
             and form.groups[0][0].transform.get("kind") == "identity")
 
@@ -117,7 +118,7 @@ def quantize_form(form: DeployForm, choice: TableChoice, row_counts: torch.Tenso
         if padded.shape[1] != weight.shape[1]:
             padded_from[key] = int(weight.shape[1])
         # Access counts weight a table's rows only where physical rows are the logical ids.
-        counts = row_counts if row_counts is not None and _rows_are_ids(form) else None
+        counts = row_counts if row_counts is not None and rows_are_ids(form) else None
         table = PhysicalTable(key, int(padded.shape[0]), int(padded.shape[1]), choice.precision)
         physical.append((table, table_rows_bytes(padded, choice, counts)))
     return QuantizedForm(physical, form.groups, dict(form.buffers), form.exact, padded_from)

@@ -19,11 +19,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lowprec.checkpoint.convert import QuantizedForm, embeddings_from_forms, quantize_form
+from lowprec.checkpoint.convert import QuantizedForm, embeddings_from_forms, quantize_form, rows_are_ids
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.metrics import BinaryStats
-from lowprec.model.deploy import post_training_form
+from lowprec.model.deploy import dense_form, post_training_form
 from lowprec.model.dlrm import DLRM, dlrm_forward, interact, split_sparse
 from lowprec.model.quantized import Int8Linear
 from lowprec.plan import TableChoice
@@ -93,6 +93,8 @@ class Emulator:
         self.calibration = calibration or {}
         self.names = model.config.table_names
         self._forms: dict[str, QuantizedForm] = {}
+        self._rows: dict[int, torch.Tensor] = {}  # table -> ids the cached batches look up
+        self._subset: set[str] = set()  # option keys whose form holds only those rows
         self._pooled: dict[str, list[torch.Tensor]] = {}
         self._layers: dict[str, nn.Module] = {}
         self.evaluations = 0
@@ -104,9 +106,20 @@ class Emulator:
             counts = self.calibration.get("row_counts", {}).get(option.name)
             if option.sharing is not None:
                 weight = post_training_form(weight, option.sharing_dict(), counts, option.name)
+            elif rows_are_ids(weight):  # rows quantize one by one: only the looked-up rows matter
+                rows, key = self._touched(t), next(iter(weight.tables))
+                weight = dense_form(key, weight.tables[key].index_select(0, rows))
+                counts = torch.as_tensor(counts)[rows] if counts is not None else None
+                self._subset.add(option.key)
             choice = TableChoice(option.precision, option.sharing_dict(), range_method)
             self._forms[option.key] = quantize_form(weight, choice, counts)
         return self._forms[option.key]
+
+    def _touched(self, t: int) -> torch.Tensor:
+        if t not in self._rows:
+            ids = torch.cat([b.sparse[t].reshape(-1) for b in self.cache.batches]).long()
+            self._rows[t] = torch.unique(ids[ids >= 0])
+        return self._rows[t]
 
     def table_module(self, option: Option, range_method: str) -> nn.Module:
         """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D))."""
@@ -120,7 +133,10 @@ class Emulator:
         if option.key not in self._pooled:
             t = self.names.index(option.name)
             emb = self.table_module(option, range_method)
-            self._pooled[option.key] = [emb(b.sparse[t])[:, 0] for b in self.cache.batches]
+            ids = [b.sparse[t] for b in self.cache.batches]
+            if option.key in self._subset:  # ids -> positions among the looked-up rows
+                ids = [torch.where(i >= 0, torch.searchsorted(self._touched(t), i.clamp(min=0)), i) for i in ids]
+            self._pooled[option.key] = [emb(i)[:, 0] for i in ids]
         return self._pooled[option.key]
 
     def layer_module(self, option: Option) -> nn.Module:
