@@ -10,6 +10,7 @@ of tensor names and shapes, and that every weight is finite, and never unpickles
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -92,11 +93,23 @@ def weights_path(model_dir: Path) -> Path:
     return single
 
 
+BAR_FROM_BYTES = 1 << 30  # models this large show a progress bar for the hashing pass
+
+
 def open_weights(model_dir: Path, recorded: dict[str, str] | None,
                  progress: Callable[[int], Any] | None = None) -> MappedTensors:
-    """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read."""
+    """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read.
+    Without `progress`, a model of >= 1 GiB shows a byte progress bar on stderr (tqdm)."""
     src = open_tensors(weights_path(model_dir))
     if recorded:
+        if progress is None:
+            total = sum(f.size for f in src.files.values())
+            if total >= BAR_FROM_BYTES:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, desc=f"sha256 {model_dir.name}", unit="B", unit_scale=True,
+                           file=sys.stderr, mininterval=0.5, leave=False)
+                progress = bar.update
         src.expect_sha256(recorded, progress)
     return src
 

@@ -193,3 +193,18 @@ def test_fuzzed_json_headers_only_input_error(tmp_path, header, data):
             assert src.tensor(name).numel() * src.tensor(name).element_size() <= data
     except InputError:
         pass
+
+
+def test_unmappable_file_is_input_error_naming_it_and_its_size(tmp_path, monkeypatch):
+    import errno
+    import mmap
+
+    save_file({"a": torch.ones(10)}, str(tmp_path / "m.safetensors"))
+    size = (tmp_path / "m.safetensors").stat().st_size
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    with pytest.raises(InputError, match=rf"m.safetensors: cannot map {size} bytes read-only"):
+        open_tensors(tmp_path / "m.safetensors")
