@@ -60,9 +60,12 @@ def write_dataset(out: Path, rows_big: int, rows_mid: int, rows: int, seed: int 
 
 
 def pieces(name: str, shape: tuple[int, ...], block_rows: int = 1 << 20):
+    """One random block (uniform +-0.1) per tensor, repeated: writing runs at disk speed, and row-wise
+    conversion costs the same for repeated rows."""
     g = torch.Generator().manual_seed(sum(map(ord, name)))
+    block = torch.empty((min(block_rows, shape[0]), *shape[1:])).uniform_(-0.1, 0.1, generator=g)
     for start in range(0, shape[0], block_rows):
-        yield torch.empty((min(block_rows, shape[0] - start), *shape[1:])).uniform_(-0.1, 0.1, generator=g)
+        yield block[: min(block_rows, shape[0] - start)]
 
 
 def run_stage(args: list[str], limit: int) -> dict:
@@ -89,7 +92,7 @@ def run_stage(args: list[str], limit: int) -> dict:
 
 
 def bench_size(gb: float, work: Path, limit: int, rows: int, report) -> dict:
-    root = work / f"{gb:g}gb"
+    root = work / f"{gb:g}gb"  # one --work per concurrent run: each run deletes its own
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     big, mid = int(gb * 1e9 * 2 / 3 / (DIM * 4)), int(gb * 1e9 / 3 / (DIM * 4))
@@ -104,13 +107,13 @@ def bench_size(gb: float, work: Path, limit: int, rows: int, report) -> dict:
         "big": {"precision": "int4"}, "*": {"precision": "int8"}}}))
     stages = {
         "convert int4": ["convert", "--model", model, "--precision", "int4", "--out", root / "a-int4"],
-        "convert plan": ["convert", "--model", model, "--plan", plan, "--out", root / "a-plan"],
         "eval float": ["eval", "--model", model, "--data", ds, "--windows", "2", "--json"],
         "eval artifact": ["eval", "--model", root / "a-int4", "--data", ds, "--windows", "2", "--json"],
         "calibrate": ["calibrate", "--model", model, "--data", ds, "--windows", "1",
                       "--out", root / "calib.json"],
         "search": ["search", "--model", model, "--data", ds, "--calib-windows", "1", "--eval-windows", "2",
                    "--precisions", "fp32,int8,int4", "--max-rows", str(rows), "--out", root / "found.json"],
+        "convert plan": ["convert", "--model", model, "--plan", plan, "--out", root / "a-plan"],
     }
     out = {"gb": gb, "bytes": size, "write_seconds": round(write_s, 1), "big_rows": big,
            "mid_rows": mid, "stages": {}, "root": root}
