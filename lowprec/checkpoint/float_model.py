@@ -10,6 +10,8 @@ of tensor names and shapes, and that every weight is finite, and never unpickles
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -81,6 +83,20 @@ def read_float_config(model_dir: str | Path) -> tuple[DLRMConfig, dict[str, Any]
         raise InputError(f"{cfg_path}: float model format version {obj.get('version')} is not "
                          f"supported (expected {FORMAT_VERSION})")
     return DLRMConfig.from_json(obj.get("model", {}), str(cfg_path)), obj
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """The weights' sha256 without reading them: the one config.json records (checked whenever the
+    model is loaded or converted); for a model in several files, a hash of the recorded per-file
+    hashes. Only a model with nothing recorded is hashed here (a pass over its files)."""
+    model_dir = Path(model_dir)
+    _, obj = read_float_config(model_dir)
+    recorded = obj.get("sha256") or {}
+    if set(recorded) == {WEIGHTS}:
+        return str(recorded[WEIGHTS])
+    if recorded:
+        return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+    return sha256_file(weights_path(model_dir))
 
 
 def weights_path(model_dir: Path) -> Path:

@@ -26,7 +26,6 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, a
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import parse_windows
-    from lowprec.fileio import sha256_file
     from lowprec.train import check_compatible
 
     ds = Dataset(data_dir)
@@ -39,7 +38,9 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, a
         calib = run_calibrate(model, ds, cfg, update)
     from pathlib import Path
 
-    save_calibration(calib, out, sha256_file(Path(model_dir) / "model.safetensors"))
+    from lowprec.checkpoint.float_model import weights_sha256  # recorded, verified on load
+
+    save_calibration(calib, out, weights_sha256(Path(model_dir)))
     summary = {"out": out, "method": method, "rows": calib["rows"],
                "layers": {n: {k: v[k] for k in ("min", "max", "clip_rate")} for n, v in calib["layers"].items()}}
     if as_json:

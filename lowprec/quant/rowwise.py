@@ -48,6 +48,7 @@ SUPPORTED_BITS = (32, 16, 8, 4, 2)
 INT_BITS = (8, 4, 2)
 METHODS = ("minmax", "l2")
 _CHUNK_ELEMS = 1 << 19
+_FAST_LIMIT = 30000.0  # |values| below this: no scale or bias can leave fp16's range
 _FBGEMM_BLOCK = 1 << 20  # values per block through FBGEMM's quantize ops (4 MB of fp32)
 _SB_BYTES = 4  # fp16 scale + fp16 bias
 _FP16_INF_FROM = 65520.0  # the smallest magnitude that rounds to fp16 infinity
@@ -212,10 +213,10 @@ def fused_rows(
 def _fbgemm_minmax(x: Tensor, bits: int) -> Tensor | None:
     """min/max rows through FBGEMM's own quantize ops, rearranged to (scale, bias) first.
 
-    FBGEMM's ops ignore NaN and do not check fp16 range: each block's sum (non-finite whenever a
-    value is NaN/Inf) and the stored fp16 (scale, bias) are checked, and None (use the reference
-    path, which names the bad row) is returned on any doubt, or where the op does not apply (no
-    rows; int2 rows of an odd byte count; rows that are not whole 4-byte words)."""
+    FBGEMM's ops ignore NaN and do not check fp16 range: each block's min and max (NaN if any value
+    is) must lie within +-30000, where no row's scale or bias can leave fp16's range; otherwise None
+    (use the reference path, which names the bad row), as where the op does not apply (no rows;
+    rows that are not whole 4-byte words)."""
     rows, dim = x.shape
     cb = dim * bits // 8
     if rows == 0 or cb % 4:
@@ -224,32 +225,27 @@ def _fbgemm_minmax(x: Tensor, bits: int) -> Tensor | None:
 
     width = _SB_BYTES + cb
     step = max(1, _FBGEMM_BLOCK // dim)  # blocks of 4 MB of fp32: few Python calls per chunk
-    sums = torch.empty(-(-rows // step))
-    if bits == 8:
-        out = torch.empty(rows, width, dtype=torch.uint8)
-        q = torch.empty(min(step, rows), dim + 8, dtype=torch.uint8)
-        for k, i in enumerate(range(0, rows, step)):
-            block = x[i : i + step]
-            qb = torch.ops.fbgemm.FloatToFused8BitRowwiseQuantizedOut(q[: block.shape[0]], block)
-            torch.sum(block, dim=None, out=sums[k])
-            out[i : i + step, :_SB_BYTES] = qb[:, dim:].view(torch.float32).half().view(torch.uint8)
-            out[i : i + step, _SB_BYTES:].view(torch.int32).copy_(qb[:, :dim].view(torch.int32))
-    else:
-        # Each FBGEMM row [codes | sb] is copied whole, 4 bytes later than its row starts, so its
-        # codes land in place and its sb in the next row's sb slot; one column shift fixes that.
-        flat = torch.empty((rows + 1) * width, dtype=torch.uint8)
-        for k, i in enumerate(range(0, rows, step)):
-            block = x[i : i + step]
-            qb = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(block, bits)
-            torch.sum(block, dim=None, out=sums[k])
-            flat[_SB_BYTES + i * width : _SB_BYTES + (i + block.shape[0]) * width] = qb.view(-1)
-        words = flat.view(torch.int32).view(rows + 1, width // 4)
-        words[:rows, 0] = words[1:, 0].clone()
-        out = flat[: rows * width].view(rows, width)
-    if not bool(torch.isfinite(sums).all()):
-        return None
-    if not bool(torch.isfinite(_dense(out[:, :_SB_BYTES]).view(torch.float16)).all()):
-        return None
+    # Each FBGEMM row [codes | sb] is copied whole to 4 bytes past its row's start, so the codes
+    # land in place; the block's sb words are then written over the rows' first words (the copy
+    # put row r's sb in row r + 1's slot, which the next block's, or the spare row, overwrites).
+    flat = torch.empty((rows + 1) * width, dtype=torch.uint8)
+    words = flat.view(torch.int32).view(rows + 1, width // 4)
+    for i in range(0, rows, step):
+        block = x[i : i + step]
+        n = block.shape[0]
+        lo, hi = torch.aminmax(block)  # NaN propagates; Inf or |v| near fp16's limit: no fast path
+        if not (-_FAST_LIMIT < float(lo) and float(hi) < _FAST_LIMIT):
+            return None
+        if bits == 8:  # [codes | fp32 scale | fp32 bias]; stored fp16 as FBGEMM's TBE recipe does
+            q = torch.ops.fbgemm.FloatToFused8BitRowwiseQuantized(block)
+            words[i : i + n, 1:] = q[:, :dim].view(torch.int32)
+            sb = torch.empty((n, 2), dtype=torch.float16).copy_(q[:, dim:].view(torch.float32))
+            words[i : i + n, 0] = sb.view(torch.int32)[:, 0]
+        else:  # [codes | fp16 scale | fp16 bias]
+            q = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(block, bits)
+            flat[_SB_BYTES + i * width : _SB_BYTES + (i + n) * width] = q.view(-1)
+            words[i : i + n, 0] = q.view(torch.int32)[:, -1]
+    out = flat[: rows * width].view(rows, width)
     return out
 
 
