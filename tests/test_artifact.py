@@ -138,7 +138,7 @@ def test_plan_naming_missing_table_and_nan_table_exit_2(trained, tmp_path):
                                 "layers": {"*": {"precision": "int4"}}}))
     r = run("convert", "--model", root / "model", "--plan", plan, "--out", tmp_path / "a")
     assert r.exit_code == 2 and "layers take" in r.output
-    model, info = load_float_model(root / "model")
+    model, info = load_float_model(root / "model", writable=True)
     with torch.no_grad():
         model.embeddings[1].weight[7, 3] = float("inf")
     save_float_model(model, tmp_path / "bad", info)

@@ -5,7 +5,8 @@ the plan; per logical table its rows, dim, precision, sharing and bytes; the phy
 TBE features (physical table + id transform) and how each logical table combines them; per layer
 its precision and activation qparams; and the sha256 of every other file. Loading verifies every
 hash before reading a byte of weights, then builds `QuantizedDLRM` (torch + fbgemm_gpu only) through
-the serving handlers (lowprec.serve).
+the serving handlers (lowprec.serve); the TBE looks rows up in place in a read-only mapping of
+weights.safetensors (no copy of the tables).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from lowprec.checkpoint.manifest_check import check_precisions, check_serving
+from lowprec.checkpoint.mapped import MappedTensors, open_tensors
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -51,11 +52,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
 
 def stored_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
     """Tensor name -> (shape, dtype) from the safetensors header, reading no tensor data."""
-    try:
-        with safe_open(str(path), framework="pt") as src:
-            return {k: (src.get_slice(k).get_shape(), src.get_slice(k).get_dtype()) for k in src.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return {name: (list(e.shape), e.dtype) for name, e in MappedTensors(path).entries_in_file_order()}
 
 
 def verify_files(root: Path, manifest: dict[str, Any]) -> None:
@@ -77,6 +74,24 @@ def _layer_module(name: str, spec: dict[str, Any], src: Any) -> torch.nn.Module:
         lambda suffix: src.get_tensor(f"layers.{name}.{suffix}"), spec)
 
 
+def in_place_offsets(src: Any, tables: list[PhysicalTable]) -> tuple[torch.Tensor, list[int]] | None:
+    """(file bytes, offset of each table) when every table is stored in one mapped file exactly
+    as the CPU TBE lays rows out (unpadded), else None (the rows are then copied into the TBE)."""
+    if not isinstance(src, MappedTensors) or not tables:
+        return None
+    flat, offsets = None, []
+    for t in tables:
+        name = f"tables.{t.key}"
+        if name not in src or src.shape(name) != (t.rows, t.precision.bytes_per_row(t.dim)):
+            return None
+        data, offset = src.file_bytes(name)
+        if flat is not None and data.data_ptr() != flat.data_ptr():
+            return None
+        flat = data
+        offsets.append(offset)
+    return flat, offsets
+
+
 def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDLRM:
     config = DLRMConfig.from_json(manifest["model"], where)
     tables = [PhysicalTable(t["key"], int(t["rows"]), int(t["dim"]), Precision.parse(t["precision"]))
@@ -86,9 +101,14 @@ def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDL
                for s in manifest["serving"]]
     layers = {name: _layer_module(name, spec, src) for name, spec in manifest["layers"].items()}
     buffers = {name: src.get_tensor(f"buffers.{name}") for name in manifest.get("buffers", [])}
-    embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers)
+    in_place = in_place_offsets(src, tables)
+    embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers,
+                                     allocate=in_place is None)
     try:
-        embeddings.load_rows(lambda key: src.get_tensor(f"tables.{key}"))
+        if in_place is not None:  # the TBE reads the mapped artifact: no copy of the tables
+            embeddings.serve_from(*in_place)
+        else:
+            embeddings.load_rows(lambda key: src.get_tensor(f"tables.{key}"))
     except ValueError as exc:
         raise InputError(f"{where}: {exc}") from exc
     runtime = QuantizedDLRM(config, embeddings, layers)
@@ -101,8 +121,7 @@ def load_artifact(path: str | Path) -> tuple[QuantizedDLRM, dict[str, Any]]:
     root = Path(path)
     manifest = read_manifest(root)
     where = str(root / MANIFEST)
-    try:
-        with safe_open(str(root / WEIGHTS), framework="pt") as src:
-            return build_runtime(manifest, src, where), manifest
-    except (SafetensorError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    try:  # read-only mapping (lowprec.checkpoint.mapped): works for files larger than RAM
+        return build_runtime(manifest, open_tensors(root / WEIGHTS), where), manifest
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InputError(f"{where}: artifact is inconsistent with {WEIGHTS} ({exc!r})") from exc

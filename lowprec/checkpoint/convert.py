@@ -1,35 +1,42 @@
 """`lowprec convert`, offline phase: float model + plan (+ calibration) -> quantized artifact.
 
-Conversion walks the model table by table: read one table's float weights lazily from
-model.safetensors, build its serving form (dense, or a hash-sharing form), quantize each physical
-table row-wise at the plan's precision, spool the bytes, drop the table. Peak memory is about the
-largest table plus its quantized copy. Everything lands in a temporary directory that replaces
---out only when complete (`fileio.atomic_dir`).
+Conversion walks the model table by table through read-only mappings of its files
+(`lowprec.checkpoint.mapped`, which also reads index files and row-sharded tables). A dense table
+kept dense (the common case, and the large tables) streams: its rows are read in chunks of at most
+`chunk_bytes` (256 MB), encoded by the precision's handler (`lowprec.serve.tables`) and written to the
+artifact piece by piece, so memory is bounded by a chunk, not by the table. Tables with a
+hash-sharing backend or post-training sharing build their serving form whole (their memory is that
+of the smaller shared form plus any table it is built from). The model's sha256 is computed in the
+same pass as reading. Everything lands in a temporary directory that replaces --out only when
+complete (`fileio.atomic_dir`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from safetensors import safe_open
 
 import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
-from lowprec.checkpoint.float_model import WEIGHTS as FLOAT_WEIGHTS
-from lowprec.checkpoint.float_model import read_float_config
+from lowprec.checkpoint.float_model import open_weights, read_float_config
+from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
 from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, sha256_file, write_json
 from lowprec.model.backends import load_table_module
 from lowprec.model.config import DLRMConfig
+from lowprec.model.embedding import parse_spec
 from lowprec.plan import Plan, TableChoice
 from lowprec.precision import Precision
-from lowprec.serve.forms import ServingForm
+from lowprec.progress import Update
+from lowprec.serve.forms import Feature, ServingForm
 from lowprec.serve.layers import layer_codec
-from lowprec.serve.quantize import check_finite, quantize_form, table_form
+from lowprec.serve.quantize import check_finite, pad_dim, quantize_form, table_form
+from lowprec.serve.runtime import PhysicalTable
+from lowprec.serve.tables import padded_dim, table_codec
 
 
 def load_table_form(src: Any, index: int, config: DLRMConfig, choice: TableChoice,
@@ -55,24 +62,53 @@ class _Builder:
         qf = quantize_form(form, choice, row_counts, skip=set(self.physical))
         for table, rows in qf.physical:
             nbytes = self.writer.add(f"tables.{table.key}", rows)
-            self.physical[table.key] = {"key": table.key, "rows": table.rows, "dim": table.dim,
-                                        "precision": table.precision.value, "bytes": nbytes,
-                                        "padded_from": qf.padded_from.get(table.key)}
+            self._physical(table, nbytes, qf.padded_from.get(table.key))
         for name, buf in qf.buffers.items():
             if name not in self.buffers:
                 self.buffer_bytes += self.writer.add(f"buffers.{name}", buf)
                 self.buffers.append(name)
-        groups = []
-        for group in qf.groups:
-            groups.append([len(self.features) + i for i in range(len(group))])
-            self.features.extend({"table": f.table, "transform": f.transform} for f in group)
-        self.serving.append({"name": tcfg.name, "hotness": tcfg.hotness, "groups": groups})
-        keys = list(dict.fromkeys(form.tables))
         buf_bytes = sum(b.numel() * b.element_size() for b in form.buffers.values())
+        self._logical(tcfg, choice, qf.groups, list(dict.fromkeys(form.tables)), form.exact, buf_bytes)
+
+    def stream_dense(self, tcfg, table: LogicalTable, choice: TableChoice,
+                     row_counts: torch.Tensor | None, chunk_bytes: int) -> None:
+        """A dense table kept dense: read, check, encode and write it in row chunks."""
+        rows, dim = table.shape
+        pdim = padded_dim(dim)
+        if pdim != dim:
+            pad_dim(torch.zeros(0, dim), tcfg.name)  # the warning, once per table
+        phys = PhysicalTable(tcfg.name, rows, pdim, choice.precision)
+        shape = (rows, choice.precision.bytes_per_row(pdim))
+        codec = table_codec(choice.precision)
+        what = f"table {tcfg.name!r} (bag.weight)"
+        with self.writer.stream(f"tables.{phys.key}", torch.uint8, shape) as put:
+            for start, chunk in table.iter_chunks(chunk_bytes):
+                check_finite(chunk, what, chunk_rows=chunk.shape[0] or 1, first_row=start)
+                counts = row_counts[start:start + chunk.shape[0]] if row_counts is not None else None
+                padded = torch.nn.functional.pad(chunk.float(), (0, pdim - dim)) if pdim != dim else chunk
+                try:
+                    put(codec.encode(padded, choice.range_method, counts))
+                except InputError as exc:
+                    raise InputError(f"{what}, row chunk from row {start}: {exc}") from None
+        self._physical(phys, shape[0] * shape[1], dim if pdim != dim else None)
+        self._logical(tcfg, choice, [[Feature(phys.key)]], [phys.key], True, 0)
+
+    def _physical(self, table: PhysicalTable, nbytes: int, padded_from: int | None) -> None:
+        self.physical[table.key] = {"key": table.key, "rows": table.rows, "dim": table.dim,
+                                    "precision": table.precision.value, "bytes": nbytes,
+                                    "padded_from": padded_from}
+
+    def _logical(self, tcfg, choice: TableChoice, groups: list[list[Feature]], keys: list[str],
+                 exact: bool, buf_bytes: int) -> None:
+        ids = []
+        for group in groups:
+            ids.append([len(self.features) + i for i in range(len(group))])
+            self.features.extend({"table": f.table, "transform": f.transform} for f in group)
+        self.serving.append({"name": tcfg.name, "hotness": tcfg.hotness, "groups": ids})
         self.tables.append({
             "name": tcfg.name, "rows": tcfg.num_embeddings, "embedding": tcfg.embedding,
             "precision": choice.precision.value, "range_method": choice.range_method,
-            "sharing": choice.sharing, "physical": keys, "exact": form.exact,
+            "sharing": choice.sharing, "physical": keys, "exact": exact,
             "bytes": sum(self.physical[k]["bytes"] for k in keys) + buf_bytes,
         })
 
@@ -89,48 +125,63 @@ def _convert_layer(writer: TensorFileWriter, name: str, weight: torch.Tensor, bi
             "bytes": nbytes}
 
 
+def _streams(config: DLRMConfig, index: int, choice: TableChoice) -> bool:
+    return parse_spec(config.tables[index].embedding)[0] == "dense" and choice.sharing is None
+
+
+def _convert_tables(src: MappedTensors, config: DLRMConfig, plan: Plan, builder: _Builder,
+                    counts_all: dict[str, Any], chunk_bytes: int, progress) -> None:
+    for i, tcfg in enumerate(config.tables):
+        choice = plan.table(tcfg.name)
+        counts = counts_all.get(tcfg.name)
+        counts_t = torch.as_tensor(counts, dtype=torch.float32) if counts is not None else None
+        if _streams(config, i, choice):
+            builder.stream_dense(tcfg, src.table(f"embeddings.{i}.bag.weight"), choice, counts_t,
+                                 chunk_bytes)
+        else:
+            builder.add_table(tcfg, load_table_form(src, i, config, choice, counts_t), choice, counts_t)
+        if progress is not None:
+            progress(1)
+
+
 def convert(model_dir: str | Path, plan: Plan, out: str | Path,
             calibration: dict[str, Any] | None = None,
-            progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """Write the artifact for `plan` at `out` atomically; returns the manifest."""
+            progress: Update | None = None,
+            chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+            hash_progress: Update | None = None) -> dict[str, Any]:
+    """Write the artifact for `plan` at `out` atomically; returns the manifest.
+
+    `progress(1)` after each table; `hash_progress(n)` with the model bytes hashed (the sha256
+    recorded in config.json is checked in the same pass as reading, before --out is replaced)."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
-    weights_path = model_dir / FLOAT_WEIGHTS
-    recorded = obj.get("sha256", {}).get(FLOAT_WEIGHTS)
-    if not weights_path.is_file():
-        raise InputError(f"missing weights file {weights_path}")
-    if recorded is not None and sha256_file(weights_path) != recorded:
-        raise InputError(f"{weights_path}: sha256 does not match config.json; the file was modified")
+    recorded = obj.get("sha256") or {}
+    src = open_weights(model_dir, recorded, hash_progress)
     layer_shapes = config.layer_shapes()
     plan.check_against(config.table_names, list(layer_shapes), "plan")
     calibration = calibration or {}
-    counts_all = calibration.get("row_counts", {})
-    with atomic_dir(out, "artifact", [model_dir]) as tmp, safe_open(str(weights_path), framework="pt") as src:
+    with atomic_dir(out, "artifact", [model_dir]) as tmp:
         writer = TensorFileWriter(tmp / WEIGHTS)
         builder = _Builder(writer)
-        for i, tcfg in enumerate(config.tables):
-            choice = plan.table(tcfg.name)
-            counts = counts_all.get(tcfg.name)
-            counts_t = torch.as_tensor(counts, dtype=torch.float32) if counts is not None else None
-            form = load_table_form(src, i, config, choice, counts_t)
-            builder.add_table(tcfg, form, choice, counts_t)
-            if progress is not None:
-                progress(1)
+        _convert_tables(src, config, plan, builder, calibration.get("row_counts", {}), chunk_bytes,
+                        progress)
         layers = {
-            name: _convert_layer(writer, name, src.get_tensor(f"{name}.weight"),
-                                 src.get_tensor(f"{name}.bias"), plan.layer(name).precision,
+            name: _convert_layer(writer, name, src.tensor(f"{name}.weight"),
+                                 src.tensor(f"{name}.bias"), plan.layer(name).precision,
                                  calibration.get("layers", {}).get(name))
             for name in layer_shapes
         }
         writer.close()
-        manifest = _manifest(config, plan, builder, layers, model_dir, recorded)
+        src.check_sha256()
+        source_sha = recorded.get(src.path.name) if len(recorded) <= 1 else recorded
+        manifest = _manifest(config, plan, builder, layers, model_dir, source_sha)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / MANIFEST, manifest)
     return manifest
 
 
 def _manifest(config: DLRMConfig, plan: Plan, b: _Builder, layers: dict[str, Any],
-              model_dir: Path, model_sha: str | None) -> dict[str, Any]:
+              model_dir: Path, model_sha: str | dict[str, str] | None) -> dict[str, Any]:
     # Serving memory of the tables: every physical table once (shared arrays are counted once)
     # plus id-transform buffers; fp32 equivalent: every logical table dense in fp32.
     embedding_bytes = sum(t["bytes"] for t in b.physical.values()) + b.buffer_bytes

@@ -1,20 +1,27 @@
 """The float model checkpoint: MODEL_DIR/model.safetensors + MODEL_DIR/config.json.
 
 config.json holds the format version, the DLRMConfig, versions, training provenance and the
-sha256 of model.safetensors. Loading checks the hash, the exact set of tensor names and shapes, and
-that every weight is finite, and never unpickles anything.
+sha256 of model.safetensors. Instead of model.safetensors a model may come as
+model.safetensors.index.json naming several files, with tables split into row-range shards
+(`lowprec.checkpoint.mapped`); config.json's "sha256" then lists the files it vouches for. Loading
+maps the files read-only (no memory proportional to the model), checks the hashes, the exact set
+of tensor names and shapes, and that every weight is finite, and never unpickles anything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import lowprec
+from lowprec.checkpoint.mapped import MappedTensors, open_tensors
+from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.model.config import DLRMConfig
@@ -23,6 +30,7 @@ from lowprec.model.dlrm import DLRM
 FORMAT = "lowprec-float-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"  # a model in several files (lowprec.checkpoint.mapped)
 
 
 def save_float_model(model: DLRM, out: str | Path, info: dict[str, Any] | None = None,
@@ -43,6 +51,29 @@ def save_float_model(model: DLRM, out: str | Path, info: dict[str, Any] | None =
     return Path(out)
 
 
+def write_float_model(out: str | Path, config: DLRMConfig,
+                      pieces: Callable[[str, tuple[int, ...]], Iterator[torch.Tensor]],
+                      info: dict[str, Any] | None = None) -> Path:
+    """Write a float model tensor by tensor without holding it: `pieces(name, shape)` yields each
+    tensor's fp32 values in consecutive row blocks (for models larger than RAM: imports, tests,
+    benchmarks). The sha256 is computed while writing would need a second pass; it is read back."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in DLRM(config).state_dict().items()}
+    with atomic_dir(out) as tmp:
+        writer = TensorFileWriter(tmp / WEIGHTS)
+        for name in sorted(shapes):
+            with writer.stream(name, torch.float32, shapes[name]) as put:
+                for piece in pieces(name, shapes[name]):
+                    put(piece.float())
+        writer.close()
+        write_json(tmp / "config.json", {
+            "format": FORMAT, "version": FORMAT_VERSION, "lowprec_version": lowprec.__version__,
+            "torch_version": lowprec.TORCH_VERSION, "model": config.to_json(), "info": info or {},
+            "sha256": {WEIGHTS: sha256_file(tmp / WEIGHTS)},
+        })
+    return Path(out)
+
+
 def read_float_config(model_dir: str | Path) -> tuple[DLRMConfig, dict[str, Any]]:
     model_dir = Path(model_dir)
     cfg_path = model_dir / "config.json"
@@ -58,52 +89,118 @@ def read_float_config(model_dir: str | Path) -> tuple[DLRMConfig, dict[str, Any]
     return DLRMConfig.from_json(obj.get("model", {}), str(cfg_path)), obj
 
 
-def load_state(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
-    """Load a safetensors file after checking its sha256; errors name the file."""
-    if not path.is_file():
-        raise InputError(f"missing weights file {path}")
-    if expected_sha is not None and sha256_file(path) != expected_sha:
-        raise InputError(f"{path}: sha256 does not match the one recorded beside it; the file "
-                         f"was modified or truncated after it was written")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+def weights_sha256(model_dir: str | Path) -> str:
+    """The weights' sha256 without reading them: the one config.json records (checked whenever the
+    model is loaded or converted); for a model in several files, a hash of the recorded per-file
+    hashes. Only a model with nothing recorded is hashed here (a pass over its files)."""
+    model_dir = Path(model_dir)
+    _, obj = read_float_config(model_dir)
+    recorded = obj.get("sha256") or {}
+    if set(recorded) == {WEIGHTS}:
+        return str(recorded[WEIGHTS])
+    if recorded:
+        return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+    return sha256_file(weights_path(model_dir))
+
+
+def weights_path(model_dir: Path) -> Path:
+    """model.safetensors, or model.safetensors.index.json for a model stored in several files."""
+    single, index = model_dir / WEIGHTS, model_dir / INDEX
+    if not single.is_file() and index.is_file():
+        return index
+    if not single.is_file():
+        raise InputError(f"missing weights file {single} (or {INDEX})")
+    return single
+
+
+BAR_FROM_BYTES = 1 << 30  # models this large show a progress bar for the hashing pass
+
+
+def open_weights(model_dir: Path, recorded: dict[str, str] | None,
+                 progress: Callable[[int], Any] | None = None) -> MappedTensors:
+    """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read.
+    Without `progress`, a model of >= 1 GiB shows a byte progress bar on stderr (tqdm)."""
+    src = open_tensors(weights_path(model_dir))
+    if recorded:
+        if progress is None:
+            total = sum(f.size for f in src.files.values())
+            if total >= BAR_FROM_BYTES:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, desc=f"sha256 {model_dir.name}", unit="B", unit_scale=True,
+                           file=sys.stderr, mininterval=0.5, leave=False)
+                progress = bar.update
+        src.expect_sha256(recorded, progress)
+    return src
+
+
+def check_finite_chunk(where: Path, name: str, row: int, chunk: torch.Tensor) -> None:
+    """InputError naming the tensor and the first index of a NaN/Inf in a row chunk.
+
+    A sum (one pass, no temporary; NaN/Inf always make it non-finite) clears almost every chunk;
+    only then is the chunk searched, in blocks (torch.isfinite allocates several copies)."""
+    if not chunk.is_floating_point() or bool(torch.isfinite(chunk.sum())):
+        return
+    flat = chunk.reshape(chunk.shape[0], -1) if chunk.dim() else chunk.reshape(1, 1)
+    for start in range(0, flat.shape[0], 1 << 14):
+        bad = ~torch.isfinite(flat[start:start + (1 << 14)])
+        if bad.any():
+            r, c = torch.nonzero(bad)[0].tolist()
+            index = [row + start + r, *([c] if chunk.dim() == 2 else [])] if chunk.dim() <= 2 else \
+                [row + start + r, *torch.unravel_index(torch.tensor(c), chunk.shape[1:])]
+            raise InputError(f"{where}: tensor {name!r} holds NaN/Inf (first at index "
+                             f"{[int(i) for i in index]})")
 
 
 def check_finite(state: dict[str, torch.Tensor], where: Path) -> None:
     for name, t in state.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            bad = torch.nonzero(~torch.isfinite(t))[0].tolist()
-            raise InputError(f"{where}: tensor {name!r} holds NaN/Inf (first at index {bad})")
+        check_finite_chunk(where, name, 0, t)
 
 
-def _expected_state(config: DLRMConfig, where: Path) -> dict[str, torch.Tensor]:
-    """Names and shapes config.json implies, built on the meta device (nothing allocated)."""
+def _meta_model(config: DLRMConfig, where: Path) -> DLRM:
+    """The model config.json implies, built on the meta device (nothing allocated)."""
     try:
         with torch.device("meta"):
-            return DLRM(config).state_dict()
+            return DLRM(config)
     except (RuntimeError, NotImplementedError, ValueError, TypeError, OverflowError, AttributeError) as exc:
         raise InputError(f"{where}: describes a model that cannot be built ({exc})") from exc
 
 
-def load_float_model(model_dir: str | Path) -> tuple[DLRM, dict[str, Any]]:
-    """Rebuild the DLRM from its directory; raises InputError on anything inconsistent."""
+def _check_names(src: MappedTensors, expected: dict[str, torch.Tensor], where: Path) -> None:
+    missing = sorted(set(expected) - set(src.names()))
+    extra = sorted(set(src.names()) - set(expected))
+    if missing or extra:
+        raise InputError(f"{where}: tensors do not match config.json "
+                         f"(missing {missing[:5]}, unexpected {extra[:5]})")
+    for name, t in expected.items():
+        if tuple(src.shape(name)) != tuple(t.shape):
+            raise InputError(f"{where}: tensor {name!r} has shape {tuple(src.shape(name))}, "
+                             f"config.json implies {tuple(t.shape)}")
+
+
+def load_float_model(model_dir: str | Path, writable: bool = False,
+                     progress: Callable[[int], Any] | None = None) -> tuple[DLRM, dict[str, Any]]:
+    """Rebuild the DLRM from its directory; raises InputError on anything inconsistent.
+
+    The parameters are read-only views of the mapped files (no memory proportional to the model;
+    they do not require grad, and writing to them would fault): for inference. `writable=True`
+    copies them into ordinary tensors (training, fine-tuning). One pass over the files hashes them
+    and checks every weight is finite, in row chunks; `progress(n)` gets the bytes hashed."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
-    state = load_state(model_dir / WEIGHTS, obj.get("sha256", {}).get(WEIGHTS))
-    check_finite(state, model_dir / WEIGHTS)
-    expected = _expected_state(config, model_dir / "config.json")
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise InputError(f"{model_dir / WEIGHTS}: tensors do not match config.json "
-                         f"(missing {missing[:5]}, unexpected {extra[:5]})")
-    for name, t in state.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise InputError(f"{model_dir / WEIGHTS}: tensor {name!r} has shape {tuple(t.shape)}, "
-                             f"config.json implies {tuple(expected[name].shape)}")
-    model = DLRM(config)
-    model.load_state_dict(state)
+    src = open_weights(model_dir, obj.get("sha256"), progress)
+    where = src.path
+    model = _meta_model(config, model_dir / "config.json")
+    expected = model.state_dict()
+    _check_names(src, expected, where)
+    src.scan(lambda name, row, chunk: check_finite_chunk(where, name, row, chunk))
+    src.check_sha256()
+    state = {name: src.tensor(name) for name in expected}
+    if writable:
+        state = {name: t.clone() for name, t in state.items()}
+    model.load_state_dict(state, assign=True)
+    if not writable:
+        for p in model.parameters():
+            p.requires_grad_(False)
     model.eval()
     return model, obj.get("info", {})

@@ -1,17 +1,23 @@
-"""Streaming safetensors writing and lazy float-model reading, for bounded-memory conversion.
+"""Streaming safetensors writing, for bounded-memory conversion and for models larger than RAM.
 
-`TensorFileWriter` spools each tensor to its own temporary raw file as it is produced, then writes
-the safetensors file (8-byte header length, JSON header, data) by copying the spools in order, so
-no more than one tensor is ever in memory. The output is a standard safetensors file: the
+`TensorFileWriter` writes tensors straight into the output file as they are produced, whole
+(`add`) or in row pieces (`stream`), so no more than one piece is ever in memory and the data is
+written once. The header (8-byte length, JSON) goes in a space reserved at the start of the file
+and padded with spaces, which the format allows; if the header outgrows the reserve, `close`
+rewrites the file once with a larger one. The output is a standard safetensors file: the
 safetensors library reads it (tests check that).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import shutil
 import struct
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -19,41 +25,90 @@ _DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.uint8: "U8", torch.int8: "I8",
     torch.int32: "I32", torch.int64: "I64", torch.float64: "F64", torch.bfloat16: "BF16",
 }
+DEFAULT_HEADER_RESERVE = 64 << 10
 
 
 class TensorFileWriter:
-    def __init__(self, path: Path, metadata: dict[str, str] | None = None):
+    def __init__(self, path: Path, metadata: dict[str, str] | None = None,
+                 header_reserve: int = DEFAULT_HEADER_RESERVE):
         self.path = Path(path)
-        self.spool = self.path.with_name(self.path.name + ".spool")
-        self.spool.mkdir(parents=True, exist_ok=False)
-        self.entries: list[tuple[str, str, list[int], Path, int]] = []
         self.metadata = metadata or {}
+        self.reserve = -(-max(header_reserve, 16) // 8) * 8
+        self.entries: list[tuple[str, str, list[int], int, int]] = []  # name, dtype, shape, start, stop
+        self.fh = open(self.path, "wb")
+        self.fh.seek(8 + self.reserve)
+        self.offset = 0
+        self._open_stream = False
 
-    def add(self, name: str, tensor: torch.Tensor) -> int:
-        """Spool one tensor; returns its size in bytes."""
+    def _check_new(self, name: str) -> None:
+        if self._open_stream:
+            raise ValueError(f"tensor {name!r}: another tensor is still being streamed")
         if any(e[0] == name for e in self.entries):
             raise ValueError(f"tensor {name!r} written twice")
-        t = tensor.detach().contiguous().cpu()
-        spool_file = self.spool / f"{len(self.entries)}.bin"
+
+    def _write(self, t: torch.Tensor) -> int:
+        t = t.detach().contiguous().cpu()
         size = t.numel() * t.element_size()
-        with open(spool_file, "wb") as fh:  # straight from the tensor's buffer, no bytes copy
-            if size:
-                t.reshape(-1).view(torch.uint8).numpy().tofile(fh)
-        self.entries.append((name, _DTYPES[t.dtype], list(t.shape), spool_file, size))
+        if size:  # straight from the tensor's buffer, no bytes copy
+            t.reshape(-1).view(torch.uint8).numpy().tofile(self.fh)
+        self.offset += size
         return size
 
-    def close(self) -> None:
+    def add(self, name: str, tensor: torch.Tensor) -> int:
+        """Write one tensor; returns its size in bytes."""
+        self._check_new(name)
+        start = self.offset
+        size = self._write(tensor)
+        self.entries.append((name, _DTYPES[tensor.dtype], list(tensor.shape), start, start + size))
+        return size
+
+    @contextlib.contextmanager
+    def stream(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> Iterator[Callable[[torch.Tensor], None]]:
+        """Write tensor `name` of `shape` in pieces: `put(piece)` for consecutive row blocks, in order.
+        On leaving the block exactly shape's bytes must have been put (ValueError otherwise); on any
+        error the partial tensor is dropped."""
+        self._check_new(name)
+        start, need = self.offset, math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        self._open_stream = True
+
+        def put(piece: torch.Tensor) -> None:
+            if piece.dtype != dtype:
+                raise ValueError(f"tensor {name!r}: piece of {piece.dtype}, expected {dtype}")
+            if self.offset - start + piece.numel() * piece.element_size() > need:
+                raise ValueError(f"tensor {name!r}: pieces exceed its {need} bytes")
+            self._write(piece)
+
+        try:
+            yield put
+            if self.offset - start != need:
+                raise ValueError(f"tensor {name!r}: {self.offset - start} bytes written, shape needs {need}")
+        except BaseException:  # drop the partial tensor: the file stays consistent
+            self.fh.seek(8 + self.reserve + start)
+            self.fh.truncate()
+            self.offset = start
+            raise
+        finally:
+            self._open_stream = False
+        self.entries.append((name, _DTYPES[dtype], list(shape), start, self.offset))
+
+    def _header(self) -> bytes:
         header: dict[str, object] = {"__metadata__": self.metadata} if self.metadata else {}
-        offset = 0
-        for name, dtype, shape, _, size in self.entries:
-            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-            offset += size
-        text = json.dumps(header, separators=(",", ":")).encode()
+        for name, dtype, shape, start, stop in self.entries:
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [start, stop]}
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def close(self) -> None:
+        text = self._header()
+        if len(text) <= self.reserve:
+            self.fh.seek(0)
+            self.fh.write(struct.pack("<Q", self.reserve) + text + b" " * (self.reserve - len(text)))
+            self.fh.close()
+            return
+        self.fh.close()  # rare: the header outgrew its reserve; shift the data once
         text += b" " * (-len(text) % 8)
-        with open(self.path, "wb") as out:
-            out.write(struct.pack("<Q", len(text)))
-            out.write(text)
-            for *_, spool_file, _size in self.entries:
-                with open(spool_file, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 22)
-        shutil.rmtree(self.spool)
+        tmp = self.path.with_name(self.path.name + ".rewrite")
+        with open(self.path, "rb") as src, open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(text)) + text)
+            src.seek(8 + self.reserve)
+            shutil.copyfileobj(src, out, 1 << 22)
+        os.replace(tmp, self.path)

@@ -27,7 +27,7 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, b
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import select_windows
-    from lowprec.fileio import claim_output, sha256_file
+    from lowprec.fileio import claim_output
     from lowprec.train import check_compatible
 
     claim_output(out, "calibration", [model_dir, data_dir])
@@ -40,7 +40,9 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, b
         calib = run_calibrate(model, ds, cfg, update)
     from pathlib import Path
 
-    save_calibration(calib, out, sha256_file(Path(model_dir) / "model.safetensors"), (model_dir, data_dir))
+    from lowprec.checkpoint.float_model import weights_sha256  # recorded, verified on load
+
+    save_calibration(calib, out, weights_sha256(Path(model_dir)), (model_dir, data_dir))
     summary = {"out": out, "method": method, "rows": calib["rows"],
                "layers": {n: {k: v[k] for k in ("min", "max", "clip_rate")} for n, v in calib["layers"].items()}}
     if as_json:

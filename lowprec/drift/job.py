@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lowprec
+from lowprec.checkpoint.float_model import weights_sha256
 from lowprec.checkpoint.load import load_model, model_kind
 from lowprec.data.dataset import Dataset
 from lowprec.data.latent import window_bayes_auc
@@ -114,9 +115,9 @@ def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     check_compatible(ref_cfg, ds.meta, str(job.reference))
     check_compatible(cand_cfg, ds.meta, str(job.candidate))
     is_artifact = model_kind(job.candidate) == "artifact"
-    cand_file = job.candidate / ("manifest.json" if is_artifact else "model.safetensors")
+    cand_sha = sha256_file(job.candidate / "manifest.json") if is_artifact else weights_sha256(job.candidate)
     return _Models(reference, candidate, manifest if is_artifact else None,
-                   sha256_file(job.reference / "model.safetensors"), sha256_file(cand_file))
+                   weights_sha256(job.reference), cand_sha)
 
 
 def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:

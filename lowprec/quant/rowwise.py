@@ -13,7 +13,9 @@ Row layout the TBE expects (verified on fbgemm-gpu-cpu 1.8.0 by filling a TBE an
   (`pad_rows`). FBGEMM's quantize ops put (scale, bias) at the END of each row instead; the TBE's
   default (reverse_qparam=False) wants them first, which is what `fused_rows` writes.
 
-Min/max codes, bit-exact with FBGEMM (L = 2**bits - 1, fp16() rounds to nearest even):
+Min/max rows are made by FBGEMM's own ops (`fbgemm_minmax.fbgemm_minmax_rows`; the reference path below is used
+for rows they cannot take and to name bad rows), bit-exact with (L = 2**bits - 1, fp16() rounds
+to nearest even):
   int4/int2 (FloatToFusedNBitRowwiseQuantizedSBHalf): b = fp16(min); s = fp16((max - b) / L)
       (1 if that range or s is 0); q = clamp(rint((x - b) * (1 / s)), 0, L).
   int8 (FBGEMM's TBE recipe `fbgemm_gpu.tbe.utils.quantize.quantize_embs`): codes of
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from lowprec.errors import InputError
+from lowprec.quant.fbgemm_minmax import fbgemm_minmax_rows
 from lowprec.quant.range_search import (
     FP16_MAX,
     RangeSearchConfig,
@@ -193,6 +196,8 @@ def fused_rows(
     x = _as_rows(x)
     if bits in (32, 16):
         return _fused_float(x, bits)
+    if method == "minmax" and (out := fbgemm_minmax_rows(x, bits)) is not None:
+        return out
     out = torch.empty(x.shape[0], fused_row_bytes(x.shape[1], bits), dtype=torch.uint8)
     codes = out[:, _SB_BYTES:]  # packed codes are written straight into the rows
     if method == "minmax":

@@ -80,7 +80,7 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
                        "|lookup-only")
 
                 def prepare(o=o, ids=ids):
-                    emb = emulator.table_module(o, range_method)
+                    emb = emulator.table_module(o, range_method, full=True)  # the table's real size
                     return lambda: emb.lookup_ids(ids)
             else:
                 x = batch.layer_in[o.name]

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
-from lowprec.fileio import atomic_write_text, sha256_file
+from lowprec.fileio import atomic_write_text
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Budgets, Plan, PlanInfo, Predicted, SearchWindows, Validation
@@ -93,7 +93,9 @@ class MeasurementCache:
 
 
 def fingerprint(model_dir: Path, ds: Dataset, cfg: SearchConfig, calib_sha: str | None) -> str:
-    parts = [sha256_file(model_dir / "model.safetensors"), str(ds.root.resolve()),
+    from lowprec.checkpoint.float_model import weights_sha256  # recorded, verified on load
+
+    parts = [weights_sha256(model_dir), str(ds.root.resolve()),
              json.dumps(ds.meta.to_json()["windows"]), str(cfg.calib_windows), str(cfg.max_rows),
              json.dumps(cfg.space.to_json()), str(calib_sha)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]

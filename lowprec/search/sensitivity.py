@@ -27,6 +27,7 @@ from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.plan import TableChoice
 from lowprec.search.space import Option
+from lowprec.serve.forms import dense_form
 from lowprec.serve.layers import layer_codec
 from lowprec.serve.quantize import QuantizedForm, embeddings_from_forms, quantize_form, table_form
 
@@ -77,34 +78,63 @@ class Emulator:
         self.calibration = calibration or {}
         self.names = model.config.table_names
         self._forms: dict[str, QuantizedForm] = {}
+        self._rows: dict[int, torch.Tensor] = {}  # table -> ids the cached batches look up
+        self._subset: set[str] = set()  # option keys whose form holds only those rows
         self._pooled: dict[str, list[torch.Tensor]] = {}
         self._layers: dict[str, nn.Module] = {}
         self.evaluations = 0
         self._graph_key: tuple | None = None
         self._graph_cache: DLRMGraph | None = None
 
-    def table_form(self, option: Option, range_method: str) -> QuantizedForm:
-        if option.key not in self._forms:
+    def table_form(self, option: Option, range_method: str, full: bool = False) -> QuantizedForm:
+        """The option's quantized table: by default only the rows the cached batches look up (rows
+        quantize one by one, so they are the same rows), `full` the whole table (for timing)."""
+        if full or option.key not in self._forms:
             t = self.names.index(option.name)
             counts = self.calibration.get("row_counts", {}).get(option.name)
             choice = TableChoice(option.precision, option.sharing_dict(), range_method)
-            form = table_form(self.model.embeddings[t], self.model.config.tables[t], choice, counts)
+            # the model's weights were checked finite when it was loaded or trained
+            form = table_form(self.model.embeddings[t], self.model.config.tables[t], choice, counts,
+                              check=False)
+            if full:
+                return quantize_form(form, choice, counts)
+            if option.sharing is None and form.rows_are_ids:
+                rows, key = self._touched(t), next(iter(form.tables))
+                form = dense_form(key, form.tables[key].index_select(0, rows))
+                counts = torch.as_tensor(counts)[rows] if counts is not None else None
+                self._subset.add(option.key)
             self._forms[option.key] = quantize_form(form, choice, counts)
         return self._forms[option.key]
 
-    def table_module(self, option: Option, range_method: str) -> nn.Module:
-        """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D))."""
+    def _touched(self, t: int) -> torch.Tensor:
+        if t not in self._rows:
+            ids = torch.cat([b.sparse[t].reshape(-1) for b in self.cache.batches]).long()
+            self._rows[t] = torch.unique(ids[ids >= 0])
+        return self._rows[t]
+
+    def option_ids(self, option: Option, ids: torch.Tensor) -> torch.Tensor:
+        """A cached batch's ids of the option's table as its `table_module` reads them (positions
+        among the looked-up rows where the option's table holds only those)."""
+        if option.key not in self._subset:
+            return ids
+        t = self.names.index(option.name)
+        return torch.where(ids >= 0, torch.searchsorted(self._touched(t), ids.clamp(min=0)), ids)
+
+    def table_module(self, option: Option, range_method: str, full: bool = False) -> nn.Module:
+        """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D)); it reads
+        `option_ids` unless `full`, when it holds the whole table and reads the logical ids."""
         t = self.names.index(option.name)
         hot = self.model.config.tables[t].hotness
         return embeddings_from_forms(self.model.config.embedding_dim, [(option.name, hot)],
-                                     [self.table_form(option, range_method)])
+                                     [self.table_form(option, range_method, full)])
 
     @torch.inference_mode()
     def table_pooled(self, option: Option, range_method: str) -> list[torch.Tensor]:
         if option.key not in self._pooled:
             t = self.names.index(option.name)
             emb = self.table_module(option, range_method)
-            self._pooled[option.key] = [emb(b.sparse[t])[:, 0] for b in self.cache.batches]
+            self._pooled[option.key] = [emb(self.option_ids(option, b.sparse[t]))[:, 0]
+                                        for b in self.cache.batches]
         return self._pooled[option.key]
 
     def layer_module(self, option: Option) -> nn.Module:

@@ -57,7 +57,8 @@ class QuantizedEmbeddings(nn.Module):
     group_slices: List[List[List[Tuple[int, int]]]]
 
     def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
-                 serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None):
+                 serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None,
+                 allocate: bool = True):
         super().__init__()
         self.dim, self.n_tables = dim, len(serving)
         self.physical, self.features, self.serving = tables, features, serving
@@ -66,7 +67,8 @@ class QuantizedEmbeddings(nn.Module):
             [table_codec(t.precision).tbe_spec(t.key, t.rows, t.dim) for t in tables],
             feature_table_map=[index[f.table] for f in features],
             output_dtype=SparseType.FP32, device="cpu", bounds_check_mode=BoundsCheckMode.NONE)
-        self.tbe.initialize_weights()
+        if allocate:  # else the caller serves the TBE from existing bytes (`serve_from`)
+            self.tbe.initialize_weights()
         self.id_maps = nn.ModuleList(build_transform(f.transform, buffers or {}, f"feature {i}")
                                      for i, f in enumerate(features))
         self.hotness = [s.hotness for s in serving]
@@ -96,6 +98,14 @@ class QuantizedEmbeddings(nn.Module):
                 raise ValueError(f"table {table.key!r}: rows of shape {tuple(rows.shape)} do not fit "
                                  f"{table.rows} rows of <= {dst.shape[1]} bytes")
             dst[:, : rows.shape[1]].copy_(rows)
+
+    def serve_from(self, flat: torch.Tensor, offsets: list[int]) -> None:
+        """Look rows up in place in `flat` (uint8, e.g. a read-only mapping of the artifact file),
+        physical table t's rows starting at byte offsets[t]: no copy. Build with allocate=False."""
+        self.tbe.weights_host = flat
+        self.tbe.weights_physical_offsets = [int(o) for o in offsets]
+        self.tbe.initialize_logical_weights_placements_and_offsets()
+        self.tbe.weight_initialized = True
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """(B, slots) id matrix, -1 pads -> pooled (B, T, D)."""

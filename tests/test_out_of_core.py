@@ -1,0 +1,186 @@
+"""Models larger than the memory a process may use: every command works through read-only mappings.
+
+The acceptance test runs convert, eval (float and artifact), calibrate and search on a 512 MB
+model in one child whose RLIMIT_DATA (private writable memory: heap, anonymous mappings) is the
+interpreter's baseline plus half the model; read-only file mappings do not count against it. (Half,
+not a third: search and eval hold fixed-size buffers, e.g. 1M-bin AUC histograms, of ~90 MB.) A loader that copies the
+model into memory (safetensors' load_file, the old loader) fails there. Also: streamed writing,
+index/row-shard models, FBGEMM min/max blocks against the reference path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lowprec.checkpoint.convert import convert
+from lowprec.checkpoint.float_model import load_float_model, save_float_model, write_float_model
+from lowprec.checkpoint.tensorfile import TensorFileWriter
+from lowprec.data.dataset import Dataset
+from lowprec.plan import Plan
+from lowprec.precision import Precision
+from lowprec.quant import rowwise
+from lowprec.train import TrainConfig, model_config_for
+from tests.helpers import make_tiny_dataset
+
+BIG_ROWS = 2_000_000  # x 64 dims x 4 bytes = 512 MB: table t0
+
+
+def _pieces(seed: int, block_rows: int = 1 << 17):
+    """Random weights (uniform in +-0.1) in row blocks, never the whole tensor at once."""
+    def pieces(name: str, shape: tuple[int, ...]):
+        g = torch.Generator().manual_seed(seed + sum(map(ord, name)))
+        for start in range(0, shape[0], block_rows):
+            yield torch.empty((min(block_rows, shape[0] - start), *shape[1:])).uniform_(-0.1, 0.1, generator=g)
+    return pieces
+
+
+def test_writer_streams_pieces_and_safetensors_reads_it(tmp_path):
+    t = torch.randn(10, 6)
+    w = TensorFileWriter(tmp_path / "x.safetensors", metadata={"k": "v"}, header_reserve=16)
+    w.add("a", torch.arange(5, dtype=torch.uint8))
+    with w.stream("t", torch.float32, (10, 6)) as put:
+        for piece in t.split(3):
+            put(piece)
+    with pytest.raises(ValueError, match="bytes written"):
+        with w.stream("short", torch.float32, (2, 2)) as put:
+            put(torch.ones(1, 2))
+    w.close()  # the header outgrew its 16-byte reserve: rewritten once
+    got = load_file(str(tmp_path / "x.safetensors"))
+    assert torch.equal(got["t"], t) and torch.equal(got["a"], torch.arange(5, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_fbgemm_minmax_blocks_equal_reference_path(monkeypatch, bits):
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(1001, 16, generator=g) * torch.rand(1001, 1, generator=g) * 3
+    x[7] = 0.25  # constant row
+    monkeypatch.setattr(rowwise, "_FBGEMM_BLOCK", 16 * 97)  # many blocks, a ragged last one
+    fast = rowwise._fbgemm_minmax(x, bits)
+    ref = torch.empty_like(fast)
+    enc = rowwise._encode_minmax(x, bits)
+    rowwise._packed_codes(x, bits, enc, ref[:, 4:])
+    ref[:, :4] = torch.cat((enc.scale, enc.bias), 1).half().view(torch.uint8)
+    assert torch.equal(fast, ref)
+    x[900, 3] = float("nan")
+    assert rowwise._fbgemm_minmax(x, bits) is None
+    with pytest.raises(ValueError, match="row 900"):
+        rowwise.fused_rows(x, bits)
+
+
+def _small_model(tmp_path):
+    ds = Dataset(make_tiny_dataset(tmp_path / "d", windows=2, rows=300, tables=(500, 20, 8)))
+    from lowprec.model.dlrm import DLRM
+
+    model = DLRM(model_config_for(ds.meta, TrainConfig(windows=(0,))))
+    save_float_model(model, tmp_path / "m")
+    return ds, model
+
+
+def test_index_and_row_shard_model_loads_and_converts_like_one_file(tmp_path):
+    ds, model = _small_model(tmp_path)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_bytes((tmp_path / "m" / "config.json").read_bytes())
+    big = "embeddings.0.bag.weight"
+    save_file({k: v for k, v in state.items() if k != big}, str(sharded / "rest.safetensors"))
+    wmap: dict = {k: "rest.safetensors" for k in state if k != big}
+    wmap[big] = []
+    for i, (lo, hi) in enumerate([(0, 120), (120, 121), (121, 500)]):
+        save_file({"rows": state[big][lo:hi].contiguous()}, str(sharded / f"t0-{i}.safetensors"))
+        wmap[big].append({"file": f"t0-{i}.safetensors", "tensor": "rows", "rows": [lo, hi]})
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wmap}))
+    cfg = json.loads((sharded / "config.json").read_text())
+    cfg["sha256"] = {}  # these files were not written by lowprec: nothing recorded to check
+    (sharded / "config.json").write_text(json.dumps(cfg))
+    loaded, _ = load_float_model(sharded)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    plan = Plan.uniform(Precision.INT4)
+    convert(tmp_path / "m", plan, tmp_path / "a1", chunk_bytes=4096)
+    convert(sharded, plan, tmp_path / "a2", chunk_bytes=1 << 20)
+    a1, a2 = (load_file(str(tmp_path / a / "weights.safetensors")) for a in ("a1", "a2"))
+    assert a1.keys() == a2.keys() and all(torch.equal(a1[k], a2[k]) for k in a1)
+
+
+def test_tampered_model_fails_after_streaming_and_writes_nothing(tmp_path):
+    _, _ = _small_model(tmp_path)
+    path = tmp_path / "m" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 1
+    path.write_bytes(bytes(data))
+    from lowprec.errors import InputError
+
+    with pytest.raises(InputError, match="model.safetensors: sha256 does not match"):
+        convert(tmp_path / "m", Plan.uniform(Precision.INT8), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(InputError, match="sha256 does not match"):
+        load_float_model(tmp_path / "m")
+
+
+_CHILD = """
+import ctypes, gc, json, resource, sys
+import torch, fbgemm_gpu, lowprec.cli, lowprec.serve.runtime, lowprec.search.driver
+from lowprec.cli import main
+baseline = int([l for l in open("/proc/self/status") if l.startswith("VmData")][0].split()[1]) * 1024
+limit = baseline + {extra}
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+for args in json.loads(sys.argv[1]):
+    try:
+        main(args, standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code:
+            sys.exit(f"{{args[0]}} exited {{exc.code}}")
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)  # as a new process would start: the CLI keeps freed heap
+    vm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmData")][0]
+    print("DONE", args[0], (int(vm) * 1024 - baseline) >> 20, "MiB above baseline", flush=True)
+if len(sys.argv) > 2:  # the old loader: safetensors' load_file copies the model into memory
+    import safetensors.torch
+    try:
+        safetensors.torch.load_file(sys.argv[2])
+    except Exception as exc:
+        print("OLD LOADER FAILED", type(exc).__name__, exc)
+"""
+
+
+def _run_limited(extra: int, steps: list[tuple], old_loader_on: Path | None = None) -> subprocess.CompletedProcess:
+    """Run CLI commands one after another in one child whose RLIMIT_DATA is its own VmData after
+    importing torch, fbgemm_gpu and the CLI (the interpreter's baseline) plus `extra` bytes."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    steps_json = json.dumps([[str(a) for a in s] for s in steps])
+    extra_args = [str(old_loader_on)] if old_loader_on else []
+    return subprocess.run([sys.executable, "-c", _CHILD.format(extra=extra), steps_json, *extra_args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_commands_run_with_data_limit_far_below_model_size(tmp_path):
+    ds_dir = make_tiny_dataset(tmp_path / "d", windows=3, rows=2000, tables=(BIG_ROWS, 20, 8))
+    config = model_config_for(Dataset(ds_dir).meta, TrainConfig(windows=(0,), embedding_dim=64))
+    model = write_float_model(tmp_path / "m", config, _pieces(0))
+    size = (model / "model.safetensors").stat().st_size
+    assert size > 512e6
+    art, calib, plan = tmp_path / "art", tmp_path / "calib.json", tmp_path / "plan.json"
+    steps = [
+        ("convert", "--model", model, "--precision", "int4", "--out", art),
+        ("eval", "--model", model, "--data", ds_dir, "--windows", "2", "--json"),
+        ("eval", "--model", art, "--data", ds_dir, "--windows", "2", "--json"),
+        ("calibrate", "--model", model, "--data", ds_dir, "--windows", "1", "--out", calib),
+        ("search", "--model", model, "--data", ds_dir, "--calib-windows", "1", "--eval-windows", "2",
+         "--precisions", "fp32,int8,int4", "--out", plan),
+    ]
+    r = _run_limited(size // 2, steps, old_loader_on=model / "model.safetensors")
+    assert r.returncode == 0, (r.stdout[-1000:], r.stderr[-3000:])
+    assert r.stdout.count("DONE") == len(steps)
+    assert json.loads(plan.read_text())["tables"] and (art / "manifest.json").is_file()
+    # The check has teeth: the old loader (a copy of the model in memory) fails the same limit.
+    assert "OLD LOADER FAILED" in r.stdout and "memory" in r.stdout.lower(), r.stdout[-1000:]
