@@ -40,7 +40,6 @@ from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.model.config import DLRMConfig, TableConfig
 from lowprec.plan import LayerChoice, Plan, PlanInfo, TableChoice
 from lowprec.precision import Precision
-from lowprec.serve.layers import layer_codec
 from lowprec.serve.torchrec_export import PRECISIONS
 
 EBC_PREFIX = "sparse_arch.embedding_bag_collection."

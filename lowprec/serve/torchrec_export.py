@@ -32,6 +32,7 @@ against the runtime when TorchRec imports here.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from safetensors.torch import save_file
 from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
-from lowprec.serve.export import TORCHSCRIPT, _link_or_copy, example_batch
+from lowprec.serve.export import _link_or_copy, example_batch
 from lowprec.serve.runtime import QuantizedDLRM
 
 FOLDER = "torchrec"
@@ -199,8 +200,6 @@ def export_torchrec(artifact_dir: str | Path) -> Path:
 
 def copy_artifact(root: Path, tmp: Path, skip: tuple[str, ...]) -> None:
     """Hard-link (or copy) the artifact's files into `tmp`, except top-level names in `skip`."""
-    import shutil
-
     shutil.copytree(root, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
                     ignore=lambda d, names: [n for n in names if Path(d) == root and n in skip])
 
@@ -296,4 +295,4 @@ def load_export_config(artifact_dir: str | Path) -> dict[str, Any]:
     return read_json(root / FOLDER / CONFIG, "torchrec config.json")
 
 
-__all__ = ["export_torchrec", "load_torchrec", "kjt_from_ids", "torchrec_config", "TORCHSCRIPT"]
+__all__ = ["export_torchrec", "load_torchrec", "kjt_from_ids", "torchrec_config", "check_plan"]
