@@ -21,7 +21,7 @@
 lowprec's rows are byte-for-byte the rows the quantized EBC stores, so the loaded model computes
 exactly the runtime's logits. Only dense tables at fp32/fp16/int8/int4/int2 fit TorchRec's EBC:
 hash, QR, ROBE and hot-sharing forms, and FP8 tables (TorchRec's DataType has no HFP8; its NFP8 is
-another encoding), are refused naming the table; `--export torchscript` serves all of them.
+E4M3, another encoding), are refused naming the table; `--export torchscript` serves all of them.
 
 `load_torchrec(folder)` is the documented loader (docs/torchrec.md): TorchRec's public constructors
 plus `load_state_dict(strict=True)`. Writing is atomic, as for the TorchScript export: a temporary
@@ -79,7 +79,8 @@ def refusal(name: str, form: str | None, precision: str, dim: int) -> str | None
                 f"holds plain tables only ({TORCHSCRIPT_HINT})")
     if precision not in DATA_TYPES:
         return (f"table {name!r} is {precision}; TorchRec's quantized EmbeddingBagCollection has no "
-                f"such data type (its NFP8 is not lowprec's HFP8 encoding; it takes "
+                f"such data type (TorchRec's DataType maps to no FBGEMM SparseType.FP8, the HFP8 "
+                f"lowprec's fp8 tables use; its NFP8 is E4M3, another encoding; it takes "
                 f"{sorted(DATA_TYPES)}) ({TORCHSCRIPT_HINT})")
     if dim % 4:
         return (f"table {name!r} has dim {dim}, which FBGEMM stores padded to a multiple of 4; "
