@@ -26,7 +26,9 @@ def _human(n: float) -> str:
               help="With --precision: row range of integer tables (min/max or L2-optimal clipping).")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False), help="CALIB.json from `lowprec calibrate`.")
 @click.option("--out", required=True, type=click.Path(), help="Artifact directory to write (atomically).")
-@click.option("--export", type=click.Choice(["torchscript"]), help="Also write a TorchScript module.")
+@click.option("--export", type=click.Choice(["torchscript", "torchrec"]), multiple=True,
+              help="Also write a TorchScript module (every serving form) and/or the files TorchRec's "
+                   "quantized EBC + DLRM load (dense tables; docs/torchrec.md). Repeatable.")
 @click.option("--json", "as_json", is_flag=True)
 def convert(model_dir, plan_path, precision, layer_precision, range_method, calib_path, out, export, as_json):
     """Quantize a float model into a verified FBGEMM artifact (weights.safetensors + manifest.json)."""
@@ -50,12 +52,20 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
                             range_method)
     calibration = load_calibration(calib_path) if calib_path else None
     config, _ = read_float_config(model_dir)
+    if "torchrec" in export:  # refuse before writing anything
+        from lowprec.serve.torchrec_export import check_plan
+
+        check_plan(config, plan, "--export torchrec")
     with progress_bar(len(config.tables), "convert", unit="tables") as update:
         manifest = run_convert(model_dir, plan, out, calibration, progress=update)
-    if export == "torchscript":
+    if "torchscript" in export:
         from lowprec.serve.export import export_torchscript
 
         export_torchscript(out)
+    if "torchrec" in export:
+        from lowprec.serve.torchrec_export import export_torchrec
+
+        export_torchrec(out)
     if as_json:
         emit_json(_summary(manifest, out))
     else:

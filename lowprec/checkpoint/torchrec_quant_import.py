@@ -1,0 +1,262 @@
+"""Import what a TorchRec user serves: a quantized EBC state dict + dense weights -> a lowprec artifact.
+
+Inputs (safetensors only; nothing is unpickled):
+- the state dict of `torchrec.quant.embedding_modules.EmbeddingBagCollection` (`embedding_bags.{table}.
+  weight`, optionally under `sparse_arch.embedding_bag_collection.` and `model.`/`module.`): uint8
+  rows in FBGEMM's fused layout ([fp16 scale | fp16 bias | codes] for int8/4/2, padded to the row
+  alignment), or in split scale/bias mode (`weight` codes + `weight_qscale`, `weight_qbias`);
+  int4/int2 rows as the raw bytes of torchrec's UInt4Tensor/UInt2Tensor (`.elem`);
+- the dense and over arch under `torchrec.models.dlrm.DLRM`'s names (the layer naming of
+  lowprec.checkpoint.torchrec_import): float `weight`/`bias` (fp32 or fp16), or int8 `weight` codes
+  with fp32 `weight_scale` (per output channel) for int8 layers (what `--export torchrec` writes);
+  in the same file as the tables or a separate one;
+- the table configs (JSON): `{"tables": [{name, feature_names, num_embeddings, embedding_dim,
+  data_type}], "layers": [{module, input_qparams}]}` (`--export torchrec`'s config.json is one),
+  since rows alone do not say their data type.
+
+Each dataset feature is served by the table whose `feature_names` hold it (or, failing that, the
+table named `t_{feature}` / `{feature}`); the interaction's columns follow the EBC's feature order,
+permuted into dataset order as the float import does. The rows are copied as they are: the
+artifact's runtime computes exactly what the TorchRec model computes, so `lowprec compare`,
+`drift`, `inspect` and `eval` run on what the user serves.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lowprec
+from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
+from lowprec.checkpoint.tensorfile import TensorFileWriter
+from lowprec.checkpoint.torchrec_import import _strip_wrappers, interaction_permutation, read_safetensors
+from lowprec.data.dataset import DatasetMeta
+from lowprec.errors import InputError
+from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
+from lowprec.model.config import DLRMConfig, TableConfig
+from lowprec.plan import LayerChoice, Plan, PlanInfo, TableChoice
+from lowprec.precision import Precision
+from lowprec.serve.torchrec_export import PRECISIONS
+
+EBC_PREFIX = "sparse_arch.embedding_bag_collection."
+_ROWS = re.compile(r"embedding_bags\.(.+)\.(weight|weight_qscale|weight_qbias)")
+_LAYER = re.compile(r"(dense_arch\.model\._mlp\.\d+\._linear|over_arch\.model\.0\._mlp\.\d+\._linear|"
+                    r"over_arch\.model\.1)\.(weight|bias|weight_scale)")
+
+
+def _table_rows(name: str, parts: dict[str, torch.Tensor], precision: Precision, rows: int, dim: int,
+                where: str) -> torch.Tensor:
+    """A table's rows in lowprec's stored layout (FBGEMM's fused rows, unpadded)."""
+    width = precision.bytes_per_row(dim)
+    w = parts.get("weight")
+    if w is None:
+        raise InputError(f"{where}: table {name!r} has no embedding_bags.{name}.weight")
+    if "weight_qscale" in parts or "weight_qbias" in parts:  # split scale/bias mode
+        if not precision.is_integer or "weight_qscale" not in parts or "weight_qbias" not in parts:
+            raise InputError(f"{where}: table {name!r} ({precision.value}) has a partial or "
+                             f"unexpected weight_qscale/weight_qbias")
+        s, b = (parts[k].to(torch.float16).reshape(-1, 1) for k in ("weight_qscale", "weight_qbias"))
+        if s.shape[0] != w.shape[0] or b.shape[0] != w.shape[0]:
+            raise InputError(f"{where}: table {name!r}: weight_qscale/weight_qbias do not have "
+                             f"{w.shape[0]} rows")
+        w = torch.cat([s.view(torch.uint8), b.view(torch.uint8), w.to(torch.uint8)], dim=1)
+    if w.dtype != torch.uint8 or w.dim() != 2 or w.shape[0] != rows or w.shape[1] < width:
+        raise InputError(f"{where}: table {name!r} holds {w.dtype} of shape {tuple(w.shape)}; a "
+                         f"{precision.value} table of {rows} rows x dim {dim} needs uint8 rows of "
+                         f">= {width} bytes (TorchRec's quantized EBC layout)")
+    rows_out = w[:, :width].contiguous()
+    if not precision.is_integer and precision != Precision.FP8:
+        decoded = rows_out.view(torch.float32 if precision == Precision.FP32 else torch.float16)
+        if not torch.isfinite(decoded).all():
+            raise InputError(f"{where}: table {name!r} holds NaN or Inf")
+    return rows_out
+
+
+def _tables_by_feature(features: list[str], tables: list[dict[str, Any]], where: str) -> dict[str, dict]:
+    by_feature: dict[str, dict] = {}
+    names = {t["name"]: t for t in tables}
+    for f in features:
+        owners = [t for t in tables if f in t.get("feature_names", [])]
+        owners = owners or [names[n] for n in (f"t_{f}", f) if n in names]
+        if len(owners) != 1:
+            raise InputError(f"{where}: dataset feature {f!r} is served by "
+                             f"{[t['name'] for t in owners] or 'no table'} (tables and their feature_names: "
+                             f"{ {t['name']: t.get('feature_names') for t in tables} })")
+        by_feature[f] = owners[0]
+    return by_feature
+
+
+def _layers(state: dict[str, torch.Tensor], where: str) -> dict[str, dict[str, torch.Tensor]]:
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in state.items():
+        if m := _LAYER.fullmatch(key):
+            found.setdefault(m.group(1), {})[m.group(2)] = t
+    return found
+
+
+def read_inputs(ebc_path: str | Path, dense_path: str | Path | None, config_path: str | Path):
+    """(ebc parts by table, layer parts by TorchRec module, config) from the user's files."""
+    config = read_json(config_path, "TorchRec table config")
+    if not isinstance(config, dict) or not isinstance(config.get("tables"), list) or not config["tables"]:
+        raise InputError(f"{config_path}: expected {{\"tables\": [{{name, feature_names, num_embeddings, "
+                         f"embedding_dim, data_type}}, ...]}}")
+    state, _ = read_safetensors(ebc_path)
+    state = _strip_wrappers(state)
+    dense = dict(state)
+    if dense_path is not None:
+        dense, _ = read_safetensors(dense_path)
+        dense = _strip_wrappers(dense)
+    tables: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in state.items():
+        if m := _ROWS.fullmatch(key[len(EBC_PREFIX):] if key.startswith(EBC_PREFIX) else key):
+            tables.setdefault(m.group(1), {})[m.group(2)] = t
+    if not tables:
+        raise InputError(f"{ebc_path}: no embedding_bags.<table>.weight; is this a TorchRec quantized "
+                         f"EmbeddingBagCollection state dict?")
+    return tables, _layers(dense, str(dense_path or ebc_path)), config
+
+
+def _layer_order(found: dict[str, dict[str, torch.Tensor]], where: str) -> tuple[list[str], list[str]]:
+    """TorchRec module paths of the bottom layers and the top layers (hidden, then the final one)."""
+    def numbered(prefix: str) -> list[str]:
+        idx = sorted(int(m[len(prefix):].split(".")[0]) for m in found if m.startswith(prefix))
+        if idx != list(range(len(idx))):
+            raise InputError(f"{where}: {prefix}* layers are numbered {idx}, not 0..{len(idx) - 1}")
+        return [f"{prefix}{i}._linear" for i in idx]
+
+    bottom, top = numbered("dense_arch.model._mlp."), numbered("over_arch.model.0._mlp.")
+    if not bottom or not top or "over_arch.model.1" not in found:
+        raise InputError(f"{where}: a TorchRec DLRM needs dense_arch.model._mlp.*, over_arch.model.0._mlp.* "
+                         f"and over_arch.model.1 layers; found {sorted(found)[:12]}")
+    return bottom, top + ["over_arch.model.1"]
+
+
+def _layer_tensors(module: str, parts: dict[str, torch.Tensor], where: str) -> tuple[Precision, dict]:
+    """(precision, tensors as the artifact stores them: weight, bias[, scale]) of one layer."""
+    w, b = parts.get("weight"), parts.get("bias")
+    if w is None or b is None or w.dim() != 2 or b.shape != (w.shape[0],):
+        raise InputError(f"{where}: layer {module} needs weight (out, in) and bias (out,); got "
+                         f"{ {k: tuple(v.shape) for k, v in parts.items()} }")
+    if "weight_scale" in parts:
+        s = parts["weight_scale"].float().reshape(-1)
+        if w.dtype != torch.int8 or s.shape != (w.shape[0],) or not (torch.isfinite(s).all() and (s > 0).all()):
+            raise InputError(f"{where}: int8 layer {module} needs int8 weight codes and one positive "
+                             f"finite weight_scale per output channel")
+        tensors = {"weight": w, "scale": s, "bias": b.float()}
+        precision = Precision.INT8
+    elif w.dtype in (torch.float32, torch.float16):
+        precision = Precision.FP32 if w.dtype == torch.float32 else Precision.FP16
+        tensors = {"weight": w, "bias": b.float()}
+    else:
+        raise InputError(f"{where}: layer {module}.weight is {w.dtype}; expected fp32, fp16, or int8 "
+                         f"codes with weight_scale")
+    if not all(torch.isfinite(t.float()).all() for t in tensors.values()):
+        raise InputError(f"{where}: layer {module} holds NaN or Inf")
+    return precision, tensors
+
+
+def _feature_order(features: list[str], owners: dict[str, dict], tables: list[dict]) -> list[str]:
+    """Dataset features in the order the EBC emits them (tables in config order, then feature_names)."""
+    index = {t["name"]: i for i, t in enumerate(tables)}
+
+    def key(f: str) -> tuple[int, int]:
+        names = owners[f].get("feature_names") or []
+        return index[owners[f]["name"]], names.index(f) if f in names else 0
+    return sorted(features, key=key)
+
+
+def import_torchrec_quant(ebc_path: str | Path, dense_path: str | Path | None, config_path: str | Path,
+                          meta: DatasetMeta, out: str | Path) -> dict[str, Any]:
+    """Write a lowprec artifact at `out` (atomically) serving the TorchRec model; returns its manifest."""
+    ebc, found, cfg = read_inputs(ebc_path, dense_path, config_path)
+    where, features = str(ebc_path), meta.sparse_names
+    owners = _tables_by_feature(features, cfg["tables"], str(config_path))
+    dims = {int(t["embedding_dim"]) for t in cfg["tables"]}
+    if len(dims) != 1:
+        raise InputError(f"{config_path}: tables have dims {sorted(dims)}; TorchRec's DLRM uses one")
+    dim = dims.pop()
+    bottom, top = _layer_order(found, str(dense_path or ebc_path))
+    layers = {f"bottom.{i}": m for i, m in enumerate(bottom)} | {f"top.{i}": m for i, m in enumerate(top)}
+    config = DLRMConfig(
+        dense_in=len(meta.dense_names),
+        tables=tuple(TableConfig(f, n, h) for f, n, h in zip(features, meta.num_embeddings, meta.hotness)),
+        embedding_dim=dim, bottom_mlp=tuple(int(found[m]["weight"].shape[0]) for m in bottom),
+        top_mlp=tuple(int(found[m]["weight"].shape[0]) for m in top[:-1]), dense_names=tuple(meta.dense_names))
+    qparams = {x.get("module"): x.get("input_qparams") for x in cfg.get("layers", []) if isinstance(x, dict)}
+    perm = interaction_permutation(dim, features, _feature_order(features, owners, cfg["tables"]))
+    with atomic_dir(out, "artifact") as tmp:
+        writer = TensorFileWriter(tmp / WEIGHTS)
+        tables = [_write_table(writer, f, n, owners[f], ebc, str(config_path), where)
+                  for f, n in zip(features, meta.num_embeddings)]
+        entries = {}
+        for name, module in layers.items():
+            precision, tensors = _layer_tensors(module, found[module], str(dense_path or ebc_path))
+            want = config.layer_shapes()[name]
+            if tuple(tensors["weight"].shape) != (want[1], want[0]):
+                raise InputError(f"{dense_path or ebc_path}: layer {module} has weight "
+                                 f"{tuple(tensors['weight'].shape)}; the DLRM over {len(features)} "
+                                 f"tables of dim {dim} needs {(want[1], want[0])}")
+            if name == "top.0":
+                tensors["weight"] = tensors["weight"][:, perm]
+            qp = qparams.get(module)
+            nbytes = sum(writer.add(f"layers.{name}.{k}", t.contiguous()) for k, t in tensors.items())
+            entries[name] = {"precision": precision.value, "in": want[0], "out": want[1], "bytes": nbytes,
+                             "input_range": None,
+                             "input_qparams": [float(qp[0]), int(qp[1])] if qp and precision == Precision.INT8 else None}
+        writer.close()
+        manifest = _manifest(config, tables, entries, ebc_path, dense_path, config_path)
+        manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _write_table(writer: TensorFileWriter, feature: str, rows: int, table: dict[str, Any],
+                 ebc: dict[str, dict[str, torch.Tensor]], config_where: str, where: str) -> dict[str, Any]:
+    name = table["name"]
+    if table.get("data_type") not in PRECISIONS:
+        raise InputError(f"{config_where}: table {name!r} has data_type {table.get('data_type')!r}; "
+                         f"lowprec imports {sorted(PRECISIONS)}")
+    if int(table["num_embeddings"]) != rows:
+        raise InputError(f"{config_where}: table {name!r} has {table['num_embeddings']} rows but dataset "
+                         f"feature {feature!r} has num_embeddings {rows}")
+    if name not in ebc:
+        raise InputError(f"{where}: no rows for table {name!r} (tables: {sorted(ebc)[:30]})")
+    precision = Precision(PRECISIONS[table["data_type"]])
+    data = _table_rows(name, ebc[name], precision, rows, int(table["embedding_dim"]), where)
+    nbytes = writer.add(f"tables.{feature}", data)
+    return {"name": feature, "rows": rows, "embedding": "dense", "precision": precision.value,
+            "range_method": table.get("range_method") or "minmax", "sharing": None,
+            "physical": [feature], "exact": True, "bytes": nbytes, "dim": int(table["embedding_dim"]),
+            "torchrec_table": name}
+
+
+def _manifest(config: DLRMConfig, tables: list[dict], layers: dict[str, dict], ebc_path, dense_path,
+              config_path) -> dict[str, Any]:
+    plan = Plan({t["name"]: TableChoice(Precision(t["precision"]), None, t["range_method"]) for t in tables},
+                {n: LayerChoice(Precision(v["precision"])) for n, v in layers.items()},
+                PlanInfo(kind="imported torchrec-quant"))
+    embedding_bytes = sum(t["bytes"] for t in tables)
+    fp32_bytes = sum(t.num_embeddings * config.embedding_dim * 4 for t in config.tables)
+    files = [p for p in (ebc_path, dense_path, config_path) if p is not None]
+    return {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "lowprec_version": lowprec.__version__, "torch_version": lowprec.TORCH_VERSION,
+        "fbgemm_version": lowprec.FBGEMM_VERSION,
+        "source": {"format": "torchrec-quant", "files": {str(p): sha256_file(p) for p in files}},
+        "model": config.to_json(), "plan": plan.to_json(),
+        "tables": [{k: v for k, v in t.items() if k not in ("dim", "torchrec_table")} |
+                   {"torchrec_table": t["torchrec_table"]} for t in tables],
+        "physical_tables": [{"key": t["name"], "rows": t["rows"], "dim": t["dim"], "precision": t["precision"],
+                             "bytes": t["bytes"], "padded_from": None} for t in tables],
+        "features": [{"table": t["name"], "transform": {"kind": "identity"}} for t in tables],
+        "serving": [{"name": t.name, "hotness": t.hotness, "groups": [[i]]} for i, t in enumerate(config.tables)],
+        "buffers": [], "layers": layers,
+        "embedding_bytes": embedding_bytes, "fp32_embedding_bytes": fp32_bytes,
+        "compression": fp32_bytes / embedding_bytes if embedding_bytes else float("nan"),
+        "layer_bytes": sum(v["bytes"] for v in layers.values()),
+    }

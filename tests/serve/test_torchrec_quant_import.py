@@ -1,0 +1,219 @@
+"""TorchRec quantized import: artifact -> TorchRec export -> import gives identical scores; TorchRec's
+split scale/bias state dict and another feature order import exactly (checked against the real
+TorchRec model); bad inputs exit 2 naming the table or layer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from helpers import make_tiny_dataset
+from lowprec.checkpoint.artifact import load_artifact, read_manifest
+from lowprec.checkpoint.convert import convert
+from lowprec.checkpoint.torchrec_import import interaction_permutation
+from lowprec.checkpoint.torchrec_quant_import import import_torchrec_quant
+from lowprec.cli import main
+from lowprec.data.batches import iter_batches
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
+from lowprec.checkpoint.float_model import save_float_model
+from lowprec.model.config import DLRMConfig, TableConfig
+from lowprec.model.dlrm import DLRM
+from lowprec.plan import LayerChoice, Plan, TableChoice
+from lowprec.precision import Precision
+
+torchrec = pytest.importorskip("torchrec", reason="torchrec 1.8 is installed by `make env`")
+
+from lowprec.serve.torchrec_export import export_torchrec, kjt_from_ids, load_torchrec  # noqa: E402
+
+PLAN = Plan({"t0": TableChoice(Precision.INT4, range_method="l2"), "t1": TableChoice(Precision.INT2),
+             "t2": TableChoice(Precision.FP16)},
+            {"top.1": LayerChoice(Precision.FP16), "top.2": LayerChoice(Precision.FP32), "*": LayerChoice(Precision.INT8)})
+CALIB = {"layers": {"bottom.0": {"min": -3.0, "max": 3.0}}}
+
+
+def float_model(ds, out, seed=0, dim=8):
+    meta = ds.meta
+    torch.manual_seed(seed)
+    model = DLRM(DLRMConfig(len(meta.dense_names), tuple(TableConfig(f.name, f.num_embeddings, f.hotness) for f in meta.sparse),
+                            dim, (16, dim), (16, 8), tuple(meta.dense_names)))
+    with torch.no_grad():
+        for p in model.embeddings.parameters():
+            p.normal_(0, 0.5)
+    save_float_model(model, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return Dataset(make_tiny_dataset(tmp_path_factory.mktemp("trq") / "data", windows=1, rows=200, hotness=(1, 3, 1)))
+
+
+@pytest.fixture(scope="module")
+def exported(ds, tmp_path_factory):
+    root = tmp_path_factory.mktemp("trq_art")
+    convert(float_model(ds, root / "model", seed=3), PLAN, root / "art", CALIB)
+    return root / "art", export_torchrec(root / "art")
+
+
+def logits(path, ds):
+    runtime, _ = load_artifact(path)
+    b = next(iter(iter_batches(ds, [0], batch_size=128)))
+    with torch.no_grad():
+        return runtime(b.dense, b.sparse)
+
+
+def test_round_trip_gives_identical_scores_and_plan(ds, exported, tmp_path):
+    art, folder = exported
+    manifest = import_torchrec_quant(folder / "ebc.safetensors", folder / "dense.safetensors",
+                                     folder / "config.json", ds.meta, tmp_path / "back")
+    want, got = logits(art, ds), logits(tmp_path / "back", ds)
+    assert want.std() > 1e-3 and torch.equal(got, want)
+    before = read_manifest(art)
+    assert [t["precision"] for t in manifest["tables"]] == [t["precision"] for t in before["tables"]]
+    assert [t["range_method"] for t in manifest["tables"]] == ["l2", "minmax", "minmax"]
+    assert {n: (v["precision"], v["input_qparams"]) for n, v in manifest["layers"].items()} == \
+        {n: (v["precision"], v["input_qparams"]) for n, v in before["layers"].items()}
+    assert manifest["embedding_bytes"] == before["embedding_bytes"]
+
+
+def test_split_scale_bias_state_dict_from_real_torchrec(ds, exported, tmp_path):
+    """TorchRec's quant_state_dict_split_scale_bias mode: weight codes + weight_qscale/qbias apart."""
+    from torchrec import DataType, EmbeddingBagConfig
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection
+    from torchrec.tensor_types import UInt2Tensor, UInt4Tensor
+
+    art, folder = exported
+    cfg = json.loads((folder / "config.json").read_text())
+    fused = load_file(str(folder / "ebc.safetensors"))
+    tables = [EmbeddingBagConfig(name=t["name"], feature_names=t["feature_names"], num_embeddings=t["num_embeddings"],
+                                 embedding_dim=t["embedding_dim"], data_type=DataType[t["data_type"]]) for t in cfg["tables"]]
+    ebc = EmbeddingBagCollection(tables, is_weighted=False, device=torch.device("cpu"),
+                                 quant_state_dict_split_scale_bias=True)
+    wrap = {"INT4": UInt4Tensor, "INT2": UInt2Tensor}
+    state = {}
+    for t, spec in zip(tables, cfg["tables"]):
+        rows, key = fused[f"embedding_bags.{t.name}.weight"], f"embedding_bags.{t.name}"
+        width = Precision(spec["precision"]).bytes_per_row(spec["embedding_dim"])
+        if Precision(spec["precision"]).is_integer:
+            state[f"{key}.weight_qscale"] = rows[:, 0:2].contiguous().view(torch.float16)
+            state[f"{key}.weight_qbias"] = rows[:, 2:4].contiguous().view(torch.float16)
+            codes = rows[:, 4:width].contiguous()
+            state[f"{key}.weight"] = wrap[spec["data_type"]](codes) if spec["data_type"] in wrap else codes
+        else:
+            state[f"{key}.weight"] = rows
+    ebc.load_state_dict(state, strict=True)
+    runtime, _ = load_artifact(art)
+    b = next(iter(iter_batches(ds, [0], batch_size=64)))
+    with torch.no_grad():  # TorchRec's own kernel confirms the split layout
+        pooled = ebc(kjt_from_ids(b.sparse, cfg)).values().view(len(b), 3, -1)
+        assert torch.equal(pooled, runtime.embeddings(b.sparse))
+    saved = {f"sparse_arch.embedding_bag_collection.{k}": getattr(v, "elem", v).contiguous()
+             for k, v in ebc.state_dict().items()}
+    save_file(saved, str(tmp_path / "split.safetensors"))
+    import_torchrec_quant(tmp_path / "split.safetensors", folder / "dense.safetensors", folder / "config.json",
+                          ds.meta, tmp_path / "back")
+    assert torch.equal(logits(tmp_path / "back", ds), logits(art, ds))
+
+
+def test_torchrec_feature_order_is_permuted_into_dataset_order(ds, tmp_path):
+    """A TorchRec model whose EBC lists the tables in another order imports to the same logits.
+
+    fp32 layers: an int8 top.0 over permuted columns rounds differently inside FBGEMM's GEMM."""
+    art = tmp_path / "art"
+    convert(float_model(ds, tmp_path / "model", seed=5), Plan(PLAN.tables), art)
+    folder = export_torchrec(art)
+    cfg = json.loads((folder / "config.json").read_text())
+    ids_cfg = dict(cfg)  # the id matrix is in dataset order; KJT keys name the features either way
+    cfg["tables"] = list(reversed(cfg["tables"]))
+    order = [t["feature_names"][0] for t in cfg["tables"]]
+    dense = load_file(str(folder / "dense.safetensors"))
+    key = "over_arch.model.0._mlp.0._linear.weight"
+    perm = interaction_permutation(8, ds.meta.sparse_names, order)
+    permuted = torch.zeros_like(dense[key])
+    permuted[:, perm] = dense[key]  # TorchRec's columns for its order
+    dense[key] = permuted
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text(json.dumps(cfg))
+    save_file(dense, str(theirs / "dense.safetensors"))
+    (theirs / "ebc.safetensors").write_bytes((folder / "ebc.safetensors").read_bytes())
+    model = load_torchrec(theirs)
+    b = next(iter(iter_batches(ds, [0], batch_size=128)))
+    with torch.no_grad():
+        served = model(b.dense, kjt_from_ids(b.sparse, ids_cfg)).squeeze(1)
+    want = logits(art, ds)
+    # the same model with its tables listed otherwise (the dots sum in another order: ULPs apart)
+    assert (served - want).abs().max() < 1e-5
+    import_torchrec_quant(theirs / "ebc.safetensors", theirs / "dense.safetensors", theirs / "config.json",
+                          ds.meta, tmp_path / "back")
+    back = logits(tmp_path / "back", ds)
+    assert torch.equal(back, want) and (back - served).abs().max() < 1e-5
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_import_then_inspect_and_compare(ds, exported, tmp_path):
+    art, folder = exported
+    res = run("import", "--format", "torchrec-quant", "--state-dict", folder / "ebc.safetensors", "--dense",
+              folder / "dense.safetensors", "--config", folder / "config.json", "--data", ds.root,
+              "--out", tmp_path / "served", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["tables"]["t0"] == {"torchrec_table": "t_t0", "precision": "int4"}
+    res = run("inspect", tmp_path / "served", "--json")
+    assert res.exit_code == 0 and json.loads(res.output.strip().splitlines()[-1])["tables"][1]["precision"] == "int2"
+    res = run("compare", "--reference", art.parent / "model", "--candidate", tmp_path / "served", "--data", ds.root,
+              "--windows", "0", "--json")
+    assert res.exit_code == 0, res.output
+
+
+def _edit(folder, tmp_path, cfg_edit=None, ebc_edit=None):
+    cfg = json.loads((folder / "config.json").read_text())
+    ebc = load_file(str(folder / "ebc.safetensors"))
+    if cfg_edit:
+        cfg_edit(cfg)
+    if ebc_edit:
+        ebc_edit(ebc)
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    save_file(ebc, str(tmp_path / "e.safetensors"))
+    return tmp_path / "e.safetensors", tmp_path / "c.json"
+
+
+@pytest.mark.parametrize("cfg_edit,ebc_edit,match", [
+    (lambda c: c["tables"][0].update(data_type="NFP8"), None, "table 't_t0' has data_type 'NFP8'"),
+    (lambda c: c["tables"][1].update(num_embeddings=7), None, "table 't_t1' has 7 rows but dataset feature 't1'"),
+    (lambda c: c["tables"][2].update(feature_names=["x"], name="other"), None, "dataset feature 't2' is served by no table"),
+    (None, lambda e: e.__setitem__("embedding_bags.t_t1.weight", e["embedding_bags.t_t1.weight"][:, :4].contiguous()),
+     r"table 't_t1' holds torch.uint8 of shape \(20, 4\)"),
+    (None, lambda e: e.pop("embedding_bags.t_t0.weight"), "no rows for table 't_t0'"),
+], ids=["fp8", "rows", "unserved", "short-rows", "missing"])
+def test_bad_inputs_name_the_table(ds, exported, tmp_path, cfg_edit, ebc_edit, match):
+    _, folder = exported
+    ebc, cfg = _edit(folder, tmp_path, cfg_edit, ebc_edit)
+    with pytest.raises(InputError, match=match):
+        import_torchrec_quant(ebc, folder / "dense.safetensors", cfg, ds.meta, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refusals_exit_2(ds, exported, tmp_path):
+    _, folder = exported
+    res = run("import", "--format", "torchrec-quant", "--state-dict", folder / "ebc.safetensors",
+              "--data", ds.root, "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "needs --config" in res.output
+    torch.save(load_file(str(folder / "ebc.safetensors")), tmp_path / "ebc.pt")
+    res = run("import", "--format", "torchrec-quant", "--state-dict", tmp_path / "ebc.pt", "--config",
+              folder / "config.json", "--data", ds.root, "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "never unpickles" in res.output and not (tmp_path / "o").exists()
+    dense = load_file(str(folder / "dense.safetensors"))
+    dense["dense_arch.model._mlp.0._linear.weight_scale"][1] = float("nan")
+    save_file(dense, str(tmp_path / "d.safetensors"))
+    res = run("import", "--format", "torchrec-quant", "--state-dict", folder / "ebc.safetensors", "--dense",
+              tmp_path / "d.safetensors", "--config", folder / "config.json", "--data", ds.root, "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "dense_arch.model._mlp.0._linear" in res.output
