@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lowprec
+from lowprec import distributed as dist
 from lowprec.checkpoint.load import load_model, model_kind
 from lowprec.data.dataset import Dataset
 from lowprec.data.windows import parse_windows
@@ -128,7 +129,42 @@ def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
 
 
 def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
-    """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report."""
+    """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report.
+
+    Data-parallel (torchrun): rank 0 holds the database and decides the windows to process; every
+    rank scores its share of each; rank 0 alone records, recalibrates and writes the report."""
+    if not dist.is_main():
+        return _follow(job, stages)
+    announced: list[int] = []
+
+    def announce(todo: list[int]) -> None:  # tell the other ranks which windows to score
+        dist.broadcast_json({"todo": todo}, "drift plan")
+        announced.append(1)
+
+    try:
+        return _run(job, stages, announce)
+    except InputError as exc:
+        if dist.active() and not announced:
+            dist.broadcast_json({"error": str(exc)}, "drift plan")  # followers stop with the same error
+        raise
+
+
+def _follow(job: DriftJob, stages: Stages | None) -> DriftOutcome:
+    """A rank > 0: score its share of every window rank 0 processes; write nothing."""
+    stages = stages or (lambda name, total, unit: None)
+    ds = Dataset(job.data)
+    models = load_pair(job, ds)
+    plan = dist.broadcast_json(None, "drift plan")
+    if "error" in plan:
+        raise InputError(f"rank 0 refused the job: {plan['error']}")
+    table_err = TableError.from_models(models.reference, models.candidate) if plan["todo"] else None
+    for w in plan["todo"]:
+        evaluate_window(models.reference, models.candidate, ds, w, job.paired, job.spill_prefix,
+                        table_err, stages(f"drift window {w}", ds.meta.window(w).rows, "rows"))
+    return DriftOutcome([], plan["todo"], 0, [], job.db, job.report)
+
+
+def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
     stages = stages or (lambda name, total, unit: None)
     ds = Dataset(job.data)
     chosen = parse_windows(job.windows, ds.meta.window_indices)
@@ -150,12 +186,14 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
         run_id = store.start_run(_run_info(job, models, chosen))
         try:
             todo = [w for w in chosen if w not in store.recorded()]
+            announce(todo)
             table_err = TableError.from_models(models.reference, models.candidate) if todo else None
             for w in todo:
                 process_window(job, store, ds, models, w, run_id, calib, table_err, stages)
             recal = []
             if job.on_alarm == "recalibrate":
-                recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
+                with dist.local():  # rank 0 alone; the other ranks are done
+                    recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
             outcome = _outcome(job, store, chosen, todo, recal)
             store.finish_run(run_id, "done")
             report.write_report(job.report, report.gather(store, job.config))
