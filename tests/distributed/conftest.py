@@ -22,8 +22,8 @@ RANK_TIMEOUT_S = "20"  # LOWPREC_DIST_TIMEOUT of the ranks
 
 
 def env(**extra: str) -> dict[str, str]:
-    out = {**os.environ, "OMP_NUM_THREADS": "1", "LOWPREC_DIST_TIMEOUT": RANK_TIMEOUT_S, **extra}
-    out.pop("WORLD_SIZE", None)
+    out = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    out.update({"OMP_NUM_THREADS": "1", "LOWPREC_DIST_TIMEOUT": RANK_TIMEOUT_S, **extra})
     out["PYTHONPATH"] = str(REPO) + os.pathsep + out.get("PYTHONPATH", "")
     return out
 
