@@ -86,7 +86,12 @@ def inspect(artifact, as_json, no_verify):
     """Show an artifact's tables (rows, dim, precision, bytes), layers and compression."""
     from lowprec.checkpoint.artifact import read_manifest
 
+    from lowprec.serve.sharded import load_shard_plan
+
     s = _summary(read_manifest(artifact, verify=not no_verify), artifact)
+    plan = load_shard_plan(artifact)
+    if plan is not None:
+        s["shard_plan"] = plan.to_json()
     if as_json:
         emit_json(s)
         return
@@ -99,6 +104,12 @@ def inspect(artifact, as_json, no_verify):
         click.echo(f"layer {name:<10} {v['precision']:>5}{' (static)' if v['static'] else ''}")
     click.echo(f"embedding bytes {_human(s['embedding_bytes'])}, fp32 {_human(s['fp32_embedding_bytes'])}, "
                f"compression {s['compression']:.2f}x")
+    if plan is not None:
+        from lowprec.cli.shard import describe_plan
+
+        click.echo(f"shard plan ({plan.world_size} ranks):")
+        for line in describe_plan(plan):
+            click.echo(f"  {line}")
 
 
 @click.command()
