@@ -29,6 +29,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -43,6 +44,7 @@ DEFAULT_TIMEOUT_S = 120.0
 FULL_HASH_LIMIT = 256 << 20  # bigger files are fingerprinted by size + first/last 4 MiB
 _SAMPLE = 4 << 20
 _local_depth = 0  # > 0 inside `local()`: collectives are skipped (rank-0-only work)
+TIMING = {"collective_s": 0.0, "calls": 0}  # time in collectives (incl. waiting for peers); benchmarks read it
 
 
 class DistributedError(RuntimeError):
@@ -126,6 +128,7 @@ def local() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _guard(what: str) -> Iterator[None]:
+    t0 = time.perf_counter()
     try:
         yield
     except RuntimeError as exc:  # gloo: connection closed / reset by peer, timed out
@@ -133,6 +136,9 @@ def _guard(what: str) -> Iterator[None]:
             raise
         raise RankFailure(f"rank {rank()} of {world_size()}: collective {what!r} failed (a peer rank "
                           f"died or did not answer within {timeout_s():.0f}s): {exc}") from exc
+    finally:
+        TIMING["collective_s"] += time.perf_counter() - t0
+        TIMING["calls"] += 1
 
 
 def barrier(what: str) -> None:
