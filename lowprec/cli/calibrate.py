@@ -19,7 +19,10 @@ from lowprec.cli._common import progress_bar
 @click.option("--max-rows", type=int, help="Use at most this many rows per pass.")
 @click.option("--json", "as_json", is_flag=True)
 def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, as_json):
-    """Measure activation ranges, clipping rates and row access counts on calibration windows."""
+    """Measure activation ranges, clipping rates and row access counts on calibration windows.
+
+    Runs data-parallel under torchrun (or `lowprec --nproc N calibrate ...`): same file, rank 0 writes."""
+    from lowprec import distributed as dist
     from lowprec.calibrate import CalibConfig, save_calibration
     from lowprec.calibrate import calibrate as run_calibrate
     from lowprec.checkpoint.float_model import load_float_model
@@ -32,6 +35,7 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, a
     ds = Dataset(data_dir)
     cfg = CalibConfig(tuple(parse_windows(windows, ds.meta.window_indices)), method, percentile,
                       max_rows=max_rows)
+    dist.check_same([model_dir, data_dir])
     model, _ = load_float_model(model_dir)
     check_compatible(model.config, ds.meta, model_dir)
     rows = count_rows(ds, list(cfg.windows))
@@ -39,6 +43,8 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, a
         calib = run_calibrate(model, ds, cfg, update)
     from pathlib import Path
 
+    if not dist.is_main():
+        return
     save_calibration(calib, out, sha256_file(Path(model_dir) / "model.safetensors"))
     summary = {"out": out, "method": method, "rows": calib["rows"],
                "layers": {n: {k: v[k] for k in ("min", "max", "clip_rate")} for n, v in calib["layers"].items()}}

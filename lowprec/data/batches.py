@@ -128,5 +128,22 @@ def count_batches(ds: Dataset, windows: list[int], batch_size: int, chunk_rows: 
     return out
 
 
+def batch_sizes(ds: Dataset, windows: list[int], batch_size: int, max_rows: int | None = None,
+                chunk_rows: int = 1 << 16) -> list[int]:
+    """Rows of each batch `iter_batches` yields, in order; with max_rows, the batches a reader that
+    stops once it has seen max_rows rows takes."""
+    out, seen = [], 0
+    for w in windows:
+        rows = ds.meta.window(w).rows
+        for s in range(0, rows, chunk_rows):
+            n = min(chunk_rows, rows - s)
+            for b in range(0, n, batch_size):
+                if max_rows is not None and seen >= max_rows:
+                    return out
+                out.append(min(batch_size, n - b))
+                seen += out[-1]
+    return out
+
+
 def count_rows(ds: Dataset, windows: list[int]) -> int:
     return sum(ds.meta.window(w).rows for w in windows)

@@ -26,6 +26,7 @@ from lowprec.checkpoint.load import load_model, model_kind
 from lowprec.data.dataset import Dataset
 from lowprec.data.windows import parse_windows
 from lowprec.drift import report
+from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
 from lowprec.drift.store import DriftStore
@@ -133,35 +134,12 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
 
     Data-parallel (torchrun): rank 0 holds the database and decides the windows to process; every
     rank scores its share of each; rank 0 alone records, recalibrates and writes the report."""
-    if not dist.is_main():
-        return _follow(job, stages)
-    announced: list[int] = []
-
-    def announce(todo: list[int]) -> None:  # tell the other ranks which windows to score
-        dist.broadcast_json({"todo": todo}, "drift plan")
-        announced.append(1)
-
-    try:
-        return _run(job, stages, announce)
-    except InputError as exc:
-        if dist.active() and not announced:
-            dist.broadcast_json({"error": str(exc)}, "drift plan")  # followers stop with the same error
-        raise
-
-
-def _follow(job: DriftJob, stages: Stages | None) -> DriftOutcome:
-    """A rank > 0: score its share of every window rank 0 processes; write nothing."""
-    stages = stages or (lambda name, total, unit: None)
-    ds = Dataset(job.data)
-    models = load_pair(job, ds)
-    plan = dist.broadcast_json(None, "drift plan")
-    if "error" in plan:
-        raise InputError(f"rank 0 refused the job: {plan['error']}")
-    table_err = TableError.from_models(models.reference, models.candidate) if plan["todo"] else None
-    for w in plan["todo"]:
-        evaluate_window(models.reference, models.candidate, ds, w, job.paired, job.spill_prefix,
-                        table_err, stages(f"drift window {w}", ds.meta.window(w).rows, "rows"))
-    return DriftOutcome([], plan["todo"], 0, [], job.db, job.report)
+    if not dist.is_main():  # score this rank's share of rank 0's windows; write nothing
+        ds = Dataset(job.data)
+        models = load_pair(job, ds)
+        todo = follow(job.paired, job.spill_prefix, ds, models.reference, models.candidate, stages)
+        return DriftOutcome([], todo, 0, [], job.db, job.report)
+    return lead(lambda announce: _run(job, stages, announce))
 
 
 def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:

@@ -1,6 +1,6 @@
 """2-rank gloo runs of `eval` and `drift` give the one-process numbers.
 
-eval: exactly (every per-batch number is the same because rank slices are cut on the one-process
+eval and calibrate: exactly (every per-batch number is the same because rank slices are cut on the one-process
 batch boundaries, float sums are replayed in batch order, histograms hold integers).
 drift: integers, alarms and intervals' ordering exactly; float sums to 1e-12 relative (they are
 all-reduced, so the summation order differs from one process: ~1e-16 in practice).
@@ -8,6 +8,7 @@ all-reduced, so the summation order differs from one process: ~1e-16 in practice
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -56,3 +57,18 @@ def test_drift_two_ranks_equals_one_process(work, tmp_path):
         for key in w1:
             assert _close(w1[key], w2[key]), (w1["window"], key, w1[key], w2[key])
     assert (tmp_path / "two-report" / "report.md").is_file()
+
+
+def test_calibrate_two_ranks_writes_the_one_process_file(work, tmp_path):
+    def calibrate(out, nproc):
+        args = ("calibrate", "--model", work["model"], "--data", work["data"], "--windows", "1-2",
+                "--method", "mse", "--max-rows", "10000", "--out", out)
+        r = in_process(*args) if nproc == 1 else lowprec(*args, nproc=2)
+        assert (r.exit_code if nproc == 1 else r.returncode) == 0, getattr(r, "stderr", r.output)[-3000:]
+
+    calibrate(tmp_path / "one.json", 1)
+    calibrate(tmp_path / "two.json", 2)
+    one, two = (json.loads((tmp_path / n).read_text()) for n in ("one.json", "two.json"))
+    assert one["rows"] == two["rows"] == 4096 + 1904 + 4096  # whole batches until 10,000 rows are seen
+    assert one["layers"] == two["layers"]  # ranges and clip rates bit for bit
+    assert (tmp_path / "one.counts.safetensors").read_bytes() == (tmp_path / "two.counts.safetensors").read_bytes()
