@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 
 from tests.distributed.conftest import in_process, last_json, lowprec
 
 BATCH = "700"  # 6000 rows -> 9 batches a window (the last short): 4 + 5 across two ranks
 
 
-@pytest.mark.parametrize("which", ["model", "art"])
-def test_eval_two_ranks_equals_one_process(work, which):
-    args = ("eval", "--model", work[which], "--data", work["data"], "--windows", "1-3",
+def test_eval_two_ranks_equals_one_process(work):
+    """The int8 artifact with dynamic int8 layers: exact only if the batches are the same."""
+    args = ("eval", "--model", work["art"], "--data", work["data"], "--windows", "1-3",
             "--batch-size", BATCH, "--json")
     one = in_process(*args)
     assert one.exit_code == 0, one.output

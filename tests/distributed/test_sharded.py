@@ -38,11 +38,11 @@ def test_plan_balances_bytes_and_splits_big_tables():
     assert sum(hot.rank_lookups()) == pytest.approx(1000 + 300 + 200)
 
 
-def _run(work, tmp_path, mode: str) -> list[dict]:
+def _run(work, tmp_path) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
            str(REPO / "tests" / "distributed" / "sharded_worker.py"), str(work["art"]), str(work["data"]),
-           str(tmp_path), mode]
+           str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=WAIT_S, env=env(), cwd=REPO)
     assert r.returncode == 0, r.stderr[-4000:]
     return [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
@@ -55,10 +55,10 @@ def test_two_ranks_score_as_the_unsharded_artifact(work, tmp_path):
     assert plan["world_size"] == 2 and len(plan["shards"]) > 3  # the 60-row table is split
     shown = in_process("inspect", work["art"])
     assert "shard plan (2 ranks)" in shown.stdout and "t0[0:30]" in shown.stdout
-    ranks = _run(work, tmp_path, "plan")
+    ranks = _run(work, tmp_path)
     total = ranks[0]["total_bytes"]
-    assert sum(x["local_bytes"] for x in ranks) == total
-    assert all(x["local_bytes"] <= 0.6 * total for x in ranks)
-    assert all(x["max_abs_diff"] < 1e-5 for x in ranks)
-    whole = _run(work, tmp_path, "tablewise")
-    assert all(x["differing"] == 0 for x in whole)  # bit-identical logits
+    planned = [x["plan"] for x in ranks]
+    assert sum(x["local_bytes"] for x in planned) == total
+    assert all(x["local_bytes"] <= 0.6 * total for x in planned)
+    assert all(x["max_abs_diff"] < 1e-5 for x in planned)
+    assert all(x["tablewise"]["differing"] == 0 for x in ranks)  # bit-identical logits
