@@ -105,8 +105,6 @@ def setup() -> bool:
             raise RankFailure(f"rank {os.environ.get('RANK')}: could not join the process group at "
                               f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
                               f"within {timeout_s():.0f}s: {exc}") from exc
-    if torch.distributed.get_rank() != 0:
-        os.environ["TQDM_DISABLE"] = "1"  # one progress display: rank 0's
     return True
 
 
