@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bc.write_json(args.out, result)
     from _distributed_report import write_report  # noqa: E402  (the Markdown, kept apart)
 
+    result = json.loads(Path(args.out).read_text())  # the recorded form (string keys), as --from-json reads it
     write_report(result, args.report)
     return result
 
