@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lowprec.data.batches import iter_batches
+from lowprec.data.batches import batch_sizes, iter_batches
 from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, read_json, sha256_file
@@ -71,12 +71,11 @@ def _layer_inputs(model: DLRM, dense: torch.Tensor, sparse: torch.Tensor) -> dic
 
 
 def _batches(ds: Dataset, cfg: CalibConfig):
-    seen = 0
-    for batch in iter_batches(ds, list(cfg.windows), cfg.batch_size):
-        if cfg.max_rows is not None and seen >= cfg.max_rows:
-            return
-        seen += len(batch)
-        yield batch
+    """The batches of the windows (up to max_rows): under torchrun, this rank's batch-aligned share."""
+    from lowprec import distributed as dist
+
+    n = len(batch_sizes(ds, list(cfg.windows), cfg.batch_size, cfg.max_rows))
+    yield from iter_batches(ds, list(cfg.windows), cfg.batch_size, span=dist.span(n))
 
 
 @torch.inference_mode()
@@ -95,7 +94,20 @@ def _pass_ranges(model: DLRM, ds: Dataset, cfg: CalibConfig, progress) -> tuple[
         rows += len(batch)
         if progress:
             progress(len(batch))
-    return {n: (lo[n], hi[n]) for n in lo}, dict(zip(model.config.table_names, counts)), rows
+    return _merge_ranges(lo, hi, counts, rows, model)
+
+
+def _merge_ranges(lo: dict, hi: dict, counts: list, rows: int, model: DLRM) -> tuple[dict, dict, int]:
+    """Over every rank (exact: extremes, integer counts); one process is the one-rank case."""
+    from lowprec import distributed as dist
+
+    names = list(model.linear_layers())
+    lo_all = dist.all_reduce_min([lo.get(n, np.inf) for n in names], "calibration min")
+    hi_all = dist.all_reduce_max([hi.get(n, -np.inf) for n in names], "calibration max")
+    flat = dist.all_reduce_sum(np.concatenate([[rows], *counts]), "row counts").astype(np.int64)
+    counts = np.split(flat[1:], np.cumsum([len(c) for c in counts])[:-1])
+    ranges = {n: (float(a), float(b)) for n, a, b in zip(names, lo_all, hi_all) if np.isfinite(a)}
+    return ranges, dict(zip(model.config.table_names, counts)), int(flat[0])
 
 
 @torch.inference_mode()
@@ -108,7 +120,11 @@ def _pass_histograms(model: DLRM, ds: Dataset, cfg: CalibConfig, ranges, progres
                 hists[name] += torch.histc(x.float(), BINS, a, b).double().numpy()
         if progress:
             progress(len(batch))
-    return hists
+    from lowprec import distributed as dist
+
+    names = list(hists)
+    merged = dist.all_reduce_sum(np.stack([hists[n] for n in names]) if names else np.zeros((0, BINS)), "histograms")
+    return dict(zip(names, merged))
 
 
 def calibrate(model: DLRM, ds: Dataset, cfg: CalibConfig,

@@ -17,8 +17,11 @@ from typing import Any
 
 import click
 
+from lowprec import distributed as dist
 from lowprec.allocator import keep_buffers_in_heap
 from lowprec.errors import InputError
+
+PARALLEL = ("eval", "drift", "calibrate")  # commands that run data-parallel under torchrun / --nproc
 
 
 class BadInput(click.ClickException):
@@ -39,17 +42,48 @@ class LowprecGroup(click.Group):
             if exc.errno not in USER_ERRNOS:
                 raise
             raise BadInput(str(os_error(exc, exc.filename or "an output"))) from exc
+        except dist.DistributedError as exc:
+            raise RankFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+class RankFailed(click.ClickException):
+    """A data-parallel job lost a rank (or timed out): exit code 3, nothing written."""
+
+    exit_code = 3
 
 
 @click.group(cls=LowprecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lowprec")
-def main() -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help=f"Run the command data-parallel as N processes on this machine (torchrun); "
+                   f"for {', '.join(PARALLEL)}.")
+@click.pass_context
+def main(ctx: click.Context, nproc: int) -> None:
     """lowprec: serve DLRM-style recommendation models in low precision.
 
     Typical flow: `data synth|prepare` -> `train` -> `calibrate` -> `search` -> `convert` ->
     `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input.
     """
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
+    parallel = nproc > 1 or dist.env_world_size() > 1
+    if parallel and ctx.invoked_subcommand not in PARALLEL:
+        raise BadInput(f"`{ctx.invoked_subcommand}` does not run data-parallel (only {', '.join(PARALLEL)})")
+    if nproc > 1 and dist.env_world_size() == 1:
+        ctx.exit(dist.launch(nproc, _without_nproc(sys.argv[1:])))
+    if dist.setup():
+        ctx.call_on_close(dist.teardown)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def emit_json(obj: dict[str, Any]) -> None:

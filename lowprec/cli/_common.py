@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import click
 from tqdm import tqdm
 
+from lowprec.distributed import is_main  # one progress display in a data-parallel job: rank 0's
 from lowprec.progress import Update
 
 
@@ -16,7 +17,7 @@ from lowprec.progress import Update
 def progress_bar(total: int | None, desc: str, unit: str = "rows") -> Iterator[Update]:
     """A tqdm bar on stderr; yields the `update(n)` callback library functions accept."""
     bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-               mininterval=0.5, leave=False, dynamic_ncols=True)
+               mininterval=0.5, leave=False, dynamic_ncols=True, disable=not is_main())
     try:
         yield bar.update
     finally:
@@ -55,8 +56,8 @@ class StageBars:
         if self.bars:
             self.bars[-1].close()
         unit = unit or ("it" if total else "rows")
-        bar = tqdm(total=total, desc=name, unit=unit, unit_scale=True,
-                   file=sys.stderr, mininterval=0.5, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=name, unit=unit, unit_scale=True, file=sys.stderr,
+                   mininterval=0.5, leave=False, dynamic_ncols=True, disable=not is_main())
         self.bars.append(bar)
         return bar.update
 

@@ -20,7 +20,10 @@ from lowprec.cli._common import progress_bar
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, batch_size, as_json):
-    """Measure activation ranges, clipping rates and row access counts on calibration windows."""
+    """Measure activation ranges, clipping rates and row access counts on calibration windows.
+
+    Runs data-parallel under torchrun (or `lowprec --nproc N calibrate ...`): same file, rank 0 writes."""
+    from lowprec import distributed as dist
     from lowprec.calibrate import CalibConfig, save_calibration
     from lowprec.calibrate import calibrate as run_calibrate
     from lowprec.checkpoint.float_model import load_float_model
@@ -33,6 +36,7 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, b
     claim_output(out, "calibration", [model_dir, data_dir])
     ds = Dataset(data_dir)
     cfg = CalibConfig(tuple(select_windows(windows, ds.meta)), method, percentile, batch_size, max_rows=max_rows)
+    dist.check_same([model_dir, data_dir])
     model, _ = load_float_model(model_dir)
     check_compatible(model.config, ds.meta, model_dir)
     rows = count_rows(ds, list(cfg.windows))
@@ -40,6 +44,8 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, b
         calib = run_calibrate(model, ds, cfg, update)
     from pathlib import Path
 
+    if not dist.is_main():
+        return
     from lowprec.checkpoint.float_model import weights_sha256  # recorded, verified on load
 
     save_calibration(calib, out, weights_sha256(Path(model_dir)), (model_dir, data_dir))

@@ -100,11 +100,23 @@ def inspect(artifact, as_json, no_verify):
     from lowprec.checkpoint.artifact import read_manifest
     from lowprec.errors import InputError
 
+    from lowprec.serve.sharded import load_shard_plan
+
     manifest = read_manifest(artifact, verify=not no_verify)
     try:  # everything shown comes from the manifest: a field of the wrong type is bad input
-        _show(_summary(manifest, artifact), as_json)
+        s = _summary(manifest, artifact)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InputError(f"{artifact}/manifest.json: malformed ({exc!r})") from exc
+    plan = load_shard_plan(artifact)
+    if plan is not None:
+        s["shard_plan"] = plan.to_json()
+    _show(s, as_json)
+    if plan is not None and not as_json:
+        from lowprec.cli.shard import describe_plan
+
+        click.echo(f"shard plan ({plan.world_size} ranks):")
+        for line in describe_plan(plan):
+            click.echo(f"  {line}")
 
 
 def _show(s: dict, as_json: bool) -> None:

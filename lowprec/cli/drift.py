@@ -54,6 +54,7 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
     """
     import dataclasses
 
+    from lowprec import distributed as dist
     from lowprec.drift.alarm import load_config
     from lowprec.drift.job import DriftJob, run
     from lowprec.errors import InputError
@@ -71,8 +72,11 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
             config, recalibrate=dataclasses.replace(config.recalibrate, source=recalibrate_on))
     job = DriftJob(reference, candidate, data_dir, windows, db, report_dir, config, on_alarm, calib_path,
                    batch_size)
+    dist.check_same([p for p in (reference, candidate, data_dir, config_path, calib_path) if p])
     with StageBars() as stages:
         outcome = run(job, stages)
+    if not dist.is_main():
+        return  # rank 0 renders and sets the exit code
     if as_json:
         emit_json(outcome.to_json())
     else:

@@ -78,7 +78,10 @@ def train(data_dir, windows, out, recipe, val_windows, patience, seed, epochs, b
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (overall `auc`, `ne`, ... and `windows`).")
 def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
-    """Score a model per window and overall: NE, log-loss, AUC, calibration."""
+    """Score a model per window and overall: NE, log-loss, AUC, calibration.
+
+    Runs data-parallel under torchrun (or `lowprec --nproc N eval ...`): same numbers, rank 0 prints."""
+    from lowprec import distributed as dist
     from lowprec.checkpoint.load import load_model
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
@@ -89,10 +92,13 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
 
     ds = Dataset(data_dir)
     chosen = select_windows(windows, ds.meta)
+    dist.check_same([model_dir, data_dir])
     model, config, _ = load_model(model_dir)
     check_compatible(config, ds.meta, str(model_dir))
     with progress_bar(count_rows(ds, chosen), "eval") as update:
         result = evaluate(model, ds, chosen, batch_size, progress=update)
+    if not dist.is_main():
+        return
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
     if as_json:
         emit_json({**result.to_json(), **bayes})

@@ -29,6 +29,7 @@ class Batch:
     labels: torch.Tensor  # float32 (B,)
     window: int
     ids: FeatureIds | None = None  # the same ids table-major, when the loader was asked for them
+    row0: int = -1  # index of the first row within its window (in order; -1 when shuffled)
 
     def ids_for(self, model: torch.nn.Module) -> torch.Tensor | FeatureIds:
         """The ids in the layout `model` reads best: FeatureIds for the quantized runtime (when
@@ -71,9 +72,16 @@ def iter_batches(
     seed: int = 0,
     chunk_rows: int = 1 << 16,
     feature_ids: bool = False,
+    span: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Yield batches over `windows` in order (or shuffled by chunk, then by row within a chunk);
-    with `feature_ids`, each batch also carries `Batch.ids` (see `Batch.ids_for`)."""
+    with `feature_ids`, each batch also carries `Batch.ids` (see `Batch.ids_for`). `span=(a, b)`
+    yields only batches a..b-1 of the unshuffled sequence (a rank's slice, lowprec.distributed),
+    cut exactly where the whole sequence is cut; chunks outside it are not read."""
+    if span is not None and shuffle:
+        raise ValueError("span selects batches of the unshuffled order")
+    first, last = span if span is not None else (0, None)
+    seen = 0  # batches before the current chunk
     hotness = tuple(ds.meta.hotness)
     chunks = [
         (w, start)
@@ -84,6 +92,10 @@ def iter_batches(
     if shuffle:
         rng.shuffle(chunks)
     for w, start in chunks:
+        n_batches = -(-min(chunk_rows, ds.meta.window(w).rows - start) // batch_size)
+        lo, seen = seen, seen + n_batches
+        if seen <= first or (last is not None and lo >= last):
+            continue
         dense_m, sparse_m, labels_m = ds.arrays(w)
         stop = min(start + chunk_rows, len(labels_m))
         dense = np.array(dense_m[start:stop], dtype=np.float32)
@@ -93,7 +105,9 @@ def iter_batches(
         # the chunk's ids regrouped table by table once: a batch's FeatureIds is then one copy
         table_major = TableMajor(sparse_m[start:stop], hotness) if feature_ids else None
         order = rng.permutation(len(labels)) if shuffle else None
-        for b in range(0, len(labels), batch_size):
+        for k, b in enumerate(range(0, len(labels), batch_size)):
+            if not first <= lo + k < (last if last is not None else seen):
+                continue
             idx = slice(b, b + batch_size) if order is None else order[b : b + batch_size]
             yield Batch(
                 torch.from_numpy(np.ascontiguousarray(dense[idx])),
@@ -101,7 +115,34 @@ def iter_batches(
                 torch.from_numpy(labels[idx].astype(np.float32)),
                 w,
                 table_major.take(idx) if table_major is not None else None,
+                start + b if order is None else -1,
             )
+
+
+def count_batches(ds: Dataset, windows: list[int], batch_size: int, chunk_rows: int = 1 << 16) -> list[int]:
+    """Per window, how many batches `iter_batches` yields for it (in order)."""
+    out = []
+    for w in windows:
+        rows = ds.meta.window(w).rows
+        out.append(sum(-(-min(chunk_rows, rows - s) // batch_size) for s in range(0, rows, chunk_rows)))
+    return out
+
+
+def batch_sizes(ds: Dataset, windows: list[int], batch_size: int, max_rows: int | None = None,
+                chunk_rows: int = 1 << 16) -> list[int]:
+    """Rows of each batch `iter_batches` yields, in order; with max_rows, the batches a reader that
+    stops once it has seen max_rows rows takes."""
+    out, seen = [], 0
+    for w in windows:
+        rows = ds.meta.window(w).rows
+        for s in range(0, rows, chunk_rows):
+            n = min(chunk_rows, rows - s)
+            for b in range(0, n, batch_size):
+                if max_rows is not None and seen >= max_rows:
+                    return out
+                out.append(min(batch_size, n - b))
+                seen += out[-1]
+    return out
 
 
 def count_rows(ds: Dataset, windows: list[int]) -> int:

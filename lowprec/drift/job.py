@@ -22,11 +22,13 @@ from typing import Any
 
 import lowprec
 from lowprec.checkpoint.float_model import weights_sha256
+from lowprec import distributed as dist
 from lowprec.checkpoint.load import load_model, model_kind
 from lowprec.data.dataset import Dataset
 from lowprec.data.latent import window_bayes_auc
 from lowprec.data.windows import select_windows
 from lowprec.drift import report
+from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
 from lowprec.drift.store import DriftStore
@@ -130,7 +132,19 @@ def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
 
 
 def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
-    """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report."""
+    """Process the windows not yet recorded, recalibrate on alarm if asked, regenerate the report.
+
+    Data-parallel (torchrun): rank 0 holds the database and decides the windows to process; every
+    rank scores its share of each; rank 0 alone records, recalibrates and writes the report."""
+    if not dist.is_main():  # score this rank's share of rank 0's windows; write nothing
+        ds = Dataset(job.data)
+        models = load_pair(job, ds)
+        todo = follow(job.paired, job.spill_prefix, ds, models.reference, models.candidate, stages)
+        return DriftOutcome([], todo, 0, [], job.db, job.report)
+    return lead(lambda announce: _run(job, stages, announce))
+
+
+def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
     stages = stages or (lambda name, total, unit: None)
     ds = Dataset(job.data)
     chosen = select_windows(job.windows, ds.meta)
@@ -152,12 +166,14 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
         run_id = store.start_run(_run_info(job, models, chosen))
         try:
             todo = [w for w in chosen if w not in store.recorded()]
+            announce(todo)
             table_err = TableError.from_models(models.reference, models.candidate) if todo else None
             for w in todo:
                 process_window(job, store, ds, models, w, run_id, calib, table_err, stages)
             recal = []
             if job.on_alarm == "recalibrate":
-                recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
+                with dist.local():  # rank 0 alone; the other ranks are done
+                    recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
             outcome = _outcome(job, store, chosen, todo, recal)
             store.finish_run(run_id, "done")
             data = report.gather(store, job.config)

@@ -13,6 +13,11 @@ window's histograms are complete. The pass therefore spills (score_ref, score_ca
 placement up in tables derived from the histograms. The file is deleted when the window is done;
 a leftover from a killed run is removed by the next run.
 
+Data-parallel (torchrun): each rank scores its batch-aligned share of every window, bootstrap
+weights are keyed by the row's index in the window (`stats.PoissonBootstrap`), and the sums,
+histograms and DeLong moments merge by all-reduce (`lowprec.distributed.merge_paired`): integer
+sums exactly, float sums to rounding (~1e-16 relative; the summation order differs).
+
 The per-table quantization error is computed once per run (`TableError`): per row, the squared
 distance between the float table and the artifact's dequantized TBE rows; each window weights it
 by its own id frequencies (`stats.weighted_row_error`). Only tables served dense (one physical
@@ -30,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowprec.data.batches import iter_batches, reads_feature_ids
+from lowprec import distributed as dist
+from lowprec.data.batches import count_batches, iter_batches, reads_feature_ids
 from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.evaluation import stats
 from lowprec.evaluation.scoring import predict
@@ -187,11 +193,11 @@ class _Accumulators:
         self.counts = table_err.zero_counts() if table_err is not None else {}
 
     def update(self, pr: np.ndarray, pc: np.ndarray, y: np.ndarray, sparse: torch.Tensor,
-               names: list[str], hotness: list[int]) -> None:
+               names: list[str], hotness: list[int], row0: int) -> None:
         self.ref.update(pr, y)
         self.cand.update(pc, y)
         llr, llc = stats.row_logloss(pr, y), stats.row_logloss(pc, y)
-        self.boot.update(y, llr, llc, pr, pc)
+        self.boot.update(y, llr, llc, pr, pc, row0)
         self.moments.update(llr, llc)
         if self.counts:
             for name, ids in zip(names, torch.split(sparse, hotness, dim=1)):
@@ -209,6 +215,7 @@ def _delong_pass(spill: Path, acc: _Accumulators) -> stats.DeLongResult:
             if len(rec) == 0:
                 break
             d.update(score_bins(rec["ref"]), score_bins(rec["cand"]), rec["y"])
+    dist.merge_delong(d)
     return d.result()
 
 
@@ -232,17 +239,22 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
     clip = ClipMonitor(candidate)
     try:
         with open(spill, "wb") as fh, clip:
-            for batch in iter_batches(ds, windows, cfg.batch_size,
-                                      feature_ids=reads_feature_ids(reference) or reads_feature_ids(candidate)):
-                pr = predict(reference, batch.dense, batch.ids_for(reference))
-                pc = predict(candidate, batch.dense, batch.ids_for(candidate))
-                y = batch.labels.numpy()
-                acc.update(pr, pc, y, batch.sparse, names, hotness)
-                rec = np.empty(len(y), dtype=SPILL_DTYPE)
-                rec["ref"], rec["cand"], rec["y"] = pr, pc, y
-                fh.write(rec.tobytes())
-                if progress is not None:
-                    progress(len(y))
+            feature_ids = reads_feature_ids(reference) or reads_feature_ids(candidate)
+            offset = 0  # rows of the pooled windows before this one
+            for w, n_batches in zip(windows, count_batches(ds, windows, cfg.batch_size)):
+                for batch in iter_batches(ds, [w], cfg.batch_size, feature_ids=feature_ids,
+                                          span=dist.span(n_batches)):
+                    pr = predict(reference, batch.dense, batch.ids_for(reference))
+                    pc = predict(candidate, batch.dense, batch.ids_for(candidate))
+                    y = batch.labels.numpy()
+                    acc.update(pr, pc, y, batch.sparse, names, hotness, offset + batch.row0)
+                    rec = np.empty(len(y), dtype=SPILL_DTYPE)
+                    rec["ref"], rec["cand"], rec["y"] = pr, pc, y
+                    fh.write(rec.tobytes())
+                    if progress is not None:
+                        progress(len(y))
+                offset += ds.meta.window(w).rows
+        dist.merge_paired(acc, clip)
         delong = _delong_pass(spill, acc)
     finally:
         spill.unlink(missing_ok=True)

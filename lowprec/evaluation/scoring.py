@@ -3,6 +3,8 @@
 Any scorer works: a module mapping (dense (B, F), sparse (B, slots)) to logits (B,); the quantized
 runtime gets its ids from the loader in FBGEMM's layout (`Batch.ids_for`). Windows are
 streamed batch by batch; each window's statistics are merged into the overall ones by addition.
+Under torchrun each rank scores its batch-aligned share of every window and the shares merge
+exactly (`lowprec.distributed.merge_stats`); one process is the one-rank case of the same code.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowprec.data.batches import iter_batches, reads_feature_ids
+from lowprec import distributed as dist
+from lowprec.data.batches import count_batches, iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.progress import Update
@@ -40,12 +43,17 @@ def evaluate(model: torch.nn.Module, ds: Dataset, windows: list[int], batch_size
     model.eval()
     overall = BinaryStats()
     per_window: dict[int, dict[str, float]] = {}
-    for w in windows:
-        stats = BinaryStats()
-        for batch in iter_batches(ds, [w], batch_size, feature_ids=reads_feature_ids(model)):
-            stats.update(predict(model, batch.dense, batch.ids_for(model)), batch.labels.numpy())
+    for w, n_batches in zip(windows, count_batches(ds, windows, batch_size)):
+        stats, sums = BinaryStats(), []
+        for batch in iter_batches(ds, [w], batch_size, feature_ids=reads_feature_ids(model),
+                                  span=dist.span(n_batches)):
+            b = BinaryStats().update(predict(model, batch.dense, batch.ids_for(model)), batch.labels.numpy())
+            sums.append((b.weight, b.positives, b.pred_sum, b.logloss_sum))
+            stats.hist_pos += b.hist_pos
+            stats.hist_neg += b.hist_neg
             if progress is not None:
                 progress(len(batch))
+        stats = dist.merge_stats(stats, sums, f"eval window {w}")
         per_window[w] = stats.summary()
         overall = overall + stats
     return EvalResult(per_window, overall)

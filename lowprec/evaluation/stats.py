@@ -7,7 +7,8 @@ Everything here accumulates over mini-batches in memory that does not grow with 
   ll the per-row log-loss (probabilities clipped as in `lowprec.evaluation.metrics`).
 - Poisson bootstrap (Hanley & MacGibbon 2006; Chamandy et al. 2012, "Estimating uncertainty for
   massive data streams"): every row gets K independent weights w_ik ~ Poisson(1) from a seeded
-  generator and only the K weighted sums are kept, so a replicate statistic (the gap, the
+  generator keyed by the row's index (so a data-parallel split draws the same weights) and only
+  the K weighted sums are kept, so a replicate statistic (the gap, the
   calibration ratio) costs O(K) memory. The interval is the percentile interval of the replicates,
   the standard error their standard deviation. Weights are drawn by inverting Poisson(1)'s CDF on
   16-bit uniforms (probabilities exact to 2^-16; ~13x faster than `Generator.poisson`).
@@ -66,21 +67,46 @@ def poisson1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class PoissonBootstrap:
-    """K replicate sums of (weight, positives, ll_ref, ll_cand, pred_ref, pred_cand)."""
+    """K replicate sums of (weight, positives, ll_ref, ll_cand, pred_ref, pred_cand).
+
+    Row i's K weights depend only on (seed, stream, i): they are drawn for blocks of BLOCK rows,
+    block b from its own generator SeedSequence(seed, spawn_key=(stream, b)). So any split of the
+    rows (ranks of a data-parallel job, lowprec.distributed) sees the weights one process sees."""
+
+    BLOCK = 4096
 
     def __init__(self, replicates: int, seed: int, stream: int = 0):
-        self.k = replicates
-        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
+        self.k, self.seed, self.stream = replicates, seed, stream
+        self.next_row = 0
+        self._block: tuple[int, np.ndarray] | None = None
         self.sums = np.zeros((replicates, len(COLS)), dtype=np.float64)
 
+    def _weights_of_block(self, b: int) -> np.ndarray:
+        if self._block is None or self._block[0] != b:
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.stream, b)))
+            self._block = (b, poisson1(rng, (self.k, self.BLOCK)))
+        return self._block[1]
+
+    def weights(self, row0: int, n: int) -> np.ndarray:
+        """(K, n) weights of rows row0 .. row0+n-1."""
+        parts, i = [], row0
+        while i < row0 + n:
+            b, off = divmod(i, self.BLOCK)
+            take = min(self.BLOCK - off, row0 + n - i)
+            parts.append(self._weights_of_block(b)[:, off: off + take])
+            i += take
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
     def update(self, y: np.ndarray, ll_ref: np.ndarray, ll_cand: np.ndarray,
-               p_ref: np.ndarray, p_cand: np.ndarray) -> None:
+               p_ref: np.ndarray, p_cand: np.ndarray, row0: int | None = None) -> None:
+        """Add rows row0.. (default: right after the previous update's rows)."""
         n = len(y)
+        row0 = self.next_row if row0 is None else row0
+        self.next_row = row0 + n
         if n == 0:
             return
         v = np.column_stack([np.ones(n), y, ll_ref, ll_cand, p_ref, p_cand]).astype(np.float64)
-        w = poisson1(self.rng, (self.k, n)).astype(np.float64)
-        self.sums += w @ v
+        self.sums += self.weights(row0, n).astype(np.float64) @ v
 
     def ratio(self, num: str, den: str) -> np.ndarray:
         """Replicates of Σnum / Σden - 1 (nan where a replicate's denominator is 0)."""

@@ -9,7 +9,8 @@ One handler per concept, each in one literal registry (nothing registers itself 
   serving form (physical tables + id transforms) and its bytes;
 - `transforms.TRANSFORMS`: per id-transform kind, a TorchScript-compatible module.
 `forms` is the serving form, `quantize` turns forms into quantized forms and runtime modules,
-`runtime` is the FBGEMM runtime (`QuantizedDLRM`), `export` its TorchScript export. Conversion
+`runtime` is the FBGEMM runtime (`QuantizedDLRM`), `sharded` the same runtime with its tables spread
+over the ranks of a process group (`ShardedDLRM`, shard plans), `export` its TorchScript export. Conversion
 (lowprec.checkpoint.convert), the artifact loader, the search's byte model and emulator, and drift's
 per-row error all go through these handlers.
 """

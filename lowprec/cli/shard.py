@@ -1,0 +1,53 @@
+"""`lowprec shard`: plan how an artifact's tables spread over N ranks (model-parallel serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lowprec.cli import emit_json
+
+
+def describe_plan(plan) -> list[str]:
+    """One line per rank: its bytes, expected lookups and pieces (table[first:stop] when split)."""
+    total = sum(plan.rank_bytes()) or 1
+    lines = []
+    for r, (nbytes, lookups) in enumerate(zip(plan.rank_bytes(), plan.rank_lookups())):
+        pieces = [s for s in plan.shards if s.rank == r]
+        names = ", ".join(s.table if len(plan.of_table(s.table)) == 1 else f"{s.table}[{s.first}:{s.stop}]"
+                          for s in pieces)
+        lines.append(f"rank {r}: {nbytes:,} bytes ({100 * nbytes / total:.1f}%), "
+                     f"{lookups:,.0f} expected lookups: {names or '-'}")
+    return lines
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ranks", required=True, type=click.IntRange(min=1), help="Number of ranks to spread the tables over.")
+@click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
+              help="CALIB.json: its row access counts weight the balance by expected lookups.")
+@click.option("--json", "as_json", is_flag=True)
+def shard(artifact, ranks, calib_path, as_json):
+    """Write ARTIFACT/shard-plan.json: each rank ~1/N of the table bytes and of the lookups.
+
+    A table bigger than 1/N of the bytes is split by id range. Serve it with N ranks under torchrun
+    (lowprec.serve.sharded.load_sharded); `lowprec inspect` shows the plan."""
+    from lowprec.calibrate import load_calibration
+    from lowprec.checkpoint.artifact import read_manifest
+    from lowprec.fileio import sha256_file
+    from lowprec.serve.sharded import plan_shards, save_shard_plan
+
+    manifest = read_manifest(artifact)
+    counts = load_calibration(calib_path)["row_counts"] if calib_path else None
+    plan = plan_shards(manifest, sha256_file(artifact / "manifest.json"), ranks, counts)
+    path = save_shard_plan(plan, artifact)
+    if as_json:
+        emit_json({"shard_plan": str(path), **plan.to_json()})
+        return
+    for line in describe_plan(plan):
+        click.echo(line)
+    click.echo(f"-> {path}")
+
+
+COMMANDS = [shard]

@@ -1,0 +1,324 @@
+"""Data-parallel lowprec on torch.distributed: process group, rank slices, merges, start-up checks.
+
+A job runs as N processes under torchrun (`torchrun --nproc_per_node N -m lowprec ...`, or
+`lowprec --nproc N ...`, which launches it). This module owns everything that knows about ranks:
+
+- `setup`: the gloo process group from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
+  MASTER_PORT), with a bounded timeout on every collective (LOWPREC_DIST_TIMEOUT seconds, default
+  120). A collective that fails (a peer died, or did not answer within the timeout) raises
+  `RankFailure` naming the collective and this rank; the CLI exits 3.
+- `span`: the rank's slice of a window's batches: contiguous, cut on the batch boundaries the
+  one-process run uses (`iter_batches(span=...)`), so dynamic int8 activation ranges see the same
+  batches and every per-batch number is the same.
+- merges: `all_reduce_sum` / `all_reduce_min` / `all_reduce_max` for sums and extremes,
+  `gather_rows` (rows of every rank in rank order) for what is not a sum, and `fold_rows` to replay
+  per-batch float sums in the one-process order (so merged float sums are bit-identical).
+  Histograms of unit-weight rows hold integers < 2^53: their float64 sums are exact in any order.
+- `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions and a fingerprint
+  (sha256) of its input files; any difference raises `RankMismatch` (exit 2) on every rank.
+- `is_main`: only rank 0 writes (reports, databases, stdout).
+Launching (`launch`): `python -m torch.distributed.run` on 127.0.0.1 with a free port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from lowprec.errors import InputError
+
+TIMEOUT_ENV = "LOWPREC_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 120.0
+FULL_HASH_LIMIT = 256 << 20  # bigger files are fingerprinted by size + first/last 4 MiB
+_SAMPLE = 4 << 20
+_local_depth = 0  # > 0 inside `local()`: collectives are skipped (rank-0-only work)
+TIMING = {"collective_s": 0.0, "calls": 0}  # time in collectives (incl. waiting for peers); benchmarks read it
+
+
+class DistributedError(RuntimeError):
+    """A data-parallel job cannot go on (the CLI exits 3 with this message)."""
+
+
+class RankFailure(DistributedError):
+    """A collective failed: a peer rank died or did not answer within the timeout."""
+
+
+class RankMismatch(InputError):
+    """Ranks run different software or read different inputs (exit 2, nothing written)."""
+
+
+def timeout_s() -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise InputError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise InputError(f"{TIMEOUT_ENV} must be > 0 seconds, got {raw}")
+    return value
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE as torchrun set it (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def active() -> bool:
+    return _local_depth == 0 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes (rank 0, or the only process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return True
+
+
+def setup() -> bool:
+    """Join torchrun's gloo process group if WORLD_SIZE > 1 (idempotent); True when joined."""
+    if env_world_size() <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        try:
+            torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=timeout_s()))
+        except (RuntimeError, ValueError) as exc:
+            raise RankFailure(f"rank {os.environ.get('RANK')}: could not join the process group at "
+                              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                              f"within {timeout_s():.0f}s: {exc}") from exc
+    return True
+
+
+def teardown() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Run a block on this rank alone (rank-0-only work such as recalibration): no collectives."""
+    global _local_depth
+    _local_depth += 1
+    try:
+        yield
+    finally:
+        _local_depth -= 1
+
+
+@contextlib.contextmanager
+def _guard(what: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    except RuntimeError as exc:  # gloo: connection closed / reset by peer, timed out
+        if isinstance(exc, DistributedError):
+            raise
+        raise RankFailure(f"rank {rank()} of {world_size()}: collective {what!r} failed (a peer rank "
+                          f"died or did not answer within {timeout_s():.0f}s): {exc}") from exc
+    finally:
+        TIMING["collective_s"] += time.perf_counter() - t0
+        TIMING["calls"] += 1
+
+
+def barrier(what: str) -> None:
+    if active():
+        with _guard(f"barrier {what}"):
+            torch.distributed.monitored_barrier(timeout=timedelta(seconds=timeout_s()))
+
+
+def _reduce(x: np.ndarray, op: Any, what: str) -> np.ndarray:
+    arr = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
+    if not active():
+        return arr
+    t = torch.from_numpy(arr.copy())
+    with _guard(what):
+        torch.distributed.all_reduce(t, op=op)
+    return t.numpy()
+
+
+def all_reduce_sum(x: np.ndarray | float, what: str = "sum") -> np.ndarray:
+    return _reduce(np.asarray(x), torch.distributed.ReduceOp.SUM, what)
+
+
+def all_reduce_min(x: np.ndarray | float, what: str = "min") -> np.ndarray:
+    return _reduce(np.asarray(x), torch.distributed.ReduceOp.MIN, what)
+
+
+def all_reduce_max(x: np.ndarray | float, what: str = "max") -> np.ndarray:
+    return _reduce(np.asarray(x), torch.distributed.ReduceOp.MAX, what)
+
+
+def gather_rows(rows: np.ndarray, what: str = "gather") -> np.ndarray:
+    """Every rank's (n_r, d) float64 rows, concatenated in rank order, on every rank."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    if not active():
+        return rows
+    n = world_size()
+    with _guard(what):
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(n)]
+        torch.distributed.all_gather(sizes, torch.tensor([len(rows)], dtype=torch.int64))
+        top = max(int(s) for s in sizes)
+        padded = np.zeros((top, rows.shape[1]))
+        padded[: len(rows)] = rows
+        out = [torch.zeros(top, rows.shape[1], dtype=torch.float64) for _ in range(n)]
+        torch.distributed.all_gather(out, torch.from_numpy(padded))
+    return np.concatenate([o.numpy()[: int(s)] for o, s in zip(out, sizes)])
+
+
+def fold_rows(rows: np.ndarray, width: int) -> np.ndarray:
+    """Σ of rows in order, starting at 0.0: exactly what `x += row` per batch gives in one process."""
+    acc = np.zeros(width)
+    for r in rows:
+        acc += r
+    return acc
+
+
+def broadcast_json(obj: Any, what: str = "broadcast") -> Any:
+    """Rank 0's JSON-serialisable object on every rank."""
+    if not active():
+        return obj
+    box = [json.dumps(obj) if rank() == 0 else None]
+    with _guard(what):
+        torch.distributed.broadcast_object_list(box, src=0)
+    return json.loads(box[0])
+
+
+def span(n_batches: int, r: int | None = None, n: int | None = None) -> tuple[int, int]:
+    """Rank r's contiguous share [a, b) of n_batches batches (sizes differ by at most one)."""
+    r = rank() if r is None else r
+    n = world_size() if n is None else n
+    return n_batches * r // n, n_batches * (r + 1) // n
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file (of size + first and last 4 MiB beyond FULL_HASH_LIMIT bytes)."""
+    size = path.stat().st_size
+    if size <= FULL_HASH_LIMIT:
+        from lowprec.fileio import sha256_file
+
+        return sha256_file(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(_SAMPLE))
+        fh.seek(size - _SAMPLE)
+        h.update(fh.read(_SAMPLE))
+    return "sampled:" + h.hexdigest()
+
+
+def describe_inputs(paths: Sequence[Path | str]) -> dict[str, str]:
+    """Fingerprint of every file given and every file directly inside a directory given, keyed by
+    the input's position and the file's name (ranks may mount the same inputs at other paths)."""
+    out: dict[str, str] = {}
+    for i, p in enumerate(map(Path, paths)):
+        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            out[f"input {i + 1} ({p.name}): {f.name}" if f != p else f"input {i + 1} ({p.name})"] = fingerprint(f)
+    return out
+
+
+def software() -> dict[str, str]:
+    import lowprec
+
+    return {"lowprec": lowprec.__version__, "torch": str(lowprec.TORCH_VERSION),
+            "fbgemm_gpu": str(lowprec.FBGEMM_VERSION), "python": sys.version.split()[0]}
+
+
+def check_same(inputs: Sequence[Path | str]) -> None:
+    """Refuse (RankMismatch, on every rank) when ranks differ in software or input files."""
+    if not active():
+        return
+    mine = {"software": software(), "inputs": describe_inputs(inputs)}
+    everyone: list[Any] = [None] * world_size()
+    with _guard("start-up check"):
+        torch.distributed.all_gather_object(everyone, json.dumps(mine, sort_keys=True))
+    ref = json.loads(everyone[0])
+    for r, text in enumerate(everyone[1:], start=1):
+        other = json.loads(text)
+        for part in ("software", "inputs"):
+            keys = sorted(set(ref[part]) | set(other[part]))
+            bad = [k for k in keys if ref[part].get(k) != other[part].get(k)]
+            if bad:
+                k = bad[0]
+                raise RankMismatch(f"rank {r} differs from rank 0 in {part}: {k} is "
+                                   f"{other[part].get(k)!r} on rank {r}, {ref[part].get(k)!r} on rank 0; "
+                                   f"refusing to run")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, args: Sequence[str]) -> int:
+    """Run `python -m lowprec ARGS` as nproc ranks under torchrun on this machine; its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "lowprec", *args]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.call(cmd, env=env)
+
+
+def merge_stats(local: Any, batch_sums: list[tuple[float, float, float, float]], what: str = "stats") -> Any:
+    """One window's BinaryStats over all ranks from this rank's histograms and per-batch
+    (weight, positives, pred_sum, logloss_sum): sums folded in the one-process batch order."""
+    from lowprec.evaluation.metrics import BinaryStats
+
+    rows = gather_rows(np.asarray(batch_sums, dtype=np.float64).reshape(-1, 4), f"{what} sums")
+    weight, positives, pred_sum, logloss_sum = fold_rows(rows, 4)
+    hists = all_reduce_sum(np.stack([local.hist_pos, local.hist_neg]), f"{what} histograms")
+    return BinaryStats(float(weight), float(positives), float(pred_sum), float(logloss_sum), hists[0], hists[1])
+
+
+def merge_paired(acc: Any, clip: Any) -> None:
+    """All-reduce a paired window's accumulators in place (lowprec.evaluation.paired): both models'
+    BinaryStats, the bootstrap and delta-method sums, id counts, and the clipping counts/extremes."""
+    if not active():
+        return
+    for s in (acc.ref, acc.cand):
+        v = all_reduce_sum(np.concatenate([[s.weight, s.positives, s.pred_sum, s.logloss_sum],
+                                           s.hist_pos, s.hist_neg]), "paired stats")
+        nb = len(s.hist_pos)
+        s.weight, s.positives, s.pred_sum, s.logloss_sum = (float(x) for x in v[:4])
+        s.hist_pos, s.hist_neg = v[4: 4 + nb], v[4 + nb:]
+    acc.boot.sums = all_reduce_sum(acc.boot.sums, "bootstrap sums")
+    acc.moments.s = all_reduce_sum(acc.moments.s, "delta-method sums")
+    names = sorted(acc.counts)
+    if names:
+        flat = all_reduce_sum(np.concatenate([acc.counts[n] for n in names]), "id counts")
+        for n, part in zip(names, np.split(flat, np.cumsum([len(acc.counts[n]) for n in names])[:-1])):
+            acc.counts[n] = part
+    layers = sorted(clip.counts)
+    if layers:
+        c = np.array([clip.counts[n] for n in layers], dtype=np.float64).reshape(len(layers), 4)
+        sums = all_reduce_sum(c[:, :2], "clip counts")
+        lo, hi = all_reduce_min(c[:, 2], "clip min"), all_reduce_max(c[:, 3], "clip max")
+        for i, n in enumerate(layers):
+            clip.counts[n] = [int(sums[i, 0]), int(sums[i, 1]), float(lo[i]), float(hi[i])]
+
+
+def merge_delong(d: Any) -> None:
+    """All-reduce DeLong's per-class placement moments and class counts (in place)."""
+    if not active():
+        return
+    v = all_reduce_sum(np.concatenate([[d.m, d.n], d.s10, d.s01]), "DeLong moments")
+    d.m, d.n, d.s10, d.s01 = int(v[0]), int(v[1]), v[2:5], v[5:8]

@@ -1,0 +1,75 @@
+"""2-rank gloo runs of `eval` and `drift` give the one-process numbers.
+
+eval and calibrate: exactly (every per-batch number is the same because rank slices are cut on the one-process
+batch boundaries, float sums are replayed in batch order, histograms hold integers).
+drift: integers, alarms and intervals' ordering exactly; float sums to 1e-12 relative (they are
+all-reduced, so the summation order differs from one process: ~1e-16 in practice).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+from tests.distributed.conftest import in_process, last_json, lowprec
+
+BATCH = "700"  # 6000 rows -> 9 batches a window (the last short): 4 + 5 across two ranks
+
+
+def test_eval_two_ranks_equals_one_process(work):
+    """The int8 artifact with dynamic int8 layers: exact only if the batches are the same."""
+    args = ("eval", "--model", work["art"], "--data", work["data"], "--windows", "1-3",
+            "--batch-size", BATCH, "--json")
+    one = in_process(*args)
+    assert one.exit_code == 0, one.output
+    two = lowprec(*args, nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert last_json(two.stdout) == last_json(one.stdout)
+    assert len(two.stdout.strip().splitlines()) == 1  # only rank 0 prints
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+    return a == b
+
+
+def test_drift_two_ranks_equals_one_process(work, tmp_path):
+    def drift(tag: str, nproc: int):
+        args = ("drift", "--reference", work["model"], "--candidate", work["art"], "--data", work["data"],
+                "--windows", "1-3", "--db", tmp_path / f"{tag}.sqlite", "--report", tmp_path / f"{tag}-report",
+                "--batch-size", BATCH, "--json")
+        if nproc == 1:
+            r = in_process(*args)
+            return r.exit_code, last_json(r.stdout)
+        r = lowprec(*args, nproc=nproc)
+        assert r.returncode in (0, 1), r.stderr[-3000:]
+        return r.returncode, last_json(r.stdout)
+
+    code1, one = drift("one", 1)
+    code2, two = drift("two", 2)
+    assert code1 == code2
+    assert one["alarms"] == two["alarms"] and one["processed"] == two["processed"] == [1, 2, 3]
+    for w1, w2 in zip(one["windows"], two["windows"], strict=True):
+        assert w1["rows"] == w2["rows"] == 6000
+        for key in w1:
+            assert _close(w1[key], w2[key]), (w1["window"], key, w1[key], w2[key])
+    assert (tmp_path / "two-report" / "report.md").is_file()
+
+
+def test_calibrate_two_ranks_writes_the_one_process_file(work, tmp_path):
+    def calibrate(out, nproc):
+        args = ("calibrate", "--model", work["model"], "--data", work["data"], "--windows", "1-2",
+                "--method", "mse", "--max-rows", "10000", "--out", out)
+        r = in_process(*args) if nproc == 1 else lowprec(*args, nproc=2)
+        assert (r.exit_code if nproc == 1 else r.returncode) == 0, getattr(r, "stderr", r.output)[-3000:]
+
+    calibrate(tmp_path / "one.json", 1)
+    calibrate(tmp_path / "two.json", 2)
+    one, two = (json.loads((tmp_path / n).read_text()) for n in ("one.json", "two.json"))
+    assert one["rows"] == two["rows"] == 4096 + 1904 + 4096  # whole batches until 10,000 rows are seen
+    assert one["layers"] == two["layers"]  # ranges and clip rates bit for bit
+    counts = {n: list(tmp_path.glob(f"{n}.counts-*.safetensors")) for n in ("one", "two")}
+    assert len(counts["one"]) == len(counts["two"]) == 1  # the pair commits as one (content-hashed name)
+    assert counts["one"][0].read_bytes() == counts["two"][0].read_bytes()

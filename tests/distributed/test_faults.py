@@ -1,0 +1,84 @@
+"""Faults of a 2-rank job: a killed rank fails the job with a named error and exit code 3 within
+the collective timeout, writing nothing; ranks with different inputs are refused at start (exit 2).
+
+The ranks are started by hand with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT) so the test knows each rank's pid; every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lowprec.distributed import free_port
+from tests.distributed.conftest import RANK_TIMEOUT_S, WAIT_S, env, lowprec
+from tests.helpers import REPO, make_tiny_dataset
+
+
+def start_ranks(args_of_rank, logs: Path) -> list[subprocess.Popen]:
+    port = str(free_port())
+    procs = []
+    for r, args in enumerate(args_of_rank):
+        e = env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(len(args_of_rank)), LOCAL_WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        err = open(logs / f"rank{r}.err", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "lowprec", *map(str, args)], env=e, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=err, text=True))
+    return procs
+
+
+def wait_for(path: Path, text: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}: {path.read_text()[-2000:]}")
+
+
+def test_killed_rank_fails_the_drift_job_cleanly(work, tmp_path):
+    data = make_tiny_dataset(tmp_path / "big", windows=3, rows=30000, tables=(60, 25, 9), hotness=(1, 3, 1))
+    db, report = tmp_path / "drift.sqlite", tmp_path / "report"
+    args = ("drift", "--reference", work["model"], "--candidate", work["art"], "--data", data,
+            "--windows", "0-2", "--db", db, "--report", report, "--batch-size", "1024")
+    procs = start_ranks([args, args], tmp_path)
+    try:
+        wait_for(tmp_path / "rank0.err", "drift window 0", WAIT_S)  # rank 0 is scoring
+        procs[1].send_signal(signal.SIGKILL)
+        t0 = time.monotonic()
+        out, _ = procs[0].communicate(timeout=WAIT_S)
+        waited = time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=WAIT_S)
+    err = (tmp_path / "rank0.err").read_text()
+    assert procs[0].returncode == 3, err[-3000:]
+    assert "RankFailure" in err and "rank 0 of 2" in err
+    assert waited < 2 * float(RANK_TIMEOUT_S)  # bounded by the collective timeout, not by WAIT_S
+    assert not report.exists()  # the report is written only after every window
+    # A rerun completes; the database holds every window once.
+    again = lowprec(*args, "--json", nproc=2)
+    assert again.returncode in (0, 1), again.stderr[-3000:]
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert [w["window"] for w in result["windows"]] == [0, 1, 2]
+    assert not list(tmp_path.glob(".drift.sqlite.spill-*"))
+
+
+def test_ranks_with_different_inputs_are_refused(work, tmp_path):
+    other = tmp_path / "model-copy"
+    shutil.copytree(work["model"], other)
+    cfg = other / "config.json"
+    cfg.write_text(cfg.read_text() + "\n")  # same model, one byte more: a different file
+    args = [("eval", "--model", m, "--data", work["data"], "--windows", "1") for m in (work["model"], other)]
+    procs = start_ranks(args, tmp_path)
+    for p in procs:
+        p.communicate(timeout=WAIT_S)
+    for r, p in enumerate(procs):
+        err = (tmp_path / f"rank{r}.err").read_text()
+        assert p.returncode == 2, err[-2000:]
+        assert "rank 1 differs from rank 0 in inputs" in err and "config.json" in err

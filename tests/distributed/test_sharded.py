@@ -1,0 +1,64 @@
+"""Model-parallel serving over 2 gloo ranks: each rank holds about half of the table bytes, and the
+sharded model scores as the unsharded artifact (exactly with whole tables; to fp32 rounding when a
+table is split by id range, whose partial sums add in another order)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lowprec.distributed import free_port
+from lowprec.serve.sharded import ShardPlan, plan_shards
+from tests.distributed.conftest import WAIT_S, env, in_process, last_json
+from tests.helpers import REPO
+
+
+def test_plan_balances_bytes_and_splits_big_tables():
+    manifest = {"physical_tables": [{"key": "big", "rows": 1000, "dim": 16, "precision": "int8"},
+                                    {"key": "a", "rows": 300, "dim": 16, "precision": "int8"},
+                                    {"key": "b", "rows": 200, "dim": 16, "precision": "fp32"}],
+                "features": [{"table": k, "transform": {"kind": "identity"}} for k in ("big", "a", "b")],
+                "serving": [{"name": n, "hotness": 1, "groups": [[i]]} for i, n in enumerate(("big", "a", "b"))]}
+    plan = plan_shards(manifest, "x", 2)
+    total = 1000 * 20 + 300 * 20 + 200 * 64  # int8 rows of 16: 16 codes + fp16 scale and bias
+    assert sum(plan.rank_bytes()) == total
+    assert max(plan.rank_bytes()) <= total / 2 * 1.25
+    assert [(s.first, s.stop) for s in plan.of_table("big")] == [(0, 500), (500, 1000)]
+    for key, rows in (("big", 1000), ("a", 300), ("b", 200)):  # every row of every table placed once
+        pieces = plan.of_table(key)
+        assert pieces[0].first == 0 and pieces[-1].stop == rows
+        assert all(p.stop == q.first for p, q in zip(pieces, pieces[1:]))
+    assert ShardPlan.from_json(json.loads(json.dumps(plan.to_json())), "t") == plan
+    # expected lookups: hot rows at the front of `big` move the cut of the balance, not the pieces
+    counts = {"big": [100.0] * 10 + [0.0] * 990, "a": [1.0] * 300, "b": [1.0] * 200}
+    hot = plan_shards(manifest, "x", 2, counts)
+    assert sum(hot.rank_lookups()) == pytest.approx(1000 + 300 + 200)
+
+
+def _run(work, tmp_path) -> list[dict]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           str(REPO / "tests" / "distributed" / "sharded_worker.py"), str(work["art"]), str(work["data"]),
+           str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=WAIT_S, env=env(), cwd=REPO)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+
+
+def test_two_ranks_score_as_the_unsharded_artifact(work, tmp_path):
+    r = in_process("shard", work["art"], "--ranks", "2", "--json")
+    assert r.exit_code == 0, r.output
+    plan = last_json(r.stdout)
+    assert plan["world_size"] == 2 and len(plan["shards"]) > 3  # the 60-row table is split
+    shown = in_process("inspect", work["art"])
+    assert "shard plan (2 ranks)" in shown.stdout and "t0[0:30]" in shown.stdout
+    ranks = _run(work, tmp_path)
+    total = ranks[0]["total_bytes"]
+    planned = [x["plan"] for x in ranks]
+    assert sum(x["local_bytes"] for x in planned) == total
+    assert all(x["local_bytes"] <= 0.6 * total for x in planned)
+    assert all(x["max_abs_diff"] < 1e-5 for x in planned)
+    assert all(x["tablewise"]["differing"] == 0 for x in ranks)  # bit-identical logits
