@@ -52,6 +52,7 @@ class TrainConfig:
     optimizer: str = "rowwise-adagrad"  # tables: FBGEMM fused TBE, or "sparse-adam"
     val_windows: tuple[int, ...] = ()  # score each epoch here; keep the best epoch
     patience: int = 1  # stop after this many epochs without a better validation NE
+    init_bias: bool = True  # a new model's output bias starts at logit(training positive rate)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -164,7 +165,7 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Callable[[int], Any] | None =
     model = init if init is not None else DLRM(model_config_for(ds.meta, cfg))
     check_compatible(model.config, ds.meta, str(ds.root))
     rate = positive_rate(ds, cfg.windows)
-    if init is None:
+    if init is None and cfg.init_bias:
         init_output_bias(model, rate)
     step = make_step(model, cfg.optimizer, cfg.lr, cfg.table_lr, cfg.weight_decay)
     started, seen, history, best, since_best = time.time(), 0, [], None, 0

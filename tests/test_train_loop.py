@@ -40,8 +40,11 @@ def test_output_bias_starts_at_the_training_prior(tiny):
     rate = labels.mean()
     assert info["train_positive_rate"] == pytest.approx(rate)
     assert float(model.top[-1].bias.detach()) == pytest.approx(math.log(rate / (1 - rate)), abs=1e-5)
+    torch.manual_seed(0)
     fresh = DLRM(model_config_for(tiny.meta, cfg))
     assert abs(float(fresh.top[-1].bias.detach()) - math.log(rate / (1 - rate))) > 1e-3  # it was not already
+    kept, _ = train(tiny, TrainConfig(windows=(0, 1), epochs=1, lr=1e-9, sparse_lr=1e-9, init_bias=False))
+    assert float(kept.top[-1].bias.detach()) == pytest.approx(float(fresh.top[-1].bias.detach()), abs=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", ["rowwise-adagrad", "sparse-adam"])

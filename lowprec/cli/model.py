@@ -16,6 +16,8 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML: [windows] train and validate; flags override it.")
 @click.option("--val-windows", help="Validation windows: score every epoch there, stop early, keep the best epoch [recipe's `validate`].")
 @click.option("--patience", default=1, show_default=True, help="Stop after this many epochs without a lower validation NE.")
+@click.option("--init-bias/--no-init-bias", default=True, show_default=True,
+              help="Start the output bias at the logit of the training positive rate.")
 @click.option("--seed", default=0, show_default=True, help="Seed for init and data order; same seed, same weights.")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1),
               help="Epochs (at most, with --val-windows).")
@@ -31,7 +33,7 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--embedding", default="dense", show_default=True, help="Backend SPEC for every table.")
 @click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
-def train(data_dir, windows, out, recipe, val_windows, patience, seed, epochs, batch_size, optimizer, lr,
+def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed, epochs, batch_size, optimizer, lr,
           sparse_lr, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding, as_json):
     """Train a float DLRM on WINDOWS of a prepared dataset and save it to OUT."""
     from lowprec.checkpoint.float_model import save_float_model
@@ -54,7 +56,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, seed, epochs, b
         bottom_mlp=int_list(bottom_mlp, "--bottom-mlp") + (embedding_dim,),
         top_mlp=int_list(top_mlp, "--top-mlp"), embedding=embedding,
         table_embedding=name_value_pairs(table_embedding, "--table-embedding"),
-        optimizer=optimizer, val_windows=tuple(val_w), patience=patience,
+        optimizer=optimizer, val_windows=tuple(val_w), patience=patience, init_bias=init_bias,
     )
     with progress_bar(total_steps_rows(ds, cfg), "train") as update:
         model, info = run_train(ds, cfg, progress=update)
