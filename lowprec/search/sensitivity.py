@@ -92,28 +92,32 @@ class Emulator:
         self.model, self.cache = model, cache
         self.calibration = calibration or {}
         self.names = model.config.table_names
-        self._forms: dict[str, QuantizedForm] = {}
+        self._forms: dict[tuple[str, bool], QuantizedForm] = {}
         self._rows: dict[int, torch.Tensor] = {}  # table -> ids the cached batches look up
         self._subset: set[str] = set()  # option keys whose form holds only those rows
         self._pooled: dict[str, list[torch.Tensor]] = {}
         self._layers: dict[str, nn.Module] = {}
         self.evaluations = 0
 
-    def table_form(self, option: Option, range_method: str) -> QuantizedForm:
-        if option.key not in self._forms:
+    def table_form(self, option: Option, range_method: str, looked_up: bool = False) -> QuantizedForm:
+        """The option's quantized table; with `looked_up`, a dense table keeps only the rows the
+        cached batches look up (rows quantize one by one, so their lookups are the same, and no
+        quantized copy of a whole table is held: models larger than memory)."""
+        key = (option.key, looked_up)
+        if key not in self._forms:
             t = self.names.index(option.name)
             weight = self.model.embeddings[t].deploy_form(option.name)
             counts = self.calibration.get("row_counts", {}).get(option.name)
             if option.sharing is not None:
                 weight = post_training_form(weight, option.sharing_dict(), counts, option.name)
-            elif rows_are_ids(weight):  # rows quantize one by one: only the looked-up rows matter
-                rows, key = self._touched(t), next(iter(weight.tables))
-                weight = dense_form(key, weight.tables[key].index_select(0, rows))
+            elif looked_up and rows_are_ids(weight):
+                rows, name = self._touched(t), next(iter(weight.tables))
+                weight = dense_form(name, weight.tables[name].index_select(0, rows))
                 counts = torch.as_tensor(counts)[rows] if counts is not None else None
                 self._subset.add(option.key)
             choice = TableChoice(option.precision, option.sharing_dict(), range_method)
-            self._forms[option.key] = quantize_form(weight, choice, counts)
-        return self._forms[option.key]
+            self._forms[key] = quantize_form(weight, choice, counts)
+        return self._forms[key]
 
     def _touched(self, t: int) -> torch.Tensor:
         if t not in self._rows:
@@ -121,18 +125,19 @@ class Emulator:
             self._rows[t] = torch.unique(ids[ids >= 0])
         return self._rows[t]
 
-    def table_module(self, option: Option, range_method: str) -> nn.Module:
-        """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D))."""
+    def table_module(self, option: Option, range_method: str, looked_up: bool = False) -> nn.Module:
+        """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D)); with
+        `looked_up`, over the looked-up rows only (ids must be mapped to their positions)."""
         t = self.names.index(option.name)
         hot = self.model.config.tables[t].hotness
         return embeddings_from_forms(self.model.config.embedding_dim, [(option.name, hot)],
-                                     [self.table_form(option, range_method)])
+                                     [self.table_form(option, range_method, looked_up)])
 
     @torch.inference_mode()
     def table_pooled(self, option: Option, range_method: str) -> list[torch.Tensor]:
         if option.key not in self._pooled:
             t = self.names.index(option.name)
-            emb = self.table_module(option, range_method)
+            emb = self.table_module(option, range_method, looked_up=True)
             ids = [b.sparse[t] for b in self.cache.batches]
             if option.key in self._subset:  # ids -> positions among the looked-up rows
                 ids = [torch.where(i >= 0, torch.searchsorted(self._touched(t), i.clamp(min=0)), i) for i in ids]
