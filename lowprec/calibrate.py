@@ -90,7 +90,8 @@ def _pass_ranges(model: DLRM, ds: Dataset, cfg: CalibConfig, progress) -> tuple[
             hi[name] = max(hi.get(name, -np.inf), float(x.max()))
         for t, ids in enumerate(split_sparse(batch.sparse, model.hotness)):
             valid = ids[ids != PAD_ID].numpy()
-            counts[t] += np.bincount(valid, minlength=len(counts[t]))
+            ids_seen, hits = np.unique(valid, return_counts=True)  # batch-sized, not table-sized
+            counts[t][ids_seen] += hits
         rows += len(batch)
         if progress:
             progress(len(batch))
