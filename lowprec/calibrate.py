@@ -23,7 +23,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, read_json, sha256_file
 from lowprec.model.dlrm import DLRM, split_sparse
+from lowprec.progress import Update
 
 FORMAT = "lowprec-calibration"
 FORMAT_VERSION = 1
@@ -129,7 +130,7 @@ def _pass_histograms(model: DLRM, ds: Dataset, cfg: CalibConfig, ranges, progres
 
 
 def calibrate(model: DLRM, ds: Dataset, cfg: CalibConfig,
-              progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+              progress: Update | None = None) -> dict[str, Any]:
     """Run both passes; returns the calibration dict (row counts as numpy arrays)."""
     from lowprec.quant.ranges import choose_range, clip_rate
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from lowprec.evaluation.scoring import evaluate
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.config import DLRMConfig, TableConfig
 from lowprec.model.dlrm import DLRM
+from lowprec.progress import Update
 from lowprec.training.steps import OPTIMIZERS, make_step
 
 DEFAULT_TABLE_LR = {"rowwise-adagrad": 5e-2, "sparse-adam": 1e-2}
@@ -158,7 +159,7 @@ def _run_epoch(step, ds: Dataset, cfg: TrainConfig, epoch: int, progress) -> Bin
     return stats.flush()
 
 
-def train(ds: Dataset, cfg: TrainConfig, progress: Callable[[int], Any] | None = None,
+def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
           init: DLRM | None = None) -> tuple[DLRM, dict[str, Any]]:
     """Train a DLRM (new, or continue `init`) on cfg.windows; returns the model and provenance."""
     torch.manual_seed(cfg.seed)

@@ -26,6 +26,7 @@ from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.model.config import DLRMConfig
 from lowprec.model.dlrm import DLRM
+from lowprec.progress import Update
 
 FORMAT = "lowprec-float-model"
 FORMAT_VERSION = 1
@@ -117,7 +118,7 @@ BAR_FROM_BYTES = 1 << 30  # models this large show a progress bar for the hashin
 
 
 def open_weights(model_dir: Path, recorded: dict[str, str] | None,
-                 progress: Callable[[int], Any] | None = None) -> MappedTensors:
+                 progress: Update | None = None) -> MappedTensors:
     """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read.
     Without `progress`, a model of >= 1 GiB shows a byte progress bar on stderr (tqdm)."""
     src = open_tensors(weights_path(model_dir))
@@ -179,7 +180,7 @@ def _check_names(src: MappedTensors, expected: dict[str, torch.Tensor], where: P
 
 
 def load_float_model(model_dir: str | Path, writable: bool = False,
-                     progress: Callable[[int], Any] | None = None) -> tuple[DLRM, dict[str, Any]]:
+                     progress: Update | None = None) -> tuple[DLRM, dict[str, Any]]:
     """Rebuild the DLRM from its directory; raises InputError on anything inconsistent.
 
     The parameters are read-only views of the mapped files (no memory proportional to the model;

@@ -34,6 +34,7 @@ import torch
 
 from lowprec.checkpoint.safetensors_file import DTYPES, Entry, MappedFile, Sha256Stream, as_tensor
 from lowprec.errors import InputError
+from lowprec.progress import Update
 
 DEFAULT_CHUNK_BYTES = 256 << 20
 
@@ -224,7 +225,7 @@ class MappedTensors:
 
     # -- sha256 in the same pass as reading
 
-    def expect_sha256(self, expected: dict[str, str], progress: Callable[[int], Any] | None = None) -> None:
+    def expect_sha256(self, expected: dict[str, str], progress: Update | None = None) -> None:
         """Hash the files named in `expected` (names relative to the index's directory) as they are
         read; `check_sha256()` completes the hashes and compares. A listed file must be read here."""
         for rel, digest in expected.items():

@@ -16,12 +16,13 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from lowprec.errors import InputError
+from lowprec.progress import Update
 
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 
@@ -154,7 +155,7 @@ class Sha256Stream:
 
     BLOCK = 16 << 20
 
-    def __init__(self, mapped: MappedFile, expected: str, progress: Callable[[int], Any] | None):
+    def __init__(self, mapped: MappedFile, expected: str, progress: Update | None):
         self.mapped, self.expected, self.progress = mapped, expected, progress
         self.h, self.pos = hashlib.sha256(), 0
 

@@ -38,6 +38,7 @@ import numpy as np
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature, WindowWriter
 from lowprec.data.synth import KAGGLE_CARDINALITIES
 from lowprec.errors import InputError
+from lowprec.progress import Stages
 
 N_DENSE, N_SPARSE = 13, 26
 DENSE_NAMES = [f"int_{i}" for i in range(N_DENSE)]
@@ -58,7 +59,6 @@ _DUMMY = [b"0"] * N_FIELDS
 
 Reporter = Callable[[str], None]
 # progress(name, total, unit) -> update(n): the caller (the CLI) owns the bar; None shows nothing
-Progress = Callable[[str, "int | None", str], Callable[[int], Any]]
 
 
 @dataclass
@@ -122,7 +122,7 @@ class InputStats:
 
 @contextlib.contextmanager
 def open_input(
-    path: Path, stats: InputStats, progress: Progress | None
+    path: Path, stats: InputStats, progress: Stages | None
 ) -> Iterator[tuple[io.BufferedIOBase, Callable[[], None]]]:
     """Yield (decompressed binary stream, tick) for a plain or gzip file; sha256 lands in `stats`.
 
@@ -308,7 +308,7 @@ def encode_dense(ints: np.ndarray) -> np.ndarray:
 
 
 def _read_file(path: Path, stats: InputStats, mods: list[int], out: SequentialWindows,
-               bad: BadRows, progress: Progress | None) -> None:
+               bad: BadRows, progress: Stages | None) -> None:
     parts: list[list[bytes]] = []
     line_nos: list[int] = []
     mods_arr = np.asarray(mods, dtype=np.int64)
@@ -345,7 +345,7 @@ def prepare_criteo(
     rows_per_window: int | None = None,
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS,
     report: Reporter | None = None,
-    progress: Progress | None = None,
+    progress: Stages | None = None,
     show_bad_rows: int | None = 20,
 ) -> tuple[DatasetMeta, BadRows]:
     """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir)."""

@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 
 from lowprec.data.criteo import (
-    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Progress, Reporter, SequentialWindows, guarded, open_input,
+    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, guarded, open_input,
 )
 from lowprec.data.csvencode import Encoder, load_vocabularies
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
+from lowprec.progress import Stages
 
 CHUNK_ROWS = 1 << 16
 TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()  # unix seconds of years 1..9999
@@ -309,7 +310,7 @@ def _bad_utf8(row: list[str]) -> str | None:
 
 
 def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: InputStats,
-              progress: Progress | None) -> None:
+              progress: Stages | None) -> None:
     buf: tuple[list, list, list, list] = ([], [], [], [])
 
     def flush() -> None:
@@ -350,7 +351,7 @@ def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: In
 def prepare_csv(
     inputs: list[Path], root: Path, schema_path: Path, window: str = "file",
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS, report: Reporter | None = None,
-    progress: Progress | None = None, vocab_from: Path | None = None, show_bad_rows: int | None = 20,
+    progress: Stages | None = None, vocab_from: Path | None = None, show_bad_rows: int | None = 20,
 ) -> tuple[DatasetMeta, BadRows]:
     """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`.
 

@@ -47,6 +47,7 @@ from lowprec.data.synth import (CTR_LOGIT_SHIFT, DENSE_NAMES, DENSE_SCALE_FACTOR
                                 generate)
 from lowprec.errors import InputError
 from lowprec.evaluation.metrics import BinaryStats
+from lowprec.progress import Stages
 
 LARGE_TABLES = tuple(t for t, n in enumerate(KAGGLE_CARDINALITIES) if n >= 50_000)  # 2,3,9,11,15,20,23,25
 PAIRS = ((2, 3), (11, 15), (20, 23), (9, 25))  # user-like x item-like tables whose factors multiply
@@ -310,7 +311,7 @@ def prob_file(root: str | Path, window: int) -> Path:
 
 
 def generate_latent(cfg: LatentConfig, root: str | Path,
-                    progress: Callable[[str, int | None, str], Callable[[int], Any]] | None = None) -> DatasetMeta:
+                    progress: Stages | None = None) -> DatasetMeta:
     """Write the latent-factor dataset described by `cfg` into `root` (normally an `atomic_dir` temp dir)."""
     truth = LatentTruth(cfg)
     sizes = [t.n for t in truth.tables]

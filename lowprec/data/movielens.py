@@ -41,10 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.criteo import CHUNK_ROWS, BadRows, InputStats, Progress, Reporter, guarded, open_input
+from lowprec.data.criteo import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
 from lowprec.data import encoding as fingerprint
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.errors import InputError
+from lowprec.progress import Stages
 
 DENSE_NAMES = [
     "user_count", "user_mean", "user_pos", "movie_count", "movie_mean", "movie_pos",
@@ -81,7 +82,7 @@ def _header(path: Path, first: bytes, want: list[str]) -> list[int]:
     return [cols.index(c) for c in want]
 
 
-def read_ratings(path: Path, bad: BadRows, stats: InputStats, progress: Progress | None) -> Ratings:
+def read_ratings(path: Path, bad: BadRows, stats: InputStats, progress: Stages | None) -> Ratings:
     cols: list[list[Any]] = [[], [], [], []]
     with open_input(path, stats, progress) as (stream, tick):
         pos: list[int] = []
@@ -115,7 +116,7 @@ def read_ratings(path: Path, bad: BadRows, stats: InputStats, progress: Progress
 
 
 def read_movies(
-    path: Path, bad: BadRows, stats: InputStats, progress: Progress | None
+    path: Path, bad: BadRows, stats: InputStats, progress: Stages | None
 ) -> dict[int, tuple[int | None, list[str]]]:
     """movieId -> (release year or None, genres)."""
     out: dict[int, tuple[int | None, list[str]]] = {}
@@ -292,7 +293,7 @@ class CalendarWindows:
 
 def prepare_movielens(
     root_in: Path, root: Path, period: str = "year", max_bad_rows: int | None = 1000,
-    report: Reporter | None = None, progress: Progress | None = None, show_bad_rows: int | None = 20,
+    report: Reporter | None = None, progress: Stages | None = None, show_bad_rows: int | None = 20,
 ) -> tuple[DatasetMeta, BadRows]:
     """Build the windowed dataset from the MovieLens directory `root_in` into `root`."""
     if period not in PERIODS:

@@ -31,12 +31,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.errors import InputError
+from lowprec.progress import Stages
 
 KAGGLE_CARDINALITIES = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
@@ -201,7 +202,7 @@ def _auc_from_hist(pos: np.ndarray, neg: np.ndarray) -> float | None:
 
 
 def generate(cfg: SynthConfig, root: str | Path,
-             progress: Callable[[str, int | None, str], Callable[[int], Any]] | None = None) -> DatasetMeta:
+             progress: Stages | None = None) -> DatasetMeta:
     """Write the synthetic dataset described by `cfg` into `root` (normally an `atomic_dir` temp dir)."""
     truth = GroundTruth(cfg)
     sizes = [t.n for t in truth.tables]
