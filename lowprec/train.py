@@ -17,6 +17,7 @@ from torch import nn
 from lowprec.data.batches import count_rows, iter_batches
 from lowprec.data.dataset import Dataset, DatasetMeta
 from lowprec.errors import InputError
+from lowprec.evaluation.metrics import _entropy
 from lowprec.model.config import DLRMConfig, TableConfig
 from lowprec.model.dlrm import DLRM
 
@@ -98,9 +99,9 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Callable[[int], Any] | None =
     opts = _optimizers(model, cfg)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
-    started, seen, last_loss = time.time(), 0, float("nan")
+    started, seen, last_loss, last_ne = time.time(), 0, float("nan"), float("nan")
     for epoch in range(cfg.epochs):
-        running, n = 0.0, 0
+        running, n, pos = 0.0, 0, 0.0
         for batch in iter_batches(ds, list(cfg.windows), cfg.batch_size, shuffle=True,
                                   seed=cfg.seed * 1000 + epoch):
             for o in opts:
@@ -110,10 +111,12 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Callable[[int], Any] | None =
             for o in opts:
                 o.step()
             running += float(loss.detach()) * len(batch)
+            pos += float(batch.labels.sum())
             n += len(batch)
             if progress is not None:
                 progress(len(batch))
         last_loss = running / max(n, 1)
+        last_ne = last_loss / _entropy(pos / n) if n else float("nan")
         seen += n
     model.eval()
     info = {
@@ -121,6 +124,7 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Callable[[int], Any] | None =
         "data": str(ds.root),
         "rows_seen": seen,
         "final_epoch_logloss": last_loss,
+        "final_epoch_ne": last_ne,  # >= 1: worse than the base rate (the CLI warns)
         "seconds": round(time.time() - started, 2),
     }
     return model, info

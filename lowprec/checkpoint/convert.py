@@ -91,16 +91,24 @@ def _convert_layer(writer: TensorFileWriter, name: str, weight: torch.Tensor, bi
 
 def convert(model_dir: str | Path, plan: Plan, out: str | Path,
             calibration: dict[str, Any] | None = None,
-            progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """Write the artifact for `plan` at `out` atomically; returns the manifest."""
+            progress: Callable[[int], Any] | None = None,
+            allow_calibration_mismatch: bool = False,
+            finish: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+    """Write the artifact for `plan` at `out` atomically; returns the manifest. A calibration must
+    loaded from a file (it has `model_sha256`) must record this model's sha256 unless
+    `allow_calibration_mismatch`. `finish(tmp)`
+    runs on the complete artifact before it replaces `out` (the TorchScript export: all or nothing)."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
     weights_path = model_dir / FLOAT_WEIGHTS
     recorded = obj.get("sha256", {}).get(FLOAT_WEIGHTS)
     if not weights_path.is_file():
         raise InputError(f"missing weights file {weights_path}")
-    if recorded is not None and sha256_file(weights_path) != recorded:
+    actual = sha256_file(weights_path)
+    if recorded is not None and actual != recorded:
         raise InputError(f"{weights_path}: sha256 does not match config.json; the file was modified")
+    if calibration is not None and "model_sha256" in calibration and not allow_calibration_mismatch:
+        check_calibration_model(calibration, actual, weights_path)
     layer_shapes = config.layer_shapes()
     plan.check_against(config.table_names, list(layer_shapes), "plan")
     calibration = calibration or {}
@@ -126,7 +134,18 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         manifest = _manifest(config, plan, builder, layers, model_dir, recorded)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / MANIFEST, manifest)
+        if finish is not None:
+            finish(tmp)
     return manifest
+
+
+def check_calibration_model(calibration: dict[str, Any], model_sha: str, weights: Path) -> None:
+    """Refuse a calibration measured on another model (its ranges and row counts would not fit)."""
+    recorded = calibration.get("model_sha256")
+    if recorded != model_sha:
+        what = "records no model sha256" if recorded is None else f"was measured on model sha256 {recorded}"
+        raise InputError(f"--calibration {what}, but {weights} has sha256 {model_sha}; calibrate this model "
+                         f"(`lowprec calibrate`) or pass --allow-calibration-mismatch to use it anyway")
 
 
 def _manifest(config: DLRMConfig, plan: Plan, b: _Builder, layers: dict[str, Any],

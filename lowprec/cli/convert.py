@@ -27,8 +27,11 @@ def _human(n: float) -> str:
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False), help="CALIB.json from `lowprec calibrate`.")
 @click.option("--out", required=True, type=click.Path(), help="Artifact directory to write (atomically).")
 @click.option("--export", type=click.Choice(["torchscript"]), help="Also write a TorchScript module.")
+@click.option("--allow-calibration-mismatch", is_flag=True,
+              help="Use a --calibration measured on another model (refused by default).")
 @click.option("--json", "as_json", is_flag=True)
-def convert(model_dir, plan_path, precision, layer_precision, range_method, calib_path, out, export, as_json):
+def convert(model_dir, plan_path, precision, layer_precision, range_method, calib_path, out, export,
+            allow_calibration_mismatch, as_json):
     """Quantize a float model into a verified FBGEMM artifact (weights.safetensors + manifest.json)."""
     from lowprec.checkpoint.convert import convert as run_convert
     from lowprec.checkpoint.float_model import read_float_config
@@ -48,11 +51,11 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
     calibration = load_calibration(calib_path) if calib_path else None
     config, _ = read_float_config(model_dir)
     with progress_bar(len(config.tables), "convert", unit="tables") as update:
-        manifest = run_convert(model_dir, plan, out, calibration, progress=update)
-    if export == "torchscript":
-        from lowprec.serve.export import export_torchscript
+        from lowprec.serve.export import add_torchscript
 
-        export_torchscript(out)
+        manifest = run_convert(model_dir, plan, out, calibration, progress=update,
+                               allow_calibration_mismatch=allow_calibration_mismatch,
+                               finish=add_torchscript if export == "torchscript" else None)
     if as_json:
         emit_json(_summary(manifest, out))
     else:
@@ -108,11 +111,17 @@ def inspect(artifact, as_json, no_verify):
 @click.option("--windows", required=True)
 @click.option("--threshold-db", default=20.0, show_default=True, help="SQNR below this marks a tap as broken.")
 @click.option("--max-rows", default=50_000, show_default=True)
+@click.option("--allow-unrelated-candidate", is_flag=True,
+              help="Compare a candidate artifact not converted from --reference (refused by default).")
 @click.option("--json", "as_json", is_flag=True)
-def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, as_json):
+def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, allow_unrelated_candidate, as_json):
     """Numeric debugger: SQNR of every table and layer output, float vs quantized."""
-    from lowprec.checkpoint.load import load_model
+    from pathlib import Path
+
+    from lowprec.checkpoint.load import load_model, model_kind
     from lowprec.data.dataset import Dataset
+    from lowprec.fileio import sha256_file
+    from lowprec.provenance import check_converted_from
     from lowprec.data.windows import parse_windows
     from lowprec.debugger import compare as run_compare
     from lowprec.train import check_compatible
@@ -120,7 +129,10 @@ def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, as_
     ds = Dataset(data_dir)
     chosen = parse_windows(windows, ds.meta.window_indices)
     ref, ref_cfg, _ = load_model(reference)
-    cand, cand_cfg, _ = load_model(candidate)
+    cand, cand_cfg, cand_info = load_model(candidate)
+    if not allow_unrelated_candidate and model_kind(reference) == "float" and model_kind(candidate) == "artifact":
+        check_converted_from(reference, sha256_file(Path(reference) / "model.safetensors"), candidate,
+                             cand_info, "--allow-unrelated-candidate")
     check_compatible(ref_cfg, ds.meta, reference)
     check_compatible(cand_cfg, ds.meta, candidate)
     with progress_bar(max_rows, "compare") as update:

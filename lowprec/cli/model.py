@@ -29,6 +29,7 @@ def train(data_dir, windows, out, seed, epochs, batch_size, lr, sparse_lr, embed
     from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import parse_windows
+    from lowprec.evaluation.scoring import base_rate_warning, worse_than_base_rate
     from lowprec.train import TrainConfig, total_steps_rows
     from lowprec.train import train as run_train
 
@@ -44,8 +45,11 @@ def train(data_dir, windows, out, seed, epochs, batch_size, lr, sparse_lr, embed
         model, info = run_train(ds, cfg, progress=update)
     save_float_model(model, out, info)
     params = sum(p.numel() for p in model.parameters())
+    bad = worse_than_base_rate(info["final_epoch_ne"])
+    if bad:
+        click.echo(base_rate_warning(info["final_epoch_ne"], "its training data (last epoch)"), err=True)
     if as_json:
-        emit_json({"out": out, "parameters": params, **info})
+        emit_json({"out": out, "parameters": params, **info, "worse_than_base_rate": bad})
     else:
         click.echo(f"trained on {info['rows_seen']:,} rows ({epochs} epochs) in {info['seconds']}s; "
                    f"final log-loss {fmt(info['final_epoch_logloss'])}; {params:,} parameters -> {out}")
@@ -63,7 +67,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import parse_windows
-    from lowprec.evaluation.scoring import evaluate
+    from lowprec.evaluation.scoring import base_rate_warning, evaluate, worse_than_base_rate
     from lowprec.train import check_compatible
 
     ds = Dataset(data_dir)
@@ -72,6 +76,8 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     check_compatible(config, ds.meta, str(model_dir))
     with progress_bar(count_rows(ds, chosen), "eval") as update:
         result = evaluate(model, ds, chosen, batch_size, progress=update)
+    if worse_than_base_rate(result.overall.ne):
+        click.echo(base_rate_warning(result.overall.ne, f"windows {windows}"), err=True)
     if as_json:
         emit_json(result.to_json())
         return

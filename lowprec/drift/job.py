@@ -30,6 +30,8 @@ from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, e
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.progress import Stages
+from lowprec.provenance import check_converted_from
+from lowprec.drift.sources import check_sources, window_source
 from lowprec.fileio import read_json, sha256_file
 from lowprec.train import check_compatible
 
@@ -49,6 +51,7 @@ class DriftJob:
     on_alarm: str = "none"
     calibration: Path | None = None
     batch_size: int = 4096
+    allow_unrelated_candidate: bool = False  # else a candidate artifact must come from --reference
 
     def __post_init__(self) -> None:
         if self.on_alarm not in ON_ALARM:
@@ -74,6 +77,7 @@ class DriftOutcome:
     recalibrations: list[dict[str, Any]]
     db: Path
     report: Path
+    notes: list[str] = field(default_factory=list)
 
     @property
     def first_alarm(self) -> int | None:
@@ -83,7 +87,7 @@ class DriftOutcome:
         return {"db": str(self.db), "report": str(self.report), "exit_code": self.exit_code,
                 "processed": self.processed, "first_alarm": self.first_alarm,
                 "alarms": [w["window"] for w in self.windows if w["alarm"]],
-                "windows": self.windows, "recalibrations": self.recalibrations}
+                "windows": self.windows, "recalibrations": self.recalibrations, "notes": self.notes}
 
 
 def read_calibration(path: Path | None) -> dict[str, Any] | None:
@@ -114,8 +118,10 @@ def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     check_compatible(cand_cfg, ds.meta, str(job.candidate))
     is_artifact = model_kind(job.candidate) == "artifact"
     cand_file = job.candidate / ("manifest.json" if is_artifact else "model.safetensors")
-    return _Models(reference, candidate, manifest if is_artifact else None,
-                   sha256_file(job.reference / "model.safetensors"), sha256_file(cand_file))
+    ref_sha = sha256_file(job.reference / "model.safetensors")
+    if is_artifact and not job.allow_unrelated_candidate:
+        check_converted_from(job.reference, ref_sha, job.candidate, manifest, "--allow-unrelated-candidate")
+    return _Models(reference, candidate, manifest if is_artifact else None, ref_sha, sha256_file(cand_file))
 
 
 def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
@@ -145,6 +151,7 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
         with store.transaction():
             store.set_meta("expected_gap", repr(expected_gap(models.manifest)))
         _check_labels(store, ds, chosen)
+        notes = check_sources(job, store, ds, models, chosen)
         for leftover in job.db.parent.glob(job.spill_prefix.name + "*"):
             leftover.unlink(missing_ok=True)  # from a killed run; we hold the lock
         run_id = store.start_run(_run_info(job, models, chosen))
@@ -157,6 +164,7 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
             if job.on_alarm == "recalibrate":
                 recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
             outcome = _outcome(job, store, chosen, todo, recal)
+            outcome.notes = notes
             store.finish_run(run_id, "done")
             report.write_report(job.report, report.gather(store, job.config))
         except BaseException:
@@ -198,9 +206,11 @@ def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
         stale_ne = _ratio(ref["ne"], baseline["ref_ne"])
         stale_cal = _ratio(ref["calibration"], baseline["ref_calibration"])
     clipping = {n: (c["clip_rate"], calib.get(n)) for n, c in m.clipping.items() if c["clip_rate"] is not None}
+    ctr = ref.get("ctr", math.nan)
+    pos = int(round(ctr * m.rows)) if math.isfinite(ctr) else 0
     return Signals(m.ne_gap.estimate - expected, m.ne_gap.lo - expected, m.ne_gap.hi - expected,
                    m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo,
-                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected)
+                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected, pos, m.rows - pos)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -241,7 +251,8 @@ def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Model
     notes = table_err.notes if table_err is not None else {}
     table_rows = [{"window": w, "table_name": n, **(e or {}), "note": notes.get(n)}
                   for n, e in m.table_error.items()]
-    store.record_window(_finite(row), [_finite(r) for r in clip_rows], [_finite(r) for r in table_rows])
+    store.record_window(_finite(row), [_finite(r) for r in clip_rows], [_finite(r) for r in table_rows],
+                        window_source(job, ds, models, w))
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:
