@@ -12,7 +12,7 @@ built by the data loader in FBGEMM's own layout (`lookup_ids`). Pads (-1) are sk
 
 Bounds: every id must be -1 (a pad) or in [0, logical rows of its table) (the model config's
 num_embeddings, passed in as `rows`). Both entry points check this on the logical ids, before any id
-transform, with one min/max reduction per call (the TBE itself runs with BoundsCheckMode.NONE: its
+transform, with one max per table and one global min per call (the TBE itself runs with BoundsCheckMode.NONE: its
 check sees physical ids after hashing, which wrap silently); a bad id raises `IdOutOfRange` naming
 the table, the id, its batch row and the table's rows. The check is scripted with the module, so the
 TorchScript export refuses bad ids with the same message.
@@ -146,39 +146,37 @@ class QuantizedEmbeddings(nn.Module):
             raise RuntimeError(msg)
         raise IdOutOfRange(msg)
 
-    def check_matrix(self, sparse: torch.Tensor) -> None:
-        """Every id of the (B, slots) matrix is a pad or < its table's rows (one reduction)."""
-        if sparse.shape[0] == 0 or sparse.shape[1] == 0:
-            return
-        lo, hi = torch.aminmax(sparse, dim=0)
-        if bool(((hi >= self.slot_rows) | (lo < -1)).any()):
-            tables = torch.split(sparse, self.hotness, dim=1)
-            for t in range(self.n_tables):
-                ids = tables[t]
-                if bool(((ids >= self.table_rows[t]) | (ids < -1)).any()):
-                    self._refuse(t, ids)
-
-    def check_ids(self, ids: FeatureIds) -> None:
-        """The same check on FeatureIds (table-major): one reduction when hotness is uniform."""
-        if ids.batch == 0 or self.n_tables == 0:
+    def check_flat(self, flat: torch.Tensor, batch: int) -> None:
+        """Every id of the table-major ids (table t's batch x hotness[t] ids, then t+1's, ...) is a
+        pad or < its table's logical rows: one amax per table and one global min (a fused
+        aminmax along a dim is ~3x slower in torch 2.13 on CPU)."""
+        if flat.numel() == 0:
             return
         if self.uniform_hotness:
-            lo, hi = torch.aminmax(ids.indices.view(self.n_tables, -1), dim=1)
-            if not bool(((hi >= self.table_rows) | (lo < -1)).any()):
-                return
-        for t in range(self.n_tables):
-            x = ids.table(t)
-            lo, hi = torch.aminmax(x)
-            if int(hi) >= int(self.table_rows[t]) or int(lo) < -1:
-                self._refuse(t, x)
+            over = bool((flat.view(self.n_tables, -1).amax(dim=1) >= self.table_rows).any())
+        else:
+            over, start = False, 0
+            for t in range(self.n_tables):
+                n = batch * self.hotness[t]
+                over = over or (n > 0 and int(flat[start:start + n].max()) >= int(self.table_rows[t]))
+                start += n
+        if over or int(flat.min()) < -1:
+            start = 0
+            for t in range(self.n_tables):
+                n = batch * self.hotness[t]
+                seg = flat[start:start + n].view(batch, self.hotness[t])
+                if bool(((seg >= self.table_rows[t]) | (seg < -1)).any()):
+                    self._refuse(t, seg)
+                start += n
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """(B, slots) id matrix, -1 pads -> pooled (B, T, D)."""
-        self.check_matrix(sparse)
         b = sparse.shape[0]
         tables = torch.split(sparse, self.hotness, dim=1)
+        flat = torch.cat([t.reshape(-1) for t in tables])  # table-major, before any cast
+        self.check_flat(flat, b)
         if self.simple:
-            indices = torch.cat([t.reshape(-1) for t in tables]).int()
+            indices = flat.int()
             lengths = torch.tensor(self.hotness, dtype=torch.int32).repeat_interleave(b)
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int32)
             offsets[1:] = torch.cumsum(lengths, 0)
@@ -221,7 +219,7 @@ class QuantizedEmbeddings(nn.Module):
         if list(ids.hotness) != self.hotness:
             raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
                              f"this model serves {len(self.hotness)} with {self.hotness}")
-        self.check_ids(ids)
+        self.check_flat(ids.indices, ids.batch)
         if self.simple:
             return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
         return self.lookup_tables([ids.table(t) for t in range(self.n_tables)])
