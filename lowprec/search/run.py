@@ -290,10 +290,11 @@ def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dic
 def no_compression_message(rounds: list[dict[str, Any]], cfg: SearchConfig) -> str:
     """Why the search returns the all-fp32 plan, and what to try."""
     b = cfg.budget
-    if rounds:
-        r = min(rounds, key=lambda r: r["validated"]["ne_increase"])
+    failed = [r for r in rounds if not r["fits"]]
+    if failed:
+        r = min(failed, key=lambda r: r["validated"]["ne_increase"])
         v = r["validated"]
-        why = (f"none of the {len(rounds)} plans validated within the budget (NE increase <= "
+        why = (f"none of the {len(failed)} quantized plans validated within the budget (NE increase <= "
                f"{100 * b.max_ne_increase:.3g}%, AUC drop <= {b.max_auc_drop:g}) on eval windows "
                f"{list(cfg.eval_windows)}; the closest (round {r['round']}) measured NE "
                f"{100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
