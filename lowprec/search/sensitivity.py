@@ -121,15 +121,18 @@ class Emulator:
     @torch.inference_mode()
     def run(self, options: list[Option], range_method: str = "l2") -> BinaryStats:
         """Stats of the float model with `options` applied (others float) on the cached rows."""
-        return self.run_paired(options, range_method)[0]
+        return self._scores(options, range_method, False)[0]
 
     @torch.inference_mode()
     def run_paired(self, options: list[Option], range_method: str = "l2") -> tuple[BinaryStats, float]:
         """`run`'s stats plus the standard error of the relative NE change against the float model,
         from the per-row variance of the paired log-loss difference d_i = l_i - l_float_i:
         se = sqrt(N var(d)) / Σ l_float (the relative change is Σd / Σ l_float)."""
+        return self._scores(options, range_method, True)
+
+    def _scores(self, options: list[Option], range_method: str, paired: bool) -> tuple[BinaryStats, float]:
         self.evaluations += 1
-        if self._float_logits is None:
+        if paired and self._float_logits is None:
             self._float_logits = [self._forward(b, None, {}) for b in self.cache.batches]
         tables = {self.names.index(o.name): self.table_pooled(o, range_method)
                   for o in options if o.kind == "table" and not o.is_float_baseline}
@@ -145,6 +148,8 @@ class Emulator:
                     pooled[:, t] = outs[i]
             logits = self._forward(b, pooled, layers)
             stats.update(torch.sigmoid(logits).numpy(), b.labels.numpy())
+            if not paired:
+                continue
             lf = F.binary_cross_entropy_with_logits(self._float_logits[i].double(), b.labels.double(), reduction="none")
             d = F.binary_cross_entropy_with_logits(logits.double(), b.labels.double(), reduction="none") - lf
             n, s1, s2, base = n + d.numel(), s1 + float(d.sum()), s2 + float((d * d).sum()), base + float(lf.sum())
