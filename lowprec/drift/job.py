@@ -206,11 +206,12 @@ def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
         stale_ne = _ratio(ref["ne"], baseline["ref_ne"])
         stale_cal = _ratio(ref["calibration"], baseline["ref_calibration"])
     clipping = {n: (c["clip_rate"], calib.get(n)) for n, c in m.clipping.items() if c["clip_rate"] is not None}
-    ctr = ref.get("ctr", math.nan)
-    pos = int(round(ctr * m.rows)) if math.isfinite(ctr) else 0
+    ctr, rows = ref.get("ctr", math.nan), getattr(m, "rows", None)
+    pos = int(round(ctr * rows)) if rows is not None and math.isfinite(ctr) else None
     return Signals(m.ne_gap.estimate - expected, m.ne_gap.lo - expected, m.ne_gap.hi - expected,
                    m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo,
-                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected, pos, m.rows - pos)
+                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected, pos,
+                   None if pos is None else rows - pos)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
