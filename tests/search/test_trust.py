@@ -131,5 +131,7 @@ def test_test_windows_are_reported_and_never_selected_on(tiny, tmp_path):
                                                      and out["validated"]["auc_drop_ci"][1] <= 0.02)
         plan = json.loads((tmp_path / "p.json").read_text())
         assert plan["windows"]["test"] == [3] and plan["tested"]["rows"] == 1500
+    else:  # nothing compressed: nothing to test, and it says so
+        assert out["tested"] is None and "no compression" in r.stderr
     r = search(tiny, tmp_path, "--test-windows", "2")
     assert r.exit_code == 2 and "never sees" in r.output
