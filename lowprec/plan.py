@@ -100,6 +100,7 @@ class Validation:
 class SearchWindows:
     calibration: tuple[int, ...]
     evaluation: tuple[int, ...]
+    test: tuple[int, ...] = ()  # never used to select the plan
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class PlanInfo:
     budgets: Budgets | None = None
     predicted: Predicted | None = None
     validated: Validation | None = None
+    tested: Validation | None = None  # the chosen plan on the test windows
     total_bytes: int | None = None
     table_bytes: int | None = None
     layer_bytes: int | None = None
@@ -127,7 +129,8 @@ class PlanInfo:
         unknown = sorted(set(obj) - known)
         if unknown:
             raise InputError(f"{where}: unknown plan keys {unknown} (known: {sorted(known)})")
-        parts = {"budgets": Budgets, "predicted": Predicted, "validated": Validation, "windows": SearchWindows}
+        parts = {"budgets": Budgets, "predicted": Predicted, "validated": Validation, "tested": Validation,
+                 "windows": SearchWindows}
         try:
             values = {k: _typed(parts[k], v) if k in parts and v is not None else v for k, v in obj.items()}
             return cls(**values)

@@ -26,7 +26,7 @@ from typing import Any
 from lowprec.errors import InputError
 
 SCHEMA: dict[str, set[str]] = {
-    "windows": {"train", "validate", "calibrate", "evaluate", "monitor"},
+    "windows": {"train", "validate", "calibrate", "evaluate", "test", "monitor"},
     "budgets": {"max_ne_increase", "max_auc_drop", "memory_budget"},
     "candidates": {"table_precisions", "layer_precisions", "sharing_ratios", "sharing_precisions"},
     "calibrate": {"method", "percentile", "max_rows"},

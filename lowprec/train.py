@@ -201,6 +201,7 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
         "history": history,
         "table_optimizer_state_bytes": step.state_bytes(),
         "final_epoch_logloss": history[-1]["train"]["logloss"],
+        "final_epoch_ne": history[-1]["train"]["ne"],  # >= 1: worse than the base rate (the CLI warns)
         "seconds": round(time.time() - started, 2),
     }
     return model, info

@@ -3,8 +3,10 @@
 manifest.json records the format version; lowprec, torch and fbgemm versions; the model config;
 the plan; per logical table its rows, dim, precision, sharing and bytes; the physical TBE tables,
 TBE features (physical table + id transform) and how each logical table combines them; per layer
-its precision and activation qparams; and the sha256 of every other file. Loading verifies every
-hash before reading a byte of weights, then builds `QuantizedDLRM` (torch + fbgemm_gpu only) through
+its precision and activation qparams; and the sha256 of every other file. Loading validates the
+manifest (lowprec.checkpoint.validate: file names, precisions, qparams, rows and dims against the
+model config) and verifies every hash before reading a byte of weights, checks each tensor as it is
+read (width, finite values, layer shapes), then builds `QuantizedDLRM` (torch + fbgemm_gpu only) through
 the serving handlers (lowprec.serve); the TBE looks rows up in place in a read-only mapping of
 weights.safetensors (no copy of the tables).
 """
@@ -18,6 +20,7 @@ import torch
 
 from lowprec.checkpoint.manifest_check import check_precisions, check_serving
 from lowprec.checkpoint.mapped import MappedTensors, open_tensors
+from lowprec.checkpoint.validate import check_layer_tensor, check_table_rows, validate_manifest
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -42,6 +45,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise InputError(f"{where}: artifact format version {manifest.get('version')!r} is not "
                          f"supported by this lowprec (it reads version {FORMAT_VERSION})")
+    validate_manifest(manifest, where)  # before any listed file is touched
     check_precisions(manifest, where)
     check_serving(manifest, where)
     if verify:
@@ -68,10 +72,14 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
                              f"truncated after conversion. Re-run `lowprec convert`.")
 
 
-def _layer_module(name: str, spec: dict[str, Any], src: Any) -> torch.nn.Module:
+def _layer_module(name: str, spec: dict[str, Any], src: Any, shape: tuple[int, int], where: str) -> torch.nn.Module:
     precision = Precision.parse(spec["precision"], f"layer {name}")
-    return layer_codec(precision, f"layer {name!r}").build(
-        lambda suffix: src.get_tensor(f"layers.{name}.{suffix}"), spec)
+
+    def tensor(suffix: str) -> torch.Tensor:
+        t = src.get_tensor(f"layers.{name}.{suffix}")
+        check_layer_tensor(name, suffix, t, shape, where)
+        return t
+    return layer_codec(precision, f"layer {name!r}").build(tensor, spec)
 
 
 def in_place_offsets(src: Any, tables: list[PhysicalTable]) -> tuple[torch.Tensor, list[int]] | None:
@@ -94,17 +102,23 @@ def in_place_offsets(src: Any, tables: list[PhysicalTable]) -> tuple[torch.Tenso
 
 def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDLRM:
     config = DLRMConfig.from_json(manifest["model"], where)
+    shapes = config.layer_shapes()
+    if set(manifest["layers"]) != set(shapes):
+        raise InputError(f"{where}: layers {sorted(manifest['layers'])} are not the model's {sorted(shapes)}")
     tables = [PhysicalTable(t["key"], int(t["rows"]), int(t["dim"]), Precision.parse(t["precision"]))
               for t in manifest["physical_tables"]]
     features = [Feature(f["table"], f["transform"]) for f in manifest["features"]]
     serving = [TableServing(s["name"], int(s["hotness"]), tuple(tuple(g) for g in s["groups"]))
                for s in manifest["serving"]]
-    layers = {name: _layer_module(name, spec, src) for name, spec in manifest["layers"].items()}
+    layers = {name: _layer_module(name, spec, src, shapes[name], where) for name, spec in manifest["layers"].items()}
     buffers = {name: src.get_tensor(f"buffers.{name}") for name in manifest.get("buffers", [])}
-    in_place = in_place_offsets(src, tables)
-    embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers,
-                                     allocate=in_place is None)
     try:
+        for t in tables:  # width, finite values: checked where the rows lie, no copy
+            _table_rows(src, t, where)
+        in_place = in_place_offsets(src, tables)
+        embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers,
+                                         rows=[t.num_embeddings for t in config.tables],
+                                         allocate=in_place is None)
         if in_place is not None:  # the TBE reads the mapped artifact: no copy of the tables
             embeddings.serve_from(*in_place)
         else:
@@ -114,6 +128,12 @@ def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDL
     runtime = QuantizedDLRM(config, embeddings, layers)
     runtime.eval()
     return runtime
+
+
+def _table_rows(src: Any, table: PhysicalTable, where: str) -> torch.Tensor:
+    rows = src.get_tensor(f"tables.{table.key}")
+    check_table_rows(table.key, table.precision, table.dim, rows, where)
+    return rows
 
 
 def load_artifact(path: str | Path) -> tuple[QuantizedDLRM, dict[str, Any]]:

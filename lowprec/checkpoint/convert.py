@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
-from lowprec.checkpoint.float_model import open_weights, read_float_config
+from lowprec.checkpoint.float_model import open_weights, read_float_config, weights_sha256
 from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
 from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
@@ -148,14 +148,21 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
             calibration: dict[str, Any] | None = None,
             progress: Update | None = None,
             chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-            hash_progress: Update | None = None) -> dict[str, Any]:
+            hash_progress: Update | None = None,
+            allow_calibration_mismatch: bool = False,
+            finish: Callable[[Path], Any] | None = None) -> dict[str, Any]:
     """Write the artifact for `plan` at `out` atomically; returns the manifest.
 
     `progress(1)` after each table; `hash_progress(n)` with the model bytes hashed (the sha256
-    recorded in config.json is checked in the same pass as reading, before --out is replaced)."""
+    recorded in config.json is checked in the same pass as reading, before --out is replaced).
+    A calibration loaded from a file (it has `model_sha256`) must record this model's sha256 unless
+    `allow_calibration_mismatch`. `finish(tmp)` runs on the complete artifact before it replaces
+    `out` (the TorchScript export: all or nothing)."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
     recorded = obj.get("sha256") or {}
+    if calibration is not None and "model_sha256" in calibration and not allow_calibration_mismatch:
+        check_calibration_model(calibration, weights_sha256(model_dir), model_dir)
     src = open_weights(model_dir, recorded, hash_progress)
     layer_shapes = config.layer_shapes()
     plan.check_against(config.table_names, list(layer_shapes), "plan")
@@ -177,7 +184,18 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         manifest = _manifest(config, plan, builder, layers, model_dir, source_sha)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / MANIFEST, manifest)
+        if finish is not None:
+            finish(tmp)
     return manifest
+
+
+def check_calibration_model(calibration: dict[str, Any], model_sha: str, weights: Path) -> None:
+    """Refuse a calibration measured on another model (its ranges and row counts would not fit)."""
+    recorded = calibration.get("model_sha256")
+    if recorded != model_sha:
+        what = "records no model sha256" if recorded is None else f"was measured on model sha256 {recorded}"
+        raise InputError(f"--calibration {what}, but {weights} has sha256 {model_sha}; calibrate this model "
+                         f"(`lowprec calibrate`) or pass --allow-calibration-mismatch to use it anyway")
 
 
 def _manifest(config: DLRMConfig, plan: Plan, b: _Builder, layers: dict[str, Any],

@@ -29,8 +29,11 @@ def _human(n: float) -> str:
 @click.option("--export", type=click.Choice(["torchscript", "torchrec"]), multiple=True,
               help="Also write a TorchScript module (every serving form) and/or the files TorchRec's "
                    "quantized EBC + DLRM load (dense tables; docs/torchrec.md). Repeatable.")
+@click.option("--allow-calibration-mismatch", is_flag=True,
+              help="Use a --calibration measured on another model (refused by default).")
 @click.option("--json", "as_json", is_flag=True)
-def convert(model_dir, plan_path, precision, layer_precision, range_method, calib_path, out, export, as_json):
+def convert(model_dir, plan_path, precision, layer_precision, range_method, calib_path, out, export,
+            allow_calibration_mismatch, as_json):
     """Quantize a float model into a verified FBGEMM artifact (weights.safetensors + manifest.json)."""
     from lowprec.checkpoint.convert import convert as run_convert
     from lowprec.checkpoint.float_model import read_float_config
@@ -57,11 +60,11 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
 
         check_plan(config, plan, "--export torchrec")
     with progress_bar(len(config.tables), "convert", unit="tables") as update:
-        manifest = run_convert(model_dir, plan, out, calibration, progress=update)
-    if "torchscript" in export:
-        from lowprec.serve.export import export_torchscript
+        from lowprec.serve.export import add_torchscript
 
-        export_torchscript(out)
+        manifest = run_convert(model_dir, plan, out, calibration, progress=update,
+                               allow_calibration_mismatch=allow_calibration_mismatch,
+                               finish=add_torchscript if "torchscript" in export else None)
     if "torchrec" in export:
         from lowprec.serve.torchrec_export import export_torchrec
 
@@ -141,19 +144,28 @@ def _show(s: dict, as_json: bool) -> None:
 @click.option("--windows", required=True)
 @click.option("--threshold-db", default=20.0, show_default=True, help="SQNR below this marks a tap as broken.")
 @click.option("--max-rows", default=50_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--allow-unrelated-candidate", is_flag=True,
+              help="Compare a candidate artifact not converted from --reference (refused by default).")
 @click.option("--json", "as_json", is_flag=True)
-def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, as_json):
+def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, allow_unrelated_candidate, as_json):
     """Numeric debugger: SQNR of every table and layer output, float vs quantized."""
-    from lowprec.checkpoint.load import load_model
+    from pathlib import Path
+
+    from lowprec.checkpoint.load import load_model, model_kind
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import select_windows
+    from lowprec.checkpoint.float_model import weights_sha256
+    from lowprec.provenance import check_converted_from
     from lowprec.debugger import compare as run_compare
     from lowprec.train import check_compatible
 
     ds = Dataset(data_dir)
     chosen = select_windows(windows, ds.meta)
     ref, ref_cfg, _ = load_model(reference)
-    cand, cand_cfg, _ = load_model(candidate)
+    cand, cand_cfg, cand_info = load_model(candidate)
+    if not allow_unrelated_candidate and model_kind(reference) == "float" and model_kind(candidate) == "artifact":
+        check_converted_from(reference, weights_sha256(Path(reference)), candidate,
+                             cand_info, "--allow-unrelated-candidate")
     check_compatible(ref_cfg, ds.meta, reference)
     check_compatible(cand_cfg, ds.meta, candidate)
     with progress_bar(max_rows, "compare") as update:

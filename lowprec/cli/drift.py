@@ -34,10 +34,12 @@ from lowprec.cli._common import StageBars
                    "before the first alarm, the alarmed window itself, or both.")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The candidate's CALIB.json: calibration-time clipping rates and method.")
+@click.option("--allow-unrelated-candidate", is_flag=True,
+              help="Monitor a candidate artifact not converted from --reference (refused by default).")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
 def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, config_path, on_alarm, recalibrate_on,
-          calib_path, batch_size, as_json):
+          calib_path, allow_unrelated_candidate, batch_size, as_json):
     """Monitor a quantized candidate against its float reference, window by window.
 
     For every window not yet in --db: one streamed pass scores both models on the same rows and
@@ -71,7 +73,7 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
         config = dataclasses.replace(
             config, recalibrate=dataclasses.replace(config.recalibrate, source=recalibrate_on))
     job = DriftJob(reference, candidate, data_dir, windows, db, report_dir, config, on_alarm, calib_path,
-                   batch_size)
+                   batch_size, allow_unrelated_candidate=allow_unrelated_candidate)
     dist.check_same([p for p in (reference, candidate, data_dir, config_path, calib_path) if p])
     with StageBars() as stages:
         outcome = run(job, stages)
@@ -94,6 +96,8 @@ def _render(outcome) -> None:
                    f"{w['reason'] if w['alarm'] else ''}")
         for s in w["staleness"]:
             click.echo(f"              staleness: {s}")
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
     for r in outcome.recalibrations:
         click.echo(f"recalibration ({r['source']}): {r.get('reason') or r.get('skipped')}")
     click.echo(f"{len(outcome.processed)} window(s) processed; first alarm: "

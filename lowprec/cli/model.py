@@ -40,6 +40,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     from lowprec.data.dataset import Dataset, check_table_bytes
     from lowprec.fileio import claim_output
     from lowprec.recipe import load_recipe, pick, resolve_windows
+    from lowprec.evaluation.scoring import base_rate_warning, worse_than_base_rate
     from lowprec.train import TrainConfig, total_steps_rows
     from lowprec.train import train as run_train
 
@@ -62,8 +63,12 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         model, info = run_train(ds, cfg, progress=update)
     save_float_model(model, out, info, inputs=[data_dir])
     params = sum(p.numel() for p in model.parameters())
+    bad = worse_than_base_rate(info["final_epoch_ne"])
+    if bad:
+        click.echo(base_rate_warning(info["final_epoch_ne"], "its training data (last epoch)"), err=True)
     if as_json:
-        emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info})
+        emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info,
+                   "worse_than_base_rate": bad})
         return
     m = info["metrics"]
     val = (f"; validation NE {fmt(m['validation']['ne'])} AUC {fmt(m['validation']['auc'])}"
@@ -89,7 +94,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     from lowprec.data.dataset import Dataset
     from lowprec.data.latent import bayes_fields
     from lowprec.data.windows import select_windows
-    from lowprec.evaluation.scoring import evaluate
+    from lowprec.evaluation.scoring import base_rate_warning, evaluate, worse_than_base_rate
     from lowprec.train import check_compatible
 
     ds = Dataset(data_dir)
@@ -102,6 +107,8 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     if not dist.is_main():
         return
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
+    if worse_than_base_rate(result.overall.ne):
+        click.echo(base_rate_warning(result.overall.ne, f"windows {windows}"), err=True)
     if as_json:
         emit_json({**result.to_json(), **bayes})
         return

@@ -16,6 +16,8 @@ from lowprec.cli._common import StageBars, fmt
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (calibration/*.toml); flags override it.")
 @click.option("--calib-windows", help="Windows that measure sensitivity (SPEC or label:A..B).")
 @click.option("--eval-windows", help="Windows that validate the chosen plan.")
+@click.option("--test-windows", help="Windows the search never sees; the chosen plan is reported there too "
+                                     "[recipe windows.test, else none].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PLAN.json to write.")
 @click.option("--max-ne-increase", help="Relative NE increase allowed, e.g. 0.1% or 0.001 [recipe or 0.1%].")
 @click.option("--max-auc-drop", help="AUC drop allowed, e.g. 0.001 [recipe or 0.001].")
@@ -29,7 +31,7 @@ from lowprec.cli._common import StageBars, fmt
 @click.option("--max-rows", type=int, help="Calibration rows cached for sensitivity [50000].")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md + index.html here.")
 @click.option("--json", "as_json", is_flag=True)
-def search(model_dir, data_dir, recipe, calib_windows, eval_windows, out, max_ne_increase, max_auc_drop,
+def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_windows, out, max_ne_increase, max_auc_drop,
            memory_budget, objective, precisions, layer_precisions, sharing_ratios, calib_path, max_rows,
            report_dir, as_json):
     """Search a precision (and sharing) per table and per layer under an accuracy budget.
@@ -48,12 +50,15 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, out, max_ne
         claim_output(report_dir, "report", inputs, what="--report")
     req = SearchRequest(
         model_dir=Path(model_dir), data_dir=Path(data_dir), out=Path(out), recipe=recipe,
-        calib_windows=calib_windows, eval_windows=eval_windows, max_ne_increase=max_ne_increase,
+        calib_windows=calib_windows, eval_windows=eval_windows, test_windows=test_windows,
+        max_ne_increase=max_ne_increase,
         max_auc_drop=max_auc_drop, memory_budget=memory_budget, objective=objective,
         precisions=precisions, layer_precisions=layer_precisions, sharing_ratios=sharing_ratios,
         calib_path=calib_path, max_rows=max_rows, report_dir=report_dir)
     with StageBars() as stages:
         result, summary = run_search(req, stages)
+    if result.message:
+        click.echo(f"warning: {result.message}", err=True)
     if as_json:
         emit_json(summary)
         return
@@ -65,12 +70,24 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, out, max_ne
         click.echo(f"  validated on {v.rows:,} rows: NE +{100 * v.ne_increase:.4f}% "
                    f"[{100 * v.ne_increase_ci[0]:.4f}, {100 * v.ne_increase_ci[1]:.4f}], "
                    f"AUC drop {fmt(v.auc_drop, 5)} [{fmt(v.auc_drop_ci[0], 5)}, {fmt(v.auc_drop_ci[1], 5)}]")
+        click.echo(f"  budget holds: point estimate {_yes(summary['validated_fits']['point'])}, "
+                   f"whole interval {_yes(summary['validated_fits']['interval'])}")
     else:
         click.echo("  no quantized plan validated within budget: the plan keeps everything fp32")
+    t = result.test
+    if t is not None:
+        click.echo(f"  test windows ({t.rows:,} rows, never seen by the search): NE +{100 * t.ne_increase:.4f}% "
+                   f"[{100 * t.ne_increase_ci[0]:.4f}, {100 * t.ne_increase_ci[1]:.4f}], AUC drop "
+                   f"{fmt(t.auc_drop, 5)}; budget holds: point {_yes(summary['tested_fits']['point'])}, "
+                   f"interval {_yes(summary['tested_fits']['interval'])}")
     click.echo(f"  {result.evaluations} evaluations, {len(result.rounds)} validation round(s), "
                f"{result.seconds:.1f}s")
     if report_dir:
         click.echo(f"  report: {Path(report_dir) / 'index.html'}")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
 
 
 COMMANDS = [search]

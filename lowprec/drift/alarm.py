@@ -17,6 +17,10 @@ the standard deviation of its Poisson-bootstrap replicates:
       the CI of the calibration ratio gap (Σp_cand/Σp_ref - 1) lies outside ±calibration_gap_limit.
 One noisy window moves S by a few units at most, a persistent gap above the allowance accumulates,
 and the cap makes an alarm clear within a few healthy windows once the gap is gone.
+A window with fewer than `min_positives` positive or `min_negatives` negative labels has "too few
+labels": the label-based triggers (NE gap CI, CUSUM, AUC) are off and its CUSUM state carries over
+unchanged. The NE gap judged is the measured gap minus the plan's validated gap (the manifest's
+`plan.validated.ne_increase`); every reason that subtracts it says so.
 Warnings (recorded, never an alarm by themselves): activation clipping above `clip_rate_ratio` x its
 calibration-time rate, PSI of the score distributions above `psi_limit`. Staleness of the float
 model against its baseline window is reported apart: it is not quantization's fault.
@@ -56,6 +60,8 @@ class Thresholds:
     psi_limit: float = 0.1  # warn when PSI(candidate scores | reference deciles) exceeds it
     staleness_ne_limit: float = 0.02  # float NE vs its baseline window: reported, not alarmed
     staleness_calibration_limit: float = 0.05
+    min_positives: int = 30  # fewer positive (or negative) labels in a window: "too few labels",
+    min_negatives: int = 30  # no label-based alarm (NE gap, CUSUM, AUC); the CUSUM state carries over
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -68,6 +74,8 @@ class Thresholds:
         _check(self.cusum_cap >= self.cusum_h, "alarm.cusum_cap must be >= alarm.cusum_h")
         _check(0 < self.auc_alpha < 1, "alarm.auc_alpha must be in (0, 1)")
         _check(self.clip_rate_ratio >= 1, "alarm.clip_rate_ratio must be >= 1")
+        _check(self.min_positives >= 0 and self.min_negatives >= 0,
+               "alarm.min_positives and alarm.min_negatives must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,11 @@ class Signals:
     stale_ne: float | None = None
     stale_calibration: float | None = None
     expected_gap: float = 0.0  # the NE gap the plan was validated with; ne_gap* are relative to it
+    positives: int | None = None  # label counts of the window (None: unknown, assumed enough)
+    negatives: int | None = None
+
+
+LABEL_TRIGGERS = ("ne_gap_ci", "cusum_up", "cusum_down", "auc_drop")
 
 
 @dataclass(frozen=True)
@@ -205,15 +218,35 @@ def pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.{digits}f}%"
 
 
+def too_few_labels(s: Signals, t: Thresholds) -> str:
+    """Why the window's labels cannot carry a label-based alarm ("" when they can)."""
+    pos, neg = s.positives, s.negatives
+    if pos is None or neg is None or (pos >= t.min_positives and neg >= t.min_negatives):
+        return ""
+    return (f"too few labels: {pos} positives / {neg} negatives (minimum {t.min_positives} / "
+            f"{t.min_negatives}): no label-based alarm (NE gap, CUSUM, AUC) for this window")
+
+
+def gap_text(s: Signals) -> str:
+    """The gap the rule judges, saying when the plan's validated gap was subtracted first."""
+    ci = f"{pct(s.ne_gap)} [CI {pct(s.ne_gap_lo)}, {pct(s.ne_gap_hi)}]"
+    if not s.expected_gap:
+        return ci
+    e = s.expected_gap
+    return (f"{pct(s.ne_gap + e)} [CI {pct(s.ne_gap_lo + e)}, {pct(s.ne_gap_hi + e)}] minus the plan's "
+            f"validated gap {pct(e)} = {ci}")
+
+
 def _triggers(s: Signals, st: CusumState, t: Thresholds) -> list[tuple[str, str]]:
     out = []
-    ci = f"{pct(s.ne_gap)} [CI {pct(s.ne_gap_lo)}, {pct(s.ne_gap_hi)}]"
-    if s.expected_gap:
-        ci += f" beyond the validated gap {pct(s.expected_gap)}"
+    ci = gap_text(s)
+    auc_dropped = s.auc_diff < 0 and s.auc_p_drop < t.auc_alpha
     if s.ne_gap_lo > t.ne_gap_limit:
         out.append(("ne_gap_ci", f"candidate NE worse by {ci}, beyond the {pct(t.ne_gap_limit)} limit"))
     if t.two_sided and s.ne_gap_hi < -t.ne_gap_limit:
-        out.append(("ne_gap_ci", f"candidate NE departs from the reference by {ci} (better): it no "
+        how = (f"lower NE but a significantly lower AUC (DeLong one-sided p={s.auc_p_drop:.2g}): not "
+               f"better," if auc_dropped else "(better):")
+        out.append(("ne_gap_ci", f"candidate NE departs from the reference by {ci} {how} it no "
                                  f"longer tracks the reference beyond the ±{100 * t.ne_gap_limit:.2f}% limit"))
     if st.up > t.cusum_h:
         out.append(("cusum_up", f"persistent NE gap above the {pct(t.ne_gap_allowance)} allowance "
@@ -246,9 +279,12 @@ def _warnings(s: Signals, t: Thresholds) -> list[str]:
 
 def _staleness(s: Signals, t: Thresholds) -> list[str]:
     out = []
-    if s.stale_ne is not None and math.isfinite(s.stale_ne) and abs(s.stale_ne) > t.staleness_ne_limit:
+    if s.stale_ne is not None and math.isfinite(s.stale_ne) and s.stale_ne > t.staleness_ne_limit:
         out.append(f"float model NE {pct(s.stale_ne, 1)} vs its baseline window (staleness: retrain; "
                    f"not a quantization alarm)")
+    elif s.stale_ne is not None and math.isfinite(s.stale_ne) and s.stale_ne < -t.staleness_ne_limit:
+        out.append(f"float model NE {pct(s.stale_ne, 1)} vs its baseline window: it predicts this window "
+                   f"better (the data got easier), not staleness; no retraining indicated")
     sc = s.stale_calibration
     if sc is not None and math.isfinite(sc) and abs(sc) > t.staleness_calibration_limit:
         out.append(f"float model calibration {pct(sc, 1)} vs its baseline window")
@@ -257,12 +293,16 @@ def _staleness(s: Signals, t: Thresholds) -> list[str]:
 
 def decide(s: Signals, prev: CusumState, t: Thresholds) -> Decision:
     """The sequential rule for one window, given the CUSUM state after the previous window."""
-    state = cusum_step(prev, s, t)
-    trig = _triggers(s, state, t)
+    few = too_few_labels(s, t)
+    state = prev if few else cusum_step(prev, s, t)
+    trig = [(c, m) for c, m in _triggers(s, state, t) if not few or c not in LABEL_TRIGGERS]
     if trig:
         reason = "ALARM: " + "; ".join(msg for _, msg in trig)
+    elif few:
+        reason = f"{few}; NE gap {gap_text(s)}"
     else:
-        reason = (f"healthy: NE gap {pct(s.ne_gap)} [CI {pct(s.ne_gap_lo)}, {pct(s.ne_gap_hi)}], "
+        reason = (f"healthy: NE gap {gap_text(s)} within ±{100 * t.ne_gap_limit:.2f}%, "
                   f"CUSUM up {state.up:.1f} / down {state.down:.1f} <= {t.cusum_h:g}")
+    warnings = ([few] if few and trig else []) + _warnings(s, t)
     return Decision(bool(trig), state, tuple(dict.fromkeys(c for c, _ in trig)), reason,
-                    tuple(_warnings(s, t)), tuple(_staleness(s, t)))
+                    tuple(warnings), tuple(_staleness(s, t)))

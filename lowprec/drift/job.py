@@ -29,11 +29,14 @@ from lowprec.data.latent import window_bayes_auc
 from lowprec.data.windows import select_windows
 from lowprec.drift import report
 from lowprec.drift.follower import follow, lead
-from lowprec.drift.alarm import CusumState, DriftConfig, Signals, decide
-from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
+from lowprec.drift.alarm import CusumState, DriftConfig, decide
+from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
+from lowprec.drift.signals import calib_rates, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.progress import Stages
+from lowprec.provenance import check_converted_from
+from lowprec.drift.sources import check_sources, window_source
 from lowprec.fileio import read_json, sha256_file
 from lowprec.train import check_compatible
 
@@ -53,6 +56,7 @@ class DriftJob:
     on_alarm: str = "none"
     calibration: Path | None = None
     batch_size: int = 4096
+    allow_unrelated_candidate: bool = False  # else a candidate artifact must come from --reference
 
     def __post_init__(self) -> None:
         if self.on_alarm not in ON_ALARM:
@@ -78,6 +82,7 @@ class DriftOutcome:
     recalibrations: list[dict[str, Any]]
     db: Path
     report: Path
+    notes: list[str] = field(default_factory=list)
 
     @property
     def first_alarm(self) -> int | None:
@@ -87,7 +92,7 @@ class DriftOutcome:
         return {"db": str(self.db), "report": str(self.report), "exit_code": self.exit_code,
                 "processed": self.processed, "first_alarm": self.first_alarm,
                 "alarms": [w["window"] for w in self.windows if w["alarm"]],
-                "windows": self.windows, "recalibrations": self.recalibrations}
+                "windows": self.windows, "recalibrations": self.recalibrations, "notes": self.notes}
 
 
 def read_calibration(path: Path | None) -> dict[str, Any] | None:
@@ -117,9 +122,11 @@ def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     check_compatible(ref_cfg, ds.meta, str(job.reference))
     check_compatible(cand_cfg, ds.meta, str(job.candidate))
     is_artifact = model_kind(job.candidate) == "artifact"
+    ref_sha = weights_sha256(job.reference)
+    if is_artifact and not job.allow_unrelated_candidate:
+        check_converted_from(job.reference, ref_sha, job.candidate, manifest, "--allow-unrelated-candidate")
     cand_sha = sha256_file(job.candidate / "manifest.json") if is_artifact else weights_sha256(job.candidate)
-    return _Models(reference, candidate, manifest if is_artifact else None,
-                   weights_sha256(job.reference), cand_sha)
+    return _Models(reference, candidate, manifest if is_artifact else None, ref_sha, cand_sha)
 
 
 def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
@@ -161,6 +168,7 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
         with store.transaction():
             store.set_meta("expected_gap", repr(expected_gap(models.manifest)))
         _check_labels(store, ds, chosen)
+        notes = check_sources(job, store, ds, models, chosen)
         for leftover in job.db.parent.glob(job.spill_prefix.name + "*"):
             leftover.unlink(missing_ok=True)  # from a killed run; we hold the lock
         run_id = store.start_run(_run_info(job, models, chosen))
@@ -175,6 +183,7 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
                 with dist.local():  # rank 0 alone; the other ranks are done
                     recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
             outcome = _outcome(job, store, chosen, todo, recal)
+            outcome.notes = notes
             store.finish_run(run_id, "done")
             data = report.gather(store, job.config)
             data.bayes_auc = window_bayes_auc(ds.meta)  # {} unless the data has true probabilities
@@ -192,41 +201,6 @@ def _run_info(job: DriftJob, m: _Models, chosen: list[int]) -> dict[str, Any]:
             "config": json.dumps({**job.config.to_json(), "on_alarm": job.on_alarm,
                                   "batch_size": job.batch_size}),
             "lowprec_version": lowprec.__version__}
-
-
-def calib_rates(calib: dict[str, Any] | None, layers: list[str]) -> dict[str, float | None]:
-    known = (calib or {}).get("layers", {})
-    return {n: (float(known[n]["clip_rate"]) if n in known and known[n].get("clip_rate") is not None
-                else None) for n in layers}
-
-
-def expected_gap(manifest: dict[str, Any] | None) -> float:
-    """The relative NE gap the deployed plan was accepted with (search validation), else 0.
-
-    The alarm asks whether quantization went stale, i.e. whether the gap *moved* since deployment:
-    a plan validated at -0.7% (sharing can regularise) is healthy at -0.7% and drifting at -4%."""
-    validated = ((manifest or {}).get("plan") or {}).get("validated") or {}
-    value = validated.get("ne_increase")
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
-
-
-def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
-                calib: dict[str, float | None], expected: float = 0.0) -> Signals:
-    ref = m.reference
-    stale_ne = stale_cal = 0.0
-    if baseline is not None:
-        stale_ne = _ratio(ref["ne"], baseline["ref_ne"])
-        stale_cal = _ratio(ref["calibration"], baseline["ref_calibration"])
-    clipping = {n: (c["clip_rate"], calib.get(n)) for n, c in m.clipping.items() if c["clip_rate"] is not None}
-    return Signals(m.ne_gap.estimate - expected, m.ne_gap.lo - expected, m.ne_gap.hi - expected,
-                   m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo,
-                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b == 0:
-        return None
-    return a / b - 1
 
 
 def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, w: int, run_id: int,
@@ -261,7 +235,8 @@ def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Model
     notes = table_err.notes if table_err is not None else {}
     table_rows = [{"window": w, "table_name": n, **(e or {}), "note": notes.get(n)}
                   for n, e in m.table_error.items()]
-    store.record_window(_finite(row), [_finite(r) for r in clip_rows], [_finite(r) for r in table_rows])
+    store.record_window(_finite(row), [_finite(r) for r in clip_rows], [_finite(r) for r in table_rows],
+                        window_source(job, ds, models, w))
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:

@@ -198,13 +198,20 @@ def _summary(d: ReportData) -> list[Block]:
               f"`{m['candidate']}` (sha256 {m['candidate_sha256'][:12]}). Database `{d.db}`; generated "
               f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}."),
         ("p", f"{len(rows)} windows recorded, {len(alarms)} in alarm; {first}; {state}."),
-        ("p", f"Rule: alarm when the NE gap's {100 * d.config.bootstrap.confidence:g}% CI lies beyond "
+        ("p", f"Rule: alarm when the NE gap's {100 * d.config.bootstrap.confidence:g}% CI{_minus(d)} lies beyond "
               f"{'±' if t.two_sided else '+'}{100 * t.ne_gap_limit:.2f}%, or the CUSUM of (gap - "
               f"{100 * t.ne_gap_allowance:.2f}%)/se exceeds h={t.cusum_h:g}, or AUC drops by more than "
               f"{t.auc_drop_limit:g} (DeLong p < {t.auc_alpha:g}), or the calibration gap's CI lies "
-              f"beyond ±{100 * t.calibration_gap_limit:.2f}%. Staleness of the float model is reported "
-              f"apart and never raises the quantization alarm (docs/drift.md)."),
+              f"beyond ±{100 * t.calibration_gap_limit:.2f}%. Windows with fewer than {t.min_positives} "
+              f"positive or {t.min_negatives} negative labels raise no label-based alarm. Staleness of "
+              f"the float model is reported apart and never raises the quantization alarm (docs/drift.md)."),
     ]
+
+
+def _minus(d: ReportData) -> str:
+    """The validated gap the rule subtracts first, said where the limits are stated."""
+    e = float(d.meta.get("expected_gap") or 0.0)
+    return f", after subtracting the plan's validated gap {pct(e)}," if e else ""
 
 
 def _models_section(d: ReportData, figs: dict[str, str]) -> list[Block]:

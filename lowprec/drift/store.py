@@ -15,7 +15,10 @@ Schema (version 1): `meta` (key/value: schema version, the pair, the baseline wi
 (one row per invocation: paths, hashes, start/finish, status, config JSON), `windows` (one row per
 window: both models' metrics, the paired gaps with intervals, DeLong, PSI, staleness, CUSUM state,
 decision and reason), `layer_clipping` and `table_error` (per window x layer / table),
-`recalibrations` (artifacts written by --on-alarm recalibrate and how they score).
+`recalibrations` (artifacts written by --on-alarm recalibrate and how they score), `window_sources`
+(per window what it was computed from: the sha256 of the dataset's dataset.json and the window's row
+count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON). Databases from
+before `window_sources` gain the table on open; their windows have no source row and are not checked.
 """
 
 from __future__ import annotations
@@ -46,12 +49,13 @@ WINDOW_COLUMNS = (
 CLIP_COLUMNS = ("window", "layer", "clip_rate", "calib_clip_rate", "clipped", "elements",
                 "range_lo", "range_hi", "observed_min", "observed_max")
 TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "note")
+SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
 RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows", "method", "artifact",
                  "artifact_sha256", "calibration", "ne_gap", "ne_gap_lo", "ne_gap_hi", "auc_diff",
                  "cal_gap", "alarm", "closes", "reason")
 _TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", "staleness", "layer",
          "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
-         "calibration"}
+         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds"}
 _INT = {"id", "window", "run_id", "rows", "baseline_window", "alarm", "clipped", "elements", "alarm_window", "closes"}
 
 
@@ -73,6 +77,7 @@ SCHEMA = [
     _create("windows", WINDOW_COLUMNS, primary="window"),
     _create("layer_clipping", CLIP_COLUMNS, 'PRIMARY KEY ("window", layer)'),
     _create("table_error", TABLE_COLUMNS, 'PRIMARY KEY ("window", table_name)'),
+    _create("window_sources", SOURCE_COLUMNS, primary="window"),
     _create("recalibrations", ("id",) + RECAL_COLUMNS, "UNIQUE (alarm_window, source)", primary="id"),
 ]
 
@@ -195,9 +200,13 @@ class DriftStore:
         row = self.conn.execute('SELECT * FROM windows WHERE "window" = ?', (int(b),)).fetchone()
         return None if row is None else dict(row)
 
+    def sources(self) -> dict[int, dict[str, Any]]:
+        """Window -> what it was computed from (windows recorded before this table have none)."""
+        return {r["window"]: dict(r) for r in self.conn.execute("SELECT * FROM window_sources")}
+
     def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
-                      tables: list[dict[str, Any]]) -> None:
-        """All of one window in one transaction."""
+                      tables: list[dict[str, Any]], source: dict[str, Any] | None = None) -> None:
+        """All of one window (and what it was computed from) in one transaction."""
         row = dict(row, recorded=now())
         for k in ("triggers", "warnings", "staleness"):
             row[k] = json.dumps(list(row.get(k) or []))
@@ -205,6 +214,8 @@ class DriftStore:
             _insert(self.conn, "windows", WINDOW_COLUMNS, [row])
             _insert(self.conn, "layer_clipping", CLIP_COLUMNS, clipping)
             _insert(self.conn, "table_error", TABLE_COLUMNS, tables)
+            if source is not None:
+                _insert(self.conn, "window_sources", SOURCE_COLUMNS, [dict(source, window=row["window"])])
             if self.meta("baseline_window") is None:
                 self.set_meta("baseline_window", str(row["window"]))
 

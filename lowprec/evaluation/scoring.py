@@ -1,5 +1,8 @@
 """Scoring a model (float or quantized) over windows into per-window and overall BinaryStats.
 
+`worse_than_base_rate` flags NE >= 1: the model predicts worse than the constant base rate of
+the data it is scored on (train and eval print a warning and set `worse_than_base_rate` in --json).
+
 Any scorer works: a module mapping (dense (B, F), sparse (B, slots)) to logits (B,); the quantized
 runtime gets its ids from the loader in FBGEMM's layout (`Batch.ids_for`). Windows are
 streamed batch by batch; each window's statistics are merged into the overall ones by addition.
@@ -29,8 +32,20 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.overall.summary())
+        out["worse_than_base_rate"] = worse_than_base_rate(self.overall.ne)
         out["windows"] = [{"window": w, **m} for w, m in sorted(self.per_window.items())]
         return out
+
+
+def worse_than_base_rate(ne: float) -> bool:
+    """NE >= 1: no better than always predicting the data's click rate (NaN: not flagged)."""
+    return bool(ne >= 1.0)
+
+
+def base_rate_warning(ne: float, what: str) -> str:
+    return (f"warning: NE {ne:.3f} >= 1 on {what}: the model predicts worse than the constant base rate "
+            f"(always the average click rate); check the training setup (epochs, learning rates, "
+            f"class balance) before using it")
 
 
 @torch.inference_mode()

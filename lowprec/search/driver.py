@@ -34,6 +34,7 @@ class SearchRequest:
     recipe: str | None = None
     calib_windows: str | None = None
     eval_windows: str | None = None
+    test_windows: str | None = None
     max_ne_increase: str | None = None
     max_auc_drop: str | None = None
     memory_budget: int | None = None
@@ -65,6 +66,8 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     r = load_recipe(req.recipe)
     calib = resolve_windows(pick(req.calib_windows, r, "windows", "calibrate"), ds.meta, "calibrate")
     evaluate = resolve_windows(pick(req.eval_windows, r, "windows", "evaluate"), ds.meta, "evaluate")
+    test_spec = pick(req.test_windows, r, "windows", "test")
+    test = resolve_windows(test_spec, ds.meta, "test") if test_spec is not None else []
     memory = pick(req.memory_budget, r, "budgets", "memory_budget")
     budget = Budget(parse_fraction(pick(req.max_ne_increase, r, "budgets", "max_ne_increase", "0.1%"),
                                    "--max-ne-increase"),
@@ -84,7 +87,8 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     cfg = SearchConfig(tuple(calib), tuple(evaluate), budget, space,
                        objective=pick(req.objective, r, "search", "objective", "bytes"),
                        max_rows=int(pick(req.max_rows, r, "search", "max_rows", 50_000)),
-                       max_rounds=int(s.get("max_rounds", 6)), margin=float(s.get("margin", 0.9)))
+                       max_rounds=int(s.get("max_rounds", 6)), margin=float(s.get("margin", 0.9)),
+                       test_windows=tuple(test))
     return cfg, r
 
 
@@ -97,6 +101,10 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     if overlap:
         raise InputError(f"calibration and evaluation windows overlap at {sorted(overlap)}; the "
                          f"budget must be checked on held-out windows")
+    seen = set(cfg.test_windows) & (set(cfg.calib_windows) | set(cfg.eval_windows))
+    if seen:
+        raise InputError(f"test windows {sorted(seen)} are also calibration or evaluation windows; the "
+                         f"test windows must be ones the search never sees")
     model, _ = load_float_model(req.model_dir)
     check_compatible(model.config, ds.meta, str(req.model_dir))
     if req.calib_path:
@@ -120,12 +128,22 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     return result, summary
 
 
+def _fits(v, b) -> dict[str, bool] | None:
+    """Does the budget hold for the point estimate, and for the whole interval (its upper ends)?"""
+    if v is None:
+        return None
+    return {"point": bool(v.ne_increase <= b.max_ne_increase and v.auc_drop <= b.max_auc_drop),
+            "interval": bool(v.ne_increase_ci[1] <= b.max_ne_increase and v.auc_drop_ci[1] <= b.max_auc_drop)}
+
+
 def summarize(result: SearchResult, model) -> dict[str, Any]:
     info = result.plan.info
     fp32 = sum(o[0].bytes for o in result.items.values())
     total = info.total_bytes
-    v = result.validation
+    v, t, b = result.validation, result.test, info.budgets
     return {
+        "message": result.message,
+        "validated_fits": _fits(v, b), "tested": t.to_json() if t else None, "tested_fits": _fits(t, b),
         "plan": result.plan.to_json(),
         "table_bytes": info.table_bytes, "layer_bytes": info.layer_bytes,
         "total_bytes": total, "fp32_bytes": fp32, "compression": fp32 / total if total else float("nan"),

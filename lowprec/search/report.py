@@ -72,6 +72,18 @@ def _frontier_figure(result: SearchResult, summary: dict[str, Any], directory: P
     return save_figure(fig, directory, "frontier.png")
 
 
+def _validation(doc: Doc, title: str, v: Any, fits: dict[str, bool]) -> None:
+    doc.heading(title)
+    doc.table(["metric", "float", "plan", "change", "95% interval"], [
+        ["NE", v.float_ne, v.plan_ne, f"{100 * v.ne_increase:+.4f}%",
+         f"[{100 * v.ne_increase_ci[0]:+.4f}%, {100 * v.ne_increase_ci[1]:+.4f}%]"],
+        ["AUC", v.float_auc, v.plan_auc, f"{-v.auc_drop:+.5f}",
+         f"[{-v.auc_drop_ci[1]:+.5f}, {-v.auc_drop_ci[0]:+.5f}]"],
+    ])
+    doc.para(f"Budget holds for the point estimate: {'yes' if fits['point'] else 'no'}; for the whole "
+             f"interval: {'yes' if fits['interval'] else 'no'}.")
+
+
 def write_report(result: SearchResult, summary: dict[str, Any], directory: Path) -> Path:
     doc = Doc("lowprec search report")
     info = result.plan.info
@@ -85,17 +97,16 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
              f"{summary['compression']:.2f}x smaller. {result.evaluations} evaluations "
              f"({sum(len(v) - 1 for v in result.items.values())} sensitivity + {len(result.rounds)} "
              f"validation), {result.seconds:.1f} s wall time.")
+    if result.message:
+        doc.para(f"Warning: {result.message}")
     v = result.validation
     if v is not None:
-        doc.heading("Validated on the evaluation windows")
-        doc.table(["metric", "float", "plan", "change", "95% interval"], [
-            ["NE", v.float_ne, v.plan_ne, f"{100 * v.ne_increase:+.4f}%",
-             f"[{100 * v.ne_increase_ci[0]:+.4f}%, {100 * v.ne_increase_ci[1]:+.4f}%]"],
-            ["AUC", v.float_auc, v.plan_auc, f"{-v.auc_drop:+.5f}",
-             f"[{-v.auc_drop_ci[1]:+.5f}, {-v.auc_drop_ci[0]:+.5f}]"],
-        ])
+        _validation(doc, "Validated on the evaluation windows (used to select the plan)", v, summary["validated_fits"])
     else:
         doc.para("No quantized plan validated within the budgets; the plan keeps every item in fp32.")
+    if result.test is not None:
+        _validation(doc, f"Test windows {list(info.windows.test)} (never seen by the search)", result.test,
+                    summary["tested_fits"])
     doc.heading("Chosen plan")
     rows = []
     for item, o in result.chosen.items():

@@ -7,9 +7,13 @@
 2. The MILP picks the cheapest plan whose summed (predicted) loss fits the budget.
 3. The plan is converted for real and validated on the eval windows (`refine`): the budget
    multiplier handed to the solver moves up while plans validate (spending slack the additive
-   model did not see) and down when they fail, where the first failures also forbid the most
-   sensitive choice. Stop rule: the multiplier interval closes, nothing cheaper exists, or
-   `max_rounds` validations are spent; the cheapest validated plan wins (none: all fp32).
+   model did not see) and down when they fail, where failures also forbid the choice with the
+   largest *validated contribution*: leave-one-out on an emulator over the eval windows (the
+   joint plan's loss minus the loss without that choice). Stop rule: the multiplier interval
+   closes, nothing cheaper exists, or `max_rounds` validations are spent; the cheapest validated
+   plan wins. None: all fp32, and `SearchResult.message` says why and what to try (never silent).
+4. With test windows (never used to select), the chosen plan is validated once more there, and
+   both validations report whether the budget holds for the interval, not only the point estimate.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from lowprec.plan import Budgets, Plan, PlanInfo, Predicted, SearchWindows, Vali
 from lowprec.progress import Stages, Update, stage
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
-from lowprec.search.solver import Budget, Sensitivity, predicted, price, solve
+from lowprec.search.solver import Budget, Sensitivity, auc_price, ne_price, predicted, price, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
 from lowprec.search.validate import validate
 
@@ -46,6 +50,7 @@ class SearchConfig:
     max_rows: int = 50_000
     max_rounds: int = 8
     margin: float = 0.9  # solve for this share of the budget; validation checks the rest
+    test_windows: tuple[int, ...] = ()  # never seen by selection; the chosen plan is reported there
 
     def __post_init__(self) -> None:
         if self.objective not in ("bytes", "latency"):
@@ -67,6 +72,8 @@ class SearchResult:
     evaluations: int
     seconds: float
     float_stats: dict[str, float]
+    message: str | None = None  # why the plan compresses nothing, and what to try
+    test: Validation | None = None  # the chosen plan on the test windows
 
 
 class MeasurementCache:
@@ -83,10 +90,11 @@ class MeasurementCache:
                 self.data = obj.get("measurements", {})
 
     def get(self, key: str) -> dict[str, float] | None:
-        return self.data.get(key)
+        hit = self.data.get(key)
+        return hit if hit is not None and "ne_se" in hit else None  # older caches lack the noise
 
-    def put(self, key: str, stats: BinaryStats) -> None:
-        self.data[key] = {"ne": stats.ne, "auc": stats.auc, "rows": stats.weight}
+    def put(self, key: str, stats: BinaryStats, ne_se: float = 0.0) -> None:
+        self.data[key] = {"ne": stats.ne, "auc": stats.auc, "rows": stats.weight, "ne_se": ne_se}
         if self.path is not None:
             atomic_write_text(self.path, json.dumps(
                 {"fingerprint": self.fingerprint, "measurements": self.data}, indent=1))
@@ -106,7 +114,7 @@ def measure_sensitivity(emulator: Emulator, items: dict[str, list[Option]], cach
     def stats_of(key: str, options: list[Option]) -> dict[str, float]:
         hit = cache.get(key)
         if hit is None:
-            cache.put(key, emulator.run(options, range_method))
+            cache.put(key, *emulator.run_paired(options, range_method))
             hit = cache.get(key)
         return hit
 
@@ -115,7 +123,7 @@ def measure_sensitivity(emulator: Emulator, items: dict[str, list[Option]], cach
     for opts in items.values():
         for o in opts:
             m = base if o.is_float_baseline else stats_of(o.key, [o])
-            sens[o.key] = Sensitivity(m["ne"] / base["ne"] - 1.0, base["auc"] - m["auc"])
+            sens[o.key] = Sensitivity(m["ne"] / base["ne"] - 1.0, base["auc"] - m["auc"], m["ne_se"])
             if progress is not None:
                 progress(1)
     return sens
@@ -136,14 +144,19 @@ class _Bounds:
         return None if self.hi / self.lo < 1.25 else math.sqrt(self.lo * self.hi)
 
 
+Contribution = Callable[[dict[str, Option]], dict[str, Sensitivity]]
+
+
 def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: SearchConfig,
-           cost: dict[str, float] | None, check: Callable[[dict[str, Option], int], Validation]):
+           cost: dict[str, float] | None, check: Callable[[dict[str, Option], int], Validation],
+           contribution: Contribution | None = None):
     """Validation-guided search over the budget multiplier m given to the solver.
 
     The additive model mispredicts the joint loss in both directions. Starting at m = margin, a plan
     that validates within budget raises m (x4, then bisection), so slack the model did not see is
-    spent; a plan over budget lowers m and, while nothing has validated yet, also forbids the most
-    sensitive choice (and its cheaper alternatives). Plans already validated are not re-run.
+    spent; a plan over budget lowers m and, while nothing has validated yet, also forbids the choice
+    contributing most to the validated loss (`contribution`, else the largest price) and its cheaper
+    alternatives. Plans already validated are not re-run.
     Returns the cheapest validated plan (or None) and the validation rounds. Cheapest is by the
     objective: bytes, or with `cost` (the latency objective) the plan's predicted time.
     """
@@ -174,22 +187,29 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
         else:
             bounds.hi = min(bounds.hi or math.inf, m)
             if bounds.lo is None:
-                forbidden |= back_off(chosen, items, sens, cfg.budget)
+                forbidden |= back_off(chosen, items, sens, cfg.budget,
+                                      contribution(chosen) if contribution else None)
         m = bounds.next(m)
     return best, rounds
 
 
 def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: dict[str, Sensitivity],
-             budget: Budget) -> set[str]:
-    """Forbid the chosen option with the largest predicted share of the budget, and cheaper ones."""
-    def share(o: Option) -> float:
-        s = sens[o.key]
-        return max(s.d_ne / max(budget.max_ne_increase, 1e-12), s.d_auc / max(budget.max_auc_drop, 1e-12))
+             budget: Budget, validated: dict[str, Sensitivity] | None = None) -> set[str]:
+    """Forbid the chosen option with the largest share of the budget, and its cheaper alternatives:
+    by validated contribution (leave-one-out, option key -> loss it adds) when one is positive,
+    else by price (loss floored at 0 plus noise, so a lucky "improvement" is not exempt)."""
+    def share(s: Sensitivity, priced: bool) -> float:
+        ne, auc = (ne_price(s), auc_price(s)) if priced else (s.d_ne, s.d_auc)
+        return max(ne / max(budget.max_ne_increase, 1e-12), auc / max(budget.max_auc_drop, 1e-12))
 
     candidates = [o for o in chosen.values() if not o.is_float_baseline]
     if not candidates:
         return set()
-    worst = max(candidates, key=share)
+    worst = max(candidates, key=lambda o: share(sens[o.key], True))
+    if validated:
+        top = max(candidates, key=lambda o: share(validated[o.key], False))
+        if share(validated[top.key], False) > 0:
+            worst = top
     return {o.key for o in items[worst.item] if o.bytes <= worst.bytes and not o.is_float_baseline}
 
 
@@ -220,21 +240,70 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
 
     if cfg.objective == "latency" and cost is None:
         cost = measure_costs(emulator, items, rm)
-    best, rounds = refine(items, sens, cfg, significant_costs(cost, items) if cost is not None else None, check)
+    contribution = _leave_one_out(model, ds, cfg, calibration, rm)
+    best, rounds = refine(items, sens, cfg, significant_costs(cost, items) if cost is not None else None,
+                          check, contribution)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
         chosen = {item: opts[0] for item, opts in items.items()}
         best = (chosen, None)
     chosen, val = best
+    message = None
+    if all(o.is_float_baseline for o in chosen.values()):
+        message = no_compression_message(rounds, cfg)
+    test = None
+    if cfg.test_windows and message is None:
+        test = validate(model_dir, model, plan_from_options(chosen, rm), ds, list(cfg.test_windows),
+                        calibration, stage(stages, "test windows", None))
     info = PlanInfo(
         kind="search",
         budgets=Budgets(cfg.budget.max_ne_increase, cfg.budget.max_auc_drop, cfg.budget.memory_bytes),
-        predicted=Predicted(**asdict(predicted(chosen, sens))), validated=val,
+        predicted=Predicted(predicted(chosen, sens).d_ne, predicted(chosen, sens).d_auc), validated=val,
+        tested=test, notes=message,
         total_bytes=total_bytes(chosen), table_bytes=total_bytes(chosen, "table"),
         layer_bytes=total_bytes(chosen, "layer"),
-        windows=SearchWindows(tuple(cfg.calib_windows), tuple(cfg.eval_windows)),
+        windows=SearchWindows(tuple(cfg.calib_windows), tuple(cfg.eval_windows), tuple(cfg.test_windows)),
         objective=cfg.objective,
         predicted_latency_us=sum(cost[o.key] for o in chosen.values()) if cost else None,
         evaluations=evaluations, rounds=len(rounds))
     plan = plan_from_options(chosen, rm, info)
-    return SearchResult(plan, chosen, val, items, sens, rounds, evaluations, time.time() - started, float_stats)
+    return SearchResult(plan, chosen, val, items, sens, rounds, evaluations, time.time() - started, float_stats,
+                        message, test)
+
+
+def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dict[str, Any] | None,
+                   rm: str) -> Contribution:
+    """Per chosen option, the loss it adds to the joint plan on the eval windows: the emulated plan
+    minus the plan without it (the eval rows are cached on first use, i.e. the first failure)."""
+    emu: list[Emulator] = []
+
+    def contribution(chosen: dict[str, Option]) -> dict[str, Sensitivity]:
+        if not emu:
+            emu.append(Emulator(model, FloatCache(model, ds, list(cfg.eval_windows), cfg.max_rows), calibration))
+        opts = [o for o in chosen.values() if not o.is_float_baseline]
+        joint, out = emu[0].run(opts, rm), {}
+        for o in opts:
+            without = emu[0].run([x for x in opts if x is not o], rm)
+            out[o.key] = Sensitivity(joint.ne / without.ne - 1.0, without.auc - joint.auc)
+        return out
+    return contribution
+
+
+def no_compression_message(rounds: list[dict[str, Any]], cfg: SearchConfig) -> str:
+    """Why the search returns the all-fp32 plan, and what to try."""
+    b = cfg.budget
+    failed = [r for r in rounds if not r["fits"]]
+    if failed:
+        r = min(failed, key=lambda r: r["validated"]["ne_increase"])
+        v = r["validated"]
+        why = (f"none of the {len(failed)} quantized plans validated within the budget (NE increase <= "
+               f"{100 * b.max_ne_increase:.3g}%, AUC drop <= {b.max_auc_drop:g}) on eval windows "
+               f"{list(cfg.eval_windows)}; the closest (round {r['round']}) measured NE "
+               f"{100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
+               f"{100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop {v['auc_drop']:.5f}")
+    else:
+        why = "every quantized option's priced loss (measured loss plus its noise) exceeds the budget"
+    return (f"no compression: {why}. The plan keeps everything fp32 (1.00x). Try a larger "
+            f"--max-ne-increase / --max-auc-drop, a narrower space (e.g. --precisions fp16,int8,int4), "
+            f"more rows (--max-rows, longer eval windows) so the noise shrinks, or more validation "
+            f"rounds ([search] max_rounds, now {cfg.max_rounds}).")

@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowprec.data.batches import iter_batches
@@ -84,6 +87,7 @@ class Emulator:
         self._layers: dict[str, nn.Module] = {}
         self.evaluations = 0
         self._graph_key: tuple | None = None
+        self._float_logits: list[torch.Tensor] | None = None
         self._graph_cache: DLRMGraph | None = None
 
     def table_form(self, option: Option, range_method: str, full: bool = False) -> QuantizedForm:
@@ -147,12 +151,25 @@ class Emulator:
     @torch.inference_mode()
     def run(self, options: list[Option], range_method: str = "l2") -> BinaryStats:
         """Stats of the float model with `options` applied (others float) on the cached rows."""
+        return self._scores(options, range_method, False)[0]
+
+    @torch.inference_mode()
+    def run_paired(self, options: list[Option], range_method: str = "l2") -> tuple[BinaryStats, float]:
+        """`run`'s stats plus the standard error of the relative NE change against the float model,
+        from the per-row variance of the paired log-loss difference d_i = l_i - l_float_i:
+        se = sqrt(N var(d)) / Σ l_float (the relative change is Σd / Σ l_float)."""
+        return self._scores(options, range_method, True)
+
+    def _scores(self, options: list[Option], range_method: str, paired: bool) -> tuple[BinaryStats, float]:
         self.evaluations += 1
+        if paired and self._float_logits is None:
+            self._float_logits = [self._forward(b, None, {}) for b in self.cache.batches]
         tables = {self.names.index(o.name): self.table_pooled(o, range_method)
                   for o in options if o.kind == "table" and not o.is_float_baseline}
         layers = {o.name: self.layer_module(o) for o in options
                   if o.kind == "layer" and not o.is_float_baseline}
         stats = BinaryStats()
+        n = s1 = s2 = base = 0.0
         for i, b in enumerate(self.cache.batches):
             pooled = None
             if tables:
@@ -161,7 +178,13 @@ class Emulator:
                     pooled[:, t] = outs[i]
             logits = self._forward(b, pooled, layers)
             stats.update(torch.sigmoid(logits).numpy(), b.labels.numpy())
-        return stats
+            if not paired:
+                continue
+            lf = F.binary_cross_entropy_with_logits(self._float_logits[i].double(), b.labels.double(), reduction="none")
+            d = F.binary_cross_entropy_with_logits(logits.double(), b.labels.double(), reduction="none") - lf
+            n, s1, s2, base = n + d.numel(), s1 + float(d.sum()), s2 + float((d * d).sum()), base + float(lf.sum())
+        var = max(s2 / n - (s1 / n) ** 2, 0.0) if n else 0.0
+        return stats, (math.sqrt(n * var) / base if base > 0 else 0.0)
 
     def _graph(self, layers: dict[str, nn.Module]) -> DLRMGraph:
         """The float model's graph with `layers` swapped in (built once per set of layers)."""

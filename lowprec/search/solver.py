@@ -4,13 +4,19 @@ Variables x[i,o] = 1 when item i (a table or layer) takes option o.
 
     minimise   Σ cost[i,o] x[i,o]                        (bytes, or measured latency)
     subject to Σ_o x[i,o] = 1                  for every item i
-               Σ max(dNE[i,o], 0)  x[i,o] <= NE budget    (relative NE increase, additive model)
-               Σ max(dAUC[i,o], 0) x[i,o] <= AUC budget   (AUC drop)
+               Σ ne_price[i,o]  x[i,o] <= NE budget       (relative NE increase, additive model)
+               Σ auc_price[i,o] x[i,o] <= AUC budget      (AUC drop)
                Σ bytes[i,o] x[i,o] <= memory budget       (when given)
                x[i,o] = 0                                 for options backed off by validation
 
 Sensitivities are measured one option at a time with everything else in float, so the sums are a
 first-order (additive) model of the joint effect; validation measures the truth and backs off.
+
+Prices carry the measurement's uncertainty, so no lossy option is ever free:
+    ne_price  = max(dNE, 0) + NOISE_Z x max(se, -dNE)    se: the paired per-row standard error
+    auc_price = max(dAUC, 0) + max(-dAUC, 0) = |dAUC|
+An option that *improved* NE or AUC on the calibration rows (an int2 table by chance, say) is priced
+at least at the size of that improvement: the improvement is treated as noise, not as budget.
 """
 
 from __future__ import annotations
@@ -35,6 +41,19 @@ class Budget:
 class Sensitivity:
     d_ne: float  # relative NE change vs float (positive = worse)
     d_auc: float  # AUC drop vs float (positive = worse)
+    ne_se: float = 0.0  # standard error of d_ne (paired, per-row variance on the calibration rows)
+
+
+NOISE_Z = 1.0
+
+
+def ne_price(s: Sensitivity) -> float:
+    """What an option is charged against the NE budget: its loss floored at 0, plus its noise."""
+    return max(s.d_ne, 0.0) + NOISE_Z * max(s.ne_se, -s.d_ne, 0.0)
+
+
+def auc_price(s: Sensitivity) -> float:
+    return abs(s.d_auc)
 
 
 def price(o: Option, cost: dict[str, float] | None) -> float:
@@ -50,7 +69,7 @@ def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: 
     n = len(flat)
     c = np.array([price(o, cost) for o in flat], dtype=np.float64)
     # Break ties toward the more precise option (then fewer bytes) with a vanishing penalty.
-    c = c + 1e-9 * np.array([max(sens[o.key].d_ne, 0) for o in flat]) * (abs(c).max() + 1)
+    c = c + 1e-9 * np.array([ne_price(sens[o.key]) for o in flat]) * (abs(c).max() + 1)
     rows, lo, hi = [], [], []
     start = 0
     for opts in items.values():
@@ -59,10 +78,10 @@ def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: 
         rows.append(row), lo.append(1), hi.append(1)
         start += len(opts)
     # An option measured as *improving* NE or AUC (often noise, or a lucky regularisation) earns
-    # no budget for the others: losses are clipped at 0 so the model stays conservative.
-    rows.append(np.array([max(sens[o.key].d_ne, 0.0) for o in flat]))
+    # no budget for the others and is not free either: see ne_price / auc_price.
+    rows.append(np.array([ne_price(sens[o.key]) for o in flat]))
     lo.append(-np.inf), hi.append(budget.max_ne_increase * margin)
-    rows.append(np.array([max(sens[o.key].d_auc, 0.0) for o in flat]))
+    rows.append(np.array([auc_price(sens[o.key]) for o in flat]))
     lo.append(-np.inf), hi.append(budget.max_auc_drop * margin)
     if budget.memory_bytes is not None:
         rows.append(np.array([o.bytes for o in flat], dtype=np.float64))
@@ -80,6 +99,6 @@ def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: 
 
 
 def predicted(chosen: dict[str, Option], sens: dict[str, Sensitivity]) -> Sensitivity:
-    """The loss the solver budgets for (each option's measured loss, improvements counted as 0)."""
-    return Sensitivity(sum(max(sens[o.key].d_ne, 0.0) for o in chosen.values()),
-                       sum(max(sens[o.key].d_auc, 0.0) for o in chosen.values()))
+    """The loss the solver budgets for: each option's price (loss floored at 0 plus noise), summed."""
+    return Sensitivity(sum(ne_price(sens[o.key]) for o in chosen.values()),
+                       sum(auc_price(sens[o.key]) for o in chosen.values()))

@@ -88,24 +88,40 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def export_torchscript(artifact_dir: str | Path) -> Path:
-    """Add `model.torchscript.pt` to a verified artifact, covered by its manifest's sha256 map."""
-    root = Path(artifact_dir)
+def _scripted(root: Path) -> Tuple[Any, QuantizedDLRM, dict]:
     runtime, manifest = load_artifact(root)
     scripted = torch.jit.script(scriptable(runtime))
     _check(scripted, runtime, "scripted")
+    return scripted, runtime, manifest
+
+
+def _save(scripted: Any, runtime: QuantizedDLRM, manifest: dict, dest: Path) -> None:
+    torch.jit.save(scripted, str(dest / TORCHSCRIPT))
+    _check(torch.jit.load(str(dest / TORCHSCRIPT), map_location="cpu"), runtime, "saved")
+    manifest["files"] = {**manifest["files"], TORCHSCRIPT: sha256_file(dest / TORCHSCRIPT)}
+    manifest["torchscript"] = {
+        "file": TORCHSCRIPT, "signature": SIGNATURE, "torch_version": lowprec.TORCH_VERSION,
+        "fbgemm_version": lowprec.FBGEMM_VERSION, "needs": "import torch, fbgemm_gpu",
+    }
+    write_json(dest / MANIFEST, manifest)
+
+
+def add_torchscript(staging_dir: str | Path) -> None:
+    """Export in place into an artifact no one can see yet (convert's temporary directory), so
+    conversion and export land at --out together or not at all."""
+    root = Path(staging_dir)
+    _save(*_scripted(root), root)
+
+
+def export_torchscript(artifact_dir: str | Path) -> Path:
+    """Add `model.torchscript.pt` to a verified artifact, covered by its manifest's sha256 map."""
+    root = Path(artifact_dir)
+    scripted, runtime, manifest = _scripted(root)
     with atomic_dir(root, "artifact") as tmp:
         shutil.copytree(root, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
                         ignore=lambda d, names: [n for n in names if Path(d) == root
                                                  and n in (MANIFEST, TORCHSCRIPT)])
-        torch.jit.save(scripted, str(tmp / TORCHSCRIPT))
-        _check(torch.jit.load(str(tmp / TORCHSCRIPT), map_location="cpu"), runtime, "saved")
-        manifest["files"] = {**manifest["files"], TORCHSCRIPT: sha256_file(tmp / TORCHSCRIPT)}
-        manifest["torchscript"] = {
-            "file": TORCHSCRIPT, "signature": SIGNATURE, "torch_version": lowprec.TORCH_VERSION,
-            "fbgemm_version": lowprec.FBGEMM_VERSION, "needs": "import torch, fbgemm_gpu",
-        }
-        write_json(tmp / MANIFEST, manifest)
+        _save(scripted, runtime, manifest, tmp)
     return root / TORCHSCRIPT
 
 

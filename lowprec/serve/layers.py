@@ -94,8 +94,10 @@ def _input_range(calib: dict[str, Any] | None) -> tuple[float, float] | None:
     if calib is None:
         return None
     lo, hi = float(calib["min"]), float(calib["max"])
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise InputError(f"calibration range [{lo}, {hi}] is not a finite interval")
+    limit = torch.finfo(torch.float32).max / 2  # beyond it the uint8 scale is not a float32
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and max(-lo, hi) <= limit):
+        raise InputError(f"calibration range [{lo}, {hi}] is not a finite interval within float32's "
+                         f"range (|bound| <= {limit:.3g})")
     return lo, hi
 
 

@@ -93,8 +93,9 @@ def quantize_form(form: ServingForm, choice: TableChoice, row_counts: torch.Tens
 
 
 def embeddings_from_forms(dim: int, names_hotness: list[tuple[str, int]],
-                          forms: list[QuantizedForm]) -> QuantizedEmbeddings:
-    """A runtime embedding module straight from quantized forms (no file in between)."""
+                          forms: list[QuantizedForm], logical_rows: list[int] | None = None) -> QuantizedEmbeddings:
+    """A runtime embedding module straight from quantized forms (no file in between); `logical_rows`: each
+    table's logical rows for the bounds check (default: see runtime.default_rows)."""
     tables, rows, features, serving = [], {}, [], []
     for (name, hotness), qf in zip(names_hotness, forms):
         for table, r in qf.physical:
@@ -107,6 +108,6 @@ def embeddings_from_forms(dim: int, names_hotness: list[tuple[str, int]],
             features.extend(group)
         serving.append(TableServing(name, hotness, tuple(groups)))
     buffers = {k: v for qf in forms for k, v in qf.buffers.items()}
-    emb = QuantizedEmbeddings(dim, tables, features, serving, buffers)
+    emb = QuantizedEmbeddings(dim, tables, features, serving, buffers, logical_rows)
     emb.load_rows(rows.__getitem__)
     return emb

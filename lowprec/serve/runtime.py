@@ -9,6 +9,13 @@ and it is TorchScript-compatible: the export scripts this very module.
 
 Ids come either as the (B, slots) matrix (`forward`, scriptable) or, faster, as `FeatureIds`
 built by the data loader in FBGEMM's own layout (`lookup_ids`). Pads (-1) are skipped by the TBE.
+
+Bounds: every id must be -1 (a pad) or in [0, logical rows of its table) (the model config's
+num_embeddings, passed in as `rows`). Both entry points check this on the logical ids, before any id
+transform, with one max per table and one global min per call (the TBE itself runs with BoundsCheckMode.NONE: its
+check sees physical ids after hashing, which wrap silently); a bad id raises `IdOutOfRange` naming
+the table, the id, its batch row and the table's rows. The check is scripted with the module, so the
+TorchScript export refuses bad ids with the same message.
 """
 
 
@@ -24,6 +31,7 @@ from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode
 from torch import nn
 
 from lowprec.data.ids import FeatureIds
+from lowprec.errors import InputError
 from lowprec.graph import DLRMGraph
 from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
@@ -49,18 +57,45 @@ class TableServing:
     groups: tuple[tuple[int, ...], ...]
 
 
+class IdOutOfRange(InputError):
+    """An id outside its table (the eager runtime's error; TorchScript raises it as RuntimeError)."""
+
+
+def default_rows(tables: list[PhysicalTable], features: list[Feature],
+                 serving: list[TableServing]) -> list[int]:
+    """Logical rows when none are given: a dense table's physical rows; else only pads/negatives
+    are refused (a transformed table alone does not say how many logical ids it serves)."""
+    rows = {t.key: t.rows for t in tables}
+    out = []
+    for s in serving:
+        f = [features[i] for g in s.groups for i in g]
+        dense = len(f) == 1 and f[0].transform.get("kind") == "identity"
+        out.append(rows[f[0].table] if dense else 2**62)
+    return out
+
+
 class QuantizedEmbeddings(nn.Module):
     """Every logical table served by one TBE: ids -> pooled (B, T, D)."""
 
     hotness: List[int]
     feature_table: List[int]
     group_slices: List[List[List[Tuple[int, int]]]]
+    names: List[str]
+    uniform_hotness: bool
 
     def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
                  serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None,
-                 allocate: bool = True):
+                 rows: list[int] | None = None, allocate: bool = True):
         super().__init__()
         self.dim, self.n_tables = dim, len(serving)
+        rows = list(rows) if rows is not None else default_rows(tables, features, serving)
+        if len(rows) != len(serving) or any(r < 1 for r in rows):
+            raise InputError(f"logical rows {rows} do not match the {len(serving)} served tables")
+        self.names = [s.name for s in serving]
+        self.uniform_hotness = len({s.hotness for s in serving}) <= 1
+        self.register_buffer("table_rows", torch.tensor(rows, dtype=torch.int64), persistent=False)
+        self.register_buffer("slot_rows", torch.tensor(
+            [r for r, s in zip(rows, serving) for _ in range(s.hotness)], dtype=torch.int64), persistent=False)
         self.physical, self.features, self.serving = tables, features, serving
         index = {t.key: i for i, t in enumerate(tables)}
         self.tbe = IntNBitTableBatchedEmbeddingBagsCodegen(
@@ -107,12 +142,50 @@ class QuantizedEmbeddings(nn.Module):
         self.tbe.initialize_logical_weights_placements_and_offsets()
         self.tbe.weight_initialized = True
 
+    def _refuse(self, t: int, ids: torch.Tensor) -> None:
+        """Raise naming table t's first bad id (ids: (B, hotness[t]) of table t)."""
+        rows = int(self.table_rows[t])
+        bad = ((ids >= rows) | (ids < -1)).nonzero()
+        b = int(bad[0, 0])
+        value = int(ids[b, int(bad[0, 1])])
+        msg = ("table '" + self.names[t] + "': id " + str(value) + " (batch row " + str(b)
+               + ") is out of range; the table has " + str(rows) + " rows (ids 0.." + str(rows - 1)
+               + ", -1 pads)")
+        if torch.jit.is_scripting():
+            raise RuntimeError(msg)
+        raise IdOutOfRange(msg)
+
+    def check_flat(self, flat: torch.Tensor, batch: int) -> None:
+        """Every id of the table-major ids (table t's batch x hotness[t] ids, then t+1's, ...) is a
+        pad or < its table's logical rows: one amax per table and one global min (a fused
+        aminmax along a dim is ~3x slower in torch 2.13 on CPU)."""
+        if flat.numel() == 0:
+            return
+        if self.uniform_hotness:
+            over = bool((flat.view(self.n_tables, -1).amax(dim=1) >= self.table_rows).any())
+        else:
+            over, start = False, 0
+            for t in range(self.n_tables):
+                n = batch * self.hotness[t]
+                over = over or (n > 0 and int(flat[start:start + n].max()) >= int(self.table_rows[t]))
+                start += n
+        if over or int(flat.min()) < -1:
+            start = 0
+            for t in range(self.n_tables):
+                n = batch * self.hotness[t]
+                seg = flat[start:start + n].view(batch, self.hotness[t])
+                if bool(((seg >= self.table_rows[t]) | (seg < -1)).any()):
+                    self._refuse(t, seg)
+                start += n
+
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """(B, slots) id matrix, -1 pads -> pooled (B, T, D)."""
         b = sparse.shape[0]
         tables = torch.split(sparse, self.hotness, dim=1)
+        flat = torch.cat([t.reshape(-1) for t in tables])  # table-major, before any cast
+        self.check_flat(flat, b)
         if self.simple:
-            indices = torch.cat([t.reshape(-1) for t in tables]).int()
+            indices = flat.int()
             lengths = torch.tensor(self.hotness, dtype=torch.int32).repeat_interleave(b)
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int32)
             offsets[1:] = torch.cumsum(lengths, 0)
@@ -155,6 +228,7 @@ class QuantizedEmbeddings(nn.Module):
         if list(ids.hotness) != self.hotness:
             raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
                              f"this model serves {len(self.hotness)} with {self.hotness}")
+        self.check_flat(ids.indices, ids.batch)
         if self.simple:
             return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
         return self.lookup_tables([ids.table(t) for t in range(self.n_tables)])

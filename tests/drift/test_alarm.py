@@ -114,7 +114,7 @@ def test_missing_standard_error_leaves_the_cusum_alone():
 def test_gap_is_judged_against_the_validated_gap():
     from types import SimpleNamespace
 
-    from lowprec.drift.job import expected_gap, signals_for
+    from lowprec.drift.signals import expected_gap, signals_for
     from lowprec.evaluation.stats import Interval
 
     assert expected_gap({"plan": {"validated": {"ne_increase": -0.007}}}) == -0.007

@@ -102,7 +102,7 @@ def test_search_meets_budget_and_resumes(setup, tmp_path, monkeypatch):
     cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(sharing_ratios=(4.0,)))
     cache = tmp_path / "plan.cache.json"
     calls, interrupt = [], [True]
-    real_run = Emulator.run
+    real_run = Emulator.run_paired  # sensitivity measurements (with their noise)
 
     def counting(self, options, rm="l2"):
         calls.append(len(options))
@@ -111,7 +111,7 @@ def test_search_meets_budget_and_resumes(setup, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # interrupted mid-sensitivity, after 4 flushed measurements
         return real_run(self, options, rm)
 
-    monkeypatch.setattr(Emulator, "run", counting)
+    monkeypatch.setattr(Emulator, "run_paired", counting)
     with pytest.raises(KeyboardInterrupt):
         search_run.search(root / "model", model, ds, cfg, calib, "c", cache)
     assert len(json.loads(cache.read_text())["measurements"]) == 4

@@ -1,0 +1,48 @@
+"""One window's alarm signals from its paired measurement: gaps net of the deployed plan's validated
+gap, staleness of the float model against the baseline window, clipping against calibration."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lowprec.drift.alarm import Signals
+from lowprec.evaluation.paired import WindowMeasure
+
+
+def calib_rates(calib: dict[str, Any] | None, layers: list[str]) -> dict[str, float | None]:
+    known = (calib or {}).get("layers", {})
+    return {n: (float(known[n]["clip_rate"]) if n in known and known[n].get("clip_rate") is not None
+                else None) for n in layers}
+
+
+def expected_gap(manifest: dict[str, Any] | None) -> float:
+    """The relative NE gap the deployed plan was accepted with (search validation), else 0.
+
+    The alarm asks whether quantization went stale, i.e. whether the gap *moved* since deployment:
+    a plan validated at -0.7% (sharing can regularise) is healthy at -0.7% and drifting at -4%."""
+    validated = ((manifest or {}).get("plan") or {}).get("validated") or {}
+    value = validated.get("ne_increase")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
+def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
+                calib: dict[str, float | None], expected: float = 0.0) -> Signals:
+    ref = m.reference
+    stale_ne = stale_cal = 0.0
+    if baseline is not None:
+        stale_ne = _ratio(ref["ne"], baseline["ref_ne"])
+        stale_cal = _ratio(ref["calibration"], baseline["ref_calibration"])
+    clipping = {n: (c["clip_rate"], calib.get(n)) for n, c in m.clipping.items() if c["clip_rate"] is not None}
+    ctr, rows = ref.get("ctr", math.nan), getattr(m, "rows", None)
+    pos = int(round(ctr * rows)) if rows is not None and math.isfinite(ctr) else None
+    return Signals(m.ne_gap.estimate - expected, m.ne_gap.lo - expected, m.ne_gap.hi - expected,
+                   m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo,
+                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected, pos,
+                   None if pos is None else rows - pos)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return None
+    return a / b - 1

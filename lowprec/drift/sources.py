@@ -1,0 +1,49 @@
+"""What each recorded drift window was computed from, and the checks that keep a --db honest.
+
+A window's results are only its own while the inputs are: `window_source` fingerprints them (the
+sha256 of the dataset's dataset.json and the window's row count, the reference's and candidate's
+sha256, the [alarm] thresholds as JSON) and `DriftStore.record_window` stores that row in the
+window's transaction. On a later run `check_sources` REFUSES (InputError, exit 2) a recorded
+window whose data or models differ (a reused --db with another --data would otherwise report the
+old results as the new data's), and returns a plain note, shown by the CLI and in --json, listing the
+windows judged with other thresholds: those are not re-judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from lowprec.data.dataset import Dataset
+from lowprec.drift.store import DriftStore
+from lowprec.errors import InputError
+from lowprec.fileio import sha256_file
+
+
+def window_source(job: Any, ds: Dataset, models: Any, w: int) -> dict[str, Any]:
+    """What window w is computed from: data fingerprint, both models, the thresholds judging it."""
+    return {"data_sha256": sha256_file(ds.root / "dataset.json"), "rows": ds.meta.window(w).rows,
+            "reference_sha256": models.reference_sha, "candidate_sha256": models.candidate_sha,
+            "thresholds": json.dumps(dataclasses.asdict(job.config.alarm), sort_keys=True)}
+
+
+def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: list[int]) -> list[str]:
+    """Refuse recorded windows computed from other data or models; notes on changed thresholds."""
+    recorded, notes, rejudge = store.sources(), [], []
+    for w in sorted(set(chosen) & set(recorded)):
+        was, now = recorded[w], window_source(job, ds, models, w)
+        for key, what in (("data_sha256", "dataset.json"), ("rows", "row count"),
+                          ("reference_sha256", "reference"), ("candidate_sha256", "candidate")):
+            if was[key] != now[key]:
+                raise InputError(
+                    f"--db {store.path}: window {w} was computed from another {what} ({was[key]!r}, now "
+                    f"{now[key]!r} from --data {job.data}); its recorded results would be reported as "
+                    f"this data's. Use a new --db for this data (refused; nothing recorded).")
+        if was["thresholds"] != now["thresholds"]:
+            rejudge.append(w)
+    if rejudge:
+        notes.append(f"windows {rejudge} were judged with other [alarm] thresholds when recorded; they were "
+                     f"NOT re-judged (their alarm/ok stands as recorded). Use a new --db to judge them "
+                     f"with these thresholds.")
+    return notes

@@ -1,0 +1,159 @@
+"""A tampered or corrupt artifact is refused with exit 2 naming the place, before it serves.
+
+Each case edits a real converted artifact (the manifest, or the weights with the manifest's sha256
+updated so the hash check passes) and checks `lowprec eval` exits 2 with a message naming the
+manifest entry at fault; before, each of these loaded and served (or raised a traceback)."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from helpers import make_tiny_dataset
+from lowprec.calibrate import CalibConfig, calibrate, save_calibration
+from lowprec.checkpoint.artifact import load_artifact
+from lowprec.checkpoint.convert import convert
+from lowprec.checkpoint.float_model import save_float_model
+from lowprec.cli import main
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
+from lowprec.fileio import sha256_file
+from lowprec.plan import Plan
+from lowprec.precision import Precision
+from lowprec.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("validate")
+    ds = Dataset(make_tiny_dataset(root / "data", windows=2, rows=400))
+    model, info = train(ds, TrainConfig(windows=(0,), epochs=1))
+    save_float_model(model, root / "model", info)
+    calib = calibrate(model, ds, CalibConfig((0,)))
+    save_calibration(calib, root / "calib.json", sha256_file(root / "model" / "model.safetensors"))
+    return root, calib
+
+
+def fresh(made, tmp_path, precision=Precision.INT8):
+    """An artifact at `precision` (layers fp32 when the tables are fp32, else int8 with qparams)."""
+    root, calib = made
+    out = tmp_path / "art"
+    layers = Precision.FP32 if precision is Precision.FP32 else Precision.INT8
+    convert(root / "model", Plan.uniform(precision, layers), out, calib)
+    return out
+
+
+def edit_manifest(art, fn):
+    m = json.loads((art / "manifest.json").read_text())
+    fn(m)
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
+def edit_weights(art, fn):
+    tensors = load_file(str(art / "weights.safetensors"))
+    fn(tensors)
+    save_file(tensors, str(art / "weights.safetensors"))
+    edit_manifest(art, lambda m: m["files"].__setitem__("weights.safetensors", sha256_file(art / "weights.safetensors")))
+
+
+def refused(made, art, *needles):
+    root, _ = made
+    r = CliRunner().invoke(main, ["eval", "--model", str(art), "--data", str(root / "data"), "--windows", "1"])
+    assert r.exit_code == 2, r.output
+    for n in needles:
+        assert n in r.output, r.output
+    return r.output
+
+
+def test_untouched_artifact_loads(made, tmp_path):
+    root, _ = made
+    r = CliRunner().invoke(main, ["eval", "--model", str(fresh(made, tmp_path)), "--data", str(root / "data"),
+                                  "--windows", "1"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("qp", [[float("nan"), 3], [0.0, 3], [-0.1, 3], [0.01, 300], [1e300, 0], [None, 2]])
+def test_bad_activation_qparams(made, tmp_path, qp):
+    art = fresh(made, tmp_path)
+    edit_manifest(art, lambda m: m["layers"]["top.0"].__setitem__("input_qparams", qp))
+    refused(made, art, "layer 'top.0'", "activation")
+
+
+def test_nan_input_range(made, tmp_path):
+    art = fresh(made, tmp_path)
+    edit_manifest(art, lambda m: m["layers"]["bottom.0"].__setitem__("input_range", [float("nan"), 1.0]))
+    refused(made, art, "layer 'bottom.0'", "input range")
+
+
+@pytest.mark.parametrize("precision,key", [(Precision.FP32, "tables.t0"), (Precision.FP16, "tables.t1"),
+                                           (Precision.INT4, "tables.t2"), (Precision.FP32, "layers.top.1.weight"),
+                                           (Precision.INT8, "layers.bottom.0.bias")])
+def test_nan_weights(made, tmp_path, precision, key):
+    art = fresh(made, tmp_path, precision)
+
+    def poison(t):
+        x = t[key]
+        if x.dtype == torch.uint8:  # a table: the row's first value, or an int row's fp16 scale
+            dtype = torch.float32 if precision is Precision.FP32 else torch.float16
+            nan = torch.tensor([float("nan")], dtype=dtype).view(torch.uint8)
+            x[3, : nan.numel()] = nan
+        else:
+            x.view(-1)[0] = float("nan")
+    edit_weights(art, poison)
+    refused(made, art, "NaN or infinite", key.split(".")[1] if key.startswith("tables") else "layer")
+
+
+def test_rows_and_dims_that_disagree_with_the_weights(made, tmp_path):
+    art = fresh(made, tmp_path)
+    edit_manifest(art, lambda m: m["physical_tables"][0].__setitem__("rows", 49))
+    refused(made, art, "table 't0'", "49 rows")
+    art = fresh(made, tmp_path)
+    edit_manifest(art, lambda m: m["physical_tables"][1].__setitem__("dim", 12))
+    refused(made, art, "physical table 't1'")
+    art = fresh(made, tmp_path)
+    edit_manifest(art, lambda m: m["tables"][2].__setitem__("rows", 9))
+    refused(made, art, "table 't2'")
+    art = fresh(made, tmp_path)
+    edit_weights(art, lambda t: t.__setitem__("layers.top.0.weight", t["layers.top.0.weight"][:, :-1].clone()))
+    refused(made, art, "layer 'top.0'", "shape")
+
+
+@pytest.mark.parametrize("name", ["../secret.txt", "../missing.txt", "/etc/passwd", "/nonexistent", "sub/x", ".."])
+def test_file_names_outside_the_artifact_refused_without_revealing_existence(made, tmp_path, name):
+    art = fresh(made, tmp_path)
+    (tmp_path / "secret.txt").write_text("not yours")
+    edit_manifest(art, lambda m: m["files"].__setitem__(name, "0" * 64))
+    out = refused(made, art, "not a plain file name")
+    # the same words whether or not the file exists (it is never opened)
+    assert "missing (listed" not in out and "sha256 does not match" not in out
+
+
+def test_corrupt_precision_strings(made, tmp_path):
+    for edit in (lambda m: m["physical_tables"][0].__setitem__("precision", "int3"),
+                 lambda m: m["layers"]["top.0"].__setitem__("precision", 7),
+                 lambda m: m["tables"][1].__setitem__("precision", None)):
+        art = fresh(made, tmp_path)
+        edit_manifest(art, edit)
+        refused(made, art, "unknown precision")
+
+
+@pytest.mark.parametrize("lo,hi", [(-1e300, 1.0), (0.0, 1e300), (float("nan"), 1.0), (0.0, float("inf"))])
+def test_calibration_ranges_refused_at_convert(made, tmp_path, lo, hi):
+    root, _ = made
+    calib = json.loads((root / "calib.json").read_text())
+    calib["layers"]["top.0"]["min"], calib["layers"]["top.0"]["max"] = lo, hi
+    path = tmp_path / "calib.json"
+    path.write_text(json.dumps(calib))
+    for side in root.glob("calib.counts*.safetensors"):  # the row counts beside it, by the name calib.json gives
+        (tmp_path / side.name).write_bytes(side.read_bytes())
+    r = CliRunner().invoke(main, ["convert", "--model", str(root / "model"), "--precision", "int8",
+                                  "--layer-precision", "int8", "--calibration", str(path), "--out", str(tmp_path / "a")])
+    # NaN/inf are refused when calib.json is read, +-1e300 when the layer is encoded: both name the layer
+    assert r.exit_code == 2 and "layer 'top.0'" in r.output, r.output
+    assert "calibration range" in r.output or "finite numbers" in r.output, r.output
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(InputError):
+        load_artifact(tmp_path / "a")

@@ -1,0 +1,98 @@
+"""Drift results that cannot mislead: too few labels, the validated gap said aloud, staleness in the
+right direction, no "better" beside a significant AUC drop, and a --db reused with other data.
+
+The rule tests call `decide` on hand-made signals (the rule is pure); the database tests run the
+real job on two tiny datasets whose windows carry the same labels."""
+
+import json
+import math
+
+import pytest
+
+from helpers import make_tiny_dataset
+from lowprec.drift.alarm import CusumState, Signals, Thresholds, decide
+
+from .conftest import cli, last_json
+
+T = Thresholds()
+
+
+def signals(gap=0.0, lo=None, hi=None, se=0.001, auc_diff=0.0, p_drop=0.5, expected=0.0, pos=None, neg=None,
+            stale=None):
+    lo = gap - 0.002 if lo is None else lo
+    hi = gap + 0.002 if hi is None else hi
+    return Signals(gap, lo, hi, se, auc_diff, p_drop, 0.0, -0.001, 0.001, 0.0, {}, stale, None, expected, pos, neg)
+
+
+def test_too_few_labels_raise_no_label_based_alarm():
+    bad = dict(gap=0.05, lo=0.03, hi=0.07, auc_diff=-0.05, p_drop=1e-6)
+    assert decide(signals(**bad, pos=500, neg=500), CusumState(), T).alarm
+    prev = CusumState(4.0, 0.0)
+    d = decide(signals(**bad, pos=4, neg=900), prev, T)
+    assert not d.alarm and d.state == prev and "too few labels: 4 positives / 900 negatives" in d.reason
+    assert not decide(signals(**bad, pos=900, neg=2), prev, T).alarm
+    # the minimum is configurable
+    assert decide(signals(**bad, pos=4, neg=900), prev, Thresholds(min_positives=3)).alarm
+    # the calibration gap is not label-based: it still alarms
+    s = Signals(0.05, 0.03, 0.07, 0.001, 0.0, 0.5, 0.2, 0.1, 0.3, 0.0, {}, None, None, 0.0, 4, 900)
+    d = decide(s, prev, T)
+    assert d.triggers == ("calibration_gap",) and any("too few labels" in w for w in d.warnings)
+
+
+def test_reason_says_when_the_validated_gap_was_subtracted():
+    # measured CI [+0.27%, +0.97%], plan validated at +0.60%: judged as [-0.33%, +0.37%] -> ok
+    e = 0.006
+    d = decide(signals(0.0062 - e, 0.0027 - e, 0.0097 - e, expected=e), CusumState(), T)
+    assert not d.alarm
+    assert "+0.62% [CI +0.27%, +0.97%] minus the plan's validated gap +0.60%" in d.reason
+    assert "within ±0.20%" in d.reason
+    plain = decide(signals(0.0005), CusumState(), T)
+    assert "validated gap" not in plain.reason
+
+
+def test_staleness_direction():
+    worse = decide(signals(stale=0.05), CusumState(), T).staleness
+    better = decide(signals(stale=-0.05), CusumState(), T).staleness
+    assert len(worse) == 1 and "retrain" in worse[0]
+    assert len(better) == 1 and "retrain" not in better[0].replace("no retraining", "") and "better" in better[0]
+
+
+def test_lower_ne_with_a_significant_auc_drop_is_not_called_better():
+    d = decide(signals(-0.01, -0.015, -0.005, auc_diff=-0.01, p_drop=1e-5), CusumState(), T)
+    assert d.alarm and "(better)" not in d.reason and "not better" in d.reason
+    d = decide(signals(-0.01, -0.015, -0.005, auc_diff=0.001, p_drop=0.9), CusumState(), T)
+    assert d.alarm and "(better)" in d.reason
+
+
+@pytest.fixture(scope="module")
+def two_datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("drift_trust")
+    make_tiny_dataset(root / "a", windows=3, rows=600, seed=0)
+    make_tiny_dataset(root / "b", windows=3, rows=700, seed=5)  # same window labels w0..w2
+    for name, seed in (("ref", 0), ("cand", 1)):
+        r = cli("train", "--data", root / "a", "--windows", 0, "--out", root / name, "--seed", seed, "--epochs", 1)
+        assert r.exit_code == 0, r.output
+    return root
+
+
+def run(root, data, db, thresholds="", json_out=True, report=None):
+    cfg = db.with_name(f"cfg{len(thresholds)}.toml")
+    cfg.write_text(f"[bootstrap]\nreplicates = 20\n{thresholds}")
+    return cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / data,
+               "--windows", "1-2", "--db", db, "--report", report or db.with_suffix(".report"), "--config", cfg,
+               *(["--json"] if json_out else []))
+
+
+def test_db_reused_with_other_data_is_refused_and_threshold_changes_are_said(two_datasets, tmp_path):
+    root, db = two_datasets, tmp_path / "h.sqlite"
+    first = run(root, "a", db)
+    assert first.exit_code in (0, 1), first.output
+    r = run(root, "b", db)
+    assert r.exit_code == 2 and "window 1 was computed from another dataset.json" in r.output, r.output
+    assert "new --db" in r.output
+    again = run(root, "a", db)
+    assert again.exit_code == first.exit_code and last_json(again)["notes"] == []
+    other = "[alarm]\nne_gap_limit = 0.5\nne_gap_allowance = 0.2\n"
+    notes = last_json(run(root, "a", db, other))["notes"]
+    assert len(notes) == 1 and "windows [1, 2]" in notes[0] and "NOT re-judged" in notes[0]
+    assert "note: windows [1, 2]" in run(root, "a", db, other, json_out=False, report=tmp_path / "r2").stderr

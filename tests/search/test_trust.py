@@ -1,0 +1,137 @@
+"""A search that cannot pass off noise as compression, or "no compression" as success.
+
+Unit level (hand-made sensitivities, the real MILP and `refine`): an int2 option that improved
+calibration NE by chance is priced at least at that improvement, not as free; a failing plan backs off
+the choice with the largest validated contribution, not the largest (lucky) prediction. End to end
+(the CLI on a tiny model): an impossible budget returns all fp32 with a warning on stderr and a
+`message` in --json; --test-windows reports the plan on windows the search never saw, with whether the
+budget holds for the point estimate and for the whole interval."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import make_tiny_dataset
+from lowprec.checkpoint.float_model import save_float_model
+from lowprec.cli import main
+from lowprec.data.dataset import Dataset
+from lowprec.precision import Precision
+from lowprec.search import run as search_run
+from lowprec.search.solver import Budget, Sensitivity, ne_price, solve
+from lowprec.search.space import Option
+from lowprec.train import TrainConfig, train
+
+A, B = "table:A", "table:B"
+
+
+def items():
+    return {A: [Option(A, Precision.FP32, bytes=1000), Option(A, Precision.INT8, bytes=250)],
+            B: [Option(B, Precision.FP32, bytes=1000), Option(B, Precision.INT8, bytes=250),
+                Option(B, Precision.INT2, bytes=63)]}
+
+
+def sens(int2_ne=-0.003, int2_se=0.0005):
+    return {f"{A}|fp32": Sensitivity(0.0, 0.0), f"{A}|int8": Sensitivity(0.0004, 0.0, 0.0001),
+            f"{B}|fp32": Sensitivity(0.0, 0.0), f"{B}|int8": Sensitivity(0.0002, 0.0, 0.0001),
+            f"{B}|int2": Sensitivity(int2_ne, 0.0, int2_se)}
+
+
+def test_a_lucky_improvement_is_not_free():
+    s = sens()
+    assert ne_price(s[f"{B}|int2"]) == pytest.approx(0.003)  # the improvement is priced as noise
+    assert ne_price(s[f"{A}|int8"]) == pytest.approx(0.0005)  # loss plus one standard error
+    chosen = solve(items(), s, Budget(0.001, 0.001))
+    assert {k: o.precision.value for k, o in chosen.items()} == {A: "int8", B: "int8"}
+    # a real, precisely measured improvement well inside the budget is still taken
+    chosen = solve(items(), sens(int2_ne=-0.0001, int2_se=0.0001), Budget(0.001, 0.001))
+    assert chosen[B].precision is Precision.INT2
+
+
+class _Val:
+    def __init__(self, ok):
+        self.ok = ok
+
+    def fits(self, ne, auc):
+        return self.ok
+
+    def to_json(self):
+        return {"ne_increase": 0.0 if self.ok else 0.01, "ne_increase_ci": [0, 0], "auc_drop": 0.0}
+
+
+def test_back_off_by_validated_contribution():
+    """B int2 priced cheap (a tiny measured improvement) fails validation; A int8 looks costlier.
+    Back-off must forbid B's int2 (its validated contribution), after which a plan validates."""
+    s = sens(int2_ne=-0.0001, int2_se=0.0001)
+    validated = []
+
+    def check(chosen, n):
+        validated.append({k: o.precision.value for k, o in chosen.items()})
+        return _Val(chosen[B].precision is not Precision.INT2)
+
+    def contribution(chosen):
+        return {o.key: Sensitivity(0.01 if o.precision is Precision.INT2 else 0.0001, 0.0) for o in chosen.values()}
+
+    cfg = search_run.SearchConfig((0,), (1,), Budget(0.001, 0.001), max_rounds=4)
+    best, rounds = search_run.refine(items(), s, cfg, None, check, contribution)
+    assert validated[0] == {A: "int8", B: "int2"} and not rounds[0]["fits"]
+    assert best is not None and best[0][B].precision is Precision.INT8 and rounds[-1]["fits"]
+    assert all(v[B] != "int2" for v in validated[1:])
+    # without contributions the priced share decides: A int8 (0.0005) over B int2 (0.0001)
+    forbidden = search_run.back_off({A: items()[A][1], B: items()[B][2]}, items(), s, cfg.budget)
+    assert forbidden == {f"{A}|int8"}
+
+
+def test_no_compression_message_says_why_and_what_to_try():
+    cfg = search_run.SearchConfig((0,), (1,), Budget(0.001, 0.001))
+    rounds = [{"round": 1, "fits": False, "validated": {"ne_increase": 0.004, "ne_increase_ci": [0.002, 0.006],
+                                                        "auc_drop": 0.0001}},
+              {"round": 2, "fits": False, "validated": {"ne_increase": 0.002, "ne_increase_ci": [0.001, 0.003],
+                                                        "auc_drop": 0.0}}]
+    msg = search_run.no_compression_message(rounds, cfg)
+    assert "none of the 2 quantized plans validated" in msg and "round 2" in msg and "+0.200%" in msg
+    assert "--max-ne-increase" in msg and "--precisions fp16,int8,int4" in msg
+    assert "priced loss" in search_run.no_compression_message([], cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search_trust")
+    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=1500, tables=(200, 30, 8)))
+    model, info = train(ds, TrainConfig(windows=(0,), epochs=2))
+    save_float_model(model, root / "model", info)
+    return root
+
+
+def search(root, tmp_path, *extra):
+    return CliRunner().invoke(main, ["search", "--model", str(root / "model"), "--data", str(root / "data"),
+                                     "--calib-windows", "1", "--eval-windows", "2", "--out", str(tmp_path / "p.json"),
+                                     "--precisions", "fp16,int8,int2", "--layer-precisions", "fp32,int8",
+                                     "--json", *extra])
+
+
+def test_impossible_budget_says_no_compression(tiny, tmp_path):
+    r = search(tiny, tmp_path, "--max-ne-increase", "0", "--max-auc-drop", "0")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["compression"] == pytest.approx(1.0) and out["message"].startswith("no compression")
+    assert "warning: no compression" in r.stderr and "Try" in r.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["notes"] == out["message"]
+
+
+def test_test_windows_are_reported_and_never_selected_on(tiny, tmp_path):
+    r = search(tiny, tmp_path, "--max-ne-increase", "2%", "--max-auc-drop", "0.02", "--test-windows", "3")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if out["message"] is None:
+        t = out["tested"]
+        assert t is not None and t["rows"] == 1500
+        assert set(out["tested_fits"]) == {"point", "interval"}
+        assert out["validated_fits"]["interval"] == (out["validated"]["ne_increase_ci"][1] <= 0.02
+                                                     and out["validated"]["auc_drop_ci"][1] <= 0.02)
+        plan = json.loads((tmp_path / "p.json").read_text())
+        assert plan["windows"]["test"] == [3] and plan["tested"]["rows"] == 1500
+    else:  # nothing compressed: nothing to test, and it says so
+        assert out["tested"] is None and "no compression" in r.stderr
+    r = search(tiny, tmp_path, "--test-windows", "2")
+    assert r.exit_code == 2 and "never sees" in r.output
