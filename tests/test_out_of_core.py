@@ -27,7 +27,7 @@ from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.data.dataset import Dataset
 from lowprec.plan import Plan
 from lowprec.precision import Precision
-from lowprec.quant import rowwise
+from lowprec.quant import fbgemm_minmax, rowwise
 from lowprec.train import TrainConfig, model_config_for
 from tests.helpers import make_tiny_dataset
 
@@ -63,15 +63,15 @@ def test_fbgemm_minmax_blocks_equal_reference_path(monkeypatch, bits):
     g = torch.Generator().manual_seed(bits)
     x = torch.randn(1001, 16, generator=g) * torch.rand(1001, 1, generator=g) * 3
     x[7] = 0.25  # constant row
-    monkeypatch.setattr(rowwise, "_FBGEMM_BLOCK", 16 * 97)  # many blocks, a ragged last one
-    fast = rowwise._fbgemm_minmax(x, bits)
+    monkeypatch.setattr(fbgemm_minmax, "_FBGEMM_BLOCK", 16 * 97)  # many blocks, a ragged last one
+    fast = fbgemm_minmax.fbgemm_minmax_rows(x, bits)
     ref = torch.empty_like(fast)
     enc = rowwise._encode_minmax(x, bits)
     rowwise._packed_codes(x, bits, enc, ref[:, 4:])
     ref[:, :4] = torch.cat((enc.scale, enc.bias), 1).half().view(torch.uint8)
     assert torch.equal(fast, ref)
     x[900, 3] = float("nan")
-    assert rowwise._fbgemm_minmax(x, bits) is None
+    assert fbgemm_minmax.fbgemm_minmax_rows(x, bits) is None
     with pytest.raises(ValueError, match="row 900"):
         rowwise.fused_rows(x, bits)
 

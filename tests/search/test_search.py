@@ -171,7 +171,8 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))
     built = []  # each table option's module is built once, outside the timed calls
     real = Emulator.table_module
-    monkeypatch.setattr(Emulator, "table_module", lambda self, o, rm: built.append(o.key) or real(self, o, rm))
+    monkeypatch.setattr(Emulator, "table_module",
+                        lambda self, o, rm, full=False: built.append(o.key) or real(self, o, rm, full))
     cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(), objective="latency")
     result = search_run.search(root / "model", model, ds, cfg, calib)
     cached = json.loads((tmp_path / "cache" / "latency.json").read_text())
