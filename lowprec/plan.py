@@ -59,7 +59,9 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
-class Budgets:
+class Budget:
+    """The accuracy and memory budget a plan is searched under (the solver's constraint)."""
+
     max_ne_increase: float  # relative, e.g. 0.001 for 0.1%
     max_auc_drop: float
     memory_bytes: int | None = None
@@ -106,7 +108,7 @@ class SearchWindows:
 @dataclass(frozen=True)
 class PlanInfo:
     kind: str | None = None  # "uniform int4", "search", ...
-    budgets: Budgets | None = None
+    budgets: Budget | None = None
     predicted: Predicted | None = None
     validated: Validation | None = None
     tested: Validation | None = None  # the chosen plan on the test windows
@@ -129,7 +131,7 @@ class PlanInfo:
         unknown = sorted(set(obj) - known)
         if unknown:
             raise InputError(f"{where}: unknown plan keys {unknown} (known: {sorted(known)})")
-        parts = {"budgets": Budgets, "predicted": Predicted, "validated": Validation, "tested": Validation,
+        parts = {"budgets": Budget, "predicted": Predicted, "validated": Validation, "tested": Validation,
                  "windows": SearchWindows}
         try:
             values = {k: _typed(parts[k], v) if k in parts and v is not None else v for k, v in obj.items()}

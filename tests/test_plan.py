@@ -5,13 +5,13 @@ import json
 import pytest
 
 from lowprec.errors import InputError
-from lowprec.plan import Budgets, LayerChoice, Plan, PlanInfo, Predicted, SearchWindows, TableChoice, Validation
+from lowprec.plan import Budget, LayerChoice, Plan, PlanInfo, Predicted, SearchWindows, TableChoice, Validation
 from lowprec.precision import Precision
 
 
 def full_plan() -> Plan:
     v = Validation(0.001, (-0.0005, 0.002), 0.0002, (-0.001, 0.0013), 0.9, 0.75, 0.9009, 0.7498, 1234, 567, 9000)
-    info = PlanInfo(kind="search", budgets=Budgets(0.002, 0.001, 10_000), predicted=Predicted(0.0008, 0.0001),
+    info = PlanInfo(kind="search", budgets=Budget(0.002, 0.001, 10_000), predicted=Predicted(0.0008, 0.0001),
                     validated=v, total_bytes=1801, table_bytes=1234, layer_bytes=567,
                     windows=SearchWindows((4,), (5, 6, 7)), objective="bytes", evaluations=31, rounds=2,
                     notes="hello")

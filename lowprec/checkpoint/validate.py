@@ -32,15 +32,16 @@ def _fail(where: str, msg: str) -> InputError:
 
 
 def check_file_name(name: Any, where: str) -> None:
-    """A name listed in the manifest must be a plain file name inside the artifact directory."""
+    """A name listed in the manifest must be a relative path inside the artifact directory (exports
+    keep files in a subdirectory, e.g. torchrec/): no '..' part, no absolute or drive path."""
     ok = isinstance(name, str) and name not in ("", ".", "..")
     if ok:
         p, w = PurePosixPath(name), PureWindowsPath(name)
-        ok = not p.is_absolute() and not w.is_absolute() and len(p.parts) == 1 and len(w.parts) == 1 \
-            and "\x00" not in name
+        ok = not p.is_absolute() and not w.is_absolute() and not w.drive and "\\" not in name \
+            and ".." not in p.parts and "." not in p.parts and "\x00" not in name
     if not ok:
-        raise _fail(where, f"file name {name!r} is not a plain file name inside the artifact "
-                           f"(no directories, '..' or absolute paths); refusing to read it")
+        raise _fail(where, f"file name {name!r} is not a relative path inside the artifact "
+                           f"(no '..', no absolute paths); refusing to read it")
 
 
 def _int(value: Any, where: str, what: str, low: int = 1) -> int:

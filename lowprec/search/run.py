@@ -31,7 +31,7 @@ from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
-from lowprec.plan import Budgets, Plan, PlanInfo, Predicted, SearchWindows, Validation
+from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
@@ -257,7 +257,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
                         calibration, stage(stages, "test windows", None))
     info = PlanInfo(
         kind="search",
-        budgets=Budgets(cfg.budget.max_ne_increase, cfg.budget.max_auc_drop, cfg.budget.memory_bytes),
+        budgets=cfg.budget,
         predicted=Predicted(predicted(chosen, sens).d_ne, predicted(chosen, sens).d_auc), validated=val,
         tested=test, notes=message,
         total_bytes=total_bytes(chosen), table_bytes=total_bytes(chosen, "table"),

@@ -27,14 +27,8 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from lowprec.errors import InputError
+from lowprec.plan import Budget
 from lowprec.search.space import Option
-
-
-@dataclass(frozen=True)
-class Budget:
-    max_ne_increase: float  # relative, e.g. 0.001 for 0.1%
-    max_auc_drop: float
-    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)

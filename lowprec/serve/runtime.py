@@ -194,6 +194,12 @@ class QuantizedEmbeddings(nn.Module):
 
     def lookup_tables(self, tables: List[torch.Tensor]) -> torch.Tensor:
         """Per table a (B, hotness) id matrix -> pooled (B, T, D), through every id transform."""
+        indices, offsets, weights = self.tbe_inputs(tables)
+        return self.pooled_from_tbe(self.tbe(indices, offsets, weights), tables[0].shape[0])
+
+    def tbe_inputs(self, tables: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """The TBE's (indices, offsets, per-sample weights or None): every feature's id transform on
+        its table's valid ids, pads dropped, bags feature-major as FBGEMM reads them."""
         b = tables[0].shape[0] if len(tables) > 0 else 0
         idx: List[torch.Tensor] = []
         lens: List[torch.Tensor] = []
@@ -213,7 +219,10 @@ class QuantizedEmbeddings(nn.Module):
         offsets = torch.zeros(b * len(lens) + 1, dtype=torch.int32)
         offsets[1:] = torch.cumsum(torch.cat(lens), 0)
         weights: Optional[torch.Tensor] = torch.cat(wts).float() if any_weight else None
-        out = self.tbe(torch.cat(idx).int(), offsets, weights)
+        return torch.cat(idx).int(), offsets, weights
+
+    def pooled_from_tbe(self, out: torch.Tensor, b: int) -> torch.Tensor:
+        """The TBE's (B, sum of feature widths) output -> pooled (B, T, D): each table's groups summed."""
         per_table: List[torch.Tensor] = []
         for groups in self.group_slices:
             acc = torch.zeros(b, self.dim)

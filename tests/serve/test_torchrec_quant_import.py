@@ -169,8 +169,12 @@ def test_cli_import_then_inspect_and_compare(ds, exported, tmp_path):
     assert summary["tables"]["t0"] == {"torchrec_table": "t_t0", "precision": "int4"}
     res = run("inspect", tmp_path / "served", "--json")
     assert res.exit_code == 0 and json.loads(res.output.strip().splitlines()[-1])["tables"][1]["precision"] == "int2"
-    res = run("compare", "--reference", art.parent / "model", "--candidate", tmp_path / "served", "--data", ds.root,
-              "--windows", "0", "--json")
+    # an imported artifact records no source model: compare refuses it unless told they belong together
+    args = ["compare", "--reference", art.parent / "model", "--candidate", tmp_path / "served", "--data", ds.root,
+            "--windows", "0", "--json"]
+    res = run(*args)
+    assert res.exit_code == 2 and "--allow-unrelated-candidate" in res.output, res.output
+    res = run(*args, "--allow-unrelated-candidate")
     assert res.exit_code == 0, res.output
 
 

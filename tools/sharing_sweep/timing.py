@@ -25,31 +25,13 @@ LEGACY_HASH_ONLY = "aligned: hash transform only (tbe_inputs)"  # the same row i
 
 
 def tbe_inputs(emb: Any, tables: list[Any]) -> tuple[Any, Any, Any]:
-    """Per-table (B, hotness) ids -> the TBE's (indices, offsets, weights or None): every feature's
-    id transform (`emb.id_maps`) on its table's valid ids, pads dropped, FBGEMM's feature-major bags."""
-    import torch
-
-    b = tables[0].shape[0]
-    idx, lens, wts, any_weight = [], [], [], False
-    for f, id_map in enumerate(emb.id_maps):
-        ids = tables[emb.feature_table[f]].long()
-        valid = ids != -1
-        mapped, w = id_map(torch.where(valid, ids, torch.zeros_like(ids)))
-        idx.append(mapped[valid])
-        lens.append(valid.sum(1))
-        any_weight = any_weight or w is not None
-        wts.append(w[valid] if w is not None else torch.ones(idx[-1].shape[0]))
-    offsets = torch.zeros(b * len(lens) + 1, dtype=torch.int32)
-    offsets[1:] = torch.cumsum(torch.cat(lens), 0)
-    return torch.cat(idx).int(), offsets, torch.cat(wts).float() if any_weight else None
+    """Per-table (B, hotness) ids -> the TBE's (indices, offsets, weights or None) (the runtime's own)."""
+    return emb.tbe_inputs(tables)
 
 
 def pooled_from_tbe(emb: Any, out: Any) -> Any:
-    """The TBE's (B, sum of feature dims) output -> pooled (B, T, D), summing each table's groups."""
-    import torch
-
-    return torch.stack([sum(torch.cat([out[:, a:z] for a, z in group], 1)[:, : emb.dim] for group in groups)
-                        for groups in emb.group_slices], 1)
+    """The TBE's (B, sum of feature dims) output -> pooled (B, T, D) (the runtime's own)."""
+    return emb.pooled_from_tbe(out, out.shape[0])
 
 
 def _models_and_runtimes(ds: Any, ratio: float, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
