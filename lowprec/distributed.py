@@ -226,10 +226,11 @@ def fingerprint(path: Path) -> str:
 
 def describe_inputs(paths: Sequence[Path | str]) -> dict[str, str]:
     """Fingerprint of every file given and every file directly inside a directory given, keyed by
-    the input's position and the file's name (ranks may mount the same inputs at other paths)."""
+    the input's position and the file's name (ranks may mount the same inputs at other paths).
+    Hidden files (lowprec's output marker, temporaries) are bookkeeping, not content: skipped."""
     out: dict[str, str] = {}
     for i, p in enumerate(map(Path, paths)):
-        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
         for f in files:
             out[f"input {i + 1} ({p.name}): {f.name}" if f != p else f"input {i + 1} ({p.name})"] = fingerprint(f)
     return out
