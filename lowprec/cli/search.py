@@ -65,7 +65,8 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
     v = result.validation
     click.echo(f"plan -> {out}")
     click.echo(f"  bytes: tables {summary['table_bytes']:,}, layers {summary['layer_bytes']:,} "
-               f"(fp32 {summary['fp32_bytes']:,}; {summary['compression']:.1f}x smaller)")
+               f"(tables {summary['compression']:.1f}x smaller than fp32, the whole model "
+               f"{summary['total_compression']:.1f}x)")
     if v is not None:
         click.echo(f"  validated on {v.rows:,} rows: NE +{100 * v.ne_increase:.4f}% "
                    f"[{100 * v.ne_increase_ci[0]:.4f}, {100 * v.ne_increase_ci[1]:.4f}], "

@@ -139,6 +139,7 @@ def _fits(v, b) -> dict[str, bool] | None:
 def summarize(result: SearchResult, model) -> dict[str, Any]:
     info = result.plan.info
     fp32 = sum(o[0].bytes for o in result.items.values())
+    fp32_tables = sum(opts[0].bytes for item, opts in result.items.items() if item.startswith("table:"))
     total = info.total_bytes
     v, t, b = result.validation, result.test, info.budgets
     return {
@@ -146,7 +147,11 @@ def summarize(result: SearchResult, model) -> dict[str, Any]:
         "validated_fits": _fits(v, b), "tested": t.to_json() if t else None, "tested_fits": _fits(t, b),
         "plan": result.plan.to_json(),
         "table_bytes": info.table_bytes, "layer_bytes": info.layer_bytes,
-        "total_bytes": total, "fp32_bytes": fp32, "compression": fp32 / total if total else float("nan"),
+        "total_bytes": total, "fp32_bytes": fp32, "fp32_table_bytes": fp32_tables,
+        # `compression` is the tables' ratio, as `inspect` and the manifest define it; the whole
+        # model's (tables + layers) is `total_compression`
+        "compression": fp32_tables / info.table_bytes if info.table_bytes else float("nan"),
+        "total_compression": fp32 / total if total else float("nan"),
         "validated": v.to_json() if v else None, "predicted": info.to_json()["predicted"],
         "evaluations": result.evaluations, "rounds": result.rounds, "seconds": result.seconds,
         "ne_increase": v.ne_increase if v else 0.0, "auc_drop": v.auc_drop if v else 0.0,

@@ -94,7 +94,8 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
                f"{list(info.windows.evaluation)}.")
     doc.para(f"Result: {summary['total_bytes']:,} bytes (tables {summary['table_bytes']:,}, layers "
              f"{summary['layer_bytes']:,}) vs {summary['fp32_bytes']:,} in fp32: "
-             f"{summary['compression']:.2f}x smaller. {result.evaluations} evaluations "
+             f"{summary['total_compression']:.2f}x smaller (tables alone {summary['compression']:.2f}x, as "
+             f"`inspect` reports them). {result.evaluations} evaluations "
              f"({sum(len(v) - 1 for v in result.items.values())} sensitivity + {len(result.rounds)} "
              f"validation), {result.seconds:.1f} s wall time.")
     if result.message:

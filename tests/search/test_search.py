@@ -140,8 +140,12 @@ def test_cli_search_writes_plan_report_and_json(setup, tmp_path):
     for fig in ("sensitivity.png", "frontier.png"):
         assert fig in html and (tmp_path / "rep" / fig).stat().st_size > 1000
     r = CliRunner().invoke(main, ["convert", "--model", str(root / "model"), "--plan", str(tmp_path / "plan.json"),
-                                  "--out", str(tmp_path / "a")])
+                                  "--out", str(tmp_path / "a"), "--json"])
     assert r.exit_code == 0, r.output
+    # one compression ratio: the search's is the tables' ratio the artifact reports
+    converted = json.loads(r.output.strip().splitlines()[-1])
+    assert out["compression"] == pytest.approx(converted["compression"], rel=1e-12)
+    assert out["total_compression"] == pytest.approx(out["fp32_bytes"] / out["total_bytes"])
 
 
 def test_overlapping_windows_and_bad_recipe_exit_2(setup, tmp_path):
