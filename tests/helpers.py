@@ -39,3 +39,23 @@ def make_tiny_dataset(out: Path, windows: int = 3, rows: int = 2000, seed: int =
             writer.add_window(ww)
         writer.finish()
     return out
+
+
+def random_float_model(ds, out: Path, embeddings=("dense", "dense", "dense"), dim: int = 8, seed: int = 0) -> Path:
+    """Save a random float model for `ds` whose embeddings are large enough that every part moves
+    the logits (export and serving tests compare forms of it)."""
+    import torch
+
+    from lowprec.checkpoint.float_model import save_float_model
+    from lowprec.model.config import DLRMConfig, TableConfig
+    from lowprec.model.dlrm import DLRM
+
+    meta = ds.meta
+    tables = tuple(TableConfig(f.name, f.num_embeddings, f.hotness, e) for f, e in zip(meta.sparse, embeddings))
+    torch.manual_seed(seed)
+    model = DLRM(DLRMConfig(len(meta.dense_names), tables, dim, (16, dim), (16, 8), tuple(meta.dense_names)))
+    with torch.no_grad():
+        for p in model.embeddings.parameters():
+            p.normal_(0, 0.5)
+    save_float_model(model, out)
+    return out

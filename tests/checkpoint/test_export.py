@@ -13,17 +13,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import make_tiny_dataset
+from helpers import make_tiny_dataset, random_float_model
 from lowprec.checkpoint.artifact import load_artifact, read_manifest
 from lowprec.checkpoint.convert import convert
 from lowprec.serve.export import TORCHSCRIPT, export_torchscript, load_torchscript
-from lowprec.checkpoint.float_model import save_float_model
 from lowprec.cli import main
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
-from lowprec.model.config import DLRMConfig, TableConfig
-from lowprec.model.dlrm import DLRM
 from lowprec.plan import LayerChoice, Plan, TableChoice
 from lowprec.precision import Precision
 
@@ -34,17 +31,7 @@ def ds(tmp_path_factory):
     return Dataset(make_tiny_dataset(root / "data", windows=1, rows=200, hotness=(1, 3, 1)))
 
 
-def float_model(ds, out, embeddings=("dense", "dense", "dense"), dim=8, seed=0):
-    """A random float model with embeddings large enough that every part moves the logits."""
-    meta = ds.meta
-    tables = tuple(TableConfig(f.name, f.num_embeddings, f.hotness, e) for f, e in zip(meta.sparse, embeddings))
-    torch.manual_seed(seed)
-    model = DLRM(DLRMConfig(len(meta.dense_names), tables, dim, (16, dim), (16, 8), tuple(meta.dense_names)))
-    with torch.no_grad():
-        for p in model.embeddings.parameters():
-            p.normal_(0, 0.5)
-    save_float_model(model, out)
-    return out
+float_model = random_float_model
 
 
 def batch(ds, n=64):
