@@ -80,31 +80,16 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    import torch
-
-    from lowprec.calibrate import CalibConfig, calibrate, save_calibration
-    from lowprec.checkpoint.convert import convert
-    from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset
     from lowprec.data.synth import SynthConfig, generate
     from lowprec.fileio import atomic_dir, sha256_file
-    from lowprec.model.dlrm import DLRM
-    from lowprec.plan import Plan
-    from lowprec.precision import Precision
     from lowprec.serve.sharded import plan_shards, save_shard_plan
     from lowprec.checkpoint.artifact import read_manifest
-    from lowprec.train import TrainConfig, model_config_for
 
     with atomic_dir(tmp / "data") as d:
         generate(SynthConfig(args.windows, args.rows, args.seed, args.scale), d)
     ds = Dataset(tmp / "data")
-    torch.manual_seed(args.seed)
-    model = DLRM(model_config_for(ds.meta, TrainConfig(windows=(0,))))
-    model.eval()
-    save_float_model(model, tmp / "model")
-    calib = calibrate(model, ds, CalibConfig((0,)))
-    save_calibration(calib, tmp / "calib.json", sha256_file(tmp / "model" / "model.safetensors"))
-    convert(tmp / "model", Plan.uniform(Precision.INT8, Precision.INT8), tmp / "artifact", calib)
+    calib = bc.int8_pair(ds, tmp, args.seed)
     plan = plan_shards(read_manifest(tmp / "artifact"), sha256_file(tmp / "artifact" / "manifest.json"), 2,
                        calib["row_counts"])
     save_shard_plan(plan, tmp / "artifact")

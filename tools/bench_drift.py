@@ -51,18 +51,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from lowprec.calibrate import CalibConfig, calibrate, save_calibration
-    from lowprec.checkpoint.convert import convert
-    from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset
     from lowprec.data.synth import SynthConfig, generate
-    from lowprec.fileio import atomic_dir, sha256_file
-    from lowprec.model.dlrm import DLRM
-    from lowprec.plan import Plan
-    from lowprec.precision import Precision
-    from lowprec.train import TrainConfig, model_config_for
-
-    import torch
+    from lowprec.fileio import atomic_dir
 
     data = {}
     for n in args.window_rows:
@@ -70,13 +61,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             generate(SynthConfig(1, n, args.seed, args.scale), d)
         data[n] = tmp / f"data-{n}"
     small = Dataset(data[min(args.window_rows)])
-    torch.manual_seed(args.seed)
-    model = DLRM(model_config_for(small.meta, TrainConfig(windows=(0,))))
-    model.eval()
-    save_float_model(model, tmp / "model")
-    calib = calibrate(model, small, CalibConfig((0,)))
-    save_calibration(calib, tmp / "calib.json", sha256_file(tmp / "model" / "model.safetensors"))
-    convert(tmp / "model", Plan.uniform(Precision.INT8, Precision.INT8), tmp / "artifact", calib)
+    bc.int8_pair(small, tmp, args.seed)
     return {"data": data, "model": tmp / "model", "artifact": tmp / "artifact", "calib": tmp / "calib.json",
             "table_rows": sum(f.num_embeddings for f in small.meta.sparse)}
 
