@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
+from _bench_pair import int8_pair  # noqa: E402
 
 TOOL = "bench_distributed.py"
 
@@ -89,7 +90,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with atomic_dir(tmp / "data") as d:
         generate(SynthConfig(args.windows, args.rows, args.seed, args.scale), d)
     ds = Dataset(tmp / "data")
-    calib = bc.int8_pair(ds, tmp, args.seed)
+    calib = int8_pair(ds, tmp, args.seed)
     plan = plan_shards(read_manifest(tmp / "artifact"), sha256_file(tmp / "artifact" / "manifest.json"), 2,
                        calib["row_counts"])
     save_shard_plan(plan, tmp / "artifact")

@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
+from _bench_pair import int8_pair  # noqa: E402
 
 TOOL = "bench_drift.py"
 
@@ -61,7 +62,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             generate(SynthConfig(1, n, args.seed, args.scale), d)
         data[n] = tmp / f"data-{n}"
     small = Dataset(data[min(args.window_rows)])
-    bc.int8_pair(small, tmp, args.seed)
+    int8_pair(small, tmp, args.seed)
     return {"data": data, "model": tmp / "model", "artifact": tmp / "artifact", "calib": tmp / "calib.json",
             "table_rows": sum(f.num_embeddings for f in small.meta.sparse)}
 
