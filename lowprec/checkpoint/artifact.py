@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
-from lowprec.checkpoint.manifest_check import check_precisions, check_serving
 from lowprec.checkpoint.mapped import MappedTensors, open_tensors
-from lowprec.checkpoint.validate import check_layer_tensor, check_table_rows, validate_manifest
+from lowprec.checkpoint.validate import check_layer_tensor, check_stored, check_table_rows, validate_manifest
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -46,11 +45,9 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise InputError(f"{where}: artifact format version {manifest.get('version')!r} is not "
                          f"supported by this lowprec (it reads version {FORMAT_VERSION})")
     validate_manifest(manifest, where)  # before any listed file is touched
-    check_precisions(manifest, where)
-    check_serving(manifest, where)
     if verify:
         verify_files(root, manifest)
-        check_precisions(manifest, where, stored_shapes(root / WEIGHTS))
+        check_stored(manifest, where, stored_shapes(root / WEIGHTS))
     return manifest
 
 

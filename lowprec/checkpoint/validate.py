@@ -5,7 +5,11 @@ must be plain names inside the artifact (no `..`, no absolute path, no directory
 never depends on, or says, whether such a file exists); every precision string parses; per layer the
 activation qparams are a finite scale > 0 with a zero point in [0, 255] and the recorded input range
 is finite; physical tables, features and serving entries agree with the model config (rows, dims,
-hotness, table references). `validate_weights` runs on the loaded runtime: each physical table's
+hotness, table references), and each precision is one its role can take (a table cannot be stored
+in a layer-only precision, a logical table stored whole in one physical table has its precision).
+`check_stored` compares the manifest with the weights file's header: a physical table's row width is
+`Precision.bytes_per_row(dim)`, a layer's weight dtype is its codec's storage, so a hand-edited
+manifest never reads int4 rows as fp16 or int8 weights as floats. `validate_weights` runs on the loaded runtime: each physical table's
 bytes per row match its precision and dim, no fp32/fp16 table value, int row scale/bias or layer
 tensor is NaN or infinite, and each layer's weight has the (out, in) shape of the model config
 (`check_table_rows`, `check_layer_tensor`, called by the loader as it reads each tensor).
@@ -23,6 +27,8 @@ import torch
 from lowprec.errors import InputError
 from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
+from lowprec.serve.layers import LAYER_CODECS
+from lowprec.serve.tables import TABLE_CODECS
 
 _LIST_KEYS = ("physical_tables", "features", "serving", "tables")
 
@@ -44,6 +50,14 @@ def check_file_name(name: Any, where: str) -> None:
                            f"(no '..', no absolute paths); refusing to read it")
 
 
+def _precision(value: Any, where: str, role: str) -> Precision:
+    """Parse a precision string and check a `role` ("table" or "layer") can be stored in it."""
+    p = Precision.parse(value, where)  # refuses non-strings too ("unknown precision")
+    if p not in (TABLE_CODECS if role == "table" else LAYER_CODECS):
+        raise _fail(where, f"a {role} cannot be stored in {p.value}")
+    return p
+
+
 def _int(value: Any, where: str, what: str, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise _fail(where, f"{what} must be an integer >= {low}, got {value!r}")
@@ -53,7 +67,7 @@ def _int(value: Any, where: str, what: str, low: int = 1) -> int:
 def _qparams(name: str, spec: Any, where: str) -> None:
     if not isinstance(spec, dict):
         raise _fail(where, f"layer {name!r}: entry is not an object")
-    Precision.parse(spec.get("precision"), f"{where}: layer {name!r}")
+    _precision(spec.get("precision"), f"{where}: layer {name!r}", "layer")
     qp, rng = spec.get("input_qparams"), spec.get("input_range")
     if qp is not None:
         ok = isinstance(qp, list) and len(qp) == 2 and all(isinstance(x, (int, float)) for x in qp)
@@ -84,6 +98,24 @@ def validate_manifest(manifest: dict[str, Any], where: str) -> None:
     for name, spec in manifest["layers"].items():
         _qparams(name, spec, where)
     _check_tables(manifest, config, where)
+    _check_summary(manifest, where)
+
+
+def _check_summary(manifest: dict[str, Any], where: str) -> None:
+    """The numbers `inspect`, the search and the reports show: typed, so a hand edit is refused here."""
+    for key in ("embedding_bytes", "fp32_embedding_bytes", "layer_bytes"):
+        _int(manifest.get(key), where, f"`{key}`", low=0)
+    c = manifest.get("compression")
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
+        raise _fail(where, f"`compression` must be a finite number > 0, got {c!r}")
+    for key in ("lowprec_version", "torch_version", "fbgemm_version"):
+        if not isinstance(manifest.get(key), str):
+            raise _fail(where, f"`{key}` must be a string, got {manifest.get(key)!r}")
+    for t in manifest["tables"]:
+        name, sharing = t["name"], t.get("sharing")
+        _int(t.get("bytes"), f"{where}: table {name!r}", "`bytes`", low=0)
+        if sharing is not None and not (isinstance(sharing, dict) and isinstance(sharing.get("kind"), str)):
+            raise _fail(where, f"table {name!r}: sharing {sharing!r} is not null or an object with a string `kind`")
 
 
 def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> None:
@@ -91,19 +123,33 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
     for t in manifest["physical_tables"]:
         key = t.get("key")
         here = f"{where}: physical table {key!r}"
+        if not isinstance(key, str):
+            raise _fail(here, "the key must be a string")
         _int(t.get("rows"), here, "rows")
         _int(t.get("dim"), here, "dim")
-        Precision.parse(t.get("precision"), here).bytes_per_row(t["dim"])  # dim: a multiple of 4
+        _precision(t.get("precision"), here, "table").bytes_per_row(t["dim"])  # dim: a multiple of 4
         physical[key] = t
     for i, f in enumerate(manifest["features"]):
-        if f.get("table") not in physical:
+        transform = f.get("transform")
+        if not isinstance(f.get("table"), str) or f["table"] not in physical:
             raise _fail(where, f"feature {i} names physical table {f.get('table')!r}, which is not listed")
+        if not isinstance(transform, dict) or not isinstance(transform.get("kind", ""), str):
+            raise _fail(where, f"feature {i} must carry a transform object with a string `kind`")
     rows = {t.name: t.num_embeddings for t in config.tables}
     for t in manifest["tables"]:
-        Precision.parse(t.get("precision"), f"{where}: table {t.get('name')!r}")
-        if t.get("name") in rows and t.get("rows") != rows[t["name"]]:
-            raise _fail(where, f"table {t['name']!r} lists {t.get('rows')!r} rows, the model config "
-                               f"{rows[t['name']]}")
+        name = t.get("name")
+        if not isinstance(name, str):
+            raise _fail(where, f"table name {name!r} is not a string")
+        p = _precision(t.get("precision"), f"{where}: table {name!r}", "table")
+        if name in rows and t.get("rows") != rows[name]:
+            raise _fail(where, f"table {name!r} lists {t.get('rows')!r} rows, the model config {rows[name]}")
+        parts = t.get("physical")
+        if t.get("exact") and isinstance(parts, list) and len(parts) == 1 and isinstance(parts[0], str) \
+                and parts[0] in physical:
+            stored = Precision.parse(physical[parts[0]]["precision"])
+            if stored != p:
+                raise _fail(where, f"table {name!r} says {p.value} but its physical table {parts[0]!r} "
+                                   f"is {stored.value}")
     serving = manifest["serving"]
     if [s.get("name") for s in serving] != config.table_names:
         raise _fail(where, f"serving tables {[s.get('name') for s in serving]} are not the model's "
@@ -124,6 +170,25 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
             if rows != tcfg.num_embeddings:
                 raise _fail(here, f"served densely by {rows} rows, but the model's table has "
                                   f"{tcfg.num_embeddings}")
+
+
+_SAFETENSORS_DTYPE = {"int8": "I8", "float16": "F16", "float32": "F32"}  # torch dtype -> safetensors name
+
+
+def check_stored(manifest: dict[str, Any], where: str, shapes: dict[str, tuple[list[int], str]]) -> None:
+    """The manifest against the weights file's header (`shapes`: tensor name -> (shape, dtype));
+    run after `validate_manifest`."""
+    for t in manifest["physical_tables"]:
+        key, p, d = t["key"], Precision.parse(t["precision"]), t["dim"]
+        got = shapes.get(f"tables.{key}")
+        if got is not None and got[0][1:] != [p.bytes_per_row(d)]:
+            raise _fail(where, f"physical table {key!r} says {p.value} ({p.bytes_per_row(d)} bytes a row "
+                               f"at dim {d}) but the weights file stores rows of {got[0][1:]} bytes")
+    for name, spec in manifest["layers"].items():
+        p = Precision.parse(spec["precision"])
+        got = shapes.get(f"layers.{name}.weight")
+        if got is not None and got[1] != _SAFETENSORS_DTYPE[str(LAYER_CODECS[p].storage).removeprefix("torch.")]:
+            raise _fail(where, f"layer {name!r} says {p.value} but its weight is stored as {got[1]}")
 
 
 def _finite(t: torch.Tensor, where: str, what: str) -> None:
