@@ -59,3 +59,12 @@ def random_float_model(ds, out: Path, embeddings=("dense", "dense", "dense"), di
             p.normal_(0, 0.5)
     save_float_model(model, out)
     return out
+
+
+def run_cli(*args):
+    """Invoke the lowprec CLI in this process (click's CliRunner); arguments are str()-ed."""
+    from click.testing import CliRunner
+
+    from lowprec.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])

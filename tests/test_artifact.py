@@ -7,16 +7,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from helpers import REPO, make_tiny_dataset
+from helpers import REPO, make_tiny_dataset, run_cli as run
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
 from lowprec.checkpoint.float_model import load_float_model, save_float_model
-from lowprec.cli import main
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.model.dlrm import DLRM
@@ -36,10 +33,6 @@ def trained(tmp_path_factory):
     model, info = train(ds, TrainConfig(windows=(0, 1), epochs=2))
     save_float_model(model, root / "model", info)
     return root, ds
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def pooled_reference(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

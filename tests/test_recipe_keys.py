@@ -5,17 +5,11 @@ the wrong type are refused naming the key and the file; eval takes `label:` wind
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from helpers import make_tiny_dataset
-from lowprec.cli import main
+from helpers import make_tiny_dataset, run_cli as run
 from lowprec.data.dataset import Dataset
 from lowprec.precision import Precision
 from lowprec.search.driver import SearchRequest, build_config
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from helpers import make_tiny_dataset
-from lowprec.cli import main
+from helpers import make_tiny_dataset, run_cli as run
 from lowprec.fileio import sha256_file
 
 
@@ -15,11 +13,6 @@ from lowprec.fileio import sha256_file
 def tiny(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", windows=3, rows=1500,
                              hotness=(1, 3, 1))
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
 
 
 def train(tiny, out, seed=0):

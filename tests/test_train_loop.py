@@ -9,11 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from helpers import make_tiny_dataset
+from helpers import make_tiny_dataset, run_cli as run
 from lowprec.checkpoint.float_model import load_float_model
-from lowprec.cli import main
 from lowprec.data.dataset import Dataset, window_files
 from lowprec.evaluation.scoring import evaluate
 from lowprec.model.dlrm import DLRM
@@ -80,10 +78,6 @@ def test_training_is_deterministic_per_seed_and_keys_unchanged(tiny):
     assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in old.state_dict().items()} \
         == {k: v.shape for k, v in fresh.items()}
     assert "embeddings.1.q.weight" in sa and "embeddings.2.shared.bag.weight" in sa
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_cli_validation_from_recipe_reports_ne(tiny, tmp_path):

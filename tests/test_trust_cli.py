@@ -12,16 +12,10 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from helpers import make_tiny_dataset
+from helpers import make_tiny_dataset, run_cli as cli
 from lowprec.checkpoint.float_model import load_float_model, save_float_model
-from lowprec.cli import main
 from lowprec.errors import InputError
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def ok(*args):

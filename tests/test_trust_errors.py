@@ -7,14 +7,8 @@ import subprocess
 import uuid
 
 import pytest
-from click.testing import CliRunner
 
-from helpers import make_tiny_dataset
-from lowprec.cli import main
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from helpers import make_tiny_dataset, run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from helpers import REPO, make_tiny_dataset
-from lowprec.cli import main
+from helpers import REPO, make_tiny_dataset, run_cli as run
 from lowprec.fileio import MARKER, atomic_dir, resolve_output
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

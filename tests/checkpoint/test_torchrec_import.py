@@ -11,13 +11,11 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from helpers import make_tiny_dataset
+from helpers import make_tiny_dataset, run_cli as run
 from lowprec.checkpoint.float_model import load_float_model
 from lowprec.checkpoint.torchrec_import import import_torchrec
-from lowprec.cli import main
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
@@ -203,10 +201,6 @@ def test_pickles_are_refused_unopened(ds, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InputError, match="not a readable safetensors file"):
         import_torchrec(tmp_path / "junk.safetensors", ds.meta)
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_cli_import_then_convert(ds, batch, tmp_path):

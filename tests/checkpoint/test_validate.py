@@ -5,7 +5,6 @@ updated so the hash check passes) and checks `lowprec eval` exits 2 with a messa
 manifest entry at fault; before, each of these loaded and served (or raised a traceback)."""
 
 import json
-import math
 
 import pytest
 import torch

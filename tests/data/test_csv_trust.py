@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from lowprec.cli import main
 from lowprec.data.dataset import Dataset
+from helpers import run_cli as run
 
 SCHEMA = """
 label = "click"
@@ -24,10 +23,6 @@ encoding = "vocab"
 [categorical.user]
 num_embeddings = 3
 """
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def write_csv(path, rows, header="click,ts,price,item,user"):

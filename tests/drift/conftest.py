@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from lowprec.cli import main
+from helpers import run_cli as cli  # noqa: F401 (the drift tests import it from here)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -16,10 +15,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def last_json(result):

@@ -4,8 +4,6 @@ right direction, no "better" beside a significant AUC drop, and a --db reused wi
 The rule tests call `decide` on hand-made signals (the rule is pure); the database tests run the
 real job on two tiny datasets whose windows carry the same labels."""
 
-import json
-import math
 
 import pytest
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import REPO, make_tiny_dataset, random_float_model
+from helpers import REPO, make_tiny_dataset, random_float_model, run_cli as run
 from lowprec.checkpoint.artifact import load_artifact, read_manifest
 from lowprec.checkpoint.convert import convert
 from lowprec.cli import main
@@ -191,10 +191,6 @@ def test_hot_sharing_is_refused(ds, tmp_path):
     convert(float_model(ds, tmp_path / "model"), plan, tmp_path / "art", {"row_counts": {"t0": counts}})
     with pytest.raises(InputError, match="table 't0' serves as hot"):
         export_torchrec(tmp_path / "art")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_cli_convert_export_both_and_refusal_writes_nothing(ds, tmp_path):

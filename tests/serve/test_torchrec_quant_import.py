@@ -8,15 +8,13 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from helpers import make_tiny_dataset
+from helpers import make_tiny_dataset, run_cli as run
 from lowprec.checkpoint.artifact import load_artifact, read_manifest
 from lowprec.checkpoint.convert import convert
 from lowprec.checkpoint.torchrec_import import interaction_permutation
 from lowprec.checkpoint.torchrec_quant_import import import_torchrec_quant
-from lowprec.cli import main
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
@@ -153,10 +151,6 @@ def test_torchrec_feature_order_is_permuted_into_dataset_order(ds, tmp_path):
                           ds.meta, tmp_path / "back")
     back = logits(tmp_path / "back", ds)
     assert torch.equal(back, want) and (back - served).abs().max() < 1e-5
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_cli_import_then_inspect_and_compare(ds, exported, tmp_path):
