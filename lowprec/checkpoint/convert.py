@@ -189,13 +189,16 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
     return manifest
 
 
-def check_calibration_model(calibration: dict[str, Any], model_sha: str, weights: Path) -> None:
-    """Refuse a calibration measured on another model (its ranges and row counts would not fit)."""
+def check_calibration_model(calibration: dict[str, Any], model_sha: str, weights: Path,
+                            override: str | None = "--allow-calibration-mismatch") -> None:
+    """Refuse a calibration measured on another model (its ranges and row counts would not fit);
+    `override` names the flag that accepts it anyway, if the command has one."""
     recorded = calibration.get("model_sha256")
     if recorded != model_sha:
         what = "records no model sha256" if recorded is None else f"was measured on model sha256 {recorded}"
+        rest = f" or pass {override} to use it anyway" if override else ""
         raise InputError(f"--calibration {what}, but {weights} has sha256 {model_sha}; calibrate this model "
-                         f"(`lowprec calibrate`) or pass --allow-calibration-mismatch to use it anyway")
+                         f"(`lowprec calibrate`){rest}")
 
 
 def _manifest(config: DLRMConfig, plan: Plan, b: _Builder, layers: dict[str, Any],

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from lowprec.calibrate import CalibConfig, calibrate, load_calibration
-from lowprec.checkpoint.float_model import load_float_model
+from lowprec.checkpoint.convert import check_calibration_model
+from lowprec.checkpoint.float_model import load_float_model, weights_sha256
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
@@ -109,6 +110,8 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     check_compatible(model.config, ds.meta, str(req.model_dir))
     if req.calib_path:
         calibration, calib_sha = load_calibration(req.calib_path), sha256_file(req.calib_path)
+        if "model_sha256" in calibration:  # now, not after the sensitivity pass when validation converts
+            check_calibration_model(calibration, weights_sha256(req.model_dir), req.model_dir, override=None)
     else:
         c = recipe.get("calibrate", {})
         ccfg = CalibConfig(cfg.calib_windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)),
