@@ -1,27 +1,31 @@
 """How good the label-free drift estimate is: reports/drift_without_labels.md (+ .json, .png).
 
-    python tools/bench_labelfree.py [--work /tmp/labelfree/bench] [--scale-dense 1.5] [--delayed]
+    python tools/bench_labelfree.py [--work /tmp/labelfree/bench] [--clip-percentile 99.9] [--delayed]
 
-One latent synthetic dataset (`lowprec data synth --kind latent`, scale 0.01, seed 0, 46 days of
-100,000 rows) rearranged into the monitored sequence (the files of days 0-32 are linked as they
-are):
+Data: one latent synthetic dataset (`lowprec data synth --kind latent`, scale 0.01, seed 0, 46 days
+of 100,000 rows), stationary (no data drift), rearranged into the monitored sequence:
   windows 0-1   train the float model (`lowprec train`, 1 epoch)       window 2: calibration
   windows 3-32  30 stationary windows of 100,000 rows
-  window 33     days 33-42 joined into one window of 1,000,000 rows, FAULT planted
-  windows 34-36 days 43-45, 100,000 rows each, the same fault
-The planted fault: the dense features are multiplied by --scale-dense (labels keep following the
-unscaled values, as `--drift dense-scale` does with x3.5), so the int8 candidate's static activation
-ranges (minmax on window 2) clip; the float model also sees inputs it was not trained on.
-The candidate is `lowprec convert --precision int8 --layer-precision int8 --calibration`.
-Then `lowprec drift` on windows 3-36 (labels present: each window's label-free record and labelled
-record come from the same pass; the label-free numbers read no label, tests/drift/test_delayed.py
-checks they equal those of a window scored without its labels file). With --delayed the labels of
-windows 3-36 are first hidden (one run: label-free records only), then restored (a second run fills
-them in): the end-to-end delayed mode, twice the scoring.
+  window 33     days 33-42 joined into one window of 1,000,000 rows      windows 34-36: days 43-45
+Models: the float model, its intercept recalibrated on window 2 (the top layer's bias shifted so its
+mean prediction matches window 2's click rate: the estimate assumes a calibrated reference, as a
+production model is); its int8 artifact (every table and layer int8, static activation ranges by
+minmax on window 2): the healthy candidate.
+The planted quantization fault: from window 33 on the deployed candidate is an artifact whose
+calibration clips (activation ranges from the --clip-percentile percentile on window 2, same
+plan), as if a re-deploy had shipped a bad calibration. The job's database holds one candidate,
+so this runs the job's own per-window step (`lowprec.drift.delayed.process_window`: the paired
+pass with the label-free observer, both decisions, one transaction per window) with the candidate
+switched at window 33 (each window's source row records which artifact scored it), and then
+writes the drift report (index.html) from that database.
+Labels present by default: each window's label-free record and labelled record come from one pass
+(the label-free numbers read no label; tests/drift/test_delayed.py checks they equal those of a
+window scored without its labels file). --delayed hides the labels first (label-free records only)
+and restores them for a second pass that fills the labelled metrics in: twice the scoring.
 Measured from the database: per window the estimated gap with its interval and the labelled gap
 with its bootstrap interval; coverage (labelled gap inside the estimate's interval); false alarms
 of the estimate rule (and of the labelled rule) over the 30 stationary windows; detection delay in
-windows after the fault starts. The drift job's own report (index.html) is kept in --work.
+windows after the fault starts.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def sh(*args: Any) -> str:
     return r.stdout
 
 
-def build_data(raw: Path, out: Path, scale: float) -> None:
+def build_data(raw: Path, out: Path) -> None:
     """The monitored sequence from the raw days (see the module docstring)."""
     meta = json.loads((raw / "dataset.json").read_text())
     days = meta["windows"]
@@ -70,30 +74,62 @@ def build_data(raw: Path, out: Path, scale: float) -> None:
         i = FAULT_START + j
         for k in ("dense", "sparse", "labels"):
             arr = np.concatenate([np.load(raw / f"day_{d}_{k}.npy") for d in group])
-            np.save(tmp / f"day_{i}_{k}.npy", arr * np.float32(scale) if k == "dense" else arr)
+            np.save(tmp / f"day_{i}_{k}.npy", arr)
         first, last = days[group[0]], days[group[-1]]
         windows.append({"index": i, "rows": sum(days[d]["rows"] for d in group), "label": first["label"],
                         "start": first["start"], "end": last["end"]})
     meta["windows"] = windows
     meta["provenance"] = {k: v for k, v in meta["provenance"].items() if k != "window_stats"}
-    meta["provenance"]["rearranged_by"] = f"tools/{TOOL} (dense x{scale} from window {FAULT_START})"
+    meta["provenance"]["rearranged_by"] = f"tools/{TOOL} (days 33-42 joined into window {FAULT_START})"
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
     tmp.rename(out)
 
 
-def prepare(work: Path, scale: float) -> dict[str, float]:
+def recalibrate_intercept(model_dir: Path, data: Path, out: Path) -> None:
+    """Shift the top layer's bias so the mean prediction on window 2 is its click rate (3 Newton steps)."""
+    import torch
+
+    from lowprec.checkpoint.float_model import load_float_model, save_float_model
+    from lowprec.data.dataset import Dataset
+    from lowprec.evaluation.scoring import evaluate
+
+    model, _ = load_float_model(model_dir, writable=True)
+    model.eval()
+    ds = Dataset(data)
+    for _ in range(3):
+        m = evaluate(model, ds, [2]).per_window[2]
+        ctr, pred = m["ctr"], m["calibration"] * m["ctr"]
+        with torch.no_grad():
+            model.top[-1].bias += float(np.log(ctr / (1 - ctr)) - np.log(pred / (1 - pred)))
+    save_float_model(model, out, {"recalibrated": f"intercept on window 2 by tools/{TOOL}"})
+
+
+def artifact(work: Path, name: str, method: str, percentile: float) -> None:
+    from lowprec.calibrate import CalibConfig, calibrate, save_calibration
+    from lowprec.checkpoint.convert import convert
+    from lowprec.checkpoint.float_model import load_float_model, weights_sha256
+    from lowprec.data.dataset import Dataset
+    from lowprec.plan import Plan
+    from lowprec.precision import Precision
+
+    model, _ = load_float_model(work / "model-cal")
+    c = calibrate(model, Dataset(work / "data"), CalibConfig((2,), method, percentile))
+    save_calibration(c, work / f"{name}.calib.json", weights_sha256(work / "model-cal"))
+    convert(work / "model-cal", Plan.uniform(Precision.INT8, Precision.INT8), work / name, c)
+
+
+def prepare(work: Path, clip: float) -> dict[str, float]:
     seconds = {}
     steps = [
         ("synth", work / "raw", lambda: sh("data", "synth", "--kind", "latent", "--out", work / "raw", "--scale", 0.01,
                                            "--windows", RAW_DAYS, "--rows-per-window", DAY_ROWS, "--seed", 0)),
-        ("data", work / "data", lambda: build_data(work / "raw", work / "data", scale)),
+        ("data", work / "data", lambda: build_data(work / "raw", work / "data")),
         ("train", work / "model", lambda: sh("train", "--data", work / "data", "--windows", "0-1", "--out",
                                              work / "model", "--epochs", 1, "--seed", 0)),
-        ("calibrate", work / "calib.json", lambda: sh("calibrate", "--model", work / "model", "--data", work / "data",
-                                                       "--windows", 2, "--out", work / "calib.json")),
-        ("convert", work / "artifact", lambda: sh("convert", "--model", work / "model", "--precision", "int8",
-                                                   "--layer-precision", "int8", "--calibration", work / "calib.json",
-                                                   "--out", work / "artifact")),
+        ("recalibrate", work / "model-cal", lambda: recalibrate_intercept(work / "model", work / "data",
+                                                                          work / "model-cal")),
+        ("healthy", work / "healthy", lambda: artifact(work, "healthy", "minmax", 100.0)),
+        ("clipping", work / f"clip{clip}", lambda: artifact(work, f"clip{clip}", "percentile", clip)),
     ]
     for name, out, step in steps:
         if not out.exists():
@@ -103,31 +139,51 @@ def prepare(work: Path, scale: float) -> dict[str, float]:
     return seconds
 
 
-def drift(work: Path, db: Path) -> dict[str, Any]:
-    out = sh("drift", "--reference", work / "model", "--candidate", work / "artifact", "--data", work / "data",
-             "--windows", f"3-{FAULT_START + 3}", "--db", db, "--report", work / "report",
-             "--calibration", work / "calib.json", "--json")
-    return json.loads(out.strip().splitlines()[-1])
+def monitor(work: Path, clip: float, delayed: bool) -> dict[str, float]:
+    """The job's per-window step over windows 3-36, the candidate switched at FAULT_START."""
+    from types import SimpleNamespace
 
+    from lowprec.checkpoint.float_model import weights_sha256
+    from lowprec.checkpoint.load import load_model
+    from lowprec.data.dataset import Dataset
+    from lowprec.drift import report
+    from lowprec.drift.delayed import process_window
+    from lowprec.drift.job import DriftJob
+    from lowprec.drift.store import DriftStore
+    from lowprec.evaluation.paired import TableError
+    from lowprec.fileio import sha256_file
 
-def run_drift(work: Path, delayed: bool) -> dict[str, float]:
-    db = work / "drift.sqlite"
-    for p in (db, work / "report"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    data, monitored = work / "data", range(3, FAULT_START + 4)
+    db, data = work / "drift.sqlite", work / "data"
+    db.unlink(missing_ok=True)
+    ds = Dataset(data)
+    ref, _, _ = load_model(work / "model-cal")
+    pairs = {}
+    for name in ("healthy", f"clip{clip}"):
+        cand, _, manifest = load_model(work / name)
+        pairs[name] = SimpleNamespace(reference=ref, candidate=cand, manifest=manifest,
+                                      reference_sha=weights_sha256(work / "model-cal"),
+                                      candidate_sha=sha256_file(work / name / "manifest.json"),
+                                      table_err=TableError.from_models(ref, cand))
+    job = DriftJob(work / "model-cal", work / "healthy", data, "3-36", db, work / "report")
+    monitored = list(range(3, FAULT_START + 4))
+    passes = [("label_free_pass", True), ("fill_in_pass", False)] if delayed else [("pass", False)]
     seconds = {}
-    if delayed:
-        for w in monitored:  # the raw days' files are shared: move the links / files, not the targets
-            (data / f"day_{w}_labels.npy").rename(data / f"hidden_{w}_labels.npy")
-        t0 = time.perf_counter()
-        first = drift(work, db)
-        seconds["label_free_run"] = round(time.perf_counter() - t0, 1)
-        assert first["labels_pending"] == list(monitored), first["labels_pending"]
-        for w in monitored:
-            (data / f"hidden_{w}_labels.npy").rename(data / f"day_{w}_labels.npy")
-    t0 = time.perf_counter()
-    drift(work, db)
-    seconds["fill_in_run" if delayed else "run"] = round(time.perf_counter() - t0, 1)
+    with DriftStore(db) as store:
+        run_id = store.start_run({"reference": str(work / "model-cal"), "candidate": "healthy, then clipping"})
+        for name, hide in passes:
+            t0 = time.perf_counter()
+            for w in monitored:
+                labels = data / f"day_{w}_labels.npy"
+                if hide:
+                    labels.rename(labels.with_name(f"hidden_{w}"))
+                m = pairs["healthy" if w < FAULT_START else f"clip{clip}"]
+                process_window(job, store, ds, m, w, run_id, None, m.table_err, lambda *a: None)
+            if hide:
+                for w in monitored:
+                    (data / f"hidden_{w}").rename(data / f"day_{w}_labels.npy")
+            seconds[name] = round(time.perf_counter() - t0, 1)
+        store.finish_run(run_id, "done")
+        report.write_report(work / "report", report.gather(store, job.config))
     return seconds
 
 
@@ -165,7 +221,7 @@ def analyse(db: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/labelfree/bench")
-    ap.add_argument("--scale-dense", type=float, default=1.5)
+    ap.add_argument("--clip-percentile", type=float, default=99.9)
     ap.add_argument("--delayed", action="store_true")
     ap.add_argument("--out", default="reports/drift_without_labels")
     ap.add_argument("--keep", action="store_true", help="keep --work (default: delete it when done)")
@@ -173,10 +229,10 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
-    seconds = prepare(work, args.scale_dense)
-    seconds.update(run_drift(work, args.delayed))
+    seconds = prepare(work, args.clip_percentile)
+    seconds.update(monitor(work, args.clip_percentile, args.delayed))
     result = {"command": bc.command_line(TOOL, argv), "machine": bc.machine(1), "load_before": load0,
-              "load_after": os.getloadavg(), "seconds": seconds, "scale_dense": args.scale_dense,
+              "load_after": os.getloadavg(), "seconds": seconds, "clip_percentile": args.clip_percentile,
               "delayed": args.delayed, **analyse(work / "drift.sqlite")}
     out = Path(args.out)
     bc.write_json(out.with_suffix(".json"), result)

@@ -17,8 +17,12 @@ window: both models' metrics, the paired gaps with intervals, DeLong, PSI, stale
 decision and reason), `layer_clipping` and `table_error` (per window x layer / table),
 `recalibrations` (artifacts written by --on-alarm recalibrate and how they score), `window_sources`
 (per window what it was computed from: the sha256 of the dataset's dataset.json and the window's row
-count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON). Databases from
-before `window_sources` gain the table on open; their windows have no source row and are not checked.
+count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON); and the
+label-free side (lowprec.drift.delayed): `labelfree` (one row per window: the estimate, rank
+agreement, |Δp|, PSI, the estimate rule's decision, whether labels were there and when they were
+filled in), `attribution` (per window x part) and `window_events` (the history: one row per record
+written, label-free or labelled, with its decision). Databases from before a table gain it on open;
+their windows have no source row and are not checked.
 """
 
 from __future__ import annotations
