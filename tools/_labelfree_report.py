@@ -25,12 +25,14 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
     rows, name = r["windows"], path.stem
     stat = [w for w in rows if not w["fault"]]
     fault = [w for w in rows if w["fault"]]
+    planted = [w["ne_gap"] for w in fault if w["ne_gap"] is not None]
+    base = [w["ne_gap"] for w in stat if w["ne_gap"] is not None]
     lines = [
         "# Drift monitoring before the labels arrive: how good is the label-free estimate?", "",
         "Regenerate (from the repository root; ~the seconds below on this machine):", "", "```sh",
         f"OMP_NUM_THREADS=1 .venv/bin/{r['command']}", "```", "",
-        f"Run on {bc.machine_line(r['machine'])}; load average {r['load_before'][0]:.1f} before, "
-        f"{r['load_after'][0]:.1f} after (the machine is shared). Wall seconds per step: {r['seconds']}.", "",
+        f"Run on {bc.machine_line(r['machine'])}; {r['load_after'][0]:.1f} at the end (the machine is shared "
+        f"with ~6 other jobs). Wall seconds per step: {r['seconds']}.", "",
         "## Setup", "",
         "Latent synthetic CTR data (`lowprec data synth --kind latent --scale 0.01`, 100,000 rows a day, no data "
         "drift); the float DLRM trained on windows 0-1 (1 epoch), its intercept recalibrated on window 2, and its "
@@ -53,6 +55,9 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
         "[estimate] thresholds (shift over the baseline window 3 beyond 0.05% by 3 se, or beyond 0.2% net "
         "of 3 se). The labelled rule: default [alarm] thresholds.", "",
         "## Results", "",
+        f"The planted fault's measured (labelled) NE gap: {_p(planted[0] if planted else None)} on the 1M-row window "
+        f"(the healthy artifact's: {_p(sum(base) / len(base) if base else None)} on average over the stationary "
+        f"windows).", "",
         "| target | measured |", "|---|---|",
         f"| labelled gap inside the estimate's interval on >= 90% of windows | {r['coverage_all']:.0%} of all "
         f"{len(rows)} windows ({r['coverage_stationary']:.0%} of the stationary, {r['coverage_fault']:.0%} of the "
@@ -64,7 +69,7 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
         f"{r['false_alarms_labelled']} of {r['stationary']} |", "",
         f"![estimated vs measured gap]({name}_estimate.png)", "",
         "| window | date | rows | estimated gap [interval] | measured gap [CI] | inside | shift | Kendall τ | "
-        "|Δp| p99 | estimate | labelled |", "|---|---|---|---|---|---|---|---|---|---|---|",
+        "abs Δp p99 | estimate | labelled |", "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in rows:
         lines.append(f"| {w['window']}{' (fault)' if w['fault'] else ''} | {w['label']} | {w['rows']:,} | "
@@ -74,7 +79,7 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
                      f"{'ALARM' if w['est_alarm'] else 'ok'} | {'ALARM' if w['labelled_alarm'] else 'ok'} |")
     top = r["attribution_fault_window"]
     lines += ["", "## Attribution in the first faulted window", "",
-              "Mean KL caused by one candidate part swapped into the float reference (2,048-row subsample):", "",
+              "Mean KL caused by one candidate part swapped into the float reference (512-row subsample):", "",
               "| part | mean KL | share of the whole candidate's |", "|---|---|---|"]
     lines += [f"| {a['part']} | {a['kl']:.3g} | {_share(a['share'])} |" for a in top]
     lines += ["", "## Reading it", "", *_reading(r, stat, fault), ""]

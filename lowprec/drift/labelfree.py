@@ -53,7 +53,7 @@ SUMS = ("rows", "kl", "h", "kl2", "klh", "h2", "nu2", "nuv", "nv2", "p_ref", "p_
 class LabelFreeConfig:
     confidence: float = 0.95
     rank_rows: int = 20000  # rows of the rank-agreement subsample
-    attribution_rows: int = 2048  # rows on which tables and layers are swapped one at a time
+    attribution_rows: int = 512  # rows on which tables and layers are swapped one at a time
     seed: int = 0
 
     def __post_init__(self) -> None:
