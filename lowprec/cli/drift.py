@@ -48,8 +48,14 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
     per-table quantization error; a CUSUM + hard-limit rule decides the alarm.
 
     \b
+    Windows whose labels file (day_N_labels.npy) is missing yet get a label-free record (the
+    estimated NE gap from KL(p_ref || p_cand), rank agreement, |p_cand - p_ref|, PSI, per-table and
+    per-layer attribution, judged by the [estimate] thresholds); a later run that finds the labels
+    fills in the labelled metrics of the same window (docs/drift.md).
+
+    \b
     Exit codes: 0 healthy; 1 alarm (a window processed in this run, or the latest requested
-    window, is in alarm); 2 bad input, or another run holds --db.
+    window, is in alarm, labelled or estimated); 2 bad input, or another run holds --db.
     Example:
         lowprec drift --reference model --candidate art --data data --windows 5-13 \\
             --db drift.sqlite --report drift-report --calibration CALIB.json
@@ -96,6 +102,12 @@ def _render(outcome) -> None:
                    f"{w['reason'] if w['alarm'] else ''}")
         for s in w["staleness"]:
             click.echo(f"              staleness: {s}")
+    for e in outcome.estimates:  # label-free: every window scored; the only record while labels are pending
+        if e["labels"] == "pending" or e["est_alarm"]:
+            click.echo(f"{'*' if e['processed'] else ' '}window {e['window']:>4} {e['label'] or '':>10}  "
+                       f"estimated NE gap {pct(e['est_gap']):>8} [{pct(e['est_lo'])}, {pct(e['est_hi'])}]  "
+                       f"{'ALARM' if e['est_alarm'] else 'ok   '}  labels {e['labels']}  "
+                       f"{e['est_reason'] if e['est_alarm'] else ''}")
     for note in outcome.notes:
         click.echo(f"note: {note}", err=True)
     for r in outcome.recalibrations:

@@ -1,7 +1,8 @@
 """Alarm thresholds (defaults, TOML overrides) and the sequential decision rule of `lowprec drift`.
 
-Configuration: `DriftConfig` = [alarm] `Thresholds` + [bootstrap] + [recalibrate], frozen and validated;
-a THRESHOLDS.toml may set any key of those three tables, and an unknown table or key is an error
+Configuration: `DriftConfig` = [alarm] `Thresholds` + [bootstrap] + [recalibrate] + [estimate] (the
+label-free rule's own thresholds, lowprec.drift.estimate_rule), frozen and validated;
+a THRESHOLDS.toml may set any key of those tables, and an unknown table or key is an error
 naming it. Defaults and their rationale are in docs/drift.md.
 
 The rule for window t (pure: signals in, decision out), with gap_t = NE_cand/NE_ref - 1 and se_t
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lowprec.drift.estimate_rule import EstimateThresholds
 from lowprec.errors import InputError
 
 CONFIG_VERSION = 1
@@ -104,7 +106,8 @@ class RecalConfig:
                f"recalibrate.method {self.method!r} is not a calibration method")
 
 
-_SECTIONS = {"alarm": Thresholds, "bootstrap": BootstrapConfig, "recalibrate": RecalConfig}
+_SECTIONS = {"alarm": Thresholds, "bootstrap": BootstrapConfig, "recalibrate": RecalConfig,
+             "estimate": EstimateThresholds}
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class DriftConfig:
     alarm: Thresholds = field(default_factory=Thresholds)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     recalibrate: RecalConfig = field(default_factory=RecalConfig)
+    estimate: EstimateThresholds = field(default_factory=EstimateThresholds)  # label-free rule
 
     def to_json(self) -> dict[str, Any]:
         return {"version": CONFIG_VERSION, **{k: asdict(getattr(self, k)) for k in _SECTIONS}}

@@ -2,7 +2,8 @@
 
 Rank 0 (lowprec.drift.job) holds the database, decides which windows are new and broadcasts them
 (or the InputError that stopped it); every rank then runs the paired pass of each window, whose
-collectives merge the shares (lowprec.evaluation.paired). This rank writes nothing."""
+collectives merge the shares (lowprec.evaluation.paired, with the label-free observer of
+lowprec.drift.delayed.score, so the collectives match rank 0's). This rank writes nothing."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from typing import Any, Callable, TypeVar
 from lowprec import distributed as dist
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
-from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
+from lowprec.drift.delayed import score
+from lowprec.evaluation.paired import PairedConfig, TableError
 from lowprec.progress import Stages
 
 T = TypeVar("T")
 
 
-def follow(cfg: PairedConfig, spill_prefix: Any, ds: Dataset, reference: Any, candidate: Any,
+def follow(cfg: PairedConfig, lf: Any, spill_prefix: Any, ds: Dataset, reference: Any, candidate: Any,
            stages: Stages | None) -> list[int]:
     """The windows scored (rank 0's list); InputError when rank 0 refused the job."""
     stages = stages or (lambda name, total, unit: None)
@@ -26,8 +28,8 @@ def follow(cfg: PairedConfig, spill_prefix: Any, ds: Dataset, reference: Any, ca
         raise InputError(f"rank 0 refused the job: {plan['error']}")
     table_err = TableError.from_models(reference, candidate) if plan["todo"] else None
     for w in plan["todo"]:
-        evaluate_window(reference, candidate, ds, w, cfg, spill_prefix, table_err,
-                        stages(f"drift window {w}", ds.meta.window(w).rows, "rows"))
+        score(cfg, lf, spill_prefix, ds, reference, candidate, w, table_err,
+              stages(f"drift window {w}", ds.meta.window(w).rows, "rows"))
     return plan["todo"]
 
 

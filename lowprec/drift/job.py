@@ -32,6 +32,8 @@ from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, decide
 from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
 from lowprec.drift.signals import calib_rates, expected_gap, signals_for
+from lowprec.drift.delayed import estimate_summaries, labelfree_config, process_window, score_plan
+from lowprec.drift.record import finite
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.progress import Stages
@@ -83,6 +85,7 @@ class DriftOutcome:
     db: Path
     report: Path
     notes: list[str] = field(default_factory=list)
+    estimates: list[dict[str, Any]] = field(default_factory=list)  # label-free records (lowprec.drift.delayed)
 
     @property
     def first_alarm(self) -> int | None:
@@ -92,7 +95,10 @@ class DriftOutcome:
         return {"db": str(self.db), "report": str(self.report), "exit_code": self.exit_code,
                 "processed": self.processed, "first_alarm": self.first_alarm,
                 "alarms": [w["window"] for w in self.windows if w["alarm"]],
-                "windows": self.windows, "recalibrations": self.recalibrations, "notes": self.notes}
+                "windows": self.windows, "recalibrations": self.recalibrations, "notes": self.notes,
+                "estimate_alarms": [e["window"] for e in self.estimates if e["est_alarm"]],
+                "labels_pending": [e["window"] for e in self.estimates if e["labels"] == "pending"],
+                "estimates": self.estimates}
 
 
 def read_calibration(path: Path | None) -> dict[str, Any] | None:
@@ -146,7 +152,8 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
     if not dist.is_main():  # score this rank's share of rank 0's windows; write nothing
         ds = Dataset(job.data)
         models = load_pair(job, ds)
-        todo = follow(job.paired, job.spill_prefix, ds, models.reference, models.candidate, stages)
+        todo = follow(job.paired, labelfree_config(job), job.spill_prefix, ds, models.reference,
+                      models.candidate, stages)
         return DriftOutcome([], todo, 0, [], job.db, job.report)
     return lead(lambda announce: _run(job, stages, announce))
 
@@ -173,7 +180,7 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
             leftover.unlink(missing_ok=True)  # from a killed run; we hold the lock
         run_id = store.start_run(_run_info(job, models, chosen))
         try:
-            todo = [w for w in chosen if w not in store.recorded()]
+            todo, filled = score_plan(store, ds, chosen)
             announce(todo)
             table_err = TableError.from_models(models.reference, models.candidate) if todo else None
             for w in todo:
@@ -183,7 +190,8 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
                 with dist.local():  # rank 0 alone; the other ranks are done
                     recal = recalibrate(job, store, ds, models, chosen, calib, run_id, stages)
             outcome = _outcome(job, store, chosen, todo, recal)
-            outcome.notes = notes
+            outcome.notes = notes + ([f"labels arrived for windows {filled}: labelled metrics filled in"]
+                                     if filled else [])
             store.finish_run(run_id, "done")
             data = report.gather(store, job.config)
             data.bayes_auc = window_bayes_auc(ds.meta)  # {} unless the data has true probabilities
@@ -203,47 +211,6 @@ def _run_info(job: DriftJob, m: _Models, chosen: list[int]) -> dict[str, Any]:
             "lowprec_version": lowprec.__version__}
 
 
-def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, w: int, run_id: int,
-                   calib: dict[str, Any] | None, table_err: TableError | None, stages: Stages) -> None:
-    """Measure, decide and record one window (one transaction)."""
-    info = ds.meta.window(w)
-    m = evaluate_window(models.reference, models.candidate, ds, w, job.paired, job.spill_prefix,
-                        table_err, stages(f"drift window {w}", info.rows, "rows"))
-    rates = calib_rates(calib, list(m.clipping))
-    base = store.baseline()
-    s = signals_for(m, base, rates, expected_gap(models.manifest))
-    d = decide(s, store.previous_state(w), job.config.alarm)
-    row = {
-        "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
-        "rows": m.rows, "ctr": m.reference["ctr"], "seconds": m.seconds,
-        **{f"ref_{k}": m.reference[k] for k in ("ne", "logloss", "auc", "calibration")},
-        **{f"cand_{k}": m.candidate[k] for k in ("ne", "logloss", "auc", "calibration")},
-        "ne_gap": m.ne_gap.estimate, "ne_gap_lo": m.ne_gap.lo, "ne_gap_hi": m.ne_gap.hi,
-        "ne_gap_se": m.ne_gap.se, "ne_gap_se_delta": m.ne_gap_se_delta,
-        "auc_diff": m.delong.diff, "auc_se": math.sqrt(m.delong.var) if m.delong.var >= 0 else None,
-        "auc_z": m.delong.z, "auc_p": m.delong.p_two_sided, "auc_p_drop": m.delong.p_drop,
-        "cal_gap": m.cal_gap.estimate, "cal_gap_lo": m.cal_gap.lo, "cal_gap_hi": m.cal_gap.hi, "psi": m.psi,
-        "baseline_window": base["window"] if base else w, "stale_ne": s.stale_ne,
-        "stale_calibration": s.stale_calibration, "cusum_up": d.state.up, "cusum_down": d.state.down,
-        "alarm": int(d.alarm), "triggers": d.triggers, "reason": d.reason, "warnings": d.warnings,
-        "staleness": d.staleness,
-    }
-    clip_rows = [{"window": w, "layer": n, "clip_rate": c["clip_rate"], "calib_clip_rate": rates.get(n),
-                  "clipped": c["clipped"], "elements": c["elements"], "range_lo": c["range"][0],
-                  "range_hi": c["range"][1], "observed_min": (c["observed"] or [None, None])[0],
-                  "observed_max": (c["observed"] or [None, None])[1]} for n, c in m.clipping.items()]
-    notes = table_err.notes if table_err is not None else {}
-    table_rows = [{"window": w, "table_name": n, **(e or {}), "note": notes.get(n)}
-                  for n, e in m.table_error.items()]
-    store.record_window(_finite(row), [_finite(r) for r in clip_rows], [_finite(r) for r in table_rows],
-                        window_source(job, ds, models, w))
-
-
-def _finite(row: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf -> None (SQLite NULL; JSON null)."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-
-
 def window_summary(row: dict[str, Any], processed: bool) -> dict[str, Any]:
     keys = ("label", "rows", "ref_ne", "cand_ne", "ne_gap", "ne_gap_lo", "ne_gap_hi", "ne_gap_se",
             "ref_auc", "cand_auc", "auc_diff", "auc_p_drop", "ref_calibration", "cand_calibration",
@@ -257,9 +224,13 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
              recal: list[dict[str, Any]]) -> DriftOutcome:
     rows = [r for r in store.windows() if r["window"] in set(chosen)]
     summaries = [window_summary(r, r["window"] in todo) for r in rows]
+    estimates = estimate_summaries(store, chosen, todo)
     new_alarm = any(s["alarm"] for s in summaries if s["processed"])
     latest_alarm = bool(summaries) and summaries[-1]["alarm"]
-    return DriftOutcome(summaries, todo, 1 if (new_alarm or latest_alarm) else 0, recal, job.db, job.report)
+    new_alarm = new_alarm or any(e["est_alarm"] for e in estimates if e["processed"])
+    latest_alarm = latest_alarm or (bool(estimates) and estimates[-1]["est_alarm"])
+    return DriftOutcome(summaries, todo, 1 if (new_alarm or latest_alarm) else 0, recal, job.db, job.report,
+                        estimates=estimates)
 
 
 def recalibrate(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, chosen: list[int],
@@ -331,7 +302,7 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     closes = not d.alarm and m.ne_gap.lo - expected <= t.ne_gap_allowance and \
         (not t.two_sided or m.ne_gap.hi - expected >= -t.ne_gap_allowance)
     before = next(r for r in store.windows() if r["window"] == target)
-    row = _finite({
+    row = finite({
         "run_id": run_id, "alarm_window": target, "source": source, "calib_windows": json.dumps(windows),
         "method": method, "artifact": str(out_dir), "artifact_sha256": sha256_file(out_dir / "manifest.json"),
         "calibration": str(calib_path), "ne_gap": m.ne_gap.estimate, "ne_gap_lo": m.ne_gap.lo,

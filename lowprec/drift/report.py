@@ -4,7 +4,7 @@ The content is built once as a list of blocks (heading, paragraph, image, table,
 twice, to Markdown and to standalone HTML (figures by relative path, no external assets), so the two
 never disagree. Figures use matplotlib's object API on the Agg canvas (no pyplot, no global
 backend switch): both models' NE/AUC/calibration per window, the paired NE gap with its bootstrap
-band and the CUSUM, the float model's staleness, the clipping rates. The directory is replaced
+band and the CUSUM, the label-free estimate beside the measured gap (lowprec.drift.report_labelfree), the float model's staleness, the clipping rates. The directory is replaced
 atomically; a directory that is not a drift report is never replaced.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lowprec.drift.alarm import DriftConfig, pct
+from lowprec.drift.report_labelfree import estimate_blocks, estimate_figure
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir
 
@@ -38,13 +39,17 @@ class ReportData:
     config: DriftConfig
     db: str
     bayes_auc: dict[int, float] = field(default_factory=dict)  # per window, when the data knows its truth
+    estimates: list[dict[str, Any]] = field(default_factory=list)  # label-free records (report_labelfree)
+    attribution: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def gather(store: Any, config: DriftConfig) -> ReportData:
     meta = {k: store.meta(k) or "" for k in ("reference", "reference_sha256", "candidate",
                                             "candidate_sha256", "baseline_window", "expected_gap")}
     return ReportData(store.windows(), store.clipping(), store.table_errors(), store.recalibrations(),
-                      store.runs(), meta, config, str(store.path))
+                      store.runs(), meta, config, str(store.path), estimates=store.labelfree(),
+                      attribution=store.attributions(), events=store.events())
 
 
 def check_report_dir(out: Path) -> None:
@@ -170,13 +175,13 @@ def _fig_clipping(d: ReportData, xs: list[int], alarms: list[int], path: Path) -
 def draw_figures(d: ReportData, out: Path) -> dict[str, str]:
     """Write the PNGs into `out`; returns name -> relative path."""
     if not d.windows:
-        return {}
+        return estimate_figure(d, out)
     xs = [r["window"] for r in d.windows]
     alarms = [r["window"] for r in d.windows if r["alarm"]]
     _fig_metrics(d, xs, alarms, out / "metrics.png")
     _fig_gap(d, xs, alarms, out / "gap.png")
     _fig_staleness(d, xs, out / "staleness.png")
-    figs = {"metrics": "metrics.png", "gap": "gap.png", "staleness": "staleness.png"}
+    figs = {"metrics": "metrics.png", "gap": "gap.png", "staleness": "staleness.png", **estimate_figure(d, out)}
     if d.clipping:
         _fig_clipping(d, xs, alarms, out / "clipping.png")
         figs["clipping"] = "clipping.png"
@@ -198,6 +203,10 @@ def _summary(d: ReportData) -> list[Block]:
               f"`{m['candidate']}` (sha256 {m['candidate_sha256'][:12]}). Database `{d.db}`; generated "
               f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}."),
         ("p", f"{len(rows)} windows recorded, {len(alarms)} in alarm; {first}; {state}."),
+        *([("p", f"Label-free: {len(d.estimates)} windows estimated, "
+                 f"{sum(not e['labelled'] for e in d.estimates)} still awaiting their labels, "
+                 f"{sum(bool(e['est_alarm']) for e in d.estimates)} in estimate alarm (see 'Before the labels').")]
+          if d.estimates else []),
         ("p", f"Rule: alarm when the NE gap's {100 * d.config.bootstrap.confidence:g}% CI{_minus(d)} lies beyond "
               f"{'±' if t.two_sided else '+'}{100 * t.ne_gap_limit:.2f}%, or the CUSUM of (gap - "
               f"{100 * t.ne_gap_allowance:.2f}%)/se exceeds h={t.cusum_h:g}, or AUC drops by more than "
@@ -304,7 +313,8 @@ def _runs_section(d: ReportData) -> list[Block]:
 
 
 def build_blocks(d: ReportData, figs: dict[str, str]) -> list[Block]:
-    return [*_summary(d), *_models_section(d, figs), *_gap_section(d, figs), *_staleness_section(d, figs),
+    return [*_summary(d), *_models_section(d, figs), *_gap_section(d, figs), *estimate_blocks(d, figs),
+            *_staleness_section(d, figs),
             *_clipping_section(d, figs), *_tables_section(d), *_recal_section(d), *_runs_section(d)]
 
 

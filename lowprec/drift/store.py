@@ -17,8 +17,12 @@ window: both models' metrics, the paired gaps with intervals, DeLong, PSI, stale
 decision and reason), `layer_clipping` and `table_error` (per window x layer / table),
 `recalibrations` (artifacts written by --on-alarm recalibrate and how they score), `window_sources`
 (per window what it was computed from: the sha256 of the dataset's dataset.json and the window's row
-count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON). Databases from
-before `window_sources` gain the table on open; their windows have no source row and are not checked.
+count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON); and the
+label-free side (lowprec.drift.delayed): `labelfree` (one row per window: the estimate, rank
+agreement, |Δp|, PSI, the estimate rule's decision, whether labels were there and when they were
+filled in), `attribution` (per window x part) and `window_events` (the history: one row per record
+written, label-free or labelled, with its decision). Databases from before a table gain it on open;
+their windows have no source row and are not checked.
 """
 
 from __future__ import annotations
@@ -50,13 +54,24 @@ CLIP_COLUMNS = ("window", "layer", "clip_rate", "calib_clip_rate", "clipped", "e
                 "range_lo", "range_hi", "observed_min", "observed_max")
 TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "note")
 SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
+LABELFREE_COLUMNS = (
+    "window", "run_id", "recorded", "label", "start", "end", "rows", "has_labels", "filled_run_id", "filled",
+    "est_gap", "est_lo", "est_hi", "est_se", "est_se_rows", "est_ne_diff", "base_rate", "ref_mean",
+    "cand_mean", "abs_mean", "abs_p50", "abs_p90", "abs_p99", "abs_max", "kendall_tau", "spearman",
+    "rank_rows", "psi", "baseline_window", "est_baseline", "est_shift", "est_alarm", "est_triggers",
+    "est_reason", "est_warnings",
+)
+ATTRIBUTION_COLUMNS = ("window", "part", "kl", "share", "rows")
+EVENT_COLUMNS = ("window", "run_id", "recorded", "kind", "alarm", "reason")
 RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows", "method", "artifact",
                  "artifact_sha256", "calibration", "ne_gap", "ne_gap_lo", "ne_gap_hi", "auc_diff",
                  "cal_gap", "alarm", "closes", "reason")
 _TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", "staleness", "layer",
          "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
-         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds"}
-_INT = {"id", "window", "run_id", "rows", "baseline_window", "alarm", "clipped", "elements", "alarm_window", "closes"}
+         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "filled",
+         "est_triggers", "est_reason", "est_warnings", "part", "kind"}
+_INT = {"id", "window", "run_id", "rows", "baseline_window", "alarm", "clipped", "elements", "alarm_window", "closes",
+        "has_labels", "filled_run_id", "rank_rows", "est_alarm"}
 
 
 def _coltype(c: str) -> str:
@@ -79,6 +94,9 @@ SCHEMA = [
     _create("table_error", TABLE_COLUMNS, 'PRIMARY KEY ("window", table_name)'),
     _create("window_sources", SOURCE_COLUMNS, primary="window"),
     _create("recalibrations", ("id",) + RECAL_COLUMNS, "UNIQUE (alarm_window, source)", primary="id"),
+    _create("labelfree", LABELFREE_COLUMNS, primary="window"),
+    _create("attribution", ATTRIBUTION_COLUMNS, 'PRIMARY KEY ("window", part)'),
+    _create("window_events", ("id",) + EVENT_COLUMNS, primary="id"),
 ]
 
 
@@ -205,8 +223,10 @@ class DriftStore:
         return {r["window"]: dict(r) for r in self.conn.execute("SELECT * FROM window_sources")}
 
     def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
-                      tables: list[dict[str, Any]], source: dict[str, Any] | None = None) -> None:
-        """All of one window (and what it was computed from) in one transaction."""
+                      tables: list[dict[str, Any]], source: dict[str, Any] | None = None,
+                      also: Any = None) -> None:
+        """All of one window (and what it was computed from) in one transaction; `also(store)`
+        writes more in the same transaction (the label-free record, lowprec.drift.delayed)."""
         row = dict(row, recorded=now())
         for k in ("triggers", "warnings", "staleness"):
             row[k] = json.dumps(list(row.get(k) or []))
@@ -218,6 +238,8 @@ class DriftStore:
                 _insert(self.conn, "window_sources", SOURCE_COLUMNS, [dict(source, window=row["window"])])
             if self.meta("baseline_window") is None:
                 self.set_meta("baseline_window", str(row["window"]))
+            if also is not None:
+                also(self)
 
     def clipping(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute('SELECT * FROM layer_clipping ORDER BY "window", rowid')]
@@ -236,6 +258,30 @@ class DriftStore:
     def record_recalibration(self, row: dict[str, Any]) -> None:
         with self.transaction():
             _insert(self.conn, "recalibrations", RECAL_COLUMNS, [dict(row, recorded=now())])
+
+    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Rows into one of the label-free tables (inside the caller's transaction)."""
+        cols = {"labelfree": LABELFREE_COLUMNS, "attribution": ATTRIBUTION_COLUMNS, "window_events": EVENT_COLUMNS,
+                "window_sources": SOURCE_COLUMNS}[table]
+        rows = [{k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()} for r in rows]
+        _insert(self.conn, table, cols, [dict(r, recorded=r.get("recorded") or now()) if "recorded" in cols else r
+                                         for r in rows])
+
+    def labelfree(self) -> list[dict[str, Any]]:
+        """The label-free record of every window that has one, with `labelled` = its labelled row exists."""
+        rows = [dict(r) for r in self.conn.execute(
+            'SELECT l.*, w."window" IS NOT NULL AS labelled FROM labelfree l LEFT JOIN windows w '
+            'ON w."window" = l."window" ORDER BY l."window"')]
+        for r in rows:
+            for k in ("est_triggers", "est_warnings"):
+                r[k] = json.loads(r[k]) if r[k] else []
+        return rows
+
+    def attributions(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute('SELECT * FROM attribution ORDER BY "window", rowid')]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM window_events ORDER BY id")]
 
     def runs(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]

@@ -26,11 +26,12 @@ table, identity ids) are compared; other serving forms report null.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -222,12 +223,15 @@ def _delong_pass(spill: Path, acc: _Accumulators) -> stats.DeLongResult:
 def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: Dataset,
                     window: int | list[int], cfg: PairedConfig, spill_prefix: Path,
                     table_err: TableError | None = None,
-                    progress: Update | None = None) -> WindowMeasure:
+                    progress: Update | None = None, observers: Sequence[Any] = ()) -> WindowMeasure:
     """Score both models on `window` in one streamed pass (+ one pass over the spilled scores).
 
     `window` may be a list: the windows are then pooled into one paired measurement (search
     validation does this over its evaluation windows). The spill file is
-    `{spill_prefix}w{first window}-{pid}` (the job puts it beside the database)."""
+    `{spill_prefix}w{first window}-{pid}` (the job puts it beside the database). Each of
+    `observers` (a context manager, entered around the pass) sees every batch as
+    `update(p_ref, p_cand, dense, row)` (row: the batch's first row in the window) and is merged
+    over ranks by its `merge()` after the paired sums (lowprec.drift.attribution)."""
     windows = [window] if isinstance(window, int) else list(window)
     window = windows[0]
     t0 = time.perf_counter()
@@ -238,7 +242,9 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
     spill = Path(f"{spill_prefix}w{window}-{os.getpid()}")
     clip = ClipMonitor(candidate)
     try:
-        with open(spill, "wb") as fh, clip:
+        with open(spill, "wb") as fh, clip, contextlib.ExitStack() as stack:
+            for o in observers:
+                stack.enter_context(o)
             feature_ids = reads_feature_ids(reference) or reads_feature_ids(candidate)
             offset = 0  # rows of the pooled windows before this one
             for w, n_batches in zip(windows, count_batches(ds, windows, cfg.batch_size)):
@@ -248,6 +254,8 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
                     pc = predict(candidate, batch.dense, batch.ids_for(candidate))
                     y = batch.labels.numpy()
                     acc.update(pr, pc, y, batch.sparse, names, hotness, offset + batch.row0)
+                    for o in observers:
+                        o.update(pr, pc, batch.dense, offset + batch.row0)
                     rec = np.empty(len(y), dtype=SPILL_DTYPE)
                     rec["ref"], rec["cand"], rec["y"] = pr, pc, y
                     fh.write(rec.tobytes())
@@ -255,6 +263,8 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
                         progress(len(y))
                 offset += ds.meta.window(w).rows
         dist.merge_paired(acc, clip)
+        for o in observers:
+            o.merge()
         delong = _delong_pass(spill, acc)
     finally:
         spill.unlink(missing_ok=True)

@@ -1,0 +1,94 @@
+"""The alarm rule on the label-free signals: [estimate] thresholds (their own, not [alarm]'s) and
+the decision for one window from its label-free record (lowprec.drift.labelfree.Estimate).
+
+With e_t the window's estimated relative NE gap (Σ KL / Σ H), s_t its row-sampling standard error,
+and b the estimate of the baseline window (the first window given a label-free record; with s_b):
+
+  ALARM (estimate) when any of
+      shift:  e_t - b - gap_allowance > z · sqrt(s_t² + s_b²)   the divergence grew since the baseline
+      limit:  e_t - z · s_t > gap_limit                          the divergence itself is too large
+Warnings (never an alarm by themselves): Kendall's tau between the two models' scores below
+`min_kendall`; the 99th percentile of |p_cand - p_ref| above `abs_p99_limit`; PSI above `psi_limit`.
+The estimate is one-sided (KL >= 0 cannot say the candidate got better), and it assumes the float
+reference is calibrated on the window (docs/drift.md says when that breaks). Every message says
+"estimate": no label was read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from lowprec.errors import InputError
+
+
+@dataclass(frozen=True)
+class EstimateThresholds:
+    gap_allowance: float = 0.0005  # growth of the estimated gap over its baseline tolerated (0.05%)
+    gap_limit: float = 0.002  # estimated gap (net of its noise) beyond which the divergence alarms (0.2%)
+    z: float = 3.0  # one-sided z of both tests (row-sampling noise of the estimates)
+    min_kendall: float = 0.9  # warn when the models' rank agreement (Kendall tau-b) falls below
+    abs_p99_limit: float = 0.05  # warn when the 99th percentile of |p_cand - p_ref| exceeds
+    psi_limit: float = 0.1  # warn when the PSI of the two models' scores exceeds
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise InputError(f"drift config: estimate.{f.name} must be a finite number >= 0, got {v}")
+        if self.z <= 0:
+            raise InputError("drift config: estimate.z must be > 0")
+        if self.min_kendall > 1:
+            raise InputError("drift config: estimate.min_kendall must be <= 1")
+
+
+@dataclass(frozen=True)
+class EstimateDecision:
+    alarm: bool
+    triggers: tuple[str, ...]
+    reason: str
+    warnings: tuple[str, ...]
+    shift: float | None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.3f}%"
+
+
+def _ok(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def decide_estimate(e: dict[str, Any], baseline: dict[str, Any] | None, t: EstimateThresholds) -> EstimateDecision:
+    """The rule above for the window's record `e` (keys of Estimate + psi) against `baseline`'s."""
+    gap, se = e.get("est_gap"), e.get("est_se_rows")
+    if not (_ok(gap) and _ok(se)):
+        return EstimateDecision(False, (), "estimate: n/a (no rows scored)", (), None)
+    trig: list[tuple[str, str]] = []
+    shift = None
+    text = f"estimated NE gap {_pct(gap)} [CI {_pct(e.get('est_lo'))}, {_pct(e.get('est_hi'))}]"
+    if baseline is not None and _ok(baseline.get("est_gap")) and _ok(baseline.get("est_se_rows")):
+        shift = gap - baseline["est_gap"]
+        noise = math.hypot(se, baseline["est_se_rows"])
+        if shift - t.gap_allowance > t.z * noise:
+            trig.append(("estimate_shift", f"{text} grew by {_pct(shift)} since the baseline window "
+                                           f"{baseline['window']} ({_pct(baseline['est_gap'])}), beyond the "
+                                           f"{_pct(t.gap_allowance)} allowance by more than {t.z:g} se "
+                                           f"({_pct(noise)})"))
+    if gap - t.z * se > t.gap_limit:
+        trig.append(("estimate_limit", f"{text} is beyond the {_pct(t.gap_limit)} limit"))
+    warnings = []
+    tau, p99, psi = e.get("kendall_tau"), e.get("abs_p99"), e.get("psi")
+    if _ok(tau) and tau < t.min_kendall:
+        warnings.append(f"estimate: rank agreement of the two models' scores Kendall tau {tau:.3f} < {t.min_kendall:g}")
+    if _ok(p99) and p99 > t.abs_p99_limit:
+        warnings.append(f"estimate: 99th percentile |p_cand - p_ref| {p99:.3g} > {t.abs_p99_limit:g}")
+    if _ok(psi) and psi > t.psi_limit:
+        warnings.append(f"estimate: score PSI {psi:.3f} > {t.psi_limit:g}")
+    if trig:
+        reason = "ALARM (estimate, no labels read): " + "; ".join(m for _, m in trig)
+    else:
+        base = "" if shift is None else f", {_pct(shift)} vs baseline window {baseline['window']}"  # type: ignore[index]
+        reason = f"healthy (estimate): {text}{base}"
+    return EstimateDecision(bool(trig), tuple(c for c, _ in trig), reason, tuple(warnings), shift)

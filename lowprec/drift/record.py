@@ -1,0 +1,52 @@
+"""The labelled record of one drift window: the paired measurement and the labelled decision as the
+rows `DriftStore.record_window` writes (window row, layer clipping, table error). NaN/inf become NULL."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lowprec.data.dataset import Dataset
+from lowprec.drift.alarm import decide
+from lowprec.drift.signals import calib_rates, expected_gap, signals_for
+from lowprec.drift.store import DriftStore
+from lowprec.evaluation.paired import TableError, WindowMeasure
+
+
+def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int, run_id: int,
+                    calib: dict[str, Any] | None, table_err: TableError | None,
+                    m: WindowMeasure) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The labelled window row (metrics, gaps, decision), its clipping rows and table-error rows."""
+    info = ds.meta.window(w)
+    rates = calib_rates(calib, list(m.clipping))
+    base = store.baseline()
+    s = signals_for(m, base, rates, expected_gap(models.manifest))
+    d = decide(s, store.previous_state(w), job.config.alarm)
+    row = {
+        "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
+        "rows": m.rows, "ctr": m.reference["ctr"], "seconds": m.seconds,
+        **{f"ref_{k}": m.reference[k] for k in ("ne", "logloss", "auc", "calibration")},
+        **{f"cand_{k}": m.candidate[k] for k in ("ne", "logloss", "auc", "calibration")},
+        "ne_gap": m.ne_gap.estimate, "ne_gap_lo": m.ne_gap.lo, "ne_gap_hi": m.ne_gap.hi,
+        "ne_gap_se": m.ne_gap.se, "ne_gap_se_delta": m.ne_gap_se_delta,
+        "auc_diff": m.delong.diff, "auc_se": math.sqrt(m.delong.var) if m.delong.var >= 0 else None,
+        "auc_z": m.delong.z, "auc_p": m.delong.p_two_sided, "auc_p_drop": m.delong.p_drop,
+        "cal_gap": m.cal_gap.estimate, "cal_gap_lo": m.cal_gap.lo, "cal_gap_hi": m.cal_gap.hi, "psi": m.psi,
+        "baseline_window": base["window"] if base else w, "stale_ne": s.stale_ne,
+        "stale_calibration": s.stale_calibration, "cusum_up": d.state.up, "cusum_down": d.state.down,
+        "alarm": int(d.alarm), "triggers": d.triggers, "reason": d.reason, "warnings": d.warnings,
+        "staleness": d.staleness,
+    }
+    clip_rows = [{"window": w, "layer": n, "clip_rate": c["clip_rate"], "calib_clip_rate": rates.get(n),
+                  "clipped": c["clipped"], "elements": c["elements"], "range_lo": c["range"][0],
+                  "range_hi": c["range"][1], "observed_min": (c["observed"] or [None, None])[0],
+                  "observed_max": (c["observed"] or [None, None])[1]} for n, c in m.clipping.items()]
+    notes = table_err.notes if table_err is not None else {}
+    table_rows = [{"window": w, "table_name": n, **(e or {}), "note": notes.get(n)}
+                  for n, e in m.table_error.items()]
+    return finite(row), [finite(r) for r in clip_rows], [finite(r) for r in table_rows]
+
+
+def finite(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN/inf -> None (SQLite NULL; JSON null)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

@@ -1,0 +1,190 @@
+"""Delayed labels end to end: label-free records for windows without labels, the fill-in when the
+labels arrive (one record per window, both histories kept), its atomicity (a failing or SIGKILLed
+fill-in leaves the window pending) and the label-free alarm rule."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import make_tiny_dataset
+from lowprec.drift.alarm import DriftConfig, load_config
+from lowprec.drift.estimate_rule import EstimateThresholds, decide_estimate
+from lowprec.drift.store import DriftStore
+from lowprec.errors import InputError
+
+from .conftest import cli, last_json
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("delayed_pair")
+    data = make_tiny_dataset(root / "data", windows=5, rows=3000)
+    r = cli("train", "--data", data, "--windows", "0-1", "--out", root / "ref", "--seed", 0, "--epochs", 1)
+    assert r.exit_code == 0, r.output
+    r = cli("convert", "--model", root / "ref", "--precision", "int4", "--out", root / "cand")
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def drift(root, db, data, windows="2-4", *extra):
+    return cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", data,
+               "--windows", windows, "--db", db, "--report", db.with_suffix(".report"), "--json", *extra)
+
+
+def hide_labels(data, windows):
+    for w in windows:
+        (data / f"day_{w}_labels.npy").rename(data / f"later_{w}_labels.npy")
+
+
+def labels_arrive(data, w):
+    (data / f"later_{w}_labels.npy").rename(data / f"day_{w}_labels.npy")
+
+
+def test_pending_windows_get_label_free_records_then_fill_in(pair, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(pair / "data", data)
+    hide_labels(data, [3, 4])
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, data)
+    assert r.exit_code in (0, 1), r.output
+    out = last_json(r)
+    assert [w["window"] for w in out["windows"]] == [2]  # only window 2 has labels
+    assert out["labels_pending"] == [3, 4] and out["processed"] == [2, 3, 4]
+    html = (tmp_path / "h.report" / "index.html").read_text()
+    assert (tmp_path / "h.report" / "estimate.png").is_file() and "Before the labels" in html
+    assert html.count("<td>pending</td>") == 2 and "2 still awaiting their labels" in html
+    # the label-free record does not depend on the labels: the same window scored with labels
+    full = tmp_path / "full.sqlite"
+    assert drift(pair, full, pair / "data").exit_code in (0, 1)
+    with DriftStore(db) as a, DriftStore(full) as b:
+        pending, labelled = a.labelfree(), b.labelfree()
+        for x, y in zip(pending, labelled):
+            for k in ("est_gap", "est_lo", "est_hi", "kendall_tau", "abs_p99", "psi", "est_ne_diff"):
+                assert x[k] == pytest.approx(y[k], rel=1e-9, abs=1e-15), k
+        assert [r["has_labels"] for r in pending] == [1, 0, 0]
+        assert len(a.attributions()) == len(b.attributions()) > 0
+        before = {r["window"]: r for r in pending}
+    labels_arrive(data, 3)
+    r = drift(pair, db, data)
+    out = last_json(r)
+    assert out["processed"] == [3] and out["labels_pending"] == [4]
+    assert [w["window"] for w in out["windows"]] == [2, 3]
+    assert any("labels arrived for windows [3]" in n for n in out["notes"])
+    with DriftStore(db) as s, DriftStore(full) as f:
+        lf = {r["window"]: r for r in s.labelfree()}
+        assert sorted(lf) == [2, 3, 4]  # one label-free record per window, never rewritten
+        for k in ("recorded", "est_gap", "est_reason", "run_id"):
+            assert lf[3][k] == before[3][k]
+        assert lf[3]["filled_run_id"] is not None and lf[4]["filled_run_id"] is None
+        assert [r["window"] for r in s.windows()] == [2, 3]
+        filled = {r["window"]: r for r in s.windows()}[3]
+        ref = {r["window"]: r for r in f.windows()}[3]
+        for k in ("ref_ne", "cand_ne", "ne_gap", "auc_diff", "psi"):
+            assert filled[k] == pytest.approx(ref[k], rel=1e-9), k
+        ev = [(e["window"], e["kind"]) for e in s.events()]
+        assert ev == [(2, "estimate"), (2, "labels"), (3, "estimate"), (4, "estimate"), (3, "labels")]
+        assert len(s.table_errors()) == len({(t["window"], t["table_name"]) for t in s.table_errors()})
+    r = drift(pair, db, data)  # nothing new: no window is scored twice
+    assert last_json(r)["processed"] == []
+
+
+def test_a_failing_fill_in_rolls_back(pair, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(pair / "data", data)
+    hide_labels(data, [2])
+    db = tmp_path / "h.sqlite"
+    assert drift(pair, db, data, "2").exit_code in (0, 1)
+    labels_arrive(data, 2)
+    real = DriftStore.insert
+
+    def failing(self, table, rows):
+        if table == "window_events" and rows and rows[0]["kind"] == "labels":
+            raise OSError("disk full")
+        return real(self, table, rows)
+
+    monkeypatch.setattr(DriftStore, "insert", failing)
+    r = drift(pair, db, data, "2")
+    assert r.exit_code != 0 and isinstance(r.exception, OSError)
+    monkeypatch.setattr(DriftStore, "insert", real)
+    with DriftStore(db) as s:
+        assert s.windows() == [] and s.labelfree()[0]["filled_run_id"] is None
+        assert [e["kind"] for e in s.events()] == ["estimate"]
+    assert last_json(drift(pair, db, data, "2"))["processed"] == [2]
+
+
+def test_sigkill_during_fill_in_leaves_one_record_per_window(pair, tmp_path):
+    data = make_tiny_dataset(tmp_path / "big", windows=4, rows=20_000)
+    hide_labels(data, range(4))
+    db = tmp_path / "h.sqlite"
+    assert drift(pair, db, data, "all").exit_code in (0, 1)  # label-free records only
+    cmd = [sys.executable, "-c", "from lowprec.cli import main; main()", "drift", "--reference", str(pair / "ref"),
+           "--candidate", str(pair / "cand"), "--data", str(data), "--windows", "all", "--db", str(db),
+           "--report", str(tmp_path / "rep"), "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for w in range(4):
+        labels_arrive(data, w)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    filled, deadline = 0, time.time() + 120
+    while filled < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                filled = con.execute("SELECT count(*) FROM windows").fetchone()[0]
+        except sqlite3.OperationalError:
+            pass
+    assert proc.poll() is None, "the fill-in ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with DriftStore(db) as s:
+        done = {r["window"] for r in s.windows()}
+        assert 1 <= len(done) < 4
+        assert {r["window"] for r in s.labelfree() if r["filled_run_id"] is not None} == done
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert sorted(out["processed"]) == sorted(set(range(4)) - done) and out["labels_pending"] == []
+    with DriftStore(db) as s:
+        assert [r["window"] for r in s.windows()] == list(range(4))
+        assert [r["window"] for r in s.labelfree()] == list(range(4))
+        kinds = [(e["window"], e["kind"]) for e in s.events()]
+        assert sorted(kinds) == sorted({(w, k) for w in range(4) for k in ("estimate", "labels")})
+
+
+def _est(gap, se=1e-5, window=5, **kw):
+    return {"window": window, "est_gap": gap, "est_se_rows": se, "est_lo": gap - 0.001, "est_hi": gap + 0.001, **kw}
+
+
+def test_estimate_rule():
+    t = EstimateThresholds()
+    base = _est(0.0005, window=1)
+    ok = decide_estimate(_est(0.0008), base, t)
+    assert not ok.alarm and ok.reason.startswith("healthy (estimate)") and ok.shift == pytest.approx(0.0003)
+    shift = decide_estimate(_est(0.0016), base, t)  # +0.11% since baseline: beyond 0.05% + 3 se
+    assert shift.alarm and shift.triggers == ("estimate_shift",) and "ALARM (estimate, no labels read)" in shift.reason
+    noisy = decide_estimate(_est(0.0016, se=3e-4), base, t)  # the same shift within the noise
+    assert not noisy.alarm
+    limit = decide_estimate(_est(0.004), None, t)  # no baseline: the absolute limit still holds
+    assert limit.triggers == ("estimate_limit",) and limit.shift is None
+    warn = decide_estimate(_est(0.0005, kendall_tau=0.5, abs_p99=0.2, psi=0.3), base, t)
+    assert not warn.alarm and len(warn.warnings) == 3 and all(w.startswith("estimate:") for w in warn.warnings)
+    assert not decide_estimate({"est_gap": None}, base, t).alarm
+
+
+def test_estimate_thresholds_from_toml(tmp_path):
+    p = tmp_path / "t.toml"
+    p.write_text("[estimate]\ngap_allowance = 0.001\nz = 2\n")
+    cfg = load_config(p)
+    assert cfg.estimate.gap_allowance == 0.001 and cfg.estimate.z == 2.0
+    assert DriftConfig.from_json(cfg.to_json()) == cfg
+    p.write_text("[estimate]\nz = -1\n")
+    with pytest.raises(InputError, match="estimate.z"):
+        load_config(p)
+    p.write_text("[estimate]\nnope = 1\n")
+    with pytest.raises(InputError, match="nope"):
+        load_config(p)
