@@ -12,7 +12,7 @@ from tests.distributed.conftest import in_process, last_json, lowprec
 
 
 def test_assign_tables_balances_bytes_deterministically():
-    assert assign_tables([100, 10, 60, 50], 2) == [0, 1, 1, 1]  # 100 | 60 + 50 + 10
+    assert assign_tables([100, 10, 60, 50], 2) == [0, 0, 1, 1]  # 100 + 10 | 60 + 50
     assert assign_tables([5, 5, 5], 2) == [0, 1, 0]  # ties go to the lower rank
     assert assign_tables([7], 3) == [0]
 
