@@ -48,24 +48,30 @@ class OrderedSum:
         else:
             self.folds[k] = np.zeros(self.width) + delta
 
-    def merged(self, what: str) -> np.ndarray:
-        """The sum over every rank's batches, in the canonical order (a collective under torchrun)."""
+    def pieces(self) -> np.ndarray:
+        """This rank's rows (block, batch index or -1 for a whole-block fold, vector...)."""
         rows = [np.concatenate([[k, -1.0], v]) for k, v in self.folds.items()]
         rows += [np.concatenate([[i // self.block, float(i)], v]) for i, v in self.single]
-        mine = np.array(rows, dtype=np.float64).reshape(len(rows), self.width + 2)
-        every = dist.gather_rows(mine, what)
-        order = np.lexsort((every[:, 1], every[:, 0]))  # by block, then batch (whole-block folds first)
-        total = np.zeros(self.width)
+        return np.array(rows, dtype=np.float64).reshape(len(rows), self.width + 2)
+
+    @staticmethod
+    def fold(rows: np.ndarray, width: int) -> np.ndarray:
+        """Every rank's pieces (any order) summed in the canonical order."""
+        total = np.zeros(width)
         k_prev, acc = None, None
-        for r in every[order]:
+        for r in rows[np.lexsort((rows[:, 1], rows[:, 0]))]:  # by block, then batch
             if r[0] != k_prev:
                 if acc is not None:
                     total += acc
-                k_prev, acc = r[0], np.zeros(self.width)
+                k_prev, acc = r[0], np.zeros(width)
             acc += r[2:]
         if acc is not None:
             total += acc
         return total
+
+    def merged(self, what: str) -> np.ndarray:
+        """The sum over every rank's batches, in the canonical order (a collective under torchrun)."""
+        return self.fold(dist.gather_rows(self.pieces(), what), self.width)
 
 
 def merge_paired(acc: Any, clip: Any, sums: OrderedSum) -> None:

@@ -8,8 +8,8 @@ the candidate (forward pre-hooks), and this window's id frequencies per table.
 
 DeLong's test needs each row's placement among the other class, which is only known once the
 window's histograms are complete. The pass therefore spills (score_ref, score_cand, label) as
-9-byte records to a temporary file beside the database, and a second pass reads it back in chunks
-(`np.fromfile`, no memory map, so resident memory stays at one chunk) and looks each score's
+9-byte records to a temporary file beside the database, and a second pass reads it back batch by
+batch (`np.fromfile`, no memory map, so resident memory stays at one batch) and looks each score's
 placement up in tables derived from the histograms. The file is deleted when the window is done;
 a leftover from a killed run is removed by the next run.
 
@@ -47,7 +47,6 @@ from lowprec.serve.tables import table_codec
 from lowprec.precision import Precision
 
 SPILL_DTYPE = np.dtype([("ref", "<f4"), ("cand", "<f4"), ("y", "u1")])
-SPILL_CHUNK = 1 << 16
 ROW_CHUNK = 1 << 18  # table rows dequantized at a time
 
 
