@@ -13,7 +13,8 @@ FP32_TABLE_GB = 100.0  # ~100 GB of fp32 tables (MLPerf DLRMv2: ~97 GB of weight
 DIM = 128
 CORES_PER_HOST = 32  # assumption of the projection (a common 2-socket CPU host)
 TABLE_BUDGET_GB = 64.0  # table memory a host can give to serving (assumption)
-SEARCH_ROW_EVALS = 146 * 1_000_000  # ~26 tables x 5 precisions + 8 layers x 2, each scored on 1M rows
+SEARCH_MEASUREMENTS = 146  # ~26 tables x 5 precisions + 8 layers x 2 ...
+SEARCH_ROWS_EACH = 1_000_000  # ... each scored on 1M rows, each on one rank (`dist.map_rounds`)
 CALIB_ROWS = 128_000  # MLPerf's official calibration set
 
 
@@ -37,7 +38,8 @@ def projection(r: dict[str, Any]) -> list[str]:
         cores = CORES_PER_HOST * h * eff
         rows.append([h, _hours(ROWS_PER_DAY / (eval_rate * cores) + start),
                      _hours(ROWS_PER_DAY / (drift_rate * cores) + start),
-                     _hours(SEARCH_ROW_EVALS / (eval_rate * cores) + start),
+                     _hours(math.ceil(SEARCH_MEASUREMENTS / (CORES_PER_HOST * h)) * SEARCH_ROWS_EACH
+                            / (eval_rate * eff) + start),
                      _hours(CALIB_ROWS / (eval_rate / 2) + start),
                      f"{FP32_TABLE_GB / h:.1f} / {int8_gb / h:.1f} / {int4_gb / h:.1f}"])
     need = {name: math.ceil(gb / TABLE_BUDGET_GB) for name, gb in (("fp32", FP32_TABLE_GB), ("int8", int8_gb), ("int4", int4_gb))}
@@ -51,13 +53,14 @@ def projection(r: dict[str, Any]) -> list[str]:
         f"start-up ({start:.0f} s here, under load). A day is {ROWS_PER_DAY:.0e} rows; tables ~{FP32_TABLE_GB:.0f} GB "
         f"fp32 at D={DIM} ({int8_gb:.1f} GB int8, {int4_gb:.1f} GB int4 with fp16 scale and bias a row).",
         "",
-        *bc.md_table(["H hosts", "eval a day", "drift a day (2 models)", f"search sensitivity ({SEARCH_ROW_EVALS:.1e} row-evals)",
+        *bc.md_table(["H hosts", "eval a day", "drift a day (2 models)", f"search sensitivity ({SEARCH_MEASUREMENTS} x {SEARCH_ROWS_EACH:.0e} rows)",
                       f"calibrate ({CALIB_ROWS:,} rows, 2 passes)", "table GB a host, fp32 / int8 / int4"], rows),
         "",
-        "The search column assumes its sensitivity measurements spread over the ranks as `lowprec search` "
-        "does under torchrun (one measurement per rank per round) with the eval efficiency; the validation "
-        "rounds add one data-parallel paired eval of the eval windows each. Start-up is the loaded machine's; "
-        "on an idle host torchrun starts 2 ranks in ~3 s.",
+        "The search column deals its measurements over the ranks as `lowprec search` does under torchrun: "
+        "one measurement per rank per round, each whole on one rank, so it stops shrinking once there are "
+        f"more ranks than the {SEARCH_MEASUREMENTS} measurements (one measurement's time, plus start-up); the "
+        "validation rounds add one data-parallel paired eval of the eval windows each. Start-up is the loaded "
+        "machine's; on an idle host torchrun starts 2 ranks in ~3 s.",
         "",
         f"Calibration does not need more than one host (128k rows). With {TABLE_BUDGET_GB:.0f} GB a host for "
         f"tables, model-parallel serving needs at least {need['fp32']} host(s) in fp32, {need['int8']} in int8 "
