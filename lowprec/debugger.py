@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from lowprec.data.batches import iter_batches
+from lowprec import distributed as dist
+from lowprec.data.batches import batch_sizes, iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.graph import trace
 from lowprec.progress import Update
@@ -44,24 +46,34 @@ class CompareResult:
 def compare(reference: torch.nn.Module, candidate: torch.nn.Module, ds: Dataset, windows: list[int],
             threshold_db: float = 20.0, max_rows: int = 50_000, batch_size: int = 4096,
             progress: Update | None = None) -> CompareResult:
-    signal: dict[str, float] = {}
-    noise: dict[str, float] = {}
-    max_err: dict[str, float] = {}
-    rows = 0
-    for batch in iter_batches(ds, windows, batch_size):
+    """Whole batches until max_rows rows are seen. Data-parallel under torchrun: each rank traces
+    its batch-aligned share and the per-batch sums are folded in batch order (`dist.fold_rows`),
+    so every number equals the one-process run's."""
+    n = len(batch_sizes(ds, windows, batch_size, max_rows))
+    names: list[str] = []
+    sums: list[np.ndarray] = []  # per batch: Σ ref² per tap, then Σ (ref - cand)² per tap
+    err: np.ndarray | None = None
+    seen = 0
+    for batch in iter_batches(ds, windows, batch_size, span=dist.span(n)):
         ref = trace(reference, batch.dense, batch.sparse)
         cand = trace(candidate, batch.dense, batch.sparse)
-        for name, r in ref.items():
-            diff = (r.float() - cand[name].float())
-            signal[name] = signal.get(name, 0.0) + float((r.float() ** 2).sum())
-            noise[name] = noise.get(name, 0.0) + float((diff ** 2).sum())
-            max_err[name] = max(max_err.get(name, 0.0), float(diff.abs().max()) if diff.numel() else 0.0)
-        rows += len(batch)
+        names = list(ref)
+        diffs = [ref[t].float() - cand[t].float() for t in names]
+        sums.append(np.array([float((ref[t].float() ** 2).sum()) for t in names]
+                             + [float((d ** 2).sum()) for d in diffs]))
+        batch_err = np.array([float(d.abs().max()) if d.numel() else 0.0 for d in diffs])
+        err = batch_err if err is None else np.maximum(err, batch_err)
+        seen += len(batch)
         if progress is not None:
             progress(len(batch))
-        if rows >= max_rows:
-            break
-    taps = [{"name": n, "sqnr_db": sqnr_db(signal[n], noise[n]), "max_abs_err": max_err[n]}
-            for n in signal]
+    if not names:  # this rank scored no batch (fewer batches than ranks): the taps of one row
+        b = next(iter_batches(ds, windows, 1, span=(0, 1)), None)
+        names = list(trace(reference, b.dense, b.sparse)) if b is not None else []
+    width = 2 * len(names)
+    folded = dist.fold_rows(dist.gather_rows(np.array(sums).reshape(len(sums), width), "compare sums"), width)
+    err = dist.all_reduce_max(err if err is not None else np.zeros(len(names)), "compare max error")
+    rows = int(dist.all_reduce_sum([float(seen)], "compare rows")[0])
+    taps = [{"name": t, "sqnr_db": sqnr_db(folded[i], folded[len(names) + i]), "max_abs_err": float(err[i])}
+            for i, t in enumerate(names)]
     first = next((t["name"] for t in taps if t["sqnr_db"] < threshold_db), None)
     return CompareResult(taps, first, threshold_db, rows)

@@ -12,8 +12,11 @@ A job runs as N processes under torchrun (`torchrun --nproc_per_node N -m lowpre
   batches and every per-batch number is the same.
 - merges: `all_reduce_sum` / `all_reduce_min` / `all_reduce_max` for sums and extremes,
   `gather_rows` (rows of every rank in rank order) for what is not a sum, and `fold_rows` to replay
-  per-batch float sums in the one-process order (so merged float sums are bit-identical).
+  per-batch float sums in the one-process order (so merged float sums are bit-identical; the paired
+  evaluation's bigger sums use `lowprec.evaluation.merge.OrderedSum`).
   Histograms of unit-weight rows hold integers < 2^53: their float64 sums are exact in any order.
+- `map_rounds`: independent jobs (the search's sensitivity measurements) dealt round-robin over
+  ranks, results all-gathered after every round, so no rank waits longer than one job at a collective.
 - `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions and a fingerprint
   (sha256) of its input files; any difference raises `RankMismatch` (exit 2) on every rank.
 - `is_main`: only rank 0 writes (reports, databases, stdout).
@@ -32,7 +35,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -137,6 +140,11 @@ def _guard(what: str) -> Iterator[None]:
     finally:
         TIMING["collective_s"] += time.perf_counter() - t0
         TIMING["calls"] += 1
+
+
+def guarded(what: str) -> contextlib.AbstractContextManager[None]:
+    """Collectives run by other code (TorchRec, DDP) inside: a failure raises `RankFailure`."""
+    return _guard(what)
 
 
 def barrier(what: str) -> None:
@@ -290,36 +298,23 @@ def merge_stats(local: Any, batch_sums: list[tuple[float, float, float, float]],
     return BinaryStats(float(weight), float(positives), float(pred_sum), float(logloss_sum), hists[0], hists[1])
 
 
-def merge_paired(acc: Any, clip: Any) -> None:
-    """All-reduce a paired window's accumulators in place (lowprec.evaluation.paired): both models'
-    BinaryStats, the bootstrap and delta-method sums, id counts, and the clipping counts/extremes."""
-    if not active():
-        return
-    for s in (acc.ref, acc.cand):
-        v = all_reduce_sum(np.concatenate([[s.weight, s.positives, s.pred_sum, s.logloss_sum],
-                                           s.hist_pos, s.hist_neg]), "paired stats")
-        nb = len(s.hist_pos)
-        s.weight, s.positives, s.pred_sum, s.logloss_sum = (float(x) for x in v[:4])
-        s.hist_pos, s.hist_neg = v[4: 4 + nb], v[4 + nb:]
-    acc.boot.sums = all_reduce_sum(acc.boot.sums, "bootstrap sums")
-    acc.moments.s = all_reduce_sum(acc.moments.s, "delta-method sums")
-    names = sorted(acc.counts)
-    if names:
-        flat = all_reduce_sum(np.concatenate([acc.counts[n] for n in names]), "id counts")
-        for n, part in zip(names, np.split(flat, np.cumsum([len(acc.counts[n]) for n in names])[:-1])):
-            acc.counts[n] = part
-    layers = sorted(clip.counts)
-    if layers:
-        c = np.array([clip.counts[n] for n in layers], dtype=np.float64).reshape(len(layers), 4)
-        sums = all_reduce_sum(c[:, :2], "clip counts")
-        lo, hi = all_reduce_min(c[:, 2], "clip min"), all_reduce_max(c[:, 3], "clip max")
-        for i, n in enumerate(layers):
-            clip.counts[n] = [int(sums[i, 0]), int(sums[i, 1]), float(lo[i]), float(hi[i])]
-
-
-def merge_delong(d: Any) -> None:
-    """All-reduce DeLong's per-class placement moments and class counts (in place)."""
-    if not active():
-        return
-    v = all_reduce_sum(np.concatenate([[d.m, d.n], d.s10, d.s01]), "DeLong moments")
-    d.m, d.n, d.s10, d.s01 = int(v[0]), int(v[1]), v[2:5], v[5:8]
+def map_rounds(keys: Sequence[str], fn: Callable[[str], Any], what: str,
+               on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """fn(key) for every key, on every rank's behalf: round j gives keys[j N + r] to rank r, then
+    every rank gets the round's JSON-serialisable results (`on_round(results)`, in key order).
+    Returns key -> result in key order. One process runs the same rounds alone."""
+    n, r, out = world_size(), rank(), {}
+    for start in range(0, len(keys), n):
+        batch = list(keys[start: start + n])
+        mine = {batch[r]: fn(batch[r])} if r < len(batch) else {}
+        if active():
+            everyone: list[Any] = [None] * n
+            with _guard(f"{what} round {start // n + 1}"):
+                torch.distributed.all_gather_object(everyone, json.dumps(mine))
+            for text in everyone:
+                mine.update(json.loads(text))
+        results = {k: mine[k] for k in batch}
+        out.update(results)
+        if on_round is not None:
+            on_round(results)
+    return out

@@ -6,7 +6,9 @@ One synthetic dataset (`lowprec data synth`), a float DLRM (random init: speed d
 what was learnt), its int8 artifact (int8 tables, static int8 layers calibrated on window 0) and a
 2-rank shard plan of it. Then torchrun launches of this file as worker ranks, 1 and 2 ranks
 alternating (1 2 2 1 ...), each launch timing after one warm-up: `evaluate` of the artifact over
-every window (eval), and the paired drift pass (`evaluate_window`, float vs artifact) over window 0;
+every window (eval), the paired drift pass (`evaluate_window`, float vs artifact) over window 0, and
+a precision search (`lowprec.search.run.search`: sensitivity on up to 20,000 rows of window 0 dealt
+over the ranks, at most 2 data-parallel validation rounds on window 1; rate = searches an hour);
 and loading the sharded artifact (bytes of tables each rank's TBE holds). Per launch and rank:
 seconds of work and seconds inside collectives (waiting for the slower rank included). Throughput
 = rows / the slowest rank's seconds; the 2-vs-1 ratio pairs launch i of 2 ranks with launch i of 1.
@@ -31,6 +33,7 @@ import _bench_common as bc  # noqa: E402
 from _bench_pair import int8_pair  # noqa: E402
 
 TOOL = "bench_distributed.py"
+SEARCH_ROWS = 20_000
 
 
 def load_average() -> list[float]:
@@ -56,8 +59,10 @@ def worker(args: argparse.Namespace) -> None:
     cand, _, _ = load_model(args.artifact)
     out: dict[str, Any] = {"rank": dist.rank(), "world": dist.world_size(), "ready_unix": ready}
     for name, fn in (("eval", lambda: evaluate(cand, ds, windows, 4096)),
-                     ("drift", lambda: evaluate_window(ref, cand, ds, 0, PairedConfig(), Path(args.work) / f"s{dist.rank()}-"))):
-        fn()  # warm-up
+                     ("drift", lambda: evaluate_window(ref, cand, ds, 0, PairedConfig(), Path(args.work) / f"s{dist.rank()}-")),
+                     ("search", _search(args, ds))):
+        if name != "search":  # the search reuses the warm eval code; one run of it costs seconds
+            fn()  # warm-up
         dist.barrier(name)
         c0 = dist.TIMING["collective_s"]
         t0 = time.perf_counter()
@@ -78,6 +83,21 @@ def worker(args: argparse.Namespace) -> None:
     if dist.is_main():
         Path(args.result).write_text(json.dumps([json.loads(x) for x in everyone]))
     dist.teardown()
+
+
+def _search(args: argparse.Namespace, ds: Any):
+    from lowprec.calibrate import load_calibration
+    from lowprec.checkpoint.float_model import load_float_model
+    from lowprec.precision import Precision
+    from lowprec.search.run import SearchConfig, search
+    from lowprec.search.solver import Budget
+    from lowprec.search.space import SearchSpace
+
+    model, _ = load_float_model(args.model)
+    calib = load_calibration(Path(args.model).parent / "calib.json")
+    space = SearchSpace(tuple(map(Precision, ("fp16", "int8", "int4"))), tuple(map(Precision, ("fp32", "int8"))))
+    cfg = SearchConfig((0,), (1,), Budget(0.001, 0.001, None), space, max_rows=SEARCH_ROWS, max_rounds=2)
+    return lambda: search(args.model, model, ds, cfg, calib)
 
 
 def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -115,7 +135,7 @@ def launch(nproc: int, prep: dict[str, Any], tmp: Path, i: int) -> tuple[list[di
 
 def summarise(runs: dict[int, list[list[dict[str, Any]]]], rows: dict[str, int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for stage in ("eval", "drift"):
+    for stage in ("eval", "drift", "search"):
         tput = {n: [rows[stage] / max(r[stage]["seconds"] for r in ranks) for ranks in rs] for n, rs in runs.items()}
         share = {n: [max(r[stage]["collective_s"] / r[stage]["seconds"] for r in ranks) for ranks in rs]
                  for n, rs in runs.items()}
@@ -152,9 +172,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs[n].append(ranks)
                 startup[n].append(start)
                 print(f"  {n} rank(s): eval {max(r['eval']['seconds'] for r in ranks):.2f} s, "
-                      f"drift {max(r['drift']['seconds'] for r in ranks):.2f} s, start-up {start:.1f} s", file=sys.stderr)
+                      f"drift {max(r['drift']['seconds'] for r in ranks):.2f} s, "
+                      f"search {max(r['search']['seconds'] for r in ranks):.2f} s, start-up {start:.1f} s",
+                      file=sys.stderr)
     result["load_after"] = load_average()
-    result.update(summarise(runs, {"eval": prep["rows"], "drift": args.rows}))
+    result.update(summarise(runs, {"eval": prep["rows"], "drift": args.rows, "search": 3600}))  # search: per hour
     result["startup_s"] = {n: bc.spread(v) for n, v in startup.items()}
     result["runs"] = runs
     result["shard_plan"] = prep["plan"]

@@ -21,7 +21,7 @@ from lowprec import distributed as dist
 from lowprec.allocator import keep_buffers_in_heap
 from lowprec.errors import InputError
 
-PARALLEL = ("eval", "drift", "calibrate")  # commands that run data-parallel under torchrun / --nproc
+PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train")  # commands that run data-parallel under torchrun / --nproc
 
 
 class BadInput(click.ClickException):

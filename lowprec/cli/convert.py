@@ -148,8 +148,12 @@ def _show(s: dict, as_json: bool) -> None:
               help="Compare a candidate artifact not converted from --reference (refused by default).")
 @click.option("--json", "as_json", is_flag=True)
 def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, allow_unrelated_candidate, as_json):
-    """Numeric debugger: SQNR of every table and layer output, float vs quantized."""
+    """Numeric debugger: SQNR of every table and layer output, float vs quantized.
+
+    Runs data-parallel under torchrun (or `lowprec --nproc N compare ...`): same numbers, rank 0 prints."""
     from pathlib import Path
+
+    from lowprec import distributed as dist
 
     from lowprec.checkpoint.load import load_model, model_kind
     from lowprec.data.dataset import Dataset
@@ -168,8 +172,11 @@ def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, all
                              cand_info, "--allow-unrelated-candidate")
     check_compatible(ref_cfg, ds.meta, reference)
     check_compatible(cand_cfg, ds.meta, candidate)
+    dist.check_same([reference, candidate, data_dir])
     with progress_bar(max_rows, "compare") as update:
         result = run_compare(ref, cand, ds, chosen, threshold_db, max_rows, progress=update)
+    if not dist.is_main():
+        return
     if as_json:
         emit_json(result.to_json())
         return

@@ -35,7 +35,12 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed, epochs, batch_size, optimizer, lr,
           sparse_lr, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding, as_json):
-    """Train a float DLRM on WINDOWS of a prepared dataset and save it to OUT."""
+    """Train a float DLRM on WINDOWS of a prepared dataset and save it to OUT.
+
+    Under torchrun (or `lowprec --nproc N train ...`) it trains on TorchRec's DistributedModelParallel:
+    tables model-parallel (table-wise, fused row-wise Adagrad), MLPs data-parallel (DDP); rank 0 saves
+    the same kind of float model. Same world size and seed, same weights."""
+    from lowprec import distributed as dist
     from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset, check_table_bytes
     from lowprec.fileio import claim_output
@@ -59,8 +64,11 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         table_embedding=name_value_pairs(table_embedding, "--table-embedding"),
         optimizer=optimizer, val_windows=tuple(val_w), patience=patience, init_bias=init_bias,
     )
+    dist.check_same([data_dir])
     with progress_bar(total_steps_rows(ds, cfg), "train") as update:
         model, info = run_train(ds, cfg, progress=update)
+    if not dist.is_main():
+        return
     save_float_model(model, out, info, inputs=[data_dir])
     params = sum(p.numel() for p in model.parameters())
     bad = worse_than_base_rate(info["final_epoch_ne"])

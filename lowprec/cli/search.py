@@ -40,7 +40,11 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
     plan with an integer program, then converts and validates it on the eval windows, backing
     off the most sensitive choices until the measured loss fits. Cached measurements live beside
     PLAN.json (PLAN.cache.json): an interrupted search resumes from them.
+
+    Runs data-parallel under torchrun (or `lowprec --nproc N search ...`): the measurements are
+    dealt over the ranks, validation is data-parallel; same plan as one process, rank 0 writes.
     """
+    from lowprec import distributed as dist
     from lowprec.fileio import claim_output
     from lowprec.search.driver import SearchRequest, run_search
 
@@ -55,8 +59,11 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
         max_auc_drop=max_auc_drop, memory_budget=memory_budget, objective=objective,
         precisions=precisions, layer_precisions=layer_precisions, sharing_ratios=sharing_ratios,
         calib_path=calib_path, max_rows=max_rows, report_dir=report_dir)
+    dist.check_same(inputs)
     with StageBars() as stages:
         result, summary = run_search(req, stages)
+    if not dist.is_main():
+        return
     if result.message:
         click.echo(f"warning: {result.message}", err=True)
     if as_json:

@@ -8,15 +8,16 @@ the candidate (forward pre-hooks), and this window's id frequencies per table.
 
 DeLong's test needs each row's placement among the other class, which is only known once the
 window's histograms are complete. The pass therefore spills (score_ref, score_cand, label) as
-9-byte records to a temporary file beside the database, and a second pass reads it back in chunks
-(`np.fromfile`, no memory map, so resident memory stays at one chunk) and looks each score's
+9-byte records to a temporary file beside the database, and a second pass reads it back batch by
+batch (`np.fromfile`, no memory map, so resident memory stays at one batch) and looks each score's
 placement up in tables derived from the histograms. The file is deleted when the window is done;
 a leftover from a killed run is removed by the next run.
 
 Data-parallel (torchrun): each rank scores its batch-aligned share of every window, bootstrap
-weights are keyed by the row's index in the window (`stats.PoissonBootstrap`), and the sums,
-histograms and DeLong moments merge by all-reduce (`lowprec.distributed.merge_paired`): integer
-sums exactly, float sums to rounding (~1e-16 relative; the summation order differs).
+weights are keyed by the row's index in the window (`stats.PoissonBootstrap`); integer parts
+merge by all-reduce and float sums (per batch) in one canonical order (`lowprec.evaluation.merge`),
+so N ranks give the one-process numbers bit for bit. DeLong's second pass reads the spill batch by
+batch for the same reason.
 
 The per-table quantization error is computed once per run (`TableError`): per row, the squared
 distance between the float table and the artifact's dequantized TBE rows; each window weights it
@@ -39,7 +40,7 @@ import torch
 from lowprec import distributed as dist
 from lowprec.data.batches import count_batches, iter_batches, reads_feature_ids
 from lowprec.data.dataset import PAD_ID, Dataset
-from lowprec.evaluation import stats
+from lowprec.evaluation import merge, stats
 from lowprec.evaluation.scoring import predict
 from lowprec.evaluation.metrics import BinaryStats, score_bins
 from lowprec.progress import Update
@@ -47,7 +48,6 @@ from lowprec.serve.tables import table_codec
 from lowprec.precision import Precision
 
 SPILL_DTYPE = np.dtype([("ref", "<f4"), ("cand", "<f4"), ("y", "u1")])
-SPILL_CHUNK = 1 << 16
 ROW_CHUNK = 1 << 18  # table rows dequantized at a time
 
 
@@ -187,19 +187,32 @@ class WindowMeasure:
 
 
 class _Accumulators:
-    def __init__(self, cfg: PairedConfig, window: int, table_err: TableError | None):
+    """Integer parts (histograms, id counts) add up here; each batch's float sums go to `sums`
+    (merge.OrderedSum: summed in one order whatever the ranks, merged by `merge.merge_paired`)."""
+
+    def __init__(self, cfg: PairedConfig, window: int, table_err: TableError | None,
+                 spans: list[tuple[int, int]]):
         self.ref, self.cand = BinaryStats(), BinaryStats()
         self.boot = stats.PoissonBootstrap(cfg.replicates, cfg.seed, stream=window)
         self.moments = stats.RatioMoments()
         self.counts = table_err.zero_counts() if table_err is not None else {}
+        self.sums = merge.OrderedSum(merge.paired_width(cfg.replicates, len(stats.COLS)), spans)
 
-    def update(self, pr: np.ndarray, pc: np.ndarray, y: np.ndarray, sparse: torch.Tensor,
+    def update(self, i: int, pr: np.ndarray, pc: np.ndarray, y: np.ndarray, sparse: torch.Tensor,
                names: list[str], hotness: list[int], row0: int) -> None:
-        self.ref.update(pr, y)
-        self.cand.update(pc, y)
+        """Global batch i (rows row0.. of the pooled windows)."""
+        vec = []
+        for total, p in ((self.ref, pr), (self.cand, pc)):
+            b = BinaryStats().update(p, y)
+            total.hist_pos += b.hist_pos
+            total.hist_neg += b.hist_neg
+            vec.append([b.weight, b.positives, b.pred_sum, b.logloss_sum])
         llr, llc = stats.row_logloss(pr, y), stats.row_logloss(pc, y)
-        self.boot.update(y, llr, llc, pr, pc, row0)
-        self.moments.update(llr, llc)
+        vec.append(self.boot.batch_sums(y, llr, llc, pr, pc, row0).ravel())
+        m = stats.RatioMoments()
+        m.update(llr, llc)
+        vec.append(m.s)
+        self.sums.add(i, np.concatenate(vec))
         if self.counts:
             for name, ids in zip(names, torch.split(sparse, hotness, dim=1)):
                 if name in self.counts:
@@ -207,16 +220,20 @@ class _Accumulators:
                     self.counts[name] += np.bincount(valid, minlength=len(self.counts[name]))
 
 
-def _delong_pass(spill: Path, acc: _Accumulators) -> stats.DeLongResult:
+def _delong_pass(spill: Path, acc: _Accumulators, batches: list[tuple[int, int]],
+                 spans: list[tuple[int, int]]) -> stats.DeLongResult:
+    """Read the spilled scores back batch by batch ((global index, rows) as spilled), so the
+    placement moments sum per batch in the canonical order (merge.OrderedSum)."""
     d = stats.DeLongAccumulator((acc.ref.hist_pos, acc.ref.hist_neg), (acc.cand.hist_pos, acc.cand.hist_neg),
                                 acc.ref.auc, acc.cand.auc)
+    sums = merge.OrderedSum(6, spans)
     with open(spill, "rb") as fh:
-        while True:
-            rec = np.fromfile(fh, dtype=SPILL_DTYPE, count=SPILL_CHUNK)
-            if len(rec) == 0:
-                break
+        for i, n in batches:
+            rec = np.fromfile(fh, dtype=SPILL_DTYPE, count=n)
+            d.s10, d.s01 = np.zeros(3), np.zeros(3)
             d.update(score_bins(rec["ref"]), score_bins(rec["cand"]), rec["y"])
-    dist.merge_delong(d)
+            sums.add(i, np.concatenate([d.s10, d.s01]))
+    merge.merge_delong(d, sums)
     return d.result()
 
 
@@ -237,8 +254,12 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
     t0 = time.perf_counter()
     reference.eval()
     candidate.eval()
-    acc = _Accumulators(cfg, window, table_err)
+    counts = count_batches(ds, windows, cfg.batch_size)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)  # global index of each window's batch 0
+    spans = [(int(f) + a, int(f) + b) for f, (a, b) in zip(firsts, map(dist.span, counts))]
+    acc = _Accumulators(cfg, window, table_err, spans)
     names, hotness = candidate.config.table_names, ds.meta.hotness
+    spilled: list[tuple[int, int]] = []  # (global batch index, rows) in spill order
     spill = Path(f"{spill_prefix}w{window}-{os.getpid()}")
     clip = ClipMonitor(candidate)
     try:
@@ -247,13 +268,14 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
                 stack.enter_context(o)
             feature_ids = reads_feature_ids(reference) or reads_feature_ids(candidate)
             offset = 0  # rows of the pooled windows before this one
-            for w, n_batches in zip(windows, count_batches(ds, windows, cfg.batch_size)):
-                for batch in iter_batches(ds, [w], cfg.batch_size, feature_ids=feature_ids,
-                                          span=dist.span(n_batches)):
+            for w, n_batches, (a, b) in zip(windows, counts, spans):
+                for i, batch in enumerate(iter_batches(ds, [w], cfg.batch_size, feature_ids=feature_ids,
+                                                       span=dist.span(n_batches)), start=a):
                     pr = predict(reference, batch.dense, batch.ids_for(reference))
                     pc = predict(candidate, batch.dense, batch.ids_for(candidate))
                     y = batch.labels.numpy()
-                    acc.update(pr, pc, y, batch.sparse, names, hotness, offset + batch.row0)
+                    acc.update(i, pr, pc, y, batch.sparse, names, hotness, offset + batch.row0)
+                    spilled.append((i, len(y)))
                     for o in observers:
                         o.update(pr, pc, batch.dense, offset + batch.row0)
                     rec = np.empty(len(y), dtype=SPILL_DTYPE)
@@ -262,10 +284,10 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
                     if progress is not None:
                         progress(len(y))
                 offset += ds.meta.window(w).rows
-        dist.merge_paired(acc, clip)
+        merge.merge_paired(acc, clip, acc.sums)
         for o in observers:
             o.merge()
-        delong = _delong_pass(spill, acc)
+        delong = _delong_pass(spill, acc, spilled, spans)
     finally:
         spill.unlink(missing_ok=True)
     return _measure(window, acc, cfg, delong, clip, table_err, time.perf_counter() - t0)

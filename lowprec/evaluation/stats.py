@@ -100,13 +100,18 @@ class PoissonBootstrap:
     def update(self, y: np.ndarray, ll_ref: np.ndarray, ll_cand: np.ndarray,
                p_ref: np.ndarray, p_cand: np.ndarray, row0: int | None = None) -> None:
         """Add rows row0.. (default: right after the previous update's rows)."""
+        self.sums += self.batch_sums(y, ll_ref, ll_cand, p_ref, p_cand, row0)
+
+    def batch_sums(self, y: np.ndarray, ll_ref: np.ndarray, ll_cand: np.ndarray,
+                   p_ref: np.ndarray, p_cand: np.ndarray, row0: int | None = None) -> np.ndarray:
+        """The (K, 6) replicate sums of rows row0.. alone (what `update` adds)."""
         n = len(y)
         row0 = self.next_row if row0 is None else row0
         self.next_row = row0 + n
         if n == 0:
-            return
+            return np.zeros_like(self.sums)
         v = np.column_stack([np.ones(n), y, ll_ref, ll_cand, p_ref, p_cand]).astype(np.float64)
-        self.sums += self.weights(row0, n).astype(np.float64) @ v
+        return self.weights(row0, n).astype(np.float64) @ v
 
     def ratio(self, num: str, den: str) -> np.ndarray:
         """Replicates of Σnum / Σden - 1 (nan where a replicate's denominator is 0)."""

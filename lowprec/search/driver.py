@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lowprec import distributed as dist
 from lowprec.calibrate import CalibConfig, calibrate, load_calibration
 from lowprec.checkpoint.convert import check_calibration_model
 from lowprec.checkpoint.float_model import load_float_model, weights_sha256
@@ -95,7 +96,9 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
 
 def run_search(req: SearchRequest, stages: Stages | None = None
                ) -> tuple[SearchResult, dict[str, Any]]:
-    """Search per `req`, one progress stage per step (lowprec.progress)."""
+    """Search per `req`, one progress stage per step (lowprec.progress). Data-parallel under
+    torchrun: the inline calibration, the sensitivity measurements and every validation are spread
+    over the ranks (same plan as one process); rank 0 writes the plan, cache and report."""
     ds = Dataset(req.data_dir)
     cfg, recipe = build_config(req, ds)
     overlap = set(cfg.calib_windows) & set(cfg.eval_windows)
@@ -122,8 +125,10 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         calib_sha = f"inline:{ccfg.method}:{list(ccfg.windows)}"
     cache_path = req.out.with_name(req.out.stem + ".cache.json")
     result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages)
-    atomic_write_text(req.out, json.dumps(result.plan.to_json(), indent=2) + "\n", kind="plan")
     summary = summarize(result, model)
+    if not dist.is_main():  # under torchrun only rank 0 writes
+        return result, summary
+    atomic_write_text(req.out, json.dumps(result.plan.to_json(), indent=2) + "\n", kind="plan")
     if req.report_dir:
         from lowprec.search.report import write_report
 

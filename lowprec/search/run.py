@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from lowprec import distributed as dist
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text
@@ -77,24 +78,29 @@ class SearchResult:
 
 
 class MeasurementCache:
-    """Option key -> {ne, auc, rows} on disk, flushed after every measurement."""
+    """Option key -> {ne, auc, rows, ne_se} on disk, flushed after every measurement (round).
+    Under torchrun rank 0 reads and writes the file; the other ranks get its contents from rank 0."""
 
     def __init__(self, path: Path | None, fingerprint: str):
-        self.path, self.fingerprint, self.data = path, fingerprint, {}
-        if path is not None and path.is_file():
+        self.path, self.fingerprint, self.data = (path if dist.is_main() else None), fingerprint, {}
+        if self.path is not None and self.path.is_file():
             try:
-                obj = json.loads(path.read_text())
+                obj = json.loads(self.path.read_text())
             except json.JSONDecodeError:
                 obj = {}
             if obj.get("fingerprint") == fingerprint:
                 self.data = obj.get("measurements", {})
+        self.data = dist.broadcast_json(self.data, "sensitivity cache")
 
     def get(self, key: str) -> dict[str, float] | None:
         hit = self.data.get(key)
         return hit if hit is not None and "ne_se" in hit else None  # older caches lack the noise
 
     def put(self, key: str, stats: BinaryStats, ne_se: float = 0.0) -> None:
-        self.data[key] = {"ne": stats.ne, "auc": stats.auc, "rows": stats.weight, "ne_se": ne_se}
+        self.record({key: measurement(stats, ne_se)})
+
+    def record(self, measurements: dict[str, dict[str, float]]) -> None:
+        self.data.update(measurements)
         if self.path is not None:
             atomic_write_text(self.path, json.dumps(
                 {"fingerprint": self.fingerprint, "measurements": self.data}, indent=1))
@@ -109,23 +115,36 @@ def fingerprint(model_dir: Path, ds: Dataset, cfg: SearchConfig, calib_sha: str 
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
+def measurement(stats: BinaryStats, ne_se: float) -> dict[str, float]:
+    return {"ne": stats.ne, "auc": stats.auc, "rows": stats.weight, "ne_se": ne_se}
+
+
 def measure_sensitivity(emulator: Emulator, items: dict[str, list[Option]], cache: MeasurementCache,
                         range_method: str, progress: Update | None) -> dict[str, Sensitivity]:
-    def stats_of(key: str, options: list[Option]) -> dict[str, float]:
-        hit = cache.get(key)
-        if hit is None:
-            cache.put(key, *emulator.run_paired(options, range_method))
-            hit = cache.get(key)
-        return hit
+    """Every option measured alone (and the float model); the measurements not in `cache` are
+    dealt over the ranks of a data-parallel job (`dist.map_rounds`: each is measured once, on the
+    whole cached rows, so the numbers do not depend on the rank count) and cached after each round."""
+    options = {"float": []} | {o.key: [o] for opts in items.values() for o in opts if not o.is_float_baseline}
+    todo = [k for k in options if cache.get(k) is None]
+    done = len(options) - len(todo)
 
-    base = stats_of("float", [])
+    def measure(key: str) -> dict[str, float]:
+        return measurement(*emulator.run_paired(options[key], range_method))
+
+    def record(results: dict[str, dict[str, float]]) -> None:
+        cache.record(results)
+        if progress is not None:
+            progress(len(results))
+
+    if progress is not None and done:
+        progress(done)
+    dist.map_rounds(todo, measure, "sensitivity", record)
+    base = cache.get("float")
     sens = {}
     for opts in items.values():
         for o in opts:
-            m = base if o.is_float_baseline else stats_of(o.key, [o])
+            m = base if o.is_float_baseline else cache.get(o.key)
             sens[o.key] = Sensitivity(m["ne"] / base["ne"] - 1.0, base["auc"] - m["auc"], m["ne_se"])
-            if progress is not None:
-                progress(1)
     return sens
 
 
@@ -227,7 +246,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     emulator = Emulator(model, cache, calibration)
     items = options_for(model.config, cfg.space, sharing=bool((calibration or {}).get("row_counts")))
     measurements = MeasurementCache(cache_path, fingerprint(model_dir, ds, cfg, calib_sha))
-    n_options = sum(len(v) for v in items.values())
+    n_options = 1 + sum(1 for opts in items.values() for o in opts if not o.is_float_baseline)
     update = stage(stages, "sensitivity", n_options, "options")
     sens = measure_sensitivity(emulator, items, measurements, rm, update)
     float_stats = measurements.get("float") or {}
@@ -238,8 +257,8 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         plan = plan_from_options(chosen, rm)
         return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update)
 
-    if cfg.objective == "latency" and cost is None:
-        cost = measure_costs(emulator, items, rm)
+    if cfg.objective == "latency" and cost is None:  # timed on rank 0 alone, the same costs on every rank
+        cost = dist.broadcast_json(measure_costs(emulator, items, rm) if dist.is_main() else None, "latency costs")
     contribution = _leave_one_out(model, ds, cfg, calibration, rm)
     best, rounds = refine(items, sens, cfg, significant_costs(cost, items) if cost is not None else None,
                           check, contribution)
@@ -280,12 +299,14 @@ def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dic
     def contribution(chosen: dict[str, Option]) -> dict[str, Sensitivity]:
         if not emu:
             emu.append(Emulator(model, FloatCache(model, ds, list(cfg.eval_windows), cfg.max_rows), calibration))
-        opts = [o for o in chosen.values() if not o.is_float_baseline]
-        joint, out = emu[0].run(opts, rm), {}
-        for o in opts:
-            without = emu[0].run([x for x in opts if x is not o], rm)
-            out[o.key] = Sensitivity(joint.ne / without.ne - 1.0, without.auc - joint.auc)
-        return out
+        opts = {o.key: o for o in chosen.values() if not o.is_float_baseline}
+        joint = emu[0].run(list(opts.values()), rm)
+
+        def without(key: str) -> dict[str, float]:
+            s = emu[0].run([x for k, x in opts.items() if k != key], rm)
+            return {"ne": s.ne, "auc": s.auc}
+        runs = dist.map_rounds(list(opts), without, "leave-one-out")  # dealt over ranks
+        return {k: Sensitivity(joint.ne / w["ne"] - 1.0, w["auc"] - joint.auc) for k, w in runs.items()}
     return contribution
 
 

@@ -98,6 +98,18 @@ class FusedStep:
 
 
 def make_step(model: DLRM, optimizer: str, lr: float, sparse_lr: float, weight_decay: float = 0.0):
-    """The step for `optimizer` (one of OPTIMIZERS)."""
+    """The step for `optimizer` (one of OPTIMIZERS); under torchrun with several ranks, TorchRec's
+    DistributedModelParallel (lowprec.training.dmp; row-wise Adagrad only)."""
+    from lowprec import distributed as dist
+
+    if dist.world_size() > 1:
+        if optimizer != "rowwise-adagrad":
+            from lowprec.errors import InputError
+
+            raise InputError(f"--optimizer {optimizer} does not train multi-process; use rowwise-adagrad "
+                             f"(TorchRec's fused row-wise Adagrad) or one process")
+        from lowprec.training.dmp import DMPStep
+
+        return DMPStep(model, lr, sparse_lr, weight_decay)
     cls = {"rowwise-adagrad": FusedStep, "sparse-adam": SparseAdamStep}[optimizer]
     return cls(model, lr, sparse_lr, weight_decay)

@@ -1,9 +1,8 @@
-"""2-rank gloo runs of `eval` and `drift` give the one-process numbers.
-
-eval and calibrate: exactly (every per-batch number is the same because rank slices are cut on the one-process
-batch boundaries, float sums are replayed in batch order, histograms hold integers).
-drift: integers, alarms and intervals' ordering exactly; float sums to 1e-12 relative (they are
-all-reduced, so the summation order differs from one process: ~1e-16 in practice).
+"""2-rank gloo runs of `eval`, `calibrate`, `drift`, `search` and `compare` give the one-process numbers,
+bit for bit: every per-batch number is the same because rank slices are cut on the one-process batch
+boundaries, float sums are summed in one order whatever the ranks (per-batch folds, and the paired
+evaluation's blocked order, lowprec.evaluation.merge), histograms hold integers; the search measures
+each option once, on one rank, on the whole cached rows.
 """
 
 from __future__ import annotations
@@ -29,9 +28,13 @@ def test_eval_two_ranks_equals_one_process(work):
     assert len(two.stdout.strip().splitlines()) == 1  # only rank 0 prints
 
 
-def _close(a, b) -> bool:
+def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
 
 
@@ -54,7 +57,7 @@ def test_drift_two_ranks_equals_one_process(work, tmp_path):
     for w1, w2 in zip(one["windows"], two["windows"], strict=True):
         assert w1["rows"] == w2["rows"] == 6000
         for key in w1:
-            assert _close(w1[key], w2[key]), (w1["window"], key, w1[key], w2[key])
+            assert _same(w1[key], w2[key]), (w1["window"], key, w1[key], w2[key])
     assert (tmp_path / "two-report" / "report.md").is_file()
 
 
@@ -73,3 +76,33 @@ def test_calibrate_two_ranks_writes_the_one_process_file(work, tmp_path):
     counts = {n: list(tmp_path.glob(f"{n}.counts-*.safetensors")) for n in ("one", "two")}
     assert len(counts["one"]) == len(counts["two"]) == 1  # the pair commits as one (content-hashed name)
     assert counts["one"][0].read_bytes() == counts["two"][0].read_bytes()
+
+
+def test_search_two_ranks_writes_the_one_process_plan(work, tmp_path):
+    """Inline calibration, sensitivity dealt over ranks, data-parallel validation (pooled windows
+    2-3 and test window 1 with the dynamic int8 layers): the same PLAN.json, byte for byte."""
+    def search(tag: str, nproc: int):
+        args = ("search", "--model", work["model"], "--data", work["data"], "--calib-windows", "0",
+                "--eval-windows", "2-3", "--test-windows", "1", "--precisions", "fp16,int8,int4",
+                "--layer-precisions", "fp32,int8", "--max-rows", "3000", "--out", tmp_path / f"{tag}.json", "--json")
+        r = in_process(*args) if nproc == 1 else lowprec(*args, nproc=nproc)
+        assert (r.exit_code if nproc == 1 else r.returncode) == 0, getattr(r, "stderr", r.output)[-3000:]
+        return last_json(r.stdout)
+
+    one, two = search("one", 1), search("two", 2)
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+    assert (tmp_path / "one.cache.json").read_bytes() == (tmp_path / "two.cache.json").read_bytes()
+    one.pop("seconds"), two.pop("seconds")
+    assert _same(one, two)
+    assert one["validated"] is not None and one["tested"] is not None  # validation ran, on both splits
+
+
+def test_compare_two_ranks_equals_one_process(work):
+    args = ("compare", "--reference", work["model"], "--candidate", work["art"], "--data", work["data"],
+            "--windows", "1-2", "--max-rows", "8000", "--json")
+    one = in_process(*args)
+    assert one.exit_code == 0, one.output
+    two = lowprec(*args, nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert _same(last_json(two.stdout), last_json(one.stdout))
+    assert last_json(one.stdout)["rows"] == 4096 + 1904 + 4096  # whole batches until 8000 rows are seen

@@ -85,3 +85,34 @@ def test_fold_rows_replays_sequential_sums():
     for r in rows:
         acc += r
     assert np.array_equal(fold_rows(rows, 3), acc)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=3), st.integers(1, 4), st.integers(1, 6),
+       st.integers(0, 2**31))
+def test_ordered_sum_gives_the_same_bits_for_any_rank_count(windows, ranks, block, seed):
+    """Per-batch float vectors dealt to `ranks` ranks (each window split by `dist.span`), folded in
+    the blocked order: bit for bit the slow reference (fold each block's batches, then the blocks)."""
+    from lowprec import distributed as dist
+    from lowprec.evaluation.merge import OrderedSum
+
+    rng = np.random.default_rng(seed)
+    n = sum(windows)
+    deltas = rng.standard_normal((n, 3)) * 10.0 ** rng.integers(-8, 8, size=(n, 1))
+    firsts = np.concatenate([[0], np.cumsum(windows)[:-1]])
+    pieces = []
+    for r in range(ranks):
+        spans = [(f + a, f + b) for f, w in zip(firsts, windows) for a, b in [dist.span(w, r, ranks)]]
+        s = OrderedSum(3, spans, block)
+        for a, b in spans:
+            for i in range(a, b):
+                s.add(i, deltas[i])
+        pieces.append(s.pieces())
+    got = OrderedSum.fold(np.concatenate(pieces), 3)
+    want = np.zeros(3)
+    for k in range(0, n, block):
+        acc = np.zeros(3)
+        for i in range(k, min(k + block, n)):
+            acc += deltas[i]
+        want += acc
+    assert got.tobytes() == want.tobytes()
