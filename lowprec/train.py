@@ -43,7 +43,9 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     sparse_lr: float | None = None  # the tables' learning rate; None: DEFAULT_TABLE_LR[optimizer]
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # the MLPs' (Adam)
+    embedding_l2: float = 0.0  # + l2 * mean_b Σ_t ||pooled_t||² in the loss (lowprec.training.steps)
+    adagrad_init: float = 0.0  # tables' row-wise Adagrad accumulators start here (lowprec.training.fused_tables)
     seed: int = 0
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64, 16)
@@ -66,6 +68,10 @@ class TrainConfig:
             raise InputError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         if self.patience < 1:
             raise InputError("patience must be >= 1")
+        if not min(self.embedding_l2, self.weight_decay, self.adagrad_init) >= 0:
+            raise InputError("embedding_l2, weight_decay and adagrad_init must be >= 0")
+        if self.adagrad_init and self.optimizer != "rowwise-adagrad":
+            raise InputError("adagrad_init applies to --optimizer rowwise-adagrad only")
         overlap = sorted(set(self.windows) & set(self.val_windows))
         if overlap:
             raise InputError(f"validation windows {overlap} are also training windows")
@@ -168,7 +174,8 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
     rate = positive_rate(ds, cfg.windows)
     if init is None and cfg.init_bias:
         init_output_bias(model, rate)
-    step = make_step(model, cfg.optimizer, cfg.lr, cfg.table_lr, cfg.weight_decay)
+    step = make_step(model, cfg.optimizer, cfg.lr, cfg.table_lr, cfg.weight_decay, cfg.embedding_l2,
+                     cfg.adagrad_init)
     started, seen, history, best, since_best = time.time(), 0, [], None, 0
     for epoch in range(cfg.epochs):
         step.scorer.train()
