@@ -19,8 +19,9 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--init-bias/--no-init-bias", default=True, show_default=True,
               help="Start the output bias at the logit of the training positive rate.")
 @click.option("--seed", default=0, show_default=True, help="Seed for init and data order; same seed, same weights.")
-@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Epochs (at most, with --val-windows).")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Epochs (at most, with --val-windows) [1; up to 5 with validation windows, which stop "
+                   "training early].")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--optimizer", type=click.Choice(["rowwise-adagrad", "sparse-adam"]), default="rowwise-adagrad",
               show_default=True, help="Tables: FBGEMM's fused training TBE with row-wise Adagrad, or "
