@@ -15,7 +15,6 @@ is recorded.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,14 @@ from lowprec.drift import report
 from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, decide
 from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
-from lowprec.drift.signals import calib_rates, expected_gap, signals_for
+from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.delayed import estimate_summaries, labelfree_config, process_window, score_plan
 from lowprec.drift.record import finite
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 from lowprec.provenance import check_converted_from
-from lowprec.drift.sources import check_sources, window_source
+from lowprec.drift.sources import check_sources
 from lowprec.fileio import read_json, sha256_file
 from lowprec.train import check_compatible
 
@@ -297,7 +296,8 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None,
                         stages(f"rescore window {target}", ds.meta.window(target).rows, "rows"))
     expected = expected_gap(models.manifest)
-    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected), CusumState(), job.config.alarm)
+    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected,
+                           expected_calibration_gap(models.manifest)), CusumState(), job.config.alarm)
     t = job.config.alarm
     closes = not d.alarm and m.ne_gap.lo - expected <= t.ne_gap_allowance and \
         (not t.two_sided or m.ne_gap.hi - expected >= -t.ne_gap_allowance)

@@ -8,7 +8,7 @@ from typing import Any
 
 from lowprec.data.dataset import Dataset
 from lowprec.drift.alarm import decide
-from lowprec.drift.signals import calib_rates, expected_gap, signals_for
+from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
 from lowprec.evaluation.paired import TableError, WindowMeasure
 
@@ -20,7 +20,7 @@ def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: in
     info = ds.meta.window(w)
     rates = calib_rates(calib, list(m.clipping))
     base = store.baseline()
-    s = signals_for(m, base, rates, expected_gap(models.manifest))
+    s = signals_for(m, base, rates, expected_gap(models.manifest), expected_calibration_gap(models.manifest))
     d = decide(s, store.previous_state(w), job.config.alarm)
     row = {
         "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,

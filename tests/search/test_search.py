@@ -146,6 +146,16 @@ def test_cli_search_writes_plan_report_and_json(setup, tmp_path):
     converted = json.loads(r.output.strip().splitlines()[-1])
     assert out["compression"] == pytest.approx(converted["compression"], rel=1e-12)
     assert out["total_compression"] == pytest.approx(out["fp32_bytes"] / out["total_bytes"])
+    # the validated calibration gap (drift judges its calibration alarm against it) is the artifact's
+    # mean prediction over the float model's on the evaluation window: calibration = Σp / Σy
+    calib = {}
+    for name, path in (("float", root / "model"), ("plan", tmp_path / "a")):
+        e = CliRunner().invoke(main, ["eval", "--model", str(path), "--data", str(root / "data"), "--windows", "3",
+                                      "--json"])
+        calib[name] = json.loads(e.output.strip().splitlines()[-1])["calibration"]
+    # (to 3e-4: eval's batches differ from validation's, and dynamic int8 activation ranges follow the batch)
+    assert plan["validated"]["calibration_gap"] != 0
+    assert plan["validated"]["calibration_gap"] == pytest.approx(calib["plan"] / calib["float"] - 1, abs=3e-4)
 
 
 def test_overlapping_windows_and_bad_recipe_exit_2(setup, tmp_path):
