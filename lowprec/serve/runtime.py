@@ -209,6 +209,7 @@ class QuantizedEmbeddings(nn.Module):
             ids = tables[self.feature_table[f]].long()
             valid = ids != -1
             mapped, w = id_map(torch.where(valid, ids, torch.zeros_like(ids)))
+            valid = valid & (mapped >= 0)  # -1: this id is not in the feature's table (a tier)
             idx.append(mapped[valid])
             lens.append(valid.sum(1))
             if w is not None:
