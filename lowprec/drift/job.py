@@ -30,6 +30,7 @@ from lowprec.data.windows import select_windows
 from lowprec.drift import report
 from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, decide
+from lowprec.drift.tiers import hot_share, tier_shares
 from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
 from lowprec.drift.signals import calib_rates, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
@@ -235,8 +236,9 @@ def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Model
     notes = table_err.notes if table_err is not None else {}
     table_rows = [{"window": w, "table_name": n, **(e or {}), "note": notes.get(n)}
                   for n, e in m.table_error.items()]
+    tiers = tier_shares(models.candidate, ds, w, job.batch_size)  # tiered tables' traffic per tier
     store.record_window(_finite(row), [_finite(r) for r in clip_rows], [_finite(r) for r in table_rows],
-                        window_source(job, ds, models, w))
+                        window_source(job, ds, models, w), tiers)
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +259,9 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
              recal: list[dict[str, Any]]) -> DriftOutcome:
     rows = [r for r in store.windows() if r["window"] in set(chosen)]
     summaries = [window_summary(r, r["window"] in todo) for r in rows]
+    tiers = store.tier_shares()
+    for s in summaries if tiers else ():  # tiered tables: the hot tiers' share of lookups, per window
+        s["hot_tier_share"] = hot_share([t for t in tiers if t["window"] == s["window"]])
     new_alarm = any(s["alarm"] for s in summaries if s["processed"])
     latest_alarm = bool(summaries) and summaries[-1]["alarm"]
     return DriftOutcome(summaries, todo, 1 if (new_alarm or latest_alarm) else 0, recal, job.db, job.report)

@@ -49,6 +49,7 @@ WINDOW_COLUMNS = (
 CLIP_COLUMNS = ("window", "layer", "clip_rate", "calib_clip_rate", "clipped", "elements",
                 "range_lo", "range_hi", "observed_min", "observed_max")
 TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "note")
+TIER_COLUMNS = ("window", "table_name", "tier", "lookups", "share")  # lowprec.drift.tiers
 SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
 RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows", "method", "artifact",
                  "artifact_sha256", "calibration", "ne_gap", "ne_gap_lo", "ne_gap_hi", "auc_diff",
@@ -56,7 +57,7 @@ RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows"
 _TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", "staleness", "layer",
          "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
          "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds"}
-_INT = {"id", "window", "run_id", "rows", "baseline_window", "alarm", "clipped", "elements", "alarm_window", "closes"}
+_INT = {"id", "window", "run_id", "rows", "tier", "lookups", "baseline_window", "alarm", "clipped", "elements", "alarm_window", "closes"}
 
 
 def _coltype(c: str) -> str:
@@ -78,6 +79,7 @@ SCHEMA = [
     _create("layer_clipping", CLIP_COLUMNS, 'PRIMARY KEY ("window", layer)'),
     _create("table_error", TABLE_COLUMNS, 'PRIMARY KEY ("window", table_name)'),
     _create("window_sources", SOURCE_COLUMNS, primary="window"),
+    _create("tier_share", TIER_COLUMNS, 'PRIMARY KEY ("window", table_name, tier)'),
     _create("recalibrations", ("id",) + RECAL_COLUMNS, "UNIQUE (alarm_window, source)", primary="id"),
 ]
 
@@ -205,7 +207,8 @@ class DriftStore:
         return {r["window"]: dict(r) for r in self.conn.execute("SELECT * FROM window_sources")}
 
     def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
-                      tables: list[dict[str, Any]], source: dict[str, Any] | None = None) -> None:
+                      tables: list[dict[str, Any]], source: dict[str, Any] | None = None,
+                      tiers: list[dict[str, Any]] = ()) -> None:
         """All of one window (and what it was computed from) in one transaction."""
         row = dict(row, recorded=now())
         for k in ("triggers", "warnings", "staleness"):
@@ -214,10 +217,14 @@ class DriftStore:
             _insert(self.conn, "windows", WINDOW_COLUMNS, [row])
             _insert(self.conn, "layer_clipping", CLIP_COLUMNS, clipping)
             _insert(self.conn, "table_error", TABLE_COLUMNS, tables)
+            _insert(self.conn, "tier_share", TIER_COLUMNS, list(tiers))
             if source is not None:
                 _insert(self.conn, "window_sources", SOURCE_COLUMNS, [dict(source, window=row["window"])])
             if self.meta("baseline_window") is None:
                 self.set_meta("baseline_window", str(row["window"]))
+
+    def tier_shares(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute('SELECT * FROM tier_share ORDER BY "window", rowid')]
 
     def clipping(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute('SELECT * FROM layer_clipping ORDER BY "window", rowid')]

@@ -61,7 +61,7 @@ class TierSpec:
     def from_json(cls, spec: dict[str, Any], table: str) -> "TierSpec":
         unknown = sorted(set(spec) - {"kind", "tiers"})
         tiers = spec.get("tiers")
-        if unknown or not isinstance(tiers, list):
+        if unknown or not isinstance(tiers, (list, tuple)):
             raise InputError(f"table {table!r}: bad sharing {spec}: 'tiered' takes only "
                              f"tiers=[[share, precision], ...]" + (f"; unknown {unknown}" if unknown else ""))
         out = []
@@ -141,3 +141,30 @@ def tiered_bytes(n: int, dim: int, cold: TableCodec, spec: dict[str, Any], table
     sizes = tiers.sizes(n)
     rows = sum(table_codec(p).table_bytes(k, dim) for k, (_, p) in zip(sizes, tiers.tiers))
     return rows + cold.table_bytes(sizes[-1], dim) + 8 * (-(-n // BLOCK)) * len(tiers.tiers)
+
+
+def traffic_shares(tier_ids: list[torch.Tensor], counts: torch.Tensor) -> list[float]:
+    """Each tier's share of a window's lookups (`counts`: the window's row access counts): how much
+    traffic the hot tier serves, which drops when popularity moves to ids ranked cold."""
+    total = float(counts.sum())
+    return [float(counts[ids.long()].sum()) / total if total > 0 else 0.0 for ids in tier_ids]
+
+
+def parse_layout(text: str, where: str = "tier layout") -> tuple[dict[str, Any], Precision]:
+    """'0.02:fp16,0.1:int8/int4' -> ({"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]]}, INT4):
+    upper tiers hottest first, then the cold tier's precision (the table's plan precision)."""
+    upper, sep, cold = str(text).partition("/")
+    tiers = []
+    for part in upper.split(","):
+        share, colon, p = part.strip().partition(":")
+        try:
+            tiers.append([float(share), Precision.parse(p, where).value])
+        except ValueError:
+            raise InputError(f"{where}: {text!r} is not SHARE:PRECISION[,...]/COLD, e.g. 0.02:fp16/int4") from None
+        if not colon:
+            raise InputError(f"{where}: {text!r} is not SHARE:PRECISION[,...]/COLD, e.g. 0.02:fp16/int4")
+    if not sep:
+        raise InputError(f"{where}: {text!r} names no cold precision (…/int4)")
+    spec = {"kind": "tiered", "tiers": tiers}
+    TierSpec.from_json(spec, where)
+    return spec, Precision.parse(cold.strip(), where)

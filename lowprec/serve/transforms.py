@@ -171,6 +171,8 @@ class TierLookup(nn.Module):
         return torch.where(valid & ~hit, x - rank, -1), None
 
 
+KEEPS_PADS = ("identity", "tier")  # kinds that map -1 to -1 (the runtime's padded path)
+
 TRANSFORMS = {
     "identity": lambda spec, buffers, where: Identity(),
     "hash": HashRows,
