@@ -22,7 +22,7 @@ from .conftest import cli, last_json
 N = 200  # rows of the tiered table t0; windows 0-2 draw Zipf ids hot at 0.., windows 3-4 hot at N-1..
 
 
-def shifting_dataset(out, rows=1500, seed=0):
+def shifting_dataset(out, rows=800, seed=0):
     rng = np.random.default_rng(seed)
     feats = [SparseFeature("t0", N, 2), SparseFeature("t1", 30, 1)]
     with atomic_dir(out) as tmp:

@@ -22,8 +22,8 @@ LAYOUTS = ("0.05:fp16/int2", "0.02:fp16,0.2:int8/int4")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiersearch")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=3000, tables=(600, 40, 8), hotness=(1, 2, 1)))
-    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=2))
+    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=1500, tables=(600, 40, 8), hotness=(1, 2, 1)))
+    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=1))
     save_float_model(model, root / "model", info)
     calib = calibrate(model, ds, CalibConfig((2,)))
     calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
