@@ -13,8 +13,10 @@ Variants, each built the way `lowprec convert` builds it (lowprec.serve.quantize
 interleaved in one process (tools/_bench_common.interleaved) on the loader's FeatureIds:
   uniform P        every table at P (fp32, fp16, int8, int4): the runtime's direct TBE path
   hot sharing      {"kind": "hot", "ratio": R, "hot": 0.5} at --hot-precision (searchsorted id map)
+                   on tables of >= --min-rows rows, smaller ones plain at that precision
   tiered           {"kind": "tiered", "tiers": --tiers}, cold rows at --cold: the runtime's
-                   padded path (rank directory id map, then one TBE over every tier)
+                   padded path (rank directory id map, then one TBE over every tier); tables
+                   under --min-rows plain at --small (cache-resident: a tier would add slots only)
   tiered, split upstream   the same module's TBE on indices already split into tiers (the id map
                    done by the data path, as the loader already builds FeatureIds): the layout's
                    own lookup cost
@@ -74,7 +76,7 @@ class Traffic:
         return FeatureIds.from_matrix(np.concatenate(cols, axis=1), (pooling,) * len(self.rows))
 
     def counts(self, t: int, count: int, seed: int) -> torch.Tensor:
-        return torch.from_numpy(np.bincount(self.ids(t, count, seed), minlength=self.rows[t]).astype(np.float64))
+        return torch.from_numpy(np.bincount(self.ids(t, count, seed), minlength=self.rows[t]).astype(np.float32))
 
     def shift(self, share: float, seed: int) -> "Traffic":
         """The same laws with the ids of the top `share` of ranks moved onto random other ids."""
@@ -91,8 +93,18 @@ class Traffic:
         return out
 
 
+CHUNK = 1 << 20
+
+
+def weight_chunks(t: int, n: int, dim: int, seed: int):
+    """Table t's float rows N(0, 0.05^2), CHUNK rows at a time (one generator per table)."""
+    g = torch.Generator().manual_seed(seed * 1000 + t)
+    for start in range(0, n, CHUNK):
+        yield start, torch.empty(min(CHUNK, n - start), dim).normal_(0.0, 0.05, generator=g)
+
+
 def weight(t: int, n: int, dim: int, seed: int) -> torch.Tensor:
-    return torch.empty(n, dim).normal_(0.0, 0.05, generator=torch.Generator().manual_seed(seed * 1000 + t))
+    return torch.cat([w for _, w in weight_chunks(t, n, dim, seed)])
 
 
 def uniform_module(rows: list[int], dim: int, p: Precision, pooling: int, seed: int) -> QuantizedEmbeddings:
@@ -101,16 +113,22 @@ def uniform_module(rows: list[int], dim: int, p: Precision, pooling: int, seed: 
     feats = [Feature(t.key) for t in tables]
     serving = [TableServing(SPARSE_NAMES[i], pooling, ((i,),)) for i in range(len(rows))]
     emb = QuantizedEmbeddings(dim, tables, feats, serving, rows=rows)
-    emb.load_rows(lambda key: table_codec(p).encode(weight(int(key[1:]), rows[int(key[1:])], dim, seed)))
+    for t, dst in enumerate(emb.table_weights()):  # chunk by chunk: no whole float table held
+        for start, w in weight_chunks(t, rows[t], dim, seed):
+            code = table_codec(p).encode(w)
+            dst[start:start + len(w), :code.shape[1]].copy_(code)
     return emb.eval()
 
 
-def shared_module(rows: list[int], dim: int, choice: TableChoice, counts: list[torch.Tensor], pooling: int,
-                  seed: int) -> tuple[QuantizedEmbeddings, list[QuantizedForm]]:
+def shared_module(rows: list[int], dim: int, choice: TableChoice, small: TableChoice, min_rows: int,
+                  counts: list[torch.Tensor], pooling: int, seed: int) -> tuple[QuantizedEmbeddings, list[QuantizedForm]]:
+    """Tables of >= min_rows rows under `choice` (a sharing kind), smaller ones plain at `small`."""
     forms = []
     for t, n in enumerate(rows):
-        form = post_training_form(dense_form(f"t{t}", weight(t, n, dim, seed)), choice.sharing, counts[t], f"t{t}")
-        forms.append(quantize_form(form, choice, counts[t]))
+        form = dense_form(f"t{t}", weight(t, n, dim, seed))
+        if n >= min_rows:
+            form = post_training_form(form, choice.sharing, counts[t], f"t{t}")
+        forms.append(quantize_form(form, choice if n >= min_rows else small, counts[t]))
     emb = embeddings_from_forms(dim, [(SPARSE_NAMES[t], pooling) for t in range(len(rows))], forms, rows)
     return emb.eval(), forms
 
@@ -145,9 +163,11 @@ def build(args: argparse.Namespace, rows: list[int], counts: list[torch.Tensor])
     mods: dict[str, QuantizedEmbeddings] = {}
     # the shared forms first: their float working copies peak before the big uniform modules exist
     hot = TableChoice(Precision(args.hot_precision), {"kind": "hot", "ratio": args.hot_ratio, "hot": 0.5})
-    mods["hot sharing"], _ = shared_module(rows, args.dim, hot, counts, args.pooling, args.seed)
+    mods["hot sharing"], _ = shared_module(rows, args.dim, hot, TableChoice(hot.precision), args.min_rows,
+                                           counts, args.pooling, args.seed)
     tiered = TableChoice(Precision(args.cold), {"kind": "tiered", "tiers": parse_tiers(args.tiers)})
-    mods["tiered"], _ = shared_module(rows, args.dim, tiered, counts, args.pooling, args.seed)
+    mods["tiered"], _ = shared_module(rows, args.dim, tiered, TableChoice(Precision(args.small)), args.min_rows,
+                                      counts, args.pooling, args.seed)
     print("built hot sharing and tiered", file=sys.stderr, flush=True)
     for p in UNIFORM:
         t0 = time.perf_counter()
@@ -182,12 +202,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lambda k: tiered.padded_inputs([batches[k].table(t) for t in range(len(rows))]), n)
     load_before = os.getloadavg()
     with torch.no_grad():
-        times = bc.interleaved(variants, args.repeats, block_seconds=0.1, min_seconds=0.3)
+        times = bc.interleaved(variants, args.repeats, block_seconds=args.block_seconds,
+                               min_seconds=3 * args.block_seconds)
     lookups = args.batch * len(rows) * args.pooling
     byts = {name: _bytes(m) for name, m in mods.items()}
     byts["tiered, split upstream"] = byts["tiered"]
     spec = TierSpec.from_json({"kind": "tiered", "tiers": parse_tiers(args.tiers)}, "*")
-    big = [t for t, n in enumerate(rows) if n >= 100_000 * args.scale]
+    big = [t for t, n in enumerate(rows) if n >= args.min_rows]
     shifted = traffic.shift(args.shift, args.seed + 7)
     n_eval = args.batches * args.batch * args.pooling
     new_counts = [shifted.counts(t, n_calib, 20_000 + args.seed) if t in big else counts[t] for t in range(len(rows))]
@@ -209,6 +230,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def render(r: dict[str, Any]) -> list[str]:
+    """The measured tables of reports/tiered.md from a result."""
+    c = r["config"]
+    lines = [f"`{r['command']}`", "", bc.machine_line(r["machine"]) + f"; load average before "
+             f"{r['load_before'][0]:.1f}, after {r['load_after'][0]:.1f}", "",
+             f"{sum(r['rows']):,} rows, D={c['dim']}, batch {c['batch']}, {c['pooling']} Zipf ids a bag, "
+             f"{r['lookups_per_call']:,} lookups a call, {c['threads']} thread(s); tiers {c['tiers']} / {c['cold']}; "
+             f"hot sharing ratio {c['hot_ratio']} at {c['hot_precision']}; tables under {c['min_rows']:,} rows "
+             f"neither tiered nor shared (the tiered plan's at {c['small']}, hot sharing's at its precision). Median [min-max] over "
+             f"{c['repeats']} interleaved repeats; ratios paired per repeat.", ""]
+    rows = [[k, bc.fmt_spread(r["ms"][k], digits=1), f"{r['lookups_per_call'] / r['ms'][k]['median'] / 1e3:.1f}",
+             bc.fmt_ratio(r["over_fp32"][k]), bc.fmt_ratio(r["over_int4"][k]),
+             f"{r['bytes'][k] / 1e6:,.0f}" if k in r["bytes"] else "", 
+             f"{r['bytes_over_int4'][k]:.3f}" if k in r["bytes_over_int4"] else ""] for k in r["ms"]]
+    lines += bc.md_table(["variant", "ms / call", "M lookups/s", "x fp32 (speed)", "x int4 (speed)", "MB",
+                          "bytes / int4"], rows)
+    h = r["hot_share"]
+    lines += ["", f"Upper tiers' share of lookups into the {len(h['tables'])} tiered tables: "
+              f"calibrated traffic {h['calibrated traffic']:.3f}; after a popularity shift "
+              f"({c['shift']:.0%} of ranks moved to other ids) with the old ranking "
+              f"{h['after shift, old ranking']:.3f}, re-ranked from the shifted traffic's counts "
+              f"{h['after shift, re-ranked']:.3f}.", "",
+              "Checks (max |diff| of pooled outputs against uniform fp32; split upstream against the runtime): "
+              + ", ".join(f"{k.replace(', max |diff|', '')} {v:.3g}" for k, v in r["checks"].items())]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
@@ -219,14 +267,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calib-batches", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--block-seconds", type=float, default=0.1, help="timed block length (3 blocks a repeat)")
     ap.add_argument("--tiers", default="0.02:fp16", help="upper tiers, hottest first: SHARE:PRECISION,...")
     ap.add_argument("--cold", default="int4")
+    ap.add_argument("--min-rows", type=int, default=100_000,
+                    help="tables with fewer rows are not tiered or shared (they sit in cache anyway)")
+    ap.add_argument("--small", default="fp16", help="precision of the tiered plan's untiered small tables")
     ap.add_argument("--hot-ratio", type=float, default=2.0)
     ap.add_argument("--hot-precision", default="int8")
     ap.add_argument("--shift", type=float, default=0.01, help="share of ranks whose ids move (popularity shift)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="reports/tiered.json")
+    ap.add_argument("--render", metavar="JSON", help="only print the report tables of an earlier result")
     args = ap.parse_args(argv)
+    if args.render:
+        import json
+
+        print("\n".join(render(json.loads(Path(args.render).read_text()))))
+        return
     result = run(args)
     bc.write_json(args.out, result)
     print(f"{'variant':<24} {'ms/call':>22} {'x int4':>20} {'x fp32':>20} {'bytes/int4':>10}")
