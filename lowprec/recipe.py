@@ -3,6 +3,7 @@
     [windows]    train = "0-3"   validate = "4"   calibrate = "4"   evaluate = "5-7"   monitor = "5-13"
     [budgets]    max_ne_increase = "0.1%"   max_auc_drop = 0.001   memory_budget = 0 (0: none)
     [candidates] table_precisions = ["fp32", ...]   layer_precisions = [...]   sharing_ratios = [4, 16]
+                 tier_layouts = ["0.02:fp16/int4"] (lowprec.serve.tiers.parse_layout)
     [calibrate]  method = "minmax"   percentile = 99.99
     [search]     max_rows = 50000   range_method = "l2"   objective = "bytes"
 
@@ -28,7 +29,7 @@ from lowprec.errors import InputError
 SCHEMA: dict[str, set[str]] = {
     "windows": {"train", "validate", "calibrate", "evaluate", "test", "monitor"},
     "budgets": {"max_ne_increase", "max_auc_drop", "memory_budget"},
-    "candidates": {"table_precisions", "layer_precisions", "sharing_ratios", "sharing_precisions"},
+    "candidates": {"table_precisions", "layer_precisions", "sharing_ratios", "sharing_precisions", "tier_layouts"},
     "calibrate": {"method", "percentile", "max_rows"},
     "search": {"max_rows", "range_method", "objective", "max_rounds", "margin"},
     "recipe": {"name", "description", "data"},
@@ -39,7 +40,8 @@ TYPES: dict[str, tuple[type, ...]] = {  # "section.key" -> accepted TOML value t
     "budgets.max_ne_increase": (str, *_NUM), "budgets.max_auc_drop": (str, *_NUM),
     "budgets.memory_budget": (int,), "candidates.table_precisions": _STR_OR_LIST,
     "candidates.layer_precisions": _STR_OR_LIST, "candidates.sharing_ratios": _STR_OR_LIST,
-    "candidates.sharing_precisions": _STR_OR_LIST, "calibrate.method": (str,),
+    "candidates.sharing_precisions": _STR_OR_LIST, "candidates.tier_layouts": _STR_OR_LIST,
+    "calibrate.method": (str,),
     "calibrate.percentile": _NUM, "calibrate.max_rows": (int,), "search.max_rows": (int,),
     "search.range_method": (str,), "search.objective": (str,), "search.max_rounds": (int,),
     "search.margin": _NUM, "recipe.name": (str,), "recipe.description": (str,), "recipe.data": (str,),

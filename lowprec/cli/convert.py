@@ -78,8 +78,13 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
 
 
 def _summary(manifest: dict, path: str) -> dict:
+    physical = {p["key"]: p for p in manifest["physical_tables"]}
     tables = [{k: t[k] for k in ("name", "rows", "precision", "sharing", "bytes")} |
               {"dim": manifest["model"]["embedding_dim"]} for t in manifest["tables"]]
+    for t, entry in zip(tables, manifest["tables"]):
+        if (t["sharing"] or {}).get("kind") == "tiered":  # each tier's own table and precision
+            t["tiers"] = [{k: physical[key][k] for k in ("key", "rows", "precision", "bytes")}
+                          for key in entry["physical"]]
     return {
         "artifact": str(path),
         "format_version": manifest["version"],
@@ -131,6 +136,9 @@ def _show(s: dict, as_json: bool) -> None:
         sharing = t["sharing"]["kind"] if t["sharing"] else "-"
         click.echo(f"{t['name']:<16} {t['rows']:>10} {t['dim']:>4} {t['precision']:>9} {sharing:>14} "
                    f"{_human(t['bytes']):>11}")
+        for tier in t.get("tiers", ()):
+            click.echo(f"  {tier['key']:<14} {tier['rows']:>10} {'':>4} {tier['precision']:>9} {'':>14} "
+                       f"{_human(tier['bytes']):>11}")
     for name, v in s["layers"].items():
         click.echo(f"layer {name:<10} {v['precision']:>5}{' (static)' if v['static'] else ''}")
     click.echo(f"embedding bytes {_human(s['embedding_bytes'])}, fp32 {_human(s['fp32_embedding_bytes'])}, "

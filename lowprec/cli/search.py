@@ -26,14 +26,16 @@ from lowprec.cli._common import StageBars, fmt
 @click.option("--precisions", help="Table precisions to consider, e.g. fp16,int8,int4 [all].")
 @click.option("--layer-precisions", help="Layer precisions to consider, e.g. fp32,int8 [fp32,fp16,int8].")
 @click.option("--sharing-ratios", help="Post-training sharing ratios to consider, e.g. 4,16 (needs row counts).")
+@click.option("--tier-layouts", help="Tiered tables to consider, ';'-separated, e.g. '0.02:fp16/int4;0.05:fp16/int2' "
+              "(hottest rows' share:precision, then the cold rows' precision; needs row counts).")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
               help="CALIB.json; without it the search calibrates on --calib-windows itself.")
 @click.option("--max-rows", type=int, help="Calibration rows cached for sensitivity [50000].")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md + index.html here.")
 @click.option("--json", "as_json", is_flag=True)
 def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_windows, out, max_ne_increase, max_auc_drop,
-           memory_budget, objective, precisions, layer_precisions, sharing_ratios, calib_path, max_rows,
-           report_dir, as_json):
+           memory_budget, objective, precisions, layer_precisions, sharing_ratios, tier_layouts, calib_path,
+           max_rows, report_dir, as_json):
     """Search a precision (and sharing) per table and per layer under an accuracy budget.
 
     Measures each option's NE/AUC effect alone on the calibration windows, picks the cheapest
@@ -58,7 +60,7 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
         max_ne_increase=max_ne_increase,
         max_auc_drop=max_auc_drop, memory_budget=memory_budget, objective=objective,
         precisions=precisions, layer_precisions=layer_precisions, sharing_ratios=sharing_ratios,
-        calib_path=calib_path, max_rows=max_rows, report_dir=report_dir)
+        tier_layouts=tier_layouts, calib_path=calib_path, max_rows=max_rows, report_dir=report_dir)
     dist.check_same(inputs)
     with StageBars() as stages:
         result, summary = run_search(req, stages)

@@ -30,6 +30,7 @@ from lowprec.drift.labelfree import LabelFreeConfig
 from lowprec.drift.record import finite, labelled_record
 from lowprec.drift.sources import window_source
 from lowprec.drift.store import DriftStore, now
+from lowprec.drift.tiers import tier_shares
 from lowprec.errors import InputError
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
 
@@ -125,7 +126,8 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
         st.insert("window_events", [{"window": w, "run_id": run_id, "kind": "labels", "alarm": row["alarm"],
                                      "reason": row["reason"]}])
 
-    store.record_window(row, clips, tables, None if fill else window_source(job, ds, models, w), also=also)
+    tiers = tier_shares(models.candidate, ds, w, job.batch_size)  # tiered tables' traffic per tier
+    store.record_window(row, clips, tables, None if fill else window_source(job, ds, models, w), tiers, also=also)
 
 
 def _estimate_row(job: Any, store: DriftStore, ds: Dataset, w: int, run_id: int, obs: LabelFreeObserver,

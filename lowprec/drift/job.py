@@ -29,6 +29,7 @@ from lowprec.data.windows import select_windows
 from lowprec.drift import report
 from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, decide
+from lowprec.drift.tiers import hot_share
 from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
 from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.delayed import estimate_summaries, labelfree_config, process_window, score_plan
@@ -224,6 +225,9 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
     rows = [r for r in store.windows() if r["window"] in set(chosen)]
     summaries = [window_summary(r, r["window"] in todo) for r in rows]
     estimates = estimate_summaries(store, chosen, todo)
+    tiers = store.tier_shares()
+    for s in summaries if tiers else ():  # tiered tables: the hot tiers' share of lookups, per window
+        s["hot_tier_share"] = hot_share([t for t in tiers if t["window"] == s["window"]])
     new_alarm = any(s["alarm"] for s in summaries if s["processed"])
     latest_alarm = bool(summaries) and summaries[-1]["alarm"]
     new_alarm = new_alarm or any(e["est_alarm"] for e in estimates if e["processed"])

@@ -53,6 +53,7 @@ WINDOW_COLUMNS = (
 CLIP_COLUMNS = ("window", "layer", "clip_rate", "calib_clip_rate", "clipped", "elements",
                 "range_lo", "range_hi", "observed_min", "observed_max")
 TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "note")
+TIER_COLUMNS = ("window", "table_name", "tier", "lookups", "share")  # lowprec.drift.tiers
 SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
 LABELFREE_COLUMNS = (
     "window", "run_id", "recorded", "label", "start", "end", "rows", "has_labels", "filled_run_id", "filled",
@@ -70,8 +71,8 @@ _TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", 
          "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
          "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "filled",
          "est_triggers", "est_reason", "est_warnings", "part", "kind"}
-_INT = {"id", "window", "run_id", "rows", "baseline_window", "alarm", "clipped", "elements", "alarm_window", "closes",
-        "has_labels", "filled_run_id", "rank_rows", "est_alarm"}
+_INT = {"id", "window", "run_id", "rows", "tier", "lookups", "baseline_window", "alarm", "clipped", "elements",
+        "alarm_window", "closes", "has_labels", "filled_run_id", "rank_rows", "est_alarm"}
 
 
 def _coltype(c: str) -> str:
@@ -93,6 +94,7 @@ SCHEMA = [
     _create("layer_clipping", CLIP_COLUMNS, 'PRIMARY KEY ("window", layer)'),
     _create("table_error", TABLE_COLUMNS, 'PRIMARY KEY ("window", table_name)'),
     _create("window_sources", SOURCE_COLUMNS, primary="window"),
+    _create("tier_share", TIER_COLUMNS, 'PRIMARY KEY ("window", table_name, tier)'),
     _create("recalibrations", ("id",) + RECAL_COLUMNS, "UNIQUE (alarm_window, source)", primary="id"),
     _create("labelfree", LABELFREE_COLUMNS, primary="window"),
     _create("attribution", ATTRIBUTION_COLUMNS, 'PRIMARY KEY ("window", part)'),
@@ -224,9 +226,10 @@ class DriftStore:
 
     def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
                       tables: list[dict[str, Any]], source: dict[str, Any] | None = None,
-                      also: Any = None) -> None:
-        """All of one window (and what it was computed from) in one transaction; `also(store)`
-        writes more in the same transaction (the label-free record, lowprec.drift.delayed)."""
+                      tiers: list[dict[str, Any]] = (), also: Any = None) -> None:
+        """All of one window (and what it was computed from, and its tiers' lookup shares) in one
+        transaction; `also(store)` writes more in the same transaction (the label-free record,
+        lowprec.drift.delayed)."""
         row = dict(row, recorded=now())
         for k in ("triggers", "warnings", "staleness"):
             row[k] = json.dumps(list(row.get(k) or []))
@@ -234,12 +237,16 @@ class DriftStore:
             _insert(self.conn, "windows", WINDOW_COLUMNS, [row])
             _insert(self.conn, "layer_clipping", CLIP_COLUMNS, clipping)
             _insert(self.conn, "table_error", TABLE_COLUMNS, tables)
+            _insert(self.conn, "tier_share", TIER_COLUMNS, list(tiers))
             if source is not None:
                 _insert(self.conn, "window_sources", SOURCE_COLUMNS, [dict(source, window=row["window"])])
             if self.meta("baseline_window") is None:
                 self.set_meta("baseline_window", str(row["window"]))
             if also is not None:
                 also(self)
+
+    def tier_shares(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute('SELECT * FROM tier_share ORDER BY "window", rowid')]
 
     def clipping(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute('SELECT * FROM layer_clipping ORDER BY "window", rowid')]

@@ -44,6 +44,7 @@ class SearchRequest:
     precisions: str | None = None
     layer_precisions: str | None = None
     sharing_ratios: str | None = None
+    tier_layouts: str | None = None
     calib_path: str | None = None
     max_rows: int | None = None
     report_dir: str | None = None
@@ -62,6 +63,15 @@ def _ratios(values: tuple[str, ...]) -> tuple[float, ...]:
         return tuple(float(x) for x in values)
     except ValueError:
         raise InputError(f"sharing ratios must be numbers, got {list(values)}") from None
+
+
+def _layouts(value: Any) -> tuple[str, ...]:
+    """Tier layouts: a list, or one string with layouts separated by ';' (each holds commas)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(";") if v.strip())
+    return tuple(str(v) for v in value)
 
 
 def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[str, Any]]:
@@ -84,6 +94,7 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
         sharing_precisions=tuple(Precision.parse(p, "[candidates] sharing_precisions") for p in
                                  _list(r.get("candidates", {}).get("sharing_precisions"), ("int8", "int4"))),
         range_method=r.get("search", {}).get("range_method", "l2"),
+        tier_layouts=_layouts(pick(req.tier_layouts, r, "candidates", "tier_layouts")),
     )
     s = r.get("search", {})
     cfg = SearchConfig(tuple(calib), tuple(evaluate), budget, space,

@@ -18,6 +18,7 @@ from lowprec.precision import Precision
 from lowprec.serve.layers import layer_codec
 from lowprec.serve.sharing import serving_bytes
 from lowprec.serve.tables import table_codec
+from lowprec.serve.tiers import parse_layout
 
 DEFAULT_TABLE_PRECISIONS = ("fp32", "fp16", "fp8", "int8", "int4", "int2")
 DEFAULT_LAYER_PRECISIONS = ("fp32", "fp16", "int8")
@@ -29,7 +30,8 @@ class SearchSpace:
     layer_precisions: tuple[Precision, ...] = tuple(Precision(p) for p in DEFAULT_LAYER_PRECISIONS)
     sharing_ratios: tuple[float, ...] = ()  # post-training "hot" sharing ratios to consider
     sharing_precisions: tuple[Precision, ...] = (Precision.INT8, Precision.INT4)
-    sharing_min_rows: int = 1000  # tables smaller than this are not worth sharing
+    sharing_min_rows: int = 1000  # tables smaller than this are not worth sharing (or tiering)
+    tier_layouts: tuple[str, ...] = ()  # tiered tables to consider, e.g. "0.02:fp16/int4" (serve.tiers)
     range_method: str = "l2"
 
     def __post_init__(self) -> None:
@@ -38,12 +40,15 @@ class SearchSpace:
             raise InputError(f"layers cannot take {bad}")
         if any(r <= 1 for r in self.sharing_ratios):
             raise InputError("sharing ratios must be > 1")
+        for layout in self.tier_layouts:
+            parse_layout(layout, "--tier-layouts")
 
     def to_json(self) -> dict[str, Any]:
         return {"table_precisions": [p.value for p in self.table_precisions],
                 "layer_precisions": [p.value for p in self.layer_precisions],
                 "sharing_ratios": list(self.sharing_ratios),
                 "sharing_precisions": [p.value for p in self.sharing_precisions],
+                "tier_layouts": list(self.tier_layouts),
                 "range_method": self.range_method}
 
 
@@ -89,6 +94,10 @@ def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -
                 for p in space.sharing_precisions:
                     share = (("kind", "hot"), ("ratio", ratio))
                     opts.append(Option(item, p, share, serving_bytes(t, dim, table_codec(p), dict(share))))
+            for layout in space.tier_layouts:  # tier boundaries and precisions, priced like any option
+                spec, cold = parse_layout(layout)
+                share = (("kind", "tiered"), ("tiers", tuple(tuple(x) for x in spec["tiers"])))
+                opts.append(Option(item, cold, share, serving_bytes(t, dim, table_codec(cold), spec)))
         items[item] = opts
     for name, shape in config.layer_shapes().items():
         item = f"layer:{name}"

@@ -9,7 +9,8 @@ lookup into a *physical* table after an id transform:
 - hashing trick: one feature into a smaller table, `hash` transform;
 - QR:            two groups (quotient table + remainder table), summed;
 - ROBE (aligned): one group of D/Z features of width Z into one shared array, concatenated;
-- hot sharing:   one feature into the K hot rows + B buckets, `hot_hash` or `remap` transform.
+- hot sharing:   one feature into the K hot rows + B buckets, `hot_hash` or `remap` transform;
+- tiered:        one group per tier (its own table and precision), `tier` transform (-1: not in this tier).
 
 Transforms are JSON-serialisable dicts {"kind": ..., params} (`lowprec.serve.transforms` builds each
 into a module), so the artifact's manifest fully describes how to serve each table. Buffers (a remap
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from lowprec.precision import Precision
 
 IDENTITY: dict[str, Any] = {"kind": "identity"}
 
@@ -40,6 +43,8 @@ class ServingForm:
     groups: list[list[Feature]]
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     exact: bool = True  # False where the form approximates the training-time computation
+    # physical key -> its own precision (a tiered table's upper tiers); others take the plan's
+    precisions: dict[str, Precision] = field(default_factory=dict)
 
     @property
     def rows_are_ids(self) -> bool:

@@ -76,8 +76,8 @@ class QuantizedForm:
 
 def quantize_form(form: ServingForm, choice: TableChoice, row_counts: torch.Tensor | None,
                   skip: set[str] = frozenset()) -> QuantizedForm:
-    """Quantize every physical table of `form` (except keys in `skip`, already done elsewhere)."""
-    codec = table_codec(choice.precision)
+    """Quantize every physical table of `form` at its precision (the form's own for a tier, else the
+    plan's), except keys in `skip` (already done elsewhere)."""
     physical, padded_from = [], {}
     for key, weight in form.tables.items():
         if key in skip:
@@ -87,8 +87,9 @@ def quantize_form(form: ServingForm, choice: TableChoice, row_counts: torch.Tens
             padded_from[key] = int(weight.shape[1])
         # Access counts weight a table's rows only where physical rows are the logical ids.
         counts = row_counts if row_counts is not None and form.rows_are_ids else None
-        table = PhysicalTable(key, int(padded.shape[0]), int(padded.shape[1]), choice.precision)
-        physical.append((table, codec.encode(padded, choice.range_method, counts)))
+        precision = form.precisions.get(key, choice.precision)
+        table = PhysicalTable(key, int(padded.shape[0]), int(padded.shape[1]), precision)
+        physical.append((table, table_codec(precision).encode(padded, choice.range_method, counts)))
     return QuantizedForm(physical, form.groups, dict(form.buffers), form.exact, padded_from)
 
 

@@ -8,7 +8,9 @@ by its handler, lowprec.serve.tables) and one id-transform module per TBE featur
 and it is TorchScript-compatible: the export scripts this very module.
 
 Ids come either as the (B, slots) matrix (`forward`, scriptable) or, faster, as `FeatureIds`
-built by the data loader in FBGEMM's own layout (`lookup_ids`). Pads (-1) are skipped by the TBE.
+built by the data loader in FBGEMM's own layout (`lookup_ids`). Pads (-1) are skipped by the TBE;
+where every id transform keeps -1 (identity, tier) bags keep their slots (`padded_inputs`), else
+pads and ids a transform maps to -1 are dropped (`tbe_inputs`).
 
 Bounds: every id must be -1 (a pad) or in [0, logical rows of its table) (the model config's
 num_embeddings, passed in as `rows`). Both entry points check this on the logical ids, before any id
@@ -37,7 +39,7 @@ from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
 from lowprec.serve.forms import Feature
 from lowprec.serve.tables import table_codec
-from lowprec.serve.transforms import build_transform
+from lowprec.serve.transforms import KEEPS_PADS, build_transform
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class QuantizedEmbeddings(nn.Module):
 
     hotness: List[int]
     feature_table: List[int]
+    feature_hotness: List[int]
     group_slices: List[List[List[Tuple[int, int]]]]
     names: List[str]
     uniform_hotness: bool
@@ -109,6 +112,11 @@ class QuantizedEmbeddings(nn.Module):
         self.hotness = [s.hotness for s in serving]
         owner = {f: t for t, s in enumerate(serving) for g in s.groups for f in g}
         self.feature_table = [owner[f] for f in range(len(features))]
+        # Padded path: every transform maps -1 (and ids not in its table, as a tier's) to -1 and
+        # every kernel skips -1, so bags keep their slots: no masking, no lengths (tiered tables).
+        self.padded = all(table_codec(t.precision).skips_pads for t in tables) and all(
+            f.transform.get("kind") in KEEPS_PADS for f in features)
+        self.feature_hotness = [self.hotness[t] for t in self.feature_table]
         dims, start, slices = {t.key: t.dim for t in tables}, 0, []
         for f in features:
             slices.append((start, start + dims[f.table]))
@@ -194,8 +202,24 @@ class QuantizedEmbeddings(nn.Module):
 
     def lookup_tables(self, tables: List[torch.Tensor]) -> torch.Tensor:
         """Per table a (B, hotness) id matrix -> pooled (B, T, D), through every id transform."""
+        if self.padded:
+            indices, offsets = self.padded_inputs(tables)
+            return self.pooled_from_tbe(self.tbe(indices, offsets), tables[0].shape[0])
         indices, offsets, weights = self.tbe_inputs(tables)
         return self.pooled_from_tbe(self.tbe(indices, offsets, weights), tables[0].shape[0])
+
+    def padded_inputs(self, tables: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The TBE's (indices, offsets) on the padded path: every feature's transform on all its
+        table's slots, -1 kept, each bag its table's hotness slots."""
+        b = tables[0].shape[0] if len(tables) > 0 else 0
+        idx: List[torch.Tensor] = []
+        for f, id_map in enumerate(self.id_maps):
+            mapped, _ = id_map(tables[self.feature_table[f]].reshape(-1))
+            idx.append(mapped.int())
+        lengths = torch.tensor(self.feature_hotness, dtype=torch.int32).repeat_interleave(b)
+        offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int32)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        return torch.cat(idx), offsets
 
     def tbe_inputs(self, tables: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """The TBE's (indices, offsets, per-sample weights or None): every feature's id transform on
@@ -209,6 +233,7 @@ class QuantizedEmbeddings(nn.Module):
             ids = tables[self.feature_table[f]].long()
             valid = ids != -1
             mapped, w = id_map(torch.where(valid, ids, torch.zeros_like(ids)))
+            valid = valid & (mapped >= 0)  # -1: this id is not in the feature's table (a tier)
             idx.append(mapped[valid])
             lens.append(valid.sum(1))
             if w is not None:

@@ -3,8 +3,8 @@
 One handler per kind in the literal `SHARING_KINDS`:
 - trained kinds (the table's backend, lowprec.model): `dense`, `hash`, `qr`, `robe`. `form(module,
   key)` reads the trained module's tensors into a `ServingForm` (see lowprec.serve.forms);
-- the post-training kind `hot` (below): `share(form, spec, row_counts, table)` turns a dense form
-  into a smaller one.
+- the post-training kinds `hot` (below) and `tiered` (lowprec.serve.tiers: frequency tiers, each
+  at its own precision): `share(form, spec, row_counts, table)` turns a dense form into another.
 Every handler prices itself with `bytes(table, dim, codec, spec)` without building anything (the
 search's byte model), counting physical rows at the precision's row size plus id buffers.
 
@@ -35,6 +35,7 @@ from lowprec.model.sharing import ROBE_KEY, qr_collisions, robe_size
 from lowprec.quant.hashing import DEFAULT_SEED, FAMILY, hash_rows, table_id
 from lowprec.serve.forms import Feature, ServingForm, dense_form
 from lowprec.serve.tables import TableCodec
+from lowprec.serve.tiers import tiered_bytes, tiered_form
 
 ROBE_DEFAULT_Z = 32
 
@@ -106,9 +107,10 @@ def _hot_options(spec: dict[str, Any], table: str) -> tuple[float, float, str, i
     return ratio, hot, lookup, seed
 
 
-def _check_counts(row_counts: torch.Tensor | None, n: int, table: str) -> torch.Tensor:
+def _check_counts(row_counts: torch.Tensor | None, n: int, table: str,
+                  what: str = "hot sharing needs") -> torch.Tensor:
     if row_counts is None:
-        raise InputError(f"table {table!r}: hot sharing needs row access counts from calibration "
+        raise InputError(f"table {table!r}: {what} row access counts from calibration "
                          f"(run `lowprec calibrate` and pass --calibration)")
     counts = torch.as_tensor(row_counts).double().reshape(-1)
     if len(counts) != n:
@@ -189,9 +191,23 @@ class Hot:
         return rows + (4 * n if lookup == "remap" else k * (4 if n <= 2**31 - 1 else 8))
 
 
-SHARING_KINDS = {"dense": Dense(), "hash": Hash(), "qr": QR(), "robe": Robe(), "hot": Hot()}
+class Tiered:
+    """Frequency tiers, each at its own precision (lowprec.serve.tiers)."""
+
+    def share(self, form: ServingForm, spec: dict[str, Any], row_counts: torch.Tensor | None,
+              table: str) -> ServingForm:
+        if not form.rows_are_ids:
+            raise InputError(f"table {table!r}: tiered tables apply to dense tables, not this table's form")
+        n = next(iter(form.tables.values())).shape[0]
+        return tiered_form(form, spec, _check_counts(row_counts, n, table, "tiered tables need"), table)
+
+    def bytes(self, table: TableConfig, dim: int, codec: TableCodec, spec: dict[str, Any]) -> int:
+        return tiered_bytes(table.num_embeddings, dim, codec, spec, table.name)
+
+
+SHARING_KINDS = {"dense": Dense(), "hash": Hash(), "qr": QR(), "robe": Robe(), "hot": Hot(), "tiered": Tiered()}
 TRAINED = ("dense", "hash", "qr", "robe")
-POST_TRAINING = ("hot",)
+POST_TRAINING = ("hot", "tiered")
 
 
 def trained_form(module: nn.Module, table: TableConfig) -> ServingForm:

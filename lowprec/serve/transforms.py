@@ -11,13 +11,14 @@ TorchScript export run these same modules, so every serving form exports.
     robe       h(e, x, chunk) mod rows, sign s(e, x, chunk) if sign   one chunk of aligned ROBE
     remap      buffer[x]                                hot sharing, lookup="remap"
     hot_hash   position of x in the sorted hot ids, else K + h(e, x) mod buckets   hot sharing
+    tier       x's row in one tier of a tiered table by rank directories, else -1 (lowprec.serve.tiers)
 
 h is lowprec.quant.hashing's family; its coefficients are computed when the module is built.
 `TRANSFORMS` is the one registry (a literal: nothing is added at import time).
 """
 
 
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -127,6 +128,51 @@ class HotHash(nn.Module):
         return torch.where(is_hot, pos, cold), None
 
 
+_POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.int32)
+
+
+class TierLookup(nn.Module):
+    """Tier `tier` of a tiered table (lowprec.serve.tiers): the id's row in that tier, or -1 if the id
+    (or a -1 pad) is not in it. Upper tier j reads its own rank directory; the cold tier (j = the
+    number of directories) reads them all: row = x - sum of the ids below x in the upper tiers."""
+
+    dirs: List[torch.Tensor]
+
+    def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
+        super().__init__()
+        names = spec.get("buffers")
+        if not isinstance(names, list) or not names:
+            raise InputError(f"{where}: id transform 'tier' needs a non-empty list of directory buffers")
+        dirs = [_buffer({"kind": "tier", "buffer": name}, buffers, where) for name in names]
+        if len({d.numel() for d in dirs}) != 1:
+            raise InputError(f"{where}: tier directories {names} differ in length")
+        self.tier = _int(spec, "tier", where)
+        if self.tier > len(dirs):
+            raise InputError(f"{where}: tier {self.tier} of a table with {len(dirs) + 1} tiers")
+        self.upper = len(dirs)
+        self.dirs = dirs if self.tier == self.upper else [dirs[self.tier]]
+        self.register_buffer("popcount", _POPCOUNT16, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> Mapped:
+        valid = ids >= 0
+        x = ids.clamp(min=0)
+        block = x >> 4
+        bit = x & 15
+        below = (torch.ones_like(bit) << bit) - 1
+        rank = torch.zeros_like(x)
+        hit = torch.zeros_like(valid)
+        for d in self.dirs:
+            entry = d[block]
+            word = entry & 0xFFFF
+            rank = rank + (entry >> 16) + self.popcount[word & below]
+            hit = hit | (((word >> bit) & 1) == 1)
+        if self.tier < self.upper:
+            return torch.where(valid & hit, rank, -1), None
+        return torch.where(valid & ~hit, x - rank, -1), None
+
+
+KEEPS_PADS = ("identity", "tier")  # kinds that map -1 to -1 (the runtime's padded path)
+
 TRANSFORMS = {
     "identity": lambda spec, buffers, where: Identity(),
     "hash": HashRows,
@@ -135,6 +181,7 @@ TRANSFORMS = {
     "robe": RobeChunk,
     "remap": Remap,
     "hot_hash": HotHash,
+    "tier": TierLookup,
 }
 
 

@@ -1,0 +1,170 @@
+"""Frequency-tiered tables: hot rows at a high precision packed in their own table, cold rows small.
+
+Post-training sharing kind "tiered" (one handler in lowprec.serve.sharing.SHARING_KINDS):
+
+    {"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]]}
+
+ranks a dense table's rows by access count (calibration's row counts; ties by id), puts the top
+2% of rows in tier 0 (fp16), the next 10% in tier 1 (int8) and every other row in the cold tier at
+the plan's table precision (e.g. int4 or int2). Each tier is one physical TBE table holding its rows
+in id order, contiguously (`<table>.tier<j>`, `<table>.cold`), so the hot rows that take most
+lookups share cache lines instead of sitting one per line among cold rows. Every id is in exactly
+one tier; the table serves as one feature group per tier and the runtime sums the groups, which is
+exact because lowprec pools by sum (its graph, its trainer and its importers take sum-pooled tables
+only; there is no other pooling mode to refuse). The form is exact: each row keeps its own value,
+quantized at its tier's precision.
+
+The id -> (tier, row) map is a *rank directory* per upper tier j (buffer `<table>.tier<j>.dir`,
+int64, one word per 16 ids): bits 0-15 mark which of the block's ids are in tier j, bits 16+ count
+tier j's ids below the block. For an id x in block b = x >> 4 with bit i = x & 15:
+
+    in tier j       word_j[b] bit i set
+    row in tier j   cum_j[b] + popcount(word_j[b] & (2^i - 1))
+    row in cold     x - sum_j (cum_j[b] + popcount(word_j[b] & (2^i - 1)))
+
+One gather per tier and id (popcounts from a 64k-entry table): 0.5 bytes per original row per upper
+tier, against 4 (FBGEMM's index_remapping, or the `remap` transform) and without binary search (the
+`hot_hash` transform's searchsorted costs more than the lookup on Zipf traffic). The transform of
+tier j returns -1 for ids not in tier j, which the runtime drops like a pad.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lowprec.errors import InputError
+from lowprec.precision import Precision
+from lowprec.serve.forms import Feature, ServingForm
+from lowprec.serve.tables import TableCodec, table_codec
+
+BLOCK = 16  # ids per directory word
+COLD = "cold"
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """Upper tiers (share of the table's rows, precision), hottest first; the rest is the cold tier."""
+
+    tiers: tuple[tuple[float, Precision], ...]
+
+    def __post_init__(self) -> None:
+        if not self.tiers:
+            raise InputError("a tiered table needs at least one upper tier, e.g. [[0.02, 'fp16']]")
+        if any(not 0 < share <= 1 for share, _ in self.tiers) or sum(s for s, _ in self.tiers) > 1 + 1e-9:
+            raise InputError(f"tier shares {[s for s, _ in self.tiers]} must each be in (0, 1] and sum to <= 1")
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any], table: str) -> "TierSpec":
+        unknown = sorted(set(spec) - {"kind", "tiers"})
+        tiers = spec.get("tiers")
+        if unknown or not isinstance(tiers, (list, tuple)):
+            raise InputError(f"table {table!r}: bad sharing {spec}: 'tiered' takes only "
+                             f"tiers=[[share, precision], ...]" + (f"; unknown {unknown}" if unknown else ""))
+        out = []
+        for t in tiers:
+            if not (isinstance(t, (list, tuple)) and len(t) == 2 and isinstance(t[0], (int, float))
+                    and not isinstance(t[0], bool)):
+                raise InputError(f"table {table!r}: tier {t!r} is not [share, precision]")
+            out.append((float(t[0]), Precision.parse(t[1], f"table {table!r} tier precision")))
+        try:
+            return cls(tuple(out))
+        except InputError as exc:
+            raise InputError(f"table {table!r}: {exc}") from None
+
+    def sizes(self, n: int) -> list[int]:
+        """Rows of each upper tier then the cold tier (cumulative boundaries rounded, so sizes sum to n)."""
+        bounds, acc = [0], 0.0
+        for share, _ in self.tiers:
+            acc += share
+            bounds.append(min(n, int(math.floor(acc * n + 0.5))))
+        bounds.append(n)
+        return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def directory(members: torch.Tensor, n: int) -> torch.Tensor:
+    """The rank directory of a set of ids in [0, n): int64 (ceil(n / 16),), see the module docstring."""
+    blocks = -(-n // BLOCK)
+    bits = torch.zeros(blocks * BLOCK, dtype=torch.int64)
+    bits[members.long()] = 1
+    bits = bits.view(blocks, BLOCK)
+    word = (bits << torch.arange(BLOCK, dtype=torch.int64)).sum(1)
+    cum = torch.cumsum(bits.sum(1), 0) - bits.sum(1)
+    return (cum << BLOCK) | word
+
+
+def rank_tiers(counts: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Each tier's ids, sorted: rows by count descending (ties by lower id), cut into `sizes`."""
+    order = torch.sort(counts, descending=True, stable=True).indices
+    return [torch.sort(part).values for part in torch.split(order, sizes)]
+
+
+def tier_of(counts: torch.Tensor, spec: TierSpec) -> torch.Tensor:
+    """Each row's tier index (upper tiers 0.., cold = len(spec.tiers)), by rank."""
+    n = len(counts)
+    out = torch.empty(n, dtype=torch.int64)
+    for j, ids in enumerate(rank_tiers(counts, spec.sizes(n))):
+        out[ids] = j
+    return out
+
+
+def tiered_form(form: ServingForm, spec: dict[str, Any], counts: torch.Tensor, table: str) -> ServingForm:
+    """Dense form -> one physical table per tier (the cold tier at the plan's table precision);
+    `counts`: the table's checked row access counts."""
+    tiers = TierSpec.from_json(spec, table)
+    if not form.rows_are_ids:
+        raise InputError(f"table {table!r}: tiered tables apply to dense tables, not this table's form")
+    key = form.groups[0][0].table
+    weight = form.tables[key]
+    n = weight.shape[0]
+    parts = rank_tiers(counts.double(), tiers.sizes(n))
+    dirs = {f"{table}.tier{j}.dir": directory(ids, n) for j, ids in enumerate(parts[:-1])}
+    names = list(dirs)
+    tables, groups, precisions = {}, [], {}
+    for j, ids in enumerate(parts):
+        if len(ids) == 0:
+            continue
+        phys = f"{key}.{COLD}" if j == len(tiers.tiers) else f"{key}.tier{j}"
+        tables[phys] = weight[ids]
+        if j < len(tiers.tiers):
+            precisions[phys] = tiers.tiers[j][1]
+        groups.append([Feature(phys, {"kind": "tier", "buffers": names, "tier": j})])
+    return ServingForm(tables, groups, dirs, exact=True, precisions=precisions)
+
+
+def tiered_bytes(n: int, dim: int, cold: TableCodec, spec: dict[str, Any], table: str) -> int:
+    """Bytes of a tiered table of n rows: every tier's rows at its precision plus the directories."""
+    tiers = TierSpec.from_json(spec, table)
+    sizes = tiers.sizes(n)
+    rows = sum(table_codec(p).table_bytes(k, dim) for k, (_, p) in zip(sizes, tiers.tiers))
+    return rows + cold.table_bytes(sizes[-1], dim) + 8 * (-(-n // BLOCK)) * len(tiers.tiers)
+
+
+def traffic_shares(tier_ids: list[torch.Tensor], counts: torch.Tensor) -> list[float]:
+    """Each tier's share of a window's lookups (`counts`: the window's row access counts): how much
+    traffic the hot tier serves, which drops when popularity moves to ids ranked cold."""
+    total = float(counts.sum())
+    return [float(counts[ids.long()].sum()) / total if total > 0 else 0.0 for ids in tier_ids]
+
+
+def parse_layout(text: str, where: str = "tier layout") -> tuple[dict[str, Any], Precision]:
+    """'0.02:fp16,0.1:int8/int4' -> ({"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]]}, INT4):
+    upper tiers hottest first, then the cold tier's precision (the table's plan precision)."""
+    upper, sep, cold = str(text).partition("/")
+    tiers = []
+    for part in upper.split(","):
+        share, colon, p = part.strip().partition(":")
+        try:
+            tiers.append([float(share), Precision.parse(p, where).value])
+        except ValueError:
+            raise InputError(f"{where}: {text!r} is not SHARE:PRECISION[,...]/COLD, e.g. 0.02:fp16/int4") from None
+        if not colon:
+            raise InputError(f"{where}: {text!r} is not SHARE:PRECISION[,...]/COLD, e.g. 0.02:fp16/int4")
+    if not sep:
+        raise InputError(f"{where}: {text!r} names no cold precision (…/int4)")
+    spec = {"kind": "tiered", "tiers": tiers}
+    TierSpec.from_json(spec, where)
+    return spec, Precision.parse(cold.strip(), where)

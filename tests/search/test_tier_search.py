@@ -1,0 +1,66 @@
+"""Tier layouts as search options: priced as the artifact stores them, measured (sensitivity and
+lookup time) and chosen like any option, under both objectives."""
+
+import pytest
+import torch
+
+from helpers import make_tiny_dataset
+from lowprec.calibrate import CalibConfig, calibrate
+from lowprec.checkpoint.convert import convert
+from lowprec.checkpoint.float_model import save_float_model
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
+from lowprec.search import run as search_run
+from lowprec.search.solver import Budget
+from lowprec.search.space import SearchSpace, options_for, plan_from_options
+from lowprec.serve.tiers import parse_layout
+from lowprec.train import TrainConfig, train
+
+LAYOUTS = ("0.05:fp16/int2", "0.02:fp16,0.2:int8/int4")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiersearch")
+    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=1500, tables=(600, 40, 8), hotness=(1, 2, 1)))
+    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=1))
+    save_float_model(model, root / "model", info)
+    calib = calibrate(model, ds, CalibConfig((2,)))
+    calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
+    return root, ds, model, calib
+
+
+def test_layouts_parse_and_refuse():
+    spec, cold = parse_layout("0.02:fp16,0.1:int8/int2")
+    assert spec == {"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]]} and cold.value == "int2"
+    for bad in ("0.02:fp16", "0.02/int4", "x:fp16/int4", "0.9:fp16,0.2:int8/int4", "0.1:int3/int4"):
+        with pytest.raises(InputError):
+            parse_layout(bad)
+    with pytest.raises(InputError, match="tier-layouts"):
+        SearchSpace(tier_layouts=("0.1:fp16",))
+
+
+def test_tier_options_cost_what_the_artifact_stores(setup, tmp_path):
+    root, _, model, calib = setup
+    items = options_for(model.config, SearchSpace(tier_layouts=LAYOUTS, sharing_min_rows=100), sharing=True)
+    tiered = [o for o in items["table:t0"] if o.sharing and dict(o.sharing)["kind"] == "tiered"]
+    assert len(tiered) == 2 and not any(o.sharing for o in items["table:t1"])  # 40 rows: not worth tiering
+    for o in tiered:
+        chosen = {k: v[0] for k, v in items.items()} | {"table:t0": o}
+        manifest = convert(root / "model", plan_from_options(chosen, "l2"), tmp_path / str(len(o.key)), calib)
+        assert next(t for t in manifest["tables"] if t["name"] == "t0")["bytes"] == o.bytes
+
+
+@pytest.mark.parametrize("objective", ["bytes", "latency"])
+def test_search_measures_and_may_choose_tiers(setup, tmp_path, objective):
+    root, ds, model, calib = setup
+    space = SearchSpace(tier_layouts=LAYOUTS, sharing_min_rows=100)
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.01, 0.01), space, objective=objective)
+    result = search_run.search(root / "model", model, ds, cfg, calib, "c", tmp_path / "c.json")
+    keys = [o.key for o in result.items["table:t0"] if o.sharing]
+    assert len(keys) == 2 and all(k in result.sensitivity for k in keys)  # each tier layout measured
+    assert result.validation is not None and result.validation.fits(0.01, 0.01)
+    t0 = result.plan.table("t0")
+    if t0.sharing is not None:  # a chosen layout converts to the artifact the search priced
+        manifest = convert(root / "model", result.plan, tmp_path / "art", calib)
+        assert next(t for t in manifest["tables"] if t["name"] == "t0")["sharing"]["kind"] == "tiered"

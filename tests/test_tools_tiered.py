@@ -1,0 +1,33 @@
+"""Smoke test of tools/bench_tiered.py at a tiny size: every variant timed, outputs checked, shares."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+
+def test_bench_tiered_tiny(tmp_path):
+    import bench_tiered
+
+    threads = torch.get_num_threads()
+    try:
+        bench_tiered.main(["--scale", "0.002", "--batch", "32", "--batches", "1", "--repeats", "1",
+                           "--calib-batches", "20", "--min-rows", "2000", "--shift", "0.05", "--block-seconds", "0.001",
+                           "--out", str(tmp_path / "t.json")])
+    finally:
+        torch.set_num_threads(threads)
+    r = json.loads((tmp_path / "t.json").read_text())
+    assert set(r["ms"]) == {"fp32", "fp16", "int8", "int4", "hot sharing", "tiered", "tiered, split upstream",
+                            "tiered id map only"}
+    checks = r["checks"]
+    assert checks["tiered split upstream vs runtime, max |diff|"] == 0.0
+    assert checks["tiered vs fp32, max |diff|"] <= checks["int4 vs fp32, max |diff|"] + 1e-6  # hot rows finer
+    assert r["bytes"]["tiered"] > r["bytes"]["int4"]
+    h = r["hot_share"]
+    assert h["after shift, old ranking"] < h["calibrated traffic"] and h["after shift, re-ranked"] > h["after shift, old ranking"]
+    assert "| tiered |" in "\n".join(bench_tiered.render(r))
