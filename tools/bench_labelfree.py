@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
               "delayed": args.delayed, **analyse(work / "drift.sqlite")}
     out = Path(args.out)
     bc.write_json(out.with_suffix(".json"), result)
-    for png in ("estimate.png", "gap.png"):
+    for png in ("estimate.png",):
         if (work / "report" / png).is_file():
             shutil.copy(work / "report" / png, out.parent / f"{out.name}_{png}")
     from _labelfree_report import write_markdown

@@ -202,11 +202,12 @@ class _Accumulators:
                names: list[str], hotness: list[int], row0: int) -> None:
         """Global batch i (rows row0.. of the pooled windows)."""
         vec = []
-        for total, p in ((self.ref, pr), (self.cand, pc)):
-            b = BinaryStats().update(p, y)
-            total.hist_pos += b.hist_pos
-            total.hist_neg += b.hist_neg
-            vec.append([b.weight, b.positives, b.pred_sum, b.logloss_sum])
+        for s, p in ((self.ref, pr), (self.cand, pc)):
+            # the histograms accumulate in place; the float sums restart at 0.0, so after the update
+            # they hold this batch's sums alone (merged later by `sums`, which overwrites them)
+            s.weight = s.positives = s.pred_sum = s.logloss_sum = 0.0
+            s.update(p, y)
+            vec.append([s.weight, s.positives, s.pred_sum, s.logloss_sum])
         llr, llc = stats.row_logloss(pr, y), stats.row_logloss(pc, y)
         vec.append(self.boot.batch_sums(y, llr, llc, pr, pc, row0).ravel())
         m = stats.RatioMoments()
