@@ -75,6 +75,56 @@ def test_fbgemm_minmax_blocks_equal_reference_path(monkeypatch, bits):
         rowwise.fused_rows(x, bits)
 
 
+def _reference_rows(x, bits):
+    enc = rowwise._encode_minmax(x, bits)
+    ref = torch.empty(x.shape[0], rowwise.fused_row_bytes(x.shape[1], bits), dtype=torch.uint8)
+    rowwise._packed_codes(x, bits, enc, ref[:, 4:])
+    ref[:, :4] = torch.cat((enc.scale, enc.bias), 1).half().view(torch.uint8)
+    return ref
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_fbgemm_minmax_large_values_same_bytes_or_same_refusal(monkeypatch, bits):
+    """Without a magnitude limit of its own, the FBGEMM path takes exactly the tables the reference
+    accepts (finite values, fp16 scale and bias) and gives the same bytes; the rest it hands back."""
+    monkeypatch.setattr(fbgemm_minmax, "_FBGEMM_BLOCK", 16 * 7)
+    g = torch.Generator().manual_seed(bits)
+    u = torch.rand(50, 16, generator=g)
+    cases = {"wide": u * 130000 - 65000, "edge": torch.full((50, 16), -65504.0), "tall": torch.cat((torch.zeros(50, 1), u[:, 1:] * 500000), 1),
+             "tiny": u * 1e-6 - 5e-7}
+    for name, x in cases.items():
+        try:
+            ref = _reference_rows(x, bits)
+        except ValueError:
+            ref = None
+        fast = fbgemm_minmax.fbgemm_minmax_rows(x, bits)
+        assert (fast is None) == (ref is None), name
+        assert ref is None or torch.equal(fast, ref), name
+    tall = fbgemm_minmax.fbgemm_minmax_rows(cases["tall"], bits)
+    assert (tall is None) == (bits == 2)  # int2's scale 500000 / 3 is beyond fp16; int4's is not
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = u.clone()
+        x[-1, -1] = bad  # the last value of the last (ragged) block
+        assert fbgemm_minmax.fbgemm_minmax_rows(x, bits) is None
+        with pytest.raises(ValueError, match="row 49"):
+            rowwise.fused_rows(x, bits)
+
+
+def test_output_mapping_reused_only_when_free():
+    a = fbgemm_minmax.huge_empty(8 << 20)
+    b = fbgemm_minmax.huge_empty(8 << 20)
+    assert a.data_ptr() != b.data_ptr()  # `a` is alive
+    a[:4] = 7
+    ptr = b.data_ptr()
+    del b
+    c = fbgemm_minmax.huge_empty(6 << 20)
+    assert c.data_ptr() == ptr and a[:4].tolist() == [7] * 4
+    keep = c[:8]
+    del c
+    assert fbgemm_minmax.huge_empty(6 << 20).data_ptr() != ptr  # a view of it is alive
+    del keep
+
+
 def _small_model(tmp_path):
     ds = Dataset(make_tiny_dataset(tmp_path / "d", windows=2, rows=300, tables=(500, 20, 8)))
     from lowprec.model.dlrm import DLRM
@@ -109,6 +159,25 @@ def test_index_and_row_shard_model_loads_and_converts_like_one_file(tmp_path):
     convert(sharded, plan, tmp_path / "a2", chunk_bytes=1 << 20)
     a1, a2 = (load_file(str(tmp_path / a / "weights.safetensors")) for a in ("a1", "a2"))
     assert a1.keys() == a2.keys() and all(torch.equal(a1[k], a2[k]) for k in a1)
+
+
+@pytest.mark.parametrize("precision", [Precision.INT4, Precision.INT8, Precision.FP8, Precision.FP16])
+def test_convert_names_the_table_row_of_a_nan_in_a_later_chunk(tmp_path, precision):
+    """Encoders that refuse NaN/Inf are not preceded by a separate pass over each chunk; the error
+    still names the row in the table (not in the chunk), as the pre-pass (FP8's) does."""
+    from lowprec.errors import InputError
+
+    _small_model(tmp_path)
+    weights = tmp_path / "m" / "model.safetensors"
+    state = load_file(str(weights))
+    state["embeddings.0.bag.weight"][333, 2] = float("nan")
+    save_file(state, str(weights))
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["sha256"] = {}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="row 333 holds NaN or Inf"):
+        convert(tmp_path / "m", Plan.uniform(precision), tmp_path / "a", chunk_bytes=4096)
+    assert not (tmp_path / "a").exists()
 
 
 def test_tampered_model_fails_after_streaming_and_writes_nothing(tmp_path):

@@ -91,17 +91,26 @@ def run_stage(args: list[str], limit: int) -> dict:
             "error": " | ".join(tail)[-300:] if proc.returncode else ""}
 
 
-def bench_size(gb: float, work: Path, limit: int, rows: int, report) -> dict:
-    root = work / f"{gb:g}gb"  # one --work per concurrent run: each run deletes its own
+def write_inputs(root: Path, gb: float, rows: int) -> tuple[Path, Path, float | None]:
+    """The dataset and float model under `root`; reused (write time None) if a complete one is there."""
+    big, mid = int(gb * 1e9 * 2 / 3 / (DIM * 4)), int(gb * 1e9 / 3 / (DIM * 4))
+    ds, model = root / "data", root / "model"
+    if (model / "config.json").exists() and (ds / "dataset.json").exists():
+        return ds, model, None
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    big, mid = int(gb * 1e9 * 2 / 3 / (DIM * 4)), int(gb * 1e9 / 3 / (DIM * 4))
     t = time.time()
-    ds = write_dataset(root / "data", big, mid, rows)
+    write_dataset(ds, big, mid, rows)
     config = model_config_for(Dataset(ds).meta, TrainConfig(windows=(0,), embedding_dim=DIM))
-    model = write_float_model(root / "model", config, pieces, {"source": "bench_out_of_core"})
+    write_float_model(model, config, pieces, {"source": "bench_out_of_core"})
+    return ds, model, round(time.time() - t, 1)
+
+
+def bench_size(gb: float, work: Path, limit: int, rows: int, report, only: set[str] | None = None) -> dict:
+    root = work / f"{gb:g}gb"  # one --work per concurrent run: each run deletes its own
+    big, mid = int(gb * 1e9 * 2 / 3 / (DIM * 4)), int(gb * 1e9 / 3 / (DIM * 4))
+    ds, model, write_s = write_inputs(root, gb, rows)
     size = (model / "model.safetensors").stat().st_size
-    write_s = time.time() - t
     plan = root / "plan.json"
     plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1, "tables": {
         "big": {"precision": "int4"}, "*": {"precision": "int8"}}}))
@@ -115,9 +124,11 @@ def bench_size(gb: float, work: Path, limit: int, rows: int, report) -> dict:
                    "--precisions", "fp32,int8,int4", "--max-rows", str(rows), "--out", root / "found.json"],
         "convert plan": ["convert", "--model", model, "--plan", plan, "--out", root / "a-plan"],
     }
-    out = {"gb": gb, "bytes": size, "write_seconds": round(write_s, 1), "big_rows": big,
+    out = {"gb": gb, "bytes": size, "write_seconds": write_s, "big_rows": big,
            "mid_rows": mid, "stages": {}, "root": root}
     for name, args in stages.items():
+        if only is not None and name not in only:
+            continue
         out["stages"][name] = run_stage(args, limit)
         print(f"{gb:g} GB {name}: {out['stages'][name]}", file=sys.stderr, flush=True)
         report(out)  # partial results survive an interrupted run
@@ -134,7 +145,8 @@ def render(results: list[dict], limit: int, cmd: str) -> str:
              "read-only mappings, which the kernel reclaims at will.", ""]
     for r in results:
         lines += [f"## {r['bytes'] / 1e9:.1f} GB model (tables: {r['big_rows']:,} and {r['mid_rows']:,} "
-                  f"rows x {DIM} fp32, two small ones); written in {r['write_seconds']} s", "",
+                  f"rows x {DIM} fp32, two small ones); "
+                  + (f"written in {r['write_seconds']} s" if r["write_seconds"] else "written by an earlier run"), "",
                   "| stage | exit | wall s | GB/s | peak anon MiB | peak RSS MiB |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for name, s in r["stages"].items():
@@ -154,7 +166,9 @@ def main() -> None:
     ap.add_argument("--limit-gb", type=float, default=4.0, help="RLIMIT_DATA of every child")
     ap.add_argument("--rows", type=int, default=4000, help="rows per window (search uses them all)")
     ap.add_argument("--out", default="reports/out_of_core.md")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the model and outputs (a later run reuses them)")
+    ap.add_argument("--stages", default=None,
+                    help="comma-separated stage names to run (default all; 'none' only writes the inputs)")
     args = ap.parse_args()
     limit = int(args.limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))  # the writer too
@@ -167,7 +181,8 @@ def main() -> None:
 
     try:
         for gb in (float(x) for x in args.sizes.split(",")):
-            r = bench_size(gb, work, limit, args.rows, report)
+            only = None if args.stages is None else set(args.stages.split(",")) - {"none"}
+            r = bench_size(gb, work, limit, args.rows, report, only)
             results.append(r)
             if not args.keep:
                 shutil.rmtree(r["root"], ignore_errors=True)

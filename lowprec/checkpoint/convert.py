@@ -83,12 +83,14 @@ class _Builder:
         what = f"table {tcfg.name!r} (bag.weight)"
         with self.writer.stream(f"tables.{phys.key}", torch.uint8, shape) as put:
             for start, chunk in table.iter_chunks(chunk_bytes):
-                check_finite(chunk, what, chunk_rows=chunk.shape[0] or 1, first_row=start)
+                if not codec.rejects_non_finite:  # else encode checks, in the same pass
+                    check_finite(chunk, what, chunk_rows=chunk.shape[0] or 1, first_row=start)
                 counts = row_counts[start:start + chunk.shape[0]] if row_counts is not None else None
                 padded = torch.nn.functional.pad(chunk.float(), (0, pdim - dim)) if pdim != dim else chunk
                 try:
                     put(codec.encode(padded, choice.range_method, counts))
-                except InputError as exc:
+                except InputError as exc:  # a NaN/Inf row named by its row in the table
+                    check_finite(chunk, what, chunk_rows=chunk.shape[0] or 1, first_row=start)
                     raise InputError(f"{what}, row chunk from row {start}: {exc}") from None
         self._physical(phys, shape[0] * shape[1], dim if pdim != dim else None)
         self._logical(tcfg, choice, [[Feature(phys.key)]], [phys.key], True, 0)

@@ -35,6 +35,8 @@ class TableCodec:
     # FBGEMM's CPU kernels skip index -1 (a pad) in a bag, except FP8's (fbgemm-gpu-cpu 1.8.0: it
     # adds a wrong row), so the runtime masks pads itself when any table is FP8.
     skips_pads: bool = True
+    # encode raises InputError on NaN/Inf rows (fused_rows does; FBGEMM's HFP8 op does not)
+    rejects_non_finite: bool = True
 
     def encode(self, weight: torch.Tensor, range_method: str = "minmax",
                row_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,7 +76,7 @@ class IntCodec(TableCodec):
 TABLE_CODECS: dict[Precision, TableCodec] = {
     Precision.FP32: TableCodec(Precision.FP32),
     Precision.FP16: TableCodec(Precision.FP16),
-    Precision.FP8: Fp8Codec(Precision.FP8, skips_pads=False),
+    Precision.FP8: Fp8Codec(Precision.FP8, skips_pads=False, rejects_non_finite=False),
     Precision.INT8: IntCodec(Precision.INT8),
     Precision.INT4: IntCodec(Precision.INT4),
     Precision.INT2: IntCodec(Precision.INT2),
