@@ -26,7 +26,6 @@ Launching (`launch`): `python -m torch.distributed.run` on 127.0.0.1 with a free
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -219,17 +218,9 @@ def span(n_batches: int, r: int | None = None, n: int | None = None) -> tuple[in
 
 def fingerprint(path: Path) -> str:
     """sha256 of a file (of size + first and last 4 MiB beyond FULL_HASH_LIMIT bytes)."""
-    size = path.stat().st_size
-    if size <= FULL_HASH_LIMIT:
-        from lowprec.fileio import sha256_file
+    from lowprec.fileio import file_fingerprint
 
-        return sha256_file(path)
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(_SAMPLE))
-        fh.seek(size - _SAMPLE)
-        h.update(fh.read(_SAMPLE))
-    return "sampled:" + h.hexdigest()
+    return file_fingerprint(path, FULL_HASH_LIMIT, _SAMPLE)
 
 
 def describe_inputs(paths: Sequence[Path | str]) -> dict[str, str]:

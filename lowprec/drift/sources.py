@@ -1,8 +1,10 @@
 """What each recorded drift window was computed from, and the checks that keep a --db honest.
 
 A window's results are only its own while the inputs are: `window_source` fingerprints them (the
-sha256 of the dataset's dataset.json and the window's row count, the reference's and candidate's
-sha256, the [alarm] thresholds as JSON) and `DriftStore.record_window` stores that row in the
+window's data: the dataset's feature schema, the window's entry in dataset.json and its dense and
+sparse files, sampled beyond 16 MiB -- not the labels, which may arrive later, and not the other
+windows, so a dataset that grows by a window a day keeps its history; the window's row count; the
+reference's and candidate's sha256; the [alarm] thresholds as JSON) and `DriftStore.record_window` stores that row in the
 window's transaction. On a later run `check_sources` REFUSES (InputError, exit 2) a recorded
 window whose data or models differ (a reused --db with another --data would otherwise report the
 old results as the new data's), and returns a plain note, shown by the CLI and in --json, listing the
@@ -12,18 +14,31 @@ windows judged with other thresholds: those are not re-judged.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
-from lowprec.data.dataset import Dataset
+from lowprec.data.dataset import Dataset, window_files
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
-from lowprec.fileio import sha256_file
+from lowprec.fileio import file_fingerprint, sha256_file
+
+
+def window_data_sha(ds: Dataset, w: int) -> str:
+    """Fingerprint of window w's data (see the module docstring); "window:" + sha256."""
+    meta = ds.meta
+    schema = {"dense": list(meta.dense_names), "window": dataclasses.asdict(meta.window(w)),
+              "sparse": [[f.name, f.num_embeddings, f.hotness, f.encoding] for f in meta.sparse]}
+    h = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
+    files = window_files(ds.root, w)
+    for kind in ("dense", "sparse"):
+        h.update(file_fingerprint(files[kind], full_limit=16 << 20, sample=1 << 20).encode())
+    return "window:" + h.hexdigest()
 
 
 def window_source(job: Any, ds: Dataset, models: Any, w: int) -> dict[str, Any]:
     """What window w is computed from: data fingerprint, both models, the thresholds judging it."""
-    return {"data_sha256": sha256_file(ds.root / "dataset.json"), "rows": ds.meta.window(w).rows,
+    return {"data_sha256": window_data_sha(ds, w), "rows": ds.meta.window(w).rows,
             "reference_sha256": models.reference_sha, "candidate_sha256": models.candidate_sha,
             "thresholds": json.dumps(dataclasses.asdict(job.config.alarm), sort_keys=True)}
 
@@ -33,7 +48,9 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
     recorded, notes, rejudge = store.sources(), [], []
     for w in sorted(set(chosen) & set(recorded)):
         was, now = recorded[w], window_source(job, ds, models, w)
-        for key, what in (("data_sha256", "dataset.json"), ("rows", "row count"),
+        if not str(was["data_sha256"]).startswith("window:"):  # recorded before per-window fingerprints
+            now["data_sha256"] = sha256_file(ds.root / "dataset.json")
+        for key, what in (("data_sha256", "window data"), ("rows", "row count"),
                           ("reference_sha256", "reference"), ("candidate_sha256", "candidate")):
             if was[key] != now[key]:
                 raise InputError(

@@ -67,6 +67,7 @@ def two_datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift_trust")
     make_tiny_dataset(root / "a", windows=3, rows=600, seed=0)
     make_tiny_dataset(root / "b", windows=3, rows=700, seed=5)  # same window labels w0..w2
+    make_tiny_dataset(root / "a_grown", windows=4, rows=600, seed=0)  # a, and one more window
     for name, seed in (("ref", 0), ("cand", 1)):
         r = cli("train", "--data", root / "a", "--windows", 0, "--out", root / name, "--seed", seed, "--epochs", 1)
         assert r.exit_code == 0, r.output
@@ -86,7 +87,7 @@ def test_db_reused_with_other_data_is_refused_and_threshold_changes_are_said(two
     first = run(root, "a", db)
     assert first.exit_code in (0, 1), first.output
     r = run(root, "b", db)
-    assert r.exit_code == 2 and "window 1 was computed from another dataset.json" in r.output, r.output
+    assert r.exit_code == 2 and "window 1 was computed from another window data" in r.output, r.output
     assert "new --db" in r.output
     again = run(root, "a", db)
     assert again.exit_code == first.exit_code and last_json(again)["notes"] == []
@@ -94,3 +95,18 @@ def test_db_reused_with_other_data_is_refused_and_threshold_changes_are_said(two
     notes = last_json(run(root, "a", db, other))["notes"]
     assert len(notes) == 1 and "windows [1, 2]" in notes[0] and "NOT re-judged" in notes[0]
     assert "note: windows [1, 2]" in run(root, "a", db, other, json_out=False, report=tmp_path / "r2").stderr
+
+
+def test_db_follows_a_dataset_that_grows_by_a_window(two_datasets, tmp_path):
+    """The scheduled job's case: tomorrow's dataset.json lists one more window; the recorded
+    windows' data did not change, so their history stands and only the new window is scored."""
+    root, db = two_datasets, tmp_path / "g.sqlite"
+    first = run(root, "a", db)
+    assert first.exit_code in (0, 1), first.output
+    cfg = db.with_name("cfg0.toml")
+    r = cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / "a_grown",
+            "--windows", "1-3", "--db", db, "--report", tmp_path / "g.report", "--config", cfg, "--json")
+    assert r.exit_code in (0, 1), r.output
+    out = last_json(r)
+    assert [w["window"] for w in out["windows"]] == [1, 2, 3]
+    assert [w["window"] for w in out["windows"] if w["processed"]] == [3], out["windows"]
