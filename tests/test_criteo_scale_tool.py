@@ -76,10 +76,11 @@ def test_render_reports_deltas_gap_and_byte_ratios():
         "stages": {"float/s0/eval": _eval(0.80, 0.80), "dense_only/s0/eval": _eval(0.60, 0.95, bayes=0.85),
                    "uniform/int4-minmax/s0/eval": _eval(0.7995, 0.8004),
                    "uniform/int4-minmax/s0/convert": _stage({"embedding_bytes": 150e6}),
-                   "search/tight/s0/eval": _eval(0.7992, 0.8007),
-                   "search/tight/s0/convert": _stage({"embedding_bytes": 25e6})}}
+                   "search/tight/s0/search": _stage({"table_bytes": 25e6, "tested": {"plan_auc": 0.7992,
+                                                                                     "plan_ne": 0.8007}})}}
     md = render(state)
     assert "= **80.0%** (target >= 75%: met)" in md  # (0.80 - 0.60) / (0.85 - 0.60)
     assert "0.167 of its bytes (target <= 0.2: met)" in md  # 25 / 150
     assert "| int4 (min/max ranges) | 150.0 | 6.7x | 0.7995 | 0.8004 | -0.0005 | +0.050% | yes | yes |" in md
-    assert "`search/loose/s0/eval`: not run" in md
+    assert "`search/loose/s0/search`: not run" in md
+    assert "| searched plan, tight budget | 25.0 | 40.0x | 0.7992 | 0.8007 | -0.0008 | +0.087% | yes | yes |" in md

@@ -61,13 +61,15 @@ def run_main(st: Study) -> None:
     f0 = st.float_model(0)
     st.dense_only()
     st.search("tight", 0, f0)
-    st.uniform(0, f0, [u for u in UNIFORM if u[1] == "minmax"])
+    first = [u for u in UNIFORM if u[1] == "minmax"] + [("int2", "l2")]
+    st.uniform(0, f0, first)
     for rule in HEURISTICS + HOT_ONLY:
         st.rule(rule, 0, f0)
     choices(st.r)
     st.search("loose", 0, f0)
     st.drift(f0)
-    st.uniform(0, f0, [u for u in UNIFORM if u[1] == "l2"])
+    st.trained_sharing()
+    st.uniform(0, f0, [u for u in UNIFORM if u not in first])
     choices(st.r)
 
 
@@ -83,9 +85,8 @@ def run_lane2(st: Study, main_state: Path) -> None:
         return json.loads(main_state.read_text()).get("derived", {}) if main_state.exists() else {}
 
     wait_for("the data (lane 1)", lambda: "window_stats" in main_derived())
-    st.trained_sharing()
-    for seed in st.c.seeds[1:]:
-        f = st.float_model(seed)
+    models = {seed: st.float_model(seed) for seed in st.c.seeds[1:]}
+    for seed, f in models.items():
         st.search("tight", seed, f)
     wait_for("seed 0's choices (lane 1)", lambda: main_derived().get("heuristic_chosen_on_search_eval", 0) != 0
              and "smallest_uniform_meeting_tight_on_test" in main_derived())
@@ -97,6 +98,7 @@ def run_lane2(st: Study, main_state: Path) -> None:
             st.uniform(seed, f, [(p, m)])
         if d.get("heuristic_chosen_on_search_eval"):
             st.rule(next(h for h in HEURISTICS if f"rule/{h.name}" == d["heuristic_chosen_on_search_eval"]), seed, f)
+    st.trained_sharing()
 
 
 def machine() -> dict:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args(argv)
     if not args.render_only:
-        cfg = StudyConfig(work=args.work, **PRESETS[args.preset], train_args=tuple(args.train_args.split()),
+        cfg = StudyConfig(work=args.work, **PRESETS[args.preset], train_args=tuple(args.train_args.split()), lane=args.lane,
                           seeds=tuple(int(s) for s in args.seeds.split(",")))
         meta = {"preset": args.preset, "config": {k: str(v) for k, v in cfg.__dict__.items()},
                 "command": "python -m tools.criteo_scale " + " ".join(sys.argv[1:] if argv is None else argv)}

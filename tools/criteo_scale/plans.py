@@ -48,6 +48,6 @@ class Rule:
 
 # Candidates for "the best single-rule heuristic": chosen on the search-validation window, never the test.
 # (Three candidates, not a grid: each costs a full-scale conversion on a shared 2-core machine.)
-HEURISTICS = (Rule("int4", 16), Rule("int4", 64), Rule("int2", 16))
+HEURISTICS = (Rule("int4", 16), Rule("int4", 64), Rule("int2", 16, "l2"))
 # Post-training hot sharing alone (fp32 rows) on the large tables.
 HOT_ONLY = (Rule("fp32", 16),)

@@ -24,9 +24,15 @@ class View:
         self.cfg = state.get("meta", {}).get("config", {})
 
     def m(self, name: str, role: str = "test") -> dict | None:
+        if name.startswith("search/"):  # the search's own paired report of its converted plan
+            budget, seed = name.split("/")[1], int(name.split("/")[2][1:])
+            got = (self.search(budget, seed) or {}).get({"test": "tested", "search_eval": "validated"}[role])
+            return {"auc": got["plan_auc"], "ne": got["plan_ne"]} if got else None
         return window_metrics(self.st.get(f"{name}/eval")).get(role)
 
     def nbytes(self, name: str) -> int | None:
+        if name.startswith("search/"):
+            return (self.search(name.split("/")[1], int(name.split("/")[2][1:])) or {}).get("table_bytes")
         if f"table_bytes/{name}" in self.d:
             return self.d[f"table_bytes/{name}"]
         conv = self.st.get(f"{name}/convert")
@@ -172,7 +178,7 @@ def targets_section(view: View) -> list[str]:
         lines.append(f"- **Gap closed by the float model** (test window): dense-only AUC {d['auc']:.4f}, float "
                      f"{f['auc']:.4f}, Bayes {bayes:.4f}: (float - dense-only) / (Bayes - dense-only) = "
                      f"**{100 * gap:.1f}%** (target >= 75%: {'met' if gap >= 0.75 else 'NOT met'}).")
-    for s in sorted({int(k.split('/')[2][1:]) for k in view.st if k.startswith("search/tight/")}):
+    for s in sorted({int(k.split('/')[2][1:]) for k in view.st if k.startswith("search/tight/")}):  # noqa: B007
         t, ref = view.m(f"search/tight/s{s}"), view.m(f"float/s{s}")
         tb, ub = view.nbytes(f"search/tight/s{s}"), view.nbytes(seed_rows(view, "uniform", s) or "")
         hb = view.nbytes(seed_rows(view, "heuristic", s) or "")
@@ -261,10 +267,10 @@ def drift_section(view: View) -> list[str]:
 def missing_section(view: View) -> list[str]:
     bad = [f"- `{n}`: exit {r['rc']} (log: the stage's log under WORK/logs)" for n, r in view.st.items() if not r["ok"]]
     seeds = [int(s) for s in view.cfg.get("seeds", "(0, 1, 2)").strip("()").split(",") if s.strip()]
-    want = ["float/s0/eval", "dense_only/s0/eval", "search/tight/s0/eval", "search/loose/s0/eval",
+    want = ["float/s0/eval", "dense_only/s0/eval", "search/tight/s0/search", "search/loose/s0/search",
             "drift/tight-s0/drift", "small_float/s0/eval", *[f"sharing/{v}/s0/eval" for v in TRAINED_SHARING],
             *[f"uniform/{p}-{m}/s0/eval" for p, m in UNIFORM], *[f"rule/{r.name}/s0/eval" for r in HEURISTICS + HOT_ONLY],
-            *[f"float/s{s}/eval" for s in seeds], *[f"search/tight/s{s}/eval" for s in seeds]]
+            *[f"float/s{s}/eval" for s in seeds], *[f"search/tight/s{s}/search" for s in seeds]]
     absent = [f"- `{n}`: not run" for n in want if n not in view.st]
     return ["## Missing", "", *(bad + absent or ["Nothing: every stage finished."]), ""]
 

@@ -12,6 +12,7 @@ Windows of one `lowprec data synth --kind latent --drift popularity` dataset:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     train_args: tuple[str, ...] = ()
     sharing_ratios: str = "4,16,64"
+    lane: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,15 +171,35 @@ class Study:
                                       "--sharing-ratios", c.sharing_ratios, "--precisions", "fp32,fp16,int8,int4,int2",
                                       "--layer-precisions", "fp32", "--out", str(plan), "--report",
                                       str(c.work / "search-reports" / f"{budget}-s{seed}"), "--json"], output=plan)
-        if plan.exists():
-            self.artifact(name, model, ["--plan", str(plan), "--calibration", str(calib)], ("search_eval", "test"))
+        # No separate convert + eval: the search converts its plan and reports it, paired against the float
+        # model, on the eval window (`validated`) and the test window (`tested`); the renderer reads those.
+
+    def claim(self, name: str) -> bool:
+        """Both lanes work through the trained-sharing variants: each takes the ones no other lane took."""
+        d = self.c.work / "claims"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / name.replace("/", "_")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return path.read_text().strip() == str(self.c.lane)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(self.c.lane))
+        return True
 
     def trained_sharing(self) -> None:
+        if not self.claim("small_float"):
+            return self._sharing_variants()
         m = self.train("small_float/s0", self.c.small_train, 0)
         self.evals("small_float/s0", m)
         if m.exists():
             self.r.note("table_bytes/small_float/s0", table_bytes(m))
+        self._sharing_variants()
+
+    def _sharing_variants(self) -> None:
         for v in TRAINED_SHARING:
+            if not self.claim(v):
+                continue
             kind, ratio = v.rstrip("0123456789"), v[len(v.rstrip("0123456789")):]
             spec = f"{kind}:ratio={ratio}" + (",align=1" if kind == "robe" else "")
             mv = self.train(f"sharing/{v}/s0", self.c.small_train, 0, ["--embedding", spec])
