@@ -101,6 +101,11 @@ def run_lane2(st: Study, main_state: Path) -> None:
     st.trained_sharing()
 
 
+def lane_state(state: Path, lane: int) -> Path:
+    """reports/criteo_scale.json for lane 1, reports/criteo_scale.lane2.json etc. for the others."""
+    return state if lane == 1 else state.with_name(f"{state.stem}.lane{lane}{state.suffix}")
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_avg_start": os.getloadavg()}
@@ -115,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-limit-gb", type=float, default=8.0, help="RLIMIT_DATA of every stage")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train-args", default="", help="extra `lowprec train` flags for every training")
-    ap.add_argument("--lane", type=int, choices=(1, 2), default=1,
-                    help="1: data + seed 0 (state --state); 2: trained sharing + other seeds (state --state2)")
-    ap.add_argument("--state2", type=Path, default=ROOT / "reports" / "criteo_scale.lane2.json")
+    ap.add_argument("--lane", type=int, choices=(1, 2, 3), default=1,
+                    help="1: data + seed 0 (state --state); 2: other seeds + trained sharing; 3: the float model "
+                         "of `lowprec train`'s own defaults (lanes 2 and 3 keep their state beside --state)")
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args(argv)
     if not args.render_only:
@@ -125,22 +130,26 @@ def main(argv: list[str] | None = None) -> int:
                           seeds=tuple(int(s) for s in args.seeds.split(",")))
         meta = {"preset": args.preset, "config": {k: str(v) for k, v in cfg.__dict__.items()},
                 "command": "python -m tools.criteo_scale " + " ".join(sys.argv[1:] if argv is None else argv)}
-        runner = Runner(args.state if args.lane == 1 else args.state2, args.work / "logs", args.data_limit_gb, meta)
+        runner = Runner(lane_state(args.state, args.lane), args.work / "logs", args.data_limit_gb, meta)
         runner.state.setdefault("runs", []).append(machine())
         runner.save()
         if args.lane == 1:
             run_main(Study(runner, cfg))
-        else:
+        elif args.lane == 2:
             run_lane2(Study(runner, cfg), args.state)
+        else:
+            Study(runner, cfg).defaults_model()
         runner.state["runs"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         runner.state["runs"][-1]["load_avg_end"] = os.getloadavg()
         runner.save()
     state = json.loads(args.state.read_text())
-    if args.state2.exists():  # lane 2's stages and notes join lane 1's
-        lane2 = json.loads(args.state2.read_text())
-        state["stages"] = {**state["stages"], **lane2.get("stages", {})}
-        state["derived"] = {**lane2.get("derived", {}), **state.get("derived", {})}
-        state["runs"] = state.get("runs", []) + [{**r, "lane": 2} for r in lane2.get("runs", [])]
+    for lane in (2, 3):  # the other lanes' stages and notes join lane 1's
+        path = lane_state(args.state, lane)
+        if path.exists():
+            more = json.loads(path.read_text())
+            state["stages"] = {**state["stages"], **more.get("stages", {})}
+            state["derived"] = {**more.get("derived", {}), **state.get("derived", {})}
+            state["runs"] = state.get("runs", []) + [{**r, "lane": lane} for r in more.get("runs", [])]
     args.report.write_text(render(state))
     print(f"wrote {args.report}")
     return 0

@@ -142,6 +142,15 @@ class Study:
                                                 "--windows", self.c.val, "--out", str(calib), "--json"], output=calib)
         return m
 
+    def defaults_model(self) -> None:
+        """The float model `lowprec train` makes with its own defaults (only --val-windows): gap closure."""
+        out = self.c.work / "models" / "float_defaults" / "s0"
+        self.r.run("float_defaults/s0/train", ["train", "--data", str(self.c.data), "--windows", self.c.train,
+                                               "--val-windows", self.c.val, "--out", str(out), "--seed", "0", "--json"],
+                   output=out)
+        self.evals("float_defaults/s0", out)
+        shutil.rmtree(out, ignore_errors=True)
+
     def dense_only(self) -> None:
         m = self.train("dense_only/s0", self.c.train, 0, ["--embedding", "hash:ratio=1000000"])
         self.evals("dense_only/s0", m)
