@@ -24,6 +24,7 @@ from tools.criteo_scale.render import render
 from tools.criteo_scale.runner import ROOT, Runner
 from tools.criteo_scale.study import UNIFORM, Study, StudyConfig, meets, window_metrics
 
+LANES = (1, 2, 3, 4)
 PRESETS = {
     "full": dict(scale=1.0, rows_per_window=250_000),
     "smoke": dict(scale=0.02, rows_per_window=20_000),
@@ -120,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-limit-gb", type=float, default=8.0, help="RLIMIT_DATA of every stage")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train-args", default="", help="extra `lowprec train` flags for every training")
-    ap.add_argument("--lane", type=int, choices=(1, 2, 3), default=1,
-                    help="1: data + seed 0 (state --state); 2: other seeds + trained sharing; 3: the float model "
-                         "of `lowprec train`'s own defaults (lanes 2 and 3 keep their state beside --state)")
+    ap.add_argument("--lane", type=int, choices=LANES, default=1,
+                    help="1: data + seed 0 (state --state); 2: other seeds + trained sharing; 3: trained sharing; "
+                         "4: the float model of `lowprec train`'s own defaults (lanes 2-4 keep their state beside "
+                         "--state)")
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args(argv)
     if not args.render_only:
@@ -137,20 +139,23 @@ def main(argv: list[str] | None = None) -> int:
             run_main(Study(runner, cfg))
         elif args.lane == 2:
             run_lane2(Study(runner, cfg), args.state)
+        elif args.lane == 3:
+            Study(runner, cfg).trained_sharing()
         else:
             Study(runner, cfg).defaults_model()
         runner.state["runs"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         runner.state["runs"][-1]["load_avg_end"] = os.getloadavg()
         runner.save()
     state = json.loads(args.state.read_text())
-    for lane in (2, 3):  # the other lanes' stages and notes join lane 1's
+    for lane in LANES[1:]:  # the other lanes' stages and notes join lane 1's
         path = lane_state(args.state, lane)
         if path.exists():
             more = json.loads(path.read_text())
             state["stages"] = {**state["stages"], **more.get("stages", {})}
             state["derived"] = {**more.get("derived", {}), **state.get("derived", {})}
             state["runs"] = state.get("runs", []) + [{**r, "lane": lane} for r in more.get("runs", [])]
-    args.report.write_text(render(state))
+    notes = args.report.with_name(args.report.stem + ".notes.md")
+    args.report.write_text(render(state, notes.read_text() if notes.exists() else ""))
     print(f"wrote {args.report}")
     return 0
 

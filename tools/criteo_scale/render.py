@@ -261,8 +261,8 @@ def drift_section(view: View) -> list[str]:
     lines = ["## Drift over a popularity shift (`lowprec drift`, tight plan of seed 0 vs its float model)", "",
              f"From window {view.cfg.get('drift_start')} on, which ids are hot is re-drawn (`--drift popularity`); "
              f"exit code {rec['rc']} (1 = alarm), alarms at windows {rec['result'].get('alarms')}.", "",
-             "| window | shifted | Bayes AUC | float AUC | plan AUC | AUC diff | float NE | plan NE | NE gap [CI] | alarm |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| window | shifted | Bayes AUC | float AUC | plan AUC | AUC diff | float NE | plan NE | NE gap [CI] | alarm | reason |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     start = int(view.cfg.get("drift_start", 10**9))
     for w in rec["result"]["windows"]:
         i = w["window"]
@@ -270,7 +270,7 @@ def drift_section(view: View) -> list[str]:
         lines.append(f"| {i} | {'yes' if i >= start else 'no'} | {f4(bayes)} | {f4(w['ref_auc'])} | "
                      f"{f4(w['cand_auc'])} | {w['auc_diff']:+.5f} | {f4(w['ref_ne'])} | {f4(w['cand_ne'])} | "
                      f"{100 * w['ne_gap']:+.3f}% [{100 * w['ne_gap_lo']:+.3f}, {100 * w['ne_gap_hi']:+.3f}] | "
-                     f"{'ALARM' if w['alarm'] else 'ok'} |")
+                     f"{'ALARM' if w['alarm'] else 'ok'} | {(w.get('reason') or '').replace('|', '/')} |")
     return lines + [""]
 
 
@@ -323,9 +323,10 @@ def data_section(view: View) -> list[str]:
     return ["## The data", "", *lines, ""]
 
 
-def render(state: dict) -> str:
+def render(state: dict, notes: str = "") -> str:
+    """The report; NOTES (reports/criteo_scale.notes.md, hand-written reading of the numbers) follow the targets."""
     view = View(state)
-    parts = [header(view), targets_section(view), variants_section(view), seeds_section(view),
+    parts = [header(view), targets_section(view), notes.strip().splitlines() + [""] if notes.strip() else [], variants_section(view), seeds_section(view),
              choice_section(view), search_section(view), drift_section(view), data_section(view),
              stages_section(view), missing_section(view)]
     return "\n".join(line for part in parts for line in part) + "\n"
