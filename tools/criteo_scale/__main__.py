@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                           seeds=tuple(int(s) for s in args.seeds.split(",")))
         meta = {"preset": args.preset, "config": {k: str(v) for k, v in cfg.__dict__.items()},
                 "command": "python -m tools.criteo_scale " + " ".join(sys.argv[1:] if argv is None else argv)}
-        runner = Runner(lane_state(args.state, args.lane), args.work / "logs", args.data_limit_gb, meta)
+        runner = Runner(lane_state(args.state, args.lane), args.work / "logs", args.data_limit_gb, meta,
+                        peers=tuple(lane_state(args.state, k) for k in LANES))
         runner.state.setdefault("runs", []).append(machine())
         runner.save()
         if args.lane == 1:

@@ -36,6 +36,7 @@ def merged(state1: Path) -> dict[str, Any]:
             out["stages"].update(s.get("stages", {}))
             out["derived"].update(s.get("derived", {}))
             out["runs"] = [{**r, "lane": lane} for r in s.get("runs", [])] + out["runs"]
+            out.setdefault("failed_attempts", []).extend(s.get("failed_attempts", []))
             if lane == 1:
                 out["meta"] = s.get("meta", {})
     return out

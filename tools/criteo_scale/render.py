@@ -276,6 +276,8 @@ def drift_section(view: View) -> list[str]:
 
 def missing_section(view: View) -> list[str]:
     bad = [f"- `{n}`: exit {r['rc']} (log: the stage's log under WORK/logs)" for n, r in view.st.items() if not r["ok"]]
+    bad += [f"- earlier attempt of `{a['stage']}`: exit {a['rc']} after {a['seconds']:,.0f} s ({a['finished']}; "
+            f"`{' '.join(a['cmd'])}`)" for a in view.s.get("failed_attempts", [])]
     seeds = [int(s) for s in view.cfg.get("seeds", "(0, 1, 2)").strip("()").split(",") if s.strip()]
     want = ["float/s0/eval", "dense_only/s0/eval", "search/tight/s0/search", "search/loose/s0/search",
             "drift/tight-s0/drift", "small_float/s0/eval", *[f"sharing/{v}/s0/eval" for v in TRAINED_SHARING],

@@ -58,8 +58,9 @@ def last_json(stdout: str) -> Any:
 class Runner:
     """Runs stages in order and keeps `state["stages"][name]` for each (see the module docstring)."""
 
-    def __init__(self, state_path: Path, log_dir: Path, data_limit_gb: float, meta: dict[str, Any]):
-        self.state_path = state_path
+    def __init__(self, state_path: Path, log_dir: Path, data_limit_gb: float, meta: dict[str, Any],
+                 peers: tuple[Path, ...] = ()):
+        self.state_path, self.peers = state_path, tuple(p for p in peers if p != state_path)
         self.log_dir = log_dir
         self.limit = int(data_limit_gb * 2**30)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -72,12 +73,24 @@ class Runner:
     def save(self) -> None:
         write_json_atomic(self.state_path, self.state)
 
-    def done(self, name: str, output: Path | None = None) -> bool:
+    def record(self, name: str) -> dict | None:
+        """This lane's record of stage NAME, else a finished one of another lane (`peers` state files)."""
         rec = self.state["stages"].get(name)
+        if rec and rec.get("ok"):
+            return rec
+        for peer in self.peers:
+            if peer.exists():
+                other = json.loads(peer.read_text()).get("stages", {}).get(name)
+                if other and other.get("ok"):
+                    return other
+        return rec
+
+    def done(self, name: str, output: Path | None = None) -> bool:
+        rec = self.record(name)
         return bool(rec and rec.get("ok") and (output is None or output.exists()))
 
     def result(self, name: str) -> Any:
-        rec = self.state["stages"].get(name)
+        rec = self.record(name)
         return rec.get("result") if rec and rec.get("ok") else None
 
     def _limit(self) -> None:
@@ -107,6 +120,9 @@ class Runner:
                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "commit": git_commit(),
                "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "result": last_json(out), **(extra or {})}
+        old = self.state["stages"].get(name)
+        if old and not old.get("ok"):  # a failed or killed attempt stays on record
+            self.state.setdefault("failed_attempts", []).append({"stage": name, **old})
         self.state["stages"][name] = rec
         self.save()
         print(f"    -> rc {rc} in {secs:.0f} s, peak RSS {rec['peak_rss_mb']:.0f} MB", flush=True)

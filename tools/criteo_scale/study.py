@@ -43,7 +43,9 @@ class StudyConfig:
     drift: str = "11-13"
     seeds: tuple[int, ...] = (0, 1, 2)
     train_args: tuple[str, ...] = ()
-    sharing_ratios: str = "4,16,64"
+    # Post-training sharing ratios the search considers; none at full scale: a hot-sharing option on a 10M-row
+    # table took ~6 min to measure there (its shared form is rebuilt from the whole table for every option).
+    sharing_ratios: str = ""
     lane: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,12 +91,12 @@ class Study:
         spec = ",".join(getattr(self.c, w) for w in which)
         self.r.run(f"{name}/eval", ["eval", "--model", str(model), "--data", str(self.c.data), "--windows", spec,
                                     "--json"], extra={"windows_of": {w: getattr(self.c, w) for w in which}})
-        return window_metrics(self.r.state["stages"].get(f"{name}/eval"))
+        return window_metrics(self.r.record(f"{name}/eval"))
 
     def artifact(self, name: str, model: Path, convert_args: list[str], which=("test",)) -> dict[str, Any]:
         """Convert, evaluate on WHICH windows, delete the artifact (its record keeps bytes and metrics)."""
         if self.r.done(f"{name}/eval") and self.r.done(f"{name}/convert"):
-            return window_metrics(self.r.state["stages"][f"{name}/eval"])
+            return window_metrics(self.r.record(f"{name}/eval"))
         art = self.c.work / "art" / name.replace("/", "_")
         if not art.exists():
             self.r.state["stages"].pop(f"{name}/convert", None)
@@ -177,7 +179,8 @@ class Study:
         self.r.run(f"{name}/search", ["search", "--model", str(model), "--data", str(c.data), "--calib-windows", c.val,
                                       "--eval-windows", c.search_eval, "--test-windows", c.test, "--max-ne-increase",
                                       flag, "--max-auc-drop", str(auc), "--calibration", str(calib),
-                                      "--sharing-ratios", c.sharing_ratios, "--precisions", "fp32,fp16,int8,int4,int2",
+                                      *(["--sharing-ratios", c.sharing_ratios] if c.sharing_ratios else []),
+                                      "--precisions", "fp32,fp16,int8,int4,int2",
                                       "--layer-precisions", "fp32", "--out", str(plan), "--report",
                                       str(c.work / "search-reports" / f"{budget}-s{seed}"), "--json"], output=plan)
         # No separate convert + eval: the search converts its plan and reports it, paired against the float
