@@ -38,7 +38,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
     from lowprec.drift import job as drift_job
     from lowprec.fileio import sha256_file
     from lowprec.search.driver import SearchRequest, run_search
-    from lowprec.train import TrainConfig, train
+    from lowprec.train import TrainConfig, total_steps_rows, train
 
     out = claim_output(out, "demo")
     out.mkdir(parents=True, exist_ok=True)
@@ -48,10 +48,8 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
         generate(SynthConfig(cfg.windows, cfg.rows_per_window, cfg.seed, 0.001, cfg.drift, cfg.drift_start),
                  tmp, progress=stages)
     ds = Dataset(data)
-    # init_bias=False: with the prior-initialised bias, this data's searched plan shifts calibration
-    # ~6% from the float model (search does not budget calibration), which drift alarms on from window 5
-    model, info = train(ds, TrainConfig(windows=(0, 1, 2, 3), seed=cfg.seed, init_bias=False),
-                        progress=stage(stages, "train", 2 * 4 * cfg.rows_per_window))
+    train_cfg = TrainConfig(windows=(0, 1, 2, 3), seed=cfg.seed)
+    model, info = train(ds, train_cfg, progress=stage(stages, "train", total_steps_rows(ds, train_cfg)))
     save_float_model(model, out / "model", info)
     calib = calibrate(model, ds, CalibConfig((4,)), stage(stages, "calibrate", 2 * cfg.rows_per_window))
     save_calibration(calib, out / "calib.json", sha256_file(out / "model" / "model.safetensors"))

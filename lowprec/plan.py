@@ -90,6 +90,7 @@ class Validation:
     embedding_bytes: int
     layer_bytes: int
     rows: int
+    calibration_gap: float = 0.0  # Σp_plan / Σp_float - 1 on the same rows (0 in plans from before it)
 
     def fits(self, max_ne_increase: float, max_auc_drop: float) -> bool:
         return self.ne_increase <= max_ne_increase and self.auc_drop <= max_auc_drop

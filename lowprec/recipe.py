@@ -6,8 +6,8 @@
     [calibrate]  method = "minmax"   percentile = 99.99
     [search]     max_rows = 50000   range_method = "l2"   objective = "bytes"
 
-Who reads what: `lowprec train --recipe` takes [windows] train; `lowprec search --recipe` takes
-[windows] calibrate and evaluate, [budgets], [candidates] (sharing_precisions: the precisions a
+Who reads what: `lowprec train --recipe` takes [windows] train and validate (early stopping);
+`lowprec search --recipe` takes [windows] calibrate and evaluate, [budgets], [candidates] (sharing_precisions: the precisions a
 shared table may take), [calibrate] and [search]; `lowprec drift --recipe` takes [windows] monitor;
 [recipe] is description only. Every key is typed here; an unknown section or key, or a value of the
 wrong type, is an InputError naming the key and the file.

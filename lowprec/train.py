@@ -7,7 +7,9 @@ Either way the saved model has the same per-table modules and state-dict keys.
 
 A new model's output bias starts at the logit of the training windows' positive rate. With
 `val_windows`, every epoch is scored there; training stops after `patience` epochs without a
-lower validation NE and the best epoch's weights are kept. The provenance (`info`) holds each
+lower validation NE and the best epoch's weights are kept. Epochs by default (`epochs=None`): one
+without validation windows, up to MAX_VALIDATED_EPOCHS with them (early stopping decides): on the
+latent data a second epoch over-fits the tables (reports/latent_synth.md, "Training defaults"). The provenance (`info`) holds each
 epoch's training NE/AUC (over the epoch's own batches, as they were scored while training) and
 validation NE/AUC, and the chosen epoch's. Everything random (init, chunk and row order) comes
 from `seed`, so the same data, config and seed give the same weights.
@@ -34,16 +36,19 @@ from lowprec.progress import Update
 from lowprec.training.steps import OPTIMIZERS, make_step
 
 DEFAULT_TABLE_LR = {"rowwise-adagrad": 5e-2, "sparse-adam": 1e-2}
+MAX_VALIDATED_EPOCHS = 5
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     windows: tuple[int, ...]
-    epochs: int = 2
+    epochs: int | None = None  # None: 1, or up to MAX_VALIDATED_EPOCHS with val_windows
     batch_size: int = 512
     lr: float = 1e-3
     sparse_lr: float | None = None  # the tables' learning rate; None: DEFAULT_TABLE_LR[optimizer]
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # the MLPs' (Adam)
+    embedding_l2: float = 0.0  # + l2 * mean_b Σ_t ||pooled_t||² in the loss (lowprec.training.steps)
+    adagrad_init: float = 0.0  # tables' row-wise Adagrad accumulators start here (lowprec.training.fused_tables)
     seed: int = 0
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64, 16)
@@ -56,7 +61,7 @@ class TrainConfig:
     init_bias: bool = True  # a new model's output bias starts at logit(training positive rate)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise InputError("epochs and batch size must be >= 1")
         if self.lr <= 0 or (self.sparse_lr is not None and self.sparse_lr <= 0):
             raise InputError("learning rates must be > 0")
@@ -66,9 +71,19 @@ class TrainConfig:
             raise InputError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         if self.patience < 1:
             raise InputError("patience must be >= 1")
+        if not min(self.embedding_l2, self.weight_decay, self.adagrad_init) >= 0:
+            raise InputError("embedding_l2, weight_decay and adagrad_init must be >= 0")
+        if self.adagrad_init and self.optimizer != "rowwise-adagrad":
+            raise InputError("adagrad_init applies to --optimizer rowwise-adagrad only")
         overlap = sorted(set(self.windows) & set(self.val_windows))
         if overlap:
             raise InputError(f"validation windows {overlap} are also training windows")
+
+    @property
+    def max_epochs(self) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return MAX_VALIDATED_EPOCHS if self.val_windows else 1
 
     @property
     def table_lr(self) -> float:
@@ -168,9 +183,10 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
     rate = positive_rate(ds, cfg.windows)
     if init is None and cfg.init_bias:
         init_output_bias(model, rate)
-    step = make_step(model, cfg.optimizer, cfg.lr, cfg.table_lr, cfg.weight_decay)
+    step = make_step(model, cfg.optimizer, cfg.lr, cfg.table_lr, cfg.weight_decay, cfg.embedding_l2,
+                     cfg.adagrad_init)
     started, seen, history, best, since_best = time.time(), 0, [], None, 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.max_epochs):
         step.scorer.train()
         train_stats = _run_epoch(step, ds, cfg, epoch, progress)
         seen += int(train_stats.weight)
@@ -191,7 +207,7 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
     model.eval()
     info = {
         "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-        | {"sparse_lr": cfg.table_lr},
+        | {"sparse_lr": cfg.table_lr, "epochs": cfg.max_epochs},
         "data": str(ds.root),
         "rows_seen": seen,
         "train_positive_rate": rate,
@@ -208,4 +224,4 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
 
 
 def total_steps_rows(ds: Dataset, cfg: TrainConfig) -> int:
-    return count_rows(ds, list(cfg.windows)) * cfg.epochs
+    return count_rows(ds, list(cfg.windows)) * cfg.max_epochs

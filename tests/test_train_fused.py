@@ -2,7 +2,9 @@
 
 Reference: the model's own per-table modules give the gradient (autograd), and a Python loop applies
 row-wise Adagrad row by row: s[r] += mean(g_r^2), w_r -= lr * g_r / (sqrt(s[r]) + eps), for every
-row with a non-zero gradient (exact ROBE: every element of M is a one-wide row).
+row with a non-zero gradient (exact ROBE: every element of M is a one-wide row). With embedding_l2 = λ
+the loss the reference differentiates is log-loss + λ * mean_b Σ_t ||pooled_t||², written out sample by
+sample and table by table. With adagrad_init the accumulators start at that value instead of 0.
 """
 
 from __future__ import annotations
@@ -62,16 +64,27 @@ def _rowwise_adagrad_reference(param, width, state, lr=LR, eps=EPS):
             w[r] -= (lr * g[r].double() / (math.sqrt(state[r]) + eps)).float()
 
 
-def _reference_steps(model: DLRM, batches) -> None:
+def _penalty(model: DLRM, sparse: torch.Tensor, l2: float) -> torch.Tensor:
+    """λ * mean over samples of Σ_t ||e_t||², one sample and one table at a time."""
+    parts = torch.split(sparse, model.hotness, dim=1)
+    total = torch.zeros(())
+    for b in range(sparse.shape[0]):
+        for emb, ids in zip(model.embeddings, parts):
+            total = total + (emb(ids[b : b + 1]) ** 2).sum()
+    return l2 * total / sparse.shape[0]
+
+
+def _reference_steps(model: DLRM, batches, l2: float = 0.0, init: float = 0.0) -> None:
     tables = [(p, width) for m in model.embeddings for p, width in _rows(m)]
-    states = [[0.0] * (p.numel() // width) for p, width in tables]
+    states = [[init] * (p.numel() // width) for p, width in tables]
     table_ids = {id(p) for p, _ in tables}
     adam = torch.optim.Adam([p for p in model.parameters() if id(p) not in table_ids], lr=1e-3)
     for b in batches:
         adam.zero_grad(set_to_none=True)
         for p, _ in tables:
             p.grad = None
-        torch.nn.functional.binary_cross_entropy_with_logits(model(b.dense, b.sparse), b.labels).backward()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b.dense, b.sparse), b.labels)
+        (loss + _penalty(model, b.sparse, l2) if l2 else loss).backward()
         adam.step()
         for (p, width), state in zip(tables, states):
             _rowwise_adagrad_reference(p, width, state)
@@ -83,16 +96,22 @@ SPECS = [
 ]
 
 
+@pytest.mark.parametrize("l2,init", [(0.0, 0.0), (0.5, 0.0), (0.0, 1e-4)], ids=["plain", "embedding-l2", "adagrad-init"])
 @pytest.mark.parametrize("specs", SPECS, ids=["tbe", "robe-batched"])
-def test_fused_steps_match_rowwise_adagrad_reference(tiny, specs):
+def test_fused_steps_match_rowwise_adagrad_reference(tiny, specs, l2, init):
     batches = list(iter_batches(tiny, [0], 128, shuffle=True, seed=1))[:4]
     fused_model = _model(tiny, specs)
     ref_model = copy.deepcopy(fused_model)
-    step = make_step(fused_model, "rowwise-adagrad", 1e-3, LR)
+    step = make_step(fused_model, "rowwise-adagrad", 1e-3, LR, embedding_l2=l2, adagrad_init=init)
     for b in batches:
         step.step(b.dense, b.sparse, b.labels)
     fused_model = step.finish(restore_best=False)
-    _reference_steps(ref_model, batches)
+    _reference_steps(ref_model, batches, l2, init)
+    if l2 or init:  # the option matters at this size: the same steps without it end elsewhere
+        plain = _model(tiny, specs)
+        _reference_steps(plain, batches)
+        keys = [k for k in plain.state_dict() if k.startswith("embeddings.")]
+        assert any((plain.state_dict()[k] - ref_model.state_dict()[k]).abs().max() > 1e-3 for k in keys)
     before = _model(tiny, specs).state_dict()
     got, want = fused_model.state_dict(), ref_model.state_dict()
     assert list(got) == list(want)

@@ -105,3 +105,15 @@ def test_cli_validation_from_recipe_reports_ne(tiny, tmp_path):
     r = run("train", "--data", tiny.root, "--windows", "0", "--embedding-dim", "6", "--out", tmp_path / "x",
             "--optimizer", "sparse-adam", "--epochs", "1")
     assert r.exit_code == 0, r.output
+
+
+def test_default_epochs_one_or_early_stopping_with_validation(tiny):
+    from lowprec.train import MAX_VALIDATED_EPOCHS
+
+    assert TrainConfig(windows=(0, 1)).max_epochs == 1
+    assert TrainConfig(windows=(0, 1), val_windows=(2,)).max_epochs == MAX_VALIDATED_EPOCHS
+    assert TrainConfig(windows=(0, 1), val_windows=(2,), epochs=2).max_epochs == 2
+    _, info = train(tiny, TrainConfig(windows=(0, 1)))
+    assert info["epochs_run"] == 1 and info["train"]["epochs"] == 1
+    _, info = train(tiny, TrainConfig(windows=(0, 1), val_windows=(2,)))
+    assert info["epochs_run"] == min(info["best_epoch"] + 1, MAX_VALIDATED_EPOCHS)

@@ -19,14 +19,21 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--init-bias/--no-init-bias", default=True, show_default=True,
               help="Start the output bias at the logit of the training positive rate.")
 @click.option("--seed", default=0, show_default=True, help="Seed for init and data order; same seed, same weights.")
-@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Epochs (at most, with --val-windows).")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Epochs (at most, with --val-windows) [1; up to 5 with validation windows, which stop "
+                   "training early].")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--optimizer", type=click.Choice(["rowwise-adagrad", "sparse-adam"]), default="rowwise-adagrad",
               show_default=True, help="Tables: FBGEMM's fused training TBE with row-wise Adagrad, or "
                                       "per-table EmbeddingBags with SparseAdam (the previous path).")
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate of the MLPs.")
 @click.option("--sparse-lr", type=float, help="Learning rate of the tables [0.05 rowwise-adagrad, 0.01 sparse-adam].")
+@click.option("--embedding-l2", type=click.FloatRange(min=0),
+              help="Adds L2 x the batch mean of Σ_t ||pooled embedding_t||² to the loss: each looked-up row "
+                   "is shrunk once per sample it appears in (frequency-aware regularisation).")
+@click.option("--adagrad-init", type=click.FloatRange(min=0),
+              help="Start of the tables' row-wise Adagrad accumulators: a rarely seen id takes small steps "
+                   "(lr * g / sqrt(init + g²)) instead of full normalised ones [TrainConfig's default].")
 @click.option("--embedding-dim", default=16, show_default=True, help="D; a multiple of 4 serves on FBGEMM.")
 @click.option("--bottom-mlp", default="64", show_default=True, help="Hidden widths of the bottom MLP (it always ends at D).")
 @click.option("--top-mlp", default="64,32", show_default=True, help="Hidden widths of the top MLP (a 1-wide output is added).")
@@ -34,7 +41,7 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed, epochs, batch_size, optimizer, lr,
-          sparse_lr, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding, as_json):
+          sparse_lr, embedding_l2, adagrad_init, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding, as_json):
     """Train a float DLRM on WINDOWS of a prepared dataset and save it to OUT."""
     from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset, check_table_bytes
@@ -53,6 +60,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     check_table_bytes(ds.meta, embedding_dim)
     cfg = TrainConfig(
         windows=tuple(train_w), epochs=epochs, batch_size=batch_size, lr=lr, sparse_lr=sparse_lr,
+        **{k: v for k, v in (("embedding_l2", embedding_l2), ("adagrad_init", adagrad_init)) if v is not None},
         seed=seed, embedding_dim=embedding_dim,
         bottom_mlp=int_list(bottom_mlp, "--bottom-mlp") + (embedding_dim,),
         top_mlp=int_list(top_mlp, "--top-mlp"), embedding=embedding,

@@ -180,6 +180,7 @@ class Signals:
     expected_gap: float = 0.0  # the NE gap the plan was validated with; ne_gap* are relative to it
     positives: int | None = None  # label counts of the window (None: unknown, assumed enough)
     negatives: int | None = None
+    expected_cal_gap: float = 0.0  # the calibration gap it was validated with; cal_gap* are relative to it
 
 
 LABEL_TRIGGERS = ("ne_gap_ci", "cusum_up", "cusum_down", "auc_drop")
@@ -237,6 +238,16 @@ def gap_text(s: Signals) -> str:
             f"validated gap {pct(e)} = {ci}")
 
 
+def cal_gap_text(s: Signals) -> str:
+    """The calibration gap the rule judges, net of the plan's validated calibration gap when known."""
+    ci = f"{pct(s.cal_gap)} [CI {pct(s.cal_gap_lo)}, {pct(s.cal_gap_hi)}]"
+    e = s.expected_cal_gap
+    if not e:
+        return ci
+    return (f"{pct(s.cal_gap + e)} [CI {pct(s.cal_gap_lo + e)}, {pct(s.cal_gap_hi + e)}] minus the plan's "
+            f"validated calibration gap {pct(e)} = {ci}")
+
+
 def _triggers(s: Signals, st: CusumState, t: Thresholds) -> list[tuple[str, str]]:
     out = []
     ci = gap_text(s)
@@ -259,8 +270,7 @@ def _triggers(s: Signals, st: CusumState, t: Thresholds) -> list[tuple[str, str]
                                 f"(DeLong one-sided p={s.auc_p_drop:.2g})"))
     lim = t.calibration_gap_limit
     if s.cal_gap_lo > lim or s.cal_gap_hi < -lim:
-        out.append(("calibration_gap", f"calibration ratio gap {pct(s.cal_gap)} [CI {pct(s.cal_gap_lo)}, "
-                                       f"{pct(s.cal_gap_hi)}] beyond ±{100 * lim:.2f}%"))
+        out.append(("calibration_gap", f"calibration ratio gap {cal_gap_text(s)} beyond ±{100 * lim:.2f}%"))
     return out
 
 

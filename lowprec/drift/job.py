@@ -31,7 +31,7 @@ from lowprec.drift import report
 from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, decide
 from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
-from lowprec.drift.signals import calib_rates, expected_gap, signals_for
+from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.progress import Stages
@@ -211,7 +211,7 @@ def process_window(job: DriftJob, store: DriftStore, ds: Dataset, models: _Model
                         table_err, stages(f"drift window {w}", info.rows, "rows"))
     rates = calib_rates(calib, list(m.clipping))
     base = store.baseline()
-    s = signals_for(m, base, rates, expected_gap(models.manifest))
+    s = signals_for(m, base, rates, expected_gap(models.manifest), expected_calibration_gap(models.manifest))
     d = decide(s, store.previous_state(w), job.config.alarm)
     row = {
         "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
@@ -326,7 +326,8 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None,
                         stages(f"rescore window {target}", ds.meta.window(target).rows, "rows"))
     expected = expected_gap(models.manifest)
-    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected), CusumState(), job.config.alarm)
+    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected,
+                           expected_calibration_gap(models.manifest)), CusumState(), job.config.alarm)
     t = job.config.alarm
     closes = not d.alarm and m.ne_gap.lo - expected <= t.ne_gap_allowance and \
         (not t.two_sided or m.ne_gap.hi - expected >= -t.ne_gap_allowance)

@@ -26,8 +26,18 @@ def expected_gap(manifest: dict[str, Any] | None) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
+def expected_calibration_gap(manifest: dict[str, Any] | None) -> float:
+    """The calibration ratio gap (Σp_plan / Σp_float - 1) the deployed plan was accepted with, else 0.
+
+    Like the NE gap: a plan validated 6% below the float model's mean prediction is healthy there
+    and drifting when that gap moves by more than the limit."""
+    validated = ((manifest or {}).get("plan") or {}).get("validated") or {}
+    value = validated.get("calibration_gap")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
 def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
-                calib: dict[str, float | None], expected: float = 0.0) -> Signals:
+                calib: dict[str, float | None], expected: float = 0.0, expected_cal: float = 0.0) -> Signals:
     ref = m.reference
     stale_ne = stale_cal = 0.0
     if baseline is not None:
@@ -37,9 +47,9 @@ def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
     ctr, rows = ref.get("ctr", math.nan), getattr(m, "rows", None)
     pos = int(round(ctr * rows)) if rows is not None and math.isfinite(ctr) else None
     return Signals(m.ne_gap.estimate - expected, m.ne_gap.lo - expected, m.ne_gap.hi - expected,
-                   m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate, m.cal_gap.lo,
-                   m.cal_gap.hi, m.psi, clipping, stale_ne, stale_cal, expected, pos,
-                   None if pos is None else rows - pos)
+                   m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate - expected_cal,
+                   m.cal_gap.lo - expected_cal, m.cal_gap.hi - expected_cal, m.psi, clipping, stale_ne,
+                   stale_cal, expected, pos, None if pos is None else rows - pos, expected_cal_gap=expected_cal)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

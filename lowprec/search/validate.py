@@ -43,5 +43,5 @@ def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, 
         float_ne=m.reference["ne"], float_auc=m.reference["auc"],
         plan_ne=m.candidate["ne"], plan_auc=m.candidate["auc"],
         embedding_bytes=int(manifest["embedding_bytes"]), layer_bytes=int(manifest["layer_bytes"]),
-        rows=m.rows,
+        rows=m.rows, calibration_gap=m.cal_gap.estimate,
     )

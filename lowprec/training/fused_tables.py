@@ -4,7 +4,10 @@
 optimizer EXACT_ROWWISE_ADAGRAD (Duchi et al. 2011, one accumulator per row; FBGEMM applies it
 inside backward, touching only the batch's rows):
     g = the row's gradient summed over the batch,  s += mean(g^2),  w -= lr * g / (sqrt(s) + eps)
-Its optimizer state is 4 bytes a row, against SparseAdam's two dense copies of every table.
+Its optimizer state is 4 bytes a row, against SparseAdam's two dense copies of every table. The
+accumulators s start at `init` (0: FBGEMM's default; > 0 as Adagrad's `initial_accumulator_value`:
+a row's first steps are lr * g / sqrt(init + g^2), not a full lr-sized normalised step, so an id seen
+once moves little and a frequent id soon moves as if init were 0).
 
 Each logical table becomes TBE features (`feature_ids.FeatureSpec`) over physical TBE tables:
 - dense: one table, ids as they are;
@@ -81,7 +84,7 @@ class _Plan:
 class FusedTables(nn.Module):
     """Pooled embeddings (B, T, D) of every table of `model`, trained by the fused TBE update."""
 
-    def __init__(self, model: DLRM, lr: float, eps: float = 1e-8):
+    def __init__(self, model: DLRM, lr: float, eps: float = 1e-8, init: float = 0.0):
         super().__init__()
         plan = _Plan(model)
         self.num_tables, self.dim = len(model.embeddings), model.config.embedding_dim
@@ -104,12 +107,15 @@ class FusedTables(nn.Module):
         self.ids = BatchedIdMaps(feats, model.hotness) if feats else None
         batched = [(t, b) for t, b in plan.robe] if not plan.aligned else []
         self.robe = (RobeBatched(batched[0][1].array, [b for _, b in batched], [t for t, _ in batched],
-                                 model.hotness, lr, eps) if batched else None)
+                                 model.hotness, lr, eps, init) if batched else None)
         logical = [t for t, _, _ in plan.primary] + [t for t, _ in plan.robe]
         self.order = torch.tensor(sorted(range(len(logical)), key=logical.__getitem__), dtype=torch.int64)
         self.identity = logical == list(range(len(logical)))
         self.extra_slots = torch.tensor([t for t, _, _ in plan.extra], dtype=torch.int64)
         self._load()
+        if self.tbe is not None and init:
+            for states in self.tbe.split_optimizer_states():
+                states[0].fill_(init)
 
     @torch.no_grad()
     def _load(self) -> None:
@@ -167,10 +173,10 @@ class FusedTables(nn.Module):
 class FusedDLRM(nn.Module):
     """Training-time DLRM: the model's MLPs and graph over `FusedTables`; scores like the model."""
 
-    def __init__(self, model: DLRM, lr: float, eps: float = 1e-8):
+    def __init__(self, model: DLRM, lr: float, eps: float = 1e-8, init: float = 0.0):
         super().__init__()
         self.model = model
-        self.tables = FusedTables(model, lr, eps)
+        self.tables = FusedTables(model, lr, eps, init)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         table_params = {id(p) for p in self.model.embeddings.parameters()}

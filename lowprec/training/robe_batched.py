@@ -59,7 +59,7 @@ class RobeBatched(nn.Module):
     """The model's robe tables (sources `logical`) trained as one; forward -> (B, n_tables, D)."""
 
     def __init__(self, array: RobeArray, bags: list[RobeBag], logical: list[int], hotness: list[int],
-                 lr: float, eps: float = 1e-8):
+                 lr: float, eps: float = 1e-8, init: float = 0.0):
         super().__init__()
         self.array, self.z, self.size, self.lr, self.eps = array, array.z, array.size, lr, eps
         self.dim = bags[0].member.dim
@@ -78,7 +78,7 @@ class RobeBatched(nn.Module):
         flat = array.weight.detach().reshape(-1)
         self._ext = torch.cat([flat, flat[: self.z - 1]])
         self.weight = self._ext[: self.size]
-        self.state = torch.zeros_like(self.weight)
+        self.state = torch.full_like(self.weight, init)  # Adagrad accumulators (fused_tables: init)
         self._scratch = torch.zeros_like(self.weight)
         self._hook = torch.zeros(1, requires_grad=True)  # makes autograd call the fused backward
         self.offsets = torch.arange(self.z)

@@ -5,6 +5,13 @@
 - `SparseAdamStep` (`sparse-adam`, the previous path): the per-table modules with sparse gradients
   and SparseAdam; the MLPs with Adam.
 
+Both add `embedding_l2` times the batch mean of Σ_t ||pooled_t||² (each sample's pooled embedding of
+every table) to the log-loss: for one-hot tables that is an L2 penalty on a row once per sample it
+appears in, i.e. frequency-aware regularisation (a row is shrunk as often as it is looked up; rows a
+batch does not touch cost nothing). Its gradient flows into the tables' optimizer with the data's.
+(FBGEMM 1.8's CPU row-wise Adagrad ignores its own `weight_decay`/`weight_decay_mode`: measured, the
+weights after a step are identical to weight_decay=0 for L2 and DECOUPLE, so the penalty is in the loss.)
+
 Both score batches (`scorer`, a module (dense, sparse) -> logits, for validation), keep the current
 weights as the best so far (`keep`), end with the kept or the current weights in the DLRM's own
 modules (`finish`), and report the bytes of the tables' optimizer state.
@@ -16,9 +23,16 @@ import torch
 from torch import nn
 
 from lowprec.model.dlrm import DLRM
+from lowprec.errors import InputError
 from lowprec.training.fused_tables import FusedDLRM
 
 OPTIMIZERS = ("rowwise-adagrad", "sparse-adam")
+
+
+def penalised_loss(logits: torch.Tensor, labels: torch.Tensor, pooled: torch.Tensor, l2: float) -> torch.Tensor:
+    """Mean log-loss + l2 * mean over the batch of Σ_t ||pooled_t||² (pooled: (B, T, D))."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    return loss + l2 * pooled.square().sum(dim=(1, 2)).mean() if l2 else loss
 
 
 def _tensor_bytes(state: dict) -> int:
@@ -27,7 +41,7 @@ def _tensor_bytes(state: dict) -> int:
 
 
 class SparseAdamStep:
-    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float):
+    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float, embedding_l2: float = 0.0):
         self.model = self.scorer = model
         sparse = [m.weight for m in model.embeddings.modules()
                   if isinstance(m, nn.EmbeddingBag) and m.sparse]
@@ -35,15 +49,16 @@ class SparseAdamStep:
         dense = [p for p in model.parameters() if id(p) not in ids]
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
         self.sparse = torch.optim.SparseAdam(sparse, lr=sparse_lr) if sparse else None
-        self.loss = nn.BCEWithLogitsLoss()
+        self.l2 = embedding_l2
         self._best: dict[str, torch.Tensor] | None = None
 
     def step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         opts = [o for o in (self.dense, self.sparse) if o is not None]
         for o in opts:
             o.zero_grad(set_to_none=True)
-        logits = self.model(dense, sparse)
-        self.loss(logits, labels).backward()
+        pooled = self.model.pooled(sparse)
+        logits = self.model.logits(dense, pooled)
+        penalised_loss(logits, labels, pooled, self.l2).backward()
         for o in opts:
             o.step()
         return logits.detach()
@@ -61,11 +76,12 @@ class SparseAdamStep:
 
 
 class FusedStep:
-    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float):
+    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float, embedding_l2: float = 0.0,
+                 adagrad_init: float = 0.0):
         self.model = model
-        self.scorer = FusedDLRM(model, sparse_lr)
+        self.scorer = FusedDLRM(model, sparse_lr, init=adagrad_init)
         self.dense = torch.optim.Adam(self.scorer.dense_parameters(), lr=lr, weight_decay=weight_decay)
-        self.loss = nn.BCEWithLogitsLoss()
+        self.l2 = embedding_l2
         self._names = [n for n, _ in self._dense_state()]
         self._best: list[torch.Tensor] | None = None
 
@@ -75,8 +91,9 @@ class FusedStep:
 
     def step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.dense.zero_grad(set_to_none=True)
-        logits = self.scorer(dense, sparse)
-        self.loss(logits, labels).backward()  # the TBE updates the tables inside backward
+        pooled = self.scorer.tables(sparse)
+        logits = self.model.logits(dense, pooled)
+        penalised_loss(logits, labels, pooled, self.l2).backward()  # the TBE updates the tables in backward
         self.dense.step()
         return logits.detach()
 
@@ -97,7 +114,12 @@ class FusedStep:
         return self.scorer.tables.state_bytes()
 
 
-def make_step(model: DLRM, optimizer: str, lr: float, sparse_lr: float, weight_decay: float = 0.0):
-    """The step for `optimizer` (one of OPTIMIZERS)."""
-    cls = {"rowwise-adagrad": FusedStep, "sparse-adam": SparseAdamStep}[optimizer]
-    return cls(model, lr, sparse_lr, weight_decay)
+def make_step(model: DLRM, optimizer: str, lr: float, sparse_lr: float, weight_decay: float = 0.0,
+              embedding_l2: float = 0.0, adagrad_init: float = 0.0):
+    """The step for `optimizer` (one of OPTIMIZERS); weight_decay: the MLPs' (Adam's L2); adagrad_init:
+    the row-wise Adagrad accumulators' start (rowwise-adagrad only)."""
+    if optimizer == "sparse-adam":
+        if adagrad_init:
+            raise InputError("adagrad_init applies to the row-wise Adagrad tables, not sparse-adam")
+        return SparseAdamStep(model, lr, sparse_lr, weight_decay, embedding_l2)
+    return FusedStep(model, lr, sparse_lr, weight_decay, embedding_l2, adagrad_init)

@@ -133,3 +133,29 @@ def test_gap_is_judged_against_the_validated_gap():
     assert run([signals_for(measure(-0.007), None, {}, 0.0)])[0].alarm
     moved = run([signals_for(measure(-0.047), None, {}, -0.007)])[0]
     assert moved.alarm and "validated gap -0.70%" in moved.reason
+
+
+def test_calibration_gap_is_judged_against_the_plans_validated_gap():
+    from types import SimpleNamespace as NS
+
+    from lowprec.drift.signals import expected_calibration_gap, signals_for
+
+    manifest = {"plan": {"validated": {"ne_increase": -0.016, "calibration_gap": -0.065}}}
+    assert expected_calibration_gap(manifest) == -0.065
+    assert expected_calibration_gap({"plan": {"validated": {"ne_increase": 0.0}}}) == 0.0  # older plans
+    assert expected_calibration_gap(None) == 0.0
+    iv = lambda e, lo, hi: NS(estimate=e, lo=lo, hi=hi, se=0.001)  # noqa: E731
+    m = NS(reference={"ne": 0.9, "calibration": 1.0, "ctr": 0.25}, rows=20000, clipping={},
+           ne_gap=iv(-0.016, -0.018, -0.014), delong=NS(diff=0.004, p_drop=0.9), psi=0.01,
+           cal_gap=iv(-0.0655, -0.068, -0.063))
+    s = signals_for(m, None, {}, -0.016, expected_calibration_gap(manifest))
+    assert s.cal_gap == pytest.approx(-0.0005) and s.cal_gap_lo == pytest.approx(-0.003)
+    d = decide(s, CusumState(), T)
+    assert not d.alarm and "calibration_gap" not in d.triggers
+    # the same raw gap judged against 0 (an artifact without a validated gap) alarms, as before
+    raw = decide(signals_for(m, None, {}, -0.016), CusumState(), T)
+    assert raw.alarm and raw.triggers == ("calibration_gap",)
+    # a gap that moved 3 points beyond the validated one alarms, and the reason says what was subtracted
+    moved = dataclasses.replace(s, cal_gap=-0.03, cal_gap_lo=-0.033, cal_gap_hi=-0.027)
+    d = decide(moved, CusumState(), T)
+    assert d.alarm and "minus the plan's validated calibration gap -6.50% = -3.00%" in d.reason
