@@ -89,12 +89,10 @@ def tasks(st: Study, state1: Path) -> list[Task]:
         return merged(state1)["derived"].get(key)
 
     out = [Task(f"search-tight-s{s}", lambda s=s: calib(s), lambda s=s: st.search("tight", s, model(s)))
-           for s in c.seeds[:1]]
+           for s in c.seeds]
     out += [Task(f"uniform-{p}-{k}-s0", lambda: calib(0), lambda p=p, k=k: st.uniform(0, model(0), [(p, k)]))
             for p, k in FIRST_UNIFORM]
     out += [Task(f"rule-{h.name}-s0", lambda: calib(0), lambda h=h: st.rule(h, 0, model(0))) for h in HEURISTICS]
-    out += [Task(f"search-tight-s{s}", lambda s=s: calib(s), lambda s=s: st.search("tight", s, model(s)))
-            for s in c.seeds[1:]]
     out.append(Task("choices", lambda: ready_to_choose(state1), lambda: choose(st, state1)))
 
     def seed_rows(s: int) -> None:
