@@ -291,17 +291,22 @@ def header(view: View) -> list[str]:
     meta, runs = view.s.get("meta", {}), view.s.get("runs", [])
     cfg = view.cfg
     lines = ["# Criteo Kaggle scale: compression variants on latent-factor data (issue 14)", "",
-             "Regenerate (two lanes side by side, each resumable; then render):", "", "```",
-             "python -m tools.criteo_scale --preset full --work /tmp/scale --train-args '--epochs 1' --lane 1",
-             "python -m tools.criteo_scale --preset full --work /tmp/scale --train-args '--epochs 1' --lane 2",
-             "python -m tools.criteo_scale --render-only", "```", "",
-             f"Every number below comes from reports/criteo_scale.json (and criteo_scale.lane2.json): the JSON each "
-             f"`lowprec` command printed, with its command line, exit code, wall time, peak RSS and git commit.", ""]
-    for r in runs:
-        lines.append(f"- run (lane {r.get('lane', 1)}): started {r.get('started')}, finished {r.get('finished', 'n/a')}"
-                     f"; load average at start {', '.join(f'{x:.1f}' for x in r.get('load_avg_start', []))}"
-                     f"{'; at end ' + ', '.join(f'{x:.1f}' for x in r['load_avg_end']) if r.get('load_avg_end') else ''}"
-                     f"; {r.get('platform')}, {r.get('cpus')} CPUs, Python {r.get('python')}")
+             "Regenerate (three lanes side by side, each resumable and sharing one claimed work list; then render):",
+             "", "```", "for lane in 1 2 3; do",
+             "  python -m tools.criteo_scale --preset full --work /tmp/scale --train-args '--epochs 1' --lane $lane &",
+             "done; wait", "python -m tools.criteo_scale --render-only   # reports/criteo_scale.md from the JSON",
+             "```", "",
+             "Every number below comes from reports/criteo_scale.json (+ `.lane2.json`, `.lane3.json`): the JSON each "
+             "`lowprec` command printed, with its command line, exit code, wall time, peak RSS and git commit "
+             "(stages recorded before 17:56 UTC carry the commit at their end, later ones at their start).", ""]
+    for lane in sorted({r.get("lane", 1) for r in runs}):
+        rs = [r for r in runs if r.get("lane", 1) == lane]
+        loads = [r["load_avg_start"][0] for r in rs if r.get("load_avg_start")]
+        ends = [r["finished"] for r in rs if r.get("finished")]
+        lines.append(f"- lane {lane}: started {rs[0].get('started')}, {len(rs) - 1} resumptions (the study's code "
+                     f"changed or a stage was re-planned), finished {ends[-1] if ends else 'n/a'}; 1-minute load "
+                     f"average at its starts {min(loads, default=0):.1f}-{max(loads, default=0):.1f}; "
+                     f"{rs[0].get('platform')}, {rs[0].get('cpus')} CPUs, Python {rs[0].get('python')}")
     lines += ["", f"Data: `lowprec data synth --kind latent --scale {cfg.get('scale')}` (Criteo Kaggle cardinalities, "
               f"{sum(view.d.get('tables', {}).values()):,} table rows, 26 tables, D=16), {cfg.get('windows')} windows "
               f"of {int(cfg.get('rows_per_window', 0)):,} rows, `--drift popularity --drift-start {cfg.get('drift_start')}`. "

@@ -108,7 +108,7 @@ class Runner:
         cmd = [sys.executable, "-m", "lowprec", *args]
         log = self.log_dir / f"{name.replace('/', '__')}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(args)}", flush=True)
-        t0 = time.time()
+        t0, commit = time.time(), git_commit()
         with open(log, "w") as err:
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
                                  preexec_fn=self._limit)
@@ -117,7 +117,7 @@ class Runner:
         rc = os.waitstatus_to_exitcode(status)
         secs = time.time() - t0
         rec = {"cmd": ["lowprec", *args], "rc": rc, "ok": rc in ok_codes, "seconds": round(secs, 1),
-               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "commit": git_commit(),
+               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "commit": commit, "commit_at": "start",
                "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "result": last_json(out), **(extra or {})}
         old = self.state["stages"].get(name)

@@ -155,6 +155,8 @@ class Study:
 
     def dense_only(self) -> None:
         m = self.train("dense_only/s0", self.c.train, 0, ["--embedding", "hash:ratio=1000000"])
+        if m.exists():
+            self.r.note("table_bytes/dense_only/s0", table_bytes(m))
         self.evals("dense_only/s0", m)
 
     def uniform(self, seed: int, model: Path, grid=UNIFORM) -> None:
