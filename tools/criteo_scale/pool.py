@@ -88,11 +88,16 @@ def tasks(st: Study, state1: Path) -> list[Task]:
     def derived(key: str) -> Any:
         return merged(state1)["derived"].get(key)
 
+    uni = lambda p, k: Task(f"uniform-{p}-{k}-s0", lambda: calib(0),  # noqa: E731
+                            lambda: st.uniform(0, model(0), [(p, k)]))
+    rule = lambda h: Task(f"rule-{h.name}-s0", lambda: calib(0), lambda: st.rule(h, 0, model(0)))  # noqa: E731
     out = [Task(f"search-tight-s{s}", lambda s=s: calib(s), lambda s=s: st.search("tight", s, model(s)))
            for s in c.seeds]
-    out += [Task(f"uniform-{p}-{k}-s0", lambda: calib(0), lambda p=p, k=k: st.uniform(0, model(0), [(p, k)]))
-            for p, k in FIRST_UNIFORM]
-    out += [Task(f"rule-{h.name}-s0", lambda: calib(0), lambda h=h: st.rule(h, 0, model(0))) for h in HEURISTICS]
+    # Most wanted first: the uniform and heuristic rows the tight plan is compared with, then drift.
+    out += [uni("int2", "l2"), uni("int2", "minmax"), rule(HEURISTICS[0]), uni("int4", "minmax"), rule(HEURISTICS[2]),
+            Task("drift-s0", lambda: plan("tight", 0), lambda: st.drift(model(0))),
+            Task("search-loose-s0", lambda: plan("tight", 0), lambda: st.search("loose", 0, model(0))),
+            uni("int8", "minmax"), uni("fp16", "minmax"), rule(HEURISTICS[1])]
     out.append(Task("choices", lambda: ready_to_choose(state1), lambda: choose(st, state1)))
 
     def seed_rows(s: int) -> None:
@@ -106,12 +111,9 @@ def tasks(st: Study, state1: Path) -> list[Task]:
     chosen = lambda: "heuristic_chosen_on_search_eval" in merged(state1)["derived"]  # noqa: E731
     out += [Task(f"seed-rows-s{s}", lambda s=s: calib(s) and chosen(), lambda s=s: seed_rows(s))
             for s in c.seeds[1:]]
-    out += [Task("search-loose-s0", lambda: plan("tight", 0), lambda: st.search("loose", 0, model(0))),
-            Task("drift-s0", lambda: plan("tight", 0), lambda: st.drift(model(0)))]
-    out += [Task(f"rule-{h.name}-s0", lambda: calib(0), lambda h=h: st.rule(h, 0, model(0))) for h in HOT_ONLY]
+    out += [rule(h) for h in HOT_ONLY]
     out.append(Task("trained-sharing", lambda: True, st.trained_sharing))
-    out += [Task(f"uniform-{p}-{k}-s0", lambda: calib(0), lambda p=p, k=k: st.uniform(0, model(0), [(p, k)]))
-            for p, k in UNIFORM if (p, k) not in FIRST_UNIFORM]
+    out += [uni(p, k) for p, k in UNIFORM if (p, k) not in FIRST_UNIFORM]
     return out
 
 
