@@ -76,8 +76,12 @@ def test_render_reports_deltas_gap_and_byte_ratios():
         "stages": {"float/s0/eval": _eval(0.80, 0.80), "dense_only/s0/eval": _eval(0.60, 0.95, bayes=0.85),
                    "uniform/int4-minmax/s0/eval": _eval(0.7995, 0.8004),
                    "uniform/int4-minmax/s0/convert": _stage({"embedding_bytes": 150e6}),
-                   "search/tight/s0/search": _stage({"table_bytes": 25e6, "tested": {"plan_auc": 0.7992,
-                                                                                     "plan_ne": 0.8007}})}}
+                   "search/tight/s0/search": _stage({
+                       "table_bytes": 25e6, "compression": 40.0, "validated": None, "validated_fits": None,
+                       "tested": {"plan_auc": 0.7992, "plan_ne": 0.8007, "ne_increase": 0.000875,
+                                  "ne_increase_ci": [0.0005, 0.0012], "auc_drop": 0.0008, "auc_drop_ci": [0.0004, 0.0012]},
+                       "tested_fits": {"point": True, "interval": False}, "evaluations": 10, "rounds": [1],
+                       "seconds": 5.0})}}
     md = render(state)
     assert "= **80.0%** (target >= 75%: met)" in md  # (0.80 - 0.60) / (0.85 - 0.60)
     assert "0.167 of its bytes (target <= 0.2: met)" in md  # 25 / 150

@@ -60,11 +60,13 @@ def choices_among_finished(stages: dict) -> dict:
     if not ref:
         return {}
     uni = [f"uniform/{p}-{k}" for p, k in UNIFORM]
-    return {"heuristic_chosen_on_search_eval": smallest_meeting(stages, [f"rule/{h.name}" for h in HEURISTICS], 0,
-                                                                ref["search_eval"], "search_eval"),
-            "smallest_uniform_meeting_tight_on_test": smallest_meeting(stages, uni, 0, ref["test"], "test"),
-            "smallest_uniform_meeting_tight_on_search_eval": smallest_meeting(stages, uni, 0, ref["search_eval"],
-                                                                              "search_eval")}
+
+    def pick(names: list[str], role: str) -> str | None:
+        return smallest_meeting(stages, names, 0, ref[role], role) if role in ref else None
+
+    return {"heuristic_chosen_on_search_eval": pick([f"rule/{h.name}" for h in HEURISTICS], "search_eval"),
+            "smallest_uniform_meeting_tight_on_test": pick(uni, "test"),
+            "smallest_uniform_meeting_tight_on_search_eval": pick(uni, "search_eval")}
 
 
 def f4(x: float | None) -> str:
