@@ -177,6 +177,17 @@ def window_files(root: Path, index: int) -> dict[str, Path]:
     return {k: root / f"day_{index}_{k}.npy" for k in ("dense", "sparse", "labels")}
 
 
+def load_window_array(path: Path, index: int) -> np.ndarray:
+    """One of window `index`'s .npy files as a read-only memmap (never unpickled); InputError if
+    it is missing or unreadable."""
+    if not path.is_file():
+        raise InputError(f"window {index}: missing {path}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: unreadable .npy ({exc})") from exc
+
+
 class Dataset:
     """A prepared dataset on disk; arrays are memory-mapped, never loaded whole."""
 
@@ -193,14 +204,8 @@ class Dataset:
         info = self.meta.window(index)
         files = window_files(self.root, index)
         out = []
-        for kind, path in files.items():
-            if not path.is_file():
-                raise InputError(f"window {index}: missing {path}")
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise InputError(f"{path}: unreadable .npy ({exc})") from exc
-            out.append(arr)
+        for path in files.values():
+            out.append(load_window_array(path, index))
         dense, sparse, labels = out
         n_dense, slots = len(self.meta.dense_names), self.meta.slots
         if labels.ndim == 2 and labels.shape[1] == 1:

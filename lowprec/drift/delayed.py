@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.dataset import Dataset, window_files
+from lowprec.data.dataset import Dataset, load_window_array, window_files
 from lowprec.drift.attribution import LabelFreeObserver
 from lowprec.drift.estimate_rule import decide_estimate
 from lowprec.drift.labelfree import LabelFreeConfig
@@ -54,12 +54,7 @@ class PendingLabels(Dataset):
         out = []
         for kind, shape in (("dense", (info.rows, len(self.meta.dense_names))), ("sparse", (info.rows, self.meta.slots))):
             path = files[kind]
-            if not path.is_file():
-                raise InputError(f"window {index}: missing {path}")
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise InputError(f"{path}: unreadable .npy ({exc})") from exc
+            arr = load_window_array(path, index)
             if arr.shape != shape:
                 raise InputError(f"{path}: shape {arr.shape}, dataset.json says {shape}")
             out.append(arr)

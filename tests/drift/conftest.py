@@ -2,6 +2,12 @@
 threads only add contention here), the CLI runner and the --json line reader."""
 
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -19,3 +25,29 @@ def one_thread():
 
 def last_json(result):
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def drift_cmd(pair, data, db, report, *extra) -> list[str]:
+    """`lowprec drift` of pair/ref vs pair/cand as a child-process command line."""
+    return [sys.executable, "-c", "from lowprec.cli import main; main()", "drift", "--reference", str(pair / "ref"),
+            "--candidate", str(pair / "cand"), "--data", str(data), "--windows", "all", "--db", str(db),
+            "--report", str(report), *extra]
+
+
+def kill_after_first_window(cmd: list[str], db, timeout: float = 120.0) -> int:
+    """Start `cmd` (a drift job) and SIGKILL it as soon as `db` holds a committed window row; returns
+    the rows seen. Fails if the job ended before it could be killed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed, deadline = 0, time.time() + timeout
+    while committed < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                committed = con.execute("SELECT count(*) FROM windows").fetchone()[0]
+        except sqlite3.OperationalError:
+            pass
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return committed

@@ -5,11 +5,7 @@ fill-in leaves the window pending) and the label-free alarm rule."""
 import json
 import os
 import shutil
-import signal
-import sqlite3
 import subprocess
-import sys
-import time
 
 import pytest
 
@@ -19,7 +15,7 @@ from lowprec.drift.estimate_rule import EstimateThresholds, decide_estimate
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 
-from .conftest import cli, last_json
+from .conftest import cli, drift_cmd, kill_after_first_window, last_json
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +120,11 @@ def test_sigkill_during_fill_in_leaves_one_record_per_window(pair, tmp_path):
     hide_labels(data, range(4))
     db = tmp_path / "h.sqlite"
     assert drift(pair, db, data, "all").exit_code in (0, 1)  # label-free records only
-    cmd = [sys.executable, "-c", "from lowprec.cli import main; main()", "drift", "--reference", str(pair / "ref"),
-           "--candidate", str(pair / "cand"), "--data", str(data), "--windows", "all", "--db", str(db),
-           "--report", str(tmp_path / "rep"), "--json"]
+    cmd = drift_cmd(pair, data, db, tmp_path / "rep", "--json")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for w in range(4):
         labels_arrive(data, w)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    filled, deadline = 0, time.time() + 120
-    while filled < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                filled = con.execute("SELECT count(*) FROM windows").fetchone()[0]
-        except sqlite3.OperationalError:
-            pass
-    assert proc.poll() is None, "the fill-in ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_window(cmd, db)
     with DriftStore(db) as s:
         done = {r["window"] for r in s.windows()}
         assert 1 <= len(done) < 4

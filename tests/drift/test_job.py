@@ -3,11 +3,8 @@ concurrency, refusals, the report, bounded memory."""
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from lowprec.evaluation.metrics import score_bins
 
 from evaluation.test_stats import brute_delong
 
-from .conftest import cli, last_json
+from .conftest import cli, drift_cmd, kill_after_first_window, last_json
 
 
 @pytest.fixture(scope="module")
@@ -142,23 +139,9 @@ def test_thresholds_from_toml_decide_and_are_recorded(pair, tmp_path):
 def test_sigkill_mid_run_then_rerun_leaves_one_record_per_window(pair, tmp_path):
     data = make_tiny_dataset(tmp_path / "big", windows=8, rows=40_000)
     db = tmp_path / "h.sqlite"
-    cmd = [sys.executable, "-c", "from lowprec.cli import main; main()", "drift", "--reference", str(pair / "ref"), "--candidate",
-           str(pair / "cand"), "--data", str(data), "--windows", "all", "--db", str(db),
-           "--report", str(tmp_path / "rep")]
+    cmd = drift_cmd(pair, data, db, tmp_path / "rep")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    committed, deadline = 0, time.time() + 120
-    while committed < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                committed = con.execute("SELECT count(*) FROM windows").fetchone()[0]
-        except sqlite3.OperationalError:
-            pass
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert committed >= 1
+    assert kill_after_first_window(cmd, db) >= 1
     with sqlite3.connect(db) as con:
         before = dict(con.execute('SELECT "window", recorded FROM windows').fetchall())
     assert 1 <= len(before) < 8, "the run finished before it could be killed"
