@@ -134,7 +134,8 @@ def write_report(r: dict[str, Any], path: str | Path) -> Path:
         "boundaries, per-batch float sums are replayed in batch order, histograms hold integers.",
         "- `calibrate` with 2 ranks writes the one-process CALIB.json ranges and row counts bit for bit.",
         "- `drift` with 2 ranks gives the one-process windows, alarms, exit code and every float (NE, gaps, "
-        "bootstrap intervals, DeLong) bit for bit: the paired sums are summed per batch in one blocked order "
+        "bootstrap intervals, DeLong) bit for bit in the author's runs (a later fresh-clone CI run once gave "
+        "a bootstrap SE 2.6e-14 relative apart, cause not found; the test allows 1e-12 relative): the paired sums are summed per batch in one blocked order "
         "whatever the ranks (lowprec/evaluation/merge.py). Bootstrap weights depend only on (seed, window, "
         "row index).",
         "- `search` with 2 ranks (inline calibration, sensitivity measurements dealt over the ranks, "
