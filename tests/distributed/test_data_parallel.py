@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
-
+from lowprec.drift.store import DriftStore
 from tests.distributed.conftest import in_process, last_json, lowprec
 
 BATCH = "700"  # 6000 rows -> 9 batches a window (the last short): 4 + 5 across two ranks
@@ -28,6 +29,10 @@ def test_eval_two_ranks_equals_one_process(work):
     assert len(two.stdout.strip().splitlines()) == 1  # only rank 0 prints
 
 
+LABELFREE_KEYS = ("rows", "est_gap", "est_lo", "est_hi", "est_se", "est_ne_diff", "abs_mean", "abs_p50",
+                  "abs_p99", "abs_max", "kendall_tau", "spearman", "rank_rows", "psi", "est_alarm")
+
+
 def _same(a, b) -> bool:
     """Equal, floats to 1e-12 relative: the merges sum in one fixed order and usually agree bit for
     bit, but a fresh-clone CI run once gave a bootstrap SE 2.6e-14 relative apart (cause not found)."""
@@ -41,8 +46,14 @@ def _same(a, b) -> bool:
 
 
 def test_drift_two_ranks_equals_one_process(work, tmp_path):
+    """Labelled windows 1-2 and window 3 with its labels pending: the labelled records, the label-free
+    records (sums all-reduced, rank subsample gathered) and the attribution equal one process's."""
+    data = tmp_path / "data"
+    shutil.copytree(work["data"], data)
+    (data / "day_3_labels.npy").unlink()
+
     def drift(tag: str, nproc: int):
-        args = ("drift", "--reference", work["model"], "--candidate", work["art"], "--data", work["data"],
+        args = ("drift", "--reference", work["model"], "--candidate", work["art"], "--data", data,
                 "--windows", "1-3", "--db", tmp_path / f"{tag}.sqlite", "--report", tmp_path / f"{tag}-report",
                 "--batch-size", BATCH, "--json")
         if nproc == 1:
@@ -55,11 +66,21 @@ def test_drift_two_ranks_equals_one_process(work, tmp_path):
     code1, one = drift("one", 1)
     code2, two = drift("two", 2)
     assert code1 == code2
-    assert one["alarms"] == two["alarms"] and one["processed"] == two["processed"] == [1, 2, 3]
+    assert one["alarms"] == two["alarms"] and one["processed"] == two["processed"]
+    assert one["labels_pending"] == two["labels_pending"] == [3]
+    assert [w["window"] for w in one["windows"]] == [1, 2]
     for w1, w2 in zip(one["windows"], two["windows"], strict=True):
         assert w1["rows"] == w2["rows"] == 6000
         for key in w1:
             assert _same(w1[key], w2[key]), (w1["window"], key, w1[key], w2[key])
+    with DriftStore(tmp_path / "one.sqlite") as a, DriftStore(tmp_path / "two.sqlite") as b:
+        assert [x["window"] for x in a.labelfree()] == [1, 2, 3]
+        for x, y in zip(a.labelfree(), b.labelfree(), strict=True):
+            for k in LABELFREE_KEYS:
+                assert (x[k] is None and y[k] is None) or math.isclose(x[k], y[k], rel_tol=1e-9, abs_tol=1e-15), k
+        for x, y in zip(a.attributions(), b.attributions(), strict=True):
+            assert x["part"] == y["part"] and x["rows"] == y["rows"] > 0
+            assert math.isclose(x["kl"], y["kl"], rel_tol=1e-9, abs_tol=1e-15), x["part"]
     assert (tmp_path / "two-report" / "report.md").is_file()
 
 
