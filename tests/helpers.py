@@ -68,3 +68,21 @@ def run_cli(*args):
     from lowprec.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def trained_search_setup(root: Path, rows: int, tables: tuple[int, ...], epochs: int):
+    """(root, dataset, trained float model saved at root/model, calibration on window 2 with row
+    counts as float tensors): what the search tests measure sensitivity on."""
+    import torch
+
+    from lowprec.calibrate import CalibConfig, calibrate
+    from lowprec.checkpoint.float_model import save_float_model
+    from lowprec.data.dataset import Dataset
+    from lowprec.train import TrainConfig, train
+
+    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=rows, tables=tables, hotness=(1, 2, 1)))
+    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=epochs))
+    save_float_model(model, root / "model", info)
+    calib = calibrate(model, ds, CalibConfig((2,)))
+    calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
+    return root, ds, model, calib

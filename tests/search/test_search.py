@@ -5,16 +5,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
-from helpers import make_tiny_dataset
-from lowprec.calibrate import CalibConfig, calibrate
+from helpers import trained_search_setup
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
-from lowprec.checkpoint.float_model import save_float_model
 from lowprec.cli import main
-from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.evaluation.scoring import evaluate
 from lowprec.precision import Precision
@@ -23,18 +19,11 @@ from lowprec.search import run as search_run
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options
-from lowprec.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=3000, tables=(300, 40, 8), hotness=(1, 2, 1)))
-    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=3))
-    save_float_model(model, root / "model", info)
-    calib = calibrate(model, ds, CalibConfig((2,)))
-    calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
-    return root, ds, model, calib
+    return trained_search_setup(tmp_path_factory.mktemp("search"), 3000, (300, 40, 8), 3)
 
 
 def test_milp_matches_brute_force():

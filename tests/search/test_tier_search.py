@@ -2,32 +2,21 @@
 lookup time) and chosen like any option, under both objectives."""
 
 import pytest
-import torch
 
-from helpers import make_tiny_dataset
-from lowprec.calibrate import CalibConfig, calibrate
+from helpers import trained_search_setup
 from lowprec.checkpoint.convert import convert
-from lowprec.checkpoint.float_model import save_float_model
-from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.search import run as search_run
 from lowprec.search.solver import Budget
 from lowprec.search.space import SearchSpace, options_for, plan_from_options
 from lowprec.serve.tiers import parse_layout
-from lowprec.train import TrainConfig, train
 
 LAYOUTS = ("0.05:fp16/int2", "0.02:fp16,0.2:int8/int4")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiersearch")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=1500, tables=(600, 40, 8), hotness=(1, 2, 1)))
-    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=1))
-    save_float_model(model, root / "model", info)
-    calib = calibrate(model, ds, CalibConfig((2,)))
-    calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
-    return root, ds, model, calib
+    return trained_search_setup(tmp_path_factory.mktemp("tiersearch"), 1500, (600, 40, 8), 1)
 
 
 def test_layouts_parse_and_refuse():
