@@ -108,10 +108,11 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
         if st.meta(BASELINE_KEY) is None:
             st.set_meta(BASELINE_KEY, str(w))
 
-    if not has:
+    if not has:  # tier shares need no labels: recorded with the estimate
         with store.transaction():
             write_estimate(store)
             store.insert("window_sources", [dict(window_source(job, ds, models, w), window=w)])
+            store.insert("tier_share", tiers)
         return
     row, clips, tables = labelled_record(job, store, ds, models, w, run_id, calib, table_err, m)
 
@@ -123,6 +124,8 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
         st.insert("window_events", [{"window": w, "run_id": run_id, "kind": "labels", "alarm": row["alarm"],
                                      "reason": row["reason"]}])
 
+    if w in store.tier_windows():  # recorded with the window's estimate, before its labels
+        tiers = []
     store.record_window(row, clips, tables, None if fill else window_source(job, ds, models, w), tiers, also=also)
 
 

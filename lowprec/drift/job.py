@@ -227,7 +227,7 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
     summaries = [window_summary(r, r["window"] in todo) for r in rows]
     estimates = estimate_summaries(store, chosen, todo)
     tiers = store.tier_shares()
-    for s in summaries if tiers else ():  # tiered tables: the hot tiers' share of lookups, per window
+    for s in summaries + estimates if tiers else ():  # tiered tables: the hot tiers' share of lookups
         s["hot_tier_share"] = hot_share([t for t in tiers if t["window"] == s["window"]])
     new_alarm = any(s["alarm"] for s in summaries if s["processed"])
     latest_alarm = bool(summaries) and summaries[-1]["alarm"]

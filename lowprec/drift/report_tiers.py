@@ -66,6 +66,11 @@ def _row_share(name: str, lay: dict[str, Any]) -> float | None:
     return sum(t["rows"] for t in tiers[:-1]) / total if total else None
 
 
+def window_labels(d: Any) -> dict[int, str]:
+    """Window -> label, from the labelled rows and the label-free ones (windows still awaiting labels)."""
+    return {**{r["window"]: r["label"] for r in d.estimates}, **{r["window"]: r["label"] for r in d.windows}}
+
+
 def _tick(w: int, labels: dict[int, str]) -> str:
     label = labels.get(w) or ""
     return f"{w}\n{label}" if label and len(label) <= 12 else str(w)
@@ -79,7 +84,7 @@ def tier_figure(d: Any, out: Path) -> dict[str, str]:
     by, lay = _by_table(d.tier_shares), layout(d)
     if not by:
         return {}
-    labels = {r["window"]: r["label"] for r in d.windows}
+    labels = window_labels(d)
     alarms = [r["window"] for r in d.windows if r["alarm"]]
     recal = _recal_upper(d)
     names = list(by)[:MAX_PLOTTED]
@@ -157,7 +162,7 @@ def tier_blocks(d: Any, figs: dict[str, str]) -> list[tuple]:
     by, lay = _by_table(d.tier_shares), layout(d)
     if not by:
         return []
-    labels = {r["window"]: r["label"] for r in d.windows}
+    labels = window_labels(d)
     recal = _recal_upper(d)
     head = ["window", "label", "table", "share per upper tier (0, 1, ...)", "upper tiers", "cold tier"]
     body = []

@@ -249,6 +249,9 @@ class DriftStore:
             if also is not None:
                 also(self)
 
+    def tier_windows(self) -> set[int]:
+        return {r[0] for r in self.conn.execute('SELECT DISTINCT "window" FROM tier_share')}
+
     def tier_shares(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute('SELECT * FROM tier_share ORDER BY "window", rowid')]
 
@@ -277,9 +280,9 @@ class DriftStore:
         return [dict(r) for r in self.conn.execute("SELECT * FROM recal_tier_share ORDER BY alarm_window, rowid")]
 
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        """Rows into one of the label-free tables (inside the caller's transaction)."""
+        """Rows into one of the label-free tables or `tier_share` (inside the caller's transaction)."""
         cols = {"labelfree": LABELFREE_COLUMNS, "attribution": ATTRIBUTION_COLUMNS, "window_events": EVENT_COLUMNS,
-                "window_sources": SOURCE_COLUMNS}[table]
+                "window_sources": SOURCE_COLUMNS, "tier_share": TIER_COLUMNS}[table]
         rows = [{k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()} for r in rows]
         _insert(self.conn, table, cols, [dict(r, recorded=r.get("recorded") or now()) if "recorded" in cols else r
                                          for r in rows])

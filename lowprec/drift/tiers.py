@@ -61,8 +61,9 @@ class TierShareObserver:
         hotness = list(emb.hotness) if emb is not None else []
         self.starts = [sum(hotness[:t]) for t in range(len(hotness))]
         self.hotness = hotness
-        self.keys = sorted((t, j) for t, maps in self.tiered.items() for j, _ in maps)
         self.tables = sorted(self.tiered)
+        self.maps = [sorted(self.tiered[t], key=lambda m: m[0]) for t in self.tables]
+        self.keys = [(t, j) for t, maps in zip(self.tables, self.maps) for j, _ in maps]
         self._reset()
 
     def _reset(self) -> None:
@@ -81,10 +82,10 @@ class TierShareObserver:
         if not self.tiered:
             return
         k = 0
-        for i, t in enumerate(self.tables):
+        for i, (t, maps) in enumerate(zip(self.tables, self.maps)):
             ids = sparse[:, self.starts[t]:self.starts[t] + self.hotness[t]].reshape(-1).long()
             self.total[i] += int((ids >= 0).sum())
-            for j, id_map in sorted(self.tiered[t], key=lambda m: m[0]):
+            for _, id_map in maps:
                 self.hits[k] += int((id_map(ids)[0] >= 0).sum())
                 k += 1
 

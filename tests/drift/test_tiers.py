@@ -117,8 +117,18 @@ def tiered_pair(tmp_path, calib_window=0):
 def test_drift_job_records_tier_shares_and_reports_them(tmp_path):
     data, ds, model, art = tiered_pair(tmp_path)
     db, report = tmp_path / "h.sqlite", tmp_path / "report"
-    r = cli("drift", "--reference", model, "--candidate", art, "--data", data, "--windows", "1-4",
-            "--db", db, "--report", report, "--batch-size", 300, "--json")
+    run = ("drift", "--reference", model, "--candidate", art, "--data", data, "--windows", "1-4",
+           "--db", db, "--report", report, "--batch-size", 300, "--json")
+    labels = data / "day_4_labels.npy"
+    labels.rename(tmp_path / "labels4.npy")  # window 4's labels are late: its tier shares need none
+    r = cli(*run)
+    assert r.exit_code in (0, 1), r.output
+    assert last_json(r)["estimates"][-1]["hot_tier_share"] < 0.1 and last_json(r)["labels_pending"] == [4]
+    with DriftStore(db) as s:
+        pending = [t for t in s.tier_shares() if t["window"] == 4]
+    assert len(pending) == 3 and "Tiered tables" in (report / "report.md").read_text()
+    (tmp_path / "labels4.npy").rename(labels)  # the labels arrive: the window's record is completed
+    r = cli(*run)
     assert r.exit_code in (0, 1), r.output
     windows = last_json(r)["windows"]
     share = {w["window"]: w["hot_tier_share"] for w in windows}
@@ -129,7 +139,7 @@ def test_drift_job_records_tier_shares_and_reports_them(tmp_path):
     # counted in the paired pass: exactly the numbers of a second pass over each window
     runtime, _ = load_artifact(art)
     want = [row for w in range(1, 5) for row in second_pass_shares(runtime, ds, w, batch_size=512)]
-    assert stored == want
+    assert stored == want and [t for t in stored if t["window"] == 4] == pending
     assert {r["window"]: r["share"] for r in stored if r["tier"] == 0} == share
     assert json.loads(layout) == {"t0": [{"tier": 0, "rows": 10, "precision": "fp16"},
                                          {"tier": 1, "rows": 40, "precision": "int8"},
