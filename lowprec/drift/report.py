@@ -297,7 +297,9 @@ def _tables_section(d: ReportData) -> list[Block]:
                      "n/a" if ts[-1]["rel"] is None else f"{ts[-1]['rel']:.3g}",
                      "n/a" if ts[-1]["mse"] is None else f"{ts[-1]['mse']:.3g}", ts[-1]["note"] or "-"])
     return [("h2", "Per-table quantization error, weighted by each window's id frequencies"),
-            ("p", "rel = Σ lookups·‖w - q‖² / Σ lookups·‖w‖² per table (SQNR = -10 log10 rel)."),
+            ("p", "rel = Σ lookups·‖w - q‖² / Σ lookups·‖w‖² per table (SQNR = -10 log10 rel). A tiered "
+                  "table's rows are each read from their own tier, at its precision: its error grows when "
+                  "lookups move to the cold tier."),
             ("table", head, body)]
 
 

@@ -130,7 +130,11 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _table_line(name: str, shares: dict[int, dict[int, Any]], lay: dict[str, Any],
+def _sqnr(d: Any, name: str, w: int) -> float | None:
+    return next((t["sqnr_db"] for t in d.tables if t["table_name"] == name and t["window"] == w), None)
+
+
+def _table_line(d: Any, name: str, shares: dict[int, dict[int, Any]], lay: dict[str, Any],
                 labels: dict[int, str], recal: dict[tuple[int, str, str], Any]) -> str:
     cold = _cold(name, shares, lay)
     tiers = lay.get(name) or []
@@ -147,6 +151,10 @@ def _table_line(name: str, shares: dict[int, dict[int, Any]], lay: dict[str, Any
         if a is not None and b is not None:
             text += f", {100 * (b - a):+.1f} points"
     text += "."
+    qa, qb = _sqnr(d, name, first), _sqnr(d, name, last)
+    if last != first and qa is not None and qb is not None:
+        text += (f" Its lookup-weighted quantization error (each row at its tier's precision) went from "
+                 f"SQNR {qa:.1f} dB to {qb:.1f} dB.")
     if a is not None and b is not None and a - b >= DROP_POINTS:
         text += (" Popularity has moved to rows ranked cold: re-rank the tiers (calibrate on recent windows "
                  "and convert again).")
@@ -188,6 +196,6 @@ def tier_blocks(d: Any, figs: dict[str, str]) -> list[tuple]:
               "converting again (`--on-alarm recalibrate` does so on an alarm; diamonds mark the "
               "recalibrated artifact's share on the alarmed window)."),
         *img,
-        ("ul", [_table_line(name, shares, lay, labels, recal) for name, shares in by.items()]),
+        ("ul", [_table_line(d, name, shares, lay, labels, recal) for name, shares in by.items()]),
         ("table", head, body),
     ]

@@ -162,6 +162,7 @@ def test_drift_job_records_tier_shares_and_reports_them(tmp_path):
         assert row in md
     assert "table t0: tier 0: 10 rows (5.0%) at fp16, tier 1: 40 rows (20.0%) at int8, cold: 150 rows at int4" in md and "Popularity has moved to rows ranked cold" in md
     assert "A drop means popularity moved to rows ranked cold" in html
+    assert (f"went from SQNR {t0[0]['sqnr_db']:.1f} dB to {t0[-1]['sqnr_db']:.1f} dB") in md
 
 
 def test_recalibration_re_ranks_and_is_marked_in_the_report(tmp_path):
