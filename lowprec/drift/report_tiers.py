@@ -174,15 +174,17 @@ def tier_blocks(d: Any, figs: dict[str, str]) -> list[tuple]:
     recal = _recal_upper(d)
     head = ["window", "label", "table", "share per upper tier (0, 1, ...)", "upper tiers", "cold tier"]
     body = []
-    for w in sorted({w for s in by.values() for w in s}):
-        for name, shares in by.items():
-            if w in shares:
-                cold = _cold(name, shares, lay)
-                ups = [_pct(s) for t, s in sorted(shares[w].items()) if t != cold]
-                body.append([w, labels.get(w, ""), name, " / ".join(ups), _pct(_upper(shares[w], cold)),
-                             _pct(shares[w].get(cold))])
+    for name, shares in by.items():  # table by table, so each table's trend reads down the rows
+        cold = _cold(name, shares, lay)
+        for w in sorted(shares):
+            ups = [_pct(s) for t, s in sorted(shares[w].items()) if t != cold]
+            body.append([w, labels.get(w, ""), name, " / ".join(ups), _pct(_upper(shares[w], cold)),
+                         _pct(shares[w].get(cold))])
     img = [("img", figs["tiers"], "tiered tables: lookups served by the upper tiers per window")] \
         if "tiers" in figs else []
+    if img and len(by) > MAX_PLOTTED:
+        img.append(("p", f"The figure draws the first {MAX_PLOTTED} of the {len(by)} tiered tables; "
+                         f"the lines and the table below cover all."))
     return [
         ("h2", "Tiered tables: traffic served by the upper tiers"),
         ("p", "A tiered table keeps the rows that the calibration counted most often in small, precise, "
