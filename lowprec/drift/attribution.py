@@ -4,7 +4,7 @@ label-free signals inside the paired pass.
 
 The artifact's manifest records no per-table error measurement (precision, rows and bytes only),
 and the drift job's lookup-weighted row error (lowprec.evaluation.paired.TableError) covers only
-tables served dense and says nothing about the predictions. So this measures it: on the rows of the
+tables served dense or tiered and says nothing about the predictions. So this measures it: on the rows of the
 subsample (`LabelFreeConfig.attribution_rows` a window, chosen by `labelfree.subsample_key`, the
 same rows on any split over ranks) the float reference is run with
 
@@ -142,7 +142,8 @@ class LabelFreeObserver:
     def __exit__(self, *exc: Any) -> None:
         self.attribution.__exit__(*exc)
 
-    def update(self, p_ref: np.ndarray, p_cand: np.ndarray, dense: torch.Tensor, row0: int) -> None:
+    def update(self, p_ref: np.ndarray, p_cand: np.ndarray, dense: torch.Tensor, row0: int,
+               sparse: torch.Tensor | None = None) -> None:
         self.acc.update(p_ref, p_cand, row0)
         self.attribution.update(dense, row0)
 

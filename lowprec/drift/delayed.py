@@ -30,7 +30,7 @@ from lowprec.drift.labelfree import LabelFreeConfig
 from lowprec.drift.record import finite, labelled_record
 from lowprec.drift.sources import window_source
 from lowprec.drift.store import DriftStore, now
-from lowprec.drift.tiers import tier_shares
+from lowprec.drift.tiers import TierShareObserver
 from lowprec.errors import InputError
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
 
@@ -79,20 +79,22 @@ def labelfree_config(job: Any) -> LabelFreeConfig:
 
 def score(paired: PairedConfig, lf: LabelFreeConfig, spill_prefix: Any, ds: Dataset, reference: Any,
           candidate: Any, w: int, table_err: TableError | None,
-          progress: Any = None) -> tuple[WindowMeasure, LabelFreeObserver, bool]:
-    """One paired pass over window w with the label-free observer (every rank runs this)."""
+          progress: Any = None) -> tuple[WindowMeasure, LabelFreeObserver, bool, list[dict[str, Any]]]:
+    """One paired pass over window w with the label-free and the tier-share observers (every rank
+    runs this); returns the measure, the label-free observer, whether labels exist, the tier rows."""
     has = labels_present(ds, w)
     obs = LabelFreeObserver(reference, candidate, lf, w, ds.meta.window(w).rows)
+    tiers = TierShareObserver(candidate)  # tiered tables' traffic per tier, in the same pass
     m = evaluate_window(reference, candidate, ds if has else PendingLabels(ds), w, paired, spill_prefix,
-                        table_err, progress, observers=[obs])
-    return m, obs, has
+                        table_err, progress, observers=[obs, tiers])
+    return m, obs, has, tiers.rows(w)
 
 
 def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int, run_id: int,
                    calib: dict[str, Any] | None, table_err: TableError | None, stages: Any) -> None:
     """Score window w and record what is new about it (one transaction)."""
     info = ds.meta.window(w)
-    m, obs, has = score(job.paired, labelfree_config(job), job.spill_prefix, ds, models.reference,
+    m, obs, has, tiers = score(job.paired, labelfree_config(job), job.spill_prefix, ds, models.reference,
                         models.candidate, w, table_err, stages(f"drift window {w}", info.rows, "rows"))
     fill = any(r["window"] == w for r in store.labelfree())
     estimate = None if fill else _estimate_row(job, store, ds, w, run_id, obs, m.psi, has)
@@ -106,10 +108,11 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
         if st.meta(BASELINE_KEY) is None:
             st.set_meta(BASELINE_KEY, str(w))
 
-    if not has:
+    if not has:  # tier shares need no labels: recorded with the estimate
         with store.transaction():
             write_estimate(store)
             store.insert("window_sources", [dict(window_source(job, ds, models, w), window=w)])
+            store.insert("tier_share", tiers)
         return
     row, clips, tables = labelled_record(job, store, ds, models, w, run_id, calib, table_err, m)
 
@@ -121,7 +124,8 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
         st.insert("window_events", [{"window": w, "run_id": run_id, "kind": "labels", "alarm": row["alarm"],
                                      "reason": row["reason"]}])
 
-    tiers = tier_shares(models.candidate, ds, w, job.batch_size)  # tiered tables' traffic per tier
+    if w in store.tier_windows():  # recorded with the window's estimate, before its labels
+        tiers = []
     store.record_window(row, clips, tables, None if fill else window_source(job, ds, models, w), tiers, also=also)
 
 

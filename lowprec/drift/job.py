@@ -29,7 +29,7 @@ from lowprec.data.windows import select_windows
 from lowprec.drift import report
 from lowprec.drift.follower import follow, lead
 from lowprec.drift.alarm import CusumState, DriftConfig, decide
-from lowprec.drift.tiers import hot_share
+from lowprec.drift.tiers import TierShareObserver, hot_share, tier_layout
 from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
 from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.delayed import estimate_summaries, labelfree_config, process_window, score_plan
@@ -174,6 +174,7 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
         store.check_pair(str(job.reference), models.reference_sha, str(job.candidate), models.candidate_sha)
         with store.transaction():
             store.set_meta("expected_gap", repr(expected_gap(models.manifest)))
+            store.set_meta("tier_layout", json.dumps(tier_layout(models.candidate)))
         _check_labels(store, ds, chosen)
         notes = check_sources(job, store, ds, models, chosen)
         for leftover in job.db.parent.glob(job.spill_prefix.name + "*"):
@@ -226,7 +227,7 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
     summaries = [window_summary(r, r["window"] in todo) for r in rows]
     estimates = estimate_summaries(store, chosen, todo)
     tiers = store.tier_shares()
-    for s in summaries if tiers else ():  # tiered tables: the hot tiers' share of lookups, per window
+    for s in summaries + estimates if tiers else ():  # tiered tables: the hot tiers' share of lookups
         s["hot_tier_share"] = hot_share([t for t in tiers if t["window"] == s["window"]])
     new_alarm = any(s["alarm"] for s in summaries if s["processed"])
     latest_alarm = bool(summaries) and summaries[-1]["alarm"]
@@ -297,8 +298,9 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     calib_path = out_dir.with_name(out_dir.name + ".calib.json")
     save_calibration(c, calib_path, models.reference_sha)
     runtime, _ = load_artifact(out_dir)
+    tiers = TierShareObserver(runtime)  # the re-ranked tiers' shares on the alarmed window
     m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None,
-                        stages(f"rescore window {target}", ds.meta.window(target).rows, "rows"))
+                        stages(f"rescore window {target}", ds.meta.window(target).rows, "rows"), [tiers])
     expected = expected_gap(models.manifest)
     d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected,
                            expected_calibration_gap(models.manifest)), CusumState(), job.config.alarm)
@@ -314,7 +316,7 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
         "alarm": int(d.alarm), "closes": int(closes),
         "reason": _recal_reason(source, windows, target, closes, before, m.ne_gap.estimate, t),
     })
-    store.record_recalibration(row)
+    store.record_recalibration(row, tiers.rows(target))
     return store.recalibration(target, source) or row
 
 

@@ -4,7 +4,7 @@ The content is built once as a list of blocks (heading, paragraph, image, table,
 twice, to Markdown and to standalone HTML (figures by relative path, no external assets), so the two
 never disagree. Figures use matplotlib's object API on the Agg canvas (no pyplot, no global
 backend switch): both models' NE/AUC/calibration per window, the paired NE gap with its bootstrap
-band and the CUSUM, the label-free estimate beside the measured gap (lowprec.drift.report_labelfree), the float model's staleness, the clipping rates. The directory is replaced
+band and the CUSUM, the label-free estimate beside the measured gap (lowprec.drift.report_labelfree), the float model's staleness, the clipping rates, the tiered tables' traffic per tier (lowprec.drift.report_tiers). The directory is replaced
 atomically; a directory that is not a drift report is never replaced.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from lowprec.drift.alarm import DriftConfig, pct
 from lowprec.drift.report_labelfree import estimate_blocks, estimate_figure
+from lowprec.drift.report_tiers import tier_blocks, tier_figure
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir
 
@@ -42,14 +43,18 @@ class ReportData:
     estimates: list[dict[str, Any]] = field(default_factory=list)  # label-free records (report_labelfree)
     attribution: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    tier_shares: list[dict[str, Any]] = field(default_factory=list)  # tiered tables (report_tiers)
+    recal_tiers: list[dict[str, Any]] = field(default_factory=list)
 
 
 def gather(store: Any, config: DriftConfig) -> ReportData:
     meta = {k: store.meta(k) or "" for k in ("reference", "reference_sha256", "candidate",
-                                            "candidate_sha256", "baseline_window", "expected_gap")}
+                                            "candidate_sha256", "baseline_window", "expected_gap",
+                                            "tier_layout")}
     return ReportData(store.windows(), store.clipping(), store.table_errors(), store.recalibrations(),
                       store.runs(), meta, config, str(store.path), estimates=store.labelfree(),
-                      attribution=store.attributions(), events=store.events())
+                      attribution=store.attributions(), events=store.events(),
+                      tier_shares=store.tier_shares(), recal_tiers=store.recal_tier_shares())
 
 
 def check_report_dir(out: Path) -> None:
@@ -181,7 +186,8 @@ def draw_figures(d: ReportData, out: Path) -> dict[str, str]:
     _fig_metrics(d, xs, alarms, out / "metrics.png")
     _fig_gap(d, xs, alarms, out / "gap.png")
     _fig_staleness(d, xs, out / "staleness.png")
-    figs = {"metrics": "metrics.png", "gap": "gap.png", "staleness": "staleness.png", **estimate_figure(d, out)}
+    figs = {"metrics": "metrics.png", "gap": "gap.png", "staleness": "staleness.png", **estimate_figure(d, out),
+            **tier_figure(d, out)}
     if d.clipping:
         _fig_clipping(d, xs, alarms, out / "clipping.png")
         figs["clipping"] = "clipping.png"
@@ -291,7 +297,9 @@ def _tables_section(d: ReportData) -> list[Block]:
                      "n/a" if ts[-1]["rel"] is None else f"{ts[-1]['rel']:.3g}",
                      "n/a" if ts[-1]["mse"] is None else f"{ts[-1]['mse']:.3g}", ts[-1]["note"] or "-"])
     return [("h2", "Per-table quantization error, weighted by each window's id frequencies"),
-            ("p", "rel = Σ lookups·‖w - q‖² / Σ lookups·‖w‖² per table (SQNR = -10 log10 rel)."),
+            ("p", "rel = Σ lookups·‖w - q‖² / Σ lookups·‖w‖² per table (SQNR = -10 log10 rel). A tiered "
+                  "table's rows are each read from their own tier, at its precision: its error grows when "
+                  "lookups move to the cold tier."),
             ("table", head, body)]
 
 
@@ -315,7 +323,8 @@ def _runs_section(d: ReportData) -> list[Block]:
 def build_blocks(d: ReportData, figs: dict[str, str]) -> list[Block]:
     return [*_summary(d), *_models_section(d, figs), *_gap_section(d, figs), *estimate_blocks(d, figs),
             *_staleness_section(d, figs),
-            *_clipping_section(d, figs), *_tables_section(d), *_recal_section(d), *_runs_section(d)]
+            *_clipping_section(d, figs), *tier_blocks(d, figs), *_tables_section(d), *_recal_section(d),
+            *_runs_section(d)]
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -15,7 +15,9 @@ Schema (version 1): `meta` (key/value: schema version, the pair, the baseline wi
 (one row per invocation: paths, hashes, start/finish, status, config JSON), `windows` (one row per
 window: both models' metrics, the paired gaps with intervals, DeLong, PSI, staleness, CUSUM state,
 decision and reason), `layer_clipping` and `table_error` (per window x layer / table),
-`recalibrations` (artifacts written by --on-alarm recalibrate and how they score), `window_sources`
+`recalibrations` (artifacts written by --on-alarm recalibrate and how they score), `tier_share` and
+`recal_tier_share` (tiered tables: each tier's share of a window's lookups, for the deployed
+artifact per window and for a recalibrated one on its alarmed window), `window_sources`
 (per window what it was computed from: the sha256 of the dataset's dataset.json and the window's row
 count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON); and the
 label-free side (lowprec.drift.delayed): `labelfree` (one row per window: the estimate, rank
@@ -54,6 +56,7 @@ CLIP_COLUMNS = ("window", "layer", "clip_rate", "calib_clip_rate", "clipped", "e
                 "range_lo", "range_hi", "observed_min", "observed_max")
 TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "note")
 TIER_COLUMNS = ("window", "table_name", "tier", "lookups", "share")  # lowprec.drift.tiers
+RECAL_TIER_COLUMNS = ("alarm_window", "source", "table_name", "tier", "lookups", "share")
 SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
 LABELFREE_COLUMNS = (
     "window", "run_id", "recorded", "label", "start", "end", "rows", "has_labels", "filled_run_id", "filled",
@@ -95,6 +98,7 @@ SCHEMA = [
     _create("table_error", TABLE_COLUMNS, 'PRIMARY KEY ("window", table_name)'),
     _create("window_sources", SOURCE_COLUMNS, primary="window"),
     _create("tier_share", TIER_COLUMNS, 'PRIMARY KEY ("window", table_name, tier)'),
+    _create("recal_tier_share", RECAL_TIER_COLUMNS, "PRIMARY KEY (alarm_window, source, table_name, tier)"),
     _create("recalibrations", ("id",) + RECAL_COLUMNS, "UNIQUE (alarm_window, source)", primary="id"),
     _create("labelfree", LABELFREE_COLUMNS, primary="window"),
     _create("attribution", ATTRIBUTION_COLUMNS, 'PRIMARY KEY ("window", part)'),
@@ -245,6 +249,9 @@ class DriftStore:
             if also is not None:
                 also(self)
 
+    def tier_windows(self) -> set[int]:
+        return {r[0] for r in self.conn.execute('SELECT DISTINCT "window" FROM tier_share')}
+
     def tier_shares(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute('SELECT * FROM tier_share ORDER BY "window", rowid')]
 
@@ -262,14 +269,20 @@ class DriftStore:
     def recalibrations(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM recalibrations ORDER BY alarm_window, id")]
 
-    def record_recalibration(self, row: dict[str, Any]) -> None:
+    def record_recalibration(self, row: dict[str, Any], tiers: list[dict[str, Any]] = ()) -> None:
+        """A recalibration and its artifact's tier shares on the alarmed window, in one transaction."""
         with self.transaction():
             _insert(self.conn, "recalibrations", RECAL_COLUMNS, [dict(row, recorded=now())])
+            _insert(self.conn, "recal_tier_share", RECAL_TIER_COLUMNS,
+                    [dict(t, alarm_window=row["alarm_window"], source=row["source"]) for t in tiers])
+
+    def recal_tier_shares(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM recal_tier_share ORDER BY alarm_window, rowid")]
 
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        """Rows into one of the label-free tables (inside the caller's transaction)."""
+        """Rows into one of the label-free tables or `tier_share` (inside the caller's transaction)."""
         cols = {"labelfree": LABELFREE_COLUMNS, "attribution": ATTRIBUTION_COLUMNS, "window_events": EVENT_COLUMNS,
-                "window_sources": SOURCE_COLUMNS}[table]
+                "window_sources": SOURCE_COLUMNS, "tier_share": TIER_COLUMNS}[table]
         rows = [{k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()} for r in rows]
         _insert(self.conn, table, cols, [dict(r, recorded=r.get("recorded") or now()) if "recorded" in cols else r
                                          for r in rows])

@@ -21,8 +21,9 @@ batch for the same reason.
 
 The per-table quantization error is computed once per run (`TableError`): per row, the squared
 distance between the float table and the artifact's dequantized TBE rows; each window weights it
-by its own id frequencies (`stats.weighted_row_error`). Only tables served dense (one physical
-table, identity ids) are compared; other serving forms report null.
+by its own id frequencies (`stats.weighted_row_error`). Tables served dense (one physical table,
+identity ids) and tiered tables (each id's row read from its own tier, at that tier's precision:
+`tiered_rows_error`) are compared; other serving forms (sharing) report null with a note.
 """
 
 from __future__ import annotations
@@ -146,17 +147,26 @@ class _NotComparable(Exception):
     pass
 
 
+def _dense_weight(reference, t: int) -> torch.Tensor:
+    module = reference.embeddings[t]
+    if reference.config.tables[t].embedding != "dense" or not hasattr(module, "weight"):
+        raise _NotComparable("the reference table is not a dense table")
+    return module.weight.detach()
+
+
 def _table_rows_error(reference, emb, weights, index, t: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     serving = emb.serving[t]
+    feats = [f for g in serving.groups for f in g]
+    if feats and all(emb.features[f].transform.get("kind") == "tier" for f in feats):
+        tiers = [(emb.id_maps[f], emb.physical[index[emb.features[f].table]],
+                  weights[index[emb.features[f].table]]) for f in feats]
+        return tiered_rows_error(_dense_weight(reference, t), tiers, dim)
     if len(serving.groups) != 1 or len(serving.groups[0]) != 1:
         raise _NotComparable("served by several features (a sharing form)")
     feature = emb.features[serving.groups[0][0]]
     if feature.transform.get("kind") != "identity":
         raise _NotComparable(f"served through a {feature.transform.get('kind')!r} id transform")
-    module = reference.embeddings[t]
-    if reference.config.tables[t].embedding != "dense" or not hasattr(module, "weight"):
-        raise _NotComparable("the reference table is not a dense table")
-    w = module.weight.detach()
+    w = _dense_weight(reference, t)
     phys = emb.physical[index[feature.table]]
     if phys.rows != w.shape[0]:
         raise _NotComparable(f"physical table has {phys.rows} rows, the float table {w.shape[0]}")
@@ -165,6 +175,32 @@ def _table_rows_error(reference, emb, weights, index, t: int, dim: int) -> tuple
     for a in range(0, phys.rows, ROW_CHUNK):  # bounded temporaries on huge tables
         wa = w[a: a + ROW_CHUNK].double()
         q = dequantize_rows(raw[a: a + ROW_CHUNK], phys.precision, phys.dim)[:, :dim].double()
+        err[a: a + ROW_CHUNK] = ((wa - q) ** 2).sum(1).numpy()
+        norm[a: a + ROW_CHUNK] = (wa ** 2).sum(1).numpy()
+    return err, norm
+
+
+@torch.no_grad()
+def tiered_rows_error(w: torch.Tensor, tiers: list[tuple[Any, Any, torch.Tensor]],
+                      dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per id of a tiered table (lowprec.serve.tiers): ‖w_id - q_id‖² with q_id the id's row in its own
+    tier (found by that tier's id map, dequantized at that tier's precision), and ‖w_id‖².
+    `tiers`: (id map, PhysicalTable, raw TBE rows) per tier; every id must be in exactly one tier."""
+    n = w.shape[0]
+    err, norm = np.empty(n), np.empty(n)
+    for a in range(0, n, ROW_CHUNK):
+        ids = torch.arange(a, min(n, a + ROW_CHUNK), dtype=torch.int64)
+        wa = w[a: a + ROW_CHUNK].double()
+        q, seen = torch.zeros_like(wa), torch.zeros(len(ids), dtype=torch.int64)
+        for id_map, phys, raw in tiers:
+            rows = id_map(ids)[0]
+            hit = rows >= 0
+            if bool(hit.any()):
+                q[hit] = dequantize_rows(raw[rows[hit]], phys.precision, phys.dim)[:, :dim].double()
+            seen += hit.long()
+        if bool((seen != 1).any()):
+            bad = int(torch.nonzero(seen != 1)[0, 0])
+            raise _NotComparable(f"id {a + bad} is in {int(seen[bad])} tiers, not exactly one")
         err[a: a + ROW_CHUNK] = ((wa - q) ** 2).sum(1).numpy()
         norm[a: a + ROW_CHUNK] = (wa ** 2).sum(1).numpy()
     return err, norm
@@ -248,8 +284,9 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
     validation does this over its evaluation windows). The spill file is
     `{spill_prefix}w{first window}-{pid}` (the job puts it beside the database). Each of
     `observers` (a context manager, entered around the pass) sees every batch as
-    `update(p_ref, p_cand, dense, row)` (row: the batch's first row in the window) and is merged
-    over ranks by its `merge()` after the paired sums (lowprec.drift.attribution)."""
+    `update(p_ref, p_cand, dense, row, sparse)` (row: the batch's first row in the window; sparse:
+    the batch's (B, slots) ids, -1 pads) and is merged over ranks by its `merge()` after the paired
+    sums (lowprec.drift.attribution, lowprec.drift.tiers)."""
     windows = [window] if isinstance(window, int) else list(window)
     window = windows[0]
     t0 = time.perf_counter()
@@ -278,7 +315,7 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
                     acc.update(i, pr, pc, y, batch.sparse, names, hotness, offset + batch.row0)
                     spilled.append((i, len(y)))
                     for o in observers:
-                        o.update(pr, pc, batch.dense, offset + batch.row0)
+                        o.update(pr, pc, batch.dense, offset + batch.row0, batch.sparse)
                     rec = np.empty(len(y), dtype=SPILL_DTYPE)
                     rec["ref"], rec["cand"], rec["y"] = pr, pc, y
                     fh.write(rec.tobytes())

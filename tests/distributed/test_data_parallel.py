@@ -11,7 +11,13 @@ import json
 import math
 import shutil
 
+from lowprec.calibrate import CalibConfig, calibrate
+from lowprec.checkpoint.convert import convert
+from lowprec.checkpoint.float_model import load_float_model
+from lowprec.data.dataset import Dataset
 from lowprec.drift.store import DriftStore
+from lowprec.plan import LayerChoice, Plan, TableChoice
+from lowprec.precision import Precision
 from tests.distributed.conftest import in_process, last_json, lowprec
 
 BATCH = "700"  # 6000 rows -> 9 batches a window (the last short): 4 + 5 across two ranks
@@ -45,15 +51,28 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def tiered_int8_artifact(work, out):
+    """work's int8 artifact (dynamic int8 layers) with table t0 tiered (10% fp16, 20% int4, int8 cold)."""
+    ds = Dataset(work["data"])
+    counts = calibrate(load_float_model(work["model"])[0], ds, CalibConfig((0,)))["row_counts"]
+    spec = {"kind": "tiered", "tiers": [[0.1, "fp16"], [0.2, "int4"]]}
+    plan = Plan({"t0": TableChoice(Precision.INT8, spec), "*": TableChoice(Precision.INT8)},
+                {"*": LayerChoice(Precision.INT8)})
+    convert(work["model"], plan, out, {"row_counts": counts})  # no layer ranges: dynamic int8 layers
+    return out
+
+
 def test_drift_two_ranks_equals_one_process(work, tmp_path):
     """Labelled windows 1-2 and window 3 with its labels pending: the labelled records, the label-free
-    records (sums all-reduced, rank subsample gathered) and the attribution equal one process's."""
+    records (sums all-reduced, rank subsample gathered), the attribution, and the tiered table's tier
+    shares (counted per rank in the paired pass, all-reduced) and per-row error equal one process's."""
     data = tmp_path / "data"
     shutil.copytree(work["data"], data)
     (data / "day_3_labels.npy").unlink()
+    art = tiered_int8_artifact(work, tmp_path / "art")
 
     def drift(tag: str, nproc: int):
-        args = ("drift", "--reference", work["model"], "--candidate", work["art"], "--data", data,
+        args = ("drift", "--reference", work["model"], "--candidate", art, "--data", data,
                 "--windows", "1-3", "--db", tmp_path / f"{tag}.sqlite", "--report", tmp_path / f"{tag}-report",
                 "--batch-size", BATCH, "--json")
         if nproc == 1:
@@ -81,6 +100,11 @@ def test_drift_two_ranks_equals_one_process(work, tmp_path):
         for x, y in zip(a.attributions(), b.attributions(), strict=True):
             assert x["part"] == y["part"] and x["rows"] == y["rows"] > 0
             assert math.isclose(x["kl"], y["kl"], rel_tol=1e-9, abs_tol=1e-15), x["part"]
+        shares = a.tier_shares()
+        assert shares == b.tier_shares() and [(r["window"], r["tier"]) for r in shares] == \
+            [(w, j) for w in (1, 2) for j in range(3)] and all(r["lookups"] > 0 for r in shares)
+        errors = a.table_errors()
+        assert errors == b.table_errors() and all(e["sqnr_db"] is not None for e in errors)
     assert (tmp_path / "two-report" / "report.md").is_file()
 
 
