@@ -250,5 +250,8 @@ def test_commands_run_with_data_limit_far_below_model_size(tmp_path):
     assert r.returncode == 0, (r.stdout[-1000:], r.stderr[-3000:])
     assert r.stdout.count("DONE") == len(steps)
     assert json.loads(plan.read_text())["tables"] and (art / "manifest.json").is_file()
+    # search validated under the limit (rows-subset conversion) and removed its scratch directory
+    assert json.loads(plan.read_text())["rounds"] >= 1
+    assert not list(tmp_path.glob("*.validate-tmp*"))
     # The check has teeth: the old loader (a copy of the model in memory) fails the same limit.
     assert "OLD LOADER FAILED" in r.stdout and "memory" in r.stdout.lower(), r.stdout[-1000:]
