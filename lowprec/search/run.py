@@ -5,7 +5,8 @@
    keyed by a fingerprint of (model, data, windows, calibration, settings), so an interrupted
    search resumes where it stopped.
 2. The MILP picks the cheapest plan whose summed (predicted) loss fits the budget.
-3. The plan is converted for real and validated on the eval windows (`refine`): the budget
+3. The plan is converted for real (the rows the eval windows look up: `lowprec.search.rows_subset`)
+   and validated on the eval windows (`refine`): the budget
    multiplier handed to the solver moves up while plans validate (spending slack the additive
    model did not see) and down when they fail, where failures also forbid the choice with the
    largest *validated contribution*: leave-one-out on an emulator over the eval windows (the
