@@ -83,7 +83,8 @@ def _batches(ds: Dataset, cfg: CalibConfig):
 def _pass_ranges(model: DLRM, ds: Dataset, cfg: CalibConfig, progress) -> tuple[dict, dict, int]:
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
-    counts = [np.zeros(t.num_embeddings, dtype=np.int64) for t in model.config.tables]
+    counts = [np.zeros(t.num_embeddings, dtype=np.int32) for t in model.config.tables]
+    lookups = [0] * len(counts)  # valid ids seen per table: a bound on any one row's count
     rows = 0
     for batch in _batches(ds, cfg):
         for name, x in _layer_inputs(model, batch.dense, batch.sparse).items():
@@ -92,24 +93,40 @@ def _pass_ranges(model: DLRM, ds: Dataset, cfg: CalibConfig, progress) -> tuple[
         for t, ids in enumerate(split_sparse(batch.sparse, model.hotness)):
             valid = ids[ids != PAD_ID].numpy()
             ids_seen, hits = np.unique(valid, return_counts=True)  # batch-sized, not table-sized
-            counts[t][ids_seen] += hits
+            lookups[t] += len(valid)
+            counts[t] = _widen(counts[t], lookups[t])
+            counts[t][ids_seen] += hits.astype(counts[t].dtype)
         rows += len(batch)
         if progress:
             progress(len(batch))
-    return _merge_ranges(lo, hi, counts, rows, model)
+    return _merge_ranges(lo, hi, counts, lookups, rows, model)
 
 
-def _merge_ranges(lo: dict, hi: dict, counts: list, rows: int, model: DLRM) -> tuple[dict, dict, int]:
-    """Over every rank (exact: extremes, integer counts); one process is the one-rank case."""
+def _widen(counts: np.ndarray, bound: int) -> np.ndarray:
+    """Counts are int32 (4 bytes a row: 0.47 GB at 117M rows) until a count could pass 2^31 - 1."""
+    return counts.astype(np.int64) if counts.dtype == np.int32 and bound > np.iinfo(np.int32).max else counts
+
+
+def _merge_ranges(lo: dict, hi: dict, counts: list, lookups: list, rows: int,
+                  model: DLRM) -> tuple[dict, dict, int]:
+    """Over every rank (exact: extremes, integer counts); one process is the one-rank case. The
+    counts are summed in place, one block of rows at a time (no table-sized copy)."""
     from lowprec import distributed as dist
 
     names = list(model.linear_layers())
     lo_all = dist.all_reduce_min([lo.get(n, np.inf) for n in names], "calibration min")
     hi_all = dist.all_reduce_max([hi.get(n, -np.inf) for n in names], "calibration max")
-    flat = dist.all_reduce_sum(np.concatenate([[rows], *counts]), "row counts").astype(np.int64)
-    counts = np.split(flat[1:], np.cumsum([len(c) for c in counts])[:-1])
+    totals = dist.all_reduce_sum([rows, *lookups], "row counts").astype(np.int64)
+    if dist.active():  # float64 sums of integers < 2^53 are exact
+        for t, c in enumerate(counts):
+            counts[t] = c = _widen(c, int(totals[1 + t]))
+            for a in range(0, len(c), _MERGE_ROWS):
+                c[a:a + _MERGE_ROWS] = dist.all_reduce_sum(c[a:a + _MERGE_ROWS], "row counts")
     ranges = {n: (float(a), float(b)) for n, a, b in zip(names, lo_all, hi_all) if np.isfinite(a)}
-    return ranges, dict(zip(model.config.table_names, counts)), int(flat[0])
+    return ranges, dict(zip(model.config.table_names, counts)), int(totals[0])
+
+
+_MERGE_ROWS = 1 << 22
 
 
 @torch.inference_mode()
@@ -151,6 +168,14 @@ def calibrate(model: DLRM, ds: Dataset, cfg: CalibConfig,
     }
 
 
+def _count_tensor(v: Any) -> torch.Tensor:
+    """A table's counts for the sidecar: int32 when they fit (as calibrate makes them), else int64."""
+    v = np.asarray(v)
+    if v.dtype != np.int32 and not (v.size and (v.min() < 0 or v.max() > np.iinfo(np.int32).max)):
+        v = v.astype(np.int32)
+    return torch.from_numpy(np.ascontiguousarray(v) if v.dtype == np.int32 else v.astype(np.int64))
+
+
 def counts_path(path: Path, sha: str | None = None) -> Path:
     """The row-count sidecar of CALIB.json: `CALIB.counts-<sha16>.safetensors` (legacy: no hash)."""
     return path.with_name(path.stem + (f".counts-{sha[:16]}" if sha else ".counts") + ".safetensors")
@@ -168,7 +193,7 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.counts.tmp-{os.getpid()}.safetensors")
         try:
-            save_file({k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in calib["row_counts"].items()},
+            save_file({k: _count_tensor(v) for k, v in calib["row_counts"].items()},
                       str(tmp))
             os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; read like any output
             sha = sha256_file(tmp)

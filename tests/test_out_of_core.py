@@ -250,5 +250,25 @@ def test_commands_run_with_data_limit_far_below_model_size(tmp_path):
     assert r.returncode == 0, (r.stdout[-1000:], r.stderr[-3000:])
     assert r.stdout.count("DONE") == len(steps)
     assert json.loads(plan.read_text())["tables"] and (art / "manifest.json").is_file()
+    # search validated under the limit (rows-subset conversion) and removed its scratch directory
+    assert json.loads(plan.read_text())["rounds"] >= 1
+    assert not list(tmp_path.glob("*.validate-tmp*"))
     # The check has teeth: the old loader (a copy of the model in memory) fails the same limit.
     assert "OLD LOADER FAILED" in r.stdout and "memory" in r.stdout.lower(), r.stdout[-1000:]
+
+
+@pytest.mark.parametrize("precision", [Precision.INT4, Precision.FP16, Precision.FP32])
+def test_artifact_row_check_runs_in_blocks_and_finds_a_nan_in_a_later_one(monkeypatch, precision):
+    """Loading checks stored floats a block of rows at a time (not a table-sized temporary: 1 GB of
+    anonymous memory for the 30 GB model's int4 artifact before), and still finds any NaN."""
+    from lowprec.checkpoint import validate as checks
+    from lowprec.errors import InputError
+
+    monkeypatch.setattr(checks, "_CHECK_ROWS", 7)
+    width = precision.bytes_per_row(16)
+    rows = torch.zeros(50, width, dtype=torch.uint8)
+    checks.check_table_rows("t", precision, 16, rows, "art")
+    dtype = torch.float32 if precision is Precision.FP32 else torch.float16
+    rows[45, : dtype.itemsize] = torch.tensor([float("nan")], dtype=dtype).view(torch.uint8)
+    with pytest.raises(InputError, match="NaN"):
+        checks.check_table_rows("t", precision, 16, rows, "art")

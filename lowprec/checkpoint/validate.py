@@ -206,11 +206,16 @@ def check_table_rows(key: str, precision: Precision, dim: int, rows: torch.Tenso
                           f"stores {width} bytes per row")
     if rows.shape[0] == 0:
         return
-    if precision in (Precision.FP32, Precision.FP16):
-        dtype = torch.float32 if precision is Precision.FP32 else torch.float16
-        _finite(rows.contiguous().view(dtype), here, "the table")
-    elif precision.is_integer:
-        _finite(rows[:, :4].contiguous().view(torch.float16), here, "a row scale/bias")
+    for a in range(0, rows.shape[0], _CHECK_ROWS):  # bounded temporaries on a mapped table of any size
+        block = rows[a:a + _CHECK_ROWS]
+        if precision in (Precision.FP32, Precision.FP16):
+            dtype = torch.float32 if precision is Precision.FP32 else torch.float16
+            _finite(block.contiguous().view(dtype), here, "the table")
+        elif precision.is_integer:
+            _finite(block[:, :4].contiguous().view(torch.float16), here, "a row scale/bias")
+
+
+_CHECK_ROWS = 1 << 20
 
 
 def check_layer_tensor(name: str, suffix: str, t: torch.Tensor, shape: tuple[int, int], where: str) -> None:

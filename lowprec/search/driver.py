@@ -131,11 +131,13 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         ccfg = CalibConfig(cfg.calib_windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)),
                            max_rows=c.get("max_rows"))
         calibration = calibrate(model, ds, ccfg, stage(stages, "calibrate", None))
-        calibration["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32)
-                                     for k, v in calibration["row_counts"].items()}
+        counts = calibration["row_counts"]
+        for k in list(counts):  # one table's int32 and float32 copies at a time, not all of them
+            counts[k] = torch.as_tensor(counts.pop(k), dtype=torch.float32)
         calib_sha = f"inline:{ccfg.method}:{list(ccfg.windows)}"
     cache_path = req.out.with_name(req.out.stem + ".cache.json")
-    result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages)
+    scratch = req.out.with_name(req.out.name + ".validate-tmp" + (f"-rank{dist.rank()}" if dist.active() else ""))
+    result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages, scratch)
     summary = summarize(result, model)
     if not dist.is_main():  # under torchrun only rank 0 writes
         return result, summary

@@ -5,7 +5,8 @@
    keyed by a fingerprint of (model, data, windows, calibration, settings), so an interrupted
    search resumes where it stopped.
 2. The MILP picks the cheapest plan whose summed (predicted) loss fits the budget.
-3. The plan is converted for real and validated on the eval windows (`refine`): the budget
+3. The plan is converted for real (the rows the eval windows look up: `lowprec.search.rows_subset`)
+   and validated on the eval windows (`refine`): the budget
    multiplier handed to the solver moves up while plans validate (spending slack the additive
    model did not see) and down when they fail, where failures also forbid the choice with the
    largest *validated contribution*: leave-one-out on an emulator over the eval windows (the
@@ -235,8 +236,9 @@ def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: di
 def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
            calibration: dict[str, Any] | None, calib_sha: str | None = None,
            cache_path: Path | None = None, cost: dict[str, float] | None = None,
-           stages: Stages | None = None) -> SearchResult:
-    """Run the whole search, one progress stage for the sensitivity and one per validation round."""
+           stages: Stages | None = None, scratch: Path | None = None) -> SearchResult:
+    """Run the whole search, one progress stage for the sensitivity and one per validation round;
+    validation converts into `scratch` (lowprec.search.validate.scratch_dir; None: $TMPDIR)."""
     started = time.time()
     model_dir = Path(model_dir)
     rm = cfg.space.range_method
@@ -255,7 +257,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     def check(chosen: dict[str, Option], round_no: int) -> Validation:
         update = stage(stages, f"validate round {round_no}", None)
         plan = plan_from_options(chosen, rm)
-        return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update)
+        return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update, scratch)
 
     if cfg.objective == "latency" and cost is None:  # timed on rank 0 alone, the same costs on every rank
         cost = dist.broadcast_json(measure_costs(emulator, items, rm) if dist.is_main() else None, "latency costs")
@@ -273,7 +275,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     test = None
     if cfg.test_windows and message is None:
         test = validate(model_dir, model, plan_from_options(chosen, rm), ds, list(cfg.test_windows),
-                        calibration, stage(stages, "test windows", None))
+                        calibration, stage(stages, "test windows", None), scratch)
     info = PlanInfo(
         kind="search",
         budgets=cfg.budget,

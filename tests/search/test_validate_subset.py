@@ -1,0 +1,88 @@
+"""Validation on the rows the eval windows look up gives the numbers of converting the whole plan;
+its scratch directory is ours to create and remove, and nothing else is touched."""
+
+import pytest
+
+from helpers import trained_search_setup
+from lowprec.errors import InputError
+from lowprec.plan import Plan
+from lowprec.search import rows_subset
+from lowprec.search.validate import MARKER, scratch_dir, validate
+
+EVAL = [3]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    # t0 has 6000 rows, the eval window 800 rows: most rows are never looked up
+    return trained_search_setup(tmp_path_factory.mktemp("subset"), 800, (6000, 40, 8), 1)
+
+
+def _plan(tables: dict) -> Plan:
+    return Plan.from_json({"format": "lowprec-plan", "version": 1, "tables": tables,
+                           "layers": {"top.0": {"precision": "int8"}}})
+
+
+PLANS = {
+    "l2 int4 with row counts, int2, fp16": {"t0": {"precision": "int4", "range_method": "l2"},
+                                           "t1": {"precision": "int2", "range_method": "l2"},
+                                           "*": {"precision": "fp16"}},
+    "minmax int8 / int4": {"t0": {"precision": "int8"}, "*": {"precision": "int4"}},
+    "hot sharing (t0 converted whole)": {"t0": {"precision": "int8", "sharing": {"kind": "hot", "ratio": 4.0}},
+                                         "t1": {"precision": "int4", "range_method": "l2"},
+                                         "*": {"precision": "fp32"}},
+}
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_rows_subset_validation_equals_full_conversion(setup, tmp_path, name):
+    root, ds, model, calib = setup
+    plan = _plan(PLANS[name])
+    tables = rows_subset.subset_tables(model, plan)
+    rows = rows_subset.touched_rows(model, ds, EVAL, tables)
+    if "sharing" in PLANS[name]["t0"]:
+        assert 0 not in tables and 1 in tables
+    else:  # the subset is a real one: t0 keeps a fraction of its rows
+        assert 0 in tables and len(rows[0]) < 0.3 * model.config.tables[0].num_embeddings
+    full = validate(root / "model", model, plan, ds, EVAL, calib, subset=False)
+    sub = validate(root / "model", model, plan, ds, EVAL, calib, scratch=tmp_path / "s")
+    # rows encode one by one (all tables here are below the compiled L2 passes' 2^25 values), the
+    # TBE looks up the same bytes, the layers are the same: the same numbers, bit for bit
+    assert sub == full
+    assert full.ne_increase != 0.0 and full.rows == 800
+    assert not (tmp_path / "s").exists()
+
+
+def test_subset_ids_map_to_the_kept_rows(setup, tmp_path):
+    _, ds, model, _ = setup
+    rows = rows_subset.touched_rows(model, ds, EVAL, [0, 1, 2])
+    for t, r in rows.items():
+        assert r.tolist() == sorted(set(r.tolist())) and r.min() >= 0
+        assert int(r.max()) < model.config.tables[t].num_embeddings
+    sub = rows_subset.write_subset_model(model, rows, tmp_path / "m")
+    from lowprec.checkpoint.float_model import load_float_model
+
+    small, _ = load_float_model(sub)
+    for t, r in rows.items():
+        assert small.config.tables[t].num_embeddings == len(r)
+        assert (small.embeddings[t].weight == model.embeddings[t].weight[r]).all()
+
+
+def test_scratch_dir_is_created_removed_and_never_takes_what_is_not_ours(tmp_path):
+    s = tmp_path / "plan.json.validate-tmp"
+    with scratch_dir(s) as d:
+        assert d == s and (s / MARKER).is_file()
+        (s / "big").write_bytes(b"x" * 100)
+    assert not s.exists()
+    s.mkdir()  # left by a killed run of ours: the marker says so; removed at the next start
+    (s / MARKER).write_text("")
+    (s / "old-artifact").write_bytes(b"x")
+    with scratch_dir(s):
+        assert not (s / "old-artifact").exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "data").write_text("keep me")
+    with pytest.raises(InputError, match="was not made by lowprec"):
+        with scratch_dir(foreign):
+            pass
+    assert (foreign / "data").read_text() == "keep me"
