@@ -2,19 +2,18 @@
 
 FBGEMM's ops write [codes | scale | bias] per row; the inference TBE (reverse_qparam=False) and
 lowprec's artifacts want [fp16 scale | fp16 bias | codes]. `fbgemm_minmax_rows` runs the op block by
-block (1 MB of fp32 input, so the block is still in cache for the checks) and rearranges each
-block into the output, which is the only table-sized buffer. `lowprec.quant.rowwise.fused_rows`
-calls it for method="minmax" and falls back to its reference path where it returns None; tests
-check both give the same bytes.
+block (1 MB of fp32 input) and rearranges each block into the output while the op's output is in
+cache; the output is the only table-sized buffer. `lowprec.quant.rowwise.fused_rows` calls it for
+method="minmax" and falls back to its reference path where it returns None; tests check both give
+the same bytes.
 
-Where the time went (profiled on 1M x 64 rows; tools/bench_minmax_path.py, reports/out_of_core.md):
-page faults on the fresh output (4 KB pages: about as long as the op itself), a separate aminmax
-pass over the input before the op, numpy float16 checks (scalar software) and per-block strided
-copies. Now: the output is one anonymous mapping advised for transparent huge pages and reused by
-the next call once its tensor is gone (`huge_empty`); the input is read once more, from cache,
-by a max (NaN propagates); the (scale, bias) words are gathered per block, checked for fp16
-range with integer ops and placed with one strided copy at the end.
-"""
+Cost beyond the op (profiled per part on 1M x 64 rows; tools/bench_minmax_path.py,
+reports/out_of_core.md): the NaN read of each block (FBGEMM's ops drop NaN from a row's min/max and
+code it 0, so nothing in their output shows it: the input must be read once more, from cache, by a
+max, through which NaN propagates), the copy into the output (an anonymous mapping advised for huge
+pages and reused by the next call, `huge_empty`) and placing each row's (scale, bias) word; the
+words are also kept contiguous for one fp16-range check with integer ops at the end.
+""""""
 
 from __future__ import annotations
 
@@ -73,8 +72,8 @@ def fbgemm_minmax_rows(x: Tensor, bits: int) -> Tensor | None:
     xn, top = x.detach().numpy(), np.maximum.reduce
     step = max(1, _FBGEMM_BLOCK // dim)
     place = out.int8_block if bits == 8 else out.nbit_block
-    for i in range(0, rows, step):
-        place(x[i : i + step], i)
+    for i, block in zip(range(0, rows, step), x.split(step)):  # split: one call for all views
+        place(block, i)
         if not math.isfinite(top(xn[i : i + step], axis=None)):  # the block is still in cache
             return None
     if not _finite_fp16_pairs(out.sb):
