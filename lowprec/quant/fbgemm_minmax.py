@@ -13,7 +13,7 @@ code it 0, so nothing in their output shows it: the input must be read once more
 max, through which NaN propagates), the copy into the output (an anonymous mapping advised for huge
 pages and reused by the next call, `huge_empty`) and placing each row's (scale, bias) word; the
 words are also kept contiguous for one fp16-range check with integer ops at the end.
-""""""
+"""
 
 from __future__ import annotations
 
