@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--out", default=None, help="JSON with every repeat (the table goes to stdout)")
     args = ap.parse_args()
-    cmd = "python tools/bench_minmax_path.py " + " ".join(sys.argv[1:])
+    env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    cmd = f"{env}.venv/bin/python tools/bench_minmax_path.py " + " ".join(sys.argv[1:])
     start = os.getloadavg()[0]
     res = bench(args.rows, args.dim, args.repeats)
     text = render(res, cmd, (start, os.getloadavg()[0]))
