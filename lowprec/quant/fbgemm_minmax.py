@@ -2,18 +2,17 @@
 
 FBGEMM's ops write [codes | scale | bias] per row; the inference TBE (reverse_qparam=False) and
 lowprec's artifacts want [fp16 scale | fp16 bias | codes]. `fbgemm_minmax_rows` runs the op block by
-block (1 MB of fp32 input, so the block is still in cache for the checks) and rearranges each
-block into the output, which is the only table-sized buffer. `lowprec.quant.rowwise.fused_rows`
-calls it for method="minmax" and falls back to its reference path where it returns None; tests
-check both give the same bytes.
+block (1 MB of fp32 input) and rearranges each block into the output while the op's output is in
+cache; the output is the only table-sized buffer. `lowprec.quant.rowwise.fused_rows` calls it for
+method="minmax" and falls back to its reference path where it returns None; tests check both give
+the same bytes.
 
-Where the time went (profiled on 1M x 64 rows; tools/bench_minmax_path.py, reports/out_of_core.md):
-page faults on the fresh output (4 KB pages: about as long as the op itself), a separate aminmax
-pass over the input before the op, numpy float16 checks (scalar software) and per-block strided
-copies. Now: the output is one anonymous mapping advised for transparent huge pages and reused by
-the next call once its tensor is gone (`huge_empty`); the input is read once more, from cache,
-by a max (NaN propagates); the (scale, bias) words are gathered per block, checked for fp16
-range with integer ops and placed with one strided copy at the end.
+Cost beyond the op (profiled per part on 1M x 64 rows; tools/bench_minmax_path.py,
+reports/out_of_core.md): the NaN read of each block (FBGEMM's ops drop NaN from a row's min/max and
+code it 0, so nothing in their output shows it: the input must be read once more, from cache, by a
+max, through which NaN propagates), the copy into the output (an anonymous mapping advised for huge
+pages and reused by the next call, `huge_empty`) and placing each row's (scale, bias) word; the
+words are also kept contiguous for one fp16-range check with integer ops at the end.
 """
 
 from __future__ import annotations
@@ -68,40 +67,57 @@ def fbgemm_minmax_rows(x: Tensor, bits: int) -> Tensor | None:
         return None
     import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
 
-    width = _SB_BYTES + cb
-    flat = huge_empty((rows + 1) * width)  # one spare row: see _nbit_block
-    words = flat.numpy().view(np.int32).reshape(rows + 1, width // 4)
-    sb = np.empty(rows, dtype=np.int32)  # (scale, bias) words, placed once at the end
+    flat = huge_empty(rows * (_SB_BYTES + cb))
+    out = _Rows(flat.numpy(), rows, dim, bits)
     xn, top = x.detach().numpy(), np.maximum.reduce
     step = max(1, _FBGEMM_BLOCK // dim)
-    block_fn = _int8_block if bits == 8 else _nbit_block
-    for i in range(0, rows, step):
-        block_fn(x[i : i + step], bits, words, sb, i)
+    place = out.int8_block if bits == 8 else out.nbit_block
+    for i, block in zip(range(0, rows, step), x.split(step)):  # split: one call for all views
+        place(block, i)
         if not math.isfinite(top(xn[i : i + step], axis=None)):  # the block is still in cache
             return None
-    if not _finite_fp16_pairs(sb):
+    if not _finite_fp16_pairs(out.sb):
         return None
-    words[:rows, 0] = sb
-    return flat[: rows * width].view(rows, width)
+    return flat.view(rows, out.width)
 
 
-def _nbit_block(block: Tensor, bits: int, words: np.ndarray, sb: np.ndarray, i: int) -> None:
-    """int4/int2 [codes | fp16 scale | fp16 bias]: the block's rows are copied whole (one memcpy)
-    to 4 bytes past their rows' starts, so the codes land in place (each row's (scale, bias) word
-    lands in the next row's first word, overwritten at the end); the words go to `sb`."""
-    q = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(block, bits).numpy()
-    n, width = q.shape
-    words.reshape(-1).view(np.uint8)[_SB_BYTES + i * width : _SB_BYTES + (i + n) * width] = q.reshape(-1)
-    sb[i : i + n] = q.view(np.int32)[:, -1]
+class _Rows:
+    """The output rows [fp16 scale | fp16 bias | codes], filled block by block from FBGEMM's
+    [codes | scale | bias] while each block's op output is in cache; `sb` keeps the (scale, bias)
+    words contiguous for one fp16-range check at the end."""
 
+    def __init__(self, flat: np.ndarray, rows: int, dim: int, bits: int) -> None:
+        self.bits, self.dim = bits, dim
+        self.width = _SB_BYTES + dim * bits // 8
+        self.flat = flat
+        self.words = flat.view(np.int32).reshape(rows, self.width // 4)
+        if bits == 8:  # each row's codes as one opaque item: one strided copy of dim-byte items
+            self.codes = np.ndarray((rows,), f"V{dim}", flat, _SB_BYTES, (self.width,))
+            self.half = torch.empty(2 * rows, dtype=torch.float16)
+            self.sb = self.half.numpy().view(np.int32)
+        else:
+            self.sb = np.empty(rows, dtype=np.int32)
 
-def _int8_block(block: Tensor, bits: int, words: np.ndarray, sb: np.ndarray, i: int) -> None:
-    """int8 [codes | fp32 scale | fp32 bias]: codes copied, (scale, bias) stored fp16 as FBGEMM's
-    TBE recipe does (torch's cast: vectorised)."""
-    q = torch.ops.fbgemm.FloatToFused8BitRowwiseQuantized(block)
-    n, dim = q.shape[0], q.shape[1] - 8
-    words[i : i + n, 1:] = q.numpy()[:, :dim].view(np.int32)
-    sb[i : i + n] = q[:, dim:].view(torch.float32).to(torch.float16).numpy().view(np.int32)[:, 0]
+    def nbit_block(self, block: Tensor, i: int) -> None:
+        """int4/int2 [codes | fp16 scale | fp16 bias]: the block's rows are copied whole (one
+        memcpy) to 4 bytes past their rows' starts, so the codes land in place; each row's
+        (scale, bias) word then goes to its row's first word (and to `sb`)."""
+        q = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(block, self.bits).numpy()
+        n, w = q.shape
+        self.flat[_SB_BYTES + i * w : (i + n) * w] = q.reshape(-1)[:-_SB_BYTES]
+        sb = self.sb[i : i + n]
+        sb[:] = q.view(np.int32)[:, -1]
+        self.words[i : i + n, 0] = sb
+
+    def int8_block(self, block: Tensor, i: int) -> None:
+        """int8 [codes | fp32 scale | fp32 bias]: codes copied as dim-byte items, (scale, bias)
+        stored fp16 as FBGEMM's TBE recipe does (torch's cast: vectorised, round to nearest even)."""
+        q = torch.ops.fbgemm.FloatToFused8BitRowwiseQuantized(block).numpy()
+        n, d = q.shape[0], self.dim
+        self.codes[i : i + n] = np.ndarray((n,), f"V{d}", q, 0, (d + 8,))
+        pairs = np.ndarray((n,), np.int64, q, d, (d + 8,)).copy()  # fp32 (scale, bias) per row
+        self.half[2 * i : 2 * (i + n)].copy_(torch.from_numpy(pairs).view(torch.float32))
+        self.words[i : i + n, 0] = self.sb[i : i + n]
 
 
 def _finite_fp16_pairs(w: np.ndarray) -> bool:
