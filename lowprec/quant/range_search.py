@@ -307,6 +307,8 @@ class SearchResult(NamedTuple):
     err: Tensor
     err_minmax: Tensor
     packed: Tensor  # uint8 [rows, dim * bits / 8]: FBGEMM's codes for (scale, bias), packed
+    lo: Tensor  # [rows, 1] row min and max (as passed in, or taken; NaN on non-finite rows if taken
+    hi: Tensor  # by the native kernel, which then searched garbage: the caller must check them)
 
 
 def search_ranges(
@@ -325,14 +327,15 @@ def search_ranges(
     """
     rows, dim = x.shape
     cfg = cfg or RangeSearchConfig.for_bits(bits, dim)
-    lo = x.amin(1, keepdim=True) if lo is None else lo
-    hi = x.amax(1, keepdim=True) if hi is None else hi
     out = [x.new_empty(rows, 1) for _ in range(4)]
     if packed is None:
         packed = torch.empty(rows, dim * bits // 8, dtype=torch.uint8)
-    if _native_ok(cfg.backend, x, packed):  # row by row in C: no buffers
-        range_search_native.search(x, lo, hi, cfg.candidates, bits, cfg.refine_steps, cfg.relaxation, out, packed)
-        return SearchResult(*out, packed)
+    if _native_ok(cfg.backend, x, packed):  # 8 rows at a time in C: no buffers, one read of x
+        ranges = range_search_native.search(x, lo, hi, cfg.candidates, bits, cfg.refine_steps, cfg.relaxation,
+                                            out, packed)
+        return SearchResult(*out, packed, *ranges)
+    lo = x.amin(1, keepdim=True) if lo is None else lo
+    hi = x.amax(1, keepdim=True) if hi is None else hi
     step = max(1, cfg.chunk_elems // dim)
     buf = tuple(x.new_empty(min(step, rows), dim) for _ in range(3))
     kernels = _Kernels(cfg.backend, x.numel())
@@ -342,4 +345,4 @@ def search_ranges(
         parts = _search_chunk(*chunk, bits, cfg, tuple(t[:n] for t in buf), packed[i : i + n], kernels)
         for dst, src in zip(out, parts):
             dst[i : i + n] = src
-    return SearchResult(*out, packed)
+    return SearchResult(*out, packed, lo, hi)

@@ -58,40 +58,72 @@ static void transpose8(const float *x, int64_t d, int n, float *T) {
         for (int r = 0; r < 8; r++) T[j * 8 + r] = p[r][j];
 }
 
-/* Per lane: sum_j (t - q)^2 with t = (x - b) * inv, q = clamp(rint(t), 0, top). */
-static v8 err8(const float *T, int64_t d, v8 b, v8 inv, v8 top) {
-    const v8 zero = _mm256_setzero_ps();
-    v8 a0 = zero, a1 = zero;
-    int64_t j = 0;
-    for (; j + 2 <= d; j += 2) {
-        v8 t0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), b), inv);
-        v8 t1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * j + 8), b), inv);
-        v8 e0 = _mm256_sub_ps(t0, RINT(_mm256_min_ps(_mm256_max_ps(t0, zero), top)));
-        v8 e1 = _mm256_sub_ps(t1, RINT(_mm256_min_ps(_mm256_max_ps(t1, zero), top)));
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(e0, e0));
-        a1 = _mm256_add_ps(a1, _mm256_mul_ps(e1, e1));
-    }
-    for (; j < d; j++) {
-        v8 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), b), inv);
-        v8 e = _mm256_sub_ps(t, RINT(_mm256_min_ps(_mm256_max_ps(t, zero), top)));
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(e, e));
-    }
-    return _mm256_add_ps(a0, a1);
+#ifdef __FMA__
+#define ACC_SQ(acc, e) _mm256_fmadd_ps((e), (e), (acc)) /* acc + e^2 (one rounding) */
+#else
+#define ACC_SQ(acc, e) _mm256_add_ps((acc), _mm256_mul_ps((e), (e)))
+#endif
+
+/* t - q for t = (x - b) * inv, q = clamp(rint(t), 0, top) */
+static inline v8 resid8(v8 xv, v8 b, v8 inv, v8 top) {
+    v8 t = _mm256_mul_ps(_mm256_sub_ps(xv, b), inv);
+    return _mm256_sub_ps(t, RINT(_mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), top)));
 }
 
-/* Per lane: sum (t - q)^2, sum q, sum q^2 (one refinement step's pass). */
+/* err8x2 for two candidates with the same bias: x - b is taken once. */
+static void err8x2_same_b(const float *T, int64_t d, v8 b, v8 i0, v8 i1, v8 top, v8 out[2]) {
+    const v8 zero = _mm256_setzero_ps();
+    v8 a0 = zero, a1 = zero, c0 = zero, c1 = zero;
+    int64_t j = 0;
+    for (; j + 2 <= d; j += 2) {
+        v8 u0 = _mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), b), u1 = _mm256_sub_ps(_mm256_loadu_ps(T + 8 * j + 8), b);
+        v8 e;
+        e = resid8(u0, zero, i0, top), a0 = ACC_SQ(a0, e);
+        e = resid8(u1, zero, i0, top), a1 = ACC_SQ(a1, e);
+        e = resid8(u0, zero, i1, top), c0 = ACC_SQ(c0, e);
+        e = resid8(u1, zero, i1, top), c1 = ACC_SQ(c1, e);
+    }
+    if (j < d) {
+        v8 u0 = _mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), b), e;
+        e = resid8(u0, zero, i0, top), a0 = ACC_SQ(a0, e);
+        e = resid8(u0, zero, i1, top), c0 = ACC_SQ(c0, e);
+    }
+    out[0] = _mm256_add_ps(a0, a1), out[1] = _mm256_add_ps(c0, c1);
+}
+
+/* Per lane: sum_j (t - q)^2 of two candidates (b0, inv0), (b1, inv1) in one sweep over T. */
+static void err8x2(const float *T, int64_t d, v8 b0, v8 i0, v8 b1, v8 i1, v8 top, v8 out[2]) {
+    const v8 zero = _mm256_setzero_ps();
+    v8 a0 = zero, a1 = zero, c0 = zero, c1 = zero; /* four independent sums: no add latency chain */
+    int64_t j = 0;
+    for (; j + 2 <= d; j += 2) {
+        v8 x0 = _mm256_loadu_ps(T + 8 * j), x1 = _mm256_loadu_ps(T + 8 * j + 8);
+        v8 e;
+        e = resid8(x0, b0, i0, top), a0 = ACC_SQ(a0, e);
+        e = resid8(x1, b0, i0, top), a1 = ACC_SQ(a1, e);
+        e = resid8(x0, b1, i1, top), c0 = ACC_SQ(c0, e);
+        e = resid8(x1, b1, i1, top), c1 = ACC_SQ(c1, e);
+    }
+    if (j < d) {
+        v8 x0 = _mm256_loadu_ps(T + 8 * j), e;
+        e = resid8(x0, b0, i0, top), a0 = ACC_SQ(a0, e);
+        e = resid8(x0, b1, i1, top), c0 = ACC_SQ(c0, e);
+    }
+    out[0] = _mm256_add_ps(a0, a1), out[1] = _mm256_add_ps(c0, c1);
+}
+
+/* Per lane: sum (t - q)^2, sum q, sum q^2 (one refinement step's pass); even and odd j apart. */
 static void sums8(const float *T, int64_t d, v8 b, v8 inv, v8 top, v8 out[3]) {
     const v8 zero = _mm256_setzero_ps();
-    v8 r = zero, s1 = zero, s2 = zero;
+    v8 acc[2][3] = {{zero, zero, zero}, {zero, zero, zero}};
     for (int64_t j = 0; j < d; j++) {
+        v8 *a = acc[j & 1];
         v8 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), b), inv);
         v8 q = RINT(_mm256_min_ps(_mm256_max_ps(t, zero), top));
         v8 e = _mm256_sub_ps(t, q);
-        r = _mm256_add_ps(r, _mm256_mul_ps(e, e));
-        s1 = _mm256_add_ps(s1, q);
-        s2 = _mm256_add_ps(s2, _mm256_mul_ps(q, q));
+        a[0] = ACC_SQ(a[0], e), a[1] = _mm256_add_ps(a[1], q), a[2] = ACC_SQ(a[2], q);
     }
-    out[0] = r, out[1] = s1, out[2] = s2;
+    for (int i = 0; i < 3; i++) out[i] = _mm256_add_ps(acc[0][i], acc[1][i]);
 }
 
 /* FBGEMM's (scale, bias) for the ranges [lo, hi] (range_search.qparams_from_range). */
@@ -137,58 +169,87 @@ static v8 mean_var8(const float *T, int64_t d, v8 n, v8 *var) {
     return mean;
 }
 
+/* Per lane: min and max over the row; NaN for both where the row holds a NaN or an infinity. */
+static void range8(const float *T, int64_t d, v8 *lo, v8 *hi) {
+    v8 mn = V(INFINITY), mx = V(-INFINITY), z = _mm256_setzero_ps(), zero = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d; j++) {
+        v8 v = _mm256_loadu_ps(T + 8 * j);
+        mn = _mm256_min_ps(mn, v), mx = _mm256_max_ps(mx, v);
+        z = _mm256_add_ps(z, _mm256_mul_ps(v, zero)); /* NaN once any value is NaN or infinite */
+    }
+    v8 bad = _mm256_cmp_ps(z, z, _CMP_UNORD_Q), nan = V(NAN);
+    *lo = BLEND(mn, nan, bad), *hi = BLEND(mx, nan, bad);
+}
+
 static inline v8 tag8(v8 e, int k) { /* errors >= 0 order like their bits; k goes in the low 4 */
     __m256i u = _mm256_and_si256(_mm256_castps_si256(e), _mm256_set1_epi32(-16));
     return _mm256_castsi256_ps(_mm256_or_si256(u, _mm256_set1_epi32(k)));
 }
 
-static void pack_row(const float *x, int d, float b, float inv, float top, int bits, uint8_t *out) {
-    uint8_t q[d];
-    const __m256 vb = _mm256_set1_ps(b), vi = _mm256_set1_ps(inv), vt = _mm256_set1_ps(top);
-    int j = 0;
-    for (; j + 8 <= d; j += 8) {
-        __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), vb), vi);
-        t = _mm256_min_ps(_mm256_max_ps(_mm256_round_ps(t, 8), _mm256_setzero_ps()), vt);
-        __m256i v = _mm256_cvtps_epi32(t); /* exact: t holds an integer in [0, top] */
-        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extractf128_si256(v, 1));
-        _mm_storel_epi64((__m128i *)(q + j), _mm_packus_epi16(w, w));
-    }
-    for (; j < d; j++)
-        q[j] = (uint8_t)fminf(fmaxf(nearbyintf((x[j] - b) * inv), 0.0f), top);
-    if (bits == 8) {
-        memcpy(out, q, d);
-    } else if (bits == 4) {
-        for (int i = 0; i < d / 2; i++) out[i] = q[2 * i] | (q[2 * i + 1] << 4);
-    } else {
-        for (int i = 0; i < d / 4; i++)
-            out[i] = q[4 * i] | (q[4 * i + 1] << 2) | (q[4 * i + 2] << 4) | (q[4 * i + 3] << 6);
+/* The codes of 8 rows (lane r = row i + r) packed into their rows of `out`, low bits first. */
+static void pack8(const float *T, int64_t d, v8 b, v8 inv, v8 top, int bits, int m, uint8_t *out, int64_t stride) {
+    const int per = 8 / bits; /* codes per byte */
+    const int64_t nbytes = d / per;
+    uint32_t tmp[8 * 8]; /* up to 8 bytes x 8 rows, flushed every 8 bytes */
+    for (int64_t i0 = 0; i0 < nbytes; i0 += 8) {
+        int64_t nb = nbytes - i0 < 8 ? nbytes - i0 : 8;
+        for (int64_t i = 0; i < nb; i++) {
+            __m256i acc = _mm256_setzero_si256();
+            for (int k = 0; k < per; k++) {
+                v8 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * ((i0 + i) * per + k)), b), inv);
+                t = _mm256_min_ps(_mm256_max_ps(RINT(t), _mm256_setzero_ps()), top);
+                acc = _mm256_or_si256(acc, _mm256_slli_epi32(_mm256_cvtps_epi32(t), k * bits));
+            }
+            _mm256_storeu_si256((__m256i *)(tmp + 8 * i), acc);
+        }
+        for (int r = 0; r < m; r++)
+            for (int64_t i = 0; i < nb; i++) out[r * stride + i0 + i] = (uint8_t)tmp[8 * i + r];
     }
 }
 
 /* The search over `rows` rows of x [rows, d] (row-major), 8 rows at a time (one per lane);
    cuts[2 k], cuts[2 k + 1] = (a, c). Writes scale, bias, err, err_minmax [rows] and the packed
    codes (row stride `pstride` bytes). */
-int lowprec_l2_search(const float *x, int64_t rows, int d, const float *lo, const float *hi,
+int lowprec_l2_search(const float *x, int64_t rows, int d, float *lo, float *hi, int have_range,
                       const float *cuts, int ncand, int bits, int steps, float w,
                       float *scale, float *bias, float *err, float *err_mm, uint8_t *packed,
                       int64_t pstride) {
     if (ncand < 1 || ncand > 16 || d < 1 || d > 65536 || (bits != 8 && bits != 4 && bits != 2)) return -1;
     const v8 top = V((float)((1 << bits) - 1)), n = V((float)d), vw = V(w);
-    const float ftop = (float)((1 << bits) - 1);
     float *T = (float *)_mm_malloc(sizeof(float) * 8 * (size_t)d, 64);
     if (!T) return -2;
     for (int64_t i = 0; i < rows; i += 8) {
         int m = rows - i < 8 ? (int)(rows - i) : 8;
         transpose8(x + i * d, d, m, T);
         float l8[8], h8[8];
-        for (int r = 0; r < 8; r++) l8[r] = lo[i + (r < m ? r : m - 1)], h8[r] = hi[i + (r < m ? r : m - 1)];
-        v8 vl = _mm256_loadu_ps(l8), vh = _mm256_loadu_ps(h8), rng = _mm256_sub_ps(vh, vl);
+        v8 vl, vh;
+        if (have_range) {
+            for (int r = 0; r < 8; r++) l8[r] = lo[i + (r < m ? r : m - 1)], h8[r] = hi[i + (r < m ? r : m - 1)];
+            vl = _mm256_loadu_ps(l8), vh = _mm256_loadu_ps(h8);
+        } else {
+            range8(T, d, &vl, &vh);
+            _mm256_storeu_ps(l8, vl), _mm256_storeu_ps(h8, vh);
+            for (int r = 0; r < m; r++) lo[i + r] = l8[r], hi[i + r] = h8[r];
+        }
+        v8 rng = _mm256_sub_ps(vh, vl);
         v8 cs[16], cb[16], ce[16], ct[16], low = V(INFINITY);
         for (int k = 0; k < ncand; k++) {
             v8 a = _mm256_add_ps(vl, _mm256_mul_ps(V(cuts[2 * k]), rng));
             v8 c = _mm256_sub_ps(vh, _mm256_mul_ps(V(cuts[2 * k + 1]), rng));
             qparams8(a, c, top, &cs[k], &cb[k]);
-            ce[k] = _mm256_mul_ps(err8(T, d, cb[k], _mm256_div_ps(V(1.0f), cs[k]), top), _mm256_mul_ps(cs[k], cs[k]));
+        }
+        for (int k = 0; k < ncand; k += 2) {
+            int k1 = k + 1 < ncand ? k + 1 : k; /* an odd count evaluates the last one twice */
+            v8 e[2];
+            v8 i0 = _mm256_div_ps(V(1.0f), cs[k]), i1 = _mm256_div_ps(V(1.0f), cs[k1]);
+            if (cuts[2 * k] == cuts[2 * k1]) /* same low cut: the same bias on every lane */
+                err8x2_same_b(T, d, cb[k], i0, i1, top, e);
+            else
+                err8x2(T, d, cb[k], i0, cb[k1], i1, top, e);
+            ce[k] = e[0], ce[k1] = e[1];
+        }
+        for (int k = 0; k < ncand; k++) {
+            ce[k] = _mm256_mul_ps(ce[k], _mm256_mul_ps(cs[k], cs[k]));
             ct[k] = tag8(ce[k], k);
             low = _mm256_min_ps(low, ct[k]);
         }
@@ -211,10 +272,9 @@ int lowprec_l2_search(const float *x, int64_t rows, int d, const float *lo, cons
         float o[4][8];
         _mm256_storeu_ps(o[0], bs), _mm256_storeu_ps(o[1], bb), _mm256_storeu_ps(o[2], be);
         _mm256_storeu_ps(o[3], ce[0]);
-        for (int r = 0; r < m; r++) {
+        for (int r = 0; r < m; r++)
             scale[i + r] = o[0][r], bias[i + r] = o[1][r], err[i + r] = o[2][r], err_mm[i + r] = o[3][r];
-            pack_row(x + (i + r) * d, d, o[1][r], 1.0f / o[0][r], ftop, bits, packed + (i + r) * pstride);
-        }
+        pack8(T, d, bb, _mm256_div_ps(V(1.0f), bs), top, bits, m, packed + i * pstride, pstride);
     }
     _mm_free(T);
     return 0;

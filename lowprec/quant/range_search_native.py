@@ -79,7 +79,7 @@ def _build() -> ctypes.CDLL:
     dll = ctypes.CDLL(str(lib))
     f = dll.lowprec_l2_search
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    f.argtypes = [p, i64, i32, p, p, p, i32, i32, i32, ctypes.c_float, p, p, p, p, p, i64]
+    f.argtypes = [p, i64, i32, p, p, i32, p, i32, i32, i32, ctypes.c_float, p, p, p, p, p, i64]
     f.restype = i32
     return dll
 
@@ -95,26 +95,32 @@ def kernel() -> ctypes.CDLL | None:
     return _state["lib"]  # type: ignore[return-value]
 
 
-def search(x: Tensor, lo: Tensor, hi: Tensor, cuts: tuple[tuple[float, float], ...], bits: int,
-           steps: int, relaxation: float, out: tuple[Tensor, ...], packed: Tensor) -> None:
-    """Run the kernel on rows x [rows, dim] (float32, contiguous) with row ranges lo/hi.
+def search(x: Tensor, lo: Tensor | None, hi: Tensor | None, cuts: tuple[tuple[float, float], ...], bits: int,
+           steps: int, relaxation: float, out: tuple[Tensor, ...], packed: Tensor) -> tuple[Tensor, Tensor]:
+    """Run the kernel on rows x [rows, dim] (float32, contiguous); returns the row ranges (lo, hi).
 
-    out = (scale, bias, err, err_minmax), float32 [rows, 1] contiguous; packed is uint8
-    [rows, dim * bits / 8] with unit stride along a row (any row stride).
+    Without lo/hi the kernel takes each row's min and max itself (in the same read), NaN for both
+    on rows holding a NaN or an infinity (the caller reports those). out = (scale, bias, err,
+    err_minmax), float32 [rows, 1] contiguous; packed is uint8 [rows, dim * bits / 8] with unit
+    stride along a row (any row stride).
     """
-    lib = kernel()
     rows, dim = x.shape
+    given = lo is not None and hi is not None
+    lo, hi = ((t.reshape(-1).to(torch.float32).contiguous() for t in (lo, hi)) if given
+              else (x.new_empty(rows), x.new_empty(rows)))
     if rows == 0:
-        return
+        return lo.reshape(-1, 1), hi.reshape(-1, 1)
+    lib = kernel()
     if lib is None:
         raise RuntimeError("the native L2 range search kernel is unavailable")
     if not (x.is_contiguous() and x.dtype == torch.float32 and packed.stride(1) == 1):
         raise ValueError("native search needs contiguous float32 rows and unit-stride packed codes")
-    lo, hi = (t.reshape(-1).to(torch.float32).contiguous() for t in (lo, hi))
+    if not all(t.is_contiguous() and t.numel() == rows for t in out):
+        raise ValueError("native search outputs must be contiguous, one value per row")
     cut = torch.tensor(cuts, dtype=torch.float32).reshape(-1)
-    assert all(t.is_contiguous() and t.numel() == rows for t in out)
     rc = lib.lowprec_l2_search(
-        x.data_ptr(), rows, dim, lo.data_ptr(), hi.data_ptr(), cut.data_ptr(), len(cuts), bits, steps,
-        relaxation, *(t.data_ptr() for t in out), packed.data_ptr(), packed.stride(0))
+        x.data_ptr(), rows, dim, lo.data_ptr(), hi.data_ptr(), int(given), cut.data_ptr(), len(cuts), bits,
+        steps, relaxation, *(t.data_ptr() for t in out), packed.data_ptr(), packed.stride(0))
     if rc:
-        raise ValueError(f"native L2 range search rejected its arguments (dim {dim}, {bits} bits)")
+        raise ValueError(f"native L2 range search rejected its arguments (dim {dim}, {bits} bits, code {rc})")
+    return lo.reshape(-1, 1), hi.reshape(-1, 1)
