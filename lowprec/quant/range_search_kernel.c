@@ -112,18 +112,25 @@ static void err8x2(const float *T, int64_t d, v8 b0, v8 i0, v8 b1, v8 i1, v8 top
     out[0] = _mm256_add_ps(a0, a1), out[1] = _mm256_add_ps(c0, c1);
 }
 
+#define STEP_TERMS(xv, r, s1, s2)                                       \
+    do {                                                                \
+        v8 t_ = _mm256_mul_ps(_mm256_sub_ps((xv), b), inv);             \
+        v8 q_ = RINT(_mm256_min_ps(_mm256_max_ps(t_, zero), top));      \
+        v8 e_ = _mm256_sub_ps(t_, q_);                                  \
+        r = ACC_SQ(r, e_), s1 = _mm256_add_ps(s1, q_), s2 = ACC_SQ(s2, q_); \
+    } while (0)
+
 /* Per lane: sum (t - q)^2, sum q, sum q^2 (one refinement step's pass); even and odd j apart. */
 static void sums8(const float *T, int64_t d, v8 b, v8 inv, v8 top, v8 out[3]) {
     const v8 zero = _mm256_setzero_ps();
-    v8 acc[2][3] = {{zero, zero, zero}, {zero, zero, zero}};
-    for (int64_t j = 0; j < d; j++) {
-        v8 *a = acc[j & 1];
-        v8 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), b), inv);
-        v8 q = RINT(_mm256_min_ps(_mm256_max_ps(t, zero), top));
-        v8 e = _mm256_sub_ps(t, q);
-        a[0] = ACC_SQ(a[0], e), a[1] = _mm256_add_ps(a[1], q), a[2] = ACC_SQ(a[2], q);
+    v8 r0 = zero, p0 = zero, q0 = zero, r1 = zero, p1 = zero, q1 = zero; /* kept in registers */
+    int64_t j = 0;
+    for (; j + 2 <= d; j += 2) {
+        STEP_TERMS(_mm256_loadu_ps(T + 8 * j), r0, p0, q0);
+        STEP_TERMS(_mm256_loadu_ps(T + 8 * j + 8), r1, p1, q1);
     }
-    for (int i = 0; i < 3; i++) out[i] = _mm256_add_ps(acc[0][i], acc[1][i]);
+    if (j < d) STEP_TERMS(_mm256_loadu_ps(T + 8 * j), r0, p0, q0);
+    out[0] = _mm256_add_ps(r0, r1), out[1] = _mm256_add_ps(p0, p1), out[2] = _mm256_add_ps(q0, q1);
 }
 
 /* FBGEMM's (scale, bias) for the ranges [lo, hi] (range_search.qparams_from_range). */
@@ -155,30 +162,38 @@ static void refit8(v8 n, v8 mean, v8 var, v8 w, const v8 sums[3], v8 *s, v8 *b) 
     *s = BLEND(*s, ns, ok), *b = BLEND(*b, nb, ok);
 }
 
-/* Per lane: mean and E[(x - mean)^2]. */
+/* Per lane: mean and E[(x - mean)^2]; two partial sums each (no long add chain). */
 static v8 mean_var8(const float *T, int64_t d, v8 n, v8 *var) {
-    v8 a = _mm256_setzero_ps();
-    for (int64_t j = 0; j < d; j++) a = _mm256_add_ps(a, _mm256_loadu_ps(T + 8 * j));
-    v8 mean = _mm256_div_ps(a, n);
-    a = _mm256_setzero_ps();
-    for (int64_t j = 0; j < d; j++) {
-        v8 u = _mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), mean);
-        a = _mm256_add_ps(a, _mm256_mul_ps(u, u));
+    v8 a0 = _mm256_setzero_ps(), a1 = a0;
+    int64_t j = 0;
+    for (; j + 2 <= d; j += 2)
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(T + 8 * j)), a1 = _mm256_add_ps(a1, _mm256_loadu_ps(T + 8 * j + 8));
+    if (j < d) a0 = _mm256_add_ps(a0, _mm256_loadu_ps(T + 8 * j));
+    v8 mean = _mm256_div_ps(_mm256_add_ps(a0, a1), n);
+    a0 = a1 = _mm256_setzero_ps();
+    for (j = 0; j + 2 <= d; j += 2) {
+        v8 u0 = _mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), mean), u1 = _mm256_sub_ps(_mm256_loadu_ps(T + 8 * j + 8), mean);
+        a0 = ACC_SQ(a0, u0), a1 = ACC_SQ(a1, u1);
     }
-    *var = _mm256_div_ps(a, n);
+    if (j < d) {
+        v8 u = _mm256_sub_ps(_mm256_loadu_ps(T + 8 * j), mean);
+        a0 = ACC_SQ(a0, u);
+    }
+    *var = _mm256_div_ps(_mm256_add_ps(a0, a1), n);
     return mean;
 }
 
 /* Per lane: min and max over the row; NaN for both where the row holds a NaN or an infinity. */
 static void range8(const float *T, int64_t d, v8 *lo, v8 *hi) {
-    v8 mn = V(INFINITY), mx = V(-INFINITY), z = _mm256_setzero_ps(), zero = _mm256_setzero_ps();
+    v8 mn = V(INFINITY), mx = V(-INFINITY), nan = _mm256_setzero_ps();
     for (int64_t j = 0; j < d; j++) {
         v8 v = _mm256_loadu_ps(T + 8 * j);
         mn = _mm256_min_ps(mn, v), mx = _mm256_max_ps(mx, v);
-        z = _mm256_add_ps(z, _mm256_mul_ps(v, zero)); /* NaN once any value is NaN or infinite */
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     }
-    v8 bad = _mm256_cmp_ps(z, z, _CMP_UNORD_Q), nan = V(NAN);
-    *lo = BLEND(mn, nan, bad), *hi = BLEND(mx, nan, bad);
+    v8 z = _mm256_mul_ps(_mm256_sub_ps(mx, mn), _mm256_setzero_ps()); /* NaN where mn or mx is infinite */
+    v8 bad = _mm256_or_ps(nan, _mm256_cmp_ps(z, z, _CMP_UNORD_Q));
+    *lo = BLEND(mn, V(NAN), bad), *hi = BLEND(mx, V(NAN), bad);
 }
 
 static inline v8 tag8(v8 e, int k) { /* errors >= 0 order like their bits; k goes in the low 4 */
@@ -186,25 +201,55 @@ static inline v8 tag8(v8 e, int k) { /* errors >= 0 order like their bits; k goe
     return _mm256_castsi256_ps(_mm256_or_si256(u, _mm256_set1_epi32(k)));
 }
 
-/* The codes of 8 rows (lane r = row i + r) packed into their rows of `out`, low bits first. */
+/* 8 vectors c[0..7] -> their transpose: lane r of result k is lane k of c[r]. */
+static void transpose_regs(v8 c[8]) {
+    v8 t0 = _mm256_unpacklo_ps(c[0], c[1]), t1 = _mm256_unpackhi_ps(c[0], c[1]);
+    v8 t2 = _mm256_unpacklo_ps(c[2], c[3]), t3 = _mm256_unpackhi_ps(c[2], c[3]);
+    v8 t4 = _mm256_unpacklo_ps(c[4], c[5]), t5 = _mm256_unpackhi_ps(c[4], c[5]);
+    v8 t6 = _mm256_unpacklo_ps(c[6], c[7]), t7 = _mm256_unpackhi_ps(c[6], c[7]);
+    v8 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    v8 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    v8 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    v8 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    c[0] = _mm256_permute2f128_ps(u0, u4, 0x20), c[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    c[2] = _mm256_permute2f128_ps(u2, u6, 0x20), c[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    c[4] = _mm256_permute2f128_ps(u0, u4, 0x31), c[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    c[6] = _mm256_permute2f128_ps(u2, u6, 0x31), c[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* Per lane: byte `i` of the packed row (codes i * per .. i * per + per - 1), in an int32. */
+static inline __m256i code_byte(const float *T, int64_t i, int per, int bits, v8 b, v8 inv, v8 top) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int k = 0; k < per; k++) {
+        v8 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * (i * per + k)), b), inv);
+        t = _mm256_min_ps(_mm256_max_ps(RINT(t), _mm256_setzero_ps()), top);
+        acc = _mm256_or_si256(acc, _mm256_slli_epi32(_mm256_cvtps_epi32(t), k * bits));
+    }
+    return acc;
+}
+
+/* The codes of 8 rows (lane r = row r of `out`) packed into their rows, low bits first: 32 bytes
+   a row at a time through a register transpose, the tail (rows of < 32 bytes left) byte by byte. */
 static void pack8(const float *T, int64_t d, v8 b, v8 inv, v8 top, int bits, int m, uint8_t *out, int64_t stride) {
     const int per = 8 / bits; /* codes per byte */
     const int64_t nbytes = d / per;
-    uint32_t tmp[8 * 8]; /* up to 8 bytes x 8 rows, flushed every 8 bytes */
-    for (int64_t i0 = 0; i0 < nbytes; i0 += 8) {
-        int64_t nb = nbytes - i0 < 8 ? nbytes - i0 : 8;
-        for (int64_t i = 0; i < nb; i++) {
-            __m256i acc = _mm256_setzero_si256();
-            for (int k = 0; k < per; k++) {
-                v8 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(T + 8 * ((i0 + i) * per + k)), b), inv);
-                t = _mm256_min_ps(_mm256_max_ps(RINT(t), _mm256_setzero_ps()), top);
-                acc = _mm256_or_si256(acc, _mm256_slli_epi32(_mm256_cvtps_epi32(t), k * bits));
-            }
-            _mm256_storeu_si256((__m256i *)(tmp + 8 * i), acc);
+    int64_t i0 = 0;
+    for (; i0 + 32 <= nbytes; i0 += 32) {
+        v8 w[8];
+        for (int g = 0; g < 8; g++) { /* bytes i0 + 4 g .. + 3 of every row, as one int32 a lane */
+            __m256i word = code_byte(T, i0 + 4 * g, per, bits, b, inv, top);
+            for (int k = 1; k < 4; k++)
+                word = _mm256_or_si256(word, _mm256_slli_epi32(code_byte(T, i0 + 4 * g + k, per, bits, b, inv, top), 8 * k));
+            w[g] = _mm256_castsi256_ps(word);
         }
-        for (int r = 0; r < m; r++)
-            for (int64_t i = 0; i < nb; i++) out[r * stride + i0 + i] = (uint8_t)tmp[8 * i + r];
+        transpose_regs(w); /* w[r] = the 32 bytes of row r */
+        for (int r = 0; r < m; r++) _mm256_storeu_si256((__m256i *)(out + r * stride + i0), _mm256_castps_si256(w[r]));
     }
+    uint32_t tmp[8 * 32];
+    for (int64_t i = i0; i < nbytes; i++)
+        _mm256_storeu_si256((__m256i *)(tmp + 8 * (i - i0)), code_byte(T, i, per, bits, b, inv, top));
+    for (int r = 0; r < m; r++)
+        for (int64_t i = i0; i < nbytes; i++) out[r * stride + i] = (uint8_t)tmp[8 * (i - i0) + r];
 }
 
 /* The search over `rows` rows of x [rows, d] (row-major), 8 rows at a time (one per lane);
