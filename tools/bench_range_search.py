@@ -10,6 +10,11 @@ and compares what they choose: the share of rows with the same (scale, bias) as 
 total squared error of each against eager's and FBGEMM's min/max.
 
     .venv/bin/python tools/bench_range_search.py --rows 500000 --repeats 5
+
+`--parts` instead profiles where the native path's time goes, per part: the kernel alone with one
+candidate and no refinement (reading the rows, their ranges, one error pass, the codes), with all
+candidates, with the refinement steps (the whole search), then all of `fused_rows` (plus the
+min/max qparams, the guard's exact re-scoring of near-ties, the fused rows); CPU ms, median [min-max].
 """
 
 from __future__ import annotations
@@ -64,6 +69,33 @@ def bench(rows: int, dim: int, bits: int, repeats: int, backends: list[str]) -> 
             "gbs_cpu": cpu, "gbs_wall": wall, "err": err, "same_qparams": same}
 
 
+def parts(rows: int, dim: int, bits: int, repeats: int) -> list[str]:
+    """Per-part CPU time of the native path (see the module docstring): table rows."""
+    from lowprec.quant import range_search_native
+
+    torch.set_num_threads(1)
+    x = table(rows, dim)
+    full = RangeSearchConfig.for_bits(bits, dim)
+    steps = {"kernel: read, row ranges, 1 candidate, codes": (((0.0, 0.0),), 0),
+             f"kernel: + all {len(full.candidates)} candidates": (full.candidates, 0),
+             f"kernel: + {full.refine_steps} refinement steps (the search)": (full.candidates, full.refine_steps)}
+    out = tuple(torch.empty(rows, 1) for _ in range(4))
+    packed = torch.empty(rows, dim * bits // 8, dtype=torch.uint8)
+    spent: dict[str, list[float]] = {k: [] for k in [*steps, "fused_rows(x, bits, 'l2'), all of it"]}
+    fused_rows(x[:4096], bits, "l2")
+    for _ in range(repeats):
+        for k, (cands, n) in steps.items():
+            c = time.thread_time()
+            range_search_native.search(x, None, None, cands, bits, n, full.relaxation, out, packed)
+            spent[k].append(time.thread_time() - c)
+        c = time.thread_time()
+        fused_rows(x, bits, "l2")
+        spent["fused_rows(x, bits, 'l2'), all of it"].append(time.thread_time() - c)
+    gb = x.numel() * 4 / 1e9
+    return [f"| {bits} | {rows:,} x {dim} | {k} | {1e3 * statistics.median(v):.0f} [{1e3 * min(v):.0f}-"
+            f"{1e3 * max(v):.0f}] | {gb / statistics.median(v):.2f} |" for k, v in spent.items()]
+
+
 def render(results: list[dict], cmd: str, load: tuple[float, float], repeats: int) -> str:
     backends = list(results[0]["gbs_cpu"])
     ref = backends[0]
@@ -111,9 +143,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backends", default="eager,compile,native",
                     help="comma-separated; the first is the reference of the ratios")
+    ap.add_argument("--parts", action="store_true", help="profile the native path per part instead")
     args = ap.parse_args()
     cmd = "python tools/bench_range_search.py " + " ".join(sys.argv[1:])
     start = os.getloadavg()[0]
+    if args.parts:
+        table_rows = [r for d in args.dim.split(",") for b in args.bits.split(",")
+                      for r in parts(args.rows * 64 // int(d), int(d), int(b), args.repeats)]
+        print("\n".join([f"Command: `{cmd}`", "", machine_line(machine(1)),
+                         f"1-min load average {start:.1f} at start, {os.getloadavg()[0]:.1f} at end; CPU ms of one "
+                         "thread, median [min-max] over the repeats.", "",
+                         "| bits | rows x dim | part (cumulative) | CPU ms | GB/s |", "| --- | --- | --- | --- | --- |",
+                         *table_rows]))
+        return
     backends = args.backends.split(",")
     results = [bench(args.rows * 64 // int(d), int(d), int(b), args.repeats, backends)
                for d in args.dim.split(",") for b in args.bits.split(",")]
