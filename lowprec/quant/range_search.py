@@ -26,6 +26,10 @@ values that stay in cache:
 During the search E is evaluated as s^2 sum_j (t_j - q_j)^2 with t = (x - b) / s in fp32; the
 caller (`rowwise._guard`) re-scores near-ties with min/max exactly, so the result is never worse
 than min/max on any row.
+
+Backends (`RangeSearchConfig.backend`): the C kernel of `range_search_native` ("native"; "auto"
+wherever it builds), the same steps as torch ops below ("eager"), or those with the error passes
+torch.compile'd ("compile"; "auto" takes it for >= 2**25 values when the kernel cannot be built).
 """
 
 from __future__ import annotations
@@ -167,7 +171,7 @@ class _Kernels:
     """The two passes over the rows the torch backends make, eager or torch.compile'd.
 
     The default is neither: "auto" (and "native") run the whole search in the C kernel of
-    `range_search_native` (~10x the eager search, same definition), and fall back here only where
+    `range_search_native` (6-11x the eager search, same definition), and fall back here only where
     it cannot be built (no C compiler, no AVX2/F16C, not x86-64), with a warning.
 
     The compiled versions fuse each candidate's 5 passes into one (the search runs ~1.8x faster)

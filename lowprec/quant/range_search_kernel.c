@@ -1,11 +1,12 @@
-/* The L2 range search of lowprec/quant/range_search.py, one row at a time, in C (AVX + F16C).
+/* The L2 range search of lowprec/quant/range_search.py in C (AVX2 + F16C), 8 rows at a time.
 
-   Owns nothing but speed: it computes what `range_search._search_chunk` computes (the candidate
-   grid, the tagged argmin, the over-relaxed least-squares steps, the final codes, packed), in the
-   same float32 operations in the same order per value, so a row's qparams differ from the eager
-   search only where sums taken in another order fall on the other side of a near-tie. Each row
-   (a few hundred bytes) stays in L1 for all its passes: the search reads each value from memory
-   once. Built on first use by `range_search_native` (cc -O3 -march=native); see its docstring.
+   Owns nothing but speed: it computes what `range_search._search_chunk` computes (row ranges, the
+   candidate grid, the tagged argmin, the over-relaxed least-squares steps, the final codes, packed)
+   with the same float32 operations per value, so a row's qparams differ from the eager search only
+   where sums taken in another order fall on the other side of a near-tie. Each group of 8 rows is
+   transposed once into a 2 KB block (one row per vector lane) that stays in L1 for all the passes:
+   the search reads each value from memory once, and the per-row arithmetic (fp16 rounding, argmin,
+   refit) is vector code across the 8 rows. Built on first use by `range_search_native`.
 */
 #include <immintrin.h>
 #include <math.h>
