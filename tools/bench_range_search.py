@@ -1,13 +1,20 @@
-"""The L2 range search's two backends side by side: eager torch ops vs the torch.compile'd passes.
+"""The L2 range search's backends side by side: the C kernel vs the torch backends it replaces.
 
-`fused_rows(x, bits, "l2")` runs its error passes eagerly (5 passes over the rows per candidate:
-memory-bound) or as torch.compile'd kernels (one fused pass per candidate grid / refinement step);
-"auto" compiles for tables of >= 2**25 values, i.e. every 256 MB chunk convert streams. This times
-both on the same rows, interleaved (after one warm-up call that pays the one-off compile), and
-compares what they choose: the share of rows with the same (scale, bias), and the total squared
-error of each against FBGEMM's min/max.
+`fused_rows(x, bits, "l2")` runs the search in the C kernel ("native", the default where it builds;
+`range_search_native`), or with eager torch ops (5 passes over the rows per candidate: memory-bound)
+or with torch.compile'd passes (one fused pass per candidate grid / refinement step). Before the
+kernel, "auto" meant eager below 2**25 values and compiled above. This times the backends on the
+same rows, interleaved (after one warm-up call each, which pays the one-off build or compile), as
+GB/s of fp32 input through the whole `fused_rows` (row ranges, search, min/max guard, fused rows),
+and compares what they choose: the share of rows with the same (scale, bias) as eager, and the
+total squared error of each against eager's and FBGEMM's min/max.
 
     .venv/bin/python tools/bench_range_search.py --rows 500000 --repeats 5
+
+`--parts` instead profiles where the native path's time goes, per part: the kernel alone with one
+candidate and no refinement (reading the rows, their ranges, one error pass, the codes), with all
+candidates, with the refinement steps (the whole search), then all of `fused_rows` (plus the
+min/max qparams, the guard's exact re-scoring of near-ties, the fused rows); CPU ms, median [min-max].
 """
 
 from __future__ import annotations
@@ -34,15 +41,17 @@ def table(rows: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(rows, dim, generator=g) * torch.rand(rows, 1, generator=g)
 
 
-def bench(rows: int, dim: int, bits: int, repeats: int) -> dict:
+def bench(rows: int, dim: int, bits: int, repeats: int, backends: list[str]) -> dict:
     torch.set_num_threads(1)
     x = table(rows, dim)
     gb = x.numel() * 4 / 1e9
     base = RangeSearchConfig.for_bits(bits, dim)
-    cfgs = {b: RangeSearchConfig(base.candidates, backend=b) for b in ("eager", "compile")}
-    t = time.perf_counter()
-    fused_rows(x[:4096], bits, "l2", config=cfgs["compile"])
-    compile_s = time.perf_counter() - t
+    cfgs = {b: RangeSearchConfig(base.candidates, backend=b) for b in backends}
+    warm = {}
+    for b, cfg in cfgs.items():
+        t = time.perf_counter()
+        fused_rows(x[:4096], bits, "l2", config=cfg)
+        warm[b] = time.perf_counter() - t
     wall = {b: [] for b in cfgs}
     cpu = {b: [] for b in cfgs}
     out = {}
@@ -54,47 +63,102 @@ def bench(rows: int, dim: int, bits: int, repeats: int) -> dict:
             wall[b].append(gb / (time.perf_counter() - w))
     err = {b: (fused_to_float(o, bits, dim) - x).double().square().sum().item() for b, o in out.items()}
     err["minmax"] = (fused_to_float(fused_rows(x, bits), bits, dim) - x).double().square().sum().item()
-    same = (out["eager"][:, :4] == out["compile"][:, :4]).all(1).double().mean().item()
-    return {"rows": rows, "dim": dim, "bits": bits, "gb": gb, "compile_s": compile_s,
+    ref = out[backends[0]]
+    same = {b: (o[:, :4] == ref[:, :4]).all(1).double().mean().item() for b, o in out.items()}
+    return {"rows": rows, "dim": dim, "bits": bits, "gb": gb, "warm_s": warm,
             "gbs_cpu": cpu, "gbs_wall": wall, "err": err, "same_qparams": same}
 
 
+def parts(rows: int, dim: int, bits: int, repeats: int) -> list[str]:
+    """Per-part CPU time of the native path (see the module docstring): table rows."""
+    from lowprec.quant import range_search_native
+
+    torch.set_num_threads(1)
+    x = table(rows, dim)
+    full = RangeSearchConfig.for_bits(bits, dim)
+    steps = {"kernel: read, row ranges, 1 candidate, codes": (((0.0, 0.0),), 0),
+             f"kernel: + all {len(full.candidates)} candidates": (full.candidates, 0),
+             f"kernel: + {full.refine_steps} refinement steps (the search)": (full.candidates, full.refine_steps)}
+    out = tuple(torch.empty(rows, 1) for _ in range(4))
+    packed = torch.empty(rows, dim * bits // 8, dtype=torch.uint8)
+    spent: dict[str, list[float]] = {k: [] for k in [*steps, "fused_rows(x, bits, 'l2'), all of it"]}
+    fused_rows(x[:4096], bits, "l2")
+    for _ in range(repeats):
+        for k, (cands, n) in steps.items():
+            c = time.thread_time()
+            range_search_native.search(x, None, None, cands, bits, n, full.relaxation, out, packed)
+            spent[k].append(time.thread_time() - c)
+        c = time.thread_time()
+        fused_rows(x, bits, "l2")
+        spent["fused_rows(x, bits, 'l2'), all of it"].append(time.thread_time() - c)
+    gb = x.numel() * 4 / 1e9
+    return [f"| {bits} | {rows:,} x {dim} | {k} | {1e3 * statistics.median(v):.0f} [{1e3 * min(v):.0f}-"
+            f"{1e3 * max(v):.0f}] | {gb / statistics.median(v):.2f} |" for k, v in spent.items()]
+
+
 def render(results: list[dict], cmd: str, load: tuple[float, float], repeats: int) -> str:
+    backends = list(results[0]["gbs_cpu"])
+    ref = backends[0]
     lines = [f"Command: `{cmd}`", "", machine_line(machine(1)),
              f"1-min load average {load[0]:.1f} at start, {load[1]:.1f} at end; {repeats} interleaved "
-             "repeats after a warm-up; one thread; GB/s of fp32 input, median [min-max].", "",
-             "| bits | rows x dim | clock | eager GB/s | compiled GB/s | compiled / eager | "
-             "MSE eager / min-max | MSE compiled / eager | rows with the same (scale, bias) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "repeats after a warm-up; one thread; GB/s of fp32 input through `fused_rows(x, bits, 'l2')`, "
+             "median [min-max]; ratios are per repeat.", "",
+             "| bits | rows x dim | clock | " + " | ".join(f"{b} GB/s" for b in backends) + " | " +
+             " | ".join(f"{b} / {ref}" for b in backends[1:]) + " | MSE " + ref + " / min-max | " +
+             " | ".join(f"MSE {b} / {ref}" for b in backends[1:]) + " | " +
+             " | ".join(f"same (scale, bias) {b} as {ref}" for b in backends[1:]) + " |",
+             "| " + " | ".join(["---"] * (5 + 3 * (len(backends) - 1) + 1)) + " |"]
 
     def med(v: list[float]) -> str:
         return f"{statistics.median(v):.3f} [{min(v):.3f}-{max(v):.3f}]"
 
     for r in results:
+        e = r["err"]
         for clock in ("cpu", "wall"):
             g = r[f"gbs_{clock}"]
-            ratio = sorted(c / e for c, e in zip(g["compile"], g["eager"]))
-            e = r["err"]
-            lines.append(f"| {r['bits']} | {r['rows']:,} x {r['dim']} | {clock} | {med(g['eager'])} | "
-                         f"{med(g['compile'])} | {statistics.median(ratio):.2f}x [{ratio[0]:.2f}-{ratio[-1]:.2f}] | "
-                         f"{e['eager'] / e['minmax']:.4f} | {e['compile'] / e['eager']:.7f} | "
-                         f"{100 * r['same_qparams']:.3f}% |")
+            ratios = []
+            for b in backends[1:]:
+                q = sorted(c / o for c, o in zip(g[b], g[ref]))
+                ratios.append(f"{statistics.median(q):.2f}x [{q[0]:.2f}-{q[-1]:.2f}]")
+            lines.append(f"| {r['bits']} | {r['rows']:,} x {r['dim']} | {clock} | " +
+                         " | ".join(med(g[b]) for b in backends) + " | " + " | ".join(ratios) +
+                         f" | {e[ref] / e['minmax']:.4f} | " +
+                         " | ".join(f"{e[b] / e[ref]:.7f}" for b in backends[1:]) + " | " +
+                         " | ".join(f"{100 * r['same_qparams'][b]:.3f}%" for b in backends[1:]) + " |")
     lines.append("")
-    lines.append("One-off compile (first call, torch's cache as found): " +
-                 ", ".join(f"{r['bits']}-bit {r['compile_s']:.0f} s" for r in results))
+    lines.append("First call on 4096 rows (pays the kernel build / torch.compile, caches as found): " + "; ".join(
+        f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {s:.1f} s" for b, s in r["warm_s"].items())
+        for r in results))
+    lines.append("Total squared error (float64, of the dequantized rows): " + "; ".join(
+        f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {v:.6e}" for b, v in r["err"].items())
+        for r in results))
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=500_000)
-    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--dim", default="64", help="comma-separated dims")
     ap.add_argument("--bits", default="4,2")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backends", default="eager,compile,native",
+                    help="comma-separated; the first is the reference of the ratios")
+    ap.add_argument("--parts", action="store_true", help="profile the native path per part instead")
     args = ap.parse_args()
     cmd = "python tools/bench_range_search.py " + " ".join(sys.argv[1:])
     start = os.getloadavg()[0]
-    results = [bench(args.rows, args.dim, int(b), args.repeats) for b in args.bits.split(",")]
+    if args.parts:
+        table_rows = [r for d in args.dim.split(",") for b in args.bits.split(",")
+                      for r in parts(args.rows * 64 // int(d), int(d), int(b), args.repeats)]
+        print("\n".join([f"Command: `{cmd}`", "", machine_line(machine(1)),
+                         f"1-min load average {start:.1f} at start, {os.getloadavg()[0]:.1f} at end; CPU ms of one "
+                         "thread, median [min-max] over the repeats.", "",
+                         "| bits | rows x dim | part (cumulative) | CPU ms | GB/s |", "| --- | --- | --- | --- | --- |",
+                         *table_rows]))
+        return
+    backends = args.backends.split(",")
+    results = [bench(args.rows * 64 // int(d), int(d), int(b), args.repeats, backends)
+               for d in args.dim.split(",") for b in args.bits.split(",")]
     print(render(results, cmd, (start, os.getloadavg()[0]), args.repeats))
 
 

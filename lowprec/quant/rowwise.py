@@ -269,7 +269,10 @@ def _raise_first_bad(bad: Tensor, what: str) -> None:
 
 
 def _row_ranges(x: Tensor) -> tuple[Tensor, Tensor]:
-    lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
+    return _checked_ranges(x.amin(1, keepdim=True), x.amax(1, keepdim=True))
+
+
+def _checked_ranges(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     _raise_first_bad(~(torch.isfinite(lo) & torch.isfinite(hi))[:, 0], "contains NaN or Inf")
     return lo, hi
 
@@ -291,26 +294,30 @@ def _encode_minmax(x: Tensor, bits: int, ranges: tuple[Tensor, Tensor] | None = 
 
 
 def _encode_l2(x: Tensor, bits: int, weights: Tensor | None, cfg: RangeSearchConfig | None, codes: Tensor):
-    """Encoding of the L2 search (min/max on rows with zero weight); packed codes go to `codes`."""
-    lo, hi = _row_ranges(x)
-    minmax = _encode_minmax(x, bits, (lo, hi))
+    """Encoding of the L2 search (min/max on rows with zero weight); packed codes go to `codes`.
+    Without weights the search takes the row ranges itself (the native kernel in its one read)."""
     active = _active_rows(weights, x.shape[0])
-    if active is not None:
-        _packed_codes(x, bits, minmax, codes)
-        if active.numel() == 0:
-            return minmax
-        x, mm, lo, hi = x.index_select(0, active), minmax.take(active), lo[active], hi[active]
-    else:
-        mm = minmax
-    res = search_ranges(x, bits, cfg, lo, hi, packed=codes if active is None else None)
-    found = _Encoding(res.scale, res.bias, res.bias, torch.reciprocal(res.scale))
-    revert = _guard(x, bits, found, mm, res.err, res.err_minmax)
-    found = found.put(revert, mm.take(revert))
-    res.packed[revert] = _packed_codes(x.index_select(0, revert), bits, mm.take(revert))
     if active is None:
-        return found
+        res = search_ranges(x, bits, cfg, packed=codes)
+        mm = _encode_minmax(x, bits, _checked_ranges(res.lo, res.hi))
+        return _guarded(x, bits, res, mm)
+    minmax = _encode_minmax(x, bits, ranges := _row_ranges(x))
+    _packed_codes(x, bits, minmax, codes)
+    if active.numel() == 0:
+        return minmax
+    x, mm, lo, hi = x.index_select(0, active), minmax.take(active), ranges[0][active], ranges[1][active]
+    res = search_ranges(x, bits, cfg, lo, hi)
+    found = _guarded(x, bits, res, mm)
     codes[active] = res.packed
     return minmax.put(active, found)
+
+
+def _guarded(x: Tensor, bits: int, res, mm: _Encoding) -> _Encoding:
+    """The search's encoding with min/max put back where it is not worse (`_guard`), codes too."""
+    found = _Encoding(res.scale, res.bias, res.bias, torch.reciprocal(res.scale))
+    revert = _guard(x, bits, found, mm, res.err, res.err_minmax)
+    res.packed[revert] = _packed_codes(x.index_select(0, revert), bits, mm.take(revert))
+    return found.put(revert, mm.take(revert))
 
 
 def _guard(x: Tensor, bits: int, found: _Encoding, mm: _Encoding, err: Tensor, err_mm: Tensor) -> Tensor:

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lowprec.quant.range_search import RangeSearchConfig
+from lowprec.quant import range_search_native
+from lowprec.quant.range_search import RangeSearchConfig, search_ranges
 from lowprec.quant.rowwise import (
     dequantize_rows,
     fused_row_bytes,
@@ -287,9 +288,10 @@ def ref_l2(x: np.ndarray, bits: int, cfg: RangeSearchConfig) -> tuple[np.ndarray
     return out[0], out[1], out[2]
 
 
-@pytest.mark.parametrize("backend, bits", [("eager", 8), ("eager", 4), ("eager", 2), ("compile", 4)])
+@pytest.mark.parametrize("backend, bits", [("eager", 8), ("eager", 4), ("eager", 2), ("compile", 4),
+                                           ("native", 8), ("native", 4), ("native", 2)])
 def test_l2_search_follows_its_definition(backend, bits):
-    """Both backends choose what the slow definition chooses: the same (scale, bias) on almost every
+    """Every backend chooses what the slow definition chooses: the same (scale, bias) on almost every
     row (the search scores and fits in fp32, so near-ties and fp16 rounding boundaries may go either
     way), an error within 1e-3 of the definition's on all but 1% of rows, the total within 1e-5."""
     gauss, heavy = _gaussian_and_heavy(rows=80)
@@ -317,6 +319,48 @@ def test_compiled_search_matches_eager_quality():
         assert abs(err_c.sum() / err_e.sum() - 1) < 1e-3  # only near-ties may differ
     with pytest.raises(ValueError, match="backend"):
         RangeSearchConfig(base.candidates, backend="jit")
+
+
+@pytest.mark.parametrize("bits, dim", [(4, 64), (2, 20), (8, 12), (4, 132)])
+def test_native_search_matches_eager(bits, dim):
+    """The C kernel computes the eager search's definition: the same (scale, bias) on almost all rows,
+    the same total error, the exact codes of what it chose, on dims with a tail (not a multiple of 8)
+    and a row count that is not a multiple of 8; its own row ranges equal amin/amax."""
+    g = torch.Generator().manual_seed(dim)
+    x = torch.randn(1003, dim, generator=g) * torch.rand(1003, 1, generator=g)
+    cfg = RangeSearchConfig.for_bits(bits, dim)
+    native = search_ranges(x, bits, RangeSearchConfig(cfg.candidates, backend="native"))
+    eager = search_ranges(x, bits, RangeSearchConfig(cfg.candidates, backend="eager"))
+    assert torch.equal(native.lo, x.amin(1, keepdim=True)) and torch.equal(native.hi, x.amax(1, keepdim=True))
+    same = ((native.scale == eager.scale) & (native.bias == eager.bias)).double().mean()
+    assert same >= 0.99, same
+    assert abs(native.err.double().sum() / eager.err.double().sum() - 1) < 1e-5
+    assert torch.allclose(native.err_minmax, eager.err_minmax, rtol=1e-4, atol=1e-6)
+    s, b = native.scale[:, 0].double().numpy(), native.bias[:, 0].double().numpy()
+    codes = np.clip(np.rint((x.numpy() - b[:, None].astype(F32)) * (F32(1) / s[:, None].astype(F32))), 0, (1 << bits) - 1)
+    np.testing.assert_array_equal(unpack_codes(native.packed, bits).numpy(), codes.astype(np.uint8))
+
+
+def test_native_search_marks_non_finite_rows_and_falls_back(monkeypatch, tmp_path):
+    """Rows with NaN/Inf get NaN ranges from the kernel (fused_rows names the first one); with no
+    compiler the search warns once and runs its torch ops, with the same result as eager."""
+    x = torch.randn(20, 16)
+    x[13, 3] = float("inf")
+    x[17, 0] = float("nan")
+    res = search_ranges(x, 4, RangeSearchConfig.for_bits(4, 16))
+    assert torch.isnan(res.lo[:, 0]).nonzero()[:, 0].tolist() == [13, 17]
+    with pytest.raises(ValueError, match="row 13"):
+        fused_rows(x, 4, "l2")
+    monkeypatch.setattr(range_search_native, "_state", {})
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path / "cache"))
+    y = torch.randn(300, 16)
+    with pytest.warns(UserWarning, match="native L2 range search unavailable"):
+        fallback = fused_rows(y, 4, "l2")
+    assert range_search_native.kernel() is None
+    assert torch.equal(fallback, fused_rows(y, 4, "l2", config=RangeSearchConfig(
+        RangeSearchConfig.for_bits(4, 16).candidates, backend="eager")))
 
 
 def test_zero_weight_rows_use_minmax():
