@@ -111,7 +111,7 @@ class Emulator:
                 self._forms[option.key] = form
             else:
                 self._rows[option.key] = sub.rows
-                self._forms[option.key] = quantize_form(sub.form, choice, sub.counts)
+                self._forms[option.key] = quantize_form(sub.form, choice, sub.counts, backends=sub.backends())
         return self._forms[option.key]
 
     def _touched(self, t: int) -> torch.Tensor:

@@ -27,9 +27,11 @@ from typing import Any
 import torch
 
 from lowprec.quant.hashing import ROW, hash_ids, table_id
+from lowprec.quant.range_search import _Kernels
 from lowprec.serve.forms import ServingForm, dense_form
 from lowprec.serve.sharing import _bucket_means, _check_counts, _hot_options, hot_split
-from lowprec.serve.tiers import TierSpec, tiered_form
+from lowprec.serve.tables import padded_dim
+from lowprec.serve.tiers import COLD, TierSpec, tiered_form
 
 HASH_CHUNK = 1 << 20  # ids hashed at a time (the limb arithmetic holds ~10 temporaries per id)
 
@@ -37,11 +39,20 @@ HASH_CHUNK = 1 << 20  # ids hashed at a time (the limb arithmetic holds ~10 temp
 @dataclass
 class Subset:
     """A table option's form over the looked-up rows: what `quantize_form` reads (`form`, `counts`)
-    and how the lookups address it (`rows`: position in U -> physical row; None: the position)."""
+    and how the lookups address it (`rows`: position in U -> physical row; None: the position).
+    `whole`: per physical table, how many values the whole-table build range-searches in one call."""
 
     form: ServingForm
     counts: torch.Tensor | None
     rows: torch.Tensor | None
+    whole: dict[str, int]
+
+    def backends(self) -> dict[str, str]:
+        """Per physical table, the L2 range-search backend the whole-table build runs. It decides by
+        the values searched at once (lowprec.quant.range_search._Kernels: compiled for large tables),
+        and a row's range is its own within a backend but the backends differ on near-tie rows: so
+        the subset's rows take the whole build's backend, not the one their own size would pick."""
+        return {k: "compile" if _Kernels("auto", n).fused else "eager" for k, n in self.whole.items()}
 
 
 class _Ranked:
@@ -114,8 +125,11 @@ class SubsetForms:
     @staticmethod
     def _dense(key: str, weight: torch.Tensor, counts: Any, touched: torch.Tensor) -> Subset:
         """The rows U themselves, with their access counts (where the rows are the ids)."""
-        sub = torch.as_tensor(counts)[touched] if counts is not None else None
-        return Subset(dense_form(key, weight.index_select(0, touched)), sub, None)
+        n, dim = weight.shape
+        counts = torch.as_tensor(counts) if counts is not None else None
+        active = n if counts is None else int((counts > 0).sum())  # L2 searches rows with counts > 0
+        sub = counts[touched] if counts is not None else None
+        return Subset(dense_form(key, weight.index_select(0, touched)), sub, None, {key: active * padded_dim(dim)})
 
     def _hot(self, key: str, weight: torch.Tensor, spec: dict[str, Any], name: str,
              ranked: _Ranked) -> Subset:
@@ -145,7 +159,7 @@ class SubsetForms:
         rows[hot_u] = torch.arange(n_hot)
         rows[~hot_u] = n_hot + torch.searchsorted(needed, bucket_u)
         # the whole-table form is not rows-are-ids, so quantization reads no counts there either
-        return Subset(dense_form(key, table), None, rows)
+        return Subset(dense_form(key, table), None, rows, {key: (k + b) * padded_dim(weight.shape[1])})
 
     @staticmethod
     def _tiered(key: str, weight: torch.Tensor, spec: dict[str, Any], name: str,
@@ -156,4 +170,6 @@ class SubsetForms:
         tier_u = torch.searchsorted(ends, ranked.touched_ranks(), right=True)
         parts = [torch.nonzero(tier_u == j).squeeze(1) for j in range(len(tiers.tiers) + 1)]
         rows_u = dense_form(key, weight.index_select(0, ranked.touched))
-        return Subset(tiered_form(rows_u, spec, None, name, parts), None, None)
+        sizes, pdim = tiers.sizes(weight.shape[0]), padded_dim(weight.shape[1])
+        whole = {f"{key}.tier{j}": m * pdim for j, m in enumerate(sizes[:-1])} | {f"{key}.{COLD}": sizes[-1] * pdim}
+        return Subset(tiered_form(rows_u, spec, None, name, parts), None, None, whole)

@@ -14,6 +14,7 @@ from lowprec.precision import Precision
 from lowprec.search import subset as subset_mod
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.space import Option, SearchSpace, options_for
+from lowprec.serve.sharing import trained_form
 
 P = Precision
 
@@ -107,3 +108,25 @@ def test_rows_ranked_once_per_table(setup, monkeypatch):
     for o in shared:
         emu.table_pooled(o, "l2")
     assert ranked == [600]
+
+
+def test_subset_rows_take_the_whole_builds_range_search_backend(setup):
+    """The L2 range search picks its backend by the values it searches at once (compiled for large
+    tables; the backends differ on near-tie rows), so each subset records the whole build's size per
+    physical table: the full form's rows (every row searched) or, for a dense table, its accessed rows."""
+    _, ds, model, calib = setup
+    emu = Emulator(model, FloatCache(model, ds, [3], 200, batch_size=128), calib)
+    for name, p, sharing, rm in OPTIONS:
+        o = Option(f"table:{name}", p, sharing)
+        t = emu.names.index(name)
+        emu.table_form(o, rm)
+        counts = calib["row_counts"][name]
+        sub = emu._subsets.subset(t, name, trained_form(model.embeddings[t], model.config.tables[t]),
+                                  o.sharing_dict(), counts, emu._touched(t))
+        full = emu.table_form(o, rm, full=True)
+        if sharing is None:
+            want = {full.physical[0][0].key: int((counts > 0).sum()) * full.physical[0][0].dim}
+        else:
+            want = {tab.key: tab.rows * tab.dim for tab, _ in full.physical}
+        assert sub.whole == want, o.key
+        assert set(sub.backends().values()) == {"eager"}  # tables this small stay eager
