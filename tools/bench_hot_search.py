@@ -14,7 +14,7 @@ them (`Emulator.run_paired([option])`) by
   each repeat pays the table's ranking again (it is in its first option's time);
 - before: the whole-table build the emulator used until then: the serving handlers' form of every
   row (`table_form`), every row quantized, looked up by the logical ids (`table_module(full=True)`).
-Each repeat runs every option "after", then one option "before" (they rotate): a whole-table build
+Each repeat runs every option "after", then one option "before" (--before lists which): a whole-table build
 takes minutes at 10M rows, so "before" gets one measurement per option and "after" --repeats.
 Every "before" measurement also checks that the two paths pool bit-identical outputs.
 Writes reports/bench_hot_search.json (see --out) and prints a markdown table.
@@ -59,7 +59,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tier-layouts", default="0.02:fp16/int4", help="';'-separated; '' for none")
     p.add_argument("--range-method", default="l2")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--before", type=int, default=2, help="options timed on the whole-table path")
+    p.add_argument("--before", default="0,3,6",
+                   help="indices (in the search's option order) of the options timed on the whole-table path")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(bc.REPORTS / "bench_hot_search.json"))
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         accessed = int((calib["row_counts"]["big"] > 0).sum())
         print(f"setup {result['setup_seconds']:.0f} s; {len(options)} options; {touched:,} ids looked up; "
               f"{accessed:,} rows accessed in calibration", file=sys.stderr)
+        before_idx = [int(i) for i in args.before.split(",") if i]
         runs_after: list[dict[str, float]] = []
         runs_before: dict[str, dict[str, Any]] = {}
         peaks = {"after": {}, "before": {}}  # peak MiB of each path, over its runs
@@ -151,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             peaks["after"] = {k: max(v, peaks["after"].get(k, 0.0)) for k, v in sampler.peaks.items()}
             print(f"after {r + 1}: " + ", ".join(f"{k.split('|', 1)[1]} {v:.2f}s" for k, v in res.items()),
                   file=sys.stderr)
-            if r < args.before:
-                o = options[(r * 3) % len(options)]
+            if r < len(before_idx):
+                o = options[before_idx[r] % len(options)]
                 with bc.RssSampler(0.05) as sampler:
                     secs, same = before(model, cache, calib, o, rm, emu)
                 peaks["before"] = {k: max(v, peaks["before"].get(k, 0.0)) for k, v in sampler.peaks.items()}
