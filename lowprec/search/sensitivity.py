@@ -5,7 +5,8 @@ and every intermediate the options can change from: the bottom MLP's output z0, 
 embeddings of every table, and every layer's input. An option then costs only the part of the
 forward pass downstream of what it changes:
 - a table option swaps one table's pooled column (looked up in a real FBGEMM TBE holding that
-  table at the option's precision/sharing) and reruns the interaction and top MLP;
+  table at the option's precision/sharing: only the physical rows the cached batches reach, each
+  as the whole-table build makes it, lowprec.search.subset) and reruns the interaction and top MLP;
 - a layer option reruns from that layer's cached input with the quantized layer (FBGEMM int8).
 `Emulator.run` evaluates any combination the same way, which validation and the exhaustive
 comparison reuse. Tables and layers are built by the serving handlers (lowprec.serve) exactly as
@@ -30,9 +31,10 @@ from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.plan import TableChoice
 from lowprec.search.space import Option
-from lowprec.serve.forms import dense_form
+from lowprec.search.subset import SubsetForms
 from lowprec.serve.layers import layer_codec
 from lowprec.serve.quantize import QuantizedForm, embeddings_from_forms, quantize_form, table_form
+from lowprec.serve.sharing import trained_form
 
 
 @dataclass
@@ -81,8 +83,9 @@ class Emulator:
         self.calibration = calibration or {}
         self.names = model.config.table_names
         self._forms: dict[str, QuantizedForm] = {}
-        self._rows: dict[int, torch.Tensor] = {}  # table -> ids the cached batches look up
-        self._subset: set[str] = set()  # option keys whose form holds only those rows
+        self._ids: dict[int, torch.Tensor] = {}  # table -> ids the cached batches look up
+        self._subsets = SubsetForms()
+        self._rows: dict[str, torch.Tensor | None] = {}  # option key -> its subset form's rows
         self._pooled: dict[str, list[torch.Tensor]] = {}
         self._layers: dict[str, nn.Module] = {}
         self.evaluations = 0
@@ -91,38 +94,41 @@ class Emulator:
         self._graph_cache: DLRMGraph | None = None
 
     def table_form(self, option: Option, range_method: str, full: bool = False) -> QuantizedForm:
-        """The option's quantized table: by default only the rows the cached batches look up (rows
-        quantize one by one, so they are the same rows), `full` the whole table (for timing)."""
+        """The option's quantized table: by default only the physical rows the cached batches reach
+        (lowprec.search.subset: the same rows, bit for bit), `full` the whole table (for timing)."""
         if full or option.key not in self._forms:
             t = self.names.index(option.name)
             counts = self.calibration.get("row_counts", {}).get(option.name)
             choice = TableChoice(option.precision, option.sharing_dict(), range_method)
-            # the model's weights were checked finite when it was loaded or trained
-            form = table_form(self.model.embeddings[t], self.model.config.tables[t], choice, counts,
-                              check=False)
-            if full:
-                return quantize_form(form, choice, counts)
-            if option.sharing is None and form.rows_are_ids:
-                rows, key = self._touched(t), next(iter(form.tables))
-                form = dense_form(key, form.tables[key].index_select(0, rows))
-                counts = torch.as_tensor(counts)[rows] if counts is not None else None
-                self._subset.add(option.key)
-            self._forms[option.key] = quantize_form(form, choice, counts)
+            module, config = self.model.embeddings[t], self.model.config.tables[t]
+            sub = None if full else self._subsets.subset(t, option.name, trained_form(module, config),
+                                                          option.sharing_dict(), counts, self._touched(t))
+            if sub is None:
+                # the model's weights were checked finite when it was loaded or trained
+                form = quantize_form(table_form(module, config, choice, counts, check=False), choice, counts)
+                if full:
+                    return form
+                self._forms[option.key] = form
+            else:
+                self._rows[option.key] = sub.rows
+                self._forms[option.key] = quantize_form(sub.form, choice, sub.counts, backends=sub.backends())
         return self._forms[option.key]
 
     def _touched(self, t: int) -> torch.Tensor:
-        if t not in self._rows:
+        if t not in self._ids:
             ids = torch.cat([b.sparse[t].reshape(-1) for b in self.cache.batches]).long()
-            self._rows[t] = torch.unique(ids[ids >= 0])
-        return self._rows[t]
+            self._ids[t] = torch.unique(ids[ids >= 0])
+        return self._ids[t]
 
     def option_ids(self, option: Option, ids: torch.Tensor) -> torch.Tensor:
-        """A cached batch's ids of the option's table as its `table_module` reads them (positions
-        among the looked-up rows where the option's table holds only those)."""
-        if option.key not in self._subset:
+        """A cached batch's ids of the option's table as its `table_module` reads them (the rows of
+        its subset form, where it has one)."""
+        if option.key not in self._rows:
             return ids
         t = self.names.index(option.name)
-        return torch.where(ids >= 0, torch.searchsorted(self._touched(t), ids.clamp(min=0)), ids)
+        pos = torch.searchsorted(self._touched(t), ids.clamp(min=0))
+        rows = self._rows[option.key]
+        return torch.where(ids >= 0, pos if rows is None else rows[pos], ids)
 
     def table_module(self, option: Option, range_method: str, full: bool = False) -> nn.Module:
         """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D)); it reads

@@ -75,9 +75,10 @@ class QuantizedForm:
 
 
 def quantize_form(form: ServingForm, choice: TableChoice, row_counts: torch.Tensor | None,
-                  skip: set[str] = frozenset()) -> QuantizedForm:
+                  skip: set[str] = frozenset(), backends: dict[str, str] | None = None) -> QuantizedForm:
     """Quantize every physical table of `form` at its precision (the form's own for a tier, else the
-    plan's), except keys in `skip` (already done elsewhere)."""
+    plan's), except keys in `skip` (already done elsewhere); `backends`: a physical table's L2
+    range-search backend where not "auto" (the search's subset forms: lowprec.search.subset)."""
     physical, padded_from = [], {}
     for key, weight in form.tables.items():
         if key in skip:
@@ -89,7 +90,8 @@ def quantize_form(form: ServingForm, choice: TableChoice, row_counts: torch.Tens
         counts = row_counts if row_counts is not None and form.rows_are_ids else None
         precision = form.precisions.get(key, choice.precision)
         table = PhysicalTable(key, int(padded.shape[0]), int(padded.shape[1]), precision)
-        physical.append((table, table_codec(precision).encode(padded, choice.range_method, counts)))
+        physical.append((table, table_codec(precision).encode(padded, choice.range_method, counts,
+                                                                  (backends or {}).get(key, "auto"))))
     return QuantizedForm(physical, form.groups, dict(form.buffers), form.exact, padded_from)
 
 

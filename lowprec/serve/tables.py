@@ -12,13 +12,14 @@ error (`decode`). Rows are uint8 in the TBE's layout:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from fbgemm_gpu.tbe.config.embedding_config import EmbeddingLocation
 
 from lowprec.precision import DIM_ALIGNMENT, Precision
 from lowprec.quant.fp8 import fp8_rows, fp8_to_float
+from lowprec.quant.range_search import RangeSearchConfig
 from lowprec.quant.rowwise import fused_rows, fused_to_float
 
 
@@ -39,8 +40,9 @@ class TableCodec:
     rejects_non_finite: bool = True
 
     def encode(self, weight: torch.Tensor, range_method: str = "minmax",
-               row_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Float rows (rows, dim % 4 == 0) -> uint8 rows exactly as the TBE stores them."""
+               row_weights: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+        """Float rows (rows, dim % 4 == 0) -> uint8 rows exactly as the TBE stores them (`backend`:
+        the L2 range search's, lowprec.quant.range_search; "auto" decides by the rows' size)."""
         return fused_rows(weight.float(), self.precision.bits)
 
     def decode(self, rows: torch.Tensor, dim: int) -> torch.Tensor:
@@ -59,7 +61,7 @@ class TableCodec:
 @dataclass(frozen=True)
 class Fp8Codec(TableCodec):
     def encode(self, weight: torch.Tensor, range_method: str = "minmax",
-               row_weights: torch.Tensor | None = None) -> torch.Tensor:
+               row_weights: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
         return fp8_rows(weight)
 
     def decode(self, rows: torch.Tensor, dim: int) -> torch.Tensor:
@@ -69,8 +71,11 @@ class Fp8Codec(TableCodec):
 @dataclass(frozen=True)
 class IntCodec(TableCodec):
     def encode(self, weight: torch.Tensor, range_method: str = "minmax",
-               row_weights: torch.Tensor | None = None) -> torch.Tensor:
-        return fused_rows(weight.float(), self.precision.bits, range_method, row_weights)
+               row_weights: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+        bits = self.precision.bits
+        config = None if backend == "auto" or range_method != "l2" else \
+            replace(RangeSearchConfig.for_bits(bits, weight.shape[1]), backend=backend)
+        return fused_rows(weight.float(), bits, range_method, row_weights, config)
 
 
 TABLE_CODECS: dict[Precision, TableCodec] = {

@@ -111,16 +111,18 @@ def tier_of(counts: torch.Tensor, spec: TierSpec) -> torch.Tensor:
     return out
 
 
-def tiered_form(form: ServingForm, spec: dict[str, Any], counts: torch.Tensor, table: str) -> ServingForm:
+def tiered_form(form: ServingForm, spec: dict[str, Any], counts: torch.Tensor | None, table: str,
+                parts: list[torch.Tensor] | None = None) -> ServingForm:
     """Dense form -> one physical table per tier (the cold tier at the plan's table precision);
-    `counts`: the table's checked row access counts."""
+    `counts`: the table's checked row access counts, ranked into tiers unless `parts` gives each
+    tier's rows (sorted; the search's subset forms: lowprec.search.subset)."""
     tiers = TierSpec.from_json(spec, table)
     if not form.rows_are_ids:
         raise InputError(f"table {table!r}: tiered tables apply to dense tables, not this table's form")
     key = form.groups[0][0].table
     weight = form.tables[key]
     n = weight.shape[0]
-    parts = rank_tiers(counts.double(), tiers.sizes(n))
+    parts = rank_tiers(counts.double(), tiers.sizes(n)) if parts is None else parts
     dirs = {f"{table}.tier{j}.dir": directory(ids, n) for j, ids in enumerate(parts[:-1])}
     names = list(dirs)
     tables, groups, precisions = {}, [], {}
