@@ -102,7 +102,7 @@ def test_drift_two_ranks_equals_one_process(work, tmp_path):
             assert math.isclose(x["kl"], y["kl"], rel_tol=1e-9, abs_tol=1e-15), x["part"]
         shares = a.tier_shares()
         assert shares == b.tier_shares() and [(r["window"], r["tier"]) for r in shares] == \
-            [(w, j) for w in (1, 2) for j in range(3)] and all(r["lookups"] > 0 for r in shares)
+            [(w, j) for w in (1, 2, 3) for j in range(3)] and all(r["lookups"] > 0 for r in shares)
         errors = a.table_errors()
         assert errors == b.table_errors() and all(e["sqnr_db"] is not None for e in errors)
     assert (tmp_path / "two-report" / "report.md").is_file()
