@@ -34,6 +34,7 @@ from lowprec.data.dataset import Dataset
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.model.embedding import parse_spec
 from lowprec.plan import Plan
+from lowprec.precision import Precision
 from lowprec.serve.tables import padded_dim
 
 _BLOCK_ROWS = 1 << 16  # rows copied at a time (16 MB at dim 64)
@@ -98,8 +99,6 @@ def subset_calibration(calibration: dict[str, Any] | None, model: DLRM,
 def full_embedding_bytes(manifest: dict[str, Any], model: DLRM, rows: dict[int, torch.Tensor]) -> int:
     """The embedding bytes of the plan converted whole: the subset tables at their full row count
     (a dense table's bytes are rows x the precision's row size)."""
-    from lowprec.precision import Precision
-
     total = int(manifest["embedding_bytes"])
     pdim = padded_dim(model.config.embedding_dim)
     by_name = {t["name"]: t for t in manifest["tables"]}
@@ -108,6 +107,12 @@ def full_embedding_bytes(manifest: dict[str, Any], model: DLRM, rows: dict[int, 
         row_bytes = Precision(by_name[cfg.name]["precision"]).bytes_per_row(pdim)
         total += (cfg.num_embeddings - len(r)) * row_bytes
     return total
+
+
+def positions_in(rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Ids replaced by their positions in `rows` (sorted, holding every id that occurs); -1 pads stay."""
+    pos = torch.searchsorted(rows, ids.clamp(min=0).long())
+    return torch.where(ids >= 0, pos.to(ids.dtype), ids)
 
 
 class RowsSubset(nn.Module):
@@ -125,8 +130,5 @@ class RowsSubset(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         cols = []
         for t, ids in enumerate(torch.split(sparse, self.hotness, dim=1)):
-            if t in self.rows:
-                pos = torch.searchsorted(self.rows[t], ids.clamp(min=0).long())
-                ids = torch.where(ids >= 0, pos.to(ids.dtype), ids)
-            cols.append(ids)
+            cols.append(positions_in(self.rows[t], ids) if t in self.rows else ids)
         return self.runtime(dense, torch.cat(cols, 1))

@@ -30,6 +30,7 @@ from lowprec.graph import DLRMGraph
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.plan import TableChoice
+from lowprec.search.rows_subset import positions_in
 from lowprec.search.space import Option
 from lowprec.search.subset import SubsetForms
 from lowprec.serve.layers import layer_codec
@@ -126,9 +127,8 @@ class Emulator:
         if option.key not in self._rows:
             return ids
         t = self.names.index(option.name)
-        pos = torch.searchsorted(self._touched(t), ids.clamp(min=0))
-        rows = self._rows[option.key]
-        return torch.where(ids >= 0, pos if rows is None else rows[pos], ids)
+        pos, rows = positions_in(self._touched(t), ids), self._rows[option.key]
+        return pos if rows is None else torch.where(ids >= 0, rows[pos.clamp(min=0)], ids)
 
     def table_module(self, option: Option, range_method: str, full: bool = False) -> nn.Module:
         """A one-table FBGEMM runtime serving this option (ids (B, hotness) -> (B, 1, D)); it reads
