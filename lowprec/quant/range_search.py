@@ -303,6 +303,14 @@ def _native_ok(backend: str, x: Tensor, packed: Tensor) -> bool:
     return packed.stride(1) == 1 and range_search_native.kernel() is not None
 
 
+def auto_backend(numel: int) -> str:
+    """The backend "auto" runs for a search over `numel` float32 values of contiguous rows: the C
+    kernel wherever it builds, else the compiled passes for >= 2**25 values, else eager."""
+    if range_search_native.kernel() is not None:
+        return "native"
+    return "compile" if _Kernels("auto", numel).fused else "eager"
+
+
 class SearchResult(NamedTuple):
     """Per-row result of `search_ranges`: qparams [rows, 1], approximate errors, nearest codes."""
 

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 
 from lowprec.quant.hashing import ROW, hash_ids, table_id
-from lowprec.quant import range_search_native
-from lowprec.quant.range_search import _Kernels
+from lowprec.quant.range_search import auto_backend
 from lowprec.serve.forms import ServingForm, dense_form
 from lowprec.serve.sharing import _bucket_means, _check_counts, _hot_options, hot_split
 from lowprec.serve.tables import padded_dim
@@ -49,14 +48,11 @@ class Subset:
     whole: dict[str, int]
 
     def backends(self) -> dict[str, str]:
-        """Per physical table, the L2 range-search backend the whole-table build runs. It decides by
-        the values searched at once (lowprec.quant.range_search._Kernels: compiled for large tables),
-        and a row's range is its own within a backend but the backends differ on near-tie rows: so
-        the subset's rows take the whole build's backend, not the one their own size would pick. The
-        C kernel ("auto" wherever it builds) searches each row alone whatever the table's size."""
-        if range_search_native.kernel() is not None:
-            return {k: "native" for k in self.whole}
-        return {k: "compile" if _Kernels("auto", n).fused else "eager" for k, n in self.whole.items()}
+        """Per physical table, the L2 range-search backend the whole-table build runs
+        (lowprec.quant.range_search.auto_backend: the C kernel, which searches each row alone, else by
+        the values searched at once). Backends differ on near-tie rows, so the subset's rows take the
+        whole build's backend, not the one their own size would pick."""
+        return {k: auto_backend(n) for k, n in self.whole.items()}
 
 
 class _Ranked:
