@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from lowprec import native
 from lowprec.quant import range_search_native
 from lowprec.quant.range_search import RangeSearchConfig, search_ranges
 from lowprec.quant.rowwise import (
@@ -351,7 +352,7 @@ def test_native_search_marks_non_finite_rows_and_falls_back(monkeypatch, tmp_pat
     assert torch.isnan(res.lo[:, 0]).nonzero()[:, 0].tolist() == [13, 17]
     with pytest.raises(ValueError, match="row 13"):
         fused_rows(x, 4, "l2")
-    monkeypatch.setattr(range_search_native, "_state", {})
+    native.forget(range_search_native.SOURCE)
     monkeypatch.setenv("CC", "no-such-compiler")
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path / "cache"))
@@ -359,6 +360,7 @@ def test_native_search_marks_non_finite_rows_and_falls_back(monkeypatch, tmp_pat
     with pytest.warns(UserWarning, match="native L2 range search unavailable"):
         fallback = fused_rows(y, 4, "l2")
     assert range_search_native.kernel() is None
+    native.forget(range_search_native.SOURCE)  # the next test builds (or finds) the real kernel again
     assert torch.equal(fallback, fused_rows(y, 4, "l2", config=RangeSearchConfig(
         RangeSearchConfig.for_bits(4, 16).candidates, backend="eager")))
 
