@@ -10,7 +10,9 @@ and it is TorchScript-compatible: the export scripts this very module.
 Ids come either as the (B, slots) matrix (`forward`, scriptable) or, faster, as `FeatureIds`
 built by the data loader in FBGEMM's own layout (`lookup_ids`). Pads (-1) are skipped by the TBE;
 where every id transform keeps -1 (identity, tier) bags keep their slots (`padded_inputs`), else
-pads and ids a transform maps to -1 are dropped (`tbe_inputs`).
+pads and ids a transform maps to -1 are dropped (`tbe_inputs`). Eager calls on tables that are all
+identity or tiered take the native fused split instead where it builds (`split_inputs`,
+lowprec.serve.tier_native: same lookups, bit for bit); the TorchScript export keeps the torch ops.
 
 Bounds: every id must be -1 (a pad) or in [0, logical rows of its table) (the model config's
 num_embeddings, passed in as `rows`). Both entry points check this on the logical ids, before any id
@@ -37,6 +39,7 @@ from lowprec.errors import InputError
 from lowprec.graph import DLRMGraph
 from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
+from lowprec.serve import tier_native
 from lowprec.serve.forms import Feature
 from lowprec.serve.tables import table_codec
 from lowprec.serve.transforms import KEEPS_PADS, build_transform
@@ -85,6 +88,7 @@ class QuantizedEmbeddings(nn.Module):
     group_slices: List[List[List[Tuple[int, int]]]]
     names: List[str]
     uniform_hotness: bool
+    native_split: bool
 
     def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
                  serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None,
@@ -128,6 +132,7 @@ class QuantizedEmbeddings(nn.Module):
             self.feature_table == list(range(len(serving))) and all(
             len(s.groups) == 1 and features[s.groups[0][0]].transform.get("kind") == "identity"
             and dims[features[s.groups[0][0]].table] == dim for s in serving)
+        self.native_split = True  # eager lookups may take the native tiered split (False: torch ops only)
 
     def table_weights(self) -> list[torch.Tensor]:
         """The TBE's storage per physical table (uint8 rows, FBGEMM layout): write-through views."""
@@ -198,7 +203,17 @@ class QuantizedEmbeddings(nn.Module):
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int32)
             offsets[1:] = torch.cumsum(lengths, 0)
             return self.tbe(indices, offsets).view(b, self.n_tables, self.dim)
+        if not torch.jit.is_scripting():
+            native = self.split_inputs(flat, b)
+            if native is not None:
+                return self.pooled_from_tbe(self.tbe(native[0], native[1]), b)
         return self.lookup_tables(list(tables))
+
+    @torch.jit.unused
+    def split_inputs(self, flat: torch.Tensor, b: int, ranked: bool = False) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The TBE's (indices, offsets) from the native tiered split of table-major ids, or None
+        where it does not apply or cannot be built (lowprec.serve.tier_native)."""
+        return tier_native.inputs(self, flat, b, ranked) if self.native_split else None
 
     def lookup_tables(self, tables: List[torch.Tensor]) -> torch.Tensor:
         """Per table a (B, hotness) id matrix -> pooled (B, T, D), through every id transform."""
@@ -257,15 +272,23 @@ class QuantizedEmbeddings(nn.Module):
             per_table.append(acc)
         return torch.stack(per_table, dim=1)
 
-    def lookup_ids(self, ids: FeatureIds) -> torch.Tensor:
-        """The same lookup from ids already in FBGEMM's layout (the data loader builds them)."""
+    def lookup_ids(self, ids: FeatureIds, ranked: bool = False) -> torch.Tensor:
+        """The same lookup from ids already in FBGEMM's layout (the data loader builds them);
+        `ranked`: rank-ordered tiered tables get ranks, not ids (lowprec.serve.tiers)."""
         if list(ids.hotness) != self.hotness:
             raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
                              f"this model serves {len(self.hotness)} with {self.hotness}")
         self.check_flat(ids.indices, ids.batch)
         if self.simple:
             return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
-        return self.lookup_tables([ids.table(t) for t in range(self.n_tables)])
+        native = self.split_inputs(ids.indices, ids.batch, ranked)
+        if native is not None:
+            return self.pooled_from_tbe(self.tbe(native[0], native[1]), ids.batch)
+        tables = [ids.table(t) for t in range(self.n_tables)]
+        if ranked:
+            idx, off, w = tier_native.ranked_inputs(self, tables)
+            return self.pooled_from_tbe(self.tbe(idx, off, w), ids.batch)
+        return self.lookup_tables(tables)
 
 
 class QuantizedDLRM(DLRMGraph):

@@ -26,6 +26,14 @@ One gather per tier and id (popcounts from a 64k-entry table): 0.5 bytes per ori
 tier, against 4 (FBGEMM's index_remapping, or the `remap` transform) and without binary search (the
 `hot_hash` transform's searchsorted costs more than the lookup on Zipf traffic). The transform of
 tier j returns -1 for ids not in tier j, which the runtime drops like a pad.
+
+Row order "rank" ({"kind": "tiered", "tiers": [...], "order": "rank"}) stores the rows by rank
+instead: tier j holds ranks [bound_j, bound_{j+1}) hottest first, so a rank IS a row of the tiers
+laid end to end, and the id map is one int32 rank map (buffer `<table>.rank`, id -> rank, 4 bytes a
+row) followed by compares. A feature pipeline that issues ranks instead of ids (its dictionary
+renumbered through the published rank map, once per calibration) serves the table without the map:
+`QuantizedEmbeddings.lookup_ids(ids, ranked=True)`, the fused split's compares-only mode
+(lowprec.serve.tier_native). Hot rows are then packed by popularity inside every tier too.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from lowprec.serve.tables import TableCodec, table_codec
 
 BLOCK = 16  # ids per directory word
 COLD = "cold"
+ORDERS = ("id", "rank")  # rows of each tier in id order (rank directories) or in rank order (rank map)
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,11 @@ class TierSpec:
     """Upper tiers (share of the table's rows, precision), hottest first; the rest is the cold tier."""
 
     tiers: tuple[tuple[float, Precision], ...]
+    order: str = "id"
 
     def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise InputError(f"tier row order {self.order!r} is not one of {list(ORDERS)}")
         if not self.tiers:
             raise InputError("a tiered table needs at least one upper tier, e.g. [[0.02, 'fp16']]")
         if any(not 0 < share <= 1 for share, _ in self.tiers) or sum(s for s, _ in self.tiers) > 1 + 1e-9:
@@ -59,11 +71,11 @@ class TierSpec:
 
     @classmethod
     def from_json(cls, spec: dict[str, Any], table: str) -> "TierSpec":
-        unknown = sorted(set(spec) - {"kind", "tiers"})
+        unknown = sorted(set(spec) - {"kind", "tiers", "order"})
         tiers = spec.get("tiers")
         if unknown or not isinstance(tiers, (list, tuple)):
             raise InputError(f"table {table!r}: bad sharing {spec}: 'tiered' takes only "
-                             f"tiers=[[share, precision], ...]" + (f"; unknown {unknown}" if unknown else ""))
+                             f"tiers=[[share, precision], ...] and order 'id' or 'rank'" + (f"; unknown {unknown}" if unknown else ""))
         out = []
         for t in tiers:
             if not (isinstance(t, (list, tuple)) and len(t) == 2 and isinstance(t[0], (int, float))
@@ -71,7 +83,7 @@ class TierSpec:
                 raise InputError(f"table {table!r}: tier {t!r} is not [share, precision]")
             out.append((float(t[0]), Precision.parse(t[1], f"table {table!r} tier precision")))
         try:
-            return cls(tuple(out))
+            return cls(tuple(out), str(spec.get("order", "id")))
         except InputError as exc:
             raise InputError(f"table {table!r}: {exc}") from None
 
@@ -96,10 +108,32 @@ def directory(members: torch.Tensor, n: int) -> torch.Tensor:
     return (cum << BLOCK) | word
 
 
-def rank_tiers(counts: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """Each tier's ids, sorted: rows by count descending (ties by lower id), cut into `sizes`."""
+def rank_tiers(counts: torch.Tensor, sizes: list[int], by_rank: bool = False) -> list[torch.Tensor]:
+    """Each tier's ids: rows by count descending (ties by lower id), cut into `sizes`; each tier
+    sorted by id, or kept in rank order (`by_rank`)."""
     order = torch.sort(counts, descending=True, stable=True).indices
-    return [torch.sort(part).values for part in torch.split(order, sizes)]
+    parts = torch.split(order, sizes)
+    return list(parts) if by_rank else [torch.sort(part).values for part in parts]
+
+
+def rank_map(parts: list[torch.Tensor], n: int) -> torch.Tensor:
+    """id -> rank (int32) of tiers laid end to end in rank order (`parts`: each tier's ids by rank)."""
+    ranks = torch.empty(n, dtype=torch.int32 if n < 2**31 else torch.int64)
+    ranks[torch.cat(parts).long()] = torch.arange(n, dtype=ranks.dtype)
+    return ranks
+
+
+def _id_maps(parts: list[torch.Tensor], n: int, table: str, order: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """The buffers and each tier's transform spec: rank directories (order "id") or a rank map."""
+    if order == "rank":
+        name = f"{table}.rank"
+        bounds = [0]
+        for ids in parts:
+            bounds.append(bounds[-1] + len(ids))
+        specs = [{"kind": "tier", "rank": name, "bounds": bounds, "tier": j} for j in range(len(parts))]
+        return {name: rank_map(parts, n)}, specs
+    dirs = {f"{table}.tier{j}.dir": directory(ids, n) for j, ids in enumerate(parts[:-1])}
+    return dirs, [{"kind": "tier", "buffers": list(dirs), "tier": j} for j in range(len(parts))]
 
 
 def tier_of(counts: torch.Tensor, spec: TierSpec) -> torch.Tensor:
@@ -115,16 +149,17 @@ def tiered_form(form: ServingForm, spec: dict[str, Any], counts: torch.Tensor | 
                 parts: list[torch.Tensor] | None = None) -> ServingForm:
     """Dense form -> one physical table per tier (the cold tier at the plan's table precision);
     `counts`: the table's checked row access counts, ranked into tiers unless `parts` gives each
-    tier's rows (sorted; the search's subset forms: lowprec.search.subset)."""
+    tier's rows (sorted; the search's subset forms: lowprec.search.subset; order "rank" then lays
+    each tier out in that order)."""
     tiers = TierSpec.from_json(spec, table)
     if not form.rows_are_ids:
         raise InputError(f"table {table!r}: tiered tables apply to dense tables, not this table's form")
     key = form.groups[0][0].table
     weight = form.tables[key]
     n = weight.shape[0]
-    parts = rank_tiers(counts.double(), tiers.sizes(n)) if parts is None else parts
-    dirs = {f"{table}.tier{j}.dir": directory(ids, n) for j, ids in enumerate(parts[:-1])}
-    names = list(dirs)
+    if parts is None:
+        parts = rank_tiers(counts.double(), tiers.sizes(n), by_rank=tiers.order == "rank")
+    buffers, specs = _id_maps(parts, n, table, tiers.order)
     tables, groups, precisions = {}, [], {}
     for j, ids in enumerate(parts):
         if len(ids) == 0:
@@ -133,16 +168,18 @@ def tiered_form(form: ServingForm, spec: dict[str, Any], counts: torch.Tensor | 
         tables[phys] = weight[ids]
         if j < len(tiers.tiers):
             precisions[phys] = tiers.tiers[j][1]
-        groups.append([Feature(phys, {"kind": "tier", "buffers": names, "tier": j})])
-    return ServingForm(tables, groups, dirs, exact=True, precisions=precisions)
+        groups.append([Feature(phys, specs[j])])
+    return ServingForm(tables, groups, buffers, exact=True, precisions=precisions)
 
 
 def tiered_bytes(n: int, dim: int, cold: TableCodec, spec: dict[str, Any], table: str) -> int:
-    """Bytes of a tiered table of n rows: every tier's rows at its precision plus the directories."""
+    """Bytes of a tiered table of n rows: every tier's rows at its precision plus the directories
+    (order "id") or the rank map (order "rank", which a server fed ranks never reads)."""
     tiers = TierSpec.from_json(spec, table)
     sizes = tiers.sizes(n)
     rows = sum(table_codec(p).table_bytes(k, dim) for k, (_, p) in zip(sizes, tiers.tiers))
-    return rows + cold.table_bytes(sizes[-1], dim) + 8 * (-(-n // BLOCK)) * len(tiers.tiers)
+    maps = (4 if n < 2**31 else 8) * n if tiers.order == "rank" else 8 * (-(-n // BLOCK)) * len(tiers.tiers)
+    return rows + cold.table_bytes(sizes[-1], dim) + maps
 
 
 def traffic_shares(tier_ids: list[torch.Tensor], counts: torch.Tensor) -> list[float]:
@@ -154,8 +191,10 @@ def traffic_shares(tier_ids: list[torch.Tensor], counts: torch.Tensor) -> list[f
 
 def parse_layout(text: str, where: str = "tier layout") -> tuple[dict[str, Any], Precision]:
     """'0.02:fp16,0.1:int8/int4' -> ({"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]]}, INT4):
-    upper tiers hottest first, then the cold tier's precision (the table's plan precision)."""
+    upper tiers hottest first, then the cold tier's precision (the table's plan precision);
+    '.../int4/rank' lays the rows out in rank order ("order": "rank")."""
     upper, sep, cold = str(text).partition("/")
+    cold, _, order = cold.partition("/")
     tiers = []
     for part in upper.split(","):
         share, colon, p = part.strip().partition(":")
@@ -167,6 +206,8 @@ def parse_layout(text: str, where: str = "tier layout") -> tuple[dict[str, Any],
             raise InputError(f"{where}: {text!r} is not SHARE:PRECISION[,...]/COLD, e.g. 0.02:fp16/int4")
     if not sep:
         raise InputError(f"{where}: {text!r} names no cold precision (…/int4)")
-    spec = {"kind": "tiered", "tiers": tiers}
+    spec: dict[str, Any] = {"kind": "tiered", "tiers": tiers}
+    if order.strip():
+        spec["order"] = order.strip()
     TierSpec.from_json(spec, where)
     return spec, Precision.parse(cold.strip(), where)

@@ -11,7 +11,8 @@ TorchScript export run these same modules, so every serving form exports.
     robe       h(e, x, chunk) mod rows, sign s(e, x, chunk) if sign   one chunk of aligned ROBE
     remap      buffer[x]                                hot sharing, lookup="remap"
     hot_hash   position of x in the sorted hot ids, else K + h(e, x) mod buckets   hot sharing
-    tier       x's row in one tier of a tiered table by rank directories, else -1 (lowprec.serve.tiers)
+    tier       x's row in one tier of a tiered table by rank directories, or by its rank (rank map)
+               within the tier's bounds, else -1 (lowprec.serve.tiers)
 
 h is lowprec.quant.hashing's family; its coefficients are computed when the module is built.
 `TRANSFORMS` is the one registry (a literal: nothing is added at import time).
@@ -133,29 +134,64 @@ _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=to
 
 class TierLookup(nn.Module):
     """Tier `tier` of a tiered table (lowprec.serve.tiers): the id's row in that tier, or -1 if the id
-    (or a -1 pad) is not in it. Upper tier j reads its own rank directory; the cold tier (j = the
-    number of directories) reads them all: row = x - sum of the ids below x in the upper tiers."""
+    (or a -1 pad) is not in it. Rows in id order: upper tier j reads its own rank directory; the
+    cold tier (j = the number of directories) reads them all: row = x - sum of the ids below x in
+    the upper tiers. Rows in rank order ("rank", "bounds"): r = rank[x], row r - bounds[j] where
+    bounds[j] <= r < bounds[j + 1]; `from_ranks` takes r directly (ids already ranked upstream)."""
 
     dirs: List[torch.Tensor]
+    ranked_layout: bool
 
     def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
         super().__init__()
+        self.tier = _int(spec, "tier", where)
+        self.register_buffer("popcount", _POPCOUNT16, persistent=False)
+        self.ranked_layout = "rank" in spec
+        if self.ranked_layout:
+            self._rank_layout(spec, buffers, where)
+            return
         names = spec.get("buffers")
         if not isinstance(names, list) or not names:
             raise InputError(f"{where}: id transform 'tier' needs a non-empty list of directory buffers")
         dirs = [_buffer({"kind": "tier", "buffer": name}, buffers, where) for name in names]
         if len({d.numel() for d in dirs}) != 1:
             raise InputError(f"{where}: tier directories {names} differ in length")
-        self.tier = _int(spec, "tier", where)
         if self.tier > len(dirs):
             raise InputError(f"{where}: tier {self.tier} of a table with {len(dirs) + 1} tiers")
         self.upper = len(dirs)
         self.dirs = dirs if self.tier == self.upper else [dirs[self.tier]]
-        self.register_buffer("popcount", _POPCOUNT16, persistent=False)
+        self.register_buffer("rank", torch.zeros(0, dtype=torch.int32), persistent=False)
+        self.register_buffer("bounds", torch.zeros(2, dtype=torch.int64), persistent=False)
+
+    def _rank_layout(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str) -> None:
+        bounds = spec.get("bounds")
+        if not (isinstance(bounds, list) and len(bounds) >= 2 and all(
+                isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+                and bounds[0] == 0 and bounds == sorted(bounds) and self.tier < len(bounds) - 1):
+            raise InputError(f"{where}: id transform 'tier' needs bounds [0, ..., rows] (ascending "
+                             f"ints) covering tier {self.tier}, got {bounds!r}")
+        name = spec.get("rank")
+        rank = buffers.get(name) if isinstance(name, str) else None
+        if rank is None or rank.dim() != 1 or rank.dtype not in (torch.int32, torch.int64) \
+                or rank.numel() != bounds[-1]:
+            raise InputError(f"{where}: tier rank map {name!r} must be a 1-d int32/int64 buffer of "
+                             f"{bounds[-1]} ranks (the artifact holds {None if rank is None else tuple(rank.shape)})")
+        self.upper = len(bounds) - 2
+        self.dirs = []
+        self.register_buffer("rank", rank, persistent=False)
+        self.register_buffer("bounds", torch.tensor(bounds, dtype=torch.int64), persistent=False)
+
+    def from_ranks(self, ranks: torch.Tensor) -> torch.Tensor:
+        """Ranks (-1 pads) -> this tier's rows, else -1 (rank-ordered tables only)."""
+        lo, hi = self.bounds[self.tier], self.bounds[self.tier + 1]
+        return torch.where((ranks >= lo) & (ranks < hi), ranks - lo, -1)
 
     def forward(self, ids: torch.Tensor) -> Mapped:
         valid = ids >= 0
         x = ids.clamp(min=0)
+        if self.ranked_layout:
+            r = self.rank[x].to(torch.int64)
+            return torch.where(valid, self.from_ranks(r), -1), None
         block = x >> 4
         bit = x & 15
         below = (torch.ones_like(bit) << bit) - 1
