@@ -14,17 +14,21 @@ interleaved in one process (tools/_bench_common.interleaved) on the loader's Fea
   uniform P        every table at P (fp32, fp16, int8, int4): the runtime's direct TBE path
   hot sharing      {"kind": "hot", "ratio": R, "hot": 0.5} at --hot-precision (searchsorted id map)
                    on tables of >= --min-rows rows, smaller ones plain at that precision
-  tiered           {"kind": "tiered", "tiers": --tiers}, cold rows at --cold: the runtime's
-                   padded path (rank directory id map, then one TBE over every tier); tables
-                   under --min-rows plain at --small (cache-resident: a tier would add slots only)
-  tiered, split upstream   the same module's TBE on indices already split into tiers (the id map
-                   done by the data path, as the loader already builds FeatureIds): the layout's
-                   own lookup cost
-  tiered id map    the id map alone (what moving it upstream saves)
-Every tiered output is checked against the uniform fp32 one within the tiers' quantization error, and
-the split-upstream output equals the runtime's. Also reported: each variant's bytes, the tiers'
-share of lookups, and after a popularity shift (--shift of the ranks move to new ids) the hot tier's
-share before and after re-ranking from the shifted traffic's counts.
+  tiered           {"kind": "tiered", "tiers": --tiers}, cold rows at --cold, rows of each tier in
+                   id order (rank directories, 0.5 B a row): the runtime's native fused split
+                   (lowprec.serve.tier_native) on the ids as they come; tables under --min-rows
+                   plain at --small (cache-resident: a tier would add slots only)
+  tiered, torch ops        the same module on its stock-op path (TierLookup, -1 padded bags): the
+                   fallback where no C compiler is found, and the TorchScript export's path
+  tiered rank order        "order": "rank" (rows by rank, a 4 B-a-row rank map): ids as they come
+                   (the split gathers id -> rank), and `, ranked ids` (the feature pipeline issues
+                   ranks: the split is compares only, the rank map is not read)
+  split alone: ...          the native split by itself, each mode (what it costs against a lookup)
+Every output is checked against the uniform fp32 one within the quantization error; the native
+split's output equals the stock path's bit for bit, ranked ids' equal raw ids'. Also reported: each
+variant's bytes (ranked ids: without the rank map, which the server never reads), the tiers' share
+of lookups, and after a popularity shift (--shift of the ranks move to new ids) the hot tier's share
+before and after re-ranking from the shifted traffic's counts.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 
+from lowprec.allocator import keep_buffers_in_heap  # noqa: E402
 from lowprec.data.ids import FeatureIds  # noqa: E402
 from lowprec.data.synth import KAGGLE_CARDINALITIES, SPARSE_NAMES, zipf_ranks  # noqa: E402
 from lowprec.plan import TableChoice  # noqa: E402
@@ -52,6 +57,7 @@ from lowprec.serve.runtime import PhysicalTable, QuantizedEmbeddings, TableServi
 from lowprec.serve.forms import Feature  # noqa: E402
 from lowprec.serve.sharing import post_training_form  # noqa: E402
 from lowprec.serve.tables import table_codec  # noqa: E402
+from lowprec.serve import tier_native  # noqa: E402
 from lowprec.serve.tiers import TierSpec, rank_tiers, traffic_shares  # noqa: E402
 
 TOOL = "bench_tiered.py"
@@ -165,8 +171,9 @@ def build(args: argparse.Namespace, rows: list[int], counts: list[torch.Tensor])
     hot = TableChoice(Precision(args.hot_precision), {"kind": "hot", "ratio": args.hot_ratio, "hot": 0.5})
     mods["hot sharing"], _ = shared_module(rows, args.dim, hot, TableChoice(hot.precision), args.min_rows,
                                            counts, args.pooling, args.seed)
-    tiered = TableChoice(Precision(args.cold), {"kind": "tiered", "tiers": parse_tiers(args.tiers)})
-    mods["tiered"], _ = shared_module(rows, args.dim, tiered, TableChoice(Precision(args.small)), args.min_rows,
+    for name, order in (("tiered", "id"), ("tiered rank order", "rank")):
+        tiered = TableChoice(Precision(args.cold), {"kind": "tiered", "tiers": parse_tiers(args.tiers), "order": order})
+        mods[name], _ = shared_module(rows, args.dim, tiered, TableChoice(Precision(args.small)), args.min_rows,
                                       counts, args.pooling, args.seed)
     print("built hot sharing and tiered", file=sys.stderr, flush=True)
     for p in UNIFORM:
@@ -176,37 +183,85 @@ def build(args: argparse.Namespace, rows: list[int], counts: list[torch.Tensor])
     return mods
 
 
+def to_ranks(m: QuantizedEmbeddings, f: FeatureIds) -> FeatureIds:
+    """The ids of `m`'s rank-ordered tiered tables mapped to ranks (what a feature pipeline whose
+    dictionary is renumbered by the published rank map hands over); other tables' ids unchanged."""
+    cols = []
+    for t in range(len(f.hotness)):
+        ids = f.table(t).long()
+        maps = [m.id_maps[i] for i, owner in enumerate(m.feature_table) if owner == t]
+        if getattr(maps[0], "ranked_layout", False):
+            ids = torch.where(ids >= 0, maps[0].rank[ids.clamp(min=0)].long(), -1)
+        cols.append(ids)
+    return FeatureIds.from_matrix(torch.cat(cols, 1).numpy(), f.hotness)
+
+
+def stock(m: QuantizedEmbeddings, f: FeatureIds, ranked: bool = False) -> torch.Tensor:
+    """`m`'s lookup on its stock-op path (the native split turned off for this call)."""
+    m.native_split = False
+    try:
+        return m.lookup_ids(f, ranked)
+    finally:
+        m.native_split = True
+
+
+def checks(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureIds], ranked: list[FeatureIds]) -> dict[str, Any]:
+    """Max |diff| of each variant against uniform fp32, and the native/stock and ranked/raw identities."""
+    check: dict[str, Any] = {}
+    with torch.no_grad():
+        ref = mods["fp32"].lookup_ids(batches[0])
+        for name, m in mods.items():
+            check[f"{name} vs fp32, max |diff|"] = float((m.lookup_ids(batches[0]) - ref).abs().max())
+        for name in ("tiered", "tiered rank order"):
+            m = mods[name]
+            got = m.lookup_ids(batches[0])
+            check[f"{name}: native split == torch ops"] = bool(torch.equal(got, stock(m, batches[0])))
+        m = mods["tiered rank order"]
+        got = m.lookup_ids(batches[0])
+        check["ranked ids == raw ids (native, torch ops)"] = [
+            bool(torch.equal(m.lookup_ids(ranked[0], True), got)), bool(torch.equal(stock(m, ranked[0], True), got))]
+        check["native split available"] = tier_native.kernel() is not None
+    return check
+
+
+def timed_variants(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureIds],
+                   ranked: list[FeatureIds]) -> dict[str, Any]:
+    n = len(batches)
+    variants = {name: bc.cycling(lambda k, m=m: m.lookup_ids(batches[k]), n) for name, m in mods.items()}
+    tiered, rank_order = mods["tiered"], mods["tiered rank order"]
+    variants["tiered, torch ops"] = bc.cycling(lambda k: stock(tiered, batches[k]), n)
+    variants["tiered rank order, ranked ids"] = bc.cycling(lambda k: rank_order.lookup_ids(ranked[k], True), n)
+    for name, m, src, r in (("id order", tiered, batches, False), ("rank order, id -> rank", rank_order, batches, False),
+                            ("rank order, ranked ids", rank_order, ranked, True)):
+        plan = tier_native.plan_of(m)
+        if plan is not None and tier_native.kernel() is not None:
+            variants[f"split alone: {name}"] = bc.cycling(
+                lambda k, p=plan, s=src, r=r: tier_native.split(p, s[k].indices, s[k].batch, r), n)
+    return variants
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bc.set_threads(args.threads)
+    keep_buffers_in_heap()  # as the CLI does: per-call buffers reused, not fresh mmap pages
     rows = [max(1, int(round(n * args.scale))) for n in KAGGLE_CARDINALITIES]
     traffic = Traffic(rows, args.seed)
     n_calib = args.calib_batches * args.batch * args.pooling
     counts = [traffic.counts(t, n_calib, 10_000 + args.seed) for t in range(len(rows))]
     batches = [traffic.batch(args.batch, args.pooling, args.seed + 1 + k) for k in range(args.batches)]
     mods = build(args, rows, counts)
-    tiered = mods["tiered"]
-    split = [tiered.padded_inputs([f.table(t) for t in range(len(rows))]) for f in batches]
-    check = {}
-    with torch.no_grad():
-        ref = mods["fp32"].lookup_ids(batches[0])
-        for name, m in mods.items():
-            check[f"{name} vs fp32, max |diff|"] = float((m.lookup_ids(batches[0]) - ref).abs().max())
-        got = tiered.lookup_ids(batches[0])
-        check["tiered split upstream vs runtime, max |diff|"] = float(
-            (tiered.pooled_from_tbe(tiered.tbe(*split[0]), args.batch) - got).abs().max())
-    n = len(batches)
-    variants = {name: bc.cycling(lambda k, m=m: m.lookup_ids(batches[k]), n) for name, m in mods.items()}
-    variants["tiered, split upstream"] = bc.cycling(
-        lambda k: tiered.pooled_from_tbe(tiered.tbe(*split[k]), args.batch), n)
-    variants["tiered id map only"] = bc.cycling(
-        lambda k: tiered.padded_inputs([batches[k].table(t) for t in range(len(rows))]), n)
+    ranked = [to_ranks(mods["tiered rank order"], f) for f in batches]
+    check = checks(mods, batches, ranked)
+    variants = timed_variants(mods, batches, ranked)
     load_before = os.getloadavg()
     with torch.no_grad():
         times = bc.interleaved(variants, args.repeats, block_seconds=args.block_seconds,
                                min_seconds=3 * args.block_seconds)
     lookups = args.batch * len(rows) * args.pooling
     byts = {name: _bytes(m) for name, m in mods.items()}
-    byts["tiered, split upstream"] = byts["tiered"]
+    byts["tiered, torch ops"] = byts["tiered"]
+    rank_bytes = sum(b.numel() * b.element_size() for n, b in mods["tiered rank order"].named_buffers()
+                     if n.endswith(".rank"))
+    byts["tiered rank order, ranked ids"] = byts["tiered rank order"] - rank_bytes
     spec = TierSpec.from_json({"kind": "tiered", "tiers": parse_tiers(args.tiers)}, "*")
     big = [t for t, n in enumerate(rows) if n >= args.min_rows]
     shifted = traffic.shift(args.shift, args.seed + 7)
@@ -253,7 +308,8 @@ def render(r: dict[str, Any]) -> list[str]:
               f"{h['after shift, old ranking']:.3f}, re-ranked from the shifted traffic's counts "
               f"{h['after shift, re-ranked']:.3f}.", "",
               "Checks (max |diff| of pooled outputs against uniform fp32; split upstream against the runtime): "
-              + ", ".join(f"{k.replace(', max |diff|', '')} {v:.3g}" for k, v in r["checks"].items())]
+              + ", ".join(f"{k.replace(', max |diff|', '')} {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
+                         for k, v in r["checks"].items())]
     return lines
 
 

@@ -41,7 +41,7 @@ _PLANS: "weakref.WeakKeyDictionary[Any, SplitPlan | None]" = weakref.WeakKeyDict
 def _declare(dll: ctypes.CDLL) -> None:
     f = dll.lowprec_tier_split
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    f.argtypes = [p, i64, i32, p, p, p, p, p, p, p, p, p]
+    f.argtypes = [p, i64, i32, p, p, p, p, p, p, p, p]
     f.restype = i32
 
 
@@ -65,7 +65,9 @@ class SplitPlan:
     hotness: torch.Tensor      # int32 per table
     params: torch.Tensor       # uint64 per table: address of its parameter pointer array (or 0)
     keep: list[torch.Tensor]   # every tensor an address above points into
-    features: int
+    features: int              # TBE features
+    slots: int                 # ids a sample (sum of hotness)
+    scratch_slots: int         # the kernel's scratch a sample: max over tiered tables of tiers x hotness
 
     @classmethod
     def of(cls, emb: Any) -> "SplitPlan | None":
@@ -100,8 +102,9 @@ class SplitPlan:
             keep.append(ptrs)
             tiers.append(len(fs))
             params.append(ptrs.data_ptr())
+        scratch = max([k * h for k, h, kd in zip(tiers, emb.hotness, kinds) if kd != COPY] or [0])
         return cls(_i32(kinds), _i32(ranked), _i32(tiers), emb.table_rows.clone(), _i32(list(emb.hotness)),
-                   torch.tensor(params, dtype=torch.int64), keep, len(emb.features))
+                   torch.tensor(params, dtype=torch.int64), keep, len(emb.features), sum(emb.hotness), scratch)
 
 
 def split(plan: SplitPlan, ids: torch.Tensor, batch: int, ranked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,18 +114,16 @@ def split(plan: SplitPlan, ids: torch.Tensor, batch: int, ranked: bool = False) 
     if lib is None:
         raise RuntimeError("the native tiered id split is unavailable")
     ids = ids.to(torch.int32).contiguous()
-    if ids.numel() != batch * int(plan.hotness.sum()):
+    if ids.numel() != batch * plan.slots:
         raise ValueError(f"{ids.numel()} ids for batch {batch} and hotness {plan.hotness.tolist()}")
-    most = batch * int(plan.hotness.max()) if len(plan.hotness) else 0
     out_idx = torch.empty(ids.numel(), dtype=torch.int32)
     out_off = torch.empty(plan.features * batch + 1, dtype=torch.int32)
-    tier = torch.empty(most, dtype=torch.uint8)
-    pos = torch.empty(most, dtype=torch.int32)
+    scratch = torch.empty(batch * plan.scratch_slots, dtype=torch.int32)
     kinds = plan.ranked_kinds if ranked else plan.kinds
     rc = lib.lowprec_tier_split(ids.data_ptr(), batch, len(plan.hotness), plan.hotness.data_ptr(),
                                 kinds.data_ptr(), plan.tiers.data_ptr(), plan.rows.data_ptr(),
                                 plan.params.data_ptr(), out_idx.data_ptr(), out_off.data_ptr(),
-                                tier.data_ptr(), pos.data_ptr())
+                                scratch.data_ptr())
     if rc:
         raise InputError(f"tiered id split: an id of table {rc - 1} is out of range" if rc > 0
                          else "tiered id split: bad table descriptors")

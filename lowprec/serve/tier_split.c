@@ -14,100 +14,156 @@
  * Ids arrive table-major, table t's batch * hotness[t] ids as batch bags of hotness[t] slots
  * (lowprec.data.ids.FeatureIds), -1 a pad. Features are table-major too: table t's k_t features
  * are consecutive, in tier order. Output bag (f, b) is offsets[f * batch + b] .. [f * batch + b + 1].
- * Per table two passes over its ids (they stay in cache between): tier and row of each id, then
- * the scatter into each tier's compacted segment.
+ * One pass per table, branch-free per id: its tier and row, the row stored into every tier's
+ * scratch segment and only its own tier's count advanced; then each tier's segment is copied into
+ * place and its bag offsets shifted by where the segment landed.
  */
 #include <stdint.h>
 #include <string.h>
 
 enum { COPY = 0, DIRECTORY = 1, RANGE = 2, RANK_GATHER = 3 };
 #define MAX_TIERS 16
-#define PAD 0xFF
+#define INLINE static inline __attribute__((always_inline))
 
-/* The tier (PAD for a pad) and in-tier row of each of the n ids of one table. */
-static int classify(const int32_t *ids, int64_t n, int32_t kind, int32_t k, int64_t rows,
-                    const int64_t *const *dirs, const int64_t *bound, const int32_t *rank,
-                    uint8_t *tier, int32_t *pos, int64_t *count)
+/* Tier j and in-tier row of id x (x >= 0) under one table's parameters. */
+INLINE int64_t classify(int64_t x, int k, int kind, const int64_t *const *dirs, const int64_t *bound,
+                        const int32_t *rank, int *tier)
 {
-    for (int64_t i = 0; i < n; i++) {
-        int64_t x = ids[i];
-        if (x < 0) {
-            tier[i] = PAD;
-            continue;
+    if (kind == DIRECTORY) {
+        int64_t bit = x & 15, below = (INT64_C(1) << bit) - 1, sum = 0, hit_row = 0;
+        int j = k - 1;
+        for (int u = 0; u < k - 1; u++) {
+            int64_t e = dirs[u][x >> 4];
+            int64_t inside = (e >> 16) + __builtin_popcountll((uint64_t)(e & below));
+            int first = j == k - 1 && ((e >> bit) & 1);
+            hit_row = first ? inside : hit_row;
+            j = first ? u : j;
+            sum += inside;
         }
-        if (x >= rows)
-            return 1;
-        int j = 0;
-        int64_t row;
-        if (kind == DIRECTORY) {
-            int64_t blk = x >> 4, bit = x & 15, below = (INT64_C(1) << bit) - 1, sum = 0;
-            row = -1;
-            for (; j < k - 1; j++) {
-                int64_t e = dirs[j][blk];
-                int64_t inside = (e >> 16) + __builtin_popcountll((uint64_t)(e & below));
-                if ((e >> bit) & 1) {
-                    row = inside;
-                    break;
-                }
-                sum += inside;
-            }
-            if (j == k - 1)
-                row = x - sum;
-        } else {
-            int64_t r = kind == RANK_GATHER ? (int64_t)rank[x] : x;
-            while (j < k - 1 && r >= bound[j + 1])
-                j++;
-            row = r - bound[j];
-        }
-        tier[i] = (uint8_t)j;
-        pos[i] = (int32_t)row;
-        count[j]++;
+        *tier = j;
+        return j == k - 1 ? x - sum : hit_row;
     }
-    return 0;
+    int64_t r = kind == RANK_GATHER ? (int64_t)rank[x] : x;
+    int j = 0;
+    int64_t lo = bound[0];
+    for (int u = 1; u < k; u++) {
+        int ge = r >= bound[u];
+        j += ge;
+        lo = ge ? bound[u] : lo;
+    }
+    *tier = j;
+    return r - lo;
+}
+
+/* Table t's bags split into k tiers: rows into scratch + j * n (tier j), per-bag starts (relative
+ * to the tier's segment) into off + j * batch, counts into count. Returns 1 if an id is >= rows.
+ * Two tiers (the common case) keep both counts in registers. */
+INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
+                       const void *const *p, int32_t *restrict scratch, int32_t *restrict off,
+                       int64_t *restrict count)
+{
+    const int64_t n = batch * h;
+    const int64_t *dirs[MAX_TIERS];
+    int64_t bound[MAX_TIERS + 1];
+    const int32_t *rank = kind == RANK_GATHER ? (const int32_t *)p[1] : 0;
+    for (int j = 0; j < k - 1; j++)
+        dirs[j] = kind == DIRECTORY ? (const int64_t *)p[j] : 0;
+    for (int j = 0; j <= k && kind != DIRECTORY; j++)
+        bound[j] = ((const int64_t *)p[0])[j];
+    int bad = 0;
+    if (k == 2) {
+        int64_t c0 = 0, c1 = 0;
+        int32_t *restrict s0 = scratch, *restrict s1 = scratch + n;
+        for (int64_t b = 0; b < batch; b++) {
+            off[b] = (int32_t)c0;
+            off[batch + b] = (int32_t)c1;
+            for (int64_t s = b * h; s < b * h + h; s++) {
+                int64_t x = in[s];
+                int pad = x < 0, j;
+                bad |= x >= rows;
+                int64_t row = classify(pad ? 0 : x, 2, kind, dirs, bound, rank, &j);
+                s0[c0] = (int32_t)row;
+                s1[c1] = (int32_t)row;
+                c0 += !pad & (j == 0);
+                c1 += !pad & (j == 1);
+            }
+        }
+        count[0] = c0;
+        count[1] = c1;
+        return bad;
+    }
+    int64_t c[MAX_TIERS] = {0};
+    for (int64_t b = 0; b < batch; b++) {
+        for (int j = 0; j < k; j++)
+            off[j * batch + b] = (int32_t)c[j];
+        for (int64_t s = b * h; s < b * h + h; s++) {
+            int64_t x = in[s];
+            int pad = x < 0, j;
+            bad |= x >= rows;
+            int64_t row = classify(pad ? 0 : x, k, kind, dirs, bound, rank, &j);
+            j = pad ? k : j;
+            for (int u = 0; u < k; u++) {
+                scratch[u * n + c[u]] = (int32_t)row;
+                c[u] += j == u;
+            }
+        }
+    }
+    for (int j = 0; j < k; j++)
+        count[j] = c[j];
+    return bad;
 }
 
 /* Returns 0, or t + 1 for the first table holding an id >= its rows, or -1 on bad arguments.
  * `param[t]`: DIRECTORY the k_t - 1 directory pointers; RANGE/RANK_GATHER [bounds (k_t + 1 int64),
- * rank map (int32, RANK_GATHER only)]; scratch: tier (uint8) and pos (int32), max batch * hotness. */
+ * rank map (int32, RANK_GATHER only)]; scratch: int32, max over tiered tables of k_t * batch * h_t. */
 int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, const int32_t *hotness,
                        const int32_t *kind, const int32_t *k, const int64_t *rows,
-                       const void *const *const *param, int32_t *out_idx, int32_t *out_off,
-                       uint8_t *tier, int32_t *pos)
+                       const void *const *const *param, int32_t *restrict out_idx, int32_t *restrict out_off,
+                       int32_t *restrict scratch)
 {
     int64_t w = 0, f = 0;
     const int32_t *in = ids;
     for (int32_t t = 0; t < n_tables; t++) {
-        int64_t h = hotness[t], n = batch * h;
-        int32_t kt = k[t];
-        if (kt < 1 || kt > MAX_TIERS || h < 0)
+        const int64_t h = hotness[t], n = batch * h, lim = rows[t];
+        const int kt = k[t], kd = kind[t];
+        if (kt < 1 || kt > MAX_TIERS || h < 0 || (kd != COPY && kt < 2))
             return -1;
-        if (kind[t] == COPY) {
-            for (int64_t b = 0; b < batch; b++) {
-                out_off[f * batch + b] = (int32_t)w;
-                for (int64_t s = 0; s < h; s++) {
-                    int32_t x = in[b * h + s];
-                    if (x >= rows[t])
-                        return t + 1;
-                    if (x >= 0)
-                        out_idx[w++] = x;
+        if (kd == COPY) {
+            int32_t lo = 0, hi = -1;
+            for (int64_t s = 0; s < n; s++) { /* vectorized: one min/max scan, then memcpy if no pads */
+                lo = in[s] < lo ? in[s] : lo;
+                hi = in[s] > hi ? in[s] : hi;
+            }
+            if (hi >= lim)
+                return t + 1;
+            if (lo >= 0) {
+                memcpy(out_idx + w, in, (size_t)n * sizeof(int32_t));
+                for (int64_t b = 0; b < batch; b++)
+                    out_off[f * batch + b] = (int32_t)(w + b * h);
+                w += n;
+            } else {
+                for (int64_t b = 0; b < batch; b++) {
+                    out_off[f * batch + b] = (int32_t)w;
+                    for (int64_t s = b * h; s < b * h + h; s++) {
+                        out_idx[w] = in[s];
+                        w += in[s] >= 0;
+                    }
                 }
             }
         } else {
-            int64_t count[MAX_TIERS] = {0}, cur[MAX_TIERS];
-            const void *const *p = param[t];
-            if (classify(in, n, kind[t], kt, rows[t], (const int64_t *const *)p, (const int64_t *)p[0],
-                         kind[t] == RANK_GATHER ? (const int32_t *)p[1] : 0, tier, pos, count))
+            int64_t count[MAX_TIERS];
+            int32_t *off = out_off + f * batch;
+            int rc = kt == 2 ? (kd == DIRECTORY ? split_table(in, batch, h, 2, DIRECTORY, lim, param[t], scratch, off, count)
+                               : kd == RANGE ? split_table(in, batch, h, 2, RANGE, lim, param[t], scratch, off, count)
+                               : split_table(in, batch, h, 2, RANK_GATHER, lim, param[t], scratch, off, count))
+                             : split_table(in, batch, h, kt, kd, lim, param[t], scratch, off, count);
+            if (rc)
                 return t + 1;
             for (int j = 0; j < kt; j++) {
-                cur[j] = w;
+                memcpy(out_idx + w, scratch + j * n, (size_t)count[j] * sizeof(int32_t));
+                for (int64_t b = 0; b < batch; b++)
+                    off[j * batch + b] += (int32_t)w;
                 w += count[j];
-            }
-            for (int64_t b = 0; b < batch; b++) {
-                for (int j = 0; j < kt; j++)
-                    out_off[(f + j) * batch + b] = (int32_t)cur[j];
-                for (int64_t s = b * h; s < b * h + h; s++)
-                    if (tier[s] != PAD)
-                        out_idx[cur[tier[s]]++] = pos[s];
             }
         }
         f += kt;
