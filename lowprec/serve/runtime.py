@@ -89,6 +89,8 @@ class QuantizedEmbeddings(nn.Module):
     names: List[str]
     uniform_hotness: bool
     native_split: bool
+    one_gather_pool: bool
+    n_features: int
 
     def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
                  serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None,
@@ -126,6 +128,17 @@ class QuantizedEmbeddings(nn.Module):
             slices.append((start, start + dims[f.table]))
             start += dims[f.table]
         self.group_slices = [[[slices[f] for f in g] for g in s.groups] for s in serving]
+        # Features D wide, one per group (dense and tiered tables): pooling is one gather of each
+        # table's first feature plus one index_add of the others (a tier's), not a loop over tables.
+        self.one_gather_pool = all(dims[f.table] == dim for f in features) and all(
+            len(g) == 1 for s in serving for g in s.groups)
+        self.n_features = len(features)
+        firsts = [s.groups[0][0] for s in serving]
+        extra = [g[0] for s in serving for g in s.groups[1:]]
+        self.register_buffer("pool_first", torch.tensor(firsts, dtype=torch.int64), persistent=False)
+        self.register_buffer("pool_extra", torch.tensor(extra, dtype=torch.int64), persistent=False)
+        self.register_buffer("pool_extra_table", torch.tensor([self.feature_table[f] for f in extra],
+                                                              dtype=torch.int64), persistent=False)
         # Fast path: every table is one identity feature of width D in table order, so the ids in
         # FBGEMM's layout (pads included: the kernels skip -1) are already the TBE's input.
         self.simple = all(table_codec(t.precision).skips_pads for t in tables) and \
@@ -263,6 +276,12 @@ class QuantizedEmbeddings(nn.Module):
 
     def pooled_from_tbe(self, out: torch.Tensor, b: int) -> torch.Tensor:
         """The TBE's (B, sum of feature widths) output -> pooled (B, T, D): each table's groups summed."""
+        if self.one_gather_pool:
+            out3 = out.view(b, self.n_features, self.dim)
+            pooled = out3.index_select(1, self.pool_first)
+            if self.pool_extra.numel() > 0:
+                pooled = pooled.index_add_(1, self.pool_extra_table, out3.index_select(1, self.pool_extra))
+            return pooled
         per_table: List[torch.Tensor] = []
         for groups in self.group_slices:
             acc = torch.zeros(b, self.dim)
