@@ -16,12 +16,13 @@ from lowprec.serve.forms import dense_form
 from lowprec.serve.quantize import embeddings_from_forms, quantize_form
 from lowprec.serve.sharing import post_training_form, serving_bytes
 from lowprec.serve.tables import table_codec
-from lowprec.serve.tiers import TierSpec
+from lowprec.serve.tiers import TierSpec, parse_layout
 from lowprec.serve.transforms import build_transform
 
 
-def ref_tiers(counts: list[float], shares: list[float]) -> list[list[int]]:
-    """Slow reference: ids by (-count, id), cut at round(cumulative share * n), each tier sorted."""
+def ref_tiers(counts: list[float], shares: list[float], by_rank: bool = False) -> list[list[int]]:
+    """Slow reference: ids by (-count, id), cut at round(cumulative share * n), each tier sorted by
+    id (or kept in rank order: `by_rank`)."""
     n = len(counts)
     order = sorted(range(n), key=lambda i: (-counts[i], i))
     bounds, acc = [0], 0.0
@@ -29,7 +30,7 @@ def ref_tiers(counts: list[float], shares: list[float]) -> list[list[int]]:
         acc += s
         bounds.append(min(n, int(acc * n + 0.5)))
     bounds.append(n)
-    return [sorted(order[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return [order[a:b] if by_rank else sorted(order[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 def ref_map(tiers: list[list[int]], ids: list[int]) -> list[list[int]]:
@@ -85,18 +86,19 @@ def test_codes_exact_per_tier_precision():
 
 @pytest.mark.parametrize("tiers,cold", [([[0.1, "fp16"]], "int4"), ([[0.03, "fp32"], [0.3, "fp8"]], "int2"),
                                         ([[1.0, "int8"]], "int4"), ([[0.5, "int4"], [0.5, "fp16"]], "int8")])
-def test_lookups_equal_dequantized_tiers(tiers, cold):
+@pytest.mark.parametrize("order", ["id", "rank"])
+def test_lookups_equal_dequantized_tiers(tiers, cold, order):
     g = torch.Generator().manual_seed(2)
     n, dim, hot = 120, 8, 3
     weight = torch.randn(n, dim, generator=g)
     counts = torch.rand(n, generator=g) ** 4
-    spec = {"kind": "tiered", "tiers": tiers}
+    spec = {"kind": "tiered", "tiers": tiers, "order": order}
     choice = TableChoice(Precision(cold), spec)
     qf = quantize_form(tiered(weight, counts, spec, "a"), choice, counts)
     dense = quantize_form(dense_form("b", torch.randn(10, dim, generator=g)), TableChoice(Precision.FP16), None)
     emb = embeddings_from_forms(dim, [("a", hot), ("b", 1)], [qf, dense], [n, 10])
     # reference: each id's row dequantized from its own tier, summed per bag
-    want_tiers = [t for t in ref_tiers(counts.tolist(), [s for s, _ in tiers]) if t]
+    want_tiers = [t for t in ref_tiers(counts.tolist(), [s for s, _ in tiers], order == "rank") if t]
     row = torch.empty(n, dim)
     for (table, rows), ids in zip(qf.physical, want_tiers):
         row[ids] = table_codec(table.precision).decode(rows, dim)
@@ -113,15 +115,38 @@ def test_lookups_equal_dequantized_tiers(tiers, cold):
     assert torch.allclose(got[:, 1], b_rows[other[:, 0]], atol=1e-6)
 
 
-def test_bytes_match_the_quantized_form():
+def test_rank_order_lays_rows_out_by_rank():
+    """order "rank": a rank is a row of the tiers laid end to end; codes exact against a row-by-row
+    encoding in rank order; the rank map is the inverse of the ranking; '/rank' in a layout."""
+    g = torch.Generator().manual_seed(3)
+    n = 200
+    weight, counts = torch.randn(n, 8, generator=g), torch.rand(n, generator=g)
+    spec = {"kind": "tiered", "tiers": [[0.05, "fp16"], [0.2, "int8"]], "order": "rank"}
+    qf = quantize_form(tiered(weight, counts, spec), TableChoice(Precision.INT4, spec), counts)
+    ranking = sorted(range(n), key=lambda i: (-float(counts[i]), i))
+    assert qf.buffers["t.rank"].tolist() == [ranking.index(i) for i in range(n)]
+    start = 0
+    for (table, rows), p in zip(qf.physical, [Precision.FP16, Precision.INT8, Precision.INT4]):
+        ids = ranking[start:start + table.rows]
+        start += table.rows
+        assert torch.equal(rows, torch.stack([table_codec(p).encode(weight[i:i + 1])[0] for i in ids]))
+    assert start == n
+    assert parse_layout("0.02:fp16/int4/rank") == ({"kind": "tiered", "tiers": [[0.02, "fp16"]], "order": "rank"},
+                                                   Precision.INT4)
+    with pytest.raises(InputError, match="row order 'rnk'"):
+        parse_layout("0.02:fp16/int4/rnk")
+
+
+@pytest.mark.parametrize("order,maps", [("id", 2 * 8 * (-(-1000 // 16))), ("rank", 4 * 1000)])
+def test_bytes_match_the_quantized_form(order, maps):
     n, dim = 1000, 16
-    spec = {"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]]}
+    spec = {"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]], "order": order}
     table = TableConfig("t", n, 1)
     weight, counts = torch.randn(n, dim), torch.rand(n)
     qf = quantize_form(tiered(weight, counts, spec), TableChoice(Precision.INT4, spec), counts)
     assert serving_bytes(table, dim, table_codec(Precision.INT4), spec) == qf.bytes()
-    # two 0.5-byte-a-row directories beside the rows
-    assert sum(b.numel() * 8 for b in qf.buffers.values()) == 2 * 8 * (-(-n // 16))
+    # two 0.5-byte-a-row directories beside the rows, or one 4-byte-a-row rank map
+    assert sum(b.numel() * b.element_size() for b in qf.buffers.values()) == maps
 
 
 @pytest.mark.parametrize("spec,msg", [
@@ -131,6 +156,7 @@ def test_bytes_match_the_quantized_form():
     ({"kind": "tiered", "tiers": [["x", "fp16"]]}, "not [share, precision]"),
     ({"kind": "tiered", "tiers": [[0.1, "int3"]]}, "int3"),
     ({"kind": "tiered", "tiers": [[0.1, "fp16"]], "lookup": "remap"}, "unknown ['lookup']"),
+    ({"kind": "tiered", "tiers": [[0.1, "fp16"]], "order": "popularity"}, "row order 'popularity'"),
 ])
 def test_bad_specs_are_refused(spec, msg):
     with pytest.raises(InputError, match=msg.replace("[", r"\[").replace("(", r"\(").replace("]", r"\]")
@@ -149,7 +175,8 @@ def test_needs_counts_and_a_dense_table():
     assert TierSpec.from_json(spec, "t").sizes(10) == [1, 9]
 
 
-def test_convert_export_inspect(tmp_path):
+@pytest.mark.parametrize("order", ["id", "rank"])
+def test_convert_export_inspect(tmp_path, order):
     """A tiered table through `convert`, the loaded artifact, TorchScript and `inspect`."""
     import json
 
@@ -158,6 +185,7 @@ def test_convert_export_inspect(tmp_path):
     from helpers import make_tiny_dataset, random_float_model
     from lowprec.checkpoint.artifact import load_artifact
     from lowprec.checkpoint.convert import convert
+    from lowprec.data.ids import FeatureIds
     from lowprec.cli import main
     from lowprec.data.batches import iter_batches
     from lowprec.data.dataset import Dataset
@@ -168,7 +196,7 @@ def test_convert_export_inspect(tmp_path):
     model = random_float_model(ds, tmp_path / "model")
     n = ds.meta.num_embeddings[1]
     counts = torch.arange(n, dtype=torch.float32) ** 2
-    spec = {"kind": "tiered", "tiers": [[0.1, "fp16"], [0.3, "fp8"]]}
+    spec = {"kind": "tiered", "tiers": [[0.1, "fp16"], [0.3, "fp8"]], "order": order}
     plan = Plan({"t1": TableChoice(Precision.INT4, spec), "*": TableChoice(Precision.INT8)})
     convert(model, plan, tmp_path / "art", {"row_counts": {"t1": counts}})
     export_torchscript(tmp_path / "art")
@@ -180,6 +208,14 @@ def test_convert_export_inspect(tmp_path):
     with torch.no_grad():
         want = runtime(b.dense, sparse)
         assert (module(b.dense, sparse) - want).abs().max() <= 1e-5
+        if order == "rank":  # the artifact's rank map turns the pipeline's ids into ranks
+            emb = runtime.embeddings
+            rank = emb.id_maps[emb.serving[1].groups[0][0]].rank.long()
+            ranked = sparse.clone()
+            ranked[:, 1:4] = torch.where(sparse[:, 1:4] >= 0, rank[sparse[:, 1:4].clamp(min=0)], -1)
+            hot = (1, 3, 1)
+            got = emb.lookup_ids(FeatureIds.from_matrix(ranked.numpy(), hot), ranked=True)
+            assert torch.equal(got, emb.lookup_ids(FeatureIds.from_matrix(sparse.numpy(), hot)))
     out = CliRunner().invoke(main, ["inspect", str(tmp_path / "art"), "--json"])
     assert out.exit_code == 0, out.output
     t1 = next(t for t in json.loads(out.output.strip().splitlines()[-1])["tables"] if t["name"] == "t1")

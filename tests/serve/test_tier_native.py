@@ -1,0 +1,190 @@
+"""The native tiered id split (lowprec.serve.tier_native, tier_split.c) against slow references: its
+TBE inputs against a per-bag list reference, lookups against the dequantized tiers and bit for bit
+against the stock torch ops, ranked ids against raw ids, both row orders, pads and empty bags, the
+fallback without a compiler, and the TorchScript export (which keeps the torch ops)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowprec import native
+from lowprec.data.ids import FeatureIds
+from lowprec.errors import InputError
+from lowprec.plan import TableChoice
+from lowprec.precision import Precision
+from lowprec.serve import tier_native
+from lowprec.serve.forms import dense_form
+from lowprec.serve.quantize import embeddings_from_forms, quantize_form
+from lowprec.serve.sharing import post_training_form
+from lowprec.serve.tables import table_codec
+from lowprec.serve.tiers import TierSpec
+
+DIM = 8
+
+
+def ref_tiers(counts: list[float], sizes: list[int], by_rank: bool) -> list[list[int]]:
+    """Each tier's ids by (-count, id), cut into `sizes`; sorted by id unless `by_rank`."""
+    order = sorted(range(len(counts)), key=lambda i: (-counts[i], i))
+    out, start = [], 0
+    for k in sizes:
+        part = order[start:start + k]
+        out.append(part if by_rank else sorted(part))
+        start += k
+    return out
+
+
+def build(tables: list[dict], seed: int):
+    """A runtime over `tables` (dicts: n, hotness, tiers or None, order) and each table's reference:
+    per tier the ids in row order (None: untiered) and every id's dequantized row."""
+    g = torch.Generator().manual_seed(seed)
+    forms, names, refs = [], [], []
+    for i, t in enumerate(tables):
+        weight = torch.randn(t["n"], DIM, generator=g)
+        counts = (torch.rand(t["n"], generator=g) ** 4).double()
+        name = f"t{i}"
+        if t["tiers"] is None:
+            qf = quantize_form(dense_form(name, weight), TableChoice(Precision.INT8), None)
+            tiers = None
+        else:
+            spec = {"kind": "tiered", "tiers": t["tiers"], "order": t["order"]}
+            qf = quantize_form(post_training_form(dense_form(name, weight), spec, counts, name),
+                               TableChoice(Precision.INT4, spec), counts)
+            sizes = TierSpec.from_json(spec, name).sizes(t["n"])
+            tiers = [p for p in ref_tiers(counts.tolist(), sizes, t["order"] == "rank") if p]
+        rows = torch.empty(t["n"], DIM)
+        for (phys, raw), ids in zip(qf.physical, tiers or [list(range(t["n"]))]):
+            rows[ids] = table_codec(phys.precision).decode(raw, DIM)
+        forms.append(qf)
+        names.append((name, t["hotness"]))
+        refs.append((tiers, rows))
+    emb = embeddings_from_forms(DIM, names, forms, [t["n"] for t in tables])
+    return emb, refs
+
+
+def ref_inputs(refs, ids: torch.Tensor, hotness: list[int]) -> tuple[list[int], list[int]]:
+    """The TBE's (indices, offsets) by lists: per table, per tier, per bag the rows of its ids."""
+    idx, off = [], [0]
+    start = 0
+    for (tiers, _), h in zip(refs, hotness):
+        block = ids[:, start:start + h].tolist()
+        start += h
+        for tier in tiers or [None]:
+            where = {x: r for r, x in enumerate(tier)} if tier is not None else None
+            for bag in block:
+                idx += [x if where is None else where[x] for x in bag if x >= 0 and (where is None or x in where)]
+                off.append(len(idx))
+    return idx, off
+
+
+def random_ids(tables: list[dict], batch: int, g: torch.Generator) -> torch.Tensor:
+    cols = []
+    for t in tables:
+        ids = torch.randint(0, t["n"], (batch, t["hotness"]), generator=g)
+        ids[torch.rand(batch, t["hotness"], generator=g) < 0.3] = -1
+        ids[0] = -1  # an empty bag in every table
+        cols.append(ids)
+    return torch.cat(cols, 1)
+
+
+def ranks_of(emb, ids: torch.Tensor, hotness: list[int]) -> torch.Tensor:
+    """Rank-ordered tiered tables' ids mapped to ranks (what a ranked feature pipeline sends)."""
+    out, start = ids.clone(), 0
+    for t, h in enumerate(hotness):
+        m = emb.id_maps[emb.serving[t].groups[0][0]]
+        if getattr(m, "ranked_layout", False):
+            block = ids[:, start:start + h]
+            out[:, start:start + h] = torch.where(block >= 0, m.rank.long()[block.clamp(min=0)], -1)
+        start += h
+    return out
+
+
+def stock(emb, f: FeatureIds, ranked: bool = False) -> torch.Tensor:
+    emb.native_split = False
+    try:
+        return emb.lookup_ids(f, ranked)
+    finally:
+        emb.native_split = True
+
+
+table = st.fixed_dictionaries({
+    "n": st.integers(1, 70), "hotness": st.integers(1, 4), "order": st.sampled_from(["id", "rank"]),
+    "tiers": st.one_of(st.none(), st.lists(st.tuples(st.floats(0.05, 0.3), st.sampled_from(["fp16", "int8"])),
+                                          min_size=1, max_size=3).map(lambda ts: [list(t) for t in ts]))})
+
+
+@settings(max_examples=25, deadline=None)
+@given(tables=st.lists(table, min_size=1, max_size=4), batch=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_native_split_matches_references(tables, batch, seed):
+    if tier_native.kernel() is None:
+        pytest.skip("no C compiler: the fallback test covers this machine")
+    emb, refs = build(tables, seed)
+    hotness = [t["hotness"] for t in tables]
+    ids = random_ids(tables, batch, torch.Generator().manual_seed(seed))
+    f = FeatureIds.from_matrix(ids.numpy(), tuple(hotness))
+    want = torch.stack([sum((rows[x] for x in bag if x >= 0), torch.zeros(DIM)) if bag else torch.zeros(DIM)
+                        for (_, rows), block in zip(refs, torch.split(ids, hotness, 1)) for bag in block.tolist()]
+                       ).view(len(tables), batch, DIM).transpose(0, 1)
+    with torch.no_grad():
+        got = emb.lookup_ids(f)
+        assert torch.equal(got, stock(emb, f))  # bit for bit the stock-op path
+        assert torch.equal(emb(ids), got)  # the id-matrix entry takes the same path
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        plan = tier_native.plan_of(emb)
+        tiered_tables = [t for t in tables if t["tiers"] is not None]
+        if plan is not None:
+            idx, off = tier_native.split(plan, f.indices, batch)
+            assert (idx.tolist(), off.tolist()) == ref_inputs(refs, ids, hotness)
+        elif tiered_tables:  # only where a tier is empty (its table serves one feature fewer)
+            assert any(len(r[0]) < len(t["tiers"]) + 1 for r, t in zip(refs, tables) if t["tiers"] is not None)
+        r = FeatureIds.from_matrix(ranks_of(emb, ids, hotness).numpy(), tuple(hotness))
+        assert torch.equal(emb.lookup_ids(r, ranked=True), got)
+        assert torch.equal(stock(emb, r, ranked=True), got)
+
+
+def test_bad_ids_and_descriptors_are_refused():
+    if tier_native.kernel() is None:
+        pytest.skip("no C compiler")
+    tables = [{"n": 30, "hotness": 2, "tiers": [[0.1, "fp16"]], "order": "id"}]
+    emb, _ = build(tables, 0)
+    plan = tier_native.plan_of(emb)
+    with pytest.raises(InputError, match="table 0 is out of range"):
+        tier_native.split(plan, torch.tensor([1, 30], dtype=torch.int32), 1)
+    with pytest.raises(ValueError, match="3 ids for batch 1"):
+        tier_native.split(plan, torch.tensor([1, 2, 3], dtype=torch.int32), 1)
+    with pytest.raises(InputError, match="id 30"):  # the runtime's own bounds check names the table
+        emb.lookup_ids(FeatureIds.from_matrix(np.array([[1, 30]]), (2,)))
+
+
+def test_without_a_compiler_the_runtime_warns_and_runs_torch_ops(monkeypatch, tmp_path):
+    tables = [{"n": 50, "hotness": 3, "tiers": [[0.1, "fp16"], [0.2, "int8"]], "order": "rank"},
+              {"n": 9, "hotness": 1, "tiers": None, "order": "id"}]
+    emb, _ = build(tables, 1)
+    ids = random_ids(tables, 16, torch.Generator().manual_seed(1))
+    f = FeatureIds.from_matrix(ids.numpy(), (3, 1))
+    with torch.no_grad():
+        want = stock(emb, f)
+        native.forget(tier_native.SOURCE)
+        monkeypatch.setenv("CC", "no-such-compiler")
+        monkeypatch.setenv("PATH", str(tmp_path))
+        monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path / "cache"))
+        with pytest.warns(UserWarning, match="native tiered id split unavailable"):
+            got = emb.lookup_ids(f)
+        assert tier_native.kernel() is None and tier_native.inputs(emb, f.indices, 16) is None
+        assert torch.equal(got, want)
+        r = FeatureIds.from_matrix(ranks_of(emb, ids, [3, 1]).numpy(), (3, 1))
+        assert torch.equal(emb.lookup_ids(r, ranked=True), want)
+    native.forget(tier_native.SOURCE)  # the next test builds (or finds) the real kernel again
+
+
+def test_torchscript_keeps_the_torch_ops():
+    tables = [{"n": 40, "hotness": 2, "tiers": [[0.2, "fp16"]], "order": order, } for order in ("id", "rank")]
+    emb, _ = build(tables, 2)
+    ids = random_ids(tables, 12, torch.Generator().manual_seed(2))
+    scripted = torch.jit.script(emb)
+    with torch.no_grad():
+        assert torch.equal(scripted(ids), emb(ids))
+    assert "split_inputs" not in scripted.code
