@@ -24,6 +24,8 @@ interleaved in one process (tools/_bench_common.interleaved) on the loader's Fea
                    (the split gathers id -> rank), and `, ranked ids` (the feature pipeline issues
                    ranks: the split is compares only, the rank map is not read)
   split alone: ...          the native split by itself, each mode (what it costs against a lookup)
+  layout alone: ...         the tiered module's TBE and pooling on ids split before the timer (what
+                   the layout costs if the split were free)
 Every output is checked against the uniform fp32 one within the quantization error; the native
 split's output equals the stock path's bit for bit, ranked ids' equal raw ids'. Also reported: each
 variant's bytes (ranked ids: without the rank map, which the server never reads), the tiers' share
@@ -237,6 +239,10 @@ def timed_variants(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureId
         if plan is not None and tier_native.kernel() is not None:
             variants[f"split alone: {name}"] = bc.cycling(
                 lambda k, p=plan, s=src, r=r: tier_native.split(p, s[k].indices, s[k].batch, r), n)
+            if name != "rank order, id -> rank":  # the layout's own cost: TBE + pooling on split ids
+                pre = [tier_native.split(plan, f.indices, f.batch, r) for f in src]
+                variants[f"layout alone ({name.split(',')[0]}): TBE + pooling, ids split before"] = bc.cycling(
+                    lambda k, m=m, pre=pre: m.pooled_from_tbe(m.tbe(*pre[k]), batches[k].batch), n)
     return variants
 
 

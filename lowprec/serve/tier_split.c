@@ -55,6 +55,22 @@ INLINE int64_t classify(int64_t x, int k, int kind, const int64_t *const *dirs, 
     return r - lo;
 }
 
+/* Start loading the directory word or rank of the id `AHEAD` slots on (random reads into a
+ * table-sized array: without this the loop waits on one cache miss after another). */
+#define AHEAD 16
+INLINE void prefetch(const int32_t *in, int64_t s, int64_t n, int kind, const int64_t *const *dirs,
+                     const int32_t *rank)
+{
+    if (s + AHEAD >= n)
+        return;
+    int64_t y = in[s + AHEAD];
+    y = y < 0 ? 0 : y;
+    if (kind == DIRECTORY)
+        __builtin_prefetch(&dirs[0][y >> 4]);
+    else if (kind == RANK_GATHER)
+        __builtin_prefetch(&rank[y]);
+}
+
 /* Table t's bags split into k tiers: rows into scratch + j * n (tier j), per-bag starts (relative
  * to the tier's segment) into off + j * batch, counts into count. Returns 1 if an id is >= rows.
  * Two tiers (the common case) keep both counts in registers. */
@@ -80,6 +96,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
             for (int64_t s = b * h; s < b * h + h; s++) {
                 int64_t x = in[s];
                 int pad = x < 0, j;
+                prefetch(in, s, n, kind, dirs, rank);
                 bad |= x >= rows;
                 int64_t row = classify(pad ? 0 : x, 2, kind, dirs, bound, rank, &j);
                 s0[c0] = (int32_t)row;
@@ -99,6 +116,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
         for (int64_t s = b * h; s < b * h + h; s++) {
             int64_t x = in[s];
             int pad = x < 0, j;
+            prefetch(in, s, n, kind, dirs, rank);
             bad |= x >= rows;
             int64_t row = classify(pad ? 0 : x, k, kind, dirs, bound, rank, &j);
             j = pad ? k : j;
