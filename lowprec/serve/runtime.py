@@ -225,8 +225,15 @@ class QuantizedEmbeddings(nn.Module):
     @torch.jit.unused
     def split_inputs(self, flat: torch.Tensor, b: int, ranked: bool = False) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """The TBE's (indices, offsets) from the native tiered split of table-major ids, or None
-        where it does not apply or cannot be built (lowprec.serve.tier_native)."""
-        return tier_native.inputs(self, flat, b, ranked) if self.native_split else None
+        where it does not apply or cannot be built (lowprec.serve.tier_native). The kernel checks
+        every id; on a bad one `check_flat` names it."""
+        if not self.native_split:
+            return None
+        try:
+            return tier_native.inputs(self, flat, b, ranked)
+        except tier_native.BadIds:
+            self.check_flat(flat, b)
+            raise
 
     def lookup_tables(self, tables: List[torch.Tensor]) -> torch.Tensor:
         """Per table a (B, hotness) id matrix -> pooled (B, T, D), through every id transform."""
@@ -297,12 +304,13 @@ class QuantizedEmbeddings(nn.Module):
         if list(ids.hotness) != self.hotness:
             raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
                              f"this model serves {len(self.hotness)} with {self.hotness}")
+        if not self.simple:  # the native split checks the ids in its own pass
+            native = self.split_inputs(ids.indices, ids.batch, ranked)
+            if native is not None:
+                return self.pooled_from_tbe(self.tbe(native[0], native[1]), ids.batch)
         self.check_flat(ids.indices, ids.batch)
         if self.simple:
             return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
-        native = self.split_inputs(ids.indices, ids.batch, ranked)
-        if native is not None:
-            return self.pooled_from_tbe(self.tbe(native[0], native[1]), ids.batch)
         tables = [ids.table(t) for t in range(self.n_tables)]
         if ranked:
             idx, off, w = tier_native.ranked_inputs(self, tables)

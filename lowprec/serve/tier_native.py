@@ -38,6 +38,10 @@ MAX_TIERS = 16
 _PLANS: "weakref.WeakKeyDictionary[Any, SplitPlan | None]" = weakref.WeakKeyDictionary()
 
 
+class BadIds(InputError):
+    """An id the kernel refused (not -1 and not in [0, rows)); the runtime names it (check_flat)."""
+
+
 def _declare(dll: ctypes.CDLL) -> None:
     f = dll.lowprec_tier_split
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
@@ -61,7 +65,7 @@ class SplitPlan:
     kinds: torch.Tensor        # int32 per table: COPY, DIRECTORY or RANK_GATHER (raw ids)
     ranked_kinds: torch.Tensor  # the same with RANK_GATHER -> RANGE (ids already ranks)
     tiers: torch.Tensor        # int32 per table: its number of TBE features
-    rows: torch.Tensor         # int64 per table: ids must be < rows (ranks too)
+    rows: torch.Tensor         # int64 per table: ids (ranks too) must be -1 or in [0, rows)
     hotness: torch.Tensor      # int32 per table
     params: torch.Tensor       # uint64 per table: address of its parameter pointer array (or 0)
     keep: list[torch.Tensor]   # every tensor an address above points into
@@ -80,6 +84,8 @@ class SplitPlan:
         if order != list(range(len(emb.features))):
             return None
         kinds, ranked, tiers, params, keep = [], [], [], [], []
+        phys_rows = {t.key: t.rows for t in emb.physical}
+        rows = emb.table_rows.clone()
         for t, fs in enumerate(by_table):
             specs = [emb.features[f].transform for f in fs]
             maps = [emb.id_maps[f] for f in fs]
@@ -91,6 +97,8 @@ class SplitPlan:
             if [m.tier for m in maps] != list(range(len(fs))) or maps[-1].tier != maps[-1].upper:
                 return None
             cold = maps[-1]
+            # the tiers hold every id once: no id past them, whatever rows the runtime was given
+            rows[t] = min(int(rows[t]), sum(phys_rows[emb.features[f].table] for f in fs))
             if cold.ranked_layout:
                 ptrs = torch.tensor([cold.bounds.data_ptr(), cold.rank.data_ptr()], dtype=torch.int64)
                 keep += [cold.bounds, cold.rank]
@@ -103,7 +111,7 @@ class SplitPlan:
             tiers.append(len(fs))
             params.append(ptrs.data_ptr())
         scratch = max([k * h for k, h, kd in zip(tiers, emb.hotness, kinds) if kd != COPY] or [0])
-        return cls(_i32(kinds), _i32(ranked), _i32(tiers), emb.table_rows.clone(), _i32(list(emb.hotness)),
+        return cls(_i32(kinds), _i32(ranked), _i32(tiers), rows, _i32(list(emb.hotness)),
                    torch.tensor(params, dtype=torch.int64), keep, len(emb.features), sum(emb.hotness), scratch)
 
 
@@ -125,8 +133,10 @@ def split(plan: SplitPlan, ids: torch.Tensor, batch: int, ranked: bool = False) 
                                 plan.params.data_ptr(), out_idx.data_ptr(), out_off.data_ptr(),
                                 scratch.data_ptr())
     if rc:
-        raise InputError(f"tiered id split: an id of table {rc - 1} is out of range" if rc > 0
-                         else "tiered id split: bad table descriptors")
+        if rc > 0:
+            raise BadIds(f"tiered id split: table {rc - 1} holds an id that is neither -1 nor in [0, "
+                         f"{int(plan.rows[rc - 1])})")
+        raise ValueError("tiered id split: bad table descriptors")
     return out_idx[: int(out_off[-1])], out_off
 
 

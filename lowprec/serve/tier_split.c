@@ -12,7 +12,8 @@
  *                  bound[j] <= r < bound[j + 1], row r - bound[j]
  *
  * Ids arrive table-major, table t's batch * hotness[t] ids as batch bags of hotness[t] slots
- * (lowprec.data.ids.FeatureIds), -1 a pad. Features are table-major too: table t's k_t features
+ * (lowprec.data.ids.FeatureIds), each -1 (a pad) or in [0, rows[t]): any other fails the call,
+ * naming the table, before a row is read (the runtime then finds the id for its message). Features are table-major too: table t's k_t features
  * are consecutive, in tier order. Output bag (f, b) is offsets[f * batch + b] .. [f * batch + b + 1].
  * One pass per table, branch-free per id: its tier and row, the row stored into every tier's
  * scratch segment and only its own tier's count advanced; then each tier's segment is copied into
@@ -97,7 +98,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
                 int64_t x = in[s];
                 int pad = x < 0, j;
                 prefetch(in, s, n, kind, dirs, rank);
-                bad |= x >= rows;
+                bad |= (x >= rows) | (x < -1);
                 int64_t row = classify(pad ? 0 : x, 2, kind, dirs, bound, rank, &j);
                 s0[c0] = (int32_t)row;
                 s1[c1] = (int32_t)row;
@@ -117,7 +118,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
             int64_t x = in[s];
             int pad = x < 0, j;
             prefetch(in, s, n, kind, dirs, rank);
-            bad |= x >= rows;
+            bad |= (x >= rows) | (x < -1);
             int64_t row = classify(pad ? 0 : x, k, kind, dirs, bound, rank, &j);
             j = pad ? k : j;
             for (int u = 0; u < k; u++) {
@@ -152,7 +153,7 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
                 lo = in[s] < lo ? in[s] : lo;
                 hi = in[s] > hi ? in[s] : hi;
             }
-            if (hi >= lim)
+            if (hi >= lim || lo < -1)
                 return t + 1;
             if (lo >= 0) {
                 memcpy(out_idx + w, in, (size_t)n * sizeof(int32_t));

@@ -151,11 +151,18 @@ def test_bad_ids_and_descriptors_are_refused():
     tables = [{"n": 30, "hotness": 2, "tiers": [[0.1, "fp16"]], "order": "id"}]
     emb, _ = build(tables, 0)
     plan = tier_native.plan_of(emb)
-    with pytest.raises(InputError, match="table 0 is out of range"):
-        tier_native.split(plan, torch.tensor([1, 30], dtype=torch.int32), 1)
+    for bad in (30, -2):
+        with pytest.raises(InputError, match=r"table 0 holds an id that is neither -1 nor in \[0, 30\)"):
+            tier_native.split(plan, torch.tensor([1, bad], dtype=torch.int32), 1)
     with pytest.raises(ValueError, match="3 ids for batch 1"):
         tier_native.split(plan, torch.tensor([1, 2, 3], dtype=torch.int32), 1)
-    with pytest.raises(InputError, match="id 30"):  # the runtime's own bounds check names the table
+    for bad in (30, -2):  # the runtime names the table, the id and its batch row
+        with pytest.raises(InputError, match=f"table 't0': id {bad} \\(batch row 1\\)"):
+            emb.lookup_ids(FeatureIds.from_matrix(np.array([[1, 2], [1, bad]]), (2,)))
+    # a runtime not told its logical rows still refuses ids past the tiers'
+    emb.table_rows.fill_(2**62)
+    tier_native._PLANS.pop(emb, None)
+    with pytest.raises(InputError, match=r"neither -1 nor in \[0, 30\)"):
         emb.lookup_ids(FeatureIds.from_matrix(np.array([[1, 30]]), (2,)))
 
 
