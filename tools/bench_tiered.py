@@ -318,7 +318,7 @@ def render(r: dict[str, Any]) -> list[str]:
               f"({c['shift']:.0%} of ranks moved to other ids) with the old ranking "
               f"{h['after shift, old ranking']:.3f}, re-ranked from the shifted traffic's counts "
               f"{h['after shift, re-ranked']:.3f}.", "",
-              "Checks (max |diff| of pooled outputs against uniform fp32; split upstream against the runtime): "
+              "Checks (max |diff| of pooled outputs against uniform fp32; the native split against the torch ops and ranked ids against raw ids, bit for bit): "
               + ", ".join(f"{k.replace(', max |diff|', '')} {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
                          for k, v in r["checks"].items())]
     return lines
