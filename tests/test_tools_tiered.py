@@ -22,10 +22,17 @@ def test_bench_tiered_tiny(tmp_path):
     finally:
         torch.set_num_threads(threads)
     r = json.loads((tmp_path / "t.json").read_text())
-    assert set(r["ms"]) == {"fp32", "fp16", "int8", "int4", "hot sharing", "tiered", "tiered, split upstream",
-                            "tiered id map only"}
+    names = {"fp32", "fp16", "int8", "int4", "hot sharing", "tiered", "tiered rank order", "tiered, torch ops",
+             "tiered rank order, ranked ids"}
     checks = r["checks"]
-    assert checks["tiered split upstream vs runtime, max |diff|"] == 0.0
+    if checks["native split available"]:  # the native split's halves (no compiler: torch ops only)
+        names |= {"split alone: id order", "split alone: rank order, id -> rank", "split alone: rank order, ranked ids",
+                  "layout alone (id order): TBE + pooling, ids split before",
+                  "layout alone (rank order): TBE + pooling, ids split before"}
+    assert set(r["ms"]) == names
+    assert checks["tiered: native split == torch ops"] and checks["tiered rank order: native split == torch ops"]
+    assert checks["ranked ids == raw ids (native, torch ops)"] == [True, True]
+    assert r["bytes"]["tiered rank order, ranked ids"] < r["bytes"]["tiered rank order"]  # the rank map
     assert checks["tiered vs fp32, max |diff|"] <= checks["int4 vs fp32, max |diff|"] + 1e-6  # hot rows finer
     assert r["bytes"]["tiered"] > r["bytes"]["int4"]
     h = r["hot_share"]
