@@ -85,6 +85,8 @@ def _summary(manifest: dict, path: str) -> dict:
         if (t["sharing"] or {}).get("kind") == "tiered":  # each tier's own table and precision
             t["tiers"] = [{k: physical[key][k] for k in ("key", "rows", "precision", "bytes")}
                           for key in entry["physical"]]
+            if t["sharing"].get("order") == "rank":  # id -> rank, for a feature pipeline that sends ranks
+                t["rank_map"] = f"weights.safetensors:buffers.{t['name']}.rank"
     return {
         "artifact": str(path),
         "format_version": manifest["version"],

@@ -220,6 +220,13 @@ def test_convert_export_inspect(tmp_path, order):
     assert out.exit_code == 0, out.output
     t1 = next(t for t in json.loads(out.output.strip().splitlines()[-1])["tables"] if t["name"] == "t1")
     assert [t["precision"] for t in t1["tiers"]] == ["fp16", "fp8", "int4"]
+    if order == "rank":  # where a feature pipeline finds the rank map, and it is that tensor
+        from safetensors.numpy import load_file
+
+        file, _, key = t1["rank_map"].partition(":")
+        assert load_file(str(tmp_path / "art" / file))[key].tolist() == rank.tolist()
+    else:
+        assert "rank_map" not in t1
     assert sum(t["rows"] for t in t1["tiers"]) == n
     text = CliRunner().invoke(main, ["inspect", str(tmp_path / "art")]).output
     assert "tiered" in text and "t1.tier0" in text
