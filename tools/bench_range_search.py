@@ -1,20 +1,21 @@
 """The L2 range search's backends side by side: the C kernel vs the torch backends it replaces.
 
 `fused_rows(x, bits, "l2")` runs the search in the C kernel ("native", the default where it builds;
-`range_search_native`), or with eager torch ops (5 passes over the rows per candidate: memory-bound)
-or with torch.compile'd passes (one fused pass per candidate grid / refinement step). Before the
-kernel, "auto" meant eager below 2**25 values and compiled above. This times the backends on the
-same rows, interleaved (after one warm-up call each, which pays the one-off build or compile), as
-GB/s of fp32 input through the whole `fused_rows` (row ranges, search, min/max guard, fused rows),
-and compares what they choose: the share of rows with the same (scale, bias) as eager, and the
-total squared error of each against eager's and FBGEMM's min/max.
+`range_search_native`; the kernel also runs the min/max guard and writes the fused rows' headers),
+or with eager torch ops (5 passes over the rows per candidate: memory-bound) or with
+torch.compile'd passes (one fused pass per candidate grid / refinement step), the guard then in
+torch (`range_guard`). Before the kernel, "auto" meant eager below 2**25 values and compiled above.
+This times the backends on the same rows, interleaved (after one warm-up call each, which pays the
+one-off build or compile), as GB/s of fp32 input through the whole `fused_rows` (row ranges,
+search, min/max guard, fused rows), and compares what they choose: the share of rows with the same
+(scale, bias) as eager, and the total squared error of each against eager's and FBGEMM's min/max.
 
     .venv/bin/python tools/bench_range_search.py --rows 500000 --repeats 5
 
 `--parts` instead profiles where the native path's time goes, per part: the kernel alone with one
 candidate and no refinement (reading the rows, their ranges, one error pass, the codes), with all
-candidates, with the refinement steps (the whole search), then all of `fused_rows` (plus the
-min/max qparams, the guard's exact re-scoring of near-ties, the fused rows); CPU ms, median [min-max].
+candidates, with the refinement steps (the whole search), with the min/max guard (its exact
+re-scoring of near-ties) and the fp16 headers, then all of `fused_rows`; CPU ms, median [min-max].
 """
 
 from __future__ import annotations
@@ -76,17 +77,19 @@ def parts(rows: int, dim: int, bits: int, repeats: int) -> list[str]:
     torch.set_num_threads(1)
     x = table(rows, dim)
     full = RangeSearchConfig.for_bits(bits, dim)
-    steps = {"kernel: read, row ranges, 1 candidate, codes": (((0.0, 0.0),), 0),
-             f"kernel: + all {len(full.candidates)} candidates": (full.candidates, 0),
-             f"kernel: + {full.refine_steps} refinement steps (the search)": (full.candidates, full.refine_steps)}
+    steps = {"kernel: read, row ranges, 1 candidate, codes": (((0.0, 0.0),), 0, False),
+             f"kernel: + all {len(full.candidates)} candidates": (full.candidates, 0, False),
+             f"kernel: + {full.refine_steps} refinement steps (the search)": (full.candidates, full.refine_steps, False),
+             "kernel: + min/max guard, fp16 headers": (full.candidates, full.refine_steps, True)}
     out = tuple(torch.empty(rows, 1) for _ in range(4))
-    packed = torch.empty(rows, dim * bits // 8, dtype=torch.uint8)
+    fused = torch.empty(rows, 4 + dim * bits // 8, dtype=torch.uint8)
     spent: dict[str, list[float]] = {k: [] for k in [*steps, "fused_rows(x, bits, 'l2'), all of it"]}
     fused_rows(x[:4096], bits, "l2")
     for _ in range(repeats):
-        for k, (cands, n) in steps.items():
+        for k, (cands, n, guard) in steps.items():
             c = time.thread_time()
-            range_search_native.search(x, None, None, cands, bits, n, full.relaxation, out, packed)
+            range_search_native.search(x, None, None, cands, bits, n, full.relaxation, out, fused[:, 4:], guard,
+                                       fused[:, :4] if guard else None)
             spent[k].append(time.thread_time() - c)
         c = time.thread_time()
         fused_rows(x, bits, "l2")
