@@ -12,6 +12,13 @@ search, min/max guard, fused rows), and compares what they choose: the share of 
 
     .venv/bin/python tools/bench_range_search.py --rows 500000 --repeats 5
 
+`--against COMMIT` adds that commit's `fused_rows` (backend "auto") as the first variant, the
+reference of the ratios: its `lowprec/` is extracted with `git archive` into a temporary directory
+as the package `lowprec_at_COMMIT` (imports renamed), so before and after run interleaved in one
+process on the same rows:
+
+    .venv/bin/python tools/bench_range_search.py --backends native --against affdb44 --dim 64,128
+
 `--parts` instead profiles where the native path's time goes, per part: the kernel alone with one
 candidate and no refinement (reading the rows, their ranges, one error pass, the codes), with all
 candidates, with the refinement steps (the whole search), with the min/max guard (its exact
@@ -21,9 +28,13 @@ re-scoring of near-ties) and the fp16 headers, then all of `fused_rows`; CPU ms,
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,32 +53,51 @@ def table(rows: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(rows, dim, generator=g) * torch.rand(rows, 1, generator=g)
 
 
-def bench(rows: int, dim: int, bits: int, repeats: int, backends: list[str]) -> dict:
+def fused_rows_at(commit: str, work: Path):
+    """`fused_rows` of `commit`'s lowprec/, extracted under `work` as package lowprec_at_COMMIT."""
+    repo = Path(__file__).resolve().parents[1]
+    name = "lowprec_at_" + re.sub(r"\W", "_", commit)
+    tar = subprocess.run(["git", "-C", str(repo), "archive", commit, "lowprec"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(work)], input=tar.stdout, check=True)
+    (work / "lowprec").rename(work / name)
+    for f in (work / name).rglob("*.py"):
+        f.write_text(re.sub(r"\b(from|import) lowprec\b", rf"\1 {name}", f.read_text()))
+    sys.path.insert(0, str(work))
+    return importlib.import_module(f"{name}.quant.rowwise").fused_rows
+
+
+def bench(rows: int, dim: int, bits: int, repeats: int, backends: list[str], before: tuple | None = None) -> dict:
+    """Interleaved GB/s of the backends (and of `before` = (label, fused_rows), first), errors, agreement."""
     torch.set_num_threads(1)
     x = table(rows, dim)
     gb = x.numel() * 4 / 1e9
     base = RangeSearchConfig.for_bits(bits, dim)
     cfgs = {b: RangeSearchConfig(base.candidates, backend=b) for b in backends}
+    calls = {b: (lambda rows, cfg=cfg: fused_rows(rows, bits, "l2", config=cfg)) for b, cfg in cfgs.items()}
+    if before is not None:
+        calls = {before[0]: lambda rows: before[1](rows, bits, "l2"), **calls}
+        backends = list(calls)
     warm = {}
-    for b, cfg in cfgs.items():
+    for b, call in calls.items():
         t = time.perf_counter()
-        fused_rows(x[:4096], bits, "l2", config=cfg)
+        call(x[:4096])
         warm[b] = time.perf_counter() - t
-    wall = {b: [] for b in cfgs}
-    cpu = {b: [] for b in cfgs}
+    wall = {b: [] for b in calls}
+    cpu = {b: [] for b in calls}
     out = {}
     for _ in range(repeats):
-        for b, cfg in cfgs.items():
+        for b, call in calls.items():
             w, c = time.perf_counter(), time.thread_time()
-            out[b] = fused_rows(x, bits, "l2", config=cfg)
+            out[b] = call(x)
             cpu[b].append(gb / (time.thread_time() - c))
             wall[b].append(gb / (time.perf_counter() - w))
     err = {b: (fused_to_float(o, bits, dim) - x).double().square().sum().item() for b, o in out.items()}
     err["minmax"] = (fused_to_float(fused_rows(x, bits), bits, dim) - x).double().square().sum().item()
     ref = out[backends[0]]
     same = {b: (o[:, :4] == ref[:, :4]).all(1).double().mean().item() for b, o in out.items()}
+    identical = {b: torch.equal(o, ref) for b, o in out.items()}
     return {"rows": rows, "dim": dim, "bits": bits, "gb": gb, "warm_s": warm,
-            "gbs_cpu": cpu, "gbs_wall": wall, "err": err, "same_qparams": same}
+            "gbs_cpu": cpu, "gbs_wall": wall, "err": err, "same_qparams": same, "identical": identical}
 
 
 def parts(rows: int, dim: int, bits: int, repeats: int) -> list[str]:
@@ -132,6 +162,9 @@ def render(results: list[dict], cmd: str, load: tuple[float, float], repeats: in
     lines.append("First call on 4096 rows (pays the kernel build / torch.compile, caches as found): " + "; ".join(
         f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {s:.1f} s" for b, s in r["warm_s"].items())
         for r in results))
+    lines.append(f"Fused rows byte for byte those of {ref}: " + "; ".join(
+        f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {'yes' if r['identical'][b] else 'no'}" for b in backends[1:])
+        for r in results))
     lines.append("Total squared error (float64, of the dequantized rows): " + "; ".join(
         f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {v:.6e}" for b, v in r["err"].items())
         for r in results))
@@ -146,6 +179,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backends", default="eager,compile,native",
                     help="comma-separated; the first is the reference of the ratios")
+    ap.add_argument("--against", metavar="COMMIT", help="add COMMIT's fused_rows (auto) as the reference")
     ap.add_argument("--parts", action="store_true", help="profile the native path per part instead")
     args = ap.parse_args()
     cmd = "python tools/bench_range_search.py " + " ".join(sys.argv[1:])
@@ -160,8 +194,10 @@ def main() -> None:
                          *table_rows]))
         return
     backends = args.backends.split(",")
-    results = [bench(args.rows * 64 // int(d), int(d), int(b), args.repeats, backends)
-               for d in args.dim.split(",") for b in args.bits.split(",")]
+    with tempfile.TemporaryDirectory() as work:
+        before = (f"at {args.against}", fused_rows_at(args.against, Path(work))) if args.against else None
+        results = [bench(args.rows * 64 // int(d), int(d), int(b), args.repeats, backends, before)
+                   for d in args.dim.split(",") for b in args.bits.split(",")]
     print(render(results, cmd, (start, os.getloadavg()[0]), args.repeats))
 
 
