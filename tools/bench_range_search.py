@@ -109,7 +109,8 @@ def parts(rows: int, dim: int, bits: int, repeats: int) -> list[str]:
     full = RangeSearchConfig.for_bits(bits, dim)
     steps = {"kernel: read, row ranges, 1 candidate, codes": (((0.0, 0.0),), 0, False),
              f"kernel: + all {len(full.candidates)} candidates": (full.candidates, 0, False),
-             f"kernel: + {full.refine_steps} refinement steps (the search)": (full.candidates, full.refine_steps, False),
+             f"kernel: + {full.refine_steps} refinement steps (the search)":
+                 (full.candidates, full.refine_steps, False),
              "kernel: + min/max guard, fp16 headers": (full.candidates, full.refine_steps, True)}
     out = tuple(torch.empty(rows, 1) for _ in range(4))
     fused = torch.empty(rows, 4 + dim * bits // 8, dtype=torch.uint8)
@@ -163,7 +164,8 @@ def render(results: list[dict], cmd: str, load: tuple[float, float], repeats: in
         f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {s:.1f} s" for b, s in r["warm_s"].items())
         for r in results))
     lines.append(f"Fused rows byte for byte those of {ref}: " + "; ".join(
-        f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {'yes' if r['identical'][b] else 'no'}" for b in backends[1:])
+        f"{r['bits']}-bit D={r['dim']}: " +
+        ", ".join(f"{b} {'yes' if r['identical'][b] else 'no'}" for b in backends[1:])
         for r in results))
     lines.append("Total squared error (float64, of the dequantized rows): " + "; ".join(
         f"{r['bits']}-bit D={r['dim']}: " + ", ".join(f"{b} {v:.6e}" for b, v in r["err"].items())

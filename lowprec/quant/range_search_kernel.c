@@ -272,7 +272,8 @@ static v8 approx_err8(const float *T, int64_t d, const v8 e[4], v8 top) {
     v8 acc = _mm256_setzero_ps();
     for (int64_t j = 0; j < d; j++) {
         v8 xv = _mm256_loadu_ps(T + 8 * j);
-        v8 q = _mm256_min_ps(_mm256_max_ps(RINT(_mm256_mul_ps(_mm256_sub_ps(xv, e[2]), e[3])), _mm256_setzero_ps()), top);
+        v8 q = RINT(_mm256_mul_ps(_mm256_sub_ps(xv, e[2]), e[3]));
+        q = _mm256_min_ps(_mm256_max_ps(q, _mm256_setzero_ps()), top);
         v8 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(q, e[0]), e[1]), xv);
         acc = ACC_SQ(acc, diff);
     }
@@ -304,7 +305,8 @@ static int guard8(const float *T, int64_t d, int m, int bits, v8 top, v8 lo, v8 
     v8 mm[4];
     minmax8(lo, hi, bits, top, mm);
     if (bits == 8) emm = approx_err8(T, d, mm, top);
-    v8 same = bits == 8 ? zero : _mm256_and_ps(_mm256_cmp_ps(enc[0], mm[0], _CMP_EQ_OQ), _mm256_cmp_ps(enc[1], mm[1], _CMP_EQ_OQ));
+    v8 same = bits == 8 ? zero
+                        : _mm256_and_ps(_mm256_cmp_ps(enc[0], mm[0], _CMP_EQ_OQ), _mm256_cmp_ps(enc[1], mm[1], _CMP_EQ_OQ));
     v8 slack = _mm256_mul_ps(_mm256_mul_ps(V((float)(2e-4 * (double)d)), mm[0]), mm[0]);
     v8 as = _mm256_andnot_ps(sign, mm[0]), ab = _mm256_andnot_ps(sign, mm[1]);
     v8 unsure = _mm256_or_ps(_mm256_cmp_ps(*err, _mm256_sub_ps(_mm256_mul_ps(V(0.999f), emm), slack), _CMP_GE_OQ),

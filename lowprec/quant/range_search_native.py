@@ -60,7 +60,8 @@ def search(x: Tensor, lo: Tensor | None, hi: Tensor | None, cuts: tuple[tuple[fl
         raise ValueError("native search needs contiguous float32 rows")
     if not all(t.is_contiguous() and t.numel() == rows for t in out):
         raise ValueError("native search outputs must be contiguous, one value per row")
-    if head is not None and not (guard and head.dtype == torch.uint8 and head.shape == (rows, 4) and head.stride(1) == 1):
+    if head is not None and not (guard and head.dtype == torch.uint8 and head.shape == (rows, 4)
+                                 and head.stride(1) == 1):
         raise ValueError("native search writes a header only when guarding, into uint8 [rows, 4] rows")
     codes = packed if packed.stride(1) == 1 and (head is None or head.stride(0) == packed.stride(0)) else None
     if codes is None:  # strided codes (or a header with another row stride) go through a buffer
