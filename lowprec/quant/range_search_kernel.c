@@ -6,7 +6,10 @@
    where sums taken in another order fall on the other side of a near-tie. Each group of 8 rows is
    transposed once into a 2 KB block (one row per vector lane) that stays in L1 for all the passes:
    the search reads each value from memory once, and the per-row arithmetic (fp16 rounding, argmin,
-   refit) is vector code across the 8 rows. Built on first use by `range_search_native`.
+   refit) is vector code across the 8 rows. With `guard` it also applies lowprec/quant/range_guard.py's
+   rule (min/max back where it is not worse; near-ties re-scored exactly in float64, as the torch
+   guard does, bit for bit) and writes the fused rows' fp16 headers. Built on first use by
+   `range_search_native`.
 */
 #include <immintrin.h>
 #include <math.h>

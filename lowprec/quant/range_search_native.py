@@ -4,6 +4,8 @@ The kernel computes exactly what `range_search._search_chunk` does
 (same float32 operations per value; sums in another order), 8 rows at a time, so every pass over
 those rows runs on data in L1 instead of one memory-bound pass over a whole chunk per operation:
 the search reads each input value from memory once (reports/out_of_core.md, "L2 range search").
+With `guard` it then applies `range_guard.guard`'s rule to those rows (bit for bit the torch
+guard's result) and writes the fused rows' fp16 headers, so nothing runs over whole chunks after it.
 
 Built on first use by `lowprec.native` (system C compiler, cached in ~/.cache/lowprec). Needs AVX2
 and F16C (x86-64 since ~2013). Where it cannot be built `kernel()` returns None once with a warning,
