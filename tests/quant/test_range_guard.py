@@ -128,3 +128,18 @@ def test_one_backend_rule():
     assert backend_for("eager", 1 << 30) == "eager"
     res = search_ranges(torch.randn(9, 8), 4, RangeSearchConfig.for_bits(4, 8), guard=True)
     assert res.guarded == built
+
+
+@needs_kernel
+def test_kernel_writes_through_strided_codes_and_headers():
+    """Codes with a non-unit stride and a header whose row stride differs from the codes' go through
+    a buffer: the same bytes as fused rows written in place."""
+    x = offset_rows(203, 24, seed=3)
+    cfg = RangeSearchConfig(RangeSearchConfig.for_bits(4, 24).candidates, backend="native")
+    fused = torch.zeros(203, 16, dtype=torch.uint8)
+    guarded_search(x, 4, cfg, packed=fused[:, 4:], head=fused[:, :4])
+    assert torch.equal(fused, fused_rows(x, 4, "l2", config=cfg))
+    codes = torch.zeros(12, 203, dtype=torch.uint8).t()  # stride (1, 203): not unit along a row
+    head = torch.zeros(203, 8, dtype=torch.uint8)[:, 2:6]
+    guarded_search(x, 4, cfg, packed=codes, head=head)
+    assert torch.equal(codes, fused[:, 4:]) and torch.equal(head, fused[:, :4])
