@@ -32,6 +32,7 @@ from lowprec.quant import fbgemm_minmax_native
 _SB_BYTES = 4  # fp16 scale + fp16 bias
 _FBGEMM_BLOCK = 1 << 18  # values per block through FBGEMM's quantize ops (1 MB of fp32: the L2 cache)
 _HUGE_FROM = 4 << 20  # outputs from 4 MB get an anonymous mapping advised for huge pages
+_HUGE_PAGE = 2 << 20
 _KEEP_UP_TO = 128 << 20  # one such mapping up to this size is kept for the next call (a chunk's)
 _spare: list[mmap.mmap] = []
 
@@ -48,13 +49,14 @@ def huge_empty(nbytes: int) -> Tensor:
         return torch.empty(nbytes, dtype=torch.uint8)
     if _spare and len(_spare[0]) >= nbytes and sys.getrefcount(_spare[0]) == 2:  # list + argument
         return torch.frombuffer(_spare[0], dtype=torch.uint8, count=nbytes)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    size = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE  # whole huge pages: sizes a few bytes apart share one
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         buf.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError):  # no THP here: ordinary pages
         pass
-    _spare[:] = [buf] if nbytes <= _KEEP_UP_TO else []
-    return torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps `buf` alive
+    _spare[:] = [buf] if size <= _KEEP_UP_TO else []
+    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes)  # the tensor keeps `buf` alive
 
 
 def fbgemm_minmax_rows(x: Tensor, bits: int) -> Tensor | None:
