@@ -8,7 +8,7 @@ bias for range. On any failed check the path returns None and `rowwise.fused_row
 reference path, which names the bad row; tests check both give the same bytes.
 
 int4/int2 (`fbgemm_minmax_native.nbit_rows`, C): FBGEMM's quantize routine (the one the op
-calls) is called on 32 KB blocks straight into the output rows, each block checked in L1; ~1.0x
+calls) is called on 16 KB blocks straight into the output rows, each block checked in L1; ~1.0x
 the bare op's throughput. int8, and int4/int2 where that kernel cannot be built: the torch op on
 1 MB blocks, each block's rows rearranged into the output while in cache, NaN/Inf checked by the
 native check (`first_non_finite_row`) or, without a compiler, numpy's max (NaN propagates through

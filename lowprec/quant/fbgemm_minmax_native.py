@@ -28,7 +28,7 @@ SOURCE = Path(__file__).with_name("fbgemm_minmax_kernel.c")
 # fbgemm::FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf<float>(int bit_rate, const float* input,
 #     size_t rows, int cols, uint8_t* output, const float* rowwise_min_max)
 NBIT_SYMBOL = "_ZN6fbgemm44FloatOrHalfToFusedNBitRowwiseQuantizedSBHalfIfEEviPKT_miPhS3_"
-BLOCK_VALUES = 1 << 13  # values per FBGEMM call: 32 KB of fp32, the L1 cache (tools/bench_minmax_path.py)
+BLOCK_VALUES = 1 << 12  # values per FBGEMM call: 16 KB of fp32, half of L1 (4-64 KB: same within noise)
 _routine: list[int | None] = []  # the looked-up address, once
 
 

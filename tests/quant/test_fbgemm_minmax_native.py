@@ -45,6 +45,17 @@ def test_check_finds_first_non_finite_row(dim, bad):
         assert fbgemm_minmax_native.first_non_finite_row(x[6:9]) == -1
 
 
+def test_check_is_exact_where_sums_overflow():
+    """The vector pass sums values; where huge finite values overflow a sum, the exact per-value
+    test decides (nothing refused), and a NaN among them is still found."""
+    huge = torch.full((16, 64), 3e38)
+    assert torch.isinf(huge.sum(0)).all()  # every running sum overflows
+    assert fbgemm_minmax_native.first_non_finite_row(huge) == -1
+    huge[9, 63] = float("nan")
+    huge[12, 0] = float("inf")
+    assert fbgemm_minmax_native.first_non_finite_row(huge) == _first_bad_row(huge) == 9
+
+
 def _first_refused_row(x: torch.Tensor, bits: int) -> int:
     """Slow reference of what the loop reports: the first row the reference path refuses
     (a value not finite, or a scale or bias not finite in fp16)."""
