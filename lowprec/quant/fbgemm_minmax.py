@@ -8,13 +8,14 @@ bias for range. On any failed check the path returns None and `rowwise.fused_row
 reference path, which names the bad row; tests check both give the same bytes.
 
 int4/int2 (`fbgemm_minmax_native.nbit_rows`, C): FBGEMM's quantize routine (the one the op
-calls) is called on 16 KB blocks straight into the output rows, each block checked in L1; ~1.0x
-the bare op's throughput. int8, and int4/int2 where that kernel cannot be built: the torch op on
-1 MB blocks, each block's rows rearranged into the output while in cache, NaN/Inf checked by the
-native check (`first_non_finite_row`) or, without a compiler, numpy's max (NaN propagates through
-it; +Inf is caught there, -Inf by the bias). The output is the only table-sized buffer: an
-anonymous mapping advised for huge pages and reused by the next call (`huge_empty`). Measured per
-part in tools/bench_minmax_path.py, reports/out_of_core.md.
+calls) is called on 16 KB blocks straight into the output rows, each block checked in L1
+(0.93-1.04x the bare op's throughput at int2, one thread, load ~8). int8, and int4/int2 where
+that kernel cannot be built: the torch op on 1 MB blocks, each block's rows rearranged into the
+output while in cache, NaN/Inf checked by the native check (`first_non_finite_row`) or, without a
+compiler, numpy's max (NaN propagates through it; +Inf is caught there, -Inf by the bias). The
+output is the only table-sized buffer: an anonymous mapping advised for huge pages and reused by
+the next call (`huge_empty`). Measured per part in tools/bench_minmax_path.py,
+reports/out_of_core.md.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def fbgemm_minmax_rows(x: Tensor, bits: int) -> Tensor | None:
         bad = fbgemm_minmax_native.nbit_rows(x, bits, flat)
         if bad is not None:
             return flat[: rows * (_SB_BYTES + cb)].view(rows, _SB_BYTES + cb) if bad < 0 else None
+        del flat  # unused: torch_op_rows reuses its mapping
     return torch_op_rows(x, bits)
 
 
