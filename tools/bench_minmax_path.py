@@ -2,16 +2,20 @@
 
 For int8/int4/int2 on one convert chunk (default 1M rows x 64 fp32 = 256 MB, uniform +-0.1), each
 repeat times, in a fresh order: FBGEMM's bare op on the whole chunk (what a caller of the op gets:
-a fresh [codes | scale | bias] tensor); the bare op over the same 1 MB blocks the path uses (the
-op's compute alone, each block's output recycled by malloc); the same plus the NaN read of each
-block right after its op (what any path that refuses NaN must add: FBGEMM's ops skip NaN
-silently); lowprec's path `fused_rows(x, bits)` (the op, the rearrangement to [fp16 scale | fp16
-bias | codes], the NaN/Inf and fp16-range checks); and the path as it was before (`_previous`,
-kept here to compare against). Wall time and the thread's CPU time (time.thread_time, less
-disturbed by other processes on a loaded machine) are reported as GB/s of fp32 input, with the
-median and the range of the per-repeat ratios to the bare op on the chunk.
+a fresh [codes | scale | bias] tensor); the bare op over 1 MB blocks (the torch-op path's blocks;
+the op's compute alone, each block's output recycled by malloc); the same plus the NaN read of
+each block right after its op by numpy's max, and by the native check
+(`fbgemm_minmax_native.first_non_finite_row`) (what any path that refuses NaN must add: FBGEMM's
+ops skip NaN silently); lowprec's path `fused_rows(x, bits)` (int4/int2: FBGEMM's routine called
+from C on 32 KB blocks straight into the artifact rows, checked in L1; int8: the torch-op path);
+the torch-op path (`fbgemm_minmax.torch_op_rows`: op on 1 MB blocks, rearranged, native check;
+int8's path, and int4/int2's where FBGEMM's routine is not found); and the path as it was before
+(`_previous`: the torch-op path with numpy's check, which is also what runs without a C
+compiler). Wall time and the thread's CPU time (time.thread_time, less disturbed by other
+processes on a loaded machine) are reported as GB/s of fp32 input, with the median and the range
+of the per-repeat ratios to the bare op on the chunk. Everything runs on one thread.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_minmax_path.py --repeats 11 --out reports/minmax_path.json
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_minmax_path.py --repeats 21 --out reports/minmax_path.json
 """
 
 from __future__ import annotations
@@ -32,45 +36,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import machine, machine_line  # noqa: E402
 
-from lowprec.quant import fbgemm_minmax  # noqa: E402
+from lowprec.quant import fbgemm_minmax, fbgemm_minmax_native  # noqa: E402
 from lowprec.quant.rowwise import fused_rows  # noqa: E402
 
 
 def _previous(x: torch.Tensor, bits: int) -> torch.Tensor | None:
-    """fbgemm_minmax_rows before this change: the (scale, bias) words gathered per block and placed
-    with one strided copy over the whole output at the end; int8 codes by a 2-D numpy copy."""
+    """fbgemm_minmax_rows before this change (and without a C compiler now): FBGEMM's torch op on
+    1 MB blocks, each rearranged in cache, NaN/Inf found by numpy's max of each block."""
     rows, dim = x.shape
-    width = 4 + dim * bits // 8
-    flat = fbgemm_minmax.huge_empty((rows + 1) * width)  # one spare row: the last row's word
-    words = flat.numpy().view(np.int32).reshape(rows + 1, width // 4)
-    sb = np.empty(rows, dtype=np.int32)
+    flat = fbgemm_minmax.huge_empty(rows * (4 + dim * bits // 8))
+    out = fbgemm_minmax._Rows(flat.numpy(), rows, dim, bits)
     xn = x.numpy()
     step = max(1, fbgemm_minmax._FBGEMM_BLOCK // dim)
-    for i in range(0, rows, step):
-        block = x[i : i + step]
-        if bits == 8:
-            q = torch.ops.fbgemm.FloatToFused8BitRowwiseQuantized(block)
-            n = q.shape[0]
-            words[i : i + n, 1:] = q.numpy()[:, :dim].view(np.int32)
-            sb[i : i + n] = q[:, dim:].view(torch.float32).to(torch.float16).numpy().view(np.int32)[:, 0]
-        else:
-            q = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(block, bits).numpy()
-            n = q.shape[0]
-            words.reshape(-1).view(np.uint8)[4 + i * width : 4 + (i + n) * width] = q.reshape(-1)
-            sb[i : i + n] = q.view(np.int32)[:, -1]
+    place = out.int8_block if bits == 8 else out.nbit_block
+    for i, block in zip(range(0, rows, step), x.split(step)):
+        place(block, i)
         if not math.isfinite(np.maximum.reduce(xn[i : i + step], axis=None)):
             return None
-    if not fbgemm_minmax._finite_fp16_pairs(sb):
+    if not fbgemm_minmax._finite_fp16_pairs(out.sb):
         return None
-    words[:rows, 0] = sb
-    return flat[: rows * width].view(rows, width)
+    return flat.view(rows, out.width)
 
 
-def _each(op, blocks, read: bool = False) -> None:
+def _each(op, blocks, read=None) -> None:
     for b in blocks:  # each output dropped before the next: malloc recycles it
         op(b)
-        if read:  # the NaN read the path needs (FBGEMM's ops skip NaN), from cache
-            np.maximum.reduce(b.numpy(), axis=None)
+        if read is not None:  # the NaN read the path needs (FBGEMM's ops skip NaN), from cache
+            read(b)
 
 
 def _calls(x: torch.Tensor, bits: int) -> dict:
@@ -80,8 +72,10 @@ def _calls(x: torch.Tensor, bits: int) -> dict:
     return {
         "op_chunk": lambda: op(x),
         "op_blocks": lambda: _each(op, x.split(step)),
-        "op_read": lambda: _each(op, x.split(step), read=True),
+        "op_read": lambda: _each(op, x.split(step), read=lambda b: np.maximum.reduce(b.numpy(), axis=None)),
+        "op_check": lambda: _each(op, x.split(step), read=fbgemm_minmax_native.first_non_finite_row),
         "path": lambda: fused_rows(x, bits),
+        "torch_path": lambda: fbgemm_minmax.torch_op_rows(x, bits),
         "previous": lambda: _previous(x, bits),
     }
 
@@ -95,7 +89,9 @@ def bench(rows: int, dim: int, repeats: int) -> dict:
     out, rng = {}, random.Random(0)
     for bits in (8, 4, 2):
         calls = _calls(x, bits)
-        assert torch.equal(calls["path"](), calls["previous"]())  # same bytes
+        assert fbgemm_minmax_native.fbgemm_routine() is not None, "the native kernel did not build"
+        expected = calls["previous"]()
+        assert torch.equal(calls["path"](), expected) and torch.equal(calls["torch_path"](), expected)
         wall = {k: [] for k in calls}
         cpu = {k: [] for k in calls}
         order = list(calls)
@@ -122,17 +118,19 @@ def render(res: dict, cmd: str, load: tuple[float, float]) -> str:
              f"1-min load average {load[0]:.1f} at start, {load[1]:.1f} at end; "
              f"{res['rows']:,} x {res['dim']} fp32 ({res['rows'] * res['dim'] * 4 / 1e6:.0f} MB), "
              f"{res['repeats']} interleaved repeats, one thread.", "",
-             "| bits | clock | op on chunk GB/s | op on blocks GB/s | op + NaN read GB/s | path GB/s | "
-             "previous GB/s | path / op on chunk | previous / op on chunk | op + NaN read / op on chunk |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| bits | clock | op on chunk GB/s | op on blocks GB/s | op + NaN read GB/s | op + native check GB/s "
+             "| path GB/s | torch-op path GB/s | previous GB/s | path / op on chunk | torch-op path / op on chunk "
+             "| previous / op on chunk | op + NaN read / op on chunk | op + native check / op on chunk |",
+             "|" + " --- |" * 14]
     for bits, r in res["bits"].items():
         for clock in ("cpu", "wall"):
             g = r[f"gbs_{clock}"]
             med = {k: statistics.median(v) for k, v in g.items()}
-            lines.append(f"| {bits} | {clock} | {med['op_chunk']:.2f} | {med['op_blocks']:.2f} | "
-                         f"{med['op_read']:.2f} | {med['path']:.2f} | {med['previous']:.2f} | "
-                         f"{_ratio(g['path'], g['op_chunk'])} | {_ratio(g['previous'], g['op_chunk'])} | "
-                         f"{_ratio(g['op_read'], g['op_chunk'])} |")
+            gbs = " | ".join(f"{med[k]:.2f}" for k in ("op_chunk", "op_blocks", "op_read", "op_check", "path",
+                                                       "torch_path", "previous"))
+            ratios = " | ".join(_ratio(g[k], g["op_chunk"]) for k in ("path", "torch_path", "previous", "op_read",
+                                                                      "op_check"))
+            lines.append(f"| {bits} | {clock} | {gbs} | {ratios} |")
     return "\n".join(lines)
 
 

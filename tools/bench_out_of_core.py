@@ -8,9 +8,12 @@ convert (uniform int4, and a plan: big table int4, the other int8), eval of the 
 of the int4 artifact, calibrate, and one search (on --rows rows). It records wall time, model GB
 per second and the child's peak anonymous memory (RssAnon sampled every 50 ms from
 /proc/PID/status; read-only file mappings are file pages, not anonymous ones), writes
-reports/out_of_core.md and deletes the big files (unless --keep).
+the tables as markdown to --out (reports/out_of_core.md is that output merged by hand with the
+analysis sections, so write elsewhere and merge) and deletes the big files (unless --keep).
+It deletes only directories it created: each carries a marker file, and a --work or size directory
+that exists without one is refused.
 
-    .venv/bin/python tools/bench_out_of_core.py --sizes 2,30 --work /work/tmp-ooc
+    .venv/bin/python tools/bench_out_of_core.py --sizes 2,30 --work /tmp/ooc --out /tmp/ooc.md
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from lowprec.data.dataset import Dataset, DatasetWriter, SparseFeature  # noqa: 
 from lowprec.train import TrainConfig, model_config_for  # noqa: E402
 
 DIM = 64
+MARKER = ".bench_out_of_core"  # in every directory this tool created (and so may delete)
 _CHILD = ("import resource, sys\n"
           "resource.setrlimit(resource.RLIMIT_DATA, ({limit}, {limit}))\n"
           "from lowprec.cli import main\n"
@@ -91,14 +95,28 @@ def run_stage(args: list[str], limit: int) -> dict:
             "error": " | ".join(tail)[-300:] if proc.returncode else ""}
 
 
+def make_own(path: Path) -> None:
+    """Create `path` (refusing one that exists without our marker) and mark it as this tool's."""
+    if path.exists() and not (path / MARKER).exists():
+        sys.exit(f"{path} exists and was not created by this tool; choose another --work")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).touch()
+
+
+def remove_own(path: Path) -> None:
+    """Delete `path` if this tool created it (it carries the marker); leave anything else alone."""
+    if (path / MARKER).exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_inputs(root: Path, gb: float, rows: int) -> tuple[Path, Path, float | None]:
     """The dataset and float model under `root`; reused (write time None) if a complete one is there."""
     big, mid = int(gb * 1e9 * 2 / 3 / (DIM * 4)), int(gb * 1e9 / 3 / (DIM * 4))
     ds, model = root / "data", root / "model"
     if (model / "config.json").exists() and (ds / "dataset.json").exists():
         return ds, model, None
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    remove_own(root)
+    make_own(root)
     t = time.time()
     write_dataset(ds, big, mid, rows)
     config = model_config_for(Dataset(ds).meta, TrainConfig(windows=(0,), embedding_dim=DIM))
@@ -162,10 +180,12 @@ def render(results: list[dict], limit: int, cmd: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="2,30", help="model sizes in GB")
-    ap.add_argument("--work", default="/work/tmp-ooc", help="scratch directory (deleted)")
+    ap.add_argument("--work", default="/tmp/lowprec-ooc",
+                    help="scratch directory (created, and deleted at the end unless --keep)")
     ap.add_argument("--limit-gb", type=float, default=4.0, help="RLIMIT_DATA of every child")
     ap.add_argument("--rows", type=int, default=4000, help="rows per window (search uses them all)")
-    ap.add_argument("--out", default="reports/out_of_core.md")
+    ap.add_argument("--out", required=True,
+                    help="markdown output (not reports/out_of_core.md itself: merge into it by hand)")
     ap.add_argument("--keep", action="store_true", help="keep the model and outputs (a later run reuses them)")
     ap.add_argument("--stages", default=None,
                     help="comma-separated stage names to run (default all; 'none' only writes the inputs)")
@@ -173,6 +193,7 @@ def main() -> None:
     limit = int(args.limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))  # the writer too
     work = Path(args.work)
+    make_own(work)
     results: list[dict] = []
     cmd = "python tools/bench_out_of_core.py " + " ".join(sys.argv[1:])
 
@@ -185,10 +206,10 @@ def main() -> None:
             r = bench_size(gb, work, limit, args.rows, report, only)
             results.append(r)
             if not args.keep:
-                shutil.rmtree(r["root"], ignore_errors=True)
+                remove_own(r["root"])
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_own(work)
     Path(args.out).write_text(render(results, limit, cmd))
     print(f"wrote {args.out}")
 

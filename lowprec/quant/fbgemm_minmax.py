@@ -1,18 +1,21 @@
 """Min/max row-wise quantization through FBGEMM's own quantize ops, in the artifact's row layout.
 
 FBGEMM's ops write [codes | scale | bias] per row; the inference TBE (reverse_qparam=False) and
-lowprec's artifacts want [fp16 scale | fp16 bias | codes]. `fbgemm_minmax_rows` runs the op block by
-block (1 MB of fp32 input) and rearranges each block into the output while the op's output is in
-cache; the output is the only table-sized buffer. `lowprec.quant.rowwise.fused_rows` calls it for
-method="minmax" and falls back to its reference path where it returns None; tests check both give
-the same bytes.
+lowprec's artifacts want [fp16 scale | fp16 bias | codes]. FBGEMM's ops also skip NaN (a NaN
+value drops out of its row's min/max and is coded 0: nothing in their output shows it), so every
+block is checked for NaN/Inf after its op, while it is in cache, and every stored fp16 scale and
+bias for range. On any failed check the path returns None and `rowwise.fused_rows` runs its
+reference path, which names the bad row; tests check both give the same bytes.
 
-Cost beyond the op (profiled per part on 1M x 64 rows; tools/bench_minmax_path.py,
-reports/out_of_core.md): the NaN read of each block (FBGEMM's ops drop NaN from a row's min/max and
-code it 0, so nothing in their output shows it: the input must be read once more, from cache, by a
-max, through which NaN propagates), the copy into the output (an anonymous mapping advised for huge
-pages and reused by the next call, `huge_empty`) and placing each row's (scale, bias) word; the
-words are also kept contiguous for one fp16-range check with integer ops at the end.
+int4/int2 (`fbgemm_minmax_native.nbit_rows`, C): FBGEMM's quantize routine (the one the op
+calls) is called on 16 KB blocks straight into the output rows, each block checked in L1
+(0.93-1.04x the bare op's throughput at int2, one thread, load ~8). int8, and int4/int2 where
+that kernel cannot be built: the torch op on 1 MB blocks, each block's rows rearranged into the
+output while in cache, NaN/Inf checked by the native check (`first_non_finite_row`) or, without a
+compiler, numpy's max (NaN propagates through it; +Inf is caught there, -Inf by the bias). The
+output is the only table-sized buffer: an anonymous mapping advised for huge pages and reused by
+the next call (`huge_empty`). Measured per part in tools/bench_minmax_path.py,
+reports/out_of_core.md.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lowprec.quant import fbgemm_minmax_native
+
 _SB_BYTES = 4  # fp16 scale + fp16 bias
 _FBGEMM_BLOCK = 1 << 18  # values per block through FBGEMM's quantize ops (1 MB of fp32: the L2 cache)
 _HUGE_FROM = 4 << 20  # outputs from 4 MB get an anonymous mapping advised for huge pages
+_HUGE_PAGE = 2 << 20
 _KEEP_UP_TO = 128 << 20  # one such mapping up to this size is kept for the next call (a chunk's)
 _spare: list[mmap.mmap] = []
 
@@ -44,41 +50,62 @@ def huge_empty(nbytes: int) -> Tensor:
         return torch.empty(nbytes, dtype=torch.uint8)
     if _spare and len(_spare[0]) >= nbytes and sys.getrefcount(_spare[0]) == 2:  # list + argument
         return torch.frombuffer(_spare[0], dtype=torch.uint8, count=nbytes)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    size = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE  # whole huge pages: sizes a few bytes apart share one
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         buf.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError):  # no THP here: ordinary pages
         pass
-    _spare[:] = [buf] if nbytes <= _KEEP_UP_TO else []
-    return torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps `buf` alive
+    _spare[:] = [buf] if size <= _KEEP_UP_TO else []
+    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes)  # the tensor keeps `buf` alive
 
 
 def fbgemm_minmax_rows(x: Tensor, bits: int) -> Tensor | None:
     """min/max rows through FBGEMM's own quantize ops, rearranged to (scale, bias) first.
 
     FBGEMM's ops skip NaN and do not check fp16 range, so each block is checked after its op:
-    max(block) must be finite (NaN propagates through max; +Inf is caught there, -Inf by the bias)
-    and every stored fp16 scale and bias finite, exactly the rows the reference path accepts. On a
-    failed check, or where the op does not apply (no rows; rows that are not whole 4-byte words),
-    None: the reference path then names the bad row."""
+    every value finite and every stored fp16 scale and bias finite, exactly the rows the
+    reference path accepts. On a failed check, or where the op does not apply (no rows; rows that
+    are not whole 4-byte words), None: the reference path then names the bad row."""
     rows, dim = x.shape
     cb = dim * bits // 8
     if rows == 0 or cb % 4:
         return None
-    import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+    import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm, loads FBGEMM's library)
 
-    flat = huge_empty(rows * (_SB_BYTES + cb))
+    if bits != 8:
+        flat = huge_empty(rows * (_SB_BYTES + cb) + _SB_BYTES)  # 4 spare bytes: see the kernel
+        bad = fbgemm_minmax_native.nbit_rows(x, bits, flat)
+        if bad is not None:
+            return flat[: rows * (_SB_BYTES + cb)].view(rows, _SB_BYTES + cb) if bad < 0 else None
+        del flat  # unused: torch_op_rows reuses its mapping
+    return torch_op_rows(x, bits)
+
+
+def torch_op_rows(x: Tensor, bits: int) -> Tensor | None:
+    """`fbgemm_minmax_rows` through FBGEMM's torch ops on 1 MB blocks (int8; int4/int2 without the
+    native kernel): each block rearranged while its op output is in cache, then checked."""
+    rows, dim = x.shape
+    flat = huge_empty(rows * (_SB_BYTES + dim * bits // 8))
     out = _Rows(flat.numpy(), rows, dim, bits)
-    xn, top = x.detach().numpy(), np.maximum.reduce
     step = max(1, _FBGEMM_BLOCK // dim)
     place = out.int8_block if bits == 8 else out.nbit_block
     for i, block in zip(range(0, rows, step), x.split(step)):  # split: one call for all views
         place(block, i)
-        if not math.isfinite(top(xn[i : i + step], axis=None)):  # the block is still in cache
+        if not _finite_block(block):  # the block is still in cache
             return None
     if not _finite_fp16_pairs(out.sb):
         return None
     return flat.view(rows, out.width)
+
+
+def _finite_block(block: Tensor) -> bool:
+    """Whether every value of the block is finite: the native check, else numpy's max (NaN
+    propagates through it; +Inf shows there, -Inf in the block's stored biases)."""
+    bad = fbgemm_minmax_native.first_non_finite_row(block)
+    if bad is not None:
+        return bad < 0
+    return math.isfinite(np.maximum.reduce(block.detach().numpy(), axis=None))
 
 
 class _Rows:

@@ -24,12 +24,13 @@ values that stay in cache:
    reassigned, and the new (s, b) kept on the rows where E went down.
 
 During the search E is evaluated as s^2 sum_j (t_j - q_j)^2 with t = (x - b) / s in fp32; the
-caller (`rowwise._guard`) re-scores near-ties with min/max exactly, so the result is never worse
-than min/max on any row.
+guard (`range_guard`) puts min/max back where it is not worse, re-scoring near-ties exactly, so the
+result is never worse than min/max on any row.
 
-Backends (`RangeSearchConfig.backend`): the C kernel of `range_search_native` ("native"; "auto"
-wherever it builds), the same steps as torch ops below ("eager"), or those with the error passes
-torch.compile'd ("compile"; "auto" takes it for >= 2**25 values when the kernel cannot be built).
+Backends (`RangeSearchConfig.backend`, resolved by `backend_for`, the one rule): the C kernel of
+`range_search_native` ("native", which also runs the guard; "auto" wherever it builds), the same
+steps as torch ops below ("eager"), or those with the error passes torch.compile'd ("compile";
+"auto" takes it for >= 2**25 values when the kernel cannot be built).
 """
 
 from __future__ import annotations
@@ -64,6 +65,20 @@ def qparams_from_range(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tenso
     scale = fp16_round(scale)
     scale = torch.where(scale == 0, 1.0, scale)
     return scale, bias
+
+
+def minmax_qparams(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """FBGEMM's min/max (scale, bias) for row ranges [lo, hi] and the (sub, mul) of its codes.
+
+    int4/int2: `qparams_from_range`, codes with sub = b, mul = 1 / s. int8 (FBGEMM's TBE recipe,
+    `fbgemm_gpu.tbe.utils.quantize.quantize_embs`): codes of FloatToFused8BitRowwiseQuantized from the
+    fp32 range, sub = lo, mul = 255 / (hi - lo + 1e-8); stored s = fp16((hi - lo) / 255), b = fp16(lo).
+    """
+    if bits == 8:
+        rng = hi - lo
+        return fp16_round(rng / 255.0), fp16_round(lo), lo, torch.div(torch.tensor(255.0), rng + torch.tensor(1e-8))
+    scale, bias = qparams_from_range(lo, hi, bits)
+    return scale, bias, bias, torch.reciprocal(scale)
 
 
 def codes_into(x: Tensor, sub: Tensor, mul: Tensor, bits: int, out: Tensor) -> Tensor:
@@ -104,7 +119,7 @@ class RangeSearchConfig:
     refine_steps: int = 2  # least-squares refinement steps after the candidates
     relaxation: float = 1.5  # over-relaxation w of each refinement step (1 = plain Lloyd)
     chunk_elems: int = 1 << 20  # elements per chunk (working set of a few MB stays in cache)
-    backend: str = "auto"  # "native" (C kernel), "compile", "eager" or "auto": see `_Kernels`
+    backend: str = "auto"  # "native" (C kernel), "compile", "eager" or "auto": see `backend_for`
 
     def __post_init__(self) -> None:
         cands = self.candidates
@@ -168,11 +183,11 @@ def _fused_step(x: Tensor, b: Tensor, inv: Tensor, top: float) -> tuple[Tensor, 
 
 
 class _Kernels:
-    """The two passes over the rows the torch backends make, eager or torch.compile'd.
+    """The two passes over the rows the torch backends make, eager or torch.compile'd (`fused`).
 
     The default is neither: "auto" (and "native") run the whole search in the C kernel of
     `range_search_native` (6-11x the eager search, same definition), and fall back here only where
-    it cannot be built (no C compiler, no AVX2/F16C, not x86-64), with a warning.
+    it cannot be built (no C compiler, no AVX2/F16C, not x86-64), with a warning (`backend_for`).
 
     The compiled versions fuse each candidate's 5 passes into one (the search runs ~1.8x faster)
     but cost a one-off compile per process (~5 s with torch's disk cache warm, 10-20 s cold) and
@@ -185,8 +200,8 @@ class _Kernels:
     _compiled: dict[str, object] = {}
     _failed = False
 
-    def __init__(self, backend: str, numel: int):
-        self.fused = (backend == "compile" or (backend == "auto" and numel >= 1 << 25)) and self._ready()
+    def __init__(self, fused: bool):
+        self.fused = fused and self._ready()
 
     @classmethod
     def _ready(cls) -> bool:
@@ -296,19 +311,20 @@ def _search_chunk(x, lo0, hi0, bits, cfg, buf, packed, kernels: _Kernels) -> tup
     return best_s, best_b, best_e, err_mm
 
 
-def _native_ok(backend: str, x: Tensor, packed: Tensor) -> bool:
-    """Whether the C kernel runs this search: "auto"/"native", rows it can read, and it builds."""
-    if backend not in ("auto", "native") or x.dtype != torch.float32 or not x.is_contiguous():
-        return False
-    return packed.stride(1) == 1 and range_search_native.kernel() is not None
+def backend_for(backend: str, numel: int) -> str:
+    """The backend a search over `numel` values with `RangeSearchConfig.backend` runs (the one rule):
+    "native" wherever the C kernel builds, else eager; "auto" is the C kernel wherever it builds,
+    else the compiled passes for >= 2**25 values, else eager; "compile" falls back to eager where
+    torch.compile fails."""
+    if backend in ("auto", "native") and range_search_native.kernel() is not None:
+        return "native"
+    fused = backend == "compile" or (backend == "auto" and numel >= 1 << 25)
+    return "compile" if fused and _Kernels._ready() else "eager"
 
 
 def auto_backend(numel: int) -> str:
-    """The backend "auto" runs for a search over `numel` float32 values of contiguous rows: the C
-    kernel wherever it builds, else the compiled passes for >= 2**25 values, else eager."""
-    if range_search_native.kernel() is not None:
-        return "native"
-    return "compile" if _Kernels("auto", numel).fused else "eager"
+    """The backend "auto" runs for a search over `numel` values (`backend_for`)."""
+    return backend_for("auto", numel)
 
 
 class SearchResult(NamedTuple):
@@ -321,6 +337,8 @@ class SearchResult(NamedTuple):
     packed: Tensor  # uint8 [rows, dim * bits / 8]: FBGEMM's codes for (scale, bias), packed
     lo: Tensor  # [rows, 1] row min and max (as passed in, or taken; NaN on non-finite rows if taken
     hi: Tensor  # by the native kernel, which then searched garbage: the caller must check them)
+    guarded: bool = False  # min/max already put back where not worse (`range_guard`; the kernel does)
+    flagged: int = 0  # when guarded: rows with a non-finite range or min/max qparams beyond fp16
 
 
 def search_ranges(
@@ -330,27 +348,33 @@ def search_ranges(
     lo: Tensor | None = None,
     hi: Tensor | None = None,
     packed: Tensor | None = None,
+    guard: bool = False,
+    head: Tensor | None = None,
 ) -> SearchResult:
     """L2 search over rows of finite float32 `x` [rows, dim] (row min/max may be passed in).
 
     err and err_minmax are the (fp32, approximate) squared errors of the chosen qparams and of
     FBGEMM's min/max qparams. The packed codes are written to `packed` if given (it may be a
-    strided view, e.g. the code bytes of fused rows).
+    strided view, e.g. the code bytes of fused rows). With `guard`, the native kernel also runs
+    `range_guard`'s guard (result `guarded`) and writes the fp16 (scale, bias) to `head` [rows, 4]
+    if given; the torch backends leave both to `range_guard.guarded_search`.
     """
     rows, dim = x.shape
     cfg = cfg or RangeSearchConfig.for_bits(bits, dim)
     out = [x.new_empty(rows, 1) for _ in range(4)]
     if packed is None:
         packed = torch.empty(rows, dim * bits // 8, dtype=torch.uint8)
-    if _native_ok(cfg.backend, x, packed):  # 8 rows at a time in C: no buffers, one read of x
-        ranges = range_search_native.search(x, lo, hi, cfg.candidates, bits, cfg.refine_steps, cfg.relaxation,
-                                            out, packed)
-        return SearchResult(*out, packed, *ranges)
+    backend = backend_for(cfg.backend, x.numel())
+    if backend == "native":  # 8 rows at a time in C: no buffers, one read of x
+        *ranges, flagged = range_search_native.search(
+            x.to(torch.float32).contiguous(), lo, hi, cfg.candidates, bits, cfg.refine_steps, cfg.relaxation,
+            out, packed, guard, head)
+        return SearchResult(*out, packed, *ranges, guard, flagged)
     lo = x.amin(1, keepdim=True) if lo is None else lo
     hi = x.amax(1, keepdim=True) if hi is None else hi
     step = max(1, cfg.chunk_elems // dim)
     buf = tuple(x.new_empty(min(step, rows), dim) for _ in range(3))
-    kernels = _Kernels(cfg.backend, x.numel())
+    kernels = _Kernels(backend == "compile")
     for i in range(0, rows, step):
         n = min(step, rows - i)
         chunk = (x[i : i + n], lo[i : i + n], hi[i : i + n])

@@ -21,7 +21,7 @@ to nearest even):
   int8 (FBGEMM's TBE recipe `fbgemm_gpu.tbe.utils.quantize.quantize_embs`): codes of
       FloatToFused8BitRowwiseQuantized, q = rint((x - min) * (255 / (max - min + 1e-8))), from the
       fp32 values; stored s = fp16((max - min) / 255), b = fp16(min).
-The L2 method (`range_search`) stores fp16 (s, b) and the nearest codes for them.
+The L2 method (`range_search`, guarded by `range_guard`) stores fp16 (s, b) and the nearest codes for them.
 """
 
 from __future__ import annotations
@@ -34,16 +34,8 @@ from torch import Tensor
 
 from lowprec.errors import InputError
 from lowprec.quant.fbgemm_minmax import fbgemm_minmax_rows
-from lowprec.quant.range_search import (
-    FP16_MAX,
-    RangeSearchConfig,
-    codes_into,
-    fp16_round,
-    levels,
-    pack_float_codes,
-    qparams_from_range,
-    search_ranges,
-)
+from lowprec.quant.range_guard import guarded_search
+from lowprec.quant.range_search import FP16_MAX, RangeSearchConfig, codes_into, levels, minmax_qparams, pack_float_codes
 
 SUPPORTED_BITS = (32, 16, 8, 4, 2)
 INT_BITS = (8, 4, 2)
@@ -68,11 +60,6 @@ class _Encoding:
 
     def take(self, idx: Tensor) -> _Encoding:
         return _Encoding(*(t[idx] for t in (self.scale, self.bias, self.sub, self.mul)))
-
-    def put(self, idx: Tensor, other: _Encoding) -> _Encoding:
-        pairs = zip((self.scale, self.bias, self.sub, self.mul),
-                    (other.scale, other.bias, other.sub, other.mul))
-        return _Encoding(*(a.index_put((idx,), b) for a, b in pairs))
 
 
 def fused_row_bytes(dim: int, bits: int) -> int:
@@ -109,9 +96,9 @@ def rowwise_qparams_l2(
     """(scale, bias) float16 [rows] minimising each row's L2 error; see `fused_rows` for weights."""
     _check_bits(bits, INT_BITS)
     x = _as_rows(x)
-    codes = torch.empty(x.shape[0], x.shape[1] * bits // 8, dtype=torch.uint8)
-    enc = _encode_l2(x, bits, weights, config, codes)
-    return enc.scale[:, 0].half(), enc.bias[:, 0].half()
+    scale, bias = _encode_l2(x, bits, weights, config, torch.empty(x.shape[0], fused_row_bytes(x.shape[1], bits),
+                                                                   dtype=torch.uint8))
+    return scale[:, 0].half(), bias[:, 0].half()
 
 
 def quantize_rows(x: Tensor, bits: int, scale: Tensor, bias: Tensor) -> Tensor:
@@ -199,12 +186,11 @@ def fused_rows(
     if method == "minmax" and (out := fbgemm_minmax_rows(x, bits)) is not None:
         return out
     out = torch.empty(x.shape[0], fused_row_bytes(x.shape[1], bits), dtype=torch.uint8)
-    codes = out[:, _SB_BYTES:]  # packed codes are written straight into the rows
-    if method == "minmax":
-        enc = _encode_minmax(x, bits)
-        _packed_codes(x, bits, enc, codes)
-    else:
-        enc = _encode_l2(x, bits, weights, config, codes)
+    if method == "l2":
+        _encode_l2(x, bits, weights, config, out)
+        return out
+    enc = _encode_minmax(x, bits)
+    _packed_codes(x, bits, enc, out[:, _SB_BYTES:])  # packed codes are written straight into the rows
     out[:, :_SB_BYTES] = torch.cat((enc.scale, enc.bias), 1).half().view(torch.uint8)
     return out
 
@@ -285,60 +271,29 @@ def _check_fp16(enc: _Encoding) -> _Encoding:
 
 def _encode_minmax(x: Tensor, bits: int, ranges: tuple[Tensor, Tensor] | None = None) -> _Encoding:
     lo, hi = ranges if ranges is not None else _row_ranges(x)
-    if bits == 8:  # FBGEMM FloatToFused8BitRowwiseQuantized, then fp16 scale/bias (quantize_embs)
-        rng = hi - lo
-        mul = torch.div(torch.tensor(255.0), rng + torch.tensor(1e-8))
-        return _check_fp16(_Encoding(fp16_round(rng / 255.0), fp16_round(lo), lo, mul))
-    scale, bias = qparams_from_range(lo, hi, bits)
-    return _check_fp16(_Encoding(scale, bias, bias, torch.reciprocal(scale)))
+    return _check_fp16(_Encoding(*minmax_qparams(lo, hi, bits)))
 
 
-def _encode_l2(x: Tensor, bits: int, weights: Tensor | None, cfg: RangeSearchConfig | None, codes: Tensor):
-    """Encoding of the L2 search (min/max on rows with zero weight); packed codes go to `codes`.
-    Without weights the search takes the row ranges itself (the native kernel in its one read)."""
+def _encode_l2(x: Tensor, bits: int, weights: Tensor | None, cfg: RangeSearchConfig | None,
+               out: Tensor) -> tuple[Tensor, Tensor]:
+    """(scale, bias) [rows, 1] of the guarded L2 search (`range_guard`; min/max on rows with zero
+    weight), written with the codes into the fused rows `out`. Without weights the search takes the
+    row ranges itself (the native kernel in its one read) and counts rows min/max would reject."""
     active = _active_rows(weights, x.shape[0])
     if active is None:
-        res = search_ranges(x, bits, cfg, packed=codes)
-        mm = _encode_minmax(x, bits, _checked_ranges(res.lo, res.hi))
-        return _guarded(x, bits, res, mm)
+        res = guarded_search(x, bits, cfg, packed=out[:, _SB_BYTES:], head=out[:, :_SB_BYTES])
+        if res.flagged:  # the same checks as min/max's, which name the first bad row
+            _encode_minmax(x, bits, _checked_ranges(res.lo, res.hi))
+        return res.scale, res.bias
     minmax = _encode_minmax(x, bits, ranges := _row_ranges(x))
-    _packed_codes(x, bits, minmax, codes)
-    if active.numel() == 0:
-        return minmax
-    x, mm, lo, hi = x.index_select(0, active), minmax.take(active), ranges[0][active], ranges[1][active]
-    res = search_ranges(x, bits, cfg, lo, hi)
-    found = _guarded(x, bits, res, mm)
-    codes[active] = res.packed
-    return minmax.put(active, found)
-
-
-def _guarded(x: Tensor, bits: int, res, mm: _Encoding) -> _Encoding:
-    """The search's encoding with min/max put back where it is not worse (`_guard`), codes too."""
-    found = _Encoding(res.scale, res.bias, res.bias, torch.reciprocal(res.scale))
-    revert = _guard(x, bits, found, mm, res.err, res.err_minmax)
-    res.packed[revert] = _packed_codes(x.index_select(0, revert), bits, mm.take(revert))
-    return found.put(revert, mm.take(revert))
-
-
-def _guard(x: Tensor, bits: int, found: _Encoding, mm: _Encoding, err: Tensor, err_mm: Tensor) -> Tensor:
-    """Indices of rows where min/max is not worse than `found`, near-ties decided exactly.
-
-    The search scores rows with an fp32 approximation of the error. While |bias| <= 200 |scale|,
-    it is within 1e-4 per value (in units of scale^2) and 4e-4 relative of the exact error, so
-    rows clear of min/max by 0.1% plus that slack are safe; the rest are re-scored exactly.
-    int8 min/max has codes of its own (FBGEMM's recipe), so its error is recomputed first.
-    """
-    if bits == 8:
-        err_mm = _row_err(x, bits, mm, exact=False)
-    same = (found.scale == mm.scale) & (found.bias == mm.bias) & (bits != 8)
-    slack = 2e-4 * x.shape[1] * mm.scale * mm.scale
-    unsure = (err >= 0.999 * err_mm - slack) | (mm.bias.abs() > 200 * mm.scale.abs())
-    revert = same[:, 0].clone()
-    check = (unsure & ~same)[:, 0].nonzero()[:, 0]
-    for block in check.split(1 << 16):  # bounded memory when many rows need a look
-        xc, enc_mm, enc_found = x.index_select(0, block), mm.take(block), found.take(block)
-        revert[block] = (_row_err(xc, bits, enc_mm, exact=True) <= _row_err(xc, bits, enc_found, exact=True))[:, 0]
-    return revert.nonzero()[:, 0]
+    _packed_codes(x, bits, minmax, out[:, _SB_BYTES:])
+    scale, bias = minmax.scale, minmax.bias
+    if active.numel():
+        res = guarded_search(x.index_select(0, active), bits, cfg, ranges[0][active], ranges[1][active])
+        out[active, _SB_BYTES:] = res.packed
+        scale, bias = scale.index_put((active,), res.scale), bias.index_put((active,), res.bias)
+    out[:, :_SB_BYTES] = torch.cat((scale, bias), 1).half().view(torch.uint8)
+    return scale, bias
 
 
 def _active_rows(weights: Tensor | None, rows: int) -> Tensor | None:
@@ -350,19 +305,6 @@ def _active_rows(weights: Tensor | None, rows: int) -> Tensor | None:
         raise QuantInputError(f"weights must have one value per row ({rows}), got {w.shape[0]}")
     _raise_first_bad(~torch.isfinite(w) | (w < 0), "has a negative or non-finite weight")
     return (w > 0).nonzero()[:, 0]
-
-
-def _row_err(x: Tensor, bits: int, enc: _Encoding, exact: bool) -> Tensor:
-    """Per-row squared error [rows, 1] of the float32 dequantized rows (as the TBE computes them),
-    summed in float64 when `exact`, else in float32."""
-    out = torch.empty(x.shape[0], 1, dtype=torch.float64 if exact else torch.float32)
-    step = max(1, _CHUNK_ELEMS // x.shape[1])
-    for i in range(0, x.shape[0], step):
-        xc, part = x[i : i + step], enc.take(slice(i, i + step))
-        x_hat = codes_into(xc, part.sub, part.mul, bits, torch.empty_like(xc)).mul_(part.scale).add_(part.bias)
-        diff = x_hat.double().sub_(xc) if exact else x_hat.sub_(xc)
-        out[i : i + step] = torch.linalg.vector_norm(diff, dim=1, keepdim=True).square_()
-    return out
 
 
 def _codes(x: Tensor, bits: int, enc: _Encoding) -> Tensor:

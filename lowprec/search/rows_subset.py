@@ -11,11 +11,10 @@ backends, tiers: forms built from the whole table) and layers are copied whole; 
 replaced by their position among the kept rows. A validation round costs a pass over the eval
 windows' ids and their rows, not a pass over the model (except for tables converted whole).
 
-One difference from converting the whole table: the L2 range search compiles its passes for
-chunks of >= 2^25 values (`lowprec.quant.range_search`, backend "auto") and runs them eagerly on
-smaller ones; the two sum the error in another order, so on a few near-tie rows (0.1% measured)
-they pick another, equally good range. Min/max, and L2 on tables below 2^25 values, give
-bit-identical rows.
+Min/max and L2 give bit-identical rows: the L2 search's C kernel searches each row alone. Only
+where it cannot be built does "auto" pick by size (`lowprec.quant.range_search.backend_for`:
+compiled passes for >= 2^25 values, eager below), and those sum the error in another order, so
+on a few near-tie rows (0.1% measured) a subset may pick another, equally good range.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 Widths where FBGEMM's rows are not multiples of 8 bytes (int8 at dim 4/12/20: the fp32 (scale,
 bias) pair is read unaligned), several blocks with a ragged last one, and NaN/Inf at every column
-of a row (FBGEMM's min/max loop drops NaN differently by position: see the last test).
+of a row (FBGEMM's min/max loop drops NaN differently by position: see the last test), each through
+both paths: int4/int2 by the native kernel calling FBGEMM's routine ("native") and through the
+torch ops on blocks ("torch", int8's path and the fallback). tests/quant/test_fbgemm_minmax_native.py
+tests the kernel's check itself.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowprec.quant import fbgemm_minmax, rowwise
+from lowprec.quant import fbgemm_minmax, fbgemm_minmax_native, rowwise
 
 
 def _reference_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -21,27 +24,59 @@ def _reference_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
     return ref
 
 
+def _paths(monkeypatch, block_rows: int, dim: int) -> dict:
+    """fbgemm_minmax_rows (native for int4/int2) and the torch-op path, both on block_rows-row blocks."""
+    monkeypatch.setattr(fbgemm_minmax, "_FBGEMM_BLOCK", dim * block_rows)
+    monkeypatch.setattr(fbgemm_minmax_native, "BLOCK_VALUES", dim * block_rows)
+    assert fbgemm_minmax_native.fbgemm_routine() is not None  # this machine builds the kernel
+    return {"native": fbgemm_minmax.fbgemm_minmax_rows, "torch": fbgemm_minmax.torch_op_rows}
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
 @pytest.mark.parametrize(("bits", "dim"), [(8, 4), (8, 12), (8, 20), (4, 8), (4, 24), (2, 16), (2, 48)])
-def test_odd_widths_equal_reference_path(monkeypatch, bits, dim):
-    monkeypatch.setattr(fbgemm_minmax, "_FBGEMM_BLOCK", dim * 13)  # 13-row blocks, ragged last
+def test_odd_widths_equal_reference_path(monkeypatch, bits, dim, path):
+    rows = _paths(monkeypatch, 13, dim)[path]  # 13-row blocks, ragged last
     g = torch.Generator().manual_seed(dim * bits)
     x = torch.randn(100, dim, generator=g) * torch.rand(100, 1, generator=g) * 50
     x[5] = -3.0  # a constant row
-    assert torch.equal(fbgemm_minmax.fbgemm_minmax_rows(x, bits), _reference_rows(x, bits))
+    x[7] = 0.0
+    x[9, ::2] = 1e-30  # a range below fp16's smallest subnormal
+    assert torch.equal(rows(x, bits), _reference_rows(x, bits))
 
 
+@pytest.mark.parametrize("path", ["native", "torch"])
 @pytest.mark.parametrize("bits", [8, 4, 2])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_at_every_column_is_refused(monkeypatch, bits, bad):
+def test_non_finite_at_every_column_is_refused(monkeypatch, bits, bad, path):
     """Every column of a 32-wide row (4 AVX2 vectors): first, middle and last rows of a block."""
-    monkeypatch.setattr(fbgemm_minmax, "_FBGEMM_BLOCK", 32 * 10)
+    rows = _paths(monkeypatch, 10, 32)[path]
     base = torch.rand(30, 32, generator=torch.Generator().manual_seed(bits)) - 0.5
-    assert fbgemm_minmax.fbgemm_minmax_rows(base, bits) is not None
+    assert rows(base, bits) is not None
     for row in (0, 14, 29):
         for col in range(32):
             x = base.clone()
             x[row, col] = bad
-            assert fbgemm_minmax.fbgemm_minmax_rows(x, bits) is None, (row, col)
+            assert rows(x, bits) is None, (row, col)
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_scale_or_bias_beyond_fp16_is_refused(monkeypatch, bits, path):
+    """Finite values whose stored scale or bias is not finite in fp16 (the reference path names the
+    row: tests/quant/test_rowwise.py::test_values_beyond_fp16_raise), in every block position."""
+    rows = _paths(monkeypatch, 10, 32)[path]
+    base = torch.rand(30, 32, generator=torch.Generator().manual_seed(bits)) - 0.5
+    for row in (0, 9, 10, 29):
+        for big in (-1e6, 1e6, 3e38):  # bias beyond fp16; scale beyond fp16 (1e6: not at int8)
+            x = base.clone()
+            x[row, 3] = big
+            assert (rows(x, bits) is None) == (bits != 8 or big != 1e6), (row, big)
+    x[row, 3] = 1e6
+    if bits == 8:  # 1e6 / 255 is within fp16: the same bytes as the reference path
+        assert torch.equal(rows(x, bits), _reference_rows(x, bits))
+    else:  # and the reference path names the row, as before
+        with pytest.raises(ValueError, match=f"row {row} .*fp16"):
+            rowwise.fused_rows(x, bits)
 
 
 @pytest.mark.parametrize("bits", [4, 2])
