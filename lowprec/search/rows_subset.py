@@ -3,13 +3,14 @@
 A dense table kept dense (no sharing, no hashed backend) encodes row by row: min/max and the L2
 range search choose each row's (scale, bias) from that row alone (and, with row counts, that row's
 count), so the artifact rows a window looks up are the same whether the whole table or only those
-rows is converted. `touched_rows` makes one pass over the eval windows' ids; `write_subset_model`
+rows is converted. `touched_rows` makes one pass over the eval windows' ids (`TouchedRows` keeps its
+result for every round of a search); `write_subset_model`
 writes a float model (`lowprec.checkpoint.float_model.write_float_model`, streamed) whose dense
 unshared tables hold only those rows, in id order, and whose other tables (sharing, hashed or QR/ROBE
 backends, tiers: forms built from the whole table) and layers are copied whole; `convert` and
 `load_artifact` then run on it unchanged, and `RowsSubset` serves the artifact with the logical ids,
 replaced by their position among the kept rows. A validation round costs a pass over the eval
-windows' ids and their rows, not a pass over the model (except for tables converted whole).
+windows' rows (once a search), not a pass over the model (except for tables converted whole).
 
 Min/max and L2 give bit-identical rows: the L2 search's C kernel searches each row alone. Only
 where it cannot be built does "auto" pick by size (`lowprec.quant.range_search.backend_for`:
@@ -60,6 +61,21 @@ def touched_rows(model: DLRM, ds: Dataset, windows: list[int], tables: list[int]
         ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
         out[t] = torch.from_numpy(ids.astype(np.int64) if len(ids) else np.zeros(1, np.int64))
     return out
+
+
+class TouchedRows:
+    """`touched_rows` of one model on one set of windows, computed once for every dense table: a
+    search validates many plans on the same eval windows, and only which tables are subset changes."""
+
+    def __init__(self, model: DLRM, ds: Dataset, windows: list[int]):
+        self.model, self.ds, self.windows = model, ds, list(windows)
+        self._rows: dict[int, torch.Tensor] | None = None
+
+    def __call__(self, tables: list[int]) -> dict[int, torch.Tensor]:
+        if self._rows is None:
+            dense = [i for i, t in enumerate(self.model.config.tables) if parse_spec(t.embedding)[0] == "dense"]
+            self._rows = touched_rows(self.model, self.ds, self.windows, dense)
+        return {t: self._rows[t] for t in tables}
 
 
 def write_subset_model(model: DLRM, rows: dict[int, torch.Tensor], out: Path) -> Path:

@@ -39,6 +39,7 @@ from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, auc_price, ne_price, predicted, price, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
+from lowprec.search import rows_subset
 from lowprec.search.validate import validate
 
 
@@ -254,10 +255,13 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     float_stats = measurements.get("float") or {}
     evaluations = sum(1 for opts in items.values() for o in opts if not o.is_float_baseline)
 
+    touched = rows_subset.TouchedRows(model, ds, list(cfg.eval_windows))  # one pass for every round
+
     def check(chosen: dict[str, Option], round_no: int) -> Validation:
         update = stage(stages, f"validate round {round_no}", None)
         plan = plan_from_options(chosen, rm)
-        return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update, scratch)
+        return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update, scratch,
+                        touched=touched)
 
     if cfg.objective == "latency" and cost is None:  # timed on rank 0 alone, the same costs on every rank
         cost = dist.broadcast_json(measure_costs(emulator, items, rm) if dist.is_main() else None, "latency costs")

@@ -62,12 +62,18 @@ def scratch_dir(scratch: Path | None) -> Iterator[Path]:
 def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, windows: list[int],
              calibration: dict[str, Any] | None,
              progress: Update | None = None, scratch: Path | None = None,
-             subset: bool = True) -> Validation:
+             subset: bool = True, touched: rows_subset.TouchedRows | None = None) -> Validation:
+    """Convert `plan`, score it beside the float model on `windows`; `touched` (for these windows)
+    reuses the looked-up rows found by an earlier validation of the same search."""
+    if touched is None:
+        touched = rows_subset.TouchedRows(float_model, ds, windows)
+    elif touched.windows != list(windows) or touched.model is not float_model:
+        raise ValueError("validate: `touched` was made for other windows or another model")
     with scratch_dir(scratch) as tmp:
         out = tmp / "artifact"
         if subset:
             tables = rows_subset.subset_tables(float_model, plan)
-            rows = rows_subset.touched_rows(float_model, ds, windows, tables)
+            rows = touched(tables)
             sub = rows_subset.write_subset_model(float_model, rows, tmp / "model")
             manifest = convert(sub, plan, out, rows_subset.subset_calibration(calibration, float_model, rows),
                                allow_calibration_mismatch=True)  # the search checked it against the model

@@ -34,8 +34,15 @@ PLANS = {
 }
 
 
+@pytest.fixture(scope="module")
+def touched(setup):
+    """One looked-up-rows cache for every plan, as a search keeps it for all its rounds."""
+    _, ds, model, _ = setup
+    return rows_subset.TouchedRows(model, ds, EVAL)
+
+
 @pytest.mark.parametrize("name", list(PLANS))
-def test_rows_subset_validation_equals_full_conversion(setup, tmp_path, name):
+def test_rows_subset_validation_equals_full_conversion(setup, touched, tmp_path, name):
     root, ds, model, calib = setup
     plan = _plan(PLANS[name])
     tables = rows_subset.subset_tables(model, plan)
@@ -51,6 +58,16 @@ def test_rows_subset_validation_equals_full_conversion(setup, tmp_path, name):
     assert sub == full
     assert full.ne_increase != 0.0 and full.rows == 800
     assert not (tmp_path / "s").exists()
+    # the rows found for an earlier plan's tables serve this one (they are every dense table's)
+    assert validate(root / "model", model, plan, ds, EVAL, calib, touched=touched) == full
+    assert touched(tables).keys() == rows.keys()
+    assert all(touched(tables)[t].equal(rows[t]) for t in tables)
+
+
+def test_touched_rows_of_other_windows_are_refused(setup, touched):
+    root, ds, model, calib = setup
+    with pytest.raises(ValueError, match="other windows"):
+        validate(root / "model", model, _plan({"*": {"precision": "int8"}}), ds, [2], calib, touched=touched)
 
 
 def test_subset_ids_map_to_the_kept_rows(setup, tmp_path):
