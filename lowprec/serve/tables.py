@@ -42,7 +42,7 @@ class TableCodec:
     def encode(self, weight: torch.Tensor, range_method: str = "minmax",
                row_weights: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
         """Float rows (rows, dim % 4 == 0) -> uint8 rows exactly as the TBE stores them (`backend`:
-        the L2 range search's, lowprec.quant.range_search; "auto" decides by the rows' size)."""
+        the L2 range search's, lowprec.quant.range_search; "auto": the C kernel where it builds, `range_search.backend_for`)."""
         return fused_rows(weight.float(), self.precision.bits)
 
     def decode(self, rows: torch.Tensor, dim: int) -> torch.Tensor:
