@@ -105,7 +105,7 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
                        max_rounds=int(s.get("max_rounds", 6)), margin=float(s.get("margin", 0.9)),
                        test_windows=tuple(test),
                        accept=check_rule(str(pick(req.accept, r, "search", "accept", DEFAULT_RULE)),
-                                         "--accept" if req.accept else "recipe [search] accept"))
+                                         "--accept" if req.accept else f"{req.recipe}: [search] accept"))
     return cfg, r
 
 
