@@ -36,7 +36,7 @@ from tools.criteo_scale.runner import ROOT, Runner  # noqa: E402
 from tools._search_acceptance_report import render  # noqa: E402
 
 STATE = ROOT / "reports" / "search_acceptance"
-UNIFORM = (("int8", "l2"), ("int4", "l2"), ("int2", "minmax"), ("int2", "l2"))
+UNIFORM = (("int4", "l2"), ("int2", "minmax"), ("int2", "l2"), ("int8", "l2"))  # int8 last: needed only if int4 misses
 RULES = (Rule("int4", 16, "l2"), Rule("int4", 64, "l2"), Rule("int2", 16, "l2"))
 BUDGET = ("0.1%", "0.001")
 WINDOWS = {"train": "0-3", "calib": "4", "val": "5", "test": "6"}
