@@ -55,6 +55,7 @@ def test_heuristic_chosen_on_validation_and_uniform_on_test():
     assert h["heuristic"]["name"] == "rule/big"  # the smallest meeting the budget on window 5
     assert h["uniform"]["name"] == "uniform/int2-l2"  # the smallest meeting it on window 6
     assert h["plan"]["bytes"] == 1_000_000 and h["point"]["bytes"] == 900_000
+    assert h["heuristic_on_test"]["name"] == "rule/small"  # reported beside it, never chosen
 
 
 def test_render_headline_ratios(tmp_path):
@@ -63,6 +64,6 @@ def test_render_headline_ratios(tmp_path):
     (d / "s0.json").write_text(json.dumps(state()))
     text = render(d)
     line = next(x for x in text.splitlines() if x.startswith("| 0 |"))
-    assert "uniform/int2-l2 50.00 MB | 0.020 |" in line and "rule/big 6.00 MB" in line and "| 0.17 |" in line
+    assert "uniform/int2-l2 50.00 MB | 0.020 |" in line and "rule/big 6.00 MB" in line and "| 0.17 |" in line and "rule/small 2.00 MB | 0.50 |" in line
     assert "+0.080%" in line and "| **no** |" in line  # the point-rule plan misses on test (+0.13%)
     assert "round 1: 1.00 MB (tables + layers), accepted by the interval rule" in text
