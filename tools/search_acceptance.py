@@ -45,8 +45,8 @@ WINDOWS = {"train": "0-3", "calib": "4", "val": "5", "test": "6"}
 class Seed:
     """The stages of one seed (see the module doc); `work` holds its data, models and plans."""
 
-    def __init__(self, runner: Runner, work: Path, seed: int, scale: float, rows: int, limit_gb: float):
-        self.r, self.work, self.s, self.scale, self.rows = runner, work, seed, scale, rows
+    def __init__(self, runner: Runner, work: Path, seed: int, scale: float, rows: int, point: bool = True):
+        self.r, self.work, self.s, self.scale, self.rows, self.point = runner, work, seed, scale, rows, point
         self.data, self.model, self.calib = work / "data", work / "float", work / "calib.json"
 
     def run(self, name: str, args: list[str], output: Path | None = None, **extra) -> None:
@@ -92,7 +92,8 @@ class Seed:
                                      WINDOWS["calib"], "--out", str(self.calib), "--json"], self.calib)
         self.evals("float", self.model)
         self.search("interval")
-        self.search("point")
+        if self.point:
+            self.search("point")
         for p, m in UNIFORM:
             self.artifact(f"uniform/{p}-{m}", ["--precision", p, "--range-method", m])
         tables = self.tables()
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows-per-window", type=int, default=250_000)
     ap.add_argument("--data-limit-gb", type=float, default=5.0, help="RLIMIT_DATA of every stage")
     ap.add_argument("--keep", action="store_true", help="keep each seed's data and models when it is done")
+    ap.add_argument("--skip-point", action="store_true", help="no `--accept point` rerun of the search")
     ap.add_argument("--state", type=Path, default=STATE)
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args(argv)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     "command": "python tools/search_acceptance.py " + " ".join(sys.argv[1:] if argv is None else argv),
                     "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count()}
             runner = Runner(args.state / f"s{seed}.json", args.work / "logs" / f"s{seed}", args.data_limit_gb, meta)
-            Seed(runner, work, seed, args.scale, args.rows_per_window, args.data_limit_gb).all()
+            Seed(runner, work, seed, args.scale, args.rows_per_window, not args.skip_point).all()
             runner.state["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             runner.save()
             if not args.keep:
