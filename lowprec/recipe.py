@@ -44,7 +44,8 @@ TYPES: dict[str, tuple[type, ...]] = {  # "section.key" -> accepted TOML value t
     "calibrate.method": (str,),
     "calibrate.percentile": _NUM, "calibrate.max_rows": (int,), "search.max_rows": (int,),
     "search.range_method": (str,), "search.objective": (str,), "search.max_rounds": (int,),
-    "search.margin": _NUM, "search.accept": (str,), "recipe.name": (str,), "recipe.description": (str,), "recipe.data": (str,),
+    "search.margin": _NUM, "search.accept": (str,),
+    "recipe.name": (str,), "recipe.description": (str,), "recipe.data": (str,),
 }
 
 

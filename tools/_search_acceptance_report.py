@@ -157,7 +157,8 @@ def _summary(heads: dict[int, dict[str, Any]]) -> list[str]:
                    + (f"{u['name']} {u['bytes'] / MB:.2f} MB | {ru:.3f} | " if u else "none | | ")
                    + (f"{q['name']} {q['bytes'] / MB:.2f} MB | {_ci(q['test'], None)} | {_yes(_meets(q['test']))} | "
                       f"{rh:.2f} | " if q else "none meets on window 5 | | | | ")
-                   + (f"{qt['name']} {qt['bytes'] / MB:.2f} MB | {p['bytes'] / qt['bytes']:.2f} | " if qt else "none | | ")
+                   + (f"{qt['name']} {qt['bytes'] / MB:.2f} MB | {p['bytes'] / qt['bytes']:.2f} | "
+                      if qt else "none | | ")
                    + (f"{pt['bytes'] / MB:.2f} | {_pct(pt['test'][0]) if pt['test'] else 'n/a'} | "
                       f"{_yes(_meets(pt['test']))} |" if pt else "| | |"))
     out.append("")

@@ -133,7 +133,8 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
                 else "(the point estimates must fit the budget; the intervals are reported, not used)."))
     doc.table(["round", "bytes", "predicted NE", "validated NE [95% CI]", "validated AUC drop [95% CI]",
                "accepted", "why"],
-              [[r["round"], r["bytes"], f"{100 * r['predicted']['d_ne']:+.4f}%", _ci(r["validated"], "ne_increase", 100),
+              [[r["round"], r["bytes"], f"{100 * r['predicted']['d_ne']:+.4f}%",
+                _ci(r["validated"], "ne_increase", 100),
                 _ci(r["validated"], "auc_drop", 1), "yes" if r["fits"] else "no",
                 r.get("verdict", {}).get("reason", "")] for r in result.rounds])
     return doc.write(directory)

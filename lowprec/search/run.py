@@ -180,9 +180,9 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
 
     The additive model mispredicts the joint loss in both directions. Starting at m = margin, a plan
     that validates within budget by `cfg.accept`'s rule raises m (x4, then bisection), so slack the
-    model did not see is spent; a plan the rule rejects lowers m and, while nothing has validated yet, also forbids the choice
-    contributing most to the validated loss (`contribution`, else the largest price) and its cheaper
-    alternatives. Plans already validated are not re-run.
+    model did not see is spent; a plan the rule rejects lowers m and, while nothing has validated
+    yet, also forbids the choice contributing most to the validated loss (`contribution`, else the
+    largest price) and its cheaper alternatives. Plans already validated are not re-run.
     Returns the cheapest validated plan (or None) and the validation rounds. Cheapest is by the
     objective: bytes, or with `cost` (the latency objective) the plan's predicted time.
     """
