@@ -118,6 +118,7 @@ class PlanInfo:
     layer_bytes: int | None = None
     windows: SearchWindows | None = None
     objective: str | None = None
+    accept: str | None = None  # the search's acceptance rule: "interval" or "point" (lowprec.search.accept)
     predicted_latency_us: float | None = None
     evaluations: int | None = None
     rounds: int | None = None

@@ -5,7 +5,7 @@
     [candidates] table_precisions = ["fp32", ...]   layer_precisions = [...]   sharing_ratios = [4, 16]
                  tier_layouts = ["0.02:fp16/int4"] (lowprec.serve.tiers.parse_layout)
     [calibrate]  method = "minmax"   percentile = 99.99
-    [search]     max_rows = 50000   range_method = "l2"   objective = "bytes"
+    [search]     max_rows = 50000   range_method = "l2"   objective = "bytes"   accept = "interval"
 
 Who reads what: `lowprec train --recipe` takes [windows] train and validate (early stopping);
 `lowprec search --recipe` takes [windows] calibrate and evaluate, [budgets], [candidates] (sharing_precisions: the precisions a
@@ -31,7 +31,7 @@ SCHEMA: dict[str, set[str]] = {
     "budgets": {"max_ne_increase", "max_auc_drop", "memory_budget"},
     "candidates": {"table_precisions", "layer_precisions", "sharing_ratios", "sharing_precisions", "tier_layouts"},
     "calibrate": {"method", "percentile", "max_rows"},
-    "search": {"max_rows", "range_method", "objective", "max_rounds", "margin"},
+    "search": {"max_rows", "range_method", "objective", "max_rounds", "margin", "accept"},
     "recipe": {"name", "description", "data"},
 }
 _NUM = (int, float)
@@ -44,7 +44,8 @@ TYPES: dict[str, tuple[type, ...]] = {  # "section.key" -> accepted TOML value t
     "calibrate.method": (str,),
     "calibrate.percentile": _NUM, "calibrate.max_rows": (int,), "search.max_rows": (int,),
     "search.range_method": (str,), "search.objective": (str,), "search.max_rounds": (int,),
-    "search.margin": _NUM, "recipe.name": (str,), "recipe.description": (str,), "recipe.data": (str,),
+    "search.margin": _NUM, "search.accept": (str,),
+    "recipe.name": (str,), "recipe.description": (str,), "recipe.data": (str,),
 }
 
 

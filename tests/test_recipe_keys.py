@@ -62,6 +62,7 @@ def test_sharing_precisions_reach_the_search_space(data, tmp_path):
     ('[candidates]\nsharing_precisions = ["int9"]\n', "unknown precision 'int9'"),
     ('[candidates]\nsharing_ratios = "4,x"\n', "sharing ratios must be numbers"),
     ('[windows]\ncalibrate = ["1"]\n', "[windows] calibrate = ['1']"),
+    ('[search]\naccept = "median"\n', "[search] accept must be one of interval, point, not 'median'"),
 ])
 def test_unknown_keys_and_bad_values_are_refused_naming_key_and_file(data, tmp_path, text, message):
     p = recipe(tmp_path, '[windows]\ncalibrate = "1"\nevaluate = "2"\n' * ("[windows]" not in text) + text)

@@ -31,16 +31,22 @@ from lowprec.cli._common import StageBars, fmt
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
               help="CALIB.json; without it the search calibrates on --calib-windows itself.")
 @click.option("--max-rows", type=int, help="Calibration rows cached for sensitivity [50000].")
+@click.option("--accept", type=click.Choice(["interval", "point"]),
+              help="When a validated plan fits the budget. interval: the upper ends of its two-sided 95% "
+                   "intervals (NE increase: paired Poisson bootstrap; AUC drop: paired DeLong) are within the "
+                   "budget, i.e. one-sided 97.5% confidence each; point: the point estimates are "
+                   "[recipe [search] accept, else interval].")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md + index.html here.")
 @click.option("--json", "as_json", is_flag=True)
 def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_windows, out, max_ne_increase, max_auc_drop,
            memory_budget, objective, precisions, layer_precisions, sharing_ratios, tier_layouts, calib_path,
-           max_rows, report_dir, as_json):
+           max_rows, accept, report_dir, as_json):
     """Search a precision (and sharing) per table and per layer under an accuracy budget.
 
     Measures each option's NE/AUC effect alone on the calibration windows, picks the cheapest
     plan with an integer program, then converts and validates it on the eval windows, backing
-    off the most sensitive choices until the measured loss fits. Cached measurements live beside
+    off the most sensitive choices until the measured loss fits: by default (--accept interval) the
+    upper ends of its 95% intervals, not only the point estimates. Cached measurements live beside
     PLAN.json (PLAN.cache.json): an interrupted search resumes from them.
 
     Runs data-parallel under torchrun (or `lowprec --nproc N search ...`): the measurements are
@@ -60,7 +66,8 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
         max_ne_increase=max_ne_increase,
         max_auc_drop=max_auc_drop, memory_budget=memory_budget, objective=objective,
         precisions=precisions, layer_precisions=layer_precisions, sharing_ratios=sharing_ratios,
-        tier_layouts=tier_layouts, calib_path=calib_path, max_rows=max_rows, report_dir=report_dir)
+        tier_layouts=tier_layouts, calib_path=calib_path, max_rows=max_rows, report_dir=report_dir,
+        accept=accept)
     dist.check_same(inputs)
     with StageBars() as stages:
         result, summary = run_search(req, stages)
@@ -90,6 +97,8 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
                    f"[{100 * t.ne_increase_ci[0]:.4f}, {100 * t.ne_increase_ci[1]:.4f}], AUC drop "
                    f"{fmt(t.auc_drop, 5)}; budget holds: point {_yes(summary['tested_fits']['point'])}, "
                    f"interval {_yes(summary['tested_fits']['interval'])}")
+    for r in result.rounds:
+        click.echo(f"  round {r['round']}: {r['bytes']:,} bytes, {r['verdict']['reason']}")
     click.echo(f"  {result.evaluations} evaluations, {len(result.rounds)} validation round(s), "
                f"{result.seconds:.1f}s")
     if report_dir:

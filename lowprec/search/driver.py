@@ -22,6 +22,7 @@ from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.precision import Precision
 from lowprec.progress import Stages, stage
 from lowprec.recipe import load_recipe, parse_fraction, pick, resolve_windows
+from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
 from lowprec.search.run import SearchConfig, SearchResult, search
 from lowprec.search.solver import Budget
 from lowprec.search.space import DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace
@@ -48,6 +49,7 @@ class SearchRequest:
     calib_path: str | None = None
     max_rows: int | None = None
     report_dir: str | None = None
+    accept: str | None = None  # "interval" | "point" (lowprec.search.accept); recipe [search] accept
 
 
 def _list(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -101,7 +103,9 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
                        objective=pick(req.objective, r, "search", "objective", "bytes"),
                        max_rows=int(pick(req.max_rows, r, "search", "max_rows", 50_000)),
                        max_rounds=int(s.get("max_rounds", 6)), margin=float(s.get("margin", 0.9)),
-                       test_windows=tuple(test))
+                       test_windows=tuple(test),
+                       accept=check_rule(str(pick(req.accept, r, "search", "accept", DEFAULT_RULE)),
+                                         "--accept" if req.accept else f"{req.recipe}: [search] accept"))
     return cfg, r
 
 
@@ -149,14 +153,6 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     return result, summary
 
 
-def _fits(v, b) -> dict[str, bool] | None:
-    """Does the budget hold for the point estimate, and for the whole interval (its upper ends)?"""
-    if v is None:
-        return None
-    return {"point": bool(v.ne_increase <= b.max_ne_increase and v.auc_drop <= b.max_auc_drop),
-            "interval": bool(v.ne_increase_ci[1] <= b.max_ne_increase and v.auc_drop_ci[1] <= b.max_auc_drop)}
-
-
 def summarize(result: SearchResult, model) -> dict[str, Any]:
     info = result.plan.info
     fp32 = sum(o[0].bytes for o in result.items.values())
@@ -165,7 +161,8 @@ def summarize(result: SearchResult, model) -> dict[str, Any]:
     v, t, b = result.validation, result.test, info.budgets
     return {
         "message": result.message,
-        "validated_fits": _fits(v, b), "tested": t.to_json() if t else None, "tested_fits": _fits(t, b),
+        "accept": info.accept,
+        "validated_fits": fits_summary(v, b), "tested": t.to_json() if t else None, "tested_fits": fits_summary(t, b),
         "plan": result.plan.to_json(),
         "table_bytes": info.table_bytes, "layer_bytes": info.layer_bytes,
         "total_bytes": total, "fp32_bytes": fp32, "fp32_table_bytes": fp32_tables,

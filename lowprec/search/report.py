@@ -61,7 +61,7 @@ def _frontier_figure(result: SearchResult, summary: dict[str, Any], directory: P
                     xerr=[[100 * (v["ne_increase"] - v["ne_increase_ci"][0])],
                           [100 * (v["ne_increase_ci"][1] - v["ne_increase"])]],
                     fmt="s", color="green" if r["fits"] else "red", ms=6,
-                    label=f"round {r['round']} validated ({'fits' if r['fits'] else 'over budget'})")
+                    label=f"round {r['round']} ({'accepted' if r['fits'] else 'rejected'})")
     ax.axvline(100 * result.plan.info.budgets.max_ne_increase, color="red", ls="--", lw=1)
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_yscale("log")
@@ -82,6 +82,12 @@ def _validation(doc: Doc, title: str, v: Any, fits: dict[str, bool]) -> None:
     ])
     doc.para(f"Budget holds for the point estimate: {'yes' if fits['point'] else 'no'}; for the whole "
              f"interval: {'yes' if fits['interval'] else 'no'}.")
+
+
+def _ci(v: dict[str, Any], key: str, scale: float) -> str:
+    lo, hi = v[f"{key}_ci"]
+    digits, unit = (4, "%") if scale == 100 else (5, "")
+    return f"{scale * v[key]:+.{digits}f}{unit} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
 
 
 def write_report(result: SearchResult, summary: dict[str, Any], directory: Path) -> Path:
@@ -121,8 +127,14 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
     doc.figure(_frontier_figure(result, summary, directory),
                "Bytes vs NE increase: MILP optimum per NE budget (predicted), and validated plans")
     doc.heading("Validation rounds")
-    doc.table(["round", "bytes", "predicted NE", "validated NE", "validated AUC drop", "fits"],
+    doc.para(f"Acceptance rule: {info.accept or 'point'} "
+             + ("(the upper ends of the two-sided 95% intervals must fit the budget: one-sided 97.5% confidence "
+                "for NE increase and AUC drop each)." if info.accept == "interval"
+                else "(the point estimates must fit the budget; the intervals are reported, not used)."))
+    doc.table(["round", "bytes", "predicted NE", "validated NE [95% CI]", "validated AUC drop [95% CI]",
+               "accepted", "why"],
               [[r["round"], r["bytes"], f"{100 * r['predicted']['d_ne']:+.4f}%",
-                f"{100 * r['validated']['ne_increase']:+.4f}%", f"{r['validated']['auc_drop']:+.5f}",
-                "yes" if r["fits"] else "no"] for r in result.rounds])
+                _ci(r["validated"], "ne_increase", 100),
+                _ci(r["validated"], "auc_drop", 1), "yes" if r["fits"] else "no",
+                r.get("verdict", {}).get("reason", "")] for r in result.rounds])
     return doc.write(directory)

@@ -13,6 +13,9 @@
    joint plan's loss minus the loss without that choice). Stop rule: the multiplier interval
    closes, nothing cheaper exists, or `max_rounds` validations are spent; the cheapest validated
    plan wins. None: all fp32, and `SearchResult.message` says why and what to try (never silent).
+   A plan validates when `SearchConfig.accept`'s rule says so (lowprec.search.accept): by default
+   the upper ends of its 95% intervals fit the budget, so the multiplier rises only on slack the
+   validation rows vouch for; each round logs both checks, the rule and why.
 4. With test windows (never used to select), the chosen plan is validated once more there, and
    both validations report whether the budget holds for the interval, not only the point estimate.
 """
@@ -35,6 +38,7 @@ from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
+from lowprec.search.accept import DEFAULT_RULE, check_rule, judge
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, auc_price, ne_price, predicted, price, solve
@@ -54,8 +58,10 @@ class SearchConfig:
     max_rounds: int = 8
     margin: float = 0.9  # solve for this share of the budget; validation checks the rest
     test_windows: tuple[int, ...] = ()  # never seen by selection; the chosen plan is reported there
+    accept: str = DEFAULT_RULE  # when a validated plan fits: "interval" (upper bounds) or "point"
 
     def __post_init__(self) -> None:
+        check_rule(self.accept, "accept")
         if self.objective not in ("bytes", "latency"):
             raise InputError(f"objective must be bytes or latency, not {self.objective!r}")
         if not 0 < self.margin <= 1:
@@ -174,10 +180,10 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
     """Validation-guided search over the budget multiplier m given to the solver.
 
     The additive model mispredicts the joint loss in both directions. Starting at m = margin, a plan
-    that validates within budget raises m (x4, then bisection), so slack the model did not see is
-    spent; a plan over budget lowers m and, while nothing has validated yet, also forbids the choice
-    contributing most to the validated loss (`contribution`, else the largest price) and its cheaper
-    alternatives. Plans already validated are not re-run.
+    that validates within budget by `cfg.accept`'s rule raises m (x4, then bisection), so slack the
+    model did not see is spent; a plan the rule rejects lowers m and, while nothing has validated
+    yet, also forbids the choice contributing most to the validated loss (`contribution`, else the
+    largest price) and its cheaper alternatives. Plans already validated are not re-run.
     Returns the cheapest validated plan (or None) and the validation rounds. Cheapest is by the
     objective: bytes, or with `cost` (the latency objective) the plan's predicted time.
     """
@@ -195,10 +201,12 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
         key = tuple(sorted(o.key for o in chosen.values()))
         if key not in seen:
             val = check(chosen, len(rounds) + 1)
-            seen[key] = val.fits(cfg.budget.max_ne_increase, cfg.budget.max_auc_drop)
+            verdict = judge(val, cfg.budget, cfg.accept)
+            seen[key] = verdict.accepted
             rounds.append({"round": len(rounds) + 1, "multiplier": m, "bytes": total_bytes(chosen),
                            "predicted": asdict(predicted(chosen, sens)), "validated": val.to_json(),
-                           "fits": seen[key], "choices": {o.item: o.key.split("|", 1)[1] for o in chosen.values()}})
+                           "fits": seen[key], "verdict": verdict.to_json(),
+                           "choices": {o.item: o.key.split("|", 1)[1] for o in chosen.values()}})
             if seen[key] and (best is None or plan_price(chosen) < plan_price(best[0])):
                 best = (chosen, val)
         if seen[key]:
@@ -288,7 +296,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         total_bytes=total_bytes(chosen), table_bytes=total_bytes(chosen, "table"),
         layer_bytes=total_bytes(chosen, "layer"),
         windows=SearchWindows(tuple(cfg.calib_windows), tuple(cfg.eval_windows), tuple(cfg.test_windows)),
-        objective=cfg.objective,
+        objective=cfg.objective, accept=cfg.accept,
         predicted_latency_us=sum(cost[o.key] for o in chosen.values()) if cost else None,
         evaluations=evaluations, rounds=len(rounds))
     plan = plan_from_options(chosen, rm, info)
@@ -323,11 +331,16 @@ def no_compression_message(rounds: list[dict[str, Any]], cfg: SearchConfig) -> s
     if failed:
         r = min(failed, key=lambda r: r["validated"]["ne_increase"])
         v = r["validated"]
+        how = "upper ends of the 95% intervals" if cfg.accept == "interval" else "point estimates"
         why = (f"none of the {len(failed)} quantized plans validated within the budget (NE increase <= "
-               f"{100 * b.max_ne_increase:.3g}%, AUC drop <= {b.max_auc_drop:g}) on eval windows "
-               f"{list(cfg.eval_windows)}; the closest (round {r['round']}) measured NE "
+               f"{100 * b.max_ne_increase:.3g}%, AUC drop <= {b.max_auc_drop:g}; {cfg.accept} rule: {how}) "
+               f"on eval windows {list(cfg.eval_windows)}; the closest (round {r['round']}) measured NE "
                f"{100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
                f"{100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop {v['auc_drop']:.5f}")
+        point_only = sum(1 for r in failed if r.get("verdict", {}).get("point"))
+        if cfg.accept == "interval" and point_only:
+            why += (f"; {point_only} of them fit on the point estimate only (longer eval windows narrow the "
+                    f"interval; --accept point takes the point estimate, at the risk of missing the budget later)")
     else:
         why = "every quantized option's priced loss (measured loss plus its noise) exceeds the budget"
     return (f"no compression: {why}. The plan keeps everything fp32 (1.00x). Try a larger "

@@ -6,7 +6,8 @@ and loaded through the same convert and loader users get, served with the logica
 costs a pass over the eval windows' ids, not over the model; `subset=False` converts the whole plan.
 The artifact is scored beside the float model on the same rows with the drift job's paired
 evaluation (`lowprec.evaluation.paired`): the relative NE increase gets a paired Poisson-bootstrap
-interval, the AUC drop DeLong's paired normal interval.
+interval, the AUC drop DeLong's paired normal interval, both at `accept.CONFIDENCE` (whether a plan
+fits its budget is `lowprec.search.accept`'s call).
 
 Scratch space: `scratch` names a directory (the search puts it beside its output,
 `<out>.validate-tmp`) that validation creates with a marker file and removes when done; one left by
@@ -33,8 +34,8 @@ from lowprec.plan import Plan, Validation
 from lowprec.evaluation.paired import PairedConfig, evaluate_window
 from lowprec.progress import Update
 from lowprec.search import rows_subset
+from lowprec.search.accept import CONFIDENCE
 
-CONFIDENCE = 0.95  # PairedConfig's bootstrap interval uses the same level
 MARKER = ".lowprec-validate-tmp"  # in a scratch directory validation made (and may delete)
 
 
@@ -82,7 +83,7 @@ def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, 
         else:
             manifest = convert(model_dir, plan, out, calibration)
             runtime, embedding_bytes = load_artifact(out)[0], int(manifest["embedding_bytes"])
-        m = evaluate_window(float_model, runtime, ds, windows, PairedConfig(), tmp / "spill-",
+        m = evaluate_window(float_model, runtime, ds, windows, PairedConfig(confidence=CONFIDENCE), tmp / "spill-",
                             progress=progress)
     z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
     half = z * math.sqrt(max(m.delong.var, 0.0))

@@ -16,6 +16,7 @@ from helpers import make_tiny_dataset
 from lowprec.checkpoint.float_model import save_float_model
 from lowprec.cli import main
 from lowprec.data.dataset import Dataset
+from lowprec.plan import Validation
 from lowprec.precision import Precision
 from lowprec.search import run as search_run
 from lowprec.search.solver import Budget, Sensitivity, ne_price, solve
@@ -48,15 +49,10 @@ def test_a_lucky_improvement_is_not_free():
     assert chosen[B].precision is Precision.INT2
 
 
-class _Val:
-    def __init__(self, ok):
-        self.ok = ok
-
-    def fits(self, ne, auc):
-        return self.ok
-
-    def to_json(self):
-        return {"ne_increase": 0.0 if self.ok else 0.01, "ne_increase_ci": [0, 0], "auc_drop": 0.0}
+def _val(ok):
+    """A validation inside the 0.1% budget (point and interval) or well over it."""
+    ne = 0.0 if ok else 0.01
+    return Validation(ne, (ne, ne), 0.0, (0.0, 0.0), 0.5, 0.7, 0.5 * (1 + ne), 0.7, 0, 0, 1000)
 
 
 def test_back_off_by_validated_contribution():
@@ -67,7 +63,7 @@ def test_back_off_by_validated_contribution():
 
     def check(chosen, n):
         validated.append({k: o.precision.value for k, o in chosen.items()})
-        return _Val(chosen[B].precision is not Precision.INT2)
+        return _val(chosen[B].precision is not Precision.INT2)
 
     def contribution(chosen):
         return {o.key: Sensitivity(0.01 if o.precision is Precision.INT2 else 0.0001, 0.0) for o in chosen.values()}
