@@ -66,9 +66,10 @@ def fused_rows_at(commit: str, work: Path):
     return importlib.import_module(f"{name}.quant.rowwise").fused_rows
 
 
-def bench(rows: int, dim: int, bits: int, repeats: int, backends: list[str], before: tuple | None = None) -> dict:
+def bench(rows: int, dim: int, bits: int, repeats: int, backends: list[str], before: tuple | None = None,
+          threads: int = 1) -> dict:
     """Interleaved GB/s of the backends (and of `before` = (label, fused_rows), first), errors, agreement."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     x = table(rows, dim)
     gb = x.numel() * 4 / 1e9
     base = RangeSearchConfig.for_bits(bits, dim)
@@ -87,9 +88,10 @@ def bench(rows: int, dim: int, bits: int, repeats: int, backends: list[str], bef
     out = {}
     for _ in range(repeats):
         for b, call in calls.items():
-            w, c = time.perf_counter(), time.thread_time()
+            out.pop(b, None)  # freed before the call, as convert frees each chunk's rows before the next
+            w, c = time.perf_counter(), time.process_time()
             out[b] = call(x)
-            cpu[b].append(gb / (time.thread_time() - c))
+            cpu[b].append(gb / (time.process_time() - c))
             wall[b].append(gb / (time.perf_counter() - w))
     err = {b: (fused_to_float(o, bits, dim) - x).double().square().sum().item() for b, o in out.items()}
     err["minmax"] = (fused_to_float(fused_rows(x, bits), bits, dim) - x).double().square().sum().item()
@@ -130,13 +132,13 @@ def parts(rows: int, dim: int, bits: int, repeats: int) -> list[str]:
             f"{1e3 * max(v):.0f}] | {gb / statistics.median(v):.2f} |" for k, v in spent.items()]
 
 
-def render(results: list[dict], cmd: str, load: tuple[float, float], repeats: int) -> str:
+def render(results: list[dict], cmd: str, load: tuple[float, float], repeats: int, threads: int = 1) -> str:
     backends = list(results[0]["gbs_cpu"])
     ref = backends[0]
-    lines = [f"Command: `{cmd}`", "", machine_line(machine(1)),
+    lines = [f"Command: `{cmd}`", "", machine_line(machine(threads)),
              f"1-min load average {load[0]:.1f} at start, {load[1]:.1f} at end; {repeats} interleaved "
-             "repeats after a warm-up; one thread; GB/s of fp32 input through `fused_rows(x, bits, 'l2')`, "
-             "median [min-max]; ratios are per repeat.", "",
+             f"repeats after a warm-up; {'one thread' if threads == 1 else f'{threads} torch threads'}; GB/s of fp32 input through `fused_rows(x, bits, 'l2')`, "
+             "median [min-max] (cpu: GB per CPU-second of the whole process, every thread); ratios are per repeat.", "",
              "| bits | rows x dim | clock | " + " | ".join(f"{b} GB/s" for b in backends) + " | " +
              " | ".join(f"{b} / {ref}" for b in backends[1:]) + " | MSE " + ref + " / min-max | " +
              " | ".join(f"MSE {b} / {ref}" for b in backends[1:]) + " | " +
@@ -183,6 +185,8 @@ def main() -> None:
                     help="comma-separated; the first is the reference of the ratios")
     ap.add_argument("--against", metavar="COMMIT", help="add COMMIT's fused_rows (auto) as the reference")
     ap.add_argument("--parts", action="store_true", help="profile the native path per part instead")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (the native kernel splits rows over them; the others are one-threaded)")
     args = ap.parse_args()
     cmd = "python tools/bench_range_search.py " + " ".join(sys.argv[1:])
     start = os.getloadavg()[0]
@@ -198,9 +202,9 @@ def main() -> None:
     backends = args.backends.split(",")
     with tempfile.TemporaryDirectory() as work:
         before = (f"at {args.against}", fused_rows_at(args.against, Path(work))) if args.against else None
-        results = [bench(args.rows * 64 // int(d), int(d), int(b), args.repeats, backends, before)
+        results = [bench(args.rows * 64 // int(d), int(d), int(b), args.repeats, backends, before, args.threads)
                    for d in args.dim.split(",") for b in args.bits.split(",")]
-    print(render(results, cmd, (start, os.getloadavg()[0]), args.repeats))
+    print(render(results, cmd, (start, os.getloadavg()[0]), args.repeats, args.threads))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ guard's result) and writes the fused rows' fp16 headers, so nothing runs over wh
 
 Built on first use by `lowprec.native` (system C compiler, cached in ~/.cache/lowprec). Needs AVX2
 and F16C (x86-64 since ~2013). Where it cannot be built `kernel()` returns None once with a warning,
-and the search runs its torch backends instead.
+and the search runs its torch backends instead. Above PARALLEL_FROM_ROWS rows the rows are split
+over torch's intra-op threads (ctypes releases the GIL; every row is searched alone, so the bytes
+are those of one thread, tested).
 """
 
 from __future__ import annotations
 
 import ctypes
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,6 +38,34 @@ def _declare(dll: ctypes.CDLL) -> None:
 def kernel() -> ctypes.CDLL | None:
     """The loaded kernel library, built on first use; None (warned once) where it cannot be."""
     return native.load(SOURCE, _declare, "native L2 range search")
+
+
+PARALLEL_FROM_ROWS = 1 << 14  # below this one thread: a part must outweigh handing it to a thread
+_pool_state: list[ThreadPoolExecutor] = []
+
+
+def _threads(rows: int) -> int:
+    """Threads for a search over `rows`: torch's intra-op thread count (OMP_NUM_THREADS,
+    torch.set_num_threads), one below PARALLEL_FROM_ROWS rows."""
+    return 1 if rows < PARALLEL_FROM_ROWS else max(1, min(torch.get_num_threads(), rows // PARALLEL_FROM_ROWS))
+
+
+def _parts(rows: int) -> list[tuple[int, int]]:
+    """Row ranges of near-equal size, one per thread, split at multiples of 8 (the kernel's group)."""
+    n = _threads(rows)
+    cuts = [min(rows, -(-(rows * i // n) // 8) * 8) for i in range(n + 1)]
+    cuts[-1] = rows
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool for the process, as many workers as torch has threads (the kernel releases the GIL)."""
+    want = torch.get_num_threads()
+    if not _pool_state or _pool_state[0]._max_workers != want:
+        if _pool_state:
+            _pool_state.pop().shutdown(wait=False)
+        _pool_state.append(ThreadPoolExecutor(max_workers=want, thread_name_prefix="lowprec-l2"))
+    return _pool_state[0]
 
 
 def search(x: Tensor, lo: Tensor | None, hi: Tensor | None, cuts: tuple[tuple[float, float], ...], bits: int,
@@ -68,16 +99,27 @@ def search(x: Tensor, lo: Tensor | None, hi: Tensor | None, cuts: tuple[tuple[fl
     codes = packed if packed.stride(1) == 1 and (head is None or head.stride(0) == packed.stride(0)) else None
     if codes is None:  # strided codes (or a header with another row stride) go through a buffer
         codes = torch.empty(packed.shape, dtype=torch.uint8)
-    flagged = ctypes.c_int64(0)
     cut = torch.tensor(cuts, dtype=torch.float32).reshape(-1)
-    rc = lib.lowprec_l2_search(
-        x.data_ptr(), rows, dim, lo.data_ptr(), hi.data_ptr(), int(given), cut.data_ptr(), len(cuts), bits,
-        steps, relaxation, *(t.data_ptr() for t in out), codes.data_ptr(), codes.stride(0), int(guard),
-        head.data_ptr() if head is not None and codes is packed else None, ctypes.byref(flagged))
+    head_ptr = head.data_ptr() if head is not None and codes is packed else None
+    f32 = 4
+
+    def part(r0: int, r1: int) -> tuple[int, int]:
+        """The kernel on rows [r0, r1): every row is searched alone, so any split gives the same bytes."""
+        flagged = ctypes.c_int64(0)
+        rc = lib.lowprec_l2_search(
+            x.data_ptr() + r0 * dim * f32, r1 - r0, dim, lo.data_ptr() + r0 * f32, hi.data_ptr() + r0 * f32,
+            int(given), cut.data_ptr(), len(cuts), bits, steps, relaxation,
+            *(t.data_ptr() + r0 * f32 for t in out), codes.data_ptr() + r0 * codes.stride(0), codes.stride(0),
+            int(guard), head_ptr + r0 * head.stride(0) if head_ptr else None, ctypes.byref(flagged))
+        return rc, flagged.value
+    results = [part(a, b) for a, b in _parts(rows)] if _threads(rows) == 1 else \
+        list(_pool().map(lambda ab: part(*ab), _parts(rows)))
+    rc = next((r for r, _ in results if r), 0)
     if rc:
         raise ValueError(f"native L2 range search rejected its arguments (dim {dim}, {bits} bits, code {rc})")
+    flagged = sum(n for _, n in results)
     if codes is not packed:
         packed.copy_(codes)
         if head is not None:
             head.copy_(torch.cat(out[:2], 1).half().view(torch.uint8))
-    return lo.reshape(-1, 1), hi.reshape(-1, 1), flagged.value
+    return lo.reshape(-1, 1), hi.reshape(-1, 1), flagged

@@ -143,3 +143,29 @@ def test_kernel_writes_through_strided_codes_and_headers():
     head = torch.zeros(203, 8, dtype=torch.uint8)[:, 2:6]
     guarded_search(x, 4, cfg, packed=codes, head=head)
     assert torch.equal(codes, fused[:, 4:]) and torch.equal(head, fused[:, :4])
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_kernel_on_threads_gives_the_one_thread_bytes(bits):
+    """Above PARALLEL_FROM_ROWS rows the kernel runs on torch's threads, on row ranges split at
+    multiples of 8: the same fused rows, ranges and flagged count as one thread, NaN rows included."""
+    rows = 2 * range_search_native.PARALLEL_FROM_ROWS + 13
+    x = offset_rows(rows, 20, seed=bits)
+    x[rows // 2 + 3, 1] = float("nan")  # in the second part
+    cfg = RangeSearchConfig(RangeSearchConfig.for_bits(bits, 20).candidates, backend="native")
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            assert len(range_search_native._parts(rows)) == min(n, 2)
+            fused = torch.zeros(rows, 4 + 20 * bits // 8, dtype=torch.uint8)
+            results.append((guarded_search(x, bits, cfg, packed=fused[:, 4:], head=fused[:, :4]), fused))
+    finally:
+        torch.set_num_threads(threads)
+    (r1, f1), (r2, f2) = results
+    assert r1.flagged == r2.flagged >= 1 and torch.isnan(r1.lo[rows // 2 + 3])
+    for a, b in zip(r1[:7], r2[:7]):  # scale, bias, errors, codes, ranges
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()) if a.is_floating_point() else torch.equal(a, b)
+    assert torch.equal(f1, f2)
