@@ -9,7 +9,8 @@ flat), block coordinate Newton, and scores the eval windows (AUC; ids never seen
 It answers "how much of the dense-only -> Bayes gap can the training rows support at all": a trained
 DLRM that closes less than this fit misses something learnable; the gap beyond it is what the rows
 do not hold about rarely seen ids. `--prior-scale k` multiplies every prior variance (k > 1: weaker
-regularisation); `--no-factors` fits the per-id biases only. One JSON object per run on stdout.
+regularisation; `--factor-prior-scale` the factors' only); `--no-factors` fits the per-id biases only.
+One JSON object per run on stdout.
 
     python tools/latent_map.py --data /tmp/gap/data --train-windows 0-3 --eval-windows 4,5,6
 """
@@ -32,7 +33,7 @@ from lowprec.evaluation.metrics import BinaryStats
 def load(ds: Dataset, windows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     parts = [ds.arrays(w) for w in windows]
     dense = np.concatenate([np.asarray(p[0], dtype=np.float64) for p in parts])
-    sparse = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
+    sparse = np.concatenate([np.asarray(p[1], dtype=np.int32) for p in parts])
     labels = np.concatenate([np.asarray(p[2], dtype=np.float64) for p in parts])
     return dense, sparse, labels
 
@@ -41,14 +42,14 @@ class LatentMAP:
     """The generator's model family: parameters, Gaussian prior variances, the logit."""
 
     def __init__(self, sizes: list[int], n_dense: int, dim: int, scale: float, prior_scale: float,
-                 factors: bool, seed: int = 0):
+                 factors: bool, seed: int = 0, factor_prior_scale: float = 1.0):
         rng = np.random.default_rng(seed)
         self.b, self.w = 0.0, np.zeros(n_dense)
         self.a = [np.zeros(n) for n in sizes]
         self.bias_var = [prior_scale * (scale * (BIAS_SD_LARGE if t in LARGE_TABLES else BIAS_SD_SMALL)) ** 2
                          for t in range(len(sizes))]
         self.pairs = PAIRS if factors else ()
-        self.factor_var = prior_scale * scale / np.sqrt(dim)
+        self.factor_var = factor_prior_scale * prior_scale * scale / np.sqrt(dim)
         # random start at half the prior's sd: a zero start is a saddle point of the product terms
         self.g = {t: 0.5 * np.sqrt(self.factor_var) * rng.standard_normal((sizes[t], dim))
                   for p in self.pairs for t in p}
@@ -140,15 +141,17 @@ def fit(model: LatentMAP, dense: np.ndarray, sparse: np.ndarray, labels: np.ndar
 
 
 def run(ds: Dataset, train: list[int], evals: list[int], prior_scale: float, factors: bool,
-        sweeps: int, seed: int) -> dict:
+        sweeps: int, seed: int, factor_prior_scale: float = 1.0) -> dict:
     cfg = LatentConfig(**ds.meta.provenance["config"])
     scale = float(ds.meta.provenance["ground_truth"]["logit_scale"])
     dense, sparse, labels = load(ds, train)
     mean, sd = dense.mean(0), np.maximum(dense.std(0), 1e-6)
-    model = LatentMAP(list(ds.meta.num_embeddings), dense.shape[1], cfg.dim, scale, prior_scale, factors, seed)
+    model = LatentMAP(list(ds.meta.num_embeddings), dense.shape[1], cfg.dim, scale, prior_scale, factors, seed,
+                      factor_prior_scale)
     t0 = time.time()
     trace = fit(model, standardise(dense, mean, sd), sparse, labels, sweeps)
-    out = {"prior_scale": prior_scale, "factors": factors, "sweeps": len(trace), "seed": seed,
+    out = {"prior_scale": prior_scale, "factor_prior_scale": factor_prior_scale, "factors": factors,
+           "sweeps": len(trace), "seed": seed,
            "train_rows": len(labels), "objective": round(trace[-1], 6), "seconds": round(time.time() - t0, 1),
            "train_auc": round(BinaryStats().update(_expit(model.logit(standardise(dense, mean, sd), sparse)),
                                                    labels).auc, 4), "eval": {}}
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-windows", required=True)
     ap.add_argument("--eval-windows", required=True)
     ap.add_argument("--prior-scale", type=float, default=1.0)
+    ap.add_argument("--factor-prior-scale", type=float, default=1.0, help="multiplies the factors' prior variance")
     ap.add_argument("--no-factors", action="store_true")
     ap.add_argument("--sweeps", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = Dataset(args.data)
     idx = ds.meta.window_indices
     res = run(ds, parse_windows(args.train_windows, idx), parse_windows(args.eval_windows, idx),
-              args.prior_scale, not args.no_factors, args.sweeps, args.seed)
+              args.prior_scale, not args.no_factors, args.sweeps, args.seed, args.factor_prior_scale)
     print(json.dumps(res))
     return 0
 
