@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # the MLPs' (Adam)
     embedding_l2: float = 0.0  # + l2 * mean_b Σ_t ||pooled_t||² in the loss (lowprec.training.steps)
     adagrad_init: float = 0.0  # tables' row-wise Adagrad accumulators start here (lowprec.training.fused_tables)
+    embedding_prior: float = 0.0  # λ of the inverse-frequency row prior (lowprec.training.id_prior)
     seed: int = 0
     embedding_dim: int = 16
     bottom_mlp: tuple[int, ...] = (64, 16)
@@ -71,8 +72,8 @@ class TrainConfig:
             raise InputError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         if self.patience < 1:
             raise InputError("patience must be >= 1")
-        if not min(self.embedding_l2, self.weight_decay, self.adagrad_init) >= 0:
-            raise InputError("embedding_l2, weight_decay and adagrad_init must be >= 0")
+        if not min(self.embedding_l2, self.weight_decay, self.adagrad_init, self.embedding_prior) >= 0:
+            raise InputError("embedding_l2, weight_decay, adagrad_init and embedding_prior must be >= 0")
         if self.adagrad_init and self.optimizer != "rowwise-adagrad":
             raise InputError("adagrad_init applies to --optimizer rowwise-adagrad only")
         overlap = sorted(set(self.windows) & set(self.val_windows))
@@ -183,8 +184,13 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
     rate = positive_rate(ds, cfg.windows)
     if init is None and cfg.init_bias:
         init_output_bias(model, rate)
+    weights = None
+    if cfg.embedding_prior:
+        from lowprec.training.id_prior import InverseFrequency, id_counts
+
+        weights = InverseFrequency(id_counts(ds, list(cfg.windows)), model.hotness)
     step = make_step(model, cfg.optimizer, cfg.lr, cfg.table_lr, cfg.weight_decay, cfg.embedding_l2,
-                     cfg.adagrad_init)
+                     cfg.adagrad_init, cfg.embedding_prior, weights)
     started, seen, history, best, since_best = time.time(), 0, [], None, 0
     for epoch in range(cfg.max_epochs):
         step.scorer.train()

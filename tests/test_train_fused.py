@@ -4,7 +4,9 @@ Reference: the model's own per-table modules give the gradient (autograd), and a
 row-wise Adagrad row by row: s[r] += mean(g_r^2), w_r -= lr * g_r / (sqrt(s[r]) + eps), for every
 row with a non-zero gradient (exact ROBE: every element of M is a one-wide row). With embedding_l2 = λ
 the loss the reference differentiates is log-loss + λ * mean_b Σ_t ||pooled_t||², written out sample by
-sample and table by table. With adagrad_init the accumulators start at that value instead of 0.
+sample and table by table. With adagrad_init the accumulators start at that value instead of 0. With
+embedding_prior = λ it adds λ * mean_b Σ_t v_bt ||e_t||², v_bt the mean of 1 / count over the bag's ids,
+the counts tallied id by id in a Python loop over the training window.
 """
 
 from __future__ import annotations
@@ -64,17 +66,33 @@ def _rowwise_adagrad_reference(param, width, state, lr=LR, eps=EPS):
             w[r] -= (lr * g[r].double() / (math.sqrt(state[r]) + eps)).float()
 
 
-def _penalty(model: DLRM, sparse: torch.Tensor, l2: float) -> torch.Tensor:
-    """λ * mean over samples of Σ_t ||e_t||², one sample and one table at a time."""
+def _slow_counts(ds, window: int, hotness: list[int]) -> list[dict[int, int]]:
+    counts: list[dict[int, int]] = [{} for _ in hotness]
+    for row in ds.arrays(window)[1].tolist():
+        slot = 0
+        for t, h in enumerate(hotness):
+            for i in row[slot : slot + h]:
+                if i >= 0:
+                    counts[t][i] = counts[t].get(i, 0) + 1
+            slot += h
+    return counts
+
+
+def _penalty(model: DLRM, sparse: torch.Tensor, l2: float, prior: float = 0.0, counts=None) -> torch.Tensor:
+    """λ * mean over samples of Σ_t ||e_t||² (+ the prior's weighted sum), one sample and table at a time."""
     parts = torch.split(sparse, model.hotness, dim=1)
     total = torch.zeros(())
     for b in range(sparse.shape[0]):
-        for emb, ids in zip(model.embeddings, parts):
-            total = total + (emb(ids[b : b + 1]) ** 2).sum()
-    return l2 * total / sparse.shape[0]
+        for t, (emb, ids) in enumerate(zip(model.embeddings, parts)):
+            sq = (emb(ids[b : b + 1]) ** 2).sum()
+            valid = [i for i in ids[b].tolist() if i >= 0]
+            v = sum(1 / counts[t][i] for i in valid) / len(valid) if prior and valid else 0.0
+            total = total + (l2 + prior * v) * sq
+    return total / sparse.shape[0]
 
 
-def _reference_steps(model: DLRM, batches, l2: float = 0.0, init: float = 0.0) -> None:
+def _reference_steps(model: DLRM, batches, l2: float = 0.0, init: float = 0.0, prior: float = 0.0,
+                     counts=None) -> None:
     tables = [(p, width) for m in model.embeddings for p, width in _rows(m)]
     states = [[init] * (p.numel() // width) for p, width in tables]
     table_ids = {id(p) for p, _ in tables}
@@ -84,7 +102,7 @@ def _reference_steps(model: DLRM, batches, l2: float = 0.0, init: float = 0.0) -
         for p, _ in tables:
             p.grad = None
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b.dense, b.sparse), b.labels)
-        (loss + _penalty(model, b.sparse, l2) if l2 else loss).backward()
+        (loss + _penalty(model, b.sparse, l2, prior, counts) if l2 or prior else loss).backward()
         adam.step()
         for (p, width), state in zip(tables, states):
             _rowwise_adagrad_reference(p, width, state)
@@ -96,18 +114,23 @@ SPECS = [
 ]
 
 
-@pytest.mark.parametrize("l2,init", [(0.0, 0.0), (0.5, 0.0), (0.0, 1e-4)], ids=["plain", "embedding-l2", "adagrad-init"])
+@pytest.mark.parametrize("l2,init,prior", [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 1e-4, 0.0), (0.0, 0.0, 20.0)],
+                         ids=["plain", "embedding-l2", "adagrad-init", "embedding-prior"])
 @pytest.mark.parametrize("specs", SPECS, ids=["tbe", "robe-batched"])
-def test_fused_steps_match_rowwise_adagrad_reference(tiny, specs, l2, init):
+def test_fused_steps_match_rowwise_adagrad_reference(tiny, specs, l2, init, prior):
+    from lowprec.training.id_prior import InverseFrequency, id_counts
+
     batches = list(iter_batches(tiny, [0], 128, shuffle=True, seed=1))[:4]
     fused_model = _model(tiny, specs)
     ref_model = copy.deepcopy(fused_model)
-    step = make_step(fused_model, "rowwise-adagrad", 1e-3, LR, embedding_l2=l2, adagrad_init=init)
+    weights = InverseFrequency(id_counts(tiny, [0]), fused_model.hotness) if prior else None
+    step = make_step(fused_model, "rowwise-adagrad", 1e-3, LR, embedding_l2=l2, adagrad_init=init,
+                     embedding_prior=prior, id_weights=weights)
     for b in batches:
         step.step(b.dense, b.sparse, b.labels)
     fused_model = step.finish(restore_best=False)
-    _reference_steps(ref_model, batches, l2, init)
-    if l2 or init:  # the option matters at this size: the same steps without it end elsewhere
+    _reference_steps(ref_model, batches, l2, init, prior, _slow_counts(tiny, 0, ref_model.hotness))
+    if l2 or init or prior:  # the option matters at this size: the same steps without it end elsewhere
         plain = _model(tiny, specs)
         _reference_steps(plain, batches)
         keys = [k for k in plain.state_dict() if k.startswith("embeddings.")]
@@ -174,3 +197,19 @@ def test_dim_not_multiple_of_4_is_a_clear_error(tiny):
     cfg = TrainConfig(windows=(0,), embedding_dim=6, bottom_mlp=(8, 6))
     with pytest.raises(InputError, match="multiple of 4.*sparse-adam"):
         make_step(DLRM(model_config_for(tiny.meta, cfg)), "rowwise-adagrad", 1e-3, LR)
+
+
+def test_inverse_frequency_weights_match_slow_counts(tiny):
+    from lowprec.training.id_prior import InverseFrequency, id_counts
+
+    hot = [f.hotness for f in tiny.meta.sparse]
+    counts = _slow_counts(tiny, 0, hot)
+    b = next(iter(iter_batches(tiny, [1], 64)))  # ids of another window: some never seen in window 0
+    got = InverseFrequency(id_counts(tiny, [0]), hot)(b.sparse)
+    parts = torch.split(b.sparse, hot, dim=1)
+    for r in range(64):
+        for t, ids in enumerate(parts):
+            valid = [i for i in ids[r].tolist() if i >= 0]
+            want = sum(1 / max(counts[t].get(i, 0), 1) for i in valid) / len(valid) if valid else 0.0
+            assert float(got[r, t]) == pytest.approx(want, rel=1e-6), (r, t)
+    assert (got[:, 1] > 0).all() and got.shape == (64, len(hot))

@@ -111,3 +111,20 @@ def test_default_epochs_one_or_early_stopping_with_validation(tiny):
     assert info["epochs_run"] == 1 and info["train"]["epochs"] == 1
     _, info = train(tiny, TrainConfig(windows=(0, 1), val_windows=(2,)))
     assert info["epochs_run"] == min(info["best_epoch"] + 1, MAX_VALIDATED_EPOCHS)
+
+
+def test_cli_embedding_prior_trains_both_optimizers_and_is_recorded(tiny, tmp_path):
+    """--embedding-prior reaches the step (the weights differ from a run without it) on the fused and
+    the SparseAdam path, and the model's config.json records it; a negative value is refused."""
+    for opt in ("rowwise-adagrad", "sparse-adam"):
+        outs = {}
+        for prior in ("0", "50"):
+            out = tmp_path / f"{opt}-{prior}"
+            r = run("train", "--data", tiny.root, "--windows", "0-1", "--out", out, "--optimizer", opt,
+                    "--embedding-prior", prior, "--json")
+            assert r.exit_code == 0, r.output
+            assert json.loads(r.output.strip().splitlines()[-1])["train"]["embedding_prior"] == float(prior)
+            outs[prior] = load_float_model(out)[0].state_dict()
+        assert any(not torch.equal(outs["0"][k], outs["50"][k]) for k in outs["0"] if k.startswith("embeddings."))
+    r = run("train", "--data", tiny.root, "--windows", "0-1", "--out", tmp_path / "neg", "--embedding-prior", "-1")
+    assert r.exit_code == 2

@@ -5,6 +5,7 @@ config in dataset.json and scores one evaluation window with the true logit rest
 model could know (ids it never knew get their prior mean, 0):
   bayes        every parameter (must equal the Bayes AUC recorded in dataset.json)
   seen_ids     the parameters of ids seen at least --min-count times in the training windows
+  seen_biases  as seen_ids, but the biases only (every factor product 0): the additive part
   small_tables dense part + every id of the 18 small tables (no large-table id is known)
   dense_only   the dense part alone: the ceiling of a model that ignores ids
 AUC only (rank-based, so the scale and base of the logit do not matter). Prints one JSON object.
@@ -21,7 +22,7 @@ import sys
 import numpy as np
 
 from lowprec.data.dataset import Dataset
-from lowprec.data.latent import LARGE_TABLES, LatentConfig, LatentTruth, window_bayes_auc
+from lowprec.data.latent import LARGE_TABLES, PAIRS, LatentConfig, LatentTruth, window_bayes_auc
 from lowprec.data.synth import DENSE_SCALE_FACTOR
 from lowprec.data.windows import parse_windows
 from lowprec.evaluation.metrics import BinaryStats
@@ -38,6 +39,15 @@ def seen_counts(ds: Dataset, windows: list[int], chunk: int = 1 << 18) -> list[n
     return counts
 
 
+def pair_terms(truth: LatentTruth, sparse: np.ndarray, known: np.ndarray) -> list[np.ndarray]:
+    """Each PAIRS factor product of the rows (0 where either id is not known), as raw_logit adds it."""
+    out = []
+    for u, i in PAIRS:
+        fu, fi = (truth.tables[t].params(sparse[:, t], True)[1] * known[:, t, None] for t in (u, i))
+        out.append(np.einsum("rd,rd->r", fu, fi) / np.sqrt(truth.cfg.dim))
+    return out
+
+
 def oracle_aucs(ds: Dataset, train: list[int], w: int, min_count: int) -> dict[str, float]:
     cfg = LatentConfig(**ds.meta.provenance["config"])
     truth = LatentTruth(cfg)
@@ -50,6 +60,8 @@ def oracle_aucs(ds: Dataset, train: list[int], w: int, min_count: int) -> dict[s
     masks = {"bayes": None, "seen_ids": seen, "small_tables": small, "dense_only": np.zeros_like(seen)}
     out = {name: BinaryStats().update(1 / (1 + np.exp(-truth.raw_logit(dense, sparse, m))), labels).auc
            for name, m in masks.items()}
+    biases = truth.raw_logit(dense, sparse, seen) - sum(pair_terms(truth, sparse, seen))
+    out["seen_biases"] = BinaryStats().update(1 / (1 + np.exp(-biases)), labels).auc
     out["traffic_share_seen_large"] = float(seen[:, list(LARGE_TABLES)].mean())
     return out
 

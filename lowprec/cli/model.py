@@ -34,6 +34,9 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--adagrad-init", type=click.FloatRange(min=0),
               help="Start of the tables' row-wise Adagrad accumulators: a rarely seen id takes small steps "
                    "(lr * g / sqrt(init + g²)) instead of full normalised ones [TrainConfig's default].")
+@click.option("--embedding-prior", type=click.FloatRange(min=0),
+              help="Adds λ x the batch mean of Σ_t ||pooled embedding_t||² / (training count of the id): a "
+                   "Gaussian prior on every row, which shrinks rarely seen ids hardest [0: off].")
 @click.option("--embedding-dim", default=16, show_default=True, help="D; a multiple of 4 serves on FBGEMM.")
 @click.option("--bottom-mlp", default="64", show_default=True, help="Hidden widths of the bottom MLP (it always ends at D).")
 @click.option("--top-mlp", default="64,32", show_default=True, help="Hidden widths of the top MLP (a 1-wide output is added).")
@@ -41,7 +44,7 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed, epochs, batch_size, optimizer, lr,
-          sparse_lr, embedding_l2, adagrad_init, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding,
+          sparse_lr, embedding_l2, adagrad_init, embedding_prior, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding,
           as_json):
     """Train a float DLRM on WINDOWS of a prepared dataset and save it to OUT.
 
@@ -66,7 +69,8 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     check_table_bytes(ds.meta, embedding_dim)
     cfg = TrainConfig(
         windows=tuple(train_w), epochs=epochs, batch_size=batch_size, lr=lr, sparse_lr=sparse_lr,
-        **{k: v for k, v in (("embedding_l2", embedding_l2), ("adagrad_init", adagrad_init)) if v is not None},
+        **{k: v for k, v in (("embedding_l2", embedding_l2), ("adagrad_init", adagrad_init),
+                             ("embedding_prior", embedding_prior)) if v is not None},
         seed=seed, embedding_dim=embedding_dim,
         bottom_mlp=int_list(bottom_mlp, "--bottom-mlp") + (embedding_dim,),
         top_mlp=int_list(top_mlp, "--top-mlp"), embedding=embedding,

@@ -7,8 +7,10 @@
 
 Both add `embedding_l2` times the batch mean of Σ_t ||pooled_t||² (each sample's pooled embedding of
 every table) to the log-loss: for one-hot tables that is an L2 penalty on a row once per sample it
-appears in, i.e. frequency-aware regularisation (a row is shrunk as often as it is looked up; rows a
-batch does not touch cost nothing). Its gradient flows into the tables' optimizer with the data's.
+appears in (a row is shrunk as often as it is looked up; rows a batch does not touch cost nothing),
+and `embedding_prior` λ times the same sum weighted by each id's inverse training frequency
+(lowprec.training.id_prior): a Gaussian prior on every row, once per row and epoch, which shrinks
+rarely seen rows hardest. Their gradients flow into the tables' optimizer with the data's.
 (FBGEMM 1.8's CPU row-wise Adagrad ignores its own `weight_decay`/`weight_decay_mode`: measured, the
 weights after a step are identical to weight_decay=0 for L2 and DECOUPLE, so the penalty is in the loss.)
 
@@ -18,6 +20,9 @@ modules (`finish`), and report the bytes of the tables' optimizer state.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -29,10 +34,32 @@ from lowprec.training.fused_tables import FusedDLRM
 OPTIMIZERS = ("rowwise-adagrad", "sparse-adam")
 
 
-def penalised_loss(logits: torch.Tensor, labels: torch.Tensor, pooled: torch.Tensor, l2: float) -> torch.Tensor:
-    """Mean log-loss + l2 * mean over the batch of Σ_t ||pooled_t||² (pooled: (B, T, D))."""
+@dataclass(frozen=True)
+class Penalty:
+    """The tables' penalties in the loss: `l2` per occurrence; `prior` (λ) weighted by `weights`
+    (sparse -> (B, T) inverse id frequencies, lowprec.training.id_prior), a per-row Gaussian prior."""
+
+    l2: float = 0.0
+    prior: float = 0.0
+    weights: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prior and self.weights is None:
+            raise InputError("embedding_prior needs the training ids' counts")
+
+
+def penalised_loss(logits: torch.Tensor, labels: torch.Tensor, pooled: torch.Tensor, pen: Penalty,
+                   sparse: torch.Tensor) -> torch.Tensor:
+    """Mean log-loss + l2 * mean_b Σ_t ||pooled_bt||² + prior * mean_b Σ_t v_bt ||pooled_bt||²
+    (pooled: (B, T, D); v = pen.weights(sparse))."""
     loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
-    return loss + l2 * pooled.square().sum(dim=(1, 2)).mean() if l2 else loss
+    if pen.l2 or pen.prior:
+        sq = pooled.square().sum(dim=2)  # (B, T)
+        if pen.l2:
+            loss = loss + pen.l2 * sq.sum(1).mean()
+        if pen.prior:
+            loss = loss + pen.prior * (pen.weights(sparse) * sq).sum(1).mean()
+    return loss
 
 
 def _tensor_bytes(state: dict) -> int:
@@ -41,7 +68,7 @@ def _tensor_bytes(state: dict) -> int:
 
 
 class SparseAdamStep:
-    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float, embedding_l2: float = 0.0):
+    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float, penalty: Penalty = Penalty()):
         self.model = self.scorer = model
         sparse = [m.weight for m in model.embeddings.modules()
                   if isinstance(m, nn.EmbeddingBag) and m.sparse]
@@ -49,7 +76,7 @@ class SparseAdamStep:
         dense = [p for p in model.parameters() if id(p) not in ids]
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
         self.sparse = torch.optim.SparseAdam(sparse, lr=sparse_lr) if sparse else None
-        self.l2 = embedding_l2
+        self.penalty = penalty
         self._best: dict[str, torch.Tensor] | None = None
 
     def step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -58,7 +85,7 @@ class SparseAdamStep:
             o.zero_grad(set_to_none=True)
         pooled = self.model.pooled(sparse)
         logits = self.model.logits(dense, pooled)
-        penalised_loss(logits, labels, pooled, self.l2).backward()
+        penalised_loss(logits, labels, pooled, self.penalty, sparse).backward()
         for o in opts:
             o.step()
         return logits.detach()
@@ -76,12 +103,12 @@ class SparseAdamStep:
 
 
 class FusedStep:
-    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float, embedding_l2: float = 0.0,
+    def __init__(self, model: DLRM, lr: float, sparse_lr: float, weight_decay: float, penalty: Penalty = Penalty(),
                  adagrad_init: float = 0.0):
         self.model = model
         self.scorer = FusedDLRM(model, sparse_lr, init=adagrad_init)
         self.dense = torch.optim.Adam(self.scorer.dense_parameters(), lr=lr, weight_decay=weight_decay)
-        self.l2 = embedding_l2
+        self.penalty = penalty
         self._names = [n for n, _ in self._dense_state()]
         self._best: list[torch.Tensor] | None = None
 
@@ -93,7 +120,7 @@ class FusedStep:
         self.dense.zero_grad(set_to_none=True)
         pooled = self.scorer.tables(sparse)
         logits = self.model.logits(dense, pooled)
-        penalised_loss(logits, labels, pooled, self.l2).backward()  # the TBE updates the tables in backward
+        penalised_loss(logits, labels, pooled, self.penalty, sparse).backward()  # the TBE updates the tables in backward
         self.dense.step()
         return logits.detach()
 
@@ -115,22 +142,26 @@ class FusedStep:
 
 
 def make_step(model: DLRM, optimizer: str, lr: float, sparse_lr: float, weight_decay: float = 0.0,
-              embedding_l2: float = 0.0, adagrad_init: float = 0.0):
+              embedding_l2: float = 0.0, adagrad_init: float = 0.0, embedding_prior: float = 0.0,
+              id_weights: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """The step for `optimizer` (one of OPTIMIZERS); weight_decay: the MLPs' (Adam's L2); adagrad_init:
-    the row-wise Adagrad accumulators' start (rowwise-adagrad only). Under torchrun with several ranks,
+    the row-wise Adagrad accumulators' start (rowwise-adagrad only); embedding_prior with id_weights:
+    the inverse-frequency row penalty (lowprec.training.id_prior). Under torchrun with several ranks,
     TorchRec's DistributedModelParallel (lowprec.training.dmp; row-wise Adagrad only)."""
     from lowprec import distributed as dist
 
     if dist.world_size() > 1:
-        if optimizer != "rowwise-adagrad" or embedding_l2 or adagrad_init:
+        if optimizer != "rowwise-adagrad" or embedding_l2 or adagrad_init or embedding_prior:
             raise InputError(f"multi-process training runs TorchRec's fused row-wise Adagrad only: "
-                             f"--optimizer {optimizer}, embedding_l2 {embedding_l2} and adagrad_init "
-                             f"{adagrad_init} train in one process (use rowwise-adagrad, 0 and 0)")
+                             f"--optimizer {optimizer}, embedding_l2 {embedding_l2}, adagrad_init "
+                             f"{adagrad_init} and embedding_prior {embedding_prior} train in one process "
+                             f"(use rowwise-adagrad, 0, 0 and 0)")
         from lowprec.training.dmp import DMPStep
 
         return DMPStep(model, lr, sparse_lr, weight_decay)
+    if optimizer == "sparse-adam" and adagrad_init:
+        raise InputError("adagrad_init applies to the row-wise Adagrad tables, not sparse-adam")
+    penalty = Penalty(embedding_l2, embedding_prior, id_weights)
     if optimizer == "sparse-adam":
-        if adagrad_init:
-            raise InputError("adagrad_init applies to the row-wise Adagrad tables, not sparse-adam")
-        return SparseAdamStep(model, lr, sparse_lr, weight_decay, embedding_l2)
-    return FusedStep(model, lr, sparse_lr, weight_decay, embedding_l2, adagrad_init)
+        return SparseAdamStep(model, lr, sparse_lr, weight_decay, penalty)
+    return FusedStep(model, lr, sparse_lr, weight_decay, penalty, adagrad_init)

@@ -255,3 +255,4 @@ def test_ids_carry_most_of_the_signal(drifted):
     assert res["bayes"] == pytest.approx(window_bayes_auc(drifted["none"].meta)[2], abs=2e-4)
     assert res["dense_only"] < 0.66 and res["small_tables"] < 0.68  # ids of the large tables matter
     assert res["seen_ids"] > res["small_tables"] + 0.1 and res["seen_ids"] < res["bayes"]
+    assert res["small_tables"] < res["seen_biases"] < res["seen_ids"]  # the factor products carry signal too
