@@ -57,7 +57,7 @@ def judge(v: Validation, budget: Budget, rule: str = DEFAULT_RULE) -> Verdict:
     """Both checks of `v` against `budget`, decided by `rule`, with the numbers that decided it."""
     check_rule(rule)
     ne_b, auc_b = budget.max_ne_increase, budget.max_auc_drop
-    point = bool(v.ne_increase <= ne_b and v.auc_drop <= auc_b)
+    point = v.fits(ne_b, auc_b)
     interval = bool(v.ne_increase_ci[1] <= ne_b and v.auc_drop_ci[1] <= auc_b)
     if rule == "interval":
         ne, auc, what = v.ne_increase_ci[1], v.auc_drop_ci[1], f"{100 * CONFIDENCE:g}% upper bound"
@@ -65,12 +65,12 @@ def judge(v: Validation, budget: Budget, rule: str = DEFAULT_RULE) -> Verdict:
         ne, auc, what = v.ne_increase, v.auc_drop, "point estimate"
     parts = [f"NE increase {what} {_pct(ne)} {'<=' if ne <= ne_b else '>'} {_pct(ne_b)}",
              f"AUC drop {what} {auc:.5f} {'<=' if auc <= auc_b else '>'} {auc_b:g}"]
-    head = "accepted" if (interval if rule == "interval" else point) else "rejected"
     tail = ""
     if rule == "interval" and point and not interval:
         tail = " (the point estimates fit: the rows cannot vouch for it)"
     elif rule == "point" and point and not interval:
         tail = " (the interval does not fit: accepted on the point estimate alone)"
+    head = "accepted" if Verdict(rule, point, interval, "").accepted else "rejected"
     return Verdict(rule, point, interval, f"{head} by the {rule} rule: {'; '.join(parts)}{tail}")
 
 
