@@ -167,29 +167,45 @@ def test_compare_finds_first_broken_tap(trained, tmp_path):
     assert all(t["sqnr_db"] == float("inf") for t in out["taps"] if t["name"].startswith("layer:bottom"))
 
 
-def _big_model(path):
+def _model_over_the_threading_threshold(path):
     from lowprec.model.config import DLRMConfig, TableConfig
 
-    cfg = DLRMConfig(4, (TableConfig("big", 3_000_000), TableConfig("small", 10)), 16, (16,), (8,))
+    cfg = DLRMConfig(4, (TableConfig("big", 200_000), TableConfig("small", 10)), 16, (16,), (8,))
     torch.manual_seed(0)
     save_float_model(DLRM(cfg), path)
 
 
 def test_sigkill_during_convert_keeps_existing_artifact(tmp_path):
-    _big_model(tmp_path / "m")
+    _model_over_the_threading_threshold(tmp_path / "m")
     out = tmp_path / "a"
     assert run("convert", "--model", tmp_path / "m", "--precision", "int8", "--out", out).exit_code == 0
     before = (out / "weights.safetensors").read_bytes()
+    # The child stops where the new artifact is fully written but not yet swapped in, so the kill
+    # lands mid-convert however fast the machine converts (a timed sleep raced the L2 kernel).
+    ready = tmp_path / "ready"
+    child = ("import sys, time\n"
+             "import lowprec.fileio as fileio\n"
+             "ready = sys.argv[1]\n"
+             "def stall(tmp):\n"
+             "    open(ready, 'w').close()\n"
+             "    time.sleep(600)\n"
+             "fileio._fsync_tree = stall\n"
+             "from lowprec.cli import main\n"
+             "sys.argv = ['lowprec', *sys.argv[2:]]\n"
+             "main()\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "lowprec.cli", "convert", "--model", str(tmp_path / "m"),
+    proc = subprocess.Popen([sys.executable, "-c", child, str(ready), "convert", "--model", str(tmp_path / "m"),
                              "--precision", "int4", "--range-method", "l2", "--out", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(p.name.startswith(".a.tmp-") for p in tmp_path.iterdir()):
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL  # killed mid-convert, not finished
+                            env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "err").open("w"))
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not ready.exists():
+            time.sleep(0.05)
+        assert ready.exists(), f"convert never reached its swap: {proc.poll()} {(tmp_path / 'err').read_text()[-2000:]}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL  # killed mid-convert, not finished
     assert (out / "weights.safetensors").read_bytes() == before
     runtime, manifest = load_artifact(out)
     assert manifest["tables"][0]["precision"] == "int8"

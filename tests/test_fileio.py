@@ -10,7 +10,7 @@ from lowprec.fileio import atomic_dir, atomic_write_text
 
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
+    proc.wait(timeout=60)
     return proc.pid
 
 

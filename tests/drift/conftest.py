@@ -49,5 +49,5 @@ def kill_after_first_window(cmd: list[str], db, timeout: float = 120.0) -> int:
             pass
     assert proc.poll() is None, "the job ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     return committed

@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -63,12 +62,10 @@ def test_lock_dies_with_a_killed_process(tmp_path):
             DriftStore(db)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
     assert lock_path(db).exists()  # the file stays; the lock does not
-    t0 = time.time()
-    with DriftStore(db) as s:
+    with DriftStore(db) as s:  # opens at once (the lock is non-blocking) and sees the dead run
         assert [r["status"] for r in s.runs()] == ["interrupted"]
-    assert time.time() - t0 < 5
 
 
 def test_a_database_holds_one_pair(tmp_path):
