@@ -227,7 +227,8 @@ def test_l2_never_worse_than_minmax_and_round_trips(x, bits):
 def _gaussian_and_heavy(rows=4000, dim=64):
     g = torch.Generator().manual_seed(2)
     gauss = torch.randn(rows, dim, generator=g)
-    t = torch.randn(rows, dim, generator=g) / torch.sqrt(torch.distributions.Chi2(3.0).sample((rows, dim)) / 3)
+    chi2_3 = (torch.randn(rows, dim, 3, generator=g) ** 2).sum(-1)  # seeded: Chi2.sample reads the global RNG
+    t = torch.randn(rows, dim, generator=g) / torch.sqrt(chi2_3 / 3)
     return gauss, t * torch.exp(0.5 * torch.randn(rows, 1, generator=g)) * 0.05
 
 
@@ -294,7 +295,8 @@ def ref_l2(x: np.ndarray, bits: int, cfg: RangeSearchConfig) -> tuple[np.ndarray
 def test_l2_search_follows_its_definition(backend, bits):
     """Every backend chooses what the slow definition chooses: the same (scale, bias) on almost every
     row (the search scores and fits in fp32, so near-ties and fp16 rounding boundaries may go either
-    way), an error within 1e-3 of the definition's on all but 1% of rows, the total within 1e-5."""
+    way), an error within 1e-3 of the definition's on all but 1% of rows, the total no more than 1e-5
+    above it (and under 1e-4 below it)."""
     gauss, heavy = _gaussian_and_heavy(rows=80)
     x = torch.cat((gauss, heavy))
     cfg = RangeSearchConfig.for_bits(bits, 64)
@@ -305,7 +307,8 @@ def test_l2_search_follows_its_definition(backend, bits):
     assert same.mean() >= 0.98, same.mean()
     err = row_errors(fused, x.numpy(), bits)
     assert np.mean(err > ref_e * (1 + 1e-3) + 1e-30) <= 0.01
-    assert abs(err.sum() / ref_e.sum() - 1) < 1e-5
+    # in total never worse than the definition; a near-tie scored in fp32 may land a little better
+    assert 1 - 1e-4 < err.sum() / ref_e.sum() < 1 + 1e-5
 
 
 def test_compiled_search_matches_eager_quality():
