@@ -31,10 +31,10 @@ PRESETS = {
 
 
 def run_main(st: Study, state1: Path) -> None:
-    """Lane 1: the data, seed 0's float model and the dense-only model, then the shared work list."""
+    """Lane 1: the data and seed 0's float model, then the shared work list (the dense-only model for the
+    gap-closure number is a task there, after seed 0's searches and the rows they are compared with)."""
     st.synth()
     st.float_model(0)
-    st.dense_only()
     work(st, state1)
 
 
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-limit-gb", type=float, default=8.0, help="RLIMIT_DATA of every stage")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train-args", default="", help="extra `lowprec train` flags for every training")
+    ap.add_argument("--sharing-ratios", default="4,16,64",
+                    help="post-training hot-sharing ratios the searches offer ('' for precisions only)")
     ap.add_argument("--lane", type=int, choices=LANES, default=1,
                     help="1: data + seed 0 (state --state); 2: other seeds + trained sharing; 3: trained sharing; "
                          "4: the float model of `lowprec train`'s own defaults (lanes 2-4 keep their state beside "
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.render_only:
         cfg = StudyConfig(work=args.work, **PRESETS[args.preset], train_args=tuple(args.train_args.split()), lane=args.lane,
+                          sharing_ratios=args.sharing_ratios,
                           seeds=tuple(int(s) for s in args.seeds.split(",")))
         meta = {"preset": args.preset, "config": {k: str(v) for k, v in cfg.__dict__.items()},
                 "command": "python -m tools.criteo_scale " + " ".join(sys.argv[1:] if argv is None else argv)}

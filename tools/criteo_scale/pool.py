@@ -97,6 +97,7 @@ def tasks(st: Study, state1: Path) -> list[Task]:
     out += [uni("int2", "l2"), uni("int2", "minmax"), rule(HEURISTICS[0]), uni("int4", "minmax"), rule(HEURISTICS[2]),
             Task("drift-s0", lambda: plan("tight", 0), lambda: st.drift(model(0))),
             Task("search-loose-s0", lambda: plan("tight", 0), lambda: st.search("loose", 0, model(0))),
+            Task("dense-only-s0", lambda: True, st.dense_only),
             uni("int8", "minmax"), uni("fp16", "minmax"), rule(HEURISTICS[1])]
     out.append(Task("choices", lambda: ready_to_choose(state1), lambda: choose(st, state1)))
 

@@ -43,9 +43,10 @@ class StudyConfig:
     drift: str = "11-13"
     seeds: tuple[int, ...] = (0, 1, 2)
     train_args: tuple[str, ...] = ()
-    # Post-training sharing ratios the search considers; none at full scale: a hot-sharing option on a 10M-row
-    # table took ~6 min to measure there (its shared form is rebuilt from the whole table for every option).
-    sharing_ratios: str = ""
+    # Post-training hot-sharing ratios the searches offer. The first full-scale run (2026-11-30) had none: an
+    # option on a 10M-row table then took ~6 min to measure; the search now measures it on the looked-up
+    # rows only (lowprec/search/subset.py, reports/hot_search.md).
+    sharing_ratios: str = "4,16,64"
     lane: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
