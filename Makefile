@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml requirements-torchrec.txt
 demo: $(STAMP)
 	$(BIN)/lowprec demo --out demo-out
 
+# Two workers, one torch thread each (the machine's 2 cores, without oversubscribing them); tests
+# that exercise threading set their thread counts themselves. A single test: .venv/bin/python -m pytest PATH
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf $(VENV) demo-out
