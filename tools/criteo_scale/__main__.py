@@ -12,7 +12,6 @@ Resumable: rerun the same command after a crash and finished stages are skipped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

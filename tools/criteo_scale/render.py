@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import statistics
-from typing import Any
 
 from tools.criteo_scale.plans import HEURISTICS, HOT_ONLY
 from tools.criteo_scale.study import BUDGETS, TRAINED_SHARING, UNIFORM, meets, window_metrics
@@ -112,7 +111,7 @@ def variants_section(view: View) -> list[str]:
              HEAD]
     for label, name in headline_names(view):
         lines.append(row(view, label, name, "float/s0"))
-    lines.append(f"| **uniform precision** (all tables) | | | | | | | | |")
+    lines.append("| **uniform precision** (all tables) | | | | | | | | |")
     for p, meth in UNIFORM:
         lines.append(row(view, f"{p} ({'L2' if meth == 'l2' else 'min/max'} ranges)", f"uniform/{p}-{meth}/s0",
                          "float/s0"))
@@ -310,15 +309,23 @@ def missing_section(view: View) -> list[str]:
 def header(view: View) -> list[str]:
     meta, runs = view.s.get("meta", {}), view.s.get("runs", [])
     cfg = view.cfg
+    cmd = meta.get("command", "python -m tools.criteo_scale --preset full --work /tmp/scale --lane 1")
+    words = cmd.split()
+    lane_cmd = " ".join(words[:words.index("--lane")] if "--lane" in words else words)
+    flag = lambda name, default: words[words.index(name) + 1] if name in words[:-1] else default  # noqa: E731
+    state = flag("--state", "reports/criteo_scale.json")
+    render_cmd = " ".join(["python -m tools.criteo_scale --render-only",
+                           *[f"{k} {flag(k, '')}" for k in ("--state", "--report") if k in words]])
+    lanes = sorted({r.get("lane", 1) for r in runs}) or [1]
     lines = ["# Criteo Kaggle scale: compression variants on latent-factor data (issue 14)", "",
-             "Regenerate (three lanes side by side, each resumable and sharing one claimed work list; then render):",
-             "", "```", "for lane in 1 2 3; do",
-             "  python -m tools.criteo_scale --preset full --work /tmp/scale --train-args '--epochs 1' --lane $lane &",
-             "done; wait", "python -m tools.criteo_scale --render-only   # reports/criteo_scale.md from the JSON",
+             "Regenerate (lanes side by side, each resumable and sharing one claimed work list; then render):",
+             "", "```", f"for lane in {' '.join(map(str, lanes))}; do",
+             f"  {lane_cmd} --lane $lane &",
+             "done; wait", f"{render_cmd}   # the Markdown from the JSON",
              "```", "",
-             "Every number below comes from reports/criteo_scale.json (+ `.lane2.json`, `.lane3.json`): the JSON each "
-             "`lowprec` command printed, with its command line, exit code, wall time, peak RSS and git commit "
-             "(stages recorded before 17:56 UTC carry the commit at their end, later ones at their start).", ""]
+             f"Every number below comes from {state} (+ its `.laneN.json` siblings): the JSON each "
+             "`lowprec` command printed, with its command line, exit code, wall time, peak RSS and the git commit "
+             "it ran under.", ""]
     for lane in sorted({r.get("lane", 1) for r in runs}):
         rs = [r for r in runs if r.get("lane", 1) == lane]
         loads = [r["load_avg_start"][0] for r in rs if r.get("load_avg_start")]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.criteo_scale.plans import HEURISTICS, HOT_ONLY, Rule
+from tools.criteo_scale.plans import Rule
 from tools.criteo_scale.runner import Runner
 
 UNIFORM = (("fp16", "minmax"), ("int8", "minmax"), ("int8", "l2"), ("int4", "minmax"), ("int4", "l2"),
