@@ -40,7 +40,7 @@ from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
 from lowprec.search.accept import DEFAULT_RULE, check_rule, judge
 from lowprec.search.latency import measure_costs, significant_costs
-from lowprec.search.sensitivity import Emulator, FloatCache, counted_in_calibration
+from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, auc_price, ne_price, predicted, price, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
 from lowprec.search import rows_subset
@@ -255,7 +255,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)
     if cache.rows == 0:
         raise InputError(f"calibration windows {list(cfg.calib_windows)} hold no rows")
-    emulator = Emulator(model, cache, calibration, counted_in_calibration(calibration, cache, ds))
+    emulator = Emulator(model, cache, calibration)
     items = options_for(model.config, cfg.space, sharing=bool((calibration or {}).get("row_counts")))
     measurements = MeasurementCache(cache_path, fingerprint(model_dir, ds, cfg, calib_sha))
     n_options = 1 + sum(1 for opts in items.values() for o in opts if not o.is_float_baseline)
@@ -313,8 +313,7 @@ def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dic
 
     def contribution(chosen: dict[str, Option]) -> dict[str, Sensitivity]:
         if not emu:
-            cache = FloatCache(model, ds, list(cfg.eval_windows), cfg.max_rows)
-            emu.append(Emulator(model, cache, calibration, counted_in_calibration(calibration, cache, ds)))
+            emu.append(Emulator(model, FloatCache(model, ds, list(cfg.eval_windows), cfg.max_rows), calibration))
         opts = {o.key: o for o in chosen.values() if not o.is_float_baseline}
         joint = emu[0].run(list(opts.values()), rm)
 

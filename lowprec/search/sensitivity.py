@@ -65,7 +65,7 @@ class FloatCache:
     def __init__(self, model: DLRM, ds: Dataset, windows: list[int], max_rows: int = 50_000,
                  batch_size: int = 4096):
         self.batches: list[CachedBatch] = []
-        self.windows = list(windows)
+        self.windows, self.meta = list(windows), ds.meta  # what counted_in_calibration compares
         layers = model.linear_layers()
         rows = 0
         for batch in iter_batches(ds, windows, batch_size):
@@ -87,7 +87,7 @@ class FloatCache:
         self.rows = rows
 
 
-def counted_in_calibration(calibration: dict[str, Any] | None, cache: FloatCache, ds: Dataset) -> bool:
+def counted_in_calibration(calibration: dict[str, Any] | None, cache: FloatCache) -> bool:
     """Whether calibration's row counts include the lookups of `cache`'s rows. Both read their
     windows' rows in the same order and stop after whole batches, so the cached rows are counted when
     they are a prefix of the counted ones, or when calibration counted every row of windows that
@@ -99,7 +99,7 @@ def counted_in_calibration(calibration: dict[str, Any] | None, cache: FloatCache
     counted = int(calib.get("rows", 0))
     if windows[:len(cache.windows)] == cache.windows and counted >= cache.rows:
         return True
-    if set(cache.windows) <= set(windows) and counted == sum(ds.meta.window(w).rows for w in windows):
+    if set(cache.windows) <= set(windows) and counted == sum(cache.meta.window(w).rows for w in windows):
         return True
     warnings.warn(f"calibration counted part of windows {sorted(set(windows) & set(cache.windows))}, which the "
                   "search also measures on: sharing and tier options are measured with counts that may include "
@@ -109,14 +109,14 @@ def counted_in_calibration(calibration: dict[str, Any] | None, cache: FloatCache
 
 class Emulator:
     """Scores combinations of options on a FloatCache, reusing everything they do not change.
-    `held_out`: calibration's counts include the cached rows' lookups (`counted_in_calibration`);
-    table options then read the counts without them (see the module docstring)."""
+    `held_out`: table options read the counts without the cached rows' lookups (see the module
+    docstring); by default where calibration counted those rows (`counted_in_calibration`)."""
 
     def __init__(self, model: DLRM, cache: FloatCache, calibration: dict[str, Any] | None = None,
-                 held_out: bool = False):
+                 held_out: bool | None = None):
         self.model, self.cache = model, cache
         self.calibration = calibration or {}
-        self.held_out = held_out
+        self.held_out = counted_in_calibration(calibration, cache) if held_out is None else held_out
         self._counts: dict[int, Any] = {}
         self.names = model.config.table_names
         self._forms: dict[str, QuantizedForm] = {}
@@ -158,13 +158,17 @@ class Emulator:
         if counts is None or not self.held_out:
             return counts
         if t not in self._counts:
-            self._counts[t] = held_out_counts(counts, [b.sparse[t] for b in self.cache.batches])
+            self._counts[t] = held_out_counts(counts, self._lookups(t))
         return self._counts[t]
+
+    def _lookups(self, t: int) -> torch.Tensor:
+        """Every valid id the cached batches look up in table t, repeats included."""
+        ids = torch.cat([b.sparse[t].reshape(-1) for b in self.cache.batches]).long()
+        return ids[ids >= 0]
 
     def _touched(self, t: int) -> torch.Tensor:
         if t not in self._ids:
-            ids = torch.cat([b.sparse[t].reshape(-1) for b in self.cache.batches]).long()
-            self._ids[t] = torch.unique(ids[ids >= 0])
+            self._ids[t] = torch.unique(self._lookups(t))
         return self._ids[t]
 
     def option_ids(self, option: Option, ids: torch.Tensor) -> torch.Tensor:
@@ -261,12 +265,10 @@ class Emulator:
         return graph.top_from(graph.interact(z0, b.pooled if pooled is None else pooled))
 
 
-def held_out_counts(counts: Any, lookups: list[torch.Tensor]) -> torch.Tensor:
-    """`counts` (one table's, as calibration made them) minus one for every valid id in `lookups`
-    (the rows the emulator measures on), floored at 0 (a count can only be short if calibration
-    counted fewer rows than it says)."""
+def held_out_counts(counts: Any, ids: torch.Tensor) -> torch.Tensor:
+    """`counts` (one table's, as calibration made them) minus one for every id in `ids` (the valid
+    ids the emulator's rows look up, repeats included), floored at 0 (a count can only be short if
+    calibration counted fewer rows than it says)."""
     out = torch.as_tensor(counts).clone()
-    ids = torch.cat([x.reshape(-1) for x in lookups]).long()
-    ids = ids[ids >= 0]
     out.index_add_(0, ids, torch.full((len(ids),), -1, dtype=out.dtype))
     return out.clamp_(min=0)

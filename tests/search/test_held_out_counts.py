@@ -34,14 +34,19 @@ def slow_held_out(counts, lookups):
     return torch.tensor([max(c, 0.0) for c in out])
 
 
+def valid_ids(lookups):
+    ids = torch.cat([x.reshape(-1) for x in lookups])
+    return ids[ids >= 0]
+
+
 def test_held_out_counts_match_a_slow_count():
     g = torch.Generator().manual_seed(0)
     counts = torch.randint(0, 5, (50,), generator=g).float()
     lookups = [torch.randint(-1, 50, (30, 2), generator=g), torch.randint(-1, 50, (7, 2), generator=g)]
-    got = held_out_counts(counts, lookups)
+    got = held_out_counts(counts, valid_ids(lookups))
     assert torch.equal(got, slow_held_out(counts, lookups))
     assert got.dtype == counts.dtype and torch.equal(counts, counts.clone())  # input untouched
-    ints = held_out_counts(counts.int().numpy(), lookups)  # calibrate's own int32 arrays
+    ints = held_out_counts(counts.int().numpy(), valid_ids(lookups))  # calibrate's own int32 arrays
     assert torch.equal(ints.float(), got)
 
 
@@ -49,26 +54,27 @@ def test_when_the_cached_rows_are_counted(setup):
     _, ds, model, calib = setup  # calibration counted every row of window 2
     in_window = FloatCache(model, ds, [2], 200, batch_size=128)
     elsewhere = FloatCache(model, ds, [3], 200, batch_size=128)
-    assert counted_in_calibration(calib, in_window, ds)
-    assert not counted_in_calibration(calib, elsewhere, ds)
-    assert not counted_in_calibration(None, in_window, ds)
-    assert not counted_in_calibration({**calib, "row_counts": {}}, in_window, ds)
+    assert counted_in_calibration(calib, in_window)
+    assert not counted_in_calibration(calib, elsewhere)
+    assert not counted_in_calibration(None, in_window)
+    assert not counted_in_calibration({**calib, "row_counts": {}}, in_window)
     # a prefix of windows 2, 3: counted if calibration read at least as many rows
     both = FloatCache(model, ds, [2, 3], 10**9, batch_size=128)
-    assert counted_in_calibration({**calib, "windows": [2, 3], "rows": both.rows}, both, ds)
+    assert counted_in_calibration({**calib, "windows": [2, 3], "rows": both.rows}, both)
     # calibration stopped before the cached rows end, and did not read all of its windows: cannot tell
     with pytest.warns(UserWarning, match="counted part of windows"):
-        assert not counted_in_calibration({**calib, "windows": [2, 3], "rows": 300}, both, ds)
+        assert not counted_in_calibration({**calib, "windows": [2, 3], "rows": 300}, both)
 
 
 def test_options_score_as_with_hand_made_held_out_counts(setup):
     _, ds, model, calib = setup
     cache = FloatCache(model, ds, [2], 300, batch_size=128)
-    emu = Emulator(model, cache, calib, held_out=True)
+    emu = Emulator(model, cache, calib)  # calibration counted window 2: held out by default
+    assert emu.held_out
     hand = {k: slow_held_out(v, [b.sparse[t] for b in cache.batches])
             for t, (k, v) in enumerate(calib["row_counts"].items())}
-    ref = Emulator(model, cache, {**calib, "row_counts": hand})
-    plain = Emulator(model, cache, calib)
+    ref = Emulator(model, cache, {**calib, "row_counts": hand}, held_out=False)
+    plain = Emulator(model, cache, calib, held_out=False)
     opts = [Option("table:t0", P.INT4, (("kind", "hot"), ("ratio", 4.0))),
             Option("table:t0", P.INT2, None),
             Option("table:t1", P.INT2, (("kind", "tiered"), ("tiers", ((0.1, "fp16"),))))]
@@ -94,4 +100,4 @@ def test_inline_calibration_counts_the_cached_rows(setup):
     cache = FloatCache(model, ds, [2], 50_000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert counted_in_calibration(calib, cache, ds)
+        assert counted_in_calibration(calib, cache)
