@@ -107,8 +107,11 @@ def resolve_output(path: str | os.PathLike, wait: float = 5.0) -> Path:
     """The output at `path`, restoring it if a writer died between the two renames of a swap.
 
     If only the moved-aside copy (`NAME.lowprec-old`) exists, a live writer on this host is given
-    `wait` seconds to finish its swap; otherwise the old copy is renamed back. Returns `path`."""
+    `wait` seconds to finish its swap; otherwise the old copy is renamed back. Returns `path`.
+    A path without a final name (".", "/") cannot have been swapped and is returned as it is."""
     out = Path(path)
+    if not out.name:
+        return out
     backup = out.with_name(out.name + _BACKUP_SUFFIX)
     if out.exists() or not backup.exists():
         return out
@@ -118,6 +121,16 @@ def resolve_output(path: str | os.PathLike, wait: float = 5.0) -> Path:
     with contextlib.suppress(FileNotFoundError, OSError):
         if not out.exists():
             backup.rename(out)
+    return out
+
+
+def _named_output(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path, refused (InputError) when it names no entry of its own (".", "..", "/"):
+    an output is written beside its final name and swapped in, which such a path cannot be."""
+    out = Path(path)
+    if out.name in ("", ".."):
+        raise InputError(f"{what} {str(path) or repr(str(path))} names no file or directory of its own; "
+                         f"give a path such as ./out")
     return out
 
 
@@ -162,7 +175,7 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
     Directory kinds (KINDS): absent, an empty directory, or a lowprec output of the same kind.
     File kinds (FILE_KINDS): absent, or a JSON file declaring that kind's format. `kind=None`
     accepts a lowprec output of any kind. Never an input of the command, nor a directory holding one."""
-    out = resolve_output(out, wait=0.0)
+    out = resolve_output(_named_output(out, what), wait=0.0)
     _check_inputs(out, inputs, what)
     if kind in FILE_KINDS:
         if out.is_dir():
@@ -222,7 +235,7 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None,
 
     `out` must pass `claim_output(out, kind, inputs)` first; the new directory gets a marker naming
     its kind so a later write of the same kind recognises it."""
-    out = Path(out)
+    out = _named_output(out, "output")
     _recover(out)
     claim_output(out, kind, inputs)
     with user_os_errors(out.parent):
@@ -270,7 +283,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = Non
 
     With a file `kind` (FILE_KINDS), `claim_output` must allow replacing `path` first. The file
     gets normal permissions (0666 minus the umask), not mkstemp's 0600."""
-    path = Path(path)
+    path = _named_output(path, "output")
     if kind is not None:
         claim_output(path, kind, inputs)
     with user_os_errors(path):

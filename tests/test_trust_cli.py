@@ -101,3 +101,25 @@ def test_train_flags_a_model_worse_than_the_base_rate(two, tmp_path):
     j = last_json(r)
     assert j["final_epoch_ne"] >= 1 and j["worse_than_base_rate"] is True
     assert "worse than the constant base rate" in r.stderr
+
+
+def test_bare_file_names_in_the_working_directory(two, tmp_path, monkeypatch):
+    """Inputs and outputs named relative to the working directory ("plan.json", not "./x/plan.json")
+    work in every command of the pipeline; an output naming no entry of its own (".") is refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps(
+        {"format": "lowprec-plan", "version": 1, "tables": {"*": {"precision": "int4", "range_method": "l2"}},
+         "layers": {"*": {"precision": "fp32"}}}))
+    ok("train", "--data", two / "data", "--windows", 0, "--out", "model", "--epochs", 1)
+    ok("calibrate", "--model", "model", "--data", two / "data", "--windows", 1, "--out", "calib.json")
+    ok("convert", "--model", "model", "--plan", "plan.json", "--calibration", "calib.json", "--out", "art")
+    ok("eval", "--model", "art", "--data", two / "data", "--windows", 2)
+    r = cli("drift", "--reference", "model", "--candidate", "art", "--data", two / "data", "--windows", 2,
+            "--db", "drift.sqlite", "--report", "report")
+    assert r.exit_code in (0, 1), r.output
+    assert (tmp_path / "drift.sqlite").is_file() and (tmp_path / "report").is_dir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for out in (".", ".."):
+        r = cli("convert", "--model", "model", "--plan", "plan.json", "--out", out)
+        assert r.exit_code == 2 and "names no file or directory of its own" in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
