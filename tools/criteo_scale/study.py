@@ -232,6 +232,9 @@ class Study:
             self.r.state["stages"].pop("drift/tight-s0/convert", None)
             self.r.run("drift/tight-s0/convert", ["convert", "--model", str(model), "--plan", str(plan),
                                                   "--calibration", str(calib), "--out", str(art), "--json"])
+        # The history is this study's own file: a run of an earlier candidate (a plan searched again)
+        # would make `lowprec drift` refuse to mix the two pairs' histories (exit 2), so start it afresh.
+        (self.c.work / "drift.sqlite").unlink(missing_ok=True)
         self.r.run("drift/tight-s0/drift", ["drift", "--reference", str(model), "--candidate", str(art), "--data",
                                             str(self.c.data), "--windows", self.c.drift, "--db",
                                             str(self.c.work / "drift.sqlite"), "--report",
