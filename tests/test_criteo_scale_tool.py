@@ -88,3 +88,21 @@ def test_render_reports_deltas_gap_and_byte_ratios():
     assert "| int4 (min/max ranges) | 150.0 | 6.7x | 0.7995 | 0.8004 | -0.0005 | +0.050% | yes | yes |" in md
     assert "`search/loose/s0/search`: not run" in md
     assert "| searched plan, tight budget | 25.0 | 40.0x | 0.7992 | 0.8007 | -0.0008 | +0.087% | yes | yes |" in md
+
+
+def test_render_drift_shows_recalibration_and_the_later_windows():
+    win = lambda w, ref_auc, cand_auc, alarm: {  # noqa: E731
+        "window": w, "ref_auc": ref_auc, "cand_auc": cand_auc, "auc_diff": cand_auc - ref_auc, "ref_ne": 0.9,
+        "cand_ne": 0.91, "ne_gap": 0.01, "ne_gap_lo": 0.005, "ne_gap_hi": 0.015, "alarm": alarm, "reason": "r"}
+    drift = _stage({"alarms": [12, 13], "first_alarm": 12,
+                    "windows": [win(11, 0.73, 0.729, False), win(12, 0.63, 0.627, True), win(13, 0.64, 0.636, True)],
+                    "recalibrations": [{"alarm_window": 12, "source": "alarmed", "ne_gap": -0.0001, "ne_gap_lo": -0.0003,
+                                        "ne_gap_hi": 0.0001, "auc_diff": -0.0002, "alarm": 0, "reason": "closes"}]})
+    drift["rc"] = 1
+    state = {"meta": {"config": {"seeds": "(0,)", "drift_start": "12"}}, "derived": {},
+             "stages": {"drift/tight-s0/drift": drift,
+                        "drift/tight-s0/recal-eval": _stage({"windows": [{"window": 13, "auc": 0.6391, "ne": 0.905}]})}}
+    md = render(state)
+    assert "Recalibration on window 12 (alarmed rows" in md and "no alarm: closes" in md
+    assert "| 13 | 0.6400 | 0.6360 | 0.6391 | 0.9000 | 0.9100 | 0.9050 |" in md
+    assert "`drift/tight-s0/recal-eval`: not run" not in md

@@ -290,7 +290,24 @@ def drift_section(view: View) -> list[str]:
                      f"{f4(w['cand_auc'])} | {w['auc_diff']:+.5f} | {f4(w['ref_ne'])} | {f4(w['cand_ne'])} | "
                      f"{100 * w['ne_gap']:+.3f}% [{100 * w['ne_gap_lo']:+.3f}, {100 * w['ne_gap_hi']:+.3f}] | "
                      f"{'ALARM' if w['alarm'] else 'ok'} | {(w.get('reason') or '').replace('|', '/')} |")
-    return lines + [""]
+    lines.append("")
+    for r in rec["result"].get("recalibrations") or []:
+        lines.append(f"Recalibration on window {r['alarm_window']} ({r['source']} rows, `--on-alarm recalibrate`): NE gap "
+                     f"{100 * r['ne_gap']:+.3f}% [{100 * r['ne_gap_lo']:+.3f}, {100 * r['ne_gap_hi']:+.3f}], AUC diff "
+                     f"{r['auc_diff']:+.5f}, {'still alarmed' if r['alarm'] else 'no alarm'}: {r['reason']}")
+        lines.append("")
+    after = view.st.get("drift/tight-s0/recal-eval")
+    if after and after.get("ok") and after.get("result"):
+        ref = {w["window"]: w for w in rec["result"]["windows"]}
+        lines += ["The recalibrated artifact on the windows after that one (out of sample: `lowprec eval`):", "",
+                  "| window | float AUC | plan AUC before | recalibrated AUC | float NE | plan NE before | recalibrated NE |",
+                  "|---|---|---|---|---|---|---|"]
+        for w in after["result"].get("windows", []):
+            r = ref.get(w["window"], {})
+            lines.append(f"| {w['window']} | {f4(r.get('ref_auc'))} | {f4(r.get('cand_auc'))} | {f4(w['auc'])} | "
+                         f"{f4(r.get('ref_ne'))} | {f4(r.get('cand_ne'))} | {f4(w['ne'])} |")
+        lines.append("")
+    return lines
 
 
 def missing_section(view: View) -> list[str]:
@@ -299,7 +316,8 @@ def missing_section(view: View) -> list[str]:
             f"`{' '.join(a['cmd'])}`)" for a in view.s.get("failed_attempts", [])]
     seeds = [int(s) for s in view.cfg.get("seeds", "(0, 1, 2)").strip("()").split(",") if s.strip()]
     want = ["float/s0/eval", "dense_only/s0/eval", "search/tight/s0/search", "search/loose/s0/search",
-            "drift/tight-s0/drift", "small_float/s0/eval", *[f"sharing/{v}/s0/eval" for v in TRAINED_SHARING],
+            "drift/tight-s0/drift", "drift/tight-s0/recal-eval", "small_float/s0/eval",
+            *[f"sharing/{v}/s0/eval" for v in TRAINED_SHARING],
             *[f"uniform/{p}-{m}/s0/eval" for p, m in UNIFORM], *[f"rule/{r.name}/s0/eval" for r in HEURISTICS + HOT_ONLY],
             *[f"float/s{s}/eval" for s in seeds], *[f"search/tight/s{s}/search" for s in seeds]]
     absent = [f"- `{n}`: not run" for n in want if n not in view.st]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowprec.data.windows import parse_windows
 from tools.criteo_scale.plans import Rule
 from tools.criteo_scale.runner import Runner
 
@@ -223,20 +224,33 @@ class Study:
             self.evals(f"sharing/{v}/s0", mv)  # fp32 hash, QR and aligned ROBE serve exactly as trained
 
     def drift(self, model: Path) -> None:
+        """`lowprec drift` of seed 0's tight plan over the drift windows, recalibrating on the first alarmed
+        window (`--on-alarm recalibrate --recalibrate-on alarmed`), then the recalibrated artifact scored on
+        the windows after that one: the out-of-sample check of the recalibration."""
         art = self.c.work / "art" / "drift-candidate"
         plan = self.c.work / "plans" / "search-tight-s0.json"
-        if self.r.done("drift/tight-s0/drift") or not plan.exists():
+        if self.r.done("drift/tight-s0/recal-eval") or not plan.exists():
             return
         calib = self.c.work / "calib" / "s0.json"
-        if not art.exists():
-            self.r.state["stages"].pop("drift/tight-s0/convert", None)
-            self.r.run("drift/tight-s0/convert", ["convert", "--model", str(model), "--plan", str(plan),
-                                                  "--calibration", str(calib), "--out", str(art), "--json"])
-        # The history is this study's own file: a run of an earlier candidate (a plan searched again)
-        # would make `lowprec drift` refuse to mix the two pairs' histories (exit 2), so start it afresh.
-        (self.c.work / "drift.sqlite").unlink(missing_ok=True)
-        self.r.run("drift/tight-s0/drift", ["drift", "--reference", str(model), "--candidate", str(art), "--data",
-                                            str(self.c.data), "--windows", self.c.drift, "--db",
-                                            str(self.c.work / "drift.sqlite"), "--report",
-                                            str(self.c.work / "drift-report"), "--json"], ok_codes=(0, 1))
-        shutil.rmtree(art, ignore_errors=True)
+        if not self.r.done("drift/tight-s0/drift"):
+            if not art.exists():
+                self.r.state["stages"].pop("drift/tight-s0/convert", None)
+                self.r.run("drift/tight-s0/convert", ["convert", "--model", str(model), "--plan", str(plan),
+                                                      "--calibration", str(calib), "--out", str(art), "--json"])
+            # The history is this study's own file: a run of an earlier candidate (a plan searched again)
+            # would make `lowprec drift` refuse to mix the two pairs' histories (exit 2), so start it afresh.
+            (self.c.work / "drift.sqlite").unlink(missing_ok=True)
+            self.r.run("drift/tight-s0/drift", ["drift", "--reference", str(model), "--candidate", str(art), "--data",
+                                                str(self.c.data), "--windows", self.c.drift, "--db",
+                                                str(self.c.work / "drift.sqlite"), "--report",
+                                                str(self.c.work / "drift-report"), "--on-alarm", "recalibrate",
+                                                "--recalibrate-on", "alarmed", "--calibration", str(calib),
+                                                "--json"], ok_codes=(0, 1))
+        result = self.r.result("drift/tight-s0/drift") or {}
+        recal = (result.get("recalibrations") or [{}])[0].get("artifact")
+        later = [w for w in parse_windows(self.c.drift, list(range(self.c.windows))) if w > (result.get("first_alarm") or 10**9)]
+        if recal and later and Path(recal).exists():
+            self.r.run("drift/tight-s0/recal-eval", ["eval", "--model", recal, "--data", str(self.c.data), "--windows",
+                                                     ",".join(map(str, later)), "--json"])
+        for p in (art, *art.parent.glob(f"{art.name}.recal-*")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
