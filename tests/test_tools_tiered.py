@@ -23,7 +23,8 @@ def test_bench_tiered_tiny(tmp_path):
         torch.set_num_threads(threads)
     r = json.loads((tmp_path / "t.json").read_text())
     names = {"fp32", "fp16", "int8", "int4", "hot sharing", "tiered", "tiered rank order", "tiered, torch ops",
-             "tiered rank order, ranked ids"}
+             "tiered rank order, ranked ids", "int4 rank order, ranked ids", "int4, small tables at --small",
+             "int4 rank order, small tables at --small, ranked ids"}
     checks = r["checks"]
     if checks["native split available"]:  # the native split's halves (no compiler: torch ops only)
         names |= {"split alone: id order", "split alone: rank order, id -> rank", "split alone: rank order, ranked ids",
@@ -32,6 +33,8 @@ def test_bench_tiered_tiny(tmp_path):
     assert set(r["ms"]) == names
     assert checks["tiered: native split == torch ops"] and checks["tiered rank order: native split == torch ops"]
     assert checks["ranked ids == raw ids (native, torch ops)"] == [True, True]
+    assert checks["int4 rank order, ranked ids == int4 on raw ids"]  # the same rows, stored by rank
+    assert checks["int4 rank order, small tables at --small, ranked ids == int4, small tables at --small on raw ids"]
     assert r["bytes"]["tiered rank order, ranked ids"] < r["bytes"]["tiered rank order"]  # the rank map
     assert checks["tiered vs fp32, max |diff|"] <= checks["int4 vs fp32, max |diff|"] + 1e-6  # hot rows finer
     assert r["bytes"]["tiered"] > r["bytes"]["int4"]

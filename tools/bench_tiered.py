@@ -23,6 +23,11 @@ interleaved in one process (tools/_bench_common.interleaved) on the loader's Fea
   tiered rank order        "order": "rank" (rows by rank, a 4 B-a-row rank map): ids as they come
                    (the split gathers id -> rank), and `, ranked ids` (the feature pipeline issues
                    ranks: the split is compares only, the rank map is not read)
+  int4 rank order, ranked ids   uniform int4 with the big tables' rows stored by the same ranks,
+                   fed ranked ids (no split at all): what renumbering ids alone buys, without tiers
+  int4, small tables at --small   the big tables int4, the small ones at the tiered plan's --small:
+                   that precision choice alone; `int4 rank order, small tables at --small, ranked
+                   ids` both (the tiered plan without its tiers)
   split alone: ...          the native split by itself, each mode (what it costs against a lookup)
   layout alone: ...         the tiered module's TBE and pooling on ids split before the timer (what
                    the layout costs if the split were free)
@@ -102,6 +107,10 @@ class Traffic:
 
 
 CHUNK = 1 << 20
+RANKED_INT4 = "int4 rank order, ranked ids"
+SMALL_INT4 = "int4, small tables at --small"
+RANKED_SMALL_INT4 = "int4 rank order, small tables at --small, ranked ids"
+RANKED_UNTIERED = (RANKED_INT4, RANKED_SMALL_INT4)  # untiered modules fed ranked ids
 
 
 def weight_chunks(t: int, n: int, dim: int, seed: int):
@@ -115,17 +124,34 @@ def weight(t: int, n: int, dim: int, seed: int) -> torch.Tensor:
     return torch.cat([w for _, w in weight_chunks(t, n, dim, seed)])
 
 
-def uniform_module(rows: list[int], dim: int, p: Precision, pooling: int, seed: int) -> QuantizedEmbeddings:
-    """Every table at p, encoded one table at a time straight into the TBE."""
-    tables = [PhysicalTable(f"t{i}", n, dim, p) for i, n in enumerate(rows)]
+def uniform_module(rows: list[int], dim: int, p: Precision | list[Precision], pooling: int, seed: int,
+                   ranks: dict[int, torch.Tensor] | None = None) -> QuantizedEmbeddings:
+    """Every table at p (or table t at p[t]), encoded one table at a time straight into the TBE. With
+    `ranks` (table -> int32 id -> rank), those tables' rows are stored by rank, hottest first, and take
+    ranked ids."""
+    ps = p if isinstance(p, list) else [p] * len(rows)
+    tables = [PhysicalTable(f"t{i}", n, dim, ps[i]) for i, n in enumerate(rows)]
     feats = [Feature(t.key) for t in tables]
     serving = [TableServing(SPARSE_NAMES[i], pooling, ((i,),)) for i in range(len(rows))]
     emb = QuantizedEmbeddings(dim, tables, feats, serving, rows=rows)
     for t, dst in enumerate(emb.table_weights()):  # chunk by chunk: no whole float table held
-        for start, w in weight_chunks(t, rows[t], dim, seed):
-            code = table_codec(p).encode(w)
+        if ranks and t in ranks:  # row r holds the id of rank r (one whole float table held)
+            chunks = [(0, weight(t, rows[t], dim, seed)[torch.argsort(ranks[t].long())])]
+        else:
+            chunks = weight_chunks(t, rows[t], dim, seed)
+        for start, w in chunks:
+            code = table_codec(ps[t]).encode(w)
             dst[start:start + len(w), :code.shape[1]].copy_(code)
     return emb.eval()
+
+
+def rank_maps(m: QuantizedEmbeddings) -> dict[int, torch.Tensor]:
+    """Table -> its id -> rank map, for `m`'s rank-ordered tiered tables."""
+    out = {}
+    for i, owner in enumerate(m.feature_table):
+        if getattr(m.id_maps[i], "ranked_layout", False):
+            out[owner] = m.id_maps[i].rank
+    return out
 
 
 def shared_module(rows: list[int], dim: int, choice: TableChoice, small: TableChoice, min_rows: int,
@@ -182,6 +208,13 @@ def build(args: argparse.Namespace, rows: list[int], counts: list[torch.Tensor])
         t0 = time.perf_counter()
         mods[p] = uniform_module(rows, args.dim, Precision(p), args.pooling, args.seed)
         print(f"built {p} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    # Without tiers, taking the tiered plan apart: int4 stored by the same ranks (renumbered ids alone),
+    # int4 with the small tables at the tiered plan's --small precision (that choice alone), and both.
+    ranks = rank_maps(mods["tiered rank order"])
+    mixed = [Precision.INT4 if n >= args.min_rows else Precision(args.small) for n in rows]
+    mods[RANKED_INT4] = uniform_module(rows, args.dim, Precision.INT4, args.pooling, args.seed, ranks)
+    mods[SMALL_INT4] = uniform_module(rows, args.dim, mixed, args.pooling, args.seed)
+    mods[RANKED_SMALL_INT4] = uniform_module(rows, args.dim, mixed, args.pooling, args.seed, ranks)
     return mods
 
 
@@ -213,7 +246,11 @@ def checks(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureIds], rank
     with torch.no_grad():
         ref = mods["fp32"].lookup_ids(batches[0])
         for name, m in mods.items():
-            check[f"{name} vs fp32, max |diff|"] = float((m.lookup_ids(batches[0]) - ref).abs().max())
+            if name not in RANKED_UNTIERED:
+                check[f"{name} vs fp32, max |diff|"] = float((m.lookup_ids(batches[0]) - ref).abs().max())
+        for name, same in ((RANKED_INT4, "int4"), (RANKED_SMALL_INT4, SMALL_INT4)):
+            check[f"{name} == {same} on raw ids"] = bool(torch.equal(
+                mods[name].lookup_ids(ranked[0]), mods[same].lookup_ids(batches[0])))
         for name in ("tiered", "tiered rank order"):
             m = mods[name]
             got = m.lookup_ids(batches[0])
@@ -229,7 +266,8 @@ def checks(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureIds], rank
 def timed_variants(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureIds],
                    ranked: list[FeatureIds]) -> dict[str, Any]:
     n = len(batches)
-    variants = {name: bc.cycling(lambda k, m=m: m.lookup_ids(batches[k]), n) for name, m in mods.items()}
+    variants = {name: bc.cycling(lambda k, m=m, src=ranked if name in RANKED_UNTIERED else batches:
+                                 m.lookup_ids(src[k]), n) for name, m in mods.items()}
     tiered, rank_order = mods["tiered"], mods["tiered rank order"]
     variants["tiered, torch ops"] = bc.cycling(lambda k: stock(tiered, batches[k]), n)
     variants["tiered rank order, ranked ids"] = bc.cycling(lambda k: rank_order.lookup_ids(ranked[k], True), n)
