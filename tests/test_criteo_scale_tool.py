@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,7 +52,8 @@ def test_runner_records_a_real_stage_and_skips_it_when_rerun(tmp_path):
     res = r.run("data/synth", args, output=data / "dataset.json")
     rec = json.loads((tmp_path / "state.json").read_text())["stages"]["data/synth"]
     assert rec["ok"] and rec["rc"] == 0 and res["rows"] == 50 and rec["peak_rss_mb"] > 0
-    again = Runner(tmp_path / "state.json", tmp_path / "logs", 4.0, {"t": 1})
+    again = Runner(tmp_path / "state.json", tmp_path / "logs", 4.0, {"t": 2, "u": 3})
+    assert again.state["meta"] == {"t": 1, "u": 3}  # a resumption keeps the study's own meta
     assert again.run("data/synth", ["no-such-command"], output=data / "dataset.json") == res  # skipped
     bad = again.run("broken", ["no-such-command"])
     assert bad is None and not again.state["stages"]["broken"]["ok"]

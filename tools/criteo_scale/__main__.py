@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": "python -m tools.criteo_scale " + " ".join(sys.argv[1:] if argv is None else argv)}
         runner = Runner(lane_state(args.state, args.lane), args.work / "logs", args.data_limit_gb, meta,
                         peers=tuple(lane_state(args.state, k) for k in LANES))
-        runner.state.setdefault("runs", []).append(machine())
+        runner.state.setdefault("runs", []).append({**machine(), "command": meta["command"]})
         runner.save()
         if args.lane == 1:
             run_main(Study(runner, cfg), args.state)

@@ -66,7 +66,9 @@ class Runner:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.state = json.loads(state_path.read_text()) if state_path.exists() else {}
         self.state.setdefault("stages", {})
-        self.state["meta"] = {**self.state.get("meta", {}), **meta}
+        # The study's meta (its regenerate command and config) is the first run's: a resumption with other
+        # arguments (say --seeds 0 for one lane) records its command in its own `runs` entry instead.
+        self.state["meta"] = {**meta, **self.state.get("meta", {})}
         self.stamp = code_stamp()
         self.save()
 
