@@ -23,11 +23,8 @@ interleaved in one process (tools/_bench_common.interleaved) on the loader's Fea
   tiered rank order        "order": "rank" (rows by rank, a 4 B-a-row rank map): ids as they come
                    (the split gathers id -> rank), and `, ranked ids` (the feature pipeline issues
                    ranks: the split is compares only, the rank map is not read)
-  int4 rank order, ranked ids   uniform int4 with the big tables' rows stored by the same ranks,
-                   fed ranked ids (no split at all): what renumbering ids alone buys, without tiers
-  int4, small tables at --small   the big tables int4, the small ones at the tiered plan's --small:
-                   that precision choice alone; `int4 rank order, small tables at --small, ranked
-                   ids` both (the tiered plan without its tiers)
+  int4 rank order, ranked ids / int4, small tables at --small / both: the tiered plan without tiers
+                   (big tables' rows by rank fed ranks; small tables at the plan's --small; both)
   split alone: ...          the native split by itself, each mode (what it costs against a lookup)
   layout alone: ...         the tiered module's TBE and pooling on ids split before the timer (what
                    the layout costs if the split were free)
@@ -126,9 +123,8 @@ def weight(t: int, n: int, dim: int, seed: int) -> torch.Tensor:
 
 def uniform_module(rows: list[int], dim: int, p: Precision | list[Precision], pooling: int, seed: int,
                    ranks: dict[int, torch.Tensor] | None = None) -> QuantizedEmbeddings:
-    """Every table at p (or table t at p[t]), encoded one table at a time straight into the TBE. With
-    `ranks` (table -> int32 id -> rank), those tables' rows are stored by rank, hottest first, and take
-    ranked ids."""
+    """Every table at p (or table t at p[t]), encoded one table at a time straight into the TBE; tables
+    in `ranks` (t -> int32 id -> rank) store their rows by rank, hottest first, and take ranked ids."""
     ps = p if isinstance(p, list) else [p] * len(rows)
     tables = [PhysicalTable(f"t{i}", n, dim, ps[i]) for i, n in enumerate(rows)]
     feats = [Feature(t.key) for t in tables]
@@ -208,8 +204,7 @@ def build(args: argparse.Namespace, rows: list[int], counts: list[torch.Tensor])
         t0 = time.perf_counter()
         mods[p] = uniform_module(rows, args.dim, Precision(p), args.pooling, args.seed)
         print(f"built {p} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    # Without tiers, taking the tiered plan apart: int4 stored by the same ranks (renumbered ids alone),
-    # int4 with the small tables at the tiered plan's --small precision (that choice alone), and both.
+    # the tiered plan without its tiers, taken apart (module docstring): ranked int4, --small tables, both
     ranks = rank_maps(mods["tiered rank order"])
     mixed = [Precision.INT4 if n >= args.min_rows else Precision(args.small) for n in rows]
     mods[RANKED_INT4] = uniform_module(rows, args.dim, Precision.INT4, args.pooling, args.seed, ranks)
@@ -245,9 +240,8 @@ def checks(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureIds], rank
     check: dict[str, Any] = {}
     with torch.no_grad():
         ref = mods["fp32"].lookup_ids(batches[0])
-        for name, m in mods.items():
-            if name not in RANKED_UNTIERED:
-                check[f"{name} vs fp32, max |diff|"] = float((m.lookup_ids(batches[0]) - ref).abs().max())
+        for name, m in ((k, v) for k, v in mods.items() if k not in RANKED_UNTIERED):
+            check[f"{name} vs fp32, max |diff|"] = float((m.lookup_ids(batches[0]) - ref).abs().max())
         for name, same in ((RANKED_INT4, "int4"), (RANKED_SMALL_INT4, SMALL_INT4)):
             check[f"{name} == {same} on raw ids"] = bool(torch.equal(
                 mods[name].lookup_ids(ranked[0]), mods[same].lookup_ids(batches[0])))
