@@ -145,6 +145,34 @@ def test_native_split_matches_references(tables, batch, seed):
         assert torch.equal(stock(emb, r, ranked=True), got)
 
 
+@settings(max_examples=20, deadline=None)
+@given(hotness=st.lists(st.sampled_from([1, 3, 15, 16, 17, 20, 33]), min_size=1, max_size=3),
+       n=st.integers(2, 300), share=st.floats(0.01, 0.9), batch=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_ranked_two_tier_split_matches_the_reference(hotness, n, share, batch, seed):
+    """Ranked ids into rank-ordered two-tier tables (the compare-only split, vectorised where the
+    build has AVX-512, 16 ids a step): bags shorter than, equal to and longer than a step."""
+    if tier_native.kernel() is None:
+        pytest.skip("no C compiler: the fallback test covers this machine")
+    tables = [{"n": n, "hotness": h, "order": "rank", "tiers": [[share, "fp16"]]} for h in hotness]
+    emb, refs = build(tables, seed)
+    plan = tier_native.plan_of(emb)
+    if plan is None:  # a tier came out empty: the table serves one feature
+        assert any(len(r[0]) < 2 for r in refs)
+        return
+    ids = random_ids(tables, batch, torch.Generator().manual_seed(seed))
+    ranks = ranks_of(emb, ids, hotness)
+    f, r = (FeatureIds.from_matrix(x.numpy(), tuple(hotness)) for x in (ids, ranks))
+    want = ref_inputs(refs, ids, hotness)
+    got = tier_native.split(plan, r.indices, batch, ranked=True)
+    assert (got[0].tolist(), got[1].tolist()) == want
+    raw = tier_native.split(plan, f.indices, batch)
+    assert (raw[0].tolist(), raw[1].tolist()) == want
+    bad = r.indices.clone()
+    bad[-1] = n  # one past the table: refused, naming the table
+    with pytest.raises(tier_native.BadIds, match=f"table {len(hotness) - 1} "):
+        tier_native.split(plan, bad, batch, ranked=True)
+
+
 def test_bad_ids_and_descriptors_are_refused():
     if tier_native.kernel() is None:
         pytest.skip("no C compiler")
