@@ -27,7 +27,9 @@ from lowprec.cli._common import StageBars, fmt
 @click.option("--layer-precisions", help="Layer precisions to consider, e.g. fp32,int8 [fp32,fp16,int8].")
 @click.option("--sharing-ratios", help="Post-training sharing ratios to consider, e.g. 4,16 (needs row counts).")
 @click.option("--tier-layouts", help="Tiered tables to consider, ';'-separated, e.g. '0.02:fp16/int4;0.05:fp16/int2' "
-              "(hottest rows' share:precision, then the cold rows' precision; needs row counts).")
+              "(hottest rows' share:precision, then the cold rows' precision; needs row counts). A '/rank' "
+              "suffix stores rows by rank for a feature pipeline that sends ranks; the latency objective "
+              "times such a layout on ranks.")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
               help="CALIB.json; without it the search calibrates on --calib-windows itself.")
 @click.option("--max-rows", type=int, help="Calibration rows cached for sensitivity [50000].")

@@ -2,7 +2,9 @@
 
 A table option is timed as the lookup of one batch of its real calibration ids (already in the
 runtime's FeatureIds layout, as the data loader hands them over) through a single-table FBGEMM TBE
-at the option's precision and sharing (what the runtime calls); a layer
+at the option's precision and sharing (what the runtime calls); a tier layout with rows in rank
+order ('.../rank') on those ids renumbered through its rank map, the input it is laid out for
+(`lookup_ids(ids, ranked=True)`: a feature pipeline that sends ranks; reports/tiered.md); a layer
 option as its forward on the layer's real cached input (FBGEMM int8 or fp32 GEMM). Costs are the
 median of `repeats` timings in microseconds, keyed by the CPU model, torch version and the option's
 shape, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times only
@@ -57,6 +59,18 @@ def _median_us(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def rank_map(emb) -> torch.Tensor | None:
+    """A single-table module's id -> rank map where its rows are in rank order, else None."""
+    m = emb.id_maps[emb.serving[0].groups[0][0]]
+    return m.rank if getattr(m, "ranked_layout", False) else None
+
+
+def to_ranks(matrix, ranks: torch.Tensor):
+    """An id matrix (-1 pads) renumbered through `ranks` (what a ranked feature pipeline sends)."""
+    x = torch.as_tensor(matrix).long()
+    return torch.where(x >= 0, ranks.long()[x.clamp(min=0)], -1).to(torch.int32).numpy()
+
+
 def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_method: str,
                   repeats: int = 7) -> dict[str, float]:
     """Microseconds per batch for every option (read from, and added to, the on-disk cache)."""
@@ -79,9 +93,13 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
                 key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}|b={ids.batch}"
                        "|lookup-only")
 
-                def prepare(o=o, ids=ids):
+                def prepare(o=o, ids=ids, matrix=batch.sparse[t]):
                     emb = emulator.table_module(o, range_method, full=True)  # the table's real size
-                    return lambda: emb.lookup_ids(ids)
+                    ranks = rank_map(emb)
+                    if ranks is None:
+                        return lambda: emb.lookup_ids(ids)
+                    ranked = FeatureIds.from_matrix(to_ranks(matrix, ranks), (ids.hotness[0],))
+                    return lambda: emb.lookup_ids(ranked, True)
             else:
                 x = batch.layer_in[o.name]
                 key = f"{machine}|{o.key}|shape={tuple(x.shape)}"

@@ -96,7 +96,8 @@ def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -
                     opts.append(Option(item, p, share, serving_bytes(t, dim, table_codec(p), dict(share))))
             for layout in space.tier_layouts:  # tier boundaries and precisions, priced like any option
                 spec, cold = parse_layout(layout)
-                share = (("kind", "tiered"), ("tiers", tuple(tuple(x) for x in spec["tiers"])))
+                share = (("kind", "tiered"), ("tiers", tuple(tuple(x) for x in spec["tiers"])),
+                         *((("order", spec["order"]),) if "order" in spec else ()))
                 opts.append(Option(item, cold, share, serving_bytes(t, dim, table_codec(cold), spec)))
         items[item] = opts
     for name, shape in config.layer_shapes().items():

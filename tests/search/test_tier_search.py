@@ -53,3 +53,46 @@ def test_search_measures_and_may_choose_tiers(setup, tmp_path, objective):
     if t0.sharing is not None:  # a chosen layout converts to the artifact the search priced
         manifest = convert(root / "model", result.plan, tmp_path / "art", calib)
         assert next(t for t in manifest["tables"] if t["name"] == "t0")["sharing"]["kind"] == "tiered"
+
+
+def test_rank_ordered_layouts_keep_their_order_and_are_timed_on_ranks(setup, tmp_path, monkeypatch):
+    """'.../rank' layouts: the option (and so the plan and artifact) keeps "order": "rank", and the
+    latency objective times it on ids renumbered through its rank map (lookup_ids(..., ranked=True);
+    that ranks give the raw ids' lookups is tests/serve/test_tier_native.py's)."""
+    from lowprec.search.latency import rank_map
+    from lowprec.serve.runtime import QuantizedEmbeddings
+
+    root, ds, model, calib = setup
+    items = options_for(model.config, SearchSpace(tier_layouts=("0.05:fp16/int2/rank",), sharing_min_rows=100),
+                        sharing=True)
+    (opt,) = [o for o in items["table:t0"] if o.sharing]
+    assert opt.sharing_dict()["order"] == "rank"
+    chosen = {k: v[0] for k, v in items.items()} | {"table:t0": opt}
+    manifest = convert(root / "model", plan_from_options(chosen, "l2"), tmp_path / "art", calib)
+    assert next(t for t in manifest["tables"] if t["name"] == "t0")["sharing"]["order"] == "rank"
+
+    seen, real, timing = [], QuantizedEmbeddings.lookup_ids, []
+    real_costs = search_run.measure_costs
+
+    def recording(self, ids, ranked=False):
+        if timing:  # only the latency timings (not validation's lookups)
+            seen.append((rank_map(self) is not None, ranked))
+        return real(self, ids, ranked)
+
+    def costs(*args, **kwargs):
+        timing.append(1)
+        try:
+            return real_costs(*args, **kwargs)
+        finally:
+            timing.clear()
+
+    monkeypatch.setattr(QuantizedEmbeddings, "lookup_ids", recording)
+    monkeypatch.setattr(search_run, "measure_costs", costs)
+    monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))  # nothing timed before
+    space = SearchSpace(tier_layouts=("0.05:fp16/int2/rank",), sharing_min_rows=100)
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.01, 0.01), space, objective="latency")
+    result = search_run.search(root / "model", model, ds, cfg, calib, "c", tmp_path / "c.json")
+    assert result.validation is not None
+    assert {ranked for is_ranked, ranked in seen if is_ranked} == {True}  # the rank layout timed on ranks
+    assert {ranked for is_ranked, ranked in seen if not is_ranked} == {False}  # every other option on ids
+
