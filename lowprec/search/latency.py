@@ -1,8 +1,13 @@
 """Latency costs for `--objective latency`: each option timed on this machine, cached on disk.
 
-A table option is timed as the lookup of one batch of its real calibration ids (already in the
-runtime's FeatureIds layout, as the data loader hands them over) through a single-table FBGEMM TBE
-at the option's precision and sharing (what the runtime calls); a tier layout with rows in rank
+A table option's cost is its marginal time in a model call: the lookup of one batch of its real
+calibration ids (already in the runtime's FeatureIds layout, as the data loader hands them over)
+through a single-table FBGEMM TBE at the option's precision and sharing (what the runtime calls),
+minus the same lookup of the batch's first sample. The runtime looks all tables up in one call, so
+a call's fixed cost (dispatch, the TBE launch, a tiered table's id split and pooling across tiers)
+is paid once per model call, not once per table; timed alone, one table's batch is mostly that
+fixed cost (reports/tiered.md: 46-52 us plain, 129 us tiered for 4,096 ids of a 10M-row table), and
+an additive model of whole lookups would charge it 26 times. A tier layout with rows in rank
 order ('.../rank') on those ids renumbered through its rank map, the input it is laid out for
 (`lookup_ids(ids, ranked=True)`: a feature pipeline that sends ranks; reports/tiered.md); a layer
 option as its forward on the layer's real cached input (FBGEMM int8 or fp32 GEMM). Costs are the
@@ -85,31 +90,35 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
     for opts in items.values():
         for o in opts:
             # `prepare` builds the module outside the timing (building a table quantizes and
-            # copies it: milliseconds that a lookup does not pay) and returns the timed call
+            # copies it: milliseconds that a lookup does not pay) and returns the timed calls
             if o.kind == "table":
                 t = names.index(o.name)
                 # ids as the loader hands them to the runtime (FeatureIds), so the cost is the lookup's
                 ids = FeatureIds.from_matrix(batch.sparse[t], (emulator.model.config.tables[t].hotness,))
                 key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}|b={ids.batch}"
-                       "|lookup-only")
+                       "|marginal")
 
-                def prepare(o=o, ids=ids, matrix=batch.sparse[t]):
+                def prepare(o=o, matrix=batch.sparse[t], h=emulator.model.config.tables[t].hotness):
                     emb = emulator.table_module(o, range_method, full=True)  # the table's real size
                     ranks = rank_map(emb)
-                    if ranks is None:
-                        return lambda: emb.lookup_ids(ids)
-                    ranked = FeatureIds.from_matrix(to_ranks(matrix, ranks), (ids.hotness[0],))
-                    return lambda: emb.lookup_ids(ranked, True)
+                    calls = []
+                    for rows in (matrix, matrix[:1]):  # the batch, then its first sample alone
+                        ids = FeatureIds.from_matrix(rows if ranks is None else to_ranks(rows, ranks), (h,))
+                        calls.append(lambda ids=ids: emb.lookup_ids(ids, ranks is not None))
+                    return calls
             else:
                 x = batch.layer_in[o.name]
                 key = f"{machine}|{o.key}|shape={tuple(x.shape)}"
 
                 def prepare(o=o, x=x):
                     layer = emulator.layer_module(o)
-                    return lambda: layer(x)
+                    return [lambda: layer(x)]
             if key not in cache:
                 with torch.inference_mode():
-                    cache[key] = _median_us(prepare(), repeats)
+                    timed = [_median_us(call, repeats) for call in prepare()]
+                # a table's marginal cost, floored at a nanosecond: the difference of two medians can
+                # come out <= 0 for a cache-resident table whose batch costs no more than one sample
+                cache[key] = timed[0] if len(timed) == 1 else max(timed[0] - timed[1], 1e-3)
                 dirty = True
             out[o.key] = cache[key]
     if dirty:

@@ -189,6 +189,39 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     assert result.plan.info.predicted_latency_us > 0 and result.validation.fits(0.001, 0.001)
 
 
+def test_table_latency_is_the_batch_minus_one_sample(setup, tmp_path, monkeypatch):
+    """A table option's cost is its marginal time in a model call: the batch's lookup minus its
+    first sample's (the call's fixed cost is paid once per model call, not once per table). With
+    a lookup time of 30 us fixed + 0.01 us an id, a table option costs 0.01 us x its ids in B - 1 samples."""
+    from lowprec.search import latency
+    from lowprec.serve.runtime import QuantizedEmbeddings
+
+    root, ds, model, calib = setup
+    monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))
+    last = []
+    real = QuantizedEmbeddings.lookup_ids
+    monkeypatch.setattr(QuantizedEmbeddings, "lookup_ids",
+                        lambda self, ids, ranked=False: last.append(ids.indices.numel()) or real(self, ids, ranked))
+
+    def median_us(fn, repeats):
+        last.clear()
+        fn()
+        return 30.0 + 0.01 * last[-1] if last else 7.0  # tables: affine in the ids; layers: 7 us
+    monkeypatch.setattr(latency, "_median_us", median_us)
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(), objective="latency")
+    result = search_run.search(root / "model", model, ds, cfg, calib)
+    cached = json.loads((tmp_path / "cache" / "latency.json").read_text())
+    hot = {t.name: t.hotness for t in model.config.tables}
+    for key, us in cached.items():
+        if key.endswith("|marginal"):  # B samples of `hotness` ids, minus the first sample's
+            b, name = int(key.split("|b=")[1].split("|")[0]), key.split("|table:")[1].split("|")[0]
+            want = 0.01 * hot[name] * (b - 1)
+        else:
+            want = 7.0
+        assert us == pytest.approx(want), key
+    assert result.plan.info.predicted_latency_us > 0
+
+
 def _fits_everything():
     """A validation inside any budget, on the point estimate and the interval."""
     from lowprec.plan import Validation
