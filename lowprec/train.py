@@ -12,7 +12,9 @@ without validation windows, up to MAX_VALIDATED_EPOCHS with them (early stopping
 latent data a second epoch over-fits the tables (reports/latent_synth.md, "Training defaults"). The provenance (`info`) holds each
 epoch's training NE/AUC (over the epoch's own batches, as they were scored while training) and
 validation NE/AUC, and the chosen epoch's. Everything random (init, chunk and row order) comes
-from `seed`, so the same data, config and seed give the same weights.
+from `seed`, so the same data, config and seed give the same weights on one host (across CPU
+instruction sets they can differ in the last digits: FBGEMM picks its kernels, and so its summation
+order, by ISA).
 """
 
 from __future__ import annotations
