@@ -25,12 +25,8 @@ demo: $(STAMP)
 
 # Two workers, one torch thread each (the machine's 2 cores, without oversubscribing them); tests
 # that exercise threading set their thread counts themselves. A single test: .venv/bin/python -m pytest PATH
-# tests/distributed start rank processes and run after the rest, alone: next to another worker's
-# tests, a 2-rank TorchRec DMP training aborted a rank ~1 run in 3 on a 2-core AVX-512 host
-# ("terminate called without an active exception"; also at 1a3b660; never alone in 17 runs).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal --ignore=tests/distributed
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/distributed
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf $(VENV) demo-out

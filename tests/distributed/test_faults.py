@@ -82,3 +82,16 @@ def test_ranks_with_different_inputs_are_refused(work, tmp_path):
         err = (tmp_path / f"rank{r}.err").read_text()
         assert p.returncode == 2, err[-2000:]
         assert "rank 1 differs from rank 0 in inputs" in err and "config.json" in err
+
+
+def test_a_rank_leaves_with_its_exit_code_and_flushed_output():
+    """Under torchrun (WORLD_SIZE > 1) `python -m lowprec` ends with os._exit after the command, so
+    a gloo thread freeing a finished collective cannot meet the interpreter's finalisation (a rank
+    abort seen ~1 run in 3 beside other work): the exit code and the printed output must survive."""
+    e = {**env(), "WORLD_SIZE": "2"}
+    ok = subprocess.run([sys.executable, "-m", "lowprec", "--help"], capture_output=True, text=True, env=e,
+                        cwd=REPO, timeout=WAIT_S)
+    assert ok.returncode == 0 and "Usage:" in ok.stdout and ok.stdout.rstrip().splitlines()[-1].split()[0] == "train"
+    bad = subprocess.run([sys.executable, "-m", "lowprec", "inspect", "/nonexistent"], capture_output=True, text=True,
+                         env=e, cwd=REPO, timeout=WAIT_S)
+    assert bad.returncode == 2 and "does not run data-parallel" in bad.stderr
