@@ -64,18 +64,6 @@ def _median_us(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def rank_map(emb) -> torch.Tensor | None:
-    """A single-table module's id -> rank map where its rows are in rank order, else None."""
-    m = emb.id_maps[emb.serving[0].groups[0][0]]
-    return m.rank if getattr(m, "ranked_layout", False) else None
-
-
-def to_ranks(matrix, ranks: torch.Tensor):
-    """An id matrix (-1 pads) renumbered through `ranks` (what a ranked feature pipeline sends)."""
-    x = torch.as_tensor(matrix).long()
-    return torch.where(x >= 0, ranks.long()[x.clamp(min=0)], -1).to(torch.int32).numpy()
-
-
 def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_method: str,
                   repeats: int = 7) -> dict[str, float]:
     """Microseconds per batch for every option (read from, and added to, the on-disk cache)."""
@@ -93,18 +81,18 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
             # copies it: milliseconds that a lookup does not pay) and returns the timed calls
             if o.kind == "table":
                 t = names.index(o.name)
-                # ids as the loader hands them to the runtime (FeatureIds), so the cost is the lookup's
-                ids = FeatureIds.from_matrix(batch.sparse[t], (emulator.model.config.tables[t].hotness,))
-                key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}|b={ids.batch}"
-                       "|marginal")
+                key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}"
+                       f"|b={len(batch.sparse[t])}|marginal")
 
                 def prepare(o=o, matrix=batch.sparse[t], h=emulator.model.config.tables[t].hotness):
                     emb = emulator.table_module(o, range_method, full=True)  # the table's real size
-                    ranks = rank_map(emb)
+                    ranked = bool(emb.rank_maps())
                     calls = []
                     for rows in (matrix, matrix[:1]):  # the batch, then its first sample alone
-                        ids = FeatureIds.from_matrix(rows if ranks is None else to_ranks(rows, ranks), (h,))
-                        calls.append(lambda ids=ids: emb.lookup_ids(ids, ranks is not None))
+                        # ids as the loader hands them to the runtime (FeatureIds), so the cost is the lookup's
+                        ids = FeatureIds.from_matrix(rows, (h,))
+                        ids = emb.ranked(ids) if ranked else ids
+                        calls.append(lambda ids=ids: emb.lookup_ids(ids, ranked))
                     return calls
             else:
                 x = batch.layer_in[o.name]

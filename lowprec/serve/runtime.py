@@ -298,6 +298,20 @@ class QuantizedEmbeddings(nn.Module):
             per_table.append(acc)
         return torch.stack(per_table, dim=1)
 
+    def rank_maps(self) -> dict[int, torch.Tensor]:
+        """Table -> its published id -> rank map, for the tiered tables whose rows are in rank order."""
+        return {t: self.id_maps[f].rank for f, t in enumerate(self.feature_table)
+                if getattr(self.id_maps[f], "ranked_layout", False)}
+
+    def ranked(self, ids: FeatureIds) -> FeatureIds:
+        """`ids` as a feature pipeline renumbered through `rank_maps()` sends them, for
+        `lookup_ids(..., ranked=True)`: rank-ordered tables' ids become ranks; pads and other tables stay."""
+        maps, cols = self.rank_maps(), []
+        for t in range(len(ids.hotness)):
+            x = ids.table(t).long()
+            cols.append(torch.where(x >= 0, maps[t].long()[x.clamp(min=0)], -1) if t in maps else x)
+        return FeatureIds.from_matrix(torch.cat(cols, 1).numpy(), ids.hotness)
+
     def lookup_ids(self, ids: FeatureIds, ranked: bool = False) -> torch.Tensor:
         """The same lookup from ids already in FBGEMM's layout (the data loader builds them);
         `ranked`: rank-ordered tiered tables get ranks, not ids (lowprec.serve.tiers)."""

@@ -59,7 +59,6 @@ def test_rank_ordered_layouts_keep_their_order_and_are_timed_on_ranks(setup, tmp
     """'.../rank' layouts: the option (and so the plan and artifact) keeps "order": "rank", and the
     latency objective times it on ids renumbered through its rank map (lookup_ids(..., ranked=True);
     that ranks give the raw ids' lookups is tests/serve/test_tier_native.py's)."""
-    from lowprec.search.latency import rank_map
     from lowprec.serve.runtime import QuantizedEmbeddings
 
     root, ds, model, calib = setup
@@ -76,7 +75,7 @@ def test_rank_ordered_layouts_keep_their_order_and_are_timed_on_ranks(setup, tmp
 
     def recording(self, ids, ranked=False):
         if timing:  # only the latency timings (not validation's lookups)
-            seen.append((rank_map(self) is not None, ranked))
+            seen.append((bool(self.rank_maps()), ranked))
         return real(self, ids, ranked)
 
     def costs(*args, **kwargs):

@@ -141,6 +141,7 @@ def test_native_split_matches_references(tables, batch, seed):
         elif tiered_tables:  # only where a tier is empty (its table serves one feature fewer)
             assert any(len(r[0]) < len(t["tiers"]) + 1 for r, t in zip(refs, tables) if t["tiers"] is not None)
         r = FeatureIds.from_matrix(ranks_of(emb, ids, hotness).numpy(), tuple(hotness))
+        assert torch.equal(emb.ranked(f).indices, r.indices)  # the runtime's renumbering, by reference
         assert torch.equal(emb.lookup_ids(r, ranked=True), got)
         assert torch.equal(stock(emb, r, ranked=True), got)
 
