@@ -58,16 +58,13 @@ def split_with(lib, plan, ids: torch.Tensor, batch: int, ranked: bool):
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bc.set_threads(1)
     rows = [n for n in (max(1, int(round(n * args.scale))) for n in bt.KAGGLE_CARDINALITIES) if n >= args.min_rows]
-    traffic = bt.Traffic(rows, args.seed)
-    counts = [traffic.counts(t, args.calib_batches * args.batch * args.pooling, 10_000 + args.seed)
-              for t in range(len(rows))]
-    batches = [traffic.batch(args.batch, args.pooling, args.seed + 1 + k) for k in range(args.batches)]
+    _, counts, batches = bt.workload(rows, args)
     mods = {}
     for order in ("rank", "id"):
         choice = bt.TableChoice(bt.Precision(args.cold), {"kind": "tiered", "tiers": bt.parse_tiers(args.tiers),
                                                          "order": order})
         mods[order], _ = bt.shared_module(rows, args.dim, choice, choice, 0, counts, args.pooling, args.seed)
-    ranked = [bt.to_ranks(mods["rank"], f) for f in batches]
+    ranked = [mods["rank"].ranked(f) for f in batches]
     modes = {"ranked ids": (mods["rank"], ranked, True), "raw ids, rank map": (mods["rank"], batches, False),
              "raw ids, id-order directories": (mods["id"], batches, False)}
     with tempfile.TemporaryDirectory() as work:
@@ -95,18 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--against", default="HEAD", help="the commit whose kernel is the reference")
-    ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--min-rows", type=int, default=100_000, help="tables tiered (smaller ones are left out)")
-    ap.add_argument("--dim", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=2048)
-    ap.add_argument("--pooling", type=int, default=20)
-    ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--calib-batches", type=int, default=10)
-    ap.add_argument("--tiers", default="0.02:fp16")
-    ap.add_argument("--cold", default="int4")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--block-seconds", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=0)
+    bt.workload_args(ap)  # bench_tiered's tables, traffic and timing; only tables of >= --min-rows rows here
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
     r = run(args)

@@ -141,15 +141,6 @@ def uniform_module(rows: list[int], dim: int, p: Precision | list[Precision], po
     return emb.eval()
 
 
-def rank_maps(m: QuantizedEmbeddings) -> dict[int, torch.Tensor]:
-    """Table -> its id -> rank map, for `m`'s rank-ordered tiered tables."""
-    out = {}
-    for i, owner in enumerate(m.feature_table):
-        if getattr(m.id_maps[i], "ranked_layout", False):
-            out[owner] = m.id_maps[i].rank
-    return out
-
-
 def shared_module(rows: list[int], dim: int, choice: TableChoice, small: TableChoice, min_rows: int,
                   counts: list[torch.Tensor], pooling: int, seed: int) -> tuple[QuantizedEmbeddings, list[QuantizedForm]]:
     """Tables of >= min_rows rows under `choice` (a sharing kind), smaller ones plain at `small`."""
@@ -205,25 +196,12 @@ def build(args: argparse.Namespace, rows: list[int], counts: list[torch.Tensor])
         mods[p] = uniform_module(rows, args.dim, Precision(p), args.pooling, args.seed)
         print(f"built {p} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     # the tiered plan without its tiers, taken apart (module docstring): ranked int4, --small tables, both
-    ranks = rank_maps(mods["tiered rank order"])
+    ranks = mods["tiered rank order"].rank_maps()
     mixed = [Precision.INT4 if n >= args.min_rows else Precision(args.small) for n in rows]
     mods[RANKED_INT4] = uniform_module(rows, args.dim, Precision.INT4, args.pooling, args.seed, ranks)
     mods[SMALL_INT4] = uniform_module(rows, args.dim, mixed, args.pooling, args.seed)
     mods[RANKED_SMALL_INT4] = uniform_module(rows, args.dim, mixed, args.pooling, args.seed, ranks)
     return mods
-
-
-def to_ranks(m: QuantizedEmbeddings, f: FeatureIds) -> FeatureIds:
-    """The ids of `m`'s rank-ordered tiered tables mapped to ranks (what a feature pipeline whose
-    dictionary is renumbered by the published rank map hands over); other tables' ids unchanged."""
-    cols = []
-    for t in range(len(f.hotness)):
-        ids = f.table(t).long()
-        maps = [m.id_maps[i] for i, owner in enumerate(m.feature_table) if owner == t]
-        if getattr(maps[0], "ranked_layout", False):
-            ids = torch.where(ids >= 0, maps[0].rank[ids.clamp(min=0)].long(), -1)
-        cols.append(ids)
-    return FeatureIds.from_matrix(torch.cat(cols, 1).numpy(), f.hotness)
 
 
 def stock(m: QuantizedEmbeddings, f: FeatureIds, ranked: bool = False) -> torch.Tensor:
@@ -278,6 +256,32 @@ def timed_variants(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureId
     return variants
 
 
+def workload(rows: list[int], args: argparse.Namespace) -> tuple[Traffic, list[torch.Tensor], list[FeatureIds]]:
+    """Zipf traffic over tables of `rows`, row counts from --calib-batches batches of it (what calibration
+    records), and the --batches timed batches (never counted)."""
+    traffic = Traffic(rows, args.seed)
+    n_calib = args.calib_batches * args.batch * args.pooling
+    counts = [traffic.counts(t, n_calib, 10_000 + args.seed) for t in range(len(rows))]
+    return traffic, counts, [traffic.batch(args.batch, args.pooling, args.seed + 1 + k) for k in range(args.batches)]
+
+
+def workload_args(ap: argparse.ArgumentParser) -> None:
+    """The options that define the tables, the traffic and the timing (shared with bench_tier_split)."""
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--pooling", type=int, default=20)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--calib-batches", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--block-seconds", type=float, default=0.1, help="timed block length (3 blocks a repeat)")
+    ap.add_argument("--tiers", default="0.02:fp16", help="upper tiers, hottest first: SHARE:PRECISION,...")
+    ap.add_argument("--cold", default="int4")
+    ap.add_argument("--min-rows", type=int, default=100_000,
+                    help="tables with fewer rows are not tiered or shared (they sit in cache anyway)")
+    ap.add_argument("--seed", type=int, default=0)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bc.set_threads(args.threads)
     keep_buffers_in_heap()  # as the CLI does: per-call buffers reused, not fresh mmap pages
@@ -286,12 +290,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiered_only:  # only the tables a tiered plan tiers: what the layout itself changes
         names = [name for name, n in zip(names, rows) if n >= args.min_rows]
         rows = [n for n in rows if n >= args.min_rows]
-    traffic = Traffic(rows, args.seed)
+    traffic, counts, batches = workload(rows, args)
     n_calib = args.calib_batches * args.batch * args.pooling
-    counts = [traffic.counts(t, n_calib, 10_000 + args.seed) for t in range(len(rows))]
-    batches = [traffic.batch(args.batch, args.pooling, args.seed + 1 + k) for k in range(args.batches)]
     mods = build(args, rows, counts)
-    ranked = [to_ranks(mods["tiered rank order"], f) for f in batches]
+    ranked = [mods["tiered rank order"].ranked(f) for f in batches]
     check = checks(mods, batches, ranked)
     variants = timed_variants(mods, batches, ranked)
     load_before = os.getloadavg()
@@ -358,26 +360,14 @@ def render(r: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--dim", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=2048)
-    ap.add_argument("--pooling", type=int, default=20)
-    ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--calib-batches", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=7)
+    workload_args(ap)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--block-seconds", type=float, default=0.1, help="timed block length (3 blocks a repeat)")
-    ap.add_argument("--tiers", default="0.02:fp16", help="upper tiers, hottest first: SHARE:PRECISION,...")
-    ap.add_argument("--cold", default="int4")
-    ap.add_argument("--min-rows", type=int, default=100_000,
-                    help="tables with fewer rows are not tiered or shared (they sit in cache anyway)")
     ap.add_argument("--tiered-only", action="store_true",
                     help="serve only the tables of >= --min-rows rows (the 19 small ones are the same in every variant)")
     ap.add_argument("--small", default="fp16", help="precision of the tiered plan's untiered small tables")
     ap.add_argument("--hot-ratio", type=float, default=2.0)
     ap.add_argument("--hot-precision", default="int8")
     ap.add_argument("--shift", type=float, default=0.01, help="share of ranks whose ids move (popularity shift)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="reports/tiered.json")
     ap.add_argument("--render", metavar="JSON", help="only print the report tables of an earlier result")
     args = ap.parse_args(argv)
