@@ -25,9 +25,10 @@ import time
 import numpy as np
 
 from lowprec.data.dataset import Dataset
-from lowprec.data.latent import BIAS_SD_LARGE, BIAS_SD_SMALL, LARGE_TABLES, PAIRS, LatentConfig, window_bayes_auc
+from lowprec.data.latent import BIAS_SD_LARGE, BIAS_SD_SMALL, LARGE_TABLES, PAIRS, window_bayes_auc
 from lowprec.data.windows import parse_windows
 from lowprec.evaluation.metrics import BinaryStats
+from latent_oracle import one_hot_config
 
 
 def load(ds: Dataset, windows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,7 +143,7 @@ def fit(model: LatentMAP, dense: np.ndarray, sparse: np.ndarray, labels: np.ndar
 
 def run(ds: Dataset, train: list[int], evals: list[int], prior_scale: float, factors: bool,
         sweeps: int, seed: int, factor_prior_scale: float = 1.0) -> dict:
-    cfg = LatentConfig(**ds.meta.provenance["config"])
+    cfg = one_hot_config(ds)
     scale = float(ds.meta.provenance["ground_truth"]["logit_scale"])
     dense, sparse, labels = load(ds, train)
     mean, sd = dense.mean(0), np.maximum(dense.std(0), 1e-6)

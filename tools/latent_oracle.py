@@ -48,8 +48,16 @@ def pair_terms(truth: LatentTruth, sparse: np.ndarray, known: np.ndarray) -> lis
     return out
 
 
-def oracle_aucs(ds: Dataset, train: list[int], w: int, min_count: int) -> dict[str, float]:
+def one_hot_config(ds: Dataset) -> LatentConfig:
+    """The generator's config of a one-hot latent dataset (these tools index ids by table column)."""
     cfg = LatentConfig(**ds.meta.provenance["config"])
+    if cfg.hotness != 1:
+        raise SystemExit(f"{ds.root}: multi-hot latent data (hot={cfg.hotness}); this tool reads one id a bag")
+    return cfg
+
+
+def oracle_aucs(ds: Dataset, train: list[int], w: int, min_count: int) -> dict[str, float]:
+    cfg = one_hot_config(ds)
     truth = LatentTruth(cfg)
     dense, sparse, labels = (np.asarray(a) for a in ds.arrays(w))
     dense = dense.astype(np.float64) / (DENSE_SCALE_FACTOR if cfg.drift == "dense-scale" and cfg.drifted(w) else 1)

@@ -81,9 +81,10 @@ def _reporter(limit: int | None = BAD_ROWS_SHOWN) -> Callable[[str], None]:
 @click.option("--drift-start", default=None, type=click.IntRange(min=0),
               help="First drifted window  [default: windows // 2]")
 @click.option("--kind", default="dense", show_default=True,
-              help="dense: the generator above; latent[:zipf=1.1,rate=0.25,auc=0.8,dim=8]: per-id biases and "
+              help="dense: the generator above; latent[:zipf=1.1,rate=0.25,auc=0.8,dim=8,hot=1]: per-id biases and "
                    "latent factors where memorising ids matters, with true probabilities (day_{i}_prob.npy) "
-                   "and Bayes AUC/NE per window (lowprec/data/latent.py).")
+                   "and Bayes AUC/NE per window; hot=H puts H Zipf ids in each bag of the 8 large tables "
+                   "(multi-hot, sum-pooled truth) (lowprec/data/latent.py).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object as the last stdout line.")
 def synth(out: Path, windows: int, rows_per_window: int, seed: int, scale: float, drift: str,
           drift_start: int | None, kind: str, as_json: bool) -> None:

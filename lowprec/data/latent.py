@@ -11,6 +11,10 @@ Hidden truth: logit = b + c * (dense·β + Σ_t bias_t[id_t] + Σ_(u,i) <f_u[id_
   BIAS_SD_SMALL; D-dim factors f ~ N(0, I) on the large tables, multiplied in user-like x item-like
   PAIRS; dense·β standardised to variance DENSE_VAR. So 87% of the logit's variance (in expectation
   over ids) sits on ids, 51% on the large tables' biases alone: memorising ids matters.
+Multi-hot (`hot=H`): each large table's bag holds H ids drawn independently from its Zipf law (repeats
+  allowed, every slot filled, as MLPerf DLRMv2's synthetic multi-hot); the bag's bias and factor are
+  the sums of its ids' parameters over √H (same variance as one id), i.e. sum pooling, so a DLRM can
+  represent the truth. The small tables stay one-hot. H = 1 writes the one-hot data byte for byte.
 Per-id parameters are a pure function of (seed, table, id, k) (splitmix64 -> uniform -> normal
 quantile), so they cost no memory; only the rank -> id permutations do (4 bytes an id). The scale c
 and base b are solved once, on a calibration sample of the undrifted traffic, so that the expected
@@ -55,17 +59,20 @@ BIAS_SD_LARGE, BIAS_SD_SMALL, DENSE_VAR = 1.0, 0.3, 2.0
 CALIBRATION_ROWS = 50_000
 KINDS = ("dense", "latent")
 _SPEC_KEYS = {"zipf": ("zipf", float), "rate": ("positive_rate", float), "auc": ("auc", float),
-              "dim": ("dim", int)}
+              "dim": ("dim", int), "hot": ("hotness", int)}
+MAX_HOTNESS = 256
 
 
 @dataclass(frozen=True)
 class LatentConfig(SynthConfig):
-    """SynthConfig plus the truth's knobs: Zipf exponent, positive rate, Bayes AUC, factor dim D."""
+    """SynthConfig plus the truth's knobs: Zipf exponent, positive rate, Bayes AUC, factor dim D, and the
+    large tables' ids per bag."""
 
     zipf: float = 1.1
     positive_rate: float = 0.25
     auc: float = 0.80
     dim: int = 8
+    hotness: int = 1  # ids a bag on the large tables (the small tables stay one-hot)
     chunk_rows: int = 1 << 16
     calibration_rows: int = CALIBRATION_ROWS  # undrifted rows that c and b are solved on
 
@@ -75,6 +82,7 @@ class LatentConfig(SynthConfig):
                   (0.01 <= self.positive_rate <= 0.99, f"rate must be in [0.01, 0.99], got {self.positive_rate}"),
                   (0.55 <= self.auc <= 0.97, f"auc must be in [0.55, 0.97], got {self.auc}"),
                   (1 <= self.dim <= 64, f"dim must be in [1, 64], got {self.dim}"),
+                  (1 <= self.hotness <= MAX_HOTNESS, f"hot must be in [1, {MAX_HOTNESS}], got {self.hotness}"),
                   (self.chunk_rows >= 1, f"chunk_rows must be >= 1, got {self.chunk_rows}"),
                   (self.calibration_rows >= 1000, f"calibration_rows must be >= 1000, got {self.calibration_rows}")]
         for ok, msg in checks:
@@ -83,7 +91,7 @@ class LatentConfig(SynthConfig):
 
 
 def synth_config(kind: str, **common: Any) -> tuple[SynthConfig, Callable[..., DatasetMeta]]:
-    """`--kind` SPEC (`dense`, `latent` or `latent:zipf=1.1,rate=0.25,auc=0.8,dim=8`) -> (config, generator)."""
+    """`--kind` SPEC (`dense`, `latent` or `latent:zipf=1.1,rate=0.25,auc=0.8,dim=8,hot=1`) -> (config, generator)."""
     name, _, rest = kind.strip().partition(":")
     if name not in KINDS:
         raise InputError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -195,13 +203,13 @@ class _Table:
         return ids
 
     def params(self, ids: np.ndarray, factors: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """(bias (rows,), factors (rows, D) or None) of `ids`, hashed once per distinct id (Zipf repeats)."""
-        uniq, inverse = np.unique(ids, return_inverse=True)
+        """(bias ids.shape, factors ids.shape + (D,) or None) of `ids`, hashed once per distinct id."""
+        uniq, inverse = np.unique(ids.ravel(), return_inverse=True)
         keys = uniq.astype(np.uint64)[:, None] * np.uint64(self.dim + 1)
         if factors:
             keys = keys + np.arange(0, self.dim + 1, dtype=np.uint64)
-        z = hashed_normal(self.salt, keys)[inverse]
-        return self.bias_sd * z[:, 0], (z[:, 1:] if factors else None)
+        z = hashed_normal(self.salt, keys)[inverse.ravel()].reshape(*ids.shape, -1)
+        return self.bias_sd * z[..., 0], (z[..., 1:] if factors else None)
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
@@ -255,6 +263,8 @@ class LatentTruth:
         self.sigma = rng.uniform(0.4, 1.0, N_DENSE)
         self.beta = rng.normal(0.0, 1.0, N_DENSE)
         self.tables = [_Table(cfg, t, n) for t, n in enumerate(cfg.cardinalities())]
+        self.hotness = [cfg.hotness if t in LARGE_TABLES else 1 for t in range(len(self.tables))]
+        self.starts = np.cumsum([0, *self.hotness]).tolist()  # table t owns columns starts[t]:starts[t + 1]
         dense, ids = self.draw(_rng(cfg.seed, 2), cfg.calibration_rows, window=-1)
         raw = dense @ self.beta
         self.dense_shift, self.dense_sd = float(raw.mean()), float(raw.std()) or 1.0
@@ -267,26 +277,29 @@ class LatentTruth:
         return min(NEW_ID_MAX, NEW_ID_STEP * (window - cfg.start + 1))
 
     def draw(self, rng: np.random.Generator, rows: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-        """(true dense features, ids) of `rows` rows of `window` (-1: undrifted, for calibration)."""
+        """(true dense features, ids (rows, slots)) of `rows` rows of `window` (-1: undrifted, for calibration)."""
         popularity = window >= 0 and self.cfg.drift == "popularity" and self.cfg.drifted(window)
         share = self.new_share(window)
-        ids = np.empty((rows, len(self.tables)), dtype=np.int32)
-        for t, tab in enumerate(self.tables):
-            ids[:, t] = tab.sample(rng, rows, popularity, share)
+        ids = np.empty((rows, self.starts[-1]), dtype=np.int32)
+        for t, (tab, h) in enumerate(zip(self.tables, self.hotness)):
+            ids[:, self.starts[t]:self.starts[t + 1]] = tab.sample(rng, rows * h, popularity, share).reshape(rows, h)
         lam = np.exp(self.mu + self.sigma * rng.standard_normal((rows, N_DENSE)))
         return np.log1p(rng.poisson(lam)).astype(np.float64), ids
 
     def raw_logit(self, dense: np.ndarray, ids: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-        """dense·β (standardised) + per-id biases + factor interactions, before scale and base.
-        `known` (rows, tables) bool: ids whose parameters count; the others get their prior mean, 0."""
+        """dense·β (standardised) + per-bag biases + factor interactions, before scale and base; a bag's
+        bias and factor are its ids' sums over √hotness. `known` (rows, slots) bool: ids whose
+        parameters count; the others get their prior mean, 0."""
         z = np.sqrt(DENSE_VAR) * (dense @ self.beta - self.dense_shift) / self.dense_sd
         factors = {}
-        for t, tab in enumerate(self.tables):
-            bias, factors[t] = tab.params(ids[:, t], t in LARGE_TABLES)
+        for t, (tab, h) in enumerate(zip(self.tables, self.hotness)):
+            cols = slice(self.starts[t], self.starts[t + 1])
+            bias, f = tab.params(ids[:, cols], t in LARGE_TABLES)
             if known is not None:
-                bias = bias * known[:, t]
-                factors[t] = None if factors[t] is None else factors[t] * known[:, t, None]
-            z += bias
+                bias = bias * known[:, cols]
+                f = None if f is None else f * known[:, cols, None]
+            z += bias.sum(axis=1) / np.sqrt(h)
+            factors[t] = None if f is None else f.sum(axis=1) / np.sqrt(h)
         for u, i in PAIRS:
             z += np.einsum("rd,rd->r", factors[u], factors[i]) / np.sqrt(self.cfg.dim)
         return z
@@ -315,7 +328,8 @@ def generate_latent(cfg: LatentConfig, root: str | Path,
     """Write the latent-factor dataset described by `cfg` into `root` (normally an `atomic_dir` temp dir)."""
     truth = LatentTruth(cfg)
     sizes = [t.n for t in truth.tables]
-    writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)])
+    writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s, h)
+                                               for n, s, h in zip(SPARSE_NAMES, sizes, truth.hotness)])
     update = progress("synth", cfg.windows * cfg.rows_per_window, "rows") if progress else None
     stats = []
     for w in range(cfg.windows):
@@ -354,7 +368,7 @@ def _provenance(cfg: LatentConfig, truth: LatentTruth, stats: list[dict[str, Any
         "reserved_ids_from": [t.n_base for t in truth.tables],
         "probabilities": "day_{i}_prob.npy",
         "ground_truth": {"positive_rate": cfg.positive_rate, "target_auc": cfg.auc, "zipf": cfg.zipf,
-                         "dim": cfg.dim, "base_logit": round(truth.base, 6), "logit_scale": round(truth.scale, 6),
+                         "dim": cfg.dim, "hotness": truth.hotness, "base_logit": round(truth.base, 6), "logit_scale": round(truth.scale, 6),
                          "large_tables": list(LARGE_TABLES), "pairs": [list(p) for p in PAIRS],
                          "bias_sd": {"large": BIAS_SD_LARGE, "small": BIAS_SD_SMALL}, "dense_var": DENSE_VAR,
                          "dense_scale_factor": DENSE_SCALE_FACTOR, "ctr_logit_shift": CTR_LOGIT_SHIFT},

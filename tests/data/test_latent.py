@@ -18,8 +18,9 @@ from scipy import stats as sps
 
 from lowprec.cli import main
 from lowprec.data.dataset import Dataset
-from lowprec.data.latent import (LatentConfig, ZipfSampler, bayes_stats, expected_auc, generate_latent,
-                                 hashed_normal, prob_file, synth_config, window_bayes_auc)
+from lowprec.data.latent import (DENSE_VAR, LARGE_TABLES, PAIRS, LatentConfig, LatentTruth, ZipfSampler,
+                                 bayes_stats, expected_auc, generate_latent, hashed_normal, prob_file, synth_config,
+                                 window_bayes_auc)
 from lowprec.errors import InputError
 from tests.helpers import make_tiny_dataset
 
@@ -256,3 +257,64 @@ def test_ids_carry_most_of_the_signal(drifted):
     assert res["dense_only"] < 0.66 and res["small_tables"] < 0.68  # ids of the large tables matter
     assert res["seen_ids"] > res["small_tables"] + 0.1 and res["seen_ids"] < res["bayes"]
     assert res["small_tables"] < res["seen_biases"] < res["seen_ids"]  # the factor products carry signal too
+
+
+# ----------------------------------------------------------------------------- multi-hot (hot=H)
+
+def reference_probabilities(cfg: LatentConfig, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+    """Each row's true probability, one row and one id at a time from the hashed per-id normals."""
+    truth = LatentTruth(cfg)  # only its solved constants (β, dense standardisation, scale, base, salts)
+    d = cfg.dim
+    out = np.empty(len(sparse))
+    for r in range(len(sparse)):
+        z = math.sqrt(DENSE_VAR) * (float(dense[r].astype(np.float64) @ truth.beta) - truth.dense_shift) / truth.dense_sd
+        col, pooled = 0, {}
+        for t, tab in enumerate(truth.tables):
+            h = cfg.hotness if t in LARGE_TABLES else 1
+            bag_bias, bag_f = 0.0, np.zeros(d)
+            for j in range(h):
+                i = int(sparse[r, col + j])
+                params = hashed_normal(tab.salt, np.uint64(i * (d + 1)) + np.arange(d + 1, dtype=np.uint64))
+                bag_bias += tab.bias_sd * params[0]
+                bag_f += params[1:]
+            col += h
+            z += bag_bias / math.sqrt(h)
+            pooled[t] = bag_f / math.sqrt(h)
+        z += sum(float(pooled[u] @ pooled[i]) for u, i in PAIRS) / math.sqrt(d)
+        out[r] = 1 / (1 + math.exp(-(truth.base + truth.scale * z)))
+    return out
+
+
+def test_multi_hot_bags_and_their_probabilities_equal_a_per_id_reference(tmp_path):
+    cfg = LatentConfig(1, 300, seed=5, scale=0.002, dim=4, hotness=3, chunk_rows=128, calibration_rows=5000)
+    generate_latent(cfg, tmp_path / "d")
+    ds = Dataset(tmp_path / "d")
+    hot = [3 if t in LARGE_TABLES else 1 for t in range(26)]
+    assert ds.meta.hotness == hot and ds.meta.provenance["ground_truth"]["hotness"] == hot
+    dense, sparse, _ = (np.asarray(a) for a in ds.arrays(0))
+    assert sparse.shape == (300, 26 + 2 * len(LARGE_TABLES))
+    assert sparse.min() >= 0 and all((sparse[:, s] < n).all()  # every slot filled, in range
+                                     for s, n in zip(np.cumsum([0, *hot[:-1]]), ds.meta.num_embeddings))
+    p = np.load(prob_file(ds.root, 0))
+    np.testing.assert_allclose(p, reference_probabilities(cfg, dense, sparse), rtol=2e-6, atol=1e-7)
+    # the bag's ids are distinct draws, not one id repeated
+    big = sparse[:, int(np.cumsum([0, *hot])[2]):int(np.cumsum([0, *hot])[3])]
+    assert np.mean(big[:, 0] != big[:, 1]) > 0.5
+
+
+def test_one_hot_is_hot_1_and_multi_hot_keeps_the_rate_and_auc(tmp_path):
+    spec, _ = synth_config("latent:hot=1", windows=1, rows_per_window=1, seed=0, scale=0.01, drift="none",
+                           drift_start=None)
+    assert spec == LatentConfig(1, 1, seed=0, scale=0.01)
+    cfg = LatentConfig(1, ROWS, seed=11, scale=SCALE, hotness=8, calibration_rows=20_000)
+    s = generate_latent(cfg, tmp_path / "h").provenance["window_stats"][0]
+    assert abs(s["positive_rate"] - 0.25) < 0.02 and abs(s["bayes_auc"] - 0.80) < 0.02
+    ds = Dataset(tmp_path / "h")
+    slots = np.asarray(ds.arrays(0)[1])[:, 2:10]  # table 2's eight slots: the same Zipf law in each
+    for j in (0, 7):
+        counts = np.sort(np.bincount(slots[:, j]))[::-1][:30]
+        assert -np.polyfit(np.log(np.arange(1, 31)), np.log(counts), 1)[0] == pytest.approx(1.1, abs=0.1)
+    for bad in ("latent:hot=0", "latent:hot=257", "latent:hot=2.5"):
+        res = run_cli("data", "synth", "--out", str(tmp_path / "x"), "--kind", bad)
+        assert res.exit_code == 2 and "hot" in res.output, (bad, res.output)
+    assert not (tmp_path / "x").exists()
