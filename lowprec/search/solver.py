@@ -21,7 +21,12 @@ at least at the size of that improvement: the improvement is treated as noise, n
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -81,8 +86,9 @@ def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: 
         rows.append(np.array([o.bytes for o in flat], dtype=np.float64))
         lo.append(-np.inf), hi.append(budget.memory_bytes)
     upper = np.array([0.0 if o.key in forbidden else 1.0 for o in flat])
-    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(n),
-               bounds=Bounds(np.zeros(n), upper))
+    with highs_debug_line_dropped():
+        res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(n),
+                   bounds=Bounds(np.zeros(n), upper))
     if res.status != 0 or res.x is None:
         raise InputError(
             "no plan meets the budgets"
@@ -90,6 +96,37 @@ def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: 
             + f" (solver: {res.message})")
     chosen = [o for o, x in zip(flat, res.x) if x > 0.5]
     return {o.item: o for o in chosen}
+
+
+HIGHS_DEBUG_LINE = b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();"
+
+
+@contextmanager
+def highs_debug_line_dropped() -> Iterator[None]:
+    """Keep HiGHS's leftover debug line out of the user's terminal, pass everything else through.
+
+    The HiGHS in scipy prints HIGHS_DEBUG_LINE to the C stderr whenever it repairs an integer
+    solution (ERGO-Code/HiGHS#2783, fixed upstream): in a search it came out between the progress
+    bars, several times a solve. Stderr's file descriptor is pointed at a temporary file during the
+    solve and what it got, less that line, is written back. Without a descriptor 2 nothing is redirected."""
+    fd = 2  # HiGHS writes to the process's stderr, whatever Python's sys.stderr is at the time
+    try:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [line for line in tmp.read().splitlines(keepends=True) if HIGHS_DEBUG_LINE not in line]
+            if rest:
+                os.write(fd, b"".join(rest))
 
 
 def predicted(chosen: dict[str, Option], sens: dict[str, Sensitivity]) -> Sensitivity:

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -45,6 +46,17 @@ def test_milp_matches_brute_force():
                     if sum(sens[o.key].d_ne for o in c) <= 0.0015 and sum(sens[o.key].d_auc for o in c) <= 0.0015),
                    key=lambda c: sum(o.bytes for o in c))
         assert sum(o.bytes for o in chosen.values()) == sum(o.bytes for o in best), trial
+
+
+def test_highs_debug_line_is_dropped_and_other_stderr_kept(capfd):
+    """The solver's C-level stderr filter: HiGHS's stray debug line goes, anything else stays."""
+    from lowprec.search.solver import HIGHS_DEBUG_LINE, highs_debug_line_dropped
+
+    with highs_debug_line_dropped():
+        os.write(2, HIGHS_DEBUG_LINE + b"\nHiGHS warning: kept\n" + HIGHS_DEBUG_LINE + b"\n")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert err == "HiGHS warning: kept\nafter\n"
 
 
 def test_memory_budget_infeasible_is_input_error():
