@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -105,15 +105,24 @@ HIGHS_DEBUG_LINE = b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmp
 def highs_debug_line_dropped() -> Iterator[None]:
     """Keep HiGHS's leftover debug line out of the user's terminal, pass everything else through.
 
-    The HiGHS in scipy prints HIGHS_DEBUG_LINE to the C stderr whenever it repairs an integer
-    solution (ERGO-Code/HiGHS#2783, fixed upstream): in a search it came out between the progress
-    bars, several times a solve. Stderr's file descriptor is pointed at a temporary file during the
-    solve and what it got, less that line, is written back. Without a descriptor 2 nothing is redirected."""
-    fd = 2  # HiGHS writes to the process's stderr, whatever Python's sys.stderr is at the time
+    The HiGHS in scipy printf()s HIGHS_DEBUG_LINE to the C stdout whenever it repairs an integer
+    solution (ERGO-Code/HiGHS#2783, fixed upstream): a full-scale latency search printed it among
+    its results, before the `--json` line. During the solve, file descriptors 1 and 2 point at
+    temporary files; afterwards what they got, less that line, is written back to each. HiGHS
+    writes to the process's descriptors whatever Python's sys.stdout is, so those are the ones
+    redirected; a descriptor that is not open is left alone."""
+    with ExitStack() as stack:
+        for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+            stack.enter_context(_fd_filtered(fd, stream))
+        yield
+
+
+@contextmanager
+def _fd_filtered(fd: int, stream: object) -> Iterator[None]:
     try:
-        sys.stderr.flush()
+        stream.flush()  # type: ignore[attr-defined]
         saved = os.dup(fd)
-    except (OSError, ValueError):
+    except (AttributeError, OSError, ValueError):
         yield
         return
     with tempfile.TemporaryFile() as tmp:

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -48,15 +49,16 @@ def test_milp_matches_brute_force():
         assert sum(o.bytes for o in chosen.values()) == sum(o.bytes for o in best), trial
 
 
-def test_highs_debug_line_is_dropped_and_other_stderr_kept(capfd):
-    """The solver's C-level stderr filter: HiGHS's stray debug line goes, anything else stays."""
+def test_highs_debug_line_is_dropped_and_other_output_kept(capfd):
+    """The solver's C-level stdout/stderr filter: HiGHS's stray debug line goes, anything else stays."""
     from lowprec.search.solver import HIGHS_DEBUG_LINE, highs_debug_line_dropped
 
     with highs_debug_line_dropped():
-        os.write(2, HIGHS_DEBUG_LINE + b"\nHiGHS warning: kept\n" + HIGHS_DEBUG_LINE + b"\n")
+        for fd in (1, 2):
+            os.write(fd, HIGHS_DEBUG_LINE + f"\nkept {fd}\n".encode() + HIGHS_DEBUG_LINE + b"\n")
     os.write(2, b"after\n")
-    err = capfd.readouterr().err
-    assert err == "HiGHS warning: kept\nafter\n"
+    out, err = capfd.readouterr()
+    assert (out, err) == ("kept 1\n", "kept 2\nafter\n")
 
 
 def test_memory_budget_infeasible_is_input_error():
@@ -199,6 +201,13 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     assert len(cached) == sum(len(v) for v in result.items.values())
     assert all(v > 0 for v in cached.values())
     assert result.plan.info.predicted_latency_us > 0 and result.validation.fits(0.001, 0.001)
+    # other traffic (window 1's ids, same batch shape) is timed afresh: a table's cost depends on
+    # its ids (before the ids were in the key, a 20-id-bag search reused one-hot timings)
+    built.clear()
+    search_run.search(root / "model", model, ds, replace(cfg, calib_windows=(1,)), calib)
+    again = json.loads((tmp_path / "cache" / "latency.json").read_text())
+    assert sorted(k for k, full in built if full and k in table_options) == sorted(table_options)
+    assert len(again) == len(cached) + len(table_options)
 
 
 def test_table_latency_is_the_batch_minus_one_sample(setup, tmp_path, monkeypatch):
