@@ -11,8 +11,8 @@ an additive model of whole lookups would charge it 26 times. A tier layout with 
 order ('.../rank') on those ids renumbered through its rank map, the input it is laid out for
 (`lookup_ids(ids, ranked=True)`: a feature pipeline that sends ranks; reports/tiered.md); a layer
 option as its forward on the layer's real cached input (FBGEMM int8 or fp32 GEMM). Costs are the
-median of `repeats` timings in microseconds, keyed by the CPU model, torch version and the option's
-shape, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times only
+median of `repeats` timings in microseconds, keyed by the CPU model, torch version, the option's
+shape and (tables) a fingerprint of the timed ids, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times only
 what it has not seen. The model is additive, like the accuracy model: the plan's predicted latency
 is the sum of its options' latencies.
 
@@ -26,6 +26,7 @@ that halves the forward.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -64,6 +65,12 @@ def _median_us(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def _digest(ids: torch.Tensor) -> str:
+    """The timed ids' fingerprint: a lookup's time depends on which ids come and how many a bag
+    (a cached cost of one-hot traffic must not price a table of 20-id bags of the same size)."""
+    return hashlib.sha256(ids.contiguous().numpy().tobytes() + str(tuple(ids.shape)).encode()).hexdigest()[:16]
+
+
 def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_method: str,
                   repeats: int = 7) -> dict[str, float]:
     """Microseconds per batch for every option (read from, and added to, the on-disk cache)."""
@@ -82,7 +89,7 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
             if o.kind == "table":
                 t = names.index(o.name)
                 key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}"
-                       f"|b={len(batch.sparse[t])}|marginal")
+                       f"|b={len(batch.sparse[t])}|ids={_digest(batch.sparse[t])}|marginal")
 
                 def prepare(o=o, matrix=batch.sparse[t], h=emulator.model.config.tables[t].hotness):
                     emb = emulator.table_module(o, range_method, full=True)  # the table's real size
