@@ -11,9 +11,10 @@ an additive model of whole lookups would charge it 26 times. A tier layout with 
 order ('.../rank') on those ids renumbered through its rank map, the input it is laid out for
 (`lookup_ids(ids, ranked=True)`: a feature pipeline that sends ranks; reports/tiered.md); a layer
 option as its forward on the layer's real cached input (FBGEMM int8 or fp32 GEMM). Costs are the
-median of `repeats` timings in microseconds, keyed by the CPU model, torch version, the option's
-shape and (tables) a fingerprint of the timed ids, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times only
-what it has not seen. The model is additive, like the accuracy model: the plan's predicted latency
+median of `repeats` timings in microseconds after WARMUP_CALLS untimed calls, keyed by the CPU
+model, torch version, the option's shape, the timing protocol and (tables) a fingerprint of the
+timed ids, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times
+only what it has not seen. The model is additive, like the accuracy model: the plan's predicted latency
 is the sum of its options' latencies.
 
 `significant_costs` is what the solver minimises: an option saving less than a small share of the
@@ -55,8 +56,19 @@ def _machine() -> str:
     return f"{cpu}|torch {torch.__version__}|threads {torch.get_num_threads()}"
 
 
+WARMUP_CALLS = 20
+# in every cache key: costs timed another way are timed again
+PROTOCOL = f"warm{WARMUP_CALLS}"
+
+
 def _median_us(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
+    """Median microseconds of `repeats` calls after WARMUP_CALLS untimed ones. A table built a
+    moment ago is slow for its first calls: with one warm-up call and 7 timed, full-scale 20-id-bag
+    lookups came out up to 2.9x their steady time (an int8 table 558-728 us, steady 243-251; the
+    order of the options changed), with 20 and 21 within ~5% from one build to the next
+    (reports/tiered.md, latency search on multi-hot data)."""
+    for _ in range(WARMUP_CALLS):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -72,7 +84,7 @@ def _digest(ids: torch.Tensor) -> str:
 
 
 def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_method: str,
-                  repeats: int = 7) -> dict[str, float]:
+                  repeats: int = 21) -> dict[str, float]:
     """Microseconds per batch for every option (read from, and added to, the on-disk cache)."""
     path = _cache_file()
     try:
@@ -89,7 +101,7 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
             if o.kind == "table":
                 t = names.index(o.name)
                 key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}"
-                       f"|b={len(batch.sparse[t])}|ids={_digest(batch.sparse[t])}|marginal")
+                       f"|b={len(batch.sparse[t])}|ids={_digest(batch.sparse[t])}|{PROTOCOL}|marginal")
 
                 def prepare(o=o, matrix=batch.sparse[t], h=emulator.model.config.tables[t].hotness):
                     emb = emulator.table_module(o, range_method, full=True)  # the table's real size
@@ -103,7 +115,7 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
                     return calls
             else:
                 x = batch.layer_in[o.name]
-                key = f"{machine}|{o.key}|shape={tuple(x.shape)}"
+                key = f"{machine}|{o.key}|shape={tuple(x.shape)}|{PROTOCOL}"
 
                 def prepare(o=o, x=x):
                     layer = emulator.layer_module(o)

@@ -210,6 +210,22 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     assert len(again) == len(cached) + len(table_options)
 
 
+def test_latency_timing_skips_a_fresh_modules_slow_first_calls(monkeypatch):
+    """A call costs 1 unit (here: 1 ms of fake clock) only after WARMUP_CALLS slow first calls of
+    100 units each, as a freshly built table does: the timed median sees the steady cost alone."""
+    from lowprec.search import latency
+
+    clock, calls = [0.0], [0]
+
+    def fn():
+        calls[0] += 1
+        clock[0] += 0.1 if calls[0] <= latency.WARMUP_CALLS else 0.001
+
+    monkeypatch.setattr(latency, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    us = latency._median_us(fn, 5)
+    assert calls[0] == latency.WARMUP_CALLS + 5 and us == pytest.approx(1000.0)
+
+
 def test_table_latency_is_the_batch_minus_one_sample(setup, tmp_path, monkeypatch):
     """A table option's cost is its marginal time in a model call: the batch's lookup minus its
     first sample's (the call's fixed cost is paid once per model call, not once per table). With
