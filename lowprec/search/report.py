@@ -115,12 +115,24 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
         _validation(doc, f"Test windows {list(info.windows.test)} (never seen by the search)", result.test,
                     summary["tested_fits"])
     doc.heading("Chosen plan")
+    cost = result.cost
+    if cost:
+        fp32_us = sum(cost[opts[0].key] for opts in result.items.values())
+        doc.para(f"Predicted time of a model call (each item's measured marginal time on the calibration "
+                 f"batch, summed): {info.predicted_latency_us:,.0f} us against {fp32_us:,.0f} us in fp32. "
+                 f"Fastest: the quickest option of the item, whatever its bytes or loss.")
     rows = []
     for item, o in result.chosen.items():
         s = result.sensitivity[o.key]
-        rows.append([item, o.key.split("|", 1)[1], o.bytes, result.items[item][0].bytes,
-                     f"{100 * s.d_ne:+.4f}%", f"{s.d_auc:+.5f}"])
-    doc.table(["item", "choice", "bytes", "fp32 bytes", "NE alone", "AUC drop alone"], rows)
+        row = [item, o.key.split("|", 1)[1], o.bytes, result.items[item][0].bytes,
+               f"{100 * s.d_ne:+.4f}%", f"{s.d_auc:+.5f}"]
+        if cost:
+            fast = min(result.items[item], key=lambda x: cost[x.key])
+            row += [f"{cost[o.key]:,.1f}", f"{cost[result.items[item][0].key]:,.1f}",
+                    f"{fast.key.split('|', 1)[1]} {cost[fast.key]:,.1f}"]
+        rows.append(row)
+    doc.table(["item", "choice", "bytes", "fp32 bytes", "NE alone", "AUC drop alone"]
+              + (["us", "fp32 us", "fastest (us)"] if cost else []), rows)
     doc.heading("Sensitivity")
     doc.figure(_sensitivity_figure(result, directory), "NE increase of each option alone")
     doc.heading("Frontier")

@@ -83,6 +83,7 @@ class SearchResult:
     float_stats: dict[str, float]
     message: str | None = None  # why the plan compresses nothing, and what to try
     test: Validation | None = None  # the chosen plan on the test windows
+    cost: dict[str, float] | None = None  # latency objective: each option's measured marginal us
 
 
 class MeasurementCache:
@@ -302,7 +303,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         evaluations=evaluations, rounds=len(rounds))
     plan = plan_from_options(chosen, rm, info)
     return SearchResult(plan, chosen, val, items, sens, rounds, evaluations, time.time() - started, float_stats,
-                        message, test)
+                        message, test, cost)
 
 
 def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dict[str, Any] | None,

@@ -201,6 +201,15 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     assert len(cached) == sum(len(v) for v in result.items.values())
     assert all(v > 0 for v in cached.values())
     assert result.plan.info.predicted_latency_us > 0 and result.validation.fits(0.001, 0.001)
+    # the report shows each chosen item's time beside its fp32 time and its fastest option's
+    from lowprec.search.driver import summarize
+    from lowprec.search.report import write_report
+
+    text = write_report(result, summarize(result, model), tmp_path / "rep").parent.joinpath("report.md").read_text()
+    assert f"{result.plan.info.predicted_latency_us:,.0f} us against" in text
+    assert "| item | choice | bytes | fp32 bytes | NE alone | AUC drop alone | us | fp32 us | fastest (us) |" in text
+    item, o = next(iter(result.chosen.items()))
+    assert f"| {item} | {o.key.split('|', 1)[1]} |" in text and f"{result.cost[o.key]:,.1f}" in text
     # other traffic (window 1's ids, same batch shape) is timed afresh: a table's cost depends on
     # its ids (before the ids were in the key, a 20-id-bag search reused one-hot timings)
     built.clear()
