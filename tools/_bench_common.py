@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -374,7 +375,7 @@ def _default(o: Any) -> Any:
 
 def command_line(tool: str, argv: list[str] | None) -> str:
     args = sys.argv[1:] if argv is None else argv
-    return " ".join(["python", f"tools/{tool}", *args])
+    return shlex.join(["python", f"tools/{tool}", *args])  # quoted: the command runs as printed
 
 
 def plt():
