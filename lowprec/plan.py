@@ -120,6 +120,9 @@ class PlanInfo:
     objective: str | None = None
     accept: str | None = None  # the search's acceptance rule: "interval" or "point" (lowprec.search.accept)
     predicted_latency_us: float | None = None
+    # latency objective: the plan and the uniform plans it was checked against, timed whole
+    # (median us a model call on the calibration batches; lowprec.search.latency.time_plans)
+    measured_latency_us: dict[str, float] | None = None
     evaluations: int | None = None
     rounds: int | None = None
     notes: str | None = None

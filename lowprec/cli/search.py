@@ -38,11 +38,16 @@ from lowprec.cli._common import StageBars, fmt
                    "intervals (NE increase: paired Poisson bootstrap; AUC drop: paired DeLong) are within the "
                    "budget, i.e. one-sided 97.5% confidence each; point: the point estimates are "
                    "[recipe [search] accept, else interval].")
+@click.option("--time-whole/--no-time-whole", default=True, show_default=True,
+              help="With --objective latency: convert the chosen plan and every uniform plan that fits the "
+                   "budgets in full (scratch beside --out, disk ~ their bytes), time them side by side, and take "
+                   "a uniform plan that is >= 3% faster and validates. The per-table timings the solver adds "
+                   "up can misrank plans (reports/tiered.md).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md + index.html here.")
 @click.option("--json", "as_json", is_flag=True)
 def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_windows, out, max_ne_increase, max_auc_drop,
            memory_budget, objective, precisions, layer_precisions, sharing_ratios, tier_layouts, calib_path,
-           max_rows, accept, report_dir, as_json):
+           max_rows, accept, time_whole, report_dir, as_json):
     """Search a precision (and sharing) per table and per layer under an accuracy budget.
 
     Measures each option's NE/AUC effect alone on the calibration windows, picks the cheapest
@@ -69,7 +74,7 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
         max_auc_drop=max_auc_drop, memory_budget=memory_budget, objective=objective,
         precisions=precisions, layer_precisions=layer_precisions, sharing_ratios=sharing_ratios,
         tier_layouts=tier_layouts, calib_path=calib_path, max_rows=max_rows, report_dir=report_dir,
-        accept=accept)
+        accept=accept, time_whole=time_whole)
     dist.check_same(inputs)
     with StageBars() as stages:
         result, summary = run_search(req, stages)

@@ -50,6 +50,7 @@ class SearchRequest:
     max_rows: int | None = None
     report_dir: str | None = None
     accept: str | None = None  # "interval" | "point" (lowprec.search.accept); recipe [search] accept
+    time_whole: bool = True  # latency objective: time the plan whole beside uniform plans
 
 
 def _list(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
                        objective=pick(req.objective, r, "search", "objective", "bytes"),
                        max_rows=int(pick(req.max_rows, r, "search", "max_rows", 50_000)),
                        max_rounds=int(s.get("max_rounds", 6)), margin=float(s.get("margin", 0.9)),
-                       test_windows=tuple(test),
+                       test_windows=tuple(test), time_whole=req.time_whole,
                        accept=check_rule(str(pick(req.accept, r, "search", "accept", DEFAULT_RULE)),
                                          "--accept" if req.accept else f"{req.recipe}: [search] accept"))
     return cfg, r

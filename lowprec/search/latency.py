@@ -33,13 +33,14 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from lowprec.data.ids import FeatureIds
 from lowprec.fileio import atomic_write_text
-from lowprec.search.sensitivity import Emulator
+from lowprec.plan import Plan
+from lowprec.search.sensitivity import CachedBatch, Emulator
 from lowprec.search.space import Option
 
 
@@ -144,3 +145,60 @@ def significant_costs(cost: dict[str, float], items: dict[str, list[Option]],
         for o in opts:
             out[o.key] = cost[o.key] if b - cost[o.key] >= floor else max(b, cost[o.key])
     return out
+
+
+def time_plans(model_dir: str | Path, plans: dict[str, Plan], calibration: dict[str, Any] | None,
+               batches: list[CachedBatch], hotness: list[int], scratch: Path | None,
+               repeats: int = 9) -> dict[str, list[float]]:
+    """Microseconds of one model call of each plan, converted whole and timed side by side.
+
+    A table's cost is not additive over tables: what it costs depends on what the other tables do to
+    the cache (reports/tiered.md, multi-hot section: every per-table timing ranked fp16 ahead of
+    int8, the whole model the other way round). So plans the search compares are also converted in
+    full (into `scratch`, removed afterwards), loaded as serving loads them, and called on the
+    cached batches (dense features and FeatureIds; ranks for rank-ordered tiers, as the option
+    timing). Every plan first makes WARMUP_CALLS untimed calls; then each repeat times every plan,
+    in an order rotated per repeat, over all batches. Returns plan -> per-repeat us a call."""
+    from lowprec.search.validate import scratch_dir
+
+    with scratch_dir(scratch) as tmp:
+        calls = {name: _whole_call(model_dir, plan, calibration, batches, hotness, tmp / f"plan-{i}")
+                 for i, (name, plan) in enumerate(plans.items())}
+        with torch.inference_mode():
+            out = _interleaved(calls, len(batches), repeats)
+        del calls  # the artifacts are mapped: release them before their directory goes
+    return out
+
+
+def _interleaved(calls: dict[str, Callable[[], None]], per_call: int, repeats: int) -> dict[str, list[float]]:
+    for fn in calls.values():
+        for _ in range(max(1, WARMUP_CALLS // per_call)):
+            fn()
+    names, out = list(calls), {name: [] for name in calls}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            calls[name]()  # untimed: this plan's rows back in cache after the previous plan's
+            t0 = time.perf_counter()
+            calls[name]()
+            out[name].append((time.perf_counter() - t0) / per_call * 1e6)
+    return out
+
+
+def _whole_call(model_dir: str | Path, plan: Plan, calibration: dict[str, Any] | None,
+                batches: list[CachedBatch], hotness: list[int], out: Path) -> Callable[[], None]:
+    """`plan` converted at `out` and loaded; a call scores every batch through it."""
+    from lowprec.checkpoint.artifact import load_artifact
+    from lowprec.checkpoint.convert import convert
+
+    convert(model_dir, plan, out, calibration)
+    runtime, _ = load_artifact(out)
+    ranked = bool(runtime.embeddings.rank_maps())
+    inputs = []
+    for b in batches:
+        ids = FeatureIds.from_matrix(torch.cat(b.sparse, dim=1), tuple(hotness))
+        inputs.append((b.dense, runtime.embeddings.ranked(ids) if ranked else ids))
+
+    def call() -> None:
+        for dense, ids in inputs:
+            runtime.logits(dense, runtime.embeddings.lookup_ids(ids, ranked))
+    return call

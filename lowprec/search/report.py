@@ -121,6 +121,11 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
         doc.para(f"Predicted time of a model call (each item's measured marginal time on the calibration "
                  f"batch, summed): {info.predicted_latency_us:,.0f} us against {fp32_us:,.0f} us in fp32. "
                  f"Fastest: the quickest option of the item, whatever its bytes or loss.")
+    whole = info.measured_latency_us
+    if whole:
+        doc.para("Timed whole (each plan converted in full and called on the calibration batches, side by side; "
+                 "a uniform plan replaces the searched one when it is >= 3% faster and validates): "
+                 + ", ".join(f"{name} {us:,.0f} us" for name, us in whole.items()) + " a call.")
     rows = []
     for item, o in result.chosen.items():
         s = result.sensitivity[o.key]
@@ -148,5 +153,6 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
               [[r["round"], r["bytes"], f"{100 * r['predicted']['d_ne']:+.4f}%",
                 _ci(r["validated"], "ne_increase", 100),
                 _ci(r["validated"], "auc_drop", 1), "yes" if r["fits"] else "no",
-                r.get("verdict", {}).get("reason", "")] for r in result.rounds])
+                "; ".join(filter(None, [r.get("timed_whole"), r.get("verdict", {}).get("reason", "")]))]
+               for r in result.rounds])
     return doc.write(directory)

@@ -219,6 +219,57 @@ def test_latency_objective_times_options_and_caches_them(setup, tmp_path, monkey
     assert len(again) == len(cached) + len(table_options)
 
 
+def test_latency_search_times_plans_whole_and_takes_a_faster_uniform_plan(setup, tmp_path, monkeypatch):
+    """The searched plan is timed whole beside the uniform plans that fit the budgets by prediction;
+    one >= 3% faster (paired per repeat) that validates replaces it, as one more round."""
+    root, ds, model, calib = setup
+    monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(), objective="latency")
+    real = search_run.search(root / "model", model, ds, cfg, calib, scratch=tmp_path / "scratch")
+    whole = real.plan.info.measured_latency_us  # the real path: each plan converted, loaded, called
+    assert whole is not None and all(v > 0 for v in whole.values())
+    alts = set(whole) - {"searched"}
+    assert "searched" in whole and alts and all(n.split()[0] == "uniform" for n in alts)
+    swapped = [r for r in real.rounds if "timed_whole" in r]  # this machine may find one faster: then it is taken
+    assert all(r["timed_whole"].split(":")[0] in alts for r in swapped)
+    assert not (tmp_path / "scratch").exists()  # the converted plans are gone
+    assert json.loads(json.dumps(real.plan.to_json()))["measured_latency_us"] == whole
+    name = sorted(alts)[0]
+    precision = name.split()[1]
+
+    def fake(times):
+        def time_plans(model_dir, plans, calibration, batches, hotness, scratch, repeats=9):
+            assert set(plans) == set(whole)
+            return {n: [times.get(n, 100.0)] * 3 for n in plans}
+        return time_plans
+    monkeypatch.setattr(search_run, "time_plans", fake({"searched": 100.0, name: 50.0}))
+    faster = search_run.search(root / "model", model, ds, cfg, calib)
+    assert {o.precision.value for item, o in faster.chosen.items() if item.startswith("table:")} == {precision}
+    assert "timed whole" in faster.rounds[-1]["timed_whole"] and faster.rounds[-1]["fits"]
+    assert faster.validation.fits(0.001, 0.001) and faster.plan.info.measured_latency_us[name] == 50.0
+    monkeypatch.setattr(search_run, "time_plans", fake({"searched": 100.0, name: 98.0}))  # within 3%: kept
+    kept = search_run.search(root / "model", model, ds, cfg, calib)
+    assert not any("timed_whole" in r for r in kept.rounds) and kept.plan.info.measured_latency_us[name] == 98.0
+    # the searched plan kept (a uniform plan equal to it is never an alternative)
+    assert {o.precision.value for item, o in kept.chosen.items() if item.startswith("table:")} != {precision}
+
+
+def test_whole_plan_timing_is_skipped_when_off_or_the_disk_is_short(setup, tmp_path, monkeypatch, capfd):
+    from collections import namedtuple
+
+    root, ds, model, calib = setup
+    monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(search_run, "time_plans", lambda *a, **k: pytest.fail("timed although off"))
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(), objective="latency",
+                                  time_whole=False)
+    assert search_run.search(root / "model", model, ds, cfg, calib).plan.info.measured_latency_us is None
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(search_run.shutil, "disk_usage", lambda where: usage(10**6, 10**6 - 1000, 1000))
+    short = search_run.search(root / "model", model, ds, replace(cfg, time_whole=True), calib)
+    assert short.plan.info.measured_latency_us is None
+    assert "plans not timed whole" in capfd.readouterr().err
+
+
 def test_latency_timing_skips_a_fresh_modules_slow_first_calls(monkeypatch):
     """A call costs 1 unit (here: 1 ms of fake clock) only after WARMUP_CALLS slow first calls of
     100 units each, as a freshly built table does: the timed median sees the steady cost alone."""
