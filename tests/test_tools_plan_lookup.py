@@ -29,13 +29,15 @@ def test_bench_plan_lookup_tiny(tmp_path):
             tmp_path / "tiered", {"row_counts": counts})
     threads = torch.get_num_threads()
     try:
-        bench_plan_lookup.main(["--data", str(tmp_path / "data"), "--window", "0", "--artifact",
-                                f"int4={tmp_path / 'int4'}", "--artifact", f"tiered={tmp_path / 'tiered'}",
-                                "--batch", "64", "--batches", "2", "--repeats", "2", "--block-seconds", "0.001",
-                                "--out", str(tmp_path / "r.json")])
+        for stage in ("embeddings", "model"):  # the lookups alone, the whole model call
+            bench_plan_lookup.main(["--data", str(tmp_path / "data"), "--window", "0", "--artifact",
+                                    f"int4={tmp_path / 'int4'}", "--artifact", f"tiered={tmp_path / 'tiered'}",
+                                    "--batch", "64", "--batches", "2", "--repeats", "2", "--block-seconds", "0.001",
+                                    "--stage", stage, "--out", str(tmp_path / f"{stage}.json")])
     finally:
         torch.set_num_threads(threads)
-    r = json.loads((tmp_path / "r.json").read_text())
+    assert json.loads((tmp_path / "model.json").read_text())["settings"]["stage"] == "model"
+    r = json.loads((tmp_path / "embeddings.json").read_text())
     assert list(r["variants"]) == ["int4", "tiered", "tiered, ranked ids"] and r["baseline"] == "int4"
     assert r["variants"]["tiered"]["ranked_equals_raw"] is True
     assert r["variants"]["int4"]["vs_baseline"]["median"] == 1.0

@@ -5,8 +5,8 @@
 
 For each artifact (`lowprec convert` output, loaded as `lowprec eval` loads it), the embedding stage
 alone: `QuantizedEmbeddings.lookup_ids` on the loader's FeatureIds of --batches batches of --batch
-rows of --window (the layout the loader hands the runtime; the MLPs are left out, they are the same
-in every plan compared here). An artifact with rank-ordered tiered tables ('.../rank' layouts) is
+rows of --window (the layout the loader hands the runtime), or with `--stage model` the whole model
+call on them (lookups, then the MLPs and the feature interaction: what `--objective latency` times). An artifact with rank-ordered tiered tables ('.../rank' layouts) is
 timed twice: on ids renumbered to ranks beforehand (`QuantizedEmbeddings.ranked`, the feature
 pipeline's job; its output is checked equal to the raw-id lookup), and on raw ids (the runtime maps
 id -> rank itself). Variants interleave per repeat (tools/_bench_common.interleaved); samples/s is
@@ -39,6 +39,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--block-seconds", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stage", choices=("embeddings", "model"), default="embeddings",
+                    help="time the table lookups alone, or the whole model call (lookups, MLPs, interaction)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     args.artifacts = {}
@@ -60,7 +62,7 @@ def load_batches(data: str, window: int, batch: int, n: int) -> list[Any]:
     out = []
     for b in iter_batches(Dataset(data), [window], batch, feature_ids=True):
         if len(b) == batch:
-            out.append(b.ids)
+            out.append(b)
         if len(out) == n:
             return out
     raise SystemExit(f"window {window} holds fewer than {n} batches of {batch} rows")
@@ -79,14 +81,20 @@ def variants(args: argparse.Namespace, batches: list[Any]) -> tuple[dict[str, An
         info = {"artifact": str(path), "embedding_bytes": manifest["embedding_bytes"],
                 "tables": {t["name"]: t["precision"] + (f" {t['sharing']['kind']}" if t.get("sharing") else "")
                            for t in manifest["tables"]}}
-        calls[name] = bc.cycling(lambda k, e=emb: e.lookup_ids(batches[k]), len(batches))
+        dense = [b.dense for b in batches]
+
+        def call(ids: list[Any], ranked: bool, rt=runtime) -> Any:
+            if args.stage == "embeddings":
+                return bc.cycling(lambda k: rt.embeddings.lookup_ids(ids[k], ranked), len(ids))
+            return bc.cycling(lambda k: rt.logits(dense[k], rt.embeddings.lookup_ids(ids[k], ranked)), len(ids))
+        raw = [b.ids for b in batches]
+        calls[name] = call(raw, False)
         if emb.rank_maps():
-            ranked = [emb.ranked(b) for b in batches]
+            ranked = [emb.ranked(b) for b in raw]
             with torch.inference_mode():
                 info["ranked_equals_raw"] = all(torch.equal(emb.lookup_ids(r, True), emb.lookup_ids(b))
-                                                for r, b in zip(ranked, batches))
-            calls[f"{name}, ranked ids"] = bc.cycling(lambda k, e=emb, r=ranked: e.lookup_ids(r[k], True),
-                                                      len(batches))
+                                                for r, b in zip(ranked, raw))
+            calls[f"{name}, ranked ids"] = call(ranked, True)
             facts[f"{name}, ranked ids"] = info
         facts[name] = info
     return calls, facts
