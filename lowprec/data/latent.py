@@ -3,7 +3,7 @@
 Shape as the dense generator (lowprec/data/synth.py): 13 dense features `int_0..int_12` (log1p of
 Poisson counts) and 26 sparse features `cat_0..cat_25` sized by the Criteo Kaggle cardinalities times
 `scale`. Per table, ids follow an exact truncated Zipf law over ranks, P(rank r) ∝ (r + 1) ** -zipf
-(rejection-inversion, Hörmann & Derflinger 1996, as in Apache Commons RNG), mapped to ids through a
+(lowprec/data/sampling.py: rejection-inversion, Hörmann & Derflinger 1996), mapped to ids through a
 random permutation per table so the hot ids are not the low ids.
 
 Hidden truth: logit = b + c * (dense·β + Σ_t bias_t[id_t] + Σ_(u,i) <f_u[id_u], f_i[id_i]> / √D) with
@@ -15,8 +15,8 @@ Multi-hot (`hot=H`): each large table's bag holds H ids drawn independently from
   allowed, every slot filled, as MLPerf DLRMv2's synthetic multi-hot); the bag's bias and factor are
   the sums of its ids' parameters over √H (same variance as one id), i.e. sum pooling, so a DLRM can
   represent the truth. The small tables stay one-hot. H = 1 writes the one-hot data byte for byte.
-Per-id parameters are a pure function of (seed, table, id, k) (splitmix64 -> uniform -> normal
-quantile), so they cost no memory; only the rank -> id permutations do (4 bytes an id). The scale c
+Per-id parameters are a pure function of (seed, table, id, k) (sampling.hashed_normal: splitmix64 ->
+normal quantile), so they cost no memory; only the rank -> id permutations do (4 bytes an id). The scale c
 and base b are solved once, on a calibration sample of the undrifted traffic, so that the expected
 positive rate is `positive_rate` and the expected Bayes AUC (the true probabilities' AUC) is `auc`.
 
@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from scipy.special import ndtri
 
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature, _NpyAppender
+from lowprec.data.sampling import ZipfSampler, hashed_normal
 from lowprec.data.synth import (CTR_LOGIT_SHIFT, DENSE_NAMES, DENSE_SCALE_FACTOR, FIRST_DAY, KAGGLE_CARDINALITIES,
                                 N_DENSE, NEW_ID_MAX, NEW_ID_STEP, RESERVED_SHARE, SPARSE_NAMES, SynthConfig,
                                 generate)
@@ -110,68 +110,6 @@ def synth_config(kind: str, **common: Any) -> tuple[SynthConfig, Callable[..., D
     if name == "dense":
         return SynthConfig(**common), generate
     return LatentConfig(**common, **options), generate_latent
-
-
-class ZipfSampler:
-    """Exact truncated Zipf on ranks [0, n): P(r) ∝ (r + 1) ** -a, by rejection-inversion."""
-
-    def __init__(self, n: int, a: float):
-        self.n, self.a = n, a
-        self.h_x1 = float(self._big_h(np.float64(1.5))) - 1.0
-        self.h_n = float(self._big_h(np.float64(n + 0.5)))
-        self.s = 2.0 - float(self._big_h_inv(self._big_h(np.float64(2.5)) - self._h(np.float64(2.0))))
-
-    def _h(self, x: np.ndarray) -> np.ndarray:
-        return np.exp(-self.a * np.log(x))
-
-    def _big_h(self, x: np.ndarray) -> np.ndarray:  # ∫ h = (x^(1-a) - 1) / (1 - a)
-        log_x = np.log(x)
-        return _expm1_over((1.0 - self.a) * log_x) * log_x
-
-    def _big_h_inv(self, y: np.ndarray) -> np.ndarray:
-        t = np.maximum(y * (1.0 - self.a), -1.0)
-        return np.exp(_log1p_over(t) * y)
-
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        out = np.empty(size, dtype=np.int64)
-        todo = np.arange(size)
-        while todo.size:
-            u = self.h_n + rng.random(todo.size) * (self.h_x1 - self.h_n)
-            x = self._big_h_inv(u)
-            k = np.clip(np.floor(x + 0.5), 1, self.n)
-            ok = (k - x <= self.s) | (u >= self._big_h(k + 0.5) - self._h(k))
-            out[todo[ok]] = k[ok].astype(np.int64) - 1
-            todo = todo[~ok]
-        return out
-
-
-def _expm1_over(x: np.ndarray) -> np.ndarray:
-    """expm1(x) / x, continuous at 0."""
-    x = np.asarray(x, dtype=np.float64)
-    small = np.abs(x) < 1e-8
-    safe = np.where(small, 1.0, x)
-    return np.where(small, 1.0 + x / 2 * (1.0 + x / 3), np.expm1(safe) / safe)
-
-
-def _log1p_over(x: np.ndarray) -> np.ndarray:
-    """log1p(x) / x, continuous at 0."""
-    x = np.asarray(x, dtype=np.float64)
-    small = np.abs(x) < 1e-8
-    safe = np.where(small, 1.0, x)
-    return np.where(small, 1.0 - x / 2 + x * x / 3, np.log1p(safe) / safe)
-
-
-_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-
-
-def hashed_normal(salt: int, keys: np.ndarray) -> np.ndarray:
-    """Standard normals as a pure function of (salt, key): splitmix64, top 53 bits, normal quantile."""
-    with np.errstate(over="ignore"):
-        x = np.uint64(salt) + np.asarray(keys, dtype=np.uint64) * _GOLD
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        x = x ^ (x >> np.uint64(31))
-    return ndtri(((x >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53)
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:

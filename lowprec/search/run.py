@@ -25,10 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import statistics
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,10 +39,11 @@ from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
 from lowprec.search.accept import DEFAULT_RULE, check_rule, judge
-from lowprec.search.latency import measure_costs, significant_costs, time_plans
+from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, auc_price, ne_price, predicted, price, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
+from lowprec.search.whole import timed_whole
 from lowprec.search import rows_subset
 from lowprec.search.validate import validate
 
@@ -229,71 +226,6 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
     return best, rounds
 
 
-WHOLE_MARGIN = 0.03  # a uniform plan replaces the searched one only if timed whole >= 3% faster
-
-
-def uniform_alternatives(items: dict[str, list[Option]], chosen: dict[str, Option], sens: dict[str, Sensitivity],
-                         cfg: SearchConfig) -> dict[str, dict[str, Option]]:
-    """Each uniform table precision of the search space (plain tables; layers as `chosen`) that fits
-    the memory budget and whose predicted loss fits the accuracy budget, unless it is `chosen`."""
-    out = {}
-    for p in cfg.space.table_precisions:
-        alt = dict(chosen)
-        for item, opts in items.items():
-            if item.startswith("table:"):
-                alt[item] = next((o for o in opts if o.precision is p and o.sharing is None), None)
-        if any(o is None for o in alt.values()) or alt == chosen:
-            continue
-        loss, b = predicted(alt, sens), cfg.budget
-        if b.memory_bytes is not None and total_bytes(alt) > b.memory_bytes:
-            continue
-        if loss.d_ne <= b.max_ne_increase and loss.d_auc <= b.max_auc_drop:
-            out[f"uniform {p.value}"] = alt
-    return out
-
-
-def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], sens: dict[str, Sensitivity],
-                cfg: SearchConfig, calibration: dict[str, Any] | None, cache: FloatCache,
-                best: tuple[dict[str, Option], Validation], rounds: list[dict[str, Any]],
-                check: Callable[[dict[str, Option], int], Validation],
-                scratch: Path | None) -> tuple[tuple[dict[str, Option], Validation], dict[str, float] | None]:
-    """The latency objective's guard against its own cost model. The solver prices a plan as the sum
-    of its options' times, each timed alone, but a table's time depends on the rest of the plan (on
-    full-scale multi-hot data the searched plan was 1.07x uniform int4 and uniform int8 1.19x:
-    reports/tiered.md). So the searched plan is timed whole beside every uniform plan that fits the
-    budgets by prediction (`uniform_alternatives`); the fastest that is >= WHOLE_MARGIN faster
-    (paired per repeat) and validates replaces it, as one more validation round. Timing runs on
-    rank 0 (like the option costs); returns (best, median us a call per timed plan)."""
-    chosen = best[0]
-    alts = uniform_alternatives(items, chosen, sens, cfg)
-    if not alts:
-        return best, None
-    need = total_bytes(chosen) + sum(total_bytes(a) for a in alts.values())
-    where = scratch.parent if scratch is not None else Path(tempfile.gettempdir())
-    free = shutil.disk_usage(where).free
-    if need > 0.8 * free:  # every plan is converted in full: do not fill the disk for a timing
-        sys.stderr.write(f"lowprec search: plans not timed whole: converting them needs ~{need / 1e9:.1f} GB, "
-                         f"{free / 1e9:.1f} GB free in {where} (--no-time-whole skips this check)\n")
-        return best, None
-    rm = cfg.space.range_method
-    plans = {"searched": plan_from_options(chosen, rm), **{n: plan_from_options(a, rm) for n, a in alts.items()}}
-    times = dist.broadcast_json(time_plans(model_dir, plans, calibration, cache.batches, model.hotness, scratch)
-                                if dist.is_main() else None, "whole-plan timings")
-    ratio = {n: statistics.median(s / t for s, t in zip(times["searched"], times[n])) for n in alts}
-    for name in sorted((n for n in alts if ratio[n] >= 1 + WHOLE_MARGIN), key=lambda n: -ratio[n]):
-        val = check(alts[name], len(rounds) + 1)
-        verdict = judge(val, cfg.budget, cfg.accept)
-        rounds.append({"round": len(rounds) + 1, "multiplier": None, "bytes": total_bytes(alts[name]),
-                       "predicted": asdict(predicted(alts[name], sens)), "validated": val.to_json(),
-                       "fits": verdict.accepted, "verdict": verdict.to_json(),
-                       "choices": {o.item: o.key.split("|", 1)[1] for o in alts[name].values()},
-                       "timed_whole": f"{name}: {ratio[name]:.2f}x the searched plan's speed, timed whole"})
-        if verdict.accepted:
-            best = (alts[name], val)
-            break
-    return best, {n: round(statistics.median(t), 1) for n, t in times.items()}
-
-
 def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: dict[str, Sensitivity],
              budget: Budget, validated: dict[str, Sensitivity] | None = None) -> set[str]:
     """Forbid the chosen option with the largest share of the budget, and its cheaper alternatives:
@@ -350,8 +282,8 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
                           check, contribution)
     whole = None
     if cost is not None and best is not None and cfg.time_whole:
-        best, whole = timed_whole(model_dir, model, items, sens, cfg, calibration, cache, best, rounds, check,
-                                  scratch)
+        best, whole = timed_whole(model_dir, model, items, sens, cfg.budget, cfg.space, cfg.accept, calibration,
+                                  cache, best, rounds, check, scratch)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
         chosen = {item: opts[0] for item, opts in items.items()}

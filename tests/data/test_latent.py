@@ -18,9 +18,9 @@ from scipy import stats as sps
 
 from lowprec.cli import main
 from lowprec.data.dataset import Dataset
-from lowprec.data.latent import (DENSE_VAR, LARGE_TABLES, PAIRS, LatentConfig, LatentTruth, ZipfSampler,
-                                 bayes_stats, expected_auc, generate_latent, hashed_normal, prob_file, synth_config,
-                                 window_bayes_auc)
+from lowprec.data.latent import (DENSE_VAR, LARGE_TABLES, PAIRS, LatentConfig, LatentTruth, bayes_stats,
+                                 expected_auc, generate_latent, prob_file, synth_config, window_bayes_auc)
+from lowprec.data.sampling import ZipfSampler, hashed_normal
 from lowprec.errors import InputError
 from tests.helpers import make_tiny_dataset
 

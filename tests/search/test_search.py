@@ -18,6 +18,7 @@ from lowprec.evaluation.scoring import evaluate
 from lowprec.precision import Precision
 from lowprec.recipe import load_recipe, parse_fraction, resolve_windows
 from lowprec.search import run as search_run
+from lowprec.search import whole as whole_check
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, solve
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options
@@ -242,12 +243,12 @@ def test_latency_search_times_plans_whole_and_takes_a_faster_uniform_plan(setup,
             assert set(plans) == set(whole)
             return {n: [times.get(n, 100.0)] * 3 for n in plans}
         return time_plans
-    monkeypatch.setattr(search_run, "time_plans", fake({"searched": 100.0, name: 50.0}))
+    monkeypatch.setattr(whole_check, "time_plans", fake({"searched": 100.0, name: 50.0}))
     faster = search_run.search(root / "model", model, ds, cfg, calib)
     assert {o.precision.value for item, o in faster.chosen.items() if item.startswith("table:")} == {precision}
     assert "timed whole" in faster.rounds[-1]["timed_whole"] and faster.rounds[-1]["fits"]
     assert faster.validation.fits(0.001, 0.001) and faster.plan.info.measured_latency_us[name] == 50.0
-    monkeypatch.setattr(search_run, "time_plans", fake({"searched": 100.0, name: 98.0}))  # within 3%: kept
+    monkeypatch.setattr(whole_check, "time_plans", fake({"searched": 100.0, name: 98.0}))  # within 3%: kept
     kept = search_run.search(root / "model", model, ds, cfg, calib)
     assert not any("timed_whole" in r for r in kept.rounds) and kept.plan.info.measured_latency_us[name] == 98.0
     # the searched plan kept (a uniform plan equal to it is never an alternative)
@@ -259,12 +260,12 @@ def test_whole_plan_timing_is_skipped_when_off_or_the_disk_is_short(setup, tmp_p
 
     root, ds, model, calib = setup
     monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(search_run, "time_plans", lambda *a, **k: pytest.fail("timed although off"))
+    monkeypatch.setattr(whole_check, "time_plans", lambda *a, **k: pytest.fail("timed although off"))
     cfg = search_run.SearchConfig((2,), (3,), Budget(0.001, 0.001), SearchSpace(), objective="latency",
                                   time_whole=False)
     assert search_run.search(root / "model", model, ds, cfg, calib).plan.info.measured_latency_us is None
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(search_run.shutil, "disk_usage", lambda where: usage(10**6, 10**6 - 1000, 1000))
+    monkeypatch.setattr(whole_check.shutil, "disk_usage", lambda where: usage(10**6, 10**6 - 1000, 1000))
     short = search_run.search(root / "model", model, ds, replace(cfg, time_whole=True), calib)
     assert short.plan.info.measured_latency_us is None
     assert "plans not timed whole" in capfd.readouterr().err

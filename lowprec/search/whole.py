@@ -1,0 +1,89 @@
+"""The latency objective's guard against its own cost model: the accepted plan timed whole.
+
+The solver prices a plan as the sum of its options' times, each table timed alone
+(lowprec/search/latency.py), but a table's time depends on what the other tables do to the cache:
+on full-scale multi-hot data every single-table timing protocol tried ranked fp16 ahead of int8 and
+the whole model the other way round (reports/tiered.md). So the accepted plan is converted in full
+and timed beside every uniform plan that fits the budgets by prediction; one that is WHOLE_MARGIN
+faster and validates replaces it, as one more validation round.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from lowprec import distributed as dist
+from lowprec.model.dlrm import DLRM
+from lowprec.plan import Validation
+from lowprec.search.accept import judge
+from lowprec.search.latency import time_plans
+from lowprec.search.sensitivity import FloatCache
+from lowprec.search.solver import Budget, Sensitivity, predicted
+from lowprec.search.space import Option, SearchSpace, plan_from_options, total_bytes
+
+WHOLE_MARGIN = 0.03  # a uniform plan replaces the searched one only if timed whole >= 3% faster
+
+
+def uniform_alternatives(items: dict[str, list[Option]], chosen: dict[str, Option], sens: dict[str, Sensitivity],
+                         budget: Budget, space: SearchSpace) -> dict[str, dict[str, Option]]:
+    """Each uniform table precision of the search space (plain tables; layers as `chosen`) that fits
+    the memory budget and whose predicted loss fits the accuracy budget, unless it is `chosen`."""
+    out = {}
+    for p in space.table_precisions:
+        alt = dict(chosen)
+        for item, opts in items.items():
+            if item.startswith("table:"):
+                alt[item] = next((o for o in opts if o.precision is p and o.sharing is None), None)
+        if any(o is None for o in alt.values()) or alt == chosen:
+            continue
+        loss, b = predicted(alt, sens), budget
+        if b.memory_bytes is not None and total_bytes(alt) > b.memory_bytes:
+            continue
+        if loss.d_ne <= b.max_ne_increase and loss.d_auc <= b.max_auc_drop:
+            out[f"uniform {p.value}"] = alt
+    return out
+
+
+def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], sens: dict[str, Sensitivity],
+                budget: Budget, space: SearchSpace, accept: str, calibration: dict[str, Any] | None,
+                cache: FloatCache,
+                best: tuple[dict[str, Option], Validation], rounds: list[dict[str, Any]],
+                check: Callable[[dict[str, Option], int], Validation],
+                scratch: Path | None) -> tuple[tuple[dict[str, Option], Validation], dict[str, float] | None]:
+    """`best` timed whole beside `uniform_alternatives`; the fastest >= WHOLE_MARGIN faster (paired per
+    repeat) that validates replaces it. Timing runs on rank 0, like the option costs. Returns (best,
+    median us a call of every timed plan), or (best, None) when nothing was timed."""
+    chosen = best[0]
+    alts = uniform_alternatives(items, chosen, sens, budget, space)
+    if not alts:
+        return best, None
+    need = total_bytes(chosen) + sum(total_bytes(a) for a in alts.values())
+    where = scratch.parent if scratch is not None else Path(tempfile.gettempdir())
+    free = shutil.disk_usage(where).free
+    if need > 0.8 * free:  # every plan is converted in full: do not fill the disk for a timing
+        sys.stderr.write(f"lowprec search: plans not timed whole: converting them needs ~{need / 1e9:.1f} GB, "
+                         f"{free / 1e9:.1f} GB free in {where} (--no-time-whole skips this check)\n")
+        return best, None
+    rm = space.range_method
+    plans = {"searched": plan_from_options(chosen, rm), **{n: plan_from_options(a, rm) for n, a in alts.items()}}
+    times = dist.broadcast_json(time_plans(model_dir, plans, calibration, cache.batches, model.hotness, scratch)
+                                if dist.is_main() else None, "whole-plan timings")
+    ratio = {n: statistics.median(s / t for s, t in zip(times["searched"], times[n])) for n in alts}
+    for name in sorted((n for n in alts if ratio[n] >= 1 + WHOLE_MARGIN), key=lambda n: -ratio[n]):
+        val = check(alts[name], len(rounds) + 1)
+        verdict = judge(val, budget, accept)
+        rounds.append({"round": len(rounds) + 1, "multiplier": None, "bytes": total_bytes(alts[name]),
+                       "predicted": asdict(predicted(alts[name], sens)), "validated": val.to_json(),
+                       "fits": verdict.accepted, "verdict": verdict.to_json(),
+                       "choices": {o.item: o.key.split("|", 1)[1] for o in alts[name].values()},
+                       "timed_whole": f"{name}: {ratio[name]:.2f}x the searched plan's speed, timed whole"})
+        if verdict.accepted:
+            best = (alts[name], val)
+            break
+    return best, {n: round(statistics.median(t), 1) for n, t in times.items()}
