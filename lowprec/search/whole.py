@@ -63,17 +63,14 @@ def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], se
     alts = uniform_alternatives(items, chosen, sens, budget, space)
     if not alts:
         return best, None
-    need = total_bytes(chosen) + sum(total_bytes(a) for a in alts.values())
-    where = scratch.parent if scratch is not None else Path(tempfile.gettempdir())
-    free = shutil.disk_usage(where).free
-    if need > 0.8 * free:  # every plan is converted in full: do not fill the disk for a timing
-        sys.stderr.write(f"lowprec search: plans not timed whole: converting them needs ~{need / 1e9:.1f} GB, "
-                         f"{free / 1e9:.1f} GB free in {where} (--no-time-whole skips this check)\n")
-        return best, None
     rm = space.range_method
     plans = {"searched": plan_from_options(chosen, rm), **{n: plan_from_options(a, rm) for n, a in alts.items()}}
-    times = dist.broadcast_json(time_plans(model_dir, plans, calibration, cache.batches, model.hotness, scratch)
+    need = total_bytes(chosen) + sum(total_bytes(a) for a in alts.values())
+    # rank 0 decides and times; every rank takes its answer (None: not timed), so all validate alike
+    times = dist.broadcast_json(_time_on_disk(model_dir, plans, calibration, cache, model.hotness, scratch, need)
                                 if dist.is_main() else None, "whole-plan timings")
+    if times is None:
+        return best, None
     ratio = {n: statistics.median(s / t for s, t in zip(times["searched"], times[n])) for n in alts}
     for name in sorted((n for n in alts if ratio[n] >= 1 + WHOLE_MARGIN), key=lambda n: -ratio[n]):
         val = check(alts[name], len(rounds) + 1)
@@ -87,3 +84,15 @@ def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], se
             best = (alts[name], val)
             break
     return best, {n: round(statistics.median(t), 1) for n, t in times.items()}
+
+
+def _time_on_disk(model_dir: Path, plans: dict[str, Any], calibration: dict[str, Any] | None, cache: FloatCache,
+                  hotness: list[int], scratch: Path | None, need: int) -> dict[str, list[float]] | None:
+    """time_plans, unless converting every plan in full would take over 80% of the free disk."""
+    where = scratch.parent if scratch is not None else Path(tempfile.gettempdir())
+    free = shutil.disk_usage(where).free
+    if need > 0.8 * free:
+        sys.stderr.write(f"lowprec search: plans not timed whole: converting them needs ~{need / 1e9:.1f} GB, "
+                         f"{free / 1e9:.1f} GB free in {where} (--no-time-whole skips this check)\n")
+        return None
+    return time_plans(model_dir, plans, calibration, cache.batches, hotness, scratch)
