@@ -118,9 +118,9 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
     cost = result.cost
     if cost:
         fp32_us = sum(cost[opts[0].key] for opts in result.items.values())
-        doc.para(f"Predicted time of a model call (each item's measured marginal time on the calibration "
-                 f"batch, summed): {info.predicted_latency_us:,.0f} us against {fp32_us:,.0f} us in fp32. "
-                 f"Fastest: the quickest option of the item, whatever its bytes or loss.")
+        doc.para(f"Predicted, as the solver adds it up (each item's marginal time on the calibration batch, "
+                 f"summed; a call's fixed costs are not in it): {info.predicted_latency_us:,.0f} us against "
+                 f"{fp32_us:,.0f} us in fp32. Fastest: the quickest option of the item, whatever its bytes or loss.")
     whole = info.measured_latency_us
     if whole:
         doc.para("Timed whole (each plan converted in full and called on the calibration batches, side by side; "
