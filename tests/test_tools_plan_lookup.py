@@ -33,12 +33,14 @@ def test_bench_plan_lookup_tiny(tmp_path):
             bench_plan_lookup.main(["--data", str(tmp_path / "data"), "--window", "0", "--artifact",
                                     f"int4={tmp_path / 'int4'}", "--artifact", f"tiered={tmp_path / 'tiered'}",
                                     "--batch", "64", "--batches", "2", "--repeats", "2", "--block-seconds", "0.001",
-                                    "--stage", stage, "--out", str(tmp_path / f"{stage}.json")])
+                                    "--stage", stage, "--anon", "--out", str(tmp_path / f"{stage}.json")])
     finally:
         torch.set_num_threads(threads)
     assert json.loads((tmp_path / "model.json").read_text())["settings"]["stage"] == "model"
     r = json.loads((tmp_path / "embeddings.json").read_text())
-    assert list(r["variants"]) == ["int4", "tiered", "tiered, ranked ids"] and r["baseline"] == "int4"
+    assert list(r["variants"]) == ["int4", "tiered", "tiered, ranked ids", "int4, tables in anonymous memory",
+                                   "tiered, tables in anonymous memory",
+                                   "tiered, tables in anonymous memory, ranked ids"] and r["baseline"] == "int4"
     assert r["variants"]["tiered"]["ranked_equals_raw"] is True
     assert r["variants"]["int4"]["vs_baseline"]["median"] == 1.0
     assert r["bytes"]["tiered"] > r["bytes"]["int4"]  # the fp16 hot tier and the rank map
@@ -75,3 +77,23 @@ def test_bench_option_timing_tiny(tmp_path):
     assert set(got) == {"fp32", "int4", "int4|kind=tiered,tiers=((0.1, 'fp16'),),order=rank"}
     protocols = {"built, 1+7", "built, 20+21", "cycled", "cycled, flushed", "in the model"}
     assert all(set(v) == protocols and all(isinstance(x, float) for x in v.values()) for v in got.values())
+
+
+def test_traffic_dataset_copies_the_layout_and_draws_bench_tiereds_ids(tmp_path):
+    import numpy as np
+
+    import traffic_dataset
+    from bench_tiered import Traffic
+    from helpers import make_tiny_dataset
+    from lowprec.data.dataset import Dataset
+
+    like = Dataset(make_tiny_dataset(tmp_path / "like", windows=1, rows=50, tables=(300, 20, 8), hotness=(3, 1, 2)))
+    traffic_dataset.main(["--like", str(like.root), "--out", str(tmp_path / "t"), "--windows", "2",
+                          "--rows-per-window", "70", "--chunk", "30"])
+    ds = Dataset(tmp_path / "t")
+    assert ds.meta.hotness == [3, 1, 2] and list(ds.meta.num_embeddings) == list(like.meta.num_embeddings)
+    sparse = np.asarray(ds.arrays(1)[1])
+    assert sparse.shape == (70, 6) and sparse.min() >= 0
+    # window 1's first chunk, table 0: bench_tiered's draw for that seed, bag by bag
+    want = Traffic(list(like.meta.num_embeddings), 0).ids(0, 30 * 3, 70 * 3).reshape(30, 3)
+    assert np.array_equal(sparse[:30, :3], want)

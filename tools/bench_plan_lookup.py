@@ -6,7 +6,8 @@
 For each artifact (`lowprec convert` output, loaded as `lowprec eval` loads it), the embedding stage
 alone: `QuantizedEmbeddings.lookup_ids` on the loader's FeatureIds of --batches batches of --batch
 rows of --window (the layout the loader hands the runtime), or with `--stage model` the whole model
-call on them (lookups, then the MLPs and the feature interaction: what `--objective latency` times). An artifact with rank-ordered tiered tables ('.../rank' layouts) is
+call on them (lookups, then the MLPs and the feature interaction: what `--objective latency` times).
+`--anon` adds each artifact once more with its tables copied out of the file mapping. An artifact with rank-ordered tiered tables ('.../rank' layouts) is
 timed twice: on ids renumbered to ranks beforehand (`QuantizedEmbeddings.ranked`, the feature
 pipeline's job; its output is checked equal to the raw-id lookup), and on raw ids (the runtime maps
 id -> rank itself). Variants interleave per repeat (tools/_bench_common.interleaved); samples/s is
@@ -39,6 +40,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--block-seconds", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--anon", action="store_true",
+                    help="also time each artifact with its tables copied into anonymous memory (served as "
+                         "bench_tiered's modules are), not from the read-only file mapping")
     ap.add_argument("--stage", choices=("embeddings", "model"), default="embeddings",
                     help="time the table lookups alone, or the whole model call (lookups, MLPs, interaction)")
     ap.add_argument("--out", required=True)
@@ -75,8 +79,14 @@ def variants(args: argparse.Namespace, batches: list[Any]) -> tuple[dict[str, An
     from lowprec.checkpoint.artifact import load_artifact
 
     calls, facts = {}, {}
-    for name, path in args.artifacts.items():
+    loads = [(name, path, False) for name, path in args.artifacts.items()]
+    loads += [(f"{name}, tables in anonymous memory", path, True) for name, path in args.artifacts.items()
+              if args.anon]
+    for name, path, anon in loads:
         runtime, manifest = load_artifact(path)
+        if anon:  # the TBE serves a private copy of the mapped bytes
+            tbe = runtime.embeddings.tbe
+            runtime.embeddings.serve_from(tbe.weights_host.clone(), list(tbe.weights_physical_offsets))
         emb = runtime.embeddings
         info = {"artifact": str(path), "embedding_bytes": manifest["embedding_bytes"],
                 "tables": {t["name"]: t["precision"] + (f" {t['sharing']['kind']}" if t.get("sharing") else "")
