@@ -261,3 +261,23 @@ def test_calibrate_creates_the_output_directory(trained, tmp_path):
     assert r.exit_code == 0, r.output
     side = json.loads(out.read_text())["row_counts"]["file"]
     assert out.is_file() and (out.parent / side).is_file() and side.startswith("calib.counts-")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
+def test_tables_served_in_place_start_on_cache_lines(tmp_path, precision):
+    """Every physical table the TBE reads in place from the mapped artifact starts at a multiple of
+    64 bytes (odd row counts, mixed row widths and a tiered table before it included): fp16 rows at
+    8 mod 64 had straddled cache lines, 1.33x slower at full scale (reports/tiered.md)."""
+    from helpers import random_float_model
+    from lowprec.plan import TableChoice
+
+    ds = Dataset(make_tiny_dataset(tmp_path / "data", windows=1, rows=200, tables=(301, 37, 9), hotness=(2, 1, 1)))
+    model = random_float_model(ds, tmp_path / "model")
+    counts = {"t0": torch.arange(301, dtype=torch.float32)}
+    tiered = {"kind": "tiered", "tiers": [[0.1, "fp16"]], "order": "rank"}
+    plan = Plan({"t0": TableChoice(Precision.INT4, tiered), "t1": TableChoice(Precision.INT8),
+                 "*": TableChoice(Precision(precision))})
+    convert(model, plan, tmp_path / "a", {"row_counts": counts})
+    tbe = load_artifact(tmp_path / "a")[0].embeddings.tbe
+    starts = [tbe.weights_host.data_ptr() + o for o in tbe.weights_physical_offsets]
+    assert len(starts) == 4 and all(s % 64 == 0 for s in starts), [s % 64 for s in starts]

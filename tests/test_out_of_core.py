@@ -57,6 +57,40 @@ def test_writer_streams_pieces_and_safetensors_reads_it(tmp_path):
     assert torch.equal(got["t"], t) and torch.equal(got["a"], torch.arange(5, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("reserve", [16, 64 << 10])  # the header outgrows its reserve, or fits it
+def test_writer_aligns_tensors_asked_to_on_cache_lines(tmp_path, reserve):
+    """align=64 tensors start at a file offset that is a multiple of 64 (tables are served in place
+    from the mapping: fp16 rows at 8 mod 64 straddled cache lines); the pads are zero-filled
+    entries, every byte stays indexed, and safetensors reads every tensor back unchanged."""
+    import json as _json
+    import struct
+
+    from lowprec.checkpoint.tensorfile import ALIGN, PAD_PREFIX
+
+    path = tmp_path / "x.safetensors"
+    w = TensorFileWriter(path, header_reserve=reserve)
+    parts = {"odd": torch.arange(13, dtype=torch.uint8), "t0": torch.randn(7, 8, dtype=torch.float16),
+             "small": torch.arange(3, dtype=torch.int32), "t1": torch.randn(5, 3)}
+    w.add("odd", parts["odd"])
+    w.add("t0", parts["t0"], align=ALIGN)
+    w.add("small", parts["small"])
+    with w.stream("t1", torch.float32, (5, 3), align=ALIGN) as put:
+        put(parts["t1"])
+    w.close()
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = _json.loads(raw[8:8 + n])
+    assert (8 + n) % ALIGN == 0
+    for name in ("t0", "t1"):
+        assert (8 + n + header[name]["data_offsets"][0]) % ALIGN == 0, name
+    spans = sorted(v["data_offsets"] for v in header.values())
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # no holes
+    got = load_file(str(path))
+    assert all(torch.equal(got[k], v) for k, v in parts.items())
+    pads = [k for k in got if k.startswith(PAD_PREFIX)]
+    assert pads and all(int(got[k].sum()) == 0 for k in pads)
+
+
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_fbgemm_minmax_blocks_equal_reference_path(monkeypatch, bits):
     g = torch.Generator().manual_seed(bits)

@@ -23,7 +23,7 @@ import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 from lowprec.checkpoint.float_model import open_weights, read_float_config, weights_sha256
 from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
-from lowprec.checkpoint.tensorfile import TensorFileWriter
+from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, sha256_file, write_json
 from lowprec.model.backends import load_table_module
@@ -61,7 +61,7 @@ class _Builder:
     def add_table(self, tcfg, form: ServingForm, choice: TableChoice, row_counts) -> None:
         qf = quantize_form(form, choice, row_counts, skip=set(self.physical))
         for table, rows in qf.physical:
-            nbytes = self.writer.add(f"tables.{table.key}", rows)
+            nbytes = self.writer.add(f"tables.{table.key}", rows, align=ALIGN)  # served in place: rows in lines
             self._physical(table, nbytes, qf.padded_from.get(table.key))
         for name, buf in qf.buffers.items():
             if name not in self.buffers:
@@ -81,7 +81,7 @@ class _Builder:
         shape = (rows, choice.precision.bytes_per_row(pdim))
         codec = table_codec(choice.precision)
         what = f"table {tcfg.name!r} (bag.weight)"
-        with self.writer.stream(f"tables.{phys.key}", torch.uint8, shape) as put:
+        with self.writer.stream(f"tables.{phys.key}", torch.uint8, shape, align=ALIGN) as put:
             for start, chunk in table.iter_chunks(chunk_bytes):
                 if not codec.rejects_non_finite:  # else encode checks, in the same pass
                     check_finite(chunk, what, chunk_rows=chunk.shape[0] or 1, first_row=start)

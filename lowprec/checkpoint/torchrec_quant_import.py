@@ -32,7 +32,7 @@ import torch
 
 import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
-from lowprec.checkpoint.tensorfile import TensorFileWriter
+from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.checkpoint.torchrec_import import _strip_wrappers, interaction_permutation, read_safetensors
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
@@ -227,7 +227,7 @@ def _write_table(writer: TensorFileWriter, feature: str, rows: int, table: dict[
         raise InputError(f"{where}: no rows for table {name!r} (tables: {sorted(ebc)[:30]})")
     precision = Precision(PRECISIONS[table["data_type"]])
     data = _table_rows(name, ebc[name], precision, rows, int(table["embedding_dim"]), where)
-    nbytes = writer.add(f"tables.{feature}", data)
+    nbytes = writer.add(f"tables.{feature}", data, align=ALIGN)
     return {"name": feature, "rows": rows, "embedding": "dense", "precision": precision.value,
             "range_method": table.get("range_method") or "minmax", "sharing": None,
             "physical": [feature], "exact": True, "bytes": nbytes, "dim": int(table["embedding_dim"]),
