@@ -152,9 +152,9 @@ def time_plans(model_dir: str | Path, plans: dict[str, Plan], calibration: dict[
                repeats: int = 9) -> dict[str, list[float]]:
     """Microseconds of one model call of each plan, converted whole and timed side by side.
 
-    A table's cost is not additive over tables: what it costs depends on what the other tables do to
-    the cache (reports/tiered.md, multi-hot section: every per-table timing ranked fp16 ahead of
-    int8, the whole model the other way round). So plans the search compares are also converted in
+    The option costs above time tables built in memory, one at a time; a served plan is an artifact
+    read from its file mapping, all tables in one call (lowprec.search.whole says where they
+    disagreed). So plans the search compares are also converted in
     full (into `scratch`, removed afterwards), loaded as serving loads them, and called on the
     cached batches (dense features and FeatureIds; ranks for rank-ordered tiers, as the option
     timing). Every plan first makes WARMUP_CALLS untimed calls; then each repeat times every plan,
