@@ -1,6 +1,8 @@
 """Tier layouts as search options: priced as the artifact stores them, measured (sensitivity and
 lookup time) and chosen like any option, under both objectives."""
 
+import json
+
 import pytest
 
 from helpers import trained_search_setup
@@ -95,3 +97,43 @@ def test_rank_ordered_layouts_keep_their_order_and_are_timed_on_ranks(setup, tmp
     assert {ranked for is_ranked, ranked in seen if is_ranked} == {True}  # the rank layout timed on ranks
     assert {ranked for is_ranked, ranked in seen if not is_ranked} == {False}  # every other option on ids
 
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_latency_search_picks_a_tier_where_it_pays_and_not_elsewhere(setup, tmp_path, monkeypatch, pays):
+    """With measured costs where t0's rank-ordered tier layout is its fastest option (as on aligned
+    full-scale artifacts, reports/tiered.md), a latency search under a memory budget that excludes
+    fp16/fp32 for t0 takes the tiers; where the layout is slower than int4 it takes int4 instead."""
+    root, ds, model, calib = setup
+    layout = "0.05:fp16/int4/rank"
+    space = SearchSpace(tier_layouts=(layout,), sharing_min_rows=100)
+    items = options_for(model.config, space, sharing=True)
+
+    def costs(emulator, items, range_method):
+        out = {}
+        for opts in items.values():
+            for o in opts:
+                if o.kind == "layer":
+                    out[o.key] = 50.0
+                elif o.name != "t0":
+                    out[o.key] = 10.0
+                else:  # t0: int4 slowest of the plain precisions; the tiers faster than all, or not
+                    out[o.key] = ({"fp32": 200.0, "fp16": 150.0, "int8": 180.0, "int4": 220.0, "int2": 240.0,
+                                   "fp8": 400.0}[o.precision.value] if o.sharing is None else (100.0 if pays else 300.0))
+        return out
+    monkeypatch.setattr(search_run, "measure_costs", costs)
+    t0_opts = {o.key.split("|", 1)[1]: o.bytes for o in items["table:t0"]}
+    rest = sum(min(o.bytes for o in opts) for item, opts in items.items() if item != "table:t0")
+    tier_bytes = next(b for k, b in t0_opts.items() if "tiered" in k)
+    budget = rest + max(tier_bytes, t0_opts["int4"]) + 1
+    assert t0_opts["fp16"] + rest > budget  # fp16 (and fp32) do not fit for t0, whatever the rest takes
+    cfg = search_run.SearchConfig((2,), (3,), Budget(0.01, 0.01, memory_bytes=budget), space, objective="latency",
+                                  time_whole=False)
+    result = search_run.search(root / "model", model, ds, cfg, calib)
+    t0 = result.plan.table("t0")
+    assert result.validation is not None and result.validation.fits(0.01, 0.01)
+    if pays:
+        assert json.loads(json.dumps(t0.sharing)) == json.loads(json.dumps(parse_layout(layout)[0]))
+        assert t0.precision.value == "int4"
+    else:
+        assert t0.sharing is None and t0.precision.value not in ("fp16", "fp32")  # a plain table that fits
