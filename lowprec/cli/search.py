@@ -82,6 +82,8 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
         return
     if result.message:
         click.echo(f"warning: {result.message}", err=True)
+    for w in summary["warnings"]:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         emit_json(summary)
         return

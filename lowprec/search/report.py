@@ -106,6 +106,8 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
              f"validation), {result.seconds:.1f} s wall time.")
     if result.message:
         doc.para(f"Warning: {result.message}")
+    for w in summary.get("warnings", []):
+        doc.para(f"Warning: {w}")
     v = result.validation
     if v is not None:
         _validation(doc, "Validated on the evaluation windows (used to select the plan)", v, summary["validated_fits"])

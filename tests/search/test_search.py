@@ -365,3 +365,26 @@ def test_latency_savings_within_noise_are_priced_as_none():
     sens = {k: Sensitivity(0.0 if k.endswith("fp32") else 0.1, 0.0) for k in cost}
     chosen = solve(items, sens, Budget(1.0, 1.0), got)
     assert {o.item: o.precision.value for o in chosen.values()} == {L: "int8", T: "fp32"}
+
+
+def test_a_plan_with_fp8_tables_warns_about_their_lookup_speed(setup, tmp_path):
+    """fp8 lookups run ~20-30x slower than fp32 on FBGEMM's CPU path (reports/fp8_lookup.md): a
+    bytes search that picks fp8 says so (summary, CLI, report); one without fp8 says nothing."""
+    from lowprec.precision import Precision
+    from lowprec.search.driver import summarize
+
+    root, ds, model, calib = setup
+    for precisions, warns in (((Precision.FP32, Precision.FP8), True), ((Precision.FP32, Precision.INT8), False)):
+        cfg = search_run.SearchConfig((2,), (3,), Budget(0.05, 0.05), SearchSpace(table_precisions=precisions))
+        result = search_run.search(root / "model", model, ds, cfg, calib)
+        warnings = summarize(result, model)["warnings"]
+        picked = any(o.precision is Precision.FP8 for o in result.chosen.values())
+        assert picked == warns and bool(warnings) == warns
+        if warns:
+            assert "fp8" in warnings[0] and "slower than fp32" in warnings[0]
+    r = CliRunner().invoke(main, ["search", "--model", str(root / "model"), "--data", str(root / "data"),
+                                  "--calib-windows", "2", "--eval-windows", "3", "--precisions", "fp32,fp8",
+                                  "--max-ne-increase", "5%", "--max-auc-drop", "0.05", "--out", str(tmp_path / "p.json"),
+                                  "--report", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "slower than fp32" in r.stderr and "slower than fp32" in (tmp_path / "rep" / "report.md").read_text()
