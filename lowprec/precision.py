@@ -87,6 +87,25 @@ _FACTS = {
 }
 
 
+# Table precisions whose lookups cost far more than their bytes suggest: worth a warning wherever a
+# plan or an artifact puts a table there (reports/fp8_lookup.md).
+SLOW_LOOKUP = {
+    Precision.FP8: "FBGEMM's CPU fp8 table lookup runs ~20-30x slower than fp32 (fbgemm-gpu 1.8: 4.7 vs 0.23 ms "
+                   "a call with one id a bag, 75 vs 2.5 ms with twenty; reports/fp8_lookup.md)",
+}
+
+
+def slow_lookup_warnings(tables: dict[str, "Precision"]) -> list[str]:
+    """One warning per SLOW_LOOKUP precision that `tables` (name -> precision) use."""
+    out = []
+    for p, why in SLOW_LOOKUP.items():
+        names = sorted(n for n, q in tables.items() if q is p)
+        if names:
+            out.append(f"{len(names)} table(s) at {p.value} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): "
+                       f"{why}")
+    return out
+
+
 def check_dim(dim: int, where: str) -> None:
     if dim <= 0 or dim % DIM_ALIGNMENT:
         raise InputError(f"{where}: dim {dim} is not a positive multiple of {DIM_ALIGNMENT}, "

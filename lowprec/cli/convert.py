@@ -69,6 +69,10 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
         from lowprec.serve.torchrec_export import export_torchrec
 
         export_torchrec(out)
+    from lowprec.precision import Precision, slow_lookup_warnings
+
+    for w in slow_lookup_warnings({t["key"]: Precision.parse(t["precision"]) for t in manifest["physical_tables"]}):
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         emit_json(_summary(manifest, out))
     else:

@@ -19,7 +19,7 @@ from lowprec.checkpoint.float_model import load_float_model, weights_sha256
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
-from lowprec.precision import Precision
+from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
 from lowprec.recipe import load_recipe, parse_fraction, pick, resolve_windows
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
@@ -154,18 +154,14 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     return result, summary
 
 
-FP8_LOOKUP_NOTE = ("FBGEMM's CPU fp8 table lookup runs ~20-30x slower than fp32 (fbgemm-gpu 1.8: 4.7 vs 0.23 ms "
-                   "one id a bag, 75 vs 2.5 ms twenty, reports/fp8_lookup.md); leave fp8 out of --precisions if "
-                   "lookup time matters, or use --objective latency")
-
-
 def plan_warnings(result: SearchResult) -> list[str]:
-    """What a user should know about the chosen plan before serving it."""
-    fp8 = sorted(o.name for o in result.chosen.values() if o.kind == "table" and o.precision.value == "fp8")
-    if fp8 and result.plan.info.objective != "latency":
-        return [f"{len(fp8)} table(s) at fp8 ({', '.join(fp8[:5])}{', ...' if len(fp8) > 5 else ''}): "
-                + FP8_LOOKUP_NOTE]
-    return []
+    """What a user should know about the chosen plan before serving it: tables at a precision whose
+    lookups are slow (the latency objective timed them already, so it does not warn)."""
+    if result.plan.info.objective == "latency":
+        return []
+    tables = {o.name: o.precision for o in result.chosen.values() if o.kind == "table"}
+    return [w + "; leave it out of --precisions if lookup time matters, or use --objective latency"
+            for w in slow_lookup_warnings(tables)]
 
 
 def summarize(result: SearchResult, model) -> dict[str, Any]:

@@ -369,7 +369,8 @@ def test_latency_savings_within_noise_are_priced_as_none():
 
 def test_a_plan_with_fp8_tables_warns_about_their_lookup_speed(setup, tmp_path):
     """fp8 lookups run ~20-30x slower than fp32 on FBGEMM's CPU path (reports/fp8_lookup.md): a
-    bytes search that picks fp8 says so (summary, CLI, report); one without fp8 says nothing."""
+    bytes search that picks fp8 says so (summary, CLI, report), and so does `convert`; without fp8
+    neither says anything."""
     from lowprec.precision import Precision
     from lowprec.search.driver import summarize
 
@@ -388,3 +389,7 @@ def test_a_plan_with_fp8_tables_warns_about_their_lookup_speed(setup, tmp_path):
                                   "--report", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert "slower than fp32" in r.stderr and "slower than fp32" in (tmp_path / "rep" / "report.md").read_text()
+    for precision, warns in (("fp8", True), ("int8", False)):  # `convert` says it of the artifact it writes
+        r = CliRunner().invoke(main, ["convert", "--model", str(root / "model"), "--precision", precision,
+                                      "--out", str(tmp_path / f"a-{precision}")])
+        assert r.exit_code == 0 and ("slower than fp32" in r.stderr) == warns, r.output
