@@ -293,8 +293,10 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
     figs = figures(result, out_dir)
     s, srch = result["settings"], result["search"]
     arts = result["artifacts"]
+    m = result["machine"]
     md = ["## c. End-to-end inference: float DLRM vs quantized artifacts", "",
-          f"Synthetic Criteo-shaped data (`lowprec data synth`, tables x {s['scale']}, "
+          f"Run {m.get('date_utc', '?')} at commit {m.get('git_commit', '?')} (1-min load "
+          f"{m.get('loadavg_1min', '?')}). Synthetic Criteo-shaped data (`lowprec data synth`, tables x {s['scale']}, "
           f"{s['rows_per_window']:,} rows per window); DLRM dim {s['dim']}, bottom MLP 13-"
           f"{'-'.join(map(str, s['bottom_mlp']))}-{s['dim']}, top MLP {'-'.join(map(str, s['top_mlp']))}-1, "
           f"trained {s['epochs']} epoch on windows 0-2 ({result['train']['rows_seen']:,} rows). "
@@ -325,15 +327,21 @@ def render(result: dict[str, Any], out_dir: Path) -> list[str]:
            f"Pipeline stage times (s): {', '.join(f'{k} {v:.1f}' for k, v in result['stages_seconds'].items())}.", "",
            f"![e2e]({figs[0]})", ""]
     v = result["vs_float"]
+    layers = arts["searched plan"]["layers"]
+    int8_layers = sum(1 for p in layers.values() if p.startswith("int8"))
+    fp8 = sum(1 for p in arts["searched plan"]["tables"].values() if p == "fp8")
+    st = result["settings"]
     md += ["**What it means.** The int8 layers carry the speedup: FBGEMM's int8 GEMMs on the 512- and 256-wide "
            f"layers make the model {v['int8 dynamic']['median']:.1f}x (dynamic) to {v['int8 static']['median']:.1f}x "
            "(static, no per-batch range computation) faster than fp32 at one thread (DESIGN.md measured 1.7x for one "
-           "2048x512x512 layer with default threads). Table precision barely moves samples/s here "
-           f"(searched plan {v['searched plan']['median']:.2f}x vs int8 static {v['int8 static']['median']:.2f}x; "
-           f"fp32 artifact {v['artifact fp32']['median']:.2f}x vs float): at dim 16 and one id per table the "
-           "lookups are a small share of the forward pass, and section a shows lower precision is not faster per "
-           "lookup on this CPU. What the plan buys is memory (table MB column) within the accuracy budget "
-           "(NE and AUC columns, windows 5-6, which neither search nor calibration saw).", ""]
+           "2048x512x512 layer with default threads). The searched plan (bytes objective, budget NE "
+           f"+{st['max_ne_increase']}, AUC drop {st['max_auc_drop']}) runs at {v['searched plan']['median']:.2f}x: "
+           f"the budget left {int8_layers} of its {len(layers)} layers at int8"
+           + (f", and its {fp8} fp8 table(s) look up 20-30x slower than fp32 (reports/fp8_lookup.md)" if fp8 else "")
+           + ". Table precision alone moves samples/s little here "
+           f"(fp32 artifact {v['artifact fp32']['median']:.2f}x vs float): at dim 16 and one id per table the "
+           "lookups are a small share of the forward pass. What the plan buys is memory (table MB column) within the "
+           "accuracy budget (NE and AUC columns, windows 5-6, which neither search nor calibration saw).", ""]
     md += latency_section(result)
     return md
 
