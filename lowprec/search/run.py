@@ -204,13 +204,7 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
         chosen = solve(items, sens, cfg.budget, cost, forbidden, m)
         key = tuple(sorted(o.key for o in chosen.values()))
         if key not in seen:
-            val = check(chosen, len(rounds) + 1)
-            verdict = judge(val, cfg.budget, cfg.accept)
-            seen[key] = verdict.accepted
-            rounds.append({"round": len(rounds) + 1, "multiplier": m, "bytes": total_bytes(chosen),
-                           "predicted": asdict(predicted(chosen, sens)), "validated": val.to_json(),
-                           "fits": seen[key], "verdict": verdict.to_json(),
-                           "choices": {o.item: o.key.split("|", 1)[1] for o in chosen.values()}})
+            val, seen[key] = validation_round(chosen, sens, cfg, check, rounds, m)
             if seen[key] and (best is None or plan_price(chosen) < plan_price(best[0])):
                 best = (chosen, val)
         if seen[key]:
@@ -224,6 +218,20 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
                                       contribution(chosen) if contribution else None)
         m = bounds.next(m)
     return best, rounds
+
+
+def validation_round(chosen: dict[str, Option], sens: dict[str, Sensitivity], cfg: SearchConfig,
+                     check: Callable[[dict[str, Option], int], Validation], rounds: list[dict[str, Any]],
+                     multiplier: float | None, **extra: Any) -> tuple[Validation, bool]:
+    """Validate `chosen` as round len(rounds) + 1, judge it by `cfg.accept` and record it (with
+    `extra`) in `rounds`; returns the validation and whether the plan fits."""
+    val = check(chosen, len(rounds) + 1)
+    verdict = judge(val, cfg.budget, cfg.accept)
+    rounds.append({"round": len(rounds) + 1, "multiplier": multiplier, "bytes": total_bytes(chosen),
+                   "predicted": asdict(predicted(chosen, sens)), "validated": val.to_json(),
+                   "fits": verdict.accepted, "verdict": verdict.to_json(),
+                   "choices": {o.item: o.key.split("|", 1)[1] for o in chosen.values()}, **extra})
+    return val, verdict.accepted
 
 
 def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: dict[str, Sensitivity],
@@ -282,8 +290,10 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
                           check, contribution)
     whole = None
     if cost is not None and best is not None and cfg.time_whole:
-        best, whole = timed_whole(model_dir, model, items, sens, cfg.budget, cfg.space, cfg.accept, calibration,
-                                  cache, best, rounds, check, scratch)
+        def one_more_round(chosen: dict[str, Option], **extra: Any) -> tuple[Validation, bool]:
+            return validation_round(chosen, sens, cfg, check, rounds, None, **extra)
+        best, whole = timed_whole(model_dir, model, items, sens, cfg.budget, cfg.space, calibration, cache, best,
+                                  one_more_round, scratch)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
         chosen = {item: opts[0] for item, opts in items.items()}

@@ -16,14 +16,12 @@ import shutil
 import statistics
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 from lowprec import distributed as dist
 from lowprec.model.dlrm import DLRM
-from lowprec.plan import Validation
-from lowprec.search.accept import judge
+from lowprec.plan import Plan, Validation
 from lowprec.search.latency import time_plans
 from lowprec.search.sensitivity import FloatCache
 from lowprec.search.solver import Budget, Sensitivity, predicted
@@ -44,23 +42,23 @@ def uniform_alternatives(items: dict[str, list[Option]], chosen: dict[str, Optio
                 alt[item] = next((o for o in opts if o.precision is p and o.sharing is None), None)
         if any(o is None for o in alt.values()) or alt == chosen:
             continue
-        loss, b = predicted(alt, sens), budget
-        if b.memory_bytes is not None and total_bytes(alt) > b.memory_bytes:
+        loss = predicted(alt, sens)
+        if budget.memory_bytes is not None and total_bytes(alt) > budget.memory_bytes:
             continue
-        if loss.d_ne <= b.max_ne_increase and loss.d_auc <= b.max_auc_drop:
+        if loss.d_ne <= budget.max_ne_increase and loss.d_auc <= budget.max_auc_drop:
             out[f"uniform {p.value}"] = alt
     return out
 
 
 def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], sens: dict[str, Sensitivity],
-                budget: Budget, space: SearchSpace, accept: str, calibration: dict[str, Any] | None,
-                cache: FloatCache,
-                best: tuple[dict[str, Option], Validation], rounds: list[dict[str, Any]],
-                check: Callable[[dict[str, Option], int], Validation],
+                budget: Budget, space: SearchSpace, calibration: dict[str, Any] | None, cache: FloatCache,
+                best: tuple[dict[str, Option], Validation],
+                one_more_round: Callable[..., tuple[Validation, bool]],
                 scratch: Path | None) -> tuple[tuple[dict[str, Option], Validation], dict[str, float] | None]:
     """`best` timed whole beside `uniform_alternatives`; the fastest >= WHOLE_MARGIN faster (paired per
-    repeat) that validates replaces it. Timing runs on rank 0, like the option costs. Returns (best,
-    median us a call of every timed plan), or (best, None) when nothing was timed."""
+    repeat) that validates replaces it. `one_more_round(chosen, **note)` validates a plan as the
+    search's next round (lowprec.search.run.validation_round). Timing runs on rank 0, like the option
+    costs. Returns (best, median us a call of every timed plan), or (best, None) when nothing was timed."""
     chosen = best[0]
     alts = uniform_alternatives(items, chosen, sens, budget, space)
     if not alts:
@@ -75,20 +73,15 @@ def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], se
         return best, None
     ratio = {n: statistics.median(s / t for s, t in zip(times["searched"], times[n])) for n in alts}
     for name in sorted((n for n in alts if ratio[n] >= 1 + WHOLE_MARGIN), key=lambda n: -ratio[n]):
-        val = check(alts[name], len(rounds) + 1)
-        verdict = judge(val, budget, accept)
-        rounds.append({"round": len(rounds) + 1, "multiplier": None, "bytes": total_bytes(alts[name]),
-                       "predicted": asdict(predicted(alts[name], sens)), "validated": val.to_json(),
-                       "fits": verdict.accepted, "verdict": verdict.to_json(),
-                       "choices": {o.item: o.key.split("|", 1)[1] for o in alts[name].values()},
-                       "timed_whole": f"{name}: {ratio[name]:.2f}x the searched plan's speed, timed whole"})
-        if verdict.accepted:
+        val, fits = one_more_round(alts[name],
+                                   timed_whole=f"{name}: {ratio[name]:.2f}x the searched plan's speed, timed whole")
+        if fits:
             best = (alts[name], val)
             break
     return best, {n: round(statistics.median(t), 1) for n, t in times.items()}
 
 
-def _time_on_disk(model_dir: Path, plans: dict[str, Any], calibration: dict[str, Any] | None, cache: FloatCache,
+def _time_on_disk(model_dir: Path, plans: dict[str, Plan], calibration: dict[str, Any] | None, cache: FloatCache,
                   hotness: list[int], scratch: Path | None, need: int) -> dict[str, list[float]] | None:
     """time_plans, unless converting every plan in full would take over 80% of the free disk."""
     where = scratch.parent if scratch is not None else Path(tempfile.gettempdir())
