@@ -9,7 +9,7 @@ marginal microseconds of one batch (its lookup minus its first sample's, ids as 
 ranks for '/rank' layouts) under five protocols:
 
   built, 1+7        the search's protocol before 2026-12-01: one warm-up call right after building, median of 7
-  built, 20+21      the search's protocol now (lowprec.search.latency.WARMUP_CALLS, 21 timed)
+  built, 20+21      the search's protocol now (lowprec.search.latency.WARMUP_CALLS and REPEATS)
   cycled            20 warm-up calls, then the median over calls cycling through every cached batch
   cycled, flushed   as cycled, with 64 MB written before each timed call (other tables' traffic
                     evicting this one's rows)
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lowprec.data.dataset import Dataset
     from lowprec.data.ids import FeatureIds
     from lowprec.precision import Precision
+    from lowprec.search.latency import REPEATS, WARMUP_CALLS
     from lowprec.search.sensitivity import Emulator, FloatCache
     from lowprec.search.space import SearchSpace, options_for
 
@@ -113,11 +114,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             batches = [ids_of(b.sparse[t]) for b in cache.batches]
             firsts = [ids_of(b.sparse[t][:1]) for b in cache.batches]
             with torch.inference_mode():
+                w, n = WARMUP_CALLS, REPEATS  # the search's protocol now
                 r = {"built, 1+7": median_us(looks(batches[:1]), 1, 7) - median_us(looks(firsts[:1]), 1, 7),
-                     "built, 20+21": median_us(looks(batches[:1]), 20, 21) - median_us(looks(firsts[:1]), 20, 21),
-                     "cycled": median_us(looks(batches), 20, 21 * len(batches)) - median_us(looks(firsts), 20, 21),
-                     "cycled, flushed": (median_us(looks(batches), 20, 21 * len(batches), flush)
-                                         - median_us(looks(firsts), 20, 21, flush))}
+                     f"built, {w}+{n}": median_us(looks(batches[:1]), w, n) - median_us(looks(firsts[:1]), w, n),
+                     "cycled": median_us(looks(batches), w, n * len(batches)) - median_us(looks(firsts), w, n),
+                     "cycled, flushed": (median_us(looks(batches), w, n * len(batches), flush)
+                                         - median_us(looks(firsts), w, n, flush))}
                 mine = [ids_of(b.sparse[:, col]) for b in rows]
                 pair = {"context": [lambda b=b: context.lookup_ids(b.ids) for b in rows],
                         "context + option": [lambda b=b, f=f, e=emb, rk=ranked: (context.lookup_ids(b.ids),

@@ -57,7 +57,7 @@ def _machine() -> str:
     return f"{cpu}|torch {torch.__version__}|threads {torch.get_num_threads()}"
 
 
-WARMUP_CALLS = 20
+WARMUP_CALLS, REPEATS = 20, 21  # untimed, then timed calls of an option (median of REPEATS)
 # in every cache key: costs timed another way are timed again
 PROTOCOL = f"warm{WARMUP_CALLS}"
 
@@ -85,7 +85,7 @@ def _digest(ids: torch.Tensor) -> str:
 
 
 def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_method: str,
-                  repeats: int = 21) -> dict[str, float]:
+                  repeats: int = REPEATS) -> dict[str, float]:
     """Microseconds per batch for every option (read from, and added to, the on-disk cache)."""
     path = _cache_file()
     try:
@@ -95,6 +95,7 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
     batch = emulator.cache.batches[0]
     names = emulator.model.config.table_names
     out, machine, dirty = {}, _machine(), False
+    digests = {t: _digest(ids) for t, ids in enumerate(batch.sparse)}  # once a table, not once an option
     for opts in items.values():
         for o in opts:
             # `prepare` builds the module outside the timing (building a table quantizes and
@@ -102,7 +103,7 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
             if o.kind == "table":
                 t = names.index(o.name)
                 key = (f"{machine}|{o.key}|rows={emulator.model.config.tables[t].num_embeddings}"
-                       f"|b={len(batch.sparse[t])}|ids={_digest(batch.sparse[t])}|{PROTOCOL}|marginal")
+                       f"|b={len(batch.sparse[t])}|ids={digests[t]}|{PROTOCOL}|marginal")
 
                 def prepare(o=o, matrix=batch.sparse[t], h=emulator.model.config.tables[t].hotness):
                     emb = emulator.table_module(o, range_method, full=True)  # the table's real size
