@@ -11,7 +11,10 @@ removes those of writers on this host that are no longer running and leaves the 
 The output rule (`claim_output`, called by `atomic_dir` with the kind it writes): an output path
 is replaced only if it is absent, an empty directory, or a lowprec output of the same kind (its
 `.lowprec-output` marker, or for outputs written before markers the kind's own file: dataset.json,
-config.json, manifest.json, ...), and never if it is or contains one of the command's inputs.
+config.json, manifest.json, ...), and never if it is or contains one of the command's inputs. A
+directory written whole (`atomic_dir`) lists its entries in the marker, and is not replaced while
+it holds anything else (a user's notes, a drift database): replacing it would delete them. An
+output path that is a symlink is written through (its target is replaced; the link stays).
 Anything else is an InputError (exit 2) and nothing is touched. Write failures a user can fix
 (disk full, read-only file system, permission denied) become InputErrors naming the path.
 """
@@ -36,6 +39,8 @@ from lowprec.errors import InputError
 
 _BACKUP_SUFFIX = ".lowprec-old"
 MARKER = ".lowprec-output"
+# the marker's line after which a directory written whole lists the entries lowprec wrote into it
+ENTRIES = "# entries lowprec wrote here (any other entry stops lowprec from replacing this directory):"
 # kind -> (the file that identifies an output of that kind, the "format" it declares or None)
 KINDS: dict[str, tuple[str, str | None]] = {
     "dataset": ("dataset.json", "lowprec-dataset"),
@@ -149,15 +154,43 @@ def _declared_format(f: Path) -> str | None:
     return obj.get("format") if isinstance(obj, dict) else None
 
 
+def _marker_lines(d: Path) -> list[str]:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return (d / MARKER).read_text(encoding="utf-8").splitlines()
+    return []
+
+
 def _is_kind(d: Path, kind: str) -> bool:
-    marker = d / MARKER
-    if marker.is_file():
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            return marker.read_text(encoding="utf-8").strip() == kind
-        return False
+    if (d / MARKER).is_file():
+        return _marker_lines(d)[:1] == [kind]
     name, fmt = KINDS[kind]
     f = d / name
     return f.is_file() and (fmt is None or _declared_format(f) == fmt)
+
+
+def _foreign_entries(d: Path) -> list[str]:
+    """Entries of output `d` that its marker does not list (none for a marker without a listing:
+    outputs written before listings, and report directories, which are added to file by file)."""
+    lines = _marker_lines(d)
+    if ENTRIES not in lines:
+        return []
+    ours = set(lines[lines.index(ENTRIES) + 1:]) | {MARKER}
+    return sorted(p.name for p in d.iterdir() if p.name not in ours)
+
+
+def through_symlink(path: Path) -> Path:
+    """An output path that is a symlink stands for its target: that is what gets written."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def check_parent(out: Path, what: str = "output") -> None:
+    """Refuse (InputError) an output whose nearest existing ancestor is not a directory."""
+    p = out.parent
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
+        p = p.parent
+    if (p.exists() or p.is_symlink()) and not p.is_dir():
+        raise InputError(f"{what} {out}: {p} is not a directory, so nothing can be written under it; "
+                         f"choose another path")
 
 
 def _check_inputs(out: Path, inputs: Iterable[str | os.PathLike], what: str) -> None:
@@ -175,8 +208,9 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
     Directory kinds (KINDS): absent, an empty directory, or a lowprec output of the same kind.
     File kinds (FILE_KINDS): absent, or a JSON file declaring that kind's format. `kind=None`
     accepts a lowprec output of any kind. Never an input of the command, nor a directory holding one."""
-    out = resolve_output(_named_output(out, what), wait=0.0)
+    out = through_symlink(resolve_output(_named_output(out, what), wait=0.0))
     _check_inputs(out, inputs, what)
+    check_parent(out, what)
     if kind in FILE_KINDS:
         if out.is_dir():
             raise InputError(f"{what} {out} is a directory; give a file path")
@@ -198,6 +232,11 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
         it_is = f" (it is a lowprec {found.replace('-', ' ')})" if found else ""
         raise InputError(f"{what} {out} exists and is not a lowprec {(kind or 'output').replace('-', ' ')}"
                          f"{it_is}; refusing to replace it (remove it or choose an empty or new directory)")
+    foreign = [] if empty else _foreign_entries(out)
+    if foreign:
+        names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(f"{what} {out} holds {names}, which lowprec did not write there; refusing to "
+                         f"replace it, which would delete them (move them out or choose another path)")
     return out
 
 
@@ -235,7 +274,7 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None,
 
     `out` must pass `claim_output(out, kind, inputs)` first; the new directory gets a marker naming
     its kind so a later write of the same kind recognises it."""
-    out = _named_output(out, "output")
+    out = through_symlink(_named_output(out, "output"))
     _recover(out)
     claim_output(out, kind, inputs)
     with user_os_errors(out.parent):
@@ -248,7 +287,8 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None,
         with user_os_errors(out):
             yield tmp
             if kind is not None:
-                (tmp / MARKER).write_text(kind + "\n")
+                names = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+                (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *names]))
             _fsync_tree(tmp)
             _swap(tmp, out)
     except BaseException:
@@ -283,7 +323,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = Non
 
     With a file `kind` (FILE_KINDS), `claim_output` must allow replacing `path` first. The file
     gets normal permissions (0666 minus the umask), not mkstemp's 0600."""
-    path = _named_output(path, "output")
+    path = through_symlink(_named_output(path, "output"))
+    check_parent(path)
     if kind is not None:
         claim_output(path, kind, inputs)
     with user_os_errors(path):

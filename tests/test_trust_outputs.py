@@ -93,12 +93,49 @@ def test_the_same_kind_is_replaced_and_empty_directories_are_used(base, tmp_path
     for _ in range(2):
         r = run("convert", "--model", base / "model", "--precision", "int8", "--out", tmp_path / "art")
         assert r.exit_code == 0, r.output
-    assert (tmp_path / "art" / MARKER).read_text().strip() == "artifact"
+    assert (tmp_path / "art" / MARKER).read_text().splitlines()[0] == "artifact"
     legacy = tmp_path / "legacy"  # a model written before markers: recognised by its config.json
     r = run("train", "--data", base / "data", "--windows", "0", "--out", legacy, "--epochs", 1)
     (legacy / MARKER).unlink()
     r = run("train", "--data", base / "data", "--windows", "0", "--out", legacy, "--epochs", 1)
     assert r.exit_code == 0, r.output
+
+
+def test_an_output_holding_a_users_files_is_not_replaced(base, tmp_path):
+    """Replacing an output swaps in a new directory and deletes the old one: a file the user put
+    into it (notes, a drift database) would go with it. The marker lists what lowprec wrote."""
+    art = tmp_path / "art"
+    r = run("convert", "--model", base / "model", "--precision", "int8", "--out", art)
+    assert r.exit_code == 0, r.output
+    (art / "NOTES.md").write_text("mine")
+    (art / "experiments").mkdir()
+    before = sorted(p.name for p in art.iterdir())
+    r = run("convert", "--model", base / "model", "--precision", "int4", "--out", art)
+    assert r.exit_code == 2 and "NOTES.md, experiments" in r.output and "did not write" in r.output
+    assert sorted(p.name for p in art.iterdir()) == before and (art / "NOTES.md").read_text() == "mine"
+    r = run("train", "--data", base / "data", "--windows", "0", "--out", base / "model", "--epochs", 1)
+    assert r.exit_code == 0, r.output  # nothing foreign in it: replaced as before
+
+
+def test_a_symlinked_output_is_written_through(base, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    r = run("convert", "--model", base / "model", "--precision", "int8", "--out", tmp_path / "link")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "link").is_symlink() and (target / "manifest.json").is_file()
+
+
+def test_an_output_under_a_regular_file_is_refused_naming_it(base, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for args in (("convert", "--model", base / "model", "--precision", "int8", "--out", tmp_path / "afile" / "a"),
+                 ("train", "--data", base / "data", "--windows", "0", "--out", tmp_path / "afile" / "m"),
+                 ("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1",
+                  "--out", tmp_path / "afile" / "sub" / "c.json"),
+                 ("data", "synth", "--out", tmp_path / "afile" / "d", "--windows", "1", "--rows-per-window", 50)):
+        r = run(*args)
+        assert r.exit_code == 2 and "afile is not a directory" in r.output, (args, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_a_huge_window_spec_is_refused_before_any_allocation(base):
