@@ -15,7 +15,8 @@ from lowprec.cli._common import StageBars
 @click.option("--reference", required=True, type=click.Path(path_type=Path), help="Float model directory.")
 @click.option("--candidate", required=True, type=click.Path(path_type=Path),
               help="Quantized artifact directory (the deployed one; never modified).")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Prepared dataset directory holding the windows to monitor.")
 @click.option("--windows", help="Windows to monitor: `3`, `0-4`, `5,7,9`, `all` or `label:A..B` "
                                 "[the recipe's [windows] monitor].")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
@@ -36,7 +37,8 @@ from lowprec.cli._common import StageBars
               help="The candidate's CALIB.json: calibration-time clipping rates and method.")
 @click.option("--allow-unrelated-candidate", is_flag=True,
               help="Monitor a candidate artifact not converted from --reference (refused by default).")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Rows scored per forward pass (memory grows with it; results do not change).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
 def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, config_path, on_alarm, recalibrate_on,
           calib_path, allow_unrelated_candidate, batch_size, as_json):
@@ -74,6 +76,11 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
     if windows is None:
         raise InputError("no windows to monitor: give --windows or a --recipe with [windows] monitor")
     claim_output(report_dir, "drift-report", [reference, candidate, data_dir, db], what="--report")
+    for given in (reference, candidate, data_dir):
+        inside, where = Path(db).resolve(), Path(given).resolve()
+        if inside == where or where in inside.parents:
+            raise InputError(f"--db {db} is inside the input {given}, which drift never modifies "
+                             f"(and a later write of it would delete the history); give a path outside it")
     config = load_config(config_path)
     if recalibrate_on:
         config = dataclasses.replace(

@@ -29,6 +29,7 @@ their windows have no source row and are not checked.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -40,6 +41,7 @@ from typing import Any
 
 from lowprec.drift.alarm import CusumState
 from lowprec.errors import InputError
+from lowprec.fileio import check_parent, user_os_errors
 
 SCHEMA_VERSION = 1
 WINDOW_COLUMNS = (
@@ -121,17 +123,23 @@ class DriftStore:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_file():
             raise InputError(f"--db {self.path} exists and is not a file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _acquire_lock(lock_path(self.path), self.path)
+        check_parent(self.path, "--db")
+        _check_ours(self.path)
+        lock = lock_path(self.path)
+        new_lock = not lock.exists()
+        with user_os_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _acquire_lock(lock, self.path)
         try:
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             self.conn.row_factory = sqlite3.Row
             self._init_schema()
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
             os.close(self._lock_fd)
-            raise InputError(f"--db {self.path}: not a usable SQLite database ({exc})") from exc
-        except BaseException:
-            os.close(self._lock_fd)
+            if new_lock:  # a refused run leaves nothing behind
+                lock.unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise InputError(f"--db {self.path}: not a usable SQLite database ({exc})") from exc
             raise
 
     def __enter__(self) -> "DriftStore":
@@ -325,6 +333,24 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _check_ours(db: Path) -> None:
+    """Refuse a --db that holds something other than a drift history (read-only look: a user's
+    own SQLite file must not gain our tables). An empty or absent file is a new history."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = (conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                       if "meta" in tables else None)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"--db {db}: not a usable SQLite database ({exc})") from exc
+    if tables and version is None:
+        shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+        raise InputError(f"--db {db} is a SQLite database but not a lowprec drift history (its tables: "
+                         f"{shown}); refusing to write into it: give a new path")
 
 
 def _acquire_lock(path: Path, db: Path) -> int:

@@ -83,3 +83,27 @@ def test_not_a_database(tmp_path):
     for _ in range(2):  # the second time proves the failed open released its lock
         with pytest.raises(InputError, match="not a usable SQLite database"):
             DriftStore(bad)
+
+
+def test_a_users_sqlite_file_is_refused_untouched(tmp_path):
+    """A --db that is someone else's SQLite file must not gain our 14 tables (nor crash on a table
+    that happens to be called `windows`); a refused open leaves no lock file behind."""
+    for tables in (["users(name text)"], ["windows(x)"]):
+        db = tmp_path / f"app-{len(tables[0])}.sqlite"
+        with sqlite3.connect(db) as conn:
+            for t in tables:
+                conn.execute(f"CREATE TABLE {t}")
+        before = db.read_bytes()
+        with pytest.raises(InputError, match="not a lowprec drift history"):
+            DriftStore(db)
+        assert db.read_bytes() == before and not lock_path(db).exists()
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with DriftStore(empty) as s:  # an empty file is a new history
+        assert s.meta("schema_version") is not None
+
+
+def test_a_db_under_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="afile is not a directory"):
+        DriftStore(tmp_path / "afile" / "h.sqlite")

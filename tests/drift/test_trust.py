@@ -110,3 +110,15 @@ def test_db_follows_a_dataset_that_grows_by_a_window(two_datasets, tmp_path):
     out = last_json(r)
     assert [w["window"] for w in out["windows"]] == [1, 2, 3]
     assert [w["window"] for w in out["windows"] if w["processed"]] == [3], out["windows"]
+
+
+def test_a_db_inside_an_input_is_refused(two_datasets, tmp_path):
+    """A database inside the candidate would be deleted by the next convert to that artifact, and
+    drift promises never to modify its inputs."""
+    root = two_datasets
+    for inside in (root / "cand" / "history.sqlite", root / "a" / "h.sqlite"):
+        before = sorted(p.name for p in inside.parent.iterdir())
+        r = cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / "a",
+                "--windows", "1-2", "--db", inside, "--report", tmp_path / "rep")
+        assert r.exit_code == 2 and "is inside the input" in r.output, r.output
+        assert sorted(p.name for p in inside.parent.iterdir()) == before
