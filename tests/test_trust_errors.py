@@ -144,6 +144,18 @@ def test_disk_full_names_the_output_and_leaves_nothing(base, tmp_path):
         assert sorted(p.name for p in small.iterdir() if not p.name.startswith("filler")) in (["sub"], [])
 
 
+def test_a_disk_that_fills_in_the_middle_of_a_table(tmp_path):
+    """numpy's tofile reported a short write as a bare OSError (no errno) and the writer's cleanup
+    freed the space before the disk-full check looked: a traceback. 2 MB of fp32 rows, 1 MB disk."""
+    assert run("data", "synth", "--out", tmp_path / "d", "--windows", "1", "--rows-per-window", "300",
+               "--scale", "0.001").exit_code == 0
+    assert run("train", "--data", tmp_path / "d", "--windows", "0", "--out", tmp_path / "m").exit_code == 0
+    with tmpfs(tmp_path / f"mid-{uuid.uuid4().hex[:6]}", "size=1m") as small:
+        r = run("convert", "--model", tmp_path / "m", "--precision", "fp32", "--out", small / "art")
+        assert r.exit_code == 2 and "ENOSPC" in r.output and "art" in r.output, r.output
+        assert list(small.iterdir()) == []
+
+
 def test_a_read_only_output_directory(base, tmp_path):
     with tmpfs(tmp_path / f"ro-{uuid.uuid4().hex[:6]}", "size=1m,ro") as ro:
         for cmd in (["data", "synth", "--out", ro / "d", "--windows", "1", "--rows-per-window", "10"],

@@ -58,8 +58,8 @@ class TensorFileWriter:
     def _write(self, t: torch.Tensor) -> int:
         t = t.detach().contiguous().cpu()
         size = t.numel() * t.element_size()
-        if size:  # straight from the tensor's buffer, no bytes copy
-            t.reshape(-1).view(torch.uint8).numpy().tofile(self.fh)
+        if size:  # straight from the tensor's buffer, no bytes copy; a full disk raises ENOSPC
+            self.fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
         self.offset += size
         return size
 

@@ -275,7 +275,7 @@ class CalendarWindows:
             self.rows[key] = self.rows.get(key, 0) + len(sel)
             for (path, (dtype, _)), arr in zip(self._files(key), (dense, sparse, labels, times)):
                 with open(path, "ab") as fh:
-                    np.ascontiguousarray(arr[sel], dtype=dtype).tofile(fh)
+                    fh.write(memoryview(np.ascontiguousarray(arr[sel], dtype=dtype)))  # ENOSPC, not a short count
 
     def finish(self) -> None:
         for key in sorted(self.rows):
