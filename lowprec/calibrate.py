@@ -34,6 +34,7 @@ from lowprec.data.batches import batch_sizes, iter_batches
 from lowprec.data.dataset import PAD_ID, Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, read_json, sha256_file
+from lowprec.jsonsafe import dumps
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.progress import Update
 
@@ -184,8 +185,6 @@ def counts_path(path: Path, sha: str | None = None) -> Path:
 def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | None = None,
                      inputs: tuple = ()) -> None:
     """CALIB.json plus its content-named row-count sidecar, committed as one (see module doc)."""
-    import json
-
     from lowprec.fileio import _umask, claim_output, user_os_errors
 
     path = claim_output(path, "calibration", inputs)
@@ -204,7 +203,7 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
     obj = {k: v for k, v in calib.items() if k != "row_counts"}
     obj["model_sha256"] = model_sha
     obj["row_counts"] = {"file": side.name, "sha256": sha}
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", kind="calibration")
+    atomic_write_text(path, dumps(obj, indent=2) + "\n", kind="calibration")
     for old in path.parent.glob(glob.escape(path.stem) + ".counts*.safetensors"):
         if old.name != side.name:
             old.unlink(missing_ok=True)

@@ -4,6 +4,9 @@ For every table's pooled output and every layer's output (see `lowprec.graph.tra
 SQNR = 10 log10(Σ ref² / Σ (ref - cand)²) over the batches and reports the first tap, in forward
 order, whose SQNR falls below a threshold: the place where accuracy broke (Deng et al. 2021 describe
 this layer-by-layer comparison as the core of Meta's low-precision debugging).
+
+A candidate tap with NaN or Inf outputs has SQNR -inf (it is where accuracy broke); a reference tap
+with them is an InputError naming --reference (its weights overflow: nothing to compare against).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import torch
 from lowprec import distributed as dist
 from lowprec.data.batches import batch_sizes, iter_batches
 from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
 from lowprec.graph import trace
 from lowprec.progress import Update
 
 
 def sqnr_db(signal: float, noise: float) -> float:
+    if not math.isfinite(noise):  # the candidate's output holds NaN or Inf
+        return -math.inf
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
@@ -38,8 +44,11 @@ class CompareResult:
     rows: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"taps": self.taps, "first_below": self.first_below,
-                "threshold_db": self.threshold_db, "rows": self.rows}
+        """Strict JSON has no infinities: an infinite SQNR is null beside `exact` (+inf: the outputs
+        are equal) or `non_finite` (-inf: the candidate's outputs hold NaN or Inf)."""
+        taps = [{**t, "sqnr_db": t["sqnr_db"] if math.isfinite(t["sqnr_db"]) else None,
+                 "exact": t["sqnr_db"] == math.inf, "non_finite": t["sqnr_db"] == -math.inf} for t in self.taps]
+        return {"taps": taps, "first_below": self.first_below, "threshold_db": self.threshold_db, "rows": self.rows}
 
 
 @torch.inference_mode()
@@ -58,6 +67,10 @@ def compare(reference: torch.nn.Module, candidate: torch.nn.Module, ds: Dataset,
         ref = trace(reference, batch.dense, batch.sparse)
         cand = trace(candidate, batch.dense, batch.sparse)
         names = list(ref)
+        broken = [t for t in names if not bool(torch.isfinite(ref[t]).all())]
+        if broken:
+            raise InputError(f"--reference: its output {broken[0]!r} holds NaN or Inf on --windows "
+                             f"{windows}: its weights overflow on these inputs; nothing to compare against")
         diffs = [ref[t].float() - cand[t].float() for t in names]
         sums.append(np.array([float((ref[t].float() ** 2).sum()) for t in names]
                              + [float((d ** 2).sum()) for d in diffs]))

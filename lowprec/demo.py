@@ -8,12 +8,12 @@ alarms. Every stage is a library call the CLI also makes; nothing here is demo-o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lowprec.fileio import MARKER, atomic_dir, atomic_write_text, claim_output
+from lowprec.jsonsafe import dumps
 from lowprec.progress import Stages, stage
 from lowprec.report import Doc
 
@@ -65,7 +65,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
     facts = {"search": summary, "artifact": {k: manifest[k] for k in
                                              ("embedding_bytes", "fp32_embedding_bytes", "compression", "layer_bytes")},
              "drift": outcome.to_json(), "config": cfg.__dict__}
-    atomic_write_text(out / "summary.json", json.dumps(facts, indent=2, default=float) + "\n")
+    atomic_write_text(out / "summary.json", dumps(facts, indent=2) + "\n")
     _index(facts, cfg).write(out, kind="demo")
     return facts
 

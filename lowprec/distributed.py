@@ -176,7 +176,9 @@ def all_reduce_max(x: np.ndarray | float, what: str = "max") -> np.ndarray:
 
 def gather_rows(rows: np.ndarray, what: str = "gather") -> np.ndarray:
     """Every rank's (n_r, d) float64 rows, concatenated in rank order, on every rank."""
-    rows = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2:  # (a rank with no batches passes (0, d): reshape(0, -1) cannot infer d)
+        rows = rows.reshape(len(rows), -1)
     if not active():
         return rows
     n = world_size()

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lowprec.errors import InputError
+from lowprec.jsonsafe import dumps
 
 _BACKUP_SUFFIX = ".lowprec-old"
 MARKER = ".lowprec-output"
@@ -352,7 +353,7 @@ def _fsync_tree(root: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    Path(path).write_text(dumps(obj, indent=2, sort_keys=False) + "\n")  # strict JSON: NaN -> null
 
 
 def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) -> Any:

@@ -11,7 +11,9 @@ lower validation NE and the best epoch's weights are kept. Epochs by default (`e
 without validation windows, up to MAX_VALIDATED_EPOCHS with them (early stopping decides): on the
 latent data a second epoch over-fits the tables (reports/latent_synth.md, "Training defaults"). The provenance (`info`) holds each
 epoch's training NE/AUC (over the epoch's own batches, as they were scored while training) and
-validation NE/AUC, and the chosen epoch's. Everything random (init, chunk and row order) comes
+validation NE/AUC, and the chosen epoch's. Training (or validation) windows with one label class
+are refused before training; a step whose outputs are NaN or Inf, or final weights that are, stop
+training with an InputError naming the learning rates (the CLI writes nothing). Everything random (init, chunk and row order) comes
 from `seed`, so the same data, config and seed give the same weights on one host (across CPU
 instruction sets they can differ in the last digits: FBGEMM picks its kernels, and so its summation
 order, by ISA).
@@ -29,6 +31,7 @@ import torch
 
 from lowprec.data.batches import count_rows, iter_batches
 from lowprec.data.dataset import Dataset, DatasetMeta
+from lowprec.data.windows import format_windows
 from lowprec.errors import InputError
 from lowprec.evaluation.scoring import evaluate
 from lowprec.evaluation.metrics import BinaryStats
@@ -66,16 +69,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise InputError("epochs and batch size must be >= 1")
-        if self.lr <= 0 or (self.sparse_lr is not None and self.sparse_lr <= 0):
-            raise InputError("learning rates must be > 0")
         if not self.windows:
             raise InputError("no training windows selected")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+        if not all(math.isfinite(x) and x > 0 for x in (self.lr, self.table_lr)):
+            raise InputError(f"learning rates must be finite and > 0 (lr {self.lr}, sparse_lr {self.sparse_lr})")
         if self.patience < 1:
             raise InputError("patience must be >= 1")
-        if not min(self.embedding_l2, self.weight_decay, self.adagrad_init, self.embedding_prior) >= 0:
-            raise InputError("embedding_l2, weight_decay, adagrad_init and embedding_prior must be >= 0")
+        if not all(math.isfinite(x) and x >= 0 for x in (self.embedding_l2, self.weight_decay, self.adagrad_init,
+                                                          self.embedding_prior)):
+            raise InputError("embedding_l2, weight_decay, adagrad_init and embedding_prior must be finite and >= 0")
         if self.adagrad_init and self.optimizer != "rowwise-adagrad":
             raise InputError("adagrad_init applies to --optimizer rowwise-adagrad only")
         overlap = sorted(set(self.windows) & set(self.val_windows))
@@ -126,13 +130,19 @@ def check_compatible(config: DLRMConfig, meta: DatasetMeta, where: str) -> None:
     check_encodings([getattr(t, "encoding", None) for t in config.tables], meta, where)
 
 
-def positive_rate(ds: Dataset, windows: tuple[int, ...]) -> float:
-    """Fraction of positive labels over `windows` (read from the memory-mapped label arrays)."""
+def positive_rate(ds: Dataset, windows: tuple[int, ...], what: str = "training") -> float:
+    """Fraction of positive labels over `windows` (read from the memory-mapped label arrays);
+    InputError naming them when they hold one label class only (nothing to learn, AUC undefined)."""
     pos = rows = 0
     for w in windows:
         labels = ds.arrays(w)[2]
         pos += int(np.count_nonzero(np.asarray(labels)))
         rows += len(labels)
+    if rows and pos in (0, rows):
+        kind, value = ("positive", 0) if pos == 0 else ("negative", 1)
+        raise InputError(f"{what} windows {format_windows(list(windows))} of {ds.root} hold no {kind} label "
+                         f"(all {rows:,} labels are {value}): a model cannot learn from one class and AUC is "
+                         f"undefined; check the label column (a CSV schema's `positive` rule) or add windows")
     return pos / rows if rows else 0.5
 
 
@@ -167,14 +177,29 @@ def _metrics(stats: BinaryStats) -> dict[str, float]:
     return {"ne": stats.ne, "auc": stats.auc, "logloss": stats.logloss}
 
 
+def _diverged(cfg: TrainConfig, where: str, what: str) -> InputError:
+    penalties = [f"--{k.replace('_', '-')} {v}" for k, v in (("embedding_l2", cfg.embedding_l2),
+                                                           ("embedding_prior", cfg.embedding_prior)) if v]
+    return InputError(f"training diverged {where}: {what} are NaN or Inf; lower --lr ({cfg.lr}) / --sparse-lr "
+                      f"({cfg.table_lr}){' or ' + ', '.join(penalties) if penalties else ''}. Nothing was written.")
+
+
 def _run_epoch(step, ds: Dataset, cfg: TrainConfig, epoch: int, progress) -> BinaryStats:
     stats = _EpochStats()
-    for batch in iter_batches(ds, list(cfg.windows), cfg.batch_size, shuffle=True,
-                              seed=cfg.seed * 1000 + epoch):
-        stats.add(step.step(batch.dense, batch.sparse, batch.labels), batch.labels)
+    for n, batch in enumerate(iter_batches(ds, list(cfg.windows), cfg.batch_size, shuffle=True,
+                                           seed=cfg.seed * 1000 + epoch)):
+        logits = step.step(batch.dense, batch.sparse, batch.labels)
+        if not bool(torch.isfinite(logits).all()):  # DMP: the global batch's logits, the same on every rank
+            raise _diverged(cfg, f"at epoch {epoch + 1} step {n + 1}", "the model's outputs (and so its loss)")
+        stats.add(logits, batch.labels)
         if progress is not None:
             progress(len(batch))
     return stats.flush()
+
+
+def check_finite_weights(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters that hold NaN or Inf."""
+    return [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
@@ -184,6 +209,8 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
     model = init if init is not None else DLRM(model_config_for(ds.meta, cfg))
     check_compatible(model.config, ds.meta, str(ds.root))
     rate = positive_rate(ds, cfg.windows)
+    if cfg.val_windows:
+        positive_rate(ds, cfg.val_windows, "validation")
     if init is None and cfg.init_bias:
         init_output_bias(model, rate)
     weights = None
@@ -211,6 +238,9 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
         if since_best >= cfg.patience:
             break
     model = step.finish(restore_best=bool(cfg.val_windows))
+    bad = check_finite_weights(model)
+    if bad:  # e.g. a last step whose update overflowed: never save such a model
+        raise _diverged(cfg, f"in epoch {len(history)}", f"weights {bad[:3]}{' ...' if len(bad) > 3 else ''}")
     best = best if cfg.val_windows else history[-1]
     model.eval()
     info = {

@@ -164,7 +164,9 @@ def test_compare_finds_first_broken_tap(trained, tmp_path):
     names = [t["name"] for t in out["taps"]]
     assert names[:2] == ["layer:bottom.0", "layer:bottom.1"] and names[-1] == "output"
     assert out["first_below"].startswith("table:")  # int2 tables break first; fp32 layers do not
-    assert all(t["sqnr_db"] == float("inf") for t in out["taps"] if t["name"].startswith("layer:bottom"))
+    bottom = [t for t in out["taps"] if t["name"].startswith("layer:bottom")]
+    assert all(t["exact"] and t["sqnr_db"] is None for t in bottom)  # fp32 layers on fp32 inputs: equal
+    assert not any(t["exact"] or t["non_finite"] for t in out["taps"] if t["name"].startswith("table:"))
 
 
 def _model_over_the_threading_threshold(path):

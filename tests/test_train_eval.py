@@ -91,3 +91,109 @@ def test_failed_write_keeps_previous_model(tiny, tmp_path, monkeypatch):
     assert r.exit_code != 0
     assert sha256_file(model / "model.safetensors") == before
     assert sorted(p.name for p in model.parent.iterdir()) == ["m"]
+
+
+def strict_json(text):
+    """The last stdout line as strict JSON: a bare NaN / Infinity token fails."""
+    def refuse(token):
+        raise AssertionError(f"bare {token} in --json output")
+
+    return json.loads(text.strip().splitlines()[-1], parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """Windows 0-1 ordinary (the tiny data's), 2 without rows, 3 all negatives, 4 all positives;
+    a model trained on 0-1."""
+    import numpy as np
+
+    from lowprec.data.dataset import Dataset, DatasetWriter
+    from lowprec.errors import InputWarning
+    from lowprec.fileio import atomic_dir
+
+    root = tmp_path_factory.mktemp("odd")
+    src = Dataset(make_tiny_dataset(root / "src", windows=2, rows=800))
+    with atomic_dir(root / "data") as tmp, pytest.warns(InputWarning, match="no rows|holds only"):
+        writer = DatasetWriter(tmp, list(src.meta.dense_names), list(src.meta.sparse))
+        for w, keep in ((0, None), (1, None), (0, slice(0, 0)), (0, "neg"), (1, "pos")):
+            dense, sparse, labels = (np.asarray(a) for a in src.arrays(w))
+            if keep is not None:
+                rows = slice(0, 0) if isinstance(keep, slice) else (labels == (keep == "pos"))
+                dense, sparse, labels = dense[rows], sparse[rows], labels[rows]
+            ww = writer.window(label=f"w{len(writer.windows)}")
+            ww.append(dense, sparse, labels)
+            writer.add_window(ww)
+        writer.finish()
+    r = run("train", "--data", root / "data", "--windows", "0-1", "--out", root / "model")
+    assert r.exit_code == 0, r.output
+    return root / "data", root / "model"
+
+
+def test_a_window_without_rows_is_refused_alone_and_skipped_beside_others(odd, tmp_path):
+    data, model = odd
+    for args in (("eval", "--model", model), ("train", "--out", tmp_path / "t"),
+                 ("calibrate", "--model", model, "--out", tmp_path / "c.json"),
+                 ("compare", "--reference", model, "--candidate", model)):
+        r = run(*args, "--data", data, "--windows", "2")
+        assert r.exit_code == 2 and "windows: window(s) 2 ('w2') hold no rows" in r.output, (args, r.output)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "c.json").exists()
+    r = run("eval", "--model", model, "--data", data, "--windows", "0-2", "--json")
+    assert r.exit_code == 0, r.output
+    assert "warning: --windows: skipping window(s) 2 ('w2'): they hold no rows" in r.stderr
+    assert [w["window"] for w in strict_json(r.stdout)["windows"]] == [0, 1]
+
+
+def test_train_refuses_windows_with_one_label_class(odd, tmp_path):
+    data, _ = odd
+    r = run("train", "--data", data, "--windows", "3", "--out", tmp_path / "t", "--json")
+    assert r.exit_code == 2 and "training windows 3 of" in r.output and "hold no positive label" in r.output
+    r = run("train", "--data", data, "--windows", "0", "--val-windows", "4", "--out", tmp_path / "t")
+    assert r.exit_code == 2 and "validation windows 4 of" in r.output and "no negative label" in r.output
+    assert not (tmp_path / "t").exists()
+
+
+def test_eval_reports_an_undefined_auc_as_null_with_a_warning(odd):
+    data, model = odd
+    r = run("eval", "--model", model, "--data", data, "--windows", "3", "--json")
+    assert r.exit_code == 0, r.output
+    out = strict_json(r.stdout)
+    assert out["auc"] is None and out["windows"][0]["auc"] is None and out["calibration"] is None
+    assert "warning: AUC is undefined (n/a; null in --json) on window(s) [3] and overall" in r.stderr
+    r = run("eval", "--model", model, "--data", data, "--windows", "0,3")
+    assert r.exit_code == 0 and "on window(s) [3]:" in r.stderr
+    assert [line.split()[-2] for line in r.stdout.splitlines()[1:]] != ["n/a"] * 3  # overall is defined
+
+
+@pytest.mark.parametrize("option,value,says", [
+    ("--lr", "nan", "is not a finite number"), ("--lr", "0", "x>0"), ("--sparse-lr", "inf", "finite"),
+    ("--sparse-lr", "-1", "x>0"), ("--adagrad-init", "nan", "finite"), ("--embedding-l2", "inf", "finite"),
+    ("--embedding-prior", "-inf", "finite"),
+])
+def test_train_refuses_non_finite_and_meaningless_settings(tiny, tmp_path, option, value, says):
+    r = run("train", "--data", tiny, "--windows", "0", "--out", tmp_path / "m", option, value)
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output and says in r.output
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("option", ["--lr", "--sparse-lr"])
+def test_training_that_diverges_stops_and_writes_nothing(tiny, tmp_path, option):
+    r = run("train", "--data", tiny, "--windows", "0-1", "--out", tmp_path / "m", option, "1e30")
+    assert r.exit_code == 2, r.output
+    assert "training diverged at epoch 1 step" in r.output and "NaN or Inf; lower --lr" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "m").exists()
+
+
+def test_eval_names_a_model_whose_predictions_overflow(tiny, tmp_path):
+    import torch
+
+    from lowprec.checkpoint.float_model import load_float_model, save_float_model
+
+    model = load_float_model(train(tiny, tmp_path / "m"), writable=True)[0]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("top") and p.dim() == 2:
+                p.copy_(p * 1e37)  # finite weights, overflowing outputs
+    save_float_model(model, tmp_path / "huge")
+    r = run("eval", "--model", tmp_path / "huge", "--data", tiny, "--windows", "2")
+    assert r.exit_code == 2, r.output
+    assert f"--model {tmp_path / 'huge'} on window 2: 1,500 of 1,500 predictions are NaN or Inf" in r.output

@@ -123,3 +123,49 @@ def test_bare_file_names_in_the_working_directory(two, tmp_path, monkeypatch):
         r = cli("convert", "--model", "model", "--plan", "plan.json", "--out", out)
         assert r.exit_code == 2 and "names no file or directory of its own" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _float_options():
+    import click
+
+    from lowprec.cli import main
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, path + [name])
+        for p in cmd.params:
+            if isinstance(p.type, click.types.FloatParamType):
+                yield path, p
+
+    return list(walk(main, []))
+
+
+def test_every_float_option_of_every_command_refuses_nan_and_infinities():
+    """click's FLOAT and FloatRange take 'nan' and 'inf' (`--lr nan` was a torch traceback,
+    `compare --threshold-db nan` silently never flagged a tap): FiniteFloat is given to all of them."""
+    import click
+
+    found = _float_options()
+    assert {(" ".join(path), p.name) for path, p in found} >= {("train", "lr"), ("compare", "threshold_db")}
+    for path, p in found:
+        for text in ("nan", "inf", "-inf", "NaN"):
+            with pytest.raises(click.BadParameter, match="is not a finite number"):
+                p.type.convert(text, p, None)
+    r = cli("compare", "--reference", "m", "--candidate", "m", "--data", "d", "--windows", "0", "--threshold-db", "nan")
+    assert r.exit_code == 2 and "'nan' is not a finite number" in r.output
+
+
+def test_compare_marks_an_overflowing_candidate_and_refuses_an_overflowing_reference(two, tmp_path):
+    """Taps holding NaN/Inf used to end in `math domain error`."""
+    model, _ = load_float_model(two / "ref", writable=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("top") and p.dim() == 2:
+                p.copy_(p * 1e37)
+    save_float_model(model, tmp_path / "huge")
+    common = ["--data", two / "data", "--windows", 2, "--allow-unrelated-candidate"]
+    r = ok("compare", "--reference", two / "ref", "--candidate", tmp_path / "huge", *common, "--json")
+    out = json.loads(r.stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert out["first_below"] is not None and out["taps"][-1]["sqnr_db"] is None and out["taps"][-1]["non_finite"]
+    r = cli("compare", "--reference", tmp_path / "huge", "--candidate", two / "ref", *common)
+    assert r.exit_code == 2 and "--reference: its output" in r.output and "holds NaN or Inf" in r.output

@@ -28,3 +28,26 @@ def test_missing_window_named():
 def test_format_roundtrip():
     assert format_windows([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
     assert parse_windows(format_windows([0, 1, 2, 5, 7, 8]), AVAILABLE) == [0, 1, 2, 5, 7, 8]
+
+
+def _meta(rows):
+    from lowprec.data.dataset import DatasetMeta, SparseFeature, WindowInfo
+
+    return DatasetMeta(("d",), (SparseFeature("s", 4),), tuple(WindowInfo(i, r, f"w{i}") for i, r in enumerate(rows)))
+
+
+def test_windows_without_rows_are_refused_alone_and_skipped_beside_others():
+    """Every command resolves --windows here: an empty window used to crash eval/compare/drift
+    (reshape of size 0) and train an untrained model."""
+    from lowprec.data.windows import select_windows
+    from lowprec.errors import InputWarning
+
+    meta = _meta([10, 0, 5, 0])
+    with pytest.raises(InputError, match=r"^--windows: window\(s\) 1 \('w1'\), 3 \('w3'\) hold no rows"):
+        select_windows("1,3", meta)
+    with pytest.raises(InputError, match=r"^eval windows: window\(s\) 1 \('w1'\) hold no rows"):
+        select_windows("label:w1", meta, "eval windows")
+    with pytest.warns(InputWarning, match=r"--windows: skipping window\(s\) 1 \('w1'\): they hold no rows"):
+        assert select_windows("0-2", meta) == [0, 2]
+    with pytest.warns(InputWarning, match=r"1 \('w1'\), 3 \('w3'\)"):
+        assert select_windows("all", meta) == [0, 2]

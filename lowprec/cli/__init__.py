@@ -10,16 +10,18 @@ permission denied: `fileio.USER_ERRNOS`), naming the file; the messages are list
 from __future__ import annotations
 
 import importlib
-import json
 import pkgutil
 import sys
+import warnings
 from typing import Any
 
 import click
+from tqdm import tqdm
 
 from lowprec import distributed as dist
 from lowprec.allocator import keep_buffers_in_heap
-from lowprec.errors import InputError
+from lowprec.errors import InputError, InputWarning
+from lowprec.jsonsafe import dumps
 
 PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train")  # commands that run data-parallel under torchrun / --nproc
 
@@ -33,7 +35,10 @@ class BadInput(click.ClickException):
 class LowprecGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", InputWarning)
+                warnings.showwarning = _show_warning(warnings.showwarning)
+                return super().invoke(ctx)
         except InputError as exc:
             raise BadInput(str(exc)) from exc
         except OSError as exc:  # disk full, read-only, permission denied: the user's to fix
@@ -44,6 +49,17 @@ class LowprecGroup(click.Group):
             raise BadInput(str(os_error(exc, exc.filename or "an output"))) from exc
         except dist.DistributedError as exc:
             raise RankFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _show_warning(fallback: Any) -> Any:
+    """`InputWarning`s as one `warning: ...` line on stderr (rank 0 only); other warnings as before."""
+    def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, InputWarning):
+            fallback(message, category, *args, **kwargs)
+        elif dist.is_main():
+            tqdm.write(f"warning: {message}", file=sys.stderr)  # keeps a progress bar intact
+
+    return show
 
 
 class RankFailed(click.ClickException):
@@ -87,16 +103,20 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def emit_json(obj: dict[str, Any]) -> None:
-    """Print the one JSON object that --json promises, as the last line of stdout."""
-    click.echo(json.dumps(obj, default=float))
+    """Print the one JSON object that --json promises, as the last line of stdout: strict JSON
+    (an undefined or non-finite number is null, lowprec.jsonsafe)."""
+    click.echo(dumps(obj, default=float))
 
 
 def _register() -> None:
+    from lowprec.cli._common import finite_floats
+
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for command in getattr(module, "COMMANDS", []):
+            finite_floats(command)  # no float option takes nan or inf (lowprec.cli._common.FiniteFloat)
             main.add_command(command)
 
 

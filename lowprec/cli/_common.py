@@ -1,8 +1,10 @@
-"""Shared CLI pieces: progress bars on stderr, window options, parsing helpers."""
+"""Shared CLI pieces: progress bars on stderr, window options, parsing helpers, the finite-float
+option type (`FiniteFloat`; `finite_floats` gives it to every float option of every command)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from typing import Any, Iterator
 
@@ -11,6 +13,12 @@ from tqdm import tqdm
 
 from lowprec.distributed import is_main  # one progress display in a data-parallel job: rank 0's
 from lowprec.progress import Update
+
+# Options many commands share, spelled and explained once.
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON object (the command's result) as the last line of stdout.")
+data_option = click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+                           help="Prepared dataset directory (from `lowprec data prepare` or `data synth`).")
 
 
 @contextlib.contextmanager
@@ -42,8 +50,43 @@ def name_value_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
-def fmt(x: float, digits: int = 4) -> str:
-    return "nan" if x != x else f"{x:.{digits}f}"
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else "nan" if x != x else f"{x:.{digits}f}"
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses `nan`, `inf` and `-inf` (click's FLOAT and FloatRange take them,
+    and a NaN learning rate or threshold only fails later, as a traceback or a broken model), with
+    FloatRange's optional bounds: `FiniteFloat(min=0, min_open=True)` is a finite x > 0."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        x = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(x, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        return "FLOAT"
+
+    def _describe_range(self) -> str:
+        return "a finite float" if self.min is None and self.max is None else super()._describe_range()
+
+
+def finite_floats(command: click.Command) -> None:
+    """Give every float option of `command` (and its subcommands) the FiniteFloat type, keeping any
+    FloatRange bounds: the one place where the CLI refuses NaN and infinities (called at registration,
+    so a new command's float options are covered without remembering to)."""
+    for sub in getattr(command, "commands", {}).values():
+        finite_floats(sub)
+    for p in command.params:
+        t = p.type
+        if isinstance(t, click.types.FloatParamType) and not isinstance(t, FiniteFloat):
+            if isinstance(t, click.FloatRange):
+                p.type = FiniteFloat(t.min, t.max, t.min_open, t.max_open, t.clamp)
+            else:
+                p.type = FiniteFloat()
 
 
 class StageBars:

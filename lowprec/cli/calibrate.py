@@ -5,20 +5,21 @@ from __future__ import annotations
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import progress_bar
+from lowprec.cli._common import data_option, json_option, progress_bar
 
 
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory.")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@data_option
 @click.option("--windows", required=True, help="Calibration windows: `3`, `0-4`, `5,7,9` or `all`.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CALIB.json to write (row counts go beside it).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy"]), default="minmax",
               show_default=True, help="How each int8 layer's activation range is chosen.")
 @click.option("--percentile", default=99.99, show_default=True, help="For --method percentile.")
 @click.option("--max-rows", type=click.IntRange(min=1), help="Use at most this many rows per pass.")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Rows scored per forward pass (memory grows with it; results do not change).")
+@json_option
 def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, batch_size, as_json):
     """Measure activation ranges, clipping rates and row access counts on calibration windows.
 

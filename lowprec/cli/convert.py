@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import fmt, progress_bar
+from lowprec.cli._common import data_option, fmt, json_option, progress_bar
 
 
 def _human(n: float) -> str:
@@ -31,7 +31,7 @@ def _human(n: float) -> str:
                    "quantized EBC + DLRM load (dense tables; docs/torchrec.md). Repeatable.")
 @click.option("--allow-calibration-mismatch", is_flag=True,
               help="Use a --calibration measured on another model (refused by default).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def convert(model_dir, plan_path, precision, layer_precision, range_method, calib_path, out, export,
             allow_calibration_mismatch, as_json):
     """Quantize a float model into a verified FBGEMM artifact (weights.safetensors + manifest.json)."""
@@ -107,7 +107,7 @@ def _summary(manifest: dict, path: str) -> dict:
 
 @click.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check (faster on huge artifacts).")
 def inspect(artifact, as_json, no_verify):
     """Show an artifact's tables (rows, dim, precision, bytes), layers and compression."""
@@ -154,13 +154,14 @@ def _show(s: dict, as_json: bool) -> None:
 @click.command()
 @click.option("--reference", required=True, type=click.Path(), help="Float model directory.")
 @click.option("--candidate", required=True, type=click.Path(), help="Quantized artifact (or another model).")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--windows", required=True)
+@data_option
+@click.option("--windows", required=True, help="Windows to compare on: `3`, `0-4`, `5,7,9`, `all` or `label:A..B`.")
 @click.option("--threshold-db", default=20.0, show_default=True, help="SQNR below this marks a tap as broken.")
-@click.option("--max-rows", default=50_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-rows", default=50_000, show_default=True, type=click.IntRange(min=1),
+              help="Rows of the windows run through both models, layer by layer.")
 @click.option("--allow-unrelated-candidate", is_flag=True,
               help="Compare a candidate artifact not converted from --reference (refused by default).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, allow_unrelated_candidate, as_json):
     """Numeric debugger: SQNR of every table and layer output, float vs quantized.
 

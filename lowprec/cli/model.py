@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
+from lowprec.cli._common import FiniteFloat, data_option, fmt, int_list, name_value_pairs, progress_bar
+
+POSITIVE = FiniteFloat(min=0, min_open=True)
+NON_NEGATIVE = FiniteFloat(min=0)
 
 
 @click.command()
@@ -22,19 +25,20 @@ from lowprec.cli._common import fmt, int_list, name_value_pairs, progress_bar
 @click.option("--epochs", type=click.IntRange(min=1),
               help="Epochs (at most, with --val-windows) [1; up to 5 with validation windows, which stop "
                    "training early].")
-@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Training rows per optimizer step.")
 @click.option("--optimizer", type=click.Choice(["rowwise-adagrad", "sparse-adam"]), default="rowwise-adagrad",
               show_default=True, help="Tables: FBGEMM's fused training TBE with row-wise Adagrad, or "
                                       "per-table EmbeddingBags with SparseAdam (the previous path).")
-@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate of the MLPs.")
-@click.option("--sparse-lr", type=float, help="Learning rate of the tables [0.05 rowwise-adagrad, 0.01 sparse-adam].")
-@click.option("--embedding-l2", type=click.FloatRange(min=0),
+@click.option("--lr", default=1e-3, show_default=True, type=POSITIVE, help="Adam learning rate of the MLPs.")
+@click.option("--sparse-lr", type=POSITIVE, help="Learning rate of the tables [0.05 rowwise-adagrad, 0.01 sparse-adam].")
+@click.option("--embedding-l2", type=NON_NEGATIVE,
               help="Adds L2 x the batch mean of Σ_t ||pooled embedding_t||² to the loss: each looked-up row "
                    "is shrunk once per sample it appears in (frequency-aware regularisation).")
-@click.option("--adagrad-init", type=click.FloatRange(min=0),
+@click.option("--adagrad-init", type=NON_NEGATIVE,
               help="Start of the tables' row-wise Adagrad accumulators: a rarely seen id takes small steps "
                    "(lr * g / sqrt(init + g²)) instead of full normalised ones [TrainConfig's default].")
-@click.option("--embedding-prior", type=click.FloatRange(min=0),
+@click.option("--embedding-prior", type=NON_NEGATIVE,
               help="Adds λ x the batch mean of Σ_t ||pooled embedding_t||² / (training count of the id): a "
                    "Gaussian prior on every row, which shrinks rarely seen ids hardest [0: off].")
 @click.option("--embedding-dim", default=16, show_default=True, help="D; a multiple of 4 serves on FBGEMM.")
@@ -55,6 +59,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset, check_table_bytes
     from lowprec.fileio import claim_output
+    from lowprec.jsonsafe import finite_or_null
     from lowprec.recipe import load_recipe, pick, resolve_windows
     from lowprec.evaluation.scoring import base_rate_warning, worse_than_base_rate
     from lowprec.train import TrainConfig, total_steps_rows
@@ -82,7 +87,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         model, info = run_train(ds, cfg, progress=update)
     if not dist.is_main():
         return
-    save_float_model(model, out, info, inputs=[data_dir])
+    save_float_model(model, out, finite_or_null(info), inputs=[data_dir])  # config.json: strict JSON
     params = sum(p.numel() for p in model.parameters())
     bad = worse_than_base_rate(info["final_epoch_ne"])
     if bad:
@@ -101,9 +106,10 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
 
 @click.command(name="eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory or quantized artifact.")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@data_option
 @click.option("--windows", required=True, help="Windows to score: `3`, `0-4`, `5,7,9`, `all` or `label:A..B`.")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Rows scored per forward pass (memory grows with it; results do not change).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (overall `auc`, `ne`, ... and `windows`).")
 def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     """Score a model per window and overall: NE, log-loss, AUC, calibration.
@@ -124,11 +130,18 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     model, config, _ = load_model(model_dir)
     check_compatible(config, ds.meta, str(model_dir))
     with progress_bar(count_rows(ds, chosen), "eval") as update:
-        result = evaluate(model, ds, chosen, batch_size, progress=update)
+        result = evaluate(model, ds, chosen, batch_size, progress=update, name=f"--model {model_dir}")
     if not dist.is_main():
         return
+    undefined = [w for w, m in sorted(result.per_window.items()) if m["auc"] != m["auc"]]
+    one_class = result.overall.auc != result.overall.auc
+    if undefined:
+        click.echo(f"warning: AUC is undefined (n/a; null in --json) on window(s) {undefined}"
+                   f"{' and overall' if one_class else ''}: they hold one label class only (no positives or no "
+                   f"negatives), so NE, relative to a base rate of 0 or 1, means nothing there either; check "
+                   f"the data's labels", err=True)
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
-    if worse_than_base_rate(result.overall.ne):
+    if worse_than_base_rate(result.overall.ne) and not one_class:
         click.echo(base_rate_warning(result.overall.ne, f"windows {windows}"), err=True)
     if as_json:
         emit_json({**result.to_json(), **bayes})
@@ -137,13 +150,17 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     for w, m in sorted(result.per_window.items()):
         label = ds.meta.window(w).label
         click.echo(f"{w:>8} {label:>10} {int(m['rows']):>9} {fmt(m['ne']):>8} {fmt(m['logloss']):>8} "
-                   f"{fmt(m['auc']):>8} {fmt(m['calibration'], 3):>7}")
+                   f"{auc_text(m['auc']):>8} {fmt(m['calibration'], 3):>7}")
     o = result.overall
     click.echo(f"{'overall':>8} {'':>10} {int(o.weight):>9} {fmt(o.ne):>8} {fmt(o.logloss):>8} "
-               f"{fmt(o.auc):>8} {fmt(o.calibration, 3):>7}")
+               f"{auc_text(o.auc):>8} {fmt(o.calibration, 3):>7}")
     if bayes:
         click.echo(f"Bayes-optimal (the data's true probabilities): AUC {fmt(bayes['bayes_auc'])}, NE "
                    f"{fmt(bayes['bayes_ne'])}; this model's AUC gap to Bayes {fmt(bayes['auc_gap_to_bayes'])}")
+
+
+def auc_text(auc: float) -> str:
+    return "n/a" if auc != auc else fmt(auc)
 
 
 COMMANDS = [train, eval_cmd]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lowprec.cli import emit_json
+from lowprec.cli._common import json_option
 
 
 def describe_plan(plan) -> list[str]:
@@ -27,7 +28,7 @@ def describe_plan(plan) -> list[str]:
 @click.option("--ranks", required=True, type=click.IntRange(min=1), help="Number of ranks to spread the tables over.")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
               help="CALIB.json: its row access counts weight the balance by expected lookups.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def shard(artifact, ranks, calib_path, as_json):
     """Write ARTIFACT/shard-plan.json: each rank ~1/N of the table bytes and of the lookups.
 

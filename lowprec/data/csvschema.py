@@ -1,7 +1,7 @@
 """Any CSV + a TOML schema -> a prepared dataset. The schema format is documented in docs/csv-schema.md.
 
 The schema (read with tomllib, validated with errors naming the offending key) declares the label column
-and its positive rule, dense columns (transform none or log1p(max(x, 0)), a fill for empty cells),
+and its positive rule (lowprec.data.csvlabel), dense columns (transform none or log1p(max(x, 0)), a fill for empty cells),
 categorical columns (hashed, or vocabulary-mapped in order of first appearance; optionally multi-hot
 with a separator and a hotness), and an optional time column (unix seconds, unix milliseconds or ISO
 8601; naive ISO times are UTC) used for calendar windows.
@@ -36,6 +36,7 @@ from lowprec.data.criteo import (
     DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, guarded, open_input,
 )
 from lowprec.data.csvencode import Encoder, load_vocabularies
+from lowprec.data.csvlabel import LabelRule, label_rule
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
 from lowprec.errors import InputError
@@ -47,34 +48,8 @@ TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()  # unix seco
 TIME_MAX = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc).timestamp()
 TIME_FORMATS = ("auto", "unix", "unix_ms", "iso")
 CALENDAR = ("year", "month", "day")
-_COMPARE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$")
-_TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TOP_KEYS = {"label", "positive", "time", "time_format", "delimiter", "description", "dense", "categorical"}
-
-
-@dataclass(frozen=True)
-class LabelRule:
-    column: str
-    op: str | None = None  # comparison against `threshold`
-    threshold: float = 0.0
-    values: frozenset[str] | None = None  # positive values
-
-    def __call__(self, text: str) -> int | None:
-        """0/1, or None when the value cannot be read under this rule."""
-        v = text.strip()
-        if self.values is not None:
-            return int(v in self.values) if v else None
-        if self.op is None:
-            low = v.lower()
-            return 1 if low in _TRUE else 0 if low in _FALSE else None
-        try:
-            x = float(v)
-        except ValueError:
-            return None
-        ops = {">=": x >= self.threshold, "<=": x <= self.threshold, ">": x > self.threshold,
-               "<": x < self.threshold, "==": x == self.threshold, "!=": x != self.threshold}
-        return int(ops[self.op]) if math.isfinite(x) else None
 
 
 @dataclass(frozen=True)
@@ -132,17 +107,7 @@ def _get(where: str, table: dict, key: str, kind: type | tuple, default: Any = N
 
 
 def _label_rule(where: str, top: dict) -> LabelRule:
-    column = _get(where, top, "label", str, required=True)
-    positive = top.get("positive")
-    if positive is None:
-        return LabelRule(column)
-    if isinstance(positive, str) and (m := _COMPARE.match(positive)):
-        return LabelRule(column, op=m.group(1), threshold=float(m.group(2)))
-    if isinstance(positive, str):
-        positive = [positive]
-    if isinstance(positive, list) and positive and all(isinstance(v, str) for v in positive):
-        return LabelRule(column, values=frozenset(v.strip() for v in positive))
-    raise _err(where, f"key 'positive' must be a comparison like \">= 4\" or a list of strings, got {positive!r}")
+    return label_rule(where, _get(where, top, "label", str, required=True), top.get("positive"))
 
 
 def _dense(where: str, name: str, table: Any) -> DenseColumn:

@@ -12,7 +12,10 @@ and row count, and provenance. With one slot per feature this is exactly TorchRe
 Criteo layout, so such a directory plus a `dataset.json` is a lowprec dataset.
 
 Writing streams: `DatasetWriter` appends chunks to each .npy and patches the header when the window
-closes, so preparing a dataset never holds a whole window in memory.
+closes, so preparing a dataset never holds a whole window in memory. It counts each window's
+positives, and a window with no rows, or with one label class only (no positives, or no negatives:
+its AUC is undefined and no model can learn from it alone), is reported as it is written
+(`lowprec.errors.warn`: `warning: ...` on stderr) and listed in provenance `warnings`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.fileio import read_json, resolve_output, write_json
 
 FORMAT = "lowprec-dataset"
@@ -223,6 +226,18 @@ class Dataset:
         return dense, sparse, labels
 
 
+def window_problem(rows: int, positives: int) -> str | None:
+    """Why a window of `rows` rows with `positives` positive labels is of no use alone, or None."""
+    if rows == 0:
+        return ("holds no rows (an empty or header-only input, or every row was bad); commands skip it, "
+                "and refuse it when it is all they are given")
+    if positives in (0, rows):
+        kind, other = ("negatives", "positive") if positives == 0 else ("positives", "negative")
+        return (f"holds only {kind} ({rows:,} rows, no {other} label): its AUC is undefined; check the "
+                f"label column and the positive rule")
+    return None
+
+
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """A fixed 128-byte .npy v1 header, so it can be patched in place once the row count is known."""
     d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
@@ -258,7 +273,7 @@ class WindowWriter:
 
     def __init__(self, root: Path, index: int, n_dense: int, slots: int, info: dict[str, Any]):
         files = window_files(root, index)
-        self.index, self.info = index, info
+        self.index, self.info, self.positives = index, info, 0
         self._dense = _NpyAppender(files["dense"], np.float32, n_dense)
         self._sparse = _NpyAppender(files["sparse"], np.int32, slots)
         self._labels = _NpyAppender(files["labels"], np.int32, 1)
@@ -271,6 +286,7 @@ class WindowWriter:
         self._dense.append(dense)
         self._sparse.append(sparse)
         self._labels.append(np.asarray(labels).reshape(-1, 1))
+        self.positives += int(np.count_nonzero(labels))
 
     @property
     def rows(self) -> int:
@@ -297,6 +313,7 @@ class DatasetWriter:
         self.dense_names, self.sparse = tuple(dense_names), tuple(sparse)
         self.provenance = dict(provenance or {})
         self.windows: list[WindowInfo] = []
+        self.warnings: list[str] = []
 
     @property
     def slots(self) -> int:
@@ -312,6 +329,11 @@ class DatasetWriter:
     def add_window(self, writer: WindowWriter) -> WindowInfo:
         info = writer.close()
         self.windows.append(info)
+        problem = window_problem(info.rows, writer.positives)
+        if problem:
+            name = f"window {info.index}" + (f" ({info.label!r})" if info.label else "")
+            self.warnings.append(f"{name} {problem}")
+            warn(self.warnings[-1])
         return info
 
     def finish(self, num_embeddings: list[int] | None = None,
@@ -322,6 +344,7 @@ class DatasetWriter:
         nums = num_embeddings if num_embeddings is not None else [f.num_embeddings for f in sparse]
         encs = encodings if encodings is not None else [f.encoding for f in sparse]
         sparse = tuple(SparseFeature(f.name, int(n), f.hotness, e) for f, n, e in zip(sparse, nums, encs))
-        meta = DatasetMeta(self.dense_names, sparse, tuple(self.windows), self.provenance)
+        prov = {**self.provenance, "warnings": self.warnings} if self.warnings else self.provenance
+        meta = DatasetMeta(self.dense_names, sparse, tuple(self.windows), prov)
         write_json(self.root / "dataset.json", meta.to_json())
         return meta

@@ -4,6 +4,11 @@ A SPEC is `3`, `0-4`, `5,7,9`, `all`, any comma-separated mix (`0-2,5`), or, mat
 labels (data prepared by year/month/day), `label:2015`, `label:2016..2018`, `label:2016-01..2016-06`.
 Specs are checked against the dataset's windows before anything is allocated: `0-99999999999` is
 an error naming the dataset's range, not a set of 10**11 integers.
+
+Windows that hold no rows (an empty or header-only input file, or one whose rows were all bad) are
+dropped here, for every command at once (`select_windows`): a SPEC that selects only such windows is
+an InputError naming them; one that also selects windows with rows skips them with a warning
+(they would add nothing to any sum, metric or training step).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 
 USAGE = "use `3`, `0-4`, `5,7,9`, `all` or `label:A..B`"
 
@@ -65,9 +70,10 @@ def select_windows(spec: Any, meta: Any, what: str = "--windows") -> list[int]:
     text = str(spec).strip() if not isinstance(spec, list) else None
     if text is None or not text.startswith("label:"):
         try:
-            return parse_windows(spec, meta.window_indices)
+            numbered = parse_windows(spec, meta.window_indices)
         except InputError as exc:
             raise InputError(f"{what}: {exc}") from None
+        return _with_rows(numbered, meta, what)
     chosen = []
     for part in text[len("label:"):].split(","):
         lo, _, hi = part.strip().partition("..")
@@ -76,7 +82,21 @@ def select_windows(spec: Any, meta: Any, what: str = "--windows") -> list[int]:
     if not chosen:
         raise InputError(f"{what}: {text!r} matches no window label "
                          f"(labels: {[w.label for w in meta.windows][:20]})")
-    return sorted(set(chosen))
+    return _with_rows(sorted(set(chosen)), meta, what)
+
+
+def _with_rows(chosen: list[int], meta: Any, what: str) -> list[int]:
+    """`chosen` without the windows that hold no rows (warned about); InputError if none is left."""
+    empty = [w for w in chosen if meta.window(w).rows == 0]
+    if not empty:
+        return chosen
+    names = ", ".join(f"{w} ({meta.window(w).label!r})" if meta.window(w).label else str(w) for w in empty[:10])
+    names += " ..." if len(empty) > 10 else ""
+    if len(empty) == len(chosen):
+        raise InputError(f"{what}: window(s) {names} hold no rows (dataset.json: rows 0; was the input file empty, "
+                         f"header-only or all bad rows?); choose windows with rows")
+    warn(f"{what}: skipping window(s) {names}: they hold no rows")
+    return [w for w in chosen if w not in set(empty)]
 
 
 def part_text(lo: int, hi: int) -> str:

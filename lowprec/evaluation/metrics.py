@@ -12,6 +12,10 @@ function of them:
 The histogram bins a probability by the top bits of its float32 bit pattern, which is monotone for
 non-negative floats: bins are ~2.4e-4 relative wide (13 mantissa bits kept), so two scores tie only
 when they agree to ~4 significant digits. `auc_exact` (rank-based) is the brute-force reference.
+
+A metric that is undefined (AUC of rows with one label class, anything of no rows) is NaN here;
+what lowprec prints or writes shows it as null (lowprec.jsonsafe). Predictions that are NaN or Inf
+(a model whose weights overflow) are refused (`check_finite`: NonFinitePredictions, an InputError).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from lowprec.errors import InputError
 
 _SHIFT = 10  # drop 10 of float32's 23 mantissa bits
 _NBINS = (0x3F800000 >> _SHIFT) + 1  # bit pattern of 1.0f, shifted, inclusive
@@ -29,6 +35,19 @@ def score_bins(p: np.ndarray) -> np.ndarray:
     """Monotone bin index of probabilities in [0, 1] (float32 bit pattern >> _SHIFT)."""
     p32 = np.clip(np.asarray(p, dtype=np.float32), 0.0, 1.0)
     return (p32.view(np.int32) >> _SHIFT).astype(np.int64)
+
+
+class NonFinitePredictions(InputError):
+    """Predictions holding NaN or Inf: the model's weights overflow on these inputs (exit 2)."""
+
+
+def check_finite(p: np.ndarray, what: str = "the model") -> None:
+    """NonFinitePredictions naming `what` when any prediction is NaN or Inf."""
+    bad = int(np.count_nonzero(~np.isfinite(p)))
+    if bad:
+        raise NonFinitePredictions(
+            f"{what}: {bad:,} of {np.size(p):,} predictions are NaN or Inf: its weights overflow on these "
+            f"inputs (trained with too high a --lr / --sparse-lr?); retrain it with lower learning rates")
 
 
 def _entropy(rate: float) -> float:
@@ -53,6 +72,7 @@ class BinaryStats:
         w = np.ones_like(p) if w is None else np.asarray(w, dtype=np.float64).ravel()
         if p.size == 0:
             return self
+        check_finite(p)
         pc = np.clip(p, _EPS, 1 - _EPS)
         self.weight += float(w.sum())
         self.positives += float((w * y).sum())

@@ -309,8 +309,8 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
             for w, n_batches, (a, b) in zip(windows, counts, spans):
                 for i, batch in enumerate(iter_batches(ds, [w], cfg.batch_size, feature_ids=feature_ids,
                                                        span=dist.span(n_batches)), start=a):
-                    pr = predict(reference, batch.dense, batch.ids_for(reference))
-                    pc = predict(candidate, batch.dense, batch.ids_for(candidate))
+                    pr = predict(reference, batch.dense, batch.ids_for(reference), f"the reference model, window {w}")
+                    pc = predict(candidate, batch.dense, batch.ids_for(candidate), f"the candidate model, window {w}")
                     y = batch.labels.numpy()
                     acc.update(i, pr, pc, y, batch.sparse, names, hotness, offset + batch.row0)
                     spilled.append((i, len(y)))

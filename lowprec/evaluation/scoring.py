@@ -21,7 +21,7 @@ import torch
 from lowprec import distributed as dist
 from lowprec.data.batches import count_batches, iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
-from lowprec.evaluation.metrics import BinaryStats
+from lowprec.evaluation.metrics import BinaryStats, check_finite
 from lowprec.progress import Update
 
 
@@ -37,9 +37,9 @@ class EvalResult:
         return out
 
 
-def worse_than_base_rate(ne: float) -> bool:
+def worse_than_base_rate(ne: float | None) -> bool:
     """NE >= 1: no better than always predicting the data's click rate (NaN: not flagged)."""
-    return bool(ne >= 1.0)
+    return ne is not None and bool(ne >= 1.0)
 
 
 def base_rate_warning(ne: float, what: str) -> str:
@@ -49,12 +49,17 @@ def base_rate_warning(ne: float, what: str) -> str:
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, dense: torch.Tensor, sparse: torch.Tensor) -> np.ndarray:
-    return torch.sigmoid(model(dense, sparse).float()).numpy()
+def predict(model: torch.nn.Module, dense: torch.Tensor, sparse: torch.Tensor,
+            what: str = "the model") -> np.ndarray:
+    """Click probabilities; NonFinitePredictions naming `what` if any is NaN or Inf."""
+    p = torch.sigmoid(model(dense, sparse).float()).numpy()
+    check_finite(p, what)
+    return p
 
 
 def evaluate(model: torch.nn.Module, ds: Dataset, windows: list[int], batch_size: int = 4096,
-             progress: Update | None = None) -> EvalResult:
+             progress: Update | None = None, name: str = "the model") -> EvalResult:
+    """Per-window and overall statistics of `model` (`name` in errors: the CLI passes its path)."""
     model.eval()
     overall = BinaryStats()
     per_window: dict[int, dict[str, float]] = {}
@@ -62,7 +67,8 @@ def evaluate(model: torch.nn.Module, ds: Dataset, windows: list[int], batch_size
         stats, sums = BinaryStats(), []
         for batch in iter_batches(ds, [w], batch_size, feature_ids=reads_feature_ids(model),
                                   span=dist.span(n_batches)):
-            b = BinaryStats().update(predict(model, batch.dense, batch.ids_for(model)), batch.labels.numpy())
+            p = predict(model, batch.dense, batch.ids_for(model), f"{name} on window {w}")
+            b = BinaryStats().update(p, batch.labels.numpy())
             sums.append((b.weight, b.positives, b.pred_sum, b.logloss_sum))
             stats.hist_pos += b.hist_pos
             stats.hist_neg += b.hist_neg

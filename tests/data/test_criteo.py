@@ -183,3 +183,19 @@ def test_table_size_forms():
     for bad in ("1", "x", "kaggle:x", "2,3", str(2**31)):
         with pytest.raises(InputError):
             parse_table_sizes(bad)
+
+
+def test_an_empty_or_all_bad_day_is_warned_about_and_recorded(tsv, tmp_path):
+    """It used to be written silently as a window of 0 rows that crashed eval, compare and drift."""
+    plain, _ = tsv
+    empty, bad = tmp_path / "day_2.tsv", tmp_path / "day_3.tsv"
+    empty.write_text("")
+    bad.write_text("1\t2\t3\n")
+    res = run("--input", str(plain), str(empty), str(bad), "--out", str(tmp_path / "o"), "--table-size", str(SIZE))
+    assert res.exit_code == 0, res.output
+    assert "warning: window 1 ('day_2.tsv') holds no rows" in res.stderr
+    assert "warning: window 2 ('day_3.tsv') holds no rows" in res.stderr
+    meta = Dataset(tmp_path / "o").meta
+    assert [w.rows for w in meta.windows] == [3, 0, 0]
+    assert [m.split(" holds")[0] for m in meta.provenance["warnings"]] == ["window 1 ('day_2.tsv')",
+                                                                          "window 2 ('day_3.tsv')"]

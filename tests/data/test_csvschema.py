@@ -188,3 +188,39 @@ def test_parse_time():
     assert parse_time("2024-02-01T01:00:00+01:00", "iso") == 1706745600
     assert parse_time("2024-02-01", "auto") == 1706745600
     assert parse_time("2024-02-01", "unix") is None and parse_time("nan", "unix") is None
+
+
+@pytest.mark.parametrize("positive", ['"=> 1"', '">= abc"', '"1.0"', '["yes", "1"]', '">= 1.2.3"', '">= inf"',
+                                      '"<> 1"', '[]', '[""]'])
+def test_a_positive_rule_that_does_not_parse_is_refused(tmp_path, positive):
+    """A mistyped rule used to be read as an exact value no cell has: every label 0, exit 0."""
+    path = tmp_path / "clicks.toml"
+    path.write_text(f'label = "clicked"\npositive = {positive}\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\n')
+    with pytest.raises(InputError, match=r"key 'positive'.*accepted: \">= 4\"") as info:
+        load_schema(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("positive,cells,labels", [
+    ('">= 1"', ["1", "1.0", "0"], [1, 1, 0]), ('"== 1"', ["1.00", "2", "1"], [1, 0, 1]),
+    ('"click"', ["click", "view", "click"], [1, 0, 1]), ('["a", "b"]', ["a", "b", "c"], [1, 1, 0]),
+])
+def test_accepted_positive_rules(tmp_path, positive, cells, labels):
+    path = tmp_path / "s.toml"
+    path.write_text(f'label = "y"\npositive = {positive}\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\n')
+    rule = load_schema(path).label
+    assert [rule(c) for c in cells] == labels
+
+
+def test_prepare_warns_about_a_window_with_one_label_class_or_no_rows(tmp_path):
+    schema = tmp_path / "s.toml"
+    schema.write_text('label = "y"\npositive = "== 5"\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\n')
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("y,x,c\n1,1,p\n0,2,q\n1,3,r\n")  # no 5: every label 0
+    b.write_text("y,x,c\n")  # header only
+    res = run("--input", str(a), str(b), "--schema", str(schema), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    assert "warning: window 0 ('a.csv') holds only negatives (3 rows, no positive label)" in res.stderr
+    assert "warning: window 1 ('b.csv') holds no rows" in res.stderr
+    warnings = Dataset(tmp_path / "o").meta.provenance["warnings"]
+    assert len(warnings) == 2 and warnings[0].startswith("window 0 ('a.csv') holds only negatives")

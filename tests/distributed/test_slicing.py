@@ -116,3 +116,12 @@ def test_ordered_sum_gives_the_same_bits_for_any_rank_count(windows, ranks, bloc
             acc += deltas[i]
         want += acc
     assert got.tobytes() == want.tobytes()
+
+
+def test_gather_rows_takes_a_rank_with_no_rows():
+    """A rank with no batch of a window passes (0, d) rows: reshape(0, -1) used to fail
+    (`eval --nproc 2` on a window of one batch)."""
+    from lowprec.distributed import gather_rows
+
+    assert gather_rows(np.zeros((0, 4))).shape == (0, 4)
+    assert fold_rows(gather_rows(np.zeros((0, 4))), 4).tolist() == [0.0] * 4

@@ -74,3 +74,12 @@ def test_constant_model_has_ne_one_and_auc_half():
 def test_empty_stats_are_nan():
     s = BinaryStats()
     assert np.isnan(s.ne) and np.isnan(s.auc)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_predictions_are_refused_not_binned(bad):
+    """They used to crash the histogram update (`operands could not be broadcast together`)."""
+    from lowprec.errors import InputError
+
+    with pytest.raises(InputError, match=r"1 of 3 predictions are NaN or Inf"):
+        BinaryStats().update(np.array([0.2, bad, 0.7]), np.array([0, 1, 1]))
