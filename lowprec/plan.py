@@ -216,8 +216,8 @@ class Plan:
         if obj.get("version") != FORMAT_VERSION:
             raise InputError(f"{where}: plan version {obj.get('version')} is not supported (expected {FORMAT_VERSION})")
         try:
-            tables = {k: _table_choice(v, f"{where}: table {k!r}") for k, v in obj.get("tables", {}).items()}
-            layers = {k: _layer_choice(v, f"{where}: layer {k!r}") for k, v in obj.get("layers", {}).items()}
+            tables = {k: _table_choice(v, where, k) for k, v in obj.get("tables", {}).items()}
+            layers = {k: _layer_choice(v, where, k) for k, v in obj.get("layers", {}).items()}
         except (AttributeError, TypeError) as exc:
             raise InputError(f"{where}: malformed plan ({exc})") from exc
         rest = {k: v for k, v in obj.items() if k not in ("format", "version", "tables", "layers")}
@@ -228,25 +228,53 @@ class Plan:
         return cls.from_json(read_json(path, "plan"), str(path))
 
 
-def _table_choice(v: dict[str, Any], where: str) -> TableChoice:
+def _table_choice(v: dict[str, Any], where: str, table: str) -> TableChoice:
+    """One table rule of a plan file; every error names the file and the table once."""
+    at = f"{where}: table {table!r}"
+    if not isinstance(v, dict):
+        raise InputError(f"{at}: must be an object such as {{\"precision\": \"int4\"}}, not {v!r}")
     unknown = set(v) - {"precision", "sharing", "range_method"}
     if unknown:
-        raise InputError(f"{where}: unknown keys {sorted(unknown)}")
+        raise InputError(f"{at}: unknown keys {sorted(unknown)}")
     sharing = v.get("sharing")
     if sharing is not None and not (isinstance(sharing, dict) and "kind" in sharing):
-        raise InputError(f"{where}: sharing must be null or an object with a `kind`")
+        raise InputError(f"{at}: sharing must be null or an object with a `kind`")
+    precision = Precision.parse(v.get("precision", "fp32"), at)
     try:
-        return TableChoice(Precision.parse(v.get("precision", "fp32"), where), sharing,
-                           v.get("range_method", "minmax"))
+        if sharing is not None:
+            _check_sharing(sharing, table)
+        choice = TableChoice(precision, sharing, v.get("range_method", "minmax"))
     except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
+        text = str(exc)
+        raise InputError(f"{where}: {text}" if text.startswith(f"table {table!r}: ") else f"{at}: {text}") from None
+    return choice
 
 
-def _layer_choice(v: dict[str, Any], where: str) -> LayerChoice:
+def _check_sharing(spec: dict[str, Any], table: str) -> None:
+    """A table's post-training sharing as far as the plan alone decides it: a kind convert knows,
+    with options it takes (errors "table 'NAME': ..."). What needs the model or the calibration (a
+    dense table, row access counts) is checked when converting."""
+    from lowprec.serve.sharing import POST_TRAINING, _hot_options
+    from lowprec.serve.tiers import TierSpec
+
+    kind = spec.get("kind")
+    if kind not in POST_TRAINING:
+        raise InputError(f"table {table!r}: unknown sharing kind {kind!r} (known: {list(POST_TRAINING)})")
+    if kind == "hot":
+        _hot_options(spec, table)
+    else:
+        TierSpec.from_json(spec, table)
+
+
+def _layer_choice(v: dict[str, Any], where: str, layer: str) -> LayerChoice:
+    at = f"{where}: layer {layer!r}"
+    if not isinstance(v, dict):
+        raise InputError(f"{at}: must be an object such as {{\"precision\": \"int8\"}}, not {v!r}")
     unknown = set(v) - {"precision"}
     if unknown:
-        raise InputError(f"{where}: unknown keys {sorted(unknown)}")
+        raise InputError(f"{at}: unknown keys {sorted(unknown)}")
+    precision = Precision.parse(v.get("precision", "fp32"), at)
     try:
-        return LayerChoice(Precision.parse(v.get("precision", "fp32"), where))
+        return LayerChoice(precision)
     except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
+        raise InputError(f"{at}: {exc}") from None

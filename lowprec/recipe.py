@@ -1,7 +1,7 @@
 """Recipes: one TOML per data set / model family with windows, budgets, candidates and observer.
 
     [windows]    train = "0-3"   validate = "4"   calibrate = "4"   evaluate = "5-7"   monitor = "5-13"
-    [budgets]    max_ne_increase = "0.1%"   max_auc_drop = 0.001   memory_budget = 0 (0: none)
+    [budgets]    max_ne_increase = "0.1%"   max_auc_drop = 0.001   memory_budget = 500000000 (bytes; omit: none)
     [candidates] table_precisions = ["fp32", ...]   layer_precisions = [...]   sharing_ratios = [4, 16]
                  tier_layouts = ["0.02:fp16/int4"] (lowprec.serve.tiers.parse_layout)
     [calibrate]  method = "minmax"   percentile = 99.99
@@ -11,7 +11,9 @@ Who reads what: `lowprec train --recipe` takes [windows] train and validate (ear
 `lowprec search --recipe` takes [windows] calibrate and evaluate, [budgets], [candidates] (sharing_precisions: the precisions a
 shared table may take), [calibrate] and [search]; `lowprec drift --recipe` takes [windows] monitor;
 [recipe] is description only. Every key is typed here; an unknown section or key, or a value of the
-wrong type, is an InputError naming the key and the file.
+wrong type (or a negative, NaN or infinite number), is an InputError naming the key and the file.
+`pick_where` says where a value came from (the flag or FILE: [section] key), for messages that
+must name it.
 
 Commands take `--recipe FILE`; any flag given explicitly overrides the recipe's value. Window
 values are SPEC strings (`4`, `0-3`, `5,7`, `all`) or, for data prepared by year/month, resolved
@@ -20,6 +22,7 @@ against window labels with `label:2015` / `label:2016..2018` / `label:2016-01..2
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -54,11 +57,11 @@ def _check_value(path: Path, section: str, key: str, value: Any) -> None:
     ok = isinstance(value, kinds) and not isinstance(value, bool)
     if ok and isinstance(value, list):
         ok = all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)
-    if ok and isinstance(value, int) and value < 0:
+    if ok and isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
         ok = False
     if not ok:
         names = " or ".join("list" if k is list else k.__name__ for k in kinds)
-        raise InputError(f"{path}: [{section}] {key} = {value!r}: expected a non-negative {names}")
+        raise InputError(f"{path}: [{section}] {key} = {value!r}: expected a finite, non-negative {names}")
 
 
 def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
@@ -94,13 +97,27 @@ def pick(explicit: Any, recipe: dict[str, dict[str, Any]], section: str, key: st
     return recipe.get(section, {}).get(key, default)
 
 
+def pick_where(explicit: Any, recipe: dict[str, dict[str, Any]], path: str | Path | None, section: str, key: str,
+               flag: str, default: Any = None) -> tuple[Any, str]:
+    """`pick`, and where the value came from for messages: `flag` (given, or the default) or
+    `PATH: [section] key` (the recipe's)."""
+    if explicit is not None and explicit != ():
+        return explicit, flag
+    if key in recipe.get(section, {}):
+        return recipe[section][key], f"{path}: [{section}] {key}"
+    return default, flag
+
+
 def parse_fraction(value: Any, what: str) -> float:
-    """'0.1%' -> 0.001; 0.001 -> 0.001."""
+    """'0.1%' -> 0.001; 0.001 -> 0.001. NaN and infinities are refused (InputError naming `what`)."""
     text = str(value).strip()
     try:
-        return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        x = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
     except ValueError:
         raise InputError(f"{what}: {value!r} is not a number or percentage") from None
+    if not math.isfinite(x):
+        raise InputError(f"{what}: {value!r} is not a finite number")
+    return x
 
 
 def resolve_windows(spec: Any, meta, what: str) -> list[int]:

@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import StageBars, fmt
+from lowprec.cli._common import StageBars, data_option, fmt, json_option
 
 
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Float model directory.")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@data_option
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (calibration/*.toml); flags override it.")
 @click.option("--calib-windows", help="Windows that measure sensitivity (SPEC or label:A..B).")
 @click.option("--eval-windows", help="Windows that validate the chosen plan.")
@@ -21,7 +21,8 @@ from lowprec.cli._common import StageBars, fmt
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PLAN.json to write.")
 @click.option("--max-ne-increase", help="Relative NE increase allowed, e.g. 0.1% or 0.001 [recipe or 0.1%].")
 @click.option("--max-auc-drop", help="AUC drop allowed, e.g. 0.001 [recipe or 0.001].")
-@click.option("--memory-budget", type=int, help="Upper bound on table + layer bytes.")
+@click.option("--memory-budget", type=click.IntRange(min=0),
+              help="Upper bound on table + layer bytes [recipe [budgets] memory_budget, else none].")
 @click.option("--objective", type=click.Choice(["bytes", "latency"]), help="What the plan minimises [bytes].")
 @click.option("--precisions", help="Table precisions to consider, e.g. fp16,int8,int4 [all].")
 @click.option("--layer-precisions", help="Layer precisions to consider, e.g. fp32,int8 [fp32,fp16,int8].")
@@ -32,7 +33,7 @@ from lowprec.cli._common import StageBars, fmt
               "times such a layout on ranks.")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
               help="CALIB.json; without it the search calibrates on --calib-windows itself.")
-@click.option("--max-rows", type=int, help="Calibration rows cached for sensitivity [50000].")
+@click.option("--max-rows", type=click.IntRange(min=1), help="Calibration rows cached for sensitivity [50000].")
 @click.option("--accept", type=click.Choice(["interval", "point"]),
               help="When a validated plan fits the budget. interval: the upper ends of its two-sided 95% "
                    "intervals (NE increase: paired Poisson bootstrap; AUC drop: paired DeLong) are within the "
@@ -44,7 +45,7 @@ from lowprec.cli._common import StageBars, fmt
                    "a uniform plan that is >= 3% faster and validates. The per-table timings the solver adds "
                    "up can misrank plans (reports/tiered.md).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md + index.html here.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_windows, out, max_ne_increase, max_auc_drop,
            memory_budget, objective, precisions, layer_precisions, sharing_ratios, tier_layouts, calib_path,
            max_rows, accept, time_whole, report_dir, as_json):

@@ -5,7 +5,7 @@ Kept apart from the click layer so `lowprec demo` and the benchmarks call the sa
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,16 @@ from lowprec.checkpoint.float_model import load_float_model, weights_sha256
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
+from lowprec.jsonsafe import dumps
+from lowprec.plan import RANGE_METHODS
 from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
-from lowprec.recipe import load_recipe, parse_fraction, pick, resolve_windows
+from lowprec.recipe import load_recipe, parse_fraction, pick, pick_where, resolve_windows
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
-from lowprec.search.run import SearchConfig, SearchResult, search
+from lowprec.search.run import SearchConfig, SearchResult, check_memory, search
 from lowprec.search.solver import Budget
-from lowprec.search.space import DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace
+from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace, check_layout,
+                                  options_for)
 from lowprec.train import check_compatible
 
 
@@ -53,60 +56,113 @@ class SearchRequest:
     time_whole: bool = True  # latency objective: time the plan whole beside uniform plans
 
 
-def _list(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+def _list(value: Any, where: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """A comma-separated string or a list; an explicitly empty one is refused (it would silently
+    search nothing)."""
     if value is None:
         return default
-    if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return tuple(str(v) for v in value)
+    items = (tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str)
+             else tuple(str(v).strip() for v in value))
+    if not items or not all(items):
+        raise InputError(f"{where}: {value!r} names nothing; give at least one value, or leave it out for the "
+                         f"default")
+    return items
 
 
-def _ratios(values: tuple[str, ...]) -> tuple[float, ...]:
+def _precisions(value: Any, where: str, default: tuple[str, ...]) -> tuple[Precision, ...]:
+    return tuple(Precision.parse(p, where) for p in _list(value, where, default))
+
+
+def _ratios(value: Any, where: str) -> tuple[float, ...]:
+    values = _list(value, where)
     try:
-        return tuple(float(x) for x in values)
+        ratios = tuple(float(x) for x in values)
     except ValueError:
-        raise InputError(f"sharing ratios must be numbers, got {list(values)}") from None
+        raise InputError(f"{where}: sharing ratios must be numbers, got {list(values)}") from None
+    if not all(math.isfinite(r) and r > 1 for r in ratios):
+        raise InputError(f"{where}: sharing ratios must be finite numbers > 1, got {list(values)}")
+    return ratios
 
 
-def _layouts(value: Any) -> tuple[str, ...]:
+def _layouts(value: Any, where: str) -> tuple[str, ...]:
     """Tier layouts: a list, or one string with layouts separated by ';' (each holds commas)."""
     if value is None:
         return ()
-    if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(";") if v.strip())
-    return tuple(str(v) for v in value)
+    items = (tuple(v.strip() for v in value.split(";") if v.strip()) if isinstance(value, str)
+             else tuple(str(v).strip() for v in value))
+    if not items or not all(items):
+        raise InputError(f"{where}: {value!r} names no tier layout; give one such as '0.02:fp16/int4', or leave "
+                         f"it out")
+    for layout in items:
+        check_layout(layout, where)
+    return items
+
+
+def _budget(value: Any, where: str) -> float:
+    x = parse_fraction(value, where)
+    if x < 0:
+        raise InputError(f"{where}: {value!r} is negative; budgets must be >= 0")
+    return x
+
+
+def _whole(value: Any, where: str, minimum: int) -> int | None:
+    """An integer option (>= minimum), or None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{where}: {value!r} is not a whole number >= {minimum}")
+    return value
+
+
+def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InputError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[str, Any]]:
+    """The search's config from flags and recipe; every value checked here, before anything is
+    loaded or measured, and a bad one refused naming its flag or its recipe file and key."""
     r = load_recipe(req.recipe)
+
+    def get(explicit: Any, section: str, key: str, flag: str, default: Any = None) -> tuple[Any, str]:
+        return pick_where(explicit, r, req.recipe, section, key, flag, default)
+
     calib = resolve_windows(pick(req.calib_windows, r, "windows", "calibrate"), ds.meta, "calibrate")
     evaluate = resolve_windows(pick(req.eval_windows, r, "windows", "evaluate"), ds.meta, "evaluate")
     test_spec = pick(req.test_windows, r, "windows", "test")
     test = resolve_windows(test_spec, ds.meta, "test") if test_spec is not None else []
-    memory = pick(req.memory_budget, r, "budgets", "memory_budget")
-    budget = Budget(parse_fraction(pick(req.max_ne_increase, r, "budgets", "max_ne_increase", "0.1%"),
-                                   "--max-ne-increase"),
-                    parse_fraction(pick(req.max_auc_drop, r, "budgets", "max_auc_drop", 0.001), "--max-auc-drop"),
-                    int(memory) if memory else None)
+    budget = Budget(_budget(*get(req.max_ne_increase, "budgets", "max_ne_increase", "--max-ne-increase", "0.1%")),
+                    _budget(*get(req.max_auc_drop, "budgets", "max_auc_drop", "--max-auc-drop", 0.001)),
+                    _whole(*get(req.memory_budget, "budgets", "memory_budget", "--memory-budget"), 0))
+    tables = get(req.precisions, "candidates", "table_precisions", "--precisions")
+    layers = get(req.layer_precisions, "candidates", "layer_precisions", "--layer-precisions")
+    layer_precisions = _precisions(*layers, DEFAULT_LAYER_PRECISIONS)
+    bad = [p.value for p in layer_precisions if p not in Precision.for_layers()]
+    if bad:
+        raise InputError(f"{layers[1]}: layers cannot take {bad} (they take "
+                         f"{', '.join(p.value for p in Precision.for_layers())})")
     space = SearchSpace(
-        table_precisions=tuple(Precision.parse(p, "--precisions") for p in
-                               _list(pick(req.precisions, r, "candidates", "table_precisions"), DEFAULT_TABLE_PRECISIONS)),
-        layer_precisions=tuple(Precision.parse(p, "--layer-precisions") for p in
-                               _list(pick(req.layer_precisions, r, "candidates", "layer_precisions"), DEFAULT_LAYER_PRECISIONS)),
-        sharing_ratios=_ratios(_list(pick(req.sharing_ratios, r, "candidates", "sharing_ratios"), ())),
-        sharing_precisions=tuple(Precision.parse(p, "[candidates] sharing_precisions") for p in
-                                 _list(r.get("candidates", {}).get("sharing_precisions"), ("int8", "int4"))),
-        range_method=r.get("search", {}).get("range_method", "l2"),
-        tier_layouts=_layouts(pick(req.tier_layouts, r, "candidates", "tier_layouts")),
+        table_precisions=_precisions(*tables, DEFAULT_TABLE_PRECISIONS), layer_precisions=layer_precisions,
+        sharing_ratios=_ratios(*get(req.sharing_ratios, "candidates", "sharing_ratios", "--sharing-ratios")),
+        sharing_precisions=_precisions(*get(None, "candidates", "sharing_precisions", "sharing precisions"),
+                                       ("int8", "int4")),
+        range_method=_choice(*get(None, "search", "range_method", "range method", "l2"), RANGE_METHODS),
+        tier_layouts=_layouts(*get(req.tier_layouts, "candidates", "tier_layouts", "--tier-layouts")),
     )
-    s = r.get("search", {})
+    if not space.has_choices():
+        raise InputError(f"{tables[1]} and {layers[1]} leave nothing to search (every table and layer fp32, no "
+                         f"sharing or tier layouts); add a lower precision such as fp16,int8,int4")
+    margin, margin_where = get(None, "search", "margin", "margin", 0.9)
+    if not 0 < margin <= 1:
+        raise InputError(f"{margin_where}: {margin!r} must be in (0, 1]")
     cfg = SearchConfig(tuple(calib), tuple(evaluate), budget, space,
-                       objective=pick(req.objective, r, "search", "objective", "bytes"),
-                       max_rows=int(pick(req.max_rows, r, "search", "max_rows", 50_000)),
-                       max_rounds=int(s.get("max_rounds", 6)), margin=float(s.get("margin", 0.9)),
-                       test_windows=tuple(test), time_whole=req.time_whole,
-                       accept=check_rule(str(pick(req.accept, r, "search", "accept", DEFAULT_RULE)),
-                                         "--accept" if req.accept else f"{req.recipe}: [search] accept"))
+                       objective=_choice(*get(req.objective, "search", "objective", "--objective", "bytes"),
+                                         ("bytes", "latency")),
+                       max_rows=_whole(*get(req.max_rows, "search", "max_rows", "--max-rows", 50_000), 1),
+                       max_rounds=_whole(*get(None, "search", "max_rounds", "max rounds", 6), 1),
+                       margin=float(margin), test_windows=tuple(test), time_whole=req.time_whole,
+                       accept=check_rule(*get(req.accept, "search", "accept", "--accept", DEFAULT_RULE)))
     return cfg, r
 
 
@@ -127,6 +183,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
                          f"test windows must be ones the search never sees")
     model, _ = load_float_model(req.model_dir)
     check_compatible(model.config, ds.meta, str(req.model_dir))
+    check_memory(options_for(model.config, cfg.space, sharing=True), cfg.budget)  # before calibrating
     if req.calib_path:
         calibration, calib_sha = load_calibration(req.calib_path), sha256_file(req.calib_path)
         if "model_sha256" in calibration:  # now, not after the sensitivity pass when validation converts
@@ -146,11 +203,11 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     summary = summarize(result, model)
     if not dist.is_main():  # under torchrun only rank 0 writes
         return result, summary
-    atomic_write_text(req.out, json.dumps(result.plan.to_json(), indent=2) + "\n", kind="plan")
-    if req.report_dir:
+    if req.report_dir:  # the report first: a report that cannot be written leaves no plan behind
         from lowprec.search.report import write_report
 
         write_report(result, summary, Path(req.report_dir))
+    atomic_write_text(req.out, dumps(result.plan.to_json(), indent=2) + "\n", kind="plan")
     return result, summary
 
 

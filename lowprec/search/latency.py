@@ -40,6 +40,7 @@ import torch
 from lowprec.data.ids import FeatureIds
 from lowprec.fileio import atomic_write_text
 from lowprec.plan import Plan
+from lowprec.search.cache import ignore, is_number, read_scratch
 from lowprec.search.sensitivity import CachedBatch, Emulator
 from lowprec.search.space import Option
 
@@ -88,10 +89,10 @@ def measure_costs(emulator: Emulator, items: dict[str, list[Option]], range_meth
                   repeats: int = REPEATS) -> dict[str, float]:
     """Microseconds per batch for every option (read from, and added to, the on-disk cache)."""
     path = _cache_file()
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        cache = {}
+    cache = read_scratch(path, "latency cache")
+    bad = next((k for k, v in cache.items() if not is_number(v)), None)
+    if bad is not None:
+        cache = ignore(path, "latency cache", f"entry {bad!r} is not a number of microseconds")
     batch = emulator.cache.batches[0]
     names = emulator.model.config.table_names
     out, machine, dirty = {}, _machine(), False

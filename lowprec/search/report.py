@@ -95,7 +95,7 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
     info = result.plan.info
     b = info.budgets
     doc.para(f"Budgets: NE increase <= {100 * b.max_ne_increase:.3f}%, AUC drop <= {b.max_auc_drop}"
-             + (f", memory <= {b.memory_bytes:,} bytes" if b.memory_bytes else "")
+             + (f", memory <= {b.memory_bytes:,} bytes" if b.memory_bytes is not None else "")
              + f". Calibration windows {list(info.windows.calibration)}, evaluation windows "
                f"{list(info.windows.evaluation)}.")
     doc.para(f"Result: {summary['total_bytes']:,} bytes (tables {summary['table_bytes']:,}, layers "

@@ -2,8 +2,8 @@
 
 1. Float activations of the calibration windows are cached (`FloatCache`); each candidate option is
    measured alone on them (`Emulator`), and every measurement is appended to a JSON cache file
-   keyed by a fingerprint of (model, data, windows, calibration, settings), so an interrupted
-   search resumes where it stopped.
+   (lowprec.search.cache) keyed by a fingerprint of (model, data, windows, calibration, settings),
+   so an interrupted search resumes where it stopped.
 2. The MILP picks the cheapest plan whose summed (predicted) loss fits the budget.
 3. The plan is converted for real (the rows the eval windows look up: `lowprec.search.rows_subset`)
    and validated on the eval windows (`refine`): the budget
@@ -33,12 +33,11 @@ from typing import Any, Callable
 from lowprec import distributed as dist
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
-from lowprec.fileio import atomic_write_text
-from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
 from lowprec.search.accept import DEFAULT_RULE, check_rule, judge
+from lowprec.search.cache import MeasurementCache, measurement
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import Budget, Sensitivity, auc_price, ne_price, predicted, price, solve
@@ -68,8 +67,14 @@ class SearchConfig:
             raise InputError(f"objective must be bytes or latency, not {self.objective!r}")
         if not 0 < self.margin <= 1:
             raise InputError("margin must be in (0, 1]")
-        if self.budget.max_ne_increase < 0 or self.budget.max_auc_drop < 0:
-            raise InputError("budgets must be >= 0")
+        b = self.budget
+        if not all(math.isfinite(x) and x >= 0 for x in (b.max_ne_increase, b.max_auc_drop)):
+            raise InputError(f"budgets must be finite and >= 0, got NE increase {b.max_ne_increase!r}, "
+                             f"AUC drop {b.max_auc_drop!r}")
+        if b.memory_bytes is not None and not (isinstance(b.memory_bytes, int) and b.memory_bytes >= 0):
+            raise InputError(f"the memory budget must be a whole number of bytes >= 0, not {b.memory_bytes!r}")
+        if self.max_rows < 1 or self.max_rounds < 1:
+            raise InputError(f"max_rows ({self.max_rows}) and max_rounds ({self.max_rounds}) must be >= 1")
 
 
 @dataclass
@@ -88,35 +93,6 @@ class SearchResult:
     cost: dict[str, float] | None = None  # latency objective: each option's measured marginal us
 
 
-class MeasurementCache:
-    """Option key -> {ne, auc, rows, ne_se} on disk, flushed after every measurement (round).
-    Under torchrun rank 0 reads and writes the file; the other ranks get its contents from rank 0."""
-
-    def __init__(self, path: Path | None, fingerprint: str):
-        self.path, self.fingerprint, self.data = (path if dist.is_main() else None), fingerprint, {}
-        if self.path is not None and self.path.is_file():
-            try:
-                obj = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                obj = {}
-            if obj.get("fingerprint") == fingerprint:
-                self.data = obj.get("measurements", {})
-        self.data = dist.broadcast_json(self.data, "sensitivity cache")
-
-    def get(self, key: str) -> dict[str, float] | None:
-        hit = self.data.get(key)
-        return hit if hit is not None and "ne_se" in hit else None  # older caches lack the noise
-
-    def put(self, key: str, stats: BinaryStats, ne_se: float = 0.0) -> None:
-        self.record({key: measurement(stats, ne_se)})
-
-    def record(self, measurements: dict[str, dict[str, float]]) -> None:
-        self.data.update(measurements)
-        if self.path is not None:
-            atomic_write_text(self.path, json.dumps(
-                {"fingerprint": self.fingerprint, "measurements": self.data}, indent=1))
-
-
 def fingerprint(model_dir: Path, ds: Dataset, cfg: SearchConfig, calib_sha: str | None) -> str:
     from lowprec.checkpoint.float_model import weights_sha256  # recorded, verified on load
 
@@ -125,10 +101,6 @@ def fingerprint(model_dir: Path, ds: Dataset, cfg: SearchConfig, calib_sha: str 
              json.dumps(cfg.space.to_json()), str(calib_sha),
              "held-out counts"]  # measurements since table options read held-out counts (sensitivity.py)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
-
-
-def measurement(stats: BinaryStats, ne_se: float) -> dict[str, float]:
-    return {"ne": stats.ne, "auc": stats.auc, "rows": stats.weight, "ne_se": ne_se}
 
 
 def measure_sensitivity(emulator: Emulator, items: dict[str, list[Option]], cache: MeasurementCache,
@@ -263,11 +235,12 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     started = time.time()
     model_dir = Path(model_dir)
     rm = cfg.space.range_method
+    items = options_for(model.config, cfg.space, sharing=bool((calibration or {}).get("row_counts")))
+    check_memory(items, cfg.budget)  # before anything is measured
     cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)
     if cache.rows == 0:
         raise InputError(f"calibration windows {list(cfg.calib_windows)} hold no rows")
     emulator = Emulator(model, cache, calibration)
-    items = options_for(model.config, cfg.space, sharing=bool((calibration or {}).get("row_counts")))
     measurements = MeasurementCache(cache_path, fingerprint(model_dir, ds, cfg, calib_sha))
     n_options = 1 + sum(1 for opts in items.values() for o in opts if not o.is_float_baseline)
     update = stage(stages, "sensitivity", n_options, "options")
@@ -321,6 +294,18 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     plan = plan_from_options(chosen, rm, info)
     return SearchResult(plan, chosen, val, items, sens, rounds, evaluations, time.time() - started, float_stats,
                         message, test, cost)
+
+
+def check_memory(items: dict[str, list[Option]], budget: Budget) -> None:
+    """Refuse a memory budget no plan of the space fits (0, or below every item at its smallest
+    option), before the sensitivity pass rather than after it."""
+    if budget.memory_bytes is None:
+        return
+    smallest = sum(min(o.bytes for o in opts) for opts in items.values())
+    if smallest > budget.memory_bytes:
+        raise InputError(f"no plan meets the budgets within --memory-budget {budget.memory_bytes:,} bytes "
+                         f"([budgets] memory_budget in a recipe): the smallest plan the search space holds "
+                         f"(every table and layer at its smallest option) takes {smallest:,} bytes")
 
 
 def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dict[str, Any] | None,

@@ -92,7 +92,7 @@ def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: 
     if res.status != 0 or res.x is None:
         raise InputError(
             "no plan meets the budgets"
-            + (f" within --memory-budget {budget.memory_bytes} bytes" if budget.memory_bytes else "")
+            + (f" within --memory-budget {budget.memory_bytes} bytes" if budget.memory_bytes is not None else "")
             + f" (solver: {res.message})")
     chosen = [o for o, x in zip(flat, res.x) if x > 0.5]
     return {o.item: o for o in chosen}

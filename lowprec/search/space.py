@@ -8,6 +8,7 @@ layer's stored weight plus its fp32 bias.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +39,17 @@ class SearchSpace:
         bad = [p.value for p in self.layer_precisions if p not in Precision.for_layers()]
         if bad:
             raise InputError(f"layers cannot take {bad}")
-        if any(r <= 1 for r in self.sharing_ratios):
-            raise InputError("sharing ratios must be > 1")
+        if not self.table_precisions or not self.layer_precisions:
+            raise InputError("the search space needs at least one table precision and one layer precision")
+        if not all(math.isfinite(r) and r > 1 for r in self.sharing_ratios):
+            raise InputError(f"sharing ratios must be finite and > 1, got {list(self.sharing_ratios)}")
         for layout in self.tier_layouts:
-            parse_layout(layout, "--tier-layouts")
+            check_layout(layout, "--tier-layouts")
+
+    def has_choices(self) -> bool:
+        """Whether the space offers anything but fp32 (a search over nothing returns fp32 silently)."""
+        return (any(p is not Precision.FP32 for p in self.table_precisions + self.layer_precisions)
+                or bool(self.sharing_ratios) or bool(self.tier_layouts))
 
     def to_json(self) -> dict[str, Any]:
         return {"table_precisions": [p.value for p in self.table_precisions],
@@ -78,6 +86,21 @@ class Option:
 
     def sharing_dict(self) -> dict[str, Any] | None:
         return None if self.sharing is None else dict(self.sharing)
+
+
+def check_layout(layout: str, where: str) -> tuple[dict[str, Any], Precision]:
+    """`parse_layout`, its errors naming `where` (the option or recipe key the layout came from).
+
+    parse_layout reports its tier-share checks as "table '<where>': ..." (TierSpec.from_json names
+    a plan's table); a layout given to the search belongs to no table, so that prefix is replaced."""
+    try:
+        return parse_layout(layout, where)
+    except InputError as exc:
+        text = str(exc)
+        if text.startswith(f"{where}: "):
+            raise
+        text = text.removeprefix(f"table {where!r}: ")
+        raise InputError(f"{where}: {layout!r}: {text}") from None
 
 
 def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -> dict[str, list[Option]]:

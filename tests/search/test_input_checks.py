@@ -1,0 +1,182 @@
+"""`lowprec search` refuses bad options before it loads or measures anything, naming the flag or the
+recipe file and key; its own scratch (the measurement and latency caches) never crashes it; the plan
+and report land together; a plan file's errors name the file once.
+
+The option checks point --model at a path that does not exist: a message about the option (not
+"model not found") shows the option was checked before anything was loaded."""
+
+import json
+
+import pytest
+
+from helpers import make_tiny_dataset, run_cli
+from lowprec.checkpoint.float_model import save_float_model
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError, InputWarning
+from lowprec.plan import Budget, Plan
+from lowprec.precision import Precision
+from lowprec.search import latency
+from lowprec.search import run as search_run
+from lowprec.search.sensitivity import Emulator, FloatCache
+from lowprec.search.space import Option, SearchSpace, options_for
+from lowprec.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search_inputs")
+    ds = Dataset(make_tiny_dataset(root / "data", windows=3, rows=600, tables=(200, 30, 8)))
+    model, info = train(ds, TrainConfig(windows=(0,), epochs=1))
+    save_float_model(model, root / "model", info)
+    return root
+
+
+def search(root, out, *extra, model=None):
+    return run_cli("search", "--model", model or root / "model", "--data", root / "data", "--calib-windows", 1,
+                   "--eval-windows", 2, "--out", out, "--precisions", "fp16,int8", "--layer-precisions", "fp32,int8",
+                   "--json", *extra)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory-budget", "-5"], "'--memory-budget': -5 is not in the range x>=0"),
+    (["--max-rows", "0"], "'--max-rows': 0 is not in the range x>=1"),
+    (["--max-rows", "-5"], "'--max-rows': -5 is not in the range x>=1"),
+    (["--max-auc-drop", "nan"], "--max-auc-drop: 'nan' is not a finite number"),
+    (["--max-ne-increase", "inf"], "--max-ne-increase: 'inf' is not a finite number"),
+    (["--max-ne-increase", "-1%"], "--max-ne-increase: '-1%' is negative; budgets must be >= 0"),
+    (["--precisions", ""], "--precisions: '' names nothing"),
+    (["--layer-precisions", " , "], "--layer-precisions: ' , ' names nothing"),
+    (["--sharing-ratios", ""], "--sharing-ratios: '' names nothing"),
+    (["--sharing-ratios", "nan"], "--sharing-ratios: sharing ratios must be finite numbers > 1"),
+    (["--tier-layouts", ";;"], "--tier-layouts: ';;' names no tier layout"),
+    (["--tier-layouts", "2:fp16/int4"], "--tier-layouts: '2:fp16/int4': tier shares [2.0] must each be in (0, 1]"),
+    (["--precisions", "fp32", "--layer-precisions", "fp32"], "--precisions and --layer-precisions leave nothing"),
+    (["--layer-precisions", "int4"], "--layer-precisions: layers cannot take ['int4']"),
+])
+def test_bad_option_values_are_refused_before_anything_is_loaded(tiny, tmp_path, args, message):
+    r = search(tiny, tmp_path / "p.json", *args, model=tmp_path / "no-model")
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert "table '" not in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[budgets]\nmax_ne_increase = "lots"\n', "[budgets] max_ne_increase: 'lots' is not a number or percentage"),
+    ('[budgets]\nmax_auc_drop = "inf"\n', "[budgets] max_auc_drop: 'inf' is not a finite number"),
+    ('[budgets]\nmax_auc_drop = nan\n', "[budgets] max_auc_drop = nan: expected a finite, non-negative"),
+    ('[budgets]\nmax_auc_drop = -0.5\n', "[budgets] max_auc_drop = -0.5: expected a finite, non-negative"),
+    ('[candidates]\ntable_precisions = []\n', "[candidates] table_precisions: [] names nothing"),
+    ('[candidates]\ntier_layouts = ["2:fp16/int4"]\n', "[candidates] tier_layouts: '2:fp16/int4': tier shares"),
+    ('[candidates]\nsharing_precisions = ["int9"]\n', "[candidates] sharing_precisions: unknown precision 'int9'"),
+    ('[search]\nmax_rows = 0\n', "[search] max_rows: 0 is not a whole number >= 1"),
+    ('[search]\nmax_rounds = 0\n', "[search] max_rounds: 0 is not a whole number >= 1"),
+    ('[search]\nmargin = 2\n', "[search] margin: 2 must be in (0, 1]"),
+    ('[search]\nrange_method = "x"\n', "[search] range_method: 'x' is not one of minmax, l2"),
+])
+def test_recipe_values_are_refused_naming_the_file_and_key(tiny, tmp_path, text, message):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    r = run_cli("search", "--model", tmp_path / "no-model", "--data", tiny / "data", "--recipe", recipe,
+                "--calib-windows", 1, "--eval-windows", 2, "--out", tmp_path / "p.json")
+    assert r.exit_code == 2 and f"{recipe}: {message}" in r.output, r.output
+    assert "--max-" not in r.output  # the recipe's value is not reported as a flag's
+
+
+def test_a_zero_memory_budget_is_applied_before_measuring(tiny, tmp_path):
+    """0 bytes is a budget (not "none"); no plan fits it, which is known before the sensitivity pass."""
+    r = search(tiny, tmp_path / "p.json", "--memory-budget", "0")
+    assert r.exit_code == 2 and "no plan meets the budgets within --memory-budget 0 bytes" in r.output, r.output
+    assert not (tmp_path / "p.json").exists() and not (tmp_path / "p.cache.json").exists()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[budgets]\nmemory_budget = 0\n")
+    r = search(tiny, tmp_path / "p.json", "--recipe", recipe)
+    assert r.exit_code == 2 and "memory_budget" in r.output and not (tmp_path / "p.cache.json").exists()
+    items = {"table:a": [Option("table:a", Precision.FP32, bytes=400), Option("table:a", Precision.INT8, bytes=100)]}
+    search_run.check_memory(items, Budget(0.001, 0.001, 100))  # fits exactly
+    search_run.check_memory(items, Budget(0.001, 0.001, None))  # no budget
+    with pytest.raises(InputError, match="takes 100 bytes"):
+        search_run.check_memory(items, Budget(0.001, 0.001, 99))
+    with pytest.raises(InputError, match="finite"):
+        search_run.SearchConfig((1,), (2,), Budget(float("nan"), 0.001))
+
+
+@pytest.mark.parametrize("content", [
+    "[]", "not json", "\xff", '{"fingerprint": "f", "measurements": 5}',
+    '{"fingerprint": "f", "measurements": {"float": 3}}',
+    '{"fingerprint": "f", "measurements": {"float": {"ne": "x", "auc": 0.7, "rows": 10, "ne_se": 0}}}',
+])
+def test_a_corrupt_measurement_cache_is_ignored_with_a_warning(tmp_path, content):
+    path = tmp_path / "p.cache.json"
+    path.write_text(content, encoding="latin-1")
+    with pytest.warns(InputWarning, match="p.cache.json: ignoring the search's measurement cache"):
+        cache = search_run.MeasurementCache(path, "f")
+    assert cache.data == {} and cache.get("float") is None
+    cache.record({"float": {"ne": 1.0, "auc": 0.7, "rows": 10.0, "ne_se": 0.0}})
+    assert json.loads(path.read_text())["measurements"]["float"]["ne"] == 1.0  # rebuilt
+
+
+def test_a_corrupt_cache_beside_out_is_rebuilt_by_the_cli(tiny, tmp_path):
+    (tmp_path / "p.cache.json").write_text("[]")
+    r = search(tiny, tmp_path / "p.json")
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.stderr.splitlines() if "p.cache.json" in x]
+    assert lines == [f"warning: {tmp_path / 'p.cache.json'}: ignoring the search's measurement cache "
+                     f"(a JSON list, not an object); measuring again"]
+    assert json.loads((tmp_path / "p.cache.json").read_text())["measurements"]["float"]["rows"] > 0
+    assert json.loads((tmp_path / "p.json").read_text())["format"] == "lowprec-plan"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"a": "slow"}'])
+def test_a_corrupt_latency_cache_is_ignored_and_rebuilt(tiny, tmp_path, monkeypatch, content):
+    from lowprec.checkpoint.float_model import load_float_model
+
+    monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path))
+    (tmp_path / "latency.json").write_text(content)
+    model, _ = load_float_model(tiny / "model")
+    emulator = Emulator(model, FloatCache(model, Dataset(tiny / "data"), [1], 200), None)
+    items = options_for(model.config, SearchSpace((Precision.INT8,), (Precision.FP32,)))
+    with pytest.warns(InputWarning, match="latency.json: ignoring the latency cache"):
+        cost = latency.measure_costs(emulator, items, "l2", repeats=1)
+    assert all(v > 0 for v in cost.values())
+    rebuilt = json.loads((tmp_path / "latency.json").read_text())
+    assert isinstance(rebuilt, dict) and "a" not in rebuilt and len(rebuilt) == len(cost)
+
+
+def test_a_report_that_cannot_be_written_leaves_no_plan(tiny, tmp_path, monkeypatch):
+    from lowprec.search import report
+
+    def fail(*args, **kwargs):
+        raise InputError("cannot write rep: No space left on device [ENOSPC]; nothing was replaced")
+
+    monkeypatch.setattr(report, "write_report", fail)
+    r = search(tiny, tmp_path / "p.json", "--report", tmp_path / "rep")
+    assert r.exit_code == 2 and "ENOSPC" in r.output, r.output
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_outputs_under_a_regular_file_are_refused_before_the_search(tiny, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for extra in (["--out", tmp_path / "afile" / "p.json"], ["--report", tmp_path / "afile" / "rep"]):
+        r = search(tiny, tmp_path / "p.json", *extra, model=tmp_path / "no-model")
+        assert r.exit_code == 2 and "is not a directory" in r.output, r.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"tables": {"cat_0": {"precision": "int9"}}}, "table 'cat_0': unknown precision 'int9'"),
+    ({"tables": {"cat_0": {"precision": "int4", "sharing": {"kind": "bogus"}}}},
+     "table 'cat_0': unknown sharing kind 'bogus'"),
+    ({"tables": {"cat_0": {"precision": "int4", "sharing": {"kind": "hot"}}}}, "table 'cat_0': sharing"),
+    ({"tables": {"cat_0": {"precision": "int4", "sharing": {"kind": "tiered", "tiers": [[2, "fp16"]]}}}},
+     "table 'cat_0': tier shares [2.0]"),
+    ({"tables": {"cat_0": {"range_method": "x"}}}, "table 'cat_0': range_method 'x'"),
+    ({"tables": {"cat_0": "int4"}}, "table 'cat_0': must be an object"),
+    ({"layers": {"top.0": {"precision": "int4"}}}, "layer 'top.0': layers take"),
+    ({"layers": {"top.0": {"precision": "int9"}}}, "layer 'top.0': unknown precision 'int9'"),
+])
+def test_plan_file_errors_name_the_file_once(tmp_path, entry, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"format": "lowprec-plan", "version": 1} | entry))
+    with pytest.raises(InputError) as exc:
+        Plan.load(path)
+    assert str(exc.value).startswith(f"{path}: {message}") and str(exc.value).count("p.json") == 1, exc.value
