@@ -51,6 +51,18 @@ def test_convert_refuses_a_calibration_of_another_model(two, tmp_path):
        "--calibration", two / "other.calib.json", "--out", tmp_path / "art", "--allow-calibration-mismatch")
 
 
+def test_shard_refuses_a_calibration_of_another_model(two, tmp_path):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(two / "ref.art", art)
+    r = cli("shard", art, "--ranks", "2", "--calibration", two / "other.calib.json")
+    assert r.exit_code == 2 and "--calibration was measured on model sha256" in r.output, r.output
+    assert not (art / "shard-plan.json").exists()
+    ok("shard", art, "--ranks", "2", "--calibration", two / "ref.calib.json")
+    ok("shard", art, "--ranks", "2", "--calibration", two / "other.calib.json", "--allow-calibration-mismatch")
+
+
 @pytest.mark.parametrize("command", ["drift", "compare"])
 def test_candidate_not_converted_from_the_reference_is_refused(two, tmp_path, command):
     def args(candidate, db):

@@ -103,6 +103,66 @@ def test_a_non_utf8_recipe(base, tmp_path):
     assert r.exit_code == 2 and "r.toml" in r.output and "UTF-8" in r.output
 
 
+def test_convert_says_when_int8_layers_fall_back_to_dynamic_ranges(base, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1, "tables": {}, "kind": "search",
+                                "layers": {"top.0": {"precision": "int8"}}}))
+    r = run("convert", "--model", base / "model", "--plan", plan, "--layer-precision", "int8", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "go with --precision" in r.output and not (tmp_path / "x").exists()
+    r = run("convert", "--model", base / "model", "--plan", plan, "--out", tmp_path / "a")
+    assert r.exit_code == 0 and "warning: layers ['top.0'] are int8 with dynamic" in r.stderr, r.output
+    calib = json.loads((base / "calib.json").read_text())
+    calib["layers"].pop("top.0")
+    (tmp_path / "c.json").write_text(json.dumps(calib))
+    for counts in base.glob("calib.counts-*"):  # the row-count sidecar it names
+        (tmp_path / counts.name).write_bytes(counts.read_bytes())
+    r = run("convert", "--model", base / "model", "--plan", plan, "--calibration", tmp_path / "c.json",
+            "--out", tmp_path / "b")
+    assert r.exit_code == 0 and "the calibration has no range for them" in r.stderr, r.output
+    r = run("convert", "--model", base / "model", "--plan", plan, "--calibration", base / "calib.json",
+            "--out", tmp_path / "c")
+    assert r.exit_code == 0 and "dynamic" not in r.stderr, r.output
+
+
+def test_unsigned_ids_object_arrays_and_a_directory_as_input_are_named_plainly(base, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "d"
+    shutil.copytree(base / "data", data)
+    sparse = data / "day_2_sparse.npy"
+    np.save(sparse, np.load(sparse).astype(np.uint32))
+    r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 2 and "ids must be signed integers (int32 or int64; -1 pads a bag), found uint32" in r.output
+    np.save(sparse, np.array([[object()]] * 3, dtype=object), allow_pickle=True)
+    r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 2 and "declares Python objects" in r.output and "never unpickles" in r.output, r.output
+    r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path, "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "is a directory; give the files themselves" in r.output, r.output
+
+
+def test_a_config_that_fails_its_own_checks_names_the_file(base, tmp_path):
+    cfg = json.loads((base / "model" / "config.json").read_text())
+    cfg["model"]["embedding_dim"] = 8  # the bottom MLP ends at another width
+    model = copy_with(base / "model", tmp_path / "m", "config.json", json.dumps(cfg))
+    r = run("eval", "--model", model, "--data", base / "data", "--windows", "2")
+    assert r.exit_code == 2 and f"{model / 'config.json'}: " in r.output and "embedding_dim=8" in r.output, r.output
+
+
+def test_a_manifest_that_drops_or_misdescribes_a_table(base, tmp_path):
+    """`inspect` shows the manifest's `tables`: one that drops a table, or lists sharing the table
+    is not served with, would misreport the artifact."""
+    man = json.loads((base / "art" / "manifest.json").read_text())
+    dropped = dict(man, tables=man["tables"][:-1])
+    shared = dict(man, tables=[dict(man["tables"][0], sharing={"kind": "hot", "ratio": 4}), *man["tables"][1:]])
+    for i, (edited, says) in enumerate(((dropped, "missing ['t"), (shared, "lists sharing {'kind': 'hot'"))):
+        art = copy_with(base / "art", tmp_path / f"a{i}", "manifest.json", json.dumps(edited))
+        for cmd in (["inspect", art], ["eval", "--model", art, "--data", base / "data", "--windows", "2"]):
+            r = run(*cmd)
+            assert r.exit_code == 2 and "manifest.json" in r.output and says in r.output, (cmd, r.output)
+
+
 @pytest.mark.parametrize("value", ["int9", 5, None, "fp16", "int2"])
 def test_a_corrupt_precision_in_a_manifest(base, tmp_path, value):
     man = json.loads((base / "art" / "manifest.json").read_text())

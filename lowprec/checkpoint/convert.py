@@ -24,7 +24,7 @@ from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHT
 from lowprec.checkpoint.float_model import open_weights, read_float_config, weights_sha256
 from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.fileio import atomic_dir, sha256_file, write_json
 from lowprec.model.backends import load_table_module
 from lowprec.model.config import DLRMConfig
@@ -180,6 +180,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
                                  calibration.get("layers", {}).get(name))
             for name in layer_shapes
         }
+        _warn_dynamic_layers(layers, plan, calibration)
         writer.close()
         src.check_sha256()
         source_sha = recorded.get(src.path.name) if len(recorded) <= 1 else recorded
@@ -189,6 +190,21 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         if finish is not None:
             finish(tmp)
     return manifest
+
+
+def _warn_dynamic_layers(layers: dict[str, dict[str, Any]], plan: Plan, calibration: dict[str, Any]) -> None:
+    """int8 layers without a calibrated input range quantize activations per batch (dynamic): say so
+    where that is not what the user would expect (a searched plan was validated with static ranges;
+    a calibration that lacks a layer was meant to cover it)."""
+    dynamic = [n for n, e in layers.items() if e["precision"] == "int8" and n not in calibration.get("layers", {})]
+    if not dynamic:
+        return
+    if calibration.get("layers"):
+        warn(f"layers {dynamic} are int8 with dynamic activation ranges: the calibration has no range for them")
+    elif plan.info.kind == "search":
+        warn(f"layers {dynamic} are int8 with dynamic activation ranges (no --calibration), but the search "
+             f"validated this plan with static ones: pass `--calibration CALIB.json` (`lowprec calibrate` on the "
+             f"plan's calibration windows) for the artifact it measured")
 
 
 def check_calibration_model(calibration: dict[str, Any], model_sha: str, weights: Path,

@@ -26,6 +26,7 @@ import torch
 
 from lowprec.errors import InputError
 from lowprec.model.config import DLRMConfig
+from lowprec.model.embedding import parse_spec
 from lowprec.precision import Precision
 from lowprec.serve.layers import LAYER_CODECS
 from lowprec.serve.tables import TABLE_CODECS
@@ -150,6 +151,11 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
             if stored != p:
                 raise _fail(where, f"table {name!r} says {p.value} but its physical table {parts[0]!r} "
                                    f"is {stored.value}")
+    listed = [t.get("name") for t in manifest["tables"]]
+    if listed != config.table_names:  # what inspect, the search and the reports show: every table, once
+        missing = [n for n in config.table_names if n not in listed]
+        raise _fail(where, f"`tables` lists {len(listed)} tables, the model config {len(config.table_names)}"
+                           + (f" (missing {missing[:5]})" if missing else " (names or order differ)"))
     serving = manifest["serving"]
     if [s.get("name") for s in serving] != config.table_names:
         raise _fail(where, f"serving tables {[s.get('name') for s in serving]} are not the model's "
@@ -165,6 +171,13 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
                 for g in groups):
             raise _fail(here, f"groups {groups!r} are not lists of feature indices < {n_features}")
         feats = [manifest["features"][i] for g in groups for i in g]
+        # a dense table without post-training sharing is served by one identity feature, and one
+        # with it never is (trained hash/QR/ROBE tables list no sharing and have their own transforms)
+        dense = len(feats) == 1 and (feats[0].get("transform") or {}).get("kind") == "identity"
+        sharing = manifest["tables"][config.table_names.index(tcfg.name)].get("sharing")
+        if parse_spec(tcfg.embedding)[0] == "dense" and (sharing is None) != dense:
+            raise _fail(here, f"lists sharing {sharing!r}, but it is served through "
+                              f"{[(f.get('transform') or {}).get('kind') for f in feats]}")
         if len(feats) == 1 and (feats[0].get("transform") or {}).get("kind") == "identity":
             rows = physical[feats[0]["table"]]["rows"]
             if rows != tcfg.num_embeddings:

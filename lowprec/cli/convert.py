@@ -46,6 +46,9 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
 
     if (plan_path is None) == (precision is None):
         raise InputError("give exactly one of --plan PLAN.json or --precision P")
+    if plan_path and (layer_precision or range_method != "minmax"):
+        raise InputError("--layer-precision and --range-method go with --precision; with --plan the plan sets "
+                         "every layer's precision and every table's range method")
     claim_output(out, "artifact", [p for p in (model_dir, plan_path, calib_path) if p])
     if plan_path:
         plan = Plan.load(plan_path)

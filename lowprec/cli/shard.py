@@ -28,19 +28,26 @@ def describe_plan(plan) -> list[str]:
 @click.option("--ranks", required=True, type=click.IntRange(min=1), help="Number of ranks to spread the tables over.")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
               help="CALIB.json: its row access counts weight the balance by expected lookups.")
+@click.option("--allow-calibration-mismatch", is_flag=True,
+              help="Use a --calibration measured on another model than the artifact's (refused by default).")
 @json_option
-def shard(artifact, ranks, calib_path, as_json):
+def shard(artifact, ranks, calib_path, allow_calibration_mismatch, as_json):
     """Write ARTIFACT/shard-plan.json: each rank ~1/N of the table bytes and of the lookups.
 
     A table bigger than 1/N of the bytes is split by id range. Serve it with N ranks under torchrun
     (lowprec.serve.sharded.load_sharded); `lowprec inspect` shows the plan."""
     from lowprec.calibrate import load_calibration
     from lowprec.checkpoint.artifact import read_manifest
+    from lowprec.checkpoint.convert import check_calibration_model
     from lowprec.fileio import sha256_file
     from lowprec.serve.sharded import plan_shards, save_shard_plan
 
     manifest = read_manifest(artifact)
-    counts = load_calibration(calib_path)["row_counts"] if calib_path else None
+    calibration = load_calibration(calib_path) if calib_path else None
+    source = manifest.get("source", {}).get("sha256")
+    if calibration is not None and isinstance(source, str) and not allow_calibration_mismatch:
+        check_calibration_model(calibration, source, f"{artifact}'s source model")  # counts of another model's ids
+    counts = calibration["row_counts"] if calibration is not None else None
     plan = plan_shards(manifest, sha256_file(artifact / "manifest.json"), ranks, counts)
     path = save_shard_plan(plan, artifact)
     if as_json:

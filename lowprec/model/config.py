@@ -99,3 +99,7 @@ class DLRMConfig:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}: malformed model config ({exc!r})") from exc
+        except InputError as exc:  # the config's own checks (dims, names, hotness): say which file
+            if str(exc).startswith(f"{where}: "):
+                raise
+            raise InputError(f"{where}: {exc}") from None
