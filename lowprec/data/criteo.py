@@ -129,6 +129,8 @@ def open_input(
     `tick()` reports the compressed bytes read so far to `progress`; call it every few thousand lines.
     Iterate the stream through `guarded` so read errors name the file and line.
     """
+    if path.is_dir():
+        raise InputError(f"input {path} is a directory; give the files themselves (e.g. {path}/day_0.tsv ...)")
     if not path.is_file():
         raise InputError(f"input file not found: {path}")
     with open(path, "rb") as raw:

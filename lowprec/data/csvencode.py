@@ -94,6 +94,7 @@ def load_vocabularies(src: Path, schema: Any) -> dict[str, tuple[list[str], int]
     meta = Dataset(src).meta
     files = meta.provenance.get("vocabularies") or {}
     sizes = dict(zip(meta.sparse_names, meta.num_embeddings))
+    encodings = {f.name: f.encoding for f in meta.sparse}
     out = {}
     for col in schema.categorical:
         if col.encoding != "vocab":
@@ -113,5 +114,12 @@ def load_vocabularies(src: Path, schema: Any) -> dict[str, tuple[list[str], int]
                              f"schema says num_embeddings = {col.num_embeddings}")
         if col.name not in sizes or len(vocab) > sizes[col.name]:
             raise InputError(f"{path}: {len(vocab)} entries exceed {col.name!r}'s {sizes.get(col.name)} rows")
+        if len(set(vocab)) != len(vocab):
+            raise InputError(f"{path}: the vocabulary lists a value twice; it was edited after `data prepare` "
+                             f"wrote it")
+        recorded = encodings.get(col.name)
+        if recorded is not None and encoding.vocabulary(vocab[1:], sizes[col.name]) != recorded:
+            raise InputError(f"{path}: this vocabulary is not the one {src}'s data was encoded with (dataset.json "
+                             f"records {recorded}); it was edited or replaced after `data prepare` wrote it")
         out[col.name] = (vocab[1:], sizes[col.name])  # entry 0 is the reserved "<missing or unknown>" row
     return out

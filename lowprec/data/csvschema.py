@@ -193,6 +193,17 @@ def parse_time(text: str, fmt: str) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
+def time_hint(text: str, fmt: str) -> str:
+    """What the unreadable time cell `text` suggests about time_format, if anything."""
+    try:
+        x = float(text.strip())
+    except ValueError:
+        return ' (numbers are read with time_format = "unix" or "unix_ms")' if fmt in ("unix", "unix_ms") else ""
+    if fmt in ("auto", "unix") and math.isfinite(x) and TIME_MIN <= x / 1000.0 < TIME_MAX:
+        return ' (is the column in milliseconds? set time_format = "unix_ms")'
+    return ' (a number: set time_format = "unix" or "unix_ms")' if fmt == "iso" else ""
+
+
 class _RowParser:
     """Turns CSV records into (dense, ids, label, time) or a (kind, detail) complaint."""
 
@@ -234,8 +245,8 @@ class _RowParser:
             dense.append(x)
         t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
         if t is None:
-            return "time", (f"{s.time} = {row[ix[s.time]][:40]!r} is not a {s.time_format} time in years "
-                            f"1-9999 (is the column in milliseconds? set time_format = \"unix_ms\")")
+            return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a {s.time_format} time in years 1-9999" + \
+                time_hint(row[ix[s.time]], s.time_format)
         ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
         return dense, ids, label, t
 

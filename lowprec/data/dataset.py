@@ -188,7 +188,15 @@ def load_window_array(path: Path, index: int) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: unreadable .npy ({exc})") from exc
+        why = ("its header declares Python objects, not numbers (lowprec never unpickles)"
+               if "allow_pickle" in str(exc) or "Python objects" in str(exc) else str(exc))
+        raise InputError(f"{path}: unreadable .npy ({why})") from exc
+
+
+def check_id_dtype(ids: np.ndarray, path: Path) -> None:
+    """Sparse ids are signed integers: -1 pads a bag (uint arrays cannot hold it)."""
+    if ids.dtype.kind != "i":
+        raise InputError(f"{path}: ids must be signed integers (int32 or int64; -1 pads a bag), found {ids.dtype}")
 
 
 class Dataset:
@@ -221,8 +229,7 @@ class Dataset:
         for arr, shape, path in checks:
             if arr.shape != shape:
                 raise InputError(f"{path}: shape {arr.shape}, dataset.json says {shape}")
-        if sparse.dtype.kind != "i":
-            raise InputError(f"{files['sparse']}: ids must be integers, found {sparse.dtype}")
+        check_id_dtype(sparse, files["sparse"])
         return dense, sparse, labels
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.dataset import Dataset, load_window_array, window_files
+from lowprec.data.dataset import Dataset, check_id_dtype, load_window_array, window_files
 from lowprec.drift.attribution import LabelFreeObserver
 from lowprec.drift.estimate_rule import decide_estimate
 from lowprec.drift.labelfree import LabelFreeConfig
@@ -58,8 +58,7 @@ class PendingLabels(Dataset):
             if arr.shape != shape:
                 raise InputError(f"{path}: shape {arr.shape}, dataset.json says {shape}")
             out.append(arr)
-        if out[1].dtype.kind != "i":
-            raise InputError(f"{files['sparse']}: ids must be integers, found {out[1].dtype}")
+        check_id_dtype(out[1], files["sparse"])
         return out[0], out[1], np.broadcast_to(np.int32(0), (info.rows,))
 
 

@@ -58,6 +58,21 @@ def test_times_far_out_of_range_are_bad_rows_not_nat_windows(tmp_path, schema):
     assert [w.label for w in meta.windows] == ["2023-11"] and sum(w.rows for w in meta.windows) == 18
 
 
+def test_an_unreadable_time_gets_the_hint_its_value_suggests(tmp_path):
+    rows = day_rows(["a"], 1_700_000_000, 20)
+    rows[1] = "1,1700000000123,1.0,a,u1"  # milliseconds
+    rows[2] = "1,2023-13-45,1.0,a,u1"  # a broken date: no hint about units
+    csv = write_csv(tmp_path / "t.csv", rows)
+    for fmt, says in (("auto", 'set time_format = "unix_ms"'), ("iso", 'a number: set time_format = "unix"')):
+        schema = tmp_path / f"{fmt}.toml"
+        schema.write_text(SCHEMA.replace('time = "ts"', f'time = "ts"\ntime_format = "{fmt}"'))
+        r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / fmt)
+        # (read as iso every row is bad: exit 2, nothing written)
+        assert r.exit_code in (0, 2) and f"{csv}:3: ts = '1700000000123'" in r.output and says in r.output, r.output
+        line4 = next(line for line in r.output.splitlines() if f"{csv}:4:" in line)
+        assert "time_format" not in line4, line4
+
+
 def test_a_bad_utf8_byte_is_reported_at_its_line(tmp_path, schema):
     rows = day_rows(["a", "b"], 1_700_000_000, 400)
     rows[300] = b"0,1700000300,1.0,caf\xe9,u1\n"  # line 302 (header is line 1), far past the first read
@@ -115,6 +130,22 @@ def test_vocab_from_keeps_ids_and_mismatched_encodings_are_refused(tmp_path, sch
     del meta["encodings"]
     (tmp_path / "alone" / "dataset.json").write_text(json.dumps(meta))
     assert run("eval", "--model", tmp_path / "m", "--data", tmp_path / "alone", "--windows", "0").exit_code == 0
+
+
+def test_an_edited_vocabulary_is_refused_by_vocab_from(tmp_path, schema):
+    """--vocab-from trusted vocab_NAME.json as it found it: an edited file numbered the new data
+    differently from the training data, and eval then advised the --vocab-from just used."""
+    day1 = write_csv(tmp_path / "day1.csv", day_rows(["apple", "pear", "fig"], 1_700_000_000))
+    assert run("data", "prepare", "--format", "csv", "--input", day1, "--schema", schema,
+               "--out", tmp_path / "d1").exit_code == 0
+    vocab = tmp_path / "d1" / "vocab_item.json"
+    values = json.loads(vocab.read_text())
+    for edited, says in ((values[:1] + values[:0:-1], "not the one"), (values[:2] + values[1:2], "twice")):
+        vocab.write_text(json.dumps(edited))
+        r = run("data", "prepare", "--format", "csv", "--input", day1, "--schema", schema,
+                "--out", tmp_path / "d2", "--vocab-from", tmp_path / "d1")
+        assert r.exit_code == 2 and "vocab_item.json" in r.output and says in r.output, r.output
+        assert not (tmp_path / "d2").exists()
 
 
 def test_hash_collisions_are_counted_in_provenance(tmp_path, schema):
