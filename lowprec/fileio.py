@@ -8,15 +8,12 @@ anything reads or writes the path (every reader of outputs goes through it: `rea
 `load_model`). Temporary siblings are named `.NAME.tmp-HOST-PID-XXXX`: the next write of NAME
 removes those of writers on this host that are no longer running and leaves the others.
 
-The output rule (`claim_output`, called by `atomic_dir` with the kind it writes): an output path
-is replaced only if it is absent, an empty directory, or a lowprec output of the same kind (its
-`.lowprec-output` marker, or for outputs written before markers the kind's own file: dataset.json,
-config.json, manifest.json, ...), and never if it is or contains one of the command's inputs. A
-directory written whole (`atomic_dir`) lists its entries in the marker, and is not replaced while
-it holds anything else (a user's notes, a drift database): replacing it would delete them. An
-output path that is a symlink is written through (its target is replaced; the link stays).
-Anything else is an InputError (exit 2) and nothing is touched. Write failures a user can fix
-(disk full, read-only file system, permission denied) become InputErrors naming the path.
+The output rule (`claim_output`): a path is replaced only if it is absent, an empty directory, or a
+lowprec output of the same kind (its `.lowprec-output` marker, or before markers the kind's own file:
+dataset.json, config.json, ...), never if it is or holds an input, and for a directory written whole
+(`atomic_dir`, whose marker lists its entries) never while it holds anything else (a user's notes):
+replacing would delete them. A symlinked path is written through. Anything else is an InputError
+(exit 2), nothing touched; fixable write failures (disk full, read-only, EACCES) too, naming the path.
 """
 
 from __future__ import annotations
@@ -346,8 +343,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = Non
 
 
 def _fsync_tree(root: Path) -> None:
+    """fsync every file, and give it normal permissions (safetensors writes 0600)."""
+    mode = 0o666 & ~_umask()
     for p in root.rglob("*"):
-        if p.is_file():
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
 

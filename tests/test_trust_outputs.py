@@ -188,6 +188,20 @@ def test_calibration_files_get_normal_permissions(base, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["calib.json", side.name])
 
 
+def test_model_and_artifact_files_get_normal_permissions(base, tmp_path):
+    """safetensors writes its files 0600: a model another user (the server) must read was unreadable."""
+    old = os.umask(0o022)
+    try:
+        assert run("train", "--data", base / "data", "--windows", "0", "--out", tmp_path / "m",
+                   "--epochs", 1).exit_code == 0
+        assert run("convert", "--model", tmp_path / "m", "--precision", "int8", "--out", tmp_path / "a").exit_code == 0
+    finally:
+        os.umask(old)
+    files = [p for d in ("m", "a") for p in (tmp_path / d).iterdir()]
+    assert files and all(oct(p.stat().st_mode & 0o777) == oct(0o644) for p in files), \
+        [(p.name, oct(p.stat().st_mode & 0o777)) for p in files]
+
+
 def test_a_kill_between_the_two_renames_is_recovered_on_read(base, tmp_path):
     """The writer moved the old dataset aside and died before renaming the new one in: the next
     reader (not only the next writer) puts the old one back."""

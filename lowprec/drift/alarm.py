@@ -144,9 +144,10 @@ def _section(name: str, table: Any, where: str) -> Any:
         want = known[key].type
         ok = {"bool": isinstance(value, bool), "str": isinstance(value, str),
               "int": isinstance(value, int) and not isinstance(value, bool),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool)}[want]
-        if not ok:
-            raise InputError(f"{where}: {name}.{key} must be a {want}, got {value!r}")
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}[want]
+        if not ok:  # TOML has nan and inf: a threshold of nan never fires, one of inf always does
+            raise InputError(f"{where}: {name}.{key} must be a {'finite ' if want == 'float' else ''}{want}, "
+                             f"got {value!r}")
     return cls(**{k: (float(v) if known[k].type == "float" else v) for k, v in table.items()})
 
 

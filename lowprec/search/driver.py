@@ -27,8 +27,9 @@ from lowprec.recipe import load_recipe, parse_fraction, pick, pick_where, resolv
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
 from lowprec.search.run import SearchConfig, SearchResult, check_memory, search
 from lowprec.search.solver import Budget
-from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace, check_layout,
+from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace,
                                   options_for)
+from lowprec.serve.tiers import parse_layout
 from lowprec.train import check_compatible
 
 
@@ -94,7 +95,7 @@ def _layouts(value: Any, where: str) -> tuple[str, ...]:
         raise InputError(f"{where}: {value!r} names no tier layout; give one such as '0.02:fp16/int4', or leave "
                          f"it out")
     for layout in items:
-        check_layout(layout, where)
+        parse_layout(layout, where)
     return items
 
 

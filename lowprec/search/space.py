@@ -44,7 +44,7 @@ class SearchSpace:
         if not all(math.isfinite(r) and r > 1 for r in self.sharing_ratios):
             raise InputError(f"sharing ratios must be finite and > 1, got {list(self.sharing_ratios)}")
         for layout in self.tier_layouts:
-            check_layout(layout, "--tier-layouts")
+            parse_layout(layout, "--tier-layouts")
 
     def has_choices(self) -> bool:
         """Whether the space offers anything but fp32 (a search over nothing returns fp32 silently)."""
@@ -86,21 +86,6 @@ class Option:
 
     def sharing_dict(self) -> dict[str, Any] | None:
         return None if self.sharing is None else dict(self.sharing)
-
-
-def check_layout(layout: str, where: str) -> tuple[dict[str, Any], Precision]:
-    """`parse_layout`, its errors naming `where` (the option or recipe key the layout came from).
-
-    parse_layout reports its tier-share checks as "table '<where>': ..." (TierSpec.from_json names
-    a plan's table); a layout given to the search belongs to no table, so that prefix is replaced."""
-    try:
-        return parse_layout(layout, where)
-    except InputError as exc:
-        text = str(exc)
-        if text.startswith(f"{where}: "):
-            raise
-        text = text.removeprefix(f"table {where!r}: ")
-        raise InputError(f"{where}: {layout!r}: {text}") from None
 
 
 def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -> dict[str, list[Option]]:

@@ -209,5 +209,8 @@ def parse_layout(text: str, where: str = "tier layout") -> tuple[dict[str, Any],
     spec: dict[str, Any] = {"kind": "tiered", "tiers": tiers}
     if order.strip():
         spec["order"] = order.strip()
-    TierSpec.from_json(spec, where)
+    try:  # the layout belongs to no table yet: its errors name `where`
+        TierSpec(tuple((s, Precision.parse(p)) for s, p in tiers), spec.get("order", "id"))
+    except InputError as exc:
+        raise InputError(f"{where}: {text!r}: {exc}") from None
     return spec, Precision.parse(cold.strip(), where)

@@ -47,6 +47,8 @@ def test_defaults_and_toml_overrides(tmp_path):
     ("[bootstrap]\nreplicates = 2.5\n", ["replicates", "int"]),
     ("[alarm]\nne_gap_allowance = 0.01\n", ["ne_gap_allowance", "below"]),
     ("[alarm]\nne_gap_limit = -1\n", ["ne_gap_limit"]),
+    ("[alarm]\nne_gap_limit = nan\n", ["ne_gap_limit", "finite float"]),
+    ("[alarm]\ncusum_h = inf\n", ["cusum_h", "finite float"]),
     ("[recalibrate]\nsource = 'never'\n", ["recalibrate.source"]),
     ("[alarm\n", ["not valid TOML"]),
 ])
