@@ -37,7 +37,7 @@ from lowprec.data.criteo import (
 )
 from lowprec.data.csvencode import Encoder, load_vocabularies
 from lowprec.data.csvlabel import LabelRule, label_rule
-from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
+from lowprec.data.dataset import MAX_HOTNESS, DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
@@ -137,8 +137,8 @@ def _categorical(where: str, name: str, table: Any) -> CategoricalColumn:
     hotness = _get(where, t, "hotness", int, None, required=sep is not None)
     if hotness is not None and sep is None:
         raise _err(where, "key 'hotness' needs 'sep' (it is the most items a multi-hot cell keeps)")
-    if hotness is not None and hotness < 1:
-        raise _err(where, f"key 'hotness' must be >= 1, got {hotness}")
+    if hotness is not None and not 1 <= hotness <= MAX_HOTNESS:
+        raise _err(where, f"key 'hotness' must be in [1, {MAX_HOTNESS}], got {hotness}")
     return CategoricalColumn(name, _get(where, t, "column", str, name), n, encoding, sep, hotness or 1)
 
 

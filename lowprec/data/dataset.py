@@ -34,6 +34,7 @@ FORMAT = "lowprec-dataset"
 FORMAT_VERSION = 1
 PAD_ID = -1
 MAX_NUM_EMBEDDINGS = 2**31 - 1  # ids are int32 in prepared datasets (TorchRec's layout)
+MAX_HOTNESS = 4096  # slots one sparse feature may own in a row
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ class SparseFeature:
         if not 1 <= self.num_embeddings <= MAX_NUM_EMBEDDINGS:
             raise InputError(f"sparse feature {self.name!r}: num_embeddings {self.num_embeddings} must be in "
                              f"[1, {MAX_NUM_EMBEDDINGS}] (ids are int32)")
-        if not 1 <= self.hotness <= 4096:
-            raise InputError(f"sparse feature {self.name!r}: hotness {self.hotness} must be in [1, 4096]")
+        if not 1 <= self.hotness <= MAX_HOTNESS:
+            raise InputError(f"sparse feature {self.name!r}: hotness {self.hotness} must be in [1, {MAX_HOTNESS}]")
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,8 @@ def test_max_bad_rows_zero_and_existing_output(files, tmp_path):
     ('label = "y"\n[dense.x]\n[categorical.c]\nnum_embeddings = "5"\n', "num_embeddings"),
     ('label = "y"\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\nhotness = 2\n', "hotness"),
     ('label = "y"\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\nsep = "|"\n', "hotness"),
+    ('label = "y"\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\nsep = "|"\nhotness = 100000\n',
+     r"'hotness' must be in \[1, 4096\]"),
     ('label = "y"\n[dense.x]\ntransform = "log"\n[categorical.c]\nnum_embeddings = 5\n', "transform"),
     ('label = "y"\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\nencoding = "onehot"\n', "encoding"),
     ('label = "y"\npositive = 4\n[dense.x]\n[categorical.c]\nnum_embeddings = 5\n', "positive"),
