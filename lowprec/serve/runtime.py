@@ -141,10 +141,11 @@ class QuantizedEmbeddings(nn.Module):
                                                               dtype=torch.int64), persistent=False)
         # Fast path: every table is one identity feature of width D in table order, so the ids in
         # FBGEMM's layout (pads included: the kernels skip -1) are already the TBE's input.
-        self.simple = all(table_codec(t.precision).skips_pads for t in tables) and \
-            self.feature_table == list(range(len(serving))) and all(
+        # With an FP8 table the kernels cannot take pads, but a call without any pad can (`dense_ids`).
+        self.dense_ids = self.feature_table == list(range(len(serving))) and all(
             len(s.groups) == 1 and features[s.groups[0][0]].transform.get("kind") == "identity"
             and dims[features[s.groups[0][0]].table] == dim for s in serving)
+        self.simple = self.dense_ids and all(table_codec(t.precision).skips_pads for t in tables)
         self.native_split = True  # eager lookups may take the native tiered split (False: torch ops only)
 
     def table_weights(self) -> list[torch.Tensor]:
@@ -181,12 +182,12 @@ class QuantizedEmbeddings(nn.Module):
             raise RuntimeError(msg)
         raise IdOutOfRange(msg)
 
-    def check_flat(self, flat: torch.Tensor, batch: int) -> None:
+    def check_flat(self, flat: torch.Tensor, batch: int) -> int:
         """Every id of the table-major ids (table t's batch x hotness[t] ids, then t+1's, ...) is a
         pad or < its table's logical rows: one amax per table and one global min (a fused
-        aminmax along a dim is ~3x slower in torch 2.13 on CPU)."""
+        aminmax along a dim is ~3x slower in torch 2.13 on CPU). Returns that min (-1: a pad)."""
         if flat.numel() == 0:
-            return
+            return 0
         if self.uniform_hotness:
             over = bool((flat.view(self.n_tables, -1).amax(dim=1) >= self.table_rows).any())
         else:
@@ -195,7 +196,8 @@ class QuantizedEmbeddings(nn.Module):
                 n = batch * self.hotness[t]
                 over = over or (n > 0 and int(flat[start:start + n].max()) >= int(self.table_rows[t]))
                 start += n
-        if over or int(flat.min()) < -1:
+        low = int(flat.min())
+        if over or low < -1:
             start = 0
             for t in range(self.n_tables):
                 n = batch * self.hotness[t]
@@ -203,14 +205,15 @@ class QuantizedEmbeddings(nn.Module):
                 if bool(((seg >= self.table_rows[t]) | (seg < -1)).any()):
                     self._refuse(t, seg)
                 start += n
+        return low
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """(B, slots) id matrix, -1 pads -> pooled (B, T, D)."""
         b = sparse.shape[0]
         tables = torch.split(sparse, self.hotness, dim=1)
         flat = torch.cat([t.reshape(-1) for t in tables])  # table-major, before any cast
-        self.check_flat(flat, b)
-        if self.simple:
+        low = self.check_flat(flat, b)
+        if self.simple or (self.dense_ids and low >= 0):
             indices = flat.int()
             lengths = torch.tensor(self.hotness, dtype=torch.int32).repeat_interleave(b)
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int32)
@@ -318,13 +321,16 @@ class QuantizedEmbeddings(nn.Module):
         if list(ids.hotness) != self.hotness:
             raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
                              f"this model serves {len(self.hotness)} with {self.hotness}")
-        if not self.simple:  # the native split checks the ids in its own pass
-            native = self.split_inputs(ids.indices, ids.batch, ranked)
-            if native is not None:
-                return self.pooled_from_tbe(self.tbe(native[0], native[1]), ids.batch)
-        self.check_flat(ids.indices, ids.batch)
-        if self.simple:
-            return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
+        checked = self.dense_ids
+        if self.dense_ids:  # every table one identity feature: the ids are the TBE's input as they are
+            low = self.check_flat(ids.indices, ids.batch)
+            if self.simple or low >= 0:  # (FP8 kernels cannot skip pads: only a call without any)
+                return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
+        native = self.split_inputs(ids.indices, ids.batch, ranked)  # checks the ids in its own pass
+        if native is not None:
+            return self.pooled_from_tbe(self.tbe(native[0], native[1]), ids.batch)
+        if not checked:
+            self.check_flat(ids.indices, ids.batch)
         tables = [ids.table(t) for t in range(self.n_tables)]
         if ranked:
             idx, off, w = tier_native.ranked_inputs(self, tables)
