@@ -43,6 +43,8 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
     out = claim_output(out, "demo")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("demo\n")
+    for own in ("drift.sqlite", "drift.sqlite.lock"):  # a previous demo's history: of another pair
+        (out / own).unlink(missing_ok=True)  # (every run trains and converts anew)
     data = out / "data"
     with atomic_dir(data, "dataset") as tmp:
         generate(SynthConfig(cfg.windows, cfg.rows_per_window, cfg.seed, 0.001, cfg.drift, cfg.drift_start),

@@ -231,6 +231,9 @@ def describe_inputs(paths: Sequence[Path | str]) -> dict[str, str]:
     Hidden files (lowprec's output marker, temporaries) are bookkeeping, not content: skipped."""
     out: dict[str, str] = {}
     for i, p in enumerate(map(Path, paths)):
+        if not p.exists():  # the command itself names the missing input (exit 2), on every rank
+            out[f"input {i + 1} ({p.name})"] = "missing"
+            continue
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
         for f in files:
             out[f"input {i + 1} ({p.name}): {f.name}" if f != p else f"input {i + 1} ({p.name})"] = fingerprint(f)

@@ -80,8 +80,11 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if not path.is_file():
         raise InputError(f"state dict not found: {path}")
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = fh.read(9)
+    # a safetensors file is an 8-byte header length then a JSON header ("{"); torch.save writes a
+    # zip ("PK") or a raw pickle (protocol byte 0x80). Byte 8 tells them apart: bytes 0-7 are a
+    # length, which may begin with any byte (0x80 in one file of 256).
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise InputError(f"{path}: looks like a torch.save pickle; lowprec never unpickles a user's "
                          f"file (it can execute code). Load it yourself in TorchRec and {EXPORT_HINT}")
     try:

@@ -26,7 +26,8 @@ from lowprec.cli._common import StageBars
 @click.option("--report", "report_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Report directory (report.md, index.html, PNGs), regenerated every run.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="THRESHOLDS.toml overriding [alarm], [bootstrap], [recalibrate] defaults (docs/drift.md).")
+              help="THRESHOLDS.toml overriding [alarm], [bootstrap], [recalibrate], [estimate] defaults "
+                   "(docs/drift.md).")
 @click.option("--on-alarm", type=click.Choice(["none", "recalibrate"]), default="none", show_default=True,
               help="recalibrate: write a recalibrated artifact beside the deployed one and re-score the "
                    "first alarmed window with it.")

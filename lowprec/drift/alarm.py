@@ -130,7 +130,13 @@ class DriftConfig:
         unknown = sorted(set(body) - set(_SECTIONS))
         if unknown:
             raise InputError(f"{where}: unknown section {unknown[0]!r} (known: {sorted(_SECTIONS)})")
-        return cls(**{k: _section(k, body.get(k, {}), where) for k in _SECTIONS})
+        try:
+            return cls(**{k: _section(k, body.get(k, {}), where) for k in _SECTIONS})
+        except InputError as exc:  # the sections' own checks say "drift config: ...": name the file
+            text = str(exc)
+            if text.startswith("drift config: "):
+                raise InputError(f"{where}: {text[len('drift config: '):]}") from None
+            raise
 
 
 def _section(name: str, table: Any, where: str) -> Any:

@@ -35,7 +35,7 @@ from lowprec.drift.signals import calib_rates, expected_calibration_gap, expecte
 from lowprec.drift.delayed import estimate_summaries, labelfree_config, process_window, score_plan
 from lowprec.drift.record import finite
 from lowprec.drift.store import DriftStore
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.progress import Stages
 from lowprec.provenance import check_converted_from
 from lowprec.drift.sources import check_sources
@@ -105,9 +105,14 @@ def read_calibration(path: Path | None) -> dict[str, Any] | None:
     """CALIB.json's layers and method (the row-count sidecar is not needed here)."""
     if path is None:
         return None
+    from lowprec.calibrate import METHODS, _check_layers
+
     obj = read_json(path, "calibration file")
     if not isinstance(obj, dict) or obj.get("format") != "lowprec-calibration":
         raise InputError(f"{path}: not a lowprec calibration file")
+    _check_layers(obj.get("layers"), path)  # before any window is scored, as convert checks it
+    if obj.get("method", "minmax") not in METHODS:  # a recalibration repeats the method
+        raise InputError(f"{path}: calibration method {obj.get('method')!r} is not one of {METHODS}")
     return obj
 
 
@@ -255,6 +260,8 @@ def recalibrate(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, 
             [r["window"] for r in rows if r["window"] < target and not r["alarm"]][-rc.healthy_windows:]
         skip = _recal_obstacle(job, models, target, source, windows)
         if skip:
+            warn(f"--on-alarm recalibrate: no recalibration from the {source} window(s) of alarm window "
+                 f"{target}: {skip}")
             out.append({"alarm_window": target, "source": source, "skipped": skip})
             continue
         out.append(_recalibrate_one(job, store, ds, models, target, source, windows, calib, run_id, stages))

@@ -30,7 +30,7 @@ from lowprec.search.solver import Budget
 from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace,
                                   options_for)
 from lowprec.serve.tiers import parse_layout
-from lowprec.train import check_compatible
+from lowprec.train import check_compatible, positive_rate
 
 
 @dataclass
@@ -133,6 +133,9 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     evaluate = resolve_windows(pick(req.eval_windows, r, "windows", "evaluate"), ds.meta, "evaluate")
     test_spec = pick(req.test_windows, r, "windows", "test")
     test = resolve_windows(test_spec, ds.meta, "test") if test_spec is not None else []
+    for what, windows in (("evaluation", evaluate), ("test", test)):  # AUC needs both label classes
+        if windows:
+            positive_rate(ds, tuple(windows), what)
     budget = Budget(_budget(*get(req.max_ne_increase, "budgets", "max_ne_increase", "--max-ne-increase", "0.1%")),
                     _budget(*get(req.max_auc_drop, "budgets", "max_auc_drop", "--max-auc-drop", 0.001)),
                     _whole(*get(req.memory_budget, "budgets", "memory_budget", "--memory-budget"), 0))

@@ -193,6 +193,18 @@ def test_refusals_name_the_key_or_table(ds, tmp_path, edit, match, kw):
     _bad(ds, tmp_path, edit, match, **kw)
 
 
+def test_a_safetensors_header_length_that_starts_like_a_pickle_is_read(ds, tmp_path):
+    """The pickle check looked at byte 0, which in safetensors is the header length's low byte:
+    every file whose header length is 128 mod 256 was refused."""
+    path = tmp_path / "m.safetensors"
+    for n in range(300):
+        save_file(torchrec_state(ds), path, metadata={"pad": "x" * n})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    import_torchrec(path, ds.meta)
+
+
 def test_pickles_are_refused_unopened(ds, tmp_path):
     path = tmp_path / "dlrm.pt"
     torch.save(torchrec_state(ds), path)

@@ -59,6 +59,7 @@ def test_bad_config_names_the_key(tmp_path, text, words):
         load_config(p)
     for w in words:
         assert w in str(e.value)
+    assert str(e.value).startswith(f"{p}: ") or "not found" in str(e.value)  # the TOML file named once
 
 
 def test_one_noisy_window_does_not_alarm_but_a_persistent_gap_does():

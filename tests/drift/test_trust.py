@@ -5,6 +5,8 @@ The rule tests call `decide` on hand-made signals (the rule is pure); the databa
 real job on two tiny datasets whose windows carry the same labels."""
 
 
+import json
+
 import pytest
 
 from helpers import make_tiny_dataset
@@ -122,3 +124,15 @@ def test_a_db_inside_an_input_is_refused(two_datasets, tmp_path):
                 "--windows", "1-2", "--db", inside, "--report", tmp_path / "rep")
         assert r.exit_code == 2 and "is inside the input" in r.output, r.output
         assert sorted(p.name for p in inside.parent.iterdir()) == before
+
+
+def test_a_malformed_calibration_is_refused_before_any_window(two_datasets, tmp_path):
+    root = two_datasets
+    for body, says in (({"layers": "x"}, "layers"), ({"layers": {}, "method": "bogus"}, "method 'bogus'")):
+        calib = tmp_path / "c.json"
+        calib.write_text(json.dumps({"format": "lowprec-calibration", "version": 1, **body}))
+        db = tmp_path / f"{len(says)}.sqlite"
+        r = cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / "a",
+                "--windows", "1-2", "--db", db, "--report", tmp_path / "rep", "--calibration", calib)
+        assert r.exit_code == 2 and str(calib) in r.output and says in r.output, r.output
+        assert not db.exists()

@@ -180,3 +180,18 @@ def test_plan_file_errors_name_the_file_once(tmp_path, entry, message):
     with pytest.raises(InputError) as exc:
         Plan.load(path)
     assert str(exc.value).startswith(f"{path}: {message}") and str(exc.value).count("p.json") == 1, exc.value
+
+
+def test_an_evaluation_window_with_one_label_class_is_refused(tiny, tmp_path):
+    """AUC is undefined there: every plan was rejected with 'AUC drop nan' and advice to loosen the budget."""
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(tiny / "data", tmp_path / "data")
+    labels = tmp_path / "data" / "day_2_labels.npy"
+    np.save(labels, np.zeros_like(np.load(labels)))
+    r = run_cli("search", "--model", tiny / "model", "--data", tmp_path / "data", "--calib-windows", 1,
+                "--eval-windows", 2, "--out", tmp_path / "p.json")
+    assert r.exit_code == 2 and "evaluation windows 2" in r.output and "AUC is undefined" in r.output, r.output
+    assert not (tmp_path / "p.json").exists()
