@@ -1,6 +1,6 @@
 """End-to-end inference benchmark: samples/s of the float DLRM vs its quantized artifacts.
 
-    python tools/bench_e2e.py [--scale 0.05] [--rows-per-window 20000] [--batch 2048]
+    python tools/bench_e2e.py [--scale 0.05] [--rows-per-window 60000] [--batch 2048]
 
 The pipeline a user runs, as library calls: `lowprec data synth` (Criteo-Kaggle-shaped, tables x
 --scale) -> `lowprec train` (windows 0-2, one short epoch; the reference DLRM's Kaggle MLPs
@@ -237,16 +237,19 @@ def _ints(text: str) -> list[int]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, default=0.05)
-    p.add_argument("--rows-per-window", type=int, default=20_000)
+    p.add_argument("--rows-per-window", type=int, default=60_000)
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--bottom-mlp", type=_ints, default=[512, 256, 64], help="hidden widths (then dim)")
     p.add_argument("--top-mlp", type=_ints, default=[512, 256], help="hidden widths (then 1)")
     p.add_argument("--epochs", type=int, default=1)
     # Stricter than the recipe default (0.1%, 0.001), under which this briefly trained model's
     # search puts every table at int2; at 0.02% the plan mixes int8, int4 and int2 across tables.
+    # The search accepts a plan when its 95% upper bounds fit the budget: on 20,000 validation rows
+    # those bounds (~+0.04% NE) exceeded it and the plan stayed near float (1.18x); 60,000 rows let
+    # it certify the int8 layers (2.7x, 2026-12-01).
     p.add_argument("--max-ne-increase", default="0.02%")
     p.add_argument("--max-auc-drop", default="0.0002")
-    p.add_argument("--search-rows", type=int, default=20_000)
+    p.add_argument("--search-rows", type=int, default=60_000)
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
     p.add_argument("--repeats", type=int, default=7)
