@@ -24,6 +24,7 @@ if dist.env_world_size() > 1:
         else:  # sys.exit("message"): printed, exit status 1
             print(exc.code, file=sys.stderr)
             code = 1
+    dist.record_exit_code(code)  # torchrun reports any failure as 1: `--nproc` hands on the ranks' own
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

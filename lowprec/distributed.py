@@ -274,13 +274,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+EXIT_DIR = "LOWPREC_EXIT_DIR"  # where each rank of a `--nproc` job records its exit code (lowprec.__main__)
+
+
 def launch(nproc: int, args: Sequence[str]) -> int:
-    """Run `python -m lowprec ARGS` as nproc ranks under torchrun on this machine; its exit code."""
+    """Run `python -m lowprec ARGS` as nproc ranks under torchrun on this machine; the job's exit
+    code as one process would give it (torchrun itself says 1 for any failed rank)."""
+    import tempfile
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "lowprec", *args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.call(cmd, env=env)
+    with tempfile.TemporaryDirectory(prefix="lowprec-exit-") as codes:
+        env[EXIT_DIR] = codes
+        status = subprocess.call(cmd, env=env)
+        recorded = {int(f.name[4:]): int(f.read_text()) for f in Path(codes).glob("rank*")}
+    return job_exit_code(status, recorded, nproc)
+
+
+def job_exit_code(status: int, recorded: dict[int, int], nproc: int) -> int:
+    """2 if any rank refused its input, 3 if a rank failed or died without recording a code, else
+    rank 0's (1: a drift alarm; rank 0 sets the job's outcome)."""
+    codes = set(recorded.values())
+    if 2 in codes:
+        return 2
+    if 3 in codes or len(recorded) < nproc:
+        return 3 if (status or 3 in codes) else status
+    return recorded.get(0, status)
+
+
+def record_exit_code(code: int) -> None:
+    """Called by a rank on its way out (lowprec.__main__): its code, for `launch`."""
+    where = os.environ.get(EXIT_DIR)
+    if where:
+        with contextlib.suppress(OSError):
+            Path(where, f"rank{int(os.environ.get('RANK', 0))}").write_text(str(code))
 
 
 def merge_stats(local: Any, batch_sums: list[tuple[float, float, float, float]], what: str = "stats") -> Any:

@@ -95,3 +95,18 @@ def test_a_rank_leaves_with_its_exit_code_and_flushed_output():
     bad = subprocess.run([sys.executable, "-m", "lowprec", "inspect", "/nonexistent"], capture_output=True, text=True,
                          env=e, cwd=REPO, timeout=WAIT_S)
     assert bad.returncode == 2 and "does not run data-parallel" in bad.stderr
+
+
+def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
+    """torchrun exits 1 whenever a rank fails, so bad input (2) under --nproc looked like a drift
+    alarm (1) to a scheduler. The launcher now returns what one process would."""
+    from lowprec.distributed import job_exit_code
+
+    bad = lowprec("eval", "--model", work["model"], "--data", work["data"], "--windows", "99", nproc=2)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    missing = lowprec("eval", "--model", tmp_path / "nonexistent", "--data", work["data"], "--windows", "1", nproc=2)
+    assert missing.returncode == 2 and "FileNotFoundError" not in missing.stderr, missing.stderr[-2000:]
+    assert job_exit_code(1, {0: 1, 1: 0}, 2) == 1  # rank 0's drift alarm
+    assert job_exit_code(1, {0: 3, 1: 2}, 2) == 2
+    assert job_exit_code(1, {0: 3}, 2) == 3  # rank 1 died without a word
+    assert job_exit_code(-9, {}, 2) == 3 and job_exit_code(0, {0: 0, 1: 0}, 2) == 0
