@@ -171,7 +171,23 @@ def _feature_order(features: list[str], owners: dict[str, dict], tables: list[di
 
 def import_torchrec_quant(ebc_path: str | Path, dense_path: str | Path | None, config_path: str | Path,
                           meta: DatasetMeta, out: str | Path) -> dict[str, Any]:
-    """Write a lowprec artifact at `out` (atomically) serving the TorchRec model; returns its manifest."""
+    """Write a lowprec artifact at `out` (atomically) serving the TorchRec model; returns its manifest.
+
+    The user's files are refused (InputError) where a key, type or shape is not what TorchRec
+    writes, and the artifact is loaded back before it replaces `out`: one that lowprec itself would
+    refuse later (bad activation qparams, non-finite row scales) is never written."""
+    try:
+        return _import(ebc_path, dense_path, config_path, meta, out)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        files = ", ".join(str(x) for x in (config_path, ebc_path, dense_path) if x is not None)
+        raise InputError(f"{files}: not the TorchRec quantized model lowprec imports ({type(exc).__name__}: "
+                         f"{exc}); see docs/torchrec.md for the files and keys") from exc
+
+
+def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: str | Path,
+            meta: DatasetMeta, out: str | Path) -> dict[str, Any]:
+    from lowprec.checkpoint.artifact import load_artifact
+
     ebc, found, cfg = read_inputs(ebc_path, dense_path, config_path)
     where, features = str(ebc_path), meta.sparse_names
     owners = _tables_by_feature(features, cfg["tables"], str(config_path))
@@ -211,6 +227,11 @@ def import_torchrec_quant(ebc_path: str | Path, dense_path: str | Path | None, c
         manifest = _manifest(config, tables, entries, ebc_path, dense_path, config_path)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / MANIFEST, manifest)
+        try:
+            load_artifact(tmp)
+        except InputError as exc:
+            raise InputError(f"{config_path}, {ebc_path}: the artifact they make would not load, so nothing "
+                             f"was written: {str(exc).replace(str(tmp), str(out))}") from None
     return manifest
 
 

@@ -191,7 +191,11 @@ def _edit(folder, tmp_path, cfg_edit=None, ebc_edit=None):
     (None, lambda e: e.__setitem__("embedding_bags.t_t1.weight", e["embedding_bags.t_t1.weight"][:, :4].contiguous()),
      r"table 't_t1' holds torch.uint8 of shape \(20, 4\)"),
     (None, lambda e: e.pop("embedding_bags.t_t0.weight"), "no rows for table 't_t0'"),
-], ids=["fp8", "rows", "unserved", "short-rows", "missing"])
+    (lambda c: c["tables"][0].pop("name"), None, "not the TorchRec quantized model lowprec imports .KeyError"),
+    (lambda c: c.update(tables=[1, 2]), None, "not the TorchRec quantized model lowprec imports .TypeError"),
+    (lambda c: [x.update(input_qparams=[-1.0, 0]) for x in c["layers"]], None,
+     "the artifact they make would not load, so nothing was written: .*activation qparams"),
+], ids=["fp8", "rows", "unserved", "short-rows", "missing", "no-name", "not-tables", "bad-qparams"])
 def test_bad_inputs_name_the_table(ds, exported, tmp_path, cfg_edit, ebc_edit, match):
     _, folder = exported
     ebc, cfg = _edit(folder, tmp_path, cfg_edit, ebc_edit)
