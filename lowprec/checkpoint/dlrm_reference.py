@@ -107,7 +107,9 @@ def _check_config(cfg: Any, where: str) -> list[str] | None:
     if cfg.get("arch_interaction_itself", False):
         raise InputError(f"{where}: arch_interaction_itself=True adds self-dots lowprec's graph does not have")
     names = cfg.get("sparse_feature_names")
-    return [str(x) for x in names] if names is not None else None
+    if names is not None and not (isinstance(names, list) and all(isinstance(x, str) for x in names)):
+        raise InputError(f"{where}: sparse_feature_names must be a list of feature names, got {names!r}")
+    return names
 
 
 def import_dlrm_reference(path: str | Path, config_path: str | Path, meta: DatasetMeta) -> tuple[DLRM, dict[str, Any]]:
@@ -126,6 +128,10 @@ def import_dlrm_reference(path: str | Path, config_path: str | Path, meta: Datas
         raise InputError(f"{where}: {len(tables)} tables for features {ref_order[:30]}; the dataset has "
                          f"{len(features)} sparse features {features[:30]}")
     by_name = dict(zip(ref_order, tables))
+    flat = [i for i, w in enumerate(tables) if w.dim() != 2]
+    if flat:
+        raise InputError(f"{where}: emb_l.{flat[0]}.weight has shape {tuple(tables[flat[0]].shape)}; a table is "
+                         f"(rows, dim)")
     dim = int(tables[0].shape[1])
     for i, (f, w) in enumerate(zip(ref_order, tables)):
         n = meta.num_embeddings[features.index(f)]

@@ -126,7 +126,11 @@ def test_reference_table_order_from_config(ds, batch, tmp_path):
     (lambda s: s.__setitem__("emb_l.1.weight", torch.zeros(7, D)), {}, r"emb_l\.1\.weight \(feature 't1'\) has shape \(7, 8\)"),
     (lambda s: s.update({"top_l.4.weight": torch.zeros(2, 6), "top_l.4.bias": torch.zeros(2)}), {},
      r"top_l\.4\.weight has shape \(2, 6\)"),
-], ids=["qr", "weighted", "cat", "itself", "odd-index", "rows", "two-logits"])
+    (lambda s: s.__setitem__("emb_l.0.weight", s["emb_l.0.weight"].reshape(-1).contiguous()), {},
+     r"emb_l\.0\.weight has shape \(\d+,\); a table is \(rows, dim\)"),
+    (lambda s: None, {"sparse_feature_names": 5}, "sparse_feature_names must be a list of feature names, got 5"),
+    (lambda s: None, {"sparse_feature_names": "t0"}, "sparse_feature_names must be a list"),
+], ids=["qr", "weighted", "cat", "itself", "odd-index", "rows", "two-logits", "flat-table", "names-int", "names-str"])
 def test_refusals_name_the_key_or_setting(ds, tmp_path, edit, config, match):
     state = reference_state(ds)
     edit(state)
