@@ -121,6 +121,17 @@ def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _calib_config(recipe: dict[str, Any], path: Any, windows: tuple[int, ...]) -> CalibConfig:
+    """The inline calibration from the recipe's [calibrate] (without --calibration); its errors
+    name the recipe and key."""
+    c, at = recipe.get("calibrate", {}), f"{path}: [calibrate]"
+    max_rows = _whole(c.get("max_rows"), f"{at} max_rows", 1)
+    try:
+        return CalibConfig(windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)), max_rows=max_rows)
+    except (InputError, TypeError, ValueError) as exc:
+        raise InputError(f"{at}: {exc}") from None
+
+
 def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[str, Any]]:
     """The search's config from flags and recipe; every value checked here, before anything is
     loaded or measured, and a bad one refused naming its flag or its recipe file and key."""
@@ -133,6 +144,8 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     evaluate = resolve_windows(pick(req.eval_windows, r, "windows", "evaluate"), ds.meta, "evaluate")
     test_spec = pick(req.test_windows, r, "windows", "test")
     test = resolve_windows(test_spec, ds.meta, "test") if test_spec is not None else []
+    if not req.calib_path:
+        _calib_config(r, req.recipe, tuple(calib))  # checked now, used after the model is loaded
     for what, windows in (("evaluation", evaluate), ("test", test)):  # AUC needs both label classes
         if windows:
             positive_rate(ds, tuple(windows), what)
@@ -193,9 +206,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         if "model_sha256" in calibration:  # now, not after the sensitivity pass when validation converts
             check_calibration_model(calibration, weights_sha256(req.model_dir), req.model_dir, override=None)
     else:
-        c = recipe.get("calibrate", {})
-        ccfg = CalibConfig(cfg.calib_windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)),
-                           max_rows=c.get("max_rows"))
+        ccfg = _calib_config(recipe, req.recipe, cfg.calib_windows)
         calibration = calibrate(model, ds, ccfg, stage(stages, "calibrate", None))
         counts = calibration["row_counts"]
         for k in list(counts):  # one table's int32 and float32 copies at a time, not all of them

@@ -72,6 +72,9 @@ def test_bad_option_values_are_refused_before_anything_is_loaded(tiny, tmp_path,
     ('[search]\nmax_rounds = 0\n', "[search] max_rounds: 0 is not a whole number >= 1"),
     ('[search]\nmargin = 2\n', "[search] margin: 2 must be in (0, 1]"),
     ('[search]\nrange_method = "x"\n', "[search] range_method: 'x' is not one of minmax, l2"),
+    ('[calibrate]\nmax_rows = 0\n', "[calibrate] max_rows: 0 is not a whole number >= 1"),
+    ('[calibrate]\nmethod = "percentile"\npercentile = 200\n', "[calibrate]: percentile must be in (50, 100]"),
+    ('[calibrate]\nmethod = "bogus"\n', "[calibrate]: calibration method 'bogus' is not one of"),
 ])
 def test_recipe_values_are_refused_naming_the_file_and_key(tiny, tmp_path, text, message):
     recipe = tmp_path / "r.toml"
