@@ -222,13 +222,19 @@ def _check_layers(layers: Any, path: Path) -> None:
             raise InputError(f"{path}: layer {name!r} needs finite numbers min <= max, got {v!r}")
 
 
-def load_calibration(path: str | Path) -> dict[str, Any]:
-    """Read CALIB.json and its sidecar; row counts come back as float tensors per table."""
-    path = Path(path)
+def read_calibration_file(path: str | Path) -> dict[str, Any]:
+    """CALIB.json alone (its format, version and layer ranges checked), without the row-count sidecar."""
     obj = read_json(path, "calibration file")
     if obj.get("format") != FORMAT or obj.get("version") != FORMAT_VERSION:
         raise InputError(f"{path}: not a lowprec calibration file of version {FORMAT_VERSION}")
-    _check_layers(obj.get("layers"), path)
+    _check_layers(obj.get("layers"), Path(path))
+    return obj
+
+
+def load_calibration(path: str | Path) -> dict[str, Any]:
+    """Read CALIB.json and its sidecar; row counts come back as float tensors per table."""
+    path = Path(path)
+    obj = read_calibration_file(path)
     side_info = obj.get("row_counts") or {}
     name = side_info.get("file", counts_path(path).name) if isinstance(side_info, dict) else None
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):

@@ -39,7 +39,7 @@ from lowprec.errors import InputError, warn
 from lowprec.progress import Stages
 from lowprec.provenance import check_converted_from
 from lowprec.drift.sources import check_sources
-from lowprec.fileio import read_json, sha256_file
+from lowprec.fileio import sha256_file
 from lowprec.train import check_compatible
 
 # (the CLI's StageBars closes each stage's bar when the next begins)
@@ -105,12 +105,9 @@ def read_calibration(path: Path | None) -> dict[str, Any] | None:
     """CALIB.json's layers and method (the row-count sidecar is not needed here)."""
     if path is None:
         return None
-    from lowprec.calibrate import METHODS, _check_layers
+    from lowprec.calibrate import METHODS, read_calibration_file
 
-    obj = read_json(path, "calibration file")
-    if not isinstance(obj, dict) or obj.get("format") != "lowprec-calibration":
-        raise InputError(f"{path}: not a lowprec calibration file")
-    _check_layers(obj.get("layers"), path)  # before any window is scored, as convert checks it
+    obj = read_calibration_file(path)  # before any window is scored, as convert checks it
     if obj.get("method", "minmax") not in METHODS:  # a recalibration repeats the method
         raise InputError(f"{path}: calibration method {obj.get('method')!r} is not one of {METHODS}")
     return obj
