@@ -57,16 +57,16 @@ class SearchRequest:
     time_whole: bool = True  # latency objective: time the plan whole beside uniform plans
 
 
-def _list(value: Any, where: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """A comma-separated string or a list; an explicitly empty one is refused (it would silently
-    search nothing)."""
+def _list(value: Any, where: str, default: tuple[str, ...] = (), sep: str = ",",
+          empty: str = "names nothing; give at least one value, or leave it out for the default") -> tuple[str, ...]:
+    """A `sep`-separated string or a list; an explicitly empty one is refused (it would silently
+    search nothing), saying `empty`."""
     if value is None:
         return default
-    items = (tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str)
+    items = (tuple(v.strip() for v in value.split(sep) if v.strip()) if isinstance(value, str)
              else tuple(str(v).strip() for v in value))
     if not items or not all(items):
-        raise InputError(f"{where}: {value!r} names nothing; give at least one value, or leave it out for the "
-                         f"default")
+        raise InputError(f"{where}: {value!r} {empty}")
     return items
 
 
@@ -87,13 +87,8 @@ def _ratios(value: Any, where: str) -> tuple[float, ...]:
 
 def _layouts(value: Any, where: str) -> tuple[str, ...]:
     """Tier layouts: a list, or one string with layouts separated by ';' (each holds commas)."""
-    if value is None:
-        return ()
-    items = (tuple(v.strip() for v in value.split(";") if v.strip()) if isinstance(value, str)
-             else tuple(str(v).strip() for v in value))
-    if not items or not all(items):
-        raise InputError(f"{where}: {value!r} names no tier layout; give one such as '0.02:fp16/int4', or leave "
-                         f"it out")
+    items = _list(value, where, sep=";",
+                  empty="names no tier layout; give one such as '0.02:fp16/int4', or leave it out")
     for layout in items:
         parse_layout(layout, where)
     return items
