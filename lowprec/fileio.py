@@ -167,8 +167,7 @@ def _is_kind(d: Path, kind: str) -> bool:
 
 
 def _foreign_entries(d: Path) -> list[str]:
-    """Entries of output `d` that its marker does not list (none for a marker without a listing:
-    outputs written before listings, and report directories, which are added to file by file)."""
+    """Entries of output `d` its marker does not list (none if it lists none: older outputs, reports)."""
     lines = _marker_lines(d)
     if ENTRIES not in lines:
         return []
@@ -322,9 +321,10 @@ def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = Non
     With a file `kind` (FILE_KINDS), `claim_output` must allow replacing `path` first. The file
     gets normal permissions (0666 minus the umask), not mkstemp's 0600."""
     path = through_symlink(_named_output(path, "output"))
-    check_parent(path)
     if kind is not None:
-        claim_output(path, kind, inputs)
+        claim_output(path, kind, inputs)  # (checks the parent too)
+    else:
+        check_parent(path)
     with user_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_stale(path)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import lowprec
-from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
+from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, load_artifact
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.checkpoint.torchrec_import import _strip_wrappers, interaction_permutation, read_safetensors
 from lowprec.data.dataset import DatasetMeta
@@ -186,8 +186,6 @@ def import_torchrec_quant(ebc_path: str | Path, dense_path: str | Path | None, c
 
 def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: str | Path,
             meta: DatasetMeta, out: str | Path) -> dict[str, Any]:
-    from lowprec.checkpoint.artifact import load_artifact
-
     ebc, found, cfg = read_inputs(ebc_path, dense_path, config_path)
     where, features = str(ebc_path), meta.sparse_names
     owners = _tables_by_feature(features, cfg["tables"], str(config_path))

@@ -178,7 +178,7 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
         if parse_spec(tcfg.embedding)[0] == "dense" and (sharing is None) != dense:
             raise _fail(here, f"lists sharing {sharing!r}, but it is served through "
                               f"{[(f.get('transform') or {}).get('kind') for f in feats]}")
-        if len(feats) == 1 and (feats[0].get("transform") or {}).get("kind") == "identity":
+        if dense:
             rows = physical[feats[0]["table"]]["rows"]
             if rows != tcfg.num_embeddings:
                 raise _fail(here, f"served densely by {rows} rows, but the model's table has "

@@ -59,7 +59,6 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset, check_table_bytes
     from lowprec.fileio import claim_output
-    from lowprec.jsonsafe import finite_or_null
     from lowprec.recipe import load_recipe, pick, resolve_windows
     from lowprec.evaluation.scoring import base_rate_warning, worse_than_base_rate
     from lowprec.train import TrainConfig, total_steps_rows
@@ -87,7 +86,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         model, info = run_train(ds, cfg, progress=update)
     if not dist.is_main():
         return
-    save_float_model(model, out, finite_or_null(info), inputs=[data_dir])  # config.json: strict JSON
+    save_float_model(model, out, info, inputs=[data_dir])  # config.json is strict JSON (fileio.write_json)
     params = sum(p.numel() for p in model.parameters())
     bad = worse_than_base_rate(info["final_epoch_ne"])
     if bad:

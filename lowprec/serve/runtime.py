@@ -321,7 +321,6 @@ class QuantizedEmbeddings(nn.Module):
         if list(ids.hotness) != self.hotness:
             raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
                              f"this model serves {len(self.hotness)} with {self.hotness}")
-        checked = self.dense_ids
         if self.dense_ids:  # every table one identity feature: the ids are the TBE's input as they are
             low = self.check_flat(ids.indices, ids.batch)
             if self.simple or low >= 0:  # (FP8 kernels cannot skip pads: only a call without any)
@@ -329,7 +328,7 @@ class QuantizedEmbeddings(nn.Module):
         native = self.split_inputs(ids.indices, ids.batch, ranked)  # checks the ids in its own pass
         if native is not None:
             return self.pooled_from_tbe(self.tbe(native[0], native[1]), ids.batch)
-        if not checked:
+        if not self.dense_ids:  # (dense ids were checked above)
             self.check_flat(ids.indices, ids.batch)
         tables = [ids.table(t) for t in range(self.n_tables)]
         if ranked:
