@@ -17,7 +17,10 @@
  * are consecutive, in tier order. Output bag (f, b) is offsets[f * batch + b] .. [f * batch + b + 1].
  * One pass per table, branch-free per id: its tier and row, the row stored into every tier's
  * scratch segment and only its own tier's count advanced; then each tier's segment is copied into
- * place and its bag offsets shifted by where the segment landed.
+ * place and its bag offsets shifted by where the segment landed. Two-tier tables (the common case)
+ * take an AVX-512 loop where the build has it: 16 ids a step, directory words or ranks gathered and
+ * prefetched ahead. An id outside its table is never used as an index: it reads row 0's entry and
+ * fails the call.
  */
 #include <stdint.h>
 #include <string.h>
@@ -100,7 +103,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
                 int pad = x < 0, j;
                 prefetch(in, s, n, kind, dirs, rank);
                 bad |= (x >= rows) | (x < -1);
-                int64_t row = classify(pad ? 0 : x, 2, kind, dirs, bound, rank, &j);
+                int64_t row = classify(pad | (x >= rows) ? 0 : x, 2, kind, dirs, bound, rank, &j);
                 s0[c0] = (int32_t)row;
                 s1[c1] = (int32_t)row;
                 c0 += !pad & (j == 0);
@@ -120,7 +123,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
             int pad = x < 0, j;
             prefetch(in, s, n, kind, dirs, rank);
             bad |= (x >= rows) | (x < -1);
-            int64_t row = classify(pad ? 0 : x, k, kind, dirs, bound, rank, &j);
+            int64_t row = classify(pad | (x >= rows) ? 0 : x, k, kind, dirs, bound, rank, &j);
             j = pad ? k : j;
             for (int u = 0; u < k; u++) {
                 scratch[u * n + c[u]] = (int32_t)row;
@@ -135,42 +138,106 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
-/* split_table's RANGE case with two tiers (ranks as they come from a renumbered feature pipeline: a
- * compare per id), 16 ids a step: each tier's lanes compressed in a register and stored masked (the
- * memory form of vpcompressd is microcoded on some cores). Same outputs as the scalar loop. */
-static int split_range2_avx512(const int32_t *restrict in, int64_t batch, int64_t h, int64_t rows,
-                               const int64_t *bound, int32_t *restrict scratch, int32_t *restrict off,
-                               int64_t *restrict count)
+#if defined(__AVX512VPOPCNTDQ__)
+#define DIRECTORY_AVX512 1
+/* Tier 0 (hot) and tier 1 rows of 8 ids (int32 lanes of `x`, every one in [0, rows)) through one
+ * upper tier's rank directory: the word gathered, the bit tested, the rank popcounted. */
+INLINE __m256i dir_rows8(__m256i x, const int64_t *dir, __m256i *cold, __mmask8 *hot)
+{
+    const __m512i one = _mm512_set1_epi64(1), x64 = _mm512_cvtepi32_epi64(x);
+    const __m512i e = _mm512_i32gather_epi64(_mm256_srli_epi32(x, 4), dir, 8);
+    const __m512i bit = _mm512_sllv_epi64(one, _mm512_and_si512(x64, _mm512_set1_epi64(15)));
+    const __m512i inside = _mm512_add_epi64(_mm512_srli_epi64(e, 16),
+                                            _mm512_popcnt_epi64(_mm512_and_si512(e, _mm512_sub_epi64(bit, one))));
+    *hot = _mm512_test_epi64_mask(e, bit);
+    *cold = _mm512_cvtepi64_epi32(_mm512_sub_epi64(x64, inside));
+    return _mm512_cvtepi64_epi32(inside);
+}
+#else
+#define DIRECTORY_AVX512 0 /* no vector popcount: directories take the scalar loop */
+#endif
+
+/* Start loading the directory words (or ranks) of the 16 ids at `in`. The gathers of one step
+ * overlap only a few steps' misses; started VECTOR_AHEAD ids early (128: 32 and 64 were slower,
+ * 256 no faster, on the full-scale tables of tools/bench_tier_split.py) the random reads of a
+ * table-sized array stop being the split's cost. */
+#define VECTOR_AHEAD 128
+INLINE void prefetch16(const int32_t *in, int64_t rows, const int64_t *dir, const int32_t *rank)
+{
+    for (int i = 0; i < 16; i++) {
+        int64_t y = in[i];
+        y = y >= 0 && y < rows ? y : 0;
+        __builtin_prefetch(dir ? (const void *)&dir[y >> 4] : (const void *)&rank[y]);
+    }
+}
+
+/* split_table with two tiers, 16 ids a step over the table's ids end to end (bags may start and end
+ * inside a step): per step each lane's tier and row (DIRECTORY: gathered directory words and a
+ * popcount; RANK_GATHER: the gathered rank against the bound; RANGE: the id is the rank), each
+ * tier's lanes compressed in a register and stored masked (the memory form of vpcompressd is
+ * microcoded on some cores), and the counts before each bag start read off the tier masks. Ids that
+ * are pads or out of range read nothing (lane index 0) and go to no tier; the latter fail the call.
+ * Same outputs as the scalar loop. */
+static int split2_avx512(const int32_t *restrict in, int64_t batch, int64_t h, int kind, int64_t rows,
+                         const void *const *p, int32_t *restrict scratch, int32_t *restrict off,
+                         int64_t *restrict count)
 {
     const int64_t n = batch * h;
     int32_t *restrict s0 = scratch, *restrict s1 = scratch + n;
-    const __m512i lo0 = _mm512_set1_epi32((int32_t)bound[0]), lo1 = _mm512_set1_epi32((int32_t)bound[1]);
+    const int64_t *dir = kind == DIRECTORY ? (const int64_t *)p[0] : 0;
+    const int64_t *bound = kind == DIRECTORY ? 0 : (const int64_t *)p[0];
+    const int32_t *rank = kind == RANK_GATHER ? (const int32_t *)p[1] : 0;
+    const __m512i lo0 = _mm512_set1_epi32(dir ? 0 : (int32_t)bound[0]);
+    const __m512i lo1 = _mm512_set1_epi32(dir ? 0 : (int32_t)bound[1]);
     const __m512i zero = _mm512_setzero_si512(), minus1 = _mm512_set1_epi32(-1);
     const __m512i top = _mm512_set1_epi32(rows > INT32_MAX ? INT32_MAX : (int32_t)rows);
-    const int check_top = rows <= INT32_MAX;
-    int64_t c0 = 0, c1 = 0;
+    const __mmask16 check_top = rows <= INT32_MAX ? 0xFFFF : 0;
+    int64_t c0 = 0, c1 = 0, b = 0, start = 0; /* bag b starts at id start = b * h */
     __mmask16 bad = 0;
-    for (int64_t b = 0; b < batch; b++) {
+    for (int64_t s = 0; s < n; s += 16) {
+        const int64_t m = n - s < 16 ? n - s : 16;
+        const __mmask16 lanes = (__mmask16)(m == 16 ? 0xFFFF : (1u << m) - 1);
+        const __m512i x = _mm512_maskz_loadu_epi32(lanes, in + s);
+        const __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, x, zero);
+        const __mmask16 over = _mm512_mask_cmpge_epi32_mask(valid & check_top, x, top);
+        bad |= _mm512_mask_cmplt_epi32_mask(lanes, x, minus1) | over;
+        const __mmask16 ok = valid & (__mmask16)~over;
+        const __m512i xs = _mm512_maskz_mov_epi32(ok, x); /* reads stay inside the arrays */
+        if (kind != RANGE && s + VECTOR_AHEAD + 16 <= n)
+            prefetch16(in + s + VECTOR_AHEAD, rows, dir, rank);
+        __m512i r0 = zero, r1 = zero;
+        __mmask16 hot = 0;
+        if (DIRECTORY_AVX512 && kind == DIRECTORY) {
+#if DIRECTORY_AVX512
+            __m256i c_lo, c_hi;
+            __mmask8 h_lo, h_hi;
+            const __m256i a = dir_rows8(_mm512_castsi512_si256(xs), dir, &c_lo, &h_lo);
+            const __m256i z = dir_rows8(_mm512_extracti64x4_epi64(xs, 1), dir, &c_hi, &h_hi);
+            r0 = _mm512_inserti64x4(_mm512_castsi256_si512(a), z, 1);
+            r1 = _mm512_inserti64x4(_mm512_castsi256_si512(c_lo), c_hi, 1);
+            hot = (__mmask16)(ok & (h_lo | (unsigned)h_hi << 8));
+#endif
+        } else {
+            const __m512i r = kind == RANK_GATHER ? _mm512_mask_i32gather_epi32(zero, ok, xs, rank, 4) : xs;
+            hot = _mm512_mask_cmplt_epi32_mask(ok, r, lo1);
+            r0 = _mm512_sub_epi32(r, lo0);
+            r1 = _mm512_sub_epi32(r, lo1);
+        }
+        const __mmask16 cold = ok & (__mmask16)~hot;
+        for (; start < s + m; start += h, b++) { /* bags starting in this step (h > 0 here) */
+            const __mmask16 before = (__mmask16)((1u << (start - s)) - 1);
+            off[b] = (int32_t)(c0 + __builtin_popcount(hot & before));
+            off[batch + b] = (int32_t)(c1 + __builtin_popcount(cold & before));
+        }
+        const int p0 = __builtin_popcount(hot), p1 = __builtin_popcount(cold);
+        _mm512_mask_storeu_epi32(s0 + c0, (__mmask16)((1u << p0) - 1), _mm512_maskz_compress_epi32(hot, r0));
+        _mm512_mask_storeu_epi32(s1 + c1, (__mmask16)((1u << p1) - 1), _mm512_maskz_compress_epi32(cold, r1));
+        c0 += p0;
+        c1 += p1;
+    }
+    for (; b < batch; b++) { /* hotness 0: every bag empty */
         off[b] = (int32_t)c0;
         off[batch + b] = (int32_t)c1;
-        for (int64_t s = b * h, end = b * h + h; s < end; s += 16) {
-            const int64_t m = end - s < 16 ? end - s : 16;
-            const __mmask16 lanes = (__mmask16)(m == 16 ? 0xFFFF : (1u << m) - 1);
-            const __m512i x = _mm512_maskz_loadu_epi32(lanes, in + s);
-            const __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, x, zero);
-            bad |= _mm512_mask_cmplt_epi32_mask(lanes, x, minus1);
-            if (check_top)
-                bad |= _mm512_mask_cmpge_epi32_mask(lanes, x, top);
-            const __mmask16 hot = _mm512_mask_cmplt_epi32_mask(valid, x, lo1);
-            const __mmask16 cold = valid & (__mmask16)~hot;
-            const int p0 = __builtin_popcount(hot), p1 = __builtin_popcount(cold);
-            _mm512_mask_storeu_epi32(s0 + c0, (__mmask16)((1u << p0) - 1),
-                                     _mm512_maskz_compress_epi32(hot, _mm512_sub_epi32(x, lo0)));
-            _mm512_mask_storeu_epi32(s1 + c1, (__mmask16)((1u << p1) - 1),
-                                     _mm512_maskz_compress_epi32(cold, _mm512_sub_epi32(x, lo1)));
-            c0 += p0;
-            c1 += p1;
-        }
     }
     count[0] = c0;
     count[1] = c1;
@@ -178,16 +245,16 @@ static int split_range2_avx512(const int32_t *restrict in, int64_t batch, int64_
 }
 #endif
 
-/* Table t's RANGE split with two tiers: the AVX-512 loop where the build has it, else the scalar one. */
-static int split_range2(const int32_t *in, int64_t batch, int64_t h, int64_t rows, const void *const *p,
-                        int32_t *scratch, int32_t *off, int64_t *count)
+/* Table t's split with two tiers: the AVX-512 loop where the build has it (and rows, ranks and bounds
+ * fit int32 lanes), else the scalar one. */
+static int split2(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
+                  int32_t *scratch, int32_t *off, int64_t *count)
 {
 #if defined(__AVX512F__)
-    const int64_t *bound = (const int64_t *)p[0];
-    if (bound[1] <= INT32_MAX)
-        return split_range2_avx512(in, batch, h, rows, bound, scratch, off, count);
+    if (kind == DIRECTORY ? DIRECTORY_AVX512 : ((const int64_t *)p[0])[1] <= INT32_MAX)
+        return split2_avx512(in, batch, h, kind, rows, p, scratch, off, count);
 #endif
-    return split_table(in, batch, h, 2, RANGE, rows, p, scratch, off, count);
+    return split_table(in, batch, h, 2, kind, rows, p, scratch, off, count);
 }
 
 /* Returns 0, or t + 1 for the first table holding an id >= its rows, or -1 on bad arguments.
@@ -230,9 +297,7 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
         } else {
             int64_t count[MAX_TIERS];
             int32_t *off = out_off + f * batch;
-            int rc = kt == 2 ? (kd == DIRECTORY ? split_table(in, batch, h, 2, DIRECTORY, lim, param[t], scratch, off, count)
-                               : kd == RANGE ? split_range2(in, batch, h, lim, param[t], scratch, off, count)
-                               : split_table(in, batch, h, 2, RANK_GATHER, lim, param[t], scratch, off, count))
+            int rc = kt == 2 ? split2(in, batch, h, kd, lim, param[t], scratch, off, count)
                              : split_table(in, batch, h, kt, kd, lim, param[t], scratch, off, count);
             if (rc)
                 return t + 1;
