@@ -4,8 +4,9 @@ The shard plan (`plan_shards`, saved beside the artifact as shard-plan.json and 
 `lowprec inspect`) assigns every physical table to one rank; a table bigger than a rank's share of
 the bytes (total / N) is first split by id range into pieces of at most that share. Pieces are
 placed largest first on the rank with the least load, load = share of bytes + share of expected
-lookups (row access counts from calibration when given, else rows), so each rank holds about 1/N of
-the table bytes and serves about 1/N of the lookups.
+lookups (row access counts from calibration when given, each tier of a tiered table with its own
+rows' counts; else rows), so each rank holds about 1/N of the table bytes and serves about 1/N of
+the lookups.
 
 `ShardedEmbeddings` holds one FBGEMM inference TBE over this rank's pieces only (rows read from
 weights.safetensors by slice: other ranks' tables are never loaded). A forward, on every rank with
@@ -36,6 +37,7 @@ from lowprec.fileio import read_json, sha256_file, write_json
 from lowprec.graph import DLRMGraph
 from lowprec.precision import Precision
 from lowprec.serve.tables import table_codec
+from lowprec.serve.tiers import TierSpec, rank_tiers
 from lowprec.serve.transforms import build_transform
 
 PLAN_FILE = "shard-plan.json"
@@ -90,20 +92,40 @@ class ShardPlan:
             raise InputError(f"{where}: malformed shard plan ({exc})") from exc
 
 
+def _tier_counts(table: dict[str, Any], counts: Any) -> list[np.ndarray]:
+    """Each tier's row access counts, its rows in the artifact's order: the tiers re-ranked from the
+    calibration counts convert ranked them from (shard checks that it is the artifact's)."""
+    spec = TierSpec.from_json(table["sharing"], table["name"])
+    c = torch.as_tensor(np.asarray(counts, dtype=np.float64))
+    parts = rank_tiers(c, spec.sizes(len(c)), by_rank=spec.order == "rank")
+    return [c[p].numpy() for p in parts]
+
+
 def _table_lookups(manifest: dict[str, Any], row_counts: dict[str, Any] | None) -> dict[str, np.ndarray | float]:
-    """Expected lookups per physical table: per row (identity-served tables with counts), else a total."""
+    """Expected lookups per physical table: per row (identity-served tables and tiers, with counts),
+    else a total."""
     out: dict[str, np.ndarray | float] = {t["key"]: 0.0 for t in manifest["physical_tables"]}
+    phys_rows = {t["key"]: int(t["rows"]) for t in manifest["physical_tables"]}
+    logical = {t["name"]: t for t in manifest.get("tables", [])}
     names = [s["name"] for s in manifest["serving"]]
     for t, s in enumerate(manifest["serving"]):
         counts = None if row_counts is None else row_counts.get(names[t])
+        tiers = None
         for group in s["groups"]:
             for f in group:
                 feat = manifest["features"][f]
-                key = feat["table"]
-                if counts is not None and feat["transform"].get("kind") == "identity" and \
-                        not isinstance(out[key], np.ndarray):
+                key, kind = feat["table"], feat["transform"].get("kind")
+                if isinstance(out[key], np.ndarray):
+                    continue
+                if counts is not None and kind == "tier":
+                    tiers = tiers or _tier_counts(logical[names[t]], counts)
+                    rows = tiers[int(feat["transform"]["tier"])]
+                    if len(rows) == phys_rows[key]:
+                        out[key] = rows
+                        continue
+                if counts is not None and kind == "identity":
                     out[key] = np.asarray(counts, dtype=np.float64)
-                elif not isinstance(out[key], np.ndarray):
+                else:
                     total = float(np.asarray(counts).sum()) if counts is not None else None
                     out[key] = float(out[key]) + (total if total is not None else float(s["hotness"]))
     return out

@@ -38,6 +38,41 @@ def test_plan_balances_bytes_and_splits_big_tables():
     assert sum(hot.rank_lookups()) == pytest.approx(1000 + 300 + 200)
 
 
+@pytest.mark.parametrize("order", ["id", "rank"])
+def test_tiers_are_credited_with_their_own_rows_lookups(tmp_path, order):
+    """A tiered table's tiers expect the lookups of the ids in them, row by row, not the whole
+    table's: against a brute-force ranking of the calibration counts."""
+    import torch
+
+    from helpers import make_tiny_dataset, random_float_model
+    from lowprec.checkpoint.convert import convert
+    from lowprec.data.dataset import Dataset
+    from lowprec.fileio import read_json
+    from lowprec.plan import Plan, TableChoice
+    from lowprec.precision import Precision
+
+    ds = Dataset(make_tiny_dataset(tmp_path / "data", windows=1, rows=200, hotness=(1, 3, 1)))
+    model = random_float_model(ds, tmp_path / "model")
+    n = ds.meta.num_embeddings[1]
+    counts = [float((i * 7919) % 13) for i in range(n)]  # ties, and hot ids scattered over the ids
+    spec = {"kind": "tiered", "tiers": [[0.1, "fp16"], [0.3, "int8"]], "order": order}
+    convert(model, Plan({"t1": TableChoice(Precision.INT4, spec), "*": TableChoice(Precision.INT8)}),
+            tmp_path / "art", {"row_counts": {"t1": torch.tensor(counts)}})
+    manifest = read_json(tmp_path / "art" / "manifest.json", "manifest")
+    plan = plan_shards(manifest, "x", 2, {"t1": counts})
+    ranked = sorted(range(n), key=lambda i: (-counts[i], i))
+    hot_end, warm_end = int(0.1 * n + 0.5), int(0.4 * n + 0.5)
+    tiers = [ranked[:hot_end], ranked[hot_end:warm_end], ranked[warm_end:]]
+    t1 = next(s for s in manifest["serving"] if s["name"] == "t1")
+    feats = [manifest["features"][f] for g in t1["groups"] for f in g]
+    keys = {f["transform"]["tier"]: f["table"] for f in feats}
+    assert sorted(keys) == [0, 1, 2]
+    for j, ids in enumerate(tiers):
+        rows = ids if order == "rank" else sorted(ids)
+        for piece in plan.of_table(keys[j]):  # each piece: the counts of the ids in its rows
+            assert piece.lookups == pytest.approx(sum(counts[i] for i in rows[piece.first:piece.stop]))
+
+
 def _run(work, tmp_path) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
