@@ -12,9 +12,9 @@ order ('.../rank') on those ids renumbered through its rank map, the input it is
 (`lookup_ids(ids, ranked=True)`: a feature pipeline that sends ranks; reports/tiered.md); a layer
 option as its forward on the layer's real cached input (FBGEMM int8 or fp32 GEMM). Costs are the
 median of `repeats` timings in microseconds after WARMUP_CALLS untimed calls, keyed by the CPU
-model, torch version, the option's shape, the timing protocol and (tables) a fingerprint of the
-timed ids, and cached in ~/.cache/lowprec/latency.json (or $LOWPREC_CACHE), so a search re-times
-only what it has not seen. The model is additive, like the accuracy model: the plan's predicted latency
+model, torch version, the option's shape, the timing protocol (with the version of the native tier
+split) and (tables) a fingerprint of the timed ids, and cached in ~/.cache/lowprec/latency.json (or
+$LOWPREC_CACHE), so a search re-times only what it has not seen. The model is additive, like the accuracy model: the plan's predicted latency
 is the sum of its options' latencies.
 
 `significant_costs` is what the solver minimises: an option saving less than a small share of the
@@ -43,6 +43,7 @@ from lowprec.plan import Plan
 from lowprec.search.cache import ignore, is_number, read_scratch
 from lowprec.search.sensitivity import CachedBatch, Emulator
 from lowprec.search.space import Option
+from lowprec.serve import tier_native
 
 
 def _cache_file() -> Path:
@@ -59,8 +60,9 @@ def _machine() -> str:
 
 
 WARMUP_CALLS, REPEATS = 20, 21  # untimed, then timed calls of an option (median of REPEATS)
-# in every cache key: costs timed another way are timed again
-PROTOCOL = f"warm{WARMUP_CALLS}"
+# in every cache key: costs timed another way, or through another version of the native tiered id
+# split (a faster split makes every tier layout cheaper), are timed again
+PROTOCOL = f"warm{WARMUP_CALLS}|split {hashlib.sha256(tier_native.SOURCE.read_bytes()).hexdigest()[:12]}"
 
 
 def _median_us(fn: Callable[[], object], repeats: int) -> float:
