@@ -14,8 +14,8 @@ option as its forward on the layer's real cached input (FBGEMM int8 or fp32 GEMM
 median of `repeats` timings in microseconds after WARMUP_CALLS untimed calls, keyed by the CPU
 model, torch version, the option's shape, the timing protocol (with the version of the native tier
 split) and (tables) a fingerprint of the timed ids, and cached in ~/.cache/lowprec/latency.json (or
-$LOWPREC_CACHE), so a search re-times only what it has not seen. The model is additive, like the accuracy model: the plan's predicted latency
-is the sum of its options' latencies.
+$LOWPREC_CACHE/latency.json), so a search re-times only what it has not seen. The model is additive,
+like the accuracy model: the plan's predicted latency is the sum of its options' latencies.
 
 `significant_costs` is what the solver minimises: an option saving less than a small share of the
 float model's predicted time is priced as its float baseline. Such savings (one small table's lookup
