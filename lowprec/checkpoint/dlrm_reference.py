@@ -17,8 +17,8 @@ Its dot interaction (`arch_interaction_itself=False`) takes the pairs (i, j), j 
 (`li, lj` in interact_features): the lower triangle, while lowprec's graph takes the upper triangle
 row by row; the top MLP's first columns are permuted so the imported model computes the same
 logits. QR / mixed-dimension tables (`--qr-flag`, `--md-flag`: `emb_l.{t}.embs.*`), learned
-per-sample weights (`v_W_l`), the `cat` interaction and self-interaction are refused naming the key
-or setting. Tables follow the dataset's sparse feature order unless the config's
+per-sample weights (`v_W_l`), the `cat` interaction, self-interaction and integer (non-float) weight
+tensors are refused naming the key or setting. Tables follow the dataset's sparse feature order unless the config's
 `sparse_feature_names` lists the reference's own order.
 """
 
@@ -31,11 +31,10 @@ from typing import Any
 import torch
 
 from lowprec.checkpoint.float_model import check_finite
-from lowprec.checkpoint.torchrec_import import read_safetensors
+from lowprec.checkpoint.torchrec_import import import_config, listed, read_safetensors
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
-from lowprec.model.config import DLRMConfig, TableConfig
 from lowprec.model.dlrm import DLRM
 
 _EMB = re.compile(r"emb_l\.(\d+)\.weight")
@@ -61,6 +60,8 @@ def interaction_columns(dim: int, lowprec_order: list[str], reference_order: lis
 
 def _mlp(found: dict[int, dict[str, torch.Tensor]], name: str, where: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     idx = sorted(found)
+    if not idx:
+        raise InputError(f"{where}: no {name}.{{2i}}.weight / .bias layers; is this DLRM_Net's state dict?")
     if idx != list(range(0, 2 * len(idx), 2)):
         raise InputError(f"{where}: {name} Linear layers sit at indices {idx}; DLRM_Net's create_mlp puts "
                          f"them at 0, 2, 4, ... (an activation after each)")
@@ -69,6 +70,9 @@ def _mlp(found: dict[int, dict[str, torch.Tensor]], name: str, where: str) -> li
         w, b = found[i].get("weight"), found[i].get("bias")
         if w is None or b is None or w.dim() != 2 or b.shape != (w.shape[0],):
             raise InputError(f"{where}: {name}.{i} needs weight (out, in) and bias (out,)")
+        if w.shape[0] < 1:
+            raise InputError(f"{where}: {name}.{i}.weight has shape {tuple(w.shape)}: a layer with no "
+                             f"outputs (every layer needs at least one)")
         out.append((w.float(), b.float()))
     return out
 
@@ -79,6 +83,9 @@ def split_reference(state: dict[str, torch.Tensor], where: str):
     mlps: dict[str, dict[int, dict[str, torch.Tensor]]] = {"bot_l": {}, "top_l": {}}
     unexpected = []
     for key, t in state.items():
+        if (_EMB.fullmatch(key) or _MLP.fullmatch(key)) and not t.is_floating_point():
+            raise InputError(f"{where}: tensor {key!r} has dtype {t.dtype}; expected float weights (convert "
+                             f"DLRM_Net's float state dict with {SCRIPT}, not a quantized or cast copy)")
         if m := _EMB.fullmatch(key):
             tables[int(m.group(1))] = t.float()
         elif m := _MLP.fullmatch(key):
@@ -88,7 +95,7 @@ def split_reference(state: dict[str, torch.Tensor], where: str):
     if unexpected:
         hint = (" (QR / mixed-dimension tables from --qr-flag / --md-flag, or learned per-sample "
                 "weights v_W_l, are not imported)" if any(k.startswith(("emb_l.", "v_W_l")) for k in unexpected) else "")
-        raise InputError(f"{where}: unexpected keys {sorted(unexpected)[:8]}{hint}; expected DLRM_Net's "
+        raise InputError(f"{where}: unexpected keys {listed(unexpected)}{hint}; expected DLRM_Net's "
                          f"emb_l.{{t}}.weight, bot_l.{{2i}}.*, top_l.{{2i}}.*")
     if sorted(tables) != list(range(len(tables))) or not tables:
         raise InputError(f"{where}: embedding tables emb_l.{{t}}.weight are numbered {sorted(tables)}, "
@@ -133,16 +140,19 @@ def import_dlrm_reference(path: str | Path, config_path: str | Path, meta: Datas
         raise InputError(f"{where}: emb_l.{flat[0]}.weight has shape {tuple(tables[flat[0]].shape)}; a table is "
                          f"(rows, dim)")
     dim = int(tables[0].shape[1])
+    if dim < 1:
+        raise InputError(f"{where}: emb_l.0.weight has shape {tuple(tables[0].shape)}; a table needs at least "
+                         f"one column (rows, dim >= 1)")
     for i, (f, w) in enumerate(zip(ref_order, tables)):
         n = meta.num_embeddings[features.index(f)]
         if w.shape != (n, dim):
             raise InputError(f"{where}: emb_l.{i}.weight (feature {f!r}) has shape {tuple(w.shape)}; "
                              f"expected ({n}, {dim})")
-    config = DLRMConfig(
-        dense_in=len(meta.dense_names),
-        tables=tuple(TableConfig(f, n, h) for f, n, h in zip(features, meta.num_embeddings, meta.hotness)),
-        embedding_dim=dim, bottom_mlp=tuple(int(w.shape[0]) for w, _ in bottom),
-        top_mlp=tuple(int(w.shape[0]) for w, _ in top[:-1]), dense_names=tuple(meta.dense_names))
+    if int(bottom[-1][0].shape[0]) != dim:
+        raise InputError(f"{where}: bot_l.{2 * (len(bottom) - 1)}.weight has shape {tuple(bottom[-1][0].shape)}; "
+                         f"the bottom MLP must end at the tables' dim {dim} (the dot interaction needs them equal)")
+    config = import_config(meta, dim, [int(w.shape[0]) for w, _ in bottom], [int(w.shape[0]) for w, _ in top[:-1]],
+                           where)
     shapes = config.layer_shapes()
     state_out: dict[str, torch.Tensor] = {}
     for kind, layers in (("bottom", bottom), ("top", top)):

@@ -64,6 +64,37 @@ EXPORT_HINT = ("export it with `safetensors.torch.save_file({k: v.contiguous() f
                "dict first)")
 
 
+def listed(items, limit: int = 8) -> str:
+    """`['a', 'b', 'c'] and 5 more`: the first `limit` of `items` (sorted), for an error message."""
+    items = sorted(items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{items[:limit]}{more}"
+
+
+def refuse_unexpected(keys: list[str], where: str, supported: str) -> None:
+    """InputError naming the keys of `where` that no part of the import uses (none: returns)."""
+    if not keys:
+        return
+    variants = sorted({v for k in keys for p, v in VARIANTS.items() if k.startswith(p)})
+    which = f" They belong to {', '.join(variants)}, which lowprec does not import." if variants else ""
+    raise InputError(f"{where}: unexpected keys {listed(keys)}.{which} Supported: {supported}.")
+
+
+def import_config(meta: DatasetMeta, dim: int, bottom: list[int], top: list[int], where: str) -> DLRMConfig:
+    """The DLRMConfig of a model imported from `where` for `meta`'s features (in dataset order).
+
+    The importers check shapes first, naming the key; any rule of DLRMConfig they missed is still
+    refused naming the file, never with a bare message."""
+    tables = zip(meta.sparse_names, meta.num_embeddings, meta.hotness)
+    try:
+        return DLRMConfig(dense_in=len(meta.dense_names), tables=tuple(TableConfig(f, n, h) for f, n, h in tables),
+                          embedding_dim=dim, bottom_mlp=tuple(bottom), top_mlp=tuple(top),
+                          dense_names=tuple(meta.dense_names))
+    except InputError as exc:
+        raise InputError(f"{where}: the model these weights describe is not a DLRM lowprec can build "
+                         f"({exc})") from None
+
+
 @dataclass
 class TorchRecState:
     """A TorchRec DLRM state dict split into its parts (float32 tensors)."""
@@ -116,6 +147,9 @@ def _layers(found: dict[int, dict[str, torch.Tensor]], what: str, where: str) ->
         if parts["weight"].ndim != 2 or parts["bias"].shape != (parts["weight"].shape[0],):
             raise InputError(f"{where}: {what.format(i=i)} has weight {tuple(parts['weight'].shape)} "
                              f"and bias {tuple(parts['bias'].shape)}; not a Linear layer")
+        if parts["weight"].shape[0] < 1:
+            raise InputError(f"{where}: {what.format(i=i)} has weight {tuple(parts['weight'].shape)}: "
+                             f"a layer with no outputs (every layer needs at least one)")
         out.append((parts["weight"], parts["bias"]))
     return out
 
@@ -143,11 +177,7 @@ def split_state(state: dict[str, torch.Tensor], metadata: dict[str, str], where:
             final[m.group(1)] = t
         else:
             unexpected.append(key)
-    if unexpected:
-        variants = sorted({v for k in unexpected for p, v in VARIANTS.items() if k.startswith(p)})
-        which = f" They belong to {', '.join(variants)}, which lowprec does not import." if variants else ""
-        raise InputError(f"{where}: unexpected keys {sorted(unexpected)[:8]}"
-                         f"{' ...' if len(unexpected) > 8 else ''}.{which} Supported: {SUPPORTED}.")
+    refuse_unexpected(unexpected, where, SUPPORTED)
     if not tables:
         raise InputError(f"{where}: no embedding tables ({TABLE_PREFIX}<table>.weight); is this a "
                          f"TorchRec DLRM state dict?")
@@ -193,7 +223,7 @@ def match_tables(features: list[str], tables: list[str], table_map: dict[str, st
                              f"feature uses it with --table-map FEATURE={t}")
     unused = sorted(set(tables) - set(chosen))
     if unused:
-        raise InputError(f"{where}: tables {unused} serve no dataset feature (dataset features: "
+        raise InputError(f"{where}: tables {listed(unused)} serve no dataset feature (dataset features: "
                          f"{features[:30]}); map them with --table-map FEATURE=TABLE")
     return chosen
 
@@ -239,6 +269,9 @@ def build_model(parts: TorchRecState, meta: DatasetMeta, table_map: dict[str, st
     chosen = match_tables(features, list(parts.tables), table_map, where)
     dims = {name: int(w.shape[1]) if w.ndim == 2 else -1 for name, w in parts.tables.items()}
     dim = dims[chosen[0]]
+    if dim < 1:
+        raise InputError(f"{where}: table {chosen[0]!r} has shape {tuple(parts.tables[chosen[0]].shape)}; "
+                         f"an embedding table needs at least one column (rows, dim >= 1)")
     for f, t, n in zip(features, chosen, meta.num_embeddings):
         w = parts.tables[t]
         if w.ndim != 2 or dims[t] != dim:
@@ -249,14 +282,8 @@ def build_model(parts: TorchRecState, meta: DatasetMeta, table_map: dict[str, st
                              f"has num_embeddings {n}")
     _check_chain(parts, len(meta.dense_names), dim, len(features), where)
     order, source = resolve_feature_order(features, feature_order, parts.metadata, where)
-    config = DLRMConfig(
-        dense_in=len(meta.dense_names),
-        tables=tuple(TableConfig(f, n, h) for f, n, h in zip(features, meta.num_embeddings, meta.hotness)),
-        embedding_dim=dim,
-        bottom_mlp=tuple(int(w.shape[0]) for w, _ in parts.dense),
-        top_mlp=tuple(int(w.shape[0]) for w, _ in parts.over[:-1]),
-        dense_names=tuple(meta.dense_names),
-    )
+    config = import_config(meta, dim, [int(w.shape[0]) for w, _ in parts.dense],
+                           [int(w.shape[0]) for w, _ in parts.over[:-1]], where)
     state: dict[str, torch.Tensor] = {}
     for i, (w, b) in enumerate(parts.dense):
         state[f"bottom.{i}.weight"], state[f"bottom.{i}.bias"] = w, b

@@ -15,8 +15,9 @@ Inputs (safetensors only; nothing is unpickled):
   since rows alone do not say their data type.
 
 Each dataset feature is served by the table whose `feature_names` hold it (or, failing that, the
-table named `t_{feature}` / `{feature}`); the interaction's columns follow the EBC's feature order,
-permuted into dataset order as the float import does. The rows are copied as they are: the
+table named `t_{feature}` / `{feature}`); as in the float import, a table serving no dataset feature
+and a key nothing reads are refused, naming the file. The interaction's columns follow the EBC's
+feature order, permuted into dataset order as the float import does. The rows are copied as they are: the
 artifact's runtime computes exactly what the TorchRec model computes, so `lowprec compare`,
 `drift`, `inspect` and `eval` run on what the user serves.
 """
@@ -33,11 +34,12 @@ import torch
 import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, load_artifact
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
-from lowprec.checkpoint.torchrec_import import _strip_wrappers, interaction_permutation, read_safetensors
+from lowprec.checkpoint.torchrec_import import (_strip_wrappers, import_config, interaction_permutation, listed,
+                                                read_safetensors, refuse_unexpected)
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
-from lowprec.model.config import DLRMConfig, TableConfig
+from lowprec.model.config import DLRMConfig
 from lowprec.plan import LayerChoice, Plan, PlanInfo, TableChoice
 from lowprec.precision import Precision
 from lowprec.serve.torchrec_export import PRECISIONS
@@ -46,6 +48,9 @@ EBC_PREFIX = "sparse_arch.embedding_bag_collection."
 _ROWS = re.compile(r"embedding_bags\.(.+)\.(weight|weight_qscale|weight_qbias)")
 _LAYER = re.compile(r"(dense_arch\.model\._mlp\.\d+\._linear|over_arch\.model\.0\._mlp\.\d+\._linear|"
                     r"over_arch\.model\.1)\.(weight|bias|weight_scale)")
+EBC_KEYS = "TorchRec's quantized EBC keys embedding_bags.<table>.weight (+ .weight_qscale, .weight_qbias)"
+LAYER_KEYS = ("TorchRec DLRM's dense_arch.model._mlp.<i>._linear, over_arch.model.0._mlp.<i>._linear and "
+              "over_arch.model.1 .weight, .bias (+ .weight_scale for int8)")
 
 
 def _table_rows(name: str, parts: dict[str, torch.Tensor], precision: Precision, rows: int, dim: int,
@@ -90,12 +95,16 @@ def _tables_by_feature(features: list[str], tables: list[dict[str, Any]], where:
     return by_feature
 
 
-def _layers(state: dict[str, torch.Tensor], where: str) -> dict[str, dict[str, torch.Tensor]]:
-    found: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in state.items():
-        if m := _LAYER.fullmatch(key):
-            found.setdefault(m.group(1), {})[m.group(2)] = t
-    return found
+def _unused_tables(ebc: dict[str, dict], owners: dict[str, dict], tables: list[dict], features: list[str],
+                   ebc_path, config_path) -> None:
+    """Refuse tables (in the state dict or the config) that serve no dataset feature, as the float import does."""
+    used = {t["name"] for t in owners.values()}
+    hint = (f"(dataset features: {features[:30]}); list the feature each serves in its feature_names in "
+            f"{config_path}, or drop the table")
+    for where, names in ((ebc_path, ebc), (config_path, [t["name"] for t in tables])):
+        unused = set(names) - used
+        if unused:
+            raise InputError(f"{where}: tables {listed(unused)} serve no dataset feature {hint}")
 
 
 def read_inputs(ebc_path: str | Path, dense_path: str | Path | None, config_path: str | Path):
@@ -106,18 +115,31 @@ def read_inputs(ebc_path: str | Path, dense_path: str | Path | None, config_path
                          f"embedding_dim, data_type}}, ...]}}")
     state, _ = read_safetensors(ebc_path)
     state = _strip_wrappers(state)
-    dense = dict(state)
-    if dense_path is not None:
-        dense, _ = read_safetensors(dense_path)
-        dense = _strip_wrappers(dense)
     tables: dict[str, dict[str, torch.Tensor]] = {}
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    unexpected = []
     for key, t in state.items():
         if m := _ROWS.fullmatch(key[len(EBC_PREFIX):] if key.startswith(EBC_PREFIX) else key):
             tables.setdefault(m.group(1), {})[m.group(2)] = t
+        elif dense_path is None and (m := _LAYER.fullmatch(key)):
+            layers.setdefault(m.group(1), {})[m.group(2)] = t
+        else:
+            unexpected.append(key)
+    refuse_unexpected(unexpected, str(ebc_path), EBC_KEYS + (f" (the dense and over arch are read from --dense "
+                                                             f"{dense_path})" if dense_path else f", {LAYER_KEYS}"))
     if not tables:
         raise InputError(f"{ebc_path}: no embedding_bags.<table>.weight; is this a TorchRec quantized "
                          f"EmbeddingBagCollection state dict?")
-    return tables, _layers(dense, str(dense_path or ebc_path)), config
+    if dense_path is not None:
+        dense, _ = read_safetensors(dense_path)
+        unexpected = []
+        for key, t in _strip_wrappers(dense).items():
+            if m := _LAYER.fullmatch(key):
+                layers.setdefault(m.group(1), {})[m.group(2)] = t
+            else:
+                unexpected.append(key)
+        refuse_unexpected(unexpected, str(dense_path), LAYER_KEYS)
+    return tables, layers, config
 
 
 def _layer_order(found: dict[str, dict[str, torch.Tensor]], where: str) -> tuple[list[str], list[str]]:
@@ -189,17 +211,23 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
     ebc, found, cfg = read_inputs(ebc_path, dense_path, config_path)
     where, features = str(ebc_path), meta.sparse_names
     owners = _tables_by_feature(features, cfg["tables"], str(config_path))
+    _unused_tables(ebc, owners, cfg["tables"], features, ebc_path, config_path)
     dims = {int(t["embedding_dim"]) for t in cfg["tables"]}
     if len(dims) != 1:
         raise InputError(f"{config_path}: tables have dims {sorted(dims)}; TorchRec's DLRM uses one")
     dim = dims.pop()
-    bottom, top = _layer_order(found, str(dense_path or ebc_path))
+    if dim < 1:
+        raise InputError(f"{config_path}: tables have embedding_dim {dim}; it must be >= 1")
+    dense_where = str(dense_path or ebc_path)
+    bottom, top = _layer_order(found, dense_where)
     layers = {f"bottom.{i}": m for i, m in enumerate(bottom)} | {f"top.{i}": m for i, m in enumerate(top)}
-    config = DLRMConfig(
-        dense_in=len(meta.dense_names),
-        tables=tuple(TableConfig(f, n, h) for f, n, h in zip(features, meta.num_embeddings, meta.hotness)),
-        embedding_dim=dim, bottom_mlp=tuple(int(found[m]["weight"].shape[0]) for m in bottom),
-        top_mlp=tuple(int(found[m]["weight"].shape[0]) for m in top[:-1]), dense_names=tuple(meta.dense_names))
+    widths = {m: int(found[m]["weight"].shape[0]) for m in bottom + top}
+    if widths[bottom[-1]] != dim:
+        raise InputError(f"{dense_where}: {bottom[-1]} has {widths[bottom[-1]]} outputs, but the tables' "
+                         f"embedding_dim in {config_path} is {dim}; the dense arch must end at it (the dot "
+                         f"interaction needs them equal)")
+    config = import_config(meta, dim, [widths[m] for m in bottom], [widths[m] for m in top[:-1]],
+                           f"{config_path}, {dense_where}")
     qparams = {x.get("module"): x.get("input_qparams") for x in cfg.get("layers", []) if isinstance(x, dict)}
     perm = interaction_permutation(dim, features, _feature_order(features, owners, cfg["tables"]))
     with atomic_dir(out, "artifact") as tmp:

@@ -31,7 +31,7 @@ FORMATS = ["torchrec", "torchrec-quant", "dlrm-reference"]
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="torchrec-quant: table configs JSON (name, feature_names, num_embeddings, embedding_dim, "
                    "data_type), e.g. --export torchrec's config.json. dlrm-reference: the config the "
-                   "conversion script wrote.")
+                   "conversion script wrote. Not for torchrec (refused).")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Prepared dataset the model scores: its dataset.json fixes feature order and sizes.")
 @click.option("--out", required=True, type=click.Path(),
@@ -51,15 +51,19 @@ def import_cmd(source_format, state_dict, dense_path, config_path, data_dir, out
     from lowprec.errors import InputError
     from lowprec.fileio import claim_output
 
+    if source_format != "torchrec" and (table_map or feature_order):
+        raise InputError("--table-map and --feature-order apply to --format torchrec only")
+    if source_format != "torchrec-quant" and dense_path:
+        raise InputError("--dense applies to --format torchrec-quant only")
+    if source_format == "torchrec" and config_path:
+        raise InputError(f"--config applies to --format torchrec-quant and dlrm-reference only, so {config_path} "
+                         f"would be ignored: --format torchrec reads the model from --state-dict (feature order: "
+                         f"--feature-order; tables: --table-map). Drop --config")
     inputs = [p for p in (state_dict, dense_path, config_path, data_dir) if p]
     claim_output(out, "artifact" if source_format == "torchrec-quant" else "model", inputs)
     ds = Dataset(data_dir)
-    if source_format != "torchrec" and (table_map or feature_order):
-        raise InputError("--table-map and --feature-order apply to --format torchrec only")
     if source_format == "torchrec-quant":
         return _quantized(state_dict, dense_path, config_path, ds, out, as_json)
-    if dense_path:
-        raise InputError("--dense applies to --format torchrec-quant only")
     if source_format == "dlrm-reference":
         from lowprec.checkpoint.dlrm_reference import import_dlrm_reference
 

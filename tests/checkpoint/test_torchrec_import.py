@@ -8,6 +8,7 @@ arch); the real-model test compares against torchrec.models.dlrm.DLRM itself whe
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -314,3 +315,46 @@ def test_real_torchrec_dcn_variant_is_refused(ds, tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     with pytest.raises(InputError, match=r"inter_arch\.crossnet.*DLRM_DCN"):
         import_torchrec(path, meta)
+
+
+def _zero_dim(s):
+    """Tables of dim 0 and a dense arch ending at 0 outputs: DLRMConfig itself refused it, naming nothing."""
+    for k in [k for k in s if k.startswith(T)]:
+        s[k] = torch.zeros(s[k].shape[0], 0)
+    s["dense_arch.model._mlp.1._linear.weight"], s["dense_arch.model._mlp.1._linear.bias"] = torch.zeros(0, 12), torch.zeros(0)
+
+
+def _zero_width(s):
+    s["dense_arch.model._mlp.0._linear.weight"] = torch.zeros(0, s["dense_arch.model._mlp.0._linear.weight"].shape[1])
+    s["dense_arch.model._mlp.0._linear.bias"] = torch.zeros(0)
+    s["dense_arch.model._mlp.1._linear.weight"] = torch.zeros(D, 0)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (_zero_dim, r"dense_arch\.model\._mlp\.1\._linear has weight \(0, 12\): a layer with no outputs"),
+    (_zero_width, r"dense_arch\.model\._mlp\.0\._linear has weight \(0, \d+\): a layer with no outputs"),
+    (lambda s: s.update({k: torch.zeros(s[k].shape[0], 0) for k in s if k.startswith(T)}),
+     r"table 't_t0' has shape \(\d+, 0\); an embedding table needs at least one column"),
+], ids=["dim-0", "width-0", "table-dim-0"])
+def test_cli_shape_refusals_name_the_file(ds, tmp_path, edit, match):
+    """Every shape refusal names the file and the key (a zero dim reached DLRMConfig's bare
+    'embedding_dim must be >= 1' / 'MLP widths must be >= 1')."""
+    state = torchrec_state(ds)
+    edit(state)
+    path = save(state, tmp_path / "shape.safetensors")
+    res = run("import", "--format", "torchrec", "--state-dict", path, "--data", ds.root, "--out", tmp_path / "m")
+    assert res.exit_code == 2, res.output
+    assert f"{path}: " in res.output and re.search(match, res.output), res.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_config_is_refused_for_torchrec(ds, tmp_path):
+    """--config has no meaning for --format torchrec; it was silently ignored."""
+    path = save(torchrec_state(ds), tmp_path / "dlrm.safetensors")
+    cfg = tmp_path / "tables.json"
+    cfg.write_text(json.dumps({"tables": []}))
+    res = run("import", "--format", "torchrec", "--state-dict", path, "--config", cfg, "--data", ds.root,
+              "--out", tmp_path / "m")
+    assert res.exit_code == 2, res.output
+    assert "--config applies to --format torchrec-quant and dlrm-reference only" in res.output
+    assert str(cfg) in res.output and not (tmp_path / "m").exists()

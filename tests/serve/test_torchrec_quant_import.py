@@ -5,6 +5,7 @@ TorchRec model); bad inputs exit 2 naming the table or layer."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -219,3 +220,57 @@ def test_cli_refusals_exit_2(ds, exported, tmp_path):
     res = run("import", "--format", "torchrec-quant", "--state-dict", folder / "ebc.safetensors", "--dense",
               tmp_path / "d.safetensors", "--config", folder / "config.json", "--data", ds.root, "--out", tmp_path / "o")
     assert res.exit_code == 2 and "dense_arch.model._mlp.0._linear" in res.output
+
+
+def _cli_edit(ds, folder, tmp_path, cfg_edit=None, ebc_edit=None, dense_edit=None):
+    ebc, cfg = _edit(folder, tmp_path, cfg_edit, ebc_edit)
+    dense = load_file(str(folder / "dense.safetensors"))
+    if dense_edit:
+        dense_edit(dense)
+    save_file(dense, str(tmp_path / "d.safetensors"))
+    res = run("import", "--format", "torchrec-quant", "--state-dict", ebc, "--dense", tmp_path / "d.safetensors",
+              "--config", cfg, "--data", ds.root, "--out", tmp_path / "o")
+    return res, {"ebc": ebc, "dense": tmp_path / "d.safetensors", "config": cfg}
+
+
+def _extra_keys(e):
+    e.update({f"unused.{i}": torch.zeros(2) for i in range(10)})
+
+
+@pytest.mark.parametrize("cfg_edit,ebc_edit,dense_edit,file,match", [
+    (None, lambda e: e.__setitem__("embedding_bags.spare.weight", torch.zeros(5, 16, dtype=torch.uint8)), None,
+     "ebc", r"tables \['spare'\] serve no dataset feature"),
+    (lambda c: c["tables"].append(dict(c["tables"][0], name="spare", feature_names=["zz"])), None, None,
+     "config", r"tables \['spare'\] serve no dataset feature"),
+    (None, _extra_keys, None, "ebc", r"unexpected keys \['unused\.0', .*\] and 2 more\. Supported: TorchRec's quantized EBC"),
+    (None, lambda e: e.__setitem__("dense_arch.model._mlp.0._linear.weight", torch.zeros(2)), None,
+     "ebc", r"unexpected keys \['dense_arch\.model\._mlp\.0\._linear\.weight'\].*read from --dense"),
+    (None, None, lambda d: d.__setitem__("inter_arch.crossnet.W_kernels.0", torch.zeros(3, 3)),
+     "dense", r"unexpected keys \['inter_arch\.crossnet\.W_kernels\.0'\]\. They belong to DLRM_DCN"),
+], ids=["ebc-table", "config-table", "ebc-keys", "layer-in-ebc", "dense-key"])
+def test_cli_unused_tables_and_keys_are_refused(ds, exported, tmp_path, cfg_edit, ebc_edit, dense_edit, file, match):
+    """Extra tables and keys were silently dropped; --format torchrec refuses them, and so does this."""
+    _, folder = exported
+    res, files = _cli_edit(ds, folder, tmp_path, cfg_edit, ebc_edit, dense_edit)
+    assert res.exit_code == 2, res.output
+    assert f"{files[file]}: " in res.output and re.search(match, res.output), res.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cfg_edit,dense_edit,file,match", [
+    (lambda c: [t.update(embedding_dim=0) for t in c["tables"]], None, "config", "tables have embedding_dim 0"),
+    (None, lambda d: d.update({"dense_arch.model._mlp.1._linear.weight": torch.zeros(4, 16),
+                               "dense_arch.model._mlp.1._linear.bias": torch.zeros(4)}),
+     "dense", r"dense_arch\.model\._mlp\.1\._linear has 4 outputs, but the tables' embedding_dim in .* is 8"),
+    (None, lambda d: d.update({"over_arch.model.0._mlp.1._linear.weight": torch.zeros(0, 16),
+                               "over_arch.model.0._mlp.1._linear.bias": torch.zeros(0),
+                               "over_arch.model.1.weight": torch.zeros(1, 0)}),
+     "dense", r"not a DLRM lowprec can build \(MLP widths must be >= 1\)"),
+], ids=["dim-0", "bottom-not-D", "width-0"])
+def test_cli_shape_refusals_name_the_file(ds, exported, tmp_path, cfg_edit, dense_edit, file, match):
+    """These reached DLRMConfig, whose message ('embedding_dim must be >= 1', ...) named no file."""
+    _, folder = exported
+    res, files = _cli_edit(ds, folder, tmp_path, cfg_edit=cfg_edit, dense_edit=dense_edit)
+    assert res.exit_code == 2, res.output
+    assert f"{files[file]}" in res.output and re.search(match, res.output), res.output
+    assert not (tmp_path / "o").exists()
