@@ -61,10 +61,14 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
     dealt over the ranks, validation is data-parallel; same plan as one process, rank 0 writes.
     """
     from lowprec import distributed as dist
+    from lowprec.errors import InputError
     from lowprec.fileio import claim_output
     from lowprec.search.driver import SearchRequest, run_search
 
     inputs = [p for p in (model_dir, data_dir, recipe, calib_path) if p]
+    if report_dir and Path(report_dir).resolve() in Path(out).resolve().parents:
+        raise InputError(f"--out {out} is inside --report {report_dir}, which is written whole (an "
+                         f"older report there is replaced): put the plan outside it")
     claim_output(out, "plan", inputs)
     if report_dir:
         claim_output(report_dir, "report", inputs, what="--report")

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from lowprec import distributed as dist
 from lowprec.data.dataset import Dataset
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
@@ -226,6 +226,16 @@ def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: di
     return {o.key for o in items[worst.item] if o.bytes <= worst.bytes and not o.is_float_baseline}
 
 
+def _warn_unused_sharing(space: SearchSpace, items: dict[str, list[Option]], counted: bool) -> None:
+    """Sharing ratios or tier layouts that became no option are said, not dropped silently."""
+    asked = [f for f, v in (("sharing ratios", space.sharing_ratios), ("tier layouts", space.tier_layouts)) if v]
+    if not asked or any(o.sharing is not None for opts in items.values() for o in opts):
+        return
+    why = ("there are no row access counts from calibration" if not counted else
+           f"no table is a dense table of >= {space.sharing_min_rows:,} rows")
+    warn(f"the {' and '.join(asked)} requested are not considered: {why}")
+
+
 def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
            calibration: dict[str, Any] | None, calib_sha: str | None = None,
            cache_path: Path | None = None, cost: dict[str, float] | None = None,
@@ -235,7 +245,9 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     started = time.time()
     model_dir = Path(model_dir)
     rm = cfg.space.range_method
-    items = options_for(model.config, cfg.space, sharing=bool((calibration or {}).get("row_counts")))
+    counted = bool((calibration or {}).get("row_counts"))
+    items = options_for(model.config, cfg.space, sharing=counted)
+    _warn_unused_sharing(cfg.space, items, counted)
     check_memory(items, cfg.budget)  # before anything is measured
     cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)
     if cache.rows == 0:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from lowprec import distributed as dist
+from lowprec.errors import warn
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, Validation
 from lowprec.search.latency import time_plans
@@ -87,7 +87,7 @@ def _time_on_disk(model_dir: Path, plans: dict[str, Plan], calibration: dict[str
     where = scratch.parent if scratch is not None else Path(tempfile.gettempdir())
     free = shutil.disk_usage(where).free
     if need > 0.8 * free:
-        sys.stderr.write(f"lowprec search: plans not timed whole: converting them needs ~{need / 1e9:.1f} GB, "
-                         f"{free / 1e9:.1f} GB free in {where} (--no-time-whole skips this check)\n")
+        warn(f"plans not timed whole: converting them needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB free "
+             f"in {where} (--no-time-whole skips this check)")
         return None
     return time_plans(model_dir, plans, calibration, cache.batches, hotness, scratch)

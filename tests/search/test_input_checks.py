@@ -198,3 +198,21 @@ def test_an_evaluation_window_with_one_label_class_is_refused(tiny, tmp_path):
                 "--eval-windows", 2, "--out", tmp_path / "p.json")
     assert r.exit_code == 2 and "evaluation windows 2" in r.output and "AUC is undefined" in r.output, r.output
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_plan_inside_the_report_directory_is_refused(tiny, tmp_path):
+    """The report directory is written whole: a plan (and its cache) inside it would be replaced."""
+    r = search(tiny, tmp_path / "rep" / "p.json", "--report", tmp_path / "rep")
+    assert r.exit_code == 2 and "--out" in r.output and "is inside --report" in r.output, r.output
+    assert not (tmp_path / "rep").exists()
+
+
+def test_sharing_options_that_apply_to_no_table_are_said(tiny, tmp_path):
+    """--sharing-ratios and --tier-layouts apply to dense tables of >= 1,000 rows; tiny's have
+    200 or fewer: the search runs without them and says so."""
+    r = search(tiny, tmp_path / "p.json", "--sharing-ratios", "4", "--tier-layouts", "0.1:fp16/int4")
+    assert r.exit_code == 0, r.output
+    assert ("warning: the sharing ratios and tier layouts requested are not considered: no table is a "
+            "dense table of >= 1,000 rows") in r.stderr
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert all(t["sharing"] is None for t in plan["tables"].values())
