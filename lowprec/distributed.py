@@ -20,7 +20,8 @@ A job runs as N processes under torchrun (`torchrun --nproc_per_node N -m lowpre
 - `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions and a fingerprint
   (sha256) of its input files; any difference raises `RankMismatch` (exit 2) on every rank.
 - `is_main`: only rank 0 writes (reports, databases, stdout).
-Launching (`launch`): `python -m torch.distributed.run` on 127.0.0.1 with a free port.
+Launching (`launch`): torchrun's own launcher (`torchrun`: torch.distributed.run without its failure
+report) on 127.0.0.1 with a free port; the job's exit code from the ranks' recorded codes.
 """
 
 from __future__ import annotations
@@ -282,8 +283,9 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     code as one process would give it (torchrun itself says 1 for any failed rank)."""
     import tempfile
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "lowprec", *args]
+    cmd = [sys.executable, "-c", "import sys, lowprec.distributed as d; d.torchrun(sys.argv[1:])",
+           "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "lowprec", *args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="lowprec-exit-") as codes:
@@ -291,6 +293,22 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         status = subprocess.call(cmd, env=env)
         recorded = {int(f.name[4:]): int(f.read_text()) for f in Path(codes).glob("rank*")}
     return job_exit_code(status, recorded, nproc)
+
+
+def torchrun(argv: Sequence[str]) -> None:
+    """torchrun (`python -m torch.distributed.run ARGV`) without its failure report: when a rank
+    fails, torchrun logs it and prints a Python traceback and a box of every rank's exit code, after
+    the rank has printed its own `Error:` line. `launch` gives the job's code from the ranks'."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(list(argv)))
+    except ChildFailedError:
+        sys.exit(1)
 
 
 def job_exit_code(status: int, recorded: dict[int, int], nproc: int) -> int:

@@ -106,6 +106,9 @@ def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
     assert bad.returncode == 2, bad.stderr[-2000:]
     missing = lowprec("eval", "--model", tmp_path / "nonexistent", "--data", work["data"], "--windows", "1", nproc=2)
     assert missing.returncode == 2 and "FileNotFoundError" not in missing.stderr, missing.stderr[-2000:]
+    for r in (bad, missing):  # each rank's own `Error:` line, not torchrun's traceback and report box
+        assert "Error: " in r.stderr and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr
+        assert "exitcode" not in r.stderr and r.stdout == "", r.stderr
     assert job_exit_code(1, {0: 1, 1: 0}, 2) == 1  # rank 0's drift alarm
     assert job_exit_code(1, {0: 3, 1: 2}, 2) == 2
     assert job_exit_code(1, {0: 3}, 2) == 3  # rank 1 died without a word
