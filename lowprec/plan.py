@@ -254,14 +254,14 @@ def _check_sharing(spec: dict[str, Any], table: str) -> None:
     """A table's post-training sharing as far as the plan alone decides it: a kind convert knows,
     with options it takes (errors "table 'NAME': ..."). What needs the model or the calibration (a
     dense table, row access counts) is checked when converting."""
-    from lowprec.serve.sharing import POST_TRAINING, _hot_options
+    from lowprec.serve.sharing import POST_TRAINING, hot_options
     from lowprec.serve.tiers import TierSpec
 
     kind = spec.get("kind")
     if kind not in POST_TRAINING:
         raise InputError(f"table {table!r}: unknown sharing kind {kind!r} (known: {list(POST_TRAINING)})")
     if kind == "hot":
-        _hot_options(spec, table)
+        hot_options(spec, table)
     else:
         TierSpec.from_json(spec, table)
 

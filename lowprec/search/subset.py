@@ -8,7 +8,7 @@ whole-table form pools. `SubsetForms.subset` builds that form for
 - a dense table at a precision: the rows U, with their access counts (L2 ranges read them);
 - post-training hot sharing (lowprec.serve.sharing.Hot): the hot ids in U keep their rows; a cold
   id in U reads its bucket's mean, computed for the buckets U reaches only, over the same members
-  in the same (ascending id) order and by the same function (`_bucket_means`) as the whole-table
+  in the same (ascending id) order and by the same function (`bucket_means`) as the whole-table
   build, so the values are bit-identical;
 - a tiered table (lowprec.serve.tiers): a tiered form over the positions in U, each position in the
   tier the whole table's ranking puts its id in.
@@ -29,7 +29,7 @@ import torch
 from lowprec.quant.hashing import ROW, hash_ids, table_id
 from lowprec.quant.range_search import auto_backend
 from lowprec.serve.forms import ServingForm, dense_form
-from lowprec.serve.sharing import _bucket_means, _check_counts, _hot_options, hot_split
+from lowprec.serve.sharing import bucket_means, check_counts, hot_options, hot_split
 from lowprec.serve.tables import padded_dim
 from lowprec.serve.tiers import COLD, TierSpec, tiered_form
 
@@ -109,7 +109,7 @@ class SubsetForms:
                 sub = self._dense(key, weight, counts, touched)
             else:
                 what = "hot sharing needs" if kind == "hot" else "tiered tables need"
-                ranked = self._rank(t, _check_counts(counts, weight.shape[0], name, what), touched)
+                ranked = self._rank(t, check_counts(counts, weight.shape[0], name, what), touched)
                 build = self._hot if kind == "hot" else self._tiered
                 sub = build(key, weight, sharing, name, ranked)
             self._forms = {k: v for k, v in self._forms.items() if k[0] == t}  # keep one table's
@@ -135,7 +135,7 @@ class SubsetForms:
              ranked: _Ranked) -> Subset:
         """Hot rows of U as they are, then the means of the buckets U's cold ids fall in (see
         lowprec.serve.sharing.Hot.share: the same split, ranking, hash and means)."""
-        ratio, hot, _, seed = _hot_options(spec, name)
+        ratio, hot, _, seed = hot_options(spec, name)
         u, n = ranked.touched, weight.shape[0]
         k, b = hot_split(n, ratio, hot)
         if b == 0:  # nothing shared: the whole-table build returns the dense form
@@ -151,7 +151,7 @@ class SubsetForms:
         reached = torch.zeros(b, dtype=torch.bool)
         reached[needed] = True
         keep = reached[bucket]
-        means = _bucket_means(weight, cold[keep], torch.searchsorted(needed, bucket[keep]),
+        means = bucket_means(weight, cold[keep], torch.searchsorted(needed, bucket[keep]),
                               ranked.counts, len(needed))
         table = torch.cat([weight[u[hot_u]], means.to(weight.dtype)])
         n_hot = int(hot_u.sum())

@@ -93,7 +93,8 @@ class Robe:
         return codec.table_bytes(rows, z)
 
 
-def _hot_options(spec: dict[str, Any], table: str) -> tuple[float, float, str, int]:
+def hot_options(spec: dict[str, Any], table: str) -> tuple[float, float, str, int]:
+    """A hot-sharing spec's (ratio, hot share, lookup, seed), checked (plans, the search and convert)."""
     unknown = sorted(set(spec) - {"kind", "ratio", "hot", "lookup", "seed"})
     try:
         ratio, hot = float(spec["ratio"]), float(spec.get("hot", 0.5))
@@ -107,8 +108,8 @@ def _hot_options(spec: dict[str, Any], table: str) -> tuple[float, float, str, i
     return ratio, hot, lookup, seed
 
 
-def _check_counts(row_counts: torch.Tensor | None, n: int, table: str,
-                  what: str = "hot sharing needs") -> torch.Tensor:
+def check_counts(row_counts: torch.Tensor | None, n: int, table: str,
+                 what: str = "hot sharing needs") -> torch.Tensor:
     if row_counts is None:
         raise InputError(f"table {table!r}: {what} row access counts from calibration "
                          f"(run `lowprec calibrate` and pass --calibration)")
@@ -129,8 +130,8 @@ def hot_split(n: int, ratio: float, hot: float) -> tuple[int, int]:
     return k, budget - k
 
 
-def _bucket_means(weight: torch.Tensor, cold: torch.Tensor, bucket: torch.Tensor,
-                  counts: torch.Tensor, b: int) -> torch.Tensor:
+def bucket_means(weight: torch.Tensor, cold: torch.Tensor, bucket: torch.Tensor,
+                 counts: torch.Tensor, b: int) -> torch.Tensor:
     """Each bucket's count-weighted mean of its cold rows (the plain mean where none was accessed)."""
     w, c = weight[cold].double(), counts[cold]
     num = torch.zeros(b, weight.shape[1], dtype=torch.float64).index_add_(0, bucket, w * c[:, None])
@@ -145,13 +146,13 @@ class Hot:
     def share(self, form: ServingForm, spec: dict[str, Any], row_counts: torch.Tensor | None,
               table: str) -> ServingForm:
         """Dense form -> K exact hot rows + B hashed buckets of cold rows (see the module docstring)."""
-        ratio, hot, lookup, seed = _hot_options(spec, table)
+        ratio, hot, lookup, seed = hot_options(spec, table)
         if not form.rows_are_ids:
             raise InputError(f"table {table!r}: hot sharing applies to dense tables, not this table's form")
         key = form.groups[0][0].table
         weight = form.tables[key]
         n = weight.shape[0]
-        counts = _check_counts(row_counts, n, table)
+        counts = check_counts(row_counts, n, table)
         k, b = hot_split(n, ratio, hot)
         if b == 0:
             return form
@@ -162,7 +163,7 @@ class Hot:
         cold = torch.nonzero(~is_hot).squeeze(1)
         tid = table_id(table)
         bucket = hash_rows(cold, tid, b, 0, seed)
-        shared = torch.cat([weight[hot_ids], _bucket_means(weight, cold, bucket, counts, b).to(weight.dtype)])
+        shared = torch.cat([weight[hot_ids], bucket_means(weight, cold, bucket, counts, b).to(weight.dtype)])
         if k == 0:
             spec_t = {"kind": "hash", "family": FAMILY, "table": tid, "seed": seed, "rows": b}
             return ServingForm({key: shared}, [[Feature(key, spec_t)]], exact=False)
@@ -181,7 +182,7 @@ class Hot:
 
     def bytes(self, table: TableConfig, dim: int, codec: TableCodec, spec: dict[str, Any]) -> int:
         n = table.num_embeddings
-        ratio, hot, lookup, _ = _hot_options(spec, table.name)
+        ratio, hot, lookup, _ = hot_options(spec, table.name)
         k, b = hot_split(n, ratio, hot)
         if b == 0:
             return codec.table_bytes(n, dim)
@@ -199,7 +200,7 @@ class Tiered:
         if not form.rows_are_ids:
             raise InputError(f"table {table!r}: tiered tables apply to dense tables, not this table's form")
         n = next(iter(form.tables.values())).shape[0]
-        return tiered_form(form, spec, _check_counts(row_counts, n, table, "tiered tables need"), table)
+        return tiered_form(form, spec, check_counts(row_counts, n, table, "tiered tables need"), table)
 
     def bytes(self, table: TableConfig, dim: int, codec: TableCodec, spec: dict[str, Any]) -> int:
         return tiered_bytes(table.num_embeddings, dim, codec, spec, table.name)
