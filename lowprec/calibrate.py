@@ -185,7 +185,8 @@ def counts_path(path: Path, sha: str | None = None) -> Path:
 def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | None = None,
                      inputs: tuple = ()) -> None:
     """CALIB.json plus its content-named row-count sidecar, committed as one (see module doc)."""
-    from lowprec.fileio import _umask, claim_output, user_os_errors
+    from lowprec.errors import user_os_errors
+    from lowprec.fileio import _umask, claim_output
 
     path = claim_output(path, "calibration", inputs)
     with user_os_errors(path):

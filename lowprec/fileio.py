@@ -24,7 +24,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from lowprec.errors import InputError
+from lowprec.errors import InputError, os_error, user_os_errors
 from lowprec.jsonsafe import dumps
 
 _BACKUP_SUFFIX = ".lowprec-old"
@@ -50,53 +49,6 @@ KINDS: dict[str, tuple[str, str | None]] = {
 }
 # file kinds -> the "format" their JSON declares
 FILE_KINDS: dict[str, str] = {"calibration": "lowprec-calibration", "plan": "lowprec-plan"}
-# errors a user fixes on their side: reported as exit 2 naming the path, not as a traceback
-USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
-               errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR}
-
-
-def os_error(exc: OSError, path: str | os.PathLike) -> InputError:
-    """An InputError for a write failure the user can fix, naming the file."""
-    where = exc.filename or path
-    return InputError(f"cannot write {where}: {os.strerror(exc.errno) if exc.errno else exc} "
-                      f"[{errno.errorcode.get(exc.errno or 0, 'OSError')}]; nothing was replaced")
-
-
-@contextlib.contextmanager
-def user_os_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn disk-full / read-only / permission errors raised inside into InputErrors naming `path`."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in USER_ERRNOS:
-            raise os_error(exc, path) from exc
-        if exc.errno is None and _disk_full(Path(path)):  # a short write ("N requested and 0 written")
-            raise os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from exc
-        raise
-    except Exception as exc:  # safetensors reports I/O failures as SafetensorError("... (os error N)")
-        code = _os_error_code(exc)
-        if code in USER_ERRNOS:
-            raise os_error(OSError(code, os.strerror(code)), path) from exc
-        raise
-
-
-def _disk_full(path: Path) -> bool:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free < (64 << 10)
-    except OSError:
-        return False
-
-
-def _os_error_code(exc: Exception) -> int | None:
-    if type(exc).__name__ != "SafetensorError":
-        return None
-    m = re.search(r"os error (\d+)", str(exc))
-    return int(m.group(1)) if m else None
-
-
 def _live_writer(out: Path) -> bool:
     head = f".{out.name}.tmp-{socket.gethostname()}-"
     for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):

@@ -4,7 +4,7 @@ Each module in this package owns a few commands and lists them in `COMMANDS`; th
 here by discovery, so adding a command never touches this file. Commands parse options, build a
 config, make one library call and render the result. `InputError` from the library becomes exit
 code 2 with its message, and so does an OSError the user can fix (disk full, read-only file system,
-permission denied: `fileio.USER_ERRNOS`), naming the file; the messages are listed in docs/errors.md; `--json` output is one JSON object on the last line of stdout.
+permission denied: `errors.USER_ERRNOS`), naming the file; the messages are listed in docs/errors.md; `--json` output is one JSON object on the last line of stdout.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class LowprecGroup(click.Group):
         except InputError as exc:
             raise BadInput(str(exc)) from exc
         except OSError as exc:  # disk full, read-only, permission denied: the user's to fix
-            from lowprec.fileio import USER_ERRNOS, os_error
+            from lowprec.errors import USER_ERRNOS, os_error
 
             if exc.errno not in USER_ERRNOS:
                 raise

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from lowprec.drift.alarm import CusumState
-from lowprec.errors import InputError
-from lowprec.fileio import check_parent, user_os_errors
+from lowprec.errors import InputError, user_os_errors
+from lowprec.fileio import check_parent
 
 SCHEMA_VERSION = 1
 WINDOW_COLUMNS = (
