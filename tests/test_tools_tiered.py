@@ -41,19 +41,3 @@ def test_bench_tiered_tiny(tmp_path):
     h = r["hot_share"]
     assert h["after shift, old ranking"] < h["calibrated traffic"] and h["after shift, re-ranked"] > h["after shift, old ranking"]
     assert "| tiered |" in "\n".join(bench_tiered.render(r))
-
-
-def test_bench_bounds_check_tiny(tmp_path):
-    """tools/bench_bounds_check.py: both checks timed, the three lookups' outputs equal."""
-    import bench_bounds_check
-
-    threads = torch.get_num_threads()
-    try:
-        bench_bounds_check.main(["--scale", "0.0005", "--batch", "16", "--pooling", "3", "--batches", "1",
-                                 "--repeats", "1", "--min-seconds", "0.001", "--block-seconds", "0.001",
-                                 "--precisions", "fp32,int8", "--out", str(tmp_path / "b.json")])
-    finally:
-        torch.set_num_threads(threads)
-    r = json.loads((tmp_path / "b.json").read_text())
-    assert r["outputs_equal"] == {"fp32": True, "int8": True}
-    assert {"check alone, native", "check alone, torch ops", "lowprec int8, torch check"} <= set(r["ms"])

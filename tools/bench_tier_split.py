@@ -41,7 +41,7 @@ def kernel_at(commit: str, work: Path):
     path = work / "tier_split.c"
     path.write_bytes(src)
     lib = native.build(path)
-    tier_native.declare_split(lib)
+    tier_native._declare(lib)
     return lib
 
 

@@ -147,7 +147,6 @@ class QuantizedEmbeddings(nn.Module):
             and dims[features[s.groups[0][0]].table] == dim for s in serving)
         self.simple = self.dense_ids and all(table_codec(t.precision).skips_pads for t in tables)
         self.native_split = True  # eager lookups may take the native tiered split (False: torch ops only)
-        self.register_buffer("hotness_i32", torch.tensor(self.hotness, dtype=torch.int32), persistent=False)
 
     def table_weights(self) -> list[torch.Tensor]:
         """The TBE's storage per physical table (uint8 rows, FBGEMM layout): write-through views."""
@@ -185,15 +184,10 @@ class QuantizedEmbeddings(nn.Module):
 
     def check_flat(self, flat: torch.Tensor, batch: int) -> int:
         """Every id of the table-major ids (table t's batch x hotness[t] ids, then t+1's, ...) is a
-        pad or < its table's logical rows. Eager int32 ids: one native pass (tier_native.check_ids);
-        otherwise one amax per table and one global min (a fused aminmax along a dim is ~3x slower
-        in torch 2.13 on CPU). Returns that min (-1: a pad); a bad id is named (`_refuse`)."""
+        pad or < its table's logical rows: one amax per table and one global min (a fused
+        aminmax along a dim is ~3x slower in torch 2.13 on CPU). Returns that min (-1: a pad)."""
         if flat.numel() == 0:
             return 0
-        if not torch.jit.is_scripting():
-            low = self._native_low(flat, batch)
-            if low is not None:
-                return low
         if self.uniform_hotness:
             over = bool((flat.view(self.n_tables, -1).amax(dim=1) >= self.table_rows).any())
         else:
@@ -230,15 +224,6 @@ class QuantizedEmbeddings(nn.Module):
             if native is not None:
                 return self.pooled_from_tbe(self.tbe(native[0], native[1]), b)
         return self.lookup_tables(list(tables))
-
-    @torch.jit.unused
-    def _native_low(self, flat: torch.Tensor, batch: int) -> Optional[int]:
-        """check_flat's answer from the native pass, or None where it does not run or found a bad id
-        (the torch ops then find and name it)."""
-        if not self.native_split:
-            return None
-        found = tier_native.check_ids(flat, batch, self.hotness_i32, self.table_rows)
-        return None if found is None or found[0] >= 0 else found[1]
 
     @torch.jit.unused
     def split_inputs(self, flat: torch.Tensor, b: int, ranked: bool = False) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

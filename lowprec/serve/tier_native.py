@@ -1,5 +1,4 @@
-"""The native id passes (tier_split.c): the id split of tiered tables, and the runtime's id bounds
-check (`check_ids`, every model); building, loading and calling them.
+"""The native id split of tiered tables: building, loading and calling tier_split.c.
 
 A tiered table (lowprec.serve.tiers) serves as one TBE feature per tier. The stock-op path maps every
 id once per tier (`TierLookup`, ~20 torch passes over the ids) and hands FBGEMM bags padded with -1
@@ -43,25 +42,16 @@ class BadIds(InputError):
     """An id the kernel refused (not -1 and not in [0, rows)); the runtime names it (check_flat)."""
 
 
-def declare_split(dll: ctypes.CDLL) -> None:
-    """The split's signature (tools/bench_tier_split.py loads older builds, which have only this)."""
+def _declare(dll: ctypes.CDLL) -> None:
     f = dll.lowprec_tier_split
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     f.argtypes = [p, i64, i32, p, p, p, p, p, p, p, p]
     f.restype = i32
 
 
-def _declare(dll: ctypes.CDLL) -> None:
-    declare_split(dll)
-    c = dll.lowprec_check_ids
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    c.argtypes = [p, i64, i32, p, p, p]
-    c.restype = i32
-
-
 def kernel() -> ctypes.CDLL | None:
     """The loaded kernel library, built on first use; None (warned once) where it cannot be."""
-    return native.load(SOURCE, _declare, "native id kernels (tiered split, bounds check)")
+    return native.load(SOURCE, _declare, "native tiered id split")
 
 
 def _i32(values: list[int]) -> torch.Tensor:
@@ -148,21 +138,6 @@ def split(plan: SplitPlan, ids: torch.Tensor, batch: int, ranked: bool = False) 
                          f"{int(plan.rows[rc - 1])})")
         raise ValueError("tiered id split: bad table descriptors")
     return out_idx[: int(out_off[-1])], out_off
-
-
-def check_ids(ids: torch.Tensor, batch: int, hotness: torch.Tensor, rows: torch.Tensor) -> tuple[int, int] | None:
-    """The runtime's bounds check of table-major int32 ids in one native pass: (the first table
-    holding an id neither -1 nor in [0, rows), or -1; the smallest id), or None where the kernel
-    cannot be built or the ids are not contiguous int32 (the caller runs its torch ops)."""
-    lib = kernel()
-    if lib is None or ids.dtype != torch.int32 or not ids.is_contiguous():
-        return None
-    if ids.numel() != batch * int(hotness.sum()):
-        raise ValueError(f"{ids.numel()} ids for batch {batch} and hotness {hotness.tolist()}")
-    low = ctypes.c_int32(0)
-    bad = lib.lowprec_check_ids(ids.data_ptr(), batch, len(hotness), hotness.data_ptr(), rows.data_ptr(),
-                                ctypes.byref(low))
-    return bad - 1, int(low.value)
 
 
 def plan_of(emb: Any) -> SplitPlan | None:

@@ -314,32 +314,3 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
     out_off[f * batch] = (int32_t)w;
     return 0;
 }
-
-/* The runtime's id bounds check in one pass (QuantizedEmbeddings.check_flat): table-major ids,
- * table t's batch * hotness[t]; returns 0, or t + 1 for the first table holding an id that is
- * neither -1 nor in [0, rows[t]); *low gets the smallest id of all (0 when there are none). The
- * min/max loop vectorises (-O3 -march=native): one read of the ids, where torch's amax per table
- * and a global min read them twice. */
-int lowprec_check_ids(const int32_t *ids, int64_t batch, int32_t n_tables, const int32_t *hotness,
-                      const int64_t *rows, int32_t *low)
-{
-    int32_t all_lo = 0;
-    int bad = 0, any = 0;
-    for (int32_t t = 0; t < n_tables; t++) {
-        const int64_t n = batch * hotness[t];
-        int32_t lo = INT32_MAX, hi = INT32_MIN;
-        for (int64_t s = 0; s < n; s++) {
-            lo = ids[s] < lo ? ids[s] : lo;
-            hi = ids[s] > hi ? ids[s] : hi;
-        }
-        if (n > 0) {
-            if (!bad && ((int64_t)hi >= rows[t] || lo < -1))
-                bad = t + 1;
-            all_lo = !any || lo < all_lo ? lo : all_lo;
-            any = 1;
-        }
-        ids += n;
-    }
-    *low = all_lo;
-    return bad;
-}
