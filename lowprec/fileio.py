@@ -142,11 +142,15 @@ def check_parent(out: Path, what: str = "output") -> None:
                          f"choose another path")
 
 
+def within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """`path` is `root` or lies under it (both resolved: symlinks and `..` followed)."""
+    p, r = Path(path).resolve(), Path(root).resolve()
+    return p == r or r in p.parents
+
+
 def _check_inputs(out: Path, inputs: Iterable[str | os.PathLike], what: str) -> None:
-    o = out.resolve()
     for p in inputs:
-        r = Path(p).resolve()
-        if r == o or o in r.parents:
+        if within(p, out):
             raise InputError(f"{what} {out} would replace the input {p}; choose another path")
 
 

@@ -69,7 +69,7 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
     from lowprec.drift.alarm import load_config
     from lowprec.drift.job import DriftJob, run
     from lowprec.errors import InputError
-    from lowprec.fileio import claim_output
+    from lowprec.fileio import claim_output, within
     from lowprec.recipe import load_recipe, pick
 
     windows = pick(windows, load_recipe(recipe), "windows", "monitor")
@@ -78,8 +78,7 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
         raise InputError("no windows to monitor: give --windows or a --recipe with [windows] monitor")
     claim_output(report_dir, "drift-report", [reference, candidate, data_dir, db], what="--report")
     for given in (reference, candidate, data_dir):
-        inside, where = Path(db).resolve(), Path(given).resolve()
-        if inside == where or where in inside.parents:
+        if within(db, given):
             raise InputError(f"--db {db} is inside the input {given}, which drift never modifies "
                              f"(and a later write of it would delete the history); give a path outside it")
     config = load_config(config_path)

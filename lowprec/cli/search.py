@@ -62,11 +62,11 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
     """
     from lowprec import distributed as dist
     from lowprec.errors import InputError
-    from lowprec.fileio import claim_output
+    from lowprec.fileio import claim_output, within
     from lowprec.search.driver import SearchRequest, run_search
 
     inputs = [p for p in (model_dir, data_dir, recipe, calib_path) if p]
-    if report_dir and Path(report_dir).resolve() in Path(out).resolve().parents:
+    if report_dir and within(out, report_dir):
         raise InputError(f"--out {out} is inside --report {report_dir}, which is written whole (an "
                          f"older report there is replaced): put the plan outside it")
     claim_output(out, "plan", inputs)
