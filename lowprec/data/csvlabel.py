@@ -44,16 +44,16 @@ class LabelRule:
         if self.op is None:
             low = v.lower()
             return 1 if low in _TRUE else 0 if low in _FALSE else None
-        try:
-            x = float(v)
-        except ValueError:
+        x = _number(v)
+        if x is None:
             return None
         ops = {">=": x >= self.threshold, "<=": x <= self.threshold, ">": x > self.threshold,
                "<": x < self.threshold, "==": x == self.threshold, "!=": x != self.threshold}
-        return int(ops[self.op]) if math.isfinite(x) else None
+        return int(ops[self.op])
 
 
 def _number(text: str) -> float | None:
+    """A finite number, or None (not a number, NaN or an infinity)."""
     try:
         x = float(text)
     except ValueError:
