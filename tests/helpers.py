@@ -70,19 +70,29 @@ def run_cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def trained_tiny(root: Path, cfg, **data):
+    """make_tiny_dataset(root / "data", **data) and a float model trained on it with TrainConfig
+    `cfg`, saved at root / "model": (dataset, model)."""
+    from lowprec.checkpoint.float_model import save_float_model
+    from lowprec.data.dataset import Dataset
+    from lowprec.train import train
+
+    ds = Dataset(make_tiny_dataset(root / "data", **data))
+    model, info = train(ds, cfg)
+    save_float_model(model, root / "model", info)
+    return ds, model
+
+
 def trained_search_setup(root: Path, rows: int, tables: tuple[int, ...], epochs: int):
     """(root, dataset, trained float model saved at root/model, calibration on window 2 with row
     counts as float tensors): what the search tests measure sensitivity on."""
     import torch
 
     from lowprec.calibrate import CalibConfig, calibrate
-    from lowprec.checkpoint.float_model import save_float_model
-    from lowprec.data.dataset import Dataset
-    from lowprec.train import TrainConfig, train
+    from lowprec.train import TrainConfig
 
-    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=rows, tables=tables, hotness=(1, 2, 1)))
-    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=epochs))
-    save_float_model(model, root / "model", info)
+    ds, model = trained_tiny(root, TrainConfig(windows=(0, 1), epochs=epochs), windows=4, rows=rows, tables=tables,
+                             hotness=(1, 2, 1))
     calib = calibrate(model, ds, CalibConfig((2,)))
     calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
     return root, ds, model, calib

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from helpers import REPO, make_tiny_dataset, run_cli as run
+from helpers import REPO, make_tiny_dataset, run_cli as run, trained_tiny
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
 from lowprec.checkpoint.float_model import load_float_model, save_float_model
@@ -21,7 +21,7 @@ from lowprec.plan import Plan
 from lowprec.precision import Precision
 from lowprec.quant.rowwise import fused_to_float
 from lowprec.serve.tables import table_codec
-from lowprec.train import TrainConfig, model_config_for, train
+from lowprec.train import TrainConfig, model_config_for
 
 PRECISIONS = [p for p in Precision]
 
@@ -29,9 +29,7 @@ PRECISIONS = [p for p in Precision]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("art")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=3, rows=1500, hotness=(1, 3, 1)))
-    model, info = train(ds, TrainConfig(windows=(0, 1), epochs=2))
-    save_float_model(model, root / "model", info)
+    ds, _ = trained_tiny(root, TrainConfig(windows=(0, 1), epochs=2), windows=3, rows=1500, hotness=(1, 3, 1))
     return root, ds
 
 

@@ -11,26 +11,22 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from helpers import make_tiny_dataset
+from helpers import trained_tiny
 from lowprec.calibrate import CalibConfig, calibrate, save_calibration
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
-from lowprec.checkpoint.float_model import save_float_model
 from lowprec.cli import main
-from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 from lowprec.plan import Plan
 from lowprec.precision import Precision
-from lowprec.train import TrainConfig, train
+from lowprec.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("validate")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=2, rows=400))
-    model, info = train(ds, TrainConfig(windows=(0,), epochs=1))
-    save_float_model(model, root / "model", info)
+    ds, model = trained_tiny(root, TrainConfig(windows=(0,), epochs=1), windows=2, rows=400)
     calib = calibrate(model, ds, CalibConfig((0,)))
     save_calibration(calib, root / "calib.json", sha256_file(root / "model" / "model.safetensors"))
     return root, calib

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from helpers import make_tiny_dataset, run_cli
-from lowprec.checkpoint.float_model import save_float_model
+from helpers import run_cli, trained_tiny
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError, InputWarning
 from lowprec.plan import Budget, Plan
@@ -19,15 +18,13 @@ from lowprec.search import latency
 from lowprec.search import run as search_run
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.space import Option, SearchSpace, options_for
-from lowprec.train import TrainConfig, train
+from lowprec.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("search_inputs")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=3, rows=600, tables=(200, 30, 8)))
-    model, info = train(ds, TrainConfig(windows=(0,), epochs=1))
-    save_float_model(model, root / "model", info)
+    trained_tiny(root, TrainConfig(windows=(0,), epochs=1), windows=3, rows=600, tables=(200, 30, 8))
     return root
 
 

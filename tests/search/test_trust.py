@@ -12,16 +12,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from helpers import make_tiny_dataset
-from lowprec.checkpoint.float_model import save_float_model
+from helpers import trained_tiny
 from lowprec.cli import main
-from lowprec.data.dataset import Dataset
 from lowprec.plan import Validation
 from lowprec.precision import Precision
 from lowprec.search import run as search_run
 from lowprec.search.solver import Budget, Sensitivity, ne_price, solve
 from lowprec.search.space import Option
-from lowprec.train import TrainConfig, train
+from lowprec.train import TrainConfig
 
 A, B = "table:A", "table:B"
 
@@ -93,9 +91,7 @@ def test_no_compression_message_says_why_and_what_to_try():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("search_trust")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=4, rows=1500, tables=(200, 30, 8)))
-    model, info = train(ds, TrainConfig(windows=(0,), epochs=2))
-    save_float_model(model, root / "model", info)
+    trained_tiny(root, TrainConfig(windows=(0,), epochs=2), windows=4, rows=1500, tables=(200, 30, 8))
     return root
 
 

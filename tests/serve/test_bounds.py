@@ -8,11 +8,9 @@ serving in-range ids exactly as before (the reference: the same TBE called direc
 import pytest
 import torch
 
-from helpers import make_tiny_dataset
+from helpers import trained_tiny
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
-from lowprec.checkpoint.float_model import save_float_model
-from lowprec.data.dataset import Dataset
 from lowprec.data.ids import FeatureIds
 from lowprec.errors import InputError
 from lowprec.plan import Plan, TableChoice
@@ -21,7 +19,7 @@ from lowprec.serve.export import export_torchscript, load_torchscript
 from lowprec.serve.forms import dense_form
 from lowprec.serve.quantize import embeddings_from_forms, quantize_form
 from lowprec.serve.runtime import IdOutOfRange
-from lowprec.train import TrainConfig, train
+from lowprec.train import TrainConfig
 
 TABLES = (50, 20, 8)
 
@@ -29,9 +27,8 @@ TABLES = (50, 20, 8)
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("bounds")
-    ds = Dataset(make_tiny_dataset(root / "data", windows=2, rows=400, tables=TABLES, hotness=(1, 3, 1)))
-    model, info = train(ds, TrainConfig(windows=(0,), epochs=1, table_embedding={"t0": "hash:ratio=4"}))
-    save_float_model(model, root / "model", info)
+    trained_tiny(root, TrainConfig(windows=(0,), epochs=1, table_embedding={"t0": "hash:ratio=4"}), windows=2,
+                 rows=400, tables=TABLES, hotness=(1, 3, 1))
     convert(root / "model", Plan.uniform(Precision.INT4), root / "art")
     return root / "art"
 
