@@ -31,6 +31,7 @@ import torch
 
 from lowprec import native
 from lowprec.errors import InputError
+from lowprec.serve.tiers import BLOCK, widen_directory
 
 SOURCE = Path(__file__).with_name("tier_split.c")
 COPY, DIRECTORY, RANGE, RANK_GATHER = 0, 1, 2, 3
@@ -104,8 +105,9 @@ class SplitPlan:
                 keep += [cold.bounds, cold.rank]
                 kinds.append(RANK_GATHER), ranked.append(RANGE)
             else:
-                ptrs = torch.tensor([d.data_ptr() for d in cold.dirs] or [0], dtype=torch.int64)
-                keep += list(cold.dirs)
+                dirs = [d if cold.block == BLOCK else widen_directory(d) for d in cold.dirs]
+                ptrs = torch.tensor([d.data_ptr() for d in dirs] or [0], dtype=torch.int64)
+                keep += dirs
                 kinds.append(DIRECTORY), ranked.append(DIRECTORY)
             keep.append(ptrs)
             tiers.append(len(fs))

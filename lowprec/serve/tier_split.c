@@ -6,8 +6,10 @@
  * definition it computes is lowprec.serve.transforms.TierLookup's, exactly:
  *
  *   kind COPY      x                                      (identity feature)
- *   kind DIRECTORY tier j with word_j[x >> 4] bit (x & 15) set, row cum_j + popcount(word_j & below);
- *                  else the cold tier, row x - sum_j (cum_j + popcount(word_j & below))
+ *   kind DIRECTORY tier j with word_j[x >> 5] bit (x & 31) set, row cum_j + popcount(word_j & below);
+ *                  else the cold tier, row x - sum_j (cum_j + popcount(word_j & below)), word_j
+ *                  tier j's rank directory of 32-id blocks (lowprec.serve.tiers; an older
+ *                  artifact's 16-id words are widened to these by tier_native)
  *   kind RANGE     r = rank[x] (RANK_GATHER) or r = x (ids already ranks); tier j with
  *                  bound[j] <= r < bound[j + 1], row r - bound[j]
  *
@@ -35,11 +37,11 @@ INLINE int64_t classify(int64_t x, int k, int kind, const int64_t *const *dirs, 
                         const int32_t *rank, int *tier)
 {
     if (kind == DIRECTORY) {
-        int64_t bit = x & 15, below = (INT64_C(1) << bit) - 1, sum = 0, hit_row = 0;
+        int64_t bit = x & 31, below = (INT64_C(1) << bit) - 1, sum = 0, hit_row = 0;
         int j = k - 1;
         for (int u = 0; u < k - 1; u++) {
-            int64_t e = dirs[u][x >> 4];
-            int64_t inside = (e >> 16) + __builtin_popcountll((uint64_t)(e & below));
+            int64_t e = dirs[u][x >> 5];
+            int64_t inside = (e >> 32) + __builtin_popcountll((uint64_t)(e & below));
             int first = j == k - 1 && ((e >> bit) & 1);
             hit_row = first ? inside : hit_row;
             j = first ? u : j;
@@ -71,7 +73,7 @@ INLINE void prefetch(const int32_t *in, int64_t s, int64_t n, int kind, const in
     int64_t y = in[s + AHEAD];
     y = y < 0 ? 0 : y;
     if (kind == DIRECTORY)
-        __builtin_prefetch(&dirs[0][y >> 4]);
+        __builtin_prefetch(&dirs[0][y >> 5]);
     else if (kind == RANK_GATHER)
         __builtin_prefetch(&rank[y]);
 }
@@ -145,9 +147,9 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
 INLINE __m256i dir_rows8(__m256i x, const int64_t *dir, __m256i *cold, __mmask8 *hot)
 {
     const __m512i one = _mm512_set1_epi64(1), x64 = _mm512_cvtepi32_epi64(x);
-    const __m512i e = _mm512_i32gather_epi64(_mm256_srli_epi32(x, 4), dir, 8);
-    const __m512i bit = _mm512_sllv_epi64(one, _mm512_and_si512(x64, _mm512_set1_epi64(15)));
-    const __m512i inside = _mm512_add_epi64(_mm512_srli_epi64(e, 16),
+    const __m512i e = _mm512_i32gather_epi64(_mm256_srli_epi32(x, 5), dir, 8);
+    const __m512i bit = _mm512_sllv_epi64(one, _mm512_and_si512(x64, _mm512_set1_epi64(31)));
+    const __m512i inside = _mm512_add_epi64(_mm512_srli_epi64(e, 32),
                                             _mm512_popcnt_epi64(_mm512_and_si512(e, _mm512_sub_epi64(bit, one))));
     *hot = _mm512_test_epi64_mask(e, bit);
     *cold = _mm512_cvtepi64_epi32(_mm512_sub_epi64(x64, inside));
@@ -167,7 +169,7 @@ INLINE void prefetch16(const int32_t *in, int64_t rows, const int64_t *dir, cons
     for (int i = 0; i < 16; i++) {
         int64_t y = in[i];
         y = y >= 0 && y < rows ? y : 0;
-        __builtin_prefetch(dir ? (const void *)&dir[y >> 4] : (const void *)&rank[y]);
+        __builtin_prefetch(dir ? (const void *)&dir[y >> 5] : (const void *)&rank[y]);
     }
 }
 

@@ -15,17 +15,21 @@ only; there is no other pooling mode to refuse). The form is exact: each row kee
 quantized at its tier's precision.
 
 The id -> (tier, row) map is a *rank directory* per upper tier j (buffer `<table>.tier<j>.dir`,
-int64, one word per 16 ids): bits 0-15 mark which of the block's ids are in tier j, bits 16+ count
-tier j's ids below the block. For an id x in block b = x >> 4 with bit i = x & 15:
+int64, one word per 32 ids): bits 0-31 mark which of the block's ids are in tier j, bits 32+ count
+tier j's ids below the block. For an id x in block b = x >> 5 with bit i = x & 31:
 
     in tier j       word_j[b] bit i set
     row in tier j   cum_j[b] + popcount(word_j[b] & (2^i - 1))
     row in cold     x - sum_j (cum_j[b] + popcount(word_j[b] & (2^i - 1)))
 
-One gather per tier and id (popcounts from a 64k-entry table): 0.5 bytes per original row per upper
-tier, against 4 (FBGEMM's index_remapping, or the `remap` transform) and without binary search (the
-`hot_hash` transform's searchsorted costs more than the lookup on Zipf traffic). The transform of
-tier j returns -1 for ids not in tier j, which the runtime drops like a pad.
+One gather per tier and id: 0.25 bytes per original row per upper tier, against 4 (FBGEMM's
+index_remapping, or the `remap` transform) and without binary search (the `hot_hash` transform's
+searchsorted costs more than the lookup on Zipf traffic). With raw ids every id of the table reads
+its word at random, so the directory's size is its cost: in the serving pipeline the TBE's rows push
+it out of the cache. The transform spec records the block ("block": 32); artifacts written before it
+existed have 16-id words (bits 0-15 members, 16+ counts, no "block" key) and serve as they are
+(`widen_directory` makes the native split's 32-id words from them). The transform of tier j returns
+-1 for ids not in tier j, which the runtime drops like a pad.
 
 Row order "rank" ({"kind": "tiered", "tiers": [...], "order": "rank"}) stores the rows by rank
 instead: tier j holds ranks [bound_j, bound_{j+1}) hottest first, so a rank IS a row of the tiers
@@ -49,7 +53,7 @@ from lowprec.precision import Precision
 from lowprec.serve.forms import Feature, ServingForm
 from lowprec.serve.tables import TableCodec, table_codec
 
-BLOCK = 16  # ids per directory word
+BLOCK = 32  # ids per directory word (16 in artifacts written before the "block" key)
 COLD = "cold"
 ORDERS = ("id", "rank")  # rows of each tier in id order (rank directories) or in rank order (rank map)
 
@@ -97,15 +101,26 @@ class TierSpec:
         return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
-def directory(members: torch.Tensor, n: int) -> torch.Tensor:
-    """The rank directory of a set of ids in [0, n): int64 (ceil(n / 16),), see the module docstring."""
-    blocks = -(-n // BLOCK)
-    bits = torch.zeros(blocks * BLOCK, dtype=torch.int64)
+def directory(members: torch.Tensor, n: int, block: int = BLOCK) -> torch.Tensor:
+    """The rank directory of a set of ids in [0, n): int64 (ceil(n / block),), see the module
+    docstring (`block` 16: the older artifacts' words)."""
+    blocks = -(-n // block)
+    bits = torch.zeros(blocks * block, dtype=torch.int64)
     bits[members.long()] = 1
-    bits = bits.view(blocks, BLOCK)
-    word = (bits << torch.arange(BLOCK, dtype=torch.int64)).sum(1)
+    bits = bits.view(blocks, block)
+    word = (bits << torch.arange(block, dtype=torch.int64)).sum(1)
     cum = torch.cumsum(bits.sum(1), 0) - bits.sum(1)
-    return (cum << BLOCK) | word
+    return (cum << block) | word
+
+
+def widen_directory(words16: torch.Tensor) -> torch.Tensor:
+    """A 16-id directory (older artifacts) as the 32-id one of the same members: each pair of words
+    one, the first's count and both masks."""
+    d = words16.to(torch.int64)
+    if d.numel() % 2:
+        d = torch.cat([d, d.new_zeros(1)])  # a block of no members
+    lo, hi = d[0::2], d[1::2]
+    return ((lo >> 16) << 32) | (lo & 0xFFFF) | ((hi & 0xFFFF) << 16)
 
 
 def rank_tiers(counts: torch.Tensor, sizes: list[int], by_rank: bool = False) -> list[torch.Tensor]:
@@ -133,7 +148,7 @@ def _id_maps(parts: list[torch.Tensor], n: int, table: str, order: str) -> tuple
         specs = [{"kind": "tier", "rank": name, "bounds": bounds, "tier": j} for j in range(len(parts))]
         return {name: rank_map(parts, n)}, specs
     dirs = {f"{table}.tier{j}.dir": directory(ids, n) for j, ids in enumerate(parts[:-1])}
-    return dirs, [{"kind": "tier", "buffers": list(dirs), "tier": j} for j in range(len(parts))]
+    return dirs, [{"kind": "tier", "buffers": list(dirs), "block": BLOCK, "tier": j} for j in range(len(parts))]
 
 
 def tier_of(counts: torch.Tensor, spec: TierSpec) -> torch.Tensor:

@@ -141,12 +141,17 @@ class TierLookup(nn.Module):
 
     dirs: List[torch.Tensor]
     ranked_layout: bool
+    block: int
 
     def __init__(self, spec: dict[str, Any], buffers: dict[str, torch.Tensor], where: str):
         super().__init__()
         self.tier = _int(spec, "tier", where)
         self.register_buffer("popcount", _POPCOUNT16, persistent=False)
         self.ranked_layout = "rank" in spec
+        self.block = spec.get("block", 16)  # 16: artifacts written before the key (lowprec.serve.tiers)
+        if type(self.block) is not int or self.block not in (16, 32):
+            raise InputError(f"{where}: id transform 'tier' has directory block {self.block!r}; "
+                             f"this lowprec reads 16 or 32 ids a word")
         if self.ranked_layout:
             self._rank_layout(spec, buffers, where)
             return
@@ -192,15 +197,16 @@ class TierLookup(nn.Module):
         if self.ranked_layout:
             r = self.rank[x].to(torch.int64)
             return torch.where(valid, self.from_ranks(r), -1), None
-        block = x >> 4
-        bit = x & 15
+        shift = 5 if self.block == 32 else 4
+        bit = x & (self.block - 1)
         below = (torch.ones_like(bit) << bit) - 1
         rank = torch.zeros_like(x)
         hit = torch.zeros_like(valid)
         for d in self.dirs:
-            entry = d[block]
-            word = entry & 0xFFFF
-            rank = rank + (entry >> 16) + self.popcount[word & below]
+            entry = d[x >> shift]
+            word = entry & ((1 << self.block) - 1)
+            low = word & below
+            rank = rank + (entry >> self.block) + self.popcount[low & 0xFFFF] + self.popcount[low >> 16]
             hit = hit | (((word >> bit) & 1) == 1)
         if self.tier < self.upper:
             return torch.where(valid & hit, rank, -1), None

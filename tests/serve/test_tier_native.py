@@ -5,6 +5,8 @@ fallback without a compiler, and the TorchScript export (which keeps the torch o
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ from lowprec.serve.forms import dense_form
 from lowprec.serve.quantize import embeddings_from_forms, quantize_form
 from lowprec.serve.sharing import post_training_form
 from lowprec.serve.tables import table_codec
-from lowprec.serve.tiers import TierSpec
+from lowprec.serve.tiers import TierSpec, directory, widen_directory
 
 DIM = 8
 
@@ -230,3 +232,56 @@ def test_torchscript_keeps_the_torch_ops():
     with torch.no_grad():
         assert torch.equal(scripted(ids), emb(ids))
     assert "split_inputs" not in scripted.code
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 200), data=st.data())
+def test_widened_16_id_directories_equal_32_id_ones(n, data):
+    """An older artifact's 16-id rank directory, widened for the kernel, is the 32-id directory of
+    the same members (odd word counts included), and both equal a bit-by-bit reference."""
+    members = sorted(data.draw(st.sets(st.integers(0, n - 1))))
+    d16, d32 = (directory(torch.tensor(members, dtype=torch.int64), n, b) for b in (16, 32))
+    assert torch.equal(widen_directory(d16), d32)
+    for x in range(n):  # word x >> 5: bit x & 31 says membership, bits 32+ count the members below the block
+        word = int(d32[x >> 5])
+        assert (word >> (x & 31)) & 1 == (x in members)
+        assert word >> 32 == sum(m < (x >> 5) * 32 for m in members)
+
+
+def test_artifacts_with_16_id_directories_serve_the_same():
+    """A tiered table as artifacts before the "block" key store it (16-id directory words, no key)
+    looks up exactly what the current 32-id form does, on the native split and the torch ops; a block
+    this lowprec does not read is refused by name."""
+    tables = [{"n": n, "hotness": 3, "order": "id", "tiers": [[0.1, "fp16"], [0.2, "int8"]]} for n in (70, 33)]
+    emb, _ = build(tables, 5)
+    old_forms = []
+    for i, t in enumerate(tables):
+        g = torch.Generator().manual_seed(100 + i)
+        weight, counts = torch.randn(t["n"], DIM, generator=g), torch.rand(t["n"], generator=g).double()
+        spec = {"kind": "tiered", "tiers": t["tiers"], "order": "id"}
+        qf = quantize_form(post_training_form(dense_form(f"t{i}", weight), spec, counts, f"t{i}"),
+                           TableChoice(Precision.INT4, spec), counts)
+        old = copy.deepcopy(qf)
+        for name, d in qf.buffers.items():
+            members = torch.tensor([x for x in range(t["n"]) if (int(d[x >> 5]) >> (x & 31)) & 1])
+            old.buffers[name] = directory(members, t["n"], 16)
+        for group in old.groups:
+            for feature in group:
+                assert feature.transform.pop("block") == 32
+        old_forms.append((qf, old))
+    names = [(f"t{i}", t["hotness"]) for i, t in enumerate(tables)]
+    rows = [t["n"] for t in tables]
+    new, old = (embeddings_from_forms(DIM, names, [p[k] for p in old_forms], rows) for k in (0, 1))
+    ids = random_ids(tables, 7, torch.Generator().manual_seed(3))
+    f = FeatureIds.from_matrix(ids.numpy(), (3, 3))
+    with torch.no_grad():
+        want = new.lookup_ids(f)
+        assert torch.equal(stock(new, f), want)
+        assert torch.equal(stock(old, f), want)
+        if tier_native.kernel() is not None:
+            assert tier_native.plan_of(old) is not None
+            assert torch.equal(old.lookup_ids(f), want)
+    bad = copy.deepcopy(old_forms[0][1])
+    bad.groups[0][0].transform["block"] = 64
+    with pytest.raises(InputError, match="directory block 64"):
+        embeddings_from_forms(DIM, names[:1], [bad], rows[:1])

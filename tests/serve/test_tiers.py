@@ -137,7 +137,7 @@ def test_rank_order_lays_rows_out_by_rank():
         parse_layout("0.02:fp16/int4/rnk")
 
 
-@pytest.mark.parametrize("order,maps", [("id", 2 * 8 * (-(-1000 // 16))), ("rank", 4 * 1000)])
+@pytest.mark.parametrize("order,maps", [("id", 2 * 8 * (-(-1000 // 32))), ("rank", 4 * 1000)])
 def test_bytes_match_the_quantized_form(order, maps):
     n, dim = 1000, 16
     spec = {"kind": "tiered", "tiers": [[0.02, "fp16"], [0.1, "int8"]], "order": order}
@@ -145,7 +145,7 @@ def test_bytes_match_the_quantized_form(order, maps):
     weight, counts = torch.randn(n, dim), torch.rand(n)
     qf = quantize_form(tiered(weight, counts, spec), TableChoice(Precision.INT4, spec), counts)
     assert serving_bytes(table, dim, table_codec(Precision.INT4), spec) == qf.bytes()
-    # two 0.5-byte-a-row directories beside the rows, or one 4-byte-a-row rank map
+    # two 0.25-byte-a-row directories (8 bytes a 32-id block) beside the rows, or one 4-byte-a-row rank map
     assert sum(b.numel() * b.element_size() for b in qf.buffers.values()) == maps
 
 
