@@ -15,12 +15,13 @@
  *
  * Ids arrive table-major, table t's batch * hotness[t] ids as batch bags of hotness[t] slots
  * (lowprec.data.ids.FeatureIds), each -1 (a pad) or in [0, rows[t]): any other fails the call,
- * naming the table, before a row is read (the runtime then finds the id for its message). Features are table-major too: table t's k_t features
- * are consecutive, in tier order. Output bag (f, b) is offsets[f * batch + b] .. [f * batch + b + 1].
- * One pass per table, branch-free per id: its tier and row, the row stored into every tier's
- * scratch segment and only its own tier's count advanced; then each tier's segment is copied into
- * place and its bag offsets shifted by where the segment landed. Two-tier tables (the common case)
- * take an AVX-512 loop where the build has it: 16 ids a step, directory words or ranks gathered and
+ * naming the table, before a row is read (the runtime then finds the id for its message). Features
+ * are table-major too: table t's k_t features are consecutive, in tier order. Output bag (f, b) is
+ * offsets[f * batch + b] .. [f * batch + b + 1]. One pass per table, branch-free per id: its tier
+ * and row, the row stored into every tier's scratch segment and only its own tier's count advanced;
+ * then each tier's segment is copied into place and its bag offsets shifted by where the segment
+ * landed. Two tiers (the common case) write tier 0 in place and copy only tier 1 (less memory
+ * traffic to evict the TBE's rows from L2), and take an AVX-512 loop where the build has it: 16 ids a step, directory words or ranks gathered and
  * prefetched ahead. An id outside its table is never used as an index: it reads row 0's entry and
  * fails the call.
  */
@@ -78,12 +79,13 @@ INLINE void prefetch(const int32_t *in, int64_t s, int64_t n, int kind, const in
         __builtin_prefetch(&rank[y]);
 }
 
-/* Table t's bags split into k tiers: rows into scratch + j * n (tier j), per-bag starts (relative
- * to the tier's segment) into off + j * batch, counts into count. Returns 1 if an id is >= rows.
- * Two tiers (the common case) keep both counts in registers. */
+/* Table t's bags split into k tiers: rows into scratch + j * n (tier j; with two tiers, tier 0's
+ * into `first` and tier 1's into scratch), per-bag starts (relative to the tier's segment) into
+ * off + j * batch, counts into count. Returns 1 if an id is >= rows. Two tiers (the common case)
+ * keep both counts in registers. */
 INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
-                       const void *const *p, int32_t *restrict scratch, int32_t *restrict off,
-                       int64_t *restrict count)
+                       const void *const *p, int32_t *restrict first, int32_t *restrict scratch,
+                       int32_t *restrict off, int64_t *restrict count)
 {
     const int64_t n = batch * h;
     const int64_t *dirs[MAX_TIERS];
@@ -96,7 +98,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
     int bad = 0;
     if (k == 2) {
         int64_t c0 = 0, c1 = 0;
-        int32_t *restrict s0 = scratch, *restrict s1 = scratch + n;
+        int32_t *restrict s0 = first, *restrict s1 = scratch;
         for (int64_t b = 0; b < batch; b++) {
             off[b] = (int32_t)c0;
             off[batch + b] = (int32_t)c1;
@@ -181,11 +183,11 @@ INLINE void prefetch16(const int32_t *in, int64_t rows, const int64_t *dir, cons
  * are pads or out of range read nothing (lane index 0) and go to no tier; the latter fail the call.
  * Same outputs as the scalar loop. */
 static int split2_avx512(const int32_t *restrict in, int64_t batch, int64_t h, int kind, int64_t rows,
-                         const void *const *p, int32_t *restrict scratch, int32_t *restrict off,
-                         int64_t *restrict count)
+                         const void *const *p, int32_t *restrict first, int32_t *restrict scratch,
+                         int32_t *restrict off, int64_t *restrict count)
 {
     const int64_t n = batch * h;
-    int32_t *restrict s0 = scratch, *restrict s1 = scratch + n;
+    int32_t *restrict s0 = first, *restrict s1 = scratch;
     const int64_t *dir = kind == DIRECTORY ? (const int64_t *)p[0] : 0;
     const int64_t *bound = kind == DIRECTORY ? 0 : (const int64_t *)p[0];
     const int32_t *rank = kind == RANK_GATHER ? (const int32_t *)p[1] : 0;
@@ -248,15 +250,15 @@ static int split2_avx512(const int32_t *restrict in, int64_t batch, int64_t h, i
 #endif
 
 /* Table t's split with two tiers: the AVX-512 loop where the build has it (and rows, ranks and bounds
- * fit int32 lanes), else the scalar one. */
+ * fit int32 lanes), else the scalar one. Tier 0's rows go to `first`, tier 1's to scratch. */
 static int split2(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
-                  int32_t *scratch, int32_t *off, int64_t *count)
+                  int32_t *first, int32_t *scratch, int32_t *off, int64_t *count)
 {
 #if defined(__AVX512F__)
     if (kind == DIRECTORY ? DIRECTORY_AVX512 : ((const int64_t *)p[0])[1] <= INT32_MAX)
-        return split2_avx512(in, batch, h, kind, rows, p, scratch, off, count);
+        return split2_avx512(in, batch, h, kind, rows, p, first, scratch, off, count);
 #endif
-    return split_table(in, batch, h, 2, kind, rows, p, scratch, off, count);
+    return split_table(in, batch, h, 2, kind, rows, p, first, scratch, off, count);
 }
 
 /* Returns 0, or t + 1 for the first table holding an id >= its rows, or -1 on bad arguments.
@@ -299,15 +301,25 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
         } else {
             int64_t count[MAX_TIERS];
             int32_t *off = out_off + f * batch;
-            int rc = kt == 2 ? split2(in, batch, h, kd, lim, param[t], scratch, off, count)
-                             : split_table(in, batch, h, kt, kd, lim, param[t], scratch, off, count);
+            /* two tiers: tier 0 (on Zipf traffic most ids) is written in place, only tier 1 copied */
+            int rc = kt == 2 ? split2(in, batch, h, kd, lim, param[t], out_idx + w, scratch, off, count)
+                             : split_table(in, batch, h, kt, kd, lim, param[t], 0, scratch, off, count);
             if (rc)
                 return t + 1;
-            for (int j = 0; j < kt; j++) {
-                memcpy(out_idx + w, scratch + j * n, (size_t)count[j] * sizeof(int32_t));
-                for (int64_t b = 0; b < batch; b++)
-                    off[j * batch + b] += (int32_t)w;
-                w += count[j];
+            if (kt == 2) {
+                memcpy(out_idx + w + count[0], scratch, (size_t)count[1] * sizeof(int32_t));
+                for (int64_t b = 0; b < batch; b++) {
+                    off[b] += (int32_t)w;
+                    off[batch + b] += (int32_t)(w + count[0]);
+                }
+                w += count[0] + count[1];
+            } else {
+                for (int j = 0; j < kt; j++) {
+                    memcpy(out_idx + w, scratch + j * n, (size_t)count[j] * sizeof(int32_t));
+                    for (int64_t b = 0; b < batch; b++)
+                        off[j * batch + b] += (int32_t)w;
+                    w += count[j];
+                }
             }
         }
         f += kt;
