@@ -12,7 +12,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 
-def test_bench_tier_split_tiny(tmp_path):
+@pytest.mark.parametrize("against,extra", [("HEAD", []), ("18e7704", ["--lookup"])])
+def test_bench_tier_split_tiny(tmp_path, against, extra):
+    """Against HEAD, and against a commit whose rank directories hold 16 ids a word (its kernel is
+    handed directories re-made in its own format), with the split + lookup variants."""
     from lowprec.serve import tier_native
 
     if tier_native.kernel() is None:
@@ -21,11 +24,12 @@ def test_bench_tier_split_tiny(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        bench_tier_split.main(["--against", "HEAD", "--scale", "0.002", "--min-rows", "2000", "--batch", "32",
+        bench_tier_split.main(["--against", against, *extra, "--scale", "0.002", "--min-rows", "2000", "--batch", "32",
                                "--batches", "1", "--repeats", "1", "--block-seconds", "0.001",
                                "--out", str(tmp_path / "s.json")])
     finally:
         torch.set_num_threads(threads)
     r = json.loads((tmp_path / "s.json").read_text())
     assert r["outputs_equal"] == {"ranked ids": True, "raw ids, rank map": True, "raw ids, id-order directories": True}
-    assert set(r["speedup"]) == set(r["outputs_equal"]) and len(r["ms"]) == 6
+    lookups = {f"{m} + lookup" for m in r["outputs_equal"]} if extra else set()
+    assert set(r["speedup"]) == set(r["outputs_equal"]) | lookups and len(r["ms"]) == 6 * (1 + bool(extra))

@@ -38,6 +38,11 @@ def test_bench_tiered_tiny(tmp_path):
     assert r["bytes"]["tiered rank order, ranked ids"] < r["bytes"]["tiered rank order"]  # the rank map
     assert checks["tiered vs fp32, max |diff|"] <= checks["int4 vs fp32, max |diff|"] + 1e-6  # hot rows finer
     assert r["bytes"]["tiered"] > r["bytes"]["int4"]
+    # the id-order tiers' rank directories count (one int64 per 32 ids; they are not module buffers):
+    # the same rows as rank order on ranked ids, plus the directories, less small per-feature bounds
+    tiered = [n for n in r["rows"] if n >= 2000]
+    extra = r["bytes"]["tiered"] - r["bytes"]["tiered rank order, ranked ids"]
+    assert abs(extra - sum(8 * -(-n // 32) for n in tiered)) <= 64 * len(tiered)
     h = r["hot_share"]
     assert h["after shift, old ranking"] < h["calibrated traffic"] and h["after shift, re-ranked"] > h["after shift, old ranking"]
     assert "| tiered |" in "\n".join(bench_tiered.render(r))

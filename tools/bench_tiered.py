@@ -163,8 +163,14 @@ def parse_tiers(text: str) -> list[list[Any]]:
 
 
 def _bytes(emb: QuantizedEmbeddings) -> int:
+    """What an artifact of `emb` stores: the tables' rows and the id maps' tensors, each once. The
+    id-order tiers' rank directories sit in a list on their TierLookup, not among the module's
+    buffers (counted here since the seventh session: before, the reports' id-order byte ratios left
+    them out); the runtime's shared popcount table is not stored."""
     rows = sum(w.numel() for w in emb.table_weights())
-    return rows + sum(b.numel() * b.element_size() for b in emb.buffers())
+    maps = {b.data_ptr(): b for name, b in emb.named_buffers() if not name.endswith(".popcount")}
+    maps |= {d.data_ptr(): d for m in emb.id_maps for d in getattr(m, "dirs", [])}
+    return rows + sum(b.numel() * b.element_size() for b in maps.values())
 
 
 def shares(traffic: Traffic, spec: TierSpec, counts: list[torch.Tensor], big: list[int], n_ids: int,
