@@ -45,6 +45,7 @@ from lowprec.search.space import Option, SearchSpace, options_for, plan_from_opt
 from lowprec.search.whole import timed_whole
 from lowprec.search import rows_subset
 from lowprec.search.validate import validate
+from lowprec.serve.tiers import parse_layout
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,15 @@ def _warn_unused_sharing(space: SearchSpace, items: dict[str, list[Option]], cou
     warn(f"the {' and '.join(asked)} requested are not considered: {why}")
 
 
+def _warn_ranked_timing(cfg: SearchConfig) -> None:
+    """Rank-order tier layouts are timed on ranks (lowprec.search.latency): say what that assumes."""
+    ranked = [t for t in cfg.space.tier_layouts if parse_layout(t, "--tier-layouts")[0].get("order") == "rank"]
+    if cfg.objective == "latency" and ranked:
+        warn(f"tier layouts {', '.join(ranked)} are timed on ranked ids, as a feature pipeline that renumbers "
+             f"ids through the artifact's rank map sends them; served raw ids they also pay the rank map "
+             f"(reports/tiered.md). If yours sends raw ids, offer id-order layouts (without '/rank') instead")
+
+
 def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
            calibration: dict[str, Any] | None, calib_sha: str | None = None,
            cache_path: Path | None = None, cost: dict[str, float] | None = None,
@@ -248,6 +258,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     counted = bool((calibration or {}).get("row_counts"))
     items = options_for(model.config, cfg.space, sharing=counted)
     _warn_unused_sharing(cfg.space, items, counted)
+    _warn_ranked_timing(cfg)
     check_memory(items, cfg.budget)  # before anything is measured
     cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)
     if cache.rows == 0:

@@ -2,12 +2,13 @@
 lookup time) and chosen like any option, under both objectives."""
 
 import json
+import warnings
 
 import pytest
 
 from helpers import trained_search_setup
 from lowprec.checkpoint.convert import convert
-from lowprec.errors import InputError
+from lowprec.errors import InputError, InputWarning
 from lowprec.search import run as search_run
 from lowprec.search.solver import Budget
 from lowprec.search.space import SearchSpace, options_for, plan_from_options
@@ -47,7 +48,9 @@ def test_search_measures_and_may_choose_tiers(setup, tmp_path, objective):
     root, ds, model, calib = setup
     space = SearchSpace(tier_layouts=LAYOUTS, sharing_min_rows=100)
     cfg = search_run.SearchConfig((2,), (3,), Budget(0.01, 0.01), space, objective=objective)
-    result = search_run.search(root / "model", model, ds, cfg, calib, "c", tmp_path / "c.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # id-order layouts: nothing to say about ranked timing
+        result = search_run.search(root / "model", model, ds, cfg, calib, "c", tmp_path / "c.json")
     keys = [o.key for o in result.items["table:t0"] if o.sharing]
     assert len(keys) == 2 and all(k in result.sensitivity for k in keys)  # each tier layout measured
     assert result.validation is not None and result.validation.fits(0.01, 0.01)
@@ -92,7 +95,8 @@ def test_rank_ordered_layouts_keep_their_order_and_are_timed_on_ranks(setup, tmp
     monkeypatch.setenv("LOWPREC_CACHE", str(tmp_path / "cache"))  # nothing timed before
     space = SearchSpace(tier_layouts=("0.05:fp16/int2/rank",), sharing_min_rows=100)
     cfg = search_run.SearchConfig((2,), (3,), Budget(0.01, 0.01), space, objective="latency")
-    result = search_run.search(root / "model", model, ds, cfg, calib, "c", tmp_path / "c.json")
+    with pytest.warns(InputWarning, match=r"0.05:fp16/int2/rank are timed on ranked ids.*without '/rank'"):
+        result = search_run.search(root / "model", model, ds, cfg, calib, "c", tmp_path / "c.json")
     assert result.validation is not None
     assert {ranked for is_ranked, ranked in seen if is_ranked} == {True}  # the rank layout timed on ranks
     assert {ranked for is_ranked, ranked in seen if not is_ranked} == {False}  # every other option on ids
