@@ -292,7 +292,30 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         env[EXIT_DIR] = codes
         status = subprocess.call(cmd, env=env)
         recorded = {int(f.name[4:]): int(f.read_text()) for f in Path(codes).glob("rank*")}
+        errors = {int(f.name[5:]): f.read_text() for f in Path(codes).glob("error*")}
+    for line in other_errors(errors):
+        print(line, file=sys.stderr)
     return job_exit_code(status, recorded, nproc)
+
+
+def rank_error(message: str) -> bool:
+    """Called by a rank about to print its `Error:` line: records it for `launch`. True where the rank
+    prints it itself: rank 0, or any rank of a job `launch` did not start (plain torchrun)."""
+    where, rank = os.environ.get(EXIT_DIR), int(os.environ.get("RANK", 0))
+    if where:
+        with contextlib.suppress(OSError):
+            Path(where, f"error{rank}").write_text(message)
+    return not where or rank == 0
+
+
+def other_errors(errors: dict[int, str]) -> list[str]:
+    """What `launch` prints after the job: each rank's error that rank 0 did not print, once, naming
+    the ranks that gave it (every rank refusing the same input prints one line, not N)."""
+    ranks: dict[str, list[int]] = {}
+    for r in sorted(errors):
+        if errors[r] != errors.get(0):
+            ranks.setdefault(errors[r], []).append(r)
+    return [f"Error (rank{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}): {m}" for m, rs in ranks.items()]
 
 
 def torchrun(argv: Sequence[str]) -> None:

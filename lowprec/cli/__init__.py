@@ -26,7 +26,16 @@ from lowprec.jsonsafe import dumps
 PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train")  # commands that run data-parallel under torchrun / --nproc
 
 
-class BadInput(click.ClickException):
+class _JobError(click.ClickException):
+    """An error a data-parallel job prints once: rank 0 prints it, the other ranks leave theirs to
+    `--nproc`'s launcher, which prints those rank 0 did not (lowprec.distributed.rank_error)."""
+
+    def show(self, file: Any = None) -> None:
+        if dist.rank_error(self.format_message()):
+            super().show(file)
+
+
+class BadInput(_JobError):
     """Bad usage or bad input: exit code 2, as the CLI contract says."""
 
     exit_code = 2
@@ -62,7 +71,7 @@ def _show_warning(fallback: Any) -> Any:
     return show
 
 
-class RankFailed(click.ClickException):
+class RankFailed(_JobError):
     """A data-parallel job lost a rank (or timed out): exit code 3, nothing written."""
 
     exit_code = 3
@@ -85,7 +94,10 @@ def main(ctx: click.Context, nproc: int) -> None:
     if parallel and ctx.invoked_subcommand not in PARALLEL:
         raise BadInput(f"`{ctx.invoked_subcommand}` does not run data-parallel (only {', '.join(PARALLEL)})")
     if nproc > 1 and dist.env_world_size() == 1:
-        ctx.exit(dist.launch(nproc, _without_nproc(sys.argv[1:])))
+        args = _without_nproc(sys.argv[1:])
+        if args and args[0] == ctx.invoked_subcommand:  # bad usage (or --help) once, here, not once a rank
+            main.get_command(ctx, args[0]).make_context(args[0], args[1:], parent=ctx).close()
+        ctx.exit(dist.launch(nproc, args))
     if dist.setup():
         ctx.call_on_close(dist.teardown)
 

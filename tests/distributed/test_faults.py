@@ -106,10 +106,21 @@ def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
     assert bad.returncode == 2, bad.stderr[-2000:]
     missing = lowprec("eval", "--model", tmp_path / "nonexistent", "--data", work["data"], "--windows", "1", nproc=2)
     assert missing.returncode == 2 and "FileNotFoundError" not in missing.stderr, missing.stderr[-2000:]
-    for r in (bad, missing):  # each rank's own `Error:` line, not torchrun's traceback and report box
-        assert "Error: " in r.stderr and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr
+    for r in (bad, missing):  # one `Error:` line for the job, not one a rank, nor torchrun's traceback and box
+        assert r.stderr.count("Error") == 1 and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr
         assert "exitcode" not in r.stderr and r.stdout == "", r.stderr
+    usage = lowprec("eval", "--bogus", "1", nproc=2)  # bad usage: refused before any rank starts
+    assert usage.returncode == 2 and usage.stderr.count("No such option '--bogus'") == 1, usage.stderr
     assert job_exit_code(1, {0: 1, 1: 0}, 2) == 1  # rank 0's drift alarm
     assert job_exit_code(1, {0: 3, 1: 2}, 2) == 2
     assert job_exit_code(1, {0: 3}, 2) == 3  # rank 1 died without a word
     assert job_exit_code(-9, {}, 2) == 3 and job_exit_code(0, {0: 0, 1: 0}, 2) == 0
+
+
+def test_the_launcher_prints_the_errors_rank_0_did_not():
+    from lowprec.distributed import other_errors
+
+    assert other_errors({0: "bad window", 1: "bad window", 2: "bad window"}) == []  # rank 0 printed it
+    assert other_errors({0: "rank 2 failed", 1: "shard 1 unreadable", 2: "shard 1 unreadable", 3: "x"}) == [
+        "Error (ranks 1, 2): shard 1 unreadable", "Error (rank 3): x"]
+    assert other_errors({1: "y"}) == ["Error (rank 1): y"]  # rank 0 died before a word
