@@ -2,10 +2,12 @@
 
 {"fingerprint": F, "measurements": {option key: {ne, auc, rows, ne_se}}}, rewritten (atomically)
 after every round of measurements. F fingerprints the model, data, windows, calibration and settings
-(lowprec.search.run.fingerprint); a cache of another fingerprint is measured again. The file is
-lowprec's own scratch, not a user's input: one that does not parse or has the wrong shape is ignored
-with a warning naming it, and rebuilt. `read_scratch` / `ignore` do the same for the latency
-objective's timing cache (lowprec.search.latency).
+(lowprec.search.run.fingerprint); a cache of another fingerprint is measured again. A cache lowprec
+wrote (a JSON object with a "fingerprint") whose measurements have the wrong shape is ignored with a
+warning naming it, and rebuilt. A file there that lowprec did not write (not JSON, or no
+"fingerprint") is a user's: it is left as it is, with a warning, and the search keeps no cache.
+`read_scratch` / `ignore` read the latency objective's timing cache too (lowprec.search.latency),
+which lives in lowprec's own cache directory and is always rebuilt.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class MeasurementCache:
 
     def __init__(self, path: Path | None, fingerprint: str):
         self.path, self.fingerprint, self.data = (path if dist.is_main() else None), fingerprint, {}
+        why = _not_ours(self.path) if self.path is not None else None
+        if why:
+            warn(f"{self.path}: {why}, so not lowprec's measurement cache: left as it is, and this search "
+                 f"keeps no cache (an interrupted run starts over; choose another --out to keep one)")
+            self.path = None
         if self.path is not None:
             self.data = _read_cache(self.path, fingerprint)
         self.data = dist.broadcast_json(self.data, "sensitivity cache")
@@ -42,6 +49,19 @@ class MeasurementCache:
         if self.path is not None:
             atomic_write_text(self.path, json.dumps(
                 {"fingerprint": self.fingerprint, "measurements": self.data}, indent=1))
+
+
+def _not_ours(path: Path) -> str | None:
+    """Why the file at `path` is not a cache lowprec wrote; None where it is, or there is none."""
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"not readable JSON ({exc})"
+    if not isinstance(obj, dict) or "fingerprint" not in obj:
+        return f"a JSON {type(obj).__name__} without a 'fingerprint'"
+    return None
 
 
 def _read_cache(path: Path, fingerprint: str) -> dict[str, dict[str, float]]:

@@ -101,7 +101,7 @@ def test_a_zero_memory_budget_is_applied_before_measuring(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("content", [
-    "[]", "not json", "\xff", '{"fingerprint": "f", "measurements": 5}',
+    '{"fingerprint": "f", "measurements": 5}',
     '{"fingerprint": "f", "measurements": {"float": 3}}',
     '{"fingerprint": "f", "measurements": {"float": {"ne": "x", "auc": 0.7, "rows": 10, "ne_se": 0}}}',
 ])
@@ -115,14 +115,28 @@ def test_a_corrupt_measurement_cache_is_ignored_with_a_warning(tmp_path, content
     assert json.loads(path.read_text())["measurements"]["float"]["ne"] == 1.0  # rebuilt
 
 
-def test_a_corrupt_cache_beside_out_is_rebuilt_by_the_cli(tiny, tmp_path):
+@pytest.mark.parametrize("content", ["[]", "not json", "\xff", '{"notes": "mine"}'])
+def test_a_file_lowprec_did_not_write_is_left_as_it_is(tmp_path, content):
+    """A user's file where the cache goes (not JSON, or no "fingerprint") is not overwritten: the
+    search warns, naming it, and keeps no cache."""
+    path = tmp_path / "p.cache.json"
+    path.write_text(content, encoding="latin-1")
+    before = path.read_bytes()
+    with pytest.warns(InputWarning, match="p.cache.json: .*not lowprec's measurement cache: left as it is"):
+        cache = search_run.MeasurementCache(path, "f")
+    cache.record({"float": {"ne": 1.0, "auc": 0.7, "rows": 10.0, "ne_se": 0.0}})
+    assert path.read_bytes() == before and cache.get("float")["ne"] == 1.0  # kept in memory only
+
+
+def test_a_file_beside_out_that_is_not_a_cache_survives_the_cli(tiny, tmp_path):
     (tmp_path / "p.cache.json").write_text("[]")
     r = search(tiny, tmp_path / "p.json")
     assert r.exit_code == 0, r.output
     lines = [x for x in r.stderr.splitlines() if "p.cache.json" in x]
-    assert lines == [f"warning: {tmp_path / 'p.cache.json'}: ignoring the search's measurement cache "
-                     f"(a JSON list, not an object); measuring again"]
-    assert json.loads((tmp_path / "p.cache.json").read_text())["measurements"]["float"]["rows"] > 0
+    assert lines == [f"warning: {tmp_path / 'p.cache.json'}: a JSON list without a 'fingerprint', so not "
+                     f"lowprec's measurement cache: left as it is, and this search keeps no cache (an "
+                     f"interrupted run starts over; choose another --out to keep one)"]
+    assert (tmp_path / "p.cache.json").read_text() == "[]"
     assert json.loads((tmp_path / "p.json").read_text())["format"] == "lowprec-plan"
 
 
