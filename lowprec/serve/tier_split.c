@@ -162,10 +162,12 @@ INLINE __m256i dir_rows8(__m256i x, const int64_t *dir, __m256i *cold, __mmask8 
 #endif
 
 /* Start loading the directory words (or ranks) of the 16 ids at `in`. The gathers of one step
- * overlap only a few steps' misses; started VECTOR_AHEAD ids early (128: 32 and 64 were slower,
- * 256 no faster, on the full-scale tables of tools/bench_tier_split.py) the random reads of a
- * table-sized array stop being the split's cost. */
-#define VECTOR_AHEAD 128
+ * overlap only a few steps' misses; started VECTOR_AHEAD ids early the random reads of a
+ * table-sized array stop being the split's cost. On the full-scale tables of
+ * tools/bench_tier_split.py: alone, 128 is best (32 and 64 slower, 256-768 the same); followed by
+ * the TBE's lookups, as it runs, the words come from DRAM more often and 384 is 1.07x faster than
+ * 128 (256: 1.05x, 768: 1.06x; reports/tiered.md). */
+#define VECTOR_AHEAD 384
 INLINE void prefetch16(const int32_t *in, int64_t rows, const int64_t *dir, const int32_t *rank)
 {
     for (int i = 0; i < 16; i++) {
