@@ -82,13 +82,16 @@ def plan_in_block(mod, m, block: int):
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bc.set_threads(1)
-    rows = [n for n in (max(1, int(round(n * args.scale))) for n in bt.KAGGLE_CARDINALITIES) if n >= args.min_rows]
+    rows = [n for n in (max(1, int(round(n * args.scale))) for n in bt.KAGGLE_CARDINALITIES)
+            if n >= args.min_rows or args.with_small]
     _, counts, batches = bt.workload(rows, args)
     mods = {}
     for order in ("rank", "id"):
         choice = bt.TableChoice(bt.Precision(args.cold), {"kind": "tiered", "tiers": bt.parse_tiers(args.tiers),
                                                          "order": order})
-        mods[order], _ = bt.shared_module(rows, args.dim, choice, choice, 0, counts, args.pooling, args.seed)
+        small = bt.TableChoice(bt.Precision(args.small))  # with --with-small: the plan's untiered tables
+        mods[order], _ = bt.shared_module(rows, args.dim, choice, small, args.min_rows, counts, args.pooling,
+                                          args.seed)
     ranked = [mods["rank"].ranked(f) for f in batches]
     modes = {"ranked ids": (mods["rank"], ranked, True), "raw ids, rank map": (mods["rank"], batches, False),
              "raw ids, id-order directories": (mods["id"], batches, False)}
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--against", default="HEAD", help="the commit whose kernel is the reference")
     bt.workload_args(ap)  # bench_tiered's tables, traffic and timing; only tables of >= --min-rows rows here
+    ap.add_argument("--with-small", action="store_true",
+                    help="also the tables under --min-rows, untiered at --small, as the whole model has them "
+                         "(the split copies their ids into the TBE's input)")
+    ap.add_argument("--small", default="fp16", help="precision of the untiered tables with --with-small")
     ap.add_argument("--lookup", action="store_true",
                     help="also time each split followed by the tables' TBE lookups (the split's cost in the pipeline, "
                          "where the TBE's rows compete with the split's tables for the cache)")
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     r = run(args)
     print(bc.machine_line(r["machine"]))
-    print(f"{r['ids_per_call']:,} ids a call over {len(r['rows'])} tiered tables; outputs equal: {r['outputs_equal']}")
+    tiered = sum(n >= r['config']['min_rows'] for n in r['rows'])
+    print(f"{r['ids_per_call']:,} ids a call over {len(r['rows'])} tables ({tiered} tiered); outputs equal: {r['outputs_equal']}")
     for k, v in r["ms"].items():
         print(f"  {k:55s} {bc.fmt_spread(v)} ms")
     for mode, s in r["speedup"].items():

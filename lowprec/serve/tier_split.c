@@ -280,18 +280,20 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
             return -1;
         if (kd == COPY) {
             int32_t lo = 0, hi = -1;
-            for (int64_t s = 0; s < n; s++) { /* vectorized: one min/max scan, then memcpy if no pads */
-                lo = in[s] < lo ? in[s] : lo;
-                hi = in[s] > hi ? in[s] : hi;
+            int32_t *restrict dst = out_idx + w;
+            for (int64_t s = 0; s < n; s++) { /* vectorized: copied and min/max-checked in one pass */
+                const int32_t v = in[s];
+                dst[s] = v;
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
             }
             if (hi >= lim || lo < -1)
                 return t + 1;
-            if (lo >= 0) {
-                memcpy(out_idx + w, in, (size_t)n * sizeof(int32_t));
+            if (lo >= 0) { /* no pads: the copy stands */
                 for (int64_t b = 0; b < batch; b++)
                     out_off[f * batch + b] = (int32_t)(w + b * h);
                 w += n;
-            } else {
+            } else { /* pads: copied again, compacted */
                 for (int64_t b = 0; b < batch; b++) {
                     out_off[f * batch + b] = (int32_t)w;
                     for (int64_t s = b * h; s < b * h + h; s++) {
