@@ -12,10 +12,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 
-@pytest.mark.parametrize("against,extra", [("HEAD", []), ("18e7704", ["--lookup"])])
+@pytest.mark.parametrize("against,extra", [("HEAD", []), ("18e7704", ["--lookup", "--with-small"])])
 def test_bench_tier_split_tiny(tmp_path, against, extra):
     """Against HEAD, and against a commit whose rank directories hold 16 ids a word (its kernel is
-    handed directories re-made in its own format), with the split + lookup variants."""
+    handed directories re-made in its own format), with the split + lookup variants and the untiered
+    tables beside the tiered ones (the split copies their ids)."""
     from lowprec.serve import tier_native
 
     if tier_native.kernel() is None:
@@ -33,3 +34,4 @@ def test_bench_tier_split_tiny(tmp_path, against, extra):
     assert r["outputs_equal"] == {"ranked ids": True, "raw ids, rank map": True, "raw ids, id-order directories": True}
     lookups = {f"{m} + lookup" for m in r["outputs_equal"]} if extra else set()
     assert set(r["speedup"]) == set(r["outputs_equal"]) | lookups and len(r["ms"]) == 6 * (1 + bool(extra))
+    assert any(n < 2000 for n in r["rows"]) == ("--with-small" in extra)  # untiered tables split beside
