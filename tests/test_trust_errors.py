@@ -2,7 +2,9 @@
 naming the file (before: a Python traceback, exit 1, or NaN printed with exit 0)."""
 
 import contextlib
+import gc
 import json
+import os
 import subprocess
 import uuid
 
@@ -214,6 +216,27 @@ def test_a_disk_that_fills_in_the_middle_of_a_table(tmp_path):
         r = run("convert", "--model", tmp_path / "m", "--precision", "fp32", "--out", small / "art")
         assert r.exit_code == 2 and "ENOSPC" in r.output and "art" in r.output, r.output
         assert list(small.iterdir()) == []
+
+
+def test_a_failed_write_gives_the_space_back_at_once(tmp_path):
+    """A writer that hit a full disk closed its files only when garbage collection reached the
+    traceback that held it: the unlinked files kept their space, so a caller in the same process
+    (an API user, the disk-full test above in a long serial run) found the disk still full. The
+    dataset and tensor-file writers now close their files before the error propagates."""
+    assert run("data", "synth", "--out", tmp_path / "d", "--windows", "1", "--rows-per-window", "300",
+               "--scale", "0.001").exit_code == 0
+    assert run("train", "--data", tmp_path / "d", "--windows", "0", "--out", tmp_path / "m").exit_code == 0
+    with tmpfs(tmp_path / f"gc-{uuid.uuid4().hex[:6]}", "size=1m") as small:
+        total = os.statvfs(small).f_blocks
+        gc.disable()  # what holds the space until a collection is what this test is about
+        try:
+            for cmd in (["data", "synth", "--out", small / "d", "--windows", "2", "--rows-per-window", "20000"],
+                        ["convert", "--model", tmp_path / "m", "--precision", "fp32", "--out", small / "art"]):
+                r = run(*cmd)
+                assert r.exit_code == 2 and "ENOSPC" in r.output, r.output
+                assert list(small.iterdir()) == [] and os.statvfs(small).f_bfree == total, cmd[0]
+        finally:
+            gc.enable()
 
 
 def test_a_read_only_output_directory(base, tmp_path):

@@ -170,18 +170,18 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
     plan.check_against(config.table_names, list(layer_shapes), "plan")
     calibration = calibration or {}
     with atomic_dir(out, "artifact", [model_dir]) as tmp:
-        writer = TensorFileWriter(tmp / WEIGHTS)
-        builder = _Builder(writer)
-        _convert_tables(src, config, plan, builder, calibration.get("row_counts", {}), chunk_bytes,
-                        progress)
-        layers = {
-            name: _convert_layer(writer, name, src.tensor(f"{name}.weight"),
-                                 src.tensor(f"{name}.bias"), plan.layer(name).precision,
-                                 calibration.get("layers", {}).get(name))
-            for name in layer_shapes
-        }
-        _warn_dynamic_layers(layers, plan, calibration)
-        writer.close()
+        with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
+            builder = _Builder(writer)
+            _convert_tables(src, config, plan, builder, calibration.get("row_counts", {}), chunk_bytes,
+                            progress)
+            layers = {
+                name: _convert_layer(writer, name, src.tensor(f"{name}.weight"),
+                                     src.tensor(f"{name}.bias"), plan.layer(name).precision,
+                                     calibration.get("layers", {}).get(name))
+                for name in layer_shapes
+            }
+            _warn_dynamic_layers(layers, plan, calibration)
+            writer.close()
         src.check_sha256()
         source_sha = recorded.get(src.path.name) if len(recorded) <= 1 else recorded
         manifest = _manifest(config, plan, builder, layers, model_dir, source_sha)

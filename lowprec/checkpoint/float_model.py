@@ -61,12 +61,12 @@ def write_float_model(out: str | Path, config: DLRMConfig,
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in DLRM(config).state_dict().items()}
     with atomic_dir(out) as tmp:
-        writer = TensorFileWriter(tmp / WEIGHTS)
-        for name in sorted(shapes):
-            with writer.stream(name, torch.float32, shapes[name]) as put:
-                for piece in pieces(name, shapes[name]):
-                    put(piece.float())
-        writer.close()
+        with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
+            for name in sorted(shapes):
+                with writer.stream(name, torch.float32, shapes[name]) as put:
+                    for piece in pieces(name, shapes[name]):
+                        put(piece.float())
+            writer.close()
         write_json(tmp / "config.json", {
             "format": FORMAT, "version": FORMAT_VERSION, "lowprec_version": lowprec.__version__,
             "torch_version": lowprec.TORCH_VERSION, "model": config.to_json(), "info": info or {},

@@ -24,7 +24,7 @@ import os
 import shutil
 import struct
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -48,6 +48,16 @@ class TensorFileWriter:
         self.fh.seek(8 + self.reserve)
         self.offset = 0
         self._open_stream = False
+
+    def __enter__(self) -> "TensorFileWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """On an error (a full disk) close the file before the error propagates: the traceback keeps
+        this writer alive until garbage collection, and an unlinked file still open keeps its space."""
+        if exc_type is not None:
+            with contextlib.suppress(OSError):
+                self.fh.close()
 
     def _check_new(self, name: str) -> None:
         if self._open_stream:

@@ -231,25 +231,25 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
     qparams = {x.get("module"): x.get("input_qparams") for x in cfg.get("layers", []) if isinstance(x, dict)}
     perm = interaction_permutation(dim, features, _feature_order(features, owners, cfg["tables"]))
     with atomic_dir(out, "artifact") as tmp:
-        writer = TensorFileWriter(tmp / WEIGHTS)
-        tables = [_write_table(writer, f, n, owners[f], ebc, str(config_path), where)
-                  for f, n in zip(features, meta.num_embeddings)]
-        entries = {}
-        for name, module in layers.items():
-            precision, tensors = _layer_tensors(module, found[module], str(dense_path or ebc_path))
-            want = config.layer_shapes()[name]
-            if tuple(tensors["weight"].shape) != (want[1], want[0]):
-                raise InputError(f"{dense_path or ebc_path}: layer {module} has weight "
-                                 f"{tuple(tensors['weight'].shape)}; the DLRM over {len(features)} "
-                                 f"tables of dim {dim} needs {(want[1], want[0])}")
-            if name == "top.0":
-                tensors["weight"] = tensors["weight"][:, perm]
-            qp = qparams.get(module)
-            nbytes = sum(writer.add(f"layers.{name}.{k}", t.contiguous()) for k, t in tensors.items())
-            entries[name] = {"precision": precision.value, "in": want[0], "out": want[1], "bytes": nbytes,
-                             "input_range": None,
-                             "input_qparams": [float(qp[0]), int(qp[1])] if qp and precision == Precision.INT8 else None}
-        writer.close()
+        with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
+            tables = [_write_table(writer, f, n, owners[f], ebc, str(config_path), where)
+                      for f, n in zip(features, meta.num_embeddings)]
+            entries = {}
+            for name, module in layers.items():
+                precision, tensors = _layer_tensors(module, found[module], str(dense_path or ebc_path))
+                want = config.layer_shapes()[name]
+                if tuple(tensors["weight"].shape) != (want[1], want[0]):
+                    raise InputError(f"{dense_path or ebc_path}: layer {module} has weight "
+                                     f"{tuple(tensors['weight'].shape)}; the DLRM over {len(features)} "
+                                     f"tables of dim {dim} needs {(want[1], want[0])}")
+                if name == "top.0":
+                    tensors["weight"] = tensors["weight"][:, perm]
+                qp = qparams.get(module)
+                nbytes = sum(writer.add(f"layers.{name}.{k}", t.contiguous()) for k, t in tensors.items())
+                entries[name] = {"precision": precision.value, "in": want[0], "out": want[1], "bytes": nbytes,
+                                 "input_range": None,
+                                 "input_qparams": [float(qp[0]), int(qp[1])] if qp and precision == Precision.INT8 else None}
+            writer.close()
         manifest = _manifest(config, tables, entries, ebc_path, dense_path, config_path)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / MANIFEST, manifest)

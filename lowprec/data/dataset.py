@@ -20,7 +20,9 @@ its AUC is undefined and no model can learn from it alone), is reported as it is
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,7 +261,11 @@ class _NpyAppender:
     def __init__(self, path: Path, dtype: Any, width: int | None):
         self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
         self.fh = open(path, "wb")
-        self.fh.write(_npy_header(self.dtype, (0,) if width is None else (0, width)))
+        try:
+            self.fh.write(_npy_header(self.dtype, (0,) if width is None else (0, width)))
+        except BaseException:
+            self.fh.close()
+            raise
 
     def append(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
@@ -282,18 +288,35 @@ class WindowWriter:
     def __init__(self, root: Path, index: int, n_dense: int, slots: int, info: dict[str, Any]):
         files = window_files(root, index)
         self.index, self.info, self.positives = index, info, 0
-        self._dense = _NpyAppender(files["dense"], np.float32, n_dense)
-        self._sparse = _NpyAppender(files["sparse"], np.int32, slots)
-        self._labels = _NpyAppender(files["labels"], np.int32, 1)
+        self._files: list[_NpyAppender] = []
+        with self._closed_on_error():
+            for name, dtype, width in (("dense", np.float32, n_dense), ("sparse", np.int32, slots),
+                                       ("labels", np.int32, 1)):
+                self._files.append(_NpyAppender(files[name], dtype, width))
+        self._dense, self._sparse, self._labels = self._files
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        """On any error (a full disk), close the window's files before it propagates: the traceback
+        keeps this writer alive until garbage collection, and an unlinked file that is still open
+        keeps its disk space."""
+        try:
+            yield
+        except BaseException:
+            for a in self._files:
+                with contextlib.suppress(OSError):
+                    a.fh.close()
+            raise
 
     def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> None:
         if not (len(dense) == len(sparse) == len(labels)):
             raise ValueError("dense, sparse and labels chunks differ in length")
         if len(dense) == 0:
             return
-        self._dense.append(dense)
-        self._sparse.append(sparse)
-        self._labels.append(np.asarray(labels).reshape(-1, 1))
+        with self._closed_on_error():
+            self._dense.append(dense)
+            self._sparse.append(sparse)
+            self._labels.append(np.asarray(labels).reshape(-1, 1))
         self.positives += int(np.count_nonzero(labels))
 
     @property
@@ -301,8 +324,9 @@ class WindowWriter:
         return self._dense.rows
 
     def close(self) -> WindowInfo:
-        for a in (self._dense, self._sparse, self._labels):
-            a.close()
+        with self._closed_on_error():
+            for a in self._files:
+                a.close()
         return WindowInfo(self.index, self.rows, **self.info)
 
 
