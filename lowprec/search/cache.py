@@ -28,13 +28,19 @@ class MeasurementCache:
 
     def __init__(self, path: Path | None, fingerprint: str):
         self.path, self.fingerprint, self.data = (path if dist.is_main() else None), fingerprint, {}
-        why = _not_ours(self.path) if self.path is not None else None
-        if why:
-            warn(f"{self.path}: {why}, so not lowprec's measurement cache: left as it is, and this search "
-                 f"keeps no cache (an interrupted run starts over; choose another --out to keep one)")
-            self.path = None
-        if self.path is not None:
-            self.data = _read_cache(self.path, fingerprint)
+        if self.path is not None and self.path.exists():
+            obj, exc = _parse(self.path)
+            why = None
+            if exc is not None:
+                why = f"not readable JSON ({exc})"
+            elif not (isinstance(obj, dict) and "fingerprint" in obj):
+                why = f"a JSON {type(obj).__name__} without a 'fingerprint'"
+            if why:  # a user's file, not one lowprec wrote
+                warn(f"{self.path}: {why}, so not lowprec's measurement cache: left as it is, and this search "
+                     f"keeps no cache (an interrupted run starts over; choose another --out to keep one)")
+                self.path = None
+            else:
+                self.data = _measurements(self.path, obj, fingerprint)
         self.data = dist.broadcast_json(self.data, "sensitivity cache")
 
     def get(self, key: str) -> dict[str, float] | None:
@@ -51,23 +57,10 @@ class MeasurementCache:
                 {"fingerprint": self.fingerprint, "measurements": self.data}, indent=1))
 
 
-def _not_ours(path: Path) -> str | None:
-    """Why the file at `path` is not a cache lowprec wrote; None where it is, or there is none."""
-    if not path.exists():
-        return None
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return f"not readable JSON ({exc})"
-    if not isinstance(obj, dict) or "fingerprint" not in obj:
-        return f"a JSON {type(obj).__name__} without a 'fingerprint'"
-    return None
-
-
-def _read_cache(path: Path, fingerprint: str) -> dict[str, dict[str, float]]:
-    """The cached measurements of this search (same fingerprint), else none."""
+def _measurements(path: Path, obj: dict[str, Any], fingerprint: str) -> dict[str, dict[str, float]]:
+    """The cached measurements of this search (same fingerprint) in the cache `obj` read from `path`,
+    else none."""
     what = "search's measurement cache"
-    obj = read_scratch(path, what)
     if obj.get("fingerprint") != fingerprint:
         return {}  # another search's (other model, data or settings), or none: measured again
     data = obj.get("measurements")
@@ -85,13 +78,20 @@ def read_scratch(path: Path, what: str) -> dict[str, Any]:
     warning naming the file when it cannot be read, does not parse or is not an object (it is rebuilt)."""
     if not path.is_file():
         return {}
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+    obj, exc = _parse(path)
+    if exc is not None:
         return ignore(path, what, f"not readable JSON: {exc}")
     if not isinstance(obj, dict):
         return ignore(path, what, f"a JSON {type(obj).__name__}, not an object")
     return obj
+
+
+def _parse(path: Path) -> tuple[Any, Exception | None]:
+    """The JSON value in `path`, or the error that kept it from being read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, exc
 
 
 def ignore(path: Path, what: str, why: str) -> dict[str, Any]:
