@@ -8,7 +8,8 @@ compiles lowprec/serve/tier_split.c as it is here and as it was at --against (lo
 same flags), each with its own tier_native and rank-directory format (the tables its SplitPlan
 hands the kernel: 16 ids a word before 32); and times, interleaved, each kernel's split of the same batches in the three modes:
 ranked ids (compares only), raw ids through the rank map, and raw ids through the id-order rank
-directories (with --lookup, also each split followed by the tables' TBE lookups). Before timing, the two kernels' outputs are checked equal in every mode. Prints and
+directories (with --lookup, also each split followed by the tables' TBE lookups and the pooling of
+their output, each version's own: the native pooling since the eighth session, torch ops before). Before timing, the two kernels' outputs are checked equal in every mode. Prints and
 writes the median [min-max] ms a call and this tree's speedup, paired per repeat.
 """
 
@@ -80,6 +81,12 @@ def plan_in_block(mod, m, block: int):
             im.dirs, im.block = dirs, b
 
 
+def pooled(mod, m, plan, out: torch.Tensor, batch: int) -> torch.Tensor:
+    """`out` pooled as `mod`'s version of the runtime pools it: its native pooling where it has one
+    (since the eighth session), else the module's torch ops."""
+    return mod.pool(plan.tiers, out, batch, m.dim) if hasattr(mod, "pool") else m.pooled_from_tbe(out, batch)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bc.set_threads(1)
     rows = [n for n in (max(1, int(round(n * args.scale))) for n in bt.KAGGLE_CARDINALITIES)
@@ -107,10 +114,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 variants[f"{mode}: {name}"] = bc.cycling(
                     lambda k, mod=mod, p=plans[name], s=src, r=r: mod.split(p, s[k].indices, args.batch, r),
                     len(batches))
-                if args.lookup:  # the split and then the tables' TBE lookups, as the runtime runs them
+                if args.lookup:  # the split, the tables' TBE lookups and the pooling, as the runtime runs them
                     variants[f"{mode} + lookup: {name}"] = bc.cycling(
-                        lambda k, mod=mod, m=m, p=plans[name], s=src, r=r: m.tbe(*mod.split(p, s[k].indices, args.batch, r)),
-                        len(batches))
+                        lambda k, mod=mod, m=m, p=plans[name], s=src, r=r: pooled(mod, m, p, m.tbe(*mod.split(
+                            p, s[k].indices, args.batch, r)), args.batch), len(batches))
         load_before = os.getloadavg()
         times = bc.interleaved(variants, args.repeats, block_seconds=args.block_seconds,
                                min_seconds=3 * args.block_seconds)
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                          "(the split copies their ids into the TBE's input)")
     ap.add_argument("--small", default="fp16", help="precision of the untiered tables with --with-small")
     ap.add_argument("--lookup", action="store_true",
-                    help="also time each split followed by the tables' TBE lookups (the split's cost in the pipeline, "
+                    help="also time each split followed by the tables' TBE lookups and pooling (the split's cost in the pipeline, "
                          "where the TBE's rows compete with the split's tables for the cache)")
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)

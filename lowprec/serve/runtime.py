@@ -11,7 +11,7 @@ Ids come either as the (B, slots) matrix (`forward`, scriptable) or, faster, as 
 built by the data loader in FBGEMM's own layout (`lookup_ids`). Pads (-1) are skipped by the TBE;
 where every id transform keeps -1 (identity, tier) bags keep their slots (`padded_inputs`), else
 pads and ids a transform maps to -1 are dropped (`tbe_inputs`). Eager calls on tables that are all
-identity or tiered take the native fused split instead where it builds (`split_inputs`,
+identity or tiered take the native fused split and pooling instead where they build (`native_lookup`,
 lowprec.serve.tier_native: same lookups, bit for bit); the TorchScript export keeps the torch ops.
 
 Bounds: every id must be -1 (a pad) or in [0, logical rows of its table) (the model config's
@@ -220,20 +220,20 @@ class QuantizedEmbeddings(nn.Module):
             offsets[1:] = torch.cumsum(lengths, 0)
             return self.tbe(indices, offsets).view(b, self.n_tables, self.dim)
         if not torch.jit.is_scripting():
-            native = self.split_inputs(flat, b)
+            native = self.native_lookup(flat, b)
             if native is not None:
-                return self.pooled_from_tbe(self.tbe(native[0], native[1]), b)
+                return native
         return self.lookup_tables(list(tables))
 
     @torch.jit.unused
-    def split_inputs(self, flat: torch.Tensor, b: int, ranked: bool = False) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """The TBE's (indices, offsets) from the native tiered split of table-major ids, or None
-        where it does not apply or cannot be built (lowprec.serve.tier_native). The kernel checks
+    def native_lookup(self, flat: torch.Tensor, b: int, ranked: bool = False) -> Optional[torch.Tensor]:
+        """Pooled (B, T, D) from table-major ids through the native tiered split and pooling, or None
+        where they do not apply or cannot be built (lowprec.serve.tier_native). The kernel checks
         every id; on a bad one `check_flat` names it."""
         if not self.native_split:
             return None
         try:
-            return tier_native.inputs(self, flat, b, ranked)
+            return tier_native.lookup(self, flat, b, ranked)
         except tier_native.BadIds:
             self.check_flat(flat, b)
             raise
@@ -325,9 +325,9 @@ class QuantizedEmbeddings(nn.Module):
             low = self.check_flat(ids.indices, ids.batch)
             if self.simple or low >= 0:  # (FP8 kernels cannot skip pads: only a call without any)
                 return self.tbe(ids.indices, ids.offsets).view(ids.batch, self.n_tables, self.dim)
-        native = self.split_inputs(ids.indices, ids.batch, ranked)  # checks the ids in its own pass
+        native = self.native_lookup(ids.indices, ids.batch, ranked)  # checks the ids in its own pass
         if native is not None:
-            return self.pooled_from_tbe(self.tbe(native[0], native[1]), ids.batch)
+            return native
         if not self.dense_ids:  # (dense ids were checked above)
             self.check_flat(ids.indices, ids.batch)
         tables = [ids.table(t) for t in range(self.n_tables)]

@@ -5,8 +5,9 @@ id once per tier (`TierLookup`, ~20 torch passes over the ids) and hands FBGEMM 
 for the other tiers' ids, which its CPU kernel walks slowly. `split` does the same map in one C pass
 over the batch and writes the TBE's input directly: each tier's compacted bags (pads and other
 tiers' ids dropped) and their offsets, every untiered identity table's ids copied beside them.
-Lookups are bit-identical to the stock path (the TBE sums the same rows in the same order;
-tests/serve/test_tier_native.py).
+`pool` sums each table's tiers in the TBE's output in one more pass. Lookups are bit-identical to
+the stock path (the TBE sums the same rows in the same order, and the tiers are added in the
+stock path's order; tests/serve/test_tier_native.py).
 
 `SplitPlan.of(embeddings)` says whether a runtime can take this path: every feature an identity or
 a `tier` transform, features table-major with each tiered table's tiers consecutive and in order
@@ -44,10 +45,11 @@ class BadIds(InputError):
 
 
 def _declare(dll: ctypes.CDLL) -> None:
-    f = dll.lowprec_tier_split
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    f.argtypes = [p, i64, i32, p, p, p, p, p, p, p, p]
-    f.restype = i32
+    dll.lowprec_tier_split.argtypes = [p, i64, i32, p, p, p, p, p, p, p, p]
+    dll.lowprec_tier_split.restype = i32
+    dll.lowprec_tier_pool.argtypes = [p, i64, i32, p, i64, p]
+    dll.lowprec_tier_pool.restype = None
 
 
 def kernel() -> ctypes.CDLL | None:
@@ -142,6 +144,23 @@ def split(plan: SplitPlan, ids: torch.Tensor, batch: int, ranked: bool = False) 
     return out_idx[: int(out_off[-1])], out_off
 
 
+def pool(tiers: torch.Tensor, out: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
+    """The TBE's (batch, features x dim) float output -> pooled (batch, tables, dim), table t's
+    `tiers[t]` (int32) features summed in one pass; equal bit for bit to `pooled_from_tbe`, which
+    takes two gathers and an index_add, ~2x the time at full scale (reports/tiered.md)."""
+    lib = kernel()
+    if lib is None:
+        raise RuntimeError("the native tiered id split is unavailable")
+    out, tiers = out.contiguous(), tiers.to(torch.int32).contiguous()
+    features = int(tiers.sum())
+    if out.dtype != torch.float32 or out.numel() != batch * features * dim or bool((tiers < 1).any()):
+        raise ValueError(f"a TBE output of {out.numel()} {out.dtype} for batch {batch}, "
+                         f"tables of {tiers.tolist()} features of width {dim}")
+    pooled = torch.empty(batch, len(tiers), dim)
+    lib.lowprec_tier_pool(out.data_ptr(), batch, len(tiers), tiers.data_ptr(), dim, pooled.data_ptr())
+    return pooled
+
+
 def plan_of(emb: Any) -> SplitPlan | None:
     """`emb`'s plan, made once per module (its buffers are read where they are at that time)."""
     if emb not in _PLANS:
@@ -150,12 +169,25 @@ def plan_of(emb: Any) -> SplitPlan | None:
 
 
 def inputs(emb: Any, flat: torch.Tensor, batch: int, ranked: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The runtime's native path: the TBE's inputs for table-major ids, or None where the module has
-    no tiered table, its features do not fit the kernel, or the kernel cannot be built."""
+    """The TBE's inputs for table-major ids, or None where the module has no tiered table, its
+    features do not fit the kernel, or the kernel cannot be built."""
     plan = plan_of(emb)
     if plan is None or kernel() is None:
         return None
     return split(plan, flat, batch, ranked)
+
+
+def lookup(emb: Any, flat: torch.Tensor, batch: int, ranked: bool = False) -> torch.Tensor | None:
+    """The runtime's native path: table-major ids -> pooled (batch, tables, D) through the split, the
+    module's TBE and the native pooling (where every feature is D wide, else the module's own); None
+    where `inputs` is."""
+    split_ids = inputs(emb, flat, batch, ranked)
+    if split_ids is None:
+        return None
+    out = emb.tbe(*split_ids)
+    if emb.one_gather_pool:
+        return pool(plan_of(emb).tiers, out, batch, emb.dim)
+    return emb.pooled_from_tbe(out, batch)
 
 
 def ranked_inputs(emb: Any, tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

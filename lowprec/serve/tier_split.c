@@ -24,6 +24,8 @@
  * traffic to evict the TBE's rows from L2), and take an AVX-512 loop where the build has it: 16 ids a step, directory words or ranks gathered and
  * prefetched ahead. An id outside its table is never used as an index: it reads row 0's entry and
  * fails the call.
+ *
+ * lowprec_tier_pool, after the TBE, sums each table's tiers in its output (see below).
  */
 #include <stdint.h>
 #include <string.h>
@@ -331,4 +333,43 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
     }
     out_off[f * batch] = (int32_t)w;
     return 0;
+}
+
+/* Pooling after the TBE: its output (batch rows, each the features' pooled rows laid end to end, d
+ * floats a feature, features table-major as the split writes them) -> (batch, n_tables, d), table
+ * t's k[t] features summed in tier order: first + second + ..., the order in which the torch path
+ * (QuantizedEmbeddings.pooled_from_tbe: index_select, then index_add_ per extra feature) adds, so the
+ * same floats bit for bit. One pass; the common widths get a loop the compiler unrolls. */
+INLINE void pool_table(const float *restrict src, int k, int64_t d, float *restrict dst)
+{
+    for (int64_t i = 0; i < d; i++)
+        dst[i] = src[i];
+    for (int j = 1; j < k; j++)
+        for (int64_t i = 0; i < d; i++)
+            dst[i] += src[j * d + i];
+}
+
+void lowprec_tier_pool(const float *in, int64_t batch, int32_t n_tables, const int32_t *k, int64_t d,
+                       float *restrict out)
+{
+    int64_t features = 0;
+    for (int32_t t = 0; t < n_tables; t++)
+        features += k[t];
+    for (int64_t b = 0; b < batch; b++) {
+        const float *src = in + b * features * d;
+        float *dst = out + b * n_tables * d;
+        for (int32_t t = 0; t < n_tables; t++, dst += d) {
+            if (d == 16)
+                pool_table(src, k[t], 16, dst);
+            else if (d == 32)
+                pool_table(src, k[t], 32, dst);
+            else if (d == 64)
+                pool_table(src, k[t], 64, dst);
+            else if (d == 128)
+                pool_table(src, k[t], 128, dst);
+            else
+                pool_table(src, k[t], d, dst);
+            src += k[t] * d;
+        }
+    }
 }

@@ -224,6 +224,28 @@ def test_without_a_compiler_the_runtime_warns_and_runs_torch_ops(monkeypatch, tm
     native.forget(tier_native.SOURCE)  # the next test builds (or finds) the real kernel again
 
 
+@settings(max_examples=40, deadline=None)
+@given(tiers=st.lists(st.integers(1, 4), min_size=1, max_size=5), batch=st.integers(1, 6),
+       dim=st.sampled_from([4, 8, 12, 16, 32, 64, 128]), seed=st.integers(0, 2**16))
+def test_native_pooling_sums_each_tables_tiers_in_order(tiers, batch, dim, seed):
+    """The pooling after the TBE against a loop over tables, tiers added first to last (the torch
+    path's order, so equal bit for bit); widths with their own unrolled loop and a generic one."""
+    if tier_native.kernel() is None:
+        pytest.skip("no C compiler: the fallback test covers this machine")
+    out = torch.randn(batch, sum(tiers) * dim, generator=torch.Generator().manual_seed(seed)) * 1e3
+    want, f = [], 0
+    for k in tiers:
+        acc = out[:, f * dim:(f + 1) * dim].clone()
+        for j in range(1, k):
+            acc = acc + out[:, (f + j) * dim:(f + j + 1) * dim]
+        want.append(acc)
+        f += k
+    got = tier_native.pool(torch.tensor(tiers), out, batch, dim)
+    assert got.shape == (batch, len(tiers), dim) and torch.equal(got, torch.stack(want, 1))
+    with pytest.raises(ValueError, match="TBE output"):
+        tier_native.pool(torch.tensor(tiers), out[:, :-1], batch, dim)
+
+
 def test_torchscript_keeps_the_torch_ops():
     tables = [{"n": 40, "hotness": 2, "tiers": [[0.2, "fp16"]], "order": order, } for order in ("id", "rank")]
     emb, _ = build(tables, 2)
@@ -231,7 +253,7 @@ def test_torchscript_keeps_the_torch_ops():
     scripted = torch.jit.script(emb)
     with torch.no_grad():
         assert torch.equal(scripted(ids), emb(ids))
-    assert "split_inputs" not in scripted.code
+    assert "native_lookup" not in scripted.code
 
 
 @settings(max_examples=40, deadline=None)
