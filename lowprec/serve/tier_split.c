@@ -21,9 +21,10 @@
  * and row, the row stored into every tier's scratch segment and only its own tier's count advanced;
  * then each tier's segment is copied into place and its bag offsets shifted by where the segment
  * landed. Two tiers (the common case) write tier 0 in place and copy only tier 1 (less memory
- * traffic to evict the TBE's rows from L2), and take an AVX-512 loop where the build has it: 16 ids a step, directory words or ranks gathered and
- * prefetched ahead. An id outside its table is never used as an index: it reads row 0's entry and
- * fails the call.
+ * traffic to evict the TBE's rows from L2). Where the build has AVX-512 every tier count takes a
+ * vector loop instead: 16 ids a step, directory words or ranks gathered and prefetched ahead (the
+ * scalar loop, kept for other builds, ran three tiers ~10x slower than two: reports/tiered.md). An
+ * id outside its table is never used as an index: it reads row 0's entry and fails the call.
  *
  * lowprec_tier_pool, after the TBE, sums each table's tiers in its output (see below).
  */
@@ -68,15 +69,16 @@ INLINE int64_t classify(int64_t x, int k, int kind, const int64_t *const *dirs, 
 /* Start loading the directory word or rank of the id `AHEAD` slots on (random reads into a
  * table-sized array: without this the loop waits on one cache miss after another). */
 #define AHEAD 16
-INLINE void prefetch(const int32_t *in, int64_t s, int64_t n, int kind, const int64_t *const *dirs,
-                     const int32_t *rank)
+INLINE void prefetch(const int32_t *in, int64_t s, int64_t n, int k, int kind, const int64_t *const *dirs,
+                     const int32_t *rank, int64_t rows)
 {
     if (s + AHEAD >= n)
         return;
     int64_t y = in[s + AHEAD];
-    y = y < 0 ? 0 : y;
+    y = y >= 0 && y < rows ? y : 0;
     if (kind == DIRECTORY)
-        __builtin_prefetch(&dirs[0][y >> 5]);
+        for (int u = 0; u < k - 1; u++)
+            __builtin_prefetch(&dirs[u][y >> 5]);
     else if (kind == RANK_GATHER)
         __builtin_prefetch(&rank[y]);
 }
@@ -107,7 +109,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
             for (int64_t s = b * h; s < b * h + h; s++) {
                 int64_t x = in[s];
                 int pad = x < 0, j;
-                prefetch(in, s, n, kind, dirs, rank);
+                prefetch(in, s, n, k, kind, dirs, rank, rows);
                 bad |= (x >= rows) | (x < -1);
                 int64_t row = classify(pad | (x >= rows) ? 0 : x, 2, kind, dirs, bound, rank, &j);
                 s0[c0] = (int32_t)row;
@@ -127,7 +129,7 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
         for (int64_t s = b * h; s < b * h + h; s++) {
             int64_t x = in[s];
             int pad = x < 0, j;
-            prefetch(in, s, n, kind, dirs, rank);
+            prefetch(in, s, n, k, kind, dirs, rank, rows);
             bad |= (x >= rows) | (x < -1);
             int64_t row = classify(pad | (x >= rows) ? 0 : x, k, kind, dirs, bound, rank, &j);
             j = pad ? k : j;
@@ -146,17 +148,17 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
 #include <immintrin.h>
 #if defined(__AVX512VPOPCNTDQ__)
 #define DIRECTORY_AVX512 1
-/* Tier 0 (hot) and tier 1 rows of 8 ids (int32 lanes of `x`, every one in [0, rows)) through one
- * upper tier's rank directory: the word gathered, the bit tested, the rank popcounted. */
-INLINE __m256i dir_rows8(__m256i x, const int64_t *dir, __m256i *cold, __mmask8 *hot)
+/* One upper tier's rows of 8 ids (int32 lanes of `x`, every one in [0, rows)) through its rank
+ * directory: the word gathered, the bit tested (`hit`), the rank popcounted (the tier's row where the
+ * bit is set, and where it is not the tier's members below x, which the cold row subtracts). */
+INLINE __m256i dir_rows8(__m256i x, const int64_t *dir, __mmask8 *hit)
 {
     const __m512i one = _mm512_set1_epi64(1), x64 = _mm512_cvtepi32_epi64(x);
     const __m512i e = _mm512_i32gather_epi64(_mm256_srli_epi32(x, 5), dir, 8);
     const __m512i bit = _mm512_sllv_epi64(one, _mm512_and_si512(x64, _mm512_set1_epi64(31)));
     const __m512i inside = _mm512_add_epi64(_mm512_srli_epi64(e, 32),
                                             _mm512_popcnt_epi64(_mm512_and_si512(e, _mm512_sub_epi64(bit, one))));
-    *hot = _mm512_test_epi64_mask(e, bit);
-    *cold = _mm512_cvtepi64_epi32(_mm512_sub_epi64(x64, inside));
+    *hit = _mm512_test_epi64_mask(e, bit);
     return _mm512_cvtepi64_epi32(inside);
 }
 #else
@@ -179,28 +181,34 @@ INLINE void prefetch16(const int32_t *in, int64_t rows, const int64_t *dir, cons
     }
 }
 
-/* split_table with two tiers, 16 ids a step over the table's ids end to end (bags may start and end
- * inside a step): per step each lane's tier and row (DIRECTORY: gathered directory words and a
- * popcount; RANK_GATHER: the gathered rank against the bound; RANGE: the id is the rank), each
- * tier's lanes compressed in a register and stored masked (the memory form of vpcompressd is
- * microcoded on some cores), and the counts before each bag start read off the tier masks. Ids that
- * are pads or out of range read nothing (lane index 0) and go to no tier; the latter fail the call.
- * Same outputs as the scalar loop. */
-static int split2_avx512(const int32_t *restrict in, int64_t batch, int64_t h, int kind, int64_t rows,
-                         const void *const *p, int32_t *restrict first, int32_t *restrict scratch,
-                         int32_t *restrict off, int64_t *restrict count)
+/* split_table, 16 ids a step over the table's ids end to end (bags may start and end inside a step),
+ * tier j's rows into dst[j]: per step each lane's tier and row (DIRECTORY: each upper tier's gathered
+ * directory word, the bit tested and the rank popcounted, the first tier whose bit is set taking the
+ * id and the cold tier the rest at x minus every upper tier's rank; RANK_GATHER: the gathered rank
+ * against the bounds; RANGE: the id is the rank), each tier's lanes compressed in a register and
+ * stored masked (the memory form of vpcompressd is microcoded on some cores), and the counts before
+ * each bag start read off the tier masks. Ids that are pads or out of range read nothing (lane index
+ * 0) and go to no tier; the latter fail the call. Same outputs as the scalar loop. Inlined with k = 2
+ * (the common case), where the loops over tiers unroll away. */
+INLINE int splitk_avx512(const int32_t *restrict in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
+                         const void *const *p, int32_t *const *dst, int32_t *restrict off, int64_t *restrict count)
 {
     const int64_t n = batch * h;
-    int32_t *restrict s0 = first, *restrict s1 = scratch;
-    const int64_t *dir = kind == DIRECTORY ? (const int64_t *)p[0] : 0;
+    const int64_t *dirs[MAX_TIERS] = {0};
     const int64_t *bound = kind == DIRECTORY ? 0 : (const int64_t *)p[0];
     const int32_t *rank = kind == RANK_GATHER ? (const int32_t *)p[1] : 0;
-    const __m512i lo0 = _mm512_set1_epi32(dir ? 0 : (int32_t)bound[0]);
-    const __m512i lo1 = _mm512_set1_epi32(dir ? 0 : (int32_t)bound[1]);
+    __m512i lo[MAX_TIERS];
+    for (int j = 0; j < k - 1 && kind == DIRECTORY; j++)
+        dirs[j] = (const int64_t *)p[j];
+    for (int j = 0; j < k; j++) /* (the caller checked bound[k - 1] fits int32) */
+        lo[j] = _mm512_set1_epi32(bound ? (int32_t)bound[j] : 0);
     const __m512i zero = _mm512_setzero_si512(), minus1 = _mm512_set1_epi32(-1);
     const __m512i top = _mm512_set1_epi32(rows > INT32_MAX ? INT32_MAX : (int32_t)rows);
     const __mmask16 check_top = rows <= INT32_MAX ? 0xFFFF : 0;
-    int64_t c0 = 0, c1 = 0, b = 0, start = 0; /* bag b starts at id start = b * h */
+    int32_t *d[MAX_TIERS]; /* (local copies: with k = 2 all of these live in registers) */
+    for (int j = 0; j < k; j++)
+        d[j] = dst[j];
+    int64_t c[MAX_TIERS] = {0}, b = 0, start = 0; /* bag b starts at id start = b * h */
     __mmask16 bad = 0;
     for (int64_t s = 0; s < n; s += 16) {
         const int64_t m = n - s < 16 ? n - s : 16;
@@ -212,57 +220,84 @@ static int split2_avx512(const int32_t *restrict in, int64_t batch, int64_t h, i
         const __mmask16 ok = valid & (__mmask16)~over;
         const __m512i xs = _mm512_maskz_mov_epi32(ok, x); /* reads stay inside the arrays */
         if (kind != RANGE && s + VECTOR_AHEAD + 16 <= n)
-            prefetch16(in + s + VECTOR_AHEAD, rows, dir, rank);
-        __m512i r0 = zero, r1 = zero;
-        __mmask16 hot = 0;
+            for (int j = 0; j < (kind == DIRECTORY ? k - 1 : 1); j++)
+                prefetch16(in + s + VECTOR_AHEAD, rows, dirs[j], rank);
+        __m512i row[MAX_TIERS];
+        __mmask16 tier[MAX_TIERS];
         if (DIRECTORY_AVX512 && kind == DIRECTORY) {
 #if DIRECTORY_AVX512
-            __m256i c_lo, c_hi;
-            __mmask8 h_lo, h_hi;
-            const __m256i a = dir_rows8(_mm512_castsi512_si256(xs), dir, &c_lo, &h_lo);
-            const __m256i z = dir_rows8(_mm512_extracti64x4_epi64(xs, 1), dir, &c_hi, &h_hi);
-            r0 = _mm512_inserti64x4(_mm512_castsi256_si512(a), z, 1);
-            r1 = _mm512_inserti64x4(_mm512_castsi256_si512(c_lo), c_hi, 1);
-            hot = (__mmask16)(ok & (h_lo | (unsigned)h_hi << 8));
+            __m512i below = zero; /* sum of the upper tiers' ranks: the cold row is x - below */
+            __mmask16 taken = 0;
+            for (int j = 0; j < k - 1; j++) {
+                __mmask8 h_lo, h_hi;
+                const __m256i i_lo = dir_rows8(_mm512_castsi512_si256(xs), dirs[j], &h_lo);
+                const __m256i i_hi = dir_rows8(_mm512_extracti64x4_epi64(xs, 1), dirs[j], &h_hi);
+                row[j] = _mm512_inserti64x4(_mm512_castsi256_si512(i_lo), i_hi, 1);
+                tier[j] = (__mmask16)(ok & (h_lo | (unsigned)h_hi << 8) & ~taken);
+                taken |= tier[j];
+                below = _mm512_add_epi32(below, row[j]);
+            }
+            row[k - 1] = _mm512_sub_epi32(xs, below);
+            tier[k - 1] = ok & (__mmask16)~taken;
 #endif
         } else {
             const __m512i r = kind == RANK_GATHER ? _mm512_mask_i32gather_epi32(zero, ok, xs, rank, 4) : xs;
-            hot = _mm512_mask_cmplt_epi32_mask(ok, r, lo1);
-            r0 = _mm512_sub_epi32(r, lo0);
-            r1 = _mm512_sub_epi32(r, lo1);
+            __mmask16 under = ok; /* lanes below bound[j + 1], not yet in a tier */
+            for (int j = 0; j < k; j++) {
+                const __mmask16 below_next = j == k - 1 ? under : _mm512_mask_cmplt_epi32_mask(under, r, lo[j + 1]);
+                tier[j] = below_next;
+                under &= (__mmask16)~below_next;
+                row[j] = _mm512_sub_epi32(r, lo[j]);
+            }
         }
-        const __mmask16 cold = ok & (__mmask16)~hot;
         for (; start < s + m; start += h, b++) { /* bags starting in this step (h > 0 here) */
             const __mmask16 before = (__mmask16)((1u << (start - s)) - 1);
-            off[b] = (int32_t)(c0 + __builtin_popcount(hot & before));
-            off[batch + b] = (int32_t)(c1 + __builtin_popcount(cold & before));
+            for (int j = 0; j < k; j++)
+                off[j * batch + b] = (int32_t)(c[j] + __builtin_popcount(tier[j] & before));
         }
-        const int p0 = __builtin_popcount(hot), p1 = __builtin_popcount(cold);
-        _mm512_mask_storeu_epi32(s0 + c0, (__mmask16)((1u << p0) - 1), _mm512_maskz_compress_epi32(hot, r0));
-        _mm512_mask_storeu_epi32(s1 + c1, (__mmask16)((1u << p1) - 1), _mm512_maskz_compress_epi32(cold, r1));
-        c0 += p0;
-        c1 += p1;
+        for (int j = 0; j < k; j++) {
+            const int pj = __builtin_popcount(tier[j]);
+            _mm512_mask_storeu_epi32(d[j] + c[j], (__mmask16)((1u << pj) - 1), _mm512_maskz_compress_epi32(tier[j], row[j]));
+            c[j] += pj;
+        }
     }
-    for (; b < batch; b++) { /* hotness 0: every bag empty */
-        off[b] = (int32_t)c0;
-        off[batch + b] = (int32_t)c1;
-    }
-    count[0] = c0;
-    count[1] = c1;
+    for (; b < batch; b++) /* hotness 0: every bag empty */
+        for (int j = 0; j < k; j++)
+            off[j * batch + b] = (int32_t)c[j];
+    for (int j = 0; j < k; j++)
+        count[j] = c[j];
     return bad != 0;
+}
+
+static int split2_avx512(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
+                         int32_t *const *dst, int32_t *off, int64_t *count)
+{
+    return splitk_avx512(in, batch, h, 2, kind, rows, p, dst, off, count);
+}
+
+static int splitn_avx512(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
+                         const void *const *p, int32_t *const *dst, int32_t *off, int64_t *count)
+{
+    return splitk_avx512(in, batch, h, k, kind, rows, p, dst, off, count);
 }
 #endif
 
-/* Table t's split with two tiers: the AVX-512 loop where the build has it (and rows, ranks and bounds
- * fit int32 lanes), else the scalar one. Tier 0's rows go to `first`, tier 1's to scratch. */
-static int split2(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
-                  int32_t *first, int32_t *scratch, int32_t *off, int64_t *count)
+/* Table t's split into k tiers: the AVX-512 loop where the build has it (and rows, ranks and bounds
+ * fit int32 lanes), else the scalar one. Tier 0's rows go to `first` when two tiers (written in
+ * place), else every tier j's to scratch + j * n. */
+static int split(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows, const void *const *p,
+                 int32_t *first, int32_t *scratch, int32_t *off, int64_t *count)
 {
 #if defined(__AVX512F__)
-    if (kind == DIRECTORY ? DIRECTORY_AVX512 : ((const int64_t *)p[0])[1] <= INT32_MAX)
-        return split2_avx512(in, batch, h, kind, rows, p, first, scratch, off, count);
+    if (kind == DIRECTORY ? DIRECTORY_AVX512 : ((const int64_t *)p[0])[k - 1] <= INT32_MAX) {
+        int32_t *dst[MAX_TIERS];
+        for (int j = 0; j < k; j++)
+            dst[j] = k == 2 && j == 0 ? first : scratch + (k == 2 ? 0 : j * batch * h);
+        return k == 2 ? split2_avx512(in, batch, h, kind, rows, p, dst, off, count)
+                      : splitn_avx512(in, batch, h, k, kind, rows, p, dst, off, count);
+    }
 #endif
-    return split_table(in, batch, h, 2, kind, rows, p, first, scratch, off, count);
+    return split_table(in, batch, h, k, kind, rows, p, k == 2 ? first : 0, scratch, off, count);
 }
 
 /* Returns 0, or t + 1 for the first table holding an id >= its rows, or -1 on bad arguments.
@@ -308,8 +343,7 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
             int64_t count[MAX_TIERS];
             int32_t *off = out_off + f * batch;
             /* two tiers: tier 0 (on Zipf traffic most ids) is written in place, only tier 1 copied */
-            int rc = kt == 2 ? split2(in, batch, h, kd, lim, param[t], out_idx + w, scratch, off, count)
-                             : split_table(in, batch, h, kt, kd, lim, param[t], 0, scratch, off, count);
+            int rc = split(in, batch, h, kt, kd, lim, param[t], out_idx + w, scratch, off, count);
             if (rc)
                 return t + 1;
             if (kt == 2) {
