@@ -46,3 +46,43 @@ def test_bench_tiered_tiny(tmp_path):
     h = r["hot_share"]
     assert h["after shift, old ranking"] < h["calibrated traffic"] and h["after shift, re-ranked"] > h["after shift, old ranking"]
     assert "| tiered |" in "\n".join(bench_tiered.render(r))
+
+
+def test_huge_pages_keep_the_contents():
+    """--huge-pages collapses a table's whole 2 MB pages in place: same bytes after, and where the
+    kernel takes MADV_COLLAPSE (THP not "never", Linux >= 6.1) the tensor's mapping holds at least
+    that many bytes on huge pages. A tensor without a whole huge page inside is left alone."""
+    import _huge_pages as hp
+
+    t = torch.arange(3 * (2 << 20) // 4, dtype=torch.int32)  # 6 MB: at least two whole 2 MB pages inside
+    want = t.clone()
+    done = hp.collapse([t, t])  # the same pages twice: collapsed once
+    assert torch.equal(t, want)
+    assert done in (0, 2 << 20, 4 << 20, 6 << 20)
+    if done:
+        assert hp.huge_bytes_around(t.data_ptr() + (2 << 20)) >= done
+    assert hp.collapse([torch.zeros(1000)]) == 0
+    assert "2 MB pages" in hp.describe({"collapsed_mib": 4.0}) and "4 KB" in hp.describe(None)
+
+
+def test_bench_tier_layouts_tiny(tmp_path):
+    """tools/bench_tier_layouts.py at a tiny size: every layout timed against int4 at both stages,
+    bytes counted, outputs within the hot tiers' precision of int4's (the cold rows are int4's)."""
+    import bench_tier_layouts
+
+    threads = torch.get_num_threads()
+    try:
+        for stage in ("whole", "layout"):
+            bench_tier_layouts.main(["--scale", "0.002", "--batch", "32", "--batches", "1", "--repeats", "1",
+                                     "--calib-batches", "20", "--min-rows", "2000", "--block-seconds", "0.001",
+                                     "--layouts", "0.02:fp16;0.02:fp16,0.1:int8", "--stage", stage,
+                                     "--out", str(tmp_path / f"{stage}.json")])
+    finally:
+        torch.set_num_threads(threads)
+    for stage in ("whole", "layout"):
+        r = json.loads((tmp_path / f"{stage}.json").read_text())
+        assert set(r["ms"]) == {"int4", "0.02:fp16", "0.02:fp16,0.1:int8"}
+        assert r["bytes_over_int4"]["int4"] == 1.0
+        assert 1.0 < r["bytes_over_int4"]["0.02:fp16"] < r["bytes_over_int4"]["0.02:fp16,0.1:int8"]
+        assert r["max_abs_diff_vs_int4"]["int4"] == 0.0
+        assert 0.0 < r["max_abs_diff_vs_int4"]["0.02:fp16"] < 1.0

@@ -49,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
+import _huge_pages as hp  # noqa: E402
 
 from lowprec.allocator import keep_buffers_in_heap  # noqa: E402
 from lowprec.data.ids import FeatureIds  # noqa: E402
@@ -299,6 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     traffic, counts, batches = workload(rows, args)
     n_calib = args.calib_batches * args.batch * args.pooling
     mods = build(args, rows, counts)
+    huge = hp.collapse_modules(mods.values()) if args.huge_pages else None  # as a THP-backed server has them
     ranked = [mods["tiered rank order"].ranked(f) for f in batches]
     check = checks(mods, batches, ranked)
     variants = timed_variants(mods, batches, ranked)
@@ -320,7 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": bc.command_line(TOOL, sys.argv[1:]), "machine": bc.machine(args.threads),
         "load_before": load_before, "load_after": os.getloadavg(),
-        "config": vars(args), "rows": rows, "lookups_per_call": lookups, "checks": check,
+        "config": vars(args), "rows": rows, "lookups_per_call": lookups, "checks": check, "huge_pages": huge,
         "times": times, "bytes": byts,
         "ms": {k: bc.spread([x * 1000 for x in v]) for k, v in times.items()},
         "over_int4": {k: bc.speedup(times["int4"], v) for k, v in times.items()},
@@ -344,7 +346,7 @@ def render(r: dict[str, Any]) -> list[str]:
              f"{r['lookups_per_call']:,} lookups a call, {c['threads']} thread(s); tiers {c['tiers']} / {c['cold']}; "
              f"hot sharing ratio {c['hot_ratio']} at {c['hot_precision']}; tables under {c['min_rows']:,} rows "
              f"neither tiered nor shared (the tiered plan's at {c['small']}, hot sharing's at its precision)"
-             f"{'; only the tiered tables served (--tiered-only)' if c.get('tiered_only') else ''}. Median [min-max] over "
+             f"{'; only the tiered tables served (--tiered-only)' if c.get('tiered_only') else ''}{hp.describe(r.get('huge_pages'))}. Median [min-max] over "
              f"{c['repeats']} interleaved repeats; ratios paired per repeat.", ""]
     rows = [[k, bc.fmt_spread(r["ms"][k], digits=1), f"{r['lookups_per_call'] / r['ms'][k]['median'] / 1e3:.1f}",
              bc.fmt_ratio(r["over_fp32"][k]), bc.fmt_ratio(r["over_int4"][k]),
@@ -374,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hot-ratio", type=float, default=2.0)
     ap.add_argument("--hot-precision", default="int8")
     ap.add_argument("--shift", type=float, default=0.01, help="share of ranks whose ids move (popularity shift)")
+    ap.add_argument("--huge-pages", action="store_true", help="time every variant's tables on 2 MB pages (tools/_huge_pages.py)")
     ap.add_argument("--out", default="reports/tiered.json")
     ap.add_argument("--render", metavar="JSON", help="only print the report tables of an earlier result")
     args = ap.parse_args(argv)

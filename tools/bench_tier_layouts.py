@@ -1,0 +1,91 @@
+"""Tier layouts side by side: the whole model's lookups (raw ids, the runtime's native path) under
+several tier layouts against uniform int4, in one process, interleaved.
+
+    OMP_NUM_THREADS=1 prlimit --data=11000000000 python tools/bench_tier_layouts.py \
+        --layouts '0.02:fp16;0.01:fp16;0.02:int8;0.02:fp16,0.1:int4' [--stage whole|layout] --out reports/X.json
+
+bench_tiered times one layout (--tiers) against the uniform precisions; this asks which layout is
+fastest. Every layout is bench_tiered's tiered plan (id order, the tables of >= --min-rows rows
+tiered over --cold, the others at --small) on its tables and Zipf traffic. --stage layout times the
+TBE and pooling on ids split beforehand (the layout's own cost, without the split). Prints and
+writes median [min-max] ms a call, speed over int4 paired per repeat, and bytes over int4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common as bc  # noqa: E402
+import bench_tiered as bt  # noqa: E402
+
+from lowprec.allocator import keep_buffers_in_heap  # noqa: E402
+from lowprec.serve import tier_native  # noqa: E402
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    bc.set_threads(1)
+    keep_buffers_in_heap()  # as the CLI does
+    rows = [max(1, int(round(n * args.scale))) for n in bt.KAGGLE_CARDINALITIES]
+    _, counts, batches = bt.workload(rows, args)
+    mods = {"int4": bt.uniform_module(rows, args.dim, bt.Precision("int4"), args.pooling, args.seed)}
+    for layout in args.layouts.split(";"):
+        choice = bt.TableChoice(bt.Precision(args.cold), {"kind": "tiered", "tiers": bt.parse_tiers(layout),
+                                                         "order": "id"})
+        mods[layout], _ = bt.shared_module(rows, args.dim, choice, bt.TableChoice(bt.Precision(args.small)),
+                                           args.min_rows, counts, args.pooling, args.seed)
+        gc.collect()
+    want = [mods["int4"].lookup_ids(f) for f in batches]
+    n = len(batches)
+    variants = {}
+    for name, m in mods.items():
+        plan = tier_native.plan_of(m)
+        if args.stage == "layout" and plan is not None and tier_native.kernel() is not None:
+            pre = [tier_native.split(plan, f.indices, f.batch) for f in batches]
+            variants[name] = bc.cycling(lambda k, m=m, p=plan, pre=pre: tier_native.pool(
+                p.tiers, m.tbe(*pre[k]), batches[k].batch, m.dim), n)
+        else:
+            variants[name] = bc.cycling(lambda k, m=m: m.lookup_ids(batches[k]), n)
+    with torch.no_grad():  # every layout looks up the int4 rows of its cold tier: outputs within fp16 of them
+        diff = {name: max(float((m.lookup_ids(f) - w).abs().max()) for f, w in zip(batches, want))
+                for name, m in mods.items()}
+        load_before = os.getloadavg()
+        times = bc.interleaved(variants, args.repeats, block_seconds=args.block_seconds,
+                               min_seconds=3 * args.block_seconds)
+    byts = {name: bt._bytes(m) for name, m in mods.items()}
+    return {"command": bc.command_line("tools/bench_tier_layouts.py", sys.argv[1:]), "machine": bc.machine(1),
+            "load_before": load_before, "load_after": os.getloadavg(), "config": vars(args), "rows": rows,
+            "ms": {k: bc.spread([x * 1000 for x in v]) for k, v in times.items()},
+            "over_int4": {k: bc.speedup(times["int4"], v) for k, v in times.items()},
+            "bytes_over_int4": {k: v / byts["int4"] for k, v in byts.items()},
+            "max_abs_diff_vs_int4": diff}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    bt.workload_args(ap)
+    ap.add_argument("--layouts", default="0.02:fp16;0.01:fp16;0.02:int8",
+                    help="';'-separated tier layouts, each SHARE:PRECISION,... hottest first (bench_tiered --tiers)")
+    ap.add_argument("--small", default="fp16", help="precision of the untiered tables")
+    ap.add_argument("--stage", choices=["whole", "layout"], default="whole",
+                    help="whole: split + TBE + pooling as the runtime runs them; layout: TBE + pooling on ids split before")
+    ap.add_argument("--out", help="write the result as JSON here")
+    args = ap.parse_args(argv)
+    r = run(args)
+    print(bc.machine_line(r["machine"]) + f"; load {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after")
+    for k in r["ms"]:
+        print(f"  {k:28s} {bc.fmt_spread(r['ms'][k])} ms  x int4 {bc.fmt_ratio(r['over_int4'][k])}  "
+              f"bytes x int4 {r['bytes_over_int4'][k]:.3f}")
+    if args.out:
+        bc.write_json(args.out, r)
+
+
+if __name__ == "__main__":
+    main()
