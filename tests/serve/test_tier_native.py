@@ -6,6 +6,7 @@ fallback without a compiler, and the TorchScript export (which keeps the torch o
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -180,6 +181,53 @@ def test_two_tier_split_matches_the_reference(hotness, n, share, batch, order, s
             bad[-1 - seed % (batch * hotness[-1])] = past  # somewhere in the last table
             with pytest.raises(tier_native.BadIds, match=f"table {len(hotness) - 1} "):
                 tier_native.split(plan, bad, batch, ranked=ranked)
+
+
+@pytest.fixture(scope="module")
+def scalar_kernel(tmp_path_factory):
+    """The kernel built without AVX-512 (x86-64-v2): its scalar loops, which an AVX-512 build never
+    runs, as a machine without AVX-512 runs them."""
+    if tier_native.kernel() is None:
+        pytest.skip("no C compiler: the fallback test covers this machine")
+    saved, cache = native.FLAGS, os.environ.get("LOWPREC_CACHE_DIR")
+    native.FLAGS = tuple("-march=x86-64-v2" if f == "-march=native" else f for f in saved)
+    os.environ["LOWPREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("scalar"))
+    try:
+        lib = native.build(tier_native.SOURCE)
+    finally:
+        native.FLAGS = saved
+        if cache is None:
+            os.environ.pop("LOWPREC_CACHE_DIR")
+        else:
+            os.environ["LOWPREC_CACHE_DIR"] = cache
+    tier_native._declare(lib)
+    return lib
+
+
+@settings(max_examples=25, deadline=None)
+@given(tables=st.lists(table, min_size=1, max_size=4), batch=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_the_scalar_loops_match_the_reference(scalar_kernel, tables, batch, seed):
+    """Without AVX-512 every tier count takes the scalar loop: the same TBE inputs as the per-bag
+    reference for raw ids (directories, rank maps) and ranked ids, and the same pooling."""
+    emb, refs = build(tables, seed)
+    plan = tier_native.plan_of(emb)
+    if plan is None:
+        return
+    hotness = [t["hotness"] for t in tables]
+    ids = random_ids(tables, batch, torch.Generator().manual_seed(seed))
+    f = FeatureIds.from_matrix(ids.numpy(), tuple(hotness))
+    r = FeatureIds.from_matrix(ranks_of(emb, ids, hotness).numpy(), tuple(hotness))
+    want = ref_inputs(refs, ids, hotness)
+    vector = tier_native.kernel
+    tier_native.kernel = lambda: scalar_kernel
+    try:
+        for src, ranked in ((f, False), (r, True)):
+            idx, off = tier_native.split(plan, src.indices, batch, ranked)
+            assert (idx.tolist(), off.tolist()) == want
+        out = torch.randn(batch, plan.features * DIM, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(tier_native.pool(plan.tiers, out, batch, DIM), emb.pooled_from_tbe(out, batch))
+    finally:
+        tier_native.kernel = vector
 
 
 def test_bad_ids_and_descriptors_are_refused():
