@@ -76,12 +76,21 @@ def test_bench_tier_layouts_tiny(tmp_path):
             bench_tier_layouts.main(["--scale", "0.002", "--batch", "32", "--batches", "1", "--repeats", "1",
                                      "--calib-batches", "20", "--min-rows", "2000", "--block-seconds", "0.001",
                                      "--layouts", "0.02:fp16;0.02:fp16,0.1:int8", "--stage", stage,
-                                     "--out", str(tmp_path / f"{stage}.json")])
+                                     "--out", str(tmp_path / f"{stage}.json")] + (["--parts"] if stage == "whole" else []))
     finally:
         torch.set_num_threads(threads)
+    layouts = {"int4", "0.02:fp16", "0.02:fp16,0.1:int8"}
+    r = json.loads((tmp_path / "whole.json").read_text())
+    if r["lookups_per_call"]:  # --parts (the native split built): every lookup in exactly one group
+        total = 32 * 20 * len(r["rows"])
+        for name, k in (("0.02:fp16", 2), ("0.02:fp16,0.1:int8", 3)):
+            groups = r["lookups_per_call"][name]
+            assert set(groups) == {"untiered tables", "no ids"} | {f"tier {j}" for j in range(k)}
+            assert groups["no ids"] == 0 and sum(groups.values()) == total
+            assert {f"{name}: split", f"{name}: pooling", f"{name}: TBE, tier 0"} <= set(r["ms"])
     for stage in ("whole", "layout"):
         r = json.loads((tmp_path / f"{stage}.json").read_text())
-        assert set(r["ms"]) == {"int4", "0.02:fp16", "0.02:fp16,0.1:int8"}
+        assert layouts <= set(r["ms"]) and (stage == "whole" or set(r["ms"]) == layouts)
         assert r["bytes_over_int4"]["int4"] == 1.0
         assert 1.0 < r["bytes_over_int4"]["0.02:fp16"] < r["bytes_over_int4"]["0.02:fp16,0.1:int8"]
         assert r["max_abs_diff_vs_int4"]["int4"] == 0.0

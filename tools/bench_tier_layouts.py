@@ -7,7 +7,9 @@ several tier layouts against uniform int4, in one process, interleaved.
 bench_tiered times one layout (--tiers) against the uniform precisions; this asks which layout is
 fastest. Every layout is bench_tiered's tiered plan (id order, the tables of >= --min-rows rows
 tiered over --cold, the others at --small) on its tables and Zipf traffic. --stage layout times the
-TBE and pooling on ids split beforehand (the layout's own cost, without the split). Prints and
+TBE and pooling on ids split beforehand (the layout's own cost, without the split); --parts adds
+each layout's split, its TBE on each group's ids alone (untiered tables, each tier) and on no ids,
+and its pooling, timed in the same rounds. Prints and
 writes median [min-max] ms a call, speed over int4 paired per repeat, and bytes over int4.
 """
 
@@ -28,6 +30,48 @@ import bench_tiered as bt  # noqa: E402
 
 from lowprec.allocator import keep_buffers_in_heap  # noqa: E402
 from lowprec.serve import tier_native  # noqa: E402
+
+
+def feature_groups(plan: Any) -> dict[str, list[int]]:
+    """The TBE features of a split plan by group: the untiered tables', and each tier's (tier 0 the
+    hottest, the last the cold one) over the tiered tables."""
+    groups: dict[str, list[int]] = {"untiered tables": []}
+    f = 0
+    for kind, k in zip(plan.kinds.tolist(), plan.tiers.tolist()):
+        if kind == tier_native.COPY:
+            groups["untiered tables"].append(f)
+        for j in range(k if kind != tier_native.COPY else 0):
+            groups.setdefault(f"tier {j}", []).append(f + j)
+        f += k
+    return groups
+
+
+def only(idx: torch.Tensor, off: torch.Tensor, features: list[int], n_features: int, batch: int):
+    """The TBE inputs (idx, off) with every bag outside `features` emptied."""
+    lens = off[1:] - off[:-1]
+    keep = torch.zeros(n_features, dtype=torch.bool)
+    keep[features] = True
+    bags = keep.repeat_interleave(batch)
+    new_off = torch.zeros_like(off)
+    new_off[1:] = torch.cumsum(torch.where(bags, lens, 0), 0)
+    return idx[torch.repeat_interleave(bags, lens)].contiguous(), new_off
+
+
+def parts(name: str, m: Any, batches: list[Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """Where a layout's call goes: the split, the TBE on each group's ids alone (other bags empty),
+    the TBE on no ids (its fixed cost: writing every feature's output), the pooling; and each
+    group's lookups a call."""
+    plan, n = tier_native.plan_of(m), len(batches)
+    pre = [tier_native.split(plan, f.indices, f.batch) for f in batches]
+    outs = [m.tbe(*x) for x in pre]
+    variants = {f"{name}: split": bc.cycling(lambda k: tier_native.split(plan, batches[k].indices, batches[k].batch), n),
+                f"{name}: pooling": bc.cycling(lambda k: tier_native.pool(plan.tiers, outs[k], batches[k].batch, m.dim), n)}
+    lookups = {}
+    for group, features in {**feature_groups(plan), "no ids": []}.items():
+        sub = [only(i, o, features, plan.features, f.batch) for (i, o), f in zip(pre, batches)]
+        lookups[group] = int(sub[0][0].numel())
+        variants[f"{name}: TBE, {group}"] = bc.cycling(lambda k, sub=sub: m.tbe(*sub[k]), n)
+    return variants, lookups
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,6 +97,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 p.tiers, m.tbe(*pre[k]), batches[k].batch, m.dim), n)
         else:
             variants[name] = bc.cycling(lambda k, m=m: m.lookup_ids(batches[k]), n)
+    lookups = {}
+    if args.parts and tier_native.kernel() is not None:
+        for name, m in mods.items():
+            if tier_native.plan_of(m) is not None:
+                more, lookups[name] = parts(name, m, batches)
+                variants |= more
     with torch.no_grad():  # every layout looks up the int4 rows of its cold tier: outputs within fp16 of them
         diff = {name: max(float((m.lookup_ids(f) - w).abs().max()) for f, w in zip(batches, want))
                 for name, m in mods.items()}
@@ -65,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ms": {k: bc.spread([x * 1000 for x in v]) for k, v in times.items()},
             "over_int4": {k: bc.speedup(times["int4"], v) for k, v in times.items()},
             "bytes_over_int4": {k: v / byts["int4"] for k, v in byts.items()},
-            "max_abs_diff_vs_int4": diff}
+            "max_abs_diff_vs_int4": diff, "lookups_per_call": lookups}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,13 +126,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--small", default="fp16", help="precision of the untiered tables")
     ap.add_argument("--stage", choices=["whole", "layout"], default="whole",
                     help="whole: split + TBE + pooling as the runtime runs them; layout: TBE + pooling on ids split before")
+    ap.add_argument("--parts", action="store_true",
+                    help="also time each layout's parts: the split, the TBE on each group's ids alone, the pooling")
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
     r = run(args)
     print(bc.machine_line(r["machine"]) + f"; load {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after")
     for k in r["ms"]:
-        print(f"  {k:28s} {bc.fmt_spread(r['ms'][k])} ms  x int4 {bc.fmt_ratio(r['over_int4'][k])}  "
-              f"bytes x int4 {r['bytes_over_int4'][k]:.3f}")
+        b = r["bytes_over_int4"].get(k)
+        print(f"  {k:44s} {bc.fmt_spread(r['ms'][k])} ms  x int4 {bc.fmt_ratio(r['over_int4'][k])}"
+              + (f"  bytes x int4 {b:.3f}" if b is not None else ""))
+    for name, groups in r["lookups_per_call"].items():
+        print(f"  {name}: lookups a call {groups}")
     if args.out:
         bc.write_json(args.out, r)
 
