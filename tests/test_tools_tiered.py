@@ -76,7 +76,8 @@ def test_bench_tier_layouts_tiny(tmp_path):
             bench_tier_layouts.main(["--scale", "0.002", "--batch", "32", "--batches", "1", "--repeats", "1",
                                      "--calib-batches", "20", "--min-rows", "2000", "--block-seconds", "0.001",
                                      "--layouts", "0.02:fp16;0.02:fp16,0.1:int8", "--stage", stage,
-                                     "--out", str(tmp_path / f"{stage}.json")] + (["--parts"] if stage == "whole" else []))
+                                     "--out", str(tmp_path / f"{stage}.json")]
+                                    + (["--parts"] if stage == "whole" else ["--uniform", "fp32", "--huge-pages", "both"]))
     finally:
         torch.set_num_threads(threads)
     layouts = {"int4", "0.02:fp16", "0.02:fp16,0.1:int8"}
@@ -88,9 +89,13 @@ def test_bench_tier_layouts_tiny(tmp_path):
             assert set(groups) == {"untiered tables", "no ids"} | {f"tier {j}" for j in range(k)}
             assert groups["no ids"] == 0 and sum(groups.values()) == total
             assert {f"{name}: split", f"{name}: pooling", f"{name}: TBE, tier 0"} <= set(r["ms"])
+    r = json.loads((tmp_path / "layout.json").read_text())  # with fp32, each module beside its 2 MB-page copy
+    names = layouts | {"fp32"}
+    assert set(r["ms"]) == names | {n + ", 2 MB pages" for n in names} and set(r["huge_page_gain"]) == names
+    assert r["max_abs_diff_vs_int4"]["int4, 2 MB pages"] == 0.0  # the copy looks up the same rows
     for stage in ("whole", "layout"):
         r = json.loads((tmp_path / f"{stage}.json").read_text())
-        assert layouts <= set(r["ms"]) and (stage == "whole" or set(r["ms"]) == layouts)
+        assert layouts <= set(r["ms"])
         assert r["bytes_over_int4"]["int4"] == 1.0
         assert 1.0 < r["bytes_over_int4"]["0.02:fp16"] < r["bytes_over_int4"]["0.02:fp16,0.1:int8"]
         assert r["max_abs_diff_vs_int4"]["int4"] == 0.0

@@ -9,13 +9,15 @@ fastest. Every layout is bench_tiered's tiered plan (id order, the tables of >= 
 tiered over --cold, the others at --small) on its tables and Zipf traffic. --stage layout times the
 TBE and pooling on ids split beforehand (the layout's own cost, without the split); --parts adds
 each layout's split, its TBE on each group's ids alone (untiered tables, each tier) and on no ids,
-and its pooling, timed in the same rounds. Prints and
+and its pooling, timed in the same rounds. --uniform adds uniform precisions; --huge-pages both
+times every module beside a copy on 2 MB pages (the gain of huge pages, paired). Prints and
 writes median [min-max] ms a call, speed over int4 paired per repeat, and bytes over int4.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import sys
@@ -26,10 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
+import _huge_pages as hp  # noqa: E402
 import bench_tiered as bt  # noqa: E402
 
 from lowprec.allocator import keep_buffers_in_heap  # noqa: E402
 from lowprec.serve import tier_native  # noqa: E402
+
+
+HUGE = ", 2 MB pages"
 
 
 def feature_groups(plan: Any) -> dict[str, list[int]]:
@@ -86,6 +92,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mods[layout], _ = bt.shared_module(rows, args.dim, choice, bt.TableChoice(bt.Precision(args.small)),
                                            args.min_rows, counts, args.pooling, args.seed)
         gc.collect()
+    for p in filter(None, args.uniform.split(",")):
+        mods[p] = bt.uniform_module(rows, args.dim, bt.Precision(p), args.pooling, args.seed)
+    if args.huge_pages == "on":
+        hp.collapse_modules(mods.values())
+    elif args.huge_pages == "both":  # each module beside a copy on 2 MB pages, timed in the same rounds
+        mods |= {f"{name}{HUGE}": copy.deepcopy(m) for name, m in mods.items()}
+        hp.collapse_modules(m for name, m in mods.items() if name.endswith(HUGE))
     want = [mods["int4"].lookup_ids(f) for f in batches]
     n = len(batches)
     variants = {}
@@ -115,7 +128,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ms": {k: bc.spread([x * 1000 for x in v]) for k, v in times.items()},
             "over_int4": {k: bc.speedup(times["int4"], v) for k, v in times.items()},
             "bytes_over_int4": {k: v / byts["int4"] for k, v in byts.items()},
-            "max_abs_diff_vs_int4": diff, "lookups_per_call": lookups}
+            "max_abs_diff_vs_int4": diff, "lookups_per_call": lookups,
+            "huge_page_gain": {k[:-len(HUGE)]: bc.speedup(times[k[:-len(HUGE)]], v) for k, v in times.items()
+                               if k.endswith(HUGE)}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="whole: split + TBE + pooling as the runtime runs them; layout: TBE + pooling on ids split before")
     ap.add_argument("--parts", action="store_true",
                     help="also time each layout's parts: the split, the TBE on each group's ids alone, the pooling")
+    ap.add_argument("--uniform", default="", help="also these uniform precisions, e.g. fp32,fp16")
+    ap.add_argument("--huge-pages", choices=["off", "on", "both"], default="off",
+                    help="tables on 2 MB pages (tools/_huge_pages.py); both: each module and a copy on them, "
+                         "side by side (the gain of huge pages, paired per repeat)")
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
     r = run(args)
@@ -136,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         b = r["bytes_over_int4"].get(k)
         print(f"  {k:44s} {bc.fmt_spread(r['ms'][k])} ms  x int4 {bc.fmt_ratio(r['over_int4'][k])}"
               + (f"  bytes x int4 {b:.3f}" if b is not None else ""))
+    for name, gain in r["huge_page_gain"].items():
+        print(f"  {name}: 2 MB pages {bc.fmt_ratio(gain)} as fast as 4 KB pages")
     for name, groups in r["lookups_per_call"].items():
         print(f"  {name}: lookups a call {groups}")
     if args.out:
