@@ -168,25 +168,17 @@ def plan_of(emb: Any) -> SplitPlan | None:
     return _PLANS[emb]
 
 
-def inputs(emb: Any, flat: torch.Tensor, batch: int, ranked: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The TBE's inputs for table-major ids, or None where the module has no tiered table, its
-    features do not fit the kernel, or the kernel cannot be built."""
-    plan = plan_of(emb)
-    if plan is None or kernel() is None:
-        return None
-    return split(plan, flat, batch, ranked)
-
-
 def lookup(emb: Any, flat: torch.Tensor, batch: int, ranked: bool = False) -> torch.Tensor | None:
     """The runtime's native path: table-major ids -> pooled (batch, tables, D) through the split, the
     module's TBE and the native pooling (where every feature is D wide, else the module's own); None
-    where `inputs` is."""
-    split_ids = inputs(emb, flat, batch, ranked)
-    if split_ids is None:
+    where the module has no tiered table, its features do not fit the kernel, or the kernel cannot
+    be built."""
+    plan = plan_of(emb)
+    if plan is None or kernel() is None:
         return None
-    out = emb.tbe(*split_ids)
+    out = emb.tbe(*split(plan, flat, batch, ranked))
     if emb.one_gather_pool:
-        return pool(plan_of(emb).tiers, out, batch, emb.dim)
+        return pool(plan.tiers, out, batch, emb.dim)
     return emb.pooled_from_tbe(out, batch)
 
 

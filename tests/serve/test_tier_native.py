@@ -265,7 +265,7 @@ def test_without_a_compiler_the_runtime_warns_and_runs_torch_ops(monkeypatch, tm
         monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path / "cache"))
         with pytest.warns(UserWarning, match="native tiered id split unavailable"):
             got = emb.lookup_ids(f)
-        assert tier_native.kernel() is None and tier_native.inputs(emb, f.indices, 16) is None
+        assert tier_native.kernel() is None and tier_native.lookup(emb, f.indices, 16) is None
         assert torch.equal(got, want)
         r = FeatureIds.from_matrix(ranks_of(emb, ids, [3, 1]).numpy(), (3, 1))
         assert torch.equal(emb.lookup_ids(r, ranked=True), want)
