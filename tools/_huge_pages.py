@@ -1,8 +1,8 @@
 """Tables on 2 MB transparent huge pages, for the benchmarks' --huge-pages.
 
 Random reads of tables of hundreds of MB on 4 KB pages miss the TLB on almost every row, and the page
-walk becomes part of the lookup; on 2 MB pages the walks mostly go (reports/tiered.md: fp32 1.28x
-faster at full Kaggle scale, int4 1.08x). torch allocates CPU tensors on 4 KB pages where THP is
+walk becomes part of the lookup; on 2 MB pages the walks mostly go (reports/tiered.md: fp32
+1.24-1.28x faster at full Kaggle scale, tiered 1.08-1.09x, int4 1.06-1.08x). torch allocates CPU tensors on 4 KB pages where THP is
 "madvise" (unless THP_MEM_ALLOC_ENABLE=1), and ext4 refuses MADV_COLLAPSE on file mappings here,
 so the runtime's mapped artifacts stay on 4 KB pages.
 """
