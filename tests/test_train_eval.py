@@ -158,7 +158,10 @@ def test_eval_reports_an_undefined_auc_as_null_with_a_warning(odd):
     assert r.exit_code == 0, r.output
     out = strict_json(r.stdout)
     assert out["auc"] is None and out["windows"][0]["auc"] is None and out["calibration"] is None
+    assert out["ne"] is None and out["windows"][0]["ne"] is None  # was ~1e5: log-loss over H(0) clipped
     assert "warning: AUC is undefined (n/a; null in --json) on window(s) [3] and overall" in r.stderr
+    r = run("eval", "--model", model, "--data", data, "--windows", "3")
+    assert r.stdout.splitlines()[1].split()[3] == "n/a"  # the table's NE column
     r = run("eval", "--model", model, "--data", data, "--windows", "0,3")
     assert r.exit_code == 0 and "on window(s) [3]:" in r.stderr
     assert [line.split()[-2] for line in r.stdout.splitlines()[1:]] != ["n/a"] * 3  # overall is defined

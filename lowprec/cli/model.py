@@ -137,7 +137,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     if undefined:
         click.echo(f"warning: AUC is undefined (n/a; null in --json) on window(s) {undefined}"
                    f"{' and overall' if one_class else ''}: they hold one label class only (no positives or no "
-                   f"negatives), so NE, relative to a base rate of 0 or 1, means nothing there either; check "
+                   f"negatives), and so is NE, relative to a base rate of 0 or 1; check "
                    f"the data's labels", err=True)
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
     if worse_than_base_rate(result.overall.ne) and not one_class:
@@ -148,18 +148,20 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     click.echo(f"{'window':>8} {'label':>10} {'rows':>9} {'NE':>8} {'logloss':>8} {'AUC':>8} {'calib':>7}")
     for w, m in sorted(result.per_window.items()):
         label = ds.meta.window(w).label
-        click.echo(f"{w:>8} {label:>10} {int(m['rows']):>9} {fmt(m['ne']):>8} {fmt(m['logloss']):>8} "
-                   f"{auc_text(m['auc']):>8} {fmt(m['calibration'], 3):>7}")
+        click.echo(f"{w:>8} {label:>10} {int(m['rows']):>9} {metric_text(m['ne']):>8} {fmt(m['logloss']):>8} "
+                   f"{metric_text(m['auc']):>8} {metric_text(m['calibration'], 3):>7}")
     o = result.overall
-    click.echo(f"{'overall':>8} {'':>10} {int(o.weight):>9} {fmt(o.ne):>8} {fmt(o.logloss):>8} "
-               f"{auc_text(o.auc):>8} {fmt(o.calibration, 3):>7}")
+    click.echo(f"{'overall':>8} {'':>10} {int(o.weight):>9} {metric_text(o.ne):>8} {fmt(o.logloss):>8} "
+               f"{metric_text(o.auc):>8} {metric_text(o.calibration, 3):>7}")
     if bayes:
         click.echo(f"Bayes-optimal (the data's true probabilities): AUC {fmt(bayes['bayes_auc'])}, NE "
                    f"{fmt(bayes['bayes_ne'])}; this model's AUC gap to Bayes {fmt(bayes['auc_gap_to_bayes'])}")
 
 
-def auc_text(auc: float) -> str:
-    return "n/a" if auc != auc else fmt(auc)
+def metric_text(x: float, digits: int = 4) -> str:
+    """A metric for the table: n/a where it is undefined (NaN: NE and AUC of one label class,
+    calibration without positives)."""
+    return "n/a" if x != x else fmt(x, digits)
 
 
 COMMANDS = [train, eval_cmd]

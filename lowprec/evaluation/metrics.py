@@ -13,7 +13,8 @@ The histogram bins a probability by the top bits of its float32 bit pattern, whi
 non-negative floats: bins are ~2.4e-4 relative wide (13 mantissa bits kept), so two scores tie only
 when they agree to ~4 significant digits. `auc_exact` (rank-based) is the brute-force reference.
 
-A metric that is undefined (AUC of rows with one label class, anything of no rows) is NaN here;
+A metric that is undefined (AUC and NE of rows with one label class: NE divides by the entropy of a
+base rate of 0 or 1; anything of no rows) is NaN here;
 what lowprec prints or writes shows it as null (lowprec.jsonsafe). Predictions that are NaN or Inf
 (a model whose weights overflow) are refused (`check_finite`: NonFinitePredictions, an InputError).
 """
@@ -99,7 +100,7 @@ class BinaryStats:
 
     @property
     def ne(self) -> float:
-        if not self.weight:
+        if not 0 < self.positives < self.weight:  # no rows, or one label class: H(p̄) = 0
             return float("nan")
         return self.logloss / _entropy(self.positives / self.weight)
 

@@ -76,6 +76,17 @@ def test_empty_stats_are_nan():
     assert np.isnan(s.ne) and np.isnan(s.auc)
 
 
+@pytest.mark.parametrize("label", [0, 1])
+def test_one_label_class_has_no_ne(label):
+    # NE divides by the entropy of the click rate, which is 0 here: undefined, like AUC, not a huge number.
+    p = np.random.default_rng(4).random(50)
+    s = BinaryStats().update(p, np.full(50, label), np.random.default_rng(5).random(50) + 0.5)
+    assert np.isnan(s.ne) and np.isnan(s.auc)
+    assert np.isfinite(s.logloss)
+    both = s + BinaryStats().update(np.array([0.3]), np.array([1 - label]))  # one row of the other class
+    assert np.isfinite(both.ne) and np.isfinite(both.auc)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_predictions_are_refused_not_binned(bad):
     """They used to crash the histogram update (`operands could not be broadcast together`)."""
