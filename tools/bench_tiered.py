@@ -63,7 +63,7 @@ from lowprec.serve.forms import Feature  # noqa: E402
 from lowprec.serve.sharing import post_training_form  # noqa: E402
 from lowprec.serve.tables import table_codec  # noqa: E402
 from lowprec.serve import tier_native  # noqa: E402
-from lowprec.serve.tiers import TierSpec, rank_tiers, traffic_shares  # noqa: E402
+from lowprec.serve.tiers import TierSpec, parse_layout, rank_tiers, traffic_shares  # noqa: E402
 
 TOOL = "bench_tiered.py"
 UNIFORM = ("fp32", "fp16", "int8", "int4")
@@ -156,11 +156,9 @@ def shared_module(rows: list[int], dim: int, choice: TableChoice, small: TableCh
 
 
 def parse_tiers(text: str) -> list[list[Any]]:
-    out = []
-    for part in text.split(","):
-        share, _, p = part.partition(":")
-        out.append([float(share), p])
-    return out
+    """--tiers 'SHARE:PRECISION,...' -> the upper tiers of a layout, checked as the search checks its
+    --tier-layouts (lowprec.serve.tiers.parse_layout; the cold tier is --cold)."""
+    return parse_layout(f"{text}/int4", "--tiers")[0]["tiers"]
 
 
 def _bytes(emb: QuantizedEmbeddings) -> int:

@@ -214,11 +214,11 @@ def parse_layout(text: str, where: str = "tier layout") -> tuple[dict[str, Any],
     for part in upper.split(","):
         share, colon, p = part.strip().partition(":")
         try:
+            if not colon:
+                raise ValueError
             tiers.append([float(share), Precision.parse(p, where).value])
         except ValueError:
             raise InputError(f"{where}: {text!r} is not SHARE:PRECISION[,...]/COLD, e.g. 0.02:fp16/int4") from None
-        if not colon:
-            raise InputError(f"{where}: {text!r} is not SHARE:PRECISION[,...]/COLD, e.g. 0.02:fp16/int4")
     if not sep:
         raise InputError(f"{where}: {text!r} names no cold precision (…/int4)")
     spec: dict[str, Any] = {"kind": "tiered", "tiers": tiers}
