@@ -31,6 +31,7 @@ def test_bench_tier_split_tiny(tmp_path, against, extra):
     finally:
         torch.set_num_threads(threads)
     r = json.loads((tmp_path / "s.json").read_text())
+    assert r["command"].startswith("python tools/bench_tier_split.py --against ")
     assert r["outputs_equal"] == {"ranked ids": True, "raw ids, rank map": True, "raw ids, id-order directories": True}
     lookups = {f"{m} + lookup" for m in r["outputs_equal"]} if extra else set()
     assert set(r["speedup"]) == set(r["outputs_equal"]) | lookups and len(r["ms"]) == 6 * (1 + bool(extra))

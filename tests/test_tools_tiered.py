@@ -22,6 +22,7 @@ def test_bench_tiered_tiny(tmp_path):
     finally:
         torch.set_num_threads(threads)
     r = json.loads((tmp_path / "t.json").read_text())
+    assert r["command"].startswith("python tools/bench_tiered.py --scale 0.002 ")  # the tool's own argv
     names = {"fp32", "fp16", "int8", "int4", "hot sharing", "tiered", "tiered rank order", "tiered, torch ops",
              "tiered rank order, ranked ids", "int4 rank order, ranked ids", "int4, small tables at --small",
              "int4 rank order, small tables at --small, ranked ids"}
@@ -82,6 +83,7 @@ def test_bench_tier_layouts_tiny(tmp_path):
         torch.set_num_threads(threads)
     layouts = {"int4", "0.02:fp16", "0.02:fp16,0.1:int8"}
     r = json.loads((tmp_path / "whole.json").read_text())
+    assert r["command"].startswith("python tools/bench_tier_layouts.py --scale 0.002 ")  # was tools/tools/, pytest's argv
     if r["lookups_per_call"]:  # --parts (the native split built): every lookup in exactly one group
         total = 32 * 20 * len(r["rows"])
         for name, k in (("0.02:fp16", 2), ("0.02:fp16,0.1:int8", 3)):

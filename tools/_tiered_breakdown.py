@@ -8,7 +8,7 @@ import json
 import os
 import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch, numpy as np
+import torch
 import bench_tiered as bt, _bench_common as bc
 from lowprec.plan import TableChoice
 from lowprec.precision import Precision

@@ -288,7 +288,7 @@ def full_report(args: argparse.Namespace, command: str) -> list[str]:
     m = machine()
     m["threads"] = str(rows[0].threads)
     load = f"{load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end"
-    return [f"# Row-wise quantization benchmark", "", "```", command, "```", "",
+    return ["# Row-wise quantization benchmark", "", "```", command, "```", "",
             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, fbgemm-gpu-cpu {m['fbgemm']}, "
             f"python {m['python']}, {m['threads']} torch threads per worker (OMP_WAIT_POLICY="
             f"{args.omp_wait_policy or 'unset'}); {m['date']}; 1-min load average {load}.",

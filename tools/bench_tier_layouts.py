@@ -80,7 +80,7 @@ def parts(name: str, m: Any, batches: list[Any]) -> tuple[dict[str, Any], dict[s
     return variants, lookups
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
     bc.set_threads(1)
     keep_buffers_in_heap()  # as the CLI does
     rows = [max(1, int(round(n * args.scale))) for n in bt.KAGGLE_CARDINALITIES]
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         times = bc.interleaved(variants, args.repeats, block_seconds=args.block_seconds,
                                min_seconds=3 * args.block_seconds)
     byts = {name: bt._bytes(m) for name, m in mods.items()}
-    return {"command": bc.command_line("tools/bench_tier_layouts.py", sys.argv[1:]), "machine": bc.machine(1),
+    return {"command": bc.command_line("bench_tier_layouts.py", argv), "machine": bc.machine(1),
             "load_before": load_before, "load_after": os.getloadavg(), "config": vars(args), "rows": rows,
             "ms": {k: bc.spread([x * 1000 for x in v]) for k, v in times.items()},
             "over_int4": {k: bc.speedup(times["int4"], v) for k, v in times.items()},
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
                          "side by side (the gain of huge pages, paired per repeat)")
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
-    r = run(args)
+    r = run(args, argv)
     print(bc.machine_line(r["machine"]) + f"; load {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after")
     for k in r["ms"]:
         b = r["bytes_over_int4"].get(k)

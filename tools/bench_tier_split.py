@@ -87,7 +87,7 @@ def pooled(mod, m, plan, out: torch.Tensor, batch: int) -> torch.Tensor:
     return mod.pool(plan.tiers, out, batch, m.dim) if hasattr(mod, "pool") else m.pooled_from_tbe(out, batch)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
     bc.set_threads(1)
     rows = [n for n in (max(1, int(round(n * args.scale))) for n in bt.KAGGLE_CARDINALITIES)
             if n >= args.min_rows or args.with_small]
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ms = {k: bc.spread([x * 1000 for x in v]) for k, v in times.items()}
     timed = [mode for mode in modes] + ([f"{mode} + lookup" for mode in modes] if args.lookup else [])
     speedup = {mode: bc.speedup(times[f"{mode}: at {args.against}"], times[f"{mode}: this tree"]) for mode in timed}
-    return {"command": bc.command_line("tools/bench_tier_split.py", sys.argv[1:]), "machine": bc.machine(1),
+    return {"command": bc.command_line("bench_tier_split.py", argv), "machine": bc.machine(1),
             "load_before": load_before, "config": vars(args), "rows": rows,
             "ids_per_call": args.batch * args.pooling * len(rows), "outputs_equal": checks, "ms": ms,
             "speedup": speedup}
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                          "where the TBE's rows compete with the split's tables for the cache)")
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
-    r = run(args)
+    r = run(args, argv)
     print(bc.machine_line(r["machine"]))
     tiered = sum(n >= r['config']['min_rows'] for n in r['rows'])
     print(f"{r['ids_per_call']:,} ids a call over {len(r['rows'])} tables ({tiered} tiered); outputs equal: {r['outputs_equal']}")

@@ -287,7 +287,7 @@ def workload_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
     bc.set_threads(args.threads)
     keep_buffers_in_heap()  # as the CLI does: per-call buffers reused, not fresh mmap pages
     rows = [max(1, int(round(n * args.scale))) for n in KAGGLE_CARDINALITIES]
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_eval = args.batches * args.batch * args.pooling
     new_counts = [shifted.counts(t, n_calib, 20_000 + args.seed) if t in big else counts[t] for t in range(len(rows))]
     return {
-        "command": bc.command_line(TOOL, sys.argv[1:]), "machine": bc.machine(args.threads),
+        "command": bc.command_line(TOOL, argv), "machine": bc.machine(args.threads),
         "load_before": load_before, "load_after": os.getloadavg(),
         "config": vars(args), "rows": rows, "lookups_per_call": lookups, "checks": check, "huge_pages": huge,
         "times": times, "bytes": byts,
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print("\n".join(render(json.loads(Path(args.render).read_text()))))
         return
-    result = run(args)
+    result = run(args, argv)
     bc.write_json(args.out, result)
     print(f"{'variant':<24} {'ms/call':>22} {'x int4':>20} {'x fp32':>20} {'bytes/int4':>10}")
     for k in result["ms"]:
