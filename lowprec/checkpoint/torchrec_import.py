@@ -83,11 +83,14 @@ def refuse_unexpected(keys: list[str], where: str, supported: str) -> None:
 def import_config(meta: DatasetMeta, dim: int, bottom: list[int], top: list[int], where: str) -> DLRMConfig:
     """The DLRMConfig of a model imported from `where` for `meta`'s features (in dataset order).
 
-    The importers check shapes first, naming the key; any rule of DLRMConfig they missed is still
-    refused naming the file, never with a bare message."""
-    tables = zip(meta.sparse_names, meta.num_embeddings, meta.hotness)
+    Each table takes its feature's encoding fingerprint from `meta` (lowprec.data.encoding): the import
+    binds the weights to the ids of that dataset, so scoring commands refuse data whose ids mean
+    something else, as they do for a model lowprec trained. The importers check shapes first, naming
+    the key; any rule of DLRMConfig they missed is still refused naming the file, never with a bare
+    message."""
     try:
-        return DLRMConfig(dense_in=len(meta.dense_names), tables=tuple(TableConfig(f, n, h) for f, n, h in tables),
+        tables = tuple(TableConfig(f.name, f.num_embeddings, f.hotness, encoding=f.encoding) for f in meta.sparse)
+        return DLRMConfig(dense_in=len(meta.dense_names), tables=tables,
                           embedding_dim=dim, bottom_mlp=tuple(bottom), top_mlp=tuple(top),
                           dense_names=tuple(meta.dense_names))
     except InputError as exc:

@@ -234,6 +234,37 @@ def test_cli_import_then_convert(ds, batch, tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_an_import_carries_the_datasets_encodings_and_scoring_checks_them(ds, tmp_path):
+    """The import binds the weights to --data's ids: its encoding fingerprints go into the model's
+    config (and on into artifacts), so data whose ids mean something else is refused, not scored."""
+    import shutil
+
+    def with_encodings(dst, encodings):
+        shutil.copytree(ds.root, dst)
+        meta = json.loads((dst / "dataset.json").read_text())
+        meta["encodings"] = encodings
+        (dst / "dataset.json").write_text(json.dumps(meta))
+        return dst
+
+    names = ds.meta.sparse_names
+    enc = [f"vocab:{i:016x}:n={n}" for i, n in enumerate(ds.meta.num_embeddings)]
+    data = with_encodings(tmp_path / "data", enc)
+    res = run("import", "--format", "torchrec", "--state-dict", save(torchrec_state(ds), tmp_path / "d.safetensors"),
+              "--data", data, "--out", tmp_path / "model")
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert [t.get("encoding") for t in config["model"]["tables"]] == enc
+    assert run("eval", "--model", tmp_path / "model", "--data", data, "--windows", "0").exit_code == 0
+    other = with_encodings(tmp_path / "other", enc[:1] + [
+        f"vocab:{'e' * 16}:n={n}" for n in ds.meta.num_embeddings[1:]])
+    res = run("eval", "--model", tmp_path / "model", "--data", other, "--windows", "0")
+    assert res.exit_code == 2 and f"table {names[1]!r} was trained on ids encoded as {enc[1]}" in res.output
+    res = run("convert", "--model", tmp_path / "model", "--precision", "int8", "--out", tmp_path / "art")
+    assert res.exit_code == 0, res.output
+    res = run("eval", "--model", tmp_path / "art", "--data", other, "--windows", "0")
+    assert res.exit_code == 2 and "was trained on ids encoded as" in res.output
+
+
 def test_cli_bad_input_exits_2_and_writes_nothing(ds, tmp_path):
     state = torchrec_state(ds)
     state["inter_arch.crossnet.bias.0"] = torch.zeros(3)
