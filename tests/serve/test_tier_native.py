@@ -251,6 +251,34 @@ def test_bad_ids_and_descriptors_are_refused():
         emb.lookup_ids(FeatureIds.from_matrix(np.array([[1, 30]]), (2,)))
 
 
+@pytest.mark.parametrize("dropped", [0, 1, 3, 7, 16])
+def test_untiered_ids_are_copied_exactly_and_every_one_is_checked(dropped):
+    """An untiered table without pads keeps the split's one-pass copy (vector body, scalar head and
+    tail): ids land exactly wherever the tiered table before it left the output (`dropped` of its
+    bags are empty, so the copy starts at any alignment), and a bad id at any position is refused."""
+    if tier_native.kernel() is None:
+        pytest.skip("no C compiler")
+    tables = [{"n": 40, "hotness": 1, "tiers": [[0.2, "fp16"]], "order": "id"},
+              {"n": 30, "hotness": 2, "tiers": None, "order": "id"}]
+    emb, refs = build(tables, dropped)
+    plan = tier_native.plan_of(emb)
+    batch = 61
+    g = torch.Generator().manual_seed(dropped)
+    ids = torch.cat([torch.randint(0, 40, (batch, 1), generator=g), torch.randint(0, 30, (batch, 2), generator=g)], 1)
+    ids[:dropped, 0] = -1
+    f = FeatureIds.from_matrix(ids.numpy(), (1, 2))
+    idx, off = tier_native.split(plan, f.indices, batch)
+    assert (idx.tolist(), off.tolist()) == ref_inputs(refs, ids, [1, 2])
+    copied = idx[-2 * batch:]
+    assert torch.equal(copied, f.indices[batch:])  # the copy itself, end to end
+    for pos in (0, 1, 15, 16, 17, 63, 2 * batch - 1):  # head, vector body, tail
+        for bad in (30, -2):
+            worse = f.indices.clone()
+            worse[batch + pos] = bad
+            with pytest.raises(InputError, match=r"table 1 holds an id that is neither -1 nor in \[0, 30\)"):
+                tier_native.split(plan, worse, batch)
+
+
 def test_without_a_compiler_the_runtime_warns_and_runs_torch_ops(monkeypatch, tmp_path):
     tables = [{"n": 50, "hotness": 3, "tiers": [[0.1, "fp16"], [0.2, "int8"]], "order": "rank"},
               {"n": 9, "hotness": 1, "tiers": None, "order": "id"}]
