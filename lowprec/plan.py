@@ -123,6 +123,9 @@ class PlanInfo:
     # latency objective: the plan and the uniform plans it was checked against, timed whole
     # (median us a model call on the calibration batches; lowprec.search.latency.time_plans)
     measured_latency_us: dict[str, float] | None = None
+    # and each uniform plan's speed over the searched one, the median of the paired per-repeat ratios
+    # (what WHOLE_MARGIN is applied to: a plan >= 1.03 that validates replaces the searched one)
+    whole_speedup: dict[str, float] | None = None
     evaluations: int | None = None
     rounds: int | None = None
     notes: str | None = None

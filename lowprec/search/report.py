@@ -125,9 +125,12 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
                  f"{fp32_us:,.0f} us in fp32. Fastest: the quickest option of the item, whatever its bytes or loss.")
     whole = info.measured_latency_us
     if whole:
+        speedup = info.whole_speedup or {}
         doc.para("Timed whole (each plan converted in full and called on the calibration batches, side by side; "
-                 "a uniform plan replaces the searched one when it is >= 3% faster and validates): "
-                 + ", ".join(f"{name} {us:,.0f} us" for name, us in whole.items()) + " a call.")
+                 "a uniform plan replaces the searched one when it is >= 3% faster, paired per repeat, and "
+                 "validates): " + ", ".join(f"{name} {us:,.0f} us" for name, us in whole.items()) + " a call"
+                 + ("; paired, " + ", ".join(f"{name} ran {r:.2f}x the searched plan's speed"
+                                             for name, r in speedup.items()) if speedup else "") + ".")
     rows = []
     for item, o in result.chosen.items():
         s = result.sensitivity[o.key]

@@ -284,11 +284,11 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     contribution = _leave_one_out(model, ds, cfg, calibration, rm)
     best, rounds = refine(items, sens, cfg, significant_costs(cost, items) if cost is not None else None,
                           check, contribution)
-    whole = None
+    whole = whole_speedup = None
     if cost is not None and best is not None and cfg.time_whole:
         def one_more_round(chosen: dict[str, Option], **extra: Any) -> tuple[Validation, bool]:
             return validation_round(chosen, sens, cfg, check, rounds, None, **extra)
-        best, whole = timed_whole(model_dir, model, items, sens, cfg.budget, cfg.space, calibration, cache, best,
+        best, whole, whole_speedup = timed_whole(model_dir, model, items, sens, cfg.budget, cfg.space, calibration, cache, best,
                                   one_more_round, scratch)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
@@ -312,7 +312,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
         windows=SearchWindows(tuple(cfg.calib_windows), tuple(cfg.eval_windows), tuple(cfg.test_windows)),
         objective=cfg.objective, accept=cfg.accept,
         predicted_latency_us=sum(cost[o.key] for o in chosen.values()) if cost else None,
-        measured_latency_us=whole,
+        measured_latency_us=whole, whole_speedup=whole_speedup,
         evaluations=evaluations, rounds=len(rounds))
     plan = plan_from_options(chosen, rm, info)
     return SearchResult(plan, chosen, val, items, sens, rounds, evaluations, time.time() - started, float_stats,

@@ -54,15 +54,18 @@ def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], se
                 budget: Budget, space: SearchSpace, calibration: dict[str, Any] | None, cache: FloatCache,
                 best: tuple[dict[str, Option], Validation],
                 one_more_round: Callable[..., tuple[Validation, bool]],
-                scratch: Path | None) -> tuple[tuple[dict[str, Option], Validation], dict[str, float] | None]:
+                scratch: Path | None) -> tuple[tuple[dict[str, Option], Validation], dict[str, float] | None,
+                                              dict[str, float] | None]:
     """`best` timed whole beside `uniform_alternatives`; the fastest >= WHOLE_MARGIN faster (paired per
     repeat) that validates replaces it. `one_more_round(chosen, **note)` validates a plan as the
     search's next round (lowprec.search.run.validation_round). Timing runs on rank 0, like the option
-    costs. Returns (best, median us a call of every timed plan), or (best, None) when nothing was timed."""
+    costs. Returns (best, median us a call of every timed plan, each uniform plan's speed over the
+    searched one as the median of the paired per-repeat ratios: the number the margin is applied to),
+    or (best, None, None) when nothing was timed."""
     chosen = best[0]
     alts = uniform_alternatives(items, chosen, sens, budget, space)
     if not alts:
-        return best, None
+        return best, None, None
     rm = space.range_method
     plans = {"searched": plan_from_options(chosen, rm), **{n: plan_from_options(a, rm) for n, a in alts.items()}}
     need = total_bytes(chosen) + sum(total_bytes(a) for a in alts.values())
@@ -70,7 +73,7 @@ def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], se
     times = dist.broadcast_json(_time_on_disk(model_dir, plans, calibration, cache, model.hotness, scratch, need)
                                 if dist.is_main() else None, "whole-plan timings")
     if times is None:
-        return best, None
+        return best, None, None
     ratio = {n: statistics.median(s / t for s, t in zip(times["searched"], times[n])) for n in alts}
     for name in sorted((n for n in alts if ratio[n] >= 1 + WHOLE_MARGIN), key=lambda n: -ratio[n]):
         val, fits = one_more_round(alts[name],
@@ -78,7 +81,8 @@ def timed_whole(model_dir: Path, model: DLRM, items: dict[str, list[Option]], se
         if fits:
             best = (alts[name], val)
             break
-    return best, {n: round(statistics.median(t), 1) for n, t in times.items()}
+    return (best, {n: round(statistics.median(t), 1) for n, t in times.items()},
+            {n: round(r, 4) for n, r in ratio.items()})
 
 
 def _time_on_disk(model_dir: Path, plans: dict[str, Plan], calibration: dict[str, Any] | None, cache: FloatCache,

@@ -15,6 +15,7 @@ from lowprec.checkpoint.convert import convert
 from lowprec.cli import main
 from lowprec.errors import InputError, InputWarning
 from lowprec.evaluation.scoring import evaluate
+from lowprec.plan import Plan
 from lowprec.precision import Precision
 from lowprec.recipe import load_recipe, parse_fraction, resolve_windows
 from lowprec.search import run as search_run
@@ -235,6 +236,8 @@ def test_latency_search_times_plans_whole_and_takes_a_faster_uniform_plan(setup,
     assert all(r["timed_whole"].split(":")[0] in alts for r in swapped)
     assert not (tmp_path / "scratch").exists()  # the converted plans are gone
     assert json.loads(json.dumps(real.plan.to_json()))["measured_latency_us"] == whole
+    assert set(real.plan.info.whole_speedup) == alts and all(r > 0 for r in real.plan.info.whole_speedup.values())
+    assert Plan.from_json(json.loads(json.dumps(real.plan.to_json()))).info.whole_speedup == real.plan.info.whole_speedup
     name = sorted(alts)[0]
     precision = name.split()[1]
 
@@ -248,9 +251,17 @@ def test_latency_search_times_plans_whole_and_takes_a_faster_uniform_plan(setup,
     assert {o.precision.value for item, o in faster.chosen.items() if item.startswith("table:")} == {precision}
     assert "timed whole" in faster.rounds[-1]["timed_whole"] and faster.rounds[-1]["fits"]
     assert faster.validation.fits(0.001, 0.001) and faster.plan.info.measured_latency_us[name] == 50.0
+    assert faster.plan.info.whole_speedup[name] == 2.0  # the paired ratio the 3% margin was applied to
+    from lowprec.search.driver import summarize
+    from lowprec.search.report import write_report
+
+    text = write_report(faster, summarize(faster, model), tmp_path / "rep").parent.joinpath("report.md").read_text()
+    assert "searched 100 us" in text and f"{name} 50 us" in text
+    assert f"{name} ran 2.00x the searched plan's speed" in text
     monkeypatch.setattr(whole_check, "time_plans", fake({"searched": 100.0, name: 98.0}))  # within 3%: kept
     kept = search_run.search(root / "model", model, ds, cfg, calib)
     assert not any("timed_whole" in r for r in kept.rounds) and kept.plan.info.measured_latency_us[name] == 98.0
+    assert kept.plan.info.whole_speedup[name] == pytest.approx(100 / 98, abs=1e-4)
     # the searched plan kept (a uniform plan equal to it is never an alternative)
     assert {o.precision.value for item, o in kept.chosen.items() if item.startswith("table:")} != {precision}
 
