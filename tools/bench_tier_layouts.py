@@ -106,8 +106,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
         plan = tier_native.plan_of(m)
         if args.stage == "layout" and plan is not None and tier_native.kernel() is not None:
             pre = [tier_native.split(plan, f.indices, f.batch) for f in batches]
-            variants[name] = bc.cycling(lambda k, m=m, p=plan, pre=pre: tier_native.pool(
-                p.tiers, m.tbe(*pre[k]), batches[k].batch, m.dim), n)
+            variants[name] = bc.cycling(lambda k, m=m, p=plan, pre=pre: tier_native.lookup_split(
+                m, p, *pre[k], batches[k].batch), n)
         else:
             variants[name] = bc.cycling(lambda k, m=m: m.lookup_ids(batches[k]), n)
     lookups = {}

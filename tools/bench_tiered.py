@@ -257,7 +257,7 @@ def timed_variants(mods: dict[str, QuantizedEmbeddings], batches: list[FeatureId
             if name != "rank order, id -> rank":  # the layout's own cost: TBE + pooling on split ids
                 pre = [tier_native.split(plan, f.indices, f.batch, r) for f in src]
                 variants[f"layout alone ({name.split(',')[0]}): TBE + pooling, ids split before"] = bc.cycling(
-                    lambda k, m=m, p=plan, pre=pre: tier_native.pool(p.tiers, m.tbe(*pre[k]), batches[k].batch, m.dim), n)
+                    lambda k, m=m, p=plan, pre=pre: tier_native.lookup_split(m, p, *pre[k], batches[k].batch), n)
     return variants
 
 

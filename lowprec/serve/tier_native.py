@@ -176,7 +176,14 @@ def lookup(emb: Any, flat: torch.Tensor, batch: int, ranked: bool = False) -> to
     plan = plan_of(emb)
     if plan is None or kernel() is None:
         return None
-    out = emb.tbe(*split(plan, flat, batch, ranked))
+    return lookup_split(emb, plan, *split(plan, flat, batch, ranked), batch)
+
+
+def lookup_split(emb: Any, plan: SplitPlan, indices: torch.Tensor, offsets: torch.Tensor, batch: int) -> torch.Tensor:
+    """The native path after the split: `emb`'s TBE on `split`'s (indices, offsets), pooled to (batch,
+    tables, D) by `pool` where every feature is D wide, else by the module's own torch ops. (The
+    benchmarks time it on ids split beforehand: the layout's cost without the split.)"""
+    out = emb.tbe(indices, offsets)
     if emb.one_gather_pool:
         return pool(plan.tiers, out, batch, emb.dim)
     return emb.pooled_from_tbe(out, batch)
