@@ -303,7 +303,7 @@ static int split(const int32_t *in, int64_t batch, int64_t h, int k, int kind, i
 /* dst[0..n) = in[0..n), and the least and greatest id seen folded into *lo, *hi: an untiered table's
  * ids copied and checked in one pass. Under AVX-512 the body goes out in non-temporal 64-byte
  * stores: these ids (~3/4 of a call's on Criteo's tables) stream through once, and written through
- * the cache they evicted hot rows the TBE is about to read (split + lookups 1.01-1.06x side by side
+ * the cache they would evict hot rows the TBE is about to read (split + lookups 1.01-1.06x side by side
  * in three runs, reports/tiered.md; the split alone 0.95-0.98x). lowprec_tier_split fences them. */
 INLINE void copy_minmax(const int32_t *restrict in, int32_t *restrict dst, int64_t n, int32_t *lo, int32_t *hi)
 {
