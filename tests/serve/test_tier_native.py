@@ -6,7 +6,6 @@ fallback without a compiler, and the TorchScript export (which keeps the torch o
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 import pytest
@@ -189,17 +188,10 @@ def scalar_kernel(tmp_path_factory):
     runs, as a machine without AVX-512 runs them."""
     if tier_native.kernel() is None:
         pytest.skip("no C compiler: the fallback test covers this machine")
-    saved, cache = native.FLAGS, os.environ.get("LOWPREC_CACHE_DIR")
-    native.FLAGS = tuple("-march=x86-64-v2" if f == "-march=native" else f for f in saved)
-    os.environ["LOWPREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("scalar"))
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "FLAGS", tuple("-march=x86-64-v2" if f == "-march=native" else f for f in native.FLAGS))
+        mp.setenv("LOWPREC_CACHE_DIR", str(tmp_path_factory.mktemp("scalar")))
         lib = native.build(tier_native.SOURCE)
-    finally:
-        native.FLAGS = saved
-        if cache is None:
-            os.environ.pop("LOWPREC_CACHE_DIR")
-        else:
-            os.environ["LOWPREC_CACHE_DIR"] = cache
     tier_native._declare(lib)
     return lib
 
@@ -218,16 +210,13 @@ def test_the_scalar_loops_match_the_reference(scalar_kernel, tables, batch, seed
     f = FeatureIds.from_matrix(ids.numpy(), tuple(hotness))
     r = FeatureIds.from_matrix(ranks_of(emb, ids, hotness).numpy(), tuple(hotness))
     want = ref_inputs(refs, ids, hotness)
-    vector = tier_native.kernel
-    tier_native.kernel = lambda: scalar_kernel
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tier_native, "kernel", lambda: scalar_kernel)
         for src, ranked in ((f, False), (r, True)):
             idx, off = tier_native.split(plan, src.indices, batch, ranked)
             assert (idx.tolist(), off.tolist()) == want
         out = torch.randn(batch, plan.features * DIM, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(tier_native.pool(plan.tiers, out, batch, DIM), emb.pooled_from_tbe(out, batch))
-    finally:
-        tier_native.kernel = vector
 
 
 def test_bad_ids_and_descriptors_are_refused():
