@@ -38,7 +38,7 @@ from lowprec.data.criteo import (
 from lowprec.data.csvencode import Encoder, load_vocabularies
 from lowprec.data.csvlabel import LabelRule, label_rule
 from lowprec.data.dataset import MAX_HOTNESS, DatasetMeta, DatasetWriter, SparseFeature
-from lowprec.data.movielens import CalendarWindows
+from lowprec.data.movielens import CalendarWindows, header_positions
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
@@ -217,13 +217,9 @@ class _RowParser:
     def bind(self, path: Path, header: list[str] | None) -> None:
         if header is None:
             raise InputError(f"{path}: empty file (expected a header row)")
-        header = [h.strip() for h in header]
         s = self.schema
         need = [s.label.column] + [c.column for c in s.dense + s.categorical] + ([s.time] if s.time else [])
-        missing = [c for c in dict.fromkeys(need) if c not in header]
-        if missing:
-            raise InputError(f"{path}:1: header lacks column(s) {missing} named in the schema")
-        self.index = {c: header.index(c) for c in need}
+        self.index = dict(zip(need, header_positions(path, header, need, " named in the schema")))
         self.width = len(header)
 
     def parse(self, row: list[str]) -> tuple:

@@ -74,11 +74,18 @@ def find_file(root: Path, name: str) -> Path:
     raise InputError(f"{root}: no {name} or {name}.gz (is this a MovieLens directory?)")
 
 
-def _header(path: Path, first: bytes, want: list[str]) -> list[int]:
-    cols = first.decode("utf-8-sig", errors="replace").strip().split(",")
-    missing = [c for c in want if c not in cols]
+def header_positions(path: Path, header: list[str], want: list[str], named_in: str = "") -> list[int]:
+    """Where each `want` column sits in a CSV header (names stripped of spaces). A column missing, or
+    named twice (the reader could not tell which to read), is an error naming the file's line 1;
+    repeats of columns nobody reads are fine. `named_in` says who named the columns, for the message."""
+    cols = [h.strip() for h in header]
+    missing = [c for c in dict.fromkeys(want) if c not in cols]
     if missing:
-        raise InputError(f"{path}:1: header {cols} lacks column(s) {missing}")
+        raise InputError(f"{path}:1: header {cols} lacks column(s) {missing}{named_in}")
+    twice = [c for c in dict.fromkeys(want) if cols.count(c) > 1]
+    if twice:
+        raise InputError(f"{path}:1: header names column(s) {twice} more than once; which to read is "
+                         "ambiguous (rename one in the file)")
     return [cols.index(c) for c in want]
 
 
@@ -90,7 +97,8 @@ def read_ratings(path: Path, bad: BadRows, stats: InputStats, progress: Stages |
             stats.lines += 1
             line = line.rstrip(b"\r\n")
             if stats.lines == 1:
-                pos = _header(path, line, ["userId", "movieId", "rating", "timestamp"])
+                pos = header_positions(path, line.decode("utf-8-sig", errors="replace").split(","),
+                                       ["userId", "movieId", "rating", "timestamp"])
                 continue
             if not line:
                 continue

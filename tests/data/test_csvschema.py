@@ -177,6 +177,15 @@ def test_cli_schema_and_window_errors(files, tmp_path):
     other.write_text('label = "rating"\npositive = ">= 4"\n[dense.price]\n[categorical.nope]\nnum_embeddings = 5\n')
     res = run("--input", str(data), "--schema", str(other), "--out", str(tmp_path / "o"))
     assert res.exit_code == 2 and "nope" in res.output and f"{data}:1" in res.output
+    for header in ("when,user,rating,price,user_age,genres,country,user", "when,user,rating,price,user_age,genres,country, rating "):
+        twice = tmp_path / "twice.csv"
+        twice.write_text(header + "\n" + ROWS[0][0] + ",x\n")
+        res = run("--input", str(twice), "--schema", str(schema), "--out", str(tmp_path / "o"))
+        assert res.exit_code == 2 and f"{twice}:1" in res.output and "more than once" in res.output and "ambiguous" in res.output
+        assert header.split(",")[-1].strip() in res.output
+    unused = tmp_path / "unused.csv"  # a repeated column the schema does not read is no ambiguity
+    unused.write_text(HEADER + ",note,note\n" + ROWS[0][0] + ",a,b\n")
+    assert run("--input", str(unused), "--schema", str(schema), "--out", str(tmp_path / "u")).exit_code == 0
     notime = tmp_path / "notime.toml"
     notime.write_text('label = "rating"\n[dense.price]\n[categorical.user]\nnum_embeddings = 5\n')
     res = run("--input", str(data), "--schema", str(notime), "--out", str(tmp_path / "o"), "--window", "year")

@@ -159,3 +159,25 @@ def test_bad_usage(tmp_path):
     assert run(main, base + ["--input", str(ML), "--window", "rows:5"]).exit_code == 2
     assert run(main, base + ["--input", str(ML), "--table-size", "5"]).exit_code == 2
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("header, says", [
+    ("userId,movieId,rating,timestamp,userId", "more than once"),  # which userId? refused, not the first
+    ("userId, movieId ,rating,timestamp", None),  # spaces around a name are not part of it
+    ("userId,movieId,stars,timestamp", "lacks column(s) ['rating']"),
+])
+def test_ratings_header_is_read_by_name(tmp_path, header, says):
+    src = tmp_path / "ml"
+    src.mkdir()
+    for name in ("movies.csv.gz", "links.csv.gz", "tags.csv.gz"):
+        if (ML / name).is_file():
+            (src / name).write_bytes((ML / name).read_bytes())
+    extra = ",7" if header.count(",") == 4 else ""
+    (src / "ratings.csv").write_text(header + "\n" + "".join(f"{u},1,4.0,{964982703 + u}{extra}\n" for u in range(1, 9)))
+    res = CliRunner().invoke(main, ["data", "prepare", "--format", "movielens", "--input", str(src),
+                                    "--out", str(tmp_path / "o")])
+    if says is None:
+        assert res.exit_code == 0, res.output
+    else:
+        assert res.exit_code == 2 and f"{src / 'ratings.csv'}:1" in res.output and says in res.output
+        assert not (tmp_path / "o").exists()
