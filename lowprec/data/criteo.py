@@ -246,7 +246,7 @@ def parse_line(parts: list[bytes], mods: list[int]) -> tuple[int, list[int], lis
         elif (x.isdigit() or (x[:1] == b"-" and x[1:].isdigit())) and len(x) <= _INT_MAX:
             ints.append(int(x))
         else:
-            return "integer", f"{DENSE_NAMES[j]} = {x[:40].decode(errors='replace')!r} is not an integer"
+            return "integer", f"{DENSE_NAMES[j]} = {x[:40].decode(errors='replace')!r} is not an integer (<= {_INT_MAX} characters)"
     ids = []
     for j, x in enumerate(parts[1 + N_DENSE :]):
         if not x:

@@ -51,6 +51,19 @@ class LabelRule:
                "<": x < self.threshold, "==": x == self.threshold, "!=": x != self.threshold}
         return int(ops[self.op])
 
+    def why(self, text: str) -> str:
+        """Why a cell this rule could not read (None above) makes its row bad, with the fix its value
+        suggests: numbers under the default rule (0.0/1.0 from a dataframe export, click counts, -1/1)."""
+        v = text.strip()
+        if not v:
+            return "the label is empty"
+        if self.op is None and self.values is None and _number(v) is not None:
+            return (f"label {v!r} is a number; without a `positive` key a label must be 1/true/yes or "
+                    f"0/false/no. For numeric labels set a comparison in the schema, e.g. positive = \"> 0\"")
+        if self.op is not None:
+            return f"label {v!r} is not a finite number, which positive = \"{self.op} {self.threshold:g}\" compares"
+        return f"label {v!r} is none of 1/true/yes, 0/false/no (the rule without a `positive` key)"
+
 
 def _number(text: str) -> float | None:
     """A finite number, or None (not a number, NaN or an infinity)."""

@@ -228,7 +228,7 @@ class _RowParser:
         s, ix = self.schema, self.index
         label = s.label(row[ix[s.label.column]])
         if label is None:
-            return "label", f"label {row[ix[s.label.column]]!r} does not fit the schema's positive rule"
+            return "label", s.label.why(row[ix[s.label.column]])
         dense = []
         for c in s.dense:
             v = row[ix[c.column]].strip()

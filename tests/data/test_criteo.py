@@ -40,6 +40,7 @@ GOOD = [
 BAD = {  # line content -> reason fragment
     "1\t2\t3": "fields",
     row("1", ints=["x1"] + ["0"] * 12): "int_0",
+    row("1", ints=["9" * 19] + ["0"] * 12): "is not an integer (<= 18 characters)",  # past int64: says why
     row("2"): "label",
     row("0", cats=["zz12"] + ["1"] * 25): "cat_0",
 }
@@ -66,9 +67,9 @@ def test_good_rows_exact_and_bad_rows_reported(tsv, tmp_path):
     res = run("--input", str(plain), str(gz), "--out", str(out), "--table-size", str(SIZE), "--json")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["windows"] == 2 and summary["rows"] == 5 and summary["bad_rows"] == 4
+    assert summary["windows"] == 2 and summary["rows"] == 5 and summary["bad_rows"] == 5
     assert summary["window_labels"] == ["day_0.tsv", "day_1.tsv.gz"]
-    for line_no, frag in zip([2, 3, 6, 7], BAD.values()):  # 1-based lines in day_0.tsv
+    for line_no, frag in zip([2, 3, 6, 7, 8], BAD.values()):  # 1-based lines in day_0.tsv
         msg = next(m for m in res.stderr.splitlines() if f"{plain}:{line_no}:" in m)
         assert frag in msg
     ds = Dataset(out)
@@ -80,8 +81,8 @@ def test_good_rows_exact_and_bad_rows_reported(tsv, tmp_path):
             np.testing.assert_array_equal(dense[i], d)
             np.testing.assert_array_equal(sparse[i], ids)
     prov = ds.meta.provenance
-    assert prov["bad_rows"]["count"] == 4
-    assert prov["bad_rows"]["by_reason"] == {"field count": 1, "hex": 1, "integer": 1, "label": 1}
+    assert prov["bad_rows"]["count"] == 5
+    assert prov["bad_rows"]["by_reason"] == {"field count": 1, "hex": 1, "integer": 2, "label": 1}
     assert [i["rows"] for i in prov["inputs"]] == [3, 2] and len(prov["inputs"][1]["sha256"]) == 64
     assert ds.meta.num_embeddings == [SIZE] * N_SPARSE and len(ds.meta.dense_names) == N_DENSE
     batches = list(iter_batches(ds, [0, 1], batch_size=2))

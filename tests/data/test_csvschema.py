@@ -235,3 +235,24 @@ def test_prepare_warns_about_a_window_with_one_label_class_or_no_rows(tmp_path):
     assert "warning: window 1 ('b.csv') holds no rows" in res.stderr
     warnings = Dataset(tmp_path / "o").meta.provenance["warnings"]
     assert len(warnings) == 2 and warnings[0].startswith("window 0 ('a.csv') holds only negatives")
+
+
+@pytest.mark.parametrize("positive,cell,says", [
+    (None, "1.0", 'is a number; without a `positive` key'),  # a dataframe export's float labels
+    (None, "-1", 'positive = "> 0"'),
+    (None, "maybe", "is none of 1/true/yes, 0/false/no"),
+    (None, " ", "the label is empty"),
+    ('">= 4"', "x", 'not a finite number, which positive = ">= 4" compares'),
+    ('"click"', "", "the label is empty"),
+])
+def test_a_label_cell_that_cannot_be_read_says_why_and_the_fix(tmp_path, positive, cell, says):
+    schema = tmp_path / "s.toml"
+    schema.write_text('label = "y"\n' + (f"positive = {positive}\n" if positive else "")
+                      + "[dense.x]\n[categorical.c]\nnum_embeddings = 5\n")
+    data = tmp_path / "d.csv"
+    data.write_text(f"y,x,c\n1,0.5,a\n0,0.5,a\n{cell},0.5,b\n" if positive is None else
+                    f"y,x,c\n{'5' if '>' in positive else 'click'},0.5,a\n{'1' if '>' in positive else 'no'},0.5,a\n{cell},0.5,b\n")
+    res = run("--input", str(data), "--schema", str(schema), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    line = next(m for m in res.stderr.splitlines() if f"bad row: {data}:4:" in m)
+    assert says in line
