@@ -48,6 +48,7 @@ TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()  # unix seco
 TIME_MAX = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc).timestamp()
 TIME_FORMATS = ("auto", "unix", "unix_ms", "iso")
 CALENDAR = ("year", "month", "day")
+F32_LIMIT = 2.0**128 - 2.0**103  # the least |x| a float32 cast makes inf (dense values are stored as float32)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TOP_KEYS = {"label", "positive", "time", "time_format", "delimiter", "description", "dense", "categorical"}
 
@@ -119,6 +120,8 @@ def _dense(where: str, name: str, table: Any) -> DenseColumn:
     fill = float(_get(where, t, "fill", (int, float), 0.0))
     if not math.isfinite(fill):
         raise _err(where, "key 'fill' must be finite")
+    if transform == "none" and abs(fill) >= F32_LIMIT:
+        raise _err(where, f"key 'fill' = {fill:g} is beyond float32's range (|x| <= 3.4e38), in which dense values are stored")
     return DenseColumn(name, _get(where, t, "column", str, name), transform, fill)
 
 
@@ -238,6 +241,8 @@ class _RowParser:
                 x = math.nan
             if not math.isfinite(x):
                 return "dense", f"{c.column} = {v!r} is not a finite number"
+            if c.transform == "none" and abs(x) >= F32_LIMIT:
+                return "dense", f"{c.column} = {v!r} is beyond float32's range (|x| <= 3.4e38), in which it is stored"
             dense.append(x)
         t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
         if t is None:

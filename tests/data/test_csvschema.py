@@ -256,3 +256,26 @@ def test_a_label_cell_that_cannot_be_read_says_why_and_the_fix(tmp_path, positiv
     assert res.exit_code == 0, res.output
     line = next(m for m in res.stderr.splitlines() if f"bad row: {data}:4:" in m)
     assert says in line
+
+
+def test_dense_values_past_float32_are_bad_rows_not_infinities(tmp_path):
+    """Dense values are stored as float32: a cell finite as a double but not as a float would have
+    become inf (and NaN losses in training). The limit is exact: the largest double that rounds to
+    a finite float32 passes; log1p keeps every finite value in range."""
+    limit = float(np.nextafter(2.0**128 - 2.0**103, 0))
+    assert np.isfinite(np.float32(limit))
+    schema = tmp_path / "s.toml"
+    schema.write_text('label = "y"\n[dense.x]\n[dense.z]\ntransform = "log1p"\n[categorical.c]\nnum_embeddings = 5\n')
+    data = tmp_path / "d.csv"
+    data.write_text("y,x,z,c\n" + "".join(f"{y},{x},{z},a\n" for y, x, z in [
+        (1, repr(limit), "1e300", ), (0, "1", "1"), (1, "1e39", "1"), (0, "-3.5e38", "1")]))
+    res = run("--input", str(data), "--schema", str(schema), "--out", str(tmp_path / "o"), "--json")
+    assert res.exit_code == 0, res.output
+    assert "x = '1e39' is beyond float32's range" in res.stderr and "x = '-3.5e38'" in res.stderr
+    dense, _, _ = Dataset(tmp_path / "o").arrays(0)
+    assert dense.shape == (2, 2) and np.isfinite(dense).all()
+    assert dense[0, 0] == np.float32(limit) and dense[0, 1] == np.float32(np.log1p(1e300))
+    big_fill = tmp_path / "f.toml"
+    big_fill.write_text('label = "y"\n[dense.x]\nfill = 1e39\n[categorical.c]\nnum_embeddings = 5\n')
+    with pytest.raises(InputError, match=r"\[dense.x\]: key 'fill' = 1e\+39 is beyond float32"):
+        load_schema(big_fill)
