@@ -198,6 +198,7 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
             store.finish_run(run_id, "done")
             data = report.gather(store, job.config)
             data.bayes_auc = window_bayes_auc(ds.meta)  # {} unless the data has true probabilities
+            data.notes = outcome.notes
             report.write_report(job.report, data)
         except BaseException:
             store.finish_run(run_id, "failed")

@@ -45,6 +45,7 @@ class ReportData:
     events: list[dict[str, Any]] = field(default_factory=list)
     tier_shares: list[dict[str, Any]] = field(default_factory=list)  # tiered tables (report_tiers)
     recal_tiers: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the latest run's notes (revised labels, thresholds, ...)
 
 
 def gather(store: Any, config: DriftConfig) -> ReportData:
@@ -209,6 +210,7 @@ def _summary(d: ReportData) -> list[Block]:
               f"`{m['candidate']}` (sha256 {m['candidate_sha256'][:12]}). Database `{d.db}`; generated "
               f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}."),
         ("p", f"{len(rows)} windows recorded, {len(alarms)} in alarm; {first}; {state}."),
+        *([("h3", "Notes from the latest run"), ("ul", d.notes)] if d.notes else []),
         *([("p", f"Label-free: {len(d.estimates)} windows estimated, "
                  f"{sum(not e['labelled'] for e in d.estimates)} still awaiting their labels, "
                  f"{sum(bool(e['est_alarm']) for e in d.estimates)} in estimate alarm (see 'Before the labels').")]

@@ -7,8 +7,12 @@ windows, so a dataset that grows by a window a day keeps its history; the window
 reference's and candidate's sha256; the [alarm] thresholds as JSON) and `DriftStore.record_window` stores that row in the
 window's transaction. On a later run `check_sources` REFUSES (InputError, exit 2) a recorded
 window whose data or models differ (a reused --db with another --data would otherwise report the
-old results as the new data's), and returns a plain note, shown by the CLI and in --json, listing the
-windows judged with other thresholds: those are not re-judged.
+old results as the new data's), and returns plain notes, shown by the CLI and in --json: the
+windows judged with other thresholds (not re-judged), and the windows whose labels file is not the
+one their labelled metrics were computed from (`window_labels_sha`, written with the labelled row).
+Labels get revised after the fact (late conversions), so that is said, not refused: the recorded
+metrics stand. The labels fingerprint is exact up to 256 MiB of labels and sampled beyond (first and
+last 4 MiB and the size), so a revision in the middle of a bigger file goes unseen.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def window_data_sha(ds: Dataset, w: int) -> str:
     return "window:" + h.hexdigest()
 
 
+def window_labels_sha(ds: Dataset, w: int) -> str:
+    """Fingerprint of window w's labels file (see the module docstring); "labels:" + sha256."""
+    return "labels:" + file_fingerprint(window_files(ds.root, w)["labels"])
+
+
 def window_source(job: Any, ds: Dataset, models: Any, w: int) -> dict[str, Any]:
     """What window w is computed from: data fingerprint, both models, the thresholds judging it."""
     return {"data_sha256": window_data_sha(ds, w), "rows": ds.meta.window(w).rows,
@@ -59,6 +68,15 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
                     f"this data's. Use a new --db for this data (refused; nothing recorded).")
         if was["thresholds"] != now["thresholds"]:
             rejudge.append(w)
+    labels, revised = store.label_sources(), []
+    for w in sorted(set(chosen) & set(labels)):
+        path = window_files(ds.root, w)["labels"]
+        if not path.is_file() or window_labels_sha(ds, w) != labels[w]:
+            revised.append(w)
+    if revised:
+        notes.append(f"windows {revised} have labels that are not the ones their labelled metrics were computed "
+                     f"from (revised, or removed, since they were recorded); those metrics and alarms stand as "
+                     f"recorded and were NOT recomputed. Use a new --db to score them with these labels.")
     if rejudge:
         notes.append(f"windows {rejudge} were judged with other [alarm] thresholds when recorded; they were "
                      f"NOT re-judged (their alarm/ok stands as recorded). Use a new --db to judge them "

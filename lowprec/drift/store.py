@@ -19,7 +19,8 @@ decision and reason), `layer_clipping` and `table_error` (per window x layer / t
 `recal_tier_share` (tiered tables: each tier's share of a window's lookups, for the deployed
 artifact per window and for a recalibrated one on its alarmed window), `window_sources`
 (per window what it was computed from: the sha256 of the dataset's dataset.json and the window's row
-count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON); and the
+count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON), `window_labels`
+(per labelled window the fingerprint of the labels file its labelled row was computed from); and the
 label-free side (lowprec.drift.delayed): `labelfree` (one row per window: the estimate, rank
 agreement, |Δp|, PSI, the estimate rule's decision, whether labels were there and when they were
 filled in), `attribution` (per window x part) and `window_events` (the history: one row per record
@@ -60,6 +61,7 @@ TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "no
 TIER_COLUMNS = ("window", "table_name", "tier", "lookups", "share")  # lowprec.drift.tiers
 RECAL_TIER_COLUMNS = ("alarm_window", "source", "table_name", "tier", "lookups", "share")
 SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
+LABELS_COLUMNS = ("window", "labels_sha256")  # the labels a window's labelled row was computed from
 LABELFREE_COLUMNS = (
     "window", "run_id", "recorded", "label", "start", "end", "rows", "has_labels", "filled_run_id", "filled",
     "est_gap", "est_lo", "est_hi", "est_se", "est_se_rows", "est_ne_diff", "base_rate", "ref_mean",
@@ -74,7 +76,7 @@ RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows"
                  "cal_gap", "alarm", "closes", "reason")
 _TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", "staleness", "layer",
          "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
-         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "filled",
+         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "filled", "labels_sha256",
          "est_triggers", "est_reason", "est_warnings", "part", "kind"}
 _INT = {"id", "window", "run_id", "rows", "tier", "lookups", "baseline_window", "alarm", "clipped", "elements",
         "alarm_window", "closes", "has_labels", "filled_run_id", "rank_rows", "est_alarm"}
@@ -99,6 +101,7 @@ SCHEMA = [
     _create("layer_clipping", CLIP_COLUMNS, 'PRIMARY KEY ("window", layer)'),
     _create("table_error", TABLE_COLUMNS, 'PRIMARY KEY ("window", table_name)'),
     _create("window_sources", SOURCE_COLUMNS, primary="window"),
+    _create("window_labels", LABELS_COLUMNS, primary="window"),
     _create("tier_share", TIER_COLUMNS, 'PRIMARY KEY ("window", table_name, tier)'),
     _create("recal_tier_share", RECAL_TIER_COLUMNS, "PRIMARY KEY (alarm_window, source, table_name, tier)"),
     _create("recalibrations", ("id",) + RECAL_COLUMNS, "UNIQUE (alarm_window, source)", primary="id"),
@@ -236,6 +239,11 @@ class DriftStore:
         """Window -> what it was computed from (windows recorded before this table have none)."""
         return {r["window"]: dict(r) for r in self.conn.execute("SELECT * FROM window_sources")}
 
+    def label_sources(self) -> dict[int, str]:
+        """Window -> the fingerprint of the labels its labelled row was computed from (windows
+        recorded before this table have none)."""
+        return {r["window"]: r["labels_sha256"] for r in self.conn.execute("SELECT * FROM window_labels")}
+
     def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
                       tables: list[dict[str, Any]], source: dict[str, Any] | None = None,
                       tiers: list[dict[str, Any]] = (), also: Any = None) -> None:
@@ -290,7 +298,7 @@ class DriftStore:
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Rows into one of the label-free tables or `tier_share` (inside the caller's transaction)."""
         cols = {"labelfree": LABELFREE_COLUMNS, "attribution": ATTRIBUTION_COLUMNS, "window_events": EVENT_COLUMNS,
-                "window_sources": SOURCE_COLUMNS, "tier_share": TIER_COLUMNS}[table]
+                "window_sources": SOURCE_COLUMNS, "window_labels": LABELS_COLUMNS, "tier_share": TIER_COLUMNS}[table]
         rows = [{k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()} for r in rows]
         _insert(self.conn, table, cols, [dict(r, recorded=r.get("recorded") or now()) if "recorded" in cols else r
                                          for r in rows])

@@ -136,3 +136,42 @@ def test_a_malformed_calibration_is_refused_before_any_window(two_datasets, tmp_
                 "--windows", "1-2", "--db", db, "--report", tmp_path / "rep", "--calibration", calib)
         assert r.exit_code == 2 and str(calib) in r.output and says in r.output, r.output
         assert not db.exists()
+
+
+def test_labels_revised_after_a_window_was_recorded_are_said_not_hidden(two_datasets, tmp_path):
+    """Late conversions revise a window's labels after its labelled record: the next run says which
+    windows' recorded metrics came from other labels (they stand, not recomputed), every run until a
+    new --db; a window whose labels file went away is said too. Unchanged labels say nothing."""
+    import shutil
+
+    import numpy as np
+
+    root, db = two_datasets, tmp_path / "l.sqlite"
+    data = tmp_path / "data"
+    shutil.copytree(root / "a", data)
+    (tmp_path / "link").mkdir()
+    for name in ("ref", "cand"):
+        (tmp_path / "link" / name).symlink_to(root / name)
+    (tmp_path / "link" / "data").symlink_to(data)
+    first = run(tmp_path / "link", "data", db)
+    assert first.exit_code in (0, 1), first.output
+    assert last_json(run(tmp_path / "link", "data", db))["notes"] == []
+    labels = data / "day_1_labels.npy"
+    y = np.load(labels)
+    np.save(labels, 1 - y)  # every label of window 1 revised
+    for _ in range(2):
+        again = run(tmp_path / "link", "data", db)
+        assert again.exit_code == first.exit_code, again.output
+        notes = last_json(again)["notes"]
+        assert len(notes) == 1 and "windows [1] have labels that are not the ones" in notes[0]
+        assert "NOT recomputed" in notes[0] and "new --db" in notes[0]
+        assert [w["processed"] for w in last_json(again)["windows"]] == [False, False]
+        report = (db.with_suffix(".report") / "report.md").read_text()
+        assert "Notes from the latest run" in report and "windows [1] have labels" in report
+    (data / "day_2_labels.npy").unlink()
+    notes = last_json(run(tmp_path / "link", "data", db))["notes"]
+    assert len(notes) == 1 and "windows [1, 2] have labels" in notes[0]
+    labels.write_bytes((root / "a" / "day_1_labels.npy").read_bytes())  # (the file's bytes are fingerprinted)
+    (data / "day_2_labels.npy").write_bytes((root / "a" / "day_2_labels.npy").read_bytes())
+    assert last_json(run(tmp_path / "link", "data", db))["notes"] == []  # restored: nothing to say
+    assert "Notes from the latest run" not in (db.with_suffix(".report") / "report.md").read_text()
