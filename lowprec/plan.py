@@ -91,6 +91,8 @@ class Validation:
     layer_bytes: int
     rows: int
     calibration_gap: float = 0.0  # Σp_plan / Σp_float - 1 on the same rows (0 in plans from before it)
+    positives: int | None = None  # label counts of those rows (None in plans from before them)
+    negatives: int | None = None
 
     def fits(self, max_ne_increase: float, max_auc_drop: float) -> bool:
         return self.ne_increase <= max_ne_increase and self.auc_drop <= max_auc_drop

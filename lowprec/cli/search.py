@@ -98,7 +98,7 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
                f"(tables {summary['compression']:.1f}x smaller than fp32, the whole model "
                f"{summary['total_compression']:.1f}x)")
     if v is not None:
-        click.echo(f"  validated on {v.rows:,} rows: NE +{100 * v.ne_increase:.4f}% "
+        click.echo(f"  validated on {v.rows:,} rows: NE {100 * v.ne_increase:+.4f}% "
                    f"[{100 * v.ne_increase_ci[0]:.4f}, {100 * v.ne_increase_ci[1]:.4f}], "
                    f"AUC drop {fmt(v.auc_drop, 5)} [{fmt(v.auc_drop_ci[0], 5)}, {fmt(v.auc_drop_ci[1], 5)}]")
         click.echo(f"  budget holds: point estimate {_yes(summary['validated_fits']['point'])}, "
@@ -107,7 +107,7 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
         click.echo("  no quantized plan validated within budget: the plan keeps everything fp32")
     t = result.test
     if t is not None:
-        click.echo(f"  test windows ({t.rows:,} rows, never seen by the search): NE +{100 * t.ne_increase:.4f}% "
+        click.echo(f"  test windows ({t.rows:,} rows, never seen by the search): NE {100 * t.ne_increase:+.4f}% "
                    f"[{100 * t.ne_increase_ci[0]:.4f}, {100 * t.ne_increase_ci[1]:.4f}], AUC drop "
                    f"{fmt(t.auc_drop, 5)}; budget holds: point {_yes(summary['tested_fits']['point'])}, "
                    f"interval {_yes(summary['tested_fits']['interval'])}")

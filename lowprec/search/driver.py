@@ -20,7 +20,7 @@ from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.jsonsafe import dumps
-from lowprec.plan import RANGE_METHODS
+from lowprec.plan import RANGE_METHODS, Validation
 from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
 from lowprec.recipe import load_recipe, parse_fraction, pick, pick_where, resolve_windows
@@ -221,14 +221,33 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     return result, summary
 
 
-def plan_warnings(result: SearchResult) -> list[str]:
-    """What a user should know about the chosen plan before serving it: tables at a precision whose
-    lookups are slow (the latency objective timed them already, so it does not warn)."""
-    if result.plan.info.objective == "latency":
+MIN_LABELS = 30  # of each class, as drift's alarm.min_positives: below it an AUC difference says little
+
+
+def few_labels(v: Validation | None, what: str) -> list[str]:
+    """A warning when the rows `v` was measured on hold fewer than MIN_LABELS of a label class: the
+    AUC drop's interval (DeLong's variance) then rests on a handful of rows and the AUC budget is
+    judged on almost nothing, however narrow the paired interval looks."""
+    if v is None or v.positives is None or v.negatives is None:
         return []
+    few, kind = min((v.positives, "positive"), (v.negatives, "negative"))
+    if few >= MIN_LABELS:
+        return []
+    return [f"the {what} windows hold only {few} {kind} label(s) in {v.rows:,} rows: the AUC drop and its "
+            f"interval rest on fewer than {MIN_LABELS}, so the AUC budget was judged on almost nothing; add "
+            f"windows or rows (--max-rows) before trusting it"]
+
+
+def plan_warnings(result: SearchResult) -> list[str]:
+    """What a user should know about the chosen plan before serving it: evaluation or test windows
+    with too few labels of a class to judge the AUC budget, and tables at a precision whose lookups
+    are slow (the latency objective timed them already, so it does not warn of those)."""
+    out = few_labels(result.validation, "evaluation") + few_labels(result.test, "test")
+    if result.plan.info.objective == "latency":
+        return out
     tables = {o.name: o.precision for o in result.chosen.values() if o.kind == "table"}
-    return [w + "; leave it out of --precisions if lookup time matters, or use --objective latency"
-            for w in slow_lookup_warnings(tables)]
+    return out + [w + "; leave it out of --precisions if lookup time matters, or use --objective latency"
+                  for w in slow_lookup_warnings(tables)]
 
 
 def summarize(result: SearchResult, model) -> dict[str, Any]:

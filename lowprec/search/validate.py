@@ -88,6 +88,7 @@ def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, 
     z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
     half = z * math.sqrt(max(m.delong.var, 0.0))
     drop = -m.delong.diff
+    positives = int(round(m.reference["ctr"] * m.rows))  # (labels are 0/1, every row weight 1)
     return Validation(
         ne_increase=m.ne_gap.estimate, ne_increase_ci=(m.ne_gap.lo, m.ne_gap.hi),
         auc_drop=drop, auc_drop_ci=(drop - half, drop + half),
@@ -95,4 +96,5 @@ def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, 
         plan_ne=m.candidate["ne"], plan_auc=m.candidate["auc"],
         embedding_bytes=embedding_bytes, layer_bytes=int(manifest["layer_bytes"]),
         rows=m.rows, calibration_gap=m.cal_gap.estimate,
+        positives=positives, negatives=m.rows - positives,
     )

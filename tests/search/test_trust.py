@@ -127,3 +127,42 @@ def test_test_windows_are_reported_and_never_selected_on(tiny, tmp_path):
         assert out["tested"] is None and "no compression" in r.stderr
     r = search(tiny, tmp_path, "--test-windows", "2")
     assert r.exit_code == 2 and "never sees" in r.output
+
+
+def _counted(positives, negatives):
+    v = _val(True)
+    return Validation(**{**v.to_json(), "rows": positives + negatives, "positives": positives, "negatives": negatives})
+
+
+def test_too_few_labels_of_a_class_to_judge_the_auc_budget_are_warned():
+    from lowprec.search.driver import MIN_LABELS, few_labels
+
+    assert few_labels(_counted(MIN_LABELS, 5000), "evaluation") == []
+    w = few_labels(_counted(MIN_LABELS - 1, 5000), "evaluation")
+    assert len(w) == 1 and w[0].startswith(f"the evaluation windows hold only {MIN_LABELS - 1} positive label(s) "
+                                           f"in {MIN_LABELS - 1 + 5000:,} rows")
+    assert "3 negative" in few_labels(_counted(5000, 3), "test")[0]
+    assert few_labels(_val(True), "evaluation") == []  # a plan from before the counts: nothing to say
+    assert few_labels(None, "test") == []
+
+
+def test_the_plan_records_label_counts_and_plans_without_them_load(tiny, tmp_path):
+    from lowprec.plan import PlanInfo
+
+    r = search(tiny, tmp_path, "--max-ne-increase", "2%", "--max-auc-drop", "0.02")
+    assert r.exit_code == 0, r.output
+    plan = json.loads((tmp_path / "p.json").read_text())
+    v = plan["validated"]
+    if v is not None:
+        assert v["positives"] > 0 and v["negatives"] > 0 and v["positives"] + v["negatives"] == v["rows"]
+        del v["positives"], v["negatives"]  # as a plan written before the counts
+        old = PlanInfo.from_json({k: plan[k] for k in plan if k in {f for f in PlanInfo.__dataclass_fields__}}, "p")
+        assert old.validated.positives is None
+    text = CliRunner().invoke(main, ["search", "--model", str(tiny / "model"), "--data", str(tiny / "data"),
+                                     "--calib-windows", "1", "--eval-windows", "2", "--out", str(tmp_path / "q.json"),
+                                     "--precisions", "fp16,int8,int2", "--max-ne-increase", "2%"])
+    assert text.exit_code == 0, text.output
+    q = json.loads((tmp_path / "q.json").read_text())["validated"]
+    if q is not None:  # signed once, by the number: "NE -0.0123%", never "NE +-0.0123%"
+        assert f"rows: NE {100 * q['ne_increase']:+.4f}% [" in text.stdout
+    assert "NE +-" not in text.stdout
