@@ -103,8 +103,8 @@ def strict_json(text):
 
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory):
-    """Windows 0-1 ordinary (the tiny data's), 2 without rows, 3 all negatives, 4 all positives;
-    a model trained on 0-1."""
+    """Windows 0-1 ordinary (the tiny data's), 2 without rows, 3 all negatives, 4 all positives, 5
+    window 0's negatives and 7 of its positives; a model trained on 0-1."""
     import numpy as np
 
     from lowprec.data.dataset import Dataset, DatasetWriter
@@ -115,9 +115,12 @@ def odd(tmp_path_factory):
     src = Dataset(make_tiny_dataset(root / "src", windows=2, rows=800))
     with atomic_dir(root / "data") as tmp, pytest.warns(InputWarning, match="no rows|holds only"):
         writer = DatasetWriter(tmp, list(src.meta.dense_names), list(src.meta.sparse))
-        for w, keep in ((0, None), (1, None), (0, slice(0, 0)), (0, "neg"), (1, "pos")):
+        for w, keep in ((0, None), (1, None), (0, slice(0, 0)), (0, "neg"), (1, "pos"), (0, "few")):
             dense, sparse, labels = (np.asarray(a) for a in src.arrays(w))
-            if keep is not None:
+            if keep == "few":
+                rows = (labels == 0) | (np.cumsum(labels == 1) <= 7) & (labels == 1)
+                dense, sparse, labels = dense[rows], sparse[rows], labels[rows]
+            elif keep is not None:
                 rows = slice(0, 0) if isinstance(keep, slice) else (labels == (keep == "pos"))
                 dense, sparse, labels = dense[rows], sparse[rows], labels[rows]
             ww = writer.window(label=f"w{len(writer.windows)}")
@@ -165,6 +168,25 @@ def test_eval_reports_an_undefined_auc_as_null_with_a_warning(odd):
     r = run("eval", "--model", model, "--data", data, "--windows", "0,3")
     assert r.exit_code == 0 and "on window(s) [3]:" in r.stderr
     assert [line.split()[-2] for line in r.stdout.splitlines()[1:]] != ["n/a"] * 3  # overall is defined
+
+
+def test_eval_warns_when_an_auc_rests_on_few_labels_of_a_class(odd):
+    data, model = odd
+    r = run("eval", "--model", model, "--data", data, "--windows", "0,5", "--json")
+    assert r.exit_code == 0, r.output
+    assert "warning: the AUC of window(s) 5 (7 positive) rests on fewer than 30 labels of a class" in r.stderr
+    assert strict_json(r.stdout)["windows"][1]["auc"] is not None  # still reported: it is defined
+    assert "rests on fewer" not in run("eval", "--model", model, "--data", data, "--windows", "0").stderr
+
+
+def test_scarce_class_boundaries():
+    from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
+
+    assert scarce_class(MIN_CLASS_LABELS - 1, 1000) == (MIN_CLASS_LABELS - 1, "positive")
+    assert scarce_class(MIN_CLASS_LABELS, 1000) is None
+    assert scarce_class(1000 - 3, 1000) == (3, "negative")
+    assert scarce_class(0, 1000) is None and scarce_class(1000, 1000) is None  # one class: undefined, said elsewhere
+    assert scarce_class(float("nan"), 0) is None
 
 
 @pytest.mark.parametrize("option,value,says", [

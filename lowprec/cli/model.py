@@ -120,6 +120,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     from lowprec.data.dataset import Dataset
     from lowprec.data.latent import bayes_fields
     from lowprec.data.windows import select_windows
+    from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
     from lowprec.evaluation.scoring import base_rate_warning, evaluate, worse_than_base_rate
     from lowprec.train import check_compatible
 
@@ -139,6 +140,11 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
                    f"{' and overall' if one_class else ''}: they hold one label class only (no positives or no "
                    f"negatives), and so is NE, relative to a base rate of 0 or 1; check "
                    f"the data's labels", err=True)
+    scarce = [(w, s) for w, m in sorted(result.per_window.items()) if (s := scarce_class(m["ctr"] * m["rows"], m["rows"]))]
+    if scarce:
+        click.echo(f"warning: the AUC of window(s) {', '.join(f'{w} ({n} {kind})' for w, (n, kind) in scarce)} "
+                   f"rests on fewer than {MIN_CLASS_LABELS} labels of a class: read it, and any difference of "
+                   f"it, with care", err=True)
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
     if worse_than_base_rate(result.overall.ne) and not one_class:
         click.echo(base_rate_warning(result.overall.ne, f"windows {windows}"), err=True)

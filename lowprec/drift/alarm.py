@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lowprec.drift.estimate_rule import EstimateThresholds
+from lowprec.evaluation.metrics import MIN_CLASS_LABELS
 from lowprec.errors import InputError
 
 CONFIG_VERSION = 1
@@ -62,8 +63,8 @@ class Thresholds:
     psi_limit: float = 0.1  # warn when PSI(candidate scores | reference deciles) exceeds it
     staleness_ne_limit: float = 0.02  # float NE vs its baseline window: reported, not alarmed
     staleness_calibration_limit: float = 0.05
-    min_positives: int = 30  # fewer positive (or negative) labels in a window: "too few labels",
-    min_negatives: int = 30  # no label-based alarm (NE gap, CUSUM, AUC); the CUSUM state carries over
+    min_positives: int = MIN_CLASS_LABELS  # fewer positive (or negative) labels in a window: "too few
+    min_negatives: int = MIN_CLASS_LABELS  # labels", no label-based alarm (NE gap, CUSUM, AUC); the CUSUM state carries over
 
     def __post_init__(self) -> None:
         for f in fields(self):

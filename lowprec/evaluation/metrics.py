@@ -27,6 +27,8 @@ import numpy as np
 
 from lowprec.errors import InputError
 
+MIN_CLASS_LABELS = 30  # fewer labels of a class and an AUC, or a difference of AUCs, rests on too little
+# (drift's default min_positives / min_negatives; the search's and eval's warnings)
 _SHIFT = 10  # drop 10 of float32's 23 mantissa bits
 _NBINS = (0x3F800000 >> _SHIFT) + 1  # bit pattern of 1.0f, shifted, inclusive
 _EPS = 1e-7
@@ -125,6 +127,16 @@ class BinaryStats:
             "calibration": self.calibration,
             "ctr": self.ctr,
         }
+
+
+def scarce_class(positives: float, rows: float) -> tuple[int, str] | None:
+    """(count, "positive" or "negative") when `rows` hold some, but fewer than MIN_CLASS_LABELS, labels
+    of a class; else None (none at all makes AUC undefined, which callers say otherwise)."""
+    if positives != positives or rows != rows:
+        return None
+    pos = int(round(positives))
+    few, kind = min((pos, "positive"), (int(round(rows)) - pos, "negative"))
+    return (few, kind) if 0 < few < MIN_CLASS_LABELS else None
 
 
 def auc_from_histograms(hist_pos: np.ndarray, hist_neg: np.ndarray) -> float:

@@ -20,6 +20,7 @@ from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.jsonsafe import dumps
+from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
 from lowprec.plan import RANGE_METHODS, Validation
 from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
@@ -221,21 +222,17 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     return result, summary
 
 
-MIN_LABELS = 30  # of each class, as drift's alarm.min_positives: below it an AUC difference says little
-
-
 def few_labels(v: Validation | None, what: str) -> list[str]:
-    """A warning when the rows `v` was measured on hold fewer than MIN_LABELS of a label class: the
-    AUC drop's interval (DeLong's variance) then rests on a handful of rows and the AUC budget is
+    """A warning when the rows `v` was measured on hold fewer than MIN_CLASS_LABELS of a label class:
+    the AUC drop's interval (DeLong's variance) then rests on a handful of rows and the AUC budget is
     judged on almost nothing, however narrow the paired interval looks."""
-    if v is None or v.positives is None or v.negatives is None:
+    scarce = None if v is None or v.positives is None else scarce_class(v.positives, v.rows)
+    if scarce is None:
         return []
-    few, kind = min((v.positives, "positive"), (v.negatives, "negative"))
-    if few >= MIN_LABELS:
-        return []
+    few, kind = scarce
     return [f"the {what} windows hold only {few} {kind} label(s) in {v.rows:,} rows: the AUC drop and its "
-            f"interval rest on fewer than {MIN_LABELS}, so the AUC budget was judged on almost nothing; add "
-            f"windows or rows (--max-rows) before trusting it"]
+            f"interval rest on fewer than {MIN_CLASS_LABELS}, so the AUC budget was judged on almost nothing; "
+            f"add windows or rows (--max-rows) before trusting it"]
 
 
 def plan_warnings(result: SearchResult) -> list[str]:

@@ -135,7 +135,8 @@ def _counted(positives, negatives):
 
 
 def test_too_few_labels_of_a_class_to_judge_the_auc_budget_are_warned():
-    from lowprec.search.driver import MIN_LABELS, few_labels
+    from lowprec.evaluation.metrics import MIN_CLASS_LABELS as MIN_LABELS
+    from lowprec.search.driver import few_labels
 
     assert few_labels(_counted(MIN_LABELS, 5000), "evaluation") == []
     w = few_labels(_counted(MIN_LABELS - 1, 5000), "evaluation")
