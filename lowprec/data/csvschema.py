@@ -39,7 +39,7 @@ from lowprec.data.csvencode import Encoder, load_vocabularies
 from lowprec.data.csvlabel import LabelRule, label_rule
 from lowprec.data.dataset import MAX_HOTNESS, DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows, header_positions
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
 
@@ -216,6 +216,7 @@ class _RowParser:
         self.encoders = [Encoder(c, vocabularies.get(c.name)) for c in schema.categorical]
         self.index: dict[str, int] = {}
         self.width = 0
+        self.epoch_zero = 0  # rows kept whose time is exactly the unix epoch (often a missing timestamp)
 
     def bind(self, path: Path, header: list[str] | None) -> None:
         if header is None:
@@ -249,6 +250,7 @@ class _RowParser:
             return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a {s.time_format} time in years 1-9999" + \
                 time_hint(row[ix[s.time]], s.time_format)
         ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
+        self.epoch_zero += s.time is not None and t == 0.0
         return dense, ids, label, t
 
     def encode_dense(self, dense: list[list[float]]) -> np.ndarray:
@@ -352,6 +354,11 @@ def prepare_csv(
     sink.finish()
     if sum(s.rows for s in stats) == 0:
         raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
+    if parser.epoch_zero:  # exports write 0 for "no time": those rows would make a 1970 window of their own
+        writer.warnings.append(f"{parser.epoch_zero:,} row(s) have {schema.time} = 1970-01-01T00:00:00Z (unix time 0), "
+                               f"which usually stands for a missing timestamp; they were kept, in the window of "
+                               f"that date. Drop or fix them if their time is unknown")
+        warn(writer.warnings[-1])
     vocab_files = {}
     for e in parser.encoders:
         if e.col.encoding == "vocab":

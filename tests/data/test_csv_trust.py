@@ -158,3 +158,23 @@ def test_hash_collisions_are_counted_in_provenance(tmp_path, schema):
         "distinct_values": 5, "distinct_ids": len(ids), "colliding_values": 5 - len(ids),
         "counted_all_values": True}
     assert len(ids) <= 2 and meta.sparse[1].encoding == "hash:blake2b-64-utf8:n=3"
+
+
+def test_rows_at_unix_time_zero_are_kept_and_said(tmp_path, schema):
+    """Exports write 0 where the time is unknown: those rows make a 1970 window of their own, so the
+    run says how many there are (stderr and provenance `warnings`); a dataset without them says nothing."""
+    rows = day_rows(["a", "b"], 1_700_000_000, 40)
+    rows[3] = "1,0,1.0,a,u1"
+    rows[7] = "0,1970-01-01T00:00:00Z,1.0,b,u2"
+    csv = write_csv(tmp_path / "t.csv", rows)
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d",
+            "--window", "month")
+    assert r.exit_code == 0, r.output
+    assert "warning: 2 row(s) have ts = 1970-01-01T00:00:00Z (unix time 0)" in r.output
+    meta = Dataset(tmp_path / "d").meta
+    assert [(w.label, w.rows) for w in meta.windows] == [("1970-01", 2), ("2023-11", 38)]
+    assert any("unix time 0" in w for w in meta.provenance["warnings"])
+    clean = write_csv(tmp_path / "c.csv", day_rows(["a", "b"], 1_700_000_000, 40))
+    r = run("data", "prepare", "--format", "csv", "--input", clean, "--schema", schema, "--out", tmp_path / "e",
+            "--window", "month")
+    assert r.exit_code == 0 and "unix time 0" not in r.output
