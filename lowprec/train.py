@@ -31,7 +31,7 @@ import torch
 
 from lowprec.data.batches import count_rows, iter_batches
 from lowprec.data.dataset import Dataset, DatasetMeta
-from lowprec.data.windows import format_windows
+from lowprec.data.windows import format_windows, window_fingerprint
 from lowprec.errors import InputError
 from lowprec.evaluation.scoring import evaluate
 from lowprec.evaluation.metrics import BinaryStats
@@ -128,6 +128,22 @@ def check_compatible(config: DLRMConfig, meta: DatasetMeta, where: str) -> None:
     from lowprec.data.encoding import check_encodings
 
     check_encodings([getattr(t, "encoding", None) for t in config.tables], meta, where)
+
+
+def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int] | tuple[int, ...]) -> dict[int, str]:
+    """Those of `windows` (of `ds`) that the model whose provenance is `info` trained on ("training")
+    or was selected on ("validation"), by their data fingerprints: the same window in any copy of the
+    dataset. Empty for models without the record (trained before it, imported, artifacts)."""
+    prints = (info or {}).get("window_fingerprints") or {}
+    train, val = set(prints.get("train") or []), set(prints.get("val") or [])
+    if not train and not val:
+        return {}
+    out = {}
+    for w in windows:
+        f = window_fingerprint(ds, w)
+        if f in train or f in val:
+            out[w] = "training" if f in train else "validation"
+    return out
 
 
 def positive_rate(ds: Dataset, windows: tuple[int, ...], what: str = "training") -> float:
@@ -247,6 +263,10 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
         "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
         | {"sparse_lr": cfg.table_lr, "epochs": cfg.max_epochs},
         "data": str(ds.root),
+        # what the model learned from, or was selected on: scoring commands tell these windows apart
+        # from held-out ones in any copy of the data (`seen_in_training`)
+        "window_fingerprints": {"train": [window_fingerprint(ds, w) for w in cfg.windows],
+                                "val": [window_fingerprint(ds, w) for w in cfg.val_windows]},
         "rows_seen": seen,
         "train_positive_rate": rate,
         "epochs_run": len(history),

@@ -179,6 +179,15 @@ def test_eval_warns_when_an_auc_rests_on_few_labels_of_a_class(odd):
     assert "rests on fewer" not in run("eval", "--model", model, "--data", data, "--windows", "0").stderr
 
 
+def test_eval_says_which_windows_the_model_learned_from(odd):
+    data, model = odd  # trained on windows 0-1; window 5 holds some of window 0's rows, so other data
+    r = run("eval", "--model", model, "--data", data, "--windows", "0,1,5", "--json")
+    assert r.exit_code == 0, r.output
+    assert ("warning: window(s) 0 (training), 1 (training) hold data --model " + str(model)
+            + " learned from: their metrics are not held-out ones") in r.stderr
+    assert "learned from" not in run("eval", "--model", model, "--data", data, "--windows", "5").stderr
+
+
 def test_scarce_class_boundaries():
     from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
 

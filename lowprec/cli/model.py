@@ -122,13 +122,17 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     from lowprec.data.windows import select_windows
     from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
     from lowprec.evaluation.scoring import base_rate_warning, evaluate, worse_than_base_rate
-    from lowprec.train import check_compatible
+    from lowprec.train import check_compatible, seen_in_training
 
     ds = Dataset(data_dir)
     chosen = select_windows(windows, ds.meta)
     dist.check_same([model_dir, data_dir])
-    model, config, _ = load_model(model_dir)
+    model, config, info = load_model(model_dir)
     check_compatible(config, ds.meta, str(model_dir))
+    learned = seen_in_training(info, ds, chosen)  # (an artifact's manifest records none: no check)
+    if learned and dist.is_main():
+        click.echo(f"warning: window(s) {', '.join(f'{w} ({k})' for w, k in sorted(learned.items()))} hold data "
+                   f"--model {model_dir} learned from: their metrics are not held-out ones", err=True)
     with progress_bar(count_rows(ds, chosen), "eval") as update:
         result = evaluate(model, ds, chosen, batch_size, progress=update, name=f"--model {model_dir}")
     if not dist.is_main():

@@ -13,10 +13,15 @@ an InputError naming them; one that also selects windows with rows skips them wi
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 from typing import Any
 
+from lowprec.data.dataset import window_files
 from lowprec.errors import InputError, warn
+from lowprec.fileio import file_fingerprint
 
 USAGE = "use `3`, `0-4`, `5,7,9`, `all` or `label:A..B`"
 
@@ -97,6 +102,21 @@ def _with_rows(chosen: list[int], meta: Any, what: str) -> list[int]:
                          f"header-only or all bad rows?); choose windows with rows")
     warn(f"{what}: skipping window(s) {names}: they hold no rows")
     return [w for w in chosen if w not in set(empty)]
+
+
+def window_fingerprint(ds: Any, w: int) -> str:
+    """Fingerprint of window w's data, "window:" + sha256: the dataset's feature schema, the window's
+    entry in dataset.json and its dense and sparse files (sampled beyond 16 MiB), not its labels (they
+    may arrive later). Drift's history records it per window; training records it per training and
+    validation window, so scoring can tell a window the model learned from."""
+    meta = ds.meta
+    schema = {"dense": list(meta.dense_names), "window": dataclasses.asdict(meta.window(w)),
+              "sparse": [[f.name, f.num_embeddings, f.hotness, f.encoding] for f in meta.sparse]}
+    h = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
+    files = window_files(ds.root, w)
+    for kind in ("dense", "sparse"):
+        h.update(file_fingerprint(files[kind], full_limit=16 << 20, sample=1 << 20).encode())
+    return "window:" + h.hexdigest()
 
 
 def part_text(lo: int, hi: int) -> str:

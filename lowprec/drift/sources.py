@@ -18,26 +18,14 @@ last 4 MiB and the size), so a revision in the middle of a bigger file goes unse
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
 from lowprec.data.dataset import Dataset, window_files
+from lowprec.data.windows import window_fingerprint
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.fileio import file_fingerprint, sha256_file
-
-
-def window_data_sha(ds: Dataset, w: int) -> str:
-    """Fingerprint of window w's data (see the module docstring); "window:" + sha256."""
-    meta = ds.meta
-    schema = {"dense": list(meta.dense_names), "window": dataclasses.asdict(meta.window(w)),
-              "sparse": [[f.name, f.num_embeddings, f.hotness, f.encoding] for f in meta.sparse]}
-    h = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
-    files = window_files(ds.root, w)
-    for kind in ("dense", "sparse"):
-        h.update(file_fingerprint(files[kind], full_limit=16 << 20, sample=1 << 20).encode())
-    return "window:" + h.hexdigest()
 
 
 def window_labels_sha(ds: Dataset, w: int) -> str:
@@ -47,7 +35,7 @@ def window_labels_sha(ds: Dataset, w: int) -> str:
 
 def window_source(job: Any, ds: Dataset, models: Any, w: int) -> dict[str, Any]:
     """What window w is computed from: data fingerprint, both models, the thresholds judging it."""
-    return {"data_sha256": window_data_sha(ds, w), "rows": ds.meta.window(w).rows,
+    return {"data_sha256": window_fingerprint(ds, w), "rows": ds.meta.window(w).rows,
             "reference_sha256": models.reference_sha, "candidate_sha256": models.candidate_sha,
             "thresholds": json.dumps(dataclasses.asdict(job.config.alarm), sort_keys=True)}
 

@@ -31,7 +31,7 @@ from lowprec.search.solver import Budget
 from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace,
                                   options_for)
 from lowprec.serve.tiers import parse_layout
-from lowprec.train import check_compatible, positive_rate
+from lowprec.train import check_compatible, positive_rate, seen_in_training
 
 
 @dataclass
@@ -194,8 +194,15 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     if seen:
         raise InputError(f"test windows {sorted(seen)} are also calibration or evaluation windows; the "
                          f"test windows must be ones the search never sees")
-    model, _ = load_float_model(req.model_dir)
+    model, info = load_float_model(req.model_dir)
     check_compatible(model.config, ds.meta, str(req.model_dir))
+    for what, windows in (("evaluation", cfg.eval_windows), ("test", cfg.test_windows)):
+        learned = seen_in_training(info, ds, windows)
+        if learned:
+            raise InputError(
+                f"{what} windows {sorted(learned)} hold data --model {req.model_dir} learned from "
+                f"({', '.join(f'window {w}: its {k} data' for w, k in sorted(learned.items()))}); the budget must "
+                f"be checked on held-out windows: choose windows after its training and validation windows")
     check_memory(options_for(model.config, cfg.space, sharing=True), cfg.budget)  # before calibrating
     if req.calib_path:
         calibration, calib_sha = load_calibration(req.calib_path), sha256_file(req.calib_path)

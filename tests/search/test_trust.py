@@ -167,3 +167,26 @@ def test_the_plan_records_label_counts_and_plans_without_them_load(tiny, tmp_pat
     if q is not None:  # signed once, by the number: "NE -0.0123%", never "NE +-0.0123%"
         assert f"rows: NE {100 * q['ne_increase']:+.4f}% [" in text.stdout
     assert "NE +-" not in text.stdout
+
+
+def test_windows_the_model_learned_from_are_refused_as_evaluation_or_test(tiny, tmp_path):
+    """The budget must be judged on held-out windows: the model's training window is refused as an
+    evaluation or a test window, recognised by its data (here in a copy of the dataset), not its index."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny / "data", copy)
+    for extra, what in ((["--data", str(copy), "--eval-windows", "0"], "evaluation"),
+                        (["--eval-windows", "2", "--test-windows", "0"], "test")):
+        r = CliRunner().invoke(main, ["search", "--model", str(tiny / "model"), "--data", str(tiny / "data"),
+                                      "--calib-windows", "1", "--out", str(tmp_path / "p.json"), *extra])
+        assert r.exit_code == 2, r.output
+        assert f"{what} windows [0] hold data --model {tiny / 'model'} learned from (window 0: its training data)" in r.output
+        assert not (tmp_path / "p.json").exists()
+
+
+def test_seen_in_training_needs_the_record():
+    from lowprec.train import seen_in_training
+
+    assert seen_in_training({}, None, [0, 1]) == {} and seen_in_training(None, None, [0]) == {}
+    assert seen_in_training({"window_fingerprints": {"train": [], "val": []}}, None, [0]) == {}
