@@ -144,7 +144,8 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
                    f"{' and overall' if one_class else ''}: they hold one label class only (no positives or no "
                    f"negatives), and so is NE, relative to a base rate of 0 or 1; check "
                    f"the data's labels", err=True)
-    scarce = [(w, s) for w, m in sorted(result.per_window.items()) if (s := scarce_class(m["ctr"] * m["rows"], m["rows"]))]
+    scarce = [(w, s) for w, m in sorted(result.per_window.items())
+              if (s := scarce_class(m["ctr"] * m["rows"], m["rows"])) is not None]
     if scarce:
         click.echo(f"warning: the AUC of window(s) {', '.join(f'{w} ({n} {kind})' for w, (n, kind) in scarce)} "
                    f"rests on fewer than {MIN_CLASS_LABELS} labels of a class: read it, and any difference of "
