@@ -131,10 +131,12 @@ def check_compatible(config: DLRMConfig, meta: DatasetMeta, where: str) -> None:
 
 
 def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int] | tuple[int, ...]) -> dict[int, str]:
-    """Those of `windows` (of `ds`) that the model whose provenance is `info` trained on ("training")
-    or was selected on ("validation"), by their data fingerprints: the same window in any copy of the
-    dataset. Empty for models without the record (trained before it, imported, artifacts)."""
-    prints = (info or {}).get("window_fingerprints") or {}
+    """Those of `windows` (of `ds`) that the model whose provenance is `info` (a float model's info,
+    or an artifact's manifest, whose `source` carries it) trained on ("training") or was selected on
+    ("validation"), by their data fingerprints: the same window in any copy of the dataset. Empty
+    for models without the record (trained before it, imported, and their artifacts)."""
+    info = info or {}
+    prints = info.get("window_fingerprints") or (info.get("source") or {}).get("window_fingerprints") or {}
     train, val = set(prints.get("train") or []), set(prints.get("val") or [])
     if not train and not val:
         return {}

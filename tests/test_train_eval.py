@@ -186,6 +186,11 @@ def test_eval_says_which_windows_the_model_learned_from(odd):
     assert ("warning: window(s) 0 (training), 1 (training) hold data --model " + str(model)
             + " learned from: their metrics are not held-out ones") in r.stderr
     assert "learned from" not in run("eval", "--model", model, "--data", data, "--windows", "5").stderr
+    art = model.parent / "art-int8"  # the record travels into the artifact's manifest
+    if not art.exists():
+        assert run("convert", "--model", model, "--precision", "int8", "--out", art).exit_code == 0
+    r = run("eval", "--model", art, "--data", data, "--windows", "1,5")
+    assert r.exit_code == 0 and "warning: window(s) 1 (training) hold data --model " + str(art) in r.stderr
 
 
 def test_scarce_class_boundaries():

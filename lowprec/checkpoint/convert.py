@@ -185,6 +185,9 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         src.check_sha256()
         source_sha = recorded.get(src.path.name) if len(recorded) <= 1 else recorded
         manifest = _manifest(config, plan, builder, layers, model_dir, source_sha)
+        learned = (obj.get("info") or {}).get("window_fingerprints")
+        if learned:  # the windows the model learned from travel with it (lowprec.train.seen_in_training)
+            manifest["source"]["window_fingerprints"] = learned
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / MANIFEST, manifest)
         if finish is not None:
