@@ -22,6 +22,10 @@ from lowprec.data import encoding
 from lowprec.errors import InputError
 
 COLLISION_CAP = 1 << 20  # distinct values remembered per hashed column for the collision count
+# An uncapped vocabulary lives in memory while the data is read (~150 B a value in Python) and becomes
+# a table of as many rows: past this many values without `num_embeddings` the run stops with advice,
+# before a user-id column on a day of logs takes the machine's memory. `num_embeddings` lifts it.
+UNCAPPED_VOCAB_LIMIT = 20_000_000
 HASH_FUNCTION = "blake2b-64-utf8"
 
 
@@ -67,6 +71,13 @@ class Encoder:
             if self.col.num_embeddings is not None and len(self.vocab) + 1 >= self.col.num_embeddings:
                 self.oov += 1
                 return 0
+            if self.col.num_embeddings is None and len(self.vocab) >= UNCAPPED_VOCAB_LIMIT:
+                raise InputError(
+                    f"[categorical.{self.col.name}]: the vocabulary of column {self.col.column!r} passed "
+                    f"{UNCAPPED_VOCAB_LIMIT:,} distinct values and the schema sets no `num_embeddings` cap; it is "
+                    f"held in memory while reading (~{UNCAPPED_VOCAB_LIMIT * 150 / 1e9:.0f} GB so far) and would "
+                    f"become a table of as many rows. Set num_embeddings (values past it share id 0) or use "
+                    f'encoding = "hash" (nothing was written)')
             got = self.vocab[v] = len(self.vocab) + 1
         return got
 

@@ -178,3 +178,24 @@ def test_rows_at_unix_time_zero_are_kept_and_said(tmp_path, schema):
     r = run("data", "prepare", "--format", "csv", "--input", clean, "--schema", schema, "--out", tmp_path / "e",
             "--window", "month")
     assert r.exit_code == 0 and "unix time 0" not in r.output
+
+
+def test_an_uncapped_vocabulary_past_the_limit_stops_with_advice(tmp_path, schema, monkeypatch):
+    """A vocab column without num_embeddings grows in memory with every new value: past the limit
+    (small here) the run stops, exit 2, naming the column and both ways out, and writes nothing; a
+    cap lifts it (values past the cap share id 0)."""
+    from lowprec.data import csvencode
+
+    monkeypatch.setattr(csvencode, "UNCAPPED_VOCAB_LIMIT", 5)
+    csv = write_csv(tmp_path / "t.csv", day_rows([f"i{k}" for k in range(8)], 1_700_000_000, 40))
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d")
+    assert r.exit_code == 2, r.output
+    assert "[categorical.item]: the vocabulary of column 'item' passed 5 distinct values" in r.output
+    assert "num_embeddings" in r.output and 'encoding = "hash"' in r.output
+    assert not (tmp_path / "d").exists()
+    capped = tmp_path / "capped.toml"
+    capped.write_text(SCHEMA.replace('encoding = "vocab"', 'encoding = "vocab"\nnum_embeddings = 7'))
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", capped, "--out", tmp_path / "e", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1]) is not None
+    assert Dataset(tmp_path / "e").meta.provenance["vocab_overflow"]["item"] > 0
