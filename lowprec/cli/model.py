@@ -129,8 +129,8 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     dist.check_same([model_dir, data_dir])
     model, config, info = load_model(model_dir)
     check_compatible(config, ds.meta, str(model_dir))
-    learned = seen_in_training(info, ds, chosen)  # (a float model's info, or an artifact's manifest)
-    if learned and dist.is_main():
+    learned = seen_in_training(info, ds, chosen) if dist.is_main() else {}  # (info, or an artifact's manifest)
+    if learned:
         click.echo(f"warning: window(s) {', '.join(f'{w} ({k})' for w, k in sorted(learned.items()))} hold data "
                    f"--model {model_dir} learned from: their metrics are not held-out ones", err=True)
     with progress_bar(count_rows(ds, chosen), "eval") as update:

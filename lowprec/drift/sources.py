@@ -28,9 +28,11 @@ from lowprec.errors import InputError
 from lowprec.fileio import file_fingerprint, sha256_file
 
 
-def window_labels_sha(ds: Dataset, w: int) -> str:
-    """Fingerprint of window w's labels file (see the module docstring); "labels:" + sha256."""
-    return "labels:" + file_fingerprint(window_files(ds.root, w)["labels"])
+def window_labels_sha(ds: Dataset, w: int) -> str | None:
+    """Fingerprint of window w's labels file (see the module docstring), "labels:" + sha256; None
+    while the file is not there."""
+    path = window_files(ds.root, w)["labels"]
+    return "labels:" + file_fingerprint(path) if path.is_file() else None
 
 
 def window_source(job: Any, ds: Dataset, models: Any, w: int) -> dict[str, Any]:
@@ -58,8 +60,7 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
             rejudge.append(w)
     labels, revised = store.label_sources(), []
     for w in sorted(set(chosen) & set(labels)):
-        path = window_files(ds.root, w)["labels"]
-        if not path.is_file() or window_labels_sha(ds, w) != labels[w]:
+        if window_labels_sha(ds, w) != labels[w]:  # (None: the file was removed)
             revised.append(w)
     if revised:
         notes.append(f"windows {revised} have labels that are not the ones their labelled metrics were computed "
