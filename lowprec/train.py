@@ -87,6 +87,18 @@ class TrainConfig:
             raise InputError(f"validation windows {overlap} are also training windows")
 
     @property
+    def validation_order_warning(self) -> str | None:
+        """Validation windows before the last training window (allowed: overlap is what is refused):
+        the kept epoch is then chosen on data older than some the model learned from, so validation
+        NE is not a time-split estimate of the next window's."""
+        early = sorted(w for w in self.val_windows if w < max(self.windows, default=-1))
+        if not early:
+            return None
+        return (f"validation window(s) {format_windows(early)} come before training window "
+                f"{max(self.windows)}: the kept epoch is chosen on older data than the model learned from; "
+                f"validate on windows after the training ones for a held-out-in-time estimate")
+
+    @property
     def max_epochs(self) -> int:
         if self.epochs is not None:
             return self.epochs

@@ -101,6 +101,25 @@ def test_cli_validation_from_recipe_reports_ne(tiny, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_validation_before_the_training_windows_is_warned(tiny, tmp_path):
+    """Overlap is refused; a validation window older than a training one was taken in silence, and
+    the kept epoch was then chosen on data older than some the model learned from."""
+    assert TrainConfig(windows=(0, 1), val_windows=(2,)).validation_order_warning is None
+    assert TrainConfig(windows=(0, 2), val_windows=(3,)).validation_order_warning is None
+    said = TrainConfig(windows=(1, 2), val_windows=(0, 3)).validation_order_warning
+    assert said.startswith("validation window(s) 0 come before training window 2")
+    r = run("train", "--data", tiny.root, "--windows", "1", "--val-windows", "0", "--epochs", "1",
+            "--out", tmp_path / "m", "--json")
+    assert r.exit_code == 0, r.output
+    assert "warning: validation window(s) 0 come before training window 1" in r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["warnings"] == [
+        TrainConfig(windows=(1,), val_windows=(0,)).validation_order_warning]
+    r = run("train", "--data", tiny.root, "--windows", "0", "--val-windows", "1", "--epochs", "1",
+            "--out", tmp_path / "n", "--json")
+    assert r.exit_code == 0 and "warning:" not in r.output, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["warnings"] == []
+
+
 def test_default_epochs_one_or_early_stopping_with_validation(tiny):
     from lowprec.train import MAX_VALIDATED_EPOCHS
 

@@ -82,6 +82,10 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         optimizer=optimizer, val_windows=tuple(val_w), patience=patience, init_bias=init_bias,
     )
     dist.check_same([data_dir])
+    warnings = [w for w in [cfg.validation_order_warning] if w]
+    if dist.is_main():
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
     with progress_bar(total_steps_rows(ds, cfg), "train") as update:
         model, info = run_train(ds, cfg, progress=update)
     if not dist.is_main():
@@ -93,7 +97,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         click.echo(base_rate_warning(info["final_epoch_ne"], "its training data (last epoch)"), err=True)
     if as_json:
         emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info,
-                   "worse_than_base_rate": bad})
+                   "worse_than_base_rate": bad, "warnings": warnings})
         return
     m = info["metrics"]
     val = (f"; validation NE {fmt(m['validation']['ne'])} AUC {fmt(m['validation']['auc'])}"
