@@ -14,18 +14,27 @@ prepared on its own means the same thing by every id as the first.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from lowprec.data import encoding
 from lowprec.errors import InputError
+from lowprec.memory import headroom_bytes
 
 COLLISION_CAP = 1 << 20  # distinct values remembered per hashed column for the collision count
 # An uncapped vocabulary lives in memory while the data is read (~150 B a value in Python) and becomes
 # a table of as many rows: past this many values without `num_embeddings` the run stops with advice,
 # before a user-id column on a day of logs takes the machine's memory. `num_embeddings` lifts it.
 UNCAPPED_VOCAB_LIMIT = 20_000_000
+VALUE_BYTES = 150  # a vocabulary entry in memory: the str, its dict slot and the int id (measured ~125 B)
+# A capped vocabulary (or several) may still outgrow the machine: every this many new values the
+# reader asks for the memory left, and stops while the dict can still grow once more (it doubles)
+# and the rest of the run (batches, the vocabulary file) has MEMORY_RESERVE.
+MEMORY_CHECK_EVERY = 1 << 18
+MEMORY_RESERVE = 128 << 20
 HASH_FUNCTION = "blake2b-64-utf8"
 
 
@@ -75,11 +84,24 @@ class Encoder:
                 raise InputError(
                     f"[categorical.{self.col.name}]: the vocabulary of column {self.col.column!r} passed "
                     f"{UNCAPPED_VOCAB_LIMIT:,} distinct values and the schema sets no `num_embeddings` cap; it is "
-                    f"held in memory while reading (~{UNCAPPED_VOCAB_LIMIT * 150 / 1e9:.0f} GB so far) and would "
+                    f"held in memory while reading (~{UNCAPPED_VOCAB_LIMIT * VALUE_BYTES / 1e9:.0f} GB so far) and would "
                     f"become a table of as many rows. Set num_embeddings (values past it share id 0) or use "
                     f'encoding = "hash" (nothing was written)')
             got = self.vocab[v] = len(self.vocab) + 1
+            if got % MEMORY_CHECK_EVERY == 0:
+                self._check_memory()
         return got
+
+    def _check_memory(self) -> None:
+        left = headroom_bytes()
+        if left is None or left >= sys.getsizeof(self.vocab) + MEMORY_RESERVE:
+            return
+        raise InputError(
+            f"[categorical.{self.col.name}]: the vocabulary of column {self.col.column!r} holds {len(self.vocab):,} "
+            f"distinct values (~{len(self.vocab) * VALUE_BYTES / 1e9:.1f} GB in memory) and only "
+            f"{left / 1e9:.1f} GB of memory is left to this process (the machine's available memory, or its "
+            f"data limit), too little for it to grow further. Set a smaller num_embeddings (values past it "
+            f'share id 0), use encoding = "hash", or run on a machine with more memory (nothing was written)')
 
     @property
     def num_embeddings(self) -> int:
@@ -96,6 +118,17 @@ class Encoder:
         values, ids = len(self.hash_values), len(set(self.hash_values.values()))
         return {"distinct_values": values, "distinct_ids": ids, "colliding_values": values - ids,
                 "counted_all_values": not self.hash_capped}
+
+
+def write_vocabulary(path: Path, values: Any) -> None:
+    """`vocab_NAME.json`: the JSON list ["<missing or unknown>", *values], written in slices so a
+    vocabulary of 100M values never becomes one string in memory (same bytes as json.dumps)."""
+    it = iter(values)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('["<missing or unknown>"')
+        while chunk := list(itertools.islice(it, 1 << 16)):
+            f.write(", " + json.dumps(chunk)[1:-1])
+        f.write("]\n")
 
 
 def load_vocabularies(src: Path, schema: Any) -> dict[str, tuple[list[str], int]]:

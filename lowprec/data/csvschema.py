@@ -35,7 +35,7 @@ import numpy as np
 from lowprec.data.criteo import (
     DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, guarded, open_input,
 )
-from lowprec.data.csvencode import Encoder, load_vocabularies
+from lowprec.data.csvencode import Encoder, load_vocabularies, write_vocabulary
 from lowprec.data.csvlabel import LabelRule, label_rule
 from lowprec.data.dataset import MAX_HOTNESS, DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows, header_positions
@@ -363,7 +363,7 @@ def prepare_csv(
     for e in parser.encoders:
         if e.col.encoding == "vocab":
             vocab_files[e.col.name] = f"vocab_{e.col.name}.json"
-            (root / vocab_files[e.col.name]).write_text(json.dumps(["<missing or unknown>", *e.vocab]) + "\n")
+            write_vocabulary(root / vocab_files[e.col.name], e.vocab)
     writer.provenance.update({
         "source": "csv",
         "inputs": [s.to_json() for s in stats],

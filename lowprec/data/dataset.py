@@ -166,14 +166,11 @@ def _list(obj: dict[str, Any], key: str, where: str) -> list[Any]:
 
 def check_table_bytes(meta: DatasetMeta, dim: int, where: str = "--data") -> None:
     """Refuse tables that cannot fit this machine's memory before allocating them (float32, D=dim)."""
-    import os
+    from lowprec.memory import physical_bytes
 
     total = sum(meta.num_embeddings) * max(int(dim), 1) * 4
-    try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return
-    if total > ram:
+    ram = physical_bytes()
+    if ram is not None and total > ram:
         big = max(meta.sparse, key=lambda f: f.num_embeddings)
         raise InputError(f"{where}: the tables need {total / 2**30:.1f} GiB in fp32 at dim {dim} (largest: "
                          f"{big.name!r}, {big.num_embeddings:,} rows) but this machine has {ram / 2**30:.1f} GiB")

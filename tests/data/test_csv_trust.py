@@ -199,3 +199,44 @@ def test_an_uncapped_vocabulary_past_the_limit_stops_with_advice(tmp_path, schem
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1]) is not None
     assert Dataset(tmp_path / "e").meta.provenance["vocab_overflow"]["item"] > 0
+
+
+_UNDER_A_DATA_LIMIT = r"""
+import resource, sys
+import torch  # noqa: F401  (loaded before the limit is set: it is not what is measured)
+from lowprec.cli import main
+from lowprec.data import csvencode
+from lowprec.memory import _kib_field, headroom_bytes
+
+csvencode.MEMORY_CHECK_EVERY = 4096  # ask often, so a small CSV reaches the limit
+csvencode.MEMORY_RESERVE = 400 << 20
+limit = _kib_field("/proc/self/status", "VmData") + (480 << 20)
+resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+left = headroom_bytes()
+assert 0 < left <= limit - _kib_field("/proc/self/status", "VmData") + (1 << 20), left
+main(sys.argv[1:])
+"""
+
+
+def test_a_vocabulary_that_outgrows_the_memory_left_stops_with_advice(tmp_path):
+    """A capped vocabulary (num_embeddings 100M) grew its dict until the kernel killed the run, or,
+    under a data limit, spun on failed allocations with nothing said. Here the process has a real
+    data limit (RLIMIT_DATA) 480 MiB above what it holds: the run stops while the dict could still
+    grow, exit 2, naming the column and the ways out, and writes nothing."""
+    import subprocess
+    import sys
+
+    s = tmp_path / "s.toml"
+    s.write_text('label = "click"\n[dense.price]\n[categorical.user]\nencoding = "vocab"\n'
+                 'num_embeddings = 100_000_000\n')
+    csv = tmp_path / "t.csv"
+    with open(csv, "w") as f:
+        f.write("click,price,user\n")
+        f.writelines(f"{i % 2},{i % 7},user-{i:012d}\n" for i in range(1_000_000))
+    r = subprocess.run([sys.executable, "-c", _UNDER_A_DATA_LIMIT, "data", "prepare", "--format", "csv",
+                        "--input", str(csv), "--schema", str(s), "--out", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "[categorical.user]: the vocabulary of column 'user' holds " in r.stderr
+    assert "of memory is left to this process" in r.stderr and 'encoding = "hash"' in r.stderr
+    assert not (tmp_path / "d").exists()
