@@ -46,7 +46,8 @@ from lowprec.progress import Stages
 CHUNK_ROWS = 1 << 16
 TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()  # unix seconds of years 1..9999
 TIME_MAX = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc).timestamp()
-TIME_FORMATS = ("auto", "unix", "unix_ms", "iso")
+TIME_FORMATS = {"auto": "unix seconds, or ISO 8601", "unix": "unix seconds", "unix_ms": "unix milliseconds",
+                "iso": "ISO 8601"}  # time_format -> what it reads
 CALENDAR = ("year", "month", "day")
 F32_LIMIT = 2.0**128 - 2.0**103  # the least |x| a float32 cast makes inf (dense values are stored as float32)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -247,7 +248,8 @@ class _RowParser:
             dense.append(x)
         t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
         if t is None:
-            return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a {s.time_format} time in years 1-9999" + \
+            return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a time in years 1-9999 as time_format " \
+                f"{s.time_format!r} reads it ({TIME_FORMATS[s.time_format]})" + \
                 time_hint(row[ix[s.time]], s.time_format)
         ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
         self.epoch_zero += s.time is not None and t == 0.0

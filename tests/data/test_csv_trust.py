@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from lowprec.data.csvschema import TIME_FORMATS
 from lowprec.data.dataset import Dataset
 from helpers import run_cli as run
 
@@ -52,7 +53,7 @@ def test_times_far_out_of_range_are_bad_rows_not_nat_windows(tmp_path, schema):
     r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d",
             "--window", "month", "--json")
     assert r.exit_code == 0, r.output
-    assert f"{csv}:4: ts = '1700000000000000' is not a auto time in years 1-9999" in r.output
+    assert f"{csv}:4: ts = '1700000000000000' is not a time in years 1-9999 as time_format 'auto' reads it (unix seconds, or ISO 8601)" in r.output
     assert f"{csv}:6:" in r.output
     meta = Dataset(tmp_path / "d").meta
     assert [w.label for w in meta.windows] == ["2023-11"] and sum(w.rows for w in meta.windows) == 18
@@ -70,7 +71,7 @@ def test_an_unreadable_time_gets_the_hint_its_value_suggests(tmp_path):
         # (read as iso every row is bad: exit 2, nothing written)
         assert r.exit_code in (0, 2) and f"{csv}:3: ts = '1700000000123'" in r.output and says in r.output, r.output
         line4 = next(line for line in r.output.splitlines() if f"{csv}:4:" in line)
-        assert "time_format" not in line4, line4
+        assert "set time_format" not in line4 and line4.endswith(f"reads it ({TIME_FORMATS[fmt]})"), line4
 
 
 def test_a_bad_utf8_byte_is_reported_at_its_line(tmp_path, schema):
