@@ -5,7 +5,8 @@
 - `drift` and `compare` refuse a candidate artifact not converted from --reference (it measured two
   models, not quantization: a spurious alarm) unless --allow-unrelated-candidate;
 - `convert --export torchscript` that fails leaves nothing at --out;
-- `eval` and `train` warn on stderr and set `worse_than_base_rate` in --json when NE >= 1.
+- `eval` and `train` warn on stderr and set `worse_than_base_rate` in --json when NE >= 1 (train:
+  the kept epoch on its validation windows, or the last epoch on its training data).
 """
 
 import json
@@ -113,6 +114,29 @@ def test_train_flags_a_model_worse_than_the_base_rate(two, tmp_path):
     j = last_json(r)
     assert j["final_epoch_ne"] >= 1 and j["worse_than_base_rate"] is True
     assert "worse than the constant base rate" in r.stderr
+
+
+def test_train_judges_the_model_it_keeps_on_its_validation_windows(tmp_path):
+    """With validation windows the saved model is the kept epoch; the warning looked at the last
+    epoch's training NE instead. On a 0.26%-positive CSV log the kept epoch 1 had training NE 1.002
+    and validation NE 1.002 while epoch 2 (overfit, not kept) trained to 0.98: nothing was said.
+    Here the validation window's labels are flipped, so every epoch's validation NE is >= 1 while
+    training NE falls below 1."""
+    import numpy as np
+
+    data = make_tiny_dataset(tmp_path / "data", windows=3, rows=800)
+    labels = np.load(data / "day_2_labels.npy")
+    np.save(data / "day_2_labels.npy", (1 - labels).astype(labels.dtype))
+    r = ok("train", "--data", data, "--windows", "0-1", "--val-windows", 2, "--epochs", 2,
+           "--out", tmp_path / "m", "--json")
+    j = last_json(r)
+    kept = j["history"][j["best_epoch"] - 1]
+    assert j["final_epoch_ne"] < 1 <= kept["validation"]["ne"]
+    assert j["worse_than_base_rate"] is True
+    assert f"on its validation windows (kept epoch {j['best_epoch']})" in r.stderr
+    r = ok("train", "--data", data, "--windows", 0, "--val-windows", 1, "--epochs", 2, "--out", tmp_path / "n",
+           "--json")
+    assert last_json(r)["worse_than_base_rate"] is False and "warning: NE" not in r.stderr
 
 
 def test_bare_file_names_in_the_working_directory(two, tmp_path, monkeypatch):

@@ -92,14 +92,19 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         return
     save_float_model(model, out, info, inputs=[data_dir])  # config.json is strict JSON (fileio.write_json)
     params = sum(p.numel() for p in model.parameters())
-    bad = worse_than_base_rate(info["final_epoch_ne"])
+    # the saved model is judged: with validation windows the kept epoch, on them (an epoch's training
+    # NE averages batches seen while it learned, and a later overfit epoch's can be < 1 while the
+    # kept one's held-out NE is >= 1); without, the last epoch on its training data
+    m = info["metrics"]
+    judged, on = ((m["validation"]["ne"], f"its validation windows (kept epoch {info['best_epoch']})")
+                  if "validation" in m else (info["final_epoch_ne"], "its training data (last epoch)"))
+    bad = worse_than_base_rate(judged)
     if bad:
-        click.echo(base_rate_warning(info["final_epoch_ne"], "its training data (last epoch)"), err=True)
+        click.echo(base_rate_warning(judged, on), err=True)
     if as_json:
         emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info,
                    "worse_than_base_rate": bad, "warnings": warnings})
         return
-    m = info["metrics"]
     val = (f"; validation NE {fmt(m['validation']['ne'])} AUC {fmt(m['validation']['auc'])}"
            if "validation" in m else "")
     click.echo(f"trained on {info['rows_seen']:,} rows ({info['epochs_run']} epochs, kept epoch "
