@@ -21,6 +21,7 @@ from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.jsonsafe import dumps
 from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
+from lowprec.evaluation.scoring import worse_than_base_rate
 from lowprec.plan import RANGE_METHODS, Validation
 from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
@@ -242,11 +243,24 @@ def few_labels(v: Validation | None, what: str) -> list[str]:
             f"add windows or rows (--max-rows) before trusting it"]
 
 
+def weak_reference(v: Validation | None, what: str) -> list[str]:
+    """A warning when the float model itself scores NE >= 1 on the rows `v` was measured on: it
+    predicts worse than the constant base rate there, so budgets relative to it (a plan "within
+    0.1% of it") say nothing about serving quality."""
+    if v is None or not worse_than_base_rate(v.float_ne):
+        return []
+    return [f"the float model scores NE {v.float_ne:.4f} >= 1 on the {what} windows (AUC {v.float_auc:.4f}): it "
+            f"predicts worse than the constant base rate there, so a budget relative to it says little about "
+            f"the plan; check the model (training, class balance) and the windows before serving it"]
+
+
 def plan_warnings(result: SearchResult) -> list[str]:
-    """What a user should know about the chosen plan before serving it: evaluation or test windows
-    with too few labels of a class to judge the AUC budget, and tables at a precision whose lookups
-    are slow (the latency objective timed them already, so it does not warn of those)."""
-    out = few_labels(result.validation, "evaluation") + few_labels(result.test, "test")
+    """What a user should know about the chosen plan before serving it: a float model no better than
+    the base rate on the evaluation or test windows, windows with too few labels of a class to judge
+    the AUC budget, and tables at a precision whose lookups are slow (the latency objective timed
+    them already, so it does not warn of those)."""
+    out = weak_reference(result.validation, "evaluation") + weak_reference(result.test, "test")
+    out += few_labels(result.validation, "evaluation") + few_labels(result.test, "test")
     if result.plan.info.objective == "latency":
         return out
     tables = {o.name: o.precision for o in result.chosen.values() if o.kind == "table"}

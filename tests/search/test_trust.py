@@ -147,6 +147,31 @@ def test_too_few_labels_of_a_class_to_judge_the_auc_budget_are_warned():
     assert few_labels(None, "test") == []
 
 
+def test_a_float_model_worse_than_the_base_rate_is_warned(tiny, tmp_path):
+    """A search on a model no better than the constant base rate on the evaluation windows (NE
+    1.004, AUC 0.53 on a 0.26%-positive CSV log) validated its budget "within 0.1% of it" and said
+    nothing: the plan is as useless as the model, however well it fits the budget."""
+    import torch
+
+    from lowprec.checkpoint.float_model import load_float_model, save_float_model
+    from lowprec.search.driver import weak_reference
+
+    assert weak_reference(_val(True), "evaluation") == [] and weak_reference(None, "test") == []
+    model, info = load_float_model(tiny / "model", writable=True)
+    with torch.no_grad():
+        model.top[-1].bias.fill_(6.0)  # predicts a click almost always
+    save_float_model(model, tmp_path / "bad", info)
+    r = CliRunner().invoke(main, ["search", "--model", str(tmp_path / "bad"), "--data", str(tiny / "data"),
+                                  "--calib-windows", "1", "--eval-windows", "2", "--test-windows", "3",
+                                  "--out", str(tmp_path / "p.json"), "--precisions", "fp16,int8",
+                                  "--layer-precisions", "fp32", "--max-ne-increase", "2%", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    said = [w for w in out["warnings"] if w.startswith("the float model scores NE ")]
+    assert [w.split(" >= 1 on the ")[1].split(" windows")[0] for w in said] == ["evaluation", "test"]
+    assert out["validated"]["float_ne"] >= 1 and f"warning: {said[0]}" in r.stderr
+
+
 def test_the_plan_records_label_counts_and_plans_without_them_load(tiny, tmp_path):
     from lowprec.plan import PlanInfo
 
