@@ -232,21 +232,27 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None,
     claim_output(out, kind, inputs)
     with user_os_errors(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
+    with temporary_sibling(out) as tmp, user_os_errors(out):
+        yield tmp
+        if kind is not None:
+            names = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+            (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *names]))
+        fsync_tree(tmp)
+        _swap(tmp, out)  # (tmp is `out` now: nothing left to remove)
+
+
+@contextlib.contextmanager
+def temporary_sibling(out: Path) -> Iterator[Path]:
+    """A new temporary directory beside `out` (the same file system, so its files rename into
+    place), named so that `_sweep_stale` removes it if this process dies; removed on exit."""
     _sweep_stale(out)
     with user_os_errors(out):
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out.name), dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should read like any directory
     try:
-        with user_os_errors(out):
-            yield tmp
-            if kind is not None:
-                names = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
-                (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *names]))
-            _fsync_tree(tmp)
-            _swap(tmp, out)
-    except BaseException:
+        yield tmp
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _swap(tmp: Path, out: Path) -> None:
@@ -298,7 +304,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = Non
         raise
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
     """fsync every file, and give it normal permissions (safetensors writes 0600)."""
     mode = 0o666 & ~_umask()
     for p in root.rglob("*"):

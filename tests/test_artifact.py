@@ -189,7 +189,7 @@ def test_sigkill_during_convert_keeps_existing_artifact(tmp_path):
              "def stall(tmp):\n"
              "    open(ready, 'w').close()\n"
              "    time.sleep(600)\n"
-             "fileio._fsync_tree = stall\n"
+             "fileio.fsync_tree = stall\n"
              "from lowprec.cli import main\n"
              "sys.argv = ['lowprec', *sys.argv[2:]]\n"
              "main()\n")
