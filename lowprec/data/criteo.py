@@ -170,6 +170,11 @@ def guarded(items: Iterator[Any], path: Path, line: Callable[[], int]) -> Iterat
         yield item
 
 
+def rows_window(offset: int, rows: int) -> dict[str, str]:
+    """Label, start and end of a `rows:N` window: the good rows [offset, offset + rows) of the dataset."""
+    return {"label": f"rows {offset}-{offset + rows - 1}", "start": str(offset), "end": str(offset + rows)}
+
+
 class SequentialWindows:
     """Writes rows into windows in input order: one window per input file, or every `rows_per_window` rows."""
 
@@ -201,8 +206,7 @@ class SequentialWindows:
             return
         w, self.current = self.current, None
         if self.rows_per_window is not None:
-            w.info.update(label=f"rows {self.offset}-{self.offset + w.rows - 1}",
-                          start=str(self.offset), end=str(self.offset + w.rows))
+            w.info.update(rows_window(self.offset, w.rows))
         self.offset += w.rows
         self.writer.add_window(w)
 

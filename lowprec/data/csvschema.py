@@ -156,6 +156,13 @@ def load_schema(path: str | Path) -> CsvSchema:
         raise InputError(f"schema file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise _err(where, f"not valid TOML ({exc})") from exc
+    return schema_from(top, where)
+
+
+def schema_from(top: dict[str, Any], where: str) -> CsvSchema:
+    """Validate a parsed schema (a TOML file's tables, or the copy a dataset's provenance keeps)."""
+    if not isinstance(top, dict):
+        raise _err(where, f"a schema is a table of keys, found {type(top).__name__}")
     _check_keys(where, top, _TOP_KEYS)
     label = _label_rule(where, top)
     dense = tuple(_dense(where, k, v) for k, v in _get(where, top, "dense", dict, {}).items())
@@ -330,18 +337,26 @@ def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: In
 
 
 def prepare_csv(
-    inputs: list[Path], root: Path, schema_path: Path, window: str = "file",
+    inputs: list[Path], root: Path, schema_path: Path | None, window: str = "file",
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS, report: Reporter | None = None,
     progress: Stages | None = None, vocab_from: Path | None = None, show_bad_rows: int | None = 20,
+    recorded_schema: dict[str, Any] | None = None,
 ) -> tuple[DatasetMeta, BadRows]:
     """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`.
 
-    `vocab_from`: an earlier dataset whose vocabularies the vocab columns reuse (frozen)."""
-    schema = load_schema(schema_path)
+    `vocab_from`: an earlier dataset whose vocabularies the vocab columns reuse (frozen).
+    `recorded_schema`: instead of a file, the schema record of a dataset's provenance (`data append`)."""
+    if recorded_schema is not None:
+        where = f"{vocab_from}/dataset.json: provenance schema"
+        schema = schema_from(recorded_schema.get("toml"), where)
+        schema_record = recorded_schema
+    else:
+        where, schema = str(schema_path), load_schema(schema_path)
+        schema_record = {"path": str(schema_path), "sha256": sha256_file(schema_path), "toml": schema.source}
     vocabularies = load_vocabularies(Path(vocab_from), schema) if vocab_from is not None else None
     kind, rows_per_window = parse_window_option(window)
     if kind in CALENDAR and schema.time is None:
-        raise InputError(f"--window {window}: the schema {schema_path} declares no `time` column")
+        raise InputError(f"--window {window}: the schema {where} declares no `time` column")
     if not inputs:
         raise InputError("no input files given")
     parser = _RowParser(schema, vocabularies)
@@ -369,7 +384,7 @@ def prepare_csv(
     writer.provenance.update({
         "source": "csv",
         "inputs": [s.to_json() for s in stats],
-        "schema": {"path": str(schema_path), "sha256": sha256_file(schema_path), "toml": schema.source},
+        "schema": schema_record,
         "windows": window,
         "sparse_hash": "empty -> 0; else 1 + blake2b-64(utf-8 value) % (num_embeddings - 1)",
         "vocabularies": vocab_files,
