@@ -1,4 +1,4 @@
-"""`lowprec data synth|prepare`: build prepared datasets from a generator or from raw files.
+"""`lowprec data synth|prepare|append`: build prepared datasets from a generator or raw files, and grow them.
 
 Thin layer: parse options, check which apply to the chosen format, call one library function inside
 `fileio.atomic_dir` (so a failure leaves nothing new at --out and keeps what was there), print bad rows
@@ -33,7 +33,8 @@ def data() -> None:
     """Make prepared datasets: time windows of dense/sparse/label arrays plus dataset.json.
 
     `synth` generates Criteo-shaped data with a known ground truth and optional drift; `prepare`
-    converts raw Criteo TSV, MovieLens, or any CSV described by a TOML schema.
+    converts raw Criteo TSV, MovieLens, or any CSV described by a TOML schema; `append` adds the
+    windows of new files (a day of logs) to a prepared dataset.
     """
 
 
@@ -194,6 +195,54 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.by_reason.items()))
         click.echo(f"skipped {bad.count:,} bad rows ({reasons})", err=True)
     _summary(out, meta, bad, as_json, {"command": "data prepare", "format": fmt})
+
+
+@data.command("append")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The prepared dataset (csv or criteo-tsv) to add windows to, in place.")
+@click.option("--input", "inputs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="New raw file(s) (plain or .gz); several may follow one --input.")
+@click.argument("more_inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--max-bad-rows", default=DEFAULT_MAX_BAD_ROWS, show_default=True, type=click.IntRange(min=-1),
+              help="Stop (exit 2, the dataset untouched) when more malformed rows are found; -1: no limit.")
+@click.option("--show-bad-rows", default=BAD_ROWS_SHOWN, show_default=True, type=click.IntRange(min=-1),
+              help="Bad rows located as FILE:LINE on stderr and in dataset.json provenance; -1: all.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object as the last stdout line.")
+def append(data_dir: Path, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], max_bad_rows: int,
+           show_bad_rows: int, as_json: bool) -> None:
+    """Add the windows of new raw files after a prepared dataset's last window.
+
+    For the daily job: the new files are read as the dataset's own were (format, CSV schema, window
+    option and table sizes from its dataset.json; CSV vocabularies frozen, new values to id 0,
+    counted), so models trained on it score the new windows, and existing windows stay as they are
+    (drift's history still matches them). Refused, the dataset untouched: a file already in it,
+    calendar windows starting before its last window ends, MovieLens and generated datasets.
+    Example:
+
+    \b
+        lowprec data append --data data/clicks --input clicks-2024-03-08.csv.gz
+    """
+    from lowprec.data.append import append_windows
+
+    shown = None if show_bad_rows < 0 else show_bad_rows
+    with StageBars() as bars:
+        meta, bad, added = append_windows(data_dir, list(inputs) + list(more_inputs),
+                                          max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
+                                          report=_reporter(shown), progress=bars, show_bad_rows=shown)
+    if bad.count:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.by_reason.items()))
+        click.echo(f"skipped {bad.count:,} bad rows ({reasons})", err=True)
+    new = [w for w in meta.windows if w.index in set(added)]
+    rows = sum(w.rows for w in new)
+    if as_json:
+        emit_json({"data": str(data_dir), "command": "data append", "added": added,
+                   "added_labels": [w.label for w in new], "added_rows": rows, "windows": len(meta.windows),
+                   "bad_rows": bad.count, "bad_rows_by_reason": dict(bad.by_reason)})
+        return
+    labels = [w.label for w in new if w.label]
+    span = f" ({labels[0]} .. {labels[-1]})" if len(labels) > 1 else f" ({labels[0]})" if labels else ""
+    click.echo(f"appended {len(added)} window{'s' * (len(added) != 1)}{span} to {data_dir}: {rows:,} rows, "
+               f"{bad.count:,} bad rows skipped; it now holds {len(meta.windows)} windows")
 
 
 COMMANDS = [data]

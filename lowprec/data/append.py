@@ -1,0 +1,150 @@
+"""`lowprec data append`: add the windows of new raw files to a prepared dataset, in place.
+
+A scheduled job gets a day of logs at a time, and preparing the whole history again every day does
+not scale. Append reads the new files exactly as the dataset's own were read: the format, CSV schema,
+window option and table sizes recorded in its dataset.json, with CSV vocabularies frozen as under
+`--vocab-from` (a new value goes to the reserved id 0, counted), so every id keeps its meaning and a
+model trained on the dataset scores the new windows. The new windows come after the last one. The
+existing windows' files and entries are not touched, so their fingerprints (drift's history, a
+model's record of its training windows) still match.
+
+Refused, with the dataset untouched (exit 2):
+- a dataset generated (`data synth`) or read from MovieLens (its features depend on the whole history);
+- an input file already in the dataset (same sha256): a re-run of a daily job adds nothing twice;
+- calendar windows that start before the dataset's last window ends: a period already prepared
+  cannot grow (prepare the dataset again to merge late rows);
+- new data that does not encode as the dataset does (a check: the recorded settings make it so).
+
+The new windows are prepared in a temporary sibling directory. Then the marker lists their files,
+the files are renamed into the dataset, and dataset.json is replaced: that replacement is the commit.
+A run killed before it leaves files no window names, which the next append overwrites.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from lowprec.data.criteo import BadRows, prepare_criteo, rows_window
+from lowprec.data.csvschema import CALENDAR, prepare_csv
+from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
+from lowprec.errors import InputError
+from lowprec.fileio import ENTRIES, MARKER, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
+from lowprec.jsonsafe import dumps
+
+# what differs from one run over new files to the next; the rest of a run's provenance repeats the
+# dataset's own (source, schema, window option, hashing rule, vocabularies)
+PER_RUN = ("inputs", "bad_rows", "warnings", "multi_hot_truncated", "vocab_unseen", "hash_collisions")
+
+
+def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[DatasetMeta, BadRows, list[int]]:
+    """Append `inputs`' windows to the dataset at `root`; returns its new meta, the bad rows of the
+    new files and the new windows' indices. `read`: max_bad_rows, report, progress, show_bad_rows."""
+    ds = Dataset(root)
+    root, old = through_symlink(ds.root), ds.meta  # (staged beside the real directory: renames stay on its disk)
+    with _exclusive(root):
+        with temporary_sibling(root) as staging:
+            new, bad = _prepare_like(root, old, inputs, staging, **read)
+            _check_new_inputs(old, new, root)
+            _check_same_encoding(old, new, root)
+            _check_later(old, new, root)
+            added = _commit(root, old, new, staging / "new")
+    return Dataset(root).meta, bad, added
+
+
+def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Path,
+                  **read: Any) -> tuple[DatasetMeta, BadRows]:
+    """Read `inputs` into staging/new as the dataset's own files were read."""
+    prov = old.provenance
+    source = prov.get("source")
+    if source == "csv":
+        return prepare_csv(inputs, staging / "new", None, str(prov.get("windows") or "file"), vocab_from=root,
+                           recorded_schema=prov.get("schema") if isinstance(prov.get("schema"), dict) else {},
+                           **read)
+    if source == "criteo-tsv":
+        every = re.fullmatch(r"every (\d+) rows", str(prov.get("windows")))
+        return prepare_criteo(inputs, staging / "new", list(old.num_embeddings),
+                              int(every.group(1)) if every else None, **read)
+    raise InputError(f"{root}: a dataset from {source or 'an unrecorded source'!r} cannot be appended to; "
+                     f"append reads new files as the dataset's own were read, which it can for csv and "
+                     f"criteo-tsv datasets (MovieLens history features and generated data depend on all "
+                     f"the data): prepare the dataset again with the new files")
+
+
+def _check_new_inputs(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
+    prov = old.provenance
+    known = {i.get("sha256"): i.get("path") for run in [prov, *prov.get("appends", [])]
+             for i in run.get("inputs", []) if isinstance(i, dict)}
+    for i in new.provenance["inputs"]:
+        if i["sha256"] in known:
+            raise InputError(f"{i['path']}: this file is already in {root} (as {known[i['sha256']]}, same "
+                             f"sha256); appending it again would count its rows twice")
+
+
+def _check_same_encoding(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
+    def layout(m: DatasetMeta) -> tuple:
+        return m.dense_names, tuple((f.name, f.num_embeddings, f.hotness, f.encoding) for f in m.sparse)
+
+    if layout(old) != layout(new):
+        raise InputError(f"the new files do not encode as {root}'s windows do (features, table sizes or "
+                         f"encodings differ: {layout(new)} against {layout(old)}); prepare the dataset again")
+
+
+def _check_later(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
+    """Calendar windows: every new window starts at or after the end of the dataset's last one."""
+    if str(old.provenance.get("windows")) not in CALENDAR or not old.windows:
+        return
+    last = old.windows[-1]
+    for w in new.windows:
+        if _time(w.start) < _time(last.end):
+            raise InputError(f"{w.rows:,} new row(s) fall in {w.label!r}, which starts before {root}'s last window "
+                             f"{last.label!r} ends ({last.end}); append adds later periods only. Prepare the "
+                             f"dataset again from all its files to merge late rows into earlier windows")
+
+
+def _time(iso: str | None) -> dt.datetime:
+    t = dt.datetime.fromisoformat(str(iso))
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _commit(root: Path, old: DatasetMeta, new: DatasetMeta, staged: Path) -> list[int]:
+    first = len(old.windows)
+    moves = [(src, window_files(root, first + w.index)[k])
+             for w in new.windows for k, src in window_files(staged, w.index).items() if src.exists()]
+    fsync_tree(staged)
+    lines = (root / MARKER).read_text(encoding="utf-8").splitlines() if (root / MARKER).is_file() else []
+    if ENTRIES in lines:  # a later `data prepare --out` here must still recognise every file as ours
+        listed = set(lines)
+        atomic_write_text(root / MARKER, "".join(f"{x}\n" for x in lines + sorted(
+            {dst.name for _, dst in moves} - listed)))
+    for src, dst in moves:
+        os.replace(src, dst)
+    before = sum(w.rows for w in old.windows)  # `rows:N` windows number rows across the whole dataset
+    added = [WindowInfo(first + w.index, w.rows, w.label, w.start, w.end) if not str(w.start).isdigit() else
+             WindowInfo(first + w.index, w.rows, **rows_window(before + int(w.start), w.rows)) for w in new.windows]
+    run = {k: new.provenance[k] for k in PER_RUN if k in new.provenance}
+    prov = {**old.provenance, "appends": [*old.provenance.get("appends", []),
+                                          {"windows": [w.index for w in added], **run}]}
+    merged = DatasetMeta(old.dense_names, old.sparse, old.windows + tuple(added), prov)
+    atomic_write_text(root / "dataset.json", dumps(merged.to_json(), indent=2, sort_keys=False) + "\n")
+    return [w.index for w in added]
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """One append at a time per dataset (an flock on its directory, released if the process dies)."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{root}: another `lowprec data append` is writing this dataset; try again when it "
+                             f"has finished") from None
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,189 @@
+"""`lowprec data append`: a day of logs added to a prepared dataset in place, read as its own files
+were, existing windows untouched; refusals leave the dataset as it was."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import run_cli as run
+from lowprec.data.dataset import Dataset, window_files
+from lowprec.data.windows import window_fingerprint
+from lowprec.fileio import sha256_file
+
+SCHEMA = """
+label = "click"
+time = "ts"
+[dense.price]
+[categorical.item]
+encoding = "vocab"
+[categorical.user]
+num_embeddings = 50
+[categorical.tags]
+num_embeddings = 20
+sep = "|"
+hotness = 2
+"""
+DAY = 86_400
+T0 = 1_700_006_400  # 2023-11-15T00:00:00Z
+
+
+def day_csv(path, days, items, seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    lines = ["click,ts,price,item,user,tags"]
+    for d in days:
+        lines += [f"{int(rng.random() < 0.4)},{T0 + d * DAY + 60 * i},{rng.random():.3f},{items[i % len(items)]},"
+                  f"u{int(rng.integers(0, 9))},t{i % 3}|t{i % 5}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def state(root):
+    """Every file's bytes in the dataset directory (what a refused append must leave alone)."""
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    schema = tmp_path / "s.toml"
+    schema.write_text(SCHEMA)
+    src = day_csv(tmp_path / "first.csv", [0, 1, 2], ["a", "b", "c"])
+    r = run("data", "prepare", "--format", "csv", "--input", src, "--schema", schema, "--out", tmp_path / "d",
+            "--window", "day")
+    assert r.exit_code == 0, r.output
+    return tmp_path / "d"
+
+
+def test_a_csv_day_is_appended_as_the_dataset_reads_it(prepared, tmp_path):
+    before = Dataset(prepared)
+    prints = [window_fingerprint(before, w) for w in range(3)]
+    old_files = {w: {k: sha256_file(p) for k, p in window_files(prepared, w).items()} for w in range(3)}
+    new = day_csv(tmp_path / "day3.csv", [3, 4], ["b", "zz"], seed=1)  # "zz": never in the vocabulary
+    r = run("data", "append", "--data", prepared, "--input", new, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["added"] == [3, 4] and out["added_labels"] == ["2023-11-18", "2023-11-19"] and out["windows"] == 5
+    after = Dataset(prepared)
+    assert [w.label for w in after.meta.windows] == ["2023-11-15", "2023-11-16", "2023-11-17", "2023-11-18",
+                                                     "2023-11-19"]
+    assert after.meta.sparse == before.meta.sparse  # same table sizes and encodings: models still score it
+    assert [window_fingerprint(after, w) for w in range(3)] == prints  # drift history and training records match
+    assert all(sha256_file(p) == old_files[w][k] for w in range(3) for k, p in window_files(prepared, w).items())
+    # the new window equals the same rows prepared with the dataset as --vocab-from
+    schema = tmp_path / "s.toml"
+    r = run("data", "prepare", "--format", "csv", "--input", new, "--schema", schema, "--out", tmp_path / "alone",
+            "--window", "day", "--vocab-from", prepared)
+    assert r.exit_code == 0, r.output
+    alone = Dataset(tmp_path / "alone")
+    for w in (0, 1):
+        for got, want in zip(after.arrays(3 + w), alone.arrays(w)):
+            np.testing.assert_array_equal(got, want)
+    appended = after.meta.provenance["appends"]
+    assert len(appended) == 1 and appended[0]["windows"] == [3, 4]
+    assert appended[0]["vocab_unseen"] == {"item": 60} and appended[0]["inputs"][0]["rows"] == 120
+    # every file is listed in the marker: `data prepare --out` may still replace the dataset later
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "first.csv", "--schema", schema,
+            "--out", prepared, "--window", "day")
+    assert r.exit_code == 0, r.output
+
+
+def test_refusals_leave_the_dataset_as_it_was(prepared, tmp_path):
+    day3 = day_csv(tmp_path / "day3.csv", [3], ["a"], seed=2)
+    assert run("data", "append", "--data", prepared, "--input", day3).exit_code == 0
+    kept = state(prepared)
+    for inputs, says in [
+        ([day3], "this file is already in"),  # a re-run of the daily job
+        ([tmp_path / "copy.csv"], "this file is already in"),  # the same bytes under another name
+        ([day_csv(tmp_path / "late.csv", [2], ["a"], seed=3)], "which starts before"),  # a day already prepared
+        ([day_csv(tmp_path / "mixed.csv", [3, 4], ["a"], seed=4)], "'2023-11-18', which starts before"),
+        ([tmp_path / "missing.csv"], "not found"),
+    ]:
+        if inputs[0].name == "copy.csv":
+            inputs[0].write_bytes(day3.read_bytes())
+        r = run("data", "append", "--data", prepared, "--input", *inputs)
+        assert r.exit_code == 2 and says in r.output, (inputs, r.output)
+        assert state(prepared) == kept
+    bad = tmp_path / "bad.csv"
+    bad.write_text("click,ts,price,item,user,tags\n" + "".join(f"x,{T0 + 9 * DAY},1,a,u,t\n" for _ in range(5)))
+    r = run("data", "append", "--data", prepared, "--input", bad, "--max-bad-rows", 2)
+    assert r.exit_code == 2 and "exceed --max-bad-rows 2" in r.output
+    assert state(prepared) == kept
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no staging directory left behind
+
+
+def test_generated_and_movielens_datasets_are_refused(tmp_path):
+    r = run("data", "synth", "--out", tmp_path / "s", "--windows", 1, "--rows-per-window", 50)
+    assert r.exit_code == 0, r.output
+    r = run("data", "append", "--data", tmp_path / "s", "--input", day_csv(tmp_path / "x.csv", [0], ["a"]))
+    assert r.exit_code == 2 and "cannot be appended to" in r.output and "'synth" in r.output
+
+
+def test_an_append_killed_before_its_commit_changes_nothing_and_the_next_one_succeeds(prepared, tmp_path,
+                                                                                       monkeypatch):
+    """The files are renamed in first and dataset.json replaced last: a run that dies in between leaves
+    files no window names; the dataset reads as before and the next append writes over them."""
+    from lowprec.data import append
+
+    kept = Dataset(prepared).meta
+    real = append.atomic_write_text
+
+    def die_at_the_commit(path, text, *a, **k):
+        if path.name == "dataset.json":
+            raise KeyboardInterrupt
+        return real(path, text, *a, **k)
+
+    monkeypatch.setattr(append, "atomic_write_text", die_at_the_commit)
+    day3 = day_csv(tmp_path / "day3.csv", [3], ["a"], seed=5)
+    with pytest.raises(KeyboardInterrupt):
+        append.append_windows(prepared, [day3])
+    assert Dataset(prepared).meta == kept and (prepared / "day_3_labels.npy").exists()
+    monkeypatch.undo()
+    other = day_csv(tmp_path / "day4.csv", [4], ["b"], seed=6, n=10)  # fewer rows than the orphaned files
+    r = run("data", "append", "--data", prepared, "--input", other)
+    assert r.exit_code == 0, r.output
+    assert Dataset(prepared).arrays(3)[2].shape == (10,)
+
+
+def test_one_append_at_a_time(prepared, tmp_path):
+    fd = os.open(prepared, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run("data", "append", "--data", prepared, "--input", day_csv(tmp_path / "d.csv", [3], ["a"]))
+        assert r.exit_code == 2 and "another `lowprec data append`" in r.output
+    finally:
+        os.close(fd)
+
+
+def test_criteo_files_append_with_the_dataset_table_sizes(tmp_path):
+    from lowprec.data.criteo import N_DENSE, N_SPARSE
+
+    good = ["\t".join([str(k % 2), *(str(k + i) for i in range(N_DENSE)),
+                       *(f"{k * 977 + j:08x}" for j in range(N_SPARSE))]) for k in range(3)]
+    for name, lines in (("day_0.tsv", good), ("day_1.tsv", good[::-1] * 3)):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "day_0.tsv", "--out", tmp_path / "c",
+            "--table-size", "77")
+    assert r.exit_code == 0, r.output
+    r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_1.tsv", "--json")
+    assert r.exit_code == 0, r.output
+    ds = Dataset(tmp_path / "c")
+    assert [w.label for w in ds.meta.windows] == ["day_0.tsv", "day_1.tsv"] and ds.meta.windows[1].rows == 9
+    assert ds.meta.num_embeddings == [77] * 26
+    np.testing.assert_array_equal(ds.arrays(1)[1][:3], ds.arrays(0)[1][::-1])  # same hashing of the same ids
+
+
+def test_rows_windows_go_on_numbering_the_dataset_rows(prepared, tmp_path):
+    """`--window rows:N`: appended windows continue the dataset's row numbering, labels included."""
+    schema = tmp_path / "s.toml"
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "first.csv", "--schema", schema,
+            "--out", tmp_path / "r", "--window", "rows:100")
+    assert r.exit_code == 0, r.output
+    r = run("data", "append", "--data", tmp_path / "r", "--input", day_csv(tmp_path / "more.csv", [3], ["a"], n=150))
+    assert r.exit_code == 0, r.output
+    got = [(w.label, w.start, w.end) for w in Dataset(tmp_path / "r").meta.windows]
+    assert got == [("rows 0-99", "0", "100"), ("rows 100-179", "100", "180"),
+                   ("rows 180-279", "180", "280"), ("rows 280-329", "280", "330")]
