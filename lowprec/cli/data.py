@@ -17,7 +17,8 @@ from tqdm import tqdm
 from lowprec.cli import emit_json
 from lowprec.cli._common import StageBars
 from lowprec.data.criteo import DEFAULT_MAX_BAD_ROWS, BadRows, parse_table_sizes, prepare_criteo
-from lowprec.data.csvschema import parse_window_option, prepare_csv
+from lowprec.data.csvread import prepare_csv
+from lowprec.data.csvschema import parse_window_option
 from lowprec.data.dataset import DatasetMeta
 from lowprec.data.movielens import prepare_movielens
 from lowprec.data.latent import synth_config

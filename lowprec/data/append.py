@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lowprec.data.criteo import BadRows, prepare_criteo, rows_window
-from lowprec.data.csvschema import CALENDAR, prepare_csv
+from lowprec.data.csvread import prepare_csv
+from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
 from lowprec.errors import InputError
 from lowprec.fileio import ENTRIES, MARKER, atomic_write_text, fsync_tree, temporary_sibling, through_symlink

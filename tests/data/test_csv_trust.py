@@ -241,3 +241,44 @@ def test_a_vocabulary_that_outgrows_the_memory_left_stops_with_advice(tmp_path):
     assert "[categorical.user]: the vocabulary of column 'user' holds " in r.stderr
     assert "of memory is left to this process" in r.stderr and 'encoding = "hash"' in r.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_broken_quoting_is_a_bad_row_naming_its_lines_never_swallowed_rows(tmp_path, schema):
+    """Python's csv module, lenient by default, read a quote left open as one cell running to the
+    next quote: the rows between vanished into it and the run said "0 bad rows". `1,"2"x` read as
+    '2x'. Now each is a bad row located at its first line, naming the lines it ran over, and the rows
+    after it are read."""
+    ok = [f"{i % 2},{1_700_000_000 + i},1.0,a,u1,fine" for i in range(6)]
+    rows = [ok[0], '1,1700000100,1.0,"b,u1,open', ok[1], ok[2], '0,1700000200,1.0,c,u1,"closed', ok[3],
+            '1,1700000300,"2"x,a,u1,x', ok[4], ok[5]]
+    csv = write_csv(tmp_path / "q.csv", rows, header="click,ts,price,item,user,note")
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d",
+            "--json")
+    assert r.exit_code == 0, r.output
+    assert f"{csv}:3: malformed quoting" in r.output and "runs over lines 3-6: is a quote left open until line 6?" in r.output
+    assert f"{csv}:8: malformed quoting" in r.output  # `"2"x`
+    assert json.loads(r.stdout.strip().splitlines()[-1])["bad_rows_by_reason"] == {"quoting": 2}
+    assert Dataset(tmp_path / "d").meta.windows[0].rows == 4  # rows 2, 7, 9, 10: the lines 4-5 went with line 3
+    # a quote open to the end of the file: one bad row over the rest of the file, not a cell holding it
+    csv = write_csv(tmp_path / "eof.csv", ok[:2] + ['1,1700000400,1.0,"z,u1,x'] + ok[2:],
+                    header="click,ts,price,item,user,note")
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "e")
+    assert r.exit_code == 0 and f"{csv}:4: malformed quoting (unexpected end of data); the record runs over lines 4-8" in r.output
+
+
+def test_line_breaks_in_quoted_cells_and_long_cells(tmp_path, schema):
+    """Quoted cells may hold line breaks (legal CSV): kept in a column nobody reads, with a warning
+    naming the first place; a bad row in a column the schema reads. A 200 KB cell stopped the whole
+    run (the csv module's 128 KiB field limit): it is read."""
+    rows = [f"{i % 2},{1_700_000_000 + i},1.0,a,u1,fine" for i in range(4)]
+    rows[1] = '0,1700000001,1.0,a,u1,"two\nlines"'
+    rows[2] = '1,1700000002,1.0,"it\nem",u1,x'
+    rows[3] = "1,1700000003,1.0,a,u1," + "n" * 200_000
+    csv = write_csv(tmp_path / "m.csv", rows, header="click,ts,price,item,user,note")
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "d",
+            "--json")
+    assert r.exit_code == 0, r.output
+    assert f"{csv}:5: column 'item' holds a line break; the record runs over lines 5-6" in r.output
+    assert f"1 record(s) run over several lines, the first at {csv}:3-4" in r.output
+    meta = Dataset(tmp_path / "d").meta
+    assert meta.windows[0].rows == 3 and any("run over several lines" in w for w in meta.provenance["warnings"])
