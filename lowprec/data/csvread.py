@@ -1,23 +1,19 @@
 """Reading CSV records into a prepared dataset, as a schema (lowprec.data.csvschema) describes them.
 
-Records are read with Python's csv module in strict mode, so malformed quoting (`1,"2"x`, a quote
-left open to the end of the file) is an error of that record, which becomes a bad row located at
-the line where the record starts; the reader goes on at the next line. A record that runs over
-several physical lines is legal CSV (a quoted cell holding line breaks). When such a break lands in
-a cell the schema reads, the row is bad (it names the lines: a quote left open until a later quote
-swallows the lines between, which would otherwise vanish into one cell); in other columns the
-record is kept and the file gets a warning with the count and the first place. Cells may be up to
-FIELD_LIMIT bytes (Python's default, 128 KiB, stopped a whole run at one long cell of a column
-nobody reads).
+Records come from lowprec.data.records (strict mode: malformed quoting is a bad row at the line where
+the record starts, naming the lines it ran over). A record over several physical lines is legal CSV
+(a quoted cell holding line breaks). When such a break lands in a cell the schema reads, the row is
+bad: that is how a quote left open until a later quote looks, the lines between swallowed into one
+cell. In other columns the record is kept and the file gets a warning with the count and the first
+place.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -31,12 +27,12 @@ from lowprec.data.csvschema import (
 )
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows, header_positions
+from lowprec.data.records import records, spans, strict_reader
 from lowprec.errors import InputError, warn
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
 
 CHUNK_ROWS = 1 << 16
-FIELD_LIMIT = 64 << 20
 
 
 class _RowParser:
@@ -129,26 +125,24 @@ def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: In
 
     with open_input(path, stats, progress) as (stream, tick):
         # surrogateescape: a bad byte is found row by row below, so its error names the real line
-        csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-        reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=""),
-                            delimiter=parser.schema.delimiter, strict=True)
-        records = guarded(_records(reader), path, lambda: reader.line_num + 1)
-        first, last, header = next(records, (0, 0, None))
+        reader = strict_reader(stream, parser.schema.delimiter, errors="surrogateescape")
+        rows = guarded(records(reader), path, lambda: reader.line_num + 1)
+        first, last, header = next(rows, (0, 0, None))
         if isinstance(header, csv.Error):
             raise InputError(f"{path}:{first}: cannot read the header ({header})")
         if header is not None and _bad_utf8(header):
             raise InputError(f"{path}:{last}: the header is not valid UTF-8 ({_bad_utf8(header)})")
         parser.bind(path, header)
-        for first, last, row in records:
+        for first, last, row in rows:
             stats.lines = last
             if isinstance(row, csv.Error):
-                parsed: tuple = ("quoting", f"malformed quoting ({row})" + _spans(first, last))
+                parsed: tuple = ("quoting", f"malformed quoting ({row})" + spans(first, last))
             elif not row or row == [""]:
                 continue
             elif _bad_utf8(row):
                 parsed = ("encoding", f"not valid UTF-8 ({_bad_utf8(row)})")
             elif last > first and parser.line_break(row):  # before parse: it grows vocabularies
-                parsed = ("quoting", f"column {parser.line_break(row)!r} holds a line break" + _spans(first, last))
+                parsed = ("quoting", f"column {parser.line_break(row)!r} holds a line break" + spans(first, last))
             else:
                 parsed = parser.parse(row)
                 if last > first and not isinstance(parsed[0], str):
@@ -164,26 +158,6 @@ def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: In
                 flush()
                 tick()
         flush()
-
-
-def _records(reader: Any) -> Iterator[tuple[int, int, list[str] | csv.Error]]:
-    """(first line, last line, cells) per record; a malformed record's csv.Error in place of its cells
-    (the reader goes on at the next line)."""
-    it = iter(reader)
-    while True:
-        first = reader.line_num + 1
-        try:
-            row: list[str] | csv.Error = next(it)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            row = exc
-        yield first, reader.line_num, row
-
-
-def _spans(first: int, last: int) -> str:
-    return (f"; the record runs over lines {first}-{last}: is a quote left open until line {last}?"
-            if last > first else "")
 
 
 def prepare_csv(

@@ -31,7 +31,6 @@ that the CSV reader shares.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 import shutil
@@ -44,6 +43,7 @@ import numpy as np
 from lowprec.data.criteo import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
 from lowprec.data import encoding as fingerprint
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
+from lowprec.data.records import records, spans, strict_reader
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 
@@ -129,21 +129,23 @@ def read_movies(
     """movieId -> (release year or None, genres)."""
     out: dict[int, tuple[int | None, list[str]]] = {}
     with open_input(path, stats, progress) as (stream, _tick):
-        reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""))
-        rows = guarded(reader, path, lambda: reader.line_num + 1)
-        header = next(rows, None)
-        if header is None or [h.strip() for h in header[:3]] != ["movieId", "title", "genres"]:
+        reader = strict_reader(stream)
+        rows = guarded(records(reader), path, lambda: reader.line_num + 1)
+        header = next(rows, (0, 0, None))[2]
+        if not isinstance(header, list) or [h.strip() for h in header[:3]] != ["movieId", "title", "genres"]:
             raise InputError(f"{path}:1: expected header movieId,title,genres, found {header}")
-        for row in rows:
-            stats.lines = reader.line_num
-            if not row:
+        for first, last, row in rows:
+            stats.lines = last
+            if isinstance(row, list) and not row:
                 continue
             try:
+                if isinstance(row, csv.Error) or last > first:  # no title holds a line break: a quote left open
+                    raise ValueError(f"malformed quoting{f' ({row})' if isinstance(row, csv.Error) else ''}")
                 mid = int(row[0])
                 title, genres = row[1], row[2]
             except (ValueError, IndexError) as exc:
                 stats.bad_rows += 1
-                bad.add(path, reader.line_num, "movie row", f"malformed movie row ({exc})")
+                bad.add(path, first, "movie row", f"malformed movie row ({exc}){spans(first, last)}")
                 continue
             match = _YEAR_RE.search(title)
             gl = [g for g in genres.split("|") if g and g != NO_GENRES]

@@ -181,3 +181,19 @@ def test_ratings_header_is_read_by_name(tmp_path, header, says):
     else:
         assert res.exit_code == 2 and f"{src / 'ratings.csv'}:1" in res.output and says in res.output
         assert not (tmp_path / "o").exists()
+
+
+def test_a_quote_left_open_in_movies_csv_is_a_bad_row_not_swallowed_movies(tmp_path):
+    """A title whose quote is never closed read the movies after it as part of that title until the
+    next quote: they lost their genres and years without a word. It is now a bad row naming the lines."""
+    from lowprec.data.criteo import BadRows, InputStats
+    from lowprec.data.movielens import read_movies
+
+    movies = tmp_path / "movies.csv"
+    movies.write_text('movieId,title,genres\n1,"Toy Story (1995)",Comedy\n2,"Broken (1996),Drama\n'
+                      '3,Heat (1995),Action|Crime\n4,"Closed, a (1997)",Drama\n5,Up (2009),Animation\n')
+    bad = BadRows(None, None)
+    got = read_movies(movies, bad, InputStats(str(movies)), None)
+    assert got == {1: (1995, ["Comedy"]), 5: (2009, ["Animation"])}
+    assert bad.count == 1 and bad.to_json()["examples"][0].startswith(f"{movies}:3: malformed movie row (malformed "
+                                                                       f"quoting (',' expected after '\"')); the record runs over lines 3-5")

@@ -1,0 +1,45 @@
+"""CSV records read strictly, for every CSV reader (lowprec.data.csvread, MovieLens' movies.csv).
+
+Python's csv module is lenient by default: a quote left open reads every line up to the next quote
+as one cell (the rows between vanish into it), and `1,"2"x` reads as '2x'. Here records are read in
+strict mode, and each comes with the physical lines it spans, so a reader can make a malformed
+record a bad row at the line where it starts, name the lines it ran over, and go on at the next
+line. Cells may be up to FIELD_LIMIT bytes (the module's default, 128 KiB, stopped a whole run at one
+long cell of a column nobody reads).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import IO, Any, Iterator
+
+FIELD_LIMIT = 64 << 20
+
+
+def strict_reader(stream: IO[bytes], delimiter: str = ",", errors: str = "strict") -> Any:
+    """A csv reader over a binary stream (UTF-8, BOM skipped) in strict mode."""
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+    return csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline=""),
+                      delimiter=delimiter, strict=True)
+
+
+def records(reader: Any) -> Iterator[tuple[int, int, list[str] | csv.Error]]:
+    """(first line, last line, cells) per record of `reader`; a malformed record's csv.Error in place
+    of its cells (the reader goes on at the next line)."""
+    it = iter(reader)
+    while True:
+        first = reader.line_num + 1
+        try:
+            row: list[str] | csv.Error = next(it)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row = exc
+        yield first, reader.line_num, row
+
+
+def spans(first: int, last: int) -> str:
+    """The end of a bad-row message for a record over several lines."""
+    return (f"; the record runs over lines {first}-{last}: is a quote left open until line {last}?"
+            if last > first else "")
