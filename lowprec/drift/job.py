@@ -120,12 +120,13 @@ class _Models:
     manifest: dict[str, Any] | None
     reference_sha: str
     candidate_sha: str
+    reference_info: dict[str, Any] | None = None  # its training record (which windows it learned from)
 
 
 def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     if model_kind(job.reference) != "float":
         raise InputError(f"--reference {job.reference}: must be a float model directory (config.json)")
-    reference, ref_cfg, _ = load_model(job.reference)
+    reference, ref_cfg, ref_info = load_model(job.reference)
     candidate, cand_cfg, manifest = load_model(job.candidate)
     check_compatible(ref_cfg, ds.meta, str(job.reference))
     check_compatible(cand_cfg, ds.meta, str(job.candidate))
@@ -134,7 +135,7 @@ def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     if is_artifact and not job.allow_unrelated_candidate:
         check_converted_from(job.reference, ref_sha, job.candidate, manifest, "--allow-unrelated-candidate")
     cand_sha = sha256_file(job.candidate / "manifest.json") if is_artifact else weights_sha256(job.candidate)
-    return _Models(reference, candidate, manifest if is_artifact else None, ref_sha, cand_sha)
+    return _Models(reference, candidate, manifest if is_artifact else None, ref_sha, cand_sha, ref_info)
 
 
 def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:

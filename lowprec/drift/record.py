@@ -11,6 +11,7 @@ from lowprec.drift.alarm import decide
 from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
 from lowprec.evaluation.paired import TableError, WindowMeasure
+from lowprec.train import seen_in_training
 
 
 def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int, run_id: int,
@@ -22,6 +23,11 @@ def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: in
     base = store.baseline()
     s = signals_for(m, base, rates, expected_gap(models.manifest), expected_calibration_gap(models.manifest))
     d = decide(s, store.previous_state(w), job.config.alarm)
+    learned = seen_in_training(getattr(models, "reference_info", None), ds, [w])
+    warnings = d.warnings + tuple(
+        f"--reference learned from this window ({kind} data): both models' metrics here are not held-out, and as "
+        f"a staleness baseline it makes later windows look stale; monitor windows after the training ones"
+        for kind in learned.values())
     row = {
         "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
         "rows": m.rows, "ctr": m.reference["ctr"], "seconds": m.seconds,
@@ -34,7 +40,7 @@ def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: in
         "cal_gap": m.cal_gap.estimate, "cal_gap_lo": m.cal_gap.lo, "cal_gap_hi": m.cal_gap.hi, "psi": m.psi,
         "baseline_window": base["window"] if base else w, "stale_ne": s.stale_ne,
         "stale_calibration": s.stale_calibration, "cusum_up": d.state.up, "cusum_down": d.state.down,
-        "alarm": int(d.alarm), "triggers": d.triggers, "reason": d.reason, "warnings": d.warnings,
+        "alarm": int(d.alarm), "triggers": d.triggers, "reason": d.reason, "warnings": warnings,
         "staleness": d.staleness,
     }
     clip_rows = [{"window": w, "layer": n, "clip_rate": c["clip_rate"], "calib_clip_rate": rates.get(n),

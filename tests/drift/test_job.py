@@ -72,6 +72,18 @@ def test_db_matches_evaluate_and_delong_matches_brute_force(pair, tmp_path):
     assert rows[3]["ne_gap_se"] == pytest.approx(rows[3]["ne_gap_se_delta"], rel=0.25)
 
 
+def test_a_window_the_reference_learned_from_carries_a_warning(pair, tmp_path):
+    """`--windows all` on a dataset that grows (data append) takes in the reference's training
+    windows: their metrics are not held-out, and the first of them became the staleness baseline,
+    so later windows read "staleness: retrain" with nothing said. The window's record says so."""
+    r = drift(pair, tmp_path / "h.sqlite", windows="1-3")
+    assert r.exit_code in (0, 1), r.output
+    said = {w["window"]: [x for x in w["warnings"] if x.startswith("--reference learned from this window")]
+            for w in last_json(r)["windows"]}
+    assert said == {1: [said[1][0]], 2: [], 3: []} and "(training data)" in said[1][0]
+    assert said[1][0] in stored_rows(tmp_path / "h.sqlite")[0]["warnings"]
+
+
 def stored_rows(db):
     with DriftStore(db) as s:
         return s.windows()
