@@ -187,3 +187,25 @@ def test_rows_windows_go_on_numbering_the_dataset_rows(prepared, tmp_path):
     got = [(w.label, w.start, w.end) for w in Dataset(tmp_path / "r").meta.windows]
     assert got == [("rows 0-99", "0", "100"), ("rows 100-179", "100", "180"),
                    ("rows 180-279", "180", "280"), ("rows 280-329", "280", "330")]
+
+
+def test_an_append_that_commits_while_another_waits_is_kept(prepared, tmp_path, monkeypatch):
+    """The dataset's windows are read under the lock: read before it, an append that committed in
+    between was overwritten (its files renamed over, its windows left out of dataset.json)."""
+    import contextlib
+
+    from lowprec.data import append
+
+    real = append._exclusive
+    day3, day4 = day_csv(tmp_path / "d3.csv", [3], ["a"], seed=7), day_csv(tmp_path / "d4.csv", [4], ["b"], seed=8)
+
+    @contextlib.contextmanager
+    def another_commits_first(root):
+        monkeypatch.setattr(append, "_exclusive", real)
+        append.append_windows(prepared, [day3])
+        with real(root):
+            yield
+
+    monkeypatch.setattr(append, "_exclusive", another_commits_first)
+    append.append_windows(prepared, [day4])
+    assert [w.label for w in Dataset(prepared).meta.windows][3:] == ["2023-11-18", "2023-11-19"]
