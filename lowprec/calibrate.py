@@ -52,6 +52,11 @@ class CalibConfig:
     batch_size: int = 4096
     max_rows: int | None = None  # cap on rows per pass (None: every row of the windows)
 
+    def rows_read(self, ds: Dataset) -> int:
+        """Rows the two passes read together in one process (what a progress bar counts to): max_rows
+        stops a pass at the end of the batch that reaches it."""
+        return 2 * sum(batch_sizes(ds, list(self.windows), self.batch_size, self.max_rows))
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"calibration method {self.method!r} is not one of {METHODS}")

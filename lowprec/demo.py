@@ -53,7 +53,8 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), stages: Stages | N
     train_cfg = TrainConfig(windows=(0, 1, 2, 3), seed=cfg.seed)
     model, info = train(ds, train_cfg, progress=stage(stages, "train", total_steps_rows(ds, train_cfg)))
     save_float_model(model, out / "model", info)
-    calib = calibrate(model, ds, CalibConfig((4,)), stage(stages, "calibrate", 2 * cfg.rows_per_window))
+    ccfg = CalibConfig((4,))
+    calib = calibrate(model, ds, ccfg, stage(stages, "calibrate", ccfg.rows_read(ds)))
     save_calibration(calib, out / "calib.json", sha256_file(out / "model" / "model.safetensors"))
     result, summary = run_search(SearchRequest(
         model_dir=out / "model", data_dir=data, out=out / "plan.json", calib_windows="4", eval_windows="5-7",

@@ -263,6 +263,16 @@ def test_calibrate_creates_the_output_directory(trained, tmp_path):
     assert out.is_file() and (out.parent / side).is_file() and side.startswith("calib.counts-")
 
 
+def test_calibration_progress_counts_the_rows_both_passes_read(trained):
+    """The progress bars of calibrate, search (inline calibration) and the demo count to this; the
+    search's bar had no total. Both passes stop at max_rows, as the batches do."""
+    from lowprec.calibrate import CalibConfig, _batches
+
+    ds = Dataset(trained[0] / "data")
+    for cfg in (CalibConfig((1, 2)), CalibConfig((1, 2), max_rows=700), CalibConfig((2,), max_rows=10**9)):
+        assert cfg.rows_read(ds) == 2 * sum(len(b) for b in _batches(ds, cfg))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_tables_served_in_place_start_on_cache_lines(tmp_path, precision):
     """Every physical table the TBE reads in place from the mapped artifact starts at a multiple of

@@ -28,7 +28,6 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, b
     from lowprec.calibrate import CalibConfig, save_calibration
     from lowprec.calibrate import calibrate as run_calibrate
     from lowprec.checkpoint.float_model import load_float_model
-    from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import select_windows
     from lowprec.fileio import claim_output
@@ -40,8 +39,7 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, b
     dist.check_same([model_dir, data_dir])
     model, _ = load_float_model(model_dir)
     check_compatible(model.config, ds.meta, model_dir)
-    rows = count_rows(ds, list(cfg.windows))
-    with progress_bar(2 * (min(rows, max_rows) if max_rows else rows), "calibrate") as update:
+    with progress_bar(cfg.rows_read(ds), "calibrate") as update:
         calib = run_calibrate(model, ds, cfg, update)
     from pathlib import Path
 

@@ -211,7 +211,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
             check_calibration_model(calibration, weights_sha256(req.model_dir), req.model_dir, override=None)
     else:
         ccfg = _calib_config(recipe, req.recipe, cfg.calib_windows)
-        calibration = calibrate(model, ds, ccfg, stage(stages, "calibrate", None))
+        calibration = calibrate(model, ds, ccfg, stage(stages, "calibrate", ccfg.rows_read(ds)))
         counts = calibration["row_counts"]
         for k in list(counts):  # one table's int32 and float32 copies at a time, not all of them
             counts[k] = torch.as_tensor(counts.pop(k), dtype=torch.float32)

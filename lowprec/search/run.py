@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lowprec import distributed as dist
+from lowprec.data.batches import count_rows
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError, warn
 from lowprec.model.dlrm import DLRM
@@ -274,7 +275,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     touched = rows_subset.TouchedRows(model, ds, list(cfg.eval_windows))  # one pass for every round
 
     def check(chosen: dict[str, Option], round_no: int) -> Validation:
-        update = stage(stages, f"validate round {round_no}", None)
+        update = stage(stages, f"validate round {round_no}", count_rows(ds, list(cfg.eval_windows)))
         plan = plan_from_options(chosen, rm)
         return validate(model_dir, model, plan, ds, list(cfg.eval_windows), calibration, update, scratch,
                         touched=touched)
@@ -301,7 +302,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     test = None
     if cfg.test_windows and message is None:
         test = validate(model_dir, model, plan_from_options(chosen, rm), ds, list(cfg.test_windows),
-                        calibration, stage(stages, "test windows", None), scratch)
+                        calibration, stage(stages, "test windows", count_rows(ds, list(cfg.test_windows))), scratch)
     info = PlanInfo(
         kind="search",
         budgets=cfg.budget,
