@@ -15,14 +15,9 @@ from lowprec.data.dataset import Dataset, window_files
 from lowprec.data.windows import window_fingerprint
 from lowprec.fileio import sha256_file
 
-SCHEMA = """
-label = "click"
-time = "ts"
-[dense.price]
-[categorical.item]
-encoding = "vocab"
-[categorical.user]
-num_embeddings = 50
+from .test_csv_trust import SCHEMA as CSV_SCHEMA
+
+SCHEMA = CSV_SCHEMA.replace("num_embeddings = 3", "num_embeddings = 50") + """
 [categorical.tags]
 num_embeddings = 20
 sep = "|"
