@@ -28,7 +28,7 @@ from lowprec.drift.attribution import LabelFreeObserver
 from lowprec.drift.estimate_rule import decide_estimate
 from lowprec.drift.labelfree import LabelFreeConfig
 from lowprec.drift.record import finite, labelled_record
-from lowprec.drift.sources import window_labels_sha, window_source
+from lowprec.drift.sources import labels_stat, window_labels_sha, window_source
 from lowprec.drift.store import DriftStore, now
 from lowprec.drift.tiers import TierShareObserver
 from lowprec.errors import InputError
@@ -122,7 +122,8 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
             write_estimate(st)
         st.insert("window_events", [{"window": w, "run_id": run_id, "kind": "labels", "alarm": row["alarm"],
                                      "reason": row["reason"]}])
-        st.insert("window_labels", [{"window": w, "labels_sha256": window_labels_sha(ds, w)}])
+        st.insert("window_labels", [{"window": w, "labels_sha256": window_labels_sha(ds, w),
+                                     "labels_stat": labels_stat(ds, w)}])
 
     if w in store.tier_windows():  # recorded with the window's estimate, before its labels
         tiers = []

@@ -11,7 +11,8 @@ old results as the new data's), and returns plain notes, shown by the CLI and in
 windows judged with other thresholds (not re-judged), and the windows whose labels file is not the
 one their labelled metrics were computed from (`window_labels_sha`, written with the labelled row).
 Labels get revised after the fact (late conversions), so that is said, not refused: the recorded
-metrics stand. The labels fingerprint is exact up to 256 MiB of labels and sampled beyond (first and
+metrics stand. A labels file whose size, mtime and ctime are the recorded ones is not fingerprinted
+again (`labels_stat`). The labels fingerprint is exact up to 256 MiB of labels and sampled beyond (first and
 last 4 MiB and the size), so a revision in the middle of a bigger file goes unseen.
 """
 
@@ -33,6 +34,17 @@ def window_labels_sha(ds: Dataset, w: int) -> str | None:
     while the file is not there."""
     path = window_files(ds.root, w)["labels"]
     return "labels:" + file_fingerprint(path) if path.is_file() else None
+
+
+def labels_stat(ds: Dataset, w: int) -> str | None:
+    """Size, mtime and ctime (ns) of window w's labels file, None while it is not there. While they are
+    the recorded ones the file was not rewritten, so its fingerprint is not recomputed: a daily job
+    over a year of windows would otherwise re-read every labels file on every run."""
+    try:
+        st = window_files(ds.root, w)["labels"].stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def window_source(job: Any, ds: Dataset, models: Any, w: int) -> dict[str, Any]:
@@ -58,10 +70,18 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
                     f"this data's. Use a new --db for this data (refused; nothing recorded).")
         if was["thresholds"] != now["thresholds"]:
             rejudge.append(w)
-    labels, revised = store.label_sources(), []
+    labels, revised, touched = store.label_sources(), [], []
     for w in sorted(set(chosen) & set(labels)):
-        if window_labels_sha(ds, w) != labels[w]:  # (None: the file was removed)
+        sha, stat = labels[w]
+        now_stat = labels_stat(ds, w)
+        if now_stat is not None and now_stat == stat:
+            continue
+        if window_labels_sha(ds, w) != sha:  # (None: the file was removed)
             revised.append(w)
+        elif now_stat is not None:  # the same bytes (touched, copied): remember the new stat
+            touched.append((w, now_stat))
+    if touched:
+        store.set_label_stats(touched)
     if revised:
         notes.append(f"windows {revised} have labels that are not the ones their labelled metrics were computed "
                      f"from (revised, or removed, since they were recorded); those metrics and alarms stand as "

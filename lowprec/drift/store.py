@@ -61,7 +61,9 @@ TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "no
 TIER_COLUMNS = ("window", "table_name", "tier", "lookups", "share")  # lowprec.drift.tiers
 RECAL_TIER_COLUMNS = ("alarm_window", "source", "table_name", "tier", "lookups", "share")
 SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
-LABELS_COLUMNS = ("window", "labels_sha256")  # the labels a window's labelled row was computed from
+# the labels a window's labelled row was computed from, and the file's size, mtime and ctime then
+# (`sources.labels_stat`: while they hold, the fingerprint is not recomputed)
+LABELS_COLUMNS = ("window", "labels_sha256", "labels_stat")
 LABELFREE_COLUMNS = (
     "window", "run_id", "recorded", "label", "start", "end", "rows", "has_labels", "filled_run_id", "filled",
     "est_gap", "est_lo", "est_hi", "est_se", "est_se_rows", "est_ne_diff", "base_rate", "ref_mean",
@@ -76,7 +78,7 @@ RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows"
                  "cal_gap", "alarm", "closes", "reason")
 _TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", "staleness", "layer",
          "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
-         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "filled", "labels_sha256",
+         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "filled", "labels_sha256", "labels_stat",
          "est_triggers", "est_reason", "est_warnings", "part", "kind"}
 _INT = {"id", "window", "run_id", "rows", "tier", "lookups", "baseline_window", "alarm", "clipped", "elements",
         "alarm_window", "closes", "has_labels", "filled_run_id", "rank_rows", "est_alarm"}
@@ -161,6 +163,8 @@ class DriftStore:
         with self.transaction():
             for stmt in SCHEMA:
                 self.conn.execute(stmt)
+            if "labels_stat" not in {r[1] for r in self.conn.execute("PRAGMA table_info(window_labels)")}:
+                self.conn.execute('ALTER TABLE window_labels ADD COLUMN "labels_stat" TEXT')  # older databases
             version = self.meta("schema_version")
             if version is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
@@ -239,10 +243,17 @@ class DriftStore:
         """Window -> what it was computed from (windows recorded before this table have none)."""
         return {r["window"]: dict(r) for r in self.conn.execute("SELECT * FROM window_sources")}
 
-    def label_sources(self) -> dict[int, str]:
-        """Window -> the fingerprint of the labels its labelled row was computed from (windows
-        recorded before this table have none)."""
-        return {r["window"]: r["labels_sha256"] for r in self.conn.execute("SELECT * FROM window_labels")}
+    def label_sources(self) -> dict[int, tuple[str | None, str | None]]:
+        """Window -> (the fingerprint of the labels its labelled row was computed from, the labels
+        file's stat then); windows recorded before this table have none, before the stat None."""
+        return {r["window"]: (r["labels_sha256"], r["labels_stat"])
+                for r in self.conn.execute("SELECT * FROM window_labels")}
+
+    def set_label_stats(self, stats: list[tuple[int, str]]) -> None:
+        """The labels files' new stats (window, stat) where their bytes are still the recorded ones."""
+        with self.transaction():
+            self.conn.executemany('UPDATE window_labels SET labels_stat = ? WHERE "window" = ?',
+                                  [(s, w) for w, s in stats])
 
     def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
                       tables: list[dict[str, Any]], source: dict[str, Any] | None = None,

@@ -36,6 +36,22 @@ def test_windows_commit_whole_or_not_at_all(tmp_path):
         assert s.windows()[0]["warnings"] == ["w"]
 
 
+def test_a_database_from_before_the_labels_stat_gains_the_column(tmp_path):
+    """window_labels rows written before `labels_stat` keep their fingerprint and read a None stat
+    (so their labels are fingerprinted, then their stat recorded)."""
+    db = tmp_path / "h.sqlite"
+    with DriftStore(db) as s:
+        s.start_run({"reference": "r"})
+    con = sqlite3.connect(db)
+    con.executescript('DROP TABLE window_labels; CREATE TABLE window_labels ("window" INTEGER PRIMARY KEY, '
+                      'labels_sha256 TEXT); INSERT INTO window_labels VALUES (3, \'labels:abc\');')
+    con.close()
+    with DriftStore(db) as s:
+        assert s.label_sources() == {3: ("labels:abc", None)}
+        s.set_label_stats([(3, "10:1:2")])
+        assert s.label_sources() == {3: ("labels:abc", "10:1:2")}
+
+
 def test_second_opener_is_refused_until_the_first_closes(tmp_path):
     db = tmp_path / "h.sqlite"
     first = DriftStore(db)

@@ -175,3 +175,41 @@ def test_labels_revised_after_a_window_was_recorded_are_said_not_hidden(two_data
     (data / "day_2_labels.npy").write_bytes((root / "a" / "day_2_labels.npy").read_bytes())
     assert last_json(run(tmp_path / "link", "data", db))["notes"] == []  # restored: nothing to say
     assert "Notes from the latest run" not in (db.with_suffix(".report") / "report.md").read_text()
+
+
+def test_a_labels_file_is_fingerprinted_again_only_when_its_stat_changes(two_datasets, tmp_path, monkeypatch):
+    """Each run fingerprinted every recorded window's labels file (exact up to 256 MiB): a daily job
+    over a year of windows re-read all of them every run. While a file's size, mtime and ctime are
+    the recorded ones it is not read; a rewrite changes its ctime even when its size and mtime are
+    put back, and a touched file with the same bytes is read once, then trusted again."""
+    import os
+    import shutil
+
+    import numpy as np
+
+    from lowprec.drift import sources
+
+    root, db = two_datasets, tmp_path / "s.sqlite"
+    data = tmp_path / "data"
+    shutil.copytree(root / "a", data)
+    (tmp_path / "link").mkdir()
+    for name in ("ref", "cand"):
+        (tmp_path / "link" / name).symlink_to(root / name)
+    (tmp_path / "link" / "data").symlink_to(data)
+    read = []
+    real = sources.window_labels_sha
+    monkeypatch.setattr(sources, "window_labels_sha", lambda ds, w: read.append(w) or real(ds, w))
+    assert run(tmp_path / "link", "data", db).exit_code in (0, 1)
+    read.clear()
+    assert last_json(run(tmp_path / "link", "data", db))["notes"] == [] and read == []  # unchanged: not read
+    labels = data / "day_1_labels.npy"
+    os.utime(labels)  # touched, same bytes: read once, no note, then trusted again
+    assert last_json(run(tmp_path / "link", "data", db))["notes"] == [] and read == [1]
+    read.clear()
+    assert last_json(run(tmp_path / "link", "data", db))["notes"] == [] and read == []
+    before = labels.stat()
+    np.save(labels, 1 - np.load(labels))  # revised, then its size and mtime put back
+    os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert labels.stat().st_size == before.st_size and labels.stat().st_mtime_ns == before.st_mtime_ns
+    notes = last_json(run(tmp_path / "link", "data", db))["notes"]
+    assert read == [1] and len(notes) == 1 and "windows [1] have labels that are not the ones" in notes[0]
