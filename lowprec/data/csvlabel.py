@@ -15,6 +15,8 @@ never matches a cell `1`: write `"== 1"`), would otherwise make every label 0 wi
 
 from __future__ import annotations
 
+import json
+
 import math
 import re
 from dataclasses import dataclass
@@ -62,7 +64,9 @@ class LabelRule:
                     f"0/false/no. For numeric labels set a comparison in the schema, e.g. positive = \"> 0\"")
         if self.op is not None:
             return f"label {v!r} is not a finite number, which positive = \"{self.op} {self.threshold:g}\" compares"
-        return f"label {v!r} is none of 1/true/yes, 0/false/no (the rule without a `positive` key)"
+        return (f"label {v!r} is none of 1/true/yes, 0/false/no (the rule without a `positive` key). For other "
+                f"labels list the values that mark a positive in the schema, e.g. positive = [{json.dumps(v)}] if "
+                f"{v!r} is one (any other non-empty value is then negative)")
 
 
 def _number(text: str) -> float | None:

@@ -241,6 +241,7 @@ def test_prepare_warns_about_a_window_with_one_label_class_or_no_rows(tmp_path):
     (None, "1.0", 'is a number; without a `positive` key'),  # a dataframe export's float labels
     (None, "-1", 'positive = "> 0"'),
     (None, "maybe", "is none of 1/true/yes, 0/false/no"),
+    (None, "Y", "list the values that mark a positive in the schema, e.g. positive = [\"Y\"] if 'Y' is one"),
     (None, " ", "the label is empty"),
     ('">= 4"', "x", 'not a finite number, which positive = ">= 4" compares'),
     ('"click"', "", "the label is empty"),
