@@ -34,7 +34,7 @@ from lowprec.data.criteo import BadRows, prepare_criteo, rows_window
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.fileio import ENTRIES, MARKER, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
 
@@ -54,7 +54,7 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
             _check_new_inputs(old, new, root)
             _check_same_encoding(old, new, root)
             _check_later(old, new, root)
-            added = _commit(root, old, new, staging / "new")
+            added = _commit(root, old, new, staging / "new", _repeated_labels(old, new))
     return Dataset(root).meta, bad, added
 
 
@@ -108,12 +108,24 @@ def _check_later(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
                              f"dataset again from all its files to merge late rows into earlier windows")
 
 
+def _repeated_labels(old: DatasetMeta, new: DatasetMeta) -> list[str]:
+    """A warning when new windows take labels the dataset's windows have (a daily file under one
+    name, `--window file`): `label:` specs would then select several windows."""
+    repeated = sorted({w.label for w in new.windows if w.label} & {w.label for w in old.windows})
+    if not repeated:
+        return []
+    said = (f"new window label(s) {repeated} are already labels of earlier windows (a file name used again?): "
+            f"`--windows label:...` selects all of them; give each day's file its own name")
+    warn(said)
+    return [said]
+
+
 def _time(iso: str | None) -> dt.datetime:
     t = dt.datetime.fromisoformat(str(iso))
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
-def _commit(root: Path, old: DatasetMeta, new: DatasetMeta, staged: Path) -> list[int]:
+def _commit(root: Path, old: DatasetMeta, new: DatasetMeta, staged: Path, warnings: list[str]) -> list[int]:
     first = len(old.windows)
     moves = [(src, window_files(root, first + w.index)[k])
              for w in new.windows for k, src in window_files(staged, w.index).items() if src.exists()]
@@ -129,6 +141,8 @@ def _commit(root: Path, old: DatasetMeta, new: DatasetMeta, staged: Path) -> lis
     added = [WindowInfo(first + w.index, w.rows, w.label, w.start, w.end) if not str(w.start).isdigit() else
              WindowInfo(first + w.index, w.rows, **rows_window(before + int(w.start), w.rows)) for w in new.windows]
     run = {k: new.provenance[k] for k in PER_RUN if k in new.provenance}
+    if warnings:
+        run["warnings"] = [*run.get("warnings", []), *warnings]
     prov = {**old.provenance, "appends": [*old.provenance.get("appends", []),
                                           {"windows": [w.index for w in added], **run}]}
     merged = DatasetMeta(old.dense_names, old.sparse, old.windows + tuple(added), prov)

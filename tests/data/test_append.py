@@ -204,3 +204,19 @@ def test_an_append_that_commits_while_another_waits_is_kept(prepared, tmp_path, 
     monkeypatch.setattr(append, "_exclusive", another_commits_first)
     append.append_windows(prepared, [day4])
     assert [w.label for w in Dataset(prepared).meta.windows][3:] == ["2023-11-18", "2023-11-19"]
+
+
+def test_a_file_name_used_again_is_warned(tmp_path):
+    """`--window file` labels a window by its file: a daily export under one name gave every
+    appended window the same label, which `label:` specs then match several times."""
+    schema = tmp_path / "s.toml"
+    schema.write_text(SCHEMA)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = day_csv(tmp_path / "a" / "today.csv", [0], ["a"], seed=1)
+    second = day_csv(tmp_path / "b" / "today.csv", [1], ["b"], seed=2)
+    assert run("data", "prepare", "--format", "csv", "--input", first, "--schema", schema,
+               "--out", tmp_path / "d").exit_code == 0
+    r = run("data", "append", "--data", tmp_path / "d", "--input", second)
+    assert r.exit_code == 0 and "new window label(s) ['today.csv'] are already labels of earlier windows" in r.output
+    assert "already labels" in Dataset(tmp_path / "d").meta.provenance["appends"][0]["warnings"][0]
