@@ -46,7 +46,9 @@ PER_RUN = ("inputs", "bad_rows", "warnings", "multi_hot_truncated", "vocab_unsee
 def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[DatasetMeta, BadRows, list[int]]:
     """Append `inputs`' windows to the dataset at `root`; returns its new meta, the bad rows of the
     new files and the new windows' indices. `read`: max_bad_rows, report, progress, show_bad_rows."""
-    root = through_symlink(Dataset(root).root)  # (staged beside the real directory: renames stay on its disk)
+    # staged beside the real directory (its own disk, so renames work); absolute, so `--data .` stages
+    # in the parent, not inside the dataset
+    root = through_symlink(Path(os.path.abspath(Dataset(root).root)))
     with _exclusive(root):
         old = Dataset(root).meta  # read under the lock: windows an append just committed are seen
         with temporary_sibling(root) as staging:

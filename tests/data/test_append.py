@@ -220,3 +220,22 @@ def test_a_file_name_used_again_is_warned(tmp_path):
     r = run("data", "append", "--data", tmp_path / "d", "--input", second)
     assert r.exit_code == 0 and "new window label(s) ['today.csv'] are already labels of earlier windows" in r.output
     assert "already labels" in Dataset(tmp_path / "d").meta.provenance["appends"][0]["warnings"][0]
+
+
+def test_append_from_inside_the_dataset_stages_beside_it(prepared, tmp_path, monkeypatch):
+    """`--data .` staged the new windows inside the dataset (the parent of "." is "."), where a killed
+    run would leave a directory that is not the dataset's."""
+    from lowprec.data import append
+
+    seen = []
+    real = append.temporary_sibling
+
+    def record(root):
+        seen.append(root)
+        return real(root)
+
+    monkeypatch.setattr(append, "temporary_sibling", record)
+    monkeypatch.chdir(prepared)
+    r = run("data", "append", "--data", ".", "--input", day_csv(tmp_path / "d3.csv", [3], ["a"]))
+    assert r.exit_code == 0, r.output
+    assert seen == [prepared] and len(Dataset(prepared).meta.windows) == 4
