@@ -138,21 +138,28 @@ def test_a_malformed_calibration_is_refused_before_any_window(two_datasets, tmp_
         assert not db.exists()
 
 
-def test_labels_revised_after_a_window_was_recorded_are_said_not_hidden(two_datasets, tmp_path):
-    """Late conversions revise a window's labels after its labelled record: the next run says which
-    windows' recorded metrics came from other labels (they stand, not recomputed), every run until a
-    new --db; a window whose labels file went away is said too. Unchanged labels say nothing."""
+def own_copy(root, tmp_path):
+    """tmp_path/link: the pair's models and a copy of dataset a (as "data") whose files a test may
+    change; returns the copy."""
     import shutil
 
-    import numpy as np
-
-    root, db = two_datasets, tmp_path / "l.sqlite"
     data = tmp_path / "data"
     shutil.copytree(root / "a", data)
     (tmp_path / "link").mkdir()
     for name in ("ref", "cand"):
         (tmp_path / "link" / name).symlink_to(root / name)
     (tmp_path / "link" / "data").symlink_to(data)
+    return data
+
+
+def test_labels_revised_after_a_window_was_recorded_are_said_not_hidden(two_datasets, tmp_path):
+    """Late conversions revise a window's labels after its labelled record: the next run says which
+    windows' recorded metrics came from other labels (they stand, not recomputed), every run until a
+    new --db; a window whose labels file went away is said too. Unchanged labels say nothing."""
+    import numpy as np
+
+    root, db = two_datasets, tmp_path / "l.sqlite"
+    data = own_copy(root, tmp_path)
     first = run(tmp_path / "link", "data", db)
     assert first.exit_code in (0, 1), first.output
     assert last_json(run(tmp_path / "link", "data", db))["notes"] == []
@@ -183,19 +190,13 @@ def test_a_labels_file_is_fingerprinted_again_only_when_its_stat_changes(two_dat
     the recorded ones it is not read; a rewrite changes its ctime even when its size and mtime are
     put back, and a touched file with the same bytes is read once, then trusted again."""
     import os
-    import shutil
 
     import numpy as np
 
     from lowprec.drift import sources
 
     root, db = two_datasets, tmp_path / "s.sqlite"
-    data = tmp_path / "data"
-    shutil.copytree(root / "a", data)
-    (tmp_path / "link").mkdir()
-    for name in ("ref", "cand"):
-        (tmp_path / "link" / name).symlink_to(root / name)
-    (tmp_path / "link" / "data").symlink_to(data)
+    data = own_copy(root, tmp_path)
     read = []
     real = sources.window_labels_sha
     monkeypatch.setattr(sources, "window_labels_sha", lambda ds, w: read.append(w) or real(ds, w))
