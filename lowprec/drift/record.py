@@ -23,7 +23,7 @@ def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: in
     base = store.baseline()
     s = signals_for(m, base, rates, expected_gap(models.manifest), expected_calibration_gap(models.manifest))
     d = decide(s, store.previous_state(w), job.config.alarm)
-    learned = seen_in_training(getattr(models, "reference_info", None), ds, [w])
+    learned = seen_in_training(models.reference_info, ds, [w])
     warnings = d.warnings + tuple(
         f"--reference learned from this window ({kind} data): both models' metrics here are not held-out, and as "
         f"a staleness baseline it makes later windows look stale; monitor windows after the training ones"
