@@ -130,3 +130,14 @@ def test_allocator_tool_compares_modes_in_child_processes(tmp_path):
         assert modes["default"]["ms"]["n"] == modes["tuned"]["ms"]["n"] == 1
     assert "| layers int8 | tuned |" in (tmp_path / "allocator.md").read_text()
     assert json.loads((tmp_path / "allocator.json").read_text())["tool"] == "bench_allocator.py"
+
+
+def test_csv_ingest_tool_times_both_trees_on_the_same_log(tmp_path):
+    """bench_csv_ingest at a tiny size against HEAD: each child imports its own tree's lowprec (an
+    editable install or the working directory would otherwise win), and both write the same windows."""
+    import bench_csv_ingest
+
+    out = bench_csv_ingest.main(["--rows", "300", "--repeats", "1", "--against", "HEAD",
+                                 "--out", str(tmp_path / "csv.json")])
+    assert set(out["seconds"]) == {"this tree", "HEAD"} and out["same_windows"] is True
+    assert json.loads((tmp_path / "csv.json").read_text())["rows"] == 300 and out["speedup"]["n"] == 1

@@ -64,12 +64,15 @@ class Encoder:
 
     def _id(self, v: str) -> int:
         if self.col.encoding == "hash":
+            got = self.hash_values.get(v)  # a value seen before (kept for the collision count): no hashing
+            if got is not None:
+                return got
             h = int.from_bytes(hashlib.blake2b(v.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
                                "little")
             got = 1 + h % (self.col.num_embeddings - 1)
             if len(self.hash_values) < COLLISION_CAP:
-                self.hash_values.setdefault(v, got)
-            elif v not in self.hash_values:
+                self.hash_values[v] = got
+            else:
                 self.hash_capped = True
             return got
         got = self.vocab.get(v)

@@ -280,3 +280,18 @@ def test_dense_values_past_float32_are_bad_rows_not_infinities(tmp_path):
     big_fill.write_text('label = "y"\n[dense.x]\nfill = 1e39\n[categorical.c]\nnum_embeddings = 5\n')
     with pytest.raises(InputError, match=r"\[dense.x\]: key 'fill' = 1e\+39 is beyond float32"):
         load_schema(big_fill)
+
+
+def test_hashed_ids_equal_the_formula_before_and_past_the_collision_cap(monkeypatch):
+    """Values seen before take their remembered id (no hashing); past the cap of remembered values
+    every id is still hashed, and the count says it did not see every value."""
+    from lowprec.data import csvencode
+    from lowprec.data.csvschema import CategoricalColumn
+
+    monkeypatch.setattr(csvencode, "COLLISION_CAP", 3)
+    enc = csvencode.Encoder(CategoricalColumn("u", "u", 1000))
+    values = ["a", "b", "a", "c", "d", "a", "e", "d", "é"]
+    assert [enc.ids(v)[0] for v in values] == [h(v, 1000) for v in values]
+    assert enc.collisions() == {"distinct_values": 3, "distinct_ids": len({h(v, 1000) for v in "abc"}),
+                                "colliding_values": 3 - len({h(v, 1000) for v in "abc"}),
+                                "counted_all_values": False}
