@@ -1,6 +1,7 @@
-"""CSV ingest throughput: `lowprec data prepare --format csv` as a user runs it, this tree against a commit.
+"""Ingest throughput: `lowprec data prepare` as a user runs it, this tree against a commit.
 
-    python tools/bench_csv_ingest.py [--rows 210000] [--repeats 3] [--against REV] [--out reports/csv_ingest.json]
+    python tools/bench_csv_ingest.py [--format csv|criteo-tsv] [--rows 210000] [--repeats 3] [--against REV]
+        [--out reports/csv_ingest.json]
 
 Writes a seeded click log (ISO times over 7 days, 0.3% positives, a log1p dense column and one with
 empty cells, a hashed Zipf user id over 200k values, a vocabulary item column and a multi-hot tag
@@ -8,6 +9,8 @@ column) and times whole `data prepare ... --window day` runs, each in a child pr
 start and imports included, as a user pays them), this tree's and --against's (a git worktree of
 REV) alternating in every repeat. Reports seconds, rows/s and MB/s per run as median [min-max],
 this tree's speedup paired per repeat, and whether the two trees wrote the same window files.
+`--format criteo-tsv` writes Criteo's layout instead (label, 13 integer columns with empty cells, 26
+hex categoricals over Zipf values) and prepares it with `--table-size kaggle`, one window.
 """
 
 from __future__ import annotations
@@ -59,10 +62,21 @@ def write_log(path: Path, rows: int, seed: int = 1) -> None:
                     f"{rng.lognormal(2, 2):.3f},{age},u{u},i{it},{tags}\n")
 
 
-def prepare(tree: Path, csv: Path, schema: Path, out: Path) -> float:
+def write_criteo(path: Path, rows: int, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for _ in range(rows):
+            ints = ["" if rng.random() < 0.2 else str(int(rng.zipf(1.5))) for _ in range(13)]
+            cats = ["" if rng.random() < 0.05 else f"{(int(rng.zipf(1.2)) * 2654435761) % 2**32:08x}"
+                    for _ in range(26)]
+            f.write("\t".join([str(int(rng.random() < 0.03)), *ints, *cats]) + "\n")
+
+
+def prepare(tree: Path, fmt: str, src: Path, schema: Path, out: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "lowprec", "data", "prepare", "--format", "csv", "--input", str(csv),
-           "--schema", str(schema), "--out", str(out), "--window", "day"]
+    how = ["--schema", str(schema), "--window", "day"] if fmt == "csv" else ["--table-size", "kaggle"]
+    cmd = [sys.executable, "-m", "lowprec", "data", "prepare", "--format", fmt, "--input", str(src),
+           "--out", str(out), *how]
     start = time.perf_counter()
     # cwd outside both trees: `python -m` puts the working directory first on sys.path
     subprocess.run(cmd, env=env, cwd=out.parent, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -87,6 +101,7 @@ def same_windows(a: Path, b: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--format", choices=("csv", "criteo-tsv"), default="csv")
     ap.add_argument("--rows", type=int, default=210_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--against", help="a git revision to time beside this tree")
@@ -94,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="csv_ingest_") as tmp:
         tmp = Path(tmp)
-        csv, schema = tmp / "log.csv", tmp / "log.toml"
-        write_log(csv, args.rows)
+        src, schema = tmp / ("log.csv" if args.format == "csv" else "day_0.tsv"), tmp / "log.toml"
+        (write_log if args.format == "csv" else write_criteo)(src, args.rows)
         schema.write_text(SCHEMA)
         trees = {"this tree": bc.REPO}
         if args.against:
@@ -108,15 +123,16 @@ def main(argv: list[str] | None = None) -> dict:
             times: dict[str, list[float]] = {k: [] for k in trees}
             for r in range(args.repeats):
                 for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
-                    times[name].append(prepare(trees[name], csv, schema, tmp / f"out-{len(times[name]) % 2}-{name}"))
+                    times[name].append(prepare(trees[name], args.format, src, schema,
+                                               tmp / f"out-{len(times[name]) % 2}-{name}"))
             same = same_windows(*(tmp / f"out-0-{k}" for k in trees)) if len(trees) == 2 else None
         finally:
             if args.against:
                 subprocess.run(["git", "-C", str(bc.REPO), "worktree", "remove", "--force", str(tmp / "against")],
                                check=False)
-        mb = csv.stat().st_size / 1e6
+        mb = src.stat().st_size / 1e6
     result = {"command": bc.command_line("bench_csv_ingest.py", argv), "machine": bc.machine(1),
-              "rows": args.rows, "mb": mb, "repeats": args.repeats,
+              "format": args.format, "rows": args.rows, "mb": mb, "repeats": args.repeats,
               "seconds": {k: bc.spread(v) for k, v in times.items()},
               "rows_per_s": {k: args.rows / bc.spread(v)["median"] for k, v in times.items()},
               "mb_per_s": {k: mb / bc.spread(v)["median"] for k, v in times.items()},
