@@ -47,10 +47,22 @@ def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, e
                    "bad_rows_by_reason": dict(bad.by_reason) if bad else {},
                    "window_labels": [w.label for w in meta.windows], "window_rows": [w.rows for w in meta.windows]})
         return
-    labels = [w.label for w in meta.windows if w.label]
-    span = f" ({labels[0]} .. {labels[-1]})" if len(labels) > 1 else f" ({labels[0]})" if labels else ""
     n_win = len(meta.windows)
-    click.echo(f"wrote {out}: {n_win} window{'s' * (n_win != 1)}{span}, {rows:,} rows, {n_bad:,} bad rows skipped")
+    click.echo(f"wrote {out}: {n_win} window{'s' * (n_win != 1)}{_span(meta.windows)}, {rows:,} rows, "
+               f"{n_bad:,} bad rows skipped")
+
+
+def _span(windows: Any) -> str:
+    """` (first .. last)` of the windows' labels, ` (only)` for one, nothing without labels."""
+    labels = [w.label for w in windows if w.label]
+    return f" ({labels[0]} .. {labels[-1]})" if len(labels) > 1 else f" ({labels[0]})" if labels else ""
+
+
+def _say_skipped(bad: BadRows) -> None:
+    """The bad rows a read skipped, by reason, on stderr (nothing when there were none)."""
+    if bad.count:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.by_reason.items()))
+        click.echo(f"skipped {bad.count:,} bad rows ({reasons})", err=True)
 
 
 def _reporter(limit: int | None = BAD_ROWS_SHOWN) -> Callable[[str], None]:
@@ -192,9 +204,7 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     with StageBars() as bars, atomic_dir(out, "dataset", inputs=sources) as tmp:
         meta, bad = func(root=tmp, max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
                          report=_reporter(shown), progress=bars, show_bad_rows=shown, **kwargs)
-    if bad.count:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.by_reason.items()))
-        click.echo(f"skipped {bad.count:,} bad rows ({reasons})", err=True)
+    _say_skipped(bad)
     _summary(out, meta, bad, as_json, {"command": "data prepare", "format": fmt})
 
 
@@ -230,9 +240,7 @@ def append(data_dir: Path, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
         meta, bad, added = append_windows(data_dir, list(inputs) + list(more_inputs),
                                           max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
                                           report=_reporter(shown), progress=bars, show_bad_rows=shown)
-    if bad.count:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.by_reason.items()))
-        click.echo(f"skipped {bad.count:,} bad rows ({reasons})", err=True)
+    _say_skipped(bad)
     new = [w for w in meta.windows if w.index in set(added)]
     rows = sum(w.rows for w in new)
     if as_json:
@@ -240,9 +248,7 @@ def append(data_dir: Path, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
                    "added_labels": [w.label for w in new], "added_rows": rows, "windows": len(meta.windows),
                    "bad_rows": bad.count, "bad_rows_by_reason": dict(bad.by_reason)})
         return
-    labels = [w.label for w in new if w.label]
-    span = f" ({labels[0]} .. {labels[-1]})" if len(labels) > 1 else f" ({labels[0]})" if labels else ""
-    click.echo(f"appended {len(added)} window{'s' * (len(added) != 1)}{span} to {data_dir}: {rows:,} rows, "
+    click.echo(f"appended {len(added)} window{'s' * (len(added) != 1)}{_span(new)} to {data_dir}: {rows:,} rows, "
                f"{bad.count:,} bad rows skipped; it now holds {len(meta.windows)} windows")
 
 
