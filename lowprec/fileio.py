@@ -127,6 +127,16 @@ def _foreign_entries(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name not in ours)
 
 
+def add_entries(d: Path, names: Iterable[str]) -> None:
+    """List more entries in directory output `d`'s marker (files a writer adds in place, as `data
+    append` does), so a later write of the same kind still finds nothing there but its own. A marker
+    that lists no entries (older outputs, reports) is left as it is."""
+    lines = _marker_lines(d)
+    new = sorted(set(names) - set(lines))
+    if ENTRIES in lines and new:
+        atomic_write_text(d / MARKER, "".join(f"{x}\n" for x in lines + new))
+
+
 def through_symlink(path: Path) -> Path:
     """An output path that is a symlink stands for its target: that is what gets written."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path

@@ -35,7 +35,7 @@ from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
 from lowprec.errors import InputError, warn
-from lowprec.fileio import ENTRIES, MARKER, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
+from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
 
 # what differs from one run over new files to the next; the rest of a run's provenance repeats the
@@ -132,11 +132,7 @@ def _commit(root: Path, old: DatasetMeta, new: DatasetMeta, staged: Path, warnin
     moves = [(src, window_files(root, first + w.index)[k])
              for w in new.windows for k, src in window_files(staged, w.index).items() if src.exists()]
     fsync_tree(staged)
-    lines = (root / MARKER).read_text(encoding="utf-8").splitlines() if (root / MARKER).is_file() else []
-    if ENTRIES in lines:  # a later `data prepare --out` here must still recognise every file as ours
-        listed = set(lines)
-        atomic_write_text(root / MARKER, "".join(f"{x}\n" for x in lines + sorted(
-            {dst.name for _, dst in moves} - listed)))
+    add_entries(root, [dst.name for _, dst in moves])  # a later `data prepare --out` here still owns them
     for src, dst in moves:
         os.replace(src, dst)
     before = sum(w.rows for w in old.windows)  # `rows:N` windows number rows across the whole dataset
