@@ -16,7 +16,6 @@ never matches a cell `1`: write `"== 1"`), would otherwise make every label 0 wi
 from __future__ import annotations
 
 import json
-
 import math
 import re
 from dataclasses import dataclass
