@@ -128,7 +128,7 @@ def local() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _guard(what: str) -> Iterator[None]:
+def _guard(what: str, timeout: float | None = None) -> Iterator[None]:
     t0 = time.perf_counter()
     try:
         yield
@@ -136,7 +136,7 @@ def _guard(what: str) -> Iterator[None]:
         if isinstance(exc, DistributedError):
             raise
         raise RankFailure(f"rank {rank()} of {world_size()}: collective {what!r} failed (a peer rank "
-                          f"died or did not answer within {timeout_s():.0f}s): {exc}") from exc
+                          f"died or did not answer within {timeout or timeout_s():.0f}s): {exc}") from exc
     finally:
         TIMING["collective_s"] += time.perf_counter() - t0
         TIMING["calls"] += 1
@@ -147,10 +147,11 @@ def guarded(what: str) -> contextlib.AbstractContextManager[None]:
     return _guard(what)
 
 
-def barrier(what: str) -> None:
+def barrier(what: str, timeout: float | None = None) -> None:
+    """Wait for every rank, at most `timeout` seconds (default: `timeout_s()`)."""
     if active():
-        with _guard(f"barrier {what}"):
-            torch.distributed.monitored_barrier(timeout=timedelta(seconds=timeout_s()))
+        with _guard(f"barrier {what}", timeout):
+            torch.distributed.monitored_barrier(timeout=timedelta(seconds=timeout or timeout_s()))
 
 
 def _reduce(x: np.ndarray, op: Any, what: str) -> np.ndarray:

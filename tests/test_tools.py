@@ -143,3 +143,5 @@ def test_csv_ingest_tool_times_both_trees_on_the_same_log(tmp_path):
     assert json.loads((tmp_path / "csv.json").read_text())["rows"] == 300 and out["speedup"]["n"] == 1
     tsv = bench_csv_ingest.main(["--format", "criteo-tsv", "--rows", "300", "--repeats", "1"])
     assert tsv["format"] == "criteo-tsv" and tsv["speedup"] is None and tsv["mb"] > 0
+    two = bench_csv_ingest.main(["--rows", "300", "--repeats", "1", "--nproc", "2"])
+    assert set(two["seconds"]) == {"1 process", "2 processes"} and two["same_windows"] is True

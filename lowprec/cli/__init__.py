@@ -23,7 +23,8 @@ from lowprec.allocator import keep_buffers_in_heap
 from lowprec.errors import InputError, InputWarning
 from lowprec.jsonsafe import dumps
 
-PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train")  # commands that run data-parallel under torchrun / --nproc
+PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train", "data")  # commands that run data-parallel under torchrun / --nproc
+PARALLEL_NAMES = ", ".join(PARALLEL[:-1]) + ", data prepare (csv)"  # (`data`: its `prepare` of CSV only)
 
 
 class _JobError(click.ClickException):
@@ -81,7 +82,7 @@ class RankFailed(_JobError):
 @click.version_option(package_name="lowprec")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help=f"Run the command data-parallel as N processes on this machine (torchrun); "
-                   f"for {', '.join(PARALLEL)}.")
+                   f"for {PARALLEL_NAMES}.")
 @click.pass_context
 def main(ctx: click.Context, nproc: int) -> None:
     """lowprec: serve DLRM-style recommendation models in low precision.
@@ -92,7 +93,7 @@ def main(ctx: click.Context, nproc: int) -> None:
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
     parallel = nproc > 1 or dist.env_world_size() > 1
     if parallel and ctx.invoked_subcommand not in PARALLEL:
-        raise BadInput(f"`{ctx.invoked_subcommand}` does not run data-parallel (only {', '.join(PARALLEL)})")
+        raise BadInput(f"`{ctx.invoked_subcommand}` does not run data-parallel (only {PARALLEL_NAMES})")
     if nproc > 1 and dist.env_world_size() == 1:
         args = _without_nproc(sys.argv[1:])
         if args and args[0] == ctx.invoked_subcommand:  # bad usage (or --help) once, here, not once a rank

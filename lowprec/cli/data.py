@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 from tqdm import tqdm
 
+from lowprec import distributed as dist
 from lowprec.cli import emit_json
 from lowprec.cli._common import StageBars
 from lowprec.data.criteo import DEFAULT_MAX_BAD_ROWS, BadRows, parse_table_sizes, prepare_criteo
@@ -30,13 +31,17 @@ FORMATS = ("criteo-tsv", "movielens", "csv")
 
 
 @click.group("data")
-def data() -> None:
+@click.pass_context
+def data(ctx: click.Context) -> None:
     """Make prepared datasets: time windows of dense/sparse/label arrays plus dataset.json.
 
     `synth` generates Criteo-shaped data with a known ground truth and optional drift; `prepare`
     converts raw Criteo TSV, MovieLens, or any CSV described by a TOML schema; `append` adds the
     windows of new files (a day of logs) to a prepared dataset.
     """
+    if dist.env_world_size() > 1 and ctx.invoked_subcommand != "prepare":
+        raise click.UsageError(f"`data {ctx.invoked_subcommand}` does not run on several processes (only "
+                               f"`data prepare --format csv` does)")
 
 
 def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, extra: dict[str, Any]) -> None:
@@ -191,7 +196,9 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     csv         any CSV(.gz) described by a TOML schema (docs/csv-schema.md).
     \b
     Malformed rows are skipped and reported as FILE:LINE on stderr; more than --max-bad-rows of
-    them stops with exit code 2. Examples:
+    them stops with exit code 2. csv runs on several processes (`lowprec --nproc N data prepare`,
+    or torchrun across machines that share the inputs and --out's parent directory): the same
+    dataset, byte for byte (speed: reports/csv_ingest.md). Examples:
     \b
         lowprec data prepare --format criteo-tsv --input day_0.gz day_1.gz --out data/criteo
         lowprec data prepare --format movielens --input ml-latest-small --out data/ml --window year
@@ -199,11 +206,18 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     """
     paths = list(inputs) + list(more_inputs)
     func, kwargs = _prepare_call(fmt, paths, schema, window, table_size, rows_per_window, vocab_from)
+    if dist.env_world_size() > 1 and fmt != "csv":
+        raise click.UsageError(f"--format {fmt} is read by one process; only --format csv runs on several")
     shown = None if show_bad_rows < 0 else show_bad_rows
     sources = paths + [p for p in (schema, vocab_from) if p is not None]
+    read = {"max_bad_rows": None if max_bad_rows < 0 else max_bad_rows, "report": _reporter(shown),
+            "show_bad_rows": shown, **kwargs}
+    dist.check_same(sources)
+    if not dist.is_main():  # a reading rank: its share of the input, into rank 0's output (lowprec.data.csvparts)
+        func(root=None, **read)
+        return
     with StageBars() as bars, atomic_dir(out, "dataset", inputs=sources) as tmp:
-        meta, bad = func(root=tmp, max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
-                         report=_reporter(shown), progress=bars, show_bad_rows=shown, **kwargs)
+        meta, bad = func(root=tmp, progress=bars, **read)
     _say_skipped(bad)
     _summary(out, meta, bad, as_json, {"command": "data prepare", "format": fmt})
 

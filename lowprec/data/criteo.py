@@ -63,7 +63,8 @@ Reporter = Callable[[str], None]
 
 @dataclass
 class BadRows:
-    """Counts malformed rows; reports each as `file:line: reason`; raises past `max_bad`."""
+    """Counts malformed rows; reports the first `keep` + 1 as `file:line: reason` (the last of them
+    for the reporter to say that more are counted); raises past `max_bad`."""
 
     max_bad: int | None = DEFAULT_MAX_BAD_ROWS
     report: Reporter | None = None
@@ -78,13 +79,26 @@ class BadRows:
         msg = f"{path}:{line}: {detail}"
         if self.keep is None or len(self.examples) < self.keep:
             self.examples.append(msg)
-        if self.report is not None:
-            self.report(msg)
+        if self.report is not None and (self.keep is None or self.count <= self.keep + 1):
+            self.report(msg)  # the rows it shows, and one more to say that others are counted
         if self.max_bad is not None and self.count > self.max_bad:
             raise InputError(
                 f"{msg}\n{self.count} bad rows exceed --max-bad-rows {self.max_bad}; "
                 f"nothing was written"
             )
+
+    def add_counted(self, kind: str, n: int) -> None:
+        """n more bad rows of `kind` that are counted, not located (beyond what `stored` keeps)."""
+        self.count += n
+        self.by_reason[kind] += n
+
+    @property
+    def stored(self) -> int | None:
+        """How many located bad rows a share of the input must keep so that adding them in order, then
+        counting the rest, reports, keeps and stops exactly as adding every one would (None: all)."""
+        if self.keep is None and self.max_bad is None:
+            return None
+        return max(-1 if self.keep is None else self.keep, -1 if self.max_bad is None else self.max_bad) + 1
 
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "max_bad_rows": self.max_bad,

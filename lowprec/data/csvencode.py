@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lowprec.data import encoding
 from lowprec.errors import InputError
 from lowprec.memory import headroom_bytes
@@ -50,6 +52,18 @@ class Encoder:
         self.oov = self.truncated = self.unseen = 0
         self.hash_values: dict[str, int] = {}
         self.hash_capped = False
+        self.cap = col.num_embeddings  # None in a share's encoder: `absorb` applies the cap
+
+    def fresh(self) -> "Encoder":
+        """This column's encoder with nothing read yet, for a share of the input: a frozen vocabulary
+        is shared, not copied; a growing one numbers every distinct value of the share, uncapped
+        (a value the share finds past the cap may be known to the reader before it; `absorb` caps)."""
+        new = Encoder(self.col)
+        if self.frozen:
+            new.frozen, new.frozen_rows, new.vocab = True, self.frozen_rows, self.vocab
+        else:
+            new.cap = None
+        return new
 
     def ids(self, cell: str) -> list[int]:
         col = self.col
@@ -80,7 +94,7 @@ class Encoder:
             if self.frozen:
                 self.unseen += 1
                 return 0
-            if self.col.num_embeddings is not None and len(self.vocab) + 1 >= self.col.num_embeddings:
+            if self.cap is not None and len(self.vocab) + 1 >= self.cap:
                 self.oov += 1
                 return 0
             if self.col.num_embeddings is None and len(self.vocab) >= UNCAPPED_VOCAB_LIMIT:
@@ -115,6 +129,48 @@ class Encoder:
         if self.col.encoding == "hash":
             return encoding.hashed(HASH_FUNCTION, self.num_embeddings)
         return encoding.vocabulary(self.vocab, self.num_embeddings)
+
+    @property
+    def numbers_locally(self) -> bool:
+        """True for a vocabulary that grows while reading: a share of the input read by another
+        process (lowprec.data.csvparts) numbers its values locally, and `absorb` renumbers them."""
+        return self.col.encoding == "vocab" and not self.frozen
+
+    def share_state(self) -> dict[str, Any]:
+        """What `absorb` needs of this encoder after it read one share of the input."""
+        return {"oov": self.oov, "truncated": self.truncated, "unseen": self.unseen,
+                "vocab": list(self.vocab) if self.numbers_locally else [],
+                "hash_values": list(self.hash_values), "hash_ids": list(self.hash_values.values()),
+                "hash_capped": self.hash_capped}
+
+    def absorb(self, state: dict[str, Any], counts: np.ndarray) -> np.ndarray | None:
+        """Take in another encoder's `share_state` (a share read after everything this one read):
+        the global id of each of its local ids (None when its ids are global already).
+
+        `counts[j]`: rows' occurrences of local id j. Values are renumbered in the share's order of
+        first appearance, after this encoder's own, which is the order one reader of the whole
+        input gives. A capped vocabulary's overflow is counted per occurrence, as one reader counts
+        it: a value that finds the vocabulary full here is out for all its occurrences."""
+        self.oov += state["oov"]
+        self.truncated += state["truncated"]
+        self.unseen += state["unseen"]
+        for v, i in zip(state["hash_values"], state["hash_ids"]):
+            if v in self.hash_values:
+                continue
+            if len(self.hash_values) >= COLLISION_CAP:
+                self.hash_capped = True
+                break
+            self.hash_values[v] = i
+        self.hash_capped |= state["hash_capped"]
+        if not self.numbers_locally:
+            return None
+        table = np.zeros(len(state["vocab"]) + 1, np.int32)
+        for j, v in enumerate(state["vocab"], start=1):
+            before = self.oov
+            table[j] = self._id(v)
+            if self.oov > before:
+                self.oov += int(counts[j]) - 1
+        return table
 
     def collisions(self) -> dict[str, Any]:
         """Distinct values seen, distinct ids they took, and values that share an id with another."""

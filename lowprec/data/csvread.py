@@ -1,175 +1,42 @@
-"""Reading CSV records into a prepared dataset, as a schema (lowprec.data.csvschema) describes them.
-
-Records come from lowprec.data.records (strict mode: malformed quoting is a bad row at the line where
-the record starts, naming the lines it ran over). A record over several physical lines is legal CSV
-(a quoted cell holding line breaks). When such a break lands in a cell the schema reads, the row is
-bad: that is how a quote left open until a later quote looks, the lines between swallowed into one
-cell. In other columns the record is kept and the file gets a warning with the count and the first
-place.
+"""`data prepare --format csv`: CSV files into a prepared dataset, as a schema (lowprec.data.csvschema)
+describes them. Rows come from lowprec.data.csvrows; under torchrun every rank reads a share of the
+input (lowprec.data.csvshared).
 """
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from lowprec import distributed as dist
 from lowprec.data.criteo import (
-    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, guarded, open_input,
+    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows,
 )
-from lowprec.data.csvencode import Encoder, load_vocabularies, write_vocabulary
-from lowprec.data.csvschema import (
-    CALENDAR, F32_LIMIT, TIME_FORMATS, CsvSchema, load_schema, parse_time, parse_window_option, schema_from,
-    time_hint,
-)
+from lowprec.data.csvencode import load_vocabularies, write_vocabulary
+from lowprec.data.csvrows import RowParser, locate, read_csv
+from lowprec.data.csvshared import read_in_turn, read_shared
+from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
-from lowprec.data.movielens import CalendarWindows, header_positions
-from lowprec.data.records import records, spans, strict_reader
+from lowprec.data.movielens import CalendarWindows
 from lowprec.errors import InputError, warn
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
 
-CHUNK_ROWS = 1 << 16
-
-
-class _RowParser:
-    """Turns CSV records into (dense, ids, label, time) or a (kind, detail) complaint."""
-
-    def __init__(self, schema: CsvSchema, vocabularies: dict[str, tuple[list[str], int]] | None = None):
-        self.schema = schema
-        vocabularies = vocabularies or {}
-        self.encoders = [Encoder(c, vocabularies.get(c.name)) for c in schema.categorical]
-        self.index: dict[str, int] = {}
-        self.width = 0
-        self.epoch_zero = 0  # rows kept whose time is exactly the unix epoch (often a missing timestamp)
-        self.multiline: list[tuple[Path, int, int]] = []  # kept records over several lines: (file, first, last)
-
-    def bind(self, path: Path, header: list[str] | None) -> None:
-        if header is None:
-            raise InputError(f"{path}: empty file (expected a header row)")
-        s = self.schema
-        need = [s.label.column] + [c.column for c in s.dense + s.categorical] + ([s.time] if s.time else [])
-        self.index = dict(zip(need, header_positions(path, header, need, " named in the schema")))
-        self.width = len(header)
-
-    def line_break(self, row: list[str]) -> str | None:
-        """The first column the schema reads whose cell holds a line break, if any."""
-        if len(row) == self.width:
-            for column, i in self.index.items():
-                if "\n" in row[i] or "\r" in row[i]:
-                    return column
-        return None
-
-    def parse(self, row: list[str]) -> tuple:
-        if len(row) != self.width:
-            return "field count", f"{len(row)} fields, the header has {self.width}"
-        s, ix = self.schema, self.index
-        label = s.label(row[ix[s.label.column]])
-        if label is None:
-            return "label", s.label.why(row[ix[s.label.column]])
-        dense = []
-        for c in s.dense:
-            v = row[ix[c.column]].strip()
-            try:
-                x = float(v) if v else c.fill
-            except ValueError:
-                x = math.nan
-            if not math.isfinite(x):
-                return "dense", f"{c.column} = {v!r} is not a finite number"
-            if c.transform == "none" and abs(x) >= F32_LIMIT:
-                return "dense", f"{c.column} = {v!r} is beyond float32's range (|x| <= 3.4e38), in which it is stored"
-            dense.append(x)
-        t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
-        if t is None:
-            return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a time in years 1-9999 as time_format " \
-                f"{s.time_format!r} reads it ({TIME_FORMATS[s.time_format]})" + \
-                time_hint(row[ix[s.time]], s.time_format)
-        ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
-        self.epoch_zero += s.time is not None and t == 0.0
-        return dense, ids, label, t
-
-    def encode_dense(self, dense: list[list[float]]) -> np.ndarray:
-        x = np.asarray(dense, dtype=np.float64).reshape(len(dense), len(self.schema.dense))
-        for j, c in enumerate(self.schema.dense):
-            if c.transform == "log1p":
-                x[:, j] = np.log1p(np.maximum(x[:, j], 0.0))
-        return x.astype(np.float32)
-
-
-def _bad_utf8(row: list[str]) -> str | None:
-    """None if every cell decoded as UTF-8, else which bytes did not (cells carry them escaped)."""
-    text = "\x00".join(row)
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raw = text[exc.start:exc.end].encode("utf-8", "surrogateescape")
-        return f"byte(s) {raw!r} at character {exc.start + 1} of the row"
-    return None
-
-
-def _read_csv(path: Path, parser: _RowParser, sink: Any, bad: BadRows, stats: InputStats,
-              progress: Stages | None) -> None:
-    buf: tuple[list, list, list, list] = ([], [], [], [])
-
-    def flush() -> None:
-        if buf[0]:
-            sink.append(parser.encode_dense(buf[0]), np.asarray(buf[1], np.int32),
-                        np.asarray(buf[2], np.int32), np.asarray(buf[3], np.float64))
-            for b in buf:
-                b.clear()
-
-    with open_input(path, stats, progress) as (stream, tick):
-        # surrogateescape: a bad byte is found row by row below, so its error names the real line
-        reader = strict_reader(stream, parser.schema.delimiter, errors="surrogateescape")
-        rows = guarded(records(reader), path, lambda: reader.line_num + 1)
-        first, last, header = next(rows, (0, 0, None))
-        if isinstance(header, csv.Error):
-            raise InputError(f"{path}:{first}: cannot read the header ({header})")
-        if header is not None and _bad_utf8(header):
-            raise InputError(f"{path}:{last}: the header is not valid UTF-8 ({_bad_utf8(header)})")
-        parser.bind(path, header)
-        for first, last, row in rows:
-            stats.lines = last
-            if isinstance(row, csv.Error):
-                parsed: tuple = ("quoting", f"malformed quoting ({row})" + spans(first, last))
-            elif not row or row == [""]:
-                continue
-            elif _bad_utf8(row):
-                parsed = ("encoding", f"not valid UTF-8 ({_bad_utf8(row)})")
-            elif last > first and parser.line_break(row):  # before parse: it grows vocabularies
-                parsed = ("quoting", f"column {parser.line_break(row)!r} holds a line break" + spans(first, last))
-            else:
-                parsed = parser.parse(row)
-                if last > first and not isinstance(parsed[0], str):
-                    parser.multiline.append((path, first, last))
-            if isinstance(parsed[0], str):
-                stats.bad_rows += 1
-                bad.add(path, first, *parsed)
-                continue
-            for b, v in zip(buf, parsed):
-                b.append(v)
-            stats.rows += 1
-            if len(buf[0]) >= CHUNK_ROWS:
-                flush()
-                tick()
-        flush()
-
 
 def prepare_csv(
-    inputs: list[Path], root: Path, schema_path: Path | None, window: str = "file",
+    inputs: list[Path], root: Path | None, schema_path: Path | None, window: str = "file",
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS, report: Reporter | None = None,
     progress: Stages | None = None, vocab_from: Path | None = None, show_bad_rows: int | None = 20,
-    recorded_schema: dict[str, Any] | None = None,
-) -> tuple[DatasetMeta, BadRows]:
+    recorded_schema: dict[str, Any] | None = None, in_turn: tuple[int, int] | None = None,
+) -> tuple[DatasetMeta | None, BadRows]:
     """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`.
 
     `vocab_from`: an earlier dataset whose vocabularies the vocab columns reuse (frozen).
-    `recorded_schema`: instead of a file, the schema record of a dataset's provenance (`data append`)."""
+    `recorded_schema`: instead of a file, the schema record of a dataset's provenance (`data append`).
+    Under torchrun every rank reads a share of the input and rank 0 writes the dataset
+    (lowprec.data.csvshared); the other ranks return (None, their BadRows). `in_turn` = (ranks,
+    part bytes): read the shares of that many ranks in turn, in this process (the tests' check that
+    the merge gives one reader's dataset)."""
     if recorded_schema is not None:
         where = f"{vocab_from}/dataset.json: provenance schema"
         schema = schema_from(recorded_schema.get("toml"), where)
@@ -183,21 +50,29 @@ def prepare_csv(
         raise InputError(f"--window {window}: the schema {where} declares no `time` column")
     if not inputs:
         raise InputError("no input files given")
-    parser = _RowParser(schema, vocabularies)
+    parser = RowParser(schema, vocabularies)
+    bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
+    if dist.active() and not dist.is_main():  # a reading rank: its share into rank 0's staging directory
+        read_shared(inputs, None, parser, None, bad, [], None)
+        return None, bad
     sparse = [SparseFeature(c.name, c.num_embeddings or 2**31 - 1, c.hotness) for c in schema.categorical]
     writer = DatasetWriter(root, [c.name for c in schema.dense], sparse)
     sink = CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window)
-    bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
     stats = [InputStats(str(p)) for p in inputs]
-    for path, st in zip(inputs, stats):
-        sink.start_file(path)
-        _read_csv(path, parser, sink, bad, st, progress)
+    if dist.active():  # every rank reads a share into the staging directory, rank 0 merges
+        read_shared(inputs, root, parser, sink, bad, stats, progress)
+    elif in_turn is not None:
+        read_in_turn(inputs, root, parser, sink, bad, stats, *in_turn)
+    else:
+        for path, st in zip(inputs, stats):
+            sink.start_file(path)
+            read_csv(path, parser, sink, locate(bad, path), st, progress)
     sink.finish()
     if sum(s.rows for s in stats) == 0:
         raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
-    if parser.multiline:
-        where, first, last = parser.multiline[0]
-        writer.warnings.append(f"{len(parser.multiline):,} record(s) run over several lines, the first at {where}:{first}-"
+    if parser.multiline_first:
+        where, first, last = parser.multiline_first
+        writer.warnings.append(f"{parser.multiline:,} record(s) run over several lines, the first at {where}:{first}-"
                                f"{last}: quoted cells holding line breaks (in columns the schema does not read), "
                                f"kept as one record each. If a quote was left open, the lines up to the next quote "
                                f"were read as part of that cell: check {where}:{first}")

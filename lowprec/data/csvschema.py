@@ -1,5 +1,5 @@
 """The CSV schema: a TOML file saying what each column of any CSV means (docs/csv-schema.md), the
-time column's formats and the window option. lowprec.data.csvread reads the records with it.
+time column's formats and the window option. lowprec.data.csvrows reads the records with it.
 
 The schema (read with tomllib, validated with errors naming the offending key) declares the label column
 and its positive rule (lowprec.data.csvlabel), dense columns (transform none or log1p(max(x, 0)), a fill for empty cells),

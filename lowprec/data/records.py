@@ -1,4 +1,4 @@
-"""CSV records read strictly, for every CSV reader (lowprec.data.csvread, MovieLens' movies.csv).
+"""CSV records read strictly, for every CSV reader (lowprec.data.csvrows, MovieLens' movies.csv).
 
 Python's csv module is lenient by default: a quote left open reads every line up to the next quote
 as one cell (the rows between vanish into it), and `1,"2"x` reads as '2x'. Here records are read in
@@ -17,10 +17,11 @@ from typing import IO, Any, Iterator
 FIELD_LIMIT = 64 << 20
 
 
-def strict_reader(stream: IO[bytes], delimiter: str = ",", errors: str = "strict") -> Any:
-    """A csv reader over a binary stream (UTF-8, BOM skipped) in strict mode."""
+def strict_reader(stream: IO[bytes], delimiter: str = ",", errors: str = "strict", bom: bool = True) -> Any:
+    """A csv reader over a binary stream (UTF-8; a BOM skipped when `bom`: the stream starts a file)
+    in strict mode."""
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-    return csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline=""),
+    return csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig" if bom else "utf-8", errors=errors, newline=""),
                       delimiter=delimiter, strict=True)
 
 

@@ -1,0 +1,247 @@
+"""CSV records into rows, as a schema (lowprec.data.csvschema) describes them: one file, or a byte
+range of one (a part, lowprec.data.csvparts), into a sink of row chunks.
+
+Records come from lowprec.data.records (strict mode: malformed quoting is a bad row at the line where
+the record starts, naming the lines it ran over). A record over several physical lines is legal CSV
+(a quoted cell holding line breaks). When such a break lands in a cell the schema reads, the row is
+bad: that is how a quote left open until a later quote looks, the lines between swallowed into one
+cell. In other columns the record is kept and the file gets a warning with the count and the first
+place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from lowprec.data.criteo import BadRows, InputStats, guarded, open_input
+from lowprec.data.csvencode import Encoder
+from lowprec.data.csvschema import F32_LIMIT, TIME_FORMATS, CsvSchema, parse_time, time_hint
+from lowprec.data.movielens import header_positions
+from lowprec.data.records import records, spans, strict_reader
+from lowprec.errors import InputError
+from lowprec.progress import Stages
+
+CHUNK_ROWS = 1 << 16
+
+
+class RowParser:
+    """Turns CSV records into (dense, ids, label, time) or a (kind, detail) complaint."""
+
+    def __init__(self, schema: CsvSchema, vocabularies: dict[str, tuple[list[str], int]] | None = None):
+        self.schema = schema
+        vocabularies = vocabularies or {}
+        self.encoders = [Encoder(c, vocabularies.get(c.name)) for c in schema.categorical]
+        self.index: dict[str, int] = {}
+        self.width = 0
+        self.epoch_zero = 0  # rows kept whose time is exactly the unix epoch (often a missing timestamp)
+        self.multiline = 0  # records kept that run over several lines
+        self.multiline_first: tuple[Path, int, int] | None = None  # the first of them: (file, first, last line)
+        self.path = Path()
+
+    def fresh(self) -> "RowParser":
+        """A parser of the same schema with nothing read yet (lowprec.data.csvencode.Encoder.fresh)."""
+        new = RowParser(self.schema)
+        new.encoders = [e.fresh() for e in self.encoders]
+        return new
+
+    def bind(self, path: Path, header: list[str] | None) -> None:
+        if header is None:
+            raise InputError(f"{path}: empty file (expected a header row)")
+        s = self.schema
+        need = [s.label.column] + [c.column for c in s.dense + s.categorical] + ([s.time] if s.time else [])
+        self.index = dict(zip(need, header_positions(path, header, need, " named in the schema")))
+        self.path = path
+        self.width = len(header)
+
+    def line_break(self, row: list[str]) -> str | None:
+        """The first column the schema reads whose cell holds a line break, if any."""
+        if len(row) == self.width:
+            for column, i in self.index.items():
+                if "\n" in row[i] or "\r" in row[i]:
+                    return column
+        return None
+
+    def parse(self, row: list[str]) -> tuple:
+        if len(row) != self.width:
+            return "field count", f"{len(row)} fields, the header has {self.width}"
+        s, ix = self.schema, self.index
+        label = s.label(row[ix[s.label.column]])
+        if label is None:
+            return "label", s.label.why(row[ix[s.label.column]])
+        dense = []
+        for c in s.dense:
+            v = row[ix[c.column]].strip()
+            try:
+                x = float(v) if v else c.fill
+            except ValueError:
+                x = math.nan
+            if not math.isfinite(x):
+                return "dense", f"{c.column} = {v!r} is not a finite number"
+            if c.transform == "none" and abs(x) >= F32_LIMIT:
+                return "dense", f"{c.column} = {v!r} is beyond float32's range (|x| <= 3.4e38), in which it is stored"
+            dense.append(x)
+        t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
+        if t is None:
+            return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a time in years 1-9999 as time_format " \
+                f"{s.time_format!r} reads it ({TIME_FORMATS[s.time_format]})" + \
+                time_hint(row[ix[s.time]], s.time_format)
+        ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
+        self.epoch_zero += s.time is not None and t == 0.0
+        return dense, ids, label, t
+
+    def encode_dense(self, dense: list[list[float]]) -> np.ndarray:
+        x = np.asarray(dense, dtype=np.float64).reshape(len(dense), len(self.schema.dense))
+        for j, c in enumerate(self.schema.dense):
+            if c.transform == "log1p":
+                x[:, j] = np.log1p(np.maximum(x[:, j], 0.0))
+        return x.astype(np.float32)
+
+
+def _bad_utf8(row: list[str]) -> str | None:
+    """None if every cell decoded as UTF-8, else which bytes did not (cells carry them escaped)."""
+    text = "\x00".join(row)
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = text[exc.start:exc.end].encode("utf-8", "surrogateescape")
+        return f"byte(s) {raw!r} at character {exc.start + 1} of the row"
+    return None
+
+
+BadRow = Callable[[int, int, str, str, bool], None]  # (first line, last line, kind, detail, spans lines)
+
+
+def locate(bad: BadRows, path: Path) -> BadRow:
+    """A `BadRow` that adds to `bad` as `path:LINE: detail`, naming the lines a record ran over when
+    the complaint is about its quoting."""
+    def add(first: int, last: int, kind: str, detail: str, spanned: bool) -> None:
+        bad.add(path, first, kind, detail + (spans(first, last) if spanned else ""))
+
+    return add
+
+
+@dataclass
+class Read:
+    """How a read of a file, or of a byte range of it, ended."""
+
+    lines: int = 0  # physical lines read
+    malformed_end: bool = False  # the last record was malformed (a range may end inside a quoted cell)
+    stopped_at: int | None = None  # the `stop_lines` entry after which reading stopped
+
+
+@contextlib.contextmanager
+def _open(path: Path, stats: InputStats, progress: Stages | None,
+          span: tuple[int, int] | None) -> Iterator[tuple[Any, Callable[[], None]]]:
+    """The whole file (gzip or plain, hashed into `stats`), or the plain file's bytes [start, end)."""
+    if span is None:
+        with open_input(path, stats, progress) as opened:
+            yield opened
+        return
+    with open(path, "rb") as raw:
+        yield io.BufferedReader(_ByteRange(raw, *span), buffer_size=1 << 20), lambda: None
+
+
+class _ByteRange(io.RawIOBase):
+    def __init__(self, raw: Any, start: int, end: int):
+        raw.seek(start)
+        self.raw, self.left = raw, end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self.raw.readinto(memoryview(buf)[: min(len(buf), self.left)]) if self.left > 0 else 0
+        self.left -= n or 0
+        return n or 0
+
+
+def _header(rows: Iterator[Any], path: Path) -> list[str] | None:
+    first, last, header = next(rows, (0, 0, None))
+    if isinstance(header, csv.Error):
+        raise InputError(f"{path}:{first}: cannot read the header ({header})")
+    if header is not None and _bad_utf8(header):
+        raise InputError(f"{path}:{last}: the header is not valid UTF-8 ({_bad_utf8(header)})")
+    return header
+
+
+def file_header(path: Path, delimiter: str) -> list[str] | None:
+    """The header record of a plain CSV file (for a reader that starts inside the file)."""
+    with open(path, "rb") as raw:
+        reader = strict_reader(raw, delimiter, errors="surrogateescape")
+        return _header(guarded(records(reader), path, lambda: reader.line_num + 1), path)
+
+
+def _record(parser: RowParser, first: int, last: int, row: Any) -> tuple | None:
+    """(dense, ids, label, time) of a record, (kind, detail, spans lines) if it is bad, None if empty."""
+    if isinstance(row, csv.Error):
+        return "quoting", f"malformed quoting ({row})", True
+    if not row or row == [""]:
+        return None
+    if _bad_utf8(row):
+        return "encoding", f"not valid UTF-8 ({_bad_utf8(row)})", False
+    if last > first and parser.line_break(row):  # before parse: it grows vocabularies
+        return "quoting", f"column {parser.line_break(row)!r} holds a line break", True
+    parsed = parser.parse(row)
+    if isinstance(parsed[0], str):
+        return (*parsed, False)
+    if last > first:
+        parser.multiline += 1
+        parser.multiline_first = parser.multiline_first or (parser.path, first, last)
+    return parsed
+
+
+def read_csv(path: Path, parser: RowParser, sink: Any, bad_row: BadRow, stats: InputStats,
+             progress: Stages | None = None, span: tuple[int, int] | None = None, line_base: int = 0,
+             stop_lines: frozenset[int] = frozenset()) -> Read:
+    """Read the CSV file `path`, or its bytes `span` = [start, end) (plain files; `start` begins a
+    line), into `sink`, bad rows to `bad_row`. Lines are numbered from `line_base` + 1 at the start of
+    what is read (the header is line 1 of a file). With `stop_lines`, reading stops after a record
+    that ends on one of those lines."""
+    buf: tuple[list, list, list, list] = ([], [], [], [])
+    end = Read()
+
+    def flush() -> None:
+        if buf[0]:
+            sink.append(parser.encode_dense(buf[0]), np.asarray(buf[1], np.int32),
+                        np.asarray(buf[2], np.int32), np.asarray(buf[3], np.float64))
+            for b in buf:
+                b.clear()
+
+    with _open(path, stats, progress, span) as (stream, tick):
+        # surrogateescape: a bad byte is found row by row below, so its error names the real line
+        bom = span is None or span[0] == 0
+        reader = strict_reader(stream, parser.schema.delimiter, errors="surrogateescape", bom=bom)
+        rows = guarded(records(reader), path, lambda: line_base + reader.line_num + 1)
+        parser.bind(path, _header(rows, path) if bom else file_header(path, parser.schema.delimiter))
+        end.lines = 1 if bom else 0
+        stats.lines = max(stats.lines, line_base + end.lines)  # (a header-only file has its one line)
+        for first, last, row in rows:
+            end.lines, end.malformed_end = last, isinstance(row, csv.Error)
+            first, last = first + line_base, last + line_base
+            stats.lines = last
+            got = _record(parser, first, last, row)
+            if got is not None and isinstance(got[0], str):
+                stats.bad_rows += 1
+                bad_row(first, last, *got)
+            elif got is not None:
+                for b, v in zip(buf, got):
+                    b.append(v)
+                stats.rows += 1
+                if len(buf[0]) >= CHUNK_ROWS:
+                    flush()
+                    tick()
+            if last in stop_lines:
+                end.stopped_at = last
+                break
+        flush()
+    return end

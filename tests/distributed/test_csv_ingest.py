@@ -1,0 +1,79 @@
+"""`lowprec --nproc N data prepare --format csv` under torchrun: ranks read shares of the input into
+rank 0's output, and the dataset is the one process's, byte for byte; errors are one process's."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+
+from tests.distributed.conftest import REPO, WAIT_S, env, in_process
+
+SCHEMA = """
+label = "click"
+time = "ts"
+[dense.price]
+[categorical.item]
+encoding = "vocab"
+num_embeddings = 40
+[categorical.user]
+num_embeddings = 50
+"""
+
+
+def write_log(path, n, seed=0, bad_every=0):
+    lines = ["click,ts,price,item,user,note"]
+    for i in range(n):
+        note = f'"a note\nover lines {i}"' if i % 13 == 0 else f"n{i}"  # quoted line breaks: cuts land in some
+        row = f"{(i * seed + i) % 3 == 0:d},{1_700_000_000 + i * 97},{i % 17 * 0.5},it{(i * 7 + seed) % 60},u{i % 23},{note}"
+        lines.append("1,2" if bad_every and i % bad_every == 5 else row)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def nproc_prepare(*args, part_bytes=700):
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "prepare", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=WAIT_S, cwd=REPO,
+                          env=env(LOWPREC_CSV_PART_BYTES=str(part_bytes)))
+
+
+def test_two_ranks_write_one_process_dataset_byte_for_byte(tmp_path):
+    a = write_log(tmp_path / "a.csv", 300, bad_every=40)
+    b = tmp_path / "b.csv.gz"
+    b.write_bytes(gzip.compress(write_log(tmp_path / "b.csv", 200, seed=3).read_bytes()))
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    args = ["--format", "csv", "--input", a, b, "--schema", tmp_path / "s.toml", "--window", "day"]
+    one = in_process("data", "prepare", *args, "--out", tmp_path / "one")
+    assert one.exit_code == 0, one.output
+    two = nproc_prepare(*args, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.splitlines()[-1] == one.output.splitlines()[-1].replace(str(tmp_path / "one"), str(tmp_path / "two"))
+    assert "bad row: " in two.stderr
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and ".parts" not in names
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_too_many_bad_rows_stop_the_job_as_one_process_does(tmp_path):
+    a = write_log(tmp_path / "a.csv", 400, bad_every=30)
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    args = ["--format", "csv", "--input", a, "--schema", tmp_path / "s.toml", "--max-bad-rows", "4"]
+    one = in_process("data", "prepare", *args, "--out", tmp_path / "one")
+    assert one.exit_code == 2
+    two = nproc_prepare(*args, "--out", tmp_path / "two", part_bytes=500)
+    assert two.returncode == 2, two.stderr
+    message = one.output.strip().splitlines()[-1]
+    assert "5 bad rows exceed --max-bad-rows 4" in message
+    assert message in two.stderr.splitlines()
+    assert not (tmp_path / "two").exists() and not list(tmp_path.glob(".two*"))
+
+
+def test_other_data_commands_and_formats_refuse_several_processes(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lowprec", "--nproc", "2", "data", "synth", "--out", tmp_path / "s"],
+                       capture_output=True, text=True, timeout=WAIT_S, cwd=REPO, env=env())
+    assert r.returncode == 2 and "`data synth` does not run on several processes" in r.stderr
+    (tmp_path / "d.tsv").write_text("0\t" + "\t" * 38 + "\n")
+    r = nproc_prepare("--format", "criteo-tsv", "--input", tmp_path / "d.tsv", "--out", tmp_path / "c")
+    assert r.returncode == 2 and "only --format csv runs on several" in r.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
