@@ -17,7 +17,8 @@ from tqdm import tqdm
 from lowprec import distributed as dist
 from lowprec.cli import emit_json
 from lowprec.cli._common import StageBars
-from lowprec.data.criteo import DEFAULT_MAX_BAD_ROWS, BadRows, parse_table_sizes, prepare_criteo
+from lowprec.data.criteo import parse_table_sizes, prepare_criteo
+from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import parse_window_option
 from lowprec.data.dataset import DatasetMeta
@@ -39,9 +40,9 @@ def data(ctx: click.Context) -> None:
     converts raw Criteo TSV, MovieLens, or any CSV described by a TOML schema; `append` adds the
     windows of new files (a day of logs) to a prepared dataset.
     """
-    if dist.env_world_size() > 1 and ctx.invoked_subcommand != "prepare":
+    if dist.env_world_size() > 1 and ctx.invoked_subcommand not in ("prepare", "append"):
         raise click.UsageError(f"`data {ctx.invoked_subcommand}` does not run on several processes (only "
-                               f"`data prepare --format csv` does)")
+                               f"`data prepare --format csv` and `data append` to a csv dataset do)")
 
 
 def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, extra: dict[str, Any]) -> None:
@@ -242,7 +243,8 @@ def append(data_dir: Path, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
     counted), so models trained on it score the new windows, and existing windows stay as they are
     (drift's history still matches them). Refused, the dataset untouched: a file already in it,
     calendar windows starting before its last window ends, MovieLens and generated datasets.
-    Example:
+    A csv dataset's new files are read on several processes under `lowprec --nproc N` or torchrun,
+    as `data prepare` reads them. Example:
 
     \b
         lowprec data append --data data/clicks --input clicks-2024-03-08.csv.gz
@@ -250,10 +252,13 @@ def append(data_dir: Path, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
     from lowprec.data.append import append_windows
 
     shown = None if show_bad_rows < 0 else show_bad_rows
+    paths = list(inputs) + list(more_inputs)
+    dist.check_same([*paths, data_dir / "dataset.json"])
     with StageBars() as bars:
-        meta, bad, added = append_windows(data_dir, list(inputs) + list(more_inputs),
-                                          max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
+        meta, bad, added = append_windows(data_dir, paths, max_bad_rows=None if max_bad_rows < 0 else max_bad_rows,
                                           report=_reporter(shown), progress=bars, show_bad_rows=shown)
+    if meta is None:  # a reading rank under torchrun: rank 0 reports
+        return
     _say_skipped(bad)
     new = [w for w in meta.windows if w.index in set(added)]
     rows = sum(w.rows for w in new)

@@ -30,7 +30,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from lowprec.data.criteo import BadRows, prepare_criteo, rows_window
+from lowprec import distributed as dist
+from lowprec.data.criteo import prepare_criteo
+from lowprec.data.rawinput import BadRows, rows_window
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
@@ -43,14 +45,28 @@ from lowprec.jsonsafe import dumps
 PER_RUN = ("inputs", "bad_rows", "warnings", "multi_hot_truncated", "vocab_unseen", "hash_collisions")
 
 
-def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[DatasetMeta, BadRows, list[int]]:
+def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[DatasetMeta | None, BadRows, list[int]]:
     """Append `inputs`' windows to the dataset at `root`; returns its new meta, the bad rows of the
-    new files and the new windows' indices. `read`: max_bad_rows, report, progress, show_bad_rows."""
+    new files and the new windows' indices. `read`: max_bad_rows, report, progress, show_bad_rows.
+
+    Under torchrun (csv datasets) every rank reads a share of the new files (lowprec.data.csvshared)
+    and rank 0 appends; the other ranks return (None, their BadRows, [])."""
     # staged beside the real directory (its own disk, so renames work); absolute, so `--data .` stages
     # in the parent, not inside the dataset
     root = through_symlink(Path(os.path.abspath(Dataset(root).root)))
-    with _exclusive(root):
-        old = Dataset(root).meta  # read under the lock: windows an append just committed are seen
+    if not dist.is_main():  # a reading rank: once rank 0 holds the lock, its share of the new files
+        _told(dist.broadcast_json(None, "append start"))
+        return None, *_prepare_like(root, Dataset(root).meta, inputs, None, **read)[1:], []
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_exclusive(root))
+            old = Dataset(root).meta  # read under the lock: windows an append just committed are seen
+            refusal = _refusal_on_ranks(root, old)
+        except InputError as exc:
+            _tell_ranks(str(exc))
+            raise
+        _tell_ranks(refusal)
+        _told(refusal)
         with temporary_sibling(root) as staging:
             new, bad = _prepare_like(root, old, inputs, staging, **read)
             _check_new_inputs(old, new, root)
@@ -60,16 +76,36 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
     return Dataset(root).meta, bad, added
 
 
-def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Path,
+def _refusal_on_ranks(root: Path, old: DatasetMeta) -> str | None:
+    source = old.provenance.get("source")
+    if not dist.active() or source == "csv":
+        return None
+    return (f"{root}: a dataset read from {source or 'an unrecorded source'!r} is appended to by one process; "
+            f"only csv datasets are read on several")
+
+
+def _tell_ranks(refusal: str | None) -> None:
+    """Under torchrun, rank 0 tells the reading ranks (waiting for it) whether the append goes ahead."""
+    if dist.active():
+        dist.broadcast_json(refusal, "append start")
+
+
+def _told(refusal: str | None) -> None:
+    if refusal:
+        raise InputError(refusal)
+
+
+def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Path | None,
                   **read: Any) -> tuple[DatasetMeta, BadRows]:
-    """Read `inputs` into staging/new as the dataset's own files were read."""
+    """Read `inputs` into staging/new as the dataset's own files were read (staging None: a reading
+    rank under torchrun)."""
     prov = old.provenance
     source = prov.get("source")
     if source == "csv":
-        return prepare_csv(inputs, staging / "new", None, str(prov.get("windows") or "file"), vocab_from=root,
+        return prepare_csv(inputs, staging / "new" if staging is not None else None, None, str(prov.get("windows") or "file"), vocab_from=root,
                            recorded_schema=prov.get("schema") if isinstance(prov.get("schema"), dict) else {},
                            **read)
-    if source == "criteo-tsv":
+    if source == "criteo-tsv" and staging is not None:
         every = re.fullmatch(r"every (\d+) rows", str(prov.get("windows")))
         return prepare_criteo(inputs, staging / "new", list(old.num_embeddings),
                               int(every.group(1)) if every else None, **read)

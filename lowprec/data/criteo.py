@@ -1,4 +1,4 @@
-"""The raw Criteo TSV reader, plus the line-oriented ingest helpers the CSV reader shares.
+"""The raw Criteo TSV reader (the helpers every raw reader shares: lowprec.data.rawinput).
 
 Criteo Kaggle / Terabyte rows are `label \\t I1..I13 \\t C1..C26`: a 0/1 label, 13 integer counts and
 26 categoricals given as hex hashes; every field but the label may be empty. Encoding:
@@ -22,20 +22,14 @@ ignored. Windows: one per input file (a file without valid rows gives an empty w
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import gzip
-import hashlib
-import io
-import zlib
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature, WindowWriter
+from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
+from lowprec.data.rawinput import (
+    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input, guarded, open_input,
+)
 from lowprec.data.synth import KAGGLE_CARDINALITIES
 from lowprec.errors import InputError
 from lowprec.progress import Stages
@@ -45,8 +39,6 @@ DENSE_NAMES = [f"int_{i}" for i in range(N_DENSE)]
 SPARSE_NAMES = [f"cat_{i}" for i in range(N_SPARSE)]
 DEFAULT_TABLE_SIZE = 1_000_000
 MAX_TABLE = 2**31 - 1  # ids are stored as int32
-DEFAULT_MAX_BAD_ROWS = 1000
-CHUNK_ROWS = 1 << 16
 PARSE_ROWS = 8192  # lines parsed per vectorized step
 MISSING_ID = 0
 N_FIELDS = 1 + N_DENSE + N_SPARSE
@@ -56,177 +48,6 @@ _NIBBLE = np.full(256, -1, np.int8)
 _NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
 _NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 _DUMMY = [b"0"] * N_FIELDS
-
-Reporter = Callable[[str], None]
-# progress(name, total, unit) -> update(n): the caller (the CLI) owns the bar; None shows nothing
-
-
-@dataclass
-class BadRows:
-    """Counts malformed rows; reports the first `keep` + 1 as `file:line: reason` (the last of them
-    for the reporter to say that more are counted); raises past `max_bad`."""
-
-    max_bad: int | None = DEFAULT_MAX_BAD_ROWS
-    report: Reporter | None = None
-    count: int = 0
-    by_reason: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-    keep: int | None = 20  # bad rows located in provenance (`examples`); None: all
-
-    def add(self, path: Path | str, line: int, kind: str, detail: str) -> None:
-        self.count += 1
-        self.by_reason[kind] += 1
-        msg = f"{path}:{line}: {detail}"
-        if self.keep is None or len(self.examples) < self.keep:
-            self.examples.append(msg)
-        if self.report is not None and (self.keep is None or self.count <= self.keep + 1):
-            self.report(msg)  # the rows it shows, and one more to say that others are counted
-        if self.max_bad is not None and self.count > self.max_bad:
-            raise InputError(
-                f"{msg}\n{self.count} bad rows exceed --max-bad-rows {self.max_bad}; "
-                f"nothing was written"
-            )
-
-    def add_counted(self, kind: str, n: int) -> None:
-        """n more bad rows of `kind` that are counted, not located (beyond what `stored` keeps)."""
-        self.count += n
-        self.by_reason[kind] += n
-
-    @property
-    def stored(self) -> int | None:
-        """How many located bad rows a share of the input must keep so that adding them in order, then
-        counting the rest, reports, keeps and stops exactly as adding every one would (None: all)."""
-        if self.keep is None and self.max_bad is None:
-            return None
-        return max(-1 if self.keep is None else self.keep, -1 if self.max_bad is None else self.max_bad) + 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "max_bad_rows": self.max_bad,
-                "by_reason": dict(sorted(self.by_reason.items())), "examples": self.examples}
-
-
-class _HashingReader(io.RawIOBase):
-    """Passes bytes through while hashing them (sha256) and counting them (for the progress bar)."""
-
-    def __init__(self, raw: io.BufferedReader):
-        self.raw, self.sha, self.nbytes = raw, hashlib.sha256(), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        n = self.raw.readinto(buf)
-        if n:
-            self.sha.update(memoryview(buf)[:n])
-            self.nbytes += n
-        return n or 0
-
-
-@dataclass
-class InputStats:
-    path: str
-    sha256: str = ""
-    lines: int = 0
-    rows: int = 0
-    bad_rows: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@contextlib.contextmanager
-def open_input(
-    path: Path, stats: InputStats, progress: Stages | None
-) -> Iterator[tuple[io.BufferedIOBase, Callable[[], None]]]:
-    """Yield (decompressed binary stream, tick) for a plain or gzip file; sha256 lands in `stats`.
-
-    `tick()` reports the compressed bytes read so far to `progress`; call it every few thousand lines.
-    Iterate the stream through `guarded` so read errors name the file and line.
-    """
-    if path.is_dir():
-        raise InputError(f"input {path} is a directory; give the files themselves (e.g. {path}/day_0.tsv ...)")
-    if not path.is_file():
-        raise InputError(f"input file not found: {path}")
-    with open(path, "rb") as raw:
-        is_gz = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        hashing = _HashingReader(raw)
-        buffered = io.BufferedReader(hashing, buffer_size=1 << 20)
-        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=buffered, mode="rb") if is_gz else buffered
-        update = progress(path.name, path.stat().st_size, "B") if progress else None
-        done = [0]
-
-        def tick() -> None:
-            if update is not None:
-                update(hashing.nbytes - done[0])
-                done[0] = hashing.nbytes
-
-        yield stream, tick
-        while buffered.read(1 << 20):  # hash whatever the reader did not consume
-            pass
-        tick()
-        stats.sha256 = hashing.sha.hexdigest()
-
-
-READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error)
-
-
-def guarded(items: Iterator[Any], path: Path, line: Callable[[], int]) -> Iterator[Any]:
-    """Re-raise read errors (truncated gzip, bad UTF-8, ...) of `items` as InputError naming file:line."""
-    it = iter(items)
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        except READ_ERRORS as exc:
-            raise InputError(f"{path}:{line()}: cannot read ({exc})") from exc
-        yield item
-
-
-def rows_window(offset: int, rows: int) -> dict[str, str]:
-    """Label, start and end of a `rows:N` window: the good rows [offset, offset + rows) of the dataset."""
-    return {"label": f"rows {offset}-{offset + rows - 1}", "start": str(offset), "end": str(offset + rows)}
-
-
-class SequentialWindows:
-    """Writes rows into windows in input order: one window per input file, or every `rows_per_window` rows."""
-
-    def __init__(self, writer: DatasetWriter, rows_per_window: int | None):
-        self.writer, self.rows_per_window = writer, rows_per_window
-        self.current: WindowWriter | None = None
-        self.offset = 0  # good rows written before the current window
-
-    def start_file(self, path: Path) -> None:
-        if self.rows_per_window is None:
-            self._close()
-            self.current = self.writer.window(label=path.name)
-
-    def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, times: Any = None) -> None:
-        i = 0
-        while i < len(labels):
-            if self.current is None:
-                self.current = self.writer.window()
-            room = len(labels) - i
-            if self.rows_per_window is not None:
-                room = min(room, self.rows_per_window - self.current.rows)
-            self.current.append(dense[i : i + room], sparse[i : i + room], labels[i : i + room])
-            i += room
-            if self.rows_per_window is not None and self.current.rows >= self.rows_per_window:
-                self._close()
-
-    def _close(self) -> None:
-        if self.current is None:
-            return
-        w, self.current = self.current, None
-        if self.rows_per_window is not None:
-            w.info.update(rows_window(self.offset, w.rows))
-        self.offset += w.rows
-        self.writer.add_window(w)
-
-    def finish(self) -> None:
-        self._close()
-
 
 def parse_table_sizes(text: str | int, n: int = N_SPARSE) -> list[int]:
     """Table sizes from `N` (every table), `N1,...,N26` (per table), or `kaggle[:N]`: per table
@@ -371,6 +192,8 @@ def prepare_criteo(
     """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir)."""
     if not inputs:
         raise InputError("no input files given")
+    for path in inputs:  # before reading hours of the others
+        check_input(path)
     sizes = table_sizes or [DEFAULT_TABLE_SIZE] * N_SPARSE
     if len(sizes) != N_SPARSE or min(sizes) < 2 or max(sizes) > MAX_TABLE:
         raise InputError(f"need {N_SPARSE} table sizes, each in [2, {MAX_TABLE}]")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.criteo import BadRows, InputStats
+from lowprec.data.rawinput import BadRows, InputStats
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
@@ -136,6 +136,12 @@ def spilled(base: Path, rows: int, widths: tuple[int, int]) -> list[np.ndarray]:
     shapes = [(rows, widths[0]), (rows, widths[1]), (rows,), (rows,)]
     return [np.memmap(f"{base}.{kind}", dtype=dtype, mode="r", shape=shape)
             for (kind, dtype), shape in zip(KINDS, shapes)]
+
+
+def drop(base: Path) -> None:
+    """Remove a part's files (its rows and summary)."""
+    for kind, _ in KINDS + (("json", None),):
+        Path(f"{base}.{kind}").unlink(missing_ok=True)
 
 
 class _Enough(Exception):

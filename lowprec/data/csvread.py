@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from lowprec import distributed as dist
-from lowprec.data.criteo import (
-    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows,
+from lowprec.data.rawinput import (
+    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input,
 )
 from lowprec.data.csvencode import load_vocabularies, write_vocabulary
 from lowprec.data.csvrows import RowParser, locate, read_csv
@@ -50,6 +50,8 @@ def prepare_csv(
         raise InputError(f"--window {window}: the schema {where} declares no `time` column")
     if not inputs:
         raise InputError("no input files given")
+    for path in inputs:  # before reading hours of the others
+        check_input(path)
     parser = RowParser(schema, vocabularies)
     bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
     if dist.active() and not dist.is_main():  # a reading rank: its share into rank 0's staging directory

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from lowprec.data.criteo import BadRows, InputStats, guarded, open_input
+from lowprec.data.rawinput import BadRows, InputStats, guarded, open_input
 from lowprec.data.csvencode import Encoder
 from lowprec.data.csvschema import F32_LIMIT, TIME_FORMATS, CsvSchema, parse_time, time_hint
 from lowprec.data.movielens import header_positions

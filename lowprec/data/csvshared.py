@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from lowprec import distributed as dist
-from lowprec.data.criteo import CHUNK_ROWS, BadRows, InputStats
-from lowprec.data.csvparts import MIN_RATE, Part, deal, part_base, part_bytes, plan_parts, read_share, spilled
+from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats
+from lowprec.data.csvparts import MIN_RATE, Part, deal, drop, part_base, part_bytes, plan_parts, read_share, spilled
 from lowprec.data.csvrows import locate, read_csv
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
@@ -130,6 +130,8 @@ def merge(parts: list[Part], inputs: list[Path], staging: Path, parser: Any, sin
             _replay(part, r, base, path, parser, sink, bad, st, part_base(staging, i))
             base += r["lines"]
             i += 1
+        for j in range(start, i):  # done with: free the disk as the windows fill it
+            drop(part_base(staging, j))
         if update is not None:
             update(i - start)
     for path, st in zip(inputs, stats):

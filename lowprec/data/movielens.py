@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.criteo import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
+from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
 from lowprec.data import encoding as fingerprint
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.records import records, spans, strict_reader

@@ -170,3 +170,17 @@ def test_too_many_bad_rows_stop_at_one_readers_row(tmp_path, max_bad):
     one = run([tmp_path / "a.csv"], tmp_path / "one", schema, "file", max_bad, 2)
     assert one[0] == "error" and f"bad rows exceed --max-bad-rows {max_bad}" in one[1]
     assert run([tmp_path / "a.csv"], tmp_path / "two", schema, "file", max_bad, 2, in_turn=(3, 90)) == one
+
+
+def test_a_missing_input_is_named_before_any_file_is_read(tmp_path, monkeypatch):
+    """Every input is checked first: a typo in the last of a day's files costs no hours of reading."""
+    import lowprec.data.csvread as csvread
+
+    (tmp_path / "a.csv").write_text(HEADER + "\n" + good(1, 0) + "\n")
+    schema = tmp_path / "s.toml"
+    schema.write_text(SCHEMA.format(item_cap="", tag_encoding='num_embeddings = 5'))
+    reads: list[Path] = []
+    real = csvread.read_csv
+    monkeypatch.setattr(csvread, "read_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    got = run([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "one", schema, "file", None, None)
+    assert got[0] == "error" and got[1] == f"input file not found: {tmp_path / 'b.csv'}" and reads == []

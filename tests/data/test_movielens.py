@@ -186,7 +186,7 @@ def test_ratings_header_is_read_by_name(tmp_path, header, says):
 def test_a_quote_left_open_in_movies_csv_is_a_bad_row_not_swallowed_movies(tmp_path):
     """A title whose quote is never closed read the movies after it as part of that title until the
     next quote: they lost their genres and years without a word. It is now a bad row naming the lines."""
-    from lowprec.data.criteo import BadRows, InputStats
+    from lowprec.data.rawinput import BadRows, InputStats
     from lowprec.data.movielens import read_movies
 
     movies = tmp_path / "movies.csv"

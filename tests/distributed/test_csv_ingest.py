@@ -21,11 +21,11 @@ num_embeddings = 50
 """
 
 
-def write_log(path, n, seed=0, bad_every=0):
+def write_log(path, n, seed=0, bad_every=0, t0=1_700_000_000):
     lines = ["click,ts,price,item,user,note"]
     for i in range(n):
         note = f'"a note\nover lines {i}"' if i % 13 == 0 else f"n{i}"  # quoted line breaks: cuts land in some
-        row = f"{(i * seed + i) % 3 == 0:d},{1_700_000_000 + i * 97},{i % 17 * 0.5},it{(i * 7 + seed) % 60},u{i % 23},{note}"
+        row = f"{(i + seed) % 3 == 0:d},{t0 + i * 97},{i % 17 * 0.5},it{(i * 7 + seed) % 60},u{i % 23},{note}"
         lines.append("1,2" if bad_every and i % bad_every == 5 else row)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -77,3 +77,41 @@ def test_other_data_commands_and_formats_refuse_several_processes(tmp_path):
     r = nproc_prepare("--format", "criteo-tsv", "--input", tmp_path / "d.tsv", "--out", tmp_path / "c")
     assert r.returncode == 2 and "only --format csv runs on several" in r.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+    made = in_process("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "d.tsv", "--out", tmp_path / "c")
+    assert made.exit_code == 0, made.output
+    (tmp_path / "e.tsv").write_text("1\t" + "\t" * 38 + "\n")
+    before = (tmp_path / "c" / "dataset.json").read_bytes()
+    r = subprocess.run([sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", tmp_path / "c",
+                        "--input", tmp_path / "e.tsv"], capture_output=True, text=True, timeout=WAIT_S, cwd=REPO, env=env())
+    assert r.returncode == 2 and "is appended to by one process; only csv datasets are read on several" in r.stderr
+    assert (tmp_path / "c" / "dataset.json").read_bytes() == before
+
+
+def test_two_ranks_append_a_day_as_one_process_does(tmp_path):
+    """The daily job at scale: `--nproc 2 data append` reads the new day on both ranks (vocabularies
+    frozen) and leaves the dataset byte for byte as a one-process append does."""
+    import shutil
+
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    day0, day1 = write_log(tmp_path / "d0.csv", 200), write_log(tmp_path / "d1.csv", 300, seed=5, bad_every=50,
+                                                                 t0=1_700_200_000)
+    made = in_process("data", "prepare", "--format", "csv", "--input", day0, "--schema", tmp_path / "s.toml",
+                      "--out", tmp_path / "one", "--window", "day")
+    assert made.exit_code == 0, made.output
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    one = in_process("data", "append", "--data", tmp_path / "one", "--input", day1)
+    assert one.exit_code == 0, one.output
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", tmp_path / "two", "--input", day1]
+    two = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=WAIT_S, cwd=REPO,
+                         env=env(LOWPREC_CSV_PART_BYTES="900"))
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.splitlines()[-1] == one.output.splitlines()[-1].replace(str(tmp_path / "one"), str(tmp_path / "two"))
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        if name != "dataset.json":
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    text = (tmp_path / "two" / "dataset.json").read_text()
+    assert text == (tmp_path / "one" / "dataset.json").read_text().replace(str(tmp_path / "one"), str(tmp_path / "two"))
+    again = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=WAIT_S, cwd=REPO, env=env())
+    assert again.returncode == 2 and "this file is already in" in again.stderr
