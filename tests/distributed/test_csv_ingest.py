@@ -7,7 +7,7 @@ import gzip
 import subprocess
 import sys
 
-from tests.distributed.conftest import REPO, WAIT_S, env, in_process
+from tests.distributed.conftest import RANK_TIMEOUT_S, REPO, WAIT_S, env, in_process
 
 SCHEMA = """
 label = "click"
@@ -115,3 +115,37 @@ def test_two_ranks_append_a_day_as_one_process_does(tmp_path):
     assert text == (tmp_path / "one" / "dataset.json").read_text().replace(str(tmp_path / "one"), str(tmp_path / "two"))
     again = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=WAIT_S, cwd=REPO, env=env())
     assert again.returncode == 2 and "this file is already in" in again.stderr
+
+
+def test_a_killed_reading_rank_fails_the_job_and_leaves_nothing(tmp_path, monkeypatch):
+    """Rank 1 dies while the ranks read (once part 1 of ~18 is read, the shares ~9 parts each): rank 0
+    stops at the barrier with RankFailure (exit 3), within the collective timeout, and neither --out
+    nor a staging directory is left."""
+    import signal
+    import time
+
+    from tests.distributed.test_faults import start_ranks
+
+    src = write_log(tmp_path / "a.csv", 60_000)
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    out = tmp_path / "out"
+    args = ("data", "prepare", "--format", "csv", "--input", src, "--schema", tmp_path / "s.toml", "--out", out)
+    monkeypatch.setenv("LOWPREC_CSV_PART_BYTES", "200000")
+    procs = start_ranks([args, args], tmp_path)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(tmp_path.glob(".*out*/.parts/part-000001.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        procs[1].send_signal(signal.SIGKILL)
+        t0 = time.monotonic()
+        procs[0].communicate(timeout=WAIT_S)
+        waited = time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=WAIT_S)
+    err = (tmp_path / "rank0.err").read_text()
+    assert procs[0].returncode == 3, err[-3000:]
+    assert "RankFailure" in err and "reading the shares" in err, err[-3000:]
+    assert waited < 2 * float(RANK_TIMEOUT_S)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "out" in p.name], list(tmp_path.iterdir())
