@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from lowprec.cli import main
+from lowprec.distributed import free_port
 from tests.helpers import REPO, make_tiny_dataset
 
 WAIT_S = 240  # the longest any test waits for a process (start-up is ~3-10 s idle, 20-45 s at load 15 on 2 cores)
@@ -45,6 +48,42 @@ def in_process(*args) -> object:
 
 def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
+
+
+def start_ranks(args_of_rank, logs: Path) -> list[subprocess.Popen]:
+    port = str(free_port())
+    procs = []
+    for r, args in enumerate(args_of_rank):
+        e = env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(len(args_of_rank)), LOCAL_WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        err = open(logs / f"rank{r}.err", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "lowprec", *map(str, args)], env=e, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=err, text=True))
+    return procs
+
+
+def wait_for(path: Path, text: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}: {path.read_text()[-2000:]}")
+
+
+def kill_rank_when(procs: list[subprocess.Popen], ready, victim: int = 1) -> float:
+    """Once `ready()` returns, SIGKILL rank `victim` and wait (bounded) for rank 0 to leave; the
+    seconds rank 0 took. Every rank is reaped, whatever fails."""
+    try:
+        ready()
+        procs[victim].send_signal(signal.SIGKILL)
+        t0 = time.monotonic()
+        procs[0].communicate(timeout=WAIT_S)
+        return time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=WAIT_S)
 
 
 @pytest.fixture(scope="package")

@@ -7,7 +7,7 @@ import gzip
 import subprocess
 import sys
 
-from tests.distributed.conftest import RANK_TIMEOUT_S, REPO, WAIT_S, env, in_process
+from tests.distributed.conftest import RANK_TIMEOUT_S, REPO, WAIT_S, env, in_process, kill_rank_when, start_ranks
 
 SCHEMA = """
 label = "click"
@@ -121,29 +121,20 @@ def test_a_killed_reading_rank_fails_the_job_and_leaves_nothing(tmp_path, monkey
     """Rank 1 dies while the ranks read (once part 1 of ~18 is read, the shares ~9 parts each): rank 0
     stops at the barrier with RankFailure (exit 3), within the collective timeout, and neither --out
     nor a staging directory is left."""
-    import signal
     import time
-
-    from tests.distributed.test_faults import start_ranks
 
     src = write_log(tmp_path / "a.csv", 60_000)
     (tmp_path / "s.toml").write_text(SCHEMA)
     out = tmp_path / "out"
     args = ("data", "prepare", "--format", "csv", "--input", src, "--schema", tmp_path / "s.toml", "--out", out)
     monkeypatch.setenv("LOWPREC_CSV_PART_BYTES", "200000")
-    procs = start_ranks([args, args], tmp_path)
-    try:
+    def part_1_read() -> None:
         deadline = time.monotonic() + WAIT_S
         while not list(tmp_path.glob(".*out*/.parts/part-000001.json")) and time.monotonic() < deadline:
             time.sleep(0.02)
-        procs[1].send_signal(signal.SIGKILL)
-        t0 = time.monotonic()
-        procs[0].communicate(timeout=WAIT_S)
-        waited = time.monotonic() - t0
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait(timeout=WAIT_S)
+
+    procs = start_ranks([args, args], tmp_path)
+    waited = kill_rank_when(procs, part_1_read)
     err = (tmp_path / "rank0.err").read_text()
     assert procs[0].returncode == 3, err[-3000:]
     assert "RankFailure" in err and "reading the shares" in err, err[-3000:]

@@ -8,36 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-from lowprec.distributed import free_port
-from tests.distributed.conftest import RANK_TIMEOUT_S, WAIT_S, env, lowprec
+from tests.distributed.conftest import RANK_TIMEOUT_S, WAIT_S, env, kill_rank_when, lowprec, start_ranks, wait_for
 from tests.helpers import REPO, make_tiny_dataset
-
-
-def start_ranks(args_of_rank, logs: Path) -> list[subprocess.Popen]:
-    port = str(free_port())
-    procs = []
-    for r, args in enumerate(args_of_rank):
-        e = env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(len(args_of_rank)), LOCAL_WORLD_SIZE="2",
-                MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        err = open(logs / f"rank{r}.err", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "lowprec", *map(str, args)], env=e, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=err, text=True))
-    return procs
-
-
-def wait_for(path: Path, text: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if text in path.read_text():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} never appeared in {path}: {path.read_text()[-2000:]}")
 
 
 def test_killed_rank_fails_the_drift_job_cleanly(work, tmp_path):
@@ -46,16 +21,7 @@ def test_killed_rank_fails_the_drift_job_cleanly(work, tmp_path):
     args = ("drift", "--reference", work["model"], "--candidate", work["art"], "--data", data,
             "--windows", "0-2", "--db", db, "--report", report, "--batch-size", "1024")
     procs = start_ranks([args, args], tmp_path)
-    try:
-        wait_for(tmp_path / "rank0.err", "drift window 0", WAIT_S)  # rank 0 is scoring
-        procs[1].send_signal(signal.SIGKILL)
-        t0 = time.monotonic()
-        out, _ = procs[0].communicate(timeout=WAIT_S)
-        waited = time.monotonic() - t0
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait(timeout=WAIT_S)
+    waited = kill_rank_when(procs, lambda: wait_for(tmp_path / "rank0.err", "drift window 0", WAIT_S))  # rank 0 scores
     err = (tmp_path / "rank0.err").read_text()
     assert procs[0].returncode == 3, err[-3000:]
     assert "RankFailure" in err and "rank 0 of 2" in err
