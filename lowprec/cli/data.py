@@ -214,7 +214,7 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     read = {"max_bad_rows": None if max_bad_rows < 0 else max_bad_rows, "report": _reporter(shown),
             "show_bad_rows": shown, **kwargs}
     dist.check_same(sources)
-    if not dist.is_main():  # a reading rank: its share of the input, into rank 0's output (lowprec.data.csvparts)
+    if not dist.is_main():  # a reading rank: its share of the input, into rank 0's output (lowprec.data.parts)
         func(root=None, **read)
         return
     with StageBars() as bars, atomic_dir(out, "dataset", inputs=sources) as tmp:

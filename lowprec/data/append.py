@@ -49,7 +49,7 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
     """Append `inputs`' windows to the dataset at `root`; returns its new meta, the bad rows of the
     new files and the new windows' indices. `read`: max_bad_rows, report, progress, show_bad_rows.
 
-    Under torchrun (csv datasets) every rank reads a share of the new files (lowprec.data.csvshared)
+    Under torchrun (csv datasets) every rank reads a share of the new files (lowprec.data.sharedread)
     and rank 0 appends; the other ranks return (None, their BadRows, [])."""
     # staged beside the real directory (its own disk, so renames work); absolute, so `--data .` stages
     # in the parent, not inside the dataset

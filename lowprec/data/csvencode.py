@@ -133,7 +133,7 @@ class Encoder:
     @property
     def numbers_locally(self) -> bool:
         """True for a vocabulary that grows while reading: a share of the input read by another
-        process (lowprec.data.csvparts) numbers its values locally, and `absorb` renumbers them."""
+        process (lowprec.data.parts) numbers its values locally, and `absorb` renumbers them."""
         return self.col.encoding == "vocab" and not self.frozen
 
     def share_state(self) -> dict[str, Any]:

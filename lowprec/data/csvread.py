@@ -1,6 +1,6 @@
 """`data prepare --format csv`: CSV files into a prepared dataset, as a schema (lowprec.data.csvschema)
 describes them. Rows come from lowprec.data.csvrows; under torchrun every rank reads a share of the
-input (lowprec.data.csvshared).
+input (lowprec.data.sharedread).
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 
 from lowprec import distributed as dist
 from lowprec.data.rawinput import (
-    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input,
+    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input, locate,
 )
 from lowprec.data.csvencode import load_vocabularies, write_vocabulary
-from lowprec.data.csvrows import RowParser, locate, read_csv
-from lowprec.data.csvshared import read_in_turn, read_shared
+from lowprec.data.csvrows import RowParser
+from lowprec.data.sharedread import read_in_turn, read_shared
 from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
@@ -34,7 +34,7 @@ def prepare_csv(
     `vocab_from`: an earlier dataset whose vocabularies the vocab columns reuse (frozen).
     `recorded_schema`: instead of a file, the schema record of a dataset's provenance (`data append`).
     Under torchrun every rank reads a share of the input and rank 0 writes the dataset
-    (lowprec.data.csvshared); the other ranks return (None, their BadRows). `in_turn` = (ranks,
+    (lowprec.data.sharedread); the other ranks return (None, their BadRows). `in_turn` = (ranks,
     part bytes): read the shares of that many ranks in turn, in this process (the tests' check that
     the merge gives one reader's dataset)."""
     if recorded_schema is not None:
@@ -68,7 +68,7 @@ def prepare_csv(
     else:
         for path, st in zip(inputs, stats):
             sink.start_file(path)
-            read_csv(path, parser, sink, locate(bad, path), st, progress)
+            parser.read(path, sink, locate(bad, path), st, progress=progress)
     sink.finish()
     if sum(s.rows for s in stats) == 0:
         raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")

@@ -1,5 +1,5 @@
 """CSV records into rows, as a schema (lowprec.data.csvschema) describes them: one file, or a byte
-range of one (a part, lowprec.data.csvparts), into a sink of row chunks.
+range of one (a part, lowprec.data.parts), into a sink of row chunks.
 
 Records come from lowprec.data.records (strict mode: malformed quoting is a bad row at the line where
 the record starts, naming the lines it ran over). A record over several physical lines is legal CSV
@@ -11,21 +11,18 @@ place.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from lowprec.data.rawinput import BadRows, InputStats, guarded, open_input
+from lowprec.data.rawinput import BadRow, InputStats, Read, guarded, open_span
 from lowprec.data.csvencode import Encoder
 from lowprec.data.csvschema import F32_LIMIT, TIME_FORMATS, CsvSchema, parse_time, time_hint
 from lowprec.data.movielens import header_positions
-from lowprec.data.records import records, spans, strict_reader
+from lowprec.data.records import records, strict_reader
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 
@@ -46,11 +43,52 @@ class RowParser:
         self.multiline_first: tuple[Path, int, int] | None = None  # the first of them: (file, first, last line)
         self.path = Path()
 
+    # -- a reader of parts (lowprec.data.parts): fresh, read, widths, share, absorb --------------------
+
     def fresh(self) -> "RowParser":
         """A parser of the same schema with nothing read yet (lowprec.data.csvencode.Encoder.fresh)."""
         new = RowParser(self.schema)
         new.encoders = [e.fresh() for e in self.encoders]
         return new
+
+    def read(self, path: Path, sink: Any, bad_row: BadRow, stats: InputStats, **how: Any) -> Read:
+        return read_csv(path, self, sink, bad_row, stats, **how)
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """Dense values and sparse id slots of a row."""
+        return len(self.schema.dense), sum(c.hotness for c in self.schema.categorical)
+
+    def share(self, sparse: np.ndarray | None) -> dict[str, Any]:
+        """What the merge needs of this parser after it read one part (`sparse`: the part's ids; None
+        when the part stopped early): the warnings' counts, each encoder's state and, for growing
+        vocabularies, each local id's occurrences (Encoder.absorb counts overflow by them)."""
+        counts, offset = {}, 0
+        for e in self.encoders:
+            if e.numbers_locally and sparse is not None:
+                ids = np.asarray(sparse[:, offset: offset + e.col.hotness]).ravel()
+                counts[e.col.name] = np.bincount(ids[ids > 0], minlength=len(e.vocab) + 1).tolist()
+            offset += e.col.hotness
+        first = self.multiline_first
+        return {"epoch_zero": self.epoch_zero, "multiline": self.multiline,
+                "multiline_first": list(first[1:]) if first else None,
+                "encoders": [e.share_state() for e in self.encoders], "counts": counts}
+
+    def absorb(self, state: dict[str, Any], path: Path, line_base: int) -> list[tuple[int, int, np.ndarray]]:
+        """Take in a part's `share` (its lines numbered from `line_base` + 1): (slot offset, hotness,
+        local -> global id table) of each column whose ids the part numbered locally."""
+        self.epoch_zero += state["epoch_zero"]
+        if state["multiline"]:
+            self.multiline += state["multiline"]
+            first, last = state["multiline_first"]
+            self.multiline_first = self.multiline_first or (path, first + line_base, last + line_base)
+        out, offset = [], 0
+        for e, enc in zip(self.encoders, state["encoders"]):
+            table = e.absorb(enc, np.asarray(state["counts"].get(e.col.name, [0]), np.int64))
+            if table is not None:
+                out.append((offset, e.col.hotness, table))
+            offset += e.col.hotness
+        return out
 
     def bind(self, path: Path, header: list[str] | None) -> None:
         if header is None:
@@ -118,53 +156,6 @@ def _bad_utf8(row: list[str]) -> str | None:
     return None
 
 
-BadRow = Callable[[int, int, str, str, bool], None]  # (first line, last line, kind, detail, spans lines)
-
-
-def locate(bad: BadRows, path: Path) -> BadRow:
-    """A `BadRow` that adds to `bad` as `path:LINE: detail`, naming the lines a record ran over when
-    the complaint is about its quoting."""
-    def add(first: int, last: int, kind: str, detail: str, spanned: bool) -> None:
-        bad.add(path, first, kind, detail + (spans(first, last) if spanned else ""))
-
-    return add
-
-
-@dataclass
-class Read:
-    """How a read of a file, or of a byte range of it, ended."""
-
-    lines: int = 0  # physical lines read
-    malformed_end: bool = False  # the last record was malformed (a range may end inside a quoted cell)
-    stopped_at: int | None = None  # the `stop_lines` entry after which reading stopped
-
-
-@contextlib.contextmanager
-def _open(path: Path, stats: InputStats, progress: Stages | None,
-          span: tuple[int, int] | None) -> Iterator[tuple[Any, Callable[[], None]]]:
-    """The whole file (gzip or plain, hashed into `stats`), or the plain file's bytes [start, end)."""
-    if span is None:
-        with open_input(path, stats, progress) as opened:
-            yield opened
-        return
-    with open(path, "rb") as raw:
-        yield io.BufferedReader(_ByteRange(raw, *span), buffer_size=1 << 20), lambda: None
-
-
-class _ByteRange(io.RawIOBase):
-    def __init__(self, raw: Any, start: int, end: int):
-        raw.seek(start)
-        self.raw, self.left = raw, end - start
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        n = self.raw.readinto(memoryview(buf)[: min(len(buf), self.left)]) if self.left > 0 else 0
-        self.left -= n or 0
-        return n or 0
-
-
 def _header(rows: Iterator[Any], path: Path) -> list[str] | None:
     first, last, header = next(rows, (0, 0, None))
     if isinstance(header, csv.Error):
@@ -217,7 +208,7 @@ def read_csv(path: Path, parser: RowParser, sink: Any, bad_row: BadRow, stats: I
             for b in buf:
                 b.clear()
 
-    with _open(path, stats, progress, span) as (stream, tick):
+    with open_span(path, stats, progress, span) as (stream, tick):
         # surrogateescape: a bad byte is found row by row below, so its error names the real line
         bom = span is None or span[0] == 0
         reader = strict_reader(stream, parser.schema.delimiter, errors="surrogateescape", bom=bom)

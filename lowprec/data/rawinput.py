@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from lowprec.data.dataset import DatasetWriter, WindowWriter
+from lowprec.data.records import spans
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 
@@ -199,3 +200,51 @@ class SequentialWindows:
 
     def finish(self) -> None:
         self._close()
+
+
+BadRow = Callable[[int, int, str, str, bool], None]  # (first line, last line, kind, detail, spans lines)
+
+
+def locate(bad: BadRows, path: Path) -> BadRow:
+    """A `BadRow` that adds to `bad` as `path:LINE: detail`, naming the lines a record ran over when
+    the complaint is about its quoting."""
+    def add(first: int, last: int, kind: str, detail: str, spanned: bool) -> None:
+        bad.add(path, first, kind, detail + (spans(first, last) if spanned else ""))
+
+    return add
+
+
+@dataclass
+class Read:
+    """How a read of a file, or of a byte range of it, ended."""
+
+    lines: int = 0  # physical lines read
+    malformed_end: bool = False  # the last record was malformed (a range may end inside a quoted cell)
+    stopped_at: int | None = None  # the `stop_lines` entry after which reading stopped
+
+
+@contextlib.contextmanager
+def open_span(path: Path, stats: InputStats, progress: Stages | None,
+          span: tuple[int, int] | None) -> Iterator[tuple[Any, Callable[[], None]]]:
+    """The whole file (gzip or plain, hashed into `stats`, as `open_input`), or the plain file's bytes
+    [start, end) (a part of it, lowprec.data.parts) with a tick that does nothing."""
+    if span is None:
+        with open_input(path, stats, progress) as opened:
+            yield opened
+        return
+    with open(path, "rb") as raw:
+        yield io.BufferedReader(_ByteRange(raw, *span), buffer_size=1 << 20), lambda: None
+
+
+class _ByteRange(io.RawIOBase):
+    def __init__(self, raw: Any, start: int, end: int):
+        raw.seek(start)
+        self.raw, self.left = raw, end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self.raw.readinto(memoryview(buf)[: min(len(buf), self.left)]) if self.left > 0 else 0
+        self.left -= n or 0
+        return n or 0

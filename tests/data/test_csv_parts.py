@@ -1,4 +1,4 @@
-"""CSV ingest in shares (lowprec.data.csvshared, csvparts): the dataset, the bad rows and the errors are
+"""CSV ingest in shares (lowprec.data.sharedread, parts): the dataset, the bad rows and the errors are
 one reader's, byte for byte, however the input is cut and dealt. Shares are read in turn in this
 process here (prepare_csv's `in_turn`), on parts of a few bytes, so cuts land inside quoted cells,
 CRLF pairs and bad rows; tests/distributed/test_csv_ingest.py runs the same under torchrun."""
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lowprec.data.csvparts import Part, deal, plan_parts
+from lowprec.data.parts import Part, deal, plan_parts
 from lowprec.data.csvread import prepare_csv
 from lowprec.errors import InputError
 
@@ -174,13 +174,13 @@ def test_too_many_bad_rows_stop_at_one_readers_row(tmp_path, max_bad):
 
 def test_a_missing_input_is_named_before_any_file_is_read(tmp_path, monkeypatch):
     """Every input is checked first: a typo in the last of a day's files costs no hours of reading."""
-    import lowprec.data.csvread as csvread
+    import lowprec.data.csvrows as csvrows
 
     (tmp_path / "a.csv").write_text(HEADER + "\n" + good(1, 0) + "\n")
     schema = tmp_path / "s.toml"
     schema.write_text(SCHEMA.format(item_cap="", tag_encoding='num_embeddings = 5'))
     reads: list[Path] = []
-    real = csvread.read_csv
-    monkeypatch.setattr(csvread, "read_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    real = csvrows.read_csv
+    monkeypatch.setattr(csvrows, "read_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     got = run([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "one", schema, "file", None, None)
     assert got[0] == "error" and got[1] == f"input file not found: {tmp_path / 'b.csv'}" and reads == []

@@ -1,16 +1,22 @@
-"""The parts of CSV ingest on several processes (lowprec.data.csvshared has the whole job): how the
-input is cut into parts and dealt to ranks, and how a rank reads a part into the staging directory.
+"""The parts of raw-data ingest on several processes (lowprec.data.sharedread has the whole job): how
+the input is cut into parts and dealt to ranks, and how a rank reads a part into the staging directory.
+
+A reader of parts (lowprec.data.csvrows.RowParser for CSV, lowprec.data.criteo.TsvParser) has
+`fresh()` (a reader with nothing read, for one part), `read(path, sink, bad_row, stats, span=,
+line_base=, stop_lines=) -> Read`, `widths` (dense values, sparse slots a row), `share(sparse)`
+(its state after a part, as JSON) and `absorb(state, path, line_base)` (the merge's: take in a
+part's state; the tables that renumber its locally numbered ids).
 
 - A part is a whole input, or a piece of a plain file cut at a line start (a gzip file cannot be
   cut): about PARTS_PER_RANK pieces a rank, each 1-64 MiB (`part_bytes`).
 - Parts are dealt by estimated work (a gzip byte counts GZIP_WORK plain bytes), the largest first,
   each to the least loaded rank; a rank reads its parts in input order and stops at its first part
   that ends in an error or in too many bad rows.
-- A part is read with fresh encoders (lowprec.data.csvencode.Encoder.fresh): hashed ids and frozen
-  vocabularies are final; a growing vocabulary numbers the part's values locally. Its rows go to raw
-  files, with a JSON summary beside them: lines read, bad rows (as many as `BadRows.stored` keeps;
-  the rest counted by kind), the encoders' local state, the counts behind the warnings, and the
-  error that stopped it, if one did.
+- A part is read by a fresh reader (CSV: fresh encoders, lowprec.data.csvencode.Encoder.fresh; hashed
+  ids and frozen vocabularies are final, a growing vocabulary numbers the part's values locally).
+  Its rows go to raw files, with a JSON summary beside them: lines read, bad rows (as many as
+  `BadRows.stored` keeps; the rest counted by kind), the reader's `share`, and the error that
+  stopped it, if one did.
 """
 
 from __future__ import annotations
@@ -170,13 +176,11 @@ def part_base(staging: Path, i: int) -> Path:
 
 def read_part(i: int, part: Part, path: Path, parser: Any, bad: BadRows, staging: Path) -> bool:
     """Read part i into the staging directory; False if it stopped at an error or too many bad rows."""
-    from lowprec.data.csvrows import read_csv
-
     local, collect, stats = parser.fresh(), _Collect(bad), InputStats(str(path))
     spill = _Spill(part_base(staging, i))
     summary: dict[str, Any] = {"error": None, "complete": False, "lines": 0, "malformed_end": False}
     try:
-        end = read_csv(path, local, spill, collect, stats, span=None if part.end is None else (part.start, part.end))
+        end = local.read(path, spill, collect, stats, span=None if part.end is None else (part.start, part.end))
         summary.update(complete=True, lines=end.lines, malformed_end=end.malformed_end)
     except InputError as exc:
         summary["error"] = str(exc)
@@ -186,28 +190,13 @@ def read_part(i: int, part: Part, path: Path, parser: Any, bad: BadRows, staging
         spill.close()
     if summary["complete"] and part.first:  # the whole file's sha256 (a cut file's first part reads the rest)
         summary["sha256"] = stats.sha256 or sha256_file(path)
-    counts = _local_counts(part_base(staging, i), spill.rows, local) if summary["complete"] else {}
-    summary.update(
-        rows=spill.rows, bad=collect.rows, bad_by_kind=dict(collect.by_kind), epoch_zero=local.epoch_zero,
-        multiline=local.multiline, multiline_first=list(local.multiline_first[1:]) if local.multiline_first else None,
-        encoders=[e.share_state() for e in local.encoders], counts=counts)
+    rows = spill.rows if summary["complete"] else 0
+    sparse = spilled(part_base(staging, i), rows, local.widths)[1] if rows else None
+    summary.update(rows=spill.rows, bad=collect.rows, bad_by_kind=dict(collect.by_kind),
+                   state=local.share(sparse if summary["complete"] else None))
+    del sparse
     (part_base(staging, i).with_suffix(".json")).write_text(json.dumps(summary))
     return summary["complete"]
-
-
-def _local_counts(base: Path, rows: int, parser: Any) -> dict[str, list[int]]:
-    """Occurrences of each local id of the growing vocabularies (Encoder.absorb counts overflow by them)."""
-    out: dict[str, list[int]] = {}
-    if rows == 0:
-        return out
-    sparse = spilled(base, rows, (len(parser.schema.dense), sum(c.hotness for c in parser.schema.categorical)))[1]
-    offset = 0
-    for e in parser.encoders:
-        if e.numbers_locally:
-            ids = np.asarray(sparse[:, offset: offset + e.col.hotness]).ravel()
-            out[e.col.name] = np.bincount(ids[ids > 0], minlength=len(e.vocab) + 1).tolist()
-        offset += e.col.hotness
-    return out
 
 
 def read_share(parts: list[Part], mine: list[int], inputs: list[Path], parser: Any, bad: BadRows,

@@ -1,9 +1,10 @@
-"""CSV ingest on several processes: `lowprec --nproc N data prepare --format csv ...` on one machine,
-or torchrun over several. Every rank reads a share of the input; rank 0 merges the shares into the
-dataset one process writes, byte for byte (tests/data/test_csv_parts.py and
-tests/distributed/test_csv_ingest.py compare them).
+"""Raw-data ingest on several processes: `lowprec --nproc N data prepare|append ...` (csv, criteo-tsv)
+on one machine, or torchrun over several. Every rank reads a share of the input; rank 0 merges the
+shares into the dataset one process writes, byte for byte (tests/data/test_csv_parts.py and
+tests/distributed/test_csv_ingest.py compare them). The format is the reader's business
+(lowprec.data.parts lists what a reader provides); this module knows only parts and lines.
 
-1. Rank 0 plans the parts (lowprec.data.csvparts) in `.parts` inside the output being built and
+1. Rank 0 plans the parts (lowprec.data.parts) in `.parts` inside the output being built and
    broadcasts the plan. Every rank must see that directory: --out's parent on a file system the
    ranks share, as they share the inputs. A rank that cannot see it stops the job (exit 2).
 2. Each rank reads its share of the parts into `.parts`.
@@ -12,8 +13,8 @@ tests/distributed/test_csv_ingest.py compare them).
 4. Rank 0 merges the parts in input order (`merge`), as one reader of every file would have read
    them, and removes `.parts`.
 
-A cut can fall inside a quoted cell (a record over several lines is legal CSV): the part before it
-then runs out inside the quotes and its last record is malformed. The merge reads that file itself
+A cut can fall inside a record that runs over several lines (a quoted cell holding a line break, legal
+CSV): the part before it then runs out inside the quotes and its last record is malformed. The merge reads that file itself
 from that part's start until a record ends where a later part begins. Any part whose last record is
 malformed is treated so: reading it again is always right, only slower.
 """
@@ -30,9 +31,8 @@ from typing import Any
 import numpy as np
 
 from lowprec import distributed as dist
-from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats
-from lowprec.data.csvparts import MIN_RATE, Part, deal, drop, part_base, part_bytes, plan_parts, read_share, spilled
-from lowprec.data.csvrows import locate, read_csv
+from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, locate
+from lowprec.data.parts import MIN_RATE, Part, deal, drop, part_base, part_bytes, plan_parts, read_share, spilled
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
@@ -72,25 +72,15 @@ def _replay(part: Part, r: dict[str, Any], base: int, path: Path, parser: Any, s
     st.rows += r["rows"]
     st.bad_rows += sum(r["bad_by_kind"].values())
     st.lines = base + r["lines"]
-    parser.epoch_zero += r["epoch_zero"]
-    if r["multiline"]:
-        parser.multiline += r["multiline"]
-        first, last = r["multiline_first"]
-        parser.multiline_first = parser.multiline_first or (path, first + base, last + base)
-    tables, offsets, offset = [], [], 0
-    for e, state in zip(parser.encoders, r["encoders"]):
-        tables.append(e.absorb(state, np.asarray(r["counts"].get(e.col.name, [0]), np.int64)))
-        offsets.append((offset, e.col.hotness))
-        offset += e.col.hotness
+    tables = parser.absorb(r["state"], path, base)
     if r["rows"] == 0:
         return
-    dense, sparse, labels, times = spilled(base_path, r["rows"], (len(parser.schema.dense), offset))
+    dense, sparse, labels, times = spilled(base_path, r["rows"], parser.widths)
     for a in range(0, r["rows"], CHUNK_ROWS):
         ids = np.array(sparse[a: a + CHUNK_ROWS])
-        for table, (o, h) in zip(tables, offsets):
-            if table is not None:
-                block = ids[:, o: o + h]
-                ids[:, o: o + h] = np.where(block >= 0, table[np.maximum(block, 0)], -1)
+        for o, h, table in tables:
+            block = ids[:, o: o + h]
+            ids[:, o: o + h] = np.where(block >= 0, table[np.maximum(block, 0)], -1)
         sink.append(np.asarray(dense[a: a + CHUNK_ROWS]), ids, np.asarray(labels[a: a + CHUNK_ROWS]),
                     np.asarray(times[a: a + CHUNK_ROWS]))
     del dense, sparse, labels, times
@@ -121,7 +111,8 @@ def merge(parts: list[Part], inputs: list[Path], staging: Path, parser: Any, sin
         if r is None or (r["malformed_end"] and not part.last):
             stops = _stops(parts, results, i, base)
             span = None if part.end is None else (part.start, os.stat(path).st_size)
-            end = read_csv(path, parser, sink, locate(bad, path), st, None, span, base, frozenset(stops))
+            end = parser.read(path, sink, locate(bad, path), st, span=span, line_base=base,
+                              stop_lines=frozenset(stops))
             nxt = stops.get(end.stopped_at) if end.stopped_at is not None else None
             while nxt is None and not parts[i].last:
                 i += 1  # read to the end of the file: skip its remaining parts
