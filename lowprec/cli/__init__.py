@@ -24,7 +24,7 @@ from lowprec.errors import InputError, InputWarning
 from lowprec.jsonsafe import dumps
 
 PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train", "data")  # commands that run data-parallel under torchrun / --nproc
-PARALLEL_NAMES = ", ".join(PARALLEL[:-1]) + ", data prepare (csv)"  # (`data`: its `prepare` of CSV only)
+PARALLEL_NAMES = ", ".join(PARALLEL[:-1]) + ", data prepare|append (csv, criteo-tsv)"  # (`data`: those only)
 
 
 class _JobError(click.ClickException):

@@ -42,7 +42,7 @@ def data(ctx: click.Context) -> None:
     """
     if dist.env_world_size() > 1 and ctx.invoked_subcommand not in ("prepare", "append"):
         raise click.UsageError(f"`data {ctx.invoked_subcommand}` does not run on several processes (only "
-                               f"`data prepare --format csv` and `data append` to a csv dataset do)")
+                               f"`data prepare` and `data append` of csv and criteo-tsv do)")
 
 
 def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, extra: dict[str, Any]) -> None:
@@ -197,9 +197,9 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     csv         any CSV(.gz) described by a TOML schema (docs/csv-schema.md).
     \b
     Malformed rows are skipped and reported as FILE:LINE on stderr; more than --max-bad-rows of
-    them stops with exit code 2. csv runs on several processes (`lowprec --nproc N data prepare`,
-    or torchrun across machines that share the inputs and --out's parent directory): the same
-    dataset, byte for byte (speed: reports/csv_ingest.md). Examples:
+    them stops with exit code 2. csv and criteo-tsv run on several processes (`lowprec --nproc N
+    data prepare`, or torchrun across machines that share the inputs and --out's parent
+    directory): the same dataset, byte for byte (speed: reports/csv_ingest.md). Examples:
     \b
         lowprec data prepare --format criteo-tsv --input day_0.gz day_1.gz --out data/criteo
         lowprec data prepare --format movielens --input ml-latest-small --out data/ml --window year
@@ -207,8 +207,9 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     """
     paths = list(inputs) + list(more_inputs)
     func, kwargs = _prepare_call(fmt, paths, schema, window, table_size, rows_per_window, vocab_from)
-    if dist.env_world_size() > 1 and fmt != "csv":
-        raise click.UsageError(f"--format {fmt} is read by one process; only --format csv runs on several")
+    if dist.env_world_size() > 1 and fmt == "movielens":
+        raise click.UsageError("--format movielens is read by one process (its history features need every "
+                               "earlier rating); csv and criteo-tsv run on several")
     shown = None if show_bad_rows < 0 else show_bad_rows
     sources = paths + [p for p in (schema, vocab_from) if p is not None]
     read = {"max_bad_rows": None if max_bad_rows < 0 else max_bad_rows, "report": _reporter(shown),
@@ -243,8 +244,8 @@ def append(data_dir: Path, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
     counted), so models trained on it score the new windows, and existing windows stay as they are
     (drift's history still matches them). Refused, the dataset untouched: a file already in it,
     calendar windows starting before its last window ends, MovieLens and generated datasets.
-    A csv dataset's new files are read on several processes under `lowprec --nproc N` or torchrun,
-    as `data prepare` reads them. Example:
+    A csv or criteo-tsv dataset's new files are read on several processes under `lowprec --nproc N`
+    or torchrun, as `data prepare` reads them. Example:
 
     \b
         lowprec data append --data data/clicks --input clicks-2024-03-08.csv.gz

@@ -49,7 +49,7 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
     """Append `inputs`' windows to the dataset at `root`; returns its new meta, the bad rows of the
     new files and the new windows' indices. `read`: max_bad_rows, report, progress, show_bad_rows.
 
-    Under torchrun (csv datasets) every rank reads a share of the new files (lowprec.data.sharedread)
+    Under torchrun (csv and criteo-tsv datasets) every rank reads a share of the new files (lowprec.data.sharedread)
     and rank 0 appends; the other ranks return (None, their BadRows, [])."""
     # staged beside the real directory (its own disk, so renames work); absolute, so `--data .` stages
     # in the parent, not inside the dataset
@@ -78,10 +78,10 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
 
 def _refusal_on_ranks(root: Path, old: DatasetMeta) -> str | None:
     source = old.provenance.get("source")
-    if not dist.active() or source == "csv":
+    if not dist.active() or source in ("csv", "criteo-tsv"):
         return None
     return (f"{root}: a dataset read from {source or 'an unrecorded source'!r} is appended to by one process; "
-            f"only csv datasets are read on several")
+            f"only csv and criteo-tsv datasets are read on several")
 
 
 def _tell_ranks(refusal: str | None) -> None:
@@ -105,9 +105,9 @@ def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Pat
         return prepare_csv(inputs, staging / "new" if staging is not None else None, None, str(prov.get("windows") or "file"), vocab_from=root,
                            recorded_schema=prov.get("schema") if isinstance(prov.get("schema"), dict) else {},
                            **read)
-    if source == "criteo-tsv" and staging is not None:
+    if source == "criteo-tsv":
         every = re.fullmatch(r"every (\d+) rows", str(prov.get("windows")))
-        return prepare_criteo(inputs, staging / "new", list(old.num_embeddings),
+        return prepare_criteo(inputs, staging / "new" if staging is not None else None, list(old.num_embeddings),
                               int(every.group(1)) if every else None, **read)
     raise InputError(f"{root}: a dataset from {source or 'an unrecorded source'!r} cannot be appended to; "
                      f"append reads new files as the dataset's own were read, which it can for csv and "

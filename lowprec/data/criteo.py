@@ -23,13 +23,16 @@ ignored. Windows: one per input file (a file without valid rows gives an empty w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import (
-    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input, guarded, open_input,
+    DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, SequentialWindows, check_input, guarded,
+    open_span,
 )
+from lowprec.data.sharedread import read_all, read_shared
 from lowprec.data.synth import KAGGLE_CARDINALITIES
 from lowprec.errors import InputError
 from lowprec.progress import Stages
@@ -148,48 +151,80 @@ def encode_dense(ints: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(ints.astype(np.float64), 0.0)).astype(np.float32)
 
 
-def _read_file(path: Path, stats: InputStats, mods: list[int], out: SequentialWindows,
-               bad: BadRows, progress: Stages | None) -> None:
-    parts: list[list[bytes]] = []
-    line_nos: list[int] = []
-    mods_arr = np.asarray(mods, dtype=np.int64)
+class TsvParser:
+    """Criteo TSV lines into rows, for one process and for parts (lowprec.data.parts): ids are hashes
+    of the table sizes alone, so a part's reader needs no state and the merge nothing of it."""
 
-    def flush() -> None:
-        if not parts:
-            return
-        labels, ints, ids, ok = parse_chunk(parts, mods_arr)
-        for i in np.flatnonzero(~ok):
-            why = parse_line(parts[i], mods)
-            bad.add(path, line_nos[i], *(why if isinstance(why[0], str) else ("field", "malformed field")))
-        stats.rows += int(ok.sum())
-        stats.bad_rows += int((~ok).sum())
-        out.append(encode_dense(ints[ok]), ids[ok], labels[ok])
-        parts.clear(), line_nos.clear()
+    widths = (N_DENSE, N_SPARSE)
 
-    with open_input(path, stats, progress) as (stream, tick):
-        for line in guarded(stream, path, lambda: stats.lines + 1):
-            stats.lines += 1
-            line = line.rstrip(b"\r\n")
-            if line:
-                parts.append(line.split(b"\t"))
-                line_nos.append(stats.lines)
-            if len(parts) >= PARSE_ROWS:
-                flush()
-                tick()
-        flush()
+    def __init__(self, sizes: list[int]):
+        self.mods = [s - 1 for s in sizes]
+
+    def fresh(self) -> "TsvParser":
+        return self
+
+    def share(self, sparse: np.ndarray | None) -> dict[str, Any]:
+        return {}
+
+    def absorb(self, state: dict[str, Any], path: Path, line_base: int) -> list[Any]:
+        return []
+
+    def read(self, path: Path, sink: Any, bad_row: BadRow, stats: InputStats, progress: Stages | None = None,
+             span: tuple[int, int] | None = None, line_base: int = 0, stop_lines: frozenset[int] = frozenset()) -> Read:
+        """The file `path`, or its bytes `span` (starting a line), into `sink`; lines numbered from
+        `line_base` + 1; with `stop_lines`, stop after one of those lines."""
+        parts: list[list[bytes]] = []
+        line_nos: list[int] = []
+        mods_arr = np.asarray(self.mods, dtype=np.int64)
+        end = Read()
+
+        def flush() -> None:
+            if not parts:
+                return
+            labels, ints, ids, ok = parse_chunk(parts, mods_arr)
+            for i in np.flatnonzero(~ok):
+                why = parse_line(parts[i], self.mods)
+                bad_row(line_nos[i], line_nos[i], *(why if isinstance(why[0], str) else ("field", "malformed field")),
+                        False)
+            stats.rows += int(ok.sum())
+            stats.bad_rows += int((~ok).sum())
+            sink.append(encode_dense(ints[ok]), ids[ok], labels[ok], np.zeros(int(ok.sum())))
+            parts.clear(), line_nos.clear()
+
+        with open_span(path, stats, progress, span) as (stream, tick):
+            for line in guarded(stream, path, lambda: stats.lines + 1):
+                end.lines += 1
+                stats.lines = line_base + end.lines
+                line = line.rstrip(b"\r\n")
+                if line:
+                    parts.append(line.split(b"\t"))
+                    line_nos.append(stats.lines)
+                if len(parts) >= PARSE_ROWS:
+                    flush()
+                    tick()
+                if stats.lines in stop_lines:
+                    end.stopped_at = stats.lines
+                    break
+            flush()
+        return end
 
 
 def prepare_criteo(
     inputs: list[Path],
-    root: Path,
+    root: Path | None,
     table_sizes: list[int] | None = None,
     rows_per_window: int | None = None,
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS,
     report: Reporter | None = None,
     progress: Stages | None = None,
     show_bad_rows: int | None = 20,
-) -> tuple[DatasetMeta, BadRows]:
-    """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir)."""
+    in_turn: tuple[int, int] | None = None,
+) -> tuple[DatasetMeta | None, BadRows]:
+    """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir).
+
+    Under torchrun every rank reads a share of the input and rank 0 (`root`) writes the dataset; the
+    other ranks pass root None and get (None, their BadRows) (lowprec.data.sharedread). `in_turn`:
+    as csvread.prepare_csv's."""
     if not inputs:
         raise InputError("no input files given")
     for path in inputs:  # before reading hours of the others
@@ -200,12 +235,14 @@ def prepare_criteo(
     if rows_per_window is not None and rows_per_window < 1:
         raise InputError("--rows-per-window must be >= 1")
     bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
+    parser = TsvParser(sizes)
+    if root is None:  # a reading rank under torchrun: its share into rank 0's staging directory
+        read_shared(inputs, None, parser, None, bad, [], None)
+        return None, bad
     writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)])
     out = SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
-    for path, st in zip(inputs, stats):
-        out.start_file(path)
-        _read_file(path, st, [s - 1 for s in sizes], out, bad, progress)
+    read_all(inputs, root, parser, out, bad, stats, progress, in_turn)
     out.finish()
     if sum(s.rows for s in stats) == 0:
         raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")

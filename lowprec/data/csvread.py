@@ -8,13 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lowprec import distributed as dist
 from lowprec.data.rawinput import (
-    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input, locate,
+    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input,
 )
 from lowprec.data.csvencode import load_vocabularies, write_vocabulary
 from lowprec.data.csvrows import RowParser
-from lowprec.data.sharedread import read_in_turn, read_shared
+from lowprec.data.sharedread import read_all, read_shared
 from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
@@ -54,21 +53,14 @@ def prepare_csv(
         check_input(path)
     parser = RowParser(schema, vocabularies)
     bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
-    if dist.active() and not dist.is_main():  # a reading rank: its share into rank 0's staging directory
+    if root is None:  # a reading rank under torchrun: its share into rank 0's staging directory
         read_shared(inputs, None, parser, None, bad, [], None)
         return None, bad
     sparse = [SparseFeature(c.name, c.num_embeddings or 2**31 - 1, c.hotness) for c in schema.categorical]
     writer = DatasetWriter(root, [c.name for c in schema.dense], sparse)
     sink = CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
-    if dist.active():  # every rank reads a share into the staging directory, rank 0 merges
-        read_shared(inputs, root, parser, sink, bad, stats, progress)
-    elif in_turn is not None:
-        read_in_turn(inputs, root, parser, sink, bad, stats, *in_turn)
-    else:
-        for path, st in zip(inputs, stats):
-            sink.start_file(path)
-            parser.read(path, sink, locate(bad, path), st, progress=progress)
+    read_all(inputs, root, parser, sink, bad, stats, progress, in_turn)
     sink.finish()
     if sum(s.rows for s in stats) == 0:
         raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")

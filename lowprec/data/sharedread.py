@@ -1,7 +1,7 @@
 """Raw-data ingest on several processes: `lowprec --nproc N data prepare|append ...` (csv, criteo-tsv)
 on one machine, or torchrun over several. Every rank reads a share of the input; rank 0 merges the
-shares into the dataset one process writes, byte for byte (tests/data/test_csv_parts.py and
-tests/distributed/test_csv_ingest.py compare them). The format is the reader's business
+shares into the dataset one process writes, byte for byte (tests/data/test_parts.py and
+tests/distributed/test_ingest.py compare them). The format is the reader's business
 (lowprec.data.parts lists what a reader provides); this module knows only parts and lines.
 
 1. Rank 0 plans the parts (lowprec.data.parts) in `.parts` inside the output being built and
@@ -170,3 +170,17 @@ def read_shared(inputs: list[Path], root: Path | None, parser: Any, sink: Any, b
     merge(parts, inputs, staging, parser, sink, bad, stats, progress)
     shutil.rmtree(staging)
 
+
+def read_all(inputs: list[Path], root: Path, parser: Any, sink: Any, bad: BadRows, stats: list[InputStats],
+             progress: Stages | None, in_turn: tuple[int, int] | None = None) -> None:
+    """Every input into `sink` with `parser`: file after file in one process; under torchrun shared
+    by the ranks (`read_shared`, rank 0's half); with `in_turn` = (ranks, part bytes), as that many
+    ranks would, in turn (`read_in_turn`)."""
+    if dist.active():
+        read_shared(inputs, root, parser, sink, bad, stats, progress)
+    elif in_turn is not None:
+        read_in_turn(inputs, root, parser, sink, bad, stats, *in_turn)
+    else:
+        for path, st in zip(inputs, stats):
+            sink.start_file(path)
+            parser.read(path, sink, locate(bad, path), st, progress=progress)

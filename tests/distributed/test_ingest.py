@@ -1,4 +1,4 @@
-"""`lowprec --nproc N data prepare --format csv` under torchrun: ranks read shares of the input into
+"""`lowprec --nproc N data prepare|append` (csv, criteo-tsv) under torchrun: ranks read shares of the input into
 rank 0's output, and the dataset is the one process's, byte for byte; errors are one process's."""
 
 from __future__ import annotations
@@ -73,18 +73,43 @@ def test_other_data_commands_and_formats_refuse_several_processes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lowprec", "--nproc", "2", "data", "synth", "--out", tmp_path / "s"],
                        capture_output=True, text=True, timeout=WAIT_S, cwd=REPO, env=env())
     assert r.returncode == 2 and "`data synth` does not run on several processes" in r.stderr
-    (tmp_path / "d.tsv").write_text("0\t" + "\t" * 38 + "\n")
-    r = nproc_prepare("--format", "criteo-tsv", "--input", tmp_path / "d.tsv", "--out", tmp_path / "c")
-    assert r.returncode == 2 and "only --format csv runs on several" in r.stderr
-    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
-    made = in_process("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "d.tsv", "--out", tmp_path / "c")
-    assert made.exit_code == 0, made.output
-    (tmp_path / "e.tsv").write_text("1\t" + "\t" * 38 + "\n")
-    before = (tmp_path / "c" / "dataset.json").read_bytes()
-    r = subprocess.run([sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", tmp_path / "c",
-                        "--input", tmp_path / "e.tsv"], capture_output=True, text=True, timeout=WAIT_S, cwd=REPO, env=env())
-    assert r.returncode == 2 and "is appended to by one process; only csv datasets are read on several" in r.stderr
-    assert (tmp_path / "c" / "dataset.json").read_bytes() == before
+    r = nproc_prepare("--format", "movielens", "--input", tmp_path / "ml", "--out", tmp_path / "m")
+    assert r.returncode == 2 and "--format movielens is read by one process" in r.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+
+
+def test_criteo_tsv_on_two_ranks_prepares_and_appends_as_one_process(tmp_path):
+    """Criteo TSV days (a plain file cut into parts, a gzip one whole) on 2 ranks: the dataset, then
+    the dataset after appending a day, byte for byte as one process writes them."""
+    import shutil
+
+    from tests.data.test_parts import tsv_line
+
+    def day(path, n, seed, gz=False):
+        text = "".join(tsv_line(i * seed, "hex" if i % 41 == 7 else "good") + "\n" for i in range(n))
+        path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+        return path
+
+    d0, d1, d2 = day(tmp_path / "d0.tsv", 300, 1), day(tmp_path / "d1.tsv.gz", 200, 3, gz=True), day(tmp_path / "d2.tsv", 250, 5)
+    args = ["--format", "criteo-tsv", "--input", d0, d1, "--table-size", "1000"]
+    one = in_process("data", "prepare", *args, "--out", tmp_path / "one")
+    assert one.exit_code == 0, one.output
+    two = nproc_prepare(*args, "--out", tmp_path / "two", part_bytes=9000)
+    assert two.returncode == 0, two.stderr
+    shutil.copytree(tmp_path / "one", tmp_path / "one-appended")
+    assert in_process("data", "append", "--data", tmp_path / "one-appended", "--input", d2).exit_code == 0
+    shutil.copytree(tmp_path / "two", tmp_path / "two-appended")
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", tmp_path / "two-appended",
+           "--input", d2]
+    appended = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=WAIT_S, cwd=REPO,
+                              env=env(LOWPREC_CSV_PART_BYTES="9000"))
+    assert appended.returncode == 0, appended.stderr
+    for a, b in (("one", "two"), ("one-appended", "two-appended")):
+        names = sorted(p.name for p in (tmp_path / a).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / b).iterdir())
+        for name in names:
+            got, want = (tmp_path / b / name).read_bytes(), (tmp_path / a / name).read_bytes()
+            assert got == want.replace(str(tmp_path / a).encode(), str(tmp_path / b).encode()), (b, name)
 
 
 def test_two_ranks_append_a_day_as_one_process_does(tmp_path):

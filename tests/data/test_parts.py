@@ -1,7 +1,7 @@
-"""CSV ingest in shares (lowprec.data.sharedread, parts): the dataset, the bad rows and the errors are
+"""Ingest in shares (lowprec.data.sharedread, parts), CSV and Criteo TSV: the dataset, the bad rows and the errors are
 one reader's, byte for byte, however the input is cut and dealt. Shares are read in turn in this
 process here (prepare_csv's `in_turn`), on parts of a few bytes, so cuts land inside quoted cells,
-CRLF pairs and bad rows; tests/distributed/test_csv_ingest.py runs the same under torchrun."""
+CRLF pairs and bad rows; tests/distributed/test_ingest.py runs the same under torchrun."""
 
 from __future__ import annotations
 
@@ -184,3 +184,48 @@ def test_a_missing_input_is_named_before_any_file_is_read(tmp_path, monkeypatch)
     monkeypatch.setattr(csvrows, "read_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     got = run([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "one", schema, "file", None, None)
     assert got[0] == "error" and got[1] == f"input file not found: {tmp_path / 'b.csv'}" and reads == []
+
+
+def tsv_line(i: int, kind: str) -> str:
+    ints = ["" if (i + k) % 5 == 0 else str((i * 7 + k) % 40 - 3) for k in range(13)]
+    cats = ["" if (i + k) % 7 == 0 else f"{(i * 2654435761 + k * 97) % 2**32:08x}" for k in range(26)]
+    fields = [str(i % 3 == 0 and 1 or 0), *ints, *cats]
+    if kind == "field count":
+        fields = fields[:20]
+    elif kind == "label":
+        fields[0] = "2"
+    elif kind == "int":
+        fields[3] = "x1"
+    elif kind == "hex":
+        fields[20] = "zz"
+    return "" if kind == "blank" else "\t".join(fields)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(st.tuples(st.lists(st.sampled_from(["good"] * 6 + ["field count", "label", "int", "hex", "blank"]),
+                                         max_size=60), st.booleans(), st.sampled_from(["\n", "\r\n"])),
+                      min_size=1, max_size=3),
+       ranks=st.integers(2, 4), part_bytes=st.integers(1, 2000), rows=st.sampled_from([None, 23]),
+       max_bad=st.sampled_from([None, 0, 4]), keep=st.sampled_from([None, 0, 3]))
+def test_criteo_shares_give_one_readers_dataset(tmp_path_factory, files, ranks, part_bytes, rows, max_bad, keep):
+    from lowprec.data.criteo import prepare_criteo
+
+    tmp = tmp_path_factory.mktemp("tsv")
+    inputs = []
+    for k, (kinds, gz, eol) in enumerate(files):
+        data = "".join(tsv_line(i, kind) + eol for i, kind in enumerate(kinds)).encode()
+        p = tmp / f"day_{k}.tsv{'.gz' * gz}"
+        p.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+        inputs.append(p)
+
+    def prepare(root, in_turn=None):
+        reported: list[str] = []
+        try:
+            meta, bad = prepare_criteo(inputs, root, [7] * 26, rows, max_bad_rows=max_bad, report=reported.append,
+                                       show_bad_rows=keep, in_turn=in_turn)
+        except InputError as exc:
+            return ("error", str(exc), reported)
+        return ("ok", {p.name: p.read_bytes() for p in sorted(root.iterdir())}, bad.to_json(), reported)
+
+    assert prepare(tmp / "shared", (ranks, part_bytes)) == prepare(tmp / "one")
+    shutil.rmtree(tmp)
