@@ -167,7 +167,7 @@ class _Collect:
         if self.stored is None or len(self.rows) < self.stored:
             self.rows.append([first, last, kind, detail, spanned])
         if self.max_bad is not None and sum(self.by_kind.values()) > self.max_bad:
-            raise _Enough(kind == "quoting")  # (a malformed record may be the part's last: cut in its quotes)
+            raise _Enough(spanned)  # (a record over several lines may be the part's last, cut by the part's end)
 
 
 def part_base(staging: Path, i: int) -> Path:
