@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lowprec import distributed as dist
-from lowprec.data.criteo import prepare_criteo
+from lowprec.data.criteo import DENSE_NAMES, SPARSE_NAMES, prepare_criteo
 from lowprec.data.rawinput import BadRows, rows_window
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
@@ -106,6 +106,11 @@ def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Pat
                            recorded_schema=prov.get("schema") if isinstance(prov.get("schema"), dict) else {},
                            **read)
     if source == "criteo-tsv":
+        if list(old.dense_names) != DENSE_NAMES or old.sparse_names != SPARSE_NAMES:
+            raise InputError(f"{root}/dataset.json: its provenance says the data was read from criteo-tsv, but "
+                             f"its features ({len(old.dense_names)} dense, {len(old.sparse_names)} sparse: "
+                             f"{old.sparse_names[:3]} ...) are not Criteo's 13 + 26; was dataset.json edited? "
+                             f"Prepare the dataset again")
         every = re.fullmatch(r"every (\d+) rows", str(prov.get("windows")))
         return prepare_criteo(inputs, staging / "new" if staging is not None else None, list(old.num_embeddings),
                               int(every.group(1)) if every else None, **read)

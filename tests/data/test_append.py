@@ -117,6 +117,19 @@ def test_generated_and_movielens_datasets_are_refused(tmp_path):
     assert r.exit_code == 2 and "cannot be appended to" in r.output and "'synth" in r.output
 
 
+def test_a_dataset_whose_provenance_names_another_format_is_refused_naming_dataset_json(prepared, tmp_path):
+    """A CSV dataset whose dataset.json was edited to claim criteo-tsv: the error names dataset.json,
+    not the Criteo reader's "need 26 table sizes"."""
+    meta = json.loads((prepared / "dataset.json").read_text())
+    meta["provenance"]["source"] = "criteo-tsv"
+    (prepared / "dataset.json").write_text(json.dumps(meta))
+    kept = state(prepared)
+    (tmp_path / "day.tsv").write_text("0" + "\t" * 39 + "\n")
+    r = run("data", "append", "--data", prepared, "--input", tmp_path / "day.tsv")
+    assert r.exit_code == 2 and "dataset.json: its provenance says the data was read from criteo-tsv" in r.output
+    assert "was dataset.json edited?" in r.output and state(prepared) == kept
+
+
 def test_an_append_killed_before_its_commit_changes_nothing_and_the_next_one_succeeds(prepared, tmp_path,
                                                                                        monkeypatch):
     """The files are renamed in first and dataset.json replaced last: a run that dies in between leaves
