@@ -191,21 +191,22 @@ class TsvParser:
             sink.append(encode_dense(ints[ok]), ids[ok], labels[ok], np.zeros(int(ok.sum())))
             parts.clear(), line_nos.clear()
 
+        n = line_base  # the line just read (a local: this loop runs once a line)
         with open_span(path, stats, progress, span) as (stream, tick):
-            for line in guarded(stream, path, lambda: stats.lines + 1):
-                end.lines += 1
-                stats.lines = line_base + end.lines
+            for line in guarded(stream, path, lambda: n + 1):
+                n += 1
                 line = line.rstrip(b"\r\n")
                 if line:
                     parts.append(line.split(b"\t"))
-                    line_nos.append(stats.lines)
+                    line_nos.append(n)
                 if len(parts) >= PARSE_ROWS:
                     flush()
                     tick()
-                if stats.lines in stop_lines:
-                    end.stopped_at = stats.lines
+                if stop_lines and n in stop_lines:
+                    end.stopped_at = n
                     break
             flush()
+        stats.lines, end.lines = n, n - line_base
         return end
 
 

@@ -214,12 +214,10 @@ def read_csv(path: Path, parser: RowParser, sink: Any, bad_row: BadRow, stats: I
         reader = strict_reader(stream, parser.schema.delimiter, errors="surrogateescape", bom=bom)
         rows = guarded(records(reader), path, lambda: line_base + reader.line_num + 1)
         parser.bind(path, _header(rows, path) if bom else file_header(path, parser.schema.delimiter))
-        end.lines = 1 if bom else 0
-        stats.lines = max(stats.lines, line_base + end.lines)  # (a header-only file has its one line)
+        lines, malformed = (1 if bom else 0), False  # (locals: this loop runs once a record)
         for first, last, row in rows:
-            end.lines, end.malformed_end = last, isinstance(row, csv.Error)
+            lines, malformed = last, isinstance(row, csv.Error)
             first, last = first + line_base, last + line_base
-            stats.lines = last
             got = _record(parser, first, last, row)
             if got is not None and isinstance(got[0], str):
                 stats.bad_rows += 1
@@ -231,8 +229,10 @@ def read_csv(path: Path, parser: RowParser, sink: Any, bad_row: BadRow, stats: I
                 if len(buf[0]) >= CHUNK_ROWS:
                     flush()
                     tick()
-            if last in stop_lines:
+            if stop_lines and last in stop_lines:
                 end.stopped_at = last
                 break
         flush()
+    end.lines, end.malformed_end = lines, malformed
+    stats.lines = max(stats.lines, line_base + lines)  # (a header-only file has its one line)
     return end
