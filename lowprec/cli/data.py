@@ -18,11 +18,11 @@ from lowprec import distributed as dist
 from lowprec.cli import emit_json
 from lowprec.cli._common import StageBars
 from lowprec.data.criteo import parse_table_sizes, prepare_criteo
-from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import parse_window_option
 from lowprec.data.dataset import DatasetMeta
 from lowprec.data.movielens import prepare_movielens
+from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows
 from lowprec.data.latent import synth_config
 from lowprec.data.synth import DRIFTS
 from lowprec.fileio import atomic_dir

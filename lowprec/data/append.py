@@ -32,10 +32,10 @@ from typing import Any, Iterator
 
 from lowprec import distributed as dist
 from lowprec.data.criteo import DENSE_NAMES, SPARSE_NAMES, prepare_criteo
-from lowprec.data.rawinput import BadRows, rows_window
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
+from lowprec.data.rawinput import BadRows, rows_window
 from lowprec.errors import InputError, warn
 from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
@@ -49,8 +49,8 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
     """Append `inputs`' windows to the dataset at `root`; returns its new meta, the bad rows of the
     new files and the new windows' indices. `read`: max_bad_rows, report, progress, show_bad_rows.
 
-    Under torchrun (csv and criteo-tsv datasets) every rank reads a share of the new files (lowprec.data.sharedread)
-    and rank 0 appends; the other ranks return (None, their BadRows, [])."""
+    Under torchrun (csv and criteo-tsv datasets) every rank reads a share of the new files
+    (lowprec.data.sharedread) and rank 0 appends; the other ranks return (None, their BadRows, [])."""
     # staged beside the real directory (its own disk, so renames work); absolute, so `--data .` stages
     # in the parent, not inside the dataset
     root = through_symlink(Path(os.path.abspath(Dataset(root).root)))
@@ -102,7 +102,8 @@ def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Pat
     prov = old.provenance
     source = prov.get("source")
     if source == "csv":
-        return prepare_csv(inputs, staging / "new" if staging is not None else None, None, str(prov.get("windows") or "file"), vocab_from=root,
+        return prepare_csv(inputs, staging / "new" if staging is not None else None, None,
+                           str(prov.get("windows") or "file"), vocab_from=root,
                            recorded_schema=prov.get("schema") if isinstance(prov.get("schema"), dict) else {},
                            **read)
     if source == "criteo-tsv":

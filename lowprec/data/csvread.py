@@ -8,15 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lowprec.data.rawinput import (
-    DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input,
-)
 from lowprec.data.csvencode import load_vocabularies, write_vocabulary
 from lowprec.data.csvrows import RowParser
-from lowprec.data.sharedread import read_all, read_shared
 from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
+from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input
+from lowprec.data.sharedread import read_all, read_shared
 from lowprec.errors import InputError, warn
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages

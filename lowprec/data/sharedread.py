@@ -14,9 +14,9 @@ tests/distributed/test_ingest.py compare them). The format is the reader's busin
    them, and removes `.parts`.
 
 A cut can fall inside a record that runs over several lines (a quoted cell holding a line break, legal
-CSV): the part before it then runs out inside the quotes and its last record is malformed. The merge reads that file itself
-from that part's start until a record ends where a later part begins. Any part whose last record is
-malformed is treated so: reading it again is always right, only slower.
+CSV): the part before it then runs out inside the quotes and its last record is malformed. The merge
+reads that file itself from that part's start until a record ends where a later part begins. Any
+part whose last record is malformed is treated so: reading it again is always right, only slower.
 """
 
 from __future__ import annotations

@@ -201,10 +201,12 @@ def tsv_line(i: int, kind: str) -> str:
     return "" if kind == "blank" else "\t".join(fields)
 
 
+TSV_KINDS = ["good"] * 6 + ["field count", "label", "int", "hex", "blank"]
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(files=st.lists(st.tuples(st.lists(st.sampled_from(["good"] * 6 + ["field count", "label", "int", "hex", "blank"]),
-                                         max_size=60), st.booleans(), st.sampled_from(["\n", "\r\n"])),
-                      min_size=1, max_size=3),
+@given(files=st.lists(st.tuples(st.lists(st.sampled_from(TSV_KINDS), max_size=60), st.booleans(),
+                                st.sampled_from(["\n", "\r\n"])), min_size=1, max_size=3),
        ranks=st.integers(2, 4), part_bytes=st.integers(1, 2000), rows=st.sampled_from([None, 23]),
        max_bad=st.sampled_from([None, 0, 4]), keep=st.sampled_from([None, 0, 3]))
 def test_criteo_shares_give_one_readers_dataset(tmp_path_factory, files, ranks, part_bytes, rows, max_bad, keep):

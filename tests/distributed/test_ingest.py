@@ -47,7 +47,8 @@ def test_two_ranks_write_one_process_dataset_byte_for_byte(tmp_path):
     assert one.exit_code == 0, one.output
     two = nproc_prepare(*args, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
-    assert two.stdout.splitlines()[-1] == one.output.splitlines()[-1].replace(str(tmp_path / "one"), str(tmp_path / "two"))
+    said = one.output.splitlines()[-1]
+    assert two.stdout.splitlines()[-1] == said.replace(str(tmp_path / "one"), str(tmp_path / "two"))
     assert "bad row: " in two.stderr
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and ".parts" not in names
@@ -90,7 +91,8 @@ def test_criteo_tsv_on_two_ranks_prepares_and_appends_as_one_process(tmp_path):
         path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
         return path
 
-    d0, d1, d2 = day(tmp_path / "d0.tsv", 300, 1), day(tmp_path / "d1.tsv.gz", 200, 3, gz=True), day(tmp_path / "d2.tsv", 250, 5)
+    d0, d1 = day(tmp_path / "d0.tsv", 300, 1), day(tmp_path / "d1.tsv.gz", 200, 3, gz=True)
+    d2 = day(tmp_path / "d2.tsv", 250, 5)
     args = ["--format", "criteo-tsv", "--input", d0, d1, "--table-size", "1000"]
     one = in_process("data", "prepare", *args, "--out", tmp_path / "one")
     assert one.exit_code == 0, one.output
@@ -126,11 +128,13 @@ def test_two_ranks_append_a_day_as_one_process_does(tmp_path):
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     one = in_process("data", "append", "--data", tmp_path / "one", "--input", day1)
     assert one.exit_code == 0, one.output
-    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", tmp_path / "two", "--input", day1]
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", tmp_path / "two",
+           "--input", day1]
     two = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=WAIT_S, cwd=REPO,
                          env=env(LOWPREC_CSV_PART_BYTES="900"))
     assert two.returncode == 0, two.stderr
-    assert two.stdout.splitlines()[-1] == one.output.splitlines()[-1].replace(str(tmp_path / "one"), str(tmp_path / "two"))
+    said = one.output.splitlines()[-1]
+    assert two.stdout.splitlines()[-1] == said.replace(str(tmp_path / "one"), str(tmp_path / "two"))
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
     for name in names:
