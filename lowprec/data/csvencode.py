@@ -113,12 +113,17 @@ class Encoder:
         left = headroom_bytes()
         if left is None or left >= sys.getsizeof(self.vocab) + MEMORY_RESERVE:
             return
+        ways = ('Set a smaller num_embeddings (values past it share id 0), use encoding = "hash", or run on a '
+                'machine with more memory' if self.cap is not None or self.col.num_embeddings is None else
+                # a part read on several processes numbers every distinct value until the merge caps them
+                "This process reads one part of the input and keeps every distinct value of it until the merge "
+                "applies num_embeddings: use smaller parts ($LOWPREC_CSV_PART_BYTES; a gzip file is one part, "
+                'so split it), encoding = "hash", or fewer processes a machine')
         raise InputError(
             f"[categorical.{self.col.name}]: the vocabulary of column {self.col.column!r} holds {len(self.vocab):,} "
             f"distinct values (~{len(self.vocab) * VALUE_BYTES / 1e9:.1f} GB in memory) and only "
             f"{left / 1e9:.1f} GB of memory is left to this process (the machine's available memory, or its "
-            f"data limit), too little for it to grow further. Set a smaller num_embeddings (values past it "
-            f'share id 0), use encoding = "hash", or run on a machine with more memory (nothing was written)')
+            f"data limit), too little for it to grow further. {ways} (nothing was written)")
 
     @property
     def num_embeddings(self) -> int:

@@ -231,3 +231,22 @@ def test_criteo_shares_give_one_readers_dataset(tmp_path_factory, files, ranks, 
 
     assert prepare(tmp / "shared", (ranks, part_bytes)) == prepare(tmp / "one")
     shutil.rmtree(tmp)
+
+
+def test_a_parts_uncapped_vocabulary_that_outgrows_memory_says_how_parts_help(monkeypatch):
+    """A capped growing vocabulary is numbered uncapped within a part (the merge caps it): when it
+    outgrows memory, the advice is about parts, not num_embeddings, which does not bound it there."""
+    import lowprec.data.csvencode as csvencode
+    from lowprec.data.csvschema import schema_from
+
+    schema = schema_from({"label": "click", "dense": {"x": {}},
+                          "categorical": {"item": {"encoding": "vocab", "num_embeddings": 10}}}, "test")
+    monkeypatch.setattr(csvencode, "headroom_bytes", lambda: 0)
+    monkeypatch.setattr(csvencode, "MEMORY_CHECK_EVERY", 4)
+    whole, part = csvencode.Encoder(schema.categorical[0]), csvencode.Encoder(schema.categorical[0]).fresh()
+    with pytest.raises(InputError, match=r"Set a smaller num_embeddings"):
+        for i in range(12):
+            whole.ids(f"v{i}")
+    with pytest.raises(InputError, match=r"reads one part of the input .* smaller parts \(\$LOWPREC_CSV_PART_BYTES"):
+        for i in range(12):
+            part.ids(f"v{i}")
