@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from lowprec.data.parts import MIN_RATE, Part, deal, drop, part_base, part_bytes
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
+
+VISIBLE_WAIT_S = 15.0  # how long a rank waits to see the plan rank 0 wrote in the staging directory
 
 
 def _summary(staging: Path, i: int) -> dict[str, Any] | None:
@@ -142,6 +145,17 @@ def read_in_turn(inputs: list[Path], root: Path, parser: Any, sink: Any, bad: Ba
     shutil.rmtree(staging)
 
 
+def _appears(path: Path, wait_s: float = VISIBLE_WAIT_S) -> bool:
+    """Whether `path` is (or within `wait_s` becomes) visible here: a shared file system may show
+    another host's new file a little later (attribute caches)."""
+    deadline = time.monotonic() + wait_s
+    while not path.is_file():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
 def read_shared(inputs: list[Path], root: Path | None, parser: Any, sink: Any, bad: BadRows,
                 stats: list[InputStats], progress: Stages | None) -> None:
     """The whole job on this rank: plan (rank 0), read this rank's share, wait, merge (rank 0)."""
@@ -155,7 +169,8 @@ def read_shared(inputs: list[Path], root: Path | None, parser: Any, sink: Any, b
         msg = {"staging": str(staging.resolve()), "plan": [dataclasses.asdict(p) for p in parts]}
     msg = dist.broadcast_json(msg if dist.is_main() else None, "ingest plan")
     staging, parts = Path(msg["staging"]), [Part(**p) for p in msg["plan"]]
-    seen = dist.gather_rows(np.array([[float((staging / "plan.json").is_file())]]), "staging check")[:, 0]
+    wait = min(VISIBLE_WAIT_S, dist.timeout_s() / 2)  # (within the collective's timeout: the refusal, not a timeout)
+    seen = dist.gather_rows(np.array([[float(_appears(staging / "plan.json", wait))]]), "staging check")[:, 0]
     if not seen.all():
         blind = [str(r) for r in np.flatnonzero(seen == 0)]
         raise InputError(f"rank(s) {', '.join(blind)} cannot see the staging directory {staging} that rank 0 "

@@ -250,3 +250,16 @@ def test_a_parts_uncapped_vocabulary_that_outgrows_memory_says_how_parts_help(mo
     with pytest.raises(InputError, match=r"reads one part of the input .* smaller parts \(\$LOWPREC_CSV_PART_BYTES"):
         for i in range(12):
             part.ids(f"v{i}")
+
+
+def test_a_rank_waits_a_little_for_the_plan_to_appear(tmp_path):
+    """A shared file system may show rank 0's new plan file to another host a moment later: a rank
+    polls for it before it refuses to run (lowprec.data.sharedread._appears)."""
+    import threading
+
+    from lowprec.data.sharedread import _appears
+
+    late = tmp_path / "plan.json"
+    threading.Timer(0.6, late.write_text, args=("[]",)).start()
+    assert _appears(late, wait_s=30)
+    assert not _appears(tmp_path / "never.json", wait_s=0.3)
