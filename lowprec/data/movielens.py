@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
 from lowprec.data import encoding as fingerprint
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
+from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
 from lowprec.data.records import records, spans, strict_reader
 from lowprec.errors import InputError
 from lowprec.progress import Stages

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.rawinput import BadRows, InputStats
+from lowprec.data.rawinput import BadRows, InputStats, is_gzip
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
@@ -54,11 +54,6 @@ class Part:
     first: bool  # the file's first part
     last: bool  # the file's last part
     work: int  # estimated work in plain bytes
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
 
 
 def _cuts(path: Path, size: int, part_bytes: int) -> list[int]:
@@ -87,9 +82,9 @@ def plan_parts(inputs: list[Path], part_bytes: int = PART_BYTES) -> list[Part]:
         if not path.is_file():
             parts.append(Part(i, 0, None, True, True, 0))
             continue
-        size = path.stat().st_size
-        if _is_gzip(path) or size <= part_bytes:
-            parts.append(Part(i, 0, None, True, True, size * (GZIP_WORK if _is_gzip(path) else 1)))
+        size, gz = path.stat().st_size, is_gzip(path)
+        if gz or size <= part_bytes:
+            parts.append(Part(i, 0, None, True, True, size * (GZIP_WORK if gz else 1)))
             continue
         cuts = _cuts(path, size, part_bytes)
         for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
@@ -105,7 +100,7 @@ def part_bytes(inputs: list[Path], ranks: int) -> int:
         if not text.isdigit() or int(text) < 1:
             raise InputError(f"${PART_BYTES_ENV} = {text!r}: give the bytes of a part as a positive integer")
         return int(text)
-    plain = sum(p.stat().st_size for p in inputs if p.is_file() and not _is_gzip(p))
+    plain = sum(p.stat().st_size for p in inputs if p.is_file() and not is_gzip(p))
     return max(MIN_PART_BYTES, min(PART_BYTES, plain // (PARTS_PER_RANK * ranks)))
 
 

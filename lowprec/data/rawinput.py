@@ -25,6 +25,7 @@ from lowprec.progress import Stages
 
 DEFAULT_MAX_BAD_ROWS = 1000
 CHUNK_ROWS = 1 << 16
+GZIP_MAGIC = b"\x1f\x8b"  # an input is gzip by its first bytes, whatever its name
 
 Reporter = Callable[[str], None]
 # progress(name, total, unit) -> update(n): the caller (the CLI) owns the bar; None shows nothing
@@ -111,6 +112,11 @@ def check_input(path: Path) -> None:
         raise InputError(f"input file not found: {path}")
 
 
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
 @contextlib.contextmanager
 def open_input(
     path: Path, stats: InputStats, progress: Stages | None
@@ -122,7 +128,7 @@ def open_input(
     """
     check_input(path)
     with open(path, "rb") as raw:
-        is_gz = raw.read(2) == b"\x1f\x8b"
+        is_gz = raw.read(2) == GZIP_MAGIC
         raw.seek(0)
         hashing = _HashingReader(raw)
         buffered = io.BufferedReader(hashing, buffer_size=1 << 20)
@@ -225,7 +231,7 @@ class Read:
 
 @contextlib.contextmanager
 def open_span(path: Path, stats: InputStats, progress: Stages | None,
-          span: tuple[int, int] | None) -> Iterator[tuple[Any, Callable[[], None]]]:
+              span: tuple[int, int] | None) -> Iterator[tuple[Any, Callable[[], None]]]:
     """The whole file (gzip or plain, hashed into `stats`, as `open_input`), or the plain file's bytes
     [start, end) (a part of it, lowprec.data.parts) with a tick that does nothing."""
     if span is None:
