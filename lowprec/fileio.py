@@ -12,7 +12,9 @@ The output rule (`claim_output`): a path is replaced only if it is absent, an em
 lowprec output of the same kind (its `.lowprec-output` marker, or before markers the kind's own file:
 dataset.json, config.json, ...), never if it is or holds an input, and for a directory written whole
 (`atomic_dir`, whose marker lists its entries) never while it holds anything else (a user's notes):
-replacing would delete them. A symlinked path is written through. Anything else is an InputError
+replacing would delete them. A directory of a kind written whole whose marker lists no entries (an
+older output, or a dataset assembled by hand beside a dataset.json) is not replaced at all: what in it
+is lowprec's cannot be told. A symlinked path is written through. Anything else is an InputError
 (exit 2), nothing touched; fixable write failures (disk full, read-only, EACCES) too, naming the path.
 """
 
@@ -47,6 +49,9 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "drift-report": (".lowprec-drift-report", None),
     "demo": ("summary.json", None),
 }
+# kinds written whole by `atomic_dir` (a replacement deletes the old directory with all it holds);
+# reports and demo outputs are written file by file in place
+WHOLE = frozenset({"dataset", "model", "artifact", "drift-report"})
 # file kinds -> the "format" their JSON declares
 FILE_KINDS: dict[str, str] = {"calibration": "lowprec-calibration", "plan": "lowprec-plan"}
 def _live_writer(out: Path) -> bool:
@@ -195,6 +200,11 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
         it_is = f" (it is a lowprec {found.replace('-', ' ')})" if found else ""
         raise InputError(f"{what} {out} exists and is not a lowprec {(kind or 'output').replace('-', ' ')}"
                          f"{it_is}; refusing to replace it (remove it or choose an empty or new directory)")
+    if not empty and ENTRIES not in _marker_lines(out) and any(_is_kind(out, k) for k in WHOLE & set(kinds)):
+        found = next(k for k in kinds if k in WHOLE and _is_kind(out, k)).replace("-", " ")
+        raise InputError(f"{what} {out} holds a lowprec {found} but no list of the files lowprec wrote there "
+                         f"(an older lowprec's output, or one assembled by hand): replacing it could delete "
+                         f"files that are not lowprec's; refusing (remove it yourself or choose another path)")
     foreign = [] if empty else _foreign_entries(out)
     if foreign:
         names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

@@ -94,11 +94,33 @@ def test_the_same_kind_is_replaced_and_empty_directories_are_used(base, tmp_path
         r = run("convert", "--model", base / "model", "--precision", "int8", "--out", tmp_path / "art")
         assert r.exit_code == 0, r.output
     assert (tmp_path / "art" / MARKER).read_text().splitlines()[0] == "artifact"
+
+
+def test_an_output_without_its_list_of_entries_is_not_replaced(base, tmp_path):
+    """A dataset assembled by hand (TorchRec's day files beside a dataset.json, the user's notes and
+    raw logs with them) or an older output has no marker listing what lowprec wrote: replacing it
+    would delete whatever else it holds, so it is refused whole, for every kind written whole."""
+    hand = tmp_path / "hand"
+    hand.mkdir()
+    (hand / "dataset.json").write_text('{"format": "lowprec-dataset"}')
+    (hand / "NOTES.md").write_text("mine")
+    (hand / "raw").mkdir()
+    before = sorted(p.name for p in hand.iterdir())
+    r = run("data", "synth", "--out", hand, "--windows", "2", "--rows-per-window", "50")
+    assert r.exit_code == 2 and "no list of the files lowprec wrote" in r.output, r.output
+    assert sorted(p.name for p in hand.iterdir()) == before
     legacy = tmp_path / "legacy"  # a model written before markers: recognised by its config.json
     r = run("train", "--data", base / "data", "--windows", "0", "--out", legacy, "--epochs", 1)
+    assert r.exit_code == 0, r.output
     (legacy / MARKER).unlink()
     r = run("train", "--data", base / "data", "--windows", "0", "--out", legacy, "--epochs", 1)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 2 and "lowprec model but no list" in r.output, r.output
+    assert sorted(p.name for p in legacy.iterdir()) == ["config.json", "model.safetensors"]
+    (legacy / MARKER).write_text("model\n")  # an older marker: its kind, no entries
+    r = run("convert", "--model", base / "model", "--precision", "int8", "--out", legacy)
+    assert r.exit_code == 2 and "not a lowprec artifact (it is a lowprec model)" in r.output, r.output
+    r = run("train", "--data", base / "data", "--windows", "0", "--out", legacy, "--epochs", 1)
+    assert r.exit_code == 2 and "no list of the files" in r.output, r.output
 
 
 def test_an_output_holding_a_users_files_is_not_replaced(base, tmp_path):

@@ -60,7 +60,7 @@ def write_float_model(out: str | Path, config: DLRMConfig,
     benchmarks). The sha256 is computed while writing would need a second pass; it is read back."""
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in DLRM(config).state_dict().items()}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model") as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
             for name in sorted(shapes):
                 with writer.stream(name, torch.float32, shapes[name]) as put:
