@@ -125,7 +125,7 @@ def _check_new_inputs(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
     prov = old.provenance
     known = {i.get("sha256"): i.get("path") for run in [prov, *prov.get("appends", [])]
              for i in run.get("inputs", []) if isinstance(i, dict)}
-    for i in new.provenance["inputs"]:
+    for i in new.provenance["inputs"]:  # (the new files among themselves: checked as they were read)
         if i["sha256"] in known:
             raise InputError(f"{i['path']}: this file is already in {root} (as {known[i['sha256']]}, same "
                              f"sha256); appending it again would count its rows twice")

@@ -29,8 +29,8 @@ import numpy as np
 
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import (
-    DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, SequentialWindows, check_input, guarded,
-    open_span,
+    DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, SequentialWindows, check_distinct, check_inputs,
+    guarded, open_span,
 )
 from lowprec.data.sharedread import read_all, read_shared
 from lowprec.data.synth import KAGGLE_CARDINALITIES
@@ -226,10 +226,7 @@ def prepare_criteo(
     Under torchrun every rank reads a share of the input and rank 0 (`root`) writes the dataset; the
     other ranks pass root None and get (None, their BadRows) (lowprec.data.sharedread). `in_turn`:
     as csvread.prepare_csv's."""
-    if not inputs:
-        raise InputError("no input files given")
-    for path in inputs:  # before reading hours of the others
-        check_input(path)
+    check_inputs(inputs)
     sizes = table_sizes or [DEFAULT_TABLE_SIZE] * N_SPARSE
     if len(sizes) != N_SPARSE or min(sizes) < 2 or max(sizes) > MAX_TABLE:
         raise InputError(f"need {N_SPARSE} table sizes, each in [2, {MAX_TABLE}]")
@@ -247,6 +244,7 @@ def prepare_criteo(
     out.finish()
     if sum(s.rows for s in stats) == 0:
         raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
+    check_distinct(stats)
     writer.provenance.update({
         "source": "criteo-tsv",
         "inputs": [s.to_json() for s in stats],

@@ -13,7 +13,7 @@ from lowprec.data.csvrows import RowParser
 from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
-from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_input
+from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_distinct, check_inputs
 from lowprec.data.sharedread import read_all, read_shared
 from lowprec.errors import InputError, warn
 from lowprec.fileio import sha256_file
@@ -45,10 +45,7 @@ def prepare_csv(
     kind, rows_per_window = parse_window_option(window)
     if kind in CALENDAR and schema.time is None:
         raise InputError(f"--window {window}: the schema {where} declares no `time` column")
-    if not inputs:
-        raise InputError("no input files given")
-    for path in inputs:  # before reading hours of the others
-        check_input(path)
+    check_inputs(inputs)
     parser = RowParser(schema, vocabularies)
     bad = BadRows(max_bad_rows, report, keep=show_bad_rows)
     if root is None:  # a reading rank under torchrun: its share into rank 0's staging directory
@@ -62,6 +59,7 @@ def prepare_csv(
     sink.finish()
     if sum(s.rows for s in stats) == 0:
         raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
+    check_distinct(stats)
     if parser.multiline_first:
         where, first, last = parser.multiline_first
         writer.warnings.append(f"{parser.multiline:,} record(s) run over several lines, the first at {where}:{first}-"

@@ -112,6 +112,32 @@ def check_input(path: Path) -> None:
         raise InputError(f"input file not found: {path}")
 
 
+def check_inputs(paths: list[Path]) -> None:
+    """`check_input` for each, before reading hours of the others; and no file given twice (the same
+    path, a symlink or a hard link to it): its rows would count twice."""
+    if not paths:
+        raise InputError("no input files given")
+    seen: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        check_input(path)
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            raise InputError(f"input {path} is the same file as {seen[st.st_dev, st.st_ino]}, given twice: its rows "
+                             f"would count twice; give each file once")
+        seen[st.st_dev, st.st_ino] = path
+
+
+def check_distinct(stats: list[InputStats]) -> None:
+    """After reading: no two inputs with the same bytes (a copy of a file given beside it), whose rows
+    would count twice."""
+    seen: dict[str, str] = {}
+    for s in stats:
+        if s.sha256 in seen:
+            raise InputError(f"input {s.path} holds the same bytes as {seen[s.sha256]} (same sha256): a copy given "
+                             f"twice would count its rows twice; give each file once")
+        seen[s.sha256] = s.path
+
+
 def is_gzip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC

@@ -90,12 +90,16 @@ def test_refusals_leave_the_dataset_as_it_was(prepared, tmp_path):
     day3 = day_csv(tmp_path / "day3.csv", [3], ["a"], seed=2)
     assert run("data", "append", "--data", prepared, "--input", day3).exit_code == 0
     kept = state(prepared)
+    day4 = day_csv(tmp_path / "day4.csv", [4], ["a"], seed=5)
+    (tmp_path / "day4-copy.csv").write_bytes(day4.read_bytes())
     for inputs, says in [
         ([day3], "this file is already in"),  # a re-run of the daily job
         ([tmp_path / "copy.csv"], "this file is already in"),  # the same bytes under another name
         ([day_csv(tmp_path / "late.csv", [2], ["a"], seed=3)], "which starts before"),  # a day already prepared
         ([day_csv(tmp_path / "mixed.csv", [3, 4], ["a"], seed=4)], "'2023-11-18', which starts before"),
         ([tmp_path / "missing.csv"], "not found"),
+        ([tmp_path / "day4.csv", tmp_path / "day4.csv"], "is the same file as"),  # new files among themselves
+        ([tmp_path / "day4.csv", tmp_path / "day4-copy.csv"], "same sha256"),
     ]:
         if inputs[0].name == "copy.csv":
             inputs[0].write_bytes(day3.read_bytes())

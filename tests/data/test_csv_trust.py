@@ -282,3 +282,27 @@ def test_line_breaks_in_quoted_cells_and_long_cells(tmp_path, schema):
     assert f"1 record(s) run over several lines, the first at {csv}:3-4" in r.output
     meta = Dataset(tmp_path / "d").meta
     assert meta.windows[0].rows == 3 and any("run over several lines" in w for w in meta.provenance["warnings"])
+
+
+def test_a_file_given_twice_is_refused_by_path_link_or_bytes(tmp_path, schema):
+    """The same log named twice (a shell glob and a name, a symlink, a hard link, a copy) would count
+    every row twice: prepare refuses it, CSV and Criteo TSV alike, before anything is written."""
+    import os
+
+    csv = write_csv(tmp_path / "a.csv", day_rows(["a", "b"], 1_700_000_000, 30))
+    (tmp_path / "link.csv").symlink_to(csv)
+    os.link(csv, tmp_path / "hard.csv")
+    (tmp_path / "copy.csv").write_bytes(csv.read_bytes())
+    for other, says in [(csv, "is the same file as"), (tmp_path / "link.csv", "is the same file as"),
+                        (tmp_path / "hard.csv", "is the same file as"), (tmp_path / "copy.csv", "same sha256")]:
+        r = run("data", "prepare", "--format", "csv", "--input", csv, other, "--schema", schema,
+                "--out", tmp_path / "d", "--window", "day")
+        assert r.exit_code == 2 and says in r.output and str(other) in r.output, r.output
+        assert not (tmp_path / "d").exists()
+    tsv = tmp_path / "day_0.tsv"
+    tsv.write_text("\t".join(["1"] + ["3"] * 13 + ["0a"] * 26) + "\n")
+    (tmp_path / "day_1.tsv").write_bytes(tsv.read_bytes())
+    for other, says in [(tsv, "is the same file as"), (tmp_path / "day_1.tsv", "same sha256")]:
+        r = run("data", "prepare", "--format", "criteo-tsv", "--input", tsv, other, "--out", tmp_path / "c")
+        assert r.exit_code == 2 and says in r.output, r.output
+        assert not (tmp_path / "c").exists()
