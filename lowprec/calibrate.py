@@ -6,7 +6,7 @@ Streamed over the calibration windows in two passes over the float model:
    - `minmax`: the observed range (no clipping on calibration data);
    - `percentile`: the [0.01%, 99.99%] quantiles (`percentile` option);
    - `mse`: the clipping range minimising the expected uint8 quantization MSE of the histogram;
-   - `entropy`: the range minimising KL(histogram || its 255-level quantization) (TensorRT-style).
+   - `entropy`: the range minimising KL(histogram || its quantization to the layers' 128 activation codes) (TensorRT-style).
 The implied clipping rate on the calibration data is recorded per layer: the drift job compares
 the rate it sees on new windows against it.
 

@@ -11,7 +11,7 @@ Inputs (safetensors only; nothing is unpickled):
   with fp32 `weight_scale` (per output channel) for int8 layers (what `--export torchrec` writes);
   in the same file as the tables or a separate one;
 - the table configs (JSON): `{"tables": [{name, feature_names, num_embeddings, embedding_dim,
-  data_type}], "layers": [{module, input_qparams}]}` (`--export torchrec`'s config.json is one),
+  data_type}], "layers": [{module, input_qparams, input_qmax}]}` (`--export torchrec`'s config.json is one),
   since rows alone do not say their data type.
 
 Each dataset feature is served by the table whose `feature_names` hold it (or, failing that, the
@@ -229,6 +229,7 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
     config = import_config(meta, dim, [widths[m] for m in bottom], [widths[m] for m in top[:-1]],
                            f"{config_path}, {dense_where}")
     qparams = {x.get("module"): x.get("input_qparams") for x in cfg.get("layers", []) if isinstance(x, dict)}
+    qmaxes = {x.get("module"): x.get("input_qmax") for x in cfg.get("layers", []) if isinstance(x, dict)}
     perm = interaction_permutation(dim, features, _feature_order(features, owners, cfg["tables"]))
     with atomic_dir(out, "artifact") as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
@@ -249,6 +250,8 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
                 entries[name] = {"precision": precision.value, "in": want[0], "out": want[1], "bytes": nbytes,
                                  "input_range": None,
                                  "input_qparams": [float(qp[0]), int(qp[1])] if qp and precision == Precision.INT8 else None}
+                if precision == Precision.INT8 and qmaxes.get(module) is not None:  # (none: an older
+                    entries[name]["input_qmax"] = qmaxes[module]  # export, served at 255 as it was)
             writer.close()
         manifest = _manifest(config, tables, entries, ebc_path, dense_path, config_path)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}

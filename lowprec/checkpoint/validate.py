@@ -3,8 +3,8 @@
 `validate_manifest` runs on the parsed manifest.json before any other file is touched: file names
 must be plain names inside the artifact (no `..`, no absolute path, no directory part: the refusal
 never depends on, or says, whether such a file exists); every precision string parses; per layer the
-activation qparams are a finite scale > 0 with a zero point in [0, 255] and the recorded input range
-is finite; physical tables, features and serving entries agree with the model config (rows, dims,
+activation qparams are a finite scale > 0 with a zero point in [0, input_qmax] (127; 255 before it
+was recorded) and the recorded input range is finite; physical tables, features and serving entries agree with the model config (rows, dims,
 hotness, table references), and each precision is one its role can take (a table cannot be stored
 in a layer-only precision, a logical table stored whole in one physical table has its precision).
 `check_stored` compares the manifest with the weights file's header: a physical table's row width is
@@ -28,6 +28,7 @@ from lowprec.errors import InputError
 from lowprec.model.config import DLRMConfig
 from lowprec.model.embedding import parse_spec
 from lowprec.precision import Precision
+from lowprec.quant.linear import ACT_QMAX, LEGACY_ACT_QMAX
 from lowprec.serve.layers import LAYER_CODECS
 from lowprec.serve.tables import TABLE_CODECS
 
@@ -69,12 +70,15 @@ def _qparams(name: str, spec: Any, where: str) -> None:
     if not isinstance(spec, dict):
         raise _fail(where, f"layer {name!r}: entry is not an object")
     _precision(spec.get("precision"), f"{where}: layer {name!r}", "layer")
-    qp, rng = spec.get("input_qparams"), spec.get("input_range")
+    qp, rng, qmax = spec.get("input_qparams"), spec.get("input_range"), spec.get("input_qmax")
+    qmax = LEGACY_ACT_QMAX if qmax is None else qmax  # (written before lowprec recorded it)
+    if qmax not in (ACT_QMAX, LEGACY_ACT_QMAX) or isinstance(qmax, bool):
+        raise _fail(where, f"layer {name!r}: input_qmax {qmax!r} is not {ACT_QMAX} (or {LEGACY_ACT_QMAX}, older artifacts)")
     if qp is not None:
         ok = isinstance(qp, list) and len(qp) == 2 and all(isinstance(x, (int, float)) for x in qp)
-        if not ok or not (math.isfinite(qp[0]) and qp[0] > 0 and qp[1] == int(qp[1]) and 0 <= qp[1] <= 255):
+        if not ok or not (math.isfinite(qp[0]) and qp[0] > 0 and qp[1] == int(qp[1]) and 0 <= qp[1] <= qmax):
             raise _fail(where, f"layer {name!r}: activation qparams {qp!r} are not [finite scale > 0, "
-                               f"zero point in 0..255]")
+                               f"zero point in 0..{qmax}]")
         if qp[0] < torch.finfo(torch.float32).tiny or qp[0] > torch.finfo(torch.float32).max:
             raise _fail(where, f"layer {name!r}: activation scale {qp[0]!r} is outside float32's range")
     if rng is not None:

@@ -64,17 +64,12 @@ class PairedConfig:
             raise ValueError("batch_size must be >= 1")
 
 
-def representable_range(qparams: tuple[float, int]) -> tuple[float, float]:
-    scale, zp = qparams
-    return (0 - zp) * scale, (255 - zp) * scale
-
-
 class ClipMonitor:
     """Counts input elements outside each static int8 layer's representable range (pre-hooks)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.ranges = {name: representable_range(m.input_qparams) for name, m in model.linear_layers().items()
-                       if getattr(m, "input_qparams", None) is not None}
+        self.ranges = {name: m.input_bounds for name, m in model.linear_layers().items()
+                       if getattr(m, "input_bounds", None) is not None}
         self.modules = {n: m for n, m in model.linear_layers().items() if n in self.ranges}
         self.counts: dict[str, list[float]] = {}
         self._hooks: list[Any] = []

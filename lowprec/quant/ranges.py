@@ -1,13 +1,13 @@
 """Choosing an activation range from a histogram (pure numpy).
 
 The histogram has `len(hist)` equal bins over [a, b]. Every method returns (lo, hi) with
-a <= lo < hi <= b; the uint8 quantizer then covers [min(lo, 0), max(hi, 0)].
+a <= lo < hi <= b; the activation quantizer then covers [min(lo, 0), max(hi, 0)].
 - minmax:     (a, b).
 - percentile: the (100-p)% and p% quantiles, interpolated inside bins.
 - mse:        argmin over a grid of (lo, hi) of   Σ_inside n_k Δ²/12  +  Σ_outside n_k (c_k - clip(c_k))²,
-              Δ = (hi - lo)/255, c_k the bin centres: rounding noise plus clipping error.
+              Δ = (hi - lo)/LEVELS, c_k the bin centres: rounding noise plus clipping error.
 - entropy:    argmin over the same grid of KL(P ‖ Q): P the histogram with outliers folded into the
-              edge bins, Q its 255-level quantization spread uniformly over each level's non-empty
+              edge bins, Q its LEVELS-level quantization spread uniformly over each level's non-empty
               bins (the TensorRT calibration rule, over two-sided ranges).
 `clip_rate` is the share of the histogram's mass outside [lo, hi].
 """
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-LEVELS = 255
+from lowprec.quant.linear import ACT_QMAX
+
+LEVELS = ACT_QMAX  # steps across the range: codes 0..127 (lowprec.quant.linear)
 GRID = 24
 
 

@@ -4,7 +4,8 @@ One handler per layer precision in the literal `LAYER_CODECS`:
   fp32  weight and bias as fp32; served by nn.Linear;
   fp16  weight stored fp16, computed in fp32 (fp16 compute is slower than fp32 on these CPUs);
   int8  symmetric per-output-channel int8 weights (lowprec.quant.linear) on FBGEMM's int8 GEMM,
-        activations quantized dynamically per batch, or statically with a calibrated range.
+        activations quantized dynamically per batch, or statically with a calibrated range, to
+        codes 0..127 (`input_qmax`; 0..255 saturates FBGEMM's AVX2 kernel: lowprec.quant.linear).
 `encode` gives the tensors an artifact stores and the manifest entry; `build` makes the serving
 module from them. Conversion calls `encode`, the artifact loader `build`, the search's emulator
 `build(encode(...))`, so all three serve a layer the same way; `bytes` prices it for the search.
@@ -20,9 +21,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lowprec.errors import InputError
+from lowprec.errors import InputError, InputWarning
 from lowprec.precision import Precision
-from lowprec.quant.linear import activation_qparams, quantize_weight_per_channel
+from lowprec.quant.linear import (
+    ACT_QMAX, LEGACY_ACT_QMAX, activation_qparams, quantize_weight_per_channel, representable_range,
+)
 
 torch.backends.quantized.engine = "fbgemm"
 
@@ -30,10 +33,13 @@ Tensors = dict[str, torch.Tensor]  # suffix ("weight", "bias", "scale") -> tenso
 
 
 class Int8Linear(nn.Module):
-    """y = x W^T + b on FBGEMM's int8 GEMM; static input qparams when calibrated, else dynamic."""
+    """y = x W^T + b on FBGEMM's int8 GEMM; static input qparams when calibrated, else dynamic.
+
+    Activations take codes 0..`qmax`: ACT_QMAX (127) computes the exact int8 product on every host;
+    LEGACY_ACT_QMAX (255) only serves artifacts written before it (lowprec.quant.linear)."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                 input_qparams: tuple[float, int] | None = None):
+                 input_qparams: tuple[float, int] | None = None, qmax: int = ACT_QMAX):
         super().__init__()
         with warnings.catch_warnings():  # quantized tensor creation is deprecated; the kernels are not
             warnings.simplefilter("ignore", UserWarning)
@@ -43,16 +49,27 @@ class Int8Linear(nn.Module):
         self.packed = torch.ops.quantized.linear_prepack(qweight, bias.float())
         self.static = input_qparams is not None
         self.scale, self.zero_point = (float(input_qparams[0]), int(input_qparams[1])) if self.static else (1.0, 0)
+        self.qmax = int(qmax)
+        self.reduce_range = self.qmax == ACT_QMAX  # (the dynamic op's name for codes 0..127)
+        # static inputs above the top code are clipped here: the op's own clamp is at 255
+        self.top = representable_range(self.scale, self.zero_point, self.qmax)[1]
 
     @property
     def input_qparams(self) -> tuple[float, int] | None:
         return (self.scale, self.zero_point) if self.static else None
 
+    @property
+    def input_bounds(self) -> tuple[float, float] | None:
+        """The static input range the codes stand for (None: dynamic)."""
+        return representable_range(self.scale, self.zero_point, self.qmax) if self.static else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.static:
+            if self.reduce_range:
+                x = torch.clamp(x, max=self.top)
             return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 x, self.scale, self.zero_point, self.packed)
-        return torch.ops.quantized.linear_dynamic(x, self.packed)
+        return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
@@ -109,17 +126,35 @@ class Int8Codec(LayerCodec):
         rng = _input_range(calib)
         return ({"weight": codes, "scale": scale, "bias": bias.detach().float()},
                 {"input_range": list(rng) if rng else None,
-                 "input_qparams": list(activation_qparams(*rng)) if rng else None})
+                 "input_qparams": list(activation_qparams(*rng)) if rng else None, "input_qmax": ACT_QMAX})
 
     def build(self, tensor: Callable[[str], torch.Tensor], entry: dict[str, Any]) -> nn.Module:
         qp = entry.get("input_qparams")
         return Int8Linear(tensor("weight"), tensor("scale").float(), tensor("bias").float(),
-                          (float(qp[0]), int(qp[1])) if qp else None)
+                          (float(qp[0]), int(qp[1])) if qp else None, input_qmax(entry))
 
     def bytes(self, shape: tuple[int, int]) -> int:
         n_in, n_out = shape
         return n_in * n_out + 4 * n_out + 4 * n_out  # codes, fp32 scales, fp32 bias
 
+
+def input_qmax(entry: dict[str, Any]) -> int:
+    """An int8 layer entry's top activation code; an entry without one (written before lowprec
+    recorded it) is served at 255 as it was validated, with a warning once a process."""
+    qmax = entry.get("input_qmax")
+    if qmax is None:
+        global _legacy_warned
+        if not _legacy_warned:
+            _legacy_warned = True
+            warnings.warn("this artifact's int8 layers quantize activations to 256 levels (written by an older "
+                          "lowprec): on CPUs without AVX512-VNNI FBGEMM's int8 GEMM saturates at that width and "
+                          "misses exact int8 results; convert the model again to get 128 levels, exact on every "
+                          "host", InputWarning, stacklevel=2)
+        return LEGACY_ACT_QMAX
+    return int(qmax)
+
+
+_legacy_warned = False
 
 LAYER_CODECS: dict[Precision, LayerCodec] = {
     Precision.FP32: LayerCodec(Precision.FP32, torch.float32),

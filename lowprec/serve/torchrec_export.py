@@ -14,9 +14,8 @@
     torchrec/dense.safetensors  the dense and over arch in `torchrec.models.dlrm.DLRM`'s names:
                                 fp32/fp16 layers as `weight`/`bias` (fp16 weights stay fp16);
                                 int8 layers as int8 `weight` codes, fp32 `weight_scale` and `bias`,
-                                served by `lowprec.serve.layers.Int8Linear` (FBGEMM's int8 GEMM with
-                                reduce_range=False, exactly lowprec's runtime; torch.ao's dynamic
-                                Linear forces reduce_range=True and differs)
+                                served by `lowprec.serve.layers.Int8Linear` (FBGEMM's int8 GEMM,
+                                activations to codes 0..`input_qmax`, exactly lowprec's runtime)
 
 lowprec's rows are byte-for-byte the rows the quantized EBC stores, so the loaded model computes
 exactly the runtime's logits. Only dense tables at fp32/fp16/int8/int4/int2 fit TorchRec's EBC:
@@ -136,7 +135,8 @@ def torchrec_config(manifest: dict[str, Any], where: str = "artifact") -> dict[s
                        "hotness": int(tcfg.get("hotness", 1))})
     n_top = len(model["top_mlp"]) + 1
     layers = [{"name": n, "module": layer_module(n, n_top), "precision": spec["precision"],
-               "input_qparams": spec.get("input_qparams")} for n, spec in manifest["layers"].items()]
+               "input_qparams": spec.get("input_qparams"),
+               "input_qmax": spec.get("input_qmax")} for n, spec in manifest["layers"].items()]
     return {
         "format": FORMAT, "version": FORMAT_VERSION, "row_alignment": ROW_ALIGNMENT,
         "dense_in_features": int(model["dense_in"]),
@@ -254,7 +254,7 @@ def load_torchrec(folder: str | Path) -> torch.nn.Module:
     from torchrec.quant.embedding_modules import EmbeddingBagCollection
     from torchrec.tensor_types import UInt2Tensor, UInt4Tensor
 
-    from lowprec.serve.layers import Int8Linear
+    from lowprec.serve.layers import Int8Linear, input_qmax
 
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
@@ -276,7 +276,7 @@ def load_torchrec(folder: str | Path) -> torch.nn.Module:
     for layer in (x for x in cfg["layers"] if x["precision"] == "int8"):
         p, qp = layer["module"], layer["input_qparams"]
         int8 = Int8Linear(dense.pop(f"{p}.weight"), dense.pop(f"{p}.weight_scale"), dense.pop(f"{p}.bias"),
-                          (float(qp[0]), int(qp[1])) if qp else None)
+                          (float(qp[0]), int(qp[1])) if qp else None, input_qmax(layer))
         parent, child = p.rsplit(".", 1)
         setattr(model.get_submodule(parent), child, int8)
     # every float layer tensor is loaded; only the (already loaded) EBC's keys may be missing here
