@@ -142,9 +142,17 @@ def add_entries(d: Path, names: Iterable[str]) -> None:
         atomic_write_text(d / MARKER, "".join(f"{x}\n" for x in lines + new))
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """`path` with symlinks and `..` followed; a symlink loop is an InputError naming it."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:  # (Python 3.11 raises RuntimeError on a loop, 3.13 OSError)
+        raise InputError(f"{path}: cannot follow its symlinks ({exc}); a symlink loop? Give a real path") from None
+
+
 def through_symlink(path: Path) -> Path:
     """An output path that is a symlink stands for its target: that is what gets written."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    return resolved(path) if path.is_symlink() else path
 
 
 def check_parent(out: Path, what: str = "output") -> None:
@@ -159,7 +167,7 @@ def check_parent(out: Path, what: str = "output") -> None:
 
 def within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
     """`path` is `root` or lies under it (both resolved: symlinks and `..` followed)."""
-    p, r = Path(path).resolve(), Path(root).resolve()
+    p, r = resolved(path), resolved(root)
     return p == r or r in p.parents
 
 

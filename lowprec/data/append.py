@@ -165,7 +165,11 @@ def _repeated_labels(old: DatasetMeta, new: DatasetMeta) -> list[str]:
 
 
 def _time(iso: str | None) -> dt.datetime:
-    t = dt.datetime.fromisoformat(str(iso))
+    try:
+        t = dt.datetime.fromisoformat(str(iso))
+    except ValueError:  # (a window of year 9999, prepared before such times became bad rows, ends in 10000)
+        raise InputError(f"window time {iso!r} in dataset.json is not a date append can compare (years 1-9999); "
+                         f"prepare the dataset again: times past year 9998 are now bad rows") from None
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 

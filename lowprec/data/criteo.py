@@ -100,6 +100,9 @@ def parse_line(parts: list[bytes], mods: list[int]) -> tuple[int, list[int], lis
     return int(lab), ints, ids
 
 
+NUL_ROW = ("field", "the line holds a NUL byte (\\x00), which no Criteo field does")
+
+
 def _decode(c: np.ndarray, base: int, mods: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """NUL-padded fields as a (rows, fields, width) uint8 array -> (values, ok). Empty -> 0.
 
@@ -175,6 +178,7 @@ class TsvParser:
         `line_base` + 1; with `stop_lines`, stop after one of those lines."""
         parts: list[list[bytes]] = []
         line_nos: list[int] = []
+        nul: list[int] = []  # chunk rows holding a NUL byte (the fixed-width parse would drop trailing NULs)
         mods_arr = np.asarray(self.mods, dtype=np.int64)
         end = Read()
 
@@ -182,14 +186,15 @@ class TsvParser:
             if not parts:
                 return
             labels, ints, ids, ok = parse_chunk(parts, mods_arr)
+            ok[nul] = False
             for i in np.flatnonzero(~ok):
-                why = parse_line(parts[i], self.mods)
+                why = NUL_ROW if i in nul else parse_line(parts[i], self.mods)
                 bad_row(line_nos[i], line_nos[i], *(why if isinstance(why[0], str) else ("field", "malformed field")),
                         False)
             stats.rows += int(ok.sum())
             stats.bad_rows += int((~ok).sum())
             sink.append(encode_dense(ints[ok]), ids[ok], labels[ok], np.zeros(int(ok.sum())))
-            parts.clear(), line_nos.clear()
+            parts.clear(), line_nos.clear(), nul.clear()
 
         n = line_base  # the line just read (a local: this loop runs once a line)
         with open_span(path, stats, progress, span) as (stream, tick):
@@ -197,6 +202,8 @@ class TsvParser:
                 n += 1
                 line = line.rstrip(b"\r\n")
                 if line:
+                    if b"\0" in line:
+                        nul.append(len(parts))
                     parts.append(line.split(b"\t"))
                     line_nos.append(n)
                 if len(parts) >= PARSE_ROWS:

@@ -222,7 +222,7 @@ def load_vocabularies(src: Path, schema: Any) -> dict[str, tuple[list[str], int]
                              f"schema says num_embeddings = {col.num_embeddings}")
         if col.name not in sizes or len(vocab) > sizes[col.name]:
             raise InputError(f"{path}: {len(vocab)} entries exceed {col.name!r}'s {sizes.get(col.name)} rows")
-        if len(set(vocab)) != len(vocab):
+        if len(set(vocab[1:])) != len(vocab) - 1:  # (entry 0 is a label: a data value may read the same)
             raise InputError(f"{path}: the vocabulary lists a value twice; it was edited after `data prepare` "
                              f"wrote it")
         recorded = encodings.get(col.name)

@@ -68,10 +68,18 @@ class LabelRule:
                 f"{v!r} is one (any other non-empty value is then negative)")
 
 
+def plain_float(text: str) -> float:
+    """float(text) for numbers as logs write them: Python's own extras, digit-group underscores
+    (`1_5` would be 15) and non-ASCII digits (`١٢`), are ValueErrors, not silent numbers."""
+    if "_" in text or not text.isascii():
+        raise ValueError(f"{text!r} is not a plain decimal number")
+    return float(text)
+
+
 def _number(text: str) -> float | None:
     """A finite number, or None (not a number, NaN or an infinity)."""
     try:
-        x = float(text)
+        x = plain_float(text)
     except ValueError:
         return None
     return x if math.isfinite(x) else None

@@ -72,6 +72,11 @@ def prepare_csv(
                                f"which usually stands for a missing timestamp; they were kept, in the window of "
                                f"that date. Drop or fix them if their time is unknown")
         warn(writer.warnings[-1])
+    if parser.date_like:  # `dt=20231114` columns: read as unix seconds they all fall in August 1970
+        writer.warnings.append(f"{parser.date_like:,} row(s) have a {schema.time} that reads as a YYYYMMDD date (e.g. "
+                               f"20231114) and was read as unix seconds, a time in August 1970; if the column holds "
+                               f"dates, set time_format = \"iso\" in the schema (ISO 8601 reads 20231114 as a date)")
+        warn(writer.warnings[-1])
     vocab_files = {}
     for e in parser.encoders:
         if e.col.encoding == "vocab":

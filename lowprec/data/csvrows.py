@@ -20,7 +20,8 @@ import numpy as np
 
 from lowprec.data.rawinput import BadRow, InputStats, Read, guarded, open_span
 from lowprec.data.csvencode import Encoder
-from lowprec.data.csvschema import F32_LIMIT, TIME_FORMATS, CsvSchema, parse_time, time_hint
+from lowprec.data.csvlabel import plain_float
+from lowprec.data.csvschema import DATE_LIKE, F32_LIMIT, TIME_FORMATS, TIME_YEARS, CsvSchema, parse_time, time_hint
 from lowprec.data.movielens import header_positions
 from lowprec.data.records import records, strict_reader
 from lowprec.errors import InputError
@@ -39,6 +40,7 @@ class RowParser:
         self.index: dict[str, int] = {}
         self.width = 0
         self.epoch_zero = 0  # rows kept whose time is exactly the unix epoch (often a missing timestamp)
+        self.date_like = 0  # rows whose unix-seconds time reads as a YYYYMMDD date (20231114: August 1970)
         self.multiline = 0  # records kept that run over several lines
         self.multiline_first: tuple[Path, int, int] | None = None  # the first of them: (file, first, last line)
         self.path = Path()
@@ -70,7 +72,7 @@ class RowParser:
                 counts[e.col.name] = np.bincount(ids[ids > 0], minlength=len(e.vocab) + 1).tolist()
             offset += e.col.hotness
         first = self.multiline_first
-        return {"epoch_zero": self.epoch_zero, "multiline": self.multiline,
+        return {"epoch_zero": self.epoch_zero, "date_like": self.date_like, "multiline": self.multiline,
                 "multiline_first": list(first[1:]) if first else None,
                 "encoders": [e.share_state() for e in self.encoders], "counts": counts}
 
@@ -78,6 +80,7 @@ class RowParser:
         """Take in a part's `share` (its lines numbered from `line_base` + 1): (slot offset, hotness,
         local -> global id table) of each column whose ids the part numbered locally."""
         self.epoch_zero += state["epoch_zero"]
+        self.date_like += state["date_like"]
         if state["multiline"]:
             self.multiline += state["multiline"]
             first, last = state["multiline_first"]
@@ -118,7 +121,7 @@ class RowParser:
         for c in s.dense:
             v = row[ix[c.column]].strip()
             try:
-                x = float(v) if v else c.fill
+                x = plain_float(v) if v else c.fill
             except ValueError:
                 x = math.nan
             if not math.isfinite(x):
@@ -128,11 +131,12 @@ class RowParser:
             dense.append(x)
         t = 0.0 if s.time is None else parse_time(row[ix[s.time]], s.time_format)
         if t is None:
-            return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a time in years 1-9999 as time_format " \
+            return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a time in {TIME_YEARS} as time_format " \
                 f"{s.time_format!r} reads it ({TIME_FORMATS[s.time_format]})" + \
                 time_hint(row[ix[s.time]], s.time_format)
         ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
         self.epoch_zero += s.time is not None and t == 0.0
+        self.date_like += DATE_LIKE[0] <= t <= DATE_LIKE[1] and t == int(t) and s.time_format in ("auto", "unix")
         return dense, ids, label, t
 
     def encode_dense(self, dense: list[list[float]]) -> np.ndarray:
@@ -175,8 +179,10 @@ def file_header(path: Path, delimiter: str) -> list[str] | None:
 def _record(parser: RowParser, first: int, last: int, row: Any) -> tuple | None:
     """(dense, ids, label, time) of a record, (kind, detail, spans lines) if it is bad, None if empty."""
     if isinstance(row, csv.Error):
+        if "field larger than field limit" in str(row):  # (csv's only error that is not about quoting)
+            return "size", f"a cell is longer than csv's limit of {csv.field_size_limit():,} characters", True
         return "quoting", f"malformed quoting ({row})", True
-    if not row or row == [""]:
+    if not row or (len(row) == 1 and not row[0].strip()):  # a blank line, spaces and tabs only included
         return None
     if _bad_utf8(row):
         return "encoding", f"not valid UTF-8 ({_bad_utf8(row)})", False

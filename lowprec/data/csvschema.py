@@ -29,12 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowprec.data.csvlabel import LabelRule, label_rule
+from lowprec.data.csvlabel import LabelRule, label_rule, plain_float
 from lowprec.data.dataset import MAX_HOTNESS
 from lowprec.errors import InputError
 
-TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()  # unix seconds of years 1..9999
-TIME_MAX = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc).timestamp()
+# unix seconds of years 1..9998: every day, month and year window of such a time starts and ends
+# at a date Python can write (a year-9999 window would end in year 10000)
+TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()
+TIME_MAX = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+TIME_YEARS = "years 1-9998"
+DATE_LIKE = (19000101, 21001231)  # unix seconds that read as YYYYMMDD dates of 1900-2100 (all in August 1970)
 TIME_FORMATS = {"auto": "unix seconds, or ISO 8601", "unix": "unix seconds", "unix_ms": "unix milliseconds",
                 "iso": "ISO 8601"}  # time_format -> what it reads
 CALENDAR = ("year", "month", "day")
@@ -175,12 +179,12 @@ def schema_from(top: dict[str, Any], where: str) -> CsvSchema:
 
 
 def parse_time(text: str, fmt: str) -> float | None:
-    """Unix seconds of a time cell, or None if unreadable or outside years 1-9999 (no window could
-    be labelled by such a time: a millisecond column read as seconds lands there)."""
+    """Unix seconds of a time cell, or None if unreadable or outside TIME_YEARS (no window could
+    be labelled by such a time: a millisecond column read as seconds lands there), ISO ones too."""
     v = text.strip()
     if fmt in ("auto", "unix", "unix_ms"):
         try:
-            x = float(v)
+            x = plain_float(v)
             x = x / 1000.0 if fmt == "unix_ms" else x
             return x if math.isfinite(x) and TIME_MIN <= x < TIME_MAX else None
         except ValueError:
@@ -188,9 +192,10 @@ def parse_time(text: str, fmt: str) -> float | None:
                 return None
     try:
         t = dt.datetime.fromisoformat(v)
-    except ValueError:
+        x = (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+    except (ValueError, OverflowError):
         return None
-    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+    return x if TIME_MIN <= x < TIME_MAX else None
 
 
 def time_hint(text: str, fmt: str) -> str:

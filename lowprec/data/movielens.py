@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from lowprec.data import encoding as fingerprint
+from lowprec.data.csvschema import TIME_MAX, TIME_MIN, TIME_YEARS
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
 from lowprec.data.records import records, spans, strict_reader
@@ -108,6 +109,12 @@ def read_ratings(path: Path, bad: BadRows, stats: InputStats, progress: Stages |
                 vals = (int(u), int(m), float(r), int(t))
                 if not 0 <= vals[2] <= 10:
                     raise ValueError(f"rating {vals[2]} out of range")
+                if not (-2**63 <= vals[0] < 2**63 and -2**63 <= vals[1] < 2**63):
+                    raise ValueError("an id beyond 64-bit integers")
+                if not TIME_MIN <= vals[3] < TIME_MAX:  # (milliseconds read as seconds land past 9998)
+                    raise ValueError(f"timestamp {vals[3]} is not unix seconds in {TIME_YEARS}"
+                                     + (" (milliseconds? MovieLens writes seconds)" if TIME_MIN <= vals[3] / 1000
+                                        < TIME_MAX else ""))
             except (ValueError, IndexError) as exc:
                 stats.bad_rows += 1
                 bad.add(path, stats.lines, "rating row", f"malformed rating row ({exc})")

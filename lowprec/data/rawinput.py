@@ -108,6 +108,10 @@ def check_input(path: Path) -> None:
     """InputError unless `path` is a file (a directory or a missing file named as such)."""
     if path.is_dir():
         raise InputError(f"input {path} is a directory; give the files themselves (e.g. {path}/day_0.tsv ...)")
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"input {path} is a symlink to nothing (a missing target or a symlink loop)")
+    if path.exists() and not path.is_file():
+        raise InputError(f"input {path} is not a regular file (a FIFO, socket or device); give a file")
     if not path.is_file():
         raise InputError(f"input file not found: {path}")
 

@@ -1,0 +1,118 @@
+"""Messy inputs a QA pass fed the data commands (2026-12-02): each was a traceback, a silent wrong
+window or id, or a false message before. CSV, Criteo TSV and MovieLens."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from lowprec.data.dataset import Dataset
+from helpers import run_cli as run
+
+SCHEMA = 'label = "click"\ntime = "ts"\n[dense.price]\n[categorical.item]\nencoding = "vocab"\n'
+
+
+def prepare(tmp_path, text, name="d", schema=SCHEMA, window="day", *extra):
+    (tmp_path / "s.toml").write_text(schema)
+    src = tmp_path / f"{name}.csv"
+    src.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return run("data", "prepare", "--format", "csv", "--input", src, "--schema", tmp_path / "s.toml",
+               "--out", tmp_path / name, "--window", window, *extra), src
+
+
+def test_times_past_year_9998_are_bad_rows_and_append_never_crashes(tmp_path):
+    """An ISO time whose UTC lands in year 10000 made a window labelled 10000 (and `never expires`
+    dates a window ending there), on which every later append crashed."""
+    r, src = prepare(tmp_path, "click,ts,price,item\n1,9999-12-31T23:00:00-05:00,1,a\n0,9999-12-30,1,b\n"
+                               "1,2023-11-14T10:00:00,1,a\n0,0001-01-01T01:00:00+05:00,1,b\n", "far", SCHEMA, "year")
+    assert r.exit_code == 0, r.output
+    assert f"{src}:2: ts = '9999-12-31T23:00:00-05:00' is not a time in years 1-9998" in r.output
+    assert f"{src}:3:" in r.output and f"{src}:5:" in r.output
+    assert [w.label for w in Dataset(tmp_path / "far").meta.windows] == ["2023"]
+    meta = json.loads((tmp_path / "far" / "dataset.json").read_text())
+    meta["windows"][-1]["end"] = "10000-01-01T00:00:00Z"  # as a dataset prepared before the limit has it
+    (tmp_path / "far" / "dataset.json").write_text(json.dumps(meta))
+    (tmp_path / "later.csv").write_text("click,ts,price,item\n1,2030-01-01T00:00:00,1,a\n")
+    r = run("data", "append", "--data", tmp_path / "far", "--input", tmp_path / "later.csv")
+    assert r.exit_code == 2 and "'10000-01-01T00:00:00Z' in dataset.json" in r.output, r.output
+
+
+def test_numbers_python_reads_but_logs_do_not_mean_are_bad_rows(tmp_path):
+    r, src = prepare(tmp_path, "click,ts,price,item\n1,1700000000,1_5,a\n0,1700000001,\u0661\u0662,b\n"
+                               "1_0,1700000002,1,a\n1,1_700_000_003,1,a\n0,1700000004,2.5,b\n")
+    assert r.exit_code == 0, r.output
+    for line in (2, 3, 4, 5):
+        assert f"{src}:{line}:" in r.output, (line, r.output)
+    ds = Dataset(tmp_path / "d")
+    assert ds.meta.windows[0].rows == 1 and np.allclose(ds.arrays(0)[0][:, 0], 2.5)  # (transform none by default)
+
+
+def test_blank_lines_of_spaces_are_ignored(tmp_path):
+    r, src = prepare(tmp_path, "click,ts,price,item\n1,1700000000,1,a\n   \n\t\n0,1700000001,2,b\n")
+    assert r.exit_code == 0 and "bad row:" not in r.output, r.output
+    assert Dataset(tmp_path / "d").meta.windows[0].rows == 2
+
+
+def test_yyyymmdd_times_read_as_unix_seconds_are_warned_about(tmp_path):
+    r, _ = prepare(tmp_path, "click,ts,price,item\n1,20231114,1,a\n0,20231115,1,b\n1,1700000000,1,a\n")
+    assert r.exit_code == 0, r.output
+    assert "2 row(s) have a ts that reads as a YYYYMMDD date" in r.output and 'time_format = "iso"' in r.output
+    meta = Dataset(tmp_path / "d").meta
+    assert any("YYYYMMDD" in w for w in meta.provenance["warnings"])
+
+
+def test_a_value_spelled_like_the_reserved_vocabulary_entry_does_not_block_appends(tmp_path):
+    r, _ = prepare(tmp_path, "click,ts,price,item\n1,2023-11-14T10:00:00,1,<missing or unknown>\n"
+                             "0,2023-11-14T11:00:00,2,b\n")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "m2.csv").write_text("click,ts,price,item\n1,2023-11-15T10:00:00,1,<missing or unknown>\n"
+                                     "0,2023-11-15T11:00:00,1,zzz\n")
+    r = run("data", "append", "--data", tmp_path / "d", "--input", tmp_path / "m2.csv")
+    assert r.exit_code == 0, r.output
+    ds = Dataset(tmp_path / "d")
+    first, second = ds.arrays(0)[1][:, 0], ds.arrays(1)[1][:, 0]
+    assert first[0] == second[0] != 0 and second[1] == 0  # the same value, the same id; unseen -> 0
+
+
+def test_inputs_that_are_not_files_are_named_for_what_they_are(tmp_path):
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "la").symlink_to(tmp_path / "lb")
+    (tmp_path / "lb").symlink_to(tmp_path / "la")
+    for path, says in [(tmp_path / "fifo", "is not a regular file"), (tmp_path / "la", "symlink loop")]:
+        r = run("data", "prepare", "--format", "csv", "--input", path, "--schema", tmp_path / "s.toml",
+                "--out", tmp_path / "o")
+        assert r.exit_code == 2 and says in r.output, r.output
+    (tmp_path / "ok.csv").write_text("click,ts,price,item\n1,1700000000,1,a\n")
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "ok.csv", "--schema", tmp_path / "s.toml",
+            "--out", tmp_path / "la")
+    assert r.exit_code == 2 and "symlink loop" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_criteo_fields_with_nul_bytes_are_bad_rows(tmp_path):
+    good = "\t".join(["1"] + ["12"] * 13 + ["ab"] * 26)
+    nul_int = "\t".join(["1", "12\x00"] + ["12"] * 12 + ["ab"] * 26)
+    nul_label = "\t".join(["1\x00"] + ["12"] * 13 + ["ab"] * 26)
+    (tmp_path / "day_0.tsv").write_bytes(f"{good}\n{nul_int}\n{nul_label}\n{good}\n".encode())
+    r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "day_0.tsv", "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    assert f"{tmp_path / 'day_0.tsv'}:2:" in r.output and f"{tmp_path / 'day_0.tsv'}:3:" in r.output
+    assert "NUL byte" in r.output and Dataset(tmp_path / "c").meta.windows[0].rows == 2
+
+
+def test_movielens_overflowing_ids_and_millisecond_times_are_bad_rows(tmp_path):
+    src = tmp_path / "ml"
+    src.mkdir()
+    (src / "movies.csv").write_text("movieId,title,genres\n1,A (1995),Action\n2,B (1995),Drama\n")
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1100000000\n"
+                                     "2,1,5.0,99999999999999999999\n99999999999999999999,2,1.0,1100000100\n"
+                                     "3,2,1.0,1100000300000\n4,2,3.0,1100000400\n")
+    r = run("data", "prepare", "--format", "movielens", "--input", src, "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    for line in (3, 4, 5):
+        assert f"ratings.csv:{line}:" in r.output, (line, r.output)
+    assert "milliseconds?" in r.output
+    meta = Dataset(tmp_path / "o").meta
+    assert sum(w.rows for w in meta.windows) == 2 and all(w.label == "2004" for w in meta.windows)
