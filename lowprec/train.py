@@ -147,9 +147,15 @@ def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int
     or an artifact's manifest, whose `source` carries it) trained on ("training") or was selected on
     ("validation"), by their data fingerprints: the same window in any copy of the dataset. Empty
     for models without the record (trained before it, imported, and their artifacts)."""
-    info = info or {}
-    prints = info.get("window_fingerprints") or (info.get("source") or {}).get("window_fingerprints") or {}
-    train, val = set(prints.get("train") or []), set(prints.get("val") or [])
+    def obj(x: Any) -> dict[str, Any]:  # (a hand-edited record of another type: no record)
+        return x if isinstance(x, dict) else {}
+
+    def strings(x: Any) -> set[str]:
+        return {v for v in x if isinstance(v, str)} if isinstance(x, list) else set()
+
+    info = obj(info)
+    prints = obj(info.get("window_fingerprints") or obj(info.get("source")).get("window_fingerprints"))
+    train, val = strings(prints.get("train")), strings(prints.get("val"))
     if not train and not val:
         return {}
     out = {}

@@ -23,6 +23,12 @@ class TableConfig:
     encoding: str | None = None  # the training data's id encoding fingerprint (lowprec.data.encoding)
 
     def __post_init__(self) -> None:
+        types = {"name": (str,), "num_embeddings": (int,), "hotness": (int,), "embedding": (str,),
+                 "encoding": (str, type(None))}
+        for key, ok in types.items():
+            v = getattr(self, key)
+            if not isinstance(v, ok) or isinstance(v, bool):
+                raise InputError(f"table {self.name!r}: {key} = {v!r} is not {' or '.join(t.__name__ for t in ok)}")
         if self.num_embeddings < 1 or self.hotness < 1:
             raise InputError(f"table {self.name!r}: num_embeddings and hotness must be >= 1")
 
