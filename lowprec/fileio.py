@@ -175,6 +175,9 @@ def _check_inputs(out: Path, inputs: Iterable[str | os.PathLike], what: str) -> 
     for p in inputs:
         if within(p, out):
             raise InputError(f"{what} {out} would replace the input {p}; choose another path")
+        if Path(p).is_dir() and within(out, p):  # (a file there would also stop the input's own rewrite)
+            raise InputError(f"{what} {out} lies inside the input {p}; lowprec does not write into its inputs: "
+                             f"choose a path outside it")
 
 
 def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str | os.PathLike] = (),
@@ -357,7 +360,7 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) ->
         raise InputError(f"{what} not found: {path}")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # (decode errors, and ints past 4,300 digits)
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from exc

@@ -245,3 +245,33 @@ def test_resolve_output_leaves_complete_outputs_alone(tmp_path):
     (tmp_path / "x.lowprec-old").mkdir()  # a stale backup beside a complete output: the output wins
     assert resolve_output(tmp_path / "x") == tmp_path / "x"
     assert (tmp_path / "x" / "index.html").read_text() == "new"
+
+
+def test_an_output_inside_an_input_directory_is_refused(base, tmp_path):
+    """Writing into an input changes it (and a later rewrite of the input then refuses to delete
+    the stranger): convert into the model, calibrate into the dataset, train into the dataset."""
+    model, data = base / "model", base / "data"
+    before = {d: sorted(p.name for p in d.iterdir()) for d in (model, data)}
+    for args in [("convert", "--model", model, "--precision", "int8", "--out", model / "int8"),
+                 ("calibrate", "--model", model, "--data", data, "--windows", "1", "--out", data / "c.json"),
+                 ("train", "--data", data, "--windows", "0", "--epochs", 1, "--out", data / "m")]:
+        r = run(*args)
+        assert r.exit_code == 2 and "lies inside the input" in r.output, (args, r.output)
+    assert {d: sorted(p.name for p in d.iterdir()) for d in (model, data)} == before
+
+
+def test_a_shard_plan_is_lowprecs_own_when_the_artifact_is_replaced(base, tmp_path):
+    art = tmp_path / "art"
+    assert run("convert", "--model", base / "model", "--precision", "int8", "--out", art).exit_code == 0
+    r = run("shard", art, "--ranks", "2")
+    assert r.exit_code == 0, r.output
+    r = run("convert", "--model", base / "model", "--precision", "int4", "--out", art)
+    assert r.exit_code == 0, r.output
+    assert not (art / "shard-plan.json").exists()  # (a plan of the old artifact's tables went with it)
+
+
+def test_json_with_an_integer_past_pythons_digit_limit_is_not_valid_json(base, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"format": "lowprec-plan", "version": 1' + ', "x": 1' + "0" * 5000 + "}")
+    r = run("convert", "--model", base / "model", "--plan", plan, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "not valid JSON" in r.output and "Traceback" not in r.output, r.output

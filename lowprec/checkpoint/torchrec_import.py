@@ -238,7 +238,7 @@ def resolve_feature_order(features: list[str], feature_order: list[str] | None,
     if feature_order is None and "sparse_feature_names" in metadata:
         try:
             feature_order = [str(x) for x in json.loads(metadata["sparse_feature_names"])]
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise InputError(f"{where}: metadata sparse_feature_names is not a JSON list ({exc})") from exc
         source = "safetensors metadata"
     if feature_order is None:

@@ -22,7 +22,7 @@ from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import parse_window_option
 from lowprec.data.dataset import DatasetMeta
 from lowprec.data.movielens import prepare_movielens
-from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows
+from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows, check_inputs
 from lowprec.data.latent import synth_config
 from lowprec.data.synth import DRIFTS
 from lowprec.fileio import atomic_dir
@@ -215,6 +215,8 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
     read = {"max_bad_rows": None if max_bad_rows < 0 else max_bad_rows, "report": _reporter(shown),
             "show_bad_rows": shown, **kwargs}
     dist.check_same(sources)
+    if fmt != "movielens":  # files, each named plainly (a directory, a FIFO), before the output is claimed
+        check_inputs([Path(p) for p in paths])
     if not dist.is_main():  # a reading rank: its share of the input, into rank 0's output (lowprec.data.parts)
         func(root=None, **read)
         return

@@ -39,8 +39,8 @@ def shard(artifact, ranks, calib_path, allow_calibration_mismatch, as_json):
     from lowprec.calibrate import load_calibration
     from lowprec.checkpoint.artifact import read_manifest
     from lowprec.checkpoint.convert import check_calibration_model
-    from lowprec.fileio import sha256_file
-    from lowprec.serve.sharded import plan_shards, save_shard_plan
+    from lowprec.fileio import add_entries, sha256_file
+    from lowprec.serve.sharded import PLAN_FILE, plan_shards, save_shard_plan
 
     manifest = read_manifest(artifact)
     calibration = load_calibration(calib_path) if calib_path else None
@@ -50,6 +50,7 @@ def shard(artifact, ranks, calib_path, allow_calibration_mismatch, as_json):
     counts = calibration["row_counts"] if calibration is not None else None
     plan = plan_shards(manifest, sha256_file(artifact / "manifest.json"), ranks, counts)
     path = save_shard_plan(plan, artifact)
+    add_entries(artifact, [PLAN_FILE])  # lowprec's own: a later convert --out may replace the artifact
     if as_json:
         emit_json({"shard_plan": str(path), **plan.to_json()})
         return
