@@ -247,3 +247,22 @@ def test_a_read_only_output_directory(base, tmp_path):
                      "--out", ro / "c.json"]):
             r = run(*cmd)
             assert r.exit_code == 2 and "Read-only file system" in r.output and str(ro) in r.output, (cmd, r.output)
+
+
+def test_a_bug_exits_4_in_one_line_never_1_which_drift_means_as_an_alarm(monkeypatch, tmp_path):
+    """An unexpected exception inside a command (a lowprec bug) is not an alarm for a cron job
+    reading drift's exit code: exit 4, one line naming the exception and where; LOWPREC_DEBUG=1
+    adds the traceback."""
+    from lowprec.cli import data as data_cli
+
+    def broken(*a, **k):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(data_cli, "synth_config", broken)
+    r = run("data", "synth", "--out", tmp_path / "x", "--windows", "1", "--rows-per-window", "10")
+    assert r.exit_code == 4, r.output
+    assert "internal error, a bug in lowprec: KeyError: 'boom' at " in r.output and "LOWPREC_DEBUG=1" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "x").exists()
+    monkeypatch.setenv("LOWPREC_DEBUG", "1")
+    r = run("data", "synth", "--out", tmp_path / "x", "--windows", "1", "--rows-per-window", "10")
+    assert r.exit_code == 4 and "Traceback" in r.output

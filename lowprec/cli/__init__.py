@@ -10,9 +10,11 @@ permission denied: `errors.USER_ERRNOS`), naming the file; the messages are list
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import click
@@ -55,10 +57,32 @@ class LowprecGroup(click.Group):
             from lowprec.errors import USER_ERRNOS, os_error
 
             if exc.errno not in USER_ERRNOS:
-                raise
+                raise InternalError(exc) from exc
             raise BadInput(str(os_error(exc, exc.filename or "an output"))) from exc
         except dist.DistributedError as exc:
             raise RankFailed(f"{type(exc).__name__}: {exc}") from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # a bug: never exit 1, which `drift` means as an alarm
+            raise InternalError(exc) from exc
+
+
+class InternalError(_JobError):
+    """An unexpected exception, i.e. a bug in lowprec: exit code 4 (never 1, a drift alarm), one
+    line naming the exception and where it was raised; LOWPREC_DEBUG=1 prints the traceback too."""
+
+    exit_code = 4
+
+    def __init__(self, exc: BaseException):
+        import traceback
+
+        frames = traceback.extract_tb(exc.__traceback__)
+        ours = [f for f in frames if "lowprec" in f.filename] or frames
+        where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+        if os.environ.get("LOWPREC_DEBUG") == "1":
+            traceback.print_exception(exc, file=sys.stderr)
+        super().__init__(f"internal error, a bug in lowprec: {type(exc).__name__}: {exc}{where} (exit 4; set "
+                         f"LOWPREC_DEBUG=1 for the traceback, and please report it with the command)")
 
 
 def _show_warning(fallback: Any) -> Any:
@@ -88,7 +112,8 @@ def main(ctx: click.Context, nproc: int) -> None:
     """lowprec: serve DLRM-style recommendation models in low precision.
 
     Typical flow: `data synth|prepare` -> `train` -> `calibrate` -> `search` -> `convert` ->
-    `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input.
+    `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input, 3 a
+    data-parallel rank failed, 4 internal error (a bug).
     """
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
     parallel = nproc > 1 or dist.env_world_size() > 1
