@@ -34,7 +34,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
 from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode
 from torch import nn
 
-from lowprec.data.ids import FeatureIds
+from lowprec.data.ids import FeatureIds, IdOutOfRange
 from lowprec.errors import InputError
 from lowprec.graph import DLRMGraph
 from lowprec.model.config import DLRMConfig
@@ -62,8 +62,7 @@ class TableServing:
     groups: tuple[tuple[int, ...], ...]
 
 
-class IdOutOfRange(InputError):
-    """An id outside its table (the eager runtime's error; TorchScript raises it as RuntimeError)."""
+__all__ = ["IdOutOfRange", "QuantizedDLRM", "QuantizedEmbeddings"]
 
 
 def default_rows(tables: list[PhysicalTable], features: list[Feature],
