@@ -16,7 +16,8 @@ bag's valid ids.
 Ids enter as any integer array; each must fit int32 (FBGEMM's index type). Building the layout from
 a wider or non-integer array checks every id first (int32 input, the loader's, needs no pass), so
 2**32 + 5 never wraps into id 5, 2**32 - 1 into a -1 pad, nor 1.5 into id 1: `IdOutOfRange` names
-the table, the id and its batch row.
+the table, the id and its batch row. `FeatureIds.check` validates a hand-built FeatureIds' layout
+where it enters the runtime (dtypes, sizes, the fixed-slot offsets).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 class IdOutOfRange(InputError):
     """An id outside its table, or not an int32 integer (the CLI's exit 2; TorchScript raises it as
     RuntimeError)."""
+
+
+class BadFeatureIds(InputError, ValueError):
+    """A FeatureIds whose layout is not the one the runtime reads (dtypes, sizes, offsets)."""
 
 
 @lru_cache(maxsize=16)
@@ -67,6 +72,26 @@ class FeatureIds:
         `IdOutOfRange` naming the table (`names[t]`, or its index), the id and its batch row)."""
         return TableMajor(np.asarray(sparse), hotness, names=names).take(slice(None))
 
+    def check(self) -> None:
+        """Raise `BadFeatureIds` unless this is the layout `from_matrix` builds: int32 indices of
+        batch * sum(hotness) ids, int32 offsets of the fixed-slot bags. O(1) for the loader's
+        offsets (the shared `bag_offsets`), else one compare over T * batch + 1 offsets."""
+        n, want = self.batch * sum(self.hotness), len(self.hotness) * self.batch + 1
+        idx, off = self.indices, self.offsets
+        if idx.dtype != torch.int32 or idx.dim() != 1 or idx.numel() != n or not idx.is_contiguous():
+            raise BadFeatureIds(f"FeatureIds indices are {idx.dtype} of shape {tuple(idx.shape)}; a batch of "
+                                f"{self.batch} over hotness {list(self.hotness)} needs int32 ({n},) "
+                                f"(build them with FeatureIds.from_matrix)")
+        if off.dtype != torch.int32 or off.dim() != 1 or off.numel() != want:
+            raise BadFeatureIds(f"FeatureIds offsets are {off.dtype} of shape {tuple(off.shape)}; a batch of "
+                                f"{self.batch} over {len(self.hotness)} tables needs int32 ({want},)")
+        ref = bag_offsets(self.batch, self.hotness)
+        if off.data_ptr() != ref.data_ptr() and not torch.equal(off, ref):
+            bag = int((off != ref).nonzero()[0, 0])
+            raise BadFeatureIds(f"FeatureIds offsets[{bag}] is {int(off[bag])}, not {int(ref[bag])}: the runtime "
+                                f"reads fixed-slot bags (table t's bags hold hotness[t] slots, -1 pads); build "
+                                f"them with FeatureIds.from_matrix")
+
     def table(self, t: int) -> torch.Tensor:
         """Table t's ids as a (B, hotness[t]) int32 view."""
         start = self.batch * sum(self.hotness[:t])
@@ -87,8 +112,8 @@ class TableMajor:
                  names: tuple[str, ...] | None = None):
         rows, self.hotness = sparse.shape[0], tuple(hotness)
         if sparse.ndim != 2 or sparse.shape[1] != sum(self.hotness):
-            raise InputError(f"id matrix of shape {sparse.shape}; hotness {list(self.hotness)} reads "
-                             f"(batch, {sum(self.hotness)}) ids")
+            raise BadFeatureIds(f"id matrix of shape {sparse.shape}; hotness {list(self.hotness)} reads "
+                                f"(batch, {sum(self.hotness)}) ids")
         if sparse.dtype.kind not in "iu" or not np.can_cast(sparse.dtype, np.int32, "safe"):  # int64, floats, ...
             _check_int32(sparse, self.hotness, names, block_rows)
         if len(set(self.hotness)) == 1:  # one (T, rows, h) array
