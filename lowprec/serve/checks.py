@@ -18,6 +18,7 @@ from typing import List
 
 import torch
 
+from lowprec.data.ids import IdOutOfRange
 from lowprec.errors import InputError
 
 
@@ -66,6 +67,11 @@ def check_id_matrix(sparse: torch.Tensor, slots: int) -> int:
     return int(sparse.shape[0])
 
 
+def column_names(names: List[str], n: int) -> List[str]:
+    """The dense columns' names for messages: the model's, else dense_0, dense_1, ..."""
+    return list(names) if len(names) == n else ["dense_" + str(i) for i in range(n)]
+
+
 def check_dense(dense: torch.Tensor, batch: int, names: List[str]) -> torch.Tensor:
     """The (batch, n_dense) finite dense features as float32 (n_dense = len(names)); `batch` is the
     ids' batch size. One sum; the first NaN/Inf is located only when it is not finite."""
@@ -94,3 +100,14 @@ def out_of_range(name: str, value: int, row: int, rows: int) -> str:
     """The message of an id outside its table (the runtime, its export and `kjt_from_ids` say it alike)."""
     return ("table '" + name + "': id " + str(value) + " (batch row " + str(row) + ") is out of range; the "
             "table has " + str(rows) + " rows (ids 0.." + str(rows - 1) + ", -1 pads)")
+
+
+def check_matrix_bounds(sparse: torch.Tensor, slot_rows: torch.Tensor, slot_table: List[int],
+                        names: List[str]) -> None:
+    """Every id of the (B, slots) matrix is -1 or below its slot's table rows (`slot_rows`, (slots,)):
+    two compares over the matrix, located only on failure (the sharded runtime's check; the
+    unsharded one checks its table-major ids in `QuantizedEmbeddings.check_flat`)."""
+    bad = (sparse >= slot_rows) | (sparse < -1)
+    if bool(bad.any()):
+        b, j = (int(x) for x in bad.nonzero()[0])
+        raise IdOutOfRange(out_of_range(names[slot_table[j]], int(sparse[b, j]), b, int(slot_rows[j])))

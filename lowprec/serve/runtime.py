@@ -46,7 +46,7 @@ from lowprec.graph import DLRMGraph
 from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
 from lowprec.serve import tier_native
-from lowprec.serve.checks import BadServingInput, check_dense, check_id_matrix, out_of_range
+from lowprec.serve.checks import BadServingInput, check_dense, check_id_matrix, column_names, out_of_range
 from lowprec.serve.forms import Feature
 from lowprec.serve.tables import table_codec
 from lowprec.serve.transforms import KEEPS_PADS, build_transform
@@ -363,7 +363,7 @@ class QuantizedDLRM(DLRMGraph):
                          len(config.tables))
         self.config = config
         self.embeddings = embeddings
-        self.dense_names = dense_names(config)
+        self.dense_names = column_names(list(config.dense_names), config.dense_in)
         for p in self.parameters():  # serving only: no autograd graph on the outputs
             p.requires_grad_(False)
 
@@ -377,8 +377,3 @@ class QuantizedDLRM(DLRMGraph):
                  else check_id_matrix(sparse, self.embeddings.n_slots))
         return self.logits(check_dense(dense, batch, self.dense_names), self.pooled(sparse))
 
-
-def dense_names(config: DLRMConfig) -> List[str]:
-    """The dense columns' names for messages (the model's, else dense_0, dense_1, ...)."""
-    names = list(config.dense_names)
-    return names if len(names) == config.dense_in else [f"dense_{i}" for i in range(config.dense_in)]

@@ -14,7 +14,7 @@ import torch
 from helpers import trained_tiny
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
-from lowprec.data.ids import BadFeatureIds, FeatureIds
+from lowprec.data.ids import BadFeatureIds, FeatureIds, IdOutOfRange
 from lowprec.errors import InputError
 from lowprec.plan import Plan
 from lowprec.precision import Precision
@@ -37,6 +37,7 @@ def served(tmp_path_factory):
         convert(root / "model", Plan.uniform(Precision.INT4, layers), art)
         export_torchscript(art)
         out[layers.value] = (load_artifact(art)[0], load_torchscript(art))
+    out["root"] = root
     return out
 
 
@@ -121,3 +122,29 @@ def test_hand_built_feature_ids_are_checked_where_they_enter(served):
     with pytest.raises(BadServingInput, match=r"the ids hold 6 rows"):
         model(dense[:5], good)
     assert torch.equal(model(dense, FeatureIds(good.indices, good.offsets.clone(), 6, HOTNESS)), want)
+
+
+def test_sharded_runtime_refuses_the_same_inputs_before_any_collective(served):
+    """ShardedEmbeddings routed an id past its table's end to no shard: it was dropped like a pad.
+    Refusals come before the all_to_all, so a one-rank plan needs no process group here."""
+    from lowprec.checkpoint.artifact import read_manifest
+    from lowprec.serve.sharded import load_sharded, plan_shards
+
+    art = served["root"] / "art-int8"
+    sharded = load_sharded(art, plan_shards(read_manifest(art), "x", 1))
+    dense, ids = batch()
+    bad = ids.clone()
+    bad[2, 4] = 8
+    with pytest.raises(IdOutOfRange, match=r"table 't2': id 8 \(batch row 2\) is out of range; the table has 8 rows"):
+        sharded(dense, bad)
+    bad[2, 4], bad[3, 0] = 0, 50  # the hashed table: its transform would wrap 50 into range
+    with pytest.raises(IdOutOfRange, match=r"table 't0': id 50 \(batch row 3\)"):
+        sharded(dense, bad)
+    nan = dense.clone()
+    nan[1, 3] = float("nan")
+    for d, i, match in ((nan, ids, r"dense feature 'd3' \(column 3\), batch row 1, is nan"),
+                        (dense[:4], ids, r"the ids hold 6 rows"), (dense, ids.float(), "ids are floating-point"),
+                        (dense, ids[:, :4], r"id matrix of shape \(6, 4\)")):
+        with pytest.raises(BadServingInput, match=match):
+            sharded(d, i)
+    assert not any(p.requires_grad for p in sharded.parameters())
