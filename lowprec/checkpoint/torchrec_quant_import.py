@@ -15,7 +15,9 @@ Inputs (safetensors only; nothing is unpickled):
   since rows alone do not say their data type.
 
 Each dataset feature is served by the table whose `feature_names` hold it (or, failing that, the
-table named `t_{feature}` / `{feature}`); as in the float import, a table serving no dataset feature
+table listing no feature_names named `t_{feature}` / `{feature}`); the config is type-checked key by
+key and its redundant keys checked against the weights (lowprec.checkpoint.torchrec_quant_config); as
+in the float import, a table serving no dataset feature
 and a key nothing reads are refused, naming the file. The interaction's columns follow the EBC's
 feature order, permuted into dataset order as the float import does. The rows are copied as they are: the
 artifact's runtime computes exactly what the TorchRec model computes, so `lowprec compare`,
@@ -34,6 +36,8 @@ import torch
 import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, load_artifact
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
+from lowprec.checkpoint.torchrec_quant_config import (check_arch, check_feature_names, check_hotness, check_layer,
+                                                      check_layers, check_tables)
 from lowprec.checkpoint.torchrec_import import (_strip_wrappers, import_config, interaction_permutation, listed,
                                                 read_safetensors, refuse_unexpected)
 from lowprec.data.dataset import DatasetMeta
@@ -86,7 +90,8 @@ def _tables_by_feature(features: list[str], tables: list[dict[str, Any]], where:
     names = {t["name"]: t for t in tables}
     for f in features:
         owners = [t for t in tables if f in t.get("feature_names", [])]
-        owners = owners or [names[n] for n in (f"t_{f}", f) if n in names]
+        # by name only tables that list no feature_names (a table listing others serves those)
+        owners = owners or [names[n] for n in (f"t_{f}", f) if n in names and "feature_names" not in names[n]]
         if len(owners) != 1:
             raise InputError(f"{where}: dataset feature {f!r} is served by "
                              f"{[t['name'] for t in owners] or 'no table'} (tables and their feature_names: "
@@ -163,11 +168,19 @@ def _layer_tensors(module: str, parts: dict[str, torch.Tensor], where: str) -> t
     if w is None or b is None or w.dim() != 2 or b.shape != (w.shape[0],):
         raise InputError(f"{where}: layer {module} needs weight (out, in) and bias (out,); got "
                          f"{ {k: tuple(v.shape) for k, v in parts.items()} }")
+    for key in ("bias", "weight_scale"):  # an int64 bias was cast silently
+        if key in parts and parts[key].dtype not in (torch.float32, torch.float16):
+            raise InputError(f"{where}: layer {module}.{key} is {parts[key].dtype}; expected float32 (or float16)")
     if "weight_scale" in parts:
         s = parts["weight_scale"].float().reshape(-1)
         if w.dtype != torch.int8 or s.shape != (w.shape[0],) or not (torch.isfinite(s).all() and (s > 0).all()):
             raise InputError(f"{where}: int8 layer {module} needs int8 weight codes and one positive "
                              f"finite weight_scale per output channel")
+        over = (~torch.isfinite(w.float().abs().amax(dim=1) * s)).nonzero()  # code x scale = the weight
+        if over.numel():
+            c = int(over[0, 0])
+            raise InputError(f"{where}: int8 layer {module}: output channel {c}'s weight_scale {float(s[c]):g} "
+                             f"times its codes overflows float32 (the served weights would be Inf)")
         tensors = {"weight": w, "scale": s, "bias": b.float()}
         precision = Precision.INT8
     elif w.dtype in (torch.float32, torch.float16):
@@ -210,8 +223,11 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
             meta: DatasetMeta, out: str | Path) -> dict[str, Any]:
     ebc, found, cfg = read_inputs(ebc_path, dense_path, config_path)
     where, features = str(ebc_path), meta.sparse_names
+    check_tables(cfg, features, str(config_path))
     owners = _tables_by_feature(features, cfg["tables"], str(config_path))
     _unused_tables(ebc, owners, cfg["tables"], features, ebc_path, config_path)
+    check_feature_names(cfg["tables"], features, str(config_path))
+    check_hotness(owners, {f.name: f.hotness for f in meta.sparse}, str(config_path))
     dims = {int(t["embedding_dim"]) for t in cfg["tables"]}
     if len(dims) != 1:
         raise InputError(f"{config_path}: tables have dims {sorted(dims)}; TorchRec's DLRM uses one")
@@ -228,8 +244,9 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
                          f"interaction needs them equal)")
     config = import_config(meta, dim, [widths[m] for m in bottom], [widths[m] for m in top[:-1]],
                            f"{config_path}, {dense_where}")
-    qparams = {x.get("module"): x.get("input_qparams") for x in cfg.get("layers", []) if isinstance(x, dict)}
-    qmaxes = {x.get("module"): x.get("input_qmax") for x in cfg.get("layers", []) if isinstance(x, dict)}
+    check_arch(cfg, meta.dense_names, dim, [widths[m] for m in bottom], [widths[m] for m in top],
+               str(config_path), dense_where)
+    layer_cfg = check_layers(cfg, {m: n for n, m in layers.items()}, str(config_path))
     perm = interaction_permutation(dim, features, _feature_order(features, owners, cfg["tables"]))
     with atomic_dir(out, "artifact") as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
@@ -245,13 +262,15 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
                                      f"tables of dim {dim} needs {(want[1], want[0])}")
                 if name == "top.0":
                     tensors["weight"] = tensors["weight"][:, perm]
-                qp = qparams.get(module)
+                check_layer(layer_cfg[module], module, precision.value, str(config_path), dense_where)
+                qp = layer_cfg[module].get("input_qparams")
                 nbytes = sum(writer.add(f"layers.{name}.{k}", t.contiguous()) for k, t in tensors.items())
                 entries[name] = {"precision": precision.value, "in": want[0], "out": want[1], "bytes": nbytes,
                                  "input_range": None,
                                  "input_qparams": [float(qp[0]), int(qp[1])] if qp and precision == Precision.INT8 else None}
-                if precision == Precision.INT8 and qmaxes.get(module) is not None:  # (none: an older
-                    entries[name]["input_qmax"] = qmaxes[module]  # export, served at 255 as it was)
+                qmax = layer_cfg[module].get("input_qmax")  # (none: an older export, served at 255 as it was;
+                if precision == Precision.INT8 and qmax is not None:  # the artifact's validation checks it)
+                    entries[name]["input_qmax"] = qmax
             writer.close()
         manifest = _manifest(config, tables, entries, ebc_path, dense_path, config_path)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}

@@ -7,6 +7,10 @@ any precision) exports and computes exactly what the runtime computes:
 
     forward(dense: float32 (B, n_dense), sparse: int (B, slots), -1 pads) -> logits (B,)
 
+It checks its inputs as the runtime does (lowprec.serve.checks, the id bounds of
+`QuantizedEmbeddings`): a wrong shape, a batch mismatch, float or bool ids, a NaN/Inf dense feature
+or an id outside its table raise (torch.jit.Error) with the runtime's message.
+
 Consumers load with `import torch, fbgemm_gpu` then `torch.jit.load(path)` (set
 `torch.backends.quantized.engine = "fbgemm"` as lowprec does).
 
@@ -18,7 +22,7 @@ a crash leaves the old, valid artifact. Export checks the saved module against t
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, List, Tuple
 
 import torch
 
@@ -27,6 +31,7 @@ from lowprec.checkpoint.artifact import MANIFEST, load_artifact, read_manifest
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_dir, sha256_file, write_json
 from lowprec.graph import DLRMGraph
+from lowprec.serve.checks import check_dense, check_id_matrix
 from lowprec.serve.runtime import QuantizedDLRM, QuantizedEmbeddings
 
 TORCHSCRIPT = "model.torchscript.pt"
@@ -37,12 +42,16 @@ CHECK_TOLERANCE = 1e-4
 class ServingDLRM(DLRMGraph):
     """The runtime's graph with its embeddings and layers, taking the id matrix (scriptable)."""
 
+    dense_names: List[str]
+
     def __init__(self, runtime: QuantizedDLRM):
         super().__init__(list(runtime.bottom), list(runtime.top), runtime.embeddings.n_tables)
         self.embeddings: QuantizedEmbeddings = runtime.embeddings
+        self.dense_names = list(runtime.dense_names)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.logits(dense, self.embeddings(sparse))
+        batch = check_id_matrix(sparse, self.embeddings.n_slots)  # the runtime's checks, in its order
+        return self.logits(check_dense(dense, batch, self.dense_names), self.embeddings(sparse))
 
 
 def scriptable(runtime: QuantizedDLRM) -> ServingDLRM:

@@ -20,6 +20,12 @@ transform, with one max per table and one global min per call (the TBE itself ru
 check sees physical ids after hashing, which wrap silently); a bad id raises `IdOutOfRange` naming
 the table, the id, its batch row and the table's rows. The check is scripted with the module, so the
 TorchScript export refuses bad ids with the same message.
+
+Inputs: both entry points take only integer ids (`checks.check_id_matrix`: the (B, slots) matrix of
+an integer dtype; `FeatureIds.check`: the fixed-slot int32 layout), and `QuantizedDLRM` the
+(B, n_dense) finite dense features of the same batch (`checks.check_dense`), as the TorchScript
+export does: a bad input raises `BadServingInput` naming the shape, batch sizes or column and row.
+Serving modules hold no parameter that requires grad, so outputs carry no autograd graph.
 """
 
 
@@ -34,12 +40,13 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
 from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode
 from torch import nn
 
-from lowprec.data.ids import FeatureIds
+from lowprec.data.ids import FeatureIds, IdOutOfRange
 from lowprec.errors import InputError
 from lowprec.graph import DLRMGraph
 from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
 from lowprec.serve import tier_native
+from lowprec.serve.checks import BadServingInput, check_dense, check_id_matrix, column_names, out_of_range
 from lowprec.serve.forms import Feature
 from lowprec.serve.tables import table_codec
 from lowprec.serve.transforms import KEEPS_PADS, build_transform
@@ -62,8 +69,7 @@ class TableServing:
     groups: tuple[tuple[int, ...], ...]
 
 
-class IdOutOfRange(InputError):
-    """An id outside its table (the eager runtime's error; TorchScript raises it as RuntimeError)."""
+__all__ = ["IdOutOfRange", "BadServingInput", "QuantizedDLRM", "QuantizedEmbeddings"]
 
 
 def default_rows(tables: list[PhysicalTable], features: list[Feature],
@@ -91,6 +97,7 @@ class QuantizedEmbeddings(nn.Module):
     native_split: bool
     one_gather_pool: bool
     n_features: int
+    n_slots: int
 
     def __init__(self, dim: int, tables: list[PhysicalTable], features: list[Feature],
                  serving: list[TableServing], buffers: dict[str, torch.Tensor] | None = None,
@@ -116,6 +123,7 @@ class QuantizedEmbeddings(nn.Module):
         self.id_maps = nn.ModuleList(build_transform(f.transform, buffers or {}, f"feature {i}")
                                      for i, f in enumerate(features))
         self.hotness = [s.hotness for s in serving]
+        self.n_slots = sum(self.hotness)
         owner = {f: t for t, s in enumerate(serving) for g in s.groups for f in g}
         self.feature_table = [owner[f] for f in range(len(features))]
         # Padded path: every transform maps -1 (and ids not in its table, as a tier's) to -1 and
@@ -175,9 +183,7 @@ class QuantizedEmbeddings(nn.Module):
         bad = ((ids >= rows) | (ids < -1)).nonzero()
         b = int(bad[0, 0])
         value = int(ids[b, int(bad[0, 1])])
-        msg = ("table '" + self.names[t] + "': id " + str(value) + " (batch row " + str(b)
-               + ") is out of range; the table has " + str(rows) + " rows (ids 0.." + str(rows - 1)
-               + ", -1 pads)")
+        msg = out_of_range(self.names[t], value, b, rows)
         if torch.jit.is_scripting():
             raise RuntimeError(msg)
         raise IdOutOfRange(msg)
@@ -208,8 +214,8 @@ class QuantizedEmbeddings(nn.Module):
         return low
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
-        """(B, slots) id matrix, -1 pads -> pooled (B, T, D)."""
-        b = sparse.shape[0]
+        """(B, slots) integer id matrix, -1 pads -> pooled (B, T, D)."""
+        b = check_id_matrix(sparse, self.n_slots)
         tables = torch.split(sparse, self.hotness, dim=1)
         flat = torch.cat([t.reshape(-1) for t in tables])  # table-major, before any cast
         low = self.check_flat(flat, b)
@@ -315,12 +321,19 @@ class QuantizedEmbeddings(nn.Module):
             cols.append(torch.where(x >= 0, maps[t].long()[x.clamp(min=0)], -1) if t in maps else x)
         return FeatureIds.from_matrix(torch.cat(cols, 1).numpy(), ids.hotness)
 
+    @torch.jit.unused
+    def check_ids(self, ids: FeatureIds) -> int:
+        """A FeatureIds this model reads (its hotness, the fixed-slot int32 layout); returns its batch."""
+        if list(ids.hotness) != self.hotness:
+            raise BadServingInput(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
+                                  f"this model serves {len(self.hotness)} with {self.hotness}")
+        ids.check()
+        return ids.batch
+
     def lookup_ids(self, ids: FeatureIds, ranked: bool = False) -> torch.Tensor:
         """The same lookup from ids already in FBGEMM's layout (the data loader builds them);
         `ranked`: rank-ordered tiered tables get ranks, not ids (lowprec.serve.tiers)."""
-        if list(ids.hotness) != self.hotness:
-            raise ValueError(f"ids hold {len(ids.hotness)} tables with hotness {list(ids.hotness)}; "
-                             f"this model serves {len(self.hotness)} with {self.hotness}")
+        self.check_ids(ids)
         if self.dense_ids:  # every table one identity feature: the ids are the TBE's input as they are
             low = self.check_flat(ids.indices, ids.batch)
             if self.simple or low >= 0:  # (FP8 kernels cannot skip pads: only a call without any)
@@ -350,14 +363,17 @@ class QuantizedDLRM(DLRMGraph):
                          len(config.tables))
         self.config = config
         self.embeddings = embeddings
+        self.dense_names = column_names(list(config.dense_names), config.dense_in)
+        for p in self.parameters():  # serving only: no autograd graph on the outputs
+            p.requires_grad_(False)
 
     def pooled(self, sparse: torch.Tensor | FeatureIds) -> torch.Tensor:
         if isinstance(sparse, FeatureIds):
             return self.embeddings.lookup_ids(sparse)
-        if sparse.dim() != 2 or sparse.shape[1] != sum(self.embeddings.hotness):
-            raise ValueError(f"id matrix of shape {tuple(sparse.shape)}; this model reads "
-                             f"(batch, {sum(self.embeddings.hotness)}) ids")
-        return self.embeddings(sparse)
+        return self.embeddings(sparse)  # checks the matrix (shape, integer dtype, bounds)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor | FeatureIds) -> torch.Tensor:
-        return self.logits(dense, self.pooled(sparse))
+        batch = (self.embeddings.check_ids(sparse) if isinstance(sparse, FeatureIds)
+                 else check_id_matrix(sparse, self.embeddings.n_slots))
+        return self.logits(check_dense(dense, batch, self.dense_names), self.pooled(sparse))
+

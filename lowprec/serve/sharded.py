@@ -16,6 +16,11 @@ all_to_all_single (lengths, ids, weights) -> the owner's TBE pools its bags for 
 all_to_all_single back -> partial pools of a split table summed -> per logical table as the
 unsharded runtime combines features. Table-wise pieces give the unsharded runtime's numbers
 exactly; a table split by id range adds its partial sums in another order (fp32 rounding).
+
+Inputs are checked as the unsharded runtime checks them (lowprec.serve.checks), before any
+collective: an id matrix of another shape or a float dtype, dense features of another shape or
+batch or holding NaN/Inf, and ids outside their table (which routing used to drop like pads) raise
+on the rank that was handed them, naming the place.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file, write_json
 from lowprec.graph import DLRMGraph
 from lowprec.precision import Precision
+from lowprec.serve.checks import check_dense, check_id_matrix, check_matrix_bounds, column_names
 from lowprec.serve.tables import table_codec
 from lowprec.serve.tiers import TierSpec, rank_tiers
 from lowprec.serve.transforms import build_transform
@@ -192,6 +198,10 @@ class ShardedEmbeddings(nn.Module):
         phys = {t["key"]: t for t in manifest["physical_tables"]}
         self.features = [(f["table"], f["transform"]) for f in manifest["features"]]
         self.hotness = [int(s["hotness"]) for s in manifest["serving"]]
+        self.names = [s["name"] for s in manifest["serving"]]
+        rows = [int(t["num_embeddings"]) for t in manifest["model"]["tables"]]
+        self.slot_table = [t for t, h in enumerate(self.hotness) for _ in range(h)]
+        self.slot_rows = torch.tensor([rows[t] for t in self.slot_table], dtype=torch.int64)
         self.groups = [[list(g) for g in s["groups"]] for s in manifest["serving"]]
         owner = {f: t for t, s in enumerate(manifest["serving"]) for g in s["groups"] for f in g}
         self.feature_table = [owner[f] for f in range(len(self.features))]
@@ -242,7 +252,8 @@ class ShardedEmbeddings(nn.Module):
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         """(B, slots) ids of this rank's rows -> pooled (B, T, D); a collective: call on every rank."""
-        b = sparse.shape[0]
+        b = check_id_matrix(sparse, len(self.slot_table))
+        check_matrix_bounds(sparse, self.slot_rows, self.slot_table, self.names)
         routed = self._route(sparse)
         counts = torch.tensor([[b, int(sum(i.numel() for i in idx))] for _, idx, _ in routed], dtype=torch.int64)
         got = _a2a(counts.reshape(-1), [2] * self.world, [2] * self.world).view(self.world, 2)
@@ -308,8 +319,12 @@ class ShardedDLRM(DLRMGraph):
                          [layers[f"top.{i}"] for i in range(len(config.top_mlp) + 1)], len(config.tables))
         self.config = config
         self.embeddings = embeddings
+        self.dense_names = column_names(list(config.dense_names), config.dense_in)
+        for p in self.parameters():
+            p.requires_grad_(False)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        dense = check_dense(dense, check_id_matrix(sparse, len(self.embeddings.slot_table)), self.dense_names)
         return self.logits(dense, self.embeddings(sparse))
 
 

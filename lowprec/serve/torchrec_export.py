@@ -42,7 +42,9 @@ from safetensors.torch import save_file
 
 from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact
 from lowprec.errors import InputError
+from lowprec.data.ids import IdOutOfRange
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
+from lowprec.serve.checks import check_id_matrix, out_of_range
 from lowprec.serve.export import _link_or_copy, example_batch
 from lowprec.serve.runtime import QuantizedDLRM
 
@@ -228,12 +230,24 @@ def check_against_runtime(folder: Path, runtime: QuantizedDLRM) -> bool:
 
 
 def kjt_from_ids(sparse: torch.Tensor, config: dict[str, Any]):
-    """lowprec's (B, slots) id matrix (-1 pads) as the KeyedJaggedTensor TorchRec's DLRM reads."""
+    """lowprec's (B, slots) id matrix (-1 pads) as the KeyedJaggedTensor TorchRec's DLRM reads.
+
+    The ids are checked as lowprec's runtime checks them (an integer (B, slots) matrix; every id -1
+    or in 0..num_embeddings-1 of its table, two compares per table): an id below -1 used to be
+    dropped as a pad, and one past its table's end served row 0 in FBGEMM with a log line; both
+    raise IdOutOfRange naming the table, the id and its batch row."""
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     keys, values, lengths = [], [], []
-    cols = torch.split(sparse.long(), [t["hotness"] for t in config["tables"]], dim=1)
+    hotness = [int(t["hotness"]) for t in config["tables"]]
+    check_id_matrix(sparse, sum(hotness))
+    cols = torch.split(sparse.long(), hotness, dim=1)
     for t, ids in zip(config["tables"], cols):
+        rows = int(t["num_embeddings"])
+        bad = (ids >= rows) | (ids < -1)
+        if bool(bad.any()):
+            b, j = (int(x) for x in bad.nonzero()[0])
+            raise IdOutOfRange(out_of_range(t["name"], int(ids[b, j]), b, rows))
         valid = ids >= 0
         keys.extend(t["feature_names"])
         values.append(ids[valid])  # row-major: sample by sample within a key

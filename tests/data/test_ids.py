@@ -10,7 +10,7 @@ from lowprec.checkpoint.convert import convert
 from lowprec.checkpoint.float_model import save_float_model
 from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
-from lowprec.data.ids import FeatureIds
+from lowprec.data.ids import FeatureIds, IdOutOfRange
 from lowprec.evaluation.scoring import evaluate
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
@@ -111,3 +111,37 @@ def test_runtime_rejects_ids_of_another_layout(artifact):
         runtime(batch.dense, wrong)
     with pytest.raises(ValueError, match="shape"):
         runtime(batch.dense, batch.sparse[:, :5])
+
+
+HOTNESS = (1, 3, 1)
+
+
+# The numpy assignment into int32 cast unsafely: 2**32 + 5 became id 5, 2**32 - 1 a -1 pad, 1.5 id 1,
+# while the same matrix handed to the runtime was refused (IdOutOfRange).
+@pytest.mark.parametrize("value,table,why", [
+    (2**32 + 5, "table 1", "does not fit int32"),       # used to wrap into id 5
+    (2**32 - 1, "table 1", "does not fit int32"),       # used to become a -1 pad
+    (-(2**31) - 1, "table 1", "does not fit int32"),
+])
+def test_from_matrix_refuses_ids_beyond_int32(value, table, why):
+    ids = torch.randint(-1, 8, (6, 5), generator=torch.Generator().manual_seed(0))
+    m = ids.numpy().copy()
+    m[3, 2] = value
+    with pytest.raises(IdOutOfRange, match=rf"{table}: id {value} \(batch row 3, id column 2\) {why}"):
+        FeatureIds.from_matrix(m, HOTNESS)
+    with pytest.raises(IdOutOfRange, match=rf"table 't1': id {value} "):
+        FeatureIds.from_matrix(torch.from_numpy(m), HOTNESS, names=("t0", "t1", "t2"))
+
+
+def test_from_matrix_refuses_non_integer_ids():
+    ids = torch.randint(-1, 8, (6, 5), generator=torch.Generator().manual_seed(0))
+    m = ids.numpy().astype(np.float64)
+    m[2, 4] = 1.5
+    with pytest.raises(IdOutOfRange, match=r"table 2: id 1.5 \(batch row 2, id column 4\) is float64"):
+        FeatureIds.from_matrix(m, HOTNESS)
+    with pytest.raises(IdOutOfRange, match=r"table 0: id 1.0 .*is float64, not an integer dtype"):
+        FeatureIds.from_matrix(np.ones((2, 5)), HOTNESS)  # integral floats too: as the runtime refuses them
+    with pytest.raises(IdOutOfRange, match="ids are bool"):
+        FeatureIds.from_matrix(np.ones((2, 5), dtype=bool), HOTNESS)
+    wide = FeatureIds.from_matrix(ids.numpy().astype(np.int64), HOTNESS)  # in range: as before
+    assert torch.equal(wide.to_matrix(), ids)

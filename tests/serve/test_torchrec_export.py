@@ -220,3 +220,27 @@ def test_docs_loader_is_the_library_loader(ds, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(b.dense, kjt_from_ids(b.sparse, cfg)),
                            load_torchrec(folder)(b.dense, kjt_from_ids(b.sparse, cfg)))
+
+
+KJT_CONFIG = {"tables": [{"name": "t_t0", "feature_names": ["t0"], "num_embeddings": 50, "hotness": 1},
+                         {"name": "t_t1", "feature_names": ["t1"], "num_embeddings": 20, "hotness": 3}]}
+
+
+@pytest.mark.parametrize("col,value", [(0, 50), (0, 10**12), (2, 20), (3, -2)])
+def test_kjt_from_ids_refuses_ids_outside_their_table(col, value):
+    """An id past its table's end reached FBGEMM, which served row 0 with a log line; one below -1
+    was dropped as a pad. Both are refused as the runtime refuses them."""
+    from lowprec.serve.runtime import IdOutOfRange
+
+    ids = torch.tensor([[3, 1, -1, 19], [49, 0, 5, -1], [0, -1, -1, -1]])
+    kjt = kjt_from_ids(ids, KJT_CONFIG)  # in range: pads dropped, bags keep their ids
+    assert kjt.lengths().tolist() == [1, 1, 1, 2, 2, 0] and kjt.values().tolist() == [3, 49, 0, 1, 19, 0, 5]
+    ids[1, col] = value
+    table, rows = ("t_t0", 50) if col == 0 else ("t_t1", 20)
+    with pytest.raises(IdOutOfRange, match=rf"table '{table}': id {value} \(batch row 1\) is out of range; "
+                                           rf"the table has {rows} rows"):
+        kjt_from_ids(ids, KJT_CONFIG)
+    with pytest.raises(InputError, match=r"ids are floating-point"):
+        kjt_from_ids(ids.float(), KJT_CONFIG)
+    with pytest.raises(InputError, match=r"id matrix of shape \(3, 3\); this model reads \(batch, 4\) ids"):
+        kjt_from_ids(ids[:, :3], KJT_CONFIG)

@@ -192,9 +192,9 @@ def _edit(folder, tmp_path, cfg_edit=None, ebc_edit=None):
     (None, lambda e: e.__setitem__("embedding_bags.t_t1.weight", e["embedding_bags.t_t1.weight"][:, :4].contiguous()),
      r"table 't_t1' holds torch.uint8 of shape \(20, 4\)"),
     (None, lambda e: e.pop("embedding_bags.t_t0.weight"), "no rows for table 't_t0'"),
-    (lambda c: c["tables"][0].pop("name"), None, "not the TorchRec quantized model lowprec imports .KeyError"),
-    (lambda c: c.update(tables=[1, 2]), None, "not the TorchRec quantized model lowprec imports .TypeError"),
-    (lambda c: [x.update(input_qparams=[-1.0, 0]) for x in c["layers"]], None,
+    (lambda c: c["tables"][0].pop("name"), None, r"tables\[0\] has name None; every table needs a name"),
+    (lambda c: c.update(tables=[1, 2]), None, r"tables\[0\] is int; expected an object"),
+    (lambda c: [x.update(input_qparams=[-1.0, 0]) for x in c["layers"] if x["precision"] == "int8"], None,
      "the artifact they make would not load, so nothing was written: .*activation qparams"),
 ], ids=["fp8", "rows", "unserved", "short-rows", "missing", "no-name", "not-tables", "bad-qparams"])
 def test_bad_inputs_name_the_table(ds, exported, tmp_path, cfg_edit, ebc_edit, match):
@@ -273,4 +273,67 @@ def test_cli_shape_refusals_name_the_file(ds, exported, tmp_path, cfg_edit, dens
     res, files = _cli_edit(ds, folder, tmp_path, cfg_edit=cfg_edit, dense_edit=dense_edit)
     assert res.exit_code == 2, res.output
     assert f"{files[file]}" in res.output and re.search(match, res.output), res.output
+    assert not (tmp_path / "o").exists()
+
+
+def _set_table(i, **kv):
+    return lambda c: c["tables"][i].update(kv)
+
+
+def _set_layer(module, **kv):
+    return lambda c: [x.update(kv) for x in c["layers"] if x["module"] == module]
+
+
+def _scale(d):
+    d["dense_arch.model._mlp.0._linear.weight_scale"][3] = 1e38  # finite and positive: passed before
+
+
+BOTTOM0, TOP1 = "dense_arch.model._mlp.0._linear", "over_arch.model.0._mlp.1._linear"
+
+
+@pytest.mark.parametrize("cfg_edit,dense_edit,file,match", [
+    (None, _scale, "dense", rf"int8 layer {BOTTOM0}: output channel 3's weight_scale 1e\+38 times its codes "
+                            r"overflows float32"),
+    (None, lambda d: d.__setitem__(f"{BOTTOM0}.bias", d[f"{BOTTOM0}.bias"].long()), "dense",
+     rf"layer {BOTTOM0}\.bias is torch\.int64; expected float32"),
+    (_set_table(2, feature_names=["nope"]), None, "config",  # was matched by its name t_t2
+     r"dataset feature 't2' is served by no table"),
+    (_set_table(2, feature_names=["t2", "nope"]), None, "config",
+     r"table 't_t2' lists feature_names \['nope'\], which are not features of the dataset"),
+    (_set_table(2, feature_names="t2"), None, "config", r"table 't_t2' has feature_names 't2'; expected a non-empty list"),
+    (_set_table(0, feature_names="t0t1"), None, "config", r"table 't_t0' has feature_names 't0t1'"),  # was a substring
+    (_set_table(1, num_embeddings="20"), None, "config", r"table 't_t1' num_embeddings is '20'; it must be an integer"),
+    (_set_table(1, num_embeddings=20.0), None, "config", r"table 't_t1' num_embeddings is 20\.0; it must be an integer"),
+    (_set_table(1, embedding_dim="8"), None, "config", r"table 't_t1' embedding_dim is '8'"),
+    (_set_table(1, hotness=0), None, "config", r"table 't_t1' hotness is 0; it must be an integer >= 1"),
+    (_set_table(1, hotness=1), None, "config", r"table 't_t1' has hotness 1 but dataset feature 't1' has 3 ids a row"),
+    (_set_table(0, weight_dtype="qint8"), None, "config", r"table 't_t0' has weight_dtype 'qint8' but data_type 'INT4'"),
+    (_set_table(0, range_method="best"), None, "config", r"table 't_t0' has range_method 'best'"),
+    (lambda c: c.update(dense_in_features=5), None, "config",
+     r"dense_in_features is 5, but the weights in .* \(and the dataset's 4 dense features\) make it 4"),
+    (lambda c: c.update(dense_in_features="4"), None, "config", r"dense_in_features is '4'"),
+    (lambda c: c.update(over_arch_layer_sizes=[16, 9, 1]), None, "config",
+     r"over_arch_layer_sizes is \[16, 9, 1\], but the weights .* make it \[16, 8, 1\]"),
+    (lambda c: c.update(dense_arch_layer_sizes=[16]), None, "config", r"dense_arch_layer_sizes is \[16\]"),
+    (lambda c: c.update(dense_names=["a", "b", "c", "d"]), None, "config", r"dense_names is \['a', 'b', 'c', 'd'\]"),
+    (_set_layer(BOTTOM0, precision="fp8"), None, "config", rf"layer {BOTTOM0} has precision 'fp8'; layers are"),
+    (_set_layer(BOTTOM0, precision="fp32"), None, "config",
+     rf"layer {BOTTOM0} has precision 'fp32', but its tensors in .* are int8"),
+    (_set_layer(TOP1, input_qparams=[0.1, 3]), None, "config", rf"layer {TOP1} has input_qparams but is fp16"),
+    (_set_layer(BOTTOM0, input_qparams=["0.1", 3]), None, "config", rf"layer {BOTTOM0} has input_qparams \['0.1', 3\]"),
+    (lambda c: c.pop("layers"), None, "config", r"'layers' is missing; expected a list with one"),
+    (lambda c: c["layers"].pop(0), None, "config", rf"layers lists no entry for \['{BOTTOM0}'\]"),
+    (lambda c: c["layers"].append({"module": "nope"}), None, "config", r"layers\[5\] has module 'nope'"),
+], ids=["scale-overflow", "int-bias", "unknown-feature", "extra-feature", "features-string", "substring", "rows-string", "rows-float",
+        "dim-string", "hotness-0", "hotness-wrong", "weight-dtype", "range-method", "dense-in", "dense-in-string",
+        "over-arch", "dense-arch", "dense-names", "layer-fp8", "layer-precision", "qparams-fp16", "qparams-type",
+        "no-layers", "layer-missing", "layer-unknown"])
+def test_cli_config_keys_are_type_checked_and_agree_with_the_tensors(ds, exported, tmp_path, cfg_edit, dense_edit,
+                                                                      file, match):
+    """Each of these imported (a wrong model, or Inf outputs) or failed with a raw error; each is
+    now exit 2 naming the file and the key, with nothing written."""
+    _, folder = exported
+    res, files = _cli_edit(ds, folder, tmp_path, cfg_edit=cfg_edit, dense_edit=dense_edit)
+    assert res.exit_code == 2, res.output
+    assert f"{files[file]}: " in res.output and re.search(match, res.output), res.output
     assert not (tmp_path / "o").exists()
