@@ -25,15 +25,13 @@ label-free side (lowprec.drift.delayed): `labelfree` (one row per window: the es
 agreement, |Δp|, PSI, the estimate rule's decision, whether labels were there and when they were
 filled in), `attribution` (per window x part) and `window_events` (the history: one row per record
 written, label-free or labelled, with its decision). Databases from before a table gain it on open;
-their windows have no source row and are not checked.
+their windows have no source row and are not checked. What makes a file a drift history, and the
+lock, are lowprec.drift.dbfile's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import errno
-import fcntl
 import json
 import os
 import sqlite3
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lowprec.drift.alarm import CusumState
+from lowprec.drift.dbfile import FORMAT, acquire_lock, check_ours, lock_path
 from lowprec.errors import InputError, user_os_errors
 from lowprec.fileio import check_parent
 
@@ -117,8 +116,8 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def lock_path(db: Path) -> Path:
-    return db.with_name(db.name + ".lock")
+# columns a history written by an older lowprec may lack: added on open
+ADDED_LATER = {"window_labels": {"labels_stat"}}
 
 
 class DriftStore:
@@ -129,12 +128,12 @@ class DriftStore:
         if self.path.exists() and not self.path.is_file():
             raise InputError(f"--db {self.path} exists and is not a file")
         check_parent(self.path, "--db")
-        _check_ours(self.path)
+        check_ours(self.path, SCHEMA, ADDED_LATER)
         lock = lock_path(self.path)
         new_lock = not lock.exists()
         with user_os_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _acquire_lock(lock, self.path)
+        self._lock_fd = acquire_lock(lock, self.path)
         try:
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             self.conn.row_factory = sqlite3.Row
@@ -171,6 +170,8 @@ class DriftStore:
             elif version != str(SCHEMA_VERSION):
                 raise InputError(f"{self.path}: drift database schema version {version} is not "
                                  f"supported (this lowprec writes version {SCHEMA_VERSION})")
+            if self.meta("format") is None:  # what identifies a drift history (lowprec.drift.dbfile)
+                self.set_meta("format", FORMAT)
             # We hold the lock, so a run still marked running was killed.
             self.conn.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
 
@@ -352,38 +353,3 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
-def _check_ours(db: Path) -> None:
-    """Refuse a --db that holds something other than a drift history (read-only look: a user's
-    own SQLite file must not gain our tables). An empty or absent file is a new history."""
-    if not db.is_file() or db.stat().st_size == 0:
-        return
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            version = (conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                       if "meta" in tables else None)
-    except sqlite3.DatabaseError as exc:
-        raise InputError(f"--db {db}: not a usable SQLite database ({exc})") from exc
-    if tables and version is None:
-        shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
-        raise InputError(f"--db {db} is a SQLite database but not a lowprec drift history (its tables: "
-                         f"{shown}); refusing to write into it: give a new path")
-
-
-def _acquire_lock(path: Path, db: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise InputError(f"--db {db} is in use by another `lowprec drift` run ({holder}); refusing "
-                             f"to run concurrently. The lock is released when that run ends.") from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}, started {now()}".encode(), 0)
-    os.fsync(fd)
-    return fd

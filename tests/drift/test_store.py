@@ -119,6 +119,39 @@ def test_a_users_sqlite_file_is_refused_untouched(tmp_path):
         assert s.meta("schema_version") is not None
 
 
+def test_another_apps_file_with_a_meta_table_is_refused_untouched(tmp_path):
+    """A `meta(key, value)` table with a schema_version row is common: it does not make a file a drift
+    history. Such a file (with a `windows` table of its own, or nothing else) is refused untouched;
+    a drift history is known by its own tables and columns and the `format` row lowprec writes."""
+    cases = {"meta+windows": ["windows(id INTEGER, title TEXT)"], "meta only": [], "runs, windows of ours, other format": None}
+    for name, extra in cases.items():
+        db = tmp_path / f"{name}.sqlite"
+        if extra is None:  # a complete drift history whose meta says it is something else
+            DriftStore(db).close()
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE meta SET value = 'someone-elses' WHERE key = 'format'")
+        else:
+            with sqlite3.connect(db) as conn:
+                conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+                conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+                for t in extra:
+                    conn.execute(f"CREATE TABLE {t}")
+        before, locked = db.read_bytes(), lock_path(db).exists()
+        with pytest.raises(InputError, match="is a SQLite database but not a lowprec drift history"):
+            DriftStore(db)
+        assert db.read_bytes() == before and lock_path(db).exists() == locked, name
+
+
+def test_a_history_from_before_the_format_row_opens_and_gains_it(tmp_path):
+    db = tmp_path / "old.sqlite"
+    with DriftStore(db) as s:
+        s.record_window(window_row(3, s.start_run({})), [], [])
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'format'")
+    with DriftStore(db) as s:
+        assert s.meta("format") == "lowprec-drift-history" and s.recorded() == {3}
+
+
 def test_a_db_under_a_regular_file_is_refused(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InputError, match="afile is not a directory"):

@@ -1,0 +1,110 @@
+"""The drift database as a file: is this SQLite file a drift history, and the single-writer lock.
+
+A drift history is recognised by what lowprec writes into it, never by a generic row another
+application could hold too (`meta` with a `schema_version` row is common): its tables `meta`,
+`runs` and `windows` with their columns, every other table of ours that it has with its columns,
+and, from this version on, the `format` row lowprec writes into `meta` (`lowprec-drift-history`).
+Histories written before that row existed are recognised by their tables and columns alone and
+gain the row on open. Anything else is refused before the file is opened for writing, so a user's
+SQLite file never gains our tables.
+
+The expected tables and columns are read from the store's own CREATE statements (run on an
+in-memory database), so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterable
+
+from lowprec.errors import InputError
+
+FORMAT = "lowprec-drift-history"  # meta row `format`
+REQUIRED = ("meta", "runs", "windows")
+
+
+def lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                        "AND name NOT LIKE 'sqlite_%'")]
+    return {t: {r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')} for t in names}
+
+
+def expected_tables(schema: Iterable[str]) -> dict[str, set[str]]:
+    """Table -> columns of a drift history, from the store's CREATE statements."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        for stmt in schema:
+            conn.execute(stmt)
+        return _columns(conn)
+
+
+def _not_ours(tables: dict[str, set[str]], expected: dict[str, set[str]], added_later: dict[str, set[str]],
+              fmt: str | None, version: str | None) -> str:
+    """Why the file is not a drift history ("" when it is one)."""
+    missing = [t for t in REQUIRED if t not in tables]
+    if missing:
+        return f"no {', '.join(missing)} table"
+    for t in sorted(set(tables) & set(expected)):
+        lacks = expected[t] - added_later.get(t, set()) - tables[t]
+        if lacks:
+            return f"its table {t} has no column {', '.join(sorted(lacks)[:4])}"
+    if fmt is not None and fmt != FORMAT:
+        return f"its meta format is {fmt!r}"
+    if version is None:
+        return "its meta table has no schema_version"
+    return ""
+
+
+def check_ours(db: Path, schema: Iterable[str], added_later: dict[str, set[str]]) -> None:
+    """Refuse a --db that holds something other than a drift history (a read-only look: a user's
+    own SQLite file must not gain our tables). An empty or absent file is a new history.
+    `added_later`: columns a history from an older lowprec may lack (added on open)."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = _columns(conn)
+            meta = {}
+            if {"key", "value"} <= tables.get("meta", set()):
+                meta = {str(k): v for k, v in conn.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('format', 'schema_version')")}
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"--db {db}: not a usable SQLite database ({exc})") from exc
+    if not tables:
+        return
+    why = _not_ours(tables, expected_tables(schema), added_later, meta.get("format"), meta.get("schema_version"))
+    if why:
+        shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+        raise InputError(f"--db {db} is a SQLite database but not a lowprec drift history ({why}; its tables: "
+                         f"{shown}); refusing to write into it: give a new path")
+
+
+def acquire_lock(path: Path, db: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise InputError(f"--db {db} is in use by another `lowprec drift` run ({holder}); refusing "
+                             f"to run concurrently. The lock is released when that run ends.") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {_now()}".encode(), 0)
+    os.fsync(fd)
+    return fd
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
