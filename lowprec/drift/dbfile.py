@@ -10,6 +10,16 @@ SQLite file never gains our tables.
 
 The expected tables and columns are read from the store's own CREATE statements (run on an
 in-memory database), so the two cannot disagree.
+
+One run at a time, whatever path reaches the file: `flock(LOCK_EX | LOCK_NB)` on the lock file
+beside the file's resolved path (`FILE.sqlite.lock`, symlinks followed, so every symlink to the
+database meets the same lock file, which records the holder's pid), and, when the database has
+other hard links, on the database file itself too (a hard link is the same file under another
+name: only the file itself is common to its names; the holder's pid is read from /proc/locks).
+SQLite's own locks are POSIX record locks, which flock does not touch on a local file system; the
+database file is flocked only when it has several names because NFS emulates flock with record
+locks. The kernel drops both locks when the process dies (even on SIGKILL): a killed run never
+leaves a stale lock.
 """
 
 from __future__ import annotations
@@ -29,7 +39,9 @@ REQUIRED = ("meta", "runs", "windows")
 
 
 def lock_path(db: Path) -> Path:
-    return db.with_name(db.name + ".lock")
+    """The lock file of database `db`: beside the file it resolves to (symlinks followed)."""
+    real = Path(os.path.realpath(db))
+    return real.with_name(real.name + ".lock")
 
 
 def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
@@ -87,21 +99,56 @@ def check_ours(db: Path, schema: Iterable[str], added_later: dict[str, set[str]]
                          f"{shown}); refusing to write into it: give a new path")
 
 
-def acquire_lock(path: Path, db: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _busy(db: Path, holder: str) -> InputError:
+    return InputError(f"--db {db} is in use by another `lowprec drift` run ({holder}); refusing to run "
+                      f"concurrently. The lock is released when that run ends.")
+
+
+def _flock(fd: int) -> bool:
+    """Take the exclusive lock on fd without waiting; False when another open file holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    return True
+
+
+def acquire_lock(path: Path, db: Path) -> tuple[int, int | None]:
+    """Lock `db` for this process: (the lock file's fd, the database file's fd when it has several
+    names, else None); InputError naming the holder's pid when another run holds either."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if not _flock(fd):
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise InputError(f"--db {db} is in use by another `lowprec drift` run ({holder}); refusing "
-                             f"to run concurrently. The lock is released when that run ends.") from None
+        raise _busy(db, holder)
+    db_fd = None
+    try:
+        if db.is_file() and db.stat().st_nlink > 1:
+            db_fd = os.open(db, os.O_RDONLY)
+            if not _flock(db_fd):
+                raise _busy(db, f"pid {_flock_holder(os.fstat(db_fd))}, through another name of the same file")
+    except BaseException:
+        if db_fd is not None:
+            os.close(db_fd)
+        os.close(fd)
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}, started {_now()}".encode(), 0)
     os.fsync(fd)
-    return fd
+    return fd, db_fd
+
+
+def _flock_holder(st: os.stat_result) -> str:
+    """The pid holding a flock on the file `st` describes, from /proc/locks ("unknown" elsewhere)."""
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/locks").read_text().splitlines():
+            f = line.split()
+            if len(f) >= 6 and f[1] == "FLOCK" and f[5] == dev:
+                return f[4]
+    return "unknown"
 
 
 def _now() -> str:

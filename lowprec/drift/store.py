@@ -4,9 +4,11 @@ Guarantees:
 - a window is either fully recorded (its row, its layer-clipping rows and its table-error rows,
   committed in one `BEGIN IMMEDIATE ... COMMIT`) or absent: SQLite's rollback journal undoes a
   transaction cut short by a SIGKILL the next time the file is opened;
-- one run at a time: `fcntl.flock(LOCK_EX | LOCK_NB)` on `FILE.sqlite.lock`, held for the whole
-  run. The kernel drops the lock when the process dies (even on SIGKILL), so there is never a stale
-  lock; a second run meanwhile is refused with the holder's pid;
+- one run at a time: `fcntl.flock(LOCK_EX | LOCK_NB)` on `FILE.sqlite.lock` beside the file the
+  path resolves to (and on the file itself when it has other hard links: lowprec.drift.dbfile),
+  held for the whole run, whatever path (symlink, hard link) reaches the file. The kernel drops the
+  lock when the process dies (even on SIGKILL), so there is never a stale lock; a second run
+  meanwhile is refused with the holder's pid;
 - one (reference, candidate) pair per database, identified by the sha256 of the reference's
   model.safetensors and of the candidate's manifest.json (which lists the sha256 of its weights);
   a run for another pair is refused rather than mixed into the history.
@@ -133,13 +135,18 @@ class DriftStore:
         new_lock = not lock.exists()
         with user_os_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = acquire_lock(lock, self.path)
+        try:
+            self._lock_fd, self._db_fd = acquire_lock(lock, self.path)
+        except BaseException:
+            if new_lock:  # a refused run leaves nothing behind
+                lock.unlink(missing_ok=True)
+            raise
         try:
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             self.conn.row_factory = sqlite3.Row
             self._init_schema()
         except BaseException as exc:
-            os.close(self._lock_fd)
+            self._unlock()
             if new_lock:  # a refused run leaves nothing behind
                 lock.unlink(missing_ok=True)
             if isinstance(exc, sqlite3.DatabaseError):
@@ -155,8 +162,13 @@ class DriftStore:
     def close(self) -> None:
         if self._lock_fd is not None:
             self.conn.close()
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+            self._unlock()
+
+    def _unlock(self) -> None:
+        for fd in (self._db_fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)  # releases the flock
+        self._lock_fd = self._db_fd = None
 
     def _init_schema(self) -> None:
         with self.transaction():

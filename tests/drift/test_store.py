@@ -84,6 +84,40 @@ def test_lock_dies_with_a_killed_process(tmp_path):
         assert [r["status"] for r in s.runs()] == ["interrupted"]
 
 
+def test_the_lock_holds_whatever_path_reaches_the_database(tmp_path):
+    """A symlink or a hard link to a database in use is the same database: refused with the holder's
+    pid (it used to take a lock file of its own name and crash on a duplicate window), and no
+    second lock file is made beside the other name."""
+    db = tmp_path / "h.sqlite"
+    DriftStore(db).close()
+    (tmp_path / "other").mkdir()
+    soft, hard = tmp_path / "other" / "soft.sqlite", tmp_path / "other" / "hard.sqlite"
+    soft.symlink_to(db)
+    os.link(db, hard)
+    code = textwrap.dedent(f"""
+        import time
+        from lowprec.drift.store import DriftStore
+        s = DriftStore({str(db)!r})
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        for other in (soft, hard):
+            with pytest.raises(InputError, match=rf"in use by another `lowprec drift` run \(pid {proc.pid}\b"):
+                DriftStore(other)
+        assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["hard.sqlite", "soft.sqlite"]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    for other in (soft, hard):  # once the holder is gone, every name opens (the lock was not stale)
+        DriftStore(other).close()
+    with DriftStore(hard):  # and the other way round
+        with pytest.raises(InputError, match=rf"in use by another `lowprec drift` run \(pid {os.getpid()}\b"):
+            DriftStore(db)
+
+
 def test_a_database_holds_one_pair(tmp_path):
     db = tmp_path / "h.sqlite"
     with DriftStore(db) as s:
