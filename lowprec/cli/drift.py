@@ -37,7 +37,8 @@ from lowprec.cli._common import StageBars
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The candidate's CALIB.json: calibration-time clipping rates and method.")
 @click.option("--allow-unrelated-candidate", is_flag=True,
-              help="Monitor a candidate artifact not converted from --reference (refused by default).")
+              help="Monitor a candidate not made from --reference: an artifact converted from another "
+                   "model, or a float model with other weights (refused by default).")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows scored per forward pass (memory grows with it; results do not change).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")

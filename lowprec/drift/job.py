@@ -37,7 +37,7 @@ from lowprec.drift.record import finite
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError, warn
 from lowprec.progress import Stages
-from lowprec.provenance import check_converted_from
+from lowprec.provenance import check_converted_from, check_same_float
 from lowprec.drift.sources import check_sources
 from lowprec.fileio import sha256_file
 from lowprec.train import check_compatible
@@ -132,9 +132,11 @@ def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     check_compatible(cand_cfg, ds.meta, str(job.candidate))
     is_artifact = model_kind(job.candidate) == "artifact"
     ref_sha = weights_sha256(job.reference)
+    cand_sha = sha256_file(job.candidate / "manifest.json") if is_artifact else weights_sha256(job.candidate)
     if is_artifact and not job.allow_unrelated_candidate:
         check_converted_from(job.reference, ref_sha, job.candidate, manifest, "--allow-unrelated-candidate")
-    cand_sha = sha256_file(job.candidate / "manifest.json") if is_artifact else weights_sha256(job.candidate)
+    elif not job.allow_unrelated_candidate:
+        check_same_float(job.reference, ref_sha, job.candidate, cand_sha, "--allow-unrelated-candidate")
     return _Models(reference, candidate, manifest if is_artifact else None, ref_sha, cand_sha, ref_info)
 
 
