@@ -156,7 +156,7 @@ def _fig_staleness(d: ReportData, xs: list[int], path: Path) -> None:
     ax.plot(xs, _col(d.windows, "stale_ne", 100), "o-", label="float NE vs baseline (%)")
     ax.plot(xs, _col(d.windows, "stale_calibration", 100), "s--", label="float calibration vs baseline (%)")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_title(f"model staleness (baseline: window {d.meta.get('baseline_window')})")
+    ax.set_title(f"model staleness ({_baseline(d)})")
     ax.set_xlabel("window")
     ax.legend(loc="best")
     _axes_alarm(ax, xs, [])
@@ -264,10 +264,17 @@ def _staleness_section(d: ReportData, figs: dict[str, str]) -> list[Block]:
     body = [[r["window"], _f(r["ref_ne"]), pct(r["stale_ne"], 1), _f(r["ref_calibration"], 3),
              pct(r["stale_calibration"], 1), "; ".join(r["staleness"]) or "-"] for r in d.windows]
     img = [("img", figs["staleness"], "float model staleness")] if "staleness" in figs else []
-    return [("h2", f"Model staleness (float model vs baseline window {d.meta.get('baseline_window')})"),
-            ("p", "How the float reference itself ages against the first monitored window. This is the "
-                  "model's drift, not quantization's fault: it never raises the quantization alarm."),
+    return [("h2", f"Model staleness (float model vs {_baseline(d)})"),
+            ("p", "How the float reference itself ages against its baseline: the first recorded window with "
+                  f"at least {d.config.alarm.min_positives} positive and {d.config.alarm.min_negatives} negative "
+                  "labels and a finite NE. This is the model's drift, not quantization's fault: it never raises "
+                  "the quantization alarm."),
             *img, ("table", head, body)]
+
+
+def _baseline(d: ReportData) -> str:
+    b = d.meta.get("baseline_window")
+    return f"baseline window {b}" if b else "no baseline yet"
 
 
 def _clipping_section(d: ReportData, figs: dict[str, str]) -> list[Block]:

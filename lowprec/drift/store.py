@@ -245,7 +245,8 @@ class DriftStore:
         return CusumState() if row is None else CusumState(row[0] or 0.0, row[1] or 0.0)
 
     def baseline(self) -> dict[str, Any] | None:
-        """The first window ever recorded (the float model's staleness baseline)."""
+        """The float model's staleness baseline: the first recorded window that could be one (enough
+        labels, finite NE; chosen in lowprec.drift.record), None until there is one."""
         b = self.meta("baseline_window")
         if b is None:
             return None
@@ -284,8 +285,8 @@ class DriftStore:
             _insert(self.conn, "tier_share", TIER_COLUMNS, list(tiers))
             if source is not None:
                 _insert(self.conn, "window_sources", SOURCE_COLUMNS, [dict(source, window=row["window"])])
-            if self.meta("baseline_window") is None:
-                self.set_meta("baseline_window", str(row["window"]))
+            if row.get("baseline_window") == row["window"]:  # it is its own: the first that can be
+                self.set_meta("baseline_window", str(row["window"]))  # (lowprec.drift.signals.baseline_problem)
             if also is not None:
                 also(self)
 

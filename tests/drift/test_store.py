@@ -14,8 +14,9 @@ from lowprec.drift.store import DriftStore, lock_path
 from lowprec.errors import InputError
 
 
-def window_row(w, run_id, up=0.0):
+def window_row(w, run_id, up=0.0, baseline=None):
     return {"window": w, "run_id": run_id, "label": f"w{w}", "rows": 10, "ref_ne": 0.9, "cand_ne": 0.91,
+            "baseline_window": baseline,
             "ne_gap": 0.01, "cusum_up": up, "cusum_down": 0.0, "alarm": 0, "reason": "healthy",
             "triggers": [], "warnings": ["w"], "staleness": []}
 
@@ -24,7 +25,7 @@ def test_windows_commit_whole_or_not_at_all(tmp_path):
     db = tmp_path / "h.sqlite"
     with DriftStore(db) as s:
         run = s.start_run({"reference": "r"})
-        s.record_window(window_row(3, run, up=1.5), [{"window": 3, "layer": "bottom.0", "clip_rate": 0.1}],
+        s.record_window(window_row(3, run, up=1.5, baseline=3), [{"window": 3, "layer": "bottom.0", "clip_rate": 0.1}],
                         [{"window": 3, "table_name": "t0", "rel": 1e-4}])
         dup = [{"window": 4, "layer": "x"}, {"window": 4, "layer": "x"}]  # violates the primary key
         with pytest.raises(sqlite3.IntegrityError):

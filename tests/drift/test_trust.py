@@ -236,3 +236,38 @@ def test_a_float_candidate_other_than_the_reference_is_refused(two_datasets, tmp
     shutil.copytree(root / "ref", tmp_path / "ref-copy")
     same = drift(tmp_path / "ref-copy", "c")
     assert same.exit_code == 0, same.output
+
+
+@pytest.mark.parametrize("first", ["3 positives", "one label class"])
+def test_the_staleness_baseline_is_the_first_window_with_enough_labels(two_datasets, tmp_path, first):
+    """A first window with 3 positives (NE ~50) made every later window "-98%: the data got easier";
+    one of a single label class (NE undefined) made staleness null for the life of the database. The
+    baseline is the first recorded window with enough labels of each class and a finite NE; until
+    then staleness says it has none."""
+    import shutil
+
+    import numpy as np
+
+    root = two_datasets
+    data = tmp_path / "data"
+    shutil.copytree(root / "a_grown", data)
+    y = np.zeros(600, dtype=np.int32)
+    if first == "3 positives":
+        y[:3] = 1
+    np.save(data / "day_1_labels.npy", y)
+    db = tmp_path / "h.sqlite"
+    r = cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", data, "--windows", "1-3",
+            "--db", db, "--report", tmp_path / "rep", "--allow-unrelated-candidate", "--json")
+    assert r.exit_code in (0, 1), r.output
+    w = {x["window"]: x for x in last_json(r)["windows"]}
+    assert w[1]["stale_ne"] is None and w[1]["stale_calibration"] is None
+    assert any(s.startswith("no staleness baseline yet: window 1") for s in w[1]["staleness"]), w[1]["staleness"]
+    assert w[2]["stale_ne"] == 0.0 and not any("baseline yet" in s for s in w[2]["staleness"])
+    assert w[3]["stale_ne"] == pytest.approx(w[3]["ref_ne"] / w[2]["ref_ne"] - 1, rel=1e-9)
+    assert abs(w[3]["stale_ne"]) < 0.5  # against a window like it, not against NE ~50
+    from lowprec.drift.store import DriftStore
+
+    with DriftStore(db) as s:
+        assert s.meta("baseline_window") == "2" and s.baseline()["window"] == 2
+        assert [r["baseline_window"] for r in s.windows()] == [None, 2, 2]
+    assert "Model staleness (float model vs baseline window 2)" in (tmp_path / "rep" / "report.md").read_text()
