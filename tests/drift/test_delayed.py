@@ -171,3 +171,24 @@ def test_estimate_thresholds_from_toml(tmp_path):
     p.write_text("[estimate]\nnope = 1\n")
     with pytest.raises(InputError, match="nope"):
         load_config(p)
+
+
+def test_thresholds_are_recorded_when_a_window_is_judged_and_only_real_rejudges_are_said(pair, tmp_path):
+    """Thresholds changed between a window's label-free record and its labels: the fill-in judges it
+    with the new ones, so those are what its source row records; the note names only labelled
+    windows judged with other thresholds, not the window judged now nor one still without labels."""
+    data = tmp_path / "data"
+    shutil.copytree(pair / "data", data)
+    hide_labels(data, [3, 4])
+    db = tmp_path / "h.sqlite"
+    assert drift(pair, db, data).exit_code in (0, 1)
+    labels_arrive(data, 3)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[alarm]\nne_gap_limit = 0.5\nne_gap_allowance = 0.2\n")
+    for _ in range(2):  # the fill-in run, then a run with nothing new
+        out = last_json(drift(pair, db, data, "2-4", "--config", cfg))
+        said = [n for n in out["notes"] if "[alarm] thresholds" in n]
+        assert len(said) == 1 and said[0].startswith("windows [2] were judged with other [alarm] thresholds"), said
+    with DriftStore(db) as s:
+        src = {w: json.loads(r["thresholds"]) if r["thresholds"] else None for w, r in s.sources().items()}
+    assert src[3]["ne_gap_limit"] == 0.5 and src[2]["ne_gap_limit"] == 0.002 and src[4] is None
