@@ -138,7 +138,7 @@ def _estimate_row(job: Any, store: DriftStore, ds: Dataset, w: int, run_id: int,
     e = dict(obs.acc.result().to_json(), psi=psi)
     base_w = store.meta(BASELINE_KEY)
     baseline = next((r for r in store.labelfree() if str(r["window"]) == base_w), None)
-    d = decide_estimate(finite(e), baseline, job.config.estimate)
+    d = decide_estimate(finite(e), baseline, job.config.estimate, has)
     return finite({**e, "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
                    "has_labels": int(has), "baseline_window": baseline["window"] if baseline else w,
                    "est_baseline": baseline["est_gap"] if baseline else e["est_gap"], "est_shift": d.shift,

@@ -192,3 +192,19 @@ def test_thresholds_are_recorded_when_a_window_is_judged_and_only_real_rejudges_
     with DriftStore(db) as s:
         src = {w: json.loads(r["thresholds"]) if r["thresholds"] else None for w, r in s.sources().items()}
     assert src[3]["ne_gap_limit"] == 0.5 and src[2]["ne_gap_limit"] == 0.002 and src[4] is None
+
+
+def test_an_estimate_alarm_prints_what_its_test_compared():
+    """The limit test compares gap - z·se (row sampling) with the limit; the reason printed the wider
+    interval with label noise ("[CI -4.851%, +29.430%] is beyond the +0.200% limit" while it held 0).
+    A window whose labels were there is not said to have had none read."""
+    t = EstimateThresholds()
+    e = {"window": 5, "est_gap": 0.12, "est_se_rows": 0.01, "est_lo": -0.04851, "est_hi": 0.2943}
+    d = decide_estimate(e, None, t)
+    assert d.triggers == ("estimate_limit",) and d.reason.startswith("ALARM (estimate, no labels read): ")
+    assert "+12.000% - 3 x se +1.000% (row sampling) = +9.000% is beyond the +0.200% limit" in d.reason
+    assert "-4.851%" not in d.reason and "CI" not in d.reason
+    shift = decide_estimate(_est(0.0016), _est(0.0005, window=1), t, has_labels=True)
+    assert shift.triggers == ("estimate_shift",) and "no labels read" not in shift.reason
+    assert shift.reason.startswith("ALARM (estimate, from scores only")
+    assert "allowance = +0.060% > 3 x se +0.001% (row sampling of both estimates) = +0.004%" in shift.reason
