@@ -120,8 +120,11 @@ def _render(outcome) -> None:
         click.echo(f"note: {note}", err=True)
     for r in outcome.recalibrations:
         click.echo(f"recalibration ({r['source']}): {r.get('reason') or r.get('skipped')}")
+    first = outcome.first_alarm
+    if first is not None and first not in outcome.labelled_alarms:
+        first = f"{first} (label-free estimate)"  # an estimate alarm exits 1 too: say which
     click.echo(f"{len(outcome.processed)} window(s) processed; first alarm: "
-               f"{outcome.first_alarm if outcome.first_alarm is not None else 'none'}; report {outcome.report}")
+               f"{first if first is not None else 'none'}; report {outcome.report}")
 
 
 COMMANDS = [drift]

@@ -88,15 +88,28 @@ class DriftOutcome:
     estimates: list[dict[str, Any]] = field(default_factory=list)  # label-free records (lowprec.drift.delayed)
 
     @property
+    def labelled_alarms(self) -> list[int]:
+        return [w["window"] for w in self.windows if w["alarm"]]
+
+    @property
+    def estimate_alarms(self) -> list[int]:
+        return [e["window"] for e in self.estimates if e["est_alarm"]]
+
+    @property
+    def alarms(self) -> list[int]:
+        """Windows in alarm by either rule (an estimate alarm counts for the exit code too)."""
+        return sorted(set(self.labelled_alarms) | set(self.estimate_alarms))
+
+    @property
     def first_alarm(self) -> int | None:
-        return next((w["window"] for w in self.windows if w["alarm"]), None)
+        return self.alarms[0] if self.alarms else None
 
     def to_json(self) -> dict[str, Any]:
         return {"db": str(self.db), "report": str(self.report), "exit_code": self.exit_code,
-                "processed": self.processed, "first_alarm": self.first_alarm,
-                "alarms": [w["window"] for w in self.windows if w["alarm"]],
+                "processed": self.processed, "first_alarm": self.first_alarm, "alarms": self.alarms,
+                "labelled_alarms": self.labelled_alarms,
                 "windows": self.windows, "recalibrations": self.recalibrations, "notes": self.notes,
-                "estimate_alarms": [e["window"] for e in self.estimates if e["est_alarm"]],
+                "estimate_alarms": self.estimate_alarms,
                 "labels_pending": [e["window"] for e in self.estimates if e["labels"] == "pending"],
                 "estimates": self.estimates}
 

@@ -208,3 +208,23 @@ def test_an_estimate_alarm_prints_what_its_test_compared():
     assert shift.triggers == ("estimate_shift",) and "no labels read" not in shift.reason
     assert shift.reason.startswith("ALARM (estimate, from scores only")
     assert "allowance = +0.060% > 3 x se +0.001% (row sampling of both estimates) = +0.004%" in shift.reason
+
+
+def test_an_estimate_only_alarm_is_named_where_the_exit_code_is_explained(pair, tmp_path):
+    """An estimate alarm exits 1; the summary said "first alarm: none", --json had first_alarm null and
+    alarms [], and the report "0 in alarm; no alarm". All three now name the estimate alarm."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[alarm]\nne_gap_limit = 0.5\nne_gap_allowance = 0.2\ncusum_h = 1000\ncusum_cap = 1000\n"
+                   "auc_drop_limit = 1\ncalibration_gap_limit = 1\n[estimate]\ngap_limit = 0\nz = 1e-9\n")
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, pair / "data", "2-4", "--config", cfg)
+    out = last_json(r)
+    assert r.exit_code == 1 == out["exit_code"], r.output
+    assert [w["alarm"] for w in out["windows"]] == [False] * 3 and out["labelled_alarms"] == []
+    assert out["estimate_alarms"] == [2, 3, 4] and out["alarms"] == [2, 3, 4] and out["first_alarm"] == 2
+    md = (tmp_path / "h.report" / "report.md").read_text()
+    assert "3 windows recorded, 0 in alarm, 3 in estimate alarm; first alarm: window 2 (w2, by the label-free " \
+           "estimate); latest window 4 (w4): ALARM, by the label-free estimate." in md
+    r = cli("drift", "--reference", pair / "ref", "--candidate", pair / "cand", "--data", pair / "data",
+            "--windows", "2-4", "--db", db, "--report", db.with_suffix(".report"), "--config", cfg)
+    assert r.exit_code == 1 and "first alarm: 2 (label-free estimate);" in r.stdout, r.stdout
