@@ -15,6 +15,8 @@ is recorded.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,8 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
                          f"(its model_sha256 is not the sha256 of --reference {job.reference})")
     if job.on_alarm == "recalibrate" and models.manifest is None:
         raise InputError("--on-alarm recalibrate needs --candidate to be a quantized artifact")
+    if job.on_alarm == "recalibrate":
+        check_recal_outputs(job, chosen)
     with DriftStore(job.db) as store:
         store.check_pair(str(job.reference), models.reference_sha, str(job.candidate), models.candidate_sha)
         with store.transaction():
@@ -286,16 +290,38 @@ def recal_dir(candidate: Path, target: int, source: str) -> Path:
     return candidate.with_name(f"{candidate.name}.recal-w{target}{'' if source == 'healthy' else '-alarmed'}")
 
 
+def recal_paths(job: DriftJob, target: int, source: str) -> tuple[Path, Path]:
+    """The recalibrated artifact for (alarm window, source) and its calibration file beside it."""
+    out = recal_dir(job.candidate, target, source)
+    return out, out.with_name(out.name + ".calib.json")
+
+
+def check_recal_outputs(job: DriftJob, chosen: list[int]) -> None:
+    """Before any window is scored: every path a recalibration of any requested window may write
+    (the artifact directory and its calibration file) must be free or lowprec's own of that kind,
+    and its directory writable; InputError naming the path otherwise (nothing written)."""
+    from lowprec.fileio import claim_output
+
+    rc = job.config.recalibrate
+    inputs = [job.reference, job.candidate, job.data]
+    for w in chosen:
+        for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
+            art, calib = recal_paths(job, w, source)
+            claim_output(art, "artifact", inputs, what="--on-alarm recalibrate: the recalibrated artifact")
+            claim_output(calib, "calibration", inputs, what="--on-alarm recalibrate: the recalibration's calibration")
+    d = job.candidate.resolve().parent
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise InputError(f"--on-alarm recalibrate writes its artifacts beside --candidate, in {d}, which is not "
+                         f"writable; make it writable or run without --on-alarm recalibrate")
+
+
 def _recal_obstacle(job: DriftJob, models: _Models, target: int, source: str, windows: list[int]) -> str:
     if not windows:
         return f"no healthy window before the first alarm (window {target}) to calibrate on"
     src = (models.manifest or {}).get("source", {}).get("sha256")
     if src is not None and src != models.reference_sha:
         return "the deployed artifact was not converted from this --reference (sha256 differs)"
-    out = recal_dir(job.candidate, target, source)
-    if out.exists() and not (out / "manifest.json").is_file():
-        return f"{out} exists and is not a lowprec artifact; not replacing it"
-    return ""
+    return ""  # (its output paths were checked before any window: check_recal_outputs)
 
 
 def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, target: int,
@@ -314,10 +340,13 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     rows = sum(ds.meta.window(w).rows for w in windows)
     c = calibrate(float_model, ds, CalibConfig(tuple(windows), method, percentile, job.batch_size),
                   stages(f"recalibrate on windows {windows}", 2 * rows, "rows"))
-    out_dir = recal_dir(job.candidate, target, source)
+    out_dir, calib_path = recal_paths(job, target, source)
     convert(job.reference, Plan.from_json(models.manifest["plan"], "deployed artifact's plan"), out_dir, c)
-    calib_path = out_dir.with_name(out_dir.name + ".calib.json")
-    save_calibration(c, calib_path, models.reference_sha)
+    try:
+        save_calibration(c, calib_path, models.reference_sha)
+    except BaseException:  # never an artifact without its calibration (no row records it: rerun redoes both)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     runtime, _ = load_artifact(out_dir)
     tiers = TierShareObserver(runtime)  # the re-ranked tiers' shares on the alarmed window
     m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None,

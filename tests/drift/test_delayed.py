@@ -228,3 +228,45 @@ def test_an_estimate_only_alarm_is_named_where_the_exit_code_is_explained(pair, 
     r = cli("drift", "--reference", pair / "ref", "--candidate", pair / "cand", "--data", pair / "data",
             "--windows", "2-4", "--db", db, "--report", db.with_suffix(".report"), "--config", cfg)
     assert r.exit_code == 1 and "first alarm: 2 (label-free estimate);" in r.stdout, r.stdout
+
+
+def test_recalibration_outputs_are_checked_before_any_window(pair, tmp_path, monkeypatch):
+    """A foreign file where a recalibration would write its calibration (or a foreign directory where
+    it would write its artifact, or a read-only directory) failed after scoring and after writing
+    the artifact, saying "--out" (drift has none). Now: exit 2 naming the path before any window,
+    nothing written."""
+    for name in ("ref", "cand"):
+        shutil.copytree(pair / name, tmp_path / name)
+    db = tmp_path / "h.sqlite"
+
+    def run():
+        return cli("drift", "--reference", tmp_path / "ref", "--candidate", tmp_path / "cand", "--data",
+                   pair / "data", "--windows", "2-4", "--db", db, "--report", tmp_path / "rep",
+                   "--on-alarm", "recalibrate", "--recalibrate-on", "both")
+
+    def nothing_written():
+        return not db.exists() and not (tmp_path / "rep").exists() and \
+            sorted(p.name for p in tmp_path.iterdir()) == sorted(["cand", "ref"] + extra)
+
+    extra = ["cand.recal-w3.calib.json"]
+    (tmp_path / extra[0]).write_text('{"mine": true}')
+    r = run()
+    assert r.exit_code == 2 and f"the recalibration's calibration {tmp_path / extra[0]} exists and is not a " \
+        "lowprec calibration" in r.output and "--out" not in r.output, r.output
+    assert nothing_written()
+    (tmp_path / extra[0]).unlink()
+    extra = ["cand.recal-w4-alarmed"]
+    (tmp_path / extra[0]).mkdir()
+    (tmp_path / extra[0] / "notes.txt").write_text("mine")
+    r = run()
+    assert r.exit_code == 2 and f"the recalibrated artifact {tmp_path / extra[0]} exists" in r.output, r.output
+    assert nothing_written() and "--out" not in r.output
+    shutil.rmtree(tmp_path / extra[0])
+    extra = []
+    import lowprec.drift.job as job
+
+    real = os.access  # no directory writable (root writes through a chmod)
+    monkeypatch.setattr(job.os, "access", lambda path, mode, **kw: not mode & os.W_OK and real(path, mode, **kw))
+    r = run()
+    assert r.exit_code == 2 and f"in {tmp_path}, which is not writable" in r.output, r.output
+    assert nothing_written()
