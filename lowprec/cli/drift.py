@@ -37,7 +37,8 @@ from lowprec.cli._common import StageBars
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The candidate's CALIB.json: calibration-time clipping rates and method.")
 @click.option("--allow-unrelated-candidate", is_flag=True,
-              help="Monitor a candidate artifact not converted from --reference (refused by default).")
+              help="Monitor a candidate not made from --reference: an artifact converted from another "
+                   "model, or a float model with other weights (refused by default).")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows scored per forward pass (memory grows with it; results do not change).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
@@ -119,8 +120,11 @@ def _render(outcome) -> None:
         click.echo(f"note: {note}", err=True)
     for r in outcome.recalibrations:
         click.echo(f"recalibration ({r['source']}): {r.get('reason') or r.get('skipped')}")
+    first = outcome.first_alarm
+    if first is not None and first not in outcome.labelled_alarms:
+        first = f"{first} (label-free estimate)"  # an estimate alarm exits 1 too: say which
     click.echo(f"{len(outcome.processed)} window(s) processed; first alarm: "
-               f"{outcome.first_alarm if outcome.first_alarm is not None else 'none'}; report {outcome.report}")
+               f"{first if first is not None else 'none'}; report {outcome.report}")
 
 
 COMMANDS = [drift]

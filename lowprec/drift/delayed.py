@@ -28,7 +28,7 @@ from lowprec.drift.attribution import LabelFreeObserver
 from lowprec.drift.estimate_rule import decide_estimate
 from lowprec.drift.labelfree import LabelFreeConfig
 from lowprec.drift.record import finite, labelled_record
-from lowprec.drift.sources import labels_stat, window_labels_sha, window_source
+from lowprec.drift.sources import alarm_json, labels_stat, window_labels_sha, window_source
 from lowprec.drift.store import DriftStore, now
 from lowprec.drift.tiers import TierShareObserver
 from lowprec.errors import InputError
@@ -110,7 +110,7 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
     if not has:  # tier shares need no labels: recorded with the estimate
         with store.transaction():
             write_estimate(store)
-            store.insert("window_sources", [dict(window_source(job, ds, models, w), window=w)])
+            store.insert("window_sources", [dict(window_source(job, ds, models, w, judged=False), window=w)])
             store.insert("tier_share", tiers)
         return
     row, clips, tables = labelled_record(job, store, ds, models, w, run_id, calib, table_err, m)
@@ -118,6 +118,8 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
     def also(st: DriftStore) -> None:
         if fill:
             st.conn.execute('UPDATE labelfree SET filled_run_id = ?, filled = ? WHERE "window" = ?', (run_id, now(), w))
+            # judged now, with these thresholds (the source row was written with the label-free record)
+            st.conn.execute('UPDATE window_sources SET thresholds = ? WHERE "window" = ?', (alarm_json(job), w))
         else:
             write_estimate(st)
         st.insert("window_events", [{"window": w, "run_id": run_id, "kind": "labels", "alarm": row["alarm"],
@@ -136,7 +138,7 @@ def _estimate_row(job: Any, store: DriftStore, ds: Dataset, w: int, run_id: int,
     e = dict(obs.acc.result().to_json(), psi=psi)
     base_w = store.meta(BASELINE_KEY)
     baseline = next((r for r in store.labelfree() if str(r["window"]) == base_w), None)
-    d = decide_estimate(finite(e), baseline, job.config.estimate)
+    d = decide_estimate(finite(e), baseline, job.config.estimate, has)
     return finite({**e, "window": w, "run_id": run_id, "label": info.label, "start": info.start, "end": info.end,
                    "has_labels": int(has), "baseline_window": baseline["window"] if baseline else w,
                    "est_baseline": baseline["est_gap"] if baseline else e["est_gap"], "est_shift": d.shift,

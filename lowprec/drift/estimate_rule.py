@@ -11,7 +11,8 @@ Warnings (never an alarm by themselves): Kendall's tau between the two models' s
 `min_kendall`; the 99th percentile of |p_cand - p_ref| above `abs_p99_limit`; PSI above `psi_limit`.
 The estimate is one-sided (KL >= 0 cannot say the candidate got better), and it assumes the float
 reference is calibrated on the window (docs/drift.md says when that breaks). Every message says
-"estimate": no label was read.
+"estimate": no label was read (an alarm on a window whose labels were there says so, "from scores
+only", not "no labels read"); an alarm's reason prints the quantity its test compared.
 """
 
 from __future__ import annotations
@@ -60,8 +61,12 @@ def _ok(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def decide_estimate(e: dict[str, Any], baseline: dict[str, Any] | None, t: EstimateThresholds) -> EstimateDecision:
-    """The rule above for the window's record `e` (keys of Estimate + psi) against `baseline`'s."""
+def decide_estimate(e: dict[str, Any], baseline: dict[str, Any] | None, t: EstimateThresholds,
+                    has_labels: bool = False) -> EstimateDecision:
+    """The rule above for the window's record `e` (keys of Estimate + psi) against `baseline`'s.
+    Each reason prints the quantity its test compared (row-sampling se only: the interval
+    [est_lo, est_hi] adds label noise and is where the labelled gap should fall, not what is
+    tested); `has_labels`: the window's labels were there (the estimate still reads none)."""
     gap, se = e.get("est_gap"), e.get("est_se_rows")
     if not (_ok(gap) and _ok(se)):
         return EstimateDecision(False, (), "estimate: n/a (no rows scored)", (), None)
@@ -72,12 +77,14 @@ def decide_estimate(e: dict[str, Any], baseline: dict[str, Any] | None, t: Estim
         shift = gap - baseline["est_gap"]
         noise = math.hypot(se, baseline["est_se_rows"])
         if shift - t.gap_allowance > t.z * noise:
-            trig.append(("estimate_shift", f"{text} grew by {_pct(shift)} since the baseline window "
-                                           f"{baseline['window']} ({_pct(baseline['est_gap'])}), beyond the "
-                                           f"{_pct(t.gap_allowance)} allowance by more than {t.z:g} se "
-                                           f"({_pct(noise)})"))
+            trig.append(("estimate_shift", f"estimated NE gap {_pct(gap)} grew by {_pct(shift)} since the baseline "
+                                           f"window {baseline['window']} ({_pct(baseline['est_gap'])}): growth minus "
+                                           f"the {_pct(t.gap_allowance)} allowance = {_pct(shift - t.gap_allowance)} "
+                                           f"> {t.z:g} x se {_pct(noise)} (row sampling of both estimates) = "
+                                           f"{_pct(t.z * noise)}"))
     if gap - t.z * se > t.gap_limit:
-        trig.append(("estimate_limit", f"{text} is beyond the {_pct(t.gap_limit)} limit"))
+        trig.append(("estimate_limit", f"estimated NE gap {_pct(gap)} - {t.z:g} x se {_pct(se)} (row sampling) "
+                                       f"= {_pct(gap - t.z * se)} is beyond the {_pct(t.gap_limit)} limit"))
     warnings = []
     tau, p99, psi = e.get("kendall_tau"), e.get("abs_p99"), e.get("psi")
     if _ok(tau) and tau < t.min_kendall:
@@ -87,7 +94,9 @@ def decide_estimate(e: dict[str, Any], baseline: dict[str, Any] | None, t: Estim
     if _ok(psi) and psi > t.psi_limit:
         warnings.append(f"estimate: score PSI {psi:.3f} > {t.psi_limit:g}")
     if trig:
-        reason = "ALARM (estimate, no labels read): " + "; ".join(m for _, m in trig)
+        head = "ALARM (estimate, from scores only; the labels are judged apart)" if has_labels else \
+            "ALARM (estimate, no labels read)"
+        reason = f"{head}: " + "; ".join(m for _, m in trig)
     else:
         base = "" if shift is None else f", {_pct(shift)} vs baseline window {baseline['window']}"  # type: ignore[index]
         reason = f"healthy (estimate): {text}{base}"

@@ -15,6 +15,8 @@ is recorded.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from lowprec.drift.record import finite
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError, warn
 from lowprec.progress import Stages
-from lowprec.provenance import check_converted_from
+from lowprec.provenance import check_converted_from, check_same_float
 from lowprec.drift.sources import check_sources
 from lowprec.fileio import sha256_file
 from lowprec.train import check_compatible
@@ -88,15 +90,28 @@ class DriftOutcome:
     estimates: list[dict[str, Any]] = field(default_factory=list)  # label-free records (lowprec.drift.delayed)
 
     @property
+    def labelled_alarms(self) -> list[int]:
+        return [w["window"] for w in self.windows if w["alarm"]]
+
+    @property
+    def estimate_alarms(self) -> list[int]:
+        return [e["window"] for e in self.estimates if e["est_alarm"]]
+
+    @property
+    def alarms(self) -> list[int]:
+        """Windows in alarm by either rule (an estimate alarm counts for the exit code too)."""
+        return sorted(set(self.labelled_alarms) | set(self.estimate_alarms))
+
+    @property
     def first_alarm(self) -> int | None:
-        return next((w["window"] for w in self.windows if w["alarm"]), None)
+        return self.alarms[0] if self.alarms else None
 
     def to_json(self) -> dict[str, Any]:
         return {"db": str(self.db), "report": str(self.report), "exit_code": self.exit_code,
-                "processed": self.processed, "first_alarm": self.first_alarm,
-                "alarms": [w["window"] for w in self.windows if w["alarm"]],
+                "processed": self.processed, "first_alarm": self.first_alarm, "alarms": self.alarms,
+                "labelled_alarms": self.labelled_alarms,
                 "windows": self.windows, "recalibrations": self.recalibrations, "notes": self.notes,
-                "estimate_alarms": [e["window"] for e in self.estimates if e["est_alarm"]],
+                "estimate_alarms": self.estimate_alarms,
                 "labels_pending": [e["window"] for e in self.estimates if e["labels"] == "pending"],
                 "estimates": self.estimates}
 
@@ -132,9 +147,11 @@ def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     check_compatible(cand_cfg, ds.meta, str(job.candidate))
     is_artifact = model_kind(job.candidate) == "artifact"
     ref_sha = weights_sha256(job.reference)
+    cand_sha = sha256_file(job.candidate / "manifest.json") if is_artifact else weights_sha256(job.candidate)
     if is_artifact and not job.allow_unrelated_candidate:
         check_converted_from(job.reference, ref_sha, job.candidate, manifest, "--allow-unrelated-candidate")
-    cand_sha = sha256_file(job.candidate / "manifest.json") if is_artifact else weights_sha256(job.candidate)
+    elif not job.allow_unrelated_candidate:
+        check_same_float(job.reference, ref_sha, job.candidate, cand_sha, "--allow-unrelated-candidate")
     return _Models(reference, candidate, manifest if is_artifact else None, ref_sha, cand_sha, ref_info)
 
 
@@ -173,6 +190,8 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
                          f"(its model_sha256 is not the sha256 of --reference {job.reference})")
     if job.on_alarm == "recalibrate" and models.manifest is None:
         raise InputError("--on-alarm recalibrate needs --candidate to be a quantized artifact")
+    if job.on_alarm == "recalibrate":
+        check_recal_outputs(job, chosen)
     with DriftStore(job.db) as store:
         store.check_pair(str(job.reference), models.reference_sha, str(job.candidate), models.candidate_sha)
         with store.transaction():
@@ -271,16 +290,38 @@ def recal_dir(candidate: Path, target: int, source: str) -> Path:
     return candidate.with_name(f"{candidate.name}.recal-w{target}{'' if source == 'healthy' else '-alarmed'}")
 
 
+def recal_paths(job: DriftJob, target: int, source: str) -> tuple[Path, Path]:
+    """The recalibrated artifact for (alarm window, source) and its calibration file beside it."""
+    out = recal_dir(job.candidate, target, source)
+    return out, out.with_name(out.name + ".calib.json")
+
+
+def check_recal_outputs(job: DriftJob, chosen: list[int]) -> None:
+    """Before any window is scored: every path a recalibration of any requested window may write
+    (the artifact directory and its calibration file) must be free or lowprec's own of that kind,
+    and its directory writable; InputError naming the path otherwise (nothing written)."""
+    from lowprec.fileio import claim_output
+
+    rc = job.config.recalibrate
+    inputs = [job.reference, job.candidate, job.data]
+    for w in chosen:
+        for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
+            art, calib = recal_paths(job, w, source)
+            claim_output(art, "artifact", inputs, what="--on-alarm recalibrate: the recalibrated artifact")
+            claim_output(calib, "calibration", inputs, what="--on-alarm recalibrate: the recalibration's calibration")
+    d = job.candidate.resolve().parent
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise InputError(f"--on-alarm recalibrate writes its artifacts beside --candidate, in {d}, which is not "
+                         f"writable; make it writable or run without --on-alarm recalibrate")
+
+
 def _recal_obstacle(job: DriftJob, models: _Models, target: int, source: str, windows: list[int]) -> str:
     if not windows:
         return f"no healthy window before the first alarm (window {target}) to calibrate on"
     src = (models.manifest or {}).get("source", {}).get("sha256")
     if src is not None and src != models.reference_sha:
         return "the deployed artifact was not converted from this --reference (sha256 differs)"
-    out = recal_dir(job.candidate, target, source)
-    if out.exists() and not (out / "manifest.json").is_file():
-        return f"{out} exists and is not a lowprec artifact; not replacing it"
-    return ""
+    return ""  # (its output paths were checked before any window: check_recal_outputs)
 
 
 def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, target: int,
@@ -299,10 +340,13 @@ def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Mod
     rows = sum(ds.meta.window(w).rows for w in windows)
     c = calibrate(float_model, ds, CalibConfig(tuple(windows), method, percentile, job.batch_size),
                   stages(f"recalibrate on windows {windows}", 2 * rows, "rows"))
-    out_dir = recal_dir(job.candidate, target, source)
+    out_dir, calib_path = recal_paths(job, target, source)
     convert(job.reference, Plan.from_json(models.manifest["plan"], "deployed artifact's plan"), out_dir, c)
-    calib_path = out_dir.with_name(out_dir.name + ".calib.json")
-    save_calibration(c, calib_path, models.reference_sha)
+    try:
+        save_calibration(c, calib_path, models.reference_sha)
+    except BaseException:  # never an artifact without its calibration (no row records it: rerun redoes both)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     runtime, _ = load_artifact(out_dir)
     tiers = TierShareObserver(runtime)  # the re-ranked tiers' shares on the alarmed window
     m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None,

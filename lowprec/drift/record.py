@@ -8,7 +8,7 @@ from typing import Any
 
 from lowprec.data.dataset import Dataset
 from lowprec.drift.alarm import decide
-from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
+from lowprec.drift.signals import baseline_problem, calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
 from lowprec.evaluation.paired import TableError, WindowMeasure
 from lowprec.train import seen_in_training
@@ -20,9 +20,17 @@ def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: in
     """The labelled window row (metrics, gaps, decision), its clipping rows and table-error rows."""
     info = ds.meta.window(w)
     rates = calib_rates(calib, list(m.clipping))
+    t = job.config.alarm
     base = store.baseline()
+    if base is not None and baseline_problem(base, t):  # (chosen by an older lowprec)
+        base = None
+    here = {"window": w, "ref_ne": m.reference["ne"], "ref_calibration": m.reference["calibration"],
+            "ctr": m.reference["ctr"], "rows": m.rows}
+    cannot = baseline_problem(here, t) if base is None else ""
+    if base is None and not cannot:
+        base = here  # the first window that can be the baseline: this one
     s = signals_for(m, base, rates, expected_gap(models.manifest), expected_calibration_gap(models.manifest))
-    d = decide(s, store.previous_state(w), job.config.alarm)
+    d = decide(s, store.previous_state(w), t)
     learned = seen_in_training(models.reference_info, ds, [w])
     warnings = d.warnings + tuple(
         f"--reference learned from this window ({kind} data): both models' metrics here are not held-out, and as "
@@ -38,10 +46,12 @@ def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: in
         "auc_diff": m.delong.diff, "auc_se": math.sqrt(m.delong.var) if m.delong.var >= 0 else None,
         "auc_z": m.delong.z, "auc_p": m.delong.p_two_sided, "auc_p_drop": m.delong.p_drop,
         "cal_gap": m.cal_gap.estimate, "cal_gap_lo": m.cal_gap.lo, "cal_gap_hi": m.cal_gap.hi, "psi": m.psi,
-        "baseline_window": base["window"] if base else w, "stale_ne": s.stale_ne,
+        "baseline_window": base["window"] if base else None, "stale_ne": s.stale_ne,
         "stale_calibration": s.stale_calibration, "cusum_up": d.state.up, "cusum_down": d.state.down,
         "alarm": int(d.alarm), "triggers": d.triggers, "reason": d.reason, "warnings": warnings,
-        "staleness": d.staleness,
+        "staleness": d.staleness + ((f"no staleness baseline yet: window {w} cannot be the float model's "
+                                     f"baseline ({cannot}); the first recorded window with enough labels of "
+                                     f"each class and a finite NE becomes it",) if cannot else ()),
     }
     clip_rows = [{"window": w, "layer": n, "clip_rate": c["clip_rate"], "calib_clip_rate": rates.get(n),
                   "clipped": c["clipped"], "elements": c["elements"], "range_lo": c["range"][0],

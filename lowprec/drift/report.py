@@ -156,7 +156,7 @@ def _fig_staleness(d: ReportData, xs: list[int], path: Path) -> None:
     ax.plot(xs, _col(d.windows, "stale_ne", 100), "o-", label="float NE vs baseline (%)")
     ax.plot(xs, _col(d.windows, "stale_calibration", 100), "s--", label="float calibration vs baseline (%)")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_title(f"model staleness (baseline: window {d.meta.get('baseline_window')})")
+    ax.set_title(f"model staleness ({_baseline(d)})")
     ax.set_xlabel("window")
     ax.legend(loc="best")
     _axes_alarm(ax, xs, [])
@@ -200,16 +200,24 @@ def draw_figures(d: ReportData, out: Path) -> dict[str, str]:
 def _summary(d: ReportData) -> list[Block]:
     rows, m, t = d.windows, d.meta, d.config.alarm
     alarms = [r for r in rows if r["alarm"]]
-    latest = rows[-1] if rows else None
+    est = {e["window"]: e for e in d.estimates if e["est_alarm"]}  # an estimate alarm exits 1 too
+    labels = {**{e["window"]: e["label"] for e in d.estimates}, **{r["window"]: r["label"] for r in rows}}
+    either = sorted({r["window"] for r in alarms} | set(est))
+
+    def kind(w: int) -> str:
+        return "" if w not in est else ", by both rules" if w in {r["window"] for r in alarms} else \
+            ", by the label-free estimate"
+    latest = max(labels) if labels else None
     state = "no window recorded" if latest is None else \
-        f"latest window {latest['window']} ({latest['label']}): {'ALARM' if latest['alarm'] else 'healthy'}"
-    first = f"first alarm: window {alarms[0]['window']} ({alarms[0]['label']})" if alarms else "no alarm"
+        f"latest window {latest} ({labels[latest]}): {'ALARM' + kind(latest) if latest in either else 'healthy'}"
+    first = f"first alarm: window {either[0]} ({labels[either[0]]}{kind(either[0])})" if either else "no alarm"
     return [
         ("h1", "lowprec drift report"),
         ("p", f"Reference (float) `{m['reference']}` (sha256 {m['reference_sha256'][:12]}), candidate "
               f"`{m['candidate']}` (sha256 {m['candidate_sha256'][:12]}). Database `{d.db}`; generated "
               f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}."),
-        ("p", f"{len(rows)} windows recorded, {len(alarms)} in alarm; {first}; {state}."),
+        ("p", f"{len(rows)} windows recorded, {len(alarms)} in alarm"
+              f"{f', {len(est)} in estimate alarm' if est else ''}; {first}; {state}."),
         *([("h3", "Notes from the latest run"), ("ul", d.notes)] if d.notes else []),
         *([("p", f"Label-free: {len(d.estimates)} windows estimated, "
                  f"{sum(not e['labelled'] for e in d.estimates)} still awaiting their labels, "
@@ -264,10 +272,17 @@ def _staleness_section(d: ReportData, figs: dict[str, str]) -> list[Block]:
     body = [[r["window"], _f(r["ref_ne"]), pct(r["stale_ne"], 1), _f(r["ref_calibration"], 3),
              pct(r["stale_calibration"], 1), "; ".join(r["staleness"]) or "-"] for r in d.windows]
     img = [("img", figs["staleness"], "float model staleness")] if "staleness" in figs else []
-    return [("h2", f"Model staleness (float model vs baseline window {d.meta.get('baseline_window')})"),
-            ("p", "How the float reference itself ages against the first monitored window. This is the "
-                  "model's drift, not quantization's fault: it never raises the quantization alarm."),
+    return [("h2", f"Model staleness (float model vs {_baseline(d)})"),
+            ("p", "How the float reference itself ages against its baseline: the first recorded window with "
+                  f"at least {d.config.alarm.min_positives} positive and {d.config.alarm.min_negatives} negative "
+                  "labels and a finite NE. This is the model's drift, not quantization's fault: it never raises "
+                  "the quantization alarm."),
             *img, ("table", head, body)]
+
+
+def _baseline(d: ReportData) -> str:
+    b = d.meta.get("baseline_window")
+    return f"baseline window {b}" if b else "no baseline yet"
 
 
 def _clipping_section(d: ReportData, figs: dict[str, str]) -> list[Block]:

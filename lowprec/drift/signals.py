@@ -1,5 +1,10 @@
 """One window's alarm signals from its paired measurement: gaps net of the deployed plan's validated
-gap, staleness of the float model against the baseline window, clipping against calibration."""
+gap, staleness of the float model against the baseline window, clipping against calibration.
+
+The staleness baseline is the first recorded window that can be one (`baseline_problem`): enough
+labels of each class (the [alarm] min_positives / min_negatives) and a finite float NE. A window
+with 3 positives has an NE far from the model's (51 where 0.9 is usual) and a window of one label
+class none at all; as the baseline either made every later window's staleness wrong or null."""
 
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ def expected_calibration_gap(manifest: dict[str, Any] | None) -> float:
 def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
                 calib: dict[str, float | None], expected: float = 0.0, expected_cal: float = 0.0) -> Signals:
     ref = m.reference
-    stale_ne = stale_cal = 0.0
+    stale_ne = stale_cal = None  # no baseline (yet)
     if baseline is not None:
         stale_ne = _ratio(ref["ne"], baseline["ref_ne"])
         stale_cal = _ratio(ref["calibration"], baseline["ref_calibration"])
@@ -50,6 +55,27 @@ def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
                    m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate - expected_cal,
                    m.cal_gap.lo - expected_cal, m.cal_gap.hi - expected_cal, m.psi, clipping, stale_ne,
                    stale_cal, expected, pos, None if pos is None else rows - pos, expected_cal_gap=expected_cal)
+
+
+def label_counts(ctr: float | None, rows: int | None) -> tuple[int, int] | None:
+    """(positives, negatives) of a window from its click rate and rows; None when unknown."""
+    if ctr is None or rows is None or not math.isfinite(ctr):
+        return None
+    pos = int(round(ctr * rows))
+    return pos, rows - pos
+
+
+def baseline_problem(row: dict[str, Any], t: Any) -> str:
+    """Why a window (keys ref_ne, ctr, rows) cannot be the staleness baseline under [alarm]
+    thresholds `t` ("" when it can)."""
+    counts = label_counts(row.get("ctr"), row.get("rows"))
+    if counts is not None and (counts[0] < t.min_positives or counts[1] < t.min_negatives):
+        return (f"too few labels: {counts[0]} positives / {counts[1]} negatives (minimum {t.min_positives} / "
+                f"{t.min_negatives})")
+    ne = row.get("ref_ne")
+    if ne is None or not math.isfinite(ne):
+        return "the float model's NE is not finite (one label class)"
+    return ""
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -4,11 +4,13 @@ A window's results are only its own while the inputs are: `window_source` finger
 window's data: the dataset's feature schema, the window's entry in dataset.json and its dense and
 sparse files, sampled beyond 16 MiB -- not the labels, which may arrive later, and not the other
 windows, so a dataset that grows by a window a day keeps its history; the window's row count; the
-reference's and candidate's sha256; the [alarm] thresholds as JSON) and `DriftStore.record_window` stores that row in the
-window's transaction. On a later run `check_sources` REFUSES (InputError, exit 2) a recorded
+reference's and candidate's sha256; the [alarm] thresholds its labelled row was judged with, as
+JSON: null while its labels are pending, set when they are filled in) and `DriftStore.record_window`
+stores that row in the window's transaction. On a later run `check_sources` REFUSES (InputError, exit 2) a recorded
 window whose data or models differ (a reused --db with another --data would otherwise report the
 old results as the new data's), and returns plain notes, shown by the CLI and in --json: the
-windows judged with other thresholds (not re-judged), and the windows whose labels file is not the
+labelled windows judged with other thresholds (not re-judged; a window still pending, or filled in
+by this run, was not judged yet), and the windows whose labels file is not the
 one their labelled metrics were computed from (`window_labels_sha`, written with the labelled row).
 Labels get revised after the fact (late conversions), so that is said, not refused: the recorded
 metrics stand. A labels file whose size, mtime and ctime are the recorded ones is not fingerprinted
@@ -47,16 +49,24 @@ def labels_stat(ds: Dataset, w: int) -> str | None:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def window_source(job: Any, ds: Dataset, models: Any, w: int) -> dict[str, Any]:
-    """What window w is computed from: data fingerprint, both models, the thresholds judging it."""
+def alarm_json(job: Any) -> str:
+    """The [alarm] thresholds a labelled window is judged with, as recorded in window_sources."""
+    return json.dumps(dataclasses.asdict(job.config.alarm), sort_keys=True)
+
+
+def window_source(job: Any, ds: Dataset, models: Any, w: int, judged: bool = True) -> dict[str, Any]:
+    """What window w is computed from: data fingerprint, both models, the thresholds judging it
+    (`judged` False: its labels are not there, so no [alarm] threshold judges it yet: null, set
+    when its labels are filled in)."""
     return {"data_sha256": window_fingerprint(ds, w), "rows": ds.meta.window(w).rows,
             "reference_sha256": models.reference_sha, "candidate_sha256": models.candidate_sha,
-            "thresholds": json.dumps(dataclasses.asdict(job.config.alarm), sort_keys=True)}
+            "thresholds": alarm_json(job) if judged else None}
 
 
 def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: list[int]) -> list[str]:
     """Refuse recorded windows computed from other data or models; notes on changed thresholds."""
     recorded, notes, rejudge = store.sources(), [], []
+    judged = store.recorded()  # windows with a labelled row; the others were never judged by [alarm]
     for w in sorted(set(chosen) & set(recorded)):
         was, now = recorded[w], window_source(job, ds, models, w)
         if not str(was["data_sha256"]).startswith("window:"):  # recorded before per-window fingerprints
@@ -68,7 +78,7 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
                     f"--db {store.path}: window {w} was computed from another {what} ({was[key]!r}, now "
                     f"{now[key]!r} from --data {job.data}); its recorded results would be reported as "
                     f"this data's. Use a new --db for this data (refused; nothing recorded).")
-        if was["thresholds"] != now["thresholds"]:
+        if w in judged and was["thresholds"] is not None and was["thresholds"] != now["thresholds"]:
             rejudge.append(w)
     labels, revised, touched = store.label_sources(), [], []
     for w in sorted(set(chosen) & set(labels)):

@@ -4,9 +4,11 @@ Guarantees:
 - a window is either fully recorded (its row, its layer-clipping rows and its table-error rows,
   committed in one `BEGIN IMMEDIATE ... COMMIT`) or absent: SQLite's rollback journal undoes a
   transaction cut short by a SIGKILL the next time the file is opened;
-- one run at a time: `fcntl.flock(LOCK_EX | LOCK_NB)` on `FILE.sqlite.lock`, held for the whole
-  run. The kernel drops the lock when the process dies (even on SIGKILL), so there is never a stale
-  lock; a second run meanwhile is refused with the holder's pid;
+- one run at a time: `fcntl.flock(LOCK_EX | LOCK_NB)` on `FILE.sqlite.lock` beside the file the
+  path resolves to (and on the file itself when it has other hard links: lowprec.drift.dbfile),
+  held for the whole run, whatever path (symlink, hard link) reaches the file. The kernel drops the
+  lock when the process dies (even on SIGKILL), so there is never a stale lock; a second run
+  meanwhile is refused with the holder's pid;
 - one (reference, candidate) pair per database, identified by the sha256 of the reference's
   model.safetensors and of the candidate's manifest.json (which lists the sha256 of its weights);
   a run for another pair is refused rather than mixed into the history.
@@ -25,15 +27,13 @@ label-free side (lowprec.drift.delayed): `labelfree` (one row per window: the es
 agreement, |Δp|, PSI, the estimate rule's decision, whether labels were there and when they were
 filled in), `attribution` (per window x part) and `window_events` (the history: one row per record
 written, label-free or labelled, with its decision). Databases from before a table gain it on open;
-their windows have no source row and are not checked.
+their windows have no source row and are not checked. What makes a file a drift history, and the
+lock, are lowprec.drift.dbfile's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import errno
-import fcntl
 import json
 import os
 import sqlite3
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lowprec.drift.alarm import CusumState
+from lowprec.drift.dbfile import FORMAT, acquire_lock, check_ours, lock_path
 from lowprec.errors import InputError, user_os_errors
 from lowprec.fileio import check_parent
 
@@ -117,8 +118,8 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def lock_path(db: Path) -> Path:
-    return db.with_name(db.name + ".lock")
+# columns a history written by an older lowprec may lack: added on open
+ADDED_LATER = {"window_labels": {"labels_stat"}}
 
 
 class DriftStore:
@@ -129,18 +130,23 @@ class DriftStore:
         if self.path.exists() and not self.path.is_file():
             raise InputError(f"--db {self.path} exists and is not a file")
         check_parent(self.path, "--db")
-        _check_ours(self.path)
+        check_ours(self.path, SCHEMA, ADDED_LATER)
         lock = lock_path(self.path)
         new_lock = not lock.exists()
         with user_os_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _acquire_lock(lock, self.path)
+        try:
+            self._lock_fd, self._db_fd = acquire_lock(lock, self.path)
+        except BaseException:
+            if new_lock:  # a refused run leaves nothing behind
+                lock.unlink(missing_ok=True)
+            raise
         try:
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             self.conn.row_factory = sqlite3.Row
             self._init_schema()
         except BaseException as exc:
-            os.close(self._lock_fd)
+            self._unlock()
             if new_lock:  # a refused run leaves nothing behind
                 lock.unlink(missing_ok=True)
             if isinstance(exc, sqlite3.DatabaseError):
@@ -156,8 +162,13 @@ class DriftStore:
     def close(self) -> None:
         if self._lock_fd is not None:
             self.conn.close()
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+            self._unlock()
+
+    def _unlock(self) -> None:
+        for fd in (self._db_fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)  # releases the flock
+        self._lock_fd = self._db_fd = None
 
     def _init_schema(self) -> None:
         with self.transaction():
@@ -171,6 +182,8 @@ class DriftStore:
             elif version != str(SCHEMA_VERSION):
                 raise InputError(f"{self.path}: drift database schema version {version} is not "
                                  f"supported (this lowprec writes version {SCHEMA_VERSION})")
+            if self.meta("format") is None:  # what identifies a drift history (lowprec.drift.dbfile)
+                self.set_meta("format", FORMAT)
             # We hold the lock, so a run still marked running was killed.
             self.conn.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
 
@@ -232,7 +245,8 @@ class DriftStore:
         return CusumState() if row is None else CusumState(row[0] or 0.0, row[1] or 0.0)
 
     def baseline(self) -> dict[str, Any] | None:
-        """The first window ever recorded (the float model's staleness baseline)."""
+        """The float model's staleness baseline: the first recorded window that could be one (enough
+        labels, finite NE; chosen in lowprec.drift.record), None until there is one."""
         b = self.meta("baseline_window")
         if b is None:
             return None
@@ -271,8 +285,8 @@ class DriftStore:
             _insert(self.conn, "tier_share", TIER_COLUMNS, list(tiers))
             if source is not None:
                 _insert(self.conn, "window_sources", SOURCE_COLUMNS, [dict(source, window=row["window"])])
-            if self.meta("baseline_window") is None:
-                self.set_meta("baseline_window", str(row["window"]))
+            if row.get("baseline_window") == row["window"]:  # it is its own: the first that can be
+                self.set_meta("baseline_window", str(row["window"]))  # (lowprec.drift.signals.baseline_problem)
             if also is not None:
                 also(self)
 
@@ -352,38 +366,3 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
-def _check_ours(db: Path) -> None:
-    """Refuse a --db that holds something other than a drift history (read-only look: a user's
-    own SQLite file must not gain our tables). An empty or absent file is a new history."""
-    if not db.is_file() or db.stat().st_size == 0:
-        return
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            version = (conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                       if "meta" in tables else None)
-    except sqlite3.DatabaseError as exc:
-        raise InputError(f"--db {db}: not a usable SQLite database ({exc})") from exc
-    if tables and version is None:
-        shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
-        raise InputError(f"--db {db} is a SQLite database but not a lowprec drift history (its tables: "
-                         f"{shown}); refusing to write into it: give a new path")
-
-
-def _acquire_lock(path: Path, db: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise InputError(f"--db {db} is in use by another `lowprec drift` run ({holder}); refusing "
-                             f"to run concurrently. The lock is released when that run ends.") from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}, started {now()}".encode(), 0)
-    os.fsync(fd)
-    return fd

@@ -28,10 +28,11 @@ def last_json(result):
 
 
 def drift_cmd(pair, data, db, report, *extra) -> list[str]:
-    """`lowprec drift` of pair/ref vs pair/cand as a child-process command line."""
+    """`lowprec drift` of pair/ref vs pair/cand as a child-process command line (cand may be another
+    training of the float model: --allow-unrelated-candidate)."""
     return [sys.executable, "-c", "from lowprec.cli import main; main()", "drift", "--reference", str(pair / "ref"),
             "--candidate", str(pair / "cand"), "--data", str(data), "--windows", "all", "--db", str(db),
-            "--report", str(report), *extra]
+            "--report", str(report), "--allow-unrelated-candidate", *extra]
 
 
 def kill_after_first_window(cmd: list[str], db, timeout: float = 120.0) -> int:

@@ -171,3 +171,102 @@ def test_estimate_thresholds_from_toml(tmp_path):
     p.write_text("[estimate]\nnope = 1\n")
     with pytest.raises(InputError, match="nope"):
         load_config(p)
+
+
+def test_thresholds_are_recorded_when_a_window_is_judged_and_only_real_rejudges_are_said(pair, tmp_path):
+    """Thresholds changed between a window's label-free record and its labels: the fill-in judges it
+    with the new ones, so those are what its source row records; the note names only labelled
+    windows judged with other thresholds, not the window judged now nor one still without labels."""
+    data = tmp_path / "data"
+    shutil.copytree(pair / "data", data)
+    hide_labels(data, [3, 4])
+    db = tmp_path / "h.sqlite"
+    assert drift(pair, db, data).exit_code in (0, 1)
+    labels_arrive(data, 3)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[alarm]\nne_gap_limit = 0.5\nne_gap_allowance = 0.2\n")
+    for _ in range(2):  # the fill-in run, then a run with nothing new
+        out = last_json(drift(pair, db, data, "2-4", "--config", cfg))
+        said = [n for n in out["notes"] if "[alarm] thresholds" in n]
+        assert len(said) == 1 and said[0].startswith("windows [2] were judged with other [alarm] thresholds"), said
+    with DriftStore(db) as s:
+        src = {w: json.loads(r["thresholds"]) if r["thresholds"] else None for w, r in s.sources().items()}
+    assert src[3]["ne_gap_limit"] == 0.5 and src[2]["ne_gap_limit"] == 0.002 and src[4] is None
+
+
+def test_an_estimate_alarm_prints_what_its_test_compared():
+    """The limit test compares gap - z·se (row sampling) with the limit; the reason printed the wider
+    interval with label noise ("[CI -4.851%, +29.430%] is beyond the +0.200% limit" while it held 0).
+    A window whose labels were there is not said to have had none read."""
+    t = EstimateThresholds()
+    e = {"window": 5, "est_gap": 0.12, "est_se_rows": 0.01, "est_lo": -0.04851, "est_hi": 0.2943}
+    d = decide_estimate(e, None, t)
+    assert d.triggers == ("estimate_limit",) and d.reason.startswith("ALARM (estimate, no labels read): ")
+    assert "+12.000% - 3 x se +1.000% (row sampling) = +9.000% is beyond the +0.200% limit" in d.reason
+    assert "-4.851%" not in d.reason and "CI" not in d.reason
+    shift = decide_estimate(_est(0.0016), _est(0.0005, window=1), t, has_labels=True)
+    assert shift.triggers == ("estimate_shift",) and "no labels read" not in shift.reason
+    assert shift.reason.startswith("ALARM (estimate, from scores only")
+    assert "allowance = +0.060% > 3 x se +0.001% (row sampling of both estimates) = +0.004%" in shift.reason
+
+
+def test_an_estimate_only_alarm_is_named_where_the_exit_code_is_explained(pair, tmp_path):
+    """An estimate alarm exits 1; the summary said "first alarm: none", --json had first_alarm null and
+    alarms [], and the report "0 in alarm; no alarm". All three now name the estimate alarm."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[alarm]\nne_gap_limit = 0.5\nne_gap_allowance = 0.2\ncusum_h = 1000\ncusum_cap = 1000\n"
+                   "auc_drop_limit = 1\ncalibration_gap_limit = 1\n[estimate]\ngap_limit = 0\nz = 1e-9\n")
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, pair / "data", "2-4", "--config", cfg)
+    out = last_json(r)
+    assert r.exit_code == 1 == out["exit_code"], r.output
+    assert [w["alarm"] for w in out["windows"]] == [False] * 3 and out["labelled_alarms"] == []
+    assert out["estimate_alarms"] == [2, 3, 4] and out["alarms"] == [2, 3, 4] and out["first_alarm"] == 2
+    md = (tmp_path / "h.report" / "report.md").read_text()
+    assert "3 windows recorded, 0 in alarm, 3 in estimate alarm; first alarm: window 2 (w2, by the label-free " \
+           "estimate); latest window 4 (w4): ALARM, by the label-free estimate." in md
+    r = cli("drift", "--reference", pair / "ref", "--candidate", pair / "cand", "--data", pair / "data",
+            "--windows", "2-4", "--db", db, "--report", db.with_suffix(".report"), "--config", cfg)
+    assert r.exit_code == 1 and "first alarm: 2 (label-free estimate);" in r.stdout, r.stdout
+
+
+def test_recalibration_outputs_are_checked_before_any_window(pair, tmp_path, monkeypatch):
+    """A foreign file where a recalibration would write its calibration (or a foreign directory where
+    it would write its artifact, or a read-only directory) failed after scoring and after writing
+    the artifact, saying "--out" (drift has none). Now: exit 2 naming the path before any window,
+    nothing written."""
+    for name in ("ref", "cand"):
+        shutil.copytree(pair / name, tmp_path / name)
+    db = tmp_path / "h.sqlite"
+
+    def run():
+        return cli("drift", "--reference", tmp_path / "ref", "--candidate", tmp_path / "cand", "--data",
+                   pair / "data", "--windows", "2-4", "--db", db, "--report", tmp_path / "rep",
+                   "--on-alarm", "recalibrate", "--recalibrate-on", "both")
+
+    def nothing_written():
+        return not db.exists() and not (tmp_path / "rep").exists() and \
+            sorted(p.name for p in tmp_path.iterdir()) == sorted(["cand", "ref"] + extra)
+
+    extra = ["cand.recal-w3.calib.json"]
+    (tmp_path / extra[0]).write_text('{"mine": true}')
+    r = run()
+    assert r.exit_code == 2 and f"the recalibration's calibration {tmp_path / extra[0]} exists and is not a " \
+        "lowprec calibration" in r.output and "--out" not in r.output, r.output
+    assert nothing_written()
+    (tmp_path / extra[0]).unlink()
+    extra = ["cand.recal-w4-alarmed"]
+    (tmp_path / extra[0]).mkdir()
+    (tmp_path / extra[0] / "notes.txt").write_text("mine")
+    r = run()
+    assert r.exit_code == 2 and f"the recalibrated artifact {tmp_path / extra[0]} exists" in r.output, r.output
+    assert nothing_written() and "--out" not in r.output
+    shutil.rmtree(tmp_path / extra[0])
+    extra = []
+    import lowprec.drift.job as job
+
+    real = os.access  # no directory writable (root writes through a chmod)
+    monkeypatch.setattr(job.os, "access", lambda path, mode, **kw: not mode & os.W_OK and real(path, mode, **kw))
+    r = run()
+    assert r.exit_code == 2 and f"in {tmp_path}, which is not writable" in r.output, r.output
+    assert nothing_written()

@@ -39,7 +39,8 @@ def pair(tmp_path_factory):
 
 def drift(root, db, *extra, windows="2-5", data=None):
     return cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", data or root / "data",
-               "--windows", windows, "--db", db, "--report", db.with_suffix(".report"), "--json", *extra)
+               "--windows", windows, "--db", db, "--report", db.with_suffix(".report"), "--json",
+               "--allow-unrelated-candidate", *extra)  # cand: another training of the float model
 
 
 def test_db_matches_evaluate_and_delong_matches_brute_force(pair, tmp_path):
@@ -121,7 +122,7 @@ def test_other_pair_bad_config_and_bad_report_dir_exit_2(pair, tmp_path):
     db = tmp_path / "h.sqlite"
     assert drift(pair, db, windows="2").exit_code in (0, 1)
     swapped = cli("drift", "--reference", pair / "cand", "--candidate", pair / "ref", "--data", pair / "data",
-                  "--windows", "3", "--db", db, "--report", tmp_path / "r2")
+                  "--windows", "3", "--db", db, "--report", tmp_path / "r2", "--allow-unrelated-candidate")
     assert swapped.exit_code == 2 and "another pair" in swapped.output
     cfg = tmp_path / "t.toml"
     cfg.write_text("[alarm]\ncusum_hh = 3\n")
@@ -131,7 +132,7 @@ def test_other_pair_bad_config_and_bad_report_dir_exit_2(pair, tmp_path):
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
     r = cli("drift", "--reference", pair / "ref", "--candidate", pair / "cand", "--data", pair / "data",
-            "--windows", "2", "--db", tmp_path / "y.sqlite", "--report", keep)
+            "--windows", "2", "--db", tmp_path / "y.sqlite", "--report", keep, "--allow-unrelated-candidate")
     assert r.exit_code == 2 and "not a lowprec drift report" in r.output
     assert (keep / "notes.txt").read_text() == "mine"
 

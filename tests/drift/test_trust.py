@@ -81,7 +81,7 @@ def run(root, data, db, thresholds="", json_out=True, report=None):
     cfg.write_text(f"[bootstrap]\nreplicates = 20\n{thresholds}")
     return cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / data,
                "--windows", "1-2", "--db", db, "--report", report or db.with_suffix(".report"), "--config", cfg,
-               *(["--json"] if json_out else []))
+               "--allow-unrelated-candidate", *(["--json"] if json_out else []))  # cand: another training
 
 
 def test_db_reused_with_other_data_is_refused_and_threshold_changes_are_said(two_datasets, tmp_path):
@@ -107,7 +107,8 @@ def test_db_follows_a_dataset_that_grows_by_a_window(two_datasets, tmp_path):
     assert first.exit_code in (0, 1), first.output
     cfg = db.with_name("cfg0.toml")
     r = cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / "a_grown",
-            "--windows", "1-3", "--db", db, "--report", tmp_path / "g.report", "--config", cfg, "--json")
+            "--windows", "1-3", "--db", db, "--report", tmp_path / "g.report", "--config", cfg, "--json",
+            "--allow-unrelated-candidate")
     assert r.exit_code in (0, 1), r.output
     out = last_json(r)
     assert [w["window"] for w in out["windows"]] == [1, 2, 3]
@@ -214,3 +215,59 @@ def test_a_labels_file_is_fingerprinted_again_only_when_its_stat_changes(two_dat
     assert labels.stat().st_size == before.st_size and labels.stat().st_mtime_ns == before.st_mtime_ns
     notes = last_json(run(tmp_path / "link", "data", db))["notes"]
     assert read == [1] and len(notes) == 1 and "windows [1] have labels that are not the ones" in notes[0]
+
+
+def test_a_float_candidate_other_than_the_reference_is_refused(two_datasets, tmp_path):
+    """Two different float models differ by more than quantization: drift alarmed on a spurious gap
+    (exit 1) where an artifact converted from another model is refused. Same refusal, same flag;
+    a copy of the reference is the same model."""
+    import shutil
+
+    root = two_datasets
+
+    def drift(candidate, name, *extra):
+        return cli("drift", "--reference", root / "ref", "--candidate", candidate, "--data", root / "a",
+                   "--windows", "1", "--db", tmp_path / f"{name}.sqlite", "--report", tmp_path / name, *extra)
+
+    r = drift(root / "cand", "a")
+    assert r.exit_code == 2 and f"--candidate {root / 'cand'} is a float model with weights sha256" in r.output
+    assert "--allow-unrelated-candidate" in r.output and not (tmp_path / "a.sqlite").exists()
+    assert drift(root / "cand", "b", "--allow-unrelated-candidate").exit_code in (0, 1)
+    shutil.copytree(root / "ref", tmp_path / "ref-copy")
+    same = drift(tmp_path / "ref-copy", "c")
+    assert same.exit_code == 0, same.output
+
+
+@pytest.mark.parametrize("first", ["3 positives", "one label class"])
+def test_the_staleness_baseline_is_the_first_window_with_enough_labels(two_datasets, tmp_path, first):
+    """A first window with 3 positives (NE ~50) made every later window "-98%: the data got easier";
+    one of a single label class (NE undefined) made staleness null for the life of the database. The
+    baseline is the first recorded window with enough labels of each class and a finite NE; until
+    then staleness says it has none."""
+    import shutil
+
+    import numpy as np
+
+    root = two_datasets
+    data = tmp_path / "data"
+    shutil.copytree(root / "a_grown", data)
+    y = np.zeros(600, dtype=np.int32)
+    if first == "3 positives":
+        y[:3] = 1
+    np.save(data / "day_1_labels.npy", y)
+    db = tmp_path / "h.sqlite"
+    r = cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", data, "--windows", "1-3",
+            "--db", db, "--report", tmp_path / "rep", "--allow-unrelated-candidate", "--json")
+    assert r.exit_code in (0, 1), r.output
+    w = {x["window"]: x for x in last_json(r)["windows"]}
+    assert w[1]["stale_ne"] is None and w[1]["stale_calibration"] is None
+    assert any(s.startswith("no staleness baseline yet: window 1") for s in w[1]["staleness"]), w[1]["staleness"]
+    assert w[2]["stale_ne"] == 0.0 and not any("baseline yet" in s for s in w[2]["staleness"])
+    assert w[3]["stale_ne"] == pytest.approx(w[3]["ref_ne"] / w[2]["ref_ne"] - 1, rel=1e-9)
+    assert abs(w[3]["stale_ne"]) < 0.5  # against a window like it, not against NE ~50
+    from lowprec.drift.store import DriftStore
+
+    with DriftStore(db) as s:
+        assert s.meta("baseline_window") == "2" and s.baseline()["window"] == 2
+        assert [r["baseline_window"] for r in s.windows()] == [None, 2, 2]
+    assert "Model staleness (float model vs baseline window 2)" in (tmp_path / "rep" / "report.md").read_text()
