@@ -132,16 +132,28 @@ def test_allocator_tool_compares_modes_in_child_processes(tmp_path):
     assert json.loads((tmp_path / "allocator.json").read_text())["tool"] == "bench_allocator.py"
 
 
+# bench_csv_ingest at a tiny size, one mode per test: each starts lowprec in child processes (torch
+# imports, torchrun for --nproc), which on a loaded machine took most of one test's time budget.
 def test_csv_ingest_tool_times_both_trees_on_the_same_log(tmp_path):
-    """bench_csv_ingest at a tiny size against HEAD: each child imports its own tree's lowprec (an
-    editable install or the working directory would otherwise win), and both write the same windows."""
+    """Against HEAD: each child imports its own tree's lowprec (an editable install or the working
+    directory would otherwise win), and both write the same windows."""
     import bench_csv_ingest
 
     out = bench_csv_ingest.main(["--rows", "300", "--repeats", "1", "--against", "HEAD",
                                  "--out", str(tmp_path / "csv.json")])
     assert set(out["seconds"]) == {"this tree", "HEAD"} and out["same_windows"] is True
     assert json.loads((tmp_path / "csv.json").read_text())["rows"] == 300 and out["speedup"]["n"] == 1
+
+
+def test_csv_ingest_tool_times_criteo_tsv():
+    import bench_csv_ingest
+
     tsv = bench_csv_ingest.main(["--format", "criteo-tsv", "--rows", "300", "--repeats", "1"])
     assert tsv["format"] == "criteo-tsv" and tsv["speedup"] is None and tsv["mb"] > 0
+
+
+def test_csv_ingest_tool_times_one_process_against_two():
+    import bench_csv_ingest
+
     two = bench_csv_ingest.main(["--rows", "300", "--repeats", "1", "--nproc", "2"])
     assert set(two["seconds"]) == {"1 process", "2 processes"} and two["same_windows"] is True
