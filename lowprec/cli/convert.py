@@ -124,7 +124,7 @@ def inspect(artifact, as_json, no_verify):
         s = _summary(manifest, artifact)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InputError(f"{artifact}/manifest.json: malformed ({exc!r})") from exc
-    plan = load_shard_plan(artifact)
+    plan = load_shard_plan(artifact, manifest)
     if plan is not None:
         s["shard_plan"] = plan.to_json()
     _show(s, as_json)
