@@ -76,3 +76,33 @@ def test_a_shard_plan_given_in_code_is_checked_too(art):
                       plan.manifest_sha256)  # t0's second piece left out
     with pytest.raises(InputError, match="'t0': rows 25..49 are in no shard"):
         load_sharded(art, short)
+
+
+def _edit_manifest(a, edit):
+    path = a / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m.update(compression=999), "`compression` 999"),
+    (lambda m: m.update(embedding_bytes=1), "`embedding_bytes` 1 (computed"),
+    (lambda m: m.update(fp32_embedding_bytes=10), "`fp32_embedding_bytes` 10 (computed"),
+    (lambda m: m.update(layer_bytes=7), "`layer_bytes` 7 (computed"),
+    (lambda m: m["tables"][1].update(bytes=5), "table 't1' bytes 5"),
+    (lambda m: m["physical_tables"][0].update(bytes=5), "physical table 't0' bytes 5"),
+    (lambda m: m["layers"].pop(sorted(m["layers"])[-1]), "are not the model's"),
+])
+@pytest.mark.parametrize("verify", [[], ["--no-verify"]])
+def test_inspect_refuses_a_manifest_whose_summary_disagrees_with_what_it_stores(art, tmp_path, edit, words, verify):
+    a = _copy(art, tmp_path)
+    (a / "shard-plan.json").unlink()  # made for the manifest before the edit
+    before = json.loads(cli("inspect", a, "--json").output.strip().splitlines()[-1])
+    _edit_manifest(a, edit)
+    r = cli("inspect", a, "--json", *verify)
+    assert r.exit_code == 2, r.output
+    assert words in r.output and "manifest.json" in r.output, r.output
+    r = cli("eval", "--model", a, "--data", art.parent / "data", "--windows", "0")
+    assert r.exit_code == 2 and "manifest.json" in r.output, r.output  # the loader refuses it too
+    assert before["compression"] > 1 and before["embedding_bytes"] == sum(t["bytes"] for t in before["tables"])
