@@ -12,7 +12,9 @@ the budgets it was searched under, the loss the solver predicted, what validatio
 
 Resolution for a name: the exact key, else the first glob pattern (fnmatch, in file order) that
 matches, else "*", else fp32 (as torchao's FqnToConfig and TorchRec's per-table dtypes do). A plan
-naming a table or layer the model lacks is an error; so is a precision a layer cannot take.
+naming a table or layer the model lacks, or a pattern that matches none of its tables (layers), is an
+error naming the plan file; so is a precision a layer cannot take. Tables no rule covers (and layers,
+when the plan has layer rules) are converted at fp32 with a warning naming them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.fileio import read_json
 from lowprec.precision import Precision
 
@@ -169,11 +171,15 @@ def _typed(kind: type, value: Any) -> Any:
     return kind(**out)
 
 
+def _is_pattern(key: str) -> bool:
+    return key != "*" and any(c in key for c in "*?[")
+
+
 def _resolve(rules: dict[str, Any], name: str, default: Any) -> Any:
     if name in rules:
         return rules[name]
     for key, value in rules.items():
-        if key != "*" and any(c in key for c in "*?[") and fnmatch.fnmatchcase(name, key):
+        if _is_pattern(key) and fnmatch.fnmatchcase(name, key):
             return value
     return rules.get("*", default)
 
@@ -183,6 +189,7 @@ class Plan:
     tables: dict[str, TableChoice] = field(default_factory=dict)
     layers: dict[str, LayerChoice] = field(default_factory=dict)
     info: PlanInfo = field(default_factory=PlanInfo)
+    source: str = field(default="plan", compare=False)  # the plan file (or what it came from), for errors
 
     def table(self, name: str) -> TableChoice:
         return _resolve(self.tables, name, TableChoice())
@@ -197,13 +204,26 @@ class Plan:
         return cls({"*": TableChoice(table_precision, None, range_method)}, layers,
                    PlanInfo(kind=f"uniform {table_precision.value}"))
 
-    def check_against(self, table_names: list[str], layer_names: list[str], where: str) -> None:
+    def check_against(self, table_names: list[str], layer_names: list[str], where: str | None = None) -> None:
+        """Every rule applies to something: an exact name the model lacks, or a pattern that matches
+        none of its names, is refused (a typo would otherwise leave its tables at fp32 silently).
+        Tables no rule covers (layers, when there are layer rules) are converted at fp32: warned."""
+        where = where or self.source
         for kind, rules, names in (("table", self.tables, table_names), ("layer", self.layers, layer_names)):
-            exact = [k for k in rules if k != "*" and not any(c in k for c in "*?[")]
+            exact = [k for k in rules if k != "*" and not _is_pattern(k)]
             missing = [k for k in exact if k not in names]
             if missing:
                 raise InputError(f"{where}: plan names {kind}(s) the model lacks: {missing} "
                                  f"(model {kind}s: {names[:30]})")
+            idle = [k for k in rules if _is_pattern(k) and not any(fnmatch.fnmatchcase(n, k) for n in names)]
+            if idle:
+                raise InputError(f"{where}: plan {kind} pattern(s) {idle} match no {kind} of the model "
+                                 f"(model {kind}s: {names[:30]})")
+            uncovered = [n for n in names if _resolve(rules, n, None) is None]
+            if uncovered and (kind == "table" or rules):
+                warn(f"{where}: no rule of the plan covers {kind}(s) {uncovered[:30]}"
+                     f"{' ...' if len(uncovered) > 30 else ''}: they are converted at fp32 "
+                     f"(add them, or a \"*\" rule, to the plan's `{kind}s` to choose their precision)")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -226,7 +246,7 @@ class Plan:
         except (AttributeError, TypeError) as exc:
             raise InputError(f"{where}: malformed plan ({exc})") from exc
         rest = {k: v for k, v in obj.items() if k not in ("format", "version", "tables", "layers")}
-        return cls(tables, layers, PlanInfo.from_json(rest, where))
+        return cls(tables, layers, PlanInfo.from_json(rest, where), where)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -11,7 +11,9 @@ Who reads what: `lowprec train --recipe` takes [windows] train and validate (ear
 `lowprec search --recipe` takes [windows] calibrate and evaluate, [budgets], [candidates] (sharing_precisions: the precisions a
 shared table may take), [calibrate] and [search]; `lowprec drift --recipe` takes [windows] monitor;
 [recipe] is description only. Every key is typed here; an unknown section or key, or a value of the
-wrong type (or a negative, NaN or infinite number), is an InputError naming the key and the file.
+wrong type (or a negative, NaN or infinite number), is an InputError naming the key and the file;
+so is a [calibrate] value calibration refuses (`calib_config`), whichever command reads the recipe
+and whether or not it calibrates.
 `pick_where` says where a value came from (the flag or FILE: [section] key), for messages that
 must name it.
 
@@ -87,7 +89,23 @@ def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
                              f"(known: {sorted(SCHEMA[section])})")
         for key, value in values.items():
             _check_value(path, section, key, value)
+    calib_config(obj, path, ())  # [calibrate] checked on every read, not only when a search calibrates
     return obj
+
+
+def calib_config(recipe: dict[str, dict[str, Any]], path: Any, windows: tuple[int, ...]):
+    """The calibration the recipe's [calibrate] describes (lowprec.calibrate.CalibConfig) on `windows`;
+    its errors name the recipe and key."""
+    from lowprec.calibrate import CalibConfig
+
+    c, at = recipe.get("calibrate", {}), f"{path}: [calibrate]"
+    max_rows = c.get("max_rows")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise InputError(f"{at} max_rows: {max_rows!r} is not a whole number >= 1")
+    try:
+        return CalibConfig(windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)), max_rows=max_rows)
+    except (InputError, TypeError, ValueError) as exc:
+        raise InputError(f"{at}: {exc}") from None
 
 
 def pick(explicit: Any, recipe: dict[str, dict[str, Any]], section: str, key: str, default: Any = None) -> Any:

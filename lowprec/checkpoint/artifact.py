@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from lowprec.checkpoint.mapped import MappedTensors, open_tensors
-from lowprec.checkpoint.validate import check_layer_tensor, check_stored, check_table_rows, validate_manifest
+from lowprec.checkpoint.validate import (check_layer_tensor, check_stored, check_summary, check_table_rows,
+                                         validate_manifest)
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -47,8 +48,16 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     validate_manifest(manifest, where)  # before any listed file is touched
     if verify:
         verify_files(root, manifest)
-        check_stored(manifest, where, stored_shapes(root / WEIGHTS))
+        check_stored_and_summary(root, manifest)
     return manifest
+
+
+def check_stored_and_summary(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest against the weights file's header: precisions, rows, and its summary numbers
+    (bytes, compression), recomputed (lowprec.checkpoint.validate.check_summary); returns them."""
+    where, shapes = str(root / MANIFEST), stored_shapes(root / WEIGHTS)
+    check_stored(manifest, where, shapes)
+    return check_summary(manifest, where, shapes)
 
 
 def stored_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
@@ -99,9 +108,7 @@ def in_place_offsets(src: Any, tables: list[PhysicalTable]) -> tuple[torch.Tenso
 
 def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDLRM:
     config = DLRMConfig.from_json(manifest["model"], where)
-    shapes = config.layer_shapes()
-    if set(manifest["layers"]) != set(shapes):
-        raise InputError(f"{where}: layers {sorted(manifest['layers'])} are not the model's {sorted(shapes)}")
+    shapes = config.layer_shapes()  # the layer set: checked by validate_manifest
     tables = [PhysicalTable(t["key"], int(t["rows"]), int(t["dim"]), Precision.parse(t["precision"]))
               for t in manifest["physical_tables"]]
     features = [Feature(f["table"], f["transform"]) for f in manifest["features"]]

@@ -167,7 +167,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         check_calibration_model(calibration, weights_sha256(model_dir), model_dir)
     src = open_weights(model_dir, recorded, hash_progress)
     layer_shapes = config.layer_shapes()
-    plan.check_against(config.table_names, list(layer_shapes), "plan")
+    plan.check_against(config.table_names, list(layer_shapes))
     calibration = calibration or {}
     with atomic_dir(out, "artifact", [model_dir]) as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error

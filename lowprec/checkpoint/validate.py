@@ -9,7 +9,9 @@ hotness, table references), and each precision is one its role can take (a table
 in a layer-only precision, a logical table stored whole in one physical table has its precision).
 `check_stored` compares the manifest with the weights file's header: a physical table's row width is
 `Precision.bytes_per_row(dim)`, a layer's weight dtype is its codec's storage, so a hand-edited
-manifest never reads int4 rows as fp16 or int8 weights as floats. `validate_weights` runs on the loaded runtime: each physical table's
+manifest never reads int4 rows as fp16 or int8 weights as floats; `check_summary` recomputes the
+summary numbers (bytes, compression) from the physical tables and stored tensors and refuses a
+manifest that disagrees (manifest.json is not in its own sha256 map). The layer set is the model's. `validate_weights` runs on the loaded runtime: each physical table's
 bytes per row match its precision and dim, no fp32/fp16 table value, int row scale/bias or layer
 tensor is NaN or infinite, and each layer's weight has the (out, in) shape of the model config
 (`check_table_rows`, `check_layer_tensor`, called by the loader as it reads each tensor).
@@ -100,6 +102,9 @@ def validate_manifest(manifest: dict[str, Any], where: str) -> None:
     if not isinstance(manifest.get("layers"), dict):
         raise _fail(where, "'layers' must be an object")
     config = DLRMConfig.from_json(manifest.get("model"), where)
+    shapes = config.layer_shapes()
+    if set(manifest["layers"]) != set(shapes):  # what the loader builds and inspect shows: every layer, once
+        raise _fail(where, f"layers {sorted(manifest['layers'])} are not the model's {sorted(shapes)}")
     for name, spec in manifest["layers"].items():
         _qparams(name, spec, where)
     _check_tables(manifest, config, where)
@@ -194,18 +199,94 @@ _SAFETENSORS_DTYPE = {"int8": "I8", "float16": "F16", "float32": "F32"}  # torch
 
 def check_stored(manifest: dict[str, Any], where: str, shapes: dict[str, tuple[list[int], str]]) -> None:
     """The manifest against the weights file's header (`shapes`: tensor name -> (shape, dtype));
-    run after `validate_manifest`."""
+    run after `validate_manifest`. Its summary numbers (bytes, compression) are then recomputed from
+    what is stored (`check_summary`): manifest.json is not in its own sha256 map."""
     for t in manifest["physical_tables"]:
         key, p, d = t["key"], Precision.parse(t["precision"]), t["dim"]
         got = shapes.get(f"tables.{key}")
         if got is not None and got[0][1:] != [p.bytes_per_row(d)]:
             raise _fail(where, f"physical table {key!r} says {p.value} ({p.bytes_per_row(d)} bytes a row "
                                f"at dim {d}) but the weights file stores rows of {got[0][1:]} bytes")
+        if got is not None and got[0][:1] != [t["rows"]]:
+            raise _fail(where, f"physical table {key!r} says {t['rows']} rows but the weights file stores "
+                               f"{got[0][:1]}")
+    layer_shapes = DLRMConfig.from_json(manifest["model"], where).layer_shapes()
     for name, spec in manifest["layers"].items():
         p = Precision.parse(spec["precision"])
         got = shapes.get(f"layers.{name}.weight")
+        n_in, n_out = layer_shapes[name]
+        if got is not None and tuple(got[0]) != (n_out, n_in):  # before the bytes they make up are compared
+            raise _fail(where, f"layer {name!r}: weight of shape {tuple(got[0])}, the model config implies "
+                               f"{(n_out, n_in)}")
         if got is not None and got[1] != _SAFETENSORS_DTYPE[str(LAYER_CODECS[p].storage).removeprefix("torch.")]:
             raise _fail(where, f"layer {name!r} says {p.value} but its weight is stored as {got[1]}")
+
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _stored_bytes(shapes: dict[str, tuple[list[int], str]], name: str, where: str) -> int:
+    if name not in shapes:
+        raise _fail(where, f"{name} is not in the weights file")
+    shape, dtype = shapes[name]
+    return math.prod(shape) * _DTYPE_BYTES.get(dtype, 0)
+
+
+def _buffer_names(value: Any, buffers: set[str]) -> set[str]:
+    """The buffers a feature's transform spec names (a string or a list of strings in it)."""
+    if isinstance(value, str):
+        return {value} & buffers
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_buffer_names(v, buffers) for v in value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*(_buffer_names(v, buffers) for v in value.values())) if value else set()
+    return set()
+
+
+def summary_numbers(manifest: dict[str, Any], shapes: dict[str, tuple[list[int], str]], where: str) -> dict[str, Any]:
+    """The numbers `inspect` shows, computed from the physical tables (rows x the codec's bytes a row
+    at their dim and precision) and the stored buffer and layer tensors, not read from the summary."""
+    physical = {t["key"]: t["rows"] * Precision.parse(t["precision"]).bytes_per_row(t["dim"])
+                for t in manifest["physical_tables"]}
+    names = manifest.get("buffers") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _fail(where, f"`buffers` must be a list of tensor names, got {names!r}")
+    buffers = {n: _stored_bytes(shapes, f"buffers.{n}", where) for n in names}
+    table_bytes = {}
+    for t, s in zip(manifest["tables"], manifest["serving"]):
+        feats = [manifest["features"][i] for g in s["groups"] for i in g]
+        bufs = set().union(*(_buffer_names(f["transform"], set(buffers)) for f in feats)) if feats else set()
+        keys = dict.fromkeys(f["table"] for f in feats)
+        table_bytes[t["name"]] = sum(physical[k] for k in keys) + sum(buffers[b] for b in bufs)
+    config = DLRMConfig.from_json(manifest["model"], where)
+    embedding = sum(physical.values()) + sum(buffers.values())
+    fp32 = sum(t.num_embeddings * config.embedding_dim * 4 for t in config.tables)
+    layers = {n: sum(_stored_bytes(shapes, k, where) for k in shapes if k.startswith(f"layers.{n}."))
+              for n in manifest["layers"]}
+    return {"physical": physical, "tables": table_bytes, "layers": layers, "embedding_bytes": embedding,
+            "fp32_embedding_bytes": fp32, "compression": fp32 / embedding if embedding else float("nan"),
+            "layer_bytes": sum(layers.values())}
+
+
+def check_summary(manifest: dict[str, Any], where: str, shapes: dict[str, tuple[list[int], str]]) -> dict[str, Any]:
+    """Refuse a manifest whose summary numbers disagree with `summary_numbers` (a hand edit: the
+    manifest's sha256 map does not cover manifest.json); returns the computed numbers."""
+    got = summary_numbers(manifest, shapes, where)
+    bad = [f"physical table {t['key']!r} bytes {t.get('bytes')!r} (its rows hold {got['physical'][t['key']]})"
+           for t in manifest["physical_tables"] if t.get("bytes") != got["physical"][t["key"]]]
+    bad += [f"table {t['name']!r} bytes {t['bytes']!r} (its tables and buffers hold {got['tables'][t['name']]})"
+            for t in manifest["tables"] if t["bytes"] != got["tables"][t["name"]]]
+    bad += [f"layer {n!r} bytes {v.get('bytes')!r} (its stored tensors hold {got['layers'][n]})"
+            for n, v in manifest["layers"].items() if "bytes" in v and v["bytes"] != got["layers"][n]]
+    bad += [f"`{k}` {manifest[k]!r} (computed {got[k]})"
+            for k in ("embedding_bytes", "fp32_embedding_bytes", "layer_bytes") if manifest[k] != got[k]]
+    if not math.isclose(manifest["compression"], got["compression"], rel_tol=1e-9):
+        bad.append(f"`compression` {manifest['compression']!r} (computed {got['compression']:.6g})")
+    if bad:
+        raise _fail(where, f"summary disagrees with what the artifact stores: {'; '.join(bad[:5])}"
+                           f"{' ...' if len(bad) > 5 else ''}. Was manifest.json edited? Re-run `lowprec convert`")
+    return got
 
 
 def _finite(t: torch.Tensor, where: str, what: str) -> None:

@@ -84,7 +84,14 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
                    f"{manifest['compression']:.1f}x smaller)")
 
 
-def _summary(manifest: dict, path: str) -> dict:
+def _summary(manifest: dict, path: str, numbers: dict | None = None) -> dict:
+    """What convert --json and inspect show; `numbers` (lowprec.checkpoint.validate.check_summary):
+    the bytes and compression recomputed from the stored tensors, shown instead of the manifest's."""
+    if numbers is not None:
+        manifest = manifest | {k: numbers[k] for k in ("embedding_bytes", "fp32_embedding_bytes", "compression",
+                                                      "layer_bytes")}
+        manifest["tables"] = [t | {"bytes": numbers["tables"][t["name"]]} for t in manifest["tables"]]
+        manifest["physical_tables"] = [t | {"bytes": numbers["physical"][t["key"]]} for t in manifest["physical_tables"]]
     physical = {p["key"]: p for p in manifest["physical_tables"]}
     tables = [{k: t[k] for k in ("name", "rows", "precision", "sharing", "bytes")} |
               {"dim": manifest["model"]["embedding_dim"]} for t in manifest["tables"]]
@@ -114,17 +121,20 @@ def _summary(manifest: dict, path: str) -> dict:
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check (faster on huge artifacts).")
 def inspect(artifact, as_json, no_verify):
     """Show an artifact's tables (rows, dim, precision, bytes), layers and compression."""
-    from lowprec.checkpoint.artifact import read_manifest
+    from pathlib import Path
+
+    from lowprec.checkpoint.artifact import check_stored_and_summary, read_manifest
     from lowprec.errors import InputError
 
     from lowprec.serve.sharded import load_shard_plan
 
-    manifest = read_manifest(artifact, verify=not no_verify)
-    try:  # everything shown comes from the manifest: a field of the wrong type is bad input
-        s = _summary(manifest, artifact)
+    manifest = read_manifest(artifact, verify=not no_verify)  # validated as the loader does (layer set, ...)
+    numbers = check_stored_and_summary(Path(artifact), manifest)  # (header only: also with --no-verify)
+    try:  # a field of the wrong type is bad input
+        s = _summary(manifest, artifact, numbers)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InputError(f"{artifact}/manifest.json: malformed ({exc!r})") from exc
-    plan = load_shard_plan(artifact)
+    plan = load_shard_plan(artifact, manifest)
     if plan is not None:
         s["shard_plan"] = plan.to_json()
     _show(s, as_json)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lowprec import distributed as dist
-from lowprec.calibrate import CalibConfig, calibrate, load_calibration
+from lowprec.calibrate import calibrate, load_calibration
 from lowprec.checkpoint.convert import check_calibration_model
 from lowprec.checkpoint.float_model import load_float_model, weights_sha256
 from lowprec.data.dataset import Dataset
@@ -25,7 +25,7 @@ from lowprec.evaluation.scoring import worse_than_base_rate
 from lowprec.plan import RANGE_METHODS, Validation
 from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
-from lowprec.recipe import load_recipe, parse_fraction, pick, pick_where, resolve_windows
+from lowprec.recipe import calib_config, load_recipe, parse_fraction, pick, pick_where, resolve_windows
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
 from lowprec.search.run import SearchConfig, SearchResult, check_memory, search
 from lowprec.search.solver import Budget
@@ -118,17 +118,6 @@ def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _calib_config(recipe: dict[str, Any], path: Any, windows: tuple[int, ...]) -> CalibConfig:
-    """The inline calibration from the recipe's [calibrate] (without --calibration); its errors
-    name the recipe and key."""
-    c, at = recipe.get("calibrate", {}), f"{path}: [calibrate]"
-    max_rows = _whole(c.get("max_rows"), f"{at} max_rows", 1)
-    try:
-        return CalibConfig(windows, c.get("method", "minmax"), float(c.get("percentile", 99.99)), max_rows=max_rows)
-    except (InputError, TypeError, ValueError) as exc:
-        raise InputError(f"{at}: {exc}") from None
-
-
 def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[str, Any]]:
     """The search's config from flags and recipe; every value checked here, before anything is
     loaded or measured, and a bad one refused naming its flag or its recipe file and key."""
@@ -141,8 +130,6 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     evaluate = resolve_windows(pick(req.eval_windows, r, "windows", "evaluate"), ds.meta, "evaluate")
     test_spec = pick(req.test_windows, r, "windows", "test")
     test = resolve_windows(test_spec, ds.meta, "test") if test_spec is not None else []
-    if not req.calib_path:
-        _calib_config(r, req.recipe, tuple(calib))  # checked now, used after the model is loaded
     for what, windows in (("evaluation", evaluate), ("test", test)):  # AUC needs both label classes
         if windows:
             positive_rate(ds, tuple(windows), what)
@@ -210,7 +197,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         if "model_sha256" in calibration:  # now, not after the sensitivity pass when validation converts
             check_calibration_model(calibration, weights_sha256(req.model_dir), req.model_dir, override=None)
     else:
-        ccfg = _calib_config(recipe, req.recipe, cfg.calib_windows)
+        ccfg = calib_config(recipe, req.recipe, cfg.calib_windows)  # its values checked by load_recipe
         calibration = calibrate(model, ds, ccfg, stage(stages, "calibrate", ccfg.rows_read(ds)))
         counts = calibration["row_counts"]
         for k in list(counts):  # one table's int32 and float32 copies at a time, not all of them

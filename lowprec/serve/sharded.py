@@ -93,9 +93,54 @@ class ShardPlan:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != 1:
             raise InputError(f"{where}: not a lowprec shard plan (format {FORMAT}, version 1)")
         try:
-            return cls(int(obj["world_size"]), tuple(Shard(**s) for s in obj["shards"]), str(obj["manifest_sha256"]))
+            world = _whole(obj["world_size"], "world_size")
+            shards = tuple(Shard(_text(s["table"], "table"), _whole(s["first"], "first"), _whole(s["stop"], "stop"),
+                                 _whole(s["rank"], "rank"), _whole(s["bytes"], "bytes"), float(s["lookups"]))
+                           for s in obj["shards"])
+            sha = _text(obj["manifest_sha256"], "manifest_sha256")
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: malformed shard plan ({exc})") from exc
+        if world < 1:
+            raise InputError(f"{where}: world_size {world} must be >= 1")
+        for s in shards:
+            if not 0 <= s.rank < world or not 0 <= s.first < s.stop:
+                raise InputError(f"{where}: table {s.table!r}: shard [{s.first}, {s.stop}) on rank {s.rank} is "
+                                 f"empty or outside ranks 0..{world - 1} (world_size {world})")
+        return cls(world, shards, sha)
+
+    def check_covers(self, manifest: dict[str, Any], where: str) -> None:
+        """Every physical table of `manifest` tiled exactly by its shards: [0, rows) with no gap, overlap
+        or row past its end, and no shard of a table the manifest lacks (a gap would drop ids silently)."""
+        rows = {t["key"]: int(t["rows"]) for t in manifest["physical_tables"]}
+        unknown = sorted({s.table for s in self.shards} - set(rows))
+        if unknown:
+            raise InputError(f"{where}: names table(s) {unknown} the artifact's manifest.json lacks; "
+                             f"run `lowprec shard` again")
+        for key, n in rows.items():
+            at = 0
+            for s in self.of_table(key):
+                if s.first != at or s.stop > n:
+                    what = (f"rows {at}..{s.first - 1} are in no shard" if s.first > at else
+                            f"shards overlap at rows {s.first}..{min(at, s.stop) - 1}" if s.first < at else
+                            f"a shard ends at row {s.stop}, past the table's {n} rows")
+                    raise InputError(f"{where}: table {key!r}: {what}; its shards must cover rows 0..{n - 1} "
+                                     f"exactly once. Run `lowprec shard` again")
+                at = s.stop
+            if at != n:
+                raise InputError(f"{where}: table {key!r}: rows {at}..{n - 1} are in no shard; its shards must "
+                                 f"cover rows 0..{n - 1} exactly once. Run `lowprec shard` again")
+
+
+def _whole(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{what} must be an integer, got {v!r}")
+    return v
+
+
+def _text(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{what} must be a string, got {v!r}")
+    return v
 
 
 def _tier_counts(table: dict[str, Any], counts: Any) -> list[np.ndarray]:
@@ -171,14 +216,20 @@ def save_shard_plan(plan: ShardPlan, artifact: str | Path) -> Path:
     return path
 
 
-def load_shard_plan(artifact: str | Path) -> ShardPlan | None:
-    """The artifact's shard plan (None if there is none); refused if made for another manifest."""
+def load_shard_plan(artifact: str | Path, manifest: dict[str, Any] | None = None) -> ShardPlan | None:
+    """The artifact's shard plan (None if there is none); refused if made for another manifest or if
+    its shards do not tile every table of `manifest` (read from the artifact when not given)."""
     path = Path(artifact) / PLAN_FILE
     if not path.is_file():
         return None
     plan = ShardPlan.from_json(read_json(path, "shard plan"), str(path))
     if plan.manifest_sha256 != sha256_file(Path(artifact) / "manifest.json"):
         raise InputError(f"{path}: made for another manifest.json (sha256 differs); run `lowprec shard` again")
+    if manifest is None:
+        from lowprec.checkpoint.artifact import read_manifest
+
+        manifest = read_manifest(artifact, verify=False)
+    plan.check_covers(manifest, str(path))
     return plan
 
 
@@ -338,7 +389,10 @@ def load_sharded(artifact: str | Path, plan: ShardPlan | None = None) -> Sharded
 
     root = Path(artifact)
     manifest = read_manifest(root)
-    plan = plan or load_shard_plan(root)
+    if plan is None:
+        plan = load_shard_plan(root, manifest)
+    else:  # a plan built in code: the same checks as one read from the artifact
+        plan.check_covers(manifest, "shard plan")
     if plan is None:
         raise InputError(f"{root}: no {PLAN_FILE}; run `lowprec shard {root} --ranks N` first")
     world = tdist.get_world_size() if tdist.is_initialized() else 1

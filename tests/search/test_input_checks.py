@@ -82,6 +82,25 @@ def test_recipe_values_are_refused_naming_the_file_and_key(tiny, tmp_path, text,
     assert "--max-" not in r.output  # the recipe's value is not reported as a flag's
 
 
+@pytest.mark.parametrize("text, message", [
+    ('[calibrate]\nmethod = "magic"\n', "[calibrate]: calibration method 'magic' is not one of"),
+    ('[calibrate]\nmax_rows = 0\n', "[calibrate] max_rows: 0 is not a whole number >= 1"),
+    ('[calibrate]\nmethod = "percentile"\npercentile = 20\n', "[calibrate]: percentile must be in (50, 100]"),
+])
+def test_recipe_calibrate_values_are_checked_whenever_the_recipe_is_read(tiny, tmp_path, text, message):
+    """Not only when the search calibrates inline: with --calibration the [calibrate] section is unused,
+    and a bad value there is still an error (as is one in a recipe `train` reads)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text + '[windows]\ntrain = "0"\n')
+    r = run_cli("search", "--model", tmp_path / "no-model", "--data", tiny / "data", "--recipe", recipe,
+                "--calib-windows", 1, "--eval-windows", 2, "--calibration", tmp_path / "c.json",
+                "--out", tmp_path / "p.json")
+    assert r.exit_code == 2 and f"{recipe}: {message}" in r.output, r.output
+    r = run_cli("train", "--data", tiny / "data", "--recipe", recipe, "--out", tmp_path / "m")
+    assert r.exit_code == 2 and f"{recipe}: {message}" in r.output, r.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_zero_memory_budget_is_applied_before_measuring(tiny, tmp_path):
     """0 bytes is a budget (not "none"); no plan fits it, which is known before the sensitivity pass."""
     r = search(tiny, tmp_path / "p.json", "--memory-budget", "0")

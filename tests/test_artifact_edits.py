@@ -1,0 +1,108 @@
+"""Hand edits of an artifact's side files that used to be accepted and change what is shown or
+served: a shard-plan.json whose shards no longer tile a table (ids past them were dropped), a
+manifest.json whose summary numbers or layer set disagree with what it stores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import make_tiny_dataset, random_float_model, run_cli as cli
+from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    root = tmp_path_factory.mktemp("edits")
+    ds = Dataset(make_tiny_dataset(root / "data", windows=1, rows=100, tables=(50, 20, 8)))
+    model = random_float_model(ds, root / "model")
+    r = cli("convert", "--model", model, "--precision", "int4", "--out", root / "art")
+    assert r.exit_code == 0, r.output
+    r = cli("shard", root / "art", "--ranks", "2")
+    assert r.exit_code == 0, r.output
+    return root / "art"
+
+
+def _copy(art, tmp_path):
+    import shutil
+
+    shutil.copytree(art, tmp_path / "a")
+    return tmp_path / "a"
+
+
+def _edit_plan(a, edit):
+    path = a / "shard-plan.json"
+    plan = json.loads(path.read_text())
+    edit(plan)
+    path.write_text(json.dumps(plan))
+
+
+def _piece(plan, table):
+    return next(s for s in plan["shards"] if s["table"] == table)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda p: _piece(p, "t0").update(stop=5), "'t0': rows 5..24 are in no shard"),  # ids 5..24 dropped
+    (lambda p: _piece(p, "t1").update(first=3), "'t1': rows 0..2 are in no shard"),
+    (lambda p: p["shards"].append(dict(_piece(p, "t2"), stop=4)), "'t2': shards overlap"),
+    (lambda p: _piece(p, "t2").update(stop=9), "'t2': a shard ends at row 9, past the table's 8 rows"),
+    (lambda p: p["shards"].remove(_piece(p, "t1")), "'t1': rows 0..19 are in no shard"),
+    (lambda p: _piece(p, "t1").update(rank=2), "'t1': shard [0, 20) on rank 2"),
+    (lambda p: p["shards"].append(dict(_piece(p, "t1"), table="t9")), "table(s) ['t9']"),
+    (lambda p: _piece(p, "t1").update(first="0"), "malformed shard plan"),
+])
+def test_a_shard_plan_that_does_not_tile_the_tables_is_refused(art, tmp_path, edit, words):
+    from lowprec.serve.sharded import load_shard_plan, load_sharded
+
+    a = _copy(art, tmp_path)
+    _edit_plan(a, edit)
+    r = cli("inspect", a)
+    assert r.exit_code == 2, r.output
+    assert words in r.output and "shard-plan.json" in r.output, r.output
+    with pytest.raises(InputError, match="shard-plan.json"):
+        load_shard_plan(a)
+    with pytest.raises(InputError, match="shard-plan.json"):
+        load_sharded(a)
+
+
+def test_a_shard_plan_given_in_code_is_checked_too(art):
+    from lowprec.serve.sharded import Shard, ShardPlan, load_shard_plan, load_sharded
+
+    plan = load_shard_plan(art)
+    assert plan is not None and cli("inspect", art).exit_code == 0
+    short = ShardPlan(1, tuple(Shard(s.table, s.first, s.stop, 0, 0, 0.0) for s in plan.shards if s.first == 0),
+                      plan.manifest_sha256)  # t0's second piece left out
+    with pytest.raises(InputError, match="'t0': rows 25..49 are in no shard"):
+        load_sharded(art, short)
+
+
+def _edit_manifest(a, edit):
+    path = a / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m.update(compression=999), "`compression` 999"),
+    (lambda m: m.update(embedding_bytes=1), "`embedding_bytes` 1 (computed"),
+    (lambda m: m.update(fp32_embedding_bytes=10), "`fp32_embedding_bytes` 10 (computed"),
+    (lambda m: m.update(layer_bytes=7), "`layer_bytes` 7 (computed"),
+    (lambda m: m["tables"][1].update(bytes=5), "table 't1' bytes 5"),
+    (lambda m: m["physical_tables"][0].update(bytes=5), "physical table 't0' bytes 5"),
+    (lambda m: m["layers"].pop(sorted(m["layers"])[-1]), "are not the model's"),
+])
+@pytest.mark.parametrize("verify", [[], ["--no-verify"]])
+def test_inspect_refuses_a_manifest_whose_summary_disagrees_with_what_it_stores(art, tmp_path, edit, words, verify):
+    a = _copy(art, tmp_path)
+    (a / "shard-plan.json").unlink()  # made for the manifest before the edit
+    before = json.loads(cli("inspect", a, "--json").output.strip().splitlines()[-1])
+    _edit_manifest(a, edit)
+    r = cli("inspect", a, "--json", *verify)
+    assert r.exit_code == 2, r.output
+    assert words in r.output and "manifest.json" in r.output, r.output
+    r = cli("eval", "--model", a, "--data", art.parent / "data", "--windows", "0")
+    assert r.exit_code == 2 and "manifest.json" in r.output, r.output  # the loader refuses it too
+    assert before["compression"] > 1 and before["embedding_bytes"] == sum(t["bytes"] for t in before["tables"])
