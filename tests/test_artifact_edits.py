@@ -54,7 +54,8 @@ def _piece(plan, table):
     (lambda p: _piece(p, "t1").update(first="0"), "malformed shard plan"),
 ])
 def test_a_shard_plan_that_does_not_tile_the_tables_is_refused(art, tmp_path, edit, words):
-    from lowprec.serve.sharded import load_shard_plan, load_sharded
+    from lowprec.serve.shard_plan import load_shard_plan
+    from lowprec.serve.sharded import load_sharded
 
     a = _copy(art, tmp_path)
     _edit_plan(a, edit)
@@ -68,7 +69,8 @@ def test_a_shard_plan_that_does_not_tile_the_tables_is_refused(art, tmp_path, ed
 
 
 def test_a_shard_plan_given_in_code_is_checked_too(art):
-    from lowprec.serve.sharded import Shard, ShardPlan, load_shard_plan, load_sharded
+    from lowprec.serve.shard_plan import Shard, ShardPlan, load_shard_plan
+    from lowprec.serve.sharded import load_sharded
 
     plan = load_shard_plan(art)
     assert plan is not None and cli("inspect", art).exit_code == 0

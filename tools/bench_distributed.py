@@ -104,7 +104,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from lowprec.data.dataset import Dataset
     from lowprec.data.synth import SynthConfig, generate
     from lowprec.fileio import atomic_dir, sha256_file
-    from lowprec.serve.sharded import plan_shards, save_shard_plan
+    from lowprec.serve.shard_plan import plan_shards, save_shard_plan
     from lowprec.checkpoint.artifact import read_manifest
 
     with atomic_dir(tmp / "data") as d:

@@ -126,7 +126,7 @@ def inspect(artifact, as_json, no_verify):
     from lowprec.checkpoint.artifact import check_stored_and_summary, read_manifest
     from lowprec.errors import InputError
 
-    from lowprec.serve.sharded import load_shard_plan
+    from lowprec.serve.shard_plan import load_shard_plan
 
     manifest = read_manifest(artifact, verify=not no_verify)  # validated as the loader does (layer set, ...)
     numbers = check_stored_and_summary(Path(artifact), manifest)  # (header only: also with --no-verify)

@@ -40,7 +40,7 @@ def shard(artifact, ranks, calib_path, allow_calibration_mismatch, as_json):
     from lowprec.checkpoint.artifact import read_manifest
     from lowprec.checkpoint.convert import check_calibration_model
     from lowprec.fileio import add_entries, sha256_file
-    from lowprec.serve.sharded import PLAN_FILE, plan_shards, save_shard_plan
+    from lowprec.serve.shard_plan import PLAN_FILE, plan_shards, save_shard_plan
 
     manifest = read_manifest(artifact)
     calibration = load_calibration(calib_path) if calib_path else None

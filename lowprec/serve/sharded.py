@@ -1,12 +1,8 @@
 """Model-parallel serving: an artifact's tables spread over the ranks of a gloo/NCCL process group.
 
-The shard plan (`plan_shards`, saved beside the artifact as shard-plan.json and shown by
-`lowprec inspect`) assigns every physical table to one rank; a table bigger than a rank's share of
-the bytes (total / N) is first split by id range into pieces of at most that share. Pieces are
-placed largest first on the rank with the least load, load = share of bytes + share of expected
-lookups (row access counts from calibration when given, each tier of a tiered table with its own
-rows' counts; else rows), so each rank holds about 1/N of the table bytes and serves about 1/N of
-the lookups.
+The shard plan (lowprec.serve.shard_plan, saved beside the artifact as shard-plan.json and shown
+by `lowprec inspect`) assigns every physical table, or id range of one, to a rank, so each rank holds
+about 1/N of the table bytes and serves about 1/N of the lookups.
 
 `ShardedEmbeddings` holds one FBGEMM inference TBE over this rank's pieces only (rows read from
 weights.safetensors by slice: other ranks' tables are never loaded). A forward, on every rank with
@@ -25,11 +21,9 @@ on the rank that was handed them, naming the place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from fbgemm_gpu.split_embedding_configs import SparseType
@@ -38,200 +32,12 @@ from fbgemm_gpu.tbe.config.embedding_config import BoundsCheckMode
 from torch import nn
 
 from lowprec.errors import InputError
-from lowprec.fileio import read_json, sha256_file, write_json
 from lowprec.graph import DLRMGraph
 from lowprec.precision import Precision
+from lowprec.serve.shard_plan import PLAN_FILE, ShardPlan, load_shard_plan
 from lowprec.serve.checks import check_dense, check_id_matrix, check_matrix_bounds, column_names
 from lowprec.serve.tables import table_codec
-from lowprec.serve.tiers import TierSpec, rank_tiers
 from lowprec.serve.transforms import build_transform
-
-PLAN_FILE = "shard-plan.json"
-FORMAT = "lowprec-shard-plan"
-
-
-@dataclass(frozen=True)
-class Shard:
-    table: str  # physical table key
-    first: int  # rows [first, stop)
-    stop: int
-    rank: int
-    bytes: int
-    lookups: float
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    world_size: int
-    shards: tuple[Shard, ...]
-    manifest_sha256: str
-
-    def __post_init__(self) -> None:
-        if self.world_size < 1:
-            raise ValueError("world_size must be >= 1")
-        for s in self.shards:
-            if not 0 <= s.rank < self.world_size or not 0 <= s.first < s.stop:
-                raise ValueError(f"shard {s} is outside ranks 0..{self.world_size - 1} or empty")
-
-    def of_table(self, key: str) -> list[Shard]:
-        return sorted((s for s in self.shards if s.table == key), key=lambda s: s.first)
-
-    def rank_bytes(self) -> list[int]:
-        return [sum(s.bytes for s in self.shards if s.rank == r) for r in range(self.world_size)]
-
-    def rank_lookups(self) -> list[float]:
-        return [sum(s.lookups for s in self.shards if s.rank == r) for r in range(self.world_size)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "world_size": self.world_size,
-                "manifest_sha256": self.manifest_sha256, "rank_bytes": self.rank_bytes(),
-                "rank_lookups": self.rank_lookups(),
-                "shards": [s.__dict__ for s in self.shards]}
-
-    @classmethod
-    def from_json(cls, obj: Any, where: str) -> "ShardPlan":
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != 1:
-            raise InputError(f"{where}: not a lowprec shard plan (format {FORMAT}, version 1)")
-        try:
-            world = _whole(obj["world_size"], "world_size")
-            shards = tuple(Shard(_text(s["table"], "table"), _whole(s["first"], "first"), _whole(s["stop"], "stop"),
-                                 _whole(s["rank"], "rank"), _whole(s["bytes"], "bytes"), float(s["lookups"]))
-                           for s in obj["shards"])
-            sha = _text(obj["manifest_sha256"], "manifest_sha256")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: malformed shard plan ({exc})") from exc
-        if world < 1:
-            raise InputError(f"{where}: world_size {world} must be >= 1")
-        for s in shards:
-            if not 0 <= s.rank < world or not 0 <= s.first < s.stop:
-                raise InputError(f"{where}: table {s.table!r}: shard [{s.first}, {s.stop}) on rank {s.rank} is "
-                                 f"empty or outside ranks 0..{world - 1} (world_size {world})")
-        return cls(world, shards, sha)
-
-    def check_covers(self, manifest: dict[str, Any], where: str) -> None:
-        """Every physical table of `manifest` tiled exactly by its shards: [0, rows) with no gap, overlap
-        or row past its end, and no shard of a table the manifest lacks (a gap would drop ids silently)."""
-        rows = {t["key"]: int(t["rows"]) for t in manifest["physical_tables"]}
-        unknown = sorted({s.table for s in self.shards} - set(rows))
-        if unknown:
-            raise InputError(f"{where}: names table(s) {unknown} the artifact's manifest.json lacks; "
-                             f"run `lowprec shard` again")
-        for key, n in rows.items():
-            at = 0
-            for s in self.of_table(key):
-                if s.first != at or s.stop > n:
-                    what = (f"rows {at}..{s.first - 1} are in no shard" if s.first > at else
-                            f"shards overlap at rows {s.first}..{min(at, s.stop) - 1}" if s.first < at else
-                            f"a shard ends at row {s.stop}, past the table's {n} rows")
-                    raise InputError(f"{where}: table {key!r}: {what}; its shards must cover rows 0..{n - 1} "
-                                     f"exactly once. Run `lowprec shard` again")
-                at = s.stop
-            if at != n:
-                raise InputError(f"{where}: table {key!r}: rows {at}..{n - 1} are in no shard; its shards must "
-                                 f"cover rows 0..{n - 1} exactly once. Run `lowprec shard` again")
-
-
-def _whole(v: Any, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{what} must be an integer, got {v!r}")
-    return v
-
-
-def _text(v: Any, what: str) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"{what} must be a string, got {v!r}")
-    return v
-
-
-def _tier_counts(table: dict[str, Any], counts: Any) -> list[np.ndarray]:
-    """Each tier's row access counts, its rows in the artifact's order: the tiers re-ranked from the
-    calibration counts convert ranked them from (shard checks that it is the artifact's)."""
-    spec = TierSpec.from_json(table["sharing"], table["name"])
-    c = torch.as_tensor(np.asarray(counts, dtype=np.float64))
-    parts = rank_tiers(c, spec.sizes(len(c)), by_rank=spec.order == "rank")
-    return [c[p].numpy() for p in parts]
-
-
-def _table_lookups(manifest: dict[str, Any], row_counts: dict[str, Any] | None) -> dict[str, np.ndarray | float]:
-    """Expected lookups per physical table: per row (identity-served tables and tiers, with counts),
-    else a total."""
-    out: dict[str, np.ndarray | float] = {t["key"]: 0.0 for t in manifest["physical_tables"]}
-    phys_rows = {t["key"]: int(t["rows"]) for t in manifest["physical_tables"]}
-    logical = {t["name"]: t for t in manifest.get("tables", [])}
-    names = [s["name"] for s in manifest["serving"]]
-    for t, s in enumerate(manifest["serving"]):
-        counts = None if row_counts is None else row_counts.get(names[t])
-        tiers = None
-        for group in s["groups"]:
-            for f in group:
-                feat = manifest["features"][f]
-                key, kind = feat["table"], feat["transform"].get("kind")
-                if isinstance(out[key], np.ndarray):
-                    continue
-                if counts is not None and kind == "tier":
-                    tiers = tiers or _tier_counts(logical[names[t]], counts)
-                    rows = tiers[int(feat["transform"]["tier"])]
-                    if len(rows) == phys_rows[key]:
-                        out[key] = rows
-                        continue
-                if counts is not None and kind == "identity":
-                    out[key] = np.asarray(counts, dtype=np.float64)
-                else:
-                    total = float(np.asarray(counts).sum()) if counts is not None else None
-                    out[key] = float(out[key]) + (total if total is not None else float(s["hotness"]))
-    return out
-
-
-def plan_shards(manifest: dict[str, Any], manifest_sha256: str, world_size: int,
-                row_counts: dict[str, Any] | None = None) -> ShardPlan:
-    """Pieces of at most total/N bytes (id ranges of big tables), largest first onto the least loaded rank."""
-    tables = manifest["physical_tables"]
-    lookups = _table_lookups(manifest, row_counts)
-    row_bytes = {t["key"]: Precision.parse(t["precision"]).bytes_per_row(int(t["dim"])) for t in tables}
-    total_bytes = sum(row_bytes[t["key"]] * int(t["rows"]) for t in tables)
-    share = max(1, -(-total_bytes // world_size))
-    pieces = []
-    for t in tables:
-        key, rows = t["key"], int(t["rows"])
-        n = max(1, -(-row_bytes[key] * rows // share))
-        cuts = [rows * i // n for i in range(n + 1)]
-        lk = lookups[key]
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            if b > a:
-                exp = float(lk[a:b].sum()) if isinstance(lk, np.ndarray) else float(lk) * (b - a) / rows
-                pieces.append((key, a, b, row_bytes[key] * (b - a), exp))
-    total_lookups = sum(p[4] for p in pieces) or 1.0
-    load = [0.0] * world_size
-    shards = []
-    for key, a, b, nbytes, exp in sorted(pieces, key=lambda p: (-p[3], -p[4], p[0], p[1])):
-        r = min(range(world_size), key=lambda i: (load[i], i))
-        load[r] += nbytes / max(total_bytes, 1) + exp / total_lookups
-        shards.append(Shard(key, a, b, r, nbytes, exp))
-    return ShardPlan(world_size, tuple(sorted(shards, key=lambda s: (s.table, s.first))), manifest_sha256)
-
-
-def save_shard_plan(plan: ShardPlan, artifact: str | Path) -> Path:
-    path = Path(artifact) / PLAN_FILE
-    write_json(path, plan.to_json())
-    return path
-
-
-def load_shard_plan(artifact: str | Path, manifest: dict[str, Any] | None = None) -> ShardPlan | None:
-    """The artifact's shard plan (None if there is none); refused if made for another manifest or if
-    its shards do not tile every table of `manifest` (read from the artifact when not given)."""
-    path = Path(artifact) / PLAN_FILE
-    if not path.is_file():
-        return None
-    plan = ShardPlan.from_json(read_json(path, "shard plan"), str(path))
-    if plan.manifest_sha256 != sha256_file(Path(artifact) / "manifest.json"):
-        raise InputError(f"{path}: made for another manifest.json (sha256 differs); run `lowprec shard` again")
-    if manifest is None:
-        from lowprec.checkpoint.artifact import read_manifest
-
-        manifest = read_manifest(artifact, verify=False)
-    plan.check_covers(manifest, str(path))
-    return plan
-
 
 def _a2a(send: torch.Tensor, send_splits: list[int], recv_splits: list[int]) -> torch.Tensor:
     out = torch.empty(sum(recv_splits), dtype=send.dtype)

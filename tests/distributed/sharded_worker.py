@@ -15,7 +15,8 @@ import torch.distributed as tdist
 
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.data.dataset import Dataset
-from lowprec.serve.sharded import Shard, ShardPlan, load_shard_plan, load_sharded
+from lowprec.serve.shard_plan import Shard, ShardPlan, load_shard_plan
+from lowprec.serve.sharded import load_sharded
 
 
 STEPS = [(300, 700), (1, 64), (257, 5)]  # rows of rank 0 and rank 1 at each step

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from lowprec.distributed import free_port
-from lowprec.serve.sharded import ShardPlan, plan_shards
+from lowprec.serve.shard_plan import ShardPlan, plan_shards
 from tests.distributed.conftest import WAIT_S, env, in_process, last_json
 from tests.helpers import REPO
 

@@ -128,7 +128,8 @@ def test_sharded_runtime_refuses_the_same_inputs_before_any_collective(served):
     """ShardedEmbeddings routed an id past its table's end to no shard: it was dropped like a pad.
     Refusals come before the all_to_all, so a one-rank plan needs no process group here."""
     from lowprec.checkpoint.artifact import read_manifest
-    from lowprec.serve.sharded import load_sharded, plan_shards
+    from lowprec.serve.shard_plan import plan_shards
+    from lowprec.serve.sharded import load_sharded
 
     art = served["root"] / "art-int8"
     sharded = load_sharded(art, plan_shards(read_manifest(art), "x", 1))
