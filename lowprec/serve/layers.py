@@ -124,6 +124,11 @@ class Int8Codec(LayerCodec):
                calib: dict[str, Any] | None = None) -> tuple[Tensors, dict[str, Any]]:
         codes, scale = quantize_weight_per_channel(weight)
         rng = _input_range(calib)
+        if rng is not None and max(rng[1], 0.0) - min(rng[0], 0.0) < 1e-12:  # (activation_qparams would take scale 1)
+            warnings.warn(f"a calibrated input range {list(rng)} is a single point (the layer's input did not vary "
+                          f"on the calibration rows): that int8 layer quantizes its input per batch instead",
+                          InputWarning, stacklevel=2)
+            rng = None
         return ({"weight": codes, "scale": scale, "bias": bias.detach().float()},
                 {"input_range": list(rng) if rng else None,
                  "input_qparams": list(activation_qparams(*rng)) if rng else None, "input_qmax": ACT_QMAX})

@@ -89,3 +89,13 @@ def test_the_codec_records_the_top_code_and_older_entries_are_served_at_255_with
     x = torch.rand(8, 20) * 4 - 1
     want = reference(x, small["weight"], small["scale"], small["bias"], *old["input_qparams"], qmax=255)
     torch.testing.assert_close(served(x).double(), want, rtol=0, atol=1e-4)  # codes up to 255, as validated
+
+
+def test_a_calibrated_range_of_one_point_serves_the_layer_dynamically():
+    """[0, 0] (an input that never varied on the calibration rows) made scale 1.0, one code per
+    unit: a converted model then predicted a constant. The layer quantizes per batch instead."""
+    layer = torch.nn.Linear(20, 3)
+    codec = layers.LAYER_CODECS[layers.Precision.INT8]
+    with pytest.warns(InputWarning, match="single point"):
+        tensors, entry = codec.encode(layer.weight, layer.bias, {"min": 0.0, "max": 0.0})
+    assert entry["input_qparams"] is None and not codec.build(tensors.__getitem__, entry).static
