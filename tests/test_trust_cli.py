@@ -76,6 +76,9 @@ def test_candidate_not_converted_from_the_reference_is_refused(two, tmp_path, co
     assert cli(*args(two / "other.art", "b"), "--allow-unrelated-candidate").exit_code in (0, 1)
     same = cli(*args(two / "ref.art", "c"))
     assert same.exit_code in (0, 1), same.output
+    r = cli(*args(two / "other", "d"))  # a float model trained apart: drift and compare alike
+    assert r.exit_code == 2 and "is a float model with weights sha256" in r.output, r.output
+    assert cli(*args(two / "other", "e"), "--allow-unrelated-candidate").exit_code in (0, 1)
 
 
 def test_failed_export_leaves_nothing_at_out(two, tmp_path, monkeypatch):

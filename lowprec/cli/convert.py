@@ -187,7 +187,7 @@ def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, all
     from lowprec.data.dataset import Dataset
     from lowprec.data.windows import select_windows
     from lowprec.checkpoint.float_model import weights_sha256
-    from lowprec.provenance import check_converted_from
+    from lowprec.provenance import check_converted_from, check_same_float
     from lowprec.debugger import compare as run_compare
     from lowprec.train import check_compatible
 
@@ -195,9 +195,13 @@ def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, all
     chosen = select_windows(windows, ds.meta)
     ref, ref_cfg, _ = load_model(reference)
     cand, cand_cfg, cand_info = load_model(candidate)
-    if not allow_unrelated_candidate and model_kind(reference) == "float" and model_kind(candidate) == "artifact":
+    kinds = (model_kind(reference), model_kind(candidate))
+    if not allow_unrelated_candidate and kinds == ("float", "artifact"):
         check_converted_from(reference, weights_sha256(Path(reference)), candidate,
                              cand_info, "--allow-unrelated-candidate")
+    elif not allow_unrelated_candidate and kinds == ("float", "float"):  # (as drift: a copy of it is fine)
+        check_same_float(reference, weights_sha256(Path(reference)), candidate, weights_sha256(Path(candidate)),
+                         "--allow-unrelated-candidate")
     check_compatible(ref_cfg, ds.meta, reference)
     check_compatible(cand_cfg, ds.meta, candidate)
     dist.check_same([reference, candidate, data_dir])
