@@ -36,3 +36,8 @@ def finite_or_null(obj: Any) -> Any:
 def dumps(obj: Any, **kwargs: Any) -> str:
     """`json.dumps` writing strict JSON: non-finite floats become null (see the module docstring)."""
     return json.dumps(finite_or_null(obj), allow_nan=False, **kwargs)
+
+
+def is_int(x: Any) -> bool:
+    """A JSON integer as Python reads it: an int, not a bool (True is an int to isinstance)."""
+    return isinstance(x, int) and not isinstance(x, bool)

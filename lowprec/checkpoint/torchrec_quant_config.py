@@ -17,18 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 from lowprec.errors import InputError
+from lowprec.jsonsafe import is_int
 from lowprec.plan import RANGE_METHODS
 from lowprec.serve.torchrec_export import DATA_TYPES, PRECISIONS
 
 LAYER_PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _int(where: str, what: str, x: Any, low: int = 1) -> int:
-    if not _is_int(x) or x < low:
+    if not is_int(x) or x < low:
         raise InputError(f"{where}: {what} is {x!r}; it must be an integer >= {low} (a JSON number without "
                          f"a fraction, not a string)")
     return x
@@ -99,8 +96,8 @@ def check_arch(cfg: dict[str, Any], dense_names: list[str], dim: int, bottom: li
         if key not in cfg:
             continue
         got = cfg[key]
-        ok = got == want and (_is_int(got) if isinstance(want, int) else
-                              isinstance(got, list) and all(_is_int(x) for x in got))
+        ok = got == want and (is_int(got) if isinstance(want, int) else
+                              isinstance(got, list) and all(is_int(x) for x in got))
         if not ok:
             raise InputError(f"{where}: {key} is {got!r}, but the weights in {tensors} (and the dataset's "
                              f"{dense_in} dense features) make it {want!r}")
@@ -128,11 +125,11 @@ def check_layers(cfg: dict[str, Any], modules: dict[str, str], where: str) -> di
                              f"{list(LAYER_PRECISIONS)}")
         qp = x.get("input_qparams")
         if qp is not None and not (isinstance(qp, list) and len(qp) == 2 and isinstance(qp[0], (int, float))
-                                   and not isinstance(qp[0], bool) and _is_int(qp[1])):
+                                   and not isinstance(qp[0], bool) and is_int(qp[1])):
             raise InputError(f"{where}: layer {module} has input_qparams {qp!r}; expected null or "
                              f"[scale, zero_point] (a number and an integer)")
         qmax = x.get("input_qmax")
-        if qmax is not None and (not _is_int(qmax) or qmax not in (127, 255)):
+        if qmax is not None and (not is_int(qmax) or qmax not in (127, 255)):
             raise InputError(f"{where}: layer {module} has input_qmax {qmax!r}; expected null, 127 (lowprec's int8 "
                              f"layers) or 255 (exports of older lowprecs)")
         out[module] = x

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from lowprec.errors import InputError
+from lowprec.jsonsafe import is_int
 from lowprec.model.config import DLRMConfig
 from lowprec.model.embedding import parse_spec
 from lowprec.precision import Precision
@@ -63,7 +64,7 @@ def _precision(value: Any, where: str, role: str) -> Precision:
 
 
 def _int(value: Any, where: str, what: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise _fail(where, f"{what} must be an integer >= {low}, got {value!r}")
     return value
 
@@ -74,7 +75,7 @@ def _qparams(name: str, spec: Any, where: str) -> None:
     _precision(spec.get("precision"), f"{where}: layer {name!r}", "layer")
     qp, rng, qmax = spec.get("input_qparams"), spec.get("input_range"), spec.get("input_qmax")
     qmax = LEGACY_ACT_QMAX if qmax is None else qmax  # (written before lowprec recorded it)
-    if qmax not in (ACT_QMAX, LEGACY_ACT_QMAX) or isinstance(qmax, bool):
+    if not is_int(qmax) or qmax not in (ACT_QMAX, LEGACY_ACT_QMAX):
         raise _fail(where, f"layer {name!r}: input_qmax {qmax!r} is not {ACT_QMAX} (or {LEGACY_ACT_QMAX}, older artifacts)")
     if qp is not None:
         ok = isinstance(qp, list) and len(qp) == 2 and all(isinstance(x, (int, float)) for x in qp)

@@ -20,6 +20,7 @@ import torch
 
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file, write_json
+from lowprec.jsonsafe import is_int
 from lowprec.precision import Precision
 from lowprec.serve.tiers import TierSpec, rank_tiers
 
@@ -109,7 +110,7 @@ class ShardPlan:
 
 
 def _whole(v: Any, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
+    if not is_int(v):
         raise ValueError(f"{what} must be an integer, got {v!r}")
     return v
 
