@@ -294,29 +294,42 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         status = subprocess.call(cmd, env=env)
         recorded = {int(f.name[4:]): int(f.read_text()) for f in Path(codes).glob("rank*")}
         errors = {int(f.name[5:]): f.read_text() for f in Path(codes).glob("error*")}
-    for line in other_errors(errors):
+    for line in job_errors(errors):
         print(line, file=sys.stderr)
     return job_exit_code(status, recorded, nproc)
 
 
 def rank_error(message: str) -> bool:
-    """Called by a rank about to print its `Error:` line: records it for `launch`. True where the rank
-    prints it itself: rank 0, or any rank of a job `launch` did not start (plain torchrun)."""
+    """Called by a rank about to print its `Error:` line: records it for `launch`, which prints the
+    job's errors once it has ended. True where the rank prints it itself: only ranks of a job
+    `launch` did not start (plain torchrun). Under `launch` no rank prints its own: torchrun stops
+    the other ranks as soon as one fails, and rank 0 stopped between recording its error and
+    printing it left a job that exited 2 in silence (seen in CI)."""
+    _record("error", message)
+    return not os.environ.get(EXIT_DIR)
+
+
+def _record(kind: str, text: str) -> None:
+    """This rank's `kind` (error, rank: its exit code) for `launch`, whole or not at all: torchrun
+    may stop the rank mid-write."""
     where, rank = os.environ.get(EXIT_DIR), int(os.environ.get("RANK", 0))
     if where:
         with contextlib.suppress(OSError):
-            Path(where, f"error{rank}").write_text(message)
-    return not where or rank == 0
+            part = Path(where, f".{kind}{rank}.part")
+            part.write_text(text)
+            os.replace(part, Path(where, f"{kind}{rank}"))
 
 
-def other_errors(errors: dict[int, str]) -> list[str]:
-    """What `launch` prints after the job: each rank's error that rank 0 did not print, once, naming
-    the ranks that gave it (every rank refusing the same input prints one line, not N)."""
+def job_errors(errors: dict[int, str]) -> list[str]:
+    """What `launch` prints after the job: rank 0's error as one process would print it, then each
+    other rank's error that differs from it, once, naming the ranks that gave it (every rank
+    refusing the same input prints one line, not N)."""
     ranks: dict[str, list[int]] = {}
     for r in sorted(errors):
-        if errors[r] != errors.get(0):
+        if r != 0 and errors[r] != errors.get(0):
             ranks.setdefault(errors[r], []).append(r)
-    return [f"Error (rank{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}): {m}" for m, rs in ranks.items()]
+    first = [f"Error: {errors[0]}"] if 0 in errors else []
+    return first + [f"Error (rank{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}): {m}" for m, rs in ranks.items()]
 
 
 def torchrun(argv: Sequence[str]) -> None:
@@ -348,10 +361,7 @@ def job_exit_code(status: int, recorded: dict[int, int], nproc: int) -> int:
 
 def record_exit_code(code: int) -> None:
     """Called by a rank on its way out (lowprec.__main__): its code, for `launch`."""
-    where = os.environ.get(EXIT_DIR)
-    if where:
-        with contextlib.suppress(OSError):
-            Path(where, f"rank{int(os.environ.get('RANK', 0))}").write_text(str(code))
+    _record("rank", str(code))
 
 
 def merge_stats(local: Any, batch_sums: list[tuple[float, float, float, float]], what: str = "stats") -> Any:

@@ -30,8 +30,8 @@ PARALLEL_NAMES = ", ".join(PARALLEL[:-1]) + ", data prepare|append (csv, criteo-
 
 
 class _JobError(click.ClickException):
-    """An error a data-parallel job prints once: rank 0 prints it, the other ranks leave theirs to
-    `--nproc`'s launcher, which prints those rank 0 did not (lowprec.distributed.rank_error)."""
+    """An error a data-parallel job prints once: under `--nproc` the ranks record theirs and the
+    launcher prints rank 0's and those that differ from it (lowprec.distributed.rank_error)."""
 
     def show(self, file: Any = None) -> None:
         if dist.rank_error(self.format_message()):

@@ -83,10 +83,25 @@ def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
     assert job_exit_code(-9, {}, 2) == 3 and job_exit_code(0, {0: 0, 1: 0}, 2) == 0
 
 
-def test_the_launcher_prints_the_errors_rank_0_did_not():
-    from lowprec.distributed import other_errors
+def test_the_launcher_prints_each_error_once():
+    from lowprec.distributed import job_errors
 
-    assert other_errors({0: "bad window", 1: "bad window", 2: "bad window"}) == []  # rank 0 printed it
-    assert other_errors({0: "rank 2 failed", 1: "shard 1 unreadable", 2: "shard 1 unreadable", 3: "x"}) == [
-        "Error (ranks 1, 2): shard 1 unreadable", "Error (rank 3): x"]
-    assert other_errors({1: "y"}) == ["Error (rank 1): y"]  # rank 0 died before a word
+    assert job_errors({0: "bad window", 1: "bad window", 2: "bad window"}) == ["Error: bad window"]
+    assert job_errors({0: "rank 2 failed", 1: "shard 1 unreadable", 2: "shard 1 unreadable", 3: "x"}) == [
+        "Error: rank 2 failed", "Error (ranks 1, 2): shard 1 unreadable", "Error (rank 3): x"]
+    assert job_errors({1: "y"}) == ["Error (rank 1): y"]  # rank 0 stopped before a word
+
+
+def test_under_the_launcher_rank_0_leaves_its_error_to_it(tmp_path, monkeypatch, capsys):
+    """torchrun stops the other ranks as soon as one fails: rank 0 stopped between recording its
+    error and printing it left a `--nproc` job that exited 2 in silence. Ranks record, the launcher
+    prints."""
+    from lowprec.cli import BadInput
+    from lowprec.distributed import EXIT_DIR
+
+    monkeypatch.setenv(EXIT_DIR, str(tmp_path))
+    monkeypatch.setenv("RANK", "0")
+    BadInput("window 99 not in the data").show()
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "error0").read_text() == "window 99 not in the data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["error0"]  # no partial file left
