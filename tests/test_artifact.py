@@ -101,6 +101,8 @@ def test_flipped_byte_truncation_and_version_exit_2(trained, tmp_path):
     root, _ = trained
     art = tmp_path / "a"
     assert run("convert", "--model", root / "model", "--precision", "int8", "--out", art).exit_code == 0
+    r = run("convert", "--model", art, "--precision", "int4", "--out", tmp_path / "b")  # an artifact as --model
+    assert r.exit_code == 2 and "a quantized artifact (manifest.json), not a float model" in r.output
     w = art / "weights.safetensors"
     good = w.read_bytes()
     data = bytearray(good)
@@ -129,6 +131,8 @@ def test_plan_naming_missing_table_and_nan_table_exit_2(trained, tmp_path):
                                 "layers": {"*": {"precision": "int4"}}}))
     r = run("convert", "--model", root / "model", "--plan", plan, "--out", tmp_path / "a")
     assert r.exit_code == 2 and "layers take" in r.output
+    r = run("convert", "--model", root / "model", "--precision", "int8", "--layer-precision", "int4", "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "--layer-precision int4: layers take" in r.output
     model, info = load_float_model(root / "model", writable=True)
     with torch.no_grad():
         model.embeddings[1].weight[7, 3] = float("inf")

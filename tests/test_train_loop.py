@@ -93,7 +93,10 @@ def test_cli_validation_from_recipe_reports_ne(tiny, tmp_path):
     _, saved = load_float_model(tmp_path / "m")
     assert saved["metrics"] == out["metrics"] and saved["best_epoch"] == out["best_epoch"]
     r = run("train", "--data", tiny.root, "--windows", "0-1", "--val-windows", "1", "--out", tmp_path / "x")
-    assert r.exit_code == 2 and "also training windows" in r.output
+    assert r.exit_code == 2 and "also training windows" in r.output and "(--val-windows)" in r.output
+    recipe.write_text('[windows]\ntrain = "0-1"\nvalidate = "1"\n')  # the message names the recipe's keys
+    r = run("train", "--data", tiny.root, "--recipe", recipe, "--out", tmp_path / "x")
+    assert r.exit_code == 2 and f"({recipe}: [windows] validate) are also training windows ({recipe}: [windows] train)" in r.output
     r = run("train", "--data", tiny.root, "--windows", "0", "--embedding-dim", "6", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "multiple of 4" in r.output
     r = run("train", "--data", tiny.root, "--windows", "0", "--embedding-dim", "6", "--out", tmp_path / "x",

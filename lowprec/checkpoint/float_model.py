@@ -77,7 +77,12 @@ def write_float_model(out: str | Path, config: DLRMConfig,
 
 def read_float_config(model_dir: str | Path) -> tuple[DLRMConfig, dict[str, Any]]:
     model_dir = Path(model_dir)
+    from lowprec.checkpoint.artifact import MANIFEST
+
     cfg_path = model_dir / "config.json"
+    if not cfg_path.exists() and (model_dir / MANIFEST).exists():
+        raise InputError(f"{model_dir}: a quantized artifact ({MANIFEST}), not a float model: this takes the float "
+                         f"model it was converted from (a `train` or `import` output, with config.json)")
     obj = read_json(cfg_path, "model config.json")
     if obj.get("format") != FORMAT:
         raise InputError(f"{cfg_path}: not a lowprec float model (format {obj.get('format')!r})")

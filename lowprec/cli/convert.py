@@ -53,9 +53,11 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
     if plan_path:
         plan = Plan.load(plan_path)
     else:
-        plan = Plan.uniform(Precision.parse(precision, "--precision"),
-                            Precision.parse(layer_precision, "--layer-precision") if layer_precision else None,
-                            range_method)
+        layers = Precision.parse(layer_precision, "--layer-precision") if layer_precision else None
+        if layers is not None and layers not in Precision.for_layers():
+            raise InputError(f"--layer-precision {layers.value}: layers take "
+                             f"{', '.join(p.value for p in Precision.for_layers())}")
+        plan = Plan.uniform(Precision.parse(precision, "--precision"), layers, range_method)
     calibration = load_calibration(calib_path) if calib_path else None
     config, _ = read_float_config(model_dir)
     if "torchrec" in export:  # refuse before writing anything
@@ -171,7 +173,8 @@ def _show(s: dict, as_json: bool) -> None:
 @click.option("--windows", required=True, help="Windows to compare on: `3`, `0-4`, `5,7,9`, `all` or `label:A..B`.")
 @click.option("--threshold-db", default=20.0, show_default=True, help="SQNR below this marks a tap as broken.")
 @click.option("--max-rows", default=50_000, show_default=True, type=click.IntRange(min=1),
-              help="Rows of the windows run through both models, layer by layer.")
+              help="Rows of the windows run through both models, layer by layer, in whole batches of 4,096: "
+                   "stops at the first batch end at or past N.")
 @click.option("--allow-unrelated-candidate", is_flag=True,
               help="Compare a candidate artifact not converted from --reference (refused by default).")
 @json_option

@@ -59,7 +59,8 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     from lowprec.checkpoint.float_model import save_float_model
     from lowprec.data.dataset import Dataset, check_table_bytes
     from lowprec.fileio import claim_output
-    from lowprec.recipe import load_recipe, pick, resolve_windows
+    from lowprec.errors import InputError
+    from lowprec.recipe import load_recipe, pick_where, resolve_windows
     from lowprec.evaluation.scoring import base_rate_warning, worse_than_base_rate
     from lowprec.train import TrainConfig, total_steps_rows
     from lowprec.train import train as run_train
@@ -67,9 +68,13 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     claim_output(out, "model", [data_dir])
     ds = Dataset(data_dir)
     rec = load_recipe(recipe)
-    train_w = resolve_windows(pick(windows, rec, "windows", "train"), ds.meta, "train")
-    val_spec = pick(val_windows, rec, "windows", "validate")
+    train_spec, train_from = pick_where(windows, rec, recipe, "windows", "train", "--windows")
+    val_spec, val_from = pick_where(val_windows, rec, recipe, "windows", "validate", "--val-windows")
+    train_w = resolve_windows(train_spec, ds.meta, "train")
     val_w = resolve_windows(val_spec, ds.meta, "validate") if val_spec else []
+    overlap = sorted(set(train_w) & set(val_w))
+    if overlap:  # (TrainConfig refuses it too; here the message says where each list came from)
+        raise InputError(f"validation windows {overlap} ({val_from}) are also training windows ({train_from})")
     check_table_bytes(ds.meta, embedding_dim)
     cfg = TrainConfig(
         windows=tuple(train_w), epochs=epochs, batch_size=batch_size, lr=lr, sparse_lr=sparse_lr,

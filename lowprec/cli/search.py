@@ -33,7 +33,8 @@ from lowprec.cli._common import StageBars, data_option, fmt, json_option
               "times such a layout on ranks.")
 @click.option("--calibration", "calib_path", type=click.Path(dir_okay=False),
               help="CALIB.json; without it the search calibrates on --calib-windows itself.")
-@click.option("--max-rows", type=click.IntRange(min=1), help="Calibration rows cached for sensitivity [50000].")
+@click.option("--max-rows", type=click.IntRange(min=1), help="Calibration rows cached for sensitivity, in whole batches of 4,096: stops at the first batch "
+                   "end at or past N [50000].")
 @click.option("--accept", type=click.Choice(["interval", "point"]),
               help="When a validated plan fits the budget. interval: the upper ends of its two-sided 95% "
                    "intervals (NE increase: paired Poisson bootstrap; AUC drop: paired DeLong) are within the "
