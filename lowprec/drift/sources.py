@@ -4,13 +4,15 @@ A window's results are only its own while the inputs are: `window_source` finger
 window's data: the dataset's feature schema, the window's entry in dataset.json and its dense and
 sparse files, sampled beyond 16 MiB -- not the labels, which may arrive later, and not the other
 windows, so a dataset that grows by a window a day keeps its history; the window's row count; the
-reference's and candidate's sha256; the [alarm] thresholds its labelled row was judged with, as
-JSON: null while its labels are pending, set when they are filled in) and `DriftStore.record_window`
-stores that row in the window's transaction. On a later run `check_sources` REFUSES (InputError, exit 2) a recorded
+reference's and candidate's sha256; the [alarm] thresholds and [bootstrap] settings its labelled
+row was judged with, as JSON: null while its labels are pending, set when they are filled in; the
+[estimate] thresholds its label-free record was judged with, when that record was written) and
+`DriftStore.record_window` stores that row in the window's transaction. On a later run `check_sources` REFUSES (InputError, exit 2) a recorded
 window whose data or models differ (a reused --db with another --data would otherwise report the
 old results as the new data's), and returns plain notes, shown by the CLI and in --json: the
-labelled windows judged with other thresholds (not re-judged; a window still pending, or filled in
-by this run, was not judged yet), and the windows whose labels file is not the
+labelled windows judged with other [alarm]/[bootstrap] settings (not re-judged; a window still pending, or filled in
+by this run, was not judged yet), the windows whose label-free record was judged with other
+[estimate] thresholds (not re-judged either), and the windows whose labels file is not the
 one their labelled metrics were computed from (`window_labels_sha`, written with the labelled row).
 Labels get revised after the fact (late conversions), so that is said, not refused: the recorded
 metrics stand. A labels file whose size, mtime and ctime are the recorded ones is not fingerprinted
@@ -50,8 +52,25 @@ def labels_stat(ds: Dataset, w: int) -> str | None:
 
 
 def alarm_json(job: Any) -> str:
-    """The [alarm] thresholds a labelled window is judged with, as recorded in window_sources."""
-    return json.dumps(dataclasses.asdict(job.config.alarm), sort_keys=True)
+    """The settings a labelled window is judged with ([alarm] thresholds and the [bootstrap] that
+    sets its intervals), as recorded in window_sources."""
+    c = job.config
+    return json.dumps({"alarm": dataclasses.asdict(c.alarm), "bootstrap": dataclasses.asdict(c.bootstrap)},
+                      sort_keys=True)
+
+
+def estimate_json(job: Any) -> str:
+    """The [estimate] thresholds a window's label-free record is judged with, as recorded."""
+    return json.dumps(dataclasses.asdict(job.config.estimate), sort_keys=True)
+
+
+def _changed(was: str, now: str) -> list[str]:
+    """The sections of recorded settings JSON that differ from now's ([alarm], [bootstrap]); a record
+    from before [bootstrap] was recorded holds the [alarm] thresholds alone."""
+    old, new = json.loads(was), json.loads(now)
+    if "alarm" not in old:
+        old = {"alarm": old}
+    return [k for k in sorted(old) if old[k] != new.get(k)]
 
 
 def window_source(job: Any, ds: Dataset, models: Any, w: int, judged: bool = True) -> dict[str, Any]:
@@ -60,12 +79,12 @@ def window_source(job: Any, ds: Dataset, models: Any, w: int, judged: bool = Tru
     when its labels are filled in)."""
     return {"data_sha256": window_fingerprint(ds, w), "rows": ds.meta.window(w).rows,
             "reference_sha256": models.reference_sha, "candidate_sha256": models.candidate_sha,
-            "thresholds": alarm_json(job) if judged else None}
+            "thresholds": alarm_json(job) if judged else None, "estimate_thresholds": estimate_json(job)}
 
 
 def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: list[int]) -> list[str]:
     """Refuse recorded windows computed from other data or models; notes on changed thresholds."""
-    recorded, notes, rejudge = store.sources(), [], []
+    recorded, notes, rejudge, estimated = store.sources(), [], {}, []
     judged = store.recorded()  # windows with a labelled row; the others were never judged by [alarm]
     for w in sorted(set(chosen) & set(recorded)):
         was, now = recorded[w], window_source(job, ds, models, w)
@@ -78,8 +97,11 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
                     f"--db {store.path}: window {w} was computed from another {what} ({was[key]!r}, now "
                     f"{now[key]!r} from --data {job.data}); its recorded results would be reported as "
                     f"this data's. Use a new --db for this data (refused; nothing recorded).")
-        if w in judged and was["thresholds"] is not None and was["thresholds"] != now["thresholds"]:
-            rejudge.append(w)
+        if w in judged and was["thresholds"] is not None:
+            for section in _changed(was["thresholds"], now["thresholds"]):
+                rejudge.setdefault(section, []).append(w)
+        if was.get("estimate_thresholds") not in (None, now["estimate_thresholds"]):
+            estimated.append(w)
     labels, revised, touched = store.label_sources(), [], []
     for w in sorted(set(chosen) & set(labels)):
         sha, stat = labels[w]
@@ -96,8 +118,13 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
         notes.append(f"windows {revised} have labels that are not the ones their labelled metrics were computed "
                      f"from (revised, or removed, since they were recorded); those metrics and alarms stand as "
                      f"recorded and were NOT recomputed. Use a new --db to score them with these labels.")
-    if rejudge:
-        notes.append(f"windows {rejudge} were judged with other [alarm] thresholds when recorded; they were "
+    for section, ws in rejudge.items():
+        what = "thresholds" if section == "alarm" else "settings (the intervals of their gaps)"
+        notes.append(f"windows {ws} were judged with other [{section}] {what} when recorded; they were "
                      f"NOT re-judged (their alarm/ok stands as recorded). Use a new --db to judge them "
-                     f"with these thresholds.")
+                     f"with these settings.")
+    if estimated:
+        notes.append(f"windows {estimated} had their label-free estimate judged with other [estimate] thresholds "
+                     f"when recorded; NOT re-judged (their estimate alarm/ok stands as recorded). Use a new --db "
+                     f"to judge them with these thresholds.")
     return notes

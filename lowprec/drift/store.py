@@ -21,7 +21,8 @@ decision and reason), `layer_clipping` and `table_error` (per window x layer / t
 `recal_tier_share` (tiered tables: each tier's share of a window's lookups, for the deployed
 artifact per window and for a recalibrated one on its alarmed window), `window_sources`
 (per window what it was computed from: the sha256 of the dataset's dataset.json and the window's row
-count, both models' sha256, and the [alarm] thresholds it was judged with, as JSON), `window_labels`
+count, both models' sha256, the [alarm] and [bootstrap] settings its labelled row was judged with
+and the [estimate] thresholds its label-free record was, as JSON), `window_labels`
 (per labelled window the fingerprint of the labels file its labelled row was computed from); and the
 label-free side (lowprec.drift.delayed): `labelfree` (one row per window: the estimate, rank
 agreement, |Δp|, PSI, the estimate rule's decision, whether labels were there and when they were
@@ -61,7 +62,8 @@ CLIP_COLUMNS = ("window", "layer", "clip_rate", "calib_clip_rate", "clipped", "e
 TABLE_COLUMNS = ("window", "table_name", "lookups", "mse", "rel", "sqnr_db", "note")
 TIER_COLUMNS = ("window", "table_name", "tier", "lookups", "share")  # lowprec.drift.tiers
 RECAL_TIER_COLUMNS = ("alarm_window", "source", "table_name", "tier", "lookups", "share")
-SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds")
+SOURCE_COLUMNS = ("window", "data_sha256", "rows", "reference_sha256", "candidate_sha256", "thresholds",
+                  "estimate_thresholds")
 # the labels a window's labelled row was computed from, and the file's size, mtime and ctime then
 # (`sources.labels_stat`: while they hold, the fingerprint is not recomputed)
 LABELS_COLUMNS = ("window", "labels_sha256", "labels_stat")
@@ -79,7 +81,7 @@ RECAL_COLUMNS = ("run_id", "recorded", "alarm_window", "source", "calib_windows"
                  "cal_gap", "alarm", "closes", "reason")
 _TEXT = {"recorded", "label", "start", "end", "triggers", "reason", "warnings", "staleness", "layer",
          "table_name", "note", "source", "calib_windows", "method", "artifact", "artifact_sha256",
-         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "filled", "labels_sha256", "labels_stat",
+         "calibration", "data_sha256", "reference_sha256", "candidate_sha256", "thresholds", "estimate_thresholds", "filled", "labels_sha256", "labels_stat",
          "est_triggers", "est_reason", "est_warnings", "part", "kind"}
 _INT = {"id", "window", "run_id", "rows", "tier", "lookups", "baseline_window", "alarm", "clipped", "elements",
         "alarm_window", "closes", "has_labels", "filled_run_id", "rank_rows", "est_alarm"}
@@ -119,7 +121,7 @@ def now() -> str:
 
 
 # columns a history written by an older lowprec may lack: added on open
-ADDED_LATER = {"window_labels": {"labels_stat"}}
+ADDED_LATER = {"window_labels": {"labels_stat"}, "window_sources": {"estimate_thresholds"}}
 
 
 class DriftStore:
@@ -174,8 +176,10 @@ class DriftStore:
         with self.transaction():
             for stmt in SCHEMA:
                 self.conn.execute(stmt)
-            if "labels_stat" not in {r[1] for r in self.conn.execute("PRAGMA table_info(window_labels)")}:
-                self.conn.execute('ALTER TABLE window_labels ADD COLUMN "labels_stat" TEXT')  # older databases
+            for table, columns in ADDED_LATER.items():  # older databases
+                have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                for c in sorted(columns - have):
+                    self.conn.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {_coltype(c)}')
             version = self.meta("schema_version")
             if version is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))

@@ -191,7 +191,25 @@ def test_thresholds_are_recorded_when_a_window_is_judged_and_only_real_rejudges_
         assert len(said) == 1 and said[0].startswith("windows [2] were judged with other [alarm] thresholds"), said
     with DriftStore(db) as s:
         src = {w: json.loads(r["thresholds"]) if r["thresholds"] else None for w, r in s.sources().items()}
-    assert src[3]["ne_gap_limit"] == 0.5 and src[2]["ne_gap_limit"] == 0.002 and src[4] is None
+    assert src[3]["alarm"]["ne_gap_limit"] == 0.5 and src[2]["alarm"]["ne_gap_limit"] == 0.002 and src[4] is None
+    assert src[2]["bootstrap"]["replicates"] == 200
+    # [bootstrap] sets the gaps' intervals and [estimate] judges the label-free records: changes to
+    # either were not said (window 4's estimate was made without labels, window 3's labels came later)
+    cfg.write_text("[alarm]\nne_gap_limit = 0.5\nne_gap_allowance = 0.2\n[bootstrap]\nreplicates = 50\n"
+                   "[estimate]\nz = 2.0\n")
+    notes = last_json(drift(pair, db, data, "2-4", "--config", cfg))["notes"]
+    assert any(n.startswith("windows [2, 3] were judged with other [bootstrap] settings") for n in notes), notes
+    assert any(n.startswith("windows [2, 3, 4] had their label-free estimate judged with other [estimate]")
+               for n in notes), notes
+    # a history written before [bootstrap] was recorded holds the [alarm] thresholds alone: no false note
+    with DriftStore(db) as s, s.transaction():
+        s.conn.execute("UPDATE window_sources SET thresholds = ? WHERE \"window\" = 3", (json.dumps(src[3]["alarm"]),))
+        s.conn.execute("UPDATE window_sources SET estimate_thresholds = NULL")
+    cfg.write_text("[alarm]\nne_gap_limit = 0.5\nne_gap_allowance = 0.2\n[bootstrap]\nreplicates = 50\n")
+    notes = last_json(drift(pair, db, data, "2-4", "--config", cfg))["notes"]
+    assert not any("[estimate]" in n for n in notes) and any("windows [2] were judged with other [bootstrap]" in n
+                                                            for n in notes), notes
+    assert not any("windows [2, 3]" in n or "[3]" in n for n in notes), notes
 
 
 def test_an_estimate_alarm_prints_what_its_test_compared():

@@ -37,20 +37,25 @@ def test_windows_commit_whole_or_not_at_all(tmp_path):
         assert s.windows()[0]["warnings"] == ["w"]
 
 
-def test_a_database_from_before_the_labels_stat_gains_the_column(tmp_path):
+def test_a_database_from_before_the_columns_added_later_gains_them(tmp_path):
     """window_labels rows written before `labels_stat` keep their fingerprint and read a None stat
-    (so their labels are fingerprinted, then their stat recorded)."""
+    (so their labels are fingerprinted, then their stat recorded); window_sources rows written
+    before `estimate_thresholds` read None (not compared)."""
     db = tmp_path / "h.sqlite"
     with DriftStore(db) as s:
         s.start_run({"reference": "r"})
     con = sqlite3.connect(db)
     con.executescript('DROP TABLE window_labels; CREATE TABLE window_labels ("window" INTEGER PRIMARY KEY, '
-                      'labels_sha256 TEXT); INSERT INTO window_labels VALUES (3, \'labels:abc\');')
+                      'labels_sha256 TEXT); INSERT INTO window_labels VALUES (3, \'labels:abc\');'
+                      'DROP TABLE window_sources; CREATE TABLE window_sources ("window" INTEGER PRIMARY KEY, '
+                      'data_sha256 TEXT, rows INTEGER, reference_sha256 TEXT, candidate_sha256 TEXT, thresholds TEXT);'
+                      'INSERT INTO window_sources VALUES (3, \'window:x\', 10, \'r\', \'c\', NULL);')
     con.close()
     with DriftStore(db) as s:
         assert s.label_sources() == {3: ("labels:abc", None)}
         s.set_label_stats([(3, "10:1:2")])
         assert s.label_sources() == {3: ("labels:abc", "10:1:2")}
+        assert s.sources()[3]["estimate_thresholds"] is None and s.sources()[3]["rows"] == 10
 
 
 def test_second_opener_is_refused_until_the_first_closes(tmp_path):
