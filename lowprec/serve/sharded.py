@@ -14,9 +14,12 @@ unsharded runtime combines features. Table-wise pieces give the unsharded runtim
 exactly; a table split by id range adds its partial sums in another order (fp32 rounding).
 
 Inputs are checked as the unsharded runtime checks them (lowprec.serve.checks), before any
-collective: an id matrix of another shape or a float dtype, dense features of another shape or
+data moves: an id matrix of another shape or a float dtype, dense features of another shape or
 batch or holding NaN/Inf, and ids outside their table (which routing used to drop like pads) raise
-on the rank that was handed them, naming the place.
+on the rank that was handed them, naming the place. The ranks agree on it in the forward's first
+exchange (each rank's batch and id counts carry a refused flag), so the other ranks raise
+`PeerRefused` at once rather than wait in a collective until the process group's timeout, and every
+rank stays in step for the next call.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ from lowprec.serve.shard_plan import PLAN_FILE, ShardPlan, load_shard_plan
 from lowprec.serve.checks import check_dense, check_id_matrix, check_matrix_bounds, column_names
 from lowprec.serve.tables import table_codec
 from lowprec.serve.transforms import build_transform
+
+class PeerRefused(InputError):
+    """Another rank refused its input, so this call served no rank (every rank may call again)."""
+
 
 def _a2a(send: torch.Tensor, send_splits: list[int], recv_splits: list[int]) -> torch.Tensor:
     out = torch.empty(sum(recv_splits), dtype=send.dtype)
@@ -107,13 +114,28 @@ class ShardedEmbeddings(nn.Module):
             out.append((lens, idx, wts))
         return out
 
-    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
-        """(B, slots) ids of this rank's rows -> pooled (B, T, D); a collective: call on every rank."""
-        b = check_id_matrix(sparse, len(self.slot_table))
-        check_matrix_bounds(sparse, self.slot_rows, self.slot_table, self.names)
-        routed = self._route(sparse)
-        counts = torch.tensor([[b, int(sum(i.numel() for i in idx))] for _, idx, _ in routed], dtype=torch.int64)
-        got = _a2a(counts.reshape(-1), [2] * self.world, [2] * self.world).view(self.world, 2)
+    def forward(self, sparse: torch.Tensor, refused: InputError | None = None) -> torch.Tensor:
+        """(B, slots) ids of this rank's rows -> pooled (B, T, D); a collective: call on every rank.
+        `refused`: the caller's own check of this rank's other inputs failed (ShardedDLRM's dense)."""
+        try:
+            if refused is not None:
+                raise refused
+            b = check_id_matrix(sparse, len(self.slot_table))
+            check_matrix_bounds(sparse, self.slot_rows, self.slot_table, self.names)
+            routed = self._route(sparse)
+            counts = torch.tensor([[b, int(sum(i.numel() for i in idx)), 0] for _, idx, _ in routed],
+                                  dtype=torch.int64)
+        except InputError as exc:  # tell the other ranks before raising, so none waits for this one
+            refused = exc
+            counts = torch.tensor([[0, 0, 1]] * self.world, dtype=torch.int64)
+        got = _a2a(counts.reshape(-1), [3] * self.world, [3] * self.world).view(self.world, 3)
+        if refused is not None:
+            raise refused
+        peers = [r for r in range(self.world) if int(got[r, 2])]
+        if peers:
+            raise PeerRefused(f"rank{'s' * (len(peers) > 1)} {', '.join(map(str, peers))} refused "
+                              f"{'their' if len(peers) > 1 else 'its'} input (see that rank's error): this call "
+                              f"served no rank")
         n_mine = len(self.owned[self.rank])
         src_b, src_n = got[:, 0].tolist(), got[:, 1].tolist()
         lens = _a2a(torch.cat([torch.cat(l) if l else torch.zeros(0, dtype=torch.int64) for l, _, _ in routed]),
@@ -181,8 +203,12 @@ class ShardedDLRM(DLRMGraph):
             p.requires_grad_(False)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        dense = check_dense(dense, check_id_matrix(sparse, len(self.embeddings.slot_table)), self.dense_names)
-        return self.logits(dense, self.embeddings(sparse))
+        refused = None
+        try:
+            dense = check_dense(dense, check_id_matrix(sparse, len(self.embeddings.slot_table)), self.dense_names)
+        except InputError as exc:  # said to the other ranks in the embeddings' first exchange
+            refused = exc
+        return self.logits(dense, self.embeddings(sparse, refused))
 
 
 def load_sharded(artifact: str | Path, plan: ShardPlan | None = None) -> ShardedDLRM:

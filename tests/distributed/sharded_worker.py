@@ -3,7 +3,8 @@
 argv: ARTIFACT DATA OUT_DIR. Two sharded models: "plan" (the artifact's shard-plan.json) and
 "tablewise" (whole tables, round robin). Every rank scores its own rows (different batch sizes per
 rank, several steps) through each and through the unsharded runtime, and writes
-OUT_DIR/rank{r}.json with, per model, the differences and the bytes its TBE holds."""
+OUT_DIR/rank{r}.json with, per model, the differences and the bytes its TBE holds, and what each
+rank raised when rank 1 was handed bad inputs."""
 
 import json
 import sys
@@ -36,6 +37,29 @@ def score(model, whole, dense_m, sparse_m, rank: int) -> dict:
     return {"max_abs_diff": max(diffs), "differing": n, "local_bytes": model.embeddings.local_bytes}
 
 
+def refusals(model, whole, dense_m, sparse_m, rank: int) -> dict:
+    """Rank 1 is handed an id past its table's end, then a NaN dense feature; rank 0 good rows. Each
+    rank's error (type: message), then a good call on both (the ranks must still be in step)."""
+    dense = torch.from_numpy(np.array(dense_m[:50], dtype=np.float32))
+    sparse = torch.from_numpy(np.array(sparse_m[:50], dtype=np.int64))
+    errors = []
+    for bad in ("id", "dense"):
+        d, s = dense.clone(), sparse.clone()
+        if rank == 1 and bad == "id":
+            s[7, 0] = 10**9
+        if rank == 1 and bad == "dense":
+            d[3, 2] = float("nan")
+        try:
+            with torch.inference_mode():
+                model(d, s)
+            errors.append("none")
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    with torch.inference_mode():
+        after = float((model(dense, sparse) - whole(dense, sparse)).abs().max())
+    return {"errors": errors, "after": after}
+
+
 def main() -> None:
     art, data, out = sys.argv[1:4]
     tdist.init_process_group("gloo", timeout=timedelta(seconds=60))
@@ -49,6 +73,7 @@ def main() -> None:
     result = {"rank": rank, "total_bytes": sum(w.numel() for w in whole.embeddings.table_weights())}
     for name, p in (("plan", plan), ("tablewise", tablewise)):
         result[name] = score(load_sharded(art, p), whole, dense_m, sparse_m, rank)
+    result["refusals"] = refusals(load_sharded(art, plan), whole, dense_m, sparse_m, rank)
     with open(f"{out}/rank{rank}.json", "w") as fh:
         json.dump(result, fh)
     tdist.destroy_process_group()

@@ -97,3 +97,9 @@ def test_two_ranks_score_as_the_unsharded_artifact(work, tmp_path):
     assert all(x["local_bytes"] <= 0.6 * total for x in planned)
     assert all(x["max_abs_diff"] < 1e-5 for x in planned)
     assert all(x["tablewise"]["differing"] == 0 for x in ranks)  # bit-identical logits
+    # a rank handed bad input raises; the other raised nothing and waited in a collective until the
+    # process group's timeout: now it is told at once, and both serve the next call
+    bad, good = ranks[1]["refusals"], ranks[0]["refusals"]
+    assert bad["errors"][0].startswith("IdOutOfRange: ") and bad["errors"][1].startswith("BadServingInput: ")
+    assert good["errors"] == ["PeerRefused: rank 1 refused its input (see that rank's error): this call served no rank"] * 2
+    assert bad["after"] < 1e-5 and good["after"] < 1e-5
