@@ -263,7 +263,10 @@ def _table_choice(v: dict[str, Any], where: str, table: str) -> TableChoice:
         raise InputError(f"{at}: unknown keys {sorted(unknown)}")
     sharing = v.get("sharing")
     if sharing is not None and not (isinstance(sharing, dict) and "kind" in sharing):
-        raise InputError(f"{at}: sharing must be null or an object with a `kind`")
+        from lowprec.serve.sharing import POST_TRAINING
+
+        raise InputError(f"{at}: sharing must be null or an object such as {{\"kind\": \"hot\", \"ratio\": 8}} "
+                         f"(kinds: {', '.join(POST_TRAINING)}; docs/errors.md), not {sharing!r}")
     precision = Precision.parse(v.get("precision", "fp32"), at)
     try:
         if sharing is not None:

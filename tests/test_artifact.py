@@ -133,6 +133,14 @@ def test_plan_naming_missing_table_and_nan_table_exit_2(trained, tmp_path):
     assert r.exit_code == 2 and "layers take" in r.output
     r = run("convert", "--model", root / "model", "--precision", "int8", "--layer-precision", "int4", "--out", tmp_path / "a")
     assert r.exit_code == 2 and "--layer-precision int4: layers take" in r.output
+    # hot sharing without row counts: refused before any table is converted, naming the plan
+    plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1,
+                                "tables": {"*": {"precision": "int8"}, "t1": {"precision": "int4", "sharing": {"kind": "hot", "ratio": 2}}}}))
+    r = run("convert", "--model", root / "model", "--plan", plan, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and f"{plan}: tables ['t1'] have hot sharing" in r.output and not (tmp_path / "a").exists()
+    plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1, "tables": {"t1": {"sharing": "hash:0.5"}}}))
+    r = run("convert", "--model", root / "model", "--plan", plan, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "sharing must be null or an object such as" in r.output and "'hash:0.5'" in r.output
     model, info = load_float_model(root / "model", writable=True)
     with torch.no_grad():
         model.embeddings[1].weight[7, 3] = float("inf")

@@ -131,17 +131,34 @@ def _streams(config: DLRMConfig, index: int, choice: TableChoice) -> bool:
     return parse_spec(config.tables[index].embedding)[0] == "dense" and choice.sharing is None
 
 
+def _check_counts_given(config: DLRMConfig, plan: Plan, counts_all: dict[str, Any]) -> None:
+    """Post-training sharing (hot, tiered) ranks rows by their access counts from calibration:
+    refused before any table is converted (naming the plan's file) when they are not there."""
+    need = [t.name for t in config.tables if plan.table(t.name).sharing is not None and t.name not in counts_all]
+    if need:
+        kinds = sorted({plan.table(n).sharing["kind"] for n in need})
+        raise InputError(f"{plan.source}: tables {need[:10]}{' ...' if len(need) > 10 else ''} have {'/'.join(kinds)} "
+                         f"sharing, which ranks rows by their access counts from calibration, and "
+                         f"{'the calibration has none for them' if counts_all else 'no calibration was given'}"
+                         f" (run `lowprec calibrate` and pass --calibration)")
+
+
 def _convert_tables(src: MappedTensors, config: DLRMConfig, plan: Plan, builder: _Builder,
                     counts_all: dict[str, Any], chunk_bytes: int, progress) -> None:
     for i, tcfg in enumerate(config.tables):
         choice = plan.table(tcfg.name)
         counts = counts_all.get(tcfg.name)
         counts_t = torch.as_tensor(counts, dtype=torch.float32) if counts is not None else None
-        if _streams(config, i, choice):
-            builder.stream_dense(tcfg, src.table(f"embeddings.{i}.bag.weight"), choice, counts_t,
-                                 chunk_bytes)
-        else:
-            builder.add_table(tcfg, load_table_form(src, i, config, choice, counts_t), choice, counts_t)
+        try:
+            if _streams(config, i, choice):
+                builder.stream_dense(tcfg, src.table(f"embeddings.{i}.bag.weight"), choice, counts_t,
+                                     chunk_bytes)
+            else:
+                builder.add_table(tcfg, load_table_form(src, i, config, choice, counts_t), choice, counts_t)
+        except InputError as exc:  # e.g. sharing that needs a dense table: the rule is the plan's
+            if choice.sharing is None or plan.source in str(exc):
+                raise
+            raise InputError(f"{exc} (the rule of {plan.source})") from None
         if progress is not None:
             progress(1)
 
@@ -169,6 +186,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
     layer_shapes = config.layer_shapes()
     plan.check_against(config.table_names, list(layer_shapes))
     calibration = calibration or {}
+    _check_counts_given(config, plan, calibration.get("row_counts", {}))
     with atomic_dir(out, "artifact", [model_dir]) as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
             builder = _Builder(writer)
