@@ -44,8 +44,10 @@ NON_NEGATIVE = FiniteFloat(min=0)
 @click.option("--embedding-dim", default=16, show_default=True, help="D; a multiple of 4 serves on FBGEMM.")
 @click.option("--bottom-mlp", default="64", show_default=True, help="Hidden widths of the bottom MLP (it always ends at D).")
 @click.option("--top-mlp", default="64,32", show_default=True, help="Hidden widths of the top MLP (a 1-wide output is added).")
-@click.option("--embedding", default="dense", show_default=True, help="Backend SPEC for every table.")
-@click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable).")
+@click.option("--embedding", default="dense", show_default=True,
+              help="Backend SPEC for every table: dense, hash:ratio=R[,seed=S], qr:ratio=R or "
+                   "robe:ratio=R[,z=Z,sign=1,align=1,seed=S] (R: parameter reduction; Z divides --embedding-dim; e.g. robe:ratio=16,z=8).")
+@click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable), e.g. cat_2=hash:ratio=8.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed, epochs, batch_size, optimizer, lr,
           sparse_lr, embedding_l2, adagrad_init, embedding_prior, embedding_dim, bottom_mlp, top_mlp, embedding, table_embedding,
