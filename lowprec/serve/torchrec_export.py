@@ -31,6 +31,7 @@ against the runtime when TorchRec imports here.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -217,6 +218,9 @@ def check_against_runtime(folder: Path, runtime: QuantizedDLRM) -> bool:
         return False
     model = load_torchrec(folder)
     config = read_json(folder / CONFIG, "torchrec config.json")
+    # TorchRec's KeyedJaggedTensor asks torch.fx.is_fx_tracing(), which logs a deprecation line
+    # (W... is_fx_tracing will return true ...) on the user's terminal once per process: not theirs
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     for seed, pads in ((0, True), (1, False)):
         dense, sparse = example_batch(runtime, seed=seed)
         if not pads:
