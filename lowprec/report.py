@@ -59,9 +59,9 @@ class Doc:
                 out += [value, ""]
             elif kind == "table":
                 header, rows = value
-                out.append("| " + " | ".join(header) + " |")
+                out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
                 out.append("|" + "|".join("---" for _ in header) + "|")
-                out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+                out += ["| " + " | ".join(_md_cell(_cell(c)) for c in row) + " |" for row in rows]
                 out.append("")
             elif kind == "figure":
                 out += [f"![{value[1]}]({value[0]})", "", f"*{value[1]}*", ""]
@@ -104,11 +104,17 @@ def _align(c: Any) -> str:
     return ' class="text"' if isinstance(c, str) and len(c) > 40 else ""
 
 
+def _md_cell(text: str) -> str:
+    """A Markdown table cell: a `|` inside (a choice label such as `int4|kind=hot,ratio=16.0`) would
+    start a new column."""
+    return str(text).replace("|", "\\|")
+
+
 def _cell(c: Any) -> str:
     if isinstance(c, float):
         if c != c:
             return "nan"
-        return f"{c:.4g}" if abs(c) < 1e4 else f"{c:,.0f}"
+        return f"{c:#.4g}" if abs(c) < 1e4 else f"{c:,.0f}"  # (#: 0.9590, not 0.959 beside 0.9592)
     if isinstance(c, int):
         return f"{c:,}"
     return str(c)

@@ -114,6 +114,7 @@ def synth(out: Path, windows: int, rows_per_window: int, seed: int, scale: float
     with pairwise interactions (click rate ~0.25, oracle AUC ~0.78, recorded per window in
     dataset.json provenance), so a DLRM can learn it. Example:
 
+    \b
         lowprec data synth --out data/synth --windows 8 --rows-per-window 100000 --drift popularity
     """
     cfg, generate = synth_config(kind, windows=windows, rows_per_window=rows_per_window, seed=seed, scale=scale,

@@ -114,7 +114,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         return
     val = (f"; validation NE {fmt(m['validation']['ne'])} AUC {fmt(m['validation']['auc'])}"
            if "validation" in m else "")
-    click.echo(f"trained on {info['rows_seen']:,} rows ({info['epochs_run']} epochs, kept epoch "
+    click.echo(f"trained on {info['rows_seen']:,} rows ({info['epochs_run']} epoch{'s' * (info['epochs_run'] != 1)}, kept epoch "
                f"{info['best_epoch']}) in {info['seconds']}s; training NE {fmt(m['train']['ne'])} "
                f"AUC {fmt(m['train']['auc'])}{val}; {params:,} parameters -> {out}")
 

@@ -240,7 +240,7 @@ def window_problem(rows: int, positives: int) -> str | None:
                 "and refuse it when it is all they are given")
     if positives in (0, rows):
         kind, other = ("negatives", "positive") if positives == 0 else ("positives", "negative")
-        return (f"holds only {kind} ({rows:,} rows, no {other} label): its AUC is undefined; check the "
+        return (f"holds only {kind} ({rows:,} row{'s' * (rows != 1)}, no {other} label): its AUC is undefined; check the "
                 f"label column and the positive rule")
     return None
 

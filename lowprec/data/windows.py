@@ -85,8 +85,9 @@ def select_windows(spec: Any, meta: Any, what: str = "--windows") -> list[int]:
         hi = hi or lo
         chosen += [w.index for w in meta.windows if lo <= w.label <= hi and len(w.label) == len(lo)]
     if not chosen:
-        raise InputError(f"{what}: {text!r} matches no window label "
-                         f"(labels: {[w.label for w in meta.windows][:20]})")
+        labels = [w.label for w in meta.windows]
+        shown = ", ".join(labels if len(labels) <= 20 else labels[:10] + ["..."] + labels[-5:])
+        raise InputError(f"{what}: {text!r} matches no window label (the {len(labels)} labels: {shown})")
     return _with_rows(sorted(set(chosen)), meta, what)
 
 

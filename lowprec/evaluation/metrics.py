@@ -120,7 +120,7 @@ class BinaryStats:
 
     def summary(self) -> dict[str, float]:
         return {
-            "rows": self.weight,
+            "rows": int(self.weight) if float(self.weight).is_integer() else self.weight,  # (a count: 21319, not 21319.0)
             "ne": self.ne,
             "logloss": self.logloss,
             "auc": self.auc,
