@@ -133,7 +133,9 @@ class TableMajor:
     def take(self, rows: slice | np.ndarray) -> FeatureIds:
         """The FeatureIds of `rows` (a slice, or an index array for a shuffled batch)."""
         if self.uniform is not None:
-            indices = self.uniform[:, rows].reshape(-1)  # a view when `rows` is everything
+            # a view when `rows` is everything; a one-row batch reshapes to a strided view (one id a
+            # table, `rows` apart), which the runtime refused as not contiguous: copied then
+            indices = np.ascontiguousarray(self.uniform[:, rows].reshape(-1))
         else:
             indices = np.concatenate([t[rows].reshape(-1) for t in self.tables])
         batch = indices.size // max(sum(self.hotness), 1)

@@ -10,7 +10,7 @@ from lowprec.checkpoint.convert import convert
 from lowprec.checkpoint.float_model import save_float_model
 from lowprec.data.batches import iter_batches, reads_feature_ids
 from lowprec.data.dataset import Dataset
-from lowprec.data.ids import FeatureIds, IdOutOfRange
+from lowprec.data.ids import FeatureIds, IdOutOfRange, TableMajor
 from lowprec.evaluation.scoring import evaluate
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan
@@ -61,6 +61,20 @@ def test_loader_builds_the_same_feature_ids(tmp_path, shuffle):
         assert b.ids.indices.tolist() == want_idx
         assert b.ids.offsets.tolist() == want_off
     assert all(b.ids is None for b in iter_batches(ds, [0], batch_size=96))
+
+
+@pytest.mark.parametrize("hotness", [(1, 1, 1), (2, 2), (1, 3, 2)], ids=str)
+def test_a_one_row_batch_is_the_layout_the_runtime_reads(hotness):
+    """A window of 4096k + 1 rows ends in a one-row batch: with one hotness for every table its ids
+    were a strided view (one id a table, `rows` apart), and the runtime refused them as another
+    layout, so eval of an artifact failed on such windows (exit 2)."""
+    sparse = np.arange(5 * sum(hotness), dtype=np.int64).reshape(5, sum(hotness))
+    major = TableMajor(sparse, hotness)
+    for rows in (slice(4, 5), slice(0, 1), np.array([2]), slice(1, 3)):
+        ids = major.take(rows)
+        ids.check()
+        assert ids.indices.is_contiguous()
+        assert ids.indices.tolist() == reference_layout(sparse[rows].reshape(-1, sum(hotness)), hotness)[0]
 
 
 @pytest.fixture(scope="module")
