@@ -138,10 +138,18 @@ def parse_fraction(value: Any, what: str) -> float:
     return x
 
 
-def resolve_windows(spec: Any, meta, what: str) -> list[int]:
-    """A window SPEC, or `label:A` / `label:A..B` matched against window labels (years, months)."""
+def resolve_windows(spec: Any, meta, key: str, where: str) -> list[int]:
+    """A window SPEC, or `label:A` / `label:A..B` matched against window labels (years, months), of
+    the recipe's [windows] `key`; `where` names the flag or recipe key it came from (`pick_where`)."""
     from lowprec.data.windows import select_windows
 
     if spec is None:
-        raise InputError(f"no {what} windows: give the flag or a recipe with [windows] {what}")
-    return select_windows(spec, meta, f"{what} windows")
+        raise InputError(f"no {key} windows: give {where} or a recipe with [windows] {key}")
+    return select_windows(spec, meta, where)
+
+
+def pick_windows(explicit: Any, recipe: dict[str, dict[str, Any]], path: str | Path | None, key: str, flag: str,
+                 meta) -> tuple[list[int], str]:
+    """The windows of `flag` if given, else of the recipe's [windows] `key`, and where they came from."""
+    spec, where = pick_where(explicit, recipe, path, "windows", key, flag)
+    return resolve_windows(spec, meta, key, where), where

@@ -166,9 +166,10 @@ def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int
     return out
 
 
-def positive_rate(ds: Dataset, windows: tuple[int, ...], what: str = "training") -> float:
+def positive_rate(ds: Dataset, windows: tuple[int, ...], what: str = "training windows",
+                  why: str = "a model cannot learn from one class and AUC is undefined") -> float:
     """Fraction of positive labels over `windows` (read from the memory-mapped label arrays);
-    InputError naming them when they hold one label class only (nothing to learn, AUC undefined)."""
+    InputError naming them (`what`: their flag or recipe key) when they hold one label class only."""
     pos = rows = 0
     for w in windows:
         labels = ds.arrays(w)[2]
@@ -176,9 +177,9 @@ def positive_rate(ds: Dataset, windows: tuple[int, ...], what: str = "training")
         rows += len(labels)
     if rows and pos in (0, rows):
         kind, value = ("positive", 0) if pos == 0 else ("negative", 1)
-        raise InputError(f"{what} windows {format_windows(list(windows))} of {ds.root} hold no {kind} label "
-                         f"(all {rows:,} labels are {value}): a model cannot learn from one class and AUC is "
-                         f"undefined; check the label column (a CSV schema's `positive` rule) or add windows")
+        raise InputError(f"{what} {format_windows(list(windows))} of {ds.root} hold no {kind} label "
+                         f"(all {rows:,} labels are {value}): {why}; check the label column (a CSV schema's "
+                         f"`positive` rule) or add windows")
     return pos / rows if rows else 0.5
 
 
@@ -246,7 +247,7 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
     check_compatible(model.config, ds.meta, str(ds.root))
     rate = positive_rate(ds, cfg.windows)
     if cfg.val_windows:
-        positive_rate(ds, cfg.val_windows, "validation")
+        positive_rate(ds, cfg.val_windows, "validation windows")
     if init is None and cfg.init_bias:
         init_output_bias(model, rate)
     weights = None

@@ -60,7 +60,8 @@ def parse_windows(spec: str | int | list[int], available: list[int]) -> list[int
         inside = [w for w in have if lo <= w <= hi]
         if len(inside) != hi - lo + 1:  # never enumerates lo..hi: a huge range costs nothing
             missing = list(itertools.islice((w for w in range(lo, hi + 1) if w not in have_set), 10))
-            raise InputError(f"window(s) {missing}{' ...' if len(missing) == 10 else ''} of {part_text(lo, hi)} "
+            of = f" of {part_text(lo, hi)}" if hi > lo else ""  # ("window(s) [99] of 99" said nothing)
+            raise InputError(f"window(s) {missing}{' ...' if len(missing) == 10 else ''}{of} "
                              f"not in the dataset (it has windows {format_windows(have) or 'none'})")
         chosen += inside
     if not chosen:

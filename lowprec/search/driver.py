@@ -25,7 +25,7 @@ from lowprec.evaluation.scoring import worse_than_base_rate
 from lowprec.plan import RANGE_METHODS, Validation
 from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
-from lowprec.recipe import calib_config, load_recipe, parse_fraction, pick, pick_where, resolve_windows
+from lowprec.recipe import calib_config, load_recipe, parse_fraction, pick, pick_where, pick_windows
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
 from lowprec.search.run import SearchConfig, SearchResult, check_memory, search
 from lowprec.search.solver import Budget
@@ -126,13 +126,15 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     def get(explicit: Any, section: str, key: str, flag: str, default: Any = None) -> tuple[Any, str]:
         return pick_where(explicit, r, req.recipe, section, key, flag, default)
 
-    calib = resolve_windows(pick(req.calib_windows, r, "windows", "calibrate"), ds.meta, "calibrate")
-    evaluate = resolve_windows(pick(req.eval_windows, r, "windows", "evaluate"), ds.meta, "evaluate")
-    test_spec = pick(req.test_windows, r, "windows", "test")
-    test = resolve_windows(test_spec, ds.meta, "test") if test_spec is not None else []
-    for what, windows in (("evaluation", evaluate), ("test", test)):  # AUC needs both label classes
+    calib, calib_from = pick_windows(req.calib_windows, r, req.recipe, "calibrate", "--calib-windows", ds.meta)
+    evaluate, eval_from = pick_windows(req.eval_windows, r, req.recipe, "evaluate", "--eval-windows", ds.meta)
+    test, test_from = ([], "") if pick(req.test_windows, r, "windows", "test") is None else \
+        pick_windows(req.test_windows, r, req.recipe, "test", "--test-windows", ds.meta)
+    # NE and AUC need both label classes: each option's NE increase is measured on the calibration
+    # windows (a one-class window made every one NaN and the solver failed), the plan judged on the others
+    for where, windows in ((calib_from, calib), (eval_from, evaluate), (test_from, test)):
         if windows:
-            positive_rate(ds, tuple(windows), what)
+            positive_rate(ds, tuple(windows), where, "NE and AUC are undefined on one class")
     budget = Budget(_budget(*get(req.max_ne_increase, "budgets", "max_ne_increase", "--max-ne-increase", "0.1%")),
                     _budget(*get(req.max_auc_drop, "budgets", "max_auc_drop", "--max-auc-drop", 0.001)),
                     _whole(*get(req.memory_budget, "budgets", "memory_budget", "--memory-budget"), 0))

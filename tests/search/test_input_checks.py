@@ -226,8 +226,16 @@ def test_an_evaluation_window_with_one_label_class_is_refused(tiny, tmp_path):
     np.save(labels, np.zeros_like(np.load(labels)))
     r = run_cli("search", "--model", tiny / "model", "--data", tmp_path / "data", "--calib-windows", 1,
                 "--eval-windows", 2, "--out", tmp_path / "p.json")
-    assert r.exit_code == 2 and "evaluation windows 2" in r.output and "AUC is undefined" in r.output, r.output
+    assert r.exit_code == 2 and "--eval-windows 2" in r.output and "AUC are undefined" in r.output, r.output
     assert not (tmp_path / "p.json").exists()
+    # a one-class calibration window made every option's NE increase NaN and the solver failed (exit 4)
+    r = run_cli("search", "--model", tiny / "model", "--data", tmp_path / "data", "--calib-windows", 2,
+                "--eval-windows", 1, "--out", tmp_path / "p.json")
+    assert r.exit_code == 2 and "--calib-windows 2 of" in r.output and "hold no positive label" in r.output, r.output
+    assert not list(p for p in tmp_path.iterdir() if p.name != "data")  # no plan, no cache
+    r = run_cli("search", "--model", tiny / "model", "--data", tmp_path / "data", "--calib-windows", 7,
+                "--eval-windows", 1, "--out", tmp_path / "p.json")  # windows errors name their flag
+    assert r.exit_code == 2 and "--calib-windows: window(s) [7] not in the dataset" in r.output, r.output
 
 
 def test_a_plan_inside_the_report_directory_is_refused(tiny, tmp_path):

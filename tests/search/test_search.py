@@ -177,10 +177,10 @@ def test_overlapping_windows_and_bad_recipe_exit_2(setup, tmp_path):
 def test_recipe_values_and_label_windows(setup, tmp_path):
     _, ds, _, _ = setup
     assert parse_fraction("0.1%", "x") == pytest.approx(0.001) and parse_fraction(0.002, "x") == 0.002
-    assert resolve_windows("label:w1..w2", ds.meta, "evaluate") == [1, 2]
-    assert resolve_windows("0-1", ds.meta, "evaluate") == [0, 1]
-    with pytest.raises(InputError, match="matches no window label"):
-        resolve_windows("label:1999", ds.meta, "evaluate")
+    assert resolve_windows("label:w1..w2", ds.meta, "evaluate", "--eval-windows") == [1, 2]
+    assert resolve_windows("0-1", ds.meta, "evaluate", "--eval-windows") == [0, 1]
+    with pytest.raises(InputError, match="^--eval-windows: 'label:1999' matches no window label"):
+        resolve_windows("label:1999", ds.meta, "evaluate", "--eval-windows")
     for recipe in ("movielens", "synthetic", "criteo-kaggle"):
         assert load_recipe(f"calibration/{recipe}.toml")["windows"]["calibrate"]
 
