@@ -130,7 +130,10 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
                  "a uniform plan replaces the searched one when it is >= 3% faster, paired per repeat, and "
                  "validates): " + ", ".join(f"{name} {us:,.0f} us" for name, us in whole.items()) + " a call"
                  + ("; paired, " + ", ".join(f"{name} ran {r:.2f}x the searched plan's speed"
-                                             for name, r in speedup.items()) if speedup else "") + ".")
+                                             for name, r in speedup.items()) if speedup else "") + "."
+                 + (" The paired ratio (the median of per-repeat ratios, each repeat timing both plans back to "
+                    "back) is what is judged: on a loaded machine the medians of the separate timings can point "
+                    "the other way." if speedup else ""))
     rows = []
     for item, o in result.chosen.items():
         s = result.sensitivity[o.key]
