@@ -17,7 +17,9 @@ def _sensitivity_figure(result: SearchResult, directory: Path) -> str:
     fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(items))))
     labels = sorted({o.key.split("|", 1)[1] for opts in result.items.values() for o in opts
                      if not o.is_float_baseline})
-    cmap = plt.get_cmap("tab10")
+    # one colour and marker per option (a precision, or a precision with sharing): tab10 repeated
+    # its colours past ten options (fp16 and int8 with hot sharing both blue)
+    cmap, markers = plt.get_cmap("tab20"), "os^Dv<>P"
     for j, label in enumerate(labels):
         ys, xs = [], []
         for i, item in enumerate(items):
@@ -25,13 +27,13 @@ def _sensitivity_figure(result: SearchResult, directory: Path) -> str:
                 if o.key.split("|", 1)[1] == label:
                     ys.append(i)
                     xs.append(100 * result.sensitivity[o.key].d_ne)
-        ax.scatter(xs, ys, label=label, color=cmap(j % 10), s=18)
+        ax.scatter(xs, ys, label=label, color=cmap(j % 20), marker=markers[(j // 20 + j) % len(markers)], s=18)
     ax.set_yticks(range(len(items)), items, fontsize=7)
     ax.set_xscale("symlog", linthresh=1e-4)
     ax.axvline(100 * result.plan.info.budgets.max_ne_increase, color="red", ls="--", lw=1,
                label="NE budget")
     ax.set_xlabel("NE increase vs float, % (each option alone, calibration windows)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, not over, the points
     ax.grid(alpha=0.3)
     return save_figure(fig, directory, "sensitivity.png")
 
