@@ -141,6 +141,9 @@ def test_psi():
     c = np.histogram(shifted, bins=np.concatenate([[-1], q[1:-1], [2]]))[0] / len(p)
     expected = float(((c - 0.1) * np.log(c / 0.1)).sum())
     assert large == pytest.approx(expected, rel=0.02)
+    # fewer than 10 scores a decile: undefined (a one-row window scored 27.6 and warned)
+    assert np.isnan(stats.psi(h(p[:1]), h(p[:1] * 1.5))) and np.isnan(stats.psi(h(p), h(p[:99])))
+    assert np.isfinite(stats.psi(h(p[:100]), h(p[:100] * 1.5)))
 
 
 def test_weighted_row_error():
