@@ -196,9 +196,10 @@ def test_eval_says_which_windows_the_model_learned_from(odd):
 def test_scarce_class_boundaries():
     from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
 
-    assert scarce_class(MIN_CLASS_LABELS - 1, 1000) == (MIN_CLASS_LABELS - 1, "positive")
+    assert scarce_class(MIN_CLASS_LABELS - 1, 1000) == f"{MIN_CLASS_LABELS - 1} positive"
     assert scarce_class(MIN_CLASS_LABELS, 1000) is None
-    assert scarce_class(1000 - 3, 1000) == (3, "negative")
+    assert scarce_class(1000 - 3, 1000) == "3 negative"
+    assert scarce_class(2, 4) == "2 positive and 2 negative"  # said "(2 negative)" only
     assert scarce_class(0, 1000) is None and scarce_class(1000, 1000) is None  # one class: undefined, said elsewhere
     assert scarce_class(float("nan"), 0) is None
 

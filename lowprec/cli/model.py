@@ -162,7 +162,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     scarce = [(w, s) for w, m in sorted(result.per_window.items())
               if (s := scarce_class(m["ctr"] * m["rows"], m["rows"])) is not None]
     if scarce:
-        click.echo(f"warning: the AUC of window(s) {', '.join(f'{w} ({n} {kind})' for w, (n, kind) in scarce)} "
+        click.echo(f"warning: the AUC of window(s) {', '.join(f'{w} ({few})' for w, few in scarce)} "
                    f"rests on fewer than {MIN_CLASS_LABELS} labels of a class: read it, and any difference of "
                    f"it, with care", err=True)
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities

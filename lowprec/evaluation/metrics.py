@@ -129,14 +129,18 @@ class BinaryStats:
         }
 
 
-def scarce_class(positives: float, rows: float) -> tuple[int, str] | None:
-    """(count, "positive" or "negative") when `rows` hold some, but fewer than MIN_CLASS_LABELS, labels
-    of a class; else None (none at all makes AUC undefined, which callers say otherwise)."""
+def scarce_class(positives: float, rows: float) -> str | None:
+    """"6 positive" (or "2 positive and 2 negative" when both are) when `rows` hold some, but fewer
+    than MIN_CLASS_LABELS, labels of a class; else None (none at all makes AUC undefined, which
+    callers say otherwise)."""
     if positives != positives or rows != rows:
         return None
     pos = int(round(positives))
-    few, kind = min((pos, "positive"), (int(round(rows)) - pos, "negative"))
-    return (few, kind) if 0 < few < MIN_CLASS_LABELS else None
+    scarce = [f"{n} {kind}" for n, kind in ((pos, "positive"), (int(round(rows)) - pos, "negative"))
+              if n < MIN_CLASS_LABELS]
+    if not scarce or min(pos, int(round(rows)) - pos) == 0:
+        return None
+    return " and ".join(scarce)
 
 
 def auc_from_histograms(hist_pos: np.ndarray, hist_neg: np.ndarray) -> float:

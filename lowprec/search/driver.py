@@ -226,8 +226,7 @@ def few_labels(v: Validation | None, what: str) -> list[str]:
     scarce = None if v is None or v.positives is None else scarce_class(v.positives, v.rows)
     if scarce is None:
         return []
-    few, kind = scarce
-    return [f"the {what} windows hold only {few} {kind} label(s) in {v.rows:,} rows: the AUC drop and its "
+    return [f"the {what} windows hold only {scarce} label(s) in {v.rows:,} rows: the AUC drop and its "
             f"interval rest on fewer than {MIN_CLASS_LABELS}, so the AUC budget was judged on almost nothing; "
             f"add windows or rows (--max-rows) before trusting it"]
 
