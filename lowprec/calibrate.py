@@ -19,7 +19,6 @@ point leaves a CALIB.json whose sidecar exists and verifies. Both get normal (um
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +193,7 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
     from lowprec.fileio import _umask, claim_output
 
     path = claim_output(path, "calibration", inputs)
+    replaced = _sidecar_of(path)  # the row-count file of the calibration being replaced, if any
     with user_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.counts.tmp-{os.getpid()}.safetensors")
@@ -210,9 +210,23 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
     obj["model_sha256"] = model_sha
     obj["row_counts"] = {"file": side.name, "sha256": sha}
     atomic_write_text(path, dumps(obj, indent=2) + "\n", kind="calibration")
-    for old in path.parent.glob(glob.escape(path.stem) + ".counts*.safetensors"):
-        if old.name != side.name:
-            old.unlink(missing_ok=True)
+    if replaced is not None and replaced.name != side.name:
+        replaced.unlink(missing_ok=True)
+
+
+def _sidecar_of(path: Path) -> Path | None:
+    """The row-count file the calibration at `path` names (the legacy `.counts.safetensors` when it
+    names none), or None: only that file is lowprec's to delete when `path` is replaced. Every other
+    `<stem>.counts*.safetensors` beside it was deleted too, the user's own files included."""
+    try:
+        obj = read_json(path, "calibration file")
+    except (InputError, OSError):
+        return None
+    info = obj.get("row_counts") if isinstance(obj, dict) else None
+    name = info.get("file", counts_path(path).name) if isinstance(info, dict) else counts_path(path).name
+    if not isinstance(name, str) or Path(name).name != name:
+        return None
+    return path.with_name(name)
 
 
 def _check_layers(layers: Any, path: Path) -> None:

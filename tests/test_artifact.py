@@ -275,6 +275,22 @@ def test_calibrate_creates_the_output_directory(trained, tmp_path):
     assert out.is_file() and (out.parent / side).is_file() and side.startswith("calib.counts-")
 
 
+def test_calibrate_deletes_only_the_row_counts_of_the_calibration_it_replaces(trained, tmp_path):
+    """Every `<stem>.counts*.safetensors` beside --out was deleted, the user's own files included."""
+    root, _ = trained
+    mine = [tmp_path / "calib.counts-myexperiment.safetensors", tmp_path / "calib.counts.safetensors"]
+    for f in mine:
+        f.write_text("precious")
+    out = tmp_path / "calib.json"
+    sides = []
+    for windows in ("2", "1"):  # the second run replaces the first (other rows: other counts)
+        r = run("calibrate", "--model", root / "model", "--data", root / "data", "--windows", windows, "--out", out)
+        assert r.exit_code == 0, r.output
+        sides.append(json.loads(out.read_text())["row_counts"]["file"])
+    assert sides[0] != sides[1] and not (tmp_path / sides[0]).exists() and (tmp_path / sides[1]).is_file()
+    assert all(f.read_text() == "precious" for f in mine)
+
+
 def test_calibration_progress_counts_the_rows_both_passes_read(trained):
     """The progress bars of calibrate, search (inline calibration) and the demo count to this; the
     search's bar had no total. Both passes stop at max_rows, as the batches do."""
