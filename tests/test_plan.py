@@ -46,6 +46,20 @@ def test_bad_plans_are_refused_naming_the_problem(change, match):
         Plan.from_json(obj, "p.json")
 
 
+@pytest.mark.parametrize("sharing, match", [
+    ({"kind": "hot", "ratio": 4, "seed": -1}, r"seed must be an integer in \[0, 2\*\*63\), got -1"),
+    ({"kind": "hot", "ratio": 4, "seed": 1.7}, "got 1.7"),
+    ({"kind": "hot", "ratio": 4, "seed": True}, "got True"),
+    ({"kind": "hot", "ratio": 4, "hot": True}, "needs a numeric ratio"),
+    ({"kind": "hot", "ratio": "4"}, "needs a numeric ratio"),
+])
+def test_hot_sharing_values_the_serving_hash_cannot_take_are_refused_in_the_plan(sharing, match):
+    """Seed -1 was accepted, written to the artifact, and refused by every loader afterwards."""
+    obj = {"format": "lowprec-plan", "version": 1, "tables": {"t": {"precision": "int4", "sharing": sharing}}}
+    with pytest.raises(InputError, match="p.json: table 't': .*" + match):
+        Plan.from_json(obj, "p.json")
+
+
 def test_layers_cannot_take_table_only_precisions():
     with pytest.raises(InputError, match="layers take"):
         LayerChoice(Precision.FP8)

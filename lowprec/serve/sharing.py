@@ -96,12 +96,15 @@ class Robe:
 def hot_options(spec: dict[str, Any], table: str) -> tuple[float, float, str, int]:
     """A hot-sharing spec's (ratio, hot share, lookup, seed), checked (plans, the search and convert)."""
     unknown = sorted(set(spec) - {"kind", "ratio", "hot", "lookup", "seed"})
-    try:
-        ratio, hot = float(spec["ratio"]), float(spec.get("hot", 0.5))
-        lookup, seed = str(spec.get("lookup", "search")), int(spec.get("seed", DEFAULT_SEED))
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"table {table!r}: sharing {spec} needs a numeric ratio (and numeric "
-                         f"hot/seed if given)") from None
+    raw_ratio, raw_hot, seed = spec.get("ratio"), spec.get("hot", 0.5), spec.get("seed", DEFAULT_SEED)
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (raw_ratio, raw_hot)):
+        raise InputError(f"table {table!r}: sharing {spec} needs a numeric ratio (and a numeric hot share if "
+                         f"given)")
+    # the seed is the serving hash's: an artifact with seed -1 (or 1.7, recorded as given and used as 1)
+    # was written and then refused by every loader
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise InputError(f"table {table!r}: sharing {spec}: seed must be an integer in [0, 2**63), got {seed!r}")
+    ratio, hot, lookup = float(raw_ratio), float(raw_hot), spec.get("lookup", "search")
     if unknown or not ratio >= 1 or not 0 <= hot <= 1 or lookup not in ("search", "remap"):
         raise InputError(f"table {table!r}: bad sharing {spec}: takes ratio >= 1, hot in [0, 1], "
                          f"lookup 'search' or 'remap', seed" + (f"; unknown {unknown}" if unknown else ""))
