@@ -65,6 +65,10 @@ def test_shape_mismatch_and_bad_json_are_named(tmp_path):
     (root / "dataset.json").write_text("{not json")
     with pytest.raises(InputError, match="dataset.json: not valid JSON"):
         Dataset(root)
+    # a key twice in one object: the last silently won (every JSON input is read by fileio.read_json)
+    (root / "dataset.json").write_text('{"format": "a", "x": {"k": 1, "k": 2}}')
+    with pytest.raises(InputError, match=r"dataset.json: not valid JSON \(key 'k' appears twice in one object\)"):
+        Dataset(root)
 
 
 def test_pickled_npy_is_refused(tmp_path):
