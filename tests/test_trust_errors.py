@@ -266,3 +266,19 @@ def test_a_bug_exits_4_in_one_line_never_1_which_drift_means_as_an_alarm(monkeyp
     monkeypatch.setenv("LOWPREC_DEBUG", "1")
     r = run("data", "synth", "--out", tmp_path / "x", "--windows", "1", "--rows-per-window", "10")
     assert r.exit_code == 4 and "Traceback" in r.output
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:117] . "
+                                                                "DefaultCPUAllocator: can't allocate memory: you tried "
+                                                                "to allocate 4096 bytes. Error code 12")])
+def test_running_out_of_memory_is_said_as_such_not_as_a_bug(monkeypatch, tmp_path, error):
+    """Under a memory limit, eval and search exited 4 ('internal error, a bug in lowprec: MemoryError')."""
+    from lowprec.cli import data as data_cli
+
+    def no_memory(*a, **k):
+        raise error
+
+    monkeypatch.setattr(data_cli, "synth_config", no_memory)
+    r = run("data", "synth", "--out", tmp_path / "x", "--windows", "1", "--rows-per-window", "10")
+    assert r.exit_code == 2 and r.output.startswith("Error: out of memory (") and "a bug" not in r.output, r.output
+    assert not (tmp_path / "x").exists()

@@ -64,7 +64,17 @@ class LowprecGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # a bug: never exit 1, which `drift` means as an alarm
+            if _out_of_memory(exc):  # the machine's (or a ulimit's) memory, not a bug: exit 2, said so
+                raise BadInput(f"out of memory ({type(exc).__name__}: {str(exc)[:200]}): the job needs more memory "
+                               f"than this process may use (free memory, ulimit -v / RLIMIT_DATA); try a smaller "
+                               f"--batch-size or --max-rows, and see the README's \"Models larger than RAM\"") from exc
             raise InternalError(exc) from exc
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, or torch's allocator failing (a RuntimeError naming it)."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "not enough memory" in str(exc)))
 
 
 class InternalError(_JobError):
