@@ -8,6 +8,8 @@ import sys
 import time
 
 import pytest
+
+from lowprec.errors import InputWarning
 import torch
 
 from helpers import REPO, make_tiny_dataset, run_cli as run, trained_tiny
@@ -154,8 +156,11 @@ def test_dim_not_multiple_of_4_is_padded(tmp_path):
     cfg = TrainConfig(windows=(0,), embedding_dim=6, bottom_mlp=(8, 6))
     model = DLRM(model_config_for(ds.meta, cfg))
     save_float_model(model, tmp_path / "m")
-    with pytest.warns(UserWarning, match="padding"):
+    with pytest.warns(InputWarning, match="padded") as said:  # one line (was one a table, as a raw UserWarning)
         manifest = convert(tmp_path / "m", Plan.uniform(Precision.INT4), tmp_path / "a")
+    assert [str(w.message) for w in said if "padded" in str(w.message)] == [
+        "embedding dim 6 is not a multiple of 4: every table's rows are padded with 2 zero columns for FBGEMM "
+        "(recorded in the manifest)"]
     assert manifest["physical_tables"][0]["dim"] == 8 and manifest["physical_tables"][0]["padded_from"] == 6
     runtime, _ = load_artifact(tmp_path / "a")
     batch = next(iter(iter_batches(ds, [0], batch_size=32)))

@@ -30,11 +30,11 @@ from lowprec.model.backends import load_table_module
 from lowprec.model.config import DLRMConfig
 from lowprec.model.embedding import parse_spec
 from lowprec.plan import Plan, TableChoice
-from lowprec.precision import Precision
+from lowprec.precision import DIM_ALIGNMENT, Precision
 from lowprec.progress import Update
 from lowprec.serve.forms import Feature, ServingForm
 from lowprec.serve.layers import layer_codec
-from lowprec.serve.quantize import check_finite, pad_dim, quantize_form, table_form
+from lowprec.serve.quantize import check_finite, quantize_form, table_form
 from lowprec.serve.runtime import PhysicalTable
 from lowprec.serve.tables import padded_dim, table_codec
 
@@ -75,8 +75,6 @@ class _Builder:
         """A dense table kept dense: read, check, encode and write it in row chunks."""
         rows, dim = table.shape
         pdim = padded_dim(dim)
-        if pdim != dim:
-            pad_dim(torch.zeros(0, dim), tcfg.name)  # the warning, once per table
         phys = PhysicalTable(tcfg.name, rows, pdim, choice.precision)
         shape = (rows, choice.precision.bytes_per_row(pdim))
         codec = table_codec(choice.precision)
@@ -187,6 +185,10 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
     plan.check_against(config.table_names, list(layer_shapes))
     calibration = calibration or {}
     _check_counts_given(config, plan, calibration.get("row_counts", {}))
+    if padded_dim(config.embedding_dim) != config.embedding_dim:  # once, not once a table (26 lines for Criteo)
+        warn(f"embedding dim {config.embedding_dim} is not a multiple of {DIM_ALIGNMENT}: every table's rows are "
+             f"padded with {padded_dim(config.embedding_dim) - config.embedding_dim} zero columns for FBGEMM "
+             f"(recorded in the manifest)")
     with atomic_dir(out, "artifact", [model_dir]) as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
             builder = _Builder(writer)

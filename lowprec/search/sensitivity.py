@@ -37,6 +37,7 @@ from torch import nn
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset
 from lowprec.graph import DLRMGraph
+from lowprec.errors import InputWarning
 from lowprec.evaluation.metrics import BinaryStats
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.plan import TableChoice
@@ -103,7 +104,7 @@ def counted_in_calibration(calibration: dict[str, Any] | None, cache: FloatCache
         return True
     warnings.warn(f"calibration counted part of windows {sorted(set(windows) & set(cache.windows))}, which the "
                   "search also measures on: sharing and tier options are measured with counts that may include "
-                  "the measured rows (optimistic); calibrate on other windows, or on all of these", stacklevel=2)
+                  "the measured rows (optimistic); calibrate on other windows, or on all of these", InputWarning, stacklevel=2)
     return False
 
 

@@ -9,7 +9,6 @@ search's emulator uses it; conversion writes the same forms to an artifact).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +41,7 @@ def pad_dim(weight: torch.Tensor, key: str) -> torch.Tensor:
     extra = -weight.shape[1] % DIM_ALIGNMENT
     if not extra:
         return weight
-    warnings.warn(f"table {key!r}: dim {weight.shape[1]} is not a multiple of {DIM_ALIGNMENT}; "
-                  f"padding rows with {extra} zero columns for FBGEMM (recorded in the manifest)")
-    return torch.nn.functional.pad(weight, (0, extra))
+    return torch.nn.functional.pad(weight, (0, extra))  # (convert warns once: lowprec.checkpoint.convert)
 
 
 def table_form(module: nn.Module, table: TableConfig, choice: TableChoice,

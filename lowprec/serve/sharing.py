@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowprec.errors import InputError
+from lowprec.errors import InputError, InputWarning
 from lowprec.model.config import TableConfig
 from lowprec.model.embedding import parse_spec
 from lowprec.model.sharing import ROBE_KEY, qr_collisions, robe_size
@@ -80,7 +80,7 @@ class Robe:
         if not exact:
             warnings.warn(f"table {m.name!r}: the model's ROBE array was trained unaligned; serving its "
                           f"least-squares aligned projection (approximate). Train with align=1, or "
-                          f"fine-tune `lowprec.model.realign.realign(model)`, to deploy without this loss")
+                          f"fine-tune `lowprec.model.realign.realign(model)`, to deploy without this loss", InputWarning)
         feats = [Feature(ROBE_KEY, {"kind": "robe", "family": FAMILY, "table": m.table, "chunk": c,
                                     "rows": a.size // z, "seed": module.seed, "sign": m.sign})
                  for c in range(m.dim // z)]

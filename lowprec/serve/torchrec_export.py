@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact
-from lowprec.errors import InputError
+from lowprec.errors import InputError, InputWarning
 from lowprec.data.ids import IdOutOfRange
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.serve.checks import check_id_matrix, out_of_range
@@ -214,7 +214,7 @@ def check_against_runtime(folder: Path, runtime: QuantizedDLRM) -> bool:
         import torchrec  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available here"
         warnings.warn(f"torchrec cannot be imported ({type(exc).__name__}); the TorchRec export was "
-                      f"written but not checked against the runtime")
+                      f"written but not checked against the runtime", InputWarning)
         return False
     model = load_torchrec(folder)
     config = read_json(folder / CONFIG, "torchrec config.json")
