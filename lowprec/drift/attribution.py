@@ -14,7 +14,8 @@ same rows on any split over ranks) the float reference is run with
 - `layer:NAME`: the candidate's module for that linear layer (its int8 kernels and static ranges),
 - `layers:all`: every layer from the candidate, the reference's tables,
 
-and each part's mean KL(Bern(p_ref) || Bern(p_part)) is recorded. The sums merge by all-reduce.
+and each part's mean KL(Bern(p_ref) || Bern(p_part)) is recorded. Ranks merge the per-batch sums in
+the one-process batch order (`distributed.fold_rows`): the one-process numbers, bit for bit.
 Parts interact (the whole candidate is not the sum of its parts); the share column in the report is
 each part's KL over the whole candidate's KL on the same rows.
 """
@@ -73,6 +74,7 @@ class Attribution:
         self.layers = layers
         self.sums = np.zeros(len(self.parts))
         self.rows = 0
+        self.batch_sums: list[np.ndarray] = []  # [rows, part sums...] of each batch, for the ordered merge
         self._pooled: dict[str, torch.Tensor] = {}
         self._hooks: list[Any] = []
 
@@ -111,12 +113,15 @@ class Attribution:
         with swapped(self.reference, {n: cand_layers[n] for n in self.layers}):
             out.append(prob(self.reference.logits(x, pr)))
         out.append(prob(self.candidate.logits(x, pc)))
-        self.sums += np.array([row_kl(base, p).sum() for p in out])
+        sums = np.array([row_kl(base, p).sum() for p in out])
+        self.batch_sums.append(np.concatenate([[len(idx)], sums]))
+        self.sums += sums
         self.rows += len(idx)
 
     def merge(self) -> None:
         if dist.active() and not self.note:
-            v = dist.all_reduce_sum(np.concatenate([[self.rows], self.sums]), "attribution sums")
+            width = 1 + len(self.parts)
+            v = dist.fold_rows(dist.gather_rows(np.reshape(self.batch_sums, (-1, width)), "attribution sums"), width)
             self.rows, self.sums = int(v[0]), v[1:]
 
     def result(self) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from lowprec.data.dataset import Dataset
 from lowprec.data.latent import window_bayes_auc
 from lowprec.data.windows import select_windows
 from lowprec.drift import report
-from lowprec.drift.follower import follow, lead
+from lowprec.drift.follower import follow, lead, rank0_windows
 from lowprec.drift.alarm import CusumState, DriftConfig, decide
 from lowprec.drift.tiers import TierShareObserver, hot_share, tier_layout
 from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
@@ -170,10 +170,11 @@ def run(job: DriftJob, stages: Stages | None = None) -> DriftOutcome:
     Data-parallel (torchrun): rank 0 holds the database and decides the windows to process; every
     rank scores its share of each; rank 0 alone records, recalibrates and writes the report."""
     if not dist.is_main():  # score this rank's share of rank 0's windows; write nothing
-        ds = Dataset(job.data)
-        models = load_pair(job, ds)
-        todo = follow(job.paired, labelfree_config(job), job.spill_prefix, ds, models.reference,
-                      models.candidate, stages)
+        todo = rank0_windows() or []  # (asked before opening any input: bad input is rank 0's to report)
+        if todo:
+            ds = Dataset(job.data)
+            models = load_pair(job, ds)
+            follow(job.paired, labelfree_config(job), job.spill_prefix, ds, models, todo, stages)
         return DriftOutcome([], todo, 0, [], job.db, job.report)
     return lead(lambda announce: _run(job, stages, announce))
 

@@ -20,7 +20,9 @@ Var(Σ(d_i - R ll_r,i)) / (Σ H_i)², and d_i - R ll_r,i = y_i·(u_i + R v_i) + 
 u_i = logit p_r - logit p_c, v_i = logit p_r, so each row contributes p_r(1-p_r)(u_i + R v_i)²
 (exact for Bernoulli labels; kept as the sums Σp(1-p)u², Σp(1-p)uv, Σp(1-p)v²). Added to it, the
 estimator's own row-sampling variance (CLT over rows): Σ(KL_i - R H_i)² / (Σ H_i)². The interval is
-est_gap ± z·sqrt(both). All of it is sums over rows, so ranks merge by all-reduce.
+est_gap ± z·sqrt(both). All of it is sums over rows: ranks merge them by gathering each batch's
+sums and adding them in the one-process batch order (`distributed.fold_rows`), so a data-parallel
+run gives the one-process numbers bit for bit; the |Δp| histogram holds counts (exact in any order).
 
 Other signals, label-free too: the distribution of |p_c - p_r| (a fixed log-spaced histogram, 20
 bins a decade from 1e-8; quantiles are reported as the upper edge of their bin, ≤12% high), the
@@ -178,6 +180,7 @@ class LabelFreeAccumulator:
         self.cfg, self.window = cfg, window
         self.rate = min(1.0, cfg.rank_rows / window_rows) if window_rows > 0 else 0.0
         self.sums = np.zeros(len(SUMS))
+        self.batch_sums: list[np.ndarray] = []  # each batch's SUMS, for the ordered merge over ranks
         self.hist = np.zeros(len(ABS_EDGES))  # bin k: [edge_k, edge_k+1), last bin: >= 1
         self.abs_max = 0.0
         self.pairs: list[np.ndarray] = []
@@ -185,7 +188,9 @@ class LabelFreeAccumulator:
     def update(self, p_ref: np.ndarray, p_cand: np.ndarray, row0: int) -> None:
         if len(p_ref) == 0:
             return
-        self.sums += row_sums(p_ref, p_cand)
+        sums = row_sums(p_ref, p_cand)
+        self.batch_sums.append(sums)
+        self.sums += sums
         d = np.abs(np.asarray(p_cand, np.float64) - np.asarray(p_ref, np.float64))
         self.hist += np.bincount(np.searchsorted(ABS_EDGES, d, side="right") - 1, minlength=len(ABS_EDGES))
         self.abs_max = max(self.abs_max, float(d.max()))
@@ -197,11 +202,13 @@ class LabelFreeAccumulator:
         return subsample_key(self.cfg.seed, self.window, np.arange(row0, row0 + n)) < rate
 
     def merge(self) -> None:
-        """All-reduce the sums and histogram, gather the subsample (no-op in one process)."""
+        """The sums of every rank's batches in batch order (as one process adds them), the histogram
+        all-reduced, the subsample gathered (no-op in one process)."""
         if not dist.active():
             return
-        v = dist.all_reduce_sum(np.concatenate([self.sums, self.hist]), "label-free sums")
-        self.sums, self.hist = v[: len(SUMS)], v[len(SUMS):]
+        rows = dist.gather_rows(np.reshape(self.batch_sums, (-1, len(SUMS))), "label-free sums")
+        self.sums = dist.fold_rows(rows, len(SUMS))
+        self.hist = dist.all_reduce_sum(self.hist, "label-free histogram")
         self.abs_max = float(dist.all_reduce_max(np.array([self.abs_max]), "label-free max")[0])
         local = np.concatenate(self.pairs) if self.pairs else np.zeros((0, 2))
         self.pairs = [dist.gather_rows(local, "label-free rank subsample")]

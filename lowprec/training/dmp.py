@@ -25,6 +25,9 @@ normal safetensors float model.
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 from torch import nn
 
@@ -34,6 +37,13 @@ from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.model.embedding import DenseBag
 
 _EBC = "ebc"  # the sharded module's name inside `_Trainee`
+
+
+def quiet_torchrec_internals() -> None:
+    """TorchRec's KeyedJaggedTensor asks torch.fx.is_fx_tracing(), which logs a deprecation line
+    (W... is_fx_tracing will return true ...) once per process, so once per rank as [rank0]/[rank1]
+    lines: TorchRec's to change, not the user's concern (lowprec.serve.torchrec_export does the same)."""
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def assign_tables(row_bytes: list[int], world: int) -> list[int]:
@@ -99,10 +109,12 @@ class DMPStep:
             trainee.ebc, {n: table_wise(rank=r, compute_kernel="fused")  # no device: TorchRec 1.8 puts every "cpu" placement on rank 0
                           for n, r in zip(trainee.names, self.owner)},
             sharder=sharder, local_size=self.world, world_size=self.world, device_type="cpu")
-        with dist.guarded("DMP set-up"):
+        with dist.guarded("DMP set-up"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)  # TorchRec's call
             self.dmp = DistributedModelParallel(
                 trainee, env=ShardingEnv.from_process_group(torch.distributed.group.WORLD),
                 device=torch.device("cpu"), plan=ShardingPlan({_EBC: module_plan}), sharders=[sharder])
+        quiet_torchrec_internals()
         self._load_tables()
         dense = [p for n, p in self.dmp.named_parameters() if f"{_EBC}." not in n]
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)

@@ -141,6 +141,19 @@ class FusedStep:
         return self.scorer.tables.state_bytes()
 
 
+def _check_multi_process(optimizer: str, embedding_l2: float, adagrad_init: float, embedding_prior: float) -> None:
+    """InputError naming the options set that only one process trains with (DMP: plain row-wise Adagrad)."""
+    one_process = [f"--optimizer {optimizer}"] if optimizer != "rowwise-adagrad" else []
+    one_process += [f"--{k} {v}" for k, v in (("embedding-l2", embedding_l2), ("adagrad-init", adagrad_init),
+                                                ("embedding-prior", embedding_prior)) if v]
+    if not one_process:
+        return
+    *rest, last = one_process
+    listed, verb, them = (f"{', '.join(rest)} and {last}", "train", "them") if rest else (last, "trains", "it")
+    raise InputError(f"multi-process training runs TorchRec's fused row-wise Adagrad only: {listed} {verb} in "
+                     f"one process (leave {them} out, or train without --nproc / torchrun)")
+
+
 def make_step(model: DLRM, optimizer: str, lr: float, sparse_lr: float, weight_decay: float = 0.0,
               embedding_l2: float = 0.0, adagrad_init: float = 0.0, embedding_prior: float = 0.0,
               id_weights: Callable[[torch.Tensor], torch.Tensor] | None = None):
@@ -151,11 +164,7 @@ def make_step(model: DLRM, optimizer: str, lr: float, sparse_lr: float, weight_d
     from lowprec import distributed as dist
 
     if dist.world_size() > 1:
-        if optimizer != "rowwise-adagrad" or embedding_l2 or adagrad_init or embedding_prior:
-            raise InputError(f"multi-process training runs TorchRec's fused row-wise Adagrad only: "
-                             f"--optimizer {optimizer}, embedding_l2 {embedding_l2}, adagrad_init "
-                             f"{adagrad_init} and embedding_prior {embedding_prior} train in one process "
-                             f"(use rowwise-adagrad, 0, 0 and 0)")
+        _check_multi_process(optimizer, embedding_l2, adagrad_init, embedding_prior)
         from lowprec.training.dmp import DMPStep
 
         return DMPStep(model, lr, sparse_lr, weight_decay)

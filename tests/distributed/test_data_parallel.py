@@ -35,8 +35,7 @@ def test_eval_two_ranks_equals_one_process(work):
     assert len(two.stdout.strip().splitlines()) == 1  # only rank 0 prints
 
 
-LABELFREE_KEYS = ("rows", "est_gap", "est_lo", "est_hi", "est_se", "est_ne_diff", "abs_mean", "abs_p50",
-                  "abs_p99", "abs_max", "kendall_tau", "spearman", "rank_rows", "psi", "est_alarm")
+PER_RUN = ("run_id", "recorded", "filled_run_id", "filled")  # when and in which run: not a measurement
 
 
 def _same(a, b) -> bool:
@@ -64,8 +63,9 @@ def tiered_int8_artifact(work, out):
 
 def test_drift_two_ranks_equals_one_process(work, tmp_path):
     """Labelled windows 1-2 and window 3 with its labels pending: the labelled records, the label-free
-    records (sums all-reduced, rank subsample gathered), the attribution, and the tiered table's tier
-    shares (counted per rank in the paired pass, all-reduced) and per-row error equal one process's."""
+    records and the attribution (per-batch sums folded in batch order, rank subsample gathered: bit
+    for bit, they were all-reduced and differed at ~1e-16), and the tiered table's tier shares
+    (counted per rank in the paired pass, all-reduced) and per-row error equal one process's."""
     data = tmp_path / "data"
     shutil.copytree(work["data"], data)
     (data / "day_3_labels.npy").unlink()
@@ -88,6 +88,7 @@ def test_drift_two_ranks_equals_one_process(work, tmp_path):
     assert one["alarms"] == two["alarms"] and one["processed"] == two["processed"]
     assert one["labels_pending"] == two["labels_pending"] == [3]
     assert [w["window"] for w in one["windows"]] == [1, 2]
+    assert one["estimates"] == two["estimates"]  # label-free: exactly
     for w1, w2 in zip(one["windows"], two["windows"], strict=True):
         assert w1["rows"] == w2["rows"] == 6000
         for key in w1:
@@ -95,11 +96,9 @@ def test_drift_two_ranks_equals_one_process(work, tmp_path):
     with DriftStore(tmp_path / "one.sqlite") as a, DriftStore(tmp_path / "two.sqlite") as b:
         assert [x["window"] for x in a.labelfree()] == [1, 2, 3]
         for x, y in zip(a.labelfree(), b.labelfree(), strict=True):
-            for k in LABELFREE_KEYS:
-                assert (x[k] is None and y[k] is None) or math.isclose(x[k], y[k], rel_tol=1e-9, abs_tol=1e-15), k
-        for x, y in zip(a.attributions(), b.attributions(), strict=True):
-            assert x["part"] == y["part"] and x["rows"] == y["rows"] > 0
-            assert math.isclose(x["kl"], y["kl"], rel_tol=1e-9, abs_tol=1e-15), x["part"]
+            for k in x.keys() - set(PER_RUN):
+                assert x[k] == y[k], (x["window"], k, x[k], y[k])
+        assert a.attributions() == b.attributions() and all(x["rows"] > 0 for x in a.attributions())
         shares = a.tier_shares()
         assert shares == b.tier_shares() and [(r["window"], r["tier"]) for r in shares] == \
             [(w, j) for w in (1, 2, 3) for j in range(3)] and all(r["lookups"] > 0 for r in shares)

@@ -11,7 +11,8 @@ import shutil
 import subprocess
 import sys
 
-from tests.distributed.conftest import RANK_TIMEOUT_S, WAIT_S, env, kill_rank_when, lowprec, start_ranks, wait_for
+from tests.distributed.conftest import (RANK_TIMEOUT_S, WAIT_S, env, in_process, kill_rank_when, lowprec, start_ranks,
+                                        wait_for)
 from tests.helpers import REPO, make_tiny_dataset
 
 
@@ -70,8 +71,16 @@ def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
 
     bad = lowprec("eval", "--model", work["model"], "--data", work["data"], "--windows", "99", nproc=2)
     assert bad.returncode == 2, bad.stderr[-2000:]
-    missing = lowprec("eval", "--model", tmp_path / "nonexistent", "--data", work["data"], "--windows", "1", nproc=2)
+    one = in_process("eval", "--model", tmp_path / "nonexistent", "--data", work["data"], "--windows", "1")
+    assert one.exit_code == 2 and "FileNotFoundError" not in one.output, one.output
+    # drift: rank 1 opened the missing dataset before rank 0's word and died, so rank 0's broadcast of
+    # its InputError failed and a RankFailure (gloo's "Connection reset by peer") replaced it, then
+    # rank 1's own error followed: two lines. Now only rank 0 checks the inputs first: its one line.
+    args = ("drift", "--reference", work["model"], "--candidate", work["art"], "--data", tmp_path / "nonexistent",
+            "--windows", "1", "--db", tmp_path / "d.sqlite", "--report", tmp_path / "report")
+    missing = lowprec(*args, nproc=2)
     assert missing.returncode == 2 and "FileNotFoundError" not in missing.stderr, missing.stderr[-2000:]
+    assert missing.stderr.strip() == in_process(*args).output.strip(), missing.stderr  # one process's line
     for r in (bad, missing):  # one `Error:` line for the job, not one a rank, nor torchrun's traceback and box
         assert r.stderr.count("Error") == 1 and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr
         assert "exitcode" not in r.stderr and r.stdout == "", r.stderr
@@ -90,6 +99,43 @@ def test_the_launcher_prints_each_error_once():
     assert job_errors({0: "rank 2 failed", 1: "shard 1 unreadable", 2: "shard 1 unreadable", 3: "x"}) == [
         "Error: rank 2 failed", "Error (ranks 1, 2): shard 1 unreadable", "Error (rank 3): x"]
     assert job_errors({1: "y"}) == ["Error (rank 1): y"]  # rank 0 stopped before a word
+
+
+def test_drift_ranks_leave_bad_input_to_rank_0(monkeypatch):
+    """Rank 0 checks drift's inputs and tells the others the windows, or that it stopped: they then
+    end without an error of their own ("rank 0 refused the job" was a second `Error:` line), and rank
+    0's error stays the job's even when its word cannot reach them (it was replaced by a RankFailure)."""
+    import pytest
+
+    from lowprec import distributed as dist
+    from lowprec.drift.follower import lead, rank0_windows
+    from lowprec.errors import InputError
+
+    monkeypatch.setattr(dist, "active", lambda: True)
+    said = []
+
+    def broadcast(obj, what):
+        said.append(obj)
+        return obj
+
+    monkeypatch.setattr(dist, "broadcast_json", broadcast)
+
+    def refuse(announce):
+        raise InputError("--windows: window 9 not in the dataset")
+
+    with pytest.raises(InputError, match="window 9"):
+        lead(refuse)
+    monkeypatch.setattr(dist, "broadcast_json", lambda obj, what: said[-1])  # what rank 1 hears
+    assert rank0_windows() is None
+    said.append({"todo": [2, 3]})
+    assert rank0_windows() == [2, 3]
+
+    def peer_gone(obj, what):
+        raise dist.RankFailure("rank 0 of 2: collective 'drift plan' failed: Connection reset by peer")
+
+    monkeypatch.setattr(dist, "broadcast_json", peer_gone)
+    with pytest.raises(InputError, match="window 9"):
+        lead(refuse)
 
 
 def test_under_the_launcher_rank_0_leaves_its_error_to_it(tmp_path, monkeypatch, capsys):
