@@ -48,3 +48,13 @@ def check_torch_fbgemm() -> tuple[str, str]:
     if expected is not None and fbgemm_version not in (expected, "not installed"):
         raise ImportError(_advice(torch_version, fbgemm_version))
     return torch_version, fbgemm_version
+
+
+def quiet_torchrec_internals() -> None:
+    """TorchRec's KeyedJaggedTensor asks torch.fx.is_fx_tracing(), which logs a deprecation line
+    (W... is_fx_tracing will return true ...) once per process (once per rank as [rank0]/[rank1]
+    lines): TorchRec's to change, not the user's concern. Called where lowprec runs TorchRec code
+    (multi-process training, the TorchRec export's check)."""
+    import logging
+
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)

@@ -31,7 +31,6 @@ against the runtime when TorchRec imports here.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -42,6 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact
+from lowprec._compat import quiet_torchrec_internals
 from lowprec.errors import InputError, InputWarning
 from lowprec.data.ids import IdOutOfRange
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
@@ -218,9 +218,7 @@ def check_against_runtime(folder: Path, runtime: QuantizedDLRM) -> bool:
         return False
     model = load_torchrec(folder)
     config = read_json(folder / CONFIG, "torchrec config.json")
-    # TorchRec's KeyedJaggedTensor asks torch.fx.is_fx_tracing(), which logs a deprecation line
-    # (W... is_fx_tracing will return true ...) on the user's terminal once per process: not theirs
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    quiet_torchrec_internals()
     for seed, pads in ((0, True), (1, False)):
         dense, sparse = example_batch(runtime, seed=seed)
         if not pads:

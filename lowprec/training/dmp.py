@@ -25,25 +25,18 @@ normal safetensors float model.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
 from torch import nn
 
 from lowprec import distributed as dist
+from lowprec._compat import quiet_torchrec_internals
 from lowprec.errors import InputError
 from lowprec.model.dlrm import DLRM, split_sparse
 from lowprec.model.embedding import DenseBag
 
 _EBC = "ebc"  # the sharded module's name inside `_Trainee`
-
-
-def quiet_torchrec_internals() -> None:
-    """TorchRec's KeyedJaggedTensor asks torch.fx.is_fx_tracing(), which logs a deprecation line
-    (W... is_fx_tracing will return true ...) once per process, so once per rank as [rank0]/[rank1]
-    lines: TorchRec's to change, not the user's concern (lowprec.serve.torchrec_export does the same)."""
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def assign_tables(row_bytes: list[int], world: int) -> list[int]:
