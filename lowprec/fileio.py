@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lowprec.errors import InputError, os_error, user_os_errors
-from lowprec.jsonsafe import dumps
+from lowprec.jsonsafe import dumps, unique_keys
 
 _BACKUP_SUFFIX = ".lowprec-old"
 MARKER = ".lowprec-output"
@@ -349,17 +349,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     Path(path).write_text(dumps(obj, indent=2, sort_keys=False) + "\n")  # strict JSON: NaN -> null
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are unique: with a key twice the last silently won (a plan's second
-    "*" rule, a calibration's second "layers" dropping every range); JSON leaves it undefined."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"key {twice!r} appears twice in one object")
-    return obj
-
-
 def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) -> Any:
     """Read JSON, turning a missing or malformed file into an InputError naming it.
 
@@ -370,7 +359,7 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) ->
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
     except (ValueError, RecursionError) as exc:  # (decode errors, duplicate keys, ints past 4,300 digits)
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:

@@ -41,3 +41,14 @@ def dumps(obj: Any, **kwargs: Any) -> str:
 def is_int(x: Any) -> bool:
     """A JSON integer as Python reads it: an int, not a bool (True is an int to isinstance)."""
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with a key twice the last silently won (a plan's second
+    "*" rule, a calibration's second "layers" dropping every range); JSON leaves it undefined."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice!r} appears twice in one object")
+    return obj
