@@ -324,3 +324,28 @@ def test_tables_served_in_place_start_on_cache_lines(tmp_path, precision):
     tbe = load_artifact(tmp_path / "a")[0].embeddings.tbe
     starts = [tbe.weights_host.data_ptr() + o for o in tbe.weights_physical_offsets]
     assert len(starts) == 4 and all(s % 64 == 0 for s in starts), [s % 64 for s in starts]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int32])
+def test_a_float_model_with_a_tensor_not_float32_is_refused_naming_it(trained, tmp_path, dtype):
+    """An fp16 table failed deep in a forward (exit 4, 'HalfTensor does not equal FloatTensor'); an int32
+    one converted silently. Both are refused where the model is read, naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    from lowprec.fileio import sha256_file
+
+    root, _ = trained
+    model = tmp_path / "m"
+    model.mkdir()
+    weights = load_file(str(root / "model" / "model.safetensors"))
+    weights["embeddings.1.bag.weight"] = weights["embeddings.1.bag.weight"].to(dtype)
+    save_file(weights, str(model / "model.safetensors"))
+    cfg = json.loads((root / "model" / "config.json").read_text())
+    cfg["sha256"] = {"model.safetensors": sha256_file(model / "model.safetensors")}
+    (model / "config.json").write_text(json.dumps(cfg))
+    want = "tensor 'embeddings.1.bag.weight' is " + {torch.float16: "F16", torch.int32: "I32"}[dtype]
+    for args in (["convert", "--model", model, "--precision", "int8", "--out", tmp_path / "a"],
+                 ["eval", "--model", model, "--data", root / "data", "--windows", "2"]):
+        r = run(*args)
+        assert r.exit_code == 2 and want in r.output, r.output
+    assert not (tmp_path / "a").exists()

@@ -182,6 +182,15 @@ def _check_names(src: MappedTensors, expected: dict[str, torch.Tensor], where: P
         if tuple(src.shape(name)) != tuple(t.shape):
             raise InputError(f"{where}: tensor {name!r} has shape {tuple(src.shape(name))}, "
                              f"config.json implies {tuple(t.shape)}")
+        if src.dtype(name) != "F32":  # (an fp16 table failed deep in a forward, exit 4; int32 converted)
+            raise InputError(f"{where}: tensor {name!r} is {src.dtype(name)}; a float model's tensors are float32 "
+                             f"(F32): convert them, e.g. tensor.float(), before saving")
+
+
+def check_tensors(src: MappedTensors, config: DLRMConfig, model_dir: Path) -> None:
+    """The mapped tensors are the ones config.json implies: names, shapes, float32 (on the meta
+    device: nothing allocated). `convert` reads tensors one by one and checks the same up front."""
+    _check_names(src, _meta_model(config, model_dir / "config.json").state_dict(), src.path)
 
 
 def load_float_model(model_dir: str | Path, writable: bool = False,

@@ -190,6 +190,11 @@ class MappedTensors:
         p = self._need(name)
         return p.shape if isinstance(p, Entry) else (p[-1].hi, *p[0].entry.shape[1:])
 
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype code of `name` ("F32", ...; row shards share one, checked on open)."""
+        p = self._need(name)
+        return p.dtype if isinstance(p, Entry) else p[0].entry.dtype
+
     def table(self, name: str) -> LogicalTable:
         """`name` as a LogicalTable (rows and row chunks); it must have at least one dimension."""
         p = self._need(name)
