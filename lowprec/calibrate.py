@@ -248,6 +248,12 @@ def read_calibration_file(path: str | Path) -> dict[str, Any]:
     if obj.get("format") != FORMAT or obj.get("version") != FORMAT_VERSION:
         raise InputError(f"{path}: not a lowprec calibration file of version {FORMAT_VERSION}")
     _check_layers(obj.get("layers"), Path(path))
+    windows, rows = obj.get("windows", []), obj.get("rows", 0)
+    whole = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0  # noqa: E731
+    if not isinstance(windows, list) or not all(whole(w) for w in windows):
+        raise InputError(f"{path}: `windows` must list the window numbers calibration read, got {windows!r}")
+    if not whole(rows):
+        raise InputError(f"{path}: `rows` must be a whole number >= 0, got {rows!r}")
     return obj
 
 
@@ -268,4 +274,18 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
         obj["row_counts"] = {k: v.float() for k, v in load_file(str(side)).items()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{side}: not a readable safetensors file ({exc})") from exc
+    for k, v in obj["row_counts"].items():
+        if v.dim() != 1 or not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+            raise InputError(f"{side}: table {k!r}'s row counts must be one finite count >= 0 a row, got a "
+                             f"{v.dtype} tensor of shape {tuple(v.shape)}")
     return obj
+
+
+def check_calibration_fits(calibration: dict[str, Any], config: Any, where: str | Path) -> None:
+    """Row counts of the model's own table sizes (a count a row): a short count vector reached the
+    search's indexing as an IndexError (exit 4); convert refused it already, per table."""
+    rows = {t.name: t.num_embeddings for t in config.tables}
+    for k, v in (calibration.get("row_counts") or {}).items():
+        if k in rows and len(v) != rows[k]:
+            raise InputError(f"{where}: table {k!r} has {len(v):,} row counts, the model's table {rows[k]:,} rows: "
+                             f"a calibration of another model (or an edited file)")

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 from lowprec import distributed as dist
-from lowprec.calibrate import calibrate, load_calibration
+from lowprec.calibrate import calibrate, check_calibration_fits, load_calibration
 from lowprec.checkpoint.convert import check_calibration_model
 from lowprec.checkpoint.float_model import load_float_model, weights_sha256
 from lowprec.data.dataset import Dataset
+from lowprec.data.windows import format_windows
 from lowprec.errors import InputError
 from lowprec.fileio import atomic_write_text, sha256_file
 from lowprec.jsonsafe import dumps
@@ -198,6 +199,15 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         calibration, calib_sha = load_calibration(req.calib_path), sha256_file(req.calib_path)
         if "model_sha256" in calibration:  # now, not after the sensitivity pass when validation converts
             check_calibration_model(calibration, weights_sha256(req.model_dir), req.model_dir, override=None)
+        check_calibration_fits(calibration, model.config, req.calib_path)
+        # counts from the windows the plan is judged on rank their rows with the very lookups validation
+        # scores: hot sharing validated as nearly free (a plan went 6x -> 196x on such a calibration)
+        judged = sorted(set(calibration.get("windows", [])) & set(cfg.eval_windows + cfg.test_windows))
+        if judged:
+            raise InputError(f"--calibration {req.calib_path} was measured on windows {judged}, which the search "
+                             f"judges the plan on (--eval-windows / --test-windows): its row counts would rank "
+                             f"rows with the lookups being scored; calibrate on other windows (e.g. "
+                             f"--calib-windows {format_windows(list(cfg.calib_windows))})")
     else:
         ccfg = calib_config(recipe, req.recipe, cfg.calib_windows)  # its values checked by load_recipe
         calibration = calibrate(model, ds, ccfg, stage(stages, "calibrate", ccfg.rows_read(ds)))

@@ -254,3 +254,29 @@ def test_sharing_options_that_apply_to_no_table_are_said(tiny, tmp_path):
             "dense table of >= 1,000 rows") in r.stderr
     plan = json.loads((tmp_path / "p.json").read_text())
     assert all(t["sharing"] is None for t in plan["tables"].values())
+
+
+def test_a_calibration_measured_on_the_judged_windows_or_edited_is_refused(tiny, tmp_path):
+    """Counts from the evaluation windows rank rows with the very lookups validation scores (hot
+    sharing validated as nearly free); an edited `windows` or a short count vector were exit 4."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lowprec.fileio import sha256_file
+
+    calib = tmp_path / "c.json"
+    assert run_cli("calibrate", "--model", tiny / "model", "--data", tiny / "data", "--windows", 2,
+                   "--out", calib).exit_code == 0
+    r = search(tiny, tmp_path / "p.json", "--calibration", calib)
+    assert r.exit_code == 2 and f"--calibration {calib} was measured on windows [2]" in r.output, r.output
+    obj = json.loads(calib.read_text())
+    for windows in ("x", [True], [-1]):
+        calib.write_text(json.dumps(obj | {"windows": windows}))
+        r = search(tiny, tmp_path / "p.json", "--calibration", calib)
+        assert r.exit_code == 2 and "`windows` must list the window numbers" in r.output, r.output
+    side = calib.with_name(obj["row_counts"]["file"])
+    save_file({"t0": torch.ones(100)}, str(side))  # t0 has 200 rows
+    calib.write_text(json.dumps(obj | {"windows": [1], "row_counts": {"file": side.name, "sha256": sha256_file(side)}}))
+    r = search(tiny, tmp_path / "p.json", "--calibration", calib)
+    assert r.exit_code == 2 and "table 't0' has 100 row counts, the model's table 200 rows" in r.output, r.output
+    assert not (tmp_path / "p.json").exists()
