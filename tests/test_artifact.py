@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -349,3 +350,25 @@ def test_a_float_model_with_a_tensor_not_float32_is_refused_naming_it(trained, t
         r = run(*args)
         assert r.exit_code == 2 and want in r.output, r.output
     assert not (tmp_path / "a").exists()
+
+
+def test_ranges_far_from_what_calibration_observed_are_warned_about(trained, tmp_path):
+    """A range of [0, 1e38] or [5, 5] (observed [-1, 1]) converted silently; the int8 layer then keeps
+    almost no resolution. Percentile-style ranges inside the observed ones are not warned about."""
+    from lowprec.calibrate import load_calibration
+
+    root, _ = trained
+    calib = tmp_path / "c.json"
+    assert run("calibrate", "--model", root / "model", "--data", root / "data", "--windows", "2",
+               "--out", calib).exit_code == 0
+    c = load_calibration(calib)
+    plan = Plan.uniform(Precision.INT8, Precision.INT8)
+    first, second = list(c["layers"])[:2]
+    lo, hi = c["layers"][first]["observed_min"], c["layers"][first]["observed_max"]
+    c["layers"][first] |= {"min": lo + 0.1 * (hi - lo), "max": hi - 0.1 * (hi - lo)}  # clipped tails: fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        convert(root / "model", plan, tmp_path / "a", c)
+    c["layers"][second] |= {"min": 0.0, "max": 1e38}
+    with pytest.warns(InputWarning, match=rf"layers \['{second}'\] have calibrated input ranges far from the inputs"):
+        convert(root / "model", plan, tmp_path / "a", c)

@@ -220,6 +220,11 @@ def _warn_dynamic_layers(layers: dict[str, dict[str, Any]], plan: Plan, calibrat
     """int8 layers without a calibrated input range quantize activations per batch (dynamic): say so
     where that is not what the user would expect (a searched plan was validated with static ranges;
     a calibration that lacks a layer was meant to cover it)."""
+    far = [n for n, e in layers.items() if e["precision"] == "int8" and _far_from_observed(calibration, n)]
+    if far:  # (a range of +-1e38 or [5, 5] converted silently; the layer then predicts almost a constant)
+        warn(f"layers {far} have calibrated input ranges far from the inputs the same calibration observed "
+             f"({'; '.join(_range_text(calibration['layers'][n]) for n in far[:3])}): an edited or foreign "
+             f"calibration? int8 activations quantized with them keep little of their resolution")
     dynamic = [n for n, e in layers.items() if e["precision"] == "int8" and n not in calibration.get("layers", {})]
     if not dynamic:
         return
@@ -229,6 +234,22 @@ def _warn_dynamic_layers(layers: dict[str, dict[str, Any]], plan: Plan, calibrat
         warn(f"layers {dynamic} are int8 with dynamic activation ranges (no --calibration), but the search "
              f"validated this plan with static ones: pass `--calibration CALIB.json` (`lowprec calibrate` on the "
              f"plan's calibration windows) for the artifact it measured")
+
+
+def _far_from_observed(calibration: dict[str, Any], name: str) -> bool:
+    """A layer's range [min, max] that misses the inputs calibration observed there: no overlap, or a
+    width under 1% or over 100x the observed one (percentile and MSE ranges clip the tails, well
+    inside both bounds)."""
+    e = calibration.get("layers", {}).get(name) or {}
+    lo, hi, olo, ohi = (e.get(k) for k in ("min", "max", "observed_min", "observed_max"))
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi, olo, ohi)) or ohi <= olo:
+        return False
+    width, seen = hi - lo, ohi - olo
+    return hi < olo or lo > ohi or width < 0.01 * seen or width > 100 * seen
+
+
+def _range_text(e: dict[str, Any]) -> str:
+    return f"range [{e['min']:.4g}, {e['max']:.4g}], observed [{e['observed_min']:.4g}, {e['observed_max']:.4g}]"
 
 
 def check_calibration_model(calibration: dict[str, Any], model_sha: str, weights: Path,
