@@ -31,7 +31,7 @@ from lowprec.jsonsafe import is_int
 from lowprec.model.config import DLRMConfig
 from lowprec.model.embedding import parse_spec
 from lowprec.precision import Precision
-from lowprec.quant.linear import ACT_QMAX, LEGACY_ACT_QMAX
+from lowprec.quant.linear import ACT_QMAX, LEGACY_ACT_QMAX, activation_qparams
 from lowprec.serve.layers import LAYER_CODECS
 from lowprec.serve.tables import TABLE_CODECS
 
@@ -88,6 +88,11 @@ def _qparams(name: str, spec: Any, where: str) -> None:
         ok = isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng)
         if not ok or not all(math.isfinite(x) for x in rng) or rng[0] > rng[1]:
             raise _fail(where, f"layer {name!r}: input range {rng!r} is not a finite interval")
+        if qp is not None:  # the qparams served are the range's (an edited zero point moved NE, exit 0)
+            scale, zero = activation_qparams(rng[0], rng[1], qmax)
+            if qp[1] != zero or abs(qp[0] - scale) > 1e-9 * scale:
+                raise _fail(where, f"layer {name!r}: activation qparams {qp!r} are not those of its input range "
+                                   f"{rng!r} ({[scale, zero]}): the manifest was edited")
 
 
 def validate_manifest(manifest: dict[str, Any], where: str) -> None:

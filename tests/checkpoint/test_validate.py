@@ -77,6 +77,13 @@ def test_bad_activation_qparams(made, tmp_path, qp):
     refused(made, art, "layer 'top.0'", "activation")
 
 
+def test_activation_qparams_other_than_the_input_ranges_are_refused(made, tmp_path):
+    """A zero point edited to 0 (or a scale to 1.0) served other numbers with exit 0."""
+    art = fresh(made, tmp_path)
+    edit_manifest(art, lambda m: m["layers"]["top.0"]["input_qparams"].__setitem__(1, 0))
+    refused(made, art, "layer 'top.0'", "are not those of its input range")
+
+
 def test_nan_input_range(made, tmp_path):
     art = fresh(made, tmp_path)
     edit_manifest(art, lambda m: m["layers"]["bottom.0"].__setitem__("input_range", [float("nan"), 1.0]))
