@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -44,6 +45,8 @@ from lowprec.errors import InputError
 
 TIMEOUT_ENV = "LOWPREC_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120.0
+MAX_TIMEOUT_S = 86400.0  # a day: beyond it a hung rank holds the job practically forever (and 1e30 s overflows)
+TORCHRUN_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")  # set by torchrun beside WORLD_SIZE; init_process_group reads them
 FULL_HASH_LIMIT = 256 << 20  # bigger files are fingerprinted by size + first/last 4 MiB
 _SAMPLE = 4 << 20
 _local_depth = 0  # > 0 inside `local()`: collectives are skipped (rank-0-only work)
@@ -63,19 +66,43 @@ class RankMismatch(InputError):
 
 
 def timeout_s() -> float:
+    """LOWPREC_DIST_TIMEOUT in seconds (default 120): finite, > 0 and at most MAX_TIMEOUT_S, else
+    InputError naming the variable (`launch` checks it before any rank starts)."""
     raw = os.environ.get(TIMEOUT_ENV, "")
     try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+        value = float(raw) if raw.strip() else DEFAULT_TIMEOUT_S
     except ValueError:
-        raise InputError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise InputError(f"{TIMEOUT_ENV} must be > 0 seconds, got {raw}")
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT_S:  # (False for nan)
+        raise InputError(f"{TIMEOUT_ENV}={raw!r}: give a number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f} "
+                         f"(it bounds every wait of a data-parallel job; default {DEFAULT_TIMEOUT_S:.0f})")
     return value
 
 
 def env_world_size() -> int:
-    """WORLD_SIZE as torchrun set it (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    """WORLD_SIZE as torchrun set it (1 when not launched by torchrun). InputError naming the
+    variables when torchrun's environment is not a number or is incomplete (a WORLD_SIZE left in a
+    shell by hand, without the RANK, MASTER_ADDR and MASTER_PORT torchrun sets beside it)."""
+    raw = os.environ.get("WORLD_SIZE", "").strip()
+    if not raw:
+        return 1
+    n = int(raw) if raw.isdigit() else 0
+    if n < 1:
+        raise InputError(f"WORLD_SIZE={raw!r} is not a number of processes; torchrun sets it for its ranks: "
+                         f"unset it to run one process")
+    missing = [k for k in TORCHRUN_ENV if not os.environ.get(k, "").strip()] if n > 1 else []
+    if missing:
+        raise InputError(f"WORLD_SIZE={raw} is set but {_and(missing)} {'is' if len(missing) == 1 else 'are'} "
+                         f"not: a stale torchrun environment? Unset WORLD_SIZE to run one process, or start "
+                         f"a data-parallel job with `lowprec --nproc N` or torchrun")
+    rank = os.environ.get("RANK", "0").strip()
+    if n > 1 and not (rank.isdigit() and int(rank) < n):
+        raise InputError(f"RANK={rank!r} is not a rank of WORLD_SIZE={n} (0..{n - 1}); torchrun sets both")
+    return n
+
+
+def _and(words: Sequence[str]) -> str:
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
 
 
 def active() -> bool:
@@ -284,6 +311,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     code as one process would give it (torchrun itself says 1 for any failed rank)."""
     import tempfile
 
+    timeout_s()  # a bad LOWPREC_DIST_TIMEOUT: refused once, here, before any rank starts
     cmd = [sys.executable, "-c", "import sys, lowprec.distributed as d; d.torchrun(sys.argv[1:])",
            "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "lowprec", *args]
@@ -349,11 +377,13 @@ def torchrun(argv: Sequence[str]) -> None:
 
 
 def job_exit_code(status: int, recorded: dict[int, int], nproc: int) -> int:
-    """2 if any rank refused its input, 3 if a rank failed or died without recording a code, else
-    rank 0's (1: a drift alarm; rank 0 sets the job's outcome)."""
+    """2 if any rank refused its input, 4 if a rank met a bug, 3 if a rank failed or died without
+    recording a code, else rank 0's (1: a drift alarm; rank 0 sets the job's outcome)."""
     codes = set(recorded.values())
     if 2 in codes:
         return 2
+    if 4 in codes:  # a bug on any rank stays a bug, whatever became of the others
+        return 4
     if 3 in codes or len(recorded) < nproc:
         return 3 if (status or 3 in codes) else status
     return recorded.get(0, status)

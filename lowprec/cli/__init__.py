@@ -116,10 +116,14 @@ def main(ctx: click.Context, nproc: int) -> None:
     data-parallel rank failed, 4 internal error (a bug).
     """
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
-    parallel = nproc > 1 or dist.env_world_size() > 1
+    ranks = dist.env_world_size()
+    if nproc > 1 and ranks > 1:
+        raise BadInput(f"--nproc {nproc} starts torchrun, but this process already runs under one (WORLD_SIZE="
+                       f"{ranks} is set): drop --nproc, or unset WORLD_SIZE if it is left over")
+    parallel = nproc > 1 or ranks > 1
     if parallel and ctx.invoked_subcommand not in PARALLEL:
         raise BadInput(f"`{ctx.invoked_subcommand}` does not run data-parallel (only {PARALLEL_NAMES})")
-    if nproc > 1 and dist.env_world_size() == 1:
+    if nproc > 1:
         args = _without_nproc(sys.argv[1:])
         if args and args[0] == ctx.invoked_subcommand:  # bad usage (or --help) once, here, not once a rank
             main.get_command(ctx, args[0]).make_context(args[0], args[1:], parent=ctx).close()

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 
+from click.testing import CliRunner
+
 from tests.distributed.conftest import RANK_TIMEOUT_S, WAIT_S, env, kill_rank_when, lowprec, start_ranks, wait_for
 from tests.helpers import REPO, make_tiny_dataset
 
@@ -54,7 +56,8 @@ def test_a_rank_leaves_with_its_exit_code_and_flushed_output():
     """Under torchrun (WORLD_SIZE > 1) `python -m lowprec` ends with os._exit after the command, so
     a gloo thread freeing a finished collective cannot meet the interpreter's finalisation (a rank
     abort seen ~1 run in 3 beside other work): the exit code and the printed output must survive."""
-    e = {**env(), "WORLD_SIZE": "2"}
+    # torchrun's whole environment (WORLD_SIZE alone is refused as stale); neither command joins the group
+    e = {**env(), "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     ok = subprocess.run([sys.executable, "-m", "lowprec", "--help"], capture_output=True, text=True, env=e,
                         cwd=REPO, timeout=WAIT_S)
     assert ok.returncode == 0 and "Usage:" in ok.stdout and ok.stdout.rstrip().splitlines()[-1].split()[0] == "train"
@@ -105,3 +108,52 @@ def test_under_the_launcher_rank_0_leaves_its_error_to_it(tmp_path, monkeypatch,
     assert capsys.readouterr().err == ""
     assert (tmp_path / "error0").read_text() == "window 99 not in the data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["error0"]  # no partial file left
+
+
+def test_a_bad_timeout_is_refused_naming_the_variable(monkeypatch):
+    """1e30 and inf overflowed in timedelta (an internal error), nan passed `<= 0` ("within nans"),
+    0 came from one rank only: now exit 2 naming LOWPREC_DIST_TIMEOUT, checked by the launcher
+    before any rank starts and by every rank under plain torchrun (`timeout_s`)."""
+    import pytest
+
+    from lowprec.distributed import TIMEOUT_ENV, InputError, launch, timeout_s
+
+    for raw in ("1e30", "inf", "-inf", "nan", "0", "-1", "abc", "86401"):
+        monkeypatch.setenv(TIMEOUT_ENV, raw)
+        with pytest.raises(InputError, match=f"{TIMEOUT_ENV}='{raw}': give a number of seconds"):
+            timeout_s()
+        with pytest.raises(InputError, match=TIMEOUT_ENV):
+            launch(2, ["eval", "--help"])  # refused before torchrun starts
+    for raw, value in (("0.5", 0.5), ("86400", 86400.0), ("", 120.0)):
+        monkeypatch.setenv(TIMEOUT_ENV, raw)
+        assert timeout_s() == value
+
+
+def test_a_stale_torchrun_environment_is_refused(monkeypatch):
+    """WORLD_SIZE=2 left in a shell made one process wait for a rendezvous and fail with c10d's
+    words (exit 3), and ignore --nproc; WORLD_SIZE=abc was a traceback."""
+    from lowprec.cli import main
+
+    for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    cases = [({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, MASTER_ADDR and MASTER_PORT are not"),
+             ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number of processes"),
+             ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK='2' is not a rank")]
+    for e, message in cases:
+        r = CliRunner().invoke(main, ["eval", "--model", "m", "--data", "d", "--windows", "0"], env=e)
+        assert r.exit_code == 2 and message in r.output, r.output
+    full = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    r = CliRunner().invoke(main, ["--nproc", "2", "eval", "--model", "m", "--data", "d", "--windows", "0"], env=full)
+    assert r.exit_code == 2 and "--nproc 2 starts torchrun, but this process already runs under one" in r.output
+    e = {**env(), "WORLD_SIZE": "abc"}  # `python -m lowprec` checks it before the CLI runs, too
+    bad = subprocess.run([sys.executable, "-m", "lowprec", "inspect", "x"], capture_output=True, text=True, env=e,
+                         cwd=REPO, timeout=WAIT_S)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "WORLD_SIZE='abc'" in bad.stderr, bad.stderr
+
+
+def test_a_bug_on_one_rank_stays_exit_4():
+    from lowprec.distributed import job_exit_code
+
+    assert job_exit_code(1, {0: 4}, 2) == 4  # rank 1 stopped without a word after rank 0's bug
+    assert job_exit_code(1, {0: 0, 1: 4}, 2) == 4 and job_exit_code(1, {0: 3, 1: 4}, 2) == 4
+    assert job_exit_code(1, {0: 2, 1: 4}, 2) == 2  # refused input first
