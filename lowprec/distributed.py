@@ -17,8 +17,9 @@ A job runs as N processes under torchrun (`torchrun --nproc_per_node N -m lowpre
   Histograms of unit-weight rows hold integers < 2^53: their float64 sums are exact in any order.
 - `map_rounds`: independent jobs (the search's sensitivity measurements) dealt round-robin over
   ranks, results all-gathered after every round, so no rank waits longer than one job at a collective.
-- `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions and a fingerprint
-  (sha256) of its input files; any difference raises `RankMismatch` (exit 2) on every rank.
+- `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions, its command line
+  (as parsed: options, not paths) and a fingerprint (sha256) of its input files; any difference
+  raises `RankMismatch` (exit 2) on every rank, naming it.
 - `is_main`: only rank 0 writes (reports, databases, stdout).
 Launching (`launch`): torchrun's own launcher (`torchrun`: torch.distributed.run without its failure
 report) on 127.0.0.1 with a free port; the job's exit code from the ranks' recorded codes.
@@ -276,25 +277,54 @@ def software() -> dict[str, str]:
             "fbgemm_gpu": str(lowprec.FBGEMM_VERSION), "python": sys.version.split()[0]}
 
 
+def command_line() -> dict[str, Any]:
+    """The command this process runs, as click parsed it: `{"command": "data prepare", "--batch-size":
+    4096, ...}` ({} outside a command). A path is recorded only as given or not: its file is
+    compared by content (`describe_inputs`), hosts may mount it elsewhere, and outputs are rank 0's."""
+    import click
+
+    ctx, chain = click.get_current_context(silent=True), []
+    while ctx is not None:
+        chain.insert(0, ctx)
+        ctx = ctx.parent
+    if not chain:
+        return {}
+    out: dict[str, Any] = {"command": " ".join(c.info_name or "" for c in chain[1:])}
+    for c in chain:
+        for param in c.command.params:
+            value = c.params.get(param.name) if param.name else None
+            if isinstance(param.type, click.Path) and value not in (None, ()):
+                value = "(a path)"
+            key = param.opts[0] if isinstance(param, click.Option) else param.name
+            out[key] = json.loads(json.dumps(value, default=str))
+    return out
+
+
 def check_same(inputs: Sequence[Path | str]) -> None:
-    """Refuse (RankMismatch, on every rank) when ranks differ in software or input files."""
+    """Refuse (RankMismatch, on every rank) when ranks differ in software, command line or input files."""
     if not active():
         return
-    mine = {"software": software(), "inputs": describe_inputs(inputs)}
+    mine = {"software": software(), "command line": command_line(), "inputs": describe_inputs(inputs)}
     everyone: list[Any] = [None] * world_size()
     with _guard("start-up check"):
         torch.distributed.all_gather_object(everyone, json.dumps(mine, sort_keys=True))
-    ref = json.loads(everyone[0])
-    for r, text in enumerate(everyone[1:], start=1):
-        other = json.loads(text)
-        for part in ("software", "inputs"):
-            keys = sorted(set(ref[part]) | set(other[part]))
+    difference = first_difference([json.loads(text) for text in everyone])
+    if difference:
+        raise RankMismatch(f"{difference}; refusing to run")
+
+
+def first_difference(described: list[dict[str, dict[str, Any]]]) -> str | None:
+    """The first way a rank's description (`check_same`) differs from rank 0's, in words."""
+    ref = described[0]
+    for r, other in enumerate(described[1:], start=1):
+        for part in ("software", "command line", "inputs"):
+            keys = sorted(set(ref[part]) | set(other[part]), key=lambda k: (k != "command", k))
             bad = [k for k in keys if ref[part].get(k) != other[part].get(k)]
             if bad:
                 k = bad[0]
-                raise RankMismatch(f"rank {r} differs from rank 0 in {part}: {k} is "
-                                   f"{other[part].get(k)!r} on rank {r}, {ref[part].get(k)!r} on rank 0; "
-                                   f"refusing to run")
+                return (f"rank {r} differs from rank 0 in {part}: {k} is {other[part].get(k)!r} on rank {r}, "
+                        f"{ref[part].get(k)!r} on rank 0")
+    return None
 
 
 def free_port() -> int:

@@ -157,3 +157,38 @@ def test_a_bug_on_one_rank_stays_exit_4():
     assert job_exit_code(1, {0: 4}, 2) == 4  # rank 1 stopped without a word after rank 0's bug
     assert job_exit_code(1, {0: 0, 1: 4}, 2) == 4 and job_exit_code(1, {0: 3, 1: 4}, 2) == 4
     assert job_exit_code(1, {0: 2, 1: 4}, 2) == 2  # refused input first
+
+
+def test_ranks_with_different_command_lines_are_refused(work, tmp_path, monkeypatch):
+    """Rank 0 with --batch-size 4096 and rank 1 with 300 under plain torchrun gave wrong numbers with
+    exit 0 (check_same compared software and input files only); different --windows ended in "peer
+    died". The ranks' parsed command lines must match too; paths count only as given or not (hosts
+    may mount the same files elsewhere: their contents are compared)."""
+    from lowprec import distributed as dist
+    from lowprec.cli import main
+
+    lines = []
+
+    def capture(inputs):
+        lines.append(dist.command_line())
+        raise SystemExit(0)
+
+    monkeypatch.setattr(dist, "check_same", capture)
+    other = tmp_path / "model-elsewhere"
+    shutil.copytree(work["model"], other)
+    for model, extra in ((work["model"], ["--batch-size", "4096"]), (other, ["--batch-size=300"]),
+                         (other, ["--batch-size", "4096"])):
+        r = CliRunner().invoke(main, ["eval", "--model", str(model), "--data", str(work["data"]), "--windows", "1",
+                                      *extra])
+        assert r.exit_code == 0, r.output
+    assert lines[0]["command"] == "eval" and lines[0]["--model"] == "(a path)" and lines[0]["--batch-size"] == 4096
+
+    def ranks(*commands):
+        return [{"software": {"lowprec": "0.1"}, "command line": c, "inputs": {"input 1": "sha"}} for c in commands]
+
+    assert dist.first_difference(ranks(lines[0], lines[2])) is None  # same options, the model at another path
+    assert dist.first_difference(ranks(lines[0], lines[1])) == (
+        "rank 1 differs from rank 0 in command line: --batch-size is 300 on rank 1, 4096 on rank 0")
+    assert dist.first_difference(ranks(lines[0], {**lines[0], "command": "calibrate"})) == (
+        "rank 1 differs from rank 0 in command line: command is 'calibrate' on rank 1, 'eval' on rank 0")
+    assert dist.command_line() == {}  # outside a command
