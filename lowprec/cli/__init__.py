@@ -61,7 +61,9 @@ class LowprecGroup(click.Group):
             raise BadInput(str(os_error(exc, exc.filename or "an output"))) from exc
         except dist.DistributedError as exc:
             raise RankFailed(f"{type(exc).__name__}: {exc}") from exc
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (KeyboardInterrupt, click.Abort) as exc:  # click's own handling says "Aborted!", exit 1: an alarm
+            raise Interrupted("interrupted (Ctrl-C, SIGINT) before the command finished (exit 130)") from exc
+        except (click.ClickException, click.exceptions.Exit):
             raise
         except Exception as exc:  # a bug: never exit 1, which `drift` means as an alarm
             raise InternalError(exc) from exc
@@ -96,6 +98,12 @@ def _show_warning(fallback: Any) -> Any:
     return show
 
 
+class Interrupted(_JobError):
+    """Ctrl-C (SIGINT): exit code 130 as a shell gives a process SIGINT ended, never 1 (a drift alarm)."""
+
+    exit_code = 130
+
+
 class RankFailed(_JobError):
     """A data-parallel job lost a rank (or timed out): exit code 3, nothing written."""
 
@@ -113,7 +121,8 @@ def main(ctx: click.Context, nproc: int) -> None:
 
     Typical flow: `data synth|prepare` -> `train` -> `calibrate` -> `search` -> `convert` ->
     `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input, 3 a
-    data-parallel rank failed, 4 internal error (a bug).
+    data-parallel rank failed, 4 internal error (a bug), 130 interrupted (Ctrl-C; 143: `--nproc`
+    stopped by SIGTERM).
     """
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
     ranks = dist.env_world_size()

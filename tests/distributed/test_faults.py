@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -192,3 +195,116 @@ def test_ranks_with_different_command_lines_are_refused(work, tmp_path, monkeypa
     assert dist.first_difference(ranks(lines[0], {**lines[0], "command": "calibrate"})) == (
         "rank 1 differs from rank 0 in command line: command is 'calibrate' on rank 1, 'eval' on rank 0")
     assert dist.command_line() == {}  # outside a command
+
+
+def _ranks_under(tmp: Path) -> list[int]:
+    """Pids of the ranks whose launcher records their codes under `tmp` (its TMPDIR)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(v.startswith(f"LOWPREC_EXIT_DIR={tmp}/".encode()) for v in environ) and \
+                any(v.startswith(b"RANK=") for v in environ):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_stopped_launcher_stops_its_job(work, tmp_path):
+    """SIGTERM (timeout, cron, systemd) or Ctrl-C to `lowprec --nproc N` left torchrun and the ranks
+    running: they finished the job and wrote its outputs after the launcher had ended, and
+    /tmp/lowprec-exit-* stayed behind. Now torchrun is stopped with its ranks, the temporary
+    directory removed, and the launcher exits 128 + the signal (never 1) with one line."""
+    out = tmp_path / "calib.json"
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "calibrate", "--model", work["model"], "--data",
+           work["data"], "--windows", "0-3", "--out", out]
+    proc = subprocess.Popen(list(map(str, cmd)), env=env(TMPDIR=str(tmp_path)), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while len(ranks := _ranks_under(tmp_path)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ranks) == 2 and proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
+    assert proc.returncode == 143, err
+    assert err.count("Error") == 1 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("lowprec-exit-*"))
+    deadline = time.monotonic() + WAIT_S  # torchrun waited for its ranks; they are gone, or going
+    while any(Path(f"/proc/{pid}").exists() for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+    assert not out.exists()
+
+
+def test_a_rank_that_ended_without_a_word_is_named(tmp_path, monkeypatch):
+    """A rank killed mid-run (SIGKILL, SIGTERM, the OOM killer) records nothing: the job exited 3 with
+    an empty stderr. torchrun's wrapper records how the first failed ranks ended (torchrun lists the
+    ranks it stopped itself with SIGTERM too), and the launcher prints one line for them."""
+    import pytest
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from lowprec.distributed import EXIT_DIR, first_failures, job_errors, torchrun
+
+    def fails(*_):
+        raise ChildFailedError("lowprec", {1: ProcessFailure(1, 11, -9, "<N/A>"), 0: ProcessFailure(0, 10, -15, "<N/A>")})
+
+    monkeypatch.setenv(EXIT_DIR, str(tmp_path))
+    monkeypatch.setattr(torch.distributed.run, "run", fails)
+    with pytest.raises(SystemExit) as exc:
+        torchrun(["x"])
+    assert exc.value.code == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["ended1"]
+    assert (tmp_path / "ended1").read_text() == "-9"
+    assert first_failures({1: -15, 0: -15}) == {1: -15} and first_failures({0: 2, 1: -15}) == {0: 2}
+
+    def stopped(*_):
+        raise SignalException("stop", signal.SIGTERM)
+
+    monkeypatch.setattr(torch.distributed.run, "run", stopped)
+    with pytest.raises(SystemExit) as exc:
+        torchrun(["x"])
+    assert exc.value.code == 143
+    assert job_errors({}, {1: -9}) == [
+        "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): nothing was written"]
+    assert job_errors({0: "RankFailure: ..."}, {1: -15, 2: -15}) == ["Error: RankFailure: ...", (
+        "Error: ranks 1, 2 ended without a word (killed by SIGTERM: by hand, or out of memory?): nothing was written")]
+
+
+def test_ctrl_c_exits_130_not_the_alarm_code(monkeypatch):
+    """Ctrl-C became click's "Aborted!" with exit 1, which a scheduled drift job reads as an alarm."""
+    import lowprec.cli
+    from lowprec.cli import main
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lowprec.cli, "keep_buffers_in_heap", interrupt)
+    r = CliRunner().invoke(main, ["inspect", "x"])
+    assert r.exit_code == 130 and "Aborted" not in r.output
+    assert r.output.strip() == "Error: interrupted (Ctrl-C, SIGINT) before the command finished (exit 130)"
+
+
+def test_the_launcher_starts_its_lines_on_a_fresh_line():
+    """A rank stopped mid-way leaves its progress bar's line unfinished: on a terminal the launcher's
+    `Error` line began in the middle of it. A log file gets no escape codes."""
+    import io
+
+    from lowprec.distributed import say
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, log = Terminal("eval:  40%|####"), io.StringIO("eval:  40%|####")
+    for stream in (tty, log):
+        stream.seek(0, io.SEEK_END)
+        say(["Error: x"], stream)
+        say([], stream)
+    assert tty.getvalue() == "eval:  40%|####\r\x1b[KError: x\n"
+    assert log.getvalue() == "eval:  40%|####Error: x\n"
