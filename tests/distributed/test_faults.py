@@ -308,3 +308,43 @@ def test_the_launcher_starts_its_lines_on_a_fresh_line():
         say([], stream)
     assert tty.getvalue() == "eval:  40%|####\r\x1b[KError: x\n"
     assert log.getvalue() == "eval:  40%|####Error: x\n"
+
+
+def test_the_launcher_refuses_bad_usage_once_before_any_rank_starts(tmp_path, monkeypatch):
+    """`--nproc` took `--nproc` from anywhere in argv (`--nproc=2 eval --nproc 2` ran), parsed only the
+    `data` group (so `data synth` and bad `data prepare` options were refused once per rank), and
+    click.UsageError raised by a command was printed by every rank."""
+    from lowprec import distributed as dist
+    from lowprec.cli import main
+
+    def launch(nproc, args):
+        raise AssertionError(f"launched {args}")
+
+    monkeypatch.setattr(dist, "launch", launch)
+    r = CliRunner().invoke(main, ["--nproc=2", "eval", "--nproc", "2", "--model", "m", "--data", "d", "--windows", "0"])
+    assert r.exit_code == 2 and "No such option '--nproc'" in r.output, r.output
+    r = CliRunner().invoke(main, ["--nproc", "2", "data", "synth", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "`data synth` does not run data-parallel" in r.output, r.output
+    r = CliRunner().invoke(main, ["--nproc", "2", "data", "prepare", "--format", "csv", "--input", "a.csv"])
+    assert r.exit_code == 2 and "Missing option '--out'" in r.output, r.output
+    # A rank of a launched job records a command's usage error for the launcher, which prints it once.
+    r = CliRunner().invoke(main, ["data", "prepare", "--format", "csv", "--input", "a.csv", "--out", str(tmp_path / "o")],
+                           env={dist.EXIT_DIR: str(tmp_path), "RANK": "1"})
+    assert r.exit_code == 2 and "--schema" not in r.output, r.output
+    assert (tmp_path / "error1").read_text() == "--format csv needs --schema FILE.toml (see docs/csv-schema.md)"
+
+
+def test_nproc_far_beyond_the_cores_warns(monkeypatch):
+    import os
+
+    from lowprec import distributed as dist
+    from lowprec.cli import main
+
+    launched = []
+    monkeypatch.setattr(dist, "launch", lambda nproc, args: launched.append(args) or 0)
+    cores = len(os.sched_getaffinity(0))
+    args = ["eval", "--model", "m", "--data", "d", "--windows", "0"]
+    r = CliRunner().invoke(main, ["--nproc", str(4 * cores), *args])
+    assert r.exit_code == 0 and f"warning: --nproc {4 * cores} starts {4 * cores} processes on {cores} core" in r.output
+    r = CliRunner().invoke(main, ["--nproc", "2", *args])
+    assert r.exit_code == 0 and "warning" not in r.output and launched == [args, args]
