@@ -13,8 +13,13 @@ import sys
 
 from lowprec import distributed as dist
 from lowprec.cli import main
+from lowprec.errors import InputError
 
-if dist.env_world_size() > 1:
+try:
+    ranked = dist.env_world_size() > 1
+except InputError:  # a stale or garbled torchrun environment: the CLI refuses it (exit 2, naming it)
+    ranked = False
+if ranked:
     try:
         main()
         code = 0

@@ -17,8 +17,9 @@ A job runs as N processes under torchrun (`torchrun --nproc_per_node N -m lowpre
   Histograms of unit-weight rows hold integers < 2^53: their float64 sums are exact in any order.
 - `map_rounds`: independent jobs (the search's sensitivity measurements) dealt round-robin over
   ranks, results all-gathered after every round, so no rank waits longer than one job at a collective.
-- `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions and a fingerprint
-  (sha256) of its input files; any difference raises `RankMismatch` (exit 2) on every rank.
+- `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions, its command line
+  (as parsed: options, not paths) and a fingerprint (sha256) of its input files; any difference
+  raises `RankMismatch` (exit 2) on every rank, naming it.
 - `is_main`: only rank 0 writes (reports, databases, stdout).
 Launching (`launch`): torchrun's own launcher (`torchrun`: torch.distributed.run without its failure
 report) on 127.0.0.1 with a free port; the job's exit code from the ranks' recorded codes.
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +47,8 @@ from lowprec.errors import InputError
 
 TIMEOUT_ENV = "LOWPREC_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120.0
+MAX_TIMEOUT_S = 86400.0  # a day: beyond it a hung rank holds the job practically forever (and 1e30 s overflows)
+TORCHRUN_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")  # set by torchrun beside WORLD_SIZE; init_process_group reads them
 FULL_HASH_LIMIT = 256 << 20  # bigger files are fingerprinted by size + first/last 4 MiB
 _SAMPLE = 4 << 20
 _local_depth = 0  # > 0 inside `local()`: collectives are skipped (rank-0-only work)
@@ -63,19 +68,43 @@ class RankMismatch(InputError):
 
 
 def timeout_s() -> float:
+    """LOWPREC_DIST_TIMEOUT in seconds (default 120): finite, > 0 and at most MAX_TIMEOUT_S, else
+    InputError naming the variable (`launch` checks it before any rank starts)."""
     raw = os.environ.get(TIMEOUT_ENV, "")
     try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+        value = float(raw) if raw.strip() else DEFAULT_TIMEOUT_S
     except ValueError:
-        raise InputError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise InputError(f"{TIMEOUT_ENV} must be > 0 seconds, got {raw}")
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT_S:  # (False for nan)
+        raise InputError(f"{TIMEOUT_ENV}={raw!r}: give a number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f} "
+                         f"(it bounds every wait of a data-parallel job; default {DEFAULT_TIMEOUT_S:.0f})")
     return value
 
 
 def env_world_size() -> int:
-    """WORLD_SIZE as torchrun set it (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    """WORLD_SIZE as torchrun set it (1 when not launched by torchrun). InputError naming the
+    variables when torchrun's environment is not a number or is incomplete (a WORLD_SIZE left in a
+    shell by hand, without the RANK, MASTER_ADDR and MASTER_PORT torchrun sets beside it)."""
+    raw = os.environ.get("WORLD_SIZE", "").strip()
+    if not raw:
+        return 1
+    n = int(raw) if raw.isdigit() else 0
+    if n < 1:
+        raise InputError(f"WORLD_SIZE={raw!r} is not a number of processes; torchrun sets it for its ranks: "
+                         f"unset it to run one process")
+    missing = [k for k in TORCHRUN_ENV if not os.environ.get(k, "").strip()] if n > 1 else []
+    if missing:
+        raise InputError(f"WORLD_SIZE={raw} is set but {_and(missing)} {'is' if len(missing) == 1 else 'are'} "
+                         f"not: a stale torchrun environment? Unset WORLD_SIZE to run one process, or start "
+                         f"a data-parallel job with `lowprec --nproc N` or torchrun")
+    rank = os.environ.get("RANK", "0").strip()
+    if n > 1 and not (rank.isdigit() and int(rank) < n):
+        raise InputError(f"RANK={rank!r} is not a rank of WORLD_SIZE={n} (0..{n - 1}); torchrun sets both")
+    return n
+
+
+def _and(words: Sequence[str]) -> str:
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
 
 
 def active() -> bool:
@@ -249,25 +278,54 @@ def software() -> dict[str, str]:
             "fbgemm_gpu": str(lowprec.FBGEMM_VERSION), "python": sys.version.split()[0]}
 
 
+def command_line() -> dict[str, Any]:
+    """The command this process runs, as click parsed it: `{"command": "data prepare", "--batch-size":
+    4096, ...}` ({} outside a command). A path is recorded only as given or not: its file is
+    compared by content (`describe_inputs`), hosts may mount it elsewhere, and outputs are rank 0's."""
+    import click
+
+    ctx, chain = click.get_current_context(silent=True), []
+    while ctx is not None:
+        chain.insert(0, ctx)
+        ctx = ctx.parent
+    if not chain:
+        return {}
+    out: dict[str, Any] = {"command": " ".join(c.info_name or "" for c in chain[1:])}
+    for c in chain:
+        for param in c.command.params:
+            value = c.params.get(param.name) if param.name else None
+            if isinstance(param.type, click.Path) and value not in (None, ()):
+                value = "(a path)"
+            key = param.opts[0] if isinstance(param, click.Option) else param.name
+            out[key] = json.loads(json.dumps(value, default=str))
+    return out
+
+
 def check_same(inputs: Sequence[Path | str]) -> None:
-    """Refuse (RankMismatch, on every rank) when ranks differ in software or input files."""
+    """Refuse (RankMismatch, on every rank) when ranks differ in software, command line or input files."""
     if not active():
         return
-    mine = {"software": software(), "inputs": describe_inputs(inputs)}
+    mine = {"software": software(), "command line": command_line(), "inputs": describe_inputs(inputs)}
     everyone: list[Any] = [None] * world_size()
     with _guard("start-up check"):
         torch.distributed.all_gather_object(everyone, json.dumps(mine, sort_keys=True))
-    ref = json.loads(everyone[0])
-    for r, text in enumerate(everyone[1:], start=1):
-        other = json.loads(text)
-        for part in ("software", "inputs"):
-            keys = sorted(set(ref[part]) | set(other[part]))
+    difference = first_difference([json.loads(text) for text in everyone])
+    if difference:
+        raise RankMismatch(f"{difference}; refusing to run")
+
+
+def first_difference(described: list[dict[str, dict[str, Any]]]) -> str | None:
+    """The first way a rank's description (`check_same`) differs from rank 0's, in words."""
+    ref = described[0]
+    for r, other in enumerate(described[1:], start=1):
+        for part in ("software", "command line", "inputs"):
+            keys = sorted(set(ref[part]) | set(other[part]), key=lambda k: (k != "command", k))
             bad = [k for k in keys if ref[part].get(k) != other[part].get(k)]
             if bad:
                 k = bad[0]
-                raise RankMismatch(f"rank {r} differs from rank 0 in {part}: {k} is "
-                                   f"{other[part].get(k)!r} on rank {r}, {ref[part].get(k)!r} on rank 0; "
-                                   f"refusing to run")
+                return (f"rank {r} differs from rank 0 in {part}: {k} is {other[part].get(k)!r} on rank {r}, "
+                        f"{ref[part].get(k)!r} on rank 0")
+    return None
 
 
 def free_port() -> int:
@@ -281,22 +339,69 @@ EXIT_DIR = "LOWPREC_EXIT_DIR"  # where each rank of a `--nproc` job records its 
 
 def launch(nproc: int, args: Sequence[str]) -> int:
     """Run `python -m lowprec ARGS` as nproc ranks under torchrun on this machine; the job's exit
-    code as one process would give it (torchrun itself says 1 for any failed rank)."""
+    code as one process would give it (torchrun itself says 1 for any failed rank). SIGINT (Ctrl-C)
+    or SIGTERM to the launcher stops the job: torchrun, in a session of its own so that a terminal's
+    Ctrl-C reaches it through the launcher only, gets one SIGTERM and stops its ranks; the launcher
+    waits for it (at most STOP_GRACE_S), removes its temporary directory and exits 128 + the signal."""
     import tempfile
 
+    timeout_s()  # a bad LOWPREC_DIST_TIMEOUT: refused once, here, before any rank starts
     cmd = [sys.executable, "-c", "import sys, lowprec.distributed as d; d.torchrun(sys.argv[1:])",
            "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "lowprec", *args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory(prefix="lowprec-exit-") as codes:
-        env[EXIT_DIR] = codes
-        status = subprocess.call(cmd, env=env)
-        recorded = {int(f.name[4:]): int(f.read_text()) for f in Path(codes).glob("rank*")}
-        errors = {int(f.name[5:]): f.read_text() for f in Path(codes).glob("error*")}
-    for line in job_errors(errors):
-        print(line, file=sys.stderr)
-    return job_exit_code(status, recorded, nproc)
+    stops: list[int] = []  # the signals the launcher was sent
+    previous = {s: signal.signal(s, lambda signum, _: stops.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="lowprec-exit-") as codes:
+            env[EXIT_DIR] = codes
+            status = _wait(subprocess.Popen(cmd, env=env, start_new_session=True), stops)
+            recorded, errors, ended = ({r: int(t) for r, t in _records(codes, "rank").items()},
+                                       _records(codes, "error"), _records(codes, "ended"))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stops:
+        code = 128 + stops[0]
+        lines = [f"Error: stopped by {signal.Signals(stops[0]).name}: the job's ranks were stopped before it "
+                 f"finished (exit {code})"]
+    else:
+        code = job_exit_code(status, recorded, nproc)
+        silent = {r: int(t) for r, t in ended.items() if r not in recorded and r not in errors}
+        lines = job_errors(errors, silent)
+        if not lines and code not in (0, 1):  # (torchrun itself killed): a failed job always says so
+            lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"]
+    say(lines, sys.stderr)
+    return code
+
+
+STOP_GRACE_S = 60.0  # torchrun gives its ranks 30 s after SIGTERM before it kills them
+
+
+def _wait(proc: subprocess.Popen, stops: list[int]) -> int:
+    """torchrun's exit status; once the launcher was sent a stop signal, torchrun gets SIGTERM (once)
+    and at most STOP_GRACE_S more before SIGKILL."""
+    deadline = None
+    while True:
+        if stops and deadline is None:
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                return proc.wait()
+
+
+def say(lines: Sequence[str], file: Any) -> None:
+    """The launcher's lines, each on a line of its own: a rank stopped mid-way leaves its progress
+    bar's line unfinished on a terminal, so that line is erased first (a log file gets no escape codes)."""
+    if lines and file.isatty():
+        file.write("\r\x1b[K")
+    for line in lines:
+        print(line, file=file)
 
 
 def rank_error(message: str) -> bool:
@@ -309,10 +414,11 @@ def rank_error(message: str) -> bool:
     return not os.environ.get(EXIT_DIR)
 
 
-def _record(kind: str, text: str) -> None:
-    """This rank's `kind` (error, rank: its exit code) for `launch`, whole or not at all: torchrun
-    may stop the rank mid-write."""
-    where, rank = os.environ.get(EXIT_DIR), int(os.environ.get("RANK", 0))
+def _record(kind: str, text: str, rank: int | None = None) -> None:
+    """A rank's `kind` (error; rank: its exit code; ended: its exit status as torchrun saw it) for
+    `launch`, whole or not at all: torchrun may stop the rank mid-write. Default: this rank's."""
+    where = os.environ.get(EXIT_DIR)
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     if where:
         with contextlib.suppress(OSError):
             part = Path(where, f".{kind}{rank}.part")
@@ -320,40 +426,79 @@ def _record(kind: str, text: str) -> None:
             os.replace(part, Path(where, f"{kind}{rank}"))
 
 
-def job_errors(errors: dict[int, str]) -> list[str]:
+def _records(where: str, kind: str) -> dict[int, str]:
+    return {int(f.name[len(kind):]): f.read_text() for f in Path(where).glob(f"{kind}[0-9]*")}
+
+
+def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None) -> list[str]:
     """What `launch` prints after the job: rank 0's error as one process would print it, then each
     other rank's error that differs from it, once, naming the ranks that gave it (every rank
-    refusing the same input prints one line, not N)."""
-    ranks: dict[str, list[int]] = {}
+    refusing the same input prints one line, not N); then the ranks torchrun saw fail that recorded
+    neither an exit code nor an error (`silent`: rank -> exit status, -N for signal N), such as a
+    rank killed by hand or by the out-of-memory killer."""
+    same: dict[str, list[int]] = {}
     for r in sorted(errors):
         if r != 0 and errors[r] != errors.get(0):
-            ranks.setdefault(errors[r], []).append(r)
-    first = [f"Error: {errors[0]}"] if 0 in errors else []
-    return first + [f"Error (rank{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}): {m}" for m, rs in ranks.items()]
+            same.setdefault(errors[r], []).append(r)
+    ended: dict[str, list[int]] = {}
+    for r, status in sorted((silent or {}).items()):
+        how = f"killed by {_signal_name(-status)}: by hand, or out of memory?" if status < 0 else f"exit status {status}"
+        ended.setdefault(how, []).append(r)
+    return ([f"Error: {errors[0]}"] if 0 in errors else []) + \
+        [f"Error ({_ranks(rs)}): {m}" for m, rs in same.items()] + \
+        [f"Error: {_ranks(rs)} ended without a word ({how}): nothing was written" for how, rs in ended.items()]
+
+
+def _ranks(rs: list[int]) -> str:
+    return f"rank{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
 
 
 def torchrun(argv: Sequence[str]) -> None:
     """torchrun (`python -m torch.distributed.run ARGV`) without its failure report: when a rank
     fails, torchrun logs it and prints a Python traceback and a box of every rank's exit code, after
-    the rank has printed its own `Error:` line. `launch` gives the job's code from the ranks'."""
+    the rank has printed its own `Error:` line. `launch` gives the job's code from the ranks', and
+    learns here which ranks failed first and how (the others torchrun stopped itself)."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:  # (each has its own level)
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(parse_args(list(argv)))
-    except ChildFailedError:
+    except ChildFailedError as exc:
+        for r, status in first_failures({r: f.exitcode for r, f in exc.failures.items()}).items():
+            _record("ended", str(status), r)
         sys.exit(1)
+    except SignalException as exc:  # SIGTERM from `launch`: the ranks are stopped
+        sys.exit(128 + int(exc.sigval))
+
+
+def first_failures(failures: dict[int, int]) -> dict[int, int]:
+    """The ranks that failed first, from torchrun's rank -> exit status (-N: signal N) in the order it
+    saw them end: once one fails it stops the others with SIGTERM and lists them too."""
+    first = {r: s for r, s in failures.items() if s != -signal.SIGTERM}
+    return first or dict(list(failures.items())[:1])
 
 
 def job_exit_code(status: int, recorded: dict[int, int], nproc: int) -> int:
-    """2 if any rank refused its input, 3 if a rank failed or died without recording a code, else
-    rank 0's (1: a drift alarm; rank 0 sets the job's outcome)."""
+    """2 if any rank refused its input, 4 if a rank met a bug, 3 if a rank failed or died without
+    recording a code, else rank 0's (1: a drift alarm; rank 0 sets the job's outcome)."""
     codes = set(recorded.values())
     if 2 in codes:
         return 2
+    if 4 in codes:  # a bug on any rank stays a bug, whatever became of the others
+        return 4
     if 3 in codes or len(recorded) < nproc:
         return 3 if (status or 3 in codes) else status
     return recorded.get(0, status)

@@ -25,17 +25,28 @@ from lowprec.allocator import keep_buffers_in_heap
 from lowprec.errors import InputError, InputWarning
 from lowprec.jsonsafe import dumps
 
-PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train", "data")  # commands that run data-parallel under torchrun / --nproc
-PARALLEL_NAMES = ", ".join(PARALLEL[:-1]) + ", data prepare|append (csv, criteo-tsv)"  # (`data`: those only)
+PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train", "data prepare", "data append")  # commands
+# that run data-parallel under torchrun / --nproc
+PARALLEL_NAMES = ", ".join(PARALLEL[:-2]) + ", data prepare|append (csv, criteo-tsv)"
+_COMMAND_ARGS = "lowprec.command_args"  # ctx.meta: the command and its arguments, after the group's own options
 
 
-class _JobError(click.ClickException):
+class _OncePerJob:
     """An error a data-parallel job prints once: under `--nproc` the ranks record theirs and the
     launcher prints rank 0's and those that differ from it (lowprec.distributed.rank_error)."""
 
     def show(self, file: Any = None) -> None:
-        if dist.rank_error(self.format_message()):
-            super().show(file)
+        if dist.rank_error(self.format_message()):  # type: ignore[attr-defined]
+            super().show(file)  # type: ignore[misc]
+
+
+class _JobError(_OncePerJob, click.ClickException):
+    """A lowprec error with its own exit code, printed once a job."""
+
+
+class BadUsage(_OncePerJob, click.UsageError):
+    """Bad usage a command finds itself (options that do not go together): exit 2 with the usage
+    line, printed once a job (click's UsageError printed once a rank)."""
 
 
 class BadInput(_JobError):
@@ -61,7 +72,13 @@ class LowprecGroup(click.Group):
             raise BadInput(str(os_error(exc, exc.filename or "an output"))) from exc
         except dist.DistributedError as exc:
             raise RankFailed(f"{type(exc).__name__}: {exc}") from exc
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.UsageError as exc:
+            if isinstance(exc, _OncePerJob):
+                raise
+            raise BadUsage(exc.format_message(), exc.ctx) from exc
+        except (KeyboardInterrupt, click.Abort) as exc:  # click's own handling says "Aborted!", exit 1: an alarm
+            raise Interrupted("interrupted (Ctrl-C, SIGINT) before the command finished (exit 130)") from exc
+        except (click.ClickException, click.exceptions.Exit):
             raise
         except Exception as exc:  # a bug: never exit 1, which `drift` means as an alarm
             if _out_of_memory(exc):  # the machine's (or a ulimit's) memory, not a bug: exit 2, said so
@@ -69,6 +86,10 @@ class LowprecGroup(click.Group):
                                f"than this process may use (free memory, ulimit -v / RLIMIT_DATA); try a smaller "
                                f"--batch-size or --max-rows, and see the README's \"Models larger than RAM\"") from exc
             raise InternalError(exc) from exc
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        ctx.meta.setdefault(_COMMAND_ARGS, list(args))  # what `--nproc` hands to each rank
+        return super().resolve_command(ctx, args)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -106,6 +127,12 @@ def _show_warning(fallback: Any) -> Any:
     return show
 
 
+class Interrupted(_JobError):
+    """Ctrl-C (SIGINT): exit code 130 as a shell gives a process SIGINT ended, never 1 (a drift alarm)."""
+
+    exit_code = 130
+
+
 class RankFailed(_JobError):
     """A data-parallel job lost a rank (or timed out): exit code 3, nothing written."""
 
@@ -123,31 +150,51 @@ def main(ctx: click.Context, nproc: int) -> None:
 
     Typical flow: `data synth|prepare` -> `train` -> `calibrate` -> `search` -> `convert` ->
     `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input, 3 a
-    data-parallel rank failed, 4 internal error (a bug).
+    data-parallel rank failed, 4 internal error (a bug), 130 interrupted (Ctrl-C; 143: `--nproc`
+    stopped by SIGTERM).
     """
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
-    parallel = nproc > 1 or dist.env_world_size() > 1
-    if parallel and ctx.invoked_subcommand not in PARALLEL:
-        raise BadInput(f"`{ctx.invoked_subcommand}` does not run data-parallel (only {PARALLEL_NAMES})")
-    if nproc > 1 and dist.env_world_size() == 1:
-        args = _without_nproc(sys.argv[1:])
-        if args and args[0] == ctx.invoked_subcommand:  # bad usage (or --help) once, here, not once a rank
-            main.get_command(ctx, args[0]).make_context(args[0], args[1:], parent=ctx).close()
+    ranks = dist.env_world_size()
+    if nproc > 1 and ranks > 1:
+        raise BadInput(f"--nproc {nproc} starts torchrun, but this process already runs under one (WORLD_SIZE="
+                       f"{ranks} is set): drop --nproc, or unset WORLD_SIZE if it is left over")
+    if nproc > 1 or ranks > 1:
+        check_parallel(ctx.invoked_subcommand or "")
+    if nproc > 1:
+        args = ctx.meta[_COMMAND_ARGS]
+        check_parallel(_parse_only(ctx, args))  # bad usage (or --help) once, here, not once a rank
+        _warn_if_oversubscribed(nproc)
         ctx.exit(dist.launch(nproc, args))
     if dist.setup():
         ctx.call_on_close(dist.teardown)
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            out.append(a)
-    return out
+def check_parallel(command: str) -> None:
+    """Refuse a command that does not run data-parallel (`data` passes, and is checked again by the
+    `data` group once its subcommand is known)."""
+    if not any(p == command or p.startswith(f"{command} ") for p in PARALLEL):
+        raise BadInput(f"`{command}` does not run data-parallel (only {PARALLEL_NAMES})")
+
+
+def _parse_only(ctx: click.Context, args: list[str]) -> str:
+    """Parse a command and its arguments as the ranks will, running nothing: click's usage errors
+    (and --help) here. The command's name (`data prepare`)."""
+    names, cmd = [], ctx.command
+    while isinstance(cmd, click.Group) and args:
+        name, sub, args = cmd.resolve_command(ctx, args)
+        assert name is not None and sub is not None  # (click refuses an unknown command)
+        ctx, cmd = sub.make_context(name, args, parent=ctx), sub
+        names.append(name)
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]  # a group's subcommand (kept apart before click 9)
+    return " ".join(names)
+
+
+def _warn_if_oversubscribed(nproc: int) -> None:
+    cores = len(os.sched_getaffinity(0))
+    if nproc > 2 * cores:
+        warnings.warn(f"--nproc {nproc} starts {nproc} processes on {cores} core{'s' * (cores > 1)}: each holds "
+                      f"its own copy of the model and data, so expect it slower than --nproc {cores} and "
+                      f"{nproc}x the memory of one process", InputWarning)
 
 
 def emit_json(obj: dict[str, Any]) -> None:

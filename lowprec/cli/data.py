@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from lowprec import distributed as dist
-from lowprec.cli import emit_json
+from lowprec.cli import check_parallel, emit_json
 from lowprec.cli._common import StageBars
 from lowprec.data.criteo import parse_table_sizes, prepare_criteo
 from lowprec.data.csvread import prepare_csv
@@ -40,9 +40,8 @@ def data(ctx: click.Context) -> None:
     converts raw Criteo TSV, MovieLens, or any CSV described by a TOML schema; `append` adds the
     windows of new files (a day of logs) to a prepared dataset.
     """
-    if dist.env_world_size() > 1 and ctx.invoked_subcommand not in ("prepare", "append"):
-        raise click.UsageError(f"`data {ctx.invoked_subcommand}` does not run on several processes (only "
-                               f"`data prepare` and `data append` of csv and criteo-tsv do)")
+    if dist.env_world_size() > 1:
+        check_parallel(f"data {ctx.invoked_subcommand}")
 
 
 def _summary(out: Path, meta: DatasetMeta, bad: BadRows | None, as_json: bool, extra: dict[str, Any]) -> None:

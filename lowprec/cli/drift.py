@@ -88,7 +88,7 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
             config, recalibrate=dataclasses.replace(config.recalibrate, source=recalibrate_on))
     job = DriftJob(reference, candidate, data_dir, windows, db, report_dir, config, on_alarm, calib_path,
                    batch_size, allow_unrelated_candidate=allow_unrelated_candidate)
-    dist.check_same([p for p in (reference, candidate, data_dir, config_path, calib_path) if p])
+    dist.check_same([p for p in (reference, candidate, data_dir, recipe, config_path, calib_path) if p])
     with StageBars() as stages:
         outcome = run(job, stages)
     if not dist.is_main():

@@ -87,7 +87,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         table_embedding=name_value_pairs(table_embedding, "--table-embedding"),
         optimizer=optimizer, val_windows=tuple(val_w), patience=patience, init_bias=init_bias,
     )
-    dist.check_same([data_dir])
+    dist.check_same([p for p in (data_dir, recipe) if p])
     warnings = [w for w in [cfg.validation_order_warning] if w]
     if dist.is_main():
         for w in warnings:

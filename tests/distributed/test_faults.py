@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
 
 from tests.distributed.conftest import (RANK_TIMEOUT_S, WAIT_S, env, in_process, kill_rank_when, lowprec, start_ranks,
                                         wait_for)
@@ -55,7 +60,8 @@ def test_a_rank_leaves_with_its_exit_code_and_flushed_output():
     """Under torchrun (WORLD_SIZE > 1) `python -m lowprec` ends with os._exit after the command, so
     a gloo thread freeing a finished collective cannot meet the interpreter's finalisation (a rank
     abort seen ~1 run in 3 beside other work): the exit code and the printed output must survive."""
-    e = {**env(), "WORLD_SIZE": "2"}
+    # torchrun's whole environment (WORLD_SIZE alone is refused as stale); neither command joins the group
+    e = {**env(), "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     ok = subprocess.run([sys.executable, "-m", "lowprec", "--help"], capture_output=True, text=True, env=e,
                         cwd=REPO, timeout=WAIT_S)
     assert ok.returncode == 0 and "Usage:" in ok.stdout and ok.stdout.rstrip().splitlines()[-1].split()[0] == "train"
@@ -151,3 +157,240 @@ def test_under_the_launcher_rank_0_leaves_its_error_to_it(tmp_path, monkeypatch,
     assert capsys.readouterr().err == ""
     assert (tmp_path / "error0").read_text() == "window 99 not in the data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["error0"]  # no partial file left
+
+
+def test_a_bad_timeout_is_refused_naming_the_variable(monkeypatch):
+    """1e30 and inf overflowed in timedelta (an internal error), nan passed `<= 0` ("within nans"),
+    0 came from one rank only: now exit 2 naming LOWPREC_DIST_TIMEOUT, checked by the launcher
+    before any rank starts and by every rank under plain torchrun (`timeout_s`)."""
+    import pytest
+
+    from lowprec.distributed import TIMEOUT_ENV, InputError, launch, timeout_s
+
+    for raw in ("1e30", "inf", "-inf", "nan", "0", "-1", "abc", "86401"):
+        monkeypatch.setenv(TIMEOUT_ENV, raw)
+        with pytest.raises(InputError, match=f"{TIMEOUT_ENV}='{raw}': give a number of seconds"):
+            timeout_s()
+        with pytest.raises(InputError, match=TIMEOUT_ENV):
+            launch(2, ["eval", "--help"])  # refused before torchrun starts
+    for raw, value in (("0.5", 0.5), ("86400", 86400.0), ("", 120.0)):
+        monkeypatch.setenv(TIMEOUT_ENV, raw)
+        assert timeout_s() == value
+
+
+def test_a_stale_torchrun_environment_is_refused(monkeypatch):
+    """WORLD_SIZE=2 left in a shell made one process wait for a rendezvous and fail with c10d's
+    words (exit 3), and ignore --nproc; WORLD_SIZE=abc was a traceback."""
+    from lowprec.cli import main
+
+    for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    cases = [({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, MASTER_ADDR and MASTER_PORT are not"),
+             ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number of processes"),
+             ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK='2' is not a rank")]
+    for e, message in cases:
+        r = CliRunner().invoke(main, ["eval", "--model", "m", "--data", "d", "--windows", "0"], env=e)
+        assert r.exit_code == 2 and message in r.output, r.output
+    full = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    r = CliRunner().invoke(main, ["--nproc", "2", "eval", "--model", "m", "--data", "d", "--windows", "0"], env=full)
+    assert r.exit_code == 2 and "--nproc 2 starts torchrun, but this process already runs under one" in r.output
+    e = {**env(), "WORLD_SIZE": "abc"}  # `python -m lowprec` checks it before the CLI runs, too
+    bad = subprocess.run([sys.executable, "-m", "lowprec", "inspect", "x"], capture_output=True, text=True, env=e,
+                         cwd=REPO, timeout=WAIT_S)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "WORLD_SIZE='abc'" in bad.stderr, bad.stderr
+
+
+def test_a_bug_on_one_rank_stays_exit_4():
+    from lowprec.distributed import job_exit_code
+
+    assert job_exit_code(1, {0: 4}, 2) == 4  # rank 1 stopped without a word after rank 0's bug
+    assert job_exit_code(1, {0: 0, 1: 4}, 2) == 4 and job_exit_code(1, {0: 3, 1: 4}, 2) == 4
+    assert job_exit_code(1, {0: 2, 1: 4}, 2) == 2  # refused input first
+
+
+def test_ranks_with_different_command_lines_are_refused(work, tmp_path, monkeypatch):
+    """Rank 0 with --batch-size 4096 and rank 1 with 300 under plain torchrun gave wrong numbers with
+    exit 0 (check_same compared software and input files only); different --windows ended in "peer
+    died". The ranks' parsed command lines must match too; paths count only as given or not (hosts
+    may mount the same files elsewhere: their contents are compared)."""
+    from lowprec import distributed as dist
+    from lowprec.cli import main
+
+    lines = []
+
+    def capture(inputs):
+        lines.append(dist.command_line())
+        raise SystemExit(0)
+
+    monkeypatch.setattr(dist, "check_same", capture)
+    other = tmp_path / "model-elsewhere"
+    shutil.copytree(work["model"], other)
+    for model, extra in ((work["model"], ["--batch-size", "4096"]), (other, ["--batch-size=300"]),
+                         (other, ["--batch-size", "4096"])):
+        r = CliRunner().invoke(main, ["eval", "--model", str(model), "--data", str(work["data"]), "--windows", "1",
+                                      *extra])
+        assert r.exit_code == 0, r.output
+    assert lines[0]["command"] == "eval" and lines[0]["--model"] == "(a path)" and lines[0]["--batch-size"] == 4096
+
+    def ranks(*commands):
+        return [{"software": {"lowprec": "0.1"}, "command line": c, "inputs": {"input 1": "sha"}} for c in commands]
+
+    assert dist.first_difference(ranks(lines[0], lines[2])) is None  # same options, the model at another path
+    assert dist.first_difference(ranks(lines[0], lines[1])) == (
+        "rank 1 differs from rank 0 in command line: --batch-size is 300 on rank 1, 4096 on rank 0")
+    assert dist.first_difference(ranks(lines[0], {**lines[0], "command": "calibrate"})) == (
+        "rank 1 differs from rank 0 in command line: command is 'calibrate' on rank 1, 'eval' on rank 0")
+    assert dist.command_line() == {}  # outside a command
+
+
+def _ranks_under(tmp: Path) -> list[int]:
+    """Pids of the ranks whose launcher records their codes under `tmp` (its TMPDIR)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(v.startswith(f"LOWPREC_EXIT_DIR={tmp}/".encode()) for v in environ) and \
+                any(v.startswith(b"RANK=") for v in environ):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_stopped_launcher_stops_its_job(work, tmp_path):
+    """SIGTERM (timeout, cron, systemd) or Ctrl-C to `lowprec --nproc N` left torchrun and the ranks
+    running: they finished the job and wrote its outputs after the launcher had ended, and
+    /tmp/lowprec-exit-* stayed behind. Now torchrun is stopped with its ranks, the temporary
+    directory removed, and the launcher exits 128 + the signal (never 1) with one line."""
+    out = tmp_path / "calib.json"
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "calibrate", "--model", work["model"], "--data",
+           work["data"], "--windows", "0-3", "--out", out]
+    proc = subprocess.Popen(list(map(str, cmd)), env=env(TMPDIR=str(tmp_path)), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while len(ranks := _ranks_under(tmp_path)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ranks) == 2 and proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
+    assert proc.returncode == 143, err
+    assert err.count("Error") == 1 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("lowprec-exit-*"))
+    deadline = time.monotonic() + WAIT_S  # torchrun waited for its ranks; they are gone, or going
+    while any(Path(f"/proc/{pid}").exists() for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+    assert not out.exists()
+
+
+def test_a_rank_that_ended_without_a_word_is_named(tmp_path, monkeypatch):
+    """A rank killed mid-run (SIGKILL, SIGTERM, the OOM killer) records nothing: the job exited 3 with
+    an empty stderr. torchrun's wrapper records how the first failed ranks ended (torchrun lists the
+    ranks it stopped itself with SIGTERM too), and the launcher prints one line for them."""
+    import pytest
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from lowprec.distributed import EXIT_DIR, first_failures, job_errors, torchrun
+
+    def fails(*_):
+        raise ChildFailedError("lowprec", {1: ProcessFailure(1, 11, -9, "<N/A>"), 0: ProcessFailure(0, 10, -15, "<N/A>")})
+
+    monkeypatch.setenv(EXIT_DIR, str(tmp_path))
+    monkeypatch.setattr(torch.distributed.run, "run", fails)
+    with pytest.raises(SystemExit) as exc:
+        torchrun(["x"])
+    assert exc.value.code == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["ended1"]
+    assert (tmp_path / "ended1").read_text() == "-9"
+    assert first_failures({1: -15, 0: -15}) == {1: -15} and first_failures({0: 2, 1: -15}) == {0: 2}
+
+    def stopped(*_):
+        raise SignalException("stop", signal.SIGTERM)
+
+    monkeypatch.setattr(torch.distributed.run, "run", stopped)
+    with pytest.raises(SystemExit) as exc:
+        torchrun(["x"])
+    assert exc.value.code == 143
+    assert job_errors({}, {1: -9}) == [
+        "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): nothing was written"]
+    assert job_errors({0: "RankFailure: ..."}, {1: -15, 2: -15}) == ["Error: RankFailure: ...", (
+        "Error: ranks 1, 2 ended without a word (killed by SIGTERM: by hand, or out of memory?): nothing was written")]
+
+
+def test_ctrl_c_exits_130_not_the_alarm_code(monkeypatch):
+    """Ctrl-C became click's "Aborted!" with exit 1, which a scheduled drift job reads as an alarm."""
+    import lowprec.cli
+    from lowprec.cli import main
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lowprec.cli, "keep_buffers_in_heap", interrupt)
+    r = CliRunner().invoke(main, ["inspect", "x"])
+    assert r.exit_code == 130 and "Aborted" not in r.output
+    assert r.output.strip() == "Error: interrupted (Ctrl-C, SIGINT) before the command finished (exit 130)"
+
+
+def test_the_launcher_starts_its_lines_on_a_fresh_line():
+    """A rank stopped mid-way leaves its progress bar's line unfinished: on a terminal the launcher's
+    `Error` line began in the middle of it. A log file gets no escape codes."""
+    import io
+
+    from lowprec.distributed import say
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, log = Terminal("eval:  40%|####"), io.StringIO("eval:  40%|####")
+    for stream in (tty, log):
+        stream.seek(0, io.SEEK_END)
+        say(["Error: x"], stream)
+        say([], stream)
+    assert tty.getvalue() == "eval:  40%|####\r\x1b[KError: x\n"
+    assert log.getvalue() == "eval:  40%|####Error: x\n"
+
+
+def test_the_launcher_refuses_bad_usage_once_before_any_rank_starts(tmp_path, monkeypatch):
+    """`--nproc` took `--nproc` from anywhere in argv (`--nproc=2 eval --nproc 2` ran), parsed only the
+    `data` group (so `data synth` and bad `data prepare` options were refused once per rank), and
+    click.UsageError raised by a command was printed by every rank."""
+    from lowprec import distributed as dist
+    from lowprec.cli import main
+
+    def launch(nproc, args):
+        raise AssertionError(f"launched {args}")
+
+    monkeypatch.setattr(dist, "launch", launch)
+    r = CliRunner().invoke(main, ["--nproc=2", "eval", "--nproc", "2", "--model", "m", "--data", "d", "--windows", "0"])
+    assert r.exit_code == 2 and "No such option '--nproc'" in r.output, r.output
+    r = CliRunner().invoke(main, ["--nproc", "2", "data", "synth", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "`data synth` does not run data-parallel" in r.output, r.output
+    r = CliRunner().invoke(main, ["--nproc", "2", "data", "prepare", "--format", "csv", "--input", "a.csv"])
+    assert r.exit_code == 2 and "Missing option '--out'" in r.output, r.output
+    # A rank of a launched job records a command's usage error for the launcher, which prints it once.
+    r = CliRunner().invoke(main, ["data", "prepare", "--format", "csv", "--input", "a.csv", "--out", str(tmp_path / "o")],
+                           env={dist.EXIT_DIR: str(tmp_path), "RANK": "1"})
+    assert r.exit_code == 2 and "--schema" not in r.output, r.output
+    assert (tmp_path / "error1").read_text() == "--format csv needs --schema FILE.toml (see docs/csv-schema.md)"
+
+
+def test_nproc_far_beyond_the_cores_warns(monkeypatch):
+    import os
+
+    from lowprec import distributed as dist
+    from lowprec.cli import main
+
+    launched = []
+    monkeypatch.setattr(dist, "launch", lambda nproc, args: launched.append(args) or 0)
+    cores = len(os.sched_getaffinity(0))
+    args = ["eval", "--model", "m", "--data", "d", "--windows", "0"]
+    r = CliRunner().invoke(main, ["--nproc", str(4 * cores), *args])
+    assert r.exit_code == 0 and f"warning: --nproc {4 * cores} starts {4 * cores} processes on {cores} core" in r.output
+    r = CliRunner().invoke(main, ["--nproc", "2", *args])
+    assert r.exit_code == 0 and "warning" not in r.output and launched == [args, args]
