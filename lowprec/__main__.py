@@ -12,6 +12,7 @@ import os
 import sys
 
 from lowprec import distributed as dist
+from lowprec import launch as launcher
 from lowprec.cli import main
 from lowprec.errors import InputError
 
@@ -29,7 +30,7 @@ if ranked:
         else:  # sys.exit("message"): printed, exit status 1
             print(exc.code, file=sys.stderr)
             code = 1
-    dist.record_exit_code(code)  # torchrun reports any failure as 1: `--nproc` hands on the ranks' own
+    launcher.record_exit_code(code)  # torchrun reports any failure as 1: `--nproc` hands on the ranks' own
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -119,7 +119,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def launch(nproc: int, prep: dict[str, Any], tmp: Path, i: int) -> tuple[list[dict[str, Any]], float]:
-    from lowprec.distributed import free_port
+    from lowprec.launch import free_port
 
     result = tmp / f"result-{nproc}-{i}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),

@@ -21,6 +21,7 @@ import click
 from tqdm import tqdm
 
 from lowprec import distributed as dist
+from lowprec import launch as launcher
 from lowprec.allocator import keep_buffers_in_heap
 from lowprec.errors import InputError, InputWarning
 from lowprec.jsonsafe import dumps
@@ -33,10 +34,10 @@ _COMMAND_ARGS = "lowprec.command_args"  # ctx.meta: the command and its argument
 
 class _OncePerJob:
     """An error a data-parallel job prints once: under `--nproc` the ranks record theirs and the
-    launcher prints rank 0's and those that differ from it (lowprec.distributed.rank_error)."""
+    launcher prints rank 0's and those that differ from it (lowprec.launch.rank_error)."""
 
     def show(self, file: Any = None) -> None:
-        if dist.rank_error(self.format_message()):  # type: ignore[attr-defined]
+        if launcher.rank_error(self.format_message()):  # type: ignore[attr-defined]
             super().show(file)  # type: ignore[misc]
 
 
@@ -164,7 +165,7 @@ def main(ctx: click.Context, nproc: int) -> None:
         args = ctx.meta[_COMMAND_ARGS]
         check_parallel(_parse_only(ctx, args))  # bad usage (or --help) once, here, not once a rank
         _warn_if_oversubscribed(nproc)
-        ctx.exit(dist.launch(nproc, args))
+        ctx.exit(launcher.launch(nproc, args))
     if dist.setup():
         ctx.call_on_close(dist.teardown)
 

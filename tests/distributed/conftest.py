@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from lowprec.cli import main
-from lowprec.distributed import free_port
+from lowprec.launch import free_port
 from tests.helpers import REPO, make_tiny_dataset
 
 WAIT_S = 240  # the longest any test waits for a process (start-up is ~3-10 s idle, 20-45 s at load 15 on 2 cores)

@@ -73,7 +73,7 @@ def test_a_rank_leaves_with_its_exit_code_and_flushed_output():
 def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
     """torchrun exits 1 whenever a rank fails, so bad input (2) under --nproc looked like a drift
     alarm (1) to a scheduler. The launcher now returns what one process would."""
-    from lowprec.distributed import job_exit_code
+    from lowprec.launch import job_exit_code
 
     bad = lowprec("eval", "--model", work["model"], "--data", work["data"], "--windows", "99", nproc=2)
     assert bad.returncode == 2, bad.stderr[-2000:]
@@ -99,7 +99,7 @@ def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
 
 
 def test_the_launcher_prints_each_error_once():
-    from lowprec.distributed import job_errors
+    from lowprec.launch import job_errors
 
     assert job_errors({0: "bad window", 1: "bad window", 2: "bad window"}) == ["Error: bad window"]
     assert job_errors({0: "rank 2 failed", 1: "shard 1 unreadable", 2: "shard 1 unreadable", 3: "x"}) == [
@@ -149,7 +149,7 @@ def test_under_the_launcher_rank_0_leaves_its_error_to_it(tmp_path, monkeypatch,
     error and printing it left a `--nproc` job that exited 2 in silence. Ranks record, the launcher
     prints."""
     from lowprec.cli import BadInput
-    from lowprec.distributed import EXIT_DIR
+    from lowprec.launch import EXIT_DIR
 
     monkeypatch.setenv(EXIT_DIR, str(tmp_path))
     monkeypatch.setenv("RANK", "0")
@@ -165,7 +165,8 @@ def test_a_bad_timeout_is_refused_naming_the_variable(monkeypatch):
     before any rank starts and by every rank under plain torchrun (`timeout_s`)."""
     import pytest
 
-    from lowprec.distributed import TIMEOUT_ENV, InputError, launch, timeout_s
+    from lowprec.distributed import TIMEOUT_ENV, InputError, timeout_s
+    from lowprec.launch import launch
 
     for raw in ("1e30", "inf", "-inf", "nan", "0", "-1", "abc", "86401"):
         monkeypatch.setenv(TIMEOUT_ENV, raw)
@@ -201,7 +202,7 @@ def test_a_stale_torchrun_environment_is_refused(monkeypatch):
 
 
 def test_a_bug_on_one_rank_stays_exit_4():
-    from lowprec.distributed import job_exit_code
+    from lowprec.launch import job_exit_code
 
     assert job_exit_code(1, {0: 4}, 2) == 4  # rank 1 stopped without a word after rank 0's bug
     assert job_exit_code(1, {0: 0, 1: 4}, 2) == 4 and job_exit_code(1, {0: 3, 1: 4}, 2) == 4
@@ -296,7 +297,7 @@ def test_a_rank_that_ended_without_a_word_is_named(tmp_path, monkeypatch):
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from lowprec.distributed import EXIT_DIR, first_failures, job_errors, torchrun
+    from lowprec.launch import EXIT_DIR, first_failures, job_errors, torchrun
 
     def fails(*_):
         raise ChildFailedError("lowprec", {1: ProcessFailure(1, 11, -9, "<N/A>"), 0: ProcessFailure(0, 10, -15, "<N/A>")})
@@ -341,7 +342,7 @@ def test_the_launcher_starts_its_lines_on_a_fresh_line():
     `Error` line began in the middle of it. A log file gets no escape codes."""
     import io
 
-    from lowprec.distributed import say
+    from lowprec.launch import say
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -360,13 +361,13 @@ def test_the_launcher_refuses_bad_usage_once_before_any_rank_starts(tmp_path, mo
     """`--nproc` took `--nproc` from anywhere in argv (`--nproc=2 eval --nproc 2` ran), parsed only the
     `data` group (so `data synth` and bad `data prepare` options were refused once per rank), and
     click.UsageError raised by a command was printed by every rank."""
-    from lowprec import distributed as dist
+    from lowprec import launch as launcher
     from lowprec.cli import main
 
     def launch(nproc, args):
         raise AssertionError(f"launched {args}")
 
-    monkeypatch.setattr(dist, "launch", launch)
+    monkeypatch.setattr(launcher, "launch", launch)
     r = CliRunner().invoke(main, ["--nproc=2", "eval", "--nproc", "2", "--model", "m", "--data", "d", "--windows", "0"])
     assert r.exit_code == 2 and "No such option '--nproc'" in r.output, r.output
     r = CliRunner().invoke(main, ["--nproc", "2", "data", "synth", "--out", str(tmp_path / "s")])
@@ -375,7 +376,7 @@ def test_the_launcher_refuses_bad_usage_once_before_any_rank_starts(tmp_path, mo
     assert r.exit_code == 2 and "Missing option '--out'" in r.output, r.output
     # A rank of a launched job records a command's usage error for the launcher, which prints it once.
     r = CliRunner().invoke(main, ["data", "prepare", "--format", "csv", "--input", "a.csv", "--out", str(tmp_path / "o")],
-                           env={dist.EXIT_DIR: str(tmp_path), "RANK": "1"})
+                           env={launcher.EXIT_DIR: str(tmp_path), "RANK": "1"})
     assert r.exit_code == 2 and "--schema" not in r.output, r.output
     assert (tmp_path / "error1").read_text() == "--format csv needs --schema FILE.toml (see docs/csv-schema.md)"
 
@@ -383,11 +384,11 @@ def test_the_launcher_refuses_bad_usage_once_before_any_rank_starts(tmp_path, mo
 def test_nproc_far_beyond_the_cores_warns(monkeypatch):
     import os
 
-    from lowprec import distributed as dist
+    from lowprec import launch as launcher
     from lowprec.cli import main
 
     launched = []
-    monkeypatch.setattr(dist, "launch", lambda nproc, args: launched.append(args) or 0)
+    monkeypatch.setattr(launcher, "launch", lambda nproc, args: launched.append(args) or 0)
     cores = len(os.sched_getaffinity(0))
     args = ["eval", "--model", "m", "--data", "d", "--windows", "0"]
     r = CliRunner().invoke(main, ["--nproc", str(4 * cores), *args])

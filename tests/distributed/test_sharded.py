@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lowprec.distributed import free_port
+from lowprec.launch import free_port
 from lowprec.serve.shard_plan import ShardPlan, plan_shards
 from tests.distributed.conftest import WAIT_S, env, in_process, last_json
 from tests.helpers import REPO

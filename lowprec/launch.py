@@ -1,0 +1,206 @@
+"""`lowprec --nproc N CMD`: torchrun on this machine, and the job's outcome as one process gives it.
+
+`launch` runs torchrun (`torchrun` below: torch.distributed.run without its failure report) on
+127.0.0.1 with a free port. Each rank records its exit code and its `Error:` message in a
+temporary directory (`record_exit_code`, `rank_error`); once torchrun has ended, the launcher
+prints the job's errors once (`job_errors`: rank 0's, then those that differ; ranks that ended
+without a word, named with how they ended) and exits with the code one process would have given
+(`job_exit_code`: 2 bad input, 4 a bug, 3 a lost rank, else rank 0's). SIGINT/SIGTERM to the
+launcher stop the job (torchrun gets one SIGTERM and stops its ranks). What the ranks share while
+they run (process group, collectives, start-up checks) is lowprec.distributed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from lowprec.distributed import timeout_s
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+EXIT_DIR = "LOWPREC_EXIT_DIR"  # where each rank of a `--nproc` job records its exit code (lowprec.__main__)
+
+
+def launch(nproc: int, args: Sequence[str]) -> int:
+    """Run `python -m lowprec ARGS` as nproc ranks under torchrun on this machine; the job's exit
+    code as one process would give it (torchrun itself says 1 for any failed rank). SIGINT (Ctrl-C)
+    or SIGTERM to the launcher stops the job: torchrun, in a session of its own so that a terminal's
+    Ctrl-C reaches it through the launcher only, gets one SIGTERM and stops its ranks; the launcher
+    waits for it (at most STOP_GRACE_S), removes its temporary directory and exits 128 + the signal."""
+    import tempfile
+
+    timeout_s()  # a bad LOWPREC_DIST_TIMEOUT: refused once, here, before any rank starts
+    cmd = [sys.executable, "-c", "import sys, lowprec.launch as d; d.torchrun(sys.argv[1:])",
+           "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "lowprec", *args]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    stops: list[int] = []  # the signals the launcher was sent
+    previous = {s: signal.signal(s, lambda signum, _: stops.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="lowprec-exit-") as codes:
+            env[EXIT_DIR] = codes
+            status = _wait(subprocess.Popen(cmd, env=env, start_new_session=True), stops)
+            recorded, errors, ended = ({r: int(t) for r, t in _records(codes, "rank").items()},
+                                       _records(codes, "error"), _records(codes, "ended"))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stops:
+        code = 128 + stops[0]
+        lines = [f"Error: stopped by {signal.Signals(stops[0]).name}: the job's ranks were stopped before it "
+                 f"finished (exit {code})"]
+    else:
+        code = job_exit_code(status, recorded, nproc)
+        silent = {r: int(t) for r, t in ended.items() if r not in recorded and r not in errors}
+        lines = job_errors(errors, silent)
+        if not lines and code not in (0, 1):  # (torchrun itself killed): a failed job always says so
+            lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"]
+    say(lines, sys.stderr)
+    return code
+
+
+STOP_GRACE_S = 60.0  # torchrun gives its ranks 30 s after SIGTERM before it kills them
+
+
+def _wait(proc: subprocess.Popen, stops: list[int]) -> int:
+    """torchrun's exit status; once the launcher was sent a stop signal, torchrun gets SIGTERM (once)
+    and at most STOP_GRACE_S more before SIGKILL."""
+    deadline = None
+    while True:
+        if stops and deadline is None:
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                return proc.wait()
+
+
+def say(lines: Sequence[str], file: Any) -> None:
+    """The launcher's lines, each on a line of its own: a rank stopped mid-way leaves its progress
+    bar's line unfinished on a terminal, so that line is erased first (a log file gets no escape codes)."""
+    if lines and file.isatty():
+        file.write("\r\x1b[K")
+    for line in lines:
+        print(line, file=file)
+
+
+def rank_error(message: str) -> bool:
+    """Called by a rank about to print its `Error:` line: records it for `launch`, which prints the
+    job's errors once it has ended. True where the rank prints it itself: only ranks of a job
+    `launch` did not start (plain torchrun). Under `launch` no rank prints its own: torchrun stops
+    the other ranks as soon as one fails, and rank 0 stopped between recording its error and
+    printing it left a job that exited 2 in silence (seen in CI)."""
+    _record("error", message)
+    return not os.environ.get(EXIT_DIR)
+
+
+def _record(kind: str, text: str, rank: int | None = None) -> None:
+    """A rank's `kind` (error; rank: its exit code; ended: its exit status as torchrun saw it) for
+    `launch`, whole or not at all: torchrun may stop the rank mid-write. Default: this rank's."""
+    where = os.environ.get(EXIT_DIR)
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    if where:
+        with contextlib.suppress(OSError):
+            part = Path(where, f".{kind}{rank}.part")
+            part.write_text(text)
+            os.replace(part, Path(where, f"{kind}{rank}"))
+
+
+def _records(where: str, kind: str) -> dict[int, str]:
+    return {int(f.name[len(kind):]): f.read_text() for f in Path(where).glob(f"{kind}[0-9]*")}
+
+
+def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None) -> list[str]:
+    """What `launch` prints after the job: rank 0's error as one process would print it, then each
+    other rank's error that differs from it, once, naming the ranks that gave it (every rank
+    refusing the same input prints one line, not N); then the ranks torchrun saw fail that recorded
+    neither an exit code nor an error (`silent`: rank -> exit status, -N for signal N), such as a
+    rank killed by hand or by the out-of-memory killer."""
+    same: dict[str, list[int]] = {}
+    for r in sorted(errors):
+        if r != 0 and errors[r] != errors.get(0):
+            same.setdefault(errors[r], []).append(r)
+    ended: dict[str, list[int]] = {}
+    for r, status in sorted((silent or {}).items()):
+        how = f"killed by {_signal_name(-status)}: by hand, or out of memory?" if status < 0 else f"exit status {status}"
+        ended.setdefault(how, []).append(r)
+    return ([f"Error: {errors[0]}"] if 0 in errors else []) + \
+        [f"Error ({_ranks(rs)}): {m}" for m, rs in same.items()] + \
+        [f"Error: {_ranks(rs)} ended without a word ({how}): nothing was written" for how, rs in ended.items()]
+
+
+def _ranks(rs: list[int]) -> str:
+    return f"rank{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def torchrun(argv: Sequence[str]) -> None:
+    """torchrun (`python -m torch.distributed.run ARGV`) without its failure report: when a rank
+    fails, torchrun logs it and prints a Python traceback and a box of every rank's exit code, after
+    the rank has printed its own `Error:` line. `launch` gives the job's code from the ranks', and
+    learns here which ranks failed first and how (the others torchrun stopped itself)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:  # (each has its own level)
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(list(argv)))
+    except ChildFailedError as exc:
+        for r, status in first_failures({r: f.exitcode for r, f in exc.failures.items()}).items():
+            _record("ended", str(status), r)
+        sys.exit(1)
+    except SignalException as exc:  # SIGTERM from `launch`: the ranks are stopped
+        sys.exit(128 + int(exc.sigval))
+
+
+def first_failures(failures: dict[int, int]) -> dict[int, int]:
+    """The ranks that failed first, from torchrun's rank -> exit status (-N: signal N) in the order it
+    saw them end: once one fails it stops the others with SIGTERM and lists them too."""
+    first = {r: s for r, s in failures.items() if s != -signal.SIGTERM}
+    return first or dict(list(failures.items())[:1])
+
+
+def job_exit_code(status: int, recorded: dict[int, int], nproc: int) -> int:
+    """2 if any rank refused its input, 4 if a rank met a bug, 3 if a rank failed or died without
+    recording a code, else rank 0's (1: a drift alarm; rank 0 sets the job's outcome)."""
+    codes = set(recorded.values())
+    if 2 in codes:
+        return 2
+    if 4 in codes:  # a bug on any rank stays a bug, whatever became of the others
+        return 4
+    if 3 in codes or len(recorded) < nproc:
+        return 3 if (status or 3 in codes) else status
+    return recorded.get(0, status)
+
+
+def record_exit_code(code: int) -> None:
+    """Called by a rank on its way out (lowprec.__main__): its code, for `launch`."""
+    _record("rank", str(code))
