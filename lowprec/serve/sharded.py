@@ -126,6 +126,8 @@ class ShardedEmbeddings(nn.Module):
             counts = torch.tensor([[b, int(sum(i.numel() for i in idx)), 0] for _, idx, _ in routed],
                                   dtype=torch.int64)
         except InputError as exc:  # tell the other ranks before raising, so none waits for this one
+            if self.world == 1:  # (no peer: a one-rank plan needs no process group to refuse)
+                raise
             refused = exc
             counts = torch.tensor([[0, 0, 1]] * self.world, dtype=torch.int64)
         got = _a2a(counts.reshape(-1), [3] * self.world, [3] * self.world).view(self.world, 3)

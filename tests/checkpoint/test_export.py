@@ -71,7 +71,7 @@ def test_exported_module_equals_runtime(ds, tmp_path, name):
 
 def test_padded_dim_and_qr_tables_export(ds, tmp_path):
     model = float_model(ds, tmp_path / "model", embeddings=("dense", "qr:ratio=4", "dense"), dim=6)
-    with pytest.warns(UserWarning, match="padding"):
+    with pytest.warns(UserWarning, match="padded with 2 zero columns"):
         convert(model, Plan.uniform(Precision.INT8), tmp_path / "art")
     export_torchscript(tmp_path / "art")
     assert_matches_runtime(tmp_path / "art", ds)
