@@ -90,8 +90,8 @@ def test_nproc_hands_on_the_ranks_exit_codes(work, tmp_path):
     for r in (bad, missing):  # one `Error:` line for the job, not one a rank, nor torchrun's traceback and box
         assert r.stderr.count("Error") == 1 and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr
         assert "exitcode" not in r.stderr and r.stdout == "", r.stderr
-    usage = lowprec("eval", "--bogus", "1", nproc=2)  # bad usage: refused before any rank starts
-    assert usage.returncode == 2 and usage.stderr.count("No such option '--bogus'") == 1, usage.stderr
+    usage = in_process("--nproc", "2", "eval", "--bogus", "1")  # bad usage: refused before any rank starts
+    assert usage.exit_code == 2 and usage.output.count("No such option '--bogus'") == 1, usage.output
     assert job_exit_code(1, {0: 1, 1: 0}, 2) == 1  # rank 0's drift alarm
     assert job_exit_code(1, {0: 3, 1: 2}, 2) == 2
     assert job_exit_code(1, {0: 3}, 2) == 3  # rank 1 died without a word
