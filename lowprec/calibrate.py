@@ -215,16 +215,22 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
 
 
 def _sidecar_of(path: Path) -> Path | None:
-    """The row-count file the calibration at `path` names (the legacy `.counts.safetensors` when it
-    names none), or None: only that file is lowprec's to delete when `path` is replaced. Every other
-    `<stem>.counts*.safetensors` beside it was deleted too, the user's own files included."""
+    """The row-count file the calibration at `path` names, or None: only that file is lowprec's to
+    delete when `path` is replaced. Every other `<stem>.counts*.safetensors` beside it was deleted
+    too, the user's own files included."""
     try:
         obj = read_json(path, "calibration file")
     except (InputError, OSError):
         return None
-    info = obj.get("row_counts") if isinstance(obj, dict) else None
-    name = info.get("file", counts_path(path).name) if isinstance(info, dict) else counts_path(path).name
-    if not isinstance(name, str) or Path(name).name != name:
+    return _sidecar_named(obj, path)
+
+
+def _sidecar_named(obj: dict[str, Any], path: Path) -> Path | None:
+    """The row-count file beside `path` that calibration `obj` names (the legacy
+    `CALIB.counts.safetensors` when it names none); None when the name is not a plain file name."""
+    info = obj.get("row_counts") or {}
+    name = info.get("file", counts_path(path).name) if isinstance(info, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
         return None
     return path.with_name(name)
 
@@ -262,10 +268,10 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     obj = read_calibration_file(path)
     side_info = obj.get("row_counts") or {}
-    name = side_info.get("file", counts_path(path).name) if isinstance(side_info, dict) else None
-    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+    side = _sidecar_named(obj, path)
+    if side is None:
+        name = side_info.get("file") if isinstance(side_info, dict) else None
         raise InputError(f"{path}: row_counts.file must name a file beside it, got {name!r}")
-    side = path.with_name(name)
     if not side.is_file():
         raise InputError(f"{path}: row-count file {side} is missing")
     if sha256_file(side) != side_info.get("sha256"):
