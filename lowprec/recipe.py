@@ -149,7 +149,10 @@ def resolve_windows(spec: Any, meta, key: str, where: str) -> list[int]:
 
 
 def pick_windows(explicit: Any, recipe: dict[str, dict[str, Any]], path: str | Path | None, key: str, flag: str,
-                 meta) -> tuple[list[int], str]:
-    """The windows of `flag` if given, else of the recipe's [windows] `key`, and where they came from."""
+                 meta, optional: bool = False) -> tuple[list[int], str]:
+    """The windows of `flag` if given, else of the recipe's [windows] `key`, and where they came from;
+    `optional`: none given is no windows ([]), not an error."""
     spec, where = pick_where(explicit, recipe, path, "windows", key, flag)
+    if spec is None and optional:
+        return [], where
     return resolve_windows(spec, meta, key, where), where

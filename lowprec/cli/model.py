@@ -62,7 +62,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     from lowprec.data.dataset import Dataset, check_table_bytes
     from lowprec.fileio import claim_output
     from lowprec.errors import InputError
-    from lowprec.recipe import load_recipe, pick_where, pick_windows
+    from lowprec.recipe import load_recipe, pick_windows
     from lowprec.evaluation.scoring import base_rate_warning, worse_than_base_rate
     from lowprec.train import TrainConfig, total_steps_rows
     from lowprec.train import train as run_train
@@ -71,8 +71,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     ds = Dataset(data_dir)
     rec = load_recipe(recipe)
     train_w, train_from = pick_windows(windows, rec, recipe, "train", "--windows", ds.meta)
-    val_w, val_from = ([], "") if pick_where(val_windows, rec, recipe, "windows", "validate", "")[0] is None else \
-        pick_windows(val_windows, rec, recipe, "validate", "--val-windows", ds.meta)
+    val_w, val_from = pick_windows(val_windows, rec, recipe, "validate", "--val-windows", ds.meta, optional=True)
     overlap = sorted(set(train_w) & set(val_w))
     if overlap:  # (TrainConfig refuses it too; here the message says where each list came from)
         raise InputError(f"validation windows {overlap} ({val_from}) are also training windows ({train_from})")

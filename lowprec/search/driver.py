@@ -26,7 +26,7 @@ from lowprec.evaluation.scoring import worse_than_base_rate
 from lowprec.plan import RANGE_METHODS, Validation
 from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
-from lowprec.recipe import calib_config, load_recipe, parse_fraction, pick, pick_where, pick_windows
+from lowprec.recipe import calib_config, load_recipe, parse_fraction, pick_where, pick_windows
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
 from lowprec.search.run import SearchConfig, SearchResult, check_memory, search
 from lowprec.search.solver import Budget
@@ -129,8 +129,7 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
 
     calib, calib_from = pick_windows(req.calib_windows, r, req.recipe, "calibrate", "--calib-windows", ds.meta)
     evaluate, eval_from = pick_windows(req.eval_windows, r, req.recipe, "evaluate", "--eval-windows", ds.meta)
-    test, test_from = ([], "") if pick(req.test_windows, r, "windows", "test") is None else \
-        pick_windows(req.test_windows, r, req.recipe, "test", "--test-windows", ds.meta)
+    test, test_from = pick_windows(req.test_windows, r, req.recipe, "test", "--test-windows", ds.meta, optional=True)
     # NE and AUC need both label classes: each option's NE increase is measured on the calibration
     # windows (a one-class window made every one NaN and the solver failed), the plan judged on the others
     for where, windows in ((calib_from, calib), (eval_from, evaluate), (test_from, test)):
