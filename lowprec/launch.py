@@ -13,6 +13,7 @@ they run (process group, collectives, start-up checks) is lowprec.distributed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -53,7 +54,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="lowprec-exit-") as codes:
             env[EXIT_DIR] = codes
-            status = _wait(subprocess.Popen(cmd, env=env, start_new_session=True), stops)
+            status = _wait(subprocess.Popen(cmd, env=env, start_new_session=True,
+                                           preexec_fn=functools.partial(stop_with_parent, os.getpid())), stops)
             recorded, errors, ended = ({r: int(t) for r, t in _records(codes, "rank").items()},
                                        _records(codes, "error"), _records(codes, "ended"))
     finally:
@@ -71,6 +73,22 @@ def launch(nproc: int, args: Sequence[str]) -> int:
             lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"]
     say(lines, sys.stderr)
     return code
+
+
+def stop_with_parent(parent: int) -> None:
+    """In the child, before it runs: SIGTERM it when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG), so that a launcher killed outright (SIGKILL from `timeout -s KILL`, the
+    out-of-memory killer) does not leave torchrun and its ranks running and writing outputs. A no-op
+    where prctl is missing (not Linux)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 STOP_GRACE_S = 60.0  # torchrun gives its ranks 30 s after SIGTERM before it kills them

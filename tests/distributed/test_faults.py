@@ -395,3 +395,35 @@ def test_nproc_far_beyond_the_cores_warns(monkeypatch):
     assert r.exit_code == 0 and f"warning: --nproc {4 * cores} starts {4 * cores} processes on {cores} core" in r.output
     r = CliRunner().invoke(main, ["--nproc", "2", *args])
     assert r.exit_code == 0 and "warning" not in r.output and launched == [args, args]
+
+
+def test_a_launcher_killed_outright_takes_its_child_with_it(tmp_path):
+    """`lowprec --nproc N` killed with SIGKILL (`timeout -s KILL`, the out-of-memory killer) cannot
+    forward anything: torchrun and its ranks ran on and wrote the job's outputs. torchrun is started
+    with a parent-death signal (lowprec.launch.stop_with_parent); here a stand-in launcher starts a
+    sleeping child the same way and is killed outright."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import functools, os, subprocess, time; from lowprec.launch import stop_with_parent; "
+         "c = subprocess.Popen(['sleep', '300'], start_new_session=True, "
+         "preexec_fn=functools.partial(stop_with_parent, os.getpid())); print(c.pid, flush=True); time.sleep(300)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _running(child)
+        parent.kill()
+        parent.wait(timeout=WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        parent.kill()
+        parent.wait(timeout=WAIT_S)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps it: not always soon in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
