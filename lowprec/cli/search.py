@@ -110,7 +110,7 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
     if t is not None:
         click.echo(f"  test windows ({t.rows:,} rows, never seen by the search): NE {100 * t.ne_increase:+.4f}% "
                    f"[{100 * t.ne_increase_ci[0]:.4f}, {100 * t.ne_increase_ci[1]:.4f}], AUC drop "
-                   f"{fmt(t.auc_drop, 5)}; budget holds: point {_yes(summary['tested_fits']['point'])}, "
+                   f"{fmt(t.auc_drop, 5)} [{fmt(t.auc_drop_ci[0], 5)}, {fmt(t.auc_drop_ci[1], 5)}]; budget holds: point {_yes(summary['tested_fits']['point'])}, "
                    f"interval {_yes(summary['tested_fits']['interval'])}")
     for r in result.rounds:
         click.echo(f"  round {r['round']}: {r['bytes']:,} bytes, {r['verdict']['reason']}")

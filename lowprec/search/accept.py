@@ -49,8 +49,11 @@ class Verdict:
                 "reason": self.reason}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:+.3f}%"
+def pct(x: float) -> str:
+    """A relative NE change as a signed percentage, 3 decimals (-0 as +0; a huge budget in
+    exponent form rather than hundreds of digits)."""
+    x = 100 * float(x) + 0.0
+    return f"{x:+.3f}%" if abs(x) < 1e6 else f"{x:+.3g}%"
 
 
 def judge(v: Validation, budget: Budget, rule: str = DEFAULT_RULE) -> Verdict:
@@ -63,7 +66,7 @@ def judge(v: Validation, budget: Budget, rule: str = DEFAULT_RULE) -> Verdict:
         ne, auc, what = v.ne_increase_ci[1], v.auc_drop_ci[1], f"{100 * CONFIDENCE:g}% upper bound"
     else:
         ne, auc, what = v.ne_increase, v.auc_drop, "point estimate"
-    parts = [f"NE increase {what} {_pct(ne)} {'<=' if ne <= ne_b else '>'} {_pct(ne_b)}",
+    parts = [f"NE increase {what} {pct(ne)} {'<=' if ne <= ne_b else '>'} {pct(ne_b)}",
              f"AUC drop {what} {auc:.5f} {'<=' if auc <= auc_b else '>'} {auc_b:g}"]
     tail = ""
     if rule == "interval" and point and not interval:

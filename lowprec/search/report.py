@@ -8,6 +8,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from lowprec.report import Doc, save_figure
+from lowprec.search.accept import pct
 from lowprec.search.run import SearchResult
 from lowprec.search.solver import Budget, predicted, solve
 
@@ -96,7 +97,7 @@ def write_report(result: SearchResult, summary: dict[str, Any], directory: Path)
     doc = Doc("lowprec search report")
     info = result.plan.info
     b = info.budgets
-    doc.para(f"Budgets: NE increase <= {100 * b.max_ne_increase:.3f}%, AUC drop <= {b.max_auc_drop}"
+    doc.para(f"Budgets: NE increase <= {pct(b.max_ne_increase)}, AUC drop <= {b.max_auc_drop:g}"
              + (f", memory <= {b.memory_bytes:,} bytes" if b.memory_bytes is not None else "")
              + f". Calibration windows {list(info.windows.calibration)}, evaluation windows "
                f"{list(info.windows.evaluation)}.")

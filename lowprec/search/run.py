@@ -37,7 +37,7 @@ from lowprec.errors import InputError, warn
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
-from lowprec.search.accept import DEFAULT_RULE, check_rule, judge
+from lowprec.search.accept import DEFAULT_RULE, check_rule, judge, pct
 from lowprec.search.cache import MeasurementCache, measurement
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
@@ -361,7 +361,7 @@ def no_compression_message(rounds: list[dict[str, Any]], cfg: SearchConfig) -> s
         v = r["validated"]
         how = "upper ends of the 95% intervals" if cfg.accept == "interval" else "point estimates"
         why = (f"none of the {len(failed)} quantized plans validated within the budget (NE increase <= "
-               f"{100 * b.max_ne_increase:.3g}%, AUC drop <= {b.max_auc_drop:g}; {cfg.accept} rule: {how}) "
+               f"{pct(b.max_ne_increase)}, AUC drop <= {b.max_auc_drop:g}; {cfg.accept} rule: {how}) "
                f"on eval windows {list(cfg.eval_windows)}; the closest (round {r['round']}) measured NE "
                f"{100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
                f"{100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop {v['auc_drop']:.5f}")

@@ -117,3 +117,11 @@ def test_validation_json_round_trips_the_rule():
     assert judge(v, b, "point").to_json() == {"rule": "point", "accepted": True, "point": True, "interval": False,
                                               "reason": judge(v, b, "point").reason}
     assert judge(v, b).rule == "interval" and not judge(v, b).accepted
+
+
+def test_verdicts_print_budgets_readably():
+    """A huge budget printed ~300 digits; a budget of -0 printed `<= -0.000%`."""
+    v = Validation(0.001, (0.0, 0.002), 0.0, (-0.001, 0.001), 0.5, 0.7, 0.5005, 0.7, 10, 20, 100)
+    assert "<= +1e+302%" in judge(v, Budget(1e300, 1.0)).reason
+    assert "> +0.000%; " in judge(v, Budget(-0.0, 1.0)).reason
+    assert len(judge(v, Budget(1e300, 1e300)).reason) < 250
