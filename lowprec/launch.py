@@ -68,7 +68,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     else:
         code = job_exit_code(status, recorded, nproc)
         silent = {r: int(t) for r, t in ended.items() if r not in recorded and r not in errors}
-        lines = job_errors(errors, silent)
+        lines = job_errors(errors, silent, recorded)
         if not lines and code not in (0, 1):  # (torchrun itself killed): a failed job always says so
             lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"]
     say(lines, sys.stderr)
@@ -145,12 +145,16 @@ def _records(where: str, kind: str) -> dict[int, str]:
     return {int(f.name[len(kind):]): f.read_text() for f in Path(where).glob(f"{kind}[0-9]*")}
 
 
-def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None) -> list[str]:
+def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None,
+               codes: dict[int, int] | None = None) -> list[str]:
     """What `launch` prints after the job: rank 0's error as one process would print it, then each
     other rank's error that differs from it, once, naming the ranks that gave it (every rank
     refusing the same input prints one line, not N); then the ranks torchrun saw fail that recorded
     neither an exit code nor an error (`silent`: rank -> exit status, -N for signal N), such as a
-    rank killed by hand or by the out-of-memory killer."""
+    rank killed by hand or by the out-of-memory killer. Where a rank refused its input or met a bug
+    (`codes`, the ranks' exit codes: 2 or 4), the ranks that then lost it (3) are left unsaid."""
+    if any(c in (2, 4) for c in (codes or {}).values()):
+        errors = {r: m for r, m in errors.items() if (codes or {}).get(r) != 3}
     same: dict[str, list[int]] = {}
     for r in sorted(errors):
         if r != 0 and errors[r] != errors.get(0):

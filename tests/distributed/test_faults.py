@@ -105,6 +105,10 @@ def test_the_launcher_prints_each_error_once():
     assert job_errors({0: "rank 2 failed", 1: "shard 1 unreadable", 2: "shard 1 unreadable", 3: "x"}) == [
         "Error: rank 2 failed", "Error (ranks 1, 2): shard 1 unreadable", "Error (rank 3): x"]
     assert job_errors({1: "y"}) == ["Error (rank 1): y"]  # rank 0 stopped before a word
+    # rank 0 refused its input mid-job (drift scoring a window): rank 1 lost it, a consequence left unsaid
+    lost = "RankFailed: rank 1 of 2: collective 'window 3' failed (a peer rank died ...)"
+    assert job_errors({0: "window 3: bad", 1: lost}, codes={0: 2, 1: 3}) == ["Error: window 3: bad"]
+    assert job_errors({0: "x", 1: lost}, codes={0: 3, 1: 3}) == ["Error: x", f"Error (rank 1): {lost}"]
 
 
 def test_drift_ranks_leave_bad_input_to_rank_0(monkeypatch):
