@@ -22,8 +22,9 @@
  * then each tier's segment is copied into place and its bag offsets shifted by where the segment
  * landed. Two tiers (the common case) write tier 0 in place and copy only tier 1 (less memory
  * traffic to evict the TBE's rows from L2). Where the build has AVX-512 every tier count takes a
- * vector loop instead: 16 ids a step, directory words or ranks gathered and prefetched ahead (the
- * scalar loop, kept for other builds, ran three tiers ~10x slower than two: reports/tiered.md). An
+ * vector loop instead: 16 ids a step, directory words or ranks gathered and prefetched ahead; where
+ * it has AVX2 and not AVX-512, the same loop 8 ids a step (the scalar loop, kept for other builds,
+ * ran three tiers ~10x slower than two: reports/tiered.md). An
  * id outside its table is never used as an index: it reads row 0's entry and fails the call.
  *
  * lowprec_tier_pool, after the TBE, sums each table's tiers in its output (see below).
@@ -144,6 +145,22 @@ INLINE int split_table(const int32_t *restrict in, int64_t batch, int64_t h, int
     return bad;
 }
 
+/* Start loading the directory words (or ranks) of the `m` ids at `in` (the vector loops). The
+ * gathers of one step overlap only a few steps' misses; started VECTOR_AHEAD ids early the random
+ * reads of a table-sized array stop being the split's cost. On the full-scale tables of
+ * tools/bench_tier_split.py (AVX-512): alone, 128 is best (32 and 64 slower, 256-768 the same);
+ * followed by the TBE's lookups, as it runs, the words come from DRAM more often and 384 is 1.07x
+ * faster than 128 (256: 1.05x, 768: 1.06x; reports/tiered.md). */
+#define VECTOR_AHEAD 384
+INLINE void prefetch_ids(const int32_t *in, int m, int64_t rows, const int64_t *dir, const int32_t *rank)
+{
+    for (int i = 0; i < m; i++) {
+        int64_t y = in[i];
+        y = y >= 0 && y < rows ? y : 0;
+        __builtin_prefetch(dir ? (const void *)&dir[y >> 5] : (const void *)&rank[y]);
+    }
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #if defined(__AVX512VPOPCNTDQ__)
@@ -164,22 +181,6 @@ INLINE __m256i dir_rows8(__m256i x, const int64_t *dir, __mmask8 *hit)
 #else
 #define DIRECTORY_AVX512 0 /* no vector popcount: directories take the scalar loop */
 #endif
-
-/* Start loading the directory words (or ranks) of the 16 ids at `in`. The gathers of one step
- * overlap only a few steps' misses; started VECTOR_AHEAD ids early the random reads of a
- * table-sized array stop being the split's cost. On the full-scale tables of
- * tools/bench_tier_split.py: alone, 128 is best (32 and 64 slower, 256-768 the same); followed by
- * the TBE's lookups, as it runs, the words come from DRAM more often and 384 is 1.07x faster than
- * 128 (256: 1.05x, 768: 1.06x; reports/tiered.md). */
-#define VECTOR_AHEAD 384
-INLINE void prefetch16(const int32_t *in, int64_t rows, const int64_t *dir, const int32_t *rank)
-{
-    for (int i = 0; i < 16; i++) {
-        int64_t y = in[i];
-        y = y >= 0 && y < rows ? y : 0;
-        __builtin_prefetch(dir ? (const void *)&dir[y >> 5] : (const void *)&rank[y]);
-    }
-}
 
 /* split_table, 16 ids a step over the table's ids end to end (bags may start and end inside a step),
  * tier j's rows into dst[j]: per step each lane's tier and row (DIRECTORY: each upper tier's gathered
@@ -221,7 +222,7 @@ INLINE int splitk_avx512(const int32_t *restrict in, int64_t batch, int64_t h, i
         const __m512i xs = _mm512_maskz_mov_epi32(ok, x); /* reads stay inside the arrays */
         if (kind != RANGE && s + VECTOR_AHEAD + 16 <= n)
             for (int j = 0; j < (kind == DIRECTORY ? k - 1 : 1); j++)
-                prefetch16(in + s + VECTOR_AHEAD, rows, dirs[j], rank);
+                prefetch_ids(in + s + VECTOR_AHEAD, 16, rows, dirs[j], rank);
         __m512i row[MAX_TIERS];
         __mmask16 tier[MAX_TIERS];
         if (DIRECTORY_AVX512 && kind == DIRECTORY) {
@@ -280,29 +281,174 @@ static int splitn_avx512(const int32_t *in, int64_t batch, int64_t h, int k, int
 {
     return splitk_avx512(in, batch, h, k, kind, rows, p, dst, off, count);
 }
+#elif defined(__AVX2__)
+#include <immintrin.h>
+/* AVX2 (no AVX-512): the same loop 8 ids a step. What AVX-512 does in one instruction is spelled out:
+ * lane masks are vectors (their bits read by movemask), the 64-bit popcount is a nibble table
+ * (vpshufb) summed by vpsadbw, and compressing a tier's lanes is a permutation looked up by the
+ * tier's 8-bit mask (pdep/pext would do it without a table, but are microcoded on AMD before Zen 3). */
+static uint8_t compress_lut[256][8]; /* mask -> its set lanes in order, then lane 0 */
+
+__attribute__((constructor)) static void fill_compress_lut(void)
+{
+    for (int m = 0; m < 256; m++)
+        for (int i = 0, c = 0; i < 8; i++)
+            if ((m >> i) & 1)
+                compress_lut[m][c++] = (uint8_t)i;
+}
+
+INLINE int bits8(__m256i mask) { return _mm256_movemask_ps(_mm256_castsi256_ps(mask)); }
+
+/* Each 64-bit lane's popcount (the nibble table: x86 has no vector popcount before AVX-512). */
+INLINE __m256i popcount64x4(__m256i v)
+{
+    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    const __m256i count = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_and_si256(v, nibble)),
+                                          _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)));
+    return _mm256_sad_epu8(count, _mm256_setzero_si256());
+}
+
+/* dir_rows8 for 4 ids: their rows through one upper tier's directory, and the 4-bit mask of those
+ * whose bit is set. */
+INLINE __m128i dir_rows4(__m128i x, const int64_t *dir, int *hit)
+{
+    const __m256i one = _mm256_set1_epi64x(1);
+    const __m256i e = _mm256_i32gather_epi64((const long long *)dir, _mm_srli_epi32(x, 5), 8);
+    const __m256i bit = _mm256_sllv_epi64(one, _mm256_and_si256(_mm256_cvtepi32_epi64(x), _mm256_set1_epi64x(31)));
+    const __m256i inside = _mm256_add_epi64(_mm256_srli_epi64(e, 32),
+                                            popcount64x4(_mm256_and_si256(e, _mm256_sub_epi64(bit, one))));
+    const __m256i unset = _mm256_cmpeq_epi64(_mm256_and_si256(e, bit), _mm256_setzero_si256());
+    *hit = ~_mm256_movemask_pd(_mm256_castsi256_pd(unset)) & 0xF;
+    return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(inside, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
+}
+
+/* splitk_avx512's definition, 8 ids a step (see there). */
+INLINE int splitk_avx2(const int32_t *restrict in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
+                       const void *const *p, int32_t *const *dst, int32_t *restrict off, int64_t *restrict count)
+{
+    const int64_t n = batch * h;
+    const int64_t *dirs[MAX_TIERS] = {0};
+    const int64_t *bound = kind == DIRECTORY ? 0 : (const int64_t *)p[0];
+    const int32_t *rank = kind == RANK_GATHER ? (const int32_t *)p[1] : 0;
+    __m256i lo[MAX_TIERS];
+    for (int j = 0; j < k - 1 && kind == DIRECTORY; j++)
+        dirs[j] = (const int64_t *)p[j];
+    for (int j = 0; j < k; j++) /* (the caller checked bound[k - 1] fits int32) */
+        lo[j] = _mm256_set1_epi32(bound ? (int32_t)bound[j] : 0);
+    const __m256i zero = _mm256_setzero_si256(), minus1 = _mm256_set1_epi32(-1);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i last = _mm256_set1_epi32(rows > INT32_MAX ? INT32_MAX : (int32_t)(rows - 1)); /* x > last: past */
+    int32_t *d[MAX_TIERS];
+    for (int j = 0; j < k; j++)
+        d[j] = dst[j];
+    int64_t c[MAX_TIERS] = {0}, b = 0, start = 0;
+    int bad = 0;
+    for (int64_t s = 0; s < n; s += 8) {
+        const int64_t m = n - s < 8 ? n - s : 8;
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)m), iota);
+        const __m256i x = _mm256_maskload_epi32(in + s, lanes);
+        const __m256i valid = _mm256_and_si256(lanes, _mm256_cmpgt_epi32(x, minus1));
+        const __m256i over = _mm256_and_si256(valid, _mm256_cmpgt_epi32(x, last));
+        bad |= bits8(_mm256_or_si256(over, _mm256_and_si256(lanes, _mm256_cmpgt_epi32(minus1, x))));
+        const __m256i ok = _mm256_andnot_si256(over, valid);
+        const __m256i xs = _mm256_and_si256(ok, x); /* reads stay inside the arrays */
+        const int okb = bits8(ok);
+        if (kind != RANGE && s + VECTOR_AHEAD + 8 <= n)
+            for (int j = 0; j < (kind == DIRECTORY ? k - 1 : 1); j++)
+                prefetch_ids(in + s + VECTOR_AHEAD, 8, rows, dirs[j], rank);
+        __m256i row[MAX_TIERS];
+        int tier[MAX_TIERS];
+        if (kind == DIRECTORY) {
+            __m256i below = zero;
+            int taken = 0;
+            for (int j = 0; j < k - 1; j++) {
+                int h_lo, h_hi;
+                const __m128i r_lo = dir_rows4(_mm256_castsi256_si128(xs), dirs[j], &h_lo);
+                const __m128i r_hi = dir_rows4(_mm256_extracti128_si256(xs, 1), dirs[j], &h_hi);
+                row[j] = _mm256_set_m128i(r_hi, r_lo);
+                tier[j] = okb & (h_lo | h_hi << 4) & ~taken;
+                taken |= tier[j];
+                below = _mm256_add_epi32(below, row[j]);
+            }
+            row[k - 1] = _mm256_sub_epi32(xs, below);
+            tier[k - 1] = okb & ~taken;
+        } else {
+            const __m256i r = kind == RANK_GATHER ? _mm256_mask_i32gather_epi32(zero, rank, xs, ok, 4) : xs;
+            int under = okb;
+            for (int j = 0; j < k; j++) {
+                const int below_next = j == k - 1 ? under : under & bits8(_mm256_cmpgt_epi32(lo[j + 1], r));
+                tier[j] = below_next;
+                under &= ~below_next;
+                row[j] = _mm256_sub_epi32(r, lo[j]);
+            }
+        }
+        for (; start < s + m; start += h, b++) {
+            const int before = (1 << (start - s)) - 1;
+            for (int j = 0; j < k; j++)
+                off[j * batch + b] = (int32_t)(c[j] + __builtin_popcount(tier[j] & before));
+        }
+        for (int j = 0; j < k; j++) {
+            const int pj = __builtin_popcount(tier[j]);
+            const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)compress_lut[tier[j]]));
+            _mm256_maskstore_epi32(d[j] + c[j], _mm256_cmpgt_epi32(_mm256_set1_epi32(pj), iota),
+                                   _mm256_permutevar8x32_epi32(row[j], perm));
+            c[j] += pj;
+        }
+    }
+    for (; b < batch; b++)
+        for (int j = 0; j < k; j++)
+            off[j * batch + b] = (int32_t)c[j];
+    for (int j = 0; j < k; j++)
+        count[j] = c[j];
+    return bad != 0;
+}
+
+static int split2_avx2(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
+                       int32_t *const *dst, int32_t *off, int64_t *count)
+{
+    return splitk_avx2(in, batch, h, 2, kind, rows, p, dst, off, count);
+}
+
+static int splitn_avx2(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
+                       const void *const *p, int32_t *const *dst, int32_t *off, int64_t *count)
+{
+    return splitk_avx2(in, batch, h, k, kind, rows, p, dst, off, count);
+}
 #endif
 
 /* Table t's split into k tiers: the AVX-512 loop where the build has it (and rows, ranks and bounds
- * fit int32 lanes), else the scalar one. Tier 0's rows go to `first` when two tiers (written in
- * place), else every tier j's to scratch + j * n. */
+ * fit int32 lanes), else the AVX2 one on the same terms, else the scalar one. Tier 0's rows go to
+ * `first` when two tiers (written in place), else every tier j's to scratch + j * n. */
 static int split(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows, const void *const *p,
                  int32_t *first, int32_t *scratch, int32_t *off, int64_t *count)
 {
+#if defined(__AVX512F__) || defined(__AVX2__)
 #if defined(__AVX512F__)
-    if (kind == DIRECTORY ? DIRECTORY_AVX512 : ((const int64_t *)p[0])[k - 1] <= INT32_MAX) {
+    const int vector_directory = DIRECTORY_AVX512;
+#else
+    const int vector_directory = 1;
+#endif
+    if (kind == DIRECTORY ? vector_directory : ((const int64_t *)p[0])[k - 1] <= INT32_MAX) {
         int32_t *dst[MAX_TIERS];
         for (int j = 0; j < k; j++)
             dst[j] = k == 2 && j == 0 ? first : scratch + (k == 2 ? 0 : j * batch * h);
+#if defined(__AVX512F__)
         return k == 2 ? split2_avx512(in, batch, h, kind, rows, p, dst, off, count)
                       : splitn_avx512(in, batch, h, k, kind, rows, p, dst, off, count);
+#else
+        return k == 2 ? split2_avx2(in, batch, h, kind, rows, p, dst, off, count)
+                      : splitn_avx2(in, batch, h, k, kind, rows, p, dst, off, count);
+#endif
     }
 #endif
     return split_table(in, batch, h, k, kind, rows, p, k == 2 ? first : 0, scratch, off, count);
 }
 
 /* dst[0..n) = in[0..n), and the least and greatest id seen folded into *lo, *hi: an untiered table's
- * ids copied and checked in one pass. Under AVX-512 the body goes out in non-temporal 64-byte
- * stores: these ids (~3/4 of a call's on Criteo's tables) stream through once, and written through
+ * ids copied and checked in one pass. Under AVX-512 (AVX2) the body goes out in non-temporal 64-byte
+ * (32-byte) stores: these ids (~3/4 of a call's on Criteo's tables) stream through once, and written through
  * the cache they would evict hot rows the TBE is about to read (split + lookups 1.01-1.06x side by side
  * in three runs, reports/tiered.md; the split alone 0.95-0.98x). lowprec_tier_split fences them. */
 INLINE void copy_minmax(const int32_t *restrict in, int32_t *restrict dst, int64_t n, int32_t *lo, int32_t *hi)
@@ -324,6 +470,26 @@ INLINE void copy_minmax(const int32_t *restrict in, int32_t *restrict dst, int64
     }
     l = _mm512_reduce_min_epi32(vl);
     h = _mm512_reduce_max_epi32(vh);
+#elif defined(__AVX2__)
+    for (; s < n && ((uintptr_t)(dst + s) & 31); s++) {
+        l = in[s] < l ? in[s] : l;
+        h = in[s] > h ? in[s] : h;
+        dst[s] = in[s];
+    }
+    __m256i vl = _mm256_set1_epi32(l), vh = _mm256_set1_epi32(h);
+    for (; s + 8 <= n; s += 8) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(in + s));
+        _mm256_stream_si256((__m256i *)(dst + s), v);
+        vl = _mm256_min_epi32(vl, v);
+        vh = _mm256_max_epi32(vh, v);
+    }
+    int32_t lanes_lo[8], lanes_hi[8];
+    _mm256_storeu_si256((__m256i *)lanes_lo, vl);
+    _mm256_storeu_si256((__m256i *)lanes_hi, vh);
+    for (int i = 0; i < 8; i++) {
+        l = lanes_lo[i] < l ? lanes_lo[i] : l;
+        h = lanes_hi[i] > h ? lanes_hi[i] : h;
+    }
 #endif
     for (; s < n; s++) {
         l = in[s] < l ? in[s] : l;
@@ -395,7 +561,7 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
         in += n;
     }
     out_off[f * batch] = (int32_t)w;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
     _mm_sfence(); /* the copies' non-temporal stores visible before the TBE reads them */
 #endif
     return 0;

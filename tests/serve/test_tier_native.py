@@ -182,15 +182,18 @@ def test_two_tier_split_matches_the_reference(hotness, n, share, batch, order, s
                 tier_native.split(plan, bad, batch, ranked=ranked)
 
 
-@pytest.fixture(scope="module")
-def scalar_kernel(tmp_path_factory):
-    """The kernel built without AVX-512 (x86-64-v2): its scalar loops, which an AVX-512 build never
-    runs, as a machine without AVX-512 runs them."""
+@pytest.fixture(scope="module", params=["x86-64-v2", "x86-64-v3"])
+def other_build(request, tmp_path_factory):
+    """The kernel built for an older instruction set than -march=native may give: x86-64-v2 runs the
+    scalar loops, x86-64-v3 (AVX2, no AVX-512) the 8-lane loop; an AVX-512 build runs neither, a
+    machine without AVX-512 runs one of them."""
     if tier_native.kernel() is None:
         pytest.skip("no C compiler: the fallback test covers this machine")
+    if request.param == "x86-64-v3" and not {"avx2", "bmi2", "fma"} <= set(native._cpu_flags().split()):
+        pytest.skip("this CPU cannot run an AVX2 build")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "FLAGS", tuple("-march=x86-64-v2" if f == "-march=native" else f for f in native.FLAGS))
-        mp.setenv("LOWPREC_CACHE_DIR", str(tmp_path_factory.mktemp("scalar")))
+        mp.setattr(native, "FLAGS", tuple(f"-march={request.param}" if f == "-march=native" else f for f in native.FLAGS))
+        mp.setenv("LOWPREC_CACHE_DIR", str(tmp_path_factory.mktemp(request.param)))
         lib = native.build(tier_native.SOURCE)
     tier_native._declare(lib)
     return lib
@@ -198,9 +201,10 @@ def scalar_kernel(tmp_path_factory):
 
 @settings(max_examples=25, deadline=None)
 @given(tables=st.lists(table, min_size=1, max_size=4), batch=st.integers(1, 9), seed=st.integers(0, 2**16))
-def test_the_scalar_loops_match_the_reference(scalar_kernel, tables, batch, seed):
-    """Without AVX-512 every tier count takes the scalar loop: the same TBE inputs as the per-bag
-    reference for raw ids (directories, rank maps) and ranked ids, and the same pooling."""
+def test_other_builds_match_the_reference(other_build, tables, batch, seed):
+    """Every tier count through the scalar loops (x86-64-v2) and the AVX2 loop (x86-64-v3): the same
+    TBE inputs as the per-bag reference for raw ids (directories, rank maps) and ranked ids, and the
+    same pooling."""
     emb, refs = build(tables, seed)
     plan = tier_native.plan_of(emb)
     if plan is None:
@@ -211,7 +215,7 @@ def test_the_scalar_loops_match_the_reference(scalar_kernel, tables, batch, seed
     r = FeatureIds.from_matrix(ranks_of(emb, ids, hotness).numpy(), tuple(hotness))
     want = ref_inputs(refs, ids, hotness)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tier_native, "kernel", lambda: scalar_kernel)
+        mp.setattr(tier_native, "kernel", lambda: other_build)
         for src, ranked in ((f, False), (r, True)):
             idx, off = tier_native.split(plan, src.indices, batch, ranked)
             assert (idx.tolist(), off.tolist()) == want
