@@ -5,7 +5,7 @@ several tier layouts against uniform int4, in one process, interleaved.
         --layouts '0.02:fp16;0.01:fp16;0.02:int8;0.02:fp16,0.1:int4' [--stage whole|layout] --out reports/X.json
 
 bench_tiered times one layout (--tiers) against the uniform precisions; this asks which layout is
-fastest. Every layout is bench_tiered's tiered plan (id order, the tables of >= --min-rows rows
+fastest. Every layout is bench_tiered's tiered plan (id order unless it ends `@rank`, the tables of >= --min-rows rows
 tiered over --cold, the others at --small) on its tables and Zipf traffic. --stage layout times the
 TBE and pooling on ids split beforehand (the layout's own cost, without the split); --parts adds
 each layout's split, its TBE on each group's ids alone (untiered tables, each tier) and on no ids,
@@ -87,8 +87,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     _, counts, batches = bt.workload(rows, args)
     mods = {"int4": bt.uniform_module(rows, args.dim, bt.Precision("int4"), args.pooling, args.seed)}
     for layout in args.layouts.split(";"):
-        choice = bt.TableChoice(bt.Precision(args.cold), {"kind": "tiered", "tiers": bt.parse_tiers(layout),
-                                                         "order": "id"})
+        tiers, _, order = layout.partition("@")
+        choice = bt.TableChoice(bt.Precision(args.cold), {"kind": "tiered", "tiers": bt.parse_tiers(tiers),
+                                                         "order": order or "id"})
         mods[layout], _ = bt.shared_module(rows, args.dim, choice, bt.TableChoice(bt.Precision(args.small)),
                                            args.min_rows, counts, args.pooling, args.seed)
         gc.collect()
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     bt.workload_args(ap)
     ap.add_argument("--layouts", default="0.02:fp16;0.01:fp16;0.02:int8",
-                    help="';'-separated tier layouts, each SHARE:PRECISION,... hottest first (bench_tiered --tiers)")
+                    help="';'-separated tier layouts, each SHARE:PRECISION,... hottest first (bench_tiered --tiers), "
+                         "@rank at the end for tiers stored by rank (ids through the rank map), e.g. 0.02:fp16@rank")
     ap.add_argument("--small", default="fp16", help="precision of the untiered tables")
     ap.add_argument("--stage", choices=["whole", "layout"], default="whole",
                     help="whole: split + TBE + pooling as the runtime runs them; layout: TBE + pooling on ids split before")
