@@ -3,8 +3,9 @@
 For every requested window not yet in the database (in window order): one streamed paired pass
 (`paired.evaluate_window`), the sequential rule (`alarm.decide`, fed with the CUSUM state of the
 previous recorded window), and one transaction (`store.record_window`). Then, with
-`on_alarm="recalibrate"`, new artifacts beside the deployed one for the first alarmed window; then
-the report is regenerated from the database. Everything runs under the database's lock.
+`on_alarm="recalibrate"`, new artifacts beside the deployed one for the first alarmed window
+(lowprec.drift.recalibration); then the report is regenerated from the database. Everything runs
+under the database's lock.
 
 Exit-code rule (`DriftOutcome.exit_code`): 1 when a window processed in this run is in alarm OR the
 latest requested window is in alarm (so a new alarm is never missed, and a rerun with nothing new
@@ -15,8 +16,6 @@ is recorded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,14 @@ from lowprec.data.latent import window_bayes_auc
 from lowprec.data.windows import select_windows
 from lowprec.drift import report
 from lowprec.drift.follower import follow, lead, rank0_windows
-from lowprec.drift.alarm import CusumState, DriftConfig, decide
-from lowprec.drift.tiers import TierShareObserver, hot_share, tier_layout
-from lowprec.evaluation.paired import PairedConfig, TableError, evaluate_window
-from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
+from lowprec.drift.alarm import DriftConfig
+from lowprec.drift.recalibration import check_recal_outputs, recalibrate
+from lowprec.drift.tiers import hot_share, tier_layout
+from lowprec.evaluation.paired import PairedConfig, TableError
+from lowprec.drift.signals import expected_gap
 from lowprec.drift.delayed import estimate_summaries, labelfree_config, process_window, score_plan
-from lowprec.drift.record import finite
 from lowprec.drift.store import DriftStore
-from lowprec.errors import InputError, warn
+from lowprec.errors import InputError
 from lowprec.progress import Stages
 from lowprec.provenance import check_converted_from, check_same_float
 from lowprec.drift.sources import check_sources
@@ -259,142 +258,3 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
     latest_alarm = latest_alarm or (bool(estimates) and estimates[-1]["est_alarm"])
     return DriftOutcome(summaries, todo, 1 if (new_alarm or latest_alarm) else 0, recal, job.db, job.report,
                         estimates=estimates)
-
-
-def recalibrate(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, chosen: list[int],
-                calib: dict[str, Any] | None, run_id: int, stages: Stages) -> list[dict[str, Any]]:
-    """New artifacts for the first alarmed window, calibrated on healthy and/or the alarmed window."""
-    rows = store.windows()
-    alarmed = [r["window"] for r in rows if r["alarm"] and r["window"] in chosen]
-    if not alarmed:
-        return []
-    target, rc = alarmed[0], job.config.recalibrate
-    out: list[dict[str, Any]] = []
-    for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
-        done = store.recalibration(target, source)
-        if done is not None:
-            out.append(done)
-            continue
-        windows = [target] if source == "alarmed" else \
-            [r["window"] for r in rows if r["window"] < target and not r["alarm"]][-rc.healthy_windows:]
-        skip = _recal_obstacle(job, models, target, source, windows)
-        if skip:
-            warn(f"--on-alarm recalibrate: no recalibration from the {source} window(s) of alarm window "
-                 f"{target}: {skip}")
-            out.append({"alarm_window": target, "source": source, "skipped": skip})
-            continue
-        out.append(_recalibrate_one(job, store, ds, models, target, source, windows, calib, run_id, stages))
-    return out
-
-
-def recal_dir(candidate: Path, target: int, source: str) -> Path:
-    return candidate.with_name(f"{candidate.name}.recal-w{target}{'' if source == 'healthy' else '-alarmed'}")
-
-
-def recal_paths(job: DriftJob, target: int, source: str) -> tuple[Path, Path]:
-    """The recalibrated artifact for (alarm window, source) and its calibration file beside it."""
-    out = recal_dir(job.candidate, target, source)
-    return out, out.with_name(out.name + ".calib.json")
-
-
-def check_recal_outputs(job: DriftJob, chosen: list[int]) -> None:
-    """Before any window is scored: every path a recalibration of any requested window may write
-    (the artifact directory and its calibration file) must be free or lowprec's own of that kind,
-    and its directory writable; InputError naming the path otherwise (nothing written)."""
-    from lowprec.fileio import claim_output
-
-    rc = job.config.recalibrate
-    inputs = [job.reference, job.candidate, job.data]
-    for w in chosen:
-        for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
-            art, calib = recal_paths(job, w, source)
-            claim_output(art, "artifact", inputs, what="--on-alarm recalibrate: the recalibrated artifact")
-            claim_output(calib, "calibration", inputs, what="--on-alarm recalibrate: the recalibration's calibration")
-    d = job.candidate.resolve().parent
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise InputError(f"--on-alarm recalibrate writes its artifacts beside --candidate, in {d}, which is not "
-                         f"writable; make it writable or run without --on-alarm recalibrate")
-
-
-def _recal_obstacle(job: DriftJob, models: _Models, target: int, source: str, windows: list[int]) -> str:
-    if not windows:
-        return f"no healthy window before the first alarm (window {target}) to calibrate on"
-    src = (models.manifest or {}).get("source", {}).get("sha256")
-    if src is not None and src != models.reference_sha:
-        return "the deployed artifact was not converted from this --reference (sha256 differs)"
-    return ""  # (its output paths were checked before any window: check_recal_outputs)
-
-
-def _recalibrate_one(job: DriftJob, store: DriftStore, ds: Dataset, models: _Models, target: int,
-                     source: str, windows: list[int], calib: dict[str, Any] | None, run_id: int,
-                     stages: Stages) -> dict[str, Any]:
-    from lowprec.calibrate import CalibConfig, calibrate, save_calibration
-    from lowprec.checkpoint.artifact import load_artifact
-    from lowprec.checkpoint.convert import convert
-    from lowprec.checkpoint.float_model import load_float_model
-    from lowprec.plan import Plan
-
-    rc = job.config.recalibrate
-    method = rc.method or (calib or {}).get("method") or "minmax"
-    percentile = rc.percentile if rc.method else float((calib or {}).get("percentile", rc.percentile))
-    float_model, _ = load_float_model(job.reference)
-    rows = sum(ds.meta.window(w).rows for w in windows)
-    c = calibrate(float_model, ds, CalibConfig(tuple(windows), method, percentile, job.batch_size),
-                  stages(f"recalibrate on windows {windows}", 2 * rows, "rows"))
-    out_dir, calib_path = recal_paths(job, target, source)
-    convert(job.reference, Plan.from_json(models.manifest["plan"], "deployed artifact's plan"), out_dir, c)
-    try:
-        save_calibration(c, calib_path, models.reference_sha)
-    except BaseException:  # never an artifact without its calibration (no row records it: rerun redoes both)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    runtime, _ = load_artifact(out_dir)
-    tiers = TierShareObserver(runtime)  # the re-ranked tiers' shares on the alarmed window
-    m = evaluate_window(models.reference, runtime, ds, target, job.paired, job.spill_prefix, None,
-                        stages(f"rescore window {target}", ds.meta.window(target).rows, "rows"), [tiers])
-    expected = expected_gap(models.manifest)
-    d = decide(signals_for(m, None, calib_rates(c, list(m.clipping)), expected,
-                           expected_calibration_gap(models.manifest)), CusumState(), job.config.alarm)
-    t = job.config.alarm
-    closes = not d.alarm and m.ne_gap.lo - expected <= t.ne_gap_allowance and \
-        (not t.two_sided or m.ne_gap.hi - expected >= -t.ne_gap_allowance)
-    before = next(r for r in store.windows() if r["window"] == target)
-    row = finite({
-        "run_id": run_id, "alarm_window": target, "source": source, "calib_windows": json.dumps(windows),
-        "method": method, "artifact": str(out_dir), "artifact_sha256": sha256_file(out_dir / "manifest.json"),
-        "calibration": str(calib_path), "ne_gap": m.ne_gap.estimate, "ne_gap_lo": m.ne_gap.lo,
-        "ne_gap_hi": m.ne_gap.hi, "auc_diff": m.delong.diff, "cal_gap": m.cal_gap.estimate,
-        "alarm": int(d.alarm), "closes": int(closes),
-        "reason": _recal_reason(source, windows, target, closes, before, m.ne_gap.estimate, t),
-    })
-    store.record_recalibration(row, tiers.rows(target))
-    return store.recalibration(target, source) or row
-
-
-def _recal_reason(source: str, windows: list[int], target: int, closes: bool, before: dict[str, Any],
-                  gap_after: float, t: Any) -> str:
-    from lowprec.drift.alarm import pct
-
-    change = f"NE gap {pct(before['ne_gap'])} -> {pct(gap_after)}"
-    if source == "healthy" and closes:
-        text = (f"recalibrating on healthy windows {windows} closes the gap ({change}): the activation "
-                f"ranges had gone stale; review and deploy the new artifact")
-    elif source == "healthy":
-        text = (f"recalibrating on healthy windows {windows} does not close the gap ({change}). "
-                f"Recalibration can only help when the calibration (activation ranges) went stale; the "
-                f"healthy windows' ranges do not cover window {target}'s inputs: the data changed after them")
-    elif closes:
-        text = (f"recalibrating on the alarmed window {target} itself closes the gap ({change}): the ranges "
-                f"now cover the drifted inputs (calibrated and scored on the same rows, so optimistic: "
-                f"confirm on the next window)")
-    elif abs(gap_after) < 0.5 * abs(before["ne_gap"] or 0.0):
-        text = (f"ranges fitted to the alarmed window {target} shrink but do not close the gap ({change}): "
-                f"the drifted inputs need ranges so wide that int8 loses resolution")
-    else:
-        text = (f"even ranges fitted to the alarmed window {target} do not close the gap ({change}): the "
-                f"activation ranges are not the cause (see the per-table errors and layer precisions)")
-    stale = before.get("stale_ne")
-    if stale is not None and abs(stale) > t.staleness_ne_limit:
-        text += (f". Note the float reference itself is stale on window {target} (NE {pct(stale, 1)} vs its "
-                 f"baseline): retraining, not recalibration, fixes that")
-    return text

@@ -281,10 +281,10 @@ def test_recalibration_outputs_are_checked_before_any_window(pair, tmp_path, mon
     assert nothing_written() and "--out" not in r.output
     shutil.rmtree(tmp_path / extra[0])
     extra = []
-    import lowprec.drift.job as job
+    import lowprec.drift.recalibration as recalibration
 
     real = os.access  # no directory writable (root writes through a chmod)
-    monkeypatch.setattr(job.os, "access", lambda path, mode, **kw: not mode & os.W_OK and real(path, mode, **kw))
+    monkeypatch.setattr(recalibration.os, "access", lambda path, mode, **kw: not mode & os.W_OK and real(path, mode, **kw))
     r = run()
     assert r.exit_code == 2 and f"in {tmp_path}, which is not writable" in r.output, r.output
     assert nothing_written()
