@@ -57,10 +57,20 @@ class CalibConfig:
         return 2 * sum(batch_sizes(ds, list(self.windows), self.batch_size, self.max_rows))
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"calibration method {self.method!r} is not one of {METHODS}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise InputError("percentile must be in (50, 100]")
+        for problem in setting_problems(self.method, self.percentile).values():
+            raise InputError(problem)
+
+
+def setting_problems(method: Any, percentile: Any) -> dict[str, str]:
+    """What is wrong with a calibration's method and percentile, by key ({} when nothing): the rule
+    CalibConfig applies, for a config that holds them to check at load and run a calibration later."""
+    out = {}
+    if method not in METHODS:
+        out["method"] = f"calibration method {method!r} is not one of {METHODS}"
+    number = isinstance(percentile, (int, float)) and not isinstance(percentile, bool)
+    if not (number and 50.0 < percentile <= 100.0):
+        out["percentile"] = "percentile must be in (50, 100]"
+    return out
 
 
 def _layer_inputs(model: DLRM, dense: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lowprec.calibrate import setting_problems
 from lowprec.drift.estimate_rule import EstimateThresholds
 from lowprec.evaluation.metrics import MIN_CLASS_LABELS
 from lowprec.errors import InputError
@@ -103,8 +104,11 @@ class RecalConfig:
     def __post_init__(self) -> None:
         _check(self.source in RECAL_SOURCES, f"recalibrate.source must be one of {RECAL_SOURCES}")
         _check(self.healthy_windows >= 1, "recalibrate.healthy_windows must be >= 1")
-        _check(self.method in ("", "minmax", "percentile", "mse", "entropy"),
-               f"recalibrate.method {self.method!r} is not a calibration method")
+        # the rule the recalibration's CalibConfig applies, here at load: a bad value failed only
+        # after every window was scored and recorded, and again on every rerun
+        for key, problem in setting_problems(self.method or "minmax", self.percentile).items():
+            got = f", got {self.percentile:g}" if key == "percentile" else ""
+            _check(False, f"recalibrate.{key}: {problem}{got}")
 
 
 _SECTIONS = {"alarm": Thresholds, "bootstrap": BootstrapConfig, "recalibrate": RecalConfig,

@@ -119,11 +119,12 @@ def read_calibration(path: Path | None) -> dict[str, Any] | None:
     """CALIB.json's layers and method (the row-count sidecar is not needed here)."""
     if path is None:
         return None
-    from lowprec.calibrate import METHODS, read_calibration_file
+    from lowprec.calibrate import read_calibration_file, setting_problems
 
     obj = read_calibration_file(path)  # before any window is scored, as convert checks it
-    if obj.get("method", "minmax") not in METHODS:  # a recalibration repeats the method
-        raise InputError(f"{path}: calibration method {obj.get('method')!r} is not one of {METHODS}")
+    method, percentile = obj.get("method", "minmax"), obj.get("percentile", 99.99)
+    for key, problem in setting_problems(method, percentile).items():  # a recalibration repeats them
+        raise InputError(f"{path}: {problem}" + (f", got {percentile!r}" if key == "percentile" else ""))
     return obj
 
 

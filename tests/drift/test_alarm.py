@@ -50,6 +50,10 @@ def test_defaults_and_toml_overrides(tmp_path):
     ("[alarm]\nne_gap_limit = nan\n", ["ne_gap_limit", "finite float"]),
     ("[alarm]\ncusum_h = inf\n", ["cusum_h", "finite float"]),
     ("[recalibrate]\nsource = 'never'\n", ["recalibrate.source"]),
+    # the recalibration's CalibConfig rule, at load (it failed after every window was recorded)
+    ("[recalibrate]\npercentile = 10\n", ["recalibrate.percentile", "(50, 100]", "got 10"]),
+    ("[recalibrate]\nmethod = 'percentile'\npercentile = 50\n", ["recalibrate.percentile", "got 50"]),
+    ("[recalibrate]\nmethod = 'magic'\n", ["recalibrate.method", "'magic'"]),
     ("[alarm\n", ["not valid TOML"]),
 ])
 def test_bad_config_names_the_key(tmp_path, text, words):

@@ -137,6 +137,26 @@ def test_other_pair_bad_config_and_bad_report_dir_exit_2(pair, tmp_path):
     assert (keep / "notes.txt").read_text() == "mine"
 
 
+def test_a_recalibration_setting_out_of_range_is_refused_before_any_window(pair, tmp_path):
+    """[recalibrate] percentile = 10 loaded without complaint; the job scored and recorded its windows,
+    then exited 2 with "percentile must be in (50, 100]" naming neither file nor key, on every rerun.
+    Now refused at load naming FILE: recalibrate.percentile, nothing recorded; likewise a CALIB.json
+    whose percentile a recalibration would repeat."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[recalibrate]\npercentile = 10\nmethod = \"percentile\"\n")
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, "--config", cfg, windows="2")
+    assert r.exit_code == 2 and f"{cfg}: recalibrate.percentile: percentile must be in (50, 100], got 10" \
+        in r.output, r.output
+    assert not db.exists() and not db.with_suffix(".report").exists()
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps({"format": "lowprec-calibration", "version": 1, "layers": {},
+                                 "method": "percentile", "percentile": 10}))
+    r = drift(pair, db, "--calibration", calib, windows="2")
+    assert r.exit_code == 2 and f"{calib}: percentile must be in (50, 100], got 10" in r.output, r.output
+    assert not db.exists()
+
+
 def test_thresholds_from_toml_decide_and_are_recorded(pair, tmp_path):
     cfg = tmp_path / "t.toml"
     # candidate and reference are different trainings: a near-zero limit must alarm
