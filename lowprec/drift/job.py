@@ -221,7 +221,10 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
             data.bayes_auc = window_bayes_auc(ds.meta)  # {} unless the data has true probabilities
             data.notes = outcome.notes
             report.write_report(job.report, data)
-        except BaseException:
+        except KeyboardInterrupt:  # Ctrl-C: an operator's stop, not a failure (as a killed run)
+            store.finish_run(run_id, "interrupted")
+            raise
+        except BaseException:  # bad input found while scoring, a bug
             store.finish_run(run_id, "failed")
             raise
     return outcome

@@ -191,6 +191,34 @@ def test_sigkill_mid_run_then_rerun_leaves_one_record_per_window(pair, tmp_path)
     assert not list(tmp_path.glob(".h.sqlite.spill-*"))
 
 
+def test_ctrl_c_mid_run_is_recorded_as_interrupted(pair, tmp_path, monkeypatch):
+    """A run stopped with Ctrl-C (KeyboardInterrupt; exit 130) was recorded `failed`, like bad input or a
+    bug; monitoring on `runs` could not ignore operator stops. It is `interrupted`, as a killed run, with
+    the windows before the stop kept; the rerun resumes and is `done`."""
+    import lowprec.drift.job as job
+
+    real, seen = job.process_window, []
+
+    def stop_at_the_second(*args, **kw):
+        seen.append(args[4])
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(job, "process_window", stop_at_the_second)
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, windows="2-4")
+    assert r.exit_code == 130 and seen == [2, 3], r.output
+    with DriftStore(db) as s:
+        assert [row["status"] for row in s.runs()] == ["interrupted"]
+        assert [row["window"] for row in s.windows()] == [2]
+    monkeypatch.setattr(job, "process_window", real)
+    r = drift(pair, db, windows="2-4")
+    assert r.exit_code in (0, 1) and last_json(r)["processed"] == [3, 4], r.output
+    with DriftStore(db) as s:
+        assert [row["status"] for row in s.runs()] == ["interrupted", "done"]
+
+
 def _dataset(root: Path, sizes: list[int]) -> Dataset:
     rng = np.random.default_rng(0)
     feats = [SparseFeature(f"t{i}", n) for i, n in enumerate((50, 20, 8))]
