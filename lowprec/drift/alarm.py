@@ -24,7 +24,8 @@ unchanged. The NE gap judged is the measured gap minus the plan's validated gap 
 `plan.validated.ne_increase`); every reason that subtracts it says so.
 Warnings (recorded, never an alarm by themselves): activation clipping above `clip_rate_ratio` x its
 calibration-time rate, PSI of the score distributions above `psi_limit`. Staleness of the float
-model against its baseline window is reported apart: it is not quantization's fault.
+model against its baseline window is reported apart: it is not quantization's fault; on a window
+with too few labels it is not judged (its note says so instead of "retrain").
 """
 
 from __future__ import annotations
@@ -235,13 +236,18 @@ def pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.{digits}f}%"
 
 
-def too_few_labels(s: Signals, t: Thresholds) -> str:
-    """Why the window's labels cannot carry a label-based alarm ("" when they can)."""
+def _label_shortfall(s: Signals, t: Thresholds) -> str:
+    """"too few labels: ..." when the window has fewer than min_positives / min_negatives ("" if not)."""
     pos, neg = s.positives, s.negatives
     if pos is None or neg is None or (pos >= t.min_positives and neg >= t.min_negatives):
         return ""
-    return (f"too few labels: {pos} positives / {neg} negatives (minimum {t.min_positives} / "
-            f"{t.min_negatives}): no label-based alarm (NE gap, CUSUM, AUC) for this window")
+    return f"too few labels: {pos} positives / {neg} negatives (minimum {t.min_positives} / {t.min_negatives})"
+
+
+def too_few_labels(s: Signals, t: Thresholds) -> str:
+    """Why the window's labels cannot carry a label-based alarm ("" when they can)."""
+    short = _label_shortfall(s, t)
+    return f"{short}: no label-based alarm (NE gap, CUSUM, AUC) for this window" if short else ""
 
 
 def gap_text(s: Signals) -> str:
@@ -314,6 +320,10 @@ def _staleness(s: Signals, t: Thresholds) -> list[str]:
     sc = s.stale_calibration
     if sc is not None and math.isfinite(sc) and abs(sc) > t.staleness_calibration_limit:
         out.append(f"float model calibration {pct(sc, 1)} vs its baseline window")
+    short = _label_shortfall(s, t)
+    if out and short:  # the same counts that keep such a window from being the baseline (signals.py)
+        return [f"{short}: the float model's NE {pct(s.stale_ne, 1)} and calibration {pct(sc, 1)} vs its "
+                f"baseline window say nothing about staleness here (no retraining indicated)"]
     return out
 
 

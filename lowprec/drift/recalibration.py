@@ -20,7 +20,7 @@ from typing import Any
 from lowprec.data.dataset import Dataset
 from lowprec.drift.alarm import CusumState, decide
 from lowprec.drift.record import finite
-from lowprec.drift.signals import calib_rates, expected_calibration_gap, expected_gap, signals_for
+from lowprec.drift.signals import baseline_problem, calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
 from lowprec.drift.tiers import TierShareObserver
 from lowprec.errors import InputError, warn
@@ -161,8 +161,8 @@ def _recal_reason(source: str, windows: list[int], target: int, closes: bool, be
     else:
         text = (f"even ranges fitted to the alarmed window {target} do not close the gap ({change}): the "
                 f"activation ranges are not the cause (see the per-table errors and layer precisions)")
-    stale = before.get("stale_ne")
-    if stale is not None and abs(stale) > t.staleness_ne_limit:
+    stale = before.get("stale_ne")  # (not from a window with too few labels: its NE says nothing)
+    if stale is not None and abs(stale) > t.staleness_ne_limit and not baseline_problem(before, t):
         text += (f". Note the float reference itself is stale on window {target} (NE {pct(stale, 1)} vs its "
                  f"baseline): retraining, not recalibration, fixes that")
     return text

@@ -113,6 +113,27 @@ def test_warnings_and_staleness_never_alarm():
     assert len(d.staleness) == 2 and "not a quantization alarm" in d.staleness[0]
 
 
+def test_a_window_with_too_few_labels_is_not_called_stale():
+    """A window with 5 positives (QA: float NE +6438% vs its baseline) read "staleness: retrain" while
+    its own alarm said "too few labels". The counts that keep it from being the baseline also keep its
+    staleness from being judged; a recalibration's reason on it does not say "retrain" either."""
+    few = dict(stale_ne=64.382, stale_calibration=468.523, positives=5, negatives=7995)
+    d = run([sig(**few)])[0]
+    assert "too few labels" in d.reason
+    assert d.staleness == ("too few labels: 5 positives / 7995 negatives (minimum 30 / 30): the float model's "
+                           "NE +6438.2% and calibration +46852.3% vs its baseline window say nothing about "
+                           "staleness here (no retraining indicated)",)
+    enough = run([sig(**{**few, "positives": 30, "negatives": 30})])[0]
+    assert "retrain;" in enough.staleness[0] and "calibration +46852.3%" in enough.staleness[1]
+    assert run([sig(positives=5, negatives=7995)])[0].staleness == ()  # nothing to say: nothing said
+    from lowprec.drift.recalibration import _recal_reason
+
+    before = {"ne_gap": 0.01, "stale_ne": 64.382, "ref_ne": 60.0, "ctr": 5 / 8000, "rows": 8000}
+    assert "retrain" not in _recal_reason("healthy", [5, 6], 7, False, before, 0.009, T)
+    before.update(ctr=0.2, ref_ne=0.9)
+    assert "retraining, not recalibration" in _recal_reason("healthy", [5, 6], 7, False, before, 0.009, T)
+
+
 def test_missing_standard_error_leaves_the_cusum_alone():
     d = decide(sig(0.01, se=float("nan"), half=float("nan")), CusumState(3.0, 1.0), T)
     assert d.state == CusumState(3.0, 1.0) and not d.alarm
