@@ -40,7 +40,9 @@ from lowprec.cli._common import StageBars
               help="Monitor a candidate not made from --reference: an artifact converted from another "
                    "model, or a float model with other weights (refused by default).")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
-              help="Rows scored per forward pass (memory grows with it; results do not change).")
+              help="Rows scored per forward pass (memory grows with it). Results do not change with it, "
+                   "except for a candidate with dynamic int8 layers (converted without --calibration): "
+                   "their activation ranges are taken per batch, so keep one batch size for one --db.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
 def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, config_path, on_alarm, recalibrate_on,
           calib_path, allow_unrelated_candidate, batch_size, as_json):

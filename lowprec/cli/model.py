@@ -122,7 +122,9 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
 @data_option
 @click.option("--windows", required=True, help="Windows to score: `3`, `0-4`, `5,7,9`, `all` or `label:A..B`.")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
-              help="Rows scored per forward pass (memory grows with it; results do not change).")
+              help="Rows scored per forward pass (memory grows with it). Results do not change with it, "
+                   "except for an artifact with dynamic int8 layers (converted without --calibration): "
+                   "their activation ranges are taken per batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (overall `auc`, `ne`, ... and `windows`).")
 def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     """Score a model per window and overall: NE, log-loss, AUC, calibration.
