@@ -28,7 +28,8 @@ from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
 from lowprec.recipe import calib_config, load_recipe, parse_fraction, pick_where, pick_windows
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
-from lowprec.search.run import SearchConfig, SearchResult, check_memory, search
+from lowprec.search.explain import check_memory
+from lowprec.search.run import SearchConfig, SearchResult, search
 from lowprec.search.solver import Budget
 from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace,
                                   options_for)
