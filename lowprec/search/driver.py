@@ -5,15 +5,16 @@ Kept apart from the click layer so `lowprec demo` and the benchmarks call the sa
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lowprec import distributed as dist
-from lowprec.calibrate import calibrate, check_calibration_fits, load_calibration
+from lowprec.calibrate import CalibConfig, calibrate, check_calibration_fits, load_calibration
 from lowprec.checkpoint.convert import check_calibration_model
 from lowprec.checkpoint.float_model import load_float_model, weights_sha256
 from lowprec.data.dataset import Dataset
@@ -214,7 +215,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         counts = calibration["row_counts"]
         for k in list(counts):  # one table's int32 and float32 copies at a time, not all of them
             counts[k] = torch.as_tensor(counts.pop(k), dtype=torch.float32)
-        calib_sha = f"inline:{ccfg.method}:{list(ccfg.windows)}"
+        calib_sha = inline_calibration_key(ccfg)
     cache_path = req.out.with_name(req.out.stem + ".cache.json")
     scratch = req.out.with_name(req.out.name + ".validate-tmp" + (f"-rank{dist.rank()}" if dist.active() else ""))
     result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages, scratch)
@@ -227,6 +228,14 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         write_report(result, summary, Path(req.report_dir))
     atomic_write_text(req.out, dumps(result.plan.to_json(), indent=2) + "\n", kind="plan")
     return result, summary
+
+
+def inline_calibration_key(ccfg: CalibConfig) -> str:
+    """What the measurement cache's fingerprint records of a calibration the search runs itself:
+    every CalibConfig field (windows, method, percentile, batch size, max_rows: each changes the
+    ranges or the row counts it produces), so a cache measured under other [calibrate] settings is
+    measured again, never reused."""
+    return "inline:" + json.dumps(asdict(ccfg), sort_keys=True)
 
 
 def few_labels(v: Validation | None, what: str) -> list[str]:
