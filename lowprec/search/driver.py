@@ -32,8 +32,8 @@ from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
 from lowprec.search.explain import check_memory
 from lowprec.search.run import SearchConfig, SearchResult, search
 from lowprec.search.solver import Budget
-from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace,
-                                  options_for)
+from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_SHARING_PRECISIONS, DEFAULT_TABLE_PRECISIONS,
+                                  SearchSpace, options_for)
 from lowprec.serve.tiers import parse_layout
 from lowprec.train import check_compatible, positive_rate, seen_in_training
 
@@ -88,6 +88,32 @@ def _ratios(value: Any, where: str) -> tuple[float, ...]:
     if not all(math.isfinite(r) and r > 1 for r in ratios):
         raise InputError(f"{where}: sharing ratios must be finite numbers > 1, got {list(values)}")
     return ratios
+
+
+def _sharing_precisions(given: tuple[Any, str], tables: tuple[Precision, ...], tables_where: str,
+                        ratios: tuple[Any, str]) -> tuple[Precision, ...]:
+    """The precisions hot-shared tables may take: the recipe's [candidates] sharing_precisions, else
+    DEFAULT_SHARING_PRECISIONS, and only ones the table precisions (--precisions) allow (fp32 always),
+    so a space restricted to fp16,int8 holds no int4 shared table. A recipe's sharing precision they
+    leave out is refused naming both; so are sharing ratios that no default precision is left for."""
+    value, where = given
+    allowed = (Precision.FP32,) + tables
+    names = ",".join(p.value for p in tables)
+    named = f"{tables_where} {names}" if tables_where.startswith("--") else f"{tables_where} = [{names}]"
+    if value is not None:
+        chosen = _precisions(value, where, ())
+        outside = [p.value for p in chosen if p not in allowed]
+        if outside:
+            raise InputError(f"{where}: {outside} not among the table precisions ({named}); shared tables take "
+                             f"only precisions tables may take: add them there or leave them out here")
+        return chosen
+    chosen = tuple(Precision(p) for p in DEFAULT_SHARING_PRECISIONS if Precision(p) in allowed)
+    if ratios[0] is not None and not chosen:
+        raise InputError(f"{ratios[1]}: hot-shared tables take {' or '.join(DEFAULT_SHARING_PRECISIONS)} unless a "
+                         f"recipe's [candidates] sharing_precisions names others, and the table precisions "
+                         f"({named}) allow none of them: add one there, name the shared tables' precisions in "
+                         f"a recipe, or leave the sharing ratios out")
+    return chosen
 
 
 def _layouts(value: Any, where: str) -> tuple[str, ...]:
@@ -147,11 +173,12 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     if bad:
         raise InputError(f"{layers[1]}: layers cannot take {bad} (they take "
                          f"{', '.join(p.value for p in Precision.for_layers())})")
+    table_precisions = _precisions(*tables, DEFAULT_TABLE_PRECISIONS)
+    ratios = get(req.sharing_ratios, "candidates", "sharing_ratios", "--sharing-ratios")
     space = SearchSpace(
-        table_precisions=_precisions(*tables, DEFAULT_TABLE_PRECISIONS), layer_precisions=layer_precisions,
-        sharing_ratios=_ratios(*get(req.sharing_ratios, "candidates", "sharing_ratios", "--sharing-ratios")),
-        sharing_precisions=_precisions(*get(None, "candidates", "sharing_precisions", "sharing precisions"),
-                                       ("int8", "int4")),
+        table_precisions=table_precisions, layer_precisions=layer_precisions, sharing_ratios=_ratios(*ratios),
+        sharing_precisions=_sharing_precisions(get(None, "candidates", "sharing_precisions", "sharing precisions"),
+                                               table_precisions, tables[1], ratios),
         range_method=_choice(*get(None, "search", "range_method", "range method", "l2"), RANGE_METHODS),
         tier_layouts=_layouts(*get(req.tier_layouts, "candidates", "tier_layouts", "--tier-layouts")),
     )
