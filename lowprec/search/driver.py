@@ -266,15 +266,18 @@ def inline_calibration_key(ccfg: CalibConfig) -> str:
 
 
 def few_labels(v: Validation | None, what: str) -> list[str]:
-    """A warning when the rows `v` was measured on hold fewer than MIN_CLASS_LABELS of a label class:
-    the AUC drop's interval (DeLong's variance) then rests on a handful of rows and the AUC budget is
-    judged on almost nothing, however narrow the paired interval looks."""
+    """A warning when the rows `v` was measured on (`what`: "evaluation" or "test") hold fewer than
+    MIN_CLASS_LABELS of a label class: the AUC drop's interval (DeLong's variance) then rests on a
+    handful of rows and the AUC budget is judged on almost nothing, however narrow the paired interval
+    looks. Validation and test score every row of their windows (--max-rows caps only the calibration
+    rows of the sensitivity pass), so more labels come only from more or longer windows."""
     scarce = None if v is None or v.positives is None else scarce_class(v.positives, v.rows)
     if scarce is None:
         return []
+    flag = {"evaluation": "--eval-windows", "test": "--test-windows"}[what]
     return [f"the {what} windows hold only {scarce} label(s) in {v.rows:,} rows: the AUC drop and its "
             f"interval rest on fewer than {MIN_CLASS_LABELS}, so the AUC budget was judged on almost nothing; "
-            f"add windows or rows (--max-rows) before trusting it"]
+            f"judge it on more or longer {what} windows ({flag}) before trusting it"]
 
 
 def weak_reference(v: Validation | None, what: str) -> list[str]:
