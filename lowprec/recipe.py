@@ -9,7 +9,7 @@
 
 Who reads what: `lowprec train --recipe` takes [windows] train and validate (early stopping);
 `lowprec search --recipe` takes [windows] calibrate and evaluate, [budgets], [candidates] (sharing_precisions: the precisions a
-shared table may take), [calibrate] and [search]; `lowprec drift --recipe` takes [windows] monitor;
+shared table may take, among the table precisions), [calibrate] and [search]; `lowprec drift --recipe` takes [windows] monitor;
 [recipe] is description only. Every key is typed here; an unknown section or key, or a value of the
 wrong type (or a negative, NaN or infinite number), is an InputError naming the key and the file;
 so is a [calibrate] value calibration refuses (`calib_config`), whichever command reads the recipe

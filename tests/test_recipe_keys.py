@@ -55,6 +55,49 @@ def test_sharing_precisions_reach_the_search_space(data, tmp_path):
     assert cfg.space.sharing_precisions == (Precision.INT8,) and cfg.space.sharing_ratios == (4.0,)
 
 
+def test_shared_tables_take_only_precisions_tables_may_take(data, tmp_path):
+    """--precisions fp16,int8 --sharing-ratios 16 gave int4 hot-shared tables (the default sharing
+    precisions are int8 and int4): now they take int8 only; with no --precisions, both as before."""
+    from dataclasses import replace
+
+    from lowprec.model.config import DLRMConfig, TableConfig
+    from lowprec.search.space import options_for
+
+    def space(**flags):
+        req = SearchRequest(model_dir=tmp_path, data_dir=data, out=tmp_path / "p.json", calib_windows="1",
+                            eval_windows="2", sharing_ratios="16", **flags)
+        return build_config(req, Dataset(data))[0].space
+
+    restricted = space(precisions="fp16,int8")
+    assert restricted.sharing_precisions == (Precision.INT8,)
+    config = DLRMConfig(4, (TableConfig("big", 5000, 1, "dense"),), 8, (16, 8), (16, 8), ("a", "b", "c", "d"))
+    shared = [o for o in options_for(config, replace(restricted, sharing_min_rows=1), sharing=True)["table:big"]
+              if o.sharing is not None]
+    assert shared and {o.precision for o in shared} == {Precision.INT8}
+    assert space().sharing_precisions == (Precision.INT8, Precision.INT4)
+    p = recipe(tmp_path, '[candidates]\ntable_precisions = ["fp16", "int4"]\n')  # a recipe's table precisions too
+    assert space(recipe=str(p)).sharing_precisions == (Precision.INT4,)
+
+
+@pytest.mark.parametrize("flags, text, message", [
+    (["--precisions", "fp16,int8"], '[candidates]\nsharing_precisions = ["int8", "int4"]\n',
+     "[candidates] sharing_precisions: ['int4'] not among the table precisions (--precisions fp16,int8)"),
+    (["--precisions", "fp16", "--sharing-ratios", "4"], "",
+     "--sharing-ratios: hot-shared tables take int8 or int4 unless a recipe's [candidates] sharing_precisions "
+     "names others, and the table precisions (--precisions fp16) allow none of them"),
+    ([], '[candidates]\ntable_precisions = ["fp16"]\nsharing_ratios = [4]\n',
+     ("[candidates] sharing_ratios: hot-shared tables take int8 or int4 unless a recipe's [candidates] "
+      "sharing_precisions names others, and the table precisions (",
+      "r.toml: [candidates] table_precisions = [fp16]) allow none of them")),
+])
+def test_sharing_precisions_tables_may_not_take_are_refused_naming_both(data, tmp_path, flags, text, message):
+    p = recipe(tmp_path, '[windows]\ncalibrate = "1"\nevaluate = "2"\n' + text)
+    r = run("search", "--model", tmp_path / "none", "--data", data, "--recipe", p, "--out", tmp_path / "p.json",
+            *flags)
+    assert r.exit_code == 2 and all(m in r.output for m in ((message,) if isinstance(message, str) else message)), r.output
+    assert not list(tmp_path.glob("p*.json"))
+
+
 @pytest.mark.parametrize("text,message", [
     ('[windows]\ntrian = "0"\n', "unknown key(s) ['trian'] in [windows]"),
     ('[extra]\nx = 1\n', "unknown section [extra]"),

@@ -24,9 +24,13 @@ from lowprec.cli._common import StageBars, data_option, fmt, json_option
 @click.option("--memory-budget", type=click.IntRange(min=0),
               help="Upper bound on table + layer bytes [recipe [budgets] memory_budget, else none].")
 @click.option("--objective", type=click.Choice(["bytes", "latency"]), help="What the plan minimises [bytes].")
-@click.option("--precisions", help="Table precisions to consider, e.g. fp16,int8,int4 [all].")
+@click.option("--precisions", help="Table precisions to consider, e.g. fp16,int8,int4 [all]. Hot-shared tables "
+              "(--sharing-ratios) take only these too; tier layouts name their own precisions, which this "
+              "does not limit.")
 @click.option("--layer-precisions", help="Layer precisions to consider, e.g. fp32,int8 [fp32,fp16,int8].")
-@click.option("--sharing-ratios", help="Post-training sharing ratios to consider, e.g. 4,16 (needs row counts).")
+@click.option("--sharing-ratios", help="Post-training sharing ratios to consider, e.g. 4,16 (needs row counts). "
+              "Shared tables take int8 or int4 (recipe [candidates] sharing_precisions), only those "
+              "--precisions allows.")
 @click.option("--tier-layouts", help="Tiered tables to consider, ';'-separated, e.g. '0.02:fp16/int4;0.05:fp16/int2' "
               "(hottest rows' share:precision, then the cold rows' precision; needs row counts). A '/rank' "
               "suffix stores rows by rank for a feature pipeline that sends ranks; the latency objective "

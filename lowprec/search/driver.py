@@ -5,15 +5,16 @@ Kept apart from the click layer so `lowprec demo` and the benchmarks call the sa
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lowprec import distributed as dist
-from lowprec.calibrate import calibrate, check_calibration_fits, load_calibration
+from lowprec.calibrate import CalibConfig, calibrate, check_calibration_fits, load_calibration
 from lowprec.checkpoint.convert import check_calibration_model
 from lowprec.checkpoint.float_model import load_float_model, weights_sha256
 from lowprec.data.dataset import Dataset
@@ -28,10 +29,11 @@ from lowprec.precision import Precision, slow_lookup_warnings
 from lowprec.progress import Stages, stage
 from lowprec.recipe import calib_config, load_recipe, parse_fraction, pick_where, pick_windows
 from lowprec.search.accept import DEFAULT_RULE, check_rule, fits_summary
-from lowprec.search.run import SearchConfig, SearchResult, check_memory, search
+from lowprec.search.explain import check_memory
+from lowprec.search.run import SearchConfig, SearchResult, search
 from lowprec.search.solver import Budget
-from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_TABLE_PRECISIONS, SearchSpace,
-                                  options_for)
+from lowprec.search.space import (DEFAULT_LAYER_PRECISIONS, DEFAULT_SHARING_PRECISIONS, DEFAULT_TABLE_PRECISIONS,
+                                  SearchSpace, options_for)
 from lowprec.serve.tiers import parse_layout
 from lowprec.train import check_compatible, positive_rate, seen_in_training
 
@@ -86,6 +88,32 @@ def _ratios(value: Any, where: str) -> tuple[float, ...]:
     if not all(math.isfinite(r) and r > 1 for r in ratios):
         raise InputError(f"{where}: sharing ratios must be finite numbers > 1, got {list(values)}")
     return ratios
+
+
+def _sharing_precisions(given: tuple[Any, str], tables: tuple[Precision, ...], tables_where: str,
+                        ratios: tuple[Any, str]) -> tuple[Precision, ...]:
+    """The precisions hot-shared tables may take: the recipe's [candidates] sharing_precisions, else
+    DEFAULT_SHARING_PRECISIONS, and only ones the table precisions (--precisions) allow (fp32 always),
+    so a space restricted to fp16,int8 holds no int4 shared table. A recipe's sharing precision they
+    leave out is refused naming both; so are sharing ratios that no default precision is left for."""
+    value, where = given
+    allowed = (Precision.FP32,) + tables
+    names = ",".join(p.value for p in tables)
+    named = f"{tables_where} {names}" if tables_where.startswith("--") else f"{tables_where} = [{names}]"
+    if value is not None:
+        chosen = _precisions(value, where, ())
+        outside = [p.value for p in chosen if p not in allowed]
+        if outside:
+            raise InputError(f"{where}: {outside} not among the table precisions ({named}); shared tables take "
+                             f"only precisions tables may take: add them there or leave them out here")
+        return chosen
+    chosen = tuple(Precision(p) for p in DEFAULT_SHARING_PRECISIONS if Precision(p) in allowed)
+    if ratios[0] is not None and not chosen:
+        raise InputError(f"{ratios[1]}: hot-shared tables take {' or '.join(DEFAULT_SHARING_PRECISIONS)} unless a "
+                         f"recipe's [candidates] sharing_precisions names others, and the table precisions "
+                         f"({named}) allow none of them: add one there, name the shared tables' precisions in "
+                         f"a recipe, or leave the sharing ratios out")
+    return chosen
 
 
 def _layouts(value: Any, where: str) -> tuple[str, ...]:
@@ -145,11 +173,12 @@ def build_config(req: SearchRequest, ds: Dataset) -> tuple[SearchConfig, dict[st
     if bad:
         raise InputError(f"{layers[1]}: layers cannot take {bad} (they take "
                          f"{', '.join(p.value for p in Precision.for_layers())})")
+    table_precisions = _precisions(*tables, DEFAULT_TABLE_PRECISIONS)
+    ratios = get(req.sharing_ratios, "candidates", "sharing_ratios", "--sharing-ratios")
     space = SearchSpace(
-        table_precisions=_precisions(*tables, DEFAULT_TABLE_PRECISIONS), layer_precisions=layer_precisions,
-        sharing_ratios=_ratios(*get(req.sharing_ratios, "candidates", "sharing_ratios", "--sharing-ratios")),
-        sharing_precisions=_precisions(*get(None, "candidates", "sharing_precisions", "sharing precisions"),
-                                       ("int8", "int4")),
+        table_precisions=table_precisions, layer_precisions=layer_precisions, sharing_ratios=_ratios(*ratios),
+        sharing_precisions=_sharing_precisions(get(None, "candidates", "sharing_precisions", "sharing precisions"),
+                                               table_precisions, tables[1], ratios),
         range_method=_choice(*get(None, "search", "range_method", "range method", "l2"), RANGE_METHODS),
         tier_layouts=_layouts(*get(req.tier_layouts, "candidates", "tier_layouts", "--tier-layouts")),
     )
@@ -213,7 +242,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
         counts = calibration["row_counts"]
         for k in list(counts):  # one table's int32 and float32 copies at a time, not all of them
             counts[k] = torch.as_tensor(counts.pop(k), dtype=torch.float32)
-        calib_sha = f"inline:{ccfg.method}:{list(ccfg.windows)}"
+        calib_sha = inline_calibration_key(ccfg)
     cache_path = req.out.with_name(req.out.stem + ".cache.json")
     scratch = req.out.with_name(req.out.name + ".validate-tmp" + (f"-rank{dist.rank()}" if dist.active() else ""))
     result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages, scratch)
@@ -228,16 +257,27 @@ def run_search(req: SearchRequest, stages: Stages | None = None
     return result, summary
 
 
+def inline_calibration_key(ccfg: CalibConfig) -> str:
+    """What the measurement cache's fingerprint records of a calibration the search runs itself:
+    every CalibConfig field (windows, method, percentile, batch size, max_rows: each changes the
+    ranges or the row counts it produces), so a cache measured under other [calibrate] settings is
+    measured again, never reused."""
+    return "inline:" + json.dumps(asdict(ccfg), sort_keys=True)
+
+
 def few_labels(v: Validation | None, what: str) -> list[str]:
-    """A warning when the rows `v` was measured on hold fewer than MIN_CLASS_LABELS of a label class:
-    the AUC drop's interval (DeLong's variance) then rests on a handful of rows and the AUC budget is
-    judged on almost nothing, however narrow the paired interval looks."""
+    """A warning when the rows `v` was measured on (`what`: "evaluation" or "test") hold fewer than
+    MIN_CLASS_LABELS of a label class: the AUC drop's interval (DeLong's variance) then rests on a
+    handful of rows and the AUC budget is judged on almost nothing, however narrow the paired interval
+    looks. Validation and test score every row of their windows (--max-rows caps only the calibration
+    rows of the sensitivity pass), so more labels come only from more or longer windows."""
     scarce = None if v is None or v.positives is None else scarce_class(v.positives, v.rows)
     if scarce is None:
         return []
+    flag = {"evaluation": "--eval-windows", "test": "--test-windows"}[what]
     return [f"the {what} windows hold only {scarce} label(s) in {v.rows:,} rows: the AUC drop and its "
             f"interval rest on fewer than {MIN_CLASS_LABELS}, so the AUC budget was judged on almost nothing; "
-            f"add windows or rows (--max-rows) before trusting it"]
+            f"judge it on more or longer {what} windows ({flag}) before trusting it"]
 
 
 def weak_reference(v: Validation | None, what: str) -> list[str]:

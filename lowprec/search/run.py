@@ -37,11 +37,13 @@ from lowprec.errors import InputError, warn
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
-from lowprec.search.accept import DEFAULT_RULE, check_rule, judge, pct
+from lowprec.search.accept import DEFAULT_RULE, check_rule, judge
 from lowprec.search.cache import MeasurementCache, measurement
+from lowprec.search.explain import check_memory, no_compression_message, unmet_memory_message
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
-from lowprec.search.solver import Budget, Sensitivity, auc_price, ne_price, predicted, price, solve
+from lowprec.search.solver import (Budget, Infeasible, Sensitivity, auc_price, least_margin, ne_price, predicted,
+                                   price, solve)
 from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
 from lowprec.search.whole import timed_whole
 from lowprec.search import rows_subset
@@ -162,6 +164,9 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
     model did not see is spent; a plan the rule rejects lowers m and, while nothing has validated
     yet, also forbids the choice contributing most to the validated loss (`contribution`, else the
     largest price) and its cheaper alternatives. Plans already validated are not re-run.
+    An m at which no plan fits (the memory budget leaves only plans priced above m x the accuracy
+    budget) is too small, not the end: m moves up to the least multiplier that holds a plan
+    (`least_margin`); only when none does is it an InputError saying why (`unmet_memory_message`).
     Returns the cheapest validated plan (or None) and the validation rounds. Cheapest is by the
     objective: bytes, or with `cost` (the latency objective) the plan's predicted time.
     """
@@ -175,7 +180,18 @@ def refine(items: dict[str, list[Option]], sens: dict[str, Sensitivity], cfg: Se
     for _ in range(4 * cfg.max_rounds):
         if m is None or len(rounds) >= cfg.max_rounds:
             break
-        chosen = solve(items, sens, cfg.budget, cost, forbidden, m)
+        try:
+            chosen = solve(items, sens, cfg.budget, cost, forbidden, m)
+        except Infeasible:
+            least = least_margin(items, sens, cfg.budget, forbidden)
+            if least is None and best is None:
+                raise InputError(unmet_memory_message(items, rounds, cfg, exhausted=False)) from None
+            if least is None:
+                break
+            if bounds.hi is not None and bounds.hi <= least:
+                bounds.hi = None  # failed where no plan fits now (its choices were forbidden): bounds nothing
+            m = max(least, m) * (1 + 1e-6)
+            continue
         key = tuple(sorted(o.key for o in chosen.values()))
         if key not in seen:
             val, seen[key] = validation_round(chosen, sens, cfg, check, rounds, m)
@@ -293,8 +309,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
                                   one_more_round, scratch)
     evaluations += len(rounds)
     if best is None:  # nothing validated within budget: serve float
-        chosen = {item: opts[0] for item, opts in items.items()}
-        best = (chosen, None)
+        best = (float_fallback(items, rounds, cfg), None)
     chosen, val = best
     message = None
     if all(o.is_float_baseline for o in chosen.values()):
@@ -320,16 +335,14 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
                         message, test, cost)
 
 
-def check_memory(items: dict[str, list[Option]], budget: Budget) -> None:
-    """Refuse a memory budget no plan of the space fits (0, or below every item at its smallest
-    option), before the sensitivity pass rather than after it."""
-    if budget.memory_bytes is None:
-        return
-    smallest = sum(min(o.bytes for o in opts) for opts in items.values())
-    if smallest > budget.memory_bytes:
-        raise InputError(f"no plan meets the budgets within --memory-budget {budget.memory_bytes:,} bytes "
-                         f"([budgets] memory_budget in a recipe): the smallest plan the search space holds "
-                         f"(every table and layer at its smallest option) takes {smallest:,} bytes")
+def float_fallback(items: dict[str, list[Option]], rounds: list[dict[str, Any]], cfg: SearchConfig
+                   ) -> dict[str, Option]:
+    """The all-fp32 plan a search returns when no plan validated; an InputError saying why when it
+    does not fit the memory budget (a plan over it is no answer)."""
+    chosen = {item: opts[0] for item, opts in items.items()}
+    if cfg.budget.memory_bytes is not None and total_bytes(chosen) > cfg.budget.memory_bytes:
+        raise InputError(unmet_memory_message(items, rounds, cfg, exhausted=True))
+    return chosen
 
 
 def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dict[str, Any] | None,
@@ -350,28 +363,3 @@ def _leave_one_out(model: DLRM, ds: Dataset, cfg: SearchConfig, calibration: dic
         runs = dist.map_rounds(list(opts), without, "leave-one-out")  # dealt over ranks
         return {k: Sensitivity(joint.ne / w["ne"] - 1.0, w["auc"] - joint.auc) for k, w in runs.items()}
     return contribution
-
-
-def no_compression_message(rounds: list[dict[str, Any]], cfg: SearchConfig) -> str:
-    """Why the search returns the all-fp32 plan, and what to try."""
-    b = cfg.budget
-    failed = [r for r in rounds if not r["fits"]]
-    if failed:
-        r = min(failed, key=lambda r: r["validated"]["ne_increase"])
-        v = r["validated"]
-        how = "upper ends of the 95% intervals" if cfg.accept == "interval" else "point estimates"
-        why = (f"none of the {len(failed)} quantized plans validated within the budget (NE increase <= "
-               f"{pct(b.max_ne_increase)}, AUC drop <= {b.max_auc_drop:g}; {cfg.accept} rule: {how}) "
-               f"on eval windows {list(cfg.eval_windows)}; the closest (round {r['round']}) measured NE "
-               f"{100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
-               f"{100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop {v['auc_drop']:.5f}")
-        point_only = sum(1 for r in failed if r.get("verdict", {}).get("point"))
-        if cfg.accept == "interval" and point_only:
-            why += (f"; {point_only} of them fit on the point estimate only (longer eval windows narrow the "
-                    f"interval; --accept point takes the point estimate, at the risk of missing the budget later)")
-    else:
-        why = "every quantized option's priced loss (measured loss plus its noise) exceeds the budget"
-    return (f"no compression: {why}. The plan keeps everything fp32 (1.00x). Try a larger "
-            f"--max-ne-increase / --max-auc-drop, a narrower space (e.g. --precisions fp16,int8,int4), "
-            f"more rows (--max-rows, longer eval windows) so the noise shrinks, or more validation "
-            f"rounds ([search] max_rounds, now {cfg.max_rounds}).")

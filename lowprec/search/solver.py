@@ -33,6 +33,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from lowprec.errors import InputError
 from lowprec.plan import Budget
+from lowprec.search.accept import pct
 from lowprec.search.space import Option
 
 
@@ -60,15 +61,17 @@ def price(o: Option, cost: dict[str, float] | None) -> float:
     return cost[o.key] if cost is not None else o.bytes
 
 
-def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: Budget,
-          cost: dict[str, float] | None = None, forbidden: set[str] = frozenset(),
-          margin: float = 1.0) -> dict[str, Option]:
-    """The cheapest option per item whose predicted loss fits `margin` x the budget."""
+class Infeasible(InputError):
+    """No plan fits the budgets at the multiplier given (`solve`); the search's refine loop then
+    asks `least_margin` for one that holds a plan instead of ending."""
+
+
+def _constraints(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: Budget
+                 ) -> tuple[list[Option], list[np.ndarray], list[float], list[float], np.ndarray, np.ndarray]:
+    """The options flattened, the one-option-per-item and memory rows (with their bounds), and the
+    NE and AUC price rows."""
     flat = [o for opts in items.values() for o in opts]
     n = len(flat)
-    c = np.array([price(o, cost) for o in flat], dtype=np.float64)
-    # Break ties toward the more precise option (then fewer bytes) with a vanishing penalty.
-    c = c + 1e-9 * np.array([ne_price(sens[o.key]) for o in flat]) * (abs(c).max() + 1)
     rows, lo, hi = [], [], []
     start = 0
     for opts in items.values():
@@ -76,26 +79,65 @@ def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: 
         row[start:start + len(opts)] = 1
         rows.append(row), lo.append(1), hi.append(1)
         start += len(opts)
-    # An option measured as *improving* NE or AUC (often noise, or a lucky regularisation) earns
-    # no budget for the others and is not free either: see ne_price / auc_price.
-    rows.append(np.array([ne_price(sens[o.key]) for o in flat]))
-    lo.append(-np.inf), hi.append(budget.max_ne_increase * margin)
-    rows.append(np.array([auc_price(sens[o.key]) for o in flat]))
-    lo.append(-np.inf), hi.append(budget.max_auc_drop * margin)
     if budget.memory_bytes is not None:
         rows.append(np.array([o.bytes for o in flat], dtype=np.float64))
         lo.append(-np.inf), hi.append(budget.memory_bytes)
+    # An option measured as *improving* NE or AUC (often noise, or a lucky regularisation) earns
+    # no budget for the others and is not free either: see ne_price / auc_price.
+    ne = np.array([ne_price(sens[o.key]) for o in flat])
+    auc = np.array([auc_price(sens[o.key]) for o in flat])
+    return flat, rows, lo, hi, ne, auc
+
+
+def solve(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: Budget,
+          cost: dict[str, float] | None = None, forbidden: set[str] = frozenset(),
+          margin: float = 1.0) -> dict[str, Option]:
+    """The cheapest option per item whose predicted loss fits `margin` x the budget (Infeasible,
+    an InputError, when none does)."""
+    flat, rows, lo, hi, ne, auc = _constraints(items, sens, budget)
+    n = len(flat)
+    c = np.array([price(o, cost) for o in flat], dtype=np.float64)
+    # Break ties toward the more precise option (then fewer bytes) with a vanishing penalty.
+    c = c + 1e-9 * ne * (abs(c).max() + 1)
+    rows += [ne, auc]
+    lo += [-np.inf, -np.inf]
+    hi += [budget.max_ne_increase * margin, budget.max_auc_drop * margin]
     upper = np.array([0.0 if o.key in forbidden else 1.0 for o in flat])
     with highs_debug_line_dropped():
         res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(n),
                    bounds=Bounds(np.zeros(n), upper))
     if res.status != 0 or res.x is None:
-        raise InputError(
-            "no plan meets the budgets"
-            + (f" within --memory-budget {budget.memory_bytes} bytes" if budget.memory_bytes is not None else "")
-            + f" (solver: {res.message})")
+        within = (f" within --memory-budget {budget.memory_bytes:,} bytes" if budget.memory_bytes is not None
+                  else "")
+        raise Infeasible(f"no plan meets the budgets: none{within} fits {margin:.4g} x the accuracy budget "
+                         f"(NE increase <= {pct(budget.max_ne_increase)}, AUC drop <= "
+                         f"{budget.max_auc_drop:g}) by the measured options' prices (solver: {res.message})")
     chosen = [o for o, x in zip(flat, res.x) if x > 0.5]
     return {o.item: o for o in chosen}
+
+
+def least_margin(items: dict[str, list[Option]], sens: dict[str, Sensitivity], budget: Budget,
+                 forbidden: set[str] = frozenset()) -> float | None:
+    """The least multiplier m at which `solve` finds a plan (within the memory budget, without
+    `forbidden`): min t subject to each price sum <= t x its budget; None when no m holds one (the
+    memory budget leaves only plans with a loss the budget does not allow at all: a budget of 0, or
+    options ruled out). m is recomputed from the plan found, so `solve` at m holds that plan exactly."""
+    flat, rows, lo, hi, ne, auc = _constraints(items, sens, budget)
+    n = len(flat)
+    rows = [np.append(r, 0.0) for r in rows] + [np.append(ne, -budget.max_ne_increase),
+                                                 np.append(auc, -budget.max_auc_drop)]
+    lo, hi = lo + [-np.inf, -np.inf], hi + [0.0, 0.0]
+    upper = np.array([0.0 if o.key in forbidden else 1.0 for o in flat] + [np.inf])
+    c = np.zeros(n + 1)
+    c[-1] = 1.0
+    with highs_debug_line_dropped():
+        res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi),
+                   integrality=np.append(np.ones(n), 0), bounds=Bounds(np.zeros(n + 1), upper))
+    if res.status != 0 or res.x is None:
+        return None
+    x = res.x[:n] > 0.5
+    need = [float(p[x].sum()) / b for p, b in ((ne, budget.max_ne_increase), (auc, budget.max_auc_drop)) if b > 0]
+    return max(need, default=0.0)
 
 
 HIGHS_DEBUG_LINE = b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();"

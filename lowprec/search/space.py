@@ -23,6 +23,7 @@ from lowprec.serve.tiers import parse_layout
 
 DEFAULT_TABLE_PRECISIONS = ("fp32", "fp16", "fp8", "int8", "int4", "int2")
 DEFAULT_LAYER_PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_SHARING_PRECISIONS = ("int8", "int4")  # hot-shared tables' (the CLI keeps those --precisions allows)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class SearchSpace:
     table_precisions: tuple[Precision, ...] = tuple(Precision(p) for p in DEFAULT_TABLE_PRECISIONS)
     layer_precisions: tuple[Precision, ...] = tuple(Precision(p) for p in DEFAULT_LAYER_PRECISIONS)
     sharing_ratios: tuple[float, ...] = ()  # post-training "hot" sharing ratios to consider
-    sharing_precisions: tuple[Precision, ...] = (Precision.INT8, Precision.INT4)
+    sharing_precisions: tuple[Precision, ...] = tuple(Precision(p) for p in DEFAULT_SHARING_PRECISIONS)
     sharing_min_rows: int = 1000  # tables smaller than this are not worth sharing (or tiering)
     tier_layouts: tuple[str, ...] = ()  # tiered tables to consider, e.g. "0.02:fp16/int4" (serve.tiers)
     range_method: str = "l2"

@@ -280,3 +280,29 @@ def test_a_calibration_measured_on_the_judged_windows_or_edited_is_refused(tiny,
     r = search(tiny, tmp_path / "p.json", "--calibration", calib)
     assert r.exit_code == 2 and "table 't0' has 100 row counts, the model's table 200 rows" in r.output, r.output
     assert not (tmp_path / "p.json").exists()
+
+
+def test_the_measurement_cache_is_not_reused_after_the_inline_calibration_changes(tiny, tmp_path, monkeypatch):
+    """Without --calibration the search calibrates on the recipe's [calibrate] settings, and its
+    measurements depend on what that produced: the cache's fingerprint must change with every
+    setting (a percentile of 51 reused the int8 layers' measurements taken at 99.99). The search
+    itself is stubbed: the fingerprint is what decides whether PLAN.cache.json is reused."""
+    from lowprec.search import driver
+
+    seen = []
+
+    def fingerprint_only(model_dir, model, ds, cfg, calibration, calib_sha, *rest):
+        seen.append(search_run.fingerprint(model_dir, ds, cfg, calib_sha))
+        raise InputError("stopped before measuring")
+    monkeypatch.setattr(driver, "search", fingerprint_only)
+    settings = ['method = "percentile"\npercentile = 99.99', 'method = "percentile"\npercentile = 99.99',
+                'method = "percentile"\npercentile = 51', 'method = "percentile"\npercentile = 99.99\nmax_rows = 100',
+                'method = "minmax"']
+    for i, calibrate in enumerate(settings):
+        recipe = tmp_path / f"r{i}.toml"
+        recipe.write_text(f'[windows]\ncalibrate = "1"\nevaluate = "2"\n[calibrate]\n{calibrate}\n')
+        r = run_cli("search", "--model", tiny / "model", "--data", tiny / "data", "--recipe", recipe,
+                    "--out", tmp_path / "p.json")
+        assert r.exit_code == 2 and "stopped before measuring" in r.output, r.output
+    assert seen[0] == seen[1]  # the same settings reuse the cache
+    assert len(set(seen)) == len(settings) - 1, seen  # any other setting measures afresh

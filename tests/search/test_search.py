@@ -64,9 +64,38 @@ def test_highs_debug_line_is_dropped_and_other_output_kept(capfd):
 
 
 def test_memory_budget_infeasible_is_input_error():
-    o = Option("table:t", Precision.FP32, None, 100)
-    with pytest.raises(InputError, match="memory-budget"):
-        solve({"table:t": [o]}, {o.key: Sensitivity(0, 0)}, Budget(0.1, 0.1, memory_bytes=10))
+    o = Option("table:t", Precision.FP32, None, 10_000)
+    with pytest.raises(InputError, match="within --memory-budget 1,000 bytes"):
+        solve({"table:t": [o]}, {o.key: Sensitivity(0, 0)}, Budget(0.1, 0.1, memory_bytes=1000))
+
+
+def test_a_memory_budget_the_unconstrained_plan_meets_returns_a_plan_within_it(setup, monkeypatch):
+    """The plan a search returns without a memory budget meets a budget of its own bytes, so the same
+    search under that budget must return a plan within every budget. Here the solve at m / 4 after
+    the first failed round holds no plan within it (a search used to end there: "no plan meets the
+    budgets"); the loop moves to the least multiplier that holds one instead."""
+    from lowprec.errors import InputError
+
+    root, ds, model, calib = setup
+    budget = Budget(0.002, 0.002)
+    free = search_run.search(root / "model", model, ds, search_run.SearchConfig((2,), (3,), budget), calib)
+    memory = free.plan.info.total_bytes
+    assert free.validation is not None and memory < sum(v[0].bytes for v in free.items.values())
+    infeasible, real_solve = [], search_run.solve
+
+    def solve(*args, **kwargs):
+        try:
+            return real_solve(*args, **kwargs)
+        except InputError:
+            infeasible.append(args[-1])
+            raise
+    monkeypatch.setattr(search_run, "solve", solve)
+    cfg = search_run.SearchConfig((2,), (3,), replace(budget, memory_bytes=memory))
+    result = search_run.search(root / "model", model, ds, cfg, calib)
+    assert infeasible  # the case under test: a multiplier that holds no plan within the memory budget
+    assert result.plan.info.total_bytes <= memory and result.message is None
+    assert result.validation.fits(budget.max_ne_increase, budget.max_auc_drop)
+    assert result.plan.info.budgets.memory_bytes == memory
 
 
 def test_option_bytes_equal_artifact_bytes(setup, tmp_path):

@@ -142,7 +142,11 @@ def test_too_few_labels_of_a_class_to_judge_the_auc_budget_are_warned():
     w = few_labels(_counted(MIN_LABELS - 1, 5000), "evaluation")
     assert len(w) == 1 and w[0].startswith(f"the evaluation windows hold only {MIN_LABELS - 1} positive label(s) "
                                            f"in {MIN_LABELS - 1 + 5000:,} rows")
-    assert "3 negative" in few_labels(_counted(5000, 3), "test")[0]
+    # every row of the evaluation and test windows is scored: only more or longer windows add labels
+    assert w[0].endswith("judge it on more or longer evaluation windows (--eval-windows) before trusting it")
+    assert "--max-rows" not in w[0]
+    t = few_labels(_counted(5000, 3), "test")[0]
+    assert "3 negative" in t and "(--test-windows)" in t and "--max-rows" not in t
     assert few_labels(_val(True), "evaluation") == []  # a plan from before the counts: nothing to say
     assert few_labels(None, "test") == []
 
