@@ -212,8 +212,8 @@ def _register() -> None:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for command in getattr(module, "COMMANDS", []):
-            finite_floats(command)  # no float option takes nan or inf (lowprec.cli._common.FiniteFloat)
             main.add_command(command)
+    finite_floats(main)  # no float option takes nan or inf, no integer one `1_0` (lowprec.cli._common), --nproc too
 
 
 _register()

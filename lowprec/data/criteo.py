@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lowprec.data.csvlabel import plain_int
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import (
     DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, SequentialWindows, check_distinct, check_inputs,
@@ -59,10 +60,10 @@ def parse_table_sizes(text: str | int, n: int = N_SPARSE) -> list[int]:
     text = str(text).strip()
     try:
         if text == "kaggle" or text.startswith("kaggle:"):
-            cap = int(text[7:]) if text != "kaggle" else MAX_TABLE
+            cap = plain_int(text[7:]) if text != "kaggle" else MAX_TABLE
             sizes = [min(cap, c + 1) for c in KAGGLE_CARDINALITIES]
         else:
-            sizes = [int(p) for p in text.split(",")]
+            sizes = [plain_int(p) for p in text.split(",")]
     except ValueError:
         raise InputError(f"--table-size {text!r}: give N, {n} comma-separated N, or kaggle[:N]") from None
     if len(sizes) == 1:

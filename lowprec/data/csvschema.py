@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowprec.data.csvlabel import LabelRule, label_rule, plain_float
+from lowprec.data.csvlabel import LabelRule, label_rule, plain_float, plain_int
 from lowprec.data.dataset import MAX_HOTNESS
 from lowprec.errors import InputError
 
@@ -215,7 +215,7 @@ def parse_window_option(text: str) -> tuple[str, int | None]:
         return text, None
     if text.startswith("rows:"):
         try:
-            n = int(text[5:])
+            n = plain_int(text[5:])
         except ValueError:
             n = 0
         if n >= 1:
