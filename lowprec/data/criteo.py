@@ -228,12 +228,13 @@ def prepare_criteo(
     progress: Stages | None = None,
     show_bad_rows: int | None = 20,
     in_turn: tuple[int, int] | None = None,
+    after: tuple[int, int] = (0, 0),
 ) -> tuple[DatasetMeta | None, BadRows]:
     """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir).
 
     Under torchrun every rank reads a share of the input and rank 0 (`root`) writes the dataset; the
     other ranks pass root None and get (None, their BadRows) (lowprec.data.sharedread). `in_turn`:
-    as csvread.prepare_csv's."""
+    as csvread.prepare_csv's; `after`: as DatasetWriter's (`data append`)."""
     check_inputs(inputs)
     sizes = table_sizes or [DEFAULT_TABLE_SIZE] * N_SPARSE
     if len(sizes) != N_SPARSE or min(sizes) < 2 or max(sizes) > MAX_TABLE:
@@ -245,7 +246,7 @@ def prepare_criteo(
     if root is None:  # a reading rank under torchrun: its share into rank 0's staging directory
         read_shared(inputs, None, parser, None, bad, [], None)
         return None, bad
-    writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)])
+    writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)], after=after)
     out = SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
     read_all(inputs, root, parser, out, bad, stats, progress, in_turn)

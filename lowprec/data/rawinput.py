@@ -205,7 +205,7 @@ class SequentialWindows:
     def __init__(self, writer: DatasetWriter, rows_per_window: int | None):
         self.writer, self.rows_per_window = writer, rows_per_window
         self.current: WindowWriter | None = None
-        self.offset = 0  # good rows written before the current window
+        self.offset = writer.after[1]  # good rows written before the current window (a dataset's, appended to)
 
     def start_file(self, path: Path) -> None:
         if self.rows_per_window is None:
