@@ -44,7 +44,7 @@ from lowprec.data import encoding as fingerprint
 from lowprec.data.csvschema import TIME_MAX, TIME_MIN, TIME_YEARS
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
-from lowprec.data.records import records, spans, strict_reader
+from lowprec.data.records import error_text, records, spans, strict_reader
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 
@@ -147,7 +147,7 @@ def read_movies(
                 continue
             try:
                 if isinstance(row, csv.Error) or last > first:  # no title holds a line break: a quote left open
-                    raise ValueError(f"malformed quoting{f' ({row})' if isinstance(row, csv.Error) else ''}")
+                    raise ValueError(f"malformed quoting{f' ({error_text(row)})' if isinstance(row, csv.Error) else ''}")
                 mid = int(row[0])
                 title, genres = row[1], row[2]
             except (ValueError, IndexError) as exc:
