@@ -103,7 +103,7 @@ def _recover(out: Path) -> None:
 
 def _declared_format(f: Path) -> str | None:
     try:
-        obj = json.loads(f.read_text(encoding="utf-8"))
+        obj = json.loads(f.read_text(encoding="utf-8-sig"))  # (read as read_json reads it)
     except (OSError, ValueError):
         return None
     return obj.get("format") if isinstance(obj, dict) else None
@@ -359,7 +359,7 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) ->
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+        obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)  # (a BOM: an editor's)
     except (ValueError, RecursionError) as exc:  # (decode errors, duplicate keys, ints past 4,300 digits)
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:
