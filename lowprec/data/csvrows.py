@@ -18,11 +18,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from lowprec.data.rawinput import BadRow, InputStats, Read, guarded, open_span
+from lowprec.data.rawinput import BadRow, InputStats, Read, guarded, header_positions, open_span
 from lowprec.data.csvencode import Encoder
 from lowprec.data.csvlabel import plain_float
 from lowprec.data.csvschema import DATE_LIKE, F32_LIMIT, TIME_FORMATS, TIME_YEARS, CsvSchema, parse_time, time_hint
-from lowprec.data.movielens import header_positions
 from lowprec.data.records import LONE_CR, error_text, records, strict_reader
 from lowprec.errors import InputError
 from lowprec.progress import Stages

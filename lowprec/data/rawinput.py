@@ -131,6 +131,21 @@ def check_inputs(paths: list[Path]) -> None:
         seen[st.st_dev, st.st_ino] = path
 
 
+def header_positions(path: Path, header: list[str], want: list[str], named_in: str = "") -> list[int]:
+    """Where each `want` column sits in a CSV header (names stripped of spaces). A column missing, or
+    named twice (the reader could not tell which to read), is an error naming the file's line 1;
+    repeats of columns nobody reads are fine. `named_in` says who named the columns, for the message."""
+    cols = [h.strip() for h in header]
+    missing = [c for c in dict.fromkeys(want) if c not in cols]
+    if missing:
+        raise InputError(f"{path}:1: header {cols} lacks column(s) {missing}{named_in}")
+    twice = [c for c in dict.fromkeys(want) if cols.count(c) > 1]
+    if twice:
+        raise InputError(f"{path}:1: header names column(s) {twice} more than once; which to read is "
+                         "ambiguous (rename one in the file)")
+    return [cols.index(c) for c in want]
+
+
 def check_distinct(stats: list[InputStats]) -> None:
     """After reading: no two inputs with the same bytes (a copy of a file given beside it), whose rows
     would count twice."""

@@ -168,3 +168,23 @@ def test_a_schema_description_that_is_not_text_is_refused(tmp_path):
         load_schema(tmp_path / "s.toml")
     (tmp_path / "s.toml").write_text('description = "clicks"\n' + SCHEMA)
     assert load_schema(tmp_path / "s.toml").source["description"] == "clicks"
+
+
+def test_movielens_reads_numbers_and_fields_as_the_csv_reader_does(tmp_path):
+    """int(b"1_0") is 10: `1_0` became user 10 and `964982_900` a time; a fifth field was kept
+    silently; a line of spaces was a bad row "list index out of range". Same in movies.csv."""
+    src = tmp_path / "ml"
+    src.mkdir()
+    (src / "movies.csv").write_text("movieId,title,genres\n1,A (1995),Comedy\n2,B (1996),Drama\n   \n"
+                                    "\u0663,C (1997),Action\n1_0,D (1998),Action\n3,E (1999),Action,extra\n")
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1_0,2,5.0,964982800\n"
+                                     "2,2,4,964982_900\n3,1,2.0,964983000,999\n   \n\t\n2,1,0_5,964983100\n"
+                                     "\u0663,1,4.0,964983200\n 4 ,2,3.0,964983300\n")
+    r = run("data", "prepare", "--format", "movielens", "--input", src, "--out", tmp_path / "o", "--show-bad-rows", -1)
+    assert r.exit_code == 0, r.output
+    bad = sorted(line.split(": ")[1].rsplit("/", 1)[1] for line in r.output.splitlines() if "bad row:" in line)
+    assert bad == ["movies.csv:5", "movies.csv:6", "movies.csv:7", "ratings.csv:3", "ratings.csv:4",
+                   "ratings.csv:5", "ratings.csv:8", "ratings.csv:9"], r.output
+    assert "5 fields, the header has 4" in r.output and "'1_0' is not a plain decimal integer" in r.output
+    assert "list index" not in r.output
+    assert sorted(np.load(tmp_path / "o" / "ids_user.npy").tolist()) == [1, 4]
