@@ -100,3 +100,19 @@ def test_integers_users_type_elsewhere_are_ascii_digits_too(tmp_path):
         res = CliRunner().invoke(main, ["data", "synth", "--out", str(tmp_path / "s"), option, value])
         assert res.exit_code == 2 and "is not a plain decimal integer" in res.output, res.output
     assert not (tmp_path / "s").exists()
+
+
+def test_integers_in_environment_variables_are_ascii_digits(monkeypatch, tmp_path):
+    """str.isdigit() passes `²`, which int() then refuses: a traceback at start-up, not exit 2."""
+    from lowprec import distributed
+    from lowprec.data.parts import part_bytes
+
+    monkeypatch.setenv("WORLD_SIZE", "\u00b2")
+    with pytest.raises(InputError, match="WORLD_SIZE='\u00b2' is not a number of processes"):
+        distributed.env_world_size()
+    monkeypatch.setenv("LOWPREC_DIST_TIMEOUT", "1_20")
+    with pytest.raises(InputError, match="LOWPREC_DIST_TIMEOUT='1_20'"):
+        distributed.timeout_s()
+    monkeypatch.setenv("LOWPREC_CSV_PART_BYTES", "\u00b9\u2070")
+    with pytest.raises(InputError, match="LOWPREC_CSV_PART_BYTES"):
+        part_bytes([], 2)
