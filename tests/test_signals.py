@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import lowprec.cli
 from lowprec.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(lowprec.cli.__file__).resolve().parents[2]  # the lowprec this test imported
 
 
 def test_sigterm_stops_a_command_cleanly_with_one_line_and_exit_143(tmp_path):
