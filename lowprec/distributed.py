@@ -68,6 +68,8 @@ def timeout_s() -> float:
     InputError naming the variable (`launch` checks it before any rank starts)."""
     raw = os.environ.get(TIMEOUT_ENV, "")
     try:
+        if "_" in raw or not raw.isascii():  # (float() reads `1_20` as 120, `١٢٠` as 120)
+            raise ValueError(raw)
         value = float(raw) if raw.strip() else DEFAULT_TIMEOUT_S
     except ValueError:
         value = math.nan
@@ -84,7 +86,7 @@ def env_world_size() -> int:
     raw = os.environ.get("WORLD_SIZE", "").strip()
     if not raw:
         return 1
-    n = int(raw) if raw.isdigit() else 0
+    n = int(raw) if raw.isascii() and raw.isdigit() else 0  # (str.isdigit: also "²", which int() refuses)
     if n < 1:
         raise InputError(f"WORLD_SIZE={raw!r} is not a number of processes; torchrun sets it for its ranks: "
                          f"unset it to run one process")
@@ -94,7 +96,7 @@ def env_world_size() -> int:
                          f"not: a stale torchrun environment? Unset WORLD_SIZE to run one process, or start "
                          f"a data-parallel job with `lowprec --nproc N` or torchrun")
     rank = os.environ.get("RANK", "0").strip()
-    if n > 1 and not (rank.isdigit() and int(rank) < n):
+    if n > 1 and not (rank.isascii() and rank.isdigit() and int(rank) < n):
         raise InputError(f"RANK={rank!r} is not a rank of WORLD_SIZE={n} (0..{n - 1}); torchrun sets both")
     return n
 

@@ -64,11 +64,10 @@ def _live_writer(out: Path) -> bool:
 
 
 def resolve_output(path: str | os.PathLike, wait: float = 5.0) -> Path:
-    """The output at `path`, restoring it if a writer died between the two renames of a swap.
-
-    If only the moved-aside copy (`NAME.lowprec-old`) exists, a live writer on this host is given
-    `wait` seconds to finish its swap; otherwise the old copy is renamed back. Returns `path`.
-    A path without a final name (".", "/") cannot have been swapped and is returned as it is."""
+    """The output at `path`, restoring it if a writer died between the two renames of a swap. If only
+    the moved-aside copy (`NAME.lowprec-old`) exists, a live writer on this host is given `wait` seconds
+    to finish its swap; else the old copy is renamed back. A path without a final name (".", "/")
+    cannot have been swapped and is returned as it is."""
     out = Path(path)
     if not out.name:
         return out
@@ -103,7 +102,7 @@ def _recover(out: Path) -> None:
 
 def _declared_format(f: Path) -> str | None:
     try:
-        obj = json.loads(f.read_text(encoding="utf-8"))
+        obj = json.loads(f.read_text(encoding="utf-8-sig"))  # (read as read_json reads it)
     except (OSError, ValueError):
         return None
     return obj.get("format") if isinstance(obj, dict) else None
@@ -133,9 +132,8 @@ def _foreign_entries(d: Path) -> list[str]:
 
 
 def add_entries(d: Path, names: Iterable[str]) -> None:
-    """List more entries in directory output `d`'s marker (files a writer adds in place, as `data
-    append` does), so a later write of the same kind still finds nothing there but its own. A marker
-    that lists no entries (older outputs, reports) is left as it is."""
+    """List more entries in output `d`'s marker (files `data append` adds in place), so a later write
+    of the same kind finds nothing there but its own. A marker that lists none is left as it is."""
     lines = _marker_lines(d)
     new = sorted(set(names) - set(lines))
     if ENTRIES in lines and new:
@@ -183,7 +181,6 @@ def _check_inputs(out: Path, inputs: Iterable[str | os.PathLike], what: str) -> 
 def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str | os.PathLike] = (),
                  what: str = "--out") -> Path:
     """Refuse (InputError, nothing touched) unless `out` may be replaced by an output of `kind`.
-
     Directory kinds (KINDS): absent, an empty directory, or a lowprec output of the same kind.
     File kinds (FILE_KINDS): absent, or a JSON file declaring that kind's format. `kind=None`
     accepts a lowprec output of any kind. Never an input of the command, nor a directory holding one."""
@@ -229,12 +226,11 @@ def _tmp_prefix(name: str) -> str:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
+    with contextlib.suppress(PermissionError):  # (it exists, owned by someone else)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
     return True
 
 
@@ -254,22 +250,33 @@ def _sweep_stale(out: Path) -> None:
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, kind: str | None = None,
                inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `out` atomically, on error it vanishes.
+    """Yield a temporary directory; on success it replaces `out` atomically, on error it vanishes, and
+    so do the parent directories this call created for `out` (never one it did not create).
 
     `out` must pass `claim_output(out, kind, inputs)` first; the new directory gets a marker naming
     its kind so a later write of the same kind recognises it."""
     out = through_symlink(_named_output(out, "output"))
     _recover(out)
     claim_output(out, kind, inputs)
+    made: list[Path] = []  # the parent directories this run creates, outermost first
     with user_os_errors(out.parent):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    with temporary_sibling(out) as tmp, user_os_errors(out):
-        yield tmp
-        if kind is not None:
-            names = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
-            (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *names]))
-        fsync_tree(tmp)
-        _swap(tmp, out)  # (tmp is `out` now: nothing left to remove)
+        for d in [d for d in (out.parent, *out.parent.parents) if not d.exists()][::-1]:
+            with contextlib.suppress(FileExistsError):  # (made by someone else meanwhile: not ours)
+                d.mkdir()
+                made.append(d)
+    try:
+        with temporary_sibling(out) as tmp, user_os_errors(out):
+            yield tmp
+            if kind is not None:
+                names = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+                (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *names]))
+            fsync_tree(tmp)
+            _swap(tmp, out)  # (tmp is `out` now: nothing left to remove)
+    except BaseException:  # nothing written, so no directory made for it either (an emptied one only)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 @contextlib.contextmanager
@@ -359,7 +366,7 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) ->
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+        obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)  # (a BOM: an editor's)
     except (ValueError, RecursionError) as exc:  # (decode errors, duplicate keys, ints past 4,300 digits)
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:

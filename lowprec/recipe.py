@@ -73,7 +73,7 @@ def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"recipe not found: {path}")
     try:
-        obj = tomllib.loads(path.read_text(encoding="utf-8"))
+        obj = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (Notepad saves a BOM)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid UTF-8 TOML recipe ({exc})") from exc
     except OSError as exc:

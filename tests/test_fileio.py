@@ -42,3 +42,23 @@ def test_atomic_write_text_sweeps_its_own_stale_temporaries(tmp_path):
     assert (tmp_path / "plan.json").read_text() == "{}\n"
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+def test_a_failed_write_removes_the_parent_directories_it_made_and_no_other(tmp_path):
+    """`data prepare --out new1/new2/out` that failed left new1/new2 behind: "nothing written"."""
+    import pytest
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "kept" / "new1" / "new2" / "out", "dataset") as tmp:
+            assert (tmp_path / "kept" / "new1" / "new2").is_dir()
+            raise RuntimeError("the run fails")
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C (and SIGTERM, lowprec.cli) too
+        with atomic_dir(tmp_path / "a" / "b" / "out", "dataset") as tmp:
+            (tmp_path / "a" / "theirs.txt").write_text("someone else's, written meanwhile")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path / "a") == ["theirs.txt"]  # a directory holding others' files stays
+    with atomic_dir(tmp_path / "n1" / "n2" / "out", "dataset") as tmp:
+        (tmp / "dataset.json").write_text("{}")
+    assert (tmp_path / "n1" / "n2" / "out" / "dataset.json").is_file()

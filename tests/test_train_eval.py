@@ -108,12 +108,11 @@ def odd(tmp_path_factory):
     import numpy as np
 
     from lowprec.data.dataset import Dataset, DatasetWriter
-    from lowprec.errors import InputWarning
     from lowprec.fileio import atomic_dir
 
     root = tmp_path_factory.mktemp("odd")
     src = Dataset(make_tiny_dataset(root / "src", windows=2, rows=800))
-    with atomic_dir(root / "data") as tmp, pytest.warns(InputWarning, match="no rows|holds only"):
+    with atomic_dir(root / "data") as tmp:
         writer = DatasetWriter(tmp, list(src.meta.dense_names), list(src.meta.sparse))
         for w, keep in ((0, None), (1, None), (0, slice(0, 0)), (0, "neg"), (1, "pos"), (0, "few")):
             dense, sparse, labels = (np.asarray(a) for a in src.arrays(w))

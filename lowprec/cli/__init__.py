@@ -5,6 +5,13 @@ here by discovery, so adding a command never touches this file. Commands parse o
 config, make one library call and render the result. `InputError` from the library becomes exit
 code 2 with its message, and so does an OSError the user can fix (disk full, read-only file system,
 permission denied: `errors.USER_ERRNOS`), naming the file; the messages are listed in docs/errors.md; `--json` output is one JSON object on the last line of stdout.
+
+Ctrl-C is exit 130 with one line. SIGTERM (kill, `timeout`, cron, systemd) to a one-process command
+raises `Terminated`, a KeyboardInterrupt, so every `finally` and `except BaseException` cleanup that
+Ctrl-C runs (temporary directories, parent directories made for --out, drift's run record) runs
+for it too; then one line and exit 143. Not in a rank of a data-parallel job: torchrun stops the
+surviving ranks with SIGTERM when one fails, and the launcher reports that rank's failure, not a
+"stopped" line from every other rank (lowprec.launch.job_errors).
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,7 @@ PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train", "data pr
 # that run data-parallel under torchrun / --nproc
 PARALLEL_NAMES = ", ".join(PARALLEL[:-2]) + ", data prepare|append (csv, criteo-tsv)"
 _COMMAND_ARGS = "lowprec.command_args"  # ctx.meta: the command and its arguments, after the group's own options
+_SIGTERM = "lowprec.sigterm"  # ctx.meta: SIGTERM's handler before the command made it raise Terminated
 
 
 class _OncePerJob:
@@ -56,6 +66,15 @@ class BadInput(_JobError):
     exit_code = 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a one-process command, raised where the command is, so that it unwinds as Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the cleanup short
+    raise Terminated()
+
+
 class LowprecGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -77,6 +96,9 @@ class LowprecGroup(click.Group):
             if isinstance(exc, _OncePerJob):
                 raise
             raise BadUsage(exc.format_message(), exc.ctx) from exc
+        except Terminated as exc:
+            raise Stopped("stopped by SIGTERM (kill, timeout, cron or systemd) before the command finished "
+                          "(exit 143)") from exc
         except (KeyboardInterrupt, click.Abort) as exc:  # click's own handling says "Aborted!", exit 1: an alarm
             raise Interrupted("interrupted (Ctrl-C, SIGINT) before the command finished (exit 130)") from exc
         except (click.ClickException, click.exceptions.Exit):
@@ -87,6 +109,9 @@ class LowprecGroup(click.Group):
                                f"than this process may use (free memory, ulimit -v / RLIMIT_DATA); try a smaller "
                                f"--batch-size or --max-rows, and see the README's \"Models larger than RAM\"") from exc
             raise InternalError(exc) from exc
+        finally:  # done: SIGTERM's handler as it was (one raised now would be click's "Aborted!", exit 1)
+            if _SIGTERM in ctx.meta:
+                signal.signal(signal.SIGTERM, ctx.meta.pop(_SIGTERM))
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         ctx.meta.setdefault(_COMMAND_ARGS, list(args))  # what `--nproc` hands to each rank
@@ -134,6 +159,12 @@ class Interrupted(_JobError):
     exit_code = 130
 
 
+class Stopped(_JobError):
+    """SIGTERM to a one-process command: exit code 143, as a shell gives a process SIGTERM ended."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
 class RankFailed(_JobError):
     """A data-parallel job lost a rank (or timed out): exit code 3, nothing written."""
 
@@ -151,8 +182,8 @@ def main(ctx: click.Context, nproc: int) -> None:
 
     Typical flow: `data synth|prepare` -> `train` -> `calibrate` -> `search` -> `convert` ->
     `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input, 3 a
-    data-parallel rank failed, 4 internal error (a bug), 130 interrupted (Ctrl-C; 143: `--nproc`
-    stopped by SIGTERM).
+    data-parallel rank failed, 4 internal error (a bug), 130 interrupted (Ctrl-C), 143 stopped by
+    SIGTERM.
     """
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
     ranks = dist.env_world_size()
@@ -166,6 +197,8 @@ def main(ctx: click.Context, nproc: int) -> None:
         check_parallel(_parse_only(ctx, args))  # bad usage (or --help) once, here, not once a rank
         _warn_if_oversubscribed(nproc)
         ctx.exit(launcher.launch(nproc, args))
+    if ranks <= 1 and threading.current_thread() is threading.main_thread():  # (not in a rank: see the docstring)
+        ctx.meta[_SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated) or signal.SIG_DFL
     if dist.setup():
         ctx.call_on_close(dist.teardown)
 
@@ -212,8 +245,8 @@ def _register() -> None:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for command in getattr(module, "COMMANDS", []):
-            finite_floats(command)  # no float option takes nan or inf (lowprec.cli._common.FiniteFloat)
             main.add_command(command)
+    finite_floats(main)  # no float option takes nan or inf, no integer one `1_0` (lowprec.cli._common), --nproc too
 
 
 _register()

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import click
 from tqdm import tqdm
 
+from lowprec.data.csvlabel import plain_int
 from lowprec.distributed import is_main  # one progress display in a data-parallel job: rank 0's
 from lowprec.progress import Update
 
@@ -35,7 +36,7 @@ def progress_bar(total: int | None, desc: str, unit: str = "rows") -> Iterator[U
 def int_list(text: str, what: str) -> tuple[int, ...]:
     """'64,32' -> (64, 32); an empty string -> ()."""
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return tuple(plain_int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
 
@@ -74,10 +75,32 @@ class FiniteFloat(click.FloatRange):
         return "a finite float" if self.min is None and self.max is None else super()._describe_range()
 
 
+class _PlainInt:
+    """click's INT and IntRange read an option with int(): `--epochs 1_0` was 10 and `--windows ٣`
+    3. This convert refuses what `plain_int` refuses, then converts as the type it joins."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                plain_int(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a plain decimal integer (ASCII digits, no `_`)", param, ctx)  # type: ignore[attr-defined]
+        return super().convert(value, param, ctx)  # type: ignore[misc]
+
+
+class PlainInt(_PlainInt, click.types.IntParamType):
+    pass
+
+
+class PlainIntRange(_PlainInt, click.IntRange):
+    pass
+
+
 def finite_floats(command: click.Command) -> None:
     """Give every float option of `command` (and its subcommands) the FiniteFloat type, keeping any
-    FloatRange bounds: the one place where the CLI refuses NaN and infinities (called at registration,
-    so a new command's float options are covered without remembering to)."""
+    FloatRange bounds, and every integer option `_PlainInt`'s check: the one place where the CLI
+    refuses NaN, infinities and `1_0` (called at registration, so a new command's options are covered
+    without remembering to)."""
     for sub in getattr(command, "commands", {}).values():
         finite_floats(sub)
     for p in command.params:
@@ -87,6 +110,9 @@ def finite_floats(command: click.Command) -> None:
                 p.type = FiniteFloat(t.min, t.max, t.min_open, t.max_open, t.clamp)
             else:
                 p.type = FiniteFloat()
+        elif isinstance(t, click.types.IntParamType) and not isinstance(t, _PlainInt):
+            p.type = (PlainIntRange(t.min, t.max, t.min_open, t.max_open, t.clamp) if isinstance(t, click.IntRange)
+                      else PlainInt())
 
 
 class StageBars:

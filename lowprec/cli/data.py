@@ -2,7 +2,9 @@
 
 Thin layer: parse options, check which apply to the chosen format, call one library function inside
 `fileio.atomic_dir` (so a failure leaves nothing new at --out and keeps what was there), print bad rows
-to stderr (up to BAD_ROWS_SHOWN) and a one-line summary, or with --json one JSON object last on stdout.
+to stderr (up to BAD_ROWS_SHOWN), the written dataset's warnings (said once it is written, with the
+windows' final numbers: nothing about a dataset a failed run never wrote) and a one-line summary, or
+with --json one JSON object last on stdout.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lowprec.data.movielens import prepare_movielens
 from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows, check_inputs
 from lowprec.data.latent import synth_config
 from lowprec.data.synth import DRIFTS
+from lowprec.errors import warn
 from lowprec.fileio import atomic_dir
 
 BAD_ROWS_SHOWN = 20
@@ -61,6 +64,12 @@ def _span(windows: Any) -> str:
     """` (first .. last)` of the windows' labels, ` (only)` for one, nothing without labels."""
     labels = [w.label for w in windows if w.label]
     return f" ({labels[0]} .. {labels[-1]})" if len(labels) > 1 else f" ({labels[0]})" if labels else ""
+
+
+def _say_warnings(said: Any) -> None:
+    """A written dataset's (or append run's) provenance `warnings`, each a `warning: ...` line on stderr."""
+    for message in said or []:
+        warn(str(message))
 
 
 def _say_skipped(bad: BadRows) -> None:
@@ -120,6 +129,7 @@ def synth(out: Path, windows: int, rows_per_window: int, seed: int, scale: float
                                  drift=drift, drift_start=drift_start)
     with StageBars() as bars, atomic_dir(out, "dataset") as tmp:
         meta = generate(cfg, tmp, progress=bars)
+    _say_warnings(meta.provenance.get("warnings"))
     _summary(out, meta, None, as_json, {"command": "data synth", "kind": kind.partition(":")[0], "drift": drift,
                                         "drift_start": cfg.start})
 
@@ -222,6 +232,7 @@ def prepare(fmt: str, inputs: tuple[Path, ...], more_inputs: tuple[Path, ...], o
         return
     with StageBars() as bars, atomic_dir(out, "dataset", inputs=sources) as tmp:
         meta, bad = func(root=tmp, progress=bars, **read)
+    _say_warnings(meta.provenance.get("warnings"))
     _say_skipped(bad)
     _summary(out, meta, bad, as_json, {"command": "data prepare", "format": fmt})
 
@@ -262,6 +273,7 @@ def append(data_dir: Path, inputs: tuple[Path, ...], more_inputs: tuple[Path, ..
                                           report=_reporter(shown), progress=bars, show_bad_rows=shown)
     if meta is None:  # a reading rank under torchrun: rank 0 reports
         return
+    _say_warnings(meta.provenance["appends"][-1].get("warnings"))
     _say_skipped(bad)
     new = [w for w in meta.windows if w.index in set(added)]
     rows = sum(w.rows for w in new)

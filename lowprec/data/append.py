@@ -35,8 +35,8 @@ from lowprec.data.criteo import DENSE_NAMES, SPARSE_NAMES, prepare_criteo
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
-from lowprec.data.rawinput import BadRows, rows_window
-from lowprec.errors import InputError, warn
+from lowprec.data.rawinput import BadRows
+from lowprec.errors import InputError
 from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
 
@@ -98,7 +98,9 @@ def _told(refusal: str | None) -> None:
 def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Path | None,
                   **read: Any) -> tuple[DatasetMeta, BadRows]:
     """Read `inputs` into staging/new as the dataset's own files were read (staging None: a reading
-    rank under torchrun)."""
+    rank under torchrun), its windows numbered from 0 there but warned about by the index they get in
+    the dataset, and `rows:N` windows labelled by the dataset's running row count (`after`)."""
+    read["after"] = (len(old.windows), sum(w.rows for w in old.windows))
     prov = old.provenance
     source = prov.get("source")
     if source == "csv":
@@ -154,14 +156,13 @@ def _check_later(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
 
 def _repeated_labels(old: DatasetMeta, new: DatasetMeta) -> list[str]:
     """A warning when new windows take labels the dataset's windows have (a daily file under one
-    name, `--window file`): `label:` specs would then select several windows."""
+    name, `--window file`): `label:` specs would then select several windows. (`new`'s labels are
+    final: `rows:N` windows were labelled by the dataset's row count, `_prepare_like`.)"""
     repeated = sorted({w.label for w in new.windows if w.label} & {w.label for w in old.windows})
     if not repeated:
         return []
-    said = (f"new window label(s) {repeated} are already labels of earlier windows (a file name used again?): "
-            f"`--windows label:...` selects all of them; give each day's file its own name")
-    warn(said)
-    return [said]
+    return [f"new window label(s) {repeated} are already labels of earlier windows (a file name used again?): "
+            f"`--windows label:...` selects all of them; give each day's file its own name"]
 
 
 def _time(iso: str | None) -> dt.datetime:
@@ -181,9 +182,7 @@ def _commit(root: Path, old: DatasetMeta, new: DatasetMeta, staged: Path, warnin
     add_entries(root, [dst.name for _, dst in moves])  # a later `data prepare --out` here still owns them
     for src, dst in moves:
         os.replace(src, dst)
-    before = sum(w.rows for w in old.windows)  # `rows:N` windows number rows across the whole dataset
-    added = [WindowInfo(first + w.index, w.rows, w.label, w.start, w.end) if not str(w.start).isdigit() else
-             WindowInfo(first + w.index, w.rows, **rows_window(before + int(w.start), w.rows)) for w in new.windows]
+    added = [WindowInfo(first + w.index, w.rows, w.label, w.start, w.end) for w in new.windows]
     run = {k: new.provenance[k] for k in PER_RUN if k in new.provenance}
     if warnings:
         run["warnings"] = [*run.get("warnings", []), *warnings]

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lowprec.data.csvlabel import plain_int
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import (
     DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, SequentialWindows, check_distinct, check_inputs,
@@ -59,10 +60,10 @@ def parse_table_sizes(text: str | int, n: int = N_SPARSE) -> list[int]:
     text = str(text).strip()
     try:
         if text == "kaggle" or text.startswith("kaggle:"):
-            cap = int(text[7:]) if text != "kaggle" else MAX_TABLE
+            cap = plain_int(text[7:]) if text != "kaggle" else MAX_TABLE
             sizes = [min(cap, c + 1) for c in KAGGLE_CARDINALITIES]
         else:
-            sizes = [int(p) for p in text.split(",")]
+            sizes = [plain_int(p) for p in text.split(",")]
     except ValueError:
         raise InputError(f"--table-size {text!r}: give N, {n} comma-separated N, or kaggle[:N]") from None
     if len(sizes) == 1:
@@ -227,12 +228,13 @@ def prepare_criteo(
     progress: Stages | None = None,
     show_bad_rows: int | None = 20,
     in_turn: tuple[int, int] | None = None,
+    after: tuple[int, int] = (0, 0),
 ) -> tuple[DatasetMeta | None, BadRows]:
     """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir).
 
     Under torchrun every rank reads a share of the input and rank 0 (`root`) writes the dataset; the
     other ranks pass root None and get (None, their BadRows) (lowprec.data.sharedread). `in_turn`:
-    as csvread.prepare_csv's."""
+    as csvread.prepare_csv's; `after`: as DatasetWriter's (`data append`)."""
     check_inputs(inputs)
     sizes = table_sizes or [DEFAULT_TABLE_SIZE] * N_SPARSE
     if len(sizes) != N_SPARSE or min(sizes) < 2 or max(sizes) > MAX_TABLE:
@@ -244,7 +246,7 @@ def prepare_criteo(
     if root is None:  # a reading rank under torchrun: its share into rank 0's staging directory
         read_shared(inputs, None, parser, None, bad, [], None)
         return None, bad
-    writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)])
+    writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)], after=after)
     out = SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
     read_all(inputs, root, parser, out, bad, stats, progress, in_turn)

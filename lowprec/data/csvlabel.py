@@ -76,6 +76,16 @@ def plain_float(text: str) -> float:
     return float(text)
 
 
+def plain_int(text: str) -> int:
+    """int(text) for integers as people type them (surrounding spaces and a sign allowed): digit-group
+    underscores (`1_0` would be 10) and non-ASCII digits (`٣`) are ValueErrors, as in `plain_float`."""
+    t = text.strip()
+    digits = t[1:] if t[:1] in ("-", "+") else t
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"{text!r} is not a plain decimal integer")
+    return int(text)
+
+
 def _number(text: str) -> float | None:
     """A finite number, or None (not a number, NaN or an infinity)."""
     try:

@@ -15,7 +15,7 @@ from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
 from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_distinct, check_inputs
 from lowprec.data.sharedread import read_all, read_shared
-from lowprec.errors import InputError, warn
+from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
 
@@ -25,6 +25,7 @@ def prepare_csv(
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS, report: Reporter | None = None,
     progress: Stages | None = None, vocab_from: Path | None = None, show_bad_rows: int | None = 20,
     recorded_schema: dict[str, Any] | None = None, in_turn: tuple[int, int] | None = None,
+    after: tuple[int, int] = (0, 0),
 ) -> tuple[DatasetMeta | None, BadRows]:
     """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`.
 
@@ -33,7 +34,7 @@ def prepare_csv(
     Under torchrun every rank reads a share of the input and rank 0 writes the dataset
     (lowprec.data.sharedread); the other ranks return (None, their BadRows). `in_turn` = (ranks,
     part bytes): read the shares of that many ranks in turn, in this process (the tests' check that
-    the merge gives one reader's dataset)."""
+    the merge gives one reader's dataset). `after`: as DatasetWriter's (`data append`)."""
     if recorded_schema is not None:
         where = f"{vocab_from}/dataset.json: provenance schema"
         schema = schema_from(recorded_schema.get("toml"), where)
@@ -52,7 +53,7 @@ def prepare_csv(
         read_shared(inputs, None, parser, None, bad, [], None)
         return None, bad
     sparse = [SparseFeature(c.name, c.num_embeddings or 2**31 - 1, c.hotness) for c in schema.categorical]
-    writer = DatasetWriter(root, [c.name for c in schema.dense], sparse)
+    writer = DatasetWriter(root, [c.name for c in schema.dense], sparse, after=after)
     sink = CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
     read_all(inputs, root, parser, sink, bad, stats, progress, in_turn)
@@ -66,17 +67,14 @@ def prepare_csv(
                                f"{last}: quoted cells holding line breaks (in columns the schema does not read), "
                                f"kept as one record each. If a quote was left open, the lines up to the next quote "
                                f"were read as part of that cell: check {where}:{first}")
-        warn(writer.warnings[-1])
     if parser.epoch_zero:  # exports write 0 for "no time": those rows would make a 1970 window of their own
         writer.warnings.append(f"{parser.epoch_zero:,} row(s) have {schema.time} = 1970-01-01T00:00:00Z (unix time 0), "
                                f"which usually stands for a missing timestamp; they were kept, in the window of "
                                f"that date. Drop or fix them if their time is unknown")
-        warn(writer.warnings[-1])
     if parser.date_like:  # `dt=20231114` columns: read as unix seconds they all fall in August 1970
         writer.warnings.append(f"{parser.date_like:,} row(s) have a {schema.time} that reads as a YYYYMMDD date (e.g. "
                                f"20231114) and was read as unix seconds, a time in August 1970; if the column holds "
                                f"dates, set time_format = \"iso\" in the schema (ISO 8601 reads 20231114 as a date)")
-        warn(writer.warnings[-1])
     vocab_files = {}
     for e in parser.encoders:
         if e.col.encoding == "vocab":

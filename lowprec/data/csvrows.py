@@ -18,12 +18,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from lowprec.data.rawinput import BadRow, InputStats, Read, guarded, open_span
+from lowprec.data.rawinput import BadRow, InputStats, Read, guarded, header_positions, open_span
 from lowprec.data.csvencode import Encoder
 from lowprec.data.csvlabel import plain_float
 from lowprec.data.csvschema import DATE_LIKE, F32_LIMIT, TIME_FORMATS, TIME_YEARS, CsvSchema, parse_time, time_hint
-from lowprec.data.movielens import header_positions
-from lowprec.data.records import records, strict_reader
+from lowprec.data.records import LONE_CR, error_text, records, strict_reader
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 
@@ -163,7 +162,9 @@ def _bad_utf8(row: list[str]) -> str | None:
 def _header(rows: Iterator[Any], path: Path) -> list[str] | None:
     first, last, header = next(rows, (0, 0, None))
     if isinstance(header, csv.Error):
-        raise InputError(f"{path}:{first}: cannot read the header ({header})")
+        old_mac = (" Do its lines end in a lone \\r (as classic Mac OS wrote them)? lowprec reads lines ending in "
+                   "\\n or \\r\\n: convert it, e.g. tr '\\r' '\\n'" if LONE_CR in str(header) else "")
+        raise InputError(f"{path}:{first}: cannot read the header ({error_text(header)}).{old_mac}")
     if header is not None and _bad_utf8(header):
         raise InputError(f"{path}:{last}: the header is not valid UTF-8 ({_bad_utf8(header)})")
     return header
@@ -181,7 +182,7 @@ def _record(parser: RowParser, first: int, last: int, row: Any) -> tuple | None:
     if isinstance(row, csv.Error):
         if "field larger than field limit" in str(row):  # (csv's only error that is not about quoting)
             return "size", f"a cell is longer than csv's limit of {csv.field_size_limit():,} characters", True
-        return "quoting", f"malformed quoting ({row})", True
+        return "quoting", f"malformed quoting ({error_text(row)})", True
     if not row or (len(row) == 1 and not row[0].strip()):  # a blank line, spaces and tabs only included
         return None
     if _bad_utf8(row):

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowprec.data.csvlabel import LabelRule, label_rule, plain_float
+from lowprec.data.csvlabel import LabelRule, label_rule, plain_float, plain_int
 from lowprec.data.dataset import MAX_HOTNESS
 from lowprec.errors import InputError
 
 # unix seconds of years 1..9998: every day, month and year window of such a time starts and ends
 # at a date Python can write (a year-9999 window would end in year 10000)
-TIME_MIN = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc).timestamp()
+TIME_MIN = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 TIME_MAX = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 TIME_YEARS = "years 1-9998"
 DATE_LIKE = (19000101, 21001231)  # unix seconds that read as YYYYMMDD dates of 1900-2100 (all in August 1970)
@@ -144,7 +144,7 @@ def load_schema(path: str | Path) -> CsvSchema:
     path = Path(path)
     where = str(path)
     try:
-        top = tomllib.loads(path.read_text(encoding="utf-8"))
+        top = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (Notepad saves a BOM)
     except FileNotFoundError:
         raise InputError(f"schema file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -157,6 +157,7 @@ def schema_from(top: dict[str, Any], where: str) -> CsvSchema:
     if not isinstance(top, dict):
         raise _err(where, f"a schema is a table of keys, found {type(top).__name__}")
     _check_keys(where, top, _TOP_KEYS)
+    _get(where, top, "description", str)
     label = _label_rule(where, top)
     dense = tuple(_dense(where, k, v) for k, v in _get(where, top, "dense", dict, {}).items())
     cats = tuple(_categorical(where, k, v) for k, v in _get(where, top, "categorical", dict, {}).items())
@@ -201,9 +202,11 @@ def parse_time(text: str, fmt: str) -> float | None:
 def time_hint(text: str, fmt: str) -> str:
     """What the unreadable time cell `text` suggests about time_format, if anything."""
     try:
-        x = float(text.strip())
+        x = plain_float(text.strip())
     except ValueError:
-        return ' (numbers are read with time_format = "unix" or "unix_ms")' if fmt in ("unix", "unix_ms") else ""
+        if fmt in ("unix", "unix_ms") and parse_time(text, "iso") is not None:
+            return f' (an ISO 8601 time, which time_format "{fmt}" does not read: set time_format = "iso" or "auto")'
+        return ""
     if fmt in ("auto", "unix") and math.isfinite(x) and TIME_MIN <= x / 1000.0 < TIME_MAX:
         return ' (is the column in milliseconds? set time_format = "unix_ms")'
     return ' (a number: set time_format = "unix" or "unix_ms")' if fmt == "iso" else ""
@@ -215,7 +218,7 @@ def parse_window_option(text: str) -> tuple[str, int | None]:
         return text, None
     if text.startswith("rows:"):
         try:
-            n = int(text[5:])
+            n = plain_int(text[5:])
         except ValueError:
             n = 0
         if n >= 1:

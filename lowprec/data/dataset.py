@@ -14,8 +14,9 @@ Criteo layout, so such a directory plus a `dataset.json` is a lowprec dataset.
 Writing streams: `DatasetWriter` appends chunks to each .npy and patches the header when the window
 closes, so preparing a dataset never holds a whole window in memory. It counts each window's
 positives, and a window with no rows, or with one label class only (no positives, or no negatives:
-its AUC is undefined and no model can learn from it alone), is reported as it is written
-(`lowprec.errors.warn`: `warning: ...` on stderr) and listed in provenance `warnings`.
+its AUC is undefined and no model can learn from it alone), is listed in provenance `warnings`. The
+CLI says a dataset's warnings (`warning: ...` on stderr) once the dataset is written: a run that
+fails later (no valid rows, too many bad rows) said nothing about windows it never wrote.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.errors import InputError, warn
+from lowprec.errors import InputError
 from lowprec.fileio import read_json, resolve_output, write_json
 
 FORMAT = "lowprec-dataset"
@@ -336,8 +337,13 @@ class DatasetWriter:
         dense_names: list[str],
         sparse: list[SparseFeature],
         provenance: dict[str, Any] | None = None,
+        after: tuple[int, int] = (0, 0),
     ):
+        """`after`: the (windows, rows) of a dataset the windows written here will follow (`data
+        append`): warnings name each window by its index there, and `rows:N` windows count rows from
+        there, so both say what the dataset will hold."""
         self.root = Path(root)
+        self.after = after
         self.root.mkdir(parents=True, exist_ok=True)
         self.dense_names, self.sparse = tuple(dense_names), tuple(sparse)
         self.provenance = dict(provenance or {})
@@ -360,9 +366,8 @@ class DatasetWriter:
         self.windows.append(info)
         problem = window_problem(info.rows, writer.positives)
         if problem:
-            name = f"window {info.index}" + (f" ({info.label!r})" if info.label else "")
+            name = f"window {self.after[0] + info.index}" + (f" ({info.label!r})" if info.label else "")
             self.warnings.append(f"{name} {problem}")
-            warn(self.warnings[-1])
         return info
 
     def finish(self, num_embeddings: list[int] | None = None,

@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 
 from lowprec.data import encoding as fingerprint
+from lowprec.data.csvlabel import plain_int
 from lowprec.data.csvschema import TIME_MAX, TIME_MIN, TIME_YEARS
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
-from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, open_input
-from lowprec.data.records import records, spans, strict_reader
+from lowprec.data.rawinput import CHUNK_ROWS, BadRows, InputStats, Reporter, guarded, header_positions, open_input
+from lowprec.data.records import error_text, records, spans, strict_reader
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 
@@ -75,38 +76,36 @@ def find_file(root: Path, name: str) -> Path:
     raise InputError(f"{root}: no {name} or {name}.gz (is this a MovieLens directory?)")
 
 
-def header_positions(path: Path, header: list[str], want: list[str], named_in: str = "") -> list[int]:
-    """Where each `want` column sits in a CSV header (names stripped of spaces). A column missing, or
-    named twice (the reader could not tell which to read), is an error naming the file's line 1;
-    repeats of columns nobody reads are fine. `named_in` says who named the columns, for the message."""
-    cols = [h.strip() for h in header]
-    missing = [c for c in dict.fromkeys(want) if c not in cols]
-    if missing:
-        raise InputError(f"{path}:1: header {cols} lacks column(s) {missing}{named_in}")
-    twice = [c for c in dict.fromkeys(want) if cols.count(c) > 1]
-    if twice:
-        raise InputError(f"{path}:1: header names column(s) {twice} more than once; which to read is "
-                         "ambiguous (rename one in the file)")
-    return [cols.index(c) for c in want]
+def _integer(cell: bytes) -> int:
+    """As plain_int (int() alone reads `1_0` as 10); ASCII digits, the common case, checked once."""
+    return int(cell) if cell.isdigit() else plain_int(cell.decode(errors="replace"))
 
 
 def read_ratings(path: Path, bad: BadRows, stats: InputStats, progress: Stages | None) -> Ratings:
+    """userId,movieId,rating,timestamp rows by the CSV reader's number rules (ASCII digits, no `1_0`);
+    another number of fields than the header is a bad row; blank lines (spaces too) are ignored."""
     cols: list[list[Any]] = [[], [], [], []]
     with open_input(path, stats, progress) as (stream, tick):
         pos: list[int] = []
+        width = 0
         for line in guarded(stream, path, lambda: stats.lines + 1):
             stats.lines += 1
             line = line.rstrip(b"\r\n")
             if stats.lines == 1:
-                pos = header_positions(path, line.decode("utf-8-sig", errors="replace").split(","),
-                                       ["userId", "movieId", "rating", "timestamp"])
+                header = line.decode("utf-8-sig", errors="replace").split(",")
+                pos, width = header_positions(path, header, ["userId", "movieId", "rating", "timestamp"]), len(header)
                 continue
-            if not line:
+            if not line.strip():
                 continue
             parts = line.split(b",")
             try:
-                u, m, r, t = (parts[pos[0]], parts[pos[1]], parts[pos[2]], parts[pos[3]])
-                vals = (int(u), int(m), float(r), int(t))
+                if len(parts) != width:
+                    raise ValueError(f"{len(parts)} fields, the header has {width}")
+                r = parts[pos[2]]
+                if b"_" in r:  # (float() reads `0_5` as 5.0)
+                    raise ValueError(f"rating {r[:40].decode(errors='replace')!r} is not a plain number")
+                vals = (_integer(parts[pos[0]]), _integer(parts[pos[1]]), float(r),
+                        _integer(parts[pos[3]]))
                 if not 0 <= vals[2] <= 10:
                     raise ValueError(f"rating {vals[2]} out of range")
                 if not (-2**63 <= vals[0] < 2**63 and -2**63 <= vals[1] < 2**63):
@@ -115,7 +114,7 @@ def read_ratings(path: Path, bad: BadRows, stats: InputStats, progress: Stages |
                     raise ValueError(f"timestamp {vals[3]} is not unix seconds in {TIME_YEARS}"
                                      + (" (milliseconds? MovieLens writes seconds)" if TIME_MIN <= vals[3] / 1000
                                         < TIME_MAX else ""))
-            except (ValueError, IndexError) as exc:
+            except ValueError as exc:
                 stats.bad_rows += 1
                 bad.add(path, stats.lines, "rating row", f"malformed rating row ({exc})")
                 continue
@@ -141,14 +140,17 @@ def read_movies(
         header = next(rows, (0, 0, None))[2]
         if not isinstance(header, list) or [h.strip() for h in header[:3]] != ["movieId", "title", "genres"]:
             raise InputError(f"{path}:1: expected header movieId,title,genres, found {header}")
+        width = len(header)
         for first, last, row in rows:
             stats.lines = last
-            if isinstance(row, list) and not row:
+            if isinstance(row, list) and (not row or len(row) == 1 and not row[0].strip()):
                 continue
             try:
                 if isinstance(row, csv.Error) or last > first:  # no title holds a line break: a quote left open
-                    raise ValueError(f"malformed quoting{f' ({row})' if isinstance(row, csv.Error) else ''}")
-                mid = int(row[0])
+                    raise ValueError(f"malformed quoting{f' ({error_text(row)})' if isinstance(row, csv.Error) else ''}")
+                if len(row) != width:
+                    raise ValueError(f"{len(row)} fields, the header has {width}")
+                mid = plain_int(row[0])
                 title, genres = row[1], row[2]
             except (ValueError, IndexError) as exc:
                 stats.bad_rows += 1

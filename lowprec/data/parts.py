@@ -97,7 +97,7 @@ def part_bytes(inputs: list[Path], ranks: int) -> int:
     parts a rank (so shares even out), within [MIN_PART_BYTES, PART_BYTES]."""
     text = os.environ.get(PART_BYTES_ENV, "").strip()
     if text:
-        if not text.isdigit() or int(text) < 1:
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
             raise InputError(f"${PART_BYTES_ENV} = {text!r}: give the bytes of a part as a positive integer")
         return int(text)
     plain = sum(p.stat().st_size for p in inputs if p.is_file() and not is_gzip(p))

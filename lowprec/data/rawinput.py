@@ -131,6 +131,21 @@ def check_inputs(paths: list[Path]) -> None:
         seen[st.st_dev, st.st_ino] = path
 
 
+def header_positions(path: Path, header: list[str], want: list[str], named_in: str = "") -> list[int]:
+    """Where each `want` column sits in a CSV header (names stripped of spaces). A column missing, or
+    named twice (the reader could not tell which to read), is an error naming the file's line 1;
+    repeats of columns nobody reads are fine. `named_in` says who named the columns, for the message."""
+    cols = [h.strip() for h in header]
+    missing = [c for c in dict.fromkeys(want) if c not in cols]
+    if missing:
+        raise InputError(f"{path}:1: header {cols} lacks column(s) {missing}{named_in}")
+    twice = [c for c in dict.fromkeys(want) if cols.count(c) > 1]
+    if twice:
+        raise InputError(f"{path}:1: header names column(s) {twice} more than once; which to read is "
+                         "ambiguous (rename one in the file)")
+    return [cols.index(c) for c in want]
+
+
 def check_distinct(stats: list[InputStats]) -> None:
     """After reading: no two inputs with the same bytes (a copy of a file given beside it), whose rows
     would count twice."""
@@ -205,7 +220,7 @@ class SequentialWindows:
     def __init__(self, writer: DatasetWriter, rows_per_window: int | None):
         self.writer, self.rows_per_window = writer, rows_per_window
         self.current: WindowWriter | None = None
-        self.offset = 0  # good rows written before the current window
+        self.offset = writer.after[1]  # good rows written before the current window (a dataset's, appended to)
 
     def start_file(self, path: Path) -> None:
         if self.rows_per_window is None:

@@ -1,7 +1,10 @@
 """Window SPEC parsing, the one parser every command uses.
 
 A SPEC is `3`, `0-4`, `5,7,9`, `all`, any comma-separated mix (`0-2,5`), or, matched against window
-labels (data prepared by year/month/day), `label:2015`, `label:2016..2018`, `label:2016-01..2016-06`.
+labels (data prepared by year/month/day), `label:2015`, `label:2016..2018`, `label:2016-01..2016-06`,
+`label:2016..` (2016 on), `label:..2015` (up to 2015), `label:2015,2017`. Each part must select at least
+one window (a part that matches nothing is an InputError naming it, as a missing window number is),
+and window numbers are ASCII digits (`1_0` and `٣` are refused, not read as 10 and 3).
 Specs are checked against the dataset's windows before anything is allocated: `0-99999999999` is
 an error naming the dataset's range, not a set of 10**11 integers.
 
@@ -23,14 +26,22 @@ from lowprec.data.dataset import window_files
 from lowprec.errors import InputError, warn
 from lowprec.fileio import file_fingerprint
 
-USAGE = "use `3`, `0-4`, `5,7,9`, `all` or `label:A..B`"
+USAGE = "use `3`, `0-4`, `5,7,9`, `all`, `label:A`, `label:A..B`, `label:A..` (A on) or `label:..B` (up to B)"
+
+
+def _number(text: str) -> int:
+    """A window number: ASCII digits only (int() also reads `1_0` as 10 and `٣` as 3)."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
 
 
 def _range(part: str, spec: Any) -> tuple[int, int]:
     lo_s, sep, hi_s = part.partition("-") if not part.startswith("-") else ("", "", "")
     try:
-        lo = int(lo_s if sep else part)
-        hi = int(hi_s) if sep else lo
+        lo = _number(lo_s if sep else part)
+        hi = _number(hi_s) if sep else lo
     except ValueError:
         raise InputError(f"bad window SPEC {spec!r}: {USAGE}") from None
     if hi < lo or lo < 0:
@@ -80,16 +91,36 @@ def select_windows(spec: Any, meta: Any, what: str = "--windows") -> list[int]:
         except InputError as exc:
             raise InputError(f"{what}: {exc}") from None
         return _with_rows(numbered, meta, what)
+    parts = [_label_part(p.strip(), text, what) for p in text[len("label:"):].split(",")]
     chosen = []
-    for part in text[len("label:"):].split(","):
-        lo, _, hi = part.strip().partition("..")
-        hi = hi or lo
-        chosen += [w.index for w in meta.windows if lo <= w.label <= hi and len(w.label) == len(lo)]
-    if not chosen:
-        labels = [w.label for w in meta.windows]
-        shown = ", ".join(labels if len(labels) <= 20 else labels[:10] + ["..."] + labels[-5:])
-        raise InputError(f"{what}: {text!r} matches no window label (the {len(labels)} labels: {shown})")
+    for shown, lo, hi in parts:
+        width = len(lo or hi)
+        matched = [w.index for w in meta.windows
+                   if len(w.label) == width and (not lo or lo <= w.label) and (not hi or w.label <= hi)]
+        if not matched:
+            labels = [w.label for w in meta.windows]
+            listed = ", ".join(labels if len(labels) <= 20 else labels[:10] + ["..."] + labels[-5:])
+            of = f" (in {text!r})" if len(parts) > 1 else ""
+            raise InputError(f"{what}: {shown!r}{of} matches no window label (the {len(labels)} labels: {listed})")
+        chosen += matched
     return _with_rows(sorted(set(chosen)), meta, what)
+
+
+def _label_part(part: str, text: str, what: str) -> tuple[str, str, str]:
+    """One comma-separated part of a `label:` SPEC -> (the part as written, low bound, high bound);
+    an empty bound is open: `A..` is every label from A on, `..B` every label up to B. A part may
+    repeat the `label:` prefix (`label:2015,label:2017`)."""
+    bounds = part[len("label:"):] if part.startswith("label:") else part
+    lo, sep, hi = (b.strip() for b in bounds.partition(".."))
+    hi = hi if sep else lo
+    bad = ("is empty" if not lo and not hi else
+           "has more than one `..`" if ".." in hi else
+           f"has bounds of different forms ({lo!r} and {hi!r}: write both alike, e.g. 2016..2018 or "
+           f"2016-01..2016-06)" if lo and hi and len(lo) != len(hi) else
+           f"runs backwards ({lo!r} comes after {hi!r})" if lo and hi and lo > hi else "")
+    if bad:
+        raise InputError(f"{what}: bad window SPEC {text!r}: the part {part!r} {bad}; {USAGE}")
+    return f"label:{bounds}", lo, hi
 
 
 def _with_rows(chosen: list[int], meta: Any, what: str) -> list[int]:

@@ -79,6 +79,8 @@ def _options(table: TableConfig, kind: str, options: dict[str, str],
     out = {}
     for key, value in options.items():
         try:
+            if "_" in value or not value.isascii():  # int() and float() read `1_6` as 16, `١٦` as 16
+                raise ValueError(value)
             out[key] = allowed[key](value)
         except ValueError:
             raise InputError(f"table {table.name!r}: `{kind}` option {key}={value!r} is not valid") from None

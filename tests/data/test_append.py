@@ -256,3 +256,47 @@ def test_append_from_inside_the_dataset_stages_beside_it(prepared, tmp_path, mon
     r = run("data", "append", "--data", ".", "--input", day_csv(tmp_path / "d3.csv", [3], ["a"]))
     assert r.exit_code == 0, r.output
     assert seen == [prepared] and len(Dataset(prepared).meta.windows) == 4
+
+
+def _warned(output):
+    return [line for line in output.splitlines() if line.startswith("warning:")]
+
+
+def test_append_warnings_name_the_windows_as_the_dataset_numbers_and_labels_them(tmp_path):
+    """The new windows are prepared in a staging dataset numbered from 0: its warnings named the
+    staging index and (rows:N) label, on stderr and in provenance, pointing at an earlier, healthy
+    window; and every rows:N append warned that its staging labels `rows 0-...` repeat earlier ones."""
+    (tmp_path / "s.toml").write_text('label = "clicked"\ntime = "ts"\n[dense.price]\n[categorical.user]\n'
+                                     'encoding = "vocab"\n')
+    day = "ts,clicked,price,user\n{0},1,1.5,u1\n{1},0,2.5,u2\n"
+    (tmp_path / "day1.csv").write_text(day.format(1700000000, 1700000060))
+    (tmp_path / "day2.csv").write_text(day.format(1700086400, 1700086460))
+    (tmp_path / "day3.csv").write_text("ts,clicked,price,user\n")
+    (tmp_path / "pos.csv").write_text("ts,clicked,price,user\n1700172800,1,1,u1\n")
+    csv = ("--format", "csv", "--schema", tmp_path / "s.toml")
+    assert run("data", "prepare", *csv, "--input", tmp_path / "day1.csv", "--out", tmp_path / "ds").exit_code == 0
+    r = run("data", "append", "--data", tmp_path / "ds", "--input", tmp_path / "day2.csv", tmp_path / "day3.csv")
+    assert r.exit_code == 0, r.output
+    assert len(_warned(r.output)) == 1 and _warned(r.output)[0].startswith("warning: window 2 ('day3.csv') holds no rows")
+    recorded = Dataset(tmp_path / "ds").meta.provenance["appends"][-1]["warnings"]
+    assert len(recorded) == 1 and recorded[0].startswith("window 2 ('day3.csv') holds no rows")
+
+    r = run("data", "prepare", *csv, "--input", tmp_path / "day1.csv", "--out", tmp_path / "dr", "--window", "rows:1")
+    assert r.exit_code == 0 and [w.split(" (1 row")[0] for w in _warned(r.output)] == [
+        "warning: window 0 ('rows 0-0') holds only positives", "warning: window 1 ('rows 1-1') holds only negatives"]
+    r = run("data", "append", "--data", tmp_path / "dr", "--input", tmp_path / "pos.csv")
+    assert r.exit_code == 0 and [w.split(" (1 row")[0] for w in _warned(r.output)] == [
+        "warning: window 2 ('rows 2-2') holds only positives"], r.output  # and no "labels already used"
+    meta = Dataset(tmp_path / "dr").meta
+    assert [w.label for w in meta.windows] == ["rows 0-0", "rows 1-1", "rows 2-2"]
+    assert meta.provenance["appends"][-1]["warnings"] == [_warned(r.output)[0][len("warning: "):]]
+
+
+def test_a_failed_prepare_says_nothing_about_windows_it_never_wrote(tmp_path):
+    """`window 0 ('day3.csv') holds no rows ... commands skip it` was printed just before `no valid
+    rows` refused the run: a warning about a dataset that was never written."""
+    (tmp_path / "s.toml").write_text('label = "clicked"\n[dense.price]\n[categorical.user]\nnum_embeddings = 9\n')
+    (tmp_path / "empty.csv").write_text("ts,clicked,price,user\n")
+    r = run("data", "prepare", "--format", "csv", "--schema", tmp_path / "s.toml", "--input", tmp_path / "empty.csv",
+            "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "no valid rows" in r.output and not _warned(r.output), r.output

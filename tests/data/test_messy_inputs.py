@@ -116,3 +116,75 @@ def test_movielens_overflowing_ids_and_millisecond_times_are_bad_rows(tmp_path):
     assert "milliseconds?" in r.output
     meta = Dataset(tmp_path / "o").meta
     assert sum(w.rows for w in meta.windows) == 2 and all(w.label == "2004" for w in meta.windows)
+
+
+def test_an_iso_time_under_a_unix_format_suggests_iso_not_the_format_already_set(tmp_path):
+    """The hint under time_format = "unix" said `numbers are read with time_format = "unix" or
+    "unix_ms"`: the format already set, and the only advice when a whole ISO column stops the run."""
+    for fmt in ("unix", "unix_ms"):
+        schema = SCHEMA.replace('time = "ts"\n', f'time = "ts"\ntime_format = "{fmt}"\n')
+        good = "1700000000" + "000" * (fmt == "unix_ms")
+        r, src = prepare(tmp_path, f"click,ts,price,item\n1,2023-11-14T10:00:00Z,1,a\n0,{good},1,b\n1,nope,1,a\n",
+                         fmt, schema)
+        assert r.exit_code == 0, r.output
+        assert (f"{src}:2: ts = '2023-11-14T10:00:00Z' is not a time in years 1-9998 as time_format '{fmt}' reads "
+                f"it") in r.output and 'set time_format = "iso" or "auto")' in r.output, r.output
+        assert f"time_format = \"{fmt}\" or" not in r.output and "numbers are read with" not in r.output
+        assert f"{src}:4: ts = 'nope' is not a time in years 1-9998 as time_format '{fmt}' reads it (unix " in r.output
+
+
+def test_the_first_day_of_year_1_is_in_years_1_9998_as_the_message_says(tmp_path):
+    """0001-01-01 was refused as "not a time in years 1-9998" (the bound was 0001-01-02)."""
+    r, src = prepare(tmp_path, "click,ts,price,item\n1,0001-01-01T00:00:00Z,1,a\n0,0001-01-01,1,b\n"
+                               "1,0000-12-31T23:00:00-02:00,1,a\n0,2020-01-01,1,b\n", "y1", SCHEMA, "day")
+    assert r.exit_code == 0, r.output
+    assert [w.label for w in Dataset(tmp_path / "y1").meta.windows] == ["0001-01-01", "2020-01-01"]
+    assert [line.split(": ")[1].rsplit(":", 1)[1] for line in r.output.splitlines() if "bad row:" in line] == ["4"]
+
+
+def test_user_toml_and_json_files_with_a_utf8_bom_are_read(tmp_path):
+    """Notepad saves a BOM: a schema with one was `not valid TOML (Invalid statement (at line 1,
+    column 1))`, and so were recipes and plan/calibration JSON files edited that way."""
+    from lowprec.data.csvschema import load_schema
+    from lowprec.fileio import read_json
+    from lowprec.recipe import load_recipe
+
+    (tmp_path / "s.toml").write_bytes(b"\xef\xbb\xbf" + SCHEMA.encode())
+    assert load_schema(tmp_path / "s.toml").time == "ts"
+    (tmp_path / "r.toml").write_bytes(b'\xef\xbb\xbf[windows]\ntrain = "0"\n')
+    assert load_recipe(tmp_path / "r.toml")["windows"]["train"] == "0"
+    (tmp_path / "p.json").write_bytes(b'\xef\xbb\xbf{"format": "lowprec-plan"}')
+    assert read_json(tmp_path / "p.json", "plan") == {"format": "lowprec-plan"}
+
+
+def test_a_schema_description_that_is_not_text_is_refused(tmp_path):
+    import pytest
+
+    from lowprec.data.csvschema import load_schema
+    from lowprec.errors import InputError
+
+    (tmp_path / "s.toml").write_text("description = 5\n" + SCHEMA)
+    with pytest.raises(InputError, match=r"s\.toml: key 'description' must be str, got 5"):
+        load_schema(tmp_path / "s.toml")
+    (tmp_path / "s.toml").write_text('description = "clicks"\n' + SCHEMA)
+    assert load_schema(tmp_path / "s.toml").source["description"] == "clicks"
+
+
+def test_movielens_reads_numbers_and_fields_as_the_csv_reader_does(tmp_path):
+    """int(b"1_0") is 10: `1_0` became user 10 and `964982_900` a time; a fifth field was kept
+    silently; a line of spaces was a bad row "list index out of range". Same in movies.csv."""
+    src = tmp_path / "ml"
+    src.mkdir()
+    (src / "movies.csv").write_text("movieId,title,genres\n1,A (1995),Comedy\n2,B (1996),Drama\n   \n"
+                                    "\u0663,C (1997),Action\n1_0,D (1998),Action\n3,E (1999),Action,extra\n")
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1_0,2,5.0,964982800\n"
+                                     "2,2,4,964982_900\n3,1,2.0,964983000,999\n   \n\t\n2,1,0_5,964983100\n"
+                                     "\u0663,1,4.0,964983200\n 4 ,2,3.0,964983300\n")
+    r = run("data", "prepare", "--format", "movielens", "--input", src, "--out", tmp_path / "o", "--show-bad-rows", -1)
+    assert r.exit_code == 0, r.output
+    bad = sorted(line.split(": ")[1].rsplit("/", 1)[1] for line in r.output.splitlines() if "bad row:" in line)
+    assert bad == ["movies.csv:5", "movies.csv:6", "movies.csv:7", "ratings.csv:3", "ratings.csv:4",
+                   "ratings.csv:5", "ratings.csv:8", "ratings.csv:9"], r.output
+    assert "5 fields, the header has 4" in r.output and "'1_0' is not a plain decimal integer" in r.output
+    assert "list index" not in r.output
+    assert sorted(np.load(tmp_path / "o" / "ids_user.npy").tolist()) == [1, 4]

@@ -263,3 +263,25 @@ def test_a_rank_waits_a_little_for_the_plan_to_appear(tmp_path):
     threading.Timer(0.6, late.write_text, args=("[]",)).start()
     assert _appears(late, wait_s=30)
     assert not _appears(tmp_path / "never.json", wait_s=0.3)
+
+
+def test_lines_are_numbered_by_newlines_whatever_lone_carriage_returns_a_file_holds(tmp_path):
+    """csv's own reading broke a line at every lone \\r (also inside a quoted cell), so every bad row
+    after one was placed a line too far (and the tail after an unquoted \\r became a record of its
+    own); the part cutter counts \\n. One reader and shares agree, at the lines `grep -n` gives."""
+    rows = [good(i, 0) for i in range(12)]
+    rows[2] = good(2, 0).rsplit(",", 1)[0] + ',"a\rb"'  # legal: a \r inside a quoted cell of an unread column
+    rows[4] = good(4, 0) + "\rjunk"  # a lone \r outside quotes: a malformed record, at its own line
+    rows[7] = f"1,{1_700_000_000},1.0,it1,u1,t1,n\r"  # a \r before the \n: the line's own end (CRLF)
+    rows[9] = "BAD,1700000000,1,it1,u1,t1,n"
+    (tmp_path / "a.csv").write_bytes((HEADER + "\n" + "\n".join(rows) + "\n").encode())
+    schema = tmp_path / "s.toml"
+    schema.write_text(SCHEMA.format(item_cap="", tag_encoding='num_embeddings = 5'))
+    one = run([tmp_path / "a.csv"], tmp_path / "one", schema, "file", None, None)
+    assert one[0] == "ok", one
+    at = [m.split(": ", 1)[0].rsplit(":", 1)[1] for m in one[3]]
+    assert at == ["6", "11"] and "carriage return" in one[3][0], one[3]  # rows[4] is line 6, rows[9] line 11
+    assert json.loads(one[1]["dataset.json"])["provenance"]["inputs"][0]["lines"] == 13
+    for part_bytes in (5, 40, 200):
+        assert run([tmp_path / "a.csv"], tmp_path / f"p{part_bytes}", schema, "file", None, None,
+                   in_turn=(3, part_bytes)) == one

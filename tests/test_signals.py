@@ -1,0 +1,76 @@
+"""SIGTERM (kill, `timeout`, cron, systemd) to a one-process command: one `Error:` line, exit 143, and
+the cleanup Ctrl-C gets (before: a silent exit 143 that left the temporary directory, possibly GBs
+of spooled windows, until a later run wrote the same --out). Not in a rank of a data-parallel job,
+where torchrun's SIGTERM stops the surviving ranks and the launcher reports the rank that failed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+import lowprec.cli
+from lowprec.cli import main
+
+ROOT = Path(lowprec.cli.__file__).resolve().parents[2]  # the lowprec this test imported
+
+
+def test_sigterm_stops_a_command_cleanly_with_one_line_and_exit_143(tmp_path):
+    """`data prepare` blocked reading a schema that is a FIFO (no writer): a command that has made
+    its temporary output directory (and the parents of --out) and waits, without loading a model."""
+    (tmp_path / "day.csv").write_text("ts,clicked,price,user\n1700000000,1,1.5,u1\n")
+    os.mkfifo(tmp_path / "schema.toml")
+    out = tmp_path / "new1" / "new2" / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "lowprec", "data", "prepare", "--format", "csv", "--input",
+                             str(tmp_path / "day.csv"), "--schema", str(tmp_path / "schema.toml"), "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.parent.is_dir() and any(out.parent.iterdir())) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        assert [p.name.startswith(".out.tmp-") for p in out.parent.iterdir()] == [True]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == "Error: stopped by SIGTERM (kill, timeout, cron or systemd) before the command finished " \
+                        "(exit 143)" and err.count("Error") == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["day.csv", "schema.toml"]  # no tmp dir, no new1/new2
+
+
+def test_sigterm_raises_only_in_one_process_and_ctrl_c_is_unchanged(monkeypatch):
+    """The handler is installed for the command and put back after it; never under WORLD_SIZE > 1
+    (torchrun's ranks). A Terminated (a KeyboardInterrupt) is exit 143; Ctrl-C stays exit 130."""
+    seen = []
+
+    def setup():
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return False
+
+    monkeypatch.setattr(lowprec.cli.dist, "setup", setup)
+    before = signal.getsignal(signal.SIGTERM)
+    CliRunner().invoke(main, ["eval"])
+    assert seen[-1] is lowprec.cli._raise_terminated and signal.getsignal(signal.SIGTERM) is before
+    for k, v in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(k, v)
+    CliRunner().invoke(main, ["eval"])
+    assert seen[-1] is before and len(seen) == 2
+    monkeypatch.delenv("WORLD_SIZE")
+
+    for raised, code, said in ((lowprec.cli.Terminated, 143, "stopped by SIGTERM"),
+                               (KeyboardInterrupt, 130, "interrupted (Ctrl-C, SIGINT)")):
+        def stop(raised=raised):
+            raise raised()
+
+        monkeypatch.setattr(lowprec.cli, "keep_buffers_in_heap", stop)
+        r = CliRunner().invoke(main, ["inspect", "x"])
+        assert r.exit_code == code and r.output.startswith(f"Error: {said}") and "Aborted" not in r.output, r.output
