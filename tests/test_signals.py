@@ -74,3 +74,23 @@ def test_sigterm_raises_only_in_one_process_and_ctrl_c_is_unchanged(monkeypatch)
         monkeypatch.setattr(lowprec.cli, "keep_buffers_in_heap", stop)
         r = CliRunner().invoke(main, ["inspect", "x"])
         assert r.exit_code == code and r.output.startswith(f"Error: {said}") and "Aborted" not in r.output, r.output
+
+
+def test_a_closed_output_pipe_ends_quietly_with_141_not_as_a_bug(tmp_path):
+    """`lowprec eval ... | head -1`: the reader goes away and the next write raises BrokenPipeError,
+    which ended as exit 4, "internal error, a bug in lowprec". Now as Unix tools end on SIGPIPE:
+    nothing said, exit 141; the command's work (here a dataset) is whole."""
+    proc = subprocess.Popen([sys.executable, "-m", "lowprec", "data", "synth", "--out", str(tmp_path / "d"),
+                             "--windows", "1", "--rows-per-window", "100"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc.stdout.close()  # the reader gone before the command writes its line
+    try:
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 141, err
+    assert "Error" not in err and "Traceback" not in err, err
+    assert (tmp_path / "d" / "dataset.json").is_file()

@@ -84,6 +84,11 @@ class LowprecGroup(click.Group):
                 return super().invoke(ctx)
         except InputError as exc:
             raise BadInput(str(exc)) from exc
+        except BrokenPipeError as exc:
+            if not _stdout_gone():
+                raise InternalError(exc) from exc
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
+            raise click.exceptions.Exit(PIPE_CLOSED) from exc
         except OSError as exc:  # disk full, read-only, permission denied: the user's to fix
             from lowprec.errors import USER_ERRNOS, os_error
 
@@ -116,6 +121,23 @@ class LowprecGroup(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         ctx.meta.setdefault(_COMMAND_ARGS, list(args))  # what `--nproc` hands to each rank
         return super().resolve_command(ctx, args)
+
+
+PIPE_CLOSED = 128 + signal.SIGPIPE  # 141: what a shell reports for a process its closed pipe ended (`yes | head`)
+
+
+def _stdout_gone() -> bool:
+    """stdout is a pipe (or socket) whose reader has gone, e.g. `lowprec eval ... | head -1`: no
+    error of the command's, so it ends as Unix tools do on SIGPIPE, silently, exit 141 (Python
+    ignores SIGPIPE and raises BrokenPipeError instead)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test runner's stand-in)
+        return False
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -182,8 +204,8 @@ def main(ctx: click.Context, nproc: int) -> None:
 
     Typical flow: `data synth|prepare` -> `train` -> `calibrate` -> `search` -> `convert` ->
     `drift`. Exit codes: 0 success, 1 drift alarm (drift only), 2 bad usage or input, 3 a
-    data-parallel rank failed, 4 internal error (a bug), 130 interrupted (Ctrl-C), 143 stopped by
-    SIGTERM.
+    data-parallel rank failed, 4 internal error (a bug), 130 interrupted (Ctrl-C), 141 stdout's
+    reader gone (`| head`), 143 stopped by SIGTERM.
     """
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
     ranks = dist.env_world_size()
