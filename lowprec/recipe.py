@@ -25,11 +25,11 @@ against window labels with `label:2015` / `label:2016..2018` / `label:2016-01..2
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from lowprec.errors import InputError
+from lowprec.tomlfile import read_toml
 
 SCHEMA: dict[str, set[str]] = {
     "windows": {"train", "validate", "calibrate", "evaluate", "test", "monitor"},
@@ -70,14 +70,7 @@ def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"recipe not found: {path}")
-    try:
-        obj = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (Notepad saves a BOM)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a valid UTF-8 TOML recipe ({exc})") from exc
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the recipe ({exc.strerror})") from exc
+    obj = read_toml(path, "recipe")
     for section, values in obj.items():
         if section not in SCHEMA:
             raise InputError(f"{path}: unknown section [{section}] (known: {sorted(SCHEMA)})")

@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from lowprec.data.csvlabel import LabelRule, label_rule, plain_float, plain_int
 from lowprec.data.dataset import MAX_HOTNESS
 from lowprec.errors import InputError
+from lowprec.tomlfile import read_toml
 
 # unix seconds of years 1..9998: every day, month and year window of such a time starts and ends
 # at a date Python can write (a year-9999 window would end in year 10000)
@@ -143,13 +143,7 @@ def load_schema(path: str | Path) -> CsvSchema:
     """Read and validate a TOML schema; every error names the file and the key at fault."""
     path = Path(path)
     where = str(path)
-    try:
-        top = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (Notepad saves a BOM)
-    except FileNotFoundError:
-        raise InputError(f"schema file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise _err(where, f"not valid TOML ({exc})") from exc
-    return schema_from(top, where)
+    return schema_from(read_toml(path, "schema file"), where)
 
 
 def schema_from(top: dict[str, Any], where: str) -> CsvSchema:

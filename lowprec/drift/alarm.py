@@ -31,7 +31,6 @@ with too few labels it is not judged (its note says so instead of "retrain").
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from lowprec.calibrate import setting_problems
 from lowprec.drift.estimate_rule import EstimateThresholds
 from lowprec.evaluation.metrics import MIN_CLASS_LABELS
 from lowprec.errors import InputError
+from lowprec.tomlfile import read_toml
 
 CONFIG_VERSION = 1
 RECAL_SOURCES = ("healthy", "alarmed", "both")
@@ -167,14 +167,7 @@ def load_config(path: str | Path | None) -> DriftConfig:
     """Defaults, overridden by a THRESHOLDS.toml when given."""
     if path is None:
         return DriftConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"drift config not found: {path}")
-    try:
-        obj = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid TOML ({exc})") from exc
-    return DriftConfig.from_json(obj, str(path))
+    return DriftConfig.from_json(read_toml(path, "drift config"), str(path))
 
 
 @dataclass(frozen=True)

@@ -144,8 +144,9 @@ def test_the_first_day_of_year_1_is_in_years_1_9998_as_the_message_says(tmp_path
 
 def test_user_toml_and_json_files_with_a_utf8_bom_are_read(tmp_path):
     """Notepad saves a BOM: a schema with one was `not valid TOML (Invalid statement (at line 1,
-    column 1))`, and so were recipes and plan/calibration JSON files edited that way."""
+    column 1))`, and so were recipes, drift configs and plan/calibration JSON files edited that way."""
     from lowprec.data.csvschema import load_schema
+    from lowprec.drift.alarm import load_config
     from lowprec.fileio import read_json
     from lowprec.recipe import load_recipe
 
@@ -153,6 +154,8 @@ def test_user_toml_and_json_files_with_a_utf8_bom_are_read(tmp_path):
     assert load_schema(tmp_path / "s.toml").time == "ts"
     (tmp_path / "r.toml").write_bytes(b'\xef\xbb\xbf[windows]\ntrain = "0"\n')
     assert load_recipe(tmp_path / "r.toml")["windows"]["train"] == "0"
+    (tmp_path / "d.toml").write_bytes(b"\xef\xbb\xbf[alarm]\nne_gap_limit = 0.01\n")  # (all three: one reader)
+    assert load_config(tmp_path / "d.toml").alarm.ne_gap_limit == 0.01
     (tmp_path / "p.json").write_bytes(b'\xef\xbb\xbf{"format": "lowprec-plan"}')
     assert read_json(tmp_path / "p.json", "plan") == {"format": "lowprec-plan"}
 

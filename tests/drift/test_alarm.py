@@ -54,7 +54,7 @@ def test_defaults_and_toml_overrides(tmp_path):
     ("[recalibrate]\npercentile = 10\n", ["recalibrate.percentile", "(50, 100]", "got 10"]),
     ("[recalibrate]\nmethod = 'percentile'\npercentile = 50\n", ["recalibrate.percentile", "got 50"]),
     ("[recalibrate]\nmethod = 'magic'\n", ["recalibrate.method", "'magic'"]),
-    ("[alarm\n", ["not valid TOML"]),
+    ("[alarm\n", ["not a valid UTF-8 TOML drift config"]),
 ])
 def test_bad_config_names_the_key(tmp_path, text, words):
     p = tmp_path / "t.toml"
