@@ -447,8 +447,8 @@ static int split(const int32_t *in, int64_t batch, int64_t h, int k, int kind, i
 }
 
 /* dst[0..n) = in[0..n), and the least and greatest id seen folded into *lo, *hi: an untiered table's
- * ids copied and checked in one pass. Under AVX-512 (AVX2) the body goes out in non-temporal 64-byte
- * (32-byte) stores: these ids (~3/4 of a call's on Criteo's tables) stream through once, and written through
+ * ids copied and checked in one pass. Under AVX-512 the body goes out in non-temporal 64-byte
+ * stores: these ids (~3/4 of a call's on Criteo's tables) stream through once, and written through
  * the cache they would evict hot rows the TBE is about to read (split + lookups 1.01-1.06x side by side
  * in three runs, reports/tiered.md; the split alone 0.95-0.98x). lowprec_tier_split fences them. */
 INLINE void copy_minmax(const int32_t *restrict in, int32_t *restrict dst, int64_t n, int32_t *lo, int32_t *hi)
@@ -470,26 +470,6 @@ INLINE void copy_minmax(const int32_t *restrict in, int32_t *restrict dst, int64
     }
     l = _mm512_reduce_min_epi32(vl);
     h = _mm512_reduce_max_epi32(vh);
-#elif defined(__AVX2__)
-    for (; s < n && ((uintptr_t)(dst + s) & 31); s++) {
-        l = in[s] < l ? in[s] : l;
-        h = in[s] > h ? in[s] : h;
-        dst[s] = in[s];
-    }
-    __m256i vl = _mm256_set1_epi32(l), vh = _mm256_set1_epi32(h);
-    for (; s + 8 <= n; s += 8) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(in + s));
-        _mm256_stream_si256((__m256i *)(dst + s), v);
-        vl = _mm256_min_epi32(vl, v);
-        vh = _mm256_max_epi32(vh, v);
-    }
-    int32_t lanes_lo[8], lanes_hi[8];
-    _mm256_storeu_si256((__m256i *)lanes_lo, vl);
-    _mm256_storeu_si256((__m256i *)lanes_hi, vh);
-    for (int i = 0; i < 8; i++) {
-        l = lanes_lo[i] < l ? lanes_lo[i] : l;
-        h = lanes_hi[i] > h ? lanes_hi[i] : h;
-    }
 #endif
     for (; s < n; s++) {
         l = in[s] < l ? in[s] : l;
@@ -561,7 +541,7 @@ int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, cons
         in += n;
     }
     out_off[f * batch] = (int32_t)w;
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__)
     _mm_sfence(); /* the copies' non-temporal stores visible before the TBE reads them */
 #endif
     return 0;
