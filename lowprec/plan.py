@@ -13,8 +13,9 @@ the budgets it was searched under, the loss the solver predicted, what validatio
 Resolution for a name: the exact key, else the first glob pattern (fnmatch, in file order) that
 matches, else "*", else fp32 (as torchao's FqnToConfig and TorchRec's per-table dtypes do). A plan
 naming a table or layer the model lacks, or a pattern that matches none of its tables (layers), is an
-error naming the plan file; so is a precision a layer cannot take. Tables no rule covers (and layers,
-when the plan has layer rules) are converted at fp32 with a warning naming them.
+error naming the plan file; so is a precision a layer cannot take, a rule without a precision, and a
+version other than the integer 1. Tables no rule covers (and layers, when the plan has layer rules)
+are converted at fp32 with a warning naming them.
 """
 
 from __future__ import annotations
@@ -238,8 +239,10 @@ class Plan:
     def from_json(cls, obj: dict[str, Any], where: str = "plan") -> "Plan":
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise InputError(f"{where}: not a lowprec plan (format {obj.get('format') if isinstance(obj, dict) else None!r})")
-        if obj.get("version") != FORMAT_VERSION:
-            raise InputError(f"{where}: plan version {obj.get('version')} is not supported (expected {FORMAT_VERSION})")
+        version = obj.get("version")
+        if type(version) is not int or version != FORMAT_VERSION:  # (true and 1.0 equal 1 in Python)
+            raise InputError(f"{where}: plan version {version!r} is not supported (expected the integer "
+                             f"{FORMAT_VERSION})")
         try:
             tables = {k: _table_choice(v, where, k) for k, v in obj.get("tables", {}).items()}
             layers = {k: _layer_choice(v, where, k) for k, v in obj.get("layers", {}).items()}
@@ -275,7 +278,16 @@ def _table_choice(v: dict[str, Any], where: str, table: str) -> TableChoice:
     except InputError as exc:
         text = str(exc)
         raise InputError(f"{where}: {text}" if text.startswith(f"table {table!r}: ") else f"{at}: {text}") from None
+    _need_precision(v, at)
     return choice
+
+
+def _need_precision(rule: dict[str, Any], at: str) -> None:
+    """A rule covers its tables (or layers), so one without a precision chose fp32 in silence (and the
+    uncovered-table warning did not fire): refused."""
+    if "precision" not in rule:
+        raise InputError(f"{at}: the rule gives no precision; add one, e.g. {{\"precision\": \"int4\"}} "
+                         f"(\"fp32\" to keep it float)")
 
 
 def _check_sharing(spec: dict[str, Any], table: str) -> None:
@@ -303,6 +315,8 @@ def _layer_choice(v: dict[str, Any], where: str, layer: str) -> LayerChoice:
         raise InputError(f"{at}: unknown keys {sorted(unknown)}")
     precision = Precision.parse(v.get("precision", "fp32"), at)
     try:
-        return LayerChoice(precision)
+        choice = LayerChoice(precision)
     except InputError as exc:
         raise InputError(f"{at}: {exc}") from None
+    _need_precision(v, at)
+    return choice

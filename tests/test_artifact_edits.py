@@ -108,3 +108,41 @@ def test_inspect_refuses_a_manifest_whose_summary_disagrees_with_what_it_stores(
     r = cli("eval", "--model", a, "--data", art.parent / "data", "--windows", "0")
     assert r.exit_code == 2 and "manifest.json" in r.output, r.output  # the loader refuses it too
     assert before["compression"] > 1 and before["embedding_bytes"] == sum(t["bytes"] for t in before["tables"])
+
+
+def test_shard_refuses_more_ranks_than_rows_naming_the_option(art):
+    before = (art / "shard-plan.json").read_bytes()
+    r = cli("shard", art, "--ranks", "79")  # the tables hold 50 + 20 + 8 rows
+    assert r.exit_code == 2 and "--ranks 79" in r.output and "78 rows" in r.output, r.output
+    assert (art / "shard-plan.json").read_bytes() == before
+
+
+def test_shard_without_calibration_does_not_print_table_counts_as_lookups(art, tmp_path):
+    a = _copy(art, tmp_path)
+    r = cli("shard", a, "--ranks", "2")
+    assert r.exit_code == 0 and "lookups unknown without --calibration" in r.output, r.output
+    assert "expected lookups" not in r.output, r.output  # (each rank's table count, or 0, before)
+    assert "lookups unknown without --calibration" in cli("inspect", a).output
+
+
+def test_a_shard_plan_of_many_ranks_is_quick_and_places_like_least_loaded_first():
+    """`shard --ranks N` took O(N^2) (20,000 ranks: 211 s): a heap gives the same placement."""
+    import time
+
+    from lowprec.serve.shard_plan import plan_shards
+
+    def manifest(rows):
+        return {"physical_tables": [{"key": f"t{i}", "rows": n, "dim": 4, "precision": "int8"} for i, n in enumerate(rows)],
+                "tables": [{"name": f"t{i}"} for i in range(len(rows))],
+                "serving": [{"name": f"t{i}", "hotness": 1, "groups": [[i]]} for i in range(len(rows))],
+                "features": [{"table": f"t{i}", "transform": {"kind": "identity"}} for i in range(len(rows))]}
+    small = plan_shards(manifest([50, 20, 8, 3]), "x", 3)
+    load = [0.0] * 3  # the reference: each piece, largest first, onto the least loaded (lowest) rank
+    for s in sorted(small.shards, key=lambda s: (-s.bytes, -s.lookups, s.table, s.first)):
+        r = min(range(3), key=lambda i: (load[i], i))
+        assert s.rank == r
+        load[r] += s.bytes / sum(small.rank_bytes()) + s.lookups / sum(small.rank_lookups())
+    start = time.perf_counter()
+    big = plan_shards(manifest([400_000, 100_000]), "x", 50_000)
+    assert time.perf_counter() - start < 20
+    assert len(big.shards) >= 50_000 and sum(s.stop - s.first for s in big.shards) == 500_000

@@ -39,6 +39,11 @@ def test_uniform_plan_and_empty_info_round_trip():
     ({"budgets": [1, 2]}, "malformed plan information"),
     ({"predicted": {"d_ne": 0, "d_auc": 0, "extra": 1}}, "malformed plan information"),
     ({"version": 2}, "version 2 is not supported"),
+    ({"version": True}, "version True is not supported"),  # True == 1 and 1.0 == 1: accepted before
+    ({"version": 1.0}, "version 1.0 is not supported"),
+    ({"tables": {"*": {}}}, "table '\\*': the rule gives no precision"),  # was fp32, in silence
+    ({"tables": {"t": {"sharing": None, "range_method": "l2"}}}, "table 't': the rule gives no precision"),
+    ({"layers": {"top.0": {}}}, "layer 'top.0': the rule gives no precision"),
 ])
 def test_bad_plans_are_refused_naming_the_problem(change, match):
     obj = full_plan().to_json() | change

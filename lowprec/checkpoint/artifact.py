@@ -21,6 +21,7 @@ import torch
 from lowprec.checkpoint.mapped import MappedTensors, open_tensors
 from lowprec.checkpoint.validate import (check_layer_tensor, check_stored, check_summary, check_table_rows,
                                          validate_manifest)
+from lowprec.checkpoint.validate_serving import check_buffers
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
@@ -106,7 +107,10 @@ def in_place_offsets(src: Any, tables: list[PhysicalTable]) -> tuple[torch.Tenso
     return flat, offsets
 
 
-def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDLRM:
+def build_runtime(manifest: dict[str, Any], src: Any, where: str, serve: bool = True) -> QuantizedDLRM:
+    """The runtime module from a checked manifest and its tensors (`src`). `serve=False` builds the
+    same modules (layers, buffers, id transforms, the TBE's specs) without reading or placing the
+    tables' rows, which are then checked by the file's header only (`check_loads`: inspect, convert)."""
     config = DLRMConfig.from_json(manifest["model"], where)
     shapes = config.layer_shapes()  # the layer set: checked by validate_manifest
     tables = [PhysicalTable(t["key"], int(t["rows"]), int(t["dim"]), Precision.parse(t["precision"]))
@@ -116,14 +120,17 @@ def build_runtime(manifest: dict[str, Any], src: Any, where: str) -> QuantizedDL
                for s in manifest["serving"]]
     layers = {name: _layer_module(name, spec, src, shapes[name], where) for name, spec in manifest["layers"].items()}
     buffers = {name: src.get_tensor(f"buffers.{name}") for name in manifest.get("buffers", [])}
+    check_buffers(manifest, config, buffers, where)
     try:
-        for t in tables:  # width, finite values: checked where the rows lie, no copy
+        for t in tables if serve else ():  # width, finite values: checked where the rows lie, no copy
             _table_rows(src, t, where)
-        in_place = in_place_offsets(src, tables)
+        in_place = in_place_offsets(src, tables) if serve else None
         embeddings = QuantizedEmbeddings(config.embedding_dim, tables, features, serving, buffers,
                                          rows=[t.num_embeddings for t in config.tables],
-                                         allocate=in_place is None)
-        if in_place is not None:  # the TBE reads the mapped artifact: no copy of the tables
+                                         allocate=serve and in_place is None)
+        if not serve:
+            pass
+        elif in_place is not None:  # the TBE reads the mapped artifact: no copy of the tables
             embeddings.serve_from(*in_place)
         else:
             embeddings.load_rows(lambda key: src.get_tensor(f"tables.{key}"))
@@ -140,12 +147,28 @@ def _table_rows(src: Any, table: PhysicalTable, where: str) -> torch.Tensor:
     return rows
 
 
+def _build(root: Path, manifest: dict[str, Any], serve: bool) -> QuantizedDLRM:
+    where = str(root / MANIFEST)
+    try:  # read-only mapping (lowprec.checkpoint.mapped): works for files larger than RAM
+        return build_runtime(manifest, open_tensors(root / WEIGHTS), where, serve)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise InputError(f"{where}: artifact is inconsistent with {WEIGHTS} ({exc!r})") from exc
+
+
+def check_loads(root: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The loader's checks of an artifact whose manifest `read_manifest` accepted, except reading the
+    tables' rows (their header is checked): the stored tensors against the manifest, its summary
+    numbers, and the runtime built from the mapped files as `load_artifact` builds it (layers,
+    buffers, id transforms and their ranges, the TBE). `inspect` shows and `convert` commits only an
+    artifact that passes. Returns the summary numbers (`check_stored_and_summary`)."""
+    root = Path(root)
+    numbers = check_stored_and_summary(root, manifest)
+    _build(root, manifest, serve=False)
+    return numbers
+
+
 def load_artifact(path: str | Path) -> tuple[QuantizedDLRM, dict[str, Any]]:
     """Verify and load an artifact into the FBGEMM runtime module."""
     root = Path(path)
     manifest = read_manifest(root)
-    where = str(root / MANIFEST)
-    try:  # read-only mapping (lowprec.checkpoint.mapped): works for files larger than RAM
-        return build_runtime(manifest, open_tensors(root / WEIGHTS), where), manifest
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise InputError(f"{where}: artifact is inconsistent with {WEIGHTS} ({exc!r})") from exc
+    return _build(root, manifest, serve=True), manifest

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 import lowprec
-from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
+from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, check_loads, read_manifest
 from lowprec.checkpoint.float_model import check_tensors, open_weights, read_float_config, weights_sha256
 from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
@@ -37,6 +37,7 @@ from lowprec.serve.layers import layer_codec
 from lowprec.serve.quantize import check_finite, quantize_form, table_form
 from lowprec.serve.runtime import PhysicalTable
 from lowprec.serve.tables import padded_dim, table_codec
+from lowprec.serve.tiers import COLD
 
 
 def load_table_form(src: Any, index: int, config: DLRMConfig, choice: TableChoice,
@@ -68,7 +69,16 @@ class _Builder:
                 self.buffer_bytes += self.writer.add(f"buffers.{name}", buf)
                 self.buffers.append(name)
         buf_bytes = sum(b.numel() * b.element_size() for b in form.buffers.values())
-        self._logical(tcfg, choice, qf.groups, list(dict.fromkeys(form.tables)), form.exact, buf_bytes)
+        # the sharing served: none where it kept the plain table (hot sharing that keeps every row)
+        sharing = None if form.rows_are_ids else choice.sharing
+        if choice.sharing is not None and sharing is None:
+            warn(f"table {tcfg.name!r}: sharing {choice.sharing} keeps all {tcfg.num_embeddings} rows: stored "
+                 f"(and recorded in the manifest) as a plain {choice.precision.value} table")
+        elif sharing is not None and sharing.get("kind") == "tiered" and not any(
+                k.endswith(f".{COLD}") for k in form.tables):
+            warn(f"table {tcfg.name!r}: its tiers take all {tcfg.num_embeddings} rows, so its cold tier "
+                 f"({choice.precision.value}) is empty: every row is served at its tier's precision")
+        self._logical(tcfg, choice, qf.groups, list(dict.fromkeys(form.tables)), form.exact, buf_bytes, sharing)
 
     def stream_dense(self, tcfg, table: LogicalTable, choice: TableChoice,
                      row_counts: torch.Tensor | None, chunk_bytes: int) -> None:
@@ -91,7 +101,7 @@ class _Builder:
                     check_finite(chunk, what, chunk_rows=chunk.shape[0] or 1, first_row=start)
                     raise InputError(f"{what}, row chunk from row {start}: {exc}") from None
         self._physical(phys, shape[0] * shape[1], dim if pdim != dim else None)
-        self._logical(tcfg, choice, [[Feature(phys.key)]], [phys.key], True, 0)
+        self._logical(tcfg, choice, [[Feature(phys.key)]], [phys.key], True, 0, None)
 
     def _physical(self, table: PhysicalTable, nbytes: int, padded_from: int | None) -> None:
         self.physical[table.key] = {"key": table.key, "rows": table.rows, "dim": table.dim,
@@ -99,7 +109,7 @@ class _Builder:
                                     "padded_from": padded_from}
 
     def _logical(self, tcfg, choice: TableChoice, groups: list[list[Feature]], keys: list[str],
-                 exact: bool, buf_bytes: int) -> None:
+                 exact: bool, buf_bytes: int, sharing: dict[str, Any] | None) -> None:
         ids = []
         for group in groups:
             ids.append([len(self.features) + i for i in range(len(group))])
@@ -108,7 +118,7 @@ class _Builder:
         self.tables.append({
             "name": tcfg.name, "rows": tcfg.num_embeddings, "embedding": tcfg.embedding,
             "precision": choice.precision.value, "range_method": choice.range_method,
-            "sharing": choice.sharing, "physical": keys, "exact": exact,
+            "sharing": sharing, "physical": keys, "exact": exact,
             "bytes": sum(self.physical[k]["bytes"] for k in keys) + buf_bytes,
         })
 
@@ -211,9 +221,21 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
             manifest["source"]["window_fingerprints"] = learned
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / MANIFEST, manifest)
+        _check_written(tmp, plan)
         if finish is not None:
             finish(tmp)
     return manifest
+
+
+def _check_written(tmp: Path, plan: Plan) -> None:
+    """The loader's own checks on the artifact just written, before it replaces --out: convert never
+    commits an artifact its loader refuses (the tables' rows were checked as they were encoded)."""
+    try:
+        check_loads(tmp, read_manifest(tmp, verify=False))
+    except InputError as exc:
+        text = str(exc).removeprefix(f"{tmp / MANIFEST}: ").replace(str(tmp), "the new artifact")
+        raise InputError(f"{plan.source}: the artifact converted with this plan fails the loader's checks "
+                         f"({text}); nothing was written") from None
 
 
 def _warn_dynamic_layers(layers: dict[str, dict[str, Any]], plan: Plan, calibration: dict[str, Any]) -> None:

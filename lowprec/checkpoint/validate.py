@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lowprec.checkpoint.validate_serving import check_wiring
 from lowprec.errors import InputError
 from lowprec.jsonsafe import is_int
 from lowprec.model.config import DLRMConfig
@@ -72,8 +73,16 @@ def _int(value: Any, where: str, what: str, low: int = 1) -> int:
 def _qparams(name: str, spec: Any, where: str) -> None:
     if not isinstance(spec, dict):
         raise _fail(where, f"layer {name!r}: entry is not an object")
-    _precision(spec.get("precision"), f"{where}: layer {name!r}", "layer")
+    p = _precision(spec.get("precision"), f"{where}: layer {name!r}", "layer")
     qp, rng, qmax = spec.get("input_qparams"), spec.get("input_range"), spec.get("input_qmax")
+    # static or dynamic is said twice: a calibrated range without its qparams (or an int8 layer without
+    # the key) served as dynamic in silence, unlike the exports beside it
+    if p is Precision.INT8 and "input_qparams" not in spec:
+        raise _fail(where, f"layer {name!r}: int8 layer without `input_qparams` (null for dynamic activation "
+                           f"ranges); was manifest.json edited? Re-run `lowprec convert`")
+    if rng is not None and qp is None:
+        raise _fail(where, f"layer {name!r}: has a calibrated input range {rng!r} (static) but no activation "
+                           f"qparams; was manifest.json edited? Re-run `lowprec convert`")
     qmax = LEGACY_ACT_QMAX if qmax is None else qmax  # (written before lowprec recorded it)
     if not is_int(qmax) or qmax not in (ACT_QMAX, LEGACY_ACT_QMAX):
         raise _fail(where, f"layer {name!r}: input_qmax {qmax!r} is not {ACT_QMAX} (or {LEGACY_ACT_QMAX}, older artifacts)")
@@ -114,6 +123,7 @@ def validate_manifest(manifest: dict[str, Any], where: str) -> None:
     for name, spec in manifest["layers"].items():
         _qparams(name, spec, where)
     _check_tables(manifest, config, where)
+    check_wiring(manifest, config, where)
     _check_summary(manifest, where)
 
 
@@ -152,6 +162,7 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
         if not isinstance(transform, dict) or not isinstance(transform.get("kind", ""), str):
             raise _fail(where, f"feature {i} must carry a transform object with a string `kind`")
     rows = {t.name: t.num_embeddings for t in config.tables}
+    tiers = {f["table"] for f in manifest["features"] if f["transform"].get("kind") == "tier"}
     for t in manifest["tables"]:
         name = t.get("name")
         if not isinstance(name, str):
@@ -161,7 +172,7 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
             raise _fail(where, f"table {name!r} lists {t.get('rows')!r} rows, the model config {rows[name]}")
         parts = t.get("physical")
         if t.get("exact") and isinstance(parts, list) and len(parts) == 1 and isinstance(parts[0], str) \
-                and parts[0] in physical:
+                and parts[0] in physical and parts[0] not in tiers:  # (a tier keeps its own precision)
             stored = Precision.parse(physical[parts[0]]["precision"])
             if stored != p:
                 raise _fail(where, f"table {name!r} says {p.value} but its physical table {parts[0]!r} "
@@ -210,21 +221,25 @@ def check_stored(manifest: dict[str, Any], where: str, shapes: dict[str, tuple[l
     for t in manifest["physical_tables"]:
         key, p, d = t["key"], Precision.parse(t["precision"]), t["dim"]
         got = shapes.get(f"tables.{key}")
-        if got is not None and got[0][1:] != [p.bytes_per_row(d)]:
+        if got is None:
+            raise _fail(where, f"physical table {key!r}: the weights file has no tensor 'tables.{key}'")
+        if got[0][1:] != [p.bytes_per_row(d)]:
             raise _fail(where, f"physical table {key!r} says {p.value} ({p.bytes_per_row(d)} bytes a row "
                                f"at dim {d}) but the weights file stores rows of {got[0][1:]} bytes")
-        if got is not None and got[0][:1] != [t["rows"]]:
+        if got[0][:1] != [t["rows"]]:
             raise _fail(where, f"physical table {key!r} says {t['rows']} rows but the weights file stores "
                                f"{got[0][:1]}")
     layer_shapes = DLRMConfig.from_json(manifest["model"], where).layer_shapes()
     for name, spec in manifest["layers"].items():
         p = Precision.parse(spec["precision"])
         got = shapes.get(f"layers.{name}.weight")
+        if got is None:
+            raise _fail(where, f"layer {name!r}: the weights file has no tensor 'layers.{name}.weight'")
         n_in, n_out = layer_shapes[name]
-        if got is not None and tuple(got[0]) != (n_out, n_in):  # before the bytes they make up are compared
+        if tuple(got[0]) != (n_out, n_in):  # before the bytes they make up are compared
             raise _fail(where, f"layer {name!r}: weight of shape {tuple(got[0])}, the model config implies "
                                f"{(n_out, n_in)}")
-        if got is not None and got[1] != _SAFETENSORS_DTYPE[str(LAYER_CODECS[p].storage).removeprefix("torch.")]:
+        if got[1] != _SAFETENSORS_DTYPE[str(LAYER_CODECS[p].storage).removeprefix("torch.")]:
             raise _fail(where, f"layer {name!r} says {p.value} but its weight is stored as {got[1]}")
 
 

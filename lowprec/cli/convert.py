@@ -107,7 +107,7 @@ def _summary(manifest: dict, path: str, numbers: dict | None = None) -> dict:
         "artifact": str(path),
         "format_version": manifest["version"],
         "tables": tables,
-        "layers": {n: {"precision": v["precision"], "static": v["input_qparams"] is not None}
+        "layers": {n: {"precision": v["precision"], "static": v.get("input_qparams") is not None}
                    for n, v in manifest["layers"].items()},
         "embedding_bytes": manifest["embedding_bytes"],
         "fp32_embedding_bytes": manifest["fp32_embedding_bytes"],
@@ -125,13 +125,13 @@ def inspect(artifact, as_json, no_verify):
     """Show an artifact's tables (rows, dim, precision, bytes), layers and compression."""
     from pathlib import Path
 
-    from lowprec.checkpoint.artifact import check_stored_and_summary, read_manifest
+    from lowprec.checkpoint.artifact import check_loads, read_manifest
     from lowprec.errors import InputError
 
     from lowprec.serve.shard_plan import load_shard_plan
 
     manifest = read_manifest(artifact, verify=not no_verify)  # validated as the loader does (layer set, ...)
-    numbers = check_stored_and_summary(Path(artifact), manifest)  # (header only: also with --no-verify)
+    numbers = check_loads(Path(artifact), manifest)  # what the loader builds, from the mapping (also with --no-verify)
     try:  # a field of the wrong type is bad input
         s = _summary(manifest, artifact, numbers)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

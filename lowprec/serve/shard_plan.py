@@ -2,14 +2,16 @@
 
 `plan_shards` assigns every physical table to one rank; a table bigger than a rank's share of the
 bytes (total / N) is first split by id range into pieces of at most that share. Pieces are placed
-largest first on the rank with the least load, load = share of bytes + share of expected lookups
-(row access counts from calibration when given, each tier of a tiered table with its own rows'
-counts; else rows). Saved beside the artifact as shard-plan.json (`save_shard_plan`), read back
+largest first on the rank with the least load (a heap: O(pieces log N)), load = share of bytes +
+share of expected lookups (row access counts from calibration when given, each tier of a tiered
+table with its own rows' counts; else each table's hotness spread evenly over its rows, as if ids
+were uniform: `lookups_counted` False, and `lowprec shard` says the lookups are unknown). Saved beside the artifact as shard-plan.json (`save_shard_plan`), read back
 by `load_shard_plan`, which refuses a plan whose shards do not tile every table's rows exactly.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ class ShardPlan:
     world_size: int
     shards: tuple[Shard, ...]
     manifest_sha256: str
+    # lookups from calibration's row counts (True), or each table's hotness spread over its rows as if
+    # ids were uniform (False: no counts; None: a plan written before lowprec recorded which)
+    lookups_counted: bool | None = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -52,18 +57,31 @@ class ShardPlan:
                 raise ValueError(f"shard {s} is outside ranks 0..{self.world_size - 1} or empty")
 
     def of_table(self, key: str) -> list[Shard]:
-        return sorted((s for s in self.shards if s.table == key), key=lambda s: s.first)
+        return self.by_table().get(key, [])
+
+    def by_table(self) -> dict[str, list[Shard]]:
+        """Table -> its shards by first row (one pass: plans of many ranks hold many shards)."""
+        out: dict[str, list[Shard]] = {}
+        for s in self.shards:
+            out.setdefault(s.table, []).append(s)
+        return {k: sorted(v, key=lambda s: s.first) for k, v in out.items()}
+
+    def by_rank(self) -> list[list[Shard]]:
+        out: list[list[Shard]] = [[] for _ in range(self.world_size)]
+        for s in self.shards:
+            out[s.rank].append(s)
+        return out
 
     def rank_bytes(self) -> list[int]:
-        return [sum(s.bytes for s in self.shards if s.rank == r) for r in range(self.world_size)]
+        return [sum(s.bytes for s in shards) for shards in self.by_rank()]
 
     def rank_lookups(self) -> list[float]:
-        return [sum(s.lookups for s in self.shards if s.rank == r) for r in range(self.world_size)]
+        return [sum(s.lookups for s in shards) for shards in self.by_rank()]
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": 1, "world_size": self.world_size,
                 "manifest_sha256": self.manifest_sha256, "rank_bytes": self.rank_bytes(),
-                "rank_lookups": self.rank_lookups(),
+                "rank_lookups": self.rank_lookups(), "lookups_counted": self.lookups_counted,
                 "shards": [s.__dict__ for s in self.shards]}
 
     @classmethod
@@ -76,6 +94,9 @@ class ShardPlan:
                                  _whole(s["rank"], "rank"), _whole(s["bytes"], "bytes"), float(s["lookups"]))
                            for s in obj["shards"])
             sha = _text(obj["manifest_sha256"], "manifest_sha256")
+            counted = obj.get("lookups_counted")
+            if counted is not None and not isinstance(counted, bool):
+                raise ValueError(f"lookups_counted must be true, false or null, got {counted!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: malformed shard plan ({exc})") from exc
         if world < 1:
@@ -84,7 +105,7 @@ class ShardPlan:
             if not 0 <= s.rank < world or not 0 <= s.first < s.stop:
                 raise InputError(f"{where}: table {s.table!r}: shard [{s.first}, {s.stop}) on rank {s.rank} is "
                                  f"empty or outside ranks 0..{world - 1} (world_size {world})")
-        return cls(world, shards, sha)
+        return cls(world, shards, sha, counted)
 
     def check_covers(self, manifest: dict[str, Any], where: str) -> None:
         """Every physical table of `manifest` tiled exactly by its shards: [0, rows) with no gap, overlap
@@ -94,9 +115,10 @@ class ShardPlan:
         if unknown:
             raise InputError(f"{where}: names table(s) {unknown} the artifact's manifest.json lacks; "
                              f"run `lowprec shard` again")
+        tables = self.by_table()
         for key, n in rows.items():
             at = 0
-            for s in self.of_table(key):
+            for s in tables.get(key, []):
                 if s.first != at or s.stop > n:
                     what = (f"rows {at}..{s.first - 1} are in no shard" if s.first > at else
                             f"shards overlap at rows {s.first}..{min(at, s.stop) - 1}" if s.first < at else
@@ -179,13 +201,19 @@ def plan_shards(manifest: dict[str, Any], manifest_sha256: str, world_size: int,
                 exp = float(lk[a:b].sum()) if isinstance(lk, np.ndarray) else float(lk) * (b - a) / rows
                 pieces.append((key, a, b, row_bytes[key] * (b - a), exp))
     total_lookups = sum(p[4] for p in pieces) or 1.0
-    load = [0.0] * world_size
+    load = [(0.0, r) for r in range(world_size)]  # a heap: the least loaded rank (lowest first on ties)
     shards = []
     for key, a, b, nbytes, exp in sorted(pieces, key=lambda p: (-p[3], -p[4], p[0], p[1])):
-        r = min(range(world_size), key=lambda i: (load[i], i))
-        load[r] += nbytes / max(total_bytes, 1) + exp / total_lookups
+        least, r = heapq.heappop(load)
+        heapq.heappush(load, (least + nbytes / max(total_bytes, 1) + exp / total_lookups, r))
         shards.append(Shard(key, a, b, r, nbytes, exp))
-    return ShardPlan(world_size, tuple(sorted(shards, key=lambda s: (s.table, s.first))), manifest_sha256)
+    return ShardPlan(world_size, tuple(sorted(shards, key=lambda s: (s.table, s.first))), manifest_sha256,
+                     row_counts is not None)
+
+
+def total_rows(manifest: dict[str, Any]) -> int:
+    """Rows of all physical tables: the most ranks a shard plan can give a row each."""
+    return sum(int(t["rows"]) for t in manifest["physical_tables"])
 
 
 def save_shard_plan(plan: ShardPlan, artifact: str | Path) -> Path:

@@ -218,6 +218,7 @@ def load_sharded(artifact: str | Path, plan: ShardPlan | None = None) -> Sharded
     from safetensors import safe_open
 
     from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, read_manifest
+    from lowprec.checkpoint.validate_serving import check_buffers
     from lowprec.model.config import DLRMConfig
     from lowprec.serve.layers import layer_codec
 
@@ -237,6 +238,7 @@ def load_sharded(artifact: str | Path, plan: ShardPlan | None = None) -> Sharded
         layers = {n: layer_codec(Precision.parse(spec["precision"], f"layer {n}"), f"layer {n!r}").build(
             lambda suffix, n=n: src.get_tensor(f"layers.{n}.{suffix}"), spec) for n, spec in manifest["layers"].items()}
         buffers = {n: src.get_tensor(f"buffers.{n}") for n in manifest.get("buffers", [])}
+        check_buffers(manifest, config, buffers, str(root / MANIFEST))  # as load_artifact: transforms in range
         emb = ShardedEmbeddings(config.embedding_dim, manifest, plan, tdist.get_rank() if tdist.is_initialized() else 0,
                                 lambda key, a, b: src.get_slice(f"tables.{key}")[a:b], buffers)
     model = ShardedDLRM(config, emb, layers)

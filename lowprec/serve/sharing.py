@@ -105,8 +105,8 @@ def hot_options(spec: dict[str, Any], table: str) -> tuple[float, float, str, in
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
         raise InputError(f"table {table!r}: sharing {spec}: seed must be an integer in [0, 2**63), got {seed!r}")
     ratio, hot, lookup = float(raw_ratio), float(raw_hot), spec.get("lookup", "search")
-    if unknown or not ratio >= 1 or not 0 <= hot <= 1 or lookup not in ("search", "remap"):
-        raise InputError(f"table {table!r}: bad sharing {spec}: takes ratio >= 1, hot in [0, 1], "
+    if unknown or not 1 <= ratio < math.inf or not 0 <= hot <= 1 or lookup not in ("search", "remap"):
+        raise InputError(f"table {table!r}: bad sharing {spec}: takes a finite ratio >= 1, hot in [0, 1], "
                          f"lookup 'search' or 'remap', seed" + (f"; unknown {unknown}" if unknown else ""))
     return ratio, hot, lookup, seed
 

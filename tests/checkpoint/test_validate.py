@@ -160,3 +160,128 @@ def test_calibration_ranges_refused_at_convert(made, tmp_path, lo, hi):
     assert not (tmp_path / "a").exists()
     with pytest.raises(InputError):
         load_artifact(tmp_path / "a")
+
+
+# -- plans that keep every row; convert commits only what its loader accepts (QA 2, item 1)
+
+def _plan(tables, layers=None):
+    return Plan.from_json({"format": "lowprec-plan", "version": 1, "tables": tables, "layers": layers or {}},
+                          "PLAN.json")
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("sharing, served", [
+    ({"kind": "hot", "ratio": 1}, None),    # ceil(8 / 1) >= 8: every row kept
+    ({"kind": "hot", "ratio": 1.1}, None),  # ceil(8 / 1.1) = 8
+    ({"kind": "tiered", "tiers": [[1, "fp16"]]}, "tiered"),  # the cold tier is empty
+    ({"kind": "tiered", "tiers": [[0.999999999999, "fp16"]], "order": "rank"}, "tiered"),
+    ({"kind": "tiered", "tiers": [[0.5, "fp16"], [0.5, "int8"]]}, "tiered"),
+])
+def test_sharing_that_keeps_every_row_converts_to_an_artifact_that_loads(made, tmp_path, sharing, served):
+    """Each of these wrote (exit 0) an artifact every loader refused, replacing the one at --out."""
+    root, calib = made
+    out = fresh(made, tmp_path)  # a good artifact at --out
+    with pytest.warns(UserWarning, match="'t2'"):
+        m = convert(root / "model", _plan({"t2": {"precision": "int4", "sharing": sharing}, "*": {"precision": "int8"}}),
+                    out, calib)
+    table = next(t for t in m["tables"] if t["name"] == "t2")
+    assert (table["sharing"] or {}).get("kind") == served  # the manifest says what is served
+    runtime, _ = load_artifact(out)
+    assert _cli("inspect", out).exit_code == 0
+    r = _cli("eval", "--model", out, "--data", root / "data", "--windows", "1")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_non_finite_hot_ratio_is_refused_when_the_plan_is_read():
+    with pytest.raises(InputError, match=r"PLAN.json: table 't2': .*finite ratio"):
+        _plan({"t2": {"precision": "int4", "sharing": {"kind": "hot", "ratio": float("inf")}}})
+
+
+def test_convert_refuses_what_its_own_loader_would_refuse_and_keeps_out(made, tmp_path, monkeypatch):
+    """The loader's checks run on the temporary artifact before it replaces --out: a disagreement is
+    exit 2 naming the plan, never the temporary path, and the artifact at --out stays as it was."""
+    import lowprec.checkpoint.validate as validate
+
+    root, _ = made
+    out = fresh(made, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1, "tables": {"*": {"precision": "int4"}}}))
+
+    def refuse(manifest, where):
+        raise InputError(f"{where}: table 't1': injected refusal")
+    monkeypatch.setattr(validate, "_check_summary", refuse)  # what validate_manifest runs last
+    for export in ([], ["--export", "torchscript"]):
+        r = _cli("convert", "--model", root / "model", "--plan", plan, "--out", out, *export)
+        assert r.exit_code == 2, r.output
+        assert str(plan) in r.output and "table 't1': injected refusal" in r.output, r.output
+        assert ".tmp" not in r.output, r.output
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# -- hand edits of the serving wiring, the layers' qparams and the stored tensors (QA 2, items 2, 4, 5)
+
+@pytest.fixture(scope="module")
+def mixed(made, tmp_path_factory):
+    """int8 static layers; t0 hot-shared, t1 tiered by id (rank directories), t2 tiered by rank."""
+    root, calib = made
+    out = tmp_path_factory.mktemp("mixed") / "art"
+    convert(root / "model", _plan({
+        "t0": {"precision": "int4", "sharing": {"kind": "hot", "ratio": 4}},
+        "t1": {"precision": "int4", "sharing": {"kind": "tiered", "tiers": [[0.2, "fp16"], [0.3, "int8"]]}},
+        "t2": {"precision": "int4", "sharing": {"kind": "tiered", "tiers": [[0.25, "fp16"]], "order": "rank"}}},
+        {"*": {"precision": "int8"}}), out, calib)
+    return out
+
+
+def _feats(m, kind, rank=None):
+    return [f["transform"] for f in m["features"] if f["transform"]["kind"] == kind
+            and (rank is None or ("rank" in f["transform"]) == rank)]
+
+
+def _bounds(m):
+    for t in _feats(m, "tier", rank=True):
+        t["bounds"][1] += 1
+
+
+def _serving(m, name):
+    return next(s for s in m["serving"] if s["name"] == name)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["features"][0].__setitem__("table", m["features"][1]["table"]), "is read by no feature"),
+    (lambda m: _feats(m, "hot_hash")[0].__setitem__("buckets", 10 ** 6), "'hot_hash' of table 't0' addresses"),
+    (_bounds, "'tier' of table 't2' addresses"),
+    (lambda m: _feats(m, "tier", rank=False)[0].__setitem__("tier", 1), "not distinct tiers"),
+    (lambda m: _feats(m, "tier", rank=False)[1].__setitem__("tier", 0), "not distinct tiers"),
+    (lambda m: [t["buffers"].reverse() for t in _feats(m, "tier", rank=False)], "tier 0 holds"),
+    (lambda m: _serving(m, "t1")["groups"].append(_serving(m, "t1")["groups"][-1]), "listed twice"),
+    (lambda m: _serving(m, "t1").__setitem__("groups", [sum(_serving(m, "t1")["groups"], [])]), "wide"),
+    (lambda m: m["serving"][0].__setitem__("groups", m["serving"][1]["groups"]), "listed twice"),
+    (lambda m: m["layers"]["top.0"].__setitem__("input_qparams", None), "layer 'top.0'"),
+    (lambda m: m["layers"]["top.0"].pop("input_qparams"), "layer 'top.0'"),
+])
+def test_hand_edited_serving_is_refused_by_inspect_and_the_loader(made, mixed, tmp_path, edit, words):
+    """Each edit passed `inspect`; the loader then crashed in FBGEMM (exit 4), or served other scores."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(mixed, art)
+    assert _cli("inspect", art).exit_code == 0
+    edit_manifest(art, edit)
+    for verify in ([], ["--no-verify"]):
+        r = _cli("inspect", art, *verify)
+        assert r.exit_code == 2 and words in r.output and "manifest.json" in r.output, r.output
+    refused(made, art, words, "manifest.json")
+
+
+def test_a_missing_table_tensor_is_refused_by_inspect(made, tmp_path):
+    art = fresh(made, tmp_path)
+    edit_weights(art, lambda t: t.pop("tables.t0"))
+    for verify in ([], ["--no-verify"]):
+        r = _cli("inspect", art, *verify)
+        assert r.exit_code == 2 and "no tensor 'tables.t0'" in r.output, r.output
+    refused(made, art, "no tensor 'tables.t0'")
