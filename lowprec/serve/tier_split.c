@@ -161,6 +161,17 @@ INLINE void prefetch_ids(const int32_t *in, int m, int64_t rows, const int64_t *
     }
 }
 
+/* The vector loops' end: bags that start after the last id (hotness 0: every bag) are empty, and
+ * each tier's count. */
+INLINE void close_bags(int32_t *off, int64_t batch, int64_t b, int k, const int64_t *c, int64_t *count)
+{
+    for (; b < batch; b++)
+        for (int j = 0; j < k; j++)
+            off[j * batch + b] = (int32_t)c[j];
+    for (int j = 0; j < k; j++)
+        count[j] = c[j];
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #if defined(__AVX512VPOPCNTDQ__)
@@ -262,25 +273,12 @@ INLINE int splitk_avx512(const int32_t *restrict in, int64_t batch, int64_t h, i
             c[j] += pj;
         }
     }
-    for (; b < batch; b++) /* hotness 0: every bag empty */
-        for (int j = 0; j < k; j++)
-            off[j * batch + b] = (int32_t)c[j];
-    for (int j = 0; j < k; j++)
-        count[j] = c[j];
+    close_bags(off, batch, b, k, c, count);
     return bad != 0;
 }
 
-static int split2_avx512(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
-                         int32_t *const *dst, int32_t *off, int64_t *count)
-{
-    return splitk_avx512(in, batch, h, 2, kind, rows, p, dst, off, count);
-}
-
-static int splitn_avx512(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
-                         const void *const *p, int32_t *const *dst, int32_t *off, int64_t *count)
-{
-    return splitk_avx512(in, batch, h, k, kind, rows, p, dst, off, count);
-}
+#define SPLIT_VECTOR splitk_avx512
+#define VECTOR_DIRECTORY DIRECTORY_AVX512
 #elif defined(__AVX2__)
 #include <immintrin.h>
 /* AVX2 (no AVX-512): the same loop 8 ids a step. What AVX-512 does in one instruction is spelled out:
@@ -397,24 +395,27 @@ INLINE int splitk_avx2(const int32_t *restrict in, int64_t batch, int64_t h, int
             c[j] += pj;
         }
     }
-    for (; b < batch; b++)
-        for (int j = 0; j < k; j++)
-            off[j * batch + b] = (int32_t)c[j];
-    for (int j = 0; j < k; j++)
-        count[j] = c[j];
+    close_bags(off, batch, b, k, c, count);
     return bad != 0;
 }
 
-static int split2_avx2(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
-                       int32_t *const *dst, int32_t *off, int64_t *count)
+#define SPLIT_VECTOR splitk_avx2
+#define VECTOR_DIRECTORY 1
+#endif
+
+#ifdef SPLIT_VECTOR
+/* The vector loop inlined with k = 2 (the common case: the loops over tiers unroll away), and for
+ * any k. */
+static int split2_vector(const int32_t *in, int64_t batch, int64_t h, int kind, int64_t rows, const void *const *p,
+                         int32_t *const *dst, int32_t *off, int64_t *count)
 {
-    return splitk_avx2(in, batch, h, 2, kind, rows, p, dst, off, count);
+    return SPLIT_VECTOR(in, batch, h, 2, kind, rows, p, dst, off, count);
 }
 
-static int splitn_avx2(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
-                       const void *const *p, int32_t *const *dst, int32_t *off, int64_t *count)
+static int splitn_vector(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows,
+                         const void *const *p, int32_t *const *dst, int32_t *off, int64_t *count)
 {
-    return splitk_avx2(in, batch, h, k, kind, rows, p, dst, off, count);
+    return SPLIT_VECTOR(in, batch, h, k, kind, rows, p, dst, off, count);
 }
 #endif
 
@@ -424,23 +425,13 @@ static int splitn_avx2(const int32_t *in, int64_t batch, int64_t h, int k, int k
 static int split(const int32_t *in, int64_t batch, int64_t h, int k, int kind, int64_t rows, const void *const *p,
                  int32_t *first, int32_t *scratch, int32_t *off, int64_t *count)
 {
-#if defined(__AVX512F__) || defined(__AVX2__)
-#if defined(__AVX512F__)
-    const int vector_directory = DIRECTORY_AVX512;
-#else
-    const int vector_directory = 1;
-#endif
-    if (kind == DIRECTORY ? vector_directory : ((const int64_t *)p[0])[k - 1] <= INT32_MAX) {
+#ifdef SPLIT_VECTOR
+    if (kind == DIRECTORY ? VECTOR_DIRECTORY : ((const int64_t *)p[0])[k - 1] <= INT32_MAX) {
         int32_t *dst[MAX_TIERS];
         for (int j = 0; j < k; j++)
             dst[j] = k == 2 && j == 0 ? first : scratch + (k == 2 ? 0 : j * batch * h);
-#if defined(__AVX512F__)
-        return k == 2 ? split2_avx512(in, batch, h, kind, rows, p, dst, off, count)
-                      : splitn_avx512(in, batch, h, k, kind, rows, p, dst, off, count);
-#else
-        return k == 2 ? split2_avx2(in, batch, h, kind, rows, p, dst, off, count)
-                      : splitn_avx2(in, batch, h, k, kind, rows, p, dst, off, count);
-#endif
+        return k == 2 ? split2_vector(in, batch, h, kind, rows, p, dst, off, count)
+                      : splitn_vector(in, batch, h, k, kind, rows, p, dst, off, count);
     }
 #endif
     return split_table(in, batch, h, k, kind, rows, p, k == 2 ? first : 0, scratch, off, count);
