@@ -16,10 +16,10 @@ from lowprec.errors import InputError
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     """The TOML document at `path`, `what` naming it in errors ("recipe", "schema file", ...)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
-    try:
+    try:  # (not is_file() first: a named pipe, or `<(...)` in a shell, is a file to read too)
         return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid UTF-8 TOML {what} ({exc})") from exc
     except OSError as exc:

@@ -191,3 +191,19 @@ def test_movielens_reads_numbers_and_fields_as_the_csv_reader_does(tmp_path):
     assert "5 fields, the header has 4" in r.output and "'1_0' is not a plain decimal integer" in r.output
     assert "list index" not in r.output
     assert sorted(np.load(tmp_path / "o" / "ids_user.npy").tolist()) == [1, 4]
+
+
+def test_user_toml_files_may_be_named_pipes(tmp_path):
+    """`--recipe <(generate-recipe)` or a FIFO: a recipe, schema or drift config need not be a regular
+    file (a first cut of the shared TOML reader refused anything but one as "not found")."""
+    import os
+    import threading
+
+    from lowprec.recipe import load_recipe
+
+    fifo = tmp_path / "r.toml"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('[windows]\ntrain = "0"\n'), daemon=True)
+    writer.start()
+    assert load_recipe(fifo)["windows"]["train"] == "0"
+    writer.join(10)
