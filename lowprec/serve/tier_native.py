@@ -119,6 +119,9 @@ class SplitPlan:
                    torch.tensor(params, dtype=torch.int64), keep, len(emb.features), sum(emb.hotness), scratch)
 
 
+VECTOR_SLACK = 8  # int32 slots past the kernel's outputs: its AVX2 loop stores whole 8-lane vectors
+
+
 def split(plan: SplitPlan, ids: torch.Tensor, batch: int, ranked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Table-major ids (int32, batch x hotness[t] per table, -1 pads) -> the TBE's (indices,
     offsets), int32; `ranked`: rank-ordered tiered tables' ids are ranks already."""
@@ -128,9 +131,9 @@ def split(plan: SplitPlan, ids: torch.Tensor, batch: int, ranked: bool = False) 
     ids = ids.to(torch.int32).contiguous()
     if ids.numel() != batch * plan.slots:
         raise ValueError(f"{ids.numel()} ids for batch {batch} and hotness {plan.hotness.tolist()}")
-    out_idx = torch.empty(ids.numel(), dtype=torch.int32)
+    out_idx = torch.empty(ids.numel() + VECTOR_SLACK, dtype=torch.int32)
     out_off = torch.empty(plan.features * batch + 1, dtype=torch.int32)
-    scratch = torch.empty(batch * plan.scratch_slots, dtype=torch.int32)
+    scratch = torch.empty(batch * plan.scratch_slots + VECTOR_SLACK, dtype=torch.int32)
     kinds = plan.ranked_kinds if ranked else plan.kinds
     rc = lib.lowprec_tier_split(ids.data_ptr(), batch, len(plan.hotness), plan.hotness.data_ptr(),
                                 kinds.data_ptr(), plan.tiers.data_ptr(), plan.rows.data_ptr(),

@@ -390,8 +390,12 @@ INLINE int splitk_avx2(const int32_t *restrict in, int64_t batch, int64_t h, int
         for (int j = 0; j < k; j++) {
             const int pj = __builtin_popcount(tier[j]);
             const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)compress_lut[tier[j]]));
-            _mm256_maskstore_epi32(d[j] + c[j], _mm256_cmpgt_epi32(_mm256_set1_epi32(pj), iota),
-                                   _mm256_permutevar8x32_epi32(row[j], perm));
+            const __m256i packed = _mm256_permutevar8x32_epi32(row[j], perm);
+            if (k == 2) /* all 8 lanes: the lanes past pj land where this tier or the next table writes later, or in
+                           the 8 slots the caller leaves past the end (VECTOR_SLACK); masked stores are slow on Zen 2 */
+                _mm256_storeu_si256((__m256i *)(d[j] + c[j]), packed);
+            else /* (k > 2: tier j's spare lanes would reach tier j + 1's segment) */
+                _mm256_maskstore_epi32(d[j] + c[j], _mm256_cmpgt_epi32(_mm256_set1_epi32(pj), iota), packed);
             c[j] += pj;
         }
     }
@@ -473,7 +477,9 @@ INLINE void copy_minmax(const int32_t *restrict in, int32_t *restrict dst, int64
 
 /* Returns 0, or t + 1 for the first table holding an id >= its rows, or -1 on bad arguments.
  * `param[t]`: DIRECTORY the k_t - 1 directory pointers; RANGE/RANK_GATHER [bounds (k_t + 1 int64),
- * rank map (int32, RANK_GATHER only)]; scratch: int32, max over tiered tables of k_t * batch * h_t. */
+ * rank map (int32, RANK_GATHER only)]; scratch: int32, max over tiered tables of k_t * batch * h_t.
+ * out_idx and scratch hold VECTOR_SLACK (8) more int32 slots than that: the AVX2 loop stores whole
+ * vectors with two tiers. */
 int lowprec_tier_split(const int32_t *ids, int64_t batch, int32_t n_tables, const int32_t *hotness,
                        const int32_t *kind, const int32_t *k, const int64_t *rows,
                        const void *const *const *param, int32_t *restrict out_idx, int32_t *restrict out_off,
