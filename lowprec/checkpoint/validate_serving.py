@@ -28,8 +28,7 @@ from lowprec.errors import InputError
 from lowprec.jsonsafe import is_int
 from lowprec.model.config import DLRMConfig
 from lowprec.serve.tables import padded_dim
-
-_POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.int64)
+from lowprec.serve.transforms import popcount32
 
 
 def _fail(where: str, i: int, msg: str) -> InputError:
@@ -122,10 +121,6 @@ def check_wiring(manifest: dict[str, Any], config: DLRMConfig, where: str) -> No
                                   f"{f['table']!r} holds {rows}")
 
 
-def _popcount(words: torch.Tensor) -> torch.Tensor:
-    return _POPCOUNT16[words & 0xFFFF] + _POPCOUNT16[(words >> 16) & 0xFFFF]
-
-
 def _directory_members(d: torch.Tensor, n: int, block: int, i: int, where: str, name: str) -> torch.Tensor:
     """The member mask words of a checked rank directory (counts = running totals of the members)."""
     if d.numel() != -(-n // block):
@@ -133,7 +128,7 @@ def _directory_members(d: torch.Tensor, n: int, block: int, i: int, where: str, 
                               f"needs {-(-n // block)} of {block} ids")
     d = d.to(torch.int64)
     words, cum = d & ((1 << block) - 1), d >> block
-    counts = _popcount(words)
+    counts = popcount32(words)
     if d.numel() and not (int(cum[0]) == 0 and torch.equal(cum[1:], torch.cumsum(counts, 0)[:-1])):
         raise _fail(where, i, f"tier directory {name!r}: its counts are not the running totals of its members")
     return words
@@ -172,10 +167,10 @@ def _check_directories(spec: dict[str, Any], buffers: dict[str, torch.Tensor], n
     members, union, total = [], None, 0
     for name in names:
         words = _directory_members(buffers[name], n, block, i, where, name)
-        members.append(int(_popcount(words).sum()))
+        members.append(int(popcount32(words).sum()))
         total += members[-1]
         union = words if union is None else union | words
-    if int(_popcount(union).sum()) != total:
+    if int(popcount32(union).sum()) != total:
         raise _fail(where, i, f"tier directories {names} overlap (an id in two tiers)")
     held = members[j] if j < len(names) else n - total
     if held != rows:

@@ -132,6 +132,12 @@ class HotHash(nn.Module):
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.int32)
 
 
+def popcount32(words: torch.Tensor) -> torch.Tensor:
+    """Each value's set bits among its low 32 (a rank directory's member words), by the 16-bit table
+    TierLookup reads too."""
+    return _POPCOUNT16[words & 0xFFFF] + _POPCOUNT16[(words >> 16) & 0xFFFF]
+
+
 class TierLookup(nn.Module):
     """Tier `tier` of a tiered table (lowprec.serve.tiers): the id's row in that tier, or -1 if the id
     (or a -1 pad) is not in it. Rows in id order: upper tier j reads its own rank directory; the
