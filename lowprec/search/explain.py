@@ -35,12 +35,9 @@ def unmet_memory_message(items: dict[str, list[Option]], rounds: list[dict[str, 
     failed = [r for r in rounds if not r["fits"]]
     closest = ""
     if failed:
-        r = min(failed, key=lambda r: r["validated"]["ne_increase"])
-        v = r["validated"]
+        r = _closest(failed)
         closest = (f"{len(failed)} validated plan(s) within it failed {accuracy} on eval windows "
-                   f"{list(cfg.eval_windows)} (the closest, round {r['round']}: NE {100 * v['ne_increase']:+.3f}% "
-                   f"[CI {100 * v['ne_increase_ci'][0]:+.3f}%, {100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop "
-                   f"{v['auc_drop']:.5f})")
+                   f"{list(cfg.eval_windows)} (the closest, round {r['round']}: {_measured(r)})")
     if exhausted:
         why = (f"{closest or 'no plan within it validated'}, and the {cfg.max_rounds} validation rounds "
                f"([search] max_rounds) are spent")
@@ -60,14 +57,12 @@ def no_compression_message(rounds: list[dict[str, Any]], cfg: Any) -> str:
     b = cfg.budget
     failed = [r for r in rounds if not r["fits"]]
     if failed:
-        r = min(failed, key=lambda r: r["validated"]["ne_increase"])
-        v = r["validated"]
+        r = _closest(failed)
         how = "upper ends of the 95% intervals" if cfg.accept == "interval" else "point estimates"
         why = (f"none of the {len(failed)} quantized plans validated within the budget (NE increase <= "
                f"{pct(b.max_ne_increase)}, AUC drop <= {b.max_auc_drop:g}; {cfg.accept} rule: {how}) "
-               f"on eval windows {list(cfg.eval_windows)}; the closest (round {r['round']}) measured NE "
-               f"{100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
-               f"{100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop {v['auc_drop']:.5f}")
+               f"on eval windows {list(cfg.eval_windows)}; the closest (round {r['round']}) measured "
+               f"{_measured(r)}")
         point_only = sum(1 for r in failed if r.get("verdict", {}).get("point"))
         if cfg.accept == "interval" and point_only:
             why += (f"; {point_only} of them fit on the point estimate only (longer eval windows narrow the "
@@ -78,3 +73,15 @@ def no_compression_message(rounds: list[dict[str, Any]], cfg: Any) -> str:
             f"--max-ne-increase / --max-auc-drop, a narrower space (e.g. --precisions fp16,int8,int4), "
             f"more rows (--max-rows, longer eval windows) so the noise shrinks, or more validation "
             f"rounds ([search] max_rounds, now {cfg.max_rounds}).")
+
+
+def _closest(failed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The failed validation round that came nearest the NE budget."""
+    return min(failed, key=lambda r: r["validated"]["ne_increase"])
+
+
+def _measured(r: dict[str, Any]) -> str:
+    """A validation round's measured loss: NE increase with its interval, AUC drop."""
+    v = r["validated"]
+    return (f"NE {100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
+            f"{100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop {v['auc_drop']:.5f}")
