@@ -260,7 +260,7 @@ def emit_json(obj: dict[str, Any]) -> None:
 
 
 def _register() -> None:
-    from lowprec.cli._common import finite_floats
+    from lowprec.cli._common import strict_numbers
 
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -268,7 +268,7 @@ def _register() -> None:
         module = importlib.import_module(f"{__name__}.{info.name}")
         for command in getattr(module, "COMMANDS", []):
             main.add_command(command)
-    finite_floats(main)  # no float option takes nan or inf, no integer one `1_0` (lowprec.cli._common), --nproc too
+    strict_numbers(main)  # no float option takes nan or inf, no integer one `1_0` (lowprec.cli._common), --nproc too
 
 
 _register()

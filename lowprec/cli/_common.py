@@ -1,5 +1,6 @@
 """Shared CLI pieces: progress bars on stderr, window options, parsing helpers, the finite-float
-option type (`FiniteFloat`; `finite_floats` gives it to every float option of every command)."""
+option type (`FiniteFloat`; `strict_numbers` gives it to every float option of every command, and
+`_PlainInt`'s check to every integer option)."""
 
 from __future__ import annotations
 
@@ -96,13 +97,13 @@ class PlainIntRange(_PlainInt, click.IntRange):
     pass
 
 
-def finite_floats(command: click.Command) -> None:
+def strict_numbers(command: click.Command) -> None:
     """Give every float option of `command` (and its subcommands) the FiniteFloat type, keeping any
     FloatRange bounds, and every integer option `_PlainInt`'s check: the one place where the CLI
     refuses NaN, infinities and `1_0` (called at registration, so a new command's options are covered
     without remembering to)."""
     for sub in getattr(command, "commands", {}).values():
-        finite_floats(sub)
+        strict_numbers(sub)
     for p in command.params:
         t = p.type
         if isinstance(t, click.types.FloatParamType) and not isinstance(t, FiniteFloat):
