@@ -392,7 +392,8 @@ INLINE int splitk_avx2(const int32_t *restrict in, int64_t batch, int64_t h, int
             const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)compress_lut[tier[j]]));
             const __m256i packed = _mm256_permutevar8x32_epi32(row[j], perm);
             if (k == 2) /* all 8 lanes: the lanes past pj land where this tier or the next table writes later, or in
-                           the 8 slots the caller leaves past the end (VECTOR_SLACK); masked stores are slow on Zen 2 */
+                           the 8 slots the caller leaves past the end (VECTOR_SLACK); masked stores were slow on the AMD host
+                           measured, reports/tiered.md */
                 _mm256_storeu_si256((__m256i *)(d[j] + c[j]), packed);
             else /* (k > 2: tier j's spare lanes would reach tier j + 1's segment) */
                 _mm256_maskstore_epi32(d[j] + c[j], _mm256_cmpgt_epi32(_mm256_set1_epi32(pj), iota), packed);
