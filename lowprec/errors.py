@@ -4,7 +4,7 @@
 out-of-range id, a tampered file, a plan naming a missing table). The CLI turns it into exit code 2
 with the message as-is, so every message names the file, row, table or layer at fault. A write
 failure the user fixes on their side (disk full, read-only, permission denied: `USER_ERRNOS`) is
-one too (`os_error`, `user_os_errors`), naming the file.
+one too (`os_error`, `user_os_errors`), naming the file and saying whether it was read or written.
 
 `warn(message)` reports something in the user's input that lowprec worked around and the user
 should know about (a window with no rows skipped, a window with one label class): an
@@ -38,28 +38,35 @@ USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
                errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR}
 
 
-def os_error(exc: OSError, path: str | os.PathLike) -> InputError:
-    """An InputError for a write failure the user can fix, naming the file."""
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # raised by writes only
+
+
+def os_error(exc: OSError, path: str | os.PathLike, action: str | None = None) -> InputError:
+    """An InputError for a failure the user can fix, naming the file: `action` is "read" or "write"
+    when the caller knows; else "write" for the errnos only a write raises, and "open" otherwise
+    (an EACCES or EISDIR may be either: never tell a user that an input is an output)."""
     where = exc.filename or path
-    return InputError(f"cannot write {where}: {os.strerror(exc.errno) if exc.errno else exc} "
-                      f"[{errno.errorcode.get(exc.errno or 0, 'OSError')}]; nothing was replaced")
+    action = action or ("write" if exc.errno in WRITE_ERRNOS else "open")
+    why = f"{os.strerror(exc.errno) if exc.errno else exc} [{errno.errorcode.get(exc.errno or 0, 'OSError')}]"
+    return InputError(f"cannot {action} {where}: {why}" + ("; nothing was replaced" if action == "write" else ""))
 
 
 @contextlib.contextmanager
-def user_os_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn disk-full / read-only / permission errors raised inside into InputErrors naming `path`."""
+def user_os_errors(path: str | os.PathLike, action: str = "write") -> Iterator[None]:
+    """Turn disk-full / read-only / permission errors raised inside into InputErrors naming `path`
+    (`action`: what the block does to it, "write" or "read")."""
     try:
         yield
     except OSError as exc:
         if exc.errno in USER_ERRNOS:
-            raise os_error(exc, path) from exc
-        if exc.errno is None and _disk_full(Path(path)):  # a short write ("N requested and 0 written")
-            raise os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from exc
+            raise os_error(exc, path, action) from exc
+        if action == "write" and exc.errno is None and _disk_full(Path(path)):  # a short write ("N requested and 0 written")
+            raise os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, action) from exc
         raise
     except Exception as exc:  # safetensors reports I/O failures as SafetensorError("... (os error N)")
         code = _os_error_code(exc)
         if code in USER_ERRNOS:
-            raise os_error(OSError(code, os.strerror(code)), path) from exc
+            raise os_error(OSError(code, os.strerror(code)), path, action) from exc
         raise
 
 

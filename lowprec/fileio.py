@@ -201,7 +201,7 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
     try:
         empty = not any(p for p in out.iterdir() if p.name != MARKER)
     except OSError as exc:
-        raise os_error(exc, out) from exc
+        raise os_error(exc, out, "write") from exc
     kinds = [kind] if kind is not None else list(KINDS)
     if not empty and not any(_is_kind(out, k) for k in kinds):
         found = next((k for k in KINDS if _is_kind(out, k)), None)

@@ -249,6 +249,25 @@ def test_a_read_only_output_directory(base, tmp_path):
             assert r.exit_code == 2 and "Read-only file system" in r.output and str(ro) in r.output, (cmd, r.output)
 
 
+@pytest.mark.parametrize("error, said", [
+    (IsADirectoryError(21, "Is a directory", "/in/day_2_dense.npy"), "cannot open /in/day_2_dense.npy: Is a directory [EISDIR]"),
+    (PermissionError(13, "Permission denied", "/in/day_2_dense.npy"), "cannot open /in/day_2_dense.npy: Permission denied [EACCES]"),
+    (OSError(28, "No space left on device", "/out/x"), "cannot write /out/x: No space left on device [ENOSPC]; nothing was replaced")])
+def test_a_read_failure_is_not_called_a_write(base, monkeypatch, error, said):
+    """An OSError the user can fix that reaches the CLI unwrapped was always "cannot write PATH: ...;
+    nothing was replaced", also for an input being read (qa-common 5: `eval` told the user its input
+    window file was an output). Only the errnos that writes alone raise say "write" now."""
+    from lowprec.data.dataset import Dataset
+
+    def fails(*a, **k):
+        raise error
+
+    monkeypatch.setattr(Dataset, "arrays", fails)
+    r = run("eval", "--model", base / "model", "--data", base / "data", "--windows", "2")
+    assert r.exit_code == 2 and r.output.endswith(f"Error: {said}\n"), r.output
+    assert r.output.count("cannot") == 1 and ("nothing was replaced" in r.output) == ("write" in said), r.output
+
+
 def test_a_bug_exits_4_in_one_line_never_1_which_drift_means_as_an_alarm(monkeypatch, tmp_path):
     """An unexpected exception inside a command (a lowprec bug) is not an alarm for a cron job
     reading drift's exit code: exit 4, one line naming the exception and where; LOWPREC_DEBUG=1

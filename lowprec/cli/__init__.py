@@ -94,7 +94,7 @@ class LowprecGroup(click.Group):
 
             if exc.errno not in USER_ERRNOS:
                 raise InternalError(exc) from exc
-            raise BadInput(str(os_error(exc, exc.filename or "an output"))) from exc
+            raise BadInput(str(os_error(exc, exc.filename or "a file"))) from exc  # (read or write: os_error says)
         except dist.DistributedError as exc:
             raise RankFailed(f"{type(exc).__name__}: {exc}") from exc
         except click.UsageError as exc:
