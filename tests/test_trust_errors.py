@@ -8,6 +8,7 @@ import os
 import subprocess
 import uuid
 
+import numpy as np
 import pytest
 
 from helpers import make_tiny_dataset, run_cli as run
@@ -142,6 +143,47 @@ def test_unsigned_ids_object_arrays_and_a_directory_as_input_are_named_plainly(b
     assert r.exit_code == 2 and "declares Python objects" in r.output and "never unpickles" in r.output, r.output
     r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path, "--out", tmp_path / "out")
     assert r.exit_code == 2 and "is a directory; give the files themselves" in r.output, r.output
+
+
+def _tampered(base, tmp_path, name, write):
+    """A copy of the base dataset whose file `name` is rewritten by `write(path)`."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(base / "data", data)
+    write(data / name)
+    return data
+
+
+def _np_save(make):
+    return lambda path: np.save(path, make(np.load(path)))
+
+
+@pytest.mark.parametrize("name, write, said", [
+    ("day_2_labels.npy", lambda p: p.write_bytes(b""), "unreadable .npy (empty file (0 bytes): still being written"),
+    ("day_2_dense.npy", lambda p: p.write_bytes(b""), "unreadable .npy (empty file (0 bytes)"),
+    ("day_2_sparse.npy", lambda p: p.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': <<<   \n" + b"x" * 64),
+     "unreadable .npy ("),
+    ("day_2_dense.npy", _np_save(lambda a: np.zeros(len(a), dtype=[("a", "<f4"), ("b", "<i4")])),
+     "dense features must be real numbers (float, integer or bool), found [('a', '<f4'), ('b', '<i4')] (records)"),
+    ("day_2_dense.npy", _np_save(lambda a: (a + 1j * a).astype(np.complex64)),
+     "dense features must be real numbers (float, integer or bool), found complex64 (complex numbers)"),
+    ("day_2_dense.npy", _np_save(lambda a: a.astype("U8")), "found <U8 (strings)"),
+    ("day_2_labels.npy", _np_save(lambda a: a.astype("U1")),
+     "labels must be numbers 0/1 (integer, bool or float), found <U1 (strings)"),
+])
+def test_a_window_file_numpy_cannot_read_or_of_the_wrong_dtype_is_named(base, tmp_path, name, write, said):
+    """qa-common 2, 6, 7 and qa-2 2: an empty (0-byte) .npy (a copy cut short, a labels job that
+    creates the file before filling it), a garbled header and a structured dense file were exit 4
+    (EOFError, TokenError, TypeError); complex or string dense features were read (silently cast),
+    and string labels said "label 0 is not 0 or 1". Every one is exit 2 naming the file, for eval
+    as for drift."""
+    data = _tampered(base, tmp_path, name, write)
+    r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 2 and f"Error: {data / name}: " in r.output and said in r.output, r.output
+    r = run("drift", "--reference", base / "model", "--candidate", base / "art", "--data", data, "--windows", "2",
+            "--db", tmp_path / "db.sqlite", "--report", tmp_path / "rep")
+    assert r.exit_code == 2 and f"Error: {data / name}: " in r.output and said in r.output, r.output
 
 
 def test_a_config_that_fails_its_own_checks_names_the_file(base, tmp_path):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from lowprec.errors import InputError
+from lowprec.data.npyfiles import load_window_array
 from lowprec.fileio import read_json, resolve_output, write_json
 
 FORMAT = "lowprec-dataset"
@@ -181,25 +182,6 @@ def window_files(root: Path, index: int) -> dict[str, Path]:
     return {k: root / f"day_{index}_{k}.npy" for k in ("dense", "sparse", "labels")}
 
 
-def load_window_array(path: Path, index: int) -> np.ndarray:
-    """One of window `index`'s .npy files as a read-only memmap (never unpickled); InputError if
-    it is missing or unreadable."""
-    if not path.is_file():
-        raise InputError(f"window {index}: missing {path}")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        why = ("its header declares Python objects, not numbers (lowprec never unpickles)"
-               if "allow_pickle" in str(exc) or "Python objects" in str(exc) else str(exc))
-        raise InputError(f"{path}: unreadable .npy ({why})") from exc
-
-
-def check_id_dtype(ids: np.ndarray, path: Path) -> None:
-    """Sparse ids are signed integers: -1 pads a bag (uint arrays cannot hold it)."""
-    if ids.dtype.kind != "i":
-        raise InputError(f"{path}: ids must be signed integers (int32 or int64; -1 pads a bag), found {ids.dtype}")
-
-
 class Dataset:
     """A prepared dataset on disk; arrays are memory-mapped, never loaded whole."""
 
@@ -215,10 +197,7 @@ class Dataset:
         """(dense, sparse, labels) of one window as read-only memmaps, shape-checked."""
         info = self.meta.window(index)
         files = window_files(self.root, index)
-        out = []
-        for path in files.values():
-            out.append(load_window_array(path, index))
-        dense, sparse, labels = out
+        dense, sparse, labels = (load_window_array(path, index, kind) for kind, path in files.items())
         n_dense, slots = len(self.meta.dense_names), self.meta.slots
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
@@ -230,7 +209,6 @@ class Dataset:
         for arr, shape, path in checks:
             if arr.shape != shape:
                 raise InputError(f"{path}: shape {arr.shape}, dataset.json says {shape}")
-        check_id_dtype(sparse, files["sparse"])
         return dense, sparse, labels
 
 

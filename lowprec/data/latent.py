@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature, _NpyAppender
+from lowprec.data.npyfiles import read_npy
 from lowprec.data.sampling import ZipfSampler, hashed_normal
 from lowprec.data.synth import (CTR_LOGIT_SHIFT, DENSE_NAMES, DENSE_SCALE_FACTOR, FIRST_DAY, KAGGLE_CARDINALITIES,
                                 N_DENSE, NEW_ID_MAX, NEW_ID_STEP, RESERVED_SHARE, SPARSE_NAMES, SynthConfig,
@@ -321,10 +322,7 @@ def bayes_stats(ds: Any, windows: list[int], chunk_rows: int = 1 << 20) -> Binar
         path = prob_file(ds.root, w)
         if not path.is_file():
             return None
-        try:
-            p = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{path}: unreadable .npy ({exc})") from exc
+        p = read_npy(path)
         labels = ds.arrays(w)[2]
         if p.shape != labels.shape or p.dtype.kind != "f":
             raise InputError(f"{path}: {p.dtype} {p.shape}, expected float ({len(labels)},) true probabilities")

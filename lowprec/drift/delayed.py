@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.data.dataset import Dataset, check_id_dtype, load_window_array, window_files
+from lowprec.data.dataset import Dataset, window_files
+from lowprec.data.npyfiles import load_window_array
 from lowprec.drift.attribution import LabelFreeObserver
 from lowprec.drift.estimate_rule import decide_estimate
 from lowprec.drift.labelfree import LabelFreeConfig
@@ -54,11 +55,10 @@ class PendingLabels(Dataset):
         out = []
         for kind, shape in (("dense", (info.rows, len(self.meta.dense_names))), ("sparse", (info.rows, self.meta.slots))):
             path = files[kind]
-            arr = load_window_array(path, index)
+            arr = load_window_array(path, index, kind)
             if arr.shape != shape:
                 raise InputError(f"{path}: shape {arr.shape}, dataset.json says {shape}")
             out.append(arr)
-        check_id_dtype(out[1], files["sparse"])
         return out[0], out[1], np.broadcast_to(np.int32(0), (info.rows,))
 
 
