@@ -186,6 +186,19 @@ def test_a_window_file_numpy_cannot_read_or_of_the_wrong_dtype_is_named(base, tm
     assert r.exit_code == 2 and f"Error: {data / name}: " in r.output and said in r.output, r.output
 
 
+@pytest.mark.parametrize("name", ["day_2_dense.npy", "day_2_sparse.npy"])
+def test_eval_of_a_window_missing_a_file_or_holding_a_directory_names_it(base, tmp_path, name):
+    """qa-common 1 and 5: eval fingerprints the windows it scores (were they trained on?) before it
+    reads them, and that fingerprint stat()ed a missing file (exit 4, FileNotFoundError) and called
+    a directory in its place "cannot write ... nothing was replaced" (an input called an output)."""
+    data = _tampered(base, tmp_path, name, lambda p: p.unlink())
+    r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 2 and f"Error: window 2: missing {data / name}" in r.output, r.output
+    (data / name).mkdir()
+    r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 2 and f"Error: window 2: {data / name} is a directory, not a .npy file" in r.output, r.output
+
+
 def test_a_config_that_fails_its_own_checks_names_the_file(base, tmp_path):
     cfg = json.loads((base / "model" / "config.json").read_text())
     cfg["model"]["embedding_dim"] = 8  # the bottom MLP ends at another width

@@ -23,7 +23,8 @@ import json
 from typing import Any
 
 from lowprec.data.dataset import window_files
-from lowprec.errors import InputError, warn
+from lowprec.data.npyfiles import window_file
+from lowprec.errors import InputError, user_os_errors, warn
 from lowprec.fileio import file_fingerprint
 
 USAGE = "use `3`, `0-4`, `5,7,9`, `all`, `label:A`, `label:A..B`, `label:A..` (A on) or `label:..B` (up to B)"
@@ -148,7 +149,9 @@ def window_fingerprint(ds: Any, w: int) -> str:
     h = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
     files = window_files(ds.root, w)
     for kind in ("dense", "sparse"):
-        h.update(file_fingerprint(files[kind], full_limit=16 << 20, sample=1 << 20).encode())
+        path = window_file(files[kind], w)
+        with user_os_errors(path, "read"):
+            h.update(file_fingerprint(path, full_limit=16 << 20, sample=1 << 20).encode())
     return "window:" + h.hexdigest()
 
 
