@@ -199,6 +199,32 @@ def test_eval_of_a_window_missing_a_file_or_holding_a_directory_names_it(base, t
     assert r.exit_code == 2 and f"Error: window 2: {data / name} is a directory, not a .npy file" in r.output, r.output
 
 
+def test_dense_beyond_float32_and_a_bad_label_are_named_without_numpy_warnings(base, tmp_path):
+    """qa-common 6: a finite float64 dense value beyond float32's range became Inf in the cast (with
+    numpy's overflow warning and its source line on stderr) and was called "NaN or Inf"; qa-2 5: a
+    label that is not 0/1 did not name the labels file."""
+    import warnings
+
+    def big(a):
+        a = a.astype(np.float64)
+        a[9, 1] = 1e300
+        return a
+
+    data = _tampered(base, tmp_path, "day_2_dense.npy", _np_save(big))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warning would be exit 4 here
+        r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 2 and ("Error: window 2 row 9: dense feature 'd1' is 1e+300, beyond float32's range "
+                                 "(|x| <= 3.4e38)") in r.output, r.output
+    labels = data / "day_2_labels.npy"
+    y = np.load(labels).astype(np.float32)
+    y.reshape(-1)[7] = 0.5
+    np.save(labels, y)
+    (data / "day_2_dense.npy").write_bytes((base / "data" / "day_2_dense.npy").read_bytes())
+    r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
+    assert r.exit_code == 2 and f"Error: window 2 row 7: label 0.5 is not 0 or 1 (in {labels})" in r.output, r.output
+
+
 def test_a_config_that_fails_its_own_checks_names_the_file(base, tmp_path):
     cfg = json.loads((base / "model" / "config.json").read_text())
     cfg["model"]["embedding_dim"] = 8  # the bottom MLP ends at another width

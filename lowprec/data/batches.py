@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from lowprec.data.dataset import PAD_ID, Dataset
+from lowprec.data.dataset import PAD_ID, Dataset, window_files
 from lowprec.data.ids import FeatureIds, TableMajor
 from lowprec.errors import InputError
 
@@ -45,7 +45,7 @@ def reads_feature_ids(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "reads_feature_ids", False))
 
 
-def _check_chunk(ds: Dataset, window: int, row0: int, dense, sparse, labels) -> None:
+def _check_chunk(ds: Dataset, window: int, row0: int, sparse, labels) -> None:
     meta = ds.meta
     limits = np.repeat(np.asarray(meta.num_embeddings, dtype=np.int64), meta.hotness)
     bad = (sparse < PAD_ID) | (sparse >= limits[None, :])
@@ -56,12 +56,26 @@ def _check_chunk(ds: Dataset, window: int, row0: int, dense, sparse, labels) -> 
             f"window {window} row {row0 + r}: id {int(sparse[r, c])} of sparse feature "
             f"{meta.sparse_names[feat]!r} is outside [0, {meta.num_embeddings[feat]})"
         )
-    if not np.isfinite(dense).all():
-        r = int(np.argwhere(~np.isfinite(dense))[0][0])
-        raise InputError(f"window {window} row {row0 + r}: dense features hold NaN or Inf")
     if not np.isin(labels, (0, 1)).all():
         r = int(np.argwhere(~np.isin(labels, (0, 1)))[0][0])
-        raise InputError(f"window {window} row {row0 + r}: label {labels[r]} is not 0 or 1")
+        raise InputError(f"window {window} row {row0 + r}: label {labels[r]} is not 0 or 1 "
+                         f"(in {window_files(ds.root, window)['labels']})")
+
+
+def _dense_float32(ds: Dataset, window: int, row0: int, stored: np.ndarray) -> np.ndarray:
+    """A chunk of dense features as float32, the model's input; InputError at the first NaN or Inf,
+    and at a finite value beyond float32's range (the cast would make it Inf) said as such."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        dense = np.array(stored, dtype=np.float32)
+    bad = ~np.isfinite(dense)
+    if bad.any():
+        r, c = map(int, np.argwhere(bad)[0])
+        value = stored[r, c]
+        if not np.isfinite(value):
+            raise InputError(f"window {window} row {row0 + r}: dense features hold NaN or Inf")
+        raise InputError(f"window {window} row {row0 + r}: dense feature {ds.meta.dense_names[c]!r} is "
+                         f"{float(value):g}, beyond float32's range (|x| <= 3.4e38) in which the model reads it")
+    return dense
 
 
 def iter_batches(
@@ -98,10 +112,10 @@ def iter_batches(
             continue
         dense_m, sparse_m, labels_m = ds.arrays(w)
         stop = min(start + chunk_rows, len(labels_m))
-        dense = np.array(dense_m[start:stop], dtype=np.float32)
+        dense = _dense_float32(ds, w, start, dense_m[start:stop])
         sparse = np.array(sparse_m[start:stop], dtype=np.int64)
         labels = np.array(labels_m[start:stop])
-        _check_chunk(ds, w, start, dense, sparse, labels)
+        _check_chunk(ds, w, start, sparse, labels)
         # the chunk's ids regrouped table by table once: a batch's FeatureIds is then one copy
         table_major = TableMajor(sparse_m[start:stop], hotness) if feature_ids else None
         order = rng.permutation(len(labels)) if shuffle else None
