@@ -19,6 +19,7 @@ from lowprec.progress import Update
 # Options many commands share, spelled and explained once.
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON object (the command's result) as the last line of stdout.")
+SEED = click.IntRange(0, 2**63 - 1)  # every --seed: torch.manual_seed, numpy's generators and an int64 all take it
 data_option = click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
                            help="Prepared dataset directory (from `lowprec data prepare` or `data synth`).")
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from lowprec import distributed as dist
 from lowprec.cli import check_parallel, emit_json
-from lowprec.cli._common import StageBars
+from lowprec.cli._common import SEED, StageBars
 from lowprec.data.criteo import parse_table_sizes, prepare_criteo
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import parse_window_option
@@ -99,7 +99,7 @@ def _reporter(limit: int | None = BAD_ROWS_SHOWN) -> Callable[[str], None]:
               help="Number of windows (one synthetic day each, from 2024-01-01).")
 @click.option("--rows-per-window", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Rows in each window (written in chunks; memory does not grow with it).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Same arguments and seed give the same bytes.")
 @click.option("--scale", default=0.001, show_default=True, type=click.FloatRange(0, 4, min_open=True),
               help="Table sizes = Criteo Kaggle cardinalities x scale (at least 2 rows).")

@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import StageBars, json_option
+from lowprec.cli._common import SEED, StageBars, json_option
 
 
 @click.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for data, models, reports.")
 @click.option("--rows-per-window", default=20_000, show_default=True, type=click.IntRange(min=1000),
               help="Rows in each of the synthetic data's 14 windows.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the data, the training and the search; same seed, same outputs.")
 @json_option
 def demo(out, rows_per_window, seed, as_json):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import FiniteFloat, data_option, fmt, int_list, name_value_pairs, progress_bar
+from lowprec.cli._common import SEED, FiniteFloat, data_option, fmt, int_list, name_value_pairs, progress_bar
 
 POSITIVE = FiniteFloat(min=0, min_open=True)
 NON_NEGATIVE = FiniteFloat(min=0)
@@ -21,7 +21,7 @@ NON_NEGATIVE = FiniteFloat(min=0)
 @click.option("--patience", default=1, show_default=True, help="Stop after this many epochs without a lower validation NE.")
 @click.option("--init-bias/--no-init-bias", default=True, show_default=True,
               help="Start the output bias at the logit of the training positive rate.")
-@click.option("--seed", default=0, show_default=True, help="Seed for init and data order; same seed, same weights.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for init and data order; same seed, same weights.")
 @click.option("--epochs", type=click.IntRange(min=1),
               help="Epochs (at most, with --val-windows) [1; up to 5 with validation windows, which stop "
                    "training early].")
