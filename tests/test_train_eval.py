@@ -71,6 +71,18 @@ def test_bad_usage_exits_2(tiny, tmp_path):
     assert r.exit_code == 2 and "model not found" in r.output
 
 
+def test_an_embedding_key_or_a_table_given_twice_is_refused(tiny, tmp_path):
+    """qa-common 9: `--embedding hash:ratio=2,ratio=3` and `--table-embedding t1=hash:ratio=8
+    --table-embedding t1=dense` trained with whichever came last, saying nothing."""
+    r = run("train", "--data", tiny, "--windows", "0", "--out", tmp_path / "x", "--embedding", "hash:ratio=2, ratio=3")
+    assert r.exit_code == 2 and "embedding SPEC 'hash:ratio=2, ratio=3': option 'ratio' is given twice" in r.output, \
+        r.output
+    r = run("train", "--data", tiny, "--windows", "0", "--out", tmp_path / "x",
+            "--table-embedding", "t1=hash:ratio=8", "--table-embedding", "t1 = dense")
+    assert r.exit_code == 2 and "--table-embedding gives 't1' twice ('hash:ratio=8' and 'dense')" in r.output, r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_model_dataset_mismatch_is_named(tiny, tmp_path):
     model = train(tiny, tmp_path / "m")
     other = make_tiny_dataset(tmp_path / "other", windows=1, rows=100, tables=(50, 21, 8))

@@ -44,11 +44,15 @@ def int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def name_value_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """Repeated NAME=VALUE options as a dict; a NAME given twice is refused (the last silently won)."""
     out: dict[str, str] = {}
     for item in items:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise click.BadParameter(f"{what} takes NAME=VALUE, got {item!r}")
+        if name.strip() in out:
+            raise click.BadParameter(f"{what} gives {name.strip()!r} twice ({out[name.strip()]!r} and "
+                                     f"{value.strip()!r}); give each name once")
         out[name.strip()] = value.strip()
     return out
 

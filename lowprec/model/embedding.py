@@ -49,5 +49,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         key, eq, value = part.partition("=")
         if not eq:
             raise InputError(f"embedding SPEC {spec!r}: option {part!r} is not key=value")
+        if key.strip() in options:  # (the last one silently won)
+            raise InputError(f"embedding SPEC {spec!r}: option {key.strip()!r} is given twice; give it once")
         options[key.strip()] = value.strip()
     return kind, options
