@@ -47,8 +47,12 @@ def os_error(exc: OSError, path: str | os.PathLike, action: str | None = None) -
     (an EACCES or EISDIR may be either: never tell a user that an input is an output)."""
     where = exc.filename or path
     action = action or ("write" if exc.errno in WRITE_ERRNOS else "open")
-    why = f"{os.strerror(exc.errno) if exc.errno else exc} [{errno.errorcode.get(exc.errno or 0, 'OSError')}]"
-    return InputError(f"cannot {action} {where}: {why}" + ("; nothing was replaced" if action == "write" else ""))
+    return InputError(f"cannot {action} {where}: {os_reason(exc)}" + ("; nothing was replaced" if action == "write" else ""))
+
+
+def os_reason(exc: OSError) -> str:
+    """`No space left on device [ENOSPC]`: what went wrong, as the user's messages say it."""
+    return f"{os.strerror(exc.errno) if exc.errno else exc} [{errno.errorcode.get(exc.errno or 0, 'OSError')}]"
 
 
 @contextlib.contextmanager

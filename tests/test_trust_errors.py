@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,6 +367,28 @@ def test_a_read_failure_is_not_called_a_write(base, monkeypatch, error, said):
     r = run("eval", "--model", base / "model", "--data", base / "data", "--windows", "2")
     assert r.exit_code == 2 and r.output.endswith(f"Error: {said}\n"), r.output
     assert r.output.count("cannot") == 1 and ("nothing was replaced" in r.output) == ("write" in said), r.output
+
+
+def test_json_to_a_full_or_closed_stdout_names_stdout(base, tmp_path):
+    """qa-common 8: `inspect ART --json > /dev/full` said "cannot write an output: ..." and with
+    stdout closed (`>&-`) the JSON was dropped silently, exit 0. Both are exit 2 naming stdout; a
+    closed stdout is refused as --json is parsed, before the command writes anything."""
+    import sys
+
+    import lowprec
+
+    root = Path(lowprec.__file__).resolve().parents[1]  # the lowprec this test imported
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "lowprec", "inspect", str(base / "art"), "--json"], cwd=root,
+                           stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and p.stderr.startswith(
+        "Error: cannot write the --json result to stdout: No space left on device [ENOSPC]"), p.stderr
+    p = subprocess.run([sys.executable, "-m", "lowprec", "data", "synth", "--out", str(tmp_path / "d"), "--windows", "1",
+                        "--rows-per-window", "10", "--json"], cwd=root, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True, env=env, timeout=300, preexec_fn=lambda: os.close(1))
+    assert p.returncode == 2 and "Invalid value for '--json': stdout is closed" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "d").exists()
 
 
 def test_a_bug_exits_4_in_one_line_never_1_which_drift_means_as_an_alarm(monkeypatch, tmp_path):

@@ -255,12 +255,22 @@ def _warn_if_oversubscribed(nproc: int) -> None:
 
 def emit_json(obj: dict[str, Any]) -> None:
     """Print the one JSON object that --json promises, as the last line of stdout: strict JSON
-    (an undefined or non-finite number is null, lowprec.jsonsafe)."""
-    click.echo(dumps(obj, default=float))
+    (an undefined or non-finite number is null, lowprec.jsonsafe). A stdout that cannot take it
+    (a full disk, /dev/full) is exit 2 naming stdout; a closed one is refused before the command
+    runs (`_common.json_needs_stdout`); a pipe whose reader went away is exit 141 (`invoke`)."""
+    from lowprec.errors import os_reason
+
+    try:
+        click.echo(dumps(obj, default=float))
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise InputError(f"cannot write the --json result to stdout: {os_reason(exc)}; the files the command "
+                         f"wrote, if any, are whole") from exc
 
 
 def _register() -> None:
-    from lowprec.cli._common import strict_numbers
+    from lowprec.cli._common import json_needs_stdout, strict_numbers
 
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -269,6 +279,7 @@ def _register() -> None:
         for command in getattr(module, "COMMANDS", []):
             main.add_command(command)
     strict_numbers(main)  # no float option takes nan or inf, no integer one `1_0` (lowprec.cli._common), --nproc too
+    json_needs_stdout(main)  # no --json with a closed stdout
 
 
 _register()

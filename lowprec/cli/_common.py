@@ -121,6 +121,24 @@ def strict_numbers(command: click.Command) -> None:
                       else PlainInt())
 
 
+def json_needs_stdout(command: click.Command) -> None:
+    """Every `--json` flag of `command` (and its subcommands) refuses a closed stdout (`>&-`: Python
+    then has no sys.stdout and click.echo drops the result silently, exit 0): checked as the options
+    are parsed, so before the command writes anything. Called at registration, as strict_numbers."""
+    for sub in getattr(command, "commands", {}).values():
+        json_needs_stdout(sub)
+    for p in command.params:
+        if p.name == "as_json":
+            p.callback = _stdout_open
+
+
+def _stdout_open(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value and sys.stdout is None:
+        raise click.BadParameter("stdout is closed (started with `>&-`?), so the JSON result would be lost; "
+                                 "give the command a stdout (`> FILE`, a pipe) or leave --json out", ctx, param)
+    return value
+
+
 class StageBars:
     """One progress bar per stage of a multi-stage job: the `Stages` of lowprec.progress."""
 
