@@ -11,7 +11,8 @@ raises `Terminated`, a KeyboardInterrupt, so every `finally` and `except BaseExc
 Ctrl-C runs (temporary directories, parent directories made for --out, drift's run record) runs
 for it too; then one line and exit 143. Not in a rank of a data-parallel job: torchrun stops the
 surviving ranks with SIGTERM when one fails, and the launcher reports that rank's failure, not a
-"stopped" line from every other rank (lowprec.launch.job_errors).
+"stopped" line from every other rank (lowprec.launch.job_errors). Before the command runs (the
+seconds of imports) lowprec.stopping says the same lines; `main` takes over from it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from lowprec import distributed as dist
 from lowprec import launch as launcher
+from lowprec import stopping
 from lowprec.allocator import keep_buffers_in_heap
 from lowprec.errors import InputError, InputWarning
 from lowprec.jsonsafe import dumps
@@ -102,10 +104,9 @@ class LowprecGroup(click.Group):
                 raise
             raise BadUsage(exc.format_message(), exc.ctx) from exc
         except Terminated as exc:
-            raise Stopped("stopped by SIGTERM (kill, timeout, cron or systemd) before the command finished "
-                          "(exit 143)") from exc
+            raise Stopped(stopping.STOPPED) from exc
         except (KeyboardInterrupt, click.Abort) as exc:  # click's own handling says "Aborted!", exit 1: an alarm
-            raise Interrupted("interrupted (Ctrl-C, SIGINT) before the command finished (exit 130)") from exc
+            raise Interrupted(stopping.INTERRUPTED) from exc
         except (click.ClickException, click.exceptions.Exit):
             raise
         except Exception as exc:  # a bug: never exit 1, which `drift` means as an alarm
@@ -207,6 +208,7 @@ def main(ctx: click.Context, nproc: int) -> None:
     data-parallel rank failed, 4 internal error (a bug), 130 interrupted (Ctrl-C), 141 stdout's
     reader gone (`| head`), 143 stopped by SIGTERM.
     """
+    stopping.hand_over()  # start-up's one-line exit gives way to the exceptions above (and Terminated, below)
     keep_buffers_in_heap()  # reuse activation buffers across batches (lowprec/allocator.py)
     ranks = dist.env_world_size()
     if nproc > 1 and ranks > 1:
