@@ -34,7 +34,7 @@ from lowprec import distributed as dist
 from lowprec import launch as launcher
 from lowprec import stopping
 from lowprec.allocator import keep_buffers_in_heap
-from lowprec.errors import InputError, InputWarning
+from lowprec.errors import InputError, InputWarning, os_reason
 from lowprec.jsonsafe import dumps
 
 PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train", "data prepare", "data append")  # commands
@@ -260,8 +260,6 @@ def emit_json(obj: dict[str, Any]) -> None:
     (an undefined or non-finite number is null, lowprec.jsonsafe). A stdout that cannot take it
     (a full disk, /dev/full) is exit 2 naming stdout; a closed one is refused before the command
     runs (`_common.json_needs_stdout`); a pipe whose reader went away is exit 141 (`invoke`)."""
-    from lowprec.errors import os_reason
-
     try:
         click.echo(dumps(obj, default=float))
     except BrokenPipeError:
