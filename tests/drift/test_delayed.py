@@ -161,6 +161,17 @@ def test_estimate_rule():
     assert not decide_estimate({"est_gap": None}, base, t).alarm
 
 
+def test_estimate_rule_does_not_judge_too_few_rows():
+    """One row's KL/H with a row-sampling se of 0 was "beyond the limit"; a 1-row baseline made every
+    later window's growth test compare against it. Below 100 rows neither is judged."""
+    t = EstimateThresholds()
+    one = decide_estimate(_est(0.01, se=0.0, rows=1), None, t)
+    assert not one.alarm and one.reason.startswith("estimate: too few rows: 1 (minimum 100)"), one.reason
+    assert decide_estimate(_est(0.01, se=0.0, rows=100), None, t).triggers == ("estimate_limit",)
+    tiny_base = decide_estimate(_est(0.0016, rows=5000), _est(0.0, se=0.0, window=1, rows=1), t)
+    assert not tiny_base.alarm and tiny_base.shift is None and "baseline window 1 has too few rows (1)" in tiny_base.reason
+
+
 def test_estimate_thresholds_from_toml(tmp_path):
     p = tmp_path / "t.toml"
     p.write_text("[estimate]\ngap_allowance = 0.001\nz = 2\n")
