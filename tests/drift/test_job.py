@@ -137,6 +137,26 @@ def test_other_pair_bad_config_and_bad_report_dir_exit_2(pair, tmp_path):
     assert (keep / "notes.txt").read_text() == "mine"
 
 
+def test_a_missing_window_file_is_refused_before_the_history_is_created(pair, tmp_path):
+    """`window 3: missing .../day_3_sparse.npy` (exit 2) still created a new --db holding a `failed` run
+    (and its lock file): the files were first opened while scoring. Now the windows to score are
+    checked before the history is created, and on an existing history before its run is recorded."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(pair / "data", data)
+    (data / "day_3_sparse.npy").rename(tmp_path / "away.npy")
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, windows="2-3", data=data)
+    assert r.exit_code == 2 and f"window 3: missing {data / 'day_3_sparse.npy'}" in r.output, r.output
+    assert not db.exists() and not db.with_name("h.sqlite.lock").exists() and not db.with_suffix(".report").exists()
+    assert drift(pair, db, windows="2", data=data).exit_code in (0, 1)
+    r = drift(pair, db, windows="2-3", data=data)
+    assert r.exit_code == 2 and "window 3: missing" in r.output, r.output
+    with DriftStore(db) as s:
+        assert [row["status"] for row in s.runs()] == ["done"] and [w["window"] for w in s.windows()] == [2]
+
+
 def test_a_recalibration_setting_out_of_range_is_refused_before_any_window(pair, tmp_path):
     """[recalibrate] percentile = 10 loaded without complaint; the job scored and recorded its windows,
     then exited 2 with "percentile must be in (50, 100]" naming neither file nor key, on every rerun.
