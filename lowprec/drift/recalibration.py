@@ -83,9 +83,10 @@ def check_recal_outputs(job: Any, chosen: list[int]) -> None:
             art, calib = recal_paths(job, w, source)
             claim_output(art, "artifact", inputs, what="--on-alarm recalibrate: the recalibrated artifact")
             claim_output(calib, "calibration", inputs, what="--on-alarm recalibrate: the recalibration's calibration")
-            if new_history and (art.exists() or calib.exists()):  # not a leftover of this history's killed run
+            held = [p for p in (art, calib) if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+            if new_history and held:  # not a leftover of this history's killed run
                 raise InputError(
-                    f"--on-alarm recalibrate: {art if art.exists() else calib} exists, but --db {job.db} is a "
+                    f"--on-alarm recalibrate: {held[0]} exists, but --db {job.db} is a "
                     f"new history, which wrote nothing there: a history at this path, since deleted, recorded "
                     f"it; refusing to replace it (move it away, or give --db another path)")
     d = job.candidate.resolve().parent
