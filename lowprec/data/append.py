@@ -10,7 +10,11 @@ model's record of its training windows) still match.
 
 Refused, with the dataset untouched (exit 2):
 - a dataset generated (`data synth`) or read from MovieLens (its features depend on the whole history);
-- an input file already in the dataset (same sha256): a re-run of a daily job adds nothing twice;
+- an input file already in the dataset (same sha256): a re-run of a daily job adds nothing twice
+  (a file without rows: only under the same name, since every quiet day's header-only file has the
+  same bytes);
+- files without a valid row when the dataset makes windows from rows (by time or row count): nothing
+  to append. Under one window per file such a file is an empty window, as `data prepare` writes one;
 - calendar windows that start before the dataset's last window ends: a period already prepared
   cannot grow (prepare the dataset again to merge late rows);
 - new data that does not encode as the dataset does (a check: the recorded settings make it so).
@@ -35,7 +39,7 @@ from lowprec.data.criteo import DENSE_NAMES, SPARSE_NAMES, prepare_criteo
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
-from lowprec.data.rawinput import BadRows
+from lowprec.data.rawinput import BadRows, no_rows_text
 from lowprec.errors import InputError
 from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
@@ -69,6 +73,7 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
         _told(refusal)
         with temporary_sibling(root) as staging:
             new, bad = _prepare_like(root, old, inputs, staging, **read)
+            _check_some_window(old, new, root)
             _check_new_inputs(old, new, root)
             _check_same_encoding(old, new, root)
             _check_later(old, new, root)
@@ -105,7 +110,7 @@ def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Pat
     source = prov.get("source")
     if source == "csv":
         return prepare_csv(inputs, staging / "new" if staging is not None else None, None,
-                           str(prov.get("windows") or "file"), vocab_from=root,
+                           str(prov.get("windows") or "file"), vocab_from=root, empty_ok=True,
                            recorded_schema=prov.get("schema") if isinstance(prov.get("schema"), dict) else {},
                            **read)
     if source == "criteo-tsv":
@@ -116,21 +121,43 @@ def _prepare_like(root: Path, old: DatasetMeta, inputs: list[Path], staging: Pat
                              f"Prepare the dataset again")
         every = re.fullmatch(r"every (\d+) rows", str(prov.get("windows")))
         return prepare_criteo(inputs, staging / "new" if staging is not None else None, list(old.num_embeddings),
-                              int(every.group(1)) if every else None, **read)
+                              int(every.group(1)) if every else None, empty_ok=True, **read)
     raise InputError(f"{root}: a dataset from {source or 'an unrecorded source'!r} cannot be appended to; "
                      f"append reads new files as the dataset's own were read, which it can for csv and "
                      f"criteo-tsv datasets (MovieLens history features and generated data depend on all "
                      f"the data): prepare the dataset again with the new files")
 
 
+def _check_some_window(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
+    """New files without a valid row: under one window per file each is an empty window (warned
+    about, as `data prepare` does with such a file among others); other windowings make windows from
+    rows, so there is nothing to append: say so, naming what the files hold."""
+    if new.windows:
+        return
+    prov = old.provenance
+    how = str(prov.get("windows"))
+    how = f"from the rows' times (--window {how})" if how in CALENDAR else f"by row count ({how})"
+    raise InputError(f"no valid rows in {no_rows_text(new.provenance['inputs'], prov.get('source') == 'csv')}: "
+                     f"nothing to append. {root} makes its windows {how}, so a file without rows adds no window "
+                     f"(a dataset prepared with one window per file, --window file, would get an empty one); "
+                     f"the dataset is unchanged")
+
+
 def _check_new_inputs(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
     prov = old.provenance
-    known = {i.get("sha256"): i.get("path") for run in [prov, *prov.get("appends", [])]
-             for i in run.get("inputs", []) if isinstance(i, dict)}
+    known: dict[Any, list[str]] = {}
+    for run in [prov, *prov.get("appends", [])]:
+        for i in run.get("inputs", []):
+            if isinstance(i, dict):
+                known.setdefault(i.get("sha256"), []).append(str(i.get("path")))
     for i in new.provenance["inputs"]:  # (the new files among themselves: checked as they were read)
-        if i["sha256"] in known:
-            raise InputError(f"{i['path']}: this file is already in {root} (as {known[i['sha256']]}, same "
-                             f"sha256); appending it again would count its rows twice")
+        same = known.get(i["sha256"], [])
+        if not i.get("rows"):  # a quiet day's header-only file has the last quiet day's bytes: no row
+            same = [p for p in same if Path(p).name == Path(i["path"]).name]  # counts twice; a rerun does
+        if same:
+            twice = "count its rows twice" if i.get("rows") else "add its empty window twice"
+            raise InputError(f"{i['path']}: this file is already in {root} (as {same[-1]}, same "
+                             f"sha256); appending it again would {twice}")
 
 
 def _check_same_encoding(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:

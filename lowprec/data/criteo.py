@@ -31,7 +31,7 @@ from lowprec.data.csvlabel import plain_int
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import (
     DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, SequentialWindows, check_distinct, check_inputs,
-    guarded, open_span,
+    guarded, no_rows_text, open_span,
 )
 from lowprec.data.sharedread import read_all, read_shared
 from lowprec.data.synth import KAGGLE_CARDINALITIES
@@ -229,12 +229,13 @@ def prepare_criteo(
     show_bad_rows: int | None = 20,
     in_turn: tuple[int, int] | None = None,
     after: tuple[int, int] = (0, 0),
+    empty_ok: bool = False,
 ) -> tuple[DatasetMeta | None, BadRows]:
     """Read Criteo TSV files into a dataset at `root` (normally `fileio.atomic_dir`'s temp dir).
 
     Under torchrun every rank reads a share of the input and rank 0 (`root`) writes the dataset; the
     other ranks pass root None and get (None, their BadRows) (lowprec.data.sharedread). `in_turn`:
-    as csvread.prepare_csv's; `after`: as DatasetWriter's (`data append`)."""
+    as csvread.prepare_csv's; `after`: as DatasetWriter's (`data append`); `empty_ok`: as prepare_csv's."""
     check_inputs(inputs)
     sizes = table_sizes or [DEFAULT_TABLE_SIZE] * N_SPARSE
     if len(sizes) != N_SPARSE or min(sizes) < 2 or max(sizes) > MAX_TABLE:
@@ -251,8 +252,8 @@ def prepare_criteo(
     stats = [InputStats(str(p)) for p in inputs]
     read_all(inputs, root, parser, out, bad, stats, progress, in_turn)
     out.finish()
-    if sum(s.rows for s in stats) == 0:
-        raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
+    if sum(s.rows for s in stats) == 0 and not empty_ok:
+        raise InputError(f"no valid rows in {no_rows_text([s.to_json() for s in stats], header=False)}")
     check_distinct(stats)
     writer.provenance.update({
         "source": "criteo-tsv",

@@ -13,7 +13,8 @@ from lowprec.data.csvrows import RowParser
 from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
-from lowprec.data.rawinput import DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_distinct, check_inputs
+from lowprec.data.rawinput import (DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_distinct,
+                                   check_inputs, no_rows_text)
 from lowprec.data.sharedread import read_all, read_shared
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
@@ -25,7 +26,7 @@ def prepare_csv(
     max_bad_rows: int | None = DEFAULT_MAX_BAD_ROWS, report: Reporter | None = None,
     progress: Stages | None = None, vocab_from: Path | None = None, show_bad_rows: int | None = 20,
     recorded_schema: dict[str, Any] | None = None, in_turn: tuple[int, int] | None = None,
-    after: tuple[int, int] = (0, 0),
+    after: tuple[int, int] = (0, 0), empty_ok: bool = False,
 ) -> tuple[DatasetMeta | None, BadRows]:
     """Read CSV files described by the TOML schema at `schema_path` into a dataset at `root`.
 
@@ -34,7 +35,9 @@ def prepare_csv(
     Under torchrun every rank reads a share of the input and rank 0 writes the dataset
     (lowprec.data.sharedread); the other ranks return (None, their BadRows). `in_turn` = (ranks,
     part bytes): read the shares of that many ranks in turn, in this process (the tests' check that
-    the merge gives one reader's dataset). `after`: as DatasetWriter's (`data append`)."""
+    the merge gives one reader's dataset). `after`: as DatasetWriter's (`data append`). `empty_ok`: no
+    valid row at all is not an error (`data append`: a quiet day's file is an empty window under
+    `--window file`, no window otherwise, which append names)."""
     if recorded_schema is not None:
         where = f"{vocab_from}/dataset.json: provenance schema"
         schema = schema_from(recorded_schema.get("toml"), where)
@@ -58,8 +61,8 @@ def prepare_csv(
     stats = [InputStats(str(p)) for p in inputs]
     read_all(inputs, root, parser, sink, bad, stats, progress, in_turn)
     sink.finish()
-    if sum(s.rows for s in stats) == 0:
-        raise InputError(f"no valid rows in {', '.join(map(str, inputs))}")
+    if sum(s.rows for s in stats) == 0 and not empty_ok:
+        raise InputError(f"no valid rows in {no_rows_text([s.to_json() for s in stats], header=True)}")
     check_distinct(stats)
     if parser.multiline_first:
         where, first, last = parser.multiline_first

@@ -185,6 +185,10 @@ def parse_time(text: str, fmt: str) -> float | None:
         except ValueError:
             if fmt != "auto":
                 return None
+    if v[-1:] == "z":  # RFC 3339 allows a lowercase z (and t), which fromisoformat refuses (3.11-3.13)
+        v = v[:-1] + "Z"
+    if v[10:11] == "t":
+        v = v[:10] + "T" + v[11:]
     try:
         t = dt.datetime.fromisoformat(v)
         x = (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()

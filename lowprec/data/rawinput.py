@@ -157,6 +157,20 @@ def check_distinct(stats: list[InputStats]) -> None:
         seen[s.sha256] = s.path
 
 
+def no_rows_text(inputs: list[dict[str, Any]], header: bool) -> str:
+    """The inputs (InputStats.to_json()) that hold no valid row, each with what it holds instead:
+    `day9.csv (empty)`, `(a header line only)`, `(all 3 rows bad)`."""
+    out = []
+    for s in inputs:
+        if s.get("rows"):
+            continue
+        bad, lines = s.get("bad_rows") or 0, s.get("lines") or 0
+        what = (f"all {bad:,} row{'s' * (bad != 1)} bad" if bad else "empty" if lines == 0 else
+                "a header line only" if header and lines == 1 else "no rows, only blank lines")
+        out.append(f"{s.get('path')} ({what})")
+    return ", ".join(out)
+
+
 def is_gzip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC

@@ -20,7 +20,9 @@ One noisy window moves S by a few units at most, a persistent gap above the allo
 and the cap makes an alarm clear within a few healthy windows once the gap is gone.
 A window with fewer than `min_positives` positive or `min_negatives` negative labels has "too few
 labels": the label-based triggers (NE gap CI, CUSUM, AUC) are off and its CUSUM state carries over
-unchanged. The NE gap judged is the measured gap minus the plan's validated gap (the manifest's
+unchanged. A window of fewer than 100 rows (stats.MIN_INTERVAL_ROWS) has no bootstrap intervals: the
+rules on them (NE gap CI, CUSUM, calibration gap CI) are off, "too few rows", the CUSUM state
+carries over. The NE gap judged is the measured gap minus the plan's validated gap (the manifest's
 `plan.validated.ne_increase`); every reason that subtracts it says so.
 Warnings (recorded, never an alarm by themselves): activation clipping above `clip_rate_ratio` x its
 calibration-time rate, PSI of the score distributions above `psi_limit`. Staleness of the float
@@ -38,6 +40,7 @@ from typing import Any
 from lowprec.calibrate import setting_problems
 from lowprec.drift.estimate_rule import EstimateThresholds
 from lowprec.evaluation.metrics import MIN_CLASS_LABELS
+from lowprec.evaluation.stats import MIN_INTERVAL_ROWS
 from lowprec.errors import InputError
 from lowprec.tomlfile import read_toml
 
@@ -191,9 +194,11 @@ class Signals:
     positives: int | None = None  # label counts of the window (None: unknown, assumed enough)
     negatives: int | None = None
     expected_cal_gap: float = 0.0  # the calibration gap it was validated with; cal_gap* are relative to it
+    rows: int | None = None  # rows of the window (None: unknown, assumed enough)
 
 
 LABEL_TRIGGERS = ("ne_gap_ci", "cusum_up", "cusum_down", "auc_drop")
+INTERVAL_TRIGGERS = ("ne_gap_ci", "cusum_up", "cusum_down", "calibration_gap")  # judged on bootstrap intervals
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,15 @@ def too_few_labels(s: Signals, t: Thresholds) -> str:
     """Why the window's labels cannot carry a label-based alarm ("" when they can)."""
     short = _label_shortfall(s, t)
     return f"{short}: no label-based alarm (NE gap, CUSUM, AUC) for this window" if short else ""
+
+
+def too_few_rows(s: Signals) -> str:
+    """Why the window's bootstrap intervals cannot carry an alarm ("" when they can): fewer than
+    stats.MIN_INTERVAL_ROWS rows (their intervals are recorded as undefined)."""
+    if s.rows is None or s.rows >= MIN_INTERVAL_ROWS:
+        return ""
+    return (f"too few rows: {s.rows} (minimum {MIN_INTERVAL_ROWS}) for the bootstrap intervals: no NE gap, "
+            f"CUSUM or calibration gap alarm for this window")
 
 
 def gap_text(s: Signals) -> str:
@@ -322,16 +336,18 @@ def _staleness(s: Signals, t: Thresholds) -> list[str]:
 
 def decide(s: Signals, prev: CusumState, t: Thresholds) -> Decision:
     """The sequential rule for one window, given the CUSUM state after the previous window."""
-    few = too_few_labels(s, t)
-    state = prev if few else cusum_step(prev, s, t)
-    trig = [(c, m) for c, m in _triggers(s, state, t) if not few or c not in LABEL_TRIGGERS]
+    few, few_rows = too_few_labels(s, t), too_few_rows(s)
+    state = prev if few or few_rows else cusum_step(prev, s, t)
+    trig = [(c, m) for c, m in _triggers(s, state, t)
+            if (not few or c not in LABEL_TRIGGERS) and (not few_rows or c not in INTERVAL_TRIGGERS)]
+    notes = [n for n in (few_rows, few) if n]
     if trig:
         reason = "ALARM: " + "; ".join(msg for _, msg in trig)
-    elif few:
-        reason = f"{few}; NE gap {gap_text(s)}"
+    elif notes:
+        reason = f"{'; '.join(notes)}; NE gap {gap_text(s)}"
     else:
         reason = (f"healthy: NE gap {gap_text(s)} within ±{100 * t.ne_gap_limit:.2f}%, "
                   f"CUSUM up {state.up:.1f} / down {state.down:.1f} <= {t.cusum_h:g}")
-    warnings = ([few] if few and trig else []) + _warnings(s, t)
+    warnings = (notes if trig else []) + _warnings(s, t)
     return Decision(bool(trig), state, tuple(dict.fromkeys(c for c, _ in trig)), reason,
                     tuple(warnings), tuple(_staleness(s, t)))

@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import Iterable
@@ -42,6 +44,15 @@ def lock_path(db: Path) -> Path:
     """The lock file of database `db`: beside the file it resolves to (symlinks followed)."""
     real = Path(os.path.realpath(db))
     return real.with_name(real.name + ".lock")
+
+
+def history_tag(db: Path) -> str:
+    """A name for the history in `db` that outputs of it carry (`--on-alarm recalibrate`'s artifacts):
+    the file's stem and 8 hex digits of the sha256 of the path it resolves to (symlinks followed, as
+    the lock), so two histories never name the same file and one history always names the same one."""
+    real = os.path.realpath(db)
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(real).name.split(".")[0])[:32] or "db"
+    return f"{stem}-{hashlib.sha256(real.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:

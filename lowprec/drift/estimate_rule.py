@@ -7,8 +7,9 @@ and b the estimate of the baseline window (the first window given a label-free r
   ALARM (estimate) when any of
       shift:  e_t - b - gap_allowance > z · sqrt(s_t² + s_b²)   the divergence grew since the baseline
       limit:  e_t - z · s_t > gap_limit                          the divergence itself is too large
-Warnings (never an alarm by themselves): Kendall's tau between the two models' scores below
-`min_kendall`; the 99th percentile of |p_cand - p_ref| above `abs_p99_limit`; PSI above `psi_limit`.
+A window of fewer than 100 rows (stats.MIN_INTERVAL_ROWS) is not judged ("too few rows"): the CLT
+se of a few rows says nothing (0 on one row). Warnings (never an alarm by themselves): Kendall's tau
+between the two models' scores below `min_kendall`; the 99th percentile of |p_cand - p_ref| above `abs_p99_limit`; PSI above `psi_limit`.
 The estimate is one-sided (KL >= 0 cannot say the candidate got better), and it assumes the float
 reference is calibrated on the window (docs/drift.md says when that breaks). Every message says
 "estimate": no label was read (an alarm on a window whose labels were there says so, "from scores
@@ -22,6 +23,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from lowprec.errors import InputError
+from lowprec.evaluation.stats import MIN_INTERVAL_ROWS
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,14 @@ def decide_estimate(e: dict[str, Any], baseline: dict[str, Any] | None, t: Estim
     trig: list[tuple[str, str]] = []
     shift = None
     text = f"estimated NE gap {_pct(gap)} [CI {_pct(e.get('est_lo'))}, {_pct(e.get('est_hi'))}]"
-    if baseline is not None and _ok(baseline.get("est_gap")) and _ok(baseline.get("est_se_rows")):
+    rows = e.get("rows")
+    if _ok(rows) and rows < MIN_INTERVAL_ROWS:  # one row: se 0, and its own KL/H was "beyond the limit"
+        return EstimateDecision(False, (), f"estimate: too few rows: {rows} (minimum {MIN_INTERVAL_ROWS}) for its "
+                                           f"row-sampling se: not judged; {text}", (), None)
+    tiny_base = baseline is not None and _ok(baseline.get("rows")) and baseline["rows"] < MIN_INTERVAL_ROWS
+    if tiny_base:  # a few rows' estimate is no baseline to measure growth from (se 0 on one row)
+        text += f", no shift test: the baseline window {baseline['window']} has too few rows ({baseline['rows']})"
+    elif baseline is not None and _ok(baseline.get("est_gap")) and _ok(baseline.get("est_se_rows")):
         shift = gap - baseline["est_gap"]
         noise = math.hypot(se, baseline["est_se_rows"])
         if shift - t.gap_allowance > t.z * noise:

@@ -10,7 +10,8 @@ under the database's lock.
 Exit-code rule (`DriftOutcome.exit_code`): 1 when a window processed in this run is in alarm OR the
 latest requested window is in alarm (so a new alarm is never missed, and a rerun with nothing new
 still reports the current state); else 0. Bad input raises InputError (exit 2) before any window
-is recorded.
+is recorded; bad structure of the windows to score (`check_window_files`), before the run is
+recorded and, for a new history, before its database is created.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lowprec.drift.recalibration import check_recal_outputs, recalibrate
 from lowprec.drift.tiers import hot_share, tier_layout
 from lowprec.evaluation.paired import PairedConfig, TableError
 from lowprec.drift.signals import expected_gap
-from lowprec.drift.delayed import estimate_summaries, labelfree_config, process_window, score_plan
+from lowprec.drift.delayed import PendingLabels, estimate_summaries, labelfree_config, process_window, score_plan
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
 from lowprec.progress import Stages
@@ -155,6 +156,15 @@ def load_pair(job: DriftJob, ds: Dataset) -> _Models:
     return _Models(reference, candidate, manifest if is_artifact else None, ref_sha, cand_sha, ref_info)
 
 
+def check_window_files(ds: Dataset, windows: list[int]) -> None:
+    """The files of the windows to score are there, readable .npy of the shapes and dtypes
+    dataset.json gives (their headers only; a missing labels file is a pending window): InputError
+    naming the file otherwise, before anything is written. Ids out of range are found while scoring."""
+    pending = PendingLabels(ds)
+    for w in windows:
+        pending.arrays(w)
+
+
 def _check_labels(store: DriftStore, ds: Dataset, chosen: list[int]) -> None:
     """A recorded window must still be the same period of the dataset."""
     for row in store.windows():
@@ -193,6 +203,8 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
         raise InputError("--on-alarm recalibrate needs --candidate to be a quantized artifact")
     if job.on_alarm == "recalibrate":
         check_recal_outputs(job, chosen)
+    if not job.db.is_file() or job.db.stat().st_size == 0:  # a new history: every chosen window is to score
+        check_window_files(ds, chosen)  # refused before the history is created (no db holding a failed run)
     with DriftStore(job.db) as store:
         store.check_pair(str(job.reference), models.reference_sha, str(job.candidate), models.candidate_sha)
         with store.transaction():
@@ -200,11 +212,12 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
             store.set_meta("tier_layout", json.dumps(tier_layout(models.candidate)))
         _check_labels(store, ds, chosen)
         notes = check_sources(job, store, ds, models, chosen)
+        todo, filled = score_plan(store, ds, chosen)
+        check_window_files(ds, todo)  # before the run is recorded: a refusal here records no failed run
         for leftover in job.db.parent.glob(job.spill_prefix.name + "*"):
             leftover.unlink(missing_ok=True)  # from a killed run; we hold the lock
         run_id = store.start_run(_run_info(job, models, chosen))
         try:
-            todo, filled = score_plan(store, ds, chosen)
             announce(todo)
             table_err = TableError.from_models(models.reference, models.candidate) if todo else None
             for w in todo:

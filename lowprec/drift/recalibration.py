@@ -1,10 +1,13 @@
 """`lowprec drift --on-alarm recalibrate`: new artifacts beside the deployed one for the first alarmed
 window, calibrated on the latest healthy windows before it and/or on the alarmed window itself, each
 re-scored on the alarmed window and recorded (`recalibrations`, `recal_tier_share`) with a reason
-that says whether the new calibration closes the gap and what that means.
+that says whether the new calibration closes the gap and what that means. Their names carry the
+history in --db (`recal_paths`): a second history of the same candidate never replaces what the
+first recorded (history is append-only), and a rerun of one history finds its own files.
 
 `check_recal_outputs` runs before any window is scored: every path a recalibration may write must be
-free or lowprec's own of that kind, so a refusal comes before anything is recorded. The artifact
+free or lowprec's own of that kind (and free when --db is a new history: a file there was recorded by
+a history since deleted), so a refusal comes before anything is recorded. The artifact
 and its calibration file commit as a pair (no artifact is left without its calibration); a rerun
 redoes a recalibration that no row records.
 """
@@ -19,6 +22,7 @@ from typing import Any
 
 from lowprec.data.dataset import Dataset
 from lowprec.drift.alarm import CusumState, decide
+from lowprec.drift.dbfile import history_tag
 from lowprec.drift.record import finite
 from lowprec.drift.signals import baseline_problem, calib_rates, expected_calibration_gap, expected_gap, signals_for
 from lowprec.drift.store import DriftStore
@@ -55,13 +59,13 @@ def recalibrate(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: l
     return out
 
 
-def recal_dir(candidate: Path, target: int, source: str) -> Path:
-    return candidate.with_name(f"{candidate.name}.recal-w{target}{'' if source == 'healthy' else '-alarmed'}")
-
-
 def recal_paths(job: Any, target: int, source: str) -> tuple[Path, Path]:
-    """The recalibrated artifact for (alarm window, source) and its calibration file beside it."""
-    out = recal_dir(job.candidate, target, source)
+    """The recalibrated artifact for (alarm window, source) of the history in `--db`, and its
+    calibration file beside it: `CANDIDATE.recal-w{t}[-alarmed].{history}` (dbfile.history_tag), so a
+    second history of the same candidate (a new --db after revised labels, other data or settings)
+    never replaces what the first recorded, and a rerun of one history finds its own files."""
+    c, kind = job.candidate, "" if source == "healthy" else "-alarmed"
+    out = c.with_name(f"{c.name}.recal-w{target}{kind}.{history_tag(job.db)}")
     return out, out.with_name(out.name + ".calib.json")
 
 
@@ -73,11 +77,18 @@ def check_recal_outputs(job: Any, chosen: list[int]) -> None:
 
     rc = job.config.recalibrate
     inputs = [job.reference, job.candidate, job.data]
+    new_history = not job.db.is_file() or job.db.stat().st_size == 0
     for w in chosen:
         for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
             art, calib = recal_paths(job, w, source)
             claim_output(art, "artifact", inputs, what="--on-alarm recalibrate: the recalibrated artifact")
             claim_output(calib, "calibration", inputs, what="--on-alarm recalibrate: the recalibration's calibration")
+            held = [p for p in (art, calib) if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+            if new_history and held:  # not a leftover of this history's killed run
+                raise InputError(
+                    f"--on-alarm recalibrate: {held[0]} exists, but --db {job.db} is a "
+                    f"new history, which wrote nothing there: a history at this path, since deleted, recorded "
+                    f"it; refusing to replace it (move it away, or give --db another path)")
     d = job.candidate.resolve().parent
     if not os.access(d, os.W_OK | os.X_OK):
         raise InputError(f"--on-alarm recalibrate writes its artifacts beside --candidate, in {d}, which is not "

@@ -54,7 +54,8 @@ def signals_for(m: WindowMeasure, baseline: dict[str, Any] | None,
     return Signals(m.ne_gap.estimate - expected, m.ne_gap.lo - expected, m.ne_gap.hi - expected,
                    m.ne_gap.se, m.delong.diff, m.delong.p_drop, m.cal_gap.estimate - expected_cal,
                    m.cal_gap.lo - expected_cal, m.cal_gap.hi - expected_cal, m.psi, clipping, stale_ne,
-                   stale_cal, expected, pos, None if pos is None else rows - pos, expected_cal_gap=expected_cal)
+                   stale_cal, expected, pos, None if pos is None else rows - pos, expected_cal_gap=expected_cal,
+                   rows=rows)
 
 
 def label_counts(ctr: float | None, rows: int | None) -> tuple[int, int] | None:

@@ -330,12 +330,13 @@ def _measure(window: int, acc: _Accumulators, cfg: PairedConfig, delong: stats.D
              clip: ClipMonitor, table_err: TableError | None, seconds: float) -> WindowMeasure:
     gap = acc.cand.logloss_sum / acc.ref.logloss_sum - 1 if acc.ref.logloss_sum > 0 else float("nan")
     cal = acc.cand.pred_sum / acc.ref.pred_sum - 1 if acc.ref.pred_sum > 0 else float("nan")
+    rows = int(acc.ref.weight)  # (below stats.MIN_INTERVAL_ROWS the gaps' intervals are undefined)
     return WindowMeasure(
-        window=window, rows=int(acc.ref.weight),
+        window=window, rows=rows,
         reference=acc.ref.summary(), candidate=acc.cand.summary(),
-        ne_gap=stats.percentile_interval(gap, acc.boot.ratio("ll_cand", "ll_ref"), cfg.confidence),
+        ne_gap=stats.percentile_interval(gap, acc.boot.ratio("ll_cand", "ll_ref"), cfg.confidence, rows),
         ne_gap_se_delta=acc.moments.ratio_se(),
-        cal_gap=stats.percentile_interval(cal, acc.boot.ratio("pred_cand", "pred_ref"), cfg.confidence),
+        cal_gap=stats.percentile_interval(cal, acc.boot.ratio("pred_cand", "pred_ref"), cfg.confidence, rows),
         delong=delong,
         psi=stats.psi(acc.ref.hist_pos + acc.ref.hist_neg, acc.cand.hist_pos + acc.cand.hist_neg),
         clipping=clip.rates(),

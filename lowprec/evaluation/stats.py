@@ -128,10 +128,17 @@ class Interval:
     se: float
 
 
-def percentile_interval(estimate: float, replicates: np.ndarray, confidence: float) -> Interval:
-    """Percentile bootstrap interval and the replicates' standard deviation as the standard error."""
+MIN_INTERVAL_ROWS = 100  # fewer rows and an interval over rows is undefined (NaN), as PSI (10 a bucket)
+
+
+def percentile_interval(estimate: float, replicates: np.ndarray, confidence: float,
+                        rows: int | None = None) -> Interval:
+    """Percentile bootstrap interval and the replicates' standard deviation as the standard error.
+    Undefined (NaN lo, hi, se) on fewer than MIN_INTERVAL_ROWS rows: a 1-row window's Poisson
+    replicates all give the same ratio (an interval of width 0, which alarmed on one row's score),
+    and on a few rows the percentile interval badly understates the uncertainty."""
     r = replicates[np.isfinite(replicates)]
-    if len(r) < 2:
+    if len(r) < 2 or (rows is not None and rows < MIN_INTERVAL_ROWS):
         return Interval(estimate, float("nan"), float("nan"), float("nan"))
     alpha = 1.0 - confidence
     lo, hi = np.quantile(r, [alpha / 2, 1 - alpha / 2])

@@ -300,3 +300,47 @@ def test_a_failed_prepare_says_nothing_about_windows_it_never_wrote(tmp_path):
     r = run("data", "prepare", "--format", "csv", "--schema", tmp_path / "s.toml", "--input", tmp_path / "empty.csv",
             "--out", tmp_path / "out")
     assert r.exit_code == 2 and "no valid rows" in r.output and not _warned(r.output), r.output
+
+
+def test_a_file_without_rows_appends_an_empty_window_or_says_there_is_nothing_to_append(prepared, tmp_path):
+    """A quiet day's header-only file was "no valid rows" (exit 2) for `data append`, although `data
+    prepare --window file` writes the same file as an empty window with a warning: the daily job broke
+    on a quiet day. Now under one window per file (csv `--window file`, criteo-tsv by file) it is an
+    empty window with prepare's warning, and a second quiet day's file (the same bytes) is one too; a
+    dataset windowed by time or row count says what the file holds and that nothing is appended."""
+    schema = tmp_path / "s.toml"
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "first.csv", "--schema", schema,
+            "--out", tmp_path / "f", "--window", "file")
+    assert r.exit_code == 0, r.output
+    header = (tmp_path / "first.csv").read_text().splitlines()[0] + "\n"
+    for name in ("quiet1.csv", "quiet2.csv"):
+        (tmp_path / name).write_text(header)
+        r = run("data", "append", "--data", tmp_path / "f", "--input", tmp_path / name)
+        assert r.exit_code == 0 and _warned(r.output)[0].startswith(f"warning: window {name[5]} ('{name}') holds no rows"), r.output
+    assert [(w.label, w.rows) for w in Dataset(tmp_path / "f").meta.windows] == \
+        [("first.csv", 180), ("quiet1.csv", 0), ("quiet2.csv", 0)]
+    before = state(tmp_path / "f")
+    r = run("data", "append", "--data", tmp_path / "f", "--input", tmp_path / "quiet1.csv")  # the same run again
+    assert r.exit_code == 2 and "already in" in r.output and "add its empty window twice" in r.output, r.output
+    assert state(tmp_path / "f") == before
+    before = state(prepared)  # --window day: no row, no window
+    r = run("data", "append", "--data", prepared, "--input", tmp_path / "quiet1.csv")
+    assert r.exit_code == 2 and f"no valid rows in {tmp_path / 'quiet1.csv'} (a header line only): nothing to " \
+        f"append. {prepared} makes its windows from the rows' times (--window day)" in r.output, r.output
+    assert state(prepared) == before
+
+    from lowprec.data.criteo import N_DENSE, N_SPARSE
+
+    line = "\t".join(["1", *("3" for _ in range(N_DENSE)), *(f"{j:08x}" for j in range(N_SPARSE))]) + "\n"
+    (tmp_path / "c0.tsv").write_text(line * 3)
+    (tmp_path / "c1.tsv").write_text("")
+    for out, extra in (("c", ()), ("cr", ("--rows-per-window", "2"))):
+        r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "c0.tsv", "--out", tmp_path / out,
+                "--table-size", "77", *extra)
+        assert r.exit_code == 0, r.output
+    r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "c1.tsv")
+    assert r.exit_code == 0 and _warned(r.output)[0].startswith("warning: window 1 ('c1.tsv') holds no rows"), r.output
+    assert [w.rows for w in Dataset(tmp_path / "c").meta.windows] == [3, 0]
+    r = run("data", "append", "--data", tmp_path / "cr", "--input", tmp_path / "c1.tsv")
+    assert r.exit_code == 2 and "no valid rows in" in r.output and "c1.tsv (empty): nothing to append" in r.output \
+        and "by row count (every 2 rows)" in r.output, r.output

@@ -201,6 +201,15 @@ def test_parse_time():
     assert parse_time("2024-02-01", "unix") is None and parse_time("nan", "unix") is None
 
 
+@pytest.mark.parametrize("text", ["2024-02-01t00:00:00z", "2024-02-01T00:00:00z", "2024-02-01t00:00:00Z",
+                                  "2024-02-01 00:00:00.000z", "2024-02-01t01:00:00+01:00"])
+def test_rfc3339_lowercase_z_and_t_are_times(text):
+    """RFC 3339 allows a lowercase `z` and `t`; fromisoformat refuses the `z`: such rows were bad rows."""
+    for fmt in ("iso", "auto"):
+        assert parse_time(text, fmt) == 1706745600
+    assert parse_time("2024-02-01T00:00:00x", "iso") is None and parse_time("2024-02-01tt00:00", "iso") is None
+
+
 @pytest.mark.parametrize("positive", ['"=> 1"', '">= abc"', '"1.0"', '["yes", "1"]', '">= 1.2.3"', '">= inf"',
                                       '"<> 1"', '[]', '[""]'])
 def test_a_positive_rule_that_does_not_parse_is_refused(tmp_path, positive):

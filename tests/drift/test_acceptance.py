@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import SHARED_DATA
+from lowprec.drift.dbfile import history_tag
 from lowprec.drift.store import DriftStore
 from lowprec.fileio import sha256_file
 
@@ -92,7 +93,7 @@ def test_recalibrate_writes_beside_and_records(deployed):
     for x in recal.values():
         assert Path(x["artifact"]).parent == deployed and (Path(x["artifact"]) / "manifest.json").is_file()
         assert Path(x["calibration"]).is_file() and x["method"] == "minmax"
-    assert Path(recal["healthy"]["artifact"]).name == f"art.recal-w{target}"
+    assert Path(recal["healthy"]["artifact"]).name == f"art.recal-w{target}.{history_tag(deployed / 'dense-scale.sqlite')}"
     # healthy windows' ranges are the deployed ranges: they cannot cover the drifted inputs
     assert not recal["healthy"]["closes"] and "does not close the gap" in recal["healthy"]["reason"]
     assert abs(recal["alarmed"]["ne_gap"]) < abs(recal["healthy"]["ne_gap"]) / 2

@@ -134,6 +134,22 @@ def test_a_window_with_too_few_labels_is_not_called_stale():
     assert "retraining, not recalibration" in _recal_reason("healthy", [5, 6], 7, False, before, 0.009, T)
 
 
+def test_a_window_of_too_few_rows_never_alarms_on_its_bootstrap_intervals():
+    """A 1-row window alarmed (exit 1) on "calibration ratio gap -2.40% [CI -2.40%, -2.40%]": every
+    Poisson replicate of one row gives the same ratio. Below 100 rows the interval rules (NE gap CI,
+    CUSUM, calibration gap CI) are off and the reason says "too few rows"; the CUSUM carries over."""
+    one = dict(ne_gap=0.0109, ne_gap_lo=0.0109, ne_gap_hi=0.0109, ne_gap_se=0.0, cal_gap=-0.024,
+               cal_gap_lo=-0.024, cal_gap_hi=-0.024)
+    d = decide(sig(**one, rows=1, positives=1, negatives=0), CusumState(2.0, 1.0), T)
+    assert not d.alarm and d.state == CusumState(2.0, 1.0), d.reason
+    assert d.reason.startswith("too few rows: 1 (minimum 100) for the bootstrap intervals") and "too few labels" in d.reason
+    # enough labels of each class but 80 rows: still no interval rule; DeLong's AUC rule still applies
+    d = decide(sig(**one, rows=80, positives=40, negatives=40, auc_diff=-0.05, auc_p_drop=1e-4), CusumState(), T)
+    assert d.alarm and d.triggers == ("auc_drop",) and any("too few rows: 80" in w for w in d.warnings)
+    d = decide(sig(**one, rows=100, positives=50, negatives=50), CusumState(), T)  # from 100 rows: judged
+    assert d.alarm and "calibration_gap" in d.triggers and "ne_gap_ci" in d.triggers
+
+
 def test_missing_standard_error_leaves_the_cusum_alone():
     d = decide(sig(0.01, se=float("nan"), half=float("nan")), CusumState(3.0, 1.0), T)
     assert d.state == CusumState(3.0, 1.0) and not d.alarm

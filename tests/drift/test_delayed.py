@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from helpers import make_tiny_dataset
 from lowprec.drift.alarm import DriftConfig, load_config
+from lowprec.drift.dbfile import history_tag
 from lowprec.drift.estimate_rule import EstimateThresholds, decide_estimate
 from lowprec.drift.store import DriftStore
 from lowprec.errors import InputError
@@ -159,6 +161,17 @@ def test_estimate_rule():
     assert not decide_estimate({"est_gap": None}, base, t).alarm
 
 
+def test_estimate_rule_does_not_judge_too_few_rows():
+    """One row's KL/H with a row-sampling se of 0 was "beyond the limit"; a 1-row baseline made every
+    later window's growth test compare against it. Below 100 rows neither is judged."""
+    t = EstimateThresholds()
+    one = decide_estimate(_est(0.01, se=0.0, rows=1), None, t)
+    assert not one.alarm and one.reason.startswith("estimate: too few rows: 1 (minimum 100)"), one.reason
+    assert decide_estimate(_est(0.01, se=0.0, rows=100), None, t).triggers == ("estimate_limit",)
+    tiny_base = decide_estimate(_est(0.0016, rows=5000), _est(0.0, se=0.0, window=1, rows=1), t)
+    assert not tiny_base.alarm and tiny_base.shift is None and "baseline window 1 has too few rows (1)" in tiny_base.reason
+
+
 def test_estimate_thresholds_from_toml(tmp_path):
     p = tmp_path / "t.toml"
     p.write_text("[estimate]\ngap_allowance = 0.001\nz = 2\n")
@@ -266,14 +279,14 @@ def test_recalibration_outputs_are_checked_before_any_window(pair, tmp_path, mon
         return not db.exists() and not (tmp_path / "rep").exists() and \
             sorted(p.name for p in tmp_path.iterdir()) == sorted(["cand", "ref"] + extra)
 
-    extra = ["cand.recal-w3.calib.json"]
+    extra = [f"cand.recal-w3.{history_tag(db)}.calib.json"]
     (tmp_path / extra[0]).write_text('{"mine": true}')
     r = run()
     assert r.exit_code == 2 and f"the recalibration's calibration {tmp_path / extra[0]} exists and is not a " \
         "lowprec calibration" in r.output and "--out" not in r.output, r.output
     assert nothing_written()
     (tmp_path / extra[0]).unlink()
-    extra = ["cand.recal-w4-alarmed"]
+    extra = [f"cand.recal-w4-alarmed.{history_tag(db)}"]
     (tmp_path / extra[0]).mkdir()
     (tmp_path / extra[0] / "notes.txt").write_text("mine")
     r = run()
@@ -288,3 +301,56 @@ def test_recalibration_outputs_are_checked_before_any_window(pair, tmp_path, mon
     r = run()
     assert r.exit_code == 2 and f"in {tmp_path}, which is not writable" in r.output, r.output
     assert nothing_written()
+
+
+def test_two_histories_of_one_candidate_never_replace_each_others_recalibration(pair, tmp_path, monkeypatch):
+    """The recalibrated artifact was named by the candidate and the alarm window alone: a second --db
+    (a new history after revised labels, other [recalibrate] settings) wrote the same path and
+    replaced the artifact the first history recorded, with no message. Now each history's artifacts
+    carry its name: both stay, each matching the sha256 its history recorded; a rerun of a history
+    through a symlink and a relative path finds its own; a new history does not replace a file a
+    deleted history at its path left."""
+    from lowprec.fileio import sha256_file
+
+    for name in ("ref", "cand"):
+        shutil.copytree(pair / name, tmp_path / name)
+    alarm = "[alarm]\nne_gap_limit = 1e-9\nne_gap_allowance = 0\ncusum_h = 0.001\n[bootstrap]\nreplicates = 50\n"
+    (tmp_path / "a.toml").write_text(alarm)
+    (tmp_path / "b.toml").write_text(alarm + '[recalibrate]\nmethod = "percentile"\npercentile = 99.0\n')
+
+    def run(db, cfg):
+        return cli("drift", "--reference", tmp_path / "ref", "--candidate", tmp_path / "cand", "--data",
+                   pair / "data", "--windows", "2-3", "--db", db, "--report", tmp_path / f"{cfg}.report",
+                   "--config", tmp_path / f"{cfg}.toml", "--on-alarm", "recalibrate", "--recalibrate-on",
+                   "alarmed", "--json")
+
+    recorded = {}
+    for db, cfg in ((tmp_path / "a.sqlite", "a"), (tmp_path / "b.sqlite", "b")):
+        r = run(db, cfg)
+        assert r.exit_code == 1 and last_json(r)["first_alarm"] == 2, r.output
+        (recal,) = last_json(r)["recalibrations"]
+        recorded[db.name] = recal
+    a, b = recorded["a.sqlite"], recorded["b.sqlite"]
+    assert a["artifact"] != b["artifact"] and a["artifact_sha256"] != b["artifact_sha256"]
+    for db, x in ((tmp_path / "a.sqlite", a), (tmp_path / "b.sqlite", b)):
+        with DriftStore(db) as s:
+            (row,) = s.recalibrations()
+        assert row["artifact"] == x["artifact"] and Path(x["artifact"]).name.startswith("cand.recal-w2-alarmed.")
+        assert sha256_file(Path(row["artifact"]) / "manifest.json") == row["artifact_sha256"]
+        assert Path(row["calibration"]).is_file()
+    # the same history through a symlink, by a relative path: nothing redone, no new name
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "link.sqlite").symlink_to(tmp_path / "a.sqlite")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = run(Path("link.sqlite"), "a")
+    assert r.exit_code == 1 and last_json(r)["recalibrations"][0]["id"] == a["id"], r.output
+    assert history_tag(Path("link.sqlite")) == history_tag(tmp_path / "a.sqlite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # a history deleted, a new one at its path: what the old one recorded is not replaced
+    for p in tmp_path.glob("a.sqlite*"):
+        p.unlink()
+    r = run(tmp_path / "a.sqlite", "a")
+    assert r.exit_code == 2 and f"{a['artifact']} exists, but --db" in r.output, r.output
+    assert not (tmp_path / "a.sqlite").exists()
+    assert sha256_file(Path(a["artifact"]) / "manifest.json") == a["artifact_sha256"]

@@ -137,6 +137,26 @@ def test_other_pair_bad_config_and_bad_report_dir_exit_2(pair, tmp_path):
     assert (keep / "notes.txt").read_text() == "mine"
 
 
+def test_a_missing_window_file_is_refused_before_the_history_is_created(pair, tmp_path):
+    """`window 3: missing .../day_3_sparse.npy` (exit 2) still created a new --db holding a `failed` run
+    (and its lock file): the files were first opened while scoring. Now the windows to score are
+    checked before the history is created, and on an existing history before its run is recorded."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(pair / "data", data)
+    (data / "day_3_sparse.npy").rename(tmp_path / "away.npy")
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, windows="2-3", data=data)
+    assert r.exit_code == 2 and f"window 3: missing {data / 'day_3_sparse.npy'}" in r.output, r.output
+    assert not db.exists() and not db.with_name("h.sqlite.lock").exists() and not db.with_suffix(".report").exists()
+    assert drift(pair, db, windows="2", data=data).exit_code in (0, 1)
+    r = drift(pair, db, windows="2-3", data=data)
+    assert r.exit_code == 2 and "window 3: missing" in r.output, r.output
+    with DriftStore(db) as s:
+        assert [row["status"] for row in s.runs()] == ["done"] and [w["window"] for w in s.windows()] == [2]
+
+
 def test_a_recalibration_setting_out_of_range_is_refused_before_any_window(pair, tmp_path):
     """[recalibrate] percentile = 10 loaded without complaint; the job scored and recorded its windows,
     then exited 2 with "percentile must be in (50, 100]" naming neither file nor key, on every rerun.
@@ -217,6 +237,23 @@ def test_ctrl_c_mid_run_is_recorded_as_interrupted(pair, tmp_path, monkeypatch):
     assert r.exit_code in (0, 1) and last_json(r)["processed"] == [3, 4], r.output
     with DriftStore(db) as s:
         assert [row["status"] for row in s.runs()] == ["interrupted", "done"]
+
+
+def test_a_one_row_window_does_not_alarm_on_a_zero_width_interval(pair, tmp_path):
+    """QA: a 1-row trailing window exited 1, "calibration ratio gap -2.40% [CI -2.40%, -2.40%]": the
+    bootstrap of one row has width 0. Now its intervals are undefined (null), the reason says "too
+    few rows", and neither the labelled nor the label-free rule judges it, even at limits of ~0."""
+    _dataset(tmp_path / "d", [3000, 1])
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[alarm]\nne_gap_limit = 1e-9\nne_gap_allowance = 0\ncalibration_gap_limit = 1e-9\n"
+                   "[estimate]\ngap_limit = 0\ngap_allowance = 0\n")
+    r = drift(pair, tmp_path / "h.sqlite", "--config", cfg, windows="1", data=tmp_path / "d")
+    out = last_json(r)
+    assert r.exit_code == 0 and out["alarms"] == [], r.output
+    (w,) = out["windows"]
+    assert w["rows"] == 1 and w["ne_gap_lo"] is None and w["ne_gap_hi"] is None and w["triggers"] == []
+    assert w["reason"].startswith("too few rows: 1 (minimum 100) for the bootstrap intervals"), w["reason"]
+    assert out["estimates"][0]["est_reason"].startswith("estimate: too few rows: 1")
 
 
 def _dataset(root: Path, sizes: list[int]) -> Dataset:

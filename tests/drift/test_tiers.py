@@ -16,6 +16,7 @@ from lowprec.checkpoint.convert import convert
 from lowprec.checkpoint.float_model import load_float_model
 from lowprec.data.batches import iter_batches
 from lowprec.data.dataset import Dataset, DatasetWriter, SparseFeature
+from lowprec.drift.dbfile import history_tag
 from lowprec.drift.store import DriftStore
 from lowprec.drift.tiers import hot_share, tier_shares, tiered_features
 from lowprec.evaluation import stats
@@ -184,7 +185,7 @@ def test_recalibration_re_ranks_and_is_marked_in_the_report(tmp_path):
     before = deployed[0]["share"] + deployed[1]["share"]
     assert before < 0.3 and rerank > 0.7  # re-ranking on the shifted window restores the upper tiers' share
     # the same numbers as the recalibrated artifact's own count on that window
-    again, _ = load_artifact(art.with_name("art.recal-w3-alarmed"))
+    again, _ = load_artifact(art.with_name(f"art.recal-w3-alarmed.{history_tag(db)}"))
     assert [t["lookups"] for t in recal] == [t["lookups"] for t in tier_shares(again, ds, 3)]
     md = (report / "report.md").read_text()
     assert (f"Recalibrated for alarm window 3 (alarmed windows): re-ranked, its upper tiers serve "

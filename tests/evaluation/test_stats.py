@@ -127,6 +127,15 @@ def test_poisson_bootstrap_interval_covers_the_true_gap():
     assert 0.9 < float(np.mean(se_ratio)) < 1.1  # bootstrap se agrees with the delta method
 
 
+def test_percentile_interval_is_undefined_on_too_few_rows():
+    """One row: every Poisson replicate is the same ratio, an interval of width 0 that alarmed."""
+    reps = np.full(200, -0.024)
+    iv = stats.percentile_interval(-0.024, reps, 0.95, rows=1)
+    assert iv.estimate == -0.024 and all(math.isnan(x) for x in (iv.lo, iv.hi, iv.se))
+    assert math.isnan(stats.percentile_interval(0.0, reps, 0.95, rows=stats.MIN_INTERVAL_ROWS - 1).lo)
+    assert stats.percentile_interval(0.0, reps, 0.95, rows=stats.MIN_INTERVAL_ROWS).lo == -0.024
+
+
 def test_psi():
     rng = np.random.default_rng(0)
     p = rng.beta(2, 5, 20_000)

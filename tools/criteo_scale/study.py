@@ -240,6 +240,8 @@ class Study:
             # The history is this study's own file: a run of an earlier candidate (a plan searched again)
             # would make `lowprec drift` refuse to mix the two pairs' histories (exit 2), so start it afresh.
             (self.c.work / "drift.sqlite").unlink(missing_ok=True)
+            for p in art.parent.glob(f"{art.name}.recal-*"):  # a new history refuses files an old one left
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             self.r.run("drift/tight-s0/drift", ["drift", "--reference", str(model), "--candidate", str(art), "--data",
                                                 str(self.c.data), "--windows", self.c.drift, "--db",
                                                 str(self.c.work / "drift.sqlite"), "--report",
