@@ -13,7 +13,8 @@ and the feature):
   identity n, hash/robe `rows`, qr_q ceil(n / c), qr_r c, hot_hash `hot + buckets`, a rank-order
   tier `bounds[j + 1] - bounds[j]` (with `bounds[-1]` = n);
 - `check_buffers` (the transforms' buffers, cheap tensor passes, never the tables): a remap's values
-  lie in its table, a rank map's in [0, n); an id-order tier's rank directories are ceil(n / block)
+  lie in its table; a rank map is a permutation of [0, n); a hot-sharing table's hot ids are
+  distinct, ascending and in [0, n); an id-order tier's rank directories are ceil(n / block)
   words whose counts are their members' running totals, disjoint, with tier j holding exactly its
   table's rows and the cold tier the rest.
 """
@@ -139,6 +140,7 @@ def check_buffers(manifest: dict[str, Any], config: DLRMConfig, buffers: dict[st
     """The buffer checks of the module docstring (run by every loader on the buffers it reads)."""
     physical = {t["key"]: t["rows"] for t in manifest["physical_tables"]}
     owner = _owners(manifest, where)
+    checked: set[str] = set()
     for i, f in enumerate(manifest["features"]):
         spec, rows = f["transform"], physical[f["table"]]
         n = config.tables[owner[i]].num_embeddings
@@ -149,11 +151,30 @@ def check_buffers(manifest: dict[str, Any], config: DLRMConfig, buffers: dict[st
                 raise _fail(where, i, f"remap {spec['buffer']!r} must map the table's {n} ids into its "
                                       f"physical table's {rows} rows")
         elif kind == "tier" and "rank" in spec and isinstance(buffers.get(spec.get("rank")), torch.Tensor):
-            r = buffers[spec["rank"]]
-            if r.numel() and not (int(r.min()) >= 0 and int(r.max()) < n):
-                raise _fail(where, i, f"rank map {spec['rank']!r} holds ranks outside [0, {n})")
+            if spec["rank"] not in checked:  # (one rank map serves every tier of its table)
+                _check_rank_map(buffers[spec["rank"]], n, i, where, spec["rank"])
+                checked.add(spec["rank"])
+        elif kind == "hot_hash" and isinstance(buffers.get(spec.get("buffer")), torch.Tensor):
+            hot = buffers[spec["buffer"]].to(torch.int64)
+            if hot.numel() and not (int(hot[0]) >= 0 and int(hot[-1]) < n and bool((hot[1:] > hot[:-1]).all())):
+                raise _fail(where, i, f"hot ids {spec['buffer']!r} must be distinct ids of the table's {n} in "
+                                      f"ascending order (the lookup binary-searches them)")
         elif kind == "tier" and "rank" not in spec:
             _check_directories(spec, buffers, n, rows, i, where)
+
+
+def _check_rank_map(rank: torch.Tensor, n: int, i: int, where: str, name: str) -> None:
+    """A rank map gives each of the table's n ids its own rank: n values in [0, n), none twice (then
+    they are every rank once). The check keeps a bool a rank: a quarter of an int32 map's bytes."""
+    if rank.numel() != n:
+        raise _fail(where, i, f"rank map {name!r} holds {rank.numel()} ranks, one for each of the table's {n} ids")
+    if n and not (int(rank.min()) >= 0 and int(rank.max()) < n):
+        raise _fail(where, i, f"rank map {name!r} holds ranks outside [0, {n})")
+    seen = torch.zeros(n, dtype=torch.bool)
+    seen[rank.to(torch.int64)] = True
+    if not bool(seen.all()):
+        raise _fail(where, i, f"rank map {name!r} gives {n - int(seen.sum())} ranks to no id, so some ids share a "
+                              f"rank (a row); each of the table's {n} ids needs its own")
 
 
 def _check_directories(spec: dict[str, Any], buffers: dict[str, torch.Tensor], n: int, rows: int,

@@ -285,3 +285,33 @@ def test_a_missing_table_tensor_is_refused_by_inspect(made, tmp_path):
         r = _cli("inspect", art, *verify)
         assert r.exit_code == 2 and "no tensor 'tables.t0'" in r.output, r.output
     refused(made, art, "no tensor 'tables.t0'")
+
+
+def _dup_first(t, key):
+    t[key][1] = t[key][0]
+
+
+def _negate_first(t, key):
+    t[key][0] = -5
+
+
+def _past_the_end(t, key):
+    t[key][-1] = 2 ** 31 - 1
+
+
+@pytest.mark.parametrize("key", ["buffers.t0.hot_ids", "buffers.t2.rank"])
+@pytest.mark.parametrize("edit", [_dup_first, _negate_first, _past_the_end])
+def test_re_signed_hot_ids_and_rank_maps_that_would_serve_other_rows_are_refused(made, mixed, tmp_path, key, edit):
+    """A hot-id list edited to hold a duplicate, a negative or a past-the-end id, or a rank map that
+    gives two ids one rank, with the manifest's sha256 updated: each loaded and served other rows'
+    numbers (QA 3b, item 1); now inspect and the loader refuse it, naming the buffer."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(mixed, art)
+    assert key in load_file(str(art / "weights.safetensors"))
+    edit_weights(art, lambda t: edit(t, key))
+    name = key.removeprefix("buffers.")
+    r = _cli("inspect", art)
+    assert r.exit_code == 2 and name in r.output and "manifest.json" in r.output, r.output
+    refused(made, art, name)
