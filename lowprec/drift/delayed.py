@@ -34,6 +34,7 @@ from lowprec.drift.store import DriftStore, now
 from lowprec.drift.tiers import TierShareObserver
 from lowprec.errors import InputError
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
+from lowprec.evaluation.stats import MIN_INTERVAL_ROWS
 
 BASELINE_KEY = "estimate_baseline_window"
 
@@ -104,8 +105,8 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
         st.insert("attribution", attribution)
         st.insert("window_events", [{"window": w, "run_id": run_id, "kind": "estimate",
                                      "alarm": estimate["est_alarm"], "reason": estimate["est_reason"]}])
-        if st.meta(BASELINE_KEY) is None:
-            st.set_meta(BASELINE_KEY, str(w))
+        if estimate.get("rows", 0) >= MIN_INTERVAL_ROWS and not _qualifies(st, st.meta(BASELINE_KEY)):
+            st.set_meta(BASELINE_KEY, str(w))  # the first window with an se to measure growth from
 
     if not has:  # tier shares need no labels: recorded with the estimate
         with store.transaction():
@@ -130,6 +131,14 @@ def process_window(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int
     if w in store.tier_windows():  # recorded with the window's estimate, before its labels
         tiers = []
     store.record_window(row, clips, tables, None if fill else window_source(job, ds, models, w), tiers, also=also)
+
+
+def _qualifies(store: DriftStore, window: str | None) -> bool:
+    """`window` (the estimate baseline's meta value) names a recorded estimate of at least
+    MIN_INTERVAL_ROWS rows: a smaller one, chosen by an older lowprec, gives way to the next that is
+    not (as the staleness baseline does), else it would switch the growth test off for good."""
+    return window is not None and any(str(r["window"]) == window and (r.get("rows") or 0) >= MIN_INTERVAL_ROWS
+                                      for r in store.labelfree())
 
 
 def _estimate_row(job: Any, store: DriftStore, ds: Dataset, w: int, run_id: int, obs: LabelFreeObserver,

@@ -2,7 +2,8 @@
 the decision for one window from its label-free record (lowprec.drift.labelfree.Estimate).
 
 With e_t the window's estimated relative NE gap (Σ KL / Σ H), s_t its row-sampling standard error,
-and b the estimate of the baseline window (the first window given a label-free record; with s_b):
+and b the estimate of the baseline window (the first window of >= 100 rows given a label-free
+record; with s_b):
 
   ALARM (estimate) when any of
       shift:  e_t - b - gap_allowance > z · sqrt(s_t² + s_b²)   the divergence grew since the baseline

@@ -256,6 +256,21 @@ def test_a_one_row_window_does_not_alarm_on_a_zero_width_interval(pair, tmp_path
     assert out["estimates"][0]["est_reason"].startswith("estimate: too few rows: 1")
 
 
+
+def test_a_tiny_first_window_is_not_the_estimate_baseline(pair, tmp_path):
+    """The first window given a label-free record was the estimate baseline even with 1 row, which
+    switched the growth test off for the life of the history ("no shift test: the baseline window
+    has too few rows"); now the baseline is the first window of at least 100 rows."""
+    _dataset(tmp_path / "d", [3000, 1, 3000, 3000])
+    db = tmp_path / "h.sqlite"
+    r = drift(pair, db, windows="1-3", data=tmp_path / "d")
+    assert r.exit_code in (0, 1), r.output
+    est = {e["window"]: e for e in last_json(r)["estimates"]}
+    assert "too few rows" not in est[3]["est_reason"] and est[3]["est_shift"] is not None, est[3]
+    with DriftStore(db) as s:
+        assert s.meta("estimate_baseline_window") == "2"
+        assert {row["window"]: row["baseline_window"] for row in s.labelfree()}[3] == 2
+
 def _dataset(root: Path, sizes: list[int]) -> Dataset:
     rng = np.random.default_rng(0)
     feats = [SparseFeature(f"t{i}", n) for i, n in enumerate((50, 20, 8))]
