@@ -37,7 +37,7 @@ from lowprec.serve.layers import layer_codec
 from lowprec.serve.quantize import check_finite, quantize_form, table_form
 from lowprec.serve.runtime import PhysicalTable
 from lowprec.serve.tables import padded_dim, table_codec
-from lowprec.serve.tiers import COLD
+from lowprec.serve.tiers import empty_tiers_note
 
 
 def load_table_form(src: Any, index: int, config: DLRMConfig, choice: TableChoice,
@@ -74,10 +74,10 @@ class _Builder:
         if choice.sharing is not None and sharing is None:
             warn(f"table {tcfg.name!r}: sharing {choice.sharing} keeps all {tcfg.num_embeddings} rows: stored "
                  f"(and recorded in the manifest) as a plain {choice.precision.value} table")
-        elif sharing is not None and sharing.get("kind") == "tiered" and not any(
-                k.endswith(f".{COLD}") for k in form.tables):
-            warn(f"table {tcfg.name!r}: its tiers take all {tcfg.num_embeddings} rows, so its cold tier "
-                 f"({choice.precision.value}) is empty: every row is served at its tier's precision")
+        elif sharing is not None and sharing.get("kind") == "tiered":
+            note = empty_tiers_note(tcfg.name, sharing, tcfg.num_embeddings, choice.precision)
+            if note:
+                warn(note)
         self._logical(tcfg, choice, qf.groups, list(dict.fromkeys(form.tables)), form.exact, buf_bytes, sharing)
 
     def stream_dense(self, tcfg, table: LogicalTable, choice: TableChoice,

@@ -195,6 +195,24 @@ def test_sharing_that_keeps_every_row_converts_to_an_artifact_that_loads(made, t
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.parametrize("table, sharing, said", [
+    ("t2", {"kind": "tiered", "tiers": [[0.01, "fp16"]]},  # 0.08 of 8 rows: 0
+     r"'t2': tier 0 \(share 0.01, fp16\) holds none of its 8 rows .*rank directory .*plain int4 table"),
+    ("t0", {"kind": "tiered", "tiers": [[0.5, "fp16"], [0.001, "int8"]]},  # 25 rows, then 25.05 -> 25: 0
+     r"'t0': tier 1 \(share 0.001, int8\) holds none of its 50 rows .*drop the empty tier"),
+    ("t2", {"kind": "tiered", "tiers": [[0.01, "fp16"]], "order": "rank"},
+     r"'t2': tier 0 .*holds none of its 8 rows .*rank map \(4 bytes a row\) for nothing"),
+])
+def test_an_empty_upper_tier_is_said_like_an_empty_cold_tier(made, tmp_path, table, sharing, said):
+    """QA 3b item 2: a tier whose share rounds to 0 rows was converted silently, though its table pays
+    an id map for it (an empty cold tier was already said)."""
+    root, calib = made
+    with pytest.warns(UserWarning, match=said):
+        convert(root / "model", _plan({table: {"precision": "int4", "sharing": sharing}, "*": {"precision": "int8"}}),
+                tmp_path / "a", calib)
+    load_artifact(tmp_path / "a")
+
+
 def test_a_non_finite_hot_ratio_is_refused_when_the_plan_is_read():
     with pytest.raises(InputError, match=r"PLAN.json: table 't2': .*finite ratio"):
         _plan({"t2": {"precision": "int4", "sharing": {"kind": "hot", "ratio": float("inf")}}})
