@@ -5,6 +5,7 @@ updated so the hash check passes) and checks `lowprec eval` exits 2 with a messa
 manifest entry at fault; before, each of these loaded and served (or raised a traceback)."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -211,6 +212,24 @@ def test_an_empty_upper_tier_is_said_like_an_empty_cold_tier(made, tmp_path, tab
         convert(root / "model", _plan({table: {"precision": "int4", "sharing": sharing}, "*": {"precision": "int8"}}),
                 tmp_path / "a", calib)
     load_artifact(tmp_path / "a")
+
+
+def test_tiers_that_store_more_than_fp32_are_said(made, tmp_path):
+    """QA 3b item 3: 999 tiers of 0.001 made a table larger than at fp32 (each id-order tier pays a
+    rank directory) with no word; here t0 (50 rows of 16) in 9 fp32 tiers of 5 rows, each with its
+    directory, and an fp32 cold tier."""
+    root, calib = made
+    sharing = {"kind": "tiered", "tiers": [[0.1, "fp32"]] * 9}
+    with pytest.warns(UserWarning, match=r"'t0': with 9 upper tier\(s\) .* it stores [\d,]+ bytes, more than the "
+                                         r"same table at fp32 \(3,200 bytes\)") as seen:
+        m = convert(root / "model", _plan({"t0": {"precision": "fp32", "sharing": sharing}, "*": {"precision": "int8"}}),
+                    tmp_path / "a", calib)
+    assert next(t for t in m["tables"] if t["name"] == "t0")["bytes"] > 3200
+    assert not any("holds none" in str(w.message) for w in seen)  # every tier holds its 5 rows
+    with warnings.catch_warnings():  # a few tiers that save memory say nothing
+        warnings.simplefilter("error")
+        convert(root / "model", _plan({"t0": {"precision": "int4", "sharing": {"kind": "tiered", "tiers": [[0.1, "fp16"]]}},
+                                       "*": {"precision": "int8"}}), tmp_path / "b", calib)
 
 
 def test_a_non_finite_hot_ratio_is_refused_when_the_plan_is_read():
