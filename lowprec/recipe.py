@@ -24,7 +24,9 @@ against window labels with `label:2015` / `label:2016..2018` / `label:2016-01..2
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ SCHEMA: dict[str, set[str]] = {
 }
 _NUM = (int, float)
 _STR_OR_LIST = (str, list)
+_BARE = re.compile(r"[A-Za-z0-9_-]+")  # a TOML bare key
 TYPES: dict[str, tuple[type, ...]] = {  # "section.key" -> accepted TOML value types (default: str or int)
     "budgets.max_ne_increase": (str, *_NUM), "budgets.max_auc_drop": (str, *_NUM),
     "budgets.memory_budget": (int,), "candidates.table_precisions": _STR_OR_LIST,
@@ -54,16 +57,53 @@ TYPES: dict[str, tuple[type, ...]] = {  # "section.key" -> accepted TOML value t
 }
 
 
+_PRECISIONS = 'a list of precisions such as ["fp16", "int8"] (or one comma-separated string)'
+_BUDGET = 'a number >= 0 or a percentage string such as "0.1%"'
+_AT_LEAST_1 = "a whole number >= 1"
+TAKES: dict[str, str] = {  # "section.key" -> what it takes, in TOML's words, for messages
+    "budgets.max_ne_increase": _BUDGET, "budgets.max_auc_drop": _BUDGET,
+    "budgets.memory_budget": "a whole number of bytes >= 0",
+    "candidates.table_precisions": _PRECISIONS, "candidates.layer_precisions": _PRECISIONS,
+    "candidates.sharing_precisions": _PRECISIONS,
+    "candidates.sharing_ratios": "a list of numbers > 1 such as [4, 16]",
+    "candidates.tier_layouts": 'a list of tier layouts such as ["0.02:fp16/int4"]',
+    "calibrate.method": 'a string such as "minmax"', "calibrate.percentile": "a number in (50, 100]",
+    "calibrate.max_rows": _AT_LEAST_1, "search.max_rows": _AT_LEAST_1, "search.max_rounds": _AT_LEAST_1,
+    "search.range_method": 'a string such as "l2"', "search.objective": '"bytes" or "latency"',
+    "search.margin": "a number in (0, 1]", "search.accept": '"interval" or "point"',
+}
+_TAKES_SECTION = {"windows": 'a window SPEC such as "0-3", "5,7" or "all" (or one window number)',
+                  "recipe": "a string"}
+
+
+def toml_text(value: Any) -> str:
+    """A TOML value as the recipe spells it (true, not Python's True; "x", not 'x'; nan, inf)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k if _BARE.fullmatch(k) else json.dumps(k)} = {toml_text(v)}"
+                               for k, v in value.items()) + "}"
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _check_value(path: Path, section: str, key: str, value: Any) -> None:
     kinds = TYPES.get(f"{section}.{key}", (str, int))
     ok = isinstance(value, kinds) and not isinstance(value, bool)
     if ok and isinstance(value, list):
         ok = all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)
+        if ok and (section, key) == ("candidates", "sharing_ratios"):
+            ok = all(isinstance(v, str) or (math.isfinite(v) and v > 1) for v in value)
     if ok and isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
         ok = False
     if not ok:
-        names = " or ".join("list" if k is list else k.__name__ for k in kinds)
-        raise InputError(f"{path}: [{section}] {key} = {value!r}: expected a finite, non-negative {names}")
+        takes = TAKES.get(f"{section}.{key}") or _TAKES_SECTION.get(section, "a string or a number")
+        raise InputError(f"{path}: [{section}] {key} = {toml_text(value)}: expected {takes}")
 
 
 def load_recipe(path: str | Path | None) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@ reaches `drift`, [candidates] sharing_precisions reaches the search space; unkno
 the wrong type are refused naming the key and the file; eval takes `label:` windows like search."""
 
 import json
+import re
 
 import pytest
 
@@ -101,10 +102,12 @@ def test_sharing_precisions_tables_may_not_take_are_refused_naming_both(data, tm
 @pytest.mark.parametrize("text,message", [
     ('[windows]\ntrian = "0"\n', "unknown key(s) ['trian'] in [windows]"),
     ('[extra]\nx = 1\n', "unknown section [extra]"),
-    ('[budgets]\nmemory_budget = "lots"\n', "[budgets] memory_budget = 'lots'"),
+    ('[budgets]\nmemory_budget = "lots"\n', '[budgets] memory_budget = "lots": expected a whole number of bytes >= 0'),
     ('[candidates]\nsharing_precisions = ["int9"]\n', "unknown precision 'int9'"),
     ('[candidates]\nsharing_ratios = "4,x"\n', "sharing ratios must be numbers"),
-    ('[windows]\ncalibrate = ["1"]\n', "[windows] calibrate = ['1']"),
+    ('[windows]\ncalibrate = ["1"]\n', '[windows] calibrate = ["1"]: expected a window SPEC such as "0-3"'),
+    ('[candidates]\nsharing_ratios = [true]\n', "[candidates] sharing_ratios = [true]: expected a list of numbers > 1"),
+    ('[candidates]\nsharing_ratios = [0.5, 4]\n', "sharing_ratios = [0.5, 4]: expected a list of numbers > 1"),
     ('[search]\naccept = "median"\n', "[search] accept must be one of interval, point, not 'median'"),
 ])
 def test_unknown_keys_and_bad_values_are_refused_naming_key_and_file(data, tmp_path, text, message):
@@ -112,6 +115,24 @@ def test_unknown_keys_and_bad_values_are_refused_naming_key_and_file(data, tmp_p
     r = run("search", "--model", tmp_path / "none", "--data", data, "--recipe", p, "--out", tmp_path / "p.json")
     assert r.exit_code == 2 and message in r.output, r.output
     assert str(p) in r.output or message.startswith(("unknown precision", "sharing ratios"))
+
+
+def test_every_recipe_key_says_what_it_takes_in_tomls_words(tmp_path):
+    """QA 3b item 4: `sharing_ratios = [true]` was refused as "[True]: expected a finite, non-negative
+    str or list": Python's words, and not what the key takes. Every key's message now says it in TOML's."""
+    from lowprec.errors import InputError
+    from lowprec.recipe import SCHEMA, TAKES, load_recipe
+
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            assert f"{section}.{key}" in TAKES or section in ("windows", "recipe"), (section, key)
+            for value, text in ((True, "true"), ([False], "[false]"), ({"a b": -1.5}, '{"a b" = -1.5}')):
+                p = recipe(tmp_path, f"[{section}]\n{key} = {text}\n")
+                with pytest.raises(InputError) as e:
+                    load_recipe(p)
+                msg = str(e.value)
+                assert f"[{section}] {key} = {text}: expected " in msg, msg
+                assert not re.search(r"True|False|\bstr\b|\blist\b or|non-negative|'", msg), msg
 
 
 def test_eval_accepts_label_windows_like_search(data, tmp_path):

@@ -37,7 +37,7 @@ from lowprec.serve.layers import layer_codec
 from lowprec.serve.quantize import check_finite, quantize_form, table_form
 from lowprec.serve.runtime import PhysicalTable
 from lowprec.serve.tables import padded_dim, table_codec
-from lowprec.serve.tiers import COLD
+from lowprec.serve.tiers import empty_tiers_note
 
 
 def load_table_form(src: Any, index: int, config: DLRMConfig, choice: TableChoice,
@@ -47,11 +47,23 @@ def load_table_form(src: Any, index: int, config: DLRMConfig, choice: TableChoic
     return table_form(module, config.tables[index], choice, row_counts)
 
 
+def _warn_larger_than_fp32(tcfg, dim: int, sharing: dict[str, Any], nbytes: int) -> None:
+    """Sharing meant to save memory that stores more than the plain fp32 table (many tiers, each with
+    its rank directory; a hot-id list beside nearly every row) is said: nothing else would flag it."""
+    fp32 = tcfg.num_embeddings * dim * 4  # as the manifest's fp32_embedding_bytes counts a table
+    if nbytes <= fp32:
+        return
+    how = (f"{len(sharing.get('tiers', []))} upper tier(s) and their id map(s)" if sharing.get("kind") == "tiered"
+           else f"sharing {sharing}")
+    warn(f"table {tcfg.name!r}: with {how} it stores {nbytes:,} bytes, more than the same table at fp32 "
+         f"({fp32:,} bytes): fewer tiers or a plain precision would be smaller")
+
+
 class _Builder:
     """Writes quantized tables into the tensor file and collects their manifest entries."""
 
-    def __init__(self, writer: TensorFileWriter):
-        self.writer = writer
+    def __init__(self, writer: TensorFileWriter, dim: int):
+        self.writer, self.dim = writer, dim
         self.physical: dict[str, dict[str, Any]] = {}
         self.features: list[dict[str, Any]] = []
         self.serving: list[dict[str, Any]] = []
@@ -74,11 +86,13 @@ class _Builder:
         if choice.sharing is not None and sharing is None:
             warn(f"table {tcfg.name!r}: sharing {choice.sharing} keeps all {tcfg.num_embeddings} rows: stored "
                  f"(and recorded in the manifest) as a plain {choice.precision.value} table")
-        elif sharing is not None and sharing.get("kind") == "tiered" and not any(
-                k.endswith(f".{COLD}") for k in form.tables):
-            warn(f"table {tcfg.name!r}: its tiers take all {tcfg.num_embeddings} rows, so its cold tier "
-                 f"({choice.precision.value}) is empty: every row is served at its tier's precision")
+        elif sharing is not None and sharing.get("kind") == "tiered":
+            note = empty_tiers_note(tcfg.name, sharing, tcfg.num_embeddings, choice.precision)
+            if note:
+                warn(note)
         self._logical(tcfg, choice, qf.groups, list(dict.fromkeys(form.tables)), form.exact, buf_bytes, sharing)
+        if sharing is not None:
+            _warn_larger_than_fp32(tcfg, self.dim, sharing, self.tables[-1]["bytes"])
 
     def stream_dense(self, tcfg, table: LogicalTable, choice: TableChoice,
                      row_counts: torch.Tensor | None, chunk_bytes: int) -> None:
@@ -202,7 +216,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
              f"(recorded in the manifest)")
     with atomic_dir(out, "artifact", [model_dir]) as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
-            builder = _Builder(writer)
+            builder = _Builder(writer, config.embedding_dim)
             _convert_tables(src, config, plan, builder, calibration.get("row_counts", {}), chunk_bytes,
                             progress)
             layers = {

@@ -34,6 +34,7 @@ from lowprec import distributed as dist
 from lowprec.data.batches import count_rows
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError, warn
+from lowprec.model.config import DLRMConfig
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
@@ -44,7 +45,8 @@ from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import (Budget, Infeasible, Sensitivity, auc_price, least_margin, ne_price, predicted,
                                    price, solve)
-from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
+from lowprec.search.space import (Option, SearchSpace, layout_option, options_for, plan_from_options, shareable,
+                                  total_bytes)
 from lowprec.search.whole import timed_whole
 from lowprec.search import rows_subset
 from lowprec.search.validate import validate
@@ -244,9 +246,23 @@ def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: di
     return {o.key for o in items[worst.item] if o.bytes <= worst.bytes and not o.is_float_baseline}
 
 
-def _warn_unused_sharing(space: SearchSpace, items: dict[str, list[Option]], counted: bool) -> None:
-    """Sharing ratios or tier layouts that became no option are said, not dropped silently."""
+def _warn_unused_sharing(config: DLRMConfig, space: SearchSpace, items: dict[str, list[Option]],
+                         counted: bool) -> None:
+    """Sharing ratios or tier layouts that became no option are said, not dropped silently: all of
+    them (no counts, no table to share), or a tier layout that leaves an upper tier empty on every
+    table it could apply to (its share rounds to 0 rows there: lowprec.search.space.fits_table)."""
     asked = [f for f, v in (("sharing ratios", space.sharing_ratios), ("tier layouts", space.tier_layouts)) if v]
+    tables = shareable(config, space)
+    if counted and tables:
+        offered = {o.sharing for opts in items.values() for o in opts}
+        for layout in space.tier_layouts:
+            if layout_option(layout)[2] not in offered:
+                big = max(tables, key=lambda t: t.num_embeddings)
+                warn(f"tier layout {layout!r} is not considered: a tier's share rounds to 0 rows on every table "
+                     f"it could apply to (the largest, {big.name!r}, has {big.num_embeddings:,} rows), so it would "
+                     f"store the plain cold precision plus a rank directory for nothing; give each tier a share "
+                     f"of at least 1/{big.num_embeddings:,}")
+        return
     if not asked or any(o.sharing is not None for opts in items.values() for o in opts):
         return
     why = ("there are no row access counts from calibration" if not counted else
@@ -274,7 +290,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     rm = cfg.space.range_method
     counted = bool((calibration or {}).get("row_counts"))
     items = options_for(model.config, cfg.space, sharing=counted)
-    _warn_unused_sharing(cfg.space, items, counted)
+    _warn_unused_sharing(model.config, cfg.space, items, counted)
     _warn_ranked_timing(cfg)
     check_memory(items, cfg.budget)  # before anything is measured
     cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lowprec.errors import InputError
-from lowprec.model.config import DLRMConfig
+from lowprec.model.config import DLRMConfig, TableConfig
 from lowprec.plan import LayerChoice, Plan, PlanInfo, TableChoice
 from lowprec.precision import Precision
 from lowprec.serve.layers import layer_codec
 from lowprec.serve.sharing import serving_bytes
 from lowprec.serve.tables import table_codec
-from lowprec.serve.tiers import parse_layout
+from lowprec.serve.tiers import TierSpec, parse_layout
 
 DEFAULT_TABLE_PRECISIONS = ("fp32", "fp16", "fp8", "int8", "int4", "int2")
 DEFAULT_LAYER_PRECISIONS = ("fp32", "fp16", "int8")
@@ -93,27 +93,46 @@ def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -
     """Every item's options, the fp32 baseline first; post-training sharing options only when
     `sharing` (they need row access counts from calibration)."""
     items: dict[str, list[Option]] = {}
-    dim = config.embedding_dim
+    dim, eligible = config.embedding_dim, {t.name for t in shareable(config, space)}
     for t in config.tables:
         item = f"table:{t.name}"
         opts = [Option(item, p, None, serving_bytes(t, dim, table_codec(p), None))
                 for p in dict.fromkeys((Precision.FP32,) + space.table_precisions)]
-        if sharing and t.embedding == "dense" and t.num_embeddings >= space.sharing_min_rows:
+        if sharing and t.name in eligible:
             for ratio in space.sharing_ratios:
                 for p in space.sharing_precisions:
                     share = (("kind", "hot"), ("ratio", ratio))
                     opts.append(Option(item, p, share, serving_bytes(t, dim, table_codec(p), dict(share))))
             for layout in space.tier_layouts:  # tier boundaries and precisions, priced like any option
-                spec, cold = parse_layout(layout)
-                share = (("kind", "tiered"), ("tiers", tuple(tuple(x) for x in spec["tiers"])),
-                         *((("order", spec["order"]),) if "order" in spec else ()))
-                opts.append(Option(item, cold, share, serving_bytes(t, dim, table_codec(cold), spec)))
+                if fits_table(layout, t.num_embeddings):  # else: the plain cold precision plus empty tiers
+                    spec, cold, share = layout_option(layout)
+                    opts.append(Option(item, cold, share, serving_bytes(t, dim, table_codec(cold), spec)))
         items[item] = opts
     for name, shape in config.layer_shapes().items():
         item = f"layer:{name}"
         items[item] = [Option(item, p, None, layer_codec(p).bytes(shape))
                        for p in dict.fromkeys((Precision.FP32,) + space.layer_precisions)]
     return items
+
+
+def layout_option(layout: str) -> tuple[dict[str, Any], Precision, tuple[tuple[str, Any], ...]]:
+    """A tier layout's sharing spec, cold precision and Option.sharing pairs."""
+    spec, cold = parse_layout(layout)
+    share = (("kind", "tiered"), ("tiers", tuple(tuple(x) for x in spec["tiers"])),
+             *((("order", spec["order"]),) if "order" in spec else ()))
+    return spec, cold, share
+
+
+def fits_table(layout: str, rows: int) -> bool:
+    """Whether every upper tier of `layout` holds a row of a `rows`-row table: one whose share rounds
+    to 0 rows stores nothing and costs the table a rank directory (lowprec.serve.tiers)."""
+    spec, _ = parse_layout(layout)
+    return not TierSpec.from_json(spec, "").empty_upper(rows)
+
+
+def shareable(config: DLRMConfig, space: SearchSpace) -> list[TableConfig]:
+    """The tables post-training sharing and tier layouts are offered on: dense, of >= sharing_min_rows."""
+    return [t for t in config.tables if t.embedding == "dense" and t.num_embeddings >= space.sharing_min_rows]
 
 
 def plan_from_options(chosen: dict[str, Option], range_method: str, info: PlanInfo = PlanInfo()) -> Plan:

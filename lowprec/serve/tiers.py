@@ -100,6 +100,35 @@ class TierSpec:
         bounds.append(n)
         return [b - a for a, b in zip(bounds, bounds[1:])]
 
+    def empty_upper(self, n: int) -> list[int]:
+        """The upper tiers that hold none of an n-row table's rows (a share under about 1/n rounds
+        to 0): each stores nothing and still costs the table its id map."""
+        return [j for j, k in enumerate(self.sizes(n)[:-1]) if k == 0]
+
+
+def empty_tiers_note(table: str, spec: dict[str, Any], n: int, cold: Precision) -> str | None:
+    """What a tier layout leaves empty on an n-row table, said once (convert warns it): upper tiers
+    whose share rounds to 0 rows (they pay a rank directory, 0.25 bytes a row each, or the rank map
+    for nothing), or a cold tier the tiers leave no row (every row at its tier's precision)."""
+    tiers = TierSpec.from_json(spec, table)
+    sizes, notes = tiers.sizes(n), []
+    empty = tiers.empty_upper(n)
+    if empty:
+        which = ", ".join(f"tier {j} (share {tiers.tiers[j][0]:g}, {tiers.tiers[j][1].value})" for j in empty)
+        every = len(empty) == len(tiers.tiers)
+        if tiers.order == "id":
+            cost = ("; its rank directory (0.25 bytes a row) is stored for nothing" if len(empty) == 1 else
+                    "; their rank directories (0.25 bytes a row each) are stored for nothing")
+        else:
+            cost = "; the table pays its rank map (4 bytes a row) for nothing" if every else ""
+        fix = f"store the table as a plain {cold.value} table" if every else "drop the empty tier(s)"
+        notes.append(f"{which} hold{'s' if len(empty) == 1 else ''} none of its {n} rows (the share rounds to "
+                     f"0 rows){cost}: {fix}, or give each tier a share of at least 1/{n}")
+    if sizes[-1] == 0:
+        notes.append(f"its tiers take all {n} rows, so its cold tier ({cold.value}) is empty: every row is "
+                     f"served at its tier's precision")
+    return f"table {table!r}: " + "; ".join(notes) if notes else None
+
 
 def directory(members: torch.Tensor, n: int, block: int = BLOCK) -> torch.Tensor:
     """The rank directory of a set of ids in [0, n): int64 (ceil(n / block),), see the module

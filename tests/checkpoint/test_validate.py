@@ -5,6 +5,7 @@ updated so the hash check passes) and checks `lowprec eval` exits 2 with a messa
 manifest entry at fault; before, each of these loaded and served (or raised a traceback)."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -193,6 +194,42 @@ def test_sharing_that_keeps_every_row_converts_to_an_artifact_that_loads(made, t
     assert _cli("inspect", out).exit_code == 0
     r = _cli("eval", "--model", out, "--data", root / "data", "--windows", "1")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("table, sharing, said", [
+    ("t2", {"kind": "tiered", "tiers": [[0.01, "fp16"]]},  # 0.08 of 8 rows: 0
+     r"'t2': tier 0 \(share 0.01, fp16\) holds none of its 8 rows .*rank directory .*plain int4 table"),
+    ("t0", {"kind": "tiered", "tiers": [[0.5, "fp16"], [0.001, "int8"]]},  # 25 rows, then 25.05 -> 25: 0
+     r"'t0': tier 1 \(share 0.001, int8\) holds none of its 50 rows .*drop the empty tier"),
+    ("t2", {"kind": "tiered", "tiers": [[0.01, "fp16"]], "order": "rank"},
+     r"'t2': tier 0 .*holds none of its 8 rows .*rank map \(4 bytes a row\) for nothing"),
+])
+def test_an_empty_upper_tier_is_said_like_an_empty_cold_tier(made, tmp_path, table, sharing, said):
+    """QA 3b item 2: a tier whose share rounds to 0 rows was converted silently, though its table pays
+    an id map for it (an empty cold tier was already said)."""
+    root, calib = made
+    with pytest.warns(UserWarning, match=said):
+        convert(root / "model", _plan({table: {"precision": "int4", "sharing": sharing}, "*": {"precision": "int8"}}),
+                tmp_path / "a", calib)
+    load_artifact(tmp_path / "a")
+
+
+def test_tiers_that_store_more_than_fp32_are_said(made, tmp_path):
+    """QA 3b item 3: 999 tiers of 0.001 made a table larger than at fp32 (each id-order tier pays a
+    rank directory) with no word; here t0 (50 rows of 16) in 9 fp32 tiers of 5 rows, each with its
+    directory, and an fp32 cold tier."""
+    root, calib = made
+    sharing = {"kind": "tiered", "tiers": [[0.1, "fp32"]] * 9}
+    with pytest.warns(UserWarning, match=r"'t0': with 9 upper tier\(s\) .* it stores [\d,]+ bytes, more than the "
+                                         r"same table at fp32 \(3,200 bytes\)") as seen:
+        m = convert(root / "model", _plan({"t0": {"precision": "fp32", "sharing": sharing}, "*": {"precision": "int8"}}),
+                    tmp_path / "a", calib)
+    assert next(t for t in m["tables"] if t["name"] == "t0")["bytes"] > 3200
+    assert not any("holds none" in str(w.message) for w in seen)  # every tier holds its 5 rows
+    with warnings.catch_warnings():  # a few tiers that save memory say nothing
+        warnings.simplefilter("error")
+        convert(root / "model", _plan({"t0": {"precision": "int4", "sharing": {"kind": "tiered", "tiers": [[0.1, "fp16"]]}},
+                                       "*": {"precision": "int8"}}), tmp_path / "b", calib)
 
 
 def test_a_non_finite_hot_ratio_is_refused_when_the_plan_is_read():

@@ -43,6 +43,21 @@ def test_tier_options_cost_what_the_artifact_stores(setup, tmp_path):
         assert next(t for t in manifest["tables"] if t["name"] == "t0")["bytes"] == o.bytes
 
 
+def test_a_layout_that_leaves_a_tier_empty_is_not_offered_on_that_table(setup):
+    """QA 3b item 2: a tier whose share rounds to 0 rows was offered (and picked) on every table: the
+    plain cold precision plus a rank directory for nothing. Now such a (table, layout) is skipped,
+    and a layout skipped on every table is said once."""
+    _, _, model, _ = setup
+    space = SearchSpace(tier_layouts=("0.01:fp16/int4", "0.0005:fp16/int4"), sharing_min_rows=30)
+    items = options_for(model.config, space, sharing=True)
+    tiers = {t: [dict(o.sharing)["tiers"] for o in items[f"table:{t}"] if o.sharing] for t in ("t0", "t1")}
+    assert tiers == {"t0": [((0.01, "fp16"),)], "t1": []}  # 6 of t0's 600 rows; 0.4 of t1's 40: none
+    with pytest.warns(InputWarning) as seen:
+        search_run._warn_unused_sharing(model.config, space, items, counted=True)
+    (w,) = seen
+    assert "'0.0005:fp16/int4' is not considered" in str(w.message) and "'t0', has 600 rows" in str(w.message)
+
+
 @pytest.mark.parametrize("objective", ["bytes", "latency"])
 def test_search_measures_and_may_choose_tiers(setup, tmp_path, objective):
     root, ds, model, calib = setup
