@@ -18,8 +18,8 @@ A job runs as N processes under torchrun (`torchrun --nproc_per_node N -m lowpre
 - `map_rounds`: independent jobs (the search's sensitivity measurements) dealt round-robin over
   ranks, results all-gathered after every round, so no rank waits longer than one job at a collective.
 - `check_same`: at start-up every rank reports the lowprec/torch/fbgemm versions, its command line
-  (as parsed: options, not paths) and a fingerprint (sha256) of its input files; any difference
-  raises `RankMismatch` (exit 2) on every rank, naming it.
+  (as parsed: options, not paths) and fingerprints (sha256; what they cover: lowprec.inputprints) of
+  its input files; any difference raises `RankMismatch` (exit 2) on every rank, naming it.
 - `is_main`: only rank 0 writes (reports, databases, stdout).
 Launching a job (`lowprec --nproc N`) and reading its outcome is lowprec.launch.
 """
@@ -40,13 +40,12 @@ import numpy as np
 import torch
 
 from lowprec.errors import InputError
+from lowprec.inputprints import FULL_HASH_ENV, describe_inputs, full_hash, input_names
 
 TIMEOUT_ENV = "LOWPREC_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120.0
 MAX_TIMEOUT_S = 86400.0  # a day: beyond it a hung rank holds the job practically forever (and 1e30 s overflows)
 TORCHRUN_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")  # set by torchrun beside WORLD_SIZE; init_process_group reads them
-FULL_HASH_LIMIT = 256 << 20  # bigger files are fingerprinted by size + first/last 4 MiB
-_SAMPLE = 4 << 20
 _local_depth = 0  # > 0 inside `local()`: collectives are skipped (rank-0-only work)
 TIMING = {"collective_s": 0.0, "calls": 0}  # time in collectives (incl. waiting for peers); benchmarks read it
 
@@ -247,33 +246,12 @@ def span(n_batches: int, r: int | None = None, n: int | None = None) -> tuple[in
     return n_batches * r // n, n_batches * (r + 1) // n
 
 
-def fingerprint(path: Path) -> str:
-    """sha256 of a file (of size + first and last 4 MiB beyond FULL_HASH_LIMIT bytes)."""
-    from lowprec.fileio import file_fingerprint
-
-    return file_fingerprint(path, FULL_HASH_LIMIT, _SAMPLE)
-
-
-def describe_inputs(paths: Sequence[Path | str]) -> dict[str, str]:
-    """Fingerprint of every file given and every file directly inside a directory given, keyed by
-    the input's position and the file's name (ranks may mount the same inputs at other paths).
-    Hidden files (lowprec's output marker, temporaries) are bookkeeping, not content: skipped."""
-    out: dict[str, str] = {}
-    for i, p in enumerate(map(Path, paths)):
-        if not p.exists():  # the command itself names the missing input (exit 2), on every rank
-            out[f"input {i + 1} ({p.name})"] = "missing"
-            continue
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
-        for f in files:
-            out[f"input {i + 1} ({p.name}): {f.name}" if f != p else f"input {i + 1} ({p.name})"] = fingerprint(f)
-    return out
-
-
 def software() -> dict[str, str]:
     import lowprec
 
     return {"lowprec": lowprec.__version__, "torch": str(lowprec.TORCH_VERSION),
-            "fbgemm_gpu": str(lowprec.FBGEMM_VERSION), "python": sys.version.split()[0]}
+            "fbgemm_gpu": str(lowprec.FBGEMM_VERSION), "python": sys.version.split()[0],
+            FULL_HASH_ENV: "1" if full_hash() else "0"}  # (else the fingerprints differ in kind, not content)
 
 
 def command_line() -> dict[str, Any]:
@@ -303,7 +281,8 @@ def check_same(inputs: Sequence[Path | str]) -> None:
     """Refuse (RankMismatch, on every rank) when ranks differ in software, command line or input files."""
     if not active():
         return
-    mine = {"software": software(), "command line": command_line(), "inputs": describe_inputs(inputs)}
+    mine = {"software": software(), "command line": command_line(), "inputs": describe_inputs(inputs),
+            "names": input_names(inputs)}
     everyone: list[Any] = [None] * world_size()
     with _guard("start-up check"):
         torch.distributed.all_gather_object(everyone, json.dumps(mine, sort_keys=True))
@@ -321,9 +300,24 @@ def first_difference(described: list[dict[str, dict[str, Any]]]) -> str | None:
             bad = [k for k in keys if ref[part].get(k) != other[part].get(k)]
             if bad:
                 k = bad[0]
-                return (f"rank {r} differs from rank 0 in {part}: {k} is {other[part].get(k)!r} on rank {r}, "
-                        f"{ref[part].get(k)!r} on rank 0")
+                return (f"rank {r} differs from rank 0 in {part}: {_named(k, ref, other, r)} is "
+                        f"{_value(other[part].get(k))} on rank {r}, {_value(ref[part].get(k))} on rank 0")
     return None
+
+
+def _value(v: Any) -> str:
+    return "missing" if v is None else repr(v)
+
+
+def _named(key: str, ref: dict[str, Any], other: dict[str, Any], r: int) -> str:
+    """`input 2: day_3_sparse.npy` as `input 2 (data): day_3_sparse.npy`, or `input 2 (data on rank 0,
+    data-copy on rank 1): ...` when the ranks name it differently (a name is said, never compared)."""
+    head, sep, rest = key.partition(": ")
+    a, b = ref.get("names", {}).get(head), other.get("names", {}).get(head)
+    if a is None:
+        return key
+    name = a if a == b or b is None else f"{a} on rank 0, {b} on rank {r}"
+    return f"{head} ({name}){sep}{rest}"
 
 
 def merge_stats(local: Any, batch_sums: list[tuple[float, float, float, float]], what: str = "stats") -> Any:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lowprec.distributed import timeout_s
+from lowprec.inputprints import full_hash
 
 
 def free_port() -> int:
@@ -43,7 +44,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     waits for it (at most STOP_GRACE_S), removes its temporary directory and exits 128 + the signal."""
     import tempfile
 
-    timeout_s()  # a bad LOWPREC_DIST_TIMEOUT: refused once, here, before any rank starts
+    timeout_s()  # a bad LOWPREC_DIST_TIMEOUT (or LOWPREC_DIST_FULL_HASH): refused once, here, before any rank starts
+    full_hash()
     cmd = [sys.executable, "-c", "import sys, lowprec.launch as d; d.torchrun(sys.argv[1:])",
            "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "lowprec", *args]
