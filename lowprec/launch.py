@@ -1,7 +1,8 @@
 """`lowprec --nproc N CMD`: torchrun on this machine, and the job's outcome as one process gives it.
 
-`launch` runs torchrun (`torchrun` below: torch.distributed.run without its failure report) on
-127.0.0.1 with a free port. Each rank records its exit code and its `Error:` message in a
+`launch` runs torchrun (`torchrun` below: torch.distributed.run without its failure report or a
+traceback) on 127.0.0.1, its rendezvous store bound to port 0 (torchrun takes a free port and keeps
+it: none is chosen here and bound again later, which another process could take in between). Each rank records its exit code and its `Error:` message in a
 temporary directory (`record_exit_code`, `rank_error`); once torchrun has ended, the launcher
 prints the job's errors once (`job_errors`: rank 0's, then those that differ; ranks that ended
 without a word, named with how they ended) and exits with the code one process would have given
@@ -28,11 +29,15 @@ from lowprec.inputprints import full_hash
 
 
 def free_port() -> int:
+    """A port free now (for tests that start ranks by hand; `launch` lets torchrun bind port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+# torchrun's own store on 127.0.0.1, port 0: it binds a free port and keeps it (a port chosen here,
+# released and bound again by torchrun seconds later, could be taken in between: qa-1b 8)
+RENDEZVOUS = ("--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--local-addr", "127.0.0.1")
 EXIT_DIR = "LOWPREC_EXIT_DIR"  # where each rank of a `--nproc` job records its exit code (lowprec.__main__)
 
 
@@ -47,8 +52,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     timeout_s()  # a bad LOWPREC_DIST_TIMEOUT (or LOWPREC_DIST_FULL_HASH): refused once, here, before any rank starts
     full_hash()
     cmd = [sys.executable, "-c", "import sys, lowprec.launch as d; d.torchrun(sys.argv[1:])",
-           "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "lowprec", *args]
+           "--nnodes", "1", "--nproc-per-node", str(nproc), *RENDEZVOUS, "--rdzv-id", f"lowprec-{os.getpid()}",
+           "-m", "lowprec", *args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     stops: list[int] = []  # the signals the launcher was sent
@@ -60,6 +65,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
                                            preexec_fn=functools.partial(stop_with_parent, os.getpid())), stops)
             recorded, errors, ended = ({r: int(t) for r, t in _records(codes, "rank").items()},
                                        _records(codes, "error"), _records(codes, "ended"))
+            failed_start = _records(codes, "torchrun").get(0)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -71,6 +77,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         code = job_exit_code(status, recorded, nproc)
         silent = {r: int(t) for r, t in ended.items() if r not in recorded and r not in errors}
         lines = job_errors(errors, silent, recorded)
+        if not lines and failed_start:
+            lines = [f"Error: torchrun could not start the job's ranks ({failed_start}) (exit {code})"]
         if not lines and code not in (0, 1):  # (torchrun itself killed): a failed job always says so
             lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"]
     say(lines, sys.stderr)
@@ -203,6 +211,9 @@ def torchrun(argv: Sequence[str]) -> None:
         sys.exit(1)
     except SignalException as exc:  # SIGTERM from `launch`: the ranks are stopped
         sys.exit(128 + int(exc.sigval))
+    except Exception as exc:  # (its rendezvous: DistNetworkError, RendezvousError...): said by `launch`, no traceback
+        _record("torchrun", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}", 0)
+        sys.exit(1)
 
 
 def first_failures(failures: dict[int, int]) -> dict[int, int]:
