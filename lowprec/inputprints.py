@@ -6,10 +6,12 @@ What a fingerprint covers (README "Running on several machines", docs/errors.md)
 - a file of at most FULL_HASH_LIMIT bytes (256 MiB): the sha256 of the whole file;
 - a bigger file: the sha256 of its size and of SAMPLE_BLOCKS blocks of SAMPLE_BYTES bytes at evenly
   spaced offsets from its first byte to its last (positions computed from the size alone, so every
-  rank reads the same ones). That reads FULL_HASH_LIMIT bytes whatever the size (a 100 GB window
-  costs what a 256 MiB one does). Any rewritten stretch longer than the spacing between blocks,
+  rank reads the same ones): 16 MiB read a file whatever its size, as a dataset of many 10-100 GB
+  windows is compared at every start (the first and last 4 MiB read before cost 8 MiB and saw
+  nothing in between). Any rewritten stretch longer than the spacing between blocks,
   (size - SAMPLE_BYTES) / (SAMPLE_BLOCKS - 1) (~66 KB at 270 MB, ~25 MB at 100 GB), overlaps a block
-  and is seen; an edit that falls wholly between two blocks is not;
+  and is seen; an edit that falls wholly between two blocks is not (a 1 KB edit at 270 MB: seen
+  with a chance of ~8%);
 - with LOWPREC_DIST_FULL_HASH=1 (the same on every rank): the sha256 of every whole file, whatever
   its size (reads every byte of every input at start).
 
@@ -30,8 +32,8 @@ from lowprec.fileio import sha256_file
 
 FULL_HASH_ENV = "LOWPREC_DIST_FULL_HASH"
 FULL_HASH_LIMIT = 256 << 20  # bigger files are fingerprinted by evenly spaced blocks (unless FULL_HASH_ENV=1)
-SAMPLE_BYTES = 64 << 10
-SAMPLE_BLOCKS = 4096  # SAMPLE_BLOCKS * SAMPLE_BYTES = FULL_HASH_LIMIT: a sampled file costs what the biggest whole one does
+SAMPLE_BYTES = 4 << 10  # a page
+SAMPLE_BLOCKS = 4096  # 16 MiB read a big file
 
 
 def full_hash() -> bool:

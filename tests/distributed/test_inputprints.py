@@ -32,14 +32,14 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
 def test_an_edit_in_the_middle_of_a_big_file_is_seen(tmp_path):
     """qa-1b 1: files over 256 MiB were fingerprinted by their size and first and last 4 MiB, so two
     hosts whose copies differed in the middle (a partial rsync, bit rot, a same-size rewrite) scored
-    different data with exit 0. Now blocks spaced ~75 KB apart over the whole 300 MiB are hashed."""
+    different data with exit 0. Now 4 KiB blocks spaced ~75 KB apart over the whole 300 MiB are hashed."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     _sparse(a / "day_3_sparse.npy"), _sparse(b / "day_3_sparse.npy")
     assert inputprints.describe_inputs([a]) == inputprints.describe_inputs([b])
     _write_at(b / "day_3_sparse.npy", BIG // 3, b"\x01" * (1 << 20))  # 1 MiB a third of the way in
     before, after = inputprints.describe_inputs([a]), inputprints.describe_inputs([b])
-    assert before["input 1: day_3_sparse.npy"].startswith("sampled:4096x65536:")
+    assert before["input 1: day_3_sparse.npy"].startswith("sampled:4096x4096:")
     assert before != after
 
 
