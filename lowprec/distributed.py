@@ -50,6 +50,14 @@ _local_depth = 0  # > 0 inside `local()`: collectives are skipped (rank-0-only w
 TIMING = {"collective_s": 0.0, "calls": 0}  # time in collectives (incl. waiting for peers); benchmarks read it
 
 
+TIMED_OUT = "timed out: no answer within"  # in a RankFailure for a timeout (`timed_out`: how launch tells it)
+
+
+def timed_out(message: str) -> bool:
+    """Whether a rank's error says a collective timed out (a peer hung), not that a peer died."""
+    return TIMED_OUT in message
+
+
 class DistributedError(RuntimeError):
     """A data-parallel job cannot go on (the CLI exits 3 with this message)."""
 
@@ -161,8 +169,12 @@ def _guard(what: str, timeout: float | None = None) -> Iterator[None]:
     except RuntimeError as exc:  # gloo: connection closed / reset by peer, timed out
         if isinstance(exc, DistributedError):
             raise
+        limit = timeout or timeout_s()
+        if time.perf_counter() - t0 >= 0.9 * limit:  # (gloo's own words for it vary by collective)
+            raise RankFailure(f"rank {rank()} of {world_size()}: collective {what!r} {TIMED_OUT} {limit:.0f}s "
+                              f"(a peer rank hung or was stopped): {exc}") from exc
         raise RankFailure(f"rank {rank()} of {world_size()}: collective {what!r} failed (a peer rank "
-                          f"died or did not answer within {timeout or timeout_s():.0f}s): {exc}") from exc
+                          f"died or did not answer within {limit:.0f}s): {exc}") from exc
     finally:
         TIMING["collective_s"] += time.perf_counter() - t0
         TIMING["calls"] += 1

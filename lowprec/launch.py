@@ -1,14 +1,16 @@
 """`lowprec --nproc N CMD`: torchrun on this machine, and the job's outcome as one process gives it.
 
 `launch` runs torchrun (`torchrun` below: torch.distributed.run without its failure report or a
-traceback) on 127.0.0.1, its rendezvous store bound to port 0 (torchrun takes a free port and keeps
-it: none is chosen here and bound again later, which another process could take in between). Each rank records its exit code and its `Error:` message in a
-temporary directory (`record_exit_code`, `rank_error`); once torchrun has ended, the launcher
-prints the job's errors once (`job_errors`: rank 0's, then those that differ; ranks that ended
-without a word, named with how they ended) and exits with the code one process would have given
-(`job_exit_code`: 2 bad input, 4 a bug, 3 a lost rank, else rank 0's). SIGINT/SIGTERM to the
-launcher stop the job (torchrun gets one SIGTERM and stops its ranks). What the ranks share while
-they run (process group, collectives, start-up checks) is lowprec.distributed.
+traceback) on 127.0.0.1, its rendezvous store bound to port 0: torchrun takes a free port and keeps
+it (none is chosen here and bound again later, which another process could take in between). Each
+rank records its exit code and its `Error:` message in a temporary directory (`record_exit_code`,
+`rank_error`); once torchrun has ended, the launcher prints the job's errors once (`job_errors`:
+rank 0's, then those that differ; ranks that ended without a word, named with how they ended) and
+exits with the code one process would have given (`job_exit_code`: 2 bad input, 4 a bug, 3 a lost
+rank, else rank 0's). SIGINT/SIGTERM to the launcher stop the job (torchrun gets one SIGTERM and
+stops its ranks). After a failed or stopped job it removes what the ranks torchrun stopped left
+half-written (lowprec.launchclean). What the ranks share while they run (process group,
+collectives, start-up checks) is lowprec.distributed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from lowprec.distributed import timed_out as dist_timed_out
 from lowprec.distributed import timeout_s
+from lowprec.launchclean import clean_up, output_paths, some_paths
 from lowprec.inputprints import full_hash
 
 
@@ -54,6 +58,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     cmd = [sys.executable, "-c", "import sys, lowprec.launch as d; d.torchrun(sys.argv[1:])",
            "--nnodes", "1", "--nproc-per-node", str(nproc), *RENDEZVOUS, "--rdzv-id", f"lowprec-{os.getpid()}",
            "-m", "lowprec", *args]
+    outputs = output_paths(args)
+    made = {out: [d for d in (out.parent, *out.parent.parents) if not d.exists()] for out in outputs}
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     stops: list[int] = []  # the signals the launcher was sent
@@ -69,18 +75,21 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    code = 128 + stops[0] if stops else job_exit_code(status, recorded, nproc)
+    left = clean_up(made) if code not in (0, 1) else []  # (ranks torchrun stopped left their temporaries)
     if stops:
-        code = 128 + stops[0]
         lines = [f"Error: stopped by {signal.Signals(stops[0]).name}: the job's ranks were stopped before it "
                  f"finished (exit {code})"]
     else:
-        code = job_exit_code(status, recorded, nproc)
         silent = {r: int(t) for r, t in ended.items() if r not in recorded and r not in errors}
-        lines = job_errors(errors, silent, recorded)
+        lines = job_errors(errors, silent, recorded, cleaned=not left)
         if not lines and failed_start:
             lines = [f"Error: torchrun could not start the job's ranks ({failed_start}) (exit {code})"]
         if not lines and code not in (0, 1):  # (torchrun itself killed): a failed job always says so
             lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"]
+    if left:
+        lines.append(f"Error: the failed job left {some_paths(left)} that could not be removed: remove "
+                     f"{'it' if len(left) == 1 else 'them'} by hand")
     say(lines, sys.stderr)
     return code
 
@@ -156,13 +165,16 @@ def _records(where: str, kind: str) -> dict[int, str]:
 
 
 def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None,
-               codes: dict[int, int] | None = None) -> list[str]:
+               codes: dict[int, int] | None = None, cleaned: bool = True) -> list[str]:
     """What `launch` prints after the job: rank 0's error as one process would print it, then each
     other rank's error that differs from it, once, naming the ranks that gave it (every rank
     refusing the same input prints one line, not N); then the ranks torchrun saw fail that recorded
     neither an exit code nor an error (`silent`: rank -> exit status, -N for signal N), such as a
-    rank killed by hand or by the out-of-memory killer. Where a rank refused its input or met a bug
-    (`codes`, the ranks' exit codes: 2 or 4), the ranks that then lost it (3) are left unsaid."""
+    rank killed by hand or by the out-of-memory killer, or one that hung: torchrun kills (SIGKILL) a
+    rank that does not stop at its SIGTERM, after the others reported a collective timed out. Where a
+    rank refused its input or met a bug (`codes`, the ranks' exit codes: 2 or 4), the ranks that then
+    lost it (3) are left unsaid. `cleaned`: whether `clean_up` removed every temporary the job left."""
+    timed_out = any(dist_timed_out(m) for m in errors.values())
     if any(c in (2, 4) for c in (codes or {}).values()):
         errors = {r: m for r, m in errors.items() if (codes or {}).get(r) != 3}
     same: dict[str, list[int]] = {}
@@ -171,11 +183,17 @@ def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None,
             same.setdefault(errors[r], []).append(r)
     ended: dict[str, list[int]] = {}
     for r, status in sorted((silent or {}).items()):
-        how = f"killed by {_signal_name(-status)}: by hand, or out of memory?" if status < 0 else f"exit status {status}"
+        if timed_out and status == -signal.SIGKILL:
+            how = "did not answer within the timeout (hung, or stopped with SIGSTOP?) and torchrun killed it"
+        elif status < 0:
+            how = f"ended without a word (killed by {_signal_name(-status)}: by hand, or out of memory?)"
+        else:
+            how = f"ended without a word (exit status {status})"
         ended.setdefault(how, []).append(r)
+    after = "the job stopped; it left no temporary files" if cleaned else "the job stopped"
     return ([f"Error: {errors[0]}"] if 0 in errors else []) + \
         [f"Error ({_ranks(rs)}): {m}" for m, rs in same.items()] + \
-        [f"Error: {_ranks(rs)} ended without a word ({how}): nothing was written" for how, rs in ended.items()]
+        [f"Error: {_ranks(rs)} {how}: {after}" for how, rs in ended.items()]
 
 
 def _ranks(rs: list[int]) -> str:

@@ -322,9 +322,11 @@ def test_a_rank_that_ended_without_a_word_is_named(tmp_path, monkeypatch):
         torchrun(["x"])
     assert exc.value.code == 143
     assert job_errors({}, {1: -9}) == [
-        "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): nothing was written"]
+        "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): the job stopped; it left "
+        "no temporary files"]
     assert job_errors({0: "RankFailure: ..."}, {1: -15, 2: -15}) == ["Error: RankFailure: ...", (
-        "Error: ranks 1, 2 ended without a word (killed by SIGTERM: by hand, or out of memory?): nothing was written")]
+        "Error: ranks 1, 2 ended without a word (killed by SIGTERM: by hand, or out of memory?): the job stopped; it "
+        "left no temporary files")]
 
 
 def test_ctrl_c_exits_130_not_the_alarm_code(monkeypatch):

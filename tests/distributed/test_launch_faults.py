@@ -3,12 +3,18 @@ it, a rank killed while a dataset is staged, a rank that hangs. Every wait is bo
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from lowprec import launch
-from tests.distributed.conftest import RANK_TIMEOUT_S, last_json
+from tests.distributed.conftest import RANK_TIMEOUT_S, REPO, WAIT_S, env, last_json
 
 
 def _job_env(monkeypatch) -> None:
@@ -50,3 +56,94 @@ def test_a_rendezvous_that_cannot_start_is_one_line_without_a_traceback(work, mo
     assert code == 3, err[-3000:]
     assert "Traceback" not in err and err.strip().count("\n") == 0 and err.startswith("Error: "), err[-3000:]
     assert "torchrun could not start the job's ranks (DistNetworkError" in err and "no rank said why" not in err
+
+
+def _rank_pid(rank: int, marker: str, seconds: float) -> int:
+    """The pid of rank `rank` of a `--nproc` job whose command line holds `marker` (bounded wait)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmdline, environ = (d / "cmdline").read_bytes(), (d / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker.encode() in cmdline and f"RANK={rank}".encode() in environ and \
+                    any(e.startswith(b"LOWPREC_EXIT_DIR=") for e in environ):
+                return int(d.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no rank {rank} of a job holding {marker}")
+
+
+def test_a_killed_rank_of_a_nproc_prepare_leaves_nothing_behind(tmp_path):
+    """qa-1b 10: rank 1 killed while the ranks read: torchrun stopped rank 0 with SIGTERM mid-way,
+    which left `.c3.tmp-HOST-PID-*/.parts/` and the parent `new/` the run had made, and the launcher
+    said "nothing was written". The launcher now removes what the dead ranks left, and says so."""
+    from tests.distributed.test_ingest import SCHEMA, write_log
+
+    src = write_log(tmp_path / "a.csv", 60_000)
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    out = tmp_path / "new" / "c3"
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "prepare", "--format", "csv", "--input", src,
+           "--schema", tmp_path / "s.toml", "--out", out]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, env=env(LOWPREC_CSV_PART_BYTES="200000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(tmp_path.glob("new/.c3.tmp-*/.parts/part-000001.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(_rank_pid(1, str(out), WAIT_S), signal.SIGKILL)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
+    assert proc.returncode == 3, err[-3000:]
+    assert not (tmp_path / "new").exists(), list((tmp_path / "new").rglob("*"))
+    assert "nothing was written" not in err and "Traceback" not in err, err[-3000:]
+    assert "it left no temporary files" in err or "RankFailure" in err, err[-3000:]
+
+
+def test_clean_up_removes_dead_writers_temporaries_and_the_parents_made(tmp_path):
+    """What the launcher removes after a failed job, and what it leaves: a live writer's temporary,
+    a parent holding something else."""
+    from lowprec.launchclean import clean_up, output_paths
+
+    out = tmp_path / "a" / "b" / "c3"
+    assert output_paths(["data", "prepare", "--out", str(out), "--input", "x", "--report=r"]) == [
+        out, Path(os.path.abspath("r"))]
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    (out.parent / f".c3.tmp-{host}-{dead}-xyz" / ".parts").mkdir(parents=True)
+    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live").mkdir()
+    assert clean_up({out: [out.parent, out.parent.parent]}) == []
+    assert [p.name for p in out.parent.iterdir()] == [f".c3.tmp-{host}-{os.getpid()}-live"]  # (a live writer's)
+    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live").rmdir()
+    assert clean_up({out: [out.parent, out.parent.parent]}) == [] and not (tmp_path / "a").exists()
+
+
+def test_a_hung_rank_is_said_to_have_not_answered(monkeypatch):
+    """qa-1b 16: a rank stopped (SIGSTOP) or hung does not stop at torchrun's SIGTERM and is killed
+    with SIGKILL after the others' collective timed out; it was described as killed "by hand, or out
+    of memory?". Rank 0's RankFailure now says the collective timed out, and the launcher says so."""
+    from lowprec import distributed as dist
+    from lowprec.launch import job_errors
+
+    monkeypatch.setenv("LOWPREC_DIST_TIMEOUT", "0.05")
+    with pytest.raises(dist.RankFailure) as exc:
+        with dist.guarded("x"):
+            time.sleep(0.06)
+            raise RuntimeError("[gloo] Timed out waiting 50ms for recv operation to complete")
+    assert dist.timed_out(str(exc.value)) and "a peer rank hung or was stopped" in str(exc.value)
+    with pytest.raises(dist.RankFailure) as exc:
+        with dist.guarded("x"):
+            raise RuntimeError("Connection closed by peer")
+    assert not dist.timed_out(str(exc.value)) and "a peer rank died" in str(exc.value)
+    timed = f"RankFailed: RankFailure: rank 0 of 2: collective 'barrier x' {dist.TIMED_OUT} 20s (...): ..."
+    assert job_errors({0: timed}, {1: -9}, {0: 3})[1] == (
+        "Error: rank 1 did not answer within the timeout (hung, or stopped with SIGSTOP?) and torchrun killed it: "
+        "the job stopped; it left no temporary files")
+    assert job_errors({0: "RankFailed: RankFailure: ... failed (a peer rank died ...)"}, {1: -9}, {0: 3})[1] == (
+        "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): "
+        "the job stopped; it left no temporary files")

@@ -1,0 +1,72 @@
+"""What a failed `lowprec --nproc N` job leaves, removed by the launcher once torchrun has ended.
+
+torchrun stops the other ranks with SIGTERM as soon as one fails, and a rank (which keeps the
+default SIGTERM action: lowprec.__main__) then dies at once, leaving what it was building: the
+temporary sibling of its output, `.NAME.tmp-HOST-PID-*` (lowprec.fileio; a `data prepare`'s
+`.parts` staging lives inside it, a `data append`'s beside the dataset), and the parent directories it
+created for `--out`. The launcher knows the command's output options (OUTPUT_OPTIONS) and which of
+their parents were missing before the job; after a failed job it removes those temporaries of
+writers on this host that are no longer running, and those parents if they are empty again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Sequence
+
+OUTPUT_OPTIONS = ("--out", "--db", "--report", "--data")  # written, or staged beside (`data append` to --data)
+
+
+def output_paths(args: Sequence[str]) -> list[Path]:
+    """The values of OUTPUT_OPTIONS in a command's arguments (`--out X` or `--out=X`), made absolute."""
+    out = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if name in OUTPUT_OPTIONS:
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                out.append(Path(os.path.abspath(value)))
+    return out
+
+
+def _dead_writer(p: Path, out: Path) -> bool:
+    head = f".{out.name}.tmp-{socket.gethostname()}-"
+    pid = p.name[len(head):].split("-", 1)[0] if p.name.startswith(head) else ""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # (alive, someone else's)
+        return False
+    return False
+
+
+def clean_up(made: dict[Path, list[Path]]) -> list[str]:
+    """Remove the temporaries of dead writers beside each output and the parents (`made[out]`: those
+    missing before the job, innermost first) left empty; what could not be removed, as paths."""
+    left = []
+    for out, parents in made.items():
+        for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*") if out.parent.is_dir() else []:
+            if _dead_writer(p, out):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError, PermissionError):
+                        p.unlink()
+                if os.path.lexists(p):
+                    left.append(str(p))
+        for d in parents:
+            with contextlib.suppress(OSError):  # (not empty: someone else's now, or what the job kept)
+                d.rmdir()
+    return left
+
+
+def some_paths(paths: list[str], shown: int = 3) -> str:
+    return ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
