@@ -104,6 +104,37 @@ def test_a_killed_rank_of_a_nproc_prepare_leaves_nothing_behind(tmp_path):
     assert "it left no temporary files" in err or "RankFailure" in err, err[-3000:]
 
 
+def test_a_killed_rank_of_a_nproc_append_leaves_the_dataset_alone_and_no_staging(tmp_path):
+    """qa-1b 10, the daily job: `--nproc 2 data append` with rank 1 killed left `.ds.tmp-HOST-PID-*/`
+    (its staging parts) beside the dataset until the next write to it."""
+    from tests.distributed.conftest import in_process
+    from tests.distributed.test_ingest import SCHEMA, write_log
+
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    ds = tmp_path / "ds"
+    made = in_process("data", "prepare", "--format", "csv", "--input", write_log(tmp_path / "d0.csv", 200),
+                      "--schema", tmp_path / "s.toml", "--out", ds, "--window", "day")
+    assert made.exit_code == 0, made.output
+    before = {p.name: p.read_bytes() for p in ds.iterdir()}
+    day = write_log(tmp_path / "d1.csv", 60_000, t0=1_700_200_000)
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", ds, "--input", day]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, env=env(LOWPREC_CSV_PART_BYTES="200000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(tmp_path.glob(".ds.tmp-*/**/part-000001.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(_rank_pid(1, str(day), WAIT_S), signal.SIGKILL)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
+    assert proc.returncode == 3, err[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d0.csv", "d1.csv", "ds", "s.toml"], err[-3000:]
+    assert {p.name: p.read_bytes() for p in ds.iterdir()} == before
+    assert "nothing was written" not in err and "Traceback" not in err, err[-3000:]
+
+
 def test_clean_up_removes_dead_writers_temporaries_and_the_parents_made(tmp_path):
     """What the launcher removes after a failed job, and what it leaves: a live writer's temporary,
     a parent holding something else."""
