@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lowprec.checkpoint.float_model import check_finite
+from lowprec.checkpoint.float_model import check_finite_chunk
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
@@ -108,6 +108,26 @@ class TorchRecState:
     metadata: dict[str, str]
 
 
+F32_MAX = torch.finfo(torch.float32).max
+
+
+def to_float32(where: str | Path, name: str, row: int, chunk: torch.Tensor) -> torch.Tensor:
+    """`chunk` (rows from `row` of tensor `name`) as float32, refusing NaN/Inf and, for float64,
+    finite values beyond float32's range, which the conversion would make Inf (checked after it)."""
+    check_finite_chunk(Path(where), name, row, chunk)
+    out = chunk.float()
+    if out.dtype != chunk.dtype and not bool(torch.isfinite(out.sum())):  # (a sum may overflow alone)
+        inf = torch.isinf(out.reshape(-1)).nonzero()
+        if inf.numel():
+            index = [int(i) for i in torch.unravel_index(inf[0, 0], out.shape)]
+            value = float(chunk.reshape(-1)[inf[0, 0]])
+            index[:1] = [row + index[0]] if index else []
+            raise InputError(f"{where}: tensor {name!r} holds {value:g} at index {index}, beyond float32's "
+                             f"range (|x| <= {F32_MAX:.4g}): lowprec's models are float32, where it would "
+                             f"be Inf; rescale or clip it before exporting")
+    return out
+
+
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; a pickle (torch.save) is refused, never opened."""
     path = Path(path)
@@ -160,7 +180,6 @@ def _layers(found: dict[int, dict[str, torch.Tensor]], what: str, where: str) ->
 def split_state(state: dict[str, torch.Tensor], metadata: dict[str, str], where: str) -> TorchRecState:
     """Sort keys into tables, dense-arch and over-arch layers; anything else is an InputError."""
     state = _strip_wrappers(state)
-    check_finite(state, Path(where))
     tables: dict[str, torch.Tensor] = {}
     dense: dict[int, dict[str, torch.Tensor]] = {}
     over: dict[int, dict[str, torch.Tensor]] = {}
@@ -169,7 +188,7 @@ def split_state(state: dict[str, torch.Tensor], metadata: dict[str, str], where:
     for key, t in state.items():
         if not t.is_floating_point():
             raise InputError(f"{where}: tensor {key!r} has dtype {t.dtype}; expected float weights")
-        t = t.float()
+        t = to_float32(where, key, 0, t)
         if m := _TABLE.fullmatch(key):
             tables[m.group(1)] = t
         elif m := _DENSE.fullmatch(key):

@@ -277,6 +277,23 @@ def test_cli_bad_input_exits_2_and_writes_nothing(ds, tmp_path):
     assert res.exit_code == 2 and not (tmp_path / "m").exists()
 
 
+
+def test_cli_fp64_beyond_float32_is_refused_naming_tensor_and_index(ds, tmp_path):
+    """fp64 weights were checked for NaN/Inf before .float(): 1e300 became Inf in the written model,
+    which every other command then refused. In-range fp64 still imports."""
+    state = {k: v.double() for k, v in torchrec_state(ds).items()}
+    res = run("import", "--format", "torchrec", "--state-dict", save(state, tmp_path / "ok.safetensors"),
+              "--data", ds.root, "--out", tmp_path / "ok")
+    assert res.exit_code == 0, res.output
+    for key, at, value in ((T + "t_t1.weight", (3, 2), 1e300), ("over_arch.model.1.bias", (0,), -1e39)):
+        bad = dict(state, **{key: state[key].clone().index_put_(tuple(map(torch.tensor, at)), torch.tensor(value,
+                                                                 dtype=torch.float64))})
+        res = run("import", "--format", "torchrec", "--state-dict", save(bad, tmp_path / "big.safetensors"),
+                  "--data", ds.root, "--out", tmp_path / "m")
+        assert res.exit_code == 2, res.output
+        assert f"tensor {key!r} holds {value:g} at index {list(at)}, beyond float32's range" in res.output, res.output
+        assert not (tmp_path / "m").exists() and "Traceback" not in res.output
+
 # --- a real TorchRec model ---------------------------------------------------------------------
 
 def _torchrec():
