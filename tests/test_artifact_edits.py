@@ -52,7 +52,13 @@ def _piece(plan, table):
     (lambda p: _piece(p, "t1").update(rank=2), "'t1': shard [0, 20) on rank 2"),
     (lambda p: p["shards"].append(dict(_piece(p, "t1"), table="t9")), "table(s) ['t9']"),
     (lambda p: _piece(p, "t1").update(first="0"), "malformed shard plan"),
-])
+    # a world_size no artifact can use: inspect built a list per rank (10**12 of them) until out of memory
+    (lambda p: p.update(world_size=10**12), "world_size 1,000,000,000,000: the artifact's tables hold 78 rows in all"),
+    (lambda p: p.update(world_size=79), "world_size 79: the artifact's tables hold 78 rows in all"),
+    # inspect showed the stored bytes as each rank's share
+    (lambda p: _piece(p, "t1").update(bytes=1), "'t1': shard [0, 20) says 1 bytes, but its 20 rows of 8 bytes hold 160"),
+], ids=["gap-end", "gap-start", "overlap", "past-end", "missing", "rank", "unknown-table", "first-str", "world-huge",
+        "world-79", "bytes"])
 def test_a_shard_plan_that_does_not_tile_the_tables_is_refused(art, tmp_path, edit, words):
     from lowprec.serve.shard_plan import load_shard_plan
     from lowprec.serve.sharded import load_sharded

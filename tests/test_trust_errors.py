@@ -424,3 +424,25 @@ def test_running_out_of_memory_is_said_as_such_not_as_a_bug(monkeypatch, tmp_pat
     r = run("data", "synth", "--out", tmp_path / "x", "--windows", "1", "--rows-per-window", "10")
     assert r.exit_code == 2 and r.output.startswith("Error: out of memory (") and "a bug" not in r.output, r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_out_of_memory_suggests_only_the_running_commands_options(monkeypatch, tmp_path):
+    """The message suggested --batch-size or --max-rows to every command, also to import, which has neither."""
+    import lowprec.data.dataset as dataset
+
+    def no_memory(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(dataset, "Dataset", no_memory)
+    (tmp_path / "s.safetensors").write_bytes(b"x")
+    for args, hint in ((["import", "--format", "torchrec", "--state-dict", tmp_path / "s.safetensors"], None),
+                       (["eval", "--model", tmp_path / "m", "--windows", "0"], "try a smaller --batch-size, and see"),
+                       (["calibrate", "--model", tmp_path / "m", "--windows", "0", "--out", tmp_path / "c.json"],
+                        "try a smaller --batch-size or --max-rows, and see")):
+        r = run(*args, "--data", tmp_path / "d", *(["--out", tmp_path / "o"] if args[0] == "import" else []))
+        assert r.exit_code == 2 and r.output.startswith("Error: out of memory ("), r.output
+        assert "README's \"Models larger than RAM\"" in r.output, r.output
+        if hint is None:
+            assert "--batch-size" not in r.output and "--max-rows" not in r.output and "try" not in r.output, r.output
+        else:
+            assert hint in r.output, r.output

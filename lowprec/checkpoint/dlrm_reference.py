@@ -30,8 +30,7 @@ from typing import Any
 
 import torch
 
-from lowprec.checkpoint.float_model import check_finite
-from lowprec.checkpoint.torchrec_import import import_config, listed, read_safetensors
+from lowprec.checkpoint.torchrec_import import import_config, listed, read_safetensors, to_float32
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
 from lowprec.fileio import read_json, sha256_file
@@ -87,9 +86,9 @@ def split_reference(state: dict[str, torch.Tensor], where: str):
             raise InputError(f"{where}: tensor {key!r} has dtype {t.dtype}; expected float weights (convert "
                              f"DLRM_Net's float state dict with {SCRIPT}, not a quantized or cast copy)")
         if m := _EMB.fullmatch(key):
-            tables[int(m.group(1))] = t.float()
+            tables[int(m.group(1))] = to_float32(where, key, 0, t)  # (finite after the cast, too)
         elif m := _MLP.fullmatch(key):
-            mlps[m.group(1)].setdefault(int(m.group(2)), {})[m.group(3)] = t
+            mlps[m.group(1)].setdefault(int(m.group(2)), {})[m.group(3)] = to_float32(where, key, 0, t)
         else:
             unexpected.append(key)
     if unexpected:
@@ -100,7 +99,6 @@ def split_reference(state: dict[str, torch.Tensor], where: str):
     if sorted(tables) != list(range(len(tables))) or not tables:
         raise InputError(f"{where}: embedding tables emb_l.{{t}}.weight are numbered {sorted(tables)}, "
                          f"not 0..T-1")
-    check_finite(state, Path(where))
     return ([tables[i] for i in range(len(tables))], _mlp(mlps["bot_l"], "bot_l", where),
             _mlp(mlps["top_l"], "top_l", where))
 

@@ -28,11 +28,15 @@ The interaction's columns follow TorchRec's *feature* order (`model.sparse_arch.
 which a state dict does not record: lowprec assumes it is dataset.json's order unless `feature_order`
 (or safetensors metadata `sparse_feature_names`, a JSON list) gives it, and then permutes the over
 arch's input columns so the imported model computes the same logits in dataset order.
+
+Memory: the file is mapped read-only (lowprec.checkpoint.mapped), shapes are checked on its header,
+and `write_torchrec` (the CLI's path) writes each table in row chunks of CHUNK_BYTES, each checked
+finite after its cast to float32, so a model of any size imports in a few chunks of memory;
+`import_torchrec` builds the model in memory (tests, small models).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +45,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lowprec.checkpoint.float_model import check_finite
+from lowprec.checkpoint.float_model import check_finite_chunk, write_float_model
+from lowprec.checkpoint.mapped import LogicalTable, open_tensors
+from lowprec.checkpoint.torchrec_features import (interaction_permutation, listed, match_tables,
+                                                  resolve_feature_order)
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
@@ -62,13 +69,6 @@ SUPPORTED = "torchrec.models.dlrm.DLRM (optionally wrapped in DLRMTrain) with su
 EXPORT_HINT = ("export it with `safetensors.torch.save_file({k: v.contiguous() for k, v in "
                "model.state_dict().items()}, 'dlrm.safetensors')` (gather a sharded model's state "
                "dict first)")
-
-
-def listed(items, limit: int = 8) -> str:
-    """`['a', 'b', 'c'] and 5 more`: the first `limit` of `items` (sorted), for an error message."""
-    items = sorted(items)
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return f"{items[:limit]}{more}"
 
 
 def refuse_unexpected(keys: list[str], where: str, supported: str) -> None:
@@ -100,17 +100,48 @@ def import_config(meta: DatasetMeta, dim: int, bottom: list[int], top: list[int]
 
 @dataclass
 class TorchRecState:
-    """A TorchRec DLRM state dict split into its parts (float32 tensors)."""
+    """A TorchRec DLRM state dict split into its parts: tables as read-only mapped row sources (read
+    in chunks when written, never held whole), layers as float32 tensors (small)."""
 
-    tables: dict[str, torch.Tensor]
+    tables: dict[str, LogicalTable]
     dense: list[tuple[torch.Tensor, torch.Tensor]]
     over: list[tuple[torch.Tensor, torch.Tensor]]  # hidden layers then the final Linear
     metadata: dict[str, str]
+    keys: dict[str, str]  # table -> its key in the file (for messages)
+
+
+F32_MAX = torch.finfo(torch.float32).max
+
+
+def to_float32(where: str | Path, name: str, row: int, chunk: torch.Tensor) -> torch.Tensor:
+    """`chunk` (rows from `row` of tensor `name`) as float32, refusing NaN/Inf and, for float64,
+    finite values beyond float32's range, which the conversion would make Inf (checked after it)."""
+    check_finite_chunk(Path(where), name, row, chunk)
+    out = chunk.float()
+    if out.dtype != chunk.dtype and not bool(torch.isfinite(out.sum())):  # (a sum may overflow alone)
+        inf = torch.isinf(out.reshape(-1)).nonzero()
+        if inf.numel():
+            index = [int(i) for i in torch.unravel_index(inf[0, 0], out.shape)]
+            value = float(chunk.reshape(-1)[inf[0, 0]])
+            index[:1] = [row + index[0]] if index else []
+            raise InputError(f"{where}: tensor {name!r} holds {value:g} at index {index}, beyond float32's "
+                             f"range (|x| <= {F32_MAX:.4g}): lowprec's models are float32, where it would "
+                             f"be Inf; rescale or clip it before exporting")
+    return out
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; a pickle (torch.save) is refused, never opened."""
     path = Path(path)
+    _check_not_pickle(path)
+    try:
+        with safe_open(str(path), framework="pt") as src:
+            return {k: src.get_tensor(k) for k in src.keys()}, dict(src.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc}); {EXPORT_HINT}") from exc
+
+
+def _check_not_pickle(path: Path) -> None:
     if not path.is_file():
         raise InputError(f"state dict not found: {path}")
     with open(path, "rb") as fh:
@@ -121,11 +152,20 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise InputError(f"{path}: looks like a torch.save pickle; lowprec never unpickles a user's "
                          f"file (it can execute code). Load it yourself in TorchRec and {EXPORT_HINT}")
+
+
+def open_state(path: str | Path) -> tuple[dict[str, LogicalTable | torch.Tensor], dict[str, str]]:
+    """The state dict's tensors as read-only mapped views (nothing copied, any size) and its metadata."""
+    path = Path(path)
+    _check_not_pickle(path)
     try:
-        with safe_open(str(path), framework="pt") as src:
-            return {k: src.get_tensor(k) for k in src.keys()}, dict(src.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({exc}); {EXPORT_HINT}") from exc
+        src = open_tensors(path)
+    except InputError as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({str(exc).replace(f'{path}: ', '')}); "
+                         f"{EXPORT_HINT}") from None
+    mapped = src.files.get(src.path)
+    metadata = dict(mapped.metadata or {}) if mapped is not None else {}
+    return {k: src.table(k) if len(src.shape(k)) == 2 else src.tensor(k) for k in src.names()}, metadata
 
 
 def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,22 +197,30 @@ def _layers(found: dict[int, dict[str, torch.Tensor]], what: str, where: str) ->
     return out
 
 
-def split_state(state: dict[str, torch.Tensor], metadata: dict[str, str], where: str) -> TorchRecState:
+def split_state(state: dict[str, LogicalTable | torch.Tensor], metadata: dict[str, str], where: str) -> TorchRecState:
     """Sort keys into tables, dense-arch and over-arch layers; anything else is an InputError."""
-    state = _strip_wrappers(state)
-    check_finite(state, Path(where))
-    tables: dict[str, torch.Tensor] = {}
+    original = {k: k for k in state}
+    stripped = _strip_wrappers(original)
+    state = {k: state[v] for k, v in stripped.items()}
+    tables: dict[str, LogicalTable] = {}
+    keys: dict[str, str] = {}
     dense: dict[int, dict[str, torch.Tensor]] = {}
     over: dict[int, dict[str, torch.Tensor]] = {}
     final: dict[str, torch.Tensor] = {}
     unexpected = []
     for key, t in state.items():
-        if not t.is_floating_point():
-            raise InputError(f"{where}: tensor {key!r} has dtype {t.dtype}; expected float weights")
-        t = t.float()
-        if m := _TABLE.fullmatch(key):
-            tables[m.group(1)] = t
-        elif m := _DENSE.fullmatch(key):
+        if not t.dtype.is_floating_point:
+            raise InputError(f"{where}: tensor {stripped[key]!r} has dtype {t.dtype}; expected float weights")
+        if m := _TABLE.fullmatch(key):  # (rows are checked as they are written, chunk by chunk)
+            if not isinstance(t, LogicalTable):
+                raise InputError(f"{where}: table {m.group(1)!r} has shape {tuple(t.shape)}; every table "
+                                 f"must be (rows, dim)")
+            tables[m.group(1)], keys[m.group(1)] = t, stripped[key]
+            continue
+        if isinstance(t, LogicalTable):
+            t = t.tensor()
+        t = to_float32(where, stripped[key], 0, t)
+        if m := _DENSE.fullmatch(key):
             dense.setdefault(int(m.group(1)), {})[m.group(2)] = t
         elif m := _OVER.fullmatch(key):
             over.setdefault(int(m.group(1)), {})[m.group(2)] = t
@@ -190,94 +238,26 @@ def split_state(state: dict[str, torch.Tensor], metadata: dict[str, str], where:
     layers_over = _layers(over, "over_arch.model.0._mlp.{i}._linear", where)
     layers_over += _layers({0: final}, "over_arch.model.1", where)
     return TorchRecState(tables, _layers(dense, "dense_arch.model._mlp.{i}._linear", where),
-                         layers_over, metadata)
+                         layers_over, metadata, keys)
 
 
-def match_tables(features: list[str], tables: list[str], table_map: dict[str, str] | None,
-                 where: str) -> list[str]:
-    """The TorchRec table serving each dataset feature, by name (`t_{f}` or `{f}`) or `table_map`."""
-    table_map = dict(table_map or {})
-    unknown = sorted(set(table_map) - set(features))
-    if unknown:
-        raise InputError(f"table map names features the dataset lacks: {unknown} (dataset features: "
-                         f"{features[:30]})")
-    absent = sorted({t for t in table_map.values() if t not in tables})
-    if absent:
-        raise InputError(f"{where}: table map names tables the state dict lacks: {absent} "
-                         f"(tables: {sorted(tables)[:30]})")
-    chosen, implicit = [], {}
-    for f in features:
-        if f in table_map:
-            chosen.append(table_map[f])
-            continue
-        candidates = [c for c in (f"t_{f}", f) if c in tables]
-        if not candidates:
-            raise InputError(f"{where}: dataset feature {f!r} has no table named 't_{f}' or '{f}' "
-                             f"(tables: {sorted(tables)[:30]}); map it with --table-map {f}=TABLE")
-        if len(candidates) > 1:
-            raise InputError(f"{where}: dataset feature {f!r} matches both tables {candidates}; "
-                             f"choose one with --table-map {f}=TABLE")
-        chosen.append(candidates[0])
-        implicit[f] = candidates[0]
-    for f, t in implicit.items():
-        users = [g for g, u in zip(features, chosen) if u == t]
-        if len(users) > 1:
-            raise InputError(f"{where}: table {t!r} matches features {users} by name; say which "
-                             f"feature uses it with --table-map FEATURE={t}")
-    unused = sorted(set(tables) - set(chosen))
-    if unused:
-        raise InputError(f"{where}: tables {listed(unused)} serve no dataset feature (dataset features: "
-                         f"{features[:30]}); map them with --table-map FEATURE=TABLE")
-    return chosen
+CHUNK_BYTES = 64 << 20  # a table is read, checked and written in row chunks of at most this
 
 
-def resolve_feature_order(features: list[str], feature_order: list[str] | None,
-                          metadata: dict[str, str], where: str) -> tuple[list[str], str]:
-    """TorchRec's sparse feature order in dataset names, and where it came from."""
-    source = "argument"
-    if feature_order is None and "sparse_feature_names" in metadata:
-        try:
-            feature_order = [str(x) for x in json.loads(metadata["sparse_feature_names"])]
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise InputError(f"{where}: metadata sparse_feature_names is not a JSON list ({exc})") from exc
-        source = "safetensors metadata"
-    if feature_order is None:
-        return list(features), "dataset"
-    if sorted(feature_order) != sorted(features):
-        raise InputError(f"{where}: feature order ({source}) {feature_order[:30]} is not a "
-                         f"permutation of the dataset's features {features[:30]}")
-    return list(feature_order), source
-
-
-def interaction_permutation(dim: int, lowprec_order: list[str], torchrec_order: list[str]) -> torch.Tensor:
-    """Column c of lowprec's interaction output = column perm[c] of TorchRec's, for the same inputs.
-
-    Both are [z0 (dim columns), dot(u, v) for u < v over (z0, e_...)] with the e's in each one's order.
-    """
-    pos = {name: i + 1 for i, name in enumerate(torchrec_order)}
-    idx = [0] + [pos[name] for name in lowprec_order]  # lowprec slot -> TorchRec slot
-    f = len(idx)
-    tr_pairs = {(int(a), int(b)): k for k, (a, b) in enumerate(torch.triu_indices(f, f, 1).t().tolist())}
-    cols = list(range(dim))
-    for a, b in torch.triu_indices(f, f, 1).t().tolist():
-        u, v = sorted((idx[a], idx[b]))
-        cols.append(dim + tr_pairs[(u, v)])
-    return torch.tensor(cols)
-
-
-def build_model(parts: TorchRecState, meta: DatasetMeta, table_map: dict[str, str] | None = None,
-                feature_order: list[str] | None = None, where: str = "state dict") -> tuple[DLRM, dict[str, Any]]:
-    """A lowprec DLRM in dataset order computing the TorchRec model's logits."""
+def plan_import(parts: TorchRecState, meta: DatasetMeta, table_map: dict[str, str] | None = None,
+                feature_order: list[str] | None = None, where: str = "state dict"):
+    """(config, layer tensors by lowprec name, tables by lowprec name as (source, key), info) of the
+    lowprec DLRM in dataset order computing the TorchRec model's logits: shapes checked on the
+    headers, no table read yet."""
     features = meta.sparse_names
     chosen = match_tables(features, list(parts.tables), table_map, where)
-    dims = {name: int(w.shape[1]) if w.ndim == 2 else -1 for name, w in parts.tables.items()}
-    dim = dims[chosen[0]]
+    dim = int(parts.tables[chosen[0]].shape[1])
     if dim < 1:
         raise InputError(f"{where}: table {chosen[0]!r} has shape {tuple(parts.tables[chosen[0]].shape)}; "
                          f"an embedding table needs at least one column (rows, dim >= 1)")
     for f, t, n in zip(features, chosen, meta.num_embeddings):
         w = parts.tables[t]
-        if w.ndim != 2 or dims[t] != dim:
+        if w.shape[1] != dim:
             raise InputError(f"{where}: table {t!r} has shape {tuple(w.shape)}; every table must be "
                              f"(rows, {dim}) (TorchRec's DLRM uses one embedding dim)")
         if w.shape[0] != n:
@@ -287,19 +267,21 @@ def build_model(parts: TorchRecState, meta: DatasetMeta, table_map: dict[str, st
     order, source = resolve_feature_order(features, feature_order, parts.metadata, where)
     config = import_config(meta, dim, [int(w.shape[0]) for w, _ in parts.dense],
                            [int(w.shape[0]) for w, _ in parts.over[:-1]], where)
-    state: dict[str, torch.Tensor] = {}
+    layers: dict[str, torch.Tensor] = {}
     for i, (w, b) in enumerate(parts.dense):
-        state[f"bottom.{i}.weight"], state[f"bottom.{i}.bias"] = w, b
+        layers[f"bottom.{i}.weight"], layers[f"bottom.{i}.bias"] = w, b
     for i, (w, b) in enumerate(parts.over):
-        state[f"top.{i}.weight"], state[f"top.{i}.bias"] = w, b
-    state["top.0.weight"] = state["top.0.weight"][:, interaction_permutation(dim, features, order)]
-    for i, t in enumerate(chosen):
-        state[f"embeddings.{i}.bag.weight"] = parts.tables[t].clone()
-    model = DLRM(config)
-    model.load_state_dict(state)
-    model.eval()
+        layers[f"top.{i}.weight"], layers[f"top.{i}.bias"] = w, b
+    layers["top.0.weight"] = layers["top.0.weight"][:, interaction_permutation(dim, features, order)]
+    tables = {f"embeddings.{i}.bag.weight": (parts.tables[t], parts.keys[t]) for i, t in enumerate(chosen)}
     info = {"tables": dict(zip(features, chosen)), "feature_order": order, "feature_order_source": source}
-    return model, info
+    return config, layers, tables, info
+
+
+def _table_chunks(table: LogicalTable, key: str, where: str):
+    """A table's rows as float32 row chunks, each checked finite (after the cast) as it is read."""
+    for row, chunk in table.iter_chunks(CHUNK_BYTES):
+        yield to_float32(where, key, row, chunk)
 
 
 def _check_chain(parts: TorchRecState, dense_in: int, dim: int, n_features: int, where: str) -> None:
@@ -326,11 +308,38 @@ def _check_chain(parts: TorchRecState, dense_in: int, dim: int, n_features: int,
                          f"logit (over_arch_layer_sizes must end with 1)")
 
 
+def _plan(path: str | Path, meta: DatasetMeta, table_map: dict[str, str] | None,
+          feature_order: list[str] | None):
+    state, metadata = open_state(path)
+    parts = split_state(state, metadata, str(path))
+    return plan_import(parts, meta, table_map, feature_order, str(path))
+
+
 def import_torchrec(path: str | Path, meta: DatasetMeta, table_map: dict[str, str] | None = None,
                     feature_order: list[str] | None = None) -> tuple[DLRM, dict[str, Any]]:
-    """Read a TorchRec DLRM safetensors state dict and rebuild it as a lowprec DLRM for `meta`."""
-    state, metadata = read_safetensors(path)
-    parts = split_state(state, metadata, str(path))
-    model, info = build_model(parts, meta, table_map, feature_order, str(path))
+    """Read a TorchRec DLRM safetensors state dict and rebuild it as a lowprec DLRM for `meta` (in
+    memory; `write_torchrec` writes a model of any size without holding it)."""
+    config, state, tables, info = _plan(path, meta, table_map, feature_order)
+    for name, (table, key) in tables.items():
+        state[name] = torch.cat(list(_table_chunks(table, key, str(path))))
+    model = DLRM(config)
+    model.load_state_dict(state)
+    model.eval()
+    return model, {"format": "torchrec", "file": str(path), "sha256": sha256_file(path), **info}
+
+
+def write_torchrec(path: str | Path, meta: DatasetMeta, out: str | Path, table_map: dict[str, str] | None = None,
+                   feature_order: list[str] | None = None) -> tuple[DLRMConfig, dict[str, Any]]:
+    """Import as `import_torchrec` does, straight into the float model directory `out` (atomically):
+    the state dict is mapped read-only and each table streamed in row chunks, each checked finite
+    (float_model.write_float_model), so memory stays a few chunks whatever the model's size."""
+    config, layers, tables, info = _plan(path, meta, table_map, feature_order)
     info = {"format": "torchrec", "file": str(path), "sha256": sha256_file(path), **info}
-    return model, info
+
+    def pieces(name: str, shape: tuple[int, ...]):
+        if name in tables:
+            yield from _table_chunks(*tables[name], str(path))
+        else:
+            yield layers[name]
+    write_float_model(out, config, pieces, {"imported": info})
+    return config, info

@@ -19,7 +19,7 @@ from typing import Any
 from lowprec.errors import InputError
 from lowprec.jsonsafe import is_int
 from lowprec.plan import RANGE_METHODS
-from lowprec.serve.torchrec_export import DATA_TYPES, PRECISIONS
+from lowprec.serve.torchrec_export import DATA_TYPES, PRECISIONS, ROW_ALIGNMENT
 
 LAYER_PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -29,6 +29,11 @@ def _int(where: str, what: str, x: Any, low: int = 1) -> int:
         raise InputError(f"{where}: {what} is {x!r}; it must be an integer >= {low} (a JSON number without "
                          f"a fraction, not a string)")
     return x
+
+
+def check_row_alignment(cfg: dict[str, Any], where: str) -> int:
+    """The EBC's row_alignment in bytes (TorchRec's DEFAULT_ROW_ALIGNMENT, 16, when absent)."""
+    return _int(where, "row_alignment", cfg.get("row_alignment", ROW_ALIGNMENT))
 
 
 def check_tables(cfg: dict[str, Any], features: list[str], where: str) -> None:

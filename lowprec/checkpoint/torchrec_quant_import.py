@@ -37,7 +37,7 @@ import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, load_artifact
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.checkpoint.torchrec_quant_config import (check_arch, check_feature_names, check_hotness, check_layer,
-                                                      check_layers, check_tables)
+                                                      check_layers, check_row_alignment, check_tables)
 from lowprec.checkpoint.torchrec_import import (_strip_wrappers, import_config, interaction_permutation, listed,
                                                 read_safetensors, refuse_unexpected)
 from lowprec.data.dataset import DatasetMeta
@@ -58,25 +58,37 @@ LAYER_KEYS = ("TorchRec DLRM's dense_arch.model._mlp.<i>._linear, over_arch.mode
 
 
 def _table_rows(name: str, parts: dict[str, torch.Tensor], precision: Precision, rows: int, dim: int,
-                where: str) -> torch.Tensor:
-    """A table's rows in lowprec's stored layout (FBGEMM's fused rows, unpadded)."""
+                align: int, where: str) -> torch.Tensor:
+    """A table's rows in lowprec's stored layout (FBGEMM's fused rows, unpadded).
+
+    Fused rows are `width` bytes padded to a multiple of `align` (the EBC's row_alignment), or
+    unpadded; split scale/bias mode holds unpadded codes (FBGEMM drops the padding there). Any other
+    width is another dim or data type than the config says, so it is refused, not read in part."""
     width = precision.bytes_per_row(dim)
     w = parts.get("weight")
     if w is None:
         raise InputError(f"{where}: table {name!r} has no embedding_bags.{name}.weight")
+    shape, aligned = tuple(w.shape), width + (-width % align)
     if "weight_qscale" in parts or "weight_qbias" in parts:  # split scale/bias mode
         if not precision.is_integer or "weight_qscale" not in parts or "weight_qbias" not in parts:
             raise InputError(f"{where}: table {name!r} ({precision.value}) has a partial or "
                              f"unexpected weight_qscale/weight_qbias")
+        if w.dim() != 2 or w.shape[1] != width - 4:
+            raise InputError(f"{where}: table {name!r} holds {w.dtype} codes of shape {shape}; a "
+                             f"{precision.value} table of {rows} rows x dim {dim} in split scale/bias mode "
+                             f"needs uint8 codes of exactly {width - 4} bytes a row (TorchRec's quantized "
+                             f"EBC layout)")
         s, b = (parts[k].to(torch.float16).reshape(-1, 1) for k in ("weight_qscale", "weight_qbias"))
         if s.shape[0] != w.shape[0] or b.shape[0] != w.shape[0]:
             raise InputError(f"{where}: table {name!r}: weight_qscale/weight_qbias do not have "
                              f"{w.shape[0]} rows")
         w = torch.cat([s.view(torch.uint8), b.view(torch.uint8), w.to(torch.uint8)], dim=1)
-    if w.dtype != torch.uint8 or w.dim() != 2 or w.shape[0] != rows or w.shape[1] < width:
-        raise InputError(f"{where}: table {name!r} holds {w.dtype} of shape {tuple(w.shape)}; a "
-                         f"{precision.value} table of {rows} rows x dim {dim} needs uint8 rows of "
-                         f">= {width} bytes (TorchRec's quantized EBC layout)")
+        aligned = width
+    if w.dtype != torch.uint8 or w.dim() != 2 or w.shape[0] != rows or w.shape[1] not in (width, aligned):
+        padded = f" (or {aligned}: padded to the row_alignment {align})" if aligned != width else ""
+        raise InputError(f"{where}: table {name!r} holds {w.dtype} of shape {shape}; a "
+                         f"{precision.value} table of {rows} rows x dim {dim} needs uint8 rows of exactly "
+                         f"{width} bytes{padded} (TorchRec's quantized EBC layout)")
     rows_out = w[:, :width].contiguous()
     if not precision.is_integer and precision != Precision.FP8:
         decoded = rows_out.view(torch.float32 if precision == Precision.FP32 else torch.float16)
@@ -224,6 +236,7 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
     ebc, found, cfg = read_inputs(ebc_path, dense_path, config_path)
     where, features = str(ebc_path), meta.sparse_names
     check_tables(cfg, features, str(config_path))
+    align = check_row_alignment(cfg, str(config_path))
     owners = _tables_by_feature(features, cfg["tables"], str(config_path))
     _unused_tables(ebc, owners, cfg["tables"], features, ebc_path, config_path)
     check_feature_names(cfg["tables"], features, str(config_path))
@@ -250,7 +263,7 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
     perm = interaction_permutation(dim, features, _feature_order(features, owners, cfg["tables"]))
     with atomic_dir(out, "artifact") as tmp:
         with TensorFileWriter(tmp / WEIGHTS) as writer:  # its file closed on any error
-            tables = [_write_table(writer, f, n, owners[f], ebc, str(config_path), where)
+            tables = [_write_table(writer, f, n, owners[f], ebc, align, str(config_path), where)
                       for f, n in zip(features, meta.num_embeddings)]
             entries = {}
             for name, module in layers.items():
@@ -284,7 +297,7 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
 
 
 def _write_table(writer: TensorFileWriter, feature: str, rows: int, table: dict[str, Any],
-                 ebc: dict[str, dict[str, torch.Tensor]], config_where: str, where: str) -> dict[str, Any]:
+                 ebc: dict[str, dict[str, torch.Tensor]], align: int, config_where: str, where: str) -> dict[str, Any]:
     name = table["name"]
     if table.get("data_type") not in PRECISIONS:
         raise InputError(f"{config_where}: table {name!r} has data_type {table.get('data_type')!r}; "
@@ -295,7 +308,7 @@ def _write_table(writer: TensorFileWriter, feature: str, rows: int, table: dict[
     if name not in ebc:
         raise InputError(f"{where}: no rows for table {name!r} (tables: {sorted(ebc)[:30]})")
     precision = Precision(PRECISIONS[table["data_type"]])
-    data = _table_rows(name, ebc[name], precision, rows, int(table["embedding_dim"]), where)
+    data = _table_rows(name, ebc[name], precision, rows, int(table["embedding_dim"]), align, where)
     nbytes = writer.add(f"tables.{feature}", data, align=ALIGN)
     return {"name": feature, "rows": rows, "embedding": "dense", "precision": precision.value,
             "range_method": table.get("range_method") or "minmax", "sharing": None,

@@ -112,8 +112,8 @@ class LowprecGroup(click.Group):
         except Exception as exc:  # a bug: never exit 1, which `drift` means as an alarm
             if _out_of_memory(exc):  # the machine's (or a ulimit's) memory, not a bug: exit 2, said so
                 raise BadInput(f"out of memory ({type(exc).__name__}: {str(exc)[:200]}): the job needs more memory "
-                               f"than this process may use (free memory, ulimit -v / RLIMIT_DATA); try a smaller "
-                               f"--batch-size or --max-rows, and see the README's \"Models larger than RAM\"") from exc
+                               f"than this process may use (free memory, ulimit -v / RLIMIT_DATA); "
+                               f"{_memory_hint(self, ctx)}see the README's \"Models larger than RAM\"") from exc
             raise InternalError(exc) from exc
         finally:  # done: SIGTERM's handler as it was (one raised now would be click's "Aborted!", exit 1)
             if _SIGTERM in ctx.meta:
@@ -139,6 +139,24 @@ def _stdout_gone() -> bool:
         return any(ev & select.POLLERR for _, ev in poll.poll(0))
     except (OSError, ValueError, AttributeError):  # no real stdout (a test runner's stand-in)
         return False
+
+
+MEMORY_OPTIONS = ("--batch-size", "--max-rows")  # options that bound a command's memory
+
+
+def _memory_hint(group: click.Group, ctx: click.Context) -> str:
+    """`try a smaller --batch-size, and ` naming only the memory options the running command has
+    (import, convert of a big model, inspect, ... have none: then nothing)."""
+    cmd: Any = group
+    args = list(ctx.meta.get(_COMMAND_ARGS, []))
+    try:
+        while isinstance(cmd, click.Group) and args:
+            _, cmd, args = click.Group.resolve_command(cmd, ctx, args)
+    except click.ClickException:
+        return ""
+    have = {o for p in getattr(cmd, "params", []) for o in p.opts} if cmd is not group else set()
+    options = [o for o in MEMORY_OPTIONS if o in have]
+    return f"try a smaller {' or '.join(options)}, and " if options else ""
 
 
 def _out_of_memory(exc: BaseException) -> bool:

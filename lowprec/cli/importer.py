@@ -70,25 +70,33 @@ def import_cmd(source_format, state_dict, dense_path, config_path, data_dir, out
         if not config_path:
             raise InputError("--format dlrm-reference needs --config (written beside the safetensors by "
                              "tools/dlrm_reference_to_safetensors.py)")
+        from lowprec.checkpoint.float_model import save_float_model
+
         model, info = import_dlrm_reference(state_dict, config_path, ds.meta)
-    else:
-        from lowprec.checkpoint.torchrec_import import import_torchrec
+        save_float_model(model, out, {"imported": info}, inputs=[state_dict])
+        cfg = model.config
+    else:  # streamed into --out: the state dict is mapped, tables written in row chunks (any size)
+        from lowprec.checkpoint.torchrec_import import write_torchrec
 
         order = [x.strip() for x in feature_order.split(",") if x.strip()] if feature_order else None
-        model, info = import_torchrec(state_dict, ds.meta, name_value_pairs(table_map, "--table-map"), order)
-    _float_summary(model, info, source_format, state_dict, out, as_json)
+        cfg, info = write_torchrec(state_dict, ds.meta, out, name_value_pairs(table_map, "--table-map"), order)
+    _float_summary(cfg, info, source_format, state_dict, out, as_json)
 
 
-def _float_summary(model, info, source_format, state_dict, out, as_json):
-    from lowprec.checkpoint.float_model import save_float_model
+def _float_summary(cfg, info, source_format, state_dict, out, as_json):
+    import math
 
-    save_float_model(model, out, {"imported": info}, inputs=[state_dict])
-    cfg = model.config
+    import torch
+
+    from lowprec.model.dlrm import DLRM
+
+    with torch.device("meta"):
+        parameters = sum(math.prod(p.shape) for p in DLRM(cfg).parameters())
     summary = {
         "out": str(out), "format": source_format, "tables": info["tables"],
         "feature_order_source": info["feature_order_source"], "embedding_dim": cfg.embedding_dim,
         "bottom_mlp": list(cfg.bottom_mlp), "top_mlp": list(cfg.top_mlp),
-        "parameters": sum(p.numel() for p in model.parameters()), "sha256": info["sha256"],
+        "parameters": parameters, "sha256": info["sha256"],
     }
     if as_json:
         emit_json(summary)

@@ -6,7 +6,9 @@ largest first on the rank with the least load (a heap: O(pieces log N)), load = 
 share of expected lookups (row access counts from calibration when given, each tier of a tiered
 table with its own rows' counts; else each table's hotness spread evenly over its rows, as if ids
 were uniform: `lookups_counted` False, and `lowprec shard` says the lookups are unknown). Saved beside the artifact as shard-plan.json (`save_shard_plan`), read back
-by `load_shard_plan`, which refuses a plan whose shards do not tile every table's rows exactly.
+by `load_shard_plan`, which refuses a plan whose shards do not tile every table's rows exactly, whose
+world_size exceeds the tables' rows in all (as `shard --ranks` does), or whose per-shard bytes are
+not what the shard's rows hold (inspect shows their sums).
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ class ShardPlan:
                 "shards": [s.__dict__ for s in self.shards]}
 
     @classmethod
-    def from_json(cls, obj: Any, where: str) -> "ShardPlan":
+    def from_json(cls, obj: Any, where: str, max_ranks: int | None = None) -> "ShardPlan":
+        """The plan in `obj`; `max_ranks` (the artifact's rows in all, `total_rows`) bounds world_size
+        before anything is built per rank."""
         if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != 1:
             raise InputError(f"{where}: not a lowprec shard plan (format {FORMAT}, version 1)")
         try:
@@ -101,6 +105,8 @@ class ShardPlan:
             raise InputError(f"{where}: malformed shard plan ({exc})") from exc
         if world < 1:
             raise InputError(f"{where}: world_size {world} must be >= 1")
+        if max_ranks is not None:
+            _check_world(world, max_ranks, where)
         for s in shards:
             if not 0 <= s.rank < world or not 0 <= s.first < s.stop:
                 raise InputError(f"{where}: table {s.table!r}: shard [{s.first}, {s.stop}) on rank {s.rank} is "
@@ -111,6 +117,7 @@ class ShardPlan:
         """Every physical table of `manifest` tiled exactly by its shards: [0, rows) with no gap, overlap
         or row past its end, and no shard of a table the manifest lacks (a gap would drop ids silently)."""
         rows = {t["key"]: int(t["rows"]) for t in manifest["physical_tables"]}
+        _check_world(self.world_size, sum(rows.values()), where)
         unknown = sorted({s.table for s in self.shards} - set(rows))
         if unknown:
             raise InputError(f"{where}: names table(s) {unknown} the artifact's manifest.json lacks; "
@@ -129,6 +136,25 @@ class ShardPlan:
             if at != n:
                 raise InputError(f"{where}: table {key!r}: rows {at}..{n - 1} are in no shard; its shards must "
                                  f"cover rows 0..{n - 1} exactly once. Run `lowprec shard` again")
+
+    def check_bytes(self, manifest: dict[str, Any], where: str) -> None:
+        """Each shard's `bytes` are what its rows hold (inspect shows their sums per rank; serving
+        does not read them, so a plan built in code need not fill them in). After check_covers."""
+        row_bytes = {t["key"]: Precision.parse(t["precision"]).bytes_per_row(int(t["dim"]))
+                     for t in manifest["physical_tables"]}
+        for s in self.shards:
+            if s.bytes != row_bytes[s.table] * (s.stop - s.first):
+                raise InputError(f"{where}: table {s.table!r}: shard [{s.first}, {s.stop}) says {s.bytes:,} bytes, "
+                                 f"but its {s.stop - s.first:,} rows of {row_bytes[s.table]:,} bytes hold "
+                                 f"{row_bytes[s.table] * (s.stop - s.first):,}. Run `lowprec shard` again")
+
+
+def _check_world(world: int, rows: int, where: str) -> None:
+    """As `shard --ranks`: more ranks than the tables hold rows cannot each hold a row (and a plan
+    of 10**12 ranks would build a list per rank)."""
+    if world > rows:
+        raise InputError(f"{where}: world_size {world:,}: the artifact's tables hold {rows:,} rows in all, so at "
+                         f"most {rows:,} ranks can hold a row each. Run `lowprec shard --ranks N` again")
 
 
 def _whole(v: Any, what: str) -> int:
@@ -228,12 +254,13 @@ def load_shard_plan(artifact: str | Path, manifest: dict[str, Any] | None = None
     path = Path(artifact) / PLAN_FILE
     if not path.is_file():
         return None
-    plan = ShardPlan.from_json(read_json(path, "shard plan"), str(path))
-    if plan.manifest_sha256 != sha256_file(Path(artifact) / "manifest.json"):
-        raise InputError(f"{path}: made for another manifest.json (sha256 differs); run `lowprec shard` again")
     if manifest is None:
         from lowprec.checkpoint.artifact import read_manifest
 
         manifest = read_manifest(artifact, verify=False)
+    plan = ShardPlan.from_json(read_json(path, "shard plan"), str(path), total_rows(manifest))
+    if plan.manifest_sha256 != sha256_file(Path(artifact) / "manifest.json"):
+        raise InputError(f"{path}: made for another manifest.json (sha256 differs); run `lowprec shard` again")
     plan.check_covers(manifest, str(path))
+    plan.check_bytes(manifest, str(path))
     return plan

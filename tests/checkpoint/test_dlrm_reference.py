@@ -190,7 +190,12 @@ def _cli_import(ds, tmp_path, state):
      r"bot_l\.2\.weight has shape \(4, 12\); the bottom MLP must end at the tables' dim 8"),
     (lambda s: s.update({"top_l.2.weight": torch.zeros(0, TOP[0]), "top_l.2.bias": torch.zeros(0)}),
      r"top_l\.2\.weight has shape \(0, 10\): a layer with no outputs"),
-], ids=["int64-table", "int32-mlp", "int8-bias", "dim-0", "bottom-not-D", "width-0"])
+    # fp64 beyond float32's range was checked before the cast and written as Inf
+    (lambda s: s.__setitem__("emb_l.1.weight", s["emb_l.1.weight"].double().index_put_((torch.tensor(2), torch.tensor(5)), torch.tensor(3e40, dtype=torch.float64))),
+     r"tensor 'emb_l\.1\.weight' holds 3e\+40 at index \[2, 5\], beyond float32's range"),
+    (lambda s: s.__setitem__("top_l.0.bias", s["top_l.0.bias"].double() - 1e300),
+     r"tensor 'top_l\.0\.bias' holds -1e\+300 at index \[0\], beyond float32's range"),
+], ids=["int64-table", "int32-mlp", "int8-bias", "dim-0", "bottom-not-D", "width-0", "f64-table-big", "f64-bias-big"])
 def test_cli_refusals_name_the_file(ds, tmp_path, edit, match):
     state = reference_state(ds)
     edit(state)

@@ -277,6 +277,54 @@ def test_cli_bad_input_exits_2_and_writes_nothing(ds, tmp_path):
     assert res.exit_code == 2 and not (tmp_path / "m").exists()
 
 
+
+def test_cli_fp64_beyond_float32_is_refused_naming_tensor_and_index(ds, tmp_path):
+    """fp64 weights were checked for NaN/Inf before .float(): 1e300 became Inf in the written model,
+    which every other command then refused. In-range fp64 still imports."""
+    state = {k: v.double() for k, v in torchrec_state(ds).items()}
+    res = run("import", "--format", "torchrec", "--state-dict", save(state, tmp_path / "ok.safetensors"),
+              "--data", ds.root, "--out", tmp_path / "ok")
+    assert res.exit_code == 0, res.output
+    for key, at, value in ((T + "t_t1.weight", (3, 2), 1e300), ("over_arch.model.1.bias", (0,), -1e39)):
+        bad = dict(state, **{key: state[key].clone().index_put_(tuple(map(torch.tensor, at)), torch.tensor(value,
+                                                                 dtype=torch.float64))})
+        res = run("import", "--format", "torchrec", "--state-dict", save(bad, tmp_path / "big.safetensors"),
+                  "--data", ds.root, "--out", tmp_path / "m")
+        assert res.exit_code == 2, res.output
+        assert f"tensor {key!r} holds {value:g} at index {list(at)}, beyond float32's range" in res.output, res.output
+        assert not (tmp_path / "m").exists() and "Traceback" not in res.output
+
+
+def test_cli_import_streams_tables_in_row_chunks_never_whole(ds, batch, tmp_path, monkeypatch):
+    """The import held ~3x the model in RAM (get_tensor copies, .float(), clone, a randomly initialised
+    DLRM): tables are now mapped and written chunk by chunk, each checked (after the cast) as it is read."""
+    import lowprec.checkpoint.torchrec_import as tri
+    from lowprec.checkpoint.mapped import LogicalTable
+
+    monkeypatch.setattr(tri, "CHUNK_BYTES", 4 * D * 8)  # 4 rows of fp64
+    whole, chunks = [], []
+    tensor, to_float32 = LogicalTable.tensor, tri.to_float32
+    monkeypatch.setattr(LogicalTable, "tensor", lambda self: whole.append(self.name) or tensor(self))
+    monkeypatch.setattr(tri, "to_float32", lambda where, name, row, chunk: chunks.append((name, row, len(chunk)))
+                        or to_float32(where, name, row, chunk))
+    state = {k: v.double() for k, v in torchrec_state(ds, seed=4).items()}
+    res = run("import", "--format", "torchrec", "--state-dict", save(state, tmp_path / "s.safetensors"),
+              "--data", ds.root, "--out", tmp_path / "m")
+    assert res.exit_code == 0, res.output
+    assert not [n for n in whole if n.startswith(T)], whole  # (layers are small: read whole)
+    table_chunks = [c for c in chunks if c[0].startswith(T)]
+    assert table_chunks and max(n for _, _, n in table_chunks) == 4
+    assert {(n, r) for n, r, _ in table_chunks} >= {(T + "t_t1.weight", 16)}
+    model, _ = load_float_model(tmp_path / "m")
+    with torch.no_grad():
+        got = model(batch.dense, batch.sparse).double()
+    assert (got - reference_logits(state, ds.meta, batch.dense, batch.sparse)).abs().max() < 1e-5
+    state[T + "t_t1.weight"][17, 5] = float("nan")  # in the fifth chunk: its index is the table's
+    res = run("import", "--format", "torchrec", "--state-dict", save(state, tmp_path / "nan.safetensors"),
+              "--data", ds.root, "--out", tmp_path / "m2")
+    assert res.exit_code == 2 and f"tensor '{T}t_t1.weight' holds NaN/Inf (first at index [17, 5])" in res.output
+    assert not (tmp_path / "m2").exists()
+
 # --- a real TorchRec model ---------------------------------------------------------------------
 
 def _torchrec():

@@ -196,13 +196,40 @@ def _edit(folder, tmp_path, cfg_edit=None, ebc_edit=None):
     (lambda c: c.update(tables=[1, 2]), None, r"tables\[0\] is int; expected an object"),
     (lambda c: [x.update(input_qparams=[-1.0, 0]) for x in c["layers"] if x["precision"] == "int8"], None,
      "the artifact they make would not load, so nothing was written: .*activation qparams"),
-], ids=["fp8", "rows", "unserved", "short-rows", "missing", "no-name", "not-tables", "bad-qparams"])
+    # rows wider than the layout (another dim or data type) were read by their first bytes, silently
+    (None, lambda e: e.__setitem__("embedding_bags.t_t0.weight", _widened(e["embedding_bags.t_t0.weight"], 32)),
+     r"table 't_t0' holds torch.uint8 of shape \(50, 32\); a int4 table of 50 rows x dim 8 needs uint8 rows "
+     r"of exactly 8 bytes \(or 16: padded to the row_alignment 16\)"),
+    (lambda c: c.update(row_alignment=32), None, r"table 't_t0' holds torch.uint8 of shape \(50, 16\); .* exactly "
+     r"8 bytes \(or 32: padded to the row_alignment 32\)"),
+    (lambda c: c.update(row_alignment="16"), None, r"row_alignment is '16'; it must be an integer >= 1"),
+], ids=["fp8", "rows", "unserved", "short-rows", "missing", "no-name", "not-tables", "bad-qparams", "wide-rows",
+        "alignment-32", "alignment-str"])
 def test_bad_inputs_name_the_table(ds, exported, tmp_path, cfg_edit, ebc_edit, match):
     _, folder = exported
     ebc, cfg = _edit(folder, tmp_path, cfg_edit, ebc_edit)
     with pytest.raises(InputError, match=match):
         import_torchrec_quant(ebc, folder / "dense.safetensors", cfg, ds.meta, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _widened(rows, width):
+    out = torch.zeros(rows.shape[0], width, dtype=torch.uint8)
+    out[:, :rows.shape[1]] = rows
+    return out
+
+
+def test_rows_unpadded_or_padded_to_the_configs_row_alignment_import_the_same(ds, exported, tmp_path):
+    art, folder = exported
+    widths = {"t_t0": 8, "t_t1": 6}  # int4 / int2 dim 8: 4 bytes of fp16 scale and bias + codes
+    for align, width in ((None, None), (32, 32)):
+        def edit(e):
+            for name, w in widths.items():
+                key = f"embedding_bags.{name}.weight"
+                e[key] = e[key][:, :w].contiguous() if width is None else _widened(e[key], width)
+        ebc, cfg = _edit(folder, tmp_path, (lambda c: c.update(row_alignment=align)) if align else None, edit)
+        import_torchrec_quant(ebc, folder / "dense.safetensors", cfg, ds.meta, tmp_path / f"o{align}")
+        assert torch.equal(logits(tmp_path / f"o{align}", ds), logits(art, ds))
 
 
 def test_cli_refusals_exit_2(ds, exported, tmp_path):
