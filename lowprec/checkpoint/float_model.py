@@ -23,6 +23,7 @@ import lowprec
 from lowprec.checkpoint.mapped import MappedTensors, open_tensors
 from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
+from lowprec.filekind import check_regular
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.model.config import DLRMConfig
 from lowprec.model.dlrm import DLRM
@@ -110,13 +111,14 @@ def weights_sha256(model_dir: str | Path) -> str:
 
 
 def weights_path(model_dir: Path) -> Path:
-    """model.safetensors, or model.safetensors.index.json for a model stored in several files."""
+    """model.safetensors, or model.safetensors.index.json for a model stored in several files
+    (a FIFO, directory or device in their place: refused as not a regular file)."""
     single, index = model_dir / WEIGHTS, model_dir / INDEX
-    if not single.is_file() and index.is_file():
+    if check_regular(single):
+        return single
+    if check_regular(index):
         return index
-    if not single.is_file():
-        raise InputError(f"missing weights file {single} (or {INDEX})")
-    return single
+    raise InputError(f"missing weights file {single} (or {INDEX})")
 
 
 BAR_FROM_BYTES = 1 << 30  # models this large show a progress bar for the hashing pass
