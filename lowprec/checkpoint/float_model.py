@@ -97,17 +97,45 @@ def read_float_config(model_dir: str | Path) -> tuple[DLRMConfig, dict[str, Any]
 
 
 def weights_sha256(model_dir: str | Path) -> str:
-    """The weights' sha256 without reading them: the one config.json records (checked whenever the
-    model is loaded or converted); for a model in several files, a hash of the recorded per-file
-    hashes. Only a model with nothing recorded is hashed here (a pass over its files)."""
+    """The model's identity (calibrations, artifacts and drift runs record it) without reading the
+    weights: the sha256 config.json records for model.safetensors (checked whenever the model is
+    loaded or converted). For a model in several files, a hash of the recorded per-file hashes and
+    of model.safetensors.index.json's (hashed here unless recorded: it says which rows each shard
+    holds, so two equal-sized shards swapped in it are other weights). Only a model with nothing
+    recorded is hashed here (a pass over model.safetensors, or its index alone)."""
     model_dir = Path(model_dir)
     _, obj = read_float_config(model_dir)
     recorded = obj.get("sha256") or {}
     if set(recorded) == {WEIGHTS}:
         return str(recorded[WEIGHTS])
+    path = weights_path(model_dir)
+    if recorded and path.name == INDEX and INDEX not in recorded:
+        recorded = {**recorded, INDEX: sha256_file(path)}
     if recorded:
-        return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
-    return sha256_file(weights_path(model_dir))
+        return _combined(recorded)
+    return sha256_file(path)
+
+
+def _combined(recorded: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+
+
+def identity_note(model_dir: str | Path, sha: Any) -> str:
+    """Why `sha`, recorded for this model elsewhere, may differ from `weights_sha256` now: "" unless
+    it is what lowprec <= 0.1.0 recorded for a model in several files (the combined hash, or an
+    artifact's per-file map, without the index); then a sentence saying so, to append to a refusal."""
+    try:
+        model_dir = Path(model_dir)
+        _, obj = read_float_config(model_dir)
+        recorded = obj.get("sha256") or {}
+        if INDEX in recorded or weights_path(model_dir).name != INDEX or sha not in (recorded, _combined(recorded)):
+            return ""
+    except InputError:
+        return ""
+    return (f" ({model_dir}'s sha256 was recorded by an older lowprec, whose hash of a model in several "
+            f"files left out {INDEX}, which says which rows each shard holds; it covers the index now. "
+            f"Run that step again on this model; if the index was not edited since, the old record is "
+            f"still right)")
 
 
 def weights_path(model_dir: Path) -> Path:
@@ -126,8 +154,9 @@ BAR_FROM_BYTES = 1 << 30  # models this large show a progress bar for the hashin
 
 def open_weights(model_dir: Path, recorded: dict[str, str] | None,
                  progress: Update | None = None) -> MappedTensors:
-    """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read.
-    Without `progress`, a model of >= 1 GiB shows a byte progress bar on stderr (tqdm)."""
+    """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read
+    (model.safetensors.index.json, if listed, at once). Without `progress`, a model of >= 1 GiB
+    shows a byte progress bar on stderr (tqdm)."""
     src = open_tensors(weights_path(model_dir))
     if recorded:
         if progress is None:

@@ -99,3 +99,73 @@ def test_fifo_or_directory_where_a_file_belongs_is_refused_at_once(base, tmp_pat
     for (m, _, said), (code, output) in zip(cases, results):
         assert code == 2 and said in output, (m, output)
         assert "ulimit" not in output and "missing" not in output and "Traceback" not in output, output
+
+
+def _swap_index_files(model: Path, dst: Path) -> Path:
+    """A copy of sharded `model` whose index swaps the files of two equal-sized shards of table 0:
+    rows 0-19 now read 20-39's weights and back. Shard files and config.json are unchanged."""
+    shutil.copytree(model, dst)
+    index = json.loads((dst / INDEX).read_text())
+    parts = index["weight_map"][TABLE]
+    parts[0]["file"], parts[1]["file"] = parts[1]["file"], parts[0]["file"]
+    (dst / INDEX).write_text(json.dumps(index))
+    return dst
+
+
+def test_the_shard_index_is_part_of_the_model_identity(base, tmp_path):
+    """Before: swapping two equal-sized shards in the index gave other weights under the same
+    weights_sha256, so a calibration of the original was accepted for it (and listing the index
+    in config.json's sha256 was refused)."""
+    from lowprec.checkpoint.float_model import load_float_model, weights_sha256
+
+    swapped = _swap_index_files(base / "sharded", tmp_path / "swapped")
+    a, _ = load_float_model(base / "sharded")
+    b, _ = load_float_model(swapped)
+    assert not a.state_dict()[TABLE].equal(b.state_dict()[TABLE])  # other weights ...
+    assert weights_sha256(base / "sharded") != weights_sha256(swapped)  # ... so another identity
+    calib = tmp_path / "calib.json"
+    assert run("calibrate", "--model", base / "sharded", "--data", base / "data", "--windows", "1",
+               "--out", calib).exit_code == 0
+    r = run("convert", "--model", swapped, "--precision", "int4", "--calibration", calib, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "--calibration was measured on model sha256" in r.output, r.output
+    assert not (tmp_path / "a").exists()
+    # the index may be listed in config.json's sha256: accepted, verified, and the same identity
+    listed = shard_model(base / "model", tmp_path / "listed", record_index=True)
+    assert weights_sha256(listed) == weights_sha256(base / "sharded")
+    assert load_float_model(listed)[0].state_dict()[TABLE].equal(a.state_dict()[TABLE])
+    _swap_index_files(listed, tmp_path / "listed_swapped")
+    r = run("eval", "--model", tmp_path / "listed_swapped", "--data", base / "data", "--windows", "1")
+    assert r.exit_code == 2 and f"{INDEX}: sha256 does not match the one recorded beside it" in r.output, r.output
+
+
+def test_single_file_identity_is_unchanged_and_artifacts_of_sharded_models_pair_with_them(base, tmp_path):
+    """A model.safetensors model's identity is still its recorded sha256. An artifact converted
+    from a sharded model records the model's identity (before: its per-file map, which no check
+    could match, so compare/drift refused an artifact against its own source)."""
+    from lowprec.checkpoint.float_model import weights_sha256
+
+    cfg = json.loads((base / "model" / "config.json").read_text())
+    assert weights_sha256(base / "model") == cfg["sha256"]["model.safetensors"]
+    art = tmp_path / "art"
+    assert run("convert", "--model", base / "sharded", "--precision", "int4", "--out", art).exit_code == 0
+    source = json.loads((art / "manifest.json").read_text())["source"]["sha256"]
+    assert source == weights_sha256(base / "sharded")
+    r = run("compare", "--reference", base / "sharded", "--candidate", art, "--data", base / "data", "--windows", "1")
+    assert r.exit_code == 0, r.output
+
+
+def test_records_of_the_older_sharded_identity_are_refused_saying_why(base, tmp_path):
+    """lowprec <= 0.1.0 hashed a sharded model's per-file map without the index: such a record no
+    longer matches, and the refusal says why rather than only "another model"."""
+    from lowprec.checkpoint.convert import check_calibration_model
+    from lowprec.errors import InputError
+    from lowprec.checkpoint.float_model import weights_sha256
+
+    recorded = json.loads((base / "sharded" / "config.json").read_text())["sha256"]
+    old = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+    with pytest.raises(InputError, match=f"recorded by an older lowprec.*left out {INDEX}"):
+        check_calibration_model({"model_sha256": old}, weights_sha256(base / "sharded"), base / "sharded")
+    with pytest.raises(InputError) as exc:
+        check_calibration_model({"model_sha256": "0" * 64}, weights_sha256(base / "sharded"), base / "sharded")
+    assert "older lowprec" not in str(exc.value)
+
