@@ -21,7 +21,7 @@ import torch
 
 import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, check_loads, read_manifest
-from lowprec.checkpoint.float_model import check_tensors, identity_note, open_weights, read_float_config, weights_sha256
+from lowprec.checkpoint.float_model import identity_note, open_weights, read_float_config, weights_sha256
 from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.errors import InputError, warn
@@ -204,8 +204,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
     recorded = obj.get("sha256") or {}
     if calibration is not None and "model_sha256" in calibration and not allow_calibration_mismatch:
         check_calibration_model(calibration, weights_sha256(model_dir), model_dir)
-    src = open_weights(model_dir, recorded, hash_progress)
-    check_tensors(src, config, model_dir)
+    src = open_weights(model_dir, recorded, hash_progress, config)  # (names and shapes checked first)
     layer_shapes = config.layer_shapes()
     plan.check_against(config.table_names, list(layer_shapes))
     calibration = calibration or {}

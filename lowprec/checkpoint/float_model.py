@@ -152,12 +152,16 @@ def weights_path(model_dir: Path) -> Path:
 BAR_FROM_BYTES = 1 << 30  # models this large show a progress bar for the hashing pass
 
 
-def open_weights(model_dir: Path, recorded: dict[str, str] | None,
-                 progress: Update | None = None) -> MappedTensors:
+def open_weights(model_dir: Path, recorded: dict[str, str] | None, progress: Update | None = None,
+                 config: DLRMConfig | None = None) -> MappedTensors:
     """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read
-    (model.safetensors.index.json, if listed, at once). Without `progress`, a model of >= 1 GiB
-    shows a byte progress bar on stderr (tqdm)."""
+    (model.safetensors.index.json, if listed, at once). With `config`, the tensors' names and shapes
+    are checked first (`check_tensors`), so a tensor missing from an index is named as such, not as
+    its shard files listed in `recorded` but unread. Without `progress`, a model of >= 1 GiB shows a
+    byte progress bar on stderr (tqdm)."""
     src = open_tensors(weights_path(model_dir))
+    if config is not None:
+        check_tensors(src, config, model_dir)
     if recorded:
         if progress is None:
             total = sum(f.size for f in src.files.values())
@@ -234,11 +238,10 @@ def load_float_model(model_dir: str | Path, writable: bool = False,
     and checks every weight is finite, in row chunks; `progress(n)` gets the bytes hashed."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
-    src = open_weights(model_dir, obj.get("sha256"), progress)
+    src = open_weights(model_dir, obj.get("sha256"), progress, config)  # (names and shapes checked)
     where = src.path
     model = _meta_model(config, model_dir / "config.json")
     expected = model.state_dict()
-    _check_names(src, expected, where)
     src.scan(lambda name, row, chunk: check_finite_chunk(where, name, row, chunk))
     src.check_sha256()
     state = {name: src.tensor(name) for name in expected}

@@ -169,3 +169,14 @@ def test_records_of_the_older_sharded_identity_are_refused_saying_why(base, tmp_
         check_calibration_model({"model_sha256": "0" * 64}, weights_sha256(base / "sharded"), base / "sharded")
     assert "older lowprec" not in str(exc.value)
 
+
+def test_a_tensor_missing_from_the_index_is_named(base, tmp_path):
+    """Before: "t0-0.safetensors is listed with a sha256 but holds no tensor read here"."""
+    shutil.copytree(base / "sharded", tmp_path / "m")
+    index = json.loads((tmp_path / "m" / INDEX).read_text())
+    del index["weight_map"][TABLE]
+    (tmp_path / "m" / INDEX).write_text(json.dumps(index))
+    for cmd in (("eval", "--data", base / "data", "--windows", "1"),
+                ("convert", "--precision", "int4", "--out", tmp_path / "a")):
+        r = run(cmd[0], "--model", tmp_path / "m", *cmd[1:])
+        assert r.exit_code == 2 and f"tensors do not match config.json (missing ['{TABLE}']" in r.output, r.output
