@@ -27,6 +27,8 @@ from lowprec.filekind import check_regular
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.model.config import DLRMConfig
 from lowprec.model.dlrm import DLRM
+from lowprec.model.embedding import parse_spec
+from lowprec.model.parted import PartedBag
 from lowprec.progress import Update
 
 FORMAT = "lowprec-float-model"
@@ -228,12 +230,23 @@ def check_tensors(src: MappedTensors, config: DLRMConfig, model_dir: Path) -> No
     _check_names(src, _meta_model(config, model_dir / "config.json").state_dict(), src.path)
 
 
+def _parted_tables(src: MappedTensors, config: DLRMConfig) -> dict[str, tuple[int, Any]]:
+    """Checkpoint name -> (table index, LogicalTable) of the dense tables stored in several row shards."""
+    out = {}
+    for i, t in enumerate(config.tables):
+        name = f"embeddings.{i}.bag.weight"
+        if parse_spec(t.embedding)[0] == "dense" and name in src and len(src.table(name).parts) > 1:
+            out[name] = (i, src.table(name))
+    return out
+
+
 def load_float_model(model_dir: str | Path, writable: bool = False,
                      progress: Update | None = None) -> tuple[DLRM, dict[str, Any]]:
     """Rebuild the DLRM from its directory; raises InputError on anything inconsistent.
 
     The parameters are read-only views of the mapped files (no memory proportional to the model;
-    they do not require grad, and writing to them would fault): for inference. `writable=True`
+    they do not require grad, and writing to them would fault): for inference. A dense table in
+    several row shards is a `PartedBag` over its shards' views (lookups part by part, nothing joined). `writable=True`
     copies them into ordinary tensors (training, fine-tuning). One pass over the files hashes them
     and checks every weight is finite, in row chunks; `progress(n)` gets the bytes hashed."""
     model_dir = Path(model_dir)
@@ -244,8 +257,11 @@ def load_float_model(model_dir: str | Path, writable: bool = False,
     expected = model.state_dict()
     src.scan(lambda name, row, chunk: check_finite_chunk(where, name, row, chunk))
     src.check_sha256()
-    state = {name: src.tensor(name) for name in expected}
-    if writable:
+    parted = {} if writable else _parted_tables(src, config)
+    for name, (i, table) in parted.items():  # looked up part by part, never joined (lowprec.model.parted)
+        model.embeddings[i] = PartedBag(table, str(where), config.tables[i].name)
+    state = {name: src.tensor(name) for name in expected if name not in parted}
+    if writable:  # (training: a table in row shards is joined in memory)
         state = {name: t.clone() for name, t in state.items()}
     model.load_state_dict(state, assign=True)
     if not writable:

@@ -89,6 +89,13 @@ class LogicalTable:
     def tensor(self) -> torch.Tensor:
         return self.rows(0, self.shape[0])
 
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        """`table[a:b]` = `rows(a, b)` clipped to the table (a contiguous slice, as of a tensor)."""
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError(f"{self.name}: only contiguous row slices are read")
+        return self.rows(start, max(start, stop))
+
     def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
         step = max(1, max_bytes // max(self.row_bytes, 1))
         for p in self.parts:

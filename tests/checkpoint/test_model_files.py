@@ -180,3 +180,46 @@ def test_a_tensor_missing_from_the_index_is_named(base, tmp_path):
                 ("convert", "--precision", "int4", "--out", tmp_path / "a")):
         r = run(cmd[0], "--model", tmp_path / "m", *cmd[1:])
         assert r.exit_code == 2 and f"tensors do not match config.json (missing ['{TABLE}']" in r.output, r.output
+
+
+def test_a_table_in_row_shards_is_looked_up_by_part_not_joined(tmp_path):
+    """Before: loading joined a sharded table into anonymous memory (torch.cat of the parts), so a
+    row-sharded model needed its tables' bytes in RAM. Now the lookups gather each batch's rows from
+    the parts: the same logits bit for bit (multi-hot bags, ids in every part), no table-sized tensor."""
+    import torch
+
+    from lowprec.checkpoint.float_model import load_float_model
+    from lowprec.model.parted import PartedBag
+
+    ds = Dataset(make_tiny_dataset(tmp_path / "d", windows=1, rows=400, tables=(60, 20, 8), hotness=(4, 1, 2)))
+    random_float_model(ds, tmp_path / "m")
+    shard_model(tmp_path / "m", tmp_path / "s", bounds=((0, 7), (7, 8), (8, 60)))
+    one, _ = load_float_model(tmp_path / "m")
+    parted, _ = load_float_model(tmp_path / "s")
+    assert isinstance(parted.embeddings[0], PartedBag)
+    assert all(p.shape != (60, 8) for p in parted.parameters())  # the table is not a parameter copy
+    dense, sparse, _ = ds.arrays(0)
+    dense, sparse = torch.from_numpy(dense.copy()), torch.from_numpy(sparse.copy()).long()
+    with torch.no_grad():
+        assert torch.equal(one(dense, sparse), parted(dense, sparse))
+    assert torch.equal(parted.state_dict()[TABLE], one.state_dict()[TABLE])  # (joined on demand)
+    said = [run("eval", "--model", tmp_path / m, "--data", tmp_path / "d", "--windows", "0", "--json") for m in "sm"]
+    assert said[0].exit_code == 0 and said[0].output.splitlines()[-1] == said[1].output.splitlines()[-1], said[0].output
+
+
+def test_a_step_needing_a_sharded_table_whole_is_refused_naming_it_and_its_bytes(base, monkeypatch):
+    """search's table forms need the whole table: joining it where the process may not allocate
+    it is an InputError naming the table and the bytes (not an out-of-memory hint about --batch-size)."""
+    from lowprec.checkpoint.float_model import load_float_model
+    from lowprec.checkpoint.mapped import LogicalTable
+    from lowprec.errors import InputError
+
+    model, _ = load_float_model(base / "sharded")
+
+    def no_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(LogicalTable, "tensor", no_memory)
+    with pytest.raises(InputError, match=r"table 't0' \(embeddings.0.bag.weight\) is stored in 3 row shards, "
+                                         r"and this step needs it whole in memory \(1,920 bytes\)"):
+        model.embeddings[0].weight
