@@ -36,7 +36,9 @@ def window_file(path: Path, index: int) -> Path:
 
 def read_npy(path: Path) -> np.ndarray:
     """A .npy file as a read-only memmap, never unpickled; InputError naming it on any failure of
-    np.load (an empty or truncated file, a garbled header, an object array, no permission)."""
+    np.load (an empty or truncated file, a garbled header, an object array, no permission); a FIFO,
+    directory or device is refused before np.load would open it (and block, on a FIFO)."""
+    check_regular(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except MemoryError:  # (the CLI says "out of memory" for it)

@@ -223,3 +223,25 @@ def test_a_step_needing_a_sharded_table_whole_is_refused_naming_it_and_its_bytes
     with pytest.raises(InputError, match=r"table 't0' \(embeddings.0.bag.weight\) is stored in 3 row shards, "
                                          r"and this step needs it whole in memory \(1,920 bytes\)"):
         model.embeddings[0].weight
+
+
+def test_any_npy_read_refuses_a_fifo_without_blocking(tmp_path):
+    """read_npy (window files, and every other .npy lowprec maps) checks before np.load opens."""
+    import signal
+
+    from lowprec.data.npyfiles import read_npy
+    from lowprec.errors import InputError
+
+    os.mkfifo(tmp_path / "x.npy")
+
+    def timed_out(*_):
+        raise TimeoutError("read_npy blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, timed_out)
+    signal.alarm(20)  # a regression fails here instead of hanging the run
+    try:
+        with pytest.raises(InputError, match=r"x.npy: not a regular file \(a FIFO\)"):
+            read_npy(tmp_path / "x.npy")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
