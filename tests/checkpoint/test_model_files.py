@@ -245,3 +245,16 @@ def test_any_npy_read_refuses_a_fifo_without_blocking(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_a_drift_history_of_the_older_sharded_identity_is_refused_saying_why(base, tmp_path):
+    from lowprec.checkpoint.float_model import weights_sha256
+    from lowprec.drift.store import DriftStore
+    from lowprec.errors import InputError
+
+    recorded = json.loads((base / "sharded" / "config.json").read_text())["sha256"]
+    old = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+    with DriftStore(tmp_path / "db.sqlite") as store:
+        store.check_pair(str(base / "sharded"), old, str(base / "art"), "c" * 64)
+        with pytest.raises(InputError, match=f"another pair.*recorded by an older lowprec.*left out {INDEX}"):
+            store.check_pair(str(base / "sharded"), weights_sha256(base / "sharded"), str(base / "art"), "c" * 64)
