@@ -29,7 +29,9 @@ def check_converted_from(reference: str | Path, reference_sha: str, candidate: s
         return
     what = ("records no source model sha256" if recorded is None
             else f"was converted from model sha256 {recorded}")
-    raise _unrelated(reference, reference_sha, candidate, what, flag)
+    from lowprec.checkpoint.float_model import identity_note
+
+    raise _unrelated(reference, reference_sha, candidate, what + identity_note(reference, recorded), flag)
 
 
 def check_same_float(reference: str | Path, reference_sha: str, candidate: str | Path, candidate_sha: str,

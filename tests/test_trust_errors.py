@@ -216,7 +216,7 @@ def test_eval_of_a_window_missing_a_file_or_holding_a_directory_names_it(base, t
     assert r.exit_code == 2 and f"Error: window 2: missing {data / name}" in r.output, r.output
     (data / name).mkdir()
     r = run("eval", "--model", base / "model", "--data", data, "--windows", "2")
-    assert r.exit_code == 2 and f"Error: window 2: {data / name} is a directory, not a .npy file" in r.output, r.output
+    assert r.exit_code == 2 and f"Error: window 2: {data / name}: not a regular file (a directory)" in r.output, r.output
 
 
 def test_dense_beyond_float32_and_a_bad_label_are_named_without_numpy_warnings(base, tmp_path):

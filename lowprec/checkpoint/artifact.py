@@ -23,6 +23,7 @@ from lowprec.checkpoint.validate import (check_layer_tensor, check_stored, check
                                          validate_manifest)
 from lowprec.checkpoint.validate_serving import check_buffers
 from lowprec.errors import InputError
+from lowprec.filekind import check_regular
 from lowprec.fileio import read_json, sha256_file
 from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
@@ -72,7 +73,7 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
         raise InputError(f"{root / MANIFEST}: no sha256 recorded for {WEIGHTS}")
     for name, expected in files.items():
         f = root / name
-        if not f.is_file():
+        if not check_regular(f):  # (a FIFO, directory or device: refused as not a regular file)
             raise InputError(f"{f}: missing (listed in {MANIFEST})")
         if sha256_file(f) != expected:
             raise InputError(f"{f}: sha256 does not match {MANIFEST}; the file was modified or "

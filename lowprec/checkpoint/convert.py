@@ -21,7 +21,7 @@ import torch
 
 import lowprec
 from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, check_loads, read_manifest
-from lowprec.checkpoint.float_model import check_tensors, open_weights, read_float_config, weights_sha256
+from lowprec.checkpoint.float_model import identity_note, open_weights, read_float_config, weights_sha256
 from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.errors import InputError, warn
@@ -204,8 +204,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
     recorded = obj.get("sha256") or {}
     if calibration is not None and "model_sha256" in calibration and not allow_calibration_mismatch:
         check_calibration_model(calibration, weights_sha256(model_dir), model_dir)
-    src = open_weights(model_dir, recorded, hash_progress)
-    check_tensors(src, config, model_dir)
+    src = open_weights(model_dir, recorded, hash_progress, config)  # (names and shapes checked first)
     layer_shapes = config.layer_shapes()
     plan.check_against(config.table_names, list(layer_shapes))
     calibration = calibration or {}
@@ -228,7 +227,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
             _warn_dynamic_layers(layers, plan, calibration)
             writer.close()
         src.check_sha256()
-        source_sha = recorded.get(src.path.name) if len(recorded) <= 1 else recorded
+        source_sha = weights_sha256(model_dir) if recorded else None  # (the identity every check compares)
         manifest = _manifest(config, plan, builder, layers, model_dir, source_sha)
         learned = (obj.get("info") or {}).get("window_fingerprints")
         if learned:  # the windows the model learned from travel with it (lowprec.train.seen_in_training)
@@ -297,11 +296,11 @@ def check_calibration_model(calibration: dict[str, Any], model_sha: str, weights
         what = "records no model sha256" if recorded is None else f"was measured on model sha256 {recorded}"
         rest = f" or pass {override} to use it anyway" if override else ""
         raise InputError(f"--calibration {what}, but {weights} has sha256 {model_sha}; calibrate this model "
-                         f"(`lowprec calibrate`){rest}")
+                         f"(`lowprec calibrate`){rest}{identity_note(weights, recorded)}")
 
 
 def _manifest(config: DLRMConfig, plan: Plan, b: _Builder, layers: dict[str, Any],
-              model_dir: Path, model_sha: str | dict[str, str] | None) -> dict[str, Any]:
+              model_dir: Path, model_sha: str | None) -> dict[str, Any]:
     # Serving memory of the tables: every physical table once (shared arrays are counted once)
     # plus id-transform buffers; fp32 equivalent: every logical table dense in fp32.
     embedding_bytes = sum(t["bytes"] for t in b.physical.values()) + b.buffer_bytes

@@ -23,9 +23,12 @@ import lowprec
 from lowprec.checkpoint.mapped import MappedTensors, open_tensors
 from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
+from lowprec.filekind import check_regular
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.model.config import DLRMConfig
 from lowprec.model.dlrm import DLRM
+from lowprec.model.embedding import parse_spec
+from lowprec.model.parted import PartedBag
 from lowprec.progress import Update
 
 FORMAT = "lowprec-float-model"
@@ -96,37 +99,71 @@ def read_float_config(model_dir: str | Path) -> tuple[DLRMConfig, dict[str, Any]
 
 
 def weights_sha256(model_dir: str | Path) -> str:
-    """The weights' sha256 without reading them: the one config.json records (checked whenever the
-    model is loaded or converted); for a model in several files, a hash of the recorded per-file
-    hashes. Only a model with nothing recorded is hashed here (a pass over its files)."""
+    """The model's identity (calibrations, artifacts and drift runs record it) without reading the
+    weights: the sha256 config.json records for model.safetensors (checked whenever the model is
+    loaded or converted). For a model in several files, a hash of the recorded per-file hashes and
+    of model.safetensors.index.json's (hashed here unless recorded: it says which rows each shard
+    holds, so two equal-sized shards swapped in it are other weights). Only a model with nothing
+    recorded is hashed here (a pass over model.safetensors, or its index alone)."""
     model_dir = Path(model_dir)
     _, obj = read_float_config(model_dir)
     recorded = obj.get("sha256") or {}
     if set(recorded) == {WEIGHTS}:
         return str(recorded[WEIGHTS])
+    path = weights_path(model_dir)
+    if recorded and path.name == INDEX and INDEX not in recorded:
+        recorded = {**recorded, INDEX: sha256_file(path)}
     if recorded:
-        return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
-    return sha256_file(weights_path(model_dir))
+        return _combined(recorded)
+    return sha256_file(path)
+
+
+def _combined(recorded: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+
+
+def identity_note(model_dir: str | Path, sha: Any) -> str:
+    """Why `sha`, recorded for this model elsewhere, may differ from `weights_sha256` now: "" unless
+    it is what lowprec <= 0.1.0 recorded for a model in several files (the combined hash, or an
+    artifact's per-file map, without the index); then a sentence saying so, to append to a refusal."""
+    try:
+        model_dir = Path(model_dir)
+        _, obj = read_float_config(model_dir)
+        recorded = obj.get("sha256") or {}
+        if INDEX in recorded or weights_path(model_dir).name != INDEX or sha not in (recorded, _combined(recorded)):
+            return ""
+    except InputError:
+        return ""
+    return (f" ({model_dir}'s sha256 was recorded by an older lowprec, whose hash of a model in several "
+            f"files left out {INDEX}, which says which rows each shard holds; it covers the index now. "
+            f"Run that step again on this model; if the index was not edited since, the old record is "
+            f"still right)")
 
 
 def weights_path(model_dir: Path) -> Path:
-    """model.safetensors, or model.safetensors.index.json for a model stored in several files."""
+    """model.safetensors, or model.safetensors.index.json for a model stored in several files
+    (a FIFO, directory or device in their place: refused as not a regular file)."""
     single, index = model_dir / WEIGHTS, model_dir / INDEX
-    if not single.is_file() and index.is_file():
+    if check_regular(single):
+        return single
+    if check_regular(index):
         return index
-    if not single.is_file():
-        raise InputError(f"missing weights file {single} (or {INDEX})")
-    return single
+    raise InputError(f"missing weights file {single} (or {INDEX})")
 
 
 BAR_FROM_BYTES = 1 << 30  # models this large show a progress bar for the hashing pass
 
 
-def open_weights(model_dir: Path, recorded: dict[str, str] | None,
-                 progress: Update | None = None) -> MappedTensors:
-    """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read.
-    Without `progress`, a model of >= 1 GiB shows a byte progress bar on stderr (tqdm)."""
+def open_weights(model_dir: Path, recorded: dict[str, str] | None, progress: Update | None = None,
+                 config: DLRMConfig | None = None) -> MappedTensors:
+    """The model's tensors mapped read-only; the files in `recorded` are hashed as they are read
+    (model.safetensors.index.json, if listed, at once). With `config`, the tensors' names and shapes
+    are checked first (`check_tensors`), so a tensor missing from an index is named as such, not as
+    its shard files listed in `recorded` but unread. Without `progress`, a model of >= 1 GiB shows a
+    byte progress bar on stderr (tqdm)."""
     src = open_tensors(weights_path(model_dir))
+    if config is not None:
+        check_tensors(src, config, model_dir)
     if recorded:
         if progress is None:
             total = sum(f.size for f in src.files.values())
@@ -193,25 +230,38 @@ def check_tensors(src: MappedTensors, config: DLRMConfig, model_dir: Path) -> No
     _check_names(src, _meta_model(config, model_dir / "config.json").state_dict(), src.path)
 
 
+def _parted_tables(src: MappedTensors, config: DLRMConfig) -> dict[str, tuple[int, Any]]:
+    """Checkpoint name -> (table index, LogicalTable) of the dense tables stored in several row shards."""
+    out = {}
+    for i, t in enumerate(config.tables):
+        name = f"embeddings.{i}.bag.weight"
+        if parse_spec(t.embedding)[0] == "dense" and name in src and len(src.table(name).parts) > 1:
+            out[name] = (i, src.table(name))
+    return out
+
+
 def load_float_model(model_dir: str | Path, writable: bool = False,
                      progress: Update | None = None) -> tuple[DLRM, dict[str, Any]]:
     """Rebuild the DLRM from its directory; raises InputError on anything inconsistent.
 
     The parameters are read-only views of the mapped files (no memory proportional to the model;
-    they do not require grad, and writing to them would fault): for inference. `writable=True`
+    they do not require grad, and writing to them would fault): for inference. A dense table in
+    several row shards is a `PartedBag` over its shards' views (lookups part by part, nothing joined). `writable=True`
     copies them into ordinary tensors (training, fine-tuning). One pass over the files hashes them
     and checks every weight is finite, in row chunks; `progress(n)` gets the bytes hashed."""
     model_dir = Path(model_dir)
     config, obj = read_float_config(model_dir)
-    src = open_weights(model_dir, obj.get("sha256"), progress)
+    src = open_weights(model_dir, obj.get("sha256"), progress, config)  # (names and shapes checked)
     where = src.path
     model = _meta_model(config, model_dir / "config.json")
     expected = model.state_dict()
-    _check_names(src, expected, where)
     src.scan(lambda name, row, chunk: check_finite_chunk(where, name, row, chunk))
     src.check_sha256()
-    state = {name: src.tensor(name) for name in expected}
-    if writable:
+    parted = {} if writable else _parted_tables(src, config)
+    for name, (i, table) in parted.items():  # looked up part by part, never joined (lowprec.model.parted)
+        model.embeddings[i] = PartedBag(table, str(where), config.tables[i].name)
+    state = {name: src.tensor(name) for name in expected if name not in parted}
+    if writable:  # (training: a table in row shards is joined in memory)
         state = {name: t.clone() for name, t in state.items()}
     model.load_state_dict(state, assign=True)
     if not writable:

@@ -89,6 +89,13 @@ class LogicalTable:
     def tensor(self) -> torch.Tensor:
         return self.rows(0, self.shape[0])
 
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        """`table[a:b]` = `rows(a, b)` clipped to the table (a contiguous slice, as of a tensor)."""
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError(f"{self.name}: only contiguous row slices are read")
+        return self.rows(start, max(start, stop))
+
     def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
         step = max(1, max_bytes // max(self.row_bytes, 1))
         for p in self.parts:
@@ -232,9 +239,17 @@ class MappedTensors:
 
     def expect_sha256(self, expected: dict[str, str], progress: Update | None = None) -> None:
         """Hash the files named in `expected` (names relative to the index's directory) as they are
-        read; `check_sha256()` completes the hashes and compares. A listed file must be read here."""
+        read; `check_sha256()` completes the hashes and compares. A listed file must be read here;
+        the index itself may be listed too (it is small: hashed and compared at once)."""
         for rel, digest in expected.items():
             path = self.root / _safe_name(self.path, rel)
+            if path == self.path and path not in self.files:  # (the index: read as JSON, not mapped)
+                from lowprec.fileio import sha256_file
+
+                if sha256_file(path) != digest:
+                    raise InputError(f"{path}: sha256 does not match the one recorded beside it; the file "
+                                     f"was modified or truncated after it was written")
+                continue
             if path not in self.files:
                 raise InputError(f"{self.path}: {rel} is listed with a sha256 but holds no tensor read here")
             self._hash[path] = Sha256Stream(self.files[path], digest, progress)

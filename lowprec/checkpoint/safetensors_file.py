@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lowprec.errors import InputError
+from lowprec.filekind import open_regular
 from lowprec.progress import Update
 
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
@@ -98,19 +99,25 @@ def _entry(path: Path, name: str, spec: Any, base: int, data: int) -> Entry:
 
 
 def map_file(path: Path) -> tuple[mmap.mmap | None, int]:
-    """A read-only shared mapping of the whole file (None for an empty one) and its size."""
+    """A read-only shared mapping of the whole file (None for an empty one) and its size; a FIFO,
+    directory or device is refused before anything could block on it (lowprec.filekind)."""
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                return None, 0
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), size
-    except FileNotFoundError:
+        fd = open_regular(path)
+    except (FileNotFoundError, NotADirectoryError):
         raise InputError(f"missing tensor file {path}") from None
+    except OSError as exc:  # no permission, a symlink loop
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None, 0
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ), size
     except (OSError, ValueError, OverflowError) as exc:
         size = path.stat().st_size if path.exists() else 0
         raise InputError(f"{path}: cannot map {size} bytes read-only ({exc}); check the "
                          f"address-space limit (ulimit -v)") from None
+    finally:
+        os.close(fd)
 
 
 def as_tensor(buf: mmap.mmap | None, entry: Entry) -> torch.Tensor:

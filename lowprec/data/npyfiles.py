@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lowprec.errors import InputError
+from lowprec.filekind import check_regular
 
 # dtype kinds each window file may hold (numpy's dtype.kind), and what to tell the user otherwise
 _KINDS = {"dense": ("fiub", "dense features must be real numbers (float, integer or bool)"),
@@ -22,17 +23,22 @@ _HELD = {"U": "strings", "S": "bytes", "c": "complex numbers", "V": "records", "
 
 
 def window_file(path: Path, index: int) -> Path:
-    """`path`, one of window `index`'s files, if it is a file: the one check every reader of window
-    files makes first (InputError naming it if it is missing or a directory)."""
-    if not path.is_file():
-        raise InputError(f"window {index}: {path} is a directory, not a .npy file" if path.is_dir()
-                         else f"window {index}: missing {path}")
-    return path
+    """`path`, one of window `index`'s files, if it is a regular file: the one check every reader of
+    window files makes first (InputError naming it if it is missing, or a directory, a FIFO, a
+    device: lowprec.filekind; np.load would block forever opening a FIFO)."""
+    try:
+        if check_regular(path):
+            return path
+    except InputError as exc:
+        raise InputError(f"window {index}: {exc}") from None
+    raise InputError(f"window {index}: missing {path}")
 
 
 def read_npy(path: Path) -> np.ndarray:
     """A .npy file as a read-only memmap, never unpickled; InputError naming it on any failure of
-    np.load (an empty or truncated file, a garbled header, an object array, no permission)."""
+    np.load (an empty or truncated file, a garbled header, an object array, no permission); a FIFO,
+    directory or device is refused before np.load would open it (and block, on a FIFO)."""
+    check_regular(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except MemoryError:  # (the CLI says "out of memory" for it)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lowprec
-from lowprec.checkpoint.float_model import weights_sha256
+from lowprec.checkpoint.float_model import identity_note, weights_sha256
 from lowprec import distributed as dist
 from lowprec.checkpoint.load import load_model, model_kind
 from lowprec.data.dataset import Dataset
@@ -198,7 +198,8 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
     models = load_pair(job, ds)
     if calib is not None and calib.get("model_sha256") not in (None, models.reference_sha):
         raise InputError(f"--calibration {job.calibration} was measured on another float model "
-                         f"(its model_sha256 is not the sha256 of --reference {job.reference})")
+                         f"(its model_sha256 is not the sha256 of --reference {job.reference})"
+                         f"{identity_note(job.reference, calib.get('model_sha256'))}")
     if job.on_alarm == "recalibrate" and models.manifest is None:
         raise InputError("--on-alarm recalibrate needs --candidate to be a quantized artifact")
     if job.on_alarm == "recalibrate":

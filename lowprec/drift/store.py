@@ -216,7 +216,13 @@ class DriftStore:
             raise InputError(
                 f"--db {self.path} holds the history of another pair (reference {self.meta('reference')}, "
                 f"candidate {self.meta('candidate')}); this run's {' and '.join(which)} differ(s) by sha256. "
-                f"Use a new --db for a new pair instead of mixing histories.")
+                f"Use a new --db for a new pair instead of mixing histories.{self._identity_note(ref, which)}")
+
+    def _identity_note(self, ref: str | None, which: list[str]) -> str:
+        """Why an unchanged sharded reference may differ: an older lowprec's identity (float_model)."""
+        from lowprec.checkpoint.float_model import identity_note
+
+        return identity_note(self.meta("reference") or "", ref) if "reference" in which else ""
 
     def start_run(self, info: dict[str, Any]) -> int:
         cols = ("started", "status", "pid", "reference", "reference_sha256", "candidate",

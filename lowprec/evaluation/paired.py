@@ -143,10 +143,12 @@ class _NotComparable(Exception):
 
 
 def _dense_weight(reference, t: int) -> torch.Tensor:
+    """Table t's float rows, read by row slices (a table in row shards is not joined in memory)."""
     module = reference.embeddings[t]
     if reference.config.tables[t].embedding != "dense" or not hasattr(module, "weight"):
         raise _NotComparable("the reference table is not a dense table")
-    return module.weight.detach()
+    table = getattr(module, "table", None)  # (lowprec.model.parted.PartedBag: a LogicalTable)
+    return table if table is not None else module.weight.detach()
 
 
 def _table_rows_error(reference, emb, weights, index, t: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
