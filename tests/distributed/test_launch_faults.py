@@ -87,22 +87,28 @@ def test_a_killed_rank_of_a_nproc_prepare_leaves_nothing_behind(tmp_path):
     out = tmp_path / "new" / "c3"
     cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "prepare", "--format", "csv", "--input", src,
            "--schema", tmp_path / "s.toml", "--out", out]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, env=env(LOWPREC_CSV_PART_BYTES="200000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not list(tmp_path.glob("new/.c3.tmp-*/.parts/part-000001.json")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(_rank_pid(1, str(out), WAIT_S), signal.SIGKILL)
-        _, err = proc.communicate(timeout=WAIT_S)
-    finally:
-        proc.kill()
-        proc.wait(timeout=WAIT_S)
-    assert proc.returncode == 3, err[-3000:]
+    code, err = _kill_rank_1_mid_read(cmd, tmp_path, "new/.c3.tmp-*/.parts/part-000001.json", str(out))
+    assert code == 3, err[-3000:]
     assert not (tmp_path / "new").exists(), list((tmp_path / "new").rglob("*"))
     assert "nothing was written" not in err and "Traceback" not in err, err[-3000:]
     assert "it left no temporary files" in err or "RankFailure" in err, err[-3000:]
 
+
+def _kill_rank_1_mid_read(cmd: list, root, part_glob: str, arg: str) -> tuple[int, str]:
+    """Run `cmd` (a `--nproc 2` ingest), SIGKILL rank 1 (the process whose command line holds `arg`)
+    once a staged part matching `part_glob` under `root` appears; (exit code, stderr), every wait bounded."""
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, env=env(LOWPREC_CSV_PART_BYTES="200000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(root.glob(part_glob)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(_rank_pid(1, arg, WAIT_S), signal.SIGKILL)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
+    return proc.returncode, err
 
 def test_a_killed_rank_of_a_nproc_append_leaves_the_dataset_alone_and_no_staging(tmp_path):
     """qa-1b 10, the daily job: `--nproc 2 data append` with rank 1 killed left `.ds.tmp-HOST-PID-*/`
@@ -118,18 +124,8 @@ def test_a_killed_rank_of_a_nproc_append_leaves_the_dataset_alone_and_no_staging
     before = {p.name: p.read_bytes() for p in ds.iterdir()}
     day = write_log(tmp_path / "d1.csv", 60_000, t0=1_700_200_000)
     cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "append", "--data", ds, "--input", day]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, env=env(LOWPREC_CSV_PART_BYTES="200000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not list(tmp_path.glob(".ds.tmp-*/**/part-000001.json")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(_rank_pid(1, str(day), WAIT_S), signal.SIGKILL)
-        _, err = proc.communicate(timeout=WAIT_S)
-    finally:
-        proc.kill()
-        proc.wait(timeout=WAIT_S)
-    assert proc.returncode == 3, err[-3000:]
+    code, err = _kill_rank_1_mid_read(cmd, tmp_path, ".ds.tmp-*/**/part-000001.json", str(day))
+    assert code == 3, err[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d0.csv", "d1.csv", "ds", "s.toml"], err[-3000:]
     assert {p.name: p.read_bytes() for p in ds.iterdir()} == before
     assert "nothing was written" not in err and "Traceback" not in err, err[-3000:]
