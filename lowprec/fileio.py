@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lowprec.errors import InputError, os_error, user_os_errors
+from lowprec.filekind import check_regular
 from lowprec.jsonsafe import dumps, unique_keys
 
 _BACKUP_SUFFIX = ".lowprec-old"
@@ -357,13 +358,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) -> Any:
-    """Read JSON, turning a missing or malformed file into an InputError naming it.
-
-    The directory holding it is first restored if a writer died mid-swap (`resolve_output`); the
-    top-level value must be an `expect` (a JSON object by default)."""
+    """Read JSON, turning a missing, non-regular (a FIFO would block) or malformed file into an
+    InputError naming it: its directory is first restored if a writer died mid-swap
+    (`resolve_output`); the top-level value must be an `expect` (a JSON object by default)."""
     path = Path(path)
     resolve_output(path.parent)
-    if not path.is_file():
+    if not check_regular(path):
         raise InputError(f"{what} not found: {path}")
     try:
         obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)  # (a BOM: an editor's)

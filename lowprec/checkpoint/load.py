@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from lowprec.errors import InputError
+from lowprec.filekind import check_regular
 from lowprec.model.config import DLRMConfig
 
 
@@ -15,9 +16,9 @@ def model_kind(path: str | Path) -> str:
     from lowprec.fileio import resolve_output
 
     path = resolve_output(path)
-    if (path / "manifest.json").is_file():
+    if check_regular(path / "manifest.json"):  # (InputError if it is a FIFO, a directory...)
         return "artifact"
-    if (path / "config.json").is_file():
+    if check_regular(path / "config.json"):
         return "float"
     if not path.exists():
         raise InputError(f"model not found: {path}")

@@ -51,6 +51,7 @@ from lowprec.checkpoint.torchrec_features import (interaction_permutation, liste
                                                   resolve_feature_order)
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
+from lowprec.filekind import check_regular
 from lowprec.fileio import sha256_file
 from lowprec.model.config import DLRMConfig, TableConfig
 from lowprec.model.dlrm import DLRM
@@ -142,7 +143,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def _check_not_pickle(path: Path) -> None:
-    if not path.is_file():
+    if not check_regular(path):  # (a FIFO would block the read below)
         raise InputError(f"state dict not found: {path}")
     with open(path, "rb") as fh:
         head = fh.read(9)

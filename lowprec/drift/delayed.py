@@ -33,6 +33,7 @@ from lowprec.drift.sources import alarm_json, labels_stat, window_labels_sha, wi
 from lowprec.drift.store import DriftStore, now
 from lowprec.drift.tiers import TierShareObserver
 from lowprec.errors import InputError
+from lowprec.filekind import check_regular
 from lowprec.evaluation.paired import PairedConfig, TableError, WindowMeasure, evaluate_window
 from lowprec.evaluation.stats import MIN_INTERVAL_ROWS
 
@@ -40,7 +41,9 @@ BASELINE_KEY = "estimate_baseline_window"
 
 
 def labels_present(ds: Dataset, w: int) -> bool:
-    return window_files(ds.root, w)["labels"].is_file()
+    """Window w's labels file is there (missing: pending); InputError if something else is at its
+    path (a FIFO the job would block on, a directory)."""
+    return check_regular(window_files(ds.root, w)["labels"])
 
 
 class PendingLabels(Dataset):

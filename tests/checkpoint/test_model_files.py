@@ -101,6 +101,28 @@ def test_fifo_or_directory_where_a_file_belongs_is_refused_at_once(base, tmp_pat
         assert "ulimit" not in output and "missing" not in output and "Traceback" not in output, output
 
 
+
+def test_a_fifo_as_a_json_file_a_labels_file_or_a_state_dict_is_refused_at_once(base, tmp_path):
+    """The same class through the other readers: a FIFO as config.json or manifest.json was called
+    "not found", as a window's labels file "pending" (drift), as a TorchRec state dict "not found"."""
+    fifo_config = _copy_with(base / "model", tmp_path / "fifo_config", "config.json", os.mkfifo)
+    fifo_manifest = _copy_with(base / "art", tmp_path / "fifo_manifest", "manifest.json", os.mkfifo)
+    fifo_labels = _copy_with(base / "data", tmp_path / "fifo_labels", "day_1_labels.npy", os.mkfifo)
+    os.mkfifo(tmp_path / "sd.safetensors")
+    data = base / "data"
+    cases = [
+        (["eval", "--model", fifo_config, "--data", data, "--windows", "1"], "config.json: not a regular file (a FIFO)"),
+        (["inspect", fifo_manifest], "manifest.json: not a regular file (a FIFO)"),
+        (["drift", "--reference", base / "model", "--candidate", base / "art", "--data", fifo_labels,
+          "--windows", "1", "--db", tmp_path / "h.sqlite", "--report", tmp_path / "rep"],
+         "day_1_labels.npy: not a regular file (a FIFO)"),
+        (["import", "--format", "torchrec", "--state-dict", tmp_path / "sd.safetensors", "--data", data,
+          "--out", tmp_path / "imp"], "sd.safetensors: not a regular file (a FIFO)"),
+    ]
+    for (args, said), (code, output) in zip(cases, _run_bounded(*[a for a, _ in cases])):
+        assert code == 2 and said in output and "Traceback" not in output, (args[0], output)
+    assert not (tmp_path / "h.sqlite").exists() and not (tmp_path / "imp").exists()
+
 def _swap_index_files(model: Path, dst: Path) -> Path:
     """A copy of sharded `model` whose index swaps the files of two equal-sized shards of table 0:
     rows 0-19 now read 20-39's weights and back. Shard files and config.json are unchanged."""
