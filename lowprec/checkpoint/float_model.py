@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 import lowprec
-from lowprec.checkpoint.mapped import MappedTensors, open_tensors
+from lowprec.checkpoint.mapped import MappedTensors, _index_spec, open_tensors
 from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
 from lowprec.filekind import check_regular
@@ -104,7 +104,8 @@ def weights_sha256(model_dir: str | Path) -> str:
     loaded or converted). For a model in several files, a hash of the recorded per-file hashes and
     of model.safetensors.index.json's (hashed here unless recorded: it says which rows each shard
     holds, so two equal-sized shards swapped in it are other weights). Only a model with nothing
-    recorded is hashed here (a pass over model.safetensors, or its index alone)."""
+    recorded is hashed here: a pass over model.safetensors, or over every file its index names and
+    the index (the identity config.json's record of those files' hashes gives)."""
     model_dir = Path(model_dir)
     _, obj = read_float_config(model_dir)
     recorded = obj.get("sha256") or {}
@@ -113,9 +114,18 @@ def weights_sha256(model_dir: str | Path) -> str:
     path = weights_path(model_dir)
     if recorded and path.name == INDEX and INDEX not in recorded:
         recorded = {**recorded, INDEX: sha256_file(path)}
+    if not recorded and path.name == INDEX:  # every file the index names, hashed here, and the index
+        recorded = {**{f: _shard_sha256(path, f) for f in sorted({x[0] for parts in _index_spec(path).values()
+                                                                   for x in parts})}, INDEX: sha256_file(path)}
     if recorded:
         return _combined(recorded)
     return sha256_file(path)
+
+
+def _shard_sha256(index: Path, name: str) -> str:
+    if not check_regular(index.parent / name):
+        raise InputError(f"{index}: shard file {name!r} is missing")
+    return sha256_file(index.parent / name)
 
 
 def _combined(recorded: dict[str, str]) -> str:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import REPO, make_tiny_dataset, random_float_model, run_cli as run
 from lowprec.data.dataset import Dataset
+from lowprec.errors import InputError
 
 TABLE = "embeddings.0.bag.weight"
 INDEX = "model.safetensors.index.json"
@@ -159,6 +160,25 @@ def test_the_shard_index_is_part_of_the_model_identity(base, tmp_path):
     r = run("eval", "--model", tmp_path / "listed_swapped", "--data", base / "data", "--windows", "1")
     assert r.exit_code == 2 and f"{INDEX}: sha256 does not match the one recorded beside it" in r.output, r.output
 
+
+def test_a_sharded_model_with_no_recorded_sha256_is_identified_by_its_shards_too(base, tmp_path):
+    """With nothing recorded in config.json, a sharded model's identity was the hash of its index
+    alone: rewriting a shard's rows kept it, so a calibration of the old weights was accepted (QA 5,
+    item 6). Now every file the index names is hashed with it: the same identity as when
+    config.json records those hashes, and another one once a shard changes."""
+    from lowprec.checkpoint.float_model import weights_sha256
+
+    bare = shutil.copytree(base / "sharded", tmp_path / "bare")
+    cfg = json.loads((bare / "config.json").read_text())
+    cfg.pop("sha256")
+    (bare / "config.json").write_text(json.dumps(cfg))
+    assert weights_sha256(bare) == weights_sha256(base / "sharded")
+    rows = load_file(str(bare / "t0-1.safetensors"))
+    save_file({"rows": rows["rows"] + 1}, str(bare / "t0-1.safetensors"))
+    assert weights_sha256(bare) != weights_sha256(base / "sharded")
+    (bare / "t0-2.safetensors").unlink()
+    with pytest.raises(InputError, match="shard file 't0-2.safetensors' is missing"):
+        weights_sha256(bare)
 
 def test_single_file_identity_is_unchanged_and_artifacts_of_sharded_models_pair_with_them(base, tmp_path):
     """A model.safetensors model's identity is still its recorded sha256. An artifact converted
