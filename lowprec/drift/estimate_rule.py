@@ -79,7 +79,8 @@ def decide_estimate(e: dict[str, Any], baseline: dict[str, Any] | None, t: Estim
     rows = e.get("rows")
     if _ok(rows) and rows < MIN_INTERVAL_ROWS:  # one row: se 0, and its own KL/H was "beyond the limit"
         return EstimateDecision(False, (), f"estimate: too few rows: {rows} (minimum {MIN_INTERVAL_ROWS}) for its "
-                                           f"row-sampling se: not judged; {text}", (), None)
+                                           f"row-sampling se: not judged; estimated NE gap {_pct(gap)} (no interval)",
+                                (), None)
     tiny_base = baseline is not None and _ok(baseline.get("rows")) and baseline["rows"] < MIN_INTERVAL_ROWS
     if tiny_base:  # a few rows' estimate is no baseline to measure growth from (se 0 on one row)
         text += f", no shift test: the baseline window {baseline['window']} has too few rows ({baseline['rows']})"

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from lowprec import distributed as dist
-from lowprec.evaluation.stats import PROB_EPS
+from lowprec.evaluation.stats import MIN_INTERVAL_ROWS, PROB_EPS
 
 ABS_EDGES = np.concatenate([[0.0], 10.0 ** np.arange(-8, 0.0001, 0.05)])  # |Δp| bins; bin 0: < 1e-8
 QUANTILES = (0.5, 0.9, 0.99)
@@ -136,7 +136,8 @@ class Estimate:
 
 
 def estimate_from_sums(s: np.ndarray, confidence: float) -> dict[str, float]:
-    """est_gap, its interval and standard errors, est_ne_diff from the SUMS of a window."""
+    """est_gap, its interval and standard errors, est_ne_diff from the SUMS of a window (the interval
+    and est_se undefined, NaN, below stats.MIN_INTERVAL_ROWS rows, as the measured gap's)."""
     n, kl, h, kl2, klh, h2, nu2, nuv, nv2 = s[:9]
     nan = float("nan")
     if n <= 0 or h <= 0:
@@ -149,6 +150,8 @@ def estimate_from_sums(s: np.ndarray, confidence: float) -> dict[str, float]:
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     base = float(s[SUMS.index("p_ref")] / n)
     hb = float(row_entropy(np.array([base]))[0])
+    if n < MIN_INTERVAL_ROWS:  # a few rows' CLT interval means nothing (width 0 on one row): undefined
+        se = nan
     return {"est_gap": float(r), "est_lo": float(r - z * se), "est_hi": float(r + z * se), "est_se": se,
             "est_se_rows": math.sqrt(var_rows), "est_ne_diff": float(kl / n / hb), "base_rate": base}
 
