@@ -18,10 +18,12 @@ What a fingerprint covers (README "Running on several machines", docs/errors.md)
 An input directory is walked whole (subdirectories too, symlinked ones followed once); hidden files
 and directories (lowprec's output marker, temporaries, staging) are bookkeeping, not content: skipped.
 Files are keyed by the input's position and their path inside it, never by the input's own name.
+A file inside a directory that this process cannot read is compared as "unreadable" (its errno).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -97,10 +99,20 @@ def describe_inputs(paths: Sequence[Path | str]) -> dict[str, str]:
             out[f"input {i}"] = "missing"
         elif p.is_dir():
             for f in _files(p):
-                out[f"input {i}: {f.relative_to(p).as_posix()}"] = fingerprint(f, whole)
+                out[f"input {i}: {f.relative_to(p).as_posix()}"] = _inside(f, whole)
         else:
             out[f"input {i}"] = fingerprint(p, whole)
     return out
+
+
+def _inside(f: Path, whole: bool) -> str:
+    """`fingerprint` of a file found inside an input directory; one this process may not read (a
+    user's private notes beside the data) is compared as "unreadable (ERRNO)", not refused: the
+    command reads what it needs and says so itself if that is the file."""
+    try:
+        return fingerprint(f, whole)
+    except OSError as exc:
+        return f"unreadable ({errno.errorcode.get(exc.errno or 0, 'OSError')})"
 
 
 def input_names(paths: Sequence[Path | str]) -> dict[str, str]:

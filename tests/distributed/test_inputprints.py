@@ -104,3 +104,23 @@ def test_ranks_accept_the_same_data_under_another_name(work, tmp_path):
     for r, p in enumerate(procs):
         assert p.returncode == 0, (tmp_path / f"rank{r}.err").read_text()[-2000:]
     assert last_json(outs[0])["windows"]
+
+
+def test_a_file_the_process_cannot_read_inside_an_input_is_compared_not_refused(tmp_path, monkeypatch):
+    """QA 5 item 7: an unreadable file beside the data (a user's private notes) made every --nproc
+    command exit 2 while the one-process command, which never reads it, ran. (As root nothing is
+    unreadable, so the read fails through a stand-in.)"""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "dataset.json").write_text("{}")
+    (d / "notes.txt").write_text("private")
+    real = inputprints.fingerprint
+
+    def denied(path, whole=None):
+        if Path(path).name == "notes.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, whole)
+    monkeypatch.setattr(inputprints, "fingerprint", denied)
+    described = inputprints.describe_inputs([d])
+    assert described["input 1: notes.txt"] == "unreadable (EACCES)"
+    assert described["input 1: dataset.json"] == real(d / "dataset.json")
