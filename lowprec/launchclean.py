@@ -6,18 +6,18 @@ temporary sibling of its output, `.NAME.tmp-HOST-PID-*` (lowprec.fileio; a `data
 `.parts` staging lives inside it, a `data append`'s beside the dataset), and the parent directories it
 created for `--out`. The launcher knows the command's output options (OUTPUT_OPTIONS) and which of
 their parents were missing before the job; after a failed job it removes those temporaries of
-writers on this host that are no longer running, and those parents if they are empty again.
+writers on this host that are no longer running (the name parsed strictly, lowprec.tmpnames: another
+host's, or any other name, is never touched), and those parents if they are empty again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import shutil
-import socket
 from pathlib import Path
 from typing import Sequence
+
+from lowprec.tmpnames import dead_writers, remove
 
 OUTPUT_OPTIONS = ("--out", "--db", "--report", "--data")  # written, or staged beside (`data append` to --data)
 
@@ -34,34 +34,14 @@ def output_paths(args: Sequence[str]) -> list[Path]:
     return out
 
 
-def _dead_writer(p: Path, out: Path) -> bool:
-    head = f".{out.name}.tmp-{socket.gethostname()}-"
-    pid = p.name[len(head):].split("-", 1)[0] if p.name.startswith(head) else ""
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # (alive, someone else's)
-        return False
-    return False
-
-
 def clean_up(made: dict[Path, list[Path]]) -> list[str]:
     """Remove the temporaries of dead writers beside each output and the parents (`made[out]`: those
     missing before the job, innermost first) left empty; what could not be removed, as paths."""
     left = []
     for out, parents in made.items():
-        for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*") if out.parent.is_dir() else []:
-            if _dead_writer(p, out):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError, PermissionError):
-                        p.unlink()
-                if os.path.lexists(p):
-                    left.append(str(p))
+        for p in dead_writers(out):
+            if not remove(p):
+                left.append(str(p))
         for d in parents:
             with contextlib.suppress(OSError):  # (not empty: someone else's now, or what the job kept)
                 d.rmdir()

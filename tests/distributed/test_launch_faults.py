@@ -142,12 +142,31 @@ def test_clean_up_removes_dead_writers_temporaries_and_the_parents_made(tmp_path
     host = socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           timeout=WAIT_S).stdout.strip()
-    (out.parent / f".c3.tmp-{host}-{dead}-xyz" / ".parts").mkdir(parents=True)
-    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live").mkdir()
+    (out.parent / f".c3.tmp-{host}-{dead}-xyz12345" / ".parts").mkdir(parents=True)
+    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live1234").mkdir()
     assert clean_up({out: [out.parent, out.parent.parent]}) == []
-    assert [p.name for p in out.parent.iterdir()] == [f".c3.tmp-{host}-{os.getpid()}-live"]  # (a live writer's)
-    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live").rmdir()
+    assert [p.name for p in out.parent.iterdir()] == [f".c3.tmp-{host}-{os.getpid()}-live1234"]  # (a live writer's)
+    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live1234").rmdir()
     assert clean_up({out: [out.parent, out.parent.parent]}) == [] and not (tmp_path / "a").exists()
+
+
+def test_clean_up_leaves_another_hosts_temporary_whose_host_extends_ours(tmp_path, monkeypatch):
+    """qa-5 1: a failed job on host `vm` removed `.out.tmp-vm-11-4242-abcd` of a live writer on host
+    `vm-11` (parsed as PID 11 of this host, absent here). Not this host's: never touched."""
+    from lowprec.launchclean import clean_up
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    out = tmp_path / "out"
+    theirs = [tmp_path / f".out.tmp-vm-{dead}-4242-abcd", tmp_path / f".out.tmp-vm-{dead}-4242-abcdefgh"]
+    for d in theirs:
+        d.mkdir()
+        (d / "weights").write_text("precious")
+    ours = tmp_path / f".out.tmp-vm-{dead}-abcdefgh"
+    ours.mkdir()
+    assert clean_up({out: []}) == []
+    assert all((d / "weights").read_text() == "precious" for d in theirs) and not ours.exists()
 
 
 def test_a_hung_rank_is_said_to_have_not_answered(monkeypatch):
