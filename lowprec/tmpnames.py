@@ -35,12 +35,18 @@ def writer_pid(tmp_name: str, name: str) -> int | None:
 
 
 def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host; a zombie (ended, not yet reaped: a rank of a torchrun
+    killed outright, until init reaps it) writes nothing more, so it does not."""
     with contextlib.suppress(PermissionError):  # (it exists, owned by someone else)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # (no /proc, not Linux: alive, as kill said; else gone meanwhile or unreadable)
+        return not os.path.isdir("/proc") or os.path.exists(f"/proc/{pid}")
 
 
 def dead_writers(out: Path, name: str | None = None) -> list[Path]:

@@ -131,6 +131,61 @@ def test_a_killed_rank_of_a_nproc_append_leaves_the_dataset_alone_and_no_staging
     assert "nothing was written" not in err and "Traceback" not in err, err[-3000:]
 
 
+def _job_processes(marker: str) -> list[int]:
+    """The running processes of a `--nproc` job (LOWPREC_EXIT_DIR set) whose command line holds `marker`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmdline, environ = (d / "cmdline").read_bytes(), (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if d.name.isdigit() and marker.encode() in cmdline and any(e.startswith(b"LOWPREC_EXIT_DIR=") for e in environ):
+            found.append(int(d.name))
+    return found
+
+
+def test_torchrun_killed_outright_leaves_no_rank_running_and_nothing_published(tmp_path):
+    """qa-5 2: torchrun SIGKILLed (or OOM-killed) left its ranks running: the launcher said "the job
+    failed" (exit 3) and the ranks published --out seconds later. The launcher now stops them first."""
+    from tests.distributed.test_ingest import SCHEMA, write_log
+
+    src = write_log(tmp_path / "a.csv", 60_000)
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    out = tmp_path / "new" / "c4"
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "prepare", "--format", "csv", "--input", src,
+           "--schema", tmp_path / "s.toml", "--out", out]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, env=env(LOWPREC_CSV_PART_BYTES="200000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(tmp_path.glob("new/.c4.tmp-*/.parts/part-000001.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _rank_pid(1, str(out), WAIT_S)
+        torchrun = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and
+                    (d / "stat").exists() and _ppid(d) == proc.pid]
+        assert len(torchrun) == 1, torchrun
+        os.kill(torchrun[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
+        survivors = _job_processes(str(out))
+        for pid in survivors:  # (what the launcher did not stop: not left behind by the test)
+            os.kill(pid, signal.SIGKILL)
+    assert survivors == [], err[-3000:]
+    assert proc.returncode == 3, err[-3000:]
+    time.sleep(3)  # (a rank left running publishes its output within seconds)
+    assert not out.exists() and not (tmp_path / "new").exists(), list(tmp_path.rglob("*"))
+    assert "Traceback" not in err and "the job failed" in err, err[-3000:]
+
+
+def _ppid(d: Path) -> int:
+    try:
+        return int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def test_clean_up_removes_dead_writers_temporaries_and_the_parents_made(tmp_path):
     """What the launcher removes after a failed job, and what it leaves: a live writer's temporary,
     a parent holding something else."""
