@@ -23,13 +23,20 @@ OUTPUT_OPTIONS = ("--out", "--db", "--report", "--data")  # written, or staged b
 
 
 def output_paths(args: Sequence[str]) -> list[Path]:
-    """The values of OUTPUT_OPTIONS in a command's arguments (`--out X` or `--out=X`), made absolute."""
+    """The values of OUTPUT_OPTIONS in a command's arguments (`--out X` or `--out=X`), made absolute; one
+    that is a symlink stands for its target, as for the writer (lowprec.fileio.through_symlink), which
+    builds its temporary beside the target (a symlink loop: left as given, the command refuses it)."""
+    from lowprec.errors import InputError
+    from lowprec.fileio import through_symlink
+
     out = []
     for i, a in enumerate(args):
         name, eq, value = a.partition("=")
         if name in OUTPUT_OPTIONS:
             value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
             if value:
+                with contextlib.suppress(InputError):
+                    value = str(through_symlink(Path(os.path.abspath(value))))
                 out.append(Path(os.path.abspath(value)))
     return out
 

@@ -224,6 +224,23 @@ def test_clean_up_leaves_another_hosts_temporary_whose_host_extends_ours(tmp_pat
     assert all((d / "weights").read_text() == "precious" for d in theirs) and not ours.exists()
 
 
+def test_clean_up_looks_where_a_symlinked_output_is_written(tmp_path):
+    """qa-5 3: `--out LINK` (LINK -> tgt/ds): the writer builds `.ds.tmp-*` beside the target; the
+    clean-up looked beside the link, left it and said "it left no temporary files"."""
+    from lowprec.launchclean import clean_up, output_paths
+
+    (tmp_path / "tgt" / "ds").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "tgt" / "ds")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    outs = output_paths(["data", "prepare", "--out", str(tmp_path / "lnk"), f"--report={tmp_path / 'loop'}"])
+    assert outs == [tmp_path / "tgt" / "ds", tmp_path / "loop"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    (tmp_path / "tgt" / f".ds.tmp-{socket.gethostname()}-{dead}-abcdefgh" / ".parts").mkdir(parents=True)
+    assert clean_up({o: [] for o in outs}) == []
+    assert os.listdir(tmp_path / "tgt") == ["ds"]
+
+
 def test_a_hung_rank_is_said_to_have_not_answered(monkeypatch):
     """qa-1b 16: a rank stopped (SIGSTOP) or hung does not stop at torchrun's SIGTERM and is killed
     with SIGKILL after the others' collective timed out; it was described as killed "by hand, or out
