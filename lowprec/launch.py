@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from lowprec.distributed import timed_out as dist_timed_out
 from lowprec.distributed import timeout_s
-from lowprec.launchclean import clean_up, output_paths, some_paths
+from lowprec.launchclean import clean_up, named_outputs, output_paths, some_paths
 from lowprec.inputprints import full_hash
 
 
@@ -79,7 +79,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     code = 128 + stops[0] if stops else job_exit_code(status, recorded, nproc)
-    left = clean_up(made) if code not in (0, 1) else []  # (ranks torchrun stopped left their temporaries)
+    left = clean_up(made, named_outputs(args)) if code not in (0, 1) else []  # (ranks torchrun stopped left their temporaries)
     if stops:
         lines = [f"Error: stopped by {signal.Signals(stops[0]).name}: the job's ranks were stopped before it "
                  f"finished (exit {code})"]

@@ -4,15 +4,18 @@ torchrun stops the other ranks with SIGTERM as soon as one fails, and a rank (wh
 default SIGTERM action: lowprec.__main__) then dies at once, leaving what it was building: the
 temporary sibling of its output, `.NAME.tmp-HOST-PID-*` (lowprec.fileio; a `data prepare`'s
 `.parts` staging lives inside it, a `data append`'s beside the dataset), and the parent directories it
-created for `--out`. The launcher knows the command's output options (OUTPUT_OPTIONS) and which of
-their parents were missing before the job; after a failed job it removes those temporaries of
-writers on this host that are no longer running (the name parsed strictly, lowprec.tmpnames: another
-host's, or any other name, is never touched), and those parents if they are empty again.
+created for `--out`. The launcher knows the command's output options (OUTPUT_OPTIONS; and the
+outputs a command names after an input, `named_outputs`: drift's recalibrated artifacts beside
+--candidate) and which of their parents were missing before the job; after a failed job it removes
+those temporaries of writers on this host that are no longer running (the name parsed strictly,
+lowprec.tmpnames: another host's, or any other name, is never touched), and those parents if they
+are empty again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from pathlib import Path
 from typing import Sequence
@@ -41,14 +44,32 @@ def output_paths(args: Sequence[str]) -> list[Path]:
     return out
 
 
-def clean_up(made: dict[Path, list[Path]]) -> list[str]:
-    """Remove the temporaries of dead writers beside each output and the parents (`made[out]`: those
-    missing before the job, innermost first) left empty; what could not be removed, as paths."""
+def named_outputs(args: Sequence[str]) -> list[tuple[Path, str]]:
+    """Outputs no option names, as (a path beside which they are written, a glob of their names):
+    `drift --on-alarm recalibrate` writes `CANDIDATE.recal-*` (its artifacts and their calibration
+    files, lowprec.drift.recalibration.recal_paths) beside --candidate, as given."""
+    if not args or args[0] != "drift":
+        return []
+    found = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if name == "--candidate":
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                c = Path(os.path.abspath(value))
+                found.append((c, f"{glob.escape(c.name)}.recal-*"))
+    return found
+
+
+def clean_up(made: dict[Path, list[Path]], named: Sequence[tuple[Path, str]] = ()) -> list[str]:
+    """Remove the temporaries of dead writers beside each output (and of the outputs `named`, from
+    `named_outputs`) and the parents (`made[out]`: those missing before the job, innermost first) left
+    empty; what could not be removed, as paths."""
     left = []
+    for p in [p for out in made for p in dead_writers(out)] + [p for at, name in named for p in dead_writers(at, name)]:
+        if not remove(p):
+            left.append(str(p))
     for out, parents in made.items():
-        for p in dead_writers(out):
-            if not remove(p):
-                left.append(str(p))
         for d in parents:
             with contextlib.suppress(OSError):  # (not empty: someone else's now, or what the job kept)
                 d.rmdir()

@@ -241,6 +241,30 @@ def test_clean_up_looks_where_a_symlinked_output_is_written(tmp_path):
     assert os.listdir(tmp_path / "tgt") == ["ds"]
 
 
+def test_clean_up_removes_a_dead_drift_ranks_recalibration_temporaries_beside_the_candidate(tmp_path):
+    """qa-5 4: `--nproc drift --on-alarm recalibrate` killed left `.cand.recal-w3-alarmed.h-XXXX.tmp-*`
+    beside --candidate (no output option names it) and said "it left no temporary files"."""
+    from lowprec.launchclean import clean_up, named_outputs
+
+    cand = tmp_path / "c[1]"
+    cand.mkdir()
+    args = ["drift", "--reference", "m", "--candidate", str(cand), "--db", str(tmp_path / "h.sqlite"),
+            "--on-alarm", "recalibrate"]
+    assert named_outputs(args) == [(cand, "c[[]1].recal-*")] and named_outputs(["eval", "--candidate", "x"]) == []
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    gone = [tmp_path / f".c[1].recal-w3-alarmed.h-cc9b0ce4.tmp-{host}-{dead}-abcdefgh",
+            tmp_path / f".c[1].recal-w3.h-cc9b0ce4.calib.json.tmp-{host}-{dead}-abcdefg_"]
+    kept = [tmp_path / f".c[1].recal-w3.h-cc9b0ce4.tmp-{host}-{os.getpid()}-abcdefgh",  # (a live writer's)
+            tmp_path / f".c[1].recal-w3.h-cc9b0ce4.tmp-{host}-{dead}-4242-abcdefgh",  # (another host's)
+            tmp_path / f".c[1].tmp-{host}-{dead}-abcdefgh"]  # (not a recalibration's: not this job's)
+    for d in gone + kept:
+        d.mkdir()
+    assert clean_up({}, named_outputs(args)) == []
+    assert not any(d.exists() for d in gone) and all(d.exists() for d in kept)
+
+
 def test_a_hung_rank_is_said_to_have_not_answered(monkeypatch):
     """qa-1b 16: a rank stopped (SIGSTOP) or hung does not stop at torchrun's SIGTERM and is killed
     with SIGKILL after the others' collective timed out; it was described as killed "by hand, or out
