@@ -5,8 +5,8 @@ and renamed into place, so a crash or SIGKILL never leaves half an output and ne
 one already there. The old directory is moved aside first and removed only after the new one is in
 place; if we die between the two renames, `resolve_output` puts the old one back the next time
 anything reads or writes the path (every reader of outputs goes through it: `read_json`, `Dataset`,
-`load_model`). Temporary siblings are named `.NAME.tmp-HOST-PID-XXXX`: the next write of NAME
-removes those of writers on this host that are no longer running and leaves the others.
+`load_model`). Temporary siblings are named `.NAME.tmp-HOST-PID-XXXXXXXX` (lowprec.tmpnames): the
+next write of NAME removes those of writers on this host that are no longer running and leaves the others.
 
 The output rule (`claim_output`): a path is replaced only if it is absent, an empty directory, or a
 lowprec output of the same kind (its `.lowprec-output` marker, or before markers the kind's own file:
@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Iterable, Iterator
 from lowprec.errors import InputError, os_error, user_os_errors
 from lowprec.filekind import check_regular
 from lowprec.jsonsafe import dumps, unique_keys
+from lowprec.tmpnames import alive, dead_writers, remove, tmp_prefix, writer_pid
 
 _BACKUP_SUFFIX = ".lowprec-old"
 MARKER = ".lowprec-output"
@@ -56,12 +56,8 @@ WHOLE = frozenset({"dataset", "model", "artifact", "drift-report"})
 # file kinds -> the "format" their JSON declares
 FILE_KINDS: dict[str, str] = {"calibration": "lowprec-calibration", "plan": "lowprec-plan"}
 def _live_writer(out: Path) -> bool:
-    head = f".{out.name}.tmp-{socket.gethostname()}-"
-    for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
-        pid = p.name[len(head):].split("-", 1)[0] if p.name.startswith(head) else ""
-        if pid.isdigit() and _alive(int(pid)):
-            return True
-    return False
+    return any((pid := writer_pid(p.name, out.name)) is not None and alive(pid)
+               for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"))
 
 
 def resolve_output(path: str | os.PathLike, wait: float = 5.0) -> Path:
@@ -222,30 +218,10 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
     return out
 
 
-def _tmp_prefix(name: str) -> str:
-    return f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-"
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(PermissionError):  # (it exists, owned by someone else)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-    return True
-
-
 def _sweep_stale(out: Path) -> None:
-    """Remove temporary siblings of `out` left by writers on this host that have died."""
-    head = f".{out.name}.tmp-{socket.gethostname()}-"
-    for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
-        pid = p.name[len(head):].split("-", 1)[0] if p.name.startswith(head) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
+    """Remove temporary siblings of `out` left by writers on this host that have died (lowprec.tmpnames)."""
+    for p in dead_writers(out):
+        remove(p)
 
 
 @contextlib.contextmanager
@@ -286,7 +262,7 @@ def temporary_sibling(out: Path) -> Iterator[Path]:
     place), named so that `_sweep_stale` removes it if this process dies; removed on exit."""
     _sweep_stale(out)
     with user_os_errors(out):
-        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out.name), dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(out.name), dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should read like any directory
     try:
         yield tmp
@@ -329,7 +305,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = Non
     with user_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_stale(path)
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), dir=path.parent)
     try:
         with user_os_errors(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~_umask())

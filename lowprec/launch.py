@@ -7,7 +7,9 @@ rank records its exit code and its `Error:` message in a temporary directory (`r
 `rank_error`); once torchrun has ended, the launcher prints the job's errors once (`job_errors`:
 rank 0's, then those that differ; ranks that ended without a word, named with how they ended) and
 exits with the code one process would have given (`job_exit_code`: 2 bad input, 4 a bug, 3 a lost
-rank, else rank 0's). SIGINT/SIGTERM to the launcher stop the job (torchrun gets one SIGTERM and
+rank, else rank 0's). torchrun killed outright leaves its ranks (each in a session of its own) running:
+once torchrun has ended, the launcher stops what is left of the job (`stop_leftovers`, bounded) before
+it judges and cleans. SIGINT/SIGTERM to the launcher stop the job (torchrun gets one SIGTERM and
 stops its ranks). After a failed or stopped job it removes what the ranks torchrun stopped left
 half-written (lowprec.launchclean). What the ranks share while they run (process group,
 collectives, start-up checks) is lowprec.distributed.
@@ -28,7 +30,7 @@ from typing import Any, Sequence
 
 from lowprec.distributed import timed_out as dist_timed_out
 from lowprec.distributed import timeout_s
-from lowprec.launchclean import clean_up, output_paths, some_paths
+from lowprec.launchclean import clean_up, named_outputs, output_paths, some_paths
 from lowprec.inputprints import full_hash
 
 
@@ -69,6 +71,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
             env[EXIT_DIR] = codes
             status = _wait(subprocess.Popen(cmd, env=env, start_new_session=True,
                                            preexec_fn=functools.partial(stop_with_parent, os.getpid())), stops)
+            leftover = stop_leftovers(f"{EXIT_DIR}={codes}")  # (torchrun killed outright: its ranks run on)
             recorded, errors, ended = ({r: int(t) for r, t in _records(codes, "rank").items()},
                                        _records(codes, "error"), _records(codes, "ended"))
             failed_start = _records(codes, "torchrun").get(0)
@@ -76,7 +79,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     code = 128 + stops[0] if stops else job_exit_code(status, recorded, nproc)
-    left = clean_up(made) if code not in (0, 1) else []  # (ranks torchrun stopped left their temporaries)
+    left = clean_up(made, named_outputs(args)) if code not in (0, 1) else []  # (ranks torchrun stopped left their temporaries)
     if stops:
         lines = [f"Error: stopped by {signal.Signals(stops[0]).name}: the job's ranks were stopped before it "
                  f"finished (exit {code})"]
@@ -86,7 +89,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         if not lines and failed_start:
             lines = [f"Error: torchrun could not start the job's ranks ({failed_start}) (exit {code})"]
         if not lines and code not in (0, 1):  # (torchrun itself killed): a failed job always says so
-            lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"]
+            lines = [f"Error: the job failed (exit {code}) and no rank said why (torchrun's exit status {status})"
+                     + (f"; its {len(leftover)} rank process(es) still running were stopped" if leftover else "")]
     if left:
         lines.append(f"Error: the failed job left {some_paths(left)} that could not be removed: remove "
                      f"{'it' if len(left) == 1 else 'them'} by hand")
@@ -108,6 +112,44 @@ def stop_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+RANK_STOP_GRACE_S = 10.0  # a rank keeps SIGTERM's default action (lowprec.__main__): it dies at once
+
+
+def stop_leftovers(marker: str, grace: float = RANK_STOP_GRACE_S) -> list[int]:
+    """Stop the job's processes still running once torchrun has ended (the pids found): torchrun
+    killed outright (SIGKILL, the out-of-memory killer) leaves its ranks, each in a session of its own,
+    running on to publish their outputs after the launcher said the job failed. They are told by their
+    environment (`marker`: EXIT_DIR=this job's directory); each gets SIGTERM, then SIGKILL after
+    `grace` seconds, and the launcher waits at most `grace` more for them to go, before it judges and
+    cleans up."""
+    found = pids = _job_pids(marker)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = _job_pids(marker, pids)
+    return found
+
+
+def _job_pids(marker: str, among: Sequence[int] | None = None) -> list[int]:
+    """The running processes (not zombies: /proc/PID/environ is empty) whose environment holds `marker`."""
+    want, pids = marker.encode(), []
+    if among is None:  # (no /proc, not Linux: nothing found)
+        among = [int(d) for d in os.listdir("/proc") if d.isdigit()] if os.path.isdir("/proc") else []
+    for pid in among:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:  # (gone, or someone else's)
+            continue
+        if pid != os.getpid() and want in environ:
+            pids.append(pid)
+    return pids
 
 
 STOP_GRACE_S = 60.0  # torchrun gives its ranks 30 s after SIGTERM before it kills them

@@ -4,9 +4,12 @@ torchrun stops the other ranks with SIGTERM as soon as one fails, and a rank (wh
 default SIGTERM action: lowprec.__main__) then dies at once, leaving what it was building: the
 temporary sibling of its output, `.NAME.tmp-HOST-PID-*` (lowprec.fileio; a `data prepare`'s
 `.parts` staging lives inside it, a `data append`'s beside the dataset), and the parent directories it
-created for `--out`. The launcher knows the command's output options (OUTPUT_OPTIONS) and which of
-their parents were missing before the job; after a failed job it removes those temporaries of
-writers on this host that are no longer running, and those parents if they are empty again.
+created for `--out`. The launcher knows the command's output options (OUTPUT_OPTIONS; and the
+outputs a command names after an input, `named_outputs`: drift's recalibrated artifacts beside
+--candidate) and which of their parents were missing before the job; after a failed job it removes
+those temporaries of writers on this host that are no longer running (the name parsed strictly,
+lowprec.tmpnames: another host's, or any other name, is never touched), and those parents if they
+are empty again.
 """
 
 from __future__ import annotations
@@ -14,54 +17,59 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import shutil
-import socket
 from pathlib import Path
 from typing import Sequence
+
+from lowprec.tmpnames import dead_writers, remove
 
 OUTPUT_OPTIONS = ("--out", "--db", "--report", "--data")  # written, or staged beside (`data append` to --data)
 
 
 def output_paths(args: Sequence[str]) -> list[Path]:
-    """The values of OUTPUT_OPTIONS in a command's arguments (`--out X` or `--out=X`), made absolute."""
+    """The values of OUTPUT_OPTIONS in a command's arguments (`--out X` or `--out=X`), made absolute; one
+    that is a symlink stands for its target, as for the writer (lowprec.fileio.through_symlink), which
+    builds its temporary beside the target (a symlink loop: left as given, the command refuses it)."""
+    from lowprec.errors import InputError
+    from lowprec.fileio import through_symlink
+
     out = []
     for i, a in enumerate(args):
         name, eq, value = a.partition("=")
         if name in OUTPUT_OPTIONS:
             value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
             if value:
+                with contextlib.suppress(InputError):
+                    value = str(through_symlink(Path(os.path.abspath(value))))
                 out.append(Path(os.path.abspath(value)))
     return out
 
 
-def _dead_writer(p: Path, out: Path) -> bool:
-    head = f".{out.name}.tmp-{socket.gethostname()}-"
-    pid = p.name[len(head):].split("-", 1)[0] if p.name.startswith(head) else ""
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # (alive, someone else's)
-        return False
-    return False
+def named_outputs(args: Sequence[str]) -> list[tuple[Path, str]]:
+    """Outputs no option names, as (a path beside which they are written, a glob of their names):
+    `drift --on-alarm recalibrate` writes `CANDIDATE.recal-*` (its artifacts and their calibration
+    files, lowprec.drift.recalibration.recal_paths) beside --candidate, as given."""
+    if not args or args[0] != "drift":
+        return []
+    found = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if name == "--candidate":
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                c = Path(os.path.abspath(value))
+                found.append((c, f"{glob.escape(c.name)}.recal-*"))
+    return found
 
 
-def clean_up(made: dict[Path, list[Path]]) -> list[str]:
-    """Remove the temporaries of dead writers beside each output and the parents (`made[out]`: those
-    missing before the job, innermost first) left empty; what could not be removed, as paths."""
+def clean_up(made: dict[Path, list[Path]], named: Sequence[tuple[Path, str]] = ()) -> list[str]:
+    """Remove the temporaries of dead writers beside each output (and of the outputs `named`, from
+    `named_outputs`) and the parents (`made[out]`: those missing before the job, innermost first) left
+    empty; what could not be removed, as paths."""
     left = []
+    for p in [p for out in made for p in dead_writers(out)] + [p for at, name in named for p in dead_writers(at, name)]:
+        if not remove(p):
+            left.append(str(p))
     for out, parents in made.items():
-        for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*") if out.parent.is_dir() else []:
-            if _dead_writer(p, out):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError, PermissionError):
-                        p.unlink()
-                if os.path.lexists(p):
-                    left.append(str(p))
         for d in parents:
             with contextlib.suppress(OSError):  # (not empty: someone else's now, or what the job kept)
                 d.rmdir()

@@ -17,15 +17,15 @@ def dead_pid() -> int:
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     host = socket.gethostname()
     name = "out[1]"  # glob characters in the name must not confuse the sweep
-    dead = tmp_path / f".{name}.tmp-{host}-{dead_pid()}-abc"
-    alive = tmp_path / f".{name}.tmp-{host}-{os.getppid()}-def"  # a running process's
-    other_host = tmp_path / f".{name}.tmp-elsewhere-{dead_pid()}-ghi"  # can't tell: leave it
+    dead = tmp_path / f".{name}.tmp-{host}-{dead_pid()}-abc00000"
+    alive = tmp_path / f".{name}.tmp-{host}-{os.getppid()}-def00000"  # a running process's
+    other_host = tmp_path / f".{name}.tmp-elsewhere-{dead_pid()}-ghi00000"  # can't tell: leave it
     old_style = tmp_path / f".{name}.tmp-k2j3h4"
-    other_name = tmp_path / f".other.tmp-{host}-{dead_pid()}-jkl"
+    other_name = tmp_path / f".other.tmp-{host}-{dead_pid()}-jkl00000"
     for d in (dead, alive, other_host, old_style, other_name):
         d.mkdir()
         (d / "f").write_text("x")
-    stale_file = tmp_path / f".{name}.tmp-{host}-{dead_pid()}-mno"
+    stale_file = tmp_path / f".{name}.tmp-{host}-{dead_pid()}-mno00000"
     stale_file.write_text("half")
 
     with atomic_dir(tmp_path / name) as tmp:
@@ -35,8 +35,25 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     assert alive.exists() and other_host.exists() and old_style.exists() and other_name.exists()
 
 
+def test_another_hosts_temporary_whose_host_extends_ours_is_left(tmp_path, monkeypatch):
+    """qa-5 1: host `vm-N`'s `.out.tmp-vm-N-4242-XXXXXXXX` was read on host `vm` as PID N's, N dead
+    here, and removed under the other host's live writer. Only `.NAME.tmp-vm-PID-XXXXXXXX` is ours."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm")
+    theirs = [tmp_path / f".out.tmp-vm-{dead_pid()}-4242-abcdefgh", tmp_path / f".out.tmp-vm-{dead_pid()}-4242-abcd",
+              tmp_path / f".out.tmp-vm-{dead_pid()}-abc-defgh", tmp_path / f".out.tmp-vm-{dead_pid()}-abcdefghi"]
+    ours = tmp_path / f".out.tmp-vm-{dead_pid()}-ab_d3fgh"
+    for d in (*theirs, ours):
+        d.mkdir()
+        (d / "weights").write_text("precious")
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "done").write_text("yes")
+    assert all((d / "weights").read_text() == "precious" for d in theirs) and not ours.exists()
+    atomic_write_text(tmp_path / "out.json", "{}\n")  # (the same rule for files)
+    assert all(d.exists() for d in theirs)
+
+
 def test_atomic_write_text_sweeps_its_own_stale_temporaries(tmp_path):
-    stale = tmp_path / f".plan.json.tmp-{socket.gethostname()}-{dead_pid()}-x"
+    stale = tmp_path / f".plan.json.tmp-{socket.gethostname()}-{dead_pid()}-x0000000"
     stale.write_text("{")
     atomic_write_text(tmp_path / "plan.json", "{}\n")
     assert (tmp_path / "plan.json").read_text() == "{}\n"

@@ -131,6 +131,61 @@ def test_a_killed_rank_of_a_nproc_append_leaves_the_dataset_alone_and_no_staging
     assert "nothing was written" not in err and "Traceback" not in err, err[-3000:]
 
 
+def _job_processes(marker: str) -> list[int]:
+    """The running processes of a `--nproc` job (LOWPREC_EXIT_DIR set) whose command line holds `marker`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmdline, environ = (d / "cmdline").read_bytes(), (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if d.name.isdigit() and marker.encode() in cmdline and any(e.startswith(b"LOWPREC_EXIT_DIR=") for e in environ):
+            found.append(int(d.name))
+    return found
+
+
+def test_torchrun_killed_outright_leaves_no_rank_running_and_nothing_published(tmp_path):
+    """qa-5 2: torchrun SIGKILLed (or OOM-killed) left its ranks running: the launcher said "the job
+    failed" (exit 3) and the ranks published --out seconds later. The launcher now stops them first."""
+    from tests.distributed.test_ingest import SCHEMA, write_log
+
+    src = write_log(tmp_path / "a.csv", 60_000)
+    (tmp_path / "s.toml").write_text(SCHEMA)
+    out = tmp_path / "new" / "c4"
+    cmd = [sys.executable, "-m", "lowprec", "--nproc", "2", "data", "prepare", "--format", "csv", "--input", src,
+           "--schema", tmp_path / "s.toml", "--out", out]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, env=env(LOWPREC_CSV_PART_BYTES="200000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(tmp_path.glob("new/.c4.tmp-*/.parts/part-000001.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _rank_pid(1, str(out), WAIT_S)
+        torchrun = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and
+                    (d / "stat").exists() and _ppid(d) == proc.pid]
+        assert len(torchrun) == 1, torchrun
+        os.kill(torchrun[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
+        survivors = _job_processes(str(out))
+        for pid in survivors:  # (what the launcher did not stop: not left behind by the test)
+            os.kill(pid, signal.SIGKILL)
+    assert survivors == [], err[-3000:]
+    assert proc.returncode == 3, err[-3000:]
+    time.sleep(3)  # (a rank left running publishes its output within seconds)
+    assert not out.exists() and not (tmp_path / "new").exists(), list(tmp_path.rglob("*"))
+    assert "Traceback" not in err and "the job failed" in err, err[-3000:]
+
+
+def _ppid(d: Path) -> int:
+    try:
+        return int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def test_clean_up_removes_dead_writers_temporaries_and_the_parents_made(tmp_path):
     """What the launcher removes after a failed job, and what it leaves: a live writer's temporary,
     a parent holding something else."""
@@ -142,12 +197,72 @@ def test_clean_up_removes_dead_writers_temporaries_and_the_parents_made(tmp_path
     host = socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           timeout=WAIT_S).stdout.strip()
-    (out.parent / f".c3.tmp-{host}-{dead}-xyz" / ".parts").mkdir(parents=True)
-    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live").mkdir()
+    (out.parent / f".c3.tmp-{host}-{dead}-xyz12345" / ".parts").mkdir(parents=True)
+    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live1234").mkdir()
     assert clean_up({out: [out.parent, out.parent.parent]}) == []
-    assert [p.name for p in out.parent.iterdir()] == [f".c3.tmp-{host}-{os.getpid()}-live"]  # (a live writer's)
-    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live").rmdir()
+    assert [p.name for p in out.parent.iterdir()] == [f".c3.tmp-{host}-{os.getpid()}-live1234"]  # (a live writer's)
+    (out.parent / f".c3.tmp-{host}-{os.getpid()}-live1234").rmdir()
     assert clean_up({out: [out.parent, out.parent.parent]}) == [] and not (tmp_path / "a").exists()
+
+
+def test_clean_up_leaves_another_hosts_temporary_whose_host_extends_ours(tmp_path, monkeypatch):
+    """qa-5 1: a failed job on host `vm` removed `.out.tmp-vm-11-4242-abcd` of a live writer on host
+    `vm-11` (parsed as PID 11 of this host, absent here). Not this host's: never touched."""
+    from lowprec.launchclean import clean_up
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    out = tmp_path / "out"
+    theirs = [tmp_path / f".out.tmp-vm-{dead}-4242-abcd", tmp_path / f".out.tmp-vm-{dead}-4242-abcdefgh"]
+    for d in theirs:
+        d.mkdir()
+        (d / "weights").write_text("precious")
+    ours = tmp_path / f".out.tmp-vm-{dead}-abcdefgh"
+    ours.mkdir()
+    assert clean_up({out: []}) == []
+    assert all((d / "weights").read_text() == "precious" for d in theirs) and not ours.exists()
+
+
+def test_clean_up_looks_where_a_symlinked_output_is_written(tmp_path):
+    """qa-5 3: `--out LINK` (LINK -> tgt/ds): the writer builds `.ds.tmp-*` beside the target; the
+    clean-up looked beside the link, left it and said "it left no temporary files"."""
+    from lowprec.launchclean import clean_up, output_paths
+
+    (tmp_path / "tgt" / "ds").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "tgt" / "ds")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    outs = output_paths(["data", "prepare", "--out", str(tmp_path / "lnk"), f"--report={tmp_path / 'loop'}"])
+    assert outs == [tmp_path / "tgt" / "ds", tmp_path / "loop"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    (tmp_path / "tgt" / f".ds.tmp-{socket.gethostname()}-{dead}-abcdefgh" / ".parts").mkdir(parents=True)
+    assert clean_up({o: [] for o in outs}) == []
+    assert os.listdir(tmp_path / "tgt") == ["ds"]
+
+
+def test_clean_up_removes_a_dead_drift_ranks_recalibration_temporaries_beside_the_candidate(tmp_path):
+    """qa-5 4: `--nproc drift --on-alarm recalibrate` killed left `.cand.recal-w3-alarmed.h-XXXX.tmp-*`
+    beside --candidate (no output option names it) and said "it left no temporary files"."""
+    from lowprec.launchclean import clean_up, named_outputs
+
+    cand = tmp_path / "c[1]"
+    cand.mkdir()
+    args = ["drift", "--reference", "m", "--candidate", str(cand), "--db", str(tmp_path / "h.sqlite"),
+            "--on-alarm", "recalibrate"]
+    assert named_outputs(args) == [(cand, "c[[]1].recal-*")] and named_outputs(["eval", "--candidate", "x"]) == []
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    gone = [tmp_path / f".c[1].recal-w3-alarmed.h-cc9b0ce4.tmp-{host}-{dead}-abcdefgh",
+            tmp_path / f".c[1].recal-w3.h-cc9b0ce4.calib.json.tmp-{host}-{dead}-abcdefg_"]
+    kept = [tmp_path / f".c[1].recal-w3.h-cc9b0ce4.tmp-{host}-{os.getpid()}-abcdefgh",  # (a live writer's)
+            tmp_path / f".c[1].recal-w3.h-cc9b0ce4.tmp-{host}-{dead}-4242-abcdefgh",  # (another host's)
+            tmp_path / f".c[1].tmp-{host}-{dead}-abcdefgh"]  # (not a recalibration's: not this job's)
+    for d in gone + kept:
+        d.mkdir()
+    assert clean_up({}, named_outputs(args)) == []
+    assert not any(d.exists() for d in gone) and all(d.exists() for d in kept)
 
 
 def test_a_hung_rank_is_said_to_have_not_answered(monkeypatch):
