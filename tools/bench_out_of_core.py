@@ -5,7 +5,11 @@ table of ~2/3 of the bytes and one of ~1/3 (dim 64, fp32), streamed to disk in b
 (`write_float_model`, never in RAM), then runs each stage as its own `lowprec` child process under
 RLIMIT_DATA (--limit-gb, so nothing can exhaust the machine's memory):
 convert (uniform int4, and a plan: big table int4, the other int8), eval of the float model and
-of the int4 artifact, calibrate, and one search (on --rows rows). It records wall time, model GB
+of the int4 artifact, compare of the two, calibrate, and one search (on --rows rows). With
+--sharded N the model is stored as MLPerf DLRMv2's checkpoint is: each of the two big tables in N
+row-range shard files, the rest in one file, a model.safetensors.index.json naming them (config.json
+records every file's sha256, the index's too): the layout whose tables eval, compare, drift,
+calibrate and convert look up shard by shard, and search joins (README "Models larger than RAM"). It records wall time, model GB
 per second and the child's peak anonymous memory (RssAnon sampled every 50 ms from
 /proc/PID/status; read-only file mappings are file pages, not anonymous ones), writes
 the tables as markdown to --out (reports/out_of_core.md is that output merged by hand with the
@@ -14,6 +18,7 @@ It deletes only directories it created: each carries a marker file, and a --work
 that exists without one is refused.
 
     .venv/bin/python tools/bench_out_of_core.py --sizes 2,30 --work /tmp/ooc --out /tmp/ooc.md
+    .venv/bin/python tools/bench_out_of_core.py --sizes 2 --sharded 8 --limit-gb 1 --out /tmp/ooc-sharded.md
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from _bench_common import machine, machine_line  # noqa: E402
 
 from lowprec.checkpoint.float_model import write_float_model  # noqa: E402
 from lowprec.data.dataset import Dataset, DatasetWriter, SparseFeature  # noqa: E402
+from lowprec.fileio import sha256_file  # noqa: E402
 from lowprec.train import TrainConfig, model_config_for  # noqa: E402
 
 DIM = 64
@@ -70,6 +76,37 @@ def pieces(name: str, shape: tuple[int, ...], block_rows: int = 1 << 20):
     block = torch.empty((min(block_rows, shape[0]), *shape[1:])).uniform_(-0.1, 0.1, generator=g)
     for start in range(0, shape[0], block_rows):
         yield block[: min(block_rows, shape[0] - start)]
+
+
+def shard_tables(model: Path, parts: int, min_rows: int = 100_000) -> None:
+    """Rewrite `model` (one model.safetensors) in the MLPerf DLRMv2 layout: each table of >= min_rows
+    rows in `parts` row-range files (one slice in memory at a time), the other tensors in
+    rest.safetensors, an index naming them; config.json records every file's sha256 and the index's."""
+    from safetensors.torch import save_file
+
+    from lowprec.checkpoint.mapped import open_tensors  # read-only shared mappings: not RLIMIT_DATA
+
+    index, wmap, rest = "model.safetensors.index.json", {}, {}
+    src = open_tensors(model / "model.safetensors")
+    for name in src.names():
+        rows = src.shape(name)[0]
+        if not name.endswith(".bag.weight") or rows < min_rows:
+            rest[name], wmap[name] = src.tensor(name).clone(), "rest.safetensors"
+            continue
+        bounds = np.linspace(0, rows, parts + 1).astype(int)
+        wmap[name] = []
+        for i, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+            file = f"{name.split('.')[1]}-{i}.safetensors"
+            save_file({"rows": src.tensor(name)[lo:hi].contiguous()}, str(model / file))
+            wmap[name].append({"file": file, "tensor": "rows", "rows": [lo, hi]})
+    del src
+    save_file(rest, str(model / "rest.safetensors"))
+    (model / index).write_text(json.dumps({"metadata": {}, "weight_map": wmap}))
+    (model / "model.safetensors").unlink()
+    config = json.loads((model / "config.json").read_text())
+    files = sorted(p.name for p in model.glob("*.safetensors")) + [index]
+    config["sha256"] = {f: sha256_file(model / f) for f in files}
+    (model / "config.json").write_text(json.dumps(config))
 
 
 def run_stage(args: list[str], limit: int) -> dict:
@@ -109,8 +146,9 @@ def remove_own(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def write_inputs(root: Path, gb: float, rows: int) -> tuple[Path, Path, float | None]:
-    """The dataset and float model under `root`; reused (write time None) if a complete one is there."""
+def write_inputs(root: Path, gb: float, rows: int, sharded: int = 0) -> tuple[Path, Path, float | None]:
+    """The dataset and float model under `root` (its big tables in `sharded` row shards, if > 0);
+    reused (write time None) if a complete one is there."""
     big, mid = int(gb * 1e9 * 2 / 3 / (DIM * 4)), int(gb * 1e9 / 3 / (DIM * 4))
     ds, model = root / "data", root / "model"
     if (model / "config.json").exists() and (ds / "dataset.json").exists():
@@ -121,14 +159,17 @@ def write_inputs(root: Path, gb: float, rows: int) -> tuple[Path, Path, float | 
     write_dataset(ds, big, mid, rows)
     config = model_config_for(Dataset(ds).meta, TrainConfig(windows=(0,), embedding_dim=DIM))
     write_float_model(model, config, pieces, {"source": "bench_out_of_core"})
+    if sharded:
+        shard_tables(model, sharded)
     return ds, model, round(time.time() - t, 1)
 
 
-def bench_size(gb: float, work: Path, limit: int, rows: int, report, only: set[str] | None = None) -> dict:
-    root = work / f"{gb:g}gb"  # one --work per concurrent run: each run deletes its own
+def bench_size(gb: float, work: Path, limit: int, rows: int, report, only: set[str] | None = None,
+               sharded: int = 0) -> dict:
+    root = work / f"{gb:g}gb{f'-{sharded}shards' if sharded else ''}"  # one --work per concurrent run
     big, mid = int(gb * 1e9 * 2 / 3 / (DIM * 4)), int(gb * 1e9 / 3 / (DIM * 4))
-    ds, model, write_s = write_inputs(root, gb, rows)
-    size = (model / "model.safetensors").stat().st_size
+    ds, model, write_s = write_inputs(root, gb, rows, sharded)
+    size = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     plan = root / "plan.json"
     plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1, "tables": {
         "big": {"precision": "int4"}, "*": {"precision": "int8"}}}))
@@ -136,6 +177,8 @@ def bench_size(gb: float, work: Path, limit: int, rows: int, report, only: set[s
         "convert int4": ["convert", "--model", model, "--precision", "int4", "--out", root / "a-int4"],
         "eval float": ["eval", "--model", model, "--data", ds, "--windows", "2", "--json"],
         "eval artifact": ["eval", "--model", root / "a-int4", "--data", ds, "--windows", "2", "--json"],
+        "compare": ["compare", "--reference", model, "--candidate", root / "a-int4", "--data", ds, "--windows", "2",
+                    "--json"],
         "calibrate": ["calibrate", "--model", model, "--data", ds, "--windows", "1",
                       "--out", root / "calib.json"],
         "search": ["search", "--model", model, "--data", ds, "--calib-windows", "1", "--eval-windows", "2",
@@ -143,7 +186,7 @@ def bench_size(gb: float, work: Path, limit: int, rows: int, report, only: set[s
         "convert plan": ["convert", "--model", model, "--plan", plan, "--out", root / "a-plan"],
     }
     out = {"gb": gb, "bytes": size, "write_seconds": write_s, "big_rows": big,
-           "mid_rows": mid, "stages": {}, "root": root}
+           "mid_rows": mid, "sharded": sharded, "stages": {}, "root": root}
     for name, args in stages.items():
         if only is not None and name not in only:
             continue
@@ -163,7 +206,9 @@ def render(results: list[dict], limit: int, cmd: str) -> str:
              "read-only mappings, which the kernel reclaims at will.", ""]
     for r in results:
         lines += [f"## {r['bytes'] / 1e9:.1f} GB model (tables: {r['big_rows']:,} and {r['mid_rows']:,} "
-                  f"rows x {DIM} fp32, two small ones); "
+                  f"rows x {DIM} fp32, two small ones"
+                  + (f", each big one in {r['sharded']} row-shard files with an index" if r.get("sharded") else "")
+                  + "); "
                   + (f"written in {r['write_seconds']} s" if r["write_seconds"] else "written by an earlier run"), "",
                   "| stage | exit | wall s | GB/s | peak anon MiB | peak RSS MiB |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -187,6 +232,8 @@ def main() -> None:
     ap.add_argument("--out", required=True,
                     help="markdown output (not reports/out_of_core.md itself: merge into it by hand)")
     ap.add_argument("--keep", action="store_true", help="keep the model and outputs (a later run reuses them)")
+    ap.add_argument("--sharded", type=int, default=0,
+                    help="store each big table in N row-range shard files with an index (MLPerf DLRMv2's layout)")
     ap.add_argument("--stages", default=None,
                     help="comma-separated stage names to run (default all; 'none' only writes the inputs)")
     args = ap.parse_args()
@@ -203,7 +250,7 @@ def main() -> None:
     try:
         for gb in (float(x) for x in args.sizes.split(",")):
             only = None if args.stages is None else set(args.stages.split(",")) - {"none"}
-            r = bench_size(gb, work, limit, args.rows, report, only)
+            r = bench_size(gb, work, limit, args.rows, report, only, args.sharded)
             results.append(r)
             if not args.keep:
                 remove_own(r["root"])
