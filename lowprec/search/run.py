@@ -250,7 +250,7 @@ def _warn_unused_sharing(config: DLRMConfig, space: SearchSpace, items: dict[str
                          counted: bool) -> None:
     """Sharing ratios or tier layouts that became no option are said, not dropped silently: all of
     them (no counts, no table to share), or a tier layout that leaves an upper tier empty on every
-    table it could apply to (its share rounds to 0 rows there: lowprec.search.space.fits_table)."""
+    table it could apply to (its share rounds to 0 rows there: lowprec.search.space.options_for)."""
     asked = [f for f, v in (("sharing ratios", space.sharing_ratios), ("tier layouts", space.tier_layouts)) if v]
     tables = shareable(config, space)
     if counted and tables:

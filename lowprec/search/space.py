@@ -94,6 +94,7 @@ def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -
     `sharing` (they need row access counts from calibration)."""
     items: dict[str, list[Option]] = {}
     dim, eligible = config.embedding_dim, {t.name for t in shareable(config, space)}
+    layouts = [layout_option(layout) for layout in space.tier_layouts] if sharing else []
     for t in config.tables:
         item = f"table:{t.name}"
         opts = [Option(item, p, None, serving_bytes(t, dim, table_codec(p), None))
@@ -103,9 +104,10 @@ def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -
                 for p in space.sharing_precisions:
                     share = (("kind", "hot"), ("ratio", ratio))
                     opts.append(Option(item, p, share, serving_bytes(t, dim, table_codec(p), dict(share))))
-            for layout in space.tier_layouts:  # tier boundaries and precisions, priced like any option
-                if fits_table(layout, t.num_embeddings):  # else: the plain cold precision plus empty tiers
-                    spec, cold, share = layout_option(layout)
+            for spec, cold, share in layouts:  # tier boundaries and precisions, priced like any option
+                # (not where an upper tier's share rounds to 0 rows: it stores nothing and costs the
+                # table a rank directory, the plain cold precision plus empty tiers: lowprec.serve.tiers)
+                if not TierSpec.from_json(spec, "").empty_upper(t.num_embeddings):
                     opts.append(Option(item, cold, share, serving_bytes(t, dim, table_codec(cold), spec)))
         items[item] = opts
     for name, shape in config.layer_shapes().items():
@@ -121,13 +123,6 @@ def layout_option(layout: str) -> tuple[dict[str, Any], Precision, tuple[tuple[s
     share = (("kind", "tiered"), ("tiers", tuple(tuple(x) for x in spec["tiers"])),
              *((("order", spec["order"]),) if "order" in spec else ()))
     return spec, cold, share
-
-
-def fits_table(layout: str, rows: int) -> bool:
-    """Whether every upper tier of `layout` holds a row of a `rows`-row table: one whose share rounds
-    to 0 rows stores nothing and costs the table a rank directory (lowprec.serve.tiers)."""
-    spec, _ = parse_layout(layout)
-    return not TierSpec.from_json(spec, "").empty_upper(rows)
 
 
 def shareable(config: DLRMConfig, space: SearchSpace) -> list[TableConfig]:
