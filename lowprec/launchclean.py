@@ -25,22 +25,31 @@ from lowprec.tmpnames import dead_writers, remove
 OUTPUT_OPTIONS = ("--out", "--db", "--report", "--data")  # written, or staged beside (`data append` to --data)
 
 
+def _values(args: Sequence[str], options: Sequence[str]) -> list[str]:
+    """The values of `options` in a command's arguments (`--out X` or `--out=X`), in order."""
+    out = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if name in options:
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                out.append(value)
+    return out
+
+
 def output_paths(args: Sequence[str]) -> list[Path]:
-    """The values of OUTPUT_OPTIONS in a command's arguments (`--out X` or `--out=X`), made absolute; one
-    that is a symlink stands for its target, as for the writer (lowprec.fileio.through_symlink), which
-    builds its temporary beside the target (a symlink loop: left as given, the command refuses it)."""
+    """The values of OUTPUT_OPTIONS in a command's arguments, made absolute; one that is a symlink
+    stands for its target, as for the writer (lowprec.fileio.through_symlink), which builds its
+    temporary beside the target (a symlink loop: left as given, the command refuses it)."""
     from lowprec.errors import InputError
     from lowprec.fileio import through_symlink
 
     out = []
-    for i, a in enumerate(args):
-        name, eq, value = a.partition("=")
-        if name in OUTPUT_OPTIONS:
-            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
-            if value:
-                with contextlib.suppress(InputError):
-                    value = str(through_symlink(Path(os.path.abspath(value))))
-                out.append(Path(os.path.abspath(value)))
+    for value in _values(args, OUTPUT_OPTIONS):
+        path = Path(os.path.abspath(value))
+        with contextlib.suppress(InputError):
+            path = Path(os.path.abspath(through_symlink(path)))
+        out.append(path)
     return out
 
 
@@ -50,15 +59,8 @@ def named_outputs(args: Sequence[str]) -> list[tuple[Path, str]]:
     files, lowprec.drift.recalibration.recal_paths) beside --candidate, as given."""
     if not args or args[0] != "drift":
         return []
-    found = []
-    for i, a in enumerate(args):
-        name, eq, value = a.partition("=")
-        if name == "--candidate":
-            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
-            if value:
-                c = Path(os.path.abspath(value))
-                found.append((c, f"{glob.escape(c.name)}.recal-*"))
-    return found
+    candidates = [Path(os.path.abspath(v)) for v in _values(args, ("--candidate",))]
+    return [(c, f"{glob.escape(c.name)}.recal-*") for c in candidates]
 
 
 def clean_up(made: dict[Path, list[Path]], named: Sequence[tuple[Path, str]] = ()) -> list[str]:
