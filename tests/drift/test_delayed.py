@@ -324,14 +324,19 @@ def test_two_histories_of_one_candidate_never_replace_each_others_recalibration(
                    "--config", tmp_path / f"{cfg}.toml", "--on-alarm", "recalibrate", "--recalibrate-on",
                    "alarmed", "--json")
 
-    recorded = {}
+    recorded, first_inode = {}, None
     for db, cfg in ((tmp_path / "a.sqlite", "a"), (tmp_path / "b.sqlite", "b")):
         r = run(db, cfg)
         assert r.exit_code == 1 and last_json(r)["first_alarm"] == 2, r.output
         (recal,) = last_json(r)["recalibrations"]
         recorded[db.name] = recal
+        first_inode = first_inode or (Path(recal["artifact"]) / "manifest.json").stat().st_ino
     a, b = recorded["a.sqlite"], recorded["b.sqlite"]
-    assert a["artifact"] != b["artifact"] and a["artifact_sha256"] != b["artifact_sha256"]
+    # int4 minmax tables with fp32 layers do not depend on the calibration: the two artifacts may hold
+    # the same bytes (they did when both runs fell in one second), so "not replaced" is said by paths
+    # and by the first artifact's manifest being the very file the first history wrote
+    assert a["artifact"] != b["artifact"]
+    assert (Path(a["artifact"]) / "manifest.json").stat().st_ino == first_inode
     for db, x in ((tmp_path / "a.sqlite", a), (tmp_path / "b.sqlite", b)):
         with DriftStore(db) as s:
             (row,) = s.recalibrations()
