@@ -16,8 +16,11 @@ by this run, was not judged yet), the windows whose label-free record was judged
 one their labelled metrics were computed from (`window_labels_sha`, written with the labelled row).
 Labels get revised after the fact (late conversions), so that is said, not refused: the recorded
 metrics stand. A labels file whose size, mtime and ctime are the recorded ones is not fingerprinted
-again (`labels_stat`). The labels fingerprint is exact up to 256 MiB of labels and sampled beyond (first and
-last 4 MiB and the size), so a revision in the middle of a bigger file goes unseen.
+again (`labels_stat`); one that changed is read whole (sha256 of every byte: a late conversion is
+one flipped label anywhere in a file of billions), so the read costs a second or so a GB, once per
+rewrite. Histories written before that hold a sampled fingerprint (size, first and last 4 MiB) for
+labels files beyond 256 MiB; such a record is compared in its own form and, while it still matches,
+replaced by the whole-file one.
 """
 
 from __future__ import annotations
@@ -33,11 +36,20 @@ from lowprec.errors import InputError
 from lowprec.fileio import file_fingerprint, sha256_file
 
 
-def window_labels_sha(ds: Dataset, w: int) -> str | None:
-    """Fingerprint of window w's labels file (see the module docstring), "labels:" + sha256; None
-    while the file is not there."""
+def window_labels_sha(ds: Dataset, w: int, like: str | None = None) -> str | None:
+    """Fingerprint of window w's labels file, "labels:" + the sha256 of all its bytes; None while
+    the file is not there. `like` a recorded "labels:sampled:..." value (an older lowprec's, for a
+    file beyond 256 MiB): the fingerprint in that form, to compare with it."""
     path = window_files(ds.root, w)["labels"]
-    return "labels:" + file_fingerprint(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    if _sampled(like):
+        return "labels:" + file_fingerprint(path)
+    return "labels:" + sha256_file(path)
+
+
+def _sampled(fingerprint: str | None) -> bool:
+    return fingerprint is not None and fingerprint.startswith("labels:sampled:")
 
 
 def labels_stat(ds: Dataset, w: int) -> str | None:
@@ -108,12 +120,12 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
         now_stat = labels_stat(ds, w)
         if now_stat is not None and now_stat == stat:
             continue
-        if window_labels_sha(ds, w) != sha:  # (None: the file was removed)
+        if window_labels_sha(ds, w, like=sha) != sha:  # (None: the file was removed)
             revised.append(w)
         elif now_stat is not None:  # the same bytes (touched, copied): remember the new stat
-            touched.append((w, now_stat))
+            touched.append((w, window_labels_sha(ds, w) if _sampled(sha) else sha, now_stat))
     if touched:
-        store.set_label_stats(touched)
+        store.set_label_sources(touched)
     if revised:
         notes.append(f"windows {revised} have labels that are not the ones their labelled metrics were computed "
                      f"from (revised, or removed, since they were recorded); those metrics and alarms stand as "

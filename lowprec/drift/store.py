@@ -273,11 +273,12 @@ class DriftStore:
         return {r["window"]: (r["labels_sha256"], r["labels_stat"])
                 for r in self.conn.execute("SELECT * FROM window_labels")}
 
-    def set_label_stats(self, stats: list[tuple[int, str]]) -> None:
-        """The labels files' new stats (window, stat) where their bytes are still the recorded ones."""
+    def set_label_sources(self, sources: list[tuple[int, str, str]]) -> None:
+        """(window, fingerprint, stat) of labels files whose bytes are still the recorded ones: their
+        new stat, and the fingerprint in its current form (an older history's sampled one replaced)."""
         with self.transaction():
-            self.conn.executemany('UPDATE window_labels SET labels_stat = ? WHERE "window" = ?',
-                                  [(s, w) for w, s in stats])
+            self.conn.executemany('UPDATE window_labels SET labels_sha256 = ?, labels_stat = ? WHERE "window" = ?',
+                                  [(sha, st, w) for w, sha, st in sources])
 
     def record_window(self, row: dict[str, Any], clipping: list[dict[str, Any]],
                       tables: list[dict[str, Any]], source: dict[str, Any] | None = None,

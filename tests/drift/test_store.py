@@ -53,7 +53,7 @@ def test_a_database_from_before_the_columns_added_later_gains_them(tmp_path):
     con.close()
     with DriftStore(db) as s:
         assert s.label_sources() == {3: ("labels:abc", None)}
-        s.set_label_stats([(3, "10:1:2")])
+        s.set_label_sources([(3, "labels:abc", "10:1:2")])
         assert s.label_sources() == {3: ("labels:abc", "10:1:2")}
         assert s.sources()[3]["estimate_thresholds"] is None and s.sources()[3]["rows"] == 10
 

@@ -200,7 +200,7 @@ def test_a_labels_file_is_fingerprinted_again_only_when_its_stat_changes(two_dat
     data = own_copy(root, tmp_path)
     read = []
     real = sources.window_labels_sha
-    monkeypatch.setattr(sources, "window_labels_sha", lambda ds, w: read.append(w) or real(ds, w))
+    monkeypatch.setattr(sources, "window_labels_sha", lambda ds, w, **kw: read.append(w) or real(ds, w, **kw))
     assert run(tmp_path / "link", "data", db).exit_code in (0, 1)
     read.clear()
     assert last_json(run(tmp_path / "link", "data", db))["notes"] == [] and read == []  # unchanged: not read
@@ -215,6 +215,43 @@ def test_a_labels_file_is_fingerprinted_again_only_when_its_stat_changes(two_dat
     assert labels.stat().st_size == before.st_size and labels.stat().st_mtime_ns == before.st_mtime_ns
     notes = last_json(run(tmp_path / "link", "data", db))["notes"]
     assert read == [1] and len(notes) == 1 and "windows [1] have labels that are not the ones" in notes[0]
+
+
+def test_an_older_historys_sampled_labels_fingerprint_is_replaced_by_a_whole_file_one(two_datasets, tmp_path,
+                                                                                      monkeypatch):
+    """A labels file beyond 256 MiB was fingerprinted by its size and first and last 4 MiB, so one
+    late conversion in its middle went unseen. Labels are now hashed whole; a record in the old form
+    (made here small by a small sample) is compared in its own form once, then replaced, so the
+    middle is watched from then on: the edit the old form cannot see is said."""
+    import functools
+
+    import numpy as np
+
+    from lowprec.drift import sources
+    from lowprec.drift.store import DriftStore
+    from lowprec.fileio import file_fingerprint, sha256_file
+
+    root, db = two_datasets, tmp_path / "o.sqlite"
+    data = own_copy(root, tmp_path)
+    assert run(tmp_path / "link", "data", db).exit_code in (0, 1)
+    labels = data / "day_1_labels.npy"
+    old_form = functools.partial(file_fingerprint, full_limit=0, sample=128)  # (the real one: 256 MiB / 4 MiB)
+    monkeypatch.setattr(sources, "file_fingerprint", old_form)
+    with DriftStore(db) as s:  # as an older lowprec recorded it, before the stat was recorded
+        s.conn.execute('UPDATE window_labels SET labels_sha256 = ?, labels_stat = NULL WHERE "window" = 1',
+                       ("labels:" + old_form(labels),))
+        s.conn.commit()
+    assert last_json(run(tmp_path / "link", "data", db))["notes"] == []  # the same bytes: nothing to say
+    with DriftStore(db) as s:
+        assert s.label_sources()[1][0] == "labels:" + sha256_file(labels)  # the whole-file form now
+    before = old_form(labels)
+    y = np.load(labels, mmap_mode="r+")  # (in place: the file's header bytes stay as they are)
+    y[len(y) // 2] = 1 - y[len(y) // 2]  # one late conversion mid-file, beyond the old form's ends
+    y.flush()
+    del y
+    assert old_form(labels) == before  # what the old fingerprint could not see
+    notes = last_json(run(tmp_path / "link", "data", db))["notes"]
+    assert len(notes) == 1 and "windows [1] have labels that are not the ones" in notes[0]
 
 
 def test_a_float_candidate_other_than_the_reference_is_refused(two_datasets, tmp_path):
