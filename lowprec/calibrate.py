@@ -200,22 +200,19 @@ def save_calibration(calib: dict[str, Any], path: str | Path, model_sha: str | N
                      inputs: tuple = ()) -> None:
     """CALIB.json plus its content-named row-count sidecar, committed as one (see module doc)."""
     from lowprec.errors import user_os_errors
-    from lowprec.fileio import _umask, claim_output
+    from lowprec.fileio import _umask, claim_output, temporary_file
 
     path = claim_output(path, "calibration", inputs)
     replaced = _sidecar_of(path)  # the row-count file of the calibration being replaced, if any
     with user_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.counts.tmp-{os.getpid()}.safetensors")
-        try:
-            save_file({k: _count_tensor(v) for k, v in calib["row_counts"].items()},
-                      str(tmp))
-            os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; read like any output
-            sha = sha256_file(tmp)
-            side = counts_path(path, sha)
-            tmp.replace(side)
-        finally:
-            tmp.unlink(missing_ok=True)
+    # (named for CALIB.counts.safetensors until its hash names it: a killed run's is swept by the next)
+    with temporary_file(counts_path(path)) as tmp, user_os_errors(path):
+        save_file({k: _count_tensor(v) for k, v in calib["row_counts"].items()}, str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; read like any output
+        sha = sha256_file(tmp)
+        side = counts_path(path, sha)
+        tmp.replace(side)
     obj = {k: v for k, v in calib.items() if k != "row_counts"}
     obj["model_sha256"] = model_sha
     obj["row_counts"] = {"file": side.name, "sha256": sha}

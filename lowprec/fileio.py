@@ -270,6 +270,23 @@ def temporary_sibling(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def temporary_file(out: Path) -> Iterator[Path]:
+    """A new empty temporary file beside `out`, with normal permissions, named like
+    `temporary_sibling`'s (so a dead writer's is swept by the next write of `out`); removed on exit
+    unless it was renamed into place."""
+    _sweep_stale(out)
+    with user_os_errors(out):
+        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(out.name), dir=out.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # (mkstemp makes 0600)
+        os.close(fd)
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _swap(tmp: Path, out: Path) -> None:
     backup = out.with_name(out.name + _BACKUP_SUFFIX)
     for _ in range(3):  # a reader may restore the old copy between our renames: move it aside again
@@ -304,19 +321,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, kind: str | None = Non
         check_parent(path)
     with user_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_stale(path)
-        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), dir=path.parent)
-    try:
-        with user_os_errors(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-            os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with temporary_file(path) as tmp, user_os_errors(path), open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def fsync_tree(root: Path) -> None:

@@ -196,6 +196,42 @@ def test_calibration_pair_commits_as_one(base, tmp_path, monkeypatch):
     assert again["windows"] == first["windows"] == [1]
 
 
+def test_a_killed_calibrates_row_count_temporary_is_swept_by_the_next(base, tmp_path, monkeypatch):
+    """The row counts were written to `.STEM.counts.tmp-PID.safetensors`: no host, so no writer could
+    be told dead, and a killed run's file stayed beside the calibration for ever. It is named like
+    every other temporary now, and the next calibrate to that path removes a dead writer's."""
+    import socket
+    from pathlib import Path
+
+    import lowprec.calibrate as cal
+    from lowprec.fileio import sha256_file as real_sha
+
+    def dead_pid() -> int:
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait(timeout=60)
+        return proc.pid
+
+    out = tmp_path / "calib.json"
+    left = []
+
+    def killed(path, *a, **k):
+        left.append(Path(path))
+        raise KeyboardInterrupt  # stands in for SIGKILL while the counts are written
+
+    monkeypatch.setattr(cal, "sha256_file", killed)
+    r = run("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1", "--out", out)
+    assert r.exit_code != 0 and len(left) == 1
+    assert left[0].name.startswith(f".calib.counts.safetensors.tmp-{socket.gethostname()}-{os.getpid()}-")
+    assert not left[0].exists()  # removed by the run that made it
+    dead = tmp_path / f".calib.counts.safetensors.tmp-{socket.gethostname()}-{dead_pid()}-abc00000"
+    dead.write_bytes(b"half a file")  # what a SIGKILLed run leaves
+    monkeypatch.setattr(cal, "sha256_file", real_sha)
+    r = run("calibrate", "--model", base / "model", "--data", base / "data", "--windows", "1", "--out", out)
+    assert r.exit_code == 0, r.output
+    side = json.loads(out.read_text())["row_counts"]["file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["calib.json", side])
+
+
 def test_calibration_files_get_normal_permissions(base, tmp_path):
     old = os.umask(0o022)
     try:
