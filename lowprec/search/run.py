@@ -50,7 +50,7 @@ from lowprec.search.space import (Option, SearchSpace, layout_option, options_fo
 from lowprec.search.whole import timed_whole
 from lowprec.search import rows_subset
 from lowprec.search.validate import validate
-from lowprec.serve.tiers import parse_layout
+from lowprec.serve.tiers import TierSpec, parse_layout
 
 
 @dataclass(frozen=True)
@@ -255,9 +255,16 @@ def _warn_unused_sharing(config: DLRMConfig, space: SearchSpace, items: dict[str
     tables = shareable(config, space)
     if counted and tables:
         offered = {o.sharing for opts in items.values() for o in opts}
+        big = max(tables, key=lambda t: t.num_embeddings)
         for layout in space.tier_layouts:
-            if layout_option(layout)[2] not in offered:
-                big = max(tables, key=lambda t: t.num_embeddings)
+            spec, cold, share = layout_option(layout)
+            if share in offered:
+                continue
+            if TierSpec.from_json(spec, big.name).sizes(big.num_embeddings)[-1] == 0:
+                warn(f"tier layout {layout!r} is not considered: its tiers take every row, leaving its cold tier "
+                     f"({cold.value}) empty, so it would store its tiers' precisions plus an id map for nothing; "
+                     f"leave the cold tier a share (tier shares summing to less than 1)")
+            else:
                 warn(f"tier layout {layout!r} is not considered: a tier's share rounds to 0 rows on every table "
                      f"it could apply to (the largest, {big.name!r}, has {big.num_embeddings:,} rows), so it would "
                      f"store the plain cold precision plus a rank directory for nothing; give each tier a share "

@@ -105,9 +105,9 @@ def options_for(config: DLRMConfig, space: SearchSpace, sharing: bool = False) -
                     share = (("kind", "hot"), ("ratio", ratio))
                     opts.append(Option(item, p, share, serving_bytes(t, dim, table_codec(p), dict(share))))
             for spec, cold, share in layouts:  # tier boundaries and precisions, priced like any option
-                # (not where an upper tier's share rounds to 0 rows: it stores nothing and costs the
-                # table a rank directory, the plain cold precision plus empty tiers: lowprec.serve.tiers)
-                if not TierSpec.from_json(spec, "").empty_upper(t.num_embeddings):
+                # (not where a tier would be empty: an upper tier's share rounds to 0 rows, or the
+                # tiers take every row; either pays an id map for nothing: lowprec.serve.tiers)
+                if not TierSpec.from_json(spec, "").leaves_empty(t.num_embeddings):
                     opts.append(Option(item, cold, share, serving_bytes(t, dim, table_codec(cold), spec)))
         items[item] = opts
     for name, shape in config.layer_shapes().items():

@@ -100,6 +100,12 @@ class TierSpec:
         bounds.append(n)
         return [b - a for a, b in zip(bounds, bounds[1:])]
 
+    def leaves_empty(self, n: int) -> bool:
+        """Whether an n-row table would have an empty tier under this layout: an upper tier whose
+        share rounds to 0 rows, or the cold tier when the tiers take every row (search does not
+        offer such a layout on that table: it stores what a simpler table stores, plus an id map)."""
+        return 0 in self.sizes(n)
+
     def empty_upper(self, n: int) -> list[int]:
         """The upper tiers that hold none of an n-row table's rows (a share under about 1/n rounds
         to 0): each stores nothing and still costs the table its id map."""

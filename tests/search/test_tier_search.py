@@ -56,6 +56,13 @@ def test_a_layout_that_leaves_a_tier_empty_is_not_offered_on_that_table(setup):
         search_run._warn_unused_sharing(model.config, space, items, counted=True)
     (w,) = seen
     assert "'0.0005:fp16/int4' is not considered" in str(w.message) and "'t0', has 600 rows" in str(w.message)
+    # tiers that take every row leave the cold tier empty: fp16 rows plus an id map, never offered
+    space = SearchSpace(tier_layouts=("1:fp16/int4", "0.5:fp16,0.5:int8/int4", "0.5:fp16/int4"), sharing_min_rows=30)
+    items = options_for(model.config, space, sharing=True)
+    assert [dict(o.sharing)["tiers"] for o in items["table:t0"] if o.sharing] == [((0.5, "fp16"),)]
+    with pytest.warns(InputWarning) as seen:
+        search_run._warn_unused_sharing(model.config, space, items, counted=True)
+    assert len(seen) == 2 and all("leaving its cold tier (int4) empty" in str(w.message) for w in seen)
 
 
 @pytest.mark.parametrize("objective", ["bytes", "latency"])
