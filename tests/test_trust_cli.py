@@ -110,6 +110,26 @@ def test_eval_flags_a_model_worse_than_the_base_rate(two, tmp_path):
     assert "warning: NE" in r.stderr
 
 
+def test_every_warning_line_is_also_in_the_json(two, tmp_path):
+    """`warning:` lines went to stderr only (InputWarnings and the ones commands say themselves), so a
+    job reading --json never saw them: each is in the result's "warnings" now, once."""
+    import re
+
+    def said(r):  # (a progress bar's \r-ended frames share the lines)
+        return [line[len("warning: "):] for line in re.split(r"[\r\n]", r.stderr) if line.startswith("warning: ")]
+
+    plan = tmp_path / "plan.json"  # no rule for the bottom layers: an InputWarning
+    plan.write_text(json.dumps({"format": "lowprec-plan", "version": 1, "tables": {"*": {"precision": "int4"}},
+                                "layers": {"top.*": {"precision": "fp16"}}}))
+    runs = [ok("eval", "--model", two / "ref", "--data", two / "data", "--windows", "0-1", "--json"),  # learned from 0
+            ok("convert", "--model", two / "ref", "--plan", plan, "--out", tmp_path / "art", "--json")]
+    for r in runs:
+        assert said(r), r.stderr
+        assert last_json(r)["warnings"] == list(dict.fromkeys(said(r)))
+    assert any("learned from" in w for w in last_json(runs[0])["warnings"])
+    assert any("no rule of the plan covers layer(s)" in w for w in last_json(runs[1])["warnings"])
+
+
 def test_train_flags_a_model_worse_than_the_base_rate(two, tmp_path):
     # learning rates far too large: the training diverges to confident wrong scores
     r = ok("train", "--data", two / "data", "--windows", 0, "--out", tmp_path / "m", "--epochs", 2,

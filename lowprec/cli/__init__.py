@@ -42,6 +42,7 @@ PARALLEL = ("eval", "drift", "calibrate", "search", "compare", "train", "data pr
 PARALLEL_NAMES = ", ".join(PARALLEL[:-2]) + ", data prepare|append (csv, criteo-tsv)"
 _COMMAND_ARGS = "lowprec.command_args"  # ctx.meta: the command and its arguments, after the group's own options
 _SIGTERM = "lowprec.sigterm"  # ctx.meta: SIGTERM's handler before the command made it raise Terminated
+_WARNED = "lowprec.warned"  # ctx.meta: the `warning:` lines said so far, for --json's "warnings"
 
 
 class _OncePerJob:
@@ -82,7 +83,7 @@ class LowprecGroup(click.Group):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", InputWarning)
-                warnings.showwarning = _show_warning(warnings.showwarning)
+                warnings.showwarning = _show_warning(warnings.showwarning, ctx.meta.setdefault(_WARNED, []))
                 return super().invoke(ctx)
         except InputError as exc:
             raise BadInput(str(exc)) from exc
@@ -183,15 +184,25 @@ class InternalError(_JobError):
                          f"LOWPREC_DEBUG=1 for the traceback, and please report it with the command)")
 
 
-def _show_warning(fallback: Any) -> Any:
-    """`InputWarning`s as one `warning: ...` line on stderr (rank 0 only); other warnings as before."""
+def _show_warning(fallback: Any, said: list[str]) -> Any:
+    """`InputWarning`s as one `warning: ...` line on stderr (rank 0 only), kept in `said` for --json;
+    other warnings as before."""
     def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
         if not issubclass(category, InputWarning):
             fallback(message, category, *args, **kwargs)
         elif dist.is_main():
+            said.append(str(message))
             tqdm.write(f"warning: {message}", file=sys.stderr)  # keeps a progress bar intact
 
     return show
+
+
+def say_warning(message: str) -> None:
+    """A warning a command says itself: one `warning: ...` line on stderr, and in --json's "warnings"."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta.setdefault(_WARNED, []).append(message)
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 class Interrupted(_JobError):
@@ -277,7 +288,12 @@ def emit_json(obj: dict[str, Any]) -> None:
     """Print the one JSON object that --json promises, as the last line of stdout: strict JSON
     (an undefined or non-finite number is null, lowprec.jsonsafe). A stdout that cannot take it
     (a full disk, /dev/full) is exit 2 naming stdout; a closed one is refused before the command
-    runs (`_common.json_needs_stdout`); a pipe whose reader went away is exit 141 (`invoke`)."""
+    runs (`_common.json_needs_stdout`); a pipe whose reader went away is exit 141 (`invoke`).
+    Every `warning:` line the command said on stderr is in its "warnings" list, once."""
+    ctx = click.get_current_context(silent=True)
+    said = ctx.find_root().meta.get(_WARNED, []) if ctx is not None else []
+    if said or "warnings" in obj:
+        obj = {**obj, "warnings": list(dict.fromkeys([*obj.get("warnings", []), *said]))}
     try:
         click.echo(dumps(obj, default=float))
     except BrokenPipeError:

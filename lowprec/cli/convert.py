@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from lowprec.cli import emit_json
+from lowprec.cli import emit_json, say_warning
 from lowprec.cli._common import data_option, fmt, json_option, progress_bar
 
 
@@ -77,7 +77,7 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
     from lowprec.precision import Precision, slow_lookup_warnings
 
     for w in slow_lookup_warnings({t["key"]: Precision.parse(t["precision"]) for t in manifest["physical_tables"]}):
-        click.echo(f"warning: {w}", err=True)
+        say_warning(w)
     if as_json:
         emit_json(_summary(manifest, out))
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lowprec.cli import emit_json
+from lowprec.cli import emit_json, say_warning
 from lowprec.cli._common import SEED, FiniteFloat, data_option, fmt, int_list, name_value_pairs, progress_bar
 
 POSITIVE = FiniteFloat(min=0, min_open=True)
@@ -90,7 +90,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
     warnings = [w for w in [cfg.validation_order_warning] if w]
     if dist.is_main():
         for w in warnings:
-            click.echo(f"warning: {w}", err=True)
+            say_warning(w)
     with progress_bar(total_steps_rows(ds, cfg), "train") as update:
         model, info = run_train(ds, cfg, progress=update)
     if not dist.is_main():
@@ -105,7 +105,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
                   if "validation" in m else (info["final_epoch_ne"], "its training data (last epoch)"))
     bad = worse_than_base_rate(judged)
     if bad:
-        click.echo(base_rate_warning(judged, on), err=True)
+        say_warning(base_rate_warning(judged, on))
     if as_json:
         emit_json({"out": out, "parameters": params, "windows": list(cfg.windows), **info,
                    "worse_than_base_rate": bad, "warnings": warnings})
@@ -147,8 +147,8 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     check_compatible(config, ds.meta, str(model_dir))
     learned = seen_in_training(info, ds, chosen) if dist.is_main() else {}  # (info, or an artifact's manifest)
     if learned:
-        click.echo(f"warning: window(s) {', '.join(f'{w} ({k})' for w, k in sorted(learned.items()))} hold data "
-                   f"--model {model_dir} learned from: their metrics are not held-out ones", err=True)
+        say_warning(f"window(s) {', '.join(f'{w} ({k})' for w, k in sorted(learned.items()))} hold data "
+                    f"--model {model_dir} learned from: their metrics are not held-out ones")
     with progress_bar(count_rows(ds, chosen), "eval") as update:
         result = evaluate(model, ds, chosen, batch_size, progress=update, name=f"--model {model_dir}")
     if not dist.is_main():
@@ -156,19 +156,19 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     undefined = [w for w, m in sorted(result.per_window.items()) if m["auc"] != m["auc"]]
     one_class = result.overall.auc != result.overall.auc
     if undefined:
-        click.echo(f"warning: AUC is undefined (n/a; null in --json) on window(s) {undefined}"
-                   f"{' and overall' if one_class else ''}: they hold one label class only (no positives or no "
-                   f"negatives), and so is NE, relative to a base rate of 0 or 1; check "
-                   f"the data's labels", err=True)
+        say_warning(f"AUC is undefined (n/a; null in --json) on window(s) {undefined}"
+                    f"{' and overall' if one_class else ''}: they hold one label class only (no positives or no "
+                    f"negatives), and so is NE, relative to a base rate of 0 or 1; check "
+                    f"the data's labels")
     scarce = [(w, s) for w, m in sorted(result.per_window.items())
               if (s := scarce_class(m["ctr"] * m["rows"], m["rows"])) is not None]
     if scarce:
-        click.echo(f"warning: the AUC of window(s) {', '.join(f'{w} ({few})' for w, few in scarce)} "
-                   f"rests on fewer than {MIN_CLASS_LABELS} labels of a class: read it, and any difference of "
-                   f"it, with care", err=True)
+        say_warning(f"the AUC of window(s) {', '.join(f'{w} ({few})' for w, few in scarce)} "
+                    f"rests on fewer than {MIN_CLASS_LABELS} labels of a class: read it, and any difference of "
+                    f"it, with care")
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
     if worse_than_base_rate(result.overall.ne) and not one_class:
-        click.echo(base_rate_warning(result.overall.ne, f"windows {windows}"), err=True)
+        say_warning(base_rate_warning(result.overall.ne, f"windows {windows}"))
     if as_json:
         emit_json({**result.to_json(), **bayes})
         return

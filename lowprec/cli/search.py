@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lowprec.cli import emit_json
+from lowprec.cli import emit_json, say_warning
 from lowprec.cli._common import StageBars, data_option, fmt, json_option
 
 
@@ -91,9 +91,9 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
     if not dist.is_main():
         return
     if result.message:
-        click.echo(f"warning: {result.message}", err=True)
+        say_warning(result.message)
     for w in summary["warnings"]:
-        click.echo(f"warning: {w}", err=True)
+        say_warning(w)
     if as_json:
         emit_json(summary)
         return

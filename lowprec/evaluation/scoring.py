@@ -43,7 +43,7 @@ def worse_than_base_rate(ne: float | None) -> bool:
 
 
 def base_rate_warning(ne: float, what: str) -> str:
-    return (f"warning: NE {ne:.3f} >= 1 on {what}: the model predicts worse than the constant base rate "
+    return (f"NE {ne:.3f} >= 1 on {what}: the model predicts worse than the constant base rate "
             f"(always the average click rate); check the training setup (epochs, learning rates, "
             f"class balance) before using it")
 
