@@ -12,7 +12,8 @@ Refused, with the dataset untouched (exit 2):
 - a dataset generated (`data synth`) or read from MovieLens (its features depend on the whole history);
 - an input file already in the dataset (same sha256): a re-run of a daily job adds nothing twice
   (a file without rows: only under the same name, since every quiet day's header-only file has the
-  same bytes);
+  same bytes); and a new window whose rows are exactly an existing window's (the same day again,
+  recompressed or with other line endings: other bytes, same rows);
 - files without a valid row when the dataset makes windows from rows (by time or row count): nothing
   to append. Under one window per file such a file is an empty window, as `data prepare` writes one;
 - calendar windows that start before the dataset's last window ends: a period already prepared
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import filecmp
 import os
 import re
 from pathlib import Path
@@ -40,7 +42,7 @@ from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
 from lowprec.data.rawinput import BadRows, no_rows_text
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
 
@@ -75,6 +77,7 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
             new, bad = _prepare_like(root, old, inputs, staging, **read)
             _check_some_window(old, new, root)
             _check_new_inputs(old, new, root)
+            _check_new_rows(old, new, root, staging / "new")
             _check_same_encoding(old, new, root)
             _check_later(old, new, root)
             added = _commit(root, old, new, staging / "new", _repeated_labels(old, new))
@@ -158,6 +161,36 @@ def _check_new_inputs(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
             twice = "count its rows twice" if i.get("rows") else "add its empty window twice"
             raise InputError(f"{i['path']}: this file is already in {root} (as {same[-1]}, same "
                              f"sha256); appending it again would {twice}")
+
+
+SAME_ROWS_REFUSED = 100  # a new window this long that repeats an old one row for row is a copy, not chance
+
+
+def _check_new_rows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path) -> None:
+    """A new window whose files are byte for byte an existing window's holds the same rows: the same
+    day again under other bytes (gzipped, unzipped, CRLF or a BOM), which `_check_new_inputs`'s
+    sha256 of the raw file does not see. Only windows of equal row count are compared (streamed,
+    stopping at the first difference), and where the windows carry times (a time column), only
+    windows of the same times: another day whose rows happen to be the same is not a copy. So an
+    append reads an old window only when it may be the new one's copy."""
+    def key(w: WindowInfo) -> tuple:  # (rows:N windows' start and end are row offsets: never the same)
+        return (w.rows,) if str(old.provenance.get("windows", "")).startswith("rows:") else (w.rows, w.start, w.end)
+
+    alike: dict[tuple, list[int]] = {}
+    for k, w in enumerate(old.windows):
+        if w.rows:
+            alike.setdefault(key(w), []).append(k)
+    for j, w in enumerate(new.windows):
+        for k in alike.get(key(w), []):
+            mine, theirs = window_files(staged, j), window_files(root, k)
+            if all(filecmp.cmp(mine[f], theirs[f], shallow=False) for f in ("labels", "dense", "sparse")):
+                said = (f"new window {w.label!r} ({w.rows:,} rows) holds exactly the rows of {root}'s window {k} "
+                        f"({old.windows[k].label!r})")
+                if w.rows < SAME_ROWS_REFUSED:  # (a few rows may repeat by chance: said, not refused)
+                    warn(f"{said}: if it is the same data again, its rows now count twice")
+                    continue
+                raise InputError(f"{said}: the same data again (another compression, line endings or byte-order "
+                                 f"mark?); appending it would count its rows twice")
 
 
 def _check_same_encoding(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:

@@ -188,6 +188,41 @@ def test_criteo_files_append_with_the_dataset_table_sizes(tmp_path):
     np.testing.assert_array_equal(ds.arrays(1)[1][:3], ds.arrays(0)[1][::-1])  # same hashing of the same ids
 
 
+def test_the_same_day_under_other_bytes_is_refused(tmp_path):
+    """QA 6b item 2: the duplicate check compared raw files' sha256, so a day appended again gzipped,
+    unzipped or with CRLF endings went in (the same rows two and three times, exit 0). A new window
+    whose rows are exactly an existing window's is refused now; a different day of as many rows is not."""
+    import gzip
+
+    from lowprec.data.criteo import N_DENSE, N_SPARSE
+
+    def day(seed, n=120):
+        rng = np.random.default_rng(seed)
+        return ["\t".join([str(int(rng.integers(0, 2))), *(str(int(rng.integers(0, 99))) for _ in range(N_DENSE)),
+                           *(f"{int(rng.integers(0, 1 << 30)):08x}" for _ in range(N_SPARSE))]) for _ in range(n)]
+
+    (tmp_path / "day_0.tsv").write_text("\n".join(day(0)) + "\n")
+    assert run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "day_0.tsv", "--out",
+               tmp_path / "c", "--table-size", "77").exit_code == 0
+    (tmp_path / "day_1.tsv").write_text("\n".join(day(1)) + "\n")
+    assert run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_1.tsv").exit_code == 0
+    kept = state(tmp_path / "c")
+    (tmp_path / "day_1.tsv.gz").write_bytes(gzip.compress((tmp_path / "day_1.tsv").read_bytes()))
+    (tmp_path / "day_0-crlf.tsv").write_bytes("\r\n".join(day(0)).encode() + b"\r\n")
+    for again, was in (("day_1.tsv.gz", "1 ('day_1.tsv')"), ("day_0-crlf.tsv", "0 ('day_0.tsv')")):
+        r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / again)
+        assert r.exit_code == 2 and f"holds exactly the rows of {tmp_path / 'c'}'s window {was}" in r.output, r.output
+        assert state(tmp_path / "c") == kept
+    (tmp_path / "day_2.tsv").write_text("\n".join(day(2)) + "\n")  # as many rows, other data: appended
+    assert run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_2.tsv").exit_code == 0
+    # a few rows may repeat by chance: said, not refused
+    (tmp_path / "day_3.tsv").write_text("\n".join(day(3, n=5)) + "\n")
+    (tmp_path / "day_4.tsv").write_text("\r\n".join(day(3, n=5)) + "\r\n")
+    assert run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_3.tsv").exit_code == 0
+    r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_4.tsv")
+    assert r.exit_code == 0 and "holds exactly the rows of" in r.output and "count twice" in r.output, r.output
+
+
 def test_rows_windows_go_on_numbering_the_dataset_rows(prepared, tmp_path):
     """`--window rows:N`: appended windows continue the dataset's row numbering, labels included."""
     schema = tmp_path / "s.toml"
@@ -268,9 +303,9 @@ def test_append_warnings_name_the_windows_as_the_dataset_numbers_and_labels_them
     window; and every rows:N append warned that its staging labels `rows 0-...` repeat earlier ones."""
     (tmp_path / "s.toml").write_text('label = "clicked"\ntime = "ts"\n[dense.price]\n[categorical.user]\n'
                                      'encoding = "vocab"\n')
-    day = "ts,clicked,price,user\n{0},1,1.5,u1\n{1},0,2.5,u2\n"
-    (tmp_path / "day1.csv").write_text(day.format(1700000000, 1700000060))
-    (tmp_path / "day2.csv").write_text(day.format(1700086400, 1700086460))
+    day = "ts,clicked,price,user\n{0},1,{2},u1\n{1},0,2.5,u2\n"
+    (tmp_path / "day1.csv").write_text(day.format(1700000000, 1700000060, 1.5))
+    (tmp_path / "day2.csv").write_text(day.format(1700086400, 1700086460, 3.5))
     (tmp_path / "day3.csv").write_text("ts,clicked,price,user\n")
     (tmp_path / "pos.csv").write_text("ts,clicked,price,user\n1700172800,1,1,u1\n")
     csv = ("--format", "csv", "--schema", tmp_path / "s.toml")
