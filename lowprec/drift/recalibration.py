@@ -144,33 +144,68 @@ def _recalibrate_one(job: Any, store: DriftStore, ds: Dataset, models: Any, targ
         "calibration": str(calib_path), "ne_gap": m.ne_gap.estimate, "ne_gap_lo": m.ne_gap.lo,
         "ne_gap_hi": m.ne_gap.hi, "auc_diff": m.delong.diff, "cal_gap": m.cal_gap.estimate,
         "alarm": int(d.alarm), "closes": int(closes),
-        "reason": _recal_reason(source, windows, target, closes, before, m.ne_gap.estimate, t),
+        "reason": _recal_reason(source, windows, target, closes, before, (m, d), t),
     })
     store.record_recalibration(row, tiers.rows(target))
     return store.recalibration(target, source) or row
 
 
-def _recal_reason(source: str, windows: list[int], target: int, closes: bool, before: dict[str, Any],
-                  gap_after: float, t: Any) -> str:
+_SIGNALS = {  # trigger -> (what it measures, the window row's column, the measure after, how said)
+    "ne_gap": ("NE gap", "ne_gap", lambda m: m.ne_gap.estimate, "pct"),
+    "auc_drop": ("AUC difference", "auc_diff", lambda m: m.delong.diff, "auc"),
+    "calibration_gap": ("calibration gap", "cal_gap", lambda m: m.cal_gap.estimate, "pct"),
+}
+
+
+def _changes(before: dict[str, Any], m: Any) -> str:
+    """'NE gap +0.31% -> +0.02%' for each signal that alarmed on the window (the NE gap when none is
+    recorded), before and after the recalibration."""
     from lowprec.drift.alarm import pct
 
-    change = f"NE gap {pct(before['ne_gap'])} -> {pct(gap_after)}"
+    fired = {x if x in _SIGNALS else "ne_gap" for x in before.get("triggers") or ()}  # (NE CI and CUSUMs)
+    out = []
+    for key in [k for k in _SIGNALS if k in fired] or ["ne_gap"]:
+        name, column, now, how = _SIGNALS[key]
+        said = (lambda x: pct(x)) if how == "pct" else (lambda x: "n/a" if x is None or x != x else f"{x:+.4f}")
+        out.append(f"{name} {said(before.get(column))} -> {said(now(m)) if m is not None else 'n/a'}")
+    return "; ".join(out)
+
+
+def _recal_reason(source: str, windows: list[int], target: int, closes: bool, before: dict[str, Any],
+                  after: Any, t: Any) -> str:
+    """The verdict on one recalibration, in terms of what alarmed on the window (`before`, its
+    recorded row) and what was measured after (`after`: a WindowMeasure and its Decision, or None
+    in tests of the staleness note). A claim about the ranges is made from the measured clipping."""
+    from lowprec.drift.alarm import pct
+
+    m, d = after if after is not None else (None, None)
+    change = _changes(before, m)
+    still = f"; it still alarms on {', '.join(d.triggers)}" if d is not None and d.triggers else ""
+    clipping = [w for w in (d.warnings if d is not None else ()) if w.startswith("activation clipping")]
+    static = bool(m.clipping) if m is not None else True  # (layers with static int8 input ranges)
     if source == "healthy" and closes:
-        text = (f"recalibrating on healthy windows {windows} closes the gap ({change}): the activation "
+        text = (f"recalibrating on healthy windows {windows} clears the alarm ({change}): the activation "
                 f"ranges had gone stale; review and deploy the new artifact")
     elif source == "healthy":
-        text = (f"recalibrating on healthy windows {windows} does not close the gap ({change}). "
-                f"Recalibration can only help when the calibration (activation ranges) went stale; the "
-                f"healthy windows' ranges do not cover window {target}'s inputs: the data changed after them")
+        if not static:
+            why = "the candidate has no static int8 layer, so its activation ranges are not what moved"
+        elif clipping:
+            why = (f"the healthy windows' ranges do not cover window {target}'s inputs ({clipping[0]}): the data "
+                   f"changed after them")
+        else:
+            why = (f"the healthy windows' ranges do cover window {target}'s inputs (no layer clips beyond its "
+                   f"calibration-time rate), so the ranges are not the cause: see the per-table errors, "
+                   f"layer precisions and the float model's staleness")
+        text = f"recalibrating on healthy windows {windows} does not clear the alarm ({change}{still}): {why}"
     elif closes:
-        text = (f"recalibrating on the alarmed window {target} itself closes the gap ({change}): the ranges "
+        text = (f"recalibrating on the alarmed window {target} itself clears the alarm ({change}): the ranges "
                 f"now cover the drifted inputs (calibrated and scored on the same rows, so optimistic: "
                 f"confirm on the next window)")
-    elif abs(gap_after) < 0.5 * abs(before["ne_gap"] or 0.0):
-        text = (f"ranges fitted to the alarmed window {target} shrink but do not close the gap ({change}): "
+    elif m is not None and abs(m.ne_gap.estimate) < 0.5 * abs(before["ne_gap"] or 0.0):
+        text = (f"ranges fitted to the alarmed window {target} shrink but do not close the gap ({change}{still}): "
                 f"the drifted inputs need ranges so wide that int8 loses resolution")
     else:
-        text = (f"even ranges fitted to the alarmed window {target} do not close the gap ({change}): the "
+        text = (f"even ranges fitted to the alarmed window {target} do not clear the alarm ({change}{still}): the "
                 f"activation ranges are not the cause (see the per-table errors and layer precisions)")
     stale = before.get("stale_ne")  # (not from a window with too few labels: its NE says nothing)
     if stale is not None and abs(stale) > t.staleness_ne_limit and not baseline_problem(before, t):

@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ class ClipMonitor:
         self.modules = {n: m for n, m in model.linear_layers().items() if n in self.ranges}
         self.counts: dict[str, list[float]] = {}
         self._hooks: list[Any] = []
+        self._seeing = True
 
     def __enter__(self) -> "ClipMonitor":
         self.counts = {n: [0, 0, np.inf, -np.inf] for n in self.ranges}  # clipped, total, min, max
@@ -85,7 +86,19 @@ class ClipMonitor:
             h.remove()
         self._hooks = []
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes that are not the window's scoring (an observer re-running the candidate's
+        layers on a subsample, lowprec.drift.attribution) are not counted: they counted its rows again."""
+        self._seeing = False
+        try:
+            yield
+        finally:
+            self._seeing = True
+
     def _see(self, name: str, x: torch.Tensor) -> None:
+        if not self._seeing:
+            return
         lo, hi = self.ranges[name]
         c = self.counts[name]
         c[0] += int(((x < lo) | (x > hi)).sum())
@@ -311,8 +324,9 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
                     y = batch.labels.numpy()
                     acc.update(i, pr, pc, y, batch.sparse, names, hotness, offset + batch.row0)
                     spilled.append((i, len(y)))
-                    for o in observers:
-                        o.update(pr, pc, batch.dense, offset + batch.row0, batch.sparse)
+                    with clip.paused():
+                        for o in observers:
+                            o.update(pr, pc, batch.dense, offset + batch.row0, batch.sparse)
                     rec = np.empty(len(y), dtype=SPILL_DTYPE)
                     rec["ref"], rec["cand"], rec["y"] = pr, pc, y
                     fh.write(rec.tobytes())

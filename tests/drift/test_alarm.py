@@ -129,9 +129,9 @@ def test_a_window_with_too_few_labels_is_not_called_stale():
     from lowprec.drift.recalibration import _recal_reason
 
     before = {"ne_gap": 0.01, "stale_ne": 64.382, "ref_ne": 60.0, "ctr": 5 / 8000, "rows": 8000}
-    assert "retrain" not in _recal_reason("healthy", [5, 6], 7, False, before, 0.009, T)
+    assert "retrain" not in _recal_reason("healthy", [5, 6], 7, False, before, None, T)
     before.update(ctr=0.2, ref_ne=0.9)
-    assert "retraining, not recalibration" in _recal_reason("healthy", [5, 6], 7, False, before, 0.009, T)
+    assert "retraining, not recalibration" in _recal_reason("healthy", [5, 6], 7, False, before, None, T)
 
 
 def test_a_window_of_too_few_rows_never_alarms_on_its_bootstrap_intervals():
@@ -203,3 +203,28 @@ def test_calibration_gap_is_judged_against_the_plans_validated_gap():
     moved = dataclasses.replace(s, cal_gap=-0.03, cal_gap_lo=-0.033, cal_gap_hi=-0.027)
     d = decide(moved, CusumState(), T)
     assert d.alarm and "minus the plan's validated calibration gap -6.50% = -3.00%" in d.reason
+
+
+def test_a_recalibration_verdict_speaks_of_what_alarmed_and_what_was_measured():
+    """QA 6b item 3: window 8 alarmed on the calibration gap alone; the verdict quoted an NE gap that
+    never alarmed ("+0.02% -> +0.01%") and said the healthy windows' ranges "do not cover window 8's
+    inputs" (fixed text) where clipping measured ~1e-5. It now quotes the signals that alarmed and
+    says what the measured clipping says."""
+    from types import SimpleNamespace as NS
+
+    from lowprec.drift.recalibration import _recal_reason
+
+    before = {"ne_gap": 0.0002, "cal_gap": 0.028, "auc_diff": -0.0001, "triggers": ["calibration_gap"]}
+    m = NS(ne_gap=NS(estimate=0.0001), cal_gap=NS(estimate=0.027), delong=NS(diff=-0.0001),
+           clipping={"bottom.0": {"clip_rate": 1e-5}})
+    quiet = NS(triggers=("calibration_gap",), warnings=())
+    text = _recal_reason("healthy", [5, 6, 7], 8, False, before, (m, quiet), T)
+    assert "calibration gap +2.80% -> +2.70%" in text and "NE gap" not in text.split(":")[0]
+    assert "still alarms on calibration_gap" in text and "do cover window 8's inputs" in text
+    clipped = NS(triggers=("ne_gap_ci",), warnings=("activation clipping above 10x its calibration-time rate: "
+                                                     "bottom.0 7.00% (calibration 0.00%); the static int8 ranges",))
+    before = {"ne_gap": 0.03, "triggers": ["ne_gap_ci", "cusum_up"]}
+    text = _recal_reason("healthy", [5, 6, 7], 8, False, before, (NS(**{**vars(m), "ne_gap": NS(estimate=0.029)}), clipped), T)
+    assert text.count("NE gap +3.00% -> +2.90%") == 1 and "do not cover window 8's inputs (activation clipping" in text
+    fp32 = NS(**{**vars(m), "clipping": {}})
+    assert "no static int8 layer" in _recal_reason("healthy", [7], 8, False, before, (fp32, quiet), T)
