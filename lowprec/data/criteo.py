@@ -198,11 +198,14 @@ class TsvParser:
             parts.clear(), line_nos.clear(), nul.clear()
 
         n = line_base  # the line just read (a local: this loop runs once a line)
+        bom = span is None or span[0] == 0  # the file's first line: a UTF-8 byte-order mark is not data
         with open_span(path, stats, progress, span) as (stream, tick):
             for line in guarded(stream, path, lambda: n + 1):
                 n += 1
                 line = line.rstrip(b"\r\n")
-                if line:
+                if bom:
+                    line, bom = line.removeprefix(b"\xef\xbb\xbf"), False
+                if line and not line.isspace():  # (blank lines, spaces and tabs only included, as in CSV)
                     if b"\0" in line:
                         nul.append(len(parts))
                     parts.append(line.split(b"\t"))

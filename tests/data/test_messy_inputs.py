@@ -55,6 +55,29 @@ def test_blank_lines_of_spaces_are_ignored(tmp_path):
     assert Dataset(tmp_path / "d").meta.windows[0].rows == 2
 
 
+def test_criteo_tsv_reads_a_bom_and_blank_lines_as_csv_does(tmp_path):
+    """QA 6b item 5: a UTF-8 byte-order mark made a Criteo file's first row bad (label '\\ufeff0'), and
+    a line of spaces was a bad row ("1 tab-separated fields"); the CSV reader takes both. Same rows,
+    same ids, with and without them; a BOM further down is still data (a bad row)."""
+    from lowprec.data.criteo import N_DENSE, N_SPARSE
+
+    rows = ["\t".join([str(k % 2), *(str(k + i) for i in range(N_DENSE)), *(f"{k * 31 + j:08x}" for j in range(N_SPARSE))])
+            for k in range(4)]
+    (tmp_path / "plain.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "messy.tsv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join([rows[0], rows[1], "   ", " \t ", *rows[2:]]).encode()
+                                         + b"\r\n")
+    for name in ("plain", "messy"):
+        r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / f"{name}.tsv", "--out",
+                tmp_path / name, "--table-size", "50")
+        assert r.exit_code == 0 and "4 rows, 0 bad rows skipped" in r.output, r.output
+    for a, b in zip(Dataset(tmp_path / "plain").arrays(0), Dataset(tmp_path / "messy").arrays(0)):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "inner.tsv").write_bytes(("\n".join(rows[:2]) + "\n").encode() + b"\xef\xbb\xbf" + rows[2].encode() + b"\n")
+    r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "inner.tsv", "--out", tmp_path / "i",
+            "--table-size", "50")
+    assert r.exit_code == 0 and f"{tmp_path / 'inner.tsv'}:3:" in r.output, r.output
+
+
 def test_yyyymmdd_times_read_as_unix_seconds_are_warned_about(tmp_path):
     r, _ = prepare(tmp_path, "click,ts,price,item\n1,20231114,1,a\n0,20231115,1,b\n1,1700000000,1,a\n")
     assert r.exit_code == 0, r.output
