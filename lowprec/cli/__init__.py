@@ -202,7 +202,7 @@ def say_warning(message: str) -> None:
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.find_root().meta.setdefault(_WARNED, []).append(message)
-    tqdm.write(f"warning: {message}", file=sys.stderr)
+    click.echo(f"warning: {message}", err=True)
 
 
 class Interrupted(_JobError):
