@@ -334,6 +334,15 @@ def _staleness(s: Signals, t: Thresholds) -> list[str]:
     return out
 
 
+def _gap_name(s: Signals) -> str:
+    """What the gap is called: the candidate's log loss over the reference's, which is the NE ratio
+    while the window holds both label classes; with one class only NE is undefined (no base-rate
+    entropy), and the ratio is of log losses on that class alone."""
+    if s.positives == 0 or s.negatives == 0:
+        return f"log-loss gap (NE undefined: no {'positive' if s.positives == 0 else 'negative'} labels)"
+    return "NE gap"
+
+
 def decide(s: Signals, prev: CusumState, t: Thresholds) -> Decision:
     """The sequential rule for one window, given the CUSUM state after the previous window."""
     few, few_rows = too_few_labels(s, t), too_few_rows(s)
@@ -344,9 +353,9 @@ def decide(s: Signals, prev: CusumState, t: Thresholds) -> Decision:
     if trig:
         reason = "ALARM: " + "; ".join(msg for _, msg in trig)
     elif notes:
-        reason = f"{'; '.join(notes)}; NE gap {gap_text(s)}"
+        reason = f"{'; '.join(notes)}; {_gap_name(s)} {gap_text(s)}"
     else:
-        reason = (f"healthy: NE gap {gap_text(s)} within ±{100 * t.ne_gap_limit:.2f}%, "
+        reason = (f"healthy: {_gap_name(s)} {gap_text(s)} within ±{100 * t.ne_gap_limit:.2f}%, "
                   f"CUSUM up {state.up:.1f} / down {state.down:.1f} <= {t.cusum_h:g}")
     warnings = (notes if trig else []) + _warnings(s, t)
     return Decision(bool(trig), state, tuple(dict.fromkeys(c for c, _ in trig)), reason,

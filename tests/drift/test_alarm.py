@@ -228,3 +228,11 @@ def test_a_recalibration_verdict_speaks_of_what_alarmed_and_what_was_measured():
     assert text.count("NE gap +3.00% -> +2.90%") == 1 and "do not cover window 8's inputs (activation clipping" in text
     fp32 = NS(**{**vars(m), "clipping": {}})
     assert "no static int8 layer" in _recal_reason("healthy", [7], 8, False, before, (fp32, quiet), T)
+
+
+def test_a_window_of_one_label_class_speaks_of_a_log_loss_gap_not_an_ne_gap():
+    """QA 6b item 6: a window without positives printed "NE gap +0.08% [CI ...]" though its NE is
+    undefined (null in the record): the ratio there is of log losses over negatives alone."""
+    d = decide(sig(0.0008, positives=0, negatives=5000), CusumState(), T)
+    assert "log-loss gap (NE undefined: no positive labels) +0.08%" in d.reason and "NE gap +" not in d.reason
+    assert "NE gap +0.08%" in decide(sig(0.0008, positives=20, negatives=5000), CusumState(), T).reason
