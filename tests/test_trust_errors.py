@@ -384,6 +384,11 @@ def test_json_to_a_full_or_closed_stdout_names_stdout(base, tmp_path):
                            stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert p.returncode == 2 and p.stderr.startswith(
         "Error: cannot write the --json result to stdout: No space left on device [ENOSPC]"), p.stderr
+    with open("/dev/full", "w") as full:  # the plain table, not --json: also stdout, not "a file" (QA 6a item 3)
+        p = subprocess.run([sys.executable, "-m", "lowprec", "inspect", str(base / "art")], cwd=root,
+                           stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and p.stderr.startswith(
+        "Error: cannot write the result to stdout: No space left on device [ENOSPC]"), p.stderr
     p = subprocess.run([sys.executable, "-m", "lowprec", "data", "synth", "--out", str(tmp_path / "d"), "--windows", "1",
                         "--rows-per-window", "10", "--json"], cwd=root, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True, env=env, timeout=300, preexec_fn=lambda: os.close(1))

@@ -97,6 +97,10 @@ class LowprecGroup(click.Group):
 
             if exc.errno not in USER_ERRNOS:
                 raise InternalError(exc) from exc
+            if exc.filename is None and _stdout_fails(exc):  # (the command's printed result, not a file)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
+                raise BadInput(f"cannot write the result to stdout: {os_reason(exc)}; the files the command "
+                               f"wrote, if any, are whole") from exc
             raise BadInput(str(os_error(exc, exc.filename or "a file"))) from exc  # (read or write: os_error says)
         except dist.DistributedError as exc:
             raise RankFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -126,6 +130,15 @@ class LowprecGroup(click.Group):
 
 
 PIPE_CLOSED = 128 + signal.SIGPIPE  # 141: what a shell reports for a process its closed pipe ended (`yes | head`)
+
+
+def _stdout_fails(exc: OSError) -> bool:
+    """Whether `exc` came from printing the command's result (click.echo to stdout: a full disk,
+    /dev/full), not from a file."""
+    import traceback
+
+    return any(f.name == "echo" and f.filename.endswith(os.path.join("click", "utils.py"))
+               for f in traceback.extract_tb(exc.__traceback__))
 
 
 def _stdout_gone() -> bool:

@@ -178,7 +178,8 @@ class Encoder:
         return table
 
     def collisions(self) -> dict[str, Any]:
-        """Distinct values seen, distinct ids they took, and values that share an id with another."""
+        """Distinct values seen, distinct ids they took, and the values beyond the first on each id
+        (distinct values minus distinct ids: two values on one id count 1)."""
         values, ids = len(self.hash_values), len(set(self.hash_values.values()))
         return {"distinct_values": values, "distinct_ids": ids, "colliding_values": values - ids,
                 "counted_all_values": not self.hash_capped}
