@@ -72,8 +72,10 @@ def prepare_csv(
                                f"were read as part of that cell: check {where}:{first}")
     if parser.epoch_zero:  # exports write 0 for "no time": those rows would make a 1970 window of their own
         writer.warnings.append(f"{parser.epoch_zero:,} row(s) have {schema.time} = 1970-01-01T00:00:00Z (unix time 0), "
-                               f"which usually stands for a missing timestamp; they were kept, in the window of "
-                               f"that date. Drop or fix them if their time is unknown")
+                               f"which usually stands for a missing timestamp; they were kept, "
+                               + ("in the window of that date" if kind in CALENDAR else
+                                  "in their file's window" if rows_per_window is None else "in input order")
+                               + ". Drop or fix them if their time is unknown")
     if parser.date_like:  # `dt=20231114` columns: read as unix seconds they all fall in August 1970
         writer.warnings.append(f"{parser.date_like:,} row(s) have a {schema.time} that reads as a YYYYMMDD date (e.g. "
                                f"20231114) and was read as unix seconds, a time in August 1970; if the column holds "

@@ -174,7 +174,11 @@ def test_rows_at_unix_time_zero_are_kept_and_said(tmp_path, schema):
     assert "warning: 2 row(s) have ts = 1970-01-01T00:00:00Z (unix time 0)" in r.output
     meta = Dataset(tmp_path / "d").meta
     assert [(w.label, w.rows) for w in meta.windows] == [("1970-01", 2), ("2023-11", 38)]
-    assert any("unix time 0" in w for w in meta.provenance["warnings"])
+    assert any("unix time 0" in w for w in meta.provenance["warnings"]) and "in the window of that date" in r.output
+    r = run("data", "prepare", "--format", "csv", "--input", csv, "--schema", schema, "--out", tmp_path / "f",
+            "--window", "file")  # (QA 6a item 4: they stay in the file's window, not one of their date)
+    assert r.exit_code == 0 and "unix time 0), which usually stands for a missing timestamp; they were kept, in " \
+        "their file's window" in r.output, r.output
     clean = write_csv(tmp_path / "c.csv", day_rows(["a", "b"], 1_700_000_000, 40))
     r = run("data", "prepare", "--format", "csv", "--input", clean, "--schema", schema, "--out", tmp_path / "e",
             "--window", "month")
