@@ -32,3 +32,20 @@ def test_batch_size_help_does_not_promise_what_dynamic_int8_layers_break():
     for name in ("eval", "drift"):
         assert "dynamic int8 layers" in helps[name] and "taken per batch" in helps[name], helps[name]
     assert "results do not change" in helps["calibrate"]
+
+
+def test_ranges_are_checked_by_the_option_and_shown_in_help():
+    """QA 6a item 6: `--patience 0`, `--embedding-dim 0`, `--percentile 10` and `--bottom-mlp 0` were
+    refused by the config's own check ('embedding_dim must be >= 1'), naming no option, and --help
+    showed no range; `--top-mlp 64,,32` was read as 64,32 (item 8). Each option now says it."""
+    from helpers import run_cli as run
+
+    for args, says in ((["train", "--patience", "0"], "--patience"), (["train", "--embedding-dim", "0"], "--embedding-dim"),
+                       (["calibrate", "--percentile", "10"], "--percentile"),
+                       (["train", "--bottom-mlp", "0"], "--bottom-mlp: every width must be >= 1"),
+                       (["train", "--top-mlp", "64,,32"], "--top-mlp must be comma-separated integers")):
+        r = run(*args, "--data", "nowhere", "--windows", "0", "--out", "x", *(["--model", "m"] if args[0] == "calibrate" else []))
+        assert r.exit_code == 2 and says in r.output, (args, r.output)
+    helps = {name: {p.opts[0]: p for p in cmd.params} for name, cmd in commands(main) if name in ("train", "calibrate")}
+    for name, opt in (("train", "--patience"), ("train", "--embedding-dim"), ("calibrate", "--percentile")):
+        assert isinstance(helps[name][opt].type, (click.IntRange, click.FloatRange)), (name, opt)

@@ -36,11 +36,22 @@ def progress_bar(total: int | None, desc: str, unit: str = "rows") -> Iterator[U
 
 
 def int_list(text: str, what: str) -> tuple[int, ...]:
-    """'64,32' -> (64, 32); an empty string -> ()."""
+    """'64,32' -> (64, 32) of widths >= 1; an empty string -> () ('64,,32' is refused: a width left
+    out by mistake, read as 64,32 before)."""
+    if not text.strip():
+        return ()
     try:
-        return tuple(plain_int(x) for x in text.split(",") if x.strip())
+        out = tuple(plain_int(x) for x in text.split(","))
     except ValueError:
-        raise click.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
+        raise click.BadParameter(f"{what} must be comma-separated integers (e.g. 64,32; '' for none), got {text!r}") from None
+    if any(x < 1 for x in out):
+        raise click.BadParameter(f"{what}: every width must be >= 1, got {text!r}")
+    return out
+
+
+def widths(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    """An option callback: the option's comma-separated widths (`int_list`), checked as it is parsed."""
+    return int_list(value, param.opts[0])
 
 
 def name_value_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:

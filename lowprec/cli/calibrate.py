@@ -15,7 +15,8 @@ from lowprec.cli._common import data_option, json_option, progress_bar
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CALIB.json to write (row counts go beside it).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy"]), default="minmax",
               show_default=True, help="How each int8 layer's activation range is chosen.")
-@click.option("--percentile", default=99.99, show_default=True, help="For --method percentile.")
+@click.option("--percentile", default=99.99, show_default=True, type=click.FloatRange(50, 100, min_open=True),
+              help="For --method percentile: the share of each layer's inputs its range covers, in (50, 100].")
 @click.option("--max-rows", type=click.IntRange(min=1), help="Rows per pass, in whole batches: a pass stops at the first batch end at or past N.")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows scored per forward pass (memory grows with it; results do not change).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lowprec.cli import emit_json, say_warning
-from lowprec.cli._common import SEED, FiniteFloat, data_option, fmt, int_list, name_value_pairs, progress_bar
+from lowprec.cli._common import SEED, FiniteFloat, data_option, fmt, name_value_pairs, progress_bar, widths
 
 POSITIVE = FiniteFloat(min=0, min_open=True)
 NON_NEGATIVE = FiniteFloat(min=0)
@@ -18,7 +18,7 @@ NON_NEGATIVE = FiniteFloat(min=0)
 @click.option("--out", required=True, type=click.Path(), help="Model directory to write (model.safetensors + config.json).")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML: [windows] train and validate; flags override it.")
 @click.option("--val-windows", help="Validation windows: score every epoch there, stop early, keep the best epoch [recipe's `validate`].")
-@click.option("--patience", default=1, show_default=True, help="Stop after this many epochs without a lower validation NE.")
+@click.option("--patience", default=1, show_default=True, type=click.IntRange(min=1), help="Stop after this many epochs without a lower validation NE.")
 @click.option("--init-bias/--no-init-bias", default=True, show_default=True,
               help="Start the output bias at the logit of the training positive rate.")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for init and data order; same seed, same weights.")
@@ -41,9 +41,12 @@ NON_NEGATIVE = FiniteFloat(min=0)
 @click.option("--embedding-prior", type=NON_NEGATIVE,
               help="Adds λ x the batch mean of Σ_t ||pooled embedding_t||² / (training count of the id): a "
                    "Gaussian prior on every row, which shrinks rarely seen ids hardest [0: off].")
-@click.option("--embedding-dim", default=16, show_default=True, help="D; a multiple of 4 serves on FBGEMM.")
-@click.option("--bottom-mlp", default="64", show_default=True, help="Hidden widths of the bottom MLP (it always ends at D).")
-@click.option("--top-mlp", default="64,32", show_default=True, help="Hidden widths of the top MLP (a 1-wide output is added).")
+@click.option("--embedding-dim", default=16, show_default=True, type=click.IntRange(min=1),
+              help="D; a multiple of 4 serves on FBGEMM.")
+@click.option("--bottom-mlp", default="64", show_default=True, callback=widths,
+              help="Hidden widths of the bottom MLP, comma-separated, each >= 1 (it always ends at D; '' for none).")
+@click.option("--top-mlp", default="64,32", show_default=True, callback=widths,
+              help="Hidden widths of the top MLP, comma-separated, each >= 1 (a 1-wide output is added; '' for none).")
 @click.option("--embedding", default="dense", show_default=True,
               help="Backend SPEC for every table: dense, hash:ratio=R[,seed=S], qr:ratio=R or "
                    "robe:ratio=R[,z=Z,sign=1,align=1,seed=S] (R: parameter reduction; Z divides --embedding-dim; e.g. robe:ratio=16,z=8).")
@@ -81,8 +84,7 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         **{k: v for k, v in (("embedding_l2", embedding_l2), ("adagrad_init", adagrad_init),
                              ("embedding_prior", embedding_prior)) if v is not None},
         seed=seed, embedding_dim=embedding_dim,
-        bottom_mlp=int_list(bottom_mlp, "--bottom-mlp") + (embedding_dim,),
-        top_mlp=int_list(top_mlp, "--top-mlp"), embedding=embedding,
+        bottom_mlp=bottom_mlp + (embedding_dim,), top_mlp=top_mlp, embedding=embedding,
         table_embedding=name_value_pairs(table_embedding, "--table-embedding"),
         optimizer=optimizer, val_windows=tuple(val_w), patience=patience, init_bias=init_bias,
     )
@@ -112,7 +114,8 @@ def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed
         return
     val = (f"; validation NE {fmt(m['validation']['ne'])} AUC {fmt(m['validation']['auc'])}"
            if "validation" in m else "")
-    click.echo(f"trained on {info['rows_seen']:,} rows ({info['epochs_run']} epoch{'s' * (info['epochs_run'] != 1)}, kept epoch "
+    epochs = info['epochs_run']
+    click.echo(f"trained on {sum(ds.meta.window(w).rows for w in cfg.windows):,} rows x {epochs} epoch{'s' * (epochs != 1)} (kept epoch "
                f"{info['best_epoch']}) in {info['seconds']}s; training NE {fmt(m['train']['ne'])} "
                f"AUC {fmt(m['train']['auc'])}{val}; {params:,} parameters -> {out}")
 
