@@ -35,26 +35,11 @@ from typing import Any, Iterable, Iterator
 from lowprec.errors import InputError, os_error, user_os_errors
 from lowprec.filekind import check_regular
 from lowprec.jsonsafe import dumps, unique_keys
+from lowprec.outputmarker import (ENTRIES, FILE_KINDS, KINDS, MARKER, WHOLE, declared_format, entries,
+                                  foreign_entries, is_kind, marker_lines)
 from lowprec.tmpnames import alive, dead_writers, remove, tmp_prefix, writer_pid
 
 _BACKUP_SUFFIX = ".lowprec-old"
-MARKER = ".lowprec-output"
-# the marker's line after which a directory written whole lists the entries lowprec wrote into it
-ENTRIES = "# entries lowprec wrote here (any other entry stops lowprec from replacing this directory):"
-# kind -> (the file that identifies an output of that kind, the "format" it declares or None)
-KINDS: dict[str, tuple[str, str | None]] = {
-    "dataset": ("dataset.json", "lowprec-dataset"),
-    "model": ("config.json", "lowprec-float-model"),
-    "artifact": ("manifest.json", "lowprec-artifact"),
-    "report": ("index.html", None),
-    "drift-report": (".lowprec-drift-report", None),
-    "demo": ("summary.json", None),
-}
-# kinds written whole by `atomic_dir` (a replacement deletes the old directory with all it holds);
-# reports and demo outputs are written file by file in place
-WHOLE = frozenset({"dataset", "model", "artifact", "drift-report"})
-# file kinds -> the "format" their JSON declares
-FILE_KINDS: dict[str, str] = {"calibration": "lowprec-calibration", "plan": "lowprec-plan"}
 def _live_writer(out: Path) -> bool:
     return any((pid := writer_pid(p.name, out.name)) is not None and alive(pid)
                for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"))
@@ -97,41 +82,10 @@ def _recover(out: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def _declared_format(f: Path) -> str | None:
-    try:
-        obj = json.loads(f.read_text(encoding="utf-8-sig"))  # (read as read_json reads it)
-    except (OSError, ValueError):
-        return None
-    return obj.get("format") if isinstance(obj, dict) else None
-
-
-def _marker_lines(d: Path) -> list[str]:
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        return (d / MARKER).read_text(encoding="utf-8").splitlines()
-    return []
-
-
-def _is_kind(d: Path, kind: str) -> bool:
-    if (d / MARKER).is_file():
-        return _marker_lines(d)[:1] == [kind]
-    name, fmt = KINDS[kind]
-    f = d / name
-    return f.is_file() and (fmt is None or _declared_format(f) == fmt)
-
-
-def _foreign_entries(d: Path) -> list[str]:
-    """Entries of output `d` its marker does not list (none if it lists none: older outputs, reports)."""
-    lines = _marker_lines(d)
-    if ENTRIES not in lines:
-        return []
-    ours = set(lines[lines.index(ENTRIES) + 1:]) | {MARKER}
-    return sorted(p.name for p in d.iterdir() if p.name not in ours)
-
-
 def add_entries(d: Path, names: Iterable[str]) -> None:
     """List more entries in output `d`'s marker (files `data append` adds in place), so a later write
     of the same kind finds nothing there but its own. A marker that lists none is left as it is."""
-    lines = _marker_lines(d)
+    lines = marker_lines(d)
     new = sorted(set(names) - set(lines))
     if ENTRIES in lines and new:
         atomic_write_text(d / MARKER, "".join(f"{x}\n" for x in lines + new))
@@ -187,7 +141,7 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
     if kind in FILE_KINDS:
         if out.is_dir():
             raise InputError(f"{what} {out} is a directory; give a file path")
-        if out.exists() and _declared_format(out) != FILE_KINDS[kind]:
+        if out.exists() and declared_format(out) != FILE_KINDS[kind]:
             raise InputError(f"{what} {out} exists and is not a lowprec {kind} file; refusing to "
                              f"replace it (remove it or choose another path)")
         return out
@@ -200,17 +154,17 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
     except OSError as exc:
         raise os_error(exc, out, "write") from exc
     kinds = [kind] if kind is not None else list(KINDS)
-    if not empty and not any(_is_kind(out, k) for k in kinds):
-        found = next((k for k in KINDS if _is_kind(out, k)), None)
+    if not empty and not any(is_kind(out, k) for k in kinds):
+        found = next((k for k in KINDS if is_kind(out, k)), None)
         it_is = f" (it is a lowprec {found.replace('-', ' ')})" if found else ""
         raise InputError(f"{what} {out} exists and is not a lowprec {(kind or 'output').replace('-', ' ')}"
                          f"{it_is}; refusing to replace it (remove it or choose an empty or new directory)")
-    if not empty and ENTRIES not in _marker_lines(out) and any(_is_kind(out, k) for k in WHOLE & set(kinds)):
-        found = next(k for k in kinds if k in WHOLE and _is_kind(out, k)).replace("-", " ")
+    if not empty and ENTRIES not in marker_lines(out) and any(is_kind(out, k) for k in WHOLE & set(kinds)):
+        found = next(k for k in kinds if k in WHOLE and is_kind(out, k)).replace("-", " ")
         raise InputError(f"{what} {out} holds a lowprec {found} but no list of the files lowprec wrote there "
                          f"(an older lowprec's output, or one assembled by hand): replacing it could delete "
                          f"files that are not lowprec's; refusing (remove it yourself or choose another path)")
-    foreign = [] if empty else _foreign_entries(out)
+    foreign = [] if empty else foreign_entries(out)
     if foreign:
         names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise InputError(f"{what} {out} holds {names}, which lowprec did not write there; refusing to "
@@ -245,8 +199,7 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None,
         with temporary_sibling(out) as tmp, user_os_errors(out):
             yield tmp
             if kind is not None:
-                names = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
-                (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *names]))
+                (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *entries(tmp)]))
             fsync_tree(tmp)
             _swap(tmp, out)  # (tmp is `out` now: nothing left to remove)
     except BaseException:  # nothing written, so no directory made for it either (an emptied one only)

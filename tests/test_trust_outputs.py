@@ -139,6 +139,31 @@ def test_an_output_holding_a_users_files_is_not_replaced(base, tmp_path):
     assert r.exit_code == 0, r.output  # nothing foreign in it: replaced as before
 
 
+def test_a_users_file_inside_an_outputs_subdirectory_is_not_replaced_either(base, tmp_path):
+    """QA 6c item 2: the marker listed top-level names only, so `convert --out ART` onto an artifact
+    whose torchrec/ held the user's NOTES.md exited 0 and deleted both. It lists every entry now,
+    `torchrec/` and what is inside; an older marker (top-level names) still replaces as before."""
+    from lowprec.fileio import MARKER
+
+    art = tmp_path / "art"
+    r = run("convert", "--model", base / "model", "--precision", "int8", "--export", "torchrec", "--out", art)
+    assert r.exit_code == 0, r.output
+    subs = [p for p in art.iterdir() if p.is_dir()]
+    assert subs, "an artifact exported for TorchRec has a subdirectory"
+    listed = (art / MARKER).read_text().splitlines()
+    assert f"{subs[0].name}/" in listed and any(x.startswith(f"{subs[0].name}/") and x != f"{subs[0].name}/" for x in listed)
+    (subs[0] / "NOTES.md").write_text("mine")
+    r = run("convert", "--model", base / "model", "--precision", "int4", "--out", art)
+    assert r.exit_code == 2 and f"{subs[0].name}/NOTES.md" in r.output and "did not write" in r.output, r.output
+    assert (subs[0] / "NOTES.md").read_text() == "mine"
+    (subs[0] / "NOTES.md").unlink()
+    old = [x if x.startswith("#") else x.rstrip("/") for x in listed  # an older lowprec's marker: top-level names
+           if x.startswith("#") or "/" not in x.rstrip("/")]
+    (art / MARKER).write_text("".join(f"{x}\n" for x in old))
+    r = run("convert", "--model", base / "model", "--precision", "int4", "--out", art)
+    assert r.exit_code == 0, r.output
+
+
 def test_a_symlinked_output_is_written_through(base, tmp_path):
     target = tmp_path / "target"
     target.mkdir()
