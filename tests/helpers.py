@@ -96,3 +96,13 @@ def trained_search_setup(root: Path, rows: int, tables: tuple[int, ...], epochs:
     calib = calibrate(model, ds, CalibConfig((2,)))
     calib["row_counts"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in calib["row_counts"].items()}
     return root, ds, model, calib
+
+
+def resign_manifest(m: dict) -> dict:
+    """A hand-edited artifact manifest given its new content hash, as a deliberate editor would: for
+    tests of what the loader checks beyond that hash (lowprec.checkpoint.artifact.content_sha256)."""
+    from lowprec.checkpoint.artifact import CONTENT, content_sha256
+
+    if isinstance(m, dict) and CONTENT in m:
+        m[CONTENT] = content_sha256(m)
+    return m

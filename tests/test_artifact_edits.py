@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from helpers import make_tiny_dataset, random_float_model, run_cli as cli
+from helpers import make_tiny_dataset, random_float_model, run_cli as cli, resign_manifest
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError
 
@@ -90,7 +90,7 @@ def _edit_manifest(a, edit):
     path = a / "manifest.json"
     m = json.loads(path.read_text())
     edit(m)
-    path.write_text(json.dumps(m))
+    path.write_text(json.dumps(resign_manifest(m)))
 
 
 @pytest.mark.parametrize("edit, words", [

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import make_tiny_dataset
+from helpers import make_tiny_dataset, resign_manifest
 from lowprec.cli import main
 
 # LOWPREC_FUZZ_EXAMPLES=500 LOWPREC_FUZZ_SEED=random explores further (the suite runs the fixed 20)
@@ -148,6 +148,8 @@ def test_model_config_json(base, data):
 def test_artifact_manifest(base, data):
     raw = data.draw(st.none() | st.binary(max_size=40))
     doc = data.draw(mutated(_doc(base / "art" / "manifest.json")))
+    if data.draw(st.booleans()):  # re-signed, as a deliberate edit would be: the checks beyond the hash
+        doc = resign_manifest(doc)
     d = _fuzz_file(base, base / "art", "manifest.json", doc, raw)
     run("inspect", d)
     run("eval", "--model", d, "--data", base / "data", "--windows", "1")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import make_tiny_dataset, run_cli as run
+from helpers import make_tiny_dataset, run_cli as run, resign_manifest
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_nested_structures_of_the_wrong_type(base, tmp_path, where):
     else:
         man = json.loads((base / "art" / "manifest.json").read_text())
         man["layers"] = [1]
-        art = copy_with(base / "art", tmp_path / "a", "manifest.json", json.dumps(man))
+        art = copy_with(base / "art", tmp_path / "a", "manifest.json", json.dumps(resign_manifest(man)))
         r = run("eval", "--model", art, "--data", base / "data", "--windows", "2")
     assert r.exit_code == 2, r.output
 
@@ -260,23 +260,45 @@ def test_a_manifest_that_drops_or_misdescribes_a_table(base, tmp_path):
     dropped = dict(man, tables=man["tables"][:-1])
     shared = dict(man, tables=[dict(man["tables"][0], sharing={"kind": "hot", "ratio": 4}), *man["tables"][1:]])
     for i, (edited, says) in enumerate(((dropped, "missing ['t"), (shared, "lists sharing {'kind': 'hot'"))):
-        art = copy_with(base / "art", tmp_path / f"a{i}", "manifest.json", json.dumps(edited))
+        art = copy_with(base / "art", tmp_path / f"a{i}", "manifest.json", json.dumps(resign_manifest(edited)))
         for cmd in (["inspect", art], ["eval", "--model", art, "--data", base / "data", "--windows", "2"]):
             r = run(*cmd)
             assert r.exit_code == 2 and "manifest.json" in r.output and says in r.output, (cmd, r.output)
+
+
+def test_a_hand_edit_of_the_manifest_that_stays_consistent_is_refused(base, tmp_path):
+    """QA 6c item 1: manifest.json is not among the files its sha256 map covers, so an edit that kept it
+    self-consistent (two tables' serving entries swapped, a transform's seed, a layer's range with its
+    qparams) passed inspect and eval and changed the scores. Its content hash is recorded and checked
+    now; a manifest from before it was recorded still loads."""
+    from lowprec.checkpoint.artifact import CONTENT
+
+    man = json.loads((base / "art" / "manifest.json").read_text())
+    assert CONTENT in man
+    swapped = json.loads(json.dumps(man))
+    a, b = swapped["serving"][0], swapped["serving"][1]
+    a["name"], b["name"] = b["name"], a["name"]
+    for i, (edited, what) in enumerate(((swapped, "serving swapped"), (dict(man, created="2020-01-01"), "a date"))):
+        art = copy_with(base / "art", tmp_path / f"e{i}", "manifest.json", json.dumps(edited))
+        for cmd in (["inspect", art], ["eval", "--model", art, "--data", base / "data", "--windows", "2"]):
+            r = run(*cmd)
+            assert r.exit_code == 2 and "manifest.json: edited after conversion" in r.output, (what, cmd, r.output)
+    older = {k: v for k, v in man.items() if k != CONTENT}  # written before the hash was recorded
+    art = copy_with(base / "art", tmp_path / "old", "manifest.json", json.dumps(older))
+    assert run("eval", "--model", art, "--data", base / "data", "--windows", "2").exit_code == 0
 
 
 @pytest.mark.parametrize("value", ["int9", 5, None, "fp16", "int2"])
 def test_a_corrupt_precision_in_a_manifest(base, tmp_path, value):
     man = json.loads((base / "art" / "manifest.json").read_text())
     man["layers"]["top.0"]["precision"] = value  # int8 weights on disk
-    art = copy_with(base / "art", tmp_path / "a", "manifest.json", json.dumps(man))
+    art = copy_with(base / "art", tmp_path / "a", "manifest.json", json.dumps(resign_manifest(man)))
     for cmd in (["inspect", art], ["eval", "--model", art, "--data", base / "data", "--windows", "2"]):
         r = run(*cmd)
         assert r.exit_code == 2 and "layer 'top.0'" in r.output, (cmd, r.output)
     man = json.loads((base / "art" / "manifest.json").read_text())
     man["physical_tables"][0]["precision"] = "fp16"  # int4 rows on disk
-    (art / "manifest.json").write_text(json.dumps(man))
+    (art / "manifest.json").write_text(json.dumps(resign_manifest(man)))
     r = run("eval", "--model", art, "--data", base / "data", "--windows", "2")
     assert r.exit_code == 2 and "physical table 't0'" in r.output
 

@@ -13,6 +13,8 @@ weights.safetensors (no copy of the tables).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from lowprec.checkpoint.validate import (check_layer_tensor, check_stored, check
 from lowprec.checkpoint.validate_serving import check_buffers
 from lowprec.errors import InputError
 from lowprec.filekind import check_regular
-from lowprec.fileio import read_json, sha256_file
+from lowprec.fileio import read_json, sha256_file, write_json
+from lowprec.jsonsafe import dumps
 from lowprec.model.config import DLRMConfig
 from lowprec.precision import Precision
 from lowprec.serve.forms import Feature
@@ -35,6 +38,20 @@ FORMAT = "lowprec-artifact"
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
+CONTENT = "content_sha256"  # the manifest's own hash: "files" covers every file but the manifest
+
+
+def content_sha256(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, as it reads back), without CONTENT."""
+    body = json.loads(dumps({k: v for k, v in manifest.items() if k != CONTENT}))
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """manifest.json with its CONTENT hash, so a hand edit of it (rewired tables, a transform's seed,
+    a layer's range: every file hash intact, and other scores) is refused on loading."""
+    manifest[CONTENT] = content_sha256(manifest)
+    write_json(path, manifest)
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -47,6 +64,12 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise InputError(f"{where}: artifact format version {manifest.get('version')!r} is not "
                          f"supported by this lowprec (it reads version {FORMAT_VERSION})")
+    recorded = manifest.get(CONTENT)  # (absent: an artifact from before it was recorded)
+    if recorded is not None and recorded != content_sha256(manifest):
+        raise InputError(f"{where}: edited after conversion: its content no longer matches its {CONTENT}, so "
+                         f"what it says about tables, transforms or layers may not be what was converted and "
+                         f"verified (its TorchScript module keeps the converted wiring). Undo the edit, or re-run "
+                         f"`lowprec convert`")
     validate_manifest(manifest, where)  # before any listed file is touched
     if verify:
         verify_files(root, manifest)

@@ -20,12 +20,13 @@ from typing import Any, Callable
 import torch
 
 import lowprec
-from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, check_loads, read_manifest
+from lowprec.checkpoint.artifact import (FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, check_loads, read_manifest,
+                                      write_manifest)
 from lowprec.checkpoint.float_model import identity_note, open_weights, read_float_config, weights_sha256
 from lowprec.checkpoint.mapped import DEFAULT_CHUNK_BYTES, LogicalTable, MappedTensors
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.errors import InputError, warn
-from lowprec.fileio import atomic_dir, sha256_file, write_json
+from lowprec.fileio import atomic_dir, sha256_file
 from lowprec.model.backends import load_table_module
 from lowprec.model.config import DLRMConfig
 from lowprec.model.embedding import parse_spec
@@ -233,7 +234,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         if learned:  # the windows the model learned from travel with it (lowprec.train.seen_in_training)
             manifest["source"]["window_fingerprints"] = learned
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
-        write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp / MANIFEST, manifest)
         _check_written(tmp, plan)
         if finish is not None:
             finish(tmp)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 import lowprec
-from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, load_artifact
+from lowprec.checkpoint.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, load_artifact, write_manifest
 from lowprec.checkpoint.tensorfile import ALIGN, TensorFileWriter
 from lowprec.checkpoint.torchrec_quant_config import (check_arch, check_feature_names, check_hotness, check_layer,
                                                       check_layers, check_row_alignment, check_tables)
@@ -42,7 +42,7 @@ from lowprec.checkpoint.torchrec_import import (_strip_wrappers, import_config, 
                                                 read_safetensors, refuse_unexpected)
 from lowprec.data.dataset import DatasetMeta
 from lowprec.errors import InputError
-from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
+from lowprec.fileio import atomic_dir, read_json, sha256_file
 from lowprec.model.config import DLRMConfig
 from lowprec.plan import LayerChoice, Plan, PlanInfo, TableChoice
 from lowprec.precision import Precision
@@ -287,7 +287,7 @@ def _import(ebc_path: str | Path, dense_path: str | Path | None, config_path: st
             writer.close()
         manifest = _manifest(config, tables, entries, ebc_path, dense_path, config_path)
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
-        write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp / MANIFEST, manifest)
         try:
             load_artifact(tmp)
         except InputError as exc:

@@ -27,9 +27,9 @@ from typing import Any, List, Tuple
 import torch
 
 import lowprec
-from lowprec.checkpoint.artifact import MANIFEST, load_artifact, read_manifest
+from lowprec.checkpoint.artifact import MANIFEST, load_artifact, read_manifest, write_manifest
 from lowprec.errors import InputError
-from lowprec.fileio import atomic_dir, sha256_file, write_json
+from lowprec.fileio import atomic_dir, sha256_file
 from lowprec.graph import DLRMGraph
 from lowprec.serve.checks import check_dense, check_id_matrix
 from lowprec.serve.runtime import QuantizedDLRM, QuantizedEmbeddings
@@ -112,7 +112,7 @@ def _save(scripted: Any, runtime: QuantizedDLRM, manifest: dict, dest: Path) -> 
         "file": TORCHSCRIPT, "signature": SIGNATURE, "torch_version": lowprec.TORCH_VERSION,
         "fbgemm_version": lowprec.FBGEMM_VERSION, "needs": "import torch, fbgemm_gpu",
     }
-    write_json(dest / MANIFEST, manifest)
+    write_manifest(dest / MANIFEST, manifest)
 
 
 def add_torchscript(staging_dir: str | Path) -> None:

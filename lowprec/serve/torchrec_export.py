@@ -40,7 +40,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact
+from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact, write_manifest
 from lowprec._compat import quiet_torchrec_internals
 from lowprec.errors import InputError, InputWarning
 from lowprec.data.ids import IdOutOfRange
@@ -198,7 +198,7 @@ def export_torchrec(artifact_dir: str | Path) -> Path:
         manifest["torchrec"] = {"folder": FOLDER, "config": CONFIG, "ebc": EBC, "dense": DENSE,
                                 "loader": "docs/torchrec.md (lowprec.serve.torchrec_export.load_torchrec)",
                                 "checked_against_runtime": checked}
-        write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp / MANIFEST, manifest)
     return root / FOLDER
 
 

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from helpers import trained_tiny
+from helpers import trained_tiny, resign_manifest
 from lowprec.calibrate import CalibConfig, calibrate, save_calibration
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
@@ -45,7 +45,7 @@ def fresh(made, tmp_path, precision=Precision.INT8):
 def edit_manifest(art, fn):
     m = json.loads((art / "manifest.json").read_text())
     fn(m)
-    (art / "manifest.json").write_text(json.dumps(m))
+    (art / "manifest.json").write_text(json.dumps(resign_manifest(m)))
 
 
 def edit_weights(art, fn):
