@@ -74,9 +74,9 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
         from lowprec.serve.torchrec_export import export_torchrec
 
         export_torchrec(out)
-    from lowprec.precision import Precision, slow_lookup_warnings
+    from lowprec.precision import slow_lookup_warnings
 
-    for w in slow_lookup_warnings({t["key"]: Precision.parse(t["precision"]) for t in manifest["physical_tables"]}):
+    for w in slow_lookup_warnings(_slow_lookups(manifest)):
         say_warning(w)
     if as_json:
         emit_json(_summary(manifest, out))
@@ -223,3 +223,20 @@ def compare(reference, candidate, data_dir, windows, threshold_db, max_rows, all
 
 
 COMMANDS = [convert, inspect, compare]
+
+
+def _slow_lookups(manifest: dict) -> dict:
+    """Each logical table -> the slowest-looking-up precision among the physical tables it reads (a
+    tier or a shared array at fp8 makes the table's lookups slow): warnings count tables a user named,
+    not physical pieces such as `robe.shared`."""
+    from lowprec.precision import SLOW_LOOKUP, Precision
+
+    physical = {t["key"]: Precision.parse(t["precision"]) for t in manifest["physical_tables"]}
+    out = {}
+    for entry in manifest["serving"]:
+        used = {physical[manifest["features"][i]["table"]] for g in entry["groups"] for i in g}
+        slow = [p for p in SLOW_LOOKUP if p in used]
+        if slow:
+            out[entry["name"]] = slow[0]
+    return out
+

@@ -138,3 +138,21 @@ def test_fp8_end_to_end_through_the_cli(tmp_path):
     dense = torch.randn(32, len(ds.meta.dense_names))
     with torch.no_grad():
         assert torch.equal(runtime(dense, sparse), scripted(dense, sparse))
+
+
+def test_the_slow_lookup_warning_counts_the_tables_a_user_named():
+    """QA 6c item 4: the fp8 warning counted physical tables ("27 table(s) at fp8" on a 26-table model)
+    and named pieces like `robe.shared`. It counts logical tables by what they read."""
+    from lowprec.cli.convert import _slow_lookups
+    from lowprec.precision import Precision, slow_lookup_warnings
+
+    manifest = {"physical_tables": [{"key": "robe.shared", "precision": "fp8"}, {"key": "t2.q", "precision": "fp8"},
+                                    {"key": "t2.r", "precision": "fp8"}, {"key": "t3", "precision": "int8"}],
+                "features": [{"table": "robe.shared"}, {"table": "robe.shared"}, {"table": "t2.q"}, {"table": "t2.r"},
+                             {"table": "t3"}],
+                "serving": [{"name": "t0", "groups": [[0]]}, {"name": "t1", "groups": [[1]]},
+                            {"name": "t2", "groups": [[2], [3]]}, {"name": "t3", "groups": [[4]]}]}
+    slow = _slow_lookups(manifest)
+    assert slow == {"t0": Precision.FP8, "t1": Precision.FP8, "t2": Precision.FP8}
+    (w,) = slow_lookup_warnings(slow)
+    assert w.startswith("3 table(s) at fp8 (t0, t1, t2)") and "robe.shared" not in w
