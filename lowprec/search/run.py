@@ -100,12 +100,20 @@ class SearchResult:
 
 
 def fingerprint(model_dir: Path, ds: Dataset, cfg: SearchConfig, calib_sha: str | None) -> str:
+    """What the cached measurements were made from: the model, the space, the calibration and the
+    measured windows' contents (their data and labels: a dataset replaced at the same path with the
+    same dataset.json windows must not reuse the old data's numbers)."""
     from lowprec.checkpoint.float_model import weights_sha256  # recorded, verified on load
+    from lowprec.data.dataset import window_files
+    from lowprec.data.windows import window_fingerprint
+    from lowprec.fileio import file_fingerprint
 
+    contents = [f"{window_fingerprint(ds, w)} {file_fingerprint(window_files(ds.root, w)['labels'])}"
+                for w in cfg.calib_windows]
     parts = [weights_sha256(model_dir), str(ds.root.resolve()),
              json.dumps(ds.meta.to_json()["windows"]), str(cfg.calib_windows), str(cfg.max_rows),
              json.dumps(cfg.space.to_json()), str(calib_sha),
-             "held-out counts"]  # measurements since table options read held-out counts (sensitivity.py)
+             "held-out counts", *contents]  # measurements since table options read held-out counts (sensitivity.py)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 

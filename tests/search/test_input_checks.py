@@ -306,3 +306,32 @@ def test_the_measurement_cache_is_not_reused_after_the_inline_calibration_change
         assert r.exit_code == 2 and "stopped before measuring" in r.output, r.output
     assert seen[0] == seen[1]  # the same settings reuse the cache
     assert len(set(seen)) == len(settings) - 1, seen  # any other setting measures afresh
+
+
+def test_the_measurement_cache_is_not_reused_for_other_data_at_the_same_path(tiny, tmp_path):
+    """QA 6d item 2: the cache's fingerprint held the dataset's path and dataset.json windows, not
+    their contents: data regenerated in place (another seed, same shapes) reused every measurement
+    (cached float NE 0.909 against 1.063 measured). The measured windows' data and labels are in it."""
+    import shutil
+
+    import numpy as np
+
+    from lowprec.data.dataset import window_files
+
+    shutil.copytree(tiny / "data", tmp_path / "data")
+    cfg = search_run.SearchConfig((1,), (2,), search_run.Budget(0.01, 0.01), search_run.SearchSpace())
+
+    def fp():
+        return search_run.fingerprint(tiny / "model", Dataset(tmp_path / "data"), cfg, None)
+
+    before = fp()
+    assert fp() == before  # the same data: the cache is reused
+    labels = window_files(tmp_path / "data", 1)["labels"]
+    y = np.load(labels)
+    np.save(labels, 1 - y)  # new labels, same shapes and dataset.json
+    revised = fp()
+    assert revised != before
+    dense = window_files(tmp_path / "data", 1)["dense"]
+    x = np.load(dense)
+    np.save(dense, x[::-1].copy())  # the same rows in another order: other data
+    assert fp() not in (before, revised)
