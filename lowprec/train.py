@@ -31,7 +31,7 @@ import torch
 
 from lowprec.data.batches import count_rows, iter_batches
 from lowprec.data.dataset import Dataset, DatasetMeta
-from lowprec.data.windows import format_windows, window_fingerprint
+from lowprec.data.windows import format_windows, rows_fingerprint, window_fingerprint
 from lowprec.errors import InputError
 from lowprec.evaluation.scoring import evaluate
 from lowprec.evaluation.metrics import BinaryStats
@@ -145,7 +145,8 @@ def check_compatible(config: DLRMConfig, meta: DatasetMeta, where: str) -> None:
 def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int] | tuple[int, ...]) -> dict[int, str]:
     """Those of `windows` (of `ds`) that the model whose provenance is `info` (a float model's info,
     or an artifact's manifest, whose `source` carries it) trained on ("training") or was selected on
-    ("validation"), by their data fingerprints: the same window in any copy of the dataset. Empty
+    ("validation"), by their data fingerprints: the same window in any copy of the dataset, and the
+    same rows at any window number (row fingerprints: models trained since they were recorded). Empty
     for models without the record (trained before it, imported, and their artifacts)."""
     def obj(x: Any) -> dict[str, Any]:  # (a hand-edited record of another type: no record)
         return x if isinstance(x, dict) else {}
@@ -154,15 +155,17 @@ def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int
         return {v for v in x if isinstance(v, str)} if isinstance(x, list) else set()
 
     info = obj(info)
-    prints = obj(info.get("window_fingerprints") or obj(info.get("source")).get("window_fingerprints"))
-    train, val = strings(prints.get("train")), strings(prints.get("val"))
+    train, val = set(), set()
+    for key in ("window_fingerprints", "row_fingerprints"):  # (rows: the same rows at another window number)
+        prints = obj(info.get(key) or obj(info.get("source")).get(key))
+        train, val = train | strings(prints.get("train")), val | strings(prints.get("val"))
     if not train and not val:
         return {}
     out = {}
     for w in windows:
-        f = window_fingerprint(ds, w)
-        if f in train or f in val:
-            out[w] = "training" if f in train else "validation"
+        f = {window_fingerprint(ds, w), rows_fingerprint(ds, w)}
+        if f & (train | val):
+            out[w] = "training" if f & train else "validation"
     return out
 
 
@@ -288,6 +291,8 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
         # from held-out ones in any copy of the data (`seen_in_training`)
         "window_fingerprints": {"train": [window_fingerprint(ds, w) for w in cfg.windows],
                                 "val": [window_fingerprint(ds, w) for w in cfg.val_windows]},
+        "row_fingerprints": {"train": [rows_fingerprint(ds, w) for w in cfg.windows],  # (wherever they sit)
+                             "val": [rows_fingerprint(ds, w) for w in cfg.val_windows]},
         "rows_seen": seen,
         "train_positive_rate": rate,
         "epochs_run": len(history),

@@ -230,9 +230,10 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         src.check_sha256()
         source_sha = weights_sha256(model_dir) if recorded else None  # (the identity every check compares)
         manifest = _manifest(config, plan, builder, layers, model_dir, source_sha)
-        learned = (obj.get("info") or {}).get("window_fingerprints")
-        if learned:  # the windows the model learned from travel with it (lowprec.train.seen_in_training)
-            manifest["source"]["window_fingerprints"] = learned
+        for key in ("window_fingerprints", "row_fingerprints"):  # the windows the model learned from
+            learned = (obj.get("info") or {}).get(key)  # travel with it (lowprec.train.seen_in_training)
+            if learned:
+                manifest["source"][key] = learned
         manifest["files"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_manifest(tmp / MANIFEST, manifest)
         _check_written(tmp, plan)

@@ -143,16 +143,37 @@ def window_fingerprint(ds: Any, w: int) -> str:
     entry in dataset.json and its dense and sparse files (sampled beyond 16 MiB), not its labels (they
     may arrive later). Drift's history records it per window; training records it per training and
     validation window, so scoring can tell a window the model learned from."""
-    meta = ds.meta
-    schema = {"dense": list(meta.dense_names), "window": dataclasses.asdict(meta.window(w)),
-              "sparse": [[f.name, f.num_embeddings, f.hotness, f.encoding] for f in meta.sparse]}
+    schema = dict(_features(ds.meta), window=dataclasses.asdict(ds.meta.window(w)))
     h = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
-    files = window_files(ds.root, w)
+    for text in _file_prints(ds, w):
+        h.update(text.encode())
+    return "window:" + h.hexdigest()
+
+
+def rows_fingerprint(ds: Any, w: int) -> str:
+    """Fingerprint of window w's rows alone, "rows:" + sha256: the feature schema and the dense and
+    sparse files, not the window's index, label or times. The same rows at another window number
+    (a dataset prepared again from a later day, a window's files copied) have the same one: what a
+    model learned from is told apart from held-out data wherever it sits (lowprec.train.seen_in_training)."""
+    h = hashlib.sha256(json.dumps(_features(ds.meta), sort_keys=True).encode())
+    for text in _file_prints(ds, w):
+        h.update(text.encode())
+    return "rows:" + h.hexdigest()
+
+
+def _features(meta: Any) -> dict[str, Any]:
+    return {"dense": list(meta.dense_names),
+            "sparse": [[f.name, f.num_embeddings, f.hotness, f.encoding] for f in meta.sparse]}
+
+
+def _file_prints(ds: Any, w: int) -> list[str]:
+    """The dense and sparse files' fingerprints (sampled beyond 16 MiB: lowprec.fileio.file_fingerprint)."""
+    files, out = window_files(ds.root, w), []
     for kind in ("dense", "sparse"):
         path = window_file(files[kind], w)
         with user_os_errors(path, "read"):
-            h.update(file_fingerprint(path, full_limit=16 << 20, sample=1 << 20).encode())
-    return "window:" + h.hexdigest()
+            out.append(file_fingerprint(path, full_limit=16 << 20, sample=1 << 20))
+    return out
 
 
 def part_text(lo: int, hi: int) -> str:

@@ -219,3 +219,29 @@ def test_seen_in_training_needs_the_record():
 
     assert seen_in_training({}, None, [0, 1]) == {} and seen_in_training(None, None, [0]) == {}
     assert seen_in_training({"window_fingerprints": {"train": [], "val": []}}, None, [0]) == {}
+
+
+def test_the_rows_the_model_learned_from_are_refused_at_any_window_number(tiny, tmp_path):
+    """QA 6d item 1: the held-out check compared window fingerprints, which hold the window's index,
+    label and times: a dataset prepared again from a later day (the training day now window 0 of
+    another dataset), or a training window's files copied into another window, passed as held-out.
+    The model also records its windows' row fingerprints (rows alone); a model without them is
+    judged by window fingerprints as before."""
+    import shutil
+
+    from lowprec.data.dataset import Dataset, window_files
+    from lowprec.checkpoint.float_model import load_float_model
+    from lowprec.train import seen_in_training
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny / "data", copy)
+    assert Dataset(copy).meta.window(3).rows == Dataset(copy).meta.window(0).rows
+    for kind, src in window_files(copy, 0).items():
+        shutil.copyfile(src, window_files(copy, 3)[kind])  # window 3 holds window 0's rows
+    r = CliRunner().invoke(main, ["search", "--model", str(tiny / "model"), "--data", str(copy), "--calib-windows", "1",
+                                  "--eval-windows", "3", "--out", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "evaluation windows [3] hold data" in r.output and "window 3: its training data" in r.output
+    _, info = load_float_model(tiny / "model")
+    older = {k: v for k, v in info.items() if k != "row_fingerprints"}  # trained before rows were recorded
+    assert seen_in_training(info, Dataset(copy), [1, 2, 3]) == {3: "training"}
+    assert seen_in_training(older, Dataset(copy), [1, 2, 3]) == {}
