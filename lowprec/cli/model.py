@@ -49,7 +49,7 @@ NON_NEGATIVE = FiniteFloat(min=0)
               help="Hidden widths of the top MLP, comma-separated, each >= 1 (a 1-wide output is added; '' for none).")
 @click.option("--embedding", default="dense", show_default=True,
               help="Backend SPEC for every table: dense, hash:ratio=R[,seed=S], qr:ratio=R or "
-                   "robe:ratio=R[,z=Z,sign=1,align=1,seed=S] (R: parameter reduction; Z divides --embedding-dim; e.g. robe:ratio=16,z=8).")
+                   "robe:ratio=R[,z=Z,sign=1,align=1,seed=S] (R: parameter reduction; Z divides --embedding-dim; e.g. robe:ratio=16,z=8,align=1; without align=1 its artifacts serve an approximation).")
 @click.option("--table-embedding", multiple=True, help="NAME=SPEC for one table (repeatable), e.g. cat_2=hash:ratio=8.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def train(data_dir, windows, out, recipe, val_windows, patience, init_bias, seed, epochs, batch_size, optimizer, lr,

@@ -339,3 +339,18 @@ def build_robe(table: TableConfig, dim: int, options: dict[str, str]) -> nn.Modu
         raise InputError(f"table {table.name!r}: aligned ROBE needs z a multiple of 4 (FBGEMM rows), got {z}")
     return RobeBag(table.name, table.num_embeddings, dim, o["ratio"], z, o.get("sign", False),
                    o.get("align", False), o.get("seed", DEFAULT_SEED))
+
+
+def unaligned_robe(config: Any) -> list[str]:
+    """The tables of a DLRM config trained as ROBE without align=1: every artifact of the model serves
+    a least-squares aligned projection of them (lowprec.serve.sharing.Robe), fp32 included, so no
+    precision plan matches the float model there; the search and convert say so."""
+    from lowprec.model.embedding import parse_spec
+
+    out = []
+    for t in config.tables:
+        kind, options = parse_spec(t.embedding)
+        if kind == "robe" and options.get("align", "0") != "1":
+            out.append(t.name)
+    return out
+

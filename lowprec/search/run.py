@@ -285,6 +285,19 @@ def _warn_unused_sharing(config: DLRMConfig, space: SearchSpace, items: dict[str
     warn(f"the {' and '.join(asked)} requested are not considered: {why}")
 
 
+def _warn_unaligned_robe(config: DLRMConfig) -> None:
+    """Unaligned ROBE tables serve an approximation at every precision: said before measuring, since
+    otherwise the search ends in an all-fp32 plan that misses the budget and blames the budget."""
+    from lowprec.model.sharing import unaligned_robe
+
+    tables = unaligned_robe(config)
+    if tables:
+        warn(f"tables {tables[:5]}{' ...' if len(tables) > 5 else ''} were trained as unaligned ROBE (no align=1): "
+             f"every artifact serves a least-squares projection of them, fp32 included, so no precision plan "
+             f"matches the float model there and the budget may be unreachable; train with robe:...,align=1 "
+             f"(or fine-tune lowprec.model.realign.realign) to deploy them exactly")
+
+
 def _warn_ranked_timing(cfg: SearchConfig) -> None:
     """Rank-order tier layouts are timed on ranks (lowprec.search.latency): say what that assumes."""
     ranked = [t for t in cfg.space.tier_layouts if parse_layout(t, "--tier-layouts")[0].get("order") == "rank"]
@@ -307,6 +320,7 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     items = options_for(model.config, cfg.space, sharing=counted)
     _warn_unused_sharing(model.config, cfg.space, items, counted)
     _warn_ranked_timing(cfg)
+    _warn_unaligned_robe(model.config)
     check_memory(items, cfg.budget)  # before anything is measured
     cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)
     if cache.rows == 0:
