@@ -433,3 +433,25 @@ def test_a_plan_with_fp8_tables_warns_about_their_lookup_speed(setup, tmp_path):
         r = CliRunner().invoke(main, ["convert", "--model", str(root / "model"), "--precision", precision,
                                       "--out", str(tmp_path / f"a-{precision}")])
         assert r.exit_code == 0 and ("slower than fp32" in r.stderr) == warns, r.output
+
+
+def test_a_hash_models_search_compression_is_the_one_inspect_reports(tmp_path):
+    """QA 6d item 4: for hash/QR/ROBE models the report's "tables alone Nx, as `inspect` reports them"
+    divided by the model's own (already shared) fp32 bytes: 6.72x where inspect said 53.6x for the
+    same artifact. Both divide dense fp32 tables now."""
+    from helpers import trained_tiny
+    from lowprec.train import TrainConfig
+
+    trained_tiny(tmp_path, TrainConfig(windows=(0,), epochs=1, embedding="hash:ratio=4"), windows=3, rows=600,
+                 tables=(200, 30, 8))
+    r = CliRunner().invoke(main, ["search", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
+                                  "--calib-windows", "1", "--eval-windows", "2", "--out", str(tmp_path / "plan.json"),
+                                  "--precisions", "fp16,int8", "--layer-precisions", "fp32",
+                                  "--max-ne-increase", "5%", "--max-auc-drop", "0.05", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    r = CliRunner().invoke(main, ["convert", "--model", str(tmp_path / "model"), "--plan", str(tmp_path / "plan.json"),
+                                  "--out", str(tmp_path / "a"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert out["compression"] == pytest.approx(json.loads(r.output.strip().splitlines()[-1])["compression"], rel=1e-12)
+    assert out["compression"] > out["fp32_table_bytes"] / out["table_bytes"]  # (what it said before)
