@@ -372,3 +372,16 @@ def test_ranges_far_from_what_calibration_observed_are_warned_about(trained, tmp
     c["layers"][second] |= {"min": 0.0, "max": 1e38}
     with pytest.warns(InputWarning, match=rf"layers \['{second}'\] have calibrated input ranges far from the inputs"):
         convert(root / "model", plan, tmp_path / "a", c)
+
+
+def test_a_percentile_given_to_another_method_is_said_unused(trained, tmp_path):
+    """QA 6d item 7: `calibrate --method minmax --percentile 90` ignored the percentile silently."""
+    from helpers import run_cli
+
+    root, _ = trained
+    r = run_cli("calibrate", "--model", root / "model", "--data", root / "data", "--windows", "2",
+                "--out", tmp_path / "c.json", "--percentile", "90", "--json")
+    assert r.exit_code == 0 and "warning: --percentile 90 is not used" in r.output, r.output
+    r = run_cli("calibrate", "--model", root / "model", "--data", root / "data", "--windows", "2",
+                "--out", tmp_path / "c.json", "--method", "percentile", "--percentile", "90")
+    assert r.exit_code == 0 and "not used" not in r.output, r.output

@@ -137,6 +137,7 @@ def test_train_flags_a_model_worse_than_the_base_rate(two, tmp_path):
     j = last_json(r)
     assert j["final_epoch_ne"] >= 1 and j["worse_than_base_rate"] is True
     assert "worse than the constant base rate" in r.stderr
+    assert any("worse than the constant base rate" in w for w in j["warnings"])  # (QA 6d item 5: it was [])
 
 
 def test_train_judges_the_model_it_keeps_on_its_validation_windows(tmp_path):

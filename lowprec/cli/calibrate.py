@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lowprec.cli import emit_json
+from lowprec.cli import emit_json, say_warning
 from lowprec.cli._common import data_option, json_option, progress_bar
 
 
@@ -35,6 +35,10 @@ def calibrate(model_dir, data_dir, windows, out, method, percentile, max_rows, b
     from lowprec.train import check_compatible
 
     claim_output(out, "calibration", [model_dir, data_dir])
+    if method != "percentile" and click.get_current_context().get_parameter_source("percentile") is \
+            click.core.ParameterSource.COMMANDLINE and dist.is_main():
+        say_warning(f"--percentile {percentile:g} is not used: it sets --method percentile's range, and the "
+                    f"method is {method}")
     ds = Dataset(data_dir)
     cfg = CalibConfig(tuple(select_windows(windows, ds.meta)), method, percentile, batch_size, max_rows=max_rows)
     dist.check_same([model_dir, data_dir])

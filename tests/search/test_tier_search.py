@@ -2,6 +2,7 @@
 lookup time) and chosen like any option, under both objectives."""
 
 import json
+import re
 import warnings
 
 import pytest
@@ -30,6 +31,13 @@ def test_layouts_parse_and_refuse():
             parse_layout(bad)
     with pytest.raises(InputError, match="tier-layouts"):
         SearchSpace(tier_layouts=("0.1:fp16",))
+    # QA 6d item 7: hot rows less precise than cold ones, or as precise, were accepted
+    for bad, says in (("0.02:int2/fp32", "tier 0 (int2) is less precise than the cold tier (fp32)"),
+                      ("0.02:fp32/fp32", "tier 0 (fp32) is as precise as the cold tier"),
+                      ("0.02:int4,0.1:fp16/int2", "tier 0 (int4) is less precise than tier 1 (fp16)")):
+        with pytest.raises(InputError, match=re.escape(says)):
+            parse_layout(bad)
+    parse_layout("0.02:fp8/int8")  # (as many bits, another format: allowed)
 
 
 def test_tier_options_cost_what_the_artifact_stores(setup, tmp_path):
