@@ -256,10 +256,22 @@ def _run_info(job: DriftJob, m: _Models, chosen: list[int]) -> dict[str, Any]:
 def window_summary(row: dict[str, Any], processed: bool) -> dict[str, Any]:
     keys = ("label", "rows", "ref_ne", "cand_ne", "ne_gap", "ne_gap_lo", "ne_gap_hi", "ne_gap_se",
             "ref_auc", "cand_auc", "auc_diff", "auc_p_drop", "ref_calibration", "cand_calibration",
-            "cal_gap", "psi", "cusum_up", "cusum_down", "stale_ne", "stale_calibration", "triggers",
+            "cal_gap", "cal_gap_lo", "cal_gap_hi", "psi", "cusum_up", "cusum_down", "stale_ne", "stale_calibration", "triggers",
             "reason", "warnings", "staleness")
     return {"window": row["window"], "alarm": bool(row["alarm"]), "processed": processed,
             **{k: row[k] for k in keys}}
+
+
+def recal_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """A recalibration's record as --json gives it: its windows a list, its flags booleans (as the
+    windows' `alarm`), not the database's JSON text and 0/1."""
+    out = dict(row)  # (a skipped one holds its reason only)
+    if isinstance(out.get("calib_windows"), str):
+        out["calib_windows"] = json.loads(out["calib_windows"])
+    for k in ("alarm", "closes"):
+        if out.get(k) is not None:
+            out[k] = bool(out[k])
+    return out
 
 
 def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int],
@@ -274,5 +286,6 @@ def _outcome(job: DriftJob, store: DriftStore, chosen: list[int], todo: list[int
     latest_alarm = bool(summaries) and summaries[-1]["alarm"]
     new_alarm = new_alarm or any(e["est_alarm"] for e in estimates if e["processed"])
     latest_alarm = latest_alarm or (bool(estimates) and estimates[-1]["est_alarm"])
+    recal = [recal_summary(r) for r in recal]
     return DriftOutcome(summaries, todo, 1 if (new_alarm or latest_alarm) else 0, recal, job.db, job.report,
                         estimates=estimates)
