@@ -188,6 +188,9 @@ def test_eval_warns_when_an_auc_rests_on_few_labels_of_a_class(odd):
     assert "warning: the AUC of window(s) 5 (7 positive) rests on fewer than 30 labels of a class" in r.stderr
     assert strict_json(r.stdout)["windows"][1]["auc"] is not None  # still reported: it is defined
     assert "rests on fewer" not in run("eval", "--model", model, "--data", data, "--windows", "0").stderr
+    # QA 6a item 9: an overall AUC pooled from windows that together hold few labels of a class
+    r = run("eval", "--model", model, "--data", data, "--windows", "3,5")
+    assert r.exit_code == 0 and "and of all windows pooled (7 positive) rests on fewer than 30" in r.stderr, r.stderr
 
 
 def test_eval_says_which_windows_the_model_learned_from(odd):

@@ -165,8 +165,11 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
                     f"the data's labels")
     scarce = [(w, s) for w, m in sorted(result.per_window.items())
               if (s := scarce_class(m["ctr"] * m["rows"], m["rows"])) is not None]
-    if scarce:
-        say_warning(f"the AUC of window(s) {', '.join(f'{w} ({few})' for w, few in scarce)} "
+    o = result.overall
+    pooled = scarce_class(o.ctr * o.weight, o.weight) if len(result.per_window) > 1 else None
+    if scarce or pooled:  # (the overall AUC pools the windows: scarce there too, it is said apart)
+        which = [f"window(s) {', '.join(f'{w} ({few})' for w, few in scarce)}"] if scarce else []
+        say_warning(f"the AUC of {' and of '.join(which + ([f'all windows pooled ({pooled})'] if pooled else []))} "
                     f"rests on fewer than {MIN_CLASS_LABELS} labels of a class: read it, and any difference of "
                     f"it, with care")
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
