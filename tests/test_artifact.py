@@ -385,3 +385,23 @@ def test_a_percentile_given_to_another_method_is_said_unused(trained, tmp_path):
     r = run_cli("calibrate", "--model", root / "model", "--data", root / "data", "--windows", "2",
                 "--out", tmp_path / "c.json", "--method", "percentile", "--percentile", "90")
     assert r.exit_code == 0 and "not used" not in r.output, r.output
+
+
+def test_inspect_shows_trained_sharing_exactness_and_shared_arrays(tmp_path):
+    """QA 6c item 5: inspect showed hash/QR/ROBE tables as sharing '-', never said a table is served
+    inexactly (unaligned ROBE), and every ROBE table's bytes were the whole shared array, so the
+    column summed to N times the total, unexplained."""
+    import json
+
+    from helpers import run_cli
+
+    trained_tiny(tmp_path, TrainConfig(windows=(0,), epochs=1, embedding="robe:ratio=4,z=8",
+                                       table_embedding={"t2": "hash:ratio=2"}), windows=2, rows=300)
+    r = run_cli("convert", "--model", tmp_path / "model", "--precision", "fp32", "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    j = json.loads(run_cli("inspect", tmp_path / "a", "--json").stdout.strip().splitlines()[-1])
+    t = {x["name"]: x for x in j["tables"]}
+    assert t["t0"]["embedding"] == "robe:ratio=4,z=8" and t["t0"]["exact"] is False and t["t0"]["shared_with"] == 1
+    assert t["t2"]["embedding"] == "hash:ratio=2" and t["t2"]["exact"] is True and "shared_with" not in t["t2"]
+    text = run_cli("inspect", tmp_path / "a").stdout
+    assert "robe*" in text and "(+1)" in text and "hash" in text and "served as an approximation" in text

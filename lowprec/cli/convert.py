@@ -97,7 +97,17 @@ def _summary(manifest: dict, path: str, numbers: dict | None = None) -> dict:
     physical = {p["key"]: p for p in manifest["physical_tables"]}
     tables = [{k: t[k] for k in ("name", "rows", "precision", "sharing", "bytes")} |
               {"dim": manifest["model"]["embedding_dim"]} for t in manifest["tables"]]
+    readers: dict[str, int] = {}  # physical table -> logical tables reading it (ROBE's one array: all of them)
+    for entry in manifest["tables"]:
+        for key in entry["physical"]:
+            readers[key] = readers.get(key, 0) + 1
+    trained = {t["name"]: t.get("embedding", "dense") for t in manifest["model"]["tables"]}
     for t, entry in zip(tables, manifest["tables"]):
+        t["embedding"] = trained.get(t["name"], "dense")  # trained sharing (hash/QR/ROBE), beside post-training `sharing`
+        t["exact"] = entry.get("exact", True) is not False  # False: a projection of the float table is served
+        shared = max(readers[k] for k in entry["physical"])
+        if shared > 1:  # its bytes count an array other tables read too
+            t["shared_with"] = shared - 1
         if (t["sharing"] or {}).get("kind") == "tiered":  # each tier's own table and precision
             t["tiers"] = [{k: physical[key][k] for k in ("key", "rows", "precision", "bytes")}
                           for key in entry["physical"]]
@@ -153,15 +163,27 @@ def _show(s: dict, as_json: bool) -> None:
         emit_json(s)
         return
     click.echo(f"{'table':<16} {'rows':>10} {'dim':>4} {'precision':>9} {'sharing':>14} {'bytes':>11}")
+    notes = set()
     for t in s["tables"]:
-        sharing = t["sharing"]["kind"] if t["sharing"] else "-"
+        sharing = t["sharing"]["kind"] if t["sharing"] else t["embedding"].partition(":")[0]
+        sharing = "-" if sharing == "dense" else sharing + ("*" if not t["exact"] else "")
+        shared = f" (+{t['shared_with']})" if t.get("shared_with") else ""
+        if not t["exact"]:
+            notes.add("*")
+        if shared:
+            notes.add("+")
         click.echo(f"{t['name']:<16} {t['rows']:>10} {t['dim']:>4} {t['precision']:>9} {sharing:>14} "
-                   f"{_human(t['bytes']):>11}")
+                   f"{_human(t['bytes']):>11}{shared}")
         for tier in t.get("tiers", ()):
             click.echo(f"  {tier['key']:<14} {tier['rows']:>10} {'':>4} {tier['precision']:>9} {'':>14} "
                        f"{_human(tier['bytes']):>11}")
     for name, v in s["layers"].items():
         click.echo(f"layer {name:<10} {v['precision']:>5}{' (static)' if v['static'] else ''}")
+    if "*" in notes:
+        click.echo("* served as an approximation of the float table (post-training sharing, or ROBE trained "
+                   "without align=1)")
+    if "+" in notes:
+        click.echo("(+N) its bytes are an array N other tables read too, counted once in the embedding bytes")
     click.echo(f"embedding bytes {_human(s['embedding_bytes'])}, fp32 {_human(s['fp32_embedding_bytes'])}, "
                f"compression {s['compression']:.2f}x")
 
