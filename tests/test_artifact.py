@@ -399,6 +399,7 @@ def test_inspect_shows_trained_sharing_exactness_and_shared_arrays(tmp_path):
                                        table_embedding={"t2": "hash:ratio=2"}), windows=2, rows=300)
     r = run_cli("convert", "--model", tmp_path / "model", "--precision", "fp32", "--out", tmp_path / "a")
     assert r.exit_code == 0, r.output
+    assert r.output.count("unaligned ROBE") == 1 and "2 table(s) (t0, t1) were trained as unaligned ROBE" in r.output
     j = json.loads(run_cli("inspect", tmp_path / "a", "--json").stdout.strip().splitlines()[-1])
     t = {x["name"]: x for x in j["tables"]}
     assert t["t0"]["embedding"] == "robe:ratio=4,z=8" and t["t0"]["exact"] is False and t["t0"]["shared_with"] == 1

@@ -22,13 +22,12 @@ mean).
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from lowprec.errors import InputError, InputWarning
+from lowprec.errors import InputError
 from lowprec.model.config import TableConfig
 from lowprec.model.embedding import parse_spec
 from lowprec.model.sharing import ROBE_KEY, qr_collisions, robe_size
@@ -76,11 +75,7 @@ class Robe:
         if z % 4:
             raise InputError(f"table {m.name!r}: ROBE z={z} is not a multiple of 4, which the "
                              f"FBGEMM TBE needs for the shared table; train with z a multiple of 4")
-        exact = all(x.align for x in a.members)
-        if not exact:
-            warnings.warn(f"table {m.name!r}: the model's ROBE array was trained unaligned; serving its "
-                          f"least-squares aligned projection (approximate). Train with align=1, or "
-                          f"fine-tune `lowprec.model.realign.realign(model)`, to deploy without this loss", InputWarning)
+        exact = all(x.align for x in a.members)  # (else its aligned projection: convert says so, once)
         feats = [Feature(ROBE_KEY, {"kind": "robe", "family": FAMILY, "table": m.table, "chunk": c,
                                     "rows": a.size // z, "seed": module.seed, "sign": m.sign})
                  for c in range(m.dim // z)]

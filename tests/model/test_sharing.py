@@ -205,8 +205,7 @@ def test_unaligned_robe_deploys_approximately_and_realigns():
     specs = ("robe:ratio=4,sign=1", "robe:ratio=4,sign=1")
     m = model_with(TableConfig("a", 200, 3, specs[0]), TableConfig("b", 90, 1, specs[1]))
     ids = padded_ids(200, h=3)
-    with pytest.warns(UserWarning, match="unaligned"):
-        form = deploy_form(m.embeddings[0], "a")
+    form = deploy_form(m.embeddings[0], "a")  # (convert warns, once for all such tables: test_artifact)
     assert not form.exact
     exact = m.embeddings[0].exact_runtime()
     torch.testing.assert_close(exact.exact_pooled(ids), m.embeddings[0](ids).detach())
