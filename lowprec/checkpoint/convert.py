@@ -29,6 +29,7 @@ from lowprec.errors import InputError, warn
 from lowprec.fileio import atomic_dir, sha256_file
 from lowprec.model.backends import load_table_module
 from lowprec.model.config import DLRMConfig
+from lowprec.model.sharing import unaligned_robe_warning
 from lowprec.model.embedding import parse_spec
 from lowprec.plan import Plan, TableChoice
 from lowprec.precision import DIM_ALIGNMENT, Precision
@@ -226,7 +227,8 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
                 for name in layer_shapes
             }
             _warn_dynamic_layers(layers, plan, calibration)
-            _warn_unaligned_robe(config)
+            if (robe := unaligned_robe_warning(config)) is not None:
+                warn(robe)
             writer.close()
         src.check_sha256()
         source_sha = weights_sha256(model_dir) if recorded else None  # (the identity every check compares)
@@ -252,19 +254,6 @@ def _check_written(tmp: Path, plan: Plan) -> None:
         text = str(exc).removeprefix(f"{tmp / MANIFEST}: ").replace(str(tmp), "the new artifact")
         raise InputError(f"{plan.source}: the artifact converted with this plan fails the loader's checks "
                          f"({text}); nothing was written") from None
-
-
-def _warn_unaligned_robe(config: Any) -> None:
-    """One warning for all the tables served as the aligned projection of an unaligned ROBE array."""
-    from lowprec.model.sharing import unaligned_robe
-
-    tables = unaligned_robe(config)
-    if tables:
-        warn(f"{len(tables)} table(s) ({', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}) were trained as "
-             f"unaligned ROBE: they are served as the least-squares aligned projection of the model's ROBE array, "
-             f"an approximation at every precision, fp32 included (`lowprec eval` of the artifact against the float "
-             f"model measures the loss). Train with align=1, or fine-tune lowprec.model.realign.realign(model), to "
-             f"deploy them exactly")
 
 
 def _warn_dynamic_layers(layers: dict[str, dict[str, Any]], plan: Plan, calibration: dict[str, Any]) -> None:

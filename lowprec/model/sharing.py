@@ -354,3 +354,15 @@ def unaligned_robe(config: Any) -> list[str]:
             out.append(t.name)
     return out
 
+
+def unaligned_robe_warning(config: Any) -> str | None:
+    """What convert and the search say about `unaligned_robe` tables (None when there are none)."""
+    tables = unaligned_robe(config)
+    if not tables:
+        return None
+    return (f"{len(tables)} table(s) ({', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}) were trained as "
+            f"unaligned ROBE (no align=1): they are served as the least-squares aligned projection of the model's "
+            f"ROBE array, an approximation at every precision, fp32 included, so no precision plan matches the "
+            f"float model there (`lowprec eval` of an artifact against the float model measures the loss). Train "
+            f"with robe:...,align=1, or fine-tune lowprec.model.realign.realign(model), to deploy them exactly")
+

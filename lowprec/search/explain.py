@@ -1,16 +1,18 @@
 """What the search says when no plan within the budgets can be returned compressed: a memory budget
 no plan of the space fits (refused before measuring), one no validated plan fits (refused after the
 rounds, naming the budgets and what was measured), and the note of an all-fp32 plan ("no
-compression"). `cfg` is the search's SearchConfig (lowprec.search.run)."""
+compression"), and the warnings said before measuring: options asked for that became none, and what
+rank-order layouts' timing assumes. `cfg` is the search's SearchConfig (lowprec.search.run)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lowprec.errors import InputError
+from lowprec.errors import InputError, warn
 from lowprec.plan import Budget
 from lowprec.search.accept import pct
-from lowprec.search.space import Option
+from lowprec.search.space import Option, SearchSpace, layout_option, shareable
+from lowprec.serve.tiers import TierSpec, parse_layout
 
 
 def check_memory(items: dict[str, list[Option]], budget: Budget) -> None:
@@ -85,3 +87,43 @@ def _measured(r: dict[str, Any]) -> str:
     v = r["validated"]
     return (f"NE {100 * v['ne_increase']:+.3f}% [CI {100 * v['ne_increase_ci'][0]:+.3f}%, "
             f"{100 * v['ne_increase_ci'][1]:+.3f}%], AUC drop {v['auc_drop']:.5f}")
+
+
+def warn_unused_sharing(config: Any, space: SearchSpace, items: dict[str, list[Option]],
+                         counted: bool) -> None:
+    """Sharing ratios or tier layouts that became no option are said, not dropped silently: all of
+    them (no counts, no table to share), or a tier layout that leaves an upper tier empty on every
+    table it could apply to (its share rounds to 0 rows there: lowprec.search.space.options_for)."""
+    asked = [f for f, v in (("sharing ratios", space.sharing_ratios), ("tier layouts", space.tier_layouts)) if v]
+    tables = shareable(config, space)
+    if counted and tables:
+        offered = {o.sharing for opts in items.values() for o in opts}
+        big = max(tables, key=lambda t: t.num_embeddings)
+        for layout in space.tier_layouts:
+            spec, cold, share = layout_option(layout)
+            if share in offered:
+                continue
+            if TierSpec.from_json(spec, big.name).sizes(big.num_embeddings)[-1] == 0:
+                warn(f"tier layout {layout!r} is not considered: its tiers take every row, leaving its cold tier "
+                     f"({cold.value}) empty, so it would store its tiers' precisions plus an id map for nothing; "
+                     f"leave the cold tier a share (tier shares summing to less than 1)")
+            else:
+                warn(f"tier layout {layout!r} is not considered: a tier's share rounds to 0 rows on every table "
+                     f"it could apply to (the largest, {big.name!r}, has {big.num_embeddings:,} rows), so it would "
+                     f"store the plain cold precision plus a rank directory for nothing; give each tier a share "
+                     f"of at least 1/{big.num_embeddings:,}")
+        return
+    if not asked or any(o.sharing is not None for opts in items.values() for o in opts):
+        return
+    why = ("there are no row access counts from calibration" if not counted else
+           f"no table is a dense table of >= {space.sharing_min_rows:,} rows")
+    warn(f"the {' and '.join(asked)} requested are not considered: {why}")
+
+
+def warn_ranked_timing(cfg: Any) -> None:
+    """Rank-order tier layouts are timed on ranks (lowprec.search.latency): say what that assumes."""
+    ranked = [t for t in cfg.space.tier_layouts if parse_layout(t, "--tier-layouts")[0].get("order") == "rank"]
+    if cfg.objective == "latency" and ranked:
+        warn(f"tier layouts {', '.join(ranked)} are timed on ranked ids, as a feature pipeline that renumbers "
+             f"ids through the artifact's rank map sends them; served raw ids they also pay the rank map "
+             f"(reports/tiered.md). If yours sends raw ids, offer id-order layouts (without '/rank') instead")

@@ -34,23 +34,22 @@ from lowprec import distributed as dist
 from lowprec.data.batches import count_rows
 from lowprec.data.dataset import Dataset
 from lowprec.errors import InputError, warn
-from lowprec.model.config import DLRMConfig
 from lowprec.model.dlrm import DLRM
+from lowprec.model.sharing import unaligned_robe_warning
 from lowprec.plan import Plan, PlanInfo, Predicted, SearchWindows, Validation
 from lowprec.progress import Stages, Update, stage
 from lowprec.search.accept import DEFAULT_RULE, check_rule, judge
 from lowprec.search.cache import MeasurementCache, measurement
-from lowprec.search.explain import check_memory, no_compression_message, unmet_memory_message
+from lowprec.search.explain import (check_memory, no_compression_message, unmet_memory_message, warn_ranked_timing,
+                                    warn_unused_sharing)
 from lowprec.search.latency import measure_costs, significant_costs
 from lowprec.search.sensitivity import Emulator, FloatCache
 from lowprec.search.solver import (Budget, Infeasible, Sensitivity, auc_price, least_margin, ne_price, predicted,
                                    price, solve)
-from lowprec.search.space import (Option, SearchSpace, layout_option, options_for, plan_from_options, shareable,
-                                  total_bytes)
+from lowprec.search.space import Option, SearchSpace, options_for, plan_from_options, total_bytes
 from lowprec.search.whole import timed_whole
 from lowprec.search import rows_subset
 from lowprec.search.validate import validate
-from lowprec.serve.tiers import TierSpec, parse_layout
 
 
 @dataclass(frozen=True)
@@ -254,59 +253,6 @@ def back_off(chosen: dict[str, Option], items: dict[str, list[Option]], sens: di
     return {o.key for o in items[worst.item] if o.bytes <= worst.bytes and not o.is_float_baseline}
 
 
-def _warn_unused_sharing(config: DLRMConfig, space: SearchSpace, items: dict[str, list[Option]],
-                         counted: bool) -> None:
-    """Sharing ratios or tier layouts that became no option are said, not dropped silently: all of
-    them (no counts, no table to share), or a tier layout that leaves an upper tier empty on every
-    table it could apply to (its share rounds to 0 rows there: lowprec.search.space.options_for)."""
-    asked = [f for f, v in (("sharing ratios", space.sharing_ratios), ("tier layouts", space.tier_layouts)) if v]
-    tables = shareable(config, space)
-    if counted and tables:
-        offered = {o.sharing for opts in items.values() for o in opts}
-        big = max(tables, key=lambda t: t.num_embeddings)
-        for layout in space.tier_layouts:
-            spec, cold, share = layout_option(layout)
-            if share in offered:
-                continue
-            if TierSpec.from_json(spec, big.name).sizes(big.num_embeddings)[-1] == 0:
-                warn(f"tier layout {layout!r} is not considered: its tiers take every row, leaving its cold tier "
-                     f"({cold.value}) empty, so it would store its tiers' precisions plus an id map for nothing; "
-                     f"leave the cold tier a share (tier shares summing to less than 1)")
-            else:
-                warn(f"tier layout {layout!r} is not considered: a tier's share rounds to 0 rows on every table "
-                     f"it could apply to (the largest, {big.name!r}, has {big.num_embeddings:,} rows), so it would "
-                     f"store the plain cold precision plus a rank directory for nothing; give each tier a share "
-                     f"of at least 1/{big.num_embeddings:,}")
-        return
-    if not asked or any(o.sharing is not None for opts in items.values() for o in opts):
-        return
-    why = ("there are no row access counts from calibration" if not counted else
-           f"no table is a dense table of >= {space.sharing_min_rows:,} rows")
-    warn(f"the {' and '.join(asked)} requested are not considered: {why}")
-
-
-def _warn_unaligned_robe(config: DLRMConfig) -> None:
-    """Unaligned ROBE tables serve an approximation at every precision: said before measuring, since
-    otherwise the search ends in an all-fp32 plan that misses the budget and blames the budget."""
-    from lowprec.model.sharing import unaligned_robe
-
-    tables = unaligned_robe(config)
-    if tables:
-        warn(f"tables {tables[:5]}{' ...' if len(tables) > 5 else ''} were trained as unaligned ROBE (no align=1): "
-             f"every artifact serves a least-squares projection of them, fp32 included, so no precision plan "
-             f"matches the float model there and the budget may be unreachable; train with robe:...,align=1 "
-             f"(or fine-tune lowprec.model.realign.realign) to deploy them exactly")
-
-
-def _warn_ranked_timing(cfg: SearchConfig) -> None:
-    """Rank-order tier layouts are timed on ranks (lowprec.search.latency): say what that assumes."""
-    ranked = [t for t in cfg.space.tier_layouts if parse_layout(t, "--tier-layouts")[0].get("order") == "rank"]
-    if cfg.objective == "latency" and ranked:
-        warn(f"tier layouts {', '.join(ranked)} are timed on ranked ids, as a feature pipeline that renumbers "
-             f"ids through the artifact's rank map sends them; served raw ids they also pay the rank map "
-             f"(reports/tiered.md). If yours sends raw ids, offer id-order layouts (without '/rank') instead")
-
-
 def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
            calibration: dict[str, Any] | None, calib_sha: str | None = None,
            cache_path: Path | None = None, cost: dict[str, float] | None = None,
@@ -318,9 +264,10 @@ def search(model_dir: str | Path, model: DLRM, ds: Dataset, cfg: SearchConfig,
     rm = cfg.space.range_method
     counted = bool((calibration or {}).get("row_counts"))
     items = options_for(model.config, cfg.space, sharing=counted)
-    _warn_unused_sharing(model.config, cfg.space, items, counted)
-    _warn_ranked_timing(cfg)
-    _warn_unaligned_robe(model.config)
+    warn_unused_sharing(model.config, cfg.space, items, counted)
+    warn_ranked_timing(cfg)
+    if (robe := unaligned_robe_warning(model.config)) is not None:  # (else the budget would take the blame)
+        warn(robe)
     check_memory(items, cfg.budget)  # before anything is measured
     cache = FloatCache(model, ds, list(cfg.calib_windows), cfg.max_rows)
     if cache.rows == 0:

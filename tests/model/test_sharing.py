@@ -422,16 +422,12 @@ def test_unaligned_robe_tables_are_named_and_the_search_says_so_before_measuring
     """QA 6d item 3 / 6c item 3: the README's `robe:ratio=16,z=8` trained unaligned ROBE, whose
     artifacts serve a projection at every precision; the search ended in an all-fp32 plan 90x over
     the budget, blaming the budget. The tables are named and the search warns up front."""
-    import pytest
-
-    from lowprec.errors import InputWarning
     from lowprec.model.config import DLRMConfig, TableConfig
-    from lowprec.model.sharing import unaligned_robe
-    from lowprec.search import run as search_run
+    from lowprec.model.sharing import unaligned_robe, unaligned_robe_warning
 
     tables = tuple(TableConfig(f"t{i}", 1000, 1, spec) for i, spec in enumerate(
         ("robe:ratio=16,z=8", "robe:ratio=16,z=8,align=1", "robe:ratio=4,align=0", "hash:ratio=4", "dense")))
     config = DLRMConfig(2, tables, 16, (16,), (8,), ("d0", "d1"))
     assert unaligned_robe(config) == ["t0", "t2"]
-    with pytest.warns(InputWarning, match=r"tables \['t0', 't2'\] were trained as unaligned ROBE"):
-        search_run._warn_unaligned_robe(config)
+    assert "2 table(s) (t0, t2) were trained as unaligned ROBE" in unaligned_robe_warning(config)
+    assert unaligned_robe_warning(DLRMConfig(2, tables[1:2], 16, (16,), (8,), ("d0", "d1"))) is None

@@ -10,6 +10,7 @@ import pytest
 from helpers import trained_search_setup
 from lowprec.checkpoint.convert import convert
 from lowprec.errors import InputError, InputWarning
+from lowprec.search import explain
 from lowprec.search import run as search_run
 from lowprec.search.solver import Budget
 from lowprec.search.space import SearchSpace, options_for, plan_from_options
@@ -61,7 +62,7 @@ def test_a_layout_that_leaves_a_tier_empty_is_not_offered_on_that_table(setup):
     tiers = {t: [dict(o.sharing)["tiers"] for o in items[f"table:{t}"] if o.sharing] for t in ("t0", "t1")}
     assert tiers == {"t0": [((0.01, "fp16"),)], "t1": []}  # 6 of t0's 600 rows; 0.4 of t1's 40: none
     with pytest.warns(InputWarning) as seen:
-        search_run._warn_unused_sharing(model.config, space, items, counted=True)
+        explain.warn_unused_sharing(model.config, space, items, counted=True)
     (w,) = seen
     assert "'0.0005:fp16/int4' is not considered" in str(w.message) and "'t0', has 600 rows" in str(w.message)
     # tiers that take every row leave the cold tier empty: fp16 rows plus an id map, never offered
@@ -69,7 +70,7 @@ def test_a_layout_that_leaves_a_tier_empty_is_not_offered_on_that_table(setup):
     items = options_for(model.config, space, sharing=True)
     assert [dict(o.sharing)["tiers"] for o in items["table:t0"] if o.sharing] == [((0.5, "fp16"),)]
     with pytest.warns(InputWarning) as seen:
-        search_run._warn_unused_sharing(model.config, space, items, counted=True)
+        explain.warn_unused_sharing(model.config, space, items, counted=True)
     assert len(seen) == 2 and all("leaving its cold tier (int4) empty" in str(w.message) for w in seen)
 
 
