@@ -261,4 +261,3 @@ def _slow_lookups(manifest: dict) -> dict:
         if slow:
             out[entry["name"]] = slow[0]
     return out
-

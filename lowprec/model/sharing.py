@@ -365,4 +365,3 @@ def unaligned_robe_warning(config: Any) -> str | None:
             f"ROBE array, an approximation at every precision, fp32 included, so no precision plan matches the "
             f"float model there (`lowprec eval` of an artifact against the float model measures the loss). Train "
             f"with robe:...,align=1, or fine-tune lowprec.model.realign.realign(model), to deploy them exactly")
-
