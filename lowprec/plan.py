@@ -273,7 +273,7 @@ def _table_choice(v: dict[str, Any], where: str, table: str) -> TableChoice:
     precision = Precision.parse(v.get("precision", "fp32"), at)
     try:
         if sharing is not None:
-            _check_sharing(sharing, table)
+            _check_sharing(sharing, table, precision)
         choice = TableChoice(precision, sharing, v.get("range_method", "minmax"))
     except InputError as exc:
         text = str(exc)
@@ -290,20 +290,20 @@ def _need_precision(rule: dict[str, Any], at: str) -> None:
                          f"(\"fp32\" to keep it float)")
 
 
-def _check_sharing(spec: dict[str, Any], table: str) -> None:
+def _check_sharing(spec: dict[str, Any], table: str, precision: Precision) -> None:
     """A table's post-training sharing as far as the plan alone decides it: a kind convert knows,
     with options it takes (errors "table 'NAME': ..."). What needs the model or the calibration (a
     dense table, row access counts) is checked when converting."""
     from lowprec.serve.sharing import POST_TRAINING, hot_options
-    from lowprec.serve.tiers import TierSpec
+    from lowprec.serve.tiers import TierSpec, check_tier_order
 
     kind = spec.get("kind")
     if kind not in POST_TRAINING:
         raise InputError(f"table {table!r}: unknown sharing kind {kind!r} (known: {list(POST_TRAINING)})")
     if kind == "hot":
         hot_options(spec, table)
-    else:
-        TierSpec.from_json(spec, table)
+    else:  # (the plan's table precision is the cold tier's)
+        check_tier_order([p for _, p in TierSpec.from_json(spec, table).tiers], precision, f"table {table!r}")
 
 
 def _layer_choice(v: dict[str, Any], where: str, layer: str) -> LayerChoice:

@@ -264,11 +264,17 @@ def parse_layout(text: str, where: str = "tier layout") -> tuple[dict[str, Any],
     except InputError as exc:
         raise InputError(f"{where}: {text!r}: {exc}") from None
     cold_p = Precision.parse(cold.strip(), where)
-    chain = [Precision.parse(p) for _, p in tiers] + [cold_p]  # hottest first, the cold tier last
+    check_tier_order([Precision.parse(p) for _, p in tiers], cold_p, f"{where}: {text!r}")
+    return spec, cold_p
+
+
+def check_tier_order(upper: list[Precision], cold: Precision, where: str) -> None:
+    """Each tier more precise than the next colder one (or as many bits in another format): a hot
+    tier at int2 over an fp32 cold tier, or fp32 over fp32, pays an id map for nothing."""
+    chain = [*upper, cold]  # hottest first, the cold tier last
     for j, (hot, colder) in enumerate(zip(chain, chain[1:])):
         if hot is colder or hot.bits < colder.bits:
-            next_one = "the cold tier" if j + 1 == len(tiers) else f"tier {j + 1}"
-            raise InputError(f"{where}: {text!r}: tier {j} ({hot.value}) is {'as precise as' if hot is colder else 'less precise than'} "
+            next_one = "the cold tier" if j + 1 == len(upper) else f"tier {j + 1}"
+            raise InputError(f"{where}: tier {j} ({hot.value}) is {'as precise as' if hot is colder else 'less precise than'} "
                              f"{next_one} ({colder.value}), which serves colder rows; tiers keep hotter rows more precise "
                              f"(e.g. 0.02:fp16/int4), else the table pays an id map for nothing")
-    return spec, cold_p

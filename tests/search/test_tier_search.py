@@ -10,6 +10,7 @@ import pytest
 from helpers import trained_search_setup
 from lowprec.checkpoint.convert import convert
 from lowprec.errors import InputError, InputWarning
+from lowprec.plan import Plan
 from lowprec.search import explain
 from lowprec.search import run as search_run
 from lowprec.search.solver import Budget
@@ -39,6 +40,14 @@ def test_layouts_parse_and_refuse():
         with pytest.raises(InputError, match=re.escape(says)):
             parse_layout(bad)
     parse_layout("0.02:fp8/int8")  # (as many bits, another format: allowed)
+    # the same rule for a plan file's tiered table (its precision is the cold tier's: QA 7 item 2)
+    plan = {"format": "lowprec-plan", "version": 1, "layers": {"*": {"precision": "fp32"}},
+            "tables": {"t0": {"precision": "fp32", "sharing": {"kind": "tiered", "tiers": [[0.02, "int2"]]}}}}
+    with pytest.raises(InputError, match=re.escape("tier 0 (int2) is less precise than the cold tier (fp32)")):
+        Plan.from_json(plan, "plan.json")
+    plan["tables"]["t0"]["precision"] = "int2"
+    plan["tables"]["t0"]["sharing"]["tiers"] = [[0.02, "fp16"]]
+    Plan.from_json(plan, "plan.json")
 
 
 def test_tier_options_cost_what_the_artifact_stores(setup, tmp_path):
