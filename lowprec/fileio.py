@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 from lowprec.errors import InputError, os_error, user_os_errors
 from lowprec.filekind import check_regular
 from lowprec.jsonsafe import dumps, unique_keys
-from lowprec.outputmarker import (ENTRIES, FILE_KINDS, KINDS, MARKER, WHOLE, declared_format, entries,
+from lowprec.outputmarker import (ENTRIES, FILE_KINDS, KINDS, MARKER, RECURSIVE, WHOLE, declared_format, entries,
                                   foreign_entries, is_kind, marker_lines)
 from lowprec.tmpnames import alive, dead_writers, remove, tmp_prefix, writer_pid
 
@@ -166,9 +166,11 @@ def claim_output(out: str | os.PathLike, kind: str | None, inputs: Iterable[str 
                          f"files that are not lowprec's; refusing (remove it yourself or choose another path)")
     foreign = [] if empty else foreign_entries(out)
     if foreign:
-        names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        shown = [x if x.isprintable() else repr(x) for x in foreign[:5]]  # (a name with a newline: one line)
+        names = ", ".join(shown) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        them = "them" if len(foreign) > 1 else "it"
         raise InputError(f"{what} {out} holds {names}, which lowprec did not write there; refusing to "
-                         f"replace it, which would delete them (move them out or choose another path)")
+                         f"replace it, which would delete {them} (move {them} out or choose another path)")
     return out
 
 
@@ -199,7 +201,7 @@ def atomic_dir(out: str | os.PathLike, kind: str | None = None,
         with temporary_sibling(out) as tmp, user_os_errors(out):
             yield tmp
             if kind is not None:
-                (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, ENTRIES, *entries(tmp)]))
+                (tmp / MARKER).write_text("".join(line + "\n" for line in [kind, RECURSIVE, ENTRIES, *entries(tmp)]))
             fsync_tree(tmp)
             _swap(tmp, out)  # (tmp is `out` now: nothing left to remove)
     except BaseException:  # nothing written, so no directory made for it either (an emptied one only)

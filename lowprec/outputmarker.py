@@ -12,6 +12,9 @@ from pathlib import Path
 MARKER = ".lowprec-output"
 # the marker's line after which a directory written whole lists the entries lowprec wrote into it
 ENTRIES = "# entries lowprec wrote here (any other entry stops lowprec from replacing this directory):"
+# the marker's line (before ENTRIES) saying its entries are listed recursively: older markers listed
+# top-level names only, a directory by its bare name
+RECURSIVE = "# every entry is listed, inside directories too; a directory's name ends in '/'"
 # kind -> (the file that identifies an output of that kind, the "format" it declares or None)
 KINDS: dict[str, tuple[str, str | None]] = {
     "dataset": ("dataset.json", "lowprec-dataset"),
@@ -69,7 +72,7 @@ def foreign_entries(d: Path) -> list[str]:
     lines = marker_lines(d)
     if ENTRIES not in lines:
         return []
-    listed, found = set(lines[lines.index(ENTRIES) + 1:]), []
+    listed, found, recursive = set(lines[lines.index(ENTRIES) + 1:]), [], RECURSIVE in lines
 
     def walk(rel: str) -> None:
         for p in sorted((d / rel).iterdir()):
@@ -77,7 +80,7 @@ def foreign_entries(d: Path) -> list[str]:
             if p.is_dir() and not p.is_symlink():
                 if name + "/" in listed:
                     walk(name + "/")
-                elif name not in listed:  # (listed by bare name: an older marker's whole directory)
+                elif recursive or name not in listed:  # (by bare name in an older marker: lowprec's whole)
                     found.append(name + "/")
             elif name not in listed and name != MARKER:
                 found.append(name)

@@ -157,8 +157,20 @@ def test_a_users_file_inside_an_outputs_subdirectory_is_not_replaced_either(base
     assert r.exit_code == 2 and f"{subs[0].name}/NOTES.md" in r.output and "did not write" in r.output, r.output
     assert (subs[0] / "NOTES.md").read_text() == "mine"
     (subs[0] / "NOTES.md").unlink()
+    # a listed file the user replaced by a directory of their own is theirs too (QA 7 item 3)
+    saved = (art / "manifest.json").read_bytes()
+    (art / "manifest.json").unlink()
+    (art / "manifest.json").mkdir()
+    (art / "manifest.json" / "mine.txt").write_text("mine")
+    r = run("convert", "--model", base / "model", "--precision", "int4", "--out", art)
+    assert r.exit_code == 2 and "manifest.json/" in r.output and (art / "manifest.json" / "mine.txt").is_file(), r.output
+    (art / "manifest.json" / "mine.txt").unlink()
+    (art / "manifest.json").rmdir()
+    (art / "manifest.json").write_bytes(saved)
+    from lowprec.outputmarker import RECURSIVE
+
     old = [x if x.startswith("#") else x.rstrip("/") for x in listed  # an older lowprec's marker: top-level names
-           if x.startswith("#") or "/" not in x.rstrip("/")]
+           if x != RECURSIVE and (x.startswith("#") or "/" not in x.rstrip("/"))]
     (art / MARKER).write_text("".join(f"{x}\n" for x in old))
     r = run("convert", "--model", base / "model", "--precision", "int4", "--out", art)
     assert r.exit_code == 0, r.output
