@@ -12,7 +12,7 @@ stop_while_starting()
 
 from lowprec._compat import check_torch_fbgemm  # noqa: E402  (after the signal handling above)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 TORCH_VERSION, FBGEMM_VERSION = check_torch_fbgemm()
 

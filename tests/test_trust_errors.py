@@ -283,7 +283,11 @@ def test_a_hand_edit_of_the_manifest_that_stays_consistent_is_refused(base, tmp_
         for cmd in (["inspect", art], ["eval", "--model", art, "--data", base / "data", "--windows", "2"]):
             r = run(*cmd)
             assert r.exit_code == 2 and "manifest.json: edited after conversion" in r.output, (what, cmd, r.output)
-    older = {k: v for k, v in man.items() if k != CONTENT}  # written before the hash was recorded
+    deleted = {k: v for k, v in man.items() if k != CONTENT}  # the hash deleted with the edit (QA 7 item 1)
+    art = copy_with(base / "art", tmp_path / "deleted", "manifest.json", json.dumps(dict(deleted, serving=swapped["serving"])))
+    r = run("eval", "--model", art, "--data", base / "data", "--windows", "2")
+    assert r.exit_code == 2 and f"has no {CONTENT}, which lowprec 0.2.0" in r.output, r.output
+    older = dict(deleted, lowprec_version="0.1.0")  # written by a lowprec before the hash was recorded
     art = copy_with(base / "art", tmp_path / "old", "manifest.json", json.dumps(older))
     assert run("eval", "--model", art, "--data", base / "data", "--windows", "2").exit_code == 0
 

@@ -39,12 +39,19 @@ FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 CONTENT = "content_sha256"  # the manifest's own hash: "files" covers every file but the manifest
+CONTENT_SINCE = (0, 2, 0)  # the lowprec versions that record it: a manifest from one without it was edited
 
 
 def content_sha256(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON (sorted keys, as it reads back), without CONTENT."""
     body = json.loads(dumps({k: v for k, v in manifest.items() if k != CONTENT}))
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _release(version: Any) -> tuple[int, ...]:
+    """'0.2.0' -> (0, 2, 0); anything unreadable -> () (older than every release)."""
+    parts = str(version).split("+")[0].split(".")[:3]
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -64,7 +71,11 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise InputError(f"{where}: artifact format version {manifest.get('version')!r} is not "
                          f"supported by this lowprec (it reads version {FORMAT_VERSION})")
-    recorded = manifest.get(CONTENT)  # (absent: an artifact from before it was recorded)
+    recorded = manifest.get(CONTENT)  # (absent: an artifact from a lowprec before CONTENT_SINCE)
+    if recorded is None and _release(manifest.get("lowprec_version")) >= CONTENT_SINCE:
+        raise InputError(f"{where}: has no {CONTENT}, which lowprec {manifest.get('lowprec_version')} (the "
+                         f"lowprec_version it declares) always records: it was edited after conversion. Undo the "
+                         f"edit, or re-run `lowprec convert`")
     if recorded is not None and recorded != content_sha256(manifest):
         raise InputError(f"{where}: edited after conversion: its content no longer matches its {CONTENT}, so "
                          f"what it says about tables, transforms or layers may not be what was converted and "

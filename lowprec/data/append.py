@@ -170,8 +170,9 @@ def _check_new_rows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path
     """A new window whose files are byte for byte an existing window's holds the same rows: the same
     day again under other bytes (gzipped, unzipped, CRLF or a BOM), which `_check_new_inputs`'s
     sha256 of the raw file does not see. Only windows of equal row count are compared (streamed,
-    stopping at the first difference), and where the windows carry times (a time column), only
-    windows of the same times: another day whose rows happen to be the same is not a copy. So an
+    stopping at the first difference), and where the windows carry times (calendar windows), only
+    windows of the same times. `--window file` and rows:N windows keep none, so there the rows alone
+    decide: a day whose every row repeats an earlier day's, in order, is taken for a copy. So an
     append reads an old window only when it may be the new one's copy."""
     def key(w: WindowInfo) -> tuple:  # (rows:N windows' start and end are row offsets: never the same)
         return (w.rows,) if str(old.provenance.get("windows", "")).startswith("rows:") else (w.rows, w.start, w.end)
