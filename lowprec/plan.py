@@ -236,7 +236,9 @@ class Plan:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any], where: str = "plan") -> "Plan":
+    def from_json(cls, obj: dict[str, Any], where: str = "plan", tier_order: bool = True) -> "Plan":
+        """A plan file's plan, checked; `tier_order` False: a deployed artifact's plan, whose tier layouts
+        are kept as they were converted (lowprec.serve.tiers.check_tier_order judges new plans only)."""
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise InputError(f"{where}: not a lowprec plan (format {obj.get('format') if isinstance(obj, dict) else None!r})")
         version = obj.get("version")
@@ -244,7 +246,7 @@ class Plan:
             raise InputError(f"{where}: plan version {version!r} is not supported (expected the integer "
                              f"{FORMAT_VERSION})")
         try:
-            tables = {k: _table_choice(v, where, k) for k, v in obj.get("tables", {}).items()}
+            tables = {k: _table_choice(v, where, k, tier_order) for k, v in obj.get("tables", {}).items()}
             layers = {k: _layer_choice(v, where, k) for k, v in obj.get("layers", {}).items()}
         except (AttributeError, TypeError) as exc:
             raise InputError(f"{where}: malformed plan ({exc})") from exc
@@ -256,7 +258,7 @@ class Plan:
         return cls.from_json(read_json(path, "plan"), str(path))
 
 
-def _table_choice(v: dict[str, Any], where: str, table: str) -> TableChoice:
+def _table_choice(v: dict[str, Any], where: str, table: str, tier_order: bool = True) -> TableChoice:
     """One table rule of a plan file; every error names the file and the table once."""
     at = f"{where}: table {table!r}"
     if not isinstance(v, dict):
@@ -273,7 +275,7 @@ def _table_choice(v: dict[str, Any], where: str, table: str) -> TableChoice:
     precision = Precision.parse(v.get("precision", "fp32"), at)
     try:
         if sharing is not None:
-            _check_sharing(sharing, table, precision)
+            _check_sharing(sharing, table, precision if tier_order else None)
         choice = TableChoice(precision, sharing, v.get("range_method", "minmax"))
     except InputError as exc:
         text = str(exc)
@@ -290,7 +292,7 @@ def _need_precision(rule: dict[str, Any], at: str) -> None:
                          f"(\"fp32\" to keep it float)")
 
 
-def _check_sharing(spec: dict[str, Any], table: str, precision: Precision) -> None:
+def _check_sharing(spec: dict[str, Any], table: str, precision: Precision | None) -> None:
     """A table's post-training sharing as far as the plan alone decides it: a kind convert knows,
     with options it takes (errors "table 'NAME': ..."). What needs the model or the calibration (a
     dense table, row access counts) is checked when converting."""
@@ -302,8 +304,10 @@ def _check_sharing(spec: dict[str, Any], table: str, precision: Precision) -> No
         raise InputError(f"table {table!r}: unknown sharing kind {kind!r} (known: {list(POST_TRAINING)})")
     if kind == "hot":
         hot_options(spec, table)
-    else:  # (the plan's table precision is the cold tier's)
-        check_tier_order([p for _, p in TierSpec.from_json(spec, table).tiers], precision, f"table {table!r}")
+    else:  # (the plan's table precision is the cold tier's; None: a deployed plan, not judged again)
+        tiers = TierSpec.from_json(spec, table)
+        if precision is not None:
+            check_tier_order([p for _, p in tiers.tiers], precision, f"table {table!r}")
 
 
 def _layer_choice(v: dict[str, Any], where: str, layer: str) -> LayerChoice:

@@ -121,7 +121,8 @@ def _recalibrate_one(job: Any, store: DriftStore, ds: Dataset, models: Any, targ
     c = calibrate(float_model, ds, CalibConfig(tuple(windows), method, percentile, job.batch_size),
                   stages(f"recalibrate on windows {windows}", 2 * rows, "rows"))
     out_dir, calib_path = recal_paths(job, target, source)
-    convert(job.reference, Plan.from_json(models.manifest["plan"], "deployed artifact's plan"), out_dir, c)
+    convert(job.reference, Plan.from_json(models.manifest["plan"], "deployed artifact's plan", tier_order=False),
+            out_dir, c)  # (its layouts as deployed, even ones a new plan may not take)
     try:
         save_calibration(c, calib_path, models.reference_sha)
     except BaseException:  # never an artifact without its calibration (no row records it: rerun redoes both)

@@ -45,6 +45,7 @@ def test_layouts_parse_and_refuse():
             "tables": {"t0": {"precision": "fp32", "sharing": {"kind": "tiered", "tiers": [[0.02, "int2"]]}}}}
     with pytest.raises(InputError, match=re.escape("tier 0 (int2) is less precise than the cold tier (fp32)")):
         Plan.from_json(plan, "plan.json")
+    Plan.from_json(plan, "manifest.json", tier_order=False)  # a deployed artifact's plan: kept as converted
     plan["tables"]["t0"]["precision"] = "int2"
     plan["tables"]["t0"]["sharing"]["tiers"] = [[0.02, "fp16"]]
     Plan.from_json(plan, "plan.json")
