@@ -309,7 +309,7 @@ def _manifest(config: DLRMConfig, plan: Plan, b: _Builder, layers: dict[str, Any
     # Serving memory of the tables: every physical table once (shared arrays are counted once)
     # plus id-transform buffers; fp32 equivalent: every logical table dense in fp32.
     embedding_bytes = sum(t["bytes"] for t in b.physical.values()) + b.buffer_bytes
-    fp32_bytes = sum(t.num_embeddings * config.embedding_dim * 4 for t in config.tables)
+    fp32_bytes = config.dense_fp32_bytes()
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,

@@ -322,7 +322,7 @@ def _manifest(config: DLRMConfig, tables: list[dict], layers: dict[str, dict], e
                 {n: LayerChoice(Precision(v["precision"])) for n, v in layers.items()},
                 PlanInfo(kind="imported torchrec-quant"))
     embedding_bytes = sum(t["bytes"] for t in tables)
-    fp32_bytes = sum(t.num_embeddings * config.embedding_dim * 4 for t in config.tables)
+    fp32_bytes = config.dense_fp32_bytes()
     files = [p for p in (ebc_path, dense_path, config_path) if p is not None]
     return {
         "format": FORMAT, "version": FORMAT_VERSION,

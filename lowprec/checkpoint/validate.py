@@ -282,7 +282,7 @@ def summary_numbers(manifest: dict[str, Any], shapes: dict[str, tuple[list[int],
         table_bytes[t["name"]] = sum(physical[k] for k in keys) + sum(buffers[b] for b in bufs)
     config = DLRMConfig.from_json(manifest["model"], where)
     embedding = sum(physical.values()) + sum(buffers.values())
-    fp32 = sum(t.num_embeddings * config.embedding_dim * 4 for t in config.tables)
+    fp32 = config.dense_fp32_bytes()
     layers = {n: sum(_stored_bytes(shapes, k, where) for k in shapes if k.startswith(f"layers.{n}."))
               for n in manifest["layers"]}
     return {"physical": physical, "tables": table_bytes, "layers": layers, "embedding_bytes": embedding,

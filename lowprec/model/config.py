@@ -67,6 +67,11 @@ class DLRMConfig:
         f = len(self.tables) + 1
         return self.embedding_dim + f * (f - 1) // 2
 
+    def dense_fp32_bytes(self) -> int:
+        """The tables' bytes as dense fp32 tables (rows x dim x 4), whatever sharing they were trained
+        with: what compression ratios divide (a manifest's fp32_embedding_bytes)."""
+        return sum(t.num_embeddings * self.embedding_dim * 4 for t in self.tables)
+
     def layer_shapes(self) -> dict[str, tuple[int, int]]:
         """Name -> (in, out) of every Linear layer, in forward order: bottom.i then top.i."""
         shapes: dict[str, tuple[int, int]] = {}

@@ -305,11 +305,6 @@ def plan_warnings(result: SearchResult) -> list[str]:
                   for w in slow_lookup_warnings(tables)]
 
 
-def _dense_fp32(model) -> int:
-    """The tables' bytes as dense fp32 tables (the manifest's fp32_embedding_bytes)."""
-    return sum(t.num_embeddings * model.config.embedding_dim * 4 for t in model.config.tables)
-
-
 def summarize(result: SearchResult, model) -> dict[str, Any]:
     info = result.plan.info
     fp32 = sum(o[0].bytes for o in result.items.values())
@@ -327,7 +322,7 @@ def summarize(result: SearchResult, model) -> dict[str, Any]:
         # `compression` is the tables' ratio, as `inspect` and the manifest define it (against dense
         # fp32 tables, also for hash/QR/ROBE tables: the model's own fp32 bytes are fp32_table_bytes);
         # the whole model's (tables + layers, against the model at fp32) is `total_compression`
-        "compression": _dense_fp32(model) / info.table_bytes if info.table_bytes else float("nan"),
+        "compression": model.config.dense_fp32_bytes() / info.table_bytes if info.table_bytes else float("nan"),
         "total_compression": fp32 / total if total else float("nan"),
         "validated": v.to_json() if v else None, "predicted": info.to_json()["predicted"],
         "evaluations": result.evaluations, "rounds": result.rounds, "seconds": result.seconds,
