@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import hashlib
 import json
 import os
@@ -37,12 +36,11 @@ from lowprec.filekind import check_regular
 from lowprec.jsonsafe import dumps, unique_keys
 from lowprec.outputmarker import (ENTRIES, FILE_KINDS, KINDS, MARKER, RECURSIVE, WHOLE, declared_format, entries,
                                   foreign_entries, is_kind, marker_lines)
-from lowprec.tmpnames import alive, dead_writers, remove, tmp_prefix, writer_pid
+from lowprec.tmpnames import alive, dead_writers, remove, tmp_prefix, writers
 
 _BACKUP_SUFFIX = ".lowprec-old"
 def _live_writer(out: Path) -> bool:
-    return any((pid := writer_pid(p.name, out.name)) is not None and alive(pid)
-               for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"))
+    return any(alive(pid) for _, pid in writers(out))
 
 
 def resolve_output(path: str | os.PathLike, wait: float = 5.0) -> Path:

@@ -49,19 +49,23 @@ def alive(pid: int) -> bool:
         return not os.path.isdir("/proc") or os.path.exists(f"/proc/{pid}")
 
 
-def dead_writers(out: Path, name: str | None = None) -> list[Path]:
-    """The temporary siblings of `out` (or of the name `name` beside it, a glob) made on this host by
-    writers no longer running (never this process's)."""
+def writers(out: Path, name: str | None = None) -> list[tuple[Path, int]]:
+    """The temporary siblings of `out` (or of the name `name` beside it, a glob) made on this host,
+    with their writers' PIDs."""
     import glob
 
     pattern = glob.escape(out.name) if name is None else name
     found = []
     for p in out.parent.glob(f".{pattern}.tmp-*") if out.parent.is_dir() else []:
-        of = out.name if name is None else p.name[1:p.name.rfind(".tmp-")]
-        pid = writer_pid(p.name, of)
-        if pid is not None and pid != os.getpid() and not alive(pid):
-            found.append(p)
+        pid = writer_pid(p.name, out.name if name is None else p.name[1:p.name.rfind(".tmp-")])
+        if pid is not None:
+            found.append((p, pid))
     return found
+
+
+def dead_writers(out: Path, name: str | None = None) -> list[Path]:
+    """`writers`' temporaries whose writers no longer run (never this process's)."""
+    return [p for p, pid in writers(out, name) if pid != os.getpid() and not alive(pid)]
 
 
 def remove(p: Path) -> bool:
