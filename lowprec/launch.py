@@ -8,8 +8,8 @@ rank records its exit code and its `Error:` message in a temporary directory (`r
 rank 0's, then those that differ; ranks that ended without a word, named with how they ended) and
 exits with the code one process would have given (`job_exit_code`: 2 bad input, 4 a bug, 3 a lost
 rank, else rank 0's). torchrun killed outright leaves its ranks (each in a session of its own) running:
-once torchrun has ended, the launcher stops what is left of the job (`stop_leftovers`, bounded) before
-it judges and cleans. SIGINT/SIGTERM to the launcher stop the job (torchrun gets one SIGTERM and
+once torchrun has ended other than with status 0, the launcher stops what is left of the job
+(`stop_leftovers`, bounded) before it judges and cleans. SIGINT/SIGTERM to the launcher stop the job (torchrun gets one SIGTERM and
 stops its ranks). After a failed or stopped job it removes what the ranks torchrun stopped left
 half-written (lowprec.launchclean). What the ranks share while they run (process group,
 collectives, start-up checks) is lowprec.distributed.
@@ -71,7 +71,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
             env[EXIT_DIR] = codes
             status = _wait(subprocess.Popen(cmd, env=env, start_new_session=True,
                                            preexec_fn=functools.partial(stop_with_parent, os.getpid())), stops)
-            leftover = stop_leftovers(f"{EXIT_DIR}={codes}")  # (torchrun killed outright: its ranks run on)
+            # (torchrun killed outright: its ranks run on; status 0: it saw every rank end, none is left)
+            leftover = stop_leftovers(f"{EXIT_DIR}={codes}") if status != 0 else []
             recorded, errors, ended = ({r: int(t) for r, t in _records(codes, "rank").items()},
                                        _records(codes, "error"), _records(codes, "ended"))
             failed_start = _records(codes, "torchrun").get(0)
