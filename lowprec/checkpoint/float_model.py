@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 import lowprec
-from lowprec.checkpoint.mapped import MappedTensors, _index_spec, open_tensors
+from lowprec.checkpoint.mapped import MappedTensors, index_files, open_tensors
 from lowprec.checkpoint.tensorfile import TensorFileWriter
 from lowprec.errors import InputError
 from lowprec.filekind import check_regular
@@ -115,8 +115,7 @@ def weights_sha256(model_dir: str | Path) -> str:
     if recorded and path.name == INDEX and INDEX not in recorded:
         recorded = {**recorded, INDEX: sha256_file(path)}
     if not recorded and path.name == INDEX:  # every file the index names, hashed here, and the index
-        recorded = {**{f: _shard_sha256(path, f) for f in sorted({x[0] for parts in _index_spec(path).values()
-                                                                   for x in parts})}, INDEX: sha256_file(path)}
+        recorded = {**{f: _shard_sha256(path, f) for f in index_files(path)}, INDEX: sha256_file(path)}
     if recorded:
         return _combined(recorded)
     return sha256_file(path)

@@ -138,6 +138,11 @@ def _index_spec(index: Path) -> dict[str, list[tuple[str, str, int | None, int |
     return out
 
 
+def index_files(index: Path) -> list[str]:
+    """The files a tensor index (model.safetensors.index.json) names, sorted, each once."""
+    return sorted({part[0] for parts in _index_spec(index).values() for part in parts})
+
+
 class MappedTensors:
     """Every tensor of a safetensors file or index, read-only and zero-copy (module docstring)."""
 
