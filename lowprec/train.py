@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lowprec.data.batches import count_rows, iter_batches
+from lowprec.data import rowsample
 from lowprec.data.dataset import Dataset, DatasetMeta
 from lowprec.data.windows import format_windows, rows_fingerprint, window_fingerprint
 from lowprec.errors import InputError
@@ -145,9 +146,10 @@ def check_compatible(config: DLRMConfig, meta: DatasetMeta, where: str) -> None:
 def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int] | tuple[int, ...]) -> dict[int, str]:
     """Those of `windows` (of `ds`) that the model whose provenance is `info` (a float model's info,
     or an artifact's manifest, whose `source` carries it) trained on ("training") or was selected on
-    ("validation"), by their data fingerprints: the same window in any copy of the dataset, and the
-    same rows at any window number (row fingerprints: models trained since they were recorded). Empty
-    for models without the record (trained before it, imported, and their artifacts)."""
+    ("validation"), by their data fingerprints: the same window in any copy of the dataset, the same
+    rows at any window number (row fingerprints), and a window a tenth or more of whose rows it learned
+    from (sampled row hashes, lowprec.data.rowsample: a log cut into windows anew). Models trained
+    before a record was kept know less; imported models (and their artifacts) nothing: empty."""
     def obj(x: Any) -> dict[str, Any]:  # (a hand-edited record of another type: no record)
         return x if isinstance(x, dict) else {}
 
@@ -155,17 +157,21 @@ def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int
         return {v for v in x if isinstance(v, str)} if isinstance(x, list) else set()
 
     info = obj(info)
+    record = {**obj(info.get("source")), **info}  # (an artifact's manifest carries it in `source`)
     train, val = set(), set()
     for key in ("window_fingerprints", "row_fingerprints"):  # (rows: the same rows at another window number)
-        prints = obj(info.get(key) or obj(info.get("source")).get(key))
+        prints = obj(record.get(key))
         train, val = train | strings(prints.get("train")), val | strings(prints.get("val"))
-    if not train and not val:
+    sample = record.get("row_sample")
+    if not train and not val and not sample:
         return {}
     out = {}
     for w in windows:
         f = {window_fingerprint(ds, w), rows_fingerprint(ds, w)}
         if f & (train | val):
             out[w] = "training" if f & train else "validation"
+        elif (share := rowsample.learned_share(sample, ds, w)) is not None:  # (some of its rows)
+            out[w] = share[0]
     return out
 
 
@@ -293,6 +299,7 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
                                 "val": [window_fingerprint(ds, w) for w in cfg.val_windows]},
         "row_fingerprints": {"train": [rows_fingerprint(ds, w) for w in cfg.windows],  # (wherever they sit)
                              "val": [rows_fingerprint(ds, w) for w in cfg.val_windows]},
+        "row_sample": rowsample.record(ds, list(cfg.windows), list(cfg.val_windows)),  # (rows, in any window)
         "rows_seen": seen,
         "train_positive_rate": rate,
         "epochs_run": len(history),

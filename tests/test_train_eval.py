@@ -194,17 +194,23 @@ def test_eval_warns_when_an_auc_rests_on_few_labels_of_a_class(odd):
 
 
 def test_eval_says_which_windows_the_model_learned_from(odd):
-    data, model = odd  # trained on windows 0-1; window 5 holds some of window 0's rows, so other data
+    data, model = odd  # trained on windows 0-1; window 5 holds some of window 0's rows (QA 7: said too)
     r = run("eval", "--model", model, "--data", data, "--windows", "0,1,5", "--json")
     assert r.exit_code == 0, r.output
-    assert ("warning: window(s) 0 (training), 1 (training) hold data --model " + str(model)
+    assert ("warning: window(s) 0 (training), 1 (training), 5 (training) hold data --model " + str(model)
             + " learned from: their metrics are not held-out ones") in r.stderr
-    assert "learned from" not in run("eval", "--model", model, "--data", data, "--windows", "5").stderr
     art = model.parent / "art-int8"  # the record travels into the artifact's manifest
     if not art.exists():
         assert run("convert", "--model", model, "--precision", "int8", "--out", art).exit_code == 0
     r = run("eval", "--model", art, "--data", data, "--windows", "1,5")
-    assert r.exit_code == 0 and "warning: window(s) 1 (training) hold data --model " + str(art) in r.stderr
+    assert r.exit_code == 0 and "warning: window(s) 1 (training), 5 (training) hold data --model " + str(art) in r.stderr
+
+
+def test_eval_says_nothing_of_held_out_windows(tiny, tmp_path):
+    model = train(tiny, tmp_path / "m")  # windows 0-1
+    assert "learned from" not in run("eval", "--model", model, "--data", tiny, "--windows", "2").stderr
+    assert "0 (training), 1 (training) hold data" in run("eval", "--model", model, "--data", tiny,
+                                                         "--windows", "0-2").stderr
 
 
 def test_scarce_class_boundaries():

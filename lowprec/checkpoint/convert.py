@@ -233,7 +233,7 @@ def convert(model_dir: str | Path, plan: Plan, out: str | Path,
         src.check_sha256()
         source_sha = weights_sha256(model_dir) if recorded else None  # (the identity every check compares)
         manifest = _manifest(config, plan, builder, layers, model_dir, source_sha)
-        for key in ("window_fingerprints", "row_fingerprints"):  # the windows the model learned from
+        for key in ("window_fingerprints", "row_fingerprints", "row_sample"):  # what the model learned from
             learned = (obj.get("info") or {}).get(key)  # travel with it (lowprec.train.seen_in_training)
             if learned:
                 manifest["source"][key] = learned

@@ -242,6 +242,35 @@ def test_the_rows_the_model_learned_from_are_refused_at_any_window_number(tiny, 
                                   "--eval-windows", "3", "--out", str(tmp_path / "p.json")])
     assert r.exit_code == 2 and "evaluation windows [3] hold data" in r.output and "window 3: its training data" in r.output
     _, info = load_float_model(tiny / "model")
-    older = {k: v for k, v in info.items() if k != "row_fingerprints"}  # trained before rows were recorded
+    older = {k: v for k, v in info.items() if k not in ("row_fingerprints", "row_sample")}  # trained before either
     assert seen_in_training(info, Dataset(copy), [1, 2, 3]) == {3: "training"}
     assert seen_in_training(older, Dataset(copy), [1, 2, 3]) == {}
+
+
+def test_a_window_cut_anew_around_the_training_rows_is_refused(tiny, tmp_path):
+    """QA 7: an evaluation window holding every training row plus a few more (the log prepared again
+    with other windows) passed as held-out: fingerprints match whole windows only. The model keeps a
+    sample of its rows' hashes (lowprec.data.rowsample), and its artifacts carry it."""
+    import numpy as np
+
+    from lowprec.data.dataset import Dataset, DatasetWriter
+    from lowprec.fileio import atomic_dir
+
+    src = Dataset(tiny / "data")
+    (d0, s0, l0), (d1, s1, l1) = src.arrays(0), src.arrays(1)
+    with atomic_dir(tmp_path / "recut") as tmp:
+        writer = DatasetWriter(tmp, list(src.meta.dense_names), list(src.meta.sparse), {"source": "tests"})
+        for dense, sparse, labels in ((np.concatenate([d0, d1[:20]]), np.concatenate([s0, s1[:20]]),
+                                       np.concatenate([l0, l1[:20]])), (d1[20:], s1[20:], l1[20:])):
+            ww = writer.window()
+            ww.append(np.asarray(dense), np.asarray(sparse), np.asarray(labels))
+            writer.add_window(ww)
+        writer.finish()
+    r = CliRunner().invoke(main, ["search", "--model", str(tiny / "model"), "--data", str(tmp_path / "recut"),
+                                  "--calib-windows", "1", "--eval-windows", "0", "--out", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "window 0: its training data" in r.output, r.output
+    art = tmp_path / "art"
+    r = CliRunner().invoke(main, ["convert", "--model", str(tiny / "model"), "--precision", "int8", "--out", str(art)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["eval", "--model", str(art), "--data", str(tmp_path / "recut"), "--windows", "0-1"])
+    assert r.exit_code == 0 and "window(s) 0 (training) hold data" in r.stderr, r.output

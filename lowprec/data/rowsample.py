@@ -1,0 +1,113 @@
+"""Sampled row hashes: which rows of a window a model learned from, when the window is not one of its
+training windows (a log prepared again by week instead of by day, a day re-cut with one row more).
+
+Window fingerprints (lowprec.data.windows) recognise training data only as whole windows. Training
+also keeps a sample of its rows: every row gets a 64-bit hash of its features (dense values' bits and
+sparse ids; not its label, index or time), and the rows whose hash is 0 modulo a power of two are
+kept, the modulus chosen so that about SAMPLE_ROWS hashes are kept. Any later window is hashed
+with the same modulus: the same row is picked wherever it sits, so the share of a window's sampled
+rows found among the training sample estimates the share of its rows the model learned from.
+
+Data whose rows repeat (few features of few values) would look "learned from" everywhere; training
+records how many of its sampled rows repeat, and the check is made only when they are rare.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any, Callable
+
+import numpy as np
+
+from lowprec.data.dataset import Dataset
+
+SAMPLE_ROWS = 4096  # hashes kept from the training windows (32 KB, 44 KB of base64 in config.json)
+CHUNK_ROWS = 1 << 18
+MIN_SAMPLED = 8  # a window with fewer sampled rows is not judged (too few to estimate a share)
+LEARNED_SHARE = 0.1  # a window is "learned from" when this share of its sampled rows are training rows
+MAX_REPEATS = 0.01  # ... judged only when at most this share of the training sample repeats a row
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit (the low bits pick the sample)."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def row_hashes(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+    """One uint64 a row: its dense values' float32 bits and its sparse ids, column by column."""
+    n = len(dense)
+    cols = [np.ascontiguousarray(dense, dtype=np.float32).view(np.uint32).astype(np.uint64),
+            np.ascontiguousarray(sparse, dtype=np.int64).view(np.uint64)]
+    h = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for block in cols:
+            for j in range(block.shape[1]):
+                h = _mix(h ^ block[:, j] ^ (np.uint64(j + 1) << np.uint64(56)))
+    return h
+
+
+def window_sample(ds: Dataset, w: int, modulus: int, progress: Callable[[int], Any] | None = None) -> np.ndarray:
+    """The hashes of window w's rows whose hash is 0 modulo `modulus` (a power of two), in row order."""
+    dense, sparse, _ = ds.arrays(w)
+    out = []
+    for lo in range(0, len(dense), CHUNK_ROWS):
+        h = row_hashes(dense[lo:lo + CHUNK_ROWS], sparse[lo:lo + CHUNK_ROWS])
+        out.append(h[(h & np.uint64(modulus - 1)) == 0])
+        if progress is not None:
+            progress(len(h))
+    return np.concatenate(out) if out else np.zeros(0, np.uint64)
+
+
+def modulus_for(rows: int) -> int:
+    """The least power of two that keeps about SAMPLE_ROWS of `rows` rows."""
+    m = 1
+    while rows > SAMPLE_ROWS * m:
+        m *= 2
+    return m
+
+
+def _encode(hashes: np.ndarray) -> str:
+    return base64.b64encode(np.unique(hashes).astype("<u8").tobytes()).decode()
+
+
+def _decode(text: Any) -> np.ndarray | None:
+    try:
+        raw = base64.b64decode(text, validate=True) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return np.frombuffer(raw, dtype="<u8").astype(np.uint64) if raw is not None and len(raw) % 8 == 0 else None
+
+
+def record(ds: Dataset, train: list[int], val: list[int],
+           progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """The `row_sample` a trained model's info carries: modulus, repeat share and the two samples."""
+    modulus = modulus_for(sum(ds.meta.window(w).rows for w in (*train, *val)))
+    samples = {k: np.concatenate([np.zeros(0, np.uint64)] + [window_sample(ds, w, modulus, progress) for w in ws])
+               for k, ws in (("train", train), ("val", val))}
+    both = np.concatenate([samples["train"], samples["val"]])
+    repeats = 1.0 - len(np.unique(both)) / len(both) if len(both) else 0.0
+    return {"modulus": modulus, "repeat_share": round(repeats, 6),
+            **{k: _encode(v) for k, v in samples.items()}}
+
+
+def learned_share(sample: Any, ds: Dataset, w: int) -> tuple[str, float] | None:
+    """("training" | "validation", share) when window w's sampled rows are at least LEARNED_SHARE
+    rows of the recorded sample (training before validation), else None; None too for a record this
+    cannot judge (absent, hand-edited, rows that repeat, a window with too few sampled rows)."""
+    if not isinstance(sample, dict):
+        return None
+    modulus, repeats = sample.get("modulus"), sample.get("repeat_share")
+    if (type(modulus) is not int or modulus < 1 or modulus & (modulus - 1)
+            or not isinstance(repeats, (int, float)) or repeats > MAX_REPEATS):
+        return None
+    mine = window_sample(ds, w, modulus)
+    if len(mine) < MIN_SAMPLED:
+        return None
+    for kind in ("train", "val"):
+        theirs = _decode(sample.get(kind))
+        if theirs is not None and len(theirs):
+            share = float(np.isin(mine, theirs).mean())
+            if share >= LEARNED_SHARE:
+                return ("training" if kind == "train" else "validation"), share
+    return None
