@@ -59,6 +59,7 @@ class ShardPlan:
                 raise ValueError(f"shard {s} is outside ranks 0..{self.world_size - 1} or empty")
 
     def of_table(self, key: str) -> list[Shard]:
+        """One table's shards by first row (for many tables, one by_table() is one pass)."""
         return self.by_table().get(key, [])
 
     def by_table(self) -> dict[str, list[Shard]]:

@@ -71,7 +71,8 @@ class ShardedEmbeddings(nn.Module):
         self.feature_table = [owner[f] for f in range(len(self.features))]
         self.fdim = [int(phys[k]["dim"]) for k, _ in self.features]
         # owned[r]: (feature, shard) pairs rank r serves, in its TBE's feature order (same on every rank)
-        self.owned = [[(f, s) for f, (key, _) in enumerate(self.features) for s in plan.of_table(key) if s.rank == r]
+        by_table = plan.by_table()
+        self.owned = [[(f, s) for f, (key, _) in enumerate(self.features) for s in by_table.get(key, []) if s.rank == r]
                       for r in range(self.world)]
         mine = sorted({(s.table, s.first) for _, s in self.owned[rank]})
         shard_of = {(s.table, s.first): s for s in plan.shards}
