@@ -10,10 +10,10 @@ model's record of its training windows) still match.
 
 Refused, with the dataset untouched (exit 2):
 - a dataset generated (`data synth`) or read from MovieLens (its features depend on the whole history);
-- an input file already in the dataset (same sha256): a re-run of a daily job adds nothing twice
-  (a file without rows: only under the same name, since every quiet day's header-only file has the
-  same bytes); and a new window whose rows are exactly an existing window's (the same day again,
-  recompressed or with other line endings: other bytes, same rows);
+- an input file already in the dataset (same sha256, checked before reading): a re-run of a daily
+  job adds nothing twice (a file without rows: only under the same name, since every quiet day's
+  header-only file has the same bytes); and an input whose rows are an earlier input's (the same day
+  again, recompressed or with other line endings: other bytes, the same rows digest);
 - files without a valid row when the dataset makes windows from rows (by time or row count): nothing
   to append. Under one window per file such a file is an empty window, as `data prepare` writes one;
 - calendar windows that start before the dataset's last window ends: a period already prepared
@@ -41,9 +41,9 @@ from lowprec.data.criteo import DENSE_NAMES, SPARSE_NAMES, prepare_criteo
 from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
-from lowprec.data.rawinput import BadRows, no_rows_text
+from lowprec.data.rawinput import SAME_ROWS_REFUSED, BadRows, check_inputs, no_rows_text
 from lowprec.errors import InputError, warn
-from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, temporary_sibling, through_symlink
+from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, sha256_file, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
 
 # what differs from one run over new files to the next; the rest of a run's provenance repeats the
@@ -68,6 +68,7 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
             held.enter_context(_exclusive(root))
             old = Dataset(root).meta  # read under the lock: windows an append just committed are seen
             refusal = _refusal_on_ranks(root, old)
+            _check_known_files(old, inputs, root)  # (before reading: a rerun is refused at once)
         except InputError as exc:
             _tell_ranks(str(exc))
             raise
@@ -76,7 +77,6 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
         with temporary_sibling(root) as staging:
             new, bad = _prepare_like(root, old, inputs, staging, **read)
             _check_some_window(old, new, root)
-            _check_new_inputs(old, new, root)
             _check_new_rows(old, new, root, staging / "new")
             _check_same_encoding(old, new, root)
             _check_later(old, new, root)
@@ -146,34 +146,57 @@ def _check_some_window(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
                      f"the dataset is unchanged")
 
 
-def _check_new_inputs(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
+def _known_inputs(old: DatasetMeta) -> list[dict[str, Any]]:
+    """The input records of the dataset's prepare run and of every append since."""
     prov = old.provenance
-    known: dict[Any, list[str]] = {}
-    for run in [prov, *prov.get("appends", [])]:
-        for i in run.get("inputs", []):
-            if isinstance(i, dict):
-                known.setdefault(i.get("sha256"), []).append(str(i.get("path")))
-    for i in new.provenance["inputs"]:  # (the new files among themselves: checked as they were read)
-        same = known.get(i["sha256"], [])
-        if not i.get("rows"):  # a quiet day's header-only file has the last quiet day's bytes: no row
-            same = [p for p in same if Path(p).name == Path(i["path"]).name]  # counts twice; a rerun does
+    return [i for run in [prov, *prov.get("appends", [])] for i in run.get("inputs", []) if isinstance(i, dict)]
+
+
+def _check_known_files(old: DatasetMeta, inputs: list[Path], root: Path) -> None:
+    """Before reading: an input whose bytes are a file already in the dataset (same sha256) would
+    add its rows again. A file without rows is such a file only under the same name: every quiet
+    day's header-only file has the same bytes, so a new quiet day is not the last one again, a rerun is."""
+    known: dict[Any, list[dict[str, Any]]] = {}
+    for i in _known_inputs(old):
+        known.setdefault(i.get("sha256"), []).append(i)
+    check_inputs(inputs)
+    for path in inputs:
+        same = known.get(sha256_file(path), [])
+        same = [i for i in same if i.get("rows") or Path(str(i.get("path"))).name == path.name]
         if same:
-            twice = "count its rows twice" if i.get("rows") else "add its empty window twice"
-            raise InputError(f"{i['path']}: this file is already in {root} (as {same[-1]}, same "
+            twice = "count its rows twice" if same[-1].get("rows") else "add its empty window twice"
+            raise InputError(f"{path}: this file is already in {root} (as {same[-1].get('path')}, same "
                              f"sha256); appending it again would {twice}")
 
 
-SAME_ROWS_REFUSED = 100  # a new window this long that repeats an old one row for row is a copy, not chance
-
-
 def _check_new_rows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path) -> None:
-    """A new window whose files are byte for byte an existing window's holds the same rows: the same
-    day again under other bytes (gzipped, unzipped, CRLF or a BOM), which `_check_new_inputs`'s
-    sha256 of the raw file does not see. Only windows of equal row count are compared (streamed,
-    stopping at the first difference), and where the windows carry times (calendar windows), only
-    windows of the same times. `--window file` and rows:N windows keep none, so there the rows alone
-    decide: a day whose every row repeats an earlier day's, in order, is taken for a copy. So an
-    append reads an old window only when it may be the new one's copy."""
+    """New rows that are rows already in the dataset, under other bytes (the same day gzipped,
+    unzipped, with CRLF or a BOM), which the raw files' sha256 does not see: by the inputs' rows
+    digests (lowprec.data.rowsample.rows_digest, recorded since lowprec 0.2.0: the same rows in any
+    windows, in any order), and for inputs recorded before them by the windows' files
+    (`_check_copied_windows`)."""
+    known = {(i.get("rows"), i.get("rows_digest")): str(i.get("path")) for i in _known_inputs(old)
+             if i.get("rows") and i.get("rows_digest")}
+    for i in new.provenance["inputs"]:
+        where = known.get((i.get("rows"), i.get("rows_digest"))) if i.get("rows_digest") else None
+        if where is None:
+            continue
+        said = f"{i['path']} holds the same {i['rows']:,} rows as {where}, already in {root}"
+        if i["rows"] < SAME_ROWS_REFUSED:  # (a few rows may repeat by chance: said, not refused)
+            warn(f"{said}: if it is the same data again, its rows now count twice")
+            continue
+        raise InputError(f"{said}: the same data again (another compression, line endings or byte-order "
+                         f"mark?); appending it would count its rows twice")
+    _check_copied_windows(old, new, root, staged)
+
+
+def _check_copied_windows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path) -> None:
+    """A new window whose files are byte for byte an existing window's holds the same rows (for
+    datasets whose inputs carry no rows digest). Only windows of equal row count are compared
+    (streamed, stopping at the first difference), and where the windows carry times (calendar
+    windows), only windows of the same times. `--window file` and rows:N windows keep none, so there
+    the rows alone decide: a day whose every row repeats an earlier day's, in order, is taken for a
+    copy. So an append reads an old window only when it may be the new one's copy."""
     def key(w: WindowInfo) -> tuple:  # (rows:N windows' start and end are row offsets: never the same)
         return (w.rows,) if str(old.provenance.get("windows", "")).startswith("rows:") else (w.rows, w.start, w.end)
 

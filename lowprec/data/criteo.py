@@ -30,8 +30,8 @@ import numpy as np
 from lowprec.data.csvlabel import plain_int
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.rawinput import (
-    DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, SequentialWindows, check_distinct, check_inputs,
-    guarded, no_rows_text, open_span,
+    DEFAULT_MAX_BAD_ROWS, BadRow, BadRows, InputStats, Read, Reporter, RowDigests, SequentialWindows, check_distinct,
+    check_inputs, guarded, no_rows_text, open_span,
 )
 from lowprec.data.sharedread import read_all, read_shared
 from lowprec.data.synth import KAGGLE_CARDINALITIES
@@ -251,13 +251,13 @@ def prepare_criteo(
         read_shared(inputs, None, parser, None, bad, [], None)
         return None, bad
     writer = DatasetWriter(root, DENSE_NAMES, [SparseFeature(n, s) for n, s in zip(SPARSE_NAMES, sizes)], after=after)
-    out = SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
+    out = RowDigests(SequentialWindows(writer, rows_per_window), inputs, stats)
     read_all(inputs, root, parser, out, bad, stats, progress, in_turn)
     out.finish()
     if sum(s.rows for s in stats) == 0 and not empty_ok:
         raise InputError(f"no valid rows in {no_rows_text([s.to_json() for s in stats], header=False)}")
-    check_distinct(stats)
+    writer.warnings.extend(check_distinct(stats))
     writer.provenance.update({
         "source": "criteo-tsv",
         "inputs": [s.to_json() for s in stats],

@@ -13,8 +13,8 @@ from lowprec.data.csvrows import RowParser
 from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
 from lowprec.data.movielens import CalendarWindows
-from lowprec.data.rawinput import (DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, SequentialWindows, check_distinct,
-                                   check_inputs, no_rows_text)
+from lowprec.data.rawinput import (DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, RowDigests, SequentialWindows,
+                                   check_distinct, check_inputs, no_rows_text)
 from lowprec.data.sharedread import read_all, read_shared
 from lowprec.errors import InputError
 from lowprec.fileio import sha256_file
@@ -57,13 +57,14 @@ def prepare_csv(
         return None, bad
     sparse = [SparseFeature(c.name, c.num_embeddings or 2**31 - 1, c.hotness) for c in schema.categorical]
     writer = DatasetWriter(root, [c.name for c in schema.dense], sparse, after=after)
-    sink = CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window)
     stats = [InputStats(str(p)) for p in inputs]
+    sink = RowDigests(CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window),
+                      inputs, stats)
     read_all(inputs, root, parser, sink, bad, stats, progress, in_turn)
     sink.finish()
     if sum(s.rows for s in stats) == 0 and not empty_ok:
         raise InputError(f"no valid rows in {no_rows_text([s.to_json() for s in stats], header=True)}")
-    check_distinct(stats)
+    writer.warnings.extend(check_distinct(stats))
     if parser.multiline_first:
         where, first, last = parser.multiline_first
         writer.warnings.append(f"{parser.multiline:,} record(s) run over several lines, the first at {where}:{first}-"

@@ -20,6 +20,7 @@ import numpy as np
 
 from lowprec.data.dataset import DatasetWriter, WindowWriter
 from lowprec.data.records import spans
+from lowprec.data.rowsample import rows_digest
 from lowprec.errors import InputError
 from lowprec.progress import Stages
 
@@ -99,6 +100,7 @@ class InputStats:
     lines: int = 0
     rows: int = 0
     bad_rows: int = 0
+    rows_digest: str = ""  # of the rows read (RowDigests): the same rows under other bytes have the same one
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -146,15 +148,57 @@ def header_positions(path: Path, header: list[str], want: list[str], named_in: s
     return [cols.index(c) for c in want]
 
 
-def check_distinct(stats: list[InputStats]) -> None:
-    """After reading: no two inputs with the same bytes (a copy of a file given beside it), whose rows
-    would count twice."""
+SAME_ROWS_REFUSED = 100  # an input this long whose rows repeat another's, all of them, is a copy, not chance
+
+
+def check_distinct(stats: list[InputStats]) -> list[str]:
+    """After reading: no two inputs with the same bytes (a copy of a file given beside it), nor with
+    the same rows under other bytes (the day gzipped beside itself, other line endings, a byte-order
+    mark: their rows digests match), whose rows would count twice. Inputs of fewer than
+    SAME_ROWS_REFUSED rows that repeat another's rows may do so by chance: returned as warnings."""
     seen: dict[str, str] = {}
+    rows_seen: dict[tuple[int, str], str] = {}
+    warnings = []
     for s in stats:
         if s.sha256 in seen:
             raise InputError(f"input {s.path} holds the same bytes as {seen[s.sha256]} (same sha256): a copy given "
                              f"twice would count its rows twice; give each file once")
         seen[s.sha256] = s.path
+        key = (s.rows, s.rows_digest)
+        if s.rows and s.rows_digest and key in rows_seen:
+            said = f"input {s.path} holds the same {s.rows:,} rows as {rows_seen[key]} (other bytes)"
+            if s.rows < SAME_ROWS_REFUSED:
+                warnings.append(f"{said}: if it is the same data again, its rows count twice")
+                continue
+            raise InputError(f"{said}: the same data twice (another compression, line endings or byte-order "
+                             f"mark?) would count its rows twice; give each file once")
+        rows_seen.setdefault(key, s.path)
+    return warnings
+
+
+class RowDigests:
+    """A window sink (SequentialWindows, CalendarWindows) that also sums each input's rows into its
+    InputStats.rows_digest (lowprec.data.rowsample.rows_digest), whichever way the rows were read:
+    one process, or the parts of several merged in input order."""
+
+    def __init__(self, sink: Any, inputs: list[Path], stats: list[InputStats]):
+        self.sink, self.current = sink, None
+        self.stats = {str(p): s for p, s in zip(inputs, stats)}
+        self.sums: dict[str, int] = {}
+
+    def start_file(self, path: Path) -> None:
+        self.current = str(path)
+        self.sink.start_file(path)
+
+    def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, times: Any = None) -> None:
+        if self.current is not None and len(labels):
+            total = self.sums.get(self.current, 0) + rows_digest(dense, sparse, labels, times)
+            self.sums[self.current] = total % (1 << 64)
+            self.stats[self.current].rows_digest = f"{self.sums[self.current]:016x}"
+        self.sink.append(dense, sparse, labels, times)
+
+    def finish(self) -> None:
+        self.sink.finish()
 
 
 def no_rows_text(inputs: list[dict[str, Any]], header: bool) -> str:

@@ -47,6 +47,17 @@ def row_hashes(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     return h
 
 
+def rows_digest(dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, times: np.ndarray | None) -> int:
+    """The sum (mod 2**64) of the rows' hashes with their labels and times: equal for the same rows in
+    any order or split, whatever bytes they were read from (lowprec.data.rawinput.RowDigests)."""
+    h = row_hashes(dense, sparse)
+    with np.errstate(over="ignore"):
+        h = _mix(h ^ np.asarray(labels, dtype=np.int64).reshape(-1).view(np.uint64))
+        if times is not None:
+            h = _mix(h ^ np.ascontiguousarray(times, dtype=np.float64).reshape(-1).view(np.uint64))
+        return int(h.sum(dtype=np.uint64))
+
+
 def window_sample(ds: Dataset, w: int, modulus: int, progress: Callable[[int], Any] | None = None) -> np.ndarray:
     """The hashes of window w's rows whose hash is 0 modulo `modulus` (a power of two), in row order."""
     dense, sparse, _ = ds.arrays(w)

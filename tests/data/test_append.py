@@ -209,6 +209,17 @@ def test_the_same_day_under_other_bytes_is_refused(tmp_path):
     kept = state(tmp_path / "c")
     (tmp_path / "day_1.tsv.gz").write_bytes(gzip.compress((tmp_path / "day_1.tsv").read_bytes()))
     (tmp_path / "day_0-crlf.tsv").write_bytes("\r\n".join(day(0)).encode() + b"\r\n")
+    for again, was in (("day_1.tsv.gz", "day_1.tsv"), ("day_0-crlf.tsv", "day_0.tsv")):
+        r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / again)
+        assert r.exit_code == 2 and f"holds the same 120 rows as {tmp_path / was}, already in" in r.output, r.output
+        assert state(tmp_path / "c") == kept
+    # a dataset whose inputs carry no rows digest (prepared before lowprec 0.2.0): by its windows' files
+    meta = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    for run_ in [meta["provenance"], *meta["provenance"].get("appends", [])]:
+        for i in run_["inputs"]:
+            i.pop("rows_digest")
+    (tmp_path / "c" / "dataset.json").write_text(json.dumps(meta))
+    kept = state(tmp_path / "c")
     for again, was in (("day_1.tsv.gz", "1 ('day_1.tsv')"), ("day_0-crlf.tsv", "0 ('day_0.tsv')")):
         r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / again)
         assert r.exit_code == 2 and f"holds exactly the rows of {tmp_path / 'c'}'s window {was}" in r.output, r.output
@@ -221,6 +232,65 @@ def test_the_same_day_under_other_bytes_is_refused(tmp_path):
     assert run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_3.tsv").exit_code == 0
     r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_4.tsv")
     assert r.exit_code == 0 and "holds exactly the rows of" in r.output and "count twice" in r.output, r.output
+    (tmp_path / "day_5.tsv").write_text("\n".join(day(5, n=5)) + "\n")  # (with digests: said by them)
+    (tmp_path / "day_6.tsv").write_text("\r\n".join(day(5, n=5)) + "\r\n")
+    assert run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_5.tsv").exit_code == 0
+    r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_6.tsv")
+    assert r.exit_code == 0 and "holds the same 5 rows as" in r.output and "count twice" in r.output, r.output
+
+
+def test_the_same_rows_twice_in_one_run_are_refused(tmp_path):
+    """QA 8a item 1: one run given the same day under other bytes (day.csv and day.csv.gz) counted its
+    rows twice, silently: two identical windows under --window file, every row twice in one window
+    under --window day. The inputs' rows digests are compared within the run as across runs; a rows:N
+    dataset (windows never align with files) also sees a day appended again re-encoded."""
+    import gzip
+
+    header = "t,y,x,c\n"
+    body = "".join(f"2024-03-10T{i % 24:02d}:{i % 60:02d}:00Z,{i % 7 == 0:d},{i},c{i}\n" for i in range(200))
+    schema = tmp_path / "s.toml"
+    schema.write_text('label = "y"\ntime = "t"\n[dense.x]\n[categorical.c]\nnum_embeddings = 100\n')
+    (tmp_path / "day.csv").write_text(header + body)
+    (tmp_path / "day.csv.gz").write_bytes(gzip.compress((header + body).encode()))
+    (tmp_path / "crlf.csv").write_bytes((header + body).replace("\n", "\r\n").encode())
+    for window in ("file", "day", "rows:64"):
+        r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "day.csv", tmp_path / "day.csv.gz",
+                "--schema", schema, "--out", tmp_path / f"d-{window[:3]}", "--window", window)
+        assert r.exit_code == 2 and "day.csv.gz holds the same 200 rows as" in r.output, r.output
+        assert not (tmp_path / f"d-{window[:3]}").exists()
+    assert run("data", "prepare", "--format", "csv", "--input", tmp_path / "day.csv", "--schema", schema,
+               "--out", tmp_path / "r", "--window", "rows:64").exit_code == 0
+    kept = state(tmp_path / "r")
+    r = run("data", "append", "--data", tmp_path / "r", "--input", tmp_path / "crlf.csv")
+    assert r.exit_code == 2 and f"holds the same 200 rows as {tmp_path / 'day.csv'}, already in" in r.output, r.output
+    assert state(tmp_path / "r") == kept
+    few = "".join(body.splitlines(keepends=True)[:5])  # a few rows may repeat by chance: said, not refused
+    (tmp_path / "few.csv").write_text(header + few)
+    (tmp_path / "few.csv.gz").write_bytes(gzip.compress((header + few).encode()))
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "few.csv", tmp_path / "few.csv.gz",
+            "--schema", schema, "--out", tmp_path / "few")
+    assert r.exit_code == 0 and "few.csv.gz holds the same 5 rows as" in r.output, r.output
+    tsv = "".join(f"{i % 2}" + "\t1" * 13 + "\tab" * 26 + "\n" for i in range(150))  # criteo-tsv alike
+    (tmp_path / "a.tsv").write_text(tsv)
+    (tmp_path / "a.tsv.gz").write_bytes(gzip.compress(tsv.encode()))
+    r = run("data", "prepare", "--format", "criteo-tsv", "--input", tmp_path / "a.tsv", tmp_path / "a.tsv.gz",
+            "--out", tmp_path / "c", "--table-size", "77")
+    assert r.exit_code == 2 and "a.tsv.gz holds the same 150 rows as" in r.output, r.output
+
+
+def test_a_rerun_is_refused_before_its_file_is_read(tmp_path):
+    """QA 8a item 5: a rerun of the daily job parsed the whole day and printed its bad rows, then
+    refused the file by its sha256, which is known before reading."""
+    schema = tmp_path / "s.toml"
+    schema.write_text('label = "y"\n[dense.x]\n[categorical.c]\nnum_embeddings = 100\n')
+    (tmp_path / "a.csv").write_text("y,x,c\n1,1,a\n0,2,b\n")
+    (tmp_path / "b.csv").write_text("y,x,c\n1,nan,a\n0,3,b\n1,4,c\n")
+    assert run("data", "prepare", "--format", "csv", "--input", tmp_path / "a.csv", "--schema", schema,
+               "--out", tmp_path / "d").exit_code == 0
+    r = run("data", "append", "--data", tmp_path / "d", "--input", tmp_path / "b.csv")
+    assert r.exit_code == 0 and "bad row: " in r.output, r.output
+    r = run("data", "append", "--data", tmp_path / "d", "--input", tmp_path / "b.csv")
+    assert r.exit_code == 2 and "b.csv: this file is already in" in r.output and "bad row" not in r.output, r.output
 
 
 def test_rows_windows_go_on_numbering_the_dataset_rows(prepared, tmp_path):
