@@ -272,10 +272,15 @@ def test_commands_run_with_data_limit_far_below_model_size(tmp_path):
     size = (model / "model.safetensors").stat().st_size
     assert size > 512e6
     art, calib, plan = tmp_path / "art", tmp_path / "calib.json", tmp_path / "plan.json"
+    art32 = tmp_path / "art32"  # (converted here: convert's fp32 chunks take 256 MB, the whole limit)
+    convert(model, Plan.uniform(Precision.FP32), art32)
     steps = [
         ("convert", "--model", model, "--precision", "int4", "--out", art),
         ("eval", "--model", model, "--data", ds_dir, "--windows", "2", "--json"),
         ("eval", "--model", art, "--data", ds_dir, "--windows", "2", "--json"),
+        # QA 8d item 4: the fp32 artifact's finite check took 1M rows a block (320 MB of temporaries here)
+        ("eval", "--model", art32, "--data", ds_dir, "--windows", "2", "--json"),
+        ("shard", art32, "--ranks", "1"),
         ("calibrate", "--model", model, "--data", ds_dir, "--windows", "1", "--out", calib),
         ("search", "--model", model, "--data", ds_dir, "--calib-windows", "1", "--eval-windows", "2",
          "--precisions", "fp32,int8,int4", "--out", plan),
@@ -289,6 +294,53 @@ def test_commands_run_with_data_limit_far_below_model_size(tmp_path):
     assert not list(tmp_path.glob("*.validate-tmp*"))
     # The check has teeth: the old loader (a copy of the model in memory) fails the same limit.
     assert "OLD LOADER FAILED" in r.stdout and "memory" in r.stdout.lower(), r.stdout[-1000:]
+    # QA 8d item 1: the sharded loader mapped the artifact with safetensors' safe_open (private and
+    # writable: counted whole against the limit). One rank holds every shard here, so it needs the
+    # table's bytes once (its TBE), not twice.
+    r = _run_code(size + size // 2, _SHARDED.format(art=str(art32), data=str(ds_dir)))
+    assert r.returncode == 0 and "SCORED 64" in r.stdout, (r.stdout[-1000:], r.stderr[-3000:])
+    r = _run_code(size + size // 2, _SHARDED_OLD.format(art=str(art32)))  # the old mapping: refused there
+    assert "OLD MAPPING FAILED" in r.stdout, (r.stdout[-1000:], r.stderr[-3000:])
+
+
+_LIMIT = """
+import resource
+import torch, fbgemm_gpu, lowprec.serve.sharded
+baseline = int([l for l in open("/proc/self/status") if l.startswith("VmData")][0].split()[1]) * 1024
+limit = baseline + {extra}
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+"""
+
+_SHARDED = """
+import torch.distributed as tdist
+from lowprec.data.dataset import Dataset
+from lowprec.serve.sharded import load_sharded
+tdist.init_process_group("gloo", init_method="file://" + {art!r} + ".pg", world_size=1, rank=0)
+model = load_sharded({art!r})
+dense, sparse, _ = Dataset({data!r}).arrays(2)
+with torch.no_grad():
+    out = model(torch.as_tensor(dense[:64]), torch.as_tensor(sparse[:64]))
+print("SCORED", len(out), flush=True)
+"""
+
+_SHARDED_OLD = """
+from safetensors import safe_open
+from lowprec.serve.sharded import load_sharded
+held = []
+try:
+    with safe_open({art!r} + "/weights.safetensors", framework="pt") as src:
+        held.append(src.get_slice("tables." + src.keys()[0])[:1])
+        load_sharded({art!r})
+except Exception as exc:
+    print("OLD MAPPING FAILED", type(exc).__name__, exc)
+"""
+
+
+def _run_code(extra: int, code: str) -> subprocess.CompletedProcess:
+    """`code` in a child whose RLIMIT_DATA is its baseline (torch, fbgemm_gpu, lowprec imported) plus `extra`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-c", _LIMIT.format(extra=extra) + code],
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_row_sharded_model_runs_with_data_limit_below_its_table(tmp_path):
@@ -331,8 +383,8 @@ def test_artifact_row_check_runs_in_blocks_and_finds_a_nan_in_a_later_one(monkey
     from lowprec.checkpoint import validate as checks
     from lowprec.errors import InputError
 
-    monkeypatch.setattr(checks, "_CHECK_ROWS", 7)
     width = precision.bytes_per_row(16)
+    monkeypatch.setattr(checks, "_CHECK_BYTES", 7 * width)  # blocks of 7 rows
     rows = torch.zeros(50, width, dtype=torch.uint8)
     checks.check_table_rows("t", precision, 16, rows, "art")
     dtype = torch.float32 if precision is Precision.FP32 else torch.float16

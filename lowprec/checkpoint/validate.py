@@ -325,8 +325,9 @@ def check_table_rows(key: str, precision: Precision, dim: int, rows: torch.Tenso
                           f"stores {width} bytes per row")
     if rows.shape[0] == 0:
         return
-    for a in range(0, rows.shape[0], _CHECK_ROWS):  # bounded temporaries on a mapped table of any size
-        block = rows[a:a + _CHECK_ROWS]
+    step = max(1, _CHECK_BYTES // width)  # bounded temporaries on a mapped table of any size and dim
+    for a in range(0, rows.shape[0], step):
+        block = rows[a:a + step]
         if precision in (Precision.FP32, Precision.FP16):
             dtype = torch.float32 if precision is Precision.FP32 else torch.float16
             _finite(block.contiguous().view(dtype), here, "the table")
@@ -334,7 +335,7 @@ def check_table_rows(key: str, precision: Precision, dim: int, rows: torch.Tenso
             _finite(block[:, :4].contiguous().view(torch.float16), here, "a row scale/bias")
 
 
-_CHECK_ROWS = 1 << 20
+_CHECK_BYTES = 16 << 20  # of stored rows a block: isfinite's temporaries are ~1.25x that (was 1M rows: 320 MB at dim 64)
 
 
 def check_layer_tensor(name: str, suffix: str, t: torch.Tensor, shape: tuple[int, int], where: str) -> None:

@@ -216,9 +216,8 @@ class ShardedDLRM(DLRMGraph):
 
 def load_sharded(artifact: str | Path, plan: ShardPlan | None = None) -> ShardedDLRM:
     """This rank's part of a sharded artifact (the process group must be up, world size = the plan's)."""
-    from safetensors import safe_open
-
     from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, read_manifest
+    from lowprec.checkpoint.mapped import open_tensors
     from lowprec.checkpoint.validate_serving import check_buffers
     from lowprec.model.config import DLRMConfig
     from lowprec.serve.layers import layer_codec
@@ -235,13 +234,15 @@ def load_sharded(artifact: str | Path, plan: ShardPlan | None = None) -> Sharded
     if plan.world_size != world:
         raise InputError(f"{root / PLAN_FILE}: planned for {plan.world_size} ranks, this job has {world}")
     config = DLRMConfig.from_json(manifest["model"], str(root / MANIFEST))
-    with safe_open(str(root / WEIGHTS), framework="pt") as src:
-        layers = {n: layer_codec(Precision.parse(spec["precision"], f"layer {n}"), f"layer {n!r}").build(
-            lambda suffix, n=n: src.get_tensor(f"layers.{n}.{suffix}"), spec) for n, spec in manifest["layers"].items()}
-        buffers = {n: src.get_tensor(f"buffers.{n}") for n in manifest.get("buffers", [])}
-        check_buffers(manifest, config, buffers, str(root / MANIFEST))  # as load_artifact: transforms in range
-        emb = ShardedEmbeddings(config.embedding_dim, manifest, plan, tdist.get_rank() if tdist.is_initialized() else 0,
-                                lambda key, a, b: src.get_slice(f"tables.{key}")[a:b], buffers)
+    # read-only shared mappings, as load_artifact's: each rank copies its shards' rows into its own
+    # TBE, so it needs memory for its share only (safe_open maps the whole file private and writable)
+    src = open_tensors(root / WEIGHTS)
+    layers = {n: layer_codec(Precision.parse(spec["precision"], f"layer {n}"), f"layer {n!r}").build(
+        lambda suffix, n=n: src.get_tensor(f"layers.{n}.{suffix}"), spec) for n, spec in manifest["layers"].items()}
+    buffers = {n: src.get_tensor(f"buffers.{n}") for n in manifest.get("buffers", [])}
+    check_buffers(manifest, config, buffers, str(root / MANIFEST))  # as load_artifact: transforms in range
+    emb = ShardedEmbeddings(config.embedding_dim, manifest, plan, tdist.get_rank() if tdist.is_initialized() else 0,
+                            lambda key, a, b: src.table(f"tables.{key}")[a:b], buffers)
     model = ShardedDLRM(config, emb, layers)
     model.eval()
     return model

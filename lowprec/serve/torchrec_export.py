@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact, write_manifest
 from lowprec._compat import quiet_torchrec_internals
 from lowprec.errors import InputError, InputWarning
 from lowprec.data.ids import IdOutOfRange
+from lowprec.checkpoint.mapped import open_tensors
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.serve.checks import check_id_matrix, out_of_range
 from lowprec.serve.export import _link_or_copy, example_batch
@@ -182,8 +182,8 @@ def export_torchrec(artifact_dir: str | Path) -> Path:
     root = Path(artifact_dir)
     runtime, manifest = load_artifact(root)
     config = torchrec_config(manifest, str(root / MANIFEST))
-    with safe_open(str(root / WEIGHTS), framework="pt") as src:
-        ebc, dense = ebc_state(config, src), dense_state(config, src)
+    src = open_tensors(root / WEIGHTS)  # (read-only shared mappings: no private copy of the file)
+    ebc, dense = ebc_state(config, src), dense_state(config, src)
     with atomic_dir(root, "artifact") as tmp:
         copy_artifact(root, tmp, skip=(MANIFEST, FOLDER))
         folder = tmp / FOLDER
