@@ -56,11 +56,17 @@ def output_paths(args: Sequence[str]) -> list[Path]:
 def named_outputs(args: Sequence[str]) -> list[tuple[Path, str]]:
     """Outputs no option names, as (a path beside which they are written, a glob of their names):
     `drift --on-alarm recalibrate` writes `CANDIDATE.recal-*` (its artifacts and their calibration
-    files, lowprec.drift.recalibration.recal_paths) beside --candidate, as given."""
-    if not args or args[0] != "drift":
+    files, lowprec.drift.recalibration.recal_paths) beside --candidate, as given; drift spills each
+    rank's scores to `DB.spill-w*` beside --db (lowprec.evaluation.paired); search validates in
+    temporaries of `OUT.validate` beside --out (lowprec.search.validate.scratch_dir)."""
+    if not args or args[0] not in ("drift", "search"):
         return []
+    if args[0] == "search":
+        return [(p, f"{glob.escape(p.name)}.validate") for p in map(Path, map(os.path.abspath, _values(args, ("--out",))))]
     candidates = [Path(os.path.abspath(v)) for v in _values(args, ("--candidate",))]
-    return [(c, f"{glob.escape(c.name)}.recal-*") for c in candidates]
+    dbs = [Path(os.path.abspath(v)) for v in _values(args, ("--db",))]
+    return [(c, f"{glob.escape(c.name)}.recal-*") for c in candidates] + [
+        (d, f"{glob.escape(d.name)}.spill-w*") for d in dbs]
 
 
 def clean_up(made: dict[Path, list[Path]], named: Sequence[tuple[Path, str]] = ()) -> list[str]:

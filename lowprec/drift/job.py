@@ -16,6 +16,7 @@ recorded and, for a new history, before its database is created.
 
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,8 @@ class DriftJob:
 
     @property
     def spill_prefix(self) -> Path:
-        return self.db.with_name(f".{self.db.name}.spill-")
+        """Scores spill to temporary siblings of `DB.spill-wN` (lowprec.evaluation.paired)."""
+        return self.db.with_name(f"{self.db.name}.spill-")
 
 
 @dataclass
@@ -215,8 +217,8 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
         notes = check_sources(job, store, ds, models, chosen)
         todo, filled = score_plan(store, ds, chosen)
         check_window_files(ds, todo)  # before the run is recorded: a refusal here records no failed run
-        for leftover in job.db.parent.glob(job.spill_prefix.name + "*"):
-            leftover.unlink(missing_ok=True)  # from a killed run; we hold the lock
+        for leftover in job.db.parent.glob(f".{glob.escape(job.spill_prefix.name)}*"):
+            leftover.unlink(missing_ok=True)  # from a killed run (either name); we hold the lock
         run_id = store.start_run(_run_info(job, models, chosen))
         try:
             announce(todo)

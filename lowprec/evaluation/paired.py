@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from lowprec.evaluation import merge, stats
 from lowprec.evaluation.scoring import predict
 from lowprec.evaluation.metrics import BinaryStats, score_bins
 from lowprec.progress import Update
+from lowprec.tmpnames import tmp_prefix
 from lowprec.serve.tables import table_codec
 from lowprec.precision import Precision
 
@@ -291,8 +293,9 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
     """Score both models on `window` in one streamed pass (+ one pass over the spilled scores).
 
     `window` may be a list: the windows are then pooled into one paired measurement (search
-    validation does this over its evaluation windows). The spill file is
-    `{spill_prefix}w{first window}-{pid}` (the job puts it beside the database). Each of
+    validation does this over its evaluation windows). The spill file is a temporary sibling of the
+    name `{spill_prefix}w{first window}` (lowprec.tmpnames: `.NAME.tmp-HOST-PID-*`; the job puts it
+    beside the database, where a failed job's launcher and the next run remove it). Each of
     `observers` (a context manager, entered around the pass) sees every batch as
     `update(p_ref, p_cand, dense, row, sparse)` (row: the batch's first row in the window; sparse:
     the batch's (B, slots) ids, -1 pads) and is merged over ranks by its `merge()` after the paired
@@ -308,10 +311,11 @@ def evaluate_window(reference: torch.nn.Module, candidate: torch.nn.Module, ds: 
     acc = _Accumulators(cfg, window, table_err, spans)
     names, hotness = candidate.config.table_names, ds.meta.hotness
     spilled: list[tuple[int, int]] = []  # (global batch index, rows) in spill order
-    spill = Path(f"{spill_prefix}w{window}-{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=tmp_prefix(f"{spill_prefix.name}w{windows[0]}"), dir=spill_prefix.parent)
+    spill = Path(name)  # (a temporary sibling by name, lowprec.tmpnames: a killed run's is swept)
     clip = ClipMonitor(candidate)
     try:
-        with open(spill, "wb") as fh, clip, contextlib.ExitStack() as stack:
+        with os.fdopen(fd, "wb") as fh, clip, contextlib.ExitStack() as stack:
             for o in observers:
                 stack.enter_context(o)
             feature_ids = reads_feature_ids(reference) or reads_feature_ids(candidate)

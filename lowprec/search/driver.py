@@ -244,7 +244,7 @@ def run_search(req: SearchRequest, stages: Stages | None = None
             counts[k] = torch.as_tensor(counts.pop(k), dtype=torch.float32)
         calib_sha = inline_calibration_key(ccfg)
     cache_path = req.out.with_name(req.out.stem + ".cache.json")
-    scratch = req.out.with_name(req.out.name + ".validate-tmp" + (f"-rank{dist.rank()}" if dist.active() else ""))
+    scratch = req.out.with_name(req.out.name + ".validate")  # (each process makes its own temporary of it)
     result = search(req.model_dir, model, ds, cfg, calibration, calib_sha, cache_path, None, stages, scratch)
     summary = summarize(result, model)
     if not dist.is_main():  # under torchrun only rank 0 writes

@@ -9,15 +9,17 @@ evaluation (`lowprec.evaluation.paired`): the relative NE increase gets a paired
 interval, the AUC drop DeLong's paired normal interval, both at `accept.CONFIDENCE` (whether a plan
 fits its budget is `lowprec.search.accept`'s call).
 
-Scratch space: `scratch` names a directory (the search puts it beside its output,
-`<out>.validate-tmp`) that validation creates with a marker file and removes when done; one left by
-a killed run (the marker says it is ours) is removed at the next start, anything else there is
-refused, never deleted. Without `scratch`, a temporary directory under $TMPDIR.
+Scratch space: `scratch` names it (the search's is `<out>.validate`, beside its output); validation
+creates a temporary sibling of that name, `.<out>.validate.tmp-HOST-PID-*` (lowprec.tmpnames), with a
+marker file and removes it when done; one a killed process left is removed at the next start (or by
+the `--nproc` launcher after a failed job). Nothing else is ever deleted. Without `scratch`, a
+temporary directory under $TMPDIR.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import shutil
 import tempfile
@@ -28,36 +30,40 @@ from typing import Any, Iterator
 from lowprec.checkpoint.artifact import load_artifact
 from lowprec.checkpoint.convert import convert
 from lowprec.data.dataset import Dataset
-from lowprec.errors import InputError
 from lowprec.model.dlrm import DLRM
 from lowprec.plan import Plan, Validation
 from lowprec.evaluation.paired import PairedConfig, evaluate_window
 from lowprec.progress import Update
 from lowprec.search import rows_subset
 from lowprec.search.accept import CONFIDENCE
+from lowprec.tmpnames import dead_writers, remove, tmp_prefix
 
 MARKER = ".lowprec-validate-tmp"  # in a scratch directory validation made (and may delete)
 
 
 @contextlib.contextmanager
 def scratch_dir(scratch: Path | None) -> Iterator[Path]:
-    """A directory for one validation, removed afterwards (see the module doc)."""
+    """A directory for one validation, removed afterwards (see the module doc): a temporary sibling
+    of the name `scratch` (lowprec.tmpnames, `.NAME.tmp-HOST-PID-*`), so each process of a job has
+    its own, and one a killed process left is removed by the next search beside it (and by the
+    `--nproc` launcher after a failed job), whatever the number of processes either had."""
     if scratch is None:
         with tempfile.TemporaryDirectory(prefix="lowprec-validate-") as tmp:
             yield Path(tmp)
         return
     scratch = Path(scratch)
-    if scratch.exists() or scratch.is_symlink():
-        if not (scratch.is_dir() and not scratch.is_symlink() and (scratch / MARKER).is_file()):
-            raise InputError(f"{scratch} exists and was not made by lowprec's validation (no {MARKER} "
-                             f"in it); remove it or choose another --out")
-        shutil.rmtree(scratch)  # left by a killed run of ours
-    scratch.mkdir(parents=True)
+    for dead in dead_writers(scratch):
+        remove(dead)
+    for old in scratch.parent.glob(glob.escape(scratch.name) + "-tmp*"):  # (named by lowprec < 0.2.0)
+        if old.is_dir() and not old.is_symlink() and (old / MARKER).is_file():
+            shutil.rmtree(old, ignore_errors=True)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(prefix=tmp_prefix(scratch.name), dir=scratch.parent))
     try:
-        (scratch / MARKER).write_text("scratch space of lowprec search validation; safe to delete\n")
-        yield scratch
+        (made / MARKER).write_text("scratch space of lowprec search validation; safe to delete\n")
+        yield made
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def validate(model_dir: str | Path, float_model: DLRM, plan: Plan, ds: Dataset, windows: list[int],

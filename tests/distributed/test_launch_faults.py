@@ -250,7 +250,9 @@ def test_clean_up_removes_a_dead_drift_ranks_recalibration_temporaries_beside_th
     cand.mkdir()
     args = ["drift", "--reference", "m", "--candidate", str(cand), "--db", str(tmp_path / "h.sqlite"),
             "--on-alarm", "recalibrate"]
-    assert named_outputs(args) == [(cand, "c[[]1].recal-*")] and named_outputs(["eval", "--candidate", "x"]) == []
+    db = tmp_path / "h.sqlite"
+    assert named_outputs(args) == [(cand, "c[[]1].recal-*"), (db, "h.sqlite.spill-w*")]
+    assert named_outputs(["eval", "--candidate", "x"]) == []
     host = socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           timeout=WAIT_S).stdout.strip()
@@ -289,3 +291,25 @@ def test_a_hung_rank_is_said_to_have_not_answered(monkeypatch):
     assert job_errors({0: "RankFailed: RankFailure: ... failed (a peer rank died ...)"}, {1: -9}, {0: 3})[1] == (
         "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): "
         "the job stopped; it left no temporary files")
+
+
+def test_clean_up_removes_a_dead_ranks_drift_spill_and_search_scratch(tmp_path):
+    """QA 8d items 2 and 3: a killed rank left drift's score spill beside --db and search's
+    validation scratch beside --out, and the launcher said "it left no temporary files". Both are
+    temporary siblings by name now (lowprec.tmpnames), which the launcher removes."""
+    from lowprec.launchclean import clean_up, named_outputs
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=WAIT_S).stdout.strip()
+    db, plan = tmp_path / "h.sqlite", tmp_path / "p.json"
+    gone = [tmp_path / f".h.sqlite.spill-w5.tmp-{host}-{dead}-abcdefgh",
+            tmp_path / f".p.json.validate.tmp-{host}-{dead}-abcdefgh"]
+    kept = [tmp_path / f".h.sqlite.spill-w5.tmp-{host}-{os.getpid()}-abcdefgh",  # (a live writer's)
+            tmp_path / f".p.json.validate.tmp-{host}-{os.getpid()}-abcdefgh"]
+    for p in gone + kept:
+        p.mkdir()
+    named = named_outputs(["drift", "--db", str(db)]) + named_outputs(["search", "--out", str(plan)])
+    assert named == [(db, "h.sqlite.spill-w*"), (plan, "p.json.validate")]
+    assert clean_up({}, named) == []
+    assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)

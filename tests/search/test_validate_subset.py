@@ -4,7 +4,6 @@ its scratch directory is ours to create and remove, and nothing else is touched.
 import pytest
 
 from helpers import trained_search_setup
-from lowprec.errors import InputError
 from lowprec.plan import Plan
 from lowprec.search import rows_subset
 from lowprec.search.validate import MARKER, scratch_dir, validate
@@ -86,20 +85,31 @@ def test_subset_ids_map_to_the_kept_rows(setup, tmp_path):
 
 
 def test_scratch_dir_is_created_removed_and_never_takes_what_is_not_ours(tmp_path):
-    s = tmp_path / "plan.json.validate-tmp"
+    """A temporary sibling of the name (one per process: QA 8d item 3, `-rankN` directories of a
+    killed --nproc search stayed); a dead process's is removed at the next start, as is one named
+    by an older lowprec with its marker; nothing without the marker, nor a live process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    s = tmp_path / "plan.json.validate"
     with scratch_dir(s) as d:
-        assert d == s and (s / MARKER).is_file()
-        (s / "big").write_bytes(b"x" * 100)
-    assert not s.exists()
-    s.mkdir()  # left by a killed run of ours: the marker says so; removed at the next start
-    (s / MARKER).write_text("")
-    (s / "old-artifact").write_bytes(b"x")
-    with scratch_dir(s):
-        assert not (s / "old-artifact").exists()
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "data").write_text("keep me")
-    with pytest.raises(InputError, match="was not made by lowprec"):
-        with scratch_dir(foreign):
-            pass
-    assert (foreign / "data").read_text() == "keep me"
+        assert d.parent == tmp_path and d.name.startswith(f".plan.json.validate.tmp-{socket.gethostname()}-{os.getpid()}-")
+        assert (d / MARKER).is_file()
+        (d / "big").write_bytes(b"x" * 100)
+    assert not d.exists() and not s.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, timeout=60).stdout.strip()
+    killed = tmp_path / f".plan.json.validate.tmp-{socket.gethostname()}-{dead}-abcdefgh"
+    live = tmp_path / f".plan.json.validate.tmp-{socket.gethostname()}-{os.getppid()}-abcdefgh"
+    older = [tmp_path / "plan.json.validate-tmp", tmp_path / "plan.json.validate-tmp-rank1"]
+    foreign = tmp_path / "plan.json.validate-tmp-rank2"  # (no marker: not ours)
+    for x in [killed, live, *older, foreign]:
+        x.mkdir()
+        (x / "old-artifact").write_bytes(b"x")
+    for x in [killed, live, *older]:
+        (x / MARKER).write_text("")
+    with scratch_dir(s) as d:
+        assert not killed.exists() and not any(x.exists() for x in older)
+        assert (live / "old-artifact").exists() and (foreign / "old-artifact").exists()
