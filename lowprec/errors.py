@@ -46,6 +46,8 @@ def os_error(exc: OSError, path: str | os.PathLike, action: str | None = None) -
     when the caller knows; else "write" for the errnos only a write raises, and "open" otherwise
     (an EACCES or EISDIR may be either: never tell a user that an input is an output)."""
     where = exc.filename or path
+    if any(part.startswith(".") and ".tmp-" in part for part in Path(str(where)).parts):
+        where = path  # (a temporary sibling lowprec made for `path`: the user knows `path`, not it)
     action = action or ("write" if exc.errno in WRITE_ERRNOS else "open")
     return InputError(f"cannot {action} {where}: {os_reason(exc)}" + ("; nothing was replaced" if action == "write" else ""))
 

@@ -4,6 +4,9 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from lowprec.fileio import atomic_dir, atomic_write_text
 
@@ -79,3 +82,28 @@ def test_a_failed_write_removes_the_parent_directories_it_made_and_no_other(tmp_
     with atomic_dir(tmp_path / "n1" / "n2" / "out", "dataset") as tmp:
         (tmp / "dataset.json").write_text("{}")
     assert (tmp_path / "n1" / "n2" / "out" / "dataset.json").is_file()
+
+
+def test_a_failure_on_a_temporary_sibling_names_the_users_path(tmp_path, monkeypatch):
+    """QA 8b item 1: a read-only directory said `cannot write mnt/.small.tmp-vm-3906-b_qk_lr2` (the
+    hidden temporary, whose OSError filename won) instead of the --out the user gave."""
+    import errno
+    import tempfile
+
+    from lowprec import fileio
+    from lowprec.errors import InputError, os_error
+
+    out = tmp_path / "small"
+
+    def read_only(prefix, dir):
+        raise OSError(errno.EROFS, "Read-only file system", str(Path(dir) / f"{prefix}b_qk_lr2"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(InputError) as exc:
+        with fileio.atomic_dir(out):
+            pass
+    assert str(exc.value) == f"cannot write {out}: Read-only file system [EROFS]; nothing was replaced"
+    inside = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".small.tmp-h-42-abcdefgh" / "w.bin"))
+    assert str(os_error(inside, out)).startswith(f"cannot write {out}: ")
+    other = OSError(errno.EACCES, "Permission denied", str(tmp_path / "input.csv"))  # a file it names: kept
+    assert str(os_error(other, out, "read")).startswith(f"cannot read {tmp_path / 'input.csv'}: ")
