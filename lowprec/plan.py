@@ -21,6 +21,7 @@ are converted at fp32 with a warning naming them.
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -245,11 +246,12 @@ class Plan:
         if type(version) is not int or version != FORMAT_VERSION:  # (true and 1.0 equal 1 in Python)
             raise InputError(f"{where}: plan version {version!r} is not supported (expected the integer "
                              f"{FORMAT_VERSION})")
-        try:
-            tables = {k: _table_choice(v, where, k, tier_order) for k, v in obj.get("tables", {}).items()}
-            layers = {k: _layer_choice(v, where, k) for k, v in obj.get("layers", {}).items()}
-        except (AttributeError, TypeError) as exc:
-            raise InputError(f"{where}: malformed plan ({exc})") from exc
+        for key, example in (("tables", '{"*": {"precision": "int4"}}'), ("layers", '{"*": {"precision": "int8"}}')):
+            if not isinstance(obj.get(key, {}), dict):
+                raise InputError(f"{where}: `{key}` must be an object of name or pattern -> choice, such as "
+                                 f"{example}, not {json.dumps(obj[key])[:60]}")
+        tables = {k: _table_choice(v, where, k, tier_order) for k, v in obj.get("tables", {}).items()}
+        layers = {k: _layer_choice(v, where, k) for k, v in obj.get("layers", {}).items()}
         rest = {k: v for k, v in obj.items() if k not in ("format", "version", "tables", "layers")}
         return cls(tables, layers, PlanInfo.from_json(rest, where), where)
 

@@ -68,3 +68,22 @@ def test_hot_sharing_values_the_serving_hash_cannot_take_are_refused_in_the_plan
 def test_layers_cannot_take_table_only_precisions():
     with pytest.raises(InputError, match="layers take"):
         LayerChoice(Precision.FP8)
+
+
+@pytest.mark.parametrize("key", ["tables", "layers"])
+@pytest.mark.parametrize("value", [[{"precision": "int8"}], None, "int4", 3])
+def test_tables_or_layers_that_are_not_objects_are_named(key, value):
+    """QA 8b item 2: `"tables": [...]` said `malformed plan ('list' object has no attribute 'items')`."""
+    from lowprec.errors import InputError
+    from lowprec.plan import FORMAT, FORMAT_VERSION, Plan
+
+    with pytest.raises(InputError, match=rf"p.json: `{key}` must be an object of name or pattern -> choice"):
+        Plan.from_json({"format": FORMAT, "version": FORMAT_VERSION, key: value}, "p.json")
+
+
+def test_sizes_are_said_as_a_person_says_them():
+    """QA 8b item 4: an all-fp32 import said `(1.0x smaller than fp32)`."""
+    from lowprec.cli._common import smaller
+
+    assert smaller(8.0) == "8.0x smaller than fp32" and smaller(1.0) == "the size of fp32"
+    assert smaller(1.04) == "the size of fp32" and smaller(0.75) == "1.3x larger than fp32"

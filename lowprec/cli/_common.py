@@ -68,6 +68,16 @@ def name_value_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def smaller(ratio: float, than: str = "fp32") -> str:
+    """How a size compares, as a person says it: `8.0x smaller than fp32`, `the size of fp32`
+    (within 5%), `1.3x larger than fp32` (hash sharing's buffers, an fp32 plan's padding)."""
+    if ratio >= 1.05:
+        return f"{ratio:.1f}x smaller than {than}"
+    if ratio > 1 / 1.05:
+        return f"the size of {than}"
+    return f"{1 / ratio:.1f}x larger than {than}"
+
+
 def fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else "nan" if x != x else f"{x:.{digits}f}"
 

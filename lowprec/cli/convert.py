@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from lowprec.cli import emit_json, say_warning
-from lowprec.cli._common import data_option, fmt, json_option, progress_bar
+from lowprec.cli._common import data_option, fmt, json_option, progress_bar, smaller
 
 
 def _human(n: float) -> str:
@@ -83,7 +83,7 @@ def convert(model_dir, plan_path, precision, layer_precision, range_method, cali
     else:
         click.echo(f"wrote {out}: tables {_human(manifest['embedding_bytes'])} "
                    f"(fp32 {_human(manifest['fp32_embedding_bytes'])}, "
-                   f"{manifest['compression']:.1f}x smaller)")
+                   f"{smaller(manifest['compression'])})")
 
 
 def _summary(manifest: dict, path: str, numbers: dict | None = None) -> dict:

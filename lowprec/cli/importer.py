@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from lowprec.cli import emit_json
-from lowprec.cli._common import name_value_pairs
+from lowprec.cli._common import name_value_pairs, smaller
 
 FORMATS = ["torchrec", "torchrec-quant", "dlrm-reference"]
 
@@ -126,7 +126,7 @@ def _quantized(state_dict, dense_path, config_path, ds, out, as_json):
         emit_json(summary)
         return
     click.echo(f"imported {len(manifest['tables'])} quantized tables and {len(manifest['layers'])} layers "
-               f"from {state_dict} -> artifact {out} ({manifest['compression']:.1f}x smaller than fp32)")
+               f"from {state_dict} -> artifact {out} ({smaller(manifest['compression'])})")
 
 
 COMMANDS = [import_cmd]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from lowprec.cli import emit_json, say_warning
-from lowprec.cli._common import StageBars, data_option, fmt, json_option
+from lowprec.cli._common import StageBars, data_option, fmt, json_option, smaller
 
 
 @click.command()
@@ -100,7 +100,7 @@ def search(model_dir, data_dir, recipe, calib_windows, eval_windows, test_window
     v = result.validation
     click.echo(f"plan -> {out}")
     click.echo(f"  bytes: tables {summary['table_bytes']:,}, layers {summary['layer_bytes']:,} "
-               f"(tables {summary['compression']:.1f}x smaller than fp32, the whole model "
+               f"(tables {smaller(summary['compression'])}, the whole model "
                f"{summary['total_compression']:.1f}x)")
     if v is not None:
         click.echo(f"  validated on {v.rows:,} rows: NE {100 * v.ne_increase:+.4f}% "
