@@ -95,6 +95,8 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
         outcome = run(job, stages)
     if not dist.is_main():
         return  # rank 0 renders and sets the exit code
+    for note in outcome.notes:  # (on stderr with --json too: a cron job logs stderr, parses stdout)
+        click.echo(f"note: {note}", err=True)
     if as_json:
         emit_json(outcome.to_json())
     else:
@@ -118,8 +120,6 @@ def _render(outcome) -> None:
                        f"estimated NE gap {pct(e['est_gap']):>8} [{pct(e['est_lo'])}, {pct(e['est_hi'])}]  "
                        f"{'ALARM' if e['est_alarm'] else 'ok   '}  labels {e['labels']}  "
                        f"{e['est_reason'] if e['est_alarm'] else ''}")
-    for note in outcome.notes:
-        click.echo(f"note: {note}", err=True)
     for r in outcome.recalibrations:
         click.echo(f"recalibration ({r['source']}): {r.get('reason') or r.get('skipped')}")
     first = outcome.first_alarm

@@ -94,6 +94,24 @@ def window_source(job: Any, ds: Dataset, models: Any, w: int, judged: bool = Tru
             "thresholds": alarm_json(job) if judged else None, "estimate_thresholds": estimate_json(job)}
 
 
+def _check_same_dataset(job: Any, store: DriftStore, ds: Dataset, recorded: dict[int, dict[str, Any]],
+                        chosen: list[int]) -> None:
+    """A history follows one dataset as it grows: the last window it recorded (when this run does
+    not ask for it again, which the caller checks) must still be --data's window of that number.
+    New windows of another dataset were recorded into the same series before (QA 8c item 2)."""
+    last = max((w for w, r in recorded.items() if str(r["data_sha256"]).startswith("window:")), default=None)
+    if last is None or last in chosen:
+        return
+    holds = last < len(ds.meta.windows)
+    if holds and recorded[last]["data_sha256"] == window_fingerprint(ds, last):
+        return
+    now = (f"--data {job.data}'s window {last} is other data" if holds else
+           f"--data {job.data} holds {len(ds.meta.windows)} windows, not its window {last}")
+    raise InputError(f"--db {store.path} follows another dataset: it recorded window {last} from data that "
+                     f"{now}; a history follows one dataset as it grows (`data append`). Use a new --db for "
+                     f"this data (refused; nothing recorded).")
+
+
 def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: list[int]) -> list[str]:
     """Refuse recorded windows computed from other data or models; notes on changed thresholds."""
     recorded, notes, rejudge, estimated = store.sources(), [], {}, []
@@ -114,6 +132,7 @@ def check_sources(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen:
                 rejudge.setdefault(section, []).append(w)
         if was.get("estimate_thresholds") not in (None, now["estimate_thresholds"]):
             estimated.append(w)
+    _check_same_dataset(job, store, ds, recorded, chosen)
     labels, revised, touched = store.label_sources(), [], []
     for w in sorted(set(chosen) & set(labels)):
         sha, stat = labels[w]

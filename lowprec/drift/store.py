@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,9 @@ class DriftStore:
         b = self.meta("baseline_window")
         if b is None:
             return None
+        if not re.fullmatch(r"[0-9]+", b):
+            raise InputError(f"{self.path}: its meta row baseline_window is {b!r}, not a window number: the "
+                             f"history was edited; start a new --db (or restore this one from a copy)")
         row = self.conn.execute('SELECT * FROM windows WHERE "window" = ?', (int(b),)).fetchone()
         return None if row is None else dict(row)
 

@@ -97,6 +97,26 @@ def test_db_reused_with_other_data_is_refused_and_threshold_changes_are_said(two
     notes = last_json(run(root, "a", db, other))["notes"]
     assert len(notes) == 1 and "windows [1, 2]" in notes[0] and "NOT re-judged" in notes[0]
     assert "note: windows [1, 2]" in run(root, "a", db, other, json_out=False, report=tmp_path / "r2").stderr
+    # QA 8c item 4: with --json too (a cron job logs stderr and parses stdout)
+    assert "note: windows [1, 2]" in run(root, "a", db, other, report=tmp_path / "r3").stderr
+
+
+def test_db_refuses_new_windows_of_another_dataset(two_datasets, tmp_path):
+    """QA 8c item 2: a history of dataset a took dataset b's windows that it had not recorded (only a
+    recorded window asked for again was compared), mixing two datasets in one series."""
+    root, db = two_datasets, tmp_path / "n.sqlite"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[bootstrap]\nreplicates = 20\n")
+
+    def drift(data, windows):
+        return cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / data,
+                   "--windows", windows, "--db", db, "--report", tmp_path / "rep", "--config", cfg,
+                   "--allow-unrelated-candidate", "--json")
+
+    assert drift("a", "1").exit_code in (0, 1)
+    r = drift("b", "2")
+    assert r.exit_code == 2 and f"--db {db} follows another dataset: it recorded window 1" in r.output, r.output
+    assert drift("a", "2").exit_code in (0, 1)  # the same dataset's next window
 
 
 def test_db_follows_a_dataset_that_grows_by_a_window(two_datasets, tmp_path):
@@ -308,3 +328,23 @@ def test_the_staleness_baseline_is_the_first_window_with_enough_labels(two_datas
         assert s.meta("baseline_window") == "2" and s.baseline()["window"] == 2
         assert [r["baseline_window"] for r in s.windows()] == [None, 2, 2]
     assert "Model staleness (float model vs baseline window 2)" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_an_edited_history_meta_row_is_bad_input(two_datasets, tmp_path):
+    """QA 8c item 3: `baseline_window = '7x'` in the meta table ended in exit 4 (int() of it)."""
+    import sqlite3
+
+    root, db = two_datasets, tmp_path / "m.sqlite"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[bootstrap]\nreplicates = 20\n")
+
+    def drift(windows):
+        return cli("drift", "--reference", root / "ref", "--candidate", root / "cand", "--data", root / "a",
+                   "--windows", windows, "--db", db, "--report", tmp_path / "rep", "--config", cfg,
+                   "--allow-unrelated-candidate")
+
+    assert drift("1").exit_code in (0, 1)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE meta SET value = '7x' WHERE key = 'baseline_window'")
+    r = drift("1-2")
+    assert r.exit_code == 2 and "its meta row baseline_window is '7x', not a window number" in r.output, r.output
