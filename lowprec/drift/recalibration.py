@@ -1,5 +1,5 @@
 """`lowprec drift --on-alarm recalibrate`: new artifacts beside the deployed one for the first alarmed
-window, calibrated on the latest healthy windows before it and/or on the alarmed window itself, each
+window of an alarm (consecutive alarmed windows in the history are one alarm), calibrated on the latest healthy windows before it and/or on the alarmed window itself, each
 re-scored on the alarmed window and recorded (`recalibrations`, `recal_tier_share`) with a reason
 that says whether the new calibration closes the gap and what that means. Their names carry the
 history in --db (`recal_paths`): a second history of the same candidate never replaces what the
@@ -35,12 +35,17 @@ from lowprec.progress import Stages
 
 def recalibrate(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: list[int],
                 calib: dict[str, Any] | None, run_id: int, stages: Stages) -> list[dict[str, Any]]:
-    """New artifacts for the first alarmed window, calibrated on healthy and/or the alarmed window."""
-    rows = store.windows()
-    alarmed = [r["window"] for r in rows if r["alarm"] and r["window"] in chosen]
+    """New artifacts for the first alarmed window of the alarm the requested windows are in (once an
+    alarm: a daily job asking for each new window of a week-long alarm reuses the recalibration of its
+    first day), calibrated on healthy and/or that alarmed window."""
+    rows = sorted(store.windows(), key=lambda r: r["window"])
+    alarmed = [i for i, r in enumerate(rows) if r["alarm"] and r["window"] in chosen]
     if not alarmed:
         return []
-    target, rc = alarmed[0], job.config.recalibrate
+    first = alarmed[0]
+    while first > 0 and rows[first - 1]["alarm"]:  # back to where this alarm began (recorded windows in order)
+        first -= 1
+    target, rc = rows[first]["window"], job.config.recalibrate
     out: list[dict[str, Any]] = []
     for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
         done = store.recalibration(target, source)

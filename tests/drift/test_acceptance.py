@@ -109,6 +109,13 @@ def test_recalibrate_writes_beside_and_records(deployed):
     again = monitor(deployed, "dense-scale", "--on-alarm", "recalibrate", "--recalibrate-on", "both")
     assert again.exit_code == 1 and last_json(again)["processed"] == []
     assert [x["id"] for x in last_json(again)["recalibrations"]] == [x["id"] for x in recal.values()]
+    # QA 8c item 1: a daily job asks for the newest window of the same alarm: its first day's
+    # recalibration is reused, not made again for every alarmed day
+    later = monitor(deployed, "dense-scale", "--on-alarm", "recalibrate", "--recalibrate-on", "both", "--windows", "13")
+    assert later.exit_code == 1 and [x["id"] for x in last_json(later)["recalibrations"]] == [x["id"] for x in recal.values()]
+    with DriftStore(deployed / "dense-scale.sqlite") as s:
+        assert len(s.recalibrations()) == 2
+    assert not list(deployed.glob("art.recal-w13*"))
     assert "## Recalibration" in (deployed / "dense-scale-report" / "report.md").read_text()
 
 
