@@ -256,7 +256,8 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
     check_compatible(model.config, ds.meta, str(ds.root))
     rate = positive_rate(ds, cfg.windows)
     if cfg.val_windows:
-        positive_rate(ds, cfg.val_windows, "validation windows")
+        positive_rate(ds, cfg.val_windows, "validation windows",
+                      "NE and AUC are undefined on one class, so no epoch could be chosen on them")
     if init is None and cfg.init_bias:
         init_output_bias(model, rate)
     weights = None

@@ -138,7 +138,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
     from lowprec.data.batches import count_rows
     from lowprec.data.dataset import Dataset
     from lowprec.data.latent import bayes_fields
-    from lowprec.data.windows import select_windows
+    from lowprec.data.windows import format_windows, select_windows
     from lowprec.evaluation.metrics import MIN_CLASS_LABELS, scarce_class
     from lowprec.evaluation.scoring import base_rate_warning, evaluate, worse_than_base_rate
     from lowprec.train import check_compatible, seen_in_training
@@ -174,7 +174,7 @@ def eval_cmd(model_dir, data_dir, windows, batch_size, as_json):
                     f"it, with care")
     bayes = bayes_fields(ds, chosen, result.overall.auc)  # {} unless the data has true probabilities
     if worse_than_base_rate(result.overall.ne) and not one_class:
-        say_warning(base_rate_warning(result.overall.ne, f"windows {windows}"))
+        say_warning(base_rate_warning(result.overall.ne, f"windows {format_windows(sorted(result.per_window))}"))
     if as_json:
         emit_json({**result.to_json(), **bayes})
         return

@@ -232,6 +232,14 @@ def _check_later(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
         return
     last = old.windows[-1]
     for w in new.windows:
+        if _time(w.start) < _time(last.end) and w.start == last.start:  # the last window's own period
+            raise InputError(
+                f"{w.rows:,} new row(s) fall in {w.label!r}, the period of {root}'s last window, which holds "
+                f"{last.rows:,} rows already (it ends {last.end}); append adds later periods only. --window "
+                f"{old.provenance.get('windows')} periods are UTC ones: files cut at another midnight (a local "
+                f"day, times with a UTC offset) straddle two of them, and every day's file would meet this. "
+                f"Prepare such logs with --window file (one window per file), or export them by UTC day; to "
+                f"merge late rows, prepare the dataset again from all its files")
         if _time(w.start) < _time(last.end):
             raise InputError(f"{w.rows:,} new row(s) fall in {w.label!r}, which starts before {root}'s last window "
                              f"{last.label!r} ends ({last.end}); append adds later periods only. Prepare the "

@@ -12,7 +12,9 @@ place.
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import math
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,6 +31,13 @@ from lowprec.progress import Stages
 CHUNK_ROWS = 1 << 16
 
 
+FUTURE_SLACK_S = 86400.0  # rows dated up to a day after the clock are kept (time zones, clock drift)
+
+
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+
+
 class RowParser:
     """Turns CSV records into (dense, ids, label, time) or a (kind, detail) complaint."""
 
@@ -43,6 +52,9 @@ class RowParser:
         self.multiline = 0  # records kept that run over several lines
         self.multiline_first: tuple[Path, int, int] | None = None  # the first of them: (file, first, last line)
         self.path = Path()
+        # a row dated after this is a clock's error, not data: its window would lie ahead of every day a
+        # scheduled `data append` brings, and refuse them all (QA 8a item 3)
+        self.latest = time.time() + FUTURE_SLACK_S
 
     # -- a reader of parts (lowprec.data.parts): fresh, read, widths, share, absorb --------------------
 
@@ -50,6 +62,7 @@ class RowParser:
         """A parser of the same schema with nothing read yet (lowprec.data.csvencode.Encoder.fresh)."""
         new = RowParser(self.schema)
         new.encoders = [e.fresh() for e in self.encoders]
+        new.latest = self.latest  # (every part judged by one clock)
         return new
 
     def read(self, path: Path, sink: Any, bad_row: BadRow, stats: InputStats, **how: Any) -> Read:
@@ -93,8 +106,9 @@ class RowParser:
         return out
 
     def bind(self, path: Path, header: list[str] | None) -> None:
-        if header is None:
-            raise InputError(f"{path}: empty file (expected a header row)")
+        if header is None:  # an empty file (a quiet day's export): no rows, so no columns to find
+            self.index, self.path, self.width = {}, path, 0
+            return
         s = self.schema
         need = [s.label.column] + [c.column for c in s.dense + s.categorical] + ([s.time] if s.time else [])
         self.index = dict(zip(need, header_positions(path, header, need, " named in the schema")))
@@ -133,6 +147,10 @@ class RowParser:
             return "time", f"{s.time} = {row[ix[s.time]][:40]!r} is not a time in {TIME_YEARS} as time_format " \
                 f"{s.time_format!r} reads it ({TIME_FORMATS[s.time_format]})" + \
                 time_hint(row[ix[s.time]], s.time_format)
+        if t > self.latest:
+            return "time", (f"{s.time} = {row[ix[s.time]][:40]!r} is more than a day after this run's clock "
+                            f"({_iso(self.latest - FUTURE_SLACK_S)}): a clock-skewed row (its window would lie "
+                            f"ahead of every later day and refuse each `data append`)")
         ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
         self.epoch_zero += s.time is not None and t == 0.0
         self.date_like += DATE_LIKE[0] <= t <= DATE_LIKE[1] and t == int(t) and s.time_format in ("auto", "unix")
@@ -220,8 +238,9 @@ def read_csv(path: Path, parser: RowParser, sink: Any, bad_row: BadRow, stats: I
         bom = span is None or span[0] == 0
         reader = strict_reader(stream, parser.schema.delimiter, errors="surrogateescape", bom=bom)
         rows = guarded(records(reader), path, lambda: line_base + reader.line_num + 1)
-        parser.bind(path, _header(rows, path) if bom else file_header(path, parser.schema.delimiter))
-        lines, malformed = (1 if bom else 0), False  # (locals: this loop runs once a record)
+        header = _header(rows, path) if bom else file_header(path, parser.schema.delimiter)
+        parser.bind(path, header)
+        lines, malformed = (1 if bom and header is not None else 0), False  # (locals: this loop runs once a record)
         for first, last, row in rows:
             lines, malformed = last, isinstance(row, csv.Error)
             first, last = first + line_base, last + line_base

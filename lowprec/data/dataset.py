@@ -220,7 +220,7 @@ def window_problem(rows: int, positives: int) -> str | None:
     if positives in (0, rows):
         kind, other = ("negatives", "positive") if positives == 0 else ("positives", "negative")
         return (f"holds only {kind} ({rows:,} row{'s' * (rows != 1)}, no {other} label): its AUC is undefined; check the "
-                f"label column and the positive rule")
+                f"label column (and a CSV schema's `positive` rule)")
     return None
 
 

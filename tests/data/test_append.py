@@ -96,7 +96,8 @@ def test_refusals_leave_the_dataset_as_it_was(prepared, tmp_path):
         ([day3], "this file is already in"),  # a re-run of the daily job
         ([tmp_path / "copy.csv"], "this file is already in"),  # the same bytes under another name
         ([day_csv(tmp_path / "late.csv", [2], ["a"], seed=3)], "which starts before"),  # a day already prepared
-        ([day_csv(tmp_path / "mixed.csv", [3, 4], ["a"], seed=4)], "'2023-11-18', which starts before"),
+        # the last window's own period (QA 8a item 2: local-midnight files straddle UTC days): said so
+        ([day_csv(tmp_path / "mixed.csv", [3, 4], ["a"], seed=4)], "'2023-11-18', the period of"),
         ([tmp_path / "missing.csv"], "not found"),
         ([tmp_path / "day4.csv", tmp_path / "day4.csv"], "is the same file as"),  # new files among themselves
         ([tmp_path / "day4.csv", tmp_path / "day4-copy.csv"], "same sha256"),
@@ -449,3 +450,27 @@ def test_a_file_without_rows_appends_an_empty_window_or_says_there_is_nothing_to
     r = run("data", "append", "--data", tmp_path / "cr", "--input", tmp_path / "c1.tsv")
     assert r.exit_code == 2 and "no valid rows in" in r.output and "c1.tsv (empty): nothing to append" in r.output \
         and "by row count (every 2 rows)" in r.output, r.output
+
+
+def test_an_empty_csv_is_an_empty_window_as_a_header_only_one(tmp_path):
+    """QA 8a item 4: a 0-byte CSV (a quiet day's empty export) was refused (`empty file (expected a
+    header row)`), though README and errors.md say an empty or header-only file is an empty window
+    under --window file (criteo-tsv took it)."""
+    schema = tmp_path / "s.toml"
+    schema.write_text('label = "y"\ntime = "t"\n[dense.x]\n[categorical.c]\nnum_embeddings = 100\n')
+    (tmp_path / "a.csv").write_text("t,y,x,c\n" + "".join(f"2024-03-10T01:00:{i:02d}Z,{i % 2},{i},c{i}\n" for i in range(40)))
+    (tmp_path / "quiet.csv").write_bytes(b"")
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "a.csv", tmp_path / "quiet.csv",
+            "--schema", schema, "--out", tmp_path / "d")
+    assert r.exit_code == 0 and "holds no rows" in r.output, r.output
+    assert [w.rows for w in Dataset(tmp_path / "d").meta.windows] == [40, 0]
+    (tmp_path / "quiet2.csv").write_bytes(b"")
+    r = run("data", "append", "--data", tmp_path / "d", "--input", tmp_path / "quiet2.csv")
+    assert r.exit_code == 0 and [w.rows for w in Dataset(tmp_path / "d").meta.windows] == [40, 0, 0], r.output
+    assert run("data", "prepare", "--format", "csv", "--input", tmp_path / "a.csv", "--schema", schema,
+               "--out", tmp_path / "t", "--window", "day").exit_code == 0
+    r = run("data", "append", "--data", tmp_path / "t", "--input", tmp_path / "quiet2.csv")
+    assert r.exit_code == 2 and "quiet2.csv (empty)" in r.output and "nothing to append" in r.output, r.output
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "quiet.csv", "--schema", schema,
+            "--out", tmp_path / "none")
+    assert r.exit_code == 2 and "no valid rows in" in r.output and "quiet.csv (empty)" in r.output, r.output

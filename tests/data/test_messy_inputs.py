@@ -34,7 +34,7 @@ def test_times_past_year_9998_are_bad_rows_and_append_never_crashes(tmp_path):
     meta = json.loads((tmp_path / "far" / "dataset.json").read_text())
     meta["windows"][-1]["end"] = "10000-01-01T00:00:00Z"  # as a dataset prepared before the limit has it
     (tmp_path / "far" / "dataset.json").write_text(json.dumps(meta))
-    (tmp_path / "later.csv").write_text("click,ts,price,item\n1,2030-01-01T00:00:00,1,a\n")
+    (tmp_path / "later.csv").write_text("click,ts,price,item\n1,2025-01-01T00:00:00,1,a\n")
     r = run("data", "append", "--data", tmp_path / "far", "--input", tmp_path / "later.csv")
     assert r.exit_code == 2 and "'10000-01-01T00:00:00Z' in dataset.json" in r.output, r.output
 
@@ -230,3 +230,17 @@ def test_user_toml_files_may_be_named_pipes(tmp_path):
     writer.start()
     assert load_recipe(fifo)["windows"]["train"] == "0"
     writer.join(10)
+
+
+def test_a_row_dated_in_the_future_is_a_bad_row(tmp_path):
+    """QA 8a item 3: one row of a day dated 2099 (a device clock ahead) made a window of its own 75
+    years on, exit 0, and every later `data append` was refused as late. Rows dated more than a
+    day after the run's clock are bad rows, named by FILE:LINE; the day's other rows are kept."""
+    r, src = prepare(tmp_path, "click,ts,price,item\n1,2024-03-11T01:00:00Z,1,a\n0,2099-03-11T02:00:00Z,1,b\n"
+                               "0,2024-03-11T03:00:00Z,1,b\n", "skew", SCHEMA, "day")
+    assert r.exit_code == 0, r.output
+    assert f"{src}:3: ts = '2099-03-11T02:00:00Z' is more than a day after this run's clock" in r.output, r.output
+    assert [w.label for w in Dataset(tmp_path / "skew").meta.windows] == ["2024-03-11"]
+    (tmp_path / "next.csv").write_text("click,ts,price,item\n1,2024-03-12T01:00:00Z,1,a\n0,2024-03-12T02:00:00Z,1,b\n")
+    r = run("data", "append", "--data", tmp_path / "skew", "--input", tmp_path / "next.csv")
+    assert r.exit_code == 0 and [w.label for w in Dataset(tmp_path / "skew").meta.windows] == ["2024-03-11", "2024-03-12"]
