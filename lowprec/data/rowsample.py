@@ -37,8 +37,9 @@ def _mix(h: np.ndarray) -> np.ndarray:
 def row_hashes(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     """One uint64 a row: its dense values' float32 bits and its sparse ids, column by column."""
     n = len(dense)
-    cols = [np.ascontiguousarray(dense, dtype=np.float32).view(np.uint32).astype(np.uint64),
-            np.ascontiguousarray(sparse, dtype=np.int64).view(np.uint64)]
+    with np.errstate(all="ignore"):  # (a tampered window's values beyond float32 hash as inf; scoring names them)
+        cols = [np.ascontiguousarray(dense, dtype=np.float32).view(np.uint32).astype(np.uint64),
+                np.ascontiguousarray(sparse, dtype=np.int64).view(np.uint64)]
     h = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for block in cols:
