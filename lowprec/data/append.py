@@ -231,15 +231,18 @@ def _check_later(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
     if str(old.provenance.get("windows")) not in CALENDAR or not old.windows:
         return
     last = old.windows[-1]
+    schema = old.provenance.get("schema")
+    toml = schema.get("toml") if isinstance(schema, dict) else None
+    zone = toml.get("window_timezone") if isinstance(toml, dict) else None
     for w in new.windows:
         if _time(w.start) < _time(last.end) and w.start == last.start:  # the last window's own period
             raise InputError(
                 f"{w.rows:,} new row(s) fall in {w.label!r}, the period of {root}'s last window, which holds "
                 f"{last.rows:,} rows already (it ends {last.end}); append adds later periods only. --window "
-                f"{old.provenance.get('windows')} periods are UTC ones: files cut at another midnight (a local "
-                f"day, times with a UTC offset) straddle two of them, and every day's file would meet this. "
-                f"Prepare such logs with --window file (one window per file), or export them by UTC day; to "
-                f"merge late rows, prepare the dataset again from all its files")
+                f"{old.provenance.get('windows')} periods are {zone or 'UTC'} ones: files cut at another midnight "
+                f"(another zone's day) straddle two of them, and every day's file would meet this. Prepare such "
+                f"logs with the schema's window_timezone set to the zone the files are cut in (or --window file, "
+                f"one window per file); to merge late rows, prepare the dataset again from all its files")
         if _time(w.start) < _time(last.end):
             raise InputError(f"{w.rows:,} new row(s) fall in {w.label!r}, which starts before {root}'s last window "
                              f"{last.label!r} ends ({last.end}); append adds later periods only. Prepare the "

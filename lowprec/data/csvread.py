@@ -12,7 +12,7 @@ from lowprec.data.csvencode import load_vocabularies, write_vocabulary
 from lowprec.data.csvrows import RowParser
 from lowprec.data.csvschema import CALENDAR, load_schema, parse_window_option, schema_from
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
-from lowprec.data.movielens import CalendarWindows
+from lowprec.data.calendar import CalendarWindows
 from lowprec.data.rawinput import (DEFAULT_MAX_BAD_ROWS, BadRows, InputStats, Reporter, RowDigests, SequentialWindows,
                                    check_distinct, check_inputs, no_rows_text)
 from lowprec.data.sharedread import read_all, read_shared
@@ -58,8 +58,9 @@ def prepare_csv(
     sparse = [SparseFeature(c.name, c.num_embeddings or 2**31 - 1, c.hotness) for c in schema.categorical]
     writer = DatasetWriter(root, [c.name for c in schema.dense], sparse, after=after)
     stats = [InputStats(str(p)) for p in inputs]
-    sink = RowDigests(CalendarWindows(writer, kind) if kind in CALENDAR else SequentialWindows(writer, rows_per_window),
-                      inputs, stats)
+    windows = (CalendarWindows(writer, kind, schema.window_timezone) if kind in CALENDAR
+               else SequentialWindows(writer, rows_per_window))
+    sink = RowDigests(windows, inputs, stats)
     read_all(inputs, root, parser, sink, bad, stats, progress, in_turn)
     sink.finish()
     if sum(s.rows for s in stats) == 0 and not empty_ok:

@@ -44,7 +44,8 @@ TIME_FORMATS = {"auto": "unix seconds, or ISO 8601", "unix": "unix seconds", "un
 CALENDAR = ("year", "month", "day")
 F32_LIMIT = 2.0**128 - 2.0**103  # the least |x| a float32 cast makes inf (dense values are stored as float32)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_TOP_KEYS = {"label", "positive", "time", "time_format", "delimiter", "description", "dense", "categorical"}
+_TOP_KEYS = {"label", "positive", "time", "time_format", "window_timezone", "delimiter", "description", "dense",
+             "categorical"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class CsvSchema:
     time_format: str = "auto"
     delimiter: str = ","
     source: dict[str, Any] = field(default_factory=dict, compare=False)
+    window_timezone: str | None = None  # IANA zone whose calendar --window day/month/year follow (None: UTC)
 
 
 def _err(where: str, msg: str) -> InputError:
@@ -169,8 +171,22 @@ def schema_from(top: dict[str, Any], where: str) -> CsvSchema:
     delimiter = _get(where, top, "delimiter", str, ",")
     if len(delimiter) != 1:
         raise _err(where, f"key 'delimiter' must be one character, got {delimiter!r}")
+    zone = _get(where, top, "window_timezone", str, None)
+    if zone is not None:
+        check_zone(zone, f"{where}: key 'window_timezone'")
     source = json.loads(json.dumps(top, default=str))
-    return CsvSchema(label, dense, cats, _get(where, top, "time", str, None), time_format, delimiter, source)
+    return CsvSchema(label, dense, cats, _get(where, top, "time", str, None), time_format, delimiter, source, zone)
+
+
+def check_zone(name: str, where: str) -> None:
+    """InputError unless `name` is an IANA time zone this Python knows (`America/Los_Angeles`, `UTC`)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"{where}: {name!r} is not an IANA time zone name (e.g. 'America/Los_Angeles', "
+                         f"'Europe/Berlin', 'UTC'; a fixed offset such as '-08:00' is not one)") from None
 
 
 def parse_time(text: str, fmt: str) -> float | None:

@@ -22,10 +22,8 @@ of the earlier ratings with PRIOR_WEIGHT pseudo-ratings (or towards 3.5 / 0.5 be
   movie_age                       log1p(max(0, rating year - release year from the title)); 0 if unknown
   hour_sin, hour_cos, wday_sin, wday_cos   UTC hour of day and day of week on the unit circle
   user_gap                        log1p(hours since the user's previous earlier rating); 0 for a first one
-Memory is O(ratings): MovieLens fits comfortably (ml-25m needs a few GB).
-
-This module also owns the calendar-window helpers (`period_keys`, `period_info`, `CalendarWindows`)
-that the CSV reader shares.
+Memory is O(ratings): MovieLens fits comfortably (ml-25m needs a few GB). Windows are calendar
+periods (lowprec.data.calendar).
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lowprec.data import encoding as fingerprint
+from lowprec.data.calendar import period_info, period_keys
 from lowprec.data.csvlabel import plain_int
 from lowprec.data.csvschema import TIME_MAX, TIME_MIN, TIME_YEARS
 from lowprec.data.dataset import DatasetMeta, DatasetWriter, SparseFeature
@@ -238,76 +236,6 @@ def _time_features(ts: np.ndarray) -> dict[str, np.ndarray]:
         "hour_sin": np.sin(2 * np.pi * hour / 24), "hour_cos": np.cos(2 * np.pi * hour / 24),
         "wday_sin": np.sin(2 * np.pi * wday / 7), "wday_cos": np.cos(2 * np.pi * wday / 7),
     }
-
-
-def period_keys(ts: np.ndarray, period: str) -> np.ndarray:
-    """Calendar period (numpy datetime64 of unit Y, M or D; UTC) of each unix timestamp (seconds)."""
-    units = {"year": "Y", "month": "M", "day": "D"}
-    if period not in units:
-        raise InputError(f"window period {period!r}: use one of {', '.join(units)}")
-    secs = np.floor(np.asarray(ts, dtype=np.float64)).astype(np.int64)
-    return secs.astype("datetime64[s]").astype(f"datetime64[{units[period]}]")
-
-
-def period_info(key: np.datetime64) -> dict[str, str]:
-    """Window label ("2014", "2014-03", "2014-03-07") and ISO start/end (end exclusive) of a period."""
-    return {"label": str(key), "start": f"{np.datetime64(key, 's')}Z", "end": f"{np.datetime64(key + 1, 's')}Z"}
-
-
-class CalendarWindows:
-    """Routes rows to calendar windows by timestamp, whatever the input order.
-
-    Rows are spooled per period into raw files under `<root>/.spool` (opened only while appending, so
-    thousands of periods need no open file handles); `finish` writes the periods in time order, each
-    sorted by time (stable), in chunks, and removes the spool.
-    """
-
-    def __init__(self, writer: DatasetWriter, period: str):
-        self.writer, self.period = writer, period
-        self.spool = writer.root / ".spool"
-        self.spool.mkdir()
-        self.rows: dict[np.datetime64, int] = {}
-        self.sorted: dict[np.datetime64, bool] = {}
-        self.last: dict[np.datetime64, float] = {}
-
-    def start_file(self, path: Path) -> None:
-        pass
-
-    def _files(self, key: np.datetime64) -> list[tuple[Path, Any]]:
-        base = self.spool / str(key)
-        w = (len(self.writer.dense_names), self.writer.slots)
-        kinds = (("dense", np.float32, w[0]), ("sparse", np.int32, w[1]), ("labels", np.int32, 1),
-                 ("time", np.float64, 1))
-        return [(Path(f"{base}.{k}"), (dtype, width)) for k, dtype, width in kinds]
-
-    def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, times: np.ndarray) -> None:
-        keys = period_keys(times, self.period)
-        order = np.argsort(keys, kind="stable")  # group by period, keeping arrival order inside
-        keys = keys[order]
-        cuts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1], [True]]))
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            key, sel = keys[a], order[a:b]
-            t = times[sel]
-            ok = bool(np.all(t[1:] >= t[:-1])) and t[0] >= self.last.get(key, -np.inf)
-            self.sorted[key] = self.sorted.get(key, True) and ok
-            self.last[key] = float(t[-1])
-            self.rows[key] = self.rows.get(key, 0) + len(sel)
-            for (path, (dtype, _)), arr in zip(self._files(key), (dense, sparse, labels, times)):
-                with open(path, "ab") as fh:
-                    fh.write(memoryview(np.ascontiguousarray(arr[sel], dtype=dtype)))  # ENOSPC, not a short count
-
-    def finish(self) -> None:
-        for key in sorted(self.rows):
-            n = self.rows[key]
-            arrs = [np.memmap(p, dtype=d, mode="r", shape=(n, w)) for p, (d, w) in self._files(key)]
-            order = None if self.sorted[key] else np.argsort(arrs[3][:, 0], kind="stable")
-            ww = self.writer.window(**period_info(key))
-            for a in range(0, n, CHUNK_ROWS):
-                idx = slice(a, min(a + CHUNK_ROWS, n)) if order is None else order[a : a + CHUNK_ROWS]
-                ww.append(arrs[0][idx], arrs[1][idx], arrs[2][idx, 0])
-            self.writer.add_window(ww)
-            del arrs
-        shutil.rmtree(self.spool)
 
 
 def prepare_movielens(
