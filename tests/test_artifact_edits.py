@@ -151,3 +151,31 @@ def test_a_shard_plan_of_many_ranks_places_like_least_loaded_first():
     big = plan_shards(manifest([40_000, 10_000]), "x", 5_000)
     assert len(big.shards) >= 5_000 and sum(s.stop - s.first for s in big.shards) == 50_000
     assert {s.rank for s in big.shards} == set(range(5_000))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["plan"]["tables"].update({"t1": {"precision": "fp32"}}), "table 't1' lists ('int4', 'minmax', None)"),
+    (lambda m: m["tables"][0].update(range_method="l2"), "but the manifest's own plan chose ('int4', 'minmax', None)"),
+    (lambda m: m["tables"][2].update(sharing={"kind": "hot", "ratio": 2}), "table 't2' lists"),
+])
+def test_a_table_that_disagrees_with_the_manifests_own_plan_is_refused(art, tmp_path, edit, words):
+    """QA 8b item 3: a consistent hand edit with the content hash recomputed (a table's plan entry, its
+    range method or sharing) loaded; the manifest's plan and its tables are written from one choice."""
+    a = _copy(art, tmp_path)
+    (a / "shard-plan.json").unlink()
+    _edit_manifest(a, edit)
+    r = cli("inspect", a, "--json")
+    assert r.exit_code == 2 and words in r.output and "Re-run `lowprec convert`" in r.output, r.output
+
+
+def test_hot_sharing_is_never_marked_exact(tmp_path):
+    from lowprec.checkpoint.validate import _check_own_plan
+    from lowprec.errors import InputError
+
+    sharing = {"kind": "hot", "ratio": 4}
+    m = {"plan": {"format": "lowprec-plan", "version": 1, "tables": {"t": {"precision": "int4", "sharing": sharing}}},
+         "tables": [{"name": "t", "precision": "int4", "range_method": "minmax", "sharing": sharing, "exact": False}]}
+    _check_own_plan(m, "m.json")
+    m["tables"][0]["exact"] = True
+    with pytest.raises(InputError, match="table 't' is marked exact, but hot sharing"):
+        _check_own_plan(m, "m.json")

@@ -177,6 +177,7 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
             if stored != p:
                 raise _fail(where, f"table {name!r} says {p.value} but its physical table {parts[0]!r} "
                                    f"is {stored.value}")
+    _check_own_plan(manifest, where)
     listed = [t.get("name") for t in manifest["tables"]]
     if listed != config.table_names:  # what inspect, the search and the reports show: every table, once
         missing = [n for n in config.table_names if n not in listed]
@@ -209,6 +210,27 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
             if rows != tcfg.num_embeddings:
                 raise _fail(here, f"served densely by {rows} rows, but the model's table has "
                                   f"{tcfg.num_embeddings}")
+
+
+def _check_own_plan(manifest: dict[str, Any], where: str) -> None:
+    """Each table as the manifest's own plan chose it (convert writes both from one choice): its
+    precision, range method and sharing (none where sharing kept every row), and hot sharing, an
+    approximation, never marked exact. A consistent edit of one of them alone is refused (QA 8b 3)."""
+    from lowprec.plan import Plan
+
+    if not isinstance(manifest.get("plan"), dict):
+        return  # (validate_manifest's required keys name a missing plan)
+    plan = Plan.from_json(manifest["plan"], f"{where}: its plan", tier_order=False)
+    for t in manifest["tables"]:
+        c, sharing = plan.table(str(t.get("name"))), t.get("sharing")
+        said = (t.get("precision"), t.get("range_method"), sharing)
+        if said[:2] != (c.precision.value, c.range_method) or (sharing is not None and sharing != c.sharing):
+            raise _fail(where, f"table {t.get('name')!r} lists {said}, but the manifest's own plan chose "
+                               f"{(c.precision.value, c.range_method, c.sharing)} for it; was manifest.json "
+                               f"edited? Re-run `lowprec convert`")
+        if isinstance(sharing, dict) and sharing.get("kind") == "hot" and t.get("exact"):
+            raise _fail(where, f"table {t.get('name')!r} is marked exact, but hot sharing serves cold ids their "
+                               f"bucket's row (an approximation); was manifest.json edited?")
 
 
 _SAFETENSORS_DTYPE = {"int8": "I8", "float16": "F16", "float32": "F32"}  # torch dtype -> safetensors name
