@@ -174,9 +174,10 @@ def _wait(proc: subprocess.Popen, stops: list[int]) -> int:
 
 def say(lines: Sequence[str], file: Any) -> None:
     """The launcher's lines, each on a line of its own: a rank stopped mid-way leaves its progress
-    bar's line unfinished on a terminal, so that line is erased first (a log file gets no escape codes)."""
-    if lines and file.isatty():
-        file.write("\r\x1b[K")
+    bar's line unfinished, so on a terminal that line is erased first, and a log file gets a line
+    break instead (no escape codes), so that `grep '^Error:'` finds the launcher's lines."""
+    if lines:
+        file.write("\r\x1b[K" if file.isatty() else "\n")
     for line in lines:
         print(line, file=file)
 
@@ -233,7 +234,7 @@ def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None,
         else:
             how = f"ended without a word (exit status {status})"
         ended.setdefault(how, []).append(r)
-    after = "the job stopped; it left no temporary files" if cleaned else "the job stopped"
+    after = "the job stopped; no temporary file of it is left (any a stopped rank left were removed)" if cleaned else "the job stopped"
     return ([f"Error: {errors[0]}"] if 0 in errors else []) + \
         [f"Error ({_ranks(rs)}): {m}" for m, rs in same.items()] + \
         [f"Error: {_ranks(rs)} {how}: {after}" for how, rs in ended.items()]

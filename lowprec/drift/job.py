@@ -237,8 +237,8 @@ def _run(job: DriftJob, stages: Stages | None, announce: Any) -> DriftOutcome:
             data.bayes_auc = window_bayes_auc(ds.meta)  # {} unless the data has true probabilities
             data.notes = outcome.notes
             report.write_report(job.report, data)
-        except KeyboardInterrupt:  # Ctrl-C: an operator's stop, not a failure (as a killed run)
-            store.finish_run(run_id, "interrupted")
+        except (KeyboardInterrupt, dist.RankFailure):  # Ctrl-C, or a peer rank lost (killed, hung): a stop,
+            store.finish_run(run_id, "interrupted")  # not bad input or a bug (as when rank 0 itself is killed)
             raise
         except BaseException:  # bad input found while scoring, a bug
             store.finish_run(run_id, "failed")

@@ -33,6 +33,10 @@ def test_killed_rank_fails_the_drift_job_cleanly(work, tmp_path):
     assert "RankFailure" in err and "rank 0 of 2" in err
     assert waited < 2 * float(RANK_TIMEOUT_S)  # bounded by the collective timeout, not by WAIT_S
     assert not report.exists()  # the report is written only after every window
+    from lowprec.drift.store import DriftStore
+
+    with DriftStore(db) as s:  # a lost peer is a stop, not bad input or a bug (QA 9b item 4)
+        assert [r["status"] for r in s.runs()] == ["interrupted"]
     # A rerun completes; the database holds every window once.
     again = lowprec(*args, "--json", nproc=2)
     assert again.returncode in (0, 1), again.stderr[-3000:]
@@ -322,11 +326,11 @@ def test_a_rank_that_ended_without_a_word_is_named(tmp_path, monkeypatch):
         torchrun(["x"])
     assert exc.value.code == 143
     assert job_errors({}, {1: -9}) == [
-        "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): the job stopped; it left "
-        "no temporary files"]
+        "Error: rank 1 ended without a word (killed by SIGKILL: by hand, or out of memory?): the job stopped; no "
+        "temporary file of it is left (any a stopped rank left were removed)"]
     assert job_errors({0: "RankFailure: ..."}, {1: -15, 2: -15}) == ["Error: RankFailure: ...", (
-        "Error: ranks 1, 2 ended without a word (killed by SIGTERM: by hand, or out of memory?): the job stopped; it "
-        "left no temporary files")]
+        "Error: ranks 1, 2 ended without a word (killed by SIGTERM: by hand, or out of memory?): the job stopped; no "
+        "temporary file of it is left (any a stopped rank left were removed)")]
 
 
 def test_ctrl_c_exits_130_not_the_alarm_code(monkeypatch):
@@ -345,7 +349,7 @@ def test_ctrl_c_exits_130_not_the_alarm_code(monkeypatch):
 
 def test_the_launcher_starts_its_lines_on_a_fresh_line():
     """A rank stopped mid-way leaves its progress bar's line unfinished: on a terminal the launcher's
-    `Error` line began in the middle of it. A log file gets no escape codes."""
+    `Error` line began in the middle of it. A log file gets no escape codes, a line break instead."""
     import io
 
     from lowprec.launch import say
@@ -360,7 +364,7 @@ def test_the_launcher_starts_its_lines_on_a_fresh_line():
         say(["Error: x"], stream)
         say([], stream)
     assert tty.getvalue() == "eval:  40%|####\r\x1b[KError: x\n"
-    assert log.getvalue() == "eval:  40%|####Error: x\n"
+    assert log.getvalue() == "eval:  40%|####\nError: x\n"  # (QA 9b item 2: `grep '^Error:'` finds it)
 
 
 def test_the_launcher_refuses_bad_usage_once_before_any_rank_starts(tmp_path, monkeypatch):
