@@ -165,11 +165,14 @@ def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int
     sample = record.get("row_sample")
     if not train and not val and not sample:
         return {}
-    out = {}
+    out, seen = {}, train | val
     for w in windows:
-        f = {window_fingerprint(ds, w), rows_fingerprint(ds, w)}
-        if f & (train | val):
-            out[w] = "training" if f & train else "validation"
+        whole, rows = window_fingerprint(ds, w), rows_fingerprint(ds, w)
+        # the same rows on a day outside the training period (daily snapshots of the same entities) are
+        # held out by time, unless its labels are a training window's too: a copy
+        later = rowsample.outside_span(sample, ds, w)
+        if whole in seen or (rows in seen and (not later or rowsample.copied_labels(sample, ds, w))):
+            out[w] = "training" if {whole, rows} & train else "validation"
         elif (share := rowsample.learned_share(sample, ds, w)) is not None:  # (some of its rows)
             out[w] = share[0]
     return out

@@ -9,16 +9,21 @@ with the same modulus: the same row is picked wherever it sits, so the share of 
 rows found among the training sample estimates the share of its rows the model learned from.
 
 Data whose rows repeat (few features of few values) would look "learned from" everywhere; training
-records how many of its sampled rows repeat, and the check is made only when they are rare.
+records how many of its sampled rows repeat, and the check is made only when they are rare. Rows are
+counted once however often a window repeats them (one replayed request is one row), and a window whose
+times lie outside the training windows' period is held out by time, whatever its rows share with
+them (daily snapshots of the same entities); windows without times (`--window file`, `rows:N`) have
+only their rows to go by.
 """
 from __future__ import annotations
 
 import base64
+import datetime as dt
 from typing import Any, Callable
 
 import numpy as np
 
-from lowprec.data.dataset import Dataset
+from lowprec.data.dataset import Dataset, window_files
 
 SAMPLE_ROWS = 4096  # hashes kept from the training windows (32 KB, 44 KB of base64 in config.json)
 CHUNK_ROWS = 1 << 18
@@ -99,8 +104,50 @@ def record(ds: Dataset, train: list[int], val: list[int],
                for k, ws in (("train", train), ("val", val))}
     both = np.concatenate([samples["train"], samples["val"]])
     repeats = 1.0 - len(np.unique(both)) / len(both) if len(both) else 0.0
-    return {"modulus": modulus, "repeat_share": round(repeats, 6),
+    spans = [_span(ds, w) for w in (*train, *val)]
+    span = [min(s[0] for s in spans).isoformat(), max(s[1] for s in spans).isoformat()] \
+        if spans and all(spans) else None
+    return {"modulus": modulus, "repeat_share": round(repeats, 6), "span": span,
+            "labels": sorted({labels_print(ds, w) for w in (*train, *val)}),
             **{k: _encode(v) for k, v in samples.items()}}
+
+
+def labels_print(ds: Dataset, w: int) -> str:
+    """sha256 of window w's labels file: a window whose rows AND labels are a training window's is a copy."""
+    from lowprec.fileio import sha256_file
+
+    return "labels:" + sha256_file(window_files(ds.root, w)["labels"])
+
+
+def outside_span(sample: Any, ds: Dataset, w: int) -> bool:
+    """Whether window w's times lie outside the training windows' period the record keeps (False
+    when either has no times): such a window is held out by time, though its rows may repeat theirs."""
+    span = sample.get("span") if isinstance(sample, dict) else None
+    learned = _times(*span) if isinstance(span, list) and len(span) == 2 else None
+    here = _span(ds, w)
+    return learned is not None and here is not None and (here[0] >= learned[1] or here[1] <= learned[0])
+
+
+def copied_labels(sample: Any, ds: Dataset, w: int) -> bool:
+    """Whether window w's labels file is a training or validation window's (the record keeps their sha256)."""
+    known = sample.get("labels") if isinstance(sample, dict) else None
+    return isinstance(known, list) and labels_print(ds, w) in known
+
+
+def _span(ds: Dataset, w: int) -> tuple[dt.datetime, dt.datetime] | None:
+    """Window w's [start, end) as times, when it has them (calendar windows; rows:N windows' are offsets)."""
+    info = ds.meta.window(w)
+    return _times(info.start, info.end)
+
+
+def _times(start: Any, end: Any) -> tuple[dt.datetime, dt.datetime] | None:
+    try:
+        a, b = (dt.datetime.fromisoformat(str(x)) for x in (start, end))
+    except ValueError:
+        return None
+    if a.tzinfo is None or b.tzinfo is None:
+        return None
+    return a, b
 
 
 def learned_share(sample: Any, ds: Dataset, w: int) -> tuple[str, float] | None:
@@ -110,10 +157,12 @@ def learned_share(sample: Any, ds: Dataset, w: int) -> tuple[str, float] | None:
     if not isinstance(sample, dict):
         return None
     modulus, repeats = sample.get("modulus"), sample.get("repeat_share")
-    if (type(modulus) is not int or modulus < 1 or modulus & (modulus - 1)
+    if (type(modulus) is not int or not 1 <= modulus <= 1 << 62 or modulus & (modulus - 1)
             or not isinstance(repeats, (int, float)) or repeats > MAX_REPEATS):
         return None
-    mine = window_sample(ds, w, modulus)
+    if outside_span(sample, ds, w):
+        return None  # a time window outside the training period is held out, whatever its rows repeat
+    mine = np.unique(window_sample(ds, w, modulus))  # (distinct rows: one row repeated many times is one)
     if len(mine) < MIN_SAMPLED:
         return None
     for kind in ("train", "val"):

@@ -59,13 +59,18 @@ def test_a_row_has_one_hash_wherever_it_sits_and_labels_do_not_count():
     assert not np.any(rowsample.row_hashes(dense, swapped) == h)
 
 
-def write(root, windows: list[tuple[np.ndarray, np.ndarray]], tables=(1000, 1000)):
+def write(root, windows: list[tuple[np.ndarray, np.ndarray]], tables=(1000, 1000), days: bool = False,
+          labels: list[int] | None = None):
+    """A dataset of these windows; `days`: window i is the UTC day 2024-01-(i+1), with its times;
+    `labels`: window i's labels are the seeded random labels number labels[i] (default i)."""
     feats = [SparseFeature(f"t{i}", n, 1) for i, n in enumerate(tables)]
     with atomic_dir(root) as tmp:
         writer = DatasetWriter(tmp, [f"d{i}" for i in range(windows[0][0].shape[1])], feats, {"source": "tests"})
         for i, (dense, sparse) in enumerate(windows):
-            ww = writer.window(label=f"w{i}")
-            ww.append(dense, sparse, (np.arange(len(dense)) % 2).astype(np.int32))
+            when = {"start": f"2024-01-{i + 1:02d}T00:00:00Z", "end": f"2024-01-{i + 2:02d}T00:00:00Z"} if days else {}
+            ww = writer.window(label=f"w{i}", **when)
+            seed = i if labels is None else labels[i]
+            ww.append(dense, sparse, np.random.default_rng(seed).integers(0, 2, len(dense)).astype(np.int32))
             writer.add_window(ww)
         writer.finish()
     return Dataset(root)
@@ -141,8 +146,46 @@ def test_a_hand_edited_record_is_no_record(tmp_path):
     good = rowsample.record(ds, [0], [])
     assert rowsample.learned_share(good, ds, 1)[0] == "training"
     for bad in ({**good, "modulus": 3}, {**good, "modulus": "1"}, {**good, "repeat_share": None},
+                {**good, "modulus": 2 ** 65}, {**good, "modulus": 2 ** 63},  # (QA 9a item 6: exit 4 before)
                 {**good, "train": "not base64!"}, {**good, "train": base64.b64encode(b"1234567").decode()},
                 {**good, "train": 5}, [good], "x", None):
         assert rowsample.learned_share(bad, ds, 1) is None
     few = write(tmp_path / "few", [train, part(train, slice(0, rowsample.MIN_SAMPLED - 1))])
     assert rowsample.learned_share(rowsample.record(few, [0], []), few, 1) is None  # too few rows to judge
+
+
+def test_one_row_repeated_in_a_held_out_window_counts_once(tmp_path):
+    """QA 9a item 1: 60 copies of one training row (1.5% of a held-out window) read as 10.6% training
+    rows, because every copy lands in the window's sample; rows are counted once now."""
+    rng = np.random.default_rng(5)
+    train, fresh = rows(rng, 4000), rows(rng, 4000)
+    info = {"row_sample": None}
+    ds = write(tmp_path / "probe", [train])
+    info["row_sample"] = rowsample.record(ds, [0], [])
+    sampled = [i for i, h in enumerate(rowsample.row_hashes(*train)) if h % info["row_sample"]["modulus"] == 0]
+    copies = part(train, [sampled[0]] * 60)
+    ds = write(tmp_path / "d", [train, join(fresh, copies)])
+    assert seen_in_training(info, ds, [1]) == {}
+    assert rowsample.learned_share({**info["row_sample"]}, ds, 1) is None
+
+
+def test_days_after_the_training_period_are_held_out_whatever_their_rows_repeat(tmp_path):
+    """QA 9a item 2: daily snapshots (one row per entity a day, only labels change) matched the
+    training day's rows 100% and every later day was refused as training data. A calendar window
+    outside the training windows' period is held out by time; inside it, rows still decide."""
+    rng = np.random.default_rng(6)
+    snapshot = rows(rng, 3000)
+    ds = write(tmp_path / "d", [snapshot, snapshot, snapshot], days=True)
+    record = rowsample.record(ds, [1], [])
+    assert record["span"] == ["2024-01-02T00:00:00+00:00", "2024-01-03T00:00:00+00:00"]
+    assert seen_in_training({"row_sample": record}, ds, [0, 2]) == {}  # the day before and the day after
+    # with the row fingerprints a model records (identical daily files): still held out by time, as
+    # their labels are the day's own; a copy of the training day (its labels too) is refused
+    from lowprec.data.windows import rows_fingerprint
+
+    model = {"row_sample": record, "row_fingerprints": {"train": [rows_fingerprint(ds, 1)], "val": []}}
+    assert seen_in_training(model, ds, [0, 2]) == {}
+    copy = write(tmp_path / "c", [snapshot, snapshot, snapshot], days=True, labels=[0, 1, 1])
+    assert seen_in_training(model, copy, [0, 2]) == {2: "training"}
+    untimed = write(tmp_path / "u", [snapshot, snapshot])  # (without times: only the rows to go by)
+    assert seen_in_training({"row_sample": rowsample.record(untimed, [0], [])}, untimed, [1]) == {1: "training"}
