@@ -45,11 +45,19 @@ def os_error(exc: OSError, path: str | os.PathLike, action: str | None = None) -
     """An InputError for a failure the user can fix, naming the file: `action` is "read" or "write"
     when the caller knows; else "write" for the errnos only a write raises, and "open" otherwise
     (an EACCES or EISDIR may be either: never tell a user that an input is an output)."""
-    where = exc.filename or path
-    if any(part.startswith(".") and ".tmp-" in part for part in Path(str(where)).parts):
-        where = path  # (a temporary sibling lowprec made for `path`: the user knows `path`, not it)
+    where = _users_name(exc.filename or path)
     action = action or ("write" if exc.errno in WRITE_ERRNOS else "open")
     return InputError(f"cannot {action} {where}: {os_reason(exc)}" + ("; nothing was replaced" if action == "write" else ""))
+
+
+def _users_name(path: str | os.PathLike) -> str | os.PathLike:
+    """The output the user named for a path in one of lowprec's temporary siblings (`.NAME.tmp-HOST-
+    PID-*`, lowprec.tmpnames; a part staged inside it too): NAME beside it. Other paths unchanged."""
+    parts = Path(str(path)).parts
+    for i, part in enumerate(parts):
+        if part.startswith(".") and ".tmp-" in part:
+            return str(Path(*parts[:i], part[1:part.rindex(".tmp-")]))
+    return path
 
 
 def os_reason(exc: OSError) -> str:

@@ -105,5 +105,11 @@ def test_a_failure_on_a_temporary_sibling_names_the_users_path(tmp_path, monkeyp
     assert str(exc.value) == f"cannot write {out}: Read-only file system [EROFS]; nothing was replaced"
     inside = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".small.tmp-h-42-abcdefgh" / "w.bin"))
     assert str(os_error(inside, out)).startswith(f"cannot write {out}: ")
+    # QA 9a item 5: a rank's staged part inside the output's temporary, and a write without a file name
+    staged = tmp_path / ".ds2.tmp-h-42-abcdefgh" / ".parts"
+    assert str(os_error(OSError(errno.ENOSPC, "No space left on device"), staged)).startswith(
+        f"cannot write {tmp_path / 'ds2'}: ")
+    scratch = OSError(errno.ENOSPC, "x", str(tmp_path / ".plan.json.validate.tmp-h-42-abcdefgh" / "model"))
+    assert str(os_error(scratch, tmp_path / "elsewhere")).startswith(f"cannot write {tmp_path / 'plan.json.validate'}: ")
     other = OSError(errno.EACCES, "Permission denied", str(tmp_path / "input.csv"))  # a file it names: kept
     assert str(os_error(other, out, "read")).startswith(f"cannot read {tmp_path / 'input.csv'}: ")

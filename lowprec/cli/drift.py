@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from lowprec.cli import emit_json
+from lowprec.cli import emit_json, say_warning
 from lowprec.cli._common import StageBars
+from lowprec.drift.record import LEARNED_FROM
 
 
 @click.command()
@@ -97,6 +98,12 @@ def drift(reference, candidate, data_dir, windows, recipe, db, report_dir, confi
         return  # rank 0 renders and sets the exit code
     for note in outcome.notes:  # (on stderr with --json too: a cron job logs stderr, parses stdout)
         click.echo(f"note: {note}", err=True)
+    learned = [w["window"] for w in outcome.windows
+               if any(str(x).startswith(LEARNED_FROM) for x in w.get("warnings") or [])]
+    if learned:  # (QA 9a item 8: said per window in the report and --json only, unlike eval)
+        say_warning(f"window(s) {', '.join(map(str, learned))}: --reference learned from them (training or "
+                    f"validation data): their metrics are not held-out ones, and as a staleness baseline such a "
+                    f"window makes later ones look stale; monitor windows after the training ones")
     if as_json:
         emit_json(outcome.to_json())
     else:

@@ -42,7 +42,7 @@ from lowprec.data.csvread import prepare_csv
 from lowprec.data.csvschema import CALENDAR
 from lowprec.data.dataset import Dataset, DatasetMeta, WindowInfo, window_files
 from lowprec.data.rawinput import SAME_ROWS_REFUSED, BadRows, check_inputs, no_rows_text
-from lowprec.errors import InputError, warn
+from lowprec.errors import InputError, user_os_errors
 from lowprec.fileio import add_entries, atomic_write_text, fsync_tree, sha256_file, temporary_sibling, through_symlink
 from lowprec.jsonsafe import dumps
 
@@ -74,13 +74,13 @@ def append_windows(root: Path, inputs: list[Path], **read: Any) -> tuple[Dataset
             raise
         _tell_ranks(refusal)
         _told(refusal)
-        with temporary_sibling(root) as staging:
+        with temporary_sibling(root) as staging, user_os_errors(root):  # (a full disk names --data)
             new, bad = _prepare_like(root, old, inputs, staging, **read)
             _check_some_window(old, new, root)
-            _check_new_rows(old, new, root, staging / "new")
+            said = _check_new_rows(old, new, root, staging / "new")
             _check_same_encoding(old, new, root)
             _check_later(old, new, root)
-            added = _commit(root, old, new, staging / "new", _repeated_labels(old, new))
+            added = _commit(root, old, new, staging / "new", said + _repeated_labels(old, new))
     return Dataset(root).meta, bad, added
 
 
@@ -169,28 +169,34 @@ def _check_known_files(old: DatasetMeta, inputs: list[Path], root: Path) -> None
                              f"sha256); appending it again would {twice}")
 
 
-def _check_new_rows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path) -> None:
+def _check_new_rows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path) -> list[str]:
     """New rows that are rows already in the dataset, under other bytes (the same day gzipped,
     unzipped, with CRLF or a BOM), which the raw files' sha256 does not see: by the inputs' rows
     digests (lowprec.data.rowsample.rows_digest, recorded since lowprec 0.2.0: the same rows in any
     windows, in any order), and for inputs recorded before them by the windows' files
-    (`_check_copied_windows`)."""
-    known = {(i.get("rows"), i.get("rows_digest")): str(i.get("path")) for i in _known_inputs(old)
-             if i.get("rows") and i.get("rows_digest")}
+    (`_check_copied_windows`). Returns the warnings said (a few rows that may repeat by chance), which
+    the append records in its provenance."""
+    known: dict[tuple, str] = {}
+    for i in _known_inputs(old):
+        if i.get("rows") and i.get("rows_digest"):
+            known.setdefault((i.get("rows"), i.get("rows_digest")), str(i.get("path")))  # (the first such input)
+    said = []
     for i in new.provenance["inputs"]:
         where = known.get((i.get("rows"), i.get("rows_digest"))) if i.get("rows_digest") else None
         if where is None:
             continue
-        said = f"{i['path']} holds the same {i['rows']:,} rows as {where}, already in {root}"
+        what = f"{i['path']} holds the same {i['rows']:,} row{'s' * (i['rows'] != 1)} as {where}, already in {root}"
         if i["rows"] < SAME_ROWS_REFUSED:  # (a few rows may repeat by chance: said, not refused)
-            warn(f"{said}: if it is the same data again, its rows now count twice")
+            said.append(f"{what}: if it is the same data again, its rows now count twice")  # (said once written)
             continue
-        raise InputError(f"{said}: the same data again (another compression, line endings or byte-order "
+        raise InputError(f"{what}: the same data again (another compression, line endings or byte-order "
                          f"mark?); appending it would count its rows twice")
-    _check_copied_windows(old, new, root, staged)
+    if not any(i.get("rows_digest") for i in _known_inputs(old)):  # (recorded before rows digests)
+        said += _check_copied_windows(old, new, root, staged)
+    return said
 
 
-def _check_copied_windows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path) -> None:
+def _check_copied_windows(old: DatasetMeta, new: DatasetMeta, root: Path, staged: Path) -> list[str]:
     """A new window whose files are byte for byte an existing window's holds the same rows (for
     datasets whose inputs carry no rows digest). Only windows of equal row count are compared
     (streamed, stopping at the first difference), and where the windows carry times (calendar
@@ -204,6 +210,7 @@ def _check_copied_windows(old: DatasetMeta, new: DatasetMeta, root: Path, staged
     for k, w in enumerate(old.windows):
         if w.rows:
             alike.setdefault(key(w), []).append(k)
+    out = []
     for j, w in enumerate(new.windows):
         for k in alike.get(key(w), []):
             mine, theirs = window_files(staged, j), window_files(root, k)
@@ -211,10 +218,11 @@ def _check_copied_windows(old: DatasetMeta, new: DatasetMeta, root: Path, staged
                 said = (f"new window {w.label!r} ({w.rows:,} rows) holds exactly the rows of {root}'s window {k} "
                         f"({old.windows[k].label!r})")
                 if w.rows < SAME_ROWS_REFUSED:  # (a few rows may repeat by chance: said, not refused)
-                    warn(f"{said}: if it is the same data again, its rows now count twice")
-                    continue
+                    out.append(f"{said}: if it is the same data again, its rows now count twice")
+                    break  # (said once for the new window, with the append's warnings once it is written)
                 raise InputError(f"{said}: the same data again (another compression, line endings or byte-order "
                                  f"mark?); appending it would count its rows twice")
+    return out
 
 
 def _check_same_encoding(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
@@ -238,11 +246,11 @@ def _check_later(old: DatasetMeta, new: DatasetMeta, root: Path) -> None:
         if _time(w.start) < _time(last.end) and w.start == last.start:  # the last window's own period
             raise InputError(
                 f"{w.rows:,} new row(s) fall in {w.label!r}, the period of {root}'s last window, which holds "
-                f"{last.rows:,} rows already (it ends {last.end}); append adds later periods only. --window "
-                f"{old.provenance.get('windows')} periods are {zone or 'UTC'} ones: files cut at another midnight "
-                f"(another zone's day) straddle two of them, and every day's file would meet this. Prepare such "
-                f"logs with the schema's window_timezone set to the zone the files are cut in (or --window file, "
-                f"one window per file); to merge late rows, prepare the dataset again from all its files")
+                f"{last.rows:,} row{'s' * (last.rows != 1)} already (it ends {last.end}); append adds later periods "
+                f"only. Either the files are cut at another midnight than the windows' ({zone or 'UTC'}) days, so "
+                f"each straddles two of them and every day would meet this: set the schema's window_timezone to "
+                f"the zone the files are cut in (or prepare with --window file); or an earlier file held rows "
+                f"dated into this period (a clock ahead): prepare the dataset again from all its files")
         if _time(w.start) < _time(last.end):
             raise InputError(f"{w.rows:,} new row(s) fall in {w.label!r}, which starts before {root}'s last window "
                              f"{last.label!r} ends ({last.end}); append adds later periods only. Prepare the "

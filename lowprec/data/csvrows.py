@@ -12,7 +12,6 @@ place.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import math
 import time
 from pathlib import Path
@@ -32,10 +31,6 @@ CHUNK_ROWS = 1 << 16
 
 
 FUTURE_SLACK_S = 86400.0  # rows dated up to a day after the clock are kept (time zones, clock drift)
-
-
-def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
 
 
 class RowParser:
@@ -148,9 +143,9 @@ class RowParser:
                 f"{s.time_format!r} reads it ({TIME_FORMATS[s.time_format]})" + \
                 time_hint(row[ix[s.time]], s.time_format)
         if t > self.latest:
-            return "time", (f"{s.time} = {row[ix[s.time]][:40]!r} is more than a day after this run's clock "
-                            f"({_iso(self.latest - FUTURE_SLACK_S)}): a clock-skewed row (its window would lie "
-                            f"ahead of every later day and refuse each `data append`)")
+            return "time", (f"{s.time} = {row[ix[s.time]][:40]!r} is more than a day after the time it was read: "
+                            f"a clock-skewed row (its window would lie ahead of every later day and refuse each "
+                            f"`data append`)")
         ids = [i for e in self.encoders for i in e.ids(row[ix[e.col.column]])]  # last: it grows vocabularies
         self.epoch_zero += s.time is not None and t == 0.0
         self.date_like += DATE_LIKE[0] <= t <= DATE_LIKE[1] and t == int(t) and s.time_format in ("auto", "unix")

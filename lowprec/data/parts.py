@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from lowprec.data.rawinput import BadRows, InputStats, is_gzip
-from lowprec.errors import InputError
+from lowprec.errors import InputError, user_os_errors
 from lowprec.fileio import sha256_file
 from lowprec.progress import Stages
 
@@ -172,6 +172,12 @@ def part_base(staging: Path, i: int) -> Path:
 def read_part(i: int, part: Part, path: Path, parser: Any, bad: BadRows, staging: Path) -> bool:
     """Read part i into the staging directory; False if it stopped at an error or too many bad rows."""
     local, collect, stats = parser.fresh(), _Collect(bad), InputStats(str(path))
+    with user_os_errors(staging):  # (a full disk names the output the staging directory is inside)
+        return _read_part(i, part, path, local, collect, stats, staging)
+
+
+def _read_part(i: int, part: Part, path: Path, local: Any, collect: "_Collect", stats: InputStats,
+               staging: Path) -> bool:
     spill = _Spill(part_base(staging, i))
     summary: dict[str, Any] = {"error": None, "complete": False, "lines": 0, "malformed_end": False}
     try:

@@ -160,10 +160,10 @@ def check_distinct(stats: list[InputStats]) -> list[str]:
     rows_seen: dict[tuple[int, str], str] = {}
     warnings = []
     for s in stats:
-        if s.sha256 in seen:
+        if s.sha256 in seen and s.rows:  # (quiet days' empty or header-only files have the same bytes: no row twice)
             raise InputError(f"input {s.path} holds the same bytes as {seen[s.sha256]} (same sha256): a copy given "
                              f"twice would count its rows twice; give each file once")
-        seen[s.sha256] = s.path
+        seen.setdefault(s.sha256, s.path)
         key = (s.rows, s.rows_digest)
         if s.rows and s.rows_digest and key in rows_seen:
             said = f"input {s.path} holds the same {s.rows:,} rows as {rows_seen[key]} (other bytes)"

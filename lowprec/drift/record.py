@@ -14,6 +14,8 @@ from lowprec.evaluation.paired import TableError, WindowMeasure
 from lowprec.train import seen_in_training
 
 
+LEARNED_FROM = "--reference learned from this window"  # (the warning the CLI gathers into one line)
+
 def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int, run_id: int,
                     calib: dict[str, Any] | None, table_err: TableError | None,
                     m: WindowMeasure) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -33,7 +35,7 @@ def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: in
     d = decide(s, store.previous_state(w), t)
     learned = seen_in_training(models.reference_info, ds, [w])
     warnings = d.warnings + tuple(
-        f"--reference learned from this window ({kind} data): both models' metrics here are not held-out, and as "
+        f"{LEARNED_FROM} ({kind} data): both models' metrics here are not held-out, and as "
         f"a staleness baseline it makes later windows look stale; monitor windows after the training ones"
         for kind in learned.values())
     row = {

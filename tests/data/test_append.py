@@ -232,7 +232,10 @@ def test_the_same_day_under_other_bytes_is_refused(tmp_path):
     (tmp_path / "day_4.tsv").write_text("\r\n".join(day(3, n=5)) + "\r\n")
     assert run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_3.tsv").exit_code == 0
     r = run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_4.tsv")
-    assert r.exit_code == 0 and "holds exactly the rows of" in r.output and "count twice" in r.output, r.output
+    assert r.exit_code == 0 and "holds the same 5 rows as" in r.output and "count twice" in r.output, r.output
+    assert r.output.count("count twice") == 1  # (QA 9a item 7: said once, and recorded)
+    meta = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    assert any("count twice" in w for w in meta["provenance"]["appends"][-1]["warnings"])
     (tmp_path / "day_5.tsv").write_text("\n".join(day(5, n=5)) + "\n")  # (with digests: said by them)
     (tmp_path / "day_6.tsv").write_text("\r\n".join(day(5, n=5)) + "\r\n")
     assert run("data", "append", "--data", tmp_path / "c", "--input", tmp_path / "day_5.tsv").exit_code == 0
@@ -474,3 +477,23 @@ def test_an_empty_csv_is_an_empty_window_as_a_header_only_one(tmp_path):
     r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "quiet.csv", "--schema", schema,
             "--out", tmp_path / "none")
     assert r.exit_code == 2 and "no valid rows in" in r.output and "quiet.csv (empty)" in r.output, r.output
+
+
+def test_two_quiet_days_in_one_run_are_not_copies(tmp_path):
+    """QA 9a item 4: two header-only (or empty) files in one run have the same bytes, and were refused
+    as 'a copy given twice would count its rows twice', though they hold no rows."""
+    schema = tmp_path / "s.toml"
+    schema.write_text('label = "y"\n[dense.x]\n[categorical.c]\nnum_embeddings = 100\n')
+    (tmp_path / "a.csv").write_text("y,x,c\n" + "".join(f"{i % 2},{i},c{i}\n" for i in range(30)))
+    for name, text in (("q1.csv", "y,x,c\n"), ("q2.csv", "y,x,c\n"), ("z1.csv", ""), ("z2.csv", "")):
+        (tmp_path / name).write_text(text)
+    r = run("data", "prepare", "--format", "csv", "--input", *(tmp_path / n for n in ("a.csv", "q1.csv", "q2.csv")),
+            "--schema", schema, "--out", tmp_path / "d")
+    assert r.exit_code == 0, r.output
+    r = run("data", "append", "--data", tmp_path / "d", "--input", tmp_path / "z1.csv", tmp_path / "z2.csv")
+    assert r.exit_code == 0, r.output
+    assert [w.rows for w in Dataset(tmp_path / "d").meta.windows] == [30, 0, 0, 0, 0]
+    (tmp_path / "b.csv").write_bytes((tmp_path / "a.csv").read_bytes())  # rows twice: still refused
+    r = run("data", "prepare", "--format", "csv", "--input", tmp_path / "a.csv", tmp_path / "b.csv",
+            "--schema", schema, "--out", tmp_path / "e")
+    assert r.exit_code == 2 and "holds the same bytes as" in r.output, r.output

@@ -83,6 +83,9 @@ def test_a_window_the_reference_learned_from_carries_a_warning(pair, tmp_path):
             for w in last_json(r)["windows"]}
     assert said == {1: [said[1][0]], 2: [], 3: []} and "(training data)" in said[1][0]
     assert said[1][0] in stored_rows(tmp_path / "h.sqlite")[0]["warnings"]
+    # QA 9a item 8: said on stderr and in the run's --json warnings too, as eval says it
+    line = "window(s) 1: --reference learned from them (training or validation data)"
+    assert f"warning: {line}" in r.stderr and any(w.startswith(line) for w in last_json(r)["warnings"])
 
 
 def stored_rows(db):
