@@ -35,17 +35,34 @@ from lowprec.progress import Stages
 
 def recalibrate(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: list[int],
                 calib: dict[str, Any] | None, run_id: int, stages: Stages) -> list[dict[str, Any]]:
-    """New artifacts for the first alarmed window of the alarm the requested windows are in (once an
+    """New artifacts for the first alarmed window of each alarm the requested windows are in (once an
     alarm: a daily job asking for each new window of a week-long alarm reuses the recalibration of its
     first day), calibrated on healthy and/or that alarmed window."""
     rows = sorted(store.windows(), key=lambda r: r["window"])
-    alarmed = [i for i, r in enumerate(rows) if r["alarm"] and r["window"] in chosen]
-    if not alarmed:
-        return []
-    first = alarmed[0]
-    while first > 0 and rows[first - 1]["alarm"]:  # back to where this alarm began (recorded windows in order)
-        first -= 1
-    target, rc = rows[first]["window"], job.config.recalibrate
+    out: list[dict[str, Any]] = []
+    for target in alarm_starts(rows, chosen):
+        out += _recalibrate_alarm(job, store, ds, models, rows, target, calib, run_id, stages)
+    return out
+
+
+def alarm_starts(rows: list[dict[str, Any]], chosen: list[int]) -> list[int]:
+    """The first window of each alarm (a run of consecutive alarmed windows in the history, `rows`
+    in window order) that holds a window of `chosen`: a run over a backlog of two alarms has two."""
+    starts = []
+    for i, r in enumerate(rows):
+        if r["alarm"] and r["window"] in chosen:
+            first = i
+            while first > 0 and rows[first - 1]["alarm"]:
+                first -= 1
+            if rows[first]["window"] not in starts:
+                starts.append(rows[first]["window"])
+    return starts
+
+
+def _recalibrate_alarm(job: Any, store: DriftStore, ds: Dataset, models: Any, rows: list[dict[str, Any]],
+                       target: int, calib: dict[str, Any] | None, run_id: int, stages: Stages) -> list[dict[str, Any]]:
+    """The recalibrations of the alarm that began at window `target`: recorded ones reused."""
+    rc = job.config.recalibrate
     out: list[dict[str, Any]] = []
     for source in (("healthy", "alarmed") if rc.source == "both" else (rc.source,)):
         done = store.recalibration(target, source)

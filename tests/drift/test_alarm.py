@@ -236,3 +236,18 @@ def test_a_window_of_one_label_class_speaks_of_a_log_loss_gap_not_an_ne_gap():
     d = decide(sig(0.0008, positives=0, negatives=5000), CusumState(), T)
     assert "log-loss gap (NE undefined: no positive labels) +0.08%" in d.reason and "NE gap +" not in d.reason
     assert "NE gap +0.08%" in decide(sig(0.0008, positives=20, negatives=5000), CusumState(), T).reason
+
+
+def test_each_alarm_a_run_asks_about_is_recalibrated_once_from_its_first_window():
+    """QA 9b item 1: a run over a backlog of two alarms (windows 8-10 and 13-15) recalibrated only
+    the older; QA 8c item 1: a daily run asking for day 10 of an alarm begun on day 8 recalibrated
+    again. Each alarm is known by its first window."""
+    from lowprec.drift.recalibration import alarm_starts
+
+    alarm = {8, 9, 10, 13, 14, 15}
+    rows = [{"window": w, "alarm": w in alarm} for w in range(5, 16)]
+    assert alarm_starts(rows, list(range(5, 16))) == [8, 13]
+    assert alarm_starts(rows, [10]) == [8] and alarm_starts(rows, [15]) == [13]
+    assert alarm_starts(rows, [5, 6, 11]) == []
+    gap = [r for r in rows if r["window"] != 9]  # (a window never recorded does not end an alarm)
+    assert alarm_starts(gap, [10]) == [8]
