@@ -234,7 +234,8 @@ def job_errors(errors: dict[int, str], silent: dict[int, int] | None = None,
         else:
             how = f"ended without a word (exit status {status})"
         ended.setdefault(how, []).append(r)
-    after = "the job stopped; no temporary file of it is left (any a stopped rank left were removed)" if cleaned else "the job stopped"
+    after = ("the job stopped; no temporary file of it is left (any a stopped rank left were removed)" if cleaned
+             else "the job stopped")
     return ([f"Error: {errors[0]}"] if 0 in errors else []) + \
         [f"Error ({_ranks(rs)}): {m}" for m, rs in same.items()] + \
         [f"Error: {_ranks(rs)} {how}: {after}" for how, rs in ended.items()]

@@ -62,7 +62,8 @@ def named_outputs(args: Sequence[str]) -> list[tuple[Path, str]]:
     if not args or args[0] not in ("drift", "search"):
         return []
     if args[0] == "search":
-        return [(p, f"{glob.escape(p.name)}.validate") for p in map(Path, map(os.path.abspath, _values(args, ("--out",))))]
+        outs = [Path(os.path.abspath(v)) for v in _values(args, ("--out",))]
+        return [(p, f"{glob.escape(p.name)}.validate") for p in outs]
     candidates = [Path(os.path.abspath(v)) for v in _values(args, ("--candidate",))]
     dbs = [Path(os.path.abspath(v)) for v in _values(args, ("--db",))]
     return [(c, f"{glob.escape(c.name)}.recal-*") for c in candidates] + [

@@ -156,7 +156,7 @@ def test_a_shard_plan_of_many_ranks_places_like_least_loaded_first():
 @pytest.mark.parametrize("edit, words", [
     (lambda m: m["plan"]["tables"].update({"t1": {"precision": "fp32"}}), "table 't1' lists ('int4', 'minmax', None)"),
     (lambda m: m["tables"][0].update(range_method="l2"), "but the manifest's own plan chose ('int4', 'minmax', None)"),
-    (lambda m: m["tables"][2].update(sharing={"kind": "hot", "ratio": 2}), "table 't2' lists"),
+    (lambda m: m["plan"]["tables"].update({"t2": {"precision": "int4", "range_method": "l2"}}), "table 't2' lists"),
 ])
 def test_a_table_that_disagrees_with_the_manifests_own_plan_is_refused(art, tmp_path, edit, words):
     """QA 8b item 3: a consistent hand edit with the content hash recomputed (a table's plan entry, its

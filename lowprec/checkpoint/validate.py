@@ -177,7 +177,6 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
             if stored != p:
                 raise _fail(where, f"table {name!r} says {p.value} but its physical table {parts[0]!r} "
                                    f"is {stored.value}")
-    _check_own_plan(manifest, where)
     listed = [t.get("name") for t in manifest["tables"]]
     if listed != config.table_names:  # what inspect, the search and the reports show: every table, once
         missing = [n for n in config.table_names if n not in listed]
@@ -210,6 +209,7 @@ def _check_tables(manifest: dict[str, Any], config: DLRMConfig, where: str) -> N
             if rows != tcfg.num_embeddings:
                 raise _fail(here, f"served densely by {rows} rows, but the model's table has "
                                   f"{tcfg.num_embeddings}")
+    _check_own_plan(manifest, where)  # (after the serving checks: their messages say more)
 
 
 def _check_own_plan(manifest: dict[str, Any], where: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lowprec.data.dataset import Dataset, window_files
+from lowprec.data.npyfiles import load_window_array
 
 SAMPLE_ROWS = 4096  # hashes kept from the training windows (32 KB, 44 KB of base64 in config.json)
 CHUNK_ROWS = 1 << 18
@@ -66,7 +67,10 @@ def rows_digest(dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, times
 
 def window_sample(ds: Dataset, w: int, modulus: int, progress: Callable[[int], Any] | None = None) -> np.ndarray:
     """The hashes of window w's rows whose hash is 0 modulo `modulus` (a power of two), in row order."""
-    dense, sparse, _ = ds.arrays(w)
+    files = window_files(ds.root, w)  # (dense and sparse only: a window's labels may come later, drift's)
+    dense, sparse = (load_window_array(files[kind], w, kind) for kind in ("dense", "sparse"))
+    if dense.ndim != 2 or sparse.ndim != 2 or len(dense) != len(sparse):
+        return np.zeros(0, np.uint64)  # (a malformed window: scoring it names what is wrong)
     out = []
     for lo in range(0, len(dense), CHUNK_ROWS):
         h = row_hashes(dense[lo:lo + CHUNK_ROWS], sparse[lo:lo + CHUNK_ROWS])
@@ -108,15 +112,17 @@ def record(ds: Dataset, train: list[int], val: list[int],
     span = [min(s[0] for s in spans).isoformat(), max(s[1] for s in spans).isoformat()] \
         if spans and all(spans) else None
     return {"modulus": modulus, "repeat_share": round(repeats, 6), "span": span,
-            "labels": sorted({labels_print(ds, w) for w in (*train, *val)}),
+            "labels": sorted({p for w in (*train, *val) if (p := labels_print(ds, w))}),
             **{k: _encode(v) for k, v in samples.items()}}
 
 
-def labels_print(ds: Dataset, w: int) -> str:
-    """sha256 of window w's labels file: a window whose rows AND labels are a training window's is a copy."""
+def labels_print(ds: Dataset, w: int) -> str | None:
+    """sha256 of window w's labels file (None while it is not there: drift's labels may come later): a
+    window whose rows AND labels are a training window's is a copy."""
     from lowprec.fileio import sha256_file
 
-    return "labels:" + sha256_file(window_files(ds.root, w)["labels"])
+    path = window_files(ds.root, w)["labels"]
+    return "labels:" + sha256_file(path) if path.is_file() else None
 
 
 def outside_span(sample: Any, ds: Dataset, w: int) -> bool:
@@ -131,7 +137,7 @@ def outside_span(sample: Any, ds: Dataset, w: int) -> bool:
 def copied_labels(sample: Any, ds: Dataset, w: int) -> bool:
     """Whether window w's labels file is a training or validation window's (the record keeps their sha256)."""
     known = sample.get("labels") if isinstance(sample, dict) else None
-    return isinstance(known, list) and labels_print(ds, w) in known
+    return isinstance(known, list) and (labels_print(ds, w) or "") in known
 
 
 def _span(ds: Dataset, w: int) -> tuple[dt.datetime, dt.datetime] | None:

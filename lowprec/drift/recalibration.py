@@ -1,5 +1,6 @@
 """`lowprec drift --on-alarm recalibrate`: new artifacts beside the deployed one for the first alarmed
-window of an alarm (consecutive alarmed windows in the history are one alarm), calibrated on the latest healthy windows before it and/or on the alarmed window itself, each
+window of each alarm (consecutive alarmed windows in the history are one alarm), calibrated on the
+latest healthy windows before it and/or on the alarmed window itself, each
 re-scored on the alarmed window and recorded (`recalibrations`, `recal_tier_share`) with a reason
 that says whether the new calibration closes the gap and what that means. Their names carry the
 history in --db (`recal_paths`): a second history of the same candidate never replaces what the

@@ -187,5 +187,9 @@ def test_days_after_the_training_period_are_held_out_whatever_their_rows_repeat(
     assert seen_in_training(model, ds, [0, 2]) == {}
     copy = write(tmp_path / "c", [snapshot, snapshot, snapshot], days=True, labels=[0, 1, 1])
     assert seen_in_training(model, copy, [0, 2]) == {2: "training"}
+    from lowprec.data.dataset import window_files
+
+    window_files(copy.root, 2)["labels"].unlink()  # (drift: a day whose labels come later is judged without them)
+    assert seen_in_training(model, copy, [2]) == {}
     untimed = write(tmp_path / "u", [snapshot, snapshot])  # (without times: only the rows to go by)
     assert seen_in_training({"row_sample": rowsample.record(untimed, [0], [])}, untimed, [1]) == {1: "training"}
