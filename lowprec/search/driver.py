@@ -221,7 +221,8 @@ def run_search(req: SearchRequest, stages: Stages | None = None
             raise InputError(
                 f"{what} windows {sorted(learned)} hold data --model {req.model_dir} learned from "
                 f"({', '.join(f'window {w}: its {k} data' for w, k in sorted(learned.items()))}); the budget must "
-                f"be checked on held-out windows: choose windows after its training and validation windows")
+                f"be checked on held-out windows: choose windows whose rows it did not learn from (after its training "
+                f"and validation windows, and not copies of them)")
     check_memory(options_for(model.config, cfg.space, sharing=True), cfg.budget)  # before calibrating
     if req.calib_path:
         calibration, calib_sha = load_calibration(req.calib_path), sha256_file(req.calib_path)
