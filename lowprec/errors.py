@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from lowprec.tmpnames import name_of
+
 
 class InputError(Exception):
     """Bad input from the user: message names the place; the CLI exits with code 2."""
@@ -55,8 +57,8 @@ def _users_name(path: str | os.PathLike) -> str | os.PathLike:
     PID-*`, lowprec.tmpnames; a part staged inside it too): NAME beside it. Other paths unchanged."""
     parts = Path(str(path)).parts
     for i, part in enumerate(parts):
-        if part.startswith(".") and ".tmp-" in part:
-            return str(Path(*parts[:i], part[1:part.rindex(".tmp-")]))
+        if (name := name_of(part)) is not None:
+            return str(Path(*parts[:i], name))
     return path
 
 

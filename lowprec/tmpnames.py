@@ -25,6 +25,11 @@ def tmp_prefix(name: str) -> str:
     return f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-"
 
 
+def name_of(tmp_name: str) -> str | None:
+    """NAME of a temporary sibling's file name `.NAME.tmp-...` (any host's), else None."""
+    return tmp_name[1:tmp_name.rfind(".tmp-")] if tmp_name.startswith(".") and ".tmp-" in tmp_name else None
+
+
 def writer_pid(tmp_name: str, name: str) -> int | None:
     """The PID of the writer on this host that made the temporary `tmp_name` of NAME, else None."""
     head = f".{name}.tmp-{socket.gethostname()}-"
@@ -57,7 +62,7 @@ def writers(out: Path, name: str | None = None) -> list[tuple[Path, int]]:
     pattern = glob.escape(out.name) if name is None else name
     found = []
     for p in out.parent.glob(f".{pattern}.tmp-*") if out.parent.is_dir() else []:
-        pid = writer_pid(p.name, out.name if name is None else p.name[1:p.name.rfind(".tmp-")])
+        pid = writer_pid(p.name, out.name if name is None else name_of(p.name))
         if pid is not None:
             found.append((p, pid))
     return found
