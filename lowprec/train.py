@@ -32,7 +32,7 @@ import torch
 from lowprec.data.batches import count_rows, iter_batches
 from lowprec.data import rowsample
 from lowprec.data.dataset import Dataset, DatasetMeta
-from lowprec.data.windows import format_windows, rows_fingerprint, window_fingerprint
+from lowprec.data.windows import fingerprints, format_windows
 from lowprec.errors import InputError
 from lowprec.evaluation.scoring import evaluate
 from lowprec.evaluation.metrics import BinaryStats
@@ -167,7 +167,7 @@ def seen_in_training(info: dict[str, Any] | None, ds: Dataset, windows: list[int
         return {}
     out, seen = {}, train | val
     for w in windows:
-        whole, rows = window_fingerprint(ds, w), rows_fingerprint(ds, w)
+        whole, rows = fingerprints(ds, w)
         # the same rows on a day outside the training period (daily snapshots of the same entities) are
         # held out by time, unless its labels are a training window's too: a copy
         later = rowsample.outside_span(sample, ds, w)
@@ -293,16 +293,16 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Update | None = None,
         raise _diverged(cfg, f"in epoch {len(history)}", f"weights {bad[:3]}{' ...' if len(bad) > 3 else ''}")
     best = best if cfg.val_windows else history[-1]
     model.eval()
+    learned = {"train": list(cfg.windows), "val": list(cfg.val_windows)}
+    prints = {w: fingerprints(ds, w) for ws in learned.values() for w in ws}  # (each window's files read once)
     info = {
         "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
         | {"sparse_lr": cfg.table_lr, "epochs": cfg.max_epochs},
         "data": str(ds.root),
         # what the model learned from, or was selected on: scoring commands tell these windows apart
         # from held-out ones in any copy of the data (`seen_in_training`)
-        "window_fingerprints": {"train": [window_fingerprint(ds, w) for w in cfg.windows],
-                                "val": [window_fingerprint(ds, w) for w in cfg.val_windows]},
-        "row_fingerprints": {"train": [rows_fingerprint(ds, w) for w in cfg.windows],  # (wherever they sit)
-                             "val": [rows_fingerprint(ds, w) for w in cfg.val_windows]},
+        "window_fingerprints": {k: [prints[w][0] for w in ws] for k, ws in learned.items()},
+        "row_fingerprints": {k: [prints[w][1] for w in ws] for k, ws in learned.items()},  # (wherever they sit)
         "row_sample": rowsample.record(ds, list(cfg.windows), list(cfg.val_windows)),  # (rows, in any window)
         "rows_seen": seen,
         "train_positive_rate": rate,

@@ -143,11 +143,7 @@ def window_fingerprint(ds: Any, w: int) -> str:
     entry in dataset.json and its dense and sparse files (sampled beyond 16 MiB), not its labels (they
     may arrive later). Drift's history records it per window; training records it per training and
     validation window, so scoring can tell a window the model learned from."""
-    schema = dict(_features(ds.meta), window=dataclasses.asdict(ds.meta.window(w)))
-    h = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
-    for text in _file_prints(ds, w):
-        h.update(text.encode())
-    return "window:" + h.hexdigest()
+    return fingerprints(ds, w)[0]
 
 
 def rows_fingerprint(ds: Any, w: int) -> str:
@@ -155,10 +151,22 @@ def rows_fingerprint(ds: Any, w: int) -> str:
     sparse files, not the window's index, label or times. The same rows at another window number
     (a dataset prepared again from a later day, a window's files copied) have the same one: what a
     model learned from is told apart from held-out data wherever it sits (lowprec.train.seen_in_training)."""
-    h = hashlib.sha256(json.dumps(_features(ds.meta), sort_keys=True).encode())
-    for text in _file_prints(ds, w):
-        h.update(text.encode())
-    return "rows:" + h.hexdigest()
+    return fingerprints(ds, w)[1]
+
+
+def fingerprints(ds: Any, w: int) -> tuple[str, str]:
+    """(window_fingerprint, rows_fingerprint) of window w, its files read once for both."""
+    prints = _file_prints(ds, w)
+
+    def digest(kind: str, head: dict[str, Any]) -> str:
+        h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+        for text in prints:
+            h.update(text.encode())
+        return f"{kind}:{h.hexdigest()}"
+
+    features = _features(ds.meta)
+    return (digest("window", dict(features, window=dataclasses.asdict(ds.meta.window(w)))),
+            digest("rows", features))
 
 
 def _features(meta: Any) -> dict[str, Any]:
