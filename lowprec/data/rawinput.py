@@ -184,17 +184,15 @@ class RowDigests:
     def __init__(self, sink: Any, inputs: list[Path], stats: list[InputStats]):
         self.sink, self.current = sink, None
         self.stats = {str(p): s for p, s in zip(inputs, stats)}
-        self.sums: dict[str, int] = {}
 
     def start_file(self, path: Path) -> None:
-        self.current = str(path)
+        self.current = self.stats[str(path)]
         self.sink.start_file(path)
 
     def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray, times: Any = None) -> None:
         if self.current is not None and len(labels):
-            total = self.sums.get(self.current, 0) + rows_digest(dense, sparse, labels, times)
-            self.sums[self.current] = total % (1 << 64)
-            self.stats[self.current].rows_digest = f"{self.sums[self.current]:016x}"
+            total = int(self.current.rows_digest or "0", 16) + rows_digest(dense, sparse, labels, times)
+            self.current.rows_digest = f"{total % (1 << 64):016x}"
         self.sink.append(dense, sparse, labels, times)
 
     def finish(self) -> None:
