@@ -49,14 +49,11 @@ def recalibrate(job: Any, store: DriftStore, ds: Dataset, models: Any, chosen: l
 def alarm_starts(rows: list[dict[str, Any]], chosen: list[int]) -> list[int]:
     """The first window of each alarm (a run of consecutive alarmed windows in the history, `rows`
     in window order) that holds a window of `chosen`: a run over a backlog of two alarms has two."""
-    starts = []
-    for i, r in enumerate(rows):
-        if r["alarm"] and r["window"] in chosen:
-            first = i
-            while first > 0 and rows[first - 1]["alarm"]:
-                first -= 1
-            if rows[first]["window"] not in starts:
-                starts.append(rows[first]["window"])
+    starts, start = [], None
+    for r in rows:
+        start = (r["window"] if start is None else start) if r["alarm"] else None  # (None: no alarm here)
+        if start is not None and r["window"] in chosen and start not in starts:
+            starts.append(start)
     return starts
 
 
