@@ -40,10 +40,10 @@ import torch
 from safetensors.torch import save_file
 
 from lowprec.checkpoint.artifact import MANIFEST, WEIGHTS, load_artifact, write_manifest
+from lowprec.checkpoint.mapped import open_tensors
 from lowprec._compat import quiet_torchrec_internals
 from lowprec.errors import InputError, InputWarning
 from lowprec.data.ids import IdOutOfRange
-from lowprec.checkpoint.mapped import open_tensors
 from lowprec.fileio import atomic_dir, read_json, sha256_file, write_json
 from lowprec.serve.checks import check_id_matrix, out_of_range
 from lowprec.serve.export import _link_or_copy, example_batch
