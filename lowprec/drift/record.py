@@ -16,6 +16,7 @@ from lowprec.train import seen_in_training
 
 LEARNED_FROM = "--reference learned from this window"  # (the warning the CLI gathers into one line)
 
+
 def labelled_record(job: Any, store: DriftStore, ds: Dataset, models: Any, w: int, run_id: int,
                     calib: dict[str, Any] | None, table_err: TableError | None,
                     m: WindowMeasure) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
